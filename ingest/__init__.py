@@ -1,0 +1,1 @@
+"""Catalog sync: Kafka product events -> images -> embeddings -> Milvus."""

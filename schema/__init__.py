@@ -1,0 +1,1 @@
+"""Contracts: product events, stored records and the Milvus collection definition."""

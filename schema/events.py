@@ -1,0 +1,266 @@
+"""Product events: the contract between shops and the ingest service.
+
+Events are JSON on one topic, keyed by ``product_id`` so that every event of a product lands on
+the same partition and is applied in order. Each event carries a per-product ``version``; an
+event whose version is not newer than the stored state is ignored as stale, so replays and
+out-of-order deliveries never roll a listing back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+ProductId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$",
+        description="Shop-wide product (listing) id: letters, digits and . _ : / @ + -",
+    ),
+]
+Currency = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 currency code, e.g. USD")
+]
+Price = Annotated[
+    Decimal,
+    Field(ge=0, le=Decimal("1e12"), max_digits=18, decimal_places=4, allow_inf_nan=False),
+]
+Version = Annotated[int, Field(ge=0, le=2**62, description="Monotonic per-product version")]
+
+MAX_IMAGES_PER_PRODUCT = 32
+MAX_CATEGORY_DEPTH = 8
+
+
+class StrictModel(BaseModel):
+    """Base for contracts: unknown keys are errors, values are never coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _no_control_chars(value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain control characters")
+    return value
+
+
+def normalize_category(value: str) -> str:
+    """Validate a category path such as ``Men/Tops/Hoodies & Sweatshirts``.
+
+    Segments are separated by ``/``; each is trimmed and must be non-empty.
+    """
+    _no_control_chars(value, "category")
+    parts = [p.strip() for p in value.split("/")]
+    if not value.strip() or any(not p for p in parts):
+        raise ValueError("category must be a '/'-separated path of non-empty segments")
+    if len(parts) > MAX_CATEGORY_DEPTH:
+        raise ValueError(f"category has more than {MAX_CATEGORY_DEPTH} levels")
+    return "/".join(parts)
+
+
+def category_ancestors(category: str) -> list[str]:
+    """``A/B/C`` -> ``["A", "A/B", "A/B/C"]``: stored so that a filter on a category also
+    matches its sub-paths with exact comparisons (no LIKE patterns to escape)."""
+    parts = category.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+class ImageRef(StrictModel):
+    """One product image: exactly one of an http(s) URL, a local path or inline base64 bytes.
+
+    A bare string in an event's ``images`` list is accepted as a URL when it starts with
+    ``http://`` or ``https://`` and as a path otherwise.
+    """
+
+    url: Annotated[str, Field(max_length=2048)] | None = None
+    path: Annotated[str, Field(max_length=1024)] | None = None
+    data: Annotated[str, Field(description="base64-encoded image bytes")] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"url": value} if value.lower().startswith(("http://", "https://")) else {
+                "path": value
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        given = [n for n in ("url", "path", "data") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"an image needs exactly one of url, path or data (got {given or 'none'})"
+            )
+        if self.url is not None:
+            _no_control_chars(self.url, "image url")
+            if not self.url.lower().startswith(("http://", "https://")):
+                raise ValueError("image url must be http:// or https://")
+        if self.path is not None:
+            _no_control_chars(self.path, "image path")
+        if self.data is not None:
+            try:
+                base64.b64decode(self.data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError(f"image data is not valid base64: {exc}") from None
+        return self
+
+    @property
+    def reference(self) -> str:
+        """A stable, human-readable reference to store with the vector."""
+        if self.url is not None:
+            return self.url
+        if self.path is not None:
+            return self.path
+        assert self.data is not None
+        digest = hashlib.sha256(self.data.encode("ascii")).hexdigest()[:32]
+        return f"inline:sha256:{digest}"
+
+    @property
+    def key(self) -> str:
+        """Deterministic image key: the same reference always gives the same row."""
+        return hashlib.sha1(self.reference.encode("utf-8")).hexdigest()[:16]
+
+    def inline_bytes(self) -> bytes:
+        assert self.data is not None
+        return base64.b64decode(self.data, validate=True)
+
+
+class _EventBase(StrictModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    product_id: ProductId
+    version: Version | None = None
+    updated_at: datetime | None = Field(
+        default=None, description="Alternative to version: its epoch milliseconds become it"
+    )
+
+    @model_validator(mode="after")
+    def _resolve_version(self) -> _EventBase:
+        if self.version is None:
+            if self.updated_at is None:
+                raise ValueError("either version or updated_at is required")
+            if self.updated_at.tzinfo is None:
+                raise ValueError("updated_at must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+            object.__setattr__(self, "version", int(self.updated_at.timestamp() * 1000))
+        return self
+
+    @property
+    def resolved_version(self) -> int:
+        assert self.version is not None
+        return self.version
+
+
+class ProductUpserted(_EventBase):
+    """The full current state of a listing; replaces whatever was stored for the product."""
+
+    type: Literal["product.upserted"] = "product.upserted"
+    title: Annotated[str, Field(min_length=1, max_length=512)]
+    category: Annotated[str, Field(min_length=1, max_length=512)]
+    price: Price
+    currency: Currency
+    images: Annotated[list[ImageRef], Field(min_length=1, max_length=MAX_IMAGES_PER_PRODUCT)]
+    seller_id: Annotated[str, Field(min_length=1, max_length=128)]
+    attributes: Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(
+        max_length=64
+    )] = Field(default_factory=dict)
+
+    @field_validator("title", "seller_id")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _no_control_chars(value, "text fields")
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, value: str) -> str:
+        return normalize_category(value)
+
+    @model_validator(mode="after")
+    def _distinct_images(self) -> ProductUpserted:
+        keys = [img.key for img in self.images]
+        if len(set(keys)) != len(keys):
+            raise ValueError("images must not repeat the same reference")
+        return self
+
+
+class ProductPriceChanged(_EventBase):
+    """Updates the stored price without fetching or embedding images again."""
+
+    type: Literal["product.price_changed"] = "product.price_changed"
+    price: Price
+    currency: Currency
+
+
+class ProductDelisted(_EventBase):
+    """Removes every stored row of the product."""
+
+    type: Literal["product.delisted"] = "product.delisted"
+
+
+ProductEvent: TypeAlias = Annotated[
+    ProductUpserted | ProductPriceChanged | ProductDelisted, Field(discriminator="type")
+]
+_EVENT_ADAPTER: TypeAdapter[ProductEvent] = TypeAdapter(ProductEvent)
+
+
+class EventError(ValueError):
+    """An event that cannot be applied; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{loc}: {err['msg']}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_event(payload: bytes | str) -> ProductEvent:
+    """Decode and validate one event, raising :class:`EventError` naming field and problem."""
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError("malformed_json", str(exc)) from None
+    if not isinstance(raw, dict):
+        raise EventError("invalid_event", "event must be a JSON object")
+    if raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise EventError(
+            "unsupported_schema_version",
+            f"schema_version {raw.get('schema_version')!r} is not supported "
+            f"(this service reads {SCHEMA_VERSION})",
+        )
+    try:
+        return _EVENT_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise EventError("invalid_event", _describe(exc)) from None
+
+
+def dump_event(event: ProductUpserted | ProductPriceChanged | ProductDelisted) -> bytes:
+    """Serialise an event for the wire (decimals as strings keep prices exact)."""
+    return event.model_dump_json(exclude_none=True).encode("utf-8")
