@@ -30,6 +30,7 @@ from pydantic import (
 SCHEMA_VERSION = 1
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 ProductId = Annotated[
     str,
@@ -89,8 +90,8 @@ def category_ancestors(category: str) -> list[str]:
 class ImageRef(StrictModel):
     """One product image: exactly one of an http(s) URL, a local path or inline base64 bytes.
 
-    A bare string in an event's ``images`` list is accepted as a URL when it starts with
-    ``http://`` or ``https://`` and as a path otherwise.
+    A bare string in an event's ``images`` list is taken as a URL when it has a scheme
+    (``https://...``) and as a path otherwise.
     """
 
     url: Annotated[str, Field(max_length=2048)] | None = None
@@ -101,9 +102,8 @@ class ImageRef(StrictModel):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return {"url": value} if value.lower().startswith(("http://", "https://")) else {
-                "path": value
-            }
+            # Anything with a scheme is a URL (and only http/https pass validation).
+            return {"url": value} if _SCHEME.match(value) else {"path": value}
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,35 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CATALOG ?=
+N_PRODUCTS ?= 1000
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[tf,broker,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/lookalike demo $(if $(CATALOG),--catalog $(CATALOG),--n-products $(N_PRODUCTS))
+
+# Starts its own Tansu broker unless LOOKALIKE_TEST_BOOTSTRAP points at one; runs the real-server
+# Milvus suite too when LOOKALIKE_TEST_MILVUS_SERVER_URI is set (.ci/run does both).
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/bench_pipeline.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

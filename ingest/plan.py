@@ -1,0 +1,190 @@
+"""Planning: turn a batch of events plus the stored product states into writes and outcomes.
+
+Every event ends as exactly one :class:`Outcome`: applied, stale (its version is not newer
+than what is stored or what an earlier event in the batch set) or dead-lettered with a reason.
+Events of one product are folded in offset order, so a batch holding ``upserted, price_changed,
+delisted`` for a product writes only the net effect.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ingest.sink import WritePlan
+from schema.events import (
+    EventError,
+    ProductDelisted,
+    ProductEvent,
+    ProductPriceChanged,
+    ProductUpserted,
+)
+from schema.records import ImageRecord, ProductState
+
+
+class Status(str, Enum):
+    APPLIED = "applied"
+    STALE = "stale"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass
+class EventItem:
+    """One consumed record, parsed (``event``) or not (``error``), and what became of it."""
+
+    index: int
+    event: ProductEvent | None
+    error: EventError | None
+    outcome: Outcome | None = None
+
+
+@dataclass
+class ImageFailure:
+    reason: str
+    detail: str
+
+
+@dataclass
+class EmbeddedProduct:
+    """The one upsert per product whose images were fetched and embedded in this batch."""
+
+    event: ProductUpserted
+    vectors: dict[int, list[float]] = field(default_factory=dict)
+    failures: dict[int, ImageFailure] = field(default_factory=dict)
+
+
+def select_upserts(items: list[EventItem]) -> dict[str, ProductUpserted]:
+    """Per product, the (first) upsert with the highest version: the only one worth
+    embedding, since any other upsert in the batch is either stale or overwritten by it."""
+    chosen: dict[str, ProductUpserted] = {}
+    for item in items:
+        ev = item.event
+        if isinstance(ev, ProductUpserted):
+            best = chosen.get(ev.product_id)
+            if best is None or ev.resolved_version > best.resolved_version:
+                chosen[ev.product_id] = ev
+    return chosen
+
+
+@dataclass
+class _Fold:
+    version: int
+    listed: bool
+    action: str = ""  # "", "upsert", "superseded", "price", "delete"
+    upsert: ProductUpserted | None = None
+    price: tuple[float, str] | None = None
+    touched: bool = False
+
+
+def _apply(fold: _Fold, ev: ProductEvent, embedded: EmbeddedProduct | None) -> Outcome:
+    version = ev.resolved_version
+    if version <= fold.version:
+        return Outcome(Status.STALE, "stale_version", f"version {version} <= {fold.version}")
+    if isinstance(ev, ProductUpserted):
+        if embedded is None or embedded.event is not ev:
+            fold.action, fold.upsert, fold.price = "superseded", None, None
+        elif not embedded.vectors:
+            reasons = "; ".join(
+                f"image {i}: {f.reason}: {f.detail}" for i, f in sorted(embedded.failures.items())
+            )
+            return Outcome(Status.DEAD_LETTERED, "all_images_failed", reasons)
+        else:
+            fold.action, fold.upsert, fold.price = "upsert", ev, None
+        fold.listed = True
+    elif isinstance(ev, ProductPriceChanged):
+        if not fold.listed:
+            return Outcome(
+                Status.DEAD_LETTERED, "product_not_listed", f"{ev.product_id} is not listed"
+            )
+        fold.price = (float(ev.price), ev.currency)
+        if fold.action == "":
+            fold.action = "price"
+    elif isinstance(ev, ProductDelisted):
+        fold.action, fold.upsert, fold.price, fold.listed = "delete", None, None, False
+    fold.version = version
+    fold.touched = True
+    return Outcome(Status.APPLIED)
+
+
+def plan_writes(
+    items: list[EventItem],
+    states: dict[str, ProductState],
+    embedded: dict[str, EmbeddedProduct],
+    model_version: str,
+    now_ms: int,
+) -> WritePlan:
+    """Fold each product's events over its stored state; set every item's outcome."""
+    by_product: dict[str, list[EventItem]] = defaultdict(list)
+    for item in items:
+        if item.event is None:
+            assert item.error is not None
+            item.outcome = Outcome(Status.DEAD_LETTERED, item.error.reason, item.error.detail)
+        else:
+            by_product[item.event.product_id].append(item)
+
+    plan = WritePlan()
+    for product_id, product_items in by_product.items():
+        stored = states.get(product_id)
+        fold = _Fold(version=stored.version if stored else -1, listed=bool(stored and stored.listed))
+        for item in product_items:
+            assert item.event is not None
+            item.outcome = _apply(fold, item.event, embedded.get(product_id))
+        if fold.action == "superseded":
+            _dead_letter_superseded(product_items)
+        elif fold.touched:
+            _emit(plan, product_id, fold, embedded.get(product_id), model_version, now_ms)
+    return plan
+
+
+def _dead_letter_superseded(items: list[EventItem]) -> None:
+    """The batch's newest upsert of this product failed, so the older upserts it was to
+    replace (and what was applied on top of them) were never written: keep them all."""
+    for item in items:
+        if item.outcome is not None and item.outcome.status is Status.APPLIED:
+            item.outcome = Outcome(
+                Status.DEAD_LETTERED,
+                "superseded_upsert_failed",
+                "a newer upsert of this product in the same batch failed; nothing was written",
+            )
+
+
+def _emit(
+    plan: WritePlan,
+    product_id: str,
+    fold: _Fold,
+    embedded: EmbeddedProduct | None,
+    model_version: str,
+    now_ms: int,
+) -> None:
+    if fold.action == "upsert":
+        assert fold.upsert is not None and embedded is not None
+        event = fold.upsert
+        if fold.price is not None or event.resolved_version != fold.version:
+            price, currency = fold.price or (float(event.price), event.currency)
+            event = event.model_copy(
+                update={"price": price, "currency": currency, "version": fold.version}
+            )
+        records = [
+            ImageRecord.from_event(event, index, vector, model_version, now_ms)
+            for index, vector in sorted(embedded.vectors.items())
+        ]
+        plan.upserts.extend(records)
+        plan.prune[product_id] = {r.pk for r in records}
+    elif fold.action == "price":
+        assert fold.price is not None
+        plan.price_updates[product_id] = (fold.price[0], fold.price[1], fold.version)
+    elif fold.action == "delete":
+        plan.delete_products.append(product_id)
+    plan.states.append(
+        ProductState(
+            product_id=product_id, version=fold.version, listed=fold.listed, updated_at_ms=now_ms
+        )
+    )

@@ -1,0 +1,134 @@
+"""Catalog file -> ``product.upserted`` events (the ``lookalike publish`` command).
+
+A catalog is JSON Lines: product_id, title, category, price, currency, images (each a path
+string or an object with a ``path``/``url``, paths relative to the file), optional seller_id;
+other keys (group_id, color, ...) become string attributes. Every line is validated before
+anything is sent, so a bad file publishes nothing and every error is reported with its line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from pydantic import ValidationError
+
+from schema.events import ProductUpserted, dump_event
+
+_EVENT_KEYS = {"product_id", "title", "category", "price", "currency", "images", "seller_id"}
+_DROPPED_KEYS = {"type", "schema_version", "version", "updated_at", "attributes"}
+
+
+class CatalogError(ValueError):
+    """The catalog file has invalid lines; ``errors`` lists ``(line_number, message)``."""
+
+    def __init__(self, path: Path, errors: list[tuple[int, str]]) -> None:
+        shown = "\n".join(f"  line {n}: {msg}" for n, msg in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"{path}: {len(errors)} invalid line(s):\n{shown}{more}")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class CatalogLine:
+    line: int
+    raw: dict[str, Any]
+
+
+def _image(entry: Any, base: Path) -> Any:
+    """A catalog image entry -> an event image: relative paths become absolute."""
+    if isinstance(entry, dict):
+        if "url" in entry:
+            return {"url": entry["url"]}
+        entry = entry.get("path")
+    if isinstance(entry, str) and not entry.lower().startswith(("http://", "https://")):
+        path = Path(entry)
+        return {"path": str(path if path.is_absolute() else (base / path).resolve())}
+    return entry
+
+
+def catalog_lines(path: Path) -> Iterator[CatalogLine]:
+    with open(path, encoding="utf-8") as fh:
+        for number, text in enumerate(fh, 1):
+            if text.strip():
+                try:
+                    raw = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raw = {"__error__": f"invalid JSON: {exc}"}
+                yield CatalogLine(number, raw if isinstance(raw, dict) else {"__error__": "not an object"})
+
+
+def to_event(
+    raw: dict[str, Any], base: Path, version: int, default_seller: str
+) -> ProductUpserted:
+    if "__error__" in raw:
+        raise ValueError(raw["__error__"])
+    images = raw.get("images")
+    fields = {k: v for k, v in raw.items() if k in _EVENT_KEYS}
+    fields["images"] = [_image(e, base) for e in images] if isinstance(images, list) else images
+    fields.setdefault("seller_id", default_seller)
+    if isinstance(fields.get("price"), float):
+        fields["price"] = str(fields["price"])  # keep the decimal as written, not binary noise
+    attributes = {
+        k: v if isinstance(v, str) else json.dumps(v)
+        for k, v in raw.items()
+        if k not in _EVENT_KEYS and k not in _DROPPED_KEYS and v is not None
+    }
+    return ProductUpserted(**fields, attributes=attributes, version=version)
+
+
+def load_catalog(
+    path: Path, *, version: int | None = None, default_seller: str = "catalog"
+) -> list[ProductUpserted]:
+    """Validate the whole file; raise :class:`CatalogError` listing every bad line."""
+    version = int(time.time() * 1000) if version is None else version
+    base = path.resolve().parent
+    events: list[ProductUpserted] = []
+    errors: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
+    for line in catalog_lines(path):
+        try:
+            event = to_event(line.raw, base, version, default_seller)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "line"
+            errors.append((line.line, f"{loc}: {first['msg']}"))
+            continue
+        except (ValueError, TypeError) as exc:
+            errors.append((line.line, str(exc)))
+            continue
+        if event.product_id in seen:
+            errors.append((line.line, f"product_id {event.product_id!r} repeats line "
+                                      f"{seen[event.product_id]}"))
+            continue
+        seen[event.product_id] = line.line
+        events.append(event)
+    if errors:
+        raise CatalogError(path, errors)
+    return events
+
+
+def publish_events(
+    producer: KafkaProducer,
+    topic: str,
+    events: list[ProductUpserted],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send events keyed by product_id (one product, one partition, in order); flush."""
+    futures = []
+    for event in events:
+        futures.append(
+            producer.send(topic, key=event.product_id.encode(), value=dump_event(event))
+        )
+        if progress is not None:
+            progress(1)
+    producer.flush()
+    for future in futures:
+        future.get(timeout=30)
+    return len(futures)

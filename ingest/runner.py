@@ -1,0 +1,244 @@
+"""The loop that glues the stages: poll, batch, hand over, commit what was written.
+
+The poll loop runs on the caller's thread and is the only code that touches the consumer.
+Batches travel prepare -> embed -> write on three worker threads connected by FIFO queues, so
+they finish in the order they were opened and committing batch N's offsets is always safe once
+batch N is written. While the pipeline is full the partitions are paused and ``poll()`` keeps
+running, which keeps the consumer in its group (see ingest/source.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from ingest.source import KafkaSource
+from ingest.plan import EventItem
+from ingest.stages import Batch, BatchStats, Stages, parse_records
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class IngestError(RuntimeError):
+    """A batch could not be written; its offsets (and later ones) stay uncommitted."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    batch_events: int = 64
+    batch_images: int = 128
+    batch_timeout_s: float = 0.5
+    max_in_flight: int = 3
+    shutdown_grace_s: float = 30.0
+    poll_timeout_ms: int = 100
+
+
+@dataclass
+class RunReport:
+    batches: int = 0
+    totals: BatchStats = field(default_factory=BatchStats)
+    stopped_by: str = ""
+    seconds: float = 0.0
+
+
+class Pipeline:
+    """Three stage threads; batches come out of ``done`` in the order they went in."""
+
+    def __init__(self, stages: Stages) -> None:
+        self.done: queue.Queue[Batch] = queue.Queue()
+        self._queues: list[queue.Queue[object]] = [queue.Queue() for _ in range(3)]
+        steps: list[Callable[[Batch], None]] = [stages.prepare, stages.embed, stages.write]
+        outs: list[queue.Queue[object]] = [self._queues[1], self._queues[2], self.done]  # type: ignore[list-item]
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(step, self._queues[i], outs[i]), name=name, daemon=True
+            )
+            for i, (step, name) in enumerate(zip(steps, ("prepare", "embed", "write"), strict=True))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _work(step: Callable[[Batch], None], inbox: queue.Queue[object], out: queue.Queue[object]) -> None:
+        while True:
+            batch = inbox.get()
+            if batch is _STOP:
+                out.put(_STOP)
+                return
+            assert isinstance(batch, Batch)
+            if batch.error is None:
+                try:
+                    step(batch)
+                except BaseException as exc:  # carried to the poll loop, which stops
+                    batch.error = exc
+            out.put(batch)
+
+    def submit(self, batch: Batch) -> None:
+        self._queues[0].put(batch)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._queues[0].put(_STOP)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class Runner:
+    """Consumes product events until stopped (or caught up) and commits after each write."""
+
+    def __init__(
+        self,
+        source: KafkaSource,
+        pipeline: Pipeline,
+        config: RunnerConfig,
+        *,
+        on_batch: Callable[[Batch, RunReport], None] | None = None,
+    ) -> None:
+        self._source = source
+        self._pipeline = pipeline
+        self._config = config
+        self._on_batch = on_batch
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._pending: list[ConsumerRecord] = []
+        self._pending_items: list[EventItem] = []
+        self._pending_images = 0
+        self._pending_since = 0.0
+        self._failure: BaseException | None = None
+        self._in_flight: list[Batch] = []
+        self._seq = 0
+        self.report = RunReport()
+        source.on_revoked = self._on_revoked
+
+    def stop(self, reason: str = "signal") -> None:
+        """Ask the loop to finish: safe to call from a signal handler or another thread."""
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def run(self, *, until_caught_up: bool = False) -> RunReport:
+        started = time.monotonic()
+        self._source.subscribe()
+        try:
+            while not self._stop.is_set():
+                self._collect(block=False)
+                self._source.pause() if self._pipeline_full() else self._source.resume()
+                room = max(1, self._config.batch_events - len(self._pending))
+                records = self._source.poll(self._config.poll_timeout_ms, room)
+                if records:
+                    self._add(records)
+                self._maybe_submit()
+                if until_caught_up and self._idle() and self._source.caught_up():
+                    self.stop("caught_up")
+            self._finish()
+        finally:
+            self.report.seconds = time.monotonic() - started
+            self._pipeline.close()
+            self._source.close()
+        if self._failure is not None:
+            raise IngestError(f"ingest stopped: {self._failure!r}") from self._failure
+        return self.report
+
+    # -- batching -------------------------------------------------------------------------
+
+    def _pipeline_full(self) -> bool:
+        return len(self._in_flight) >= self._config.max_in_flight
+
+    def _idle(self) -> bool:
+        return not self._pending and not self._in_flight
+
+    def _add(self, records: list[ConsumerRecord]) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        items, n_images = parse_records(records, start=len(self._pending))
+        self._pending.extend(records)
+        self._pending_items.extend(items)
+        self._pending_images += n_images
+
+    def _maybe_submit(self, force: bool = False) -> None:
+        if not self._pending or self._failure is not None:
+            return
+        if self._pipeline_full() and not force:
+            return
+        aged = time.monotonic() - self._pending_since >= self._config.batch_timeout_s
+        full = len(self._pending) >= self._config.batch_events or (
+            self._pending_images >= self._config.batch_images
+        )
+        if force or aged or full:
+            self._seq += 1
+            batch = Batch(
+                self._seq, self._pending, self._pending_items, self._pending_images,
+                self._pending_since,
+            )
+            self._pending, self._pending_items, self._pending_images = [], [], 0
+            self._in_flight.append(batch)
+            self._pipeline.submit(batch)
+
+    # -- completion -----------------------------------------------------------------------
+
+    def _collect(self, *, block: bool, timeout_s: float = 0.0) -> bool:
+        """Commit every finished batch; returns False if waiting timed out."""
+        while self._in_flight:
+            try:
+                batch = self._pipeline.done.get(block=block, timeout=timeout_s if block else None)
+            except queue.Empty:
+                return not block
+            self._complete(batch)
+            block = False
+        return True
+
+    def _complete(self, batch: Batch) -> None:
+        assert self._in_flight and self._in_flight[0] is batch, "batches finish in order"
+        self._in_flight.pop(0)
+        if batch.error is not None or self._failure is not None:
+            # Nothing at or after a failed batch is committed: its events are read again.
+            if self._failure is None:
+                self._failure = batch.error
+                log.error("batch=%d failed: %r; stopping without committing it",
+                          batch.seq, batch.error)
+            self._stop.set()
+            return
+        self._source.commit(batch.offsets())
+        self.report.batches += 1
+        self.report.totals.add(batch.stats)
+        log.info("batch=%d %s e2e_s=%.3f", batch.seq, batch.stats.summary(),
+                 time.monotonic() - batch.opened_at)
+        if self._on_batch is not None:
+            self._on_batch(batch, self.report)
+
+    def _drain(self, grace_s: float) -> None:
+        """Wait for in-flight batches (up to ``grace_s``), committing each as it lands."""
+        deadline = time.monotonic() + grace_s
+        self._source.pause()
+        while self._in_flight and time.monotonic() < deadline:
+            self._collect(block=True, timeout_s=min(0.2, max(0.0, deadline - time.monotonic())))
+        if self._in_flight:
+            log.warning(
+                "abandoning %d unfinished batch(es); their events will be consumed again",
+                len(self._in_flight),
+            )
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before partitions move to another consumer, write and commit what we hold."""
+        if not revoked:
+            return
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        self._maybe_submit(force=True)
+        self._drain(self._config.shutdown_grace_s)
+
+    def _finish(self) -> None:
+        self.report.stopped_by = self._stop_reason or "stopped"
+        if self._pending:
+            self._pending_items, self._pending_images = [], 0
+            log.info("dropping %d polled but unsubmitted record(s): not committed, "
+                     "they will be consumed again", len(self._pending))
+            self._pending = []
+        self._drain(self._config.shutdown_grace_s)

@@ -1,0 +1,142 @@
+"""Source stage: the Kafka consumer, owned by the poll loop's thread alone.
+
+kafka-python's consumer is not thread-safe, and in 3.0.12 a group join that completes outside
+``poll()`` is thrown away and retried forever. So everything that touches the consumer (poll,
+pause/resume, commit, lag) happens here, on the loop's thread, and the loop never blocks on
+the model: back-pressure pauses partitions while ``poll()`` keeps the membership alive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[TopicPartition, int]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(
+        self,
+        on_revoked: Callable[[set[TopicPartition]], None],
+        on_assigned: Callable[[set[TopicPartition]], None],
+    ) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._on_assigned(set(assigned))
+
+
+class KafkaSource:
+    """Polls product events; commits only the offsets it is told were fully written."""
+
+    def __init__(self, consumer: KafkaConsumer, topic: str) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._paused = False
+        self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
+        self.on_assigned: Callable[[set[TopicPartition]], None] = lambda _tps: None
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            [self._topic],
+            listener=_Listener(lambda tps: self.on_revoked(tps), self._assigned),
+        )
+
+    def _assigned(self, tps: set[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in tps))
+        if self._paused and tps:
+            self._consumer.pause(*tps)
+        self.on_assigned(tps)
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records: list[ConsumerRecord] = []
+        for tp_records in batches.values():
+            records.extend(tp_records)
+        return records
+
+    def pause(self) -> None:
+        """Stop fetching (back-pressure) but stay in the group: poll() keeps heartbeating."""
+        if not self._paused:
+            self._paused = True
+            assigned = self._consumer.assignment()
+            if assigned:
+                self._consumer.pause(*assigned)
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            paused = self._consumer.paused()
+            if paused:
+                self._consumer.resume(*paused)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def commit(self, offsets: Offsets) -> None:
+        """Synchronously commit ``offsets`` (the next offset to read, per partition)."""
+        owned = self._consumer.assignment()
+        to_commit = {
+            tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items() if tp in owned
+        }
+        if to_commit:
+            self._consumer.commit(to_commit)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment())
+
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """Records left per assigned partition, from the fetch high-water mark (Tansu answers
+        ListOffsets LATEST wrongly, so end offsets are never asked for). ``None``: not known
+        yet (no fetch response seen for the partition)."""
+        result: dict[TopicPartition, int | None] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            result[tp] = None if high is None else max(0, high - self._consumer.position(tp))
+        return result
+
+    def caught_up(self) -> bool:
+        lags = self.lag()
+        return bool(lags) and all(v == 0 for v in lags.values())
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+def build_consumer(
+    bootstrap_servers: str,
+    group_id: str,
+    client_id: str,
+    *,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+    max_poll_records: int,
+    **extra: Any,
+) -> KafkaConsumer:
+    """The consumer as the loop needs it: manual commits, start at the earliest offset for a
+    new group (a backfill must see the whole topic)."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap_servers.split(","),
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        max_poll_records=max_poll_records,
+        # A paused consumer must not be evicted while the model works through a backlog.
+        max_poll_interval_ms=max(300_000, session_timeout_ms * 3),
+        **extra,
+    )

@@ -1,0 +1,268 @@
+"""The work done on a batch, one method per stage: prepare (fetch + decode), embed, write.
+
+Each stage reads and fills a :class:`Batch`; the pipeline runs them on their own threads so
+that decoding the next batch overlaps embedding this one, and Milvus writes overlap both. The
+stages never touch the Kafka consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from embedding.decode import ImageDecodeError, decode_image
+from ingest.dlq import DeadLetterQueue
+from ingest.fetch import FetchError, ImageFetcher
+from ingest.plan import (
+    EmbeddedProduct,
+    EventItem,
+    ImageFailure,
+    Status,
+    plan_writes,
+    select_upserts,
+)
+from ingest.sink import WritePlan
+from schema.events import EventError, ProductUpserted, parse_event
+from schema.records import ProductState
+
+log = logging.getLogger(__name__)
+
+
+class BatchEmbedder(Protocol):
+    """What the embed stage needs: ``prepare`` runs on the fetch pool (CPU work that overlaps
+    inference), ``embed_prepared`` on the embed thread."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    def prepare(self, image: Any) -> np.ndarray: ...
+
+    def embed_prepared(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class StateStore(Protocol):
+    def get_states(self, product_ids: Sequence[str]) -> dict[str, ProductState]: ...
+
+    def apply(self, plan: WritePlan) -> Any: ...
+
+
+@dataclass
+class BatchStats:
+    events: int = 0
+    applied: int = 0
+    stale: int = 0
+    dead_lettered: int = 0
+    images_ok: int = 0
+    images_failed: Counter[str] = field(default_factory=Counter)
+    dlq_reasons: Counter[str] = field(default_factory=Counter)
+    rows_upserted: int = 0
+    decode_s: float = 0.0
+    embed_s: float = 0.0
+    write_s: float = 0.0
+    freshness_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: BatchStats) -> None:
+        for name in (
+            "events", "applied", "stale", "dead_lettered", "images_ok", "rows_upserted",
+            "decode_s", "embed_s", "write_s",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.images_failed.update(other.images_failed)
+        self.dlq_reasons.update(other.dlq_reasons)
+        self.freshness_ms.extend(other.freshness_ms)
+
+    def summary(self) -> str:
+        fresh = np.array(self.freshness_ms) if self.freshness_ms else np.zeros(1)
+        failed = ",".join(f"{k}:{v}" for k, v in sorted(self.images_failed.items())) or "-"
+        dlq = ",".join(f"{k}:{v}" for k, v in sorted(self.dlq_reasons.items())) or "-"
+        return (
+            f"events={self.events} applied={self.applied} stale={self.stale} "
+            f"dead_lettered={self.dead_lettered} dlq_reasons={dlq} images={self.images_ok} "
+            f"image_failures={failed} rows={self.rows_upserted} decode_s={self.decode_s:.3f} "
+            f"embed_s={self.embed_s:.3f} write_s={self.write_s:.3f} "
+            f"freshness_p50_ms={np.percentile(fresh, 50):.0f} "
+            f"freshness_max_ms={fresh.max():.0f}"
+        )
+
+
+@dataclass
+class Batch:
+    seq: int
+    records: list[ConsumerRecord]
+    items: list[EventItem]
+    n_images: int
+    opened_at: float
+    jobs: list[tuple[str, int]] = field(default_factory=list)
+    prepared: list[np.ndarray] = field(default_factory=list)
+    embedded: dict[str, EmbeddedProduct] = field(default_factory=dict)
+    stats: BatchStats = field(default_factory=BatchStats)
+    error: BaseException | None = None
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        """Next offset to read per partition: what committing this batch means."""
+        result: dict[TopicPartition, int] = {}
+        for r in self.records:
+            tp = TopicPartition(r.topic, r.partition)
+            result[tp] = max(result.get(tp, 0), r.offset + 1)
+        return result
+
+
+def parse_records(records: list[ConsumerRecord], start: int = 0) -> tuple[list[EventItem], int]:
+    """Parse each record into an item (numbered from ``start``); also count the images the
+    batch will embed, which bounds the batch's size."""
+    items: list[EventItem] = []
+    n_images = 0
+    for index, record in enumerate(records, start):
+        try:
+            if record.value is None:
+                raise EventError("malformed_json", "empty record value (tombstone)")
+            event = parse_event(record.value)
+        except EventError as exc:
+            items.append(EventItem(index, None, exc))
+            continue
+        if record.key is not None and record.key != event.product_id.encode():
+            items.append(
+                EventItem(
+                    index,
+                    None,
+                    EventError("key_mismatch", "record key must equal the event's product_id"),
+                )
+            )
+            continue
+        items.append(EventItem(index, event, None))
+        if isinstance(event, ProductUpserted):
+            n_images += len(event.images)
+    return items, n_images
+
+
+class Stages:
+    def __init__(
+        self,
+        fetcher: ImageFetcher,
+        embedder: BatchEmbedder,
+        sink: StateStore,
+        dlq: DeadLetterQueue,
+        pool: ThreadPoolExecutor,
+        *,
+        max_pixels: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._fetcher = fetcher
+        self._embedder = embedder
+        self._sink = sink
+        self._dlq = dlq
+        self._pool = pool
+        self._max_pixels = max_pixels
+        self._clock = clock
+
+    def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
+        data = self._fetcher.fetch(event.images[index])
+        return self._embedder.prepare(decode_image(data, self._max_pixels))
+
+    def prepare(self, batch: Batch) -> None:
+        """Fetch, decode and preprocess the images of the upserts worth embedding."""
+        started = time.perf_counter()
+        chosen = self._not_yet_stored(select_upserts(batch.items))
+        futures = []
+        for product_id, event in chosen.items():
+            batch.embedded[product_id] = EmbeddedProduct(event)
+            for index in range(len(event.images)):
+                futures.append((product_id, index, self._pool.submit(self._load, event, index)))
+        for product_id, index, future in futures:
+            try:
+                array = future.result()
+            except (FetchError, ImageDecodeError) as exc:
+                self._fail_image(batch, product_id, index, exc.reason, exc.detail)
+                continue
+            except Exception as exc:  # an unexpected decoder bug fails this image only
+                self._fail_image(batch, product_id, index, "image_error", repr(exc))
+                continue
+            batch.jobs.append((product_id, index))
+            batch.prepared.append(array)
+        batch.stats.decode_s = time.perf_counter() - started
+
+    def _not_yet_stored(self, chosen: dict[str, ProductUpserted]) -> dict[str, ProductUpserted]:
+        """Drop upserts already stored at this version or newer (replays, duplicates), so
+        they cost no fetch and no inference. Stored versions only grow, so what is stale now
+        is stale at write time too; the write stage checks again against fresh state."""
+        if not chosen:
+            return chosen
+        stored = self._sink.get_states(sorted(chosen))
+        return {
+            pid: ev
+            for pid, ev in chosen.items()
+            if pid not in stored or stored[pid].version < ev.resolved_version
+        }
+
+    @staticmethod
+    def _fail_image(batch: Batch, product_id: str, index: int, reason: str, detail: str) -> None:
+        embedded = batch.embedded[product_id]
+        embedded.failures[index] = ImageFailure(reason, detail)
+        batch.stats.images_failed[reason] += 1
+        ref = embedded.event.images[index].reference
+        log.warning(
+            "image failed product_id=%s image=%s reason=%s detail=%s",
+            product_id, ref[:200], reason, detail,
+        )
+
+    def embed(self, batch: Batch) -> None:
+        if not batch.prepared:
+            return
+        started = time.perf_counter()
+        vectors = self._embedder.embed_prepared(np.stack(batch.prepared))
+        batch.stats.embed_s = time.perf_counter() - started
+        for (product_id, index), vector in zip(batch.jobs, vectors, strict=True):
+            batch.embedded[product_id].vectors[index] = vector.astype(np.float32).tolist()
+        batch.stats.images_ok = len(batch.jobs)
+        batch.prepared = []
+
+    def write(self, batch: Batch) -> None:
+        """Plan against stored state, write to Milvus, dead-letter, and only then return."""
+        started = time.perf_counter()
+        product_ids = sorted({i.event.product_id for i in batch.items if i.event is not None})
+        states = self._sink.get_states(product_ids) if product_ids else {}
+        now_ms = int(self._clock() * 1000)
+        plan = plan_writes(
+            batch.items, states, batch.embedded, self._embedder.model_version, now_ms
+        )
+        if plan.upserts or plan.delete_products or plan.price_updates or plan.states:
+            self._sink.apply(plan)
+        for item in batch.items:
+            assert item.outcome is not None
+            if item.outcome.status is Status.DEAD_LETTERED:
+                self._dlq.send(batch.records[item.index], item.outcome.reason, item.outcome.detail)
+        self._dlq.flush()
+        batch.stats.write_s = time.perf_counter() - started
+        self._count(batch, plan)
+
+    def _count(self, batch: Batch, plan: WritePlan) -> None:
+        stats = batch.stats
+        stats.events = len(batch.items)
+        stats.rows_upserted = len(plan.upserts)
+        done_ms = self._clock() * 1000
+        for item in batch.items:
+            assert item.outcome is not None
+            if item.outcome.status is Status.APPLIED:
+                stats.applied += 1
+                stamp = batch.records[item.index].timestamp
+                if stamp is not None and stamp > 0:
+                    stats.freshness_ms.append(max(0.0, done_ms - stamp))
+            elif item.outcome.status is Status.STALE:
+                stats.stale += 1
+            else:
+                stats.dead_lettered += 1
+                stats.dlq_reasons[item.outcome.reason] += 1
+                log.warning(
+                    "dead-lettered offset=%s reason=%s detail=%s",
+                    batch.records[item.index].offset, item.outcome.reason,
+                    item.outcome.detail[:300],
+                )

@@ -1,0 +1,26 @@
+"""Create the event and dead-letter topics when they do not exist yet."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(bootstrap_servers: str, topics: dict[str, int]) -> None:
+    """``topics`` maps a name to its partition count (used only when creating it)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","))
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+                log.info("created topics %s", [t.name for t in missing])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

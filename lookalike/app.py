@@ -1,0 +1,104 @@
+"""Builders: turn settings into the heavy objects (clients, model, pipeline). Called from
+``main()`` and from tests; nothing here runs at import time."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from typing import TYPE_CHECKING, Any
+
+from pymilvus import MilvusClient
+
+from ingest.dlq import DeadLetterQueue, build_producer
+from ingest.fetch import ImageFetcher
+from ingest.runner import Pipeline, Runner, RunnerConfig
+from ingest.sink import MilvusSink
+from ingest.source import KafkaSource, build_consumer
+from ingest.stages import Batch, Stages
+from ingest.topics import ensure_topics
+from lookalike.settings import Settings
+from schema.collection import CollectionSpec, ensure_collections
+
+if TYPE_CHECKING:
+    from embedding.embedder import EfficientNetLiteEmbedder
+    from search.api import ProductSearch
+
+log = logging.getLogger(__name__)
+
+
+def build_embedder(settings: Settings) -> EfficientNetLiteEmbedder:
+    from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
+
+    m = settings.model
+    return create_embedder(m.variant, m.square, m.batch_size)
+
+
+def build_milvus(settings: Settings, dim: int) -> tuple[MilvusClient, CollectionSpec]:
+    uri = settings.milvus.uri
+    if "://" not in uri:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    client = MilvusClient(uri=uri, token=settings.milvus.token)
+    spec = CollectionSpec(name=settings.milvus.collection, dim=dim)
+    ensure_collections(client, spec)
+    return client, spec
+
+
+def build_search(settings: Settings, embedder: Any,
+                 client: MilvusClient, spec: CollectionSpec) -> ProductSearch:
+    from search.api import ProductSearch
+
+    return ProductSearch(
+        client, spec, embedder,
+        consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
+    )
+
+
+def build_runner(
+    settings: Settings,
+    embedder: Any,
+    client: MilvusClient,
+    spec: CollectionSpec,
+    pool: ThreadPoolExecutor,
+    on_batch: Callable[[Batch, object], None] | None = None,
+) -> Runner:
+    k, i, g = settings.kafka, settings.images, settings.ingest
+    ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1})
+    consumer = build_consumer(
+        k.bootstrap_servers, k.group_id, k.client_id,
+        session_timeout_ms=k.session_timeout_ms,
+        heartbeat_interval_ms=k.heartbeat_interval_ms,
+        max_poll_records=k.max_poll_records,
+    )
+    dlq = DeadLetterQueue(build_producer(k.bootstrap_servers, k.client_id + "-dlq"), k.dlq_topic)
+    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+    sink = MilvusSink(client, spec)
+    stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels)
+    config = RunnerConfig(
+        batch_events=g.batch_events, batch_images=g.batch_images,
+        batch_timeout_s=g.batch_timeout_s, max_in_flight=g.max_in_flight,
+        shutdown_grace_s=g.shutdown_grace_s,
+    )
+    return Runner(KafkaSource(consumer, k.topic), Pipeline(stages), config,
+                  on_batch=on_batch)  # type: ignore[arg-type]
+
+
+@contextmanager
+def stop_on_signals(runner: Runner) -> Iterator[None]:
+    """SIGTERM / Ctrl-C ask the runner to finish its in-flight work and commit."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing in-flight batches", signal.Signals(signum).name)
+        runner.stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,123 @@
+"""``lookalike``: one command, a subcommand per job. Settings are built here, once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lookalike.settings import Settings
+
+log = logging.getLogger("lookalike")
+
+
+def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
+    """A copy of ``settings`` with CLI overrides (None means: keep the setting)."""
+    update = {}
+    for group, values in groups.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            update[group] = getattr(settings, group).model_copy(update=values)
+    return settings.model_copy(update=update)
+
+
+def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: bool = True) -> None:
+    if kafka:
+        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+        p.add_argument("--topic", help="product events topic")
+    if milvus:
+        p.add_argument("--milvus-uri", help="Milvus URI, or a .db path for Milvus Lite")
+        p.add_argument("--collection", help="Milvus collection name")
+
+
+def _filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", type=int, default=None, help="number of products to return")
+    p.add_argument("--category", action="append", default=[],
+                   help="category path; matches its sub-paths too (repeatable)")
+    p.add_argument("--min-price", type=float)
+    p.add_argument("--max-price", type=float)
+    p.add_argument("--currency")
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
+    parser.add_argument("--log-level", default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="consume product events into Milvus")
+    _connection_args(p)
+    p.add_argument("--group-id")
+    p.add_argument("--image-root", action="append", type=Path, default=None,
+                   help="folder that local image paths may point into (repeatable)")
+    p.add_argument("--until-caught-up", action="store_true",
+                   help="exit 0 once every assigned partition is consumed and written")
+
+    p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
+    _connection_args(p, milvus=False)
+    p.add_argument("catalog", type=Path)
+    p.add_argument("--version", type=int, help="event version (default: now, in ms)")
+    p.add_argument("--seller-id", default="catalog", help="seller_id where a line has none")
+
+    p = sub.add_parser("search", help="find products that look like an image")
+    _connection_args(p, kafka=False)
+    p.add_argument("image", type=Path)
+    _filter_args(p)
+
+    p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")
+    _connection_args(p, kafka=False)
+    p.add_argument("image", type=Path, nargs="?")
+    p.add_argument("--product-id")
+    p.add_argument("--threshold", type=float, help="minimum cosine similarity")
+    _filter_args(p)
+
+    p = sub.add_parser("demo", help="broker + embedded Milvus + a catalog, end to end")
+    _connection_args(p)
+    p.add_argument("--catalog", type=Path,
+                   help="catalog.jsonl (default: Fashion-MNIST with synthetic prices)")
+    p.add_argument("--n-products", type=int, default=1000,
+                   help="Fashion-MNIST articles in the default catalog")
+
+    p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
+    p.add_argument("--port", type=int, default=9092)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=(args.log_level or settings.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    for noisy in ("kafka", "urllib3", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = _with(
+        settings,
+        kafka={"bootstrap_servers": getattr(args, "bootstrap_servers", None),
+               "topic": getattr(args, "topic", None),
+               "group_id": getattr(args, "group_id", None)},
+        milvus={"uri": getattr(args, "milvus_uri", None),
+                "collection": getattr(args, "collection", None)},
+        images={"roots": getattr(args, "image_root", None)},
+    )
+    from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
+
+    try:
+        handler = {
+            "ingest": commands.ingest,
+            "publish": commands.publish,
+            "search": commands.search,
+            "compare-prices": commands.compare_prices,
+            "demo": commands.demo,
+            "broker": commands.broker,
+        }[args.command]
+        return handler(settings, args)
+    except commands.UserError as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 2
+
+

@@ -1,0 +1,232 @@
+"""What each subcommand does, built from settings (see cli.py for the arguments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from tqdm import tqdm
+
+from ingest.dlq import build_producer
+from ingest.publish import CatalogError, load_catalog, publish_events
+from ingest.runner import IngestError, RunReport
+from ingest.stages import Batch
+from ingest.topics import ensure_topics
+from lookalike.app import (
+    build_embedder,
+    build_milvus,
+    build_runner,
+    build_search,
+    stop_on_signals,
+)
+from lookalike.broker import LocalBroker, port_open
+from lookalike.settings import Settings
+from search.api import ProductNotFound, ProductSearch
+from search.filters import SearchFilter
+
+log = logging.getLogger("lookalike")
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: printed without a traceback."""
+
+
+def _print_json(items: Sequence[BaseModel]) -> None:
+    json.dump([i.model_dump(mode="json") for i in items], sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _print_hits(items: Sequence[Any], score_name: str = "score") -> None:
+    if not items:
+        print("  (no matches)")
+    for rank, hit in enumerate(items, 1):
+        score = getattr(hit, score_name)
+        print(f"  {rank:>2}. {score:.3f}  {hit.product_id:<24} {hit.price:>9.2f} {hit.currency}"
+              f"  {hit.category[:34]:<34}  {hit.title[:48]}")
+
+
+def _search_filter(args: argparse.Namespace) -> SearchFilter | None:
+    try:
+        search_filter = SearchFilter(
+            categories=args.category or [], min_price=args.min_price,
+            max_price=args.max_price, currency=args.currency,
+        )
+    except ValidationError as exc:
+        raise UserError(f"invalid filter: {exc.errors(include_url=False)[0]['msg']}") from None
+    return search_filter
+
+
+def ingest(settings: Settings, args: argparse.Namespace) -> int:
+    embedder = build_embedder(settings)
+    client, spec = build_milvus(settings, embedder.dim)
+    return _run_ingest(settings, embedder, client, spec, until_caught_up=args.until_caught_up)
+
+
+def _run_ingest(settings: Settings, embedder: Any, client: Any, spec: Any, *,
+                until_caught_up: bool, total: int | None = None) -> int:
+    bar = tqdm(total=total, unit="event", desc="ingest", disable=not sys.stderr.isatty())
+
+    def on_batch(batch: Batch, _report: RunReport) -> None:
+        bar.update(len(batch.records))
+
+    with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
+        runner = build_runner(settings, embedder, client, spec, pool, on_batch)  # type: ignore[arg-type]
+        try:
+            with stop_on_signals(runner):
+                report = runner.run(until_caught_up=until_caught_up)
+        except IngestError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            bar.close()
+    log.info("ingest finished stopped_by=%s batches=%d seconds=%.1f %s",
+             report.stopped_by, report.batches, report.seconds, report.totals.summary())
+    return 0
+
+
+def publish(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        events = load_catalog(args.catalog, version=args.version, default_seller=args.seller_id)
+    except (CatalogError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    return _publish(settings, events)
+
+
+def _publish(settings: Settings, events: list[Any]) -> int:
+    k = settings.kafka
+    ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1})
+    producer = build_producer(k.bootstrap_servers, k.client_id + "-publish")
+    try:
+        with tqdm(total=len(events), unit="event", desc="publish",
+                  disable=not sys.stderr.isatty()) as bar:
+            sent = publish_events(producer, k.topic, events, progress=bar.update)
+    finally:
+        producer.close()
+    log.info("published events=%d topic=%s", sent, k.topic)
+    return 0
+
+
+def _searcher(settings: Settings) -> ProductSearch:
+    embedder = build_embedder(settings)
+    client, spec = build_milvus(settings, embedder.dim)
+    return build_search(settings, embedder, client, spec)
+
+
+def search(settings: Settings, args: argparse.Namespace) -> int:
+    search_filter = _search_filter(args)
+    if not args.image.is_file():
+        raise UserError(f"no such image: {args.image}")
+    hits = _searcher(settings).by_image(
+        args.image, k=args.k or settings.search.k, filter=search_filter
+    )
+    if args.json:
+        _print_json(hits)
+    else:
+        _print_hits(hits)
+    return 0
+
+
+def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
+    if (args.image is None) == (args.product_id is None):
+        raise UserError("give either IMAGE or --product-id")
+    search_filter = _search_filter(args)
+    threshold = args.threshold if args.threshold is not None else settings.search.compare_threshold
+    searcher = _searcher(settings)
+    try:
+        matches = searcher.compare_prices(
+            image=args.image, product_id=args.product_id, threshold=threshold,
+            k=args.k or 20, filter=search_filter,
+        )
+    except ProductNotFound as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        _print_json(matches)
+    else:
+        _print_hits(matches, "similarity")
+    return 0
+
+
+def broker(settings: Settings, args: argparse.Namespace) -> int:
+    with LocalBroker(args.port) as local:
+        print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
+              flush=True)
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def demo(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.demo_catalog import write_fashion_mnist_catalog
+
+    synthetic = args.catalog is None
+    catalog = args.catalog or write_fashion_mnist_catalog(
+        Path("var/demo/fmnist"), n_products=args.n_products
+    )
+    try:
+        events = load_catalog(catalog, default_seller="demo-shop")
+    except (CatalogError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    settings = settings.model_copy(update={
+        "images": settings.images.model_copy(
+            update={"roots": [*settings.images.roots, catalog.resolve().parent]}),
+        "kafka": settings.kafka.model_copy(
+            update={"group_id": f"lookalike-demo-{int(time.time())}"}),
+    })
+    local: LocalBroker | None = None
+    host, _, port = settings.kafka.bootstrap_servers.partition(":")
+    if args.bootstrap_servers is None and not port_open(host, int(port or 9092)):
+        local = LocalBroker().start()
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"bootstrap_servers": local.bootstrap_servers})})
+        print(f"started the local Tansu broker on {local.bootstrap_servers}")
+    try:
+        return _demo(settings, events, synthetic)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
+    embedder = build_embedder(settings)
+    client, spec = build_milvus(settings, embedder.dim)
+    print(f"catalog: {len(events)} products, {sum(len(e.images) for e in events)} images; "
+          f"Milvus: {settings.milvus.uri} collection {spec.name}; model {embedder.model_version}")
+    if synthetic:
+        print("note: Fashion-MNIST prices are SYNTHETIC (attributes.price_source=synthetic)")
+    _publish(settings, events)
+    started = time.monotonic()
+    code = _run_ingest(settings, embedder, client, spec, until_caught_up=True, total=len(events))
+    if code:
+        return code
+    print(f"ingested in {time.monotonic() - started:.1f}s")
+    searcher = build_search(settings, embedder, client, spec)
+    by_category: dict[str, Any] = {}
+    for event in events:
+        by_category.setdefault(event.category, event)
+    for event in list(by_category.values())[:3]:
+        image = event.images[-1]
+        print(f"\nquery: {image.reference}  ({event.title}, {event.category})")
+        _print_hits(searcher.by_image(image.path or image.reference, k=5))
+    first = events[0]
+    cheap = SearchFilter(categories=[first.category], max_price=float(first.price))
+    print(f"\nfiltered: category={first.category!r} price<={first.price} for "
+          f"{first.images[0].reference}")
+    _print_hits(searcher.by_image(first.images[0].path or "", k=5, filter=cheap))
+    resold = next((e for e in events if e.product_id.endswith("-resale")), first)
+    print(f"\nprice comparison for {resold.product_id} (threshold "
+          f"{settings.search.compare_threshold}):")
+    _print_hits(searcher.compare_prices(
+        product_id=resold.product_id, threshold=settings.search.compare_threshold, k=10,
+    ), "similarity")
+    return 0

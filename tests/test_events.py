@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+
+import pytest
+
+from schema.events import (
+    EventError,
+    ImageRef,
+    ProductDelisted,
+    ProductPriceChanged,
+    ProductUpserted,
+    category_ancestors,
+    dump_event,
+    parse_event,
+)
+from schema.records import ImageRecord, image_pk
+
+
+def upsert(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "type": "product.upserted", "product_id": "MH01-black", "title": "Chaz Hoodie",
+        "category": "Men/Tops/Hoodies & Sweatshirts", "price": "52.00", "currency": "USD",
+        "images": ["https://img.example/a.jpg", {"path": "images/b.jpg"}],
+        "seller_id": "luma", "version": 3,
+    }
+    base.update(over)
+    return base
+
+
+def test_upsert_round_trip_and_discriminator() -> None:
+    event = parse_event(json.dumps(upsert()))
+    assert isinstance(event, ProductUpserted)
+    assert event.price == Decimal("52.00")
+    assert event.images[0].url == "https://img.example/a.jpg"
+    assert event.images[1].path == "images/b.jpg"
+    assert parse_event(dump_event(event)) == event
+
+
+def test_price_changed_and_delisted() -> None:
+    price = parse_event(json.dumps({"type": "product.price_changed", "product_id": "p1",
+                                    "price": 9.5, "currency": "EUR", "version": 4}))
+    assert isinstance(price, ProductPriceChanged) and price.price == Decimal("9.5")
+    gone = parse_event(b'{"type": "product.delisted", "product_id": "p1", "version": 5}')
+    assert isinstance(gone, ProductDelisted) and gone.resolved_version == 5
+
+
+def test_updated_at_becomes_version() -> None:
+    event = parse_event(json.dumps({"type": "product.delisted", "product_id": "p1",
+                                    "updated_at": "2026-01-01T00:00:00Z"}))
+    assert event.resolved_version == 1767225600000
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "needle"),
+    [
+        (b"{not json", "malformed_json", "Expecting"),
+        (b"[1, 2]", "invalid_event", "JSON object"),
+        (json.dumps(upsert(price="-1")).encode(), "invalid_event", "price"),
+        (json.dumps(upsert(currency="usd")).encode(), "invalid_event", "currency"),
+        (json.dumps(upsert(images=[])).encode(), "invalid_event", "images"),
+        (json.dumps(upsert(product_id='x" or 1==1')).encode(), "invalid_event", "product_id"),
+        (json.dumps(upsert(category="Men//Tops")).encode(), "invalid_event", "category"),
+        (json.dumps(upsert(images=["ftp://x/y.jpg"])).encode(), "invalid_event", "images"),
+        (json.dumps(upsert(images=[{"data": "***"}])).encode(), "invalid_event", "base64"),
+        (json.dumps(upsert(version=None)).encode(), "invalid_event", "version"),
+        (json.dumps(upsert(colour="red")).encode(), "invalid_event", "colour"),
+        (json.dumps(upsert(type="product.sold")).encode(), "invalid_event", "type"),
+        (json.dumps(upsert(schema_version=2)).encode(), "unsupported_schema_version", "2"),
+        (json.dumps(upsert(price="NaN")).encode(), "invalid_event", "price"),
+        (b"\xff\xfe", "malformed_json", ""),
+    ],
+)
+def test_invalid_events_name_field_and_problem(payload: bytes, reason: str, needle: str) -> None:
+    with pytest.raises(EventError) as info:
+        parse_event(payload)
+    assert info.value.reason == reason
+    assert needle in str(info.value)
+
+
+def test_image_key_is_deterministic_and_inline_bytes_decode() -> None:
+    raw = base64.b64encode(b"\x89PNG fake").decode()
+    a, b = ImageRef(data=raw), ImageRef.model_validate({"data": raw})
+    assert a.key == b.key and a.reference.startswith("inline:sha256:")
+    assert a.inline_bytes() == b"\x89PNG fake"
+    with pytest.raises(ValueError, match="exactly one"):
+        ImageRef(url="https://x/y.jpg", path="y.jpg")
+
+
+def test_repeated_image_reference_is_rejected() -> None:
+    with pytest.raises(EventError, match="repeat"):
+        parse_event(json.dumps(upsert(images=["a.jpg", "a.jpg"])))
+
+
+def test_record_from_event_has_deterministic_pk_and_ancestors() -> None:
+    event = parse_event(json.dumps(upsert()))
+    assert isinstance(event, ProductUpserted)
+    rec = ImageRecord.from_event(event, 1, [0.0, 1.0], "m1", 123)
+    assert rec.pk == image_pk("MH01-black", event.images[1].key)
+    assert rec.category_path == ["Men", "Men/Tops", "Men/Tops/Hoodies & Sweatshirts"]
+    assert rec.version == 3 and rec.price == 52.0
+    assert category_ancestors("A") == ["A"]

@@ -1,0 +1,147 @@
+"""The fold from events + stored state to writes and outcomes (no broker, no Milvus)."""
+
+from __future__ import annotations
+
+from schema.events import ProductDelisted, ProductEvent, ProductPriceChanged, ProductUpserted
+from schema.records import ProductState
+
+from ingest.plan import (
+    EmbeddedProduct,
+    EventItem,
+    ImageFailure,
+    Status,
+    plan_writes,
+    select_upserts,
+)
+
+
+def up(pid: str, version: int, price: str = "10", images: int = 2) -> ProductUpserted:
+    return ProductUpserted(
+        product_id=pid, version=version, title=f"t{pid}", category="A/B", price=price,
+        currency="USD", images=[f"img/{pid}-{version}-{i}.jpg" for i in range(images)],
+        seller_id="s",
+    )
+
+
+def price(pid: str, version: int, value: str) -> ProductPriceChanged:
+    return ProductPriceChanged(product_id=pid, version=version, price=value, currency="EUR")
+
+
+def gone(pid: str, version: int) -> ProductDelisted:
+    return ProductDelisted(product_id=pid, version=version)
+
+
+def items(*events: ProductEvent) -> list[EventItem]:
+    return [EventItem(i, e, None) for i, e in enumerate(events)]
+
+
+def embed_all(batch: list[EventItem], fail: set[tuple[str, int]] = frozenset()) -> dict[str, EmbeddedProduct]:  # type: ignore[assignment]
+    out = {}
+    for pid, event in select_upserts(batch).items():
+        emb = EmbeddedProduct(event)
+        for i in range(len(event.images)):
+            if (pid, i) in fail:
+                emb.failures[i] = ImageFailure("not_found", "gone")
+            else:
+                emb.vectors[i] = [1.0, float(i)]
+        out[pid] = emb
+    return out
+
+
+def state(pid: str, version: int, listed: bool = True) -> dict[str, ProductState]:
+    return {pid: ProductState(product_id=pid, version=version, listed=listed, updated_at_ms=0)}
+
+
+def statuses(batch: list[EventItem]) -> list[str]:
+    return [i.outcome.status.value if i.outcome else "?" for i in batch]
+
+
+def test_new_product_writes_rows_prune_and_state() -> None:
+    batch = items(up("p", 1))
+    plan = plan_writes(batch, {}, embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied"]
+    assert len(plan.upserts) == 2 and plan.prune["p"] == {r.pk for r in plan.upserts}
+    assert plan.states[0].version == 1 and plan.states[0].listed
+
+
+def test_stale_and_replayed_versions_are_ignored() -> None:
+    batch = items(up("p", 3), up("p", 2))
+    plan = plan_writes(batch, state("p", 3), embed_all(batch), "m", 5)
+    assert statuses(batch) == ["stale", "stale"]
+    assert not plan.upserts and not plan.states
+
+
+def test_duplicate_event_in_one_batch_applies_once() -> None:
+    batch = items(up("p", 4), up("p", 4))
+    plan = plan_writes(batch, {}, embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied", "stale"]
+    assert len(plan.upserts) == 2
+
+
+def test_net_effect_upsert_then_price_keeps_new_price_and_version() -> None:
+    batch = items(up("p", 1), price("p", 2, "7.50"))
+    plan = plan_writes(batch, {}, embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied", "applied"]
+    assert {(r.price, r.currency, r.version) for r in plan.upserts} == {(7.5, "EUR", 2)}
+    assert not plan.price_updates
+
+
+def test_price_change_alone_updates_metadata_only() -> None:
+    batch = items(price("p", 9, "3"))
+    plan = plan_writes(batch, state("p", 8), {}, "m", 5)
+    assert plan.price_updates == {"p": (3.0, "EUR", 9)} and not plan.upserts
+
+
+def test_price_change_of_unknown_or_delisted_product_is_dead_lettered() -> None:
+    batch = items(price("p", 2, "3"), price("q", 2, "3"))
+    plan_writes(batch, state("q", 1, listed=False), {}, "m", 5)
+    assert statuses(batch) == ["dead_lettered", "dead_lettered"]
+    assert batch[0].outcome and batch[0].outcome.reason == "product_not_listed"
+
+
+def test_delist_then_older_upsert_cannot_resurrect() -> None:
+    batch = items(gone("p", 5), up("p", 4))
+    plan = plan_writes(batch, state("p", 3), embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied", "stale"]
+    assert plan.delete_products == ["p"] and not plan.upserts
+    assert plan.states[0].listed is False and plan.states[0].version == 5
+
+
+def test_older_upsert_superseded_by_newer_in_same_batch() -> None:
+    batch = items(up("p", 1), price("p", 2, "1"), up("p", 3, images=1))
+    plan = plan_writes(batch, {}, embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied", "applied", "applied"]
+    assert len(plan.upserts) == 1 and plan.upserts[0].version == 3
+    assert plan.upserts[0].price == 10.0
+
+
+def test_partial_image_failure_indexes_good_images() -> None:
+    batch = items(up("p", 1))
+    plan = plan_writes(batch, {}, embed_all(batch, {("p", 0)}), "m", 5)
+    assert statuses(batch) == ["applied"]
+    assert [r.image_key for r in plan.upserts] == [batch[0].event.images[1].key]  # type: ignore[union-attr]
+
+
+def test_all_images_failing_dead_letters_and_writes_nothing() -> None:
+    batch = items(up("p", 1, images=1))
+    plan = plan_writes(batch, {}, embed_all(batch, {("p", 0)}), "m", 5)
+    assert statuses(batch) == ["dead_lettered"]
+    assert batch[0].outcome and batch[0].outcome.reason == "all_images_failed"
+    assert "not_found" in batch[0].outcome.detail
+    assert not plan.upserts and not plan.states
+
+
+def test_failed_newest_upsert_keeps_the_older_ones_in_the_dead_letter_topic() -> None:
+    batch = items(up("p", 1), up("p", 2, images=1))
+    plan = plan_writes(batch, {}, embed_all(batch, {("p", 0)}), "m", 5)
+    assert statuses(batch) == ["dead_lettered", "dead_lettered"]
+    assert not plan.upserts and not plan.states
+
+
+def test_invalid_items_are_dead_lettered_with_their_reason() -> None:
+    from schema.events import EventError
+
+    batch = [EventItem(0, None, EventError("invalid_event", "price: bad"))]
+    plan_writes(batch, {}, {}, "m", 5)
+    assert batch[0].outcome and batch[0].outcome.status is Status.DEAD_LETTERED
+    assert batch[0].outcome.reason == "invalid_event"
