@@ -77,6 +77,7 @@ def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient)
 
 def rows(client: MilvusClient, settings: Settings, expr: str = 'pk != ""',
          fields: list[str] | None = None) -> list[dict[str, Any]]:
+    client.load_collection(settings.milvus.collection)  # a fresh client sees it released
     return list(client.query(settings.milvus.collection, filter=expr, limit=16384,
                              output_fields=fields or ["pk", "product_id", "price", "currency",
                                                       "version", "image_ref"],
