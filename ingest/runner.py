@@ -114,6 +114,8 @@ class Runner:
         self._pending_images = 0
         self._pending_since = 0.0
         self._failure: BaseException | None = None
+        self._revoked: set[TopicPartition] = set()
+        self._revoked_lock = threading.Lock()
         self._in_flight: list[Batch] = []
         self._seq = 0
         self.report = RunReport()
@@ -133,6 +135,7 @@ class Runner:
                 self._source.pause() if self._pipeline_full() else self._source.resume()
                 room = max(1, self._config.batch_events - len(self._pending))
                 records = self._source.poll(self._config.poll_timeout_ms, room)
+                self._forget_revoked()
                 if records:
                     self._add(records)
                 self._maybe_submit()
@@ -227,12 +230,25 @@ class Runner:
             )
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before partitions move to another consumer, write and commit what we hold."""
-        if not revoked:
+        """Runs on kafka-python's IO thread: must not block or call the consumer. It only
+        notes the partitions; the loop drops their unsubmitted records, and batches in flight
+        still write (idempotently) but commit only partitions still owned. The new owner
+        re-reads from the last commit and finds those events stale: nothing lost or doubled."""
+        if revoked:
+            with self._revoked_lock:
+                self._revoked |= revoked
+
+    def _forget_revoked(self) -> None:
+        with self._revoked_lock:
+            revoked, self._revoked = self._revoked, set()
+        if not revoked or not self._pending:
             return
-        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-        self._maybe_submit(force=True)
-        self._drain(self._config.shutdown_grace_s)
+        keep = [r for r in self._pending if TopicPartition(r.topic, r.partition) not in revoked]
+        log.info("partitions revoked: %s; dropping %d unsubmitted record(s)",
+                 sorted(tp.partition for tp in revoked), len(self._pending) - len(keep))
+        self._pending, self._pending_items, self._pending_images = [], [], 0
+        if keep:
+            self._add(keep)
 
     def _finish(self) -> None:
         self.report.stopped_by = self._stop_reason or "stopped"

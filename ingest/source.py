@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import errors as Errors  # noqa: N812 - kafka-python's own idiom
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
@@ -44,6 +45,7 @@ class KafkaSource:
         self._consumer = consumer
         self._topic = topic
         self._paused = False
+        self._owed: Offsets = {}
         self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
         self.on_assigned: Callable[[set[TopicPartition]], None] = lambda _tps: None
 
@@ -85,14 +87,35 @@ class KafkaSource:
     def paused(self) -> bool:
         return self._paused
 
-    def commit(self, offsets: Offsets) -> None:
-        """Synchronously commit ``offsets`` (the next offset to read, per partition)."""
+    def commit(self, offsets: Offsets) -> bool:
+        """Synchronously commit ``offsets`` (the next offset to read, per partition) for the
+        partitions still owned. A commit refused because the group is rebalancing is kept and
+        retried with the next one; if the partition moves meanwhile, its new owner re-reads
+        those events and finds them already applied. Returns whether all owed offsets landed."""
+        for tp, offset in offsets.items():
+            self._owed[tp] = max(offset, self._owed.get(tp, 0))
         owned = self._consumer.assignment()
-        to_commit = {
-            tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items() if tp in owned
-        }
-        if to_commit:
-            self._consumer.commit(to_commit)
+        self._owed = {tp: off for tp, off in self._owed.items() if tp in owned}
+        if not self._owed:
+            return True
+        try:
+            self._consumer.commit(
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._owed.items()}
+            )
+        except (
+            Errors.RebalanceInProgressError,
+            Errors.CommitFailedError,
+            Errors.IllegalGenerationError,
+            Errors.UnknownMemberIdError,
+        ) as exc:
+            log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
+            return False
+        self._owed = {}
+        return True
+
+    @property
+    def owes_commits(self) -> bool:
+        return bool(self._owed)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment())
@@ -108,6 +131,9 @@ class KafkaSource:
         return result
 
     def caught_up(self) -> bool:
+        """Everything assigned was read and every offset read was committed."""
+        if self._owed and not self.commit({}):
+            return False
         lags = self.lag()
         return bool(lags) and all(v == 0 for v in lags.values())
 
