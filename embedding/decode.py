@@ -1,0 +1,183 @@
+"""Untrusted image bytes -> a plain RGB ``PIL.Image``, or an ImageDecodeError with a reason.
+
+Shops send whatever their CMS holds: CMYK JPEGs, rotated phone photos, PNGs with alpha,
+16-bit TIFFs, truncated uploads, and now and then a decompression bomb. Every image that
+reaches the model goes through here so they all look alike to it:
+
+* the pixel count is read from the header and checked *before* any pixel is decoded, and
+  PIL's own DecompressionBombWarning/Error count as the same failure;
+* only common photo formats are opened (no EPS, which would start Ghostscript, nor the many
+  exotic formats PIL can parse);
+* EXIF orientation is applied, so a portrait phone photo is not embedded lying on its side;
+* transparency is composited on white, like the studio backgrounds of catalog photos, rather
+  than on black, which is what a bare ``convert("RGB")`` does to transparent pixels;
+* CMYK goes through its ICC profile when it has one; 16-bit greys are scaled, not clipped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+CORRUPT: Final = "corrupt_image"
+TOO_LARGE: Final = "image_too_large"
+UNSUPPORTED: Final = "unsupported_format"
+UNREADABLE: Final = "unreadable_file"
+
+ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF")
+_ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_HIGH_DEPTH_MODES: Final = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SRGB: Final = ImageCms.createProfile("sRGB")
+
+
+class ImageDecodeError(Exception):
+    """One image could not be turned into RGB; ``reason`` is a short code for counting."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode ``data`` into an RGB image of at most ``max_pixels`` pixels."""
+    if not data:
+        raise ImageDecodeError(CORRUPT, "empty image data")
+    image = _open(io.BytesIO(data))
+    return normalise_image(image, max_pixels)
+
+
+def load_image(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image,
+    max_pixels: int,
+) -> Image.Image:
+    """Bytes, a file path or a PIL image (as the search API receives them) -> RGB image."""
+    if isinstance(source, Image.Image):
+        return normalise_image(source, max_pixels)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return decode_image(bytes(source), max_pixels)
+    if isinstance(source, str | os.PathLike):
+        return decode_image(_read_file(Path(source)), max_pixels)
+    raise TypeError(f"cannot load an image from {type(source).__name__}")
+
+
+def normalise_image(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Check size, decode pixels, apply EXIF orientation and convert to RGB."""
+    _check_pixels(image, max_pixels)
+    _load_pixels(image)
+    return _to_rgb(_apply_orientation(image))
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(UNREADABLE, f"{path}: {exc.strerror or exc}") from exc
+
+
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _open(fp: io.BytesIO) -> Image.Image:
+    """Parse the header only; PIL's bomb check runs here and is turned into our error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=_formats())
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(TOO_LARGE, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(UNSUPPORTED, "not an image in a supported format") from exc
+    except Exception as exc:  # PIL plugins raise many types on malformed headers
+        raise ImageDecodeError(CORRUPT, f"bad header: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    w, h = image.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(CORRUPT, f"invalid size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(TOO_LARGE, f"{w}x{h} = {w * h} pixels > {max_pixels}")
+
+
+def _load_pixels(image: Image.Image) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(TOO_LARGE, str(exc)) from exc
+    except MemoryError as exc:
+        raise ImageDecodeError(TOO_LARGE, "out of memory while decoding") from exc
+    except Exception as exc:  # truncated data: OSError; bad streams: SyntaxError, ValueError...
+        raise ImageDecodeError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip per EXIF; a broken EXIF block is not worth rejecting the photo for."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _flatten_on_white(image)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if mode in _HIGH_DEPTH_MODES:
+        return _high_depth_to_rgb(image)
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageDecodeError(UNSUPPORTED, f"cannot convert mode {mode} to RGB") from exc
+
+
+def _flatten_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """Use the embedded press profile when there is one; the naive formula is far off."""
+    icc = image.info.get("icc_profile")
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+            log.debug("ignoring unusable CMYK ICC profile: %s", exc)
+    return image.convert("RGB")
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit and float greys: scale to 8 bits (PIL's convert would clip most of them white)."""
+    arr = np.asarray(image, dtype=np.float32)
+    peak = float(arr.max()) if arr.size else 0.0
+    if image.mode == "F" and peak <= 1.0:
+        scale = 255.0
+    elif peak > 255.0:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    grey = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")

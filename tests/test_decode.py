@@ -1,0 +1,207 @@
+"""decode_image / load_image: orientation, colour modes, broken files and decompression bombs."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedding.decode import ImageDecodeError, decode_image, load_image
+
+MAX = 40_000_000
+
+
+def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def _two_halves(w: int = 40, h: int = 20) -> Image.Image:
+    """Left half red, right half blue: tells rotations apart."""
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)
+    arr[:, w // 2 :] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width`` x ``height``; the pixel data is a few bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _reason(data: bytes, max_pixels: int = MAX) -> str:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data, max_pixels)
+    return info.value.reason
+
+
+# ------------------------------------------------------------------ orientation and modes
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    data = _encode(_two_halves(40, 20), "JPEG", exif=exif.tobytes(), quality=95)
+    image = decode_image(data, MAX)
+    assert image.size == (20, 40)
+    px = np.asarray(image).astype(int)
+    assert px[5, 10, 0] > 200 and px[5, 10, 2] < 60  # the left (red) half is now on top
+    assert px[35, 10, 2] > 200 and px[35, 10, 0] < 60
+
+
+def test_plain_jpeg_is_rgb_and_unchanged_in_size() -> None:
+    image = decode_image(_encode(_two_halves(), "JPEG"), MAX)
+    assert image.mode == "RGB" and image.size == (40, 20)
+
+
+def test_transparent_rgba_becomes_white() -> None:
+    arr = np.zeros((8, 8, 4), dtype=np.uint8)
+    arr[:, 4:] = (255, 0, 0, 128)  # half-transparent red on the right
+    image = decode_image(_encode(Image.fromarray(arr), "PNG"), MAX)
+    px = np.asarray(image).astype(int)
+    assert image.mode == "RGB"
+    assert tuple(px[0, 0]) == (255, 255, 255)
+    assert px[0, 7, 0] == 255 and 120 <= px[0, 7, 1] <= 135
+
+
+def test_la_becomes_white_where_transparent() -> None:
+    arr = np.zeros((4, 4, 2), dtype=np.uint8)  # black, fully transparent
+    image = decode_image(_encode(Image.fromarray(arr, "LA"), "PNG"), MAX)
+    assert tuple(np.asarray(image)[0, 0]) == (255, 255, 255)
+
+
+def test_palette_with_transparency_index_becomes_white() -> None:
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.putpixel((3, 3), 1)
+    image = decode_image(_encode(pal, "GIF", transparency=0), MAX)
+    px = np.asarray(image)
+    assert image.mode == "RGB"
+    assert tuple(px[0, 0]) == (255, 255, 255) and tuple(px[3, 3]) == (0, 255, 0)
+
+
+def test_palette_without_transparency_keeps_colours() -> None:
+    image = decode_image(_encode(_two_halves().convert("P"), "PNG"), MAX)
+    px = np.asarray(image)
+    assert image.mode == "RGB" and tuple(px[0, 0]) == (255, 0, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK terms
+    image = decode_image(_encode(cmyk, "JPEG", quality=95), MAX)
+    r, g, b = np.asarray(image)[8, 8].astype(int)
+    assert image.mode == "RGB" and r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize("mode", ["L", "1"])
+def test_grey_and_bilevel_become_rgb(mode: str) -> None:
+    image = decode_image(_encode(Image.new(mode, (6, 6), 255), "PNG"), MAX)
+    assert image.mode == "RGB" and tuple(np.asarray(image)[0, 0]) == (255, 255, 255)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    arr = np.array([[0, 32896, 65535]], dtype=np.uint16)
+    image = decode_image(_encode(Image.fromarray(arr), "PNG"), MAX)
+    assert image.mode == "RGB"
+    assert list(np.asarray(image)[0, :, 0]) == [0, 128, 255]
+
+
+# ------------------------------------------------------------------ broken input
+
+
+def test_truncated_jpeg_is_corrupt() -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(noise), "JPEG")
+    assert _reason(data[: len(data) // 2]) == "corrupt_image"
+
+
+def test_random_bytes_and_empty_input_are_errors() -> None:
+    assert _reason(os.urandom(2048)) == "unsupported_format"
+    assert _reason(b"") == "corrupt_image"
+
+
+def test_formats_outside_the_allow_list_are_not_opened() -> None:
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    assert _reason(eps) == "unsupported_format"
+
+
+def test_error_carries_reason_and_detail() -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(b"garbage", MAX)
+    assert info.value.detail and str(info.value).startswith("unsupported_format: ")
+
+
+# ------------------------------------------------------------------ decompression bombs
+
+
+def test_header_over_our_cap_is_refused_before_decoding() -> None:
+    data = _png_header_only(3000, 3000)  # 9 MP: below PIL's own limit, above ours
+    started = time.perf_counter()
+    assert _reason(data, max_pixels=1_000_000) == "image_too_large"
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("side", [10_000, 100_000])
+def test_pil_bomb_warning_and_error_map_to_too_large(side: int) -> None:
+    """10k^2 trips PIL's warning, 100k^2 its error; our cap is set high to let PIL speak."""
+    data = _png_header_only(side, side)
+    started = time.perf_counter()
+    assert _reason(data, max_pixels=10**12) == "image_too_large"
+    assert _reason(data) == "image_too_large"
+    assert time.perf_counter() - started < 0.5  # 30 GB were never allocated
+
+
+def test_real_but_cheap_large_png_is_refused() -> None:
+    data = _encode(Image.new("1", (4000, 4000), 0), "PNG")  # 16 MP in a few kB
+    assert len(data) < 50_000
+    assert _reason(data, max_pixels=10_000_000) == "image_too_large"
+
+
+# ------------------------------------------------------------------ load_image
+
+
+def test_load_image_from_bytes_path_and_pil(tmp_path: Path) -> None:
+    data = _encode(_two_halves(), "PNG")
+    path = tmp_path / "img.png"
+    path.write_bytes(data)
+    rgba = _two_halves().convert("RGBA")
+    for source in (data, bytearray(data), path, str(path), rgba):
+        image = load_image(source, MAX)
+        assert image.mode == "RGB" and image.size == (40, 20)
+        assert tuple(np.asarray(image)[0, 0]) == (255, 0, 0)
+
+
+def test_load_image_applies_cap_and_orientation_to_pil_images() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    opened = Image.open(io.BytesIO(_encode(_two_halves(), "JPEG", exif=exif.tobytes())))
+    assert load_image(opened, MAX).size == (20, 40)
+    with pytest.raises(ImageDecodeError, match="image_too_large"):
+        load_image(Image.new("RGB", (100, 100)), max_pixels=9_999)
+
+
+def test_load_image_missing_file_and_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(tmp_path / "nope.jpg", MAX)
+    assert info.value.reason == "unreadable_file"
+    with pytest.raises(TypeError):
+        load_image(12345, MAX)  # type: ignore[arg-type]
