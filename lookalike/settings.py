@@ -63,7 +63,11 @@ class IngestSettings(_Group):
 
 class SearchSettings(_Group):
     k: int = Field(default=10, ge=1, le=1000)
-    compare_threshold: float = Field(default=0.80, ge=-1, le=1)
+    compare_threshold: float = Field(
+        default=0.90, ge=-1, le=1,
+        description="Cosine similarity above which two listings count as the same item "
+        "(bench/threshold.py: 92% of edited copies of a Luma photo score above it)",
+    )
 
 
 class Settings(BaseSettings):

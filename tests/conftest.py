@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,11 @@ def luma_dir() -> Path:
     if not (LUMA / "catalog.jsonl").exists():
         pytest.skip(f"Luma photos not found at {LUMA} (the shared data folder is absent)")
     return LUMA
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    """The real EfficientNet-Lite0 embedder, built once per test session."""
+    from embedding.embedder import create_embedder
+
+    return create_embedder("lite0", "pad", 32)
