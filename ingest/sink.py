@@ -12,12 +12,15 @@ What "acknowledged" means:
   here use it). ``flush()`` only seals segments into object storage; calling it per batch
   makes many small segments and is rate-limited, so it is not done by default.
 * milvus-lite: an acknowledged write is in its WAL file (written through to the OS, not
-  fsynced) and in memory: visible at once and recovered after a process crash; an OS crash
-  or power loss may lose the latest writes. lite's ``flush()`` writes Parquet segments without
-  fsync either, so flushing adds no durability there.
+  fsynced) and in its in-memory table: visible at once and recovered after a process crash;
+  an OS crash or power loss may lose the latest writes (lite's flush does not fsync either).
+  lite *does* need a flush for speed: rows still in the in-memory table are searched ~10x
+  slower (5,000 x 1280-d rows: ~900 ms per search unflushed, ~95 ms flushed; a flush of a
+  100-row batch takes ~60 ms, and lite compacts the small segments in the background).
 
-``flush_each_apply=True`` flushes both collections after each plan anyway (e.g. for a tool
-that wants sealed segments); :meth:`MilvusSink.flush` does it once, e.g. at shutdown.
+So by default the sink flushes after each plan on milvus-lite and never on a server;
+``flush_each_apply`` overrides that, and :meth:`MilvusSink.flush` flushes once (e.g. at
+shutdown).
 
 Product states are written after all image writes of the plan: a crash in between leaves the
 old state, so the events are applied again on redelivery instead of being skipped as stale.
@@ -176,7 +179,7 @@ class MilvusSink:
         max_attempts: int = 4,
         backoff_s: float = 0.2,
         call_timeout_s: float = 60.0,
-        flush_each_apply: bool = False,
+        flush_each_apply: bool | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if max_attempts < 1:
@@ -188,7 +191,9 @@ class MilvusSink:
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._timeout = call_timeout_s
-        self._flush_each_apply = flush_each_apply
+        self._flush_each_apply = (
+            self.engine.is_lite if flush_each_apply is None else flush_each_apply
+        )
         self._sleep = sleep
         self._calls: list[CallTiming] = []
 

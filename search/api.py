@@ -1,0 +1,330 @@
+"""Typed visual search over the image collection, for backend developers.
+
+>>> search = ProductSearch(MilvusClient("./var/lookalike.db"), spec, embedder)
+>>> search.by_image(Path("query.jpg"), k=10, filter=SearchFilter(categories=["Men/Tops"]))
+[Hit(product_id='p1', score=0.93, ...), ...]
+
+* One :class:`Hit` per product (its best-matching image). Milvus 2.3 ignores
+  ``group_by_field``, so grouping is done here: over-fetch ``4*k`` image rows, keep each
+  product's best, and widen the fetch (doubling, up to Milvus' 16384 limit) while fewer than
+  ``k`` products came back from a full page.
+* ``score`` is the cosine similarity (1 = same direction, higher is more similar): what
+  Milvus servers and milvus-lite both return as ``distance`` for the COSINE metric.
+* Only rows embedded by the same model (``model_version``) as the embedder are searched, so
+  vectors of different models never mix.
+* Reads use ``consistency`` (``Strong`` by default, so freshly ingested items are found).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypeAlias
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from schema.collection import (
+    MAX_SEARCH_LIMIT,
+    CollectionSpec,
+    EngineInfo,
+    detect_engine,
+    search_params,
+)
+from search.filters import ExpressionBuilder, SearchFilter, check_string
+
+DEFAULT_COMPARE_THRESHOLD = 0.90
+"""Default cosine similarity above which two listings count as the same item."""
+DEFAULT_MAX_PIXELS = 40_000_000
+OVERFETCH = 4
+MAX_K = 1000
+
+Consistency: TypeAlias = Literal["Strong", "Bounded", "Session", "Eventually"]
+ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
+ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
+
+_HIT_FIELDS = [
+    "product_id",
+    "title",
+    "category",
+    "price",
+    "currency",
+    "seller_id",
+    "image_ref",
+    "image_key",
+]
+
+
+class Embedder(Protocol):
+    """What search needs from ``embedding.embedder`` (structural: any such object works)."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """float32 array (n, dim), rows L2-normalised."""
+        ...
+
+
+class ProductNotFound(LookupError):
+    """No stored images for this product id (for this embedding model)."""
+
+    def __init__(self, product_id: str, model_version: str) -> None:
+        super().__init__(
+            f"product {product_id!r} has no images embedded with model {model_version!r}"
+        )
+        self.product_id = product_id
+
+
+class Hit(BaseModel):
+    """One product, represented by its best-matching image."""
+
+    model_config = ConfigDict(frozen=True)
+
+    product_id: str
+    score: float
+    """Cosine similarity of the product's best image to the query (higher = more similar)."""
+    title: str
+    category: str
+    price: float
+    currency: str
+    image_ref: str
+    image_key: str
+
+
+class PriceMatch(BaseModel):
+    """A listing that looks like the query item, for price comparison."""
+
+    model_config = ConfigDict(frozen=True)
+
+    product_id: str
+    similarity: float
+    price: float
+    currency: str
+    title: str
+    category: str
+    seller_id: str
+    image_ref: str
+    image_key: str
+
+
+def _default_loader(source: ImageInput, max_pixels: int) -> Image.Image:
+    from embedding.decode import load_image
+
+    image: Image.Image = load_image(source, max_pixels)
+    return image
+
+
+class ProductSearch:
+    """Search the collections of ``spec`` with vectors from ``embedder``."""
+
+    def __init__(
+        self,
+        client: Any,
+        spec: CollectionSpec,
+        embedder: Embedder,
+        *,
+        consistency: Consistency = "Strong",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        engine: EngineInfo | None = None,
+        image_loader: ImageLoader | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if embedder.dim != spec.dim:
+            raise ValueError(
+                f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
+                f"holds {spec.dim}-d ones"
+            )
+        check_string(embedder.model_version, "model_version")
+        self._client = client
+        self._spec = spec
+        self._embedder = embedder
+        self._consistency = consistency
+        self._max_pixels = max_pixels
+        self.engine = engine or detect_engine(client)
+        self._templates = self.engine.supports_filter_templates
+        self._load: ImageLoader = image_loader or _default_loader
+        self._timeout = timeout_s
+
+    # -- public ------------------------------------------------------------------------
+
+    def by_image(
+        self, image: ImageInput, k: int = 10, filter: SearchFilter | None = None
+    ) -> list[Hit]:
+        """Products that look like ``image`` (bytes, a file path or a PIL image)."""
+        return self.by_vector(self._embed(image), k, filter)
+
+    def by_vector(
+        self,
+        vector: Sequence[float] | np.ndarray,
+        k: int = 10,
+        filter: SearchFilter | None = None,
+    ) -> list[Hit]:
+        """Products whose images are closest to ``vector`` (from the same embedder)."""
+        best = self._search([self._check_vector(vector)], _check_k(k), filter, exclude=())
+        return [_hit(row, score) for row, score in best]
+
+    def by_product(
+        self, product_id: str, k: int = 10, filter: SearchFilter | None = None
+    ) -> list[Hit]:
+        """More like this: products similar to any image of ``product_id`` (never itself).
+
+        Raises :class:`ProductNotFound` when the product has no stored images.
+        """
+        vectors = self._product_vectors(product_id)
+        best = self._search(vectors, _check_k(k), filter, exclude=(product_id,))
+        return [_hit(row, score) for row, score in best]
+
+    def compare_prices(
+        self,
+        image: ImageInput | None = None,
+        product_id: str | None = None,
+        threshold: float = DEFAULT_COMPARE_THRESHOLD,
+        k: int = 20,
+        filter: SearchFilter | None = None,
+    ) -> list[PriceMatch]:
+        """Listings of (probably) the same item, cheapest first.
+
+        Give exactly one of ``image`` or ``product_id`` (the product itself is left out).
+        Of the ``k`` most similar products, those with similarity >= ``threshold`` are
+        returned, sorted by price (then by similarity). Prices are not converted between
+        currencies: pass ``filter=SearchFilter(currency=...)`` to compare like with like.
+        """
+        if (image is None) == (product_id is None):
+            raise ValueError("give exactly one of image or product_id")
+        if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+            raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+        k = _check_k(k)
+        if product_id is not None:
+            vectors = self._product_vectors(product_id)
+            best = self._search(vectors, k, filter, exclude=(product_id,))
+        else:
+            assert image is not None
+            best = self._search([self._embed(image)], k, filter, exclude=())
+        matches = [_price_match(row, score) for row, score in best if score >= threshold]
+        matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
+        return matches
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _embed(self, image: ImageInput) -> list[float]:
+        picture = self._load(image, self._max_pixels)
+        out = np.asarray(self._embedder.embed([picture]), dtype=np.float32)
+        if out.shape != (1, self._spec.dim):
+            raise ValueError(f"embedder returned shape {out.shape}, expected (1, {self._spec.dim})")
+        return self._check_vector(out[0])
+
+    def _check_vector(self, vector: Sequence[float] | np.ndarray) -> list[float]:
+        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if arr.shape[0] != self._spec.dim:
+            raise ValueError(f"vector has {arr.shape[0]} dimensions, expected {self._spec.dim}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("vector contains NaN or infinite values")
+        if not np.any(arr):
+            raise ValueError("the zero vector has no direction to search for")
+        return [float(x) for x in arr]
+
+    def _base(self) -> ExpressionBuilder:
+        return ExpressionBuilder(templates=self._templates).eq(
+            "model_version", self._embedder.model_version
+        )
+
+    def _product_vectors(self, product_id: str) -> list[list[float]]:
+        check_string(product_id, "product_id")
+        expr, params = self._base().eq("product_id", product_id).build()
+        kwargs: dict[str, Any] = {
+            "filter": expr,
+            "output_fields": ["pk", "vector"],
+            "limit": 1024,
+            "consistency_level": self._consistency,
+            "timeout": self._timeout,
+        }
+        if params:
+            kwargs["filter_params"] = params
+        rows = self._client.query(self._spec.name, **kwargs)
+        if not rows:
+            raise ProductNotFound(product_id, self._embedder.model_version)
+        rows = sorted(rows, key=lambda r: str(r["pk"]))
+        return [[float(x) for x in r["vector"]] for r in rows]
+
+    def _search(
+        self,
+        vectors: list[list[float]],
+        k: int,
+        search_filter: SearchFilter | None,
+        exclude: Sequence[str],
+    ) -> list[tuple[dict[str, Any], float]]:
+        """Top ``k`` products (best row, best score) over all query vectors."""
+        builder = self._base().add_filter(search_filter)
+        builder.not_in("product_id", exclude)
+        expr, params = builder.build()
+        limit = min(k * OVERFETCH, MAX_SEARCH_LIMIT)
+        while True:
+            kwargs: dict[str, Any] = {
+                "data": vectors,
+                "limit": limit,
+                "filter": expr,
+                "output_fields": _HIT_FIELDS,
+                "search_params": search_params(self._spec, self.engine, limit),
+                "consistency_level": self._consistency,
+                "timeout": self._timeout,
+            }
+            if params:
+                kwargs["filter_params"] = params
+            results = self._client.search(self._spec.name, **kwargs)
+            best: dict[str, tuple[dict[str, Any], float]] = {}
+            full = False
+            for per_query in results:
+                rows = list(per_query)
+                full = full or len(rows) >= limit
+                for hit in rows:
+                    entity = dict(hit["entity"])
+                    score = float(hit["distance"])
+                    pid = str(entity["product_id"])
+                    if pid in exclude:
+                        continue
+                    if pid not in best or score > best[pid][1]:
+                        best[pid] = (entity, score)
+            if len(best) >= k or not full or limit >= MAX_SEARCH_LIMIT:
+                break
+            limit = min(limit * 2, MAX_SEARCH_LIMIT)
+        ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))
+        return ranked[:k]
+
+
+def _check_k(k: int) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    return k
+
+
+def _hit(row: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        product_id=str(row["product_id"]),
+        score=score,
+        title=str(row["title"]),
+        category=str(row["category"]),
+        price=float(row["price"]),
+        currency=str(row["currency"]),
+        image_ref=str(row["image_ref"]),
+        image_key=str(row["image_key"]),
+    )
+
+
+def _price_match(row: dict[str, Any], score: float) -> PriceMatch:
+    return PriceMatch(
+        product_id=str(row["product_id"]),
+        similarity=score,
+        price=float(row["price"]),
+        currency=str(row["currency"]),
+        title=str(row["title"]),
+        category=str(row["category"]),
+        seller_id=str(row["seller_id"]),
+        image_ref=str(row["image_ref"]),
+        image_key=str(row["image_key"]),
+    )

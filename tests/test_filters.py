@@ -1,0 +1,184 @@
+"""Pure unit tests of search.filters: validation, literal escaping and templates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from search.filters import (
+    MAX_LITERAL_LENGTH,
+    ExpressionBuilder,
+    SearchFilter,
+    in_expression,
+    quote_string,
+    render_literal,
+    to_expression,
+)
+
+HOSTILE = [
+    'x" or 1==1',
+    'x\\" or 1==1 or \\"',
+    "') or true or ('",
+    '" || true || "',
+    "\\",
+    "\\\\",
+    'a\\"b',
+    "trailing\\",
+    "ünïcødé ß 日本語 🙂",
+    "\u2028line\u2029sep",
+    "{p0}",
+    "%s $1 ?",
+]
+
+
+def _unquote(literal: str) -> str:
+    """The reading that Milvus' grammar (and milvus-lite's tokenizer) gives a literal."""
+    assert literal[0] == literal[-1] == '"'
+    out, i, body = [], 0, literal[1:-1]
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\":
+            out.append(body[i + 1])
+            i += 2
+            continue
+        assert ch != '"', f"unescaped quote in {literal!r}"
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_quote_string_round_trips_hostile_values(value: str) -> None:
+    literal = quote_string(value)
+    assert _unquote(literal) == value
+
+
+def test_quote_string_escapes_backslash_before_quote() -> None:
+    assert quote_string('a"b') == '"a\\"b"'
+    assert quote_string("a\\") == '"a\\\\"'
+    assert quote_string('\\"') == '"\\\\\\""'
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "\x00", "tab\there", "\x7f", "\x85", "\x1b[0m"])
+def test_control_characters_are_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match="control characters"):
+        quote_string(value)
+
+
+def test_lone_surrogates_are_rejected() -> None:
+    with pytest.raises(ValueError, match="surrogates"):
+        quote_string("a\ud800b")
+
+
+def test_over_long_values_are_rejected() -> None:
+    assert quote_string("a" * MAX_LITERAL_LENGTH)
+    with pytest.raises(ValueError, match="at most 512"):
+        quote_string("a" * (MAX_LITERAL_LENGTH + 1))
+
+
+def test_render_literal_numbers_and_lists() -> None:
+    assert render_literal(3) == "3"
+    assert render_literal(2.5) == "2.5"
+    assert render_literal(True) == "true"
+    assert render_literal(["a", 'b"']) == '["a", "b\\""]'
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite"):
+            render_literal(bad)
+    with pytest.raises(ValueError, match="INT64"):
+        render_literal(2**63)
+    with pytest.raises(ValueError, match="empty list"):
+        render_literal([])
+
+
+def test_search_filter_validation() -> None:
+    SearchFilter(min_price=0, max_price=0)
+    with pytest.raises(ValidationError, match="greater than"):
+        SearchFilter(min_price=10, max_price=5)
+    with pytest.raises(ValidationError):
+        SearchFilter(min_price=-1)
+    with pytest.raises(ValidationError):
+        SearchFilter(max_price=math.inf)
+    with pytest.raises(ValidationError):
+        SearchFilter(min_price=math.nan)
+    for bad in ("usd", "US", "USDX", "U$D", 'U"D'):
+        with pytest.raises(ValidationError, match="ISO-4217"):
+            SearchFilter(currency=bad)
+    with pytest.raises(ValidationError, match="control"):
+        SearchFilter(categories=["Men\n/Tops"])
+    with pytest.raises(ValidationError):
+        SearchFilter(categories=["Men//Tops"])
+    with pytest.raises(ValidationError, match="at most 512"):
+        SearchFilter(categories=["x" * 600])
+    with pytest.raises(ValidationError, match="control"):
+        SearchFilter(exclude_product_ids=["a\x00"])
+    with pytest.raises(ValidationError):
+        SearchFilter(unknown=1)  # type: ignore[call-arg]
+    f = SearchFilter(categories=[" Men / Tops ", "Men/Tops"])
+    assert f.categories == ["Men/Tops"]
+    with pytest.raises(ValidationError):
+        f.min_price = 3
+
+
+def test_to_expression_literals() -> None:
+    assert to_expression(None, templates=False) == ("", {})
+    assert to_expression(SearchFilter(), templates=False) == ("", {})
+    f = SearchFilter(
+        categories=["Men/Tops", 'x" or 1==1'],
+        min_price=5,
+        max_price=20.5,
+        currency="EUR",
+        exclude_product_ids=["p1", 'p"2'],
+    )
+    expr, params = to_expression(f, templates=False)
+    assert params == {}
+    assert expr == (
+        'array_contains_any(category_path, ["Men/Tops", "x\\" or 1==1"]) and price >= 5.0 '
+        'and price <= 20.5 and currency == "EUR" and product_id not in ["p1", "p\\"2"]'
+    )
+
+
+def test_to_expression_templates_never_embed_values() -> None:
+    f = SearchFilter(
+        categories=['x" or 1==1'], min_price=1, currency="USD", exclude_product_ids=["') or ('"]
+    )
+    expr, params = to_expression(f, templates=True)
+    assert expr == (
+        "array_contains_any(category_path, {p0}) and price >= {p1} and currency == {p2} "
+        "and product_id not in {p3}"
+    )
+    assert params == {
+        "p0": ['x" or 1==1'],
+        "p1": 1.0,
+        "p2": "USD",
+        "p3": ["') or ('"],
+    }
+    for value in params.values():
+        assert str(value) not in expr
+
+
+def test_templates_apply_the_same_checks() -> None:
+    with pytest.raises(ValueError, match="control"):
+        ExpressionBuilder(templates=True).eq("product_id", "a\nb")
+    with pytest.raises(ValueError, match="at most"):
+        in_expression("pk", ["x" * 600], templates=True)
+
+
+def test_builder_helpers() -> None:
+    assert in_expression("pk", ["a#1", 'b"#2'], templates=False) == (
+        'pk in ["a#1", "b\\"#2"]',
+        {},
+    )
+    assert in_expression("product_id", ["a"], templates=True) == (
+        "product_id in {p0}",
+        {"p0": ["a"]},
+    )
+    expr, _ = ExpressionBuilder(templates=False).eq("model_version", "m").not_in("pk", []).build()
+    assert expr == 'model_version == "m"'
+    with pytest.raises(ValueError, match="empty list"):
+        in_expression("pk", [], templates=False)
+    with pytest.raises(ValueError, match="field name"):
+        ExpressionBuilder(templates=False).eq("pk or 1==1", "x")
+    with pytest.raises(ValueError, match="operator"):
+        ExpressionBuilder(templates=False).compare("price", "or", 1)  # type: ignore[arg-type]

@@ -1,0 +1,228 @@
+"""ProductSearch on each engine, with synthetic vectors (no model needed)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from ingest.sink import MilvusSink, WritePlan
+from schema.collection import CollectionSpec, ensure_collections
+from search.api import Hit, ProductNotFound, ProductSearch
+from search.filters import SearchFilter
+from tests import milvus_support
+from tests.milvus_support import (
+    DIM,
+    FakeEmbedder,
+    Milvus,
+    record,
+    rotate,
+    unit,
+)
+
+# shared fixtures (pytest finds them as module attributes)
+milvus = milvus_support.milvus
+spec = milvus_support.spec
+
+# product -> (category, price, currency, vectors); the query direction is unit(0)
+CATALOG = {
+    "tee-1": ("Men/Tops/Tees", 20.0, "USD", [rotate(0.99), rotate(0.5, towards=3)]),
+    "tee-2": ("Men/Tops/Tees", 15.0, "USD", [rotate(0.95), rotate(0.97, towards=2)]),
+    "topsy": ("Men/Topsy", 5.0, "USD", [rotate(0.98, towards=4)]),
+    "top-1": ("Men/Tops", 30.0, "EUR", [rotate(0.9, towards=5)]),
+    "dress": ("Women/Dresses", 50.0, "USD", [rotate(0.85, towards=6)]),
+    "far": ("Men/Tops", 1.0, "USD", [rotate(0.1, towards=7)]),
+}
+BEST = {"tee-1": 0.99, "topsy": 0.98, "tee-2": 0.97, "top-1": 0.9, "dress": 0.85, "far": 0.1}
+
+
+@dataclass
+class Catalog:
+    spec: CollectionSpec
+    search: ProductSearch
+    embedder: FakeEmbedder
+
+
+@pytest.fixture(scope="module")
+def catalog(milvus: Milvus) -> Iterator[Catalog]:
+    s = milvus.new_spec(prefix="search")
+    ensure_collections(milvus.client, s, milvus.engine)
+    records = [
+        record(pid, f"k{i}", v, category=cat, price=price, currency=cur)
+        for pid, (cat, price, cur, vectors) in CATALOG.items()
+        for i, v in enumerate(vectors)
+    ]
+    # an exact match embedded by another model must never be returned
+    records.append(record("old-model", "k0", unit(0), model_version="old-v0"))
+    MilvusSink(milvus.client, s, engine=milvus.engine).apply(WritePlan(upserts=records))
+    embedder = FakeEmbedder()
+    yield Catalog(s, ProductSearch(milvus.client, s, embedder, engine=milvus.engine), embedder)
+    milvus.drop(s)
+
+
+def ids(hits: list[Hit]) -> list[str]:
+    return [h.product_id for h in hits]
+
+
+def test_one_hit_per_product_with_its_best_image_score(catalog: Catalog) -> None:
+    hits = catalog.search.by_vector(unit(0), k=10)
+    assert ids(hits) == ["tee-1", "topsy", "tee-2", "top-1", "dress", "far"]
+    for h in hits:
+        assert h.score == pytest.approx(BEST[h.product_id], abs=1e-4)
+    first = hits[0]
+    assert first.title == "Product tee-1" and first.category == "Men/Tops/Tees"
+    assert (first.price, first.currency, first.image_key) == (20.0, "USD", "k0")
+    assert first.image_ref == "https://img.example/k0.jpg"
+    assert ids(catalog.search.by_vector(unit(0), k=2)) == ["tee-1", "topsy"]
+
+
+def test_scores_are_cosine_similarity(catalog: Catalog) -> None:
+    scale = [3.0 * x for x in rotate(0.99)]  # the norm of the query does not matter
+    assert catalog.search.by_vector(scale, k=1)[0].score == pytest.approx(1.0, abs=1e-4)
+    opposite = catalog.search.by_vector([-x for x in unit(0)], k=10)
+    assert opposite[0].product_id == "far"
+    assert opposite[-1].product_id == "topsy"
+    assert opposite[-1].score == pytest.approx(-0.98, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("categories", "expected"),
+    [
+        (["Men/Tops"], {"tee-1", "tee-2", "top-1", "far"}),  # itself and sub-paths
+        (["Men/Tops/Tees"], {"tee-1", "tee-2"}),
+        (["Men/Top"], set()),  # not a prefix match
+        (["Men"], {"tee-1", "tee-2", "topsy", "top-1", "far"}),
+        (["Women/Dresses", "Men/Topsy"], {"dress", "topsy"}),
+    ],
+)
+def test_category_filter(catalog: Catalog, categories: list[str], expected: set[str]) -> None:
+    hits = catalog.search.by_vector(unit(0), k=10, filter=SearchFilter(categories=categories))
+    assert set(ids(hits)) == expected
+
+
+def test_price_currency_and_combined_filters(catalog: Catalog) -> None:
+    by = catalog.search.by_vector
+    q = unit(0)
+    assert ids(by(q, 10, SearchFilter(min_price=15, max_price=30))) == ["tee-1", "tee-2", "top-1"]
+    assert ids(by(q, 10, SearchFilter(min_price=20))) == ["tee-1", "top-1", "dress"]
+    assert ids(by(q, 10, SearchFilter(max_price=5))) == ["topsy", "far"]
+    assert ids(by(q, 10, SearchFilter(currency="EUR"))) == ["top-1"]
+    assert ids(by(q, 10, SearchFilter(currency="GBP"))) == []
+    combined = SearchFilter(
+        categories=["Men/Tops"], max_price=20, currency="USD", exclude_product_ids=["far"]
+    )
+    assert ids(by(q, 10, combined)) == ["tee-1", "tee-2"]
+
+
+def test_by_image_uses_the_embedder(catalog: Catalog) -> None:
+    picture = catalog.embedder.picture((200, 10, 10), rotate(0.98, towards=4))
+    assert catalog.search.by_image(picture, k=1)[0].product_id == "topsy"
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    hits = catalog.search.by_image(png.getvalue(), k=3, filter=SearchFilter(currency="USD"))
+    assert ids(hits) == ["topsy", "tee-1", "tee-2"]
+
+
+def test_by_product_excludes_itself(catalog: Catalog) -> None:
+    hits = catalog.search.by_product("tee-1", k=10)
+    assert "tee-1" not in ids(hits)
+    assert "old-model" not in ids(hits)
+    assert set(ids(hits)) == set(CATALOG) - {"tee-1"}
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    filtered = catalog.search.by_product("tee-1", k=10, filter=SearchFilter(categories=["Men"]))
+    assert set(ids(filtered)) == {"tee-2", "topsy", "top-1", "far"}
+
+
+def test_unknown_products_are_not_found(catalog: Catalog) -> None:
+    for pid in ("nope", 'tee-1" or 1==1 or "', "old-model"):
+        with pytest.raises(ProductNotFound):
+            catalog.search.by_product(pid)
+    with pytest.raises(ProductNotFound):
+        catalog.search.compare_prices(product_id="nope")
+
+
+def test_compare_prices_cheapest_first_above_threshold(catalog: Catalog) -> None:
+    picture = catalog.embedder.picture((1, 2, 3), unit(0))
+    matches = catalog.search.compare_prices(image=picture, threshold=0.92)
+    assert [(m.product_id, m.price) for m in matches] == [
+        ("topsy", 5.0),
+        ("tee-2", 15.0),
+        ("tee-1", 20.0),
+    ]
+    assert matches[0].similarity == pytest.approx(0.98, abs=1e-4)
+    assert matches[0].seller_id == "seller-1"
+    assert all(m.similarity >= 0.92 for m in matches)
+    lower = catalog.search.compare_prices(image=picture, threshold=0.8)
+    assert [m.product_id for m in lower] == ["topsy", "tee-2", "tee-1", "top-1", "dress"]
+    usd = catalog.search.compare_prices(
+        image=picture, threshold=0.8, filter=SearchFilter(currency="USD")
+    )
+    assert "top-1" not in [m.product_id for m in usd]
+    assert catalog.search.compare_prices(image=picture, threshold=0.999) == []
+
+
+def test_compare_prices_by_product(catalog: Catalog) -> None:
+    matches = catalog.search.compare_prices(product_id="tee-2", threshold=0.8)
+    got = [m.product_id for m in matches]
+    assert "tee-2" not in got and "tee-1" in got and "far" not in got
+    assert [m.price for m in matches] == sorted(m.price for m in matches)
+    assert all(m.similarity >= 0.8 for m in matches)
+
+
+def test_argument_validation(catalog: Catalog) -> None:
+    s = catalog.search
+    with pytest.raises(ValueError, match="exactly one"):
+        s.compare_prices()
+    with pytest.raises(ValueError, match="exactly one"):
+        s.compare_prices(image=b"x", product_id="tee-1")
+    with pytest.raises(ValueError, match="threshold"):
+        s.compare_prices(product_id="tee-1", threshold=1.5)
+    with pytest.raises(ValueError, match="k must be"):
+        s.by_vector(unit(0), k=0)
+    with pytest.raises(ValueError, match="dimensions"):
+        s.by_vector([1.0, 0.0])
+    with pytest.raises(ValueError, match="zero vector"):
+        s.by_vector([0.0] * DIM)
+    with pytest.raises(ValueError, match="NaN"):
+        s.by_vector([float("nan")] * DIM)
+    with pytest.raises(ValueError, match="control"):
+        s.by_product("a\nb")
+
+
+def test_embedder_dimension_must_match(milvus: Milvus) -> None:
+    other = CollectionSpec(name=f"dim_{uuid.uuid4().hex[:8]}", dim=DIM * 2)
+    with pytest.raises(ValueError, match="8-d vectors"):
+        ProductSearch(milvus.client, other, FakeEmbedder(), engine=milvus.engine)
+
+
+def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> None:
+    """30 near-identical images of one product fill the first pages (4*k = 12, then 24)."""
+    ensure_collections(milvus.client, spec, milvus.engine)
+    many = [record("many", f"k{i:02d}", rotate(0.999 - i * 0.001)) for i in range(30)]
+    others = [
+        record(p, "k", rotate(s, towards=t))
+        for p, s, t in (("x", 0.5, 2), ("y", 0.4, 3), ("z", 0.3, 4))
+    ]
+    MilvusSink(milvus.client, spec, engine=milvus.engine).apply(WritePlan(upserts=many + others))
+    search = ProductSearch(milvus.client, spec, FakeEmbedder(), engine=milvus.engine)
+    hits = search.by_vector(unit(0), k=3)
+    assert ids(hits) == ["many", "x", "y"]
+    assert hits[0].score == pytest.approx(0.999, abs=1e-4)
+    assert hits[0].image_key == "k00"
+
+
+def test_fresh_writes_are_searchable_at_once(milvus: Milvus, spec: CollectionSpec) -> None:
+    ensure_collections(milvus.client, spec, milvus.engine)
+    sink = MilvusSink(milvus.client, spec, engine=milvus.engine)
+    search = ProductSearch(milvus.client, spec, FakeEmbedder(), engine=milvus.engine)
+    for n in range(3):
+        sink.apply(WritePlan(upserts=[record(f"p{n}", "k", rotate(0.9 - 0.1 * n))]))
+        assert len(search.by_vector(unit(0), k=10)) == n + 1
+    sink.apply(WritePlan(delete_products=["p0"]))
+    assert ids(search.by_vector(unit(0), k=10)) == ["p1", "p2"]
+    sink.apply(WritePlan(price_updates={"p1": (3.0, "USD", 2)}))
+    assert search.by_vector(unit(0), k=1)[0].price == 3.0

@@ -1,0 +1,132 @@
+"""Sink failure handling with a fake client: retries, SinkError, states written last."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymilvus.exceptions import MilvusException, MilvusUnavailableException
+
+from ingest.sink import MilvusSink, SinkError, WritePlan, is_transient
+from schema.collection import CollectionSpec, parse_engine
+from schema.records import ProductState
+from tests.milvus_support import record, unit
+
+SPEC = CollectionSpec(name="fake", dim=8)
+OLD_SERVER = parse_engine("v2.3.5-lite")
+NEW_SERVER = parse_engine("v2.5.4")
+
+
+class FakeClient:
+    """Records calls; ``fail`` maps an operation to the exceptions its next calls raise."""
+
+    def __init__(self, fail: dict[str, list[BaseException]] | None = None) -> None:
+        self.fail = fail or {}
+        self.calls: list[tuple[str, str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
+
+    def _maybe_fail(self, op: str) -> None:
+        queue = self.fail.get(op)
+        if queue:
+            raise queue.pop(0)
+
+    def upsert(self, collection: str, data: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+        self.calls.append(("upsert", collection, len(data)))
+        self._maybe_fail("upsert" if collection == "fake" else "upsert_state")
+        return {"upsert_count": len(data)}
+
+    def delete(self, collection: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append(("delete", collection, kw))
+        self._maybe_fail("delete")
+        return {"delete_count": 1}
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        self.calls.append(("query", collection, kw))
+        self._maybe_fail("query")
+        return self.rows
+
+
+def _sink(client: FakeClient, **kw: Any) -> MilvusSink:
+    return MilvusSink(client, SPEC, engine=OLD_SERVER, sleep=lambda s: None, **kw)
+
+
+def _plan() -> WritePlan:
+    return WritePlan(
+        upserts=[record("a", "k1", unit(0))],
+        delete_products=["b"],
+        states=[ProductState(product_id="a", version=1, listed=True, updated_at_ms=1)],
+    )
+
+
+def test_transient_errors_are_retried() -> None:
+    client = FakeClient(
+        {"upsert": [MilvusUnavailableException(message="down"), ConnectionError("reset")]}
+    )
+    client.rows = [{"pk": "b#k1"}]
+    result = _sink(client).apply(_plan())
+    upserts = [c for c in result.calls if c.op == "upsert_images"]
+    assert upserts[0].attempts == 3
+    assert result.upserted == 1 and result.deleted == 1 and result.states == 1
+
+
+def test_retries_are_bounded_and_states_not_written() -> None:
+    client = FakeClient({"delete": [TimeoutError("slow")] * 10})
+    client.rows = [{"pk": "b#k1"}]
+    with pytest.raises(SinkError, match="delete_products failed after 3 attempt"):
+        _sink(client, max_attempts=3).apply(_plan())
+    assert not [c for c in client.calls if c[1] == SPEC.state_name]
+
+
+def test_permanent_errors_fail_at_once() -> None:
+    client = FakeClient({"upsert": [MilvusException(code=1100, message="length exceeds")]})
+    with pytest.raises(SinkError, match="upsert_images failed after 1 attempt"):
+        _sink(client).apply(_plan())
+    assert not [c for c in client.calls if c[1] == SPEC.state_name]
+
+
+def test_unexpected_errors_become_sink_errors() -> None:
+    client = FakeClient()
+    client.rows = [{"wrong": 1}]
+    with pytest.raises(SinkError, match="apply failed"):
+        _sink(client).apply(_plan())
+
+
+def test_plan_must_not_upsert_and_delete_one_product() -> None:
+    plan = WritePlan(upserts=[record("a", "k1", unit(0))], delete_products=["a"])
+    with pytest.raises(ValueError, match="both upsert and delete"):
+        _sink(FakeClient()).apply(plan)
+
+
+def test_expressions_use_templates_on_new_servers() -> None:
+    client = FakeClient()
+    client.rows = [{"pk": 'b"#k1'}]
+    MilvusSink(client, SPEC, engine=NEW_SERVER).apply(WritePlan(delete_products=['b"']))
+    query = next(c for c in client.calls if c[0] == "query")[2]
+    assert query["filter"] == "product_id in {p0}"
+    assert query["filter_params"] == {"p0": ['b"']}
+    assert query["consistency_level"] == "Strong"
+    delete = next(c for c in client.calls if c[0] == "delete")[2]
+    assert delete["filter"] == "pk in {p0}" and delete["filter_params"] == {"p0": ['b"#k1']}
+
+    old = FakeClient()
+    old.rows = [{"pk": 'b"#k1'}]
+    _sink(old).apply(WritePlan(delete_products=['b"']))
+    delete = next(c for c in old.calls if c[0] == "delete")[2]
+    assert delete["filter"] == 'pk in ["b\\"#k1"]' and "filter_params" not in delete
+
+
+def test_engine_detection() -> None:
+    assert parse_engine("milvus_lite-3.2.2").is_lite
+    assert parse_engine("v2.4.0", uri="./x.db").is_lite
+    old = parse_engine("v2.3.5-lite")
+    assert not old.is_lite and old.version == (2, 3, 5)
+    assert not old.supports_filter_templates and not old.supports_inverted_index
+    assert NEW_SERVER.supports_filter_templates and NEW_SERVER.supports_inverted_index
+    assert not parse_engine("milvus_lite-3.2.2").supports_filter_templates
+
+
+def test_is_transient() -> None:
+    assert is_transient(MilvusException(code=8, message="rate limit exceeded"))
+    assert is_transient(MilvusException(code=65535, message="service unavailable"))
+    assert not is_transient(MilvusException(code=1100, message="invalid parameter"))
+    assert not is_transient(ValueError("bad"))
