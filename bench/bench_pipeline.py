@@ -70,7 +70,7 @@ def ingest_throughput(settings: Settings, embedder: Any, client: Any, spec: Any,
         last[:] = [time.monotonic()]
 
     with ThreadPoolExecutor(settings.images.fetch_workers) as pool:
-        runner = build_runner(settings, embedder, client, spec, pool, on_batch)  # type: ignore[arg-type]
+        runner = build_runner(settings, embedder, client, spec, pool, on_batch)
         report = runner.run(until_caught_up=True)
     seconds = last[0] - first[0]
     return report.totals.images_ok / seconds, report, seconds

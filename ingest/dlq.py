@@ -8,6 +8,7 @@ fixed. Sends are flushed before the batch's offsets are committed.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -24,7 +25,7 @@ class DeadLetterQueue:
         self._producer = producer
         self._topic = topic
         self._flush_timeout_s = flush_timeout_s
-        self._pending: list[object] = []
+        self._pending: list[Any] = []  # kafka-python's FutureRecordMetadata
 
     @property
     def topic(self) -> str:
@@ -50,7 +51,7 @@ class DeadLetterQueue:
         try:
             self._producer.flush(timeout=self._flush_timeout_s)
             for future in pending:
-                future.get(timeout=self._flush_timeout_s)  # type: ignore[attr-defined]
+                future.get(timeout=self._flush_timeout_s)
         except Exception as exc:
             raise DeadLetterError(f"dead-letter topic {self._topic}: {exc}") from exc
         return len(pending)

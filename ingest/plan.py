@@ -133,7 +133,9 @@ def plan_writes(
     plan = WritePlan()
     for product_id, product_items in by_product.items():
         stored = states.get(product_id)
-        fold = _Fold(version=stored.version if stored else -1, listed=bool(stored and stored.listed))
+        fold = _Fold(
+            version=stored.version if stored else -1, listed=bool(stored and stored.listed)
+        )
         for item in product_items:
             assert item.event is not None
             item.outcome = _apply(fold, item.event, embedded.get(product_id))

@@ -60,7 +60,9 @@ def catalog_lines(path: Path) -> Iterator[CatalogLine]:
                     raw = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raw = {"__error__": f"invalid JSON: {exc}"}
-                yield CatalogLine(number, raw if isinstance(raw, dict) else {"__error__": "not an object"})
+                if not isinstance(raw, dict):
+                    raw = {"__error__": "not a JSON object"}
+                yield CatalogLine(number, raw)
 
 
 def to_event(

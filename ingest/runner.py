@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from ingest.source import KafkaSource
 from ingest.plan import EventItem
+from ingest.source import KafkaSource
 from ingest.stages import Batch, BatchStats, Stages, parse_records
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,10 @@ class Pipeline:
     """Three stage threads; batches come out of ``done`` in the order they went in."""
 
     def __init__(self, stages: Stages) -> None:
-        self.done: queue.Queue[Batch] = queue.Queue()
+        self.done: queue.Queue[Any] = queue.Queue()
         self._queues: list[queue.Queue[object]] = [queue.Queue() for _ in range(3)]
         steps: list[Callable[[Batch], None]] = [stages.prepare, stages.embed, stages.write]
-        outs: list[queue.Queue[object]] = [self._queues[1], self._queues[2], self.done]  # type: ignore[list-item]
+        outs: list[queue.Queue[Any]] = [self._queues[1], self._queues[2], self.done]
         self._threads = [
             threading.Thread(
                 target=self._work, args=(step, self._queues[i], outs[i]), name=name, daemon=True
@@ -68,7 +69,9 @@ class Pipeline:
             thread.start()
 
     @staticmethod
-    def _work(step: Callable[[Batch], None], inbox: queue.Queue[object], out: queue.Queue[object]) -> None:
+    def _work(
+        step: Callable[[Batch], None], inbox: queue.Queue[object], out: queue.Queue[object]
+    ) -> None:
         while True:
             batch = inbox.get()
             if batch is _STOP:

@@ -15,7 +15,9 @@ def ensure_topics(bootstrap_servers: str, topics: dict[str, int]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","))
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
+        missing = [
+            NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing
+        ]
         if missing:
             try:
                 admin.create_topics(missing)

@@ -10,14 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-
 from typing import TYPE_CHECKING, Any
 
 from pymilvus import MilvusClient
 
 from ingest.dlq import DeadLetterQueue, build_producer
 from ingest.fetch import ImageFetcher
-from ingest.runner import Pipeline, Runner, RunnerConfig
+from ingest.runner import Pipeline, Runner, RunnerConfig, RunReport
 from ingest.sink import MilvusSink
 from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
@@ -26,13 +25,13 @@ from lookalike.settings import Settings
 from schema.collection import CollectionSpec, ensure_collections
 
 if TYPE_CHECKING:
-    from embedding.embedder import EfficientNetLiteEmbedder
+    from embedding.embedder import Embedder
     from search.api import ProductSearch
 
 log = logging.getLogger(__name__)
 
 
-def build_embedder(settings: Settings) -> EfficientNetLiteEmbedder:
+def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
 
     m = settings.model
@@ -65,7 +64,7 @@ def build_runner(
     client: MilvusClient,
     spec: CollectionSpec,
     pool: ThreadPoolExecutor,
-    on_batch: Callable[[Batch, object], None] | None = None,
+    on_batch: Callable[[Batch, RunReport], None] | None = None,
 ) -> Runner:
     k, i, g = settings.kafka, settings.images, settings.ingest
     ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1})
@@ -85,7 +84,7 @@ def build_runner(
         shutdown_grace_s=g.shutdown_grace_s,
     )
     return Runner(KafkaSource(consumer, k.topic), Pipeline(stages), config,
-                  on_batch=on_batch)  # type: ignore[arg-type]
+                  on_batch=on_batch)
 
 
 @contextmanager

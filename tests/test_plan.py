@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from schema.events import ProductDelisted, ProductEvent, ProductPriceChanged, ProductUpserted
-from schema.records import ProductState
-
 from ingest.plan import (
     EmbeddedProduct,
     EventItem,
@@ -13,6 +10,8 @@ from ingest.plan import (
     plan_writes,
     select_upserts,
 )
+from schema.events import ProductDelisted, ProductEvent, ProductPriceChanged, ProductUpserted
+from schema.records import ProductState
 
 
 def up(pid: str, version: int, price: str = "10", images: int = 2) -> ProductUpserted:
@@ -35,7 +34,9 @@ def items(*events: ProductEvent) -> list[EventItem]:
     return [EventItem(i, e, None) for i, e in enumerate(events)]
 
 
-def embed_all(batch: list[EventItem], fail: set[tuple[str, int]] = frozenset()) -> dict[str, EmbeddedProduct]:  # type: ignore[assignment]
+def embed_all(
+    batch: list[EventItem], fail: frozenset[tuple[str, int]] = frozenset()
+) -> dict[str, EmbeddedProduct]:
     out = {}
     for pid, event in select_upserts(batch).items():
         emb = EmbeddedProduct(event)
