@@ -19,7 +19,7 @@ PAYLOAD = b"\xff\xd8\xff" + b"x" * 1000
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         if self.path == "/ok.jpg":
             self._send(200, PAYLOAD)
         elif self.path == "/big.jpg":

@@ -31,7 +31,7 @@ def start_child(bootstrap: str, unique: str, db: Path, root: Path, *extra: str,
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.ingest_child", bootstrap, unique, str(db), str(root), *extra],
-        cwd=REPO, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        cwd=REPO, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
     )
 
 
