@@ -37,7 +37,7 @@ from lookalike.app import build_embedder, build_milvus, build_runner, build_sear
 from lookalike.broker import LocalBroker  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 from schema.events import ProductUpserted  # noqa: E402
-from search.filters import SearchFilter  # noqa: E402
+from search.filters import ExpressionBuilder, SearchFilter  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
 
@@ -94,7 +94,9 @@ def freshness(settings: Settings, embedder: Any, client: Any, spec: Any,
             started = time.monotonic()
             publish_events(producer, settings.kafka.topic, [event])
             while time.monotonic() - started < 30:
-                got = client.query(spec.name, filter=f'product_id == "{event.product_id}"',
+                expr, params = ExpressionBuilder(templates=False).eq(
+                    "product_id", event.product_id).build()
+                got = client.query(spec.name, filter=expr, filter_params=params,
                                    output_fields=["version"], consistency_level="Strong")
                 if got and got[0]["version"] == event.resolved_version:
                     latencies.append((time.monotonic() - started) * 1000)

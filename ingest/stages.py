@@ -234,7 +234,7 @@ class Stages:
         plan = plan_writes(
             batch.items, states, batch.embedded, self._embedder.model_version, now_ms
         )
-        if plan.upserts or plan.delete_products or plan.price_updates or plan.states:
+        if not plan.is_empty():
             self._sink.apply(plan)
         for item in batch.items:
             assert item.outcome is not None

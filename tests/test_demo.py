@@ -1,0 +1,46 @@
+"""`lookalike demo` on the default Fashion-MNIST catalog (synthetic prices), small."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lookalike.cli import main
+from lookalike.demo_catalog import DEBIAN_DIR, write_fashion_mnist_catalog
+
+pytestmark = [pytest.mark.kafka, pytest.mark.model]
+
+
+@pytest.fixture
+def fmnist() -> None:
+    if not (DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_catalog_has_classes_synthetic_prices_and_resales(fmnist: None, tmp_path: Path) -> None:
+    catalog = write_fashion_mnist_catalog(tmp_path, n_products=200)
+    lines = [json.loads(x) for x in catalog.read_text().splitlines()]
+    assert len({x["category"] for x in lines}) == 10
+    assert all(x["price_source"] == "synthetic" for x in lines)
+    resold = [x for x in lines if x["product_id"].endswith("-resale")]
+    assert resold and all(x["images"] == [f"images/{x['product_id'][:-7]}.png"] for x in resold)
+    assert all((tmp_path / x["images"][0]).exists() for x in lines)
+
+
+def test_demo_runs_end_to_end(fmnist: None, bootstrap: str, unique: str, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOOKALIKE_KAFKA__TOPIC", f"demo-{unique}")
+    monkeypatch.setenv("LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+    code = main(["demo", "--n-products", "40", "--bootstrap-servers", bootstrap,
+                 "--milvus-uri", str(tmp_path / "demo.db")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "SYNTHETIC" in out and out.count("query:") == 3
+    assert "price comparison for" in out and "filtered:" in out
+    # A query image is in the catalog, so its own listing comes back first at similarity 1.
+    first_hit = out.split("query:")[1].splitlines()[1]
+    assert first_hit.split()[1] == "1.000"
