@@ -48,25 +48,35 @@ class ImageDecodeError(Exception):
         self.detail = detail
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode ``data`` into an RGB image of at most ``max_pixels`` pixels."""
+def decode_image(data: bytes, max_pixels: int, *, min_size: int | None = None) -> Image.Image:
+    """Decode ``data`` into an RGB image of at most ``max_pixels`` pixels.
+
+    ``min_size``: the smallest square the caller will use. A JPEG is then decoded at the
+    largest 1/2, 1/4 or 1/8 scale that still covers it (DCT scaling): about 4x less decoding
+    and resizing for a 640 px photo bound for a 224 px model, the cheapest CPU saving in the
+    ingest pipeline.
+    """
     if not data:
         raise ImageDecodeError(CORRUPT, "empty image data")
     image = _open(io.BytesIO(data))
+    if min_size is not None and image.format == "JPEG":
+        image.draft(None, (min_size, min_size))
     return normalise_image(image, max_pixels)
 
 
 def load_image(
     source: bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image,
     max_pixels: int,
+    *,
+    min_size: int | None = None,
 ) -> Image.Image:
     """Bytes, a file path or a PIL image (as the search API receives them) -> RGB image."""
     if isinstance(source, Image.Image):
         return normalise_image(source, max_pixels)
     if isinstance(source, bytes | bytearray | memoryview):
-        return decode_image(bytes(source), max_pixels)
+        return decode_image(bytes(source), max_pixels, min_size=min_size)
     if isinstance(source, str | os.PathLike):
-        return decode_image(_read_file(Path(source)), max_pixels)
+        return decode_image(_read_file(Path(source)), max_pixels, min_size=min_size)
     raise TypeError(f"cannot load an image from {type(source).__name__}")
 
 

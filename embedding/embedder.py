@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -21,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from embedding.preprocess import SquareMode, preprocess_batch, preprocess_image
+from embedding.preprocess import CROP_FRACTION, SquareMode, preprocess_batch, preprocess_image
 from embedding.variants import FEATURE_DIM, Variant
 from embedding.weights import StateDict
 
@@ -117,6 +118,14 @@ class EfficientNetLiteEmbedder:
 
     @property
     def image_size(self) -> int:
+        return self._size
+
+    @property
+    def decode_size(self) -> int:
+        """The smallest square a photo must cover for preprocessing not to upscale it: the
+        model's input for ``pad``, the area the centre crop is taken from for ``crop``."""
+        if self._square is SquareMode.CROP:
+            return math.ceil(self._size / CROP_FRACTION)
         return self._size
 
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:

@@ -44,6 +44,11 @@ class BatchEmbedder(Protocol):
     @property
     def model_version(self) -> str: ...
 
+    @property
+    def decode_size(self) -> int | None:
+        """Smallest square the model needs; lets JPEGs decode at a reduced scale."""
+        ...
+
     def prepare(self, image: Any) -> np.ndarray: ...
 
     def embed_prepared(self, batch: np.ndarray) -> np.ndarray: ...
@@ -166,7 +171,8 @@ class Stages:
 
     def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
         data = self._fetcher.fetch(event.images[index])
-        return self._embedder.prepare(decode_image(data, self._max_pixels))
+        image = decode_image(data, self._max_pixels, min_size=self._embedder.decode_size)
+        return self._embedder.prepare(image)
 
     def prepare(self, batch: Batch) -> None:
         """Fetch, decode and preprocess the images of the upserts worth embedding."""

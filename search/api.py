@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal, Protocol, TypeAlias
 
 import numpy as np
@@ -113,10 +114,12 @@ class PriceMatch(BaseModel):
     image_key: str
 
 
-def _default_loader(source: ImageInput, max_pixels: int) -> Image.Image:
+def _default_loader(
+    source: ImageInput, max_pixels: int, min_size: int | None = None
+) -> Image.Image:
     from embedding.decode import load_image
 
-    image: Image.Image = load_image(source, max_pixels)
+    image: Image.Image = load_image(source, max_pixels, min_size=min_size)
     return image
 
 
@@ -148,7 +151,10 @@ class ProductSearch:
         self._max_pixels = max_pixels
         self.engine = engine or detect_engine(client)
         self._templates = self.engine.supports_filter_templates
-        self._load: ImageLoader = image_loader or _default_loader
+        # Decode query JPEGs at the reduced scale ingest uses, so both see the same pixels.
+        self._load: ImageLoader = image_loader or partial(
+            _default_loader, min_size=getattr(embedder, "decode_size", None)
+        )
         self._timeout = timeout_s
 
     # -- public ------------------------------------------------------------------------

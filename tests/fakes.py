@@ -14,6 +14,7 @@ class TinyEmbedder:
 
     model_version = "tiny-thumb-v1"
     dim = 48
+    decode_size = 16
 
     def __init__(self) -> None:
         self.embedded = 0

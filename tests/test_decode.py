@@ -205,3 +205,21 @@ def test_load_image_missing_file_and_wrong_type(tmp_path: Path) -> None:
     assert info.value.reason == "unreadable_file"
     with pytest.raises(TypeError):
         load_image(12345, MAX)  # type: ignore[arg-type]
+
+
+def test_jpeg_decodes_at_reduced_scale_but_covers_min_size() -> None:
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from embedding.decode import decode_image as _decode
+
+    buf = _io.BytesIO()
+    _Image.new("RGB", (640, 480), (200, 10, 10)).save(buf, "JPEG")
+    full = _decode(buf.getvalue(), 40_000_000)
+    reduced = _decode(buf.getvalue(), 40_000_000, min_size=224)
+    assert full.size == (640, 480)
+    assert reduced.size == (320, 240) and min(reduced.size) >= 224
+    png = _io.BytesIO()
+    _Image.new("RGB", (640, 480)).save(png, "PNG")
+    assert _decode(png.getvalue(), 40_000_000, min_size=224).size == (640, 480)
