@@ -17,9 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from embedding.decode import load_image  # noqa: E402
-from embedding.embedder import create_embedder  # noqa: E402
+from embedding.embedder import EfficientNetLiteEmbedder, create_embedder  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
+
+
+def _embed(embedder: EfficientNetLiteEmbedder, items: list[tuple[int, Path]]) -> np.ndarray:
+    size = embedder.decode_size
+    return embedder.embed([load_image(p, 40_000_000, min_size=size) for _, p in items])
 
 
 def main() -> int:
@@ -34,11 +39,8 @@ def main() -> int:
     owners = np.array([i for i, _ in gallery])
     for mode in ("pad", "crop"):
         embedder = create_embedder("lite0", mode, 32)
-
-        def embed(items: list[tuple[int, Path]], size: int = embedder.decode_size) -> np.ndarray:
-            return embedder.embed([load_image(p, 40_000_000, min_size=size) for _, p in items])
-
-        g, q = embed(gallery), embed(queries)
+        assert isinstance(embedder, EfficientNetLiteEmbedder)
+        g, q = _embed(embedder, gallery), _embed(embedder, queries)
         sims = q @ g.T
         per_product = np.full((len(queries), len(rows)), -2.0, dtype=np.float32)
         for col, owner in enumerate(owners):

@@ -7,8 +7,8 @@
 #
 # The `milvus` package pins old dependencies, so it lives in its own virtualenv:
 #   python3 -m venv /tmp/milvus-venv && /tmp/milvus-venv/bin/pip install milvus==2.3.5
-# MILVUS_SERVER_BIN overrides the launcher (default: /tmp/milvus-venv/bin/milvus-server, else
-# milvus-server on PATH). MILVUS_START_TIMEOUT (seconds, default 180) bounds the wait.
+# MILVUS_SERVER_BIN overrides the launcher; MILVUS_VENV=DIR uses DIR/bin/milvus-server (default:
+# /tmp/milvus-venv/bin/milvus-server, else milvus-server on PATH). MILVUS_START_TIMEOUT (seconds, default 180) bounds the wait.
 #
 # The launcher picks a free port when the requested one is busy, so this script refuses to
 # start when PORT is taken and checks that the server really listens on PORT. Readiness means:
@@ -31,6 +31,9 @@ logfile="$dir/milvus-server.log"
 timeout_s=${MILVUS_START_TIMEOUT:-180}
 
 launcher=${MILVUS_SERVER_BIN:-}
+if [[ -z "$launcher" && -n "${MILVUS_VENV:-}" ]]; then
+    launcher="$MILVUS_VENV/bin/milvus-server"
+fi
 if [[ -z "$launcher" ]]; then
     if [[ -x /tmp/milvus-venv/bin/milvus-server ]]; then
         launcher=/tmp/milvus-venv/bin/milvus-server

@@ -29,12 +29,13 @@ from typing import Annotated, Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schema.events import normalize_category
+from schema.records import category_depth, category_level_field
 
 MAX_LITERAL_LENGTH = 512
 """Longest string value accepted in an expression (characters)."""
 
 MAX_LIST_LENGTH = 4096
-"""Most values in one ``in [...]`` / ``array_contains_any`` list; callers chunk above it."""
+"""Most values in one ``in [...]`` list; callers chunk above it."""
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -147,11 +148,35 @@ class ExpressionBuilder:
             self._clauses.append(f"{_field(field)} not in {self._value(items, field)}")
         return self
 
-    def contains_any(self, field: str, values: Iterable[str]) -> ExpressionBuilder:
-        """``array_contains_any(field, [...])`` for ARRAY fields."""
-        items = list(values)
-        _check_list(items, field)
-        self._clauses.append(f"array_contains_any({_field(field)}, {self._value(items, field)})")
+    def in_categories(self, categories: Iterable[str]) -> ExpressionBuilder:
+        """Rows whose category is one of ``categories`` or below one of them.
+
+        ``category_l<d>`` holds each row's ancestor of depth ``d`` (see
+        :func:`schema.records.category_levels`), so a category ``C`` of depth ``d`` is the exact
+        comparison ``category_l<d> == C``: ``Men/Tops`` matches ``Men/Tops/Tees`` but not
+        ``Men/Topsy``. Several categories of one depth become ``category_l<d> in [...]``, and the
+        depths are ``or``-ed in one parenthesised clause. Categories are normalized like stored
+        ones (:func:`schema.events.normalize_category`; invalid ones raise ``ValueError``); an
+        empty list is an error (it would match nothing).
+        """
+        by_depth: dict[int, list[str]] = {}
+        for value in categories:
+            check_string(value, "category")
+            category = normalize_category(value)
+            same_depth = by_depth.setdefault(category_depth(category), [])
+            if category not in same_depth:
+                same_depth.append(category)
+        if not by_depth:
+            raise ValueError("categories: an empty list matches nothing; leave the clause out")
+        terms: list[str] = []
+        for depth in sorted(by_depth):
+            field, values = category_level_field(depth), by_depth[depth]
+            if len(values) == 1:
+                terms.append(f"{field} == {self._value(values[0], field)}")
+            else:
+                _check_list(values, field)
+                terms.append(f"{field} in {self._value(values, field)}")
+        self._clauses.append(terms[0] if len(terms) == 1 else "(" + " or ".join(terms) + ")")
         return self
 
     def add_filter(self, search_filter: SearchFilter | None) -> ExpressionBuilder:
@@ -159,7 +184,7 @@ class ExpressionBuilder:
         if search_filter is None:
             return self
         if search_filter.categories:
-            self.contains_any("category_path", search_filter.categories)
+            self.in_categories(search_filter.categories)
         if search_filter.min_price is not None:
             self.compare("price", ">=", float(search_filter.min_price))
         if search_filter.max_price is not None:

@@ -30,8 +30,7 @@ import pytest
 from PIL import Image
 
 from schema.collection import CollectionSpec, EngineInfo, detect_engine
-from schema.events import category_ancestors
-from schema.records import ImageRecord, image_pk
+from schema.records import ImageRecord, category_levels, image_pk
 
 SERVER_ENV = "LOOKALIKE_TEST_MILVUS_SERVER_URI"
 DIM = 8
@@ -158,7 +157,7 @@ def record(
         product_id=product_id,
         image_key=key,
         category=category,
-        category_path=category_ancestors(category),
+        **category_levels(category),
         price=price,
         currency=currency,
         title=title if title is not None else f"Product {product_id}",

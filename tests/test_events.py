@@ -16,7 +16,7 @@ from schema.events import (
     dump_event,
     parse_event,
 )
-from schema.records import ImageRecord, image_pk
+from schema.records import ImageRecord, category_levels, image_pk
 
 
 def upsert(**over: object) -> dict[str, object]:
@@ -99,6 +99,22 @@ def test_record_from_event_has_deterministic_pk_and_ancestors() -> None:
     assert isinstance(event, ProductUpserted)
     rec = ImageRecord.from_event(event, 1, [0.0, 1.0], "m1", 123)
     assert rec.pk == image_pk("MH01-black", event.images[1].key)
-    assert rec.category_path == ["Men", "Men/Tops", "Men/Tops/Hoodies & Sweatshirts"]
+    assert (rec.category_l1, rec.category_l2, rec.category_l3) == (
+        "Men",
+        "Men/Tops",
+        "Men/Tops/Hoodies & Sweatshirts",
+    )
+    assert [getattr(rec, f"category_l{d}") for d in range(4, 9)] == [""] * 5
+    assert rec.to_row()["category_l2"] == "Men/Tops"
+    # the level columns must agree with the category (a row with stale levels is refused)
+    with pytest.raises(ValueError, match="do not match category"):
+        ImageRecord.model_validate({**rec.to_row(), "category_l3": "Men/Tops/Tees"})
+    with pytest.raises(ValueError, match="do not match category"):
+        ImageRecord.model_validate({**rec.to_row(), "category": "Men/Tops"})
+    assert category_levels("A/B") == {
+        "category_l1": "A",
+        "category_l2": "A/B",
+        **{f"category_l{d}": "" for d in range(3, 9)},
+    }
     assert rec.version == 3 and rec.price == 52.0
     assert category_ancestors("A") == ["A"]

@@ -134,7 +134,7 @@ def test_to_expression_literals() -> None:
     expr, params = to_expression(f, templates=False)
     assert params == {}
     assert expr == (
-        'array_contains_any(category_path, ["Men/Tops", "x\\" or 1==1"]) and price >= 5.0 '
+        '(category_l1 == "x\\" or 1==1" or category_l2 == "Men/Tops") and price >= 5.0 '
         'and price <= 20.5 and currency == "EUR" and product_id not in ["p1", "p\\"2"]'
     )
 
@@ -145,11 +145,11 @@ def test_to_expression_templates_never_embed_values() -> None:
     )
     expr, params = to_expression(f, templates=True)
     assert expr == (
-        "array_contains_any(category_path, {p0}) and price >= {p1} and currency == {p2} "
+        "category_l1 == {p0} and price >= {p1} and currency == {p2} "
         "and product_id not in {p3}"
     )
     assert params == {
-        "p0": ['x" or 1==1'],
+        "p0": 'x" or 1==1',
         "p1": 1.0,
         "p2": "USD",
         "p3": ["') or ('"],
@@ -182,3 +182,46 @@ def test_builder_helpers() -> None:
         ExpressionBuilder(templates=False).eq("pk or 1==1", "x")
     with pytest.raises(ValueError, match="operator"):
         ExpressionBuilder(templates=False).compare("price", "or", 1)  # type: ignore[arg-type]
+
+
+def test_categories_become_exact_comparisons_on_their_level() -> None:
+    def expr(categories: list[str], templates: bool = False) -> tuple[str, dict[str, object]]:
+        return ExpressionBuilder(templates=templates).in_categories(categories).build()
+
+    assert expr(["Men/Tops"]) == ('category_l2 == "Men/Tops"', {})
+    assert expr(["Men/Tops/Tees"]) == ('category_l3 == "Men/Tops/Tees"', {})
+    # one depth: one `in`; several depths: OR-ed, grouped so that AND-ed clauses bind outside
+    assert expr(["Men/Tops", "Women/Dresses", "Men/Tops"]) == (
+        'category_l2 in ["Men/Tops", "Women/Dresses"]',
+        {},
+    )
+    assert expr(["A/B/C", "Men", "Women/Dresses", "Kids"]) == (
+        '(category_l1 in ["Men", "Kids"] or category_l2 == "Women/Dresses" '
+        'or category_l3 == "A/B/C")',
+        {},
+    )
+    assert expr(["A/B/C", "Men", "Kids"], templates=True) == (
+        "(category_l1 in {p0} or category_l3 == {p1})",
+        {"p0": ["Men", "Kids"], "p1": "A/B/C"},
+    )
+    # normalized like stored categories; a '/' inside a hostile value only changes its depth
+    assert expr([" Men / Tops "]) == ('category_l2 == "Men/Tops"', {})
+    assert expr(['x" or category_l1 != "/y']) == (
+        'category_l2 == "x\\" or category_l1 != \\"/y"',
+        {},
+    )
+    assert expr(["/".join("abcdefgh")])[0].startswith("category_l8 == ")
+    with pytest.raises(ValueError, match="more than 8 levels"):
+        expr(["/".join("abcdefghi")])
+    with pytest.raises(ValueError, match="non-empty segments"):
+        expr(["Men//Tops"])
+    with pytest.raises(ValueError, match="control"):
+        expr(["Men\n/Tops"])
+    with pytest.raises(ValueError, match="empty list"):
+        expr([])
+    combined, _ = to_expression(
+        SearchFilter(categories=["Men", "Women/Dresses"], currency="USD"), templates=False
+    )
+    assert combined == (
+        '(category_l1 == "Men" or category_l2 == "Women/Dresses") and currency == "USD"'
+    )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import pytest
 from pymilvus import MilvusClient
 
 from tests.fakes import TinyEmbedder
+from tests.milvus_support import ENGINES, SERVER_ENV
 from tests.pipeline_support import (
     committed_and_end,
     make_settings,
@@ -86,11 +88,16 @@ def test_events_end_applied_stale_or_dead_lettered(
     assert all(c == e for c, e in committed_and_end(bootstrap, settings).values())
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_price_change_delist_replay_and_dropped_images(
-    bootstrap: str, unique: str, tmp_path: Path, catalog: Path
+    bootstrap: str, unique: str, tmp_path: Path, catalog: Path, engine: str
 ) -> None:
-    settings = make_settings(bootstrap, unique, tmp_path / "m.db", [catalog])
-    client = MilvusClient(str(tmp_path / "m.db"))
+    """Runs on Milvus Lite and, where LOOKALIKE_TEST_MILVUS_SERVER_URI is set, on a server."""
+    uri = os.environ[SERVER_ENV] if engine == "server" else str(tmp_path / "m.db")
+    settings = make_settings(bootstrap, unique, Path(uri), [catalog])
+    settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(
+        update={"uri": uri})})
+    client = MilvusClient(uri)
     embedder = TinyEmbedder()
     first = [upsert_payload(f"p{i}", 1, [f"p{i}.png", f"p{i + 6}.png"]) for i in range(4)]
     send(bootstrap, settings.kafka.topic, first)
