@@ -8,6 +8,7 @@ stages never touch the Kafka consumer.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -159,6 +160,7 @@ class Stages:
         pool: ThreadPoolExecutor,
         *,
         max_pixels: int,
+        decode_workers: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetcher = fetcher
@@ -167,12 +169,16 @@ class Stages:
         self._dlq = dlq
         self._pool = pool
         self._max_pixels = max_pixels
+        # Fetching is I/O and runs on every pool thread; decoding is CPU and runs on at most
+        # decode_workers of them at once, so it does not preempt CPU inference (see settings).
+        self._decode_slots = threading.BoundedSemaphore(decode_workers)
         self._clock = clock
 
     def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
         data = self._fetcher.fetch(event.images[index])
-        image = decode_image(data, self._max_pixels, min_size=self._embedder.decode_size)
-        return self._embedder.prepare(image)
+        with self._decode_slots:
+            image = decode_image(data, self._max_pixels, min_size=self._embedder.decode_size)
+            return self._embedder.prepare(image)
 
     def prepare(self, batch: Batch) -> None:
         """Fetch, decode and preprocess the images of the upserts worth embedding."""

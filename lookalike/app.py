@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +40,22 @@ def build_embedder(settings: Settings) -> Embedder:
     return create_embedder(m.variant, m.square, m.batch_size)
 
 
+def warm_up_in_background(embedder: Any) -> threading.Thread | None:
+    """Compile the model's batch shapes on a daemon thread (while the consumer joins its
+    group), so the first batches run at full speed. Embedders without ``warm_up`` are skipped.
+    """
+    warm_up = getattr(embedder, "warm_up", None)
+    if warm_up is None:
+        return None
+
+    def run() -> None:
+        log.info("model warm-up done in %.1fs", warm_up())
+
+    thread = threading.Thread(target=run, name="model-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def build_milvus(settings: Settings, dim: int) -> tuple[MilvusClient, CollectionSpec]:
     uri = settings.milvus.uri
     if "://" not in uri:
@@ -56,6 +74,16 @@ def build_search(settings: Settings, embedder: Any,
         client, spec, embedder,
         consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
     )
+
+
+def decode_workers(settings: Settings, embedder: Any) -> int:
+    """Images decoded at once: the setting, else every core when the model runs on a GPU,
+    else a quarter of the cores (at least 1). On 2 CPU cores the model keeps ~1.85 of them
+    busy; 8 concurrent decoders made it ~25% slower, one decoder keeps up with it."""
+    if settings.images.decode_workers is not None:
+        return settings.images.decode_workers
+    cores = os.cpu_count() or 1
+    return cores if getattr(embedder, "on_gpu", False) else max(1, cores // 4)
 
 
 def build_runner(
@@ -77,7 +105,8 @@ def build_runner(
     dlq = DeadLetterQueue(build_producer(k.bootstrap_servers, k.client_id + "-dlq"), k.dlq_topic)
     fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
     sink = MilvusSink(client, spec)
-    stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels)
+    stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels,
+                    decode_workers=decode_workers(settings, embedder))
     config = RunnerConfig(
         batch_events=g.batch_events, batch_images=g.batch_images,
         batch_timeout_s=g.batch_timeout_s, max_in_flight=g.max_in_flight,

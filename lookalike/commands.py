@@ -28,6 +28,7 @@ from lookalike.app import (
     build_runner,
     build_search,
     stop_on_signals,
+    warm_up_in_background,
 )
 from lookalike.broker import LocalBroker, port_open
 from lookalike.settings import Settings
@@ -68,6 +69,7 @@ def _search_filter(args: argparse.Namespace) -> SearchFilter | None:
 
 def ingest(settings: Settings, args: argparse.Namespace) -> int:
     embedder = build_embedder(settings)
+    warm_up_in_background(embedder)
     client, spec = build_milvus(settings, embedder.dim)
     return _run_ingest(settings, embedder, client, spec, until_caught_up=args.until_caught_up)
 
@@ -198,6 +200,7 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     embedder = build_embedder(settings)
+    warm_up_in_background(embedder)
     client, spec = build_milvus(settings, embedder.dim)
     print(f"catalog: {len(events)} products, {sum(len(e.images) for e in events)} images; "
           f"Milvus: {settings.milvus.uri} collection {spec.name}; model {embedder.model_version}")

@@ -44,7 +44,13 @@ class ImageSettings(_Group):
     timeout_s: float = Field(default=10.0, gt=0)
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_pixels: int = Field(default=40_000_000, gt=0)
-    fetch_workers: int = Field(default=8, ge=1)
+    fetch_workers: int = Field(default=8, ge=1, description="Images fetched at once")
+    decode_workers: int | None = Field(
+        default=None, ge=1,
+        description="Images decoded at once (of the fetch workers). Default: every core when "
+        "the model runs on a GPU, else a quarter of them (at least 1): on CPU the model uses "
+        "all cores, and more decoders only preempt it",
+    )
 
 
 class ModelSettings(_Group):

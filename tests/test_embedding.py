@@ -145,7 +145,7 @@ def test_deterministic_and_independent_of_batch(
     coffee, chelsea = photos["coffee"], photos["chelsea"]
     alone = embedder.embed([coffee])
     np.testing.assert_array_equal(alone, embedder.embed([coffee]))
-    # 6 images with batch_size=4: one full batch and one padded to a bucket of 2
+    # 6 images with batch_size=4: one full batch and one bucket of 2
     batch = embedder.embed([chelsea, chelsea, chelsea, chelsea, chelsea, coffee])
     np.testing.assert_allclose(batch[5], alone[0], atol=1e-5)
     np.testing.assert_allclose(batch[0], batch[4], atol=1e-5)

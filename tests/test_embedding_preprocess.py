@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedding.embedder import batch_buckets, l2_normalise, model_version
+from embedding.embedder import batch_buckets, l2_normalise, model_version, split_into_buckets
 from embedding.preprocess import (
     SquareMode,
     centre_crop,
@@ -73,3 +73,16 @@ def test_batch_buckets_and_normalise() -> None:
     assert batch_buckets(1) == [1]
     x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
     np.testing.assert_allclose(l2_normalise(x), [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_batches_split_into_buckets_without_padding() -> None:
+    buckets = batch_buckets(128)
+    assert split_into_buckets(104, buckets) == [64, 32, 8]
+    assert split_into_buckets(128, buckets) == [128]
+    assert split_into_buckets(1, buckets) == [1]
+    assert split_into_buckets(0, buckets) == []
+    assert split_into_buckets(47, batch_buckets(48)) == [32, 8, 4, 2, 1]
+    for n in range(0, 129):
+        assert sum(split_into_buckets(n, buckets)) == n
+    with pytest.raises(ValueError, match="no size 1"):
+        split_into_buckets(3, [2])
