@@ -81,9 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-products", type=int, default=1000,
                    help="Fashion-MNIST articles in the default catalog")
 
+    p = sub.add_parser("eval", help="retrieval quality: Recall@k and mAP@R of a protocol")
+    p.add_argument("--gallery", type=Path, required=True,
+                   help="gallery products, in the catalog format publish reads")
+    p.add_argument("--queries", type=Path, required=True,
+                   help='one {"image": PATH, "relevant": [product_id, ...]} per line')
+    p.add_argument("--milvus-uri",
+                   help="index into a temporary collection on this server "
+                        "(default: a fresh embedded database)")
+    p.add_argument("--cache", type=Path, default=Path("var/cache/embeddings.sqlite"),
+                   help="embedding cache (by image content and model version)")
+    p.add_argument("--no-cache", action="store_true", help="embed everything again")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     return parser
+
+
+def _run_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.evaluate import EvalError, run_eval
+
+    try:
+        return run_eval(settings, args)
+    except EvalError as exc:
+        print(f"lookalike eval: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "compare-prices": commands.compare_prices,
             "demo": commands.demo,
             "broker": commands.broker,
+            "eval": _run_eval,
         }[args.command]
         return handler(settings, args)
     except commands.UserError as exc:

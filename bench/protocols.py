@@ -1,0 +1,181 @@
+"""Write the retrieval-evaluation protocols that ``lookalike eval`` reads.
+
+Each protocol is a folder with ``gallery.jsonl`` (products in the catalog format) and
+``queries.jsonl`` (``{"image", "relevant", "category"}`` per line). Image paths are relative to
+the file's own folder, so the files work wherever they are written and need no copy of the photos.
+
+* ``luma-views``: the Luma photos (``../shared/data/luma``). Gallery: every variant's main
+  image(s); queries: every other view (back, close-up), relevant to its own variant only. This is
+  instance-level retrieval on real product photos.
+* ``fmnist``: the Fashion-MNIST test set. A seeded 1,000 images are queries and are left out of
+  the gallery (the other 9,000); every gallery article of the query's class is relevant. This is
+  category-level retrieval, which mAP@R rewards for ranking the whole class first.
+
+Usage: ``python bench/protocols.py [--out var/protocols] [--only luma-views|fmnist] [--seed 0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa: E402
+
+LUMA = REPO.parent / "shared" / "data" / "luma"
+PROTOCOLS = ("luma-views", "fmnist")
+MAIN_VIEW = "main"
+Row = dict[str, Any]
+
+
+def _write_jsonl(path: Path, rows: Iterable[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _relative(target: Path, out_dir: Path) -> str:
+    """``target`` as seen from ``out_dir``; both resolved, so symlinks cannot skew the ``..``s."""
+    return os.path.relpath(target.resolve(), out_dir.resolve())
+
+
+def _luma_rows(luma_dir: Path, out_dir: Path) -> tuple[list[Row], list[Row], int]:
+    """Gallery rows, query rows and the number of variants skipped for want of a main image.
+
+    A skipped variant's other views are not queries either: their only relevant product would be
+    missing from the gallery, which ``lookalike eval`` rightly refuses.
+    """
+    gallery: list[Row] = []
+    queries: list[Row] = []
+    skipped = 0
+    for line in (luma_dir / "catalog.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        variant = json.loads(line)
+        views = variant["images"]
+        mains = [_relative(luma_dir / v["path"], out_dir) for v in views if v["view"] == MAIN_VIEW]
+        if not mains:
+            skipped += 1
+            continue
+        gallery.append(dict(variant, images=mains))  # extra keys (group_id, color) kept
+        queries.extend(
+            {"image": _relative(luma_dir / v["path"], out_dir),
+             "relevant": [variant["product_id"]], "category": variant["category"]}
+            for v in views if v["view"] != MAIN_VIEW
+        )
+    return gallery, queries, skipped
+
+
+def write_luma_views(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write the luma-views protocol into ``out_dir``; returns (gallery path, queries path)."""
+    gallery, queries, skipped = _luma_rows(luma_dir, out_dir)
+    if skipped:
+        print(f"luma-views: skipped {skipped} variant(s) without a main image")
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
+def _fmnist_id(index: int) -> str:
+    return f"fmnist-{index:05d}"
+
+
+def _write_pngs(images: np.ndarray, out_dir: Path) -> None:
+    """Dark article on white, as ``write_fashion_mnist_catalog`` does; existing files are kept."""
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        path = out_dir / "images" / f"{_fmnist_id(index)}.png"
+        if not path.exists():
+            Image.fromarray(255 - np.asarray(image, dtype=np.uint8)).save(path)
+
+
+def _split(n: int, n_queries: int, seed: int) -> tuple[list[int], list[int]]:
+    """(query indices, gallery indices), both sorted; a query never appears in the gallery."""
+    if not 0 < n_queries < n:
+        raise ValueError(f"n_queries must be between 1 and {n - 1}, got {n_queries}")
+    picked = np.random.default_rng(seed).choice(n, size=n_queries, replace=False)
+    is_query = np.zeros(n, dtype=bool)
+    is_query[picked] = True
+    return np.flatnonzero(is_query).tolist(), np.flatnonzero(~is_query).tolist()
+
+
+def write_fmnist(out_dir: Path, seed: int = 0, n_queries: int = 1000,
+                 images: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> tuple[Path, Path]:
+    """Write the fmnist protocol into ``out_dir``; returns (gallery path, queries path).
+
+    ``images`` / ``labels`` default to the Fashion-MNIST test set; tests pass small arrays.
+    """
+    if images is None or labels is None:
+        images, labels = load_fashion_mnist_test()
+    query_idx, gallery_idx = _split(len(images), n_queries, seed)
+    by_class: dict[int, list[str]] = {}
+    for index in gallery_idx:
+        by_class.setdefault(int(labels[index]), []).append(_fmnist_id(index))
+    orphans = sorted({int(labels[i]) for i in query_idx} - by_class.keys())
+    if orphans:
+        raise ValueError(f"classes {orphans} have queries but no gallery product")
+    _write_pngs(images, out_dir)
+
+    def image(index: int) -> str:
+        return f"images/{_fmnist_id(index)}.png"
+
+    gallery = ({"product_id": _fmnist_id(i), "title": None,
+                "category": CLASS_NAMES[int(labels[i])], "price": None, "currency": None,
+                "images": [image(i)]} for i in gallery_idx)
+    queries = ({"image": image(i), "relevant": by_class[int(labels[i])],
+                "category": CLASS_NAMES[int(labels[i])]} for i in query_idx)
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _report(name: str, gallery: Path, queries: Path) -> None:
+    print(f"{name}: gallery {_count_lines(gallery)} products, {_count_lines(queries)} queries")
+    print(f"  gallery: {gallery}")
+    print(f"  queries: {queries}")
+    print(f"  run: lookalike eval --gallery {gallery} --queries {queries}")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path("var/protocols"),
+                        help="folder to write the protocol folders into (default var/protocols)")
+    parser.add_argument("--only", choices=PROTOCOLS, help="write just this protocol")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fmnist query draw")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    wanted = [args.only] if args.only else list(PROTOCOLS)
+    if "luma-views" in wanted:
+        if (LUMA / "catalog.jsonl").exists():
+            _report("luma-views", *write_luma_views(LUMA, args.out / "luma-views"))
+        else:
+            print(f"luma-views: skipped: {LUMA / 'catalog.jsonl'} not found")
+    if "fmnist" in wanted:
+        _report("fmnist", *write_fmnist(args.out / "fmnist", seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Embeddings cached by image content and model version, so re-running an evaluation only
+searches. One SQLite file: safe to share between runs, stdlib only."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    model_version TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_version, content_sha256)
+)
+"""
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class EmbeddingCache:
+    """``(model_version, sha256 of the image bytes) -> float32 vector``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path)
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+
+    def get_many(self, model_version: str, hashes: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        found: dict[str, NDArray[np.float32]] = {}
+        unique = sorted(set(hashes))
+        for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT content_sha256, vector FROM embeddings "
+                f"WHERE model_version = ? AND content_sha256 IN ({marks})",
+                [model_version, *chunk],
+            )
+            for digest, blob in rows:
+                found[digest] = np.frombuffer(blob, dtype=np.float32).copy()
+        return found
+
+    def put_many(
+        self, model_version: str, items: Iterable[tuple[str, NDArray[np.float32]]]
+    ) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
+            [(model_version, digest, np.asarray(v, dtype=np.float32).tobytes())
+             for digest, v in items],
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,147 @@
+"""Evaluation protocols: a gallery in the catalog format and a queries file.
+
+GALLERY.jsonl: one product per line, as ``lookalike publish`` reads it (``product_id``,
+``category``, ``images``: each a path string or an object with ``path``, relative to the
+file's folder); ``title``, ``price`` and ``currency`` may be null or missing, unknown keys are
+ignored. QUERIES.jsonl: ``{"image": PATH, "relevant": [product_id, ...]}`` per line, ``PATH``
+relative to the queries file's folder.
+
+Every mistake is a :class:`ProtocolError` naming the file, the line and the problem: a missing
+image or an unknown relevant product would otherwise turn into a silent zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schema.events import normalize_category
+
+MAX_LISTED = 5
+"""Problems of one kind shown in an error before '... and N more'."""
+
+
+class ProtocolError(ValueError):
+    """The gallery or queries file is wrong; the message says where and how."""
+
+
+@dataclass(frozen=True)
+class GalleryProduct:
+    product_id: str
+    category: str
+    title: str
+    price: float
+    currency: str
+    images: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    image: Path
+    relevant: frozenset[str]
+    category: str
+    """The category of its (first) relevant product: what per-category figures group by."""
+
+
+def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProtocolError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"{path}:{number}: not JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{path}:{number}: expected a JSON object")
+        out.append((number, obj))
+    if not out:
+        raise ProtocolError(f"{path}: no lines")
+    return out
+
+
+def _image_path(entry: Any, base: Path, where: str) -> Path:
+    if isinstance(entry, dict):
+        entry = entry.get("path")
+    if not isinstance(entry, str) or not entry:
+        raise ProtocolError(f"{where}: an image must be a path string or an object with 'path'")
+    return (base / entry).resolve()
+
+
+def _missing(paths: list[tuple[str, Path]], what: str) -> None:
+    gone = [(where, p) for where, p in paths if not p.is_file()]
+    if gone:
+        shown = "; ".join(f"{where}: {p}" for where, p in gone[:MAX_LISTED])
+        more = f" ... and {len(gone) - MAX_LISTED} more" if len(gone) > MAX_LISTED else ""
+        raise ProtocolError(f"{len(gone)} {what} image(s) not found: {shown}{more}")
+
+
+def load_gallery(path: Path) -> list[GalleryProduct]:
+    base = path.resolve().parent
+    products: list[GalleryProduct] = []
+    seen: dict[str, int] = {}
+    to_check: list[tuple[str, Path]] = []
+    for number, obj in _lines(path):
+        where = f"{path}:{number}"
+        pid = obj.get("product_id")
+        if not isinstance(pid, str) or not pid:
+            raise ProtocolError(f"{where}: product_id must be a non-empty string")
+        if pid in seen:
+            raise ProtocolError(f"{where}: product_id {pid!r} repeats line {seen[pid]}")
+        seen[pid] = number
+        try:
+            category = normalize_category(str(obj.get("category") or ""))
+        except ValueError as exc:
+            raise ProtocolError(f"{where}: category: {exc}") from None
+        images = obj.get("images")
+        if not isinstance(images, list) or not images:
+            raise ProtocolError(f"{where}: images must be a non-empty list")
+        paths = tuple(_image_path(entry, base, where) for entry in images)
+        to_check.extend((where, p) for p in paths)
+        price = obj.get("price")
+        try:
+            price_value = float(price) if price is not None else 0.0
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{where}: price must be a number or null") from None
+        products.append(GalleryProduct(
+            product_id=pid, category=category, title=str(obj.get("title") or ""),
+            price=price_value, currency=str(obj.get("currency") or "XXX"), images=paths,
+        ))
+    _missing(to_check, "gallery")
+    return products
+
+
+def load_queries(path: Path, gallery: list[GalleryProduct]) -> list[Query]:
+    base = path.resolve().parent
+    category_of = {p.product_id: p.category for p in gallery}
+    queries: list[Query] = []
+    unknown: list[str] = []
+    to_check: list[tuple[str, Path]] = []
+    for number, obj in _lines(path):
+        where = f"{path}:{number}"
+        image = _image_path(obj.get("image"), base, where)
+        relevant = obj.get("relevant")
+        if (not isinstance(relevant, list) or not relevant
+                or not all(isinstance(r, str) and r for r in relevant)):
+            raise ProtocolError(f"{where}: relevant must be a non-empty list of product ids")
+        missing = [r for r in relevant if r not in category_of]
+        if missing:
+            unknown.append(f"{where}: {', '.join(repr(m) for m in missing[:MAX_LISTED])}")
+            continue
+        to_check.append((where, image))
+        queries.append(Query(image, frozenset(relevant), category_of[relevant[0]]))
+    if unknown:
+        shown = "; ".join(unknown[:MAX_LISTED])
+        more = f" ... and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+        raise ProtocolError(
+            f"{len(unknown)} quer(ies) name relevant products that are not in the gallery: "
+            f"{shown}{more}"
+        )
+    _missing(to_check, "query")
+    return queries

@@ -1,0 +1,221 @@
+"""Index a gallery into a fresh collection, run every query through the search API, score.
+
+The gallery goes through the same path as ingest (decode at the model's scale, embed, one
+:class:`~schema.records.ImageRecord` per image) and the queries through
+:meth:`search.api.ProductSearch.by_vector` (one hit per product, its best image), with query
+vectors from the same decode and embed as :meth:`~search.api.ProductSearch.by_image`. Vectors
+come from the :class:`~evaluation.cache.EmbeddingCache` where it has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from tqdm import tqdm
+
+from embedding.decode import ImageDecodeError, decode_image
+from evaluation.cache import EmbeddingCache, content_hash
+from evaluation.metrics import QueryResult, Summary, summarise
+from evaluation.protocol import GalleryProduct, ProtocolError, Query
+from schema.collection import CollectionSpec, ensure_collections
+from schema.records import ImageRecord, category_levels, image_pk
+from search.api import MAX_K, ProductSearch
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64
+"""Images decoded and embedded per step (and rows per upsert)."""
+
+
+class Embedder(Protocol):
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]: ...
+
+
+@dataclass
+class EmbedStats:
+    images: int = 0
+    cached: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+    """Decode + embed time of the images not in the cache."""
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.embedded / self.seconds if self.embedded and self.seconds > 0 else None
+
+
+@dataclass
+class EvalReport:
+    summary: Summary
+    model: str
+    n_gallery: int
+    n_gallery_images: int
+    embed: EmbedStats = field(default_factory=EmbedStats)
+    search_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            **{key: round(value, 4) for key, value in s.overall.items()},
+            "n_queries": s.n_queries,
+            "n_gallery": self.n_gallery,
+            "n_gallery_images": self.n_gallery_images,
+            "model": self.model,
+            "per_category": {
+                c: {**{k: round(v, 4) for k, v in m.items()}, "n_queries": s.category_counts[c]}
+                for c, m in s.per_category.items()
+            },
+            "embedded_images": self.embed.embedded,
+            "cached_images": self.embed.cached,
+            "embed_images_per_s": (
+                round(self.embed.images_per_s, 1) if self.embed.images_per_s else None
+            ),
+            "search_seconds": round(self.search_seconds, 2),
+        }
+
+
+def embed_files(
+    paths: Sequence[Path],
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    *,
+    max_pixels: int,
+    stats: EmbedStats,
+    desc: str = "embed",
+) -> NDArray[np.float32]:
+    """Vectors of ``paths`` in order: cached ones looked up, the others decoded as the search
+    API decodes a query (at the model's scale) and embedded in chunks."""
+    datas = []
+    for p in paths:
+        try:
+            datas.append(p.read_bytes())
+        except OSError as exc:
+            raise ProtocolError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    digests = [content_hash(d) for d in datas]
+    version = embedder.model_version
+    found = cache.get_many(version, digests) if cache is not None else {}
+    out = np.zeros((len(paths), embedder.dim), dtype=np.float32)
+    todo: list[int] = []
+    first_of: dict[str, int] = {}
+    for i, digest in enumerate(digests):
+        if digest in found:
+            out[i] = found[digest]
+        elif digest not in first_of:
+            first_of[digest] = i
+            todo.append(i)
+    stats.images += len(paths)
+    stats.cached += len(paths) - len(todo)
+    min_size = getattr(embedder, "decode_size", None)
+    started = time.perf_counter()
+    with tqdm(total=len(todo), unit="img", desc=desc, disable=None) as bar:
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            images = []
+            for i in chunk:
+                try:
+                    images.append(decode_image(datas[i], max_pixels, min_size=min_size))
+                except ImageDecodeError as exc:
+                    raise ProtocolError(f"image {paths[i]}: {exc.reason}: {exc.detail}") from None
+            vectors = np.asarray(embedder.embed(images), dtype=np.float32)
+            for i, vector in zip(chunk, vectors, strict=True):
+                out[i] = vector
+            if cache is not None:
+                cache.put_many(version, [(digests[i], out[i]) for i in chunk])
+            bar.update(len(chunk))
+    stats.embedded += len(todo)
+    stats.seconds += time.perf_counter() - started
+    for i, digest in enumerate(digests):  # duplicates of an image embedded in this run
+        if digest not in found and first_of[digest] != i:
+            out[i] = out[first_of[digest]]
+    return out
+
+
+def _image_key(path: Path) -> str:
+    return hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:16]
+
+
+def index_gallery(
+    client: Any,
+    spec: CollectionSpec,
+    products: Sequence[GalleryProduct],
+    vectors: NDArray[np.float32],
+    model_version: str,
+) -> int:
+    """Upsert one row per gallery image (vectors in ``products``' image order); flush."""
+    rows: list[dict[str, Any]] = []
+    row = 0
+    for product in products:
+        for path in product.images:
+            key = _image_key(path)
+            rows.append(ImageRecord(
+                pk=image_pk(product.product_id, key), product_id=product.product_id,
+                image_key=key, category=product.category, **category_levels(product.category),
+                price=product.price, currency=product.currency, title=product.title,
+                seller_id="eval", image_ref=str(path)[-2048:], model_version=model_version,
+                version=1, updated_at_ms=0, vector=vectors[row].tolist(),
+            ).to_row())
+            row += 1
+    for start in range(0, len(rows), CHUNK * 4):
+        client.upsert(spec.name, rows[start : start + CHUNK * 4])
+    client.flush(spec.name)
+    return len(rows)
+
+
+def run_queries(
+    searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32]
+) -> list[QueryResult]:
+    """Each query's top max(10, R) products (R = its relevant count, at most MAX_K)."""
+    results = []
+    with tqdm(total=len(queries), unit="query", desc="search", disable=None) as bar:
+        for query, vector in zip(queries, vectors, strict=True):
+            k = min(max(10, len(query.relevant)), MAX_K)
+            hits = searcher.by_vector(vector, k=k)
+            results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
+                                       query.category))
+            bar.update(1)
+    return results
+
+
+def evaluate(
+    products: Sequence[GalleryProduct],
+    queries: Sequence[Query],
+    embedder: Embedder,
+    client: Any,
+    spec: CollectionSpec,
+    cache: EmbeddingCache | None,
+    *,
+    max_pixels: int,
+) -> EvalReport:
+    """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``."""
+    if spec.dim != embedder.dim:
+        raise ValueError(f"collection is {spec.dim}-d, the embedder {embedder.dim}-d")
+    stats = EmbedStats()
+    gallery_paths = [p for product in products for p in product.images]
+    gallery_vectors = embed_files(gallery_paths, embedder, cache, max_pixels=max_pixels,
+                                  stats=stats, desc="embed gallery")
+    query_vectors = embed_files([q.image for q in queries], embedder, cache,
+                                max_pixels=max_pixels, stats=stats, desc="embed queries")
+    ensure_collections(client, spec)
+    n_rows = index_gallery(client, spec, products, gallery_vectors, embedder.model_version)
+    searcher = ProductSearch(client, spec, embedder, max_pixels=max_pixels)
+    started = time.perf_counter()
+    results = run_queries(searcher, queries, query_vectors)
+    return EvalReport(
+        summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
+        n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
+    )

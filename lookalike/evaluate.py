@@ -1,0 +1,85 @@
+"""``lookalike eval``: index a gallery into a fresh collection and score the queries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from pymilvus import MilvusClient
+
+from evaluation.cache import EmbeddingCache
+from evaluation.protocol import ProtocolError, load_gallery, load_queries
+from evaluation.run import EvalReport, evaluate
+from lookalike.app import build_embedder
+from lookalike.settings import Settings
+from schema.collection import CollectionSpec
+
+log = logging.getLogger("lookalike")
+
+
+
+class EvalError(Exception):
+    """A protocol or setup mistake, printed without a traceback."""
+
+
+def run_eval(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        products = load_gallery(args.gallery)
+        queries = load_queries(args.queries, products)
+    except ProtocolError as exc:
+        raise EvalError(str(exc)) from None
+    embedder = build_embedder(settings)
+    cache = None if args.no_cache else EmbeddingCache(args.cache)
+    spec = CollectionSpec(name=f"lookalike_eval_{uuid.uuid4().hex[:12]}", dim=embedder.dim)
+    tmp = None
+    if args.milvus_uri:
+        client = MilvusClient(uri=args.milvus_uri, token=settings.milvus.token)
+    else:  # a fresh embedded database, deleted afterwards
+        tmp = Path(tempfile.mkdtemp(prefix="lookalike-eval-"))
+        client = MilvusClient(str(tmp / "eval.db"))
+    try:
+        report = evaluate(products, queries, embedder, client, spec, cache,
+                          max_pixels=settings.images.max_pixels)
+    except ProtocolError as exc:
+        raise EvalError(str(exc)) from None
+    finally:
+        for name in (spec.name, spec.state_name):
+            try:
+                if client.has_collection(name):
+                    client.drop_collection(name)
+            except Exception as exc:  # never hide the evaluation's own error
+                log.warning("could not drop %s: %s", name, exc)
+        client.close()
+        if cache is not None:
+            cache.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def print_report(report: EvalReport) -> None:
+    s = report.summary
+    e = report.embed
+    speed = f", {e.images_per_s:.1f} images/s" if e.images_per_s else ""
+    print(f"model {report.model}")
+    print(f"gallery {report.n_gallery} products ({report.n_gallery_images} images), "
+          f"queries {s.n_queries}; embedded {e.embedded} images{speed}, {e.cached} from cache")
+    header = f"{'':<36} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP@R':>6} {'queries':>8}"
+    print(header)
+
+    def line(name: str, m: dict[str, float], n: int) -> None:
+        print(f"{name[:36]:<36} {m['R@1']:>6.3f} {m['R@5']:>6.3f} {m['R@10']:>6.3f} "
+              f"{m['mAP@R']:>6.3f} {n:>8}")
+
+    line("overall", s.overall, s.n_queries)
+    for category, metrics in s.per_category.items():
+        line(category, metrics, s.category_counts[category])

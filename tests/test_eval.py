@@ -1,0 +1,169 @@
+"""``lookalike eval`` end to end on tiny protocols: the real search API and Milvus Lite, the
+TinyEmbedder fake (or the real model through the CLI), the cache, and every protocol error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pymilvus import MilvusClient
+
+from evaluation.cache import EmbeddingCache
+from evaluation.protocol import ProtocolError, load_gallery, load_queries
+from evaluation.run import evaluate
+from lookalike.cli import main
+from schema.collection import CollectionSpec
+from tests.fakes import TinyEmbedder
+
+COLOURS = {
+    "red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220),
+    "yellow": (230, 220, 30), "black": (10, 10, 10), "purple": (140, 30, 160),
+}
+
+
+def _photo(path: Path, colour: tuple[int, int, int], shift: int = 0) -> None:
+    """A coloured square on white; ``shift`` moves it (a different 'view')."""
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste(colour, (12 + shift, 12, 52 + shift, 52))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
+    gallery, queries = [], []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        _photo(root / "g" / f"{name}.png", rgb)
+        _photo(root / "q" / f"{name}.png", rgb, shift=4)
+        gallery.append({
+            "product_id": f"p-{name}", "category": "Warm" if i % 2 == 0 else "Cool/Dark",
+            "images": [f"g/{name}.png"] if i % 3 else [{"path": f"g/{name}.png"}],
+            "title": None, **({"price": 9.5} if i == 0 else {}), "extra": [1, 2],
+        })
+        queries.append({"image": f"q/{name}.png", "relevant": [f"p-{name}"]})
+    (root / "gallery.jsonl").write_text("\n".join(json.dumps(g) for g in gallery) + "\n")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    return root / "gallery.jsonl", root / "queries.jsonl"
+
+
+def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str) -> Any:
+    g, q = root / "gallery.jsonl", root / "queries.jsonl"
+    products = load_gallery(g)
+    client = MilvusClient(str(root / f"{name}.db"))
+    try:
+        return evaluate(products, load_queries(q, products), embedder, client,
+                        CollectionSpec(name=name, dim=embedder.dim), cache,
+                        max_pixels=10_000_000)
+    finally:
+        client.close()
+
+
+def test_eval_scores_and_caches(tmp_path: Path) -> None:
+    write_protocol(tmp_path)
+    embedder = TinyEmbedder()
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    report = _run(tmp_path, embedder, cache, "first")
+    # each query is its own product's square, moved: the nearest thumbnail is its own
+    assert report.summary.overall == pytest.approx(
+        {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "mAP@R": 1.0})
+    assert report.summary.n_queries == 6 and report.n_gallery == 6
+    assert set(report.summary.per_category) == {"Warm", "Cool/Dark"}
+    assert report.embed.embedded == 12 and embedder.embedded == 12
+    out = report.to_json()
+    assert {"R@1", "R@5", "R@10", "mAP@R", "n_queries", "n_gallery", "model"} <= set(out)
+    assert out["model"] == TinyEmbedder.model_version
+
+    again = TinyEmbedder()
+    second = _run(tmp_path, again, cache, "second")
+    assert again.embedded == 0 and second.embed.cached == 12  # a re-run only searches
+    assert second.summary.overall == report.summary.overall
+
+
+def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
+    """Point every query at another product: nothing is found at rank 1, and the metric says
+    so rather than inflating (the product at rank 1 is the query's own colour)."""
+    write_protocol(tmp_path)
+    names = list(COLOURS)
+    lines = [json.dumps({"image": f"q/{n}.png", "relevant": [f"p-{names[(i + 1) % 6]}"]})
+             for i, n in enumerate(names)]
+    (tmp_path / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    report = _run(tmp_path, TinyEmbedder(), None, "wrong")
+    assert report.summary.overall["R@1"] == 0.0
+    assert report.summary.overall["mAP@R"] == 0.0
+    assert report.summary.overall["R@5"] > 0.0  # found further down
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda root: (root / "g" / "red.png").unlink(), r"1 gallery image\(s\) not found"),
+        (lambda root: (root / "q" / "blue.png").unlink(), r"1 query image\(s\) not found"),
+        (lambda root: _append(root / "queries.jsonl",
+                              {"image": "q/red.png", "relevant": ["p-nope"]}),
+         "not in the gallery: .*'p-nope'"),
+        (lambda root: _append(root / "queries.jsonl", {"image": "q/red.png", "relevant": []}),
+         "relevant must be a non-empty list"),
+        (lambda root: _append(root / "gallery.jsonl",
+                              {"product_id": "p-red", "category": "A", "images": ["g/red.png"]}),
+         "repeats line 1"),
+        (lambda root: _append(root / "gallery.jsonl", {"product_id": "z", "category": "A"}),
+         "images must be a non-empty list"),
+        (lambda root: _append(root / "gallery.jsonl", "not json"), "not JSON"),
+    ],
+)
+def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> None:
+    g, q = write_protocol(tmp_path)
+    edit(tmp_path)
+    with pytest.raises(ProtocolError, match=message):
+        products = load_gallery(g)
+        load_queries(q, products)
+
+
+def _append(path: Path, obj: Any) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
+
+
+def test_undecodable_image_is_a_clear_error(tmp_path: Path) -> None:
+    write_protocol(tmp_path)
+    (tmp_path / "g" / "red.png").write_bytes(b"not an image at all")
+    with pytest.raises(ProtocolError, match=r"red\.png: "):
+        _run(tmp_path, TinyEmbedder(), None, "broken")
+
+
+@pytest.mark.model
+def test_cli_eval_json_with_the_real_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g, q = write_protocol(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--gallery", str(g), "--queries", str(q), "--json",
+            "--cache", str(tmp_path / "c.sqlite")]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_queries"] == 6 and out["n_gallery"] == 6
+    assert out["model"].startswith("efficientnet-lite0-")
+    assert out["embedded_images"] == 12
+    for key in ("R@1", "R@5", "R@10", "mAP@R"):
+        assert 0.0 <= out[key] <= 1.0
+    assert out["R@10"] == 1.0  # 6 products: everything is in the top 10
+    assert not list(tmp_path.glob("lookalike-eval-*"))
+    # again: only searches; and the text report
+    assert main([*args[:-3], "--cache", str(tmp_path / "c.sqlite")]) == 0
+    text = capsys.readouterr().out
+    assert "embedded 0 images" in text and "12 from cache" in text and "overall" in text
+    # errors exit 2 with the reason
+    (tmp_path / "q" / "red.png").unlink()
+    assert main(args) == 2
+    assert "query image(s) not found" in capsys.readouterr().err
+
+
+def test_vectors_from_the_cache_are_the_stored_ones(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    v = np.arange(4, dtype=np.float32)
+    cache.put_many("m1", [("h1", v)])
+    assert np.array_equal(cache.get_many("m1", ["h1", "h2"])["h1"], v)
+    assert cache.get_many("m2", ["h1"]) == {}  # another model version never hits

@@ -1,0 +1,95 @@
+"""bench/protocols.py writes evaluation protocols whose paths, ids and splits hold together."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_bench_module() -> ModuleType:
+    """Import bench/protocols.py under a unique name: ``bench`` is not a package."""
+    path = REPO / "bench" / "protocols.py"
+    spec = importlib.util.spec_from_file_location("bench_protocols", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+protocols = _load_bench_module()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_fmnist_holds_queries_out_and_relates_them_to_their_class(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(60, 28, 28), dtype=np.uint8)
+    labels = np.arange(60, dtype=np.uint8) % 3
+    gallery_path, queries_path = protocols.write_fmnist(
+        tmp_path / "fmnist", seed=1, n_queries=6, images=images, labels=labels)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    assert len(gallery) == 54 and len(queries) == 6
+
+    index_of = {p["product_id"]: int(p["product_id"].split("-")[1]) for p in gallery}
+    category_of = {p["product_id"]: p["category"] for p in gallery}
+    gallery_images = {img for p in gallery for img in p["images"]}
+    assert all(p["title"] is None and p["price"] is None and p["currency"] is None
+               for p in gallery)
+    for query in queries:
+        assert query["image"] not in gallery_images
+        query_index = int(Path(query["image"]).stem.split("-")[1])
+        same_class = {pid for pid, i in index_of.items() if labels[i] == labels[query_index]}
+        assert set(query["relevant"]) == same_class
+        assert {category_of[pid] for pid in query["relevant"]} == {query["category"]}
+
+    base = queries_path.parent
+    for rel in [q["image"] for q in queries] + sorted(gallery_images):
+        index = int(Path(rel).stem.split("-")[1])
+        with Image.open(base / rel) as png:
+            np.testing.assert_array_equal(np.asarray(png), 255 - images[index])
+
+
+def test_fmnist_split_is_fixed_by_the_seed(tmp_path: Path) -> None:
+    images = np.zeros((40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 2
+
+    def query_images(folder: str, seed: int) -> list[str]:
+        _, queries_path = protocols.write_fmnist(tmp_path / folder, seed=seed, n_queries=5,
+                                                 images=images, labels=labels)
+        return [q["image"] for q in read_jsonl(queries_path)]
+
+    assert query_images("a", 0) == query_images("b", 0) != query_images("c", 1)
+
+
+@pytest.mark.luma
+def test_luma_views_matches_the_catalog_and_resolves_every_path(
+    luma_dir: Path, tmp_path: Path
+) -> None:
+    variants = read_jsonl(luma_dir / "catalog.jsonl")
+    with_main = [v for v in variants if any(i["view"] == "main" for i in v["images"])]
+    n_queries = sum(1 for v in with_main for i in v["images"] if i["view"] != "main")
+
+    out = tmp_path / "deeper" / "luma-views"
+    gallery_path, queries_path = protocols.write_luma_views(luma_dir, out)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    assert len(gallery) == len(with_main) and len(queries) == n_queries
+
+    category_of = {p["product_id"]: p["category"] for p in gallery}
+    for query in queries:
+        assert query["relevant"] and all(pid in category_of for pid in query["relevant"])
+        assert query["category"] == category_of[query["relevant"][0]]
+    paths = [img for p in gallery for img in p["images"]] + [q["image"] for q in queries]
+    assert all(not Path(rel).is_absolute() and (out / rel).is_file() for rel in paths)
