@@ -10,19 +10,18 @@ come from the :class:`~evaluation.cache.EmbeddingCache` where it has them.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 from tqdm import tqdm
 
 from embedding.decode import ImageDecodeError, decode_image
+from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
@@ -30,20 +29,8 @@ from schema.collection import CollectionSpec, ensure_collections
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import MAX_K, ProductSearch
 
-log = logging.getLogger(__name__)
-
 CHUNK = 64
 """Images decoded and embedded per step (and rows per upsert)."""
-
-
-class Embedder(Protocol):
-    @property
-    def model_version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]: ...
 
 
 @dataclass
