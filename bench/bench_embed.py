@@ -2,10 +2,12 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python bench/bench_embed.py [--variant lite0] [--images 256]
+    PYTHONPATH=. python bench/bench_embed.py [--variant lite0] [--images 256] [--colour-weight 0.5]
 
 "model" is the compiled predict step alone on preprocessed batches (what batch size tunes),
-best of ``--rounds`` passes; "end-to-end" adds decoding and preprocessing on the same thread.
+best of ``--rounds`` passes; "end-to-end" adds decoding, preprocessing and (with a colour
+weight above 0) the colour descriptor, on the same thread. "colour" is the colour descriptor
+alone (embedding/colour.py), in images per second of one core.
 Each batch size gets a warm-up call first, so tracing/compilation is not counted.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from embedding.colour import colour_descriptors
 from embedding.decode import decode_image
 from embedding.embedder import EfficientNetLiteEmbedder
 from embedding.preprocess import SquareMode, preprocess_batch
@@ -38,6 +41,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--square", default="pad", choices=[m.value for m in SquareMode])
     p.add_argument("--images", type=int, default=256, help="how many photos to use")
     p.add_argument("--batch-sizes", default="16,32,64")
+    p.add_argument("--colour-weight", type=float, default=0.5, help="0 = CNN features only")
     p.add_argument("--rounds", type=int, default=3, help="model-only: best of this many passes")
     p.add_argument("--dir", type=Path, default=IMAGES)
     return p.parse_args()
@@ -65,8 +69,9 @@ def _bench_batch_size(
     blobs: list[bytes],
     x: NDArray[np.float32],
     rounds: int,
+    colour_weight: float,
 ) -> tuple[float, float]:
-    embedder = EfficientNetLiteEmbedder(variant, square, batch_size=bs)
+    embedder = EfficientNetLiteEmbedder(variant, square, batch_size=bs, colour_weight=colour_weight)
     predict = embedder._predict  # the model step alone, exactly as the embedder calls it
     n = len(x) - len(x) % bs  # whole batches only
     predict(x[:bs])  # warm-up: trace/compile this shape
@@ -90,13 +95,18 @@ def main() -> int:
     blobs = _load(args.dir, args.images)
     images: list[Image.Image] = [decode_image(b, MAX_PIXELS) for b in blobs]
     x = preprocess_batch(images, variant.spec.image_size, square)
-    print(f"{len(x)} photos from {args.dir}, {variant.value}/{square.value}, {os.cpu_count()} CPUs")
+    print(f"{len(x)} photos from {args.dir}, {variant.value}/{square.value}, "
+          f"colour weight {args.colour_weight:g}, {os.cpu_count()} CPUs")
+    squares = x.astype(np.uint8)
+    colour_rate = _rate(len(x), lambda: colour_descriptors(squares))
+    print(f"colour descriptor alone: {colour_rate:.0f} img/s")
     print(f"{'batch':>5} {'model img/s':>12} {'end-to-end img/s':>17}")
     for bs in (int(s) for s in args.batch_sizes.split(",")):
         if bs > len(x):
             print(f"{bs:>5} skipped: fewer photos than one batch")
             continue
-        model_rate, e2e_rate = _bench_batch_size(bs, variant, square, blobs, x, args.rounds)
+        model_rate, e2e_rate = _bench_batch_size(bs, variant, square, blobs, x, args.rounds,
+                                                 args.colour_weight)
         print(f"{bs:>5} {model_rate:>12.1f} {e2e_rate:>17.1f}", flush=True)
     return 0
 

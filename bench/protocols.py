@@ -7,11 +7,16 @@ the file's own folder, so the files work wherever they are written and need no c
 * ``luma-views``: the Luma photos (``../shared/data/luma``). Gallery: every variant's main
   image(s); queries: every other view (back, close-up), relevant to its own variant only. This is
   instance-level retrieval on real product photos.
+* ``luma-snapshots``: a stress test standing in for shoppers' snapshots, which we do not have:
+  the luma-views queries cut out of their white background, scaled, turned a little and pasted
+  onto a seeded clutter of coloured shapes, under a different brightness and white balance,
+  saved as JPEG. Same gallery (catalog shots). A method that leans on clean white backgrounds
+  or exact colours loses here. The images are written under the protocol folder.
 * ``fmnist``: the Fashion-MNIST test set. A seeded 1,000 images are queries and are left out of
   the gallery (the other 9,000); every gallery article of the query's class is relevant. This is
   category-level retrieval, which mAP@R rewards for ranking the whole class first.
 
-Usage: ``python bench/protocols.py [--out var/protocols] [--only luma-views|fmnist] [--seed 0]``
+Usage: ``python bench/protocols.py [--out var/protocols] [--only NAME] [--seed 0]``
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
-PROTOCOLS = ("luma-views", "fmnist")
+PROTOCOLS = ("luma-views", "luma-snapshots", "fmnist")
+SNAPSHOT_SIZE = 480
 MAIN_VIEW = "main"
 Row = dict[str, Any]
 
@@ -82,6 +88,64 @@ def write_luma_views(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     gallery, queries, skipped = _luma_rows(luma_dir, out_dir)
     if skipped:
         print(f"luma-views: skipped {skipped} variant(s) without a main image")
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
+def _clutter(rng: np.random.Generator, size: int) -> Image.Image:
+    """A busy background: a colour gradient under 40 random rectangles and ellipses, blurred."""
+    top, bottom = rng.integers(40, 230, size=3), rng.integers(40, 230, size=3)
+    ramp = np.linspace(0.0, 1.0, size)[:, None, None]
+    canvas = (top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8)
+    image = Image.fromarray(canvas, "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        x0, y0 = (int(v) for v in rng.integers(-size // 4, size, size=2))
+        w, h = (int(v) for v in rng.integers(size // 12, size // 2, size=2))
+        fill = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+        shape((x0, y0, x0 + w, y0 + h), fill=fill)
+    return image.filter(ImageFilter.GaussianBlur(2))
+
+
+def snapshot(
+    photo: Image.Image, rng: np.random.Generator, size: int = SNAPSHOT_SIZE
+) -> Image.Image:
+    """``photo`` (a product on white) as a seeded in-store-like snapshot (see module doc)."""
+    photo = photo.convert("RGB")
+    scale = rng.uniform(0.55, 0.8) * size / max(photo.size)
+    photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
+                         Image.Resampling.BICUBIC)
+    rgb = np.asarray(photo).astype(np.int16)
+    mask = Image.fromarray(((255 - rgb.min(axis=2)) > 25).astype(np.uint8) * 255, "L")
+    mask = mask.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(1))
+    angle = float(rng.uniform(-8, 8))
+    photo = photo.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))
+    mask = mask.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=0)
+    canvas = _clutter(rng, size)
+    x = int(rng.integers(0, max(1, size - photo.width)))
+    y = int(rng.integers(0, max(1, size - photo.height)))
+    canvas.paste(photo, (x, y), mask)
+    canvas = ImageEnhance.Brightness(canvas).enhance(float(rng.uniform(0.8, 1.15)))
+    balance = np.array([rng.uniform(0.9, 1.1), 1.0, rng.uniform(0.9, 1.1)])
+    shifted = np.clip(np.asarray(canvas).astype(np.float32) * balance, 0, 255).astype(np.uint8)
+    return Image.fromarray(shifted, "RGB")
+
+
+def write_luma_snapshots(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the luma-snapshots protocol (see module doc); returns (gallery, queries) paths."""
+    gallery, queries, _ = _luma_rows(luma_dir, out_dir)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for query in queries:
+        source = (out_dir / query["image"]).resolve()
+        target = images_dir / f"{source.stem}_snapshot.jpg"
+        with Image.open(source) as photo:
+            snapshot(photo, rng).save(target, "JPEG", quality=80)
+        query["image"] = _relative(target, out_dir)
     gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
     _write_jsonl(gallery_path, gallery)
     _write_jsonl(queries_path, queries)
@@ -172,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             _report("luma-views", *write_luma_views(LUMA, args.out / "luma-views"))
         else:
             print(f"luma-views: skipped: {LUMA / 'catalog.jsonl'} not found")
+    if "luma-snapshots" in wanted:
+        if (LUMA / "catalog.jsonl").exists():
+            out = args.out / "luma-snapshots"
+            _report("luma-snapshots", *write_luma_snapshots(LUMA, out, seed=args.seed))
+        else:
+            print(f"luma-snapshots: skipped: {LUMA / 'catalog.jsonl'} not found")
     if "fmnist" in wanted:
         _report("fmnist", *write_fmnist(args.out / "fmnist", seed=args.seed))
     return 0

@@ -93,3 +93,34 @@ def test_luma_views_matches_the_catalog_and_resolves_every_path(
         assert query["category"] == category_of[query["relevant"][0]]
     paths = [img for p in gallery for img in p["images"]] + [q["image"] for q in queries]
     assert all(not Path(rel).is_absolute() and (out / rel).is_file() for rel in paths)
+
+
+def test_snapshot_puts_the_product_on_clutter_and_is_seeded() -> None:
+    photo = Image.new("RGB", (300, 400), (255, 255, 255))
+    photo.paste((200, 20, 20), (80, 80, 220, 320))  # a red product on studio white
+    a = protocols.snapshot(photo, np.random.default_rng(3), size=240)
+    b = protocols.snapshot(photo, np.random.default_rng(3), size=240)
+    assert a.size == (240, 240) and np.array_equal(np.asarray(a), np.asarray(b))
+    pixels = np.asarray(a).reshape(-1, 3).astype(int)
+    near_white = (pixels.min(axis=1) > 235).mean()
+    reddish = ((pixels[:, 0] > 120) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)).mean()
+    assert near_white < 0.05  # the white studio background was cut away
+    assert reddish > 0.05  # the product is still there
+
+
+def test_luma_snapshots_keep_the_gallery_and_write_one_image_per_query(
+    luma_dir: Path, tmp_path: Path
+) -> None:
+    views_out, snaps_out = tmp_path / "luma-views", tmp_path / "luma-snapshots"
+    views_gallery, views_queries = protocols.write_luma_views(luma_dir, views_out)
+    gallery_path, queries_path = protocols.write_luma_snapshots(luma_dir, snaps_out, seed=0)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    expected = [g["product_id"] for g in read_jsonl(views_gallery)]
+    assert [g["product_id"] for g in gallery] == expected
+    originals = read_jsonl(views_queries)
+    assert [q["relevant"] for q in queries] == [q["relevant"] for q in originals]
+    for query in queries:
+        path = snaps_out / query["image"]
+        assert path.is_file() and path.parent == snaps_out / "images"
+        with Image.open(path) as image:
+            assert image.size == (protocols.SNAPSHOT_SIZE, protocols.SNAPSHOT_SIZE)

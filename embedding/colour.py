@@ -1,0 +1,118 @@
+"""A colour descriptor of the product in a photo, appended to the CNN embedding.
+
+Why: ImageNet features are trained to *ignore* colour (a red and a blue car are both "car"),
+so off the shelf they rank the other colours of the same model above the product itself. On
+the luma-views protocol (a back or close-up view must find its own colour variant), the
+CNN alone finds the right variant first 31% of the time; CNN + this descriptor 62% (see
+README, "Quality"). Colour variants are also what shoppers and price comparison must tell
+apart, so the gain is not specific to one catalog.
+
+What: a joint HSV histogram (12 hue x 4 saturation x 4 value = 192 bins) of the *foreground*
+pixels, Hellinger-mapped (square root of the normalised histogram, so cosine is the
+Bhattacharyya coefficient and a few large bins do not dominate) and L2-normalised.
+
+Foreground: product photos mostly sit on a uniform background (studio white, a grey sweep),
+and ``pad`` adds white around photos of other aspect ratios. Background colours are read off
+the image's outermost pixel ring (:func:`foreground_weights`); pixels near none of them are
+the product. A cluttered border (an in-store snapshot) has no such colour, and then every
+pixel counts, weighted by a centred Gaussian (the product is usually in the middle). An image
+with no foreground left (a blank square) falls back to the same Gaussian weighting.
+
+The descriptor is computed at ``COLOUR_SIZE`` (112 px) from the model's square input, which
+costs ~1 ms per image against ~14 ms for the CNN on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+HUE_BINS, SAT_BINS, VAL_BINS = 12, 4, 4
+COLOUR_DIM = HUE_BINS * SAT_BINS * VAL_BINS
+COLOUR_SIZE = 112
+BACKGROUND_TOLERANCE = 30.0
+"""Largest per-channel difference (0..255) from the background colour that is background."""
+UNIFORM_BORDER_FRACTION = 0.8
+"""Share of the border ring that must match its median colour for a uniform background."""
+
+
+def colour_version() -> str:
+    """The descriptor's part of a model version string; change it with any change here."""
+    return f"hsv{HUE_BINS}x{SAT_BINS}x{VAL_BINS}fg"
+
+
+def _centre_weights(h: int, w: int) -> NDArray[np.float32]:
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    d2 = ((yy - (h - 1) / 2) / (h / 3)) ** 2 + ((xx - (w - 1) / 2) / (w / 3)) ** 2
+    out: NDArray[np.float32] = np.exp(-d2 / 2).astype(np.float32)
+    return out
+
+
+def _near(pixels: NDArray[np.float32], colour: NDArray[np.float32]) -> NDArray[np.bool_]:
+    out: NDArray[np.bool_] = np.abs(pixels - colour).max(axis=-1) <= BACKGROUND_TOLERANCE
+    return out
+
+
+def _uniform(ring: NDArray[np.float32]) -> NDArray[np.float32] | None:
+    """The ring's median colour if ``UNIFORM_BORDER_FRACTION`` of it is near that colour."""
+    if not len(ring):
+        return None
+    median: NDArray[np.float32] = np.median(ring, axis=0).astype(np.float32)
+    return median if _near(ring, median).mean() >= UNIFORM_BORDER_FRACTION else None
+
+
+def foreground_weights(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Per-pixel weight in [0, 1] of belonging to the product, for an (h, w, 3) uint8 image.
+
+    The background is the colour of the outermost pixel ring when the ring is (mostly) one
+    colour. A padded photo has white padding on two sides and its own background on the
+    other two: then the background is white plus the colour of the rest of the ring, if that
+    rest is one colour. Pixels near the background are left out. Without a uniform border, a
+    centred Gaussian weights the pixels (white left out where the ring had padding white).
+    """
+    h, w = rgb.shape[:2]
+    if h < 3 or w < 3:
+        return np.ones((h, w), dtype=np.float32)
+    ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]).astype(np.float32)
+    pixels = rgb.astype(np.float32)
+    white = np.full(3, 255.0, dtype=np.float32)
+    ring_white = _near(ring, white)
+    background = _uniform(ring)
+    if background is not None:
+        is_background = _near(pixels, background)
+    elif ring_white.any() and (second := _uniform(ring[~ring_white])) is not None:
+        is_background = _near(pixels, white) | _near(pixels, second)
+    else:
+        weights = _centre_weights(h, w)
+        if ring_white.any():
+            weights[_near(pixels, white)] = 0.0
+        return weights if weights.sum() >= 1e-3 else _centre_weights(h, w)
+    mask: NDArray[np.float32] = (~is_background).astype(np.float32)
+    return mask if mask.sum() >= 1.0 else _centre_weights(h, w)
+
+
+def colour_descriptor(square: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """One (h, w, 3) uint8 RGB image -> a unit ``COLOUR_DIM`` vector (see module doc)."""
+    image = Image.fromarray(square, "RGB")
+    if image.size != (COLOUR_SIZE, COLOUR_SIZE):
+        image = image.resize((COLOUR_SIZE, COLOUR_SIZE), Image.Resampling.BOX)
+    rgb = np.asarray(image, dtype=np.uint8)
+    hsv = np.asarray(image.convert("HSV"), dtype=np.int32)
+    hue = np.minimum(hsv[..., 0] * HUE_BINS // 256, HUE_BINS - 1)
+    sat = np.minimum(hsv[..., 1] * SAT_BINS // 256, SAT_BINS - 1)
+    val = np.minimum(hsv[..., 2] * VAL_BINS // 256, VAL_BINS - 1)
+    bins = (hue * SAT_BINS + sat) * VAL_BINS + val
+    weights = foreground_weights(rgb)
+    hist = np.bincount(bins.ravel(), weights=weights.ravel(), minlength=COLOUR_DIM)
+    hist = np.sqrt(hist / max(float(hist.sum()), 1e-12))
+    out: NDArray[np.float32] = (hist / max(float(np.linalg.norm(hist)), 1e-12)).astype(np.float32)
+    return out
+
+
+def colour_descriptors(batch: NDArray[np.generic]) -> NDArray[np.float32]:
+    """(n, h, w, 3) RGB in 0..255 (any dtype) -> (n, ``COLOUR_DIM``) unit rows."""
+    out = np.empty((len(batch), COLOUR_DIM), dtype=np.float32)
+    for i, square in enumerate(batch):
+        out[i] = colour_descriptor(np.clip(np.asarray(square), 0, 255).astype(np.uint8))
+    return out

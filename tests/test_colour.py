@@ -1,0 +1,116 @@
+"""The colour descriptor (embedding/colour.py) and how the embedder mixes it in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw
+
+from embedding.colour import (
+    COLOUR_DIM,
+    colour_descriptor,
+    colour_descriptors,
+    colour_version,
+    foreground_weights,
+)
+from embedding.embedder import l2_normalise, mix_colour, model_version
+from embedding.preprocess import pad_to_square
+
+RED, BLUE, NAVY, WHITE = (200, 30, 30), (30, 60, 200), (20, 25, 70), (255, 255, 255)
+
+
+def shirt(colour: tuple[int, int, int], *, background: tuple[int, int, int] = WHITE,
+          size: tuple[int, int] = (160, 200), offset: int = 0, back: bool = False) -> Image.Image:
+    """A T-shape 'shirt' on a plain background; ``back`` draws it without the collar."""
+    image = Image.new("RGB", size, background)
+    d = ImageDraw.Draw(image)
+    w, h = size
+    d.rectangle((w // 4 + offset, h // 5, 3 * w // 4 + offset, 9 * h // 10), fill=colour)
+    d.rectangle((w // 10 + offset, h // 5, 9 * w // 10 + offset, h // 3), fill=colour)
+    if not back:
+        d.ellipse((w // 2 - 12 + offset, h // 5 - 6, w // 2 + 12 + offset, h // 5 + 10), fill=WHITE)
+    return image
+
+
+def desc(image: Image.Image) -> NDArray[np.float32]:
+    return colour_descriptor(np.asarray(pad_to_square(image, 224)))
+
+
+def test_descriptor_is_a_unit_vector_of_fixed_size() -> None:
+    v = desc(shirt(RED))
+    assert v.shape == (COLOUR_DIM,) and v.dtype == np.float32
+    assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-6)
+    assert (v >= 0).all()
+
+
+def test_same_colour_other_view_matches_and_other_colours_do_not() -> None:
+    front, back = desc(shirt(RED)), desc(shirt(RED, back=True, offset=15, size=(200, 200)))
+    blue, navy = desc(shirt(BLUE)), desc(shirt(NAVY))
+    assert float(front @ back) > 0.95
+    assert float(front @ blue) < 0.2
+    assert float(front @ navy) < 0.2
+    assert float(blue @ navy) < float(front @ back)
+
+
+def test_white_background_and_padding_do_not_count() -> None:
+    # the same product with much more white around it has the same colour description
+    small = shirt(RED, size=(160, 200))
+    roomy = Image.new("RGB", (600, 400), WHITE)
+    roomy.paste(small, (220, 100))
+    assert float(desc(small) @ desc(roomy)) > 0.97
+
+
+def test_uniform_non_white_background_is_detected() -> None:
+    grey = (128, 128, 128)
+    on_grey, on_white = desc(shirt(RED, background=grey)), desc(shirt(RED))
+    assert float(on_grey @ on_white) > 0.9  # edge pixels blend with the background
+    mask = foreground_weights(np.asarray(shirt(RED, background=grey)))
+    assert mask[0, 0] == 0.0 and mask[100, 80] == 1.0
+
+
+def test_cluttered_border_falls_back_to_centre_weighting() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(120, 120, 3), dtype=np.uint8)
+    weights = foreground_weights(noise)
+    assert weights.shape == (120, 120)
+    assert weights[60, 60] > 0.95 and weights[0, 0] < 0.15  # a centred Gaussian, not a mask
+    assert weights.max() <= 1 and (weights > 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("value", [0, 255, 128])
+def test_blank_or_tiny_images_still_give_a_unit_vector(value: int) -> None:
+    blank = np.full((224, 224, 3), value, dtype=np.uint8)
+    assert np.linalg.norm(colour_descriptor(blank)) == pytest.approx(1.0, abs=1e-6)
+    tiny = np.full((2, 2, 3), value, dtype=np.uint8)
+    assert np.linalg.norm(colour_descriptor(tiny)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_batch_form_matches_single_and_accepts_float_input() -> None:
+    squares = np.stack([np.asarray(pad_to_square(shirt(c), 224)) for c in (RED, BLUE)])
+    batch = colour_descriptors(squares.astype(np.float32))
+    np.testing.assert_allclose(batch[0], colour_descriptor(squares[0]), atol=1e-6)
+    np.testing.assert_allclose(batch[1], colour_descriptor(squares[1]), atol=1e-6)
+    assert colour_descriptors(np.empty((0, 224, 224, 3), np.uint8)).shape == (0, COLOUR_DIM)
+
+
+def test_mixing_sets_how_far_colour_moves_the_cosine() -> None:
+    rng = np.random.default_rng(1)
+    cnn = rng.normal(size=(2, 1280)).astype(np.float32) + 0.5
+    colour = l2_normalise(np.abs(rng.normal(size=(2, COLOUR_DIM))).astype(np.float32))
+    w = 0.5
+    mixed = mix_colour(cnn, colour, w)
+    assert mixed.shape == (2, 1280 + COLOUR_DIM)
+    np.testing.assert_allclose(np.linalg.norm(mixed, axis=1), 1.0, atol=1e-5)
+    cnn_cos = float(l2_normalise(cnn)[0] @ l2_normalise(cnn)[1])
+    expected = (cnn_cos + w * w * float(colour[0] @ colour[1])) / (1 + w * w)
+    assert float(mixed[0] @ mixed[1]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_model_version_names_the_colour_part() -> None:
+    plain = model_version("lite0", "pad")
+    assert plain == "efficientnet-lite0-imagenet-gap-pad224-v1"  # old vectors stay valid
+    assert model_version("lite0", "pad", 0.0) == plain
+    mixed = model_version("lite0", "pad", 0.5)
+    assert mixed == f"{plain}+{colour_version()}-w0.5"
+    assert model_version("lite0", "pad", 0.7) != mixed
