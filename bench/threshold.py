@@ -3,8 +3,9 @@
 Another shop listing the same product usually shows the same studio photo, re-encoded,
 resized, cropped or padded. Positives: each main photo against such a copy of itself.
 Negatives: each main photo against the most similar main photo of another *model* (another
-group_id). Other colours of the same model are reported too: ImageNet features are nearly
-colour-blind, so they score like copies and no threshold separates them.
+group_id). Other colours of the same model are reported too: ImageNet features alone are nearly
+colour-blind and score them like copies; the colour part of the default embedding (see
+embedding/colour.py) is what pulls them apart. ``--colour-weight 0`` measures the CNN alone.
 Prints the distributions and the threshold that keeps false matches across models under 1%.
 """
 
@@ -46,7 +47,10 @@ def main() -> int:
     mains = [(r["product_id"], LUMA / next(i["path"] for i in r["images"] if i["view"] == "main"))
              for r in rows]
     groups = np.array([r["group_id"] for r in rows])
-    embedder = create_embedder("lite0", "pad", 32)
+    args = sys.argv[1:]
+    weight = float(args[args.index("--colour-weight") + 1]) if "--colour-weight" in args else 0.5
+    embedder = create_embedder("lite0", "pad", 32, colour_weight=weight)
+    print(f"model {embedder.model_version}")
     images = [load_image(p, 40_000_000) for _, p in mains]
     base = embedder.embed(images)
     pos = []

@@ -162,6 +162,7 @@ class Stages:
         max_pixels: int,
         decode_workers: int = 1,
         clock: Callable[[], float] = time.time,
+        after_write: Callable[[], None] | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -173,6 +174,9 @@ class Stages:
         # decode_workers of them at once, so it does not preempt CPU inference (see settings).
         self._decode_slots = threading.BoundedSemaphore(decode_workers)
         self._clock = clock
+        # Runs after each batch's Milvus writes, before it may be committed: raising keeps
+        # the batch uncommitted and stops the runner (schema.versions.ServingGuard.check).
+        self._after_write = after_write
 
     def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
         data = self._fetcher.fetch(event.images[index])
@@ -248,6 +252,8 @@ class Stages:
         )
         if not plan.is_empty():
             self._sink.apply(plan)
+        if self._after_write is not None:
+            self._after_write()
         for item in batch.items:
             assert item.outcome is not None
             if item.outcome.status is Status.DEAD_LETTERED:

@@ -25,6 +25,7 @@ from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec, ensure_collections
+from schema.versions import ModelVersions
 
 if TYPE_CHECKING:
     from embedding.embedder import Embedder
@@ -37,7 +38,7 @@ def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
 
     m = settings.model
-    return create_embedder(m.variant, m.square, m.batch_size)
+    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight)
 
 
 def warm_up_in_background(embedder: Any) -> threading.Thread | None:
@@ -56,13 +57,25 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
     return thread
 
 
-def build_milvus(settings: Settings, dim: int) -> tuple[MilvusClient, CollectionSpec]:
+def build_milvus(
+    settings: Settings, dim: int, model_version: str | None = None
+) -> tuple[MilvusClient, CollectionSpec]:
+    """A client and the spec of the configured name, which searches use.
+
+    With ``model_version``: the versioned layout (schema/versions.py); a fresh install gets
+    that version's collections with ``<collection>`` as their alias, an existing one is
+    loaded as it is. Without: ``<collection>`` is used (and created) as one physical collection, for
+    tools that manage their own collection.
+    """
     uri = settings.milvus.uri
     if "://" not in uri:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     client = MilvusClient(uri=uri, token=settings.milvus.token)
     spec = CollectionSpec(name=settings.milvus.collection, dim=dim)
-    ensure_collections(client, spec)
+    if model_version is None:
+        ensure_collections(client, spec)
+    elif ModelVersions(client, spec.name).load_serving() is None:
+        ModelVersions(client, spec.name).ensure_version(model_version, dim)
     return client, spec
 
 
@@ -93,7 +106,11 @@ def build_runner(
     spec: CollectionSpec,
     pool: ThreadPoolExecutor,
     on_batch: Callable[[Batch, RunReport], None] | None = None,
+    after_write: Callable[[], None] | None = None,
 ) -> Runner:
+    """The ingest loop writing into ``spec`` (physical collections: see
+    ``ModelVersions.open_for_writing``); ``after_write`` runs after each batch's writes,
+    before its commit (the serving guard)."""
     k, i, g = settings.kafka, settings.images, settings.ingest
     ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1})
     consumer = build_consumer(
@@ -106,7 +123,7 @@ def build_runner(
     fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
     sink = MilvusSink(client, spec)
     stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels,
-                    decode_workers=decode_workers(settings, embedder))
+                    decode_workers=decode_workers(settings, embedder), after_write=after_write)
     config = RunnerConfig(
         batch_events=g.batch_events, batch_images=g.batch_images,
         batch_timeout_s=g.batch_timeout_s, max_in_flight=g.max_in_flight,

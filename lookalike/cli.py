@@ -94,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="embed everything again")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
+                       "then switch searches to it (no downtime)")
+    _connection_args(p, kafka=False)
+    p.add_argument("--image-root", action="append", type=Path, default=None,
+                   help="folder that stored local image paths may point into (repeatable)")
+    p.add_argument("--no-switch", action="store_true",
+                   help="build the new model's collections but keep serving the current one")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="switch even when some products could not be re-embedded")
+    p.add_argument("--max-passes", type=int, default=10,
+                   help="catch-up passes before giving up on a source that keeps changing")
+    p.add_argument("--settle-s", type=float, default=2.0,
+                   help="wait after the switch before the last catch-up pass")
+
+    p = sub.add_parser("models", help="which model version serves, and the others")
+    _connection_args(p, kafka=False)
+
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     return parser
@@ -116,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=(args.log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    for noisy in ("kafka", "urllib3", "absl", "tensorflow"):
+    # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
+    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = _with(
         settings,
@@ -138,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": commands.demo,
             "broker": commands.broker,
             "eval": _run_eval,
+            "reindex": commands.reindex,
+            "models": commands.models,
         }[args.command]
         return handler(settings, args)
     except commands.UserError as exc:

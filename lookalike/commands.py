@@ -32,7 +32,8 @@ from lookalike.app import (
 )
 from lookalike.broker import LocalBroker, port_open
 from lookalike.settings import Settings
-from search.api import ProductNotFound, ProductSearch
+from schema.versions import ModelRetiredError, ModelVersions
+from search.api import ModelMismatchError, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 
 log = logging.getLogger("lookalike")
@@ -70,23 +71,34 @@ def _search_filter(args: argparse.Namespace) -> SearchFilter | None:
 def ingest(settings: Settings, args: argparse.Namespace) -> int:
     embedder = build_embedder(settings)
     warm_up_in_background(embedder)
-    client, spec = build_milvus(settings, embedder.dim)
+    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
     return _run_ingest(settings, embedder, client, spec, until_caught_up=args.until_caught_up)
 
 
 def _run_ingest(settings: Settings, embedder: Any, client: Any, spec: Any, *,
                 until_caught_up: bool, total: int | None = None) -> int:
+    """Ingest into the physical collections of the embedder's model (schema/versions.py);
+    exits 3, without committing the batch that noticed it, when a switch retires that model."""
+    try:
+        target, guard = ModelVersions(client, spec.name).open_for_writing(
+            embedder.model_version, embedder.dim)
+    except ModelRetiredError as exc:
+        raise UserError(str(exc)) from None
     bar = tqdm(total=total, unit="event", desc="ingest", disable=not sys.stderr.isatty())
 
     def on_batch(batch: Batch, _report: RunReport) -> None:
         bar.update(len(batch.records))
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
-        runner = build_runner(settings, embedder, client, spec, pool, on_batch)
+        runner = build_runner(settings, embedder, client, target, pool, on_batch,
+                              after_write=guard.check)
         try:
             with stop_on_signals(runner):
                 report = runner.run(until_caught_up=until_caught_up)
         except IngestError as exc:
+            if isinstance(exc.__cause__, ModelRetiredError):
+                log.error("ingest stopped: the model switched. %s", exc.__cause__)
+                return 3
             log.error("%s", exc)
             return 1
         finally:
@@ -120,8 +132,11 @@ def _publish(settings: Settings, events: list[Any]) -> int:
 
 def _searcher(settings: Settings) -> ProductSearch:
     embedder = build_embedder(settings)
-    client, spec = build_milvus(settings, embedder.dim)
-    return build_search(settings, embedder, client, spec)
+    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    try:
+        return build_search(settings, embedder, client, spec)
+    except ModelMismatchError as exc:
+        raise UserError(str(exc)) from None
 
 
 def search(settings: Settings, args: argparse.Namespace) -> int:
@@ -201,7 +216,7 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     embedder = build_embedder(settings)
     warm_up_in_background(embedder)
-    client, spec = build_milvus(settings, embedder.dim)
+    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
     print(f"catalog: {len(events)} products, {sum(len(e.images) for e in events)} images; "
           f"Milvus: {settings.milvus.uri} collection {spec.name}; model {embedder.model_version}")
     if synthetic:
@@ -212,7 +227,10 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     if code:
         return code
     print(f"ingested in {time.monotonic() - started:.1f}s")
-    searcher = build_search(settings, embedder, client, spec)
+    try:
+        searcher = build_search(settings, embedder, client, spec)
+    except ModelMismatchError as exc:
+        raise UserError(str(exc)) from None
     by_category: dict[str, Any] = {}
     for event in events:
         by_category.setdefault(event.category, event)
@@ -232,3 +250,89 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
         product_id=resold.product_id, threshold=settings.search.compare_threshold, k=10,
     ), "similarity")
     return 0
+
+
+def reindex(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-embed the serving catalog with the configured model, then switch the aliases."""
+    from ingest.fetch import ImageFetcher
+    from ingest.reindex import Reindexer, ReindexError
+
+    embedder = build_embedder(settings)
+    client, base = _open_milvus(settings)
+    i = settings.images
+    versions = ModelVersions(client, base)
+    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+    bar = tqdm(unit="product", desc="reindex", disable=not sys.stderr.isatty())
+    with ThreadPoolExecutor(i.fetch_workers, thread_name_prefix="fetch") as pool:
+        reindexer = Reindexer(versions, embedder, fetcher, pool, max_pixels=i.max_pixels,
+                              settle_s=args.settle_s, max_passes=args.max_passes,
+                              on_chunk=bar.update)
+        try:
+            report = reindexer.run(switch=not args.no_switch, allow_failures=args.allow_failures)
+        except ReindexError as exc:
+            print(f"lookalike reindex: {exc}")
+            return 0
+        finally:
+            bar.close()
+    for product_id, problems in sorted(report.failures.items()):
+        for problem in problems:
+            print(f"  failed {product_id}: {problem.reason} {problem.image_ref[:120]} "
+                  f"({problem.detail[:120]})")
+    print(f"reindex {report.summary()}")
+    if report.refused:
+        print(f"lookalike reindex: not switched: {report.refused}", file=sys.stderr)
+        return 1
+    if report.switched:
+        print(f"{versions.base} now serves model {report.model_version} ({report.target}). "
+              "Restart `lookalike ingest` with this model: the old one stops at its next batch.")
+    else:
+        print(f"built {report.target}; not switched (--no-switch)")
+    return 0
+
+
+def models(settings: Settings, args: argparse.Namespace) -> int:
+    """Which model serves, and the other versions in the registry."""
+    client, base = _open_milvus(settings)
+    versions = ModelVersions(client, base)
+    serving = versions.load_serving()
+    if serving is None:
+        print(f"{base}: does not exist yet (the first ingest creates it)")
+        return 0
+    kind = "pre-alias collection" if serving.legacy else "alias"
+    print(f"{base} ({kind}) -> {serving.physical}: serving model {serving.model_version}")
+    entries = versions.entries()
+    for entry in entries:
+        images, products = _counts(client, entry.physical)
+        mark = "*" if entry.physical == serving.physical else " "
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.created_at_ms / 1000))
+        print(f" {mark} {entry.status.value:<8} {entry.model_version:<60} dim={entry.dim:<5} "
+              f"images={images:<8} products={products:<8} {entry.physical}  created {created}Z")
+    if serving.legacy:
+        images, products = _counts(client, serving.physical)
+        print(f" * legacy   {serving.model_version}  images={images} products={products}")
+    return 0
+
+
+def _open_milvus(settings: Settings) -> tuple[Any, str]:
+    from pymilvus import MilvusClient
+
+    uri = settings.milvus.uri
+    if "://" not in uri and not Path(uri).exists():
+        raise UserError(f"no Milvus Lite database at {uri}")
+    return MilvusClient(uri=uri, token=settings.milvus.token), settings.milvus.collection
+
+
+def _counts(client: Any, physical: str) -> tuple[str, str]:
+    """Image rows and product states (listed or not) of a physical pair: exact when loaded,
+    else ``~`` and the stored row count (which counts deleted rows until compaction)."""
+    out = []
+    for name in (physical, f"{physical}_state"):
+        if not client.has_collection(name):
+            out.append("0")
+        elif getattr(client.get_load_state(name)["state"], "name", "") == "Loaded":
+            rows = client.query(name, filter="", output_fields=["count(*)"],
+                                consistency_level="Strong")
+            out.append(str(int(rows[0]["count(*)"]) if rows else 0))
+        else:
+            out.append(f"~{int(client.get_collection_stats(name)['row_count'])}")
+    return out[0], out[1]

@@ -11,7 +11,10 @@
 * ``score`` is the cosine similarity (1 = same direction, higher is more similar): what
   Milvus servers and milvus-lite both return as ``distance`` for the COSINE metric.
 * Only rows embedded by the same model (``model_version``) as the embedder are searched, so
-  vectors of different models never mix.
+  vectors of different models never mix. When the collection name is an alias that serves
+  another model (schema/versions.py), searches raise :class:`ModelMismatchError` instead of
+  finding nothing: checked at construction, and again when a search fails or comes back empty
+  (so a long-running searcher notices a switch without a check per query).
 * Reads use ``consistency`` (``Strong`` by default, so freshly ingested items are found).
 """
 
@@ -34,6 +37,7 @@ from schema.collection import (
     detect_engine,
     search_params,
 )
+from schema.versions import ModelVersions
 from search.filters import ExpressionBuilder, SearchFilter, check_string
 
 DEFAULT_COMPARE_THRESHOLD = 0.90
@@ -70,6 +74,10 @@ class Embedder(Protocol):
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """float32 array (n, dim), rows L2-normalised."""
         ...
+
+
+class ModelMismatchError(RuntimeError):
+    """The collection serves vectors of another model than the searcher's embedder."""
 
 
 class ProductNotFound(LookupError):
@@ -156,6 +164,22 @@ class ProductSearch:
             _default_loader, min_size=getattr(embedder, "decode_size", None)
         )
         self._timeout = timeout_s
+        self._versions = ModelVersions(client, spec.name, engine=self.engine)
+        self.check_model()
+
+    def check_model(self) -> None:
+        """Raise :class:`ModelMismatchError` when ``spec.name`` is an alias serving another
+        model. A plain collection (no alias) may hold several versions: not checked."""
+        serving = self._versions.serving()
+        if serving is None or serving.legacy or serving.model_version is None:
+            return
+        if serving.model_version != self._embedder.model_version:
+            raise ModelMismatchError(
+                f"collection {self._spec.name} serves model {serving.model_version} "
+                f"({serving.physical}); this searcher embeds with "
+                f"{self._embedder.model_version}. Use that model, or switch with "
+                "`lookalike reindex`."
+            )
 
     # -- public ------------------------------------------------------------------------
 
@@ -252,8 +276,9 @@ class ProductSearch:
         }
         if params:
             kwargs["filter_params"] = params
-        rows = self._client.query(self._spec.name, **kwargs)
+        rows = self._checked(partial(self._client.query, self._spec.name, **kwargs))
         if not rows:
+            self.check_model()
             raise ProductNotFound(product_id, self._embedder.model_version)
         rows = sorted(rows, key=lambda r: str(r["pk"]))
         return [[float(x) for x in r["vector"]] for r in rows]
@@ -282,7 +307,7 @@ class ProductSearch:
             }
             if params:
                 kwargs["filter_params"] = params
-            results = self._client.search(self._spec.name, **kwargs)
+            results = self._checked(partial(self._client.search, self._spec.name, **kwargs))
             best: dict[str, tuple[dict[str, Any], float]] = {}
             full = False
             for per_query in results:
@@ -299,8 +324,19 @@ class ProductSearch:
             if len(best) >= k or not full or limit >= MAX_SEARCH_LIMIT:
                 break
             limit = min(limit * 2, MAX_SEARCH_LIMIT)
+        if not best:
+            self.check_model()
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))
         return ranked[:k]
+
+    def _checked(self, call: Callable[[], Any]) -> Any:
+        """Run a Milvus read; when it fails, a model switch (other dimension) is the likely
+        cause, and the clearer error."""
+        try:
+            return call()
+        except Exception:
+            self.check_model()
+            raise
 
 
 def _check_k(k: int) -> int:

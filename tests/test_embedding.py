@@ -214,3 +214,34 @@ def test_same_predictions_on_the_jax_backend(photos: dict[str, Image.Image]) -> 
     )
     coffee, chelsea = json.loads(out.stdout.strip().splitlines()[-1])
     assert coffee == ESPRESSO and chelsea in CATS
+
+
+@pytest.mark.model
+def test_colour_weight_appends_the_colour_descriptor(
+    weights: StateDict, photos: dict[str, Image.Image]
+) -> None:
+    from embedding.colour import COLOUR_DIM, colour_version
+
+    mixed = EfficientNetLiteEmbedder("lite0", "pad", batch_size=4, colour_weight=0.5,
+                                     weights=weights)
+    assert mixed.dim == 1280 + COLOUR_DIM
+    version = f"efficientnet-lite0-imagenet-gap-pad224-v1+{colour_version()}-w0.5"
+    assert mixed.model_version == version
+    coffee = photos["coffee"]
+    # a hue-rotated copy: same shapes, other colours
+    hsv = np.asarray(coffee.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 100) % 256
+    recoloured = Image.fromarray(hsv, "HSV").convert("RGB")
+    images = [coffee, recoloured, photos["chelsea"], coffee, coffee]  # 5: more than one batch
+    vectors = mixed.embed(images)
+    assert vectors.shape == (5, mixed.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[3], atol=1e-5)
+    prepared = mixed.embed_prepared(np.stack([mixed.prepare(im) for im in images]))
+    np.testing.assert_allclose(prepared, vectors, atol=1e-5)
+    plain = EfficientNetLiteEmbedder("lite0", "pad", batch_size=4, weights=weights)
+    cnn = plain.embed([coffee, recoloured])
+    # colour pulls the recoloured copy further away than the CNN alone does
+    assert float(vectors[0] @ vectors[1]) < float(cnn[0] @ cnn[1]) - 0.05
+    with pytest.raises(ValueError, match="colour_weight"):
+        EfficientNetLiteEmbedder("lite0", "pad", colour_weight=-1, weights=weights)

@@ -1,0 +1,373 @@
+"""``lookalike reindex``: copy the serving catalog into a new model's collections, then switch.
+
+Steps (see schema/versions.py for the names and the aliases):
+
+1. Source = the physical pair ``<base>`` reaches now; target = the configured model's own pair
+   (created and registered as ``building``). Searches keep reading the source meanwhile.
+2. A *pass* reads every source and target state. A product is copied when the target lacks it
+   or holds an older version (or a different listed flag), or when the target holds rows of
+   another model for it; products only in the target are deleted. Copying reads the product's
+   image rows, fetches and decodes each stored image reference again (ingest/fetch.py,
+   embedding/decode.py), embeds it with the new model and writes the rows with the new vector
+   and model version, every other field unchanged, then the state (written last, as ingest
+   does). Delisted products are copied as tombstones. Resumable: a second run skips what is
+   already there.
+3. Passes repeat until one changes nothing, which catches products that the running ingest of
+   the old model changed during the previous pass.
+4. Only then, when every source product is in the target or reported as failed (and failures
+   are allowed), the target is flushed and the aliases switch (``alter_alias``).
+5. After ``settle_s`` (for an ingest batch that was being written while the aliases moved),
+   one more pass copies what the old ingest wrote last. That ingest stops by itself at its
+   next batch (``ServingGuard``) without committing it; restart it with the new model.
+
+A product is copied whole or not at all: if one of its images cannot be fetched or decoded, it
+is reported with each image's reason and not written (``allow_failures`` writes its good images,
+like ingest does, and lets the switch happen). Inline (base64) images are not stored, so they
+cannot be embedded again: those products are reported (reason ``inline_image``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+
+from embedding.decode import ImageDecodeError, decode_image
+from ingest.fetch import FetchError, ImageFetcher
+from ingest.sink import ID_CHUNK, MilvusSink, WritePlan
+from schema.collection import IMAGE_FIELDS, CollectionSpec
+from schema.events import ImageRef
+from schema.records import ImageRecord, ProductState
+from schema.versions import ModelVersions, scan, state_name
+from search.filters import ExpressionBuilder
+
+log = logging.getLogger(__name__)
+
+_ROW_FIELDS = [f for f in IMAGE_FIELDS if f != "vector"]
+_STATE_FIELDS = ["product_id", "version", "listed", "updated_at_ms"]
+
+
+class ReindexError(RuntimeError):
+    """Re-indexing cannot start (nothing serves, or the model already serves)."""
+
+
+class ReindexEmbedder(Protocol):
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ImageProblem:
+    image_ref: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class PassReport:
+    number: int
+    after_switch: bool = False
+    to_copy: int = 0
+    copied: int = 0
+    """Products written (tombstones included)."""
+    deleted: int = 0
+    """Products removed from the target (gone from the source)."""
+    failed: int = 0
+    images: int = 0
+    """Images embedded."""
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.copied or self.deleted)
+
+    def summary(self) -> str:
+        return (
+            f"pass={self.number} after_switch={self.after_switch} to_copy={self.to_copy} "
+            f"copied={self.copied} deleted={self.deleted} failed={self.failed} "
+            f"images={self.images} seconds={self.seconds:.1f}"
+        )
+
+
+@dataclass
+class ReindexReport:
+    base: str
+    model_version: str
+    source: str
+    target: str
+    passes: list[PassReport] = field(default_factory=list)
+    failures: dict[str, list[ImageProblem]] = field(default_factory=dict)
+    """product_id -> the problems of its images (last seen)."""
+    switched: bool = False
+    refused: str = ""
+    """Why the switch did not happen ("" when it did, or was not asked for)."""
+    seconds: float = 0.0
+
+    @property
+    def products_copied(self) -> int:
+        return sum(p.copied for p in self.passes)
+
+    @property
+    def images_embedded(self) -> int:
+        return sum(p.images for p in self.passes)
+
+    def summary(self) -> str:
+        rate = self.images_embedded / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"model={self.model_version} source={self.source} target={self.target} "
+            f"passes={len(self.passes)} products_copied={self.products_copied} "
+            f"products_deleted={sum(p.deleted for p in self.passes)} "
+            f"images_embedded={self.images_embedded} images_per_s={rate:.1f} "
+            f"failed_products={len(self.failures)} switched={self.switched} "
+            f"seconds={self.seconds:.1f}"
+        )
+
+
+def stored_image(reference: str) -> ImageRef:
+    """The image a stored ``image_ref`` names again (a URL or a path); inline images are not
+    stored and cannot be fetched twice."""
+    if reference.startswith("inline:"):
+        raise FetchError("inline_image", "inline image bytes are not stored; publish it again")
+    try:
+        return ImageRef.model_validate(reference)
+    except ValidationError as exc:
+        raise FetchError("bad_reference", str(exc.errors()[0]["msg"])) from None
+
+
+def _state(row: dict[str, Any]) -> ProductState:
+    return ProductState(
+        product_id=str(row["product_id"]),
+        version=int(row["version"]),
+        listed=bool(row["listed"]),
+        updated_at_ms=int(row["updated_at_ms"]),
+    )
+
+
+class Reindexer:
+    """Builds ``embedder``'s collections from the serving ones and switches the aliases."""
+
+    def __init__(
+        self,
+        versions: ModelVersions,
+        embedder: ReindexEmbedder,
+        fetcher: ImageFetcher,
+        pool: ThreadPoolExecutor,
+        *,
+        max_pixels: int,
+        chunk_products: int = 16,
+        max_passes: int = 10,
+        settle_s: float = 2.0,
+        on_chunk: Callable[[int], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._versions = versions
+        self._client = versions.client
+        self._embedder = embedder
+        self._fetcher = fetcher
+        self._pool = pool
+        self._max_pixels = max_pixels
+        self._chunk = max(1, chunk_products)
+        self._max_passes = max(1, max_passes)
+        self._settle_s = settle_s
+        self._on_chunk = on_chunk
+        self._sleep = sleep
+        self._decode_size: int | None = getattr(embedder, "decode_size", None)
+        self._failed_at: dict[str, int] = {}
+        """product_id -> source version that failed in this run (not retried at it)."""
+        self._allow_failures = False
+        self.report: ReindexReport | None = None
+
+    def run(
+        self, *, switch: bool = True, allow_failures: bool = False,
+        before_pass: Callable[[int], None] | None = None,
+    ) -> ReindexReport:
+        """Copy until complete, then switch (unless ``switch=False``). ``before_pass`` is
+        called with each pass number (tests use it to change the source meanwhile)."""
+        started = time.monotonic()
+        self._allow_failures = allow_failures
+        model = self._embedder.model_version
+        serving = self._versions.load_serving()
+        if serving is None:
+            raise ReindexError(
+                f"nothing to re-index: {self._versions.base} does not exist yet "
+                "(the first ingest creates it for its model)"
+            )
+        if serving.model_version == model:
+            raise ReindexError(f"model {model} already serves {self._versions.base} "
+                               f"({serving.physical}): nothing to do")
+        target = self._versions.ensure_building(model, self._embedder.dim)
+        sink = MilvusSink(self._client, target, engine=self._versions.engine)
+        report = ReindexReport(self._versions.base, model, serving.physical, target.name)
+        self.report = report
+        log.info("reindex: model %s, from %s (model %s) into %s",
+                 model, serving.physical, serving.model_version, target.name)
+        converged = False
+        for number in range(1, self._max_passes + 1):
+            if before_pass is not None:
+                before_pass(number)
+            p = self._pass(number, serving.physical, target, sink, report)
+            if not p.changed:
+                converged = True
+                break
+        sink.flush()
+        if not converged:
+            report.refused = (f"the source still changed after {self._max_passes} passes; "
+                              "run reindex again")
+        elif report.failures and not allow_failures:
+            report.refused = (f"{len(report.failures)} product(s) could not be re-embedded "
+                              "(see the failures); fix them or pass --allow-failures")
+        if switch and not report.refused:
+            previous = self._versions.switch_to(model, self._embedder.dim)
+            report.switched = True
+            self._sleep(self._settle_s)
+            if previous is not None:
+                self._versions.load(previous)  # Milvus Lite releases a renamed collection
+                self._pass(len(report.passes) + 1, previous, target, sink, report,
+                           after_switch=True)
+                sink.flush()
+        elif report.refused:
+            log.error("reindex: not switching: %s", report.refused)
+        report.seconds = time.monotonic() - started
+        return report
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def _pass(
+        self, number: int, source: str, target: CollectionSpec, sink: MilvusSink,
+        report: ReindexReport, *, after_switch: bool = False,
+    ) -> PassReport:
+        started = time.monotonic()
+        p = PassReport(number, after_switch)
+        report.passes.append(p)
+        src = {s.product_id: s for s in map(_state, scan(
+            self._client, state_name(source), 'product_id != ""', _STATE_FIELDS))}
+        dst = {s.product_id: s for s in map(_state, scan(
+            self._client, target.state_name, 'product_id != ""', _STATE_FIELDS))}
+        foreign = self._foreign_products(target)
+        todo = sorted(
+            pid for pid, s in src.items()
+            if (pid not in dst or dst[pid].version < s.version or dst[pid].listed != s.listed
+                or pid in foreign)
+            and self._failed_at.get(pid) != s.version
+        )
+        gone = sorted(set(dst) - set(src))
+        p.to_copy = len(todo)
+        log.info("reindex pass=%d source_products=%d target_products=%d to_copy=%d to_delete=%d",
+                 number, len(src), len(dst), len(todo), len(gone))
+        for start in range(0, len(todo), self._chunk):
+            chunk = todo[start : start + self._chunk]
+            self._copy(chunk, src, source, sink, p, report)
+            if self._on_chunk is not None:
+                self._on_chunk(len(chunk))
+        if gone:
+            self._delete(gone, target, sink)
+            p.deleted = len(gone)
+        p.seconds = time.monotonic() - started
+        log.info("reindex %s", p.summary())
+        return p
+
+    def _foreign_products(self, target: CollectionSpec) -> set[str]:
+        """Products with rows of another model in the target (an old writer that followed the
+        alias of a legacy collection during the switch)."""
+        expr, _ = ExpressionBuilder(templates=False).compare(
+            "model_version", "!=", self._embedder.model_version).build()
+        return {str(r["product_id"]) for r in scan(self._client, target.name, expr, ["product_id"])}
+
+    def _copy(
+        self, chunk: list[str], src: dict[str, ProductState], source: str, sink: MilvusSink,
+        p: PassReport, report: ReindexReport,
+    ) -> None:
+        expr, params = ExpressionBuilder(
+            templates=self._versions.engine.supports_filter_templates).in_(
+            "product_id", chunk).build()
+        kwargs: dict[str, Any] = {"filter": expr, "output_fields": _ROW_FIELDS,
+                                  "limit": 16384, "consistency_level": "Strong"}
+        if params:
+            kwargs["filter_params"] = params
+        rows_by_product: dict[str, dict[str, dict[str, Any]]] = {pid: {} for pid in chunk}
+        for row in self._client.query(source, **kwargs):
+            rows_by_product[str(row["product_id"])][str(row["pk"])] = dict(row)
+
+        plan = WritePlan()
+        jobs: list[tuple[str, dict[str, Any], Any]] = []
+        for pid in chunk:
+            state = src[pid]
+            if not state.listed:
+                plan.delete_products.append(pid)
+                plan.states.append(state)
+                continue
+            for row in rows_by_product[pid].values():
+                jobs.append((pid, row, self._pool.submit(self._load, str(row["image_ref"]))))
+        images: list[Image.Image] = []
+        good: list[tuple[str, dict[str, Any]]] = []
+        problems: dict[str, list[ImageProblem]] = {}
+        for pid, row, future in jobs:
+            try:
+                images.append(future.result())
+                good.append((pid, row))
+            except (FetchError, ImageDecodeError) as exc:
+                problems.setdefault(pid, []).append(
+                    ImageProblem(str(row["image_ref"]), exc.reason, exc.detail))
+            except Exception as exc:  # a decoder bug fails this image only
+                problems.setdefault(pid, []).append(
+                    ImageProblem(str(row["image_ref"]), "image_error", repr(exc)))
+        vectors = (np.asarray(self._embedder.embed(images), dtype=np.float32)
+                   if images else np.zeros((0, self._embedder.dim), np.float32))
+        records: dict[str, list[ImageRecord]] = {}
+        for (pid, row), vector in zip(good, vectors, strict=True):
+            if pid in problems and not self._allow_failures:
+                continue
+            records.setdefault(pid, []).append(ImageRecord.model_validate(
+                row | {"vector": [float(x) for x in vector],
+                       "model_version": self._embedder.model_version}))
+        for pid in chunk:
+            state = src[pid]
+            if not state.listed:
+                continue
+            if pid in problems:
+                report.failures[pid] = problems[pid]
+                self._failed_at[pid] = state.version
+                p.failed += 1
+                for problem in problems[pid]:
+                    log.warning("reindex image failed product_id=%s image=%s reason=%s "
+                                "detail=%s", pid, problem.image_ref[:200], problem.reason,
+                                problem.detail[:300])
+                if not self._allow_failures or pid not in records:
+                    continue
+            else:
+                report.failures.pop(pid, None)
+            kept = records.get(pid, [])
+            plan.upserts.extend(kept)
+            plan.prune[pid] = {r.pk for r in kept}
+            plan.states.append(state)
+        if not plan.is_empty():
+            sink.apply(plan)
+        p.images += len(plan.upserts)
+        p.copied += len(plan.states)
+
+    def _load(self, reference: str) -> Image.Image:
+        data = self._fetcher.fetch(stored_image(reference))
+        return decode_image(data, self._max_pixels, min_size=self._decode_size)
+
+    def _delete(self, product_ids: list[str], target: CollectionSpec, sink: MilvusSink) -> None:
+        sink.apply(WritePlan(delete_products=product_ids))
+        templates = self._versions.engine.supports_filter_templates
+        for start in range(0, len(product_ids), ID_CHUNK):
+            expr, params = ExpressionBuilder(templates=templates).in_(
+                "product_id", product_ids[start : start + ID_CHUNK]).build()
+            kwargs: dict[str, Any] = {"filter": expr}
+            if params:
+                kwargs["filter_params"] = params
+            self._client.delete(target.state_name, **kwargs)

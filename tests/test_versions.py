@@ -1,0 +1,353 @@
+"""Model versions without downtime: aliases, ``lookalike reindex`` and the switch, on each
+engine (Milvus Lite always; a real server when LOOKALIKE_TEST_MILVUS_SERVER_URI is set).
+
+Two tiny content-based embedders stand in for an old and a new model (other version string,
+other dimension), so re-embedding really fetches and decodes the stored image paths.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ingest.fetch import ImageFetcher
+from ingest.plan import EventItem
+from ingest.reindex import Reindexer, ReindexError
+from ingest.sink import MilvusSink, WritePlan
+from ingest.stages import Batch, Stages
+from schema.collection import CollectionSpec, ensure_collections
+from schema.events import parse_event
+from schema.records import ImageRecord
+from schema.versions import (
+    ModelRetiredError,
+    ModelStatus,
+    ModelVersions,
+    physical_name,
+    state_name,
+)
+from search.api import ModelMismatchError, ProductNotFound, ProductSearch
+from tests import milvus_support
+from tests.fakes import TinyEmbedder
+from tests.milvus_support import Milvus
+from tests.pipeline_support import upsert_payload, write_image
+
+milvus = milvus_support.milvus
+
+
+class TinyEmbedderV2(TinyEmbedder):
+    """The "new model": a 2x2 thumbnail (12-d), another version string."""
+
+    model_version = "tiny-thumb-v2"
+    dim = 12
+
+    def prepare(self, image: Any) -> np.ndarray:
+        assert isinstance(image, Image.Image)
+        thumb = image.convert("RGB").resize((2, 2), Image.Resampling.BILINEAR)
+        return np.asarray(thumb, dtype=np.float32).reshape(-1) + 1.0
+
+
+class NoDeadLetters:
+    def send(self, *args: Any) -> None:
+        raise AssertionError(f"unexpected dead letter {args}")
+
+    def flush(self) -> int:
+        return 0
+
+
+@dataclass
+class World:
+    m: Milvus
+    base: str
+    root: Path
+    pool: ThreadPoolExecutor
+
+    @property
+    def versions(self) -> ModelVersions:
+        return ModelVersions(self.m.client, self.base, engine=self.m.engine)
+
+    def image(self, name: str, seed: int) -> str:
+        write_image(self.root / "images" / name, seed)
+        return f"images/{name}"
+
+    def fetcher(self) -> ImageFetcher:
+        return ImageFetcher([self.root], timeout_s=2.0)
+
+    def ingester(self, embedder: Any) -> Stages:
+        """The write path of ``lookalike ingest`` for ``embedder``'s model (no Kafka)."""
+        target, guard = self.versions.open_for_writing(embedder.model_version, embedder.dim)
+        sink = MilvusSink(self.m.client, target, engine=self.m.engine)
+        return Stages(self.fetcher(), embedder, sink, NoDeadLetters(), self.pool,  # type: ignore[arg-type]
+                      max_pixels=10_000_000, after_write=guard.check)
+
+    def searcher(self, embedder: Any) -> ProductSearch:
+        spec = CollectionSpec(name=self.base, dim=embedder.dim)
+        return ProductSearch(self.m.client, spec, embedder, engine=self.m.engine)
+
+    def reindexer(self, embedder: Any, **kw: Any) -> Reindexer:
+        return Reindexer(self.versions, embedder, self.fetcher(), self.pool,
+                         max_pixels=10_000_000, settle_s=0.0, **kw)
+
+    def rows(self, collection: str, expr: str = 'pk != ""') -> list[dict[str, Any]]:
+        return list(self.m.client.query(
+            collection, filter=expr, limit=16384, consistency_level="Strong",
+            output_fields=["pk", "product_id", "price", "version", "model_version", "vector"]))
+
+
+def ingest(stages: Stages, payloads: list[dict[str, Any]]) -> Batch:
+    items = [EventItem(i, parse_event(json.dumps(p)), None) for i, p in enumerate(payloads)]
+    records: list[Any] = [SimpleNamespace(topic="t", partition=0, offset=i, timestamp=0)
+                          for i in range(len(items))]
+    batch = Batch(seq=0, records=records, items=items, n_images=0, opened_at=0.0)
+    stages.prepare(batch)
+    stages.embed(batch)
+    stages.write(batch)
+    return batch
+
+
+@pytest.fixture
+def world(milvus: Milvus, tmp_path: Path) -> Iterator[World]:
+    (tmp_path / "images").mkdir()
+    with ThreadPoolExecutor(4) as pool:
+        w = World(milvus, f"v_{uuid.uuid4().hex[:12]}", tmp_path, pool)
+        yield w
+        w.versions.drop_all()
+
+
+def catalog(w: World, n: int = 4) -> list[dict[str, Any]]:
+    return [upsert_payload(f"p{i}", 1, [w.image(f"p{i}.png", 100 + i)], price=10.0 + i)
+            for i in range(n)]
+
+
+def test_first_install_serves_the_first_model_through_aliases(world: World) -> None:
+    v1 = TinyEmbedder()
+    ingest(world.ingester(v1), catalog(world))
+    versions = world.versions
+    serving = versions.serving()
+    assert serving is not None and not serving.legacy
+    assert serving.physical == physical_name(world.base, v1.model_version)
+    assert serving.model_version == v1.model_version
+    assert world.m.client.describe_collection(state_name(world.base))["collection_name"] == (
+        state_name(serving.physical))
+    [entry] = versions.entries()
+    assert (entry.physical, entry.status, entry.dim) == (serving.physical, ModelStatus.SERVING, 48)
+    # rows are in the physical collection, and found through the alias
+    assert len(world.rows(serving.physical)) == 4
+    hits = world.searcher(v1).by_image(world.root / "images" / "p2.png", k=1)
+    assert [h.product_id for h in hits] == ["p2"]
+
+
+def test_ingest_of_another_model_writes_its_own_collection(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 2))
+    ingest(world.ingester(v2), [upsert_payload("new", 1, [world.image("n.png", 7)])])
+    v2_name = physical_name(world.base, v2.model_version)
+    assert [r["product_id"] for r in world.rows(v2_name)] == ["new"]
+    assert "new" not in {r["product_id"] for r in world.rows(world.base)}
+    statuses = {e.model_version: e.status for e in world.versions.entries()}
+    assert statuses == {v1.model_version: ModelStatus.SERVING,
+                        v2.model_version: ModelStatus.BUILDING}
+
+
+def test_reindex_builds_then_switches_without_downtime(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    old_ingest = world.ingester(v1)
+    ingest(old_ingest, catalog(world))
+    old_search = world.searcher(v1)
+    query = world.root / "images" / "p2.png"
+
+    def during_build(number: int) -> None:
+        # searches keep answering from the old model while the new collection fills up
+        assert [h.product_id for h in old_search.by_image(query, k=1)] == ["p2"]
+        with pytest.raises(ModelMismatchError, match=f"serves model {v1.model_version}"):
+            world.searcher(v2)
+        if number == 2:  # the running old ingest changes the catalog during the build
+            ingest(old_ingest, [
+                upsert_payload("p1", 2, [world.image("p1b.png", 501)], price=99.0),
+                upsert_payload("p9", 1, [world.image("p9.png", 509)]),
+                {"type": "product.delisted", "product_id": "p3", "version": 2},
+            ])
+
+    report = world.reindexer(v2).run(before_pass=during_build)
+    assert report.switched and not report.failures and not report.refused
+    assert [p.changed for p in report.passes] == [True, True, False, False]
+    assert report.passes[0].copied == 4 and report.passes[1].copied == 3
+
+    new = physical_name(world.base, v2.model_version)
+    serving = world.versions.serving()
+    assert serving is not None and serving.physical == new
+    rows = {r["product_id"]: r for r in world.rows(new)}
+    assert sorted(rows) == ["p0", "p1", "p2", "p9"]  # p3 was delisted: a tombstone only
+    assert all(r["model_version"] == v2.model_version and len(r["vector"]) == 12
+               for r in rows.values())
+    assert (rows["p1"]["price"], rows["p1"]["version"]) == (99.0, 2)
+    states = {s.product_id: s for s in MilvusSink(world.m.client, CollectionSpec(
+        name=new, dim=12), engine=world.m.engine).get_states(["p1", "p3"]).values()}
+    assert states["p1"].version == 2 and not states["p3"].listed
+
+    new_search = world.searcher(v2)
+    assert [h.product_id for h in new_search.by_image(world.root / "images" / "p1b.png",
+                                                      k=1)] == ["p1"]
+    # the old searcher gets a clear error, not an empty answer
+    with pytest.raises(ModelMismatchError, match=f"serves model {v2.model_version}"):
+        old_search.by_image(query, k=1)
+    with pytest.raises(ModelMismatchError):
+        old_search.by_product("p1")
+    statuses = {e.model_version: e.status for e in world.versions.entries()}
+    assert statuses == {v1.model_version: ModelStatus.RETIRED,
+                        v2.model_version: ModelStatus.SERVING}
+
+    # the old ingest notices at its next write and stops before that batch is committed
+    with pytest.raises(ModelRetiredError, match=f"now serves model {v2.model_version}"):
+        ingest(old_ingest, [upsert_payload("p0", 5, [world.image("p0.png", 100)])])
+    with pytest.raises(ModelRetiredError, match="was retired"):
+        world.ingester(v1)
+    # the new model's ingest now writes into the serving collection
+    ingest(world.ingester(v2), [upsert_payload("p0", 6, [world.image("p0.png", 100)])])
+    assert {r["version"] for r in world.rows(new, 'product_id == "p0"')} == {6}
+    # a second run has nothing to do
+    with pytest.raises(ReindexError, match="already serves"):
+        world.reindexer(v2).run()
+
+
+def test_write_during_the_switch_is_caught_by_the_last_pass(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    old_ingest = world.ingester(v1)
+    ingest(old_ingest, catalog(world, 2))
+
+    def old_batch_in_flight(_seconds: float) -> None:
+        # an old-model batch written while the aliases moved (its guard then stops it)
+        with pytest.raises(ModelRetiredError):
+            ingest(old_ingest, [upsert_payload("late", 1, [world.image("late.png", 77)])])
+
+    report = world.reindexer(v2, sleep=old_batch_in_flight).run()
+    assert report.switched and report.passes[-1].after_switch
+    assert report.passes[-1].copied == 1
+    new = physical_name(world.base, v2.model_version)
+    assert {r["product_id"] for r in world.rows(new)} == {"p0", "p1", "late"}
+
+
+def test_failed_images_are_reported_and_block_the_switch(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    payloads = catalog(world, 2)
+    payloads.append(upsert_payload("two", 1, [world.image("t1.png", 31),
+                                              world.image("t2.png", 32)]))
+    ingest(world.ingester(v1), payloads)
+    (world.root / "images" / "p1.png").unlink()
+    (world.root / "images" / "t2.png").unlink()
+    old = physical_name(world.base, v1.model_version)
+
+    report = world.reindexer(v2).run()
+    assert not report.switched and "could not be re-embedded" in report.refused
+    assert sorted(report.failures) == ["p1", "two"]
+    assert [(p.reason, p.image_ref) for p in report.failures["two"]] == [
+        ("not_found", "images/t2.png")]
+    serving = world.versions.serving()
+    assert serving is not None and serving.physical == old  # still the old model
+    new = physical_name(world.base, v2.model_version)
+    assert {r["product_id"] for r in world.rows(new)} == {"p0"}
+
+    report = world.reindexer(v2).run(allow_failures=True)
+    assert report.switched and sorted(report.failures) == ["p1", "two"]
+    rows = world.rows(new)
+    assert sorted(r["product_id"] for r in rows) == ["p0", "two"]  # its good image only
+    serving = world.versions.serving()
+    assert serving is not None and serving.physical == new
+
+
+def test_no_switch_builds_only(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 2))
+    report = world.reindexer(v2).run(switch=False)
+    assert not report.switched and report.products_copied == 2
+    serving = world.versions.serving()
+    assert serving is not None and serving.model_version == v1.model_version
+
+
+def test_reindex_migrates_a_pre_alias_collection(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    legacy = CollectionSpec(name=world.base, dim=v1.dim)
+    ensure_collections(world.m.client, legacy, world.m.engine)
+    stages = world.ingester(v1)  # a legacy collection of its own model: keeps writing there
+    ingest(stages, catalog(world, 3))
+    serving = world.versions.serving()
+    assert serving is not None and serving.legacy and serving.model_version == v1.model_version
+    assert len(world.rows(world.base)) == 3
+
+    report = world.reindexer(v2).run()
+    assert report.switched and report.products_copied == 3
+    serving = world.versions.serving()
+    assert serving is not None and not serving.legacy
+    assert serving.physical == physical_name(world.base, v2.model_version)
+    renamed = physical_name(world.base, v1.model_version)
+    assert world.m.client.has_collection(renamed) and len(world.rows(renamed)) == 3
+    statuses = {e.physical: e.status for e in world.versions.entries()}
+    assert statuses == {renamed: ModelStatus.RETIRED, serving.physical: ModelStatus.SERVING}
+    assert [h.product_id for h in world.searcher(v2).by_image(
+        world.root / "images" / "p2.png", k=1)] == ["p2"]
+
+
+def test_plain_collections_are_not_checked(milvus: Milvus) -> None:
+    """A collection that is not an alias may hold several models: no mismatch error."""
+    spec = milvus.new_spec(dim=48)
+    ensure_collections(milvus.client, spec, milvus.engine)
+    try:
+        MilvusSink(milvus.client, spec, engine=milvus.engine).apply(WritePlan(upserts=[
+            ImageRecord.model_validate(milvus_support.record(
+                "x", "k", [1.0] * 48, model_version="other").to_row())]))
+        search = ProductSearch(milvus.client, spec, TinyEmbedder(), engine=milvus.engine)
+        assert search.by_vector([1.0] * 48) == []
+        with pytest.raises(ProductNotFound):
+            search.by_product("x")
+    finally:
+        milvus.drop(spec)
+
+
+def test_cli_reindex_and_models_show_the_serving_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pymilvus import MilvusClient
+
+    from lookalike import commands
+    from lookalike.cli import main
+    from schema.collection import detect_engine
+
+    db = str(tmp_path / "cli.db")
+    client = MilvusClient(db)
+    (tmp_path / "images").mkdir()
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    with ThreadPoolExecutor(2) as pool:
+        w = World(Milvus("lite", client, detect_engine(client, db)), "shop", tmp_path, pool)
+        ingest(w.ingester(v1), catalog(w, 3))
+    common = ["--milvus-uri", db, "--collection", "shop"]
+    for name in client.list_collections():  # as a new process finds them
+        client.release_collection(name)
+
+    assert main(["models", *common]) == 0
+    out = capsys.readouterr().out
+    assert f"shop (alias) -> {physical_name('shop', v1.model_version)}" in out
+    assert f"serving model {v1.model_version}" in out and "products=3" in out
+
+    monkeypatch.setattr(commands, "build_embedder", lambda settings: v2)
+    assert main(["reindex", *common, "--image-root", str(tmp_path), "--settle-s", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"shop now serves model {v2.model_version}" in out
+    assert "products_copied=3 products_deleted=0 images_embedded=3" in out
+
+    assert main(["models", *common]) == 0
+    out = capsys.readouterr().out
+    assert f"serving model {v2.model_version}" in out
+    assert "retired" in out and v1.model_version in out
+
+    monkeypatch.setattr(commands, "build_embedder", lambda settings: v1)
+    assert main(["search", str(tmp_path / "images" / "p0.png"), *common]) == 2
+    assert f"serves model {v2.model_version}" in capsys.readouterr().err
