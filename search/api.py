@@ -169,11 +169,21 @@ class ProductSearch:
 
     def check_model(self) -> None:
         """Raise :class:`ModelMismatchError` when ``spec.name`` is an alias serving another
-        model. A plain collection (no alias) may hold several versions: not checked."""
+        model, or a plain (pre-alias) collection without a single row of this model: such a
+        collection may hold several versions, so only an absent one is an error."""
         serving = self._versions.serving()
-        if serving is None or serving.legacy or serving.model_version is None:
+        if serving is None or serving.model_version is None:
             return
-        if serving.model_version != self._embedder.model_version:
+        mine = self._embedder.model_version
+        if serving.legacy:
+            if serving.model_version == mine or self._has_rows_of_my_model():
+                return
+            raise ModelMismatchError(
+                f"collection {self._spec.name} holds no vectors of model {mine} (it was "
+                f"written with {serving.model_version}). Re-embed it with `lookalike reindex`, "
+                "or search with that model."
+            )
+        if serving.model_version != mine:
             raise ModelMismatchError(
                 f"collection {self._spec.name} serves model {serving.model_version} "
                 f"({serving.physical}); this searcher embeds with "
@@ -258,6 +268,15 @@ class ProductSearch:
         if not np.any(arr):
             raise ValueError("the zero vector has no direction to search for")
         return [float(x) for x in arr]
+
+    def _has_rows_of_my_model(self) -> bool:
+        expr, params = self._base().build()
+        kwargs: dict[str, Any] = {"filter": expr, "limit": 1, "output_fields": ["product_id"],
+                                  "consistency_level": self._consistency,
+                                  "timeout": self._timeout}
+        if params:
+            kwargs["filter_params"] = params
+        return bool(list(self._client.query(self._spec.name, **kwargs)))
 
     def _base(self) -> ExpressionBuilder:
         return ExpressionBuilder(templates=self._templates).eq(

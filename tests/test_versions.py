@@ -282,6 +282,8 @@ def test_reindex_migrates_a_pre_alias_collection(world: World) -> None:
     serving = world.versions.serving()
     assert serving is not None and serving.legacy and serving.model_version == v1.model_version
     assert len(world.rows(world.base)) == 3
+    with pytest.raises(ModelMismatchError, match="holds no vectors of model tiny-thumb-v2"):
+        world.searcher(v2)  # before the re-index, the new model finds nothing: said, not []
 
     report = world.reindexer(v2).run()
     assert report.switched and report.products_copied == 3
@@ -296,16 +298,24 @@ def test_reindex_migrates_a_pre_alias_collection(world: World) -> None:
         world.root / "images" / "p2.png", k=1)] == ["p2"]
 
 
-def test_plain_collections_are_not_checked(milvus: Milvus) -> None:
-    """A collection that is not an alias may hold several models: no mismatch error."""
+def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Milvus) -> None:
+    """A collection that is not an alias may hold several models: no error while it holds rows
+    of the searcher's model; a clear error (not an empty result) when it holds none."""
     spec = milvus.new_spec(dim=48)
     ensure_collections(milvus.client, spec, milvus.engine)
+    sink = MilvusSink(milvus.client, spec, engine=milvus.engine)
+
+    def row(pid: str, model: str) -> ImageRecord:
+        return ImageRecord.model_validate(milvus_support.record(
+            pid, "k", [1.0] * 48, model_version=model).to_row())
+
     try:
-        MilvusSink(milvus.client, spec, engine=milvus.engine).apply(WritePlan(upserts=[
-            ImageRecord.model_validate(milvus_support.record(
-                "x", "k", [1.0] * 48, model_version="other").to_row())]))
+        sink.apply(WritePlan(upserts=[row("x", "other")]))
+        with pytest.raises(ModelMismatchError, match="holds no vectors of model tiny-thumb-v1"):
+            ProductSearch(milvus.client, spec, TinyEmbedder(), engine=milvus.engine)
+        sink.apply(WritePlan(upserts=[row("y", TinyEmbedder.model_version)]))
         search = ProductSearch(milvus.client, spec, TinyEmbedder(), engine=milvus.engine)
-        assert search.by_vector([1.0] * 48) == []
+        assert [h.product_id for h in search.by_vector([1.0] * 48)] == ["y"]  # never "x"
         with pytest.raises(ProductNotFound):
             search.by_product("x")
     finally:
