@@ -7,6 +7,9 @@ the file's own folder, so the files work wherever they are written and need no c
 * ``luma-views``: the Luma photos (``../shared/data/luma``). Gallery: every variant's main
   image(s); queries: every other view (back, close-up), relevant to its own variant only. This is
   instance-level retrieval on real product photos.
+* ``luma-multiview``: the variants with two or more non-main views, each as ONE query with
+  all of them (``"images": [...]``, searched together); ``queries-single.jsonl`` beside it has
+  the same views one per query, so the two files compare one view against several.
 * ``luma-snapshots``: a stress test standing in for shoppers' snapshots, which we do not have:
   the luma-views queries cut out of their white background, scaled, turned a little and pasted
   onto a seeded clutter of coloured shapes, under a different brightness and white balance,
@@ -38,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
-PROTOCOLS = ("luma-views", "luma-snapshots", "fmnist")
+PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "fmnist")
 SNAPSHOT_SIZE = 480
 MAIN_VIEW = "main"
 Row = dict[str, Any]
@@ -91,6 +94,22 @@ def write_luma_views(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
     _write_jsonl(gallery_path, gallery)
     _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
+def write_luma_multiview(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write the luma-multiview protocol (see module doc); returns (gallery, queries) paths."""
+    gallery, queries, _ = _luma_rows(luma_dir, out_dir)
+    views: dict[str, list[Row]] = {}
+    for query in queries:
+        views.setdefault(query["relevant"][0], []).append(query)
+    several = {pid: rows for pid, rows in views.items() if len(rows) >= 2}
+    multi = [{"images": [r["image"] for r in rows], "relevant": rows[0]["relevant"],
+              "category": rows[0]["category"]} for rows in several.values()]
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, multi)
+    _write_jsonl(out_dir / "queries-single.jsonl", [r for rows in several.values() for r in rows])
     return gallery_path, queries_path
 
 
@@ -236,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             _report("luma-views", *write_luma_views(LUMA, args.out / "luma-views"))
         else:
             print(f"luma-views: skipped: {LUMA / 'catalog.jsonl'} not found")
+    if "luma-multiview" in wanted:
+        if (LUMA / "catalog.jsonl").exists():
+            _report("luma-multiview", *write_luma_multiview(LUMA, args.out / "luma-multiview"))
+        else:
+            print(f"luma-multiview: skipped: {LUMA / 'catalog.jsonl'} not found")
     if "luma-snapshots" in wanted:
         if (LUMA / "catalog.jsonl").exists():
             out = args.out / "luma-snapshots"

@@ -39,10 +39,16 @@ class GalleryProduct:
 
 @dataclass(frozen=True)
 class Query:
-    image: Path
+    images: tuple[Path, ...]
+    """One photo (``"image"``) or several views of the same item (``"images"``), searched
+    together: a product scores its best match over all of them."""
     relevant: frozenset[str]
     category: str
     """The category of its (first) relevant product: what per-category figures group by."""
+
+    @property
+    def image(self) -> Path:
+        return self.images[0]
 
 
 def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -117,6 +123,22 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
     return products
 
 
+MAX_QUERY_IMAGES = 16
+
+
+def _query_images(obj: dict[str, Any], base: Path, where: str) -> tuple[Path, ...]:
+    """``"image": PATH`` or ``"images": [PATH, ...]`` (several views), exactly one of them."""
+    if ("image" in obj) == ("images" in obj):
+        raise ProtocolError(f"{where}: a query needs either \"image\" or \"images\", not both")
+    if "image" in obj:
+        return (_image_path(obj["image"], base, where),)
+    entries = obj["images"]
+    if not isinstance(entries, list) or not entries or len(entries) > MAX_QUERY_IMAGES:
+        raise ProtocolError(
+            f"{where}: images must be a list of 1 to {MAX_QUERY_IMAGES} image paths")
+    return tuple(_image_path(entry, base, where) for entry in entries)
+
+
 def load_queries(path: Path, gallery: list[GalleryProduct]) -> list[Query]:
     base = path.resolve().parent
     category_of = {p.product_id: p.category for p in gallery}
@@ -125,7 +147,7 @@ def load_queries(path: Path, gallery: list[GalleryProduct]) -> list[Query]:
     to_check: list[tuple[str, Path]] = []
     for number, obj in _lines(path):
         where = f"{path}:{number}"
-        image = _image_path(obj.get("image"), base, where)
+        images = _query_images(obj, base, where)
         relevant = obj.get("relevant")
         if (not isinstance(relevant, list) or not relevant
                 or not all(isinstance(r, str) and r for r in relevant)):
@@ -134,8 +156,8 @@ def load_queries(path: Path, gallery: list[GalleryProduct]) -> list[Query]:
         if missing:
             unknown.append(f"{where}: {', '.join(repr(m) for m in missing[:MAX_LISTED])}")
             continue
-        to_check.append((where, image))
-        queries.append(Query(image, frozenset(relevant), category_of[relevant[0]]))
+        to_check.extend((where, image) for image in images)
+        queries.append(Query(images, frozenset(relevant), category_of[relevant[0]]))
     if unknown:
         shown = "; ".join(unknown[:MAX_LISTED])
         more = f" ... and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""

@@ -166,15 +166,24 @@ def index_gallery(
 def run_queries(
     searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32]
 ) -> list[QueryResult]:
-    """Each query's top max(10, R) products (R = its relevant count, at most MAX_K)."""
+    """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
+
+    ``vectors`` holds every query image in order (``query.images`` of each query in turn); a
+    query with several views searches with all of them (``ProductSearch.by_vectors``).
+    """
     results = []
+    start = 0
     with tqdm(total=len(queries), unit="query", desc="search", disable=None) as bar:
-        for query, vector in zip(queries, vectors, strict=True):
+        for query in queries:
             k = min(max(10, len(query.relevant)), MAX_K)
-            hits = searcher.by_vector(vector, k=k)
+            views = vectors[start : start + len(query.images)]
+            start += len(query.images)
+            hits = searcher.by_vectors(list(views), k=k)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)
+    if start != len(vectors):
+        raise ValueError(f"{len(vectors)} query vectors for {start} query images")
     return results
 
 
@@ -195,7 +204,7 @@ def evaluate(
     gallery_paths = [p for product in products for p in product.images]
     gallery_vectors = embed_files(gallery_paths, embedder, cache, max_pixels=max_pixels,
                                   stats=stats, desc="embed gallery")
-    query_vectors = embed_files([q.image for q in queries], embedder, cache,
+    query_vectors = embed_files([p for q in queries for p in q.images], embedder, cache,
                                 max_pixels=max_pixels, stats=stats, desc="embed queries")
     ensure_collections(client, spec)
     n_rows = index_gallery(client, spec, products, gallery_vectors, embedder.model_version)

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="find products that look like an image")
     _connection_args(p, kafka=False)
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, nargs="+",
+                   help="a photo, or several views of the same item (searched together)")
     _filter_args(p)
 
     p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")

@@ -33,7 +33,7 @@ from lookalike.app import (
 from lookalike.broker import LocalBroker, port_open
 from lookalike.settings import Settings
 from schema.versions import ModelRetiredError, ModelVersions
-from search.api import ModelMismatchError, ProductNotFound, ProductSearch
+from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 
 log = logging.getLogger("lookalike")
@@ -141,10 +141,14 @@ def _searcher(settings: Settings) -> ProductSearch:
 
 def search(settings: Settings, args: argparse.Namespace) -> int:
     search_filter = _search_filter(args)
-    if not args.image.is_file():
-        raise UserError(f"no such image: {args.image}")
-    hits = _searcher(settings).by_image(
-        args.image, k=args.k or settings.search.k, filter=search_filter
+    images: list[Path] = args.image if isinstance(args.image, list) else [args.image]
+    if len(images) > MAX_QUERY_VECTORS:
+        raise UserError(f"at most {MAX_QUERY_VECTORS} images per search, got {len(images)}")
+    for image in images:
+        if not image.is_file():
+            raise UserError(f"no such image: {image}")
+    hits = _searcher(settings).by_images(
+        images, k=args.k or settings.search.k, filter=search_filter
     )
     if args.json:
         _print_json(hits)

@@ -45,6 +45,8 @@ DEFAULT_COMPARE_THRESHOLD = 0.90
 DEFAULT_MAX_PIXELS = 40_000_000
 OVERFETCH = 4
 MAX_K = 1000
+MAX_QUERY_VECTORS = 16
+"""Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
 
 Consistency: TypeAlias = Literal["Strong", "Bounded", "Session", "Eventually"]
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
@@ -207,6 +209,29 @@ class ProductSearch:
     ) -> list[Hit]:
         """Products whose images are closest to ``vector`` (from the same embedder)."""
         best = self._search([self._check_vector(vector)], _check_k(k), filter, exclude=())
+        return [_hit(row, score) for row, score in best]
+
+    def by_images(
+        self, images: Sequence[ImageInput], k: int = 10, filter: SearchFilter | None = None
+    ) -> list[Hit]:
+        """Products that look like any of ``images`` (several views of one item: front, back,
+        a close-up), each scored by its best match over all of them."""
+        return self.by_vectors([self._embed(image) for image in images], k, filter)
+
+    def by_vectors(
+        self,
+        vectors: Sequence[Sequence[float] | np.ndarray],
+        k: int = 10,
+        filter: SearchFilter | None = None,
+    ) -> list[Hit]:
+        """Products closest to any of ``vectors``, each scored by its best match (one search
+        with all of them, so a product found by two views is one hit)."""
+        if not len(vectors):
+            raise ValueError("at least one vector (or image) is needed")
+        if len(vectors) > MAX_QUERY_VECTORS:
+            raise ValueError(f"at most {MAX_QUERY_VECTORS} query vectors, got {len(vectors)}")
+        checked = [self._check_vector(v) for v in vectors]
+        best = self._search(checked, _check_k(k), filter, exclude=())
         return [_hit(row, score) for row, score in best]
 
     def by_product(

@@ -86,6 +86,13 @@ def test_publish_ingest_search_compare_from_the_command_line(
     assert done.returncode == 0, done.stderr
     assert {h["product_id"] for h in json.loads(done.stdout)} == {"p1", "p3-other"}
 
+    two_views = [str(images / "p2.png"), str(images / "p1.png")]
+    done = run_cli("search", *two_views, "-k", "2", "--json", *milvus, env=env)
+    assert done.returncode == 0, done.stderr  # several views, one search: both found first
+    assert {h["product_id"] for h in json.loads(done.stdout)} == {"p1", "p2"}
+    done = run_cli("search", *[str(images / "p2.png")] * 17, *milvus, env=env)
+    assert done.returncode == 2 and "at most 16 images" in done.stderr
+
     done = run_cli("compare-prices", "--product-id", "p3", "--json", *milvus, env=env)
     assert done.returncode == 0, done.stderr
     matches = json.loads(done.stdout)

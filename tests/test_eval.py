@@ -122,6 +122,39 @@ def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> N
         load_queries(q, products)
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"image": "q/red.png", "images": ["q/red.png"], "relevant": ["p-red"]}, "not both"),
+        ({"relevant": ["p-red"]}, "either"),
+        ({"images": [], "relevant": ["p-red"]}, "list of 1 to 16"),
+        ({"images": ["q/red.png"] * 17, "relevant": ["p-red"]}, "list of 1 to 16"),
+        ({"images": ["q/red.png", "q/nope.png"], "relevant": ["p-red"]},
+         r"1 query image\(s\) not found"),
+    ],
+)
+def test_multi_view_query_errors_are_clear(tmp_path: Path, query: Any, message: str) -> None:
+    g, q = write_protocol(tmp_path)
+    _append(q, query)
+    with pytest.raises(ProtocolError, match=message):
+        load_queries(q, load_gallery(g))
+
+
+def test_multi_view_queries_search_with_every_view(tmp_path: Path) -> None:
+    """A query of two views finds a product that only the second view matches."""
+    write_protocol(tmp_path)
+    _photo(tmp_path / "q" / "odd.png", (128, 128, 128), shift=-8)  # like no product
+    lines = [json.dumps({"images": ["q/odd.png", f"q/{n}.png"], "relevant": [f"p-{n}"]})
+             for n in COLOURS]
+    (tmp_path / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    products = load_gallery(tmp_path / "gallery.jsonl")
+    queries = load_queries(tmp_path / "queries.jsonl", products)
+    assert all(len(query.images) == 2 for query in queries)
+    report = _run(tmp_path, TinyEmbedder(), None, "multi")
+    assert report.summary.overall["R@1"] == 1.0
+    assert report.summary.n_queries == 6
+
+
 def _append(path: Path, obj: Any) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")

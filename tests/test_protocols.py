@@ -124,3 +124,15 @@ def test_luma_snapshots_keep_the_gallery_and_write_one_image_per_query(
         assert path.is_file() and path.parent == snaps_out / "images"
         with Image.open(path) as image:
             assert image.size == (protocols.SNAPSHOT_SIZE, protocols.SNAPSHOT_SIZE)
+
+
+def test_luma_multiview_groups_the_views_of_each_variant(luma_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "luma-multiview"
+    gallery_path, queries_path = protocols.write_luma_multiview(luma_dir, out)
+    multi, single = read_jsonl(queries_path), read_jsonl(out / "queries-single.jsonl")
+    assert multi and all(len(q["images"]) >= 2 and len(q["relevant"]) == 1 for q in multi)
+    assert len({q["relevant"][0] for q in multi}) == len(multi)  # one query per variant
+    assert sorted(p for q in multi for p in q["images"]) == sorted(q["image"] for q in single)
+    gallery_ids = {g["product_id"] for g in read_jsonl(gallery_path)}
+    assert all(q["relevant"][0] in gallery_ids for q in multi)
+    assert all((out / p).is_file() for q in multi for p in q["images"])

@@ -126,6 +126,31 @@ def test_by_image_uses_the_embedder(catalog: Catalog) -> None:
     assert ids(hits) == ["topsy", "tee-1", "tee-2"]
 
 
+def test_several_views_search_together_each_product_scored_by_its_best(
+    catalog: Catalog,
+) -> None:
+    # one view is exactly "dress", the other exactly "topsy": both come first (score 1, ties
+    # by id), once each, each with its best score over the two views
+    views = [rotate(0.85, towards=6), rotate(0.98, towards=4)]
+    hits = catalog.search.by_vectors(views, k=10)
+    assert ids(hits)[:2] == ["dress", "topsy"]
+    assert [h.score for h in hits[:2]] == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert len(ids(hits)) == len(set(ids(hits)))
+    best_single: dict[str, float] = {}
+    for v in views:
+        for h in catalog.search.by_vector(v, k=10):
+            best_single[h.product_id] = max(h.score, best_single.get(h.product_id, -1.0))
+    assert {h.product_id: h.score for h in hits} == pytest.approx(best_single, abs=1e-4)
+    picture = catalog.embedder.picture((200, 10, 10), rotate(0.98, towards=4))
+    assert ids(catalog.search.by_images([picture], k=1)) == ["topsy"]
+    with pytest.raises(ValueError, match="at least one"):
+        catalog.search.by_vectors([], k=3)
+    with pytest.raises(ValueError, match="at most 16"):
+        catalog.search.by_vectors([unit(0)] * 17, k=3)
+    with pytest.raises(ValueError, match="dimensions"):
+        catalog.search.by_vectors([unit(0), [1.0, 2.0]], k=3)
+
+
 def test_by_product_excludes_itself(catalog: Catalog) -> None:
     hits = catalog.search.by_product("tee-1", k=10)
     assert "tee-1" not in ids(hits)
