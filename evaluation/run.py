@@ -9,7 +9,6 @@ come from the :class:`~evaluation.cache.EmbeddingCache` where it has them.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
 from schema.collection import CollectionSpec, ensure_collections
+from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import MAX_K, ProductSearch
 
@@ -132,10 +132,6 @@ def embed_files(
     return out
 
 
-def _image_key(path: Path) -> str:
-    return hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:16]
-
-
 def index_gallery(
     client: Any,
     spec: CollectionSpec,
@@ -148,7 +144,7 @@ def index_gallery(
     row = 0
     for product in products:
         for path in product.images:
-            key = _image_key(path)
+            key = image_key(str(path))
             rows.append(ImageRecord(
                 pk=image_pk(product.product_id, key), product_id=product.product_id,
                 image_key=key, category=product.category, **category_levels(product.category),

@@ -262,7 +262,7 @@ def _check_existing(client: Any, name: str, fields: tuple[str, ...], vector: str
         )
 
 
-def _ensure_one(
+def ensure_collection(
     client: Any,
     name: str,
     schema: Any,
@@ -271,6 +271,8 @@ def _ensure_one(
     dim: int,
     indexes: list[IndexChoice],
 ) -> None:
+    """Create collection ``name`` with ``indexes`` if missing (else check its fields and vector
+    dimension, and add missing indexes), and start loading it; :func:`wait_loaded` waits."""
     if client.has_collection(name):
         _check_existing(client, name, fields, vector, dim)
         have = set(client.list_indexes(name))
@@ -287,7 +289,8 @@ def _ensure_one(
     client.load_collection(name, _async=True)
 
 
-def _wait_loaded(client: Any, names: list[str], timeout_s: float) -> None:
+def wait_loaded(client: Any, names: list[str], timeout_s: float) -> None:
+    """Block until every collection in ``names`` is loaded (searchable), or TimeoutError."""
     deadline = time.monotonic() + timeout_s
     pending = list(names)
     while pending:
@@ -315,7 +318,7 @@ def ensure_collections(
     other fields. Returns the detected engine.
     """
     engine = engine or detect_engine(client)
-    _ensure_one(
+    ensure_collection(
         client,
         spec.name,
         image_schema(spec),
@@ -324,7 +327,7 @@ def ensure_collections(
         spec.dim,
         image_indexes(spec, engine),
     )
-    _ensure_one(
+    ensure_collection(
         client,
         spec.state_name,
         state_schema(),
@@ -333,5 +336,5 @@ def ensure_collections(
         len(STATE_VECTOR),
         state_indexes(engine),
     )
-    _wait_loaded(client, [spec.name, spec.state_name], load_timeout_s)
+    wait_loaded(client, [spec.name, spec.state_name], load_timeout_s)
     return engine

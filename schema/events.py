@@ -87,6 +87,12 @@ def category_ancestors(category: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def image_key(reference: str) -> str:
+    """The 16-hex-digit key of an image reference (URL, path or inline data), as stored in
+    ``image_key`` and in the row's primary key."""
+    return hashlib.sha1(reference.encode("utf-8")).hexdigest()[:16]
+
+
 class ImageRef(StrictModel):
     """One product image: exactly one of an http(s) URL, a local path or inline base64 bytes.
 
@@ -140,7 +146,7 @@ class ImageRef(StrictModel):
     @property
     def key(self) -> str:
         """Deterministic image key: the same reference always gives the same row."""
-        return hashlib.sha1(self.reference.encode("utf-8")).hexdigest()[:16]
+        return image_key(self.reference)
 
     def inline_bytes(self) -> bytes:
         assert self.data is not None

@@ -49,10 +49,10 @@ from schema.collection import (
     CollectionSpec,
     EngineInfo,
     IndexChoice,
-    _ensure_one,
-    _wait_loaded,
     detect_engine,
+    ensure_collection,
     ensure_collections,
+    wait_loaded,
 )
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class ModelVersions:
         names = [physical, state_name(physical)]
         for name in names:
             self.client.load_collection(name, _async=True)
-        _wait_loaded(self.client, names, timeout_s)
+        wait_loaded(self.client, names, timeout_s)
 
     def load_serving(self) -> Serving | None:
         """Load what ``<base>`` reaches, for searches; None when nothing exists yet."""
@@ -389,11 +389,11 @@ class ModelVersions:
         if self._registry_ready:
             return
         name = registry_name(self.base)
-        _ensure_one(
+        ensure_collection(
             self.client, name, registry_schema(), (*REGISTRY_FIELDS, STATE_VECTOR_FIELD),
             STATE_VECTOR_FIELD, len(STATE_VECTOR), [IndexChoice(STATE_VECTOR_FIELD, "FLAT", "L2")],
         )
-        _wait_loaded(self.client, [name], 300.0)
+        wait_loaded(self.client, [name], 300.0)
         self._registry_ready = True
 
     def drop_all(self) -> None:
