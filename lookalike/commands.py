@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import signal
@@ -178,11 +177,15 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def broker(settings: Settings, args: argparse.Namespace) -> int:
+    # Block both signals before waiting for them: an unblocked SIGTERM would end this process
+    # at once and leave the tansu child running (a supervisor's or CI's `kill` must stop it).
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with LocalBroker(args.port) as local:
         print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
               flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        received = signal.sigwait(stop_signals)
+        print(f"{signal.Signals(received).name}: stopping tansu", flush=True)
     return 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,28 @@ def test_publish_ingest_search_compare_from_the_command_line(
     done = run_cli("search", str(images / "p2.png"), "--min-price", "9", "--max-price", "1",
                    *milvus, env=env)
     assert done.returncode == 2 and "invalid filter" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_broker_command_stops_tansu_on_sigterm_and_sigint(sig: signal.Signals) -> None:
+    """`kill` (a supervisor, CI) must not leave the tansu child running on its port."""
+    from lookalike.broker import free_port, port_open
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "broker", "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once tansu accepts connections
+        assert "tansu listening" in line, line
+        assert port_open("127.0.0.1", port)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        assert "stopping tansu" in proc.stdout.read()
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not port_open("127.0.0.1", port), "tansu outlived the broker command"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
