@@ -177,11 +177,12 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def broker(settings: Settings, args: argparse.Namespace) -> int:
-    # Block both signals before waiting for them: an unblocked SIGTERM would end this process
-    # at once and leave the tansu child running (a supervisor's or CI's `kill` must stop it).
+    # sigwait needs both signals blocked: an unblocked SIGTERM would end this process at once
+    # and leave the tansu child running (a supervisor's or CI's `kill` must stop it). They are
+    # blocked after tansu starts, as a child inherits the mask and tansu must see SIGTERM.
     stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with LocalBroker(args.port) as local:
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
               flush=True)
         received = signal.sigwait(stop_signals)
