@@ -74,8 +74,10 @@ def build_milvus(
     spec = CollectionSpec(name=settings.milvus.collection, dim=dim)
     if model_version is None:
         ensure_collections(client, spec)
-    elif ModelVersions(client, spec.name).load_serving() is None:
-        ModelVersions(client, spec.name).ensure_version(model_version, dim)
+    else:
+        versions = ModelVersions(client, spec.name)
+        if versions.load_serving() is None:
+            versions.ensure_version(model_version, dim)
     return client, spec
 
 

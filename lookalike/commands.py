@@ -132,6 +132,11 @@ def _publish(settings: Settings, events: list[Any]) -> int:
 def _searcher(settings: Settings) -> ProductSearch:
     embedder = build_embedder(settings)
     client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    return _search_or_fail(settings, embedder, client, spec)
+
+
+def _search_or_fail(settings: Settings, embedder: Any, client: Any, spec: Any) -> ProductSearch:
+    """``build_search``, with a model that does not serve as a user error (exit 2)."""
     try:
         return build_search(settings, embedder, client, spec)
     except ModelMismatchError as exc:
@@ -140,7 +145,7 @@ def _searcher(settings: Settings) -> ProductSearch:
 
 def search(settings: Settings, args: argparse.Namespace) -> int:
     search_filter = _search_filter(args)
-    images: list[Path] = args.image if isinstance(args.image, list) else [args.image]
+    images: list[Path] = args.image  # nargs="+": always a list
     if len(images) > MAX_QUERY_VECTORS:
         raise UserError(f"at most {MAX_QUERY_VECTORS} images per search, got {len(images)}")
     for image in images:
@@ -235,10 +240,7 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     if code:
         return code
     print(f"ingested in {time.monotonic() - started:.1f}s")
-    try:
-        searcher = build_search(settings, embedder, client, spec)
-    except ModelMismatchError as exc:
-        raise UserError(str(exc)) from None
+    searcher = _search_or_fail(settings, embedder, client, spec)
     by_category: dict[str, Any] = {}
     for event in events:
         by_category.setdefault(event.category, event)

@@ -38,7 +38,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -169,7 +169,11 @@ class ModelVersions:
 
     def serving_unloaded(self) -> Serving | None:
         """Like :meth:`serving` without reading rows (works on released collections); the
-        version is None unless the registry knows it."""
+        version is None unless the registry knows it.
+
+        ``describe_collection`` of an alias names the collection behind it, on Milvus Lite and
+        on servers alike (and, unlike ``describe_alias``, logs no error for a non-alias).
+        """
         if not self.client.has_collection(self.base):
             return None
         physical = str(self.client.describe_collection(self.base)["collection_name"])
@@ -179,19 +183,12 @@ class ModelVersions:
         return Serving(self.base, physical, entry.model_version if entry else None, legacy=False)
 
     def serving(self) -> Serving | None:
-        """What ``<base>`` reaches now; None on a fresh install.
-
-        ``describe_collection`` of an alias names the collection behind it, on Milvus Lite and
-        on servers alike (and, unlike ``describe_alias``, logs no error for a non-alias).
-        """
-        if not self.client.has_collection(self.base):
-            return None
-        physical = str(self.client.describe_collection(self.base)["collection_name"])
-        if physical != self.base:
-            entry = self.entry(physical)
-            version = entry.model_version if entry else self._version_in_rows(physical)
-            return Serving(self.base, physical, version, legacy=False)
-        return Serving(self.base, physical, self._version_in_rows(physical), legacy=True)
+        """What ``<base>`` reaches now, with the version it holds (from the registry, else
+        from its rows); None on a fresh install."""
+        found = self.serving_unloaded()
+        if found is None or found.model_version is not None:
+            return found
+        return replace(found, model_version=self._version_in_rows(found.physical))
 
     def _version_in_rows(self, collection: str) -> str | None:
         rows = self.client.query(
