@@ -38,7 +38,7 @@ def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
 
     m = settings.model
-    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight)
+    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight, m.path)
 
 
 def warm_up_in_background(embedder: Any) -> threading.Thread | None:

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
+
+    from lookalike import commands_train
+
+    commands_train.add_parser(sub)
     return parser
 
 
@@ -146,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "collection": getattr(args, "collection", None)},
         images={"roots": getattr(args, "image_root", None)},
     )
-    from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
+    from lookalike import commands, commands_train  # heavy imports only when needed
 
     try:
         handler = {
@@ -159,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval": _run_eval,
             "reindex": commands.reindex,
             "models": commands.models,
+            "train": commands_train.train,
         }[args.command]
         return handler(settings, args)
     except commands.UserError as exc:

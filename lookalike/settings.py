@@ -62,6 +62,11 @@ class ModelSettings(_Group):
         description="Weight of the product's colour histogram next to the CNN features "
         "(embedding/colour.py); 0 turns it off. Part of the model version",
     )
+    path: Path | None = Field(
+        default=None,
+        description="A model directory written by `lookalike train`; its variant, square "
+        "mode and colour weight replace the three above (docs/training.md)",
+    )
 
 
 class IngestSettings(_Group):
