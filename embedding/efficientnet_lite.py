@@ -185,10 +185,13 @@ def split_feature_model(model: keras.Model, variant: str | Variant,
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
-    """Copy every weighted layer of ``target`` from the layer of the same name in ``source``."""
-    for layer in target.layers:
+    """Copy the weights of the layers the two models share by name: every weighted layer of
+    the smaller one (a top made by :func:`split_feature_model`) must be in the larger one."""
+    smaller = min((source, target), key=lambda m: len(m.layers))
+    for layer in smaller.layers:
         if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+            values = source.get_layer(layer.name).get_weights()
+            target.get_layer(layer.name).set_weights(values)
 
 
 def build_feature_model(

@@ -335,16 +335,16 @@ def create_embedder(
 ) -> Embedder:
     """The embedder the settings name; unknown variant or square mode is a ValueError.
 
-    ``path``: a directory written by ``lookalike train``; its own variant, square mode and
-    colour weight replace the arguments (see :mod:`embedding.trained`).
+    ``path``: a directory written by ``lookalike train``; its own variant and square mode
+    replace the arguments (see :mod:`embedding.trained`).
     """
     if path is not None:
         from embedding.trained import load_trained_model
 
-        model, config, version = load_trained_model(Path(path))
+        model, config, version = load_trained_model(Path(path), colour_weight)
         log.info("trained model %s from %s", version, path)
         return EfficientNetLiteEmbedder(config.variant, config.square, batch_size,
-                                        colour_weight=config.colour_weight,
+                                        colour_weight=colour_weight,
                                         model=model, version=version)
     return EfficientNetLiteEmbedder(Variant.parse(variant), SquareMode.parse(square), batch_size,
                                     colour_weight=colour_weight)

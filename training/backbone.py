@@ -86,5 +86,5 @@ class EfficientNetBackbone:
         from embedding.trained import TrainedConfig, save_trained
 
         config = TrainedConfig(variant=self._variant.value, square=self._square.value,
-                               colour_weight=colour_weight, first_block=self.first_block)
-        return save_trained(directory, config, top, report)
+                               first_block=self.first_block)
+        return save_trained(directory, config, top, report, colour_weight)
