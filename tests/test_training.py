@@ -149,8 +149,8 @@ def test_tiny_training_run(tmp_path: Path, loss: str) -> None:
     assert report["validation"]["groups"] == 2 and report["train"]["groups"] == 4
     assert len(report["history"]) == 3 and all(np.isfinite(h["loss"]) for h in report["history"])
     # the kept epoch is the best one on validation, the untrained top included
-    assert result.after["item"]["R@1"] + result.after["group_similar"]["R@1"] >= (
-        result.before["item"]["R@1"] + result.before["group_similar"]["R@1"])
+    for task in ("item", "group_similar"):
+        assert result.after[task]["R@1"] >= result.before[task]["R@1"]
     assert report["seconds"]["total"] > 0 and report["views_per_s"] > 0
 
     again = train(catalog, tmp_path / "again", FakeBackbone(), options)
