@@ -54,6 +54,8 @@ class TrainOptions:
     max_pixels: int = 40_000_000
     group_weight: float = 1.0
     """Weight of the group loss next to the product loss (with a group key)."""
+    keep_best: bool = True
+    """Keep the best epoch on validation (else the last one: for sweeps on other sets)."""
 
     def augment(self) -> AugmentConfig:
         jitter = self.colour_jitter
@@ -136,10 +138,13 @@ def _embed(top: Any, maps: NDArray[np.float16], batch: int = 64) -> NDArray[np.f
 
 def _score(top: Any, val: CachedViews, options: TrainOptions) -> dict[str, Any]:
     assert val.colour is not None
+    products = [im.product_id for im in val.images]
+    n_views = val.features.shape[1] - 1
     clean = _embed(top, val.features[:, 0])
-    query = _embed(top, val.features[:, 1])
-    vs = ValSet([im.product_id for im in val.images], [im.group for im in val.images],
-                clean, query, val.colour[:, 0], val.colour[:, 1])
+    query = _embed(top, val.features[:, 1:].reshape(-1, *val.features.shape[2:]))
+    vs = ValSet(products, [im.group for im in val.images],
+                [p for p in products for _ in range(n_views)],
+                val.colour[:, 0], val.colour[:, 1:].reshape(len(products) * n_views, -1))
     out: dict[str, Any] = {"item": item_recall(vs, clean, query, options.colour_weight),
                            "item_cnn_only": item_recall(vs, clean, query, 0.0)}
     if options.group_key:
@@ -204,11 +209,24 @@ def _class_means(x: NDArray[np.float32], labels: NDArray[np.int32]) -> NDArray[n
     return out
 
 
-def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -> TrainResult:
-    import keras
+@dataclass
+class Prepared:
+    """Everything computed before the first step: the split and the cached views."""
 
-    started = time.perf_counter()
-    keras.utils.set_random_seed(options.seed)
+    catalog: Path
+    train: CachedViews
+    val: CachedViews
+    augment: AugmentConfig
+    initial: list[Any]
+    """The top's weights before training, so several fits can start from the same point."""
+    seconds: dict[str, float]
+
+
+VAL_VIEWS = 2
+"""Altered views per held-out photo, each one query."""
+
+
+def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepared:
     images = load_training_images(catalog, options.group_key)
     by_group = options.group_key is not None
     parts = split(images, options.val_fraction, options.seed, by_group=by_group)
@@ -221,14 +239,45 @@ def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -
         train_cache = cache_views(train_images, train_photos, backbone, augment, options.seed,
                                   colour=False, pool=pool, desc="views (train)")
         val_cache = cache_views(val_images, val_photos, backbone,
-                                AugmentConfig(views=1, colour_jitter=0.0),
+                                AugmentConfig(views=VAL_VIEWS, colour_jitter=0.0),
                                 options.seed + 1_000_003, colour=True, pool=pool,
                                 desc="views (validation)")
-    del train_photos, val_photos
+    train_cache.skipped, val_cache.skipped = skipped, val_skipped
+    return Prepared(catalog, train_cache, val_cache, augment, backbone.top().get_weights(),
+                    {"decode": round(decode_s, 1), "cache_train": round(train_cache.seconds, 1),
+                     "cache_validation": round(val_cache.seconds, 1)})
+
+
+def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -> TrainResult:
+    """Prepare, fit and write ``out``: what ``lookalike train`` runs."""
+    import keras
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(options.seed)
+    prepared = prepare(catalog, backbone, options)
+    result = fit(prepared, backbone, options)
+    result.report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    result.model_version = backbone.save(out, backbone.top(), options.colour_weight,
+                                         result.report)
+    return result
+
+
+def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainResult:
+    """Train the top from its initial weights and leave the best epoch's weights in it.
+
+    ``options`` may differ from those ``prepared`` was made with in the loss, the epochs and
+    the learning rate (a sweep over those reuses the cached views), not in what the cache
+    depends on (group key, views, seed).
+    """
+    import keras
+
+    keras.utils.set_random_seed(options.seed)
+    train_cache, val_cache = prepared.train, prepared.val
+    train_images, val_images = train_cache.images, val_cache.images
     top = backbone.top()
+    top.set_weights(prepared.initial)
     before = _score(top, val_cache, options)
     log.info("validation before training: %s", before)
-
     label_sets = {"item": _labels(train_images, "product_id")}
     if options.group_key:
         label_sets["group"] = _labels(train_images, "group")
@@ -250,7 +299,7 @@ def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -
         history.append({"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 4),
                         "val": scores})
         log.info("epoch %d: loss %.4f, validation %s", epoch, fit.history["loss"][-1], scores)
-        if _better(scores, best[2], before):
+        if _better(scores, best[2], before) or not options.keep_best:
             best = (epoch, top.get_weights(), scores)
     progress.bar.close()
     fit_s = time.perf_counter() - t0
@@ -258,24 +307,21 @@ def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -
     top.set_weights(weights)
     n_views = train_cache.features.shape[0] * train_cache.features.shape[1]
     report = {
-        "catalog": str(catalog),
-        "options": {**asdict(options), "augment": asdict(augment)},
+        "catalog": str(prepared.catalog),
+        "options": {**asdict(options), "augment": asdict(prepared.augment)},
         "train": {"images": len(train_images), "products": len(set(label_sets["item"])),
                   "groups": int(units.max()) + 1, "views": n_views},
         "validation": {"images": len(val_images),
                        "products": len({im.product_id for im in val_images}),
                        "groups": len({im.group for im in val_images})},
-        "skipped": [{"image": p, "reason": r} for p, r in skipped + val_skipped],
+        "skipped": [{"image": p, "reason": r}
+                    for p, r in train_cache.skipped + val_cache.skipped],
         "before": before, "after": after, "best_epoch": best_epoch, "history": history,
-        "seconds": {"decode": round(decode_s, 1),
-                    "cache_train": round(train_cache.seconds, 1),
-                    "cache_validation": round(val_cache.seconds, 1),
-                    "fit": round(fit_s, 1), "total": round(time.perf_counter() - started, 1)},
-        "views_per_s": round((n_views + 2 * len(val_images)) /
+        "seconds": {**prepared.seconds, "fit": round(fit_s, 1)},
+        "views_per_s": round((n_views + (1 + VAL_VIEWS) * len(val_images)) /
                              max(train_cache.seconds + val_cache.seconds, 1e-9), 1),
         "samples_per_s": round(steps * batch * options.epochs / max(fit_s, 1e-9), 1),
         "conditions": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                        "keras_backend": keras.config.backend()},
     }
-    version = backbone.save(out, top, options.colour_weight, report)
-    return TrainResult(version, before, after, best_epoch, report)
+    return TrainResult("", before, after, best_epoch, report)

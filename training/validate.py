@@ -30,10 +30,8 @@ class ValSet:
     products: list[str]
     """Product of each held-out image."""
     groups: list[str]
-    clean: F32
-    """CNN features of the clean photos (one row per image)."""
-    query: F32
-    """CNN features of one altered view per image."""
+    query_products: list[str]
+    """Product of each query: an altered view of a held-out image."""
     clean_colour: F32
     query_colour: F32
 
@@ -49,7 +47,7 @@ def _mix(cnn: F32, colour: F32, weight: float) -> F32:
     return mix_colour(cnn, colour, weight) if weight > 0 else _unit(cnn)
 
 
-def _ranked(sims: NDArray[np.float32], products: Sequence[str]) -> list[str]:
+def rank_products(sims: NDArray[np.float32], products: Sequence[str]) -> list[str]:
     """Products by their best image's similarity, best first."""
     seen: set[str] = set()
     out: list[str] = []
@@ -64,9 +62,9 @@ def item_recall(val: ValSet, clean: F32, query: F32, colour_weight: float) -> di
     g = _mix(clean, val.clean_colour, colour_weight)
     q = _mix(query, val.query_colour, colour_weight)
     sims = q @ g.T
-    rows = [_ranked(sims[i], val.products) for i in range(len(q))]
+    rows = [rank_products(sims[i], val.products) for i in range(len(q))]
     return {f"R@{k}": float(np.mean([recall_at_k(r, {p}, k) for r, p in
-                                     zip(rows, val.products, strict=True)])) for k in KS}
+                                     zip(rows, val.query_products, strict=True)])) for k in KS}
 
 
 def group_recall(val: ValSet, clean: F32) -> dict[str, float] | None:
@@ -82,7 +80,7 @@ def group_recall(val: ValSet, clean: F32) -> dict[str, float] | None:
         if not relevant:
             continue
         keep = [j for j, p in enumerate(val.products) if p != product]
-        ranked = _ranked(sims[i, keep], [val.products[j] for j in keep])
+        ranked = rank_products(sims[i, keep], [val.products[j] for j in keep])
         for k in KS:
             scores[k].append(recall_at_k(ranked, relevant, k))
     if not scores[1]:
