@@ -97,7 +97,7 @@ def main() -> int:
     for setting in args.settings.split(","):
         loss, lr = setting.split(":")
         options = dataclasses.replace(base, loss=loss, learning_rate=float(lr))  # type: ignore[arg-type]
-        result = fit(prepared, backbone, options)
+        fit(prepared, backbone, options)
         row(f"{loss} lr {lr}")
     return 0
 

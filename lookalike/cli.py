@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "collection": getattr(args, "collection", None)},
         images={"roots": getattr(args, "image_root", None)},
     )
+    from embedding.trained import TrainedModelError
     from lookalike import commands, commands_train  # heavy imports only when needed
 
     try:
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": commands_train.train,
         }[args.command]
         return handler(settings, args)
-    except commands.UserError as exc:
+    except (commands.UserError, TrainedModelError) as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 2
 

@@ -62,6 +62,8 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     )
     if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:
         raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1)")
+    if not args.catalog.is_file():  # before the model is built: that takes seconds
+        raise UserError(f"{args.catalog}: no such catalog file")
     try:
         backbone = EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size)
         result = run_training(args.catalog, args.out, backbone, options)

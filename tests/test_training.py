@@ -155,3 +155,17 @@ def test_tiny_training_run(tmp_path: Path, loss: str) -> None:
 
     again = train(catalog, tmp_path / "again", FakeBackbone(), options)
     assert again.report["history"] == report["history"]  # a seed reproduces a run
+
+
+def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lookalike", "train", "--catalog", str(tmp_path / "nope.jsonl"),
+         "--out", str(tmp_path / "model")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no such catalog file" in done.stderr
