@@ -1,5 +1,6 @@
 """``lookalike``: one command, a subcommand per job. Settings are built here, once."""
 
+
 from __future__ import annotations
 
 import argparse
@@ -7,20 +8,38 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from pydantic import BaseModel, ValidationError
+
+from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import Settings
 
 log = logging.getLogger("lookalike")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
-    """A copy of ``settings`` with CLI overrides (None means: keep the setting)."""
-    update = {}
+    """A copy of ``settings`` with CLI overrides (None means: keep the setting), validated
+    by the settings' own bounds, so an option accepts exactly what its setting accepts."""
+    update: dict[str, BaseModel] = {}
     for group, values in groups.items():
         values = {k: v for k, v in values.items() if v is not None}
         if values:
-            update[group] = getattr(settings, group).model_copy(update=values)
+            current = getattr(settings, group)
+            try:
+                update[group] = type(current).model_validate({**current.model_dump(), **values})
+            except ValidationError as exc:
+                error = exc.errors(include_url=False)[0]
+                name = ".".join(str(x) for x in error["loc"])
+                raise UserError(f"invalid {name} ({error['input']!r}): {error['msg']}"
+                                ) from None
     return settings.model_copy(update=update)
 
 
@@ -33,8 +52,9 @@ def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: boo
         p.add_argument("--collection", help="Milvus collection name")
 
 
-def _filter_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", type=int, default=None, help="number of products to return")
+def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
+    p.add_argument("-k", type=int, dest=k_setting,
+                   help=f"number of products to return (default: settings search.{k_setting})")
     p.add_argument("--category", action="append", default=[],
                    help="category path; matches its sub-paths too (repeatable)")
     p.add_argument("--min-price", type=float)
@@ -44,7 +64,8 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
+    parser = _Parser(prog="lookalike", description=__doc__, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default=None)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,14 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="+",
                    help="a photo, or several views of the same item (searched together)")
-    _filter_args(p)
+    _filter_args(p, "k")
 
     p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="?")
     p.add_argument("--product-id")
-    p.add_argument("--threshold", type=float, help="minimum cosine similarity")
-    _filter_args(p)
+    p.add_argument("--threshold", type=float, dest="compare_threshold",
+                   help="minimum cosine similarity (default: search.compare_threshold)")
+    _filter_args(p, "compare_k")
 
     p = sub.add_parser("demo", help="broker + embedded Milvus + a catalog, end to end")
     _connection_args(p)
@@ -117,19 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_eval(settings: Settings, args: argparse.Namespace) -> int:
-    from lookalike.evaluate import EvalError, run_eval
-
-    try:
-        return run_eval(settings, args)
-    except EvalError as exc:
-        print(f"lookalike eval: error: {exc}", file=sys.stderr)
-        return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    prog = f"lookalike {args.command}"
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        print(f"{prog}: error: invalid LOOKALIKE_ setting {'.'.join(map(str, error['loc']))}: "
+              f"{error['msg']}", file=sys.stderr)
+        return ExitCode.USAGE
     logging.basicConfig(
         level=(args.log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -137,18 +156,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
     for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = _with(
-        settings,
-        kafka={"bootstrap_servers": getattr(args, "bootstrap_servers", None),
-               "topic": getattr(args, "topic", None),
-               "group_id": getattr(args, "group_id", None)},
-        milvus={"uri": getattr(args, "milvus_uri", None),
-                "collection": getattr(args, "collection", None)},
-        images={"roots": getattr(args, "image_root", None)},
-    )
-    from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
-
     try:
+        settings = _with(
+            settings,
+            kafka={"bootstrap_servers": getattr(args, "bootstrap_servers", None),
+                   "topic": getattr(args, "topic", None),
+                   "group_id": getattr(args, "group_id", None)},
+            milvus={"uri": getattr(args, "milvus_uri", None),
+                    "collection": getattr(args, "collection", None)},
+            images={"roots": getattr(args, "image_root", None)},
+            search={"k": getattr(args, "k", None),
+                    "compare_k": getattr(args, "compare_k", None),
+                    "compare_threshold": getattr(args, "compare_threshold", None)},
+        )
+        from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
+        from lookalike.evaluate import run_eval
+
         handler = {
             "ingest": commands.ingest,
             "publish": commands.publish,
@@ -156,13 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "compare-prices": commands.compare_prices,
             "demo": commands.demo,
             "broker": commands.broker,
-            "eval": _run_eval,
+            "eval": run_eval,
             "reindex": commands.reindex,
             "models": commands.models,
         }[args.command]
-        return handler(settings, args)
-    except commands.UserError as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 2
+        return int(handler(settings, args))
+    except Exception as exc:
+        from lookalike.app import explain
 
-
+        failure = explain(exc)
+        if failure is None:
+            raise  # a bug: keep its traceback
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        return int(failure.code)

@@ -28,6 +28,11 @@ class KafkaSettings(_Group):
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     max_poll_records: int = Field(default=256, ge=1)
+    connect_timeout_ms: int = Field(
+        default=5_000, ge=100,
+        description="How long publish and ingest wait for the broker to answer at start-up "
+        "before they exit 4 with one line (kafka-python's own default is 30 s)",
+    )
 
 
 class MilvusSettings(_Group):
@@ -35,6 +40,8 @@ class MilvusSettings(_Group):
     token: str = ""
     collection: str = "lookalike_images"
     consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    connect_timeout_s: float = Field(default=10.0, gt=0,
+                                     description="How long to wait for Milvus to answer")
 
 
 class ImageSettings(_Group):
@@ -73,7 +80,11 @@ class IngestSettings(_Group):
 
 
 class SearchSettings(_Group):
-    k: int = Field(default=10, ge=1, le=1000)
+    k: int = Field(default=10, ge=1, le=1000, description="Products a search returns")
+    compare_k: int = Field(
+        default=20, ge=1, le=1000,
+        description="Most similar products that price comparison looks at",
+    )
     compare_threshold: float = Field(
         default=0.90, ge=-1, le=1,
         description="Cosine similarity above which two listings count as the same item "
