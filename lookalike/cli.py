@@ -37,7 +37,7 @@ def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
                 update[group] = type(current).model_validate({**current.model_dump(), **values})
             except ValidationError as exc:
                 error = exc.errors(include_url=False)[0]
-                name = ".".join(str(x) for x in error["loc"])
+                name = ".".join(str(x) for x in (group, *error["loc"]))
                 raise UserError(f"invalid {name} ({error['input']!r}): {error['msg']}"
                                 ) from None
     return settings.model_copy(update=update)
@@ -156,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
     for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python logs every refused connection as an ERROR (a dozen lines a second while a
+    # broker is down); the commands report an absent broker themselves, in one line
+    logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
     try:
         settings = _with(
             settings,

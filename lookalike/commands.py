@@ -159,8 +159,7 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
 def search(settings: Settings, args: argparse.Namespace) -> int:
     search_filter = _search_filter(args)
     images = _query_images(settings, args.image)
-    hits = _searcher(settings).by_images(images, k=args.k or settings.search.k,
-                                         filter=search_filter)
+    hits = _searcher(settings).by_images(images, k=settings.search.k, filter=search_filter)
     if args.json:
         _print_json(hits)
     else:
@@ -173,12 +172,12 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError("give either IMAGE or --product-id")
     search_filter = _search_filter(args)
     image = None if args.image is None else _query_images(settings, [args.image])[0]
-    threshold = args.threshold if args.threshold is not None else settings.search.compare_threshold
     searcher = _searcher(settings)
     try:
         matches = searcher.compare_prices(
-            image=image, product_id=args.product_id, threshold=threshold,
-            k=args.k or settings.search.compare_k, filter=search_filter,
+            image=image, product_id=args.product_id,
+            threshold=settings.search.compare_threshold, k=settings.search.compare_k,
+            filter=search_filter,
         )
     except ProductNotFound as exc:
         raise UserError(str(exc)) from None

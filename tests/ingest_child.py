@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from pymilvus import MilvusClient
 
-from lookalike.app import build_runner, stop_on_signals
+from lookalike.app import build_runner, create_topics, stop_on_signals
 from schema.collection import CollectionSpec, ensure_collections
 from tests.fakes import TinyEmbedder
 from tests.pipeline_support import make_settings
@@ -35,6 +35,7 @@ def main() -> int:
     client = MilvusClient(db)
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     ensure_collections(client, spec)
+    create_topics(settings)
     with ThreadPoolExecutor(2) as pool:
         runner = build_runner(settings, embedder, client, spec, pool)
         with stop_on_signals(runner):

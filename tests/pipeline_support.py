@@ -14,7 +14,7 @@ from PIL import Image
 from pymilvus import MilvusClient
 
 from ingest.runner import RunReport
-from lookalike.app import build_runner
+from lookalike.app import build_runner, create_topics
 from lookalike.settings import (
     ImageSettings,
     IngestSettings,
@@ -70,6 +70,7 @@ def send(bootstrap: str, topic: str, payloads: list[Any]) -> None:
 def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient) -> RunReport:
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     ensure_collections(client, spec)
+    create_topics(settings)
     with ThreadPoolExecutor(4) as pool:
         runner = build_runner(settings, embedder, client, spec, pool)
         return runner.run(until_caught_up=True)

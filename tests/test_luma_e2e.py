@@ -15,7 +15,7 @@ import pytest
 from pymilvus import MilvusClient
 
 from lookalike.app import build_search
-from schema.collection import CollectionSpec
+from schema.versions import ModelVersions
 from search.filters import SearchFilter
 from tests.pipeline_support import make_settings, rows, run_until_caught_up, send
 
@@ -53,10 +53,10 @@ def indexed(bootstrap: str, luma_dir: Path, tmp_path_factory: pytest.TempPathFac
     send(bootstrap, settings.kafka.topic, events)
     client = MilvusClient(str(tmp / "m.db"))
     report = run_until_caught_up(settings, embedder, client)
-    spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
+    versions = ModelVersions(client, settings.milvus.collection)
     return {"settings": settings, "client": client, "events": events, "queries": queries,
             "report": report, "model_version": embedder.model_version,
-            "search": build_search(settings, embedder, client, spec)}
+            "search": build_search(settings, embedder, versions)}
 
 
 def test_every_main_image_is_stored_once(indexed: dict[str, Any]) -> None:
