@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -139,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HANDLERS = {
+    "ingest": "lookalike.commands:ingest",
+    "publish": "lookalike.commands:publish",
+    "search": "lookalike.commands:search",
+    "compare-prices": "lookalike.commands:compare_prices",
+    "demo": "lookalike.commands:demo",
+    "broker": "lookalike.cli:broker",
+    "eval": "lookalike.evaluate:run_eval",
+    "reindex": "lookalike.commands:reindex",
+    "models": "lookalike.commands:models",
+}
+"""Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
+model and clients load only for the commands that need them; ``broker`` loads none)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = f"lookalike {args.command}"
@@ -172,20 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "compare_k": getattr(args, "compare_k", None),
                     "compare_threshold": getattr(args, "compare_threshold", None)},
         )
-        from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
-        from lookalike.evaluate import run_eval
-
-        handler = {
-            "ingest": commands.ingest,
-            "publish": commands.publish,
-            "search": commands.search,
-            "compare-prices": commands.compare_prices,
-            "demo": commands.demo,
-            "broker": commands.broker,
-            "eval": run_eval,
-            "reindex": commands.reindex,
-            "models": commands.models,
-        }[args.command]
+        module, _, name = HANDLERS[args.command].partition(":")
+        handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
         return int(handler(settings, args))
     except Exception as exc:
         from lookalike.app import explain
@@ -195,3 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a bug: keep its traceback
         print(f"{prog}: error: {failure}", file=sys.stderr)
         return int(failure.code)
+
+
+def broker(_settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.broker import run_in_foreground
+
+    return run_in_foreground(args.port)

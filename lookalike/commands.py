@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -186,20 +185,6 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
     else:
         _print_hits(matches, "similarity")
     return ExitCode.OK
-
-
-def broker(settings: Settings, args: argparse.Namespace) -> int:
-    # sigwait needs both signals blocked: an unblocked SIGTERM would end this process at once
-    # and leave the tansu child running (a supervisor's or CI's `kill` must stop it). They are
-    # blocked after tansu starts, as a child inherits the mask and tansu must see SIGTERM.
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    with LocalBroker(args.port) as local:
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
-              flush=True)
-        received = signal.sigwait(stop_signals)
-        print(f"{signal.Signals(received).name}: stopping tansu", flush=True)
-    return 0
 
 
 def demo(settings: Settings, args: argparse.Namespace) -> int:
