@@ -67,7 +67,10 @@ class ModelSettings(_Group):
     colour_weight: float = Field(
         default=0.5, ge=0, le=10,
         description="Weight of the product's colour histogram next to the CNN features "
-        "(embedding/colour.py); 0 turns it off. Part of the model version",
+        "(embedding/colour.py); 0 turns it off. Part of the model version. Chosen with "
+        "`lookalike eval` (docs/quality.md): on luma-views 0.3 / 0.5 / 0.7 give R@1 0.53 / "
+        "0.63 / 0.67 and R@5 0.78 / 0.87 / 0.85; on fmnist (grey, class level) mAP@R falls "
+        "from 0.402 to 0.394 / 0.375 / 0.348. 0.5 has the best R@5 and a small fmnist loss",
     )
 
 
