@@ -1,6 +1,5 @@
 """``lookalike``: one command, a subcommand per job. Settings are built here, once."""
 
-
 from __future__ import annotations
 
 import argparse
@@ -15,8 +14,6 @@ from pydantic import BaseModel, ValidationError
 
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import Settings
-
-log = logging.getLogger("lookalike")
 
 
 class _Parser(argparse.ArgumentParser):
