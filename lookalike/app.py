@@ -40,7 +40,7 @@ from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings
-from schema.collection import CollectionSpec
+from schema.collection import CollectionSpec, EngineInfo
 from schema.versions import ModelRetiredError, ModelVersions, ServingGuard
 
 if TYPE_CHECKING:
@@ -239,10 +239,12 @@ def build_runner(
     pool: ThreadPoolExecutor,
     on_batch: Callable[[Batch, RunReport], None] | None = None,
     after_write: Callable[[], None] | None = None,
+    engine: EngineInfo | None = None,
 ) -> Runner:
     """The ingest loop writing into ``spec`` (physical collections: see
     :func:`open_for_writing`); ``after_write`` runs after each batch's writes, before its
-    commit (the serving guard). The topics must exist (:func:`create_topics`)."""
+    commit (the serving guard); ``engine``: what ``ModelVersions`` already detected (else the
+    sink asks the server). The topics must exist (:func:`create_topics`)."""
     k, i = settings.kafka, settings.images
     try:
         consumer = build_consumer(
@@ -255,7 +257,7 @@ def build_runner(
     except KafkaError as exc:
         raise _kafka_unavailable(settings, exc) from None
     dlq = DeadLetterQueue(build_producer(settings, "dlq"), k.dlq_topic)
-    sink = MilvusSink(client, spec)
+    sink = MilvusSink(client, spec, engine=engine)
     stages = Stages(build_fetcher(settings), embedder, sink, dlq, pool,
                     max_pixels=i.max_pixels, decode_workers=decode_workers(settings, embedder),
                     after_write=after_write)

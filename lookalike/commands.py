@@ -86,7 +86,7 @@ def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         runner = build_runner(settings, embedder, versions.client, target, pool, on_batch,
-                              after_write=guard.check)
+                              after_write=guard.check, engine=versions.engine)
         try:
             with stop_on_signals(runner):
                 report = runner.run(until_caught_up=until_caught_up)
