@@ -267,3 +267,15 @@ def test_ingest_says_at_start_that_local_paths_need_an_image_root(
     assert "Traceback" not in done.stderr
     assert "LOOKALIKE_IMAGES__ROOTS" in done.stderr
     assert "dead_lettered=1" in done.stderr, done.stderr
+
+
+def test_search_before_the_first_ingest_says_so(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pymilvus import MilvusClient
+
+    MilvusClient(str(tmp_path / "empty.db")).close()  # a database without our collection
+    image = write_image(tmp_path / "q.png", seed=6)
+    assert main(["search", str(image), "--milvus-uri", str(tmp_path / "empty.db")]) == 2
+    assert "`lookalike ingest` creates it" in one_error(capsys, "search")
+    assert main(["models", "--milvus-uri", str(tmp_path / "empty.db")]) == 0
+    assert "does not exist yet" in capsys.readouterr().out
