@@ -248,7 +248,8 @@ def test_ingest_says_at_start_that_local_paths_need_an_image_root(
 
     write_image(tmp_path / "a.png", seed=5)
     topic = f"roots-{unique}"
-    env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_IMAGES__ROOTS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOOKALIKE_IMAGES__ROOTS", "LOOKALIKE_LOG_LEVEL")}  # the default: INFO
     env.update({"PYTHONPATH": str(REPO), "LOOKALIKE_KAFKA__TOPIC": topic,
                 "LOOKALIKE_KAFKA__DLQ_TOPIC": f"dlq-{unique}",
                 "LOOKALIKE_KAFKA__GROUP_ID": f"g-{unique}",
