@@ -167,7 +167,7 @@ def scratch_milvus(settings: Settings, uri: str | None) -> Iterator[Settings]:
     """Settings for a throw-away store: the server at ``uri``, else a fresh Milvus Lite
     database in a temporary folder (deleted afterwards). For ``lookalike eval``."""
     tmp = None if uri else Path(tempfile.mkdtemp(prefix="lookalike-eval-"))
-    target = uri or str(tmp / "eval.db")  # type: ignore[operator]
+    target = uri if tmp is None else str(tmp / "eval.db")
     try:
         yield settings.model_copy(update={"milvus": settings.milvus.model_copy(
             update={"uri": target, "collection": f"lookalike_eval_{uuid.uuid4().hex[:12]}"})})
