@@ -144,14 +144,20 @@ def open_for_writing(versions: ModelVersions, embedder: Any) -> tuple[Collection
         raise UserError(str(exc), ExitCode.MODEL_SWITCHED) from None
 
 
-def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> ProductSearch:
-    """A searcher of the serving collections; a missing collection or another model serving
-    is a user error (searches never create collections)."""
-    from search.api import ModelMismatchError, ProductSearch
-
-    if versions.load_serving() is None:
+def require_serving(settings: Settings, versions: ModelVersions) -> None:
+    """A user error unless the configured collection exists (searches never create it)."""
+    if versions.serving_unloaded() is None:
         raise UserError(f"no collection {versions.base} in {settings.milvus.uri} yet "
                         "(`lookalike ingest` creates it)")
+
+
+def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> ProductSearch:
+    """A searcher of the serving collections (loaded here); a missing collection or another
+    model serving is a user error."""
+    from search.api import ModelMismatchError, ProductSearch
+
+    require_serving(settings, versions)
+    versions.load_serving()
     spec = CollectionSpec(name=versions.base, dim=embedder.dim)
     try:
         return ProductSearch(

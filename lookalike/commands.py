@@ -28,6 +28,7 @@ from lookalike.app import (
     create_topics,
     open_for_writing,
     open_versions,
+    require_serving,
     stop_on_signals,
     warm_up_in_background,
 )
@@ -128,9 +129,7 @@ def _searcher(settings: Settings) -> ProductSearch:
     """Open the store first (a missing database or collection fails before the model's
     ~10 s load), then the model, then the searcher."""
     versions = open_versions(settings)
-    if versions.serving_unloaded() is None:
-        raise UserError(f"no collection {versions.base} in {settings.milvus.uri} yet "
-                        "(`lookalike ingest` creates it)")
+    require_serving(settings, versions)
     return build_search(settings, build_embedder(settings), versions)
 
 
