@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from pydantic import ValidationError
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
@@ -131,7 +132,13 @@ def _milvus_message(exc: MilvusException) -> str:
 def open_versions(settings: Settings, *, create: bool = False) -> ModelVersions:
     """The model-version registry of the configured collection (one client, one probe of
     the server's engine and version, shared by everything the command builds from it)."""
-    return ModelVersions(open_milvus(settings, create=create), settings.milvus.collection)
+    name, client = settings.milvus.collection, open_milvus(settings, create=create)
+    try:
+        return ModelVersions(client, name)  # checks the name (and the names it derives)
+    except ValidationError as exc:
+        client.close()
+        raise UserError(f"invalid collection name {name!r}: "
+                        f"{exc.errors(include_url=False)[0]['msg']}") from None
 
 
 def open_for_writing(versions: ModelVersions, embedder: Any) -> tuple[CollectionSpec,

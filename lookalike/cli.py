@@ -23,6 +23,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (and finite)."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not (low <= value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
 def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
     """A copy of ``settings`` with CLI overrides (None means: keep the setting), validated
     by the settings' own bounds, so an option accepts exactly what its setting accepts."""
@@ -78,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
     _connection_args(p, milvus=False)
     p.add_argument("catalog", type=Path)
-    p.add_argument("--version", type=int, help="event version (default: now, in ms)")
+    p.add_argument("--version", type=_at_least(0), help="event version (default: now, in ms)")
     p.add_argument("--seller-id", default="catalog", help="seller_id where a line has none")
 
     p = sub.add_parser("search", help="find products that look like an image")
@@ -99,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
     p.add_argument("--catalog", type=Path,
                    help="catalog.jsonl (default: Fashion-MNIST with synthetic prices)")
-    p.add_argument("--n-products", type=int, default=1000,
+    p.add_argument("--n-products", type=_at_least(1), default=1000,
                    help="Fashion-MNIST articles in the default catalog")
 
     p = sub.add_parser("eval", help="retrieval quality: Recall@k and mAP@R of a protocol")
@@ -124,16 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the new model's collections but keep serving the current one")
     p.add_argument("--allow-failures", action="store_true",
                    help="switch even when some products could not be re-embedded")
-    p.add_argument("--max-passes", type=int, default=10,
+    p.add_argument("--max-passes", type=_at_least(1), default=10,
                    help="catch-up passes before giving up on a source that keeps changing")
-    p.add_argument("--settle-s", type=float, default=2.0,
+    p.add_argument("--settle-s", type=_at_least(0, float), default=2.0,
                    help="wait after the switch before the last catch-up pass")
 
     p = sub.add_parser("models", help="which model version serves, and the others")
     _connection_args(p, kafka=False)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=_at_least(1), default=9092)
     return parser
 
 

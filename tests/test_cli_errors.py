@@ -280,3 +280,30 @@ def test_search_before_the_first_ingest_says_so(tmp_path: Path,
     assert "`lookalike ingest` creates it" in one_error(capsys, "search")
     assert main(["models", "--milvus-uri", str(tmp_path / "empty.db")]) == 0
     assert "does not exist yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["demo", "--n-products", "-3"], "--n-products"),
+    (["reindex", "--settle-s", "inf"], "--settle-s"),
+    (["reindex", "--max-passes", "0"], "--max-passes"),
+    (["publish", "c.jsonl", "--version", "-1"], "--version"),
+])
+def test_bad_numbers_in_other_options_are_usage_errors(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}: must be at least" in err
+
+
+@pytest.mark.parametrize("name", ["a b", "x" * 250])
+def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pymilvus import MilvusClient
+
+    MilvusClient(str(tmp_path / "m.db")).close()
+    code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
+    assert code == ExitCode.USAGE
+    assert "invalid collection name" in one_error(capsys, "models")
