@@ -2,7 +2,7 @@
 
 Commands (``lookalike/commands.py``) parse, call these builders, run and print; tests and
 benches call the same builders. Nothing here runs at import time. Each client is opened in
-one function (:func:`open_milvus`, :func:`create_topics`, :func:`build_producer`), which is
+one function (:func:`open_store`, :func:`create_topics`, :func:`build_producer`), which is
 also where its failures to connect become one-line :class:`UserError` messages; failures later
 on are translated by :func:`explain`.
 """
@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
-from pymilvus import MilvusClient
-from pymilvus.exceptions import MilvusException
 
 from embedding.decode import ImageDecodeError
 from ingest.dlq import DeadLetterQueue
@@ -41,8 +39,10 @@ from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings
-from schema.collection import CollectionSpec, EngineInfo
-from schema.versions import ModelRetiredError, ModelVersions, ServingGuard
+from schema.collection import CollectionSpec
+from schema.versions import ModelRetiredError
+from store import MilvusStore, StoreError
+from store.versions import ModelVersions, ServingGuard
 
 if TYPE_CHECKING:
     from embedding.embedder import Embedder
@@ -81,8 +81,8 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
 # -- Milvus ---------------------------------------------------------------------------------
 
 
-def open_milvus(settings: Settings, *, create: bool = False) -> MilvusClient:
-    """THE place a Milvus client is opened (URI, token, timeout, Lite's file, its lock).
+def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
+    """THE place the Milvus store is opened from settings (URI, token, Lite's file and lock).
 
     ``create``: a Milvus Lite path that does not exist is created (ingest, demo, eval);
     otherwise it is an error, so a mistyped path never yields an empty database and ``[]``.
@@ -96,16 +96,15 @@ def open_milvus(settings: Settings, *, create: bool = False) -> MilvusClient:
                 "LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MilvusClient(uri=uri, token=m.token, timeout=m.connect_timeout_s)
-    except MilvusException as exc:
+        return MilvusStore.open(uri, m.token)
+    except StoreError as exc:
         if lite and _lite_locked(Path(uri)):
             raise UserError(
                 f"the Milvus Lite database {uri} is in use by another process (Milvus Lite "
                 "allows one); stop it, or use a Milvus server for several processes",
                 ExitCode.UNAVAILABLE) from None
         what = "open the Milvus Lite database" if lite else "reach Milvus at"
-        raise UserError(f"cannot {what} {uri}: {_milvus_message(exc)}",
-                        ExitCode.UNAVAILABLE) from None
+        raise UserError(f"cannot {what} {uri}: {exc}", ExitCode.UNAVAILABLE) from None
 
 
 def _lite_locked(path: Path) -> bool:
@@ -125,18 +124,14 @@ def _lite_locked(path: Path) -> bool:
         os.close(fd)
 
 
-def _milvus_message(exc: MilvusException) -> str:
-    return str(getattr(exc, "message", "") or "") or type(exc).__name__
-
-
 def open_versions(settings: Settings, *, create: bool = False) -> ModelVersions:
     """The model-version registry of the configured collection (one client, one probe of
     the server's engine and version, shared by everything the command builds from it)."""
-    name, client = settings.milvus.collection, open_milvus(settings, create=create)
+    name, store = settings.milvus.collection, open_store(settings, create=create)
     try:
-        return ModelVersions(client, name)  # checks the name (and the names it derives)
+        return ModelVersions(store, name)  # checks the name (and the names it derives)
     except ValidationError as exc:
-        client.close()
+        store.close()
         raise UserError(f"invalid collection name {name!r}: "
                         f"{exc.errors(include_url=False)[0]['msg']}") from None
 
@@ -168,7 +163,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> 
     spec = CollectionSpec(name=versions.base, dim=embedder.dim)
     try:
         return ProductSearch(
-            versions.client, spec, embedder, engine=versions.engine,
+            versions.store, spec, embedder,
             consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
         )
     except (ModelMismatchError, ValueError) as exc:
@@ -247,17 +242,15 @@ def decode_workers(settings: Settings, embedder: Any) -> int:
 def build_runner(
     settings: Settings,
     embedder: Any,
-    client: MilvusClient,
+    store: MilvusStore,
     spec: CollectionSpec,
     pool: ThreadPoolExecutor,
     on_batch: Callable[[Batch, RunReport], None] | None = None,
     after_write: Callable[[], None] | None = None,
-    engine: EngineInfo | None = None,
 ) -> Runner:
     """The ingest loop writing into ``spec`` (physical collections: see
     :func:`open_for_writing`); ``after_write`` runs after each batch's writes, before its
-    commit (the serving guard); ``engine``: what ``ModelVersions`` already detected (else the
-    sink asks the server). The topics must exist (:func:`create_topics`)."""
+    commit (the serving guard). The topics must exist (:func:`create_topics`)."""
     k, i = settings.kafka, settings.images
     try:
         consumer = build_consumer(
@@ -270,7 +263,7 @@ def build_runner(
     except KafkaError as exc:
         raise _kafka_unavailable(settings, exc) from None
     dlq = DeadLetterQueue(build_producer(settings, "dlq"), k.dlq_topic)
-    sink = MilvusSink(client, spec, engine=engine)
+    sink = MilvusSink(store, spec)
     stages = Stages(build_fetcher(settings), embedder, sink, dlq, pool,
                     max_pixels=i.max_pixels, decode_workers=decode_workers(settings, embedder),
                     after_write=after_write)
@@ -318,6 +311,6 @@ def explain(exc: BaseException) -> UserError | None:
         return UserError(f"cannot use the image: {exc.reason}: {exc.detail}")
     if isinstance(exc, KafkaError):
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
-    if isinstance(exc, MilvusException):
-        return UserError(f"Milvus failed: {_milvus_message(exc)}", ExitCode.UNAVAILABLE)
+    if isinstance(exc, StoreError):
+        return UserError(f"Milvus failed: {exc}", ExitCode.UNAVAILABLE)
     return None

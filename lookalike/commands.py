@@ -35,9 +35,11 @@ from lookalike.app import (
 from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings
-from schema.versions import ModelRetiredError, ModelVersions
+from schema.versions import ModelRetiredError
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
+from store import MilvusStore
+from store.versions import ModelVersions
 
 log = logging.getLogger("lookalike")
 
@@ -77,7 +79,7 @@ def ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
                 until_caught_up: bool, total: int | None = None) -> int:
-    """Ingest into the physical collections of the embedder's model (schema/versions.py);
+    """Ingest into the physical collections of the embedder's model (store/versions.py);
     exits 3, without committing the batch that noticed it, when a switch retires that model."""
     target, guard = open_for_writing(versions, embedder)
     bar = tqdm(total=total, unit="event", desc="ingest", disable=not sys.stderr.isatty())
@@ -86,8 +88,8 @@ def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
         bar.update(len(batch.records))
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
-        runner = build_runner(settings, embedder, versions.client, target, pool, on_batch,
-                              after_write=guard.check, engine=versions.engine)
+        runner = build_runner(settings, embedder, versions.store, target, pool, on_batch,
+                              after_write=guard.check)
         try:
             with stop_on_signals(runner):
                 report = runner.run(until_caught_up=until_caught_up)
@@ -290,7 +292,7 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
 def models(settings: Settings, args: argparse.Namespace) -> int:
     """Which model serves, and the other versions in the registry."""
     versions = open_versions(settings)
-    client, base = versions.client, versions.base
+    store, base = versions.store, versions.base
     serving = versions.load_serving()
     if serving is None:
         print(f"{base}: does not exist yet (the first ingest creates it)")
@@ -298,28 +300,26 @@ def models(settings: Settings, args: argparse.Namespace) -> int:
     kind = "pre-alias collection" if serving.legacy else "alias"
     print(f"{base} ({kind}) -> {serving.physical}: serving model {serving.model_version}")
     for entry in versions.entries():
-        images, products = _counts(client, entry.physical)
+        images, products = _counts(store, entry.physical)
         mark = "*" if entry.physical == serving.physical else " "
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.created_at_ms / 1000))
         print(f" {mark} {entry.status.value:<8} {entry.model_version:<60} dim={entry.dim:<5} "
               f"images={images:<8} products={products:<8} {entry.physical}  created {created}Z")
     if serving.legacy:
-        images, products = _counts(client, serving.physical)
+        images, products = _counts(store, serving.physical)
         print(f" * legacy   {serving.model_version}  images={images} products={products}")
     return ExitCode.OK
 
 
-def _counts(client: Any, physical: str) -> tuple[str, str]:
+def _counts(store: MilvusStore, physical: str) -> tuple[str, str]:
     """Image rows and product states (listed or not) of a physical pair: exact when loaded,
     else ``~`` and the stored row count (which counts deleted rows until compaction)."""
     out = []
     for name in (physical, f"{physical}_state"):
-        if not client.has_collection(name):
+        if not store.has_collection(name):
             out.append("0")
-        elif getattr(client.get_load_state(name)["state"], "name", "") == "Loaded":
-            rows = client.query(name, filter="", output_fields=["count(*)"],
-                                consistency_level="Strong")
-            out.append(str(int(rows[0]["count(*)"]) if rows else 0))
+        elif store.is_loaded(name):
+            out.append(str(store.count(name, consistency="Strong")))
         else:
-            out.append(f"~{int(client.get_collection_stats(name)['row_count'])}")
+            out.append(f"~{store.stored_rows(name)}")
     return out[0], out[1]

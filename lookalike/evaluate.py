@@ -9,7 +9,7 @@ import logging
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EvalReport, evaluate
-from lookalike.app import build_embedder, open_milvus, scratch_milvus
+from lookalike.app import build_embedder, open_store, scratch_milvus
 from lookalike.errors import UserError
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
@@ -26,21 +26,19 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     embedder = build_embedder(settings)
     cache = None if args.no_cache else EmbeddingCache(args.cache)
     with scratch_milvus(settings, args.milvus_uri) as scratch:
-        client = open_milvus(scratch, create=True)
+        store = open_store(scratch, create=True)
         spec = CollectionSpec(name=scratch.milvus.collection, dim=embedder.dim)
         try:
-            report = evaluate(products, queries, embedder, client, spec, cache,
+            report = evaluate(products, queries, embedder, store, spec, cache,
                               max_pixels=settings.images.max_pixels)
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
         finally:
-            for name in (spec.name, spec.state_name):
-                try:
-                    if client.has_collection(name):
-                        client.drop_collection(name)
-                except Exception as exc:  # never hide the evaluation's own error
-                    log.warning("could not drop %s: %s", name, exc)
-            client.close()
+            try:
+                store.drop_collections(spec)
+            except Exception as exc:  # never hide the evaluation's own error
+                log.warning("could not drop %s: %s", spec.name, exc)
+            store.close()
             if cache is not None:
                 cache.close()
     if args.json:

@@ -40,8 +40,6 @@ class MilvusSettings(_Group):
     token: str = ""
     collection: str = "lookalike_images"
     consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
-    connect_timeout_s: float = Field(default=10.0, gt=0,
-                                     description="How long to wait for Milvus to answer")
 
 
 class ImageSettings(_Group):

@@ -37,8 +37,8 @@ def test_ingest_and_search_wiring_ask_the_server_its_version_once(
     versions = open_versions(settings, create=True)
     target, guard = open_for_writing(versions, embedder)
     with ThreadPoolExecutor(1) as pool:
-        build_runner(settings, embedder, versions.client, target, pool,
-                     after_write=guard.check, engine=versions.engine)
+        build_runner(settings, embedder, versions.store, target, pool,
+                     after_write=guard.check)
     build_search(settings, embedder, versions)
     assert probes == ["probe"]
     assert target.name != versions.base  # a physical collection; searches use the alias
@@ -51,5 +51,5 @@ def test_opening_a_missing_lite_database_creates_it_only_when_asked(tmp_path: Pa
     with pytest.raises(UserError, match="no Milvus Lite database"):
         open_versions(settings)
     assert not (tmp_path / "new.db").exists()
-    assert open_versions(settings, create=True).client is not None
+    assert open_versions(settings, create=True).store is not None
     assert (tmp_path / "new.db").exists()

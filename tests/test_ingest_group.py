@@ -13,7 +13,8 @@ from pymilvus import MilvusClient
 
 from ingest.runner import Runner
 from lookalike.app import build_runner, create_topics
-from schema.collection import CollectionSpec, ensure_collections
+from schema.collection import CollectionSpec
+from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder
 from tests.pipeline_support import (
     committed_and_end,
@@ -49,12 +50,13 @@ def test_second_consumer_joins_mid_stream(bootstrap: str, unique: str, tmp_path:
     client = MilvusClient(str(tmp_path / "m.db"))
     embedder = SlowEmbedder()
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
-    ensure_collections(client, spec)
+    store = MilvusStore(client)
+    ensure_collections(store, spec)
     runners: list[Runner] = []
     threads: list[threading.Thread] = []
     with ThreadPoolExecutor(4) as pool:
         def start() -> Runner:
-            runner = build_runner(settings, embedder, client, spec, pool)
+            runner = build_runner(settings, embedder, store, spec, pool)
             thread = threading.Thread(target=runner.run, daemon=True)
             thread.start()
             runners.append(runner)

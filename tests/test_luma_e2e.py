@@ -15,8 +15,9 @@ import pytest
 from pymilvus import MilvusClient
 
 from lookalike.app import build_search
-from schema.versions import ModelVersions
 from search.filters import SearchFilter
+from store import MilvusStore
+from store.versions import ModelVersions
 from tests.pipeline_support import make_settings, rows, run_until_caught_up, send
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.luma]
@@ -53,7 +54,7 @@ def indexed(bootstrap: str, luma_dir: Path, tmp_path_factory: pytest.TempPathFac
     send(bootstrap, settings.kafka.topic, events)
     client = MilvusClient(str(tmp / "m.db"))
     report = run_until_caught_up(settings, embedder, client)
-    versions = ModelVersions(client, settings.milvus.collection)
+    versions = ModelVersions(MilvusStore(client), settings.milvus.collection)
     return {"settings": settings, "client": client, "events": events, "queries": queries,
             "report": report, "model_version": embedder.model_version,
             "search": build_search(settings, embedder, versions)}
