@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
 from lookalike.errors import ExitCode, UserError
-from lookalike.settings import Settings
+from lookalike.settings import ImageSettings, IngestSettings, Settings
 from schema.collection import CollectionSpec
 from schema.versions import ModelRetiredError
 from store import MilvusStore, StoreError
@@ -220,9 +221,8 @@ def build_producer(settings: Settings, role: str) -> KafkaProducer:
 # -- ingest and reindex ---------------------------------------------------------------------
 
 
-def build_fetcher(settings: Settings) -> ImageFetcher:
+def build_fetcher(i: ImageSettings) -> ImageFetcher:
     """The one image fetcher configuration, for ingest and reindex alike."""
-    i = settings.images
     if not i.roots:
         log.info("local image paths are refused: no image root configured "
                  "(--image-root or LOOKALIKE_IMAGES__ROOTS); URLs are fetched")
@@ -264,10 +264,13 @@ def build_runner(
         raise _kafka_unavailable(settings, exc) from None
     dlq = DeadLetterQueue(build_producer(settings, "dlq"), k.dlq_topic)
     sink = MilvusSink(store, spec)
-    stages = Stages(build_fetcher(settings), embedder, sink, dlq, pool,
+    stages = Stages(build_fetcher(i), embedder, sink, dlq, pool,
                     max_pixels=i.max_pixels, decode_workers=decode_workers(settings, embedder),
                     after_write=after_write)
-    config = RunnerConfig(**settings.ingest.model_dump())
+    config = RunnerConfig(**{  # the runner's limits are IngestSettings fields of the same name
+        f.name: getattr(settings.ingest, f.name) for f in fields(RunnerConfig)
+        if f.name in IngestSettings.model_fields
+    })
     return Runner(KafkaSource(consumer, k.topic), Pipeline(stages), config,
                   on_batch=on_batch)
 
@@ -277,7 +280,7 @@ def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
                     on_chunk: Callable[[int], None] | None = None) -> Reindexer:
     from ingest.reindex import Reindexer
 
-    return Reindexer(versions, embedder, build_fetcher(settings), pool,
+    return Reindexer(versions, embedder, build_fetcher(settings.images), pool,
                      max_pixels=settings.images.max_pixels, max_passes=max_passes,
                      settle_s=settle_s, on_chunk=on_chunk)
 

@@ -53,3 +53,15 @@ def test_opening_a_missing_lite_database_creates_it_only_when_asked(tmp_path: Pa
     assert not (tmp_path / "new.db").exists()
     assert open_versions(settings, create=True).store is not None
     assert (tmp_path / "new.db").exists()
+
+
+def test_every_runner_limit_without_a_default_is_an_ingest_setting() -> None:
+    """build_runner fills RunnerConfig from IngestSettings by name: a limit added to one and
+    not the other would silently be missing."""
+    from dataclasses import MISSING, fields
+
+    from ingest.runner import RunnerConfig
+    from lookalike.settings import IngestSettings
+
+    required = {f.name for f in fields(RunnerConfig) if f.default is MISSING}
+    assert required and required <= set(IngestSettings.model_fields)
