@@ -43,6 +43,7 @@ from lookalike.settings import ImageSettings, IngestSettings, Settings
 from schema.collection import CollectionSpec
 from schema.versions import ModelRetiredError
 from store import MilvusStore, StoreError
+from store.engine import is_lite_uri
 from store.versions import ModelVersions, ServingGuard
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
     otherwise it is an error, so a mistyped path never yields an empty database and ``[]``.
     """
     uri, m = settings.milvus.uri, settings.milvus
-    lite = "://" not in uri
+    lite = is_lite_uri(uri)
     if lite and not Path(uri).exists():
         if not create:
             raise UserError(
