@@ -307,3 +307,11 @@ def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
     code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
     assert code == ExitCode.USAGE
     assert "invalid collection name" in one_error(capsys, "models")
+
+
+def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOOKALIKE_SEARCH__K", "many")
+    assert main(["models"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert "LOOKALIKE_ setting search.k" in line and "integer" in line
