@@ -312,7 +312,7 @@ def explain(exc: BaseException) -> UserError | None:
     if isinstance(exc, UserError):
         return exc
     if isinstance(exc, ImageDecodeError):
-        return UserError(f"cannot use the image: {exc.reason}: {exc.detail}")
+        return UserError(f"cannot use the image: {exc}")  # "reason: detail"
     if isinstance(exc, KafkaError):
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     if isinstance(exc, StoreError):

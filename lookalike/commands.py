@@ -150,8 +150,7 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
         try:
             decode_image(data, settings.images.max_pixels)
         except ImageDecodeError as exc:
-            raise UserError(f"cannot use {image} as a query: {exc.reason}: {exc.detail}"
-                            ) from None
+            raise UserError(f"cannot use {image} as a query: {exc}") from None
         out.append(data)
     return out
 
