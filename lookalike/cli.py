@@ -180,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
-    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator"):
+    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator", "faiss",
+                  "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # kafka-python logs every refused connection as an ERROR (a dozen lines a second while a
-    # broker is down); the commands report an absent broker themselves, in one line
-    logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
+    # broker is down), milvus-lite a traceback when another process holds the database: the
+    # commands report both themselves, in one line (lookalike.app.open_store, create_topics)
+    for chatty in ("kafka.net", "milvus_lite.server_manager"):
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)
     try:
         settings = _with(
             settings,
