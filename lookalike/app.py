@@ -28,6 +28,9 @@ from schema.collection import CollectionSpec, ensure_collections
 from schema.versions import ModelVersions
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_client import CollectorRegistry
+
     from embedding.embedder import Embedder
     from search.api import ProductSearch
 
@@ -89,6 +92,46 @@ def build_search(settings: Settings, embedder: Any,
         client, spec, embedder,
         consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
     )
+
+
+def open_search(settings: Settings, embedder: Any | None = None) -> ProductSearch:
+    """The one way to open search from Python: the configured model (or ``embedder``), and
+    the serving collection loaded (a fresh Milvus Lite client sees it released, and searching
+    a released collection fails). Raises ``ModelMismatchError`` when the model does not serve.
+    """
+    embedder = embedder if embedder is not None else build_embedder(settings)
+    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    return build_search(settings, embedder, client, spec)
+
+
+def build_api(
+    settings: Settings,
+    embedder: Any,
+    client: MilvusClient,
+    spec: CollectionSpec,
+    registry: CollectorRegistry,
+    pool: ThreadPoolExecutor,
+) -> FastAPI:
+    """The HTTP app (serve/api.py) over a search whose embed and Milvus calls are timed into
+    ``registry``; the model warms up in the background, and ``/readyz`` says when it is done.
+    ``pool`` runs the queries (its size bounds them)."""
+    from serve.api import ServeConfig, create_app
+    from serve.health import Readiness
+    from serve.metrics import SearchMetrics, TimedClient, TimedEmbedder
+
+    metrics = SearchMetrics(registry)
+    search = build_search(settings, TimedEmbedder(embedder, metrics),
+                          TimedClient(client, metrics), spec)
+    warm = warm_up_in_background(embedder)
+    readiness = Readiness(client, spec.name,
+                          model_warm=lambda: warm is None or not warm.is_alive())
+    config = ServeConfig(
+        image_roots=list(settings.images.roots), default_k=settings.search.k,
+        compare_threshold=settings.search.compare_threshold,
+        max_upload_bytes=settings.serve.max_upload_bytes,
+    )
+    return create_app(search, readiness=readiness, registry=registry, metrics=metrics,
+                      pool=pool, config=config)
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:

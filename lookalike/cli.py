@@ -43,6 +43,13 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print hits as JSON")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--image-root", action="append", type=Path, default=None,
+                   help="folder whose catalog images the page may show (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
     parser.add_argument("--log-level", default=None)
@@ -55,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder that local image paths may point into (repeatable)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (/metrics)")
 
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
     _connection_args(p, milvus=False)
@@ -112,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="which model version serves, and the others")
     _connection_args(p, kafka=False)
 
+    p = sub.add_parser("serve", help="the HTTP search API, search page and /metrics")
+    _connection_args(p, kafka=False)
+    _serve_args(p)
+
+    p = sub.add_parser("run", help="ingest and the HTTP API in one process (Milvus Lite "
+                       "allows one process per database file)")
+    _connection_args(p)
+    p.add_argument("--group-id")
+    _serve_args(p)
+
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     return parser
@@ -145,8 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         milvus={"uri": getattr(args, "milvus_uri", None),
                 "collection": getattr(args, "collection", None)},
         images={"roots": getattr(args, "image_root", None)},
+        serve={"host": getattr(args, "host", None),
+               "port": getattr(args, "port", None) if args.command != "broker" else None},
     )
-    from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
+    from lookalike import commands, commands_serve  # heavy imports only when needed
 
     try:
         handler = {
@@ -159,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval": _run_eval,
             "reindex": commands.reindex,
             "models": commands.models,
+            "serve": commands_serve.serve,
+            "run": commands_serve.run,
         }[args.command]
         return handler(settings, args)
     except commands.UserError as exc:

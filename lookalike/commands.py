@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
@@ -34,6 +34,9 @@ from lookalike.settings import Settings
 from schema.versions import ModelRetiredError, ModelVersions
 from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
+
+if TYPE_CHECKING:
+    from serve.metrics import IngestMetrics
 
 log = logging.getLogger("lookalike")
 
@@ -71,13 +74,21 @@ def ingest(settings: Settings, args: argparse.Namespace) -> int:
     embedder = build_embedder(settings)
     warm_up_in_background(embedder)
     client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
-    return _run_ingest(settings, embedder, client, spec, until_caught_up=args.until_caught_up)
+    metrics = None
+    if args.metrics_port is not None:
+        from lookalike.commands_serve import serve_ingest_metrics
+
+        metrics = serve_ingest_metrics(args.metrics_port, embedder.model_version)
+    return _run_ingest(settings, embedder, client, spec, until_caught_up=args.until_caught_up,
+                       metrics=metrics)
 
 
 def _run_ingest(settings: Settings, embedder: Any, client: Any, spec: Any, *,
-                until_caught_up: bool, total: int | None = None) -> int:
+                until_caught_up: bool, total: int | None = None,
+                metrics: IngestMetrics | None = None) -> int:
     """Ingest into the physical collections of the embedder's model (schema/versions.py);
-    exits 3, without committing the batch that noticed it, when a switch retires that model."""
+    exits 3, without committing the batch that noticed it, when a switch retires that model.
+    ``metrics``: counted after each committed batch (serve/metrics.py)."""
     try:
         target, guard = ModelVersions(client, spec.name).open_for_writing(
             embedder.model_version, embedder.dim)
@@ -87,6 +98,8 @@ def _run_ingest(settings: Settings, embedder: Any, client: Any, spec: Any, *,
 
     def on_batch(batch: Batch, _report: RunReport) -> None:
         bar.update(len(batch.records))
+        if metrics is not None:
+            metrics.observe_batch(batch, runner.lag())  # on the poll thread: may ask the lag
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         runner = build_runner(settings, embedder, client, target, pool, on_batch,

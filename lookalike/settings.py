@@ -82,6 +82,14 @@ class SearchSettings(_Group):
     )
 
 
+class ServeSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0,
+                                  description="Largest request body (all uploaded views)")
+    workers: int = Field(default=4, ge=1, description="Queries embedded and searched at once")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOOKALIKE_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -93,4 +101,5 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     ingest: IngestSettings = IngestSettings()
     search: SearchSettings = SearchSettings()
+    serve: ServeSettings = ServeSettings()
     log_level: str = "INFO"
