@@ -59,9 +59,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    return run_with(settings, build_embedder(settings))
+
+
+def run_with(settings: Settings, embedder: Any) -> int:
+    """Ingest on this (main) thread until SIGTERM/SIGINT, the API on a background thread;
+    one Milvus client, one model, one metrics registry for both."""
     from serve.server import BackgroundServer
 
-    embedder = build_embedder(settings)
     client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
     registry = CollectorRegistry()
     publish_model_version(registry, embedder.model_version)
