@@ -10,6 +10,7 @@ index never saw (a back or alternate view). The screenshot is kept under ``var/s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,8 @@ def luma_events(luma_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], P
 def site(bootstrap: str, luma_dir: Path, embedder: Any,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not (CHROMIUM and CHROMEDRIVER):
+        if os.environ.get("LOOKALIKE_REQUIRE_BROWSER"):
+            pytest.fail("LOOKALIKE_REQUIRE_BROWSER is set but chromium/chromedriver are missing")
         pytest.skip("headless Chromium not found: install the Debian packages chromium and "
                     "chromium-driver (.ci/run does)")
     tmp = tmp_path_factory.mktemp("browser")
