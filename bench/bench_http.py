@@ -35,6 +35,7 @@ from schema.records import ImageRecord, category_levels, image_pk  # noqa: E402
 from schema.versions import ModelVersions  # noqa: E402
 from serve.server import BackgroundServer  # noqa: E402
 
+LUMA = REPO.parent / "shared" / "data" / "luma"
 CATEGORIES = ["Men/Tops/Tees", "Men/Bottoms/Pants", "Women/Tops/Jackets", "Gear/Bags"]
 
 
@@ -102,8 +103,7 @@ def main() -> int:
     p.add_argument("--n-vector", type=int, default=300)
     p.add_argument("--n-image", type=int, default=30)
     p.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
-    p.add_argument("--image", type=Path,
-                   default=REPO.parent / "shared" / "data" / "luma" / "images" / "mh01-gray_back.jpg")
+    p.add_argument("--image", type=Path, default=LUMA / "images" / "mh01-gray_back.jpg")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
 
