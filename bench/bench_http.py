@@ -28,23 +28,24 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.sink import MilvusSink, WritePlan  # noqa: E402
+from ingest.plan import WritePlan  # noqa: E402
+from ingest.sink import MilvusSink  # noqa: E402
 from lookalike.app import build_api, build_embedder, build_milvus, build_search  # noqa: E402
 from lookalike.settings import MilvusSettings, Settings  # noqa: E402
 from schema.records import ImageRecord, category_levels, image_pk  # noqa: E402
-from schema.versions import ModelVersions  # noqa: E402
 from serve.server import BackgroundServer  # noqa: E402
+from store.versions import ModelVersions  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
 CATEGORIES = ["Men/Tops/Tees", "Men/Bottoms/Pants", "Women/Tops/Jackets", "Gear/Bags"]
 
 
-def fill(client: Any, settings: Settings, embedder: Any, n: int) -> None:
+def fill(store: Any, settings: Settings, embedder: Any, n: int) -> None:
     """``n`` products of random unit vectors in the model's own collections."""
-    target, _ = ModelVersions(client, settings.milvus.collection).open_for_writing(
+    target, _ = ModelVersions(store, settings.milvus.collection).open_for_writing(
         embedder.model_version, embedder.dim)
     rng = np.random.default_rng(0)
-    sink = MilvusSink(client, target)
+    sink = MilvusSink(store, target)
     for start in range(0, n, 500):
         rows = []
         for i in range(start, min(n, start + 500)):
@@ -111,9 +112,9 @@ def main() -> int:
     uri = args.milvus_uri or str(Path(tmp) / "bench.db")
     settings = Settings(milvus=MilvusSettings(uri=uri, collection="bench_http"))
     embedder = build_embedder(settings)
-    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
-    fill(client, settings, embedder, args.products)
-    search = build_search(settings, embedder, client, spec)
+    store, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    fill(store, settings, embedder, args.products)
+    search = build_search(settings, embedder, store, spec)
     photo = args.image.read_bytes()
     vector = [float(x) for x in np.asarray(embedder.embed([_load(photo)]))[0]]
     figures: dict[str, Any] = {"products": args.products}
@@ -121,7 +122,7 @@ def main() -> int:
     from prometheus_client import CollectorRegistry
 
     with ThreadPoolExecutor(settings.serve.workers, thread_name_prefix="search") as pool:
-        app = build_api(settings, embedder, client, spec, CollectorRegistry(), pool)
+        app = build_api(settings, embedder, store, spec, CollectorRegistry(), pool)
         with BackgroundServer(app) as server, requests.Session() as session:
             url = f"{server.url}/v1/search"
 

@@ -37,7 +37,7 @@ from lookalike.app import build_embedder, build_milvus, build_runner, build_sear
 from lookalike.broker import LocalBroker  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 from schema.events import ProductUpserted  # noqa: E402
-from search.filters import ExpressionBuilder, SearchFilter  # noqa: E402
+from search.filters import SearchFilter  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
 
@@ -100,10 +100,8 @@ def freshness(settings: Settings, embedder: Any, client: Any, spec: Any,
             started = time.monotonic()
             publish_events(producer, settings.kafka.topic, [event])
             while time.monotonic() - started < 30:
-                expr, params = ExpressionBuilder(templates=False).eq(
-                    "product_id", event.product_id).build()
-                got = client.query(spec.name, filter=expr, filter_params=params,
-                                   output_fields=["version"], consistency_level="Strong")
+                got = client.query(spec.name, client.expr().eq("product_id", event.product_id),
+                                   ["version"], consistency="Strong")
                 if got and got[0]["version"] == event.resolved_version:
                     latencies.append((time.monotonic() - started) * 1000)
                     break
@@ -116,8 +114,8 @@ def freshness(settings: Settings, embedder: Any, client: Any, spec: Any,
 
 def search_latency(searcher: Any, client: Any, spec: Any, queries: list[Path],
                    flt: SearchFilter | None, by_image: bool) -> list[float]:
-    vectors = [r["vector"] for r in client.query(spec.name, filter='pk != ""', limit=len(queries),
-                                                  output_fields=["vector"])]
+    vectors = [r["vector"] for r in client.query(spec.name, 'pk != ""', ["vector"],
+                                                  limit=len(queries), consistency="Strong")]
     out = []
     for i, path in enumerate(queries):
         started = time.perf_counter()

@@ -10,11 +10,8 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-from pymilvus import MilvusClient
 
 from ingest.dlq import DeadLetterQueue, build_producer
 from ingest.fetch import ImageFetcher
@@ -24,8 +21,9 @@ from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
 from lookalike.settings import Settings
-from schema.collection import CollectionSpec, ensure_collections
-from schema.versions import ModelVersions
+from schema.collection import CollectionSpec
+from store import MilvusStore, ensure_collections
+from store.versions import ModelVersions
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -60,36 +58,38 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
     return thread
 
 
+def open_store(settings: Settings) -> MilvusStore:
+    """The Milvus store of the configured URI (a Lite ``.db`` path's folder is created)."""
+    return MilvusStore.open(settings.milvus.uri, settings.milvus.token)
+
+
 def build_milvus(
     settings: Settings, dim: int, model_version: str | None = None
-) -> tuple[MilvusClient, CollectionSpec]:
-    """A client and the spec of the configured name, which searches use.
+) -> tuple[MilvusStore, CollectionSpec]:
+    """The store and the spec of the configured name, which searches use.
 
-    With ``model_version``: the versioned layout (schema/versions.py); a fresh install gets
+    With ``model_version``: the versioned layout (store/versions.py); a fresh install gets
     that version's collections with ``<collection>`` as their alias, an existing one is
     loaded as it is. Without: ``<collection>`` is used (and created) as one physical collection, for
     tools that manage their own collection.
     """
-    uri = settings.milvus.uri
-    if "://" not in uri:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    client = MilvusClient(uri=uri, token=settings.milvus.token)
+    store = open_store(settings)
     spec = CollectionSpec(name=settings.milvus.collection, dim=dim)
     if model_version is None:
-        ensure_collections(client, spec)
+        ensure_collections(store, spec)
     else:
-        versions = ModelVersions(client, spec.name)
+        versions = ModelVersions(store, spec.name)
         if versions.load_serving() is None:
             versions.ensure_version(model_version, dim)
-    return client, spec
+    return store, spec
 
 
 def build_search(settings: Settings, embedder: Any,
-                 client: MilvusClient, spec: CollectionSpec) -> ProductSearch:
+                 store: MilvusStore, spec: CollectionSpec) -> ProductSearch:
     from search.api import ProductSearch
 
     return ProductSearch(
-        client, spec, embedder,
+        store, spec, embedder,
         consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
     )
 
@@ -100,14 +100,14 @@ def open_search(settings: Settings, embedder: Any | None = None) -> ProductSearc
     a released collection fails). Raises ``ModelMismatchError`` when the model does not serve.
     """
     embedder = embedder if embedder is not None else build_embedder(settings)
-    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
-    return build_search(settings, embedder, client, spec)
+    store, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    return build_search(settings, embedder, store, spec)
 
 
 def build_api(
     settings: Settings,
     embedder: Any,
-    client: MilvusClient,
+    store: MilvusStore,
     spec: CollectionSpec,
     registry: CollectorRegistry,
     pool: ThreadPoolExecutor,
@@ -117,20 +117,19 @@ def build_api(
     ``pool`` runs the queries (its size bounds them)."""
     from serve.api import ServeConfig, create_app
     from serve.health import Readiness
-    from serve.metrics import SearchMetrics, TimedClient, TimedEmbedder
+    from serve.metrics import SearchMetrics, TimedEmbedder
 
     metrics = SearchMetrics(registry)
-    search = build_search(settings, TimedEmbedder(embedder, metrics),
-                          TimedClient(client, metrics), spec)
+    search = build_search(settings, TimedEmbedder(embedder, metrics), store, spec)
     warm = warm_up_in_background(embedder)
-    readiness = Readiness(client, spec.name,
+    readiness = Readiness(store, spec.name,
                           model_warm=lambda: warm is None or not warm.is_alive())
     config = ServeConfig(
         image_roots=list(settings.images.roots), default_k=settings.search.k,
         compare_threshold=settings.search.compare_threshold,
         max_upload_bytes=settings.serve.max_upload_bytes,
     )
-    return create_app(search, readiness=readiness, registry=registry, metrics=metrics,
+    return create_app(search, store=store, readiness=readiness, registry=registry, metrics=metrics,
                       pool=pool, config=config)
 
 
@@ -147,7 +146,7 @@ def decode_workers(settings: Settings, embedder: Any) -> int:
 def build_runner(
     settings: Settings,
     embedder: Any,
-    client: MilvusClient,
+    store: MilvusStore,
     spec: CollectionSpec,
     pool: ThreadPoolExecutor,
     on_batch: Callable[[Batch, RunReport], None] | None = None,
@@ -166,7 +165,7 @@ def build_runner(
     )
     dlq = DeadLetterQueue(build_producer(k.bootstrap_servers, k.client_id + "-dlq"), k.dlq_topic)
     fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
-    sink = MilvusSink(client, spec)
+    sink = MilvusSink(store, spec)
     stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels,
                     decode_workers=decode_workers(settings, embedder), after_write=after_write)
     config = RunnerConfig(

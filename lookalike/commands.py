@@ -26,14 +26,17 @@ from lookalike.app import (
     build_milvus,
     build_runner,
     build_search,
+    open_store,
     stop_on_signals,
     warm_up_in_background,
 )
 from lookalike.broker import LocalBroker, port_open
 from lookalike.settings import Settings
-from schema.versions import ModelRetiredError, ModelVersions
+from schema.versions import ModelRetiredError
 from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
+from store import MilvusStore
+from store.versions import ModelVersions
 
 if TYPE_CHECKING:
     from serve.metrics import IngestMetrics
@@ -336,26 +339,22 @@ def models(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_milvus(settings: Settings) -> tuple[Any, str]:
-    from pymilvus import MilvusClient
-
+def _open_milvus(settings: Settings) -> tuple[MilvusStore, str]:
     uri = settings.milvus.uri
     if "://" not in uri and not Path(uri).exists():
         raise UserError(f"no Milvus Lite database at {uri}")
-    return MilvusClient(uri=uri, token=settings.milvus.token), settings.milvus.collection
+    return open_store(settings), settings.milvus.collection
 
 
-def _counts(client: Any, physical: str) -> tuple[str, str]:
+def _counts(store: MilvusStore, physical: str) -> tuple[str, str]:
     """Image rows and product states (listed or not) of a physical pair: exact when loaded,
     else ``~`` and the stored row count (which counts deleted rows until compaction)."""
     out = []
     for name in (physical, f"{physical}_state"):
-        if not client.has_collection(name):
+        if not store.has_collection(name):
             out.append("0")
-        elif getattr(client.get_load_state(name)["state"], "name", "") == "Loaded":
-            rows = client.query(name, filter="", output_fields=["count(*)"],
-                                consistency_level="Strong")
-            out.append(str(int(rows[0]["count(*)"]) if rows else 0))
+        elif store.is_loaded(name):
+            out.append(str(store.count(name, consistency="Strong")))
         else:
-            out.append(f"~{int(client.get_collection_stats(name)['row_count'])}")
+            out.append(f"~{store.stored_rows(name)}")
     return out[0], out[1]

@@ -10,14 +10,13 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from pymilvus import MilvusClient
-
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EvalReport, evaluate
 from lookalike.app import build_embedder
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
+from store import MilvusStore
 
 log = logging.getLogger("lookalike")
 
@@ -38,23 +37,21 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     spec = CollectionSpec(name=f"lookalike_eval_{uuid.uuid4().hex[:12]}", dim=embedder.dim)
     tmp = None
     if args.milvus_uri:
-        client = MilvusClient(uri=args.milvus_uri, token=settings.milvus.token)
+        store = MilvusStore.open(args.milvus_uri, settings.milvus.token)
     else:  # a fresh embedded database, deleted afterwards
         tmp = Path(tempfile.mkdtemp(prefix="lookalike-eval-"))
-        client = MilvusClient(str(tmp / "eval.db"))
+        store = MilvusStore.open(str(tmp / "eval.db"))
     try:
-        report = evaluate(products, queries, embedder, client, spec, cache,
+        report = evaluate(products, queries, embedder, store, spec, cache,
                           max_pixels=settings.images.max_pixels)
     except ProtocolError as exc:
         raise EvalError(str(exc)) from None
     finally:
-        for name in (spec.name, spec.state_name):
-            try:
-                if client.has_collection(name):
-                    client.drop_collection(name)
-            except Exception as exc:  # never hide the evaluation's own error
-                log.warning("could not drop %s: %s", name, exc)
-        client.close()
+        try:
+            store.drop_collections(spec)
+        except Exception as exc:  # never hide the evaluation's own error
+            log.warning("could not drop %s: %s", spec.name, exc)
+        store.close()
         if cache is not None:
             cache.close()
         if tmp is not None:

@@ -38,6 +38,7 @@ from serve.health import Readiness
 from serve.images import ImageRefused, ImageRoots
 from serve.metrics import SearchMetrics
 from serve.middleware import ObserveRequests, UploadTooLarge
+from store import MilvusStore
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +128,32 @@ def _request_body(model: type[BaseModel], files: str) -> dict[str, Any]:
 def create_app(
     search: Any,
     *,
+    store: MilvusStore,
     readiness: Readiness,
     registry: CollectorRegistry,
     metrics: SearchMetrics,
     pool: Executor,
     config: ServeConfig,
 ) -> FastAPI:
-    """The API over ``search`` (a ``ProductSearch``); nothing is built or loaded here."""
+    """The API over ``search`` (a ``ProductSearch`` reading ``store``); nothing is built or
+    loaded here."""
     app = FastAPI(title="Lookalike", version="1", summary="Visual product search",
                   docs_url="/docs", redoc_url=None)
     roots = ImageRoots(config.image_roots)
     takes_match = "match" in inspect.signature(search.by_vectors).parameters
 
+    def recorded(fn: Callable[[], T]) -> T:
+        with store.recording() as calls:  # this worker thread's Milvus calls
+            try:
+                return fn()
+            finally:
+                metrics.observe_store_calls(calls)
+
     async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` on the worker pool; a failure the caller did not cause becomes a 503."""
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                pool, partial(fn, *args, **kwargs))
+                pool, recorded, partial(fn, *args, **kwargs))
         except _CALLER_ERRORS:
             raise
         except Exception as exc:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from schema.versions import ModelVersions
+from store import MilvusStore
+from store.versions import ModelVersions
 
 
 class Readiness:
@@ -15,9 +15,10 @@ class Readiness:
     failing Milvus must show up as "not ready" rather than as a hanging probe.
     """
 
-    def __init__(self, client: Any, collection: str, model_warm: Callable[[], bool]) -> None:
-        self._client = client
-        self._versions = ModelVersions(client, collection)
+    def __init__(self, store: MilvusStore, collection: str,
+                 model_warm: Callable[[], bool]) -> None:
+        self._store = store
+        self._versions = ModelVersions(store, collection)
         self._model_warm = model_warm
 
     def check(self) -> dict[str, str]:
@@ -25,19 +26,16 @@ class Readiness:
         checks = {"milvus": "ok", "collection": "ok",
                   "model": "ok" if self._model_warm() else "warming up"}
         try:
-            self._client.get_server_version()
+            serving = self._versions.serving_unloaded()
         except Exception as exc:
             checks["milvus"] = f"unreachable: {type(exc).__name__}"
             checks["collection"] = "unknown"
             return checks
         try:
-            serving = self._versions.serving_unloaded()
             if serving is None:
                 checks["collection"] = f"{self._versions.base} does not exist yet"
-            else:
-                state = self._client.get_load_state(serving.physical)["state"]
-                if getattr(state, "name", str(state)) != "Loaded":
-                    checks["collection"] = f"{serving.physical} is {getattr(state, 'name', state)}"
+            elif not self._store.is_loaded(serving.physical):
+                checks["collection"] = f"{serving.physical} is not loaded"
         except Exception as exc:
             checks["collection"] = f"cannot tell: {type(exc).__name__}"
         return checks

@@ -1,10 +1,10 @@
 """Prometheus series of search and ingest, in base units with the ``lookalike_`` prefix.
 
 Each process owns one ``CollectorRegistry`` (built in ``main()``, never the global default), so
-tests can build as many apps as they like. Search timings come from thin wrappers around the
-embedder and the Milvus client (:class:`TimedEmbedder`, :class:`TimedClient`): ``ProductSearch``
-stays unaware of metrics and the split (embed / Milvus / verification) is measured where the
-time is spent. Ingest series are filled from the runner's ``on_batch`` callback, which runs on
+tests can build as many apps as they like. ``ProductSearch`` stays unaware of metrics: embed time
+comes from a thin wrapper around the embedder (:class:`TimedEmbedder`), Milvus time from the
+store's own per-thread call recording (``MilvusStore.recording``), each measured where it is
+spent. Ingest series are filled from the runner's ``on_batch`` callback, which runs on
 the poll thread, the only thread allowed to ask the consumer for its lag.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ingest.stages import Batch
+from store import CallTiming
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
@@ -41,10 +42,15 @@ class SearchMetrics:
         )
         self.stage = Histogram(
             "lookalike_search_stage_duration_seconds",
-            "Time spent per search stage: embed (decode + model), milvus (each search or "
-            "query call), verify (same-item verification)",
+            "Time spent per search request and stage: embed (each model call), milvus (the "
+            "request's Milvus calls together), verify (same-item verification)",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
         )
+
+    def observe_store_calls(self, calls: Sequence[CallTiming]) -> None:
+        """One ``milvus`` observation per request: its Milvus calls' time together."""
+        if calls:
+            self.stage.labels("milvus").observe(sum(c.seconds for c in calls))
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -69,26 +75,6 @@ class TimedEmbedder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._embedder, name)
-
-
-class TimedClient:
-    """A Milvus client whose ``search`` and ``query`` calls are reported as the ``milvus``
-    stage; everything else passes through untouched."""
-
-    def __init__(self, client: Any, metrics: SearchMetrics) -> None:
-        self._client = client
-        self._metrics = metrics
-
-    def search(self, *args: Any, **kwargs: Any) -> Any:
-        with self._metrics.timed("milvus"):
-            return self._client.search(*args, **kwargs)
-
-    def query(self, *args: Any, **kwargs: Any) -> Any:
-        with self._metrics.timed("milvus"):
-            return self._client.query(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
 
 class IngestMetrics:

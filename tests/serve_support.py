@@ -11,14 +11,15 @@ from typing import Any
 
 from PIL import Image
 from prometheus_client import CollectorRegistry
-from pymilvus import MilvusClient
 
-from ingest.sink import MilvusSink, WritePlan
-from schema.collection import CollectionSpec, ensure_collections
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
+from schema.collection import CollectionSpec
 from search.api import ProductSearch
 from serve.api import ServeConfig, create_app
 from serve.health import Readiness
-from serve.metrics import SearchMetrics, TimedClient, TimedEmbedder
+from serve.metrics import SearchMetrics, TimedEmbedder
+from store import MilvusStore, ensure_collections
 from tests.milvus_support import FakeEmbedder, record, rotate
 
 # product -> (category, price, currency, seller, query colour, similarity to that colour's vector)
@@ -51,9 +52,9 @@ class Served:
 def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: int = 200_000,
                  search: Any = None) -> Iterator[Served]:
     """The app over a small catalog whose vectors sit at known angles to the RED query."""
-    client = MilvusClient(str(tmp / "serve.db"))
+    store = MilvusStore.open(str(tmp / "serve.db"))
     spec = CollectionSpec(name="serve_api", dim=8)
-    ensure_collections(client, spec)
+    ensure_collections(store, spec)
     root = tmp / "images"
     root.mkdir()
     records = []
@@ -63,17 +64,17 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
         rec = record(pid, "k0", rotate(sim, towards=1 + i), category=cat, price=price,
                      currency=cur, seller_id=seller)
         records.append(rec.model_copy(update={"image_ref": str(path)}))
-    MilvusSink(client, spec).apply(WritePlan(upserts=records))
+    MilvusSink(store, spec).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
     embedder.picture(RED, [1.0] + [0.0] * 7)
     embedder.picture((0, 0, 200), [0.0] * 7 + [1.0])
     registry = CollectorRegistry()
     metrics = SearchMetrics(registry)
-    real = ProductSearch(TimedClient(client, metrics), spec, TimedEmbedder(embedder, metrics),
-                         max_pixels=max_pixels)
+    real = ProductSearch(store, spec, TimedEmbedder(embedder, metrics), max_pixels=max_pixels)
     with ThreadPoolExecutor(4) as pool:
-        app = create_app(search or real, readiness=Readiness(client, spec.name, lambda: True),
+        app = create_app(search or real, store=store,
+                         readiness=Readiness(store, spec.name, lambda: True),
                          registry=registry, metrics=metrics, pool=pool,
                          config=ServeConfig(image_roots=[root], max_upload_bytes=max_upload_bytes))
         yield Served(app, real, registry, embedder, spec, root)
-    client.close()
+    store.close()

@@ -17,6 +17,7 @@ from pymilvus import MilvusClient
 from lookalike.app import build_search
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter
+from store import MilvusStore
 from tests.pipeline_support import make_settings, rows, run_until_caught_up, send
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.luma]
@@ -56,7 +57,7 @@ def indexed(bootstrap: str, luma_dir: Path, tmp_path_factory: pytest.TempPathFac
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     return {"settings": settings, "client": client, "events": events, "queries": queries,
             "report": report, "model_version": embedder.model_version,
-            "search": build_search(settings, embedder, client, spec)}
+            "search": build_search(settings, embedder, MilvusStore(client), spec)}
 
 
 def test_every_main_image_is_stored_once(indexed: dict[str, Any]) -> None:

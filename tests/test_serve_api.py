@@ -248,16 +248,15 @@ def test_probes(http: TestClient) -> None:
 
 
 def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
-    from pymilvus import MilvusClient
-
     from serve.health import Readiness
+    from store import MilvusStore
 
-    client = MilvusClient(str(tmp_path / "empty.db"))
-    checks = Readiness(client, "nothing_here", lambda: False).check()
+    store = MilvusStore.open(str(tmp_path / "empty.db"))
+    checks = Readiness(store, "nothing_here", lambda: False).check()
     assert checks["milvus"] == "ok"
     assert "does not exist" in checks["collection"]
     assert checks["model"] == "warming up"
-    client.close()
+    store.close()
 
 
 def test_metrics_count_requests_and_stages(http: TestClient) -> None:
