@@ -30,22 +30,26 @@ sys.path.insert(0, str(REPO))
 
 from ingest.plan import WritePlan  # noqa: E402
 from ingest.sink import MilvusSink  # noqa: E402
-from lookalike.app import build_api, build_embedder, build_milvus, build_search  # noqa: E402
+from lookalike.app import (  # noqa: E402
+    build_api,
+    build_embedder,
+    build_search,
+    open_for_writing,
+    open_versions,
+)
 from lookalike.settings import MilvusSettings, Settings  # noqa: E402
 from schema.records import ImageRecord, category_levels, image_pk  # noqa: E402
 from serve.server import BackgroundServer  # noqa: E402
-from store.versions import ModelVersions  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
 CATEGORIES = ["Men/Tops/Tees", "Men/Bottoms/Pants", "Women/Tops/Jackets", "Gear/Bags"]
 
 
-def fill(store: Any, settings: Settings, embedder: Any, n: int) -> None:
+def fill(versions: Any, embedder: Any, n: int) -> None:
     """``n`` products of random unit vectors in the model's own collections."""
-    target, _ = ModelVersions(store, settings.milvus.collection).open_for_writing(
-        embedder.model_version, embedder.dim)
+    target, _ = open_for_writing(versions, embedder)
     rng = np.random.default_rng(0)
-    sink = MilvusSink(store, target)
+    sink = MilvusSink(versions.store, target)
     for start in range(0, n, 500):
         rows = []
         for i in range(start, min(n, start + 500)):
@@ -112,9 +116,9 @@ def main() -> int:
     uri = args.milvus_uri or str(Path(tmp) / "bench.db")
     settings = Settings(milvus=MilvusSettings(uri=uri, collection="bench_http"))
     embedder = build_embedder(settings)
-    store, spec = build_milvus(settings, embedder.dim, embedder.model_version)
-    fill(store, settings, embedder, args.products)
-    search = build_search(settings, embedder, store, spec)
+    versions = open_versions(settings, create=True)
+    fill(versions, embedder, args.products)
+    search = build_search(settings, embedder, versions)
     photo = args.image.read_bytes()
     vector = [float(x) for x in np.asarray(embedder.embed([_load(photo)]))[0]]
     figures: dict[str, Any] = {"products": args.products}
@@ -122,7 +126,7 @@ def main() -> int:
     from prometheus_client import CollectorRegistry
 
     with ThreadPoolExecutor(settings.serve.workers, thread_name_prefix="search") as pool:
-        app = build_api(settings, embedder, store, spec, CollectorRegistry(), pool)
+        app = build_api(settings, embedder, versions, CollectorRegistry(), pool)
         with BackgroundServer(app) as server, requests.Session() as session:
             url = f"{server.url}/v1/search"
 

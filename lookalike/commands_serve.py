@@ -15,12 +15,18 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from lookalike.app import build_api, build_embedder, build_milvus
-from lookalike.commands import UserError, _run_ingest
+from lookalike.app import (
+    build_api,
+    build_embedder,
+    create_topics,
+    open_for_writing,
+    open_versions,
+    require_serving,
+)
+from lookalike.commands import _run_ingest
 from lookalike.settings import Settings
-from search.api import ModelMismatchError
 from serve.metrics import IngestMetrics, publish_model_version
-from store import MilvusStore
+from store.versions import ModelVersions
 
 log = logging.getLogger("lookalike")
 
@@ -35,51 +41,46 @@ def serve_ingest_metrics(port: int, model_version: str) -> IngestMetrics:
     return metrics
 
 
-def _api(settings: Settings, embedder: Any, store: MilvusStore, spec: Any,
-         registry: CollectorRegistry, pool: ThreadPoolExecutor) -> Any:
-    try:
-        return build_api(settings, embedder, store, spec, registry, pool)
-    except ModelMismatchError as exc:
-        raise UserError(str(exc)) from None
-
-
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    versions = open_versions(settings)
+    require_serving(settings, versions)  # before the model's ~10 s load
     embedder = build_embedder(settings)
-    store, spec = build_milvus(settings, embedder.dim, embedder.model_version)
     registry = CollectorRegistry()
     publish_model_version(registry, embedder.model_version)
     s = settings.serve
     with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool:
-        app = _api(settings, embedder, store, spec, registry, pool)
-        log.info("serving %s on http://%s:%d (model %s)", spec.name, s.host, s.port,
+        app = build_api(settings, embedder, versions, registry, pool)
+        log.info("serving %s on http://%s:%d (model %s)", versions.base, s.host, s.port,
                  embedder.model_version)
         uvicorn.run(app, host=s.host, port=s.port, log_config=None, access_log=False)
     return 0
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    return run_with(settings, build_embedder(settings))
+    create_topics(settings)  # an absent broker is reported before the model loads
+    versions = open_versions(settings, create=True)
+    return run_with(settings, build_embedder(settings), versions)
 
 
-def run_with(settings: Settings, embedder: Any) -> int:
+def run_with(settings: Settings, embedder: Any, versions: ModelVersions) -> int:
     """Ingest on this (main) thread until SIGTERM/SIGINT, the API on a background thread;
     one Milvus store, one model, one metrics registry for both."""
     from serve.server import BackgroundServer
 
-    store, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    open_for_writing(versions, embedder)  # a first install creates the collections here
     registry = CollectorRegistry()
     publish_model_version(registry, embedder.model_version)
     ingest_metrics = IngestMetrics(registry)
     s = settings.serve
     with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool:
-        app = _api(settings, embedder, store, spec, registry, pool)
+        app = build_api(settings, embedder, versions, registry, pool)
         server = BackgroundServer(app, s.host, s.port).start()
-        print(f"API on {server.url} ({spec.name}, model {embedder.model_version}); "
+        print(f"API on {server.url} ({versions.base}, model {embedder.model_version}); "
               f"ingesting {settings.kafka.topic}", flush=True)
         try:
-            return _run_ingest(settings, embedder, store, spec, until_caught_up=False,
+            return _run_ingest(settings, embedder, versions, until_caught_up=False,
                                metrics=ingest_metrics)
         finally:
             server.stop()

@@ -51,6 +51,7 @@ Match = Literal["similar", "exact"]
 class ServeConfig:
     image_roots: Sequence[Path] = field(default_factory=list)
     default_k: int = 10
+    compare_k: int = 20
     compare_threshold: float = 0.90
     max_upload_bytes: int = 20 * 1024 * 1024
 
@@ -247,7 +248,8 @@ def create_app(
             query = {"product_id": body.product_id}
         threshold = body.threshold if body.threshold is not None else config.compare_threshold
         matches = await run(search.compare_prices, **query, threshold=threshold,
-                            k=body.k or 20, filter=body.search_filter(), **matching(body))
+                            k=body.k or config.compare_k, filter=body.search_filter(),
+                            **matching(body))
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")

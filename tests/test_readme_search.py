@@ -25,7 +25,7 @@ def readme_snippet() -> str:
     """The README's first Python block that opens search, up to its multi-view examples
     (those name files and a vector the reader supplies)."""
     text = (REPO / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "open_search(" in b)
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "build_search(" in b)
     return block.split("\nsearch.by_images(")[0]
 
 

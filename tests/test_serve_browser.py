@@ -20,10 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from lookalike.app import build_api
-from schema.collection import CollectionSpec
+from lookalike.app import build_api, open_versions
 from serve.server import BackgroundServer
-from store import MilvusStore
 from tests.conftest import REPO
 from tests.pipeline_support import make_settings, run_until_caught_up, send
 
@@ -66,11 +64,10 @@ def site(bootstrap: str, luma_dir: Path, embedder: Any,
                              [luma_dir], batch_events=32, batch_images=32)
     events, query, photo = luma_events(luma_dir)
     send(bootstrap, settings.kafka.topic, events)
-    store = MilvusStore.open(str(tmp / "w.db"))
-    run_until_caught_up(settings, embedder, store.client)
-    spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
+    versions = open_versions(settings, create=True)
+    run_until_caught_up(settings, embedder, versions.store.client)
     with ThreadPoolExecutor(2) as pool:
-        app = build_api(settings, embedder, store, spec, CollectorRegistry(), pool)
+        app = build_api(settings, embedder, versions, CollectorRegistry(), pool)
         with BackgroundServer(app) as server:
             yield {"url": server.url, "query": query, "photo": photo, "events": events,
                    "tmp": tmp}

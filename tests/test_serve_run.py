@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from lookalike.app import open_versions
 from lookalike.commands_serve import run_with
 from lookalike.settings import ServeSettings
 from tests.fakes import TinyEmbedder
@@ -80,7 +81,7 @@ def test_an_event_published_while_serving_is_searchable(
 
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
-    code = run_with(settings, TinyEmbedder())
+    code = run_with(settings, TinyEmbedder(), open_versions(settings, create=True))
     thread.join(10)
     assert "error" not in seen, seen.get("error")
     assert code == 0
