@@ -24,6 +24,7 @@ from lookalike.app import (
     require_serving,
 )
 from lookalike.commands import _run_ingest
+from lookalike.errors import UserError
 from lookalike.settings import Settings
 from serve.metrics import IngestMetrics, publish_model_version
 from store.versions import ModelVersions
@@ -42,7 +43,7 @@ def serve_ingest_metrics(port: int, model_version: str) -> IngestMetrics:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+    from serve.server import BackgroundServer, ServerStartError
 
     versions = open_versions(settings)
     require_serving(settings, versions)  # before the model's ~10 s load
@@ -54,7 +55,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         app = build_api(settings, embedder, versions, registry, pool)
         log.info("serving %s on http://%s:%d (model %s)", versions.base, s.host, s.port,
                  embedder.model_version)
-        uvicorn.run(app, host=s.host, port=s.port, log_config=None, access_log=False)
+        try:
+            stopped_by = BackgroundServer(app, s.host, s.port).serve_until_signalled()
+        except ServerStartError as exc:
+            raise UserError(str(exc)) from None
+    log.info("API stopped (%s)", stopped_by)
     return 0
 
 
@@ -67,7 +72,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def run_with(settings: Settings, embedder: Any, versions: ModelVersions) -> int:
     """Ingest on this (main) thread until SIGTERM/SIGINT, the API on a background thread;
     one Milvus store, one model, one metrics registry for both."""
-    from serve.server import BackgroundServer
+    from serve.server import BackgroundServer, ServerStartError
 
     open_for_writing(versions, embedder)  # a first install creates the collections here
     registry = CollectorRegistry()
@@ -76,7 +81,10 @@ def run_with(settings: Settings, embedder: Any, versions: ModelVersions) -> int:
     s = settings.serve
     with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool:
         app = build_api(settings, embedder, versions, registry, pool)
-        server = BackgroundServer(app, s.host, s.port).start()
+        try:
+            server = BackgroundServer(app, s.host, s.port).start()
+        except ServerStartError as exc:
+            raise UserError(str(exc)) from None
         print(f"API on {server.url} ({versions.base}, model {embedder.model_version}); "
               f"ingesting {settings.kafka.topic}", flush=True)
         try:

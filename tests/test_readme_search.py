@@ -23,10 +23,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.luma]
 
 def readme_snippet() -> str:
     """The README's first Python block that opens search, up to its multi-view examples
-    (those name files and a vector the reader supplies)."""
+    (those name files the reader supplies), then a line printing its ``hits``."""
     text = (REPO / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "build_search(" in b)
-    return block.split("\nsearch.by_images(")[0]
+    return block.split("\nsearch.by_images(")[0] + "\nfor h in hits: print(h.score, h.product_id)\n"
 
 
 def small_catalog(luma_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
