@@ -6,7 +6,7 @@ CATALOG ?=
 N_PRODUCTS ?= 1000
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-http clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: install
 
 bench: install
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_http.py
+
+# POST /v1/search by vector and by image, HTTP next to in-process, and 4 concurrent clients.
+bench-http: install
+	$(PY) bench/bench_http.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
