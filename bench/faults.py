@@ -51,7 +51,7 @@ from lookalike.broker import LocalBroker, tansu_binary, wait_for_port  # noqa: E
 from schema.events import image_key  # noqa: E402
 
 SCENARIOS = ("kills", "milvus", "broker", "poison", "ssrf", "slow")
-DEFAULT_LUMA = REPO.parent.parent / "shared" / "data" / "luma"
+DEFAULT_LUMA = REPO.parent / "shared" / "data" / "luma"
 OUTAGE_S = 30.0
 INGEST_TIMEOUT_S = 300.0
 

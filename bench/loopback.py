@@ -76,6 +76,7 @@ class ImageServer:
 
         server_cls = _V6HTTPServer if ":" in host else HTTPServer
         self._server = server_cls((host, port), Handler)
+        self.port = int(self._server.server_address[1])  # the bound one when port is 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:

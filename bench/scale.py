@@ -69,7 +69,7 @@ from search.filters import SearchFilter  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 
-DEFAULT_LUMA = REPO.parent.parent / "shared" / "data" / "luma"
+DEFAULT_LUMA = REPO.parent / "shared" / "data" / "luma"
 K = 10
 L1 = ["Women", "Men", "Gear", "Home", "Kids", "Beauty", "Sport", "Garden", "Toys", "Books"]
 L2_PER_L1, L3_PER_L2 = 5, 4
