@@ -266,7 +266,7 @@ class Harness:
         self.catalog = load_luma(self.luma)
         self.broker = LocalBroker(args.broker_port, log_path=self.workdir / "tansu.log")
         self.kafka = Kafka(self.broker.bootstrap_servers)
-        self.milvus = MilvusServer(self.workdir / "milvus", args.milvus_port)
+        self.milvus = MilvusServer(self.workdir / "milvus", args.milvus_port, args.etcd_port)
         self.milvus_up = False
         self.runs: dict[str, int] = {}
         self.logs: list[Path] = []
@@ -789,6 +789,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--broker-port", type=int, default=19095,
                    help="the harness's Tansu; the broker scenario uses the next two ports")
     p.add_argument("--milvus-port", type=int, default=19581)
+    p.add_argument("--etcd-port", type=int, default=18090,
+                   help="the Milvus server's embedded etcd (clients; peers on the next port)")
     p.add_argument("--http-port", type=int, default=18000,
                    help="loopback HTTP servers on this port and the next two")
     p.add_argument("--json", action="store_true", help="one JSON object per scenario")

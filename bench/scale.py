@@ -450,6 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=REPO / "var" / "cache" / "scale_base.npy")
     p.add_argument("--workdir", type=Path, default=REPO / "var" / "scale")
     p.add_argument("--milvus-port", type=int, default=19591)
+    p.add_argument("--etcd-port", type=int, default=18092,
+                   help="the Milvus server's embedded etcd (clients; peers on the next port)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--keep", action="store_true", help="keep the collections and files")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         for engine in args.engines:
             server = None
             if engine == "server":
-                server = MilvusServer(workdir / "milvus", args.milvus_port)
+                server = MilvusServer(workdir / "milvus", args.milvus_port, args.etcd_port)
                 server.start()
             try:
                 for rows in args.sizes:

@@ -38,13 +38,19 @@ def milvus_available() -> bool:
 class MilvusServer:
     """A Milvus standalone server in ``data_dir`` on ``127.0.0.1:port``.
 
+    Its embedded etcd listens on ``etcd_port`` (clients) and ``etcd_port + 1`` (peers): the
+    launcher moves the client port off a busy default but not the peer port (2380), so a
+    second server on the machine fails to start ("bind: address already in use") unless
+    both are set through Milvus' ``ETCD_CONFIG_PATH`` / ``ETCD_ENDPOINTS`` variables.
+
     ``stop()`` keeps the data, so ``start()`` again is a server restart (the outage
     scenario); ``remove()`` deletes the folder.
     """
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, etcd_port: int) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.etcd_port = etcd_port
 
     @property
     def uri(self) -> str:
@@ -52,6 +58,16 @@ class MilvusServer:
 
     def _script(self, *args: str, timeout_s: float) -> None:
         env = dict(os.environ)
+        etcd_config = self.data_dir / "embed-etcd.yaml"
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_port + 1}"
+        etcd_config.write_text(
+            f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
+            f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+            f"initial-cluster: default={peer}\n"
+        )
+        env["ETCD_CONFIG_PATH"] = str(etcd_config)
+        env["ETCD_ENDPOINTS"] = f"127.0.0.1:{self.etcd_port}"
         venv = milvus_venv()
         if venv is not None:
             env["MILVUS_VENV"] = str(venv)
