@@ -421,8 +421,9 @@ def scenario_milvus(h: Harness) -> Result:
                         180, 1.0)
     started = time.monotonic()
     h.milvus.stop()
+    h.milvus_up = False
     time.sleep(OUTAGE_S)
-    h.milvus.start()
+    h.ensure_milvus()
     down_s = time.monotonic() - started
     alive_after = ingest.alive()
     rc, restarts = _finish(h, "milvus", lambda: Ingest(h, "milvus", uri=uri,

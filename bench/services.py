@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +70,7 @@ class MilvusServer:
         )
         env["ETCD_CONFIG_PATH"] = str(etcd_config)
         env["ETCD_ENDPOINTS"] = f"127.0.0.1:{self.etcd_port}"
+        env["MILVUS_START_TIMEOUT"] = str(int(timeout_s))
         venv = milvus_venv()
         if venv is not None:
             env["MILVUS_VENV"] = str(venv)
@@ -81,7 +84,13 @@ class MilvusServer:
             )
 
     def start(self, timeout_s: float = 240.0) -> None:
+        """Start (or restart) and wait until it answers. After a stop the port stays
+        unbindable while the old connections sit in TIME_WAIT (up to 60 s); the launcher would
+        then pick another port, so this waits for the port first."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + 90
+        while not _bindable(self.port) and time.monotonic() < deadline:
+            time.sleep(1)
         self._script("start", str(self.data_dir), str(self.port), timeout_s=timeout_s)
 
     def stop(self) -> None:
@@ -98,6 +107,15 @@ class MilvusServer:
 
     def remove(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def child_pids(pid: int) -> list[int]:
