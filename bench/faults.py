@@ -171,27 +171,24 @@ class Kafka:
 
 def stored_rows(uri: str, collection: str) -> list[dict[str, Any]]:
     """Every image row under the collection name searches use (Strong read)."""
-    from pymilvus import MilvusClient
+    from store import MilvusStore
 
     try:
-        client = MilvusClient(uri=uri)
-    except Exception as exc:
+        store = MilvusStore.open(uri)
+    except Exception as exc:  # the server may be away (outage scenario)
         print(f"  (could not connect to {uri}: {str(exc)[:200]})", file=sys.stderr)
         return []
     try:
-        if not client.has_collection(collection):
+        if not store.has_collection(collection):
             return []
-        client.load_collection(collection)  # a reopened Milvus Lite file starts released
-        rows: list[dict[str, Any]] = client.query(
-            collection, filter='pk != ""', output_fields=["pk", "product_id", "image_key"],
-            limit=16384, consistency_level="Strong",
-        )
-        return rows
+        store.load([collection])  # a reopened Milvus Lite file starts released
+        return store.query(collection, 'pk != ""', ["pk", "product_id", "image_key"],
+                           consistency="Strong", limit=16383)
     except Exception as exc:  # the collection may not exist yet, or the server be away
         print(f"  (could not read {collection} at {uri}: {str(exc)[:200]})", file=sys.stderr)
         return []
     finally:
-        client.close()
+        store.close()
 
 
 class Ingest:

@@ -13,7 +13,8 @@ noise, and each of its 1-3 images (2 on average) perturbs the product's vector. 
 
 How it is written: ``ingest.stages.Stages`` run in ``ingest.runner.Pipeline`` (prepare ->
 embed -> write, the batches the runner makes), writing through ``MilvusSink`` into the
-collections ``ModelVersions.open_for_writing`` gives, with the state reads the ingest does.
+collections ``lookalike.app.open_for_writing`` gives, with the state reads the ingest does.
+Searches use ``lookalike.app.build_search``, over a store whose raw client records its calls.
 Only the image bytes and the model are stand-ins: each image is an inline 8x8 PNG whose colour
 is the row number, and the embedder returns that row's synthetic vector.
 
@@ -62,10 +63,16 @@ from ingest.fetch import ImageFetcher  # noqa: E402
 from ingest.runner import Pipeline  # noqa: E402
 from ingest.sink import MilvusSink  # noqa: E402
 from ingest.stages import Batch, Stages, parse_records  # noqa: E402
-from lookalike.app import build_milvus, build_search, decode_workers  # noqa: E402
+from lookalike.app import (  # noqa: E402
+    build_search,
+    decode_workers,
+    open_for_writing,
+    open_versions,
+)
 from lookalike.settings import Settings  # noqa: E402
-from schema.versions import ModelVersions  # noqa: E402
 from search.filters import SearchFilter  # noqa: E402
+from store import MilvusStore  # noqa: E402
+from store.versions import ModelVersions  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 
@@ -226,8 +233,8 @@ def consumer_records(messages: list[tuple[bytes, bytes]], offset: int) -> list[A
 
 
 class RecordingClient:
-    """A ``MilvusClient`` that remembers every ``search`` call passed through it, so that each
-    product call can be replayed as the raw calls it sent."""
+    """Wraps the store's raw client and remembers every ``search`` call passed through it, so
+    that each product call can be replayed as the raw ``MilvusClient.search`` calls it sent."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -241,12 +248,11 @@ class RecordingClient:
         return getattr(self._client, name)
 
 
-def fill(settings: Settings, catalog: Catalog, client: Any, spec: Any,
+def fill(settings: Settings, catalog: Catalog, versions: ModelVersions,
          embedder: RowEmbedder) -> dict[str, float]:
     """Write the catalog through Stages in the runner's Pipeline; returns timings."""
-    target, _guard = ModelVersions(client, spec.name).open_for_writing(
-        embedder.model_version, embedder.dim)
-    sink = MilvusSink(client, target)
+    target, _guard = open_for_writing(versions, embedder)
+    sink = MilvusSink(versions.store, target)
     dlq = DeadLetterQueue(_NoProducer(), "scale.dlq")
     g = settings.ingest
     per_batch = max(1, min(g.batch_events, g.batch_images // 2))
@@ -387,12 +393,14 @@ def run_one(engine: str, uri: str, rows: int, base: NDArray[np.float32], args: a
         update={"uri": uri, "collection": collection})})
     embedder = RowEmbedder(catalog.vectors, model_version)
     baseline = tree_rss_bytes(os.getpid())
-    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
+    versions = open_versions(settings, create=True)
+    store = versions.store
     try:
-        recorder = RecordingClient(client)
-        filled = fill(settings, catalog, client, spec, embedder)
+        filled = fill(settings, catalog, versions, embedder)
         done = time.perf_counter()
-        searcher = build_search(settings, embedder, recorder, spec)
+        recorder = RecordingClient(store.client)
+        recorded = MilvusStore(recorder, engine=store.engine, uri=store.uri)
+        searcher = build_search(settings, embedder, ModelVersions(recorded, versions.base))
         last = catalog.n_products - 1
         last_vector = catalog.vectors[-1]
         searchable_s = None
@@ -405,12 +413,11 @@ def run_one(engine: str, uri: str, rows: int, base: NDArray[np.float32], args: a
         filters = measure_search(searcher, recorder, catalog, queries)
         rss = engine_rss(server if engine == "server" else None, baseline)
     finally:
-        with_drop = args.keep is False
-        if with_drop:
-            for name in client.list_collections():
+        if not args.keep:
+            for name in store.client.list_collections():
                 if name.startswith(collection):
-                    client.drop_collection(name)
-        client.close()
+                    store.drop_collection(name)
+        store.close()
     return {
         "rows": int(filled["rows"]),
         "products": catalog.n_products,
