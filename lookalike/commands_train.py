@@ -45,7 +45,7 @@ def _fmt(scores: dict[str, Any]) -> str:
 
 
 def train(settings: Settings, args: argparse.Namespace) -> int:
-    from lookalike.commands import UserError
+    from lookalike.errors import UserError
     from training.backbone import EfficientNetBackbone
     from training.data import TrainingDataError
     from training.trainer import TrainOptions
