@@ -75,7 +75,7 @@ def main() -> int:
     p.add_argument("--train-blocks", type=int, default=1)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--views", type=int, default=4)
-    p.add_argument("--settings", default="proxy:3e-4,proxy:1e-4,triplet:3e-4,triplet:1e-4",
+    p.add_argument("--settings", default="triplet:1e-4,triplet:3e-4,proxy:1e-4,proxy:3e-4",
                    help="comma-separated loss:learning_rate")
     args = p.parse_args()
     backbone = EfficientNetBackbone("lite0", "pad", args.train_blocks)

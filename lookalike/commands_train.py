@@ -24,8 +24,8 @@ def add_parser(sub: Any) -> None:
                    "(group_id: a style across colours; category)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--loss", choices=["proxy", "triplet"], default="proxy",
-                   help="normalised softmax over proxies (default) or batch-hard triplet")
+    p.add_argument("--loss", choices=["triplet", "proxy"], default="triplet",
+                   help="batch-hard triplet (default) or normalised softmax over proxies")
     p.add_argument("--views", type=int, default=4, help="altered views cached per photo")
     p.add_argument("--train-blocks", type=int, default=1,
                    help="last MBConv blocks retrained with the head conv (0: head conv only)")

@@ -41,7 +41,8 @@ class TrainOptions:
     group_key: str | None = None
     epochs: int = 8
     seed: int = 0
-    loss: Loss = "proxy"
+    loss: Loss = "triplet"
+    """Batch-hard triplet won the comparison with normalised softmax (docs/training.md)."""
     views: int = 4
     """Altered views cached per training photo (besides the clean one)."""
     colour_jitter: float | None = None
@@ -49,7 +50,7 @@ class TrainOptions:
     val_fraction: float = 0.2
     labels_per_batch: int = 16
     samples_per_label: int = 4
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-4
     colour_weight: float = 0.5
     max_pixels: int = 40_000_000
     group_weight: float = 1.0
