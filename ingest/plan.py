@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ingest.sink import WritePlan
+from schema.errors import ItemFailure, Reason
 from schema.events import (
-    EventError,
     ProductDelisted,
     ProductEvent,
     ProductPriceChanged,
@@ -31,9 +31,14 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one event; stale and dead-lettered outcomes say why."""
+
     status: Status
-    reason: str = ""
-    detail: str = ""
+    failure: ItemFailure | None = None
+
+    @classmethod
+    def dead(cls, reason: Reason, detail: str) -> Outcome:
+        return cls(Status.DEAD_LETTERED, ItemFailure(reason, detail))
 
 
 @dataclass
@@ -42,14 +47,8 @@ class EventItem:
 
     index: int
     event: ProductEvent | None
-    error: EventError | None
+    error: ItemFailure | None
     outcome: Outcome | None = None
-
-
-@dataclass
-class ImageFailure:
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -58,7 +57,7 @@ class EmbeddedProduct:
 
     event: ProductUpserted
     vectors: dict[int, list[float]] = field(default_factory=dict)
-    failures: dict[int, ImageFailure] = field(default_factory=dict)
+    failures: dict[int, ItemFailure] = field(default_factory=dict)
 
 
 def select_upserts(items: list[EventItem]) -> dict[str, ProductUpserted]:
@@ -87,23 +86,24 @@ class _Fold:
 def _apply(fold: _Fold, ev: ProductEvent, embedded: EmbeddedProduct | None) -> Outcome:
     version = ev.resolved_version
     if version <= fold.version:
-        return Outcome(Status.STALE, "stale_version", f"version {version} <= {fold.version}")
+        return Outcome(
+            Status.STALE, ItemFailure(Reason.STALE_VERSION, f"version {version} <= {fold.version}")
+        )
     if isinstance(ev, ProductUpserted):
         if embedded is None or embedded.event is not ev:
             fold.action, fold.upsert, fold.price = "superseded", None, None
         elif not embedded.vectors:
             reasons = "; ".join(
-                f"image {i}: {f.reason}: {f.detail}" for i, f in sorted(embedded.failures.items())
+                f"image {i}: {f.reason.value}: {f.detail}"
+                for i, f in sorted(embedded.failures.items())
             )
-            return Outcome(Status.DEAD_LETTERED, "all_images_failed", reasons)
+            return Outcome.dead(Reason.ALL_IMAGES_FAILED, reasons)
         else:
             fold.action, fold.upsert, fold.price = "upsert", ev, None
         fold.listed = True
     elif isinstance(ev, ProductPriceChanged):
         if not fold.listed:
-            return Outcome(
-                Status.DEAD_LETTERED, "product_not_listed", f"{ev.product_id} is not listed"
-            )
+            return Outcome.dead(Reason.PRODUCT_NOT_LISTED, f"{ev.product_id} is not listed")
         fold.price = (float(ev.price), ev.currency)
         if fold.action == "":
             fold.action = "price"
@@ -126,7 +126,7 @@ def plan_writes(
     for item in items:
         if item.event is None:
             assert item.error is not None
-            item.outcome = Outcome(Status.DEAD_LETTERED, item.error.reason, item.error.detail)
+            item.outcome = Outcome(Status.DEAD_LETTERED, item.error)
         else:
             by_product[item.event.product_id].append(item)
 
@@ -151,9 +151,8 @@ def _dead_letter_superseded(items: list[EventItem]) -> None:
     replace (and what was applied on top of them) were never written: keep them all."""
     for item in items:
         if item.outcome is not None and item.outcome.status is Status.APPLIED:
-            item.outcome = Outcome(
-                Status.DEAD_LETTERED,
-                "superseded_upsert_failed",
+            item.outcome = Outcome.dead(
+                Reason.SUPERSEDED_UPSERT_FAILED,
                 "a newer upsert of this product in the same batch failed; nothing was written",
             )
 

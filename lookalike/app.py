@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 from pymilvus import MilvusClient
 
 from ingest.dlq import DeadLetterQueue, build_producer
-from ingest.fetch import ImageFetcher
+from ingest.egress import EgressPolicy
+from ingest.fetch import FetchPolicy, ImageFetcher
+from ingest.outage import OutageWait
 from ingest.runner import Pipeline, Runner, RunnerConfig, RunReport
 from ingest.sink import MilvusSink
 from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
-from lookalike.settings import Settings
+from lookalike.settings import ImageSettings, Settings
 from schema.collection import CollectionSpec, ensure_collections
 from schema.versions import ModelVersions
 
@@ -101,6 +103,21 @@ def decode_workers(settings: Settings, embedder: Any) -> int:
     return cores if getattr(embedder, "on_gpu", False) else max(1, cores // 4)
 
 
+def build_fetcher(images: ImageSettings) -> ImageFetcher:
+    """The one image fetcher configuration, for ingest and reindex alike (egress policy,
+    deadline, retries: ingest/fetch.py)."""
+    return ImageFetcher(
+        images.roots,
+        max_bytes=images.max_bytes,
+        egress=EgressPolicy(images.allow_networks, images.allow_hosts),
+        policy=FetchPolicy(
+            deadline_s=images.timeout_s, max_attempts=images.max_attempts,
+            backoff_s=images.retry_backoff_s, retry_after_max_s=images.retry_after_max_s,
+            per_host=images.per_host_connections, max_redirects=images.max_redirects,
+        ),
+    )
+
+
 def build_runner(
     settings: Settings,
     embedder: Any,
@@ -122,10 +139,15 @@ def build_runner(
         max_poll_records=k.max_poll_records,
     )
     dlq = DeadLetterQueue(build_producer(k.bootstrap_servers, k.client_id + "-dlq"), k.dlq_topic)
-    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+    fetcher = build_fetcher(i)
+    if fetcher.refuses_paths:
+        log.info("local image paths are refused: LOOKALIKE_IMAGES__ROOTS is empty; set it to "
+                 "the folders events' image paths point into, e.g. "
+                 "LOOKALIKE_IMAGES__ROOTS='[\"/data/images\"]'")
     sink = MilvusSink(client, spec)
     stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels,
-                    decode_workers=decode_workers(settings, embedder), after_write=after_write)
+                    decode_workers=decode_workers(settings, embedder), after_write=after_write,
+                    outage=OutageWait(g.outage_budget_s))
     config = RunnerConfig(
         batch_events=g.batch_events, batch_images=g.batch_images,
         batch_timeout_s=g.batch_timeout_s, max_in_flight=g.max_in_flight,

@@ -23,6 +23,7 @@ from ingest.stages import Batch
 from ingest.topics import ensure_topics
 from lookalike.app import (
     build_embedder,
+    build_fetcher,
     build_milvus,
     build_runner,
     build_search,
@@ -264,14 +265,13 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
 
 def reindex(settings: Settings, args: argparse.Namespace) -> int:
     """Re-embed the serving catalog with the configured model, then switch the aliases."""
-    from ingest.fetch import ImageFetcher
     from ingest.reindex import Reindexer, ReindexError
 
     embedder = build_embedder(settings)
     client, base = _open_milvus(settings)
     i = settings.images
     versions = ModelVersions(client, base)
-    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+    fetcher = build_fetcher(i)
     bar = tqdm(unit="product", desc="reindex", disable=not sys.stderr.isatty())
     with ThreadPoolExecutor(i.fetch_workers, thread_name_prefix="fetch") as pool:
         reindexer = Reindexer(versions, embedder, fetcher, pool, max_pixels=i.max_pixels,

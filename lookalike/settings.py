@@ -7,10 +7,11 @@ code never reads the environment itself.
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,12 +38,39 @@ class MilvusSettings(_Group):
     consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
 
 
+def _cidr(value: str) -> str:
+    ip_network(value, strict=False)
+    return value
+
+
 class ImageSettings(_Group):
     roots: list[Path] = Field(
         default_factory=list, description="Local folders that image paths may point into"
     )
-    timeout_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Deadline per image URL: connect, headers, body and retries together",
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Tries per image URL (transient "
+                              "errors: connection, timeout, 429, 5xx)")
+    retry_backoff_s: float = Field(default=0.25, ge=0, description="First retry delay; doubles")
+    retry_after_max_s: float = Field(default=5.0, ge=0, description="Cap on a Retry-After")
+    per_host_connections: int = Field(default=8, ge=1, description="Fetches of one host at once")
+    max_redirects: int = Field(default=5, ge=0)
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs image URLs may reach besides public addresses (an internal CDN), "
+        "e.g. '[\"10.20.0.0/16\"]'",
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="Host names image URLs may reach whatever they resolve to"
+    )
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [_cidr(v) for v in value]
     max_pixels: int = Field(default=40_000_000, gt=0)
     fetch_workers: int = Field(default=8, ge=1, description="Images fetched at once")
     decode_workers: int | None = Field(
@@ -70,6 +98,11 @@ class IngestSettings(_Group):
     batch_timeout_s: float = Field(default=0.5, gt=0, description="...or when this old")
     max_in_flight: int = Field(default=3, ge=1, description="Batches in the pipeline at once")
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    outage_budget_s: float = Field(
+        default=300.0, gt=0,
+        description="How long ingest waits out Milvus or the broker being unavailable before "
+        "it exits non-zero (nothing uncommitted is lost either way)",
+    )
 
 
 class SearchSettings(_Group):
