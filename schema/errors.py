@@ -29,7 +29,6 @@ class Reason(str, Enum):
     ALL_IMAGES_FAILED = "all_images_failed"
     PRODUCT_NOT_LISTED = "product_not_listed"
     SUPERSEDED_UPSERT_FAILED = "superseded_upsert_failed"
-    UNEXPECTED_ERROR = "unexpected_error"
     # -- stale events (not dead-lettered) ---------------------------------------------------
     STALE_VERSION = "stale_version"
     # -- images (counted per image; in a dead letter's detail) ------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -31,7 +32,7 @@ class _State:
     requests = 0
     active = 0
     max_active = 0
-    flaky: dict[str, int] = {}
+    flaky: ClassVar[dict[str, int]] = {}
     lock = threading.Lock()
 
 

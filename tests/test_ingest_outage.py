@@ -21,9 +21,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ingest.dlq import DeadLetterQueue
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageBudgetExceededError, OutageWait
-from ingest.sink import WritePlan
 from ingest.runner import IngestError, Pipeline, Runner, RunnerConfig
-from ingest.sink import SinkError
+from ingest.sink import SinkError, WritePlan
 from ingest.source import KafkaSource, Offsets
 from ingest.stages import Stages
 from schema.records import ProductState
@@ -148,7 +147,7 @@ def _runner(tmp_path: Path, store: FlakyStore, source: FakeSource, pool: ThreadP
     producer = FakeProducer()
     stages = Stages(
         ImageFetcher([tmp_path]), TinyEmbedder(), store,
-        DeadLetterQueue(producer, "dlq"), pool, max_pixels=10**7,  # type: ignore[arg-type]
+        DeadLetterQueue(producer, "dlq"), pool, max_pixels=10**7,
         outage=OutageWait(budget_s, first_delay_s=0.05, max_delay_s=0.2),
     )
     config = RunnerConfig(batch_events=4, batch_timeout_s=0.05, max_in_flight=2,
