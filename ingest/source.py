@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 Offsets = dict[TopicPartition, int]
 
+COMMIT_TIMEOUT_MS = 5_000
+"""How long one commit may block the poll loop; a commit that times out (broker away) is
+kept and retried with the next one, so the loop goes back to polling."""
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
@@ -100,14 +104,21 @@ class KafkaSource:
             return True
         try:
             self._consumer.commit(
-                {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._owed.items()}
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._owed.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS,
             )
         except (
             Errors.RebalanceInProgressError,
             Errors.CommitFailedError,
             Errors.IllegalGenerationError,
             Errors.UnknownMemberIdError,
+            Errors.KafkaTimeoutError,  # the broker is away: an outage, waited out by polling
         ) as exc:
+            log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
+            return False
+        except Errors.KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
             log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
             return False
         self._owed = {}

@@ -67,11 +67,12 @@ def send(bootstrap: str, topic: str, payloads: list[Any]) -> None:
     producer.close()
 
 
-def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient) -> RunReport:
+def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient,
+                        on_batch: Any = None) -> RunReport:
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     ensure_collections(client, spec)
     with ThreadPoolExecutor(4) as pool:
-        runner = build_runner(settings, embedder, client, spec, pool)
+        runner = build_runner(settings, embedder, client, spec, pool, on_batch=on_batch)
         return runner.run(until_caught_up=True)
 
 
