@@ -34,7 +34,7 @@ from tests.pipeline_support import (
 
 pytestmark = pytest.mark.kafka
 
-FREEZE_S = 12.0
+FREEZE_S = 35.0
 
 
 @pytest.fixture
