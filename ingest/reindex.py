@@ -72,7 +72,7 @@ class ReindexEmbedder(Protocol):
 @dataclass(frozen=True)
 class ImageProblem:
     image_ref: str
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -324,7 +324,7 @@ class Reindexer:
                 good.append((pid, row))
             except ItemError as exc:
                 problems.setdefault(pid, []).append(
-                    ImageProblem(str(row["image_ref"]), exc.reason.value, exc.detail))
+                    ImageProblem(str(row["image_ref"]), exc.reason, exc.detail))
         vectors = (np.asarray(self._embedder.embed(images), dtype=np.float32)
                    if images else np.zeros((0, self._embedder.dim), np.float32))
         records: dict[str, list[ImageRecord]] = {}

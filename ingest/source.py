@@ -51,7 +51,6 @@ class KafkaSource:
         self._paused = False
         self._owed: Offsets = {}
         self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
-        self.on_assigned: Callable[[set[TopicPartition]], None] = lambda _tps: None
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -63,7 +62,6 @@ class KafkaSource:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in tps))
         if self._paused and tps:
             self._consumer.pause(*tps)
-        self.on_assigned(tps)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
@@ -86,10 +84,6 @@ class KafkaSource:
             paused = self._consumer.paused()
             if paused:
                 self._consumer.resume(*paused)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
 
     def commit(self, offsets: Offsets) -> bool:
         """Synchronously commit ``offsets`` (the next offset to read, per partition) for the
@@ -123,13 +117,6 @@ class KafkaSource:
             return False
         self._owed = {}
         return True
-
-    @property
-    def owes_commits(self) -> bool:
-        return bool(self._owed)
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self._consumer.assignment())
 
     def lag(self) -> dict[TopicPartition, int | None]:
         """Records left per assigned partition, from the fetch high-water mark (Tansu answers
