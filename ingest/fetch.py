@@ -122,6 +122,7 @@ class ImageFetcher:
         max_bytes: int = 20 * 1024 * 1024,
         egress: EgressPolicy | None = None,
         policy: FetchPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._roots = [Path(r).resolve() for r in roots]
@@ -129,7 +130,7 @@ class ImageFetcher:
         self._egress = egress or EgressPolicy()
         self._policy = policy or FetchPolicy(deadline_s=timeout_s)
         self._sleep = sleep
-        self._tls = _tls_context()
+        self._tls = tls or _tls_context()
         self._watchdog = _Watchdog()
         self._slots: weakref.WeakValueDictionary[str, threading.BoundedSemaphore] = (
             weakref.WeakValueDictionary()

@@ -7,7 +7,10 @@ count requests), and the address classifier is tested on address literals only.
 from __future__ import annotations
 
 import base64
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -326,3 +329,41 @@ def test_inline_bytes() -> None:
     assert fetcher().fetch(ref) == PAYLOAD
     big = ImageRef(data=base64.b64encode(b"x" * 3000).decode())
     assert reason(fetcher(), big) == "image_too_large"
+
+
+# -- TLS: verified for the host name while connecting to the pinned address -----------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, ssl.SSLContext]]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        capture_output=True, check=False,
+    ) if shutil.which("openssl") else None
+    if made is None or made.returncode != 0:
+        pytest.skip("openssl is needed to make a test certificate")
+    httpd = _QuietServer(("127.0.0.1", 0), _Handler)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(cert, key)
+    httpd.socket = served.wrap_socket(httpd.socket, server_side=True)
+    _serve(httpd)
+    client = ssl.create_default_context(cafile=str(cert))
+    yield int(httpd.server_address[1]), client
+    httpd.shutdown()
+
+
+def test_tls_is_verified_for_the_host_name(tls_server: tuple[int, ssl.SSLContext]) -> None:
+    port, client = tls_server
+    fetch = ImageFetcher([], egress=EgressPolicy(LOOPBACK), tls=client,
+                         policy=FetchPolicy(deadline_s=2.0, max_attempts=1))
+    assert fetch.fetch(ImageRef(url=f"https://localhost:{port}/ok.jpg")) == PAYLOAD
+    # The same server by address: the certificate does not name 127.0.0.1, so it is refused.
+    assert reason(fetch, ImageRef(url=f"https://127.0.0.1:{port}/ok.jpg")) == "unreachable"
+    # And a client that does not trust the certificate refuses it too.
+    plain = ImageFetcher([], egress=EgressPolicy(LOOPBACK),
+                         policy=FetchPolicy(deadline_s=2.0, max_attempts=1))
+    assert reason(plain, ImageRef(url=f"https://localhost:{port}/ok.jpg")) == "unreachable"
