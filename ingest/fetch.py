@@ -24,6 +24,7 @@ no total deadline; the deadline alone needs socket access, hence this module.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import heapq
 import http.client
@@ -132,6 +133,9 @@ class ImageFetcher:
         self._sleep = sleep
         self._tls = tls or _tls_context()
         self._watchdog = _Watchdog()
+        self._resolver = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="resolve"
+        )
         self._slots: weakref.WeakValueDictionary[str, threading.BoundedSemaphore] = (
             weakref.WeakValueDictionary()
         )
@@ -240,7 +244,7 @@ class ImageFetcher:
         if parts.username is not None or parts.password is not None:
             raise ItemError(Reason.BAD_REFERENCE, "URLs with credentials are not fetched")
         port = port or (443 if scheme == "https" else 80)
-        addresses = self._egress.resolve(host, port)
+        addresses = self._resolve(host, port, deadline)
         with self._slot(host, deadline):
             sock = self._connect(host, port, addresses, deadline, tls=scheme == "https")
             try:
@@ -249,6 +253,15 @@ class ImageFetcher:
                 raise self._transport_error(host, deadline, exc) from None
             finally:
                 sock.close()
+
+    def _resolve(self, host: str, port: int, deadline: float) -> list[Address]:
+        """The egress-checked addresses of ``host``, looked up on a resolver thread so that a
+        DNS server that never answers costs this image its deadline, not a fetch worker."""
+        future = self._resolver.submit(self._egress.resolve, host, port)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            raise _timeout(host, self._policy.deadline_s) from None
 
     def _slot(self, host: str, deadline: float) -> _Slot:
         with self._slots_lock:
