@@ -136,13 +136,19 @@ def plan_writes(
         fold = _Fold(
             version=stored.version if stored else -1, listed=bool(stored and stored.listed)
         )
-        for item in product_items:
-            assert item.event is not None
-            item.outcome = _apply(fold, item.event, embedded.get(product_id))
-        if fold.action == "superseded":
-            _dead_letter_superseded(product_items)
-        elif fold.touched:
-            _emit(plan, product_id, fold, embedded.get(product_id), model_version, now_ms)
+        try:
+            for item in product_items:
+                assert item.event is not None
+                item.outcome = _apply(fold, item.event, embedded.get(product_id))
+            if fold.action == "superseded":
+                _dead_letter_superseded(product_items)
+            elif fold.touched:
+                _emit(plan, product_id, fold, embedded.get(product_id), model_version, now_ms)
+        except Exception as exc:  # a bug or an unforeseen value: this product's events only
+            for item in product_items:
+                item.outcome = Outcome.dead(
+                    Reason.INVALID_EVENT, f"cannot be planned: {type(exc).__name__}: {exc}"[:300]
+                )
     return plan
 
 
@@ -165,6 +171,11 @@ def _emit(
     model_version: str,
     now_ms: int,
 ) -> None:
+    """Add the product's writes to ``plan``; everything that can raise runs before the plan
+    is touched, so a product that cannot be planned leaves no partial writes behind."""
+    state = ProductState(
+        product_id=product_id, version=fold.version, listed=fold.listed, updated_at_ms=now_ms
+    )
     if fold.action == "upsert":
         assert fold.upsert is not None and embedded is not None
         event = fold.upsert
@@ -184,8 +195,4 @@ def _emit(
         plan.price_updates[product_id] = (fold.price[0], fold.price[1], fold.version)
     elif fold.action == "delete":
         plan.delete_products.append(product_id)
-    plan.states.append(
-        ProductState(
-            product_id=product_id, version=fold.version, listed=fold.listed, updated_at_ms=now_ms
-        )
-    )
+    plan.states.append(state)

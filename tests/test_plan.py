@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ingest.plan import (
     EmbeddedProduct,
     EventItem,
@@ -147,3 +149,23 @@ def test_invalid_items_are_dead_lettered_with_their_reason() -> None:
     plan_writes(batch, {}, {}, "m", 5)
     assert batch[0].outcome and batch[0].outcome.status is Status.DEAD_LETTERED
     assert batch[0].outcome.failure and batch[0].outcome.failure.reason == "invalid_event"
+
+
+def test_a_product_that_cannot_be_planned_fails_alone(monkeypatch: Any) -> None:
+    import schema.records
+
+    real = schema.records.ImageRecord.from_event
+
+    def from_event(event: ProductUpserted, *args: Any) -> Any:
+        if event.product_id == "bad":
+            raise ValueError("a value no validator foresaw")
+        return real(event, *args)
+
+    monkeypatch.setattr(schema.records.ImageRecord, "from_event", staticmethod(from_event))
+    batch = items(up("ok", 1), up("bad", 1), price("bad", 2, "3"))
+    plan = plan_writes(batch, {}, embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied", "dead_lettered", "dead_lettered"]
+    assert batch[1].outcome and batch[1].outcome.failure
+    assert batch[1].outcome.failure.reason == "invalid_event"
+    assert {r.product_id for r in plan.upserts} == {"ok"}
+    assert [s.product_id for s in plan.states] == ["ok"] and "bad" not in plan.prune
