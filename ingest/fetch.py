@@ -42,6 +42,8 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from requests.utils import requote_uri
+
 from ingest.egress import Address, EgressPolicy
 from schema.errors import ItemError, Reason
 from schema.events import ImageRef
@@ -305,7 +307,8 @@ class ImageFetcher:
         self, sock: socket.socket, url: str, host: str, port: int, deadline: float
     ) -> bytes | str:
         split = urlsplit(url)
-        target = (split.path or "/") + (f"?{split.query}" if split.query else "")
+        # Percent-encode what a shop left raw (spaces, non-ASCII file names), as browsers do.
+        target = requote_uri((split.path or "/") + (f"?{split.query}" if split.query else ""))
         default_port = 443 if split.scheme.lower() == "https" else 80
         host_header = f"[{host}]" if ":" in host else host
         if port != default_port:

@@ -144,7 +144,8 @@ def build_runner(
         log.info("local image paths are refused: LOOKALIKE_IMAGES__ROOTS is empty; set it to "
                  "the folders events' image paths point into, e.g. "
                  "LOOKALIKE_IMAGES__ROOTS='[\"/data/images\"]'")
-    sink = MilvusSink(client, spec)
+    # One retry loop for ingest's writes: the outage wait (one log line per attempt).
+    sink = MilvusSink(client, spec, max_attempts=1)
     stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels,
                     decode_workers=decode_workers(settings, embedder), after_write=after_write,
                     outage=OutageWait(g.outage_budget_s))

@@ -367,3 +367,8 @@ def test_tls_is_verified_for_the_host_name(tls_server: tuple[int, ssl.SSLContext
     plain = ImageFetcher([], egress=EgressPolicy(LOOPBACK),
                          policy=FetchPolicy(deadline_s=2.0, max_attempts=1))
     assert reason(plain, ImageRef(url=f"https://localhost:{port}/ok.jpg")) == "unreachable"
+
+
+def test_raw_characters_in_paths_are_percent_encoded(server: str) -> None:
+    # The handler answers 404 for an unknown path: reaching it proves the request was sent.
+    assert reason(fetcher(), ImageRef(url=f"{server}/a photo é.jpg")) == "http_status"
