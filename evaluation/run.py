@@ -24,10 +24,11 @@ from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
-from schema.collection import CollectionSpec, ensure_collections
+from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import MAX_K, ProductSearch
+from store import MilvusStore, ensure_collections
 
 CHUNK = 64
 """Images decoded and embedded per step (and rows per upsert)."""
@@ -133,7 +134,7 @@ def embed_files(
 
 
 def index_gallery(
-    client: Any,
+    store: MilvusStore,
     spec: CollectionSpec,
     products: Sequence[GalleryProduct],
     vectors: NDArray[np.float32],
@@ -153,9 +154,8 @@ def index_gallery(
                 version=1, updated_at_ms=0, vector=vectors[row].tolist(),
             ).to_row())
             row += 1
-    for start in range(0, len(rows), CHUNK * 4):
-        client.upsert(spec.name, rows[start : start + CHUNK * 4])
-    client.flush(spec.name)
+    store.upsert(spec.name, rows, op="index_gallery")
+    store.flush(spec.name)
     return len(rows)
 
 
@@ -187,7 +187,7 @@ def evaluate(
     products: Sequence[GalleryProduct],
     queries: Sequence[Query],
     embedder: Embedder,
-    client: Any,
+    store: MilvusStore,
     spec: CollectionSpec,
     cache: EmbeddingCache | None,
     *,
@@ -202,9 +202,10 @@ def evaluate(
                                   stats=stats, desc="embed gallery")
     query_vectors = embed_files([p for q in queries for p in q.images], embedder, cache,
                                 max_pixels=max_pixels, stats=stats, desc="embed queries")
-    ensure_collections(client, spec)
-    n_rows = index_gallery(client, spec, products, gallery_vectors, embedder.model_version)
-    searcher = ProductSearch(client, spec, embedder, max_pixels=max_pixels)
+    ensure_collections(store, spec)
+    n_rows = index_gallery(store, spec, products, gallery_vectors, embedder.model_version)
+    # Strong: the queries must see the gallery written just before.
+    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels)
     started = time.perf_counter()
     results = run_queries(searcher, queries, query_vectors)
     return EvalReport(

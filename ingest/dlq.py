@@ -134,15 +134,15 @@ class DeadLetterQueue:
         return done
 
 
-def build_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
+def build_producer(bootstrap_servers: str, client_id: str, **extra: Any) -> KafkaProducer:
     """A producer that waits for the broker's acknowledgement of every record; ``send``
-    blocks at most 10 s for metadata during an outage (the flush is then retried)."""
+    blocks at most 10 s for metadata during an outage (the flush is then retried).
+    ``extra``: more KafkaProducer settings (the wiring passes its bootstrap timeout)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id=client_id,
         acks="all",
         retries=5,
         linger_ms=5,
-        max_request_size=MAX_REQUEST_BYTES,
-        max_block_ms=10_000,
+        **{"max_request_size": MAX_REQUEST_BYTES, "max_block_ms": 10_000, **extra},
     )

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ingest.dlq import DeadLetterError
-from ingest.sink import SinkError, is_transient
+from store import StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,8 @@ class OutageBudgetExceededError(RuntimeError):
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means "unavailable, try again later" rather than "this is wrong"."""
-    if isinstance(exc, SinkError):  # the store's own retries ran out on a transient error
-        return exc.__cause__ is not None and is_transient(exc.__cause__)
-    return isinstance(exc, DeadLetterError)
+    # StoreUnavailableError: the store's own short retries ran out on a transient error.
+    return isinstance(exc, StoreUnavailableError | DeadLetterError)
 
 
 def quiet_client_logs() -> None:

@@ -12,11 +12,12 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ingest.dlq import DeadLetterQueue
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageWait
+from ingest.plan import WritePlan
 from ingest.runner import Pipeline, Runner, RunnerConfig
-from ingest.sink import SinkError, WritePlan
 from ingest.source import KafkaSource, Offsets
 from ingest.stages import Stages
 from schema.records import ProductState
+from store import StoreUnavailableError
 from tests.fakes import TinyEmbedder
 
 TOPIC = "products"
@@ -86,10 +87,7 @@ class FlakyStore:
     def _check(self) -> None:
         if self.down.is_set():
             self.failures += 1
-            try:
-                raise ConnectionError("milvus: connection refused")
-            except ConnectionError as exc:
-                raise SinkError("upsert failed after 4 attempt(s)") from exc
+            raise StoreUnavailableError("upsert failed after 4 attempt(s): connection refused")
 
     def get_states(self, product_ids: Sequence[str]) -> dict[str, ProductState]:
         self._check()
@@ -130,6 +128,6 @@ def fake_runner(fetcher: ImageFetcher, store: FlakyStore, source: FakeSource,
         fetcher, TinyEmbedder(), store, DeadLetterQueue(producer, "dlq"), pool,
         max_pixels=10**7, outage=OutageWait(budget_s, first_delay_s=0.05, max_delay_s=0.2),
     )
-    config = RunnerConfig(batch_events=4, batch_timeout_s=0.05, max_in_flight=2,
-                          poll_timeout_ms=20)
+    config = RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.05,
+                          max_in_flight=2, shutdown_grace_s=5.0, poll_timeout_ms=20)
     return Runner(source, Pipeline(stages), config), producer

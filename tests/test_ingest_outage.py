@@ -19,7 +19,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageBudgetExceededError, OutageWait
 from ingest.runner import IngestError
-from ingest.sink import SinkError
+from store import StoreError
 from tests.pipeline_support import upsert_payload, write_image
 from tests.runner_fakes import FakeSource, FlakyStore, fake_runner, record
 
@@ -79,8 +79,8 @@ def test_only_outages_are_waited_out() -> None:
 
     def broken() -> Any:
         calls.append(1)
-        raise SinkError("apply failed: a bug")  # no transient cause: fails at once
+        raise StoreError("apply failed: a bug")  # not an outage: fails at once
 
-    with pytest.raises(SinkError):
+    with pytest.raises(StoreError):
         OutageWait(60, sleep=lambda s: None).call("milvus", broken)
     assert calls == [1]
