@@ -188,27 +188,3 @@ def test_hostile_messages_are_dead_lettered_and_valid_ones_indexed(
     assert len({dict(d.headers)["lookalike.source"] for d in dead}) == n_invalid
     assert all(len(d.value or b"") < 1024 * 1024 for d in dead)
 
-
-def test_startup_says_when_local_paths_are_refused(
-    bootstrap: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from lookalike.app import build_runner
-    from schema.collection import CollectionSpec, ensure_collections
-
-    client = MilvusClient(str(tmp_path / "m.db"))
-    for roots, expected in (([], 1), ([tmp_path], 0)):
-        settings = make_settings(bootstrap, unique, tmp_path / "m.db", roots)
-        spec = CollectionSpec(name=settings.milvus.collection, dim=TinyEmbedder.dim)
-        ensure_collections(client, spec)
-        caplog.clear()
-        with caplog.at_level("INFO"), ThreadPoolExecutor(1) as pool:
-            runner = build_runner(settings, TinyEmbedder(), client, spec, pool)
-            runner.stop("test")
-            runner.run()
-        lines = [r.getMessage() for r in caplog.records
-                 if "local image paths are refused" in r.getMessage()]
-        assert len(lines) == expected
-        if expected:
-            assert "LOOKALIKE_IMAGES__ROOTS" in lines[0]
