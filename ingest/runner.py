@@ -132,6 +132,11 @@ class Runner:
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
 
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """Events behind per assigned partition (``KafkaSource.lag``). Only from the thread
+        running :meth:`run`, the consumer's owner: ``on_batch`` callbacks may call it."""
+        return self._source.lag()
+
     def run(self, *, until_caught_up: bool = False) -> RunReport:
         started = time.monotonic()
         self._source.subscribe()

@@ -47,6 +47,9 @@ from store.engine import is_lite_uri
 from store.versions import ModelVersions, ServingGuard
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_client import CollectorRegistry
+
     from embedding.embedder import Embedder
     from ingest.reindex import Reindexer
     from search.api import ProductSearch
@@ -231,6 +234,34 @@ def build_fetcher(i: ImageSettings) -> ImageFetcher:
         log.info("local image paths are refused: no image root configured "
                  "(--image-root or LOOKALIKE_IMAGES__ROOTS); URLs are fetched")
     return ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+
+
+def build_api(
+    settings: Settings,
+    embedder: Any,
+    versions: ModelVersions,
+    registry: CollectorRegistry,
+    pool: ThreadPoolExecutor,
+) -> FastAPI:
+    """The HTTP app (serve/api.py) over ``build_search``, with embed and Milvus time recorded
+    into ``registry``; the model warms up in the background and ``/readyz`` says when it is
+    done. ``pool`` runs the queries (its size bounds them)."""
+    from serve.api import ServeConfig, create_app
+    from serve.health import Readiness
+    from serve.metrics import SearchMetrics, TimedEmbedder
+
+    metrics = SearchMetrics(registry)
+    search = build_search(settings, TimedEmbedder(embedder, metrics), versions)
+    warm = warm_up_in_background(embedder)
+    readiness = Readiness(versions.store, versions.base,
+                          model_warm=lambda: warm is None or not warm.is_alive())
+    s = settings.search
+    config = ServeConfig(
+        image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
+        compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
+    )
+    return create_app(search, store=versions.store, readiness=readiness, registry=registry,
+                      metrics=metrics, pool=pool, config=config)
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:

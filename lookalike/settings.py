@@ -108,6 +108,15 @@ class SearchSettings(_Group):
     )
 
 
+class ServeSettings(_Group):
+    host: str = Field(default="127.0.0.1", description="`lookalike serve`/`run`: address to "
+                      "listen on (also --host); the API has no authentication")
+    port: int = Field(default=8080, ge=0, le=65535, description="...and port (also --port)")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0,
+                                  description="Largest request body (all uploaded views)")
+    workers: int = Field(default=4, ge=1, description="Queries embedded and searched at once")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOOKALIKE_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -119,4 +128,5 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     ingest: IngestSettings = IngestSettings()
     search: SearchSettings = SearchSettings()
+    serve: ServeSettings = ServeSettings()
     log_level: str = Field(default="INFO", description="Also --log-level")
