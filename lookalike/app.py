@@ -78,7 +78,10 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
         return None
 
     def run() -> None:
-        log.info("model warm-up done in %.1fs", warm_up())
+        try:
+            log.info("model warm-up done in %.1fs", warm_up())
+        except Exception as exc:  # only speed is lost (and a short ingest may exit mid-way)
+            log.debug("model warm-up stopped: %s: %s", type(exc).__name__, exc)
 
     thread = threading.Thread(target=run, name="model-warm-up", daemon=True)
     thread.start()
