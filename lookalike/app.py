@@ -245,7 +245,8 @@ def build_api(
     from serve.metrics import SearchMetrics, TimedEmbedder
 
     metrics = SearchMetrics(registry)
-    search = build_search(settings, TimedEmbedder(embedder, metrics), versions)
+    timed = TimedEmbedder(embedder)
+    search = build_search(settings, timed, versions)
     warm = warm_up_in_background(embedder)
     readiness = Readiness(versions.store, versions.base,
                           model_warm=lambda: warm is None or not warm.is_alive())
@@ -254,8 +255,8 @@ def build_api(
         image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
         compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
     )
-    return create_app(search, store=versions.store, readiness=readiness, registry=registry,
-                      metrics=metrics, pool=pool, config=config)
+    return create_app(search, embedder=timed, store=versions.store, readiness=readiness,
+                      registry=registry, metrics=metrics, pool=pool, config=config)
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:

@@ -70,9 +70,10 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
     embedder.picture((0, 0, 200), [0.0] * 7 + [1.0])
     registry = CollectorRegistry()
     metrics = SearchMetrics(registry)
-    real = ProductSearch(store, spec, TimedEmbedder(embedder, metrics), max_pixels=max_pixels)
+    timed = TimedEmbedder(embedder)
+    real = ProductSearch(store, spec, timed, max_pixels=max_pixels)
     with ThreadPoolExecutor(4) as pool:
-        app = create_app(search or real, store=store,
+        app = create_app(search or real, embedder=timed, store=store,
                          readiness=Readiness(store, spec.name, lambda: True),
                          registry=registry, metrics=metrics, pool=pool,
                          config=ServeConfig(image_roots=[root], max_upload_bytes=max_upload_bytes))
