@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from embedding.trained import TrainedModelError
 from ingest.dlq import DeadLetterQueue
 from ingest.dlq import build_producer as _dlq_producer
 from ingest.egress import EgressPolicy
@@ -66,7 +67,7 @@ def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
 
     m = settings.model
-    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight)
+    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight, m.path)
 
 
 def warm_up_in_background(embedder: Any) -> threading.Thread | None:
@@ -360,6 +361,8 @@ def explain(exc: BaseException) -> UserError | None:
         return exc
     if isinstance(exc, ItemError):
         return UserError(f"cannot use the image: {exc}")  # "reason: detail"
+    if isinstance(exc, TrainedModelError):
+        return UserError(f"LOOKALIKE_MODEL__PATH: {exc}")
     if isinstance(exc, KafkaError):
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     if isinstance(exc, StoreError):

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=_at_least(1), default=9092)
+
+    from lookalike import commands_train
+
+    commands_train.add_parser(sub)
     return parser
 
 
@@ -181,6 +185,7 @@ HANDLERS = {
     "models": "lookalike.commands:models",
     "serve": "lookalike.commands_serve:serve",
     "run": "lookalike.commands_serve:run",
+    "train": "lookalike.commands_train:train",
 }
 """Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
 model and clients load only for the commands that need them; ``broker`` loads none)."""

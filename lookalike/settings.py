@@ -111,6 +111,11 @@ class ModelSettings(_Group):
         "0.63 / 0.67 and R@5 0.78 / 0.87 / 0.85; on fmnist (grey, class level) mAP@R falls "
         "from 0.402 to 0.394 / 0.375 / 0.348. 0.5 has the best R@5 and a small fmnist loss",
     )
+    path: Path | None = Field(
+        default=None,
+        description="A model directory written by `lookalike train`; its variant and square "
+        "mode replace the two above (docs/training.md)",
+    )
 
 
 class IngestSettings(_Group):
