@@ -202,9 +202,9 @@ def _main_path(variant: Row, luma_dir: Path) -> Path:
 
 def _same_photo_groups(variants: list[Row], luma_dir: Path) -> dict[str, str]:
     """Variant -> the first variant shown by the same main photo (16x16 colour thumbnails
-    no pixel more than 8 levels apart): no photo can tell those apart (the yoga strap in three lengths),
-    so they are one item here. Variants of different colours stay apart, however alike their
-    photos (navy and black trousers): telling them apart is the job."""
+    with no pixel more than 8 levels apart): no photo can tell those apart (the yoga strap
+    in three lengths), so they are one item here. Variants of different colours stay apart,
+    however alike their photos (navy and black trousers): telling them apart is the job."""
     thumbs: list[tuple[str, str, np.ndarray]] = []
     out: dict[str, str] = {}
     for variant in variants:

@@ -30,6 +30,7 @@ from schema.versions import ModelVersions
 if TYPE_CHECKING:
     from embedding.embedder import Embedder
     from search.api import ProductSearch
+    from search.verify import SameItemVerifier
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,18 @@ def build_search(settings: Settings, embedder: Any,
     return ProductSearch(
         client, spec, embedder,
         consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
+        verifier=build_verifier(settings),
     )
+
+
+def build_verifier(settings: Settings) -> SameItemVerifier:
+    """Price comparison's same-item check, reading stored listing photos the way ingest
+    fetched them (same roots, URL rules, timeout and byte cap)."""
+    from search.verify import SameItemVerifier, fetching_loader
+
+    i = settings.images
+    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+    return SameItemVerifier(fetching_loader(fetcher, i.max_pixels))
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:

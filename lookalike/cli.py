@@ -43,6 +43,12 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print hits as JSON")
 
 
+def _match_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--match", choices=("exact", "similar"), default="exact",
+                   help="exact: this item in this colour (default); similar: the same kind or "
+                        "style in any colour")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
     parser.add_argument("--log-level", default=None)
@@ -66,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="+",
                    help="a photo, or several views of the same item (searched together)")
+    _match_arg(p)
     _filter_args(p)
 
     p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="?")
     p.add_argument("--product-id")
-    p.add_argument("--threshold", type=float, help="minimum cosine similarity")
+    p.add_argument("--threshold", type=float,
+                   help="minimum cosine similarity of a candidate to verify as the same item")
     _filter_args(p)
 
     p = sub.add_parser("demo", help="broker + embedded Milvus + a catalog, end to end")
@@ -94,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cache (by image content and model version)")
     p.add_argument("--no-cache", action="store_true", help="embed everything again")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--task", choices=("retrieval", "same-item"), default="retrieval",
+                   help="retrieval: rank products (R@k, mAP@R); same-item: price comparison "
+                        "lists the query's listings (precision, recall, false-match rate)")
+    _match_arg(p)
 
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
                        "then switch searches to it (no downtime)")

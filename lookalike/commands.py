@@ -152,7 +152,7 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         if not image.is_file():
             raise UserError(f"no such image: {image}")
     hits = _searcher(settings).by_images(
-        images, k=args.k or settings.search.k, filter=search_filter
+        images, k=args.k or settings.search.k, filter=search_filter, match=args.match
     )
     if args.json:
         _print_json(hits)

@@ -57,8 +57,6 @@ CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each)."""
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
-CHROMA_FLOOR = 10.0
-"""Lab chroma below which a colour counts as grey, so its hue is not compared."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -78,15 +76,14 @@ class PhotoFeatures:
 
 @dataclass(frozen=True)
 class Alignment:
-    """The query photo warped onto the listing's by the homography, compared where either
-    shows the product."""
+    """The query photo warped onto the listing's by the homography, compared where both
+    show the product."""
 
     correlation: float
     """Normalised cross-correlation of the grey levels (brightness and contrast edits keep it
     near 1; another product under the same watermark or sale tag does not)."""
     colour_shift: float
-    """Difference of the mean Lab chroma vectors: the hue angle in degrees when both are
-    colourful, else the chroma difference (grey against navy)."""
+    """Median distance of the aligned pixels' Lab chroma (a*, b*; see :func:`_colour_shift`)."""
 
 
 @dataclass(frozen=True)
@@ -185,26 +182,35 @@ def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
     (``a`` -> ``b`` px at ``VERIFY_SIZE``); (0, None) when there are too few."""
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
         return 0, None
-    pairs = _matcher().knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < 4:
+    pairs = _mutual_matches(a.descriptors, b.descriptors)
+    if len(pairs) < 4:
         return 0, None
-    src = a.points[[m.queryIdx for m in good]]
-    dst = b.points[[m.trainIdx for m in good]]
+    src = a.points[[i for i, _ in pairs]]
+    dst = b.points[[j for _, j in pairs]]
     found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
     if found is None or mask is None:
         return 0, None
     homography = np.asarray(found, dtype=np.float64)
     if not _plausible(homography):
         return 0, None
-    # One keypoint of b explains at most one inlier: a pile of matches onto one point is noise.
-    kept = {m.trainIdx for m, ok in zip(good, mask.ravel(), strict=True) if ok}
-    return len(kept), homography
+    return int(mask.sum()), homography
+
+
+def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
+    """Index pairs that pass Lowe's ratio test both ways and are each other's best match. One way
+    only, the repeated patches of a watermark or a text all match the same few keypoints of
+    the other photo, and RANSAC then fits a degenerate mapping to them."""
+    def one_way(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
+        return {p[0].queryIdx: p[0].trainIdx for p in _matcher().knnMatch(x, y, k=2)
+                if len(p) == 2 and p[0].distance < RATIO * p[1].distance}
+
+    forward, backward = one_way(a, b), one_way(b, a)
+    return [(i, j) for i, j in forward.items() if backward.get(j) == i]
 
 
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
           ) -> Alignment | None:
-    """Warp ``a`` onto ``b`` and compare them where either shows the product (None when the
+    """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
     overlap is too small to say)."""
     half = np.diag([0.5, 0.5, 1.0])
     h_small = half @ homography @ np.linalg.inv(half)
@@ -214,7 +220,9 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
         borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255)), dtype=np.uint8)
     valid = cv2.warpPerspective(np.ones(a.small.shape[:2], np.uint8), h_small,
                                 (width, height), flags=cv2.INTER_NEAREST) > 0
-    product = (foreground_weights(b.small) > 0.5) | (foreground_weights(warped) > 0.5)
+    # Where BOTH show something other than background: a sale tag, a watermark on the white
+    # or a coloured pad in one photo is left out, the product itself stays in.
+    product = (foreground_weights(b.small) > 0.5) & (foreground_weights(warped) > 0.5)
     region = valid & product
     if int(region.sum()) < MIN_OVERLAP_PX:
         return None
@@ -228,19 +236,14 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
 
 
 def _colour_shift(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
-    """Hue angle (degrees) between the mean Lab chroma of two pixel sets when both are
-    colourful, else the difference of their chroma (see :class:`Alignment`)."""
-    def mean_ab(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """Median over aligned pixels of the distance of their Lab chroma (a*, b*): 0 for the same
+    colours under any brightness edit, ~20+ for red against orange or navy against black."""
+    def chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
         lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
-        out: NDArray[np.float64] = lab[:, 1:].astype(np.float64).mean(axis=0) - 128.0
+        out: NDArray[np.float64] = lab[:, 1:].astype(np.float64)
         return out
 
-    ab_a, ab_b = mean_ab(a), mean_ab(b)
-    chroma_a, chroma_b = float(np.linalg.norm(ab_a)), float(np.linalg.norm(ab_b))
-    if min(chroma_a, chroma_b) < CHROMA_FLOOR:
-        return abs(chroma_a - chroma_b)
-    cosine = float(np.dot(ab_a, ab_b)) / (chroma_a * chroma_b)
-    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+    return float(np.median(np.linalg.norm(chroma(a) - chroma(b), axis=1)))
 
 
 def _plausible(homography: NDArray[np.float64]) -> bool:

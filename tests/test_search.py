@@ -14,6 +14,7 @@ from schema.collection import CollectionSpec, ensure_collections
 from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from tests import milvus_support
+from tests.fakes import SimilarityOnlyVerifier
 from tests.milvus_support import (
     DIM,
     FakeEmbedder,
@@ -59,7 +60,11 @@ def catalog(milvus: Milvus) -> Iterator[Catalog]:
     records.append(record("old-model", "k0", unit(0), model_version="old-v0"))
     MilvusSink(milvus.client, s, engine=milvus.engine).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
-    yield Catalog(s, ProductSearch(milvus.client, s, embedder, engine=milvus.engine), embedder)
+    # listings here have no real photos: verification by similarity alone (tests/test_verify.py
+    # covers the real one), so these tests see retrieval, filters and order
+    search = ProductSearch(milvus.client, s, embedder, engine=milvus.engine,
+                           verifier=SimilarityOnlyVerifier())
+    yield Catalog(s, search, embedder)
     milvus.drop(s)
 
 
