@@ -47,7 +47,7 @@ from schema.collection import (
 from schema.versions import ModelVersions
 from search.filters import ExpressionBuilder, SearchFilter, check_string
 from search.intent import Match, QueryWeighting, check_match
-from search.verify import Evidence, SameItemVerifier, photo_features
+from search.verify import VERIFY_SIZE, Evidence, SameItemVerifier, photo_features
 
 DEFAULT_COMPARE_THRESHOLD = 0.50
 """Cosine similarity below which a retrieved listing is not even verified as the same item
@@ -185,6 +185,10 @@ class ProductSearch:
         self._load: ImageLoader = image_loader or partial(
             _default_loader, min_size=getattr(embedder, "decode_size", None)
         )
+        # ...and photos to verify as the same item at the size verification compares them.
+        self._load_to_verify: ImageLoader = image_loader or partial(
+            _default_loader, min_size=VERIFY_SIZE
+        )
         self._timeout = timeout_s
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier or SameItemVerifier.for_urls(max_pixels)
@@ -298,9 +302,8 @@ class ProductSearch:
             best = self._search(vectors, k, filter, exclude=(product_id,))
         else:
             assert image is not None
-            picture = self._load(image, self._max_pixels)
-            best = self._search([self._embed_picture(picture)], k, filter, exclude=())
-            queries = [photo_features(picture)]
+            best = self._search([self._embed(image)], k, filter, exclude=())
+            queries = [photo_features(self._load_to_verify(image, self._max_pixels))]
         candidates = [(row, score) for row, score in best if score >= threshold]
         matches = []
         for row, score in candidates:
@@ -323,9 +326,7 @@ class ProductSearch:
         return [_hit(row, self._weighting.score(score, match)) for row, score in best]
 
     def _embed(self, image: ImageInput) -> list[float]:
-        return self._embed_picture(self._load(image, self._max_pixels))
-
-    def _embed_picture(self, picture: Image.Image) -> list[float]:
+        picture = self._load(image, self._max_pixels)
         out = np.asarray(self._embedder.embed([picture]), dtype=np.float32)
         if out.shape != (1, self._spec.dim):
             raise ValueError(f"embedder returned shape {out.shape}, expected (1, {self._spec.dim})")

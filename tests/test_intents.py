@@ -70,9 +70,9 @@ def search(milvus: Milvus) -> Iterator[ProductSearch]:
     spec: CollectionSpec = milvus.new_spec(dim=CNN + COLOUR_DIM, prefix="intent")
     ensure_collections(milvus.client, spec, milvus.engine)
     embedder = ColourEmbedder()
-    rows = [record("other-colour", "k0", OTHER_COLOUR.tolist(), model_version=embedder.model_version),
-            record("same-colour", "k0", SAME_COLOUR.tolist(), model_version=embedder.model_version),
-            record("query-item", "k0", QUERY.tolist(), model_version=embedder.model_version)]
+    rows = [record(pid, "k0", v.tolist(), model_version=embedder.model_version)
+            for pid, v in (("other-colour", OTHER_COLOUR), ("same-colour", SAME_COLOUR),
+                           ("query-item", QUERY))]
     MilvusSink(milvus.client, spec, engine=milvus.engine).apply(WritePlan(upserts=rows))
     yield ProductSearch(milvus.client, spec, embedder, engine=milvus.engine)
     milvus.drop(spec)
