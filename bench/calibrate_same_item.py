@@ -49,12 +49,13 @@ def main() -> int:
     parser.add_argument("protocol", type=Path)
     parser.add_argument("--queries", default="queries.jsonl")
     parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--limit", type=int, help="the first N queries only")
     parser.add_argument("--rule", help="a rule to report: min_inliers,min_correlation,"
                         "max_colour_shift,min_colour,duplicate_similarity")
     parser.add_argument("--cache", type=Path, default=REPO / "var/cache/embeddings.sqlite")
     args = parser.parse_args()
     gallery = load_gallery(args.protocol / "gallery.jsonl")
-    queries = load_queries(args.protocol / args.queries, gallery)
+    queries = load_queries(args.protocol / args.queries, gallery)[: args.limit]
     embedder = create_embedder("lite0", "pad", 32, colour_weight=0.5)
     cache = EmbeddingCache(args.cache)
     stats = EmbedStats()
@@ -102,8 +103,8 @@ def main() -> int:
           f"warm (gallery cached) p50 {1000 * np.median(warm):.0f} "
           f"p95 {1000 * np.percentile(warm, 95):.0f}")
     grid = [SameItemRule(i, r, h, c, d) for i, r, h, c, d in itertools.product(
-        (8, 12, 15, 20, 25), (0.3, 0.4, 0.5, 0.6, 0.7), (8.0, 12.0, 16.0, 25.0), (0.7, 0.8, 0.9),
-        (0.98, 0.985, 0.99, 1.01))]
+        (10, 15, 20, 25, 30), (0.6, 0.7, 0.8, 0.85, 0.9), (8.0, 12.0, 16.0, 20.0, 25.0),
+        (0.8, 0.9), (0.985, 0.99, 1.01))]
     if args.rule:
         i, r, h, c, d = args.rule.split(",")
         grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d)))

@@ -55,6 +55,7 @@ RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each)."""
+SHIFT_PERCENTILE = 75
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
 
@@ -83,7 +84,7 @@ class Alignment:
     """Normalised cross-correlation of the grey levels (brightness and contrast edits keep it
     near 1; another product under the same watermark or sale tag does not)."""
     colour_shift: float
-    """Median distance of the aligned pixels' Lab chroma (a*, b*; see :func:`_colour_shift`)."""
+    """How far the aligned pixels' Lab chroma (a*, b*) moved (see :func:`_colour_shift`)."""
 
 
 @dataclass(frozen=True)
@@ -236,14 +237,17 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
 
 
 def _colour_shift(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
-    """Median over aligned pixels of the distance of their Lab chroma (a*, b*): 0 for the same
-    colours under any brightness edit, ~20+ for red against orange or navy against black."""
+    """The ``SHIFT_PERCENTILE``-th percentile over aligned pixels of the distance of their Lab
+    chroma (a*, b*): small for the same colours under any brightness edit, large when a
+    quarter of the product changed colour. Not the median: a model wearing another colour of
+    a garment keeps her skin, hair and trousers, often more than half the product pixels."""
     def chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
         lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
         out: NDArray[np.float64] = lab[:, 1:].astype(np.float64)
         return out
 
-    return float(np.median(np.linalg.norm(chroma(a) - chroma(b), axis=1)))
+    distance = np.linalg.norm(chroma(a) - chroma(b), axis=1)
+    return float(np.percentile(distance, SHIFT_PERCENTILE))
 
 
 def _plausible(homography: NDArray[np.float64]) -> bool:
