@@ -34,6 +34,7 @@ from evaluation.protocol import load_gallery, load_queries  # noqa: E402
 from evaluation.run import EmbedStats, embed_files  # noqa: E402
 from evaluation.same_item import SameItemCounts  # noqa: E402
 from search.verify import (  # noqa: E402
+    SHIFT_PERCENTILES,
     VERIFY_SIZE,
     Evidence,
     SameItemRule,
@@ -51,7 +52,7 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--limit", type=int, help="the first N queries only")
     parser.add_argument("--rule", help="a rule to report: min_inliers,min_correlation,"
-                        "max_colour_shift,min_colour,duplicate_similarity")
+                        "max_colour_shift,min_colour,duplicate_similarity,shift_percentile")
     parser.add_argument("--cache", type=Path, default=REPO / "var/cache/embeddings.sqlite")
     args = parser.parse_args()
     gallery = load_gallery(args.protocol / "gallery.jsonl")
@@ -83,7 +84,7 @@ def main() -> int:
         per_query.append([(ids[j], ev) for j, ev in zip(top, evidence, strict=True)])
     records = [(ev.similarity, ev.inliers, ev.colour_agreement,
                 ev.alignment.correlation if ev.alignment else -1.0,
-                ev.alignment.colour_shift if ev.alignment else -1.0, pid in query.relevant)
+                ev.alignment.colour_shift(90) if ev.alignment else -1.0, pid in query.relevant)
                for query, rows in zip(queries, per_query, strict=True) for pid, ev in rows]
     arr = np.array([r[:5] for r in records])
     label = np.array([r[5] for r in records])
@@ -92,7 +93,7 @@ def main() -> int:
         for col, what in enumerate(("similarity", "inliers", "colour")):
             pct = np.percentile(arr[mask, col], [1, 5, 50, 95, 99])
             print(f"{name:>13} {what:>10}: " + " ".join(f"{v:.3f}" for v in pct))
-        for col, what in ((3, "correlation"), (4, "colour shift")):
+        for col, what in ((3, "correlation"), (4, "colour shift p90")):
             values = arr[mask & geometric, col]
             if len(values):
                 pct = np.percentile(values, [1, 5, 50, 95, 99])
@@ -102,12 +103,12 @@ def main() -> int:
           f"cold p50 {1000 * np.median(cold):.0f} p95 {1000 * np.percentile(cold, 95):.0f}; "
           f"warm (gallery cached) p50 {1000 * np.median(warm):.0f} "
           f"p95 {1000 * np.percentile(warm, 95):.0f}")
-    grid = [SameItemRule(i, r, h, c, d) for i, r, h, c, d in itertools.product(
-        (10, 15, 20, 25, 30), (0.6, 0.7, 0.8, 0.85, 0.9), (8.0, 12.0, 16.0, 20.0, 25.0),
-        (0.8, 0.9), (0.985, 0.99, 1.01))]
+    grid = [SameItemRule(i, r, h, 0.8, d, pc) for i, r, h, d, pc in itertools.product(
+        (10, 15, 20), (0.75, 0.8, 0.85, 0.9), (6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 25.0),
+        (0.99, 1.01), SHIFT_PERCENTILES)]
     if args.rule:
-        i, r, h, c, d = args.rule.split(",")
-        grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d)))
+        i, r, h, c, d, pc = args.rule.split(",")
+        grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d), int(pc)))
     scored = []
     for rule in grid:
         counts = SameItemCounts()
@@ -127,7 +128,8 @@ def main() -> int:
 
 def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
     return (f"inliers>={rule.min_inliers:>2} corr>={rule.min_correlation:.2f} "
-            f"shift<={rule.max_colour_shift:>4.1f} colour>={rule.min_colour:.2f} "
+            f"shift@p{rule.shift_percentile}<={rule.max_colour_shift:>4.1f} "
+            f"colour>={rule.min_colour:.2f} "
             f"dup>={rule.duplicate_similarity:.3f}: precision {s['precision']:.3f} "
             f"recall {s['recall']:.3f} false_match_rate {s['false_match_rate']:.3f} "
             f"all_found_rate {s['all_found_rate']:.3f}")

@@ -55,7 +55,8 @@ RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each)."""
-SHIFT_PERCENTILE = 75
+SHIFT_PERCENTILES = (75, 90, 95, 98)
+"""Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
 
@@ -83,8 +84,11 @@ class Alignment:
     correlation: float
     """Normalised cross-correlation of the grey levels (brightness and contrast edits keep it
     near 1; another product under the same watermark or sale tag does not)."""
-    colour_shift: float
-    """How far the aligned pixels' Lab chroma (a*, b*) moved (see :func:`_colour_shift`)."""
+    colour_shifts: tuple[float, ...]
+    """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``."""
+
+    def colour_shift(self, percentile: int) -> float:
+        return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,9 @@ class SameItemRule:
     """When two photos show the same item (see the module doc for why these).
 
     Geometry: ``inliers >= min_inliers``, the aligned photos correlate
-    (``>= min_correlation``) and their aligned colours agree (``colour_shift <=
-    max_colour_shift``). Or a near-identical photo without geometry (tiny, textureless):
+    (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
+    percentile of the chroma distance ``<= max_colour_shift``). Or a near-identical photo
+    without geometry (tiny, textureless):
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
     """
 
@@ -102,6 +107,7 @@ class SameItemRule:
     max_colour_shift: float = 12.0
     min_colour: float = 0.80
     duplicate_similarity: float = 0.985
+    shift_percentile: int = 90
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
@@ -110,12 +116,11 @@ class SameItemRule:
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
                                f"(correlation {alignment.correlation:.2f})")
-            if alignment.colour_shift > self.max_colour_shift:
-                return False, (f"{inliers} inliers, but the colours differ "
-                               f"(shift {alignment.colour_shift:.1f})")
+            shift = alignment.colour_shift(self.shift_percentile)
+            if shift > self.max_colour_shift:
+                return False, f"{inliers} inliers, but the colours differ (shift {shift:.1f})"
             return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
-                          f"{alignment.correlation:.2f}, colour shift "
-                          f"{alignment.colour_shift:.1f})")
+                          f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
         if similarity >= self.duplicate_similarity and colour >= self.min_colour:
             return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
                           f"{colour:.2f})")
@@ -233,21 +238,21 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
     gray_b -= gray_b.mean()
     denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
     correlation = float((gray_a * gray_b).sum()) / denominator if denominator > 0 else 0.0
-    return Alignment(correlation, _colour_shift(warped[region], b.small[region]))
+    return Alignment(correlation, _colour_shifts(warped[region], b.small[region]))
 
 
-def _colour_shift(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
-    """The ``SHIFT_PERCENTILE``-th percentile over aligned pixels of the distance of their Lab
-    chroma (a*, b*): small for the same colours under any brightness edit, large when a
-    quarter of the product changed colour. Not the median: a model wearing another colour of
-    a garment keeps her skin, hair and trousers, often more than half the product pixels."""
+def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
+    """Percentiles over aligned pixels of the distance of their Lab chroma (a*, b*): small for
+    the same colours under any brightness edit, large where part of the product changed
+    colour. High percentiles, not the median: another colour of a garment often changes a
+    waistband or a trim only, and a model wearing it keeps her skin, hair and trousers."""
     def chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
         lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
         out: NDArray[np.float64] = lab[:, 1:].astype(np.float64)
         return out
 
     distance = np.linalg.norm(chroma(a) - chroma(b), axis=1)
-    return float(np.percentile(distance, SHIFT_PERCENTILE))
+    return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
 
 
 def _plausible(homography: NDArray[np.float64]) -> bool:
