@@ -33,11 +33,18 @@ from ingest.dlq import build_producer  # noqa: E402
 from ingest.publish import load_catalog, publish_events  # noqa: E402
 from ingest.runner import RunReport  # noqa: E402
 from ingest.stages import Batch  # noqa: E402
-from lookalike.app import build_embedder, build_milvus, build_runner, build_search  # noqa: E402
+from lookalike.app import (  # noqa: E402
+    build_embedder,
+    build_runner,
+    build_search,
+    create_topics,
+    open_for_writing,
+    open_versions,
+)
 from lookalike.broker import LocalBroker  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 from schema.events import ProductUpserted  # noqa: E402
-from search.filters import ExpressionBuilder, SearchFilter  # noqa: E402
+from search.filters import SearchFilter  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
 
@@ -100,10 +107,8 @@ def freshness(settings: Settings, embedder: Any, client: Any, spec: Any,
             started = time.monotonic()
             publish_events(producer, settings.kafka.topic, [event])
             while time.monotonic() - started < 30:
-                expr, params = ExpressionBuilder(templates=False).eq(
-                    "product_id", event.product_id).build()
-                got = client.query(spec.name, filter=expr, filter_params=params,
-                                   output_fields=["version"], consistency_level="Strong")
+                got = client.query(spec.name, client.expr().eq("product_id", event.product_id),
+                                   ["version"], consistency="Strong")
                 if got and got[0]["version"] == event.resolved_version:
                     latencies.append((time.monotonic() - started) * 1000)
                     break
@@ -116,8 +121,8 @@ def freshness(settings: Settings, embedder: Any, client: Any, spec: Any,
 
 def search_latency(searcher: Any, client: Any, spec: Any, queries: list[Path],
                    flt: SearchFilter | None, by_image: bool) -> list[float]:
-    vectors = [r["vector"] for r in client.query(spec.name, filter='pk != ""', limit=len(queries),
-                                                  output_fields=["vector"])]
+    vectors = [r["vector"] for r in client.query(spec.name, 'pk != ""', ["vector"],
+                                                  limit=len(queries), consistency="Strong")]
     out = []
     for i, path in enumerate(queries):
         started = time.perf_counter()
@@ -159,7 +164,9 @@ def main() -> int:
         events = load_catalog(args.catalog, default_seller="luma")
         paths = [Path(img.path) for e in events for img in e.images if img.path]
         embedder = build_embedder(settings)
-        client, spec = build_milvus(settings, embedder.dim)
+        versions = open_versions(settings, create=True)
+        client, (spec, _guard) = versions.store, open_for_writing(versions, embedder)
+        create_topics(settings)
         batch = settings.ingest.batch_images
         print(f"machine: {len(paths)} Luma images, model {embedder.model_version}, "
               f"batch {batch}")
@@ -180,7 +187,7 @@ def main() -> int:
         fresh = freshness(settings, embedder, client, spec, events, args.fresh_events)
         print(f"event-to-searchable: p50 {pct(fresh, 50):.0f} ms, p95 {pct(fresh, 95):.0f} ms "
               f"({len(fresh)} events, one at a time)")
-        searcher = build_search(settings, embedder, client, spec)
+        searcher = build_search(settings, embedder, versions)
         queries = paths[:100]
         flt = SearchFilter(categories=["Women/Tops"], max_price=60.0)
         figures: dict[str, Any] = {

@@ -24,11 +24,12 @@ from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
-from schema.collection import CollectionSpec, ensure_collections
+from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import MAX_K, ProductSearch
 from search.intent import Match
+from store import MilvusStore, ensure_collections
 
 CHUNK = 64
 """Images decoded and embedded per step (and rows per upsert)."""
@@ -134,7 +135,7 @@ def embed_files(
 
 
 def index_gallery(
-    client: Any,
+    store: MilvusStore,
     spec: CollectionSpec,
     products: Sequence[GalleryProduct],
     vectors: NDArray[np.float32],
@@ -155,9 +156,8 @@ def index_gallery(
                 version=1, updated_at_ms=0, vector=vectors[row].tolist(),
             ).to_row())
             row += 1
-    for start in range(0, len(rows), CHUNK * 4):
-        client.upsert(spec.name, rows[start : start + CHUNK * 4])
-    client.flush(spec.name)
+    store.upsert(spec.name, rows, op="index_gallery")
+    store.flush(spec.name)
     return len(rows)
 
 
@@ -190,7 +190,7 @@ def evaluate(
     products: Sequence[GalleryProduct],
     queries: Sequence[Query],
     embedder: Embedder,
-    client: Any,
+    store: MilvusStore,
     spec: CollectionSpec,
     cache: EmbeddingCache | None,
     *,
@@ -199,11 +199,12 @@ def evaluate(
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``."""
     stats = EmbedStats()
-    n_rows = index_products(products, embedder, client, spec, cache, max_pixels=max_pixels,
+    n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
     query_vectors = embed_files([p for q in queries for p in q.images], embedder, cache,
                                 max_pixels=max_pixels, stats=stats, desc="embed queries")
-    searcher = ProductSearch(client, spec, embedder, max_pixels=max_pixels)
+    # Strong: the queries must see the gallery written just before.
+    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels)
     started = time.perf_counter()
     results = run_queries(searcher, queries, query_vectors, match)
     return EvalReport(
@@ -213,7 +214,8 @@ def evaluate(
 
 
 def index_products(
-    products: Sequence[GalleryProduct], embedder: Embedder, client: Any, spec: CollectionSpec,
+    products: Sequence[GalleryProduct], embedder: Embedder, store: MilvusStore,
+    spec: CollectionSpec,
     cache: EmbeddingCache | None, *, max_pixels: int, stats: EmbedStats,
 ) -> int:
     """Embed the gallery (through the cache) into the fresh collections of ``spec``; rows."""
@@ -222,5 +224,5 @@ def index_products(
     gallery_paths = [p for product in products for p in product.images]
     gallery_vectors = embed_files(gallery_paths, embedder, cache, max_pixels=max_pixels,
                                   stats=stats, desc="embed gallery")
-    ensure_collections(client, spec)
-    return index_gallery(client, spec, products, gallery_vectors, embedder.model_version)
+    ensure_collections(store, spec)
+    return index_gallery(store, spec, products, gallery_vectors, embedder.model_version)

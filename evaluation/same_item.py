@@ -29,6 +29,7 @@ from ingest.fetch import ImageFetcher
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
 from search.verify import SameItemVerifier, fetching_loader
+from store import MilvusStore
 
 
 @dataclass
@@ -102,7 +103,7 @@ def evaluate_same_item(
     products: Sequence[GalleryProduct],
     queries: Sequence[Query],
     embedder: Embedder,
-    client: Any,
+    store: MilvusStore,
     spec: CollectionSpec,
     cache: EmbeddingCache | None,
     *,
@@ -112,9 +113,10 @@ def evaluate_same_item(
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists."""
     stats = EmbedStats()
-    n_rows = index_products(products, embedder, client, spec, cache, max_pixels=max_pixels,
+    n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
-    searcher = ProductSearch(client, spec, embedder, max_pixels=max_pixels,
+    # Strong: the queries must see the gallery written just before.
+    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
                              verifier=gallery_verifier(products, max_pixels))
     counts = SameItemCounts()
     per_query: list[float] = []

@@ -12,7 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ingest.sink import WritePlan
 from schema.events import (
     EventError,
     ProductDelisted,
@@ -21,6 +20,27 @@ from schema.events import (
     ProductUpserted,
 )
 from schema.records import ImageRecord, ProductState
+
+
+@dataclass
+class WritePlan:
+    """What one batch changes (the planner's output, the sink's input). Build it by mutating
+    the empty default."""
+
+    upserts: list[ImageRecord] = field(default_factory=list)
+    prune: dict[str, set[str]] = field(default_factory=dict)
+    """product_id -> image pks to KEEP; the product's other image rows are deleted."""
+    delete_products: list[str] = field(default_factory=list)
+    """Products whose image rows are all deleted."""
+    price_updates: dict[str, tuple[float, str, int]] = field(default_factory=dict)
+    """product_id -> (price, currency, version): rewrites stored rows, keeps their vectors."""
+    states: list[ProductState] = field(default_factory=list)
+    """Written last, after all image writes succeeded."""
+
+    def is_empty(self) -> bool:
+        return not (
+            self.upserts or self.prune or self.delete_products or self.price_updates or self.states
+        )
 
 
 class Status(str, Enum):

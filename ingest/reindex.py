@@ -1,6 +1,6 @@
 """``lookalike reindex``: copy the serving catalog into a new model's collections, then switch.
 
-Steps (see schema/versions.py for the names and the aliases):
+Steps (see schema/versions.py for the names and store/versions.py for the aliases):
 
 1. Source = the physical pair ``<base>`` reaches now; target = the configured model's own pair
    (created and registered as ``building``). Searches keep reading the source meanwhile.
@@ -41,17 +41,17 @@ from pydantic import ValidationError
 
 from embedding.decode import ImageDecodeError, decode_image
 from ingest.fetch import FetchError, ImageFetcher
-from ingest.sink import ID_CHUNK, MilvusSink, WritePlan
-from schema.collection import IMAGE_FIELDS, CollectionSpec
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink, state_of
+from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
 from schema.events import ImageRef
 from schema.records import ImageRecord, ProductState
-from schema.versions import ModelVersions, scan, state_name
-from search.filters import ExpressionBuilder
+from schema.versions import state_name
+from store.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
 _ROW_FIELDS = [f for f in IMAGE_FIELDS if f != "vector"]
-_STATE_FIELDS = ["product_id", "version", "listed", "updated_at_ms"]
 
 
 class ReindexError(RuntimeError):
@@ -146,15 +146,6 @@ def stored_image(reference: str) -> ImageRef:
         raise FetchError("bad_reference", str(exc.errors()[0]["msg"])) from None
 
 
-def _state(row: dict[str, Any]) -> ProductState:
-    return ProductState(
-        product_id=str(row["product_id"]),
-        version=int(row["version"]),
-        listed=bool(row["listed"]),
-        updated_at_ms=int(row["updated_at_ms"]),
-    )
-
-
 class Reindexer:
     """Builds ``embedder``'s collections from the serving ones and switches the aliases."""
 
@@ -173,7 +164,7 @@ class Reindexer:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._versions = versions
-        self._client = versions.client
+        self._store = versions.store
         self._embedder = embedder
         self._fetcher = fetcher
         self._pool = pool
@@ -208,7 +199,7 @@ class Reindexer:
             raise ReindexError(f"model {model} already serves {self._versions.base} "
                                f"({serving.physical}): nothing to do")
         target = self._versions.ensure_building(model, self._embedder.dim)
-        sink = MilvusSink(self._client, target, engine=self._versions.engine)
+        sink = MilvusSink(self._store, target)
         report = ReindexReport(self._versions.base, model, serving.physical, target.name)
         self.report = report
         log.info("reindex: model %s, from %s (model %s) into %s",
@@ -251,10 +242,8 @@ class Reindexer:
         started = time.monotonic()
         p = PassReport(number, after_switch)
         report.passes.append(p)
-        src = {s.product_id: s for s in map(_state, scan(
-            self._client, state_name(source), 'product_id != ""', _STATE_FIELDS))}
-        dst = {s.product_id: s for s in map(_state, scan(
-            self._client, target.state_name, 'product_id != ""', _STATE_FIELDS))}
+        src = self._states(state_name(source))
+        dst = self._states(target.state_name)
         foreign = self._foreign_products(target)
         todo = sorted(
             pid for pid, s in src.items()
@@ -278,27 +267,26 @@ class Reindexer:
         log.info("reindex %s", p.summary())
         return p
 
+    def _states(self, collection: str) -> dict[str, ProductState]:
+        rows = self._store.scan(collection, 'product_id != ""', STATE_FIELDS,
+                                consistency="Strong")
+        return {s.product_id: s for s in map(state_of, rows)}
+
     def _foreign_products(self, target: CollectionSpec) -> set[str]:
         """Products with rows of another model in the target (an old writer that followed the
         alias of a legacy collection during the switch)."""
-        expr, _ = ExpressionBuilder(templates=False).compare(
-            "model_version", "!=", self._embedder.model_version).build()
-        return {str(r["product_id"]) for r in scan(self._client, target.name, expr, ["product_id"])}
+        where = self._store.expr().compare("model_version", "!=", self._embedder.model_version)
+        rows = self._store.scan(target.name, where, ["product_id"], consistency="Strong")
+        return {str(r["product_id"]) for r in rows}
 
     def _copy(
         self, chunk: list[str], src: dict[str, ProductState], source: str, sink: MilvusSink,
         p: PassReport, report: ReindexReport,
     ) -> None:
-        expr, params = ExpressionBuilder(
-            templates=self._versions.engine.supports_filter_templates).in_(
-            "product_id", chunk).build()
-        kwargs: dict[str, Any] = {"filter": expr, "output_fields": _ROW_FIELDS,
-                                  "limit": 16384, "consistency_level": "Strong"}
-        if params:
-            kwargs["filter_params"] = params
         rows_by_product: dict[str, dict[str, dict[str, Any]]] = {pid: {} for pid in chunk}
-        for row in self._client.query(source, **kwargs):
-            rows_by_product[str(row["product_id"])][str(row["pk"])] = dict(row)
+        for row in self._store.query_in(source, "product_id", chunk, _ROW_FIELDS,
+                                        consistency="Strong", op="read_source"):
+            rows_by_product[str(row["product_id"])][str(row["pk"])] = row
 
         plan = WritePlan()
         jobs: list[tuple[str, dict[str, Any], Any]] = []
@@ -363,11 +351,4 @@ class Reindexer:
 
     def _delete(self, product_ids: list[str], target: CollectionSpec, sink: MilvusSink) -> None:
         sink.apply(WritePlan(delete_products=product_ids))
-        templates = self._versions.engine.supports_filter_templates
-        for start in range(0, len(product_ids), ID_CHUNK):
-            expr, params = ExpressionBuilder(templates=templates).in_(
-                "product_id", product_ids[start : start + ID_CHUNK]).build()
-            kwargs: dict[str, Any] = {"filter": expr}
-            if params:
-                kwargs["filter_params"] = params
-            self._client.delete(target.state_name, **kwargs)
+        self._store.delete_in(target.state_name, "product_id", product_ids, op="delete_states")

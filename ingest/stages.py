@@ -28,10 +28,10 @@ from ingest.plan import (
     EventItem,
     ImageFailure,
     Status,
+    WritePlan,
     plan_writes,
     select_upserts,
 )
-from ingest.sink import WritePlan
 from schema.events import EventError, ProductUpserted, parse_event
 from schema.records import ProductState
 
@@ -58,7 +58,10 @@ class BatchEmbedder(Protocol):
 class StateStore(Protocol):
     def get_states(self, product_ids: Sequence[str]) -> dict[str, ProductState]: ...
 
-    def apply(self, plan: WritePlan) -> Any: ...
+    def apply(self, plan: WritePlan) -> Any:
+        """Write ``plan``; a result with ``seconds_by_op()`` (the sink's ``WriteResult``)
+        puts Milvus time per operation into the batch log."""
+        ...
 
 
 @dataclass
@@ -74,6 +77,8 @@ class BatchStats:
     decode_s: float = 0.0
     embed_s: float = 0.0
     write_s: float = 0.0
+    milvus_s: Counter[str] = field(default_factory=Counter)
+    """Milvus seconds per operation (upsert_images, get_states, flush, ...)."""
     freshness_ms: list[float] = field(default_factory=list)
 
     def add(self, other: BatchStats) -> None:
@@ -84,17 +89,19 @@ class BatchStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.images_failed.update(other.images_failed)
         self.dlq_reasons.update(other.dlq_reasons)
+        self.milvus_s.update(other.milvus_s)
         self.freshness_ms.extend(other.freshness_ms)
 
     def summary(self) -> str:
         fresh = np.array(self.freshness_ms) if self.freshness_ms else np.zeros(1)
         failed = ",".join(f"{k}:{v}" for k, v in sorted(self.images_failed.items())) or "-"
         dlq = ",".join(f"{k}:{v}" for k, v in sorted(self.dlq_reasons.items())) or "-"
+        milvus = ",".join(f"{k}:{v:.3f}" for k, v in sorted(self.milvus_s.items())) or "-"
         return (
             f"events={self.events} applied={self.applied} stale={self.stale} "
             f"dead_lettered={self.dead_lettered} dlq_reasons={dlq} images={self.images_ok} "
             f"image_failures={failed} rows={self.rows_upserted} decode_s={self.decode_s:.3f} "
-            f"embed_s={self.embed_s:.3f} write_s={self.write_s:.3f} "
+            f"embed_s={self.embed_s:.3f} write_s={self.write_s:.3f} milvus_s={milvus} "
             f"freshness_p50_ms={np.percentile(fresh, 50):.0f} "
             f"freshness_max_ms={fresh.max():.0f}"
         )
@@ -251,7 +258,10 @@ class Stages:
             batch.items, states, batch.embedded, self._embedder.model_version, now_ms
         )
         if not plan.is_empty():
-            self._sink.apply(plan)
+            result = self._sink.apply(plan)
+            seconds_by_op = getattr(result, "seconds_by_op", None)
+            if seconds_by_op is not None:
+                batch.stats.milvus_s.update(seconds_by_op())
         if self._after_write is not None:
             self._after_write()
         for item in batch.items:

@@ -1,6 +1,6 @@
 """Typed visual search over the image collection, for backend developers.
 
->>> search = ProductSearch(MilvusClient("./var/lookalike.db"), spec, embedder)
+>>> search = ProductSearch(MilvusStore.open("./var/lookalike.db"), spec, embedder)
 >>> search.by_image(Path("query.jpg"), k=10, filter=SearchFilter(categories=["Men/Tops"]))
 [Hit(product_id='p1', score=0.93, ...), ...]
 
@@ -12,7 +12,7 @@
   Milvus servers and milvus-lite both return as ``distance`` for the COSINE metric.
 * Only rows embedded by the same model (``model_version``) as the embedder are searched, so
   vectors of different models never mix. When the collection name is an alias that serves
-  another model (schema/versions.py), searches raise :class:`ModelMismatchError` instead of
+  another model (store/versions.py), searches raise :class:`ModelMismatchError` instead of
   finding nothing: checked at construction, and again when a search fails or comes back empty
   (so a long-running searcher notices a switch without a check per query).
 * Reads use ``consistency`` (``Strong`` by default, so freshly ingested items are found).
@@ -31,23 +31,20 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from schema.collection import (
-    MAX_SEARCH_LIMIT,
-    CollectionSpec,
-    EngineInfo,
-    detect_engine,
-    search_params,
-)
-from schema.versions import ModelVersions
-from search.filters import ExpressionBuilder, SearchFilter, check_string
+from schema.collection import CollectionSpec
+from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
 from search.verify import VERIFY_SIZE, Evidence, SameItemVerifier, photo_features
+from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
+from store.engine import search_params
+from store.expressions import check_string
+from store.versions import ModelVersions
 
 DEFAULT_COMPARE_THRESHOLD = 0.50
 """Cosine similarity below which a retrieved listing is not even verified as the same item
@@ -58,7 +55,6 @@ MAX_K = 1000
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
 
-Consistency: TypeAlias = Literal["Strong", "Bounded", "Session", "Eventually"]
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
 
@@ -155,15 +151,13 @@ class ProductSearch:
 
     def __init__(
         self,
-        client: Any,
+        store: MilvusStore,
         spec: CollectionSpec,
         embedder: Embedder,
         *,
         consistency: Consistency = "Strong",
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        engine: EngineInfo | None = None,
         image_loader: ImageLoader | None = None,
-        timeout_s: float = 30.0,
         verifier: SameItemVerifier | None = None,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`; the default
@@ -174,13 +168,12 @@ class ProductSearch:
                 f"holds {spec.dim}-d ones"
             )
         check_string(embedder.model_version, "model_version")
-        self._client = client
+        self._store = store
         self._spec = spec
         self._embedder = embedder
         self._consistency = consistency
         self._max_pixels = max_pixels
-        self.engine = engine or detect_engine(client)
-        self._templates = self.engine.supports_filter_templates
+        self.engine = store.engine
         # Decode query JPEGs at the reduced scale ingest uses, so both see the same pixels.
         self._load: ImageLoader = image_loader or partial(
             _default_loader, min_size=getattr(embedder, "decode_size", None)
@@ -189,10 +182,9 @@ class ProductSearch:
         self._load_to_verify: ImageLoader = image_loader or partial(
             _default_loader, min_size=VERIFY_SIZE
         )
-        self._timeout = timeout_s
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier or SameItemVerifier.for_urls(max_pixels)
-        self._versions = ModelVersions(client, spec.name, engine=self.engine)
+        self._versions = ModelVersions(store, spec.name)
         self.check_model()
 
     def check_model(self) -> None:
@@ -343,33 +335,19 @@ class ProductSearch:
         return [float(x) for x in arr]
 
     def _has_rows_of_my_model(self) -> bool:
-        expr, params = self._base().build()
-        kwargs: dict[str, Any] = {"filter": expr, "limit": 1, "output_fields": ["product_id"],
-                                  "consistency_level": self._consistency,
-                                  "timeout": self._timeout}
-        if params:
-            kwargs["filter_params"] = params
-        return bool(list(self._client.query(self._spec.name, **kwargs)))
+        return self._store.exists(self._spec.name, self._base(), "product_id",
+                                  consistency=self._consistency)
 
     def _base(self) -> ExpressionBuilder:
-        return ExpressionBuilder(templates=self._templates).eq(
-            "model_version", self._embedder.model_version
-        )
+        return self._store.expr().eq("model_version", self._embedder.model_version)
 
     def _product_images(self, product_id: str) -> list[tuple[list[float], str]]:
         """(vector, image_ref) of each stored image of ``product_id``, in pk order."""
         check_string(product_id, "product_id")
-        expr, params = self._base().eq("product_id", product_id).build()
-        kwargs: dict[str, Any] = {
-            "filter": expr,
-            "output_fields": ["pk", "vector", "image_ref"],
-            "limit": 1024,
-            "consistency_level": self._consistency,
-            "timeout": self._timeout,
-        }
-        if params:
-            kwargs["filter_params"] = params
-        rows = self._checked(partial(self._client.query, self._spec.name, **kwargs))
+        rows = self._checked(partial(
+            self._store.query, self._spec.name, self._base().eq("product_id", product_id),
+            ["pk", "vector", "image_ref"], limit=1024, consistency=self._consistency,
+            op="product_vectors"))
         if not rows:
             self.check_model()
             raise ProductNotFound(product_id, self._embedder.model_version)
@@ -384,27 +362,16 @@ class ProductSearch:
         exclude: Sequence[str],
     ) -> list[tuple[dict[str, Any], float]]:
         """Top ``k`` products (best row, best score) over all query vectors."""
-        builder = self._base().add_filter(search_filter)
-        builder.not_in("product_id", exclude)
-        expr, params = builder.build()
-        limit = min(k * OVERFETCH, MAX_SEARCH_LIMIT)
+        builder = add_filter(self._base(), search_filter).not_in("product_id", exclude)
+        limit = min(k * OVERFETCH, MAX_RESULT_WINDOW)
         while True:
-            kwargs: dict[str, Any] = {
-                "data": vectors,
-                "limit": limit,
-                "filter": expr,
-                "output_fields": _HIT_FIELDS,
-                "search_params": search_params(self._spec, self.engine, limit),
-                "consistency_level": self._consistency,
-                "timeout": self._timeout,
-            }
-            if params:
-                kwargs["filter_params"] = params
-            results = self._checked(partial(self._client.search, self._spec.name, **kwargs))
+            results = self._checked(partial(
+                self._store.search, self._spec.name, vectors, limit=limit, where=builder,
+                fields=_HIT_FIELDS, params=search_params(self._spec, self.engine, limit),
+                consistency=self._consistency))
             best: dict[str, tuple[dict[str, Any], float]] = {}
             full = False
-            for per_query in results:
-                rows = list(per_query)
+            for rows in results:
                 full = full or len(rows) >= limit
                 for hit in rows:
                     entity = dict(hit["entity"])
@@ -414,9 +381,9 @@ class ProductSearch:
                         continue
                     if pid not in best or score > best[pid][1]:
                         best[pid] = (entity, score)
-            if len(best) >= k or not full or limit >= MAX_SEARCH_LIMIT:
+            if len(best) >= k or not full or limit >= MAX_RESULT_WINDOW:
                 break
-            limit = min(limit * 2, MAX_SEARCH_LIMIT)
+            limit = min(limit * 2, MAX_RESULT_WINDOW)
         if not best:
             self.check_model()
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))

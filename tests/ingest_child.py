@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 from pymilvus import MilvusClient
 
-from lookalike.app import build_runner, stop_on_signals
-from schema.collection import CollectionSpec, ensure_collections
+from lookalike.app import build_runner, create_topics, stop_on_signals
+from schema.collection import CollectionSpec
+from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder
 from tests.pipeline_support import make_settings
 
@@ -34,9 +35,11 @@ def main() -> int:
     embedder = SlowEmbedder()
     client = MilvusClient(db)
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
-    ensure_collections(client, spec)
+    store = MilvusStore(client)
+    ensure_collections(store, spec)
+    create_topics(settings)
     with ThreadPoolExecutor(2) as pool:
-        runner = build_runner(settings, embedder, client, spec, pool)
+        runner = build_runner(settings, embedder, store, spec, pool)
         with stop_on_signals(runner):
             report = runner.run(until_caught_up=until_caught_up)
     print(f"EXIT stopped_by={report.stopped_by} applied={report.totals.applied}", flush=True)

@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schema.collection import CollectionSpec, EngineInfo, detect_engine
+from schema.collection import CollectionSpec
 from schema.records import ImageRecord, category_levels, image_pk
+from store import EngineInfo, MilvusStore
 
 SERVER_ENV = "LOOKALIKE_TEST_MILVUS_SERVER_URI"
 DIM = 8
@@ -55,19 +56,25 @@ ENGINES = [
 
 @dataclass
 class Milvus:
-    """A client on one engine."""
+    """A store on one engine."""
 
     kind: str
-    client: Any
-    engine: EngineInfo
+    store: MilvusStore
+
+    @property
+    def client(self) -> Any:
+        """The raw client, for assertions the store does not offer."""
+        return self.store.client
+
+    @property
+    def engine(self) -> EngineInfo:
+        return self.store.engine
 
     def new_spec(self, dim: int = DIM, prefix: str = "t") -> CollectionSpec:
         return CollectionSpec(name=f"{prefix}_{uuid.uuid4().hex[:16]}", dim=dim)
 
     def drop(self, spec: CollectionSpec) -> None:
-        for name in (spec.name, spec.state_name):
-            if self.client.has_collection(name):
-                self.client.drop_collection(name)
+        self.store.drop_collections(spec)
 
     def rows(
         self, spec: CollectionSpec, expr: str = 'pk != ""', fields: Sequence[str] | None = None
@@ -96,7 +103,7 @@ def _open(kind: str, tmp_root: Path) -> Milvus:
             client = MilvusClient(uri, timeout=30)
         except Exception as exc:  # a configured server that does not answer is a failure
             raise RuntimeError(f"cannot connect to Milvus at {uri}: {exc}") from exc
-        _clients[kind] = Milvus(kind, client, detect_engine(client, uri))
+        _clients[kind] = Milvus(kind, MilvusStore(client, uri=uri))
     return _clients[kind]
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from pymilvus import MilvusClient
 
 from ingest.runner import RunReport
-from lookalike.app import build_runner
+from lookalike.app import build_runner, create_topics
 from lookalike.settings import (
     ImageSettings,
     IngestSettings,
@@ -22,7 +22,8 @@ from lookalike.settings import (
     MilvusSettings,
     Settings,
 )
-from schema.collection import CollectionSpec, ensure_collections
+from schema.collection import CollectionSpec
+from store import MilvusStore, ensure_collections
 
 
 def make_settings(bootstrap: str, unique: str, db: Path, roots: list[Path],
@@ -68,10 +69,12 @@ def send(bootstrap: str, topic: str, payloads: list[Any]) -> None:
 
 
 def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient) -> RunReport:
+    store = MilvusStore(client)
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
-    ensure_collections(client, spec)
+    ensure_collections(store, spec)
+    create_topics(settings)
     with ThreadPoolExecutor(4) as pool:
-        runner = build_runner(settings, embedder, client, spec, pool)
+        runner = build_runner(settings, embedder, store, spec, pool)
         return runner.run(until_caught_up=True)
 
 

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from pymilvus import MilvusClient
 
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import evaluate
 from lookalike.cli import main
 from schema.collection import CollectionSpec
+from store import MilvusStore
 from tests.fakes import TinyEmbedder
 
 COLOURS = {
@@ -52,13 +52,13 @@ def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
 def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str) -> Any:
     g, q = root / "gallery.jsonl", root / "queries.jsonl"
     products = load_gallery(g)
-    client = MilvusClient(str(root / f"{name}.db"))
+    store = MilvusStore.open(str(root / f"{name}.db"))
     try:
-        return evaluate(products, load_queries(q, products), embedder, client,
+        return evaluate(products, load_queries(q, products), embedder, store,
                         CollectionSpec(name=name, dim=embedder.dim), cache,
                         max_pixels=10_000_000)
     finally:
-        client.close()
+        store.close()
 
 
 def test_eval_scores_and_caches(tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from pymilvus import MilvusClient
 
 from evaluation.protocol import load_gallery, load_queries
 from evaluation.same_item import SameItemCounts, evaluate_same_item
 from lookalike.cli import build_parser
 from schema.collection import CollectionSpec
+from store import MilvusStore
 from tests.fakes import TinyEmbedder, heavy_edit, recolour, textured_photo
 
 
@@ -45,14 +45,14 @@ def test_same_item_eval_finds_every_listing_and_no_look_alike(tmp_path: Path) ->
     products = load_gallery(gallery_path)
     assert {p.seller_id for p in products} == {"shop-0", "shop-1", "shop-2", "s"}
     queries = load_queries(queries_path, products)
-    client = MilvusClient(str(tmp_path / "eval.db"))
+    store = MilvusStore.open(str(tmp_path / "eval.db"))
     embedder = TinyEmbedder()
     try:
-        report = evaluate_same_item(products, queries, embedder, client,
+        report = evaluate_same_item(products, queries, embedder, store,
                                     CollectionSpec(name="same_item", dim=embedder.dim), None,
                                     max_pixels=10_000_000)
     finally:
-        client.close()
+        store.close()
     out = report.to_json()
     assert (out["precision"], out["recall"]) == (1.0, 1.0)
     assert (out["false_match_rate"], out["all_found_rate"]) == (0.0, 1.0)

@@ -7,14 +7,13 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from search.filters import (
+from search.filters import SearchFilter, to_expression
+from store.expressions import (
     MAX_LITERAL_LENGTH,
     ExpressionBuilder,
-    SearchFilter,
     in_expression,
     quote_string,
     render_literal,
-    to_expression,
 )
 
 HOSTILE = [

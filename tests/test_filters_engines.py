@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import pytest
 from pydantic import ValidationError
 
-from ingest.sink import MilvusSink, WritePlan
-from schema.collection import CollectionSpec, ensure_collections
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
+from schema.collection import CollectionSpec
 from schema.events import normalize_category
 from search.api import ProductSearch
-from search.filters import ExpressionBuilder, SearchFilter
+from search.filters import SearchFilter
+from store import ExpressionBuilder, ensure_collections
 from tests import milvus_support
 from tests.milvus_support import (
     FakeEmbedder,
@@ -56,7 +58,7 @@ class Data:
 @pytest.fixture(scope="module")
 def data(milvus: Milvus) -> Iterator[Data]:
     s = milvus.new_spec(prefix="hostile")
-    ensure_collections(milvus.client, s, milvus.engine)
+    ensure_collections(milvus.store, s)
     by_category: dict[str, str] = {}
     records = []
     for i, cat in enumerate(HOSTILE_CATEGORIES + PLAIN):
@@ -67,8 +69,8 @@ def data(milvus: Milvus) -> Iterator[Data]:
     # products whose ids are hostile too
     for j, pid in enumerate(['q" or 1==1 or "', "q') or ('", "q\\", 'q\\"']):
         records.append(record(pid, "k", rotate(0.4 + j / 100), category="Ids"))
-    MilvusSink(milvus.client, s, engine=milvus.engine).apply(WritePlan(upserts=records))
-    search = ProductSearch(milvus.client, s, FakeEmbedder(), engine=milvus.engine)
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
+    search = ProductSearch(milvus.store, s, FakeEmbedder())
     yield Data(s, search, milvus, by_category)
     milvus.drop(s)
 

@@ -12,9 +12,9 @@ import pytest
 from pymilvus import MilvusClient
 
 from ingest.runner import Runner
-from ingest.topics import ensure_topics
-from lookalike.app import build_runner
-from schema.collection import CollectionSpec, ensure_collections
+from lookalike.app import build_runner, create_topics
+from schema.collection import CollectionSpec
+from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder
 from tests.pipeline_support import (
     committed_and_end,
@@ -43,19 +43,20 @@ def test_second_consumer_joins_mid_stream(bootstrap: str, unique: str, tmp_path:
     settings = make_settings(bootstrap, unique, tmp_path / "m.db", [root], batch_events=4)
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
         update={"partitions": 4})})
-    ensure_topics(bootstrap, {settings.kafka.topic: 4})
+    create_topics(settings)
     send(bootstrap, settings.kafka.topic,
          [upsert_payload(f"p{i}", 1, [f"p{i}.png"]) for i in range(N)])
 
     client = MilvusClient(str(tmp_path / "m.db"))
     embedder = SlowEmbedder()
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
-    ensure_collections(client, spec)
+    store = MilvusStore(client)
+    ensure_collections(store, spec)
     runners: list[Runner] = []
     threads: list[threading.Thread] = []
     with ThreadPoolExecutor(4) as pool:
         def start() -> Runner:
-            runner = build_runner(settings, embedder, client, spec, pool)
+            runner = build_runner(settings, embedder, store, spec, pool)
             thread = threading.Thread(target=runner.run, daemon=True)
             thread.start()
             runners.append(runner)

@@ -13,10 +13,12 @@ from PIL import Image
 
 from embedding.colour import COLOUR_DIM
 from embedding.embedder import mix_colour
-from ingest.sink import MilvusSink, WritePlan
-from schema.collection import CollectionSpec, ensure_collections
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
+from schema.collection import CollectionSpec
 from search.api import ProductSearch
 from search.intent import QueryWeighting, check_match
+from store import ensure_collections
 from tests import milvus_support
 from tests.milvus_support import Milvus, record
 
@@ -68,13 +70,13 @@ class ColourEmbedder:
 @pytest.fixture(scope="module")
 def search(milvus: Milvus) -> Iterator[ProductSearch]:
     spec: CollectionSpec = milvus.new_spec(dim=CNN + COLOUR_DIM, prefix="intent")
-    ensure_collections(milvus.client, spec, milvus.engine)
+    ensure_collections(milvus.store, spec)
     embedder = ColourEmbedder()
     rows = [record(pid, "k0", v.tolist(), model_version=embedder.model_version)
             for pid, v in (("other-colour", OTHER_COLOUR), ("same-colour", SAME_COLOUR),
                            ("query-item", QUERY))]
-    MilvusSink(milvus.client, spec, engine=milvus.engine).apply(WritePlan(upserts=rows))
-    yield ProductSearch(milvus.client, spec, embedder, engine=milvus.engine)
+    MilvusSink(milvus.store, spec).apply(WritePlan(upserts=rows))
+    yield ProductSearch(milvus.store, spec, embedder)
     milvus.drop(spec)
 
 

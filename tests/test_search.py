@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from ingest.sink import MilvusSink, WritePlan
-from schema.collection import CollectionSpec, ensure_collections
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
+from schema.collection import CollectionSpec
 from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
+from store import ensure_collections
 from tests import milvus_support
 from tests.fakes import SimilarityOnlyVerifier
 from tests.milvus_support import (
@@ -50,7 +52,7 @@ class Catalog:
 @pytest.fixture(scope="module")
 def catalog(milvus: Milvus) -> Iterator[Catalog]:
     s = milvus.new_spec(prefix="search")
-    ensure_collections(milvus.client, s, milvus.engine)
+    ensure_collections(milvus.store, s)
     records = [
         record(pid, f"k{i}", v, category=cat, price=price, currency=cur)
         for pid, (cat, price, cur, vectors) in CATALOG.items()
@@ -58,12 +60,11 @@ def catalog(milvus: Milvus) -> Iterator[Catalog]:
     ]
     # an exact match embedded by another model must never be returned
     records.append(record("old-model", "k0", unit(0), model_version="old-v0"))
-    MilvusSink(milvus.client, s, engine=milvus.engine).apply(WritePlan(upserts=records))
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
     # listings here have no real photos: verification by similarity alone (tests/test_verify.py
     # covers the real one), so these tests see retrieval, filters and order
-    search = ProductSearch(milvus.client, s, embedder, engine=milvus.engine,
-                           verifier=SimilarityOnlyVerifier())
+    search = ProductSearch(milvus.store, s, embedder, verifier=SimilarityOnlyVerifier())
     yield Catalog(s, search, embedder)
     milvus.drop(s)
 
@@ -226,19 +227,19 @@ def test_argument_validation(catalog: Catalog) -> None:
 def test_embedder_dimension_must_match(milvus: Milvus) -> None:
     other = CollectionSpec(name=f"dim_{uuid.uuid4().hex[:8]}", dim=DIM * 2)
     with pytest.raises(ValueError, match="8-d vectors"):
-        ProductSearch(milvus.client, other, FakeEmbedder(), engine=milvus.engine)
+        ProductSearch(milvus.store, other, FakeEmbedder())
 
 
 def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> None:
     """30 near-identical images of one product fill the first pages (4*k = 12, then 24)."""
-    ensure_collections(milvus.client, spec, milvus.engine)
+    ensure_collections(milvus.store, spec)
     many = [record("many", f"k{i:02d}", rotate(0.999 - i * 0.001)) for i in range(30)]
     others = [
         record(p, "k", rotate(s, towards=t))
         for p, s, t in (("x", 0.5, 2), ("y", 0.4, 3), ("z", 0.3, 4))
     ]
-    MilvusSink(milvus.client, spec, engine=milvus.engine).apply(WritePlan(upserts=many + others))
-    search = ProductSearch(milvus.client, spec, FakeEmbedder(), engine=milvus.engine)
+    MilvusSink(milvus.store, spec).apply(WritePlan(upserts=many + others))
+    search = ProductSearch(milvus.store, spec, FakeEmbedder())
     hits = search.by_vector(unit(0), k=3)
     assert ids(hits) == ["many", "x", "y"]
     assert hits[0].score == pytest.approx(0.999, abs=1e-4)
@@ -246,9 +247,9 @@ def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> 
 
 
 def test_fresh_writes_are_searchable_at_once(milvus: Milvus, spec: CollectionSpec) -> None:
-    ensure_collections(milvus.client, spec, milvus.engine)
-    sink = MilvusSink(milvus.client, spec, engine=milvus.engine)
-    search = ProductSearch(milvus.client, spec, FakeEmbedder(), engine=milvus.engine)
+    ensure_collections(milvus.store, spec)
+    sink = MilvusSink(milvus.store, spec)
+    search = ProductSearch(milvus.store, spec, FakeEmbedder())
     for n in range(3):
         sink.apply(WritePlan(upserts=[record(f"p{n}", "k", rotate(0.9 - 0.1 * n))]))
         assert len(search.by_vector(unit(0), k=10)) == n + 1

@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.sink import MilvusSink, WritePlan
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
 from schema.collection import (
     IMAGE_FIELDS,
     CollectionSpec,
     SchemaMismatchError,
-    ensure_collections,
-    image_indexes,
 )
 from schema.records import CATEGORY_LEVEL_FIELDS, ProductState, category_levels
-from search.filters import in_expression
+from store import ensure_collections
+from store.engine import image_indexes
+from store.expressions import in_expression
 from tests import milvus_support
 from tests.milvus_support import (
     DIM,
@@ -30,8 +31,8 @@ spec = milvus_support.spec
 
 
 def _sink(m: Milvus, s: CollectionSpec) -> MilvusSink:
-    ensure_collections(m.client, s, m.engine)
-    return MilvusSink(m.client, s, engine=m.engine)
+    ensure_collections(m.store, s)
+    return MilvusSink(m.store, s)
 
 
 def _pks(m: Milvus, s: CollectionSpec) -> list[str]:
@@ -39,10 +40,9 @@ def _pks(m: Milvus, s: CollectionSpec) -> list[str]:
 
 
 def test_ensure_collections_is_idempotent(milvus: Milvus, spec: CollectionSpec) -> None:
-    engine = ensure_collections(milvus.client, spec)
+    engine = ensure_collections(milvus.store, spec)
     assert engine.kind == ("milvus-lite" if milvus.kind == "lite" else "milvus")
-    ensure_collections(milvus.client, spec)
-    ensure_collections(milvus.client, spec, engine)
+    ensure_collections(milvus.store, spec)
     assert milvus.client.has_collection(spec.name)
     assert milvus.client.has_collection(spec.state_name)
     desc = milvus.client.describe_collection(spec.name)
@@ -56,10 +56,10 @@ def test_ensure_collections_is_idempotent(milvus: Milvus, spec: CollectionSpec) 
 
 
 def test_ensure_collections_rejects_another_dimension(milvus: Milvus, spec: CollectionSpec) -> None:
-    ensure_collections(milvus.client, spec, milvus.engine)
+    ensure_collections(milvus.store, spec)
     other = CollectionSpec(name=spec.name, dim=DIM * 2)
     with pytest.raises(SchemaMismatchError, match=f"dimension {DIM}.*produces {DIM * 2}"):
-        ensure_collections(milvus.client, other, milvus.engine)
+        ensure_collections(milvus.store, other)
 
 
 def test_upsert_twice_gives_no_duplicates(milvus: Milvus, spec: CollectionSpec) -> None:

@@ -1,4 +1,5 @@
-"""Sink failure handling with a fake client: retries, SinkError, states written last."""
+"""Store and sink failure handling with a fake client: bounded retries, error classes,
+states written last."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 import pytest
 from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
-from ingest.sink import MilvusSink, SinkError, WritePlan, is_transient
-from schema.collection import CollectionSpec, parse_engine
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink, SinkError
+from schema.collection import CollectionSpec
 from schema.records import ProductState
+from store import MilvusStore, StoreError, StoreUnavailableError, is_transient, parse_engine
 from tests.milvus_support import record, unit
 
 SPEC = CollectionSpec(name="fake", dim=8)
@@ -46,8 +49,8 @@ class FakeClient:
         return self.rows
 
 
-def _sink(client: FakeClient, **kw: Any) -> MilvusSink:
-    return MilvusSink(client, SPEC, engine=OLD_SERVER, sleep=lambda s: None, **kw)
+def _sink(client: FakeClient, engine: Any = OLD_SERVER, **kw: Any) -> MilvusSink:
+    return MilvusSink(MilvusStore(client, engine=engine, sleep=lambda s: None, **kw), SPEC)
 
 
 def _plan() -> WritePlan:
@@ -72,15 +75,17 @@ def test_transient_errors_are_retried() -> None:
 def test_retries_are_bounded_and_states_not_written() -> None:
     client = FakeClient({"delete": [TimeoutError("slow")] * 10})
     client.rows = [{"pk": "b#k1"}]
-    with pytest.raises(SinkError, match="delete_products failed after 3 attempt"):
+    with pytest.raises(StoreUnavailableError, match="delete_products failed after 3 attempt"):
         _sink(client, max_attempts=3).apply(_plan())
     assert not [c for c in client.calls if c[1] == SPEC.state_name]
+    assert SinkError is StoreError  # the name ingest callers know
 
 
 def test_permanent_errors_fail_at_once() -> None:
     client = FakeClient({"upsert": [MilvusException(code=1100, message="length exceeds")]})
-    with pytest.raises(SinkError, match="upsert_images failed after 1 attempt"):
+    with pytest.raises(StoreError, match="upsert_images failed after 1 attempt") as caught:
         _sink(client).apply(_plan())
+    assert not isinstance(caught.value, StoreUnavailableError)
     assert not [c for c in client.calls if c[1] == SPEC.state_name]
 
 
@@ -100,7 +105,7 @@ def test_plan_must_not_upsert_and_delete_one_product() -> None:
 def test_expressions_use_templates_on_new_servers() -> None:
     client = FakeClient()
     client.rows = [{"pk": 'b"#k1'}]
-    MilvusSink(client, SPEC, engine=NEW_SERVER).apply(WritePlan(delete_products=['b"']))
+    _sink(client, NEW_SERVER).apply(WritePlan(delete_products=['b"']))
     query = next(c for c in client.calls if c[0] == "query")[2]
     assert query["filter"] == "product_id in {p0}"
     assert query["filter_params"] == {"p0": ['b"']}
@@ -130,3 +135,4 @@ def test_is_transient() -> None:
     assert is_transient(MilvusException(code=65535, message="service unavailable"))
     assert not is_transient(MilvusException(code=1100, message="invalid parameter"))
     assert not is_transient(ValueError("bad"))
+    assert is_transient(StoreUnavailableError("down")) and not is_transient(StoreError("bad"))

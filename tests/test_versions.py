@@ -21,21 +21,22 @@ import pytest
 from PIL import Image
 
 from ingest.fetch import ImageFetcher
-from ingest.plan import EventItem
+from ingest.plan import EventItem, WritePlan
 from ingest.reindex import Reindexer, ReindexError
-from ingest.sink import MilvusSink, WritePlan
+from ingest.sink import MilvusSink
 from ingest.stages import Batch, Stages
-from schema.collection import CollectionSpec, ensure_collections
+from schema.collection import CollectionSpec
 from schema.events import parse_event
 from schema.records import ImageRecord
 from schema.versions import (
     ModelRetiredError,
     ModelStatus,
-    ModelVersions,
     physical_name,
     state_name,
 )
 from search.api import ModelMismatchError, ProductNotFound, ProductSearch
+from store import MilvusStore, ensure_collections
+from store.versions import ModelVersions
 from tests import milvus_support
 from tests.fakes import TinyEmbedder
 from tests.milvus_support import Milvus
@@ -73,7 +74,7 @@ class World:
 
     @property
     def versions(self) -> ModelVersions:
-        return ModelVersions(self.m.client, self.base, engine=self.m.engine)
+        return ModelVersions(self.m.store, self.base)
 
     def image(self, name: str, seed: int) -> str:
         write_image(self.root / "images" / name, seed)
@@ -85,13 +86,13 @@ class World:
     def ingester(self, embedder: Any) -> Stages:
         """The write path of ``lookalike ingest`` for ``embedder``'s model (no Kafka)."""
         target, guard = self.versions.open_for_writing(embedder.model_version, embedder.dim)
-        sink = MilvusSink(self.m.client, target, engine=self.m.engine)
+        sink = MilvusSink(self.m.store, target)
         return Stages(self.fetcher(), embedder, sink, NoDeadLetters(), self.pool,  # type: ignore[arg-type]
                       max_pixels=10_000_000, after_write=guard.check)
 
     def searcher(self, embedder: Any) -> ProductSearch:
         spec = CollectionSpec(name=self.base, dim=embedder.dim)
-        return ProductSearch(self.m.client, spec, embedder, engine=self.m.engine)
+        return ProductSearch(self.m.store, spec, embedder)
 
     def reindexer(self, embedder: Any, **kw: Any) -> Reindexer:
         return Reindexer(self.versions, embedder, self.fetcher(), self.pool,
@@ -190,8 +191,8 @@ def test_reindex_builds_then_switches_without_downtime(world: World) -> None:
     assert all(r["model_version"] == v2.model_version and len(r["vector"]) == 12
                for r in rows.values())
     assert (rows["p1"]["price"], rows["p1"]["version"]) == (99.0, 2)
-    states = {s.product_id: s for s in MilvusSink(world.m.client, CollectionSpec(
-        name=new, dim=12), engine=world.m.engine).get_states(["p1", "p3"]).values()}
+    states = {s.product_id: s for s in MilvusSink(world.m.store, CollectionSpec(
+        name=new, dim=12)).get_states(["p1", "p3"]).values()}
     assert states["p1"].version == 2 and not states["p3"].listed
 
     new_search = world.searcher(v2)
@@ -276,7 +277,7 @@ def test_no_switch_builds_only(world: World) -> None:
 def test_reindex_migrates_a_pre_alias_collection(world: World) -> None:
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     legacy = CollectionSpec(name=world.base, dim=v1.dim)
-    ensure_collections(world.m.client, legacy, world.m.engine)
+    ensure_collections(world.m.store, legacy)
     stages = world.ingester(v1)  # a legacy collection of its own model: keeps writing there
     ingest(stages, catalog(world, 3))
     serving = world.versions.serving()
@@ -302,8 +303,8 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
     """A collection that is not an alias may hold several models: no error while it holds rows
     of the searcher's model; a clear error (not an empty result) when it holds none."""
     spec = milvus.new_spec(dim=48)
-    ensure_collections(milvus.client, spec, milvus.engine)
-    sink = MilvusSink(milvus.client, spec, engine=milvus.engine)
+    ensure_collections(milvus.store, spec)
+    sink = MilvusSink(milvus.store, spec)
 
     def row(pid: str, model: str) -> ImageRecord:
         return ImageRecord.model_validate(milvus_support.record(
@@ -312,9 +313,9 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
     try:
         sink.apply(WritePlan(upserts=[row("x", "other")]))
         with pytest.raises(ModelMismatchError, match="holds no vectors of model tiny-thumb-v1"):
-            ProductSearch(milvus.client, spec, TinyEmbedder(), engine=milvus.engine)
+            ProductSearch(milvus.store, spec, TinyEmbedder())
         sink.apply(WritePlan(upserts=[row("y", TinyEmbedder.model_version)]))
-        search = ProductSearch(milvus.client, spec, TinyEmbedder(), engine=milvus.engine)
+        search = ProductSearch(milvus.store, spec, TinyEmbedder())
         assert [h.product_id for h in search.by_vector([1.0] * 48)] == ["y"]  # never "x"
         with pytest.raises(ProductNotFound):
             search.by_product("x")
@@ -329,14 +330,13 @@ def test_cli_reindex_and_models_show_the_serving_version(
 
     from lookalike import commands
     from lookalike.cli import main
-    from schema.collection import detect_engine
 
     db = str(tmp_path / "cli.db")
     client = MilvusClient(db)
     (tmp_path / "images").mkdir()
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     with ThreadPoolExecutor(2) as pool:
-        w = World(Milvus("lite", client, detect_engine(client, db)), "shop", tmp_path, pool)
+        w = World(Milvus("lite", MilvusStore(client, uri=db)), "shop", tmp_path, pool)
         ingest(w.ingester(v1), catalog(w, 3))
     common = ["--milvus-uri", db, "--collection", "shop"]
     for name in client.list_collections():  # as a new process finds them

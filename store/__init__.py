@@ -1,0 +1,31 @@
+"""The Milvus store: the one package that talks to Milvus (and alone imports pymilvus).
+
+* :class:`MilvusStore` (``client.py``): connection, timeouts, bounded retries, consistency per
+  call, query / scan / count / search / upsert / delete / flush, loading and aliases.
+* ``engine.py``: Lite vs 2.3/2.4 vs 2.5+ (templates, index types, search parameters).
+* ``collections.py``: the collections of a :class:`schema.collection.CollectionSpec`.
+* ``versions.py``: the model-version registry and the serving aliases.
+* ``expressions.py``: the one compiler from values to filter expressions (+ parameters).
+* ``errors.py``: :class:`StoreUnavailableError` (wait and retry) and :class:`StoreError`.
+"""
+
+from store.client import CallTiming, Consistency, MilvusStore, Where
+from store.collections import ensure_collections
+from store.engine import MAX_RESULT_WINDOW, EngineInfo, parse_engine
+from store.errors import StoreError, StoreUnavailableError, is_transient
+from store.expressions import ExpressionBuilder
+
+__all__ = [
+    "MAX_RESULT_WINDOW",
+    "CallTiming",
+    "Consistency",
+    "EngineInfo",
+    "ExpressionBuilder",
+    "MilvusStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "Where",
+    "ensure_collections",
+    "is_transient",
+    "parse_engine",
+]

@@ -1,0 +1,141 @@
+"""The commit guarantee without a broker or a model: a fake source, the real stages, sink and
+store over a fake Milvus client. When the store cannot write a batch (an outage outlasting
+its bounded retries), nothing of that batch or later is committed and the runner stops with
+the store's :class:`StoreUnavailableError` as the cause (ingest/runner.py: the events are
+consumed again by the restarted process)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from PIL import Image
+from pymilvus.exceptions import MilvusUnavailableException
+
+from ingest.fetch import ImageFetcher
+from ingest.runner import IngestError, Pipeline, Runner, RunnerConfig
+from ingest.sink import MilvusSink
+from ingest.stages import Stages
+from schema.collection import CollectionSpec
+from store import MilvusStore, StoreUnavailableError, parse_engine
+from tests.fakes import TinyEmbedder
+
+TOPIC = "products"
+SPEC = CollectionSpec(name="fake", dim=TinyEmbedder.dim)
+
+
+class FakeSource:
+    """Serves a fixed list of records once; records what was committed."""
+
+    def __init__(self, records: list[ConsumerRecord]) -> None:
+        self._records = list(records)
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.on_revoked: Any = None
+
+    def subscribe(self) -> None:
+        pass
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
+        out, self._records = self._records[:max_records], self._records[max_records:]
+        return out
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        self.commits.append(dict(offsets))
+        return True
+
+    def caught_up(self) -> bool:
+        return not self._records
+
+    def close(self) -> None:
+        pass
+
+
+class FakeMilvus:
+    """A Milvus server answering nothing stored; ``down`` makes every write unavailable."""
+
+    def __init__(self, down: bool) -> None:
+        self.down = down
+        self.writes = 0
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        return []
+
+    def upsert(self, collection: str, data: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+        if self.down:
+            raise MilvusUnavailableException(message="server unavailable")
+        self.writes += len(data)
+        return {"upsert_count": len(data)}
+
+    def delete(self, collection: str, **kw: Any) -> dict[str, Any]:
+        return {"delete_count": 0}
+
+
+class FakeDlq:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, str, str]] = []
+
+    def send(self, record: Any, reason: str, detail: str) -> None:
+        self.sent.append((record, reason, detail))
+
+    def flush(self) -> None:
+        pass
+
+
+def _records(n: int) -> list[ConsumerRecord]:
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (10 * i, 80, 200)).save(buf, format="PNG")
+        event = {
+            "type": "product.upserted", "product_id": f"p{i}", "title": "t", "category": "A/B",
+            "price": "1", "currency": "USD", "seller_id": "s", "version": 1,
+            "images": [{"data": base64.b64encode(buf.getvalue()).decode()}],
+        }
+        out.append(ConsumerRecord(
+            topic=TOPIC, partition=0, leader_epoch=-1, offset=i, timestamp=0, timestamp_type=0,
+            key=f"p{i}".encode(), value=json.dumps(event).encode(), headers=[], checksum=None,
+            serialized_key_size=-1, serialized_value_size=-1, serialized_header_size=-1))
+    return out
+
+
+def _run(client: FakeMilvus, source: FakeSource) -> Runner:
+    store = MilvusStore(client, engine=parse_engine("v2.3.5"), max_attempts=3,
+                        sleep=lambda s: None)
+    with ThreadPoolExecutor(2) as pool:
+        stages = Stages(ImageFetcher([]), TinyEmbedder(), MilvusSink(store, SPEC),
+                        FakeDlq(), pool, max_pixels=10_000_000)  # type: ignore[arg-type]
+        runner = Runner(source, Pipeline(stages),  # type: ignore[arg-type]
+                        RunnerConfig(batch_events=4, batch_timeout_s=0.0, max_in_flight=2,
+                                     shutdown_grace_s=5.0))
+        runner.run(until_caught_up=True)
+    return runner
+
+
+def test_batches_are_committed_after_the_store_acknowledged_them() -> None:
+    client, source = FakeMilvus(down=False), FakeSource(_records(8))
+    runner = _run(client, source)
+    assert client.writes == 16  # 8 image rows, 8 states
+    assert source.commits and source.commits[-1] == {TopicPartition(TOPIC, 0): 8}
+    assert "upsert_images" in runner.report.totals.milvus_s  # Milvus time per operation
+
+
+def test_a_store_outage_commits_nothing_and_stops_the_runner() -> None:
+    client, source = FakeMilvus(down=True), FakeSource(_records(8))
+    with pytest.raises(IngestError) as caught:
+        _run(client, source)
+    assert source.commits == []
+    assert isinstance(caught.value.__cause__, StoreUnavailableError)
+    assert "failed after 3 attempt" in str(caught.value.__cause__)
+    assert client.writes == 0
