@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from embedding.embedder import Embedder
     from ingest.reindex import Reindexer
     from search.api import ProductSearch
+    from search.verify import SameItemVerifier
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> 
         return ProductSearch(
             versions.store, spec, embedder,
             consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
+            verifier=build_verifier(settings),
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -258,6 +260,15 @@ def build_api(
     )
     return create_app(search, embedder=timed, store=versions.store, readiness=readiness,
                       registry=registry, metrics=metrics, pool=pool, config=config)
+
+
+def build_verifier(settings: Settings) -> SameItemVerifier:
+    """Price comparison's same-item check, reading stored listing photos the way ingest
+    fetched them (same roots, URL rules, timeout and byte cap)."""
+    from search.verify import SameItemVerifier, fetching_loader
+
+    return SameItemVerifier(fetching_loader(build_fetcher(settings.images),
+                                            settings.images.max_pixels))
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:

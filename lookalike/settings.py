@@ -139,10 +139,9 @@ class SearchSettings(_Group):
         description="Most similar products that price comparison looks at",
     )
     compare_threshold: float = Field(
-        default=0.90, ge=-1, le=1,
-        description="Cosine similarity above which two listings count as the same item "
-        "(bench/threshold.py, default model: 97% of edited copies of a Luma photo score above "
-        "it, 13% of the nearest other models and 23% of other colours of the same model)",
+        default=0.50, ge=-1, le=1,
+        description="Cosine similarity below which price comparison does not even verify a "
+        "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )
 
 
