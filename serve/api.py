@@ -265,9 +265,16 @@ def create_app(
                                "give 'product_id' (or upload an image as multipart/form-data)")
             query = {"product_id": body.product_id}
         threshold = body.threshold if body.threshold is not None else config.compare_threshold
-        matches = await run(partial(search.compare_prices, **query, threshold=threshold,
-                                    k=body.k or config.compare_k, filter=body.search_filter()),
-                            verifies=True)
+        try:
+            matches = await run(partial(search.compare_prices, **query, threshold=threshold,
+                                        k=body.k or config.compare_k,
+                                        filter=body.search_filter()), verifies=True)
+        except ImageDecodeError as exc:
+            if "image" in query:
+                raise  # the upload: the caller's problem (422)
+            raise ApiError(503, "stored_image_unreadable",
+                           f"a stored photo of {body.product_id!r} could not be loaded for "
+                           f"verification ({exc.reason}); check the image roots") from None
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")

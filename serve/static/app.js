@@ -84,12 +84,14 @@ async function search() {
 function why(match, threshold) {
   // The search module's evidence where it gives it (verification: reason, keypoint inliers,
   // colour agreement); the similarity against the threshold always.
-  const parts = [];
-  if (match.reason) parts.push(match.reason);
-  parts.push("similarity " + match.similarity.toFixed(3) + " ≥ " + threshold);
-  if (match.inliers !== undefined) parts.push(match.inliers + " matching keypoints");
-  if (match.colour_agreement !== undefined) {
-    parts.push("colour agreement " + match.colour_agreement.toFixed(2));
+  const parts = ["similarity " + match.similarity.toFixed(3) + " ≥ " + threshold];
+  if (match.reason) {
+    parts.unshift(match.reason);  // it already names the inliers and the colour check
+  } else {
+    if (match.inliers !== undefined) parts.push(match.inliers + " matching keypoints");
+    if (match.colour_agreement !== undefined) {
+      parts.push("colour agreement " + match.colour_agreement.toFixed(2));
+    }
   }
   return parts.join(" · ");
 }
