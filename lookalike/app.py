@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from embedding.trained import TrainedModelError
 from ingest.dlq import DeadLetterQueue
 from ingest.dlq import build_producer as _dlq_producer
 from ingest.egress import EgressPolicy
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from embedding.embedder import Embedder
     from ingest.reindex import Reindexer
     from search.api import ProductSearch
+    from search.verify import SameItemVerifier
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
 
     m = settings.model
-    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight)
+    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight, m.path)
 
 
 def warm_up_in_background(embedder: Any) -> threading.Thread | None:
@@ -78,7 +80,10 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
         return None
 
     def run() -> None:
-        log.info("model warm-up done in %.1fs", warm_up())
+        try:
+            log.info("model warm-up done in %.1fs", warm_up())
+        except Exception as exc:  # only speed is lost (and a short ingest may exit mid-way)
+            log.debug("model warm-up stopped: %s: %s", type(exc).__name__, exc)
 
     thread = threading.Thread(target=run, name="model-warm-up", daemon=True)
     thread.start()
@@ -172,6 +177,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> 
         return ProductSearch(
             versions.store, spec, embedder,
             consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
+            verifier=build_verifier(settings),
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -242,7 +248,8 @@ def build_api(
     from serve.metrics import SearchMetrics, TimedEmbedder
 
     metrics = SearchMetrics(registry)
-    search = build_search(settings, TimedEmbedder(embedder, metrics), versions)
+    timed = TimedEmbedder(embedder)
+    search = build_search(settings, timed, versions)
     warm = warm_up_in_background(embedder)
     readiness = Readiness(versions.store, versions.base,
                           model_warm=lambda: warm is None or not warm.is_alive())
@@ -251,8 +258,17 @@ def build_api(
         image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
         compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
     )
-    return create_app(search, store=versions.store, readiness=readiness, registry=registry,
-                      metrics=metrics, pool=pool, config=config)
+    return create_app(search, embedder=timed, store=versions.store, readiness=readiness,
+                      registry=registry, metrics=metrics, pool=pool, config=config)
+
+
+def build_verifier(settings: Settings) -> SameItemVerifier:
+    """Price comparison's same-item check, reading stored listing photos the way ingest
+    fetched them (same roots, URL rules, timeout and byte cap)."""
+    from search.verify import SameItemVerifier, fetching_loader
+
+    return SameItemVerifier(fetching_loader(build_fetcher(settings.images),
+                                            settings.images.max_pixels))
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:
@@ -356,6 +372,8 @@ def explain(exc: BaseException) -> UserError | None:
         return exc
     if isinstance(exc, ItemError):
         return UserError(f"cannot use the image: {exc}")  # "reason: detail"
+    if isinstance(exc, TrainedModelError):
+        return UserError(f"LOOKALIKE_MODEL__PATH: {exc}")
     if isinstance(exc, KafkaError):
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     if isinstance(exc, StoreError):

@@ -111,6 +111,11 @@ class ModelSettings(_Group):
         "0.63 / 0.67 and R@5 0.78 / 0.87 / 0.85; on fmnist (grey, class level) mAP@R falls "
         "from 0.402 to 0.394 / 0.375 / 0.348. 0.5 has the best R@5 and a small fmnist loss",
     )
+    path: Path | None = Field(
+        default=None,
+        description="A model directory written by `lookalike train`; its variant and square "
+        "mode replace the two above (docs/training.md)",
+    )
 
 
 class IngestSettings(_Group):
@@ -134,10 +139,9 @@ class SearchSettings(_Group):
         description="Most similar products that price comparison looks at",
     )
     compare_threshold: float = Field(
-        default=0.90, ge=-1, le=1,
-        description="Cosine similarity above which two listings count as the same item "
-        "(bench/threshold.py, default model: 97% of edited copies of a Luma photo score above "
-        "it, 13% of the nearest other models and 23% of other colours of the same model)",
+        default=0.50, ge=-1, le=1,
+        description="Cosine similarity below which price comparison does not even verify a "
+        "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )
 
 
