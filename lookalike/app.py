@@ -197,40 +197,7 @@ def scratch_milvus(settings: Settings, uri: str | None) -> Iterator[Settings]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# -- Kafka ----------------------------------------------------------------------------------
-
-
-def _kafka_unavailable(settings: Settings, exc: KafkaError) -> UserError:
-    k = settings.kafka
-    return UserError(
-        f"Kafka broker at {k.bootstrap_servers} did not answer within "
-        f"{k.connect_timeout_ms / 1000:g}s ({type(exc).__name__}); start it (`lookalike "
-        "broker`) or set --bootstrap-servers / LOOKALIKE_KAFKA__BOOTSTRAP_SERVERS",
-        ExitCode.UNAVAILABLE)
-
-
-def create_topics(settings: Settings) -> None:
-    """Create the event and dead-letter topics if missing (publish and ingest call it first,
-    so an absent broker is reported within ``connect_timeout_ms``)."""
-    k = settings.kafka
-    try:
-        ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1},
-                      bootstrap_timeout_ms=k.connect_timeout_ms)
-    except KafkaError as exc:
-        raise _kafka_unavailable(settings, exc) from None
-
-
-def build_producer(settings: Settings, role: str) -> KafkaProducer:
-    """A producer (acks=all) named ``<client_id>-<role>``."""
-    k = settings.kafka
-    try:
-        return _dlq_producer(k.bootstrap_servers, f"{k.client_id}-{role}",
-                             bootstrap_timeout_ms=k.connect_timeout_ms)
-    except KafkaError as exc:
-        raise _kafka_unavailable(settings, exc) from None
-
-
-# -- ingest and reindex ---------------------------------------------------------------------
+# -- search and the HTTP API ----------------------------------------------------------------
 
 
 def build_api(
@@ -269,6 +236,42 @@ def build_verifier(settings: Settings) -> SameItemVerifier:
 
     return SameItemVerifier(fetching_loader(build_fetcher(settings.images),
                                             settings.images.max_pixels))
+
+
+# -- Kafka ----------------------------------------------------------------------------------
+
+
+def _kafka_unavailable(settings: Settings, exc: KafkaError) -> UserError:
+    k = settings.kafka
+    return UserError(
+        f"Kafka broker at {k.bootstrap_servers} did not answer within "
+        f"{k.connect_timeout_ms / 1000:g}s ({type(exc).__name__}); start it (`lookalike "
+        "broker`) or set --bootstrap-servers / LOOKALIKE_KAFKA__BOOTSTRAP_SERVERS",
+        ExitCode.UNAVAILABLE)
+
+
+def create_topics(settings: Settings) -> None:
+    """Create the event and dead-letter topics if missing (publish and ingest call it first,
+    so an absent broker is reported within ``connect_timeout_ms``)."""
+    k = settings.kafka
+    try:
+        ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1},
+                      bootstrap_timeout_ms=k.connect_timeout_ms)
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from None
+
+
+def build_producer(settings: Settings, role: str) -> KafkaProducer:
+    """A producer (acks=all) named ``<client_id>-<role>``."""
+    k = settings.kafka
+    try:
+        return _dlq_producer(k.bootstrap_servers, f"{k.client_id}-{role}",
+                             bootstrap_timeout_ms=k.connect_timeout_ms)
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from None
+
+
+# -- ingest and reindex ---------------------------------------------------------------------
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:
