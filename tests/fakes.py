@@ -78,18 +78,23 @@ def heavy_edit(photo: Image.Image) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def textured_photo(seed: int, tint: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """A 'product' of random shapes on white, with enough corners for keypoints."""
+def textured_photo(seed: int) -> Image.Image:
+    """A 'product' on white: a few large colour patches (as a garment has, so re-encoding
+    blurs colour at their edges only) under dark random marks that give keypoints."""
     rng = np.random.default_rng(seed)
     image = Image.new("RGB", (400, 480), "white")
     draw = ImageDraw.Draw(image)
-    for _ in range(60):
+    for _ in range(6):
+        x, y = (int(v) for v in rng.integers(40, 240, size=2))
+        w, h = (int(v) for v in rng.integers(80, 160, size=2))
+        fill = tuple(int(c) for c in rng.integers(0, 220, size=3))
+        draw.rectangle((x, y, x + w, y + h), fill=fill)
+    for _ in range(35):
         x, y = (int(v) for v in rng.integers(40, 340, size=2))
-        size = int(rng.integers(10, 60))
-        fill = tuple(int(min(255, c + t)) for c, t in zip(rng.integers(0, 200, size=3), tint,
-                                                           strict=True))
+        size = int(rng.integers(6, 30))
+        shade = int(rng.integers(0, 90))
         shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
-        shape((x, y, x + size, y + size // 2 + 5), fill=fill, outline=(0, 0, 0))
+        shape((x, y, x + size, y + size // 2 + 4), outline=(shade, shade, shade), width=2)
     return image
 
 
