@@ -145,6 +145,8 @@ class Evidence:
     colour_agreement: float
     alignment: Alignment | None
     reason: str
+    colour_shift: float | None = None
+    """The alignment's colour shift at the rule's percentile (None without alignment)."""
 
 
 _sift_lock = threading.Lock()
@@ -326,7 +328,8 @@ class SameItemVerifier:
         alignment = align(query, other, homography) if homography is not None else None
         colour = float(np.dot(query.colour, other.colour))
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
-        return Evidence(same, similarity, inliers, colour, alignment, why)
+        shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]]
                ) -> list[Evidence]:
