@@ -110,11 +110,11 @@ class SameItemRule:
     """
 
     min_inliers: int = 10
-    min_correlation: float = 0.90
+    min_correlation: float = 0.85
     max_colour_shift: float = 8.0
     min_colour: float = 0.80
     duplicate_similarity: float = 0.99
-    shift_percentile: int = 75
+    shift_percentile: int = 95
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
