@@ -126,6 +126,10 @@ class PriceMatch(BaseModel):
     """Keypoint matches consistent with one homography between the two photos."""
     colour_agreement: float
     """Cosine of the two photos' foreground colour histograms."""
+    correlation: float | None
+    """Grey-level correlation of the photos aligned by the homography (None without one)."""
+    colour_shift: float | None
+    """Chroma change between the aligned photos, as the rule measures it (None without one)."""
     reason: str
     """Why it counts as the same item, in words."""
     price: float
@@ -430,6 +434,8 @@ def _price_match(row: dict[str, Any], evidence: Evidence) -> PriceMatch:
         similarity=evidence.similarity,
         inliers=evidence.inliers,
         colour_agreement=round(evidence.colour_agreement, 4),
+        correlation=round(a.correlation, 4) if (a := evidence.alignment) else None,
+        colour_shift=None if (shift := evidence.colour_shift) is None else round(shift, 2),
         reason=evidence.reason,
         price=float(row["price"]),
         currency=str(row["currency"]),

@@ -55,6 +55,9 @@ RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each)."""
+COLOUR_BLUR_PX = 1.5
+CHROMA_GAIN = (0.7, 1.4)
+"""Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
 SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
@@ -95,6 +98,10 @@ class Alignment:
 class SameItemRule:
     """When two photos show the same item (see the module doc for why these).
 
+    The defaults were chosen with bench/calibrate_same_item.py on same-item-dev and
+    same-item-fmnist (precision first: >= 0.98, then the most recall), and checked once on
+    same-item-heldout; see docs/matching.md.
+
     Geometry: ``inliers >= min_inliers``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
     percentile of the chroma distance ``<= max_colour_shift``). Or a near-identical photo
@@ -102,12 +109,12 @@ class SameItemRule:
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
     """
 
-    min_inliers: int = 20
-    min_correlation: float = 0.5
-    max_colour_shift: float = 12.0
+    min_inliers: int = 10
+    min_correlation: float = 0.85
+    max_colour_shift: float = 8.0
     min_colour: float = 0.80
-    duplicate_similarity: float = 0.985
-    shift_percentile: int = 90
+    duplicate_similarity: float = 0.99
+    shift_percentile: int = 95
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
@@ -138,6 +145,8 @@ class Evidence:
     colour_agreement: float
     alignment: Alignment | None
     reason: str
+    colour_shift: float | None = None
+    """The alignment's colour shift at the rule's percentile (None without alignment)."""
 
 
 _sift_lock = threading.Lock()
@@ -238,7 +247,11 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
     gray_b -= gray_b.mean()
     denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
     correlation = float((gray_a * gray_b).sum()) / denominator if denominator > 0 else 0.0
-    return Alignment(correlation, _colour_shifts(warped[region], b.small[region]))
+    # Colours compared a little blurred: a pixel or two of misregistration and re-encoding's
+    # smeared chroma at edges are not a colour change.
+    soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
+                      for x in (warped, b.small))
+    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]))
 
 
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
@@ -248,10 +261,15 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, .
     waistband or a trim only, and a model wearing it keeps her skin, hair and trousers."""
     def chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
         lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
-        out: NDArray[np.float64] = lab[:, 1:].astype(np.float64)
+        out: NDArray[np.float64] = lab[:, 1:].astype(np.float64) - 128.0
         return out
 
-    distance = np.linalg.norm(chroma(a) - chroma(b), axis=1)
+    ab_a, ab_b = chroma(a), chroma(b)
+    # One global gain on the chroma: brightness, contrast and saturation edits scale it,
+    # another colour turns it (and no gain explains that).
+    power = float((ab_b * ab_b).sum())
+    gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
+    distance = np.linalg.norm(ab_a - gain * ab_b, axis=1)
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
 
 
@@ -310,7 +328,8 @@ class SameItemVerifier:
         alignment = align(query, other, homography) if homography is not None else None
         colour = float(np.dot(query.colour, other.colour))
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
-        return Evidence(same, similarity, inliers, colour, alignment, why)
+        shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]]
                ) -> list[Evidence]:

@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from embedding.colour import COLOUR_DIM
 from search.verify import Evidence, PhotoFeatures, SameItemVerifier
@@ -59,9 +59,9 @@ def _no_photos(image_ref: str) -> Image.Image:
     raise AssertionError(f"the test verifier loads no photo ({image_ref})")
 
 
-def heavy_edit(photo: Image.Image) -> Image.Image:
+def heavy_edit(photo: Image.Image, watermark: bool = True) -> Image.Image:
     """What a reseller does to a catalog photo, all at once: crop, pad, turn, brighten, a
-    sale tag, a watermark, shrink and re-encode hard."""
+    sale tag, a watermark (optional), shrink and re-encode hard."""
     w, h = photo.size
     out = photo.convert("RGB").crop((int(w * 0.07), int(h * 0.05), int(w * 0.95), int(h * 0.9)))
     out = ImageOps.expand(out, border=int(max(out.size) * 0.12), fill=(235, 235, 240))
@@ -70,7 +70,7 @@ def heavy_edit(photo: Image.Image) -> Image.Image:
     draw = ImageDraw.Draw(out)
     draw.rectangle((0, 0, out.width // 3, out.height // 10), fill=(210, 20, 30))
     draw.text((6, 4), "SALE -40%", fill="white")
-    for y in range(0, out.height, 40):
+    for y in range(0, out.height if watermark else 0, 40):
         draw.text((10, y), "shop.example " * 6, fill=(150, 150, 150))
     out = out.resize((int(out.width * 0.55), int(out.height * 0.55)), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
@@ -78,19 +78,24 @@ def heavy_edit(photo: Image.Image) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def textured_photo(seed: int, tint: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """A 'product' of random shapes on white, with enough corners for keypoints."""
+def textured_photo(seed: int) -> Image.Image:
+    """A 'product' on white: a few large colour patches (as a garment has, so re-encoding
+    blurs colour at their edges only) under dark random marks that give keypoints."""
     rng = np.random.default_rng(seed)
     image = Image.new("RGB", (400, 480), "white")
     draw = ImageDraw.Draw(image)
-    for _ in range(60):
+    for _ in range(6):
+        x, y = (int(v) for v in rng.integers(40, 240, size=2))
+        w, h = (int(v) for v in rng.integers(80, 160, size=2))
+        fill = tuple(int(c) for c in rng.integers(0, 220, size=3))
+        draw.rectangle((x, y, x + w, y + h), fill=fill)
+    for _ in range(35):
         x, y = (int(v) for v in rng.integers(40, 340, size=2))
-        size = int(rng.integers(10, 60))
-        fill = tuple(int(min(255, c + t)) for c, t in zip(rng.integers(0, 200, size=3), tint,
-                                                           strict=True))
+        size = int(rng.integers(6, 30))
+        shade = int(rng.integers(0, 90))
         shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
-        shape((x, y, x + size, y + size // 2 + 5), fill=fill, outline=(0, 0, 0))
-    return image
+        shape((x, y, x + size, y + size // 2 + 4), outline=(shade, shade, shade), width=2)
+    return image.filter(ImageFilter.GaussianBlur(1))  # a lens's softness, not vector art
 
 
 def recolour(photo: Image.Image) -> Image.Image:

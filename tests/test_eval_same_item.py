@@ -20,11 +20,11 @@ def _write(root: Path) -> tuple[Path, Path]:
     (root / "img").mkdir(parents=True)
     a, b = textured_photo(1), textured_photo(2)
     a.save(root / "img" / "a.png")
-    heavy_edit(a).save(root / "img" / "a-shop1.jpg")
+    heavy_edit(a, watermark=False).save(root / "img" / "a-shop1.jpg")
     b.save(root / "img" / "b.png")
     recolour(a).save(root / "img" / "a-other-colour.png")
-    heavy_edit(b).save(root / "img" / "query-b.jpg")
-    heavy_edit(a.rotate(2, fillcolor="white")).save(root / "img" / "query-a.jpg")
+    heavy_edit(b, watermark=False).save(root / "img" / "query-b.jpg")
+    heavy_edit(a.rotate(2, fillcolor="white"), watermark=False).save(root / "img" / "query-a.jpg")
     listings = [
         ("a@shop0", "img/a.png", "shop-0"), ("a@shop1", "img/a-shop1.jpg", "shop-1"),
         ("a@shop2", "img/a.png", "shop-2"),  # the very same photo, another seller

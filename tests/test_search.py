@@ -186,6 +186,8 @@ def test_compare_prices_cheapest_first_above_threshold(catalog: Catalog) -> None
     ]
     assert matches[0].similarity == pytest.approx(0.98, abs=1e-4)
     assert matches[0].seller_id == "seller-1"
+    assert (matches[0].reason, matches[0].inliers, matches[0].correlation) == (
+        "similarity only (test)", 0, None)
     assert all(m.similarity >= 0.92 for m in matches)
     lower = catalog.search.compare_prices(image=picture, threshold=0.8)
     assert [m.product_id for m in lower] == ["topsy", "tee-2", "tee-1", "top-1", "dress"]
