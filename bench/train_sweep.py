@@ -76,7 +76,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--settings", default="triplet:1e-4,triplet:3e-4,proxy:1e-4,proxy:3e-4",
-                   help="comma-separated loss:learning_rate")
+                   help="comma-separated loss:learning_rate[:nomix] (nomix: the product loss "
+                        "on the CNN part alone, not on CNN + colour)")
     args = p.parse_args()
     backbone = EfficientNetBackbone("lite0", "pad", args.train_blocks)
     base = TrainOptions(group_key=args.group_key, epochs=args.epochs, views=args.views,
@@ -95,10 +96,11 @@ def main() -> int:
     backbone.top().set_weights(prepared.initial)
     row("untrained")
     for setting in args.settings.split(","):
-        loss, lr = setting.split(":")
-        options = dataclasses.replace(base, loss=loss, learning_rate=float(lr))  # type: ignore[arg-type]
+        loss, lr, *mix = setting.split(":")
+        options = dataclasses.replace(base, loss=loss, learning_rate=float(lr),  # type: ignore[arg-type]
+                                      colour_in_loss=mix != ["nomix"])
         fit(prepared, backbone, options)
-        row(f"{loss} lr {lr}")
+        row(f"{loss} lr {lr} {' '.join(mix)}")
     return 0
 
 

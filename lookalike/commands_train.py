@@ -76,6 +76,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     print(f"model {result.model_version} written to {args.out}")
     print(f"validation before: {_fmt(result.before)}")
     print(f"validation after:  {_fmt(result.after)} (best epoch {result.best_epoch})")
+    if result.best_epoch == 0:
+        print("no epoch beat the untrained model on validation: the directory holds the "
+              "ImageNet weights, switching to it changes nothing")
     print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
           f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
           file=sys.stdout)

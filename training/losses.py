@@ -70,3 +70,22 @@ class CosineProxies(keras.layers.Layer):  # type: ignore[misc]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "n_labels": self.n_labels}
+
+
+@keras.saving.register_keras_serializable(package="lookalike")
+class MixColour(keras.layers.Layer):  # type: ignore[misc]
+    """``[cnn, colour]`` -> unit ``[cnn / |cnn|, weight * colour]``, as
+    :func:`embedding.embedder.mix_colour` builds the served vector (colour rows are unit)."""
+
+    def __init__(self, weight: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weight = weight
+
+    def call(self, inputs: Any) -> Any:
+        cnn, colour = inputs
+        cnn = cnn / ops.maximum(ops.norm(cnn, axis=1, keepdims=True), 1e-12)
+        both = ops.concatenate([cnn, self.weight * colour], axis=1)
+        return both / ops.maximum(ops.norm(both, axis=1, keepdims=True), 1e-12)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight": self.weight}

@@ -25,6 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from embedding.colour import COLOUR_DIM
+from embedding.embedder import mix_colour
 from training.augment import AugmentConfig
 from training.backbone import Backbone
 from training.data import TrainImage, load_training_images, split
@@ -55,6 +57,9 @@ class TrainOptions:
     max_pixels: int = 40_000_000
     group_weight: float = 1.0
     """Weight of the group loss next to the product loss (with a group key)."""
+    colour_in_loss: bool = True
+    """The product loss sees the served vector (CNN + colour histogram at ``colour_weight``),
+    so training spends itself on what the colour does not already tell apart."""
     keep_best: bool = True
     """Keep the best epoch on validation (else the last one: for sweeps on other sets)."""
 
@@ -125,7 +130,9 @@ def _batches(cached: CachedViews, units: NDArray[np.int32], labels: dict[str, ND
             rows = np.concatenate([rng.choice(members[u], size=options.samples_per_label)
                                    for u in chosen])
             view = rng.integers(0, n_views, size=len(rows))
-            x = cached.features[rows, view].astype(np.float32)
+            x: dict[str, Any] = {"fmap": cached.features[rows, view].astype(np.float32)}
+            if cached.colour is not None:
+                x["colour"] = cached.colour[rows, view]
             return x, {name: values[rows] for name, values in labels.items()}
 
     return PKBatches()
@@ -174,6 +181,7 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
     from training.losses import (
         PROXY_LR_SCALE,
         CosineProxies,
+        MixColour,
         batch_hard_triplet,
         proxy_softmax,
     )
@@ -181,24 +189,34 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
     for layer in top.layers:  # BN statistics of small P x K batches would drift: keep ImageNet's
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    fmap = keras.Input(shape=tuple(top.inputs[0].shape[1:]), name="fmap")
-    pooled = top(fmap)
+    inputs = {"fmap": keras.Input(shape=tuple(top.inputs[0].shape[1:]), name="fmap")}
+    pooled = top(inputs["fmap"])
+    # the product (exact) loss on what exact search compares; the group (similar) loss on the
+    # CNN part alone, as a similar search compares
+    embedded = {name: pooled for name in n_labels}
+    if _mixes_colour(options):
+        inputs["colour"] = keras.Input(shape=(COLOUR_DIM,), name="colour")
+        embedded["item"] = MixColour(options.colour_weight)([pooled, inputs["colour"]])
     outputs: dict[str, Any] = {}
     losses: dict[str, Any] = {}
     for name in n_labels:
         if options.loss == "proxy":
             layer = CosineProxies(n_labels[name], name=name)
-            outputs[name] = layer(pooled)
+            outputs[name] = layer(embedded[name])
             layer.proxies.assign((init[name] / PROXY_LR_SCALE).T)
             losses[name] = proxy_softmax
         else:
-            outputs[name] = keras.layers.Identity(name=name)(pooled)
+            outputs[name] = keras.layers.Identity(name=name)(embedded[name])
             losses[name] = batch_hard_triplet
-    model = keras.Model(fmap, outputs)
+    model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=losses,
                   loss_weights={n: (options.group_weight if n == "group" else 1.0)
                                 for n in n_labels})
     return model
+
+
+def _mixes_colour(options: TrainOptions) -> bool:
+    return options.colour_in_loss and options.colour_weight > 0
 
 
 def _class_means(x: NDArray[np.float32], labels: NDArray[np.int32]) -> NDArray[np.float32]:
@@ -238,7 +256,7 @@ def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepare
         val_images, val_photos, val_skipped = decode_all(parts.val, options.max_pixels, pool)
         decode_s = time.perf_counter() - t0
         train_cache = cache_views(train_images, train_photos, backbone, augment, options.seed,
-                                  colour=False, pool=pool, desc="views (train)")
+                                  colour=True, pool=pool, desc="views (train)")
         val_cache = cache_views(val_images, val_photos, backbone,
                                 AugmentConfig(views=VAL_VIEWS, colour_jitter=0.0),
                                 options.seed + 1_000_003, colour=True, pool=pool,
@@ -285,6 +303,10 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     units = label_sets["group" if options.group_key else "item"]
     clean = _embed(top, train_cache.features[:, 0])
     init = {name: _class_means(clean, labels) for name, labels in label_sets.items()}
+    if _mixes_colour(options):
+        assert train_cache.colour is not None
+        mixed = mix_colour(clean, train_cache.colour[:, 0], options.colour_weight)
+        init["item"] = _class_means(mixed, label_sets["item"])
     model = _build(top, options, {n: int(v.max()) + 1 for n, v in label_sets.items()}, init)
     batch = min(options.labels_per_batch, int(units.max()) + 1) * options.samples_per_label
     steps = max(1, -(-len(train_images) // batch))
