@@ -20,6 +20,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from ingest.outage import quiet_client_logs
 from ingest.plan import EventItem
 from ingest.source import KafkaSource
 from ingest.stages import Batch, BatchStats, Stages, parse_records
@@ -132,8 +133,14 @@ class Runner:
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
 
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """Events behind per assigned partition (``KafkaSource.lag``). Only from the thread
+        running :meth:`run`, the consumer's owner: ``on_batch`` callbacks may call it."""
+        return self._source.lag()
+
     def run(self, *, until_caught_up: bool = False) -> RunReport:
         started = time.monotonic()
+        quiet_client_logs()
         self._source.subscribe()
         try:
             while not self._stop.is_set():

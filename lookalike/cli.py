@@ -74,6 +74,13 @@ def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
     p.add_argument("--json", action="store_true", help="print hits as JSON")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--image-root", action="append", type=Path, default=None,
+                   help="folder whose catalog images the page may show (repeatable)")
+
+
 def _match_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", choices=("exact", "similar"), default="exact",
                    help="exact: this item in this colour (default); similar: the same kind or "
@@ -93,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder that local image paths may point into (repeatable)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (/metrics)")
 
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
     _connection_args(p, milvus=False)
@@ -157,8 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="which model version serves, and the others")
     _connection_args(p, kafka=False)
 
+    p = sub.add_parser("serve", help="the HTTP search API, search page and /metrics")
+    _connection_args(p, kafka=False)
+    _serve_args(p)
+
+    p = sub.add_parser("run", help="ingest and the HTTP API in one process (Milvus Lite "
+                       "allows one process per database file)")
+    _connection_args(p)
+    p.add_argument("--group-id")
+    _serve_args(p)
+
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=_at_least(1), default=9092)
+
+    from lookalike import commands_train
+
+    commands_train.add_parser(sub)
     return parser
 
 
@@ -172,6 +195,9 @@ HANDLERS = {
     "eval": "lookalike.evaluate:run_eval",
     "reindex": "lookalike.commands:reindex",
     "models": "lookalike.commands:models",
+    "serve": "lookalike.commands_serve:serve",
+    "run": "lookalike.commands_serve:run",
+    "train": "lookalike.commands_train:train",
 }
 """Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
 model and clients load only for the commands that need them; ``broker`` loads none)."""
@@ -192,11 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
-    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator"):
+    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator", "faiss",
+                  "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # kafka-python logs every refused connection as an ERROR (a dozen lines a second while a
-    # broker is down); the commands report an absent broker themselves, in one line
-    logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
+    # broker is down), milvus-lite a traceback when another process holds the database: the
+    # commands report both themselves, in one line (lookalike.app.open_store, create_topics)
+    for chatty in ("kafka.net", "milvus_lite.server_manager"):
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)
     try:
         settings = _with(
             settings,
@@ -206,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             milvus={"uri": getattr(args, "milvus_uri", None),
                     "collection": getattr(args, "collection", None)},
             images={"roots": getattr(args, "image_root", None)},
+            serve={"host": getattr(args, "host", None),
+                   "port": getattr(args, "port", None) if args.command != "broker" else None},
             search={"k": getattr(args, "k", None),
                     "compare_k": getattr(args, "compare_k", None),
                     "compare_threshold": getattr(args, "compare_threshold", None)},

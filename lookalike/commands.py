@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
@@ -40,6 +40,9 @@ from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import MilvusStore
 from store.versions import ModelVersions
+
+if TYPE_CHECKING:
+    from serve.metrics import IngestMetrics
 
 log = logging.getLogger("lookalike")
 
@@ -74,18 +77,28 @@ def ingest(settings: Settings, args: argparse.Namespace) -> int:
     versions = open_versions(settings, create=True)
     embedder = build_embedder(settings)
     warm_up_in_background(embedder)
-    return _run_ingest(settings, embedder, versions, until_caught_up=args.until_caught_up)
+    metrics = None
+    if args.metrics_port is not None:
+        from lookalike.commands_serve import serve_ingest_metrics
+
+        metrics = serve_ingest_metrics(args.metrics_port, embedder.model_version)
+    return _run_ingest(settings, embedder, versions, until_caught_up=args.until_caught_up,
+                       metrics=metrics)
 
 
 def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
-                until_caught_up: bool, total: int | None = None) -> int:
+                until_caught_up: bool, total: int | None = None,
+                metrics: IngestMetrics | None = None) -> int:
     """Ingest into the physical collections of the embedder's model (store/versions.py);
-    exits 3, without committing the batch that noticed it, when a switch retires that model."""
+    exits 3, without committing the batch that noticed it, when a switch retires that model.
+    ``metrics``: counted after each committed batch (serve/metrics.py)."""
     target, guard = open_for_writing(versions, embedder)
     bar = tqdm(total=total, unit="event", desc="ingest", disable=not sys.stderr.isatty())
 
     def on_batch(batch: Batch, _report: RunReport) -> None:
         bar.update(len(batch.records))
+        if metrics is not None:
+            metrics.observe_batch(batch, runner.lag())  # on the poll thread: may ask the lag
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         runner = build_runner(settings, embedder, versions.store, target, pool, on_batch,
@@ -150,8 +163,7 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
         try:
             decode_image(data, settings.images.max_pixels)
         except ImageDecodeError as exc:
-            raise UserError(f"cannot use {image} as a query: {exc.reason}: {exc.detail}"
-                            ) from None
+            raise UserError(f"cannot use {image} as a query: {exc}") from None
         out.append(data)
     return out
 

@@ -28,10 +28,10 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
-    embedder = build_embedder(settings)
-    cache = None if args.no_cache else EmbeddingCache(args.cache)
     with scratch_milvus(settings, args.milvus_uri) as scratch:
-        store = open_store(scratch, create=True)
+        store = open_store(scratch, create=True)  # an unreachable server fails before the model
+        embedder = build_embedder(settings)
+        cache = None if args.no_cache else EmbeddingCache(args.cache)
         spec = CollectionSpec(name=scratch.milvus.collection, dim=embedder.dim)
         report: EvalReport | SameItemReport
         try:

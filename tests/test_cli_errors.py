@@ -217,12 +217,14 @@ def test_ingest_on_a_held_database_is_named(
     assert "in use by another process" in one_error(capsys, "ingest")
 
 
-def test_the_shell_sees_one_line_and_the_exit_code(tmp_path: Path) -> None:
-    """The same contract through ``python -m lookalike``: stderr is exactly one line."""
+def test_the_shell_sees_one_line_and_the_exit_code(tmp_path: Path, held_database: Path) -> None:
+    """The same contract through ``python -m lookalike`` at the default log level: stderr is
+    exactly one line (no library's log lines or tracebacks around it)."""
     images = bad_images(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LOOKALIKE_LOG_LEVEL": "WARNING",
-           "LOOKALIKE_KAFKA__CONNECT_TIMEOUT_MS": "1000"}
+    env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_LOG_LEVEL"}
+    env.update({"PYTHONPATH": str(REPO), "LOOKALIKE_KAFKA__CONNECT_TIMEOUT_MS": "1000"})
     cases = [
+        (["models", "--milvus-uri", str(held_database)], ExitCode.UNAVAILABLE),
         (["search", str(images["huge.png"])], ExitCode.USAGE),
         (["search", str(images["text.jpg"]), "-k", "0"], ExitCode.USAGE),
         (["models", "--milvus-uri", f"http://127.0.0.1:{closed_port()}"], ExitCode.UNAVAILABLE),
@@ -307,3 +309,11 @@ def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
     code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
     assert code == ExitCode.USAGE
     assert "invalid collection name" in one_error(capsys, "models")
+
+
+def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOOKALIKE_SEARCH__K", "many")
+    assert main(["models"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert "LOOKALIKE_ setting search.k" in line and "integer" in line
