@@ -109,7 +109,7 @@ class SameItemRule:
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
     """
 
-    min_inliers: int = 20
+    min_inliers: int = 10
     min_correlation: float = 0.85
     max_colour_shift: float = 8.0
     min_colour: float = 0.80
