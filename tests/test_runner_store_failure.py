@@ -1,8 +1,10 @@
 """The commit guarantee without a broker or a model: a fake source, the real stages, sink and
 store over a fake Milvus client. When the store cannot write a batch (an outage outlasting
 its bounded retries), nothing of that batch or later is committed and the runner stops with
-the store's :class:`StoreUnavailableError` as the cause (ingest/runner.py: the events are
-consumed again by the restarted process)."""
+the store's :class:`StoreUnavailableError` behind the outage wait's
+:class:`OutageBudgetExceededError` as the cause (ingest/outage.py, ingest/runner.py: the events
+are consumed again by the restarted process). The outage budget is zero here, so the first
+unavailable write exhausts it instead of waiting the production default."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from PIL import Image
 from pymilvus.exceptions import MilvusUnavailableException
 
 from ingest.fetch import ImageFetcher
+from ingest.outage import OutageBudgetExceededError, OutageWait
 from ingest.runner import IngestError, Pipeline, Runner, RunnerConfig
 from ingest.sink import MilvusSink
 from ingest.stages import Stages
@@ -115,7 +118,8 @@ def _run(client: FakeMilvus, source: FakeSource) -> Runner:
                         sleep=lambda s: None)
     with ThreadPoolExecutor(2) as pool:
         stages = Stages(ImageFetcher([]), TinyEmbedder(), MilvusSink(store, SPEC),
-                        FakeDlq(), pool, max_pixels=10_000_000)  # type: ignore[arg-type]
+                        FakeDlq(), pool, max_pixels=10_000_000,  # type: ignore[arg-type]
+                        outage=OutageWait(0.0, sleep=lambda s: None))
         runner = Runner(source, Pipeline(stages),  # type: ignore[arg-type]
                         RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.0,
                                      max_in_flight=2, shutdown_grace_s=5.0))
@@ -136,6 +140,9 @@ def test_a_store_outage_commits_nothing_and_stops_the_runner() -> None:
     with pytest.raises(IngestError) as caught:
         _run(client, source)
     assert source.commits == []
-    assert isinstance(caught.value.__cause__, StoreUnavailableError)
-    assert "failed after 3 attempt" in str(caught.value.__cause__)
+    budget = caught.value.__cause__
+    assert isinstance(budget, OutageBudgetExceededError)
+    assert "milvus unavailable" in str(budget)
+    assert isinstance(budget.__cause__, StoreUnavailableError)
+    assert "failed after 3 attempt" in str(budget.__cause__)
     assert client.writes == 0
