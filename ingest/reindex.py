@@ -163,8 +163,8 @@ class Reindexer:
         *,
         max_pixels: int,
         chunk_products: int = 16,
-        max_passes: int = 10,
-        settle_s: float = 2.0,
+        max_passes: int,
+        settle_s: float,
         on_chunk: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
@@ -46,12 +47,9 @@ from store.engine import search_params
 from store.expressions import check_string
 from store.versions import ModelVersions
 
-DEFAULT_COMPARE_THRESHOLD = 0.50
-"""Cosine similarity below which a retrieved listing is not even verified as the same item
-(the verification decides; this only saves its cost on hopeless candidates)."""
-DEFAULT_MAX_PIXELS = 40_000_000
+_SEARCH_DEFAULTS = SearchSettings()
+"""The searches' k and compare_prices' threshold default to the settings' (defined there only)."""
 OVERFETCH = 4
-MAX_K = 1000
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
 
@@ -160,7 +158,7 @@ class ProductSearch:
         embedder: Embedder,
         *,
         consistency: Consistency = "Strong",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int,
         image_loader: ImageLoader | None = None,
         verifier: SameItemVerifier | None = None,
     ) -> None:
@@ -218,7 +216,7 @@ class ProductSearch:
     # -- public ------------------------------------------------------------------------
 
     def by_image(
-        self, image: ImageInput, k: int = 10, filter: SearchFilter | None = None,
+        self, image: ImageInput, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like ``image`` (bytes, a file path or a PIL image)."""
@@ -227,7 +225,7 @@ class ProductSearch:
     def by_vector(
         self,
         vector: Sequence[float] | np.ndarray,
-        k: int = 10,
+        k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
@@ -235,7 +233,8 @@ class ProductSearch:
         return self.by_vectors([vector], k, filter, match)
 
     def by_images(
-        self, images: Sequence[ImageInput], k: int = 10, filter: SearchFilter | None = None,
+        self, images: Sequence[ImageInput], k: int = _SEARCH_DEFAULTS.k,
+        filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
@@ -245,7 +244,7 @@ class ProductSearch:
     def by_vectors(
         self,
         vectors: Sequence[Sequence[float] | np.ndarray],
-        k: int = 10,
+        k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
@@ -258,7 +257,7 @@ class ProductSearch:
         return self._hits([self._check_vector(v) for v in vectors], k, filter, match, ())
 
     def by_product(
-        self, product_id: str, k: int = 10, filter: SearchFilter | None = None,
+        self, product_id: str, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
         match: Match = "similar",
     ) -> list[Hit]:
         """More like this: products similar to any image of ``product_id`` (never itself).
@@ -274,8 +273,8 @@ class ProductSearch:
         self,
         image: ImageInput | None = None,
         product_id: str | None = None,
-        threshold: float = DEFAULT_COMPARE_THRESHOLD,
-        k: int = 20,
+        threshold: float = _SEARCH_DEFAULTS.compare_threshold,
+        k: int = _SEARCH_DEFAULTS.compare_k,
         filter: SearchFilter | None = None,
     ) -> list[PriceMatch]:
         """Listings of the same item, cheapest first, each with the evidence that it is.

@@ -33,8 +33,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding.decode import ImageDecodeError
+from lookalike.settings import MAX_K
 from schema.errors import Reason
-from search.api import MAX_K, MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
+from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
 from search.filters import SearchFilter
 from serve.health import Readiness
 from serve.images import ImageRefused, ImageRoots

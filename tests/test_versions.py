@@ -92,11 +92,11 @@ class World:
 
     def searcher(self, embedder: Any) -> ProductSearch:
         spec = CollectionSpec(name=self.base, dim=embedder.dim)
-        return ProductSearch(self.m.store, spec, embedder)
+        return ProductSearch(self.m.store, spec, embedder, max_pixels=milvus_support.MAX_PIXELS)
 
     def reindexer(self, embedder: Any, **kw: Any) -> Reindexer:
         return Reindexer(self.versions, embedder, self.fetcher(), self.pool,
-                         max_pixels=10_000_000, settle_s=0.0, **kw)
+                         **{"max_pixels": 10_000_000, "settle_s": 0.0, "max_passes": 10, **kw})
 
     def rows(self, collection: str, expr: str = 'pk != ""') -> list[dict[str, Any]]:
         return list(self.m.client.query(
@@ -313,9 +313,10 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
     try:
         sink.apply(WritePlan(upserts=[row("x", "other")]))
         with pytest.raises(ModelMismatchError, match="holds no vectors of model tiny-thumb-v1"):
-            ProductSearch(milvus.store, spec, TinyEmbedder())
+            ProductSearch(milvus.store, spec, TinyEmbedder(), max_pixels=milvus_support.MAX_PIXELS)
         sink.apply(WritePlan(upserts=[row("y", TinyEmbedder.model_version)]))
-        search = ProductSearch(milvus.store, spec, TinyEmbedder())
+        search = ProductSearch(milvus.store, spec, TinyEmbedder(),
+                               max_pixels=milvus_support.MAX_PIXELS)
         assert [h.product_id for h in search.by_vector([1.0] * 48)] == ["y"]  # never "x"
         with pytest.raises(ProductNotFound):
             search.by_product("x")
