@@ -152,11 +152,6 @@ class ImageFetcher:
     def deadline_s(self) -> float:
         return self._policy.deadline_s
 
-    @property
-    def refuses_paths(self) -> bool:
-        """No roots configured: every local path is refused."""
-        return not self._roots
-
     def fetch(self, image: ImageRef) -> bytes:
         if image.data is not None:
             data = image.inline_bytes()
