@@ -408,17 +408,21 @@ def _check_k(k: int) -> int:
     return k
 
 
+def _listing(row: dict[str, Any]) -> dict[str, Any]:
+    """The stored listing's fields that a :class:`Hit` and a :class:`PriceMatch` both show."""
+    return {
+        "product_id": str(row["product_id"]),
+        "title": str(row["title"]),
+        "category": str(row["category"]),
+        "price": float(row["price"]),
+        "currency": str(row["currency"]),
+        "image_ref": str(row["image_ref"]),
+        "image_key": str(row["image_key"]),
+    }
+
+
 def _hit(row: dict[str, Any], score: float) -> Hit:
-    return Hit(
-        product_id=str(row["product_id"]),
-        score=score,
-        title=str(row["title"]),
-        category=str(row["category"]),
-        price=float(row["price"]),
-        currency=str(row["currency"]),
-        image_ref=str(row["image_ref"]),
-        image_key=str(row["image_key"]),
-    )
+    return Hit(score=score, **_listing(row))
 
 
 def _strongest(evidence: Iterable[Evidence]) -> Evidence:
@@ -429,18 +433,12 @@ def _strongest(evidence: Iterable[Evidence]) -> Evidence:
 
 def _price_match(row: dict[str, Any], evidence: Evidence) -> PriceMatch:
     return PriceMatch(
-        product_id=str(row["product_id"]),
         similarity=evidence.similarity,
         inliers=evidence.inliers,
         colour_agreement=round(evidence.colour_agreement, 4),
         correlation=round(a.correlation, 4) if (a := evidence.alignment) else None,
         colour_shift=None if (shift := evidence.colour_shift) is None else round(shift, 2),
         reason=evidence.reason,
-        price=float(row["price"]),
-        currency=str(row["currency"]),
-        title=str(row["title"]),
-        category=str(row["category"]),
         seller_id=str(row["seller_id"]),
-        image_ref=str(row["image_ref"]),
-        image_key=str(row["image_key"]),
+        **_listing(row),
     )
