@@ -31,12 +31,13 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from embedding.embedder import Embedder
 from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter, add_filter
@@ -66,20 +67,6 @@ _HIT_FIELDS = [
     "image_ref",
     "image_key",
 ]
-
-
-class Embedder(Protocol):
-    """What search needs from ``embedding.embedder`` (structural: any such object works)."""
-
-    @property
-    def model_version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """float32 array (n, dim), rows L2-normalised."""
-        ...
 
 
 class ModelMismatchError(RuntimeError):
