@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from ingest.fetch import ImageFetcher
+from ingest.outage import OutageWait
 from ingest.plan import EventItem, WritePlan
 from ingest.reindex import Reindexer, ReindexError
 from ingest.sink import MilvusSink
@@ -88,7 +89,7 @@ class World:
         target, guard = self.versions.open_for_writing(embedder.model_version, embedder.dim)
         sink = MilvusSink(self.m.store, target)
         return Stages(self.fetcher(), embedder, sink, NoDeadLetters(), self.pool,  # type: ignore[arg-type]
-                      max_pixels=10_000_000, after_write=guard.check)
+                      max_pixels=10_000_000, after_write=guard.check, outage=OutageWait(0.0))
 
     def searcher(self, embedder: Any) -> ProductSearch:
         spec = CollectionSpec(name=self.base, dim=embedder.dim)
