@@ -62,6 +62,15 @@ def _write_jsonl(path: Path, rows: Iterable[Row]) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+def write_protocol(out_dir: Path, gallery: Iterable[Row], queries: Iterable[Row]
+                   ) -> tuple[Path, Path]:
+    """``gallery.jsonl`` and ``queries.jsonl`` into ``out_dir``; returns their paths."""
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
 def _relative(target: Path, out_dir: Path) -> str:
     """``target`` as seen from ``out_dir``; both resolved, so symlinks cannot skew the ``..``s."""
     return os.path.relpath(target.resolve(), out_dir.resolve())
@@ -99,10 +108,7 @@ def write_luma_views(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     gallery, queries, skipped = _luma_rows(luma_dir, out_dir)
     if skipped:
         print(f"luma-views: skipped {skipped} variant(s) without a main image")
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path
+    return write_protocol(out_dir, gallery, queries)
 
 
 def write_luma_multiview(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -173,10 +179,7 @@ def write_luma_snapshots(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[
         with Image.open(source) as photo:
             snapshot(photo, rng).save(target, "JPEG", quality=80)
         query["image"] = _relative(target, out_dir)
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path
+    return write_protocol(out_dir, gallery, queries)
 
 
 def _luma_variants(luma_dir: Path) -> list[Row]:
@@ -209,10 +212,7 @@ def write_luma_colours(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[Pa
             continue
         queries.extend({"image": _relative(luma_dir / v["path"], out_dir), "relevant": others,
                         "category": variant["category"]} for v in variant["images"])
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path
+    return write_protocol(out_dir, gallery, queries)
 
 
 def write_luma_styles(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -224,10 +224,7 @@ def write_luma_styles(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
         members.setdefault(style, []).append(pid)
     for query in queries:
         query["relevant"] = members[style_of[query["relevant"][0]]]
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path
+    return write_protocol(out_dir, gallery, queries)
 
 
 def _fmnist_id(index: int) -> str:
@@ -279,10 +276,7 @@ def write_fmnist(out_dir: Path, seed: int = 0, n_queries: int = 1000,
                 "images": [image(i)]} for i in gallery_idx)
     queries = ({"image": image(i), "relevant": by_class[int(labels[i])],
                 "category": CLASS_NAMES[int(labels[i])]} for i in query_idx)
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path
+    return write_protocol(out_dir, gallery, queries)
 
 
 def _count_lines(path: Path) -> int:

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocols import LUMA, MAIN_VIEW, _relative, _write_jsonl  # noqa: E402
+from protocols import LUMA, MAIN_VIEW, _relative, _write_jsonl, write_protocol  # noqa: E402
 
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 Row = dict[str, Any]
@@ -273,10 +273,7 @@ def write_luma_listings(luma_dir: Path, out_dir: Path, recipes: tuple[Edit, ...]
         _save(edited, path)
         queries.append({"image": _relative(path, out_dir), "relevant": listings[pid],
                         "category": by_id[pid]["category"], "edit": recipe})
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path, listings
+    return (*write_protocol(out_dir, gallery, queries), listings)
 
 
 def write_luma_reshot(luma_dir: Path, dev_dir: Path, listings: dict[str, list[str]]) -> Path:
@@ -346,10 +343,7 @@ def write_fmnist_listings(out_dir: Path, seed: int = 11, n_items: int = 1000,
         query.save(out_dir / name)
         queries.append({"image": name, "relevant": listings[index],
                         "category": CLASS_NAMES[int(labels[index])], "edit": recipe})
-    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
-    _write_jsonl(gallery_path, gallery)
-    _write_jsonl(queries_path, queries)
-    return gallery_path, queries_path
+    return write_protocol(out_dir, gallery, queries)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_bench_module() -> ModuleType:
-    """Import bench/protocols.py under a unique name: ``bench`` is not a package."""
-    path = REPO / "bench" / "protocols.py"
-    spec = importlib.util.spec_from_file_location("bench_protocols", path)
+def _load_bench_module(name: str = "protocols") -> ModuleType:
+    """Import bench/NAME.py under a unique name: ``bench`` is not a package."""
+    sys.path.insert(0, str(REPO / "bench"))  # protocols_same_item imports `protocols`
+    path = REPO / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -157,21 +158,10 @@ def test_luma_colours_holds_each_query_variant_out_and_relates_its_other_colours
             if style == style_of[own] and pid != own and pid in in_gallery}
 
 
-def _load_same_item_module() -> ModuleType:
-    sys.path.insert(0, str(REPO / "bench"))  # it imports bench/protocols.py as `protocols`
-    path = REPO / "bench" / "protocols_same_item.py"
-    spec = importlib.util.spec_from_file_location("bench_protocols_same_item", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
     tmp_path: Path
 ) -> None:
-    same_item = _load_same_item_module()
+    same_item = _load_bench_module("protocols_same_item")
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(80, 28, 28), dtype=np.uint8)
     labels = np.arange(80, dtype=np.uint8) % 10
@@ -189,7 +179,7 @@ def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
 
 
 def test_edit_recipes_change_the_photo_and_dev_and_heldout_differ() -> None:
-    same_item = _load_same_item_module()
+    same_item = _load_bench_module("protocols_same_item")
     photo = Image.new("RGB", (200, 240), "white")
     photo.paste((30, 60, 200), (40, 40, 160, 200))
     names = {e.__name__ for e in same_item.DEV_SINGLE}
