@@ -81,13 +81,16 @@ def build_milvus(
     return store, spec
 
 
-def build_search(settings: Settings, embedder: Any,
-                 store: MilvusStore, spec: CollectionSpec) -> ProductSearch:
+def build_search(settings: Settings, embedder: Any, store: MilvusStore, spec: CollectionSpec,
+                 *, read_your_writes: bool = False) -> ProductSearch:
+    """A searcher with the configured consistency (serving: ``Bounded`` by default), or
+    ``Strong`` for a caller that searches what it has just written (the demo)."""
     from search.api import ProductSearch
 
     return ProductSearch(
         store, spec, embedder,
-        consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
+        consistency="Strong" if read_your_writes else settings.milvus.consistency,
+        max_pixels=settings.images.max_pixels,
     )
 
 
@@ -131,8 +134,10 @@ def build_runner(
         batch_timeout_s=g.batch_timeout_s, max_in_flight=g.max_in_flight,
         shutdown_grace_s=g.shutdown_grace_s,
     )
-    return Runner(KafkaSource(consumer, k.topic), Pipeline(stages), config,
-                  on_batch=on_batch)
+    source = KafkaSource(consumer, k.topic)
+    # another consumer may have just written the products of an assigned partition
+    source.on_assigned = lambda _tps: sink.expect_foreign_writes()
+    return Runner(source, Pipeline(stages), config, on_batch=on_batch)
 
 
 @contextmanager

@@ -138,10 +138,11 @@ def _searcher(settings: Settings) -> ProductSearch:
     return _search_or_fail(settings, embedder, client, spec)
 
 
-def _search_or_fail(settings: Settings, embedder: Any, client: Any, spec: Any) -> ProductSearch:
+def _search_or_fail(settings: Settings, embedder: Any, client: Any, spec: Any,
+                    *, read_your_writes: bool = False) -> ProductSearch:
     """``build_search``, with a model that does not serve as a user error (exit 2)."""
     try:
-        return build_search(settings, embedder, client, spec)
+        return build_search(settings, embedder, client, spec, read_your_writes=read_your_writes)
     except ModelMismatchError as exc:
         raise UserError(str(exc)) from None
 
@@ -243,7 +244,7 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     if code:
         return code
     print(f"ingested in {time.monotonic() - started:.1f}s")
-    searcher = _search_or_fail(settings, embedder, client, spec)
+    searcher = _search_or_fail(settings, embedder, client, spec, read_your_writes=True)
     by_category: dict[str, Any] = {}
     for event in events:
         by_category.setdefault(event.category, event)

@@ -34,7 +34,8 @@ class MilvusSettings(_Group):
     uri: str = "./var/lookalike.db"
     token: str = ""
     collection: str = "lookalike_images"
-    consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Bounded"
+    """Of serving searches (docs/scaling.md); writers and the demo choose their own."""
 
 
 class ImageSettings(_Group):

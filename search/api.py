@@ -15,13 +15,17 @@
   another model (store/versions.py), searches raise :class:`ModelMismatchError` instead of
   finding nothing: checked at construction, and again when a search fails or comes back empty
   (so a long-running searcher notices a switch without a check per query).
-* Reads use ``consistency`` (``Strong`` by default, so freshly ingested items are found).
+* Reads use the ``consistency`` the caller chooses (docs/scaling.md): serving searches use
+  ``Bounded`` (no wait for the latest time tick: ~8 ms instead of ~200 ms on a 2.3 server);
+  paths that must read their own writes just made (tests, the demo, eval) ask for ``Strong``.
+* The model check after an empty answer runs at most once per ``model_check_interval_s``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeAlias
@@ -138,9 +142,11 @@ class ProductSearch:
         spec: CollectionSpec,
         embedder: Embedder,
         *,
-        consistency: Consistency = "Strong",
+        consistency: Consistency,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         image_loader: ImageLoader | None = None,
+        model_check_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if embedder.dim != spec.dim:
             raise ValueError(
@@ -159,7 +165,23 @@ class ProductSearch:
             _default_loader, min_size=getattr(embedder, "decode_size", None)
         )
         self._versions = ModelVersions(store, spec.name)
+        self._check_interval_s = model_check_interval_s
+        self._clock = clock
+        self._checked_at = clock()
         self.check_model()
+
+    @property
+    def consistency(self) -> Consistency:
+        """The consistency level of every read of this searcher."""
+        return self._consistency
+
+    def _check_model_now_and_then(self) -> None:
+        """:meth:`check_model` unless it ran within the interval: an empty answer is usually
+        just an empty answer, and each check costs registry reads (~170 ms Strong)."""
+        now = self._clock()
+        if now - self._checked_at >= self._check_interval_s:
+            self._checked_at = now
+            self.check_model()
 
     def check_model(self) -> None:
         """Raise :class:`ModelMismatchError` when ``spec.name`` is an alias serving another
@@ -299,7 +321,7 @@ class ProductSearch:
             self._store.query, self._spec.name, self._base().eq("product_id", product_id),
             ["pk", "vector"], limit=1024, consistency=self._consistency, op="product_vectors"))
         if not rows:
-            self.check_model()
+            self._check_model_now_and_then()
             raise ProductNotFound(product_id, self._embedder.model_version)
         rows = sorted(rows, key=lambda r: str(r["pk"]))
         return [[float(x) for x in r["vector"]] for r in rows]
@@ -335,7 +357,7 @@ class ProductSearch:
                 break
             limit = min(limit * 2, MAX_RESULT_WINDOW)
         if not best:
-            self.check_model()
+            self._check_model_now_and_then()
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))
         return ranked[:k]
 

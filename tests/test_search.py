@@ -61,7 +61,7 @@ def catalog(milvus: Milvus) -> Iterator[Catalog]:
     records.append(record("old-model", "k0", unit(0), model_version="old-v0"))
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
-    yield Catalog(s, ProductSearch(milvus.store, s, embedder), embedder)
+    yield Catalog(s, ProductSearch(milvus.store, s, embedder, consistency="Strong"), embedder)
     milvus.drop(s)
 
 
@@ -223,7 +223,7 @@ def test_argument_validation(catalog: Catalog) -> None:
 def test_embedder_dimension_must_match(milvus: Milvus) -> None:
     other = CollectionSpec(name=f"dim_{uuid.uuid4().hex[:8]}", dim=DIM * 2)
     with pytest.raises(ValueError, match="8-d vectors"):
-        ProductSearch(milvus.store, other, FakeEmbedder())
+        ProductSearch(milvus.store, other, FakeEmbedder(), consistency="Strong")
 
 
 def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> None:
@@ -235,7 +235,7 @@ def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> 
         for p, s, t in (("x", 0.5, 2), ("y", 0.4, 3), ("z", 0.3, 4))
     ]
     MilvusSink(milvus.store, spec).apply(WritePlan(upserts=many + others))
-    search = ProductSearch(milvus.store, spec, FakeEmbedder())
+    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong")
     hits = search.by_vector(unit(0), k=3)
     assert ids(hits) == ["many", "x", "y"]
     assert hits[0].score == pytest.approx(0.999, abs=1e-4)
@@ -245,7 +245,7 @@ def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> 
 def test_fresh_writes_are_searchable_at_once(milvus: Milvus, spec: CollectionSpec) -> None:
     ensure_collections(milvus.store, spec)
     sink = MilvusSink(milvus.store, spec)
-    search = ProductSearch(milvus.store, spec, FakeEmbedder())
+    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong")
     for n in range(3):
         sink.apply(WritePlan(upserts=[record(f"p{n}", "k", rotate(0.9 - 0.1 * n))]))
         assert len(search.by_vector(unit(0), k=10)) == n + 1
