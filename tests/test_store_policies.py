@@ -140,3 +140,13 @@ def test_an_empty_answer_checks_the_model_at_most_once_per_interval(
     clock.now += 31
     assert registry_reads() > 0
     assert registry_reads() == 0
+
+
+def test_servers_search_hnsw_with_ef_256_or_the_limit() -> None:
+    from store.engine import search_params
+
+    server, lite = parse_engine("v2.3.5"), parse_engine("milvus_lite-3.2.2")
+    assert search_params(SPEC, server, 40)["params"] == {"ef": 256}
+    assert search_params(SPEC, server, 1000)["params"] == {"ef": 1000}
+    assert search_params(SPEC, server, 99999)["params"] == {"ef": 16384}
+    assert search_params(SPEC, lite, 40)["params"] == {}
