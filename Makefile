@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 CATALOG ?=
 N_PRODUCTS ?= 1000
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+FAULTS_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-http bench-scale faults clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,21 @@ lint: install
 
 bench: install
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_http.py
+
+# POST /v1/search by vector and by image, HTTP next to in-process, and 4 concurrent clients.
+bench-http: install
+	$(PY) bench/bench_http.py
+
+# Fills Milvus Lite and a Milvus server of its own (MILVUS_VENV or .venv-milvus) through the
+# ingest write path, 10k and 100k rows: docs/benchmarks.md. `make bench-scale BENCH_ARGS=--json`
+bench-scale: install
+	$(PY) bench/scale.py $(BENCH_ARGS)
+
+# Kills, outages, poison, SSRF and slow images against the real CLI; one line per scenario,
+# non-zero exit when a goal fails: docs/benchmarks.md. `make faults FAULTS_ARGS="--only poison"`
+faults: install
+	$(PY) bench/faults.py $(FAULTS_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

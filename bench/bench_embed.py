@@ -29,6 +29,7 @@ from embedding.decode import decode_image
 from embedding.embedder import EfficientNetLiteEmbedder
 from embedding.preprocess import SquareMode, preprocess_batch
 from embedding.variants import Variant
+from lookalike.settings import ModelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "data" / "luma" / "images"
@@ -41,7 +42,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--square", default="pad", choices=[m.value for m in SquareMode])
     p.add_argument("--images", type=int, default=256, help="how many photos to use")
     p.add_argument("--batch-sizes", default="16,32,64")
-    p.add_argument("--colour-weight", type=float, default=0.5, help="0 = CNN features only")
+    p.add_argument("--colour-weight", type=float, default=ModelSettings().colour_weight,
+                   help="0 = CNN features only (default: the setting's)")
     p.add_argument("--rounds", type=int, default=3, help="model-only: best of this many passes")
     p.add_argument("--dir", type=Path, default=IMAGES)
     return p.parse_args()

@@ -33,7 +33,14 @@ from ingest.dlq import build_producer  # noqa: E402
 from ingest.publish import load_catalog, publish_events  # noqa: E402
 from ingest.runner import RunReport  # noqa: E402
 from ingest.stages import Batch  # noqa: E402
-from lookalike.app import build_embedder, build_milvus, build_runner, build_search  # noqa: E402
+from lookalike.app import (  # noqa: E402
+    build_embedder,
+    build_runner,
+    build_search,
+    create_topics,
+    open_for_writing,
+    open_versions,
+)
 from lookalike.broker import LocalBroker  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 from schema.events import ProductUpserted  # noqa: E402
@@ -157,7 +164,9 @@ def main() -> int:
         events = load_catalog(args.catalog, default_seller="luma")
         paths = [Path(img.path) for e in events for img in e.images if img.path]
         embedder = build_embedder(settings)
-        client, spec = build_milvus(settings, embedder.dim)
+        versions = open_versions(settings, create=True)
+        client, (spec, _guard) = versions.store, open_for_writing(versions, embedder)
+        create_topics(settings)
         batch = settings.ingest.batch_images
         print(f"machine: {len(paths)} Luma images, model {embedder.model_version}, "
               f"batch {batch}")
@@ -178,7 +187,7 @@ def main() -> int:
         fresh = freshness(settings, embedder, client, spec, events, args.fresh_events)
         print(f"event-to-searchable: p50 {pct(fresh, 50):.0f} ms, p95 {pct(fresh, 95):.0f} ms "
               f"({len(fresh)} events, one at a time)")
-        searcher = build_search(settings, embedder, client, spec)
+        searcher = build_search(settings, embedder, versions)
         queries = paths[:100]
         flt = SearchFilter(categories=["Women/Tops"], max_price=60.0)
         figures: dict[str, Any] = {

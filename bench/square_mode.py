@@ -38,7 +38,7 @@ def main() -> int:
                if im["view"] != "main"]
     owners = np.array([i for i, _ in gallery])
     for mode in ("pad", "crop"):
-        embedder = create_embedder("lite0", mode, 32)
+        embedder = create_embedder("lite0", mode, 32, 0.0)
         assert isinstance(embedder, EfficientNetLiteEmbedder)
         g, q = _embed(embedder, gallery), _embed(embedder, queries)
         sims = q @ g.T

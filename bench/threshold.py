@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from embedding.decode import load_image  # noqa: E402
 from embedding.embedder import create_embedder  # noqa: E402
+from lookalike.settings import ImageSettings, ModelSettings  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
 
@@ -48,10 +49,12 @@ def main() -> int:
              for r in rows]
     groups = np.array([r["group_id"] for r in rows])
     args = sys.argv[1:]
-    weight = float(args[args.index("--colour-weight") + 1]) if "--colour-weight" in args else 0.5
-    embedder = create_embedder("lite0", "pad", 32, colour_weight=weight)
+    model = ModelSettings()  # the defaults, unless --colour-weight
+    weight = (float(args[args.index("--colour-weight") + 1]) if "--colour-weight" in args
+              else model.colour_weight)
+    embedder = create_embedder(model.variant, model.square, model.batch_size, weight)
     print(f"model {embedder.model_version}")
-    images = [load_image(p, 40_000_000) for _, p in mains]
+    images = [load_image(p, ImageSettings().max_pixels) for _, p in mains]
     base = embedder.embed(images)
     pos = []
     for i, img in enumerate(images):

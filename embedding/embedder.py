@@ -66,19 +66,7 @@ class PreparedEmbedder(Embedder, Protocol):
         ...
 
 
-DEFAULT_COLOUR_WEIGHT = 0.5
-"""Weight of the colour descriptor against the CNN part (both unit length before mixing).
-
-Chosen by ``lookalike eval`` (README, "Quality"): on luma-views weights 0.3 / 0.5 / 0.7 give
-R@1 0.53 / 0.63 / 0.67 and R@5 0.78 / 0.87 / 0.85; on fmnist (grey, class level, where colour
-can only add noise) mAP@R falls from 0.402 to 0.394 / 0.375 / 0.348. 0.5 has the best R@5 and
-a small loss on fmnist.
-"""
-
-
-def model_version(
-    variant: str | Variant, square: str | SquareMode, colour_weight: float = 0.0
-) -> str:
+def model_version(variant: str | Variant, square: str | SquareMode, colour_weight: float) -> str:
     """e.g. ``efficientnet-lite0-imagenet-gap-pad224-v1`` (CNN only) or
     ``efficientnet-lite0-imagenet-gap-pad224-v1+hsv12x4x4fg-w0.5`` (with colour)."""
     v, mode = Variant.parse(variant), SquareMode.parse(square)
@@ -139,7 +127,7 @@ class EfficientNetLiteEmbedder:
         square: str | SquareMode = SquareMode.PAD,
         batch_size: int = 32,
         *,
-        colour_weight: float = 0.0,
+        colour_weight: float,
         weights: StateDict | None = None,
     ) -> None:
         if batch_size < 1:
@@ -319,11 +307,12 @@ _DEVICE_PROBES: dict[str, Callable[[], str]] = {
 
 
 def create_embedder(
-    variant: str | Variant = Variant.LITE0,
-    square: str | SquareMode = SquareMode.PAD,
-    batch_size: int = 32,
-    colour_weight: float = DEFAULT_COLOUR_WEIGHT,
+    variant: str | Variant,
+    square: str | SquareMode,
+    batch_size: int,
+    colour_weight: float,
 ) -> Embedder:
-    """The embedder the settings name; unknown variant or square mode is a ValueError."""
+    """The embedder the settings name (``lookalike.app.build_embedder``; the defaults live in
+    ``lookalike/settings.py``); unknown variant or square mode is a ValueError."""
     return EfficientNetLiteEmbedder(Variant.parse(variant), SquareMode.parse(square), batch_size,
                                     colour_weight=colour_weight)

@@ -57,12 +57,14 @@ class DeadLetterQueue:
         return len(pending)
 
 
-def build_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
-    """A producer that waits for the broker's acknowledgement of every record."""
+def build_producer(bootstrap_servers: str, client_id: str, **extra: Any) -> KafkaProducer:
+    """A producer that waits for the broker's acknowledgement of every record; ``extra``:
+    more KafkaProducer settings (the wiring passes its bootstrap timeout)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id=client_id,
         acks="all",
         retries=5,
         linger_ms=5,
+        **extra,
     )

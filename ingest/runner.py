@@ -35,11 +35,14 @@ class IngestError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    batch_events: int = 64
-    batch_images: int = 128
-    batch_timeout_s: float = 0.5
-    max_in_flight: int = 3
-    shutdown_grace_s: float = 30.0
+    """The loop's limits: the fields of ``IngestSettings`` (lookalike/settings.py, where their
+    defaults and meaning live; ``lookalike.app.build_runner`` passes them all)."""
+
+    batch_events: int
+    batch_images: int
+    batch_timeout_s: float
+    max_in_flight: int
+    shutdown_grace_s: float
     poll_timeout_ms: int = 100
 
 
@@ -128,6 +131,11 @@ class Runner:
         """Ask the loop to finish: safe to call from a signal handler or another thread."""
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
+
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """Events behind per assigned partition (``KafkaSource.lag``). Only from the thread
+        running :meth:`run`, the consumer's owner: ``on_batch`` callbacks may call it."""
+        return self._source.lag()
 
     def run(self, *, until_caught_up: bool = False) -> RunReport:
         started = time.monotonic()

@@ -10,9 +10,13 @@ from kafka.errors import TopicAlreadyExistsError
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(bootstrap_servers: str, topics: dict[str, int]) -> None:
-    """``topics`` maps a name to its partition count (used only when creating it)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","))
+def ensure_topics(
+    bootstrap_servers: str, topics: dict[str, int], *, bootstrap_timeout_ms: int = 30_000
+) -> None:
+    """``topics`` maps a name to its partition count (used only when creating it).
+    ``bootstrap_timeout_ms``: how long to wait for a broker (KafkaTimeoutError after it)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
+                             bootstrap_timeout_ms=bootstrap_timeout_ms)
     try:
         existing = set(admin.list_topics())
         missing = [

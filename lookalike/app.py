@@ -1,35 +1,63 @@
-"""Builders: turn settings into the heavy objects (clients, model, pipeline). Called from
-``main()`` and from tests; nothing here runs at import time."""
+"""All wiring: settings in, the heavy objects (clients, model, pipeline) out.
+
+Commands (``lookalike/commands.py``) parse, call these builders, run and print; tests and
+benches call the same builders. Nothing here runs at import time. Each client is opened in
+one function (:func:`open_store`, :func:`create_topics`, :func:`build_producer`), which is
+also where its failures to connect become one-line :class:`UserError` messages; failures later
+on are translated by :func:`explain`.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ingest.dlq import DeadLetterQueue, build_producer
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from pydantic import ValidationError
+
+from embedding.decode import ImageDecodeError
+from ingest.dlq import DeadLetterQueue
+from ingest.dlq import build_producer as _dlq_producer
 from ingest.fetch import ImageFetcher
 from ingest.runner import Pipeline, Runner, RunnerConfig, RunReport
 from ingest.sink import MilvusSink
 from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
-from lookalike.settings import Settings
+from lookalike.errors import ExitCode, UserError
+from lookalike.settings import ImageSettings, IngestSettings, Settings
 from schema.collection import CollectionSpec
-from store import MilvusStore, ensure_collections
-from store.versions import ModelVersions
+from schema.versions import ModelRetiredError
+from store import MilvusStore, StoreError
+from store.engine import is_lite_uri
+from store.versions import ModelVersions, ServingGuard
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_client import CollectorRegistry
+
     from embedding.embedder import Embedder
+    from ingest.reindex import Reindexer
     from search.api import ProductSearch
 
 log = logging.getLogger(__name__)
+
+
+# -- model ----------------------------------------------------------------------------------
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -55,43 +83,186 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
     return thread
 
 
-def open_store(settings: Settings) -> MilvusStore:
-    """The Milvus store of the configured URI (a Lite ``.db`` path's folder is created)."""
-    return MilvusStore.open(settings.milvus.uri, settings.milvus.token)
+# -- Milvus ---------------------------------------------------------------------------------
 
 
-def build_milvus(
-    settings: Settings, dim: int, model_version: str | None = None
-) -> tuple[MilvusStore, CollectionSpec]:
-    """The store and the spec of the configured name, which searches use.
+def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
+    """THE place the Milvus store is opened from settings (URI, token, Lite's file and lock).
 
-    With ``model_version``: the versioned layout (store/versions.py); a fresh install gets
-    that version's collections with ``<collection>`` as their alias, an existing one is
-    loaded as it is. Without: ``<collection>`` is used (and created) as one physical collection, for
-    tools that manage their own collection.
+    ``create``: a Milvus Lite path that does not exist is created (ingest, demo, eval);
+    otherwise it is an error, so a mistyped path never yields an empty database and ``[]``.
     """
-    store = open_store(settings)
-    spec = CollectionSpec(name=settings.milvus.collection, dim=dim)
-    if model_version is None:
-        ensure_collections(store, spec)
+    uri, m = settings.milvus.uri, settings.milvus
+    lite = is_lite_uri(uri)
+    if lite and not Path(uri).exists():
+        if not create:
+            raise UserError(
+                f"no Milvus Lite database at {uri} (check --milvus-uri or "
+                "LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MilvusStore.open(uri, m.token)
+    except StoreError as exc:
+        if lite and _lite_locked(Path(uri)):
+            raise UserError(
+                f"the Milvus Lite database {uri} is in use by another process (Milvus Lite "
+                "allows one); stop it, or use a Milvus server for several processes",
+                ExitCode.UNAVAILABLE) from None
+        what = "open the Milvus Lite database" if lite else "reach Milvus at"
+        raise UserError(f"cannot {what} {uri}: {exc}", ExitCode.UNAVAILABLE) from None
+
+
+def _lite_locked(path: Path) -> bool:
+    """Whether another process holds Milvus Lite's advisory lock on ``path``."""
+    lock = path / "LOCK"
+    if not lock.is_file():
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
     else:
-        versions = ModelVersions(store, spec.name)
-        if versions.load_serving() is None:
-            versions.ensure_version(model_version, dim)
-    return store, spec
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
-def build_search(settings: Settings, embedder: Any, store: MilvusStore, spec: CollectionSpec,
-                 *, read_your_writes: bool = False) -> ProductSearch:
-    """A searcher with the configured consistency (serving: ``Bounded`` by default), or
-    ``Strong`` for a caller that searches what it has just written (the demo)."""
-    from search.api import ProductSearch
+def open_versions(settings: Settings, *, create: bool = False) -> ModelVersions:
+    """The model-version registry of the configured collection (one client, one probe of
+    the server's engine and version, shared by everything the command builds from it)."""
+    name, store = settings.milvus.collection, open_store(settings, create=create)
+    try:
+        return ModelVersions(store, name)  # checks the name (and the names it derives)
+    except ValidationError as exc:
+        store.close()
+        raise UserError(f"invalid collection name {name!r}: "
+                        f"{exc.errors(include_url=False)[0]['msg']}") from None
 
-    return ProductSearch(
-        store, spec, embedder,
-        consistency="Strong" if read_your_writes else settings.milvus.consistency,
-        max_pixels=settings.images.max_pixels,
+
+def open_for_writing(versions: ModelVersions, embedder: Any) -> tuple[CollectionSpec,
+                                                                      ServingGuard]:
+    """Where an ingest of ``embedder``'s model writes (created on a first install), and the
+    guard it checks after each batch: decided once per process."""
+    try:
+        return versions.open_for_writing(embedder.model_version, embedder.dim)
+    except ModelRetiredError as exc:
+        raise UserError(str(exc), ExitCode.MODEL_SWITCHED) from None
+
+
+def require_serving(settings: Settings, versions: ModelVersions) -> None:
+    """A user error unless the configured collection exists (searches never create it)."""
+    if versions.serving_unloaded() is None:
+        raise UserError(f"no collection {versions.base} in {settings.milvus.uri} yet "
+                        "(`lookalike ingest` creates it)")
+
+
+def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
+                 read_your_writes: bool = False) -> ProductSearch:
+    """A searcher of the serving collections (loaded here); a missing collection or another
+    model serving is a user error. It reads with the configured consistency (serving:
+    ``Bounded``), or ``Strong`` for a caller that searches what it has just written (the
+    demo; docs/scaling.md)."""
+    from search.api import ModelMismatchError, ProductSearch
+
+    require_serving(settings, versions)
+    versions.load_serving()
+    spec = CollectionSpec(name=versions.base, dim=embedder.dim)
+    try:
+        return ProductSearch(
+            versions.store, spec, embedder,
+            consistency="Strong" if read_your_writes else settings.milvus.consistency,
+            max_pixels=settings.images.max_pixels,
+        )
+    except (ModelMismatchError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+@contextmanager
+def scratch_milvus(settings: Settings, uri: str | None) -> Iterator[Settings]:
+    """Settings for a throw-away store: the server at ``uri``, else a fresh Milvus Lite
+    database in a temporary folder (deleted afterwards). For ``lookalike eval``."""
+    tmp = None if uri else Path(tempfile.mkdtemp(prefix="lookalike-eval-"))
+    target = uri if tmp is None else str(tmp / "eval.db")
+    try:
+        yield settings.model_copy(update={"milvus": settings.milvus.model_copy(
+            update={"uri": target, "collection": f"lookalike_eval_{uuid.uuid4().hex[:12]}"})})
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- Kafka ----------------------------------------------------------------------------------
+
+
+def _kafka_unavailable(settings: Settings, exc: KafkaError) -> UserError:
+    k = settings.kafka
+    return UserError(
+        f"Kafka broker at {k.bootstrap_servers} did not answer within "
+        f"{k.connect_timeout_ms / 1000:g}s ({type(exc).__name__}); start it (`lookalike "
+        "broker`) or set --bootstrap-servers / LOOKALIKE_KAFKA__BOOTSTRAP_SERVERS",
+        ExitCode.UNAVAILABLE)
+
+
+def create_topics(settings: Settings) -> None:
+    """Create the event and dead-letter topics if missing (publish and ingest call it first,
+    so an absent broker is reported within ``connect_timeout_ms``)."""
+    k = settings.kafka
+    try:
+        ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1},
+                      bootstrap_timeout_ms=k.connect_timeout_ms)
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from None
+
+
+def build_producer(settings: Settings, role: str) -> KafkaProducer:
+    """A producer (acks=all) named ``<client_id>-<role>``."""
+    k = settings.kafka
+    try:
+        return _dlq_producer(k.bootstrap_servers, f"{k.client_id}-{role}",
+                             bootstrap_timeout_ms=k.connect_timeout_ms)
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from None
+
+
+# -- ingest and reindex ---------------------------------------------------------------------
+
+
+def build_fetcher(i: ImageSettings) -> ImageFetcher:
+    """The one image fetcher configuration, for ingest and reindex alike."""
+    if not i.roots:
+        log.info("local image paths are refused: no image root configured "
+                 "(--image-root or LOOKALIKE_IMAGES__ROOTS); URLs are fetched")
+    return ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+
+
+def build_api(
+    settings: Settings,
+    embedder: Any,
+    versions: ModelVersions,
+    registry: CollectorRegistry,
+    pool: ThreadPoolExecutor,
+) -> FastAPI:
+    """The HTTP app (serve/api.py) over ``build_search``, with embed and Milvus time recorded
+    into ``registry``; the model warms up in the background and ``/readyz`` says when it is
+    done. ``pool`` runs the queries (its size bounds them)."""
+    from serve.api import ServeConfig, create_app
+    from serve.health import Readiness
+    from serve.metrics import SearchMetrics, TimedEmbedder
+
+    metrics = SearchMetrics(registry)
+    search = build_search(settings, TimedEmbedder(embedder, metrics), versions)
+    warm = warm_up_in_background(embedder)
+    readiness = Readiness(versions.store, versions.base,
+                          model_warm=lambda: warm is None or not warm.is_alive())
+    s = settings.search
+    config = ServeConfig(
+        image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
+        compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
     )
+    return create_app(search, store=versions.store, readiness=readiness, registry=registry,
+                      metrics=metrics, pool=pool, config=config)
 
 
 def decode_workers(settings: Settings, embedder: Any) -> int:
@@ -114,30 +285,42 @@ def build_runner(
     after_write: Callable[[], None] | None = None,
 ) -> Runner:
     """The ingest loop writing into ``spec`` (physical collections: see
-    ``ModelVersions.open_for_writing``); ``after_write`` runs after each batch's writes,
-    before its commit (the serving guard)."""
-    k, i, g = settings.kafka, settings.images, settings.ingest
-    ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1})
-    consumer = build_consumer(
-        k.bootstrap_servers, k.group_id, k.client_id,
-        session_timeout_ms=k.session_timeout_ms,
-        heartbeat_interval_ms=k.heartbeat_interval_ms,
-        max_poll_records=k.max_poll_records,
-    )
-    dlq = DeadLetterQueue(build_producer(k.bootstrap_servers, k.client_id + "-dlq"), k.dlq_topic)
-    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
+    :func:`open_for_writing`); ``after_write`` runs after each batch's writes, before its
+    commit (the serving guard). The topics must exist (:func:`create_topics`)."""
+    k, i = settings.kafka, settings.images
+    try:
+        consumer = build_consumer(
+            k.bootstrap_servers, k.group_id, k.client_id,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_records=k.max_poll_records,
+            bootstrap_timeout_ms=k.connect_timeout_ms,
+        )
+    except KafkaError as exc:
+        raise _kafka_unavailable(settings, exc) from None
+    dlq = DeadLetterQueue(build_producer(settings, "dlq"), k.dlq_topic)
     sink = MilvusSink(store, spec)
-    stages = Stages(fetcher, embedder, sink, dlq, pool, max_pixels=i.max_pixels,
-                    decode_workers=decode_workers(settings, embedder), after_write=after_write)
-    config = RunnerConfig(
-        batch_events=g.batch_events, batch_images=g.batch_images,
-        batch_timeout_s=g.batch_timeout_s, max_in_flight=g.max_in_flight,
-        shutdown_grace_s=g.shutdown_grace_s,
-    )
+    stages = Stages(build_fetcher(i), embedder, sink, dlq, pool,
+                    max_pixels=i.max_pixels, decode_workers=decode_workers(settings, embedder),
+                    after_write=after_write)
+    config = RunnerConfig(**{  # the runner's limits are IngestSettings fields of the same name
+        f.name: getattr(settings.ingest, f.name) for f in fields(RunnerConfig)
+        if f.name in IngestSettings.model_fields
+    })
     source = KafkaSource(consumer, k.topic)
     # another consumer may have just written the products of an assigned partition
     source.on_assigned = lambda _tps: sink.expect_foreign_writes()
     return Runner(source, Pipeline(stages), config, on_batch=on_batch)
+
+
+def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
+                    pool: ThreadPoolExecutor, *, max_passes: int, settle_s: float,
+                    on_chunk: Callable[[int], None] | None = None) -> Reindexer:
+    from ingest.reindex import Reindexer
+
+    return Reindexer(versions, embedder, build_fetcher(settings.images), pool,
+                     max_pixels=settings.images.max_pixels, max_passes=max_passes,
+                     settle_s=settle_s, on_chunk=on_chunk)
 
 
 @contextmanager
@@ -154,3 +337,21 @@ def stop_on_signals(runner: Runner) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def explain(exc: BaseException) -> UserError | None:
+    """The one-line error for a client library's exception that escaped a command (a service
+    that went away mid-command, an unreadable image); None for anything else (a bug: it
+    keeps its traceback)."""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, ImageDecodeError):
+        return UserError(f"cannot use the image: {exc}")  # "reason: detail"
+    if isinstance(exc, KafkaError):
+        return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
+    if isinstance(exc, StoreError):
+        return UserError(f"Milvus failed: {exc}", ExitCode.UNAVAILABLE)
+    return None

@@ -104,3 +104,22 @@ class LocalBroker:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def run_in_foreground(port: int) -> int:
+    """``lookalike broker``: Tansu until SIGINT or SIGTERM, then stop it and exit 0.
+
+    ``sigwait`` needs both signals blocked in every thread, or one that does not block them
+    takes the signal and the process dies, leaving tansu running (a supervisor's or CI's
+    ``kill`` must stop it). So this runs before anything that starts threads is imported (no
+    numpy: its BLAS pool is native threads), and the signals are blocked after tansu starts,
+    as a child inherits the mask and tansu must see SIGTERM.
+    """
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    with LocalBroker(port) as local:
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
+              flush=True)
+        received = signal.sigwait(stop_signals)
+        print(f"{signal.Signals(received).name}: stopping tansu", flush=True)
+    return 0

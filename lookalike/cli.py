@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from pydantic import BaseModel, ValidationError
+
+from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import Settings
 
-log = logging.getLogger("lookalike")
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (and finite)."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not (low <= value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
-    """A copy of ``settings`` with CLI overrides (None means: keep the setting)."""
-    update = {}
+    """A copy of ``settings`` with CLI overrides (None means: keep the setting), validated
+    by the settings' own bounds, so an option accepts exactly what its setting accepts."""
+    update: dict[str, BaseModel] = {}
     for group, values in groups.items():
         values = {k: v for k, v in values.items() if v is not None}
         if values:
-            update[group] = getattr(settings, group).model_copy(update=values)
+            current = getattr(settings, group)
+            try:
+                update[group] = type(current).model_validate({**current.model_dump(), **values})
+            except ValidationError as exc:
+                error = exc.errors(include_url=False)[0]
+                name = ".".join(str(x) for x in (group, *error["loc"]))
+                raise UserError(f"invalid {name} ({error['input']!r}): {error['msg']}"
+                                ) from None
     return settings.model_copy(update=update)
 
 
@@ -33,8 +63,9 @@ def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: boo
         p.add_argument("--collection", help="Milvus collection name")
 
 
-def _filter_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", type=int, default=None, help="number of products to return")
+def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
+    p.add_argument("-k", type=int, dest=k_setting,
+                   help=f"number of products to return (default: settings search.{k_setting})")
     p.add_argument("--category", action="append", default=[],
                    help="category path; matches its sub-paths too (repeatable)")
     p.add_argument("--min-price", type=float)
@@ -43,8 +74,16 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print hits as JSON")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--image-root", action="append", type=Path, default=None,
+                   help="folder whose catalog images the page may show (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
+    parser = _Parser(prog="lookalike", description=__doc__, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default=None)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -55,31 +94,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder that local image paths may point into (repeatable)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (/metrics)")
 
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
     _connection_args(p, milvus=False)
     p.add_argument("catalog", type=Path)
-    p.add_argument("--version", type=int, help="event version (default: now, in ms)")
+    p.add_argument("--version", type=_at_least(0), help="event version (default: now, in ms)")
     p.add_argument("--seller-id", default="catalog", help="seller_id where a line has none")
 
     p = sub.add_parser("search", help="find products that look like an image")
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="+",
                    help="a photo, or several views of the same item (searched together)")
-    _filter_args(p)
+    _filter_args(p, "k")
 
     p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="?")
     p.add_argument("--product-id")
-    p.add_argument("--threshold", type=float, help="minimum cosine similarity")
-    _filter_args(p)
+    p.add_argument("--threshold", type=float, dest="compare_threshold",
+                   help="minimum cosine similarity (default: search.compare_threshold)")
+    _filter_args(p, "compare_k")
 
     p = sub.add_parser("demo", help="broker + embedded Milvus + a catalog, end to end")
     _connection_args(p)
     p.add_argument("--catalog", type=Path,
                    help="catalog.jsonl (default: Fashion-MNIST with synthetic prices)")
-    p.add_argument("--n-products", type=int, default=1000,
+    p.add_argument("--n-products", type=_at_least(1), default=1000,
                    help="Fashion-MNIST articles in the default catalog")
 
     p = sub.add_parser("eval", help="retrieval quality: Recall@k and mAP@R of a protocol")
@@ -104,65 +146,98 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the new model's collections but keep serving the current one")
     p.add_argument("--allow-failures", action="store_true",
                    help="switch even when some products could not be re-embedded")
-    p.add_argument("--max-passes", type=int, default=10,
+    p.add_argument("--max-passes", type=_at_least(1), default=10,
                    help="catch-up passes before giving up on a source that keeps changing")
-    p.add_argument("--settle-s", type=float, default=2.0,
+    p.add_argument("--settle-s", type=_at_least(0, float), default=2.0,
                    help="wait after the switch before the last catch-up pass")
 
     p = sub.add_parser("models", help="which model version serves, and the others")
     _connection_args(p, kafka=False)
 
+    p = sub.add_parser("serve", help="the HTTP search API, search page and /metrics")
+    _connection_args(p, kafka=False)
+    _serve_args(p)
+
+    p = sub.add_parser("run", help="ingest and the HTTP API in one process (Milvus Lite "
+                       "allows one process per database file)")
+    _connection_args(p)
+    p.add_argument("--group-id")
+    _serve_args(p)
+
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=_at_least(1), default=9092)
     return parser
 
 
-def _run_eval(settings: Settings, args: argparse.Namespace) -> int:
-    from lookalike.evaluate import EvalError, run_eval
-
-    try:
-        return run_eval(settings, args)
-    except EvalError as exc:
-        print(f"lookalike eval: error: {exc}", file=sys.stderr)
-        return 2
+HANDLERS = {
+    "ingest": "lookalike.commands:ingest",
+    "publish": "lookalike.commands:publish",
+    "search": "lookalike.commands:search",
+    "compare-prices": "lookalike.commands:compare_prices",
+    "demo": "lookalike.commands:demo",
+    "broker": "lookalike.cli:broker",
+    "eval": "lookalike.evaluate:run_eval",
+    "reindex": "lookalike.commands:reindex",
+    "models": "lookalike.commands:models",
+    "serve": "lookalike.commands_serve:serve",
+    "run": "lookalike.commands_serve:run",
+}
+"""Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
+model and clients load only for the commands that need them; ``broker`` loads none)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    prog = f"lookalike {args.command}"
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        print(f"{prog}: error: invalid LOOKALIKE_ setting {'.'.join(map(str, error['loc']))}: "
+              f"{error['msg']}", file=sys.stderr)
+        return ExitCode.USAGE
     logging.basicConfig(
         level=(args.log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
-    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator"):
+    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator", "faiss",
+                  "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = _with(
-        settings,
-        kafka={"bootstrap_servers": getattr(args, "bootstrap_servers", None),
-               "topic": getattr(args, "topic", None),
-               "group_id": getattr(args, "group_id", None)},
-        milvus={"uri": getattr(args, "milvus_uri", None),
-                "collection": getattr(args, "collection", None)},
-        images={"roots": getattr(args, "image_root", None)},
-    )
-    from lookalike import commands  # heavy imports (Keras, pymilvus) only when needed
-
+    # kafka-python logs every refused connection as an ERROR (a dozen lines a second while a
+    # broker is down), milvus-lite a traceback when another process holds the database: the
+    # commands report both themselves, in one line (lookalike.app.open_store, create_topics)
+    for chatty in ("kafka.net", "milvus_lite.server_manager"):
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)
     try:
-        handler = {
-            "ingest": commands.ingest,
-            "publish": commands.publish,
-            "search": commands.search,
-            "compare-prices": commands.compare_prices,
-            "demo": commands.demo,
-            "broker": commands.broker,
-            "eval": _run_eval,
-            "reindex": commands.reindex,
-            "models": commands.models,
-        }[args.command]
-        return handler(settings, args)
-    except commands.UserError as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 2
+        settings = _with(
+            settings,
+            kafka={"bootstrap_servers": getattr(args, "bootstrap_servers", None),
+                   "topic": getattr(args, "topic", None),
+                   "group_id": getattr(args, "group_id", None)},
+            milvus={"uri": getattr(args, "milvus_uri", None),
+                    "collection": getattr(args, "collection", None)},
+            images={"roots": getattr(args, "image_root", None)},
+            serve={"host": getattr(args, "host", None),
+                   "port": getattr(args, "port", None) if args.command != "broker" else None},
+            search={"k": getattr(args, "k", None),
+                    "compare_k": getattr(args, "compare_k", None),
+                    "compare_threshold": getattr(args, "compare_threshold", None)},
+        )
+        module, _, name = HANDLERS[args.command].partition(":")
+        handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
+        return int(handler(settings, args))
+    except Exception as exc:
+        from lookalike.app import explain
+
+        failure = explain(exc)
+        if failure is None:
+            raise  # a bug: keep its traceback
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        return int(failure.code)
 
 
+def broker(_settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.broker import run_in_foreground
+
+    return run_in_foreground(args.port)

@@ -5,44 +5,46 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from ingest.dlq import build_producer
+from embedding.decode import ImageDecodeError, decode_image
 from ingest.publish import CatalogError, load_catalog, publish_events
 from ingest.runner import IngestError, RunReport
 from ingest.stages import Batch
-from ingest.topics import ensure_topics
 from lookalike.app import (
     build_embedder,
-    build_milvus,
+    build_producer,
+    build_reindexer,
     build_runner,
     build_search,
-    open_store,
+    create_topics,
+    open_for_writing,
+    open_versions,
+    require_serving,
     stop_on_signals,
     warm_up_in_background,
 )
 from lookalike.broker import LocalBroker, port_open
+from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings
 from schema.versions import ModelRetiredError
-from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound, ProductSearch
+from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import MilvusStore
 from store.versions import ModelVersions
 
+if TYPE_CHECKING:
+    from serve.metrics import IngestMetrics
+
 log = logging.getLogger("lookalike")
-
-
-class UserError(Exception):
-    """A mistake in the command line or its inputs: printed without a traceback."""
 
 
 def _print_json(items: Sequence[BaseModel]) -> None:
@@ -71,43 +73,49 @@ def _search_filter(args: argparse.Namespace) -> SearchFilter | None:
 
 
 def ingest(settings: Settings, args: argparse.Namespace) -> int:
+    create_topics(settings)  # an absent broker is reported before the model loads
+    versions = open_versions(settings, create=True)
     embedder = build_embedder(settings)
     warm_up_in_background(embedder)
-    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
-    return _run_ingest(settings, embedder, client, spec, until_caught_up=args.until_caught_up)
+    metrics = None
+    if args.metrics_port is not None:
+        from lookalike.commands_serve import serve_ingest_metrics
+
+        metrics = serve_ingest_metrics(args.metrics_port, embedder.model_version)
+    return _run_ingest(settings, embedder, versions, until_caught_up=args.until_caught_up,
+                       metrics=metrics)
 
 
-def _run_ingest(settings: Settings, embedder: Any, client: Any, spec: Any, *,
-                until_caught_up: bool, total: int | None = None) -> int:
-    """Ingest into the physical collections of the embedder's model (schema/versions.py);
-    exits 3, without committing the batch that noticed it, when a switch retires that model."""
-    try:
-        target, guard = ModelVersions(client, spec.name).open_for_writing(
-            embedder.model_version, embedder.dim)
-    except ModelRetiredError as exc:
-        raise UserError(str(exc)) from None
+def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
+                until_caught_up: bool, total: int | None = None,
+                metrics: IngestMetrics | None = None) -> int:
+    """Ingest into the physical collections of the embedder's model (store/versions.py);
+    exits 3, without committing the batch that noticed it, when a switch retires that model.
+    ``metrics``: counted after each committed batch (serve/metrics.py)."""
+    target, guard = open_for_writing(versions, embedder)
     bar = tqdm(total=total, unit="event", desc="ingest", disable=not sys.stderr.isatty())
 
     def on_batch(batch: Batch, _report: RunReport) -> None:
         bar.update(len(batch.records))
+        if metrics is not None:
+            metrics.observe_batch(batch, runner.lag())  # on the poll thread: may ask the lag
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
-        runner = build_runner(settings, embedder, client, target, pool, on_batch,
+        runner = build_runner(settings, embedder, versions.store, target, pool, on_batch,
                               after_write=guard.check)
         try:
             with stop_on_signals(runner):
                 report = runner.run(until_caught_up=until_caught_up)
         except IngestError as exc:
             if isinstance(exc.__cause__, ModelRetiredError):
-                log.error("ingest stopped: the model switched. %s", exc.__cause__)
-                return 3
-            log.error("%s", exc)
-            return 1
+                raise UserError(f"ingest stopped: the model switched. {exc.__cause__}",
+                                ExitCode.MODEL_SWITCHED) from None
+            raise UserError(f"ingest stopped: {exc}", ExitCode.FAILED) from None
         finally:
             bar.close()
     log.info("ingest finished stopped_by=%s batches=%d seconds=%.1f %s",
              report.stopped_by, report.batches, report.seconds, report.totals.summary())
-    return 0
+    return ExitCode.OK
 
 
 def publish(settings: Settings, args: argparse.Namespace) -> int:
@@ -120,8 +128,8 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
 
 def _publish(settings: Settings, events: list[Any]) -> int:
     k = settings.kafka
-    ensure_topics(k.bootstrap_servers, {k.topic: k.partitions, k.dlq_topic: 1})
-    producer = build_producer(k.bootstrap_servers, k.client_id + "-publish")
+    create_topics(settings)
+    producer = build_producer(settings, "publish")
     try:
         with tqdm(total=len(events), unit="event", desc="publish",
                   disable=not sys.stderr.isatty()) as bar:
@@ -129,52 +137,59 @@ def _publish(settings: Settings, events: list[Any]) -> int:
     finally:
         producer.close()
     log.info("published events=%d topic=%s", sent, k.topic)
-    return 0
+    return ExitCode.OK
 
 
 def _searcher(settings: Settings) -> ProductSearch:
-    embedder = build_embedder(settings)
-    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
-    return _search_or_fail(settings, embedder, client, spec)
+    """Open the store first (a missing database or collection fails before the model's
+    ~10 s load), then the model, then the searcher."""
+    versions = open_versions(settings)
+    require_serving(settings, versions)
+    return build_search(settings, build_embedder(settings), versions)
 
 
-def _search_or_fail(settings: Settings, embedder: Any, client: Any, spec: Any,
-                    *, read_your_writes: bool = False) -> ProductSearch:
-    """``build_search``, with a model that does not serve as a user error (exit 2)."""
-    try:
-        return build_search(settings, embedder, client, spec, read_your_writes=read_your_writes)
-    except ModelMismatchError as exc:
-        raise UserError(str(exc)) from None
+def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
+    """Read and decode every query image before anything heavy is built, so an empty,
+    truncated, non-image or oversized file fails at once with its reason. The bytes (not the
+    decoded picture) go to the search, which decodes them at the model's scale as ingest does.
+    """
+    if len(images) > MAX_QUERY_VECTORS:
+        raise UserError(f"at most {MAX_QUERY_VECTORS} images per search, got {len(images)}")
+    out = []
+    for image in images:
+        if not image.is_file():
+            raise UserError(f"no such image: {image}")
+        data = image.read_bytes()
+        try:
+            decode_image(data, settings.images.max_pixels)
+        except ImageDecodeError as exc:
+            raise UserError(f"cannot use {image} as a query: {exc}") from None
+        out.append(data)
+    return out
 
 
 def search(settings: Settings, args: argparse.Namespace) -> int:
     search_filter = _search_filter(args)
-    images: list[Path] = args.image  # nargs="+": always a list
-    if len(images) > MAX_QUERY_VECTORS:
-        raise UserError(f"at most {MAX_QUERY_VECTORS} images per search, got {len(images)}")
-    for image in images:
-        if not image.is_file():
-            raise UserError(f"no such image: {image}")
-    hits = _searcher(settings).by_images(
-        images, k=args.k or settings.search.k, filter=search_filter
-    )
+    images = _query_images(settings, args.image)
+    hits = _searcher(settings).by_images(images, k=settings.search.k, filter=search_filter)
     if args.json:
         _print_json(hits)
     else:
         _print_hits(hits)
-    return 0
+    return ExitCode.OK
 
 
 def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
     if (args.image is None) == (args.product_id is None):
         raise UserError("give either IMAGE or --product-id")
     search_filter = _search_filter(args)
-    threshold = args.threshold if args.threshold is not None else settings.search.compare_threshold
+    image = None if args.image is None else _query_images(settings, [args.image])[0]
     searcher = _searcher(settings)
     try:
         matches = searcher.compare_prices(
-            image=args.image, product_id=args.product_id, threshold=threshold,
-            k=args.k or 20, filter=search_filter,
+            image=image, product_id=args.product_id,
+            threshold=settings.search.compare_threshold, k=settings.search.compare_k,
+            filter=search_filter,
         )
     except ProductNotFound as exc:
         raise UserError(str(exc)) from None
@@ -182,21 +197,7 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
         _print_json(matches)
     else:
         _print_hits(matches, "similarity")
-    return 0
-
-
-def broker(settings: Settings, args: argparse.Namespace) -> int:
-    # sigwait needs both signals blocked: an unblocked SIGTERM would end this process at once
-    # and leave the tansu child running (a supervisor's or CI's `kill` must stop it). They are
-    # blocked after tansu starts, as a child inherits the mask and tansu must see SIGTERM.
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    with LocalBroker(args.port) as local:
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        print(f"tansu listening on {local.bootstrap_servers} (pid {local.pid}); Ctrl-C stops it",
-              flush=True)
-        received = signal.sigwait(stop_signals)
-        print(f"{signal.Signals(received).name}: stopping tansu", flush=True)
-    return 0
+    return ExitCode.OK
 
 
 def demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -231,20 +232,21 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
+    versions = open_versions(settings, create=True)
     embedder = build_embedder(settings)
     warm_up_in_background(embedder)
-    client, spec = build_milvus(settings, embedder.dim, embedder.model_version)
     print(f"catalog: {len(events)} products, {sum(len(e.images) for e in events)} images; "
-          f"Milvus: {settings.milvus.uri} collection {spec.name}; model {embedder.model_version}")
+          f"Milvus: {settings.milvus.uri} collection {versions.base}; "
+          f"model {embedder.model_version}")
     if synthetic:
         print("note: Fashion-MNIST prices are SYNTHETIC (attributes.price_source=synthetic)")
     _publish(settings, events)
     started = time.monotonic()
-    code = _run_ingest(settings, embedder, client, spec, until_caught_up=True, total=len(events))
+    code = _run_ingest(settings, embedder, versions, until_caught_up=True, total=len(events))
     if code:
         return code
     print(f"ingested in {time.monotonic() - started:.1f}s")
-    searcher = _search_or_fail(settings, embedder, client, spec, read_your_writes=True)
+    searcher = build_search(settings, embedder, versions, read_your_writes=True)
     by_category: dict[str, Any] = {}
     for event in events:
         by_category.setdefault(event.category, event)
@@ -261,31 +263,27 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     print(f"\nprice comparison for {resold.product_id} (threshold "
           f"{settings.search.compare_threshold}):")
     _print_hits(searcher.compare_prices(
-        product_id=resold.product_id, threshold=settings.search.compare_threshold, k=10,
+        product_id=resold.product_id, threshold=settings.search.compare_threshold,
+        k=settings.search.compare_k,
     ), "similarity")
-    return 0
+    return ExitCode.OK
 
 
 def reindex(settings: Settings, args: argparse.Namespace) -> int:
     """Re-embed the serving catalog with the configured model, then switch the aliases."""
-    from ingest.fetch import ImageFetcher
-    from ingest.reindex import Reindexer, ReindexError
+    from ingest.reindex import ReindexError
 
+    versions = open_versions(settings)
     embedder = build_embedder(settings)
-    client, base = _open_milvus(settings)
-    i = settings.images
-    versions = ModelVersions(client, base)
-    fetcher = ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
     bar = tqdm(unit="product", desc="reindex", disable=not sys.stderr.isatty())
-    with ThreadPoolExecutor(i.fetch_workers, thread_name_prefix="fetch") as pool:
-        reindexer = Reindexer(versions, embedder, fetcher, pool, max_pixels=i.max_pixels,
-                              settle_s=args.settle_s, max_passes=args.max_passes,
-                              on_chunk=bar.update)
+    with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
+        reindexer = build_reindexer(settings, embedder, versions, pool,
+                                    max_passes=args.max_passes, settle_s=args.settle_s,
+                                    on_chunk=bar.update)
         try:
             report = reindexer.run(switch=not args.no_switch, allow_failures=args.allow_failures)
         except ReindexError as exc:
-            print(f"lookalike reindex: {exc}")
-            return 0
+            raise UserError(str(exc)) from None
         finally:
             bar.close()
     for product_id, problems in sorted(report.failures.items()):
@@ -294,44 +292,35 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
                   f"({problem.detail[:120]})")
     print(f"reindex {report.summary()}")
     if report.refused:
-        print(f"lookalike reindex: not switched: {report.refused}", file=sys.stderr)
-        return 1
+        raise UserError(f"not switched: {report.refused}", ExitCode.FAILED)
     if report.switched:
         print(f"{versions.base} now serves model {report.model_version} ({report.target}). "
               "Restart `lookalike ingest` with this model: the old one stops at its next batch.")
     else:
         print(f"built {report.target}; not switched (--no-switch)")
-    return 0
+    return ExitCode.OK
 
 
 def models(settings: Settings, args: argparse.Namespace) -> int:
     """Which model serves, and the other versions in the registry."""
-    client, base = _open_milvus(settings)
-    versions = ModelVersions(client, base)
+    versions = open_versions(settings)
+    store, base = versions.store, versions.base
     serving = versions.load_serving()
     if serving is None:
         print(f"{base}: does not exist yet (the first ingest creates it)")
-        return 0
+        return ExitCode.OK
     kind = "pre-alias collection" if serving.legacy else "alias"
     print(f"{base} ({kind}) -> {serving.physical}: serving model {serving.model_version}")
-    entries = versions.entries()
-    for entry in entries:
-        images, products = _counts(client, entry.physical)
+    for entry in versions.entries():
+        images, products = _counts(store, entry.physical)
         mark = "*" if entry.physical == serving.physical else " "
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.created_at_ms / 1000))
         print(f" {mark} {entry.status.value:<8} {entry.model_version:<60} dim={entry.dim:<5} "
               f"images={images:<8} products={products:<8} {entry.physical}  created {created}Z")
     if serving.legacy:
-        images, products = _counts(client, serving.physical)
+        images, products = _counts(store, serving.physical)
         print(f" * legacy   {serving.model_version}  images={images} products={products}")
-    return 0
-
-
-def _open_milvus(settings: Settings) -> tuple[MilvusStore, str]:
-    uri = settings.milvus.uri
-    if "://" not in uri and not Path(uri).exists():
-        raise UserError(f"no Milvus Lite database at {uri}")
-    return open_store(settings), settings.milvus.collection
+    return ExitCode.OK
 
 
 def _counts(store: MilvusStore, physical: str) -> tuple[str, str]:

@@ -5,25 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
-import uuid
-from pathlib import Path
 
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EvalReport, evaluate
-from lookalike.app import build_embedder
+from lookalike.app import build_embedder, open_store, scratch_milvus
+from lookalike.errors import UserError
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
-from store import MilvusStore
 
 log = logging.getLogger("lookalike")
-
-
-
-class EvalError(Exception):
-    """A protocol or setup mistake, printed without a traceback."""
 
 
 def run_eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -31,31 +22,25 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         products = load_gallery(args.gallery)
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
-        raise EvalError(str(exc)) from None
-    embedder = build_embedder(settings)
-    cache = None if args.no_cache else EmbeddingCache(args.cache)
-    spec = CollectionSpec(name=f"lookalike_eval_{uuid.uuid4().hex[:12]}", dim=embedder.dim)
-    tmp = None
-    if args.milvus_uri:
-        store = MilvusStore.open(args.milvus_uri, settings.milvus.token)
-    else:  # a fresh embedded database, deleted afterwards
-        tmp = Path(tempfile.mkdtemp(prefix="lookalike-eval-"))
-        store = MilvusStore.open(str(tmp / "eval.db"))
-    try:
-        report = evaluate(products, queries, embedder, store, spec, cache,
-                          max_pixels=settings.images.max_pixels)
-    except ProtocolError as exc:
-        raise EvalError(str(exc)) from None
-    finally:
+        raise UserError(str(exc)) from None
+    with scratch_milvus(settings, args.milvus_uri) as scratch:
+        store = open_store(scratch, create=True)  # an unreachable server fails before the model
+        embedder = build_embedder(settings)
+        cache = None if args.no_cache else EmbeddingCache(args.cache)
+        spec = CollectionSpec(name=scratch.milvus.collection, dim=embedder.dim)
         try:
-            store.drop_collections(spec)
-        except Exception as exc:  # never hide the evaluation's own error
-            log.warning("could not drop %s: %s", spec.name, exc)
-        store.close()
-        if cache is not None:
-            cache.close()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            report = evaluate(products, queries, embedder, store, spec, cache,
+                              max_pixels=settings.images.max_pixels)
+        except ProtocolError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            try:
+                store.drop_collections(spec)
+            except Exception as exc:  # never hide the evaluation's own error
+                log.warning("could not drop %s: %s", spec.name, exc)
+            store.close()
+            if cache is not None:
+                cache.close()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

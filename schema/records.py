@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schema.events import MAX_CATEGORY_DEPTH, ProductUpserted, category_ancestors
 
 MAX_PK_LENGTH = 160
-MAX_TITLE_LENGTH = 512
 MAX_REF_LENGTH = 2048
 
 CATEGORY_LEVEL_FIELDS: tuple[str, ...] = tuple(

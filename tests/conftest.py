@@ -47,6 +47,7 @@ def luma_dir() -> Path:
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """The real EfficientNet-Lite0 embedder, built once per test session."""
-    from embedding.embedder import create_embedder
+    from lookalike.app import build_embedder
+    from lookalike.settings import Settings
 
-    return create_embedder("lite0", "pad", 32)
+    return build_embedder(Settings())

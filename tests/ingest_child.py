@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from pymilvus import MilvusClient
 
-from lookalike.app import build_runner, stop_on_signals
+from lookalike.app import build_runner, create_topics, stop_on_signals
 from schema.collection import CollectionSpec
 from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder
@@ -37,6 +37,7 @@ def main() -> int:
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     store = MilvusStore(client)
     ensure_collections(store, spec)
+    create_topics(settings)
     with ThreadPoolExecutor(2) as pool:
         runner = build_runner(settings, embedder, store, spec, pool)
         with stop_on_signals(runner):

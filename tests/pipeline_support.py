@@ -14,7 +14,7 @@ from PIL import Image
 from pymilvus import MilvusClient
 
 from ingest.runner import RunReport
-from lookalike.app import build_runner
+from lookalike.app import build_runner, create_topics
 from lookalike.settings import (
     ImageSettings,
     IngestSettings,
@@ -72,6 +72,7 @@ def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient)
     store = MilvusStore(client)
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     ensure_collections(store, spec)
+    create_topics(settings)
     with ThreadPoolExecutor(4) as pool:
         runner = build_runner(settings, embedder, store, spec, pool)
         return runner.run(until_caught_up=True)

@@ -108,7 +108,7 @@ def test_mixing_sets_how_far_colour_moves_the_cosine() -> None:
 
 
 def test_model_version_names_the_colour_part() -> None:
-    plain = model_version("lite0", "pad")
+    plain = model_version("lite0", "pad", 0.0)
     assert plain == "efficientnet-lite0-imagenet-gap-pad224-v1"  # old vectors stay valid
     assert model_version("lite0", "pad", 0.0) == plain
     mixed = model_version("lite0", "pad", 0.5)

@@ -69,7 +69,8 @@ def classifier(weights: StateDict) -> Any:
 
 @pytest.fixture(scope="module")
 def embedder(weights: StateDict) -> EfficientNetLiteEmbedder:
-    return EfficientNetLiteEmbedder("lite0", SquareMode.PAD, batch_size=4, weights=weights)
+    return EfficientNetLiteEmbedder("lite0", SquareMode.PAD, batch_size=4, colour_weight=0.0,
+                                    weights=weights)
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +83,11 @@ def photos() -> dict[str, Image.Image]:
 
 def test_unknown_variant_or_mode_fails_before_building() -> None:
     with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
-        create_embedder("lite9")
+        create_embedder("lite9", "pad", 32, 0.5)
     with pytest.raises(ValueError, match="unknown square mode"):
-        create_embedder("lite0", "stretch")
+        create_embedder("lite0", "stretch", 32, 0.5)
     with pytest.raises(ValueError, match="batch_size"):
-        create_embedder("lite0", "pad", 0)
+        create_embedder("lite0", "pad", 0, 0.5)
 
 
 def test_importing_the_package_does_not_load_keras() -> None:
@@ -169,7 +170,8 @@ def test_prepare_then_embed_prepared_equals_embed(
 def test_pad_and_crop_give_different_vectors(
     embedder: EfficientNetLiteEmbedder, weights: StateDict, photos: dict[str, Image.Image]
 ) -> None:
-    cropper = EfficientNetLiteEmbedder("lite0", "crop", batch_size=4, weights=weights)
+    cropper = EfficientNetLiteEmbedder("lite0", "crop", batch_size=4, colour_weight=0.0,
+                                       weights=weights)
     assert cropper.model_version != embedder.model_version
     padded, cropped = embedder.embed([photos["coffee"]]), cropper.embed([photos["coffee"]])
     assert float(padded[0] @ cropped[0]) < 0.99
@@ -239,7 +241,8 @@ def test_colour_weight_appends_the_colour_descriptor(
     np.testing.assert_allclose(vectors[0], vectors[3], atol=1e-5)
     prepared = mixed.embed_prepared(np.stack([mixed.prepare(im) for im in images]))
     np.testing.assert_allclose(prepared, vectors, atol=1e-5)
-    plain = EfficientNetLiteEmbedder("lite0", "pad", batch_size=4, weights=weights)
+    plain = EfficientNetLiteEmbedder("lite0", "pad", batch_size=4, colour_weight=0.0,
+                                     weights=weights)
     cnn = plain.embed([coffee, recoloured])
     # colour pulls the recoloured copy further away than the CNN alone does
     assert float(vectors[0] @ vectors[1]) < float(cnn[0] @ cnn[1]) - 0.05

@@ -63,8 +63,9 @@ def test_square_mode_parse() -> None:
 
 
 def test_model_version_names_variant_mode_and_size() -> None:
-    assert model_version("lite0", "pad") == "efficientnet-lite0-imagenet-gap-pad224-v1"
-    assert model_version("lite2", SquareMode.CROP) == "efficientnet-lite2-imagenet-gap-crop260-v1"
+    assert model_version("lite0", "pad", 0.0) == "efficientnet-lite0-imagenet-gap-pad224-v1"
+    assert (model_version("lite2", SquareMode.CROP, 0.0)
+            == "efficientnet-lite2-imagenet-gap-crop260-v1")
 
 
 def test_batch_buckets_and_normalise() -> None:

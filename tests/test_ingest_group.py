@@ -12,8 +12,7 @@ import pytest
 from pymilvus import MilvusClient
 
 from ingest.runner import Runner
-from ingest.topics import ensure_topics
-from lookalike.app import build_runner
+from lookalike.app import build_runner, create_topics
 from schema.collection import CollectionSpec
 from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder
@@ -44,7 +43,7 @@ def test_second_consumer_joins_mid_stream(bootstrap: str, unique: str, tmp_path:
     settings = make_settings(bootstrap, unique, tmp_path / "m.db", [root], batch_events=4)
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
         update={"partitions": 4})})
-    ensure_topics(bootstrap, {settings.kafka.topic: 4})
+    create_topics(settings)
     send(bootstrap, settings.kafka.topic,
          [upsert_payload(f"p{i}", 1, [f"p{i}.png"]) for i in range(N)])
 

@@ -15,9 +15,9 @@ import pytest
 from pymilvus import MilvusClient
 
 from lookalike.app import build_search
-from schema.collection import CollectionSpec
 from search.filters import SearchFilter
 from store import MilvusStore
+from store.versions import ModelVersions
 from tests.pipeline_support import make_settings, rows, run_until_caught_up, send
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.luma]
@@ -54,10 +54,10 @@ def indexed(bootstrap: str, luma_dir: Path, tmp_path_factory: pytest.TempPathFac
     send(bootstrap, settings.kafka.topic, events)
     client = MilvusClient(str(tmp / "m.db"))
     report = run_until_caught_up(settings, embedder, client)
-    spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
+    versions = ModelVersions(MilvusStore(client), settings.milvus.collection)
     return {"settings": settings, "client": client, "events": events, "queries": queries,
             "report": report, "model_version": embedder.model_version,
-            "search": build_search(settings, embedder, MilvusStore(client), spec)}
+            "search": build_search(settings, embedder, versions, read_your_writes=True)}
 
 
 def test_every_main_image_is_stored_once(indexed: dict[str, Any]) -> None:

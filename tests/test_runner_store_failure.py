@@ -117,8 +117,8 @@ def _run(client: FakeMilvus, source: FakeSource) -> Runner:
         stages = Stages(ImageFetcher([]), TinyEmbedder(), MilvusSink(store, SPEC),
                         FakeDlq(), pool, max_pixels=10_000_000)  # type: ignore[arg-type]
         runner = Runner(source, Pipeline(stages),  # type: ignore[arg-type]
-                        RunnerConfig(batch_events=4, batch_timeout_s=0.0, max_in_flight=2,
-                                     shutdown_grace_s=5.0))
+                        RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.0,
+                                     max_in_flight=2, shutdown_grace_s=5.0))
         runner.run(until_caught_up=True)
     return runner
 

@@ -1,0 +1,354 @@
+"""The HTTP API: ``ProductSearch`` over FastAPI, plus the search page and the probes.
+
+:func:`create_app` takes objects that are already built (search, readiness probe, metrics,
+the worker pool the model runs in), so the app is cheap to make and tests hand in fakes. The
+model and Milvus calls run on ``pool``: an upload being embedded never blocks the event loop,
+and the pool's size bounds how many queries the model works on at once.
+
+Every failure a caller can cause is a 4xx with ``{"error": {"code", "message"}}``; Milvus
+trouble is a 503. Image references are never fetched on a caller's behalf: queries are uploaded
+bytes, vectors or stored product ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from embedding.decode import TOO_LARGE, ImageDecodeError
+from search.api import MAX_K, MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
+from search.filters import SearchFilter
+from serve.health import Readiness
+from serve.images import ImageRefused, ImageRoots
+from serve.metrics import SearchMetrics
+from serve.middleware import ObserveRequests, UploadTooLarge
+from store import MilvusStore
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+T = TypeVar("T")
+Match = Literal["similar", "exact"]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    image_roots: Sequence[Path] = field(default_factory=list)
+    default_k: int = 10
+    compare_k: int = 20
+    compare_threshold: float = 0.90
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` and a short ``code`` with a readable message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_CALLER_ERRORS = (ApiError, ImageDecodeError, ProductNotFound, ValueError, ModelMismatchError)
+"""What ``ProductSearch`` raises about a request (mapped to 4xx/503 by the handlers below)."""
+
+
+class SearchOptions(BaseModel):
+    """What every search takes besides its query (JSON fields or form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(default=None, ge=1, le=MAX_K, description="hits to return")
+    match: Match = Field(default="similar", description="similar: look-alikes; exact: the "
+                         "same item (verified), where the search module supports it")
+    categories: list[str] = Field(default_factory=list, max_length=64,
+                                  description="category paths; sub-paths match too")
+    min_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    currency: str | None = Field(default=None, description="ISO-4217 code")
+
+    def search_filter(self) -> SearchFilter | None:
+        if not (self.categories or self.min_price is not None or self.max_price is not None
+                or self.currency):
+            return None
+        try:
+            return SearchFilter(categories=self.categories, min_price=self.min_price,
+                                max_price=self.max_price, currency=self.currency)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_filter", _first_error(exc)) from None
+
+
+class SearchBody(SearchOptions):
+    """JSON query: exactly one of ``vector`` (from the serving model) or ``product_id``."""
+
+    vector: list[float] | None = Field(default=None, max_length=8192)
+    product_id: str | None = Field(default=None, max_length=512)
+
+
+class CompareBody(SearchOptions):
+    """JSON price comparison of a stored product against the other listings."""
+
+    product_id: str | None = Field(default=None, max_length=512)
+    threshold: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
+
+
+def _first_error(exc: ValidationError | RequestValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def _request_body(model: type[BaseModel], files: str) -> dict[str, Any]:
+    """OpenAPI for an endpoint that takes JSON or a multipart upload."""
+    form = {"type": "object", "properties": {
+        files: {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "k": {"type": "integer"}, "match": {"type": "string", "enum": ["similar", "exact"]},
+        "category": {"type": "array", "items": {"type": "string"}},
+        "min_price": {"type": "number"}, "max_price": {"type": "number"},
+        "currency": {"type": "string"}}, "required": [files]}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()},
+        "multipart/form-data": {"schema": form}}}}
+
+
+def create_app(
+    search: Any,
+    *,
+    store: MilvusStore,
+    readiness: Readiness,
+    registry: CollectorRegistry,
+    metrics: SearchMetrics,
+    pool: Executor,
+    config: ServeConfig,
+) -> FastAPI:
+    """The API over ``search`` (a ``ProductSearch`` reading ``store``); nothing is built or
+    loaded here."""
+    app = FastAPI(title="Lookalike", version="1", summary="Visual product search",
+                  docs_url="/docs", redoc_url=None)
+    roots = ImageRoots(config.image_roots)
+    takes_match = "match" in inspect.signature(search.by_vectors).parameters
+
+    def recorded(fn: Callable[[], T]) -> T:
+        with store.recording() as calls:  # this worker thread's Milvus calls
+            try:
+                return fn()
+            finally:
+                metrics.observe_store_calls(calls)
+
+    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on the worker pool; a failure the caller did not cause becomes a 503."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, recorded, partial(fn, *args, **kwargs))
+        except _CALLER_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("search failed")
+            raise ApiError(503, "search_unavailable", f"the search backend failed "
+                           f"({type(exc).__name__}); retry later") from None
+
+    def matching(options: SearchOptions) -> dict[str, Any]:
+        if takes_match:
+            return {"match": options.match}
+        if options.match != "similar":
+            raise ApiError(422, "unsupported_match",
+                           f"match={options.match!r} is not available in this version; "
+                           "use 'similar'")
+        return {}
+
+    async def uploads(request: Request) -> tuple[list[bytes], dict[str, Any]]:
+        form = await _read_form(request, config.max_upload_bytes)
+        files = [v for v in form.getlist("image") if isinstance(v, UploadFile)]
+        if not files:
+            raise ApiError(422, "missing_image", "upload at least one file in the 'image' field")
+        images = [await f.read() for f in files]
+        fields: dict[str, Any] = {k: v for k, v in form.multi_items()
+                                  if isinstance(v, str) and k != "category"}
+        fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str)]
+        return images, fields
+
+    def options_from(model: type[SearchOptions], fields: dict[str, Any]) -> Any:
+        try:
+            return model.model_validate(fields)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _first_error(exc)) from None
+
+    @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, "image"),
+              summary="Products that look like uploaded photos, a vector, or a stored product")
+    async def search_endpoint(request: Request) -> dict[str, Any]:
+        if _is_multipart(request):
+            images, fields = await uploads(request)
+            options = options_from(SearchOptions, fields)
+            k = options.k or config.default_k
+            hits = await run(search.by_images, images, k=k, filter=options.search_filter(),
+                             **matching(options))
+        else:
+            body = options_from(SearchBody, await _read_json(request))
+            k = body.k or config.default_k
+            if (body.vector is None) == (body.product_id is None):
+                raise ApiError(422, "invalid_request",
+                               "give exactly one of 'vector' or 'product_id' (or upload an image)")
+            if body.vector is not None:
+                hits = await run(search.by_vector, body.vector, k=k, filter=body.search_filter(),
+                                 **matching(body))
+            else:
+                hits = await run(search.by_product, body.product_id, k=k,
+                                 filter=body.search_filter(), **matching(body))
+        return {"hits": [h.model_dump(mode="json") for h in hits]}
+
+    @app.get("/v1/products/{product_id}/similar", tags=["search"],
+             summary="More like this: products similar to a stored product (never itself)")
+    async def similar(
+        product_id: str,
+        k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
+        match: Match = "similar",
+        category: Annotated[list[str] | None, Query()] = None,
+        min_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+        max_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+        currency: str | None = None,
+    ) -> dict[str, Any]:
+        options = SearchOptions(k=k, match=match, categories=category or [],
+                                min_price=min_price, max_price=max_price, currency=currency)
+        hits = await run(search.by_product, product_id, k=k or config.default_k,
+                         filter=options.search_filter(), **matching(options))
+        return {"hits": [h.model_dump(mode="json") for h in hits]}
+
+    @app.post("/v1/compare-prices", tags=["search"],
+              openapi_extra=_request_body(CompareBody, "image"),
+              summary="Listings of the same item, cheapest first, with their evidence")
+    async def compare_prices(request: Request) -> dict[str, Any]:
+        if _is_multipart(request):
+            images, fields = await uploads(request)
+            if len(images) != 1:
+                raise ApiError(422, "invalid_request", "compare one image at a time")
+            body = options_from(CompareBody, fields)
+            if body.product_id is not None:
+                raise ApiError(422, "invalid_request", "give an image or a product_id, not both")
+            query: dict[str, Any] = {"image": images[0]}
+        else:
+            body = options_from(CompareBody, await _read_json(request))
+            if body.product_id is None:
+                raise ApiError(422, "invalid_request",
+                               "give 'product_id' (or upload an image as multipart/form-data)")
+            query = {"product_id": body.product_id}
+        threshold = body.threshold if body.threshold is not None else config.compare_threshold
+        matches = await run(search.compare_prices, **query, threshold=threshold,
+                            k=body.k or config.compare_k, filter=body.search_filter(),
+                            **matching(body))
+        return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
+
+    @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")
+    async def image(ref: Annotated[str, Query(max_length=4096)]) -> FileResponse:
+        found = roots.resolve(ref)
+        if isinstance(found, ImageRefused):
+            raise ApiError(404 if found.reason == "not_found" else 400, found.reason, found.detail)
+        return FileResponse(found, headers={"Cache-Control": "max-age=3600",
+                                            "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/livez", tags=["probes"])
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> JSONResponse:
+        checks = await run(readiness.check)
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["probes"], include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _error_handlers(app)
+    app.add_middleware(ObserveRequests, metrics=metrics, max_body_bytes=config.max_upload_bytes)
+    return app
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "bad_json", "the body is not JSON (or upload an image as "
+                       "multipart/form-data)") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "the JSON body must be an object")
+    return body
+
+
+async def _read_form(request: Request, max_bytes: int) -> FormData:
+    try:
+        return await request.form(max_files=MAX_QUERY_VECTORS, max_fields=64,
+                                  max_part_size=64 * 1024)
+    except UploadTooLarge:
+        raise
+    except StarletteHTTPException as exc:  # starlette's own limits (too many files, ...)
+        raise ApiError(exc.status_code, "bad_upload", str(exc.detail)) from None
+    except Exception as exc:
+        raise ApiError(400, "bad_upload", f"unreadable multipart body: {exc}") from None
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Map what a request can provoke to 4xx/503; nothing reaches the caller as a traceback."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _first_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
+                      str(exc.detail))
+
+    @app.exception_handler(UploadTooLarge)
+    async def too_large(_: Request, exc: UploadTooLarge) -> JSONResponse:
+        return _error(413, "upload_too_large", str(exc))
+
+    @app.exception_handler(ImageDecodeError)
+    async def not_an_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
+        code = "too_many_pixels" if exc.reason == TOO_LARGE else "not_an_image"
+        return _error(422, code, exc.detail)
+
+    @app.exception_handler(ProductNotFound)
+    async def unknown_product(_: Request, exc: ProductNotFound) -> JSONResponse:
+        return _error(404, "unknown_product", str(exc))
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
+        return _error(422, "invalid_request", str(exc))
+
+    @app.exception_handler(ModelMismatchError)
+    async def mismatch(_: Request, exc: ModelMismatchError) -> JSONResponse:
+        return _error(503, "model_mismatch", str(exc))
+

@@ -1,0 +1,144 @@
+"""Prometheus series of search and ingest, in base units with the ``lookalike_`` prefix.
+
+Each process owns one ``CollectorRegistry`` (built in ``main()``, never the global default), so
+tests can build as many apps as they like. ``ProductSearch`` stays unaware of metrics: embed time
+comes from a thin wrapper around the embedder (:class:`TimedEmbedder`), Milvus time from the
+store's own per-thread call recording (``MilvusStore.recording``), each measured where it is
+spent. Ingest series are filled from the runner's ``on_batch`` callback, which runs on
+the poll thread, the only thread allowed to ask the consumer for its lag.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ingest.stages import Batch
+from store import CallTiming
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+
+
+class SearchMetrics:
+    """HTTP requests by endpoint and status, in-flight requests, and per-stage latency."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "lookalike_http_requests", "HTTP requests answered, by route and status code",
+            ["endpoint", "status"], registry=registry,
+        )
+        self.duration = Histogram(
+            "lookalike_http_request_duration_seconds", "Time to answer an HTTP request",
+            ["endpoint"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.in_flight = Gauge(
+            "lookalike_http_requests_in_flight", "HTTP requests being answered now",
+            registry=registry,
+        )
+        self.stage = Histogram(
+            "lookalike_search_stage_duration_seconds",
+            "Time spent per search request and stage: embed (each model call), milvus (the "
+            "request's Milvus calls together), verify (same-item verification)",
+            ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+
+    def observe_store_calls(self, calls: Sequence[CallTiming]) -> None:
+        """One ``milvus`` observation per request: its Milvus calls' time together."""
+        if calls:
+            self.stage.labels("milvus").observe(sum(c.seconds for c in calls))
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage.labels(stage).observe(time.perf_counter() - started)
+
+
+class TimedEmbedder:
+    """An embedder that reports each ``embed`` call as the ``embed`` stage; every other
+    attribute (``dim``, ``model_version``, ``decode_size``...) is the wrapped one's."""
+
+    def __init__(self, embedder: Any, metrics: SearchMetrics) -> None:
+        self._embedder = embedder
+        self._metrics = metrics
+
+    def embed(self, images: Sequence[Any]) -> Any:
+        with self._metrics.timed("embed"):
+            return self._embedder.embed(images)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+
+class IngestMetrics:
+    """Events by outcome, image failures, stage durations, freshness, lag, rows written."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "lookalike_ingest_events", "Events that ended, by outcome (applied, stale, "
+            "dead_lettered) and dead-letter reason", ["outcome", "reason"], registry=registry,
+        )
+        self.images = Counter(
+            "lookalike_ingest_images", "Images embedded", registry=registry,
+        )
+        self.image_failures = Counter(
+            "lookalike_ingest_image_failures", "Images that could not be used, by reason",
+            ["reason"], registry=registry,
+        )
+        self.batches = Counter(
+            "lookalike_ingest_batches", "Batches written and committed", registry=registry,
+        )
+        self.stage = Histogram(
+            "lookalike_ingest_batch_stage_duration_seconds",
+            "Time a batch spent in each stage (decode, embed, write)", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.freshness = Histogram(
+            "lookalike_ingest_freshness_seconds",
+            "Event timestamp to searchable in Milvus, per applied event",
+            buckets=_FRESHNESS_BUCKETS, registry=registry,
+        )
+        self.lag = Gauge(
+            "lookalike_ingest_consumer_lag_events",
+            "Events not yet consumed per partition (high-water mark minus position), as of "
+            "the last committed batch", ["topic", "partition"], registry=registry,
+        )
+        self.rows = Counter(
+            "lookalike_ingest_rows_written", "Image rows upserted into Milvus",
+            registry=registry,
+        )
+
+    def observe_batch(self, batch: Batch, lag: Mapping[Any, int | None]) -> None:
+        """Count one committed batch; ``lag`` maps TopicPartition -> events behind."""
+        s = batch.stats
+        self.events.labels("applied", "").inc(s.applied)
+        self.events.labels("stale", "").inc(s.stale)
+        for reason, n in s.dlq_reasons.items():
+            self.events.labels("dead_lettered", reason).inc(n)
+        self.images.inc(s.images_ok)
+        for reason, n in s.images_failed.items():
+            self.image_failures.labels(reason).inc(n)
+        self.batches.inc()
+        for stage, seconds in (("decode", s.decode_s), ("embed", s.embed_s),
+                               ("write", s.write_s)):
+            self.stage.labels(stage).observe(seconds)
+        for ms in s.freshness_ms:
+            self.freshness.observe(max(0.0, ms / 1000.0))
+        self.rows.inc(s.rows_upserted)
+        for tp, behind in lag.items():
+            if behind is not None:
+                self.lag.labels(tp.topic, str(tp.partition)).set(behind)
+
+
+def publish_model_version(registry: CollectorRegistry, model_version: str) -> None:
+    """``lookalike_model_serving_info{model_version=...} 1``: the model this process embeds
+    with (search queries and ingested images alike). Call once per registry."""
+    Gauge("lookalike_model_serving_info", "1 for the model version this process embeds with",
+          ["model_version"], registry=registry).labels(model_version).set(1)

@@ -1,0 +1,121 @@
+"""The fault harness's and the scale bench's own parts: what they count must be right for
+their figures to mean anything (bench/faults.py, bench/loopback.py, bench/scale.py)."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import requests
+
+from bench.faults import Expected
+from bench.loopback import ImageServer, OutageProxy
+from bench.scale import (
+    Catalog,
+    RowEmbedder,
+    exact_top,
+    make_catalog,
+    make_queries,
+    row_png,
+)
+from embedding.decode import decode_image
+from lookalike.broker import free_port
+from schema.events import image_key
+
+
+def _event(pid: str, version: int, paths: list[str]) -> dict[str, object]:
+    return {"type": "product.upserted", "product_id": pid, "version": version,
+            "images": [{"path": p} for p in paths]}
+
+
+def _row(pid: str, path: str) -> dict[str, str]:
+    key = image_key(path)
+    return {"pk": f"{pid}#{key}", "product_id": pid, "image_key": key}
+
+
+def test_expected_counts_lost_duplicated_and_orphan_rows() -> None:
+    expected = Expected()
+    expected.apply(_event("a", 1, ["/x/a1", "/x/a2"]))
+    expected.apply(_event("b", 2, ["/x/b1"]))
+    expected.apply(_event("a", 3, ["/x/a2"]))  # a1 must be gone
+    expected.apply(_event("c", 4, ["/x/c1"]))
+    expected.apply({"type": "product.delisted", "product_id": "c", "version": 5})
+    stored = [_row("a", "/x/a1"), _row("a", "/x/a2"), _row("a", "/x/a2"), _row("c", "/x/c1")]
+    figures = expected.compare(stored)
+    assert figures == {"products": 2, "rows_expected": 2, "rows_stored": 4, "lost": 1,
+                       "duplicated": 1, "orphans": 2}
+
+
+def test_image_server_counts_every_request_and_redirects_on_loopback() -> None:
+    target = ImageServer("127.0.0.1", 0, b"\xff\xd8jpeg").start()
+    hop = ImageServer("127.0.0.1", 0, b"unused").start()
+    try:
+        reply = requests.get(f"http://127.0.0.1:{hop.port}/redirect/{target.port}/p.jpg",
+                             timeout=5)
+        assert reply.content == b"\xff\xd8jpeg"
+        assert reply.history[0].status_code == 302
+        assert (hop.count(), target.count()) == (1, 1)
+        assert target.requests == ["/p.jpg"]
+    finally:
+        target.stop()
+        hop.stop()
+
+
+def test_outage_proxy_refuses_while_out_and_forwards_again_after() -> None:
+    upstream = ImageServer("127.0.0.1", 0, b"body").start()
+    proxy = OutageProxy(free_port(), upstream.port)
+    url = f"http://127.0.0.1:{proxy.listen_port}/x"
+    try:
+        proxy.restore()
+        assert requests.get(url, timeout=5).content == b"body"
+        proxy.outage()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url, timeout=5)
+        proxy.restore()
+        assert requests.get(url, timeout=5).content == b"body"
+        assert upstream.count() == 2
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
+@pytest.mark.parametrize("row", [0, 1, 255, 70_000, 2**24 - 1])
+def test_row_png_decodes_back_to_its_row_vector(row: int) -> None:
+    vectors = np.zeros((row + 1, 1), dtype=np.float32)
+    vectors[row, 0] = 1.0
+    embedder = RowEmbedder(vectors, "test")
+    image = decode_image(base64.b64decode(row_png(row)), 10_000)
+    prepared = embedder.prepare(image)
+    assert int(prepared[0]) == row
+    assert embedder.embed_prepared(np.stack([prepared]))[0, 0] == 1.0
+
+
+def test_exact_top_ranks_products_by_their_best_image_within_the_mask() -> None:
+    vectors = np.array([[1, 0], [0, 1], [0.8, 0.6], [0.6, 0.8]], dtype=np.float32)
+    catalog = Catalog(vectors, np.array([0, 0, 1, 2]), np.array([0, 2, 3]),
+                      ["A/x/y", "B/x/y", "A/x/y"], np.array([1.0, 2.0, 3.0]), vectors[:3])
+    query = np.array([1, 0], dtype=np.float32)
+    everything = np.ones(4, dtype=bool)
+    assert exact_top(catalog, query, everything, 2) == (["sp0000000", "sp0000001"], 3)
+    without_first_image = np.array([False, True, True, True])
+    assert exact_top(catalog, query, without_first_image, 3) == (
+        ["sp0000001", "sp0000002", "sp0000000"], 3)
+    only_last = np.array([False, False, False, True])
+    assert exact_top(catalog, query, only_last, 10) == (["sp0000002"], 1)
+
+
+def test_synthetic_catalog_has_the_promised_shape_and_filter_selectivity() -> None:
+    rng = np.random.default_rng(0)
+    base = np.abs(rng.standard_normal((50, 64))).astype(np.float32)
+    catalog = make_catalog(base, 20_000, seed=3)
+    assert len(catalog.row_product) == 20_000
+    assert 1.8 < 20_000 / catalog.n_products < 2.2
+    assert np.allclose(np.linalg.norm(catalog.vectors, axis=1), 1.0, atol=1e-5)
+    assert all(c.count("/") == 2 for c in catalog.categories)
+    queries = make_queries(catalog, 200, seed=3)
+    share = {name: float(np.mean([m.mean() for m in masks]))
+             for name, masks in queries.masks.items()}
+    assert share["none"] == 1.0
+    assert 0.08 < share["category"] < 0.12
+    assert 0.035 < share["price"] < 0.065

@@ -1,0 +1,319 @@
+"""Every way a user or the environment can make the CLI fail ends in one line on stderr and a
+documented exit code (lookalike/errors.py), never a traceback, and never creates a database.
+
+Most cases run ``main()`` in this process (each fails before the model loads); one runs the
+real ``python -m lookalike`` to check what a shell sees. Services are loopback ports that were
+just closed, so nothing outside the machine is contacted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lookalike.cli import main
+from lookalike.errors import ExitCode
+from tests.pipeline_support import upsert_payload, write_image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    """The single stderr line of a failed command (log lines of level WARNING and up only)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if f"lookalike {command}: error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOKALIKE_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("LOOKALIKE_KAFKA__CONNECT_TIMEOUT_MS", "1000")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def bad_images(folder: Path) -> dict[str, Path]:
+    good = io.BytesIO()
+    Image.new("RGB", (200, 200), (200, 30, 30)).save(good, format="PNG")
+    contents = {
+        "empty.jpg": b"",
+        "text.jpg": b"this is not an image\n",
+        "truncated.png": good.getvalue()[: len(good.getvalue()) // 2],
+        "huge.png": png_header(30_000, 30_000),
+    }
+    out = {}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+        out[name] = folder / name
+    return out
+
+
+@pytest.mark.parametrize("k", ["-1", "0", "100000"])
+def test_k_out_of_range_is_an_error(k: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    image = write_image(tmp_path / "q.png", seed=1)
+    assert main(["search", str(image), "-k", k, "--milvus-uri", str(tmp_path / "x.db")]) == 2
+    assert "search.k" in one_error(capsys, "search")
+    code = main(["compare-prices", "--product-id", "p", "-k", k,
+                 "--milvus-uri", str(tmp_path / "x.db")])
+    assert code == ExitCode.USAGE
+    assert "search.compare_k" in one_error(capsys, "compare-prices")
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("threshold", ["5", "-1.5", "nan"])
+def test_threshold_outside_cosine_range_is_an_error(
+    threshold: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compare-prices", "--product-id", "p", "--threshold", threshold,
+                 "--milvus-uri", str(tmp_path / "x.db")])
+    assert code == ExitCode.USAGE
+    assert "compare_threshold" in one_error(capsys, "compare-prices")
+
+
+def test_a_non_number_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["search", "q.png", "-k", "ten"])
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid int value: 'ten'" in err and "usage" not in err
+
+
+@pytest.mark.parametrize("name,reason", [("empty.jpg", "corrupt_image"),
+                                         ("text.jpg", "unsupported_format"),
+                                         ("truncated.png", "corrupt_image"),
+                                         ("huge.png", "image_too_large")])
+def test_bad_query_images_are_named_with_their_reason(
+    name: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = bad_images(tmp_path)[name]
+    started = time.monotonic()
+    assert main(["search", str(image), "--milvus-uri", str(tmp_path / "x.db")]) == 2
+    line = one_error(capsys, "search")
+    assert name in line and reason in line, line
+    assert main(["compare-prices", str(image), "--milvus-uri", str(tmp_path / "x.db")]) == 2
+    assert reason in one_error(capsys, "compare-prices")
+    assert time.monotonic() - started < 10  # decided before any model loads
+
+
+def test_missing_image_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", str(tmp_path / "nope.jpg")]) == 2
+    assert "no such image" in one_error(capsys, "search")
+
+
+@pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"],
+                                     ["compare-prices", "--product-id", "p"], ["reindex"]])
+def test_a_mistyped_lite_path_is_an_error_and_creates_nothing(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = write_image(tmp_path / "q.png", seed=2)
+    argv = [str(image) if a == "IMAGE" else a for a in command]
+    typo = tmp_path / "lookalkie.db"
+    assert main([*argv, "--milvus-uri", str(typo)]) == ExitCode.USAGE
+    assert "no Milvus Lite database" in one_error(capsys, command[0])
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"]])
+def test_milvus_on_a_closed_port(command: list[str], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    image = write_image(tmp_path / "q.png", seed=3)
+    argv = [str(image) if a == "IMAGE" else a for a in command]
+    uri = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    assert main([*argv, "--milvus-uri", uri]) == ExitCode.UNAVAILABLE
+    assert f"cannot reach Milvus at {uri}" in one_error(capsys, command[0])
+    assert time.monotonic() - started < 15
+
+
+def write_catalog(folder: Path) -> Path:
+    write_image(folder / "a.png", seed=4)
+    line = {"product_id": "a", "title": "A", "category": "X", "price": 1, "currency": "USD",
+            "images": ["a.png"]}
+    (folder / "c.jsonl").write_text(json.dumps(line) + "\n")
+    return folder / "c.jsonl"
+
+
+@pytest.mark.parametrize("command", ["publish", "ingest"])
+def test_a_broker_that_does_not_answer_fails_fast(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = f"127.0.0.1:{closed_port()}"
+    argv = {"publish": ["publish", str(write_catalog(tmp_path))],
+            "ingest": ["ingest", "--milvus-uri", str(tmp_path / "m.db")]}[command]
+    started = time.monotonic()
+    assert main([*argv, "--bootstrap-servers", servers]) == ExitCode.UNAVAILABLE
+    line = one_error(capsys, command)
+    assert f"Kafka broker at {servers} did not answer within 1s" in line
+    assert time.monotonic() - started < 10  # connect_timeout_ms, not kafka-python's 30 s
+    assert not (tmp_path / "m.db").exists()  # the broker is checked before Milvus and model
+
+
+HOLD = """
+import sys, time
+from pymilvus import MilvusClient
+MilvusClient(sys.argv[1])
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_database(tmp_path: Path) -> object:
+    db = tmp_path / "held.db"
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(db)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "holding"
+        yield db
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_database_held_by_another_process_is_named(
+    held_database: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "--milvus-uri", str(held_database)]) == ExitCode.UNAVAILABLE
+    assert "in use by another process" in one_error(capsys, "models")
+
+
+@pytest.mark.kafka
+def test_ingest_on_a_held_database_is_named(
+    held_database: Path, bootstrap: str, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["ingest", "--until-caught-up", "--bootstrap-servers", bootstrap,
+                 "--topic", f"held-{unique}", "--milvus-uri", str(held_database)])
+    assert code == ExitCode.UNAVAILABLE
+    assert "in use by another process" in one_error(capsys, "ingest")
+
+
+def test_the_shell_sees_one_line_and_the_exit_code(tmp_path: Path, held_database: Path) -> None:
+    """The same contract through ``python -m lookalike`` at the default log level: stderr is
+    exactly one line (no library's log lines or tracebacks around it)."""
+    images = bad_images(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_LOG_LEVEL"}
+    env.update({"PYTHONPATH": str(REPO), "LOOKALIKE_KAFKA__CONNECT_TIMEOUT_MS": "1000"})
+    cases = [
+        (["models", "--milvus-uri", str(held_database)], ExitCode.UNAVAILABLE),
+        (["search", str(images["huge.png"])], ExitCode.USAGE),
+        (["search", str(images["text.jpg"]), "-k", "0"], ExitCode.USAGE),
+        (["models", "--milvus-uri", f"http://127.0.0.1:{closed_port()}"], ExitCode.UNAVAILABLE),
+        (["publish", str(write_catalog(tmp_path)), "--bootstrap-servers",
+          f"127.0.0.1:{closed_port()}"], ExitCode.UNAVAILABLE),
+    ]
+    for argv, expected in cases:
+        done = subprocess.run([sys.executable, "-m", "lookalike", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == expected, (argv, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"lookalike {argv[0]}: error: ")
+
+
+@pytest.mark.kafka
+@pytest.mark.model
+def test_ingest_says_at_start_that_local_paths_need_an_image_root(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """Local-path events with no LOOKALIKE_IMAGES__ROOTS: dead-lettered, and the start-up log
+    says why and how to allow them."""
+    from tests.pipeline_support import send
+
+    write_image(tmp_path / "a.png", seed=5)
+    topic = f"roots-{unique}"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOOKALIKE_IMAGES__ROOTS", "LOOKALIKE_LOG_LEVEL")}  # the default: INFO
+    env.update({"PYTHONPATH": str(REPO), "LOOKALIKE_KAFKA__TOPIC": topic,
+                "LOOKALIKE_KAFKA__DLQ_TOPIC": f"dlq-{unique}",
+                "LOOKALIKE_KAFKA__GROUP_ID": f"g-{unique}",
+                "LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS": "6000"})
+    from lookalike.app import create_topics
+    from lookalike.settings import KafkaSettings, Settings
+
+    create_topics(Settings(kafka=KafkaSettings(bootstrap_servers=bootstrap, topic=topic,
+                                               dlq_topic=f"dlq-{unique}")))
+    send(bootstrap, topic, [upsert_payload("a", 1, [str(tmp_path / "a.png")])])
+    done = subprocess.run(
+        [sys.executable, "-m", "lookalike", "ingest", "--until-caught-up",
+         "--bootstrap-servers", bootstrap, "--milvus-uri", str(tmp_path / "m.db")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "LOOKALIKE_IMAGES__ROOTS" in done.stderr
+    assert "dead_lettered=1" in done.stderr, done.stderr
+
+
+def test_search_before_the_first_ingest_says_so(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pymilvus import MilvusClient
+
+    MilvusClient(str(tmp_path / "empty.db")).close()  # a database without our collection
+    image = write_image(tmp_path / "q.png", seed=6)
+    assert main(["search", str(image), "--milvus-uri", str(tmp_path / "empty.db")]) == 2
+    assert "`lookalike ingest` creates it" in one_error(capsys, "search")
+    assert main(["models", "--milvus-uri", str(tmp_path / "empty.db")]) == 0
+    assert "does not exist yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["demo", "--n-products", "-3"], "--n-products"),
+    (["reindex", "--settle-s", "inf"], "--settle-s"),
+    (["reindex", "--max-passes", "0"], "--max-passes"),
+    (["publish", "c.jsonl", "--version", "-1"], "--version"),
+])
+def test_bad_numbers_in_other_options_are_usage_errors(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}: must be at least" in err
+
+
+@pytest.mark.parametrize("name", ["a b", "x" * 250])
+def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pymilvus import MilvusClient
+
+    MilvusClient(str(tmp_path / "m.db")).close()
+    code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
+    assert code == ExitCode.USAGE
+    assert "invalid collection name" in one_error(capsys, "models")
+
+
+def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOOKALIKE_SEARCH__K", "many")
+    assert main(["models"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert "LOOKALIKE_ setting search.k" in line and "integer" in line

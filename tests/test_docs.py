@@ -1,0 +1,69 @@
+"""The README is what a newcomer reads in ten minutes; longer material lives in docs/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_readme_has_at_most_200_lines() -> None:
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= 200, f"README.md has {lines} lines: move detail into docs/"
+
+
+def test_every_linked_doc_exists() -> None:
+    for doc in ("README.md", *(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))):
+        text = (REPO / doc).read_text()
+        for target in re.findall(r"\]\(((?:\.\./)?docs/[^)#]+|[a-z_]+\.md)\)", text):
+            base = (REPO / doc).parent
+            assert (base / target).resolve().is_file(), f"{doc} links to missing {target}"
+
+
+
+CONFIG_DOC = REPO / "docs" / "configuration.md"
+CONFIG_HEADER = """# Configuration
+
+Every setting of `lookalike/settings.py`, the only place defaults live. Environment variables
+use the prefix `LOOKALIKE_` and `__` between a group and its field; lists are JSON
+(`LOOKALIKE_IMAGES__ROOTS='["/data/images"]'`). Command-line options (`--milvus-uri`, `-k`, ...)
+override them within the same bounds. This table is generated from the code (regenerate with
+`PYTHONPATH=. python -c "from tests.test_docs import write_configuration_doc as w; w()"`);
+`tests/test_docs.py` fails when it is out of date.
+
+| variable | default | what |
+|---|---|---|
+"""
+
+
+def settings_rows() -> list[str]:
+    """One table row per setting: name, default and description, from the settings classes."""
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+
+    from lookalike.settings import Settings
+
+    def row(name: str, info: FieldInfo) -> str:
+        default = info.get_default(call_default_factory=True)
+        shown = "-" if default is None else f"`{default}`"
+        return f"| `{name}` | {shown} | {(info.description or '').replace('|', '/')} |"
+
+    rows = []
+    for group, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            rows += [row(f"LOOKALIKE_{group}__{name}".upper(), sub)
+                     for name, sub in model.model_fields.items()]
+        else:
+            rows.append(row(f"LOOKALIKE_{group}".upper(), info))
+    return rows
+
+
+def write_configuration_doc() -> None:
+    CONFIG_DOC.write_text(CONFIG_HEADER + "\n".join(settings_rows()) + "\n")
+
+
+def test_configuration_doc_is_generated_from_the_settings() -> None:
+    assert CONFIG_DOC.read_text() == CONFIG_HEADER + "\n".join(settings_rows()) + "\n", (
+        "docs/configuration.md is out of date: regenerate it (see its header)")

@@ -1,0 +1,335 @@
+"""The HTTP API on Milvus Lite with a fake embedder: answers, every bad input, image serving,
+probes and metrics. No model and no broker are needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from search.api import Hit
+from tests.serve_support import RED, Served, build_served, png
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from build_served(tmp_path_factory.mktemp("serve"), max_pixels=100_000)
+
+
+@pytest.fixture(scope="module")
+def http(served: Served) -> Iterator[TestClient]:
+    with TestClient(served.app) as client:  # a 500 would raise here: none is expected
+        yield client
+
+
+def upload(http: TestClient, *images: bytes, path: str = "/v1/search",
+           **fields: Any) -> Any:
+    files = [("image", (f"q{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    return http.post(path, files=files, data=fields)
+
+
+def error_code(response: Any, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    body = response.json()
+    assert body["error"]["message"]
+    return str(body["error"]["code"])
+
+
+# -- answers -----------------------------------------------------------------------------
+
+
+def test_search_by_upload_returns_the_same_hits_as_the_module(
+        http: TestClient, served: Served) -> None:
+    response = upload(http, png(RED), k="3")
+    assert response.status_code == 200, response.text
+    hits = response.json()["hits"]
+    assert [h["product_id"] for h in hits] == ["red-tee", "red-tee-resale", "red-dress"]
+    expected = served.search.by_image(png(RED), k=3)
+    assert hits == [h.model_dump(mode="json") for h in expected]
+    assert set(hits[0]) == set(Hit.model_fields)
+
+
+def test_several_views_are_searched_together(http: TestClient) -> None:
+    response = upload(http, png((0, 0, 200)), png(RED), k="2")
+    assert [h["product_id"] for h in response.json()["hits"]] == ["red-tee", "red-tee-resale"]
+
+
+def test_filters_change_the_hits(http: TestClient) -> None:
+    response = upload(http, png(RED), k="5", category="Men/Tops", max_price="25",
+                      currency="USD")
+    ids = [h["product_id"] for h in response.json()["hits"]]
+    assert ids == ["red-tee", "red-tee-resale", "far"]
+
+
+def test_search_by_vector_and_by_product(http: TestClient) -> None:
+    by_vector = http.post("/v1/search", json={"vector": [1.0] + [0.0] * 7, "k": 2})
+    assert [h["product_id"] for h in by_vector.json()["hits"]] == ["red-tee", "red-tee-resale"]
+    by_product = http.post("/v1/search", json={"product_id": "red-tee", "k": 2,
+                                               "categories": ["Men"]})
+    ids = [h["product_id"] for h in by_product.json()["hits"]]
+    assert ids[0] == "red-tee-resale" and "red-tee" not in ids
+    similar = http.get("/v1/products/red-tee/similar", params={"k": 2, "category": "Men"})
+    assert similar.json() == by_product.json()
+
+
+def test_compare_prices_is_cheapest_first(http: TestClient) -> None:
+    by_product = http.post("/v1/compare-prices", json={"product_id": "red-tee",
+                                                       "threshold": 0.5})
+    body = by_product.json()
+    assert body["threshold"] == 0.5
+    matches = body["matches"]
+    assert [m["product_id"] for m in matches][:2] == ["red-tee-resale", "red-top-eur"]
+    assert all(m["similarity"] >= 0.5 for m in matches)
+    by_image = upload(http, png(RED), path="/v1/compare-prices", threshold="0.85",
+                      currency="USD")
+    assert [m["product_id"] for m in by_image.json()["matches"]] == [
+        "red-tee-resale", "red-tee", "red-dress"]
+
+
+# -- bad input: always a 4xx naming the problem ------------------------------------------
+
+BAD_JSON_SEARCHES = [
+    ({"vector": [1.0] * 3}, "invalid_request"),                      # wrong dimension
+    ({"vector": [0.0] * 8}, "invalid_request"),                      # zero vector
+    ({"vector": [1.0] * 8, "product_id": "red-tee"}, "invalid_request"),
+    ({}, "invalid_request"),
+    ({"vector": [1.0] * 8, "k": 0}, "invalid_request"),
+    ({"vector": [1.0] * 8, "k": 1001}, "invalid_request"),
+    ({"vector": [1.0] * 8, "k": "ten"}, "invalid_request"),
+    ({"vector": [1.0] * 8, "match": "roughly"}, "invalid_request"),
+    ({"vector": [1.0] * 8, "categories": ["Men\x00/Tops"]}, "invalid_filter"),
+    ({"vector": [1.0] * 8, "categories": ["x" * 5000]}, "invalid_filter"),
+    ({"vector": [1.0] * 8, "currency": "USD' or 1==1"}, "invalid_filter"),
+    ({"vector": [1.0] * 8, "min_price": -1}, "invalid_request"),
+    ({"vector": [1.0] * 8, "max_price": "cheap"}, "invalid_request"),
+    ({"product_id": "a\x00b"}, "invalid_request"),
+    ({"image_url": "http://169.254.169.254/latest/meta-data"}, "invalid_request"),
+    ({"vector": [1.0] * 8, "filter": "price > 0 or true"}, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("body", "code"), BAD_JSON_SEARCHES)
+def test_bad_json_search_is_a_422(http: TestClient, body: dict[str, Any], code: str) -> None:
+    assert error_code(http.post("/v1/search", json=body), 422) == code
+
+
+def test_nan_in_a_vector_is_refused(http: TestClient) -> None:
+    raw = '{"vector": [NaN, 1, 1, 1, 1, 1, 1, 1]}'  # Python's JSON reader accepts NaN
+    response = http.post("/v1/search", content=raw,
+                         headers={"content-type": "application/json"})
+    assert error_code(response, 422) == "invalid_request"
+
+
+def test_not_json_and_not_an_object(http: TestClient) -> None:
+    bad = http.post("/v1/search", content=b"{nope", headers={"content-type": "application/json"})
+    assert error_code(bad, 400) == "bad_json"
+    assert error_code(http.post("/v1/search", json=[1, 2]), 422) == "invalid_request"
+
+
+def test_unknown_product_is_a_404(http: TestClient) -> None:
+    assert error_code(http.post("/v1/search", json={"product_id": "nope"}), 404) == \
+        "unknown_product"
+    assert error_code(http.get("/v1/products/nope/similar"), 404) == "unknown_product"
+    assert error_code(http.post("/v1/compare-prices", json={"product_id": "nope"}), 404) == \
+        "unknown_product"
+
+
+def test_upload_that_is_not_an_image(http: TestClient) -> None:
+    assert error_code(upload(http, b"%PDF-1.4 not a picture"), 422) == "not_an_image"
+    assert error_code(upload(http, b""), 422) == "not_an_image"
+
+
+def test_upload_with_too_many_pixels(http: TestClient) -> None:
+    # the fixture's searcher allows 100k pixels; 400x400 = 160k (still a tiny PNG file)
+    assert error_code(upload(http, png(RED, 400)), 422) == "too_many_pixels"
+
+
+def test_upload_over_the_size_cap(http: TestClient) -> None:
+    big = os.urandom(300_000)  # cap is 200 kB
+    assert error_code(upload(http, big), 413) == "upload_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(30):
+            yield b"x" * 10_000
+
+    chunked = http.post("/v1/search", content=chunks(),
+                        headers={"content-type": "application/json"})
+    assert error_code(chunked, 413) == "upload_too_large"
+
+
+def test_too_many_views_and_missing_file(http: TestClient) -> None:
+    response = upload(http, *[png(RED, 4)] * 17)
+    assert 400 <= response.status_code < 500 and "Traceback" not in response.text
+    no_file = http.post("/v1/search", files={"other": ("a.png", png(RED), "image/png")})
+    assert error_code(no_file, 422) == "missing_image"
+    assert error_code(upload(http, png(RED), k="-3"), 422) == "invalid_request"
+    assert error_code(upload(http, png(RED), min_price="nan"), 422) == "invalid_request"
+
+
+def test_compare_prices_bad_input(http: TestClient) -> None:
+    assert error_code(http.post("/v1/compare-prices", json={}), 422) == "invalid_request"
+    assert error_code(http.post("/v1/compare-prices",
+                                json={"product_id": "red-tee", "threshold": 2}), 422) == \
+        "invalid_request"
+    both = upload(http, png(RED), path="/v1/compare-prices", product_id="red-tee")
+    assert error_code(both, 422) == "invalid_request"
+
+
+def test_unknown_route_and_method_are_json(http: TestClient) -> None:
+    assert error_code(http.get("/v1/nothing"), 404) == "not_found"
+    assert http.get("/v1/search").status_code == 405
+
+
+def test_exact_match_is_passed_on_or_refused(http: TestClient, served: Served) -> None:
+    import inspect
+
+    response = http.post("/v1/search", json={"vector": [1.0] + [0.0] * 7, "match": "exact"})
+    if "match" in inspect.signature(served.search.by_vectors).parameters:
+        assert response.status_code == 200, response.text
+    else:
+        assert error_code(response, 422) == "unsupported_match"
+
+
+# -- images: only files inside the roots -------------------------------------------------
+
+
+def test_images_inside_the_roots_are_served(http: TestClient, served: Served) -> None:
+    ref = str(served.image_root / "red-tee.png")
+    response = http.get("/v1/images", params={"ref": ref})
+    assert response.status_code == 200
+    assert response.content == (served.image_root / "red-tee.png").read_bytes()
+    assert response.headers["content-type"] == "image/png"
+
+
+def test_nothing_else_on_disk_is_reachable(http: TestClient, served: Served,
+                                           tmp_path: Path) -> None:
+    root = served.image_root
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(RED))
+    (root / "notes.txt").write_text("not an image")
+    link = root / "escape.png"
+    if not link.exists():
+        link.symlink_to(secret)
+    attempts = [
+        str(secret),
+        f"{root}/../{root.name}/../../{secret.relative_to(secret.anchor)}",
+        str(root / ".." / ".." / "etc" / "passwd"),
+        "/etc/passwd",
+        str(link),                      # a symlink inside the root pointing out of it
+        str(root / "notes.txt"),        # inside, but not an image
+        f"file://{secret}",
+        "../../../../etc/passwd",
+        str(root / "red-tee.png") + "\x00.png",
+    ]
+    for ref in attempts:
+        response = http.get("/v1/images", params={"ref": ref})
+        assert response.status_code in (400, 404), ref
+        assert response.content != secret.read_bytes()
+    remote = http.get("/v1/images", params={"ref": "http://169.254.169.254/x.png"})
+    assert error_code(remote, 400) == "not_local"  # never fetched on anyone's behalf
+
+
+# -- probes, metrics, OpenAPI, the page --------------------------------------------------
+
+
+def test_probes(http: TestClient) -> None:
+    assert http.get("/livez").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"milvus": "ok", "collection": "ok", "model": "ok"}
+
+
+def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
+    from serve.health import Readiness
+    from store import MilvusStore
+
+    store = MilvusStore.open(str(tmp_path / "empty.db"))
+    checks = Readiness(store, "nothing_here", lambda: False).check()
+    assert checks["milvus"] == "ok"
+    assert "does not exist" in checks["collection"]
+    assert checks["model"] == "warming up"
+    store.close()
+
+
+def test_metrics_count_requests_and_stages(http: TestClient) -> None:
+    upload(http, png(RED), k="2")
+    http.post("/v1/search", json={"vector": [1.0] * 3})
+    text = http.get("/metrics").text
+    assert 'lookalike_http_requests_total{endpoint="/v1/search",status="200"}' in text
+    assert 'lookalike_http_requests_total{endpoint="/v1/search",status="422"}' in text
+    assert 'lookalike_search_stage_duration_seconds_count{stage="embed"}' in text
+    assert 'lookalike_search_stage_duration_seconds_count{stage="milvus"}' in text
+    assert "lookalike_http_requests_in_flight" in text
+    assert 'lookalike_http_request_duration_seconds_bucket{endpoint="/v1/search"' in text
+
+
+def test_openapi_lists_the_endpoints(http: TestClient) -> None:
+    spec = http.get("/openapi.json").json()
+    for path in ("/v1/search", "/v1/compare-prices", "/v1/products/{product_id}/similar",
+                 "/livez", "/readyz"):
+        assert path in spec["paths"]
+    content = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
+
+
+def test_the_page_and_its_assets(http: TestClient) -> None:
+    page = http.get("/")
+    assert page.status_code == 200 and 'id="results"' in page.text
+    assert http.get("/static/app.js").status_code == 200
+    assert http.get("/static/../api.py").status_code == 404
+
+
+# -- a failing backend and a slow model --------------------------------------------------
+
+
+class SlowSearch:
+    """Blocks ``by_vector`` until released; ``by_product`` fails like a lost Milvus."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def by_vectors(self, *args: Any, **kwargs: Any) -> list[Hit]:
+        return []
+
+    def by_vector(self, *args: Any, **kwargs: Any) -> list[Hit]:
+        self.entered.set()
+        self.release.wait(10)
+        return []
+
+    def by_product(self, *args: Any, **kwargs: Any) -> list[Hit]:
+        raise ConnectionError("milvus went away")
+
+
+def test_a_slow_search_does_not_block_and_a_lost_backend_is_a_503(tmp_path: Path) -> None:
+    slow = SlowSearch()
+    result: dict[str, Any] = {}
+
+    def post(http: TestClient) -> None:
+        result["r"] = http.post("/v1/search", json={"vector": [1.0] * 8})
+
+    for served in build_served(tmp_path, search=slow):
+        with TestClient(served.app) as http:
+            worker = threading.Thread(target=post, args=(http,))
+            worker.start()
+            assert slow.entered.wait(5)
+            started = time.monotonic()
+            assert http.get("/livez").status_code == 200  # the loop is free meanwhile
+            assert time.monotonic() - started < 2
+            slow.release.set()
+            worker.join(5)
+            assert result["r"].status_code == 200
+            lost = http.post("/v1/search", json={"product_id": "red-tee"})
+            assert error_code(lost, 503) == "search_unavailable"
+            assert "milvus went away" not in lost.text
+            metrics = http.get("/metrics").text
+            assert 'endpoint="/v1/search",status="503"' in metrics
+            assert json.loads(lost.text)["error"]["code"] == "search_unavailable"

@@ -1,0 +1,64 @@
+"""Ingest series from one committed batch, and the ``--metrics-port`` endpoint of ingest."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections import Counter
+
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ingest.stages import Batch, BatchStats
+from lookalike.cli import build_parser
+from lookalike.commands_serve import serve_ingest_metrics
+from serve.metrics import IngestMetrics
+
+
+def a_batch() -> Batch:
+    stats = BatchStats(events=6, applied=3, stale=1, dead_lettered=2, images_ok=5,
+                       images_failed=Counter({"http_error": 2, "corrupt_image": 1}),
+                       dlq_reasons=Counter({"malformed_json": 1, "no_usable_image": 1}),
+                       rows_upserted=5, decode_s=0.2, embed_s=1.5, write_s=0.1,
+                       freshness_ms=[800.0, 1200.0, 2500.0])
+    return Batch(1, [], [], 5, 0.0, stats=stats)
+
+
+def value(text: str, series: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.startswith(series + " "))
+    return float(line.split()[-1])
+
+
+def test_a_batch_fills_the_ingest_series() -> None:
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    metrics.observe_batch(a_batch(), {TopicPartition("t", 0): 7, TopicPartition("t", 1): None})
+    metrics.observe_batch(a_batch(), {TopicPartition("t", 0): 0})
+    text = generate_latest(registry).decode()
+    assert value(text, 'lookalike_ingest_events_total{outcome="applied",reason=""}') == 6
+    assert value(text, 'lookalike_ingest_events_total{outcome="stale",reason=""}') == 2
+    assert value(text, 'lookalike_ingest_events_total{outcome="dead_lettered",'
+                       'reason="malformed_json"}') == 2
+    assert value(text, 'lookalike_ingest_image_failures_total{reason="http_error"}') == 4
+    assert value(text, "lookalike_ingest_images_total") == 10
+    assert value(text, "lookalike_ingest_rows_written_total") == 10
+    assert value(text, "lookalike_ingest_batches_total") == 2
+    assert value(text, "lookalike_ingest_freshness_seconds_count") == 6
+    assert value(text, 'lookalike_ingest_freshness_seconds_bucket{le="1.0"}') == 2
+    assert value(text, "lookalike_ingest_freshness_seconds_sum") == 9.0
+    assert value(text, 'lookalike_ingest_batch_stage_duration_seconds_sum{stage="embed"}') == 3.0
+    assert value(text, 'lookalike_ingest_consumer_lag_events{partition="0",topic="t"}') == 0
+    assert 'partition="1"' not in text  # unknown lag is not reported as 0
+
+
+def test_ingest_metrics_port_serves_them() -> None:
+    args = build_parser().parse_args(["ingest", "--metrics-port", "9109"])
+    assert args.metrics_port == 9109
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = serve_ingest_metrics(port, "model-x")
+    metrics.observe_batch(a_batch(), {})
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'lookalike_model_serving_info{model_version="model-x"} 1.0' in text
+    assert 'lookalike_ingest_events_total{outcome="applied",reason=""} 3.0' in text

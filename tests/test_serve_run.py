@@ -1,0 +1,110 @@
+"""``lookalike run``: ingest and the API in one process on one Milvus Lite file.
+
+An event published while the API answers becomes searchable through the API within the
+freshness target, and ``/metrics`` shows the ingest and the search series meanwhile. The real
+broker, Milvus Lite and a content-based fake embedder (no model weights).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from lookalike.app import open_versions
+from lookalike.commands_serve import run_with
+from lookalike.settings import ServeSettings
+from tests.fakes import TinyEmbedder
+from tests.pipeline_support import make_settings, send, upsert_payload, write_image
+
+pytestmark = pytest.mark.kafka
+
+FRESHNESS_TARGET_S = 10.0
+"""Event published -> found by POST /v1/search (docs/serve.md), on 2 shared CPU cores."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Any, timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout_s}s")
+
+
+def top_hit(url: str, image: Path) -> str | None:
+    response = requests.post(f"{url}/v1/search", files={"image": image.read_bytes()},
+                             data={"k": "1"}, timeout=10)
+    hits = response.json().get("hits", []) if response.status_code == 200 else []
+    return str(hits[0]["product_id"]) if hits else None
+
+
+def test_an_event_published_while_serving_is_searchable(
+        bootstrap: str, unique: str, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    first, second = write_image(root / "first.png", 1), write_image(root / "second.png", 2)
+    settings = make_settings(bootstrap, unique, tmp_path / "run.db", [root])
+    port = free_port()
+    settings = settings.model_copy(update={"serve": ServeSettings(port=port)})
+    url = f"http://127.0.0.1:{port}"
+    send(bootstrap, settings.kafka.topic, [upsert_payload("first", 1, [str(first)])])
+    seen: dict[str, Any] = {}
+
+    def client() -> None:
+        try:
+            wait_for(lambda: _ok(f"{url}/readyz"), 60, "ready")
+            wait_for(lambda: top_hit(url, first) == "first", 60, "the first product")
+            published = time.monotonic()
+            send(bootstrap, settings.kafka.topic, [upsert_payload("second", 1, [str(second)])])
+            wait_for(lambda: top_hit(url, second) == "second", 60, "the second product")
+            seen["freshness_s"] = time.monotonic() - published
+            time.sleep(0.3)  # the batch's on_batch (metrics) runs right after its commit
+            seen["metrics"] = requests.get(f"{url}/metrics", timeout=10).text
+        except BaseException as exc:
+            seen["error"] = exc
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # the runner's handler: finish and commit
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    code = run_with(settings, TinyEmbedder(), open_versions(settings, create=True))
+    thread.join(10)
+    assert "error" not in seen, seen.get("error")
+    assert code == 0
+    print(f"run: event -> searchable through the API in {seen['freshness_s']:.2f}s")
+    assert seen["freshness_s"] < FRESHNESS_TARGET_S
+    metrics = seen["metrics"]
+    for series in ('lookalike_ingest_events_total{outcome="applied",reason=""}',
+                   "lookalike_ingest_rows_written_total",
+                   "lookalike_ingest_freshness_seconds_count",
+                   'lookalike_ingest_batch_stage_duration_seconds_count{stage="embed"}',
+                   f'lookalike_ingest_consumer_lag_events{{partition="0",topic="{settings.kafka.topic}"}}',
+                   'lookalike_model_serving_info{model_version="tiny-thumb-v1"} 1.0',
+                   'lookalike_http_requests_total{endpoint="/v1/search",status="200"}',
+                   'lookalike_search_stage_duration_seconds_count{stage="embed"}',
+                   'lookalike_search_stage_duration_seconds_count{stage="milvus"}'):
+        assert series in metrics, series
+    applied = [line for line in metrics.splitlines()
+               if line.startswith('lookalike_ingest_events_total{outcome="applied"')]
+    assert float(applied[0].split()[-1]) == 2.0
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
