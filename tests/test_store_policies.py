@@ -106,9 +106,18 @@ def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> No
         def __init__(self, *args: Any, consistency: str, **kw: Any) -> None:
             made.append(consistency)
 
+    class Versions:  # a collection that serves
+        store, base = None, "fake"
+
+        def serving_unloaded(self) -> object:
+            return object()
+
+        def load_serving(self) -> None:
+            pass
+
     monkeypatch.setattr("search.api.ProductSearch", Spy)
-    build_search(settings, FakeEmbedder(), None, SPEC)  # type: ignore[arg-type]
-    build_search(settings, FakeEmbedder(), None, SPEC,  # type: ignore[arg-type]
+    build_search(settings, FakeEmbedder(), Versions())  # type: ignore[arg-type]
+    build_search(settings, FakeEmbedder(), Versions(),  # type: ignore[arg-type]
                  read_your_writes=True)
     assert made == ["Bounded", "Strong"]
     monkeypatch.setattr(eval_run, "ProductSearch", Spy)
