@@ -15,6 +15,12 @@ the file's own folder, so the files work wherever they are written and need no c
   onto a seeded clutter of coloured shapes, under a different brightness and white balance,
   saved as JPEG. Same gallery (catalog shots). A method that leans on clean white backgrounds
   or exact colours loses here. The images are written under the protocol folder.
+* ``luma-colours`` (the ``similar`` intent): one seeded colour variant of every style with
+  two or more is held out of the gallery; each of its photos (main, back, close-up) is a
+  query, relevant to the style's OTHER colours (in the gallery). The query's own variant is
+  absent, so colour can only mislead: it measures "this style, any colour".
+* ``luma-styles`` (``similar`` on the views): the luma-views gallery and queries, relevant to
+  every colour variant of the query's style (its own included).
 * ``fmnist``: the Fashion-MNIST test set. A seeded 1,000 images are queries and are left out of
   the gallery (the other 9,000); every gallery article of the query's class is relevant. This is
   category-level retrieval, which mAP@R rewards for ranking the whole class first.
@@ -41,7 +47,9 @@ sys.path.insert(0, str(REPO))
 from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa: E402
 
 LUMA = REPO.parent / "shared" / "data" / "luma"
-PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "fmnist")
+PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "luma-colours",
+             "luma-styles", "fmnist")
+LUMA_PROTOCOLS = PROTOCOLS[:-1]
 SNAPSHOT_SIZE = 480
 MAIN_VIEW = "main"
 Row = dict[str, Any]
@@ -171,6 +179,57 @@ def write_luma_snapshots(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[
     return gallery_path, queries_path
 
 
+def _luma_variants(luma_dir: Path) -> list[Row]:
+    return [json.loads(line) for line in
+            (luma_dir / "catalog.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_luma_colours(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the luma-colours protocol (see module doc); returns (gallery, queries) paths."""
+    variants = _luma_variants(luma_dir)
+    styles: dict[str, list[Row]] = {}
+    for variant in variants:
+        styles.setdefault(variant["group_id"], []).append(variant)
+    rng = np.random.default_rng(seed)
+    held = {members[int(rng.integers(len(members)))]["product_id"]
+            for _, members in sorted(styles.items()) if len(members) >= 2}
+    gallery: list[Row] = []
+    for variant in variants:
+        mains = [v["path"] for v in variant["images"] if v["view"] == MAIN_VIEW]
+        if variant["product_id"] not in held and mains:
+            gallery.append(dict(variant, images=[_relative(luma_dir / m, out_dir) for m in mains]))
+    in_gallery = {g["product_id"] for g in gallery}
+    queries: list[Row] = []
+    for variant in variants:
+        if variant["product_id"] not in held:
+            continue
+        others = [m["product_id"] for m in styles[variant["group_id"]]
+                  if m["product_id"] in in_gallery]
+        if not others:
+            continue
+        queries.extend({"image": _relative(luma_dir / v["path"], out_dir), "relevant": others,
+                        "category": variant["category"]} for v in variant["images"])
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
+def write_luma_styles(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write the luma-styles protocol (see module doc); returns (gallery, queries) paths."""
+    gallery, queries, _ = _luma_rows(luma_dir, out_dir)
+    style_of = {g["product_id"]: g["group_id"] for g in gallery}
+    members: dict[str, list[str]] = {}
+    for pid, style in style_of.items():
+        members.setdefault(style, []).append(pid)
+    for query in queries:
+        query["relevant"] = members[style_of[query["relevant"][0]]]
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
 def _fmnist_id(index: int) -> str:
     return f"fmnist-{index:05d}"
 
@@ -243,29 +302,28 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("var/protocols"),
                         help="folder to write the protocol folders into (default var/protocols)")
     parser.add_argument("--only", choices=PROTOCOLS, help="write just this protocol")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fmnist query draw")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the fmnist query draw and the luma-colours hold-out")
+    parser.add_argument("--luma", type=Path, default=LUMA,
+                        help="the Luma data folder (default ../shared/data/luma)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
-    if "luma-views" in wanted:
-        if (LUMA / "catalog.jsonl").exists():
-            _report("luma-views", *write_luma_views(LUMA, args.out / "luma-views"))
+    writers = {
+        "luma-views": lambda out: write_luma_views(args.luma, out),
+        "luma-multiview": lambda out: write_luma_multiview(args.luma, out),
+        "luma-snapshots": lambda out: write_luma_snapshots(args.luma, out, seed=args.seed),
+        "luma-colours": lambda out: write_luma_colours(args.luma, out, seed=args.seed),
+        "luma-styles": lambda out: write_luma_styles(args.luma, out),
+    }
+    for name in (n for n in LUMA_PROTOCOLS if n in wanted):
+        if (args.luma / "catalog.jsonl").exists():
+            _report(name, *writers[name](args.out / name))
         else:
-            print(f"luma-views: skipped: {LUMA / 'catalog.jsonl'} not found")
-    if "luma-multiview" in wanted:
-        if (LUMA / "catalog.jsonl").exists():
-            _report("luma-multiview", *write_luma_multiview(LUMA, args.out / "luma-multiview"))
-        else:
-            print(f"luma-multiview: skipped: {LUMA / 'catalog.jsonl'} not found")
-    if "luma-snapshots" in wanted:
-        if (LUMA / "catalog.jsonl").exists():
-            out = args.out / "luma-snapshots"
-            _report("luma-snapshots", *write_luma_snapshots(LUMA, out, seed=args.seed))
-        else:
-            print(f"luma-snapshots: skipped: {LUMA / 'catalog.jsonl'} not found")
+            print(f"{name}: skipped: {args.luma / 'catalog.jsonl'} not found")
     if "fmnist" in wanted:
         _report("fmnist", *write_fmnist(args.out / "fmnist", seed=args.seed))
     return 0

@@ -151,8 +151,11 @@ def make_catalog(base: NDArray[np.float32], rows: int, seed: int) -> Catalog:
     noise = rng.standard_normal((n_products, dim), dtype=np.float32) * (0.25 / np.sqrt(dim))
     centers = _unit(np.maximum(w * base[a] + (1 - w) * base[b] + noise, 0))
     row_product = np.repeat(np.arange(n_products), counts)
-    jitter = rng.standard_normal((rows, dim), dtype=np.float32) * (0.12 / np.sqrt(dim))
-    vectors = _unit(np.maximum(centers[row_product] + jitter, 0))
+    vectors = np.empty((rows, dim), dtype=np.float32)
+    for start in range(0, rows, 20_000):  # in chunks: 300k rows are 1.8 GB already
+        end = min(rows, start + 20_000)
+        jitter = rng.standard_normal((end - start, dim), dtype=np.float32) * (0.12 / np.sqrt(dim))
+        vectors[start:end] = _unit(np.maximum(centers[row_product[start:end]] + jitter, 0))
     leaves = rng.integers(0, len(L1) * L2_PER_L1 * L3_PER_L2, n_products)
     categories = [
         f"{L1[x // (L2_PER_L1 * L3_PER_L2)]}/Sub{(x // L3_PER_L2) % L2_PER_L1}/Leaf{x % L3_PER_L2}"

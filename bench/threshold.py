@@ -1,4 +1,8 @@
-"""Choose the price-comparison similarity threshold from data (Luma photos).
+"""How far one global cosine threshold gets at telling copies from other products (Luma).
+
+History: price comparison used to decide "same item" with this threshold alone. It now only
+pre-selects candidates, and search/verify.py decides with local features and colour (see
+docs/matching.md, bench/calibrate_same_item.py). This script stays as the baseline.
 
 Another shop listing the same product usually shows the same studio photo, re-encoded,
 resized, cropped or padded. Positives: each main photo against such a copy of itself.

@@ -1,4 +1,4 @@
-"""Untrusted image bytes -> a plain RGB ``PIL.Image``, or an ImageDecodeError with a reason.
+"""Untrusted image bytes -> a plain RGB ``PIL.Image``, or an ItemError with a reason.
 
 Shops send whatever their CMS holds: CMYK JPEGs, rotated phone photos, PNGs with alpha,
 16-bit TIFFs, truncated uploads, and now and then a decompression bomb. Every image that
@@ -26,12 +26,9 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-log = logging.getLogger(__name__)
+from schema.errors import ItemError, Reason
 
-CORRUPT: Final = "corrupt_image"
-TOO_LARGE: Final = "image_too_large"
-UNSUPPORTED: Final = "unsupported_format"
-UNREADABLE: Final = "unreadable_file"
+log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF")
 _ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -39,13 +36,8 @@ _HIGH_DEPTH_MODES: Final = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F
 _SRGB: Final = ImageCms.createProfile("sRGB")
 
 
-class ImageDecodeError(Exception):
-    """One image could not be turned into RGB; ``reason`` is a short code for counting."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+ImageDecodeError = ItemError
+"""The old name of the error raised here; catch :class:`schema.errors.ItemError` instead."""
 
 
 def decode_image(data: bytes, max_pixels: int, *, min_size: int | None = None) -> Image.Image:
@@ -57,7 +49,7 @@ def decode_image(data: bytes, max_pixels: int, *, min_size: int | None = None) -
     ingest pipeline.
     """
     if not data:
-        raise ImageDecodeError(CORRUPT, "empty image data")
+        raise ItemError(Reason.CORRUPT_IMAGE, "empty image data")
     image = _open(io.BytesIO(data))
     if min_size is not None and image.format == "JPEG":
         image.draft(None, (min_size, min_size))
@@ -91,7 +83,7 @@ def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ImageDecodeError(UNREADABLE, f"{path}: {exc.strerror or exc}") from exc
+        raise ItemError(Reason.UNREADABLE, f"{path}: {exc.strerror or exc}") from exc
 
 
 def _formats() -> tuple[str, ...]:
@@ -106,19 +98,19 @@ def _open(fp: io.BytesIO) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(fp, formats=_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(TOO_LARGE, str(exc)) from exc
+        raise ItemError(Reason.IMAGE_TOO_LARGE, str(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(UNSUPPORTED, "not an image in a supported format") from exc
+        raise ItemError(Reason.UNSUPPORTED_FORMAT, "not an image in a supported format") from exc
     except Exception as exc:  # PIL plugins raise many types on malformed headers
-        raise ImageDecodeError(CORRUPT, f"bad header: {type(exc).__name__}: {exc}") from exc
+        raise ItemError(Reason.CORRUPT_IMAGE, f"bad header: {type(exc).__name__}: {exc}") from exc
 
 
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:
     w, h = image.size
     if w <= 0 or h <= 0:
-        raise ImageDecodeError(CORRUPT, f"invalid size {w}x{h}")
+        raise ItemError(Reason.CORRUPT_IMAGE, f"invalid size {w}x{h}")
     if w * h > max_pixels:
-        raise ImageDecodeError(TOO_LARGE, f"{w}x{h} = {w * h} pixels > {max_pixels}")
+        raise ItemError(Reason.IMAGE_TOO_LARGE, f"{w}x{h} = {w * h} pixels > {max_pixels}")
 
 
 def _load_pixels(image: Image.Image) -> None:
@@ -127,11 +119,11 @@ def _load_pixels(image: Image.Image) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(TOO_LARGE, str(exc)) from exc
+        raise ItemError(Reason.IMAGE_TOO_LARGE, str(exc)) from exc
     except MemoryError as exc:
-        raise ImageDecodeError(TOO_LARGE, "out of memory while decoding") from exc
+        raise ItemError(Reason.IMAGE_TOO_LARGE, "out of memory while decoding") from exc
     except Exception as exc:  # truncated data: OSError; bad streams: SyntaxError, ValueError...
-        raise ImageDecodeError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+        raise ItemError(Reason.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
@@ -156,7 +148,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError as exc:
-        raise ImageDecodeError(UNSUPPORTED, f"cannot convert mode {mode} to RGB") from exc
+        raise ItemError(Reason.UNSUPPORTED_FORMAT, f"cannot convert mode {mode} to RGB") from exc
 
 
 def _flatten_on_white(image: Image.Image) -> Image.Image:

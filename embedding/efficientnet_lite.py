@@ -139,17 +139,59 @@ def _mbconv(x: Any, block: _Block) -> Any:
     return x
 
 
+def _blocks_and_head(x: Any, spec: VariantSpec, first_block: int) -> Any:
+    """Blocks ``first_block``.. then the head conv and average pooling: the part of the network
+    that fine-tuning retrains (training/), built by the same code as the whole model."""
+    for block in block_plan(spec)[first_block:]:
+        x = _mbconv(x, block)
+    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "head", act=True)
+    return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
 def _backbone(spec: VariantSpec) -> tuple[Any, Any]:
     """Input (uint8-range RGB, NHWC) -> pooled 1280-d features."""
     size = spec.image_size
     inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="rgb")
     x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalise")(inputs)
     x = _conv_bn(x, STEM_FILTERS, 3, 2, "stem", act=True)
-    for block in block_plan(spec):
-        x = _mbconv(x, block)
-    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "head", act=True)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return inputs, x
+    return inputs, _blocks_and_head(x, spec, 0)
+
+
+def block_count(variant: str | Variant) -> int:
+    return len(block_plan(Variant.parse(variant).spec))
+
+
+def _block_output(block: _Block) -> str:
+    """Name of the last layer of a block (its output)."""
+    return f"block{block.index}_add" if block.has_skip else f"block{block.index}_project_bn"
+
+
+def split_feature_model(model: keras.Model, variant: str | Variant,
+                        first_block: int) -> tuple[keras.Model, keras.Model]:
+    """``model`` (from :func:`build_feature_model`) as a frozen bottom (image -> feature map
+    before block ``first_block``) and a separate top (that map -> pooled features) holding a
+    copy of the top layers' weights. Fine-tuning runs the bottom once per image and view and
+    trains only the top, so the expensive part is computed once and cached."""
+    spec = Variant.parse(variant).spec
+    blocks = block_plan(spec)
+    if not 1 <= first_block <= len(blocks):
+        raise ValueError(f"first_block must be within 1..{len(blocks)}, got {first_block}")
+    cut = model.get_layer(_block_output(blocks[first_block - 1])).output
+    bottom = keras.Model(model.inputs, cut, name=f"{model.name}_bottom")
+    fmap = keras.Input(shape=tuple(bottom.outputs[0].shape[1:]), dtype="float32", name="fmap")
+    top = keras.Model(fmap, _blocks_and_head(fmap, spec, first_block), name=f"{model.name}_top")
+    copy_weights(model, top)
+    return bottom, top
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of the layers the two models share by name: every weighted layer of
+    the smaller one (a top made by :func:`split_feature_model`) must be in the larger one."""
+    smaller = min((source, target), key=lambda m: len(m.layers))
+    for layer in smaller.layers:
+        if layer.weights:
+            values = source.get_layer(layer.name).get_weights()
+            target.get_layer(layer.name).set_weights(values)
 
 
 def build_feature_model(

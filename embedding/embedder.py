@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -129,7 +130,11 @@ class EfficientNetLiteEmbedder:
         *,
         colour_weight: float,
         weights: StateDict | None = None,
+        model: Any = None,
+        version: str | None = None,
     ) -> None:
+        """``model`` and ``version``: a prebuilt feature model (a fine-tuned one, see
+        :mod:`embedding.trained`) and the version string that names it; both or neither."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= colour_weight <= 10.0 or math.isnan(colour_weight):
@@ -141,8 +146,10 @@ class EfficientNetLiteEmbedder:
         self._batch_size = batch_size
         self._buckets = batch_buckets(batch_size)
         self._size = self._variant.spec.image_size
-        self._version = model_version(self._variant, self._square, self._colour_weight)
-        self._predict = _build_predict(self._variant, weights)
+        if (model is None) != (version is None):
+            raise ValueError("a prebuilt model needs its version, and a version its model")
+        self._version = version or model_version(self._variant, self._square, self._colour_weight)
+        self._predict = _build_predict(self._variant, weights, model)
         self._lock = threading.Lock()  # one graph, one caller at a time
         # The colour part (~2-3 ms per image of numpy and PIL, both of which release the GIL)
         # runs on these threads while the model runs, so it neither serialises behind the
@@ -250,7 +257,7 @@ class EfficientNetLiteEmbedder:
 
 
 def _build_predict(
-    variant: Variant, weights: StateDict | None
+    variant: Variant, weights: StateDict | None, model: Any = None
 ) -> Callable[[NDArray[np.float32]], NDArray[np.float32]]:
     """The model's compiled predict step (``predict_on_batch``), behind a numpy interface.
 
@@ -261,7 +268,8 @@ def _build_predict(
     """
     from embedding.efficientnet_lite import build_feature_model  # imports keras
 
-    model = build_feature_model(variant, weights)
+    if model is None:
+        model = build_feature_model(variant, weights)
 
     def predict(x: NDArray[np.float32]) -> NDArray[np.float32]:
         return np.asarray(model.predict_on_batch(x), dtype=np.float32)
@@ -311,8 +319,21 @@ def create_embedder(
     square: str | SquareMode,
     batch_size: int,
     colour_weight: float,
+    path: str | os.PathLike[str] | None = None,
 ) -> Embedder:
     """The embedder the settings name (``lookalike.app.build_embedder``; the defaults live in
-    ``lookalike/settings.py``); unknown variant or square mode is a ValueError."""
+    ``lookalike/settings.py``); unknown variant or square mode is a ValueError.
+
+    ``path``: a directory written by ``lookalike train``; its own variant and square mode
+    replace the arguments (see :mod:`embedding.trained`).
+    """
+    if path is not None:
+        from embedding.trained import load_trained_model
+
+        model, config, version = load_trained_model(Path(path), colour_weight)
+        log.info("trained model %s from %s", version, path)
+        return EfficientNetLiteEmbedder(config.variant, config.square, batch_size,
+                                        colour_weight=colour_weight,
+                                        model=model, version=version)
     return EfficientNetLiteEmbedder(Variant.parse(variant), SquareMode.parse(square), batch_size,
                                     colour_weight=colour_weight)

@@ -2,9 +2,10 @@
 
 GALLERY.jsonl: one product per line, as ``lookalike publish`` reads it (``product_id``,
 ``category``, ``images``: each a path string or an object with ``path``, relative to the
-file's folder); ``title``, ``price`` and ``currency`` may be null or missing, unknown keys are
-ignored. QUERIES.jsonl: ``{"image": PATH, "relevant": [product_id, ...]}`` per line, ``PATH``
-relative to the queries file's folder.
+file's folder); ``title``, ``price``, ``currency`` and ``seller_id`` may be null or missing,
+unknown keys are ignored. For ``--task same-item`` each line is a listing: several may show
+the same item, even with the same photo. QUERIES.jsonl: ``{"image": PATH, "relevant":
+[product_id, ...]}`` per line, ``PATH`` relative to the queries file's folder.
 
 Every mistake is a :class:`ProtocolError` naming the file, the line and the problem: a missing
 image or an unknown relevant product would otherwise turn into a silent zero.
@@ -35,6 +36,7 @@ class GalleryProduct:
     price: float
     currency: str
     images: tuple[Path, ...]
+    seller_id: str = "eval"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
         products.append(GalleryProduct(
             product_id=pid, category=category, title=str(obj.get("title") or ""),
             price=price_value, currency=str(obj.get("currency") or "XXX"), images=paths,
+            seller_id=str(obj.get("seller_id") or "eval"),
         ))
     _missing(to_check, "gallery")
     return products

@@ -28,6 +28,7 @@ from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import MAX_K, ProductSearch
+from search.intent import Match
 from store import MilvusStore, ensure_collections
 
 CHUNK = 64
@@ -150,7 +151,8 @@ def index_gallery(
                 pk=image_pk(product.product_id, key), product_id=product.product_id,
                 image_key=key, category=product.category, **category_levels(product.category),
                 price=product.price, currency=product.currency, title=product.title,
-                seller_id="eval", image_ref=str(path)[-2048:], model_version=model_version,
+                seller_id=product.seller_id, image_ref=str(path)[-2048:],
+                model_version=model_version,
                 version=1, updated_at_ms=0, vector=vectors[row].tolist(),
             ).to_row())
             row += 1
@@ -160,7 +162,8 @@ def index_gallery(
 
 
 def run_queries(
-    searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32]
+    searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32],
+    match: Match = "exact",
 ) -> list[QueryResult]:
     """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
 
@@ -174,7 +177,7 @@ def run_queries(
             k = min(max(10, len(query.relevant)), MAX_K)
             views = vectors[start : start + len(query.images)]
             start += len(query.images)
-            hits = searcher.by_vectors(list(views), k=k)
+            hits = searcher.by_vectors(list(views), k=k, match=match)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)
@@ -192,23 +195,34 @@ def evaluate(
     cache: EmbeddingCache | None,
     *,
     max_pixels: int,
+    match: Match = "exact",
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``."""
-    if spec.dim != embedder.dim:
-        raise ValueError(f"collection is {spec.dim}-d, the embedder {embedder.dim}-d")
     stats = EmbedStats()
-    gallery_paths = [p for product in products for p in product.images]
-    gallery_vectors = embed_files(gallery_paths, embedder, cache, max_pixels=max_pixels,
-                                  stats=stats, desc="embed gallery")
+    n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
+                            stats=stats)
     query_vectors = embed_files([p for q in queries for p in q.images], embedder, cache,
                                 max_pixels=max_pixels, stats=stats, desc="embed queries")
-    ensure_collections(store, spec)
-    n_rows = index_gallery(store, spec, products, gallery_vectors, embedder.model_version)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels)
     started = time.perf_counter()
-    results = run_queries(searcher, queries, query_vectors)
+    results = run_queries(searcher, queries, query_vectors, match)
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
     )
+
+
+def index_products(
+    products: Sequence[GalleryProduct], embedder: Embedder, store: MilvusStore,
+    spec: CollectionSpec,
+    cache: EmbeddingCache | None, *, max_pixels: int, stats: EmbedStats,
+) -> int:
+    """Embed the gallery (through the cache) into the fresh collections of ``spec``; rows."""
+    if spec.dim != embedder.dim:
+        raise ValueError(f"collection is {spec.dim}-d, the embedder {embedder.dim}-d")
+    gallery_paths = [p for product in products for p in product.images]
+    gallery_vectors = embed_files(gallery_paths, embedder, cache, max_pixels=max_pixels,
+                                  stats=stats, desc="embed gallery")
+    ensure_collections(store, spec)
+    return index_gallery(store, spec, products, gallery_vectors, embedder.model_version)

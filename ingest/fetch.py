@@ -1,28 +1,117 @@
 """Fetch stage: image reference -> bytes, with every way of failing turned into a reason.
 
-Only three sources are allowed: http(s) URLs (timeouts, a byte cap, no other schemes), local
-paths that resolve inside configured roots (no traversal through ``..`` or symlinks), and
-inline base64 bytes. A failure is a value (``FetchError``) for that image alone.
+Three sources are allowed: http(s) URLs, local paths that resolve inside configured roots (no
+traversal through ``..`` or symlinks), and inline base64 bytes. A failure is an
+:class:`~schema.errors.ItemError` for that image alone.
+
+URLs are fetched with a small HTTP/1.1 client of our own rather than ``requests``, because the
+guarantees below need the socket:
+
+* **Egress policy** (ingest/egress.py): the host is resolved once, every address checked, and
+  the socket connects to a checked address; TLS still verifies the certificate and sends SNI
+  for the *host name*. Every redirect hop is checked the same way, and hops are capped.
+* **One deadline per image** covering connect, TLS, headers, body and retries: a watchdog
+  shuts the socket down when it passes, so a server dribbling one byte a second cannot hold a
+  fetch worker (or the batch waiting for it) longer than the deadline.
+* **Bounded retries** with exponential backoff and jitter for connection errors, timeouts,
+  429 and 5xx (``Retry-After`` honoured up to a cap), all inside the deadline.
+* **A per-host concurrency limit**, so one shop's slow CDN cannot take every fetch worker.
+
+``requests-hardened`` was considered: it pins the connected address and re-checks redirects,
+but checks only the first resolved address, has no allow-list of networks or hosts, and has
+no total deadline; the deadline alone needs socket access, hence this module.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import heapq
+import http.client
+import logging
 import os
-from collections.abc import Sequence
+import random
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv6Address
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
-import requests
+from requests.utils import requote_uri
 
+from ingest.egress import Address, EgressPolicy
+from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 
+log = logging.getLogger(__name__)
 
-class FetchError(Exception):
-    """One image could not be fetched; ``reason`` is a short code for counting."""
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 65536
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How URLs are fetched: deadlines, retries, concurrency (defaults: ``ImageSettings``)."""
+
+    deadline_s: float = 10.0
+    """Everything for one image, retries included."""
+    max_attempts: int = 3
+    backoff_s: float = 0.25
+    """First retry delay; doubles per attempt, with jitter."""
+    retry_after_max_s: float = 5.0
+    per_host: int = 8
+    """Connections to one host at once (a waiting fetch counts against its deadline)."""
+    max_redirects: int = 5
+
+
+class _Retryable(Exception):
+    def __init__(self, error: ItemError, retry_after_s: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class _Watchdog:
+    """Shuts sockets down at their deadlines, from one thread for all fetches.
+
+    ``shutdown()`` makes a blocked ``recv`` or ``send`` return at once; the fetch then sees a
+    closed connection and, because its deadline passed, reports ``timeout``."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, sock))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fetch-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline, _, sock = self._heap[0]
+                now = time.monotonic()
+                if deadline > now:
+                    self._cond.wait(deadline - now)
+                    continue
+                heapq.heappop(self._heap)
+            if sock.fileno() != -1:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class ImageFetcher:
@@ -34,12 +123,34 @@ class ImageFetcher:
         *,
         timeout_s: float = 10.0,
         max_bytes: int = 20 * 1024 * 1024,
-        session: requests.Session | None = None,
+        egress: EgressPolicy | None = None,
+        policy: FetchPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._roots = [Path(r).resolve() for r in roots]
-        self._timeout_s = timeout_s
         self._max_bytes = max_bytes
-        self._session = session or requests.Session()
+        self._egress = egress or EgressPolicy()
+        self._policy = policy or FetchPolicy(deadline_s=timeout_s)
+        self._sleep = sleep
+        self._tls = tls or _tls_context()
+        self._watchdog = _Watchdog()
+        self._resolver = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="resolve"
+        )
+        self._slots: weakref.WeakValueDictionary[str, threading.BoundedSemaphore] = (
+            weakref.WeakValueDictionary()
+        )
+        self._slots_lock = threading.Lock()
+
+    @property
+    def deadline_s(self) -> float:
+        return self._policy.deadline_s
+
+    @property
+    def refuses_paths(self) -> bool:
+        """No roots configured: every local path is refused."""
+        return not self._roots
 
     def fetch(self, image: ImageRef) -> bytes:
         if image.data is not None:
@@ -53,23 +164,32 @@ class ImageFetcher:
 
     def _check_size(self, size: int) -> None:
         if size > self._max_bytes:
-            raise FetchError("image_too_big", f"{size} bytes > limit {self._max_bytes}")
+            raise ItemError(Reason.IMAGE_TOO_LARGE, f"{size} bytes > limit {self._max_bytes}")
         if size == 0:
-            raise FetchError("empty_image", "0 bytes")
+            raise ItemError(Reason.EMPTY_IMAGE, "0 bytes")
+
+    # -- local paths --------------------------------------------------------------------
 
     def resolve_path(self, path: str) -> Path:
         """The real file a path refers to, if it lies inside one of the roots."""
         if not self._roots:
-            raise FetchError("path_not_allowed", "no image roots are configured for local paths")
+            raise ItemError(
+                Reason.PATH_NOT_ALLOWED,
+                "local image paths are refused: LOOKALIKE_IMAGES__ROOTS is empty (set it to "
+                "the folders images may be read from, e.g. '[\"/data/images\"]')",
+            )
         candidate = Path(path)
         bases: list[Path | None] = [None] if candidate.is_absolute() else list(self._roots)
         for base in bases:
-            real = (candidate if base is None else base / candidate).resolve()
+            try:
+                real = (candidate if base is None else base / candidate).resolve()
+            except (OSError, RuntimeError, ValueError):  # symlink loops, NUL bytes
+                raise ItemError(Reason.PATH_NOT_ALLOWED, f"{path} cannot be resolved") from None
             if not any(real.is_relative_to(root) for root in self._roots):
-                raise FetchError("path_not_allowed", f"{path} is outside the image roots")
+                raise ItemError(Reason.PATH_NOT_ALLOWED, f"{path} is outside the image roots")
             if real.is_file():
                 return real
-        raise FetchError("not_found", f"{path} not found under the image roots")
+        raise ItemError(Reason.NOT_FOUND, f"{path} not found under the image roots")
 
     def _read_path(self, path: str) -> bytes:
         real = self.resolve_path(path)
@@ -79,31 +199,221 @@ class ImageFetcher:
             with open(real, "rb") as fh:
                 return fh.read(self._max_bytes + 1)
         except OSError as exc:
-            raise FetchError("unreadable", f"{path}: {exc.strerror or exc}") from None
+            raise ItemError(Reason.UNREADABLE, f"{path}: {exc.strerror or exc}") from None
+
+    # -- URLs ---------------------------------------------------------------------------
 
     def _fetch_url(self, url: str) -> bytes:
+        """Attempts within one deadline; only transient failures are tried again."""
+        deadline = time.monotonic() + self._policy.deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._follow(url, deadline)
+            except _Retryable as exc:
+                delay = self._policy.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+                if exc.retry_after_s is not None:
+                    delay = max(delay, min(exc.retry_after_s, self._policy.retry_after_max_s))
+                if (
+                    attempt >= self._policy.max_attempts
+                    or time.monotonic() + delay >= deadline
+                ):
+                    raise exc.error from None
+                log.debug("retrying %s in %.2fs after %s", url[:200], delay, exc.error.reason)
+                self._sleep(delay)
+
+    def _follow(self, url: str, deadline: float) -> bytes:
+        for _hop in range(self._policy.max_redirects + 1):
+            location = self._get(url, deadline)
+            if isinstance(location, bytes):
+                return location
+            url = location
+        raise ItemError(
+            Reason.TOO_MANY_REDIRECTS, f"more than {self._policy.max_redirects} redirects"
+        )
+
+    def _get(self, url: str, deadline: float) -> bytes | str:
+        """One request: the body, or the URL a redirect points to."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
         try:
-            with self._session.get(
-                url, timeout=self._timeout_s, stream=True, allow_redirects=True
-            ) as response:
-                if response.status_code != 200:
-                    raise FetchError("http_status", f"{url} answered HTTP {response.status_code}")
-                declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit():
-                    self._check_size(int(declared))
-                chunks: list[bytes] = []
-                total = 0
-                for chunk in response.iter_content(chunk_size=65536):
-                    total += len(chunk)
-                    if total > self._max_bytes:
-                        raise FetchError(
-                            "image_too_big", f"{url} sent more than {self._max_bytes} bytes"
-                        )
-                    chunks.append(chunk)
-        except requests.Timeout:
-            raise FetchError("timeout", f"{url} did not answer within {self._timeout_s}s") from None
-        except requests.RequestException as exc:
-            raise FetchError("unreachable", f"{url}: {type(exc).__name__}") from None
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            raise ItemError(Reason.BAD_REFERENCE, "invalid port in URL") from None
+        if scheme not in ("http", "https") or not host:
+            raise ItemError(Reason.BAD_REFERENCE, "only http(s) URLs with a host are fetched")
+        if parts.username is not None or parts.password is not None:
+            raise ItemError(Reason.BAD_REFERENCE, "URLs with credentials are not fetched")
+        port = port or (443 if scheme == "https" else 80)
+        addresses = self._resolve(host, port, deadline)
+        with self._slot(host, deadline):
+            sock = self._connect(host, port, addresses, deadline, tls=scheme == "https")
+            try:
+                return self._exchange(sock, url, host, port, deadline)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._transport_error(host, deadline, exc) from None
+            finally:
+                sock.close()
+
+    def _resolve(self, host: str, port: int, deadline: float) -> list[Address]:
+        """The egress-checked addresses of ``host``, looked up on a resolver thread so that a
+        DNS server that never answers costs this image its deadline, not a fetch worker."""
+        future = self._resolver.submit(self._egress.resolve, host, port)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            raise _timeout(host, self._policy.deadline_s) from None
+
+    def _slot(self, host: str, deadline: float) -> _Slot:
+        with self._slots_lock:
+            slot = self._slots.get(host)
+            if slot is None:
+                slot = threading.BoundedSemaphore(self._policy.per_host)
+                self._slots[host] = slot
+        return _Slot(slot, host, deadline)
+
+    def _connect(
+        self, host: str, port: int, addresses: list[Address], deadline: float, *, tls: bool
+    ) -> socket.socket:
+        """Connect to the first reachable *checked* address; wrap TLS for the host name."""
+        last: OSError | None = None
+        for ip in addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            self._watchdog.watch(sock, deadline)
+            try:
+                sock.settimeout(remaining)
+                sock.connect((str(ip), port))
+                if tls:  # wrapping detaches ``sock``: the TLS socket is watched instead
+                    wrapped = self._tls.wrap_socket(sock, server_hostname=host)
+                    self._watchdog.watch(wrapped, deadline)
+                    return wrapped
+                return sock
+            except ssl.SSLError:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    break
+                raise ItemError(Reason.UNREACHABLE, f"{host}: TLS handshake failed") from None
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise self._transport_error(host, deadline, last)
+
+    def _exchange(
+        self, sock: socket.socket, url: str, host: str, port: int, deadline: float
+    ) -> bytes | str:
+        split = urlsplit(url)
+        # Percent-encode what a shop left raw (spaces, non-ASCII file names), as browsers do.
+        target = requote_uri((split.path or "/") + (f"?{split.query}" if split.query else ""))
+        default_port = 443 if split.scheme.lower() == "https" else 80
+        host_header = f"[{host}]" if ":" in host else host
+        if port != default_port:
+            host_header += f":{port}"
+        conn = http.client.HTTPConnection(host, port)
+        conn.sock = sock
+        try:
+            conn.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
+        except (http.client.InvalidURL, ValueError, UnicodeError):
+            raise ItemError(Reason.BAD_REFERENCE, "URL has characters HTTP cannot send") from None
+        conn.putheader("Host", host_header.encode("idna").decode("ascii"))
+        conn.putheader("User-Agent", "lookalike-ingest")
+        conn.putheader("Accept", "image/*")
+        conn.putheader("Accept-Encoding", "identity")
+        conn.putheader("Connection", "close")
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        conn.endheaders()
+        response = conn.getresponse()
+        status = response.status
+        if status in _REDIRECTS:
+            location = response.getheader("Location")
+            if not location:
+                raise ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP {status} without "
+                                "a Location")
+            return urljoin(url, location)
+        if status == 429 or status >= 500:
+            raise _Retryable(
+                ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP {status}"),
+                _retry_after(response.getheader("Retry-After")),
+            )
+        if status != 200:
+            raise ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP {status}")
+        declared = response.getheader("Content-Length")
+        if declared is not None and declared.isdigit():
+            self._check_size(int(declared))
+        return self._read_body(sock, response, host, deadline)
+
+    def _read_body(
+        self, sock: socket.socket, response: http.client.HTTPResponse, host: str,
+        deadline: float,
+    ) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _timeout(host, self._policy.deadline_s)
+            sock.settimeout(remaining)
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > self._max_bytes:
+                raise ItemError(
+                    Reason.IMAGE_TOO_LARGE, f"{host} sent more than {self._max_bytes} bytes"
+                )
+            chunks.append(chunk)
+        if time.monotonic() >= deadline:  # the watchdog may have cut the body short
+            raise _timeout(host, self._policy.deadline_s)
+        if response.length:  # Content-Length not met: the connection ended early
+            raise _Retryable(ItemError(Reason.UNREACHABLE, f"{host}: answer cut short"))
         data = b"".join(chunks)
         self._check_size(len(data))
         return data
+
+    def _transport_error(self, host: str, deadline: float, exc: BaseException | None) -> Exception:
+        """Connection trouble -> a retryable timeout or unreachable. The detail names the
+        host, never the socket error: those texts tell a sender which ports are open."""
+        if time.monotonic() >= deadline or isinstance(exc, TimeoutError):
+            return _Retryable(_timeout(host, self._policy.deadline_s))
+        return _Retryable(ItemError(Reason.UNREACHABLE, f"{host}: connection failed"))
+
+
+class _Slot:
+    """A per-host connection slot, waited for within the image's deadline."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore, host: str, deadline: float):
+        self._semaphore = semaphore
+        self._host = host
+        self._deadline = deadline
+
+    def __enter__(self) -> None:
+        if not self._semaphore.acquire(timeout=max(0.0, self._deadline - time.monotonic())):
+            raise ItemError(Reason.TIMEOUT, f"{self._host}: no free connection slot in time")
+
+    def __exit__(self, *_exc: object) -> None:
+        self._semaphore.release()
+
+
+def _timeout(host: str, deadline_s: float) -> ItemError:
+    return ItemError(Reason.TIMEOUT, f"{host} did not deliver the image within {deadline_s}s")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None  # HTTP-date forms are rare for images; the backoff applies instead
+    return float(value.strip())
+
+
+def _tls_context() -> ssl.SSLContext:
+    """Certificate and host-name verification on; certifi's CAs where installed (they come
+    with requests), so verification does not depend on the machine's CA store."""
+    try:
+        import certifi
+
+        return ssl.create_default_context(cafile=certifi.where())
+    except ImportError:  # pragma: no cover
+        return ssl.create_default_context()

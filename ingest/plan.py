@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
 
+from schema.errors import ItemFailure, Reason
 from schema.events import (
-    EventError,
     ProductDelisted,
     ProductEvent,
     ProductPriceChanged,
@@ -51,9 +51,14 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one event; stale and dead-lettered outcomes say why."""
+
     status: Status
-    reason: str = ""
-    detail: str = ""
+    failure: ItemFailure | None = None
+
+    @classmethod
+    def dead(cls, reason: Reason, detail: str) -> Outcome:
+        return cls(Status.DEAD_LETTERED, ItemFailure(reason, detail))
 
 
 @dataclass
@@ -62,14 +67,8 @@ class EventItem:
 
     index: int
     event: ProductEvent | None
-    error: EventError | None
+    error: ItemFailure | None
     outcome: Outcome | None = None
-
-
-@dataclass
-class ImageFailure:
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -78,7 +77,7 @@ class EmbeddedProduct:
 
     event: ProductUpserted
     vectors: dict[int, list[float]] = field(default_factory=dict)
-    failures: dict[int, ImageFailure] = field(default_factory=dict)
+    failures: dict[int, ItemFailure] = field(default_factory=dict)
 
 
 def select_upserts(items: list[EventItem]) -> dict[str, ProductUpserted]:
@@ -107,23 +106,24 @@ class _Fold:
 def _apply(fold: _Fold, ev: ProductEvent, embedded: EmbeddedProduct | None) -> Outcome:
     version = ev.resolved_version
     if version <= fold.version:
-        return Outcome(Status.STALE, "stale_version", f"version {version} <= {fold.version}")
+        return Outcome(
+            Status.STALE, ItemFailure(Reason.STALE_VERSION, f"version {version} <= {fold.version}")
+        )
     if isinstance(ev, ProductUpserted):
         if embedded is None or embedded.event is not ev:
             fold.action, fold.upsert, fold.price = "superseded", None, None
         elif not embedded.vectors:
             reasons = "; ".join(
-                f"image {i}: {f.reason}: {f.detail}" for i, f in sorted(embedded.failures.items())
+                f"image {i}: {f.reason.value}: {f.detail}"
+                for i, f in sorted(embedded.failures.items())
             )
-            return Outcome(Status.DEAD_LETTERED, "all_images_failed", reasons)
+            return Outcome.dead(Reason.ALL_IMAGES_FAILED, reasons)
         else:
             fold.action, fold.upsert, fold.price = "upsert", ev, None
         fold.listed = True
     elif isinstance(ev, ProductPriceChanged):
         if not fold.listed:
-            return Outcome(
-                Status.DEAD_LETTERED, "product_not_listed", f"{ev.product_id} is not listed"
-            )
+            return Outcome.dead(Reason.PRODUCT_NOT_LISTED, f"{ev.product_id} is not listed")
         fold.price = (float(ev.price), ev.currency)
         if fold.action == "":
             fold.action = "price"
@@ -146,7 +146,7 @@ def plan_writes(
     for item in items:
         if item.event is None:
             assert item.error is not None
-            item.outcome = Outcome(Status.DEAD_LETTERED, item.error.reason, item.error.detail)
+            item.outcome = Outcome(Status.DEAD_LETTERED, item.error)
         else:
             by_product[item.event.product_id].append(item)
 
@@ -156,13 +156,19 @@ def plan_writes(
         fold = _Fold(
             version=stored.version if stored else -1, listed=bool(stored and stored.listed)
         )
-        for item in product_items:
-            assert item.event is not None
-            item.outcome = _apply(fold, item.event, embedded.get(product_id))
-        if fold.action == "superseded":
-            _dead_letter_superseded(product_items)
-        elif fold.touched:
-            _emit(plan, product_id, fold, embedded.get(product_id), model_version, now_ms)
+        try:
+            for item in product_items:
+                assert item.event is not None
+                item.outcome = _apply(fold, item.event, embedded.get(product_id))
+            if fold.action == "superseded":
+                _dead_letter_superseded(product_items)
+            elif fold.touched:
+                _emit(plan, product_id, fold, embedded.get(product_id), model_version, now_ms)
+        except Exception as exc:  # a bug or an unforeseen value: this product's events only
+            for item in product_items:
+                item.outcome = Outcome.dead(
+                    Reason.INVALID_EVENT, f"cannot be planned: {type(exc).__name__}: {exc}"[:300]
+                )
     return plan
 
 
@@ -171,9 +177,8 @@ def _dead_letter_superseded(items: list[EventItem]) -> None:
     replace (and what was applied on top of them) were never written: keep them all."""
     for item in items:
         if item.outcome is not None and item.outcome.status is Status.APPLIED:
-            item.outcome = Outcome(
-                Status.DEAD_LETTERED,
-                "superseded_upsert_failed",
+            item.outcome = Outcome.dead(
+                Reason.SUPERSEDED_UPSERT_FAILED,
                 "a newer upsert of this product in the same batch failed; nothing was written",
             )
 
@@ -186,6 +191,11 @@ def _emit(
     model_version: str,
     now_ms: int,
 ) -> None:
+    """Add the product's writes to ``plan``; everything that can raise runs before the plan
+    is touched, so a product that cannot be planned leaves no partial writes behind."""
+    state = ProductState(
+        product_id=product_id, version=fold.version, listed=fold.listed, updated_at_ms=now_ms
+    )
     if fold.action == "upsert":
         assert fold.upsert is not None and embedded is not None
         event = fold.upsert
@@ -205,8 +215,4 @@ def _emit(
         plan.price_updates[product_id] = (fold.price[0], fold.price[1], fold.version)
     elif fold.action == "delete":
         plan.delete_products.append(product_id)
-    plan.states.append(
-        ProductState(
-            product_id=product_id, version=fold.version, listed=fold.listed, updated_at_ms=now_ms
-        )
-    )
+    plan.states.append(state)

@@ -39,11 +39,12 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from embedding.decode import ImageDecodeError, decode_image
-from ingest.fetch import FetchError, ImageFetcher
+from ingest.fetch import ImageFetcher
+from ingest.load import load_image_ref
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink, state_of
 from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
+from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 from schema.records import ImageRecord, ProductState
 from schema.versions import state_name
@@ -71,7 +72,7 @@ class ReindexEmbedder(Protocol):
 @dataclass(frozen=True)
 class ImageProblem:
     image_ref: str
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -139,11 +140,15 @@ def stored_image(reference: str) -> ImageRef:
     """The image a stored ``image_ref`` names again (a URL or a path); inline images are not
     stored and cannot be fetched twice."""
     if reference.startswith("inline:"):
-        raise FetchError("inline_image", "inline image bytes are not stored; publish it again")
+        raise ItemError(Reason.INLINE_IMAGE, "inline image bytes are not stored; publish it again")
     try:
         return ImageRef.model_validate(reference)
     except ValidationError as exc:
-        raise FetchError("bad_reference", str(exc.errors()[0]["msg"])) from None
+        raise ItemError(Reason.BAD_REFERENCE, str(exc.errors()[0]["msg"])) from None
+
+
+def _same(image: Image.Image) -> Image.Image:
+    return image
 
 
 class Reindexer:
@@ -305,12 +310,9 @@ class Reindexer:
             try:
                 images.append(future.result())
                 good.append((pid, row))
-            except (FetchError, ImageDecodeError) as exc:
+            except ItemError as exc:
                 problems.setdefault(pid, []).append(
                     ImageProblem(str(row["image_ref"]), exc.reason, exc.detail))
-            except Exception as exc:  # a decoder bug fails this image only
-                problems.setdefault(pid, []).append(
-                    ImageProblem(str(row["image_ref"]), "image_error", repr(exc)))
         vectors = (np.asarray(self._embedder.embed(images), dtype=np.float32)
                    if images else np.zeros((0, self._embedder.dim), np.float32))
         records: dict[str, list[ImageRecord]] = {}
@@ -346,8 +348,8 @@ class Reindexer:
         p.copied += len(plan.states)
 
     def _load(self, reference: str) -> Image.Image:
-        data = self._fetcher.fetch(stored_image(reference))
-        return decode_image(data, self._max_pixels, min_size=self._decode_size)
+        return load_image_ref(self._fetcher, stored_image(reference), _same,
+                              max_pixels=self._max_pixels, min_size=self._decode_size)
 
     def _delete(self, product_ids: list[str], target: CollectionSpec, sink: MilvusSink) -> None:
         sink.apply(WritePlan(delete_products=product_ids))

@@ -20,6 +20,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from ingest.outage import quiet_client_logs
 from ingest.plan import EventItem
 from ingest.source import KafkaSource
 from ingest.stages import Batch, BatchStats, Stages, parse_records
@@ -139,6 +140,7 @@ class Runner:
 
     def run(self, *, until_caught_up: bool = False) -> RunReport:
         started = time.monotonic()
+        quiet_client_logs()
         self._source.subscribe()
         try:
             while not self._stop.is_set():

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 Offsets = dict[TopicPartition, int]
 
+COMMIT_TIMEOUT_MS = 5_000
+"""How long one commit may block the poll loop; a commit that times out (broker away) is
+kept and retried with the next one, so the loop goes back to polling."""
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
@@ -47,6 +51,7 @@ class KafkaSource:
         self._paused = False
         self._owed: Offsets = {}
         self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
+        # the sink reads states Strong for a while: a previous owner may just have written them
         self.on_assigned: Callable[[set[TopicPartition]], None] = lambda _tps: None
 
     def subscribe(self) -> None:
@@ -83,10 +88,6 @@ class KafkaSource:
             if paused:
                 self._consumer.resume(*paused)
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     def commit(self, offsets: Offsets) -> bool:
         """Synchronously commit ``offsets`` (the next offset to read, per partition) for the
         partitions still owned. A commit refused because the group is rebalancing is kept and
@@ -100,25 +101,25 @@ class KafkaSource:
             return True
         try:
             self._consumer.commit(
-                {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._owed.items()}
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._owed.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS,
             )
         except (
             Errors.RebalanceInProgressError,
             Errors.CommitFailedError,
             Errors.IllegalGenerationError,
             Errors.UnknownMemberIdError,
+            Errors.KafkaTimeoutError,  # the broker is away: an outage, waited out by polling
         ) as exc:
+            log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
+            return False
+        except Errors.KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
             log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
             return False
         self._owed = {}
         return True
-
-    @property
-    def owes_commits(self) -> bool:
-        return bool(self._owed)
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self._consumer.assignment())
 
     def lag(self) -> dict[TopicPartition, int | None]:
         """Records left per assigned partition, from the fetch high-water mark (Tansu answers

@@ -20,19 +20,20 @@ import numpy as np
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from embedding.decode import ImageDecodeError, decode_image
 from ingest.dlq import DeadLetterQueue
-from ingest.fetch import FetchError, ImageFetcher
+from ingest.fetch import ImageFetcher
+from ingest.load import load_image_ref
+from ingest.outage import OutageWait
 from ingest.plan import (
     EmbeddedProduct,
     EventItem,
-    ImageFailure,
     Status,
     WritePlan,
     plan_writes,
     select_upserts,
 )
-from schema.events import EventError, ProductUpserted, parse_event
+from schema.errors import ItemError, ItemFailure, Reason
+from schema.events import ProductEvent, ProductUpserted, parse_event
 from schema.records import ProductState
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,27 @@ class Batch:
         return result
 
 
+def parse_record(record: ConsumerRecord) -> ProductEvent:
+    """One record -> its event, or an :class:`ItemError` (only): nothing a message contains
+    may escape as another exception, or it would stop ingest at this offset for good."""
+    if record.value is None:
+        raise ItemError(Reason.MALFORMED_JSON, "empty record value (tombstone)")
+    if record.key is None:
+        raise ItemError(
+            Reason.MISSING_KEY, "records must be keyed by product_id (ordering per product)"
+        )
+    try:
+        event = parse_event(record.value)
+    except ItemError:
+        raise
+    except Exception as exc:  # a validator bug on hostile input: this event's problem only
+        log.debug("unexpected error parsing offset=%s", record.offset, exc_info=True)
+        raise ItemError(Reason.INVALID_EVENT, f"cannot validate: {type(exc).__name__}") from exc
+    if record.key != event.product_id.encode():
+        raise ItemError(Reason.KEY_MISMATCH, "record key must equal the event's product_id")
+    return event
+
+
 def parse_records(records: list[ConsumerRecord], start: int = 0) -> tuple[list[EventItem], int]:
     """Parse each record into an item (numbered from ``start``); also count the images the
     batch will embed, which bounds the batch's size."""
@@ -136,20 +158,9 @@ def parse_records(records: list[ConsumerRecord], start: int = 0) -> tuple[list[E
     n_images = 0
     for index, record in enumerate(records, start):
         try:
-            if record.value is None:
-                raise EventError("malformed_json", "empty record value (tombstone)")
-            event = parse_event(record.value)
-        except EventError as exc:
-            items.append(EventItem(index, None, exc))
-            continue
-        if record.key is not None and record.key != event.product_id.encode():
-            items.append(
-                EventItem(
-                    index,
-                    None,
-                    EventError("key_mismatch", "record key must equal the event's product_id"),
-                )
-            )
+            event = parse_record(record)
+        except ItemError as exc:
+            items.append(EventItem(index, None, exc.failure))
             continue
         items.append(EventItem(index, event, None))
         if isinstance(event, ProductUpserted):
@@ -170,6 +181,7 @@ class Stages:
         decode_workers: int = 1,
         clock: Callable[[], float] = time.time,
         after_write: Callable[[], None] | None = None,
+        outage: OutageWait | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -184,12 +196,16 @@ class Stages:
         # Runs after each batch's Milvus writes, before it may be committed: raising keeps
         # the batch uncommitted and stops the runner (schema.versions.ServingGuard.check).
         self._after_write = after_write
+        # Store and dead-letter outages are waited out here, on the stage threads: the
+        # pipeline fills up, the poll loop pauses the partitions and keeps polling.
+        self._outage = outage or OutageWait()
 
     def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
-        data = self._fetcher.fetch(event.images[index])
-        with self._decode_slots:
-            image = decode_image(data, self._max_pixels, min_size=self._embedder.decode_size)
-            return self._embedder.prepare(image)
+        return load_image_ref(
+            self._fetcher, event.images[index], self._embedder.prepare,
+            max_pixels=self._max_pixels, min_size=self._embedder.decode_size,
+            cpu_slot=self._decode_slots,
+        )
 
     def prepare(self, batch: Batch) -> None:
         """Fetch, decode and preprocess the images of the upserts worth embedding."""
@@ -203,11 +219,8 @@ class Stages:
         for product_id, index, future in futures:
             try:
                 array = future.result()
-            except (FetchError, ImageDecodeError) as exc:
-                self._fail_image(batch, product_id, index, exc.reason, exc.detail)
-                continue
-            except Exception as exc:  # an unexpected decoder bug fails this image only
-                self._fail_image(batch, product_id, index, "image_error", repr(exc))
+            except ItemError as exc:
+                self._fail_image(batch, product_id, index, exc.failure)
                 continue
             batch.jobs.append((product_id, index))
             batch.prepared.append(array)
@@ -219,7 +232,7 @@ class Stages:
         is stale at write time too; the write stage checks again against fresh state."""
         if not chosen:
             return chosen
-        stored = self._sink.get_states(sorted(chosen))
+        stored = self._outage.call("milvus", lambda: self._sink.get_states(sorted(chosen)))
         return {
             pid: ev
             for pid, ev in chosen.items()
@@ -227,14 +240,14 @@ class Stages:
         }
 
     @staticmethod
-    def _fail_image(batch: Batch, product_id: str, index: int, reason: str, detail: str) -> None:
+    def _fail_image(batch: Batch, product_id: str, index: int, failure: ItemFailure) -> None:
         embedded = batch.embedded[product_id]
-        embedded.failures[index] = ImageFailure(reason, detail)
-        batch.stats.images_failed[reason] += 1
+        embedded.failures[index] = failure
+        batch.stats.images_failed[failure.reason.value] += 1
         ref = embedded.event.images[index].reference
         log.warning(
             "image failed product_id=%s image=%s reason=%s detail=%s",
-            product_id, ref[:200], reason, detail,
+            product_id, ref[:200], failure.reason.value, failure.detail[:300],
         )
 
     def embed(self, batch: Batch) -> None:
@@ -252,13 +265,16 @@ class Stages:
         """Plan against stored state, write to Milvus, dead-letter, and only then return."""
         started = time.perf_counter()
         product_ids = sorted({i.event.product_id for i in batch.items if i.event is not None})
-        states = self._sink.get_states(product_ids) if product_ids else {}
+        states = (
+            self._outage.call("milvus", lambda: self._sink.get_states(product_ids))
+            if product_ids else {}
+        )
         now_ms = int(self._clock() * 1000)
         plan = plan_writes(
             batch.items, states, batch.embedded, self._embedder.model_version, now_ms
         )
         if not plan.is_empty():
-            result = self._sink.apply(plan)
+            result = self._outage.call("milvus", lambda: self._sink.apply(plan))
             seconds_by_op = getattr(result, "seconds_by_op", None)
             if seconds_by_op is not None:
                 batch.stats.milvus_s.update(seconds_by_op())
@@ -267,8 +283,9 @@ class Stages:
         for item in batch.items:
             assert item.outcome is not None
             if item.outcome.status is Status.DEAD_LETTERED:
-                self._dlq.send(batch.records[item.index], item.outcome.reason, item.outcome.detail)
-        self._dlq.flush()
+                assert item.outcome.failure is not None
+                self._dlq.send(batch.records[item.index], item.outcome.failure)
+        self._outage.call("dead-letter topic", self._dlq.flush)
         batch.stats.write_s = time.perf_counter() - started
         self._count(batch, plan)
 
@@ -287,10 +304,11 @@ class Stages:
             elif item.outcome.status is Status.STALE:
                 stats.stale += 1
             else:
+                failure = item.outcome.failure
+                assert failure is not None
                 stats.dead_lettered += 1
-                stats.dlq_reasons[item.outcome.reason] += 1
+                stats.dlq_reasons[failure.reason.value] += 1
                 log.warning(
                     "dead-lettered offset=%s reason=%s detail=%s",
-                    batch.records[item.index].offset, item.outcome.reason,
-                    item.outcome.detail[:300],
+                    batch.records[item.index].offset, failure.reason.value, failure.detail[:300],
                 )

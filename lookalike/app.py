@@ -29,10 +29,12 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from embedding.decode import ImageDecodeError
+from embedding.trained import TrainedModelError
 from ingest.dlq import DeadLetterQueue
 from ingest.dlq import build_producer as _dlq_producer
-from ingest.fetch import ImageFetcher
+from ingest.egress import EgressPolicy
+from ingest.fetch import FetchPolicy, ImageFetcher
+from ingest.outage import OutageWait
 from ingest.runner import Pipeline, Runner, RunnerConfig, RunReport
 from ingest.sink import MilvusSink
 from ingest.source import KafkaSource, build_consumer
@@ -41,6 +43,7 @@ from ingest.topics import ensure_topics
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import ImageSettings, IngestSettings, Settings
 from schema.collection import CollectionSpec
+from schema.errors import ItemError
 from schema.versions import ModelRetiredError
 from store import MilvusStore, StoreError
 from store.engine import is_lite_uri
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
     from embedding.embedder import Embedder
     from ingest.reindex import Reindexer
     from search.api import ProductSearch
+    from search.verify import SameItemVerifier
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
 
     m = settings.model
-    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight)
+    return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight, m.path)
 
 
 def warm_up_in_background(embedder: Any) -> threading.Thread | None:
@@ -76,7 +80,10 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
         return None
 
     def run() -> None:
-        log.info("model warm-up done in %.1fs", warm_up())
+        try:
+            log.info("model warm-up done in %.1fs", warm_up())
+        except Exception as exc:  # only speed is lost (and a short ingest may exit mid-way)
+            log.debug("model warm-up stopped: %s: %s", type(exc).__name__, exc)
 
     thread = threading.Thread(target=run, name="model-warm-up", daemon=True)
     thread.start()
@@ -173,7 +180,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
         return ProductSearch(
             versions.store, spec, embedder,
             consistency="Strong" if read_your_writes else settings.milvus.consistency,
-            max_pixels=settings.images.max_pixels,
+            max_pixels=settings.images.max_pixels, verifier=build_verifier(settings),
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -191,6 +198,47 @@ def scratch_milvus(settings: Settings, uri: str | None) -> Iterator[Settings]:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- search and the HTTP API ----------------------------------------------------------------
+
+
+def build_api(
+    settings: Settings,
+    embedder: Any,
+    versions: ModelVersions,
+    registry: CollectorRegistry,
+    pool: ThreadPoolExecutor,
+) -> FastAPI:
+    """The HTTP app (serve/api.py) over ``build_search``, with embed and Milvus time recorded
+    into ``registry``; the model warms up in the background and ``/readyz`` says when it is
+    done. ``pool`` runs the queries (its size bounds them)."""
+    from serve.api import ServeConfig, create_app
+    from serve.health import Readiness
+    from serve.metrics import SearchMetrics, TimedEmbedder
+
+    metrics = SearchMetrics(registry)
+    timed = TimedEmbedder(embedder)
+    search = build_search(settings, timed, versions)
+    warm = warm_up_in_background(embedder)
+    readiness = Readiness(versions.store, versions.base,
+                          model_warm=lambda: warm is None or not warm.is_alive())
+    s = settings.search
+    config = ServeConfig(
+        image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
+        compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
+    )
+    return create_app(search, embedder=timed, store=versions.store, readiness=readiness,
+                      registry=registry, metrics=metrics, pool=pool, config=config)
+
+
+def build_verifier(settings: Settings) -> SameItemVerifier:
+    """Price comparison's same-item check, reading stored listing photos the way ingest
+    fetched them (same roots, URL rules, timeout and byte cap)."""
+    from search.verify import SameItemVerifier, fetching_loader
+
+    return SameItemVerifier(fetching_loader(build_fetcher(settings.images),
+                                            settings.images.max_pixels))
 
 
 # -- Kafka ----------------------------------------------------------------------------------
@@ -229,42 +277,6 @@ def build_producer(settings: Settings, role: str) -> KafkaProducer:
 # -- ingest and reindex ---------------------------------------------------------------------
 
 
-def build_fetcher(i: ImageSettings) -> ImageFetcher:
-    """The one image fetcher configuration, for ingest and reindex alike."""
-    if not i.roots:
-        log.info("local image paths are refused: no image root configured "
-                 "(--image-root or LOOKALIKE_IMAGES__ROOTS); URLs are fetched")
-    return ImageFetcher(i.roots, timeout_s=i.timeout_s, max_bytes=i.max_bytes)
-
-
-def build_api(
-    settings: Settings,
-    embedder: Any,
-    versions: ModelVersions,
-    registry: CollectorRegistry,
-    pool: ThreadPoolExecutor,
-) -> FastAPI:
-    """The HTTP app (serve/api.py) over ``build_search``, with embed and Milvus time recorded
-    into ``registry``; the model warms up in the background and ``/readyz`` says when it is
-    done. ``pool`` runs the queries (its size bounds them)."""
-    from serve.api import ServeConfig, create_app
-    from serve.health import Readiness
-    from serve.metrics import SearchMetrics, TimedEmbedder
-
-    metrics = SearchMetrics(registry)
-    search = build_search(settings, TimedEmbedder(embedder, metrics), versions)
-    warm = warm_up_in_background(embedder)
-    readiness = Readiness(versions.store, versions.base,
-                          model_warm=lambda: warm is None or not warm.is_alive())
-    s = settings.search
-    config = ServeConfig(
-        image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
-        compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
-    )
-    return create_app(search, store=versions.store, readiness=readiness, registry=registry,
-                      metrics=metrics, pool=pool, config=config)
-
-
 def decode_workers(settings: Settings, embedder: Any) -> int:
     """Images decoded at once: the setting, else every core when the model runs on a GPU,
     else a quarter of the cores (at least 1). On 2 CPU cores the model keeps ~1.85 of them
@@ -273,6 +285,24 @@ def decode_workers(settings: Settings, embedder: Any) -> int:
         return settings.images.decode_workers
     cores = os.cpu_count() or 1
     return cores if getattr(embedder, "on_gpu", False) else max(1, cores // 4)
+
+
+def build_fetcher(images: ImageSettings) -> ImageFetcher:
+    """The one image fetcher configuration, for ingest and reindex alike (egress policy,
+    deadline, retries: ingest/fetch.py, docs/hardening.md)."""
+    if not images.roots:
+        log.info("local image paths are refused: no image root configured "
+                 "(--image-root or LOOKALIKE_IMAGES__ROOTS); URLs are fetched")
+    return ImageFetcher(
+        images.roots,
+        max_bytes=images.max_bytes,
+        egress=EgressPolicy(images.allow_networks, images.allow_hosts),
+        policy=FetchPolicy(
+            deadline_s=images.timeout_s, max_attempts=images.max_attempts,
+            backoff_s=images.retry_backoff_s, retry_after_max_s=images.retry_after_max_s,
+            per_host=images.per_host_connections, max_redirects=images.max_redirects,
+        ),
+    )
 
 
 def build_runner(
@@ -302,7 +332,7 @@ def build_runner(
     sink = MilvusSink(store, spec)
     stages = Stages(build_fetcher(i), embedder, sink, dlq, pool,
                     max_pixels=i.max_pixels, decode_workers=decode_workers(settings, embedder),
-                    after_write=after_write)
+                    after_write=after_write, outage=OutageWait(settings.ingest.outage_budget_s))
     config = RunnerConfig(**{  # the runner's limits are IngestSettings fields of the same name
         f.name: getattr(settings.ingest, f.name) for f in fields(RunnerConfig)
         if f.name in IngestSettings.model_fields
@@ -348,8 +378,10 @@ def explain(exc: BaseException) -> UserError | None:
     keeps its traceback)."""
     if isinstance(exc, UserError):
         return exc
-    if isinstance(exc, ImageDecodeError):
+    if isinstance(exc, ItemError):
         return UserError(f"cannot use the image: {exc}")  # "reason: detail"
+    if isinstance(exc, TrainedModelError):
+        return UserError(f"LOOKALIKE_MODEL__PATH: {exc}")
     if isinstance(exc, KafkaError):
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     if isinstance(exc, StoreError):

@@ -81,6 +81,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="folder whose catalog images the page may show (repeatable)")
 
 
+def _match_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--match", choices=("exact", "similar"), default="exact",
+                   help="exact: this item in this colour (default); similar: the same kind or "
+                        "style in any colour")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lookalike", description=__doc__, epilog=EXIT_CODES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="+",
                    help="a photo, or several views of the same item (searched together)")
+    _match_arg(p)
     _filter_args(p, "k")
 
     p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")
@@ -114,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, nargs="?")
     p.add_argument("--product-id")
     p.add_argument("--threshold", type=float, dest="compare_threshold",
-                   help="minimum cosine similarity (default: search.compare_threshold)")
+                   help="minimum cosine similarity of a candidate to verify as the same item "
+                        "(default: search.compare_threshold)")
     _filter_args(p, "compare_k")
 
     p = sub.add_parser("demo", help="broker + embedded Milvus + a catalog, end to end")
@@ -136,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cache (by image content and model version)")
     p.add_argument("--no-cache", action="store_true", help="embed everything again")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--task", choices=("retrieval", "same-item"), default="retrieval",
+                   help="retrieval: rank products (R@k, mAP@R); same-item: price comparison "
+                        "lists the query's listings (precision, recall, false-match rate)")
+    _match_arg(p)
 
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
                        "then switch searches to it (no downtime)")
@@ -166,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
     p.add_argument("--port", type=_at_least(1), default=9092)
+
+    from lookalike import commands_train
+
+    commands_train.add_parser(sub)
     return parser
 
 
@@ -181,6 +197,7 @@ HANDLERS = {
     "models": "lookalike.commands:models",
     "serve": "lookalike.commands_serve:serve",
     "run": "lookalike.commands_serve:run",
+    "train": "lookalike.commands_train:train",
 }
 """Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
 model and clients load only for the commands that need them; ``broker`` loads none)."""

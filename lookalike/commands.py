@@ -171,7 +171,8 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
 def search(settings: Settings, args: argparse.Namespace) -> int:
     search_filter = _search_filter(args)
     images = _query_images(settings, args.image)
-    hits = _searcher(settings).by_images(images, k=settings.search.k, filter=search_filter)
+    hits = _searcher(settings).by_images(images, k=settings.search.k, filter=search_filter,
+                                         match=args.match)
     if args.json:
         _print_json(hits)
     else:

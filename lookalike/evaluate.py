@@ -1,4 +1,8 @@
-"""``lookalike eval``: index a gallery into a fresh collection and score the queries."""
+"""``lookalike eval``: index a gallery into a fresh collection and score the queries.
+
+``--task retrieval`` (default) scores the ranking (Recall@k, mAP@R) with ``--match``;
+``--task same-item`` runs each query photo through price comparison and scores the listings
+it returns (precision, recall, false-match rate; evaluation/same_item.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EvalReport, evaluate
+from evaluation.same_item import SameItemReport, evaluate_same_item
 from lookalike.app import build_embedder, open_store, scratch_milvus
 from lookalike.errors import UserError
 from lookalike.settings import Settings
@@ -28,9 +33,14 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         embedder = build_embedder(settings)
         cache = None if args.no_cache else EmbeddingCache(args.cache)
         spec = CollectionSpec(name=scratch.milvus.collection, dim=embedder.dim)
+        report: EvalReport | SameItemReport
         try:
-            report = evaluate(products, queries, embedder, store, spec, cache,
-                              max_pixels=settings.images.max_pixels)
+            if args.task == "same-item":
+                report = evaluate_same_item(products, queries, embedder, store, spec, cache,
+                                            max_pixels=settings.images.max_pixels)
+            else:
+                report = evaluate(products, queries, embedder, store, spec, cache,
+                                  max_pixels=settings.images.max_pixels, match=args.match)
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
         finally:
@@ -43,16 +53,30 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                 cache.close()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
+    elif isinstance(report, SameItemReport):
+        print_same_item(report)
     else:
-        print_report(report)
+        print_report(report, args.match)
     return 0
 
 
-def print_report(report: EvalReport) -> None:
+def print_same_item(report: SameItemReport) -> None:
+    out = report.to_json()
+    print(f"model {report.model}")
+    print(f"gallery {report.n_gallery} listings ({report.n_gallery_images} images), "
+          f"queries {out['n_queries']}; compare_prices per query p50 {out['query_ms_p50']} ms, "
+          f"p95 {out['query_ms_p95']} ms")
+    print(f"precision {out['precision']:.3f}  recall {out['recall']:.3f}  "
+          f"false_match_rate {out['false_match_rate']:.3f}  "
+          f"all_found_rate {out['all_found_rate']:.3f}  "
+          f"({out['returned']} listed, {out['relevant']} relevant)")
+
+
+def print_report(report: EvalReport, match: str = "exact") -> None:
     s = report.summary
     e = report.embed
     speed = f", {e.images_per_s:.1f} images/s" if e.images_per_s else ""
-    print(f"model {report.model}")
+    print(f"model {report.model}, match {match}")
     print(f"gallery {report.n_gallery} products ({report.n_gallery_images} images), "
           f"queries {s.n_queries}; embedded {e.embedded} images{speed}, {e.cached} from cache")
     header = f"{'':<36} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP@R':>6} {'queries':>8}"

@@ -7,10 +7,11 @@ code never reads the environment itself.
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,14 +53,41 @@ class MilvusSettings(_Group):
     )
 
 
+def _cidr(value: str) -> str:
+    ip_network(value, strict=False)
+    return value
+
+
 class ImageSettings(_Group):
     roots: list[Path] = Field(
         default_factory=list, description="Local folders that image paths may point into"
     )
-    timeout_s: float = Field(default=10.0, gt=0, description="To fetch one image")
+    timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Deadline per image URL: connect, headers, body and retries together",
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Tries per image URL (transient "
+                              "errors: connection, timeout, 429, 5xx)")
+    retry_backoff_s: float = Field(default=0.25, ge=0, description="First retry delay; doubles")
+    retry_after_max_s: float = Field(default=5.0, ge=0, description="Cap on a Retry-After")
+    per_host_connections: int = Field(default=8, ge=1, description="Fetches of one host at once")
+    max_redirects: int = Field(default=5, ge=0, description="Redirect hops per image URL")
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs image URLs may reach besides public addresses (an internal CDN), "
+        "e.g. '[\"10.20.0.0/16\"]' (docs/hardening.md)",
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="Host names image URLs may reach whatever they resolve to"
+    )
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Of one image file")
     max_pixels: int = Field(default=40_000_000, gt=0,
                             description="Larger images are refused before decoding")
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [_cidr(v) for v in value]
     fetch_workers: int = Field(default=8, ge=1, description="Images fetched at once")
     decode_workers: int | None = Field(
         default=None, ge=1,
@@ -84,6 +112,11 @@ class ModelSettings(_Group):
         "0.63 / 0.67 and R@5 0.78 / 0.87 / 0.85; on fmnist (grey, class level) mAP@R falls "
         "from 0.402 to 0.394 / 0.375 / 0.348. 0.5 has the best R@5 and a small fmnist loss",
     )
+    path: Path | None = Field(
+        default=None,
+        description="A model directory written by `lookalike train`; its variant and square "
+        "mode replace the two above (docs/training.md)",
+    )
 
 
 class IngestSettings(_Group):
@@ -93,6 +126,11 @@ class IngestSettings(_Group):
     max_in_flight: int = Field(default=3, ge=1, description="Batches in the pipeline at once")
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="SIGTERM: how long in-flight batches may finish")
+    outage_budget_s: float = Field(
+        default=300.0, gt=0,
+        description="How long ingest waits out Milvus or the broker being unavailable before "
+        "it exits non-zero (nothing uncommitted is lost either way)",
+    )
 
 
 class SearchSettings(_Group):
@@ -102,10 +140,9 @@ class SearchSettings(_Group):
         description="Most similar products that price comparison looks at",
     )
     compare_threshold: float = Field(
-        default=0.90, ge=-1, le=1,
-        description="Cosine similarity above which two listings count as the same item "
-        "(bench/threshold.py, default model: 97% of edited copies of a Luma photo score above "
-        "it, 13% of the nearest other models and 23% of other colours of the same model)",
+        default=0.50, ge=-1, le=1,
+        description="Cosine similarity below which price comparison does not even verify a "
+        "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )
 
 

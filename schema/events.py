@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -27,7 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from schema.errors import ItemError, Reason
+
 SCHEMA_VERSION: Final = 1
+
+MAX_EVENT_BYTES: Final = 1024 * 1024
+"""Largest payload parsed at all (larger: ``message_too_large``); Kafka's default limit."""
+MAX_NESTING: Final = 16
+"""Deepest ``[``/``{`` nesting accepted (an event needs 3); checked before parsing."""
+MAX_NUMBER_CHARS: Final = 40
+"""Longest JSON number literal accepted (a 5,000-digit integer must not reach ``int()``)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -48,7 +58,10 @@ Price = Annotated[
     Decimal,
     Field(ge=0, le=Decimal("1e12"), max_digits=18, decimal_places=4, allow_inf_nan=False),
 ]
-Version = Annotated[int, Field(ge=0, le=2**62, description="Monotonic per-product version")]
+Version = Annotated[
+    int,
+    Field(ge=0, le=2**62, strict=True, description="Monotonic per-product version"),
+]
 
 MAX_IMAGES_PER_PRODUCT = 32
 MAX_CATEGORY_DEPTH = 8
@@ -161,6 +174,22 @@ class _EventBase(StrictModel):
         default=None, description="Alternative to version: its epoch milliseconds become it"
     )
 
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _exact_int(cls, value: Any) -> Any:
+        # ``True == 1`` in Python, so a Literal[1] alone would accept ``true``.
+        if type(value) is not int:
+            raise ValueError("schema_version must be the integer 1")
+        return value
+
+    @field_validator("updated_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: Any) -> Any:
+        # Numbers are not timestamps here: epoch seconds vs ms would be a silent guess.
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError("updated_at must be an ISO-8601 string with a timezone")
+        return value
+
     @model_validator(mode="after")
     def _resolve_version(self) -> _EventBase:
         if self.version is None:
@@ -168,7 +197,10 @@ class _EventBase(StrictModel):
                 raise ValueError("either version or updated_at is required")
             if self.updated_at.tzinfo is None:
                 raise ValueError("updated_at must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
-            object.__setattr__(self, "version", int(self.updated_at.timestamp() * 1000))
+            version = int(self.updated_at.timestamp() * 1000)
+            if version < 0:
+                raise ValueError("updated_at must not be before 1970-01-01T00:00:00Z")
+            object.__setattr__(self, "version", version)
         return self
 
     @property
@@ -229,15 +261,6 @@ ProductEvent: TypeAlias = Annotated[
 _EVENT_ADAPTER: TypeAdapter[ProductEvent] = TypeAdapter(ProductEvent)
 
 
-class EventError(ValueError):
-    """An event that cannot be applied; ``reason`` is a short machine-readable code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:5]:
@@ -247,24 +270,82 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_event(payload: bytes | str) -> ProductEvent:
-    """Decode and validate one event, raising :class:`EventError` naming field and problem."""
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number has more than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number has more than {MAX_NUMBER_CHARS} characters")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} does not fit a 64-bit float")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not valid JSON")
+
+
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = re.compile(rb"[^\[\]{}]")
+
+
+def _check_nesting(data: bytes) -> None:
+    """Refuse deep nesting before ``json`` recurses into it (RecursionError, C stack): strip
+    strings, keep only brackets, and count. Linear in the payload, which is size-capped."""
+    depth = 0
+    for byte in _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", data)):
+        if byte in b"[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ItemError(
+                    Reason.MALFORMED_JSON, f"nesting deeper than {MAX_NESTING} levels"
+                )
+        else:
+            depth -= 1
+
+
+def load_json(payload: bytes | str) -> Any:
+    """Parse one untrusted JSON document within explicit limits (size, nesting, number
+    length); every way it can fail is an :class:`ItemError`, never another exception."""
+    data = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if len(data) > MAX_EVENT_BYTES:
+        raise ItemError(
+            Reason.MESSAGE_TOO_LARGE, f"{len(data)} bytes > limit {MAX_EVENT_BYTES}"
+        )
+    _check_nesting(data)
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError("malformed_json", str(exc)) from None
+        value = json.loads(
+            data, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant
+        )
+        # "\ud800" is valid JSON but no valid text: it would fail later, in the store's encoder.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeError: ValueError
+        raise ItemError(Reason.MALFORMED_JSON, str(exc)[:300]) from None
+    return value
+
+
+def parse_event(payload: bytes | str) -> ProductEvent:
+    """Decode and validate one event, raising :class:`ItemError` naming field and problem."""
+    raw = load_json(payload)
     if not isinstance(raw, dict):
-        raise EventError("invalid_event", "event must be a JSON object")
-    if raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise EventError(
-            "unsupported_schema_version",
-            f"schema_version {raw.get('schema_version')!r} is not supported "
+        raise ItemError(Reason.INVALID_EVENT, "event must be a JSON object")
+    schema_version = raw.get("schema_version", SCHEMA_VERSION)
+    if isinstance(schema_version, int) and not isinstance(schema_version, bool) and (
+        schema_version != SCHEMA_VERSION
+    ):
+        raise ItemError(
+            Reason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {schema_version} is not supported "
             f"(this service reads {SCHEMA_VERSION})",
         )
     try:
         return _EVENT_ADAPTER.validate_python(raw)
     except ValidationError as exc:
-        raise EventError("invalid_event", _describe(exc)) from None
+        raise ItemError(Reason.INVALID_EVENT, _describe(exc)) from None
 
 
 def dump_event(event: ProductUpserted | ProductPriceChanged | ProductDelisted) -> bytes:

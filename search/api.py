@@ -24,6 +24,13 @@
   ``Bounded`` (no wait for the latest time tick: ~8 ms instead of ~200 ms on a 2.3 server);
   paths that must read their own writes just made (tests, the demo, eval) ask for ``Strong``.
 * The model check after an empty answer runs at most once per ``model_check_interval_s``.
+* ``match``: ``"exact"`` finds this item in this colour (what a shopper's snapshot wants; the
+  default of the image and vector searches), ``"similar"`` the same kind or style in any
+  colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
+  See search/intent.py.
+* :meth:`ProductSearch.compare_prices` lists only listings verified to show the same item
+  (search/verify.py: local features with a RANSAC homography, colour agreement), each with
+  its evidence.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeAlias
 
@@ -42,6 +49,8 @@ from pydantic import BaseModel, ConfigDict
 
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter, add_filter
+from search.intent import Match, QueryWeighting, check_match
+from search.verify import VERIFY_SIZE, Evidence, SameItemVerifier, photo_features
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
 from store.expressions import check_string
@@ -49,8 +58,9 @@ from store.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMPARE_THRESHOLD = 0.90
-"""Default cosine similarity above which two listings count as the same item."""
+DEFAULT_COMPARE_THRESHOLD = 0.50
+"""Cosine similarity below which a retrieved listing is not even verified as the same item
+(the verification decides; this only saves its cost on hopeless candidates)."""
 DEFAULT_MAX_PIXELS = 40_000_000
 OVERFETCH = 4
 SHORT_PAGE_ROUNDS = 3
@@ -121,12 +131,23 @@ class Hit(BaseModel):
 
 
 class PriceMatch(BaseModel):
-    """A listing that looks like the query item, for price comparison."""
+    """A listing verified to show the query's item, for price comparison, with why."""
 
     model_config = ConfigDict(frozen=True)
 
     product_id: str
     similarity: float
+    """Cosine of the listing's best image to the query (the exact, colour-aware vector)."""
+    inliers: int
+    """Keypoint matches consistent with one homography between the two photos."""
+    colour_agreement: float
+    """Cosine of the two photos' foreground colour histograms."""
+    correlation: float | None
+    """Grey-level correlation of the photos aligned by the homography (None without one)."""
+    colour_shift: float | None
+    """Chroma change between the aligned photos, as the rule measures it (None without one)."""
+    reason: str
+    """Why it counts as the same item, in words."""
     price: float
     currency: str
     title: str
@@ -159,7 +180,10 @@ class ProductSearch:
         image_loader: ImageLoader | None = None,
         model_check_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        verifier: SameItemVerifier | None = None,
     ) -> None:
+        """``verifier`` loads stored listing photos for :meth:`compare_prices`; the default
+        one fetches URLs only (see :func:`search.verify.fetching_loader` for local paths)."""
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -176,6 +200,12 @@ class ProductSearch:
         self._load: ImageLoader = image_loader or partial(
             _default_loader, min_size=getattr(embedder, "decode_size", None)
         )
+        # ...and photos to verify as the same item at the size verification compares them.
+        self._load_to_verify: ImageLoader = image_loader or partial(
+            _default_loader, min_size=VERIFY_SIZE
+        )
+        self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
+        self._verifier = verifier or SameItemVerifier.for_urls(max_pixels)
         self._versions = ModelVersions(store, spec.name)
         self._check_interval_s = model_check_interval_s
         self._clock = clock
@@ -224,33 +254,36 @@ class ProductSearch:
     # -- public ------------------------------------------------------------------------
 
     def by_image(
-        self, image: ImageInput, k: int = 10, filter: SearchFilter | None = None
+        self, image: ImageInput, k: int = 10, filter: SearchFilter | None = None,
+        match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like ``image`` (bytes, a file path or a PIL image)."""
-        return self.by_vector(self._embed(image), k, filter)
+        return self.by_vector(self._embed(image), k, filter, match)
 
     def by_vector(
         self,
         vector: Sequence[float] | np.ndarray,
         k: int = 10,
         filter: SearchFilter | None = None,
+        match: Match = "exact",
     ) -> list[Hit]:
         """Products whose images are closest to ``vector`` (from the same embedder)."""
-        best = self._search([self._check_vector(vector)], _check_k(k), filter, exclude=())
-        return [_hit(row, score) for row, score in best]
+        return self.by_vectors([vector], k, filter, match)
 
     def by_images(
-        self, images: Sequence[ImageInput], k: int = 10, filter: SearchFilter | None = None
+        self, images: Sequence[ImageInput], k: int = 10, filter: SearchFilter | None = None,
+        match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
         a close-up), each scored by its best match over all of them."""
-        return self.by_vectors([self._embed(image) for image in images], k, filter)
+        return self.by_vectors([self._embed(image) for image in images], k, filter, match)
 
     def by_vectors(
         self,
         vectors: Sequence[Sequence[float] | np.ndarray],
         k: int = 10,
         filter: SearchFilter | None = None,
+        match: Match = "exact",
     ) -> list[Hit]:
         """Products closest to any of ``vectors``, each scored by its best match (one search
         with all of them, so a product found by two views is one hit)."""
@@ -258,20 +291,20 @@ class ProductSearch:
             raise ValueError("at least one vector (or image) is needed")
         if len(vectors) > MAX_QUERY_VECTORS:
             raise ValueError(f"at most {MAX_QUERY_VECTORS} query vectors, got {len(vectors)}")
-        checked = [self._check_vector(v) for v in vectors]
-        best = self._search(checked, _check_k(k), filter, exclude=())
-        return [_hit(row, score) for row, score in best]
+        return self._hits([self._check_vector(v) for v in vectors], k, filter, match, ())
 
     def by_product(
-        self, product_id: str, k: int = 10, filter: SearchFilter | None = None
+        self, product_id: str, k: int = 10, filter: SearchFilter | None = None,
+        match: Match = "similar",
     ) -> list[Hit]:
         """More like this: products similar to any image of ``product_id`` (never itself).
 
+        ``similar`` by default: the product itself is left out, so what remains worth showing
+        is the same kind or style, and colour would rank other garments of its colour first.
         Raises :class:`ProductNotFound` when the product has no stored images.
         """
-        vectors = self._product_vectors(product_id)
-        best = self._search(vectors, _check_k(k), filter, exclude=(product_id,))
-        return [_hit(row, score) for row, score in best]
+        vectors = [v for v, _ in self._product_images(product_id)]
+        return self._hits(vectors, k, filter, match, (product_id,))
 
     def compare_prices(
         self,
@@ -281,12 +314,13 @@ class ProductSearch:
         k: int = 20,
         filter: SearchFilter | None = None,
     ) -> list[PriceMatch]:
-        """Listings of (probably) the same item, cheapest first.
+        """Listings of the same item, cheapest first, each with the evidence that it is.
 
         Give exactly one of ``image`` or ``product_id`` (the product itself is left out).
-        Of the ``k`` most similar products, those with similarity >= ``threshold`` are
-        returned, sorted by price (then by similarity). Prices are not converted between
-        currencies: pass ``filter=SearchFilter(currency=...)`` to compare like with like.
+        The ``k`` most similar products (``exact`` intent) with similarity >= ``threshold``
+        are verified one by one (search/verify.py); those that pass are returned, sorted by
+        price (then by similarity). Prices are not converted between currencies: pass
+        ``filter=SearchFilter(currency=...)`` to compare like with like.
         """
         if (image is None) == (product_id is None):
             raise ValueError("give exactly one of image or product_id")
@@ -294,16 +328,34 @@ class ProductSearch:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
         k = _check_k(k)
         if product_id is not None:
-            vectors = self._product_vectors(product_id)
+            stored = self._product_images(product_id)
+            vectors = [v for v, _ in stored]
+            queries = [self._verifier.gallery_features(ref) for _, ref in stored]
             best = self._search(vectors, k, filter, exclude=(product_id,))
         else:
             assert image is not None
             best = self._search([self._embed(image)], k, filter, exclude=())
-        matches = [_price_match(row, score) for row, score in best if score >= threshold]
+            queries = [photo_features(self._load_to_verify(image, self._max_pixels))]
+        candidates = [(row, score) for row, score in best if score >= threshold]
+        matches = []
+        for row, score in candidates:
+            evidence = _strongest(
+                self._verifier.verify(q, [(str(row["image_ref"]), score)])[0] for q in queries)
+            if evidence.same_item:
+                matches.append(_price_match(row, evidence))
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
         return matches
 
     # -- internals ---------------------------------------------------------------------
+
+    def _hits(self, vectors: list[list[float]], k: int, search_filter: SearchFilter | None,
+              match: Match, exclude: Sequence[str]) -> list[Hit]:
+        """Search with each query vector weighted for ``match``; scores on its scale."""
+        match = check_match(match)
+        weighted = [[float(x) for x in self._weighting.vector(np.asarray(v, np.float32), match)]
+                    for v in vectors]
+        best = self._search(weighted, _check_k(k), search_filter, exclude=exclude)
+        return [_hit(row, self._weighting.score(score, match)) for row, score in best]
 
     def _embed(self, image: ImageInput) -> list[float]:
         picture = self._load(image, self._max_pixels)
@@ -329,16 +381,18 @@ class ProductSearch:
     def _base(self) -> ExpressionBuilder:
         return self._store.expr().eq("model_version", self._embedder.model_version)
 
-    def _product_vectors(self, product_id: str) -> list[list[float]]:
+    def _product_images(self, product_id: str) -> list[tuple[list[float], str]]:
+        """(vector, image_ref) of each stored image of ``product_id``, in pk order."""
         check_string(product_id, "product_id")
         rows = self._checked(partial(
             self._store.query, self._spec.name, self._base().eq("product_id", product_id),
-            ["pk", "vector"], limit=1024, consistency=self._consistency, op="product_vectors"))
+            ["pk", "vector", "image_ref"], limit=1024, consistency=self._consistency,
+            op="product_vectors"))
         if not rows:
             self._check_model_now_and_then()
             raise ProductNotFound(product_id, self._embedder.model_version)
         rows = sorted(rows, key=lambda r: str(r["pk"]))
-        return [[float(x) for x in r["vector"]] for r in rows]
+        return [([float(x) for x in r["vector"]], str(r["image_ref"])) for r in rows]
 
     def _search(
         self,
@@ -456,10 +510,21 @@ def _hit(row: dict[str, Any], score: float) -> Hit:
     )
 
 
-def _price_match(row: dict[str, Any], score: float) -> PriceMatch:
+def _strongest(evidence: Iterable[Evidence]) -> Evidence:
+    """Of one candidate's evidence against each query photo: an accepting one with the most
+    inliers, else the refusal with the most."""
+    return max(evidence, key=lambda e: (e.same_item, e.inliers, e.similarity))
+
+
+def _price_match(row: dict[str, Any], evidence: Evidence) -> PriceMatch:
     return PriceMatch(
         product_id=str(row["product_id"]),
-        similarity=score,
+        similarity=evidence.similarity,
+        inliers=evidence.inliers,
+        colour_agreement=round(evidence.colour_agreement, 4),
+        correlation=round(a.correlation, 4) if (a := evidence.alignment) else None,
+        colour_shift=None if (shift := evidence.colour_shift) is None else round(shift, 2),
+        reason=evidence.reason,
         price=float(row["price"]),
         currency=str(row["currency"]),
         title=str(row["title"]),

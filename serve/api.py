@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -31,12 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embedding.decode import TOO_LARGE, ImageDecodeError
+from embedding.decode import ImageDecodeError
+from schema.errors import Reason
 from search.api import MAX_K, MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
 from search.filters import SearchFilter
 from serve.health import Readiness
 from serve.images import ImageRefused, ImageRoots
-from serve.metrics import SearchMetrics
+from serve.metrics import SearchMetrics, TimedEmbedder
 from serve.middleware import ObserveRequests, UploadTooLarge
 from store import MilvusStore
 
@@ -68,14 +70,12 @@ _CALLER_ERRORS = (ApiError, ImageDecodeError, ProductNotFound, ValueError, Model
 """What ``ProductSearch`` raises about a request (mapped to 4xx/503 by the handlers below)."""
 
 
-class SearchOptions(BaseModel):
-    """What every search takes besides its query (JSON fields or form fields)."""
+class FilterOptions(BaseModel):
+    """What every search and comparison takes besides its query (JSON or form fields)."""
 
     model_config = ConfigDict(extra="forbid")
 
     k: int | None = Field(default=None, ge=1, le=MAX_K, description="hits to return")
-    match: Match = Field(default="similar", description="similar: look-alikes; exact: the "
-                         "same item (verified), where the search module supports it")
     categories: list[str] = Field(default_factory=list, max_length=64,
                                   description="category paths; sub-paths match too")
     min_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
@@ -93,6 +93,13 @@ class SearchOptions(BaseModel):
             raise ApiError(422, "invalid_filter", _first_error(exc)) from None
 
 
+class SearchOptions(FilterOptions):
+    """A search's options: the filters and the intent."""
+
+    match: Match | None = Field(default=None, description="similar: look-alikes; exact: this "
+                                "item in this colour; default: the search module's own")
+
+
 class SearchBody(SearchOptions):
     """JSON query: exactly one of ``vector`` (from the serving model) or ``product_id``."""
 
@@ -100,10 +107,16 @@ class SearchBody(SearchOptions):
     product_id: str | None = Field(default=None, max_length=512)
 
 
-class CompareBody(SearchOptions):
-    """JSON price comparison of a stored product against the other listings."""
+class CompareBody(FilterOptions):
+    """Price comparison (always of the same item) of a stored product."""
 
     product_id: str | None = Field(default=None, max_length=512)
+    threshold: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
+
+
+class CompareForm(FilterOptions):
+    """Price comparison of an uploaded image: its form fields besides the file."""
+
     threshold: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
 
 
@@ -113,14 +126,13 @@ def _first_error(exc: ValidationError | RequestValidationError) -> str:
     return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
-def _request_body(model: type[BaseModel], files: str) -> dict[str, Any]:
-    """OpenAPI for an endpoint that takes JSON or a multipart upload."""
-    form = {"type": "object", "properties": {
-        files: {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "k": {"type": "integer"}, "match": {"type": "string", "enum": ["similar", "exact"]},
-        "category": {"type": "array", "items": {"type": "string"}},
-        "min_price": {"type": "number"}, "max_price": {"type": "number"},
-        "currency": {"type": "string"}}, "required": [files]}
+def _request_body(model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for an endpoint that takes JSON (``model``) or a multipart upload: ``image``
+    files plus ``form_model``'s fields (``category`` repeated for ``categories``)."""
+    fields = dict(form_model.model_json_schema()["properties"])
+    fields["category"] = fields.pop("categories")
+    form = {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"}}, **fields}}
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": model.model_json_schema()},
         "multipart/form-data": {"schema": form}}}}
@@ -129,6 +141,7 @@ def _request_body(model: type[BaseModel], files: str) -> dict[str, Any]:
 def create_app(
     search: Any,
     *,
+    embedder: TimedEmbedder,
     store: MilvusStore,
     readiness: Readiness,
     registry: CollectorRegistry,
@@ -136,25 +149,30 @@ def create_app(
     pool: Executor,
     config: ServeConfig,
 ) -> FastAPI:
-    """The API over ``search`` (a ``ProductSearch`` reading ``store``); nothing is built or
-    loaded here."""
+    """The API over ``search`` (a ``ProductSearch`` reading ``store`` and embedding with
+    ``embedder``, whose calls are timed per request); nothing is built or loaded here."""
     app = FastAPI(title="Lookalike", version="1", summary="Visual product search",
                   docs_url="/docs", redoc_url=None)
     roots = ImageRoots(config.image_roots)
     takes_match = "match" in inspect.signature(search.by_vectors).parameters
 
-    def recorded(fn: Callable[[], T]) -> T:
-        with store.recording() as calls:  # this worker thread's Milvus calls
+    def recorded(fn: Callable[[], T], verifies: bool) -> T:
+        """``fn`` with this worker thread's model and Milvus calls timed, as one request."""
+        with embedder.recording() as model_calls, store.recording() as store_calls:
+            started = time.perf_counter()
             try:
                 return fn()
             finally:
-                metrics.observe_store_calls(calls)
+                metrics.observe_request(time.perf_counter() - started, model_calls,
+                                        store_calls, verifies=verifies)
 
-    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn`` on the worker pool; a failure the caller did not cause becomes a 503."""
+    async def on_pool(call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    async def run(call: Callable[[], T], *, verifies: bool = False) -> T:
+        """A search on the worker pool, timed; a failure the caller did not cause is a 503."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, recorded, partial(fn, *args, **kwargs))
+            return await on_pool(partial(recorded, call, verifies))
         except _CALLER_ERRORS:
             raise
         except Exception as exc:
@@ -163,6 +181,8 @@ def create_app(
                            f"({type(exc).__name__}); retry later") from None
 
     def matching(options: SearchOptions) -> dict[str, Any]:
+        if options.match is None:
+            return {}
         if takes_match:
             return {"match": options.match}
         if options.match != "similar":
@@ -182,21 +202,21 @@ def create_app(
         fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str)]
         return images, fields
 
-    def options_from(model: type[SearchOptions], fields: dict[str, Any]) -> Any:
+    def options_from(model: type[FilterOptions], fields: dict[str, Any]) -> Any:
         try:
             return model.model_validate(fields)
         except ValidationError as exc:
             raise ApiError(422, "invalid_request", _first_error(exc)) from None
 
-    @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, "image"),
+    @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchOptions),
               summary="Products that look like uploaded photos, a vector, or a stored product")
     async def search_endpoint(request: Request) -> dict[str, Any]:
         if _is_multipart(request):
             images, fields = await uploads(request)
             options = options_from(SearchOptions, fields)
             k = options.k or config.default_k
-            hits = await run(search.by_images, images, k=k, filter=options.search_filter(),
-                             **matching(options))
+            hits = await run(partial(search.by_images, images, k=k,
+                                     filter=options.search_filter(), **matching(options)))
         else:
             body = options_from(SearchBody, await _read_json(request))
             k = body.k or config.default_k
@@ -204,11 +224,11 @@ def create_app(
                 raise ApiError(422, "invalid_request",
                                "give exactly one of 'vector' or 'product_id' (or upload an image)")
             if body.vector is not None:
-                hits = await run(search.by_vector, body.vector, k=k, filter=body.search_filter(),
-                                 **matching(body))
+                hits = await run(partial(search.by_vector, body.vector, k=k,
+                                         filter=body.search_filter(), **matching(body)))
             else:
-                hits = await run(search.by_product, body.product_id, k=k,
-                                 filter=body.search_filter(), **matching(body))
+                hits = await run(partial(search.by_product, body.product_id, k=k,
+                                         filter=body.search_filter(), **matching(body)))
         return {"hits": [h.model_dump(mode="json") for h in hits]}
 
     @app.get("/v1/products/{product_id}/similar", tags=["search"],
@@ -216,7 +236,7 @@ def create_app(
     async def similar(
         product_id: str,
         k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
-        match: Match = "similar",
+        match: Match | None = None,
         category: Annotated[list[str] | None, Query()] = None,
         min_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
         max_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
@@ -224,21 +244,19 @@ def create_app(
     ) -> dict[str, Any]:
         options = SearchOptions(k=k, match=match, categories=category or [],
                                 min_price=min_price, max_price=max_price, currency=currency)
-        hits = await run(search.by_product, product_id, k=k or config.default_k,
-                         filter=options.search_filter(), **matching(options))
+        hits = await run(partial(search.by_product, product_id, k=k or config.default_k,
+                                 filter=options.search_filter(), **matching(options)))
         return {"hits": [h.model_dump(mode="json") for h in hits]}
 
     @app.post("/v1/compare-prices", tags=["search"],
-              openapi_extra=_request_body(CompareBody, "image"),
+              openapi_extra=_request_body(CompareBody, CompareForm),
               summary="Listings of the same item, cheapest first, with their evidence")
     async def compare_prices(request: Request) -> dict[str, Any]:
         if _is_multipart(request):
             images, fields = await uploads(request)
             if len(images) != 1:
                 raise ApiError(422, "invalid_request", "compare one image at a time")
-            body = options_from(CompareBody, fields)
-            if body.product_id is not None:
-                raise ApiError(422, "invalid_request", "give an image or a product_id, not both")
+            body = options_from(CompareForm, fields)
             query: dict[str, Any] = {"image": images[0]}
         else:
             body = options_from(CompareBody, await _read_json(request))
@@ -247,9 +265,16 @@ def create_app(
                                "give 'product_id' (or upload an image as multipart/form-data)")
             query = {"product_id": body.product_id}
         threshold = body.threshold if body.threshold is not None else config.compare_threshold
-        matches = await run(search.compare_prices, **query, threshold=threshold,
-                            k=body.k or config.compare_k, filter=body.search_filter(),
-                            **matching(body))
+        try:
+            matches = await run(partial(search.compare_prices, **query, threshold=threshold,
+                                        k=body.k or config.compare_k,
+                                        filter=body.search_filter()), verifies=True)
+        except ImageDecodeError as exc:
+            if "image" in query:
+                raise  # the upload: the caller's problem (422)
+            raise ApiError(503, "stored_image_unreadable",
+                           f"a stored photo of {body.product_id!r} could not be loaded for "
+                           f"verification ({exc.reason}); check the image roots") from None
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")
@@ -266,7 +291,7 @@ def create_app(
 
     @app.get("/readyz", tags=["probes"])
     async def readyz() -> JSONResponse:
-        checks = await run(readiness.check)
+        checks = await on_pool(readiness.check)
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -337,7 +362,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageDecodeError)
     async def not_an_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
-        code = "too_many_pixels" if exc.reason == TOO_LARGE else "not_an_image"
+        code = "too_many_pixels" if exc.reason == Reason.IMAGE_TOO_LARGE else "not_an_image"
         return _error(422, code, exc.detail)
 
     @app.exception_handler(ProductNotFound)

@@ -1,15 +1,17 @@
 """Prometheus series of search and ingest, in base units with the ``lookalike_`` prefix.
 
 Each process owns one ``CollectorRegistry`` (built in ``main()``, never the global default), so
-tests can build as many apps as they like. ``ProductSearch`` stays unaware of metrics: embed time
-comes from a thin wrapper around the embedder (:class:`TimedEmbedder`), Milvus time from the
-store's own per-thread call recording (``MilvusStore.recording``), each measured where it is
-spent. Ingest series are filled from the runner's ``on_batch`` callback, which runs on
-the poll thread, the only thread allowed to ask the consumer for its lag.
+tests can build as many apps as they like. ``ProductSearch`` stays unaware of metrics: a
+request's model time comes from a thin wrapper around the embedder (:class:`TimedEmbedder`), its
+Milvus time from the store's own per-thread call recording (``MilvusStore.recording``), both
+measured on the worker thread that serves it. Ingest series are filled from the runner's
+``on_batch`` callback, which runs on the poll thread, the only thread allowed to ask the consumer
+for its lag.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,36 +44,54 @@ class SearchMetrics:
         )
         self.stage = Histogram(
             "lookalike_search_stage_duration_seconds",
-            "Time spent per search request and stage: embed (each model call), milvus (the "
-            "request's Milvus calls together), verify (same-item verification)",
+            "Time a search request spent per stage: embed (its model calls), milvus (its "
+            "Milvus calls), verify (price comparison: the rest, same-item verification)",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
         )
 
-    def observe_store_calls(self, calls: Sequence[CallTiming]) -> None:
-        """One ``milvus`` observation per request: its Milvus calls' time together."""
-        if calls:
-            self.stage.labels("milvus").observe(sum(c.seconds for c in calls))
-
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stage.labels(stage).observe(time.perf_counter() - started)
+    def observe_request(self, seconds: float, embed_s: Sequence[float],
+                        store_calls: Sequence[CallTiming], *, verifies: bool) -> None:
+        """One observation per stage for one search request: its model calls together, its
+        Milvus calls together, and, for requests that verify matches (price comparison),
+        the rest of its time, which the pixel-level verification dominates."""
+        model = sum(embed_s)
+        milvus = sum(c.seconds for c in store_calls)
+        if embed_s:
+            self.stage.labels("embed").observe(model)
+        if store_calls:
+            self.stage.labels("milvus").observe(milvus)
+        if verifies:
+            self.stage.labels("verify").observe(max(0.0, seconds - model - milvus))
 
 
 class TimedEmbedder:
-    """An embedder that reports each ``embed`` call as the ``embed`` stage; every other
-    attribute (``dim``, ``model_version``, ``decode_size``...) is the wrapped one's."""
+    """An embedder that notes how long each ``embed`` call took, for the thread's open
+    :meth:`recording` (the request it serves); every other attribute (``dim``,
+    ``model_version``, ``decode_size``...) is the wrapped one's."""
 
-    def __init__(self, embedder: Any, metrics: SearchMetrics) -> None:
+    def __init__(self, embedder: Any) -> None:
         self._embedder = embedder
-        self._metrics = metrics
+        self._local = threading.local()
+
+    @contextmanager
+    def recording(self) -> Iterator[list[float]]:
+        """Collect the seconds of this thread's ``embed`` calls made inside the block."""
+        calls: list[float] = []
+        previous = getattr(self._local, "calls", None)
+        self._local.calls = calls
+        try:
+            yield calls
+        finally:
+            self._local.calls = previous
 
     def embed(self, images: Sequence[Any]) -> Any:
-        with self._metrics.timed("embed"):
+        started = time.perf_counter()
+        try:
             return self._embedder.embed(images)
+        finally:
+            calls: list[float] | None = getattr(self._local, "calls", None)
+            if calls is not None:
+                calls.append(time.perf_counter() - started)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._embedder, name)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+from embedding.colour import COLOUR_DIM
+from search.verify import Evidence, PhotoFeatures, SameItemVerifier
 
 
 class TinyEmbedder:
@@ -31,3 +35,71 @@ class TinyEmbedder:
 
     def embed(self, images: Any) -> np.ndarray:
         return self.embed_prepared(np.stack([self.prepare(i) for i in images]))
+
+
+class SimilarityOnlyVerifier(SameItemVerifier):
+    """Accepts a candidate whose cosine is >= ``min_similarity`` and loads no photo: for tests
+    of price comparison's retrieval, filters and order, whose listings have no real photos."""
+
+    def __init__(self, min_similarity: float = -1.0) -> None:
+        super().__init__(_no_photos)
+        self.min_similarity = min_similarity
+
+    def gallery_features(self, image_ref: str) -> PhotoFeatures:
+        return PhotoFeatures(np.zeros((0, 2), np.float32), None,
+                             np.zeros(COLOUR_DIM, np.float32), np.zeros((1, 1, 3), np.uint8))
+
+    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
+                ) -> Evidence:
+        return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
+                        "similarity only (test)")
+
+
+def _no_photos(image_ref: str) -> Image.Image:
+    raise AssertionError(f"the test verifier loads no photo ({image_ref})")
+
+
+def heavy_edit(photo: Image.Image, watermark: bool = True) -> Image.Image:
+    """What a reseller does to a catalog photo, all at once: crop, pad, turn, brighten, a
+    sale tag, a watermark (optional), shrink and re-encode hard."""
+    w, h = photo.size
+    out = photo.convert("RGB").crop((int(w * 0.07), int(h * 0.05), int(w * 0.95), int(h * 0.9)))
+    out = ImageOps.expand(out, border=int(max(out.size) * 0.12), fill=(235, 235, 240))
+    out = out.rotate(4, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))
+    out = ImageEnhance.Contrast(ImageEnhance.Brightness(out).enhance(1.15)).enhance(0.9)
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, 0, out.width // 3, out.height // 10), fill=(210, 20, 30))
+    draw.text((6, 4), "SALE -40%", fill="white")
+    for y in range(0, out.height if watermark else 0, 40):
+        draw.text((10, y), "shop.example " * 6, fill=(150, 150, 150))
+    out = out.resize((int(out.width * 0.55), int(out.height * 0.55)), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=35)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def textured_photo(seed: int) -> Image.Image:
+    """A 'product' on white: a few large colour patches (as a garment has, so re-encoding
+    blurs colour at their edges only) under dark random marks that give keypoints."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (400, 480), "white")
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = (int(v) for v in rng.integers(40, 240, size=2))
+        w, h = (int(v) for v in rng.integers(80, 160, size=2))
+        fill = tuple(int(c) for c in rng.integers(0, 220, size=3))
+        draw.rectangle((x, y, x + w, y + h), fill=fill)
+    for _ in range(35):
+        x, y = (int(v) for v in rng.integers(40, 340, size=2))
+        size = int(rng.integers(6, 30))
+        shade = int(rng.integers(0, 90))
+        shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+        shape((x, y, x + size, y + size // 2 + 4), outline=(shade, shade, shade), width=2)
+    return image.filter(ImageFilter.GaussianBlur(1))  # a lens's softness, not vector art
+
+
+def recolour(photo: Image.Image) -> Image.Image:
+    """Another colour variant of the same photo: hue rotated, geometry untouched."""
+    hsv = np.asarray(photo.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + 85) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")

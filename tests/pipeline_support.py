@@ -68,13 +68,14 @@ def send(bootstrap: str, topic: str, payloads: list[Any]) -> None:
     producer.close()
 
 
-def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient) -> RunReport:
+def run_until_caught_up(settings: Settings, embedder: Any, client: MilvusClient,
+                        on_batch: Any = None) -> RunReport:
     store = MilvusStore(client)
     spec = CollectionSpec(name=settings.milvus.collection, dim=embedder.dim)
     ensure_collections(store, spec)
     create_topics(settings)
     with ThreadPoolExecutor(4) as pool:
-        runner = build_runner(settings, embedder, store, spec, pool)
+        runner = build_runner(settings, embedder, store, spec, pool, on_batch=on_batch)
         return runner.run(until_caught_up=True)
 
 

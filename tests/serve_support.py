@@ -20,6 +20,7 @@ from serve.api import ServeConfig, create_app
 from serve.health import Readiness
 from serve.metrics import SearchMetrics, TimedEmbedder
 from store import MilvusStore, ensure_collections
+from tests.fakes import SimilarityOnlyVerifier
 from tests.milvus_support import FakeEmbedder, record, rotate
 
 # product -> (category, price, currency, seller, query colour, similarity to that colour's vector)
@@ -70,10 +71,11 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
     embedder.picture((0, 0, 200), [0.0] * 7 + [1.0])
     registry = CollectorRegistry()
     metrics = SearchMetrics(registry)
-    real = ProductSearch(store, spec, TimedEmbedder(embedder, metrics), consistency="Strong",
-                         max_pixels=max_pixels)
+    timed = TimedEmbedder(embedder)
+    real = ProductSearch(store, spec, timed, consistency="Strong", max_pixels=max_pixels,
+                         verifier=SimilarityOnlyVerifier())
     with ThreadPoolExecutor(4) as pool:
-        app = create_app(search or real, store=store,
+        app = create_app(search or real, embedder=timed, store=store,
                          readiness=Readiness(store, spec.name, lambda: True),
                          registry=registry, metrics=metrics, pool=pool,
                          config=ServeConfig(image_roots=[root], max_upload_bytes=max_upload_bytes))

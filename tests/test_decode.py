@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedding.decode import ImageDecodeError, decode_image, load_image
+from embedding.decode import decode_image, load_image
+from schema.errors import ItemError
 
 MAX = 40_000_000
 
@@ -49,7 +50,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def _reason(data: bytes, max_pixels: int = MAX) -> str:
-    with pytest.raises(ImageDecodeError) as info:
+    with pytest.raises(ItemError) as info:
         decode_image(data, max_pixels)
     return info.value.reason
 
@@ -145,7 +146,7 @@ def test_formats_outside_the_allow_list_are_not_opened() -> None:
 
 
 def test_error_carries_reason_and_detail() -> None:
-    with pytest.raises(ImageDecodeError) as info:
+    with pytest.raises(ItemError) as info:
         decode_image(b"garbage", MAX)
     assert info.value.detail and str(info.value).startswith("unsupported_format: ")
 
@@ -195,14 +196,14 @@ def test_load_image_applies_cap_and_orientation_to_pil_images() -> None:
     exif[0x0112] = 6
     opened = Image.open(io.BytesIO(_encode(_two_halves(), "JPEG", exif=exif.tobytes())))
     assert load_image(opened, MAX).size == (20, 40)
-    with pytest.raises(ImageDecodeError, match="image_too_large"):
+    with pytest.raises(ItemError, match="image_too_large"):
         load_image(Image.new("RGB", (100, 100)), max_pixels=9_999)
 
 
 def test_load_image_missing_file_and_wrong_type(tmp_path: Path) -> None:
-    with pytest.raises(ImageDecodeError) as info:
+    with pytest.raises(ItemError) as info:
         load_image(tmp_path / "nope.jpg", MAX)
-    assert info.value.reason == "unreadable_file"
+    assert info.value.reason == "unreadable"
     with pytest.raises(TypeError):
         load_image(12345, MAX)  # type: ignore[arg-type]
 

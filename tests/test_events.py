@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
+from schema.errors import ItemError
 from schema.events import (
-    EventError,
     ImageRef,
     ProductDelisted,
     ProductPriceChanged,
@@ -74,7 +74,7 @@ def test_updated_at_becomes_version() -> None:
     ],
 )
 def test_invalid_events_name_field_and_problem(payload: bytes, reason: str, needle: str) -> None:
-    with pytest.raises(EventError) as info:
+    with pytest.raises(ItemError) as info:
         parse_event(payload)
     assert info.value.reason == reason
     assert needle in str(info.value)
@@ -90,7 +90,7 @@ def test_image_key_is_deterministic_and_inline_bytes_decode() -> None:
 
 
 def test_repeated_image_reference_is_rejected() -> None:
-    with pytest.raises(EventError, match="repeat"):
+    with pytest.raises(ItemError, match="repeat"):
         parse_event(json.dumps(upsert(images=["a.jpg", "a.jpg"])))
 
 
@@ -118,3 +118,49 @@ def test_record_from_event_has_deterministic_pk_and_ancestors() -> None:
     }
     assert rec.version == 3 and rec.price == 52.0
     assert category_ancestors("A") == ["A"]
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"version": "1000"}, "version"),
+        ({"version": True}, "version"),
+        ({"version": 1.0}, "version"),
+        ({"version": -1}, "version"),
+        ({"schema_version": True}, "schema_version"),
+        ({"schema_version": "1"}, "schema_version"),
+        ({"price": True}, "price"),
+        ({"version": None, "updated_at": "1969-12-31T23:59:59Z"}, "1970"),
+        ({"version": None, "updated_at": 1767225600}, "updated_at"),
+        ({"title": 5}, "title"),
+    ],
+)
+def test_values_are_never_coerced(over: dict[str, object], needle: str) -> None:
+    with pytest.raises(ItemError) as info:
+        parse_event(json.dumps(upsert(**over)))
+    assert info.value.reason == "invalid_event"
+    assert needle in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, "malformed_json"),
+        (json.dumps(upsert(version=0)).replace('"version": 0', '"version": ' + "9" * 5000)
+         .encode(), "malformed_json"),
+        (b'{"version": 1e99999}', "malformed_json"),
+        (b'{"version": NaN}', "malformed_json"),
+        (b'{"title": "\\ud800"}', "malformed_json"),
+        (b'{"x": "' + b"a" * (2 * 1024 * 1024) + b'"}', "message_too_large"),
+    ],
+)
+def test_hostile_json_is_refused_before_or_while_parsing(payload: bytes, reason: str) -> None:
+    with pytest.raises(ItemError) as info:
+        parse_event(payload)
+    assert info.value.reason == reason
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    event = parse_event(json.dumps(upsert(title="[[[[[[[[[[[[[[[[[[[[[[[[{{{{{{{{{{ \\\" [[[")))
+    assert isinstance(event, ProductUpserted) and event.title.startswith("[[[")

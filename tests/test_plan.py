@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ingest.plan import (
     EmbeddedProduct,
     EventItem,
-    ImageFailure,
     Status,
     plan_writes,
     select_upserts,
 )
+from schema.errors import ItemFailure, Reason
 from schema.events import ProductDelisted, ProductEvent, ProductPriceChanged, ProductUpserted
 from schema.records import ProductState
 
@@ -42,7 +44,7 @@ def embed_all(
         emb = EmbeddedProduct(event)
         for i in range(len(event.images)):
             if (pid, i) in fail:
-                emb.failures[i] = ImageFailure("not_found", "gone")
+                emb.failures[i] = ItemFailure(Reason.NOT_FOUND, "gone")
             else:
                 emb.vectors[i] = [1.0, float(i)]
         out[pid] = emb
@@ -97,7 +99,8 @@ def test_price_change_of_unknown_or_delisted_product_is_dead_lettered() -> None:
     batch = items(price("p", 2, "3"), price("q", 2, "3"))
     plan_writes(batch, state("q", 1, listed=False), {}, "m", 5)
     assert statuses(batch) == ["dead_lettered", "dead_lettered"]
-    assert batch[0].outcome and batch[0].outcome.reason == "product_not_listed"
+    assert batch[0].outcome and batch[0].outcome.failure
+    assert batch[0].outcome.failure.reason == "product_not_listed"
 
 
 def test_delist_then_older_upsert_cannot_resurrect() -> None:
@@ -127,8 +130,9 @@ def test_all_images_failing_dead_letters_and_writes_nothing() -> None:
     batch = items(up("p", 1, images=1))
     plan = plan_writes(batch, {}, embed_all(batch, {("p", 0)}), "m", 5)
     assert statuses(batch) == ["dead_lettered"]
-    assert batch[0].outcome and batch[0].outcome.reason == "all_images_failed"
-    assert "not_found" in batch[0].outcome.detail
+    assert batch[0].outcome and batch[0].outcome.failure
+    assert batch[0].outcome.failure.reason == "all_images_failed"
+    assert "not_found" in batch[0].outcome.failure.detail
     assert not plan.upserts and not plan.states
 
 
@@ -140,9 +144,28 @@ def test_failed_newest_upsert_keeps_the_older_ones_in_the_dead_letter_topic() ->
 
 
 def test_invalid_items_are_dead_lettered_with_their_reason() -> None:
-    from schema.events import EventError
 
-    batch = [EventItem(0, None, EventError("invalid_event", "price: bad"))]
+    batch = [EventItem(0, None, ItemFailure(Reason.INVALID_EVENT, "price: bad"))]
     plan_writes(batch, {}, {}, "m", 5)
     assert batch[0].outcome and batch[0].outcome.status is Status.DEAD_LETTERED
-    assert batch[0].outcome.reason == "invalid_event"
+    assert batch[0].outcome.failure and batch[0].outcome.failure.reason == "invalid_event"
+
+
+def test_a_product_that_cannot_be_planned_fails_alone(monkeypatch: Any) -> None:
+    import schema.records
+
+    real = schema.records.ImageRecord.from_event
+
+    def from_event(event: ProductUpserted, *args: Any) -> Any:
+        if event.product_id == "bad":
+            raise ValueError("a value no validator foresaw")
+        return real(event, *args)
+
+    monkeypatch.setattr(schema.records.ImageRecord, "from_event", staticmethod(from_event))
+    batch = items(up("ok", 1), up("bad", 1), price("bad", 2, "3"))
+    plan = plan_writes(batch, {}, embed_all(batch), "m", 5)
+    assert statuses(batch) == ["applied", "dead_lettered", "dead_lettered"]
+    assert batch[1].outcome and batch[1].outcome.failure
+    assert batch[1].outcome.failure.reason == "invalid_event"
+    assert {r.product_id for r in plan.upserts} == {"ok"}
+    assert [s.product_id for s in plan.states] == ["ok"] and "bad" not in plan.prune

@@ -136,3 +136,65 @@ def test_luma_multiview_groups_the_views_of_each_variant(luma_dir: Path, tmp_pat
     gallery_ids = {g["product_id"] for g in read_jsonl(gallery_path)}
     assert all(q["relevant"][0] in gallery_ids for q in multi)
     assert all((out / p).is_file() for q in multi for p in q["images"])
+
+
+def test_luma_colours_holds_each_query_variant_out_and_relates_its_other_colours(
+    luma_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "luma-colours"
+    gallery_path, queries_path = protocols.write_luma_colours(luma_dir, out, seed=0)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    catalog = read_jsonl(luma_dir / "catalog.jsonl")
+    style_of = {v["product_id"]: v["group_id"] for v in catalog}
+    in_gallery = {g["product_id"] for g in gallery}
+    assert queries
+    for query in queries:
+        # the query's own colour is held out (a photo file may serve two variants)...
+        own, = (v["product_id"] for v in catalog if v["product_id"] not in in_gallery
+                and Path(query["image"]).name in {Path(i["path"]).name for i in v["images"]})
+        assert set(query["relevant"]) == {  # ...and every other colour of its style is relevant
+            pid for pid, style in style_of.items()
+            if style == style_of[own] and pid != own and pid in in_gallery}
+
+
+def _load_same_item_module() -> ModuleType:
+    sys.path.insert(0, str(REPO / "bench"))  # it imports bench/protocols.py as `protocols`
+    path = REPO / "bench" / "protocols_same_item.py"
+    spec = importlib.util.spec_from_file_location("bench_protocols_same_item", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
+    tmp_path: Path
+) -> None:
+    same_item = _load_same_item_module()
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(80, 28, 28), dtype=np.uint8)
+    labels = np.arange(80, dtype=np.uint8) % 10
+    gallery_path, queries_path = same_item.write_fmnist_listings(
+        tmp_path, n_items=60, n_queries=20, images=images, labels=labels)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    listings_of: dict[str, set[str]] = {}
+    for listing in gallery:
+        listings_of.setdefault(listing["item"], set()).add(listing["product_id"])
+        assert (tmp_path / listing["images"][0]).is_file() and listing["seller_id"]
+    assert len(queries) == 20
+    for query in queries:
+        item = "fmnist-" + Path(query["image"]).stem.split("-")[1]
+        assert set(query["relevant"]) == listings_of[item]
+
+
+def test_edit_recipes_change_the_photo_and_dev_and_heldout_differ() -> None:
+    same_item = _load_same_item_module()
+    photo = Image.new("RGB", (200, 240), "white")
+    photo.paste((30, 60, 200), (40, 40, 160, 200))
+    names = {e.__name__ for e in same_item.DEV_SINGLE}
+    assert not names & {e.__name__ for e in same_item.HELDOUT_SINGLE}
+    for edit in (*same_item.DEV_SINGLE, *same_item.HELDOUT_SINGLE):
+        out = edit(photo, np.random.default_rng(0)).convert("RGB")
+        same_size = out.size == photo.size
+        assert not same_size or not np.array_equal(np.asarray(out), np.asarray(photo)), edit

@@ -16,6 +16,7 @@ from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import ensure_collections
 from tests import milvus_support
+from tests.fakes import SimilarityOnlyVerifier
 from tests.milvus_support import (
     DIM,
     FakeEmbedder,
@@ -61,7 +62,11 @@ def catalog(milvus: Milvus) -> Iterator[Catalog]:
     records.append(record("old-model", "k0", unit(0), model_version="old-v0"))
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
-    yield Catalog(s, ProductSearch(milvus.store, s, embedder, consistency="Strong"), embedder)
+    # listings here have no real photos: verification by similarity alone (tests/test_verify.py
+    # covers the real one), so these tests see retrieval, filters and order
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           verifier=SimilarityOnlyVerifier())
+    yield Catalog(s, search, embedder)
     milvus.drop(s)
 
 
@@ -182,6 +187,8 @@ def test_compare_prices_cheapest_first_above_threshold(catalog: Catalog) -> None
     ]
     assert matches[0].similarity == pytest.approx(0.98, abs=1e-4)
     assert matches[0].seller_id == "seller-1"
+    assert (matches[0].reason, matches[0].inliers, matches[0].correlation) == (
+        "similarity only (test)", 0, None)
     assert all(m.similarity >= 0.92 for m in matches)
     lower = catalog.search.compare_prices(image=picture, threshold=0.8)
     assert [m.product_id for m in lower] == ["topsy", "tee-2", "tee-1", "top-1", "dress"]

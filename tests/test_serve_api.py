@@ -181,6 +181,8 @@ def test_compare_prices_bad_input(http: TestClient) -> None:
         "invalid_request"
     both = upload(http, png(RED), path="/v1/compare-prices", product_id="red-tee")
     assert error_code(both, 422) == "invalid_request"
+    intent = http.post("/v1/compare-prices", json={"product_id": "red-tee", "match": "similar"})
+    assert error_code(intent, 422) == "invalid_request"  # comparison is always the same item
 
 
 def test_unknown_route_and_method_are_json(http: TestClient) -> None:
@@ -262,7 +264,9 @@ def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
 def test_metrics_count_requests_and_stages(http: TestClient) -> None:
     upload(http, png(RED), k="2")
     http.post("/v1/search", json={"vector": [1.0] * 3})
+    http.post("/v1/compare-prices", json={"product_id": "red-tee"})
     text = http.get("/metrics").text
+    assert 'lookalike_search_stage_duration_seconds_count{stage="verify"}' in text
     assert 'lookalike_http_requests_total{endpoint="/v1/search",status="200"}' in text
     assert 'lookalike_http_requests_total{endpoint="/v1/search",status="422"}' in text
     assert 'lookalike_search_stage_duration_seconds_count{stage="embed"}' in text

@@ -82,10 +82,16 @@ async function search() {
 }
 
 function why(match, threshold) {
-  // Evidence fields come from the search module; show what it gives, else the similarity.
+  // The search module's evidence where it gives it (verification: reason, keypoint inliers,
+  // colour agreement); the similarity against the threshold always.
   const parts = ["similarity " + match.similarity.toFixed(3) + " ≥ " + threshold];
-  for (const [key, value] of Object.entries(match.evidence || {})) {
-    parts.push(key.replace(/_/g, " ") + ": " + (typeof value === "number" ? value.toFixed(3) : value));
+  if (match.reason) {
+    parts.unshift(match.reason);  // it already names the inliers and the colour check
+  } else {
+    if (match.inliers !== undefined) parts.push(match.inliers + " matching keypoints");
+    if (match.colour_agreement !== undefined) {
+      parts.push("colour agreement " + match.colour_agreement.toFixed(2));
+    }
   }
   return parts.join(" · ");
 }
@@ -99,7 +105,7 @@ async function comparePrices(hit) {
   try {
     const response = await fetch("/v1/compare-prices", {
       method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify({ product_id: hit.product_id, match: $("match").value }),
+      body: JSON.stringify({ product_id: hit.product_id }),
     });
     const body = await response.json();
     if (!response.ok) throw new Error((body.error || {}).message || response.statusText);

@@ -1,0 +1,382 @@
+"""Write the same-item protocols that ``lookalike eval --task same-item`` reads.
+
+A gallery line is a *listing* (``product_id`` is the listing id; ``seller_id``, ``currency``,
+``price``, ``item``); several listings show one item, some with the very same photo file. A
+query is a photo of an item; ``relevant`` is every listing of that item. Other colours of the
+same style (luma ``group_id``) and other products of the same category are in the gallery as
+hard negatives: listing one of them is a false match.
+
+* ``same-item-dev`` (luma): every variant's main photo is listed by its shop; half the
+  variants are re-listed by a second shop with an *edited copy* and a quarter by a third shop
+  with the *same file*. 240 seeded variants are queried with another edited copy. The edits
+  are the ``DEV`` recipes: re-encode, resize, crop, pad, sale tag, brightness, slight
+  rotation, watermark, and chains of two or three.
+* ``same-item-heldout`` (luma): the same construction with other seeds and the ``HELDOUT``
+  recipes, which nothing was tuned on: perspective, colour grading, blur + noise, a text
+  banner, small size, pad on a coloured background, aspect change, heavy JPEG, and chains.
+* ``same-item-reshot`` (luma): the ``same-item-dev`` gallery; queries are the variants' other
+  photos (close-ups and back views: the same item re-shot, not a copy). A stress figure: a
+  back view shares no surface with the listed front, and nothing here claims to match it.
+* ``same-item-fmnist``: 1,000 Fashion-MNIST articles (grey, 28 px, ten classes: every
+  article has hundreds of look-alikes), 10% re-listed with the same file or an edited copy;
+  300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
+  brightness). This is what ``make demo``'s price comparison meets.
+
+Usage: ``python bench/protocols_same_item.py [--out var/protocols] [--only NAME]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocols import LUMA, MAIN_VIEW, _relative, _write_jsonl  # noqa: E402
+
+Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
+Row = dict[str, Any]
+PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist")
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=max(8, size))
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _scale(img: Image.Image, factor: float) -> Image.Image:
+    w, h = img.size
+    return img.resize((max(8, round(w * factor)), max(8, round(h * factor))),
+                      Image.Resampling.BICUBIC)
+
+
+# -- DEV recipes ------------------------------------------------------------------------------
+
+def recode(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _jpeg(_scale(img, rng.uniform(0.4, 0.75)), int(rng.integers(40, 71)))
+
+
+def crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    left, top, right, bottom = rng.uniform(0.03, 0.12, size=4)
+    return img.crop((round(w * left), round(h * top), round(w * (1 - right)),
+                     round(h * (1 - bottom))))
+
+
+def pad(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.expand(img, border=round(max(img.size) * rng.uniform(0.06, 0.2)),
+                           fill="white")
+
+
+def sale_tag(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = img.convert("RGB").copy()
+    w, h = out.size
+    tw, th = round(w * rng.uniform(0.22, 0.32)), round(h * rng.uniform(0.07, 0.11))
+    x = 0 if rng.random() < 0.5 else w - tw
+    y = 0 if rng.random() < 0.5 else h - th
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((x, y, x + tw, y + th), fill=(210, 20, 30))
+    draw.text((x + 6, y + 4), f"SALE -{int(rng.integers(10, 60))}%", fill="white",
+              font=_font(th - 10))
+    return out
+
+
+def brightness(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
+    return ImageEnhance.Contrast(out).enhance(float(rng.uniform(0.85, 1.15)))
+
+
+def rotate(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    angle = float(rng.uniform(2, 6)) * (1 if rng.random() < 0.5 else -1)
+    return img.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))
+
+
+def watermark(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    base = img.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    size = max(10, base.width // 14)
+    alpha = int(rng.integers(50, 110))
+    for y in range(0, base.height, size * 3):
+        draw.text((int(rng.integers(0, size * 2)), y), "shop.example  " * 4,
+                  fill=(90, 90, 90, alpha), font=_font(size))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+DEV_SINGLE: tuple[Edit, ...] = (recode, crop, pad, sale_tag, brightness, rotate, watermark)
+
+
+# -- HELDOUT recipes (never used while choosing the rule) --------------------------------------
+
+def perspective(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    d = rng.uniform(0.02, 0.07, size=8) * np.array([w, h] * 4)
+    quad = (d[0], d[1], d[2], h - d[3], w - d[4], h - d[5], w - d[6], d[7])
+    return img.transform((w, h), Image.Transform.QUAD, tuple(float(v) for v in quad),
+                         Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
+
+
+def colour_grade(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = ImageEnhance.Color(img).enhance(float(rng.uniform(0.75, 1.3)))
+    gamma = float(rng.uniform(0.8, 1.25))
+    lut = [min(255, round(255 * (i / 255) ** gamma)) for i in range(256)] * 3
+    return out.convert("RGB").point(lut)
+
+
+def blur_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.6, 1.4)))),
+                         dtype=np.float32)
+    noisy = blurred + rng.normal(0, rng.uniform(3, 8), size=blurred.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def banner(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = img.convert("RGB").copy()
+    w, h = out.size
+    bh = round(h * rng.uniform(0.08, 0.14))
+    colour = tuple(int(c) for c in rng.integers(0, 120, size=3))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, h - bh, w, h), fill=colour)
+    draw.text((8, h - bh + 4), "FREE SHIPPING - 2 DAYS", fill="white", font=_font(bh - 10))
+    return out
+
+
+def small(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _scale(img, float(rng.uniform(180, 260)) / max(img.size))
+
+
+def tinted_pad(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    fill = tuple(int(c) for c in rng.integers(200, 245, size=3))
+    return ImageOps.expand(img, border=round(max(img.size) * rng.uniform(0.05, 0.15)), fill=fill)
+
+
+def aspect(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    return img.resize((round(w * rng.uniform(0.85, 1.15)), h), Image.Resampling.BICUBIC)
+
+
+def heavy_jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _jpeg(img, int(rng.integers(15, 30)))
+
+
+HELDOUT_SINGLE: tuple[Edit, ...] = (perspective, colour_grade, blur_noise, banner, small,
+                                    tinted_pad, aspect, heavy_jpeg)
+
+
+def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
+                ) -> tuple[Image.Image, str]:
+    """One recipe (60%) or a chain of two or three different ones; returns (image, names)."""
+    n = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
+    chosen = [recipes[int(i)] for i in rng.choice(len(recipes), size=n, replace=False)]
+    for edit in chosen:
+        img = edit(img.convert("RGB"), rng)
+    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+
+
+# -- luma ---------------------------------------------------------------------------------------
+
+def _variants(luma_dir: Path) -> list[Row]:
+    rows = [json.loads(line) for line in
+            (luma_dir / "catalog.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if any(v["view"] == MAIN_VIEW for v in r["images"])]
+
+
+def _main_path(variant: Row, luma_dir: Path) -> Path:
+    return luma_dir / next(v["path"] for v in variant["images"] if v["view"] == MAIN_VIEW)
+
+
+def _same_photo_groups(variants: list[Row], luma_dir: Path) -> dict[str, str]:
+    """Variant -> the first variant shown by the same main photo (16x16 colour thumbnails
+    with no pixel more than 8 levels apart): no photo can tell those apart (the yoga strap
+    in three lengths), so they are one item here. Variants of different colours stay apart,
+    however alike their photos (navy and black trousers): telling them apart is the job."""
+    thumbs: list[tuple[str, str, np.ndarray]] = []
+    out: dict[str, str] = {}
+    for variant in variants:
+        with Image.open(_main_path(variant, luma_dir)) as photo:
+            thumb = np.asarray(photo.convert("RGB").resize((16, 16), Image.Resampling.BOX),
+                               dtype=np.float32)
+        colour = str(variant.get("color") or "")
+        first = next((pid for pid, c, t in thumbs if np.abs(t - thumb).max() < 8.0
+                      and (c == colour or not c or not colour)), variant["product_id"])
+        out[variant["product_id"]] = first
+        thumbs.append((variant["product_id"], colour, thumb))
+    return out
+
+
+def _listing(variant: Row, listing_id: str, seller: str, image: str, price: float) -> Row:
+    return {"product_id": listing_id, "item": variant["product_id"],
+            "group_id": variant.get("group_id"), "title": variant.get("title"),
+            "category": variant["category"], "price": round(price, 2),
+            "currency": variant.get("currency") or "USD", "seller_id": seller,
+            "images": [image]}
+
+
+def _save(img: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, "JPEG", quality=90)
+
+
+def write_luma_listings(luma_dir: Path, out_dir: Path, recipes: tuple[Edit, ...], seed: int,
+                        n_queries: int = 240) -> tuple[Path, Path, dict[str, list[str]]]:
+    """Gallery of listings + queries of edited copies; also returns item -> listing ids."""
+    rng = np.random.default_rng(seed)
+    gallery: list[Row] = []
+    listings: dict[str, list[str]] = {}
+    item_of = _same_photo_groups(_variants(luma_dir), luma_dir)
+    for variant in _variants(luma_dir):
+        pid, price = variant["product_id"], float(variant.get("price") or 20.0)
+        main = _main_path(variant, luma_dir)
+        rows = [_listing(variant, pid, "luma", _relative(main, out_dir), price)]
+        if rng.random() < 0.5:
+            with Image.open(main) as photo:
+                edited, _ = random_edit(recipes, photo.convert("RGB"), rng)
+            path = out_dir / "images" / f"{pid}~shop1.jpg"
+            _save(edited, path)
+            rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        if rng.random() < 0.25:
+            rows.append(_listing(variant, f"{pid}~shop2", "shop-2", _relative(main, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        for row in rows:
+            row["item"] = item_of[pid]
+        gallery.extend(rows)
+        listings[pid] = [r["product_id"] for r in rows]
+    for pid, item in item_of.items():  # variants of one photo: one item, all listings relevant
+        if item != pid:
+            listings[item] = listings[item] + listings[pid]
+            listings[pid] = listings[item]
+    items = sorted(listings)
+    picked = rng.choice(len(items), size=min(n_queries, len(items)), replace=False)
+    by_id = {v["product_id"]: v for v in _variants(luma_dir)}
+    queries: list[Row] = []
+    for index in sorted(picked.tolist()):
+        pid = items[index]
+        with Image.open(_main_path(by_id[pid], luma_dir)) as photo:
+            edited, recipe = random_edit(recipes, photo.convert("RGB"), rng)
+        path = out_dir / "queries" / f"{pid}.jpg"
+        _save(edited, path)
+        queries.append({"image": _relative(path, out_dir), "relevant": listings[pid],
+                        "category": by_id[pid]["category"], "edit": recipe})
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path, listings
+
+
+def write_luma_reshot(luma_dir: Path, dev_dir: Path, listings: dict[str, list[str]]) -> Path:
+    """Queries of re-shot photos (every non-main view) against the dev gallery."""
+    queries = [{"image": _relative(luma_dir / v["path"], dev_dir), "relevant": listings[pid],
+                "category": variant["category"], "edit": f"reshot:{v['view']}"}
+               for variant in _variants(luma_dir) if (pid := variant["product_id"]) in listings
+               for v in variant["images"] if v["view"] != MAIN_VIEW]
+    path = dev_dir / "queries-reshot.jsonl"
+    _write_jsonl(path, queries)
+    return path
+
+
+# -- Fashion-MNIST ------------------------------------------------------------------------------
+
+def _fmnist_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        return img, "same"
+    if kind == 1:
+        return _jpeg(_scale(img, 4.0), int(rng.integers(50, 90))), "enlarge+jpeg"
+    if kind == 2:
+        return ImageOps.expand(img, border=int(rng.integers(1, 4)), fill="white"), "pad"
+    return ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.1))), "brightness"
+
+
+def write_fmnist_listings(out_dir: Path, seed: int = 11, n_items: int = 1000,
+                          n_queries: int = 300, images: np.ndarray | None = None,
+                          labels: np.ndarray | None = None) -> tuple[Path, Path]:
+    """The same-item-fmnist protocol (see module doc); ``images``/``labels`` for tests."""
+    if images is None or labels is None:
+        from lookalike.demo_catalog import load_fashion_mnist_test
+
+        images, labels = load_fashion_mnist_test()
+    from lookalike.demo_catalog import CLASS_NAMES
+
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(images), size=min(n_items, len(images)),
+                               replace=False).tolist())
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    gallery: list[Row] = []
+    listings: dict[int, list[str]] = {}
+    for index in picked:
+        photo = Image.fromarray(255 - np.asarray(images[index], dtype=np.uint8)).convert("RGB")
+        name = f"images/fmnist-{index:05d}.png"
+        photo.save(out_dir / name)
+        base = {"item": f"fmnist-{index:05d}", "category": CLASS_NAMES[int(labels[index])],
+                "currency": "EUR", "title": None}
+        rows = [dict(base, product_id=f"fmnist-{index:05d}", seller_id="shop-0",
+                     price=round(float(rng.uniform(10, 90)), 2), images=[name])]
+        if rng.random() < 0.1:
+            copy, recipe = _fmnist_edit(photo, rng)
+            copy_name = name if recipe == "same" else f"images/fmnist-{index:05d}~shop1.png"
+            if recipe != "same":
+                copy.save(out_dir / copy_name)
+            rows.append(dict(base, product_id=f"fmnist-{index:05d}~shop1", seller_id="shop-1",
+                             price=round(float(rng.uniform(10, 90)), 2), images=[copy_name]))
+        gallery.extend(rows)
+        listings[index] = [r["product_id"] for r in rows]
+    queries: list[Row] = []
+    for index in sorted(rng.choice(picked, size=min(n_queries, len(picked)),
+                                   replace=False).tolist()):
+        photo = Image.open(out_dir / f"images/fmnist-{index:05d}.png").convert("RGB")
+        query, recipe = _fmnist_edit(photo, rng)
+        name = f"queries/fmnist-{index:05d}.png"
+        (out_dir / "queries").mkdir(parents=True, exist_ok=True)
+        query.save(out_dir / name)
+        queries.append({"image": name, "relevant": listings[index],
+                        "category": CLASS_NAMES[int(labels[index])], "edit": recipe})
+    gallery_path, queries_path = out_dir / "gallery.jsonl", out_dir / "queries.jsonl"
+    _write_jsonl(gallery_path, gallery)
+    _write_jsonl(queries_path, queries)
+    return gallery_path, queries_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path("var/protocols"))
+    parser.add_argument("--only", choices=PROTOCOLS)
+    parser.add_argument("--luma", type=Path, default=LUMA)
+    args = parser.parse_args(argv)
+    wanted = [args.only] if args.only else list(PROTOCOLS)
+    has_luma = (args.luma / "catalog.jsonl").exists()
+    if not has_luma and any(p.startswith("same-item-") and p != "same-item-fmnist"
+                            for p in wanted):
+        print(f"luma protocols skipped: {args.luma / 'catalog.jsonl'} not found")
+    if has_luma and ("same-item-dev" in wanted or "same-item-reshot" in wanted):
+        dev = args.out / "same-item-dev"
+        gallery, queries, listings = write_luma_listings(args.luma, dev, DEV_SINGLE, seed=1)
+        print(f"same-item-dev: {gallery} {queries}")
+        print(f"same-item-reshot: {gallery} {write_luma_reshot(args.luma, dev, listings)}")
+    if has_luma and "same-item-heldout" in wanted:
+        gallery, queries, _ = write_luma_listings(
+            args.luma, args.out / "same-item-heldout", HELDOUT_SINGLE, seed=2)
+        print(f"same-item-heldout: {gallery} {queries}")
+    if "same-item-fmnist" in wanted:
+        print("same-item-fmnist: {} {}".format(
+            *write_fmnist_listings(args.out / "same-item-fmnist")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

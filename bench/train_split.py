@@ -1,0 +1,122 @@
+"""Write a group-disjoint split of Luma to measure ``lookalike train`` on styles it never saw.
+
+Half of Luma's ``group_id``s (seeded) are for training, the other half for testing; no style
+has a photo on both sides. Written under ``--out``:
+
+* ``train-gallery.jsonl``: the training styles' variants with their main photo only (what a
+  gallery file holds); ``train-catalog.jsonl``: the same variants with all their photos;
+* ``views/``: luma-views on the test styles (gallery: main photos; queries: back and close-up
+  views; relevant: the query's own variant; the other colours count as misses);
+* ``snapshots/``: the same queries as shop snapshots (``bench/protocols.py``'s ``snapshot``);
+* ``cross-colour/``: for every test style with two or more colours, one seeded variant is left
+  out of the gallery and its main photo is the query; relevant: the style's other colours
+  (the "similar" intent: the same style in another colour).
+
+Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0]``, then
+``lookalike train --catalog OUT/train-gallery.jsonl --out M [--group-key group_id]`` and
+``LOOKALIKE_MODEL__PATH=M lookalike eval --gallery OUT/views/gallery.jsonl --queries ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.protocols import LUMA, _luma_rows, _relative, _write_jsonl, snapshot  # noqa: E402
+
+Row = dict[str, Any]
+
+
+def _split_groups(gallery: list[Row], seed: int) -> set[str]:
+    groups = sorted({row["group_id"] for row in gallery})
+    order = np.random.default_rng(seed).permutation(len(groups))
+    return {groups[i] for i in order[: len(groups) // 2]}
+
+
+def write(luma: Path, out: Path, seed: int) -> None:
+    gallery, queries, _ = _luma_rows(luma, out)
+    train_groups = _split_groups(gallery, seed)
+    group_of = {row["product_id"]: row["group_id"] for row in gallery}
+    train = [row for row in gallery if row["group_id"] in train_groups]
+    test = [row for row in gallery if row["group_id"] not in train_groups]
+    _write_jsonl(out / "train-gallery.jsonl", train)
+    full = {row["product_id"]: row for row in
+            (__import__("json").loads(line) for line in
+             (luma / "catalog.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())}
+    _write_jsonl(out / "train-catalog.jsonl", [
+        dict(full[row["product_id"]], images=[_relative(luma / im["path"], out)
+                                             for im in full[row["product_id"]]["images"]])
+        for row in train])
+    test_queries = [q for q in queries if group_of[q["relevant"][0]] not in train_groups]
+    views = out / "views"
+    _write_jsonl(views / "gallery.jsonl", _rebase(test, out, views))
+    _write_jsonl(views / "queries.jsonl", _rebase_queries(test_queries, out, views))
+    _snapshots(test, test_queries, out, seed)
+    _cross_colour(test, out, seed)
+    print(f"train: {len(train_groups)} styles, {len(train)} variants; test: "
+          f"{len({r['group_id'] for r in test})} styles, {len(test)} variants, "
+          f"{len(test_queries)} view queries")
+
+
+def _rebase(rows: list[Row], base: Path, target: Path) -> list[Row]:
+    return [dict(row, images=[_relative(base / p, target) for p in row["images"]])
+            for row in rows]
+
+
+def _rebase_queries(rows: list[Row], base: Path, target: Path) -> list[Row]:
+    return [dict(row, image=_relative(base / row["image"], target)) for row in rows]
+
+
+def _snapshots(test: list[Row], queries: list[Row], out: Path, seed: int) -> None:
+    folder = out / "snapshots"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for query in queries:
+        source = (out / query["image"]).resolve()
+        target = folder / "images" / f"{source.stem}_snapshot.jpg"
+        with Image.open(source) as photo:
+            snapshot(photo, rng).save(target, "JPEG", quality=80)
+        rows.append(dict(query, image=_relative(target, folder)))
+    _write_jsonl(folder / "gallery.jsonl", _rebase(test, out, folder))
+    _write_jsonl(folder / "queries.jsonl", rows)
+
+
+def _cross_colour(test: list[Row], out: Path, seed: int) -> None:
+    folder = out / "cross-colour"
+    rng = np.random.default_rng(seed)
+    styles: dict[str, list[Row]] = {}
+    for row in test:
+        styles.setdefault(row["group_id"], []).append(row)
+    left_out: dict[str, Row] = {}
+    for group, rows in sorted(styles.items()):
+        if len(rows) >= 2:
+            left_out[group] = rows[int(rng.integers(0, len(rows)))]
+    gallery = [row for row in test if left_out.get(row["group_id"]) is not row]
+    queries = [{"image": _relative(out / row["images"][0], folder),
+                "relevant": [r["product_id"] for r in styles[group] if r is not row],
+                "category": row["category"]} for group, row in left_out.items()]
+    _write_jsonl(folder / "gallery.jsonl", _rebase(gallery, out, folder))
+    _write_jsonl(folder / "queries.jsonl", queries)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--luma", type=Path, default=LUMA)
+    p.add_argument("--out", type=Path, default=Path("var/train-split"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    write(args.luma, args.out, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

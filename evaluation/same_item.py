@@ -1,0 +1,132 @@
+"""Same-item scores: does price comparison list exactly the listings of the query's item?
+
+Micro-averaged over listings (every returned and every relevant listing counts once):
+
+* ``precision``: returned listings that show the query's item / all returned listings;
+* ``recall``: relevant listings returned / all relevant listings;
+* ``false_match_rate``: share of queries with at least one wrong listing (what a shopper
+  notices: one other product in a price list is enough to distrust it);
+* ``all_found_rate``: share of queries whose every relevant listing was returned.
+
+A query that returns nothing has precision undefined for itself, and adds nothing to the
+micro-average's denominator; it loses recall.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from embedding.embedder import Embedder
+from evaluation.cache import EmbeddingCache
+from evaluation.protocol import GalleryProduct, Query
+from evaluation.run import EmbedStats, index_products
+from ingest.fetch import ImageFetcher
+from schema.collection import CollectionSpec
+from search.api import ProductSearch
+from search.verify import SameItemVerifier, fetching_loader
+from store import MilvusStore
+
+
+@dataclass
+class SameItemCounts:
+    returned: int = 0
+    correct: int = 0
+    relevant: int = 0
+    queries: int = 0
+    with_false_match: int = 0
+    all_found: int = 0
+
+    def add(self, found: Set[str], relevant: Set[str]) -> None:
+        if not relevant:
+            raise ValueError("a query needs at least one relevant listing")
+        hits = len(found & relevant)
+        self.returned += len(found)
+        self.correct += hits
+        self.relevant += len(relevant)
+        self.queries += 1
+        self.with_false_match += bool(found - relevant)
+        self.all_found += hits == len(relevant)
+
+    def summary(self) -> dict[str, float]:
+        if not self.queries:
+            raise ValueError("no queries to summarise")
+        return {
+            "precision": self.correct / self.returned if self.returned else 1.0,
+            "recall": self.correct / self.relevant,
+            "false_match_rate": self.with_false_match / self.queries,
+            "all_found_rate": self.all_found / self.queries,
+        }
+
+
+@dataclass
+class SameItemReport:
+    counts: SameItemCounts
+    model: str
+    n_gallery: int
+    n_gallery_images: int
+    embed: EmbedStats = field(default_factory=EmbedStats)
+    search_seconds: float = 0.0
+    per_query_ms: list[float] = field(default_factory=list)
+    """Wall time of each query's compare_prices call (embed + search + verification)."""
+
+    def to_json(self) -> dict[str, Any]:
+        times = sorted(self.per_query_ms)
+        return {
+            **{key: round(value, 4) for key, value in self.counts.summary().items()},
+            "n_queries": self.counts.queries,
+            "n_gallery": self.n_gallery,
+            "n_gallery_images": self.n_gallery_images,
+            "returned": self.counts.returned,
+            "relevant": self.counts.relevant,
+            "model": self.model,
+            "query_ms_p50": round(times[len(times) // 2], 1) if times else None,
+            "query_ms_p95": round(times[int(len(times) * 0.95)], 1) if times else None,
+            "embedded_images": self.embed.embedded,
+            "cached_images": self.embed.cached,
+            "search_seconds": round(self.search_seconds, 2),
+        }
+
+
+def gallery_verifier(products: Sequence[GalleryProduct], max_pixels: int) -> SameItemVerifier:
+    """A verifier that may read exactly the folders of the gallery's photos, through the same
+    fetch path a search process uses for stored listings."""
+    roots = sorted({p.parent for product in products for p in product.images})
+    return SameItemVerifier(fetching_loader(ImageFetcher(roots), max_pixels))
+
+
+def evaluate_same_item(
+    products: Sequence[GalleryProduct],
+    queries: Sequence[Query],
+    embedder: Embedder,
+    store: MilvusStore,
+    spec: CollectionSpec,
+    cache: EmbeddingCache | None,
+    *,
+    max_pixels: int,
+    k: int = 20,
+) -> SameItemReport:
+    """Index the listings, then run each query photo through ``compare_prices`` (its first
+    image; several views are not a price-comparison query) and count what it lists."""
+    stats = EmbedStats()
+    n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
+                            stats=stats)
+    # Strong: the queries must see the gallery written just before.
+    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
+                             verifier=gallery_verifier(products, max_pixels))
+    counts = SameItemCounts()
+    per_query: list[float] = []
+    started = time.perf_counter()
+    with tqdm(total=len(queries), unit="query", desc="compare", disable=None) as bar:
+        for query in queries:
+            t0 = time.perf_counter()
+            matches = searcher.compare_prices(image=query.image, k=k)
+            per_query.append(1000 * (time.perf_counter() - t0))
+            counts.add({m.product_id for m in matches}, set(query.relevant))
+            bar.update(1)
+    return SameItemReport(counts, embedder.model_version, len(products), n_rows, stats,
+                          time.perf_counter() - started, per_query)

@@ -1,0 +1,85 @@
+"""``lookalike train``: fine-tune the embedding model on a catalog (docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from lookalike.settings import Settings
+
+log = logging.getLogger("lookalike")
+
+
+def add_parser(sub: Any) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser("train", help="fine-tune the model on a catalog (metric learning)")
+    p.add_argument("--catalog", type=Path, required=True,
+                   help="catalog in the format publish and eval read")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--group-key", help="catalog field whose products count as alike too "
+                   "(group_id: a style across colours; category)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", choices=["triplet", "proxy"], default="triplet",
+                   help="batch-hard triplet (default) or normalised softmax over proxies")
+    p.add_argument("--views", type=int, default=4, help="altered views cached per photo")
+    p.add_argument("--train-blocks", type=int, default=1,
+                   help="last MBConv blocks retrained with the head conv (0: head conv only)")
+    p.add_argument("--colour-jitter", type=float,
+                   help="share of views with shifted colours (default 0.5 with --group-key)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _fmt(scores: dict[str, Any]) -> str:
+    parts = [f"exact R@1 {scores['item']['R@1']:.3f} R@10 {scores['item']['R@10']:.3f}"]
+    group = scores.get("group_similar")
+    if group:
+        parts.append(f"similar (other products of the group) R@1 {group['R@1']:.3f} "
+                     f"R@10 {group['R@10']:.3f}")
+    return "; ".join(parts)
+
+
+def train(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.errors import UserError
+    from training.backbone import EfficientNetBackbone
+    from training.data import TrainingDataError
+    from training.trainer import TrainOptions
+    from training.trainer import train as run_training
+
+    m = settings.model
+    if m.path is not None:
+        raise UserError("lookalike train starts from the ImageNet weights; unset "
+                        "LOOKALIKE_MODEL__PATH")
+    options = TrainOptions(
+        group_key=args.group_key, epochs=args.epochs, seed=args.seed, loss=args.loss,
+        views=args.views, colour_jitter=args.colour_jitter, val_fraction=args.val_fraction,
+        colour_weight=m.colour_weight, max_pixels=settings.images.max_pixels,
+    )
+    if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:
+        raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1)")
+    if not args.catalog.is_file():  # before the model is built: that takes seconds
+        raise UserError(f"{args.catalog}: no such catalog file")
+    try:
+        backbone = EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size)
+        result = run_training(args.catalog, args.out, backbone, options)
+    except (TrainingDataError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result.report, indent=2))
+        return 0
+    seconds = result.report["seconds"]
+    print(f"model {result.model_version} written to {args.out}")
+    print(f"validation before: {_fmt(result.before)}")
+    print(f"validation after:  {_fmt(result.after)} (best epoch {result.best_epoch})")
+    if result.best_epoch == 0:
+        print("no epoch beat the untrained model on validation: the directory holds the "
+              "ImageNet weights, switching to it changes nothing")
+    print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
+          f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
+          file=sys.stdout)
+    return 0

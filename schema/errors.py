@@ -1,0 +1,73 @@
+"""The one kind of per-item failure: a :class:`Reason` code plus a human-readable detail.
+
+Every event and every image ends applied, stale or failed *with a reason*; the reason is what
+dead-letter headers (``lookalike.reason``), image-failure counts and reindex reports carry, so
+operators can count and alert on it. Defining the codes once here keeps the README's table,
+the dead letters and the log lines from drifting apart (``tests/test_reasons.py`` checks the
+README against this enum).
+
+``ItemError`` is raised deep inside fetch/decode/parse code and caught at the stage boundary,
+where it becomes a value (``failure``) attached to the item; nothing but the item fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Machine-readable reason codes (the values are the wire/log spelling)."""
+
+    # -- events (dead letters) --------------------------------------------------------------
+    MESSAGE_TOO_LARGE = "message_too_large"
+    MALFORMED_JSON = "malformed_json"
+    INVALID_EVENT = "invalid_event"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    MISSING_KEY = "missing_key"
+    KEY_MISMATCH = "key_mismatch"
+    ALL_IMAGES_FAILED = "all_images_failed"
+    PRODUCT_NOT_LISTED = "product_not_listed"
+    SUPERSEDED_UPSERT_FAILED = "superseded_upsert_failed"
+    # -- stale events (not dead-lettered) ---------------------------------------------------
+    STALE_VERSION = "stale_version"
+    # -- images (counted per image; in a dead letter's detail) ------------------------------
+    ADDRESS_NOT_ALLOWED = "address_not_allowed"
+    PATH_NOT_ALLOWED = "path_not_allowed"
+    NOT_FOUND = "not_found"
+    UNREADABLE = "unreadable"
+    HTTP_STATUS = "http_status"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    BAD_REFERENCE = "bad_reference"
+    INLINE_IMAGE = "inline_image"
+    EMPTY_IMAGE = "empty_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    CORRUPT_IMAGE = "corrupt_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    IMAGE_ERROR = "image_error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """What became of one failed item: the value stored on events, images and reports."""
+
+    reason: Reason
+    detail: str
+
+
+class ItemError(Exception):
+    """Raised for one item (an event, an image) that cannot be used; carries its reason."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def failure(self) -> ItemFailure:
+        return ItemFailure(self.reason, self.detail)

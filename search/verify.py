@@ -1,0 +1,349 @@
+"""Same-item verification: is a retrieved listing the very item of the query photo?
+
+Why not one cosine threshold: a global embedding scores a look-alike (every pullover of
+Fashion-MNIST, another colour of the same hoodie) as high as an edited copy of the same photo,
+and where that line falls differs per catalog. Two kinds of evidence a global vector does not
+carry tell them apart:
+
+* **Geometry.** SIFT keypoints matched between the two photos (Lowe's ratio test), then a
+  RANSAC homography: the matches that agree with one plane-to-plane mapping are *inliers*. A
+  copy of the same photo, re-encoded, resized, cropped, padded, tagged, brightened or turned
+  a little, keeps dozens to hundreds of them; another product, even of the same cut, keeps a
+  handful (chance matches on edges that no single mapping explains).
+* **Colour.** The cosine of the two photos' foreground colour histograms
+  (:func:`embedding.colour.colour_descriptor`, the colour block of the default vector): the
+  other colours of one style share the geometry of its photos, not their colours.
+
+:class:`SameItemRule` combines them: the colours must agree, and then either the geometry
+confirms the match or the two photos are near-identical as a whole (global cosine at the
+duplicate level): tiny or textureless images (a 28 px Fashion-MNIST article) have too few
+keypoints for geometry, and an identical photo needs none. Its numbers were calibrated with
+``bench/calibrate_same_item.py`` on the protocols of ``bench/protocols_same_item.py``; see
+docs/matching.md.
+
+Cost: features of one photo at ``VERIFY_SIZE`` (320 px on the long side, the size the search
+API decodes a 640 px JPEG query to) take ~8-15 ms of CPU, matching a pair ~1-2 ms. Gallery-side
+features are kept in a small LRU cache keyed by ``image_ref``, so a catalog's popular items
+cost only the matching.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from embedding.colour import COLOUR_SIZE, colour_descriptor, foreground_weights
+from embedding.decode import decode_image
+from embedding.preprocess import pad_to_square
+from ingest.fetch import ImageFetcher
+from ingest.reindex import stored_image
+
+VERIFY_SIZE = 320
+"""Long side (px) the photos are compared at."""
+MAX_FEATURES = 800
+RATIO = 0.75
+"""Lowe's ratio test: a match counts when its best distance is < RATIO x the second best."""
+RANSAC_PX = 6.0
+"""Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
+CACHE_SIZE = 2048
+"""Gallery photos whose features are kept (~40 KB each)."""
+COLOUR_BLUR_PX = 1.5
+CHROMA_GAIN = (0.7, 1.4)
+"""Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
+SHIFT_PERCENTILES = (75, 90, 95, 98)
+"""Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
+MIN_OVERLAP_PX = 64
+"""Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
+
+GalleryLoader = Callable[[str], Image.Image]
+"""``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
+
+
+@dataclass(frozen=True)
+class PhotoFeatures:
+    """What verification needs of one photo, computed once (and cached for gallery photos)."""
+
+    points: NDArray[np.float32]
+    """(n, 2) keypoint positions in px at ``VERIFY_SIZE``."""
+    descriptors: NDArray[np.float32] | None
+    colour: NDArray[np.float32]
+    small: NDArray[np.uint8]
+    """The photo at half ``VERIFY_SIZE`` (RGB), for the aligned comparison."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The query photo warped onto the listing's by the homography, compared where both
+    show the product."""
+
+    correlation: float
+    """Normalised cross-correlation of the grey levels (brightness and contrast edits keep it
+    near 1; another product under the same watermark or sale tag does not)."""
+    colour_shifts: tuple[float, ...]
+    """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``."""
+
+    def colour_shift(self, percentile: int) -> float:
+        return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
+
+
+@dataclass(frozen=True)
+class SameItemRule:
+    """When two photos show the same item (see the module doc for why these).
+
+    The defaults were chosen with bench/calibrate_same_item.py on same-item-dev and
+    same-item-fmnist (precision first: >= 0.98, then the most recall), and checked once on
+    same-item-heldout; see docs/matching.md.
+
+    Geometry: ``inliers >= min_inliers``, the aligned photos correlate
+    (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
+    percentile of the chroma distance ``<= max_colour_shift``). Or a near-identical photo
+    without geometry (tiny, textureless):
+    ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
+    """
+
+    min_inliers: int = 10
+    min_correlation: float = 0.85
+    max_colour_shift: float = 8.0
+    min_colour: float = 0.80
+    duplicate_similarity: float = 0.99
+    shift_percentile: int = 95
+
+    def decide(self, similarity: float, inliers: int, colour: float,
+               alignment: Alignment | None) -> tuple[bool, str]:
+        """(same item?, why) for one pair."""
+        if inliers >= self.min_inliers and alignment is not None:
+            if alignment.correlation < self.min_correlation:
+                return False, (f"{inliers} inliers, but the aligned photos differ "
+                               f"(correlation {alignment.correlation:.2f})")
+            shift = alignment.colour_shift(self.shift_percentile)
+            if shift > self.max_colour_shift:
+                return False, f"{inliers} inliers, but the colours differ (shift {shift:.1f})"
+            return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
+                          f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
+        if similarity >= self.duplicate_similarity and colour >= self.min_colour:
+            return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
+                          f"{colour:.2f})")
+        return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
+                       f"{similarity:.3f} < {self.duplicate_similarity}")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a candidate listing is, or is not, the query's item."""
+
+    same_item: bool
+    similarity: float
+    inliers: int
+    colour_agreement: float
+    alignment: Alignment | None
+    reason: str
+    colour_shift: float | None = None
+    """The alignment's colour shift at the rule's percentile (None without alignment)."""
+
+
+_sift_lock = threading.Lock()
+_sift_by_thread: dict[int, Any] = {}
+
+
+def _sift() -> Any:
+    """One SIFT detector per thread (OpenCV detectors are not safe to share)."""
+    ident = threading.get_ident()
+    with _sift_lock:
+        if ident not in _sift_by_thread:
+            _sift_by_thread[ident] = cv2.SIFT.create(nfeatures=MAX_FEATURES)
+        return _sift_by_thread[ident]
+
+
+def photo_features(image: Image.Image) -> PhotoFeatures:
+    """Keypoints and descriptors at ``VERIFY_SIZE``, and the foreground colour histogram."""
+    rgb = image.convert("RGB")
+    scale = VERIFY_SIZE / max(rgb.size)
+    if scale < 1.0 or max(rgb.size) < VERIFY_SIZE // 2:  # shrink big, enlarge tiny (28 px) photos
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
+    keypoints, descriptors = _sift().detectAndCompute(gray, None)
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
+    small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)),
+                       Image.Resampling.BILINEAR)
+    return PhotoFeatures(points, descriptors if len(points) else None, colour,
+                         np.asarray(small, dtype=np.uint8))
+
+
+_matcher_lock = threading.Lock()
+_matcher_by_thread: dict[int, Any] = {}
+
+
+def _matcher() -> Any:
+    ident = threading.get_ident()
+    with _matcher_lock:
+        if ident not in _matcher_by_thread:
+            _matcher_by_thread[ident] = cv2.BFMatcher(cv2.NORM_L2)
+        return _matcher_by_thread[ident]
+
+
+def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
+                      ) -> tuple[int, NDArray[np.float64] | None]:
+    """Matches of ``a`` and ``b`` consistent with one RANSAC homography, and that homography
+    (``a`` -> ``b`` px at ``VERIFY_SIZE``); (0, None) when there are too few."""
+    if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
+        return 0, None
+    pairs = _mutual_matches(a.descriptors, b.descriptors)
+    if len(pairs) < 4:
+        return 0, None
+    src = a.points[[i for i, _ in pairs]]
+    dst = b.points[[j for _, j in pairs]]
+    found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
+    if found is None or mask is None:
+        return 0, None
+    homography = np.asarray(found, dtype=np.float64)
+    if not _plausible(homography):
+        return 0, None
+    return int(mask.sum()), homography
+
+
+def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
+    """Index pairs that pass Lowe's ratio test both ways and are each other's best match. One way
+    only, the repeated patches of a watermark or a text all match the same few keypoints of
+    the other photo, and RANSAC then fits a degenerate mapping to them."""
+    def one_way(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
+        return {p[0].queryIdx: p[0].trainIdx for p in _matcher().knnMatch(x, y, k=2)
+                if len(p) == 2 and p[0].distance < RATIO * p[1].distance}
+
+    forward, backward = one_way(a, b), one_way(b, a)
+    return [(i, j) for i, j in forward.items() if backward.get(j) == i]
+
+
+def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
+          ) -> Alignment | None:
+    """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
+    overlap is too small to say)."""
+    half = np.diag([0.5, 0.5, 1.0])
+    h_small = half @ homography @ np.linalg.inv(half)
+    height, width = b.small.shape[:2]
+    warped = np.asarray(cv2.warpPerspective(
+        a.small, h_small, (width, height), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255)), dtype=np.uint8)
+    valid = cv2.warpPerspective(np.ones(a.small.shape[:2], np.uint8), h_small,
+                                (width, height), flags=cv2.INTER_NEAREST) > 0
+    # Where BOTH show something other than background: a sale tag, a watermark on the white
+    # or a coloured pad in one photo is left out, the product itself stays in.
+    product = (foreground_weights(b.small) > 0.5) & (foreground_weights(warped) > 0.5)
+    region = valid & product
+    if int(region.sum()) < MIN_OVERLAP_PX:
+        return None
+    gray_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
+    gray_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
+    gray_a -= gray_a.mean()
+    gray_b -= gray_b.mean()
+    denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
+    correlation = float((gray_a * gray_b).sum()) / denominator if denominator > 0 else 0.0
+    # Colours compared a little blurred: a pixel or two of misregistration and re-encoding's
+    # smeared chroma at edges are not a colour change.
+    soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
+                      for x in (warped, b.small))
+    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]))
+
+
+def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
+    """Percentiles over aligned pixels of the distance of their Lab chroma (a*, b*): small for
+    the same colours under any brightness edit, large where part of the product changed
+    colour. High percentiles, not the median: another colour of a garment often changes a
+    waistband or a trim only, and a model wearing it keeps her skin, hair and trousers."""
+    def chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
+        lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+        out: NDArray[np.float64] = lab[:, 1:].astype(np.float64) - 128.0
+        return out
+
+    ab_a, ab_b = chroma(a), chroma(b)
+    # One global gain on the chroma: brightness, contrast and saturation edits scale it,
+    # another colour turns it (and no gain explains that).
+    power = float((ab_b * ab_b).sum())
+    gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
+    distance = np.linalg.norm(ab_a - gain * ab_b, axis=1)
+    return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
+
+
+def _plausible(homography: NDArray[np.float64]) -> bool:
+    """A mapping an edit could make: no mirror, no collapse, at most 8x scale change."""
+    det = float(np.linalg.det(homography[:2, :2]))
+    return 1 / 64 < det < 64
+
+
+def fetching_loader(fetcher: ImageFetcher, max_pixels: int) -> GalleryLoader:
+    """Stored ``image_ref`` -> photo, through the ingest fetcher (its roots, URL rules, byte
+    cap and timeout), decoded at ``VERIFY_SIZE``: what a search process can reach is what
+    ingest could. Raises ``FetchError`` / ``ImageDecodeError`` with a reason."""
+
+    def load(image_ref: str) -> Image.Image:
+        return decode_image(fetcher.fetch(stored_image(image_ref)), max_pixels,
+                            min_size=VERIFY_SIZE)
+
+    return load
+
+
+class SameItemVerifier:
+    """Decides for retrieved candidates whether each is the query's item, with evidence."""
+
+    def __init__(self, load_gallery: GalleryLoader, rule: SameItemRule | None = None,
+                 cache_size: int = CACHE_SIZE) -> None:
+        self._load = load_gallery
+        self.rule = rule or SameItemRule()
+        self._cache: OrderedDict[str, PhotoFeatures] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_urls(cls, max_pixels: int) -> SameItemVerifier:
+        """A verifier that fetches http(s) listing photos only (no local roots)."""
+        return cls(fetching_loader(ImageFetcher(()), max_pixels))
+
+    def gallery_features(self, image_ref: str) -> PhotoFeatures:
+        """Features of a stored listing photo, from the cache or loaded and computed."""
+        with self._lock:
+            found = self._cache.get(image_ref)
+            if found is not None:
+                self._cache.move_to_end(image_ref)
+                return found
+        features = photo_features(self._load(image_ref))
+        with self._lock:
+            self._cache[image_ref] = features
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return features
+
+    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
+                ) -> Evidence:
+        """The evidence for one pair of photos, and the rule's decision."""
+        inliers, homography = geometric_inliers(query, other)
+        alignment = align(query, other, homography) if homography is not None else None
+        colour = float(np.dot(query.colour, other.colour))
+        same, why = self.rule.decide(similarity, inliers, colour, alignment)
+        shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift)
+
+    def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]]
+               ) -> list[Evidence]:
+        """One :class:`Evidence` per ``(image_ref, similarity)`` candidate, in order.
+
+        A candidate whose photo cannot be loaded is refused, with the error as its reason.
+        """
+        out = []
+        for image_ref, similarity in candidates:
+            try:
+                other = self.gallery_features(image_ref)
+            except Exception as exc:  # a gone URL must not sink the whole comparison
+                out.append(Evidence(False, similarity, 0, 0.0, None,
+                                    f"listing photo unavailable: {type(exc).__name__}: {exc}"))
+                continue
+            out.append(self.compare(query, other, similarity))
+        return out

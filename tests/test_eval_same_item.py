@@ -1,0 +1,81 @@
+"""``lookalike eval --task same-item`` end to end on a tiny listing set: Milvus Lite, the real
+compare-prices path with verification, the TinyEmbedder fake, and the scores' arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation.protocol import load_gallery, load_queries
+from evaluation.same_item import SameItemCounts, evaluate_same_item
+from lookalike.cli import build_parser
+from schema.collection import CollectionSpec
+from store import MilvusStore
+from tests.fakes import TinyEmbedder, heavy_edit, recolour, textured_photo
+
+
+def _write(root: Path) -> tuple[Path, Path]:
+    (root / "img").mkdir(parents=True)
+    a, b = textured_photo(1), textured_photo(2)
+    a.save(root / "img" / "a.png")
+    heavy_edit(a, watermark=False).save(root / "img" / "a-shop1.jpg")
+    b.save(root / "img" / "b.png")
+    recolour(a).save(root / "img" / "a-other-colour.png")
+    heavy_edit(b, watermark=False).save(root / "img" / "query-b.jpg")
+    heavy_edit(a.rotate(2, fillcolor="white"), watermark=False).save(root / "img" / "query-a.jpg")
+    listings = [
+        ("a@shop0", "img/a.png", "shop-0"), ("a@shop1", "img/a-shop1.jpg", "shop-1"),
+        ("a@shop2", "img/a.png", "shop-2"),  # the very same photo, another seller
+        ("b@shop0", "img/b.png", "shop-0"), ("a-other-colour", "img/a-other-colour.png", "s"),
+    ]
+    gallery = [{"product_id": pid, "category": "Things", "images": [path], "seller_id": seller,
+                "currency": "EUR", "price": 10 + i} for i, (pid, path, seller) in
+               enumerate(listings)]
+    queries = [{"image": "img/query-a.jpg", "relevant": ["a@shop0", "a@shop1", "a@shop2"]},
+               {"image": "img/query-b.jpg", "relevant": ["b@shop0"]}]
+    (root / "gallery.jsonl").write_text("\n".join(json.dumps(g) for g in gallery) + "\n")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    return root / "gallery.jsonl", root / "queries.jsonl"
+
+
+def test_same_item_eval_finds_every_listing_and_no_look_alike(tmp_path: Path) -> None:
+    gallery_path, queries_path = _write(tmp_path)
+    products = load_gallery(gallery_path)
+    assert {p.seller_id for p in products} == {"shop-0", "shop-1", "shop-2", "s"}
+    queries = load_queries(queries_path, products)
+    store = MilvusStore.open(str(tmp_path / "eval.db"))
+    embedder = TinyEmbedder()
+    try:
+        report = evaluate_same_item(products, queries, embedder, store,
+                                    CollectionSpec(name="same_item", dim=embedder.dim), None,
+                                    max_pixels=10_000_000)
+    finally:
+        store.close()
+    out = report.to_json()
+    assert (out["precision"], out["recall"]) == (1.0, 1.0)
+    assert (out["false_match_rate"], out["all_found_rate"]) == (0.0, 1.0)
+    assert (out["n_queries"], out["n_gallery"], out["model"]) == (2, 5, embedder.model_version)
+    assert out["returned"] == 4 and out["query_ms_p50"] > 0
+
+
+def test_counts_are_micro_averaged_over_listings() -> None:
+    counts = SameItemCounts()
+    counts.add({"a1", "a2", "x"}, {"a1", "a2", "a3"})  # 2 right, 1 wrong, 1 missed
+    counts.add(set(), {"b1"})  # nothing listed: recall lost, no false match
+    counts.add({"c1"}, {"c1"})
+    assert counts.summary() == {
+        "precision": pytest.approx(3 / 4), "recall": pytest.approx(3 / 5),
+        "false_match_rate": pytest.approx(1 / 3), "all_found_rate": pytest.approx(1 / 3)}
+    with pytest.raises(ValueError, match="at least one relevant"):
+        counts.add({"a"}, set())
+
+
+def test_cli_takes_task_and_match() -> None:
+    args = build_parser().parse_args(["eval", "--gallery", "g", "--queries", "q",
+                                      "--task", "same-item", "--match", "similar"])
+    assert (args.task, args.match) == ("same-item", "similar")
+    assert build_parser().parse_args(["search", "x.jpg"]).match == "exact"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "x.jpg", "--match", "colour"])

@@ -1,0 +1,86 @@
+"""Outages are waited out (fast: a fake source, a flaky in-memory store, a fake producer).
+
+The runner must keep polling while the store is down (so a real consumer keeps its group),
+pause consumption, commit nothing that was not written, resume when the store is back, and
+exit non-zero only when the outage outlasts its budget.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+
+from ingest.fetch import ImageFetcher
+from ingest.outage import OutageBudgetExceededError, OutageWait
+from ingest.runner import IngestError
+from store import StoreError
+from tests.pipeline_support import upsert_payload, write_image
+from tests.runner_fakes import FakeSource, FlakyStore, fake_runner, record
+
+
+def _records(tmp_path: Path, n: int) -> list[ConsumerRecord]:
+    out = []
+    for i in range(n):
+        write_image(tmp_path / f"p{i}.png", seed=i)
+        payload = upsert_payload(f"p{i}", 1, [f"p{i}.png"])
+        out.append(record(i, json.dumps(payload).encode(), f"p{i}".encode()))
+    out.append(record(n, b"{not json", b"junk"))
+    return out
+
+
+def test_store_outage_is_waited_out_and_nothing_committed_unwritten(tmp_path: Path) -> None:
+    store = FlakyStore()
+    source = FakeSource(_records(tmp_path, 20))
+    unwritten_commits: list[int] = []
+
+    def check_commit(offset: int) -> None:  # every offset below a commit must be written
+        written = {int(p[1:]) for p in store.states}
+        if any(i not in written for i in range(min(offset, 20))):
+            unwritten_commits.append(offset)
+        if offset >= 8 and not store.down.is_set() and store.failures == 0:
+            store.down.set()  # the store goes away after the first batches
+            threading.Timer(1.5, store.down.clear).start()
+
+    source.on_commit = check_commit
+    with ThreadPoolExecutor(4) as pool:
+        runner, producer = fake_runner(ImageFetcher([tmp_path]), store, source, pool, budget_s=30)
+        report = runner.run(until_caught_up=True)
+    assert store.failures > 0, "the outage happened"
+    assert source.polls_while_paused > 0, "the loop kept polling while paused"
+    assert unwritten_commits == []
+    assert source.committed == 21
+    assert sorted(store.states) == sorted(f"p{i}" for i in range(20))
+    assert len(store.rows) == 20
+    assert report.totals.applied == 20 and report.totals.dead_lettered == 1
+    assert [h for h in producer.sent[0][2] if h[0] == "lookalike.reason"] == [
+        ("lookalike.reason", b"malformed_json")]
+
+
+def test_an_outage_longer_than_the_budget_stops_ingest_uncommitted(tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.down.set()
+    source = FakeSource(_records(tmp_path, 3))
+    with ThreadPoolExecutor(2) as pool:
+        runner, _ = fake_runner(ImageFetcher([tmp_path]), store, source, pool, budget_s=0.5)
+        with pytest.raises(IngestError) as info:
+            runner.run(until_caught_up=True)
+    assert isinstance(info.value.__cause__, OutageBudgetExceededError)
+    assert source.commits == []
+
+
+def test_only_outages_are_waited_out() -> None:
+    calls: list[int] = []
+
+    def broken() -> Any:
+        calls.append(1)
+        raise StoreError("apply failed: a bug")  # not an outage: fails at once
+
+    with pytest.raises(StoreError):
+        OutageWait(60, sleep=lambda s: None).call("milvus", broken)
+    assert calls == [1]

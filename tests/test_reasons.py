@@ -1,0 +1,37 @@
+"""The README's reason table is the Reason enum: same codes, none missing, none extra."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from schema.errors import ItemError, Reason
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_reasons() -> list[str]:
+    """The first column of the table under the first heading that mentions "Reasons"."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith("#") and "Reasons" in line)
+    codes: list[str] = []
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        match = re.match(r"^\|\s*`([a-z_]+)`\s*\|", line)
+        if match:
+            codes.append(match.group(1))
+    return codes
+
+
+def test_readme_reason_table_equals_the_enum() -> None:
+    codes = readme_reasons()
+    assert len(codes) == len(set(codes)), "a reason is listed twice"
+    assert sorted(codes) == sorted(r.value for r in Reason)
+
+
+def test_item_error_carries_its_reason() -> None:
+    error = ItemError(Reason.TIMEOUT, "slow")
+    assert (error.failure.reason, error.failure.detail) == (Reason.TIMEOUT, "slow")
+    assert str(error) == "timeout: slow" and Reason.TIMEOUT == "timeout"

@@ -1,0 +1,171 @@
+"""``lookalike train`` on fakes: split, augmentation, losses and a tiny training run.
+
+The fake backbone stands in for EfficientNet: its "bottom" averages 8x8 pixel cells and its
+top is a 1x1 conv and average pooling, so a run takes seconds. The real network is trained in
+tests/test_training_luma.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from embedding.preprocess import SquareMode
+from training.augment import AugmentConfig, views, work_image
+from training.data import TrainingDataError, load_training_images, split
+from training.trainer import TrainOptions, train
+
+SIZE = 32
+
+
+class FakeBackbone:
+    image_size = SIZE
+    square = SquareMode.PAD
+
+    def __init__(self) -> None:
+        import keras
+
+        keras.utils.set_random_seed(0)
+        fmap = keras.Input(shape=(4, 4, 3))
+        x = keras.layers.Conv2D(16, 1, name="mix")(fmap)
+        x = keras.layers.BatchNormalization(name="mix_bn")(x)
+        self._top = keras.Model(fmap, keras.layers.GlobalAveragePooling2D()(x))
+        self.saved: list[Path] = []
+
+    def features(self, batch: NDArray[np.uint8]) -> NDArray[np.float16]:
+        cells = batch.reshape(len(batch), 4, 8, 4, 8, 3).mean(axis=(2, 4)) / 255.0
+        return cells.astype(np.float16)
+
+    def top(self) -> Any:
+        return self._top
+
+    def save(self, directory: Path, top: Any, colour_weight: float,
+             report: dict[str, Any]) -> str:
+        directory.mkdir(parents=True, exist_ok=True)
+        top.save_weights(str(directory / "top.weights.h5"))
+        (directory / "report.json").write_text(json.dumps(report))
+        self.saved.append(directory)
+        return "fake-v1"
+
+
+def _catalog(tmp_path: Path, n_styles: int = 6, colours: int = 2) -> Path:
+    """Styles are shapes (a square, a disc, ...at a size), variants are their colours."""
+    rng = np.random.default_rng(1)
+    lines = []
+    for s in range(n_styles):
+        for c in range(colours):
+            colour = tuple(int(v) for v in rng.integers(0, 200, 3))
+            paths = []
+            for view in range(2):
+                image = Image.new("RGB", (64, 48 + 8 * view), (255, 255, 255))
+                box = (8 + 2 * s, 8, 40 + 3 * s, 40)
+                from PIL import ImageDraw
+
+                draw = ImageDraw.Draw(image)
+                (draw.ellipse if s % 2 else draw.rectangle)(box, fill=colour)
+                path = tmp_path / f"s{s}c{c}v{view}.png"
+                image.save(path)
+                paths.append(path.name)
+            lines.append({"product_id": f"s{s}-c{c}", "group_id": f"s{s}", "title": "t",
+                          "category": f"Cat/{s % 3}", "price": 1.0, "currency": "EUR",
+                          "images": paths})
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return catalog
+
+
+def test_labels_come_from_the_catalog(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    plain = load_training_images(catalog, None)
+    assert len(plain) == 24 and {im.group for im in plain} == {im.product_id for im in plain}
+    by_style = load_training_images(catalog, "group_id")
+    assert {im.group for im in by_style} == {f"s{s}" for s in range(6)}
+    assert {im.group for im in load_training_images(catalog, "category")} == {
+        "Cat/0", "Cat/1", "Cat/2"}
+    with pytest.raises(TrainingDataError, match="no 'colour'"):
+        load_training_images(catalog, "colour")
+
+
+@pytest.mark.parametrize("by_group", [False, True])
+def test_split_is_disjoint_and_seeded(tmp_path: Path, by_group: bool) -> None:
+    images = load_training_images(_catalog(tmp_path), "group_id")
+    parts = split(images, 0.3, seed=3, by_group=by_group)
+    key = "group" if by_group else "product_id"
+    train_units = {getattr(im, key) for im in parts.train}
+    val_units = {getattr(im, key) for im in parts.val}
+    assert train_units and val_units and not train_units & val_units
+    assert len(parts.train) + len(parts.val) == len(images)
+    assert split(images, 0.3, seed=3, by_group=by_group) == parts
+    assert split(images, 0.3, seed=4, by_group=by_group) != parts
+
+
+def test_views_are_seeded_and_altered(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    photos = [work_image(Image.open(im.path)) for im in load_training_images(catalog, None)]
+    config = AugmentConfig(views=4, colour_jitter=0.5)
+    a = views(photos[0], photos[1:4], (0, 0), config, SIZE, SquareMode.PAD)
+    b = views(photos[0], photos[1:4], (0, 0), config, SIZE, SquareMode.PAD)
+    c = views(photos[0], photos[1:4], (1, 0), config, SIZE, SquareMode.PAD)
+    assert a.shape == (5, SIZE, SIZE, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a[1:], c[1:])
+    assert np.array_equal(a[0], c[0])  # the clean view is the model input itself
+    assert all(not np.array_equal(a[0], a[v]) for v in range(1, 5))
+
+
+def test_batch_hard_triplet_matches_numpy() -> None:
+    from keras import ops
+
+    from training.losses import TRIPLET_MARGIN, batch_hard_triplet
+
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(8, 5)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 4], np.int32)  # 3 and 4: no positive
+    u = e / np.linalg.norm(e, axis=1, keepdims=True)
+    sim = u @ u.T
+    expected = []
+    for i in range(6):
+        pos = [sim[i, j] for j in range(8) if labels[j] == labels[i] and j != i]
+        neg = [sim[i, j] for j in range(8) if labels[j] != labels[i]]
+        expected.append(max(0.0, max(neg) - min(pos) + TRIPLET_MARGIN))
+    got = float(ops.convert_to_numpy(batch_hard_triplet(labels, e)))
+    assert got == pytest.approx(np.mean(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["proxy", "triplet"])
+def test_tiny_training_run(tmp_path: Path, loss: str) -> None:
+    catalog = _catalog(tmp_path)
+    options = TrainOptions(group_key="group_id", epochs=3, seed=5, loss=loss,  # type: ignore[arg-type]
+                           views=2, val_fraction=0.34, labels_per_batch=4, samples_per_label=2)
+    backbone = FakeBackbone()
+    result = train(catalog, tmp_path / "model", backbone, options)
+    report = json.loads((tmp_path / "model" / "report.json").read_text())
+    assert result.model_version == "fake-v1" and backbone.saved == [tmp_path / "model"]
+    assert report["validation"]["groups"] == 2 and report["train"]["groups"] == 4
+    assert len(report["history"]) == 3 and all(np.isfinite(h["loss"]) for h in report["history"])
+    # the kept epoch is the best one on validation, the untrained top included
+    for task in ("item", "group_similar"):
+        assert result.after[task]["R@1"] >= result.before[task]["R@1"]
+    assert report["seconds"]["total"] > 0 and report["views_per_s"] > 0
+
+    again = train(catalog, tmp_path / "again", FakeBackbone(), options)
+    assert again.report["history"] == report["history"]  # a seed reproduces a run
+
+
+def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lookalike", "train", "--catalog", str(tmp_path / "nope.jsonl"),
+         "--out", str(tmp_path / "model")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no such catalog file" in done.stderr

@@ -1,0 +1,91 @@
+"""Metric-learning losses in Keras ops (so they run on any Keras backend, GPU included).
+
+* :func:`batch_hard_triplet`: for each anchor in the batch, its least similar positive and its
+  most similar negative (Hermans et al., "In Defense of the Triplet Loss", 2017), hinge with a
+  cosine margin. Needs batches of P labels x K samples (:class:`training.trainer.PKBatches`).
+* :class:`CosineProxies`: normalised softmax over one learned proxy per label (Zhai & Wu,
+  "Classification is a Strong Baseline for Deep Metric Learning", 2019): a cosine classifier
+  with a temperature. Every sample is compared with every label's proxy, not only with the
+  few negatives a batch holds, which is why it usually learns faster from small batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+TRIPLET_MARGIN = 0.2
+PROXY_TEMPERATURE = 0.05
+PROXY_LR_SCALE = 100.0
+"""Proxies are stored divided by this and multiplied back in the forward pass: with Adam, that
+makes their steps this many times larger than the network's (proxy-anchor's practice), so they
+keep up with the features they describe."""
+
+
+def batch_hard_triplet(labels: Any, embeddings: Any) -> Any:
+    """Mean over anchors of ``relu(max_neg cos - min_pos cos + margin)``; anchors without a
+    positive or a negative in the batch are left out."""
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    e = embeddings / ops.maximum(ops.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    sim = ops.matmul(e, ops.transpose(e))
+    same = ops.equal(ops.expand_dims(labels, 0), ops.expand_dims(labels, 1))
+    eye = ops.eye(ops.shape(labels)[0], dtype="bool")
+    positive = ops.logical_and(same, ops.logical_not(eye))
+    negative = ops.logical_not(same)
+    hardest_pos = ops.min(ops.where(positive, sim, 2.0), axis=1)
+    hardest_neg = ops.max(ops.where(negative, sim, -2.0), axis=1)
+    valid = ops.cast(ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1)),
+                     sim.dtype)
+    hinge = ops.relu(hardest_neg - hardest_pos + TRIPLET_MARGIN) * valid
+    return ops.sum(hinge) / ops.maximum(ops.sum(valid), 1.0)
+
+
+def proxy_softmax(labels: Any, logits: Any) -> Any:
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                 from_logits=True))
+
+
+@keras.saving.register_keras_serializable(package="lookalike")
+class CosineProxies(keras.layers.Layer):  # type: ignore[misc]
+    """Embeddings -> cosine to each label's proxy, divided by the temperature (logits)."""
+
+    def __init__(self, n_labels: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_labels = n_labels
+
+    def build(self, input_shape: Any) -> None:
+        self.proxies = self.add_weight(
+            shape=(int(input_shape[-1]), self.n_labels),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / PROXY_LR_SCALE),
+            name="proxies")
+
+    def call(self, embeddings: Any) -> Any:
+        e = embeddings / ops.maximum(ops.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        p = self.proxies * PROXY_LR_SCALE
+        p = p / ops.maximum(ops.norm(p, axis=0, keepdims=True), 1e-12)
+        return ops.matmul(e, p) / PROXY_TEMPERATURE
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_labels": self.n_labels}
+
+
+@keras.saving.register_keras_serializable(package="lookalike")
+class MixColour(keras.layers.Layer):  # type: ignore[misc]
+    """``[cnn, colour]`` -> unit ``[cnn / |cnn|, weight * colour]``, as
+    :func:`embedding.embedder.mix_colour` builds the served vector (colour rows are unit)."""
+
+    def __init__(self, weight: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weight = weight
+
+    def call(self, inputs: Any) -> Any:
+        cnn, colour = inputs
+        cnn = cnn / ops.maximum(ops.norm(cnn, axis=1, keepdims=True), 1e-12)
+        both = ops.concatenate([cnn, self.weight * colour], axis=1)
+        return both / ops.maximum(ops.norm(both, axis=1, keepdims=True), 1e-12)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight": self.weight}

@@ -1,0 +1,350 @@
+"""Fine-tune the top of the embedding network on a catalog: the loop behind ``lookalike train``.
+
+Steps: read the catalog and split it (product- or group-disjoint); decode every photo and
+cache the frozen bottom's output for its clean and altered views (:mod:`training.features`);
+score the held-out products with the untrained top; train the top on P x K batches of cached
+views with the chosen loss, scoring after every epoch and keeping the best epoch (the
+untrained top counts as epoch 0, so a run never makes the validation figures worse); write the
+model directory (:mod:`embedding.trained`) with a report of what was measured.
+
+Keeping the best epoch uses the validation products to choose, so the "after" figures are a
+little optimistic; the held-out protocols of docs/training.md are what to quote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from embedding.colour import COLOUR_DIM
+from embedding.embedder import mix_colour
+from training.augment import AugmentConfig
+from training.backbone import Backbone
+from training.data import TrainImage, load_training_images, split
+from training.features import CachedViews, cache_views, decode_all
+from training.validate import ValSet, group_recall, item_recall
+
+log = logging.getLogger(__name__)
+
+Loss = Literal["triplet", "proxy"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    group_key: str | None = None
+    epochs: int = 8
+    seed: int = 0
+    loss: Loss = "triplet"
+    """Batch-hard triplet won the comparison with normalised softmax (docs/training.md)."""
+    views: int = 4
+    """Altered views cached per training photo (besides the clean one)."""
+    colour_jitter: float | None = None
+    """Share of altered views with shifted colours; default 0.5 with a group key, else 0."""
+    val_fraction: float = 0.2
+    labels_per_batch: int = 16
+    samples_per_label: int = 4
+    learning_rate: float = 1e-4
+    colour_weight: float = 0.5
+    max_pixels: int = 40_000_000
+    group_weight: float = 1.0
+    """Weight of the group loss next to the product loss (with a group key)."""
+    colour_in_loss: bool = True
+    """The product loss sees the served vector (CNN + colour histogram at ``colour_weight``),
+    so training spends itself on what the colour does not already tell apart."""
+    keep_best: bool = True
+    """Keep the best epoch on validation (else the last one: for sweeps on other sets)."""
+
+    def augment(self) -> AugmentConfig:
+        jitter = self.colour_jitter
+        if jitter is None:
+            jitter = 0.5 if self.group_key else 0.0
+        return AugmentConfig(views=self.views, colour_jitter=jitter)
+
+
+@dataclass
+class TrainResult:
+    model_version: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    best_epoch: int
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class _Progress:
+    """A tqdm bar over all training steps, as a Keras callback (built lazily: keras import)."""
+
+    @staticmethod
+    def callback(total: int) -> Any:
+        import keras
+
+        class Callback(keras.callbacks.Callback):  # type: ignore[misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.bar = tqdm(total=total, desc="train", unit="step")
+
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                self.bar.update(1)
+                if logs and "loss" in logs:
+                    self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+
+        return Callback()
+
+
+def _labels(images: list[TrainImage], key: str) -> NDArray[np.int32]:
+    values = [getattr(im, key) for im in images]
+    index = {v: i for i, v in enumerate(sorted(set(values)))}
+    return np.array([index[v] for v in values], np.int32)
+
+
+def _batches(cached: CachedViews, units: NDArray[np.int32], labels: dict[str, NDArray[np.int32]],
+             options: TrainOptions, steps: int) -> Any:
+    """P labels x K (photo, view) samples per batch, drawn per unit (product, or group with a
+    group key, so a batch holds other products of the same group as positives for it)."""
+    import keras
+
+    members = [np.flatnonzero(units == u) for u in range(int(units.max()) + 1)]
+    n_views = cached.features.shape[1]
+    p = min(options.labels_per_batch, len(members))
+
+    class PKBatches(keras.utils.PyDataset):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, index: int) -> tuple[Any, Any]:
+            rng = np.random.default_rng([options.seed, self.epoch, index])
+            chosen = rng.choice(len(members), size=p, replace=False)
+            rows = np.concatenate([rng.choice(members[u], size=options.samples_per_label)
+                                   for u in chosen])
+            view = rng.integers(0, n_views, size=len(rows))
+            x: dict[str, Any] = {"fmap": cached.features[rows, view].astype(np.float32)}
+            if cached.colour is not None:
+                x["colour"] = cached.colour[rows, view]
+            return x, {name: values[rows] for name, values in labels.items()}
+
+    return PKBatches()
+
+
+def _embed(top: Any, maps: NDArray[np.float16], batch: int = 64) -> NDArray[np.float32]:
+    out = [np.asarray(top.predict_on_batch(maps[i : i + batch].astype(np.float32)))
+           for i in range(0, len(maps), batch)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def _score(top: Any, val: CachedViews, options: TrainOptions) -> dict[str, Any]:
+    assert val.colour is not None
+    products = [im.product_id for im in val.images]
+    n_views = val.features.shape[1] - 1
+    clean = _embed(top, val.features[:, 0])
+    query = _embed(top, val.features[:, 1:].reshape(-1, *val.features.shape[2:]))
+    vs = ValSet(products, [im.group for im in val.images],
+                [p for p in products for _ in range(n_views)],
+                val.colour[:, 0], val.colour[:, 1:].reshape(len(products) * n_views, -1))
+    out: dict[str, Any] = {"item": item_recall(vs, clean, query, options.colour_weight),
+                           "item_cnn_only": item_recall(vs, clean, query, 0.0)}
+    if options.group_key:
+        out["group_similar"] = group_recall(vs, clean)
+    return out
+
+
+def _r1(scores: dict[str, Any]) -> list[float]:
+    """R@1 of the exact task, and of the similar task where there is one."""
+    return [float(scores[task]["R@1"]) for task in ("item", "group_similar")
+            if scores.get(task)]
+
+
+def _better(scores: dict[str, Any], best: dict[str, Any], before: dict[str, Any]) -> bool:
+    """An epoch is kept when no task's R@1 is below the untrained one's and their sum beats
+    the best so far."""
+    now = _r1(scores)
+    return (all(n >= b for n, b in zip(now, _r1(before), strict=True))
+            and sum(now) > sum(_r1(best)))
+
+
+def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
+           init: dict[str, NDArray[np.float32]]) -> Any:
+    import keras
+
+    from training.losses import (
+        PROXY_LR_SCALE,
+        CosineProxies,
+        MixColour,
+        batch_hard_triplet,
+        proxy_softmax,
+    )
+
+    for layer in top.layers:  # BN statistics of small P x K batches would drift: keep ImageNet's
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    inputs = {"fmap": keras.Input(shape=tuple(top.inputs[0].shape[1:]), name="fmap")}
+    pooled = top(inputs["fmap"])
+    # the product (exact) loss on what exact search compares; the group (similar) loss on the
+    # CNN part alone, as a similar search compares
+    embedded = {name: pooled for name in n_labels}
+    if _mixes_colour(options):
+        inputs["colour"] = keras.Input(shape=(COLOUR_DIM,), name="colour")
+        embedded["item"] = MixColour(options.colour_weight)([pooled, inputs["colour"]])
+    outputs: dict[str, Any] = {}
+    losses: dict[str, Any] = {}
+    for name in n_labels:
+        if options.loss == "proxy":
+            layer = CosineProxies(n_labels[name], name=name)
+            outputs[name] = layer(embedded[name])
+            layer.proxies.assign((init[name] / PROXY_LR_SCALE).T)
+            losses[name] = proxy_softmax
+        else:
+            outputs[name] = keras.layers.Identity(name=name)(embedded[name])
+            losses[name] = batch_hard_triplet
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=losses,
+                  loss_weights={n: (options.group_weight if n == "group" else 1.0)
+                                for n in n_labels})
+    return model
+
+
+def _mixes_colour(options: TrainOptions) -> bool:
+    return options.colour_in_loss and options.colour_weight > 0
+
+
+def _class_means(x: NDArray[np.float32], labels: NDArray[np.int32]) -> NDArray[np.float32]:
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sums = np.zeros((int(labels.max()) + 1, x.shape[1]), np.float32)
+    np.add.at(sums, labels, x)
+    out: NDArray[np.float32] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True),
+                                                1e-12)
+    return out
+
+
+@dataclass
+class Prepared:
+    """Everything computed before the first step: the split and the cached views."""
+
+    catalog: Path
+    train: CachedViews
+    val: CachedViews
+    augment: AugmentConfig
+    initial: list[Any]
+    """The top's weights before training, so several fits can start from the same point."""
+    seconds: dict[str, float]
+
+
+VAL_VIEWS = 2
+"""Altered views per held-out photo, each one query."""
+
+
+def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepared:
+    images = load_training_images(catalog, options.group_key)
+    by_group = options.group_key is not None
+    parts = split(images, options.val_fraction, options.seed, by_group=by_group)
+    augment = options.augment()
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        t0 = time.perf_counter()
+        train_images, train_photos, skipped = decode_all(parts.train, options.max_pixels, pool)
+        val_images, val_photos, val_skipped = decode_all(parts.val, options.max_pixels, pool)
+        decode_s = time.perf_counter() - t0
+        train_cache = cache_views(train_images, train_photos, backbone, augment, options.seed,
+                                  colour=True, pool=pool, desc="views (train)")
+        val_cache = cache_views(val_images, val_photos, backbone,
+                                AugmentConfig(views=VAL_VIEWS, colour_jitter=0.0),
+                                options.seed + 1_000_003, colour=True, pool=pool,
+                                desc="views (validation)")
+    train_cache.skipped, val_cache.skipped = skipped, val_skipped
+    return Prepared(catalog, train_cache, val_cache, augment, backbone.top().get_weights(),
+                    {"decode": round(decode_s, 1), "cache_train": round(train_cache.seconds, 1),
+                     "cache_validation": round(val_cache.seconds, 1)})
+
+
+def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -> TrainResult:
+    """Prepare, fit and write ``out``: what ``lookalike train`` runs."""
+    import keras
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(options.seed)
+    prepared = prepare(catalog, backbone, options)
+    result = fit(prepared, backbone, options)
+    result.report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    result.model_version = backbone.save(out, backbone.top(), options.colour_weight,
+                                         result.report)
+    return result
+
+
+def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainResult:
+    """Train the top from its initial weights and leave the best epoch's weights in it.
+
+    ``options`` may differ from those ``prepared`` was made with in the loss, the epochs and
+    the learning rate (a sweep over those reuses the cached views), not in what the cache
+    depends on (group key, views, seed).
+    """
+    import keras
+
+    keras.utils.set_random_seed(options.seed)
+    train_cache, val_cache = prepared.train, prepared.val
+    train_images, val_images = train_cache.images, val_cache.images
+    top = backbone.top()
+    top.set_weights(prepared.initial)
+    before = _score(top, val_cache, options)
+    log.info("validation before training: %s", before)
+    label_sets = {"item": _labels(train_images, "product_id")}
+    if options.group_key:
+        label_sets["group"] = _labels(train_images, "group")
+    units = label_sets["group" if options.group_key else "item"]
+    clean = _embed(top, train_cache.features[:, 0])
+    init = {name: _class_means(clean, labels) for name, labels in label_sets.items()}
+    if _mixes_colour(options):
+        assert train_cache.colour is not None
+        mixed = mix_colour(clean, train_cache.colour[:, 0], options.colour_weight)
+        init["item"] = _class_means(mixed, label_sets["item"])
+    model = _build(top, options, {n: int(v.max()) + 1 for n, v in label_sets.items()}, init)
+    batch = min(options.labels_per_batch, int(units.max()) + 1) * options.samples_per_label
+    steps = max(1, -(-len(train_images) // batch))
+    best = (0, top.get_weights(), before)
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    progress = _Progress.callback(steps * options.epochs)
+    data = _batches(train_cache, units, label_sets, options, steps)
+    for epoch in range(1, options.epochs + 1):
+        data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
+        fit = model.fit(data, epochs=1, verbose=0, callbacks=[progress], shuffle=False)
+        scores = _score(top, val_cache, options)
+        history.append({"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 4),
+                        "val": scores})
+        log.info("epoch %d: loss %.4f, validation %s", epoch, fit.history["loss"][-1], scores)
+        if _better(scores, best[2], before) or not options.keep_best:
+            best = (epoch, top.get_weights(), scores)
+    progress.bar.close()
+    fit_s = time.perf_counter() - t0
+    best_epoch, weights, after = best
+    top.set_weights(weights)
+    n_views = train_cache.features.shape[0] * train_cache.features.shape[1]
+    report = {
+        "catalog": str(prepared.catalog),
+        "options": {**asdict(options), "augment": asdict(prepared.augment)},
+        "train": {"images": len(train_images), "products": len(set(label_sets["item"])),
+                  "groups": int(units.max()) + 1, "views": n_views},
+        "validation": {"images": len(val_images),
+                       "products": len({im.product_id for im in val_images}),
+                       "groups": len({im.group for im in val_images})},
+        "skipped": [{"image": p, "reason": r}
+                    for p, r in train_cache.skipped + val_cache.skipped],
+        "before": before, "after": after, "best_epoch": best_epoch, "history": history,
+        "seconds": {**prepared.seconds, "fit": round(fit_s, 1)},
+        "views_per_s": round((n_views + (1 + VAL_VIEWS) * len(val_images)) /
+                             max(train_cache.seconds + val_cache.seconds, 1e-9), 1),
+        "samples_per_s": round(steps * batch * options.epochs / max(fit_s, 1e-9), 1),
+        "conditions": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                       "keras_backend": keras.config.backend()},
+    }
+    return TrainResult("", before, after, best_epoch, report)
