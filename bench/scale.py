@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from bench.services import MilvusServer, milvus_available, tree_rss_bytes  # noqa: E402
 from ingest.dlq import DeadLetterQueue  # noqa: E402
 from ingest.fetch import ImageFetcher  # noqa: E402
+from ingest.outage import OutageWait  # noqa: E402
 from ingest.runner import Pipeline  # noqa: E402
 from ingest.sink import MilvusSink  # noqa: E402
 from ingest.stages import Batch, Stages, parse_records  # noqa: E402
@@ -265,7 +266,8 @@ def fill(settings: Settings, catalog: Catalog, versions: ModelVersions,
     with ThreadPoolExecutor(settings.images.fetch_workers) as pool:
         stages = Stages(ImageFetcher([]), embedder, sink, dlq, pool,
                         max_pixels=settings.images.max_pixels,
-                        decode_workers=decode_workers(settings, embedder))
+                        decode_workers=decode_workers(settings, embedder),
+                        outage=OutageWait(g.outage_budget_s))
         pipeline = Pipeline(stages)
         in_flight = 0
         for seq, first in enumerate(range(0, catalog.n_products, per_batch)):

@@ -22,6 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from embedding.names import parse_member
+
 CROP_FRACTION = 0.875
 PAD_COLOUR = (255, 255, 255)
 RESAMPLE = Image.Resampling.BICUBIC
@@ -35,13 +37,7 @@ class SquareMode(str, Enum):
 
     @classmethod
     def parse(cls, value: str | SquareMode) -> SquareMode:
-        if isinstance(value, SquareMode):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            known = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown square mode {value!r}; known: {known}") from None
+        return parse_member(cls, value, str(value).strip().lower(), "square mode")
 
 
 def pad_to_square(image: Image.Image, size: int) -> Image.Image:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from embedding.names import parse_member
+
 # Lite fixes the head at 1280 channels for every variant, so every embedding has this size.
 FEATURE_DIM = 1280
 
@@ -44,15 +46,8 @@ class Variant(str, Enum):
     @classmethod
     def parse(cls, name: str | Variant) -> Variant:
         """Accept ``lite0``, ``efficientnet-lite0`` or a member; anything else is a ValueError."""
-        if isinstance(name, Variant):
-            return name
         key = str(name).strip().lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
-        try:
-            return cls(key)
-        except ValueError:
-            known = ", ".join(v.value for v in cls)
-            msg = f"unknown EfficientNet-Lite variant {name!r}; known: {known}"
-            raise ValueError(msg) from None
+        return parse_member(cls, name, key, "EfficientNet-Lite variant")
 
     @property
     def spec(self) -> VariantSpec:

@@ -13,11 +13,11 @@ image or an unknown relevant product would otherwise turn into a silent zero.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.publish import catalog_lines
 from schema.events import normalize_category
 
 MAX_LISTED = 5
@@ -54,21 +54,17 @@ class Query:
 
 
 def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The file's JSON objects by line number, read as ``lookalike publish`` reads a catalog
+    (ingest/publish.py); here the first bad line stops the evaluation."""
     try:
-        text = path.read_text(encoding="utf-8")
+        lines = list(catalog_lines(path))
     except OSError as exc:
         raise ProtocolError(f"{path}: cannot read: {exc.strerror or exc}") from None
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"{path}:{number}: not JSON: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"{path}:{number}: expected a JSON object")
-        out.append((number, obj))
+    for line in lines:
+        if "__error__" in line.raw:
+            raise ProtocolError(f"{path}:{line.line}: {line.raw['__error__']}")
+        out.append((line.line, line.raw))
     if not out:
         raise ProtocolError(f"{path}: no lines")
     return out

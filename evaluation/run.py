@@ -24,10 +24,11 @@ from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
+from lookalike.settings import MAX_K
 from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
-from search.api import MAX_K, ProductSearch
+from search.api import ProductSearch
 from search.intent import Match
 from store import MilvusStore, ensure_collections
 

@@ -45,6 +45,7 @@ from urllib.parse import urljoin, urlsplit
 from requests.utils import requote_uri
 
 from ingest.egress import Address, EgressPolicy
+from lookalike.settings import ImageSettings
 from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 
@@ -54,19 +55,23 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 65536
 
 
+_DEFAULTS = ImageSettings()
+"""The defaults below are the settings' (lookalike/settings.py defines them, once)."""
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     """How URLs are fetched: deadlines, retries, concurrency (defaults: ``ImageSettings``)."""
 
-    deadline_s: float = 10.0
+    deadline_s: float = _DEFAULTS.timeout_s
     """Everything for one image, retries included."""
-    max_attempts: int = 3
-    backoff_s: float = 0.25
+    max_attempts: int = _DEFAULTS.max_attempts
+    backoff_s: float = _DEFAULTS.retry_backoff_s
     """First retry delay; doubles per attempt, with jitter."""
-    retry_after_max_s: float = 5.0
-    per_host: int = 8
+    retry_after_max_s: float = _DEFAULTS.retry_after_max_s
+    per_host: int = _DEFAULTS.per_host_connections
     """Connections to one host at once (a waiting fetch counts against its deadline)."""
-    max_redirects: int = 5
+    max_redirects: int = _DEFAULTS.max_redirects
 
 
 class _Retryable(Exception):
@@ -121,8 +126,8 @@ class ImageFetcher:
         self,
         roots: Sequence[Path],
         *,
-        timeout_s: float = 10.0,
-        max_bytes: int = 20 * 1024 * 1024,
+        timeout_s: float = _DEFAULTS.timeout_s,
+        max_bytes: int = _DEFAULTS.max_bytes,
         egress: EgressPolicy | None = None,
         policy: FetchPolicy | None = None,
         tls: ssl.SSLContext | None = None,
@@ -146,11 +151,6 @@ class ImageFetcher:
     @property
     def deadline_s(self) -> float:
         return self._policy.deadline_s
-
-    @property
-    def refuses_paths(self) -> bool:
-        """No roots configured: every local path is refused."""
-        return not self._roots
 
     def fetch(self, image: ImageRef) -> bytes:
         if image.data is not None:

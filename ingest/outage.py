@@ -50,11 +50,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 class OutageWait:
-    """Runs a call, waiting out outages for up to ``budget_s`` (per outage)."""
+    """Runs a call, waiting out outages for up to ``budget_s`` (per outage; the production
+    value is ``IngestSettings.outage_budget_s``)."""
 
     def __init__(
         self,
-        budget_s: float = 300.0,
+        budget_s: float,
         *,
         first_delay_s: float = 0.5,
         max_delay_s: float = 15.0,

@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
+from embedding.embedder import Embedder
 from ingest.fetch import ImageFetcher
 from ingest.load import load_image_ref
 from ingest.plan import WritePlan
@@ -57,16 +58,6 @@ _ROW_FIELDS = [f for f in IMAGE_FIELDS if f != "vector"]
 
 class ReindexError(RuntimeError):
     """Re-indexing cannot start (nothing serves, or the model already serves)."""
-
-
-class ReindexEmbedder(Protocol):
-    @property
-    def model_version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -157,14 +148,14 @@ class Reindexer:
     def __init__(
         self,
         versions: ModelVersions,
-        embedder: ReindexEmbedder,
+        embedder: Embedder,
         fetcher: ImageFetcher,
         pool: ThreadPoolExecutor,
         *,
         max_pixels: int,
         chunk_products: int = 16,
-        max_passes: int = 10,
-        settle_s: float = 2.0,
+        max_passes: int,
+        settle_s: float,
         on_chunk: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

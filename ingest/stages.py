@@ -181,7 +181,7 @@ class Stages:
         decode_workers: int = 1,
         clock: Callable[[], float] = time.time,
         after_write: Callable[[], None] | None = None,
-        outage: OutageWait | None = None,
+        outage: OutageWait,
     ) -> None:
         self._fetcher = fetcher
         self._embedder = embedder
@@ -198,7 +198,7 @@ class Stages:
         self._after_write = after_write
         # Store and dead-letter outages are waited out here, on the stage threads: the
         # pipeline fills up, the poll loop pauses the partitions and keeps polling.
-        self._outage = outage or OutageWait()
+        self._outage = outage
 
     def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
         return load_image_ref(

@@ -133,10 +133,14 @@ class IngestSettings(_Group):
     )
 
 
+MAX_K = 1000
+"""Most products one search returns (search/api.py checks it; the API and settings cap it)."""
+
+
 class SearchSettings(_Group):
-    k: int = Field(default=10, ge=1, le=1000, description="Products a search returns")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="Products a search returns")
     compare_k: int = Field(
-        default=20, ge=1, le=1000,
+        default=20, ge=1, le=MAX_K,
         description="Most similar products that price comparison looks at",
     )
     compare_threshold: float = Field(

@@ -1,6 +1,7 @@
 """Typed visual search over the image collection, for backend developers.
 
->>> search = ProductSearch(MilvusStore.open("./var/lookalike.db"), spec, embedder)
+>>> search = ProductSearch(MilvusStore.open("./var/lookalike.db"), spec, embedder,
+...                        consistency="Bounded", max_pixels=settings.images.max_pixels)
 >>> search.by_image(Path("query.jpg"), k=10, filter=SearchFilter(categories=["Men/Tops"]))
 [Hit(product_id='p1', score=0.93, ...), ...]
 
@@ -41,12 +42,14 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from embedding.embedder import Embedder
+from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
@@ -58,16 +61,13 @@ from store.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMPARE_THRESHOLD = 0.50
-"""Cosine similarity below which a retrieved listing is not even verified as the same item
-(the verification decides; this only saves its cost on hopeless candidates)."""
-DEFAULT_MAX_PIXELS = 40_000_000
+_SEARCH_DEFAULTS = SearchSettings()
+"""The searches' k and compare_prices' threshold default to the settings' (defined there only)."""
 OVERFETCH = 4
 SHORT_PAGE_ROUNDS = 3
 """Searches without the products found so far, after a short page."""
 EXACT_MAX_ROWS = 8192
 """Most matching rows scored exactly when the index keeps answering short (vectors fetched)."""
-MAX_K = 1000
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
 
@@ -84,20 +84,6 @@ _HIT_FIELDS = [
     "image_ref",
     "image_key",
 ]
-
-
-class Embedder(Protocol):
-    """What search needs from ``embedding.embedder`` (structural: any such object works)."""
-
-    @property
-    def model_version(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """float32 array (n, dim), rows L2-normalised."""
-        ...
 
 
 class ModelMismatchError(RuntimeError):
@@ -176,7 +162,7 @@ class ProductSearch:
         embedder: Embedder,
         *,
         consistency: Consistency,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int,
         image_loader: ImageLoader | None = None,
         model_check_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -254,7 +240,7 @@ class ProductSearch:
     # -- public ------------------------------------------------------------------------
 
     def by_image(
-        self, image: ImageInput, k: int = 10, filter: SearchFilter | None = None,
+        self, image: ImageInput, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like ``image`` (bytes, a file path or a PIL image)."""
@@ -263,7 +249,7 @@ class ProductSearch:
     def by_vector(
         self,
         vector: Sequence[float] | np.ndarray,
-        k: int = 10,
+        k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
@@ -271,7 +257,8 @@ class ProductSearch:
         return self.by_vectors([vector], k, filter, match)
 
     def by_images(
-        self, images: Sequence[ImageInput], k: int = 10, filter: SearchFilter | None = None,
+        self, images: Sequence[ImageInput], k: int = _SEARCH_DEFAULTS.k,
+        filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
@@ -281,7 +268,7 @@ class ProductSearch:
     def by_vectors(
         self,
         vectors: Sequence[Sequence[float] | np.ndarray],
-        k: int = 10,
+        k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
@@ -294,7 +281,7 @@ class ProductSearch:
         return self._hits([self._check_vector(v) for v in vectors], k, filter, match, ())
 
     def by_product(
-        self, product_id: str, k: int = 10, filter: SearchFilter | None = None,
+        self, product_id: str, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
         match: Match = "similar",
     ) -> list[Hit]:
         """More like this: products similar to any image of ``product_id`` (never itself).
@@ -310,8 +297,8 @@ class ProductSearch:
         self,
         image: ImageInput | None = None,
         product_id: str | None = None,
-        threshold: float = DEFAULT_COMPARE_THRESHOLD,
-        k: int = 20,
+        threshold: float = _SEARCH_DEFAULTS.compare_threshold,
+        k: int = _SEARCH_DEFAULTS.compare_k,
         filter: SearchFilter | None = None,
     ) -> list[PriceMatch]:
         """Listings of the same item, cheapest first, each with the evidence that it is.
@@ -497,17 +484,21 @@ def _check_k(k: int) -> int:
     return k
 
 
+def _listing(row: dict[str, Any]) -> dict[str, Any]:
+    """The stored listing's fields that a :class:`Hit` and a :class:`PriceMatch` both show."""
+    return {
+        "product_id": str(row["product_id"]),
+        "title": str(row["title"]),
+        "category": str(row["category"]),
+        "price": float(row["price"]),
+        "currency": str(row["currency"]),
+        "image_ref": str(row["image_ref"]),
+        "image_key": str(row["image_key"]),
+    }
+
+
 def _hit(row: dict[str, Any], score: float) -> Hit:
-    return Hit(
-        product_id=str(row["product_id"]),
-        score=score,
-        title=str(row["title"]),
-        category=str(row["category"]),
-        price=float(row["price"]),
-        currency=str(row["currency"]),
-        image_ref=str(row["image_ref"]),
-        image_key=str(row["image_key"]),
-    )
+    return Hit(score=score, **_listing(row))
 
 
 def _strongest(evidence: Iterable[Evidence]) -> Evidence:
@@ -518,18 +509,12 @@ def _strongest(evidence: Iterable[Evidence]) -> Evidence:
 
 def _price_match(row: dict[str, Any], evidence: Evidence) -> PriceMatch:
     return PriceMatch(
-        product_id=str(row["product_id"]),
         similarity=evidence.similarity,
         inliers=evidence.inliers,
         colour_agreement=round(evidence.colour_agreement, 4),
         correlation=round(a.correlation, 4) if (a := evidence.alignment) else None,
         colour_shift=None if (shift := evidence.colour_shift) is None else round(shift, 2),
         reason=evidence.reason,
-        price=float(row["price"]),
-        currency=str(row["currency"]),
-        title=str(row["title"]),
-        category=str(row["category"]),
         seller_id=str(row["seller_id"]),
-        image_ref=str(row["image_ref"]),
-        image_key=str(row["image_key"]),
+        **_listing(row),
     )

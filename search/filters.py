@@ -6,7 +6,7 @@ text or template parameters).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -73,13 +73,6 @@ class SearchFilter(BaseModel):
                 f"({self.max_price})"
             )
         return self
-
-
-def to_expression(
-    search_filter: SearchFilter | None, templates: bool
-) -> tuple[str, dict[str, Any]]:
-    """``(expression, filter_params)`` for a filter; ``("", {})`` when it is empty."""
-    return add_filter(ExpressionBuilder(templates=templates), search_filter).build()
 
 
 def add_filter(builder: ExpressionBuilder, search_filter: SearchFilter | None) -> ExpressionBuilder:

@@ -33,8 +33,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding.decode import ImageDecodeError
+from lookalike.settings import MAX_K, SearchSettings, ServeSettings
 from schema.errors import Reason
-from search.api import MAX_K, MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
+from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
 from search.filters import SearchFilter
 from serve.health import Readiness
 from serve.images import ImageRefused, ImageRoots
@@ -49,13 +50,20 @@ T = TypeVar("T")
 Match = Literal["similar", "exact"]
 
 
+_SEARCH = SearchSettings()
+_SERVE = ServeSettings()
+
+
 @dataclass(frozen=True)
 class ServeConfig:
+    """What the API needs of the settings (lookalike/app.py passes them; the defaults are the
+    settings' own)."""
+
     image_roots: Sequence[Path] = field(default_factory=list)
-    default_k: int = 10
-    compare_k: int = 20
-    compare_threshold: float = 0.90
-    max_upload_bytes: int = 20 * 1024 * 1024
+    default_k: int = _SEARCH.k
+    compare_k: int = _SEARCH.compare_k
+    compare_threshold: float = _SEARCH.compare_threshold
+    max_upload_bytes: int = _SERVE.max_upload_bytes
 
 
 class ApiError(Exception):

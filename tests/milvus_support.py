@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike.settings import ImageSettings
 from schema.collection import CollectionSpec
 from schema.records import ImageRecord, category_levels, image_pk
 from store import EngineInfo, MilvusStore
@@ -36,6 +37,7 @@ from store import EngineInfo, MilvusStore
 SERVER_ENV = "LOOKALIKE_TEST_MILVUS_SERVER_URI"
 DIM = 8
 MODEL = "fake-v1"
+MAX_PIXELS = ImageSettings().max_pixels  # what ProductSearch is given in production
 
 ENGINES = [
     pytest.param("lite", id="lite"),

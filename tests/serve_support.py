@@ -78,6 +78,7 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
         app = create_app(search or real, embedder=timed, store=store,
                          readiness=Readiness(store, spec.name, lambda: True),
                          registry=registry, metrics=metrics, pool=pool,
-                         config=ServeConfig(image_roots=[root], max_upload_bytes=max_upload_bytes))
+                         config=ServeConfig(image_roots=[root], compare_threshold=0.90,
+                                            max_upload_bytes=max_upload_bytes))
         yield Served(app, real, registry, embedder, spec, root)
     store.close()

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from ingest.fetch import ImageFetcher
+from ingest.outage import OutageWait
 from ingest.plan import EventItem
 from ingest.stages import Batch, Stages
 from lookalike.app import decode_workers
@@ -76,7 +77,7 @@ def test_at_most_decode_workers_images_decode_at_once(slots: int) -> None:
     embedder = SlowEmbedder()
     with ThreadPoolExecutor(8) as pool:
         stages = Stages(ImageFetcher([]), embedder, NoStates(), None, pool,  # type: ignore[arg-type]
-                        max_pixels=10_000_000, decode_workers=slots)
+                        max_pixels=10_000_000, decode_workers=slots, outage=OutageWait(0.0))
         batch = _batch(6, 2)
         stages.prepare(batch)
     assert len(batch.prepared) == 12 and not batch.stats.images_failed

@@ -111,7 +111,7 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
          "repeats line 1"),
         (lambda root: _append(root / "gallery.jsonl", {"product_id": "z", "category": "A"}),
          "images must be a non-empty list"),
-        (lambda root: _append(root / "gallery.jsonl", "not json"), "not JSON"),
+        (lambda root: _append(root / "gallery.jsonl", "not json"), "invalid JSON"),
     ],
 )
 def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> None:

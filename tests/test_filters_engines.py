@@ -16,6 +16,7 @@ from search.api import ProductSearch
 from search.filters import SearchFilter
 from store import ExpressionBuilder, ensure_collections
 from tests import milvus_support
+from tests.hostile import HOSTILE_STRINGS
 from tests.milvus_support import (
     FakeEmbedder,
     Milvus,
@@ -27,23 +28,6 @@ from tests.milvus_support import (
 # shared fixtures (pytest finds them as module attributes)
 milvus = milvus_support.milvus
 
-HOSTILE_CATEGORIES = [
-    'x" or 1==1',
-    'x" or category != "',
-    'x\\" or 1==1 or \\"',
-    "') or true or ('",
-    "' or ''=='",
-    '" || true || "',
-    "\\",
-    "\\\\",
-    'a\\"b',
-    "trailing\\",
-    "ünïcødé ß 日本語 🙂",
-    "\u2028line\u2029sep",
-    "{p0}",
-    "x) or (1==1",
-    "L" * 512,
-]
 PLAIN = ["x", "a", "a\\b"]  # near-misses that must not match the hostile ones
 
 
@@ -61,7 +45,7 @@ def data(milvus: Milvus) -> Iterator[Data]:
     ensure_collections(milvus.store, s)
     by_category: dict[str, str] = {}
     records = []
-    for i, cat in enumerate(HOSTILE_CATEGORIES + PLAIN):
+    for i, cat in enumerate(HOSTILE_STRINGS + PLAIN):
         pid = f"h{i}"
         stored = normalize_category(cat)  # as events store it
         by_category[stored] = pid
@@ -70,19 +54,20 @@ def data(milvus: Milvus) -> Iterator[Data]:
     for j, pid in enumerate(['q" or 1==1 or "', "q') or ('", "q\\", 'q\\"']):
         records.append(record(pid, "k", rotate(0.4 + j / 100), category="Ids"))
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
-    search = ProductSearch(milvus.store, s, FakeEmbedder(), consistency="Strong")
+    search = ProductSearch(milvus.store, s, FakeEmbedder(), consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS)
     yield Data(s, search, milvus, by_category)
     milvus.drop(s)
 
 
-@pytest.mark.parametrize("category", HOSTILE_CATEGORIES + PLAIN)
+@pytest.mark.parametrize("category", HOSTILE_STRINGS + PLAIN)
 def test_hostile_category_matches_only_itself(data: Data, category: str) -> None:
     hits = data.search.by_vector(unit(0), k=50, filter=SearchFilter(categories=[category]))
     assert [h.product_id for h in hits] == [data.by_category[normalize_category(category)]]
     assert hits[0].category == normalize_category(category)
 
 
-@pytest.mark.parametrize("category", HOSTILE_CATEGORIES)
+@pytest.mark.parametrize("category", HOSTILE_STRINGS)
 def test_hostile_values_in_plain_equality(data: Data, category: str) -> None:
     """The builder's literals, straight to query(), on every string operator."""
     value = normalize_category(category)

@@ -44,6 +44,19 @@ def wait_for(log: Path, needle: str, timeout_s: float) -> None:
     raise AssertionError(f"{needle!r} not in {log}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def signal_after_first_batch(child: subprocess.Popen[bytes], log: Path, sig: signal.Signals,
+                             wait_s: float) -> int:
+    """Send ``sig`` once the child committed one batch (others in flight); its exit code.
+    A child still running afterwards is killed, so no test leaves one behind."""
+    try:
+        wait_for(log, "batch=1 ", 60)
+        child.send_signal(sig)
+        return child.wait(wait_s)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 @pytest.fixture
 def published(bootstrap: str, unique: str, tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "images"
@@ -65,14 +78,7 @@ def test_killed_mid_batch_then_restarted_loses_and_duplicates_nothing(
     root, db = published
     log = tmp_path / "child.log"
     child = start_child(bootstrap, unique, db, root, log=log)
-    try:
-        wait_for(log, "batch=1 ", 60)  # one batch committed, others in flight
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
+    assert signal_after_first_batch(child, log, signal.SIGKILL, wait_s=10) == -signal.SIGKILL
     restarted = start_child(bootstrap, unique, db, root, "--until-caught-up", log=log)
     assert restarted.wait(120) == 0, log.read_text()[-3000:]
 
@@ -88,13 +94,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_exits_zero(
     root, db = published
     log = tmp_path / "child.log"
     child = start_child(bootstrap, unique, db, root, log=log)
-    try:
-        wait_for(log, "batch=1 ", 60)
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(60) == 0
-    finally:
-        if child.poll() is None:
-            child.kill()
+    assert signal_after_first_batch(child, log, signal.SIGTERM, wait_s=60) == 0
     text = log.read_text()
     assert "EXIT stopped_by=SIGTERM" in text
     settings = make_settings(bootstrap, unique, db, [root])

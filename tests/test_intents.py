@@ -76,7 +76,8 @@ def search(milvus: Milvus) -> Iterator[ProductSearch]:
             for pid, v in (("other-colour", OTHER_COLOUR), ("same-colour", SAME_COLOUR),
                            ("query-item", QUERY))]
     MilvusSink(milvus.store, spec).apply(WritePlan(upserts=rows))
-    yield ProductSearch(milvus.store, spec, embedder, consistency="Strong")
+    yield ProductSearch(milvus.store, spec, embedder, consistency="Strong",
+                        max_pixels=milvus_support.MAX_PIXELS)
     milvus.drop(spec)
 
 

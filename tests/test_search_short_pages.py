@@ -54,7 +54,7 @@ class ShortPages:
 def _search(client: ShortPages) -> ProductSearch:
     store = MilvusStore(client, engine=parse_engine("v2.3.5"))
     return ProductSearch(store, CollectionSpec(name="c", dim=DIM), FakeEmbedder(),
-                         consistency="Strong")
+                         consistency="Strong", max_pixels=milvus_support.MAX_PIXELS)
 
 
 def test_a_short_page_is_searched_again_without_the_products_found() -> None:
@@ -88,6 +88,7 @@ def test_far_matches_of_a_selective_filter_fill_k_on_each_engine(
     sink = MilvusSink(milvus.store, spec)
     sink.apply(WritePlan(upserts=near + far))
     sink.flush()
-    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong")
+    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS)
     hits = search.by_vector(unit(0), k=10, filter=SearchFilter(categories=["Women/Shoes"]))
     assert [h.product_id for h in hits] == [f"f{i}" for i in range(11, 1, -1)]

@@ -137,6 +137,7 @@ def test_an_empty_answer_checks_the_model_at_most_once_per_interval(
     MilvusSink(milvus.store, spec).apply(WritePlan(upserts=[record("p1", "k", unit(0))]))
     clock = Clock()
     search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS,
                            model_check_interval_s=30.0, clock=clock)
     nothing = SearchFilter(categories=["Nowhere"])
 

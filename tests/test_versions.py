@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from ingest.fetch import ImageFetcher
+from ingest.outage import OutageWait
 from ingest.plan import EventItem, WritePlan
 from ingest.reindex import Reindexer, ReindexError
 from ingest.sink import MilvusSink
@@ -88,17 +89,18 @@ class World:
         target, guard = self.versions.open_for_writing(embedder.model_version, embedder.dim)
         sink = MilvusSink(self.m.store, target)
         return Stages(self.fetcher(), embedder, sink, NoDeadLetters(), self.pool,  # type: ignore[arg-type]
-                      max_pixels=10_000_000, after_write=guard.check)
+                      max_pixels=10_000_000, after_write=guard.check, outage=OutageWait(0.0))
 
     def searcher(self, embedder: Any) -> ProductSearch:
         spec = CollectionSpec(name=self.base, dim=embedder.dim)
         # checks the registry after every empty answer (the default: at most every 30 s)
         return ProductSearch(self.m.store, spec, embedder, consistency="Strong",
+                             max_pixels=milvus_support.MAX_PIXELS,
                              model_check_interval_s=0.0)
 
     def reindexer(self, embedder: Any, **kw: Any) -> Reindexer:
         return Reindexer(self.versions, embedder, self.fetcher(), self.pool,
-                         max_pixels=10_000_000, settle_s=0.0, **kw)
+                         **{"max_pixels": 10_000_000, "settle_s": 0.0, "max_passes": 10, **kw})
 
     def rows(self, collection: str, expr: str = 'pk != ""') -> list[dict[str, Any]]:
         return list(self.m.client.query(
@@ -315,9 +317,11 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
     try:
         sink.apply(WritePlan(upserts=[row("x", "other")]))
         with pytest.raises(ModelMismatchError, match="holds no vectors of model tiny-thumb-v1"):
-            ProductSearch(milvus.store, spec, TinyEmbedder(), consistency="Strong")
+            ProductSearch(milvus.store, spec, TinyEmbedder(), consistency="Strong",
+                          max_pixels=milvus_support.MAX_PIXELS)
         sink.apply(WritePlan(upserts=[row("y", TinyEmbedder.model_version)]))
-        search = ProductSearch(milvus.store, spec, TinyEmbedder(), consistency="Strong")
+        search = ProductSearch(milvus.store, spec, TinyEmbedder(), consistency="Strong",
+                               max_pixels=milvus_support.MAX_PIXELS)
         assert [h.product_id for h in search.by_vector([1.0] * 48)] == ["y"]  # never "x"
         with pytest.raises(ProductNotFound):
             search.by_product("x")

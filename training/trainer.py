@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from embedding.colour import COLOUR_DIM
 from embedding.embedder import mix_colour
+from lookalike.settings import ImageSettings, ModelSettings
 from training.augment import AugmentConfig
 from training.backbone import Backbone
 from training.data import TrainImage, load_training_images, split
@@ -36,6 +37,11 @@ from training.validate import ValSet, group_recall, item_recall
 log = logging.getLogger(__name__)
 
 Loss = Literal["triplet", "proxy"]
+
+
+_MODEL = ModelSettings()
+_IMAGES = ImageSettings()
+"""The served model's colour weight and the image size limit default to the settings'."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,8 @@ class TrainOptions:
     labels_per_batch: int = 16
     samples_per_label: int = 4
     learning_rate: float = 1e-4
-    colour_weight: float = 0.5
-    max_pixels: int = 40_000_000
+    colour_weight: float = _MODEL.colour_weight
+    max_pixels: int = _IMAGES.max_pixels
     group_weight: float = 1.0
     """Weight of the group loss next to the product loss (with a group key)."""
     colour_in_loss: bool = True
