@@ -11,16 +11,16 @@ for its lag.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ingest.stages import Batch
 from store import CallTiming
+from store.recorder import ThreadRecorder
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
@@ -71,27 +71,18 @@ class TimedEmbedder:
 
     def __init__(self, embedder: Any) -> None:
         self._embedder = embedder
-        self._local = threading.local()
+        self._recorder: ThreadRecorder[float] = ThreadRecorder()
 
-    @contextmanager
-    def recording(self) -> Iterator[list[float]]:
+    def recording(self) -> AbstractContextManager[list[float]]:
         """Collect the seconds of this thread's ``embed`` calls made inside the block."""
-        calls: list[float] = []
-        previous = getattr(self._local, "calls", None)
-        self._local.calls = calls
-        try:
-            yield calls
-        finally:
-            self._local.calls = previous
+        return self._recorder.recording()
 
     def embed(self, images: Sequence[Any]) -> Any:
         started = time.perf_counter()
         try:
             return self._embedder.embed(images)
         finally:
-            calls: list[float] | None = getattr(self._local, "calls", None)
-            if calls is not None:
-                calls.append(time.perf_counter() - started)
+            self._recorder.note(time.perf_counter() - started)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._embedder, name)

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +30,7 @@ from schema.collection import CollectionSpec
 from store.engine import MAX_RESULT_WINDOW, EngineInfo, IndexChoice, is_lite_uri, parse_engine
 from store.errors import StoreError, StoreUnavailableError, is_transient
 from store.expressions import ExpressionBuilder
+from store.recorder import ThreadRecorder
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class MilvusStore:
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._sleep = sleep
-        self._local = threading.local()
+        self._recorder: ThreadRecorder[CallTiming] = ThreadRecorder()
         self.engine = engine or parse_engine(
             str(self._call("server_version", 0, client.get_server_version)), uri
         )
@@ -118,16 +118,9 @@ class MilvusStore:
 
     # -- calls ---------------------------------------------------------------------------
 
-    @contextmanager
-    def recording(self) -> Iterator[list[CallTiming]]:
+    def recording(self) -> AbstractContextManager[list[CallTiming]]:
         """Collect the timings of this thread's calls made inside the block."""
-        calls: list[CallTiming] = []
-        previous = getattr(self._local, "calls", None)
-        self._local.calls = calls
-        try:
-            yield calls
-        finally:
-            self._local.calls = previous
+        return self._recorder.recording()
 
     def _call(self, op: str, rows: int, fn: Callable[[], T]) -> T:
         """Run one Milvus call with bounded retries on transient errors; time it."""
@@ -150,9 +143,7 @@ class MilvusStore:
             return result
 
     def _record(self, op: str, rows: int, started: float, attempts: int) -> None:
-        calls: list[CallTiming] | None = getattr(self._local, "calls", None)
-        if calls is not None:
-            calls.append(CallTiming(op, rows, time.perf_counter() - started, attempts))
+        self._recorder.note(CallTiming(op, rows, time.perf_counter() - started, attempts))
 
     def _filter(self, where: Where) -> dict[str, Any]:
         """``filter`` (and ``filter_params`` on engines with templates) for one call."""
