@@ -32,7 +32,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -62,6 +62,8 @@ SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
+ECC_STEPS = 40
+"""Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -89,6 +91,12 @@ class Alignment:
     near 1; another product under the same watermark or sale tag does not)."""
     colour_shifts: tuple[float, ...]
     """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``."""
+    mask_overlap: float = 1.0
+    """Intersection over union of the two foreground masks where both photos are defined:
+    the silhouettes' agreement, what tells one plain product from another of its colour."""
+    by_keypoints: bool = True
+    """False when the photos were aligned without keypoints (:func:`coarse_homography`):
+    held to the stricter ``SameItemRule.coarse_*`` thresholds."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -115,10 +123,16 @@ class SameItemRule:
     min_colour: float = 0.80
     duplicate_similarity: float = 0.99
     shift_percentile: int = 95
+    coarse_similarity: float = 0.93
+    """Global cosine from which a pair with too few inliers is aligned without keypoints."""
+    coarse_correlation: float = 0.95
+    coarse_colour_shift: float = 6.0
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
         """(same item?, why) for one pair."""
+        if alignment is not None and not alignment.by_keypoints:
+            return self._decide_coarse(similarity, inliers, colour, alignment)
         if inliers >= self.min_inliers and alignment is not None:
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
@@ -133,6 +147,26 @@ class SameItemRule:
                           f"{colour:.2f})")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:
+        """Whether a pair is worth aligning without keypoints: too few inliers for geometry,
+        yet globally close and of agreeing colours (a plain, textureless product)."""
+        return (inliers < self.min_inliers and similarity >= self.coarse_similarity
+                and colour >= self.min_colour)
+
+    def _decide_coarse(self, similarity: float, inliers: int, colour: float,
+                       alignment: Alignment) -> tuple[bool, str]:
+        if similarity >= self.duplicate_similarity and colour >= self.min_colour:
+            return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
+                          f"{colour:.2f})")
+        shift = alignment.colour_shift(self.shift_percentile)
+        if (similarity >= self.coarse_similarity and colour >= self.min_colour
+                and alignment.correlation >= self.coarse_correlation
+                and shift <= self.coarse_colour_shift):
+            return True, (f"{inliers} inliers, aligned without keypoints and the photos agree "
+                          f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f})")
+        return False, (f"{inliers} inliers; aligned without keypoints, the photos differ "
+                       f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f})")
 
 
 @dataclass(frozen=True)
@@ -237,10 +271,11 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
                                 (width, height), flags=cv2.INTER_NEAREST) > 0
     # Where BOTH show something other than background: a sale tag, a watermark on the white
     # or a coloured pad in one photo is left out, the product itself stays in.
-    product = (foreground_weights(b.small) > 0.5) & (foreground_weights(warped) > 0.5)
-    region = valid & product
+    fg_b, fg_a = foreground_weights(b.small) > 0.5, foreground_weights(warped) > 0.5
+    region = valid & fg_a & fg_b
     if int(region.sum()) < MIN_OVERLAP_PX:
         return None
+    overlap = int(region.sum()) / max(1, int((valid & (fg_a | fg_b)).sum()))
     gray_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
     gray_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
     gray_a -= gray_a.mean()
@@ -251,7 +286,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
-    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]))
+    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]), overlap)
 
 
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
@@ -271,6 +306,43 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, .
     gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
     distance = np.linalg.norm(ab_a - gain * ab_b, axis=1)
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
+
+
+def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64] | None:
+    """A mapping ``a`` -> ``b`` (px at ``VERIFY_SIZE``) found without keypoints, for plain
+    products that have none: the foreground masks' centroids and areas give a similarity
+    transform, which ECC (OpenCV's enhanced correlation, affine) refines on the grey levels
+    at a quarter of ``VERIFY_SIZE``. None when a mask is empty or ECC does not converge.
+    Alignment alone proves nothing here (a plain product fits another of its shape): the
+    stricter aligned checks of :meth:`SameItemRule._decide_coarse` decide."""
+    def quarter(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+        h, w = rgb.shape[:2]
+        img = np.asarray(cv2.resize(rgb, (max(8, w // 2), max(8, h // 2)),
+                                    interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        grey = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), dtype=np.float32)
+        return grey, (foreground_weights(img) > 0.5).astype(np.uint8)
+
+    grey_a, mask_a = quarter(a.small)
+    grey_b, mask_b = quarter(b.small)
+    moments_a, moments_b = cv2.moments(mask_a, True), cv2.moments(mask_b, True)
+    if moments_a["m00"] < 16 or moments_b["m00"] < 16:
+        return None
+    scale = float(np.sqrt(moments_a["m00"] / moments_b["m00"]))  # b px -> a px
+    ca = np.array([moments_a["m10"], moments_a["m01"]]) / moments_a["m00"]
+    cb = np.array([moments_b["m10"], moments_b["m01"]]) / moments_b["m00"]
+    warp = np.array([[scale, 0.0, ca[0] - scale * cb[0]],
+                     [0.0, scale, ca[1] - scale * cb[1]]], dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_STEPS, 1e-4)
+    try:  # warp maps b (template) px to a (input) px
+        # No mask: OpenCV 5 asserts on one whenever the two images differ in size.
+        _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
+            grey_b, grey_a, warp, cv2.MOTION_AFFINE, criteria, None, 3)
+    except cv2.error:
+        return None
+    b_to_a = np.vstack([np.asarray(refined, dtype=np.float64), [0.0, 0.0, 1.0]])
+    quarter_px = np.diag([0.25, 0.25, 1.0])  # VERIFY_SIZE px -> quarter px
+    homography = np.linalg.inv(quarter_px) @ np.linalg.inv(b_to_a) @ quarter_px
+    return homography if _plausible(homography) else None
 
 
 def _plausible(homography: NDArray[np.float64]) -> bool:
@@ -327,6 +399,10 @@ class SameItemVerifier:
         inliers, homography = geometric_inliers(query, other)
         alignment = align(query, other, homography) if homography is not None else None
         colour = float(np.dot(query.colour, other.colour))
+        if self.rule.wants_coarse(similarity, inliers, colour):
+            coarse = coarse_homography(query, other)
+            found = align(query, other, coarse) if coarse is not None else None
+            alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift)

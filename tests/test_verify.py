@@ -6,10 +6,11 @@ checks run everywhere)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
@@ -20,7 +21,7 @@ from search.verify import (
     fetching_loader,
     photo_features,
 )
-from tests.fakes import heavy_edit, recolour, textured_photo
+from tests.fakes import heavy_edit, plain_photo, recolour, textured_photo
 
 LUMA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "luma" / "images"
 needs_luma = pytest.mark.skipif(not LUMA.is_dir(), reason=f"{LUMA} not found")
@@ -102,3 +103,33 @@ def test_rule_reasons_name_the_failing_evidence() -> None:
     assert rule.decide(0.99, 0, 0.1, None) == (
         False, f"0 geometric inliers < {rule.min_inliers} and similarity 0.990 < "
                f"{rule.duplicate_similarity}")
+
+
+def _textureless_copy(photo: Image.Image) -> Image.Image:
+    """A reseller's copy of a plain product photo: turned, shrunk, padded, re-encoded."""
+    out = photo.rotate(4, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))
+    out = ImageOps.expand(out.resize((out.width * 6 // 10, out.height * 6 // 10)), border=20,
+                          fill="white")
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=50)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_a_textureless_copy_is_accepted_without_keypoints() -> None:
+    """Too few inliers for geometry and below the near-duplicate cosine: the keypoint-free
+    alignment (masks + ECC) lines the photos up and the aligned checks accept it."""
+    original = plain_photo((40, 90, 200))
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(_textureless_copy(original)), [("x", 0.95)])[0]
+    assert evidence.inliers < verifier.rule.min_inliers
+    assert evidence.same_item, evidence.reason
+    assert evidence.alignment is not None and not evidence.alignment.by_keypoints
+    assert "without keypoints" in evidence.reason
+
+
+@pytest.mark.parametrize("other", [plain_photo((200, 60, 40)),             # another colour
+                                   plain_photo((40, 90, 200), round_shape=False)])  # shape
+def test_a_textureless_look_alike_is_refused(other: Image.Image) -> None:
+    query = photo_features(_textureless_copy(plain_photo((40, 90, 200))))
+    evidence = SameItemVerifier(lambda ref: other).verify(query, [("x", 0.95)])[0]
+    assert not evidence.same_item, evidence.reason
