@@ -65,7 +65,10 @@ def main() -> int:
     q = embed_files([x.image for x in queries], embedder, cache, max_pixels=MAX_PIXELS,
                     stats=stats, desc="queries")
     ids = [p.product_id for p in gallery]
-    verifier = SameItemVerifier(lambda ref: load_image(ref, MAX_PIXELS, min_size=VERIFY_SIZE))
+    # Evidence with the keypoint-free alignment tried from cosine 0.85 on, so that the grid
+    # can grade stricter keypoint-free routes too.
+    verifier = SameItemVerifier(lambda ref: load_image(ref, MAX_PIXELS, min_size=VERIFY_SIZE),
+                                SameItemRule(coarse_similarity=0.85))
     per_query: list[list[tuple[str, Evidence]]] = []
     cold: list[float] = []
     warm: list[float] = []
@@ -106,6 +109,11 @@ def main() -> int:
     grid = [SameItemRule(i, r, h, 0.8, d, pc) for i, r, h, d, pc in itertools.product(
         (10, 15, 20), (0.75, 0.8, 0.85, 0.9), (6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 25.0),
         (0.99, 1.01), SHIFT_PERCENTILES)]
+    # The keypoint-free route (textureless products) around the default keypoint rule;
+    # coarse_similarity 1.01 turns it off.
+    grid += [SameItemRule(coarse_similarity=s, coarse_correlation=r, coarse_colour_shift=h)
+             for s, r, h in itertools.product((0.85, 0.9, 0.93, 0.95, 1.01),
+                                              (0.9, 0.95, 0.97), (4.0, 6.0, 8.0))]
     if args.rule:
         i, r, h, c, d, pc = args.rule.split(",")
         grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d), int(pc)))
@@ -130,7 +138,9 @@ def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
     return (f"inliers>={rule.min_inliers:>2} corr>={rule.min_correlation:.2f} "
             f"shift@p{rule.shift_percentile}<={rule.max_colour_shift:>4.1f} "
             f"colour>={rule.min_colour:.2f} "
-            f"dup>={rule.duplicate_similarity:.3f}: precision {s['precision']:.3f} "
+            f"dup>={rule.duplicate_similarity:.3f} coarse>={rule.coarse_similarity:.2f},"
+            f"{rule.coarse_correlation:.2f},{rule.coarse_colour_shift:.0f}: "
+            f"precision {s['precision']:.3f} "
             f"recall {s['recall']:.3f} false_match_rate {s['false_match_rate']:.3f} "
             f"all_found_rate {s['all_found_rate']:.3f}")
 
