@@ -77,8 +77,8 @@ def main() -> int:
         top = np.argsort(-sims)[: args.candidates]
         candidates = [(str(gallery[j].images[0]), float(sims[j])) for j in top]
         started = time.process_time()
-        features = photo_features(load_image(query.image, MAX_PIXELS,
-                                             min_size=embedder.decode_size))
+        # Decoded as compare_prices decodes a query photo to verify it.
+        features = photo_features(load_image(query.image, MAX_PIXELS, min_size=VERIFY_SIZE))
         evidence = verifier.verify(features, candidates)
         cold.append(time.process_time() - started)
         started = time.process_time()
