@@ -90,6 +90,19 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
     return thread
 
 
+@contextmanager
+def warming_up(embedder: Any) -> Iterator[None]:
+    """:func:`warm_up_in_background` for the block, which then waits for the warm-up to end:
+    a process that exits while TensorFlow compiles on a daemon thread aborts (SIGABRT,
+    "exception not rethrown"), e.g. an ``ingest --until-caught-up`` done within seconds."""
+    thread = warm_up_in_background(embedder)
+    try:
+        yield
+    finally:
+        if thread is not None:
+            thread.join()
+
+
 # -- Milvus ---------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from lookalike.app import (
     open_versions,
     require_serving,
     stop_on_signals,
-    warm_up_in_background,
+    warming_up,
 )
 from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
@@ -76,14 +76,14 @@ def ingest(settings: Settings, args: argparse.Namespace) -> int:
     create_topics(settings)  # an absent broker is reported before the model loads
     versions = open_versions(settings, create=True)
     embedder = build_embedder(settings)
-    warm_up_in_background(embedder)
-    metrics = None
-    if args.metrics_port is not None:
-        from lookalike.commands_serve import serve_ingest_metrics
+    with warming_up(embedder):
+        metrics = None
+        if args.metrics_port is not None:
+            from lookalike.commands_serve import serve_ingest_metrics
 
-        metrics = serve_ingest_metrics(args.metrics_port, embedder.model_version)
-    return _run_ingest(settings, embedder, versions, until_caught_up=args.until_caught_up,
-                       metrics=metrics)
+            metrics = serve_ingest_metrics(args.metrics_port, embedder.model_version)
+        return _run_ingest(settings, embedder, versions, until_caught_up=args.until_caught_up,
+                           metrics=metrics)
 
 
 def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
@@ -235,7 +235,12 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
     versions = open_versions(settings, create=True)
     embedder = build_embedder(settings)
-    warm_up_in_background(embedder)
+    with warming_up(embedder):
+        return _demo_steps(settings, events, synthetic, versions, embedder)
+
+
+def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
+                versions: ModelVersions, embedder: Any) -> int:
     print(f"catalog: {len(events)} products, {sum(len(e.images) for e in events)} images; "
           f"Milvus: {settings.milvus.uri} collection {versions.base}; "
           f"model {embedder.model_version}")

@@ -137,11 +137,13 @@ def test_batch_hard_triplet_matches_numpy() -> None:
     assert got == pytest.approx(np.mean(expected), abs=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["proxy", "triplet"])
-def test_tiny_training_run(tmp_path: Path, loss: str) -> None:
+@pytest.mark.parametrize(("loss", "colour_in_loss"),
+                         [("proxy", True), ("triplet", True), ("triplet", False)])
+def test_tiny_training_run(tmp_path: Path, loss: str, colour_in_loss: bool) -> None:
     catalog = _catalog(tmp_path)
     options = TrainOptions(group_key="group_id", epochs=3, seed=5, loss=loss,  # type: ignore[arg-type]
-                           views=2, val_fraction=0.34, labels_per_batch=4, samples_per_label=2)
+                           views=2, val_fraction=0.34, labels_per_batch=4, samples_per_label=2,
+                           colour_in_loss=colour_in_loss)
     backbone = FakeBackbone()
     result = train(catalog, tmp_path / "model", backbone, options)
     report = json.loads((tmp_path / "model" / "report.json").read_text())

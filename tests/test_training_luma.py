@@ -78,4 +78,4 @@ def test_train_on_luma_subset_and_load_back(luma_dir: Path, tmp_path: Path) -> N
     config["content_sha256"] = "0" * 64
     (out / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(TrainedModelError, match="differs from the recorded"):
-        create_embedder("lite0", "pad", 8, path=out)
+        create_embedder("lite0", "pad", 8, 0.5, path=out)

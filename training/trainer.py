@@ -79,25 +79,21 @@ class TrainResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-class _Progress:
-    """A tqdm bar over all training steps, as a Keras callback (built lazily: keras import)."""
+def _progress(total: int) -> Any:
+    """A tqdm bar over all training steps, as a Keras callback (built here: keras import)."""
+    import keras
 
-    @staticmethod
-    def callback(total: int) -> Any:
-        import keras
+    class Progress(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.bar = tqdm(total=total, desc="train", unit="step")
 
-        class Callback(keras.callbacks.Callback):  # type: ignore[misc]
-            def __init__(self) -> None:
-                super().__init__()
-                self.bar = tqdm(total=total, desc="train", unit="step")
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.bar.update(1)
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
 
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                self.bar.update(1)
-                if logs and "loss" in logs:
-                    self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
-
-
-        return Callback()
+    return Progress()
 
 
 def _labels(images: list[TrainImage], key: str) -> NDArray[np.int32]:
@@ -131,7 +127,7 @@ def _batches(cached: CachedViews, units: NDArray[np.int32], labels: dict[str, ND
                                    for u in chosen])
             view = rng.integers(0, n_views, size=len(rows))
             x: dict[str, Any] = {"fmap": cached.features[rows, view].astype(np.float32)}
-            if cached.colour is not None:
+            if _mixes_colour(options) and cached.colour is not None:
                 x["colour"] = cached.colour[rows, view]
             return x, {name: values[rows] for name, values in labels.items()}
 
@@ -313,7 +309,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     best = (0, top.get_weights(), before)
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    progress = _Progress.callback(steps * options.epochs)
+    progress = _progress(steps * options.epochs)
     data = _batches(train_cache, units, label_sets, options, steps)
     for epoch in range(1, options.epochs + 1):
         data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
