@@ -91,9 +91,11 @@ class Alignment:
     near 1; another product under the same watermark or sale tag does not)."""
     colour_shifts: tuple[float, ...]
     """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``."""
-    mask_overlap: float = 1.0
-    """Intersection over union of the two foreground masks where both photos are defined:
-    the silhouettes' agreement, what tells one plain product from another of its colour."""
+    inlier_cover: float = 1.0
+    """Area of the inliers' convex hull / the listing's product area (1.0 when aligned
+    without keypoints)."""
+    brightness_ratio: float = 1.0
+    """Mean grey level of the warped query / the listing's, over the compared pixels."""
     by_keypoints: bool = True
     """False when the photos were aligned without keypoints (:func:`coarse_homography`):
     held to the stricter ``SameItemRule.coarse_*`` thresholds."""
@@ -110,10 +112,13 @@ class SameItemRule:
     same-item-fmnist (precision first: >= 0.98, then the most recall), and checked once on
     same-item-heldout; see docs/matching.md.
 
-    Geometry: ``inliers >= min_inliers``, the aligned photos correlate
+    Geometry: ``inliers >= min_inliers`` spanning ``min_inlier_cover`` of the product, mean
+    brightness within ``max_brightness_ratio``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
-    percentile of the chroma distance ``<= max_colour_shift``). Or a near-identical photo
-    without geometry (tiny, textureless):
+    percentile of the chroma distance ``<= max_colour_shift``). Or, with fewer inliers, a
+    plain product aligned without keypoints (:func:`coarse_homography`):
+    ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
+    ``coarse_*`` aligned limits. Or a near-identical photo:
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
     """
 
@@ -127,6 +132,13 @@ class SameItemRule:
     """Global cosine from which a pair with too few inliers is aligned without keypoints."""
     coarse_correlation: float = 0.95
     coarse_colour_shift: float = 6.0
+    min_inlier_cover: float = 0.05
+    """Share of the listing's product area the inliers' convex hull must span: a sale tag or
+    a watermark on two listings of different products can carry all their inliers."""
+    max_brightness_ratio: float = 1.6
+    """Largest ratio of the aligned photos' mean grey levels: grey and black carry no chroma
+    and the correlation ignores brightness, so only this tells a grey item from its black
+    variant (a brightness edit stays within 0.8-1.2)."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
@@ -134,6 +146,13 @@ class SameItemRule:
         if alignment is not None and not alignment.by_keypoints:
             return self._decide_coarse(similarity, inliers, colour, alignment)
         if inliers >= self.min_inliers and alignment is not None:
+            if alignment.inlier_cover < self.min_inlier_cover:
+                return False, (f"{inliers} inliers, but on a small patch only (they span "
+                               f"{alignment.inlier_cover:.0%} of the product)")
+            ratio = max(alignment.brightness_ratio, 1 / max(alignment.brightness_ratio, 1e-6))
+            if ratio > self.max_brightness_ratio:
+                return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
+                               f"(another shade)")
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
                                f"(correlation {alignment.correlation:.2f})")
@@ -229,20 +248,28 @@ def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
                       ) -> tuple[int, NDArray[np.float64] | None]:
     """Matches of ``a`` and ``b`` consistent with one RANSAC homography, and that homography
     (``a`` -> ``b`` px at ``VERIFY_SIZE``); (0, None) when there are too few."""
+    count, homography, _ = _ransac(a, b)
+    return count, homography
+
+
+def _ransac(a: PhotoFeatures, b: PhotoFeatures
+            ) -> tuple[int, NDArray[np.float64] | None, NDArray[np.float32]]:
+    """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px)."""
+    none = np.zeros((0, 2), np.float32)
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
-        return 0, None
+        return 0, None, none
     pairs = _mutual_matches(a.descriptors, b.descriptors)
     if len(pairs) < 4:
-        return 0, None
+        return 0, None, none
     src = a.points[[i for i, _ in pairs]]
     dst = b.points[[j for _, j in pairs]]
     found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
     if found is None or mask is None:
-        return 0, None
+        return 0, None, none
     homography = np.asarray(found, dtype=np.float64)
     if not _plausible(homography):
-        return 0, None
-    return int(mask.sum()), homography
+        return 0, None, none
+    return int(mask.sum()), homography, dst[mask.ravel() > 0]
 
 
 def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
@@ -257,8 +284,8 @@ def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tupl
     return [(i, j) for i, j in forward.items() if backward.get(j) == i]
 
 
-def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
-          ) -> Alignment | None:
+def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
+          inliers: NDArray[np.float32] | None = None) -> Alignment | None:
     """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
     overlap is too small to say)."""
     half = np.diag([0.5, 0.5, 1.0])
@@ -275,9 +302,13 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
     region = valid & fg_a & fg_b
     if int(region.sum()) < MIN_OVERLAP_PX:
         return None
-    overlap = int(region.sum()) / max(1, int((valid & (fg_a | fg_b)).sum()))
+    cover = 1.0
+    if inliers is not None:  # hull in VERIFY_SIZE px; the product area at half that
+        hull = float(cv2.contourArea(cv2.convexHull(inliers))) if len(inliers) >= 3 else 0.0
+        cover = hull / 4.0 / max(1, int(fg_b.sum()))
     gray_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
     gray_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
+    brightness = (float(gray_a.mean()) + 1.0) / (float(gray_b.mean()) + 1.0)
     gray_a -= gray_a.mean()
     gray_b -= gray_b.mean()
     denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
@@ -286,7 +317,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
-    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]), overlap)
+    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]), cover,
+                     brightness)
 
 
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
@@ -396,8 +428,9 @@ class SameItemVerifier:
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
                 ) -> Evidence:
         """The evidence for one pair of photos, and the rule's decision."""
-        inliers, homography = geometric_inliers(query, other)
-        alignment = align(query, other, homography) if homography is not None else None
+        inliers, homography, points = _ransac(query, other)
+        alignment = (align(query, other, homography, points) if homography is not None
+                     else None)
         colour = float(np.dot(query.colour, other.colour))
         if self.rule.wants_coarse(similarity, inliers, colour):
             coarse = coarse_homography(query, other)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
@@ -133,3 +134,20 @@ def test_a_textureless_look_alike_is_refused(other: Image.Image) -> None:
     query = photo_features(_textureless_copy(plain_photo((40, 90, 200))))
     evidence = SameItemVerifier(lambda ref: other).verify(query, [("x", 0.95)])[0]
     assert not evidence.same_item, evidence.reason
+
+
+def test_a_grey_product_is_not_its_black_variant() -> None:
+    """Grey and black carry no chroma, so the aligned colour shift cannot tell them apart and
+    the normalised correlation ignores brightness: the aligned brightness must agree too."""
+    grey = textured_photo(5).convert("L").convert("RGB")
+    pixels = np.asarray(grey, dtype=np.float64)
+    product = pixels.min(axis=2, keepdims=True) < 250
+    black = Image.fromarray(  # the same garment dyed darker: a linear map of its grey levels
+        np.where(product, pixels * 0.6 - 40, pixels).clip(0, 255).astype(np.uint8))
+    query = heavy_edit(grey, watermark=False)
+    same, why = _decide(query, grey)
+    assert same, why
+    same, why = _decide(query, black)
+    assert not same and "as bright" in why, why
+    lenient = SameItemVerifier(lambda ref: black, SameItemRule(max_brightness_ratio=100.0))
+    assert lenient.verify(photo_features(query), [("x", 0.9)])[0].same_item  # what it catches
