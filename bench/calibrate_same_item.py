@@ -114,6 +114,9 @@ def main() -> int:
     grid += [SameItemRule(coarse_similarity=s, coarse_correlation=r, coarse_colour_shift=h)
              for s, r, h in itertools.product((0.85, 0.9, 0.93, 0.95, 1.01),
                                               (0.9, 0.95, 0.97), (4.0, 6.0, 8.0))]
+    # How much of the product the inliers must span, and how far brightness may move.
+    grid += [SameItemRule(min_inlier_cover=c, max_brightness_ratio=b)
+             for c, b in itertools.product((0.0, 0.05, 0.1), (100.0, 1.6, 1.4, 1.25))]
     if args.rule:
         i, r, h, c, d, pc = args.rule.split(",")
         grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d), int(pc)))
@@ -139,7 +142,8 @@ def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
             f"shift@p{rule.shift_percentile}<={rule.max_colour_shift:>4.1f} "
             f"colour>={rule.min_colour:.2f} "
             f"dup>={rule.duplicate_similarity:.3f} coarse>={rule.coarse_similarity:.2f},"
-            f"{rule.coarse_correlation:.2f},{rule.coarse_colour_shift:.0f}: "
+            f"{rule.coarse_correlation:.2f},{rule.coarse_colour_shift:.0f} "
+            f"cover>={rule.min_inlier_cover:.2f} bright<={rule.max_brightness_ratio:.2f}: "
             f"precision {s['precision']:.3f} "
             f"recall {s['recall']:.3f} false_match_rate {s['false_match_rate']:.3f} "
             f"all_found_rate {s['all_found_rate']:.3f}")

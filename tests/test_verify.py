@@ -7,6 +7,7 @@ checks run everywhere)."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search.verify import (
     VERIFY_SIZE,
+    Alignment,
     SameItemRule,
     SameItemVerifier,
     fetching_loader,
@@ -104,6 +106,13 @@ def test_rule_reasons_name_the_failing_evidence() -> None:
     assert rule.decide(0.99, 0, 0.1, None) == (
         False, f"0 geometric inliers < {rule.min_inliers} and similarity 0.990 < "
                f"{rule.duplicate_similarity}")
+    agree = Alignment(0.97, (2.0, 2.5, 3.0, 3.5))
+    assert rule.decide(0.8, 40, 0.9, agree)[0]
+    # all inliers on a patch (a sale tag two listings share): refused whatever else agrees
+    same, why = rule.decide(0.8, 40, 0.9, replace(agree, inlier_cover=0.02))
+    assert not same and "small patch" in why
+    same, why = rule.decide(0.8, 40, 0.9, replace(agree, brightness_ratio=0.5))
+    assert not same and "2.0x as bright" in why
 
 
 def _textureless_copy(photo: Image.Image) -> Image.Image:
