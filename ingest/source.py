@@ -51,6 +51,8 @@ class KafkaSource:
         self._paused = False
         self._owed: Offsets = {}
         self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
+        # the sink reads states Strong for a while: a previous owner may just have written them
+        self.on_assigned: Callable[[set[TopicPartition]], None] = lambda _tps: None
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -62,6 +64,7 @@ class KafkaSource:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in tps))
         if self._paused and tps:
             self._consumer.pause(*tps)
+        self.on_assigned(tps)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)

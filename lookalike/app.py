@@ -178,9 +178,12 @@ def require_serving(settings: Settings, versions: ModelVersions) -> None:
                         "(`lookalike ingest` creates it)")
 
 
-def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> ProductSearch:
+def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
+                 read_your_writes: bool = False) -> ProductSearch:
     """A searcher of the serving collections (loaded here); a missing collection or another
-    model serving is a user error."""
+    model serving is a user error. It reads with the configured consistency (serving:
+    ``Bounded``), or ``Strong`` for a caller that searches what it has just written (the
+    demo; docs/scaling.md)."""
     from search.api import ModelMismatchError, ProductSearch
 
     require_serving(settings, versions)
@@ -189,8 +192,8 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions) -> 
     try:
         return ProductSearch(
             versions.store, spec, embedder,
-            consistency=settings.milvus.consistency, max_pixels=settings.images.max_pixels,
-            verifier=build_verifier(settings),
+            consistency="Strong" if read_your_writes else settings.milvus.consistency,
+            max_pixels=settings.images.max_pixels, verifier=build_verifier(settings),
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -347,8 +350,10 @@ def build_runner(
         f.name: getattr(settings.ingest, f.name) for f in fields(RunnerConfig)
         if f.name in IngestSettings.model_fields
     })
-    return Runner(KafkaSource(consumer, k.topic), Pipeline(stages), config,
-                  on_batch=on_batch)
+    source = KafkaSource(consumer, k.topic)
+    # another consumer may have just written the products of an assigned partition
+    source.on_assigned = lambda _tps: sink.expect_foreign_writes()
+    return Runner(source, Pipeline(stages), config, on_batch=on_batch)
 
 
 def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,

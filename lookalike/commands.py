@@ -252,7 +252,7 @@ def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
     if code:
         return code
     print(f"ingested in {time.monotonic() - started:.1f}s")
-    searcher = build_search(settings, embedder, versions)
+    searcher = build_search(settings, embedder, versions, read_your_writes=True)
     by_category: dict[str, Any] = {}
     for event in events:
         by_category.setdefault(event.category, event)

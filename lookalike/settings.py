@@ -48,7 +48,8 @@ class MilvusSettings(_Group):
         description="Base name: the alias searches use (docs/operations.md)",
     )
     consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
-        default="Strong", description="Of search reads: Strong finds what was just ingested",
+        default="Bounded",
+        description="Of serving searches (docs/scaling.md); the demo and eval read Strong",
     )
 
 

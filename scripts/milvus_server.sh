@@ -93,6 +93,9 @@ start() {
         echo "port $port is already in use; pick another" >&2
         exit 1
     fi
+    # Growing segments searched exactly, not through the interim IVF index that loses recall
+    # under filters on 2.3.x (docs/scaling.md); override with the variable.
+    export QUERYNODE_SEGCORE_INTERIMINDEX_ENABLEINDEX="${QUERYNODE_SEGCORE_INTERIMINDEX_ENABLEINDEX:-false}"
     # setsid: the server does not receive the terminal's signals; only `stop` ends it.
     setsid "$launcher" --data "$dir" --proxy-port "$port" >"$logfile" 2>&1 </dev/null &
     local pid=$!

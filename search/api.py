@@ -8,6 +8,11 @@
   ``group_by_field``, so grouping is done here: over-fetch ``4*k`` image rows, keep each
   product's best, and widen the fetch (doubling, up to Milvus' 16384 limit) while fewer than
   ``k`` products came back from a full page.
+* A *short* page (fewer rows than asked, fewer than ``k`` products) is not taken as "no more
+  matches": an HNSW index under a selective filter drops matches far from the query (seen on
+  a 2.3.5 server). The search is repeated without the products found so far, and if that finds
+  nothing new while rows still match, those rows (at most :data:`EXACT_MAX_ROWS`) are scored
+  exactly. So a filter's matches are returned however far they lie from the query.
 * ``score`` is the cosine similarity (1 = same direction, higher is more similar): what
   Milvus servers and milvus-lite both return as ``distance`` for the COSINE metric.
 * Only rows embedded by the same model (``model_version``) as the embedder are searched, so
@@ -15,7 +20,10 @@
   another model (store/versions.py), searches raise :class:`ModelMismatchError` instead of
   finding nothing: checked at construction, and again when a search fails or comes back empty
   (so a long-running searcher notices a switch without a check per query).
-* Reads use ``consistency`` (``Strong`` by default, so freshly ingested items are found).
+* Reads use the ``consistency`` the caller chooses (docs/scaling.md): serving searches use
+  ``Bounded`` (no wait for the latest time tick: ~8 ms instead of ~200 ms on a 2.3 server);
+  paths that must read their own writes just made (tests, the demo, eval) ask for ``Strong``.
+* The model check after an empty answer runs at most once per ``model_check_interval_s``.
 * ``match``: ``"exact"`` finds this item in this colour (what a shopper's snapshot wants; the
   default of the image and vector searches), ``"similar"`` the same kind or style in any
   colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
@@ -27,8 +35,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeAlias
@@ -46,11 +56,17 @@ from store.engine import search_params
 from store.expressions import check_string
 from store.versions import ModelVersions
 
+log = logging.getLogger(__name__)
+
 DEFAULT_COMPARE_THRESHOLD = 0.50
 """Cosine similarity below which a retrieved listing is not even verified as the same item
 (the verification decides; this only saves its cost on hopeless candidates)."""
 DEFAULT_MAX_PIXELS = 40_000_000
 OVERFETCH = 4
+SHORT_PAGE_ROUNDS = 3
+"""Searches without the products found so far, after a short page."""
+EXACT_MAX_ROWS = 8192
+"""Most matching rows scored exactly when the index keeps answering short (vectors fetched)."""
 MAX_K = 1000
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
@@ -159,9 +175,11 @@ class ProductSearch:
         spec: CollectionSpec,
         embedder: Embedder,
         *,
-        consistency: Consistency = "Strong",
+        consistency: Consistency,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         image_loader: ImageLoader | None = None,
+        model_check_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
         verifier: SameItemVerifier | None = None,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`; the default
@@ -189,7 +207,25 @@ class ProductSearch:
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier or SameItemVerifier.for_urls(max_pixels)
         self._versions = ModelVersions(store, spec.name)
+        self._check_interval_s = model_check_interval_s
+        self._clock = clock
+        self._checked_at = clock()
+        self.short_page_recoveries = 0
+        """Searches whose short page was completed by exact scoring (for tests and benches)."""
         self.check_model()
+
+    @property
+    def consistency(self) -> Consistency:
+        """The consistency level of every read of this searcher."""
+        return self._consistency
+
+    def _check_model_now_and_then(self) -> None:
+        """:meth:`check_model` unless it ran within the interval: an empty answer is usually
+        just an empty answer, and each check costs registry reads (~170 ms Strong)."""
+        now = self._clock()
+        if now - self._checked_at >= self._check_interval_s:
+            self._checked_at = now
+            self.check_model()
 
     def check_model(self) -> None:
         """Raise :class:`ModelMismatchError` when ``spec.name`` is an alias serving another
@@ -353,7 +389,7 @@ class ProductSearch:
             ["pk", "vector", "image_ref"], limit=1024, consistency=self._consistency,
             op="product_vectors"))
         if not rows:
-            self.check_model()
+            self._check_model_now_and_then()
             raise ProductNotFound(product_id, self._embedder.model_version)
         rows = sorted(rows, key=lambda r: str(r["pk"]))
         return [([float(x) for x in r["vector"]], str(r["image_ref"])) for r in rows]
@@ -366,32 +402,77 @@ class ProductSearch:
         exclude: Sequence[str],
     ) -> list[tuple[dict[str, Any], float]]:
         """Top ``k`` products (best row, best score) over all query vectors."""
-        builder = add_filter(self._base(), search_filter).not_in("product_id", exclude)
+        best: dict[str, tuple[dict[str, Any], float]] = {}
         limit = min(k * OVERFETCH, MAX_RESULT_WINDOW)
         while True:
-            results = self._checked(partial(
-                self._store.search, self._spec.name, vectors, limit=limit, where=builder,
-                fields=_HIT_FIELDS, params=search_params(self._spec, self.engine, limit),
-                consistency=self._consistency))
-            best: dict[str, tuple[dict[str, Any], float]] = {}
-            full = False
-            for rows in results:
-                full = full or len(rows) >= limit
-                for hit in rows:
-                    entity = dict(hit["entity"])
-                    score = float(hit["distance"])
-                    pid = str(entity["product_id"])
-                    if pid in exclude:
-                        continue
-                    if pid not in best or score > best[pid][1]:
-                        best[pid] = (entity, score)
+            best.clear()
+            full = self._page(vectors, limit, self._where(search_filter, exclude), exclude, best)
             if len(best) >= k or not full or limit >= MAX_RESULT_WINDOW:
                 break
             limit = min(limit * 2, MAX_RESULT_WINDOW)
+        if len(best) < k and not full:
+            self._recover_short_page(vectors, k, search_filter, exclude, best)
         if not best:
-            self.check_model()
+            self._check_model_now_and_then()
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))
         return ranked[:k]
+
+    def _where(self, search_filter: SearchFilter | None, exclude: Sequence[str]) -> Any:
+        return add_filter(self._base(), search_filter).not_in("product_id", exclude)
+
+    def _page(
+        self, vectors: list[list[float]], limit: int, where: Any, exclude: Sequence[str],
+        best: dict[str, tuple[dict[str, Any], float]],
+    ) -> bool:
+        """One search; keep each product's best row in ``best``. True when a page was full."""
+        results = self._checked(partial(
+            self._store.search, self._spec.name, vectors, limit=limit, where=where,
+            fields=_HIT_FIELDS, params=search_params(self._spec, self.engine, limit),
+            consistency=self._consistency))
+        full = False
+        for rows in results:
+            full = full or len(rows) >= limit
+            for hit in rows:
+                _keep_best(best, dict(hit["entity"]), float(hit["distance"]), exclude)
+        return full
+
+    def _recover_short_page(
+        self, vectors: list[list[float]], k: int, search_filter: SearchFilter | None,
+        exclude: Sequence[str], best: dict[str, tuple[dict[str, Any], float]],
+    ) -> None:
+        """Fewer than ``k`` products from a page that was not full: look again without the
+        products found, then score the remaining matches exactly (see the module docs)."""
+        limit = min(k * OVERFETCH, MAX_RESULT_WINDOW)
+        for _ in range(SHORT_PAGE_ROUNDS):
+            found = len(best)
+            self._page(vectors, limit, self._where(search_filter, [*exclude, *best]), exclude,
+                       best)
+            if len(best) >= k or len(best) == found:
+                break
+        if len(best) >= k:
+            return
+        rest = self._where(search_filter, [*exclude, *best])
+        left = self._store.count(self._spec.name, where=rest, consistency=self._consistency)
+        if left == 0:
+            return
+        if left > EXACT_MAX_ROWS:
+            log.warning("short search page: %d matching rows not returned by the index; more "
+                        "than %d, not scored exactly", left, EXACT_MAX_ROWS)
+            return
+        self.short_page_recoveries += 1
+        rows = self._store.query(self._spec.name, self._where(search_filter, exclude),
+                                 [*_HIT_FIELDS, "vector"], limit=EXACT_MAX_ROWS + len(best),
+                                 consistency=self._consistency, op="exact_rest")
+        if not rows:
+            return
+        matrix = np.asarray([r.pop("vector") for r in rows], dtype=np.float32)
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        queries = np.asarray(vectors, dtype=np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        scores = (matrix @ queries.T).max(axis=1)
+        for row, score in zip(rows, scores, strict=True):
+            _keep_best(best, row, float(score), exclude)
+        log.info("short search page recovered exactly rows=%d products=%d", len(rows), len(best))
 
     def _checked(self, call: Callable[[], Any]) -> Any:
         """Run a Milvus read; when it fails, a model switch (other dimension) is the likely
@@ -401,6 +482,13 @@ class ProductSearch:
         except Exception:
             self.check_model()
             raise
+
+
+def _keep_best(best: dict[str, tuple[dict[str, Any], float]], row: dict[str, Any], score: float,
+               exclude: Sequence[str]) -> None:
+    pid = str(row["product_id"])
+    if pid not in exclude and (pid not in best or score > best[pid][1]):
+        best[pid] = (row, score)
 
 
 def _check_k(k: int) -> int:

@@ -165,14 +165,17 @@ class MilvusStore:
 
     def query(
         self, collection: str, where: Where, fields: Sequence[str], *,
-        consistency: Consistency, limit: int = MAX_RESULT_WINDOW, op: str = "query",
+        consistency: Consistency, limit: int | None = MAX_RESULT_WINDOW, op: str = "query",
     ) -> list[dict[str, Any]]:
-        """Rows matching ``where`` (at most ``limit``). At the default limit a full window
+        """Rows matching ``where`` (at most ``limit``; None for aggregates such as
+        ``count(*)``, which servers refuse to paginate). At the default limit a full window
         raises :class:`StoreError` rather than dropping rows: chunk the ids, or :meth:`scan`."""
+        paging = {} if limit is None else {"limit": limit}
         rows = [dict(r) for r in self._call(op, 0, partial(
-            self._client.query, collection, output_fields=list(fields), limit=limit,
-            consistency_level=consistency, timeout=self.timeout_s, **self._filter(where)))]
-        if limit >= MAX_RESULT_WINDOW and len(rows) >= MAX_RESULT_WINDOW:
+            self._client.query, collection, output_fields=list(fields),
+            consistency_level=consistency, timeout=self.timeout_s, **paging,
+            **self._filter(where)))]
+        if limit is not None and limit >= MAX_RESULT_WINDOW and len(rows) >= MAX_RESULT_WINDOW:
             raise StoreError(f"{op}: query hit the {MAX_RESULT_WINDOW}-row window; "
                              "use smaller chunks")
         return rows
@@ -215,9 +218,9 @@ class MilvusStore:
         finally:
             it.close()
 
-    def count(self, collection: str, *, consistency: Consistency) -> int:
-        """Exact live rows of a loaded collection."""
-        rows = self.query(collection, "", ["count(*)"], consistency=consistency, limit=1,
+    def count(self, collection: str, *, consistency: Consistency, where: Where = "") -> int:
+        """Exact live rows of a loaded collection (matching ``where``)."""
+        rows = self.query(collection, where, ["count(*)"], consistency=consistency, limit=None,
                           op="count")
         return int(rows[0]["count(*)"]) if rows else 0
 

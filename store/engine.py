@@ -121,8 +121,15 @@ def state_indexes(engine: EngineInfo) -> list[IndexChoice]:
     return [IndexChoice(STATE_VECTOR_FIELD, "FLAT", "L2")]
 
 
+HNSW_EF = 256
+"""Search-time ``ef`` on servers (at least the limit). On a 2.3.5 server at 20k rows with
+1,472-d vectors, recall@10 under a 10 % category / 5 % price filter was 0.95 / 0.83 at ef=64,
+0.98 / 1.00 at 128 and 1.00 / 1.00 at 256, at no measurable latency cost (docs/scaling.md)."""
+
+
 def search_params(spec: CollectionSpec, engine: EngineInfo, limit: int) -> dict[str, Any]:
     """``search_params`` for a search returning up to ``limit`` rows (HNSW needs ef >= limit)."""
     if engine.is_lite:
         return {"metric_type": spec.metric, "params": {}}
-    return {"metric_type": spec.metric, "params": {"ef": max(64, min(limit, MAX_RESULT_WINDOW))}}
+    ef = max(HNSW_EF, min(limit, MAX_RESULT_WINDOW))
+    return {"metric_type": spec.metric, "params": {"ef": ef}}

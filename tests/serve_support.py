@@ -72,7 +72,7 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
     registry = CollectorRegistry()
     metrics = SearchMetrics(registry)
     timed = TimedEmbedder(embedder)
-    real = ProductSearch(store, spec, timed, max_pixels=max_pixels,
+    real = ProductSearch(store, spec, timed, consistency="Strong", max_pixels=max_pixels,
                          verifier=SimilarityOnlyVerifier())
     with ThreadPoolExecutor(4) as pool:
         app = create_app(search or real, embedder=timed, store=store,

@@ -70,7 +70,7 @@ def data(milvus: Milvus) -> Iterator[Data]:
     for j, pid in enumerate(['q" or 1==1 or "', "q') or ('", "q\\", 'q\\"']):
         records.append(record(pid, "k", rotate(0.4 + j / 100), category="Ids"))
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
-    search = ProductSearch(milvus.store, s, FakeEmbedder())
+    search = ProductSearch(milvus.store, s, FakeEmbedder(), consistency="Strong")
     yield Data(s, search, milvus, by_category)
     milvus.drop(s)
 

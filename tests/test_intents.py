@@ -76,7 +76,7 @@ def search(milvus: Milvus) -> Iterator[ProductSearch]:
             for pid, v in (("other-colour", OTHER_COLOUR), ("same-colour", SAME_COLOUR),
                            ("query-item", QUERY))]
     MilvusSink(milvus.store, spec).apply(WritePlan(upserts=rows))
-    yield ProductSearch(milvus.store, spec, embedder)
+    yield ProductSearch(milvus.store, spec, embedder, consistency="Strong")
     milvus.drop(spec)
 
 

@@ -57,7 +57,7 @@ def indexed(bootstrap: str, luma_dir: Path, tmp_path_factory: pytest.TempPathFac
     versions = ModelVersions(MilvusStore(client), settings.milvus.collection)
     return {"settings": settings, "client": client, "events": events, "queries": queries,
             "report": report, "model_version": embedder.model_version,
-            "search": build_search(settings, embedder, versions)}
+            "search": build_search(settings, embedder, versions, read_your_writes=True)}
 
 
 def test_every_main_image_is_stored_once(indexed: dict[str, Any]) -> None:

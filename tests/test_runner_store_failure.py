@@ -1,8 +1,8 @@
 """The commit guarantee without a broker or a model: a fake source, the real stages, sink and
-store over a fake Milvus client. When the store cannot write a batch (an outage outlasting
-its bounded retries), nothing of that batch or later is committed and the runner stops with
-the store's :class:`StoreUnavailableError` as the cause (ingest/runner.py: the events are
-consumed again by the restarted process)."""
+store over a fake Milvus client. A store outage (:class:`StoreUnavailableError` after the
+store's own bounded retries) is waited out by the stages (ingest/outage.py): the batch is
+written and committed once Milvus is back; an outage outlasting the budget stops the runner
+with nothing of that batch or later committed (the restarted process consumes it again)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from PIL import Image
 from pymilvus.exceptions import MilvusUnavailableException
 
 from ingest.fetch import ImageFetcher
+from ingest.outage import OutageBudgetExceededError, OutageWait
 from ingest.runner import IngestError, Pipeline, Runner, RunnerConfig
 from ingest.sink import MilvusSink
 from ingest.stages import Stages
@@ -63,17 +64,19 @@ class FakeSource:
 
 
 class FakeMilvus:
-    """A Milvus server answering nothing stored; ``down`` makes every write unavailable."""
+    """A Milvus server answering nothing stored; its first ``down_for`` upserts fail as
+    unavailable."""
 
-    def __init__(self, down: bool) -> None:
-        self.down = down
+    def __init__(self, down_for: int) -> None:
+        self.down_for = down_for
         self.writes = 0
 
     def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
         return []
 
     def upsert(self, collection: str, data: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
-        if self.down:
+        if self.down_for > 0:
+            self.down_for -= 1
             raise MilvusUnavailableException(message="server unavailable")
         self.writes += len(data)
         return {"upsert_count": len(data)}
@@ -110,12 +113,13 @@ def _records(n: int) -> list[ConsumerRecord]:
     return out
 
 
-def _run(client: FakeMilvus, source: FakeSource) -> Runner:
+def _run(client: FakeMilvus, source: FakeSource, budget_s: float = 5.0) -> Runner:
     store = MilvusStore(client, engine=parse_engine("v2.3.5"), max_attempts=3,
                         sleep=lambda s: None)
     with ThreadPoolExecutor(2) as pool:
         stages = Stages(ImageFetcher([]), TinyEmbedder(), MilvusSink(store, SPEC),
-                        FakeDlq(), pool, max_pixels=10_000_000)  # type: ignore[arg-type]
+                        FakeDlq(), pool, max_pixels=10_000_000,  # type: ignore[arg-type]
+                        outage=OutageWait(budget_s, first_delay_s=0.01, max_delay_s=0.05))
         runner = Runner(source, Pipeline(stages),  # type: ignore[arg-type]
                         RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.0,
                                      max_in_flight=2, shutdown_grace_s=5.0))
@@ -124,18 +128,27 @@ def _run(client: FakeMilvus, source: FakeSource) -> Runner:
 
 
 def test_batches_are_committed_after_the_store_acknowledged_them() -> None:
-    client, source = FakeMilvus(down=False), FakeSource(_records(8))
+    client, source = FakeMilvus(down_for=0), FakeSource(_records(8))
     runner = _run(client, source)
     assert client.writes == 16  # 8 image rows, 8 states
     assert source.commits and source.commits[-1] == {TopicPartition(TOPIC, 0): 8}
     assert "upsert_images" in runner.report.totals.milvus_s  # Milvus time per operation
 
 
-def test_a_store_outage_commits_nothing_and_stops_the_runner() -> None:
-    client, source = FakeMilvus(down=True), FakeSource(_records(8))
+def test_a_short_store_outage_is_waited_out_and_each_batch_committed_once_written() -> None:
+    client, source = FakeMilvus(down_for=7), FakeSource(_records(8))  # > 2 x 3 store attempts
+    _run(client, source)
+    assert client.writes == 16
+    assert source.commits[-1] == {TopicPartition(TOPIC, 0): 8}
+
+
+def test_a_store_outage_beyond_the_budget_commits_nothing_and_stops_the_runner() -> None:
+    client, source = FakeMilvus(down_for=10**9), FakeSource(_records(8))
     with pytest.raises(IngestError) as caught:
-        _run(client, source)
+        _run(client, source, budget_s=0.2)
     assert source.commits == []
-    assert isinstance(caught.value.__cause__, StoreUnavailableError)
-    assert "failed after 3 attempt" in str(caught.value.__cause__)
+    cause = caught.value.__cause__
+    assert isinstance(cause, OutageBudgetExceededError)
+    assert isinstance(cause.__cause__, StoreUnavailableError)
+    assert "failed after 3 attempt" in str(cause.__cause__)
     assert client.writes == 0

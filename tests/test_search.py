@@ -64,7 +64,8 @@ def catalog(milvus: Milvus) -> Iterator[Catalog]:
     embedder = FakeEmbedder()
     # listings here have no real photos: verification by similarity alone (tests/test_verify.py
     # covers the real one), so these tests see retrieval, filters and order
-    search = ProductSearch(milvus.store, s, embedder, verifier=SimilarityOnlyVerifier())
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           verifier=SimilarityOnlyVerifier())
     yield Catalog(s, search, embedder)
     milvus.drop(s)
 
@@ -229,7 +230,7 @@ def test_argument_validation(catalog: Catalog) -> None:
 def test_embedder_dimension_must_match(milvus: Milvus) -> None:
     other = CollectionSpec(name=f"dim_{uuid.uuid4().hex[:8]}", dim=DIM * 2)
     with pytest.raises(ValueError, match="8-d vectors"):
-        ProductSearch(milvus.store, other, FakeEmbedder())
+        ProductSearch(milvus.store, other, FakeEmbedder(), consistency="Strong")
 
 
 def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> None:
@@ -241,7 +242,7 @@ def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> 
         for p, s, t in (("x", 0.5, 2), ("y", 0.4, 3), ("z", 0.3, 4))
     ]
     MilvusSink(milvus.store, spec).apply(WritePlan(upserts=many + others))
-    search = ProductSearch(milvus.store, spec, FakeEmbedder())
+    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong")
     hits = search.by_vector(unit(0), k=3)
     assert ids(hits) == ["many", "x", "y"]
     assert hits[0].score == pytest.approx(0.999, abs=1e-4)
@@ -251,7 +252,7 @@ def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> 
 def test_fresh_writes_are_searchable_at_once(milvus: Milvus, spec: CollectionSpec) -> None:
     ensure_collections(milvus.store, spec)
     sink = MilvusSink(milvus.store, spec)
-    search = ProductSearch(milvus.store, spec, FakeEmbedder())
+    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong")
     for n in range(3):
         sink.apply(WritePlan(upserts=[record(f"p{n}", "k", rotate(0.9 - 0.1 * n))]))
         assert len(search.by_vector(unit(0), k=10)) == n + 1

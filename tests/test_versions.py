@@ -92,7 +92,9 @@ class World:
 
     def searcher(self, embedder: Any) -> ProductSearch:
         spec = CollectionSpec(name=self.base, dim=embedder.dim)
-        return ProductSearch(self.m.store, spec, embedder)
+        # checks the registry after every empty answer (the default: at most every 30 s)
+        return ProductSearch(self.m.store, spec, embedder, consistency="Strong",
+                             model_check_interval_s=0.0)
 
     def reindexer(self, embedder: Any, **kw: Any) -> Reindexer:
         return Reindexer(self.versions, embedder, self.fetcher(), self.pool,
@@ -313,9 +315,9 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
     try:
         sink.apply(WritePlan(upserts=[row("x", "other")]))
         with pytest.raises(ModelMismatchError, match="holds no vectors of model tiny-thumb-v1"):
-            ProductSearch(milvus.store, spec, TinyEmbedder())
+            ProductSearch(milvus.store, spec, TinyEmbedder(), consistency="Strong")
         sink.apply(WritePlan(upserts=[row("y", TinyEmbedder.model_version)]))
-        search = ProductSearch(milvus.store, spec, TinyEmbedder())
+        search = ProductSearch(milvus.store, spec, TinyEmbedder(), consistency="Strong")
         assert [h.product_id for h in search.by_vector([1.0] * 48)] == ["y"]  # never "x"
         with pytest.raises(ProductNotFound):
             search.by_product("x")

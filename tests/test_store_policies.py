@@ -1,0 +1,161 @@
+"""Which consistency each caller reads with, when the sink flushes, and how often a searcher
+re-checks the model registry (docs/scaling.md). Fakes only, except the last test (each engine)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from evaluation import run as eval_run
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
+from lookalike.app import build_search
+from lookalike.settings import Settings
+from schema.collection import CollectionSpec
+from schema.records import ProductState
+from search.api import ProductSearch
+from search.filters import SearchFilter
+from store import MilvusStore, ensure_collections, parse_engine
+from tests import milvus_support
+from tests.milvus_support import FakeEmbedder, Milvus, record, unit
+
+milvus = milvus_support.milvus
+spec = milvus_support.spec
+SPEC = CollectionSpec(name="fake", dim=8)
+
+
+class FakeClient:
+    """Answers every query with ``rows``; records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.rows: list[dict[str, Any]] = []
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        self.calls.append(("query", collection, kw))
+        return self.rows
+
+    def upsert(self, collection: str, data: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+        self.calls.append(("upsert", collection, kw))
+        return {"upsert_count": len(data)}
+
+    def delete(self, collection: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append(("delete", collection, kw))
+        return {}
+
+    def flush(self, collection: str, **kw: Any) -> None:
+        self.calls.append(("flush", collection, kw))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _state(pid: str, version: int) -> ProductState:
+    return ProductState(product_id=pid, version=version, listed=True, updated_at_ms=1)
+
+
+def test_sink_reads_states_strong_at_first_then_bounded_and_remembers_its_writes() -> None:
+    client, clock = FakeClient(), Clock()
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                      strong_window_s=10.0, clock=clock)
+    sink.get_states(["a"])
+    assert client.calls[-1][2]["consistency_level"] == "Strong"  # a restart: others' writes
+    clock.now += 11
+    sink.get_states(["a"])
+    assert client.calls[-1][2]["consistency_level"] == "Bounded"
+
+    sink.apply(WritePlan(states=[_state("a", 3)]))
+    client.calls.clear()
+    assert sink.get_states(["a"]) == {"a": _state("a", 3)}
+    assert client.calls == []  # its own write: no read, no wait for the time tick
+    sink.get_states(["a", "b"])
+    (query,) = client.calls
+    assert query[2]["filter"] == 'product_id in ["b"]'
+
+    sink.expect_foreign_writes()  # a partition was assigned
+    assert sink.state_read_consistency() == "Strong"
+    client.calls.clear()
+    sink.get_states(["a"])
+    assert client.calls and client.calls[0][2]["consistency_level"] == "Strong"
+
+
+def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
+    for engine, expected in (("milvus_lite-3.2.2", 2), ("v2.3.5", 0)):
+        client, clock = FakeClient(), Clock()
+        sink = MilvusSink(MilvusStore(client, engine=parse_engine(engine)), SPEC, clock=clock)
+        for step in range(10):
+            clock.now += 0.5
+            sink.apply(WritePlan(states=[_state(f"p{step}", 1)]))
+        flushes = [c for c in client.calls if c[0] == "flush"]
+        assert len(flushes) == expected * 2  # image and state collections, every 2 s on lite
+
+
+def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert settings.milvus.consistency == "Bounded"  # serving searches
+
+    made: list[str] = []
+
+    class Spy:
+        def __init__(self, *args: Any, consistency: str, **kw: Any) -> None:
+            made.append(consistency)
+
+    class Versions:  # a collection that serves
+        store, base = None, "fake"
+
+        def serving_unloaded(self) -> object:
+            return object()
+
+        def load_serving(self) -> None:
+            pass
+
+    monkeypatch.setattr("search.api.ProductSearch", Spy)
+    build_search(settings, FakeEmbedder(), Versions())  # type: ignore[arg-type]
+    build_search(settings, FakeEmbedder(), Versions(),  # type: ignore[arg-type]
+                 read_your_writes=True)
+    assert made == ["Bounded", "Strong"]
+    monkeypatch.setattr(eval_run, "ProductSearch", Spy)
+    monkeypatch.setattr(eval_run, "ensure_collections", lambda *a: None)
+    monkeypatch.setattr(eval_run, "index_gallery", lambda *a: 0)
+    monkeypatch.setattr(eval_run, "run_queries", lambda *a: [])
+    monkeypatch.setattr(eval_run, "summarise", lambda r: None)
+    eval_run.evaluate([], [], FakeEmbedder(), None, SPEC, None,  # type: ignore[arg-type]
+                      max_pixels=1)
+    assert made[-1] == "Strong"  # eval searches the gallery it has just indexed
+
+
+def test_an_empty_answer_checks_the_model_at_most_once_per_interval(
+    milvus: Milvus, spec: CollectionSpec
+) -> None:
+    ensure_collections(milvus.store, spec)
+    MilvusSink(milvus.store, spec).apply(WritePlan(upserts=[record("p1", "k", unit(0))]))
+    clock = Clock()
+    search = ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong",
+                           model_check_interval_s=30.0, clock=clock)
+    nothing = SearchFilter(categories=["Nowhere"])
+
+    def registry_reads() -> int:
+        with milvus.store.recording() as calls:
+            assert search.by_vector(unit(0), 5, nothing) == []
+        return sum(c.op in ("has_collection", "describe") for c in calls)
+
+    assert registry_reads() == 0  # checked when it was built
+    clock.now += 31
+    assert registry_reads() > 0
+    assert registry_reads() == 0
+
+
+def test_servers_search_hnsw_with_ef_256_or_the_limit() -> None:
+    from store.engine import search_params
+
+    server, lite = parse_engine("v2.3.5"), parse_engine("milvus_lite-3.2.2")
+    assert search_params(SPEC, server, 40)["params"] == {"ef": 256}
+    assert search_params(SPEC, server, 1000)["params"] == {"ef": 1000}
+    assert search_params(SPEC, server, 99999)["params"] == {"ef": 16384}
+    assert search_params(SPEC, lite, 40)["params"] == {}
