@@ -14,10 +14,11 @@ carry tell them apart:
   (:func:`embedding.colour.colour_descriptor`, the colour block of the default vector): the
   other colours of one style share the geometry of its photos, not their colours.
 
-:class:`SameItemRule` combines them: the colours must agree, and then either the geometry
-confirms the match or the two photos are near-identical as a whole (global cosine at the
-duplicate level): tiny or textureless images (a 28 px Fashion-MNIST article) have too few
-keypoints for geometry, and an identical photo needs none. Its numbers were calibrated with
+:class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
+aligned by it, agree in grey levels, brightness and colour), or a plain product with too few
+keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
+or the two photos are near-identical as a whole (global cosine at the duplicate level: a
+28 px Fashion-MNIST article). Its numbers were calibrated with
 ``bench/calibrate_same_item.py`` on the protocols of ``bench/protocols_same_item.py``; see
 docs/matching.md.
 
