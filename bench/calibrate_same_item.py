@@ -65,7 +65,10 @@ def main() -> int:
     q = embed_files([x.image for x in queries], embedder, cache, max_pixels=MAX_PIXELS,
                     stats=stats, desc="queries")
     ids = [p.product_id for p in gallery]
-    verifier = SameItemVerifier(lambda ref: load_image(ref, MAX_PIXELS, min_size=VERIFY_SIZE))
+    # Evidence with the keypoint-free alignment tried from cosine 0.85 on, so that the grid
+    # can grade stricter keypoint-free routes too.
+    verifier = SameItemVerifier(lambda ref: load_image(ref, MAX_PIXELS, min_size=VERIFY_SIZE),
+                                SameItemRule(coarse_similarity=0.85))
     per_query: list[list[tuple[str, Evidence]]] = []
     cold: list[float] = []
     warm: list[float] = []
@@ -74,8 +77,8 @@ def main() -> int:
         top = np.argsort(-sims)[: args.candidates]
         candidates = [(str(gallery[j].images[0]), float(sims[j])) for j in top]
         started = time.process_time()
-        features = photo_features(load_image(query.image, MAX_PIXELS,
-                                             min_size=embedder.decode_size))
+        # Decoded as compare_prices decodes a query photo to verify it.
+        features = photo_features(load_image(query.image, MAX_PIXELS, min_size=VERIFY_SIZE))
         evidence = verifier.verify(features, candidates)
         cold.append(time.process_time() - started)
         started = time.process_time()
@@ -106,6 +109,14 @@ def main() -> int:
     grid = [SameItemRule(i, r, h, 0.8, d, pc) for i, r, h, d, pc in itertools.product(
         (10, 15, 20), (0.75, 0.8, 0.85, 0.9), (6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 25.0),
         (0.99, 1.01), SHIFT_PERCENTILES)]
+    # The keypoint-free route (textureless products) around the default keypoint rule;
+    # coarse_similarity 1.01 turns it off.
+    grid += [SameItemRule(coarse_similarity=s, coarse_correlation=r, coarse_colour_shift=h)
+             for s, r, h in itertools.product((0.85, 0.9, 0.93, 0.95, 1.01),
+                                              (0.9, 0.95, 0.97), (4.0, 6.0, 8.0))]
+    # How much of the product the inliers must span, and how far brightness may move.
+    grid += [SameItemRule(min_inlier_cover=c, max_brightness_ratio=b)
+             for c, b in itertools.product((0.0, 0.05, 0.1), (100.0, 1.6, 1.4, 1.25))]
     if args.rule:
         i, r, h, c, d, pc = args.rule.split(",")
         grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d), int(pc)))
@@ -130,7 +141,10 @@ def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
     return (f"inliers>={rule.min_inliers:>2} corr>={rule.min_correlation:.2f} "
             f"shift@p{rule.shift_percentile}<={rule.max_colour_shift:>4.1f} "
             f"colour>={rule.min_colour:.2f} "
-            f"dup>={rule.duplicate_similarity:.3f}: precision {s['precision']:.3f} "
+            f"dup>={rule.duplicate_similarity:.3f} coarse>={rule.coarse_similarity:.2f},"
+            f"{rule.coarse_correlation:.2f},{rule.coarse_colour_shift:.0f} "
+            f"cover>={rule.min_inlier_cover:.2f} bright<={rule.max_brightness_ratio:.2f}: "
+            f"precision {s['precision']:.3f} "
             f"recall {s['recall']:.3f} false_match_rate {s['false_match_rate']:.3f} "
             f"all_found_rate {s['all_found_rate']:.3f}")
 

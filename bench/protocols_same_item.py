@@ -256,11 +256,9 @@ def write_luma_listings(luma_dir: Path, out_dir: Path, recipes: tuple[Edit, ...]
         for row in rows:
             row["item"] = item_of[pid]
         gallery.extend(rows)
-        listings[pid] = [r["product_id"] for r in rows]
-    for pid, item in item_of.items():  # variants of one photo: one item, all listings relevant
-        if item != pid:
-            listings[item] = listings[item] + listings[pid]
-            listings[pid] = listings[item]
+    for row in gallery:  # variants of one photo are one item: every listing of it is relevant
+        listings.setdefault(row["item"], []).append(row["product_id"])
+    listings = {pid: listings[item] for pid, item in item_of.items()}
     items = sorted(listings)
     picked = rng.choice(len(items), size=min(n_queries, len(items)), replace=False)
     by_id = {v["product_id"]: v for v in _variants(luma_dir)}

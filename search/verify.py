@@ -14,10 +14,11 @@ carry tell them apart:
   (:func:`embedding.colour.colour_descriptor`, the colour block of the default vector): the
   other colours of one style share the geometry of its photos, not their colours.
 
-:class:`SameItemRule` combines them: the colours must agree, and then either the geometry
-confirms the match or the two photos are near-identical as a whole (global cosine at the
-duplicate level): tiny or textureless images (a 28 px Fashion-MNIST article) have too few
-keypoints for geometry, and an identical photo needs none. Its numbers were calibrated with
+:class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
+aligned by it, agree in grey levels, brightness and colour), or a plain product with too few
+keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
+or the two photos are near-identical as a whole (global cosine at the duplicate level: a
+28 px Fashion-MNIST article). Its numbers were calibrated with
 ``bench/calibrate_same_item.py`` on the protocols of ``bench/protocols_same_item.py``; see
 docs/matching.md.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -62,6 +63,8 @@ SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
+ECC_STEPS = 40
+"""Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -89,6 +92,14 @@ class Alignment:
     near 1; another product under the same watermark or sale tag does not)."""
     colour_shifts: tuple[float, ...]
     """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``."""
+    inlier_cover: float = 1.0
+    """Area of the inliers' convex hull / the listing's product area (1.0 when aligned
+    without keypoints)."""
+    brightness_ratio: float = 1.0
+    """Mean grey level of the warped query / the listing's, over the compared pixels."""
+    by_keypoints: bool = True
+    """False when the photos were aligned without keypoints (:func:`coarse_homography`):
+    held to the stricter ``SameItemRule.coarse_*`` thresholds."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -102,10 +113,13 @@ class SameItemRule:
     same-item-fmnist (precision first: >= 0.98, then the most recall), and checked once on
     same-item-heldout; see docs/matching.md.
 
-    Geometry: ``inliers >= min_inliers``, the aligned photos correlate
+    Geometry: ``inliers >= min_inliers`` spanning ``min_inlier_cover`` of the product, mean
+    brightness within ``max_brightness_ratio``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
-    percentile of the chroma distance ``<= max_colour_shift``). Or a near-identical photo
-    without geometry (tiny, textureless):
+    percentile of the chroma distance ``<= max_colour_shift``). Or, with fewer inliers, a
+    plain product aligned without keypoints (:func:`coarse_homography`):
+    ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
+    ``coarse_*`` aligned limits. Or a near-identical photo:
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
     """
 
@@ -115,11 +129,31 @@ class SameItemRule:
     min_colour: float = 0.80
     duplicate_similarity: float = 0.99
     shift_percentile: int = 95
+    coarse_similarity: float = 0.93
+    """Global cosine from which a pair with too few inliers is aligned without keypoints."""
+    coarse_correlation: float = 0.95
+    coarse_colour_shift: float = 6.0
+    min_inlier_cover: float = 0.05
+    """Share of the listing's product area the inliers' convex hull must span: a sale tag or
+    a watermark on two listings of different products can carry all their inliers."""
+    max_brightness_ratio: float = 1.6
+    """Largest ratio of the aligned photos' mean grey levels: grey and black carry no chroma
+    and the correlation ignores brightness, so only this tells a grey item from its black
+    variant (a brightness edit stays within 0.8-1.2)."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
         """(same item?, why) for one pair."""
+        if alignment is not None and not alignment.by_keypoints:
+            return self._decide_coarse(similarity, inliers, colour, alignment)
         if inliers >= self.min_inliers and alignment is not None:
+            if alignment.inlier_cover < self.min_inlier_cover:
+                return False, (f"{inliers} inliers, but on a small patch only (they span "
+                               f"{alignment.inlier_cover:.0%} of the product)")
+            ratio = max(alignment.brightness_ratio, 1 / max(alignment.brightness_ratio, 1e-6))
+            if ratio > self.max_brightness_ratio:
+                return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
+                               f"(another shade)")
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
                                f"(correlation {alignment.correlation:.2f})")
@@ -133,6 +167,26 @@ class SameItemRule:
                           f"{colour:.2f})")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:
+        """Whether a pair is worth aligning without keypoints: too few inliers for geometry,
+        yet globally close and of agreeing colours (a plain, textureless product)."""
+        return (inliers < self.min_inliers and similarity >= self.coarse_similarity
+                and colour >= self.min_colour)
+
+    def _decide_coarse(self, similarity: float, inliers: int, colour: float,
+                       alignment: Alignment) -> tuple[bool, str]:
+        if similarity >= self.duplicate_similarity and colour >= self.min_colour:
+            return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
+                          f"{colour:.2f})")
+        shift = alignment.colour_shift(self.shift_percentile)
+        if (similarity >= self.coarse_similarity and colour >= self.min_colour
+                and alignment.correlation >= self.coarse_correlation
+                and shift <= self.coarse_colour_shift):
+            return True, (f"{inliers} inliers, aligned without keypoints and the photos agree "
+                          f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f})")
+        return False, (f"{inliers} inliers; aligned without keypoints, the photos differ "
+                       f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f})")
 
 
 @dataclass(frozen=True)
@@ -195,20 +249,28 @@ def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
                       ) -> tuple[int, NDArray[np.float64] | None]:
     """Matches of ``a`` and ``b`` consistent with one RANSAC homography, and that homography
     (``a`` -> ``b`` px at ``VERIFY_SIZE``); (0, None) when there are too few."""
+    count, homography, _ = _ransac(a, b)
+    return count, homography
+
+
+def _ransac(a: PhotoFeatures, b: PhotoFeatures
+            ) -> tuple[int, NDArray[np.float64] | None, NDArray[np.float32]]:
+    """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px)."""
+    none = np.zeros((0, 2), np.float32)
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
-        return 0, None
+        return 0, None, none
     pairs = _mutual_matches(a.descriptors, b.descriptors)
     if len(pairs) < 4:
-        return 0, None
+        return 0, None, none
     src = a.points[[i for i, _ in pairs]]
     dst = b.points[[j for _, j in pairs]]
     found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
     if found is None or mask is None:
-        return 0, None
+        return 0, None, none
     homography = np.asarray(found, dtype=np.float64)
     if not _plausible(homography):
-        return 0, None
-    return int(mask.sum()), homography
+        return 0, None, none
+    return int(mask.sum()), homography, dst[mask.ravel() > 0]
 
 
 def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
@@ -223,8 +285,8 @@ def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tupl
     return [(i, j) for i, j in forward.items() if backward.get(j) == i]
 
 
-def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
-          ) -> Alignment | None:
+def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
+          inliers: NDArray[np.float32] | None = None) -> Alignment | None:
     """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
     overlap is too small to say)."""
     half = np.diag([0.5, 0.5, 1.0])
@@ -237,12 +299,17 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
                                 (width, height), flags=cv2.INTER_NEAREST) > 0
     # Where BOTH show something other than background: a sale tag, a watermark on the white
     # or a coloured pad in one photo is left out, the product itself stays in.
-    product = (foreground_weights(b.small) > 0.5) & (foreground_weights(warped) > 0.5)
-    region = valid & product
+    fg_b, fg_a = foreground_weights(b.small) > 0.5, foreground_weights(warped) > 0.5
+    region = valid & fg_a & fg_b
     if int(region.sum()) < MIN_OVERLAP_PX:
         return None
+    cover = 1.0
+    if inliers is not None:  # hull in VERIFY_SIZE px; the product area at half that
+        hull = float(cv2.contourArea(cv2.convexHull(inliers))) if len(inliers) >= 3 else 0.0
+        cover = hull / 4.0 / max(1, int(fg_b.sum()))
     gray_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
     gray_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
+    brightness = (float(gray_a.mean()) + 1.0) / (float(gray_b.mean()) + 1.0)
     gray_a -= gray_a.mean()
     gray_b -= gray_b.mean()
     denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
@@ -251,7 +318,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
-    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]))
+    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]), cover,
+                     brightness)
 
 
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
@@ -271,6 +339,43 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, .
     gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
     distance = np.linalg.norm(ab_a - gain * ab_b, axis=1)
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
+
+
+def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64] | None:
+    """A mapping ``a`` -> ``b`` (px at ``VERIFY_SIZE``) found without keypoints, for plain
+    products that have none: the foreground masks' centroids and areas give a similarity
+    transform, which ECC (OpenCV's enhanced correlation, affine) refines on the grey levels
+    at a quarter of ``VERIFY_SIZE``. None when a mask is empty or ECC does not converge.
+    Alignment alone proves nothing here (a plain product fits another of its shape): the
+    stricter aligned checks of :meth:`SameItemRule._decide_coarse` decide."""
+    def quarter(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+        h, w = rgb.shape[:2]
+        img = np.asarray(cv2.resize(rgb, (max(8, w // 2), max(8, h // 2)),
+                                    interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        grey = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), dtype=np.float32)
+        return grey, (foreground_weights(img) > 0.5).astype(np.uint8)
+
+    grey_a, mask_a = quarter(a.small)
+    grey_b, mask_b = quarter(b.small)
+    moments_a, moments_b = cv2.moments(mask_a, True), cv2.moments(mask_b, True)
+    if moments_a["m00"] < 16 or moments_b["m00"] < 16:
+        return None
+    scale = float(np.sqrt(moments_a["m00"] / moments_b["m00"]))  # b px -> a px
+    ca = np.array([moments_a["m10"], moments_a["m01"]]) / moments_a["m00"]
+    cb = np.array([moments_b["m10"], moments_b["m01"]]) / moments_b["m00"]
+    warp = np.array([[scale, 0.0, ca[0] - scale * cb[0]],
+                     [0.0, scale, ca[1] - scale * cb[1]]], dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_STEPS, 1e-4)
+    try:  # warp maps b (template) px to a (input) px
+        # No mask: OpenCV 5 asserts on one whenever the two images differ in size.
+        _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
+            grey_b, grey_a, warp, cv2.MOTION_AFFINE, criteria, None, 3)
+    except cv2.error:
+        return None
+    b_to_a = np.vstack([np.asarray(refined, dtype=np.float64), [0.0, 0.0, 1.0]])
+    quarter_px = np.diag([0.25, 0.25, 1.0])  # VERIFY_SIZE px -> quarter px
+    homography = np.linalg.inv(quarter_px) @ np.linalg.inv(b_to_a) @ quarter_px
+    return homography if _plausible(homography) else None
 
 
 def _plausible(homography: NDArray[np.float64]) -> bool:
@@ -324,9 +429,14 @@ class SameItemVerifier:
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
                 ) -> Evidence:
         """The evidence for one pair of photos, and the rule's decision."""
-        inliers, homography = geometric_inliers(query, other)
-        alignment = align(query, other, homography) if homography is not None else None
+        inliers, homography, points = _ransac(query, other)
+        alignment = (align(query, other, homography, points) if homography is not None
+                     else None)
         colour = float(np.dot(query.colour, other.colour))
+        if self.rule.wants_coarse(similarity, inliers, colour):
+            coarse = coarse_homography(query, other)
+            found = align(query, other, coarse) if coarse is not None else None
+            alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift)

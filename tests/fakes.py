@@ -103,3 +103,21 @@ def recolour(photo: Image.Image) -> Image.Image:
     hsv = np.asarray(photo.convert("HSV")).copy()
     hsv[..., 0] = (hsv[..., 0].astype(np.int32) + 85) % 256
     return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def plain_photo(colour: tuple[int, int, int], round_shape: bool = True) -> Image.Image:
+    """A textureless 'product' on white (a yoga ball, a mat): one flat colour with soft
+    shading and no corners inside, so SIFT finds (almost) no keypoints on it."""
+    image = Image.new("RGB", (400, 480), "white")
+    mask = Image.new("L", image.size, 0)
+    box = (70, 90, 330, 400)
+    draw = ImageDraw.Draw(mask)
+    if round_shape:
+        draw.ellipse(box, fill=255)
+    else:
+        draw.rectangle((40, 170, 360, 310), fill=255)
+    ys = np.linspace(1.15, 0.8, image.height, dtype=np.float32)[:, None, None]
+    shaded = np.clip(np.array(colour, dtype=np.float32) * ys * np.ones((1, image.width, 1)),
+                     0, 255).astype(np.uint8)
+    image.paste(Image.fromarray(shaded, "RGB"), (0, 0), mask)
+    return image.filter(ImageFilter.GaussianBlur(2))

@@ -188,3 +188,33 @@ def test_edit_recipes_change_the_photo_and_dev_and_heldout_differ() -> None:
         out = edit(photo, np.random.default_rng(0)).convert("RGB")
         same_size = out.size == photo.size
         assert not same_size or not np.array_equal(np.asarray(out), np.asarray(photo)), edit
+
+
+def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path: Path) -> None:
+    """Three variants shown by one identical photo (a strap in three lengths) are one item:
+    a query for any of them must list every listing of all three (it once missed the third)."""
+    same_item = _load_bench_module("protocols_same_item")
+    luma = tmp_path / "luma"
+    (luma / "images").mkdir(parents=True)
+    strap = Image.new("RGB", (120, 160), "white")
+    strap.paste((30, 60, 200), (30, 20, 90, 140))
+    strap.save(luma / "images/strap.jpg")
+    other = Image.new("RGB", (120, 160), "white")
+    other.paste((200, 60, 30), (10, 60, 110, 100))
+    other.save(luma / "images/mat.jpg")
+    rows = [{"product_id": f"strap-{n}", "group_id": "strap", "category": "Gear",
+             "color": "blue", "images": [{"view": "main", "path": "images/strap.jpg"}]}
+            for n in (6, 8, 10)]
+    rows.append({"product_id": "mat", "group_id": "mat", "category": "Gear", "color": "red",
+                 "images": [{"view": "main", "path": "images/mat.jpg"}]})
+    (luma / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gallery_path, queries_path, _ = same_item.write_luma_listings(
+        luma, tmp_path / "out", same_item.DEV_SINGLE, seed=3, n_queries=4)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    listings_of: dict[str, set[str]] = {}
+    for listing in gallery:
+        listings_of.setdefault(listing["item"], set()).add(listing["product_id"])
+    assert len(listings_of) == 2 and len(queries) == 4
+    for query in queries:
+        item = next(g["item"] for g in gallery if g["product_id"] == query["relevant"][0])
+        assert set(query["relevant"]) == listings_of[item]

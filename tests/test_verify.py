@@ -6,21 +6,25 @@ checks run everywhere)."""
 
 from __future__ import annotations
 
+import io
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search.verify import (
     VERIFY_SIZE,
+    Alignment,
     SameItemRule,
     SameItemVerifier,
     fetching_loader,
     photo_features,
 )
-from tests.fakes import heavy_edit, recolour, textured_photo
+from tests.fakes import heavy_edit, plain_photo, recolour, textured_photo
 
 LUMA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "luma" / "images"
 needs_luma = pytest.mark.skipif(not LUMA.is_dir(), reason=f"{LUMA} not found")
@@ -102,3 +106,57 @@ def test_rule_reasons_name_the_failing_evidence() -> None:
     assert rule.decide(0.99, 0, 0.1, None) == (
         False, f"0 geometric inliers < {rule.min_inliers} and similarity 0.990 < "
                f"{rule.duplicate_similarity}")
+    agree = Alignment(0.97, (2.0, 2.5, 3.0, 3.5))
+    assert rule.decide(0.8, 40, 0.9, agree)[0]
+    # all inliers on a patch (a sale tag two listings share): refused whatever else agrees
+    same, why = rule.decide(0.8, 40, 0.9, replace(agree, inlier_cover=0.02))
+    assert not same and "small patch" in why
+    same, why = rule.decide(0.8, 40, 0.9, replace(agree, brightness_ratio=0.5))
+    assert not same and "2.0x as bright" in why
+
+
+def _textureless_copy(photo: Image.Image) -> Image.Image:
+    """A reseller's copy of a plain product photo: turned, shrunk, padded, re-encoded."""
+    out = photo.rotate(4, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))
+    out = ImageOps.expand(out.resize((out.width * 6 // 10, out.height * 6 // 10)), border=20,
+                          fill="white")
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=50)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_a_textureless_copy_is_accepted_without_keypoints() -> None:
+    """Too few inliers for geometry and below the near-duplicate cosine: the keypoint-free
+    alignment (masks + ECC) lines the photos up and the aligned checks accept it."""
+    original = plain_photo((40, 90, 200))
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(_textureless_copy(original)), [("x", 0.95)])[0]
+    assert evidence.inliers < verifier.rule.min_inliers
+    assert evidence.same_item, evidence.reason
+    assert evidence.alignment is not None and not evidence.alignment.by_keypoints
+    assert "without keypoints" in evidence.reason
+
+
+@pytest.mark.parametrize("other", [plain_photo((200, 60, 40)),             # another colour
+                                   plain_photo((40, 90, 200), round_shape=False)])  # shape
+def test_a_textureless_look_alike_is_refused(other: Image.Image) -> None:
+    query = photo_features(_textureless_copy(plain_photo((40, 90, 200))))
+    evidence = SameItemVerifier(lambda ref: other).verify(query, [("x", 0.95)])[0]
+    assert not evidence.same_item, evidence.reason
+
+
+def test_a_grey_product_is_not_its_black_variant() -> None:
+    """Grey and black carry no chroma, so the aligned colour shift cannot tell them apart and
+    the normalised correlation ignores brightness: the aligned brightness must agree too."""
+    grey = textured_photo(5).convert("L").convert("RGB")
+    pixels = np.asarray(grey, dtype=np.float64)
+    product = pixels.min(axis=2, keepdims=True) < 250
+    black = Image.fromarray(  # the same garment dyed darker: a linear map of its grey levels
+        np.where(product, pixels * 0.6 - 40, pixels).clip(0, 255).astype(np.uint8))
+    query = heavy_edit(grey, watermark=False)
+    same, why = _decide(query, grey)
+    assert same, why
+    same, why = _decide(query, black)
+    assert not same and "as bright" in why, why
+    lenient = SameItemVerifier(lambda ref: black, SameItemRule(max_brightness_ratio=100.0))
+    assert lenient.verify(photo_features(query), [("x", 0.9)])[0].same_item  # what it catches
