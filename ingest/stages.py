@@ -278,8 +278,8 @@ class Stages:
             seconds_by_op = getattr(result, "seconds_by_op", None)
             if seconds_by_op is not None:
                 batch.stats.milvus_s.update(seconds_by_op())
-        if self._after_write is not None:
-            self._after_write()
+        if self._after_write is not None:  # the serving guard reads the registry: Milvus too
+            self._outage.call("milvus", self._after_write)
         for item in batch.items:
             assert item.outcome is not None
             if item.outcome.status is Status.DEAD_LETTERED:

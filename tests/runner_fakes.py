@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kafka import TopicPartition
@@ -121,12 +121,14 @@ class FakeProducer:
 
 
 def fake_runner(fetcher: ImageFetcher, store: FlakyStore, source: FakeSource,
-                pool: ThreadPoolExecutor, budget_s: float = 30.0) -> tuple[Runner, FakeProducer]:
+                pool: ThreadPoolExecutor, budget_s: float = 30.0,
+                after_write: Callable[[], None] | None = None) -> tuple[Runner, FakeProducer]:
     """A runner over the fakes: 4-event batches, two in flight, fast outage retries."""
     producer = FakeProducer()
     stages = Stages(
         fetcher, TinyEmbedder(), store, DeadLetterQueue(producer, "dlq"), pool,
         max_pixels=10**7, outage=OutageWait(budget_s, first_delay_s=0.05, max_delay_s=0.2),
+        after_write=after_write,
     )
     config = RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.05,
                           max_in_flight=2, shutdown_grace_s=5.0, poll_timeout_ms=20)

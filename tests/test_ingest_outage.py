@@ -19,7 +19,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageBudgetExceededError, OutageWait
 from ingest.runner import IngestError
-from store import StoreError
+from store import StoreError, StoreUnavailableError
 from tests.pipeline_support import upsert_payload, write_image
 from tests.runner_fakes import FakeSource, FlakyStore, fake_runner, record
 
@@ -72,6 +72,30 @@ def test_an_outage_longer_than_the_budget_stops_ingest_uncommitted(tmp_path: Pat
             runner.run(until_caught_up=True)
     assert isinstance(info.value.__cause__, OutageBudgetExceededError)
     assert source.commits == []
+
+
+def test_an_outage_met_by_the_serving_check_is_waited_out(tmp_path: Path) -> None:
+    """The serving guard reads the model registry after each write: Milvus going away right
+    then is an outage like any other, not the end of ingest (found by `make faults`)."""
+    store = FlakyStore()
+    checks: list[bool] = []
+
+    def guard() -> None:  # down for the first two checks, like a registry read mid-outage
+        checks.append(True)
+        if len(checks) <= 2:
+            store.down.set()
+            threading.Timer(0.3, store.down.clear).start()
+            raise StoreUnavailableError("query failed after 4 attempt(s): server unavailable")
+
+    source = FakeSource(_records(tmp_path, 6))
+    with ThreadPoolExecutor(2) as pool:
+        runner, _ = fake_runner(ImageFetcher([tmp_path]), store, source, pool, budget_s=30,
+                                after_write=guard)
+        report = runner.run(until_caught_up=True)
+    assert len(checks) > 2
+    assert source.committed == 7
+    assert sorted(store.states) == sorted(f"p{i}" for i in range(6))
+    assert report.totals.applied == 6
 
 
 def test_only_outages_are_waited_out() -> None:
