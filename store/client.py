@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 from schema.collection import CollectionSpec
 from store.engine import MAX_RESULT_WINDOW, EngineInfo, IndexChoice, is_lite_uri, parse_engine
-from store.errors import StoreError, StoreUnavailableError, is_transient
+from store.errors import StoreError, StoreUnavailableError, is_not_loaded, is_transient
 from store.expressions import ExpressionBuilder
 from store.recorder import ThreadRecorder
 
@@ -83,6 +83,7 @@ class MilvusStore:
         self._backoff_s = backoff_s
         self._sleep = sleep
         self._recorder: ThreadRecorder[CallTiming] = ThreadRecorder()
+        self._loaded: set[str] = set()  # loaded through this store: reloaded after a restart
         self.engine = engine or parse_engine(
             str(self._call("server_version", 0, client.get_server_version)), uri
         )
@@ -131,6 +132,8 @@ class MilvusStore:
             try:
                 result = fn()
             except Exception as exc:
+                if is_not_loaded(exc) and op != "load":
+                    self._reload()
                 if attempt < self._max_attempts and is_transient(exc):
                     delay = self._backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
                     log.warning("%s failed (attempt %d/%d), retrying in %.2fs: %s",
@@ -337,8 +340,21 @@ class MilvusStore:
         with ``wait``, block until all are searchable (else :class:`StoreUnavailableError`)."""
         for name in names:
             self._call("load", 0, partial(self._client.load_collection, name, _async=True))
+            self._loaded.add(name)
         if wait:
             self.wait_loaded(names, timeout_s)
+
+    def _reload(self) -> None:
+        """Ask again for every collection this store loaded (a restarted server released
+        them); the failed call is then retried like any transient failure."""
+        for name in sorted(self._loaded):
+            try:
+                self._client.load_collection(name, _async=True)
+            except Exception as exc:  # the retry of the failed call reports what matters
+                log.warning("reloading %s failed: %s", name, exc)
+        if self._loaded:
+            log.warning("collections were released (server restarted?): reloading %s",
+                        ", ".join(sorted(self._loaded)))
 
     def wait_loaded(self, names: Sequence[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -27,6 +27,13 @@ _TRANSIENT_WORDS = (
 )
 
 
+def is_not_loaded(exc: BaseException) -> bool:
+    """A collection that was loaded is not any more: a restarted Milvus 2.3 server comes back
+    with its collections released (code 101). Loading them again makes the call work."""
+    text = str(getattr(exc, "message", exc)).lower()
+    return getattr(exc, "code", None) == 101 or "collection not loaded" in text
+
+
 class StoreError(RuntimeError):
     """A Milvus call failed for good; nothing of the operation may be treated as done."""
 
@@ -62,6 +69,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, MilvusUnavailableException):
         return True
     if isinstance(exc, MilvusException):
+        if is_not_loaded(exc):  # the caller reloads (MilvusStore._call), then it is retried
+            return True
         if getattr(exc, "code", None) in (8,):  # RATE_LIMIT
             return True
         text = str(getattr(exc, "message", exc)).lower()

@@ -136,3 +136,33 @@ def test_is_transient() -> None:
     assert not is_transient(MilvusException(code=1100, message="invalid parameter"))
     assert not is_transient(ValueError("bad"))
     assert is_transient(StoreUnavailableError("down")) and not is_transient(StoreError("bad"))
+
+
+class _ReleasedAfterRestart(FakeClient):
+    """A 2.3 server after a restart: queries fail with code 101 until the collection is
+    loaded again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = True
+        self.loads: list[str] = []
+
+    def load_collection(self, name: str, **kw: Any) -> None:
+        self.loads.append(name)
+        self.loaded = True
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        if not self.loaded:
+            raise MilvusException(code=101, message="failed to query: collection not loaded"
+                                  "[collection=470816207302033451]")
+        return super().query(collection, **kw)
+
+
+def test_a_collection_released_by_a_server_restart_is_loaded_again_and_the_call_retried() -> None:
+    client = _ReleasedAfterRestart()
+    store = MilvusStore(client, engine=OLD_SERVER, sleep=lambda s: None)
+    store.load(["fake"], wait=False)
+    client.loaded = False  # the server restarted
+    client.rows = [{"pk": "a#k1"}]
+    assert store.query("fake", "pk != ''", ["pk"], consistency="Strong") == [{"pk": "a#k1"}]
+    assert client.loads == ["fake", "fake"]
