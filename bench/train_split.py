@@ -10,9 +10,19 @@ has a photo on both sides. Written under ``--out``:
 * ``snapshots/``: the same queries as shop snapshots (``bench/protocols.py``'s ``snapshot``);
 * ``cross-colour/``: for every test style with two or more colours, one seeded variant is left
   out of the gallery and its main photo is the query; relevant: the style's other colours
-  (the "similar" intent: the same style in another colour).
+  (the "similar" intent: the same style in another colour);
+* ``cross-colour-views/``: the same left-out variants and gallery, with every photo of the
+  left-out variant as a query (main, back, close-up), as ``luma-colours`` does: harder than
+  the main photo alone, which the untrained CNN already places.
 
-Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0]``, then
+With ``--fmnist``, a second product kind, Fashion-MNIST by class (the ``category`` key),
+under ``OUT/fmnist``: ``train-catalog.jsonl`` (3,000 seeded training-set articles),
+``test/`` (2,000 test-set articles as gallery, 500 others as queries, relevant: the query's
+class: product-disjoint, classes shared, like an in-store set against its catalog) and
+``disjoint/`` (``train-catalog.jsonl`` and ``test/`` restricted to five seeded classes each,
+no class on both sides: what training carries to kinds of product it never saw).
+
+Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0] [--fmnist]``, then
 ``lookalike train --catalog OUT/train-gallery.jsonl --out M [--group-key group_id]`` and
 ``LOOKALIKE_MODEL__PATH=M lookalike eval --gallery OUT/views/gallery.jsonl --queries ...``.
 """
@@ -60,7 +70,7 @@ def write(luma: Path, out: Path, seed: int) -> None:
     _write_jsonl(views / "gallery.jsonl", _rebase(test, out, views))
     _write_jsonl(views / "queries.jsonl", _rebase_queries(test_queries, out, views))
     _snapshots(test, test_queries, out, seed)
-    _cross_colour(test, out, seed)
+    _cross_colour(test, out, seed, queries)
     print(f"train: {len(train_groups)} styles, {len(train)} variants; test: "
           f"{len({r['group_id'] for r in test})} styles, {len(test)} variants, "
           f"{len(test_queries)} view queries")
@@ -90,7 +100,7 @@ def _snapshots(test: list[Row], queries: list[Row], out: Path, seed: int) -> Non
     _write_jsonl(folder / "queries.jsonl", rows)
 
 
-def _cross_colour(test: list[Row], out: Path, seed: int) -> None:
+def _cross_colour(test: list[Row], out: Path, seed: int, views: list[Row]) -> None:
     folder = out / "cross-colour"
     rng = np.random.default_rng(seed)
     styles: dict[str, list[Row]] = {}
@@ -106,6 +116,67 @@ def _cross_colour(test: list[Row], out: Path, seed: int) -> None:
                 "category": row["category"]} for group, row in left_out.items()]
     _write_jsonl(folder / "gallery.jsonl", _rebase(gallery, out, folder))
     _write_jsonl(folder / "queries.jsonl", queries)
+    every = out / "cross-colour-views"
+    of_variant = {row["product_id"]: (group, row) for group, row in left_out.items()}
+    extra = [dict(q, relevant=[r["product_id"] for r in styles[of_variant[pid][0]]
+                               if r is not of_variant[pid][1]])
+             for q in views for pid in q["relevant"] if pid in of_variant]
+    _write_jsonl(every / "gallery.jsonl", _rebase(gallery, out, every))
+    _write_jsonl(every / "queries.jsonl",
+                 [dict(q, image=_relative(folder / q["image"], every)) for q in queries]
+                 + _rebase_queries(extra, out, every))
+
+
+FMNIST_TRAIN, FMNIST_GALLERY, FMNIST_QUERIES = 3000, 2000, 500
+
+
+def write_fmnist(out: Path, seed: int) -> None:
+    from lookalike.demo_catalog import CLASS_NAMES, DEBIAN_DIR, _read_idx, load_fashion_mnist_test
+
+    rng = np.random.default_rng(seed)
+    train_x = _read_idx(DEBIAN_DIR / "train-images-idx3-ubyte.gz")
+    train_y = _read_idx(DEBIAN_DIR / "train-labels-idx1-ubyte.gz")
+    test_x, test_y = load_fashion_mnist_test()
+    picked = rng.choice(len(train_x), FMNIST_TRAIN, replace=False)
+    drawn = rng.choice(len(test_x), FMNIST_GALLERY + FMNIST_QUERIES, replace=False)
+    gallery, queries = drawn[:FMNIST_GALLERY], drawn[FMNIST_GALLERY:]
+    seen = set(rng.permutation(len(CLASS_NAMES))[: len(CLASS_NAMES) // 2].tolist())
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+
+    def png(kind: str, index: int, pixels: np.ndarray) -> str:
+        path = images / f"{kind}-{index:05d}.png"
+        if not path.exists():
+            Image.fromarray(255 - pixels).save(path)
+        return str(path.resolve())
+
+    def product(kind: str, index: int, pixels: np.ndarray, label: int) -> Row:
+        return {"product_id": f"{kind}-{index:05d}", "title": None, "price": None,
+                "currency": None, "category": CLASS_NAMES[label],
+                "images": [png(kind, index, pixels)]}
+
+    train_rows = [(product("train", i, train_x[i], int(train_y[i])), int(train_y[i]))
+                  for i in picked.tolist()]
+    gallery_rows = [(product("test", i, test_x[i], int(test_y[i])), int(test_y[i]))
+                    for i in gallery.tolist()]
+    query_rows = [({"image": png("test", i, test_x[i]), "category": CLASS_NAMES[int(test_y[i])]},
+                   int(test_y[i])) for i in queries.tolist()]
+    for folder, keep_train, keep_test in ((out, None, None), (out / "disjoint", seen, seen)):
+        def kept(rows: list[tuple[Row, int]], classes: set[int] | None,
+                 invert: bool) -> list[tuple[Row, int]]:
+            return [(r, y) for r, y in rows if classes is None or ((y in classes) != invert)]
+
+        train_kept = kept(train_rows, keep_train, False)
+        test_gallery = kept(gallery_rows, keep_test, True)
+        members: dict[int, list[str]] = {}
+        for row, y in test_gallery:
+            members.setdefault(y, []).append(row["product_id"])
+        _write_jsonl(folder / "train-catalog.jsonl", [r for r, _ in train_kept])
+        _write_jsonl(folder / "test" / "gallery.jsonl", [r for r, _ in test_gallery])
+        _write_jsonl(folder / "test" / "queries.jsonl",
+                     [dict(q, relevant=members[y]) for q, y in kept(query_rows, keep_test, True)])
+    print(f"fmnist: {FMNIST_TRAIN} training articles, test {FMNIST_GALLERY} gallery + "
+          f"{FMNIST_QUERIES} queries; disjoint: trained on classes {sorted(seen)}")
 
 
 def main() -> int:
@@ -113,8 +184,11 @@ def main() -> int:
     p.add_argument("--luma", type=Path, default=LUMA)
     p.add_argument("--out", type=Path, default=Path("var/train-split"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fmnist", action="store_true", help="also write the Fashion-MNIST split")
     args = p.parse_args()
     write(args.luma, args.out, args.seed)
+    if args.fmnist:
+        write_fmnist(args.out / "fmnist", args.seed)
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from embedding.embedder import l2_normalise, mix_colour  # noqa: E402
 from embedding.preprocess import preprocess_image  # noqa: E402
 from evaluation.metrics import recall_at_k  # noqa: E402
 from evaluation.protocol import load_gallery, load_queries  # noqa: E402
-from training.backbone import EfficientNetBackbone  # noqa: E402
+from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone  # noqa: E402
 from training.trainer import TrainOptions, fit, prepare  # noqa: E402
 from training.validate import rank_products  # noqa: E402
 
@@ -39,7 +40,7 @@ from training.validate import rank_products  # noqa: E402
 class Protocol:
     """A protocol's images through the frozen bottom, once."""
 
-    def __init__(self, folder: Path, backbone: EfficientNetBackbone) -> None:
+    def __init__(self, folder: Path, backbone: Backbone) -> None:
         self.name = folder.name
         products = load_gallery(folder / "gallery.jsonl")
         queries = load_queries(folder / "queries.jsonl", products)
@@ -72,18 +73,32 @@ def main() -> int:
     p.add_argument("--catalog", type=Path, required=True)
     p.add_argument("--protocol", type=Path, action="append", required=True)
     p.add_argument("--group-key")
+    p.add_argument("--tune", choices=["projection", "blocks"], default="projection")
     p.add_argument("--train-blocks", type=int, default=1)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--views", type=int, default=4)
+    p.add_argument("--cache", type=Path,
+                   help="pickle of the prepared views and protocol features: read when it "
+                        "exists, else written (scratch, under var/; same arguments only)")
     p.add_argument("--settings", default="triplet:1e-4,triplet:3e-4,proxy:1e-4,proxy:3e-4",
-                   help="comma-separated loss:learning_rate[:nomix] (nomix: the product loss "
-                        "on the CNN part alone, not on CNN + colour)")
+                   help="comma-separated loss:learning_rate[:nomix][:FIELD=VALUE...] (nomix: "
+                        "the product loss on the CNN part alone, not on CNN + colour; FIELD: "
+                        "a numeric TrainOptions field, e.g. epochs=30, weight_decay=1e-4)")
     args = p.parse_args()
-    backbone = EfficientNetBackbone("lite0", "pad", args.train_blocks)
+    backbone: Backbone = (ProjectionBackbone("lite0", "pad") if args.tune == "projection"
+                          else EfficientNetBackbone("lite0", "pad", args.train_blocks))
     base = TrainOptions(group_key=args.group_key, epochs=args.epochs, views=args.views,
                         keep_best=False)
-    prepared = prepare(args.catalog, backbone, base)
-    protocols = [Protocol(folder, backbone) for folder in args.protocol]
+    if args.cache and args.cache.exists():
+        with open(args.cache, "rb") as fh:
+            prepared, protocols = pickle.load(fh)
+        prepared.initial = backbone.top().get_weights()  # the head may have changed since
+    else:
+        prepared = prepare(args.catalog, backbone, base)
+        protocols = [Protocol(folder, backbone) for folder in args.protocol]
+        if args.cache:
+            with open(args.cache, "wb") as fh:
+                pickle.dump((prepared, protocols), fh)
 
     def row(name: str) -> None:
         cells = []
@@ -96,11 +111,14 @@ def main() -> int:
     backbone.top().set_weights(prepared.initial)
     row("untrained")
     for setting in args.settings.split(","):
-        loss, lr, *mix = setting.split(":")
+        loss, lr, *rest = setting.split(":")
+        fields = dict(item.split("=", 1) for item in rest if "=" in item)
+        types = {f.name: f.type for f in dataclasses.fields(TrainOptions)}
+        values = {k: (int(v) if "int" in str(types[k]) else float(v)) for k, v in fields.items()}
         options = dataclasses.replace(base, loss=loss, learning_rate=float(lr),  # type: ignore[arg-type]
-                                      colour_in_loss=mix != ["nomix"])
-        fit(prepared, backbone, options)
-        row(f"{loss} lr {lr} {' '.join(mix)}")
+                                      colour_in_loss="nomix" not in rest, **values)
+        result = fit(prepared, backbone, options)
+        row(f"{setting} (val best {result.best_epoch})")
     return 0
 
 

@@ -157,6 +157,26 @@ def _backbone(spec: VariantSpec) -> tuple[Any, Any]:
     return inputs, _blocks_and_head(x, spec, 0)
 
 
+PROJECTION = "projection"
+"""Name of the learned projection's layer (``lookalike train``'s default head)."""
+
+
+def add_projection(x: Any) -> Any:
+    """``x + x W`` with ``W`` starting at zero: a learned linear map of the pooled features
+    that starts as the identity, so the untrained head gives the ImageNet vectors exactly and
+    weight decay on ``W`` pulls it back towards them. The width stays ``FEATURE_DIM``, so a
+    projected model's vectors fit the collections the ImageNet model's do."""
+    delta = layers.Dense(int(x.shape[-1]), kernel_initializer="zeros",
+                         name=PROJECTION)(x)
+    return layers.Add(name=f"{PROJECTION}_add")([x, delta])
+
+
+def with_projection(model: keras.Model) -> keras.Model:
+    """``model`` (pooled features out) followed by :func:`add_projection`."""
+    return keras.Model(model.inputs, add_projection(model.outputs[0]),
+                       name=f"{model.name}_projected")
+
+
 def block_count(variant: str | Variant) -> int:
     return len(block_plan(Variant.parse(variant).spec))
 

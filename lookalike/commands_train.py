@@ -22,13 +22,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--group-key", help="catalog field whose products count as alike too "
                    "(group_id: a style across colours; category)")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--tune", choices=["projection", "blocks"], default="projection",
+                   help="what trains: a linear projection of the frozen network's pooled "
+                   "features (default) or its last blocks and head conv")
+    p.add_argument("--epochs", type=int, help="default: 30 (projection), 8 (blocks)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--loss", choices=["triplet", "proxy"], default="triplet",
-                   help="batch-hard triplet (default) or normalised softmax over proxies")
+    p.add_argument("--loss", choices=["supcon", "triplet", "proxy"],
+                   help="supervised contrastive, batch-hard triplet or normalised softmax over "
+                   "proxies; default: supcon (projection), triplet (blocks)")
     p.add_argument("--views", type=int, default=4, help="altered views cached per photo")
     p.add_argument("--train-blocks", type=int, default=1,
-                   help="last MBConv blocks retrained with the head conv (0: head conv only)")
+                   help="with --tune blocks: last MBConv blocks retrained with the head conv "
+                   "(0: head conv only)")
     p.add_argument("--colour-jitter", type=float,
                    help="share of views with shifted colours (default 0.5 with --group-key)")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -46,26 +51,30 @@ def _fmt(scores: dict[str, Any]) -> str:
 
 def train(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.errors import UserError
-    from training.backbone import EfficientNetBackbone
+    from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
     from training.data import TrainingDataError
-    from training.trainer import TrainOptions
+    from training.trainer import TUNE_DEFAULTS, TrainOptions
     from training.trainer import train as run_training
 
     m = settings.model
     if m.path is not None:
         raise UserError("lookalike train starts from the ImageNet weights; unset "
                         "LOOKALIKE_MODEL__PATH")
-    options = TrainOptions(
-        group_key=args.group_key, epochs=args.epochs, seed=args.seed, loss=args.loss,
-        views=args.views, colour_jitter=args.colour_jitter, val_fraction=args.val_fraction,
-        colour_weight=m.colour_weight, max_pixels=settings.images.max_pixels,
-    )
+    chosen = {k: v for k, v in (("epochs", args.epochs), ("loss", args.loss)) if v is not None}
+    options = TrainOptions(**{
+        **TUNE_DEFAULTS[args.tune], **chosen,
+        "group_key": args.group_key, "seed": args.seed, "views": args.views,
+        "colour_jitter": args.colour_jitter, "val_fraction": args.val_fraction,
+        "colour_weight": m.colour_weight, "max_pixels": settings.images.max_pixels,
+    })
     if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:
         raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1)")
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
     try:
-        backbone = EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size)
+        backbone: Backbone = (
+            ProjectionBackbone(m.variant, m.square, m.batch_size) if args.tune == "projection"
+            else EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size))
         result = run_training(args.catalog, args.out, backbone, options)
     except (TrainingDataError, ValueError) as exc:
         raise UserError(str(exc)) from None

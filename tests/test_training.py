@@ -54,6 +54,29 @@ class FakeBackbone:
         return "fake-v1"
 
 
+class FakeProjectionBackbone(FakeBackbone):
+    """The default cut: the frozen "network" gives pooled vectors and the projection of
+    ``embedding.efficientnet_lite.add_projection`` is what trains. The vectors are the shape
+    (8x8 cells of ink) and, louder, the mean colour of the ink: before training a product's
+    nearest other product is whatever has its colour, so finding its style (the other
+    colours of its shape) is something the projection has to learn."""
+
+    def __init__(self) -> None:
+        import keras
+
+        from embedding.efficientnet_lite import add_projection
+
+        super().__init__()
+        pooled = keras.Input(shape=(67,))
+        self._top = keras.Model(pooled, add_projection(pooled))
+
+    def features(self, batch: NDArray[np.uint8]) -> NDArray[np.float16]:
+        ink = 1.0 - batch.astype(np.float32) / 255.0
+        shape = ink.mean(axis=3).reshape(len(batch), 8, 4, 8, 4).mean(axis=(2, 4))
+        colour = ink.reshape(len(batch), -1, 3).mean(axis=1)
+        return np.hstack([shape.reshape(len(batch), -1), 12.0 * colour]).astype(np.float16)
+
+
 def _catalog(tmp_path: Path, n_styles: int = 6, colours: int = 2) -> Path:
     """Styles are shapes (a square, a disc, ...at a size), variants are their colours."""
     rng = np.random.default_rng(1)
@@ -157,6 +180,51 @@ def test_tiny_training_run(tmp_path: Path, loss: str, colour_in_loss: bool) -> N
 
     again = train(catalog, tmp_path / "again", FakeBackbone(), options)
     assert again.report["history"] == report["history"]  # a seed reproduces a run
+
+
+def test_supervised_contrastive_matches_numpy() -> None:
+    from keras import ops
+
+    from training.losses import SUPCON_TEMPERATURE, supervised_contrastive
+
+    rng = np.random.default_rng(1)
+    e = rng.normal(size=(7, 4)).astype(np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 2, 3], np.int32)  # 2 and 3: no positive
+    u = e / np.linalg.norm(e, axis=1, keepdims=True)
+    logits = u @ u.T / SUPCON_TEMPERATURE
+    expected = []
+    for i in range(5):
+        others = [j for j in range(7) if j != i]
+        log_z = np.log(np.sum(np.exp(logits[i, others])))
+        expected.append(-np.mean([logits[i, j] - log_z for j in others
+                                  if labels[j] == labels[i]]))
+    got = float(ops.convert_to_numpy(supervised_contrastive(labels, e)))
+    assert got == pytest.approx(np.mean(expected), rel=1e-4)
+
+
+def test_projection_learns_its_training_groups(tmp_path: Path) -> None:
+    """The default cut on the fakes: the projection starts as the identity (so "before" is the
+    frozen features), the loss falls, and the training photos find their style (similar) and
+    their own product among altered views (exact) clearly better."""
+    catalog = _catalog(tmp_path, n_styles=8)
+    options = TrainOptions(group_key="group_id", epochs=12, seed=2, loss="supcon", views=2,
+                           val_fraction=0.25, labels_per_batch=6, samples_per_label=4,
+                           learning_rate=1e-2, steps_per_epoch=10, keep_best=False)
+    result = train(catalog, tmp_path / "model", FakeProjectionBackbone(), options)
+    losses = [h["loss"] for h in result.report["history"]]
+    assert losses[-1] < 0.7 * losses[0]
+    fit = result.report["training_photos"]
+    assert fit["before"]["group_similar"]["R@1"] <= 0.5  # colour misleads the frozen vectors
+    assert fit["last_epoch"]["group_similar"]["R@1"] >= 0.9
+    assert fit["last_epoch"]["item"]["R@1"] >= fit["before"]["item"]["R@1"] + 0.2
+
+
+def test_category_validation_keeps_every_category(tmp_path: Path) -> None:
+    """Categories are the kinds queries come from: the split is by product, not category."""
+    from training.trainer import validate_by_group
+
+    assert validate_by_group("group_id") and not validate_by_group("category")
+    assert not validate_by_group(None)
 
 
 def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:

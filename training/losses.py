@@ -24,16 +24,29 @@ makes their steps this many times larger than the network's (proxy-anchor's prac
 keep up with the features they describe."""
 
 
+def pair_masks(labels: Any) -> tuple[Any, Any]:
+    """(positive, negative) boolean matrices of a batch. ``labels`` is (n,) or (n, 1): one
+    label per sample; or (n, 2): the product and its group, where two products of one group
+    are neither positives nor negatives of each other (the product loss then leaves telling
+    a style's colours apart to the colour block, and the group loss can pull them together)."""
+    labels = ops.cast(labels, "int32")
+    if len(labels.shape) == 2 and labels.shape[1] == 2:
+        item, group = labels[:, 0], labels[:, 1]
+    else:
+        item = group = ops.reshape(labels, (-1,))
+    same = ops.equal(ops.expand_dims(item, 0), ops.expand_dims(item, 1))
+    other_group = ops.not_equal(ops.expand_dims(group, 0), ops.expand_dims(group, 1))
+    eye = ops.eye(ops.shape(item)[0], dtype="bool")
+    return ops.logical_and(same, ops.logical_not(eye)), ops.logical_and(ops.logical_not(same),
+                                                                        other_group)
+
+
 def batch_hard_triplet(labels: Any, embeddings: Any) -> Any:
     """Mean over anchors of ``relu(max_neg cos - min_pos cos + margin)``; anchors without a
     positive or a negative in the batch are left out."""
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     e = embeddings / ops.maximum(ops.norm(embeddings, axis=1, keepdims=True), 1e-12)
     sim = ops.matmul(e, ops.transpose(e))
-    same = ops.equal(ops.expand_dims(labels, 0), ops.expand_dims(labels, 1))
-    eye = ops.eye(ops.shape(labels)[0], dtype="bool")
-    positive = ops.logical_and(same, ops.logical_not(eye))
-    negative = ops.logical_not(same)
+    positive, negative = pair_masks(labels)
     hardest_pos = ops.min(ops.where(positive, sim, 2.0), axis=1)
     hardest_neg = ops.max(ops.where(negative, sim, -2.0), axis=1)
     valid = ops.cast(ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1)),
@@ -42,8 +55,28 @@ def batch_hard_triplet(labels: Any, embeddings: Any) -> Any:
     return ops.sum(hinge) / ops.maximum(ops.sum(valid), 1.0)
 
 
+SUPCON_TEMPERATURE = 0.1
+
+
+def supervised_contrastive(labels: Any, embeddings: Any) -> Any:
+    """Mean over anchors with a positive of ``-mean_p log softmax_j(cos(a, j) / T)[p]``, the
+    softmax over the anchor's positives and negatives (:func:`pair_masks`)."""
+    e = embeddings / ops.maximum(ops.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    logits = ops.matmul(e, ops.transpose(e)) / SUPCON_TEMPERATURE
+    positive, negative = pair_masks(labels)
+    logits = ops.where(ops.logical_or(positive, negative), logits, -1e9)
+    log_prob = logits - ops.logsumexp(logits, axis=1, keepdims=True)
+    n_pos = ops.sum(ops.cast(positive, logits.dtype), axis=1)
+    per_anchor = -ops.sum(ops.where(positive, log_prob, 0.0), axis=1) / ops.maximum(n_pos, 1.0)
+    valid = ops.cast(n_pos > 0, logits.dtype)
+    return ops.sum(per_anchor * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
 def proxy_softmax(labels: Any, logits: Any) -> Any:
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    """Cross-entropy over the proxies; of (product, group) labels only the product counts."""
+    labels = ops.cast(labels, "int32")
+    if len(labels.shape) == 2:
+        labels = labels[:, 0]
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                  from_logits=True))
 

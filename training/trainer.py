@@ -36,7 +36,7 @@ from training.validate import ValSet, group_recall, item_recall
 
 log = logging.getLogger(__name__)
 
-Loss = Literal["triplet", "proxy"]
+Loss = Literal["triplet", "proxy", "supcon"]
 
 
 _MODEL = ModelSettings()
@@ -63,9 +63,20 @@ class TrainOptions:
     max_pixels: int = _IMAGES.max_pixels
     group_weight: float = 1.0
     """Weight of the group loss next to the product loss (with a group key)."""
+    item_within_group: bool = False
+    """With a group key, whether the product loss also pushes apart products of one group
+    (triplet, supcon). Off: it ignores those pairs, so it does not fight the group loss that
+    pulls them together; the colour block still tells a style's colours apart for exact
+    search."""
     colour_in_loss: bool = True
     """The product loss sees the served vector (CNN + colour histogram at ``colour_weight``),
     so training spends itself on what the colour does not already tell apart."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW): on the projection it pulls the map back towards the
+    identity, i.e. towards the ImageNet vectors."""
+    steps_per_epoch: int | None = None
+    """Optimiser steps between two validations; default: one batch per training photo
+    divided by the batch size."""
     keep_best: bool = True
     """Keep the best epoch on validation (else the last one: for sweeps on other sets)."""
 
@@ -74,6 +85,14 @@ class TrainOptions:
         if jitter is None:
             jitter = 0.5 if self.group_key else 0.0
         return AugmentConfig(views=self.views, colour_jitter=jitter)
+
+
+TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "projection": {"loss": "supcon", "learning_rate": 1e-3, "epochs": 30},
+    "blocks": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 8},
+}
+"""Per ``--tune``, the settings docs/training.md chose on held-out splits (the rest of
+:class:`TrainOptions` is shared)."""
 
 
 @dataclass
@@ -162,6 +181,20 @@ def _score(top: Any, val: CachedViews, options: TrainOptions) -> dict[str, Any]:
     return out
 
 
+TRAIN_PROBE = 300
+"""Training photos scored before and after (a seeded subset): whether the fit learnt its own
+labels at all, which tells a run that did not fit from one that did not carry over."""
+
+
+def _score_train(top: Any, cache: CachedViews, options: TrainOptions) -> dict[str, Any]:
+    n = len(cache.images)
+    rows = np.sort(np.random.default_rng(options.seed).permutation(n)[:TRAIN_PROBE])
+    assert cache.colour is not None
+    probe = CachedViews([cache.images[i] for i in rows], cache.features[rows],
+                        cache.colour[rows])
+    return _score(top, probe, options)
+
+
 def _r1(scores: dict[str, Any]) -> list[float]:
     """R@1 of the exact task, and of the similar task where there is one."""
     return [float(scores[task]["R@1"]) for task in ("item", "group_similar")
@@ -186,6 +219,7 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
         MixColour,
         batch_hard_triplet,
         proxy_softmax,
+        supervised_contrastive,
     )
 
     for layer in top.layers:  # BN statistics of small P x K batches would drift: keep ImageNet's
@@ -209,9 +243,12 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
             losses[name] = proxy_softmax
         else:
             outputs[name] = keras.layers.Identity(name=name)(embedded[name])
-            losses[name] = batch_hard_triplet
+            losses[name] = (supervised_contrastive if options.loss == "supcon"
+                            else batch_hard_triplet)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=losses,
+    optimizer = keras.optimizers.AdamW(options.learning_rate, weight_decay=options.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["proxies"])  # they are no part of the model
+    model.compile(optimizer=optimizer, loss=losses,
                   loss_weights={n: (options.group_weight if n == "group" else 1.0)
                                 for n in n_labels})
     return model
@@ -243,13 +280,22 @@ class Prepared:
     seconds: dict[str, float]
 
 
+def validate_by_group(group_key: str | None) -> bool:
+    """Whether the validation split leaves whole groups out. Styles (``group_id``) are many and
+    a new season brings new ones, so a style-disjoint split measures what carries to unseen
+    styles. Categories are few and the queries come from the catalog's own categories:
+    holding a fifth of them out would train without them and validate on kinds the model
+    never met, so with ``category`` the split is product-disjoint."""
+    return group_key is not None and group_key != "category"
+
+
 VAL_VIEWS = 2
 """Altered views per held-out photo, each one query."""
 
 
 def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepared:
     images = load_training_images(catalog, options.group_key)
-    by_group = options.group_key is not None
+    by_group = validate_by_group(options.group_key)
     parts = split(images, options.val_fraction, options.seed, by_group=by_group)
     augment = options.augment()
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
@@ -298,6 +344,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     top = backbone.top()
     top.set_weights(prepared.initial)
     before = _score(top, val_cache, options)
+    train_before = _score_train(top, train_cache, options)
     log.info("validation before training: %s", before)
     label_sets = {"item": _labels(train_images, "product_id")}
     if options.group_key:
@@ -311,12 +358,15 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
         init["item"] = _class_means(mixed, label_sets["item"])
     model = _build(top, options, {n: int(v.max()) + 1 for n, v in label_sets.items()}, init)
     batch = min(options.labels_per_batch, int(units.max()) + 1) * options.samples_per_label
-    steps = max(1, -(-len(train_images) // batch))
+    steps = options.steps_per_epoch or max(1, -(-len(train_images) // batch))
     best = (0, top.get_weights(), before)
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     progress = _progress(steps * options.epochs)
-    data = _batches(train_cache, units, label_sets, options, steps)
+    targets = dict(label_sets)
+    if options.group_key and not options.item_within_group:
+        targets["item"] = np.stack([label_sets["item"], label_sets["group"]], axis=1)
+    data = _batches(train_cache, units, targets, options, steps)
     for epoch in range(1, options.epochs + 1):
         data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
         fit = model.fit(data, epochs=1, verbose=0, callbacks=[progress], shuffle=False)
@@ -329,6 +379,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     progress.bar.close()
     fit_s = time.perf_counter() - t0
     best_epoch, weights, after = best
+    train_after = _score_train(top, train_cache, options)  # the last epoch: did the fit learn?
     top.set_weights(weights)
     n_views = train_cache.features.shape[0] * train_cache.features.shape[1]
     report = {
@@ -342,6 +393,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
         "skipped": [{"image": p, "reason": r}
                     for p, r in train_cache.skipped + val_cache.skipped],
         "before": before, "after": after, "best_epoch": best_epoch, "history": history,
+        "training_photos": {"before": train_before, "last_epoch": train_after},
         "seconds": {**prepared.seconds, "fit": round(fit_s, 1)},
         "views_per_s": round((n_views + (1 + VAL_VIEWS) * len(val_images)) /
                              max(train_cache.seconds + val_cache.seconds, 1e-9), 1),
