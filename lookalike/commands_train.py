@@ -25,11 +25,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tune", choices=["projection", "blocks"], default="projection",
                    help="what trains: a linear projection of the frozen network's pooled "
                    "features (default) or its last blocks and head conv")
-    p.add_argument("--epochs", type=int, help="default: 30 (projection), 8 (blocks)")
+    p.add_argument("--epochs", type=int, help="default: 20 (projection), 8 (blocks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=["supcon", "triplet", "proxy"],
                    help="supervised contrastive, batch-hard triplet or normalised softmax over "
-                   "proxies; default: supcon (projection), triplet (blocks)")
+                   "proxies; default: proxy (projection), triplet (blocks)")
     p.add_argument("--views", type=int, default=4, help="altered views cached per photo")
     p.add_argument("--train-blocks", type=int, default=1,
                    help="with --tune blocks: last MBConv blocks retrained with the head conv "
@@ -37,6 +37,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--colour-jitter", type=float,
                    help="share of views with shifted colours (default 0.5 with --group-key)")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-split", choices=["product", "group"], default="product",
+                   help="hold out products (default) or whole groups (does it carry to new "
+                   "styles?)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -65,6 +68,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         **TUNE_DEFAULTS[args.tune], **chosen,
         "group_key": args.group_key, "seed": args.seed, "views": args.views,
         "colour_jitter": args.colour_jitter, "val_fraction": args.val_fraction,
+        "val_by_group": args.val_split == "group",
         "colour_weight": m.colour_weight, "max_pixels": settings.images.max_pixels,
     })
     if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:

@@ -166,7 +166,7 @@ def test_tiny_training_run(tmp_path: Path, loss: str, colour_in_loss: bool) -> N
     catalog = _catalog(tmp_path)
     options = TrainOptions(group_key="group_id", epochs=3, seed=5, loss=loss,  # type: ignore[arg-type]
                            views=2, val_fraction=0.34, labels_per_batch=4, samples_per_label=2,
-                           colour_in_loss=colour_in_loss)
+                           colour_in_loss=colour_in_loss, val_by_group=True)
     backbone = FakeBackbone()
     result = train(catalog, tmp_path / "model", backbone, options)
     report = json.loads((tmp_path / "model" / "report.json").read_text())
@@ -219,12 +219,25 @@ def test_projection_learns_its_training_groups(tmp_path: Path) -> None:
     assert fit["last_epoch"]["item"]["R@1"] >= fit["before"]["item"]["R@1"] + 0.2
 
 
-def test_category_validation_keeps_every_category(tmp_path: Path) -> None:
-    """Categories are the kinds queries come from: the split is by product, not category."""
-    from training.trainer import validate_by_group
-
-    assert validate_by_group("group_id") and not validate_by_group("category")
-    assert not validate_by_group(None)
+def test_validation_is_by_product_unless_asked(tmp_path: Path) -> None:
+    """By default a held-out product's style may keep its other colours in training (a new
+    colour of a known style), and the group task finds them there; ``val_by_group`` holds
+    whole styles out."""
+    catalog = _catalog(tmp_path, n_styles=8)
+    images = load_training_images(catalog, "group_id")
+    # a seed whose product split leaves some held-out product's other colour in training
+    seed = next(s for s in range(20)
+                if (parts := split(images, 0.25, s, by_group=False))
+                and {im.group for im in parts.val} & {im.group for im in parts.train})
+    base = TrainOptions(group_key="group_id", epochs=1, views=1, val_fraction=0.25, seed=seed,
+                        labels_per_batch=4, samples_per_label=2)
+    by_product = train(catalog, tmp_path / "a", FakeProjectionBackbone(), base).report
+    # every held-out photo has its style's other colour to find: 4 products x 2 photos
+    assert by_product["before"]["group_similar"]["queries"] == 8
+    assert by_product["validation"]["groups"] + by_product["train"]["groups"] > 8
+    by_group = train(catalog, tmp_path / "b", FakeProjectionBackbone(),
+                     TrainOptions(**{**base.__dict__, "val_by_group": True})).report
+    assert by_group["validation"]["groups"] + by_group["train"]["groups"] == 8
 
 
 def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:

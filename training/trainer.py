@@ -32,7 +32,7 @@ from training.augment import AugmentConfig
 from training.backbone import Backbone
 from training.data import TrainImage, load_training_images, split
 from training.features import CachedViews, cache_views, decode_all
-from training.validate import ValSet, group_recall, item_recall
+from training.validate import Gallery, ValSet, group_recall, item_recall
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ class TrainOptions:
     colour_jitter: float | None = None
     """Share of altered views with shifted colours; default 0.5 with a group key, else 0."""
     val_fraction: float = 0.2
+    val_by_group: bool = False
+    """Hold out whole groups (a style-disjoint split: does training carry to new styles?)
+    rather than products (the held-out products' groups have other products in training, as
+    a catalog's new colour or new article does; the default)."""
     labels_per_batch: int = 16
     samples_per_label: int = 4
     learning_rate: float = 1e-4
@@ -77,6 +81,9 @@ class TrainOptions:
     steps_per_epoch: int | None = None
     """Optimiser steps between two validations; default: one batch per training photo
     divided by the batch size."""
+    clean_share: float | None = None
+    """Share of training samples drawn from the clean photo rather than an altered view;
+    default: uniform over the clean and altered views."""
     keep_best: bool = True
     """Keep the best epoch on validation (else the last one: for sweeps on other sets)."""
 
@@ -88,7 +95,7 @@ class TrainOptions:
 
 
 TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "projection": {"loss": "supcon", "learning_rate": 1e-3, "epochs": 30},
+    "projection": {"loss": "proxy", "learning_rate": 1e-3, "epochs": 20},
     "blocks": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 8},
 }
 """Per ``--tune``, the settings docs/training.md chose on held-out splits (the rest of
@@ -151,6 +158,9 @@ def _batches(cached: CachedViews, units: NDArray[np.int32], labels: dict[str, ND
             rows = np.concatenate([rng.choice(members[u], size=options.samples_per_label)
                                    for u in chosen])
             view = rng.integers(0, n_views, size=len(rows))
+            if options.clean_share is not None:
+                altered = rng.integers(1, max(2, n_views), size=len(rows)) % n_views
+                view = np.where(rng.random(len(rows)) < options.clean_share, 0, altered)
             x: dict[str, Any] = {"fmap": cached.features[rows, view].astype(np.float32)}
             if _mixes_colour(options) and cached.colour is not None:
                 x["colour"] = cached.colour[rows, view]
@@ -165,7 +175,11 @@ def _embed(top: Any, maps: NDArray[np.float16], batch: int = 64) -> NDArray[np.f
     return np.concatenate(out).astype(np.float32)
 
 
-def _score(top: Any, val: CachedViews, options: TrainOptions) -> dict[str, Any]:
+def _score(top: Any, val: CachedViews, options: TrainOptions,
+           train: CachedViews | None = None) -> dict[str, Any]:
+    """Exact and similar recall of the held-out photos; ``train``: the training photos join
+    the group task's gallery (a product-disjoint split, where a held-out product's group has
+    its other products in training)."""
     assert val.colour is not None
     products = [im.product_id for im in val.images]
     n_views = val.features.shape[1] - 1
@@ -177,7 +191,12 @@ def _score(top: Any, val: CachedViews, options: TrainOptions) -> dict[str, Any]:
     out: dict[str, Any] = {"item": item_recall(vs, clean, query, options.colour_weight),
                            "item_cnn_only": item_recall(vs, clean, query, 0.0)}
     if options.group_key:
-        out["group_similar"] = group_recall(vs, clean)
+        more = None
+        if train is not None:
+            more = Gallery(_embed(top, train.features[:, 0]),
+                           [im.product_id for im in train.images],
+                           [im.group for im in train.images])
+        out["group_similar"] = group_recall(vs, clean, more)
     return out
 
 
@@ -280,22 +299,13 @@ class Prepared:
     seconds: dict[str, float]
 
 
-def validate_by_group(group_key: str | None) -> bool:
-    """Whether the validation split leaves whole groups out. Styles (``group_id``) are many and
-    a new season brings new ones, so a style-disjoint split measures what carries to unseen
-    styles. Categories are few and the queries come from the catalog's own categories:
-    holding a fifth of them out would train without them and validate on kinds the model
-    never met, so with ``category`` the split is product-disjoint."""
-    return group_key is not None and group_key != "category"
-
-
 VAL_VIEWS = 2
 """Altered views per held-out photo, each one query."""
 
 
 def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepared:
     images = load_training_images(catalog, options.group_key)
-    by_group = validate_by_group(options.group_key)
+    by_group = options.val_by_group and options.group_key is not None
     parts = split(images, options.val_fraction, options.seed, by_group=by_group)
     augment = options.augment()
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
@@ -343,7 +353,8 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     train_images, val_images = train_cache.images, val_cache.images
     top = backbone.top()
     top.set_weights(prepared.initial)
-    before = _score(top, val_cache, options)
+    group_gallery = None if options.val_by_group else train_cache
+    before = _score(top, val_cache, options, group_gallery)
     train_before = _score_train(top, train_cache, options)
     log.info("validation before training: %s", before)
     label_sets = {"item": _labels(train_images, "product_id")}
@@ -370,7 +381,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     for epoch in range(1, options.epochs + 1):
         data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
         fit = model.fit(data, epochs=1, verbose=0, callbacks=[progress], shuffle=False)
-        scores = _score(top, val_cache, options)
+        scores = _score(top, val_cache, options, group_gallery)
         history.append({"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 4),
                         "val": scores})
         log.info("epoch %d: loss %.4f, validation %s", epoch, fit.history["loss"][-1], scores)

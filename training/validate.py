@@ -67,20 +67,36 @@ def item_recall(val: ValSet, clean: F32, query: F32, colour_weight: float) -> di
                                      zip(rows, val.query_products, strict=True)])) for k in KS}
 
 
-def group_recall(val: ValSet, clean: F32) -> dict[str, float] | None:
-    """None when no held-out group has two products."""
+@dataclass(frozen=True)
+class Gallery:
+    """More products to rank for the group task: the training photos, when the split is by
+    product, so a held-out product's group is found among the catalog's other products (as a
+    "similar" search finds a style's other colours) and not only among the held-out ones."""
+
+    vectors: F32
+    products: list[str]
+    groups: list[str]
+
+
+def group_recall(val: ValSet, clean: F32, more: Gallery | None = None
+                 ) -> dict[str, float] | None:
+    """None when no held-out product has another product of its group to find."""
+    products, groups = list(val.products), list(val.groups)
+    vectors = clean
+    if more is not None:
+        products, groups = products + more.products, groups + more.groups
+        vectors = np.concatenate([clean, more.vectors])
     members: dict[str, set[str]] = {}
-    for product, group in zip(val.products, val.groups, strict=True):
+    for product, group in zip(products, groups, strict=True):
         members.setdefault(group, set()).add(product)
-    e = _unit(clean)
-    sims = e @ e.T
+    sims = _unit(clean) @ _unit(vectors).T
     scores: dict[int, list[float]] = {k: [] for k in KS}
     for i, (product, group) in enumerate(zip(val.products, val.groups, strict=True)):
         relevant = members[group] - {product}
         if not relevant:
             continue
-        keep = [j for j, p in enumerate(val.products) if p != product]
-        ranked = rank_products(sims[i, keep], [val.products[j] for j in keep])
+        keep = [j for j, p in enumerate(products) if p != product]
+        ranked = rank_products(sims[i, keep], [products[j] for j in keep])
         for k in KS:
             scores[k].append(recall_at_k(ranked, relevant, k))
     if not scores[1]:
