@@ -18,7 +18,7 @@ from embedding.efficientnet_lite import build_feature_model, copy_weights
 from embedding.embedder import EfficientNetLiteEmbedder
 from embedding.preprocess import preprocess_image
 from embedding.trained import CONFIG_FILE, TrainedModelError
-from training.backbone import EfficientNetBackbone
+from training.backbone import EfficientNetBackbone, ProjectionBackbone
 from training.trainer import TrainOptions, train
 
 pytestmark = [pytest.mark.model, pytest.mark.luma]
@@ -79,3 +79,29 @@ def test_train_on_luma_subset_and_load_back(luma_dir: Path, tmp_path: Path) -> N
     (out / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(TrainedModelError, match="differs from the recorded"):
         create_embedder("lite0", "pad", 8, 0.5, path=out)
+
+
+def test_projection_on_luma_subset_loads_back(luma_dir: Path, tmp_path: Path) -> None:
+    """The default cut (``--tune projection``): the saved directory holds the frozen network
+    plus the projection, loads through ``create_embedder(path=...)`` to the vectors the
+    trained projection gives on the frozen features."""
+    from embedding.embedder import create_embedder
+
+    catalog = _subset(luma_dir, tmp_path)
+    backbone = ProjectionBackbone("lite0", "pad")
+    options = TrainOptions(group_key="group_id", epochs=3, views=1, seed=0, val_fraction=0.34,
+                           loss="proxy", learning_rate=1e-3, keep_best=False)
+    out = tmp_path / "model"
+    result = train(catalog, out, backbone, options)
+    assert json.loads((out / CONFIG_FILE).read_text())["projection"] is True
+    weights = backbone.top().get_layer("projection").get_weights()[0]
+    assert np.abs(weights).max() > 0  # it trained (keep_best off: the last epoch is kept)
+
+    photos = [load_image(p, 10**8) for p in sorted(luma_dir.glob("images/mh01-*"))[:4]]
+    loaded = create_embedder("lite0", "pad", 8, colour_weight=0.0, path=out)
+    assert loaded.model_version == result.model_version.split("+")[0]
+    batch = np.stack([preprocess_image(p, 224) for p in photos])
+    trained = np.asarray(backbone.top().predict_on_batch(
+        backbone.features(batch).astype(np.float32)))
+    expected = trained / np.linalg.norm(trained, axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded.embed(photos), expected, atol=2e-3)
