@@ -123,6 +123,7 @@ class OutageProxy:
     gives them: refused connections); ``restore()`` listens again."""
 
     BUFFER: ClassVar[int] = 65536
+    CONNECT_TIMEOUT_S: ClassVar[float] = 5.0
 
     def __init__(self, listen_port: int, target_port: int) -> None:
         self.listen_port = listen_port
@@ -139,12 +140,13 @@ class OutageProxy:
             def handle(self) -> None:
                 client: socket.socket = self.request
                 try:
-                    upstream = socket.create_connection(("127.0.0.1", proxy.target_port), 5)
+                    upstream = socket.create_connection(
+                        ("127.0.0.1", proxy.target_port), proxy.CONNECT_TIMEOUT_S)
                 except OSError:
                     return
-                # The 5 s above is for connecting only. Left on the socket it would end the
-                # upstream pump whenever the broker is silent for 5 s -- and Tansu holds a
-                # JoinGroup answer for half the session timeout (5 s by default) -- leaving
+                # The timeout above is for connecting only. Left on the socket it would end
+                # the upstream pump whenever the broker is silent that long -- and Tansu holds
+                # a JoinGroup answer for half the session timeout (5 s by default) -- leaving
                 # the client waiting on a dead connection for its 305 s JoinGroup timeout.
                 upstream.settimeout(None)
                 with proxy._lock:
