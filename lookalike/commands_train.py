@@ -89,6 +89,8 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     print(f"model {result.model_version} written to {args.out}")
     print(f"validation before: {_fmt(result.before)}")
     print(f"validation after:  {_fmt(result.after)} (best epoch {result.best_epoch})")
+    if result.report.get("not_trained"):
+        print(f"not trained: {result.report['not_trained']}")
     if result.best_epoch == 0:
         print("no epoch beat the untrained model on validation: the directory holds the "
               "ImageNet weights, switching to it changes nothing")

@@ -240,6 +240,24 @@ def test_validation_is_by_product_unless_asked(tmp_path: Path) -> None:
     assert by_group["validation"]["groups"] + by_group["train"]["groups"] == 8
 
 
+def test_single_photo_products_without_groups_are_not_trained(tmp_path: Path) -> None:
+    """One photo per product and no group key: only altered copies would be positives, so the
+    untrained map is kept, and the report says why."""
+    catalog = _catalog(tmp_path, n_styles=4)
+    lines = [json.loads(line) for line in catalog.read_text().splitlines()]
+    catalog.write_text("".join(json.dumps(dict(r, images=r["images"][:1])) + "\n"
+                               for r in lines))
+    options = TrainOptions(epochs=2, views=1, labels_per_batch=4, samples_per_label=2)
+    backbone = FakeProjectionBackbone()
+    result = train(catalog, tmp_path / "model", backbone, options)
+    assert result.best_epoch == 0 and result.report["history"] == []
+    assert "one photo" in result.report["not_trained"]
+    assert not np.any(backbone.top().get_layer("projection").get_weights()[0])
+    grouped = train(catalog, tmp_path / "g", FakeProjectionBackbone(),
+                    TrainOptions(**{**options.__dict__, "group_key": "group_id"}))
+    assert grouped.report["not_trained"] is None and len(grouped.report["history"]) == 2
+
+
 def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -339,6 +339,23 @@ def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -
     return result
 
 
+def nothing_to_learn(images: list[TrainImage], options: TrainOptions) -> str | None:
+    """Why a catalog gives nothing to train on, or None. Without a group key and with one photo
+    per product, the only positives are altered copies of each photo: learning to ignore those
+    alterations lowered recall on real other views of the same product (luma-views, exact
+    R@1 0.63 -> 0.57, docs/training.md), and the validation, whose queries are such copies,
+    cannot see it. So the untrained map is kept and the run says why."""
+    if options.group_key:
+        return None
+    counts: dict[str, int] = {}
+    for image in images:
+        counts[image.product_id] = counts.get(image.product_id, 0) + 1
+    if max(counts.values(), default=0) >= 2:
+        return None
+    return ("every product has one photo and there is no --group-key: altered copies alone "
+            "are no evidence that training helps real queries (docs/training.md)")
+
+
 def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainResult:
     """Train the top from its initial weights and leave the best epoch's weights in it.
 
@@ -373,12 +390,16 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     best = (0, top.get_weights(), before)
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    progress = _progress(steps * options.epochs)
+    skip = nothing_to_learn(train_images, options)
+    epochs = 0 if skip else options.epochs
+    if skip:
+        log.warning("not training: %s", skip)
+    progress = _progress(steps * epochs)
     targets = dict(label_sets)
     if options.group_key and not options.item_within_group:
         targets["item"] = np.stack([label_sets["item"], label_sets["group"]], axis=1)
     data = _batches(train_cache, units, targets, options, steps)
-    for epoch in range(1, options.epochs + 1):
+    for epoch in range(1, epochs + 1):
         data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
         fit = model.fit(data, epochs=1, verbose=0, callbacks=[progress], shuffle=False)
         scores = _score(top, val_cache, options, group_gallery)
@@ -406,6 +427,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
         "before": before, "after": after, "best_epoch": best_epoch, "history": history,
         "training_photos": {"before": train_before, "last_epoch": train_after},
         "seconds": {**prepared.seconds, "fit": round(fit_s, 1)},
+        "not_trained": skip,
         "views_per_s": round((n_views + (1 + VAL_VIEWS) * len(val_images)) /
                              max(train_cache.seconds + val_cache.seconds, 1e-9), 1),
         "samples_per_s": round(steps * batch * options.epochs / max(fit_s, 1e-9), 1),
