@@ -108,6 +108,8 @@ class MilvusStore:
         self.engine = engine or parse_engine(
             str(self._call("server_version", 0, client.get_server_version)), uri
         )
+        self._schemas: dict[str, dict[str, Any]] = {}  # for column-wise upserts
+        self._schema_lock = threading.Lock()
         self._lite_path = (os.path.abspath(uri) if memory_index and uri and self.engine.is_lite
                            else None)
         self._lite: LiteIndexes | None = (
@@ -282,12 +284,44 @@ class MilvusStore:
                op: str = "upsert") -> int:
         """Upsert ``rows`` in chunks; returns how many."""
         index = self._lite_copy(collection)
+        columns = self._columns_of(collection) if rows else None
         for part in _chunks(rows, UPSERT_CHUNK):
             data = list(part)
-            self._write(index, partial(self._call, op, len(data), partial(
-                self._client.upsert, collection, data, timeout=self.timeout_s)),
-                "upsert", data)
+            send = (partial(self._upsert_columns, collection, data, columns) if columns
+                    else partial(self._client.upsert, collection, data, timeout=self.timeout_s))
+            self._write(index, partial(self._call, op, len(data), send), "upsert", data)
         return len(rows)
+
+    def _columns_of(self, collection: str) -> dict[str, Any] | None:
+        """The collection's schema for column-wise upserts (None: this client cannot).
+
+        pymilvus packs a row-wise upsert value by value (~0.77 ms per 1,472-d image row,
+        measured), a column-wise one list by list (~0.11 ms): at a server's ~1,800 rows/s
+        the row-wise packing alone would use a whole core. ``MilvusClient`` only offers the
+        row-wise call, so this goes through its connection's ``upsert`` (the call pymilvus'
+        ``Collection.upsert`` makes), with the schema described once per collection."""
+        if not callable(getattr(self._client, "_get_connection", None)):
+            return None
+        with self._schema_lock:
+            found = self._schemas.get(collection)
+        if found is None:
+            found = self.describe(collection)
+            with self._schema_lock:
+                self._schemas[collection] = found
+        return found
+
+    def _upsert_columns(self, collection: str, rows: Sequence[dict[str, Any]],
+                        schema: dict[str, Any]) -> Any:
+        fields = [f for f in schema["fields"] if not f.get("auto_id")]
+        names = {str(f["name"]) for f in fields}
+        for row in rows:
+            if row.keys() != names:
+                raise StoreError(f"upsert into {collection}: a row has fields {sorted(row)}, "
+                                 f"the collection {sorted(names)}")
+        entities = [{"name": f["name"], "type": f["type"],
+                     "values": [row[f["name"]] for row in rows]} for f in fields]
+        return self._client._get_connection().upsert(collection, entities, schema=schema,
+                                                     timeout=self.timeout_s)
 
     def delete(self, collection: str, where: Where, *, op: str = "delete") -> None:
         clauses = _clauses(where)
@@ -339,6 +373,8 @@ class MilvusStore:
             self._lite.drop(index)
 
     def _forget(self, physical: str | None = None) -> None:
+        with self._schema_lock:
+            self._schemas.clear()
         if self._lite is not None:
             self._lite.forget(physical)
 
