@@ -35,6 +35,12 @@ consistency, except during ``strong_window_s`` after the sink starts or after
 :meth:`MilvusSink.expect_foreign_writes` (a partition assignment: another process may have just
 written those products), when reads are ``Strong``.
 
+The same goes for a product's image rows: what this sink wrote last (the pks of its latest
+upsert, none after a delete) is remembered with its state, so pruning the images an update
+dropped needs no read of them (on a server, a Strong read per 32 products took 70% of the
+write time at 4,000 rows); the rows of other products are read with the state reads'
+consistency.
+
 Product states are written after all image writes of the plan: a crash in between leaves the
 old state, so the events are applied again on redelivery instead of being skipped as stale.
 """
@@ -143,7 +149,9 @@ class MilvusSink:
         self._clock = clock
         self._strong_until = clock() + strong_window_s
         self._flushed_at = clock()
-        self._written: OrderedDict[str, ProductState] = OrderedDict()
+        self._written: OrderedDict[str, tuple[ProductState, frozenset[str] | None]] = \
+            OrderedDict()
+        """Per product this sink wrote: its state and its image pks (None: not known)."""
         self._remember = remembered_states
         self._lock = threading.Lock()  # expect_foreign_writes runs on the consumer's thread
 
@@ -163,7 +171,8 @@ class MilvusSink:
     def get_states(self, product_ids: Sequence[str]) -> dict[str, ProductState]:
         """Stored states of these products (absent ones are missing from the result)."""
         with self._lock:
-            known = {pid: self._written[pid] for pid in product_ids if pid in self._written}
+            known = {pid: self._written[pid][0] for pid in product_ids
+                     if pid in self._written}
         rest = [pid for pid in product_ids if pid not in known]
         if rest:
             known.update(read_states(self._store, self._spec.state_name, rest,
@@ -171,9 +180,18 @@ class MilvusSink:
         return known
 
     def _rows_of(self, op: str, product_ids: Sequence[str], fields: Sequence[str],
-                 chunk: int) -> list[dict[str, Any]]:
+                 chunk: int, consistency: Consistency = "Strong") -> list[dict[str, Any]]:
         return self._store.query_in(self._spec.name, "product_id", product_ids, fields,
-                                    consistency="Strong", op=op, chunk=chunk)
+                                    consistency=consistency, op=op, chunk=chunk)
+
+    def _remembered_pks(self, product_ids: Sequence[str]) -> tuple[dict[str, frozenset[str]],
+                                                                   list[str]]:
+        """The image pks this sink knows these products have, and the products it must read
+        (see the module docs: those it did not write are read like states)."""
+        with self._lock:
+            known = {pid: pks for pid in product_ids if pid in self._written
+                     and (pks := self._written[pid][1]) is not None}
+        return known, [pid for pid in product_ids if pid not in known]
 
     # -- writes ------------------------------------------------------------------------
 
@@ -208,7 +226,7 @@ class MilvusSink:
                     raise
                 # a bug or bad data: still never report partial success
                 raise StoreError(f"apply failed: {exc}") from exc
-        self._remember_states(plan.states)
+        self._remember_states(plan)
         return WriteResult(
             upserted=upserted,
             repriced=repriced,
@@ -218,11 +236,18 @@ class MilvusSink:
             calls=tuple(calls),
         )
 
-    def _remember_states(self, states: Sequence[ProductState]) -> None:
+    def _remember_states(self, plan: WritePlan) -> None:
+        """Remember the states written, with each product's image pks after the plan: those
+        of its upsert, none after a delete, unchanged by a price update."""
+        deleted = set(plan.delete_products)
         with self._lock:
-            for state in states:
-                self._written[state.product_id] = state
-                self._written.move_to_end(state.product_id)
+            for state in plan.states:
+                pid = state.product_id
+                pks = (frozenset(plan.prune[pid]) if pid in plan.prune
+                       else frozenset() if pid in deleted
+                       else self._written[pid][1] if pid in self._written else None)
+                self._written[pid] = (state, pks)
+                self._written.move_to_end(pid)
             while len(self._written) > self._remember:
                 self._written.popitem(last=False)
 
@@ -249,17 +274,18 @@ class MilvusSink:
         return self._store.upsert(self._spec.name, changed, op="upsert_prices")
 
     def _prune(self, prune: dict[str, set[str]]) -> int:
-        victims = [
-            str(row["pk"])
-            for row in self._rows_of("read_for_prune", list(prune), ["pk", "product_id"],
-                                     PRODUCT_CHUNK)
-            if str(row["pk"]) not in prune[str(row["product_id"])]
-        ]
+        known, rest = self._remembered_pks(list(prune))
+        victims = [pk for pid, pks in known.items() for pk in sorted(pks - prune[pid])]
+        victims += [str(row["pk"]) for row in self._rows_of(
+            "read_for_prune", rest, ["pk", "product_id"], PRODUCT_CHUNK,
+            self.state_read_consistency()) if str(row["pk"]) not in prune[str(row["product_id"])]]
         return self._store.delete_in(self._spec.name, "pk", victims, op="delete_pruned") \
             if victims else 0
 
     def _delete_products(self, product_ids: list[str]) -> int:
-        victims = [str(r["pk"]) for r in self._rows_of("read_for_delete", product_ids, ["pk"],
-                                                       PRODUCT_CHUNK)]
+        known, rest = self._remembered_pks(product_ids)
+        victims = [pk for pks in known.values() for pk in sorted(pks)]
+        victims += [str(r["pk"]) for r in self._rows_of(
+            "read_for_delete", rest, ["pk"], PRODUCT_CHUNK, self.state_read_consistency())]
         return self._store.delete_in(self._spec.name, "pk", victims, op="delete_products") \
             if victims else 0

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from evaluation import run as eval_run
+from ingest import sink as sink_module
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from lookalike.app import build_search
@@ -94,6 +95,49 @@ def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
             sink.apply(WritePlan(states=[_state(f"p{step}", 1)]))
         flushes = [c for c in client.calls if c[0] == "flush"]
         assert len(flushes) == expected * 2  # image and state collections, every 2 s on lite
+
+
+def test_a_lite_sink_whose_store_keeps_copies_flushes_every_minute(tmp_path: Any) -> None:
+    store = MilvusStore.open(str(tmp_path / "copies.db"))
+    try:
+        assert store.keeps_lite_copies
+        assert MilvusSink(store, SPEC)._flush_interval_s == sink_module.LITE_COPY_FLUSH_INTERVAL_S
+        plain = MilvusStore(store.client, uri=store.uri, memory_index=False)
+        assert MilvusSink(plain, SPEC)._flush_interval_s == sink_module.LITE_FLUSH_INTERVAL_S
+    finally:
+        store.close()
+
+
+def test_the_sink_prunes_the_images_it_wrote_without_reading_them() -> None:
+    """Its own products' image pks are remembered; others' are read like states."""
+    client, clock = FakeClient(), Clock()
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                      strong_window_s=10.0, clock=clock)
+    clock.now += 11
+    client.rows = [{"pk": "b#old", "product_id": "b"}]  # b was written by another process
+    sink.apply(WritePlan(upserts=[record("a", "k1", unit(0)), record("a", "k2", unit(1)),
+                                  record("b", "k1", unit(2))],
+                         prune={"a": {"a#k1", "a#k2"}, "b": {"b#k1"}},
+                         states=[_state("a", 1), _state("b", 1)]))
+    reads = [c for c in client.calls if c[0] == "query"]
+    assert len(reads) == 1 and reads[0][2]["filter"] == 'product_id in ["a", "b"]'
+    assert reads[0][2]["consistency_level"] == "Bounded"
+    deletes = [c[2]["filter"] for c in client.calls if c[0] == "delete"]
+    assert deletes == ['pk in ["b#old"]']
+
+    client.calls.clear()
+    client.rows = []
+    sink.apply(WritePlan(upserts=[record("a", "k2", unit(1))], prune={"a": {"a#k2"}},
+                         delete_products=["b"], states=[_state("a", 2), _state("b", 2)]))
+    assert [c for c in client.calls if c[0] == "query"] == []  # both remembered
+    deletes = [c[2]["filter"] for c in client.calls if c[0] == "delete"]
+    assert deletes == ['pk in ["a#k1"]', 'pk in ["b#k1"]']
+
+    sink.expect_foreign_writes()  # forgotten: read again
+    client.calls.clear()
+    sink.apply(WritePlan(delete_products=["a"], states=[_state("a", 3)]))
+    reads = [c for c in client.calls if c[0] == "query"]
+    assert len(reads) == 1 and reads[0][2]["consistency_level"] == "Strong"
 
 
 def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> None:
