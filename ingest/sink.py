@@ -64,8 +64,16 @@ from schema.collection import (
     STATE_VECTOR_FIELD,
     CollectionSpec,
 )
+from schema.events import MAX_IMAGES_PER_PRODUCT
 from schema.records import ImageRecord, ProductState
-from store import CallTiming, Consistency, MilvusStore, StoreError, is_transient
+from store import (
+    MAX_RESULT_WINDOW,
+    CallTiming,
+    Consistency,
+    MilvusStore,
+    StoreError,
+    is_transient,
+)
 
 __all__ = ["MilvusSink", "SinkError", "WriteResult", "is_transient", "read_states"]
 
@@ -75,8 +83,10 @@ SinkError = StoreError
 """What :meth:`MilvusSink.apply` raises (the store's error; :class:`store.StoreUnavailableError`
 for an outage)."""
 
-PRODUCT_CHUNK = 32
-"""Products per read of their image rows (prune and delete)."""
+PRODUCT_CHUNK = MAX_RESULT_WINDOW // (2 * MAX_IMAGES_PER_PRODUCT)
+"""Products per read of their image rows (prune and delete): 256, whose rows (at most 32 each)
+fit half the result window. One read per batch rather than one per 32 products (a Strong
+read costs ~200 ms on a server)."""
 LITE_FLUSH_INTERVAL_S = 2.0
 """Milvus Lite: flush at most this often (a flush per apply cost 31-40% of the write time)."""
 LITE_COPY_FLUSH_INTERVAL_S = 60.0
