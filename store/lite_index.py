@@ -342,8 +342,9 @@ class LiteIndex:
                 return [[] for _ in range(len(q))]
             if slots.size > FULL_PRODUCT_SHARE * self._n:
                 scores = (self._vectors[: self._n] @ q.T)[slots]
-            else:
-                scores = self._vectors[slots] @ q.T
+            else:  # einsum: a multi-threaded BLAS call on a few thousand rows of a busy
+                # 2-core box took 11-17 ms against 0.1-0.3 ms (threads waking up)
+                scores = np.einsum("ij,kj->ik", self._vectors[slots], q)
             scores *= self._inv_norm[slots, None]
             out = []
             for column in scores.T:
