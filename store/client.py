@@ -134,12 +134,6 @@ class MilvusStore:
         return self._client
 
     @property
-    def keeps_lite_copies(self) -> bool:
-        """Whether searches of Lite image collections are answered from memory
-        (store/lite_index.py)."""
-        return self._lite is not None
-
-    @property
     def templates(self) -> bool:
         return self.engine.supports_filter_templates
 

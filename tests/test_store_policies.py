@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from evaluation import run as eval_run
-from ingest import sink as sink_module
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from lookalike.app import build_search
@@ -96,16 +95,6 @@ def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
         flushes = [c for c in client.calls if c[0] == "flush"]
         assert len(flushes) == expected * 2  # image and state collections, every 2 s on lite
 
-
-def test_a_lite_sink_whose_store_keeps_copies_flushes_every_minute(tmp_path: Any) -> None:
-    store = MilvusStore.open(str(tmp_path / "copies.db"))
-    try:
-        assert store.keeps_lite_copies
-        assert MilvusSink(store, SPEC)._flush_interval_s == sink_module.LITE_COPY_FLUSH_INTERVAL_S
-        plain = MilvusStore(store.client, uri=store.uri, memory_index=False)
-        assert MilvusSink(plain, SPEC)._flush_interval_s == sink_module.LITE_FLUSH_INTERVAL_S
-    finally:
-        store.close()
 
 
 def test_the_sink_prunes_the_images_it_wrote_without_reading_them() -> None:
