@@ -44,14 +44,17 @@ class Counting:
     def __init__(self, client: Any) -> None:
         self._client = client
         self.reads = 0
+        self.collections: list[str] = []
 
-    def search(self, *args: Any, **kwargs: Any) -> Any:
+    def search(self, collection: str, *args: Any, **kwargs: Any) -> Any:
         self.reads += 1
-        return self._client.search(*args, **kwargs)
+        self.collections.append(f"search {collection}")
+        return self._client.search(collection, *args, **kwargs)
 
-    def query(self, *args: Any, **kwargs: Any) -> Any:
+    def query(self, collection: str, *args: Any, **kwargs: Any) -> Any:
         self.reads += 1
-        return self._client.query(*args, **kwargs)
+        self.collections.append(f"query {collection} {kwargs.get('filter')}")
+        return self._client.query(collection, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -212,3 +215,33 @@ def test_journaled_writes_win_over_an_older_scan() -> None:
     assert [(h["pk"], round(h["distance"], 4)) for h in hits] == [("a", 1.0), ("c", 0.7071)]
     with pytest.raises(Unsupported):
         index.query(ExpressionBuilder(templates=False).eq("price", "cheap").clauses(), [], None)
+
+
+def test_far_matches_of_a_selective_filter_fill_k_with_and_without_the_copy(
+    stores: tuple[MilvusStore, MilvusStore, Counting],
+) -> None:
+    """The short-page case of tests/test_search_short_pages.py, searched through the copy and
+    through Lite's own index: 10 of the 12 far products, best first, either way."""
+    from ingest.plan import WritePlan
+    from ingest.sink import MilvusSink
+    from search.api import ProductSearch
+    from search.filters import SearchFilter
+    from tests.milvus_support import MAX_PIXELS, FakeEmbedder, rotate, unit
+
+    store, plain, counting = stores
+    spec = CollectionSpec(name="copy_far", dim=DIM)
+    ensure_collections(store, spec)
+    near = [record(f"n{i}", "k", rotate(0.99 - i * 1e-5, towards=1 + i % 6))
+            for i in range(600)]
+    far = [record(f"f{i}", "k", rotate(0.05 + 0.01 * i, towards=7), category="Women/Shoes")
+           for i in range(12)]
+    MilvusSink(store, spec).apply(WritePlan(upserts=near + far))
+    counting.collections = []
+    for s in (store, plain):
+        search = ProductSearch(s, spec, FakeEmbedder(), consistency="Strong",
+                               max_pixels=MAX_PIXELS)
+        hits = search.by_vector(unit(0), k=10, filter=SearchFilter(categories=["Women/Shoes"]))
+        assert [h.product_id for h in hits] == [f"f{i}" for i in range(11, 1, -1)]
+    # The copy answered the first searcher; only its model check, a fixed text filter, went to
+    # Milvus Lite.
+    assert counting.collections == [f'query {spec.name} pk != ""']
