@@ -60,6 +60,11 @@ FULL_PRODUCT_SHARE = 0.3
 """Above this share of matching rows, score every row and pick the matching ones (one pass
 over the matrix) rather than gather the matching rows first (a copy)."""
 
+SMALL_PRODUCT_ROWS = 4_096
+"""Up to this many matching rows, score them with numpy's einsum rather than BLAS: at ~1,000
+rows einsum took 0.1-0.3 ms and BLAS 11-17 ms (its threads waking up on a busy box); at
+10,000 rows of 100k, BLAS was twice as fast in the scale bench (37 against 72 ms p50)."""
+
 FieldKind: TypeAlias = Literal["str", "float", "int", "bool", "vector"]
 
 _ORDER: dict[str, Callable[[Any, Any], Any]] = {
@@ -342,8 +347,10 @@ class LiteIndex:
                 return [[] for _ in range(len(q))]
             if slots.size > FULL_PRODUCT_SHARE * self._n:
                 scores = (self._vectors[: self._n] @ q.T)[slots]
-            else:  # einsum: a multi-threaded BLAS call on a few thousand rows of a busy
-                # 2-core box took 11-17 ms against 0.1-0.3 ms (threads waking up)
+            elif slots.size > SMALL_PRODUCT_ROWS:
+                scores = self._vectors[slots] @ q.T
+            else:  # einsum: a multi-threaded BLAS call on a thousand rows of a busy 2-core
+                # box took 11-17 ms against 0.1-0.3 ms (threads waking up)
                 scores = np.einsum("ij,kj->ik", self._vectors[slots], q)
             scores *= self._inv_norm[slots, None]
             out = []
