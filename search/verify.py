@@ -63,6 +63,10 @@ SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
+NEAR_INLIER_PX = 8
+"""Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
+MAX_CAST = 6.0
+"""Largest global colour cast (Lab a*, b* offset) removed for ``Alignment.cast_shifts``."""
 ECC_STEPS = 40
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
@@ -97,6 +101,13 @@ class Alignment:
     without keypoints)."""
     brightness_ratio: float = 1.0
     """Mean grey level of the warped query / the listing's, over the compared pixels."""
+    local_correlation: float | None = None
+    """:attr:`correlation` over the inliers' neighbourhoods only (None without inliers)."""
+    local_shifts: tuple[float, ...] | None = None
+    local_share: float = 1.0
+    """Share of the compared pixels that lie near an inlier."""
+    cast_shifts: tuple[float, ...] | None = None
+    """:attr:`colour_shifts` after a bounded global colour cast (a*, b* offsets) is removed."""
     by_keypoints: bool = True
     """False when the photos were aligned without keypoints (:func:`coarse_homography`):
     held to the stricter ``SameItemRule.coarse_*`` thresholds."""
@@ -307,22 +318,41 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     if inliers is not None:  # hull in VERIFY_SIZE px; the product area at half that
         hull = float(cv2.contourArea(cv2.convexHull(inliers))) if len(inliers) >= 3 else 0.0
         cover = hull / 4.0 / max(1, int(fg_b.sum()))
-    gray_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
-    gray_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
+    grey_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
+    grey_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)
+    gray_a = grey_a[region].astype(np.float64)
+    gray_b = grey_b[region].astype(np.float64)
     brightness = (float(gray_a.mean()) + 1.0) / (float(gray_b.mean()) + 1.0)
-    gray_a -= gray_a.mean()
-    gray_b -= gray_b.mean()
-    denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
-    correlation = float((gray_a * gray_b).sum()) / denominator if denominator > 0 else 0.0
+    correlation = _correlation(gray_a, gray_b)
     # Colours compared a little blurred: a pixel or two of misregistration and re-encoding's
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
-    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]), cover,
-                     brightness)
+    shifts = _colour_shifts(soft_a[region], soft_b[region])
+    cast = _colour_shifts(soft_a[region], soft_b[region], cast=True)
+    local_corr, local_shifts, share = None, None, 1.0
+    if inliers is not None and len(inliers):
+        near = np.zeros(region.shape, np.uint8)
+        for x, y in inliers / 2:
+            cv2.circle(near, (round(float(x)), round(float(y))), NEAR_INLIER_PX, 1, -1)
+        local = region & (near > 0)
+        share = float(local.sum()) / float(region.sum())
+        if int(local.sum()) >= MIN_OVERLAP_PX:
+            local_corr = _correlation(grey_a[local].astype(np.float64),
+                                      grey_b[local].astype(np.float64))
+            local_shifts = _colour_shifts(soft_a[local], soft_b[local])
+    return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
+                     cast)
 
 
-def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
+def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a**2).sum() * (b**2).sum()))
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+
+
+def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8], cast: bool = False
+                   ) -> tuple[float, ...]:
     """Percentiles over aligned pixels of the distance of their Lab chroma (a*, b*): small for
     the same colours under any brightness edit, large where part of the product changed
     colour. High percentiles, not the median: another colour of a garment often changes a
@@ -337,7 +367,10 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, .
     # another colour turns it (and no gain explains that).
     power = float((ab_b * ab_b).sum())
     gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
-    distance = np.linalg.norm(ab_a - gain * ab_b, axis=1)
+    residual = ab_a - gain * ab_b
+    if cast:
+        residual -= np.clip(np.median(residual, axis=0), -MAX_CAST, MAX_CAST)
+    distance = np.linalg.norm(residual, axis=1)
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
 
 
@@ -408,9 +441,11 @@ class SameItemVerifier:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_urls(cls, max_pixels: int) -> SameItemVerifier:
-        """A verifier that fetches http(s) listing photos only (no local roots)."""
-        return cls(fetching_loader(ImageFetcher(()), max_pixels))
+    def for_fetcher(cls, fetcher: ImageFetcher, max_pixels: int) -> SameItemVerifier:
+        """A verifier reading listing photos through ``fetcher``: build it with
+        ``lookalike.app.build_fetcher`` so that the configured roots, egress allow-lists,
+        byte cap and deadline apply here as in ingest and reindex."""
+        return cls(fetching_loader(fetcher, max_pixels))
 
     def gallery_features(self, image_ref: str) -> PhotoFeatures:
         """Features of a stored listing photo, from the cache or loaded and computed."""
