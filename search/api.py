@@ -331,10 +331,13 @@ class ProductSearch:
             best = self._search([self._embed(image)], k, filter, exclude=())
             queries = [photo_features(self._load_to_verify(image, self._max_pixels))]
         candidates = [(row, score) for row, score in best if score >= threshold]
+        # Most similar first: the per-query budget of keypoint-free alignments goes to them.
+        candidates.sort(key=lambda rs: -rs[1])
+        refs = [(str(row["image_ref"]), score) for row, score in candidates]
+        per_query = [verifier.verify(q, refs) for q in queries]
         matches = []
-        for row, score in candidates:
-            evidence = _strongest(
-                verifier.verify(q, [(str(row["image_ref"]), score)])[0] for q in queries)
+        for n, (row, _) in enumerate(candidates):
+            evidence = _strongest(found[n] for found in per_query)
             if evidence.same_item:
                 matches.append(_price_match(row, evidence))
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))

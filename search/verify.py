@@ -66,7 +66,8 @@ MIN_OVERLAP_PX = 64
 NEAR_INLIER_PX = 8
 """Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
 MAX_CAST = 6.0
-"""Largest global colour cast (Lab a*, b* offset) removed for ``Alignment.cast_shifts``."""
+"""Largest global colour cast (Lab a*, b* offset, each) an edit or another camera's white
+balance may add; removed before the colour shift is measured (:func:`_colour_shifts`)."""
 ECC_STEPS = 40
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
@@ -106,14 +107,18 @@ class Alignment:
     local_shifts: tuple[float, ...] | None = None
     local_share: float = 1.0
     """Share of the compared pixels that lie near an inlier."""
-    cast_shifts: tuple[float, ...] | None = None
-    """:attr:`colour_shifts` after a bounded global colour cast (a*, b* offsets) is removed."""
     by_keypoints: bool = True
     """False when the photos were aligned without keypoints (:func:`coarse_homography`):
     held to the stricter ``SameItemRule.coarse_*`` thresholds."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
+
+    def local_shift(self, percentile: int) -> float:
+        """:meth:`colour_shift` near the inliers (infinite without them)."""
+        if self.local_shifts is None:
+            return float("inf")
+        return self.local_shifts[SHIFT_PERCENTILES.index(percentile)]
 
 
 @dataclass(frozen=True)
@@ -140,10 +145,13 @@ class SameItemRule:
     min_colour: float = 0.80
     duplicate_similarity: float = 0.99
     shift_percentile: int = 95
-    coarse_similarity: float = 0.93
+    coarse_similarity: float = 0.85
     """Global cosine from which a pair with too few inliers is aligned without keypoints."""
     coarse_correlation: float = 0.95
     coarse_colour_shift: float = 6.0
+    max_coarse: int = 8
+    """Keypoint-free alignments tried per query photo (the most similar candidates first):
+    ~8 ms each, and on a catalog of look-alikes (every pullover) most candidates qualify."""
     min_inlier_cover: float = 0.05
     """Share of the listing's product area the inliers' convex hull must span: a sale tag or
     a watermark on two listings of different products can carry all their inliers."""
@@ -151,6 +159,10 @@ class SameItemRule:
     """Largest ratio of the aligned photos' mean grey levels: grey and black carry no chroma
     and the correlation ignores brightness, so only this tells a grey item from its black
     variant (a brightness edit stays within 0.8-1.2)."""
+    min_local_share: float = 0.5
+    """Share of the compared pixels that must lie near an inlier for the overlay route."""
+    min_local_correlation: float = 0.9
+    """Grey-level correlation near the inliers required by the overlay route."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
@@ -165,19 +177,40 @@ class SameItemRule:
             if ratio > self.max_brightness_ratio:
                 return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
                                f"(another shade)")
+            shift = alignment.colour_shift(self.shift_percentile)
+            if alignment.correlation >= self.min_correlation and shift <= self.max_colour_shift:
+                return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
+                              f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
+            if self._agrees_near_inliers(colour, alignment):
+                assert alignment.local_correlation is not None
+                return True, (f"{inliers} geometric inliers, aligned photos agree near them "
+                              f"(correlation {alignment.local_correlation:.2f}, colour shift "
+                              f"{alignment.local_shift(self.shift_percentile):.1f}); "
+                              f"{1 - alignment.local_share:.0%} of the product covered or "
+                              f"away from them")
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
                                f"(correlation {alignment.correlation:.2f})")
-            shift = alignment.colour_shift(self.shift_percentile)
-            if shift > self.max_colour_shift:
-                return False, f"{inliers} inliers, but the colours differ (shift {shift:.1f})"
-            return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
-                          f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
+            return False, f"{inliers} inliers, but the colours differ (shift {shift:.1f})"
         if similarity >= self.duplicate_similarity and colour >= self.min_colour:
             return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
                           f"{colour:.2f})")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def _agrees_near_inliers(self, colour: float, alignment: Alignment) -> bool:
+        """The overlay route: a banner, a sticker or a price label over the product hides
+        part of it, and no inlier lies under it. Where the inliers are, both photos
+        demonstrably show the same surface: there the grey levels must correlate and the
+        colours agree as strictly as over the whole, on at least ``min_local_share`` of the
+        compared pixels, with the photos' colour histograms in agreement. A recoloured
+        variant keeps its inliers (SIFT sees grey levels) and so its colour change in view."""
+        if alignment.local_correlation is None or alignment.local_shifts is None:
+            return False
+        return (alignment.local_share >= self.min_local_share
+                and alignment.local_correlation >= self.min_local_correlation
+                and alignment.local_shift(self.shift_percentile) <= self.max_colour_shift
+                and colour >= self.min_colour)
 
     def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:
         """Whether a pair is worth aligning without keypoints: too few inliers for geometry,
@@ -212,6 +245,8 @@ class Evidence:
     reason: str
     colour_shift: float | None = None
     """The alignment's colour shift at the rule's percentile (None without alignment)."""
+    coarse_tried: bool = False
+    """Whether a keypoint-free alignment was tried (they are budgeted per query)."""
 
 
 _sift_lock = threading.Lock()
@@ -329,7 +364,6 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
     shifts = _colour_shifts(soft_a[region], soft_b[region])
-    cast = _colour_shifts(soft_a[region], soft_b[region], cast=True)
     local_corr, local_shifts, share = None, None, 1.0
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
@@ -341,8 +375,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
             local_corr = _correlation(grey_a[local].astype(np.float64),
                                       grey_b[local].astype(np.float64))
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
-    return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
-                     cast)
+    return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share)
 
 
 def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
@@ -351,8 +384,7 @@ def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     return float((a * b).sum()) / denominator if denominator > 0 else 0.0
 
 
-def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8], cast: bool = False
-                   ) -> tuple[float, ...]:
+def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
     """Percentiles over aligned pixels of the distance of their Lab chroma (a*, b*): small for
     the same colours under any brightness edit, large where part of the product changed
     colour. High percentiles, not the median: another colour of a garment often changes a
@@ -368,8 +400,9 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8], cast: bool = Fals
     power = float((ab_b * ab_b).sum())
     gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
     residual = ab_a - gain * ab_b
-    if cast:
-        residual -= np.clip(np.median(residual, axis=0), -MAX_CAST, MAX_CAST)
+    # ...and one global cast, bounded: colour grading and white balance tint everything a
+    # little; another colour moves the chroma further than MAX_CAST (or only in places).
+    residual -= np.clip(np.median(residual, axis=0), -MAX_CAST, MAX_CAST)
     distance = np.linalg.norm(residual, axis=1)
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
 
@@ -461,28 +494,33 @@ class SameItemVerifier:
                 self._cache.popitem(last=False)
         return features
 
-    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
-                ) -> Evidence:
-        """The evidence for one pair of photos, and the rule's decision."""
+    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
+                allow_coarse: bool = True) -> Evidence:
+        """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
+        whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``)."""
         inliers, homography, points = _ransac(query, other)
         alignment = (align(query, other, homography, points) if homography is not None
                      else None)
         colour = float(np.dot(query.colour, other.colour))
-        if self.rule.wants_coarse(similarity, inliers, colour):
+        tried = allow_coarse and self.rule.wants_coarse(similarity, inliers, colour)
+        if tried:
             coarse = coarse_homography(query, other)
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
-        return Evidence(same, similarity, inliers, colour, alignment, why, shift)
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]]
                ) -> list[Evidence]:
         """One :class:`Evidence` per ``(image_ref, similarity)`` candidate, in order.
 
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
+        At most ``rule.max_coarse`` candidates (the first that qualify: give them most
+        similar first) are aligned without keypoints.
         """
-        out = []
+        out: list[Evidence] = []
+        coarse = 0
         for image_ref, similarity in candidates:
             try:
                 other = self.gallery_features(image_ref)
@@ -490,5 +528,7 @@ class SameItemVerifier:
                 out.append(Evidence(False, similarity, 0, 0.0, None,
                                     f"listing photo unavailable: {type(exc).__name__}: {exc}"))
                 continue
-            out.append(self.compare(query, other, similarity))
+            out.append(self.compare(query, other, similarity,
+                                    allow_coarse=coarse < self.rule.max_coarse))
+            coarse += out[-1].coarse_tried
         return out
