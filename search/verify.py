@@ -65,9 +65,6 @@ MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
 NEAR_INLIER_PX = 8
 """Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
-MAX_CAST = 6.0
-"""Largest global colour cast (Lab a*, b* offset, each) an edit or another camera's white
-balance may add; removed before the colour shift is measured (:func:`_colour_shifts`)."""
 ECC_STEPS = 40
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
@@ -399,11 +396,7 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, .
     # another colour turns it (and no gain explains that).
     power = float((ab_b * ab_b).sum())
     gain = float(np.clip((ab_a * ab_b).sum() / power, *CHROMA_GAIN)) if power > 0 else 1.0
-    residual = ab_a - gain * ab_b
-    # ...and one global cast, bounded: colour grading and white balance tint everything a
-    # little; another colour moves the chroma further than MAX_CAST (or only in places).
-    residual -= np.clip(np.median(residual, axis=0), -MAX_CAST, MAX_CAST)
-    distance = np.linalg.norm(residual, axis=1)
+    distance = np.linalg.norm(ab_a - gain * ab_b, axis=1)
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
 
 
