@@ -209,3 +209,16 @@ def test_overlay_route_limits_name_the_evidence() -> None:
     assert not rule.decide(0.9, 50, 0.5, covered)[0]  # colour histograms disagree
     refused = rule.decide(0.9, 50, 0.9, replace(covered, local_shifts=(5.0, 9.0, 12.0, 20.0)))
     assert refused == (False, "50 inliers, but the aligned photos differ (correlation 0.50)")
+
+
+def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
+    """On a catalog of look-alikes every candidate may qualify for the ~8 ms keypoint-free
+    alignment: only the first ``max_coarse`` (most similar first) get one."""
+    ball = plain_photo((200, 60, 40))
+    rule = replace(SameItemRule(), max_coarse=2)
+    verifier = SameItemVerifier(lambda ref: ball, rule)
+    evidence = verifier.verify(photo_features(ball), [(f"l{i}", 0.95) for i in range(5)])
+    assert [e.coarse_tried for e in evidence] == [True, True, False, False, False]
+    first = evidence[0].alignment
+    assert evidence[0].same_item and first is not None and not first.by_keypoints
+    assert not evidence[4].same_item
