@@ -144,7 +144,7 @@ class SameItemRule:
     shift_percentile: int = 95
     coarse_similarity: float = 0.85
     """Global cosine from which a pair with too few inliers is aligned without keypoints."""
-    coarse_correlation: float = 0.95
+    coarse_correlation: float = 0.97
     coarse_colour_shift: float = 6.0
     max_coarse: int = 8
     """Keypoint-free alignments tried per query photo (the most similar candidates first):
