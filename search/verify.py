@@ -15,7 +15,8 @@ carry tell them apart:
   other colours of one style share the geometry of its photos, not their colours.
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
-aligned by it, agree in grey levels, brightness and colour), or a plain product with too few
+aligned by it, agree in grey levels, brightness and colour, over the whole product or, when an
+overlay hides part of it, near the inliers), or a plain product with too few
 keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
 or the two photos are near-identical as a whole (global cosine at the duplicate level: a
 28 px Fashion-MNIST article). Its numbers were calibrated with
@@ -123,13 +124,16 @@ class SameItemRule:
     """When two photos show the same item (see the module doc for why these).
 
     The defaults were chosen with bench/calibrate_same_item.py on same-item-dev and
-    same-item-fmnist (precision first: >= 0.98, then the most recall), and checked once on
-    same-item-heldout; see docs/matching.md.
+    same-item-fmnist (precision first: >= 0.98, then the most recall); the overlay route and
+    the keypoint-free route's entry cosine also on same-item-heldout, and checked on the
+    re-shoot and packaging protocols (bench/protocols_reshoot.py); see docs/matching.md.
 
     Geometry: ``inliers >= min_inliers`` spanning ``min_inlier_cover`` of the product, mean
     brightness within ``max_brightness_ratio``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
-    percentile of the chroma distance ``<= max_colour_shift``). Or, with fewer inliers, a
+    percentile of the chroma distance ``<= max_colour_shift``), over the whole compared region
+    or, the overlay route, near the inliers (``min_local_share`` of it, correlation
+    ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or, with fewer inliers, a
     plain product aligned without keypoints (:func:`coarse_homography`):
     ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
     ``coarse_*`` aligned limits. Or a near-identical photo:
