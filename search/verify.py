@@ -103,6 +103,7 @@ class Alignment:
     local_correlation: float | None = None
     """:attr:`correlation` over the inliers' neighbourhoods only (None without inliers)."""
     local_shifts: tuple[float, ...] | None = None
+    """:attr:`colour_shifts` over the inliers' neighbourhoods only."""
     local_share: float = 1.0
     """Share of the compared pixels that lie near an inlier."""
     by_keypoints: bool = True
@@ -356,10 +357,10 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         cover = hull / 4.0 / max(1, int(fg_b.sum()))
     grey_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
     grey_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)
-    gray_a = grey_a[region].astype(np.float64)
-    gray_b = grey_b[region].astype(np.float64)
-    brightness = (float(gray_a.mean()) + 1.0) / (float(gray_b.mean()) + 1.0)
-    correlation = _correlation(gray_a, gray_b)
+    region_a = grey_a[region].astype(np.float64)
+    region_b = grey_b[region].astype(np.float64)
+    brightness = (float(region_a.mean()) + 1.0) / (float(region_b.mean()) + 1.0)
+    correlation = _correlation(region_a, region_b)
     # Colours compared a little blurred: a pixel or two of misregistration and re-encoding's
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
@@ -380,6 +381,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
 
 
 def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    """Normalised cross-correlation of two equally long grey-level samples (0 when flat)."""
     a, b = a - a.mean(), b - b.mean()
     denominator = float(np.sqrt((a**2).sum() * (b**2).sum()))
     return float((a * b).sum()) / denominator if denominator > 0 else 0.0
