@@ -123,6 +123,7 @@ class OutageProxy:
     gives them: refused connections); ``restore()`` listens again."""
 
     BUFFER: ClassVar[int] = 65536
+    CONNECT_TIMEOUT_S: ClassVar[float] = 5.0
 
     def __init__(self, listen_port: int, target_port: int) -> None:
         self.listen_port = listen_port
@@ -139,9 +140,15 @@ class OutageProxy:
             def handle(self) -> None:
                 client: socket.socket = self.request
                 try:
-                    upstream = socket.create_connection(("127.0.0.1", proxy.target_port), 5)
+                    upstream = socket.create_connection(
+                        ("127.0.0.1", proxy.target_port), proxy.CONNECT_TIMEOUT_S)
                 except OSError:
                     return
+                # The timeout above is for connecting only. Left on the socket it would end
+                # the upstream pump whenever the broker is silent that long -- and Tansu holds
+                # a JoinGroup answer for half the session timeout (5 s by default) -- leaving
+                # the client waiting on a dead connection for its 305 s JoinGroup timeout.
+                upstream.settimeout(None)
                 with proxy._lock:
                     proxy._conns.update((client, upstream))
                 pump = threading.Thread(target=proxy._pump, args=(upstream, client), daemon=True)
@@ -166,7 +173,12 @@ class OutageProxy:
         except OSError:
             pass
         finally:
+            # shutdown() before close(): a bare close() of a socket that the other pump is
+            # blocked reading sends nothing (the blocked recv keeps it open), so the peer
+            # would never learn that the connection is gone.
             for s in (source, dest):
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
                 with suppress(OSError):
                     s.close()
             with self._lock:

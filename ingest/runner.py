@@ -149,6 +149,7 @@ class Runner:
                 room = max(1, self._config.batch_events - len(self._pending))
                 records = self._source.poll(self._config.poll_timeout_ms, room)
                 self._forget_revoked()
+                self._source.commit_owed()
                 if records:
                     self._add(records)
                 self._maybe_submit()

@@ -9,6 +9,7 @@ the model: back-pressure pauses partitions while ``poll()`` keeps the membership
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +25,10 @@ Offsets = dict[TopicPartition, int]
 COMMIT_TIMEOUT_MS = 5_000
 """How long one commit may block the poll loop; a commit that times out (broker away) is
 kept and retried with the next one, so the loop goes back to polling."""
+
+OWED_RETRY_S = 1.0
+"""How soon offsets a refused commit left owed are tried again when no batch brings a new
+commit (the last batch before a quiet spell, whose commit met a rebalance or an outage)."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -45,11 +50,15 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaSource:
     """Polls product events; commits only the offsets it is told were fully written."""
 
-    def __init__(self, consumer: KafkaConsumer, topic: str) -> None:
+    def __init__(
+        self, consumer: KafkaConsumer, topic: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._consumer = consumer
         self._topic = topic
         self._paused = False
         self._owed: Offsets = {}
+        self._clock = clock
+        self._retry_owed_at = 0.0
         self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
         # the sink reads states Strong for a while: a previous owner may just have written them
         self.on_assigned: Callable[[set[TopicPartition]], None] = lambda _tps: None
@@ -111,15 +120,30 @@ class KafkaSource:
             Errors.UnknownMemberIdError,
             Errors.KafkaTimeoutError,  # the broker is away: an outage, waited out by polling
         ) as exc:
-            log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
-            return False
+            return self._deferred(exc)
         except Errors.KafkaError as exc:
             if not getattr(exc, "retriable", False):
                 raise
-            log.warning("commit deferred (%s); retried with the next batch", type(exc).__name__)
-            return False
+            return self._deferred(exc)
         self._owed = {}
         return True
+
+    def _deferred(self, exc: Exception) -> bool:
+        log.warning("commit deferred (%s); retried in %.0fs or with the next batch",
+                    type(exc).__name__, OWED_RETRY_S)
+        self._retry_owed_at = self._clock() + OWED_RETRY_S
+        return False
+
+    def commit_owed(self) -> bool:
+        """Try again the offsets a refused commit left owed, at most every ``OWED_RETRY_S``.
+        The loop calls it every turn: without it, the offsets of the last batch before a quiet
+        spell stayed uncommitted until the next event arrived (a rebalance refuses the commits
+        of the batches written while it runs). Returns whether nothing is owed any more."""
+        if not self._owed:
+            return True
+        if self._clock() < self._retry_owed_at:
+            return False
+        return self.commit({})
 
     def lag(self) -> dict[TopicPartition, int | None]:
         """Records left per assigned partition, from the fetch high-water mark (Tansu answers
@@ -133,7 +157,7 @@ class KafkaSource:
 
     def caught_up(self) -> bool:
         """Everything assigned was read and every offset read was committed."""
-        if self._owed and not self.commit({}):
+        if not self.commit_owed():
             return False
         lags = self.lag()
         return bool(lags) and all(v == 0 for v in lags.values())

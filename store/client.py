@@ -34,7 +34,13 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 from schema.collection import CollectionSpec
 from store.engine import MAX_RESULT_WINDOW, EngineInfo, IndexChoice, is_lite_uri, parse_engine
-from store.errors import StoreError, StoreUnavailableError, is_not_loaded, is_transient
+from store.errors import (
+    StoreError,
+    StoreUnavailableError,
+    is_not_found,
+    is_not_loaded,
+    is_transient,
+)
 from store.expressions import Clause, ExpressionBuilder
 from store.lite_index import (
     SYNC_BUILD_ROWS,
@@ -51,6 +57,10 @@ from store.recorder import ThreadRecorder
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+RECOVERY_S = 60.0
+"""For this long after Milvus was last unreachable, "collection not found" counts as
+transient: a restarted server answers it while it recovers (see :meth:`MilvusStore._recovering`)."""
 
 Consistency: TypeAlias = Literal["Strong", "Bounded", "Session", "Eventually"]
 Where: TypeAlias = "ExpressionBuilder | str"
@@ -105,6 +115,7 @@ class MilvusStore:
         self._sleep = sleep
         self._recorder: ThreadRecorder[CallTiming] = ThreadRecorder()
         self._loaded: set[str] = set()  # loaded through this store: reloaded after a restart
+        self._unreachable_at = -RECOVERY_S  # monotonic time Milvus was last seen unreachable
         self.engine = engine or parse_engine(
             str(self._call("server_version", 0, client.get_server_version)), uri
         )
@@ -164,16 +175,25 @@ class MilvusStore:
             except Exception as exc:
                 if is_not_loaded(exc) and op != "load":
                     self._reload()
-                if attempt < self._max_attempts and is_transient(exc):
+                transient = is_transient(exc) or self._recovering(exc)
+                if transient and not is_not_loaded(exc) and not is_not_found(exc):
+                    self._unreachable_at = time.monotonic()
+                if attempt < self._max_attempts and transient:
                     delay = self._backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
                     log.warning("%s failed (attempt %d/%d), retrying in %.2fs: %s",
                                 op, attempt, self._max_attempts, delay, exc)
                     self._sleep(delay)
                     continue
                 self._record(op, rows, started, attempt)
-                raise _classify(op, attempt, exc) from exc
+                raise _classify(op, attempt, exc, transient) from exc
             self._record(op, rows, started, attempt)
             return result
+
+    def _recovering(self, exc: BaseException) -> bool:
+        """A "collection not found" within :data:`RECOVERY_S` of an unreachable server: a
+        restarted 2.3 server says so while it recovers its collections (seen in
+        ``make faults``: milvus-down), so it is waited out like the outage itself."""
+        return is_not_found(exc) and time.monotonic() - self._unreachable_at < RECOVERY_S
 
     def _record(self, op: str, rows: int, started: float, attempts: int) -> None:
         self._recorder.note(CallTiming(op, rows, time.perf_counter() - started, attempts))
@@ -615,6 +635,10 @@ def _clauses(where: Where) -> tuple[Clause, ...] | None:
     return () if not where.strip() else None
 
 
-def _classify(op: str, attempts: int, exc: BaseException) -> StoreError:
-    kind = StoreUnavailableError if is_transient(exc) else StoreError
+def _classify(
+    op: str, attempts: int, exc: BaseException, transient: bool | None = None
+) -> StoreError:
+    if transient is None:
+        transient = is_transient(exc)
+    kind = StoreUnavailableError if transient else StoreError
     return kind(f"{op} failed after {attempts} attempt(s): {exc}")

@@ -34,6 +34,14 @@ def is_not_loaded(exc: BaseException) -> bool:
     return getattr(exc, "code", None) == 101 or "collection not loaded" in text
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """Milvus does not know the collection (code 100). Normally final; but a restarted 2.3
+    server answers it for a few seconds for collections it is still recovering, so the store
+    treats it as transient shortly after it saw the server unreachable."""
+    text = str(getattr(exc, "message", exc)).lower()
+    return getattr(exc, "code", None) == 100 or "collection not found" in text
+
+
 class StoreError(RuntimeError):
     """A Milvus call failed for good; nothing of the operation may be treated as done."""
 

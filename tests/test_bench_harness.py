@@ -4,6 +4,9 @@ their figures to mean anything (bench/faults.py, bench/loopback.py, bench/scale.
 from __future__ import annotations
 
 import base64
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +81,32 @@ def test_outage_proxy_refuses_while_out_and_forwards_again_after() -> None:
     finally:
         proxy.stop()
         upstream.stop()
+
+
+def test_outage_proxy_forwards_an_answer_that_comes_after_a_silence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tansu answers a JoinGroup only after half the session timeout: a silent upstream must
+    not end the connection (the proxy once cut it after its connect timeout, and the client
+    never learnt, so the broker scenario consumed nothing)."""
+    monkeypatch.setattr(OutageProxy, "CONNECT_TIMEOUT_S", 0.2)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_late() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(16)
+                time.sleep(0.8)  # four times the connect timeout
+                conn.sendall(b"late answer")
+
+        threading.Thread(target=answer_late, daemon=True).start()
+        proxy = OutageProxy(free_port(), server.getsockname()[1])
+        try:
+            proxy.restore()
+            with socket.create_connection(("127.0.0.1", proxy.listen_port), 5) as client:
+                client.settimeout(5)
+                client.sendall(b"join")
+                assert client.recv(64) == b"late answer"
+        finally:
+            proxy.stop()
 
 
 @pytest.mark.parametrize("row", [0, 1, 255, 70_000, 2**24 - 1])

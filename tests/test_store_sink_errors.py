@@ -166,3 +166,39 @@ def test_a_collection_released_by_a_server_restart_is_loaded_again_and_the_call_
     client.rows = [{"pk": "a#k1"}]
     assert store.query("fake", "pk != ''", ["pk"], consistency="Strong") == [{"pk": "a#k1"}]
     assert client.loads == ["fake", "fake"]
+
+
+class _RecoveringAfterRestart(FakeClient):
+    """A 2.3 server restarting: unreachable, then "collection not found" for a collection it
+    is still recovering, then the answer."""
+
+    def __init__(self, answers: list[Exception | None]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+        return super().query(collection, **kw)
+
+
+def _not_found() -> MilvusException:
+    return MilvusException(code=100, message="collection not found[collection=fake_state]")
+
+
+def test_collection_not_found_right_after_an_outage_is_waited_out() -> None:
+    down = MilvusUnavailableException(code=2, message="Fail connecting to server")
+    client = _RecoveringAfterRestart([down, _not_found(), _not_found()])
+    store = MilvusStore(client, engine=OLD_SERVER, sleep=lambda s: None)
+    client.rows = [{"pk": "a#k1"}]
+    assert store.query("fake", "pk != ''", ["pk"], consistency="Strong") == [{"pk": "a#k1"}]
+
+
+def test_collection_not_found_without_an_outage_is_final() -> None:
+    client = _RecoveringAfterRestart([_not_found()])
+    store = MilvusStore(client, engine=OLD_SERVER, sleep=lambda s: None)
+    with pytest.raises(StoreError) as info:
+        store.query("fake", "pk != ''", ["pk"], consistency="Strong")
+    assert not isinstance(info.value, StoreUnavailableError)
+    assert client.answers == []  # asked once: not retried
