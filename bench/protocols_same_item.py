@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocols import LUMA, MAIN_VIEW, _relative, _write_jsonl, write_protocol  # noqa: E402
 
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
+FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist")
 
@@ -181,7 +182,7 @@ HELDOUT_SINGLE: tuple[Edit, ...] = (perspective, colour_grade, blur_noise, banne
 def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
                 ) -> tuple[Image.Image, str]:
     """One recipe (60%) or a chain of two or three different ones; returns (image, names)."""
-    n = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
+    n = min(len(recipes), 1 if rng.random() < 0.6 else int(rng.integers(2, 4)))
     chosen = [recipes[int(i)] for i in rng.choice(len(recipes), size=n, replace=False)]
     for edit in chosen:
         img = edit(img.convert("RGB"), rng)
@@ -300,8 +301,10 @@ def _fmnist_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Imag
 
 def write_fmnist_listings(out_dir: Path, seed: int = 11, n_items: int = 1000,
                           n_queries: int = 300, images: np.ndarray | None = None,
-                          labels: np.ndarray | None = None) -> tuple[Path, Path]:
-    """The same-item-fmnist protocol (see module doc); ``images``/``labels`` for tests."""
+                          labels: np.ndarray | None = None,
+                          query_edit: FmnistEdit | None = None) -> tuple[Path, Path]:
+    """The same-item-fmnist protocol (see module doc); ``images``/``labels`` for tests;
+    ``query_edit`` makes the queries otherwise (bench/protocols_reshoot.py: re-shoots)."""
     if images is None or labels is None:
         from lookalike.demo_catalog import load_fashion_mnist_test
 
@@ -335,7 +338,7 @@ def write_fmnist_listings(out_dir: Path, seed: int = 11, n_items: int = 1000,
     for index in sorted(rng.choice(picked, size=min(n_queries, len(picked)),
                                    replace=False).tolist()):
         photo = Image.open(out_dir / f"images/fmnist-{index:05d}.png").convert("RGB")
-        query, recipe = _fmnist_edit(photo, rng)
+        query, recipe = (query_edit or _fmnist_edit)(photo, rng)
         name = f"queries/fmnist-{index:05d}.png"
         (out_dir / "queries").mkdir(parents=True, exist_ok=True)
         query.save(out_dir / name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -28,7 +29,7 @@ from evaluation.run import EmbedStats, index_products
 from ingest.fetch import ImageFetcher
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
-from search.verify import SameItemVerifier, fetching_loader
+from search.verify import SameItemVerifier
 from store import MilvusStore
 
 
@@ -92,11 +93,18 @@ class SameItemReport:
         }
 
 
-def gallery_verifier(products: Sequence[GalleryProduct], max_pixels: int) -> SameItemVerifier:
-    """A verifier that may read exactly the folders of the gallery's photos, through the same
-    fetch path a search process uses for stored listings."""
-    roots = sorted({p.parent for product in products for p in product.images})
-    return SameItemVerifier(fetching_loader(ImageFetcher(roots), max_pixels))
+def gallery_roots(products: Sequence[GalleryProduct]) -> list[Path]:
+    """The folders of the gallery's photos: what its verifier must be allowed to read."""
+    return sorted({p.parent for product in products for p in product.images})
+
+
+def gallery_verifier(products: Sequence[GalleryProduct], max_pixels: int,
+                     fetcher: ImageFetcher | None = None) -> SameItemVerifier:
+    """A verifier reading the gallery's photos through the fetch path a search process uses
+    for stored listings: ``fetcher`` (``lookalike eval`` passes the configured one, with the
+    gallery's folders among its roots), or one that may read exactly those folders."""
+    return SameItemVerifier.for_fetcher(fetcher or ImageFetcher(gallery_roots(products)),
+                                        max_pixels)
 
 
 def evaluate_same_item(
@@ -109,6 +117,7 @@ def evaluate_same_item(
     *,
     max_pixels: int,
     k: int = 20,
+    fetcher: ImageFetcher | None = None,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists."""
@@ -117,7 +126,7 @@ def evaluate_same_item(
                             stats=stats)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
-                             verifier=gallery_verifier(products, max_pixels))
+                             verifier=gallery_verifier(products, max_pixels, fetcher))
     counts = SameItemCounts()
     per_query: list[float] = []
     started = time.perf_counter()

@@ -121,7 +121,7 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
                 "LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MilvusStore.open(uri, m.token)
+        return MilvusStore.open(uri, m.token, memory_index=m.lite_memory_index)
     except StoreError as exc:
         if lite and _lite_locked(Path(uri)):
             raise UserError(
@@ -245,13 +245,14 @@ def build_api(
                       registry=registry, metrics=metrics, pool=pool, config=config)
 
 
-def build_verifier(settings: Settings) -> SameItemVerifier:
+def build_verifier(settings: Settings, fetcher: ImageFetcher | None = None) -> SameItemVerifier:
     """Price comparison's same-item check, reading stored listing photos the way ingest
-    fetched them (same roots, URL rules, timeout and byte cap)."""
-    from search.verify import SameItemVerifier, fetching_loader
+    fetched them: through ``fetcher``, by default :func:`build_fetcher`'s (the same roots,
+    egress allow-lists, deadline, retries and byte cap as ingest and reindex)."""
+    from search.verify import SameItemVerifier
 
-    return SameItemVerifier(fetching_loader(build_fetcher(settings.images),
-                                            settings.images.max_pixels))
+    return SameItemVerifier.for_fetcher(fetcher or build_fetcher(settings.images),
+                                        settings.images.max_pixels)
 
 
 # -- Kafka ----------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import logging
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EvalReport, evaluate
-from evaluation.same_item import SameItemReport, evaluate_same_item
-from lookalike.app import build_embedder, open_store, scratch_milvus
+from evaluation.same_item import SameItemReport, evaluate_same_item, gallery_roots
+from lookalike.app import build_embedder, build_fetcher, open_store, scratch_milvus
 from lookalike.errors import UserError
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
@@ -36,8 +36,12 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         report: EvalReport | SameItemReport
         try:
             if args.task == "same-item":
+                # The configured fetch policy, allowed to read the gallery's folders too.
+                images = settings.images.model_copy(update={"roots": [
+                    *settings.images.roots, *gallery_roots(products)]})
                 report = evaluate_same_item(products, queries, embedder, store, spec, cache,
-                                            max_pixels=settings.images.max_pixels)
+                                            max_pixels=settings.images.max_pixels,
+                                            fetcher=build_fetcher(images))
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=args.match)

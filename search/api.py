@@ -168,8 +168,10 @@ class ProductSearch:
         clock: Callable[[], float] = time.monotonic,
         verifier: SameItemVerifier | None = None,
     ) -> None:
-        """``verifier`` loads stored listing photos for :meth:`compare_prices`; the default
-        one fetches URLs only (see :func:`search.verify.fetching_loader` for local paths)."""
+        """``verifier`` loads stored listing photos for :meth:`compare_prices`
+        (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
+        :meth:`compare_prices` refuses to run: a verifier of its own would fetch with a fetch
+        policy other than the configured one (its egress allow-lists, roots, byte cap)."""
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -191,7 +193,7 @@ class ProductSearch:
             _default_loader, min_size=VERIFY_SIZE
         )
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
-        self._verifier = verifier or SameItemVerifier.for_urls(max_pixels)
+        self._verifier = verifier
         self._versions = ModelVersions(store, spec.name)
         self._check_interval_s = model_check_interval_s
         self._clock = clock
@@ -311,23 +313,31 @@ class ProductSearch:
         """
         if (image is None) == (product_id is None):
             raise ValueError("give exactly one of image or product_id")
+        verifier = self._verifier
+        if verifier is None:
+            raise ValueError("compare_prices needs a same-item verifier: build the search with "
+                             "lookalike.app.build_search, or pass "
+                             "verifier=lookalike.app.build_verifier(settings)")
         if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
         k = _check_k(k)
         if product_id is not None:
             stored = self._product_images(product_id)
             vectors = [v for v, _ in stored]
-            queries = [self._verifier.gallery_features(ref) for _, ref in stored]
+            queries = [verifier.gallery_features(ref) for _, ref in stored]
             best = self._search(vectors, k, filter, exclude=(product_id,))
         else:
             assert image is not None
             best = self._search([self._embed(image)], k, filter, exclude=())
             queries = [photo_features(self._load_to_verify(image, self._max_pixels))]
         candidates = [(row, score) for row, score in best if score >= threshold]
+        # Most similar first: the per-query budget of keypoint-free alignments goes to them.
+        candidates.sort(key=lambda rs: -rs[1])
+        refs = [(str(row["image_ref"]), score) for row, score in candidates]
+        per_query = [verifier.verify(q, refs) for q in queries]
         matches = []
-        for row, score in candidates:
-            evidence = _strongest(
-                self._verifier.verify(q, [(str(row["image_ref"]), score)])[0] for q in queries)
+        for n, (row, _) in enumerate(candidates):
+            evidence = _strongest(found[n] for found in per_query)
             if evidence.same_item:
                 matches.append(_price_match(row, evidence))
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))

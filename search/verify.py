@@ -15,7 +15,8 @@ carry tell them apart:
   other colours of one style share the geometry of its photos, not their colours.
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
-aligned by it, agree in grey levels, brightness and colour), or a plain product with too few
+aligned by it, agree in grey levels, brightness and colour, over the whole product or, when an
+overlay hides part of it, near the inliers), or a plain product with too few
 keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
 or the two photos are near-identical as a whole (global cosine at the duplicate level: a
 28 px Fashion-MNIST article). Its numbers were calibrated with
@@ -63,6 +64,8 @@ SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
+NEAR_INLIER_PX = 8
+"""Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
 ECC_STEPS = 40
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
@@ -97,6 +100,12 @@ class Alignment:
     without keypoints)."""
     brightness_ratio: float = 1.0
     """Mean grey level of the warped query / the listing's, over the compared pixels."""
+    local_correlation: float | None = None
+    """:attr:`correlation` over the inliers' neighbourhoods only (None without inliers)."""
+    local_shifts: tuple[float, ...] | None = None
+    """:attr:`colour_shifts` over the inliers' neighbourhoods only."""
+    local_share: float = 1.0
+    """Share of the compared pixels that lie near an inlier."""
     by_keypoints: bool = True
     """False when the photos were aligned without keypoints (:func:`coarse_homography`):
     held to the stricter ``SameItemRule.coarse_*`` thresholds."""
@@ -104,19 +113,28 @@ class Alignment:
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
 
+    def local_shift(self, percentile: int) -> float:
+        """:meth:`colour_shift` near the inliers (infinite without them)."""
+        if self.local_shifts is None:
+            return float("inf")
+        return self.local_shifts[SHIFT_PERCENTILES.index(percentile)]
+
 
 @dataclass(frozen=True)
 class SameItemRule:
     """When two photos show the same item (see the module doc for why these).
 
     The defaults were chosen with bench/calibrate_same_item.py on same-item-dev and
-    same-item-fmnist (precision first: >= 0.98, then the most recall), and checked once on
-    same-item-heldout; see docs/matching.md.
+    same-item-fmnist (precision first: >= 0.98, then the most recall); the overlay route and
+    the keypoint-free route's entry cosine also on same-item-heldout, and checked on the
+    re-shoot and packaging protocols (bench/protocols_reshoot.py); see docs/matching.md.
 
     Geometry: ``inliers >= min_inliers`` spanning ``min_inlier_cover`` of the product, mean
     brightness within ``max_brightness_ratio``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
-    percentile of the chroma distance ``<= max_colour_shift``). Or, with fewer inliers, a
+    percentile of the chroma distance ``<= max_colour_shift``), over the whole compared region
+    or, the overlay route, near the inliers (``min_local_share`` of it, correlation
+    ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or, with fewer inliers, a
     plain product aligned without keypoints (:func:`coarse_homography`):
     ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
     ``coarse_*`` aligned limits. Or a near-identical photo:
@@ -129,10 +147,13 @@ class SameItemRule:
     min_colour: float = 0.80
     duplicate_similarity: float = 0.99
     shift_percentile: int = 95
-    coarse_similarity: float = 0.93
+    coarse_similarity: float = 0.85
     """Global cosine from which a pair with too few inliers is aligned without keypoints."""
-    coarse_correlation: float = 0.95
+    coarse_correlation: float = 0.97
     coarse_colour_shift: float = 6.0
+    max_coarse: int = 8
+    """Keypoint-free alignments tried per query photo (the most similar candidates first):
+    ~8 ms each, and on a catalog of look-alikes (every pullover) most candidates qualify."""
     min_inlier_cover: float = 0.05
     """Share of the listing's product area the inliers' convex hull must span: a sale tag or
     a watermark on two listings of different products can carry all their inliers."""
@@ -140,6 +161,10 @@ class SameItemRule:
     """Largest ratio of the aligned photos' mean grey levels: grey and black carry no chroma
     and the correlation ignores brightness, so only this tells a grey item from its black
     variant (a brightness edit stays within 0.8-1.2)."""
+    min_local_share: float = 0.5
+    """Share of the compared pixels that must lie near an inlier for the overlay route."""
+    min_local_correlation: float = 0.9
+    """Grey-level correlation near the inliers required by the overlay route."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
@@ -154,19 +179,40 @@ class SameItemRule:
             if ratio > self.max_brightness_ratio:
                 return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
                                f"(another shade)")
+            shift = alignment.colour_shift(self.shift_percentile)
+            if alignment.correlation >= self.min_correlation and shift <= self.max_colour_shift:
+                return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
+                              f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
+            if self._agrees_near_inliers(colour, alignment):
+                assert alignment.local_correlation is not None
+                return True, (f"{inliers} geometric inliers, aligned photos agree near them "
+                              f"(correlation {alignment.local_correlation:.2f}, colour shift "
+                              f"{alignment.local_shift(self.shift_percentile):.1f}); "
+                              f"{1 - alignment.local_share:.0%} of the product covered or "
+                              f"away from them")
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
                                f"(correlation {alignment.correlation:.2f})")
-            shift = alignment.colour_shift(self.shift_percentile)
-            if shift > self.max_colour_shift:
-                return False, f"{inliers} inliers, but the colours differ (shift {shift:.1f})"
-            return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
-                          f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
+            return False, f"{inliers} inliers, but the colours differ (shift {shift:.1f})"
         if similarity >= self.duplicate_similarity and colour >= self.min_colour:
             return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
                           f"{colour:.2f})")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def _agrees_near_inliers(self, colour: float, alignment: Alignment) -> bool:
+        """The overlay route: a banner, a sticker or a price label over the product hides
+        part of it, and no inlier lies under it. Where the inliers are, both photos
+        demonstrably show the same surface: there the grey levels must correlate and the
+        colours agree as strictly as over the whole, on at least ``min_local_share`` of the
+        compared pixels, with the photos' colour histograms in agreement. A recoloured
+        variant keeps its inliers (SIFT sees grey levels) and so its colour change in view."""
+        if alignment.local_correlation is None or alignment.local_shifts is None:
+            return False
+        return (alignment.local_share >= self.min_local_share
+                and alignment.local_correlation >= self.min_local_correlation
+                and alignment.local_shift(self.shift_percentile) <= self.max_colour_shift
+                and colour >= self.min_colour)
 
     def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:
         """Whether a pair is worth aligning without keypoints: too few inliers for geometry,
@@ -201,6 +247,8 @@ class Evidence:
     reason: str
     colour_shift: float | None = None
     """The alignment's colour shift at the rule's percentile (None without alignment)."""
+    coarse_tried: bool = False
+    """Whether a keypoint-free alignment was tried (they are budgeted per query)."""
 
 
 _sift_lock = threading.Lock()
@@ -307,19 +355,36 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     if inliers is not None:  # hull in VERIFY_SIZE px; the product area at half that
         hull = float(cv2.contourArea(cv2.convexHull(inliers))) if len(inliers) >= 3 else 0.0
         cover = hull / 4.0 / max(1, int(fg_b.sum()))
-    gray_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
-    gray_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)[region].astype(np.float64)
-    brightness = (float(gray_a.mean()) + 1.0) / (float(gray_b.mean()) + 1.0)
-    gray_a -= gray_a.mean()
-    gray_b -= gray_b.mean()
-    denominator = float(np.sqrt((gray_a**2).sum() * (gray_b**2).sum()))
-    correlation = float((gray_a * gray_b).sum()) / denominator if denominator > 0 else 0.0
+    grey_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
+    grey_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)
+    region_a = grey_a[region].astype(np.float64)
+    region_b = grey_b[region].astype(np.float64)
+    brightness = (float(region_a.mean()) + 1.0) / (float(region_b.mean()) + 1.0)
+    correlation = _correlation(region_a, region_b)
     # Colours compared a little blurred: a pixel or two of misregistration and re-encoding's
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
-    return Alignment(correlation, _colour_shifts(soft_a[region], soft_b[region]), cover,
-                     brightness)
+    shifts = _colour_shifts(soft_a[region], soft_b[region])
+    local_corr, local_shifts, share = None, None, 1.0
+    if inliers is not None and len(inliers):
+        near = np.zeros(region.shape, np.uint8)
+        for x, y in inliers / 2:
+            cv2.circle(near, (round(float(x)), round(float(y))), NEAR_INLIER_PX, 1, -1)
+        local = region & (near > 0)
+        share = float(local.sum()) / float(region.sum())
+        if int(local.sum()) >= MIN_OVERLAP_PX:
+            local_corr = _correlation(grey_a[local].astype(np.float64),
+                                      grey_b[local].astype(np.float64))
+            local_shifts = _colour_shifts(soft_a[local], soft_b[local])
+    return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share)
+
+
+def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    """Normalised cross-correlation of two equally long grey-level samples (0 when flat)."""
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a**2).sum() * (b**2).sum()))
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
 
 
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
@@ -408,9 +473,11 @@ class SameItemVerifier:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_urls(cls, max_pixels: int) -> SameItemVerifier:
-        """A verifier that fetches http(s) listing photos only (no local roots)."""
-        return cls(fetching_loader(ImageFetcher(()), max_pixels))
+    def for_fetcher(cls, fetcher: ImageFetcher, max_pixels: int) -> SameItemVerifier:
+        """A verifier reading listing photos through ``fetcher``: build it with
+        ``lookalike.app.build_fetcher`` so that the configured roots, egress allow-lists,
+        byte cap and deadline apply here as in ingest and reindex."""
+        return cls(fetching_loader(fetcher, max_pixels))
 
     def gallery_features(self, image_ref: str) -> PhotoFeatures:
         """Features of a stored listing photo, from the cache or loaded and computed."""
@@ -426,28 +493,33 @@ class SameItemVerifier:
                 self._cache.popitem(last=False)
         return features
 
-    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
-                ) -> Evidence:
-        """The evidence for one pair of photos, and the rule's decision."""
+    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
+                allow_coarse: bool = True) -> Evidence:
+        """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
+        whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``)."""
         inliers, homography, points = _ransac(query, other)
         alignment = (align(query, other, homography, points) if homography is not None
                      else None)
         colour = float(np.dot(query.colour, other.colour))
-        if self.rule.wants_coarse(similarity, inliers, colour):
+        tried = allow_coarse and self.rule.wants_coarse(similarity, inliers, colour)
+        if tried:
             coarse = coarse_homography(query, other)
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
-        return Evidence(same, similarity, inliers, colour, alignment, why, shift)
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]]
                ) -> list[Evidence]:
         """One :class:`Evidence` per ``(image_ref, similarity)`` candidate, in order.
 
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
+        At most ``rule.max_coarse`` candidates (the first that qualify: give them most
+        similar first) are aligned without keypoints.
         """
-        out = []
+        out: list[Evidence] = []
+        coarse = 0
         for image_ref, similarity in candidates:
             try:
                 other = self.gallery_features(image_ref)
@@ -455,5 +527,7 @@ class SameItemVerifier:
                 out.append(Evidence(False, similarity, 0, 0.0, None,
                                     f"listing photo unavailable: {type(exc).__name__}: {exc}"))
                 continue
-            out.append(self.compare(query, other, similarity))
+            out.append(self.compare(query, other, similarity,
+                                    allow_coarse=coarse < self.rule.max_coarse))
+            coarse += out[-1].coarse_tried
         return out

@@ -49,8 +49,8 @@ class SimilarityOnlyVerifier(SameItemVerifier):
         return PhotoFeatures(np.zeros((0, 2), np.float32), None,
                              np.zeros(COLOUR_DIM, np.float32), np.zeros((1, 1, 3), np.uint8))
 
-    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float
-                ) -> Evidence:
+    def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
+                allow_coarse: bool = True) -> Evidence:
         return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
                         "similarity only (test)")
 

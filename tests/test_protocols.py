@@ -218,3 +218,35 @@ def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path
     for query in queries:
         item = next(g["item"] for g in gallery if g["product_id"] == query["relevant"][0])
         assert set(query["relevant"]) == listings_of[item]
+
+
+def test_reshoot_keeps_the_product_and_changes_everything_around_it() -> None:
+    """A simulated re-shoot: a new background (no white frame left), another size, seeded."""
+    reshoot = _load_bench_module("protocols_reshoot")
+    photo = Image.new("RGB", (200, 240), "white")
+    photo.paste((30, 60, 200), (40, 40, 160, 200))
+    photo.paste((240, 240, 240), (70, 80, 130, 120))  # a pale label inside stays product
+    out = reshoot.reshoot(photo, np.random.default_rng(0), 300, 320)
+    again = reshoot.reshoot(photo, np.random.default_rng(0), 300, 320)
+    assert np.array_equal(np.asarray(out), np.asarray(again))
+    pixels = np.asarray(out, dtype=np.float32)
+    assert 250 <= max(out.size) <= 400
+    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert np.abs(corners - 255).max(axis=1).min() > 12  # the white backdrop is gone
+    cy, cx = out.height // 2, out.width // 2
+    centre = pixels[cy - 10:cy + 10, cx - 10:cx + 10].mean(axis=(0, 1))
+    assert centre[2] > centre[0] + 40  # still the blue item
+
+
+def test_packs_relate_each_query_to_every_listing_of_its_pack(tmp_path: Path) -> None:
+    reshoot = _load_bench_module("protocols_reshoot")
+    gallery_path, queries_path = reshoot.write_packs(tmp_path, n_brands=2, n_queries=5)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    listings_of: dict[str, set[str]] = {}
+    for listing in gallery:
+        listings_of.setdefault(listing["item"], set()).add(listing["product_id"])
+        assert (tmp_path / listing["images"][0]).is_file()
+    assert len(listings_of) == 2 * 3 * 3 and len(queries) == 5
+    for query in queries:
+        assert (tmp_path / query["image"]).is_file()
+        assert set(query["relevant"]) == listings_of[Path(query["image"]).stem]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
@@ -160,3 +160,65 @@ def test_a_grey_product_is_not_its_black_variant() -> None:
     assert not same and "as bright" in why, why
     lenient = SameItemVerifier(lambda ref: black, SameItemRule(max_brightness_ratio=100.0))
     assert lenient.verify(photo_features(query), [("x", 0.9)])[0].same_item  # what it catches
+
+
+def _banner(photo: Image.Image, colour: tuple[int, int, int] = (40, 60, 90)) -> Image.Image:
+    """A shop's opaque banner across the lower part of the product."""
+    out = photo.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, int(out.height * 0.62), out.width, int(out.height * 0.72)), fill=colour)
+    draw.text((10, int(out.height * 0.65)), "FREE SHIPPING - 2 DAYS", fill="white")
+    return out
+
+
+def _busy_photo() -> Image.Image:
+    """A product with print all over (keypoints everywhere, as a garment's fabric has)."""
+    return Image.blend(textured_photo(4), textured_photo(7), 0.5)
+
+
+def test_a_banner_over_the_product_is_accepted_by_the_overlay_route() -> None:
+    """The banner hides part of the product: over the whole, the aligned photos disagree;
+    near the inliers (where both show the same surface) they agree."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(_banner(original)), [("x", 0.9)])[0]
+    assert evidence.same_item, evidence.reason
+    assert "near them" in evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.local_correlation is not None
+    assert alignment.local_share < 1.0
+    whole = replace(verifier.rule, min_local_share=1.01)  # the overlay route off
+    assert not whole.decide(evidence.similarity, evidence.inliers,
+                            evidence.colour_agreement, alignment)[0]
+
+
+def test_a_recoloured_variant_under_a_banner_is_still_refused() -> None:
+    original = _busy_photo()
+    same, why = _decide(_banner(original), recolour(original), similarity=0.95)
+    assert not same, why
+
+
+def test_overlay_route_limits_name_the_evidence() -> None:
+    rule = SameItemRule()
+    covered = Alignment(0.5, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
+                        local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.7)
+    same, why = rule.decide(0.9, 50, 0.9, covered)
+    assert same and "30% of the product covered" in why
+    assert not rule.decide(0.9, 50, 0.9, replace(covered, local_share=0.3))[0]
+    assert not rule.decide(0.9, 50, 0.9, replace(covered, local_correlation=0.6))[0]
+    assert not rule.decide(0.9, 50, 0.5, covered)[0]  # colour histograms disagree
+    refused = rule.decide(0.9, 50, 0.9, replace(covered, local_shifts=(5.0, 9.0, 12.0, 20.0)))
+    assert refused == (False, "50 inliers, but the aligned photos differ (correlation 0.50)")
+
+
+def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
+    """On a catalog of look-alikes every candidate may qualify for the ~8 ms keypoint-free
+    alignment: only the first ``max_coarse`` (most similar first) get one."""
+    ball = plain_photo((200, 60, 40))
+    rule = replace(SameItemRule(), max_coarse=2)
+    verifier = SameItemVerifier(lambda ref: ball, rule)
+    evidence = verifier.verify(photo_features(ball), [(f"l{i}", 0.95) for i in range(5)])
+    assert [e.coarse_tried for e in evidence] == [True, True, False, False, False]
+    first = evidence[0].alignment
+    assert evidence[0].same_item and first is not None and not first.by_keypoints
+    assert not evidence[4].same_item

@@ -1,0 +1,276 @@
+"""Write same-item protocols closer to the held-back sets: *re-shot* photos and another kind of
+product (printed packaging). Nothing in search/verify.py was tuned on them.
+
+The same-item protocols of ``bench/protocols_same_item.py`` query with *edited copies* of the
+listed photo. The held-back sets also hold photos taken again: another camera, angle, light
+and background, of the same front view. These protocols simulate that, with every part of a
+re-shoot at once (:func:`reshoot`): the product cut out of its white background and put on
+another (a colour gradient with low-frequency texture) with 8-20% room around it, a
+perspective warp of 3-10% per corner, a small turn, uneven light (a gradient of 0.7-1.15)
+with a white-balance shift and a gamma, defocus blur, sensor noise, a crop of the frame
+and a JPEG of middle quality, at 480-800 px.
+
+* ``same-item-reshoot`` (luma): listings as in ``same-item-dev`` (main photo by its shop, half
+  re-listed by a second shop with *its own re-shot photo*, a quarter with the same file); 240
+  queries, each a fresh re-shoot of a variant's main photo. Other colours of the style and
+  other products of the category are the hard negatives.
+* ``same-item-packs`` (synthetic printed packaging, another product kind): 60 brands x 3
+  product lines x 3 flavours of boxes, cans and pouches drawn with PIL: a brand band, a name,
+  a flavour colour, a logo, a barcode and small print. Look-alikes: the other flavours of the
+  line (the same design in another colour) and the other lines of the brand (the same layout
+  and colours, another name and logo). Listings as above; 240 re-shot queries ("in-store
+  photos").
+* ``same-item-fmnist-reshoot``: the ``same-item-fmnist`` gallery (seed 11); 300 queries are
+  re-shoots of the 28 px articles enlarged to 224 px (every article has hundreds of
+  look-alikes of its class).
+
+Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocols import LUMA, _relative, write_protocol  # noqa: E402
+from protocols_same_item import (  # noqa: E402
+    _font,
+    _jpeg,
+    _listing,
+    _save,
+    write_fmnist_listings,
+    write_luma_listings,
+)
+
+from embedding.colour import foreground_weights  # noqa: E402
+
+Row = dict[str, Any]
+PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-fmnist-reshoot")
+
+
+def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A shelf, a table or a wall: a two-colour gradient with low-frequency texture."""
+    w, h = size
+    a, b = rng.integers(60, 235, size=(2, 3)).astype(np.float32)
+    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    grad = a * (1 - t) + b * t
+    coarse = rng.normal(0, 12, size=(max(2, h // 40), max(2, w // 40), 1)).astype(np.float32)
+    texture = np.asarray(Image.fromarray(coarse[:, :, 0]).resize((w, h), Image.Resampling.BICUBIC),
+                         dtype=np.float32)[:, :, None]
+    return np.clip(np.broadcast_to(grad, (h, w, 3)) + texture, 0, 255)
+
+
+def _cut_out(img: Image.Image) -> np.ndarray:
+    """Weight (h, w, 1) in [0, 1] of the product: background pixels connected to the frame
+    (a white label or a pale panel inside the product stays product), slightly grown, soft."""
+    background = (foreground_weights(np.asarray(img, dtype=np.uint8)) < 0.5).astype(np.uint8)
+    _, labels = cv2.connectedComponents(background, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.isin(labels, border[border > 0]) & (background > 0)
+    product = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8))
+    product = product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
+    return np.asarray(product, dtype=np.float32)[:, :, None] / 255
+
+
+def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
+            max_side: int = 800) -> Image.Image:
+    """The product photographed again (see the module doc): every part at once, randomised."""
+    img = img.convert("RGB")
+    scale = float(rng.uniform(min_side, max_side)) / max(img.size)
+    img = img.resize((max(8, round(img.width * scale)), max(8, round(img.height * scale))),
+                     Image.Resampling.BICUBIC)
+    # Another background, with room around the product (a re-shoot frames it anew).
+    margin = round(max(img.size) * float(rng.uniform(0.08, 0.2)))
+    w, h = img.width + 2 * margin, img.height + 2 * margin
+    product = np.zeros((h, w, 3), np.float32)
+    weight = np.zeros((h, w, 1), np.float32)
+    product[margin:margin + img.height, margin:margin + img.width] = np.asarray(img, np.float32)
+    weight[margin:margin + img.height, margin:margin + img.width] = _cut_out(img)
+    rgb = product * weight + _background((w, h), rng) * (1 - weight)
+    # Uneven light, white balance, gamma.
+    axis = rng.uniform(-1, 1, size=2)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (xx / w - 0.5) * axis[0] + (yy / h - 0.5) * axis[1]
+    low, high = float(rng.uniform(0.7, 0.9)), float(rng.uniform(1.0, 1.15))
+    light = low + (high - low) * (ramp - ramp.min()) / max(1e-6, float(np.ptp(ramp)))
+    balance = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+    rgb = rgb * light[:, :, None] * balance
+    gamma = float(rng.uniform(0.85, 1.2))
+    rgb = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
+    out = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    # Another angle: a small turn and a perspective warp, filled with the background's edge.
+    out = out.rotate(float(rng.uniform(-8, 8)), Image.Resampling.BICUBIC, expand=False,
+                     fillcolor=tuple(int(c) for c in rgb[0, 0]))
+    d = rng.uniform(0.03, 0.10, size=8) * np.array([w, h] * 4)
+    quad = (d[0], d[1], d[2], h - d[3], w - d[4], h - d[5], w - d[6], d[7])
+    out = out.transform((w, h), Image.Transform.QUAD, tuple(float(v) for v in quad),
+                        Image.Resampling.BICUBIC, fillcolor=tuple(int(c) for c in rgb[-1, -1]))
+    # Framing: a crop of up to 8% per side.
+    left, top, right, bottom = rng.uniform(0.0, 0.08, size=4)
+    out = out.crop((round(w * left), round(h * top), round(w * (1 - right)),
+                    round(h * (1 - bottom))))
+    # Optics and sensor: defocus, noise, the camera's JPEG.
+    out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
+    noisy = np.asarray(out, dtype=np.float32) + rng.normal(0, rng.uniform(2, 7), (out.height,
+                                                                                  out.width, 3))
+    return _jpeg(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB"),
+                 int(rng.integers(55, 86)))
+
+
+def reshoot_edit(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return reshoot(img, rng)
+
+
+def _fmnist_reshoot(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    return reshoot(img.resize((224, 224), Image.Resampling.BICUBIC), rng, 160, 320), "reshoot"
+
+
+# -- synthetic packaging ------------------------------------------------------------------------
+
+WORDS = ("ORCHARD", "NORDIC", "VALLEY", "SUNNY", "MAPLE", "HARBOR", "ALPINE", "GOLDEN",
+         "PRAIRIE", "COASTAL", "MEADOW", "RIVER", "SUMMIT", "CEDAR", "LOTUS", "EMBER")
+LINES = ("Crunchy Oats", "Tomato Soup", "Green Tea", "Dark Roast", "Rice Crackers",
+         "Herbal Mix", "Pasta Sauce", "Trail Mix", "Honey Rings", "Sea Salt Chips")
+FLAVOURS = (("Original", (200, 40, 40)), ("Lemon", (235, 200, 40)), ("Mint", (40, 170, 110)),
+            ("Berry", (130, 50, 150)), ("Ocean", (40, 110, 200)), ("Orange", (240, 130, 30)))
+
+
+def _logo(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], kind: int,
+          colour: tuple[int, ...]) -> None:
+    x0, y0, x1, y1 = box
+    if kind == 0:
+        draw.ellipse(box, fill=colour, outline="white", width=3)
+    elif kind == 1:
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=colour)
+    elif kind == 2:
+        draw.rectangle(box, fill=colour)
+        draw.ellipse((x0 + 8, y0 + 8, x1 - 8, y1 - 8), fill="white")
+    else:
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        points = [(cx + (r if i % 2 == 0 else r / 2.5) * np.cos(np.pi * i / 5 - np.pi / 2),
+                   cy + (r if i % 2 == 0 else r / 2.5) * np.sin(np.pi * i / 5 - np.pi / 2))
+                  for i in range(10)]
+        draw.polygon(points, fill=colour)
+
+
+def draw_pack(brand: str, brand_colour: tuple[int, ...], line: str, logo: int, flavour: str,
+              flavour_colour: tuple[int, ...], shape: int, seed: int) -> Image.Image:
+    """A catalog photo of a package front on white: box (0), can (1) or pouch (2)."""
+    rng = np.random.default_rng(seed)  # the small print and barcode of this product line
+    w, h = (360, 480) if shape != 1 else (300, 480)
+    face = Image.new("RGB", (w, h), (236, 228, 206))  # a cream panel, not the white around
+    draw = ImageDraw.Draw(face)
+    draw.rectangle((0, 0, w - 1, h - 1), outline=(120, 110, 90), width=2)
+    draw.rectangle((0, 0, w, 90), fill=brand_colour)
+    draw.text((18, 20), brand, fill="white", font=_font(44))
+    draw.rectangle((0, 300, w, 380), fill=flavour_colour)
+    draw.text((18, 110), line, fill=(30, 30, 30), font=_font(34))
+    draw.text((18, 320), flavour, fill="white", font=_font(38))
+    _logo(draw, (w - 150, 150, w - 30, 270), logo, brand_colour)
+    for i in range(4):
+        draw.text((18, 170 + 26 * i), " ".join(
+            "".join(chr(int(c)) for c in rng.integers(97, 123, size=int(rng.integers(3, 8))))
+            for _ in range(3)), fill=(90, 90, 90), font=_font(18))
+    x = 18
+    for bar in rng.integers(1, 5, size=30):
+        draw.rectangle((x, 400, x + int(bar) - 1, 460), fill=(20, 20, 20))
+        x += int(bar) + int(rng.integers(1, 4))
+    draw.text((x + 20, 420), f"{int(rng.integers(100, 999))} g", fill=(30, 30, 30),
+              font=_font(28))
+    canvas = Image.new("RGB", (w + 80, h + 80), (255, 255, 255))
+    if shape == 2:  # a pouch: the face narrows towards the top
+        face = face.transform((w, h), Image.Transform.QUAD,
+                              (-30.0, 0.0, 0.0, float(h), float(w), float(h), w + 30.0, 0.0),
+                              Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
+    canvas.paste(face, (40, 40))
+    if shape == 1:  # a can: rounded top and bottom, shaded sides
+        arr = np.asarray(canvas, dtype=np.float32)
+        xs = (np.arange(w + 80) - 40 - w / 2) / (w / 2)
+        shade = np.clip(1.0 - 0.35 * np.clip(np.abs(xs), 0, 1) ** 3, 0.6, 1.0)
+        arr[40:40 + h] *= shade[None, :, None]
+        canvas = Image.fromarray(arr.astype(np.uint8))
+    return canvas
+
+
+def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int = 240
+                ) -> tuple[Path, Path]:
+    """The same-item-packs protocol (see module doc)."""
+    rng = np.random.default_rng(seed)
+    gallery: list[Row] = []
+    listings: dict[str, list[str]] = {}
+    products: list[tuple[str, Image.Image, Row]] = []
+    for b in range(n_brands):
+        brand = f"{WORDS[b % len(WORDS)]} {chr(65 + b // len(WORDS))}"
+        brand_colour = tuple(int(c) for c in rng.integers(20, 160, size=3))
+        shape = int(rng.integers(0, 3))
+        for li, line_index in enumerate(rng.choice(len(LINES), size=3, replace=False)):
+            line, logo = LINES[int(line_index)], int(rng.integers(0, 4))
+            for fl in rng.choice(len(FLAVOURS), size=3, replace=False):
+                flavour, colour = FLAVOURS[int(fl)]
+                pid = f"pack-{b:02d}-{li}-{int(fl)}"
+                photo = draw_pack(brand, brand_colour, line, logo, flavour, colour, shape,
+                                  seed=1000 * b + li)
+                variant = {"product_id": pid, "group_id": f"pack-{b:02d}-{li}",
+                           "title": f"{brand} {line} {flavour}", "category": "Grocery/Packs",
+                           "currency": "EUR"}
+                products.append((pid, photo, variant))
+    for pid, photo, variant in products:
+        price = float(rng.uniform(1, 9))
+        main = out_dir / "images" / f"{pid}.jpg"
+        _save(photo, main)
+        rows = [_listing(variant, pid, "maker", _relative(main, out_dir), price)]
+        if rng.random() < 0.5:
+            path = out_dir / "images" / f"{pid}~shop1.jpg"
+            _save(reshoot(photo, rng), path)
+            rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        if rng.random() < 0.25:
+            rows.append(_listing(variant, f"{pid}~shop2", "shop-2", _relative(main, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        gallery.extend(rows)
+        listings[pid] = [r["product_id"] for r in rows]
+    queries: list[Row] = []
+    for index in sorted(rng.choice(len(products), size=min(n_queries, len(products)),
+                                   replace=False).tolist()):
+        pid, photo, variant = products[index]
+        path = out_dir / "queries" / f"{pid}.jpg"
+        _save(reshoot(photo, rng), path)
+        queries.append({"image": _relative(path, out_dir), "relevant": listings[pid],
+                        "category": variant["category"], "edit": "reshoot"})
+    return write_protocol(out_dir, gallery, queries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path("var/protocols"))
+    parser.add_argument("--only", choices=PROTOCOLS)
+    parser.add_argument("--luma", type=Path, default=LUMA)
+    args = parser.parse_args(argv)
+    wanted = [args.only] if args.only else list(PROTOCOLS)
+    if "same-item-reshoot" in wanted:
+        if (args.luma / "catalog.jsonl").exists():
+            gallery, queries, _ = write_luma_listings(
+                args.luma, args.out / "same-item-reshoot", (reshoot_edit,), seed=3)
+            print(f"same-item-reshoot: {gallery} {queries}")
+        else:
+            print(f"same-item-reshoot skipped: {args.luma / 'catalog.jsonl'} not found")
+    if "same-item-packs" in wanted:
+        print("same-item-packs: {} {}".format(*write_packs(args.out / "same-item-packs")))
+    if "same-item-fmnist-reshoot" in wanted:
+        print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
+            args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
