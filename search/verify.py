@@ -15,7 +15,8 @@ carry tell them apart:
   other colours of one style share the geometry of its photos, not their colours.
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
-aligned by it, agree in grey levels, brightness and colour, over the whole product or, when an
+aligned by it, agree in grey levels, brightness and colour, over the whole product, or after
+one per-channel light map when the photo was taken again under another light, or, when an
 overlay hides part of it, near the inliers), or a plain product with too few
 keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
 or the two photos are near-identical as a whole (global cosine at the duplicate level: a
@@ -150,9 +151,11 @@ class SameItemRule:
     brightness within ``max_brightness_ratio``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
     percentile of the chroma distance ``<= max_colour_shift``), over the whole compared region
-    or, the overlay route, near the inliers (``min_local_share`` of it, correlation
-    ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or, with fewer inliers, a
-    plain product aligned without keypoints (:func:`coarse_homography`):
+    or, the light route, after the fitted per-channel light map (correlation
+    ``>= min_light_correlation``, gains within ``max_light_gain_spread``, shift
+    ``<= max_light_shift``), or, the overlay route, near the inliers (``min_local_share`` of
+    it, correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
+    with fewer inliers, a plain product aligned without keypoints (:func:`coarse_homography`):
     ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
     ``coarse_*`` aligned limits. Or a near-identical photo:
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
