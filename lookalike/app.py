@@ -121,7 +121,7 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
                 "LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MilvusStore.open(uri, m.token)
+        return MilvusStore.open(uri, m.token, memory_index=m.lite_memory_index)
     except StoreError as exc:
         if lite and _lite_locked(Path(uri)):
             raise UserError(

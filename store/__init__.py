@@ -5,7 +5,10 @@
 * ``engine.py``: Lite vs 2.3/2.4 vs 2.5+ (templates, index types, search parameters).
 * ``collections.py``: the collections of a :class:`schema.collection.CollectionSpec`.
 * ``versions.py``: the model-version registry and the serving aliases.
-* ``expressions.py``: the one compiler from values to filter expressions (+ parameters).
+* ``expressions.py``: the one compiler from values to filter expressions (+ parameters), and
+  the same filter as data (:class:`store.expressions.Term`).
+* ``lite_index.py``: the exact in-memory copy of each Milvus Lite image collection that
+  answers searches, queries and counts there (Lite itself walks every row per search).
 * ``errors.py``: :class:`StoreUnavailableError` (wait and retry) and :class:`StoreError`.
 """
 

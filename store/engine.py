@@ -3,7 +3,8 @@
 Index choices depend on the engine:
 
 * milvus-lite (a local ``*.db`` file): ``FLAT`` (exact brute force over numpy; lite's HNSW
-  needs the optional faiss package and is rebuilt per segment) and ``INVERTED`` scalar indexes
+  needs the optional faiss package and is rebuilt per segment; searches are answered by the
+  store's in-memory copy, store/lite_index.py, unless it is off) and ``INVERTED`` scalar indexes
   on ``product_id`` and ``price``. The category level columns get none: lite uses scalar
   indexes only when *every* field of a filter is indexed (a search filter always has
   ``model_version``), and its vectorised (Arrow) evaluation of ``category_l<d> == ...`` is

@@ -24,6 +24,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from schema.events import normalize_category
@@ -39,6 +40,21 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Scalar: TypeAlias = str | int | float | bool
 Comparison: TypeAlias = Literal["==", "!=", ">", ">=", "<", "<="]
+Operator: TypeAlias = Literal["==", "!=", ">", ">=", "<", "<=", "in", "not in"]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One comparison of a clause, as data: what :mod:`store.lite_index` evaluates in memory
+    (the rendered text is what Milvus evaluates; both come from the same builder call)."""
+
+    field: str
+    op: Operator
+    value: Scalar | tuple[Scalar, ...]
+
+
+Clause: TypeAlias = tuple[Term, ...]
+"""Terms ``OR``-ed together; a builder's clauses are ``AND``-ed."""
 
 
 def check_string(value: str, what: str = "value") -> str:
@@ -112,6 +128,7 @@ class ExpressionBuilder:
     def __init__(self, *, templates: bool) -> None:
         self.templates = templates
         self._clauses: list[str] = []
+        self._terms: list[Clause] = []
         self._params: dict[str, Any] = {}
 
     def _value(self, value: Scalar | Sequence[Scalar], what: str) -> str:
@@ -126,6 +143,7 @@ class ExpressionBuilder:
         if op not in ("==", "!=", ">", ">=", "<", "<="):
             raise ValueError(f"unsupported operator {op!r}")
         self._clauses.append(f"{_field(field)} {op} {self._value(value, field)}")
+        self._terms.append((Term(field, op, value),))
         return self
 
     def eq(self, field: str, value: Scalar) -> ExpressionBuilder:
@@ -136,6 +154,7 @@ class ExpressionBuilder:
         items = list(values)
         _check_list(items, field)
         self._clauses.append(f"{_field(field)} in {self._value(items, field)}")
+        self._terms.append((Term(field, "in", tuple(items)),))
         return self
 
     def not_in(self, field: str, values: Iterable[Scalar]) -> ExpressionBuilder:
@@ -144,6 +163,7 @@ class ExpressionBuilder:
         if items:
             _check_list(items, field)
             self._clauses.append(f"{_field(field)} not in {self._value(items, field)}")
+            self._terms.append((Term(field, "not in", tuple(items)),))
         return self
 
     def in_categories(self, categories: Iterable[str]) -> ExpressionBuilder:
@@ -167,19 +187,27 @@ class ExpressionBuilder:
         if not by_depth:
             raise ValueError("categories: an empty list matches nothing; leave the clause out")
         terms: list[str] = []
+        structured: list[Term] = []
         for depth in sorted(by_depth):
             field, values = category_level_field(depth), by_depth[depth]
             if len(values) == 1:
                 terms.append(f"{field} == {self._value(values[0], field)}")
+                structured.append(Term(field, "==", values[0]))
             else:
                 _check_list(values, field)
                 terms.append(f"{field} in {self._value(values, field)}")
+                structured.append(Term(field, "in", tuple(values)))
         self._clauses.append(terms[0] if len(terms) == 1 else "(" + " or ".join(terms) + ")")
+        self._terms.append(tuple(structured))
         return self
 
     def build(self) -> tuple[str, dict[str, Any]]:
         """The ``AND`` of all clauses (``""`` when there are none) and the template params."""
         return " and ".join(self._clauses), dict(self._params)
+
+    def clauses(self) -> tuple[Clause, ...]:
+        """The same filter as data: ``AND`` of clauses, each an ``OR`` of :class:`Term` s."""
+        return tuple(self._terms)
 
 
 def in_expression(

@@ -96,6 +96,39 @@ def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
         assert len(flushes) == expected * 2  # image and state collections, every 2 s on lite
 
 
+
+def test_the_sink_prunes_the_images_it_wrote_without_reading_them() -> None:
+    """Its own products' image pks are remembered; others' are read like states."""
+    client, clock = FakeClient(), Clock()
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                      strong_window_s=10.0, clock=clock)
+    clock.now += 11
+    client.rows = [{"pk": "b#old", "product_id": "b"}]  # b was written by another process
+    sink.apply(WritePlan(upserts=[record("a", "k1", unit(0)), record("a", "k2", unit(1)),
+                                  record("b", "k1", unit(2))],
+                         prune={"a": {"a#k1", "a#k2"}, "b": {"b#k1"}},
+                         states=[_state("a", 1), _state("b", 1)]))
+    reads = [c for c in client.calls if c[0] == "query"]
+    assert len(reads) == 1 and reads[0][2]["filter"] == 'product_id in ["a", "b"]'
+    assert reads[0][2]["consistency_level"] == "Bounded"
+    deletes = [c[2]["filter"] for c in client.calls if c[0] == "delete"]
+    assert deletes == ['pk in ["b#old"]']
+
+    client.calls.clear()
+    client.rows = []
+    sink.apply(WritePlan(upserts=[record("a", "k2", unit(1))], prune={"a": {"a#k2"}},
+                         delete_products=["b"], states=[_state("a", 2), _state("b", 2)]))
+    assert [c for c in client.calls if c[0] == "query"] == []  # both remembered
+    deletes = [c[2]["filter"] for c in client.calls if c[0] == "delete"]
+    assert deletes == ['pk in ["a#k1"]', 'pk in ["b#k1"]']
+
+    sink.expect_foreign_writes()  # forgotten: read again
+    client.calls.clear()
+    sink.apply(WritePlan(delete_products=["a"], states=[_state("a", 3)]))
+    reads = [c for c in client.calls if c[0] == "query"]
+    assert len(reads) == 1 and reads[0][2]["consistency_level"] == "Strong"
+
+
 def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.milvus.consistency == "Bounded"  # serving searches
