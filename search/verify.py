@@ -15,7 +15,8 @@ carry tell them apart:
   other colours of one style share the geometry of its photos, not their colours.
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
-aligned by it, agree in grey levels, brightness and colour, over the whole product or, when an
+aligned by it, agree in grey levels, brightness and colour, over the whole product, or after
+one per-channel light map when the photo was taken again under another light, or, when an
 overlay hides part of it, near the inliers), or a plain product with too few
 keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
 or the two photos are near-identical as a whole (global cosine at the duplicate level: a
@@ -67,6 +68,11 @@ MIN_OVERLAP_PX = 64
 NEAR_INLIER_PX = 8
 """Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
 ECC_STEPS = 40
+LIGHT_FIT_SHARE = 70
+"""Percent of the compared pixels (those it explains best) a light map is refitted on
+(:func:`_light_map`): a flavour band or a recoloured trim must not bend the fit."""
+LIGHT_FIT_PIXELS = 1500
+"""About how many of the compared pixels the light map is fitted on (~1 ms a pair)."""
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
 GalleryLoader = Callable[[str], Image.Image]
@@ -109,9 +115,21 @@ class Alignment:
     by_keypoints: bool = True
     """False when the photos were aligned without keypoints (:func:`coarse_homography`):
     held to the stricter ``SameItemRule.coarse_*`` thresholds."""
+    light_gains: tuple[float, float, float] | None = None
+    """Per-channel (R, G, B) gains of the light map fitted from the warped query to the
+    listing (:func:`_light_map`; None when aligned without keypoints)."""
+    light_shifts: tuple[float, ...] | None = None
+    """:attr:`colour_shifts` after that map: what no change of light or white balance
+    explains."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
+
+    def light_shift(self, percentile: int) -> float:
+        """:meth:`colour_shift` after the light map (infinite without one)."""
+        if self.light_shifts is None:
+            return float("inf")
+        return self.light_shifts[SHIFT_PERCENTILES.index(percentile)]
 
     def local_shift(self, percentile: int) -> float:
         """:meth:`colour_shift` near the inliers (infinite without them)."""
@@ -133,9 +151,11 @@ class SameItemRule:
     brightness within ``max_brightness_ratio``, the aligned photos correlate
     (``>= min_correlation``) and their aligned colours agree (the ``shift_percentile``-th
     percentile of the chroma distance ``<= max_colour_shift``), over the whole compared region
-    or, the overlay route, near the inliers (``min_local_share`` of it, correlation
-    ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or, with fewer inliers, a
-    plain product aligned without keypoints (:func:`coarse_homography`):
+    or, the light route, after the fitted per-channel light map (correlation
+    ``>= min_light_correlation``, gains within ``max_light_gain_spread``, shift
+    ``<= max_light_shift``), or, the overlay route, near the inliers (``min_local_share`` of
+    it, correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
+    with fewer inliers, a plain product aligned without keypoints (:func:`coarse_homography`):
     ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
     ``coarse_*`` aligned limits. Or a near-identical photo:
     ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
@@ -165,6 +185,17 @@ class SameItemRule:
     """Share of the compared pixels that must lie near an inlier for the overlay route."""
     min_local_correlation: float = 0.9
     """Grey-level correlation near the inliers required by the overlay route."""
+    max_light_shift: float = 5.0
+    """The light route: colour shift after the fitted light map (:func:`_light_map`) up to
+    which a pair refused only on its colour shift is accepted (re-shot photos: white
+    balance and uneven light move the plain shift to 9-20)."""
+    max_light_gain_spread: float = 1.3
+    """Largest ratio of the light map's channel gains (a white balance of 0.9-1.1 per
+    channel and a gamma give up to ~1.25); a wider spread turns one hue into another."""
+    min_light_correlation: float = 0.96
+    """Grey-level correlation the light route requires: it forgives the colours, so the
+    print must agree more closely than ``min_correlation`` asks (another line or brand on
+    one pack layout keeps 0.88-0.95; chosen on same-item-packs, see docs/matching.md)."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
@@ -183,6 +214,13 @@ class SameItemRule:
             if alignment.correlation >= self.min_correlation and shift <= self.max_colour_shift:
                 return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
                               f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
+            if self._agrees_under_other_light(alignment):
+                assert alignment.light_gains is not None
+                mapped = alignment.light_shift(self.shift_percentile)
+                gains = "/".join(f"{g:.2f}" for g in alignment.light_gains)
+                return True, (f"{inliers} geometric inliers, aligned photos agree under "
+                              f"another light (correlation {alignment.correlation:.2f}, colour "
+                              f"shift {shift:.1f}, {mapped:.1f} after channel gains {gains})")
             if self._agrees_near_inliers(colour, alignment):
                 assert alignment.local_correlation is not None
                 return True, (f"{inliers} geometric inliers, aligned photos agree near them "
@@ -199,6 +237,18 @@ class SameItemRule:
                           f"{colour:.2f})")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def _agrees_under_other_light(self, alignment: Alignment) -> bool:
+        """The light route: a re-shot photo (another camera, white balance, lamp) differs
+        from the listing by one per-channel map over the whole product; another colour or
+        flavour differs in one part (a band, a trim, a logo) that such a map, fitted to
+        the rest, leaves unexplained, or needs channel gains far apart (a hue turned)."""
+        gains = alignment.light_gains
+        if gains is None or min(gains) <= 0:
+            return False
+        return (alignment.correlation >= self.min_light_correlation
+                and max(gains) / min(gains) <= self.max_light_gain_spread
+                and alignment.light_shift(self.shift_percentile) <= self.max_light_shift)
 
     def _agrees_near_inliers(self, colour: float, alignment: Alignment) -> bool:
         """The overlay route: a banner, a sticker or a price label over the product hides
@@ -366,6 +416,10 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
     shifts = _colour_shifts(soft_a[region], soft_b[region])
+    gains, light_shifts = None, None
+    if inliers is not None:
+        gains, mapped = _light_map(soft_a[region], soft_b[region])
+        light_shifts = _colour_shifts(mapped, soft_b[region])
     local_corr, local_shifts, share = None, None, 1.0
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
@@ -377,7 +431,36 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
             local_corr = _correlation(grey_a[local].astype(np.float64),
                                       grey_b[local].astype(np.float64))
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
-    return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share)
+    return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
+                     light_gains=gains, light_shifts=light_shifts)
+
+
+def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
+               ) -> tuple[tuple[float, float, float], NDArray[np.uint8]]:
+    """Per-channel gain and offset mapping the aligned pixels ``a`` onto ``b`` (R, G, B
+    each ``b ~ gain * a + offset``), and ``a`` so mapped. A re-shot photo's white balance
+    scales the channels apart and its light and gamma stretch them: the same surface then
+    differs by such a map, which turns no hue into another where the other 30% of the
+    product keeps its colour. The fit is refitted twice on the ``LIGHT_FIT_SHARE`` percent
+    of pixels it explains best, so a part of the product of another colour (a flavour band,
+    a trim) stays unexplained instead of bending it."""
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    step = max(1, len(x) // LIGHT_FIT_PIXELS)  # a strided sample fits as well, at less cost
+    fit_x, fit_y = x[::step], y[::step]
+    keep = np.ones(len(fit_x), dtype=bool)
+    gains, offsets = np.ones(3), np.zeros(3)
+    for _ in range(3):
+        xs, ys = fit_x[keep], fit_y[keep]
+        mean_x, mean_y = xs.mean(axis=0), ys.mean(axis=0)
+        spread = ((xs - mean_x) ** 2).mean(axis=0)
+        gains = np.where(spread > 1e-6,
+                         ((xs - mean_x) * (ys - mean_y)).mean(axis=0) / np.maximum(spread, 1e-6),
+                         1.0)
+        offsets = mean_y - gains * mean_x
+        residual = np.linalg.norm(fit_x * gains + offsets - fit_y, axis=1)
+        keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
+    mapped = np.clip(np.rint(x * gains + offsets), 0, 255).astype(np.uint8)
+    return (float(gains[0]), float(gains[1]), float(gains[2])), mapped
 
 
 def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:

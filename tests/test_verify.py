@@ -7,6 +7,7 @@ checks run everywhere)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -222,3 +223,62 @@ def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
     first = evidence[0].alignment
     assert evidence[0].same_item and first is not None and not first.by_keypoints
     assert not evidence[4].same_item
+
+
+def _relit(photo: Image.Image, gains: tuple[float, float, float] = (1.08, 1.0, 0.9)
+           ) -> Image.Image:
+    """The product photographed again under another lamp: a white balance (per-channel
+    gains), a gamma and light falling off across it; the white around it stays white."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    light = np.linspace(1.0, 0.92, rgb.shape[1], dtype=np.float32)[None, :, None]
+    lit = np.clip((rgb ** 0.95) * np.array(gains, dtype=np.float32) * light, 0.0, 1.0)
+    product = (rgb.min(axis=2) < 0.99)[..., None]
+    return Image.fromarray(np.rint(np.where(product, lit, rgb) * 255).astype(np.uint8))
+
+
+def _band_recoloured(photo: Image.Image) -> Image.Image:
+    """Another flavour of one pack: the same layout, one band of it in another colour."""
+    out = np.asarray(photo.convert("RGB")).copy()
+    band = out[200:290]
+    out[200:290] = np.asarray(recolour(Image.fromarray(band)))
+    return Image.fromarray(out)
+
+
+def test_a_relit_white_balanced_copy_is_accepted_by_the_light_route() -> None:
+    """Another white balance and light move the plain colour shift past its limit; after
+    the fitted per-channel light map the photos agree."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(_relit(original)), [("x", 0.9)])[0]
+    assert evidence.same_item, evidence.reason
+    assert "under another light" in evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.light_gains is not None
+    assert alignment.colour_shift(95) > verifier.rule.max_colour_shift  # what it catches
+    assert alignment.light_shift(95) <= verifier.rule.max_light_shift
+    off = replace(verifier.rule, max_light_shift=0.0)
+    assert not off.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
+                          alignment)[0]
+
+
+@pytest.mark.parametrize("variant", [recolour, _band_recoloured],
+                         ids=["recoloured", "band-recoloured"])
+def test_a_recoloured_variant_under_another_light_is_refused(
+        variant: Callable[[Image.Image], Image.Image]) -> None:
+    """No per-channel light map turns one hue into another, nor fits the rest of a pack
+    and its other-coloured band at once."""
+    original = _busy_photo()
+    same, why = _decide(_relit(variant(original)), original, similarity=0.95)
+    assert not same, why
+
+
+def test_light_route_limits_name_the_evidence() -> None:
+    rule = SameItemRule()
+    relit = Alignment(0.97, (5.0, 9.0, 14.0, 18.0), light_gains=(1.1, 1.0, 0.9),
+                      light_shifts=(1.0, 2.0, 3.0, 4.0))
+    same, why = rule.decide(0.9, 50, 0.3, relit)
+    assert same and "under another light" in why and "1.10/1.00/0.90" in why, why
+    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=(1.5, 1.0, 0.9)))[0]
+    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 6.0, 8.0)))[0]
+    assert not rule.decide(0.9, 50, 0.3, replace(relit, correlation=0.95))[0]
+    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=None))[0]
