@@ -46,7 +46,25 @@ class Backbone(Protocol):
         ...
 
 
-class EfficientNetBackbone:
+class _PinnedBackbone:
+    """What both cuts share: the pinned ImageNet variant and its input geometry."""
+
+    def __init__(self, variant: str | Variant, square: str | SquareMode,
+                 batch_size: int) -> None:
+        self._variant = Variant.parse(variant)
+        self._square = SquareMode.parse(square)
+        self._batch_size = batch_size
+
+    @property
+    def image_size(self) -> int:
+        return self._variant.spec.image_size
+
+    @property
+    def square(self) -> SquareMode:
+        return self._square
+
+
+class EfficientNetBackbone(_PinnedBackbone):
     """EfficientNet-Lite with the pinned ImageNet weights, split before block
     ``blocks - train_blocks``."""
 
@@ -59,23 +77,13 @@ class EfficientNetBackbone:
             split_feature_model,
         )
 
-        self._variant = Variant.parse(variant)
-        self._square = SquareMode.parse(square)
+        super().__init__(variant, square, batch_size)
         blocks = block_count(self._variant)
         if not 0 <= train_blocks < blocks:
             raise ValueError(f"train_blocks must be within 0..{blocks - 1}, got {train_blocks}")
         self.first_block = blocks - train_blocks
         self._bottom, self._top = split_feature_model(
             build_feature_model(self._variant), self._variant, self.first_block)
-        self._batch_size = batch_size
-
-    @property
-    def image_size(self) -> int:
-        return self._variant.spec.image_size
-
-    @property
-    def square(self) -> SquareMode:
-        return self._square
 
     def features(self, batch: NDArray[np.uint8]) -> NDArray[np.float16]:
         return _run_batched(self._bottom, batch, self._batch_size)
@@ -92,7 +100,7 @@ class EfficientNetBackbone:
         return save_trained(directory, config, top, report, colour_weight)
 
 
-class ProjectionBackbone:
+class ProjectionBackbone(_PinnedBackbone):
     """The whole pinned ImageNet network frozen; what trains is the residual linear projection
     after its pooled features (:func:`embedding.efficientnet_lite.add_projection`).
 
@@ -109,21 +117,11 @@ class ProjectionBackbone:
         from embedding.efficientnet_lite import add_projection, block_count, build_feature_model
         from embedding.variants import FEATURE_DIM
 
-        self._variant = Variant.parse(variant)
-        self._square = SquareMode.parse(square)
+        super().__init__(variant, square, batch_size)
         self.first_block = block_count(self._variant)
         self._model = build_feature_model(self._variant)
         pooled = keras.Input(shape=(FEATURE_DIM,), name="pooled")
         self._head = keras.Model(pooled, add_projection(pooled), name="projection_head")
-        self._batch_size = batch_size
-
-    @property
-    def image_size(self) -> int:
-        return self._variant.spec.image_size
-
-    @property
-    def square(self) -> SquareMode:
-        return self._square
 
     def features(self, batch: NDArray[np.uint8]) -> NDArray[np.float16]:
         return _run_batched(self._model, batch, self._batch_size)
