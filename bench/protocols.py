@@ -34,7 +34,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,15 +291,21 @@ def _report(name: str, gallery: Path, queries: Path) -> None:
     print(f"  run: lookalike eval --gallery {gallery} --queries {queries}")
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+def protocol_parser(doc: str | None, protocols: Sequence[str]) -> argparse.ArgumentParser:
+    """The options every protocol writer takes: ``--out``, ``--only`` and ``--luma``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0] if doc else None)
     parser.add_argument("--out", type=Path, default=Path("var/protocols"),
                         help="folder to write the protocol folders into (default var/protocols)")
-    parser.add_argument("--only", choices=PROTOCOLS, help="write just this protocol")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the fmnist query draw and the luma-colours hold-out")
+    parser.add_argument("--only", choices=list(protocols), help="write just this protocol")
     parser.add_argument("--luma", type=Path, default=LUMA,
                         help="the Luma data folder (default ../shared/data/luma)")
+    return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = protocol_parser(__doc__, PROTOCOLS)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the fmnist query draw and the luma-colours hold-out")
     return parser.parse_args(argv)
 
 

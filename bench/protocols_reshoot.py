@@ -29,7 +29,6 @@ Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME]``
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocols import LUMA, _relative, write_protocol  # noqa: E402
+from protocols import _relative, protocol_parser, write_protocol  # noqa: E402
 from protocols_same_item import (  # noqa: E402
     _font,
     _jpeg,
@@ -251,11 +250,7 @@ def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=Path("var/protocols"))
-    parser.add_argument("--only", choices=PROTOCOLS)
-    parser.add_argument("--luma", type=Path, default=LUMA)
-    args = parser.parse_args(argv)
+    args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
     if "same-item-reshoot" in wanted:
         if (args.luma / "catalog.jsonl").exists():

@@ -27,7 +27,6 @@ Usage: ``python bench/protocols_same_item.py [--out var/protocols] [--only NAME]
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -42,7 +41,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocols import LUMA, MAIN_VIEW, _relative, _write_jsonl, write_protocol  # noqa: E402
+from protocols import (  # noqa: E402
+    MAIN_VIEW,
+    _relative,
+    _write_jsonl,
+    protocol_parser,
+    write_protocol,
+)
 
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
@@ -348,11 +353,7 @@ def write_fmnist_listings(out_dir: Path, seed: int = 11, n_items: int = 1000,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=Path("var/protocols"))
-    parser.add_argument("--only", choices=PROTOCOLS)
-    parser.add_argument("--luma", type=Path, default=LUMA)
-    args = parser.parse_args(argv)
+    args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
     has_luma = (args.luma / "catalog.jsonl").exists()
     if not has_luma and any(p.startswith("same-item-") and p != "same-item-fmnist"
