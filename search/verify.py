@@ -68,12 +68,21 @@ MIN_OVERLAP_PX = 64
 NEAR_INLIER_PX = 8
 """Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
 ECC_STEPS = 40
+"""Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
+EDGE_PX = 2
+"""Band (px at half ``VERIFY_SIZE``) inside the listing product's outline that is left out of
+the colour comparison when the query shows another background around the product: there
+each photo's pixels mix the product with its own background (see :func:`_colour_region`)."""
+RING_PX = 4
+"""Width (px at half ``VERIFY_SIZE``) of the ring just outside the listing product's outline
+where the query's background is looked at."""
+WHITE_LEVEL = 230
+"""A pixel whose every channel reaches this is white background (a catalog photo's)."""
 LIGHT_FIT_SHARE = 70
 """Percent of the compared pixels (those it explains best) a light map is refitted on
 (:func:`_light_map`): a flavour band or a recoloured trim must not bend the fit."""
 LIGHT_FIT_PIXELS = 1500
 """About how many of the compared pixels the light map is fitted on (~1 ms a pair)."""
-"""Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -121,6 +130,9 @@ class Alignment:
     light_shifts: tuple[float, ...] | None = None
     """:attr:`colour_shifts` after that map: what no change of light or white balance
     explains."""
+    edge_left_out: bool = False
+    """Whether the query showed another background around the product, so the band along
+    the listing product's outline was left out of the colour comparison (``EDGE_PX``)."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -218,9 +230,12 @@ class SameItemRule:
                 assert alignment.light_gains is not None
                 mapped = alignment.light_shift(self.shift_percentile)
                 gains = "/".join(f"{g:.2f}" for g in alignment.light_gains)
+                band = ("; the product's outline left out (another background)"
+                        if alignment.edge_left_out else "")
                 return True, (f"{inliers} geometric inliers, aligned photos agree under "
                               f"another light (correlation {alignment.correlation:.2f}, colour "
-                              f"shift {shift:.1f}, {mapped:.1f} after channel gains {gains})")
+                              f"shift {shift:.1f}, {mapped:.1f} after channel gains "
+                              f"{gains}{band})")
             if self._agrees_near_inliers(colour, alignment):
                 assert alignment.local_correlation is not None
                 return True, (f"{inliers} geometric inliers, aligned photos agree near them "
@@ -416,10 +431,11 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, b.small))
     shifts = _colour_shifts(soft_a[region], soft_b[region])
-    gains, light_shifts = None, None
-    if inliers is not None:
-        gains, mapped = _light_map(soft_a[region], soft_b[region])
-        light_shifts = _colour_shifts(mapped, soft_b[region])
+    gains, light_shifts, edge_left_out = None, None, False
+    if inliers is not None:  # the light route's comparison (see _colour_region)
+        relit, edge_left_out = _colour_region(region, valid, warped, fg_b)
+        gains, mapped = _light_map(soft_a[relit], soft_b[relit])
+        light_shifts = _colour_shifts(mapped, soft_b[relit])
     local_corr, local_shifts, share = None, None, 1.0
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
@@ -432,7 +448,44 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                                       grey_b[local].astype(np.float64))
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
-                     light_gains=gains, light_shifts=light_shifts)
+                     light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out)
+
+
+def _colour_region(region: NDArray[np.bool_], valid: NDArray[np.bool_],
+                   warped: NDArray[np.uint8], fg_b: NDArray[np.bool_]
+                   ) -> tuple[NDArray[np.bool_], bool]:
+    """The pixels the light route compares colours on, and whether the outline band was left
+    out. Along the product's outline each photo's pixels mix the product with its own
+    background (defocus, resampling, a cut-out's soft matte): against the listing's white, a
+    shopper's table or a shop's backdrop bleeds its colour into a band ~2 px wide that no
+    light map explains (measured on same-item-reshoot: most of a true re-shoot's colour shift
+    sat within 2 px of the outline, the interior agreed to ~2-4). That band is left out when
+    the query shows another background (not white) on most of the ring just outside the
+    listing product's outline. On a white background (an edited copy) it stays in: there a
+    white part of the product is background in one photo, and a colour change along it is
+    the only evidence left of it (a white top and its yellow variant). The plain colour
+    shift always keeps the band: left out there too, it admitted another colour on
+    same-item-heldout."""
+    outside = _outer_background(fg_b)
+    ring = valid & outside & (cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, 3)
+                              <= RING_PX)
+    if not ring.any() or float((warped[ring].min(axis=1) < WHITE_LEVEL).mean()) < 0.5:
+        return region, False
+    inner = cv2.distanceTransform((~outside).astype(np.uint8), cv2.DIST_L2, 3) > EDGE_PX
+    colours = region & inner
+    if int(colours.sum()) < MIN_OVERLAP_PX:
+        return region, False
+    return colours, True
+
+
+def _outer_background(foreground: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Background pixels connected to the frame: a white panel or stripe inside the product
+    is not background for this purpose."""
+    background = (~foreground).astype(np.uint8)
+    _, labels = cv2.connectedComponents(background, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    out: NDArray[np.bool_] = np.isin(labels, border[border > 0]) & (background > 0)
+    return out
 
 
 def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]

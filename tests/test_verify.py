@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
@@ -282,3 +282,57 @@ def test_light_route_limits_name_the_evidence() -> None:
     assert not rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 6.0, 8.0)))[0]
     assert not rule.decide(0.9, 50, 0.3, replace(relit, correlation=0.95))[0]
     assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=None))[0]
+
+
+def _reshot_on_backdrop(photo: Image.Image,
+                        gains: tuple[float, float, float] = (1.06, 1.0, 0.92)) -> Image.Image:
+    """The product photographed again on a shop's table: cut out of its white (the matte a
+    little grown and soft, as a real edge is), on a coloured gradient backdrop with room
+    around it, under another lamp, slightly out of focus, through the camera's JPEG."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    product = Image.fromarray(((rgb.min(axis=2) < 245) * 255).astype(np.uint8))
+    matte = product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
+    weight = np.asarray(matte, dtype=np.float32)[..., None] / 255.0
+    h, w = rgb.shape[:2]
+    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    backdrop = np.array([150, 110, 70], np.float32) * (1 - t) + np.array([90, 120, 160],
+                                                                          np.float32) * t
+    scene = rgb * weight + np.broadcast_to(backdrop, rgb.shape) * (1 - weight)
+    light = np.linspace(1.05, 0.85, w, dtype=np.float32)[None, :, None]
+    lit = 255.0 * (np.clip(scene * np.array(gains, np.float32) * light, 0, 255) / 255.0) ** 0.9
+    framed = ImageOps.expand(Image.fromarray(lit.astype(np.uint8)), border=40,
+                             fill=tuple(int(c) for c in backdrop[0, 0]))
+    buffer = io.BytesIO()
+    framed.filter(ImageFilter.GaussianBlur(0.8)).save(buffer, "JPEG", quality=80)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def test_a_reshoot_on_another_background_is_accepted_without_its_outline() -> None:
+    """Along the outline each photo mixes the product with its own background: the light
+    route leaves that band out when the query shows another background there."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(_reshot_on_backdrop(original)), [("x", 0.9)])[0]
+    assert evidence.same_item, evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.edge_left_out
+    assert "outline left out" in evidence.reason
+    assert alignment.colour_shift(95) > verifier.rule.max_colour_shift  # what it catches
+
+
+@pytest.mark.parametrize("variant", [recolour, _band_recoloured],
+                         ids=["recoloured", "band-recoloured"])
+def test_a_recoloured_variant_reshot_on_another_background_is_refused(
+        variant: Callable[[Image.Image], Image.Image]) -> None:
+    original = _busy_photo()
+    same, why = _decide(_reshot_on_backdrop(variant(original)), original, similarity=0.95)
+    assert not same, why
+
+
+def test_a_copy_on_white_keeps_the_outline_in_the_comparison() -> None:
+    """On white, a white part of the product is background in one photo: a colour change
+    along the outline is then the only evidence of another variant, so it stays in."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(_relit(original)), [("x", 0.9)])[0]
+    assert evidence.alignment is not None and not evidence.alignment.edge_left_out
