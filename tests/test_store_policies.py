@@ -185,11 +185,54 @@ def test_an_empty_answer_checks_the_model_at_most_once_per_interval(
     assert registry_reads() == 0
 
 
-def test_servers_search_hnsw_with_ef_256_or_the_limit() -> None:
-    from store.engine import search_params
+def test_servers_probe_every_ivf_list_under_a_filter_and_a_few_without() -> None:
+    from store.engine import IVF_NLIST, IVF_NPROBE, search_params
 
     server, lite = parse_engine("v2.3.5"), parse_engine("milvus_lite-3.2.2")
-    assert search_params(SPEC, server, 40)["params"] == {"ef": 256}
-    assert search_params(SPEC, server, 1000)["params"] == {"ef": 1000}
-    assert search_params(SPEC, server, 99999)["params"] == {"ef": 16384}
-    assert search_params(SPEC, lite, 40)["params"] == {}
+    assert search_params(SPEC, server, 40, filtered=False)["params"] == {
+        "nprobe": IVF_NPROBE, "ef": 256}
+    assert search_params(SPEC, server, 40, filtered=True)["params"]["nprobe"] == IVF_NLIST
+    assert IVF_NPROBE < IVF_NLIST
+    # ef rides along for an HNSW index of an older collection: at least the limit
+    assert search_params(SPEC, server, 1000, filtered=False)["params"]["ef"] == 1000
+    assert search_params(SPEC, server, 99999, filtered=False)["params"]["ef"] == 16384
+    assert search_params(SPEC, lite, 40, filtered=True)["params"] == {}
+
+
+class _Params:
+    """A server that answers nothing and remembers each search's ``search_params``."""
+
+    def __init__(self) -> None:
+        self.params: list[dict[str, Any]] = []
+
+    def has_collection(self, name: str, **kw: Any) -> bool:
+        return False
+
+    def search(self, collection: str, **kw: Any) -> list[list[dict[str, Any]]]:
+        self.params.append(kw["search_params"]["params"])
+        return [[]]
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        return [{"count(*)": 0}]
+
+
+@pytest.mark.parametrize(("search_filter", "exhaustive"), [
+    (None, False),
+    (SearchFilter(exclude_product_ids=["p1"]), False),  # leaves out a few: not a narrowing
+    (SearchFilter(categories=["Men"]), True),
+    (SearchFilter(min_price=5.0), True),
+    (SearchFilter(max_price=5.0), True),
+    (SearchFilter(currency="EUR"), True),
+])
+def test_a_search_probes_every_list_exactly_when_its_filter_narrows(
+    search_filter: SearchFilter | None, exhaustive: bool
+) -> None:
+    from store.engine import IVF_NLIST, IVF_NPROBE
+
+    client = _Params()
+    search = ProductSearch(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                           FakeEmbedder(), consistency="Bounded",
+                           max_pixels=milvus_support.MAX_PIXELS)
+    search.by_vector(unit(0), k=5, filter=search_filter)
+    assert client.params  # the first page and the short-page rounds
+    assert {p["nprobe"] for p in client.params} == {IVF_NLIST if exhaustive else IVF_NPROBE}
