@@ -3,6 +3,7 @@ re-checks the model registry (docs/scaling.md). Fakes only, except the last test
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -127,6 +128,32 @@ def test_the_sink_prunes_the_images_it_wrote_without_reading_them() -> None:
     sink.apply(WritePlan(delete_products=["a"], states=[_state("a", 3)]))
     reads = [c for c in client.calls if c[0] == "query"]
     assert len(reads) == 1 and reads[0][2]["consistency_level"] == "Strong"
+
+
+def test_the_sink_reads_others_image_pks_while_it_writes_the_new_rows() -> None:
+    """The read of the stored pks of products it did not write runs on a helper thread
+    during the image upsert (no second round trip in line), and is still used to prune."""
+    read_started = threading.Event()
+
+    class Overlapping(FakeClient):
+        def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+            read_started.set()
+            return super().query(collection, **kw)
+
+        def upsert(self, collection: str, data: list[dict[str, Any]],
+                   **kw: Any) -> dict[str, Any]:
+            if collection == SPEC.name:  # the image rows: the read runs meanwhile
+                assert read_started.wait(5), "the pk read waited for the upsert"
+            return super().upsert(collection, data, **kw)
+
+    client = Overlapping()
+    client.rows = [{"pk": "b#old", "product_id": "b"}, {"pk": "c#1", "product_id": "c"}]
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC)
+    result = sink.apply(WritePlan(upserts=[record("b", "k1", unit(2))], prune={"b": {"b#k1"}},
+                                  delete_products=["c"], states=[_state("b", 1), _state("c", 1)]))
+    deletes = [c[2]["filter"] for c in client.calls if c[0] == "delete"]
+    assert deletes == ['pk in ["b#old"]', 'pk in ["c#1"]']
+    assert "read_image_pks" in result.seconds_by_op()  # timed in the batch log all the same
 
 
 def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> None:
