@@ -17,7 +17,7 @@ from schema.collection import CollectionSpec
 from schema.records import ProductState
 from search.api import ProductSearch
 from search.filters import SearchFilter
-from store import MilvusStore, ensure_collections, parse_engine
+from store import MilvusStore, StoreError, ensure_collections, parse_engine
 from tests import milvus_support
 from tests.milvus_support import FakeEmbedder, Milvus, record, unit
 
@@ -84,6 +84,55 @@ def test_sink_reads_states_strong_at_first_then_bounded_and_remembers_its_writes
     client.calls.clear()
     sink.get_states(["a"])
     assert client.calls and client.calls[0][2]["consistency_level"] == "Strong"
+
+
+def test_bounded_state_reads_are_remembered_but_not_across_a_write_or_a_failure() -> None:
+    """What the prepare stage read (absent states too) answers the write stage; a read that
+    may predate a write of this sink (an apply in progress, or one that failed) is not."""
+    client, clock = FakeClient(), Clock()
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                      strong_window_s=10.0, clock=clock)
+    client.rows = [{**_state("a", 2).model_dump()}]
+    assert sink.get_states(["a", "b"]) == {"a": _state("a", 2)}  # Strong: not remembered
+    clock.now += 11
+    sink.get_states(["a", "b"])
+    client.calls.clear()
+    assert sink.get_states(["a", "b"]) == {"a": _state("a", 2)}  # Bounded: remembered
+    assert client.calls == []
+
+    class WritesMeanwhile(FakeClient):
+        """Answers the read of "c" while an apply of "c" is in progress."""
+
+        def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+            if "c" in kw["filter"] and sink_ref:
+                sink_ref[0]._applying.add("c")
+            return super().query(collection, **kw)
+
+    sink_ref: list[MilvusSink] = []
+    other = WritesMeanwhile()
+    racing = MilvusSink(MilvusStore(other, engine=parse_engine("v2.3.5")), SPEC,
+                        strong_window_s=0.0)
+    sink_ref.append(racing)
+    racing.get_states(["c"])  # absent, but an apply of "c" began: not remembered
+    racing._applying.clear()
+    other.calls.clear()
+    racing.get_states(["c"])
+    assert len(other.calls) == 1
+
+    failing = FakeClient()
+    broken = MilvusSink(MilvusStore(failing, engine=parse_engine("v2.3.5"), max_attempts=1),
+                        SPEC, strong_window_s=0.0)
+    broken.get_states(["d"])
+    failing.upsert = _raise  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        broken.apply(WritePlan(states=[_state("d", 1)]))
+    failing.calls.clear()
+    broken.get_states(["d"])  # the failed apply may have written it: read again
+    assert len(failing.calls) == 1
+
+
+def _raise(*args: Any, **kw: Any) -> Any:
+    raise ValueError("rejected")
 
 
 def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
