@@ -61,8 +61,6 @@ class CollectionSpec(BaseModel):
     name: str = Field(default="lookalike_images", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
     dim: int = Field(ge=2, le=32768, description="Embedding dimension")
     metric: Literal["COSINE"] = "COSINE"
-    hnsw_m: int = Field(default=16, ge=2, le=2048)
-    hnsw_ef_construction: int = Field(default=200, ge=1)
 
     @property
     def state_name(self) -> str:

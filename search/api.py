@@ -403,7 +403,7 @@ class ProductSearch:
         limit = min(k * OVERFETCH, MAX_RESULT_WINDOW)
         while True:
             best.clear()
-            full = self._page(vectors, limit, self._where(search_filter, exclude), exclude, best)
+            full = self._page(vectors, limit, search_filter, exclude, exclude, best)
             if len(best) >= k or not full or limit >= MAX_RESULT_WINDOW:
                 break
             limit = min(limit * 2, MAX_RESULT_WINDOW)
@@ -418,13 +418,17 @@ class ProductSearch:
         return add_filter(self._base(), search_filter).not_in("product_id", exclude)
 
     def _page(
-        self, vectors: list[list[float]], limit: int, where: Any, exclude: Sequence[str],
+        self, vectors: list[list[float]], limit: int, search_filter: SearchFilter | None,
+        leave_out: Sequence[str], exclude: Sequence[str],
         best: dict[str, tuple[dict[str, Any], float]],
     ) -> bool:
-        """One search; keep each product's best row in ``best``. True when a page was full."""
+        """One search for the rows of ``search_filter`` but ``leave_out``; keep each
+        product's best row (but ``exclude``'s) in ``best``. True when a page was full."""
+        narrows = search_filter is not None and search_filter.narrows
         results = self._checked(partial(
-            self._store.search, self._spec.name, vectors, limit=limit, where=where,
-            fields=_HIT_FIELDS, params=search_params(self._spec, self.engine, limit),
+            self._store.search, self._spec.name, vectors, limit=limit,
+            where=self._where(search_filter, leave_out), fields=_HIT_FIELDS,
+            params=search_params(self._spec, self.engine, limit, filtered=narrows),
             consistency=self._consistency))
         full = False
         for rows in results:
@@ -442,8 +446,7 @@ class ProductSearch:
         limit = min(k * OVERFETCH, MAX_RESULT_WINDOW)
         for _ in range(SHORT_PAGE_ROUNDS):
             found = len(best)
-            self._page(vectors, limit, self._where(search_filter, [*exclude, *best]), exclude,
-                       best)
+            self._page(vectors, limit, search_filter, [*exclude, *best], exclude, best)
             if len(best) >= k or len(best) == found:
                 break
         if len(best) >= k:

@@ -61,6 +61,14 @@ class SearchFilter(BaseModel):
                 raise ValueError("product ids must not be empty")
         return list(dict.fromkeys(values))
 
+    @property
+    def narrows(self) -> bool:
+        """Whether it keeps only part of the catalog (a category, a price bound, a currency),
+        rather than leaving out a few listed products: a server index searches such a
+        filter exhaustively (store.engine.search_params)."""
+        return bool(self.categories) or self.currency is not None or (
+            self.min_price is not None or self.max_price is not None)
+
     @model_validator(mode="after")
     def _range(self) -> SearchFilter:
         if (

@@ -10,7 +10,12 @@ Index choices depend on the engine:
   ``model_version``), and its vectorised (Arrow) evaluation of ``category_l<d> == ...`` is
   already below the noise (measured at 5,000 rows: no difference with INVERTED indexes on the
   levels, nor on the levels plus ``model_version`` and ``currency``).
-* Milvus server: ``HNSW`` (M=16, efConstruction=200). Scalar indexes: ``INVERTED`` on
+* Milvus server: ``IVF_FLAT`` (:data:`IVF_NLIST` lists), searched with :data:`IVF_NPROBE`
+  lists without a filter and *every* list under a filter (:func:`search_params`): within the
+  lists it probes IVF_FLAT scores every row that passes the filter, so a filtered search is
+  exact, and it costs about the matching rows (HNSW, before, walked its graph under a ~10 %
+  filter and missed: recall@10 0.80-0.92 at 100k rows on 2.3.5 at any ef; docs/scaling.md).
+  Scalar indexes: ``INVERTED`` on
   ``product_id``, ``category_l1`` .. ``category_l8`` and ``price`` from 2.5 on; before 2.5
   (2.3.x rejects INVERTED) ``Trie`` on ``product_id`` and the eight level columns and
   ``STL_SORT`` on ``price`` (on 2.3.5 at 20,000 rows, Trie on all eight levels cost no
@@ -96,12 +101,7 @@ def image_indexes(spec: CollectionSpec, engine: EngineInfo) -> list[IndexChoice]
             IndexChoice("product_id", "INVERTED"),
             IndexChoice("price", "INVERTED"),
         ]
-    vector = IndexChoice(
-        "vector",
-        "HNSW",
-        spec.metric,
-        {"M": spec.hnsw_m, "efConstruction": spec.hnsw_ef_construction},
-    )
+    vector = IndexChoice("vector", "IVF_FLAT", spec.metric, {"nlist": IVF_NLIST})
     if engine.supports_inverted_index:
         return [
             vector,
@@ -122,15 +122,31 @@ def state_indexes(engine: EngineInfo) -> list[IndexChoice]:
     return [IndexChoice(STATE_VECTOR_FIELD, "FLAT", "L2")]
 
 
+IVF_NLIST = 1024
+"""Lists of the servers' IVF_FLAT index (per sealed segment of up to ~90k 1,472-d rows).
+Measured on the 2.3.5 server at 100k rows (scale bench collection, load 7-10): unfiltered
+recall@10 1.000 with 16 or 32 of 1,024 lists (nlist 128 / 256: 1.000 / 0.998 at nprobe 8);
+the build took 64 s for 100k rows where HNSW (M=16) took minutes, so rows leave brute force
+sooner (docs/scaling.md)."""
+IVF_NPROBE = 32
+"""Lists probed by an unfiltered search (3 % of the rows)."""
 HNSW_EF = 256
-"""Search-time ``ef`` on servers (at least the limit). On a 2.3.5 server at 20k rows with
-1,472-d vectors, recall@10 under a 10 % category / 5 % price filter was 0.95 / 0.83 at ef=64,
-0.98 / 1.00 at 128 and 1.00 / 1.00 at 256, at no measurable latency cost (docs/scaling.md)."""
+"""Search-time ``ef`` for collections still indexed with HNSW (made before IVF_FLAT became
+the servers' index; ``lookalike reindex`` rebuilds them): at least the limit."""
 
 
-def search_params(spec: CollectionSpec, engine: EngineInfo, limit: int) -> dict[str, Any]:
-    """``search_params`` for a search returning up to ``limit`` rows (HNSW needs ef >= limit)."""
+def search_params(spec: CollectionSpec, engine: EngineInfo, limit: int, *,
+                  filtered: bool) -> dict[str, Any]:
+    """``search_params`` for a search returning up to ``limit`` rows.
+
+    ``filtered``: the filter narrows the rows beyond the model version. Such a search probes
+    every list, which makes it exact over the matching rows: probing a few lists finds the
+    nearest rows, but a selective filter's best matches lie farther away (measured at 100k
+    rows, 8 of 128 lists: recall@10 1.00 / 0.98 / 0.78 under a 10 % / 5 % / 0.5 % filter).
+    ``ef`` rides along for an HNSW index of an older collection (2.3.5 ignores what the index
+    does not use; not measured on 2.5+)."""
     if engine.is_lite:
         return {"metric_type": spec.metric, "params": {}}
     ef = max(HNSW_EF, min(limit, MAX_RESULT_WINDOW))
-    return {"metric_type": spec.metric, "params": {"ef": ef}}
+    nprobe = IVF_NLIST if filtered else IVF_NPROBE
+    return {"metric_type": spec.metric, "params": {"nprobe": nprobe, "ef": ef}}

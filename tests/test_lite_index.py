@@ -90,7 +90,8 @@ def _assert_same(store: MilvusStore, plain: MilvusStore, spec: CollectionSpec,
         for _ in range(3):
             query = [random_unit(rng)]
             mine, theirs = (s.search(spec.name, query, limit=25, where=make(s.expr()),
-                                     fields=FIELDS, params=search_params(spec, s.engine, 25),
+                                     fields=FIELDS, params=search_params(spec, s.engine, 25,
+                                                                 filtered=True),
                                      consistency="Strong")[0] for s in (store, plain))
             assert [h["pk"] for h in mine] == [h["pk"] for h in theirs]
             for a, b in zip(mine, theirs, strict=True):

@@ -52,7 +52,7 @@ def test_ensure_collections_is_idempotent(milvus: Milvus, spec: CollectionSpec) 
     }
     vector = milvus.client.describe_index(spec.name, "vector")
     assert vector["metric_type"] == "COSINE"
-    assert vector["index_type"] == ("FLAT" if engine.is_lite else "HNSW")
+    assert vector["index_type"] == ("FLAT" if engine.is_lite else "IVF_FLAT")
 
 
 def test_ensure_collections_rejects_another_dimension(milvus: Milvus, spec: CollectionSpec) -> None:

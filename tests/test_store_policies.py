@@ -3,6 +3,7 @@ re-checks the model registry (docs/scaling.md). Fakes only, except the last test
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from schema.collection import CollectionSpec
 from schema.records import ProductState
 from search.api import ProductSearch
 from search.filters import SearchFilter
-from store import MilvusStore, ensure_collections, parse_engine
+from store import MilvusStore, StoreError, ensure_collections, parse_engine
 from tests import milvus_support
 from tests.milvus_support import FakeEmbedder, Milvus, record, unit
 
@@ -85,6 +86,55 @@ def test_sink_reads_states_strong_at_first_then_bounded_and_remembers_its_writes
     assert client.calls and client.calls[0][2]["consistency_level"] == "Strong"
 
 
+def test_bounded_state_reads_are_remembered_but_not_across_a_write_or_a_failure() -> None:
+    """What the prepare stage read (absent states too) answers the write stage; a read that
+    may predate a write of this sink (an apply in progress, or one that failed) is not."""
+    client, clock = FakeClient(), Clock()
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                      strong_window_s=10.0, clock=clock)
+    client.rows = [{**_state("a", 2).model_dump()}]
+    assert sink.get_states(["a", "b"]) == {"a": _state("a", 2)}  # Strong: not remembered
+    clock.now += 11
+    sink.get_states(["a", "b"])
+    client.calls.clear()
+    assert sink.get_states(["a", "b"]) == {"a": _state("a", 2)}  # Bounded: remembered
+    assert client.calls == []
+
+    class WritesMeanwhile(FakeClient):
+        """Answers the read of "c" while an apply of "c" is in progress."""
+
+        def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+            if "c" in kw["filter"] and sink_ref:
+                sink_ref[0]._applying.add("c")
+            return super().query(collection, **kw)
+
+    sink_ref: list[MilvusSink] = []
+    other = WritesMeanwhile()
+    racing = MilvusSink(MilvusStore(other, engine=parse_engine("v2.3.5")), SPEC,
+                        strong_window_s=0.0)
+    sink_ref.append(racing)
+    racing.get_states(["c"])  # absent, but an apply of "c" began: not remembered
+    racing._applying.clear()
+    other.calls.clear()
+    racing.get_states(["c"])
+    assert len(other.calls) == 1
+
+    failing = FakeClient()
+    broken = MilvusSink(MilvusStore(failing, engine=parse_engine("v2.3.5"), max_attempts=1),
+                        SPEC, strong_window_s=0.0)
+    broken.get_states(["d"])
+    failing.upsert = _raise  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        broken.apply(WritePlan(states=[_state("d", 1)]))
+    failing.calls.clear()
+    broken.get_states(["d"])  # the failed apply may have written it: read again
+    assert len(failing.calls) == 1
+
+
+def _raise(*args: Any, **kw: Any) -> Any:
+    raise ValueError("rejected")
+
+
 def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
     for engine, expected in (("milvus_lite-3.2.2", 2), ("v2.3.5", 0)):
         client, clock = FakeClient(), Clock()
@@ -127,6 +177,32 @@ def test_the_sink_prunes_the_images_it_wrote_without_reading_them() -> None:
     sink.apply(WritePlan(delete_products=["a"], states=[_state("a", 3)]))
     reads = [c for c in client.calls if c[0] == "query"]
     assert len(reads) == 1 and reads[0][2]["consistency_level"] == "Strong"
+
+
+def test_the_sink_reads_others_image_pks_while_it_writes_the_new_rows() -> None:
+    """The read of the stored pks of products it did not write runs on a helper thread
+    during the image upsert (no second round trip in line), and is still used to prune."""
+    read_started = threading.Event()
+
+    class Overlapping(FakeClient):
+        def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+            read_started.set()
+            return super().query(collection, **kw)
+
+        def upsert(self, collection: str, data: list[dict[str, Any]],
+                   **kw: Any) -> dict[str, Any]:
+            if collection == SPEC.name:  # the image rows: the read runs meanwhile
+                assert read_started.wait(5), "the pk read waited for the upsert"
+            return super().upsert(collection, data, **kw)
+
+    client = Overlapping()
+    client.rows = [{"pk": "b#old", "product_id": "b"}, {"pk": "c#1", "product_id": "c"}]
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC)
+    result = sink.apply(WritePlan(upserts=[record("b", "k1", unit(2))], prune={"b": {"b#k1"}},
+                                  delete_products=["c"], states=[_state("b", 1), _state("c", 1)]))
+    deletes = [c[2]["filter"] for c in client.calls if c[0] == "delete"]
+    assert deletes == ['pk in ["b#old"]', 'pk in ["c#1"]']
+    assert "read_image_pks" in result.seconds_by_op()  # timed in the batch log all the same
 
 
 def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,11 +261,54 @@ def test_an_empty_answer_checks_the_model_at_most_once_per_interval(
     assert registry_reads() == 0
 
 
-def test_servers_search_hnsw_with_ef_256_or_the_limit() -> None:
-    from store.engine import search_params
+def test_servers_probe_every_ivf_list_under_a_filter_and_a_few_without() -> None:
+    from store.engine import IVF_NLIST, IVF_NPROBE, search_params
 
     server, lite = parse_engine("v2.3.5"), parse_engine("milvus_lite-3.2.2")
-    assert search_params(SPEC, server, 40)["params"] == {"ef": 256}
-    assert search_params(SPEC, server, 1000)["params"] == {"ef": 1000}
-    assert search_params(SPEC, server, 99999)["params"] == {"ef": 16384}
-    assert search_params(SPEC, lite, 40)["params"] == {}
+    assert search_params(SPEC, server, 40, filtered=False)["params"] == {
+        "nprobe": IVF_NPROBE, "ef": 256}
+    assert search_params(SPEC, server, 40, filtered=True)["params"]["nprobe"] == IVF_NLIST
+    assert IVF_NPROBE < IVF_NLIST
+    # ef rides along for an HNSW index of an older collection: at least the limit
+    assert search_params(SPEC, server, 1000, filtered=False)["params"]["ef"] == 1000
+    assert search_params(SPEC, server, 99999, filtered=False)["params"]["ef"] == 16384
+    assert search_params(SPEC, lite, 40, filtered=True)["params"] == {}
+
+
+class _Params:
+    """A server that answers nothing and remembers each search's ``search_params``."""
+
+    def __init__(self) -> None:
+        self.params: list[dict[str, Any]] = []
+
+    def has_collection(self, name: str, **kw: Any) -> bool:
+        return False
+
+    def search(self, collection: str, **kw: Any) -> list[list[dict[str, Any]]]:
+        self.params.append(kw["search_params"]["params"])
+        return [[]]
+
+    def query(self, collection: str, **kw: Any) -> list[dict[str, Any]]:
+        return [{"count(*)": 0}]
+
+
+@pytest.mark.parametrize(("search_filter", "exhaustive"), [
+    (None, False),
+    (SearchFilter(exclude_product_ids=["p1"]), False),  # leaves out a few: not a narrowing
+    (SearchFilter(categories=["Men"]), True),
+    (SearchFilter(min_price=5.0), True),
+    (SearchFilter(max_price=5.0), True),
+    (SearchFilter(currency="EUR"), True),
+])
+def test_a_search_probes_every_list_exactly_when_its_filter_narrows(
+    search_filter: SearchFilter | None, exhaustive: bool
+) -> None:
+    from store.engine import IVF_NLIST, IVF_NPROBE
+
+    client = _Params()
+    search = ProductSearch(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC,
+                           FakeEmbedder(), consistency="Bounded",
+                           max_pixels=milvus_support.MAX_PIXELS)
+    search.by_vector(unit(0), k=5, filter=search_filter)
+    assert client.params  # the first page and the short-page rounds
+    assert {p["nprobe"] for p in client.params} == {IVF_NLIST if exhaustive else IVF_NPROBE}

@@ -65,7 +65,7 @@ def test_transient_errors_are_retried() -> None:
     client = FakeClient(
         {"upsert": [MilvusUnavailableException(message="down"), ConnectionError("reset")]}
     )
-    client.rows = [{"pk": "b#k1"}]
+    client.rows = [{"pk": "b#k1", "product_id": "b"}]
     result = _sink(client).apply(_plan())
     upserts = [c for c in result.calls if c.op == "upsert_images"]
     assert upserts[0].attempts == 3
@@ -74,7 +74,7 @@ def test_transient_errors_are_retried() -> None:
 
 def test_retries_are_bounded_and_states_not_written() -> None:
     client = FakeClient({"delete": [TimeoutError("slow")] * 10})
-    client.rows = [{"pk": "b#k1"}]
+    client.rows = [{"pk": "b#k1", "product_id": "b"}]
     with pytest.raises(StoreUnavailableError, match="delete_products failed after 3 attempt"):
         _sink(client, max_attempts=3).apply(_plan())
     assert not [c for c in client.calls if c[1] == SPEC.state_name]
@@ -104,7 +104,7 @@ def test_plan_must_not_upsert_and_delete_one_product() -> None:
 
 def test_expressions_use_templates_on_new_servers() -> None:
     client = FakeClient()
-    client.rows = [{"pk": 'b"#k1'}]
+    client.rows = [{"pk": 'b"#k1', "product_id": 'b"'}]
     _sink(client, NEW_SERVER).apply(WritePlan(delete_products=['b"']))
     query = next(c for c in client.calls if c[0] == "query")[2]
     assert query["filter"] == "product_id in {p0}"
@@ -114,7 +114,7 @@ def test_expressions_use_templates_on_new_servers() -> None:
     assert delete["filter"] == "pk in {p0}" and delete["filter_params"] == {"p0": ['b"#k1']}
 
     old = FakeClient()
-    old.rows = [{"pk": 'b"#k1'}]
+    old.rows = [{"pk": 'b"#k1', "product_id": 'b"'}]
     _sink(old).apply(WritePlan(delete_products=['b"']))
     delete = next(c for c in old.calls if c[0] == "delete")[2]
     assert delete["filter"] == 'pk in ["b\\"#k1"]' and "filter_params" not in delete
