@@ -21,6 +21,7 @@ from bench.scale import (
     make_catalog,
     make_queries,
     row_png,
+    wait_indexed,
 )
 from embedding.decode import decode_image
 from lookalike.broker import free_port
@@ -148,3 +149,36 @@ def test_synthetic_catalog_has_the_promised_shape_and_filter_selectivity() -> No
     assert share["none"] == 1.0
     assert 0.08 < share["category"] < 0.12
     assert 0.035 < share["price"] < 0.065
+
+
+class _IndexingServer:
+    """A client whose one collection (of two with the prefix) finishes indexing on the
+    third look."""
+
+    def __init__(self, report: bool = True) -> None:
+        self.looks = 0
+        self.report = report
+
+    def list_collections(self) -> list[str]:
+        return ["scale_1_v1", "scale_1_states", "other"]
+
+    def list_indexes(self, name: str) -> list[str]:
+        assert name.startswith("scale_1"), name
+        return ["vector"]
+
+    def describe_index(self, name: str, index: str) -> dict[str, int]:
+        if not self.report:
+            return {}
+        self.looks += name == "scale_1_v1"
+        done = 100 if self.looks >= 3 or name != "scale_1_v1" else 40
+        return {"indexed_rows": done, "total_rows": 100}
+
+
+def test_wait_indexed_waits_for_every_row_of_the_prefix_collections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
+    server = _IndexingServer()
+    seconds = wait_indexed(server, "scale_1", time.perf_counter())
+    assert seconds is not None and seconds >= 0 and server.looks == 3
+    assert wait_indexed(_IndexingServer(report=False), "scale_1", time.perf_counter()) is None
+    assert wait_indexed(_IndexingServer(), "scale_1", time.perf_counter(), timeout_s=0) is None
