@@ -20,6 +20,7 @@ from ingest.fetch import ImageFetcher
 from search.verify import (
     VERIFY_SIZE,
     Alignment,
+    Evidence,
     SameItemRule,
     SameItemVerifier,
     fetching_loader,
@@ -31,9 +32,17 @@ LUMA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "luma
 needs_luma = pytest.mark.skipif(not LUMA.is_dir(), reason=f"{LUMA} not found")
 
 
-def _decide(query: Image.Image, listing: Image.Image, similarity: float = 0.9) -> tuple[bool, str]:
+DEFAULT_RULE = SameItemRule()
+
+
+def _evidence(query: Image.Image, listing: Image.Image, similarity: float = 0.9) -> Evidence:
+    """The default verifier's evidence for one query photo against one listing photo."""
     verifier = SameItemVerifier(lambda ref: listing)
-    evidence = verifier.verify(photo_features(query), [("listing", similarity)])[0]
+    return verifier.verify(photo_features(query), [("listing", similarity)])[0]
+
+
+def _decide(query: Image.Image, listing: Image.Image, similarity: float = 0.9) -> tuple[bool, str]:
+    evidence = _evidence(query, listing, similarity)
     return evidence.same_item, evidence.reason
 
 
@@ -63,10 +72,9 @@ def _luma(name: str) -> Image.Image:
 @needs_luma
 def test_heavily_edited_luma_copy_is_accepted_with_evidence() -> None:
     original = _luma("mh01-gray")
-    verifier = SameItemVerifier(lambda ref: original)
-    evidence = verifier.verify(photo_features(heavy_edit(original)), [("x", 0.8)])[0]
+    evidence = _evidence(heavy_edit(original), original, 0.8)
     assert evidence.same_item, evidence.reason
-    assert evidence.inliers >= verifier.rule.min_inliers
+    assert evidence.inliers >= DEFAULT_RULE.min_inliers
     assert evidence.alignment is not None and evidence.alignment.correlation > 0.5
 
 
@@ -130,9 +138,8 @@ def test_a_textureless_copy_is_accepted_without_keypoints() -> None:
     """Too few inliers for geometry and below the near-duplicate cosine: the keypoint-free
     alignment (masks + ECC) lines the photos up and the aligned checks accept it."""
     original = plain_photo((40, 90, 200))
-    verifier = SameItemVerifier(lambda ref: original)
-    evidence = verifier.verify(photo_features(_textureless_copy(original)), [("x", 0.95)])[0]
-    assert evidence.inliers < verifier.rule.min_inliers
+    evidence = _evidence(_textureless_copy(original), original, 0.95)
+    assert evidence.inliers < DEFAULT_RULE.min_inliers
     assert evidence.same_item, evidence.reason
     assert evidence.alignment is not None and not evidence.alignment.by_keypoints
     assert "without keypoints" in evidence.reason
@@ -181,14 +188,13 @@ def test_a_banner_over_the_product_is_accepted_by_the_overlay_route() -> None:
     """The banner hides part of the product: over the whole, the aligned photos disagree;
     near the inliers (where both show the same surface) they agree."""
     original = _busy_photo()
-    verifier = SameItemVerifier(lambda ref: original)
-    evidence = verifier.verify(photo_features(_banner(original)), [("x", 0.9)])[0]
+    evidence = _evidence(_banner(original), original)
     assert evidence.same_item, evidence.reason
     assert "near them" in evidence.reason
     alignment = evidence.alignment
     assert alignment is not None and alignment.local_correlation is not None
     assert alignment.local_share < 1.0
-    whole = replace(verifier.rule, min_local_share=1.01)  # the overlay route off
+    whole = replace(DEFAULT_RULE, min_local_share=1.01)  # the overlay route off
     assert not whole.decide(evidence.similarity, evidence.inliers,
                             evidence.colour_agreement, alignment)[0]
 
@@ -248,15 +254,14 @@ def test_a_relit_white_balanced_copy_is_accepted_by_the_light_route() -> None:
     """Another white balance and light move the plain colour shift past its limit; after
     the fitted per-channel light map the photos agree."""
     original = _busy_photo()
-    verifier = SameItemVerifier(lambda ref: original)
-    evidence = verifier.verify(photo_features(_relit(original)), [("x", 0.9)])[0]
+    evidence = _evidence(_relit(original), original)
     assert evidence.same_item, evidence.reason
     assert "under another light" in evidence.reason
     alignment = evidence.alignment
     assert alignment is not None and alignment.light_gains is not None
-    assert alignment.colour_shift(95) > verifier.rule.max_colour_shift  # what it catches
-    assert alignment.light_shift(95) <= verifier.rule.max_light_shift
-    off = replace(verifier.rule, max_light_shift=0.0)
+    assert alignment.colour_shift(95) > DEFAULT_RULE.max_colour_shift  # what it catches
+    assert alignment.light_shift(95) <= DEFAULT_RULE.max_light_shift
+    off = replace(DEFAULT_RULE, max_light_shift=0.0)
     assert not off.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
                           alignment)[0]
 
@@ -311,13 +316,12 @@ def test_a_reshoot_on_another_background_is_accepted_without_its_outline() -> No
     """Along the outline each photo mixes the product with its own background: the light
     route leaves that band out when the query shows another background there."""
     original = _busy_photo()
-    verifier = SameItemVerifier(lambda ref: original)
-    evidence = verifier.verify(photo_features(_reshot_on_backdrop(original)), [("x", 0.9)])[0]
+    evidence = _evidence(_reshot_on_backdrop(original), original)
     assert evidence.same_item, evidence.reason
     alignment = evidence.alignment
     assert alignment is not None and alignment.edge_left_out
     assert "outline left out" in evidence.reason
-    assert alignment.colour_shift(95) > verifier.rule.max_colour_shift  # what it catches
+    assert alignment.colour_shift(95) > DEFAULT_RULE.max_colour_shift  # what it catches
 
 
 @pytest.mark.parametrize("variant", [recolour, _band_recoloured],
@@ -333,6 +337,5 @@ def test_a_copy_on_white_keeps_the_outline_in_the_comparison() -> None:
     """On white, a white part of the product is background in one photo: a colour change
     along the outline is then the only evidence of another variant, so it stays in."""
     original = _busy_photo()
-    verifier = SameItemVerifier(lambda ref: original)
-    evidence = verifier.verify(photo_features(_relit(original)), [("x", 0.9)])[0]
+    evidence = _evidence(_relit(original), original)
     assert evidence.alignment is not None and not evidence.alignment.edge_left_out
