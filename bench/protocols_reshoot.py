@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -52,6 +51,7 @@ from protocols_same_item import (  # noqa: E402
 )
 
 from embedding.colour import foreground_weights  # noqa: E402
+from search.verify import outer_background  # noqa: E402
 
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-fmnist-reshoot")
@@ -72,10 +72,7 @@ def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 def _cut_out(img: Image.Image) -> np.ndarray:
     """Weight (h, w, 1) in [0, 1] of the product: background pixels connected to the frame
     (a white label or a pale panel inside the product stays product), slightly grown, soft."""
-    background = (foreground_weights(np.asarray(img, dtype=np.uint8)) < 0.5).astype(np.uint8)
-    _, labels = cv2.connectedComponents(background, connectivity=4)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    outside = np.isin(labels, border[border > 0]) & (background > 0)
+    outside = outer_background(foreground_weights(np.asarray(img, dtype=np.uint8)) < 0.5)
     product = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8))
     product = product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
     return np.asarray(product, dtype=np.float32)[:, :, None] / 255

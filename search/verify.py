@@ -466,7 +466,7 @@ def _colour_region(region: NDArray[np.bool_], valid: NDArray[np.bool_],
     the only evidence left of it (a white top and its yellow variant). The plain colour
     shift always keeps the band: left out there too, it admitted another colour on
     same-item-heldout."""
-    outside = _outer_background(fg_b)
+    outside = outer_background(~fg_b)
     ring = valid & outside & (cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, 3)
                               <= RING_PX)
     if not ring.any() or float((warped[ring].min(axis=1) < WHITE_LEVEL).mean()) < 0.5:
@@ -478,13 +478,12 @@ def _colour_region(region: NDArray[np.bool_], valid: NDArray[np.bool_],
     return colours, True
 
 
-def _outer_background(foreground: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Background pixels connected to the frame: a white panel or stripe inside the product
-    is not background for this purpose."""
-    background = (~foreground).astype(np.uint8)
-    _, labels = cv2.connectedComponents(background, connectivity=4)
+def outer_background(background: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """The ``background`` pixels connected to the frame: a white panel or stripe inside the
+    product is not background for this purpose (also the bench's re-shoot cut-out)."""
+    _, labels = cv2.connectedComponents(background.astype(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    out: NDArray[np.bool_] = np.isin(labels, border[border > 0]) & (background > 0)
+    out: NDArray[np.bool_] = np.isin(labels, border[border > 0]) & background
     return out
 
 
