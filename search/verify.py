@@ -78,6 +78,9 @@ RING_PX = 4
 where the query's background is looked at."""
 WHITE_LEVEL = 230
 """A pixel whose every channel reaches this is white background (a catalog photo's)."""
+MATCH_DETAIL_SCALE = 1.15
+"""A query warped onto the listing at this magnification or more is compared with the
+listing at the query's detail (:func:`_at_resolution_of`)."""
 LIGHT_FIT_SHARE = 70
 """Percent of the compared pixels (those it explains best) a light map is refitted on
 (:func:`_light_map`): a flavour band or a recoloured trim must not bend the fit."""
@@ -413,6 +416,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     # Where BOTH show something other than background: a sale tag, a watermark on the white
     # or a coloured pad in one photo is left out, the product itself stays in.
     fg_b, fg_a = foreground_weights(b.small) > 0.5, foreground_weights(warped) > 0.5
+    listing = _at_resolution_of(b.small, h_small)
     region = valid & fg_a & fg_b
     if int(region.sum()) < MIN_OVERLAP_PX:
         return None
@@ -421,7 +425,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         hull = float(cv2.contourArea(cv2.convexHull(inliers))) if len(inliers) >= 3 else 0.0
         cover = hull / 4.0 / max(1, int(fg_b.sum()))
     grey_a = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
-    grey_b = cv2.cvtColor(b.small, cv2.COLOR_RGB2GRAY)
+    grey_b = cv2.cvtColor(listing, cv2.COLOR_RGB2GRAY)
     region_a = grey_a[region].astype(np.float64)
     region_b = grey_b[region].astype(np.float64)
     brightness = (float(region_a.mean()) + 1.0) / (float(region_b.mean()) + 1.0)
@@ -429,7 +433,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     # Colours compared a little blurred: a pixel or two of misregistration and re-encoding's
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
-                      for x in (warped, b.small))
+                      for x in (warped, listing))
     shifts = _colour_shifts(soft_a[region], soft_b[region])
     gains, light_shifts, edge_left_out = None, None, False
     if inliers is not None:  # the light route's comparison (see _colour_region)
@@ -449,6 +453,29 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out)
+
+
+def _scale_of(homography: NDArray[np.float64]) -> float:
+    """How much ``homography`` enlarges (its linear part's area scale, square-rooted)."""
+    return float(np.sqrt(abs(np.linalg.det(homography[:2, :2]))))
+
+
+def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64]
+                      ) -> NDArray[np.uint8]:
+    """The listing photo brought down to the detail of a smaller query warped onto it by
+    ``homography`` (query px -> listing px): shrunk by the mapping's scale and enlarged
+    back, the path the query's own pixels took. A 200 px re-listing enlarged onto a 320 px
+    listing is soft at every edge, and compared with the sharp listing that softness reads
+    as a colour shift of 8-10 along every outline on white; at matched detail it does not.
+    A query as large as the listing or larger is compared as it is."""
+    scale = _scale_of(homography)
+    if scale < MATCH_DETAIL_SCALE:
+        return listing
+    height, width = listing.shape[:2]
+    down = cv2.resize(listing, (max(1, round(width / scale)), max(1, round(height / scale))),
+                      interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.resize(down, (width, height), interpolation=cv2.INTER_LINEAR),
+                      dtype=np.uint8)
 
 
 def _colour_region(region: NDArray[np.bool_], valid: NDArray[np.bool_],

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
+from search import verify
 from search.verify import (
     VERIFY_SIZE,
     Alignment,
@@ -339,3 +340,45 @@ def test_a_copy_on_white_keeps_the_outline_in_the_comparison() -> None:
     original = _busy_photo()
     evidence = _evidence(_relit(original), original)
     assert evidence.alignment is not None and not evidence.alignment.edge_left_out
+
+
+def _shrunk(photo: Image.Image, side: int = 180) -> Image.Image:
+    """A re-listing of ``photo`` at ``side`` px on its long side (a marketplace thumbnail)."""
+    scale = side / max(photo.size)
+    return photo.resize((round(photo.width * scale), round(photo.height * scale)),
+                        Image.Resampling.LANCZOS)
+
+
+def test_a_small_relisting_is_compared_at_its_own_detail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enlarged onto the listing, a 180 px copy is soft at every edge; the listing is brought
+    to the same detail before the photos are compared, so that softness is no colour shift."""
+    original = textured_photo(4)
+    matched = _evidence(_shrunk(original), original).alignment
+    monkeypatch.setattr(verify, "MATCH_DETAIL_SCALE", float("inf"))
+    sharp = _evidence(_shrunk(original), original).alignment
+    assert matched is not None and sharp is not None
+    assert matched.correlation > sharp.correlation
+    assert matched.colour_shift(95) < sharp.colour_shift(95)
+    assert matched.correlation >= DEFAULT_RULE.min_correlation
+    assert matched.colour_shift(95) <= DEFAULT_RULE.max_colour_shift
+
+
+def test_a_small_relisting_of_a_recoloured_variant_is_still_refused() -> None:
+    original = textured_photo(4)
+    same, why = _decide(_shrunk(recolour(original)), original, similarity=0.95)
+    assert not same, why
+
+
+@needs_luma
+@pytest.mark.parametrize("name", ["mp04-gray", "ws12-blue", "wp02-red"])
+def test_a_small_luma_relisting_is_accepted(name: str) -> None:
+    same, why = _decide(_shrunk(_luma(name)), _luma(name))
+    assert same, why
+
+
+@needs_luma
+@pytest.mark.parametrize("variant", ["mp04-black", "mp04-green"])
+def test_a_small_relisting_of_another_colour_is_refused(variant: str) -> None:
+    same, why = _decide(_shrunk(_luma(variant)), _luma("mp04-gray"), similarity=0.95)
+    assert not same, why
