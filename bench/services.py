@@ -129,12 +129,20 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (those alive when /proc was read)."""
+    out, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        stack.extend(child_pids(current))
+    return out
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and all its descendants (VmRSS from /proc)."""
     total = 0
-    stack = [pid]
-    while stack:
-        current = stack.pop()
+    for current in tree_pids(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -142,5 +150,16 @@ def tree_rss_bytes(pid: int) -> int:
                     break
         except OSError:
             continue
-        stack.extend(child_pids(current))
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and its living descendants."""
+    ticks = 0
+    for current in tree_pids(pid):
+        try:  # fields 14 and 15 of /proc/PID/stat, counted after the ")" closing the name
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -22,7 +22,9 @@ from bench.scale import (
     make_queries,
     row_png,
     wait_indexed,
+    wait_quiet,
 )
+from bench.services import tree_cpu_seconds
 from embedding.decode import decode_image
 from lookalike.broker import free_port
 from schema.events import image_key
@@ -182,3 +184,40 @@ def test_wait_indexed_waits_for_every_row_of_the_prefix_collections(
     assert seconds is not None and seconds >= 0 and server.looks == 3
     assert wait_indexed(_IndexingServer(report=False), "scale_1", time.perf_counter()) is None
     assert wait_indexed(_IndexingServer(), "scale_1", time.perf_counter(), timeout_s=0) is None
+
+
+class _FakeServerClock:
+    """A server that burns ``busy`` windows of one full core, then idles at 5 % of one."""
+
+    def __init__(self, busy: int) -> None:
+        self.now, self.cpu, self.busy = 0.0, 0.0, busy
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.cpu += seconds * (1.0 if self.busy > 0 else 0.05)
+        self.busy -= 1
+
+
+def test_wait_quiet_waits_until_the_server_stops_its_background_work() -> None:
+    server = _FakeServerClock(busy=3)
+    settled = wait_quiet(lambda: server.cpu, 0.0, window_s=5.0, sleep=server.sleep,
+                         clock=lambda: server.now)
+    assert settled == 20.0  # three busy windows, then one quiet one
+    never = _FakeServerClock(busy=10**6)
+    assert wait_quiet(lambda: never.cpu, 0.0, window_s=5.0, timeout_s=30.0, sleep=never.sleep,
+                      clock=lambda: never.now) is None
+
+
+def test_tree_cpu_seconds_counts_a_busy_child() -> None:
+    import os
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.6)
+        own = tree_cpu_seconds(child.pid)
+        assert own > 0.1  # it spun for 0.6 s
+        assert tree_cpu_seconds(os.getpid()) >= own  # this process's tree holds the child
+    finally:
+        child.kill()
+        child.wait()
