@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -272,7 +273,19 @@ def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
         product_id=resold.product_id, threshold=settings.search.compare_threshold,
         k=settings.search.compare_k,
     ), "similarity")
+    print(f"\n{try_it_yourself(settings, resold.product_id)}")
     return ExitCode.OK
+
+
+def try_it_yourself(settings: Settings, product_id: str) -> str:
+    """The demo's closing hint: the same price comparison by hand. Listing photos are read
+    only under the allowed roots (docs/hardening.md), and the demo added its catalog's
+    folder to them for its own run only, so the command sets it again."""
+    roots = json.dumps([str(Path(r).resolve()) for r in settings.images.roots])
+    return ("try it yourself (listing photos are read only under LOOKALIKE_IMAGES__ROOTS):\n"
+            f"  LOOKALIKE_IMAGES__ROOTS={shlex.quote(roots)} lookalike compare-prices "
+            f"--milvus-uri {shlex.quote(settings.milvus.uri)} --product-id "
+            f"{shlex.quote(product_id)}")
 
 
 def reindex(settings: Settings, args: argparse.Namespace) -> int:

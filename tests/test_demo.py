@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,15 @@ def test_demo_runs_end_to_end(fmnist: None, bootstrap: str, unique: str, tmp_pat
     # A query image is in the catalog, so its own listing comes back first at similarity 1.
     first_hit = out.split("query:")[1].splitlines()[1]
     assert first_hit.split()[1] == "1.000"
+    # Its closing hint, run as printed, repeats the price comparison by hand: the listing
+    # photos are read under the roots it names (they are refused without them).
+    hint = out.split("try it yourself")[1].splitlines()[1]
+    words = shlex.split(hint)
+    assert words[0].startswith("LOOKALIKE_IMAGES__ROOTS=") and words[1] == "lookalike"
+    product_id = words[words.index("--product-id") + 1]
+    assert main(words[2:]) == 2  # without the roots
+    assert "LOOKALIKE_IMAGES__ROOTS" in capsys.readouterr().err
+    monkeypatch.setenv("LOOKALIKE_IMAGES__ROOTS", words[0].split("=", 1)[1])
+    assert main(words[2:]) == 0
+    listed = capsys.readouterr().out
+    assert product_id.removesuffix("-resale") in listed
