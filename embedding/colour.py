@@ -62,31 +62,52 @@ def _uniform(ring: NDArray[np.float32]) -> NDArray[np.float32] | None:
     return median if _near(ring, median).mean() >= UNIFORM_BORDER_FRACTION else None
 
 
+def _ring(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """The outermost pixel ring of an (h, w, 3) image, as (n, 3) floats."""
+    out: NDArray[np.float32] = np.concatenate(
+        [rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]).astype(np.float32)
+    return out
+
+
+def background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
+    """The pixels of an (h, w, 3) uint8 image that show its background, when the border
+    tells it: the outermost pixel ring is (mostly) one colour, or white padding on some
+    sides and one colour on the rest (a padded photo). None otherwise: a backdrop with a
+    gradient or a texture, a scene, a crop to the product."""
+    if rgb.shape[0] < 3 or rgb.shape[1] < 3:
+        return None
+    ring = _ring(rgb)
+    pixels = rgb.astype(np.float32)
+    white = np.full(3, 255.0, dtype=np.float32)
+    ring_white = _near(ring, white)
+    background = _uniform(ring)
+    if background is not None:
+        return _near(pixels, background)
+    if ring_white.any() and (second := _uniform(ring[~ring_white])) is not None:
+        out: NDArray[np.bool_] = _near(pixels, white) | _near(pixels, second)
+        return out
+    return None
+
+
 def foreground_weights(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     """Per-pixel weight in [0, 1] of belonging to the product, for an (h, w, 3) uint8 image.
 
     The background is the colour of the outermost pixel ring when the ring is (mostly) one
     colour. A padded photo has white padding on two sides and its own background on the
     other two: then the background is white plus the colour of the rest of the ring, if that
-    rest is one colour. Pixels near the background are left out. Without a uniform border, a
-    centred Gaussian weights the pixels (white left out where the ring had padding white).
+    rest is one colour (:func:`background_mask`). Pixels near the background are left out.
+    Without a uniform border, a centred Gaussian weights the pixels (white left out where the
+    ring had padding white).
     """
     h, w = rgb.shape[:2]
     if h < 3 or w < 3:
         return np.ones((h, w), dtype=np.float32)
-    ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]).astype(np.float32)
-    pixels = rgb.astype(np.float32)
-    white = np.full(3, 255.0, dtype=np.float32)
-    ring_white = _near(ring, white)
-    background = _uniform(ring)
-    if background is not None:
-        is_background = _near(pixels, background)
-    elif ring_white.any() and (second := _uniform(ring[~ring_white])) is not None:
-        is_background = _near(pixels, white) | _near(pixels, second)
-    else:
+    is_background = background_mask(rgb)
+    if is_background is None:
         weights = _centre_weights(h, w)
-        if ring_white.any():
-            weights[_near(pixels, white)] = 0.0
+        white = np.full(3, 255.0, dtype=np.float32)
+        if _near(_ring(rgb), white).any():
+            weights[_near(rgb.astype(np.float32), white)] = 0.0
         return weights if weights.sum() >= 1e-3 else _centre_weights(h, w)
     mask: NDArray[np.float32] = (~is_background).astype(np.float32)
     return mask if mask.sum() >= 1.0 else _centre_weights(h, w)

@@ -14,6 +14,13 @@ carry tell them apart:
   (:func:`embedding.colour.colour_descriptor`, the colour block of the default vector): the
   other colours of one style share the geometry of its photos, not their colours.
 
+* **Product, not backdrop.** A photo re-shot on a backdrop (a gradient, a texture) has no
+  border that tells its background; GrabCut segments its product (:func:`product_mask`) and
+  two aligned photos are compared over their agreeing masks. The backdrop's colours used to
+  refuse other lines of a brand on one pack layout, by accident; without it, the *print
+  check* does that on purpose: grey levels must agree cell by cell, where a name or a logo
+  differs (:func:`_print_agreement`).
+
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
 aligned by it, agree in grey levels, brightness and colour, over the whole product, or after
 one per-channel light map when the photo was taken again under another light, or, when an
@@ -43,7 +50,12 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from embedding.colour import COLOUR_SIZE, colour_descriptor, foreground_weights
+from embedding.colour import (
+    COLOUR_SIZE,
+    background_mask,
+    colour_descriptor,
+    foreground_weights,
+)
 from embedding.decode import decode_image
 from embedding.preprocess import pad_to_square
 from ingest.fetch import ImageFetcher
@@ -57,7 +69,7 @@ RATIO = 0.75
 RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
-"""Gallery photos whose features are kept (~40 KB each)."""
+"""Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 COLOUR_BLUR_PX = 1.5
 CHROMA_GAIN = (0.7, 1.4)
 """Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
@@ -81,6 +93,23 @@ WHITE_LEVEL = 230
 MATCH_DETAIL_SCALE = 1.15
 """A query warped onto the listing at this magnification or more is compared with the
 listing at the query's detail (:func:`_at_resolution_of`)."""
+SEGMENT_PX = 80
+"""Long side (px) at which a photo whose border does not tell its background is segmented
+(:func:`product_mask`; ~10 ms, p95 16 ms)."""
+SEGMENT_INSET = 0.03
+"""Share of the frame on each side that GrabCut starts from as background."""
+SEGMENT_STEPS = 3
+"""GrabCut iterations."""
+SEGMENT_MIN_IOU = 0.7
+"""Intersection over union the two aligned product masks need to be compared over."""
+PRINT_CELL_PX = 16
+"""Side (px at half ``VERIFY_SIZE``) of the cells the print check correlates."""
+PRINT_CELL_COVER = 0.6
+"""Share of a cell the compared region must cover for the cell to count."""
+PRINT_MIN_STD = 8.0
+"""Grey-level spread a listing cell needs to count (text, a logo, an edge: not a flat area)."""
+PRINT_PERCENTILE = 10
+"""Percentile of the cells' correlations read as the print agreement."""
 LIGHT_FIT_SHARE = 70
 """Percent of the compared pixels (those it explains best) a light map is refitted on
 (:func:`_light_map`): a flavour band or a recoloured trim must not bend the fit."""
@@ -101,6 +130,9 @@ class PhotoFeatures:
     colour: NDArray[np.float32]
     small: NDArray[np.uint8]
     """The photo at half ``VERIFY_SIZE`` (RGB), for the aligned comparison."""
+    product: NDArray[np.bool_] | None = None
+    """Where ``small`` shows the product, segmented (:func:`product_mask`) when its border
+    does not tell the background (a photo re-shot on a backdrop); None when it does."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +168,12 @@ class Alignment:
     edge_left_out: bool = False
     """Whether the query showed another background around the product, so the band along
     the listing product's outline was left out of the colour comparison (``EDGE_PX``)."""
+    segmented: bool = False
+    """Whether the photos were compared over their segmented product masks
+    (:func:`product_mask`) instead of the colour-based foreground."""
+    print_agreement: float | None = None
+    """With ``segmented``: the ``PRINT_PERCENTILE``-th percentile of the grey-level
+    correlations of the textured cells (:func:`_print_agreement`); None without such cells."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -207,6 +245,12 @@ class SameItemRule:
     max_light_gain_spread: float = 1.3
     """Largest ratio of the light map's channel gains (a white balance of 0.9-1.1 per
     channel and a gamma give up to ~1.25); a wider spread turns one hue into another."""
+    min_print_agreement: float = 0.7
+    """With segmented photos (re-shots on backdrops): the print agreement a match needs
+    (:attr:`Alignment.print_agreement`). Another line of a brand on the same pack layout
+    keeps the colours and the overall correlation; the cells with its name and logo do not
+    (0.48-0.66 against 0.71 and more for true re-shots; chosen on same-item-packs, see
+    docs/matching.md)."""
     min_light_correlation: float = 0.96
     """Grey-level correlation the light route requires: it forgives the colours, so the
     print must agree more closely than ``min_correlation`` asks (another line or brand on
@@ -215,6 +259,15 @@ class SameItemRule:
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None) -> tuple[bool, str]:
         """(same item?, why) for one pair."""
+        same, why = self._decide(similarity, inliers, colour, alignment)
+        if (same and alignment is not None and alignment.print_agreement is not None
+                and alignment.print_agreement < self.min_print_agreement):
+            return False, (f"{why}; but the print differs in places (agreement "
+                           f"{alignment.print_agreement:.2f} < {self.min_print_agreement})")
+        return same, why
+
+    def _decide(self, similarity: float, inliers: int, colour: float,
+                alignment: Alignment | None) -> tuple[bool, str]:
         if alignment is not None and not alignment.by_keypoints:
             return self._decide_coarse(similarity, inliers, colour, alignment)
         if inliers >= self.min_inliers and alignment is not None:
@@ -345,8 +398,39 @@ def photo_features(image: Image.Image) -> PhotoFeatures:
     colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
     small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)),
                        Image.Resampling.BILINEAR)
-    return PhotoFeatures(points, descriptors if len(points) else None, colour,
-                         np.asarray(small, dtype=np.uint8))
+    small_rgb = np.asarray(small, dtype=np.uint8)
+    return PhotoFeatures(points, descriptors if len(points) else None, colour, small_rgb,
+                         product_mask(small_rgb))
+
+
+def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
+    """Where a photo whose border does not tell its background shows the product (None when
+    the border tells it: a catalog photo on white, a padded one; see
+    :func:`embedding.colour.background_mask`). On a re-shot photo's backdrop (a gradient, a
+    texture) the colour-based foreground keeps the backdrop, and two re-shots on two
+    backdrops then differ over it. OpenCV's GrabCut separates product and backdrop with
+    colour models fitted inside and outside a rectangle ``SEGMENT_INSET`` within the frame,
+    at ``SEGMENT_PX``; the mask is enlarged back."""
+    if min(rgb.shape[:2]) < 16 or background_mask(rgb) is not None:
+        return None
+    height, width = rgb.shape[:2]
+    scale = min(1.0, SEGMENT_PX / max(height, width))
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    bgr = np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)[:, :, ::-1])
+    labels = np.zeros(bgr.shape[:2], np.uint8)
+    x, y = round(size[0] * SEGMENT_INSET), round(size[1] * SEGMENT_INSET)
+    models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
+    try:
+        cv2.grabCut(bgr, labels, (x, y, size[0] - 2 * x, size[1] - 2 * y), *models,
+                    SEGMENT_STEPS, cv2.GC_INIT_WITH_RECT)
+    except cv2.error:
+        return None
+    product = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
+    if int(product.sum()) < 16:
+        return None
+    out: NDArray[np.bool_] = cv2.resize(product, (width, height),
+                                        interpolation=cv2.INTER_NEAREST) > 0
+    return out
 
 
 _matcher_lock = threading.Lock()
@@ -415,7 +499,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                                 (width, height), flags=cv2.INTER_NEAREST) > 0
     # Where BOTH show something other than background: a sale tag, a watermark on the white
     # or a coloured pad in one photo is left out, the product itself stays in.
-    fg_b, fg_a = foreground_weights(b.small) > 0.5, foreground_weights(warped) > 0.5
+    fg_b, fg_a, segmented = _foregrounds(a, b, warped, valid, h_small)
     listing = _at_resolution_of(b.small, h_small)
     region = valid & fg_a & fg_b
     if int(region.sum()) < MIN_OVERLAP_PX:
@@ -452,7 +536,67 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                                       grey_b[local].astype(np.float64))
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
-                     light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out)
+                     light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
+                     segmented=segmented,
+                     print_agreement=_print_agreement(grey_a, grey_b, region) if segmented
+                     else None)
+
+
+def _foregrounds(a: PhotoFeatures, b: PhotoFeatures, warped: NDArray[np.uint8],
+                 valid: NDArray[np.bool_], h_small: NDArray[np.float64]
+                 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], bool]:
+    """(listing foreground, warped query foreground, segmented?). The colour-based
+    foregrounds, unless a photo has a segmented product mask (:func:`product_mask`) and the
+    two, aligned, outline the same product (intersection over union >=
+    ``SEGMENT_MIN_IOU``: GrabCut can keep one panel of a pack only)."""
+    fg_b, fg_a = foreground_weights(b.small) > 0.5, foreground_weights(warped) > 0.5
+    if a.product is None and b.product is None:
+        return fg_b, fg_a, False
+    seg_b = b.product if b.product is not None else fg_b
+    seg_a = fg_a
+    if a.product is not None:
+        height, width = b.small.shape[:2]
+        seg_a = cv2.warpPerspective(a.product.astype(np.uint8), h_small, (width, height),
+                                    flags=cv2.INTER_NEAREST) > 0
+    both, either = int((seg_a & seg_b & valid).sum()), int(((seg_a | seg_b) & valid).sum())
+    if either == 0 or both < MIN_OVERLAP_PX or both / either < SEGMENT_MIN_IOU:
+        return fg_b, fg_a, False
+    return seg_b, seg_a, True
+
+
+def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
+                     region: NDArray[np.bool_]) -> float | None:
+    """The ``PRINT_PERCENTILE``-th percentile of the grey-level correlations of the aligned
+    photos over ``PRINT_CELL_PX`` cells that the compared region covers and where the listing
+    shows something (text, a logo, an edge): low when some of them differ, as a product
+    name or a logo does between two lines of a brand on one pack layout. None without such
+    cells."""
+    step = PRINT_CELL_PX
+    rows, cols = region.shape[0] // step, region.shape[1] // step
+    if rows == 0 or cols == 0:
+        return None
+
+    def cells(x: NDArray[Any]) -> NDArray[np.float64]:  # (rows, cols, step * step)
+        blocks = x[: rows * step, : cols * step].astype(np.float64)
+        out: NDArray[np.float64] = blocks.reshape(rows, step, cols, step).swapaxes(1, 2) \
+            .reshape(rows, cols, step * step)
+        return out
+
+    weight, a, b = cells(region), cells(grey_a), cells(grey_b)
+    n = weight.sum(axis=2)
+    counted = n >= PRINT_CELL_COVER * step * step
+    n = np.maximum(n, 1.0)
+    mean_a, mean_b = (a * weight).sum(axis=2) / n, (b * weight).sum(axis=2) / n
+    da, db = (a - mean_a[..., None]) * weight, (b - mean_b[..., None]) * weight
+    var_a, var_b = (da * da).sum(axis=2), (db * db).sum(axis=2)
+    counted &= var_b / n >= PRINT_MIN_STD**2
+    if not counted.any():
+        return None
+    denominator = np.sqrt(var_a * var_b)
+    correlation = np.where(denominator > 0, (da * db).sum(axis=2) / np.maximum(denominator, 1e-12),
+                           0.0)
+    out = correlation[counted]
+    return float(np.percentile(out, PRINT_PERCENTILE))
 
 
 def _scale_of(homography: NDArray[np.float64]) -> float:
