@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -282,8 +283,11 @@ def try_it_yourself(settings: Settings, product_id: str) -> str:
     only under the allowed roots (docs/hardening.md), and the demo added its catalog's
     folder to them for its own run only, so the command sets it again."""
     roots = json.dumps([str(Path(r).resolve()) for r in settings.images.roots])
+    program = Path(sys.argv[0])  # `make demo` runs .venv/bin/lookalike: name that one
+    command = (os.path.relpath(program) if program.name == "lookalike" and program.is_file()
+               else "lookalike")
     return ("try it yourself (listing photos are read only under LOOKALIKE_IMAGES__ROOTS):\n"
-            f"  LOOKALIKE_IMAGES__ROOTS={shlex.quote(roots)} lookalike compare-prices "
+            f"  LOOKALIKE_IMAGES__ROOTS={shlex.quote(roots)} {shlex.quote(command)} compare-prices "
             f"--milvus-uri {shlex.quote(settings.milvus.uri)} --product-id "
             f"{shlex.quote(product_id)}")
 
