@@ -53,7 +53,13 @@ from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
-from search.verify import VERIFY_SIZE, Evidence, SameItemVerifier, photo_features
+from search.verify import (
+    VERIFY_SIZE,
+    Evidence,
+    SameItemVerifier,
+    photo_features,
+    product_on_white,
+)
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
 from store.expressions import check_string
@@ -308,7 +314,9 @@ class ProductSearch:
         Give exactly one of ``image`` or ``product_id`` (the product itself is left out).
         The ``k`` most similar products (``exact`` intent) with similarity >= ``threshold``
         are verified one by one (search/verify.py); those that pass are returned, sorted by
-        price (then by similarity). Prices are not converted between currencies: pass
+        price (then by similarity). A photo re-shot on a backdrop (one with a segmented
+        product, :func:`search.verify.product_on_white`) also searches with its product on
+        white, and a candidate's similarity is the better of the two. Prices are not converted between currencies: pass
         ``filter=SearchFilter(currency=...)`` to compare like with like.
         """
         if (image is None) == (product_id is None):
@@ -328,8 +336,14 @@ class ProductSearch:
             best = self._search(vectors, k, filter, exclude=(product_id,))
         else:
             assert image is not None
-            best = self._search([self._embed(image)], k, filter, exclude=())
-            queries = [photo_features(self._load_to_verify(image, self._max_pixels))]
+            vectors = [self._embed(image)]
+            picture = self._load_to_verify(image, self._max_pixels)
+            queries = [photo_features(picture)]
+            # A photo re-shot on a backdrop: its product on white finds the catalog photo.
+            cutout = product_on_white(picture, queries[0].product)
+            if cutout is not None:
+                vectors.append(self._embed(cutout))
+            best = self._search(vectors, k, filter, exclude=())
         candidates = [(row, score) for row, score in best if score >= threshold]
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
         candidates.sort(key=lambda rs: -rs[1])

@@ -102,6 +102,11 @@ SEGMENT_STEPS = 3
 """GrabCut iterations."""
 SEGMENT_MIN_IOU = 0.7
 """Intersection over union the two aligned product masks need to be compared over."""
+CUTOUT_GROW_PX = 2
+"""The product mask is grown by this many px (at half ``VERIFY_SIZE``) before the cut-out
+(:func:`product_on_white`): GrabCut's edge at 80 px is coarse."""
+CUTOUT_ROOM = 0.025
+"""Room left around the cut-out product, as a share of the photo's long side."""
 PRINT_CELL_PX = 16
 """Side (px at half ``VERIFY_SIZE``) of the cells the print check correlates."""
 PRINT_CELL_COVER = 0.6
@@ -540,6 +545,28 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                      segmented=segmented,
                      print_agreement=_print_agreement(grey_a, grey_b, region) if segmented
                      else None)
+
+
+def product_on_white(image: Image.Image, product: NDArray[np.bool_] | None
+                     ) -> Image.Image | None:
+    """``image`` with everything but its segmented ``product`` (a :attr:`PhotoFeatures.product`
+    mask, at any scale) turned white, cropped to the product with a little room: a re-shot
+    photo as a catalog shows it. None without a mask. Searching with it as well as with the
+    photo as shot finds the catalog listing of a re-shot pack far more often (relevant
+    listings in the top 20: 0.26 -> 0.42 on same-item-packs; docs/matching.md)."""
+    if product is None:
+        return None
+    grown = cv2.dilate(product.astype(np.uint8), np.ones((CUTOUT_GROW_PX * 2 + 1,) * 2, np.uint8))
+    mask = cv2.resize(grown, image.size, interpolation=cv2.INTER_NEAREST) > 0
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    rgb = np.array(image.convert("RGB"), dtype=np.uint8)
+    rgb[~mask] = 255
+    room = round(CUTOUT_ROOM * max(image.size))
+    box = (max(0, int(xs.min()) - room), max(0, int(ys.min()) - room),
+           min(image.width, int(xs.max()) + 1 + room), min(image.height, int(ys.max()) + 1 + room))
+    return Image.fromarray(rgb).crop(box)
 
 
 def _foregrounds(a: PhotoFeatures, b: PhotoFeatures, warped: NDArray[np.uint8],

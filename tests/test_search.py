@@ -25,6 +25,7 @@ from tests.milvus_support import (
     rotate,
     unit,
 )
+from tests.test_verify import _pack, _reshot_on_backdrop
 
 # shared fixtures (pytest finds them as module attributes)
 milvus = milvus_support.milvus
@@ -264,3 +265,21 @@ def test_fresh_writes_are_searchable_at_once(milvus: Milvus, spec: CollectionSpe
     assert ids(search.by_vector(unit(0), k=10)) == ["p1", "p2"]
     sink.apply(WritePlan(price_updates={"p1": (3.0, "USD", 2)}))
     assert search.by_vector(unit(0), k=1)[0].price == 3.0
+
+
+def test_a_photo_reshot_on_a_backdrop_also_searches_with_its_product_on_white(
+        catalog: Catalog) -> None:
+    """The shot as taken finds what looks like it *with* the backdrop; its segmented product
+    on white (search/verify.product_on_white) finds the catalog's photo on white. The fake
+    embedder reads a picture's corner: the backdrop's for the shot, white for the cut-out."""
+    shot = _reshot_on_backdrop(_pack("CRUNCHY"), texture_seed=2)
+    corner = shot.getpixel((0, 0))
+    assert isinstance(corner, tuple)
+    catalog.embedder.table[(int(corner[0]), int(corner[1]), int(corner[2]))] = unit(7)
+    catalog.embedder.table[(255, 255, 255)] = unit(0)
+    matches = catalog.search.compare_prices(image=shot, threshold=0.92)
+    assert [m.product_id for m in matches] == ["far", "topsy", "tee-2", "tee-1"]
+    # a photo on white (no product mask) searches with itself only
+    plain = catalog.embedder.picture((9, 9, 9), unit(7))
+    assert [m.product_id for m in catalog.search.compare_prices(image=plain,
+                                                                 threshold=0.92)] == ["far"]

@@ -449,3 +449,16 @@ def test_another_name_on_the_same_pack_layout_is_refused_by_the_print_check() ->
     assert not evidence.same_item, evidence.reason
     assert "print differs" in evidence.reason
     assert evidence.alignment is not None and evidence.alignment.segmented
+
+
+def test_a_reshot_product_is_cut_out_onto_white() -> None:
+    shot = _on_counter(_pack("CRUNCHY"))
+    features = photo_features(shot)
+    cutout = verify.product_on_white(shot, features.product)
+    assert cutout is not None
+    assert cutout.width < shot.width and cutout.height < shot.height  # cropped to the product
+    rgb = np.asarray(cutout)
+    assert (rgb[0, 0] == 255).all() and (rgb[-1, -1] == 255).all()  # the backdrop is gone
+    centre = rgb[rgb.shape[0] // 2, rgb.shape[1] // 2]
+    assert not (centre == 255).all()  # the product is not
+    assert verify.product_on_white(_pack("CRUNCHY"), None) is None
