@@ -316,8 +316,9 @@ class ProductSearch:
         are verified one by one (search/verify.py); those that pass are returned, sorted by
         price (then by similarity). A photo re-shot on a backdrop (one with a segmented
         product, :func:`search.verify.product_on_white`) also searches with its product on
-        white, and a candidate's similarity is the better of the two. Prices are not converted between currencies: pass
-        ``filter=SearchFilter(currency=...)`` to compare like with like.
+        white, and a candidate's similarity is the better of the two. Prices are not
+        converted between currencies: pass ``filter=SearchFilter(currency=...)`` to compare
+        like with like.
         """
         if (image is None) == (product_id is None):
             raise ValueError("give exactly one of image or product_id")
