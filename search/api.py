@@ -337,14 +337,14 @@ class ProductSearch:
             best = self._search(vectors, k, filter, exclude=(product_id,))
         else:
             assert image is not None
-            vectors = [self._embed(image)]
+            pictures = [self._load(image, self._max_pixels)]
             picture = self._load_to_verify(image, self._max_pixels)
             queries = [photo_features(picture)]
             # A photo re-shot on a backdrop: its product on white finds the catalog photo.
             cutout = product_on_white(picture, queries[0].product)
             if cutout is not None:
-                vectors.append(self._embed(cutout))
-            best = self._search(vectors, k, filter, exclude=())
+                pictures.append(self._load(cutout, self._max_pixels))
+            best = self._search(self._embed_pictures(pictures), k, filter, exclude=())
         candidates = [(row, score) for row, score in best if score >= threshold]
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
         candidates.sort(key=lambda rs: -rs[1])
@@ -370,11 +370,15 @@ class ProductSearch:
         return [_hit(row, self._weighting.score(score, match)) for row, score in best]
 
     def _embed(self, image: ImageInput) -> list[float]:
-        picture = self._load(image, self._max_pixels)
-        out = np.asarray(self._embedder.embed([picture]), dtype=np.float32)
-        if out.shape != (1, self._spec.dim):
-            raise ValueError(f"embedder returned shape {out.shape}, expected (1, {self._spec.dim})")
-        return self._check_vector(out[0])
+        return self._embed_pictures([self._load(image, self._max_pixels)])[0]
+
+    def _embed_pictures(self, pictures: Sequence[Image.Image]) -> list[list[float]]:
+        """One embedder call for loaded ``pictures``, one checked vector each."""
+        out = np.asarray(self._embedder.embed(list(pictures)), dtype=np.float32)
+        if out.shape != (len(pictures), self._spec.dim):
+            raise ValueError(f"embedder returned shape {out.shape}, expected "
+                             f"({len(pictures)}, {self._spec.dim})")
+        return [self._check_vector(row) for row in out]
 
     def _check_vector(self, vector: Sequence[float] | np.ndarray) -> list[float]:
         arr = np.asarray(vector, dtype=np.float32).reshape(-1)
