@@ -626,11 +626,6 @@ def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
     return float(np.percentile(out, PRINT_PERCENTILE))
 
 
-def _scale_of(homography: NDArray[np.float64]) -> float:
-    """How much ``homography`` enlarges (its linear part's area scale, square-rooted)."""
-    return float(np.sqrt(abs(np.linalg.det(homography[:2, :2]))))
-
-
 def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64]
                       ) -> NDArray[np.uint8]:
     """The listing photo brought down to the detail of a smaller query warped onto it by
@@ -639,7 +634,7 @@ def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64
     listing is soft at every edge, and compared with the sharp listing that softness reads
     as a colour shift of 8-10 along every outline on white; at matched detail it does not.
     A query as large as the listing or larger is compared as it is."""
-    scale = _scale_of(homography)
+    scale = float(np.sqrt(abs(np.linalg.det(homography[:2, :2]))))  # linear enlargement
     if scale < MATCH_DETAIL_SCALE:
         return listing
     height, width = listing.shape[:2]
