@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from embedding.colour import COLOUR_DIM
 from search.verify import Evidence, PhotoFeatures, SameItemVerifier
@@ -121,3 +121,52 @@ def plain_photo(colour: tuple[int, int, int], round_shape: bool = True) -> Image
                      0, 255).astype(np.uint8)
     image.paste(Image.fromarray(shaded, "RGB"), (0, 0), mask)
     return image.filter(ImageFilter.GaussianBlur(2))
+
+
+def reshot_on_backdrop(photo: Image.Image,
+                       gains: tuple[float, float, float] = (1.06, 1.0, 0.92),
+                       colours: tuple[tuple[int, int, int], tuple[int, int, int]] = (
+                           (150, 110, 70), (90, 120, 160)),
+                       texture_seed: int | None = None) -> Image.Image:
+    """The product photographed again on a shop's table: cut out of its white (the matte a
+    little grown and soft, as a real edge is), on a coloured gradient backdrop with room
+    around it, under another lamp, slightly out of focus, through the camera's JPEG. With a
+    ``texture_seed`` the backdrop is also textured and runs to the frame (no border of one
+    colour tells it apart); without, the room around it is the gradient's first colour."""
+    room = 40
+    if texture_seed is not None:
+        photo = ImageOps.expand(photo.convert("RGB"), border=room, fill=(255, 255, 255))
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    product = Image.fromarray(((rgb.min(axis=2) < 245) * 255).astype(np.uint8))
+    matte = product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
+    weight = np.asarray(matte, dtype=np.float32)[..., None] / 255.0
+    h, w = rgb.shape[:2]
+    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    backdrop = (np.array(colours[0], np.float32) * (1 - t)
+                + np.array(colours[1], np.float32) * t)
+    if texture_seed is not None:
+        noise = np.random.default_rng(texture_seed).integers(0, 255, (h // 8 + 1, w // 8 + 1))
+        texture = np.asarray(Image.fromarray(noise.astype(np.uint8)).resize(
+            (w, h), Image.Resampling.BICUBIC), dtype=np.float32)[..., None]
+        backdrop = backdrop + (texture - 128.0) * 0.25
+    scene = rgb * weight + np.broadcast_to(backdrop, rgb.shape) * (1 - weight)
+    light = np.linspace(1.05, 0.85, w, dtype=np.float32)[None, :, None]
+    lit = 255.0 * (np.clip(scene * np.array(gains, np.float32) * light, 0, 255) / 255.0) ** 0.9
+    framed = Image.fromarray(lit.astype(np.uint8))
+    if texture_seed is None:
+        framed = ImageOps.expand(framed, border=room,
+                                 fill=tuple(int(c) for c in backdrop[0, 0]))
+    buffer = io.BytesIO()
+    framed.filter(ImageFilter.GaussianBlur(0.8)).save(buffer, "JPEG", quality=80)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def printed_pack(name: str) -> Image.Image:
+    """A printed pack: a busy picture with a label box holding the product's name."""
+    pack = textured_photo(4)
+    draw = ImageDraw.Draw(pack)
+    w, h = pack.size
+    draw.rectangle((w * 0.2, h * 0.35, w * 0.8, h * 0.55), fill=(240, 240, 230))
+    draw.text((w * 0.22, h * 0.38), name, fill=(20, 20, 60),
+              font=ImageFont.load_default(size=int(h * 0.08)))
+    return pack

@@ -16,7 +16,7 @@ from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import ensure_collections
 from tests import milvus_support
-from tests.fakes import SimilarityOnlyVerifier
+from tests.fakes import SimilarityOnlyVerifier, printed_pack, reshot_on_backdrop
 from tests.milvus_support import (
     DIM,
     FakeEmbedder,
@@ -25,7 +25,6 @@ from tests.milvus_support import (
     rotate,
     unit,
 )
-from tests.test_verify import _pack, _reshot_on_backdrop
 
 # shared fixtures (pytest finds them as module attributes)
 milvus = milvus_support.milvus
@@ -272,7 +271,7 @@ def test_a_photo_reshot_on_a_backdrop_also_searches_with_its_product_on_white(
     """The shot as taken finds what looks like it *with* the backdrop; its segmented product
     on white (search/verify.product_on_white) finds the catalog's photo on white. The fake
     embedder reads a picture's corner: the backdrop's for the shot, white for the cut-out."""
-    shot = _reshot_on_backdrop(_pack("CRUNCHY"), texture_seed=2)
+    shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
     corner = shot.getpixel((0, 0))
     assert isinstance(corner, tuple)
     catalog.embedder.table[(int(corner[0]), int(corner[1]), int(corner[2]))] = unit(7)

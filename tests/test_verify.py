@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
@@ -27,7 +27,14 @@ from search.verify import (
     fetching_loader,
     photo_features,
 )
-from tests.fakes import heavy_edit, plain_photo, recolour, textured_photo
+from tests.fakes import (
+    heavy_edit,
+    plain_photo,
+    printed_pack,
+    recolour,
+    reshot_on_backdrop,
+    textured_photo,
+)
 
 LUMA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "luma" / "images"
 needs_luma = pytest.mark.skipif(not LUMA.is_dir(), reason=f"{LUMA} not found")
@@ -290,49 +297,11 @@ def test_light_route_limits_name_the_evidence() -> None:
     assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=None))[0]
 
 
-def _reshot_on_backdrop(photo: Image.Image,
-                        gains: tuple[float, float, float] = (1.06, 1.0, 0.92),
-                        colours: tuple[tuple[int, int, int], tuple[int, int, int]] = (
-                            (150, 110, 70), (90, 120, 160)),
-                        texture_seed: int | None = None) -> Image.Image:
-    """The product photographed again on a shop's table: cut out of its white (the matte a
-    little grown and soft, as a real edge is), on a coloured gradient backdrop with room
-    around it, under another lamp, slightly out of focus, through the camera's JPEG. With a
-    ``texture_seed`` the backdrop is also textured and runs to the frame (no border of one
-    colour tells it apart); without, the room around it is the gradient's first colour."""
-    room = 40
-    if texture_seed is not None:
-        photo = ImageOps.expand(photo.convert("RGB"), border=room, fill=(255, 255, 255))
-    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32)
-    product = Image.fromarray(((rgb.min(axis=2) < 245) * 255).astype(np.uint8))
-    matte = product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
-    weight = np.asarray(matte, dtype=np.float32)[..., None] / 255.0
-    h, w = rgb.shape[:2]
-    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    backdrop = (np.array(colours[0], np.float32) * (1 - t)
-                + np.array(colours[1], np.float32) * t)
-    if texture_seed is not None:
-        noise = np.random.default_rng(texture_seed).integers(0, 255, (h // 8 + 1, w // 8 + 1))
-        texture = np.asarray(Image.fromarray(noise.astype(np.uint8)).resize(
-            (w, h), Image.Resampling.BICUBIC), dtype=np.float32)[..., None]
-        backdrop = backdrop + (texture - 128.0) * 0.25
-    scene = rgb * weight + np.broadcast_to(backdrop, rgb.shape) * (1 - weight)
-    light = np.linspace(1.05, 0.85, w, dtype=np.float32)[None, :, None]
-    lit = 255.0 * (np.clip(scene * np.array(gains, np.float32) * light, 0, 255) / 255.0) ** 0.9
-    framed = Image.fromarray(lit.astype(np.uint8))
-    if texture_seed is None:
-        framed = ImageOps.expand(framed, border=room,
-                                 fill=tuple(int(c) for c in backdrop[0, 0]))
-    buffer = io.BytesIO()
-    framed.filter(ImageFilter.GaussianBlur(0.8)).save(buffer, "JPEG", quality=80)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
 def test_a_reshoot_on_another_background_is_accepted_without_its_outline() -> None:
     """Along the outline each photo mixes the product with its own background: the light
     route leaves that band out when the query shows another background there."""
     original = _busy_photo()
-    evidence = _evidence(_reshot_on_backdrop(original), original)
+    evidence = _evidence(reshot_on_backdrop(original), original)
     assert evidence.same_item, evidence.reason
     alignment = evidence.alignment
     assert alignment is not None and alignment.edge_left_out
@@ -345,7 +314,7 @@ def test_a_reshoot_on_another_background_is_accepted_without_its_outline() -> No
 def test_a_recoloured_variant_reshot_on_another_background_is_refused(
         variant: Callable[[Image.Image], Image.Image]) -> None:
     original = _busy_photo()
-    same, why = _decide(_reshot_on_backdrop(variant(original)), original, similarity=0.95)
+    same, why = _decide(reshot_on_backdrop(variant(original)), original, similarity=0.95)
     assert not same, why
 
 
@@ -399,32 +368,21 @@ def test_a_small_relisting_of_another_colour_is_refused(variant: str) -> None:
     assert not same, why
 
 
-def _pack(name: str) -> Image.Image:
-    """A printed pack: a busy picture with a label box holding the product's name."""
-    pack = textured_photo(4)
-    draw = ImageDraw.Draw(pack)
-    w, h = pack.size
-    draw.rectangle((w * 0.2, h * 0.35, w * 0.8, h * 0.55), fill=(240, 240, 230))
-    draw.text((w * 0.22, h * 0.38), name, fill=(20, 20, 60),
-              font=ImageFont.load_default(size=int(h * 0.08)))
-    return pack
-
-
 def _on_table(photo: Image.Image) -> Image.Image:
     """A shop's re-shot listing photo, on a textured backdrop of its own."""
-    return _reshot_on_backdrop(photo, (1.0, 1.0, 1.0), texture_seed=1)
+    return reshot_on_backdrop(photo, (1.0, 1.0, 1.0), texture_seed=1)
 
 
 def _on_counter(photo: Image.Image) -> Image.Image:
     """A shopper's re-shot photo, on another backdrop under another lamp."""
-    return _reshot_on_backdrop(photo, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
+    return reshot_on_backdrop(photo, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
 
 
 def test_a_product_on_a_textured_backdrop_is_segmented() -> None:
     """A catalog photo's border tells its background (no mask); a re-shot photo's textured
     backdrop does not, and GrabCut keeps the product without the backdrop's corners."""
-    assert photo_features(_pack("CRUNCHY")).product is None
-    mask = photo_features(_on_counter(_pack("CRUNCHY"))).product
+    assert photo_features(printed_pack("CRUNCHY")).product is None
+    mask = photo_features(_on_counter(printed_pack("CRUNCHY"))).product
     assert mask is not None
     h, w = mask.shape
     assert 0.2 < float(mask.mean()) < 0.9
@@ -434,7 +392,7 @@ def test_a_product_on_a_textured_backdrop_is_segmented() -> None:
 
 def test_two_reshoots_on_two_backdrops_are_the_same_item() -> None:
     """Compared over the segmented product, not over two backdrops that differ."""
-    evidence = _evidence(_on_counter(_pack("CRUNCHY")), _on_table(_pack("CRUNCHY")))
+    evidence = _evidence(_on_counter(printed_pack("CRUNCHY")), _on_table(printed_pack("CRUNCHY")))
     assert evidence.same_item, evidence.reason
     assert evidence.alignment is not None and evidence.alignment.segmented
     print_agreement = evidence.alignment.print_agreement
@@ -445,14 +403,15 @@ def test_two_reshoots_on_two_backdrops_are_the_same_item() -> None:
 def test_another_name_on_the_same_pack_layout_is_refused_by_the_print_check() -> None:
     """Same layout and colours, another product name: colours and the overall correlation
     agree, the cells with the name do not."""
-    evidence = _evidence(_on_counter(_pack("SMOOTH")), _on_table(_pack("CRUNCHY")), 0.95)
+    evidence = _evidence(_on_counter(printed_pack("SMOOTH")), _on_table(printed_pack("CRUNCHY")),
+                         0.95)
     assert not evidence.same_item, evidence.reason
     assert "print differs" in evidence.reason
     assert evidence.alignment is not None and evidence.alignment.segmented
 
 
 def test_a_reshot_product_is_cut_out_onto_white() -> None:
-    shot = _on_counter(_pack("CRUNCHY"))
+    shot = _on_counter(printed_pack("CRUNCHY"))
     features = photo_features(shot)
     cutout = verify.product_on_white(shot, features.product)
     assert cutout is not None
@@ -461,4 +420,4 @@ def test_a_reshot_product_is_cut_out_onto_white() -> None:
     assert (rgb[0, 0] == 255).all() and (rgb[-1, -1] == 255).all()  # the backdrop is gone
     centre = rgb[rgb.shape[0] // 2, rgb.shape[1] // 2]
     assert not (centre == 255).all()  # the product is not
-    assert verify.product_on_white(_pack("CRUNCHY"), None) is None
+    assert verify.product_on_white(printed_pack("CRUNCHY"), None) is None
