@@ -2,9 +2,10 @@
 
 The gallery goes through the same path as ingest (decode at the model's scale, embed, one
 :class:`~schema.records.ImageRecord` per image) and the queries through
-:meth:`search.api.ProductSearch.by_vector` (one hit per product, its best image), with query
-vectors from the same decode and embed as :meth:`~search.api.ProductSearch.by_image`. Vectors
-come from the :class:`~evaluation.cache.EmbeddingCache` where it has them.
+:meth:`search.api.ProductSearch.by_vectors` (one hit per product, its best image), with query
+vectors from the same decode, cut-out and embed as :meth:`~search.api.ProductSearch.by_image`
+(:meth:`~search.api.ProductSearch.query_vectors`). Vectors come from the
+:class:`~evaluation.cache.EmbeddingCache` where it has them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import ProductSearch
 from search.intent import Match
+from search.verify import CUTOUT_VERSION, cutout
 from store import MilvusStore, ensure_collections
 
 CHUNK = 64
@@ -41,6 +43,10 @@ class EmbedStats:
     images: int = 0
     cached: int = 0
     embedded: int = 0
+    cutouts: int = 0
+    """Query photos also searched with their product cut out on white."""
+    cutout_seconds: float = 0.0
+    """Time spent looking for cut-outs (decode, segmentation) and embedding them."""
     seconds: float = 0.0
     """Decode + embed time of the images not in the cache."""
 
@@ -72,6 +78,8 @@ class EvalReport:
             },
             "embedded_images": self.embed.embedded,
             "cached_images": self.embed.cached,
+            "cutout_queries": self.embed.cutouts,
+            "cutout_seconds": round(self.embed.cutout_seconds, 2),
             "embed_images_per_s": (
                 round(self.embed.images_per_s, 1) if self.embed.images_per_s else None
             ),
@@ -135,6 +143,49 @@ def embed_files(
     return out
 
 
+def embed_cutouts(
+    paths: Sequence[Path],
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    *,
+    max_pixels: int,
+    stats: EmbedStats,
+) -> dict[int, NDArray[np.float32]]:
+    """The vectors of the cut-outs (:func:`search.verify.cutout`) of the photos in ``paths``
+    that have one, by position: what :meth:`search.api.ProductSearch.query_vectors` adds to a
+    photo's own vector (the same decode, cut-out and embed). Cached under the photo's content
+    hash and :data:`~search.verify.CUTOUT_VERSION`."""
+    min_size = getattr(embedder, "decode_size", None)
+    version = embedder.model_version
+    started = time.perf_counter()
+    keys: dict[int, str] = {}
+    pictures: dict[int, Any] = {}
+    for i, path in enumerate(tqdm(paths, unit="img", desc="cut out queries", disable=None)):
+        try:
+            data = path.read_bytes()
+            product = cutout(decode_image(data, max_pixels, min_size=min_size))
+        except OSError as exc:
+            raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
+        except ImageDecodeError as exc:
+            raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None
+        if product is not None:
+            keys[i] = f"{content_hash(data)}:{CUTOUT_VERSION}"
+            pictures[i] = product
+    found = cache.get_many(version, list(keys.values())) if cache is not None else {}
+    out = {i: found[key] for i, key in keys.items() if key in found}
+    todo = [i for i in keys if i not in out]
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start : start + CHUNK]
+        vectors = np.asarray(embedder.embed([pictures[i] for i in chunk]), dtype=np.float32)
+        for i, vector in zip(chunk, vectors, strict=True):
+            out[i] = vector
+        if cache is not None:
+            cache.put_many(version, [(keys[i], out[i]) for i in chunk])
+    stats.cutouts += len(keys)
+    stats.cutout_seconds += time.perf_counter() - started
+    return out
+
+
 def index_gallery(
     store: MilvusStore,
     spec: CollectionSpec,
@@ -164,21 +215,27 @@ def index_gallery(
 
 def run_queries(
     searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32],
-    match: Match = "exact",
+    match: Match = "exact", cutouts: dict[int, NDArray[np.float32]] | None = None,
 ) -> list[QueryResult]:
     """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
 
-    ``vectors`` holds every query image in order (``query.images`` of each query in turn); a
-    query with several views searches with all of them (``ProductSearch.by_vectors``).
+    ``vectors`` holds every query image in order (``query.images`` of each query in turn),
+    ``cutouts`` the vectors of their cut-outs by the same position; a query with several
+    views searches with all of them and their cut-outs (``ProductSearch.by_vectors``).
     """
+    cutouts = cutouts or {}
     results = []
     start = 0
     with tqdm(total=len(queries), unit="query", desc="search", disable=None) as bar:
         for query in queries:
             k = min(max(10, len(query.relevant)), MAX_K)
-            views = vectors[start : start + len(query.images)]
+            views = []
+            for i in range(start, start + len(query.images)):
+                views.append(vectors[i])
+                if i in cutouts:
+                    views.append(cutouts[i])
             start += len(query.images)
-            hits = searcher.by_vectors(list(views), k=k, match=match)
+            hits = searcher.by_vectors(views, k=k, match=match)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)
@@ -197,17 +254,22 @@ def evaluate(
     *,
     max_pixels: int,
     match: Match = "exact",
+    cutout_queries: bool = True,
 ) -> EvalReport:
-    """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``."""
+    """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
+    (with their cut-outs unless ``cutout_queries`` is off, as ``lookalike search`` would)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
-    query_vectors = embed_files([p for q in queries for p in q.images], embedder, cache,
-                                max_pixels=max_pixels, stats=stats, desc="embed queries")
+    query_paths = [p for q in queries for p in q.images]
+    query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
+                                stats=stats, desc="embed queries")
+    cutouts = (embed_cutouts(query_paths, embedder, cache, max_pixels=max_pixels, stats=stats)
+               if cutout_queries else {})
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels)
     started = time.perf_counter()
-    results = run_queries(searcher, queries, query_vectors, match)
+    results = run_queries(searcher, queries, query_vectors, match, cutouts)
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,

@@ -194,6 +194,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             versions.store, spec, embedder,
             consistency="Strong" if read_your_writes else settings.milvus.consistency,
             max_pixels=settings.images.max_pixels, verifier=build_verifier(settings),
+            cutout_queries=settings.search.cutout_queries,
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None

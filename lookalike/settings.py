@@ -153,6 +153,12 @@ class SearchSettings(_Group):
         description="Cosine similarity below which price comparison does not even verify a "
         "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )
+    cutout_queries: bool = Field(
+        default=True,
+        description="Image searches also search with the photo's product cut out on white "
+        "when its border does not tell its background (a snapshot, a re-shot pack): ~15 ms "
+        "and one more embedding per such photo (docs/matching.md, \"Cut-out queries\")",
+    )
 
 
 class ServeSettings(_Group):

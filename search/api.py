@@ -57,6 +57,7 @@ from search.verify import (
     VERIFY_SIZE,
     Evidence,
     SameItemVerifier,
+    cutout,
     photo_features,
     product_on_white,
 )
@@ -173,11 +174,14 @@ class ProductSearch:
         model_check_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         verifier: SameItemVerifier | None = None,
+        cutout_queries: bool = True,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`
         (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
         :meth:`compare_prices` refuses to run: a verifier of its own would fetch with a fetch
-        policy other than the configured one (its egress allow-lists, roots, byte cap)."""
+        policy other than the configured one (its egress allow-lists, roots, byte cap).
+        ``cutout_queries``: image searches also search with a photo's segmented product on
+        white when its border does not tell its background (:meth:`by_image`)."""
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -200,6 +204,7 @@ class ProductSearch:
         )
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
+        self._cutout_queries = cutout_queries
         self._versions = ModelVersions(store, spec.name)
         self._check_interval_s = model_check_interval_s
         self._clock = clock
@@ -251,8 +256,14 @@ class ProductSearch:
         self, image: ImageInput, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
-        """Products that look like ``image`` (bytes, a file path or a PIL image)."""
-        return self.by_vector(self._embed(image), k, filter, match)
+        """Products that look like ``image`` (bytes, a file path or a PIL image).
+
+        A photo whose border does not tell its background (a shopper's snapshot, a pack
+        re-shot on a backdrop) is also searched with its product cut out on white
+        (:func:`search.verify.cutout`), as catalogs show products; each product scores by the
+        better of the two (docs/matching.md, "Cut-out queries"). A photo on white or on a
+        pad searches with itself only."""
+        return self.by_images([image], k, filter, match)
 
     def by_vector(
         self,
@@ -270,8 +281,13 @@ class ProductSearch:
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
-        a close-up), each scored by its best match over all of them."""
-        return self.by_vectors([self._embed(image) for image in images], k, filter, match)
+        a close-up), each scored by its best match over all of them (and their cut-outs, as
+        :meth:`by_image`)."""
+        if not len(images):
+            raise ValueError("at least one image is needed")
+        if len(images) > MAX_QUERY_VECTORS:
+            raise ValueError(f"at most {MAX_QUERY_VECTORS} query images, got {len(images)}")
+        return self._hits(self.query_vectors(images), k, filter, match, ())
 
     def by_vectors(
         self,
@@ -369,8 +385,17 @@ class ProductSearch:
         best = self._search(weighted, _check_k(k), search_filter, exclude=exclude)
         return [_hit(row, self._weighting.score(score, match)) for row, score in best]
 
-    def _embed(self, image: ImageInput) -> list[float]:
-        return self._embed_pictures([self._load(image, self._max_pixels)])[0]
+    def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
+        """The vectors an image search with ``images`` searches with, in one embedder call:
+        each photo's, followed by its cut-out's when it has one (:meth:`by_image`)."""
+        pictures = []
+        for image in images:
+            picture = self._load(image, self._max_pixels)
+            pictures.append(picture)
+            product = cutout(picture) if self._cutout_queries else None
+            if product is not None:
+                pictures.append(self._load(product, self._max_pixels))
+        return self._embed_pictures(pictures)
 
     def _embed_pictures(self, pictures: Sequence[Image.Image]) -> list[list[float]]:
         """One embedder call for loaded ``pictures``, one checked vector each."""

@@ -100,6 +100,8 @@ SEGMENT_INSET = 0.03
 """Share of the frame on each side that GrabCut starts from as background."""
 SEGMENT_STEPS = 3
 """GrabCut iterations."""
+SEGMENT_SEED = 0
+"""Seed of OpenCV's generator for GrabCut (:func:`product_mask`): the same photo, the same mask."""
 SEGMENT_MIN_IOU = 0.7
 """Intersection over union the two aligned product masks need to be compared over."""
 CUTOUT_GROW_PX = 2
@@ -107,6 +109,9 @@ CUTOUT_GROW_PX = 2
 (:func:`product_on_white`): GrabCut's edge at 80 px is coarse."""
 CUTOUT_ROOM = 0.025
 """Room left around the cut-out product, as a share of the photo's long side."""
+CUTOUT_VERSION = "cutout-v1"
+"""Names how :func:`cutout` cuts, for caches of cut-out vectors (evaluation/run.py): change it
+when the segmentation or the cut-out changes."""
 PRINT_CELL_PX = 16
 """Side (px at half ``VERIFY_SIZE``) of the cells the print check correlates."""
 PRINT_CELL_COVER = 0.6
@@ -392,20 +397,36 @@ def _sift() -> Any:
 
 def photo_features(image: Image.Image) -> PhotoFeatures:
     """Keypoints and descriptors at ``VERIFY_SIZE``, and the foreground colour histogram."""
+    rgb = _at_verify_size(image)
+    gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
+    keypoints, descriptors = _sift().detectAndCompute(gray, None)
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
+    small_rgb = _half(rgb)
+    return PhotoFeatures(points, descriptors if len(points) else None, colour, small_rgb,
+                         product_mask(small_rgb))
+
+
+def _at_verify_size(image: Image.Image) -> Image.Image:
     rgb = image.convert("RGB")
     scale = VERIFY_SIZE / max(rgb.size)
     if scale < 1.0 or max(rgb.size) < VERIFY_SIZE // 2:  # shrink big, enlarge tiny (28 px) photos
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-    gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
-    keypoints, descriptors = _sift().detectAndCompute(gray, None)
-    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-    colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
+    return rgb
+
+
+def _half(rgb: Image.Image) -> NDArray[np.uint8]:
     small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)),
                        Image.Resampling.BILINEAR)
-    small_rgb = np.asarray(small, dtype=np.uint8)
-    return PhotoFeatures(points, descriptors if len(points) else None, colour, small_rgb,
-                         product_mask(small_rgb))
+    return np.asarray(small, dtype=np.uint8)
+
+
+def cutout(image: Image.Image) -> Image.Image | None:
+    """:func:`product_on_white` of ``image`` with its product segmented as
+    :func:`photo_features` segments it; None for a photo whose border tells its background
+    (a catalog photo on white, a padded one) or without a product found."""
+    return product_on_white(image, product_mask(_half(_at_verify_size(image))))
 
 
 def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
@@ -425,6 +446,9 @@ def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
     labels = np.zeros(bgr.shape[:2], np.uint8)
     x, y = round(size[0] * SEGMENT_INSET), round(size[1] * SEGMENT_INSET)
     models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
+    # GrabCut seeds its colour models with k-means from this thread's OpenCV generator: a
+    # fixed seed makes one photo's mask (and a query's cut-out) the same on every call.
+    cv2.setRNGSeed(SEGMENT_SEED)
     try:
         cv2.grabCut(bgr, labels, (x, y, size[0] - 2 * x, size[1] - 2 * y), *models,
                     SEGMENT_STEPS, cv2.GC_INIT_WITH_RECT)

@@ -13,11 +13,12 @@ from PIL import Image
 
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
-from evaluation.run import evaluate
+from evaluation.run import EmbedStats, embed_cutouts, evaluate
 from lookalike.cli import main
 from schema.collection import CollectionSpec
-from store import MilvusStore
-from tests.fakes import TinyEmbedder
+from search.api import ProductSearch
+from store import MilvusStore, ensure_collections
+from tests.fakes import TinyEmbedder, reshot_on_backdrop, textured_photo
 
 COLOURS = {
     "red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220),
@@ -49,16 +50,35 @@ def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
     return root / "gallery.jsonl", root / "queries.jsonl"
 
 
-def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str) -> Any:
+def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
+         cutout_queries: bool = True) -> Any:
     g, q = root / "gallery.jsonl", root / "queries.jsonl"
     products = load_gallery(g)
     store = MilvusStore.open(str(root / f"{name}.db"))
     try:
         return evaluate(products, load_queries(q, products), embedder, store,
                         CollectionSpec(name=name, dim=embedder.dim), cache,
-                        max_pixels=10_000_000)
+                        max_pixels=10_000_000, cutout_queries=cutout_queries)
     finally:
         store.close()
+
+
+def write_reshot_protocol(root: Path) -> list[Path]:
+    """Five catalog photos on white; each query is one of them re-shot on a textured
+    backdrop that runs to the frame (what a shopper's snapshot has instead of white)."""
+    gallery, queries, paths = [], [], []
+    (root / "g").mkdir(parents=True)
+    (root / "q").mkdir()
+    for i in range(5):
+        photo = textured_photo(10 + i)
+        photo.save(root / "g" / f"{i}.png")
+        reshot_on_backdrop(photo, texture_seed=i).save(root / "q" / f"{i}.jpg")
+        paths.append(root / "q" / f"{i}.jpg")
+        gallery.append({"product_id": f"p{i}", "category": "A", "images": [f"g/{i}.png"]})
+        queries.append({"image": f"q/{i}.jpg", "relevant": [f"p{i}"]})
+    (root / "gallery.jsonl").write_text("\n".join(json.dumps(g) for g in gallery) + "\n")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    return paths
 
 
 def test_eval_scores_and_caches(tmp_path: Path) -> None:
@@ -200,3 +220,40 @@ def test_vectors_from_the_cache_are_the_stored_ones(tmp_path: Path) -> None:
     cache.put_many("m1", [("h1", v)])
     assert np.array_equal(cache.get_many("m1", ["h1", "h2"])["h1"], v)
     assert cache.get_many("m2", ["h1"]) == {}  # another model version never hits
+
+
+def test_eval_searches_snapshots_with_their_cut_outs_as_the_search_api_does(
+        tmp_path: Path) -> None:
+    """A re-shot query is searched with its product cut out on white too, as
+    ``ProductSearch.by_image`` searches it (the same vectors), and that finds the catalog
+    photos on white more often than the shots alone (4x4 thumbnails: the backdrop dominates
+    a shot's)."""
+    paths = write_reshot_protocol(tmp_path)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    with_cutouts = _run(tmp_path, TinyEmbedder(), cache, "cut")
+    shots_only = _run(tmp_path, TinyEmbedder(), None, "shots", cutout_queries=False)
+    assert with_cutouts.embed.cutouts == 5 and shots_only.embed.cutouts == 0
+    assert with_cutouts.to_json()["cutout_queries"] == 5
+    assert with_cutouts.summary.overall["R@1"] > shots_only.summary.overall["R@1"]
+    again = TinyEmbedder()  # the cut-outs' vectors come from the cache too
+    assert _run(tmp_path, again, cache, "again").summary.overall == with_cutouts.summary.overall
+    assert again.embedded == 0
+
+    embedder = TinyEmbedder()
+    store = MilvusStore.open(str(tmp_path / "api.db"))
+    try:
+        spec = CollectionSpec(name="api", dim=embedder.dim)
+        ensure_collections(store, spec)
+        search = ProductSearch(store, spec, embedder, consistency="Strong",
+                               max_pixels=10_000_000)
+        cutouts = embed_cutouts(paths, embedder, None, max_pixels=10_000_000,
+                                stats=EmbedStats())
+        for i, path in enumerate(paths):
+            _shot, cut = search.query_vectors([path])
+            assert cut == pytest.approx(cutouts[i].tolist(), abs=1e-6)
+        gallery_photo = tmp_path / "g" / "0.png"  # on white: searched with itself only
+        assert len(search.query_vectors([gallery_photo])) == 1
+        assert embed_cutouts([gallery_photo], embedder, None, max_pixels=10_000_000,
+                             stats=EmbedStats()) == {}
+    finally:
+        store.close()

@@ -282,3 +282,35 @@ def test_a_photo_reshot_on_a_backdrop_also_searches_with_its_product_on_white(
     plain = catalog.embedder.picture((9, 9, 9), unit(7))
     assert [m.product_id for m in catalog.search.compare_prices(image=plain,
                                                                  threshold=0.92)] == ["far"]
+
+
+def test_a_snapshot_also_searches_with_its_product_on_white(
+        catalog: Catalog, milvus: Milvus) -> None:
+    """``by_image`` of a photo whose border does not tell its background also searches with
+    its product cut out on white (search.verify.cutout), each product scored by the better of
+    the two; the fake embedder reads a picture's corner: the backdrop's for the shot (the
+    direction of "far"), white for the cut-out (that of the tees)."""
+    shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
+    corner = shot.getpixel((0, 0))
+    assert isinstance(corner, tuple)
+    catalog.embedder.table[(int(corner[0]), int(corner[1]), int(corner[2]))] = unit(7)
+    catalog.embedder.table[(255, 255, 255)] = unit(0)
+    assert len(catalog.search.query_vectors([shot])) == 2
+    hits = catalog.search.by_image(shot, k=3)
+    assert ids(hits) == ["far", "tee-1", "topsy"]
+    assert hits[1].score == pytest.approx(0.99, abs=1e-4)  # the cut-out's cosine
+    assert ids(catalog.search.by_images([shot], k=3)) == ids(hits)
+    # turned off (LOOKALIKE_SEARCH__CUTOUT_QUERIES=false): the shot alone finds only "far"
+    plain_search = ProductSearch(milvus.store, catalog.spec, catalog.embedder,
+                                 consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                                 cutout_queries=False)
+    assert len(plain_search.query_vectors([shot])) == 1
+    assert plain_search.by_image(shot, k=3)[0].product_id == "far"
+    assert plain_search.by_image(shot, k=3)[1].score < 0.5
+    # a photo with a telling border (here one colour) searches with itself only
+    on_white = catalog.embedder.picture((9, 9, 9), unit(7))
+    assert len(catalog.search.query_vectors([on_white])) == 1
+    with pytest.raises(ValueError, match="at most 16"):
+        catalog.search.by_images([on_white] * 17, k=3)
+    with pytest.raises(ValueError, match="at least one"):
+        catalog.search.by_images([], k=3)

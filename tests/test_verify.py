@@ -421,3 +421,10 @@ def test_a_reshot_product_is_cut_out_onto_white() -> None:
     centre = rgb[rgb.shape[0] // 2, rgb.shape[1] // 2]
     assert not (centre == 255).all()  # the product is not
     assert verify.product_on_white(printed_pack("CRUNCHY"), None) is None
+    # verify.cutout segments as photo_features does, and the same photo always gives the
+    # same cut-out (GrabCut's k-means is seeded): a query searches the same way every time
+    same = verify.cutout(shot)
+    assert same is not None
+    assert [np.asarray(verify.cutout(shot)).tobytes() for _ in range(4)] == [
+        np.asarray(same).tobytes()] * 4
+    assert verify.cutout(printed_pack("CRUNCHY")) is None  # on white: no cut-out
