@@ -29,7 +29,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=["supcon", "triplet", "proxy"],
                    help="supervised contrastive, batch-hard triplet or normalised softmax over "
-                   "proxies; default: proxy (projection), triplet (blocks)")
+                   "proxies; default: triplet (proxy gains on group-level queries and loses "
+                   "on other photos of trained products: docs/training.md)")
     p.add_argument("--views", type=int, default=4, help="altered views cached per photo")
     p.add_argument("--train-blocks", type=int, default=1,
                    help="with --tune blocks: last MBConv blocks retrained with the head conv "
@@ -56,16 +57,16 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.errors import UserError
     from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
     from training.data import TrainingDataError
-    from training.trainer import TUNE_DEFAULTS, TrainOptions
+    from training.trainer import TrainOptions, tune_options
     from training.trainer import train as run_training
 
     m = settings.model
     if m.path is not None:
         raise UserError("lookalike train starts from the ImageNet weights; unset "
                         "LOOKALIKE_MODEL__PATH")
-    chosen = {k: v for k, v in (("epochs", args.epochs), ("loss", args.loss)) if v is not None}
+    chosen = {"epochs": args.epochs} if args.epochs is not None else {}
     options = TrainOptions(**{
-        **TUNE_DEFAULTS[args.tune], **chosen,
+        **tune_options(args.tune, args.loss), **chosen,
         "group_key": args.group_key, "seed": args.seed, "views": args.views,
         "colour_jitter": args.colour_jitter, "val_fraction": args.val_fraction,
         "val_by_group": args.val_split == "group",

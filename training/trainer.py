@@ -95,11 +95,24 @@ class TrainOptions:
 
 
 TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "projection": {"loss": "proxy", "learning_rate": 1e-3, "epochs": 20},
+    "projection": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 20},
     "blocks": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 8},
 }
 """Per ``--tune``, the settings docs/training.md chose on held-out splits (the rest of
 :class:`TrainOptions` is shared)."""
+LOSS_LEARNING_RATES: dict[tuple[str, str], float] = {("projection", "proxy"): 1e-3}
+"""(``--tune``, ``--loss``) -> the learning rate measured for that loss where it is not the
+tune's default (docs/training.md: the projection's proxy loss, the default before triplet)."""
+
+
+def tune_options(tune: str, loss: str | None) -> dict[str, Any]:
+    """The defaults of ``--tune`` with ``--loss`` (None: the tune's own) and its learning rate."""
+    chosen = dict(TUNE_DEFAULTS[tune])
+    if loss is not None and loss != chosen["loss"]:
+        chosen["loss"] = loss
+        chosen["learning_rate"] = LOSS_LEARNING_RATES.get((tune, loss),
+                                                          chosen["learning_rate"])
+    return chosen
 
 
 @dataclass
