@@ -428,3 +428,13 @@ def test_a_reshot_product_is_cut_out_onto_white() -> None:
     assert [np.asarray(verify.cutout(shot)).tobytes() for _ in range(4)] == [
         np.asarray(same).tobytes()] * 4
     assert verify.cutout(printed_pack("CRUNCHY")) is None  # on white: no cut-out
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (20, 20), (3000, 20), (400, 400)])
+def test_odd_photos_get_no_cut_out_and_raise_nothing(size: tuple[int, int]) -> None:
+    """A query of any shape goes through ``verify.cutout`` (every image search calls it):
+    slivers, tiny photos, noise and one flat colour give no cut-out, not an error."""
+    rng = np.random.default_rng(size[0] * 7 + size[1])
+    noise = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    for photo in (noise, Image.new("RGB", size, (10, 20, 30)), Image.new("RGB", size, "white")):
+        assert verify.cutout(photo) is None
