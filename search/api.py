@@ -29,6 +29,8 @@
   default of the image and vector searches), ``"similar"`` the same kind or style in any
   colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
   See search/intent.py.
+* An image query whose border does not tell its background (a snapshot) also searches with
+  its product cut out on white (:meth:`ProductSearch.query_vectors`; ``cutout_queries``).
 * :meth:`ProductSearch.compare_prices` lists only listings verified to show the same item
   (search/verify.py: local features with a RANSAC homography, colour agreement), each with
   its evidence.
