@@ -77,13 +77,13 @@ def background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
     if rgb.shape[0] < 3 or rgb.shape[1] < 3:
         return None
     ring = _ring(rgb)
-    pixels = rgb.astype(np.float32)
     white = np.full(3, 255.0, dtype=np.float32)
     ring_white = _near(ring, white)
     background = _uniform(ring)
     if background is not None:
-        return _near(pixels, background)
+        return _near(rgb.astype(np.float32), background)
     if ring_white.any() and (second := _uniform(ring[~ring_white])) is not None:
+        pixels = rgb.astype(np.float32)
         out: NDArray[np.bool_] = _near(pixels, white) | _near(pixels, second)
         return out
     return None

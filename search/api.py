@@ -359,9 +359,9 @@ class ProductSearch:
             picture = self._load_to_verify(image, self._max_pixels)
             queries = [photo_features(picture)]
             # A photo re-shot on a backdrop: its product on white finds the catalog photo.
-            cutout = product_on_white(picture, queries[0].product)
-            if cutout is not None:
-                pictures.append(self._load(cutout, self._max_pixels))
+            product = product_on_white(picture, queries[0].product)
+            if product is not None:
+                pictures.append(self._load(product, self._max_pixels))
             best = self._search(self._embed_pictures(pictures), k, filter, exclude=())
         candidates = [(row, score) for row, score in best if score >= threshold]
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
