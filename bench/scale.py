@@ -35,7 +35,8 @@ What is measured, per engine and size:
     compactions, index rebuilds and reloads; :func:`wait_quiet`) and ``filters_settled``:
     the same searches once more, as a catalog that changes at a shop's pace is served;
   * ``engine_rss_mb``: resident memory of the Milvus server's processes; for Milvus Lite,
-    which runs inside this process, how much this process grew while filling and searching.
+    how much this process and its children (Lite's own process) grew while filling and
+    searching.
 
 The Milvus server is started on ``--milvus-port`` with ``scripts/milvus_server.sh`` and
 removed at the end; Lite files live under ``var/scale/`` and are removed too.
@@ -395,8 +396,9 @@ def measure_search(searcher: Any, recorder: RecordingClient, catalog: Catalog,
 
 
 def engine_rss(server: MilvusServer | None, baseline: int) -> float:
-    """MiB resident in the engine: the server process tree, or for Milvus Lite (which runs
-    in this process, on threads) how much this process grew since ``baseline``."""
+    """MiB resident in the engine: the server process tree, or for Milvus Lite (in a child
+    process by default, else on threads in this one) how much this process and its children
+    grew since ``baseline`` (the store's in-memory copy included)."""
     if server is not None:
         pid = server.server_pid()
         return tree_rss_bytes(pid) / 2**20 if pid else float("nan")

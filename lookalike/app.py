@@ -121,7 +121,10 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
                 "LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MilvusStore.open(uri, m.token, memory_index=m.lite_memory_index)
+        store = MilvusStore.open(uri, m.token, memory_index=m.lite_memory_index,
+                                 lite_process=m.lite_process)
+        _opened.append(store)
+        return store
     except StoreError as exc:
         if lite and _lite_locked(Path(uri)):
             raise UserError(
@@ -130,6 +133,20 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
                 ExitCode.UNAVAILABLE) from None
         what = "open the Milvus Lite database" if lite else "reach Milvus at"
         raise UserError(f"cannot {what} {uri}: {exc}", ExitCode.UNAVAILABLE) from None
+
+
+_opened: list[MilvusStore] = []
+
+
+def close_stores() -> None:
+    """Close every store :func:`open_store` opened (a Milvus Lite child process stops with
+    its store, releasing the database). ``lookalike.cli.main`` calls it as a command ends."""
+    while _opened:
+        store = _opened.pop()
+        try:
+            store.close()
+        except Exception as exc:  # closing must not hide the command's own outcome
+            log.warning("closing the Milvus store failed: %s", exc)
 
 
 def _lite_locked(path: Path) -> bool:

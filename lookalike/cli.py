@@ -252,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a bug: keep its traceback
         print(f"{prog}: error: {failure}", file=sys.stderr)
         return int(failure.code)
+    finally:
+        app = sys.modules.get("lookalike.app")  # imported by every command that opens a store
+        if app is not None:
+            app.close_stores()
 
 
 def broker(_settings: Settings, args: argparse.Namespace) -> int:

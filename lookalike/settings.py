@@ -56,6 +56,11 @@ class MilvusSettings(_Group):
         description="Milvus Lite: answer searches from an exact in-memory copy of the images "
         "(~4 bytes x dimension per image, 590 MB at 100k 1,472-d images; docs/scaling.md)",
     )
+    lite_process: bool = Field(
+        default=True,
+        description="Milvus Lite: run it in a child process of its own, which gives its "
+        "Python work a core of its own (faster writes; docs/scaling.md); false: in this process",
+    )
 
 
 def _cidr(value: str) -> str:

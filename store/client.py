@@ -52,6 +52,7 @@ from store.lite_index import (
     indexes_for,
     release,
 )
+from store.lite_process import LiteProcess, LiteProcessError
 from store.recorder import ThreadRecorder
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class MilvusStore:
         self.engine = engine or parse_engine(
             str(self._call("server_version", 0, client.get_server_version)), uri
         )
+        self._process: LiteProcess | None = None  # set by open(lite_process=True)
+        self._closed = False
         self._schemas: dict[str, dict[str, Any]] = {}  # for column-wise upserts
         self._schema_lock = threading.Lock()
         self._lite_path = (os.path.abspath(uri) if memory_index and uri and self.engine.is_lite
@@ -127,17 +130,35 @@ class MilvusStore:
             indexes_for(self._lite_path) if self._lite_path is not None else None)
 
     @classmethod
-    def open(cls, uri: str, token: str = "", **kwargs: Any) -> MilvusStore:
-        """Connect to a server URI, or open (creating its folder) a Milvus Lite ``.db`` file."""
+    def open(cls, uri: str, token: str = "", *, lite_process: bool = False,
+             **kwargs: Any) -> MilvusStore:
+        """Connect to a server URI, or open (creating its folder) a Milvus Lite ``.db`` file.
+
+        ``lite_process``: run Milvus Lite in a child process of its own (store/lite_process.py)
+        rather than in this one; :meth:`close` stops it."""
         from pymilvus import MilvusClient
 
+        process: LiteProcess | None = None
+        connect_uri = uri
         if is_lite_uri(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            if lite_process:
+                try:
+                    process = LiteProcess.start(uri)
+                except LiteProcessError as exc:
+                    raise StoreError(f"connect failed: {exc}") from exc
+                connect_uri = process.uri
         try:
-            client = MilvusClient(uri=uri, token=token)
+            client = MilvusClient(uri=connect_uri, token=token)
+            store = cls(client, uri=uri, **kwargs)
         except Exception as exc:
+            if process is not None:
+                process.stop()
+            if isinstance(exc, StoreError):
+                raise
             raise _classify("connect", 1, exc) from exc
-        return cls(client, uri=uri, **kwargs)
+        store._process = process
+        return store
 
     @property
     def client(self) -> Any:
@@ -153,10 +174,23 @@ class MilvusStore:
         return ExpressionBuilder(templates=self.templates)
 
     def close(self) -> None:
+        """Close the client (and stop a Milvus Lite child process); a second call does
+        nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._lite_path is not None and self._lite is not None:
             self._lite = None
             release(self._lite_path)
         self._client.close()
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    @property
+    def lite_process(self) -> LiteProcess | None:
+        """The child process serving this Milvus Lite database, when it runs in one."""
+        return self._process
 
     # -- calls ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Shared Milvus fixtures: every integration test runs on each engine.
 
-* ``lite``: milvus-lite on a ``.db`` file in a temporary folder (one per test session; each
-  test gets its own collections).
+* ``lite``: milvus-lite on a ``.db`` file in a temporary folder, in a child process as the
+  product runs it (one per test session; each test gets its own collections).
 * ``server``: the Milvus server at ``LOOKALIKE_TEST_MILVUS_SERVER_URI`` (e.g.
   ``http://127.0.0.1:19531`` after ``scripts/milvus_server.sh start /tmp/milvus-data 19531``);
   skipped, with that reason, when the variable is not set.
@@ -100,7 +100,11 @@ def _open(kind: str, tmp_root: Path) -> Milvus:
     from pymilvus import MilvusClient
 
     if kind not in _clients:
-        uri = str(tmp_root / "lite.db") if kind == "lite" else os.environ[SERVER_ENV]
+        if kind == "lite":  # as the product opens it: in a child process (store/lite_process.py)
+            _clients[kind] = Milvus(kind, MilvusStore.open(str(tmp_root / "lite.db"),
+                                                           lite_process=True))
+            return _clients[kind]
+        uri = os.environ[SERVER_ENV]
         try:
             client = MilvusClient(uri, timeout=30)
         except Exception as exc:  # a configured server that does not answer is a failure

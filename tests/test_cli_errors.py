@@ -24,6 +24,7 @@ from PIL import Image
 
 from lookalike.cli import main
 from lookalike.errors import ExitCode
+from store import MilvusStore
 from tests.pipeline_support import upsert_payload, write_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -274,9 +275,7 @@ def test_ingest_says_at_start_that_local_paths_need_an_image_root(
 
 def test_search_before_the_first_ingest_says_so(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from pymilvus import MilvusClient
-
-    MilvusClient(str(tmp_path / "empty.db")).close()  # a database without our collection
+    MilvusStore.open(str(tmp_path / "empty.db"), lite_process=True).close()  # no collection
     image = write_image(tmp_path / "q.png", seed=6)
     assert main(["search", str(image), "--milvus-uri", str(tmp_path / "empty.db")]) == 2
     assert "`lookalike ingest` creates it" in one_error(capsys, "search")
@@ -303,9 +302,7 @@ def test_bad_numbers_in_other_options_are_usage_errors(
 @pytest.mark.parametrize("name", ["a b", "x" * 250])
 def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from pymilvus import MilvusClient
-
-    MilvusClient(str(tmp_path / "m.db")).close()
+    MilvusStore.open(str(tmp_path / "m.db"), lite_process=True).close()
     code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
     assert code == ExitCode.USAGE
     assert "invalid collection name" in one_error(capsys, "models")

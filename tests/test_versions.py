@@ -332,21 +332,18 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
 def test_cli_reindex_and_models_show_the_serving_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pymilvus import MilvusClient
-
     from lookalike import commands
     from lookalike.cli import main
 
     db = str(tmp_path / "cli.db")
-    client = MilvusClient(db)
+    store = MilvusStore.open(db, lite_process=True)
     (tmp_path / "images").mkdir()
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     with ThreadPoolExecutor(2) as pool:
-        w = World(Milvus("lite", MilvusStore(client, uri=db)), "shop", tmp_path, pool)
+        w = World(Milvus("lite", store), "shop", tmp_path, pool)
         ingest(w.ingester(v1), catalog(w, 3))
     common = ["--milvus-uri", db, "--collection", "shop"]
-    for name in client.list_collections():  # as a new process finds them
-        client.release_collection(name)
+    store.close()  # the commands below open it as a new process would
 
     assert main(["models", *common]) == 0
     out = capsys.readouterr().out
