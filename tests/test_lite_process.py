@@ -160,3 +160,17 @@ def test_the_setting_chooses_the_child_process_and_defaults_to_it(
         assert store.lite_process is None
     finally:
         store.close()
+
+
+def test_a_command_closes_its_store_so_the_next_one_can_open_the_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from lookalike.cli import main
+
+    monkeypatch.setattr(lite_process, "LOCK_WAIT_S", 0.5)  # no waiting out a leftover child
+    uri = str(tmp_path / "shop.db")
+    MilvusStore.open(uri, lite_process=True).close()
+    for _ in range(2):  # in one process, as a test or a notebook runs commands
+        assert main(["models", "--milvus-uri", uri]) == 0
+    assert "does not exist yet" in capsys.readouterr().out
+    MilvusStore.open(uri, lite_process=True).close()  # the lock is free: no child left
