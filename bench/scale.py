@@ -299,6 +299,7 @@ def fill(settings: Settings, catalog: Catalog, versions: ModelVersions,
             rows_, w = _collect(pipeline.done.get())
             rows, write_s, in_flight = rows + rows_, write_s + w, in_flight - 1
         pipeline.close()
+        sink.seal_if_idle(final=True)  # as the runner does after its last batch
     seconds = time.perf_counter() - started
     return {"rows": rows, "seconds": seconds, "write_s": write_s}
 

@@ -24,6 +24,7 @@ from ingest.outage import quiet_client_logs
 from ingest.plan import EventItem
 from ingest.source import KafkaSource
 from ingest.stages import Batch, BatchStats, Stages, parse_records
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,15 @@ class Runner:
         config: RunnerConfig,
         *,
         on_batch: Callable[[Batch, RunReport], None] | None = None,
+        on_idle: Callable[[bool], object] | None = None,
     ) -> None:
+        """``on_idle(final)``: called on this thread while nothing is pending or in flight
+        (``final``: once more after the last batch drained); the sink's ``seal_if_idle``."""
         self._source = source
         self._pipeline = pipeline
         self._config = config
         self._on_batch = on_batch
+        self._on_idle = on_idle
         self._stop = threading.Event()
         self._stop_reason = ""
         self._pending: list[ConsumerRecord] = []
@@ -153,9 +158,13 @@ class Runner:
                 if records:
                     self._add(records)
                 self._maybe_submit()
+                if self._idle():
+                    self._idle_work(final=False)
                 if until_caught_up and self._idle() and self._source.caught_up():
                     self.stop("caught_up")
             self._finish()
+            if self._failure is None and self._idle():
+                self._idle_work(final=True)
         finally:
             self.report.seconds = time.monotonic() - started
             self._pipeline.close()
@@ -171,6 +180,14 @@ class Runner:
 
     def _idle(self) -> bool:
         return not self._pending and not self._in_flight
+
+    def _idle_work(self, *, final: bool) -> None:
+        if self._on_idle is None:
+            return
+        try:
+            self._on_idle(final)
+        except StoreError as exc:  # a flush is no durability point: the next one retries
+            log.warning("flush after the writes failed: %s", exc)
 
     def _add(self, records: list[ConsumerRecord]) -> None:
         if not self._pending:

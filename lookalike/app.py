@@ -372,7 +372,8 @@ def build_runner(
     source = KafkaSource(consumer, k.topic)
     # another consumer may have just written the products of an assigned partition
     source.on_assigned = lambda _tps: sink.expect_foreign_writes()
-    return Runner(source, Pipeline(stages), config, on_batch=on_batch)
+    return Runner(source, Pipeline(stages), config, on_batch=on_batch,
+                  on_idle=lambda final: sink.seal_if_idle(final=final))
 
 
 def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,

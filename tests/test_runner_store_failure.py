@@ -71,6 +71,7 @@ class FakeMilvus:
     unavailable."""
 
     def __init__(self, down_for: int) -> None:
+        self.flushed: list[str] = []
         self.down_for = down_for
         self.writes = 0
 
@@ -83,6 +84,9 @@ class FakeMilvus:
             raise MilvusUnavailableException(message="server unavailable")
         self.writes += len(data)
         return {"upsert_count": len(data)}
+
+    def flush(self, collection: str, **kw: Any) -> None:
+        self.flushed.append(collection)
 
     def delete(self, collection: str, **kw: Any) -> dict[str, Any]:
         return {"delete_count": 0}
@@ -116,18 +120,36 @@ def _records(n: int) -> list[ConsumerRecord]:
     return out
 
 
-def _run(client: FakeMilvus, source: FakeSource, budget_s: float = 5.0) -> Runner:
+def _run(client: FakeMilvus, source: FakeSource, budget_s: float = 5.0,
+         idle: list[tuple[bool, int]] | None = None) -> Runner:
     store = MilvusStore(client, engine=parse_engine("v2.3.5"), max_attempts=3,
                         sleep=lambda s: None)
+    sink = MilvusSink(store, SPEC)
+
+    def on_idle(final: bool) -> bool:  # as lookalike.app.build_runner wires it
+        if idle is not None:
+            idle.append((final, len(source.commits)))
+        return sink.seal_if_idle(final=final)
+
     with ThreadPoolExecutor(2) as pool:
-        stages = Stages(ImageFetcher([]), TinyEmbedder(), MilvusSink(store, SPEC),
+        stages = Stages(ImageFetcher([]), TinyEmbedder(), sink,
                         FakeDlq(), pool, max_pixels=10_000_000,  # type: ignore[arg-type]
                         outage=OutageWait(budget_s, first_delay_s=0.01, max_delay_s=0.05))
         runner = Runner(source, Pipeline(stages),  # type: ignore[arg-type]
                         RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.0,
-                                     max_in_flight=2, shutdown_grace_s=5.0))
+                                     max_in_flight=2, shutdown_grace_s=5.0),
+                        on_idle=on_idle)
         runner.run(until_caught_up=True)
     return runner
+
+
+def test_after_its_last_batch_the_runner_seals_what_it_wrote_once() -> None:
+    """A server's growing segments are searched row by row until sealed (docs/scaling.md)."""
+    client, source, idle = FakeMilvus(down_for=0), FakeSource(_records(8)), []
+    _run(client, source, idle=idle)
+    finals = [commits for final, commits in idle if final]
+    assert finals == [len(source.commits)]  # once, after the last commit
+    assert client.flushed == [SPEC.name, SPEC.state_name]  # idle < 5 s before: only that one
 
 
 def test_batches_are_committed_after_the_store_acknowledged_them() -> None:
@@ -155,3 +177,4 @@ def test_a_store_outage_beyond_the_budget_commits_nothing_and_stops_the_runner()
     assert isinstance(cause.__cause__, StoreUnavailableError)
     assert "failed after 3 attempt" in str(cause.__cause__)
     assert client.writes == 0
+    assert client.flushed == []  # nothing written, nothing to seal; a failed run seals nothing

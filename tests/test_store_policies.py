@@ -147,6 +147,32 @@ def test_lite_sink_flushes_on_a_schedule_and_a_server_sink_never() -> None:
 
 
 
+def test_the_sink_seals_once_writes_pause_but_not_for_every_event_of_a_trickle() -> None:
+    client, clock = FakeClient(), Clock()
+    sink = MilvusSink(MilvusStore(client, engine=parse_engine("v2.3.5")), SPEC, clock=clock)
+
+    def flushes() -> int:
+        return sum(c[0] == "flush" for c in client.calls) // 2  # images and states each
+
+    assert not sink.seal_if_idle(final=True)  # nothing written yet
+    clock.now += 100
+    sink.apply(WritePlan(states=[_state("a", 1)]))
+    clock.now += 4
+    assert not sink.seal_if_idle() and flushes() == 0  # writes paused 4 s only
+    clock.now += 1
+    assert sink.seal_if_idle() and flushes() == 1
+    assert not sink.seal_if_idle()  # nothing new
+    for step in range(6):  # an event every 10 s: sealed at most once a minute
+        clock.now += 10
+        sink.apply(WritePlan(states=[_state(f"t{step}", 1)]))
+        clock.now += 6
+        sink.seal_if_idle()
+    assert flushes() == 2
+    clock.now += 1
+    sink.apply(WritePlan(states=[_state("z", 1)]))
+    assert sink.seal_if_idle(final=True) and flushes() == 3  # the runner's last call
+
+
 def test_the_sink_prunes_the_images_it_wrote_without_reading_them() -> None:
     """Its own products' image pks are remembered; others' are read like states."""
     client, clock = FakeClient(), Clock()
