@@ -20,15 +20,15 @@ What "acknowledged" means:
   slower (5,000 x 1280-d rows: ~900 ms per search unflushed, ~95 ms flushed; a flush of a
   100-row batch takes ~60 ms, and lite compacts the small segments in the background).
 
-So by default the sink flushes milvus-lite at most every ``flush_interval_s`` (after the
-apply that crosses it; rows written meanwhile are visible, only searched more slowly) and never
-a server after an apply; :meth:`MilvusSink.flush` flushes once (e.g. at shutdown), and
+So by default the sink flushes milvus-lite at most every ``flush_interval_s`` (after the apply
+that crosses it; rows written meanwhile are visible, only searched more slowly) and never a
+server after an apply; :meth:`MilvusSink.flush` flushes once (e.g. at shutdown), and
 :meth:`MilvusSink.seal_if_idle` once writes pause: a server searches the rows of unsealed
-(growing) segments one by one, so the tail of a load slowed every search until sealed.
-With the store's in-memory copy (store/lite_index.py) searches no longer need flushed rows,
-but a less frequent flush saves nothing: Lite's flush costs ~0.7 ms per row it seals (it rebuilds the rows value by
-value in Python), whenever it runs, and Lite flushes by itself at 128 MB of in-memory table
-(~20k image rows); a flush every 2 s stalls the write stage ~1 s at most, one every 60 s
+(growing) segments one by one, so the tail of a load slowed every search until sealed. With the
+store's in-memory copy (store/lite_index.py) searches no longer need flushed rows, but a less
+frequent flush saves nothing: Lite's flush costs ~0.7 ms per row it seals (it rebuilds the rows
+value by value in Python), whenever it runs, and Lite flushes by itself at 128 MB of in-memory
+table (~20k image rows); a flush every 2 s stalls the write stage ~1 s at most, one every 60 s
 stalled it 13 s (measured), which the events queued behind it would wait.
 
 State reads (docs/scaling.md): ingest is the only writer of a product's state in its partition,
