@@ -3,8 +3,8 @@
 milvus-lite 3.x is pure Python: opened in-process (pymilvus' default for a ``*.db`` URI) its
 gRPC servicer, validation, WAL, memtable and flushes share this process' one GIL with the
 pipeline's own Python work (packing, state reads, decode). Run in a child process, the same
-engine gets the second core: the scale bench wrote 715 -> 991 rows/s at 20k rows on 2 cores
-(docs/scaling.md, "Milvus Lite in its own process"). The child speaks the same gRPC the
+engine gets the second core: the scale bench wrote 765 -> 1,075 rows/s at 10k rows and 610 ->
+767 at 100k on 2 cores (docs/scaling.md, "Milvus Lite in its own process"). The child speaks the same gRPC the
 in-process engine does, on a loopback port the kernel picks, and holds the database's LOCK, so
 a second process that opens the same file is still refused, as before.
 
@@ -15,8 +15,9 @@ and closes the database (a flush). It ignores SIGINT and SIGTERM: a Ctrl-C or a 
 manager's SIGTERM reaches the whole process group, and the parent must still be able to write
 its last batch and commit before the engine goes.
 
-This file is also the child's program (``python lite_process.py PATH``); it imports only the
-standard library and milvus_lite, so it runs whether or not the product is installed.
+This file is also the child's program (``python lite_process.py PATH LOCK_WAIT_S``); it
+imports only the standard library and milvus_lite, so it runs whether or not the product is
+installed.
 """
 
 from __future__ import annotations
