@@ -4,9 +4,9 @@ milvus-lite 3.x is pure Python: opened in-process (pymilvus' default for a ``*.d
 gRPC servicer, validation, WAL, memtable and flushes share this process' one GIL with the
 pipeline's own Python work (packing, state reads, decode). Run in a child process, the same
 engine gets the second core: the scale bench wrote 765 -> 1,075 rows/s at 10k rows and 610 ->
-767 at 100k on 2 cores (docs/scaling.md, "Milvus Lite in its own process"). The child speaks the same gRPC the
-in-process engine does, on a loopback port the kernel picks, and holds the database's LOCK, so
-a second process that opens the same file is still refused, as before.
+767 at 100k on 2 cores (docs/scaling.md, "Milvus Lite in its own process"). The child speaks
+the same gRPC the in-process engine does, on a loopback port the kernel picks, and holds the
+database's LOCK, so a second process that opens the same file is still refused, as before.
 
 Lifetime: the child serves until its standard input closes. The parent holds the only write
 end, so the child stops when :meth:`LiteProcess.stop` closes it, and also when the parent
