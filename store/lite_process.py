@@ -77,26 +77,19 @@ class LiteProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
         )
         assert proc.stdout is not None
-        line = _read_line(proc, timeout_s + wait)
+        waited = timeout_s + wait
+        line = _read_line(proc, waited)
         if line.startswith("port "):
             return cls(proc, int(line.split()[1]), path)
-        _reap(proc)
+        _reap(proc, 5.0)
         reason = line.removeprefix("error ") if line else (
             f"it exited with status {proc.returncode}" if proc.returncode is not None
-            else f"no port after {timeout_s:g} s")
+            else f"no port after {waited:g} s")
         raise LiteProcessError(f"Milvus Lite process for {path}: {reason}")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Close the child's input (it drains, flushes and closes the database) and wait."""
-        if self._proc.stdin is not None and not self._proc.stdin.closed:
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        _reap(self._proc, timeout_s)
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
@@ -117,11 +110,12 @@ def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
     return buf.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
+def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Close the child's input, wait up to ``timeout_s`` for it to exit, else kill it."""
     if proc.stdin is not None:
         proc.stdin.close()
     try:
-        proc.wait(5.0)
+        proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
