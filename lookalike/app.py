@@ -122,7 +122,7 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
         store = MilvusStore.open(uri, m.token, memory_index=m.lite_memory_index,
-                                 lite_process=m.lite_process)
+                                 lite_process=m.lite_process, lite_speedups=m.lite_speedups)
         _opened.append(store)
         return store
     except StoreError as exc:

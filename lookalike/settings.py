@@ -61,6 +61,12 @@ class MilvusSettings(_Group):
         description="Milvus Lite: run it in a child process of its own, which gives its "
         "Python work a core of its own (faster writes; docs/scaling.md); false: in this process",
     )
+    lite_speedups: bool = Field(
+        default=True,
+        description="Milvus Lite in its own process: replace three slow steps of its write "
+        "path (value-by-value checks and copies, compressed vector files) with equivalent "
+        "ones (milvus-lite 3.2.x only; store/lite_process.py, docs/scaling.md)",
+    )
 
 
 def _cidr(value: str) -> str:

@@ -131,11 +131,12 @@ class MilvusStore:
 
     @classmethod
     def open(cls, uri: str, token: str = "", *, lite_process: bool = False,
-             **kwargs: Any) -> MilvusStore:
+             lite_speedups: bool = True, **kwargs: Any) -> MilvusStore:
         """Connect to a server URI, or open (creating its folder) a Milvus Lite ``.db`` file.
 
         ``lite_process``: run Milvus Lite in a child process of its own (store/lite_process.py)
-        rather than in this one; :meth:`close` stops it."""
+        rather than in this one; :meth:`close` stops it. ``lite_speedups``: let that child
+        replace the slow steps of Lite's write path (``lite_process.speed_up_lite``)."""
         from pymilvus import MilvusClient
 
         process: LiteProcess | None = None
@@ -144,7 +145,7 @@ class MilvusStore:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             if lite_process:
                 try:
-                    process = LiteProcess.start(uri)
+                    process = LiteProcess.start(uri, speedups=lite_speedups)
                 except LiteProcessError as exc:
                     raise StoreError(f"connect failed: {exc}") from exc
                 connect_uri = process.uri
