@@ -149,6 +149,8 @@ class MilvusStore:
                 except LiteProcessError as exc:
                     raise StoreError(f"connect failed: {exc}") from exc
                 connect_uri = process.uri
+                log.debug("Milvus Lite for %s runs in process %d (speedups: %s)", uri,
+                          process.pid, ",".join(process.speedups) or "none")
         try:
             client = MilvusClient(uri=connect_uri, token=token)
             store = cls(client, uri=uri, **kwargs)

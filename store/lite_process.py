@@ -263,7 +263,10 @@ def _child(path: str, lock_wait_s: float, speedups: bool) -> int:
     applied: list[str] = []
     try:
         if speedups:
-            applied = speed_up_lite()
+            try:
+                applied = speed_up_lite()
+            except Exception:  # a milvus_lite unlike 3.2.2 inside: serve it, reported as plain
+                applied = []
         from milvus_lite.adapter.grpc.server import start_server_in_thread
         from milvus_lite.exceptions import DataDirLockedError
 
