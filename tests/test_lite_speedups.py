@@ -23,14 +23,14 @@ from milvus_lite.schema.types import CollectionSchema, DataType, FieldSchema  # 
 from milvus_lite.storage.memtable import MemTable  # noqa: E402
 
 from schema.collection import CollectionSpec  # noqa: E402
-from store import MilvusStore  # noqa: E402
+from store import MilvusStore, ensure_collections  # noqa: E402
 from store import lite_process as lp  # noqa: E402
 from store.lite_process import LiteProcess  # noqa: E402
 from tests.milvus_support import DIM, record, unit  # noqa: E402
 
-SERIES = tuple(str(milvus_lite.__version__).split(".")[:2]) == lp.SPEEDUP_SERIES
 needs_series = pytest.mark.skipif(
-    not SERIES, reason=f"milvus_lite {milvus_lite.__version__}: the speedups are for 3.2.x")
+    not lp.speedups_fit(str(milvus_lite.__version__)),
+    reason=f"milvus_lite {milvus_lite.__version__}: the speedups are for 3.2.x")
 
 D = 6
 
@@ -126,22 +126,6 @@ def test_vector_columns_are_written_plain_and_read_back_the_same(tmp_path: Path)
     assert chunks["category_l1"].has_dictionary_page
 
 
-def _flushed_store_rows(uri: str, spec: CollectionSpec, *, lite_process: bool,
-                        speedups: bool = True) -> tuple[tuple[str, ...], dict[str, Any]]:
-    from store import ensure_collections
-
-    store = MilvusStore.open(uri, lite_process=lite_process, lite_speedups=speedups)
-    try:
-        applied = store.lite_process.speedups if store.lite_process is not None else ()
-        ensure_collections(store, spec)
-        rows = store.client.query(spec.name, filter='pk != ""',
-                                  output_fields=["product_id", "vector", "price"],
-                                  limit=1000, consistency_level="Strong")
-        return applied, {r["product_id"]: r for r in rows}
-    finally:
-        store.close()
-
-
 @needs_series
 def test_a_sped_up_child_writes_files_a_plain_milvus_lite_reads(tmp_path: Path) -> None:
     uri = str(tmp_path / "shop.db")
@@ -151,8 +135,6 @@ def test_a_sped_up_child_writes_files_a_plain_milvus_lite_reads(tmp_path: Path) 
         assert store.lite_process is not None
         assert store.lite_process.speedups == ("validate_record", "build_data_table",
                                                "plain_vectors")
-        from store import ensure_collections
-
         ensure_collections(store, spec)
         for start in (0, 40, 20):  # three flushes, the last overwriting rows of the first two
             store.upsert(spec.name, [record(f"p{i}", "a", unit(i % DIM), price=float(start + i))
@@ -160,8 +142,15 @@ def test_a_sped_up_child_writes_files_a_plain_milvus_lite_reads(tmp_path: Path) 
             store.flush(spec.name)
     finally:
         store.close()
-    applied, rows = _flushed_store_rows(uri, spec, lite_process=False)  # plain, this process
-    assert applied == ()
+    plain = MilvusStore.open(uri, lite_process=False)  # milvus_lite as it is, in this process
+    try:
+        ensure_collections(plain, spec)
+        found = plain.client.query(spec.name, filter='pk != ""',
+                                   output_fields=["product_id", "vector", "price"],
+                                   limit=1000, consistency_level="Strong")
+    finally:
+        plain.close()
+    rows = {r["product_id"]: r for r in found}
     assert len(rows) == 80
     for i in (0, 19, 20, 59, 60, 79):
         start = 20 if 20 <= i < 60 else (0 if i < 20 else 40)
