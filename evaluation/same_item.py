@@ -117,10 +117,13 @@ def evaluate_same_item(
     *,
     max_pixels: int,
     k: int = 20,
+    threshold: float = 0.5,
     fetcher: ImageFetcher | None = None,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
-    image; several views are not a price-comparison query) and count what it lists."""
+    image; several views are not a price-comparison query) and count what it lists.
+    ``k`` and ``threshold`` are ``compare_prices``' (``lookalike eval`` passes the
+    configured ``search.compare_k`` and ``search.compare_threshold``)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
@@ -133,7 +136,7 @@ def evaluate_same_item(
     with tqdm(total=len(queries), unit="query", desc="compare", disable=None) as bar:
         for query in queries:
             t0 = time.perf_counter()
-            matches = searcher.compare_prices(image=query.image, k=k)
+            matches = searcher.compare_prices(image=query.image, k=k, threshold=threshold)
             per_query.append(1000 * (time.perf_counter() - t0))
             counts.add({m.product_id for m in matches}, set(query.relevant))
             bar.update(1)

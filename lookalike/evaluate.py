@@ -41,6 +41,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                     *settings.images.roots, *gallery_roots(products)]})
                 report = evaluate_same_item(products, queries, embedder, store, spec, cache,
                                             max_pixels=settings.images.max_pixels,
+                                            k=settings.search.compare_k,
+                                            threshold=settings.search.compare_threshold,
                                             fetcher=build_fetcher(images))
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,

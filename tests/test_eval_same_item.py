@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+import lookalike.evaluate
 from evaluation.protocol import load_gallery, load_queries
 from evaluation.same_item import SameItemCounts, evaluate_same_item
-from lookalike.cli import build_parser
+from lookalike.cli import build_parser, main
 from schema.collection import CollectionSpec
 from store import MilvusStore
 from tests.fakes import TinyEmbedder, heavy_edit, recolour, textured_photo
@@ -79,3 +80,45 @@ def test_cli_takes_task_and_match() -> None:
     assert build_parser().parse_args(["search", "x.jpg"]).match == "exact"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "x.jpg", "--match", "colour"])
+
+
+def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> None:
+    """k = 1: each query verifies its single most similar listing, so query-a lists one of
+    its three listings (two of them show the very same photo) and query-b its one."""
+    gallery_path, queries_path = _write(tmp_path)
+    products = load_gallery(gallery_path)
+    queries = load_queries(queries_path, products)
+    store = MilvusStore.open(str(tmp_path / "eval.db"))
+    embedder = TinyEmbedder()
+    try:
+        report = evaluate_same_item(products, queries, embedder, store,
+                                    CollectionSpec(name="same_item", dim=embedder.dim), None,
+                                    max_pixels=10_000_000, k=1)
+    finally:
+        store.close()
+    out = report.to_json()
+    assert (out["returned"], out["precision"], out["recall"]) == (2, 1.0, 0.5)
+
+
+def test_cli_eval_same_item_uses_the_configured_comparison(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lookalike eval --task same-item`` measures what the configured ``compare_prices``
+    does: ``search.compare_k`` and ``search.compare_threshold`` reach it."""
+    gallery_path, queries_path = _write(tmp_path)
+    seen: dict[str, object] = {}
+
+    class Seen(Exception):
+        pass
+
+    def capture(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(lookalike.evaluate, "evaluate_same_item", capture)
+    monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_K", "7")
+    monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_THRESHOLD", "0.6")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Seen):
+        main(["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
+              str(queries_path), "--no-cache"])
+    assert (seen["k"], seen["threshold"]) == (7, 0.6)

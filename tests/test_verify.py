@@ -292,9 +292,48 @@ def test_light_route_limits_name_the_evidence() -> None:
     same, why = rule.decide(0.9, 50, 0.3, relit)
     assert same and "under another light" in why and "1.10/1.00/0.90" in why, why
     assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=(1.5, 1.0, 0.9)))[0]
-    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 6.0, 8.0)))[0]
+    # After the light map, colours must agree as closely as the plain route asks.
+    assert rule.max_light_shift == rule.max_colour_shift
+    assert rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 8.0, 9.0)))[0]
+    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 8.5, 9.0)))[0]
     assert not rule.decide(0.9, 50, 0.3, replace(relit, correlation=0.95))[0]
     assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=None))[0]
+
+
+def test_light_route_asks_less_correlation_where_the_print_check_applies() -> None:
+    """Segmented pairs (re-shots on backdrops) also pass the print check, which refuses
+    another line of a pack layout cell by cell; uneven light lowers their overall
+    correlation, so the light route asks 0.94 of them instead of 0.96."""
+    rule = SameItemRule()
+    relit = Alignment(0.95, (5.0, 9.0, 14.0, 18.0), light_gains=(1.1, 1.0, 0.9),
+                      light_shifts=(1.0, 2.0, 3.0, 4.0))
+    segmented = replace(relit, segmented=True, print_agreement=0.85)
+    assert rule.decide(0.9, 50, 0.3, segmented)[0]
+    assert not rule.decide(0.9, 50, 0.3, relit)[0]  # no print check: 0.96 still applies
+    assert not rule.decide(0.9, 50, 0.3, replace(segmented, print_agreement=None))[0]
+    assert not rule.decide(0.9, 50, 0.3, replace(segmented, correlation=0.93))[0]
+    refused = rule.decide(0.9, 50, 0.3, replace(segmented, print_agreement=0.6))
+    assert not refused[0] and "print differs" in refused[1]
+
+
+@needs_luma
+def test_a_luma_jacket_reshot_under_uneven_light_is_accepted_its_other_colour_refused() -> None:
+    """Re-shot on a textured backdrop under light falling off across it: segmented, the
+    print agrees, the overall correlation falls below the unsegmented light route's 0.96.
+    The other colour of the jacket, re-shot the same way, is refused on its colours."""
+    listing = _luma("mj06-purple")
+    evidence = _evidence(reshot_on_backdrop(listing, texture_seed=2), listing)
+    assert evidence.same_item, evidence.reason
+    assert "under another light" in evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.segmented
+    assert alignment.correlation < DEFAULT_RULE.min_light_correlation  # what it catches
+    before = replace(DEFAULT_RULE, min_segmented_light_correlation=0.96, max_light_shift=5.0)
+    assert not before.decide(evidence.similarity, evidence.inliers,
+                             evidence.colour_agreement, alignment)[0]
+    same, why = _decide(reshot_on_backdrop(_luma("mj06-blue"), texture_seed=2), listing,
+                        similarity=0.95)
+    assert not same, why
 
 
 def test_a_reshoot_on_another_background_is_accepted_without_its_outline() -> None:
