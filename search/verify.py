@@ -493,8 +493,11 @@ def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
     return count, homography
 
 
-def _ransac(a: PhotoFeatures, b: PhotoFeatures
-            ) -> tuple[int, NDArray[np.float64] | None, NDArray[np.float32]]:
+KeypointMatch = tuple[int, NDArray[np.float64] | None, NDArray[np.float32]]
+"""(inliers, homography or None, the inliers' positions in the listing photo, px)."""
+
+
+def _ransac(a: PhotoFeatures, b: PhotoFeatures) -> KeypointMatch:
     """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px)."""
     none = np.zeros((0, 2), np.float32)
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
@@ -526,9 +529,11 @@ def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tupl
 
 
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
-          inliers: NDArray[np.float32] | None = None) -> Alignment | None:
+          inliers: NDArray[np.float32] | None = None, print_check: bool = False
+          ) -> Alignment | None:
     """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
-    overlap is too small to say)."""
+    overlap is too small to say). The print agreement is measured for segmented photos, and
+    for any pair with ``print_check``."""
     half = np.diag([0.5, 0.5, 1.0])
     h_small = half @ homography @ np.linalg.inv(half)
     height, width = b.small.shape[:2]
@@ -578,8 +583,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
                      segmented=segmented,
-                     print_agreement=_print_agreement(grey_a, grey_b, region) if segmented
-                     else None)
+                     print_agreement=_print_agreement(grey_a, grey_b, region)
+                     if segmented or print_check else None)
 
 
 def product_on_white(image: Image.Image, product: NDArray[np.bool_] | None
@@ -857,12 +862,15 @@ class SameItemVerifier:
         return features
 
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
-                allow_coarse: bool = True) -> Evidence:
+                allow_coarse: bool = True, matched: KeypointMatch | None = None,
+                print_check: bool = False) -> Evidence:
         """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
-        whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``)."""
-        inliers, homography, points = _ransac(query, other)
-        alignment = (align(query, other, homography, points) if homography is not None
-                     else None)
+        whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``;
+        ``matched``: the pair's :meth:`keypoint_matches` result, when already computed;
+        ``print_check``: the print must agree as for segmented photos, whatever the pair)."""
+        inliers, homography, points = matched if matched is not None else _ransac(query, other)
+        alignment = (align(query, other, homography, points, print_check)
+                     if homography is not None else None)
         colour = float(np.dot(query.colour, other.colour))
         tried = allow_coarse and self.rule.wants_coarse(similarity, inliers, colour)
         if tried:
@@ -873,17 +881,20 @@ class SameItemVerifier:
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried)
 
-    def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]]
-               ) -> list[Evidence]:
+    def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
+               matched: Sequence[KeypointMatch | None] | None = None,
+               print_check: bool = False) -> list[Evidence]:
         """One :class:`Evidence` per ``(image_ref, similarity)`` candidate, in order.
 
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
         At most ``rule.max_coarse`` candidates (the first that qualify: give them most
-        similar first) are aligned without keypoints.
+        similar first) are aligned without keypoints. ``matched``, parallel to
+        ``candidates``: their :meth:`keypoint_matches`, when already computed.
+        ``print_check``: see :meth:`compare`.
         """
         out: list[Evidence] = []
         coarse = 0
-        for image_ref, similarity in candidates:
+        for n, (image_ref, similarity) in enumerate(candidates):
             try:
                 other = self.gallery_features(image_ref)
             except Exception as exc:  # a gone URL must not sink the whole comparison
@@ -891,6 +902,25 @@ class SameItemVerifier:
                                     f"listing photo unavailable: {type(exc).__name__}: {exc}"))
                 continue
             out.append(self.compare(query, other, similarity,
-                                    allow_coarse=coarse < self.rule.max_coarse))
+                                    allow_coarse=coarse < self.rule.max_coarse,
+                                    matched=None if matched is None else matched[n],
+                                    print_check=print_check))
             coarse += out[-1].coarse_tried
+        return out
+
+    def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]
+                         ) -> list[KeypointMatch | None]:
+        """Each listing photo's geometric match with ``query`` (inliers, homography, the
+        inliers' positions), the first step of :meth:`verify` alone (~2-5 ms a pair with its
+        features cached, a third of a full verification); None where the photo cannot be
+        loaded. Price comparison ranks candidates below its first ``k`` by it when those are
+        a family of look-alikes (``search/api.py``)."""
+        out: list[KeypointMatch | None] = []
+        for image_ref in image_refs:
+            try:
+                other = self.gallery_features(image_ref)
+            except Exception:  # refused with its reason if it is ever verified
+                out.append(None)
+                continue
+            out.append(_ransac(query, other))
         return out

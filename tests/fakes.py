@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from embedding.colour import COLOUR_DIM
-from search.verify import Evidence, PhotoFeatures, SameItemVerifier
+from search.verify import Evidence, KeypointMatch, PhotoFeatures, SameItemVerifier
 
 
 class TinyEmbedder:
@@ -50,7 +50,8 @@ class SimilarityOnlyVerifier(SameItemVerifier):
                              np.zeros(COLOUR_DIM, np.float32), np.zeros((1, 1, 3), np.uint8))
 
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
-                allow_coarse: bool = True) -> Evidence:
+                allow_coarse: bool = True, matched: KeypointMatch | None = None,
+                print_check: bool = False) -> Evidence:
         return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
                         "similarity only (test)")
 

@@ -13,6 +13,7 @@ from evaluation.protocol import load_gallery, load_queries
 from evaluation.same_item import SameItemCounts, evaluate_same_item
 from lookalike.cli import build_parser, main
 from schema.collection import CollectionSpec
+from search.api import COMPARE_DEPTH
 from store import MilvusStore
 from tests.fakes import TinyEmbedder, heavy_edit, recolour, textured_photo
 
@@ -83,8 +84,9 @@ def test_cli_takes_task_and_match() -> None:
 
 
 def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> None:
-    """k = 1: each query verifies its single most similar listing, so query-a lists one of
-    its three listings (two of them show the very same photo) and query-b its one."""
+    """k = 1: each query verifies its single most similar listing. query-a's matches its
+    geometry, so it also looks one deeper (the best of the next ``COMPARE_DEPTH - 1``
+    products by inliers): two of its three listings, not all three; query-b lists its one."""
     gallery_path, queries_path = _write(tmp_path)
     products = load_gallery(gallery_path)
     queries = load_queries(queries_path, products)
@@ -97,7 +99,8 @@ def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> 
     finally:
         store.close()
     out = report.to_json()
-    assert (out["returned"], out["precision"], out["recall"]) == (2, 1.0, 0.5)
+    assert COMPARE_DEPTH == 3
+    assert (out["returned"], out["precision"], out["recall"]) == (3, 1.0, 0.75)
 
 
 def test_cli_eval_same_item_uses_the_configured_comparison(

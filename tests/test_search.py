@@ -8,15 +8,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from PIL import Image, ImageOps
 
+import search.api as search_api
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
+from search.verify import SameItemRule, SameItemVerifier
 from store import ensure_collections
 from tests import milvus_support
-from tests.fakes import SimilarityOnlyVerifier, printed_pack, reshot_on_backdrop
+from tests.fakes import (
+    SimilarityOnlyVerifier,
+    heavy_edit,
+    printed_pack,
+    reshot_on_backdrop,
+    textured_photo,
+)
 from tests.milvus_support import (
     DIM,
     FakeEmbedder,
@@ -314,3 +323,59 @@ def test_a_snapshot_also_searches_with_its_product_on_white(
         catalog.search.by_images([on_white] * 17, k=3)
     with pytest.raises(ValueError, match="at least one"):
         catalog.search.by_images([], k=3)
+
+
+def _hue_turned(photo: Image.Image, degrees: int) -> Image.Image:
+    """Another colour of the same style: every hue turned by ``degrees``."""
+    h, s, v = photo.convert("HSV").split()
+    turned = h.point(lambda x: (x + round(degrees * 256 / 360)) % 256)
+    return Image.merge("HSV", (turned, s, v)).convert("RGB")
+
+
+@pytest.mark.parametrize("family", [True, False], ids=["look-alike-family", "unrelated"])
+def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
+        milvus: Milvus, family: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five other colours of one style rank above the item itself by vector, and the first
+    k = 3 all match the query's geometry: price comparison then ranks the next products by
+    their inliers and verifies the best, and finds the item. Below unrelated products (no
+    geometry in common) it does not look deeper."""
+    style = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    others = ([_hue_turned(style, d) for d in (60, 120, 180, 240, 300)] if family else
+              [ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
+               for n in (2, 3, 4, 5, 6)])
+    photos = {f"https://img.example/other-{n}.jpg": p for n, p in enumerate(others)}
+    photos["https://img.example/item.jpg"] = style
+    s = milvus.new_spec(prefix="deeper")
+    ensure_collections(milvus.store, s)
+    records = [record(f"other-{n}", f"other-{n}", rotate(0.99 - 0.01 * n)) for n in range(5)]
+    records.append(record("item", "item", rotate(0.6)))
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
+    embedder = FakeEmbedder()
+    query = heavy_edit(style, watermark=False)
+    corner = query.getpixel((0, 0))
+    assert isinstance(corner, tuple)
+    embedder.table[(int(corner[0]), int(corner[1]), int(corner[2]))] = unit(0)
+    verifier = SameItemVerifier(photos.__getitem__)
+    looked: list[int] = []
+    deeper = verifier.keypoint_matches
+    monkeypatch.setattr(verifier, "keypoint_matches",
+                        lambda q, refs: looked.append(len(refs)) or deeper(q, refs))
+    checked: list[bool] = []  # per verify call: whether the print must agree too
+    verify = verifier.verify
+    monkeypatch.setattr(verifier, "verify", lambda q, c, m=None, print_check=False: (
+        checked.append(print_check) or verify(q, c, m, print_check=print_check)))
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    try:
+        matches = search.compare_prices(image=query, k=3, threshold=0.3)
+        if family:
+            assert looked == [3]  # the two other colours and the item below the first k
+            assert checked == [False, True]  # below a family, the print must agree too
+            assert [m.product_id for m in matches] == ["item"]
+            assert matches[0].inliers >= SameItemRule().min_inliers
+            monkeypatch.setattr(search_api, "COMPARE_DEPTH", 1)
+            assert search.compare_prices(image=query, k=3, threshold=0.3) == []
+        else:
+            assert looked == [] and matches == [] and checked == [False]
+    finally:
+        milvus.drop(s)

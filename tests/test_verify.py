@@ -477,3 +477,19 @@ def test_odd_photos_get_no_cut_out_and_raise_nothing(size: tuple[int, int]) -> N
     noise = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
     for photo in (noise, Image.new("RGB", size, (10, 20, 30)), Image.new("RGB", size, "white")):
         assert verify.cutout(photo) is None
+
+
+def test_the_print_check_can_be_asked_for_any_pair() -> None:
+    """Price comparison asks it of the candidates it finds below a family of look-alikes
+    (search/api.py, ``_look_deeper``): the print agreement is then measured for a pair on
+    white too, and the rule's ``min_print_agreement`` applies to it."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    query = photo_features(_relit(original))
+    plain = verifier.verify(query, [("listing", 0.9)])[0]
+    checked = verifier.verify(query, [("listing", 0.9)], print_check=True)[0]
+    assert plain.alignment is not None and not plain.alignment.segmented
+    assert plain.alignment.print_agreement is None
+    assert checked.alignment is not None and checked.alignment.print_agreement is not None
+    assert checked.alignment.print_agreement >= DEFAULT_RULE.min_print_agreement
+    assert checked.same_item, checked.reason
