@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,23 +43,29 @@ def _write(root: Path) -> tuple[Path, Path]:
     return root / "gallery.jsonl", root / "queries.jsonl"
 
 
-def test_same_item_eval_finds_every_listing_and_no_look_alike(tmp_path: Path) -> None:
-    gallery_path, queries_path = _write(tmp_path)
+def _evaluate(root: Path, **kwargs: Any) -> dict[str, Any]:
+    """The tiny listing set through ``evaluate_same_item`` on Milvus Lite, as JSON."""
+    gallery_path, queries_path = _write(root)
     products = load_gallery(gallery_path)
     assert {p.seller_id for p in products} == {"shop-0", "shop-1", "shop-2", "s"}
     queries = load_queries(queries_path, products)
-    store = MilvusStore.open(str(tmp_path / "eval.db"))
+    store = MilvusStore.open(str(root / "eval.db"))
     embedder = TinyEmbedder()
     try:
         report = evaluate_same_item(products, queries, embedder, store,
                                     CollectionSpec(name="same_item", dim=embedder.dim), None,
-                                    max_pixels=10_000_000)
+                                    max_pixels=10_000_000, **kwargs)
     finally:
         store.close()
-    out = report.to_json()
+    return report.to_json()
+
+
+def test_same_item_eval_finds_every_listing_and_no_look_alike(tmp_path: Path) -> None:
+    out = _evaluate(tmp_path)
     assert (out["precision"], out["recall"]) == (1.0, 1.0)
     assert (out["false_match_rate"], out["all_found_rate"]) == (0.0, 1.0)
-    assert (out["n_queries"], out["n_gallery"], out["model"]) == (2, 5, embedder.model_version)
+    assert (out["n_queries"], out["n_gallery"], out["model"]) == (2, 5,
+                                                                  TinyEmbedder().model_version)
     assert out["returned"] == 4 and out["query_ms_p50"] > 0
 
 
@@ -87,18 +94,7 @@ def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> 
     """k = 1: each query verifies its single most similar listing. query-a's matches its
     geometry, so it also looks one deeper (the best of the next ``COMPARE_DEPTH - 1``
     products by inliers): two of its three listings, not all three; query-b lists its one."""
-    gallery_path, queries_path = _write(tmp_path)
-    products = load_gallery(gallery_path)
-    queries = load_queries(queries_path, products)
-    store = MilvusStore.open(str(tmp_path / "eval.db"))
-    embedder = TinyEmbedder()
-    try:
-        report = evaluate_same_item(products, queries, embedder, store,
-                                    CollectionSpec(name="same_item", dim=embedder.dim), None,
-                                    max_pixels=10_000_000, k=1)
-    finally:
-        store.close()
-    out = report.to_json()
+    out = _evaluate(tmp_path, k=1)
     assert COMPARE_DEPTH == 3
     assert (out["returned"], out["precision"], out["recall"]) == (3, 1.0, 0.75)
 
