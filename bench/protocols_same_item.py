@@ -17,6 +17,10 @@ hard negatives: listing one of them is a false match.
 * ``same-item-reshot`` (luma): the ``same-item-dev`` gallery; queries are the variants' other
   photos (close-ups and back views: the same item re-shot, not a copy). A stress figure: a
   back view shares no surface with the listed front, and nothing here claims to match it.
+* ``same-item-blind`` (luma): the same construction with another seed and the ``BLIND``
+  recipes, written after the rule's last change and scored once: a mirrored photo, a round
+  price sticker on the product, a shop's frame with a caption, vivid colours, a vignette, a
+  tiny thumbnail, a collage with an enlarged detail, a quarter turn, and chains.
 * ``same-item-fmnist``: 1,000 Fashion-MNIST articles (grey, 28 px, ten classes: every
   article has hundreds of look-alikes), 10% re-listed with the same file or an edited copy;
   300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
@@ -52,7 +56,8 @@ from protocols import (  # noqa: E402
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
 Row = dict[str, Any]
-PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist")
+PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist",
+             "same-item-blind")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -182,6 +187,76 @@ def heavy_jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 HELDOUT_SINGLE: tuple[Edit, ...] = (perspective, colour_grade, blur_noise, banner, small,
                                     tinted_pad, aspect, heavy_jpeg)
+
+
+# -- BLIND recipes (written after the rule's last change, scored once, never tuned on) ---------
+
+def mirror(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.mirror(img)
+
+
+def sticker(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A round price sticker over the product (its middle third)."""
+    out = img.convert("RGB").copy()
+    w, h = out.size
+    r = round(min(w, h) * rng.uniform(0.08, 0.14))
+    cx, cy = (round(v * rng.uniform(0.35, 0.65)) for v in (w, h))
+    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    draw = ImageDraw.Draw(out)
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour, outline="white", width=3)
+    draw.text((cx - r * 0.6, cy - r * 0.35), "-30%", fill="white", font=_font(round(r * 0.7)))
+    return out
+
+
+def frame(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A shop's coloured frame with a caption band under the photo."""
+    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    framed = ImageOps.expand(img, border=round(max(img.size) * rng.uniform(0.03, 0.06)),
+                             fill=colour)
+    band = round(framed.height * 0.1)
+    out = ImageOps.expand(framed, border=(0, 0, 0, band), fill=(255, 255, 255))
+    ImageDraw.Draw(out).text((10, framed.height + 4), "Best price - order now",
+                             fill=(30, 30, 30), font=_font(max(8, band - 10)))
+    return out
+
+
+def vivid(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = ImageEnhance.Color(img).enhance(float(rng.uniform(1.25, 1.6)))
+    return ImageEnhance.Contrast(out).enhance(float(rng.uniform(1.1, 1.3)))
+
+
+def vignette(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = np.hypot((xx - w / 2) / (w / 2), (yy - h / 2) / (h / 2)) / np.sqrt(2)
+    shade = 1.0 - float(rng.uniform(0.25, 0.45)) * d ** 2
+    return Image.fromarray(np.clip(rgb * shade[..., None], 0, 255).astype(np.uint8), "RGB")
+
+
+def tiny(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _scale(img, float(rng.uniform(120, 170)) / max(img.size))
+
+
+def collage(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The photo beside an enlarged detail of itself, as some shops lay out a listing."""
+    w, h = img.size
+    f = float(rng.uniform(0.35, 0.5))
+    x, y = round(w * rng.uniform(0.1, 0.9 - f)), round(h * rng.uniform(0.1, 0.9 - f))
+    detail = img.crop((x, y, x + round(w * f), y + round(h * f))).resize(
+        (w // 2, h // 2), Image.Resampling.BICUBIC)
+    out = Image.new("RGB", (w + w // 2, h), (255, 255, 255))
+    out.paste(img, (0, 0))
+    out.paste(detail, (w, h // 4))
+    return out
+
+
+def quarter_turn(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return img.rotate(90 if rng.random() < 0.5 else 270, expand=True)
+
+
+BLIND_SINGLE: tuple[Edit, ...] = (mirror, sticker, frame, vivid, vignette, tiny, collage,
+                                  quarter_turn)
 
 
 def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
@@ -368,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-heldout", HELDOUT_SINGLE, seed=2)
         print(f"same-item-heldout: {gallery} {queries}")
+    if has_luma and "same-item-blind" in wanted:
+        gallery, queries, _ = write_luma_listings(
+            args.luma, args.out / "same-item-blind", BLIND_SINGLE, seed=3)
+        print(f"same-item-blind: {gallery} {queries}")
     if "same-item-fmnist" in wanted:
         print("same-item-fmnist: {} {}".format(
             *write_fmnist_listings(args.out / "same-item-fmnist")))

@@ -368,7 +368,7 @@ class ProductSearch:
             assert image is not None
             pictures = [self._load(image, self._max_pixels)]
             picture = self._load_to_verify(image, self._max_pixels)
-            queries = [photo_features(picture)]
+            queries = [photo_features(picture, keep_grey=True)]
             # A photo re-shot on a backdrop: its product on white finds the catalog photo.
             product = product_on_white(picture, queries[0].product)
             if product is not None:

@@ -143,6 +143,9 @@ class PhotoFeatures:
     product: NDArray[np.bool_] | None = None
     """Where ``small`` shows the product, segmented (:func:`product_mask`) when its border
     does not tell the background (a photo re-shot on a backdrop); None when it does."""
+    grey: NDArray[np.uint8] | None = None
+    """The grey photo at ``VERIFY_SIZE``, kept for a query photo only (``keep_grey``), so
+    that a re-listing that mirrors it can be matched (:func:`mirrored`)."""
 
 
 @dataclass(frozen=True)
@@ -390,7 +393,8 @@ class Evidence:
     colour_shift: float | None = None
     """The alignment's colour shift at the rule's percentile (None without alignment)."""
     coarse_tried: bool = False
-    """Whether a keypoint-free alignment was tried (they are budgeted per query)."""
+    """Whether a keypoint-free alignment or a mirrored match was tried (they are budgeted per
+    query)."""
 
 
 _sift_lock = threading.Lock()
@@ -406,8 +410,9 @@ def _sift() -> Any:
         return _sift_by_thread[ident]
 
 
-def photo_features(image: Image.Image) -> PhotoFeatures:
-    """Keypoints and descriptors at ``VERIFY_SIZE``, and the foreground colour histogram."""
+def photo_features(image: Image.Image, keep_grey: bool = False) -> PhotoFeatures:
+    """Keypoints and descriptors at ``VERIFY_SIZE``, and the foreground colour histogram
+    (``keep_grey``: also the grey photo, for a query photo; see :func:`mirrored`)."""
     rgb = _at_verify_size(image)
     gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
     keypoints, descriptors = _sift().detectAndCompute(gray, None)
@@ -415,7 +420,32 @@ def photo_features(image: Image.Image) -> PhotoFeatures:
     colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
     small_rgb = _half(rgb)
     return PhotoFeatures(points, descriptors if len(points) else None, colour, small_rgb,
-                         product_mask(small_rgb))
+                         product_mask(small_rgb), gray if keep_grey else None)
+
+
+def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:
+    """The keypoints of ``features``' photo mirrored left to right (None without its grey
+    photo). A shop may re-list a flipped photo, and SIFT does not match a mirror image. Its
+    geometric match is mapped back onto the photo as it is by :func:`_unmirror`."""
+    if features.grey is None:
+        return None
+    flipped = np.ascontiguousarray(features.grey[:, ::-1])
+    keypoints, descriptors = _sift().detectAndCompute(flipped, None)
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    return replace(features, points=points,
+                   descriptors=descriptors if len(points) else None, grey=None)
+
+
+def _unmirror(match: KeypointMatch, small_width: int) -> KeypointMatch:
+    """A match of the mirrored photo as a mapping of the photo itself. The flip is exact on
+    the half-size photo that :func:`align` warps (``small_width`` px wide), whose px it maps
+    from ``VERIFY_SIZE`` px by halving: a flip off by half a pixel there reads as a colour
+    shift along every edge of a busy photo."""
+    inliers, homography, points = match
+    if homography is None:
+        return match
+    flip = np.array([[-1.0, 0.0, 2.0 * (small_width - 1)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    return inliers, homography @ flip, points
 
 
 def _at_verify_size(image: Image.Image) -> Image.Image:
@@ -863,23 +893,40 @@ class SameItemVerifier:
 
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
-                print_check: bool = False) -> Evidence:
+                print_check: bool = False,
+                mirror: Callable[[], PhotoFeatures | None] | None = None) -> Evidence:
         """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
         whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``;
         ``matched``: the pair's :meth:`keypoint_matches` result, when already computed;
-        ``print_check``: the print must agree as for segmented photos, whatever the pair)."""
+        ``print_check``: the print must agree as for segmented photos, whatever the pair;
+        ``mirror``: the query's :func:`mirrored` keypoints, matched in the keypoint-free
+        route's place first, for a mirrored re-listing)."""
         inliers, homography, points = matched if matched is not None else _ransac(query, other)
         alignment = (align(query, other, homography, points, print_check)
                      if homography is not None else None)
         colour = float(np.dot(query.colour, other.colour))
         tried = allow_coarse and self.rule.wants_coarse(similarity, inliers, colour)
-        if tried:
+        # A mirrored re-listing: its colours are decided once aligned, so not asked here.
+        flip = (allow_coarse and mirror is not None and inliers < self.rule.min_inliers
+                and similarity >= self.rule.coarse_similarity)
+        flipped = mirror() if flip and mirror is not None else None
+        if flipped is not None:
+            match = _ransac(flipped, other)
+            if match[0] >= self.rule.min_inliers:
+                inliers, homography, points = _unmirror(match, query.small.shape[1])
+                assert homography is not None
+                alignment = align(query, other, homography, points, print_check)
+            else:
+                flipped = None
+        if tried and flipped is None:
             coarse = coarse_homography(query, other)
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment)
+        if flipped is not None:
+            why = f"{why}; the photo mirrored"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
-        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried)
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried or flip)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
@@ -894,6 +941,13 @@ class SameItemVerifier:
         """
         out: list[Evidence] = []
         coarse = 0
+        flipped: list[PhotoFeatures | None] = []
+
+        def mirror() -> PhotoFeatures | None:  # once per query, and only when wanted
+            if not flipped:
+                flipped.append(mirrored(query))
+            return flipped[0]
+
         for n, (image_ref, similarity) in enumerate(candidates):
             try:
                 other = self.gallery_features(image_ref)
@@ -904,7 +958,7 @@ class SameItemVerifier:
             out.append(self.compare(query, other, similarity,
                                     allow_coarse=coarse < self.rule.max_coarse,
                                     matched=None if matched is None else matched[n],
-                                    print_check=print_check))
+                                    print_check=print_check, mirror=mirror))
             coarse += out[-1].coarse_tried
         return out
 

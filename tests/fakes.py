@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,8 @@ class SimilarityOnlyVerifier(SameItemVerifier):
 
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
-                print_check: bool = False) -> Evidence:
+                print_check: bool = False,
+                mirror: Callable[[], PhotoFeatures | None] | None = None) -> Evidence:
         return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
                         "similarity only (test)")
 

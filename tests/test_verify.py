@@ -493,3 +493,40 @@ def test_the_print_check_can_be_asked_for_any_pair() -> None:
     assert checked.alignment is not None and checked.alignment.print_agreement is not None
     assert checked.alignment.print_agreement >= DEFAULT_RULE.min_print_agreement
     assert checked.same_item, checked.reason
+
+
+def test_a_mirrored_copy_is_matched_through_its_mirror_image() -> None:
+    """A shop re-lists the photo flipped left to right: SIFT does not match a mirror image,
+    so a query photo (``keep_grey``) is matched mirrored too, once the direct match fails on
+    a candidate that is globally close. Another colour, mirrored, is still refused."""
+    original = _busy_photo()
+    flipped = ImageOps.mirror(original).resize(
+        (original.width * 4 // 5, original.height * 4 // 5), Image.Resampling.BICUBIC)
+    verifier = SameItemVerifier(lambda ref: original)
+    evidence = verifier.verify(photo_features(flipped, keep_grey=True), [("listing", 0.9)])[0]
+    assert evidence.same_item, evidence.reason
+    assert evidence.reason.endswith("the photo mirrored")
+    assert evidence.inliers >= DEFAULT_RULE.min_inliers
+    # without the query's grey photo (a stored listing's features) nothing is mirrored
+    plain = verifier.verify(photo_features(flipped), [("listing", 0.9)])[0]
+    assert not plain.same_item and "mirrored" not in plain.reason
+    # nor below the keypoint-free route's cosine
+    far = verifier.verify(photo_features(flipped, keep_grey=True), [("listing", 0.6)])[0]
+    assert not far.same_item and "mirrored" not in far.reason
+    other = recolour(original)
+    refused = SameItemVerifier(lambda ref: other).verify(
+        photo_features(flipped, keep_grey=True), [("listing", 0.9)])[0]
+    assert not refused.same_item, refused.reason
+
+
+@needs_luma
+def test_a_mirrored_luma_copy_is_accepted_and_its_other_colour_refused() -> None:
+    listing = _luma("mh01-gray")
+    query = photo_features(ImageOps.mirror(heavy_edit(listing, watermark=False)),
+                           keep_grey=True)
+    same = SameItemVerifier(lambda ref: listing).verify(query, [("listing", 0.9)])[0]
+    assert same.same_item and "mirrored" in same.reason, same.reason
+    photos = {name: _luma(name) for name in ("mh01-black", "mh01-orange")}
+    for refused in SameItemVerifier(photos.__getitem__).verify(
+            query, [(name, 0.9) for name in photos]):
+        assert not refused.same_item, refused.reason
