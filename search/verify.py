@@ -328,6 +328,10 @@ class SameItemRule:
         if similarity >= self.duplicate_similarity and colour >= self.min_colour:
             return True, (f"near-identical photo (similarity {similarity:.3f}, colour "
                           f"{colour:.2f})")
+        if inliers >= self.min_inliers:  # the mapping leaves too little of both to compare
+            return False, (f"{inliers} inliers, but the aligned photos overlap too little to "
+                           f"compare, and similarity {similarity:.3f} < "
+                           f"{self.duplicate_similarity}")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
 

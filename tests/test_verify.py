@@ -123,6 +123,9 @@ def test_rule_reasons_name_the_failing_evidence() -> None:
     assert rule.decide(0.99, 0, 0.1, None) == (
         False, f"0 geometric inliers < {rule.min_inliers} and similarity 0.990 < "
                f"{rule.duplicate_similarity}")
+    # enough inliers, but no alignment to compare (the mapped photos barely overlap)
+    same, why = rule.decide(0.9, 40, 0.9, None)
+    assert not same and why.startswith("40 inliers, but the aligned photos overlap too little")
     agree = Alignment(0.97, (2.0, 2.5, 3.0, 3.5))
     assert rule.decide(0.8, 40, 0.9, agree)[0]
     # all inliers on a patch (a sale tag two listings share): refused whatever else agrees
