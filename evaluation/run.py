@@ -31,7 +31,8 @@ from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import ProductSearch
 from search.intent import Match
-from search.verify import CUTOUT_VERSION, cutout
+from search.verify import CUTOUT_VERSION, WINDOW_VERSION, cutout
+from search.verify import windows as search_windows
 from store import MilvusStore, ensure_collections
 
 CHUNK = 64
@@ -45,8 +46,11 @@ class EmbedStats:
     embedded: int = 0
     cutouts: int = 0
     """Query photos also searched with their product cut out on white."""
+    windows: int = 0
+    """Query photos also searched with their windows (ten crops each)."""
     cutout_seconds: float = 0.0
-    """Time spent looking for cut-outs (decode, segmentation) and embedding them."""
+    """Time spent looking for cut-outs and windows (decode, segmentation) and embedding
+    them."""
     seconds: float = 0.0
     """Decode + embed time of the images not in the cache."""
 
@@ -79,6 +83,7 @@ class EvalReport:
             "embedded_images": self.embed.embedded,
             "cached_images": self.embed.cached,
             "cutout_queries": self.embed.cutouts,
+            "window_queries": self.embed.windows,
             "cutout_seconds": round(self.embed.cutout_seconds, 2),
             "embed_images_per_s": (
                 round(self.embed.images_per_s, 1) if self.embed.images_per_s else None
@@ -143,47 +148,55 @@ def embed_files(
     return out
 
 
-def embed_cutouts(
+def embed_scene_queries(
     paths: Sequence[Path],
     embedder: Embedder,
     cache: EmbeddingCache | None,
     *,
     max_pixels: int,
     stats: EmbedStats,
+    cutouts: bool = True,
+    windows: bool = True,
 ) -> dict[int, NDArray[np.float32]]:
-    """The vectors of the cut-outs (:func:`search.verify.cutout`) of the photos in ``paths``
-    that have one, by position: what :meth:`search.api.ProductSearch.query_vectors` adds to a
-    photo's own vector (the same decode, cut-out and embed). Cached under the photo's content
-    hash and :data:`~search.verify.CUTOUT_VERSION`."""
+    """The vectors an image search adds to a photo's own, for the photos in ``paths`` that
+    have any, by position, one row each: its cut-out's (:func:`search.verify.cutout`) and
+    its windows' (:func:`search.verify.windows`), each unless turned off, in the order of
+    :meth:`search.api.ProductSearch.query_vectors` (the same decode, crops and embed).
+    Cached under the photo's content hash, :data:`~search.verify.CUTOUT_VERSION` or
+    :data:`~search.verify.WINDOW_VERSION` and the crop's index."""
     min_size = getattr(embedder, "decode_size", None)
     version = embedder.model_version
     started = time.perf_counter()
-    keys: dict[int, str] = {}
-    pictures: dict[int, Any] = {}
-    for i, path in enumerate(tqdm(paths, unit="img", desc="cut out queries", disable=None)):
+    keys: dict[int, list[str]] = {}
+    pictures: dict[str, Any] = {}
+    for i, path in enumerate(tqdm(paths, unit="img", desc="cut-outs and windows", disable=None)):
         try:
             data = path.read_bytes()
-            product = cutout(decode_image(data, max_pixels, min_size=min_size))
+            picture = decode_image(data, max_pixels, min_size=min_size)
         except OSError as exc:
             raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
         except ImageDecodeError as exc:
             raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None
-        if product is not None:
-            keys[i] = f"{content_hash(data)}:{CUTOUT_VERSION}"
-            pictures[i] = product
-    found = cache.get_many(version, list(keys.values())) if cache is not None else {}
-    out = {i: found[key] for i, key in keys.items() if key in found}
-    todo = [i for i in keys if i not in out]
+        digest = content_hash(data)
+        product = cutout(picture) if cutouts else None
+        crops = search_windows(picture) if windows else []
+        stats.cutouts += product is not None
+        stats.windows += bool(crops)
+        named = ([(f"{digest}:{CUTOUT_VERSION}", product)] if product is not None else []) + [
+            (f"{digest}:{WINDOW_VERSION}:{n}", crop) for n, crop in enumerate(crops)]
+        if named:
+            keys[i] = [key for key, _ in named]
+            pictures.update(named)
+    found = cache.get_many(version, list(pictures)) if cache is not None else {}
+    todo = [key for key in pictures if key not in found]
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start : start + CHUNK]
-        vectors = np.asarray(embedder.embed([pictures[i] for i in chunk]), dtype=np.float32)
-        for i, vector in zip(chunk, vectors, strict=True):
-            out[i] = vector
+        vectors = np.asarray(embedder.embed([pictures[key] for key in chunk]), dtype=np.float32)
+        found.update(zip(chunk, vectors, strict=True))
         if cache is not None:
-            cache.put_many(version, [(keys[i], out[i]) for i in chunk])
-    stats.cutouts += len(keys)
+            cache.put_many(version, [(key, found[key]) for key in chunk])
     stats.cutout_seconds += time.perf_counter() - started
-    return out
+    return {i: np.stack([found[key] for key in names]) for i, names in keys.items()}
 
 
 def index_gallery(
@@ -215,15 +228,16 @@ def index_gallery(
 
 def run_queries(
     searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32],
-    match: Match = "exact", cutouts: dict[int, NDArray[np.float32]] | None = None,
+    match: Match = "exact", scene: dict[int, NDArray[np.float32]] | None = None,
 ) -> list[QueryResult]:
     """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
 
     ``vectors`` holds every query image in order (``query.images`` of each query in turn),
-    ``cutouts`` the vectors of their cut-outs by the same position; a query with several
-    views searches with all of them and their cut-outs (``ProductSearch.by_vectors``).
+    ``scene`` the vectors of their cut-outs and windows by the same position
+    (:func:`embed_scene_queries`); a query with several views searches with all of them
+    and theirs (``ProductSearch.by_query_vectors``).
     """
-    cutouts = cutouts or {}
+    scene = scene or {}
     results = []
     start = 0
     with tqdm(total=len(queries), unit="query", desc="search", disable=None) as bar:
@@ -232,10 +246,9 @@ def run_queries(
             views = []
             for i in range(start, start + len(query.images)):
                 views.append(vectors[i])
-                if i in cutouts:
-                    views.append(cutouts[i])
+                views.extend(scene.get(i, ()))
             start += len(query.images)
-            hits = searcher.by_vectors(views, k=k, match=match)
+            hits = searcher.by_query_vectors(views, k=k, match=match)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)
@@ -255,21 +268,23 @@ def evaluate(
     max_pixels: int,
     match: Match = "exact",
     cutout_queries: bool = True,
+    window_queries: bool = True,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
-    (with their cut-outs unless ``cutout_queries`` is off, as ``lookalike search`` would)."""
+    (with their cut-outs and windows unless turned off, as ``lookalike search`` would)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
     query_paths = [p for q in queries for p in q.images]
     query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
                                 stats=stats, desc="embed queries")
-    cutouts = (embed_cutouts(query_paths, embedder, cache, max_pixels=max_pixels, stats=stats)
-               if cutout_queries else {})
+    scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
+                                 stats=stats, cutouts=cutout_queries, windows=window_queries)
+             if cutout_queries or window_queries else {})
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels)
     started = time.perf_counter()
-    results = run_queries(searcher, queries, query_vectors, match, cutouts)
+    results = run_queries(searcher, queries, query_vectors, match, scene)
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,

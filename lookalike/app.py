@@ -212,6 +212,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             consistency="Strong" if read_your_writes else settings.milvus.consistency,
             max_pixels=settings.images.max_pixels, verifier=build_verifier(settings),
             cutout_queries=settings.search.cutout_queries,
+            window_queries=settings.search.window_queries,
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -47,7 +47,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=args.match,
-                                  cutout_queries=settings.search.cutout_queries)
+                                  cutout_queries=settings.search.cutout_queries,
+                                  window_queries=settings.search.window_queries)
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
         finally:
@@ -86,7 +87,8 @@ def print_report(report: EvalReport, match: str = "exact") -> None:
     print(f"model {report.model}, match {match}")
     print(f"gallery {report.n_gallery} products ({report.n_gallery_images} images), "
           f"queries {s.n_queries}; embedded {e.embedded} images{speed}, {e.cached} from cache; "
-          f"{e.cutouts} query photos also searched cut out ({e.cutout_seconds:.1f} s)")
+          f"{e.cutouts} query photos also searched cut out, {e.windows} with their windows "
+          f"({e.cutout_seconds:.1f} s)")
     header = f"{'':<36} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP@R':>6} {'queries':>8}"
     print(header)
 

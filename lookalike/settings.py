@@ -170,6 +170,12 @@ class SearchSettings(_Group):
         "when its border does not tell its background (a snapshot, a re-shot pack): ~15 ms "
         "and one more embedding per such photo (docs/matching.md, \"Cut-out queries\")",
     )
+    window_queries: bool = Field(
+        default=True,
+        description="...and with ten crops of it (its corners and centre at 60% and 75% of "
+        "its sides): ten more embeddings per such photo, ~260 ms on 2 CPU cores "
+        "(docs/matching.md, \"Window queries\")",
+    )
 
 
 class ServeSettings(_Group):

@@ -30,7 +30,8 @@
   colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
   See search/intent.py.
 * An image query whose border does not tell its background (a snapshot) also searches with
-  its product cut out on white (:meth:`ProductSearch.query_vectors`; ``cutout_queries``).
+  its product cut out on white and with crops of the scene, its windows
+  (:meth:`ProductSearch.query_vectors`; ``cutout_queries``, ``window_queries``).
 * :meth:`ProductSearch.compare_prices` lists only listings verified to show the same item
   (search/verify.py: local features with a RANSAC homography, colour agreement), each with
   its evidence.
@@ -57,12 +58,14 @@ from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
 from search.verify import (
     VERIFY_SIZE,
+    WINDOW_SCALES,
     Evidence,
     PhotoFeatures,
     SameItemVerifier,
     cutout,
     photo_features,
     product_on_white,
+    windows,
 )
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
@@ -87,6 +90,8 @@ EXACT_MAX_ROWS = 8192
 """Most matching rows scored exactly when the index keeps answering short (vectors fetched)."""
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
+VECTORS_PER_PHOTO = 2 + 5 * len(WINDOW_SCALES)
+"""Most vectors one query photo is searched with: its own, its cut-out's, its windows'."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
@@ -185,13 +190,15 @@ class ProductSearch:
         clock: Callable[[], float] = time.monotonic,
         verifier: SameItemVerifier | None = None,
         cutout_queries: bool = True,
+        window_queries: bool = True,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`
         (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
         :meth:`compare_prices` refuses to run: a verifier of its own would fetch with a fetch
         policy other than the configured one (its egress allow-lists, roots, byte cap).
         ``cutout_queries``: image searches also search with a photo's segmented product on
-        white when its border does not tell its background (:meth:`by_image`)."""
+        white when its border does not tell its background (:meth:`by_image`);
+        ``window_queries``: ...and with its :func:`search.verify.windows`."""
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -215,6 +222,7 @@ class ProductSearch:
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
         self._cutout_queries = cutout_queries
+        self._window_queries = window_queries
         self._versions = ModelVersions(store, spec.name)
         self._check_interval_s = model_check_interval_s
         self._clock = clock
@@ -270,9 +278,11 @@ class ProductSearch:
 
         A photo whose border does not tell its background (a shopper's snapshot, a pack
         re-shot on a backdrop) is also searched with its product cut out on white
-        (:func:`search.verify.cutout`), as catalogs show products; each product scores by the
-        better of the two (docs/matching.md, "Cut-out queries"). A photo on white or on a
-        pad searches with itself only."""
+        (:func:`search.verify.cutout`), as catalogs show products, and with ten crops of the
+        scene (:func:`search.verify.windows`), one of which a product that fills part of the
+        photo fills; each product scores by its best match over them all (docs/matching.md,
+        "Cut-out queries", "Window queries"). A photo on white or on a pad searches with
+        itself only."""
         return self.by_images([image], k, filter, match)
 
     def by_vector(
@@ -291,8 +301,8 @@ class ProductSearch:
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
-        a close-up), each scored by its best match over all of them (and their cut-outs, as
-        :meth:`by_image`)."""
+        a close-up), each scored by its best match over all of them (and their cut-outs and
+        windows, as :meth:`by_image`)."""
         if not len(images):
             raise ValueError("at least one image is needed")
         if len(images) > MAX_QUERY_VECTORS:
@@ -313,6 +323,25 @@ class ProductSearch:
         if len(vectors) > MAX_QUERY_VECTORS:
             raise ValueError(f"at most {MAX_QUERY_VECTORS} query vectors, got {len(vectors)}")
         return self._hits([self._check_vector(v) for v in vectors], k, filter, match, ())
+
+    def by_query_vectors(
+        self,
+        vectors: Sequence[Sequence[float] | np.ndarray],
+        k: int = _SEARCH_DEFAULTS.k,
+        filter: SearchFilter | None = None,
+        match: Match = "exact",
+    ) -> list[Hit]:
+        """:meth:`by_images` once its vectors are known: those :meth:`query_vectors` gives
+        for the photos (each photo's, its cut-out's, its windows'), for a caller that embeds
+        them itself (``lookalike eval``, through its cache). Up to ``VECTORS_PER_PHOTO`` for
+        each of ``MAX_QUERY_VECTORS`` photos."""
+        if not len(vectors):
+            raise ValueError("at least one vector is needed")
+        if len(vectors) > MAX_QUERY_VECTORS * VECTORS_PER_PHOTO:
+            raise ValueError(f"at most {MAX_QUERY_VECTORS * VECTORS_PER_PHOTO} query vectors, "
+                             f"got {len(vectors)}")
+        return self._hits([self._check_vector(v) for v in vectors], _check_k(k), filter, match,
+                          ())
 
     def by_product(
         self, product_id: str, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
@@ -403,7 +432,8 @@ class ProductSearch:
 
     def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, in one embedder call:
-        each photo's, followed by its cut-out's when it has one (:meth:`by_image`)."""
+        each photo's, followed by its cut-out's when it has one and its windows' when it has
+        them (:meth:`by_image`)."""
         pictures = []
         for image in images:
             picture = self._load(image, self._max_pixels)
@@ -411,6 +441,8 @@ class ProductSearch:
             product = cutout(picture) if self._cutout_queries else None
             if product is not None:
                 pictures.append(self._load(product, self._max_pixels))
+            if self._window_queries:
+                pictures += windows(picture)
         return self._embed_pictures(pictures)
 
     def _embed_pictures(self, pictures: Sequence[Image.Image]) -> list[list[float]]:

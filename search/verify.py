@@ -112,6 +112,11 @@ CUTOUT_ROOM = 0.025
 CUTOUT_VERSION = "cutout-v1"
 """Names how :func:`cutout` cuts, for caches of cut-out vectors (evaluation/run.py): change it
 when the segmentation or the cut-out changes."""
+WINDOW_SCALES = (0.6, 0.75)
+"""Sides of the :func:`windows` of a scene photo, as shares of the photo's (each scale: the
+four corners and the centre)."""
+WINDOW_VERSION = "windows-2x5-v1"
+"""Names how :func:`windows` crops, for caches of window vectors (evaluation/run.py)."""
 PRINT_CELL_PX = 16
 """Side (px at half ``VERIFY_SIZE``) of the cells the print check correlates."""
 PRINT_CELL_COVER = 0.6
@@ -472,6 +477,26 @@ def cutout(image: Image.Image) -> Image.Image | None:
     :func:`photo_features` segments it; None for a photo whose border tells its background
     (a catalog photo on white, a padded one) or without a product found."""
     return product_on_white(image, product_mask(_half(_at_verify_size(image))))
+
+
+def windows(image: Image.Image) -> list[Image.Image]:
+    """Crops of a photo whose border does not tell its background (a shopper's snapshot, a
+    product re-shot in a scene): at each of ``WINDOW_SCALES`` of its sides, its four corners
+    and its centre. A product that fills part of such a photo fills most of one of them, and
+    a search with them all meets its catalog photo where the whole scene does not
+    (docs/matching.md, "Window queries"). Empty for a photo on white or padded, whose
+    product is the photo (the test :func:`product_mask` makes)."""
+    small = _half(_at_verify_size(image))
+    if min(small.shape[:2]) < 16 or background_mask(small) is not None:
+        return []
+    out = []
+    for scale in WINDOW_SCALES:
+        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        for x, y in ((0, 0), (image.width - w, 0), (0, image.height - h),
+                     (image.width - w, image.height - h),
+                     ((image.width - w) // 2, (image.height - h) // 2)):
+            out.append(image.crop((x, y, x + w, y + h)))
+    return out
 
 
 def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
-from evaluation.run import EmbedStats, embed_cutouts, evaluate
+from evaluation.run import EmbedStats, embed_scene_queries, evaluate
 from lookalike.cli import main
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
@@ -51,14 +51,15 @@ def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
 
 
 def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
-         cutout_queries: bool = True) -> Any:
+         cutout_queries: bool = True, window_queries: bool = True) -> Any:
     g, q = root / "gallery.jsonl", root / "queries.jsonl"
     products = load_gallery(g)
     store = MilvusStore.open(str(root / f"{name}.db"))
     try:
         return evaluate(products, load_queries(q, products), embedder, store,
                         CollectionSpec(name=name, dim=embedder.dim), cache,
-                        max_pixels=10_000_000, cutout_queries=cutout_queries)
+                        max_pixels=10_000_000, cutout_queries=cutout_queries,
+                        window_queries=window_queries)
     finally:
         store.close()
 
@@ -222,21 +223,25 @@ def test_vectors_from_the_cache_are_the_stored_ones(tmp_path: Path) -> None:
     assert cache.get_many("m2", ["h1"]) == {}  # another model version never hits
 
 
-def test_eval_searches_snapshots_with_their_cut_outs_as_the_search_api_does(
+def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_api_does(
         tmp_path: Path) -> None:
-    """A re-shot query is searched with its product cut out on white too, as
-    ``ProductSearch.by_image`` searches it (the same vectors), and that finds the catalog
-    photos on white more often than the shots alone (4x4 thumbnails: the backdrop dominates
-    a shot's)."""
+    """A re-shot query is searched with its product cut out on white and with its windows
+    too, as ``ProductSearch.by_image`` searches it (the same vectors, in the same order),
+    and that finds the catalog photos on white more often than the shots alone (4x4
+    thumbnails: the backdrop dominates a shot's)."""
     paths = write_reshot_protocol(tmp_path)
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
-    with_cutouts = _run(tmp_path, TinyEmbedder(), cache, "cut")
-    shots_only = _run(tmp_path, TinyEmbedder(), None, "shots", cutout_queries=False)
-    assert with_cutouts.embed.cutouts == 5 and shots_only.embed.cutouts == 0
-    assert with_cutouts.to_json()["cutout_queries"] == 5
-    assert with_cutouts.summary.overall["R@1"] > shots_only.summary.overall["R@1"]
-    again = TinyEmbedder()  # the cut-outs' vectors come from the cache too
-    assert _run(tmp_path, again, cache, "again").summary.overall == with_cutouts.summary.overall
+    scene = _run(tmp_path, TinyEmbedder(), cache, "cut")
+    cut_only = _run(tmp_path, TinyEmbedder(), None, "cutonly", window_queries=False)
+    shots_only = _run(tmp_path, TinyEmbedder(), None, "shots", cutout_queries=False,
+                      window_queries=False)
+    assert scene.embed.cutouts == 5 and scene.embed.windows == 5
+    assert cut_only.embed.cutouts == 5 and cut_only.embed.windows == 0
+    assert shots_only.embed.cutouts == 0 and shots_only.embed.windows == 0
+    assert scene.to_json()["cutout_queries"] == 5 and scene.to_json()["window_queries"] == 5
+    assert cut_only.summary.overall["R@1"] > shots_only.summary.overall["R@1"]
+    again = TinyEmbedder()  # the cut-outs' and windows' vectors come from the cache too
+    assert _run(tmp_path, again, cache, "again").summary.overall == scene.summary.overall
     assert again.embedded == 0
 
     embedder = TinyEmbedder()
@@ -246,14 +251,15 @@ def test_eval_searches_snapshots_with_their_cut_outs_as_the_search_api_does(
         ensure_collections(store, spec)
         search = ProductSearch(store, spec, embedder, consistency="Strong",
                                max_pixels=10_000_000)
-        cutouts = embed_cutouts(paths, embedder, None, max_pixels=10_000_000,
-                                stats=EmbedStats())
+        extra = embed_scene_queries(paths, embedder, None, max_pixels=10_000_000,
+                                    stats=EmbedStats())
         for i, path in enumerate(paths):
-            _shot, cut = search.query_vectors([path])
-            assert cut == pytest.approx(cutouts[i].tolist(), abs=1e-6)
+            _shot, *added = search.query_vectors([path])
+            assert len(added) == len(extra[i]) == 11  # the cut-out, then ten windows
+            assert np.asarray(added) == pytest.approx(extra[i], abs=1e-6)
         gallery_photo = tmp_path / "g" / "0.png"  # on white: searched with itself only
         assert len(search.query_vectors([gallery_photo])) == 1
-        assert embed_cutouts([gallery_photo], embedder, None, max_pixels=10_000_000,
-                             stats=EmbedStats()) == {}
+        assert embed_scene_queries([gallery_photo], embedder, None, max_pixels=10_000_000,
+                                   stats=EmbedStats()) == {}
     finally:
         store.close()

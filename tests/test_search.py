@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 import search.api as search_api
 from ingest.plan import WritePlan
@@ -16,7 +16,7 @@ from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
-from search.verify import SameItemRule, SameItemVerifier
+from search.verify import SameItemRule, SameItemVerifier, cutout, windows
 from store import ensure_collections
 from tests import milvus_support
 from tests.fakes import (
@@ -300,20 +300,19 @@ def test_a_snapshot_also_searches_with_its_product_on_white(
     the two; the fake embedder reads a picture's corner: the backdrop's for the shot (the
     direction of "far"), white for the cut-out (that of the tees)."""
     shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
-    corner = shot.getpixel((0, 0))
-    assert isinstance(corner, tuple)
-    catalog.embedder.table[(int(corner[0]), int(corner[1]), int(corner[2]))] = unit(7)
+    _read_as(catalog.embedder, [shot, *windows(shot)], unit(7))  # the backdrop's
     catalog.embedder.table[(255, 255, 255)] = unit(0)
-    assert len(catalog.search.query_vectors([shot])) == 2
+    assert len(catalog.search.query_vectors([shot])) == 12  # the shot, its cut-out, windows
     hits = catalog.search.by_image(shot, k=3)
     assert ids(hits) == ["far", "tee-1", "topsy"]
     assert hits[1].score == pytest.approx(0.99, abs=1e-4)  # the cut-out's cosine
     assert ids(catalog.search.by_images([shot], k=3)) == ids(hits)
-    # turned off (LOOKALIKE_SEARCH__CUTOUT_QUERIES=false): the shot alone finds only "far"
+    # turned off (LOOKALIKE_SEARCH__CUTOUT_QUERIES=false): the shot and its windows find
+    # only "far"
     plain_search = ProductSearch(milvus.store, catalog.spec, catalog.embedder,
                                  consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
                                  cutout_queries=False)
-    assert len(plain_search.query_vectors([shot])) == 1
+    assert len(plain_search.query_vectors([shot])) == 11
     assert plain_search.by_image(shot, k=3)[0].product_id == "far"
     assert plain_search.by_image(shot, k=3)[1].score < 0.5
     # a photo with a telling border (here one colour) searches with itself only
@@ -323,6 +322,47 @@ def test_a_snapshot_also_searches_with_its_product_on_white(
         catalog.search.by_images([on_white] * 17, k=3)
     with pytest.raises(ValueError, match="at least one"):
         catalog.search.by_images([], k=3)
+
+
+def _read_as(embedder: FakeEmbedder, pictures: list[Image.Image], vector: list[float]) -> None:
+    """The fake embedder reads each of ``pictures`` (its top-left pixel) as ``vector``."""
+    for picture in pictures:
+        pixel = picture.getpixel((0, 0))
+        assert isinstance(pixel, tuple)
+        embedder.table[(int(pixel[0]), int(pixel[1]), int(pixel[2]))] = vector
+
+
+def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Milvus) -> None:
+    """A product that fills part of a scene photo fills most of one of its windows
+    (search.verify.windows), and ``by_image`` also searches with them, each product scored
+    by its best match. The fake embedder reads a picture's top-left pixel: a red mark a
+    quarter into the photo is the corner of its bottom-right window at 75% (tee-1's
+    direction); the shot, its cut-out and every other window read a direction nearer far's."""
+    shot = reshot_on_backdrop(textured_photo(3), texture_seed=5)
+    width, height = shot.size
+    x, y = width - round(width * 0.75), height - round(height * 0.75)
+    ImageDraw.Draw(shot).rectangle((x, y, x + 5, y + 5), fill=(250, 0, 0))
+    crops = windows(shot)
+    assert len(crops) == 10 and crops[8].getpixel((0, 0)) == (250, 0, 0)
+    cut = cutout(shot)
+    _read_as(catalog.embedder, [shot, *crops, *([cut] if cut else [])],
+             rotate(0.5, base=7, towards=1))  # 0.50 to far, 0.12 to tee-1
+    catalog.embedder.table[(250, 0, 0)] = unit(0)
+    hits = catalog.search.by_image(shot, k=2)
+    assert ids(hits) == ["tee-1", "topsy"]  # as the red window's direction finds them
+    assert hits[0].score == pytest.approx(BEST["tee-1"], abs=1e-4)
+    assert ids(catalog.search.by_images([shot, shot], k=2)) == ids(hits)
+    # turned off (LOOKALIKE_SEARCH__WINDOW_QUERIES=false): far, whose direction the whole
+    # shot and its cut-out read, comes first
+    whole = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
+                          max_pixels=milvus_support.MAX_PIXELS, window_queries=False)
+    assert len(whole.query_vectors([shot])) == 1 + (cut is not None)
+    assert whole.by_image(shot, k=1)[0].product_id == "far"
+    # what eval searches with: the same vectors, through by_query_vectors
+    vectors = catalog.search.query_vectors([shot])
+    assert ids(catalog.search.by_query_vectors(vectors, k=2)) == ids(hits)
+    with pytest.raises(ValueError, match="at most 192"):
+        catalog.search.by_query_vectors(vectors * 17, k=2)
 
 
 def _hue_turned(photo: Image.Image, degrees: int) -> Image.Image:

@@ -482,6 +482,41 @@ def test_odd_photos_get_no_cut_out_and_raise_nothing(size: tuple[int, int]) -> N
         assert verify.cutout(photo) is None
 
 
+def test_a_scene_photo_has_ten_windows_and_a_photo_on_white_none() -> None:
+    """``verify.windows``: at 60% and 75% of a scene photo's sides, its four corners and its
+    centre, in that order; a photo whose border tells its background (on white, padded)
+    has none, its product being the photo already."""
+    shot = _on_counter(printed_pack("CRUNCHY"))
+    crops = verify.windows(shot)
+    assert len(crops) == 10
+    width, height = shot.size
+    for n, crop in enumerate(crops):
+        scale = verify.WINDOW_SCALES[n // 5]
+        assert crop.size == (round(width * scale), round(height * scale))
+    pixels = np.asarray(shot)
+    w75, h75 = crops[8].size
+    assert np.array_equal(np.asarray(crops[0]), pixels[: crops[0].height, : crops[0].width])
+    assert np.array_equal(np.asarray(crops[8]), pixels[height - h75 :, width - w75 :])
+    centre = np.asarray(crops[9])
+    x, y = (width - w75) // 2, (height - h75) // 2
+    assert np.array_equal(centre, pixels[y : y + h75, x : x + w75])
+    assert verify.windows(printed_pack("CRUNCHY")) == []
+    assert verify.windows(ImageOps.expand(printed_pack("CRUNCHY"), 30, (40, 90, 200))) == []
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (20, 20), (3000, 20), (400, 400)])
+def test_odd_photos_get_windows_or_none_and_raise_nothing(size: tuple[int, int]) -> None:
+    """Every image search calls ``verify.windows`` too: slivers, tiny photos, noise and one
+    flat colour give no windows or ten non-empty ones, never an error."""
+    rng = np.random.default_rng(size[0] * 7 + size[1])
+    noise = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    for photo in (noise, Image.new("RGB", size, (10, 20, 30)), Image.new("RGB", size, "white")):
+        crops = verify.windows(photo)
+        assert len(crops) in (0, 10)
+        assert all(min(crop.size) >= 1 for crop in crops)
+    assert verify.windows(Image.new("RGB", size, "white")) == []
+
+
 def test_the_print_check_can_be_asked_for_any_pair() -> None:
     """Price comparison asks it of the candidates it finds below a family of look-alikes
     (search/api.py, ``_look_deeper``): the print agreement is then measured for a pair on
