@@ -4,7 +4,8 @@ Prints, on this machine:
   1. model-only embedding throughput (images/s at the ingest batch size),
   2. end-to-end ingest throughput, broker -> Milvus (images/s), and its ratio to (1),
   3. event-to-searchable latency p50/p95 (produce -> row visible to a Strong query),
-  4. search latency p50/p95 by vector and by image, with and without filters.
+  4. search latency p50/p95 by vector and by image, with and without filters, and by image
+     for in-store-like snapshots (bench/protocols.py), with the window queries and without.
 
 Uses a local Tansu broker and a fresh Milvus Lite file unless --bootstrap-servers /
 --milvus-uri are given.
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.protocols import snapshot  # noqa: E402
 from embedding.decode import decode_image  # noqa: E402
 from ingest.dlq import build_producer  # noqa: E402
 from ingest.publish import load_catalog, publish_events  # noqa: E402
@@ -134,6 +137,19 @@ def search_latency(searcher: Any, client: Any, spec: Any, queries: list[Path],
     return out
 
 
+def write_snapshots(paths: list[Path], folder: Path) -> list[Path]:
+    """``paths`` as seeded in-store-like snapshots (JPEG files in ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for n, path in enumerate(paths):
+        target = folder / f"{n}.jpg"
+        with Image.open(path) as photo:
+            snapshot(photo, rng).save(target, "JPEG", quality=80)
+        out.append(target)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--catalog", type=Path, default=LUMA / "catalog.jsonl")
@@ -201,6 +217,17 @@ def main() -> int:
             figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)
             print(f"search {name}: p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms "
                   f"({len(lat)} queries, {spec.name} with {t.rows_upserted} rows)")
+        # Snapshots (the product on clutter) are searched with their cut-out and windows.
+        shots = write_snapshots(queries[:30], tmp / "snapshots")
+        no_windows = settings.model_copy(update={
+            "search": settings.search.model_copy(update={"window_queries": False})})
+        for name, s in [("by_image_snapshot", searcher),
+                        ("by_image_snapshot_no_windows",
+                         build_search(no_windows, embedder, versions))]:
+            lat = search_latency(s, client, spec, shots, None, True)
+            figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)
+            print(f"search {name}: p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms "
+                  f"({len(lat)} queries)")
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
     finally:
