@@ -173,7 +173,7 @@ class SearchSettings(_Group):
     window_queries: bool = Field(
         default=True,
         description="...and with ten crops of it (its corners and centre at 60% and 75% of "
-        "its sides): ten more embeddings per such photo, ~260 ms on 2 CPU cores "
+        "its sides): ten more embeddings per such photo, ~150 ms on 2 CPU cores "
         "(docs/matching.md, \"Window queries\")",
     )
 
