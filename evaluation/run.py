@@ -235,7 +235,7 @@ def run_queries(
     ``vectors`` holds every query image in order (``query.images`` of each query in turn),
     ``scene`` the vectors of their cut-outs and windows by the same position
     (:func:`embed_scene_queries`); a query with several views searches with all of them
-    and theirs (``ProductSearch.by_query_vectors``).
+    and theirs (``ProductSearch.by_vectors``).
     """
     scene = scene or {}
     results = []
@@ -248,7 +248,7 @@ def run_queries(
                 views.append(vectors[i])
                 views.extend(scene.get(i, ()))
             start += len(query.images)
-            hits = searcher.by_query_vectors(views, k=k, match=match)
+            hits = searcher.by_vectors(views, k=k, match=match)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)

@@ -90,8 +90,8 @@ EXACT_MAX_ROWS = 8192
 """Most matching rows scored exactly when the index keeps answering short (vectors fetched)."""
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
-VECTORS_PER_PHOTO = 2 + 5 * len(WINDOW_SCALES)
-"""Most vectors one query photo is searched with: its own, its cut-out's, its windows'."""
+MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (2 + 5 * len(WINDOW_SCALES))
+"""Query vectors one search may have: for each view its own, its cut-out's, its windows'."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
@@ -317,31 +317,15 @@ class ProductSearch:
         match: Match = "exact",
     ) -> list[Hit]:
         """Products closest to any of ``vectors``, each scored by its best match (one search
-        with all of them, so a product found by two views is one hit)."""
+        with all of them, so a product found by two views is one hit). Up to
+        ``MAX_SEARCH_VECTORS``: what :meth:`by_images` searches with for its most photos
+        (:meth:`query_vectors`), for a caller that embeds them itself (``lookalike eval``,
+        through its cache)."""
         if not len(vectors):
             raise ValueError("at least one vector (or image) is needed")
-        if len(vectors) > MAX_QUERY_VECTORS:
-            raise ValueError(f"at most {MAX_QUERY_VECTORS} query vectors, got {len(vectors)}")
+        if len(vectors) > MAX_SEARCH_VECTORS:
+            raise ValueError(f"at most {MAX_SEARCH_VECTORS} query vectors, got {len(vectors)}")
         return self._hits([self._check_vector(v) for v in vectors], k, filter, match, ())
-
-    def by_query_vectors(
-        self,
-        vectors: Sequence[Sequence[float] | np.ndarray],
-        k: int = _SEARCH_DEFAULTS.k,
-        filter: SearchFilter | None = None,
-        match: Match = "exact",
-    ) -> list[Hit]:
-        """:meth:`by_images` once its vectors are known: those :meth:`query_vectors` gives
-        for the photos (each photo's, its cut-out's, its windows'), for a caller that embeds
-        them itself (``lookalike eval``, through its cache). Up to ``VECTORS_PER_PHOTO`` for
-        each of ``MAX_QUERY_VECTORS`` photos."""
-        if not len(vectors):
-            raise ValueError("at least one vector is needed")
-        if len(vectors) > MAX_QUERY_VECTORS * VECTORS_PER_PHOTO:
-            raise ValueError(f"at most {MAX_QUERY_VECTORS * VECTORS_PER_PHOTO} query vectors, "
-                             f"got {len(vectors)}")
-        return self._hits([self._check_vector(v) for v in vectors], _check_k(k), filter, match,
-                          ())
 
     def by_product(
         self, product_id: str, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,

@@ -162,8 +162,8 @@ def test_several_views_search_together_each_product_scored_by_its_best(
     assert ids(catalog.search.by_images([picture], k=1)) == ["topsy"]
     with pytest.raises(ValueError, match="at least one"):
         catalog.search.by_vectors([], k=3)
-    with pytest.raises(ValueError, match="at most 16"):
-        catalog.search.by_vectors([unit(0)] * 17, k=3)
+    with pytest.raises(ValueError, match="at most 192"):
+        catalog.search.by_vectors([unit(0)] * 193, k=3)
     with pytest.raises(ValueError, match="dimensions"):
         catalog.search.by_vectors([unit(0), [1.0, 2.0]], k=3)
 
@@ -358,11 +358,12 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
                           max_pixels=milvus_support.MAX_PIXELS, window_queries=False)
     assert len(whole.query_vectors([shot])) == 1 + (cut is not None)
     assert whole.by_image(shot, k=1)[0].product_id == "far"
-    # what eval searches with: the same vectors, through by_query_vectors
+    # what eval searches with: the same vectors, through by_vectors
     vectors = catalog.search.query_vectors([shot])
-    assert ids(catalog.search.by_query_vectors(vectors, k=2)) == ids(hits)
+    assert ids(catalog.search.by_vectors(vectors, k=2)) == ids(hits)
+    assert ids(catalog.search.by_vectors(vectors * 16, k=2)) == ids(hits)  # 16 such photos
     with pytest.raises(ValueError, match="at most 192"):
-        catalog.search.by_query_vectors(vectors * 17, k=2)
+        catalog.search.by_vectors(vectors * 17, k=2)
 
 
 def _hue_turned(photo: Image.Image, degrees: int) -> Image.Image:
