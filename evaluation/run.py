@@ -29,9 +29,16 @@ from lookalike.settings import MAX_K
 from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
-from search.api import ProductSearch
+from search.api import RERANK_DEPTH, ProductSearch
 from search.intent import Match
-from search.verify import CUTOUT_VERSION, WINDOW_VERSION, cutout
+from search.verify import (
+    CUTOUT_VERSION,
+    VERIFY_SIZE,
+    WINDOW_VERSION,
+    SameItemVerifier,
+    cutout,
+    photo_features,
+)
 from search.verify import windows as search_windows
 from store import MilvusStore, ensure_collections
 
@@ -229,13 +236,16 @@ def index_gallery(
 def run_queries(
     searcher: ProductSearch, queries: Sequence[Query], vectors: NDArray[np.float32],
     match: Match = "exact", scene: dict[int, NDArray[np.float32]] | None = None,
+    rerank_max_pixels: int | None = None,
 ) -> list[QueryResult]:
     """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
 
     ``vectors`` holds every query image in order (``query.images`` of each query in turn),
     ``scene`` the vectors of their cut-outs and windows by the same position
     (:func:`embed_scene_queries`); a query with several views searches with all of them
-    and theirs (``ProductSearch.by_vectors``).
+    and theirs (``ProductSearch.by_vectors``). With ``rerank_max_pixels`` an exact search
+    checks the geometry of its first products against the query photos, decoded as
+    ``ProductSearch.by_images`` decodes them to do so (``ProductSearch.rerank``).
     """
     scene = scene or {}
     results = []
@@ -248,7 +258,13 @@ def run_queries(
                 views.append(vectors[i])
                 views.extend(scene.get(i, ()))
             start += len(query.images)
-            hits = searcher.by_vectors(views, k=k, match=match)
+            if rerank_max_pixels is None or match != "exact":
+                hits = searcher.by_vectors(views, k=k, match=match)
+            else:
+                hits = searcher.by_vectors(views, k=max(k, RERANK_DEPTH), match=match)
+                photos = [photo_features(_load_to_verify(path, rerank_max_pixels))
+                          for path in query.images]
+                hits = searcher.rerank(hits, photos, k)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)
@@ -269,9 +285,12 @@ def evaluate(
     match: Match = "exact",
     cutout_queries: bool = True,
     window_queries: bool = True,
+    verifier: SameItemVerifier | None = None,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
-    (with their cut-outs and windows unless turned off, as ``lookalike search`` would)."""
+    (with their cut-outs and windows unless turned off, as ``lookalike search`` would; with
+    a ``verifier`` reading the gallery's photos, exact searches re-ranked by geometry as
+    ``ProductSearch.by_images`` re-ranks them)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
@@ -282,9 +301,12 @@ def evaluate(
                                  stats=stats, cutouts=cutout_queries, windows=window_queries)
              if cutout_queries or window_queries else {})
     # Strong: the queries must see the gallery written just before.
-    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels)
+    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
+                             verifier=verifier, rerank=verifier is not None,
+                             rerank_budget_s=None)
     started = time.perf_counter()
-    results = run_queries(searcher, queries, query_vectors, match, scene)
+    results = run_queries(searcher, queries, query_vectors, match, scene,
+                          rerank_max_pixels=max_pixels if verifier is not None else None)
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
@@ -304,3 +326,13 @@ def index_products(
                                   stats=stats, desc="embed gallery")
     ensure_collections(store, spec)
     return index_gallery(store, spec, products, gallery_vectors, embedder.model_version)
+
+
+def _load_to_verify(path: Path, max_pixels: int) -> Any:
+    """A query photo decoded as ``ProductSearch.by_images`` decodes it to check geometry."""
+    try:
+        return decode_image(path.read_bytes(), max_pixels, min_size=VERIFY_SIZE)
+    except OSError as exc:
+        raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    except ImageDecodeError as exc:
+        raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None

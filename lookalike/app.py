@@ -213,6 +213,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             max_pixels=settings.images.max_pixels, verifier=build_verifier(settings),
             cutout_queries=settings.search.cutout_queries,
             window_queries=settings.search.window_queries,
+            rerank=settings.search.geometric_rerank,
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -13,7 +13,12 @@ import logging
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EvalReport, evaluate
-from evaluation.same_item import SameItemReport, evaluate_same_item, gallery_roots
+from evaluation.same_item import (
+    SameItemReport,
+    evaluate_same_item,
+    gallery_roots,
+    gallery_verifier,
+)
 from lookalike.app import build_embedder, build_fetcher, open_store, scratch_milvus
 from lookalike.errors import UserError
 from lookalike.settings import Settings
@@ -35,10 +40,10 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         spec = CollectionSpec(name=scratch.milvus.collection, dim=embedder.dim)
         report: EvalReport | SameItemReport
         try:
+            # The configured fetch policy, allowed to read the gallery's folders too.
+            images = settings.images.model_copy(update={"roots": [
+                *settings.images.roots, *gallery_roots(products)]})
             if args.task == "same-item":
-                # The configured fetch policy, allowed to read the gallery's folders too.
-                images = settings.images.model_copy(update={"roots": [
-                    *settings.images.roots, *gallery_roots(products)]})
                 report = evaluate_same_item(products, queries, embedder, store, spec, cache,
                                             max_pixels=settings.images.max_pixels,
                                             k=settings.search.compare_k,
@@ -48,7 +53,11 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=args.match,
                                   cutout_queries=settings.search.cutout_queries,
-                                  window_queries=settings.search.window_queries)
+                                  window_queries=settings.search.window_queries,
+                                  verifier=(gallery_verifier(products,
+                                                             settings.images.max_pixels,
+                                                             build_fetcher(images))
+                                            if settings.search.geometric_rerank else None))
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
         finally:

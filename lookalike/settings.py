@@ -176,6 +176,13 @@ class SearchSettings(_Group):
         "its sides): ten more embeddings per such photo, ~150 ms on 2 CPU cores "
         "(docs/matching.md, \"Window queries\")",
     )
+    geometric_rerank: bool = Field(
+        default=True,
+        description="An exact image search checks the geometry (SIFT keypoints, RANSAC) of "
+        "its first 20 products against their listing photos, read through the image fetcher "
+        "as price comparison reads them, and ranks those that agree first (docs/matching.md, "
+        "\"Geometric re-ranking\")",
+    )
 
 
 class ServeSettings(_Group):

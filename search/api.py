@@ -44,6 +44,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any, TypeAlias
 
@@ -92,6 +93,22 @@ MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
 MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (2 + 5 * len(WINDOW_SCALES))
 """Query vectors one search may have: for each view its own, its cut-out's, its windows'."""
+RERANK_DEPTH = 20
+"""An exact image search checks the geometry of its first this many products
+(:meth:`ProductSearch.rerank`)."""
+RERANK_MIN_INLIERS = 12
+"""Inliers that make a product's geometry agree with the query's: it then ranks above those
+whose geometry does not (the verifier's own floor is 10; see docs/matching.md)."""
+RERANK_BUDGET_S = 1.0
+"""How long an image search waits for the listing photos it re-ranks by to be read (those
+not cached: fetched, decoded, keypoints found, ``RERANK_READERS`` at once). A photo not read
+by then counts as unchecked this time and is cached when it arrives: a slow or hung image
+server delays a search by this much at most, not by its fetch deadline per photo."""
+RERANK_READERS = 4
+RERANK_WEIGHT = 0.2
+"""Among products whose geometry agrees, each ranks by its similarity plus this much times
+``log(1 + inliers) / log(101)``: the print of a pack's flavour, which its look-alikes share
+the layout of, decides where the colour (already in the similarity) does not."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
@@ -136,6 +153,10 @@ class Hit(BaseModel):
     currency: str
     image_ref: str
     image_key: str
+    inliers: int | None = None
+    """Geometric inliers between the query photo and ``image_ref`` when the search checked
+    them (:meth:`ProductSearch.rerank`: an exact image search's first products); None
+    otherwise."""
 
 
 class PriceMatch(BaseModel):
@@ -191,6 +212,8 @@ class ProductSearch:
         verifier: SameItemVerifier | None = None,
         cutout_queries: bool = True,
         window_queries: bool = True,
+        rerank: bool = True,
+        rerank_budget_s: float | None = RERANK_BUDGET_S,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`
         (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
@@ -198,7 +221,11 @@ class ProductSearch:
         policy other than the configured one (its egress allow-lists, roots, byte cap).
         ``cutout_queries``: image searches also search with a photo's segmented product on
         white when its border does not tell its background (:meth:`by_image`);
-        ``window_queries``: ...and with its :func:`search.verify.windows`."""
+        ``window_queries``: ...and with its :func:`search.verify.windows`; ``rerank``: an
+        exact image search checks the geometry of its first products (:meth:`rerank`; needs
+        ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
+        (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
+        the machine's speed)."""
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -223,6 +250,10 @@ class ProductSearch:
         self._verifier = verifier
         self._cutout_queries = cutout_queries
         self._window_queries = window_queries
+        self._rerank = rerank and verifier is not None
+        self._rerank_budget_s = rerank_budget_s
+        self._readers = (ThreadPoolExecutor(RERANK_READERS, thread_name_prefix="rerank-read")
+                         if verifier is not None else None)
         self._versions = ModelVersions(store, spec.name)
         self._check_interval_s = model_check_interval_s
         self._clock = clock
@@ -307,7 +338,45 @@ class ProductSearch:
             raise ValueError("at least one image is needed")
         if len(images) > MAX_QUERY_VECTORS:
             raise ValueError(f"at most {MAX_QUERY_VECTORS} query images, got {len(images)}")
-        return self._hits(self.query_vectors(images), k, filter, match, ())
+        if not (self._rerank and check_match(match) == "exact"):
+            return self._hits(self.query_vectors(images), k, filter, match, ())
+        hits = self._hits(self.query_vectors(images), max(_check_k(k), RERANK_DEPTH), filter,
+                          match, ())
+        photos = [photo_features(self._load_to_verify(image, self._max_pixels))
+                  for image in images]
+        return self.rerank(hits, photos, k)
+
+    def rerank(self, hits: Sequence[Hit], photos: Sequence[PhotoFeatures], k: int) -> list[Hit]:
+        """The first ``k`` of ``hits`` once the geometry of the first ``RERANK_DEPTH`` is
+        checked against the query's ``photos`` (:meth:`SameItemVerifier.keypoint_matches`,
+        the listing photos read and cached as price comparison reads them). Those with
+        ``RERANK_MIN_INLIERS`` or more rank first, by similarity plus ``RERANK_WEIGHT`` times
+        ``log(1 + inliers) / log(101)``; the others follow in their order. Another photo of
+        the same item (a re-shot pack, a product on a backdrop) shares its print with the
+        listing, a look-alike its shape or layout at most (docs/matching.md, "Geometric
+        re-ranking"). Each checked hit carries its ``inliers`` (None: its photo was not read
+        within the budget, or could not be); scores are unchanged."""
+        verifier, readers = self._verifier, self._readers
+        if verifier is None or readers is None:
+            raise ValueError("rerank needs a same-item verifier (lookalike.app.build_search)")
+        head = list(hits[:RERANK_DEPTH])
+        reading = {ref: readers.submit(verifier.gallery_features, ref)
+                   for ref in dict.fromkeys(h.image_ref for h in head)}
+        done, late = wait(reading.values(), timeout=self._rerank_budget_s)
+        if late:
+            log.warning("re-ranking without %d of %d listing photos, not read within %.1f s",
+                        len(late), len(reading), self._rerank_budget_s or 0.0)
+        ready = [ref for ref, f in reading.items() if f in done and f.exception() is None]
+        found: dict[str, int | None] = {ref: 0 if ref in ready else None for ref in reading}
+        for photo in photos:
+            for ref, match in zip(ready, verifier.keypoint_matches(photo, ready), strict=True):
+                found[ref] = max(found[ref] or 0, match[0] if match is not None else 0)
+        checked = [h.model_copy(update={"inliers": found[h.image_ref]}) for h in head]
+        agree = sorted((h for h in checked if (h.inliers or 0) >= RERANK_MIN_INLIERS),
+                       key=lambda h: -(h.score + RERANK_WEIGHT * math.log1p(h.inliers or 0)
+                                       / math.log(101)))
+        rest = [h for h in checked if (h.inliers or 0) < RERANK_MIN_INLIERS]
+        return [*agree, *rest, *hits[RERANK_DEPTH:]][: _check_k(k)]
 
     def by_vectors(
         self,

@@ -14,9 +14,11 @@ from PIL import Image
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EmbedStats, embed_scene_queries, evaluate
+from evaluation.same_item import gallery_verifier
 from lookalike.cli import main
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
+from search.verify import SameItemVerifier
 from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder, reshot_on_backdrop, textured_photo
 
@@ -51,7 +53,8 @@ def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
 
 
 def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
-         cutout_queries: bool = True, window_queries: bool = True) -> Any:
+         cutout_queries: bool = True, window_queries: bool = True,
+         verifier: SameItemVerifier | None = None) -> Any:
     g, q = root / "gallery.jsonl", root / "queries.jsonl"
     products = load_gallery(g)
     store = MilvusStore.open(str(root / f"{name}.db"))
@@ -59,7 +62,7 @@ def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
         return evaluate(products, load_queries(q, products), embedder, store,
                         CollectionSpec(name=name, dim=embedder.dim), cache,
                         max_pixels=10_000_000, cutout_queries=cutout_queries,
-                        window_queries=window_queries)
+                        window_queries=window_queries, verifier=verifier)
     finally:
         store.close()
 
@@ -221,6 +224,39 @@ def test_vectors_from_the_cache_are_the_stored_ones(tmp_path: Path) -> None:
     cache.put_many("m1", [("h1", v)])
     assert np.array_equal(cache.get_many("m1", ["h1", "h2"])["h1"], v)
     assert cache.get_many("m2", ["h1"]) == {}  # another model version never hits
+
+
+def test_eval_reranks_exact_searches_by_geometry_as_the_search_api_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a verifier reading the gallery's photos (``lookalike eval`` passes one unless
+    ``LOOKALIKE_SEARCH__GEOMETRIC_RERANK=false``), an exact search is re-ranked by the
+    geometry of its first products, as ``ProductSearch.by_images`` re-ranks it: each re-shot
+    query's own catalog photo shares its print, and comes first. ``similar`` is not
+    re-ranked."""
+    write_reshot_protocol(tmp_path)
+    products = load_gallery(tmp_path / "gallery.jsonl")
+    verifier = gallery_verifier(products, 10_000_000)
+    checked: list[int] = []
+    matches = verifier.keypoint_matches
+    monkeypatch.setattr(verifier, "keypoint_matches",
+                        lambda q, refs: checked.append(len(refs)) or matches(q, refs))
+    plain = _run(tmp_path, TinyEmbedder(), None, "plain", cutout_queries=False,
+                 window_queries=False)
+    reranked = _run(tmp_path, TinyEmbedder(), None, "reranked", cutout_queries=False,
+                    window_queries=False, verifier=verifier)
+    assert checked == [5] * 5  # each query's first products (all five here) checked once
+    assert reranked.summary.overall["R@1"] == 1.0
+    assert plain.summary.overall["R@1"] < 1.0
+    checked.clear()
+    q = tmp_path / "queries.jsonl"
+    store = MilvusStore.open(str(tmp_path / "similar.db"))
+    try:
+        evaluate(products, load_queries(q, products), TinyEmbedder(), store,
+                 CollectionSpec(name="similar", dim=TinyEmbedder().dim), None,
+                 max_pixels=10_000_000, match="similar", verifier=verifier)
+    finally:
+        store.close()
+    assert checked == []
 
 
 def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_api_does(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw, ImageOps
@@ -16,7 +18,7 @@ from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
-from search.verify import SameItemRule, SameItemVerifier, cutout, windows
+from search.verify import SameItemRule, SameItemVerifier, cutout, photo_features, windows
 from store import ensure_collections
 from tests import milvus_support
 from tests.fakes import (
@@ -364,6 +366,115 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     assert ids(catalog.search.by_vectors(vectors * 16, k=2)) == ids(hits)  # 16 such photos
     with pytest.raises(ValueError, match="at most 192"):
         catalog.search.by_vectors(vectors * 17, k=2)
+
+
+def test_an_exact_image_search_ranks_the_products_whose_geometry_agrees_first(
+        milvus: Milvus) -> None:
+    """Five unrelated products rank above the item by vector; an exact image search checks
+    the geometry of its first products against their listing photos and ranks the item,
+    an edited copy of the query's photo, first, with its inliers. ``similar``, the setting
+    off (``LOOKALIKE_SEARCH__GEOMETRIC_RERANK=false``) or no verifier: the vector order."""
+    item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    others = [ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
+              for n in (2, 3, 4, 5, 6)]
+    photos = {f"https://img.example/other-{n}.jpg": p for n, p in enumerate(others)}
+    photos["https://img.example/item.jpg"] = item
+    s = milvus.new_spec(prefix="rerank")
+    ensure_collections(milvus.store, s)
+    records = [record(f"other-{n}", f"other-{n}", rotate(0.99 - 0.01 * n)) for n in range(5)]
+    records.append(record("item", "item", rotate(0.6)))
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
+    embedder = FakeEmbedder()
+    query = heavy_edit(item, watermark=False)
+    _read_as(embedder, [query], unit(0))
+
+    def searcher(**options: Any) -> ProductSearch:
+        return ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                             max_pixels=milvus_support.MAX_PIXELS, cutout_queries=False,
+                             window_queries=False, **options)
+
+    by_vector = ["other-0", "other-1", "other-2"]
+    try:
+        hits = searcher(verifier=SameItemVerifier(photos.__getitem__)).by_image(query, k=3)
+        assert ids(hits) == ["item", "other-0", "other-1"]
+        assert hits[0].inliers is not None and hits[0].inliers >= search_api.RERANK_MIN_INLIERS
+        assert all(h.inliers is not None and h.inliers < search_api.RERANK_MIN_INLIERS
+                   for h in hits[1:])
+        assert hits[0].score == pytest.approx(0.6, abs=1e-4)  # scores are the cosines still
+        verifying = searcher(verifier=SameItemVerifier(photos.__getitem__))
+        similar = verifying.by_image(query, k=3, match="similar")
+        assert ids(similar) == by_vector and {h.inliers for h in similar} == {None}
+        off = searcher(verifier=SameItemVerifier(photos.__getitem__), rerank=False)
+        assert ids(off.by_image(query, k=3)) == by_vector
+        assert ids(searcher().by_image(query, k=3)) == by_vector  # no verifier, no re-rank
+    finally:
+        milvus.drop(s)
+
+
+class _Inliers(SameItemVerifier):
+    """Answers ``keypoint_matches`` with the inliers given per listing photo."""
+
+    def __init__(self, inliers: dict[str, int]) -> None:
+        super().__init__(lambda ref: Image.new("RGB", (8, 8)))
+        self.inliers = inliers
+        self.asked: list[str] = []
+
+    def keypoint_matches(self, query: Any, image_refs: Any) -> list[Any]:
+        self.asked += image_refs
+        return [(self.inliers.get(ref, 0), None, None) for ref in image_refs]
+
+
+def test_rerank_orders_agreeing_products_by_similarity_and_inliers(catalog: Catalog) -> None:
+    """Products with ``RERANK_MIN_INLIERS`` or more come first, by similarity plus
+    ``RERANK_WEIGHT * log(1 + inliers) / log(101)``; the others keep their order, and only
+    the first ``RERANK_DEPTH`` are checked."""
+    def hit(name: str, score: float) -> Hit:
+        return Hit(product_id=name, score=score, title=name, category="c", price=1.0,
+                   currency="USD", image_ref=name, image_key="k")
+
+    hits = [hit("b", 0.95), hit("a", 0.9), hit("d", 0.85), hit("c", 0.8),
+            *[hit(f"x{n}", 0.5) for n in range(search_api.RERANK_DEPTH)]]
+    verifier = _Inliers({"a": 15, "c": 100, "d": 12, "b": 11, "x19": 50})
+    search = ProductSearch(catalog.search._store, catalog.spec, catalog.embedder,
+                           consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=verifier)
+    ranked = search.rerank(hits, [photo_features(textured_photo(1))], k=6)
+    # a: 0.9 + 0.2 * 0.601 = 1.020; c: 0.8 + 0.2 = 1.000; d: 0.85 + 0.2 * 0.556 = 0.961
+    assert ids(ranked) == ["a", "c", "d", "b", "x0", "x1"]
+    assert [h.inliers for h in ranked] == [15, 100, 12, 11, 0, 0]
+    assert len(verifier.asked) == search_api.RERANK_DEPTH and "x19" not in verifier.asked
+    assert ids(search.rerank(hits, [photo_features(textured_photo(1))], k=30))[-1] == "x19"
+
+
+def test_rerank_waits_for_listing_photos_within_its_budget_only(
+        catalog: Catalog, caplog: pytest.LogCaptureFixture) -> None:
+    """A listing photo that a hung image server has not delivered within the budget counts
+    as unchecked (``inliers`` None) and the search answers; the others are checked."""
+    release = threading.Event()
+
+    def load(ref: str) -> Image.Image:
+        if ref == "hung":
+            release.wait(30)
+        return textured_photo(1)
+
+    verifier = SameItemVerifier(load)
+    search = ProductSearch(catalog.search._store, catalog.spec, catalog.embedder,
+                           consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=verifier, rerank_budget_s=0.2)
+
+    def hit(name: str, score: float) -> Hit:
+        return Hit(product_id=name, score=score, title=name, category="c", price=1.0,
+                   currency="USD", image_ref=name, image_key="k")
+
+    try:
+        ranked = search.rerank([hit("hung", 0.9), hit("same", 0.8)],
+                               [photo_features(textured_photo(1))], k=2)
+    finally:
+        release.set()
+    assert ids(ranked) == ["same", "hung"]  # the same photo agrees; the hung one unchecked
+    assert ranked[0].inliers is not None and ranked[0].inliers >= 12
+    assert ranked[1].inliers is None
+    assert "re-ranking without 1 of 2 listing photos" in caplog.text
 
 
 def _hue_turned(photo: Image.Image, degrees: int) -> Image.Image:
