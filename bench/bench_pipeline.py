@@ -5,7 +5,8 @@ Prints, on this machine:
   2. end-to-end ingest throughput, broker -> Milvus (images/s), and its ratio to (1),
   3. event-to-searchable latency p50/p95 (produce -> row visible to a Strong query),
   4. search latency p50/p95 by vector and by image, with and without filters, and by image
-     for in-store-like snapshots (bench/protocols.py), with the window queries and without.
+     for in-store-like snapshots (bench/protocols.py), with the window queries and the
+     geometric re-ranking and without each.
 
 Uses a local Tansu broker and a fresh Milvus Lite file unless --bootstrap-servers /
 --milvus-uri are given.
@@ -219,12 +220,18 @@ def main() -> int:
                   f"({len(lat)} queries, {spec.name} with {t.rows_upserted} rows)")
         # Snapshots (the product on clutter) are searched with their cut-out and windows.
         shots = write_snapshots(queries[:30], tmp / "snapshots")
-        no_windows = settings.model_copy(update={
-            "search": settings.search.model_copy(update={"window_queries": False})})
-        for name, s in [("by_image_snapshot", searcher),
-                        ("by_image_snapshot_no_windows",
-                         build_search(no_windows, embedder, versions))]:
-            lat = search_latency(s, client, spec, shots, None, True)
+        def without(option: str) -> Any:
+            return build_search(settings.model_copy(update={
+                "search": settings.search.model_copy(update={option: False})}),
+                embedder, versions)
+
+        for name, s, photos in [
+                ("by_image_again", searcher, queries),  # its listing photos' features cached
+                ("by_image_no_rerank", without("geometric_rerank"), queries),
+                ("by_image_snapshot", searcher, shots),
+                ("by_image_snapshot_no_windows", without("window_queries"), shots),
+                ("by_image_snapshot_no_rerank", without("geometric_rerank"), shots)]:
+            lat = search_latency(s, client, spec, photos, None, True)
             figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)
             print(f"search {name}: p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms "
                   f"({len(lat)} queries)")

@@ -368,6 +368,25 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
         catalog.search.by_vectors(vectors * 17, k=2)
 
 
+def _item_below_five(milvus: Milvus, prefix: str, item: Image.Image,
+                     others: list[Image.Image]) -> tuple[CollectionSpec, dict[str, Image.Image],
+                                                         FakeEmbedder, Image.Image]:
+    """A collection where ``others`` (other-0 .. other-4, similarity 0.99 .. 0.95) rank above
+    ``item`` (0.6) by vector for a query that is an edited copy of ``item``; returns the
+    collection, the listing photos by image_ref, the embedder and the query."""
+    photos = {f"https://img.example/other-{n}.jpg": p for n, p in enumerate(others)}
+    photos["https://img.example/item.jpg"] = item
+    s = milvus.new_spec(prefix=prefix)
+    ensure_collections(milvus.store, s)
+    records = [record(f"other-{n}", f"other-{n}", rotate(0.99 - 0.01 * n)) for n in range(5)]
+    records.append(record("item", "item", rotate(0.6)))
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
+    embedder = FakeEmbedder()
+    query = heavy_edit(item, watermark=False)
+    _read_as(embedder, [query], unit(0))
+    return s, photos, embedder, query
+
+
 def test_an_exact_image_search_ranks_the_products_whose_geometry_agrees_first(
         milvus: Milvus) -> None:
     """Five unrelated products rank above the item by vector; an exact image search checks
@@ -377,16 +396,7 @@ def test_an_exact_image_search_ranks_the_products_whose_geometry_agrees_first(
     item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
     others = [ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
               for n in (2, 3, 4, 5, 6)]
-    photos = {f"https://img.example/other-{n}.jpg": p for n, p in enumerate(others)}
-    photos["https://img.example/item.jpg"] = item
-    s = milvus.new_spec(prefix="rerank")
-    ensure_collections(milvus.store, s)
-    records = [record(f"other-{n}", f"other-{n}", rotate(0.99 - 0.01 * n)) for n in range(5)]
-    records.append(record("item", "item", rotate(0.6)))
-    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
-    embedder = FakeEmbedder()
-    query = heavy_edit(item, watermark=False)
-    _read_as(embedder, [query], unit(0))
+    s, photos, embedder, query = _item_below_five(milvus, "rerank", item, others)
 
     def searcher(**options: Any) -> ProductSearch:
         return ProductSearch(milvus.store, s, embedder, consistency="Strong",
@@ -495,18 +505,7 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
     others = ([_hue_turned(style, d) for d in (60, 120, 180, 240, 300)] if family else
               [ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
                for n in (2, 3, 4, 5, 6)])
-    photos = {f"https://img.example/other-{n}.jpg": p for n, p in enumerate(others)}
-    photos["https://img.example/item.jpg"] = style
-    s = milvus.new_spec(prefix="deeper")
-    ensure_collections(milvus.store, s)
-    records = [record(f"other-{n}", f"other-{n}", rotate(0.99 - 0.01 * n)) for n in range(5)]
-    records.append(record("item", "item", rotate(0.6)))
-    MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
-    embedder = FakeEmbedder()
-    query = heavy_edit(style, watermark=False)
-    corner = query.getpixel((0, 0))
-    assert isinstance(corner, tuple)
-    embedder.table[(int(corner[0]), int(corner[1]), int(corner[2]))] = unit(0)
+    s, photos, embedder, query = _item_below_five(milvus, "deeper", style, others)
     verifier = SameItemVerifier(photos.__getitem__)
     looked: list[int] = []
     deeper = verifier.keypoint_matches
