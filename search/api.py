@@ -105,6 +105,7 @@ not cached: fetched, decoded, keypoints found, ``RERANK_READERS`` at once). A ph
 by then counts as unchecked this time and is cached when it arrives: a slow or hung image
 server delays a search by this much at most, not by its fetch deadline per photo."""
 RERANK_READERS = 4
+"""Listing photos a search process reads at once for its re-rankings (one pool per search)."""
 RERANK_WEIGHT = 0.2
 """Among products whose geometry agrees, each ranks by its similarity plus this much times
 ``log(1 + inliers) / log(101)``: the print of a pack's flavour, which its look-alikes share
