@@ -243,7 +243,7 @@ def run_queries(
     ``vectors`` holds every query image in order (``query.images`` of each query in turn),
     ``scene`` the vectors of their cut-outs and windows by the same position
     (:func:`embed_scene_queries`); a query with several views searches with all of them
-    and theirs (``ProductSearch.by_vectors``). With ``rerank_max_pixels`` an exact search
+    and theirs (``ProductSearch.by_vectors``). With ``rerank_max_pixels`` each search
     checks the geometry of its first products against the query photos, decoded as
     ``ProductSearch.by_images`` decodes them to do so (``ProductSearch.rerank``).
     """
@@ -258,7 +258,7 @@ def run_queries(
                 views.append(vectors[i])
                 views.extend(scene.get(i, ()))
             start += len(query.images)
-            if rerank_max_pixels is None or match != "exact":
+            if rerank_max_pixels is None:
                 hits = searcher.by_vectors(views, k=k, match=match)
             else:
                 hits = searcher.by_vectors(views, k=max(k, RERANK_DEPTH), match=match)
@@ -289,7 +289,7 @@ def evaluate(
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
     (with their cut-outs and windows unless turned off, as ``lookalike search`` would; with
-    a ``verifier`` reading the gallery's photos, exact searches re-ranked by geometry as
+    a ``verifier`` reading the gallery's photos, searches re-ranked by geometry as
     ``ProductSearch.by_images`` re-ranks them)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,

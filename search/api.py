@@ -94,7 +94,7 @@ MAX_QUERY_VECTORS = 16
 MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (2 + 5 * len(WINDOW_SCALES))
 """Query vectors one search may have: for each view its own, its cut-out's, its windows'."""
 RERANK_DEPTH = 20
-"""An exact image search checks the geometry of its first this many products
+"""An image search checks the geometry of its first this many products
 (:meth:`ProductSearch.rerank`)."""
 RERANK_MIN_INLIERS = 12
 """Inliers that make a product's geometry agree with the query's: it then ranks above those
@@ -156,7 +156,7 @@ class Hit(BaseModel):
     image_key: str
     inliers: int | None = None
     """Geometric inliers between the query photo and ``image_ref`` when the search checked
-    them (:meth:`ProductSearch.rerank`: an exact image search's first products); None
+    them (:meth:`ProductSearch.rerank`: an image search's first products); None
     otherwise."""
 
 
@@ -223,7 +223,7 @@ class ProductSearch:
         ``cutout_queries``: image searches also search with a photo's segmented product on
         white when its border does not tell its background (:meth:`by_image`);
         ``window_queries``: ...and with its :func:`search.verify.windows`; ``rerank``: an
-        exact image search checks the geometry of its first products (:meth:`rerank`; needs
+        image search checks the geometry of its first products (:meth:`rerank`; needs
         ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
         the machine's speed)."""
@@ -339,7 +339,7 @@ class ProductSearch:
             raise ValueError("at least one image is needed")
         if len(images) > MAX_QUERY_VECTORS:
             raise ValueError(f"at most {MAX_QUERY_VECTORS} query images, got {len(images)}")
-        if not (self._rerank and check_match(match) == "exact"):
+        if not self._rerank:
             return self._hits(self.query_vectors(images), k, filter, match, ())
         hits = self._hits(self.query_vectors(images), max(_check_k(k), RERANK_DEPTH), filter,
                           match, ())

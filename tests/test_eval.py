@@ -226,13 +226,12 @@ def test_vectors_from_the_cache_are_the_stored_ones(tmp_path: Path) -> None:
     assert cache.get_many("m2", ["h1"]) == {}  # another model version never hits
 
 
-def test_eval_reranks_exact_searches_by_geometry_as_the_search_api_does(
+def test_eval_reranks_searches_by_geometry_as_the_search_api_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a verifier reading the gallery's photos (``lookalike eval`` passes one unless
-    ``LOOKALIKE_SEARCH__GEOMETRIC_RERANK=false``), an exact search is re-ranked by the
-    geometry of its first products, as ``ProductSearch.by_images`` re-ranks it: each re-shot
-    query's own catalog photo shares its print, and comes first. ``similar`` is not
-    re-ranked."""
+    ``LOOKALIKE_SEARCH__GEOMETRIC_RERANK=false``), each search is re-ranked by the geometry
+    of its first products, as ``ProductSearch.by_images`` re-ranks it: each re-shot query's
+    own catalog photo shares its print, and comes first, for either intent."""
     write_reshot_protocol(tmp_path)
     products = load_gallery(tmp_path / "gallery.jsonl")
     verifier = gallery_verifier(products, 10_000_000)
@@ -251,12 +250,12 @@ def test_eval_reranks_exact_searches_by_geometry_as_the_search_api_does(
     q = tmp_path / "queries.jsonl"
     store = MilvusStore.open(str(tmp_path / "similar.db"))
     try:
-        evaluate(products, load_queries(q, products), TinyEmbedder(), store,
-                 CollectionSpec(name="similar", dim=TinyEmbedder().dim), None,
-                 max_pixels=10_000_000, match="similar", verifier=verifier)
+        similar = evaluate(products, load_queries(q, products), TinyEmbedder(), store,
+                           CollectionSpec(name="similar", dim=TinyEmbedder().dim), None,
+                           max_pixels=10_000_000, match="similar", verifier=verifier)
     finally:
         store.close()
-    assert checked == []
+    assert checked == [5] * 5 and similar.summary.overall["R@1"] == 1.0
 
 
 def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_api_does(
