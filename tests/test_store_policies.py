@@ -258,7 +258,7 @@ def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(eval_run, "ProductSearch", Spy)
     monkeypatch.setattr(eval_run, "ensure_collections", lambda *a: None)
     monkeypatch.setattr(eval_run, "index_gallery", lambda *a: 0)
-    monkeypatch.setattr(eval_run, "run_queries", lambda *a: [])
+    monkeypatch.setattr(eval_run, "run_queries", lambda *a, **k: [])
     monkeypatch.setattr(eval_run, "summarise", lambda r: None)
     eval_run.evaluate([], [], FakeEmbedder(), None, SPEC, None,  # type: ignore[arg-type]
                       max_pixels=1)
