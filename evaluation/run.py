@@ -262,8 +262,8 @@ def run_queries(
                 hits = searcher.by_vectors(views, k=k, match=match)
             else:
                 hits = searcher.by_vectors(views, k=max(k, RERANK_DEPTH), match=match)
-                photos = [photo_features(_load_to_verify(path, rerank_max_pixels))
-                          for path in query.images]
+                photos = [photo_features(_load_to_verify(path, rerank_max_pixels),
+                                         segment=False) for path in query.images]
                 hits = searcher.rerank(hits, photos, k)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))

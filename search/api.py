@@ -343,7 +343,7 @@ class ProductSearch:
             return self._hits(self.query_vectors(images), k, filter, match, ())
         hits = self._hits(self.query_vectors(images), max(_check_k(k), RERANK_DEPTH), filter,
                           match, ())
-        photos = [photo_features(self._load_to_verify(image, self._max_pixels))
+        photos = [photo_features(self._load_to_verify(image, self._max_pixels), segment=False)
                   for image in images]
         return self.rerank(hits, photos, k)
 

@@ -419,9 +419,14 @@ def _sift() -> Any:
         return _sift_by_thread[ident]
 
 
-def photo_features(image: Image.Image, keep_grey: bool = False) -> PhotoFeatures:
+def photo_features(image: Image.Image, keep_grey: bool = False,
+                   segment: bool = True) -> PhotoFeatures:
     """Keypoints and descriptors at ``VERIFY_SIZE``, and the foreground colour histogram
-    (``keep_grey``: also the grey photo, for a query photo; see :func:`mirrored`)."""
+    (``keep_grey``: also the grey photo, for a query photo; see :func:`mirrored`).
+    ``segment=False`` leaves out the product mask (``product`` None), about half the cost
+    of a photo with no telling border (GrabCut): for keypoint matching alone
+    (:meth:`SameItemVerifier.keypoint_matches`, as search re-ranks), never for a photo
+    to verify."""
     rgb = _at_verify_size(image)
     gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
     keypoints, descriptors = _sift().detectAndCompute(gray, None)
@@ -429,7 +434,8 @@ def photo_features(image: Image.Image, keep_grey: bool = False) -> PhotoFeatures
     colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
     small_rgb = _half(rgb)
     return PhotoFeatures(points, descriptors if len(points) else None, colour, small_rgb,
-                         product_mask(small_rgb), gray if keep_grey else None)
+                         product_mask(small_rgb) if segment else None,
+                         gray if keep_grey else None)
 
 
 def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:

@@ -504,6 +504,20 @@ def test_a_scene_photo_has_ten_windows_and_a_photo_on_white_none() -> None:
     assert verify.windows(ImageOps.expand(printed_pack("CRUNCHY"), 30, (40, 90, 200))) == []
 
 
+def test_features_without_the_mask_match_as_the_full_ones() -> None:
+    """``segment=False`` (search re-ranking) skips GrabCut and keeps the keypoints: the same
+    geometric match as the full features."""
+    shot = _on_counter(printed_pack("CRUNCHY"))
+    full, light = photo_features(shot), photo_features(shot, segment=False)
+    assert full.product is not None and light.product is None
+    assert np.array_equal(full.points, light.points)
+    listing = photo_features(printed_pack("CRUNCHY"))
+    verifier = SameItemVerifier(lambda ref: printed_pack("CRUNCHY"))
+    assert [m[0] for m in verifier.keypoint_matches(light, ["x"]) if m] == [
+        m[0] for m in verifier.keypoint_matches(full, ["x"]) if m]
+    assert verify._ransac(light, listing)[0] == verify._ransac(full, listing)[0] > 10
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (20, 20), (3000, 20), (400, 400)])
 def test_odd_photos_get_windows_or_none_and_raise_nothing(size: tuple[int, int]) -> None:
     """Every image search calls ``verify.windows`` too: slivers, tiny photos, noise and one
