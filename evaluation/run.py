@@ -29,7 +29,7 @@ from lookalike.settings import MAX_K
 from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
-from search.api import RERANK_DEPTH, ProductSearch
+from search.api import ProductSearch
 from search.intent import Match
 from search.verify import (
     CUTOUT_VERSION,
@@ -258,13 +258,10 @@ def run_queries(
                 views.append(vectors[i])
                 views.extend(scene.get(i, ()))
             start += len(query.images)
-            if rerank_max_pixels is None:
-                hits = searcher.by_vectors(views, k=k, match=match)
-            else:
-                hits = searcher.by_vectors(views, k=max(k, RERANK_DEPTH), match=match)
-                photos = [photo_features(_load_to_verify(path, rerank_max_pixels),
-                                         segment=False) for path in query.images]
-                hits = searcher.rerank(hits, photos, k)
+            photos = (None if rerank_max_pixels is None else
+                      [photo_features(_load_to_verify(path, rerank_max_pixels), segment=False)
+                       for path in query.images])
+            hits = searcher.by_vectors(views, k=k, match=match, photos=photos)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
                                        query.category))
             bar.update(1)

@@ -339,13 +339,10 @@ class ProductSearch:
             raise ValueError("at least one image is needed")
         if len(images) > MAX_QUERY_VECTORS:
             raise ValueError(f"at most {MAX_QUERY_VECTORS} query images, got {len(images)}")
-        if not self._rerank:
-            return self._hits(self.query_vectors(images), k, filter, match, ())
-        hits = self._hits(self.query_vectors(images), max(_check_k(k), RERANK_DEPTH), filter,
-                          match, ())
-        photos = [photo_features(self._load_to_verify(image, self._max_pixels), segment=False)
-                  for image in images]
-        return self.rerank(hits, photos, k)
+        vectors = self.query_vectors(images)
+        photos = ([photo_features(self._load_to_verify(image, self._max_pixels), segment=False)
+                   for image in images] if self._rerank else None)
+        return self._hits(vectors, k, filter, match, (), photos)
 
     def rerank(self, hits: Sequence[Hit], photos: Sequence[PhotoFeatures], k: int) -> list[Hit]:
         """The first ``k`` of ``hits`` once the geometry of the first ``RERANK_DEPTH`` is
@@ -385,17 +382,20 @@ class ProductSearch:
         k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
+        photos: Sequence[PhotoFeatures] | None = None,
     ) -> list[Hit]:
         """Products closest to any of ``vectors``, each scored by its best match (one search
         with all of them, so a product found by two views is one hit). Up to
         ``MAX_SEARCH_VECTORS``: what :meth:`by_images` searches with for its most photos
         (:meth:`query_vectors`), for a caller that embeds them itself (``lookalike eval``,
-        through its cache)."""
+        through its cache). ``photos``: the query photos' keypoints, to re-rank by as
+        :meth:`by_images` does (:meth:`rerank`; when this search re-ranks)."""
         if not len(vectors):
             raise ValueError("at least one vector (or image) is needed")
         if len(vectors) > MAX_SEARCH_VECTORS:
             raise ValueError(f"at most {MAX_SEARCH_VECTORS} query vectors, got {len(vectors)}")
-        return self._hits([self._check_vector(v) for v in vectors], k, filter, match, ())
+        return self._hits([self._check_vector(v) for v in vectors], k, filter, match, (),
+                          photos)
 
     def by_product(
         self, product_id: str, k: int = _SEARCH_DEFAULTS.k, filter: SearchFilter | None = None,
@@ -476,13 +476,20 @@ class ProductSearch:
     # -- internals ---------------------------------------------------------------------
 
     def _hits(self, vectors: list[list[float]], k: int, search_filter: SearchFilter | None,
-              match: Match, exclude: Sequence[str]) -> list[Hit]:
-        """Search with each query vector weighted for ``match``; scores on its scale."""
+              match: Match, exclude: Sequence[str],
+              photos: Sequence[PhotoFeatures] | None = None) -> list[Hit]:
+        """Search with each query vector weighted for ``match``; scores on its scale. With
+        the query's ``photos`` and re-ranking on, the first ``RERANK_DEPTH`` are re-ranked
+        by geometry (:meth:`rerank`)."""
         match = check_match(match)
+        k = _check_k(k)
+        reranks = photos is not None and self._rerank
         weighted = [[float(x) for x in self._weighting.vector(np.asarray(v, np.float32), match)]
                     for v in vectors]
-        best = self._search(weighted, _check_k(k), search_filter, exclude=exclude)
-        return [_hit(row, self._weighting.score(score, match)) for row, score in best]
+        best = self._search(weighted, max(k, RERANK_DEPTH) if reranks else k, search_filter,
+                            exclude=exclude)
+        hits = [_hit(row, self._weighting.score(score, match)) for row, score in best]
+        return self.rerank(hits, photos, k) if reranks and photos is not None else hits
 
     def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, in one embedder call:
