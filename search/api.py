@@ -45,6 +45,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeAlias
 
@@ -110,6 +111,10 @@ RERANK_WEIGHT = 0.2
 """Among products whose geometry agrees, each ranks by its similarity plus this much times
 ``log(1 + inliers) / log(101)``: the print of a pack's flavour, which its look-alikes share
 the layout of, decides where the colour (already in the similarity) does not."""
+CORROBORATE_MAX = 8
+"""Refused candidates (those sharing the most keypoints with the query first) compared with
+the listing that matched the query best (:func:`_corroborate`): each comparison is one
+verification of two listing photos, ~5-20 ms."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
@@ -178,6 +183,10 @@ class PriceMatch(BaseModel):
     """Chroma change between the aligned photos, as the rule measures it (None without one)."""
     reason: str
     """Why it counts as the same item, in words."""
+    via: str | None = None
+    """The listing (product id) through which it matched: None when its photo matched the
+    query's; else the listing that did, and ``inliers``, ``correlation`` and
+    ``colour_shift`` compare this listing's photo with that one's."""
     price: float
     currency: str
     title: str
@@ -469,6 +478,7 @@ class ProductSearch:
         crowded = sum(e.inliers >= verifier.rule.min_inliers for _, e in verified)
         if rest and crowded >= CROWDED_SHARE * k:
             verified += _look_deeper(verifier, queries, rest, k)
+        verified = _corroborate(verifier, verified)
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
         return matches
@@ -692,6 +702,49 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
             for i, n in enumerate(chosen)]
 
 
+def _corroborate(verifier: SameItemVerifier, verified: list[tuple[dict[str, Any], Evidence]]
+                 ) -> list[tuple[dict[str, Any], Evidence]]:
+    """Candidates refused against the query photo but shown to be the same item by the listing
+    that matched it best (the anchor): another shop's photo of the item, re-shot or edited
+    otherwise than the query, whose differences from the query compound two captures or two
+    edits, one of each pair at a time. Two listing photos are compared by the same rule, with
+    the print check asked and without the overlay route (it trusts only the surface near the
+    inliers: between two listings, another flavour of one pack layout passes it) nor the
+    near-identical and keypoint-free routes (the geometry must show it). A refusal whose
+    evidence names another variant (another shade's brightness, another line's print:
+    ``SameItemRule.names_another_variant``) is not overruled; one a capture or an edit
+    explains (too few inliers, colours shifted, aligned photos that differ) may be. At most
+    ``CORROBORATE_MAX`` refused candidates, those sharing the most keypoints with the query
+    first. Not transitive: only the anchor vouches (docs/matching.md)."""
+    accepted = [n for n, (_, e) in enumerate(verified) if e.same_item]
+    refused = [n for n, (_, e) in enumerate(verified) if not e.same_item]
+    if not accepted or not refused:
+        return verified
+    anchor = max(accepted, key=lambda n: (verified[n][1].inliers, -n))
+    anchor_id = str(verified[anchor][0]["product_id"])
+    try:
+        anchor_photo = verifier.gallery_features(str(verified[anchor][0]["image_ref"]))
+    except Exception:  # it was loaded a moment ago; a photo gone since vouches for nothing
+        return verified
+    out = list(verified)
+    open_to_it = [n for n in refused
+                  if not verifier.rule.names_another_variant(verified[n][1].alignment)]
+    for n in sorted(open_to_it, key=lambda n: (-verified[n][1].inliers, n))[:CORROBORATE_MAX]:
+        row, refusal = verified[n]
+        try:
+            photo = verifier.gallery_features(str(row["image_ref"]))
+        except Exception:  # refused already, with its reason
+            continue
+        found = verifier.compare(anchor_photo, photo, 0.0, allow_coarse=False,
+                                 print_check=True, overlay=False)
+        if found.same_item:
+            out[n] = (row, replace(
+                found, similarity=refusal.similarity, via=anchor_id,
+                reason=(f"the same item as listing {anchor_id}, which matched the query: "
+                        f"{found.reason} (against the query: {refusal.reason})")))
+    return out
+
+
 def _strongest(evidence: Iterable[Evidence]) -> Evidence:
     """Of one candidate's evidence against each query photo: an accepting one with the most
     inliers, else the refusal with the most."""
@@ -706,6 +759,7 @@ def _price_match(row: dict[str, Any], evidence: Evidence) -> PriceMatch:
         correlation=round(a.correlation, 4) if (a := evidence.alignment) else None,
         colour_shift=None if (shift := evidence.colour_shift) is None else round(shift, 2),
         reason=evidence.reason,
+        via=evidence.via,
         seller_id=str(row["seller_id"]),
         **_listing(row),
     )

@@ -284,9 +284,10 @@ class SameItemRule:
     other flavour through on same-item-packs; see docs/matching.md)."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
-               alignment: Alignment | None) -> tuple[bool, str]:
-        """(same item?, why) for one pair."""
-        same, why = self._decide(similarity, inliers, colour, alignment)
+               alignment: Alignment | None, overlay: bool = True) -> tuple[bool, str]:
+        """(same item?, why) for one pair (``overlay``: whether the overlay route may
+        accept it)."""
+        same, why = self._decide(similarity, inliers, colour, alignment, overlay)
         if (same and alignment is not None and alignment.print_agreement is not None
                 and alignment.print_agreement < self.min_print_agreement):
             return False, (f"{why}; but the print differs in places (agreement "
@@ -294,7 +295,7 @@ class SameItemRule:
         return same, why
 
     def _decide(self, similarity: float, inliers: int, colour: float,
-                alignment: Alignment | None) -> tuple[bool, str]:
+                alignment: Alignment | None, overlay: bool) -> tuple[bool, str]:
         if alignment is not None and not alignment.by_keypoints:
             return self._decide_coarse(similarity, inliers, colour, alignment)
         if inliers >= self.min_inliers and alignment is not None:
@@ -319,7 +320,7 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
-            if self._agrees_near_inliers(colour, alignment):
+            if overlay and self._agrees_near_inliers(colour, alignment):
                 assert alignment.local_correlation is not None
                 return True, (f"{inliers} geometric inliers, aligned photos agree near them "
                               f"(correlation {alignment.local_correlation:.2f}, colour shift "
@@ -339,6 +340,18 @@ class SameItemRule:
                            f"{self.duplicate_similarity}")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def names_another_variant(self, alignment: Alignment | None) -> bool:
+        """Whether an alignment shows what no capture or edit of one item explains: one photo
+        far brighter than the other (another shade) or a print that differs in places
+        (another line's name or logo). Price comparison's corroboration does not overrule
+        these (``search.api._corroborate``)."""
+        if alignment is None:
+            return False
+        ratio = max(alignment.brightness_ratio, 1 / max(alignment.brightness_ratio, 1e-6))
+        return ratio > self.max_brightness_ratio or (
+            alignment.print_agreement is not None
+            and alignment.print_agreement < self.min_print_agreement)
 
     def _agrees_under_other_light(self, alignment: Alignment) -> bool:
         """The light route: a re-shot photo (another camera, white balance, lamp) differs
@@ -404,6 +417,9 @@ class Evidence:
     coarse_tried: bool = False
     """Whether a keypoint-free alignment or a mirrored match was tried (they are budgeted per
     query)."""
+    via: str | None = None
+    """The product id of the accepted listing this one was compared with, instead of the
+    query (``search.api._corroborate``)."""
 
 
 _sift_lock = threading.Lock()
@@ -929,13 +945,15 @@ class SameItemVerifier:
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
-                mirror: Callable[[], PhotoFeatures | None] | None = None) -> Evidence:
+                mirror: Callable[[], PhotoFeatures | None] | None = None,
+                overlay: bool = True) -> Evidence:
         """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
         whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``;
         ``matched``: the pair's :meth:`keypoint_matches` result, when already computed;
         ``print_check``: the print must agree as for segmented photos, whatever the pair;
         ``mirror``: the query's :func:`mirrored` keypoints, matched in the keypoint-free
-        route's place first, for a mirrored re-listing)."""
+        route's place first, for a mirrored re-listing; ``overlay``: whether the rule's
+        overlay route may accept the pair)."""
         inliers, homography, points = matched if matched is not None else _ransac(query, other)
         alignment = (align(query, other, homography, points, print_check)
                      if homography is not None else None)
@@ -957,7 +975,7 @@ class SameItemVerifier:
             coarse = coarse_homography(query, other)
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
-        same, why = self.rule.decide(similarity, inliers, colour, alignment)
+        same, why = self.rule.decide(similarity, inliers, colour, alignment, overlay)
         if flipped is not None:
             why = f"{why}; the photo mirrored"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None

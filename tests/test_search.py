@@ -6,7 +6,7 @@ import io
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -18,13 +18,22 @@ from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import Hit, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
-from search.verify import SameItemRule, SameItemVerifier, cutout, photo_features, windows
+from search.verify import (
+    Alignment,
+    Evidence,
+    SameItemRule,
+    SameItemVerifier,
+    cutout,
+    photo_features,
+    windows,
+)
 from store import ensure_collections
 from tests import milvus_support
 from tests.fakes import (
     SimilarityOnlyVerifier,
     heavy_edit,
     printed_pack,
+    recolour,
     reshot_on_backdrop,
     textured_photo,
 )
@@ -531,3 +540,78 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
             assert looked == [] and matches == [] and checked == [False]
     finally:
         milvus.drop(s)
+
+
+def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
+        milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shopper's re-shot photo matches the shop's own listing photo, but not another
+    shop's heavily edited copy of it (two changes compound: 9 inliers). That copy is the
+    same item as the listing that matched, so it is listed through it (``via``), with the
+    evidence of that comparison; another colour's and another product's listings are not.
+    Without corroboration (``CORROBORATE_MAX`` = 0) the copy is missed."""
+    item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    photos = {
+        "item": item,
+        "relisting": heavy_edit(item),
+        "other-colour": heavy_edit(recolour(item)),
+        "other": ImageOps.expand(textured_photo(2), border=24, fill=(255, 255, 255)),
+    }
+    similarity = {"item": 0.9, "relisting": 0.85, "other-colour": 0.95, "other": 0.8}
+    price = {"item": 20.0, "relisting": 15.0, "other-colour": 10.0, "other": 5.0}
+    s = milvus.new_spec(prefix="corroborate")
+    ensure_collections(milvus.store, s)
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
+        record(name, name, rotate(similarity[name]), price=price[name], seller_id=f"shop-{n}")
+        for n, name in enumerate(photos)]))
+    embedder = FakeEmbedder()
+    query = reshot_on_backdrop(item, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
+    _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
+    verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    try:
+        matches = search.compare_prices(image=query, k=4, threshold=0.3)
+        assert [m.product_id for m in matches] == ["relisting", "item"]  # cheapest first
+        relisting, listing = matches
+        assert listing.via is None and relisting.via == "item"
+        assert relisting.reason.startswith("the same item as listing item, which matched "
+                                           "the query: ")
+        assert "against the query: 9 geometric inliers < 10" in relisting.reason
+        assert relisting.inliers >= SameItemRule().min_inliers  # against the listing photo
+        assert relisting.similarity == pytest.approx(0.85, abs=1e-4)  # to the query
+        monkeypatch.setattr(search_api, "CORROBORATE_MAX", 0)
+        assert [m.product_id for m in search.compare_prices(image=query, k=4,
+                                                            threshold=0.3)] == ["item"]
+    finally:
+        milvus.drop(s)
+
+
+def test_corroboration_does_not_overrule_evidence_of_another_variant() -> None:
+    """The listing that matched the query vouches for a refused candidate whose photo is its
+    own, unless the query's evidence against that candidate names another variant: one photo
+    far brighter (another shade) or a print that differs (another line). Refusals a capture
+    explains (colours shifted) are overruled; without an accepted listing nothing is."""
+    photo = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    verifier = SameItemVerifier(lambda ref: photo)
+    rule = verifier.rule
+    accepted = Evidence(True, 0.9, 80, 0.95, None, "80 geometric inliers, ...")
+    shifted = Evidence(False, 0.8, 40, 0.6, Alignment(0.95, (9.0, 12.0, 14.0, 20.0)),
+                       "40 inliers, but the colours differ (shift 14.0)")
+    shade = replace(shifted, alignment=Alignment(0.95, (1.0, 1.0, 1.0, 1.0),
+                                                 brightness_ratio=1.7))
+    other_print = replace(shifted, alignment=Alignment(0.95, (1.0, 1.0, 1.0, 1.0),
+                                                       print_agreement=0.5))
+    assert not rule.names_another_variant(shifted.alignment)
+    assert rule.names_another_variant(shade.alignment)
+    assert rule.names_another_variant(other_print.alignment)
+
+    def row(name: str) -> dict[str, Any]:
+        return {"product_id": name, "image_ref": name}
+
+    out = search_api._corroborate(verifier, [(row("a"), accepted), (row("b"), shifted),
+                                             (row("c"), shade), (row("d"), other_print)])
+    assert [e.same_item for _, e in out] == [True, True, False, False]
+    assert out[1][1].via == "a" and out[1][1].similarity == 0.8
+    assert out[2][1] is shade and out[3][1] is other_print
+    alone = [(row("b"), shifted), (row("c"), shade)]
+    assert search_api._corroborate(verifier, alone) == alone

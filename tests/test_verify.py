@@ -208,6 +208,12 @@ def test_a_banner_over_the_product_is_accepted_by_the_overlay_route() -> None:
     whole = replace(DEFAULT_RULE, min_local_share=1.01)  # the overlay route off
     assert not whole.decide(evidence.similarity, evidence.inliers,
                             evidence.colour_agreement, alignment)[0]
+    assert not DEFAULT_RULE.decide(evidence.similarity, evidence.inliers,
+                                   evidence.colour_agreement, alignment, overlay=False)[0]
+    verifier = SameItemVerifier(lambda ref: original)  # as price comparison's corroboration
+    refused = verifier.compare(photo_features(_banner(original)),
+                               verifier.gallery_features("listing"), 0.9, overlay=False)
+    assert not refused.same_item and "near them" not in refused.reason
 
 
 def test_a_recoloured_variant_under_a_banner_is_still_refused() -> None:
