@@ -20,6 +20,10 @@ and a JPEG of middle quality, at 480-800 px.
   line (the same design in another colour) and the other lines of the brand (the same layout
   and colours, another name and logo). Listings as above; 240 re-shot queries ("in-store
   photos").
+* ``same-item-packs-copies`` (needs ``same-item-packs``, written first): its gallery; each of
+  its 240 queries is instead the maker's own catalog photo of the item, resized to 80 % and
+  re-encoded (JPEG 70), as a shop re-listing it would send. Added after the corroboration
+  round, and scored before the change it led to (docs/matching.md, "Family round").
 * ``same-item-fmnist-reshoot``: the ``same-item-fmnist`` gallery (seed 11); 300 queries are
   re-shoots of the 28 px articles enlarged to 224 px (every article has hundreds of
   look-alikes of its class).
@@ -29,6 +33,7 @@ Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME]``
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,7 +59,8 @@ from embedding.colour import foreground_weights  # noqa: E402
 from search.verify import outer_background  # noqa: E402
 
 Row = dict[str, Any]
-PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-fmnist-reshoot")
+PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
+             "same-item-fmnist-reshoot")
 
 
 def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -246,6 +252,27 @@ def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int
     return write_protocol(out_dir, gallery, queries)
 
 
+def write_pack_copies(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """The same-item-packs-copies protocol (see module doc) from a written same-item-packs."""
+    if not (packs_dir / "queries.jsonl").exists():
+        raise SystemExit(f"write same-item-packs first: {packs_dir / 'queries.jsonl'} not found")
+    gallery: list[Row] = [json.loads(line) for line in (packs_dir / "gallery.jsonl").open()]
+    for row in gallery:
+        row["images"] = [_relative(packs_dir / image, out_dir) for image in row["images"]]
+    queries: list[Row] = []
+    for line in (packs_dir / "queries.jsonl").open():
+        query = json.loads(line)
+        item = str(query["relevant"][0])  # the maker's listing of the item
+        photo = Image.open(packs_dir / "images" / f"{item}.jpg").convert("RGB")
+        path = out_dir / "queries" / f"{item}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo.resize((int(photo.width * 0.8), int(photo.height * 0.8)),
+                     Image.Resampling.LANCZOS).save(path, "JPEG", quality=70)
+        queries.append({"image": _relative(path, out_dir), "relevant": query["relevant"],
+                        "category": query["category"], "edit": "copy"})
+    return write_protocol(out_dir, gallery, queries)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
@@ -258,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"same-item-reshoot skipped: {args.luma / 'catalog.jsonl'} not found")
     if "same-item-packs" in wanted:
         print("same-item-packs: {} {}".format(*write_packs(args.out / "same-item-packs")))
+    if "same-item-packs-copies" in wanted:
+        print("same-item-packs-copies: {} {}".format(*write_pack_copies(
+            args.out / "same-item-packs", args.out / "same-item-packs-copies")))
     if "same-item-fmnist-reshoot" in wanted:
         print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
             args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))

@@ -433,9 +433,12 @@ class ProductSearch:
         The ``k`` most similar products (``exact`` intent) with similarity >= ``threshold``
         are verified one by one (search/verify.py); those that pass are returned, sorted by
         price (then by similarity). When most of those ``k`` match the query's geometry (a
-        family of look-alikes: one pack layout's flavours), the next ``(COMPARE_DEPTH - 1) * k``
-        are ranked by their geometric inliers and the ``k`` best verified too
-        (:func:`_look_deeper`). A photo re-shot on a backdrop (one with a segmented
+        family of look-alikes: one pack layout's flavours), those ``k`` must also agree in
+        print and only a cover is forgiven (``overlay="covers"``), and the next
+        ``(COMPARE_DEPTH - 1) * k`` are ranked by their geometric inliers and the ``k`` best
+        verified too (:func:`_look_deeper`). A candidate refused against the query may be
+        vouched for by the listing that matched it best (:func:`_corroborate`; its match
+        says ``via``). A photo re-shot on a backdrop (one with a segmented
         product, :func:`search.verify.product_on_white`) also searches with its product on
         white, and a candidate's similarity is the better of the two. Prices are not
         converted between currencies: pass ``filter=SearchFilter(currency=...)`` to compare
@@ -472,11 +475,19 @@ class ProductSearch:
         candidates.sort(key=lambda rs: -rs[1])
         first, rest = candidates[:k], candidates[k:]
         refs = [(str(row["image_ref"]), score) for row, score in first]
-        per_query = [verifier.verify(q, refs) for q in queries]
+        matched = [verifier.keypoint_matches(q, [ref for ref, _ in refs]) for q in queries]
+        crowded = sum(max((found[0] for m in matched if (found := m[n]) is not None),
+                          default=0) >= verifier.rule.min_inliers for n in range(len(refs)))
+        family = crowded >= CROWDED_SHARE * k
+        # Within a family of look-alikes (two products or more share the query's geometry),
+        # the print must agree and only a cover is forgiven.
+        strict = family and crowded >= 2
+        per_query = [verifier.verify(q, refs, m, print_check=strict,
+                                     overlay="covers" if strict else "open")
+                     for q, m in zip(queries, matched, strict=True)]
         verified = [(row, _strongest(found[n] for found in per_query))
                     for n, (row, _) in enumerate(first)]
-        crowded = sum(e.inliers >= verifier.rule.min_inliers for _, e in verified)
-        if rest and crowded >= CROWDED_SHARE * k:
+        if rest and family:
             verified += _look_deeper(verifier, queries, rest, k)
         verified = _corroborate(verifier, verified)
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
@@ -696,7 +707,8 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     best = sorted(range(len(rest)), key=lambda n: (-inliers(n), n))[:k]
     chosen = sorted(n for n in best if inliers(n) >= verifier.rule.min_inliers)
     pairs = [(refs[n], rest[n][1]) for n in chosen]
-    per_query = [verifier.verify(q, pairs, [m[n] for n in chosen], print_check=True)
+    per_query = [verifier.verify(q, pairs, [m[n] for n in chosen], print_check=True,
+                                 overlay="covers")
                  for q, m in zip(queries, matched, strict=True)]
     return [(rest[n][0], _strongest(found[i] for found in per_query))
             for i, n in enumerate(chosen)]
@@ -736,7 +748,7 @@ def _corroborate(verifier: SameItemVerifier, verified: list[tuple[dict[str, Any]
         except Exception:  # refused already, with its reason
             continue
         found = verifier.compare(anchor_photo, photo, 0.0, allow_coarse=False,
-                                 print_check=True, overlay=False)
+                                 print_check=True, overlay="closed")
         if found.same_item:
             out[n] = (row, replace(
                 found, similarity=refusal.similarity, via=anchor_id,

@@ -43,7 +43,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -69,6 +69,12 @@ RATIO = 0.75
 RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
+
+Overlay = Literal["open", "covers", "closed"]
+"""When the rule's overlay route may accept a pair: ``open`` always; ``covers`` only when the
+grey levels over the whole compared region disagree (``correlation < min_correlation``), as a
+banner or sticker makes them, not a recoloured band with the print beneath it intact (another
+flavour of one pack layout); ``closed`` never."""
 """Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 COLOUR_BLUR_PX = 1.5
 CHROMA_GAIN = (0.7, 1.4)
@@ -284,9 +290,9 @@ class SameItemRule:
     other flavour through on same-item-packs; see docs/matching.md)."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
-               alignment: Alignment | None, overlay: bool = True) -> tuple[bool, str]:
-        """(same item?, why) for one pair (``overlay``: whether the overlay route may
-        accept it)."""
+               alignment: Alignment | None, overlay: Overlay = "open") -> tuple[bool, str]:
+        """(same item?, why) for one pair (``overlay``: when the overlay route may accept
+        it, see :data:`Overlay`)."""
         same, why = self._decide(similarity, inliers, colour, alignment, overlay)
         if (same and alignment is not None and alignment.print_agreement is not None
                 and alignment.print_agreement < self.min_print_agreement):
@@ -295,7 +301,7 @@ class SameItemRule:
         return same, why
 
     def _decide(self, similarity: float, inliers: int, colour: float,
-                alignment: Alignment | None, overlay: bool) -> tuple[bool, str]:
+                alignment: Alignment | None, overlay: Overlay) -> tuple[bool, str]:
         if alignment is not None and not alignment.by_keypoints:
             return self._decide_coarse(similarity, inliers, colour, alignment)
         if inliers >= self.min_inliers and alignment is not None:
@@ -320,7 +326,9 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
-            if overlay and self._agrees_near_inliers(colour, alignment):
+            covered = overlay == "open" or (overlay == "covers"
+                                            and alignment.correlation < self.min_correlation)
+            if covered and self._agrees_near_inliers(colour, alignment):
                 assert alignment.local_correlation is not None
                 return True, (f"{inliers} geometric inliers, aligned photos agree near them "
                               f"(correlation {alignment.local_correlation:.2f}, colour shift "
@@ -946,14 +954,14 @@ class SameItemVerifier:
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
                 mirror: Callable[[], PhotoFeatures | None] | None = None,
-                overlay: bool = True) -> Evidence:
+                overlay: Overlay = "open") -> Evidence:
         """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
         whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``;
         ``matched``: the pair's :meth:`keypoint_matches` result, when already computed;
         ``print_check``: the print must agree as for segmented photos, whatever the pair;
         ``mirror``: the query's :func:`mirrored` keypoints, matched in the keypoint-free
-        route's place first, for a mirrored re-listing; ``overlay``: whether the rule's
-        overlay route may accept the pair)."""
+        route's place first, for a mirrored re-listing; ``overlay``: when the rule's overlay
+        route may accept the pair, see :data:`Overlay`)."""
         inliers, homography, points = matched if matched is not None else _ransac(query, other)
         alignment = (align(query, other, homography, points, print_check)
                      if homography is not None else None)
@@ -983,14 +991,14 @@ class SameItemVerifier:
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
-               print_check: bool = False) -> list[Evidence]:
+               print_check: bool = False, overlay: Overlay = "open") -> list[Evidence]:
         """One :class:`Evidence` per ``(image_ref, similarity)`` candidate, in order.
 
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
         At most ``rule.max_coarse`` candidates (the first that qualify: give them most
         similar first) are aligned without keypoints. ``matched``, parallel to
         ``candidates``: their :meth:`keypoint_matches`, when already computed.
-        ``print_check``: see :meth:`compare`.
+        ``print_check``, ``overlay``: see :meth:`compare`.
         """
         out: list[Evidence] = []
         coarse = 0
@@ -1011,7 +1019,8 @@ class SameItemVerifier:
             out.append(self.compare(query, other, similarity,
                                     allow_coarse=coarse < self.rule.max_coarse,
                                     matched=None if matched is None else matched[n],
-                                    print_check=print_check, mirror=mirror))
+                                    print_check=print_check, mirror=mirror,
+                                    overlay=overlay))
             coarse += out[-1].coarse_tried
         return out
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from embedding.colour import COLOUR_DIM
-from search.verify import Evidence, KeypointMatch, PhotoFeatures, SameItemVerifier
+from search.verify import Evidence, KeypointMatch, Overlay, PhotoFeatures, SameItemVerifier
 
 
 class TinyEmbedder:
@@ -53,9 +53,14 @@ class SimilarityOnlyVerifier(SameItemVerifier):
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
-                mirror: Callable[[], PhotoFeatures | None] | None = None) -> Evidence:
+                mirror: Callable[[], PhotoFeatures | None] | None = None,
+                overlay: Overlay = "open") -> Evidence:
         return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
                         "similarity only (test)")
+
+    def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]
+                         ) -> list[KeypointMatch | None]:
+        return [(0, None, np.zeros((0, 2), np.float32)) for _ in image_refs]
 
 
 def _no_photos(image_ref: str) -> Image.Image:

@@ -523,21 +523,24 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
                         lambda q, refs: looked.append(len(refs)) or deeper(q, refs))
     checked: list[bool] = []  # per verify call: whether the print must agree too
     verify = verifier.verify
-    monkeypatch.setattr(verifier, "verify", lambda q, c, m=None, print_check=False: (
-        checked.append(print_check) or verify(q, c, m, print_check=print_check)))
+    monkeypatch.setattr(verifier, "verify", lambda q, c, m=None, print_check=False,
+                        overlay="open": (checked.append(print_check)
+                                         or verify(q, c, m, print_check=print_check,
+                                                   overlay=overlay)))
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
     try:
         matches = search.compare_prices(image=query, k=3, threshold=0.3)
         if family:
-            assert looked == [3]  # the two other colours and the item below the first k
-            assert checked == [False, True]  # below a family, the print must agree too
+            # the first k, then the two other colours and the item below them
+            assert looked == [3, 3]
+            assert checked == [True, True]  # within and below a family, the print must agree
             assert [m.product_id for m in matches] == ["item"]
             assert matches[0].inliers >= SameItemRule().min_inliers
             monkeypatch.setattr(search_api, "COMPARE_DEPTH", 1)
             assert search.compare_prices(image=query, k=3, threshold=0.3) == []
         else:
-            assert looked == [] and matches == [] and checked == [False]
+            assert looked == [3] and matches == [] and checked == [False]
     finally:
         milvus.drop(s)
 

@@ -209,10 +209,10 @@ def test_a_banner_over_the_product_is_accepted_by_the_overlay_route() -> None:
     assert not whole.decide(evidence.similarity, evidence.inliers,
                             evidence.colour_agreement, alignment)[0]
     assert not DEFAULT_RULE.decide(evidence.similarity, evidence.inliers,
-                                   evidence.colour_agreement, alignment, overlay=False)[0]
+                                   evidence.colour_agreement, alignment, overlay="closed")[0]
     verifier = SameItemVerifier(lambda ref: original)  # as price comparison's corroboration
     refused = verifier.compare(photo_features(_banner(original)),
-                               verifier.gallery_features("listing"), 0.9, overlay=False)
+                               verifier.gallery_features("listing"), 0.9, overlay="closed")
     assert not refused.same_item and "near them" not in refused.reason
 
 
@@ -233,6 +233,25 @@ def test_overlay_route_limits_name_the_evidence() -> None:
     assert not rule.decide(0.9, 50, 0.5, covered)[0]  # colour histograms disagree
     refused = rule.decide(0.9, 50, 0.9, replace(covered, local_shifts=(5.0, 9.0, 12.0, 20.0)))
     assert refused == (False, "50 inliers, but the aligned photos differ (correlation 0.50)")
+
+
+def test_overlay_route_within_a_family_forgives_only_a_cover() -> None:
+    """``overlay="covers"``: the overlay route accepts only where the grey levels over the
+    whole disagree (a banner's do); where they agree and only the colours away from the
+    inliers differ (another flavour's band), it refuses. ``closed``: never."""
+    band = Alignment(0.95, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
+                     local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.7)
+    cover = replace(band, correlation=0.5)
+    assert DEFAULT_RULE.decide(0.9, 50, 0.9, band)[0]  # "open", as before
+    refused = DEFAULT_RULE.decide(0.9, 50, 0.9, band, overlay="covers")
+    assert refused == (False, "50 inliers, but the colours differ (shift 30.0)")
+    assert DEFAULT_RULE.decide(0.9, 50, 0.9, cover, overlay="covers")[0]
+    assert not DEFAULT_RULE.decide(0.9, 50, 0.9, cover, overlay="closed")[0]
+    original = _busy_photo()  # a real banner copy: its whole correlation falls
+    verifier = SameItemVerifier(lambda ref: original)
+    found = verifier.compare(photo_features(_banner(original)),
+                             verifier.gallery_features("listing"), 0.9, overlay="covers")
+    assert found.same_item and "near them" in found.reason, found.reason
 
 
 def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
