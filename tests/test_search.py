@@ -593,9 +593,16 @@ def test_corroboration_does_not_overrule_evidence_of_another_variant() -> None:
     """The listing that matched the query vouches for a refused candidate whose photo is its
     own, unless the query's evidence against that candidate names another variant: one photo
     far brighter (another shade) or a print that differs (another line). Refusals a capture
-    explains (colours shifted) are overruled; without an accepted listing nothing is."""
+    explains (colours shifted) are overruled; a photo that cannot be read stays refused;
+    without an accepted listing nothing is."""
     photo = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
-    verifier = SameItemVerifier(lambda ref: photo)
+
+    def load(ref: str) -> Image.Image:
+        if ref == "gone":
+            raise OSError("404 from the image server")
+        return photo
+
+    verifier = SameItemVerifier(load)
     rule = verifier.rule
     accepted = Evidence(True, 0.9, 80, 0.95, None, "80 geometric inliers, ...")
     shifted = Evidence(False, 0.8, 40, 0.6, Alignment(0.95, (9.0, 12.0, 14.0, 20.0)),
@@ -611,9 +618,12 @@ def test_corroboration_does_not_overrule_evidence_of_another_variant() -> None:
     def row(name: str) -> dict[str, Any]:
         return {"product_id": name, "image_ref": name}
 
+    unavailable = Evidence(False, 0.7, 0, 0.0, None, "listing photo unavailable: OSError")
     out = search_api._corroborate(verifier, [(row("a"), accepted), (row("b"), shifted),
-                                             (row("c"), shade), (row("d"), other_print)])
-    assert [e.same_item for _, e in out] == [True, True, False, False]
+                                             (row("c"), shade), (row("d"), other_print),
+                                             (row("gone"), unavailable)])
+    assert [e.same_item for _, e in out] == [True, True, False, False, False]
+    assert out[4][1] is unavailable  # a photo that cannot be read stays refused, no error
     assert out[1][1].via == "a" and out[1][1].similarity == 0.8
     assert out[2][1] is shade and out[3][1] is other_print
     alone = [(row("b"), shifted), (row("c"), shade)]
