@@ -62,6 +62,7 @@ from search.verify import (
     VERIFY_SIZE,
     WINDOW_SCALES,
     Evidence,
+    KeypointMatch,
     PhotoFeatures,
     SameItemVerifier,
     cutout,
@@ -476,8 +477,8 @@ class ProductSearch:
         first, rest = candidates[:k], candidates[k:]
         refs = [(str(row["image_ref"]), score) for row, score in first]
         matched = [verifier.keypoint_matches(q, [ref for ref, _ in refs]) for q in queries]
-        crowded = sum(max((found[0] for m in matched if (found := m[n]) is not None),
-                          default=0) >= verifier.rule.min_inliers for n in range(len(refs)))
+        crowded = sum(_most_inliers(matched, n) >= verifier.rule.min_inliers
+                      for n in range(len(refs)))
         family = crowded >= CROWDED_SHARE * k
         # Within a family of look-alikes (two products or more share the query's geometry),
         # the print must agree and only a cover is forgiven.
@@ -700,18 +701,20 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     62 %; elsewhere it runs for a few queries and changes nothing (docs/matching.md)."""
     refs = [str(row["image_ref"]) for row, _ in rest]
     matched = [verifier.keypoint_matches(q, refs) for q in queries]
-
-    def inliers(n: int) -> int:
-        return max((found[0] for m in matched if (found := m[n]) is not None), default=0)
-
-    best = sorted(range(len(rest)), key=lambda n: (-inliers(n), n))[:k]
-    chosen = sorted(n for n in best if inliers(n) >= verifier.rule.min_inliers)
+    best = sorted(range(len(rest)), key=lambda n: (-_most_inliers(matched, n), n))[:k]
+    chosen = sorted(n for n in best if _most_inliers(matched, n) >= verifier.rule.min_inliers)
     pairs = [(refs[n], rest[n][1]) for n in chosen]
     per_query = [verifier.verify(q, pairs, [m[n] for n in chosen], print_check=True,
                                  overlay="covers")
                  for q, m in zip(queries, matched, strict=True)]
     return [(rest[n][0], _strongest(found[i] for found in per_query))
             for i, n in enumerate(chosen)]
+
+
+def _most_inliers(matched: Sequence[Sequence[KeypointMatch | None]], n: int) -> int:
+    """Candidate ``n``'s most geometric inliers with any of the query photos (``matched``:
+    each query photo's :meth:`SameItemVerifier.keypoint_matches`)."""
+    return max((found[0] for m in matched if (found := m[n]) is not None), default=0)
 
 
 def _corroborate(verifier: SameItemVerifier, verified: list[tuple[dict[str, Any], Evidence]]

@@ -69,13 +69,12 @@ RATIO = 0.75
 RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
-
+"""Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 Overlay = Literal["open", "covers", "closed"]
 """When the rule's overlay route may accept a pair: ``open`` always; ``covers`` only when the
 grey levels over the whole compared region disagree (``correlation < min_correlation``), as a
 banner or sticker makes them, not a recoloured band with the print beneath it intact (another
 flavour of one pack layout); ``closed`` never."""
-"""Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 COLOUR_BLUR_PX = 1.5
 CHROMA_GAIN = (0.7, 1.4)
 """Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
@@ -215,6 +214,11 @@ class Alignment:
         return self.local_shifts[SHIFT_PERCENTILES.index(percentile)]
 
 
+def _brightness_ratio(alignment: Alignment) -> float:
+    """How many times brighter one aligned photo is than the other (>= 1)."""
+    return max(alignment.brightness_ratio, 1 / max(alignment.brightness_ratio, 1e-6))
+
+
 @dataclass(frozen=True)
 class SameItemRule:
     """When two photos show the same item (see the module doc for why these).
@@ -294,8 +298,7 @@ class SameItemRule:
         """(same item?, why) for one pair (``overlay``: when the overlay route may accept
         it, see :data:`Overlay`)."""
         same, why = self._decide(similarity, inliers, colour, alignment, overlay)
-        if (same and alignment is not None and alignment.print_agreement is not None
-                and alignment.print_agreement < self.min_print_agreement):
+        if same and alignment is not None and self._print_differs(alignment):
             return False, (f"{why}; but the print differs in places (agreement "
                            f"{alignment.print_agreement:.2f} < {self.min_print_agreement})")
         return same, why
@@ -308,7 +311,7 @@ class SameItemRule:
             if alignment.inlier_cover < self.min_inlier_cover:
                 return False, (f"{inliers} inliers, but on a small patch only (they span "
                                f"{alignment.inlier_cover:.0%} of the product)")
-            ratio = max(alignment.brightness_ratio, 1 / max(alignment.brightness_ratio, 1e-6))
+            ratio = _brightness_ratio(alignment)
             if ratio > self.max_brightness_ratio:
                 return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
                                f"(another shade)")
@@ -356,10 +359,12 @@ class SameItemRule:
         these (``search.api._corroborate``)."""
         if alignment is None:
             return False
-        ratio = max(alignment.brightness_ratio, 1 / max(alignment.brightness_ratio, 1e-6))
-        return ratio > self.max_brightness_ratio or (
-            alignment.print_agreement is not None
-            and alignment.print_agreement < self.min_print_agreement)
+        return (_brightness_ratio(alignment) > self.max_brightness_ratio
+                or self._print_differs(alignment))
+
+    def _print_differs(self, alignment: Alignment) -> bool:
+        return (alignment.print_agreement is not None
+                and alignment.print_agreement < self.min_print_agreement)
 
     def _agrees_under_other_light(self, alignment: Alignment) -> bool:
         """The light route: a re-shot photo (another camera, white balance, lamp) differs
