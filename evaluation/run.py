@@ -110,12 +110,7 @@ def embed_files(
 ) -> NDArray[np.float32]:
     """Vectors of ``paths`` in order: cached ones looked up, the others decoded as the search
     API decodes a query (at the model's scale) and embedded in chunks."""
-    datas = []
-    for p in paths:
-        try:
-            datas.append(p.read_bytes())
-        except OSError as exc:
-            raise ProtocolError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    datas = [_read(p) for p in paths]
     digests = [content_hash(d) for d in datas]
     version = embedder.model_version
     found = cache.get_many(version, digests) if cache is not None else {}
@@ -135,12 +130,7 @@ def embed_files(
     with tqdm(total=len(todo), unit="img", desc=desc, disable=None) as bar:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
-            images = []
-            for i in chunk:
-                try:
-                    images.append(decode_image(datas[i], max_pixels, min_size=min_size))
-                except ImageDecodeError as exc:
-                    raise ProtocolError(f"image {paths[i]}: {exc.reason}: {exc.detail}") from None
+            images = [_decode(paths[i], datas[i], max_pixels, min_size) for i in chunk]
             vectors = np.asarray(embedder.embed(images), dtype=np.float32)
             for i, vector in zip(chunk, vectors, strict=True):
                 out[i] = vector
@@ -177,13 +167,8 @@ def embed_scene_queries(
     keys: dict[int, list[str]] = {}
     pictures: dict[str, Any] = {}
     for i, path in enumerate(tqdm(paths, unit="img", desc="cut-outs and windows", disable=None)):
-        try:
-            data = path.read_bytes()
-            picture = decode_image(data, max_pixels, min_size=min_size)
-        except OSError as exc:
-            raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
-        except ImageDecodeError as exc:
-            raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None
+        data = _read(path)
+        picture = _decode(path, data, max_pixels, min_size)
         digest = content_hash(data)
         product = cutout(picture) if cutouts else None
         crops = search_windows(picture) if windows else []
@@ -327,9 +312,20 @@ def index_products(
 
 def _load_to_verify(path: Path, max_pixels: int) -> Any:
     """A query photo decoded as ``ProductSearch.by_images`` decodes it to check geometry."""
+    return _decode(path, _read(path), max_pixels, VERIFY_SIZE)
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of an image the protocol names, or one clear ProtocolError."""
     try:
-        return decode_image(path.read_bytes(), max_pixels, min_size=VERIFY_SIZE)
+        return path.read_bytes()
     except OSError as exc:
         raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
+
+
+def _decode(path: Path, data: bytes, max_pixels: int, min_size: int | None) -> Any:
+    """``data`` (read from ``path``) decoded as a query is, or one clear ProtocolError."""
+    try:
+        return decode_image(data, max_pixels, min_size=min_size)
     except ImageDecodeError as exc:
         raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None
