@@ -21,6 +21,10 @@ hard negatives: listing one of them is a false match.
   recipes, written after the rule's last change and scored once: a mirrored photo, a round
   price sticker on the product, a shop's frame with a caption, vivid colours, a vignette, a
   tiny thumbnail, a collage with an enlarged detail, a quarter turn, and chains.
+* ``same-item-mirrored`` (luma): the ``same-item-dev`` construction with another seed, every
+  edited copy (re-listings and queries) also flipped left to right: a query matches the
+  shop's own photo only mirrored, and a re-listing copy as it is. Written for the mirror
+  round (docs/matching.md), after ``same-item-blind`` showed mirrored chains missed.
 * ``same-item-fmnist``: 1,000 Fashion-MNIST articles (grey, 28 px, ten classes: every
   article has hundreds of look-alikes), 10% re-listed with the same file or an edited copy;
   300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
@@ -57,7 +61,7 @@ Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist",
-             "same-item-blind")
+             "same-item-blind", "same-item-mirrored")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -314,8 +318,10 @@ def _save(img: Image.Image, path: Path) -> None:
 
 
 def write_luma_listings(luma_dir: Path, out_dir: Path, recipes: tuple[Edit, ...], seed: int,
-                        n_queries: int = 240) -> tuple[Path, Path, dict[str, list[str]]]:
-    """Gallery of listings + queries of edited copies; also returns item -> listing ids."""
+                        n_queries: int = 240, mirrored: bool = False,
+                        ) -> tuple[Path, Path, dict[str, list[str]]]:
+    """Gallery of listings + queries of edited copies; also returns item -> listing ids.
+    ``mirrored``: every edited copy (re-listing or query) is also flipped left to right."""
     rng = np.random.default_rng(seed)
     gallery: list[Row] = []
     listings: dict[str, list[str]] = {}
@@ -327,6 +333,7 @@ def write_luma_listings(luma_dir: Path, out_dir: Path, recipes: tuple[Edit, ...]
         if rng.random() < 0.5:
             with Image.open(main) as photo:
                 edited, _ = random_edit(recipes, photo.convert("RGB"), rng)
+            edited = ImageOps.mirror(edited) if mirrored else edited
             path = out_dir / "images" / f"{pid}~shop1.jpg"
             _save(edited, path)
             rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
@@ -348,6 +355,8 @@ def write_luma_listings(luma_dir: Path, out_dir: Path, recipes: tuple[Edit, ...]
         pid = items[index]
         with Image.open(_main_path(by_id[pid], luma_dir)) as photo:
             edited, recipe = random_edit(recipes, photo.convert("RGB"), rng)
+        if mirrored:
+            edited, recipe = ImageOps.mirror(edited), f"mirror+{recipe}"
         path = out_dir / "queries" / f"{pid}.jpg"
         _save(edited, path)
         queries.append({"image": _relative(path, out_dir), "relevant": listings[pid],
@@ -447,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-blind", BLIND_SINGLE, seed=3)
         print(f"same-item-blind: {gallery} {queries}")
+    if has_luma and "same-item-mirrored" in wanted:
+        gallery, queries, _ = write_luma_listings(
+            args.luma, args.out / "same-item-mirrored", DEV_SINGLE, seed=4, mirrored=True)
+        print(f"same-item-mirrored: {gallery} {queries}")
     if "same-item-fmnist" in wanted:
         print("same-item-fmnist: {} {}".format(
             *write_fmnist_listings(args.out / "same-item-fmnist")))

@@ -256,6 +256,14 @@ class SameItemRule:
     max_coarse: int = 8
     """Keypoint-free alignments tried per query photo (the most similar candidates first):
     ~8 ms each, and on a catalog of look-alikes (every pullover) most candidates qualify."""
+    mirror_similarity: float = 0.65
+    """Global cosine from which a refused pair is matched again with the query mirrored (a
+    shop may re-list a flipped photo; SIFT does not match a mirror image). Mirrored copies of
+    listings, edited as well, were 0.70-0.85 (same-item-mirrored); the alignment still
+    decides, so this only bounds the work."""
+    max_mirror: int = 8
+    """Mirrored matches tried per query photo (the most similar refused candidates first):
+    a match and, when it has the inliers, an alignment, ~5-15 ms each."""
     min_inlier_cover: float = 0.05
     """Share of the listing's product area the inliers' convex hull must span: a sale tag or
     a watermark on two listings of different products can carry all their inliers."""
@@ -428,8 +436,9 @@ class Evidence:
     colour_shift: float | None = None
     """The alignment's colour shift at the rule's percentile (None without alignment)."""
     coarse_tried: bool = False
-    """Whether a keypoint-free alignment or a mirrored match was tried (they are budgeted per
-    query)."""
+    """Whether a keypoint-free alignment was tried (budgeted per query photo)."""
+    mirror_tried: bool = False
+    """Whether the query was matched mirrored (budgeted per query photo)."""
     via: str | None = None
     """The product id of the accepted listing this one was compared with, instead of the
     query (``search.api._corroborate``)."""
@@ -959,40 +968,46 @@ class SameItemVerifier:
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
                 mirror: Callable[[], PhotoFeatures | None] | None = None,
-                overlay: Overlay = "open") -> Evidence:
+                overlay: Overlay = "open", allow_mirror: bool = True) -> Evidence:
         """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
         whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``;
         ``matched``: the pair's :meth:`keypoint_matches` result, when already computed;
         ``print_check``: the print must agree as for segmented photos, whatever the pair;
-        ``mirror``: the query's :func:`mirrored` keypoints, matched in the keypoint-free
-        route's place first, for a mirrored re-listing; ``overlay``: when the rule's overlay
-        route may accept the pair, see :data:`Overlay`)."""
+        ``mirror``: the query's :func:`mirrored` keypoints: a pair refused as it is, of
+        similarity ``rule.mirror_similarity`` or more, is matched and aligned again with
+        them (``allow_mirror``: within the budget, ``rule.max_mirror``), for a mirrored
+        re-listing; ``overlay``: when the rule's overlay route may accept the pair, see
+        :data:`Overlay`)."""
         inliers, homography, points = matched if matched is not None else _ransac(query, other)
         alignment = (align(query, other, homography, points, print_check)
                      if homography is not None else None)
         colour = float(np.dot(query.colour, other.colour))
         tried = allow_coarse and self.rule.wants_coarse(similarity, inliers, colour)
-        # A mirrored re-listing: its colours are decided once aligned, so not asked here.
-        flip = (allow_coarse and mirror is not None and inliers < self.rule.min_inliers
-                and similarity >= self.rule.coarse_similarity)
-        flipped = mirror() if flip and mirror is not None else None
-        if flipped is not None:
-            match = _ransac(flipped, other)
-            if match[0] >= self.rule.min_inliers:
-                inliers, homography, points = _unmirror(match, query.small.shape[1])
-                assert homography is not None
-                alignment = align(query, other, homography, points, print_check)
-            else:
-                flipped = None
-        if tried and flipped is None:
+        if tried:
             coarse = coarse_homography(query, other)
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment, overlay)
+        # A mirrored re-listing: SIFT finds too few matches, or symmetric parts of the
+        # product match in a mapping whose alignment disagrees. Its colours are decided once
+        # aligned, so not asked here.
+        flip = (not same and allow_mirror and mirror is not None
+                and similarity >= self.rule.mirror_similarity)
+        flipped = mirror() if flip and mirror is not None else None
         if flipped is not None:
-            why = f"{why}; the photo mirrored"
+            match = _ransac(flipped, other)
+            if match[0] >= self.rule.min_inliers:
+                m_inliers, m_homography, m_points = _unmirror(match, query.small.shape[1])
+                assert m_homography is not None
+                m_alignment = align(query, other, m_homography, m_points, print_check)
+                m_same, m_why = self.rule.decide(similarity, m_inliers, colour, m_alignment,
+                                                 overlay)
+                if m_same:
+                    inliers, alignment = m_inliers, m_alignment
+                    same, why = True, f"{m_why}; the photo mirrored"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
-        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried or flip)
+        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
+                        mirror_tried=flip)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
@@ -1006,7 +1021,7 @@ class SameItemVerifier:
         ``print_check``, ``overlay``: see :meth:`compare`.
         """
         out: list[Evidence] = []
-        coarse = 0
+        coarse = mirrors = 0
         flipped: list[PhotoFeatures | None] = []
 
         def mirror() -> PhotoFeatures | None:  # once per query, and only when wanted
@@ -1025,8 +1040,10 @@ class SameItemVerifier:
                                     allow_coarse=coarse < self.rule.max_coarse,
                                     matched=None if matched is None else matched[n],
                                     print_check=print_check, mirror=mirror,
-                                    overlay=overlay))
+                                    overlay=overlay,
+                                    allow_mirror=mirrors < self.rule.max_mirror))
             coarse += out[-1].coarse_tried
+            mirrors += out[-1].mirror_tried
         return out
 
     def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -202,7 +202,7 @@ def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path
     strap.paste((30, 60, 200), (30, 20, 90, 140))
     strap.save(luma / "images/strap.jpg")
     other = Image.new("RGB", (120, 160), "white")
-    other.paste((200, 60, 30), (10, 60, 110, 100))
+    other.paste((200, 60, 30), (10, 60, 70, 100))  # not mirror-symmetric
     other.save(luma / "images/mat.jpg")
     rows = [{"product_id": f"strap-{n}", "group_id": "strap", "category": "Gear",
              "color": "blue", "images": [{"view": "main", "path": "images/strap.jpg"}]}
@@ -220,6 +220,23 @@ def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path
     for query in queries:
         item = next(g["item"] for g in gallery if g["product_id"] == query["relevant"][0])
         assert set(query["relevant"]) == listings_of[item]
+    # same-item-mirrored: the same draws, every edited copy flipped (the mat is not symmetric)
+    _, mirrored_path, _ = same_item.write_luma_listings(
+        luma, tmp_path / "mirrored", same_item.DEV_SINGLE, seed=3, n_queries=4, mirrored=True)
+    flipped_mats = 0
+    for plain, flipped in zip(queries, read_jsonl(mirrored_path), strict=True):
+        assert flipped["edit"] == "mirror+" + plain["edit"]
+        assert flipped["relevant"] == plain["relevant"]
+        with Image.open(tmp_path / "out" / plain["image"]) as a, \
+                Image.open(tmp_path / "mirrored" / flipped["image"]) as b:
+            as_is = np.asarray(a.convert("RGB"), np.float32)
+            mirrored = np.asarray(ImageOps.mirror(b.convert("RGB")), np.float32)
+        assert as_is.shape == mirrored.shape
+        assert np.abs(as_is - mirrored).mean() < 4.0  # the same edit; JPEG aside
+        if np.abs(as_is - as_is[:, ::-1]).mean() > 4.0:  # the mat's photo, not symmetric
+            assert np.abs(as_is - mirrored[:, ::-1]).mean() > 4.0  # flipped, not as it is
+            flipped_mats += 1
+    assert flipped_mats
 
 
 def test_reshoot_keeps_the_product_and_changes_everything_around_it() -> None:

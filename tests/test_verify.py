@@ -574,8 +574,10 @@ def test_the_print_check_can_be_asked_for_any_pair() -> None:
 
 def test_a_mirrored_copy_is_matched_through_its_mirror_image() -> None:
     """A shop re-lists the photo flipped left to right: SIFT does not match a mirror image,
-    so a query photo (``keep_grey``) is matched mirrored too, once the direct match fails on
-    a candidate that is globally close. Another colour, mirrored, is still refused."""
+    so a query photo (``keep_grey``) is matched mirrored too, once the direct match is
+    refused on a candidate of ``rule.mirror_similarity`` or more (below the keypoint-free
+    route's cosine too: an edited mirrored copy is 0.70-0.85). Another colour, mirrored, is
+    still refused."""
     original = _busy_photo()
     flipped = ImageOps.mirror(original).resize(
         (original.width * 4 // 5, original.height * 4 // 5), Image.Resampling.BICUBIC)
@@ -587,13 +589,32 @@ def test_a_mirrored_copy_is_matched_through_its_mirror_image() -> None:
     # without the query's grey photo (a stored listing's features) nothing is mirrored
     plain = verifier.verify(photo_features(flipped), [("listing", 0.9)])[0]
     assert not plain.same_item and "mirrored" not in plain.reason
-    # nor below the keypoint-free route's cosine
-    far = verifier.verify(photo_features(flipped, keep_grey=True), [("listing", 0.6)])[0]
-    assert not far.same_item and "mirrored" not in far.reason
+    # from the rule's mirror_similarity on, though below the keypoint-free route's cosine
+    low = verifier.verify(photo_features(flipped, keep_grey=True), [("listing", 0.75)])[0]
+    assert DEFAULT_RULE.mirror_similarity < 0.75 < DEFAULT_RULE.coarse_similarity
+    assert low.same_item and low.reason.endswith("the photo mirrored"), low.reason
+    # not below it
+    far = verifier.verify(photo_features(flipped, keep_grey=True),
+                          [("listing", DEFAULT_RULE.mirror_similarity - 0.05)])[0]
+    assert not far.same_item and "mirrored" not in far.reason and not far.mirror_tried
     other = recolour(original)
     refused = SameItemVerifier(lambda ref: other).verify(
         photo_features(flipped, keep_grey=True), [("listing", 0.9)])[0]
     assert not refused.same_item, refused.reason
+
+
+def test_mirrored_matches_are_budgeted_per_query_photo() -> None:
+    """``rule.max_mirror`` refused candidates per query photo are matched mirrored, the
+    first (most similar) ones; an accepted candidate is not."""
+    original = _busy_photo()
+    flipped = ImageOps.mirror(original)
+    verifier = SameItemVerifier(lambda ref: original, rule=replace(DEFAULT_RULE, max_mirror=1))
+    evidence = verifier.verify(photo_features(flipped, keep_grey=True),
+                               [("a", 0.8), ("b", 0.8)])
+    assert [e.mirror_tried for e in evidence] == [True, False]
+    assert evidence[0].same_item and not evidence[1].same_item, evidence[1].reason
+    as_is = verifier.verify(photo_features(original, keep_grey=True), [("a", 0.8)])[0]
+    assert as_is.same_item and not as_is.mirror_tried
 
 
 @needs_luma
