@@ -1007,7 +1007,7 @@ class SameItemVerifier:
                     same, why = True, f"{m_why}; the photo mirrored"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
-                        mirror_tried=flip)
+                        mirror_tried=flipped is not None)
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
@@ -1016,7 +1016,8 @@ class SameItemVerifier:
 
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
         At most ``rule.max_coarse`` candidates (the first that qualify: give them most
-        similar first) are aligned without keypoints. ``matched``, parallel to
+        similar first) are aligned without keypoints, and at most ``rule.max_mirror`` matched
+        mirrored. ``matched``, parallel to
         ``candidates``: their :meth:`keypoint_matches`, when already computed.
         ``print_check``, ``overlay``: see :meth:`compare`.
         """

@@ -588,7 +588,7 @@ def test_a_mirrored_copy_is_matched_through_its_mirror_image() -> None:
     assert evidence.inliers >= DEFAULT_RULE.min_inliers
     # without the query's grey photo (a stored listing's features) nothing is mirrored
     plain = verifier.verify(photo_features(flipped), [("listing", 0.9)])[0]
-    assert not plain.same_item and "mirrored" not in plain.reason
+    assert not plain.same_item and "mirrored" not in plain.reason and not plain.mirror_tried
     # from the rule's mirror_similarity on, though below the keypoint-free route's cosine
     low = verifier.verify(photo_features(flipped, keep_grey=True), [("listing", 0.75)])[0]
     assert DEFAULT_RULE.mirror_similarity < 0.75 < DEFAULT_RULE.coarse_similarity
