@@ -968,15 +968,15 @@ class SameItemVerifier:
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
                 mirror: Callable[[], PhotoFeatures | None] | None = None,
-                overlay: Overlay = "open", allow_mirror: bool = True) -> Evidence:
+                overlay: Overlay = "open") -> Evidence:
         """The evidence for one pair of photos, and the rule's decision (``allow_coarse``:
         whether a keypoint-free alignment may be tried, see ``SameItemRule.max_coarse``;
         ``matched``: the pair's :meth:`keypoint_matches` result, when already computed;
         ``print_check``: the print must agree as for segmented photos, whatever the pair;
-        ``mirror``: the query's :func:`mirrored` keypoints: a pair refused as it is, of
-        similarity ``rule.mirror_similarity`` or more, is matched and aligned again with
-        them (``allow_mirror``: within the budget, ``rule.max_mirror``), for a mirrored
-        re-listing; ``overlay``: when the rule's overlay route may accept the pair, see
+        ``mirror``: the query's :func:`mirrored` keypoints (None: not within the budget,
+        ``rule.max_mirror``): a pair refused as it is, of similarity
+        ``rule.mirror_similarity`` or more, is matched and aligned again with them, for a
+        mirrored re-listing; ``overlay``: when the rule's overlay route may accept the pair, see
         :data:`Overlay`)."""
         inliers, homography, points = matched if matched is not None else _ransac(query, other)
         alignment = (align(query, other, homography, points, print_check)
@@ -991,8 +991,7 @@ class SameItemVerifier:
         # A mirrored re-listing: SIFT finds too few matches, or symmetric parts of the
         # product match in a mapping whose alignment disagrees. Its colours are decided once
         # aligned, so not asked here.
-        flip = (not same and allow_mirror and mirror is not None
-                and similarity >= self.rule.mirror_similarity)
+        flip = not same and mirror is not None and similarity >= self.rule.mirror_similarity
         flipped = mirror() if flip and mirror is not None else None
         if flipped is not None:
             match = _ransac(flipped, other)
@@ -1017,8 +1016,8 @@ class SameItemVerifier:
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
         At most ``rule.max_coarse`` candidates (the first that qualify: give them most
         similar first) are aligned without keypoints, and at most ``rule.max_mirror`` matched
-        mirrored. ``matched``, parallel to
-        ``candidates``: their :meth:`keypoint_matches`, when already computed.
+        mirrored. ``matched``, parallel to ``candidates``: their :meth:`keypoint_matches`,
+        when already computed.
         ``print_check``, ``overlay``: see :meth:`compare`.
         """
         out: list[Evidence] = []
@@ -1040,9 +1039,9 @@ class SameItemVerifier:
             out.append(self.compare(query, other, similarity,
                                     allow_coarse=coarse < self.rule.max_coarse,
                                     matched=None if matched is None else matched[n],
-                                    print_check=print_check, mirror=mirror,
-                                    overlay=overlay,
-                                    allow_mirror=mirrors < self.rule.max_mirror))
+                                    print_check=print_check,
+                                    mirror=mirror if mirrors < self.rule.max_mirror else None,
+                                    overlay=overlay))
             coarse += out[-1].coarse_tried
             mirrors += out[-1].mirror_tried
         return out

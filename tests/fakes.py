@@ -54,7 +54,7 @@ class SimilarityOnlyVerifier(SameItemVerifier):
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
                 mirror: Callable[[], PhotoFeatures | None] | None = None,
-                overlay: Overlay = "open", allow_mirror: bool = True) -> Evidence:
+                overlay: Overlay = "open") -> Evidence:
         return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
                         "similarity only (test)")
 
