@@ -64,6 +64,11 @@ from ingest.reindex import stored_image
 VERIFY_SIZE = 320
 """Long side (px) the photos are compared at."""
 MAX_FEATURES = 800
+SIFT_CONTRAST = 0.02
+"""SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds two to three
+times the keypoints on a plain garment or a small, soft photo (a 28 px article enlarged),
+where the default found too few to match; a busy photo keeps its ``MAX_FEATURES`` strongest
+as before (docs/matching.md, "Fainter keypoints")."""
 RATIO = 0.75
 """Lowe's ratio test: a match counts when its best distance is < RATIO x the second best."""
 RANSAC_PX = 6.0
@@ -453,7 +458,8 @@ def _sift() -> Any:
     ident = threading.get_ident()
     with _sift_lock:
         if ident not in _sift_by_thread:
-            _sift_by_thread[ident] = cv2.SIFT.create(nfeatures=MAX_FEATURES)
+            _sift_by_thread[ident] = cv2.SIFT.create(nfeatures=MAX_FEATURES,
+                                                     contrastThreshold=SIFT_CONTRAST)
         return _sift_by_thread[ident]
 
 

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.fakes import load_bench_module
 
-
-def _load_bench_module(name: str = "protocols") -> ModuleType:
-    """Import bench/NAME.py under a unique name: ``bench`` is not a package."""
-    sys.path.insert(0, str(REPO / "bench"))  # protocols_same_item imports `protocols`
-    path = REPO / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocols = _load_bench_module()
+protocols = load_bench_module("protocols")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -161,7 +145,7 @@ def test_luma_colours_holds_each_query_variant_out_and_relates_its_other_colours
 def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
     tmp_path: Path
 ) -> None:
-    same_item = _load_bench_module("protocols_same_item")
+    same_item = load_bench_module("protocols_same_item")
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(80, 28, 28), dtype=np.uint8)
     labels = np.arange(80, dtype=np.uint8) % 10
@@ -179,7 +163,7 @@ def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
 
 
 def test_edit_recipes_change_the_photo_and_dev_heldout_and_blind_differ() -> None:
-    same_item = _load_bench_module("protocols_same_item")
+    same_item = load_bench_module("protocols_same_item")
     photo = Image.new("RGB", (200, 240), "white")
     photo.paste((30, 60, 200), (40, 40, 160, 200))
     photo.paste((200, 60, 30), (40, 40, 80, 100))  # not mirror-symmetric
@@ -195,7 +179,7 @@ def test_edit_recipes_change_the_photo_and_dev_heldout_and_blind_differ() -> Non
 def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path: Path) -> None:
     """Three variants shown by one identical photo (a strap in three lengths) are one item:
     a query for any of them must list every listing of all three (it once missed the third)."""
-    same_item = _load_bench_module("protocols_same_item")
+    same_item = load_bench_module("protocols_same_item")
     luma = tmp_path / "luma"
     (luma / "images").mkdir(parents=True)
     strap = Image.new("RGB", (120, 160), "white")
@@ -241,7 +225,7 @@ def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path
 
 def test_reshoot_keeps_the_product_and_changes_everything_around_it() -> None:
     """A simulated re-shoot: a new background (no white frame left), another size, seeded."""
-    reshoot = _load_bench_module("protocols_reshoot")
+    reshoot = load_bench_module("protocols_reshoot")
     photo = Image.new("RGB", (200, 240), "white")
     photo.paste((30, 60, 200), (40, 40, 160, 200))
     photo.paste((240, 240, 240), (70, 80, 130, 120))  # a pale label inside stays product
@@ -258,7 +242,7 @@ def test_reshoot_keeps_the_product_and_changes_everything_around_it() -> None:
 
 
 def test_packs_relate_each_query_to_every_listing_of_its_pack(tmp_path: Path) -> None:
-    reshoot = _load_bench_module("protocols_reshoot")
+    reshoot = load_bench_module("protocols_reshoot")
     gallery_path, queries_path = reshoot.write_packs(tmp_path, n_brands=2, n_queries=5)
     gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
     listings_of: dict[str, set[str]] = {}

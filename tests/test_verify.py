@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
@@ -29,6 +30,7 @@ from search.verify import (
 )
 from tests.fakes import (
     heavy_edit,
+    load_bench_module,
     plain_photo,
     printed_pack,
     recolour,
@@ -75,6 +77,21 @@ def test_synthetic_look_alikes_are_refused() -> None:
 
 def _luma(name: str) -> Image.Image:
     return load_image(LUMA / f"{name}_main.jpg", 40_000_000, min_size=VERIFY_SIZE)
+
+
+@needs_luma
+def test_a_plain_garment_reshot_keeps_enough_faint_keypoints_to_match() -> None:
+    """A plain black garment re-shot (another light, angle, focus) has few keypoints at
+    OpenCV's default contrast threshold (0.04: 9 inliers here, below ``min_inliers``); at
+    ``SIFT_CONTRAST`` its fainter ones match too."""
+    listing = load_image(LUMA / "msh07-black_main.jpg", 10_000_000)
+    query = load_bench_module("protocols_reshoot").reshoot(listing, np.random.default_rng(1))
+    evidence = _evidence(query, listing, 0.85)
+    assert evidence.same_item, evidence.reason
+    assert evidence.inliers >= DEFAULT_RULE.min_inliers
+    grey = np.asarray(verify._at_verify_size(query).convert("L"))
+    default = cv2.SIFT.create(nfeatures=verify.MAX_FEATURES).detect(grey, None)
+    assert len(verify._sift().detect(grey, None)) > 1.5 * len(default)
 
 
 @needs_luma
