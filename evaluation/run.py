@@ -36,9 +36,9 @@ from search.verify import (
     VERIFY_SIZE,
     WINDOW_VERSION,
     SameItemVerifier,
-    cutout,
     photo_features,
 )
+from search.verify import cutouts as search_cutouts
 from search.verify import windows as search_windows
 from store import MilvusStore, ensure_collections
 
@@ -156,11 +156,11 @@ def embed_scene_queries(
     windows: bool = True,
 ) -> dict[int, NDArray[np.float32]]:
     """The vectors an image search adds to a photo's own, for the photos in ``paths`` that
-    have any, by position, one row each: its cut-out's (:func:`search.verify.cutout`) and
+    have any, by position, one row each: its cut-outs' (:func:`search.verify.cutouts`) and
     its windows' (:func:`search.verify.windows`), each unless turned off, in the order of
     :meth:`search.api.ProductSearch.query_vectors` (the same decode, crops and embed).
     Cached under the photo's content hash, :data:`~search.verify.CUTOUT_VERSION` or
-    :data:`~search.verify.WINDOW_VERSION` and the crop's index."""
+    :data:`~search.verify.WINDOW_VERSION`, and the cut-out's or crop's index."""
     min_size = getattr(embedder, "decode_size", None)
     version = embedder.model_version
     started = time.perf_counter()
@@ -170,11 +170,11 @@ def embed_scene_queries(
         data = _read(path)
         picture = _decode(path, data, max_pixels, min_size)
         digest = content_hash(data)
-        product = cutout(picture) if cutouts else None
+        products = search_cutouts(picture) if cutouts else []
         crops = search_windows(picture) if windows else []
-        stats.cutouts += product is not None
+        stats.cutouts += bool(products)
         stats.windows += bool(crops)
-        named = ([(f"{digest}:{CUTOUT_VERSION}", product)] if product is not None else []) + [
+        named = [(f"{digest}:{CUTOUT_VERSION}:{n}", cut) for n, cut in enumerate(products)] + [
             (f"{digest}:{WINDOW_VERSION}:{n}", crop) for n, crop in enumerate(crops)]
         if named:
             keys[i] = [key for key, _ in named]

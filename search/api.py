@@ -65,7 +65,8 @@ from search.verify import (
     KeypointMatch,
     PhotoFeatures,
     SameItemVerifier,
-    cutout,
+    cutouts,
+    front_on_white,
     photo_features,
     product_on_white,
     windows,
@@ -93,8 +94,9 @@ EXACT_MAX_ROWS = 8192
 """Most matching rows scored exactly when the index keeps answering short (vectors fetched)."""
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
-MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (2 + 5 * len(WINDOW_SCALES))
-"""Query vectors one search may have: for each view its own, its cut-out's, its windows'."""
+MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (3 + 5 * len(WINDOW_SCALES))
+"""Query vectors one search may have: for each view its own, its cut-outs' (the product on
+white, and square-on), its windows'."""
 RERANK_DEPTH = 20
 """An image search checks the geometry of its first this many products
 (:meth:`ProductSearch.rerank`)."""
@@ -320,11 +322,12 @@ class ProductSearch:
 
         A photo whose border does not tell its background (a shopper's snapshot, a pack
         re-shot on a backdrop) is also searched with its product cut out on white
-        (:func:`search.verify.cutout`), as catalogs show products, and with ten crops of the
+        (:func:`search.verify.cutouts`; a flat face seen at an angle, such as a pack's front,
+        also turned square-on), as catalogs show products, and with ten crops of the
         scene (:func:`search.verify.windows`), one of which a product that fills part of the
         photo fills; each product scores by its best match over them all (docs/matching.md,
-        "Cut-out queries", "Window queries"). A photo on white or on a pad searches with
-        itself only."""
+        "Cut-out queries", "Window queries", "Square-on fronts"). A photo on white or on a
+        pad searches with itself only."""
         return self.by_images([image], k, filter, match)
 
     def by_vector(
@@ -469,6 +472,10 @@ class ProductSearch:
             product = product_on_white(picture, queries[0].product)
             if product is not None:
                 pictures.append(self._load(product, self._max_pixels))
+            # ...and a flat face seen at an angle, turned square-on, finds it more often still.
+            front = front_on_white(picture, queries[0].product)
+            if front is not None:
+                pictures.append(self._load(front, self._max_pixels))
             best = self._search(self._embed_pictures(pictures), k * COMPARE_DEPTH, filter,
                                 exclude=())
         candidates = [(row, score) for row, score in best if score >= threshold]
@@ -521,9 +528,8 @@ class ProductSearch:
         for image in images:
             picture = self._load(image, self._max_pixels)
             pictures.append(picture)
-            product = cutout(picture) if self._cutout_queries else None
-            if product is not None:
-                pictures.append(self._load(product, self._max_pixels))
+            if self._cutout_queries:
+                pictures += [self._load(cut, self._max_pixels) for cut in cutouts(picture)]
             if self._window_queries:
                 pictures += windows(picture)
         return self._embed_pictures(pictures)

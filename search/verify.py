@@ -119,8 +119,17 @@ CUTOUT_GROW_PX = 2
 (:func:`product_on_white`): GrabCut's edge at 80 px is coarse."""
 CUTOUT_ROOM = 0.025
 """Room left around the cut-out product, as a share of the photo's long side."""
-CUTOUT_VERSION = "cutout-v1"
-"""Names how :func:`cutout` cuts, for caches of cut-out vectors (evaluation/run.py): change it
+QUAD_MIN_FIT = 0.9
+"""Share of a segmented product that a quadrilateral must match (1 - the area where the two
+differ / the product's area) for :func:`front_on_white` to take the product for one flat
+face seen at an angle (a box, a carton, a pack's front): 0.94-0.98 for most re-shot packs
+of same-item-packs, 0.5-0.8 for re-shot garments (same-item-reshoot), which never pass."""
+QUAD_MIN_SKEW = 0.03
+"""How far (a share of the quadrilateral's long side) one of its corners must lie from the
+corner of its upright bounding box for :func:`front_on_white` to turn it: an upright,
+square-on face is already its :func:`product_on_white`."""
+CUTOUT_VERSION = "cutout-v2"
+"""Names how :func:`cutouts` cuts, for caches of cut-out vectors (evaluation/run.py): change it
 when the segmentation or the cut-out changes."""
 WINDOW_SCALES = (0.6, 0.75)
 """Sides of the :func:`windows` of a scene photo, as shares of the photo's (each scale: the
@@ -522,11 +531,14 @@ def _half(rgb: Image.Image) -> NDArray[np.uint8]:
     return np.asarray(small, dtype=np.uint8)
 
 
-def cutout(image: Image.Image) -> Image.Image | None:
+def cutouts(image: Image.Image) -> list[Image.Image]:
     """:func:`product_on_white` of ``image`` with its product segmented as
-    :func:`photo_features` segments it; None for a photo whose border tells its background
-    (a catalog photo on white, a padded one) or without a product found."""
-    return product_on_white(image, product_mask(_half(_at_verify_size(image))))
+    :func:`photo_features` segments it, followed by :func:`front_on_white` when the product
+    is a flat face seen at an angle; empty for a photo whose border tells its background (a
+    catalog photo on white, a padded one) or without a product found."""
+    product = product_mask(_half(_at_verify_size(image)))
+    found = (product_on_white(image, product), front_on_white(image, product))
+    return [picture for picture in found if picture is not None]
 
 
 def windows(image: Image.Image) -> list[Image.Image]:
@@ -716,6 +728,76 @@ def product_on_white(image: Image.Image, product: NDArray[np.bool_] | None
     box = (max(0, int(xs.min()) - room), max(0, int(ys.min()) - room),
            min(image.width, int(xs.max()) + 1 + room), min(image.height, int(ys.max()) + 1 + room))
     return Image.fromarray(rgb).crop(box)
+
+
+def front_on_white(image: Image.Image, product: NDArray[np.bool_] | None
+                   ) -> Image.Image | None:
+    """The product turned square-on, when it is one flat face seen at an angle: the segmented
+    ``product`` (a :attr:`PhotoFeatures.product` mask, at any scale) is a quadrilateral
+    (:data:`QUAD_MIN_FIT`) that is skewed or turned (:data:`QUAD_MIN_SKEW`), and ``image`` is
+    warped so that the quadrilateral becomes the rectangle it was, on white with a little
+    room. None otherwise (no mask, another shape, already square-on). A catalog shows a
+    pack's front square-on; a shopper's or a second shop's photo of it rarely does, and the
+    global vector of the skewed photo ranks the other packs of a shelf-alike layout above
+    it (docs/matching.md, "Square-on fronts")."""
+    corners = _quadrilateral(product) if product is not None else None
+    if corners is None or product is None:
+        return None
+    corners = corners * np.array([image.width / product.shape[1],
+                                  image.height / product.shape[0]], np.float32)
+    top_left, top_right, bottom_right, bottom_left = corners
+    width = max(np.linalg.norm(top_right - top_left), np.linalg.norm(bottom_right - bottom_left))
+    height = max(np.linalg.norm(bottom_left - top_left), np.linalg.norm(bottom_right - top_right))
+    if min(width, height) < 8:
+        return None
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    upright = np.array([low, [high[0], low[1]], high, [low[0], high[1]]], np.float32)
+    if np.linalg.norm(corners - upright, axis=1).max() < QUAD_MIN_SKEW * max(width, height):
+        return None
+    room = round(CUTOUT_ROOM * max(width, height))
+    w, h = round(width), round(height)
+    target = np.array([[room, room], [room + w, room], [room + w, room + h], [room, room + h]],
+                      np.float32)
+    warp = cv2.getPerspectiveTransform(corners.astype(np.float32), target)
+    front = cv2.warpPerspective(np.asarray(image.convert("RGB"), dtype=np.uint8), warp,
+                                (w + 2 * room, h + 2 * room), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+    inside = np.zeros(front.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.rint(target).astype(np.int32)], 1)
+    front[inside == 0] = 255
+    return Image.fromarray(front)
+
+
+def _quadrilateral(product: NDArray[np.bool_]) -> NDArray[np.float32] | None:
+    """The corners (top left, top right, bottom right, bottom left; px of ``product``) of the
+    quadrilateral that outlines the largest region of ``product``, when it matches that
+    region to :data:`QUAD_MIN_FIT`; else None."""
+    mask = product.astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    perimeter = cv2.arcLength(hull, True)
+    for tolerance in (0.02, 0.03, 0.04, 0.05):  # the fewest corner cuts that leave four
+        polygon = cv2.approxPolyDP(hull, tolerance * perimeter, True)
+        if len(polygon) <= 4:
+            break
+    if len(polygon) != 4:
+        return None
+    points = polygon.reshape(4, 2)
+    filled = np.zeros_like(mask)
+    cv2.fillPoly(filled, [points.astype(np.int32)], 1)
+    if 1.0 - float((filled ^ mask).sum()) / max(1, int(mask.sum())) < QUAD_MIN_FIT:
+        return None
+    # Clockwise from the top left (y points down): by angle around the centre, starting
+    # from the corner nearest the origin.
+    points = points.astype(np.float32)
+    centre = points.mean(axis=0)
+    order = np.argsort(np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0]))
+    points = points[order]
+    first = int(np.argmin(points.sum(axis=1)))
+    out: NDArray[np.float32] = np.roll(points, -first, axis=0)
+    return out
 
 
 def _foregrounds(a: PhotoFeatures, b: PhotoFeatures, warped: NDArray[np.uint8],

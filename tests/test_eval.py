@@ -290,7 +290,8 @@ def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_a
                                     stats=EmbedStats())
         for i, path in enumerate(paths):
             _shot, *added = search.query_vectors([path])
-            assert len(added) == len(extra[i]) == 11  # the cut-out, then ten windows
+            # the cut-out (and the front square-on, for a flat face at an angle), ten windows
+            assert len(added) == len(extra[i]) in (11, 12)
             assert np.asarray(added) == pytest.approx(extra[i], abs=1e-6)
         gallery_photo = tmp_path / "g" / "0.png"  # on white: searched with itself only
         assert len(search.query_vectors([gallery_photo])) == 1

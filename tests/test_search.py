@@ -23,7 +23,7 @@ from search.verify import (
     Evidence,
     SameItemRule,
     SameItemVerifier,
-    cutout,
+    cutouts,
     photo_features,
     windows,
 )
@@ -173,8 +173,8 @@ def test_several_views_search_together_each_product_scored_by_its_best(
     assert ids(catalog.search.by_images([picture], k=1)) == ["topsy"]
     with pytest.raises(ValueError, match="at least one"):
         catalog.search.by_vectors([], k=3)
-    with pytest.raises(ValueError, match="at most 192"):
-        catalog.search.by_vectors([unit(0)] * 193, k=3)
+    with pytest.raises(ValueError, match="at most 208"):
+        catalog.search.by_vectors([unit(0)] * 209, k=3)
     with pytest.raises(ValueError, match="dimensions"):
         catalog.search.by_vectors([unit(0), [1.0, 2.0]], k=3)
 
@@ -307,7 +307,7 @@ def test_a_photo_reshot_on_a_backdrop_also_searches_with_its_product_on_white(
 def test_a_snapshot_also_searches_with_its_product_on_white(
         catalog: Catalog, milvus: Milvus) -> None:
     """``by_image`` of a photo whose border does not tell its background also searches with
-    its product cut out on white (search.verify.cutout), each product scored by the better of
+    its product cut out on white (search.verify.cutouts), each product scored by the better of
     the two; the fake embedder reads a picture's corner: the backdrop's for the shot (the
     direction of "far"), white for the cut-out (that of the tees)."""
     shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
@@ -355,8 +355,7 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     ImageDraw.Draw(shot).rectangle((x, y, x + 5, y + 5), fill=(250, 0, 0))
     crops = windows(shot)
     assert len(crops) == 10 and crops[8].getpixel((0, 0)) == (250, 0, 0)
-    cut = cutout(shot)
-    _read_as(catalog.embedder, [shot, *crops, *([cut] if cut else [])],
+    _read_as(catalog.embedder, [shot, *crops, *cutouts(shot)],
              rotate(0.5, base=7, towards=1))  # 0.50 to far, 0.12 to tee-1
     catalog.embedder.table[(250, 0, 0)] = unit(0)
     hits = catalog.search.by_image(shot, k=2)
@@ -367,14 +366,14 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     # shot and its cut-out read, comes first
     whole = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
                           max_pixels=milvus_support.MAX_PIXELS, window_queries=False)
-    assert len(whole.query_vectors([shot])) == 1 + (cut is not None)
+    assert len(whole.query_vectors([shot])) == 1 + len(cutouts(shot))
     assert whole.by_image(shot, k=1)[0].product_id == "far"
     # what eval searches with: the same vectors, through by_vectors
     vectors = catalog.search.query_vectors([shot])
     assert ids(catalog.search.by_vectors(vectors, k=2)) == ids(hits)
     assert ids(catalog.search.by_vectors(vectors * 16, k=2)) == ids(hits)  # 16 such photos
-    with pytest.raises(ValueError, match="at most 192"):
-        catalog.search.by_vectors(vectors * 17, k=2)
+    with pytest.raises(ValueError, match="at most 208"):
+        catalog.search.by_vectors([vectors[0]] * 209, k=2)
 
 
 def _item_below_five(milvus: Milvus, prefix: str, item: Image.Image,

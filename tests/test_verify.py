@@ -505,23 +505,83 @@ def test_a_reshot_product_is_cut_out_onto_white() -> None:
     centre = rgb[rgb.shape[0] // 2, rgb.shape[1] // 2]
     assert not (centre == 255).all()  # the product is not
     assert verify.product_on_white(printed_pack("CRUNCHY"), None) is None
-    # verify.cutout segments as photo_features does, and the same photo always gives the
+    # verify.cutouts segments as photo_features does, and the same photo always gives the
     # same cut-out (GrabCut's k-means is seeded): a query searches the same way every time
-    same = verify.cutout(shot)
-    assert same is not None
-    assert [np.asarray(verify.cutout(shot)).tobytes() for _ in range(4)] == [
-        np.asarray(same).tobytes()] * 4
-    assert verify.cutout(printed_pack("CRUNCHY")) is None  # on white: no cut-out
+    same = verify.cutouts(shot)
+    assert len(same) == 1  # upright: no square-on front besides
+    assert [np.asarray(verify.cutouts(shot)[0]).tobytes() for _ in range(4)] == [
+        np.asarray(same[0]).tobytes()] * 4
+    assert verify.cutouts(printed_pack("CRUNCHY")) == []  # on white: no cut-out
+
+
+def _box_front(name: str) -> Image.Image:
+    """A pack's printed front filling its rectangle (a box: no white around the print)."""
+    rgb = np.asarray(printed_pack(name).convert("RGB")).copy()
+    rgb[rgb.min(axis=2) >= 235] = (236, 196, 64)
+    return Image.fromarray(rgb)
+
+
+def _skewed(photo: Image.Image) -> Image.Image:
+    """``photo`` seen at an angle: its corners moved by 4-12% of its sides, on white."""
+    w, h = photo.size
+    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    moved = corners + np.float32([[0.10 * w, 0.04 * h], [-0.02 * w, 0.10 * h],
+                                  [-0.08 * w, -0.03 * h], [0.04 * w, -0.12 * h]])
+    warp = cv2.getPerspectiveTransform(corners, moved)
+    rgb = cv2.warpPerspective(np.asarray(photo.convert("RGB")), warp, (w, h),
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+    return ImageOps.expand(Image.fromarray(rgb), border=20, fill=(255, 255, 255))
+
+
+def _grey_correlation(a: Image.Image, b: Image.Image) -> float:
+    x, y = (np.asarray(i.convert("L").resize((64, 64)), dtype=np.float64).ravel() for i in (a, b))
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def test_a_pack_reshot_at_an_angle_is_turned_square_on() -> None:
+    """A flat front seen at an angle (its segmented outline a quadrilateral) is warped back
+    into the rectangle it was: closer to the catalog photo than the skewed cut-out. An image
+    search adds it after the cut-out."""
+    pack = _box_front("CRUNCHY")
+    shot = _on_counter(_skewed(pack))
+    mask = photo_features(shot).product
+    assert mask is not None
+    front = verify.front_on_white(shot, mask)
+    cut = verify.product_on_white(shot, mask)
+    assert front is not None and cut is not None
+    assert front.width / front.height == pytest.approx(pack.width / pack.height, rel=0.15)
+    rgb = np.asarray(front)
+    assert (rgb[0, 0] == 255).all() and (rgb[-1, -1] == 255).all()  # on white, with room
+    assert _grey_correlation(front, pack) > _grey_correlation(cut, pack) + 0.1
+    assert [c.tobytes() for c in verify.cutouts(shot)] == [cut.tobytes(), front.tobytes()]
+
+
+def test_only_a_skewed_quadrilateral_is_turned() -> None:
+    """An upright, square-on pack is its cut-out already; a product of another shape (a
+    disc, a garment's outline) is not a flat face; no mask, no front."""
+    upright = _on_counter(_box_front("CRUNCHY"))
+    assert photo_features(upright).product is not None
+    assert verify.front_on_white(upright, photo_features(upright).product) is None
+    disc = np.zeros((160, 160), bool)
+    yy, xx = np.mgrid[:160, :160]
+    disc[(yy - 80) ** 2 + (xx - 80) ** 2 < 60**2] = True
+    assert verify.front_on_white(Image.new("RGB", (320, 320), "grey"), disc) is None
+    shirt = np.zeros((160, 160), bool)
+    shirt[30:150, 50:110] = True  # body
+    shirt[30:70, 10:150] = True  # sleeves
+    assert verify.front_on_white(Image.new("RGB", (320, 320), "grey"), shirt) is None
+    assert verify.front_on_white(upright, None) is None
+    assert verify.front_on_white(upright, np.zeros((160, 160), bool)) is None
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (20, 20), (3000, 20), (400, 400)])
 def test_odd_photos_get_no_cut_out_and_raise_nothing(size: tuple[int, int]) -> None:
-    """A query of any shape goes through ``verify.cutout`` (every image search calls it):
+    """A query of any shape goes through ``verify.cutouts`` (every image search calls it):
     slivers, tiny photos, noise and one flat colour give no cut-out, not an error."""
     rng = np.random.default_rng(size[0] * 7 + size[1])
     noise = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
     for photo in (noise, Image.new("RGB", size, (10, 20, 30)), Image.new("RGB", size, "white")):
-        assert verify.cutout(photo) is None
+        assert verify.cutouts(photo) == []
 
 
 def test_a_scene_photo_has_ten_windows_and_a_photo_on_white_none() -> None:
