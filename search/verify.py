@@ -65,8 +65,8 @@ VERIFY_SIZE = 320
 """Long side (px) the photos are compared at."""
 MAX_FEATURES = 800
 SIFT_CONTRAST = 0.02
-"""SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds two to three
-times the keypoints on a plain garment or a small, soft photo (a 28 px article enlarged),
+"""SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds about twice
+the keypoints on a plain garment or a small, soft photo (a 28 px article enlarged),
 where the default found too few to match; a busy photo keeps its ``MAX_FEATURES`` strongest
 as before (docs/matching.md, "Fainter keypoints")."""
 RATIO = 0.75
