@@ -326,8 +326,8 @@ class ProductSearch:
         also turned square-on), as catalogs show products, and with ten crops of the
         scene (:func:`search.verify.windows`), one of which a product that fills part of the
         photo fills; each product scores by its best match over them all (docs/matching.md,
-        "Cut-out queries", "Window queries", "Square-on fronts"). A photo on white or on a
-        pad searches with itself only."""
+        "Cut-out queries", "Window queries", "Square-on fronts and fainter keypoints"). A
+        photo on white or on a pad searches with itself only."""
         return self.by_images([image], k, filter, match)
 
     def by_vector(

@@ -68,7 +68,7 @@ SIFT_CONTRAST = 0.02
 """SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds about twice
 the keypoints on a plain garment or a small, soft photo (a 28 px article enlarged),
 where the default found too few to match; a busy photo keeps its ``MAX_FEATURES`` strongest
-as before (docs/matching.md, "Fainter keypoints")."""
+as before (docs/matching.md, "Square-on fronts and fainter keypoints")."""
 RATIO = 0.75
 """Lowe's ratio test: a match counts when its best distance is < RATIO x the second best."""
 RANSAC_PX = 6.0
@@ -738,8 +738,8 @@ def front_on_white(image: Image.Image, product: NDArray[np.bool_] | None
     warped so that the quadrilateral becomes the rectangle it was, on white with a little
     room. None otherwise (no mask, another shape, already square-on). A catalog shows a
     pack's front square-on; a shopper's or a second shop's photo of it rarely does, and the
-    global vector of the skewed photo ranks the other packs of a shelf-alike layout above
-    it (docs/matching.md, "Square-on fronts")."""
+    global vector of the skewed photo ranks other packs of the same layout above it
+    (docs/matching.md, "Square-on fronts and fainter keypoints")."""
     corners = _quadrilateral(product) if product is not None else None
     if corners is None or product is None:
         return None
