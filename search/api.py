@@ -66,9 +66,8 @@ from search.verify import (
     PhotoFeatures,
     SameItemVerifier,
     cutouts,
-    front_on_white,
+    cutouts_of,
     photo_features,
-    product_on_white,
     windows,
 )
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
@@ -442,9 +441,10 @@ class ProductSearch:
         ``(COMPARE_DEPTH - 1) * k`` are ranked by their geometric inliers and the ``k`` best
         verified too (:func:`_look_deeper`). A candidate refused against the query may be
         vouched for by the listing that matched it best (:func:`_corroborate`; its match
-        says ``via``). A photo re-shot on a backdrop (one with a segmented
-        product, :func:`search.verify.product_on_white`) also searches with its product on
-        white, and a candidate's similarity is the better of the two. Prices are not
+        says ``via``). A photo re-shot on a backdrop (one with a segmented product) also
+        searches with its product on white and, a flat face seen at an angle, with that face
+        square-on (:func:`search.verify.cutouts_of`); a candidate's similarity is the best of
+        them. Prices are not
         converted between currencies: pass ``filter=SearchFilter(currency=...)`` to compare
         like with like.
         """
@@ -468,14 +468,10 @@ class ProductSearch:
             pictures = [self._load(image, self._max_pixels)]
             picture = self._load_to_verify(image, self._max_pixels)
             queries = [photo_features(picture, keep_grey=True)]
-            # A photo re-shot on a backdrop: its product on white finds the catalog photo.
-            product = product_on_white(picture, queries[0].product)
-            if product is not None:
-                pictures.append(self._load(product, self._max_pixels))
-            # ...and a flat face seen at an angle, turned square-on, finds it more often still.
-            front = front_on_white(picture, queries[0].product)
-            if front is not None:
-                pictures.append(self._load(front, self._max_pixels))
+            # A photo re-shot on a backdrop: its product on white (and a flat face seen at an
+            # angle, turned square-on) finds the catalog photo.
+            pictures += [self._load(cut, self._max_pixels)
+                         for cut in cutouts_of(picture, queries[0].product)]
             best = self._search(self._embed_pictures(pictures), k * COMPARE_DEPTH, filter,
                                 exclude=())
         candidates = [(row, score) for row, score in best if score >= threshold]

@@ -536,7 +536,12 @@ def cutouts(image: Image.Image) -> list[Image.Image]:
     :func:`photo_features` segments it, followed by :func:`front_on_white` when the product
     is a flat face seen at an angle; empty for a photo whose border tells its background (a
     catalog photo on white, a padded one) or without a product found."""
-    product = product_mask(_half(_at_verify_size(image)))
+    return cutouts_of(image, product_mask(_half(_at_verify_size(image))))
+
+
+def cutouts_of(image: Image.Image, product: NDArray[np.bool_] | None) -> list[Image.Image]:
+    """:func:`product_on_white` and, when it gives one, :func:`front_on_white` of ``image``
+    with its segmented ``product`` (a :attr:`PhotoFeatures.product` mask, at any scale)."""
     found = (product_on_white(image, product), front_on_white(image, product))
     return [picture for picture in found if picture is not None]
 
@@ -740,8 +745,10 @@ def front_on_white(image: Image.Image, product: NDArray[np.bool_] | None
     pack's front square-on; a shopper's or a second shop's photo of it rarely does, and the
     global vector of the skewed photo ranks other packs of the same layout above it
     (docs/matching.md, "Square-on fronts and fainter keypoints")."""
-    corners = _quadrilateral(product) if product is not None else None
-    if corners is None or product is None:
+    if product is None:
+        return None
+    corners = _quadrilateral(product)
+    if corners is None:
         return None
     corners = corners * np.array([image.width / product.shape[1],
                                   image.height / product.shape[0]], np.float32)

@@ -560,8 +560,9 @@ def test_only_a_skewed_quadrilateral_is_turned() -> None:
     """An upright, square-on pack is its cut-out already; a product of another shape (a
     disc, a garment's outline) is not a flat face; no mask, no front."""
     upright = _on_counter(_box_front("CRUNCHY"))
-    assert photo_features(upright).product is not None
-    assert verify.front_on_white(upright, photo_features(upright).product) is None
+    mask = photo_features(upright).product
+    assert mask is not None
+    assert verify.front_on_white(upright, mask) is None
     disc = np.zeros((160, 160), bool)
     yy, xx = np.mgrid[:160, :160]
     disc[(yy - 80) ** 2 + (xx - 80) ** 2 < 60**2] = True
