@@ -24,6 +24,11 @@ and a JPEG of middle quality, at 480-800 px.
   its 240 queries is instead the maker's own catalog photo of the item, resized to 80 % and
   re-encoded (JPEG 70), as a shop re-listing it would send. Added after the corroboration
   round, and scored before the change it led to (docs/matching.md, "Family round").
+* ``same-item-packs-vivid`` (needs ``same-item-packs``): its gallery; 120 queries (every
+  other one), each the maker's catalog photo with a shop's "vivid" edit (PIL saturation
+  x1.2-1.6, then contrast x1.05-1.3), resized to 80 % and re-encoded (JPEG 85). Written
+  after same-item-blind's vivid edits were diagnosed, to check a change for them on
+  another kind of product (docs/matching.md, "Refined alignment and colour grading").
 * ``same-item-fmnist-reshoot``: the ``same-item-fmnist`` gallery (seed 11); 300 queries are
   re-shoots of the 28 px articles enlarged to 224 px (every article has hundreds of
   look-alikes of its class).
@@ -39,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -60,6 +65,7 @@ from search.verify import outer_background  # noqa: E402
 
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
+             "same-item-packs-vivid",
              "same-item-fmnist-reshoot")
 
 
@@ -273,6 +279,34 @@ def write_pack_copies(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     return write_protocol(out_dir, gallery, queries)
 
 
+def write_pack_vivid(packs_dir: Path, out_dir: Path, seed: int = 123) -> tuple[Path, Path]:
+    """The same-item-packs-vivid protocol (see module doc) from a written same-item-packs."""
+    if not (packs_dir / "queries.jsonl").exists():
+        raise SystemExit(f"write same-item-packs first: {packs_dir / 'queries.jsonl'} not found")
+    gallery: list[Row] = [json.loads(line) for line in (packs_dir / "gallery.jsonl").open()]
+    for row in gallery:
+        row["images"] = [_relative(packs_dir / image, out_dir) for image in row["images"]]
+    rng = np.random.default_rng(seed)
+    queries: list[Row] = []
+    for n, line in enumerate((packs_dir / "queries.jsonl").open()):
+        if n % 2:
+            continue
+        query = json.loads(line)
+        item = str(query["relevant"][0])  # the maker's listing of the item
+        photo = Image.open(packs_dir / "images" / f"{item}.jpg").convert("RGB")
+        saturation, contrast = float(rng.uniform(1.2, 1.6)), float(rng.uniform(1.05, 1.3))
+        photo = ImageEnhance.Contrast(ImageEnhance.Color(photo).enhance(saturation)).enhance(
+            contrast)
+        path = out_dir / "queries" / f"{item}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo.resize((int(photo.width * 0.8), int(photo.height * 0.8)),
+                     Image.Resampling.LANCZOS).save(path, "JPEG", quality=85)
+        queries.append({"image": _relative(path, out_dir), "relevant": query["relevant"],
+                        "category": query["category"],
+                        "edit": f"vivid saturation {saturation:.2f} contrast {contrast:.2f}"})
+    return write_protocol(out_dir, gallery, queries)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
@@ -288,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     if "same-item-packs-copies" in wanted:
         print("same-item-packs-copies: {} {}".format(*write_pack_copies(
             args.out / "same-item-packs", args.out / "same-item-packs-copies")))
+    if "same-item-packs-vivid" in wanted:
+        print("same-item-packs-vivid: {} {}".format(*write_pack_vivid(
+            args.out / "same-item-packs", args.out / "same-item-packs-vivid")))
     if "same-item-fmnist-reshoot" in wanted:
         print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
             args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))

@@ -23,8 +23,10 @@ carry tell them apart:
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
 aligned by it, agree in grey levels, brightness and colour, over the whole product, or after
-one per-channel light map when the photo was taken again under another light, or, when an
-overlay hides part of it, near the inliers), or a plain product with too few
+one per-channel light map when the photo was taken again under another light, or in hue
+alone when a shop graded its colours, or, when an overlay hides part of it, near the
+inliers; a pair refused as RANSAC aligned it is aligned again on the grey levels, for a
+mapping a pixel off), or a plain product with too few
 keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
 or the two photos are near-identical as a whole (global cosine at the duplicate level: a
 28 px Fashion-MNIST article). Its numbers were calibrated with
@@ -83,6 +85,9 @@ flavour of one pack layout); ``closed`` never."""
 COLOUR_BLUR_PX = 1.5
 CHROMA_GAIN = (0.7, 1.4)
 """Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
+HUE_CHROMA = 10.0
+"""Lab chroma (a*, b* distance from grey) from which a pixel's hue counts
+(:func:`_hue_agreement`): below it, re-encoding noise turns the hue of a grey pixel at random."""
 SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
@@ -91,6 +96,9 @@ NEAR_INLIER_PX = 8
 """Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
 ECC_STEPS = 40
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
+REFINE_STEPS = 30
+"""Iterations of the ECC refinement of a keypoint mapping (:func:`refine_homography`):
+~5-10 ms a pair."""
 EDGE_PX = 2
 """Band (px at half ``VERIFY_SIZE``) inside the listing product's outline that is left out of
 the colour comparison when the query shows another background around the product: there
@@ -173,6 +181,19 @@ class PhotoFeatures:
 
 
 @dataclass(frozen=True)
+class HueAgreement:
+    """How the hues of two aligned photos compare, over the pixels chromatic in either
+    (Lab chroma >= ``HUE_CHROMA``): what a colour grading keeps and another colour does not."""
+
+    chromatic_share: float
+    """Share of the compared pixels that are chromatic in either photo."""
+    turn: float
+    """The 95th percentile of the hue angle between the two photos' pixels (degrees)."""
+    chroma_ratios: tuple[float, float]
+    """The 5th and 95th percentiles of the ratio of the pixels' chroma (query / listing)."""
+
+
+@dataclass(frozen=True)
 class Alignment:
     """The query photo warped onto the listing's by the homography, compared where both
     show the product."""
@@ -209,6 +230,9 @@ class Alignment:
     """Whether the photos were compared over their segmented product masks
     (:func:`product_mask`) instead of the colour-based foreground."""
     print_agreement: float | None = None
+    hue: HueAgreement | None = None
+    """The hues over the whole compared region (:func:`_hue_agreement`; None without enough
+    chromatic pixels to say)."""
     """With ``segmented``: the ``PRINT_PERCENTILE``-th percentile of the grey-level
     correlations of the textured cells (:func:`_print_agreement`); None without such cells."""
 
@@ -249,12 +273,16 @@ class SameItemRule:
     or, the light route, after the fitted per-channel light map (correlation
     ``>= min_light_correlation``, or ``>= min_segmented_light_correlation`` where the print
     check applies, gains within ``max_light_gain_spread``, shift ``<= max_light_shift``),
-    or, the overlay route, near the inliers (``min_local_share`` of it, correlation
-    ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
+    or, the grading route, in hue (correlation ``>= min_light_correlation``, hue turned
+    ``<= max_hue_turn``, chroma within ``graded_chroma``, on ``min_graded_share`` of
+    chromatic pixels), or, the overlay route, near the inliers (``min_local_share`` of it,
+    correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
     with fewer inliers, a plain product aligned without keypoints (:func:`coarse_homography`):
     ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
     ``coarse_*`` aligned limits. Or a near-identical photo:
-    ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``.
+    ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``. A pair
+    refused with its inliers is aligned again (``SameItemVerifier._refined``) and accepted
+    when the refined alignment passes :meth:`agrees_refined`.
     """
 
     min_inliers: int = 10
@@ -315,6 +343,28 @@ class SameItemRule:
     re-shot product lowers it to 0.89-0.96 (chosen on the re-shoot protocols: 0.92 let one
     other flavour through on same-item-packs; see docs/matching.md)."""
 
+    max_hue_turn: float = 10.0
+    """The grading route (:meth:`_agrees_graded`): largest hue angle (95th percentile,
+    degrees) between the aligned chromatic pixels. A mild saturation and contrast edit
+    keeps it at 4-9 (same-item-packs-vivid); a stronger one turns saturated colours further
+    where their channels clip (14-27 at x1.6 and x1.3 on synthetic photos), and is refused.
+    Another colour of a style turns it by tens of degrees, but a luma blue and its purple
+    variant by 11 (docs/matching.md, "Refined alignment and colour grading")."""
+    graded_chroma: tuple[float, float] = (0.6, 2.5)
+    """The grading route: range of the aligned pixels' chroma ratio (5th and 95th
+    percentiles). A saturation edit of 0.75-1.6 and a contrast of 1.1-1.3 stay within it;
+    a white part dyed, or a colour washed out to grey, does not."""
+    min_graded_share: float = 0.3
+    """The grading route: share of the compared pixels that must be chromatic. A grey,
+    black or white product has no hue to agree on (the brightness check tells those
+    apart) and is left to the other routes."""
+    min_refined_correlation: float = 0.95
+    """The second look at a pair refused as RANSAC aligned it (:meth:`agrees_refined`): an
+    unedited copy, turned a quarter or resampled, correlates 0.99-1.00 once its mapping is
+    refined; another colour of a style, lined up on the parts the colours share, reached
+    0.87 on same-item-blind, and three more passed through the light and overlay routes
+    (docs/matching.md, "Refined alignment")."""
+
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None, overlay: Overlay = "open") -> tuple[bool, str]:
         """(same item?, why) for one pair (``overlay``: when the overlay route may accept
@@ -351,6 +401,13 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
+            if self._agrees_graded(alignment):
+                assert alignment.hue is not None
+                low, high = alignment.hue.chroma_ratios
+                return True, (f"{inliers} geometric inliers, aligned photos agree in hue "
+                              f"(correlation {alignment.correlation:.2f}, colour shift "
+                              f"{shift:.1f}, hue turned {alignment.hue.turn:.0f} deg, chroma "
+                              f"x{low:.2f}-{high:.2f}: a colour grading)")
             covered = overlay == "open" or (overlay == "covers"
                                             and alignment.correlation < self.min_correlation)
             if covered and self._agrees_near_inliers(colour, alignment):
@@ -373,6 +430,13 @@ class SameItemRule:
                            f"{self.duplicate_similarity}")
         return False, (f"{inliers} geometric inliers < {self.min_inliers} and similarity "
                        f"{similarity:.3f} < {self.duplicate_similarity}")
+
+    def agrees_refined(self, alignment: Alignment) -> bool:
+        """Whether a refined alignment (:meth:`SameItemVerifier._refined`) agrees as a copy
+        does: over the whole product, colour shift within ``max_colour_shift`` and grey levels
+        correlating to ``min_refined_correlation``. Not by the light or the overlay route."""
+        return (alignment.correlation >= self.min_refined_correlation
+                and alignment.colour_shift(self.shift_percentile) <= self.max_colour_shift)
 
     def names_another_variant(self, alignment: Alignment | None) -> bool:
         """Whether an alignment shows what no capture or edit of one item explains: one photo
@@ -401,6 +465,21 @@ class SameItemRule:
         return (alignment.correlation >= floor
                 and max(gains) / min(gains) <= self.max_light_gain_spread
                 and alignment.light_shift(self.shift_percentile) <= self.max_light_shift)
+
+    def _agrees_graded(self, alignment: Alignment) -> bool:
+        """The grading route: a shop's saturation, vibrance or contrast edit moves every
+        colour's chroma (by more than one gain explains where a channel clips) and turns no
+        hue. Over the product's chromatic pixels (at least ``min_graded_share`` of it) the
+        hue must agree within ``max_hue_turn`` and the chroma change stay within
+        ``graded_chroma``, with the grey levels correlating as the light route asks."""
+        hue = alignment.hue
+        if hue is None:
+            return False
+        low, high = hue.chroma_ratios
+        return (alignment.correlation >= self.min_light_correlation
+                and hue.chromatic_share >= self.min_graded_share
+                and hue.turn <= self.max_hue_turn
+                and self.graded_chroma[0] <= low and high <= self.graded_chroma[1])
 
     def _agrees_near_inliers(self, colour: float, alignment: Alignment) -> bool:
         """The overlay route: a banner, a sticker or a price label over the product hides
@@ -707,6 +786,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                                       grey_b[local].astype(np.float64))
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
+                     hue=_hue_agreement(soft_a[region], soft_b[region]),
                      light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
                      segmented=segmented,
                      print_agreement=_print_agreement(grey_a, grey_b, region)
@@ -953,17 +1033,39 @@ def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     return float((a * b).sum()) / denominator if denominator > 0 else 0.0
 
 
+def _lab_chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """(n, 3) RGB pixels -> their (n, 2) Lab chroma (a*, b*), 0 for grey."""
+    lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    out: NDArray[np.float64] = lab[:, 1:].astype(np.float64) - 128.0
+    return out
+
+
+def _hue_agreement(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> HueAgreement | None:
+    """How the hues of aligned pixels ``a`` (the query's) and ``b`` compare (see
+    :class:`HueAgreement`); None when fewer than ``MIN_OVERLAP_PX`` pixels are chromatic. A
+    saturation, vibrance or contrast edit scales each pixel's chroma by its own factor (more
+    where a channel clips, so no single gain fits, :func:`_colour_shifts`) and keeps its hue;
+    another colour turns the hue, and a white part dyed, or a colour washed to grey,
+    multiplies or divides the chroma many times."""
+    ab_a, ab_b = _lab_chroma(a), _lab_chroma(b)
+    chroma_a, chroma_b = np.linalg.norm(ab_a, axis=1), np.linalg.norm(ab_b, axis=1)
+    chromatic = np.maximum(chroma_a, chroma_b) >= HUE_CHROMA
+    if int(chromatic.sum()) < MIN_OVERLAP_PX:
+        return None
+    hue_a = np.arctan2(ab_a[chromatic, 1], ab_a[chromatic, 0])
+    hue_b = np.arctan2(ab_b[chromatic, 1], ab_b[chromatic, 0])
+    turn = np.degrees(np.abs(np.angle(np.exp(1j * (hue_a - hue_b)))))
+    ratio = (chroma_a[chromatic] + 2.0) / (chroma_b[chromatic] + 2.0)
+    return HueAgreement(float(chromatic.mean()), float(np.percentile(turn, 95)),
+                        (float(np.percentile(ratio, 5)), float(np.percentile(ratio, 95))))
+
+
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:
     """Percentiles over aligned pixels of the distance of their Lab chroma (a*, b*): small for
     the same colours under any brightness edit, large where part of the product changed
     colour. High percentiles, not the median: another colour of a garment often changes a
     waistband or a trim only, and a model wearing it keeps her skin, hair and trousers."""
-    def chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
-        lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
-        out: NDArray[np.float64] = lab[:, 1:].astype(np.float64) - 128.0
-        return out
-
-    ab_a, ab_b = chroma(a), chroma(b)
+    ab_a, ab_b = _lab_chroma(a), _lab_chroma(b)
     # One global gain on the chroma: brightness, contrast and saturation edits scale it,
     # another colour turns it (and no gain explains that).
     power = float((ab_b * ab_b).sum())
@@ -1007,6 +1109,30 @@ def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64]
     quarter_px = np.diag([0.25, 0.25, 1.0])  # VERIFY_SIZE px -> quarter px
     homography = np.linalg.inv(quarter_px) @ np.linalg.inv(b_to_a) @ quarter_px
     return homography if _plausible(homography) else None
+
+
+def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
+                      ) -> NDArray[np.float64] | None:
+    """``homography`` (``a`` -> ``b``, px at ``VERIFY_SIZE``) refined on the two photos' grey
+    levels at half ``VERIFY_SIZE`` (OpenCV's ECC over a full homography,
+    ``REFINE_STEPS``); None when ECC fails or the result is not :func:`_plausible`. RANSAC
+    fits the keypoints only within ``RANSAC_PX``: a mapping a pixel off along a
+    high-contrast outline (a blue top on white) moves the colour shift's high percentiles and
+    the correlation past their limits for an unedited copy turned a quarter
+    (docs/matching.md, "Refined alignment")."""
+    half = np.diag([0.5, 0.5, 1.0])
+    b_to_a = np.linalg.inv(half @ homography @ np.linalg.inv(half))
+    grey_a, grey_b = (np.asarray(cv2.cvtColor(x.small, cv2.COLOR_RGB2GRAY), dtype=np.float32)
+                      for x in (a, b))
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_STEPS, 1e-5)
+    try:  # the warp maps b (template) px to a (input) px
+        _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
+            grey_b, grey_a, (b_to_a / b_to_a[2, 2]).astype(np.float32),
+            cv2.MOTION_HOMOGRAPHY, criteria, None, 1)
+    except cv2.error:
+        return None
+    out = np.linalg.inv(half) @ np.linalg.inv(np.asarray(refined, dtype=np.float64)) @ half
+    return out if _plausible(out) else None
 
 
 def _plausible(homography: NDArray[np.float64]) -> bool:
@@ -1083,6 +1209,10 @@ class SameItemVerifier:
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment, overlay)
+        if not same and homography is not None and alignment is not None:
+            alignment, same, why = self._refined(query, other, homography, points, alignment,
+                                                 (similarity, inliers, colour), print_check,
+                                                 overlay, (same, why))
         # A mirrored re-listing: SIFT finds too few matches, or symmetric parts of the
         # product match in a mapping whose alignment disagrees. Its colours are decided once
         # aligned, so not asked here.
@@ -1096,12 +1226,45 @@ class SameItemVerifier:
                 m_alignment = align(query, other, m_homography, m_points, print_check)
                 m_same, m_why = self.rule.decide(similarity, m_inliers, colour, m_alignment,
                                                  overlay)
+                if not m_same and m_alignment is not None:
+                    m_alignment, m_same, m_why = self._refined(
+                        query, other, m_homography, m_points, m_alignment,
+                        (similarity, m_inliers, colour), print_check, overlay,
+                        (m_same, m_why))
                 if m_same:
                     inliers, alignment = m_inliers, m_alignment
                     same, why = True, f"{m_why}; the photo mirrored"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
                         mirror_tried=flipped is not None)
+
+    def _refined(self, query: PhotoFeatures, other: PhotoFeatures,
+                 homography: NDArray[np.float64], points: NDArray[np.float32],
+                 alignment: Alignment, pair: tuple[float, int, float], print_check: bool,
+                 overlay: Overlay, decision: tuple[bool, str]
+                 ) -> tuple[Alignment, bool, str]:
+        """A second look at a pair the rule refused although its keypoints agree
+        (``inliers >= rule.min_inliers``) and most of its aligned pixels agree in colour
+        (the 75th percentile of the colour shift within ``rule.max_colour_shift``: a mapping
+        a pixel off moves the shift along the outlines, the high percentiles, while another
+        colour moves all of it; luma's other colours are the same photo recoloured, and
+        skip the cost): the mapping refined on the grey levels
+        (:func:`refine_homography`), the photos aligned again and the rule asked again. The
+        refined alignment is kept when the rule accepts it and the photos correlate better
+        than before; otherwise ``alignment`` and ``decision`` stand. ``pair``: (similarity,
+        inliers, colour agreement)."""
+        similarity, inliers, colour = pair
+        if (inliers < self.rule.min_inliers or not alignment.by_keypoints
+                or alignment.colour_shift(75) > self.rule.max_colour_shift):
+            return alignment, *decision
+        refined = refine_homography(query, other, homography)
+        again = align(query, other, refined, points, print_check) if refined is not None else None
+        if again is None or again.correlation <= alignment.correlation:
+            return alignment, *decision
+        same, why = self.rule.decide(similarity, inliers, colour, again, overlay)
+        if not (same and self.rule.agrees_refined(again)):
+            return alignment, *decision
+        return again, True, f"{why}; alignment refined"
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,

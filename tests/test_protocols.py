@@ -253,3 +253,20 @@ def test_packs_relate_each_query_to_every_listing_of_its_pack(tmp_path: Path) ->
     for query in queries:
         assert (tmp_path / query["image"]).is_file()
         assert set(query["relevant"]) == listings_of[Path(query["image"]).stem]
+
+
+def test_packs_vivid_queries_are_the_makers_photos_made_vivid(tmp_path: Path) -> None:
+    reshoot = load_bench_module("protocols_reshoot")
+    reshoot.write_packs(tmp_path / "packs", n_brands=2, n_queries=6)
+    gallery_path, queries_path = reshoot.write_pack_vivid(tmp_path / "packs", tmp_path / "vivid")
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    assert len(gallery) == len(read_jsonl(tmp_path / "packs" / "gallery.jsonl"))
+    assert len(queries) == 3  # every other query of the packs protocol
+    for query in queries:
+        item = query["relevant"][0]
+        assert query["edit"].startswith("vivid saturation")
+        photo = Image.open(tmp_path / "vivid" / query["image"]).convert("RGB")
+        maker = Image.open(tmp_path / "packs" / "images" / f"{item}.jpg").convert("RGB")
+        assert photo.width == int(maker.width * 0.8)
+        saturation = np.asarray(photo.convert("HSV"))[..., 1].mean()
+        assert saturation > np.asarray(maker.convert("HSV"))[..., 1].mean()

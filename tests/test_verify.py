@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
@@ -23,6 +23,7 @@ from search.verify import (
     VERIFY_SIZE,
     Alignment,
     Evidence,
+    HueAgreement,
     SameItemRule,
     SameItemVerifier,
     fetching_loader,
@@ -450,6 +451,129 @@ def test_a_small_luma_relisting_is_accepted(name: str) -> None:
 def test_a_small_relisting_of_another_colour_is_refused(variant: str) -> None:
     same, why = _decide(_shrunk(_luma(variant)), _luma("mp04-gray"), similarity=0.95)
     assert not same, why
+
+
+def test_refine_homography_corrects_a_mapping_a_pixel_off() -> None:
+    """RANSAC fits the keypoints within ``RANSAC_PX``; ECC on the grey levels brings a
+    mapping that is off by a pixel or two back onto the photo."""
+    features = photo_features(textured_photo(1))
+    off = np.array([[1.01, 0.0, 2.0], [0.0, 1.01, -1.5], [0.0, 0.0, 1.0]])
+    refined = verify.refine_homography(features, features, off)
+    assert refined is not None
+    h, w = features.small.shape[0] * 2, features.small.shape[1] * 2
+    corners = np.array([[[0, 0]], [[w, 0]], [[0, h]], [[w, h]]], np.float32)
+    assert np.abs(cv2.perspectiveTransform(corners, off) - corners).max() > 2.0
+    assert np.abs(cv2.perspectiveTransform(corners, refined) - corners).max() < 0.5
+
+
+def _turned(photo: Image.Image) -> Image.Image:
+    """A shop's copy turned a quarter (a photo whose orientation tag was lost), re-encoded."""
+    buf = io.BytesIO()
+    photo.rotate(90, expand=True).save(buf, "JPEG", quality=90)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@needs_luma
+@pytest.mark.parametrize("name", ["ws03-blue", "mp04-gray"])
+def test_a_copy_turned_a_quarter_is_accepted_on_its_refined_alignment(name: str) -> None:
+    """The keypoints' mapping of these copies is a pixel off along the outline (a colour
+    shift of ~10 or a correlation of ~0.83 as aligned by RANSAC); refined, they agree."""
+    evidence = _evidence(_turned(_luma(name)), _luma(name), 0.8)
+    assert evidence.same_item, evidence.reason
+    assert evidence.alignment is not None and evidence.alignment.correlation >= 0.99
+
+
+@needs_luma
+@pytest.mark.parametrize(("variant", "listed"), [("ws03-green", "ws03-blue"),
+                                                 ("ws03-red", "ws03-blue"),
+                                                 ("mp04-black", "mp04-gray"),
+                                                 ("mp04-green", "mp04-gray")])
+def test_another_colour_turned_a_quarter_is_refused_refined_or_not(variant: str,
+                                                                   listed: str) -> None:
+    same, why = _decide(_turned(_luma(variant)), _luma(listed), similarity=0.95)
+    assert not same, why
+
+
+def test_a_refined_alignment_must_agree_as_a_copy_does() -> None:
+    """The second look accepts by the plain route only, at a copy's correlation."""
+    rule = SameItemRule()
+    assert rule.agrees_refined(Alignment(0.99, (1.0, 2.0, 3.0, 4.0)))
+    assert not rule.agrees_refined(Alignment(0.87, (1.0, 2.0, 3.0, 4.0)))
+    assert not rule.agrees_refined(Alignment(0.99, (5.0, 9.0, 12.0, 15.0)))
+
+
+def _vivid(photo: Image.Image, saturation: float = 1.3, contrast: float = 1.1) -> Image.Image:
+    """A shop's 'vivid' re-listing: saturation and contrast raised (PIL's enhancers)."""
+    return ImageEnhance.Contrast(ImageEnhance.Color(photo).enhance(saturation)).enhance(contrast)
+
+
+def _washed_out(photo: Image.Image) -> Image.Image:
+    """A washed-out variant: the same photo, most of its colour gone."""
+    return ImageEnhance.Color(photo).enhance(0.3)
+
+
+def test_a_vivid_copy_is_accepted_by_the_grading_route() -> None:
+    """Raised saturation and contrast move the colour shift past its limit (no single chroma
+    gain fits where channels clip); the hues agree."""
+    original = textured_photo(3)
+    evidence = _evidence(_vivid(original), original)
+    assert evidence.same_item, evidence.reason
+    assert "colour grading" in evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.hue is not None
+    assert alignment.colour_shift(95) > DEFAULT_RULE.max_colour_shift  # what it catches
+    assert alignment.hue.turn <= DEFAULT_RULE.max_hue_turn
+    off = replace(DEFAULT_RULE, max_hue_turn=0.0)
+    assert not off.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
+                          alignment)[0]
+
+
+@pytest.mark.parametrize("variant", [lambda p: _vivid(recolour(p)), _washed_out],
+                         ids=["recoloured-vivid", "washed-out"])
+def test_another_colour_graded_or_washed_out_is_refused(
+        variant: Callable[[Image.Image], Image.Image]) -> None:
+    """Another hue, however graded, turns the hue; a colour washed to grey divides the
+    chroma by three: neither is a grading of the listed item."""
+    for seed in (1, 2):
+        original = textured_photo(seed)
+        same, why = _decide(variant(original), original, similarity=0.95)
+        assert not same, why
+    same, why = _decide(variant(printed_pack("CRUNCHY")), printed_pack("CRUNCHY"), 0.95)
+    assert not same, why
+
+
+@needs_luma
+@pytest.mark.parametrize(("name", "saturation", "contrast"),
+                         [("mh01-orange", 1.6, 1.3), ("wt03-red", 1.6, 1.3),
+                          ("mp04-green", 1.3, 1.1)])
+def test_a_vivid_luma_copy_is_accepted(name: str, saturation: float, contrast: float) -> None:
+    same, why = _decide(_vivid(_luma(name), saturation, contrast), _luma(name), 0.9)
+    assert same, why
+
+
+@needs_luma
+@pytest.mark.parametrize(("variant", "listed"), [("mh01-gray", "mh01-orange"),
+                                                 ("ws03-green", "ws03-blue"),
+                                                 ("mp04-black", "mp04-green")])
+def test_another_luma_colour_made_vivid_is_refused(variant: str, listed: str) -> None:
+    same, why = _decide(_vivid(_luma(variant), 1.6, 1.3), _luma(listed), 0.95)
+    assert not same, why
+
+
+def test_grading_route_limits_name_the_evidence() -> None:
+    rule = SameItemRule()
+    graded = Alignment(0.99, (8.0, 12.0, 16.0, 20.0), hue=HueAgreement(0.9, 6.0, (1.2, 1.9)))
+    same, why = rule.decide(0.9, 100, 0.9, graded)
+    assert same and "agree in hue" in why and "colour grading" in why
+    for refused in (replace(graded, hue=HueAgreement(0.9, 25.0, (1.2, 1.9))),   # hue turned
+                    replace(graded, hue=HueAgreement(0.1, 6.0, (1.2, 1.9))),    # grey product
+                    replace(graded, hue=HueAgreement(0.9, 6.0, (0.35, 0.4))),   # washed out
+                    replace(graded, hue=HueAgreement(0.9, 6.0, (1.0, 4.0))),    # a part dyed
+                    replace(graded, correlation=0.9),                           # print differs
+                    replace(graded, hue=None)):
+        same, why = rule.decide(0.9, 100, 0.9, refused)
+        assert not same, why
+        assert "colours differ" in why or "photos differ" in why, why
 
 
 def _on_table(photo: Image.Image) -> Image.Image:
