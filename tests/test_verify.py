@@ -484,6 +484,23 @@ def test_a_copy_turned_a_quarter_is_accepted_on_its_refined_alignment(name: str)
 
 
 @needs_luma
+def test_no_second_look_within_a_family_of_look_alikes(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """With the print check (a family of look-alikes), a pair refused stays refused: aligned
+    to the pixel, another line of one pack layout agrees where only its name differs."""
+    def refine(*args: object) -> None:
+        raise AssertionError("refined within a family")
+
+    listing = _luma("ws03-blue")
+    query = photo_features(_turned(listing))
+    verifier = SameItemVerifier(lambda ref: listing)
+    assert verifier.verify(query, [("listing", 0.8)])[0].same_item  # refined, outside one
+    monkeypatch.setattr(verify, "refine_homography", refine)
+    evidence = verifier.verify(query, [("listing", 0.8)], print_check=True)
+    assert not evidence[0].same_item, evidence[0].reason
+
+
+@needs_luma
 @pytest.mark.parametrize(("variant", "listed"), [("ws03-green", "ws03-blue"),
                                                  ("ws03-red", "ws03-blue"),
                                                  ("mp04-black", "mp04-gray"),
