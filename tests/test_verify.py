@@ -304,16 +304,25 @@ def _band_recoloured(photo: Image.Image) -> Image.Image:
     return Image.fromarray(out)
 
 
+def _accepted_by(query: Image.Image, listing: Image.Image, route: str
+                 ) -> tuple[Evidence, Alignment]:
+    """The evidence of a pair a route accepts (``route``: words of its reason), past the
+    plain colour shift's limit (what the route is for), and its alignment."""
+    evidence = _evidence(query, listing)
+    assert evidence.same_item, evidence.reason
+    assert route in evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None
+    assert alignment.colour_shift(95) > DEFAULT_RULE.max_colour_shift  # what it catches
+    return evidence, alignment
+
+
 def test_a_relit_white_balanced_copy_is_accepted_by_the_light_route() -> None:
     """Another white balance and light move the plain colour shift past its limit; after
     the fitted per-channel light map the photos agree."""
     original = _busy_photo()
-    evidence = _evidence(_relit(original), original)
-    assert evidence.same_item, evidence.reason
-    assert "under another light" in evidence.reason
-    alignment = evidence.alignment
-    assert alignment is not None and alignment.light_gains is not None
-    assert alignment.colour_shift(95) > DEFAULT_RULE.max_colour_shift  # what it catches
+    evidence, alignment = _accepted_by(_relit(original), original, "under another light")
+    assert alignment.light_gains is not None
     assert alignment.light_shift(95) <= DEFAULT_RULE.max_light_shift
     off = replace(DEFAULT_RULE, max_light_shift=0.0)
     assert not off.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
@@ -533,12 +542,8 @@ def test_a_vivid_copy_is_accepted_by_the_grading_route() -> None:
     """Raised saturation and contrast move the colour shift past its limit (no single chroma
     gain fits where channels clip); the hues agree."""
     original = textured_photo(3)
-    evidence = _evidence(_vivid(original), original)
-    assert evidence.same_item, evidence.reason
-    assert "colour grading" in evidence.reason
-    alignment = evidence.alignment
-    assert alignment is not None and alignment.hue is not None
-    assert alignment.colour_shift(95) > DEFAULT_RULE.max_colour_shift  # what it catches
+    evidence, alignment = _accepted_by(_vivid(original), original, "colour grading")
+    assert alignment.hue is not None
     assert alignment.hue.turn <= DEFAULT_RULE.max_hue_turn
     off = replace(DEFAULT_RULE, max_hue_turn=0.0)
     assert not off.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
