@@ -363,7 +363,7 @@ class SameItemRule:
     unedited copy, turned a quarter or resampled, correlates 0.99-1.00 once its mapping is
     refined; another colour of a style, lined up on the parts the colours share, reached
     0.87 on same-item-blind, and three more passed through the light and overlay routes
-    (docs/matching.md, "Refined alignment")."""
+    (docs/matching.md, "Refined alignment and colour grading")."""
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None, overlay: Overlay = "open") -> tuple[bool, str]:
@@ -1119,7 +1119,7 @@ def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np
     fits the keypoints only within ``RANSAC_PX``: a mapping a pixel off along a
     high-contrast outline (a blue top on white) moves the colour shift's high percentiles and
     the correlation past their limits for an unedited copy turned a quarter
-    (docs/matching.md, "Refined alignment")."""
+    (docs/matching.md, "Refined alignment and colour grading")."""
     half = np.diag([0.5, 0.5, 1.0])
     b_to_a = np.linalg.inv(half @ homography @ np.linalg.inv(half))
     grey_a, grey_b = (np.asarray(cv2.cvtColor(x.small, cv2.COLOR_RGB2GRAY), dtype=np.float32)
