@@ -768,7 +768,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     # smeared chroma at edges are not a colour change.
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, listing))
-    shifts = _colour_shifts(soft_a[region], soft_b[region])
+    chroma_a, chroma_b = _lab_chroma(soft_a[region]), _lab_chroma(soft_b[region])
+    shifts = _chroma_shifts(chroma_a, chroma_b)
     gains, light_shifts, edge_left_out = None, None, False
     if inliers is not None:  # the light route's comparison (see _colour_region)
         relit, edge_left_out = _colour_region(region, valid, warped, fg_b)
@@ -786,7 +787,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                                       grey_b[local].astype(np.float64))
             local_shifts = _colour_shifts(soft_a[local], soft_b[local])
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
-                     hue=_hue_agreement(soft_a[region], soft_b[region]),
+                     hue=_hue_agreement(chroma_a, chroma_b),
                      light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
                      segmented=segmented,
                      print_agreement=_print_agreement(grey_a, grey_b, region)
@@ -1040,14 +1041,15 @@ def _lab_chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
     return out
 
 
-def _hue_agreement(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> HueAgreement | None:
-    """How the hues of aligned pixels ``a`` (the query's) and ``b`` compare (see
+def _hue_agreement(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64]
+                   ) -> HueAgreement | None:
+    """How the hues of aligned pixels compare, given their :func:`_lab_chroma` (``ab_a``
+    the query's, ``ab_b`` the listing's; see
     :class:`HueAgreement`); None when fewer than ``MIN_OVERLAP_PX`` pixels are chromatic. A
     saturation, vibrance or contrast edit scales each pixel's chroma by its own factor (more
     where a channel clips, so no single gain fits, :func:`_colour_shifts`) and keeps its hue;
     another colour turns the hue, and a white part dyed, or a colour washed to grey,
     multiplies or divides the chroma many times."""
-    ab_a, ab_b = _lab_chroma(a), _lab_chroma(b)
     chroma_a, chroma_b = np.linalg.norm(ab_a, axis=1), np.linalg.norm(ab_b, axis=1)
     chromatic = np.maximum(chroma_a, chroma_b) >= HUE_CHROMA
     if int(chromatic.sum()) < MIN_OVERLAP_PX:
@@ -1065,7 +1067,12 @@ def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, .
     the same colours under any brightness edit, large where part of the product changed
     colour. High percentiles, not the median: another colour of a garment often changes a
     waistband or a trim only, and a model wearing it keeps her skin, hair and trousers."""
-    ab_a, ab_b = _lab_chroma(a), _lab_chroma(b)
+    return _chroma_shifts(_lab_chroma(a), _lab_chroma(b))
+
+
+def _chroma_shifts(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64]
+                   ) -> tuple[float, ...]:
+    """:func:`_colour_shifts` of pixels given their :func:`_lab_chroma`."""
     # One global gain on the chroma: brightness, contrast and saturation edits scale it,
     # another colour turns it (and no gain explains that).
     power = float((ab_b * ab_b).sum())
@@ -1209,10 +1216,11 @@ class SameItemVerifier:
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why = self.rule.decide(similarity, inliers, colour, alignment, overlay)
-        if not same and homography is not None and alignment is not None:
-            alignment, same, why = self._refined(query, other, homography, points, alignment,
-                                                 (similarity, inliers, colour), print_check,
-                                                 overlay, (same, why))
+        second = (self._refined(query, other, homography, points, alignment,
+                                (similarity, inliers, colour), print_check, overlay)
+                  if not same and homography is not None and alignment is not None else None)
+        if second is not None:
+            (alignment, why), same = second, True
         # A mirrored re-listing: SIFT finds too few matches, or symmetric parts of the
         # product match in a mapping whose alignment disagrees. Its colours are decided once
         # aligned, so not asked here.
@@ -1226,11 +1234,11 @@ class SameItemVerifier:
                 m_alignment = align(query, other, m_homography, m_points, print_check)
                 m_same, m_why = self.rule.decide(similarity, m_inliers, colour, m_alignment,
                                                  overlay)
-                if not m_same and m_alignment is not None:
-                    m_alignment, m_same, m_why = self._refined(
-                        query, other, m_homography, m_points, m_alignment,
-                        (similarity, m_inliers, colour), print_check, overlay,
-                        (m_same, m_why))
+                m_second = (self._refined(query, other, m_homography, m_points, m_alignment,
+                                          (similarity, m_inliers, colour), print_check, overlay)
+                            if not m_same and m_alignment is not None else None)
+                if m_second is not None:
+                    (m_alignment, m_why), m_same = m_second, True
                 if m_same:
                     inliers, alignment = m_inliers, m_alignment
                     same, why = True, f"{m_why}; the photo mirrored"
@@ -1241,8 +1249,7 @@ class SameItemVerifier:
     def _refined(self, query: PhotoFeatures, other: PhotoFeatures,
                  homography: NDArray[np.float64], points: NDArray[np.float32],
                  alignment: Alignment, pair: tuple[float, int, float], print_check: bool,
-                 overlay: Overlay, decision: tuple[bool, str]
-                 ) -> tuple[Alignment, bool, str]:
+                 overlay: Overlay) -> tuple[Alignment, str] | None:
         """A second look at a pair the rule refused although its keypoints agree
         (``inliers >= rule.min_inliers``) and most of its aligned pixels agree in colour
         (the 75th percentile of the colour shift within ``rule.max_colour_shift``: a mapping
@@ -1251,22 +1258,22 @@ class SameItemVerifier:
         skip the cost), and not within a family of look-alikes (``print_check``: another
         line of one pack layout, aligned to the pixel, passes where only its name differs;
         same-item-packs-copies lost 0.02 of precision): the mapping refined on the grey levels
-        (:func:`refine_homography`), the photos aligned again and the rule asked again. The
-        refined alignment is kept when the rule accepts it and the photos correlate better
-        than before; otherwise ``alignment`` and ``decision`` stand. ``pair``: (similarity,
-        inliers, colour agreement)."""
+        (:func:`refine_homography`), the photos aligned again and the rule asked again.
+        Returns (the refined alignment, why) when the rule accepts it and the photos
+        correlate better than before; otherwise None and the refusal stands. ``pair``:
+        (similarity, inliers, colour agreement)."""
         similarity, inliers, colour = pair
         if (print_check or inliers < self.rule.min_inliers or not alignment.by_keypoints
                 or alignment.colour_shift(75) > self.rule.max_colour_shift):
-            return alignment, *decision
+            return None
         refined = refine_homography(query, other, homography)
         again = align(query, other, refined, points, print_check) if refined is not None else None
         if again is None or again.correlation <= alignment.correlation:
-            return alignment, *decision
+            return None
         same, why = self.rule.decide(similarity, inliers, colour, again, overlay)
         if not (same and self.rule.agrees_refined(again)):
-            return alignment, *decision
-        return again, True, f"{why}; alignment refined"
+            return None
+        return again, f"{why}; alignment refined"
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
