@@ -29,6 +29,10 @@ and a JPEG of middle quality, at 480-800 px.
   x1.2-1.6, then contrast x1.05-1.3), resized to 80 % and re-encoded (JPEG 85). Written
   after same-item-blind's vivid edits were diagnosed, to check a change for them on
   another kind of product (docs/matching.md, "Refined alignment and colour grading").
+* ``same-item-packs-turned`` (needs ``same-item-packs``): its gallery; 120 queries (the
+  other half of its in-store photos), each saved a quarter turn sideways (90 or 270 degrees,
+  JPEG 90), as a phone photo whose orientation tag was lost. Written after same-item-blind's
+  quarter turns were diagnosed, to check a change for them on another kind of product.
 * ``same-item-fmnist-reshoot``: the ``same-item-fmnist`` gallery (seed 11); 300 queries are
   re-shoots of the 28 px articles enlarged to 224 px (every article has hundreds of
   look-alikes of its class).
@@ -65,7 +69,7 @@ from search.verify import outer_background  # noqa: E402
 
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
-             "same-item-packs-vivid",
+             "same-item-packs-vivid", "same-item-packs-turned",
              "same-item-fmnist-reshoot")
 
 
@@ -307,6 +311,30 @@ def write_pack_vivid(packs_dir: Path, out_dir: Path, seed: int = 123) -> tuple[P
     return write_protocol(out_dir, gallery, queries)
 
 
+def write_pack_turned(packs_dir: Path, out_dir: Path, seed: int = 321) -> tuple[Path, Path]:
+    """The same-item-packs-turned protocol (see module doc) from a written same-item-packs."""
+    if not (packs_dir / "queries.jsonl").exists():
+        raise SystemExit(f"write same-item-packs first: {packs_dir / 'queries.jsonl'} not found")
+    gallery: list[Row] = [json.loads(line) for line in (packs_dir / "gallery.jsonl").open()]
+    for row in gallery:
+        row["images"] = [_relative(packs_dir / image, out_dir) for image in row["images"]]
+    rng = np.random.default_rng(seed)
+    turns = {"90": Image.Transpose.ROTATE_90, "270": Image.Transpose.ROTATE_270}
+    queries: list[Row] = []
+    for n, line in enumerate((packs_dir / "queries.jsonl").open()):
+        if not n % 2:
+            continue
+        query = json.loads(line)
+        photo = Image.open(packs_dir / query["image"]).convert("RGB")
+        turn = str(rng.choice(sorted(turns)))
+        path = out_dir / "queries" / Path(str(query["image"])).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo.transpose(turns[turn]).save(path, "JPEG", quality=90)
+        queries.append({"image": _relative(path, out_dir), "relevant": query["relevant"],
+                        "category": query["category"], "edit": f"reshoot turned {turn} deg"})
+    return write_protocol(out_dir, gallery, queries)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
@@ -325,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if "same-item-packs-vivid" in wanted:
         print("same-item-packs-vivid: {} {}".format(*write_pack_vivid(
             args.out / "same-item-packs", args.out / "same-item-packs-vivid")))
+    if "same-item-packs-turned" in wanted:
+        print("same-item-packs-turned: {} {}".format(*write_pack_turned(
+            args.out / "same-item-packs", args.out / "same-item-packs-turned")))
     if "same-item-fmnist-reshoot" in wanted:
         print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
             args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))

@@ -74,6 +74,8 @@ class SameItemReport:
     search_seconds: float = 0.0
     per_query_ms: list[float] = field(default_factory=list)
     """Wall time of each query's compare_prices call (embed + search + verification)."""
+    turned_queries: int = 0
+    """Query photos taken as saved sideways or upside down and searched turned upright."""
 
     def to_json(self) -> dict[str, Any]:
         times = sorted(self.per_query_ms)
@@ -90,6 +92,7 @@ class SameItemReport:
             "embedded_images": self.embed.embedded,
             "cached_images": self.embed.cached,
             "search_seconds": round(self.search_seconds, 2),
+            "turned_queries": self.turned_queries,
         }
 
 
@@ -119,17 +122,20 @@ def evaluate_same_item(
     k: int = 20,
     threshold: float = 0.5,
     fetcher: ImageFetcher | None = None,
+    turned_queries: bool = True,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.
-    ``k`` and ``threshold`` are ``compare_prices``' (``lookalike eval`` passes the
-    configured ``search.compare_k`` and ``search.compare_threshold``)."""
+    ``k`` and ``threshold`` are ``compare_prices``', ``turned_queries`` the searcher's
+    (``lookalike eval`` passes the configured ``search.compare_k``, ``search.compare_threshold`` and
+    ``search.turned_queries``)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
-                             verifier=gallery_verifier(products, max_pixels, fetcher))
+                             verifier=gallery_verifier(products, max_pixels, fetcher),
+                             turned_queries=turned_queries)
     counts = SameItemCounts()
     per_query: list[float] = []
     started = time.perf_counter()
@@ -141,4 +147,4 @@ def evaluate_same_item(
             counts.add({m.product_id for m in matches}, set(query.relevant))
             bar.update(1)
     return SameItemReport(counts, embedder.model_version, len(products), n_rows, stats,
-                          time.perf_counter() - started, per_query)
+                          time.perf_counter() - started, per_query, searcher.turned_photos)

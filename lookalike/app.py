@@ -214,6 +214,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             cutout_queries=settings.search.cutout_queries,
             window_queries=settings.search.window_queries,
             rerank=settings.search.geometric_rerank,
+            turned_queries=settings.search.turned_queries,
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None

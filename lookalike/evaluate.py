@@ -48,7 +48,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                                             max_pixels=settings.images.max_pixels,
                                             k=settings.search.compare_k,
                                             threshold=settings.search.compare_threshold,
-                                            fetcher=build_fetcher(images))
+                                            fetcher=build_fetcher(images),
+                                            turned_queries=settings.search.turned_queries)
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=args.match,
@@ -83,6 +84,9 @@ def print_same_item(report: SameItemReport) -> None:
     print(f"gallery {report.n_gallery} listings ({report.n_gallery_images} images), "
           f"queries {out['n_queries']}; compare_prices per query p50 {out['query_ms_p50']} ms, "
           f"p95 {out['query_ms_p95']} ms")
+    if out["turned_queries"]:
+        print(f"{out['turned_queries']} query photos looked turned and were searched upright "
+              f"(search.turned_queries)")
     print(f"precision {out['precision']:.3f}  recall {out['recall']:.3f}  "
           f"false_match_rate {out['false_match_rate']:.3f}  "
           f"all_found_rate {out['all_found_rate']:.3f}  "

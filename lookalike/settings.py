@@ -176,6 +176,13 @@ class SearchSettings(_Group):
         "its sides): ten more embeddings per such photo, ~150 ms on 2 CPU cores "
         "(docs/matching.md, \"Window queries\")",
     )
+    turned_queries: bool = Field(
+        default=True,
+        description="Price comparison also embeds the photo at its three quarter turns and, "
+        "when one is clearly nearer the catalog (a phone photo saved sideways), searches and "
+        "verifies it turned upright: three more embeddings and one small search per query "
+        "(docs/matching.md, \"Turned photos\")",
+    )
     geometric_rerank: bool = Field(
         default=True,
         description="An image search checks the geometry (SIFT keypoints, RANSAC) of "

@@ -113,6 +113,14 @@ RERANK_WEIGHT = 0.2
 """Among products whose geometry agrees, each ranks by its similarity plus this much times
 ``log(1 + inliers) / log(101)``: the print of a pack's flavour, which its look-alikes share
 the layout of, decides where the colour (already in the similarity) does not."""
+TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+"""The quarter turns a query photo is tried at (:meth:`ProductSearch._upright`)."""
+TURN_MARGIN = 0.05
+"""How much closer a turned query photo's nearest listing must be than the photo's own for
+the photo to count as saved sideways or upside down. Upright photos edited with a collage,
+a mirror and vivid colours came within 0.048; turned ones cleared it by 0.048-0.25 on
+same-item-blind and 0.058-0.25 on same-item-packs-turned (docs/matching.md, "Turned
+photos")."""
 CORROBORATE_MAX = 8
 """Refused candidates (those sharing the most keypoints with the query first) compared with
 the listing that matched the query best (:func:`_corroborate`): each comparison is one
@@ -226,6 +234,7 @@ class ProductSearch:
         window_queries: bool = True,
         rerank: bool = True,
         rerank_budget_s: float | None = RERANK_BUDGET_S,
+        turned_queries: bool = True,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`
         (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
@@ -237,7 +246,9 @@ class ProductSearch:
         image search checks the geometry of its first products (:meth:`rerank`; needs
         ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
-        the machine's speed)."""
+        the machine's speed); ``turned_queries``: price comparison also tries the photo at
+        its quarter turns and, when one is clearly nearer the catalog, verifies it turned
+        upright (:meth:`_upright`)."""
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -260,6 +271,7 @@ class ProductSearch:
         )
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
+        self._turned_queries = turned_queries
         self._cutout_queries = cutout_queries
         self._window_queries = window_queries
         self._rerank = rerank and verifier is not None
@@ -272,6 +284,8 @@ class ProductSearch:
         self._checked_at = clock()
         self.short_page_recoveries = 0
         """Searches whose short page was completed by exact scoring (for tests and benches)."""
+        self.turned_photos = 0
+        """Price comparisons whose photo was taken as turned (:meth:`_upright`)."""
         self.check_model()
 
     @property
@@ -444,9 +458,10 @@ class ProductSearch:
         says ``via``). A photo re-shot on a backdrop (one with a segmented product) also
         searches with its product on white and, a flat face seen at an angle, with that face
         square-on (:func:`search.verify.cutouts_of`); a candidate's similarity is the best of
-        them. Prices are not
-        converted between currencies: pass ``filter=SearchFilter(currency=...)`` to compare
-        like with like.
+        them. A photo saved sideways or upside down (one of its quarter turns clearly nearer
+        the catalog: :meth:`_upright`) also searches turned upright, and is cut out and
+        verified both upright and as it is. Prices are not converted between currencies: pass
+        ``filter=SearchFilter(currency=...)`` to compare like with like.
         """
         if (image is None) == (product_id is None):
             raise ValueError("give exactly one of image or product_id")
@@ -465,15 +480,27 @@ class ProductSearch:
             best = self._search(vectors, k * COMPARE_DEPTH, filter, exclude=(product_id,))
         else:
             assert image is not None
-            pictures = [self._load(image, self._max_pixels)]
+            shown = self._load(image, self._max_pixels)
             picture = self._load_to_verify(image, self._max_pixels)
-            queries = [photo_features(picture, keep_grey=True)]
+            searched: list[list[float]] = []
+            to_verify = [picture]
+            if self._turned_queries:
+                turn, searched = self._upright(shown, filter)
+                if turn is None:
+                    searched = searched[:1]
+                else:  # saved sideways (or so it seems): the photo upright, and as it is
+                    searched = [searched[1 + TURNS.index(turn)], searched[0]]
+                    to_verify.insert(0, picture.transpose(turn))
+            queries = [photo_features(p, keep_grey=True) for p in to_verify]
             # A photo re-shot on a backdrop: its product on white (and a flat face seen at an
             # angle, turned square-on) finds the catalog photo.
-            pictures += [self._load(cut, self._max_pixels)
-                         for cut in cutouts_of(picture, queries[0].product)]
-            best = self._search(self._embed_pictures(pictures), k * COMPARE_DEPTH, filter,
-                                exclude=())
+            pictures = [self._load(cut, self._max_pixels)
+                        for p, q in zip(to_verify, queries, strict=True)
+                        for cut in cutouts_of(p, q.product)]
+            if not searched:
+                pictures.insert(0, shown)
+            searched += self._embed_pictures(pictures) if pictures else []
+            best = self._search(searched, k * COMPARE_DEPTH, filter, exclude=())
         candidates = [(row, score) for row, score in best if score >= threshold]
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
         candidates.sort(key=lambda rs: -rs[1])
@@ -499,6 +526,28 @@ class ProductSearch:
         return matches
 
     # -- internals ---------------------------------------------------------------------
+
+    def _upright(self, picture: Image.Image, search_filter: SearchFilter | None
+                 ) -> tuple[Image.Transpose | None, list[list[float]]]:
+        """(the quarter turn that sets ``picture`` upright or None, the vectors of the photo
+        and of its ``TURNS``). A photo saved sideways (a phone's orientation tag lost, a shop
+        turning a tall product to fill a wide frame) is far from its listings by vector, which
+        were embedded upright; turned back, it is near them. The turn whose nearest listing
+        (under ``search_filter``) is nearest counts when it beats the photo as it is by
+        ``TURN_MARGIN``: three more embeddings and one search of one row per vector."""
+        vectors = self._embed_pictures([picture, *(picture.transpose(t) for t in TURNS)])
+        narrows = search_filter is not None and search_filter.narrows
+        results = self._checked(partial(
+            self._store.search, self._spec.name, vectors, limit=1,
+            where=self._where(search_filter, ()), fields=("product_id",),
+            params=search_params(self._spec, self.engine, 1, filtered=narrows),
+            consistency=self._consistency))
+        nearest = [float(rows[0]["distance"]) if rows else -1.0 for rows in results]
+        best = max(range(len(TURNS)), key=lambda n: nearest[1 + n])
+        if nearest[1 + best] >= nearest[0] + TURN_MARGIN:
+            self.turned_photos += 1
+            return TURNS[best], vectors
+        return None, vectors
 
     def _hits(self, vectors: list[list[float]], k: int, search_filter: SearchFilter | None,
               match: Match, exclude: Sequence[str],

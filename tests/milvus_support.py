@@ -147,6 +147,12 @@ def rotate(similarity: float, base: int = 0, towards: int = 1, dim: int = DIM) -
     return v
 
 
+AWAY = [-1.0] + [0.0] * (DIM - 1)
+"""Opposite to the query direction ``unit(0)``: far from every test catalog's vectors (the
+fake embedder's ``unknown`` for a query photo's quarter turns, which price comparison embeds
+to tell whether the photo was saved sideways)."""
+
+
 def random_unit(rng: np.random.Generator, dim: int = DIM) -> list[float]:
     v = rng.standard_normal(dim).astype(np.float32)
     return [float(x) for x in v / np.linalg.norm(v)]
@@ -184,13 +190,16 @@ def record(
 
 
 class FakeEmbedder:
-    """Maps a solid-colour picture to the vector registered for its colour."""
+    """Maps a picture to the vector registered for the colour of its top-left pixel (a
+    solid-colour picture to its colour's); others to ``unknown`` when set."""
 
     dim = DIM
 
     def __init__(self, model_version: str = MODEL) -> None:
         self.model_version = model_version
         self.table: dict[tuple[int, int, int], list[float]] = {}
+        self.unknown: list[float] | None = None
+        """The vector of a picture whose corner is not in ``table`` (None: a KeyError)."""
 
     def picture(self, color: tuple[int, int, int], vector: Sequence[float]) -> Image.Image:
         self.table[color] = list(vector)
@@ -201,6 +210,8 @@ class FakeEmbedder:
         for image in images:
             pixel = image.convert("RGB").getpixel((0, 0))
             assert isinstance(pixel, tuple)
-            v = np.asarray(self.table[(int(pixel[0]), int(pixel[1]), int(pixel[2]))], np.float32)
+            corner = (int(pixel[0]), int(pixel[1]), int(pixel[2]))
+            v = np.asarray(self.unknown if corner not in self.table and self.unknown is not None
+                           else self.table[corner], np.float32)
             out.append(v / np.linalg.norm(v))
         return np.stack(out).astype(np.float32)

@@ -97,12 +97,14 @@ def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> 
     out = _evaluate(tmp_path, k=1)
     assert COMPARE_DEPTH == 3
     assert (out["returned"], out["precision"], out["recall"]) == (3, 1.0, 0.75)
+    assert out["turned_queries"] == 0  # its photos are upright
 
 
 def test_cli_eval_same_item_uses_the_configured_comparison(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``lookalike eval --task same-item`` measures what the configured ``compare_prices``
-    does: ``search.compare_k`` and ``search.compare_threshold`` reach it."""
+    does: ``search.compare_k``, ``search.compare_threshold`` and ``search.turned_queries``
+    reach it."""
     gallery_path, queries_path = _write(tmp_path)
     seen: dict[str, object] = {}
 
@@ -116,8 +118,9 @@ def test_cli_eval_same_item_uses_the_configured_comparison(
     monkeypatch.setattr(lookalike.evaluate, "evaluate_same_item", capture)
     monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_K", "7")
     monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_THRESHOLD", "0.6")
+    monkeypatch.setenv("LOOKALIKE_SEARCH__TURNED_QUERIES", "false")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Seen):
         main(["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
               str(queries_path), "--no-cache"])
-    assert (seen["k"], seen["threshold"]) == (7, 0.6)
+    assert (seen["k"], seen["threshold"], seen["turned_queries"]) == (7, 0.6, False)

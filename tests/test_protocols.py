@@ -270,3 +270,23 @@ def test_packs_vivid_queries_are_the_makers_photos_made_vivid(tmp_path: Path) ->
         assert photo.width == int(maker.width * 0.8)
         saturation = np.asarray(photo.convert("HSV"))[..., 1].mean()
         assert saturation > np.asarray(maker.convert("HSV"))[..., 1].mean()
+
+
+def test_packs_turned_queries_are_the_in_store_photos_saved_sideways(tmp_path: Path) -> None:
+    reshoot = load_bench_module("protocols_reshoot")
+    reshoot.write_packs(tmp_path / "packs", n_brands=2, n_queries=6)
+    gallery_path, queries_path = reshoot.write_pack_turned(tmp_path / "packs",
+                                                           tmp_path / "turned")
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    assert len(gallery) == len(read_jsonl(tmp_path / "packs" / "gallery.jsonl"))
+    originals = read_jsonl(tmp_path / "packs" / "queries.jsonl")[1::2]  # the other half
+    assert [q["relevant"] for q in queries] == [q["relevant"] for q in originals]
+    for query, original in zip(queries, originals, strict=True):
+        turn = query["edit"].removeprefix("reshoot turned ").removesuffix(" deg")
+        assert turn in ("90", "270")
+        photo = Image.open(tmp_path / "turned" / query["image"]).convert("RGB")
+        shot = Image.open(tmp_path / "packs" / original["image"]).convert("RGB")
+        assert photo.size == (shot.height, shot.width)  # sideways
+        back = photo.transpose(Image.Transpose.ROTATE_90 if turn == "270"
+                               else Image.Transpose.ROTATE_270)
+        assert np.abs(np.asarray(back, np.float32) - np.asarray(shot, np.float32)).mean() < 4

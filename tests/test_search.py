@@ -38,6 +38,7 @@ from tests.fakes import (
     textured_photo,
 )
 from tests.milvus_support import (
+    AWAY,
     DIM,
     FakeEmbedder,
     Milvus,
@@ -82,6 +83,7 @@ def catalog(milvus: Milvus) -> Iterator[Catalog]:
     records.append(record("old-model", "k0", unit(0), model_version="old-v0"))
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
+    embedder.unknown = AWAY  # a query photo turned a quarter (compare_prices tries them)
     # listings here have no real photos: verification by similarity alone (tests/test_verify.py
     # covers the real one), so these tests see retrieval, filters and order
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
@@ -390,6 +392,7 @@ def _item_below_five(milvus: Milvus, prefix: str, item: Image.Image,
     records.append(record("item", "item", rotate(0.6)))
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=records))
     embedder = FakeEmbedder()
+    embedder.unknown = AWAY  # its quarter turns
     query = heavy_edit(item, watermark=False)
     _read_as(embedder, [query], unit(0))
     return s, photos, embedder, query
@@ -566,6 +569,7 @@ def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
         record(name, name, rotate(similarity[name]), price=price[name], seller_id=f"shop-{n}")
         for n, name in enumerate(photos)]))
     embedder = FakeEmbedder()
+    embedder.unknown = AWAY  # its quarter turns
     query = reshot_on_backdrop(item, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
     _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
     verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
@@ -584,6 +588,67 @@ def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
         monkeypatch.setattr(search_api, "CORROBORATE_MAX", 0)
         assert [m.product_id for m in search.compare_prices(image=query, k=4,
                                                             threshold=0.3)] == ["item"]
+    finally:
+        milvus.drop(s)
+
+
+MARKS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
+"""Corner marks (top left, top right, bottom right, bottom left) of :func:`_corner_marked`."""
+
+
+def _corner_marked(photo: Image.Image) -> Image.Image:
+    """``photo`` with a mark of its own colour in each corner (the fake embedder reads the
+    top-left one: a turned photo reads as another)."""
+    out = photo.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    for (x, y), colour in zip(((0, 0), (w - 8, 0), (w - 8, h - 8), (0, h - 8)), MARKS,
+                              strict=True):
+        draw.rectangle((x, y, x + 7, y + 7), fill=colour)
+    return out
+
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                  Image.Transpose.ROTATE_270], ids=["90", "180", "270"])
+def test_compare_prices_turns_a_photo_saved_sideways_upright(
+        milvus: Milvus, turn: Image.Transpose) -> None:
+    """A shopper's photo saved sideways or upside down (its orientation tag lost) is far
+    from its listing by vector: the fake embedder reads another corner mark. Price
+    comparison also embeds the photo's quarter turns, takes the one clearly nearest the
+    catalog as upright, and lists the item, verified by geometry on the photo turned upright.
+    An upright photo is not turned; with ``turned_queries`` off
+    (``LOOKALIKE_SEARCH__TURNED_QUERIES=false``) the turned photo finds nothing."""
+    item = _corner_marked(ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255)))
+    photos = {"item": item,
+              "other": ImageOps.expand(textured_photo(2), border=24, fill=(255, 255, 255))}
+    s = milvus.new_spec(prefix="turned")
+    ensure_collections(milvus.store, s)
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
+        record("item", "item", unit(0), price=20.0),
+        record("other", "other", rotate(0.3, towards=2), price=5.0)]))
+    embedder = FakeEmbedder()
+    embedder.unknown = AWAY
+    embedder.table[MARKS[0]] = unit(0)  # upright: the item's direction
+    for mark in MARKS[1:]:  # turned: far from both listings
+        embedder.table[mark] = rotate(0.2, towards=3)
+    verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    query = item.transpose(turn)
+    try:
+        matches = search.compare_prices(image=query, threshold=0.5)
+        assert [m.product_id for m in matches] == ["item"]
+        assert matches[0].similarity == pytest.approx(1.0, abs=1e-4)
+        assert matches[0].inliers >= SameItemRule().min_inliers
+        assert search.turned_photos == 1
+        assert [m.product_id for m in search.compare_prices(image=item)] == ["item"]
+        assert search.turned_photos == 1  # upright stays upright
+        upright_only = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                                     max_pixels=milvus_support.MAX_PIXELS, verifier=verifier,
+                                     turned_queries=False)
+        assert upright_only.compare_prices(image=query, threshold=0.5) == []
+        assert upright_only.turned_photos == 0
     finally:
         milvus.drop(s)
 
