@@ -262,13 +262,19 @@ def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int
     return write_protocol(out_dir, gallery, queries)
 
 
-def write_pack_copies(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    """The same-item-packs-copies protocol (see module doc) from a written same-item-packs."""
+def _packs_gallery(packs_dir: Path, out_dir: Path) -> list[Row]:
+    """A written same-item-packs' gallery, its image paths relative to ``out_dir``."""
     if not (packs_dir / "queries.jsonl").exists():
         raise SystemExit(f"write same-item-packs first: {packs_dir / 'queries.jsonl'} not found")
     gallery: list[Row] = [json.loads(line) for line in (packs_dir / "gallery.jsonl").open()]
     for row in gallery:
         row["images"] = [_relative(packs_dir / image, out_dir) for image in row["images"]]
+    return gallery
+
+
+def write_pack_copies(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """The same-item-packs-copies protocol (see module doc) from a written same-item-packs."""
+    gallery = _packs_gallery(packs_dir, out_dir)
     queries: list[Row] = []
     for line in (packs_dir / "queries.jsonl").open():
         query = json.loads(line)
@@ -285,11 +291,7 @@ def write_pack_copies(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 
 def write_pack_vivid(packs_dir: Path, out_dir: Path, seed: int = 123) -> tuple[Path, Path]:
     """The same-item-packs-vivid protocol (see module doc) from a written same-item-packs."""
-    if not (packs_dir / "queries.jsonl").exists():
-        raise SystemExit(f"write same-item-packs first: {packs_dir / 'queries.jsonl'} not found")
-    gallery: list[Row] = [json.loads(line) for line in (packs_dir / "gallery.jsonl").open()]
-    for row in gallery:
-        row["images"] = [_relative(packs_dir / image, out_dir) for image in row["images"]]
+    gallery = _packs_gallery(packs_dir, out_dir)
     rng = np.random.default_rng(seed)
     queries: list[Row] = []
     for n, line in enumerate((packs_dir / "queries.jsonl").open()):
@@ -313,11 +315,7 @@ def write_pack_vivid(packs_dir: Path, out_dir: Path, seed: int = 123) -> tuple[P
 
 def write_pack_turned(packs_dir: Path, out_dir: Path, seed: int = 321) -> tuple[Path, Path]:
     """The same-item-packs-turned protocol (see module doc) from a written same-item-packs."""
-    if not (packs_dir / "queries.jsonl").exists():
-        raise SystemExit(f"write same-item-packs first: {packs_dir / 'queries.jsonl'} not found")
-    gallery: list[Row] = [json.loads(line) for line in (packs_dir / "gallery.jsonl").open()]
-    for row in gallery:
-        row["images"] = [_relative(packs_dir / image, out_dir) for image in row["images"]]
+    gallery = _packs_gallery(packs_dir, out_dir)
     rng = np.random.default_rng(seed)
     turns = {"90": Image.Transpose.ROTATE_90, "270": Image.Transpose.ROTATE_270}
     queries: list[Row] = []

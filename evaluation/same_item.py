@@ -75,7 +75,7 @@ class SameItemReport:
     per_query_ms: list[float] = field(default_factory=list)
     """Wall time of each query's compare_prices call (embed + search + verification)."""
     turned_queries: int = 0
-    """Query photos taken as saved sideways or upside down and searched turned upright."""
+    """Query photos taken as saved sideways or upside down, and so also searched upright."""
 
     def to_json(self) -> dict[str, Any]:
         times = sorted(self.per_query_ms)
@@ -127,8 +127,8 @@ def evaluate_same_item(
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.
     ``k`` and ``threshold`` are ``compare_prices``', ``turned_queries`` the searcher's
-    (``lookalike eval`` passes the configured ``search.compare_k``, ``search.compare_threshold`` and
-    ``search.turned_queries``)."""
+    (``lookalike eval`` passes the configured ``search.compare_k``,
+    ``search.compare_threshold`` and ``search.turned_queries``)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)

@@ -85,8 +85,8 @@ def print_same_item(report: SameItemReport) -> None:
           f"queries {out['n_queries']}; compare_prices per query p50 {out['query_ms_p50']} ms, "
           f"p95 {out['query_ms_p95']} ms")
     if out["turned_queries"]:
-        print(f"{out['turned_queries']} query photos looked turned and were searched upright "
-              f"(search.turned_queries)")
+        print(f"{out['turned_queries']} query photos looked turned and were also searched "
+              f"upright (search.turned_queries)")
     print(f"precision {out['precision']:.3f}  recall {out['recall']:.3f}  "
           f"false_match_rate {out['false_match_rate']:.3f}  "
           f"all_found_rate {out['all_found_rate']:.3f}  "
