@@ -537,12 +537,7 @@ class ProductSearch:
         (under ``search_filter``) is nearest counts when it beats the photo as it is by
         ``TURN_MARGIN``: three more embeddings and one search of one row per vector."""
         vectors = self._embed_pictures([picture, *(picture.transpose(t) for t in TURNS)])
-        narrows = search_filter is not None and search_filter.narrows
-        results = self._checked(partial(
-            self._store.search, self._spec.name, vectors, limit=1,
-            where=self._where(search_filter, ()), fields=("product_id",),
-            params=search_params(self._spec, self.engine, 1, filtered=narrows),
-            consistency=self._consistency))
+        results = self._rows(vectors, 1, search_filter, (), ("product_id",))
         nearest = [float(rows[0]["distance"]) if rows else -1.0 for rows in results]
         best = max(range(len(TURNS)), key=lambda n: nearest[1 + n])
         if nearest[1 + best] >= nearest[0] + TURN_MARGIN:
@@ -651,18 +646,24 @@ class ProductSearch:
     ) -> bool:
         """One search for the rows of ``search_filter`` but ``leave_out``; keep each
         product's best row (but ``exclude``'s) in ``best``. True when a page was full."""
-        narrows = search_filter is not None and search_filter.narrows
-        results = self._checked(partial(
-            self._store.search, self._spec.name, vectors, limit=limit,
-            where=self._where(search_filter, leave_out), fields=_HIT_FIELDS,
-            params=search_params(self._spec, self.engine, limit, filtered=narrows),
-            consistency=self._consistency))
+        results = self._rows(vectors, limit, search_filter, leave_out, _HIT_FIELDS)
         full = False
         for rows in results:
             full = full or len(rows) >= limit
             for hit in rows:
                 _keep_best(best, dict(hit["entity"]), float(hit["distance"]), exclude)
         return full
+
+    def _rows(self, vectors: list[list[float]], limit: int, search_filter: SearchFilter | None,
+              leave_out: Sequence[str], fields: Sequence[str]) -> Any:
+        """Milvus' ``limit`` nearest rows with ``fields`` for each of ``vectors``, under
+        ``search_filter`` but ``leave_out`` (a checked read, :meth:`_checked`)."""
+        narrows = search_filter is not None and search_filter.narrows
+        return self._checked(partial(
+            self._store.search, self._spec.name, vectors, limit=limit,
+            where=self._where(search_filter, leave_out), fields=fields,
+            params=search_params(self._spec, self.engine, limit, filtered=narrows),
+            consistency=self._consistency))
 
     def _recover_short_page(
         self, vectors: list[list[float]], k: int, search_filter: SearchFilter | None,

@@ -230,11 +230,11 @@ class Alignment:
     """Whether the photos were compared over their segmented product masks
     (:func:`product_mask`) instead of the colour-based foreground."""
     print_agreement: float | None = None
+    """With ``segmented``: the ``PRINT_PERCENTILE``-th percentile of the grey-level
+    correlations of the textured cells (:func:`_print_agreement`); None without such cells."""
     hue: HueAgreement | None = None
     """The hues over the whole compared region (:func:`_hue_agreement`; None without enough
     chromatic pixels to say)."""
-    """With ``segmented``: the ``PRINT_PERCENTILE``-th percentile of the grey-level
-    correlations of the textured cells (:func:`_print_agreement`); None without such cells."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -780,12 +780,11 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         near = np.zeros(region.shape, np.uint8)
         for x, y in inliers / 2:
             cv2.circle(near, (round(float(x)), round(float(y))), NEAR_INLIER_PX, 1, -1)
-        local = region & (near > 0)
-        share = float(local.sum()) / float(region.sum())
+        local = (near > 0)[region]  # of the compared pixels, those near an inlier
+        share = float(local.mean())
         if int(local.sum()) >= MIN_OVERLAP_PX:
-            local_corr = _correlation(grey_a[local].astype(np.float64),
-                                      grey_b[local].astype(np.float64))
-            local_shifts = _colour_shifts(soft_a[local], soft_b[local])
+            local_corr = _correlation(region_a[local], region_b[local])
+            local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      hue=_hue_agreement(chroma_a, chroma_b),
                      light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
@@ -1215,12 +1214,8 @@ class SameItemVerifier:
             coarse = coarse_homography(query, other)
             found = align(query, other, coarse) if coarse is not None else None
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
-        same, why = self.rule.decide(similarity, inliers, colour, alignment, overlay)
-        second = (self._refined(query, other, homography, points, alignment,
-                                (similarity, inliers, colour), print_check, overlay)
-                  if not same and homography is not None and alignment is not None else None)
-        if second is not None:
-            (alignment, why), same = second, True
+        same, why, alignment = self._judged(query, other, homography, points, alignment,
+                                            (similarity, inliers, colour), print_check, overlay)
         # A mirrored re-listing: SIFT finds too few matches, or symmetric parts of the
         # product match in a mapping whose alignment disagrees. Its colours are decided once
         # aligned, so not asked here.
@@ -1231,20 +1226,31 @@ class SameItemVerifier:
             if match[0] >= self.rule.min_inliers:
                 m_inliers, m_homography, m_points = _unmirror(match, query.small.shape[1])
                 assert m_homography is not None
-                m_alignment = align(query, other, m_homography, m_points, print_check)
-                m_same, m_why = self.rule.decide(similarity, m_inliers, colour, m_alignment,
-                                                 overlay)
-                m_second = (self._refined(query, other, m_homography, m_points, m_alignment,
-                                          (similarity, m_inliers, colour), print_check, overlay)
-                            if not m_same and m_alignment is not None else None)
-                if m_second is not None:
-                    (m_alignment, m_why), m_same = m_second, True
+                m_same, m_why, m_alignment = self._judged(
+                    query, other, m_homography, m_points,
+                    align(query, other, m_homography, m_points, print_check),
+                    (similarity, m_inliers, colour), print_check, overlay)
                 if m_same:
                     inliers, alignment = m_inliers, m_alignment
                     same, why = True, f"{m_why}; the photo mirrored"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
                         mirror_tried=flipped is not None)
+
+    def _judged(self, query: PhotoFeatures, other: PhotoFeatures,
+                homography: NDArray[np.float64] | None, points: NDArray[np.float32],
+                alignment: Alignment | None, pair: tuple[float, int, float], print_check: bool,
+                overlay: Overlay) -> tuple[bool, str, Alignment | None]:
+        """(same item?, why, the alignment decided on) for a pair as ``homography`` aligned
+        it: the rule's decision, and for a pair it refuses with a keypoint mapping the second
+        look of :meth:`_refined`. ``pair``: (similarity, inliers, colour agreement)."""
+        similarity, inliers, colour = pair
+        same, why = self.rule.decide(similarity, inliers, colour, alignment, overlay)
+        if same or homography is None or alignment is None:
+            return same, why, alignment
+        second = self._refined(query, other, homography, points, alignment, pair, print_check,
+                               overlay)
+        return (same, why, alignment) if second is None else (True, second[1], second[0])
 
     def _refined(self, query: PhotoFeatures, other: PhotoFeatures,
                  homography: NDArray[np.float64], points: NDArray[np.float32],
