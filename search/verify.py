@@ -73,6 +73,9 @@ where the default found too few to match; a busy photo keeps its ``MAX_FEATURES`
 as before (docs/matching.md, "Square-on fronts and fainter keypoints")."""
 RATIO = 0.75
 """Lowe's ratio test: a match counts when its best distance is < RATIO x the second best."""
+VOTE_FEATURES = 100
+"""Query keypoints (evenly spread through its list) whose descriptors vote for a listing
+photo in :meth:`SameItemVerifier.keypoint_votes`."""
 RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
@@ -1317,6 +1320,31 @@ class SameItemVerifier:
                                     overlay=overlay))
             coarse += out[-1].coarse_tried
             mirrors += out[-1].mirror_tried
+        return out
+
+    def keypoint_votes(self, query: PhotoFeatures, image_refs: Sequence[str]) -> list[int]:
+        """For each listing photo, how many of ``VOTE_FEATURES`` of the query's keypoints find
+        a clear nearest descriptor in it (Lowe's ratio, one way, no geometry): a first cut
+        ~10x cheaper than :meth:`keypoint_matches` (~0.7 ms a pair with its features cached).
+        Among 140 look-alikes of one pack layout, the item's own photo was within the ten
+        with the most votes for every query of same-item-packs tried (docs/matching.md,
+        "Deeper, by votes"). 0 where the photo cannot be loaded."""
+        if query.descriptors is None or not len(query.descriptors):
+            return [0] * len(image_refs)
+        step = max(1, len(query.descriptors) // VOTE_FEATURES)
+        voters = query.descriptors[::step][:VOTE_FEATURES]
+        out: list[int] = []
+        for image_ref in image_refs:
+            try:
+                other = self.gallery_features(image_ref)
+            except Exception:  # refused with its reason if it is ever verified
+                out.append(0)
+                continue
+            if other.descriptors is None or len(other.descriptors) < 2:
+                out.append(0)
+                continue
+            out.append(sum(1 for p in _matcher().knnMatch(voters, other.descriptors, k=2)
+                           if len(p) == 2 and p[0].distance < RATIO * p[1].distance))
         return out
 
     def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]

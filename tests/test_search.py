@@ -540,9 +540,46 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
             assert [m.product_id for m in matches] == ["item"]
             assert matches[0].inliers >= SameItemRule().min_inliers
             monkeypatch.setattr(search_api, "COMPARE_DEPTH", 1)
+            monkeypatch.setattr(search_api, "FAMILY_DEPTH", 1)
             assert search.compare_prices(image=query, k=3, threshold=0.3) == []
         else:
             assert looked == [3] and matches == [] and checked == [False]
+    finally:
+        milvus.drop(s)
+
+
+def test_compare_prices_follows_a_family_down_by_keypoint_votes(
+        milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A family of look-alikes fills the whole first page of candidates (``COMPARE_DEPTH`` 1,
+    k = 2): price comparison searches down to ``FAMILY_DEPTH * k`` products, gives the four
+    below the first k a keypoint vote each, matches only the ``DEEP_MATCHED * k`` with the
+    most votes geometrically, and finds the item among them. Without the deeper search
+    (``FAMILY_DEPTH`` 1) it is not found."""
+    style = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    others = [_hue_turned(style, d) for d in (60, 120, 180, 240, 300)]
+    s, photos, embedder, query = _item_below_five(milvus, "votes", style, others)
+    verifier = SameItemVerifier(photos.__getitem__)
+    voted: list[dict[str, int]] = []
+    votes = verifier.keypoint_votes
+    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs: (
+        voted.append(dict(zip(refs, found := votes(q, refs), strict=True))) or found))
+    looked: list[list[str]] = []
+    deeper = verifier.keypoint_matches
+    monkeypatch.setattr(verifier, "keypoint_matches",
+                        lambda q, refs: looked.append(list(refs)) or deeper(q, refs))
+    monkeypatch.setattr(search_api, "COMPARE_DEPTH", 1)
+    monkeypatch.setattr(search_api, "DEEP_MATCHED", 1)
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    item_ref = "https://img.example/item.jpg"
+    try:
+        matches = search.compare_prices(image=query, k=2, threshold=0.3)
+        assert [m.product_id for m in matches] == ["item"]
+        assert len(voted) == 1 and len(voted[0]) == 4  # other-2 .. other-4 and the item
+        assert voted[0][item_ref] == max(voted[0].values()) > 0
+        assert len(looked) == 2 and len(looked[1]) == 2 and item_ref in looked[1]
+        monkeypatch.setattr(search_api, "FAMILY_DEPTH", 1)
+        assert search.compare_prices(image=query, k=2, threshold=0.3) == []
     finally:
         milvus.drop(s)
 
