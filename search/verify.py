@@ -1326,9 +1326,9 @@ class SameItemVerifier:
         """For each listing photo, how many of ``VOTE_FEATURES`` of the query's keypoints find
         a clear nearest descriptor in it (Lowe's ratio, one way, no geometry): a first cut
         ~10x cheaper than :meth:`keypoint_matches` (~0.7 ms a pair with its features cached).
-        Among 140 look-alikes of one pack layout, the item's own photo was within the ten
-        with the most votes for every query of same-item-packs tried (docs/matching.md,
-        "Deeper, by votes"). 0 where the photo cannot be loaded."""
+        On same-item-packs (60 queries tried), each of the item's listings ranked 60-200 by
+        vector (16) was within the ten of those 140 candidates with the most votes
+        (docs/matching.md, "Deeper, by votes"). 0 where the photo cannot be loaded."""
         if query.descriptors is None or not len(query.descriptors):
             return [0] * len(image_refs)
         step = max(1, len(query.descriptors) // VOTE_FEATURES)
