@@ -510,9 +510,8 @@ class ProductSearch:
                 pictures.insert(0, shown)
             searched += self._embed_pictures(pictures) if pictures else []
         best = self._search(searched, k * COMPARE_DEPTH, filter, exclude=exclude)
-        candidates = [(row, score) for row, score in best if score >= threshold]
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
-        candidates.sort(key=lambda rs: -rs[1])
+        candidates = _most_similar_first(best, threshold)
         first, rest = candidates[:k], candidates[k:]
         refs = [(str(row["image_ref"]), score) for row, score in first]
         matched = [verifier.keypoint_matches(q, [ref for ref, _ in refs]) for q in queries]
@@ -529,8 +528,7 @@ class ProductSearch:
                     for n, (row, _) in enumerate(first)]
         if family and len(best) >= k * COMPARE_DEPTH:  # it may go on below: look further
             deeper = self._search(searched, k * FAMILY_DEPTH, filter, exclude=exclude)
-            rest = sorted(((row, score) for row, score in deeper if score >= threshold),
-                          key=lambda rs: -rs[1])[k:]
+            rest = _most_similar_first(deeper, threshold)[k:]
         if rest and family:
             verified += _look_deeper(verifier, queries, rest, k)
         verified = _corroborate(verifier, verified)
@@ -767,12 +765,12 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     geometrically. On same-item-packs the relevant listings among the candidates rose from
     41 % to 62 % (60 candidates), then to 93 % (200, by votes); elsewhere it runs for a few
     queries (docs/matching.md, "Deeper round" and "Deeper, by votes")."""
-    if len(rest) > DEEP_MATCHED * k:  # a cheap first cut: the most keypoint votes
-        votes = [verifier.keypoint_votes(q, [str(row["image_ref"]) for row, _ in rest])
-                 for q in queries]
-        most = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
-        rest = [rest[n] for n in sorted(most[:DEEP_MATCHED * k])]
     refs = [str(row["image_ref"]) for row, _ in rest]
+    if len(rest) > DEEP_MATCHED * k:  # a cheap first cut: the most keypoint votes
+        votes = [verifier.keypoint_votes(q, refs) for q in queries]
+        most = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
+        kept = sorted(most[:DEEP_MATCHED * k])
+        rest, refs = [rest[n] for n in kept], [refs[n] for n in kept]
     matched = [verifier.keypoint_matches(q, refs) for q in queries]
     best = sorted(range(len(rest)), key=lambda n: (-_most_inliers(matched, n), n))[:k]
     chosen = sorted(n for n in best if _most_inliers(matched, n) >= verifier.rule.min_inliers)
@@ -782,6 +780,12 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
                  for q, m in zip(queries, matched, strict=True)]
     return [(rest[n][0], _strongest(found[i] for found in per_query))
             for i, n in enumerate(chosen)]
+
+
+def _most_similar_first(found: Sequence[tuple[dict[str, Any], float]], threshold: float
+                        ) -> list[tuple[dict[str, Any], float]]:
+    """The (row, score) pairs of ``found`` scoring ``threshold`` or more, best first (stable)."""
+    return sorted((rs for rs in found if rs[1] >= threshold), key=lambda rs: -rs[1])
 
 
 def _most_inliers(matched: Sequence[Sequence[KeypointMatch | None]], n: int) -> int:

@@ -728,12 +728,14 @@ def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tupl
     """Index pairs that pass Lowe's ratio test both ways and are each other's best match. One way
     only, the repeated patches of a watermark or a text all match the same few keypoints of
     the other photo, and RANSAC then fits a degenerate mapping to them."""
-    def one_way(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
-        return {p[0].queryIdx: p[0].trainIdx for p in _matcher().knnMatch(x, y, k=2)
-                if len(p) == 2 and p[0].distance < RATIO * p[1].distance}
-
-    forward, backward = one_way(a, b), one_way(b, a)
+    forward, backward = _ratio_matches(a, b), _ratio_matches(b, a)
     return [(i, j) for i, j in forward.items() if backward.get(j) == i]
+
+
+def _ratio_matches(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
+    """Each descriptor of ``x`` whose nearest in ``y`` passes Lowe's ratio test -> that one."""
+    return {p[0].queryIdx: p[0].trainIdx for p in _matcher().knnMatch(x, y, k=2)
+            if len(p) == 2 and p[0].distance < RATIO * p[1].distance}
 
 
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
@@ -1343,8 +1345,7 @@ class SameItemVerifier:
             if other.descriptors is None or len(other.descriptors) < 2:
                 out.append(0)
                 continue
-            out.append(sum(1 for p in _matcher().knnMatch(voters, other.descriptors, k=2)
-                           if len(p) == 2 and p[0].distance < RATIO * p[1].distance))
+            out.append(len(_ratio_matches(voters, other.descriptors)))
         return out
 
     def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]
