@@ -6,9 +6,12 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lookalike.settings import Settings
+
+if TYPE_CHECKING:
+    from training.trainer import TrainOptions
 
 log = logging.getLogger("lookalike")
 
@@ -41,6 +44,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--val-split", choices=["product", "group"], default="product",
                    help="hold out products (default) or whole groups (does it carry to new "
                    "styles?)")
+    p.add_argument("--keep", choices=["last", "best"],
+                   help="epoch to write: the last (default for the projection: the validation "
+                   "of altered copies did not predict real other photos) or the best on "
+                   "validation, the untrained model counting as epoch 0 (default for blocks)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -53,27 +60,44 @@ def _fmt(scores: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _fell(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    return any(after[task]["R@1"] < before[task]["R@1"]
+               for task in ("item", "group_similar") if before.get(task) and after.get(task))
+
+
+def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
+    """The command line and settings as :class:`TrainOptions`: the defaults of ``--tune`` and
+    ``--loss`` (:func:`training.trainer.tune_options`), then what the command line sets."""
+    from lookalike.errors import UserError
+    from training.trainer import TrainOptions, tune_options
+
+    chosen: dict[str, Any] = {"epochs": args.epochs} if args.epochs is not None else {}
+    if args.keep is not None:
+        chosen["keep_best"] = args.keep == "best"
+    options = TrainOptions(**{
+        **tune_options(args.tune, args.loss), **chosen,
+        "group_key": args.group_key, "seed": args.seed, "views": args.views,
+        "colour_jitter": args.colour_jitter, "val_fraction": args.val_fraction,
+        "val_by_group": args.val_split == "group",
+        "colour_weight": settings.model.colour_weight,
+        "max_pixels": settings.images.max_pixels,
+    })
+    if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:
+        raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1)")
+    return options
+
+
 def train(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.errors import UserError
     from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
     from training.data import TrainingDataError
-    from training.trainer import TrainOptions, tune_options
     from training.trainer import train as run_training
 
     m = settings.model
     if m.path is not None:
         raise UserError("lookalike train starts from the ImageNet weights; unset "
                         "LOOKALIKE_MODEL__PATH")
-    chosen = {"epochs": args.epochs} if args.epochs is not None else {}
-    options = TrainOptions(**{
-        **tune_options(args.tune, args.loss), **chosen,
-        "group_key": args.group_key, "seed": args.seed, "views": args.views,
-        "colour_jitter": args.colour_jitter, "val_fraction": args.val_fraction,
-        "val_by_group": args.val_split == "group",
-        "colour_weight": m.colour_weight, "max_pixels": settings.images.max_pixels,
-    })
-    if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:
-        raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1)")
+    options = train_options(settings, args)
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
     try:
@@ -89,12 +113,17 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     seconds = result.report["seconds"]
     print(f"model {result.model_version} written to {args.out}")
     print(f"validation before: {_fmt(result.before)}")
-    print(f"validation after:  {_fmt(result.after)} (best epoch {result.best_epoch})")
+    kept = "best" if options.keep_best else "last"
+    print(f"validation after:  {_fmt(result.after)} ({kept} epoch, {result.best_epoch})")
     if result.report.get("not_trained"):
         print(f"not trained: {result.report['not_trained']}")
-    if result.best_epoch == 0:
+    elif result.best_epoch == 0:
         print("no epoch beat the untrained model on validation: the directory holds the "
               "ImageNet weights, switching to it changes nothing")
+    elif _fell(result.before, result.after):
+        print("validation fell: its queries are altered copies of held-out photos, which did "
+              "not predict real other photos on our protocols (docs/training.md, 'Keeping the "
+              "last epoch'); check with lookalike eval on real queries, or --keep best")
     print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
           f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
           file=sys.stdout)
