@@ -44,10 +44,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--val-split", choices=["product", "group"], default="product",
                    help="hold out products (default) or whole groups (does it carry to new "
                    "styles?)")
-    p.add_argument("--keep", choices=["last", "best"],
-                   help="epoch to write: the last (default for the projection: the validation "
-                   "of altered copies did not predict real other photos) or the best on "
-                   "validation, the untrained model counting as epoch 0 (default for blocks)")
+    p.add_argument("--keep", choices=["best", "last"], default="best",
+                   help="epoch to write: the best on validation, the untrained model counting "
+                   "as epoch 0 (default), or the last (docs/training.md, 'The last epoch')")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -72,8 +71,7 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
     from training.trainer import TrainOptions, tune_options
 
     chosen: dict[str, Any] = {"epochs": args.epochs} if args.epochs is not None else {}
-    if args.keep is not None:
-        chosen["keep_best"] = args.keep == "best"
+    chosen["keep_best"] = args.keep == "best"
     options = TrainOptions(**{
         **tune_options(args.tune, args.loss), **chosen,
         "group_key": args.group_key, "seed": args.seed, "views": args.views,
@@ -121,9 +119,8 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         print("no epoch beat the untrained model on validation: the directory holds the "
               "ImageNet weights, switching to it changes nothing")
     elif _fell(result.before, result.after):
-        print("validation fell: its queries are altered copies of held-out photos, which did "
-              "not predict real other photos on our protocols (docs/training.md, 'Keeping the "
-              "last epoch'); check with lookalike eval on real queries, or --keep best")
+        print("validation fell (--keep last): check the model with lookalike eval on real "
+              "queries before switching to it (docs/training.md, 'The last epoch')")
     print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
           f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
           file=sys.stdout)

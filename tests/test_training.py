@@ -278,28 +278,27 @@ def test_the_projection_trains_with_triplet_by_default_and_proxy_at_its_own_rate
     key (luma-views R@1 0.63 -> 0.55, docs/training.md). ``--loss proxy`` keeps the learning
     rate measured for it; a loss without one keeps the tune's."""
     assert tune_options("projection", None) == {"loss": "triplet", "learning_rate": 1e-4,
-                                                "epochs": 20, "keep_best": False}
+                                                "epochs": 20}
     assert tune_options("projection", "triplet") == tune_options("projection", None)
     assert tune_options("projection", "proxy")["learning_rate"] == 1e-3
     assert tune_options("projection", "supcon") == {"loss": "supcon", "learning_rate": 1e-4,
-                                                    "epochs": 20, "keep_best": False}
+                                                    "epochs": 20}
     assert tune_options("blocks", "proxy") == {"loss": "proxy", "learning_rate": 1e-4,
-                                               "epochs": 8, "keep_best": True}
+                                               "epochs": 8}
 
 
-def test_the_projection_keeps_its_last_epoch_and_blocks_the_best(tmp_path: Path) -> None:
-    """The projection writes its last epoch (the altered-copy validation missed its gains on
-    real other photos, docs/training.md); ``keep_best`` (the blocks' default, ``--keep best``)
-    writes the best epoch on validation, never below the untrained model."""
+def test_keep_last_or_best(tmp_path: Path) -> None:
+    """``keep_best`` (the default) writes the best epoch on validation, never below the
+    untrained model; off (``--keep last``) it writes the last epoch, whatever the validation."""
     catalog = _catalog(tmp_path, n_styles=8)
     common = {"group_key": "group_id", "views": 2, "val_fraction": 0.25, "seed": 2,
               "labels_per_batch": 6, "samples_per_label": 4, "steps_per_epoch": 5, "epochs": 3}
     last = train(catalog, tmp_path / "last", FakeProjectionBackbone(),
-                 TrainOptions(**{**tune_options("projection", None), **common}))
+                 TrainOptions(**{**tune_options("projection", None), **common,
+                                 "keep_best": False}))
     assert last.best_epoch == 3 and last.after == last.report["history"][-1]["val"]
     best = train(catalog, tmp_path / "best", FakeProjectionBackbone(),
-                 TrainOptions(**{**tune_options("blocks", None), **common}))
-    assert best.best_epoch in (0, 1, 2, 3)
+                 TrainOptions(**{**tune_options("projection", None), **common}))
     kept = best.report["history"][best.best_epoch - 1]["val"] if best.best_epoch else best.before
     assert best.after == kept
     for task in ("item", "group_similar"):
@@ -307,8 +306,7 @@ def test_the_projection_keeps_its_last_epoch_and_blocks_the_best(tmp_path: Path)
 
 
 def test_keep_on_the_command_line() -> None:
-    """``--keep`` overrides the tune's default: the projection writes its last epoch, the
-    blocks their best; either can be asked for."""
+    """``--keep`` chooses the epoch written: the best on validation unless asked."""
     from lookalike.cli import build_parser
     from lookalike.commands_train import train_options
     from lookalike.settings import Settings
@@ -317,7 +315,7 @@ def test_keep_on_the_command_line() -> None:
         args = build_parser().parse_args(["train", "--catalog", "c.jsonl", "--out", "m", *extra])
         return train_options(Settings(), args)
 
-    assert options().keep_best is False and options("--tune", "blocks").keep_best is True
-    assert options("--keep", "best").keep_best is True
+    assert options().keep_best is True and options("--tune", "blocks").keep_best is True
+    assert options("--keep", "last").keep_best is False
     assert options("--tune", "blocks", "--keep", "last").keep_best is False
-    assert options("--loss", "proxy", "--keep", "best").learning_rate == 1e-3
+    assert options("--loss", "proxy", "--keep", "last").learning_rate == 1e-3

@@ -3,16 +3,13 @@
 Steps: read the catalog and split it (product- or group-disjoint); decode every photo and
 cache the frozen bottom's output for its clean and altered views (:mod:`training.features`);
 score the held-out products with the untrained top; train the top on P x K batches of cached
-views with the chosen loss, scoring after every epoch; keep the last epoch (the
-projection's default) or the best one on validation (``keep_best``: the untrained top counts as
-epoch 0, so the validation figures never get worse); write the model directory
+views with the chosen loss, scoring after every epoch and keeping the best epoch (the
+untrained top counts as epoch 0, so a run never makes the validation figures worse) or, with
+``keep_best`` off (``--keep last``), the last one; write the model directory
 (:mod:`embedding.trained`) with a report of what was measured.
 
-The validation queries are altered copies of held-out photos. On five luma and Fashion-MNIST
-protocols they did not predict how real other photos of a product fare (docs/training.md,
-"Keeping the last epoch"), which is why the projection keeps its last epoch. Keeping the best
-epoch uses the validation products to choose, so its "after" figures are a little optimistic;
-the held-out protocols of docs/training.md are what to quote.
+Keeping the best epoch uses the validation products to choose, so the "after" figures are a
+little optimistic; the held-out protocols of docs/training.md are what to quote.
 """
 
 from __future__ import annotations
@@ -89,9 +86,9 @@ class TrainOptions:
     """Share of training samples drawn from the clean photo rather than an altered view;
     default: uniform over the clean and altered views."""
     keep_best: bool = True
-    """Keep the best epoch on validation, else the last one. ``lookalike train``'s default comes
-    from :data:`TUNE_DEFAULTS`: the last epoch for the projection, whose measured real-query
-    gains the altered-copy validation did not see (docs/training.md)."""
+    """Keep the best epoch on validation, else the last one (``--keep last``: its gains on
+    other photos are mostly a shift of the CNN / colour balance, docs/training.md "The last
+    epoch")."""
 
     def augment(self) -> AugmentConfig:
         jitter = self.colour_jitter
@@ -101,8 +98,8 @@ class TrainOptions:
 
 
 TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "projection": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 20, "keep_best": False},
-    "blocks": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 8, "keep_best": True},
+    "projection": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 20},
+    "blocks": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 8},
 }
 """Per ``--tune``, the settings docs/training.md chose on held-out splits (the rest of
 :class:`TrainOptions` is shared)."""
