@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +45,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--val-split", choices=["product", "group"], default="product",
                    help="hold out products (default) or whole groups (does it carry to new "
                    "styles?)")
-    p.add_argument("--keep", choices=["best", "last"], default="best",
-                   help="epoch to write: the best on validation, the untrained model counting "
-                   "as epoch 0 (default), or the last (docs/training.md, 'The last epoch')")
+    p.add_argument("--keep", choices=["last", "best"],
+                   help="epoch to write: the last (the projection's default) or the best on "
+                   "validation, the untrained model counting as epoch 0 (the blocks' default)")
+    p.add_argument("--spread", type=float,
+                   help="weight of the penalty that keeps the CNN vectors as spread as the "
+                   "untrained model's (default 10 for the projection, 0 for blocks; 0: off)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -71,7 +75,10 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
     from training.trainer import TrainOptions, tune_options
 
     chosen: dict[str, Any] = {"epochs": args.epochs} if args.epochs is not None else {}
-    chosen["keep_best"] = args.keep == "best"
+    if args.keep is not None:
+        chosen["keep_best"] = args.keep == "best"
+    if args.spread is not None:
+        chosen["spread_weight"] = args.spread
     options = TrainOptions(**{
         **tune_options(args.tune, args.loss), **chosen,
         "group_key": args.group_key, "seed": args.seed, "views": args.views,
@@ -80,8 +87,10 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
         "colour_weight": settings.model.colour_weight,
         "max_pixels": settings.images.max_pixels,
     })
-    if options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1:
-        raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1)")
+    if (options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1
+            or not (math.isfinite(options.spread_weight) and options.spread_weight >= 0)):
+        raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1), "
+                        "--spread >= 0")
     return options
 
 
@@ -119,8 +128,10 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         print("no epoch beat the untrained model on validation: the directory holds the "
               "ImageNet weights, switching to it changes nothing")
     elif _fell(result.before, result.after):
-        print("validation fell (--keep last): check the model with lookalike eval on real "
-              "queries before switching to it (docs/training.md, 'The last epoch')")
+        print("validation fell at the written epoch: its queries are altered copies of "
+              "held-out photos, which did not predict real other photos on our protocols "
+              "(docs/training.md, 'Keeping the spread'); check with lookalike eval on real "
+              "queries before switching, or use --keep best")
     print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
           f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
           file=sys.stdout)

@@ -278,18 +278,19 @@ def test_the_projection_trains_with_triplet_by_default_and_proxy_at_its_own_rate
     key (luma-views R@1 0.63 -> 0.55, docs/training.md). ``--loss proxy`` keeps the learning
     rate measured for it; a loss without one keeps the tune's."""
     assert tune_options("projection", None) == {"loss": "triplet", "learning_rate": 1e-4,
-                                                "epochs": 20}
+                                                "epochs": 20, "spread_weight": 10.0,
+                                                "keep_best": False}
     assert tune_options("projection", "triplet") == tune_options("projection", None)
     assert tune_options("projection", "proxy")["learning_rate"] == 1e-3
-    assert tune_options("projection", "supcon") == {"loss": "supcon", "learning_rate": 1e-4,
-                                                    "epochs": 20}
+    assert tune_options("projection", "supcon")["loss"] == "supcon"
     assert tune_options("blocks", "proxy") == {"loss": "proxy", "learning_rate": 1e-4,
                                                "epochs": 8}
 
 
 def test_keep_last_or_best(tmp_path: Path) -> None:
-    """``keep_best`` (the default) writes the best epoch on validation, never below the
-    untrained model; off (``--keep last``) it writes the last epoch, whatever the validation."""
+    """``keep_best`` off (the projection's default) writes the last epoch, whatever the
+    validation; on (``--keep best``) the best epoch on validation, never below the untrained
+    model."""
     catalog = _catalog(tmp_path, n_styles=8)
     common = {"group_key": "group_id", "views": 2, "val_fraction": 0.25, "seed": 2,
               "labels_per_batch": 6, "samples_per_label": 4, "steps_per_epoch": 5, "epochs": 3}
@@ -298,7 +299,8 @@ def test_keep_last_or_best(tmp_path: Path) -> None:
                                  "keep_best": False}))
     assert last.best_epoch == 3 and last.after == last.report["history"][-1]["val"]
     best = train(catalog, tmp_path / "best", FakeProjectionBackbone(),
-                 TrainOptions(**{**tune_options("projection", None), **common}))
+                 TrainOptions(**{**tune_options("projection", None), **common,
+                                 "keep_best": True}))
     kept = best.report["history"][best.best_epoch - 1]["val"] if best.best_epoch else best.before
     assert best.after == kept
     for task in ("item", "group_similar"):
@@ -306,16 +308,54 @@ def test_keep_last_or_best(tmp_path: Path) -> None:
 
 
 def test_keep_on_the_command_line() -> None:
-    """``--keep`` chooses the epoch written: the best on validation unless asked."""
+    """``--keep`` and ``--spread`` override the tune's defaults: the projection writes its last
+    epoch with the spread held, the blocks their best epoch without it."""
     from lookalike.cli import build_parser
     from lookalike.commands_train import train_options
+    from lookalike.errors import UserError
     from lookalike.settings import Settings
 
     def options(*extra: str) -> TrainOptions:
         args = build_parser().parse_args(["train", "--catalog", "c.jsonl", "--out", "m", *extra])
         return train_options(Settings(), args)
 
-    assert options().keep_best is True and options("--tune", "blocks").keep_best is True
-    assert options("--keep", "last").keep_best is False
+    assert (options().keep_best, options().spread_weight) == (False, 10.0)
+    assert (options("--tune", "blocks").keep_best,
+            options("--tune", "blocks").spread_weight) == (True, 0.0)
+    assert options("--keep", "best").keep_best is True
     assert options("--tune", "blocks", "--keep", "last").keep_best is False
-    assert options("--loss", "proxy", "--keep", "last").learning_rate == 1e-3
+    assert options("--spread", "0").spread_weight == 0.0
+    assert options("--loss", "proxy", "--keep", "best").learning_rate == 1e-3
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(UserError, match="--spread >= 0"):
+            options("--spread", bad)
+
+
+def test_mean_pair_cosine_matches_numpy() -> None:
+    from keras import ops
+
+    from training.losses import mean_pair_cosine
+    from training.trainer import _mean_pair_cosine
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 7)).astype(np.float32) + 0.5
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    expected = np.mean([u[i] @ u[j] for i in range(12) for j in range(12) if i != j])
+    got = float(ops.convert_to_numpy(mean_pair_cosine(ops.convert_to_tensor(x))))
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert _mean_pair_cosine(x) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_spread_penalty_holds_the_spread(tmp_path: Path) -> None:
+    """Trained hard on the fakes, the projection pulls the vectors together; with the spread
+    penalty their mean cosine stays near the untrained one (what the report records)."""
+    catalog = _catalog(tmp_path, n_styles=8)
+    base = {"group_key": "group_id", "epochs": 8, "seed": 2, "loss": "supcon", "views": 2,
+            "val_fraction": 0.25, "labels_per_batch": 6, "samples_per_label": 4,
+            "learning_rate": 1e-2, "steps_per_epoch": 10, "keep_best": False}
+    free = train(catalog, tmp_path / "free", FakeProjectionBackbone(),
+                 TrainOptions(**base)).report["mean_pair_cosine"]
+    held = train(catalog, tmp_path / "held", FakeProjectionBackbone(),
+                 TrainOptions(**base, spread_weight=10.0)).report["mean_pair_cosine"]
+    assert free["before"] == held["before"]
+    assert abs(held["after"] - held["before"]) < 0.5 * abs(free["after"] - free["before"])

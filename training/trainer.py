@@ -3,10 +3,11 @@
 Steps: read the catalog and split it (product- or group-disjoint); decode every photo and
 cache the frozen bottom's output for its clean and altered views (:mod:`training.features`);
 score the held-out products with the untrained top; train the top on P x K batches of cached
-views with the chosen loss, scoring after every epoch and keeping the best epoch (the
-untrained top counts as epoch 0, so a run never makes the validation figures worse) or, with
-``keep_best`` off (``--keep last``), the last one; write the model directory
-(:mod:`embedding.trained`) with a report of what was measured.
+views with the chosen loss (plus, for the projection, a penalty that keeps the vectors as
+spread as the untrained model's), scoring after every epoch and keeping the last epoch (the
+projection's default) or the best one (``keep_best``: the untrained top counts as epoch 0, so
+the validation figures never get worse); write the model directory (:mod:`embedding.trained`)
+with a report of what was measured.
 
 Keeping the best epoch uses the validation products to choose, so the "after" figures are a
 little optimistic; the held-out protocols of docs/training.md are what to quote.
@@ -85,10 +86,12 @@ class TrainOptions:
     clean_share: float | None = None
     """Share of training samples drawn from the clean photo rather than an altered view;
     default: uniform over the clean and altered views."""
+    spread_weight: float = 0.0
+    """Weight of the spread penalty (:class:`training.losses.SpreadPenalty`): the mean cosine
+    of a batch's CNN vectors held at the untrained model's over the training photos. 0: off."""
     keep_best: bool = True
-    """Keep the best epoch on validation, else the last one (``--keep last``: its gains on
-    other photos are mostly a shift of the CNN / colour balance, docs/training.md "The last
-    epoch")."""
+    """Keep the best epoch on validation, else the last one. ``lookalike train``'s default comes
+    from :data:`TUNE_DEFAULTS` (docs/training.md, "Keeping the spread")."""
 
     def augment(self) -> AugmentConfig:
         jitter = self.colour_jitter
@@ -98,7 +101,8 @@ class TrainOptions:
 
 
 TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "projection": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 20},
+    "projection": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 20,
+                   "spread_weight": 10.0, "keep_best": False},
     "blocks": {"loss": "triplet", "learning_rate": 1e-4, "epochs": 8},
 }
 """Per ``--tune``, the settings docs/training.md chose on held-out splits (the rest of
@@ -245,13 +249,14 @@ def _better(scores: dict[str, Any], best: dict[str, Any], before: dict[str, Any]
 
 
 def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
-           init: dict[str, NDArray[np.float32]]) -> Any:
+           init: dict[str, NDArray[np.float32]], spread_target: float) -> Any:
     import keras
 
     from training.losses import (
         PROXY_LR_SCALE,
         CosineProxies,
         MixColour,
+        SpreadPenalty,
         batch_hard_triplet,
         proxy_softmax,
         supervised_contrastive,
@@ -262,6 +267,8 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
             layer.trainable = False
     inputs = {"fmap": keras.Input(shape=tuple(top.inputs[0].shape[1:]), name="fmap")}
     pooled = top(inputs["fmap"])
+    if options.spread_weight > 0:
+        pooled = SpreadPenalty(spread_target, options.spread_weight)(pooled)
     # the product (exact) loss on what exact search compares; the group (similar) loss on the
     # CNN part alone, as a similar search compares
     embedded = {name: pooled for name in n_labels}
@@ -287,6 +294,16 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
                   loss_weights={n: (options.group_weight if n == "group" else 1.0)
                                 for n in n_labels})
     return model
+
+
+def _mean_pair_cosine(x: NDArray[np.float32]) -> float:
+    """Mean cosine over the pairs of distinct rows (the CNN vectors' spread: what
+    :class:`training.losses.SpreadPenalty` holds); 0 with fewer than two rows."""
+    if len(x) < 2:
+        return 0.0
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    total = u.sum(axis=0)
+    return float((total @ total - len(u)) / (len(u) * (len(u) - 1)))
 
 
 def _mixes_colour(options: TrainOptions) -> bool:
@@ -400,7 +417,9 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
         assert train_cache.colour is not None
         mixed = mix_colour(clean, train_cache.colour[:, 0], options.colour_weight)
         init["item"] = _class_means(mixed, label_sets["item"])
-    model = _build(top, options, {n: int(v.max()) + 1 for n, v in label_sets.items()}, init)
+    spread_before = _mean_pair_cosine(clean)
+    model = _build(top, options, {n: int(v.max()) + 1 for n, v in label_sets.items()}, init,
+                   spread_before)
     batch = min(options.labels_per_batch, int(units.max()) + 1) * options.samples_per_label
     steps = options.steps_per_epoch or max(1, -(-len(train_images) // batch))
     best = (0, top.get_weights(), before)
@@ -429,6 +448,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     best_epoch, weights, after = best
     train_after = _score_train(top, train_cache, options)  # the last epoch: did the fit learn?
     top.set_weights(weights)
+    spread_after = _mean_pair_cosine(_embed(top, train_cache.features[:, 0]))
     n_views = train_cache.features.shape[0] * train_cache.features.shape[1]
     report = {
         "catalog": str(prepared.catalog),
@@ -442,6 +462,8 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
                     for p, r in train_cache.skipped + val_cache.skipped],
         "before": before, "after": after, "best_epoch": best_epoch, "history": history,
         "training_photos": {"before": train_before, "last_epoch": train_after},
+        "mean_pair_cosine": {"before": round(spread_before, 4),
+                             "after": round(spread_after, 4)},
         "seconds": {**prepared.seconds, "fit": round(fit_s, 1)},
         "not_trained": skip,
         "views_per_s": round((n_views + (1 + VAL_VIEWS) * len(val_images)) /
