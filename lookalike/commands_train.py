@@ -47,10 +47,12 @@ def add_parser(sub: Any) -> None:
                    "styles?)")
     p.add_argument("--keep", choices=["last", "best"],
                    help="epoch to write: the last (the projection's default) or the best on "
-                   "validation, the untrained model counting as epoch 0 (the blocks' default)")
+                   "validation, the untrained model counting as epoch 0 (the default of blocks "
+                   "and of --loss proxy)")
     p.add_argument("--spread", type=float,
                    help="weight of the penalty that keeps the CNN vectors as spread as the "
-                   "untrained model's (default 10 for the projection, 0 for blocks; 0: off)")
+                   "untrained model's (default 10 for the projection's triplet and supcon "
+                   "losses, 0 for proxy and blocks; 0: off)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -129,9 +131,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
               "ImageNet weights, switching to it changes nothing")
     elif _fell(result.before, result.after):
         print("validation fell at the written epoch: its queries are altered copies of "
-              "held-out photos, which did not predict real other photos on our protocols "
-              "(docs/training.md, 'Keeping the spread'); check with lookalike eval on real "
-              "queries before switching, or use --keep best")
+              "held-out photos, not real other photos (docs/training.md, 'Keeping the "
+              "spread'); check with lookalike eval on real queries before switching, or use "
+              "--keep best")
     print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
           f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
           file=sys.stdout)

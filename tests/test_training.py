@@ -281,8 +281,12 @@ def test_the_projection_trains_with_triplet_by_default_and_proxy_at_its_own_rate
                                                 "epochs": 20, "spread_weight": 10.0,
                                                 "keep_best": False}
     assert tune_options("projection", "triplet") == tune_options("projection", None)
-    assert tune_options("projection", "proxy")["learning_rate"] == 1e-3
-    assert tune_options("projection", "supcon")["loss"] == "supcon"
+    assert tune_options("projection", "proxy") == {"loss": "proxy", "learning_rate": 1e-3,
+                                                   "epochs": 20, "spread_weight": 0.0,
+                                                   "keep_best": True}
+    assert tune_options("projection", "supcon") == {"loss": "supcon", "learning_rate": 1e-4,
+                                                    "epochs": 20, "spread_weight": 10.0,
+                                                    "keep_best": False}
     assert tune_options("blocks", "proxy") == {"loss": "proxy", "learning_rate": 1e-4,
                                                "epochs": 8}
 
@@ -325,7 +329,9 @@ def test_keep_on_the_command_line() -> None:
     assert options("--keep", "best").keep_best is True
     assert options("--tune", "blocks", "--keep", "last").keep_best is False
     assert options("--spread", "0").spread_weight == 0.0
-    assert options("--loss", "proxy", "--keep", "best").learning_rate == 1e-3
+    proxy = options("--loss", "proxy")  # as measured: its own rate, no penalty, best epoch
+    assert (proxy.learning_rate, proxy.spread_weight, proxy.keep_best) == (1e-3, 0.0, True)
+    assert options("--loss", "proxy", "--spread", "5", "--keep", "last").spread_weight == 5.0
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(UserError, match="--spread >= 0"):
             options("--spread", bad)

@@ -107,18 +107,21 @@ TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """Per ``--tune``, the settings docs/training.md chose on held-out splits (the rest of
 :class:`TrainOptions` is shared)."""
-LOSS_LEARNING_RATES: dict[tuple[str, str], float] = {("projection", "proxy"): 1e-3}
-"""(``--tune``, ``--loss``) -> the learning rate measured for that loss where it is not the
-tune's default (docs/training.md: the projection's proxy loss, the default before triplet)."""
+LOSS_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("projection", "proxy"): {"learning_rate": 1e-3, "spread_weight": 0.0, "keep_best": True},
+}
+"""(``--tune``, ``--loss``) -> the settings that loss was measured with where they are not the
+tune's defaults (docs/training.md: the projection's proxy loss, the default two rounds ago, at
+its learning rate, without the spread penalty, its best epoch kept)."""
 
 
 def tune_options(tune: str, loss: str | None) -> dict[str, Any]:
-    """The defaults of ``--tune`` with ``--loss`` (None: the tune's own) and its learning rate."""
+    """The defaults of ``--tune`` with ``--loss`` (None: the tune's own) and the settings that
+    loss was measured with."""
     chosen = dict(TUNE_DEFAULTS[tune])
     if loss is not None and loss != chosen["loss"]:
         chosen["loss"] = loss
-        chosen["learning_rate"] = LOSS_LEARNING_RATES.get((tune, loss),
-                                                          chosen["learning_rate"])
+        chosen.update(LOSS_SETTINGS.get((tune, loss), {}))
     return chosen
 
 
