@@ -300,13 +300,13 @@ def _build(top: Any, options: TrainOptions, n_labels: dict[str, int],
 
 
 def _mean_pair_cosine(x: NDArray[np.float32]) -> float:
-    """Mean cosine over the pairs of distinct rows (the CNN vectors' spread: what
-    :class:`training.losses.SpreadPenalty` holds); 0 with fewer than two rows."""
-    if len(x) < 2:
-        return 0.0
-    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    total = u.sum(axis=0)
-    return float((total @ total - len(u)) / (len(u) * (len(u) - 1)))
+    """:func:`training.losses.mean_pair_cosine` of ``x`` as a float (the CNN vectors' spread:
+    what :class:`training.losses.SpreadPenalty` holds); 0 with fewer than two rows."""
+    from keras import ops
+
+    from training.losses import mean_pair_cosine
+
+    return float(ops.convert_to_numpy(mean_pair_cosine(x))) if len(x) >= 2 else 0.0
 
 
 def _mixes_colour(options: TrainOptions) -> bool:
