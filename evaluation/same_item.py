@@ -123,19 +123,20 @@ def evaluate_same_item(
     threshold: float = 0.5,
     fetcher: ImageFetcher | None = None,
     turned_queries: bool = True,
+    family_depth: int = 400,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.
-    ``k`` and ``threshold`` are ``compare_prices``', ``turned_queries`` the searcher's
-    (``lookalike eval`` passes the configured ``search.compare_k``,
-    ``search.compare_threshold`` and ``search.turned_queries``)."""
+    ``k`` and ``threshold`` are ``compare_prices``', ``turned_queries`` and ``family_depth``
+    the searcher's (``lookalike eval`` passes the configured ``search.compare_k``,
+    ``search.compare_threshold``, ``search.turned_queries`` and ``search.family_depth``)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
                              verifier=gallery_verifier(products, max_pixels, fetcher),
-                             turned_queries=turned_queries)
+                             turned_queries=turned_queries, family_depth=family_depth)
     counts = SameItemCounts()
     per_query: list[float] = []
     started = time.perf_counter()

@@ -215,6 +215,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             window_queries=settings.search.window_queries,
             rerank=settings.search.geometric_rerank,
             turned_queries=settings.search.turned_queries,
+            family_depth=settings.search.family_depth,
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None

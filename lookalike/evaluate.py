@@ -49,7 +49,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                                             k=settings.search.compare_k,
                                             threshold=settings.search.compare_threshold,
                                             fetcher=build_fetcher(images),
-                                            turned_queries=settings.search.turned_queries)
+                                            turned_queries=settings.search.turned_queries,
+                                            family_depth=settings.search.family_depth)
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=args.match,

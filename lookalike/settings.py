@@ -164,6 +164,14 @@ class SearchSettings(_Group):
         description="Cosine similarity below which price comparison does not even verify a "
         "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )
+    family_depth: int = Field(
+        default=400, ge=0, le=MAX_K,
+        description="When price comparison's first candidates are a family of look-alikes "
+        "(one pack layout's flavours), it follows them down to this many products, ranks "
+        "those by keypoint votes and matches the 2 x compare_k with the most: on a cold "
+        "feature cache ~10-30 ms of CPU per listing photo read (docs/matching.md, \"Deeper, "
+        "by votes\"); 0: not below the first 3 x compare_k",
+    )
     cutout_queries: bool = Field(
         default=True,
         description="Image searches also search with the photo's product cut out on white "

@@ -44,7 +44,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeAlias
@@ -82,10 +82,6 @@ _SEARCH_DEFAULTS = SearchSettings()
 OVERFETCH = 4
 COMPARE_DEPTH = 3
 """``compare_prices`` searches ``COMPARE_DEPTH * k`` products and verifies the first ``k``."""
-FAMILY_DEPTH = 10
-"""When the ``k`` most similar are a family of look-alikes, ``compare_prices`` looks down to
-``FAMILY_DEPTH * k`` products (:func:`_look_deeper`): on same-item-packs 76 % of the relevant
-listings were among the first 60 by vector, 93 % among the first 200."""
 DEEP_MATCHED = 2
 """Of the candidates below the first ``k`` (within a family), the ``DEEP_MATCHED * k`` with the
 most keypoint votes are matched geometrically (:meth:`SameItemVerifier.keypoint_votes`)."""
@@ -242,6 +238,7 @@ class ProductSearch:
         rerank: bool = True,
         rerank_budget_s: float | None = RERANK_BUDGET_S,
         turned_queries: bool = True,
+        family_depth: int = _SEARCH_DEFAULTS.family_depth,
     ) -> None:
         """``verifier`` loads stored listing photos for :meth:`compare_prices`
         (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
@@ -255,7 +252,11 @@ class ProductSearch:
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
         the machine's speed); ``turned_queries``: price comparison also tries the photo at
         its quarter turns and, when one is clearly nearer the catalog, searches and verifies
-        it turned upright as well (:meth:`_upright`)."""
+        it turned upright as well (:meth:`_upright`); ``family_depth``: when the first
+        candidates of a price comparison are a family of look-alikes, the products it
+        searches (:func:`_look_deeper`; no deeper than ``COMPARE_DEPTH * k`` when smaller)."""
+        if family_depth < 0:
+            raise ValueError(f"family_depth must be >= 0, got {family_depth}")
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -279,6 +280,7 @@ class ProductSearch:
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
         self._turned_queries = turned_queries
+        self._family_depth = family_depth
         self._cutout_queries = cutout_queries
         self._window_queries = window_queries
         self._rerank = rerank and verifier is not None
@@ -459,7 +461,7 @@ class ProductSearch:
         price (then by similarity). When most of those ``k`` match the query's geometry (a
         family of look-alikes: one pack layout's flavours), those ``k`` must also agree in
         print and only a cover is forgiven (``overlay="covers"``), and the products below
-        them, down to ``FAMILY_DEPTH * k``, are ranked by their geometric inliers (the
+        them, down to ``family_depth`` products, are ranked by their geometric inliers (the
         ``DEEP_MATCHED * k`` with the most keypoint votes) and the ``k`` best verified too
         (:func:`_look_deeper`). A candidate refused against the query may be
         vouched for by the listing that matched it best (:func:`_corroborate`; its match
@@ -526,11 +528,12 @@ class ProductSearch:
                      for q, m in zip(queries, matched, strict=True)]
         verified = [(row, _strongest(found[n] for found in per_query))
                     for n, (row, _) in enumerate(first)]
-        if family and len(best) >= k * COMPARE_DEPTH:  # it may go on below: look further
-            deeper = self._search(searched, k * FAMILY_DEPTH, filter, exclude=exclude)
+        # A full first page of a family may go on below it: look further.
+        if family and len(best) >= k * COMPARE_DEPTH and self._family_depth > len(best):
+            deeper = self._search(searched, self._family_depth, filter, exclude=exclude)
             rest = _most_similar_first(deeper, threshold)[k:]
         if rest and family:
-            verified += _look_deeper(verifier, queries, rest, k)
+            verified += _look_deeper(verifier, queries, rest, k, self._readers)
         verified = _corroborate(verifier, verified)
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
@@ -753,21 +756,25 @@ def _hit(row: dict[str, Any], score: float) -> Hit:
 
 
 def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
-                 rest: Sequence[tuple[dict[str, Any], float]], k: int
-                 ) -> list[tuple[dict[str, Any], Evidence]]:
+                 rest: Sequence[tuple[dict[str, Any], float]], k: int,
+                 readers: Executor | None = None) -> list[tuple[dict[str, Any], Evidence]]:
     """The candidates below the first ``k``, when those are a family of look-alikes (most of
     them match the query's geometry: one pack layout's other flavours and lines): ranked by
     their geometric inliers, which put the item itself above the family where the vector
     does not, and the ``k`` with the most (at least the rule's ``min_inliers``) verified in
     full, with the print check (another line on the same layout is the likely look-alike
     here). Of more than ``DEEP_MATCHED * k`` candidates (the search went down to
-    ``FAMILY_DEPTH * k``), only those with the most keypoint votes are matched
+    ``family_depth`` products), only those with the most keypoint votes are matched
     geometrically. On same-item-packs the relevant listings among the candidates rose from
-    41 % to 62 % (60 candidates), then to 93 % (200, by votes); elsewhere it runs for a few
-    queries (docs/matching.md, "Deeper round" and "Deeper, by votes")."""
+    41 % to 62 % (60 candidates), then to 93 % (200, by votes) and 97 % (400); elsewhere it
+    runs for a few queries (docs/matching.md, "Deeper round" and "Deeper, by votes"). The
+    listing photos not cached yet are read ``readers`` at a time (fetched, decoded, keypoints
+    found: what a cold cache costs); one that cannot be read gets no votes and is not read
+    again for them."""
     refs = [str(row["image_ref"]) for row, _ in rest]
     if len(rest) > DEEP_MATCHED * k:  # a cheap first cut: the most keypoint votes
-        votes = [verifier.keypoint_votes(q, refs) for q in queries]
+        unreadable = _read_ahead(verifier, refs, readers) if readers is not None else set()
+        votes = [verifier.keypoint_votes(q, refs, unreadable) for q in queries]
         most = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
         kept = sorted(most[:DEEP_MATCHED * k])
         rest, refs = [rest[n] for n in kept], [refs[n] for n in kept]
@@ -780,6 +787,16 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
                  for q, m in zip(queries, matched, strict=True)]
     return [(rest[n][0], _strongest(found[i] for found in per_query))
             for i, n in enumerate(chosen)]
+
+
+def _read_ahead(verifier: SameItemVerifier, refs: Sequence[str], readers: Executor
+                ) -> set[str]:
+    """Read the listing photos ``refs`` into ``verifier``'s cache on ``readers``; the refs that
+    could not be read."""
+    unique = list(dict.fromkeys(refs))
+    reading = [readers.submit(verifier.gallery_features, ref) for ref in unique]
+    return {ref for ref, future in zip(unique, reading, strict=True)
+            if future.exception() is not None}
 
 
 def _most_similar_first(found: Sequence[tuple[dict[str, Any], float]], threshold: float

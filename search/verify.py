@@ -44,6 +44,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -1324,19 +1325,24 @@ class SameItemVerifier:
             mirrors += out[-1].mirror_tried
         return out
 
-    def keypoint_votes(self, query: PhotoFeatures, image_refs: Sequence[str]) -> list[int]:
+    def keypoint_votes(self, query: PhotoFeatures, image_refs: Sequence[str],
+                       unreadable: AbstractSet[str] = frozenset()) -> list[int]:
         """For each listing photo, how many of ``VOTE_FEATURES`` of the query's keypoints find
         a clear nearest descriptor in it (Lowe's ratio, one way, no geometry): a first cut
         ~10x cheaper than :meth:`keypoint_matches` (~0.7 ms a pair with its features cached).
         On same-item-packs (60 queries tried), each of the item's listings ranked 60-200 by
         vector (16) was within the ten of those 140 candidates with the most votes
-        (docs/matching.md, "Deeper, by votes"). 0 where the photo cannot be loaded."""
+        (docs/matching.md, "Deeper, by votes"). 0 where the photo cannot be loaded, and for
+        the ``unreadable`` refs, which it does not try to load again."""
         if query.descriptors is None or not len(query.descriptors):
             return [0] * len(image_refs)
         step = max(1, len(query.descriptors) // VOTE_FEATURES)
         voters = query.descriptors[::step][:VOTE_FEATURES]
         out: list[int] = []
         for image_ref in image_refs:
+            if image_ref in unreadable:
+                out.append(0)
+                continue
             try:
                 other = self.gallery_features(image_ref)
             except Exception:  # refused with its reason if it is ever verified

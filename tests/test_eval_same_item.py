@@ -103,8 +103,8 @@ def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> 
 def test_cli_eval_same_item_uses_the_configured_comparison(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``lookalike eval --task same-item`` measures what the configured ``compare_prices``
-    does: ``search.compare_k``, ``search.compare_threshold`` and ``search.turned_queries``
-    reach it."""
+    does: ``search.compare_k``, ``search.compare_threshold``, ``search.turned_queries`` and
+    ``search.family_depth`` reach it."""
     gallery_path, queries_path = _write(tmp_path)
     seen: dict[str, object] = {}
 
@@ -119,8 +119,10 @@ def test_cli_eval_same_item_uses_the_configured_comparison(
     monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_K", "7")
     monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_THRESHOLD", "0.6")
     monkeypatch.setenv("LOOKALIKE_SEARCH__TURNED_QUERIES", "false")
+    monkeypatch.setenv("LOOKALIKE_SEARCH__FAMILY_DEPTH", "120")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Seen):
         main(["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
               str(queries_path), "--no-cache"])
-    assert (seen["k"], seen["threshold"], seen["turned_queries"]) == (7, 0.6, False)
+    assert (seen["k"], seen["threshold"], seen["turned_queries"], seen["family_depth"]
+            ) == (7, 0.6, False, 120)

@@ -6,6 +6,7 @@ import io
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -255,6 +256,12 @@ def test_embedder_dimension_must_match(milvus: Milvus) -> None:
     with pytest.raises(ValueError, match="8-d vectors"):
         ProductSearch(milvus.store, other, FakeEmbedder(), consistency="Strong",
                       max_pixels=milvus_support.MAX_PIXELS)
+
+
+def test_family_depth_must_not_be_negative(milvus: Milvus, spec: CollectionSpec) -> None:
+    with pytest.raises(ValueError, match="family_depth must be >= 0, got -1"):
+        ProductSearch(milvus.store, spec, FakeEmbedder(), consistency="Strong",
+                      max_pixels=milvus_support.MAX_PIXELS, family_depth=-1)
 
 
 def test_fetch_widens_until_k_products(milvus: Milvus, spec: CollectionSpec) -> None:
@@ -540,8 +547,10 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
             assert [m.product_id for m in matches] == ["item"]
             assert matches[0].inliers >= SameItemRule().min_inliers
             monkeypatch.setattr(search_api, "COMPARE_DEPTH", 1)
-            monkeypatch.setattr(search_api, "FAMILY_DEPTH", 1)
-            assert search.compare_prices(image=query, k=3, threshold=0.3) == []
+            shallow = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                                    max_pixels=milvus_support.MAX_PIXELS, verifier=verifier,
+                                    family_depth=0)
+            assert shallow.compare_prices(image=query, k=3, threshold=0.3) == []
         else:
             assert looked == [3] and matches == [] and checked == [False]
     finally:
@@ -551,18 +560,19 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
 def test_compare_prices_follows_a_family_down_by_keypoint_votes(
         milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
     """A family of look-alikes fills the whole first page of candidates (``COMPARE_DEPTH`` 1,
-    k = 2): price comparison searches down to ``FAMILY_DEPTH * k`` products, gives the four
+    k = 2): price comparison searches down to ``family_depth`` products, gives the four
     below the first k a keypoint vote each, matches only the ``DEEP_MATCHED * k`` with the
     most votes geometrically, and finds the item among them. Without the deeper search
-    (``FAMILY_DEPTH`` 1) it is not found."""
+    (``family_depth`` 0) it is not found."""
     style = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
     others = [_hue_turned(style, d) for d in (60, 120, 180, 240, 300)]
     s, photos, embedder, query = _item_below_five(milvus, "votes", style, others)
     verifier = SameItemVerifier(photos.__getitem__)
     voted: list[dict[str, int]] = []
     votes = verifier.keypoint_votes
-    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs: (
-        voted.append(dict(zip(refs, found := votes(q, refs), strict=True))) or found))
+    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
+        voted.append(dict(zip(refs, found := votes(q, refs, unreadable), strict=True)))
+        or found))
     looked: list[list[str]] = []
     deeper = verifier.keypoint_matches
     monkeypatch.setattr(verifier, "keypoint_matches",
@@ -578,10 +588,39 @@ def test_compare_prices_follows_a_family_down_by_keypoint_votes(
         assert len(voted) == 1 and len(voted[0]) == 4  # other-2 .. other-4 and the item
         assert voted[0][item_ref] == max(voted[0].values()) > 0
         assert len(looked) == 2 and len(looked[1]) == 2 and item_ref in looked[1]
-        monkeypatch.setattr(search_api, "FAMILY_DEPTH", 1)
-        assert search.compare_prices(image=query, k=2, threshold=0.3) == []
+        shallow = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                                max_pixels=milvus_support.MAX_PIXELS, verifier=verifier,
+                                family_depth=0)
+        assert shallow.compare_prices(image=query, k=2, threshold=0.3) == []
     finally:
         milvus.drop(s)
+
+
+def test_a_family_s_deeper_photos_are_read_ahead_once_each_on_the_readers() -> None:
+    """Below a family, the listing photos not cached are read on the search's reader threads
+    before the votes (a cold cache costs reads, not one core's time); a photo that cannot be
+    read is tried once and gets no votes."""
+    calls: dict[str, int] = {}
+    threads: set[str] = set()
+    photos = {"same": textured_photo(1), "other": textured_photo(2)}
+
+    def load(ref: str) -> Image.Image:
+        calls[ref] = calls.get(ref, 0) + 1
+        threads.add(threading.current_thread().name)
+        if ref == "gone":
+            raise OSError("404 from the image server")
+        return photos[ref]
+
+    verifier = SameItemVerifier(load)
+    refs = ["same", "gone", "other", "same"]
+    with ThreadPoolExecutor(2, thread_name_prefix="reader") as readers:
+        unreadable = search_api._read_ahead(verifier, refs, readers)
+    assert unreadable == {"gone"}
+    assert calls == {"same": 1, "gone": 1, "other": 1}
+    assert threads and all(name.startswith("reader") for name in threads)
+    votes = verifier.keypoint_votes(photo_features(textured_photo(1)), refs, unreadable)
+    assert calls == {"same": 1, "gone": 1, "other": 1}  # cached, and the lost one not retried
+    assert votes[1] == 0 and votes[0] == votes[3] > votes[2]
 
 
 def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
