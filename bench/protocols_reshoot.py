@@ -33,6 +33,12 @@ and a JPEG of middle quality, at 480-800 px.
   other half of its in-store photos), each saved a quarter turn sideways (90 or 270 degrees,
   JPEG 90), as a phone photo whose orientation tag was lost. Written after same-item-blind's
   quarter turns were diagnosed, to check a change for them on another kind of product.
+* ``packs-instore`` (needs ``same-item-packs``; a *retrieval* protocol, ``lookalike eval``
+  and ``lookalike train``): one catalog photo per item, the maker's (540 items), each in the
+  category of its product line (``Grocery/Packs/Tomato Soup``: ten lines across 60 brands);
+  the 240 queries are same-item-packs' in-store photos, each relevant to its item alone. A
+  second in-store stand-in beside luma-snapshots, of another product kind: printed packs
+  against one catalog shot each, as the held-back grocery set (docs/training.md).
 * ``same-item-fmnist-reshoot``: the ``same-item-fmnist`` gallery (seed 11); 300 queries are
   re-shoots of the 28 px articles enlarged to 224 px (every article has hundreds of
   look-alikes of its class).
@@ -69,7 +75,7 @@ from search.verify import outer_background  # noqa: E402
 
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
-             "same-item-packs-vivid", "same-item-packs-turned",
+             "same-item-packs-vivid", "same-item-packs-turned", "packs-instore",
              "same-item-fmnist-reshoot")
 
 
@@ -333,6 +339,23 @@ def write_pack_turned(packs_dir: Path, out_dir: Path, seed: int = 321) -> tuple[
     return write_protocol(out_dir, gallery, queries)
 
 
+def write_packs_instore(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """The packs-instore protocol (see module doc) from a written same-item-packs."""
+    gallery = [row for row in _packs_gallery(packs_dir, out_dir) if row["seller_id"] == "maker"]
+    for row in gallery:
+        line = next(name for name in LINES if f" {name} " in f" {row['title']} ")
+        row.update(category=f"Grocery/Packs/{line}", product_id=row["item"])
+        for key in ("item", "seller_id"):
+            row.pop(key, None)
+    queries: list[Row] = []
+    for raw in (packs_dir / "queries.jsonl").open():
+        query = json.loads(raw)
+        item = str(query["relevant"][0])  # the maker's listing of the item
+        queries.append({"image": _relative(packs_dir / query["image"], out_dir),
+                        "relevant": [item], "edit": query["edit"]})
+    return write_protocol(out_dir, gallery, queries)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
@@ -354,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if "same-item-packs-turned" in wanted:
         print("same-item-packs-turned: {} {}".format(*write_pack_turned(
             args.out / "same-item-packs", args.out / "same-item-packs-turned")))
+    if "packs-instore" in wanted:
+        print("packs-instore: {} {}".format(*write_packs_instore(
+            args.out / "same-item-packs", args.out / "packs-instore")))
     if "same-item-fmnist-reshoot" in wanted:
         print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
             args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))

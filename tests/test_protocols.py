@@ -272,6 +272,30 @@ def test_packs_vivid_queries_are_the_makers_photos_made_vivid(tmp_path: Path) ->
         assert saturation > np.asarray(maker.convert("HSV"))[..., 1].mean()
 
 
+def test_packs_instore_is_one_catalog_photo_per_item_against_its_in_store_photos(
+        tmp_path: Path) -> None:
+    reshoot = load_bench_module("protocols_reshoot")
+    reshoot.write_packs(tmp_path / "packs", n_brands=2, n_queries=6)
+    gallery_path, queries_path = reshoot.write_packs_instore(tmp_path / "packs",
+                                                             tmp_path / "instore")
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    makers = [row for row in read_jsonl(tmp_path / "packs" / "gallery.jsonl")
+              if row["seller_id"] == "maker"]
+    assert [row["product_id"] for row in gallery] == [row["item"] for row in makers]
+    assert len(gallery) == 2 * 3 * 3  # one catalog photo per item, no other shops
+    lines = {row["category"] for row in gallery}
+    assert len(lines) >= 2 and all(c.startswith("Grocery/Packs/") for c in lines)
+    for row in gallery:
+        assert row["category"].removeprefix("Grocery/Packs/") in row["title"]
+        assert (tmp_path / "instore" / row["images"][0]).is_file()
+    originals = read_jsonl(tmp_path / "packs" / "queries.jsonl")
+    assert len(queries) == len(originals) == 6
+    for query, original in zip(queries, originals, strict=True):
+        assert query["relevant"] == [original["relevant"][0]]  # the item itself
+        assert (tmp_path / "instore" / query["image"]).resolve() == (
+            tmp_path / "packs" / original["image"]).resolve()
+
+
 def test_packs_turned_queries_are_the_in_store_photos_saved_sideways(tmp_path: Path) -> None:
     reshoot = load_bench_module("protocols_reshoot")
     reshoot.write_packs(tmp_path / "packs", n_brands=2, n_queries=6)
