@@ -168,9 +168,9 @@ class SearchSettings(_Group):
         default=400, ge=0, le=MAX_K,
         description="When price comparison's first candidates are a family of look-alikes "
         "(one pack layout's flavours), it follows them down to this many products, ranks "
-        "those by keypoint votes and matches the 2 x compare_k with the most: on a cold "
-        "feature cache ~10-30 ms of CPU per listing photo read (docs/matching.md, \"Deeper, "
-        "by votes\"); 0: not below the first 3 x compare_k",
+        "those by keypoint votes and matches the 2 x compare_k with the most: ~25 ms of CPU "
+        "per listing photo not cached yet, ~8.5 s for a cold family query on 2 cores "
+        "(docs/matching.md, \"Deeper still\"); 0: not below the first 3 x compare_k",
     )
     cutout_queries: bool = Field(
         default=True,
