@@ -27,10 +27,14 @@ from evaluation.cache import EmbeddingCache
 from evaluation.protocol import GalleryProduct, Query
 from evaluation.run import EmbedStats, index_products
 from ingest.fetch import ImageFetcher
+from lookalike.settings import SearchSettings
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
 from search.verify import SameItemVerifier
 from store import MilvusStore
+
+_SEARCH_DEFAULTS = SearchSettings()
+"""Price comparison's defaults, as ``lookalike eval`` configures them (defined there only)."""
 
 
 @dataclass
@@ -119,11 +123,11 @@ def evaluate_same_item(
     cache: EmbeddingCache | None,
     *,
     max_pixels: int,
-    k: int = 20,
-    threshold: float = 0.5,
+    k: int = _SEARCH_DEFAULTS.compare_k,
+    threshold: float = _SEARCH_DEFAULTS.compare_threshold,
     fetcher: ImageFetcher | None = None,
-    turned_queries: bool = True,
-    family_depth: int = 400,
+    turned_queries: bool = _SEARCH_DEFAULTS.turned_queries,
+    family_depth: int = _SEARCH_DEFAULTS.family_depth,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.

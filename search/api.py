@@ -44,7 +44,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeAlias
@@ -393,8 +393,7 @@ class ProductSearch:
         if verifier is None or readers is None:
             raise ValueError("rerank needs a same-item verifier (lookalike.app.build_search)")
         head = list(hits[:RERANK_DEPTH])
-        reading = {ref: readers.submit(verifier.gallery_features, ref)
-                   for ref in dict.fromkeys(h.image_ref for h in head)}
+        reading = _start_reading(verifier, (h.image_ref for h in head), readers)
         done, late = wait(reading.values(), timeout=self._rerank_budget_s)
         if late:
             log.warning("re-ranking without %d of %d listing photos, not read within %.1f s",
@@ -789,14 +788,19 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
             for i, n in enumerate(chosen)]
 
 
+def _start_reading(verifier: SameItemVerifier, refs: Iterable[str], readers: Executor
+                   ) -> dict[str, Future[PhotoFeatures]]:
+    """Each distinct listing photo of ``refs`` read into ``verifier``'s cache on ``readers``
+    (fetched, decoded, keypoints found where not cached yet), by ref."""
+    return {ref: readers.submit(verifier.gallery_features, ref) for ref in dict.fromkeys(refs)}
+
+
 def _read_ahead(verifier: SameItemVerifier, refs: Sequence[str], readers: Executor
                 ) -> set[str]:
     """Read the listing photos ``refs`` into ``verifier``'s cache on ``readers``; the refs that
     could not be read."""
-    unique = list(dict.fromkeys(refs))
-    reading = [readers.submit(verifier.gallery_features, ref) for ref in unique]
-    return {ref for ref, future in zip(unique, reading, strict=True)
-            if future.exception() is not None}
+    reading = _start_reading(verifier, refs, readers)
+    return {ref for ref, future in reading.items() if future.exception() is not None}
 
 
 def _most_similar_first(found: Sequence[tuple[dict[str, Any], float]], threshold: float
