@@ -25,6 +25,11 @@ hard negatives: listing one of them is a false match.
   edited copy (re-listings and queries) also flipped left to right: a query matches the
   shop's own photo only mirrored, and a re-listing copy as it is. Written for the mirror
   round (docs/matching.md), after ``same-item-blind`` showed mirrored chains missed.
+* ``same-item-fresh`` (luma): the same construction with another seed and the ``FRESH``
+  recipes, a second blind set written on 2026-12-02 before that session changed anything,
+  and scored before any change: a phone screenshot of the listing, a tone curve, a warm
+  faded filter, sharpening, the white background swapped for a light colour, a tight zoom,
+  a 32-64 colour palette, a thumbnail blown up again, and chains.
 * ``same-item-fmnist``: 1,000 Fashion-MNIST articles (grey, 28 px, ten classes: every
   article has hundreds of look-alikes), 10% re-listed with the same file or an edited copy;
   300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
@@ -61,7 +66,7 @@ Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist",
-             "same-item-blind", "same-item-mirrored")
+             "same-item-blind", "same-item-mirrored", "same-item-fresh")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -263,6 +268,87 @@ BLIND_SINGLE: tuple[Edit, ...] = (mirror, sticker, frame, vivid, vignette, tiny,
                                   quarter_turn)
 
 
+# -- FRESH recipes (written 2026-12-02, before any change of that session; scored once) -------
+
+def phone_screenshot(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A phone screenshot of the listing: a dark status bar, the photo, a white app bar with
+    a coloured button, at a phone's aspect ratio."""
+    w = int(rng.integers(360, 480))
+    h = round(w * rng.uniform(1.9, 2.2))
+    photo = _scale(img, w / img.width)
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    bar = round(h * 0.05)
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, 0, w, bar), fill=(20, 20, 24))
+    draw.text((12, bar // 4), "9:41", fill="white", font=_font(bar // 2))
+    top = bar + round(h * rng.uniform(0.04, 0.12))
+    out.paste(photo, (0, top))
+    below = top + photo.height + round(h * 0.03)
+    button = tuple(int(c) for c in rng.integers(0, 200, size=3))
+    draw.rectangle((w // 8, below, w - w // 8, below + round(h * 0.06)), fill=button)
+    draw.text((w // 3, below + round(h * 0.015)), "Add to cart", fill="white",
+              font=_font(round(h * 0.03)))
+    return out
+
+
+def tone_curve(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A gamma on all channels alike (a shop's 'brighter' or 'moodier' curve)."""
+    gamma = float(rng.uniform(0.65, 0.85) if rng.random() < 0.5 else rng.uniform(1.2, 1.5))
+    lut = [round(255 * (v / 255) ** gamma) for v in range(256)] * 3
+    return img.convert("RGB").point(lut)
+
+
+def warm_filter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A mild 'warm, faded' photo filter: red up, blue down, blacks lifted."""
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    gain = np.array([rng.uniform(1.03, 1.08), 1.0, rng.uniform(0.88, 0.95)], np.float32)
+    lift = float(rng.uniform(8, 20))
+    out = lift + rgb * gain * (255 - lift) / 255
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def sharpen(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return img.filter(ImageFilter.UnsharpMask(radius=float(rng.uniform(1.5, 3.0)),
+                                              percent=int(rng.integers(150, 260)),
+                                              threshold=2))
+
+
+def backdrop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The white background replaced by a light solid colour (a cut-out on the shop's own)."""
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    mask = Image.fromarray(((255 - rgb.min(axis=2)) > 18).astype(np.uint8) * 255, "L")
+    mask = mask.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.GaussianBlur(1))
+    colour = tuple(int(c) for c in rng.integers(170, 236, size=3))
+    out = Image.new("RGB", img.size, colour)
+    out.paste(img.convert("RGB"), (0, 0), mask)
+    return out
+
+
+def zoom(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A tight crop around the middle (55-75 % of each side), as a 'zoomed' listing photo."""
+    w, h = img.size
+    f = float(rng.uniform(0.55, 0.75))
+    cx, cy = w * rng.uniform(0.42, 0.58), h * rng.uniform(0.42, 0.58)
+    return img.crop((round(max(0, cx - f * w / 2)), round(max(0, cy - f * h / 2)),
+                     round(min(w, cx + f * w / 2)), round(min(h, cy + f * h / 2))))
+
+
+def palette(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Saved through a small palette (a GIF-like 32-64 colours, dithered)."""
+    return img.convert("RGB").quantize(colors=int(rng.integers(32, 65)),
+                                       dither=Image.Dither.FLOYDSTEINBERG).convert("RGB")
+
+
+def upscaled(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A small copy blown up again (a re-listing made from a thumbnail): soft, same size."""
+    small = _scale(img, float(rng.uniform(0.2, 0.3)))
+    return small.resize(img.size, Image.Resampling.BILINEAR)
+
+
+FRESH_SINGLE: tuple[Edit, ...] = (phone_screenshot, tone_curve, warm_filter, sharpen, backdrop,
+                                  zoom, palette, upscaled)
+
+
 def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
                 ) -> tuple[Image.Image, str]:
     """One recipe (60%) or a chain of two or three different ones; returns (image, names)."""
@@ -460,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-mirrored", DEV_SINGLE, seed=4, mirrored=True)
         print(f"same-item-mirrored: {gallery} {queries}")
+    if has_luma and "same-item-fresh" in wanted:
+        gallery, queries, _ = write_luma_listings(
+            args.luma, args.out / "same-item-fresh", FRESH_SINGLE, seed=5)
+        print(f"same-item-fresh: {gallery} {queries}")
     if "same-item-fmnist" in wanted:
         print("same-item-fmnist: {} {}".format(
             *write_fmnist_listings(args.out / "same-item-fmnist")))

@@ -162,15 +162,19 @@ def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
         assert set(query["relevant"]) == listings_of[item]
 
 
-def test_edit_recipes_change_the_photo_and_dev_heldout_and_blind_differ() -> None:
+def test_edit_recipes_change_the_photo_and_dev_heldout_blind_and_fresh_differ() -> None:
     same_item = load_bench_module("protocols_same_item")
     photo = Image.new("RGB", (200, 240), "white")
     photo.paste((30, 60, 200), (40, 40, 160, 200))
     photo.paste((200, 60, 30), (40, 40, 80, 100))  # not mirror-symmetric
-    sets = (same_item.DEV_SINGLE, same_item.HELDOUT_SINGLE, same_item.BLIND_SINGLE)
+    ramp = np.linspace(0, 255, 120, dtype=np.uint8)  # many colours: a palette must show
+    photo.paste(Image.fromarray(np.stack([ramp, ramp[::-1], ramp], axis=1)[None].repeat(
+        30, axis=0), "RGB"), (40, 160))
+    sets = (same_item.DEV_SINGLE, same_item.HELDOUT_SINGLE, same_item.BLIND_SINGLE,
+            same_item.FRESH_SINGLE)
     names = [{e.__name__ for e in recipes} for recipes in sets]
     assert sum(map(len, names)) == len(set().union(*names))  # no recipe in two sets
-    for edit in (*same_item.DEV_SINGLE, *same_item.HELDOUT_SINGLE, *same_item.BLIND_SINGLE):
+    for edit in (edit for recipes in sets for edit in recipes):
         out = edit(photo, np.random.default_rng(0)).convert("RGB")
         same_size = out.size == photo.size
         assert not same_size or not np.array_equal(np.asarray(out), np.asarray(photo)), edit
