@@ -85,6 +85,9 @@ COMPARE_DEPTH = 3
 DEEP_MATCHED = 2
 """Of the candidates below the first ``k`` (within a family), the ``DEEP_MATCHED * k`` with the
 most keypoint votes are matched geometrically (:meth:`SameItemVerifier.keypoint_votes`)."""
+SECOND_PAGE_MATCHED = 10
+"""Of the candidates below the first ``k`` that are not a family, those with the most
+keypoint votes matched geometrically (:func:`_second_page`; ~3 ms a pair once cached)."""
 CROWDED_SHARE = 0.5
 """Share of the ``k`` most similar candidates with the rule's ``min_inliers`` from which they
 count as a family of look-alikes (one pack layout's flavours and lines): the item itself may
@@ -533,6 +536,8 @@ class ProductSearch:
             rest = _most_similar_first(deeper, threshold)[k:]
         if rest and family:
             verified += _look_deeper(verifier, queries, rest, k, self._readers)
+        elif rest and not any(e.same_item for _, e in verified):
+            verified += _second_page(verifier, queries, rest, self._readers)
         verified = _corroborate(verifier, verified)
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
@@ -783,6 +788,36 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     pairs = [(refs[n], rest[n][1]) for n in chosen]
     per_query = [verifier.verify(q, pairs, [m[n] for n in chosen], print_check=True,
                                  overlay="covers")
+                 for q, m in zip(queries, matched, strict=True)]
+    return [(rest[n][0], _strongest(found[i] for found in per_query))
+            for i, n in enumerate(chosen)]
+
+
+def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
+                 rest: Sequence[tuple[dict[str, Any], float]],
+                 readers: Executor | None = None) -> list[tuple[dict[str, Any], Evidence]]:
+    """The candidates below the first ``k`` when none of those is the query's item and they
+    are not a family: the ``SECOND_PAGE_MATCHED`` with the most keypoint votes are matched
+    geometrically, and those with the rule's ``min_inliers`` verified as the first ``k``
+    are. An edit that moves a photo's vector far from its listings (shrunk into a phone
+    screenshot, a tight zoom, a thumbnail blown up) keeps its keypoints: such listings
+    ranked 20-60 by vector on same-item-fresh (docs/matching.md, "Second page"). Not run
+    once the first ``k`` matched: there it added more copies of a look-alike variant
+    already (wrongly) matched than re-listings of the item. Listing photos not cached yet
+    are read ``readers`` at a time."""
+    refs = [str(row["image_ref"]) for row, _ in rest]
+    unreadable = _read_ahead(verifier, refs, readers) if readers is not None else set()
+    votes = [verifier.keypoint_votes(q, refs, unreadable) for q in queries]
+    most = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
+    kept = sorted(n for n in most[:SECOND_PAGE_MATCHED] if max(v[n] for v in votes) > 0)
+    rest, refs = [rest[n] for n in kept], [refs[n] for n in kept]
+    matched = [verifier.keypoint_matches(q, refs) for q in queries]
+    chosen = [n for n in range(len(rest))
+              if _most_inliers(matched, n) >= verifier.rule.min_inliers]
+    if not chosen:
+        return []
+    pairs = [(refs[n], rest[n][1]) for n in chosen]
+    per_query = [verifier.verify(q, pairs, [m[n] for n in chosen])
                  for q, m in zip(queries, matched, strict=True)]
     return [(rest[n][0], _strongest(found[i] for found in per_query))
             for i, n in enumerate(chosen)]

@@ -518,8 +518,10 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
         milvus: Milvus, family: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Five other colours of one style rank above the item itself by vector, and the first
     k = 3 all match the query's geometry: price comparison then ranks the next products by
-    their inliers and verifies the best, and finds the item. Below unrelated products (no
-    geometry in common) it does not look deeper."""
+    their inliers and verifies the best, with the print check, and finds the item. Below
+    unrelated products (no geometry in common) it does not search deeper: it matches the
+    rest of its candidates with the most keypoint votes (the second page) and finds the
+    item there, verified as the first k are."""
     style = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
     others = ([_hue_turned(style, d) for d in (60, 120, 180, 240, 300)] if family else
               [ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
@@ -552,7 +554,8 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
                                     family_depth=0)
             assert shallow.compare_prices(image=query, k=3, threshold=0.3) == []
         else:
-            assert looked == [3] and matches == [] and checked == [False]
+            assert looked == [3, 3] and checked == [False, False]
+            assert [m.product_id for m in matches] == ["item"]
     finally:
         milvus.drop(s)
 
@@ -592,6 +595,65 @@ def test_compare_prices_follows_a_family_down_by_keypoint_votes(
                                 max_pixels=milvus_support.MAX_PIXELS, verifier=verifier,
                                 family_depth=0)
         assert shallow.compare_prices(image=query, k=2, threshold=0.3) == []
+    finally:
+        milvus.drop(s)
+
+
+def test_the_second_page_matches_only_the_candidates_with_the_most_votes(
+        milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below unrelated products (not a family), the candidates after the first k are given a
+    keypoint vote each and only the ``SECOND_PAGE_MATCHED`` with the most are matched
+    geometrically: the item, an edited copy of the query's photo, is the one. With none of
+    them matched, it is not found."""
+    item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    others = [ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
+              for n in (2, 3, 4, 5, 6)]
+    s, photos, embedder, query = _item_below_five(milvus, "page2", item, others)
+    verifier = SameItemVerifier(photos.__getitem__)
+    voted: list[dict[str, int]] = []
+    votes = verifier.keypoint_votes
+    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
+        voted.append(dict(zip(refs, found := votes(q, refs, unreadable), strict=True)))
+        or found))
+    looked: list[list[str]] = []
+    matches_of = verifier.keypoint_matches
+    monkeypatch.setattr(verifier, "keypoint_matches",
+                        lambda q, refs: looked.append(list(refs)) or matches_of(q, refs))
+    monkeypatch.setattr(search_api, "SECOND_PAGE_MATCHED", 1)
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    item_ref = "https://img.example/item.jpg"
+    try:
+        matches = search.compare_prices(image=query, k=3, threshold=0.3)
+        assert [m.product_id for m in matches] == ["item"]
+        assert len(voted) == 1 and len(voted[0]) == 3  # other-3, other-4 and the item
+        assert voted[0][item_ref] > max(v for ref, v in voted[0].items() if ref != item_ref)
+        assert looked[1:] == [[item_ref]]
+        monkeypatch.setattr(search_api, "SECOND_PAGE_MATCHED", 0)
+        assert search.compare_prices(image=query, k=3, threshold=0.3) == []
+    finally:
+        milvus.drop(s)
+
+
+def test_no_second_page_once_the_first_k_matched(
+        milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first k = 3 hold a listing of the item (other-0 shows its very photo): price
+    comparison lists it and does not look at the rest of its candidates (no keypoint votes),
+    so the item's listing ranked sixth is not listed."""
+    item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    others = [item, *(ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
+                      for n in (3, 4, 5, 6))]
+    s, photos, embedder, query = _item_below_five(milvus, "page1", item, others)
+    verifier = SameItemVerifier(photos.__getitem__)
+    voted: list[list[str]] = []
+    votes = verifier.keypoint_votes
+    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
+        voted.append(list(refs)) or votes(q, refs, unreadable)))
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    try:
+        matches = search.compare_prices(image=query, k=3, threshold=0.3)
+        assert [m.product_id for m in matches] == ["other-0"] and voted == []
     finally:
         milvus.drop(s)
 
