@@ -560,6 +560,21 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
         milvus.drop(s)
 
 
+def _spy_on_votes_and_matches(verifier: SameItemVerifier, monkeypatch: pytest.MonkeyPatch
+                              ) -> tuple[list[dict[str, int]], list[list[str]]]:
+    """Record ``verifier``'s keypoint votes (ref -> votes, per call) and the refs it matches
+    geometrically (per call), answering as it would."""
+    voted: list[dict[str, int]] = []
+    looked: list[list[str]] = []
+    votes, matches = verifier.keypoint_votes, verifier.keypoint_matches
+    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
+        voted.append(dict(zip(refs, found := votes(q, refs, unreadable), strict=True)))
+        or found))
+    monkeypatch.setattr(verifier, "keypoint_matches",
+                        lambda q, refs: looked.append(list(refs)) or matches(q, refs))
+    return voted, looked
+
+
 def test_compare_prices_follows_a_family_down_by_keypoint_votes(
         milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
     """A family of look-alikes fills the whole first page of candidates (``COMPARE_DEPTH`` 1,
@@ -571,15 +586,7 @@ def test_compare_prices_follows_a_family_down_by_keypoint_votes(
     others = [_hue_turned(style, d) for d in (60, 120, 180, 240, 300)]
     s, photos, embedder, query = _item_below_five(milvus, "votes", style, others)
     verifier = SameItemVerifier(photos.__getitem__)
-    voted: list[dict[str, int]] = []
-    votes = verifier.keypoint_votes
-    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
-        voted.append(dict(zip(refs, found := votes(q, refs, unreadable), strict=True)))
-        or found))
-    looked: list[list[str]] = []
-    deeper = verifier.keypoint_matches
-    monkeypatch.setattr(verifier, "keypoint_matches",
-                        lambda q, refs: looked.append(list(refs)) or deeper(q, refs))
+    voted, looked = _spy_on_votes_and_matches(verifier, monkeypatch)
     monkeypatch.setattr(search_api, "COMPARE_DEPTH", 1)
     monkeypatch.setattr(search_api, "DEEP_MATCHED", 1)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
@@ -610,15 +617,7 @@ def test_the_second_page_matches_only_the_candidates_with_the_most_votes(
               for n in (2, 3, 4, 5, 6)]
     s, photos, embedder, query = _item_below_five(milvus, "page2", item, others)
     verifier = SameItemVerifier(photos.__getitem__)
-    voted: list[dict[str, int]] = []
-    votes = verifier.keypoint_votes
-    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
-        voted.append(dict(zip(refs, found := votes(q, refs, unreadable), strict=True)))
-        or found))
-    looked: list[list[str]] = []
-    matches_of = verifier.keypoint_matches
-    monkeypatch.setattr(verifier, "keypoint_matches",
-                        lambda q, refs: looked.append(list(refs)) or matches_of(q, refs))
+    voted, looked = _spy_on_votes_and_matches(verifier, monkeypatch)
     monkeypatch.setattr(search_api, "SECOND_PAGE_MATCHED", 1)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
