@@ -63,6 +63,7 @@ from search.verify import (
     WINDOW_SCALES,
     Evidence,
     KeypointMatch,
+    Overlay,
     PhotoFeatures,
     SameItemVerifier,
     cutouts,
@@ -777,22 +778,9 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     listing photos not cached yet are read ``readers`` at a time (fetched, decoded, keypoints
     found: what a cold cache costs); one that cannot be read gets no votes and is not read
     again for them."""
-    refs = [str(row["image_ref"]) for row, _ in rest]
     if len(rest) > DEEP_MATCHED * k:  # a cheap first cut: the most keypoint votes
-        unreadable = _read_ahead(verifier, refs, readers) if readers is not None else set()
-        votes = [verifier.keypoint_votes(q, refs, unreadable) for q in queries]
-        most = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
-        kept = sorted(most[:DEEP_MATCHED * k])
-        rest, refs = [rest[n] for n in kept], [refs[n] for n in kept]
-    matched = [verifier.keypoint_matches(q, refs) for q in queries]
-    best = sorted(range(len(rest)), key=lambda n: (-_most_inliers(matched, n), n))[:k]
-    chosen = sorted(n for n in best if _most_inliers(matched, n) >= verifier.rule.min_inliers)
-    pairs = [(refs[n], rest[n][1]) for n in chosen]
-    per_query = [verifier.verify(q, pairs, [m[n] for n in chosen], print_check=True,
-                                 overlay="covers")
-                 for q, m in zip(queries, matched, strict=True)]
-    return [(rest[n][0], _strongest(found[i] for found in per_query))
-            for i, n in enumerate(chosen)]
+        rest = _most_voted(verifier, queries, rest, DEEP_MATCHED * k, readers)
+    return _match_and_verify(verifier, queries, rest, k, print_check=True, overlay="covers")
 
 
 def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
@@ -807,19 +795,42 @@ def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     once the first ``k`` matched: there it also listed more copies of a look-alike variant
     already matched (same-item-heldout's precision 0.983 -> 0.979). Listing photos not
     cached yet are read ``readers`` at a time."""
+    kept = _most_voted(verifier, queries, rest, SECOND_PAGE_MATCHED, readers, voted_only=True)
+    return _match_and_verify(verifier, queries, kept, len(kept))
+
+
+def _most_voted(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
+                rest: Sequence[tuple[dict[str, Any], float]], most: int,
+                readers: Executor | None, voted_only: bool = False
+                ) -> list[tuple[dict[str, Any], float]]:
+    """The ``most`` candidates of ``rest`` with the most keypoint votes from any query photo
+    (ties: the more similar first), in their order (``voted_only``: none without a vote).
+    The listing photos not cached yet are read ``readers`` at a time first."""
     refs = [str(row["image_ref"]) for row, _ in rest]
     unreadable = _read_ahead(verifier, refs, readers) if readers is not None else set()
     votes = [verifier.keypoint_votes(q, refs, unreadable) for q in queries]
-    most = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
-    kept = sorted(n for n in most[:SECOND_PAGE_MATCHED] if max(v[n] for v in votes) > 0)
-    rest, refs = [rest[n] for n in kept], [refs[n] for n in kept]
+    ranked = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
+    kept = sorted(n for n in ranked[:most] if not voted_only or max(v[n] for v in votes) > 0)
+    return [rest[n] for n in kept]
+
+
+def _match_and_verify(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
+                      rest: Sequence[tuple[dict[str, Any], float]], most: int,
+                      print_check: bool = False, overlay: Overlay = "open"
+                      ) -> list[tuple[dict[str, Any], Evidence]]:
+    """``rest`` matched geometrically with each query photo; of the ``most`` with the most
+    inliers, those with the rule's ``min_inliers`` verified in full (``print_check``,
+    ``overlay``: see :meth:`SameItemVerifier.verify`), in their order, with their
+    evidence."""
+    refs = [str(row["image_ref"]) for row, _ in rest]
     matched = [verifier.keypoint_matches(q, refs) for q in queries]
-    chosen = [n for n in range(len(rest))
-              if _most_inliers(matched, n) >= verifier.rule.min_inliers]
+    best = sorted(range(len(rest)), key=lambda n: (-_most_inliers(matched, n), n))[:most]
+    chosen = sorted(n for n in best if _most_inliers(matched, n) >= verifier.rule.min_inliers)
     if not chosen:
         return []
     pairs = [(refs[n], rest[n][1]) for n in chosen]
-    per_query = [verifier.verify(q, pairs, [m[n] for n in chosen])
+    per_query = [verifier.verify(q, pairs, [m[n] for n in chosen], print_check=print_check,
+                                 overlay=overlay)
                  for q, m in zip(queries, matched, strict=True)]
     return [(rest[n][0], _strongest(found[i] for found in per_query))
             for i, n in enumerate(chosen)]
