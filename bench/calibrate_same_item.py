@@ -117,6 +117,8 @@ def main() -> int:
     # How much of the product the inliers must span, and how far brightness may move.
     grid += [SameItemRule(min_inlier_cover=c, max_brightness_ratio=b)
              for c, b in itertools.product((0.0, 0.05, 0.1), (100.0, 1.6, 1.4, 1.25))]
+    # The largest patch of another colour a match may show (1.0: the check off).
+    grid += [SameItemRule(max_recoloured=m) for m in (0.006, 0.008, 0.01, 0.015, 0.02, 1.0)]
     if args.rule:
         i, r, h, c, d, pc = args.rule.split(",")
         grid.insert(0, SameItemRule(int(i), float(r), float(h), float(c), float(d), int(pc)))
@@ -143,7 +145,8 @@ def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
             f"colour>={rule.min_colour:.2f} "
             f"dup>={rule.duplicate_similarity:.3f} coarse>={rule.coarse_similarity:.2f},"
             f"{rule.coarse_correlation:.2f},{rule.coarse_colour_shift:.0f} "
-            f"cover>={rule.min_inlier_cover:.2f} bright<={rule.max_brightness_ratio:.2f}: "
+            f"cover>={rule.min_inlier_cover:.2f} bright<={rule.max_brightness_ratio:.2f} "
+            f"recoloured<={rule.max_recoloured:.3f}: "
             f"precision {s['precision']:.3f} "
             f"recall {s['recall']:.3f} false_match_rate {s['false_match_rate']:.3f} "
             f"all_found_rate {s['all_found_rate']:.3f}")

@@ -161,6 +161,32 @@ LIGHT_FIT_SHARE = 70
 (:func:`_light_map`): a flavour band or a recoloured trim must not bend the fit."""
 LIGHT_FIT_PIXELS = 1500
 """About how many of the compared pixels the light map is fitted on (~1 ms a pair)."""
+RECOLOUR_DELTA = 15.0
+"""A compared pixel has another colour (:func:`_recoloured_patches`) when its lightness, after
+one fitted lightness map, and its hue differ by this much together (CIE-style L* and hue
+difference, ``hypot(dL, dH)``)."""
+RECOLOUR_MIN_LIGHTNESS = 30.0
+"""L* from which a pixel's hue counts there: the hue of a dark pixel (black trousers, hair)
+swings under any saturation edit."""
+RECOLOUR_DYE_RATIO = 3.0
+"""...or when one photo's chroma is this many times the other's (a white trim dyed orange)..."""
+RECOLOUR_DYE_CHROMA = 15.0
+"""...and differs by this much: a saturation edit scales a faint colour many times, but by
+little."""
+RECOLOUR_WINDOW_PX = 7
+"""Window (px at half ``VERIFY_SIZE``) over which the two photos' texture is correlated: a
+recoloured part keeps its folds and seams, a sticker or a banner over it does not."""
+RECOLOUR_MIN_TEXTURE_CORRELATION = 0.5
+"""Local grey-level correlation from which a part's texture counts as kept."""
+RECOLOUR_FLAT_STD = 4.0
+"""Grey-level spread below which a window is flat in a photo (a plain trim: kept if flat in
+both)."""
+RECOLOUR_MIN_INLIERS = 10
+"""A keypoint alignment with fewer inliers is not looked at for recoloured parts (~2 ms a
+pair): the rule's geometric routes refuse it anyway (``SameItemRule.min_inliers``)."""
+RECOLOUR_INSET_PX = 2
+"""The compared region is shrunk by this much first: along its outline each photo mixes the
+product with its own background, and a pixel of misregistration shows as a colour change."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -239,6 +265,13 @@ class Alignment:
     hue: HueAgreement | None = None
     """The hues over the whole compared region (:func:`_hue_agreement`; None without enough
     chromatic pixels to say)."""
+    recoloured: float = 0.0
+    """Share of the compared region taken by its largest patch of another colour whose
+    texture is kept (:func:`_recoloured_patches`): a trim, a waistband or a garment of another
+    colour on the same model in the same photo. 0 when not looked at (fewer than
+    ``RECOLOUR_MIN_INLIERS`` inliers)."""
+    local_recoloured: float = 0.0
+    """:attr:`recoloured` within the inliers' neighbourhoods only (the overlay route's)."""
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -336,6 +369,12 @@ class SameItemRule:
     keeps the colours and the overall correlation; the cells with its name and logo do not
     (0.48-0.66 against 0.71 and more for true re-shots; chosen on same-item-packs, see
     docs/matching.md)."""
+    max_recoloured: float = 0.01
+    """Largest share of the product a patch of another colour with its texture kept may take
+    (:attr:`Alignment.recoloured`; near the inliers on the overlay route): luma's colour
+    variants of one style are often the same photo with one part recoloured (a trim, a
+    waistband: 1-4 % of it), which the colour shift's percentiles let through (chosen on
+    same-item-mirrored, -dev, -heldout and -blind; docs/matching.md, "Recoloured parts")."""
     min_light_correlation: float = 0.96
     """Grey-level correlation the light route requires: it forgives the colours, so the
     print must agree more closely than ``min_correlation`` asks (another line or brand on
@@ -392,10 +431,14 @@ class SameItemRule:
                 return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
                                f"(another shade)")
             shift = alignment.colour_shift(self.shift_percentile)
-            if alignment.correlation >= self.min_correlation and shift <= self.max_colour_shift:
+            # A part of another colour: no route over the whole product forgives it (the
+            # overlay route looks near the inliers only, where it must not be either).
+            recoloured = self._part_recoloured(alignment)
+            if (not recoloured and alignment.correlation >= self.min_correlation
+                    and shift <= self.max_colour_shift):
                 return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
                               f"{alignment.correlation:.2f}, colour shift {shift:.1f})")
-            if self._agrees_under_other_light(alignment):
+            if not recoloured and self._agrees_under_other_light(alignment):
                 assert alignment.light_gains is not None
                 mapped = alignment.light_shift(self.shift_percentile)
                 gains = "/".join(f"{g:.2f}" for g in alignment.light_gains)
@@ -405,7 +448,7 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
-            if self._agrees_graded(alignment):
+            if not recoloured and self._agrees_graded(alignment):
                 assert alignment.hue is not None
                 low, high = alignment.hue.chroma_ratios
                 return True, (f"{inliers} geometric inliers, aligned photos agree in hue "
@@ -421,6 +464,10 @@ class SameItemRule:
                               f"{alignment.local_shift(self.shift_percentile):.1f}); "
                               f"{1 - alignment.local_share:.0%} of the product covered or "
                               f"away from them")
+            if recoloured:
+                return False, (f"{inliers} inliers, but a part of the product has another "
+                               f"colour ({alignment.recoloured:.1%} of it > "
+                               f"{self.max_recoloured:.1%})")
             if alignment.correlation < self.min_correlation:
                 return False, (f"{inliers} inliers, but the aligned photos differ "
                                f"(correlation {alignment.correlation:.2f})")
@@ -446,11 +493,16 @@ class SameItemRule:
         """Whether an alignment shows what no capture or edit of one item explains: one photo
         far brighter than the other (another shade) or a print that differs in places
         (another line's name or logo). Price comparison's corroboration does not overrule
-        these (``search.api._corroborate``)."""
+        these (``search.api._corroborate``). A part of another colour is not among them: a
+        photo re-shot under another light shows one too, against the query; between the
+        two listing photos the rule itself refuses it."""
         if alignment is None:
             return False
         return (_brightness_ratio(alignment) > self.max_brightness_ratio
                 or self._print_differs(alignment))
+
+    def _part_recoloured(self, alignment: Alignment) -> bool:
+        return alignment.recoloured > self.max_recoloured
 
     def _print_differs(self, alignment: Alignment) -> bool:
         return (alignment.print_agreement is not None
@@ -491,12 +543,16 @@ class SameItemRule:
         demonstrably show the same surface: there the grey levels must correlate and the
         colours agree as strictly as over the whole, on at least ``min_local_share`` of the
         compared pixels, with the photos' colour histograms in agreement. A recoloured
-        variant keeps its inliers (SIFT sees grey levels) and so its colour change in view."""
+        variant keeps its inliers (SIFT sees grey levels) and so its colour change in view,
+        and a part of another colour must not lie near them either
+        (:attr:`Alignment.local_recoloured`): a cover away from the inliers is forgiven, a
+        trim beside them is not."""
         if alignment.local_correlation is None or alignment.local_shifts is None:
             return False
         return (alignment.local_share >= self.min_local_share
                 and alignment.local_correlation >= self.min_local_correlation
                 and alignment.local_shift(self.shift_percentile) <= self.max_colour_shift
+                and alignment.local_recoloured <= self.max_recoloured
                 and colour >= self.min_colour)
 
     def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:
@@ -513,11 +569,12 @@ class SameItemRule:
         shift = alignment.colour_shift(self.shift_percentile)
         if (similarity >= self.coarse_similarity and colour >= self.min_colour
                 and alignment.correlation >= self.coarse_correlation
-                and shift <= self.coarse_colour_shift):
+                and shift <= self.coarse_colour_shift and not self._part_recoloured(alignment)):
             return True, (f"{inliers} inliers, aligned without keypoints and the photos agree "
                           f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f})")
         return False, (f"{inliers} inliers; aligned without keypoints, the photos differ "
-                       f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f})")
+                       f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f}, "
+                       f"recoloured part {alignment.recoloured:.1%})")
 
 
 @dataclass(frozen=True)
@@ -781,6 +838,10 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         relit, edge_left_out = _colour_region(region, valid, warped, fg_b)
         gains, mapped = _light_map(soft_a[relit], soft_b[relit])
         light_shifts = _colour_shifts(mapped, soft_b[relit])
+    patches, compared = (_recoloured_patches(soft_a, soft_b, grey_a, grey_b, region)
+                         if inliers is None or len(inliers) >= RECOLOUR_MIN_INLIERS
+                         else (None, 0))
+    recoloured = local_recoloured = _largest_share(patches, compared)
     local_corr, local_shifts, share = None, None, 1.0
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
@@ -791,8 +852,11 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         if int(local.sum()) >= MIN_OVERLAP_PX:
             local_corr = _correlation(region_a[local], region_b[local])
             local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
+        if patches is not None:
+            local_recoloured = _largest_share(patches & near, compared)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      hue=_hue_agreement(chroma_a, chroma_b),
+                     recoloured=recoloured, local_recoloured=local_recoloured,
                      light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
                      segmented=segmented,
                      print_agreement=_print_agreement(grey_a, grey_b, region)
@@ -966,6 +1030,123 @@ def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64
                       interpolation=cv2.INTER_AREA)
     return np.asarray(cv2.resize(down, (width, height), interpolation=cv2.INTER_LINEAR),
                       dtype=np.uint8)
+
+
+def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
+                        grey_a: NDArray[Any], grey_b: NDArray[Any],
+                        region: NDArray[np.bool_]) -> tuple[NDArray[Any] | None, int]:
+    """(the patches of the compared ``region`` whose colour changed while their texture
+    stayed, the number of pixels compared; None for no patch): what another colour of one
+    part of a product looks like (a waistband, a trim, black shorts made grey on the same
+    model in the same pose), and what no edit of the whole photo does. The percentiles of
+    the colour shift dilute such a part in the rest of the photo (a pink trim is 1-3 % of a
+    model's photo).
+
+    A pixel changed colour when it did both as the photos are and after the per-channel
+    light map (:func:`_light_map`: a white balance or a warm filter turns hues, and a map
+    fitted to a yellow jacket turns grey trousers blue; each explains what the other cannot)
+    by :func:`_colour_changed`: lightness (after one lightness map: a brightness, contrast or
+    tone edit) and hue apart, or chroma multiplied (white dyed, a colour washed to grey).
+    Saturation and vividness edits scale chroma and keep hue, so they do not count. It
+    counts only where the grey-level texture is kept (a window correlation of
+    ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both): a sticker or a banner over the
+    product changes colour *and* texture, and is left to the rule's overlay checks. ~2 ms
+    a pair."""
+    inner = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8),
+                      iterations=RECOLOUR_INSET_PX) > 0
+    n = int(inner.sum())
+    if n < MIN_OVERLAP_PX:
+        return None, 0
+    pixels_a, pixels_b = soft_a[inner], soft_b[inner]
+    _, mapped = _light_map(pixels_a, pixels_b)
+    lab_b = _lab(pixels_b)
+    changed = np.zeros(inner.shape, dtype=bool)
+    changed[inner] = _colour_changed(_lab(pixels_a), lab_b) & _colour_changed(_lab(mapped), lab_b)
+    if not changed.any():
+        return None, n
+    texture, spread_a, spread_b = _window_correlation(grey_a, grey_b, RECOLOUR_WINDOW_PX)
+    kept = (texture >= RECOLOUR_MIN_TEXTURE_CORRELATION) | (
+        (spread_a < RECOLOUR_FLAT_STD) & (spread_b < RECOLOUR_FLAT_STD))
+    patches = cv2.morphologyEx((changed & kept).astype(np.uint8), cv2.MORPH_OPEN,
+                               np.ones((3, 3), np.uint8))
+    return patches, n
+
+
+def _largest_share(patches: NDArray[Any] | None, compared: int) -> float:
+    """The largest connected patch of ``patches`` (8-connected), as a share of ``compared``
+    pixels (0 without patches)."""
+    if patches is None or compared == 0:
+        return 0.0
+    count, _, stats, _ = cv2.connectedComponentsWithStats(patches.astype(np.uint8),
+                                                          connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) / compared if count > 1 else 0.0
+
+
+def _lab(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """(n, 3) RGB pixels -> their (n, 3) CIE L*, a*, b*."""
+    lab = cv2.cvtColor(pixels.reshape(1, -1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    out: NDArray[np.float64] = lab.astype(np.float64)
+    out[:, 0] *= 100 / 255
+    out[:, 1:] -= 128.0
+    return out
+
+
+def _colour_changed(lab_a: NDArray[np.float64], lab_b: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Per aligned pixel (:func:`_lab` of each photo), whether it has another colour: its
+    lightness, after one map fitted to all of them, and its hue differ by ``RECOLOUR_DELTA``
+    together (the hue only from ``RECOLOUR_MIN_LIGHTNESS``), or its chroma changed
+    ``RECOLOUR_DYE_RATIO`` times by ``RECOLOUR_DYE_CHROMA``."""
+    gain, offset = _lightness_map(lab_a[:, 0], lab_b[:, 0])
+    light_a, light_b = lab_a[:, 0] * gain + offset, lab_b[:, 0]
+    ab_a, ab_b = lab_a[:, 1:], lab_b[:, 1:]
+    chroma_a, chroma_b = np.hypot(ab_a[:, 0], ab_a[:, 1]), np.hypot(ab_b[:, 0], ab_b[:, 1])
+    # CIE's hue difference: 2 sqrt(Ca Cb) |sin(turn / 2)| = sqrt(2 (Ca Cb - a . b))
+    hue_delta = np.sqrt(np.maximum(2.0 * (chroma_a * chroma_b - (ab_a * ab_b).sum(axis=1)), 0.0))
+    lit = np.maximum(light_a, light_b) >= RECOLOUR_MIN_LIGHTNESS
+    hue_delta[~lit] = 0.0
+    ratio = (chroma_a + 2.0) / (chroma_b + 2.0)
+    dyed = (lit & ((ratio > RECOLOUR_DYE_RATIO) | (ratio < 1 / RECOLOUR_DYE_RATIO))
+            & (np.abs(chroma_a - chroma_b) >= RECOLOUR_DYE_CHROMA))
+    out: NDArray[np.bool_] = (np.hypot(light_a - light_b, hue_delta) > RECOLOUR_DELTA) | dyed
+    return out
+
+
+def _lightness_map(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[float, float]:
+    """Gain and offset mapping lightness ``a`` onto ``b``, refitted twice on the
+    ``LIGHT_FIT_SHARE`` percent of pixels it explains best (a part of another shade must not
+    bend it; see :func:`_light_map`)."""
+    step = max(1, len(a) // LIGHT_FIT_PIXELS)  # a strided sample fits as well, at less cost
+    a, b = a[::step], b[::step]
+    keep = np.ones(len(a), dtype=bool)
+    gain, offset = 1.0, 0.0
+    for _ in range(3):
+        xs, ys = a[keep], b[keep]
+        spread = float(xs.var())
+        gain = (float(((xs - xs.mean()) * (ys - ys.mean())).mean()) / spread
+                if spread > 1e-6 else 1.0)
+        offset = float(ys.mean()) - gain * float(xs.mean())
+        residual = np.abs(a * gain + offset - b)
+        keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
+    return gain, offset
+
+
+def _window_correlation(a: NDArray[Any], b: NDArray[Any], size: int
+                        ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per pixel, the grey-level correlation of ``a`` and ``b`` over the ``size`` x ``size``
+    window around it, and each photo's grey-level spread there."""
+    x = a.astype(np.float64)
+    y = b.astype(np.float64)
+
+    def mean(v: NDArray[np.float64]) -> NDArray[np.float64]:
+        out: NDArray[np.float64] = np.asarray(cv2.boxFilter(v, -1, (size, size)), np.float64)
+        return out
+
+    mean_x, mean_y = mean(x), mean(y)
+    var_x = np.maximum(mean(x * x) - mean_x**2, 0.0)
+    var_y = np.maximum(mean(y * y) - mean_y**2, 0.0)
+    covariance = mean(x * y) - mean_x * mean_y
+    correlation = covariance / np.sqrt(np.maximum(var_x * var_y, 1e-9))
+    return correlation, np.sqrt(var_x), np.sqrt(var_y)
 
 
 def _colour_region(region: NDArray[np.bool_], valid: NDArray[np.bool_],

@@ -852,3 +852,107 @@ def test_a_mirrored_luma_copy_is_accepted_and_its_other_colour_refused() -> None
     for refused in SameItemVerifier(photos.__getitem__).verify(
             query, [(name, 0.9) for name in photos]):
         assert not refused.same_item, refused.reason
+
+
+def _fabric(hem: tuple[int, int, int] = (240, 110, 150), seed: int = 0) -> np.ndarray:
+    """A 160 x 128 garment-like picture: an orange top with a ``hem`` of another colour and
+    skin-toned arms, with fabric texture (grey-level noise, blurred a little), the whole
+    frame product."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((160, 128, 3), np.float64)
+    out[:] = (205, 160, 130)  # skin
+    out[30:130, 20:108] = (230, 120, 40)  # an orange top
+    out[118:130, 20:108] = hem  # a trim
+    texture = cv2.GaussianBlur(rng.normal(0.0, 18.0, out.shape[:2]), (0, 0), 1.0)
+    return np.clip(out + texture[..., None], 0, 255).astype(np.uint8)
+
+
+def _recoloured_share(query: np.ndarray, listing: np.ndarray) -> float:
+    soft = [cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX) for x in (query, listing)]
+    grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (query, listing)]
+    patches, compared = verify._recoloured_patches(soft[0], soft[1], grey[0], grey[1],
+                                                   np.ones(query.shape[:2], bool))
+    return verify._largest_share(patches, compared)
+
+
+def _edited(rgb: np.ndarray, edit: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    return np.asarray(edit(Image.fromarray(rgb)).convert("RGB"))
+
+
+def test_a_part_of_another_colour_is_measured_and_whole_photo_edits_are_not() -> None:
+    """Another variant whose hem only is another colour (7 % of this picture: orange for
+    pink) is a recoloured patch; brightness, contrast, saturation, a white balance, a tone
+    curve and JPEG change the whole photo and leave none. A flat sticker over the fabric
+    changes colour and texture together: not counted (the overlay checks judge it)."""
+    listing = _fabric()
+    assert _recoloured_share(_fabric(hem=(230, 120, 40)), listing) > 0.05
+
+    def jpeg(photo: Image.Image) -> Image.Image:
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=40)
+        return Image.open(io.BytesIO(buf.getvalue()))
+
+    edits: list[Callable[[Image.Image], Image.Image]] = [
+        lambda p: ImageEnhance.Brightness(p).enhance(1.2),
+        lambda p: ImageEnhance.Contrast(p).enhance(0.8),
+        lambda p: _vivid(p, 1.6, 1.2),
+        lambda p: _relit(p, (1.1, 1.0, 0.85)),
+        lambda p: p.point(lambda v: round(255 * (v / 255) ** 0.7)),
+        jpeg,
+    ]
+    for edit in edits:
+        share = _recoloured_share(_edited(listing, edit), listing)
+        assert share <= DEFAULT_RULE.max_recoloured
+    stickered = listing.copy()
+    stickered[60:90, 40:90] = (250, 250, 250)
+    assert _recoloured_share(stickered, listing) <= DEFAULT_RULE.max_recoloured
+
+
+def test_a_recoloured_part_refuses_on_every_route() -> None:
+    rule = SameItemRule()
+    agree = Alignment(0.99, (1.0, 1.5, 2.0, 2.5))
+    assert rule.decide(0.9, 100, 0.9, agree)[0]
+    trim = replace(agree, recoloured=0.03)
+    same, why = rule.decide(0.9, 100, 0.9, trim)
+    assert not same and "a part of the product has another colour (3.0% of it" in why, why
+    graded = Alignment(0.99, (8.0, 12.0, 16.0, 20.0), hue=HueAgreement(0.9, 6.0, (1.2, 1.9)))
+    assert rule.decide(0.9, 100, 0.9, graded)[0]
+    assert not rule.decide(0.9, 100, 0.9, replace(graded, recoloured=0.03))[0]
+    relit = Alignment(0.97, (5.0, 9.0, 14.0, 18.0), light_gains=(1.1, 1.0, 0.9),
+                      light_shifts=(2.0, 3.0, 4.0, 5.0))
+    assert rule.decide(0.9, 100, 0.9, relit)[0]
+    assert not rule.decide(0.9, 100, 0.9, replace(relit, recoloured=0.03))[0]
+    # the overlay route: a cover away from the inliers is forgiven, a part beside them is not
+    covered = Alignment(0.5, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
+                        local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.6, recoloured=0.05)
+    assert rule.decide(0.9, 100, 0.9, covered)[0]
+    assert not rule.decide(0.9, 100, 0.9, replace(covered, local_recoloured=0.03))[0]
+
+
+def _relisted(photo: Image.Image) -> Image.Image:
+    """Another shop's light edit: padded, a little brighter, re-encoded."""
+    out = ImageOps.expand(photo.convert("RGB"), border=40, fill=(255, 255, 255))
+    out = ImageEnhance.Brightness(out).enhance(1.05)
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=70)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@needs_luma
+@pytest.mark.parametrize(("variant", "listed"), [("wsh10-orange", "wsh10-black"),
+                                                 ("wsh05-yellow", "wsh05-purple"),
+                                                 ("msh05-gray", "msh05-black"),
+                                                 ("wp01-black", "wp01-gray")])
+def test_a_luma_variant_differing_in_a_trim_or_a_shade_is_refused(variant: str,
+                                                                  listed: str) -> None:
+    """Luma's colour variants of these styles are one photo with a part recoloured (a
+    shorts' inner hem or waistband, grey shorts or leggings made black on the same model):
+    the colour shift's percentiles let them through, the recoloured patch does not. The
+    same edit of the listed variant itself is accepted."""
+    same, why = _decide(_relisted(_luma(variant)), _luma(listed), similarity=0.95)
+    assert not same, why
+    assert "another colour" in why, why
+    evidence = _evidence(_relisted(_luma(listed)), _luma(listed), 0.95)
+    assert evidence.same_item, evidence.reason
+    assert evidence.alignment is not None
+    assert evidence.alignment.recoloured <= DEFAULT_RULE.max_recoloured
