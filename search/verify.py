@@ -22,7 +22,8 @@ carry tell them apart:
   differs (:func:`_print_agreement`).
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
-aligned by it, agree in grey levels, brightness and colour, over the whole product, or after
+aligned by it, show no part of the product in another colour, and agree in grey levels,
+brightness and colour, over the whole product, or after
 one per-channel light map when the photo was taken again under another light, or in hue
 alone when a shop graded its colours, or, when an overlay hides part of it, near the
 inliers; a pair refused as RANSAC aligned it is aligned again on the grey levels, for a
