@@ -183,7 +183,7 @@ RECOLOUR_FLAT_STD = 4.0
 """Grey-level spread below which a window is flat in a photo (a plain trim: kept if flat in
 both)."""
 RECOLOUR_MIN_INLIERS = 10
-"""A keypoint alignment with fewer inliers is not looked at for recoloured parts (~2 ms a
+"""A keypoint alignment with fewer inliers is not looked at for recoloured parts (~5 ms a
 pair): the rule's geometric routes refuse it anyway (``SameItemRule.min_inliers``)."""
 RECOLOUR_INSET_PX = 2
 """The compared region is shrunk by this much first: along its outline each photo mixes the
@@ -1051,7 +1051,7 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     Saturation and vividness edits scale chroma and keep hue, so they do not count. It
     counts only where the grey-level texture is kept (a window correlation of
     ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both): a sticker or a banner over the
-    product changes colour *and* texture, and is left to the rule's overlay checks. ~2 ms
+    product changes colour *and* texture, and is left to the rule's overlay checks. ~5 ms
     a pair."""
     inner = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8),
                       iterations=RECOLOUR_INSET_PX) > 0
@@ -1097,8 +1097,8 @@ def _colour_changed(lab_a: NDArray[np.float64], lab_b: NDArray[np.float64]) -> N
     lightness, after one map fitted to all of them, and its hue differ by ``RECOLOUR_DELTA``
     together (the hue only from ``RECOLOUR_MIN_LIGHTNESS``), or its chroma changed
     ``RECOLOUR_DYE_RATIO`` times by ``RECOLOUR_DYE_CHROMA``."""
-    gain, offset = _lightness_map(lab_a[:, 0], lab_b[:, 0])
-    light_a, light_b = lab_a[:, 0] * gain + offset, lab_b[:, 0]
+    gain, offset = _robust_linear_map(lab_a[:, :1], lab_b[:, :1])
+    light_a, light_b = lab_a[:, 0] * gain[0] + offset[0], lab_b[:, 0]
     ab_a, ab_b = lab_a[:, 1:], lab_b[:, 1:]
     chroma_a, chroma_b = np.hypot(ab_a[:, 0], ab_a[:, 1]), np.hypot(ab_b[:, 0], ab_b[:, 1])
     # CIE's hue difference: 2 sqrt(Ca Cb) |sin(turn / 2)| = sqrt(2 (Ca Cb - a . b))
@@ -1110,25 +1110,6 @@ def _colour_changed(lab_a: NDArray[np.float64], lab_b: NDArray[np.float64]) -> N
             & (np.abs(chroma_a - chroma_b) >= RECOLOUR_DYE_CHROMA))
     out: NDArray[np.bool_] = (np.hypot(light_a - light_b, hue_delta) > RECOLOUR_DELTA) | dyed
     return out
-
-
-def _lightness_map(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[float, float]:
-    """Gain and offset mapping lightness ``a`` onto ``b``, refitted twice on the
-    ``LIGHT_FIT_SHARE`` percent of pixels it explains best (a part of another shade must not
-    bend it; see :func:`_light_map`)."""
-    step = max(1, len(a) // LIGHT_FIT_PIXELS)  # a strided sample fits as well, at less cost
-    a, b = a[::step], b[::step]
-    keep = np.ones(len(a), dtype=bool)
-    gain, offset = 1.0, 0.0
-    for _ in range(3):
-        xs, ys = a[keep], b[keep]
-        spread = float(xs.var())
-        gain = (float(((xs - xs.mean()) * (ys - ys.mean())).mean()) / spread
-                if spread > 1e-6 else 1.0)
-        offset = float(ys.mean()) - gain * float(xs.mean())
-        residual = np.abs(a * gain + offset - b)
-        keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
-    return gain, offset
 
 
 def _window_correlation(a: NDArray[Any], b: NDArray[Any], size: int
@@ -1195,11 +1176,22 @@ def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
     product keeps its colour. The fit is refitted twice on the ``LIGHT_FIT_SHARE`` percent
     of pixels it explains best, so a part of the product of another colour (a flavour band,
     a trim) stays unexplained instead of bending it."""
-    x, y = a.astype(np.float64), b.astype(np.float64)
+    x = a.astype(np.float64)
+    gains, offsets = _robust_linear_map(x, b.astype(np.float64))
+    mapped = np.clip(np.rint(x * gains + offsets), 0, 255).astype(np.uint8)
+    return (float(gains[0]), float(gains[1]), float(gains[2])), mapped
+
+
+def _robust_linear_map(x: NDArray[np.float64], y: NDArray[np.float64]
+                       ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per column, the gain and offset mapping ``x`` onto ``y`` ((n, k) each), fitted on a
+    strided sample of about ``LIGHT_FIT_PIXELS`` rows and refitted twice on the
+    ``LIGHT_FIT_SHARE`` percent of them it explains best (the distance over the k columns):
+    a part of another colour or shade stays unexplained instead of bending the fit."""
     step = max(1, len(x) // LIGHT_FIT_PIXELS)  # a strided sample fits as well, at less cost
     fit_x, fit_y = x[::step], y[::step]
     keep = np.ones(len(fit_x), dtype=bool)
-    gains, offsets = np.ones(3), np.zeros(3)
+    gains, offsets = np.ones(x.shape[1]), np.zeros(x.shape[1])
     for _ in range(3):
         xs, ys = fit_x[keep], fit_y[keep]
         mean_x, mean_y = xs.mean(axis=0), ys.mean(axis=0)
@@ -1210,8 +1202,7 @@ def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
         offsets = mean_y - gains * mean_x
         residual = np.linalg.norm(fit_x * gains + offsets - fit_y, axis=1)
         keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
-    mapped = np.clip(np.rint(x * gains + offsets), 0, 255).astype(np.uint8)
-    return (float(gains[0]), float(gains[1]), float(gains[2])), mapped
+    return gains, offsets
 
 
 def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
