@@ -385,6 +385,10 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
         catalog.search.by_vectors([vectors[0]] * 209, k=2)
 
 
+ITEM_REF = "https://img.example/item.jpg"
+"""The item's listing photo in :func:`_item_below_five`'s collection."""
+
+
 def _item_below_five(milvus: Milvus, prefix: str, item: Image.Image,
                      others: list[Image.Image]) -> tuple[CollectionSpec, dict[str, Image.Image],
                                                          FakeEmbedder, Image.Image]:
@@ -392,7 +396,7 @@ def _item_below_five(milvus: Milvus, prefix: str, item: Image.Image,
     ``item`` (0.6) by vector for a query that is an edited copy of ``item``; returns the
     collection, the listing photos by image_ref, the embedder and the query."""
     photos = {f"https://img.example/other-{n}.jpg": p for n, p in enumerate(others)}
-    photos["https://img.example/item.jpg"] = item
+    photos[ITEM_REF] = item
     s = milvus.new_spec(prefix=prefix)
     ensure_collections(milvus.store, s)
     records = [record(f"other-{n}", f"other-{n}", rotate(0.99 - 0.01 * n)) for n in range(5)]
@@ -591,13 +595,12 @@ def test_compare_prices_follows_a_family_down_by_keypoint_votes(
     monkeypatch.setattr(search_api, "DEEP_MATCHED", 1)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
-    item_ref = "https://img.example/item.jpg"
     try:
         matches = search.compare_prices(image=query, k=2, threshold=0.3)
         assert [m.product_id for m in matches] == ["item"]
         assert len(voted) == 1 and len(voted[0]) == 4  # other-2 .. other-4 and the item
-        assert voted[0][item_ref] == max(voted[0].values()) > 0
-        assert len(looked) == 2 and len(looked[1]) == 2 and item_ref in looked[1]
+        assert voted[0][ITEM_REF] == max(voted[0].values()) > 0
+        assert len(looked) == 2 and len(looked[1]) == 2 and ITEM_REF in looked[1]
         shallow = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                                 max_pixels=milvus_support.MAX_PIXELS, verifier=verifier,
                                 family_depth=0)
@@ -621,13 +624,12 @@ def test_the_second_page_matches_only_the_candidates_with_the_most_votes(
     monkeypatch.setattr(search_api, "SECOND_PAGE_MATCHED", 1)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
-    item_ref = "https://img.example/item.jpg"
     try:
         matches = search.compare_prices(image=query, k=3, threshold=0.3)
         assert [m.product_id for m in matches] == ["item"]
         assert len(voted) == 1 and len(voted[0]) == 3  # other-3, other-4 and the item
-        assert voted[0][item_ref] > max(v for ref, v in voted[0].items() if ref != item_ref)
-        assert looked[1:] == [[item_ref]]
+        assert voted[0][ITEM_REF] > max(v for ref, v in voted[0].items() if ref != ITEM_REF)
+        assert looked[1:] == [[ITEM_REF]]
         monkeypatch.setattr(search_api, "SECOND_PAGE_MATCHED", 0)
         assert search.compare_prices(image=query, k=3, threshold=0.3) == []
     finally:
@@ -644,10 +646,7 @@ def test_no_second_page_once_the_first_k_matched(
                       for n in (3, 4, 5, 6))]
     s, photos, embedder, query = _item_below_five(milvus, "page1", item, others)
     verifier = SameItemVerifier(photos.__getitem__)
-    voted: list[list[str]] = []
-    votes = verifier.keypoint_votes
-    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
-        voted.append(list(refs)) or votes(q, refs, unreadable)))
+    voted, _ = _spy_on_votes_and_matches(verifier, monkeypatch)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
     try:
