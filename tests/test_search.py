@@ -636,11 +636,12 @@ def test_the_second_page_matches_only_the_candidates_with_the_most_votes(
         milvus.drop(s)
 
 
-def test_no_second_page_once_the_first_k_matched(
+def test_the_second_page_runs_also_once_the_first_k_matched(
         milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first k = 3 hold a listing of the item (other-0 shows its very photo): price
-    comparison lists it and does not look at the rest of its candidates (no keypoint votes),
-    so the item's listing ranked sixth is not listed."""
+    """The first k = 3 hold a listing of the item (other-0 shows its very photo) and the
+    item's own listing ranks sixth by vector: price comparison lists other-0, gives the rest
+    of its candidates a keypoint vote each and lists the sixth too (another shop's listing
+    of the item, far down by vector)."""
     item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
     others = [item, *(ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
                       for n in (3, 4, 5, 6))]
@@ -651,7 +652,9 @@ def test_no_second_page_once_the_first_k_matched(
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
     try:
         matches = search.compare_prices(image=query, k=3, threshold=0.3)
-        assert [m.product_id for m in matches] == ["other-0"] and voted == []
+        assert sorted(m.product_id for m in matches) == ["item", "other-0"]
+        assert len(voted) == 1 and len(voted[0]) == 3  # other-3, other-4 and the item
+        assert voted[0][ITEM_REF] > max(v for ref, v in voted[0].items() if ref != ITEM_REF)
     finally:
         milvus.drop(s)
 
