@@ -464,8 +464,8 @@ class ProductSearch:
         (then by similarity). When most of those ``k`` match the query's geometry (a family of
         look-alikes: one pack layout's flavours), those ``k`` must also agree in print and only
         a cover is forgiven (``overlay="covers"``), and the products below them, down to
-        ``family_depth`` products, are ranked by their geometric inliers (the ``DEEP_MATCHED *
-        k`` with the most keypoint votes) and the ``k`` best verified too
+        ``family_depth`` products, are ranked by their geometric inliers (the
+        ``DEEP_MATCHED * k`` with the most keypoint votes) and the ``k`` best verified too
         (:func:`_look_deeper`). When they are not a family, the rest of the candidates with the
         most keypoint votes are matched and verified (:func:`_second_page`). A candidate refused
         against the query may be vouched for by the listing that matched it best
@@ -792,10 +792,11 @@ def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     a photo's vector far from its listings (shrunk into a phone screenshot, a tight zoom, a
     thumbnail blown up) keeps its keypoints: such listings ranked 20-60 by vector on
     same-item-fresh (docs/matching.md, "Second page"). Run whether or not the first ``k``
-    matched since the rule refuses a recoloured part: before, where the first ``k`` had
-    matched it listed more copies of a look-alike variant (same-item-heldout's precision
-    0.983 -> 0.979), now 0.986 -> 0.983 at a higher recall on six protocols ("The second
-    page always"). Listing photos not cached yet are read ``readers`` at a time."""
+    matched: it once ran only when they had not, since after a match it listed more copies
+    of a look-alike colour variant (same-item-heldout's precision 0.983 -> 0.979); with the
+    rule refusing a recoloured part, running it always costs 0.986 -> 0.983 there and raises
+    recall on seven protocols ("The second page always"). Listing photos not cached yet are
+    read ``readers`` at a time."""
     kept = _most_voted(verifier, queries, rest, SECOND_PAGE_MATCHED, readers, voted_only=True)
     return _match_and_verify(verifier, queries, kept, len(kept))
 
