@@ -27,10 +27,10 @@ brightness and colour, over the whole product, or after
 one per-channel light map when the photo was taken again under another light, or in hue
 alone when a shop graded its colours, or, when an overlay hides part of it, near the
 inliers; a pair refused as RANSAC aligned it is aligned again on the grey levels, for a
-mapping a pixel off), or a plain product with too few
-keypoints lines up without them (:func:`coarse_homography`) and agrees under stricter limits,
-or the two photos are near-identical as a whole (global cosine at the duplicate level: a
-28 px Fashion-MNIST article). Its numbers were calibrated with
+mapping a pixel off), or a plain product with too few keypoints lines up without them
+(:func:`aligned_without_keypoints`) and agrees under stricter limits, or the two photos are
+near-identical as a whole (global cosine at the duplicate level: a 28 px Fashion-MNIST
+article). Its numbers were calibrated with
 ``bench/calibrate_same_item.py`` on the protocols of ``bench/protocols_same_item.py``; see
 docs/matching.md.
 
@@ -104,6 +104,11 @@ ECC_STEPS = 40
 REFINE_STEPS = 30
 """Iterations of the ECC refinement of a keypoint mapping (:func:`refine_homography`):
 ~5-10 ms a pair."""
+COARSE_REFINE_REACH = 0.05
+"""A keypoint-free alignment is refined only when it falls short of the rule's limits and
+its correlation is within this of ``SameItemRule.coarse_correlation``: refining raised a
+plain copy's by 0.01-0.03, and costs ~30 ms a pair (Fashion-MNIST look-alikes, ~3 a query,
+are far below)."""
 EDGE_PX = 2
 """Band (px at half ``VERIFY_SIZE``) inside the listing product's outline that is left out of
 the colour comparison when the query shows another background around the product: there
@@ -246,8 +251,9 @@ class Alignment:
     local_share: float = 1.0
     """Share of the compared pixels that lie near an inlier."""
     by_keypoints: bool = True
-    """False when the photos were aligned without keypoints (:func:`coarse_homography`):
-    held to the stricter ``SameItemRule.coarse_*`` thresholds."""
+    """False when the photos were aligned without keypoints
+    (:func:`aligned_without_keypoints`): held to the stricter ``SameItemRule.coarse_*``
+    thresholds."""
     light_gains: tuple[float, float, float] | None = None
     """Per-channel (R, G, B) gains of the light map fitted from the warped query to the
     listing (:func:`_light_map`; None when aligned without keypoints)."""
@@ -315,10 +321,11 @@ class SameItemRule:
     ``<= max_hue_turn``, chroma within ``graded_chroma``, on ``min_graded_share`` of
     chromatic pixels), or, the overlay route, near the inliers (``min_local_share`` of it,
     correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
-    with fewer inliers, a plain product aligned without keypoints (:func:`coarse_homography`):
-    ``similarity >= coarse_similarity``, ``colour_agreement >= min_colour`` and the stricter
-    ``coarse_*`` aligned limits. Or a near-identical photo:
-    ``similarity >= duplicate_similarity`` and ``colour_agreement >= min_colour``. A pair
+    with fewer inliers, a plain product aligned without keypoints
+    (:func:`aligned_without_keypoints`): ``similarity >= coarse_similarity``,
+    ``colour_agreement >= min_colour`` and the stricter ``coarse_*`` aligned limits. Or a
+    near-identical photo: ``similarity >= duplicate_similarity`` and ``colour_agreement >=
+    min_colour``. A pair
     refused with its inliers is aligned again (``SameItemVerifier._refined``) and accepted
     when the refined alignment passes :meth:`agrees_refined`.
     """
@@ -1296,6 +1303,31 @@ def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64]
     return homography if _plausible(homography) else None
 
 
+def aligned_without_keypoints(a: PhotoFeatures, b: PhotoFeatures, rule: SameItemRule
+                              ) -> Alignment | None:
+    """``a`` aligned onto ``b`` without keypoints (a plain product) on the
+    :func:`coarse_homography`; when that alignment falls short of ``rule``'s keypoint-free
+    limits by little (correlation within ``COARSE_REFINE_REACH``), the mapping refined on the
+    grey levels (:func:`refine_homography`) and the better-correlated of the two alignments
+    (None when no mapping is found). The coarse mapping is an affine one fitted at a quarter
+    of ``VERIFY_SIZE`` over the whole photos, so a copy whose white background was swapped
+    for a colour lines up a pixel or two off around its outline (a plain stability ball:
+    correlation 0.95-0.97, where the route asks 0.97); refined over a full homography at half
+    that size it lines up as a copy does (docs/matching.md, "Keypoint-free alignments
+    refined")."""
+    coarse = coarse_homography(a, b)
+    found = align(a, b, coarse) if coarse is not None else None
+    if coarse is None or found is None:
+        return None
+    short = (found.correlation < rule.coarse_correlation
+             or found.colour_shift(rule.shift_percentile) > rule.coarse_colour_shift)
+    if not short or found.correlation < rule.coarse_correlation - COARSE_REFINE_REACH:
+        return found
+    sharper = refine_homography(a, b, coarse)
+    again = align(a, b, sharper) if sharper is not None else None
+    return again if again is not None and again.correlation > found.correlation else found
+
+
 def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
                       ) -> NDArray[np.float64] | None:
     """``homography`` (``a`` -> ``b``, px at ``VERIFY_SIZE``) refined on the two photos' grey
@@ -1390,8 +1422,7 @@ class SameItemVerifier:
         colour = float(np.dot(query.colour, other.colour))
         tried = allow_coarse and self.rule.wants_coarse(similarity, inliers, colour)
         if tried:
-            coarse = coarse_homography(query, other)
-            found = align(query, other, coarse) if coarse is not None else None
+            found = aligned_without_keypoints(query, other, self.rule)
             alignment = replace(found, by_keypoints=False) if found is not None else alignment
         same, why, alignment = self._judged(query, other, homography, points, alignment,
                                             (similarity, inliers, colour), print_check, overlay)

@@ -182,6 +182,49 @@ def test_a_textureless_look_alike_is_refused(other: Image.Image) -> None:
     assert not evidence.same_item, evidence.reason
 
 
+def _on_a_light_backdrop(name: str, seed: int) -> Image.Image:
+    """A luma photo with its white background swapped for a light solid colour, as
+    same-item-fresh's ``backdrop`` edit makes it (a shop's cut-out on its own colour)."""
+    edits = load_bench_module("protocols_same_item")
+    return edits.backdrop(_luma_photo(name), np.random.default_rng(seed))
+
+
+def _luma_photo(name: str) -> Image.Image:
+    return load_image(LUMA / f"{name}.jpg", 40_000_000, min_size=VERIFY_SIZE)
+
+
+@needs_luma
+@pytest.mark.parametrize(("name", "seed"), [("luma-stability-ball-pink", 0),
+                                            ("luma-stability-ball-pink", 1),
+                                            ("luma-stability-ball", 1),
+                                            ("luma-stability-ball", 2)])
+def test_a_plain_copy_on_another_backdrop_is_accepted_on_its_refined_alignment(
+        name: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain ball (no keypoints) on a light colour instead of white: the coarse mapping
+    alone lines it up a pixel or two off (correlation or colour shift past the route's
+    limits), the mapping refined on the grey levels lines it up as a copy."""
+    query, listing = _on_a_light_backdrop(name, seed), _luma_photo(name)
+    evidence = _evidence(query, listing, 0.95)
+    assert evidence.inliers < DEFAULT_RULE.min_inliers
+    assert evidence.same_item and "without keypoints" in evidence.reason, evidence.reason
+    monkeypatch.setattr(verify, "refine_homography", lambda a, b, h: None)  # coarse only
+    coarse = _evidence(query, listing, 0.95)
+    assert not coarse.same_item and "the photos differ" in coarse.reason, coarse.reason
+
+
+@needs_luma
+@pytest.mark.parametrize(("name", "other"),
+                         [("luma-stability-ball-pink", "luma-stability-ball-gray"),
+                          ("luma-stability-ball", "luma-stability-ball-pink")])
+def test_another_colour_of_a_plain_product_on_a_backdrop_is_refused(name: str, other: str
+                                                                   ) -> None:
+    """The refined alignment is asked only of a pair whose colours agree: another colour of
+    the ball, on any backdrop, stays refused."""
+    for seed in range(3):
+        same, why = _decide(_on_a_light_backdrop(name, seed), _luma_photo(other), 0.95)
+        assert not same, why
+
+
 def test_a_grey_product_is_not_its_black_variant() -> None:
     """Grey and black carry no chroma, so the aligned colour shift cannot tell them apart and
     the normalised correlation ignores brightness: the aligned brightness must agree too."""
