@@ -77,7 +77,12 @@ def test_synthetic_look_alikes_are_refused() -> None:
 
 
 def _luma(name: str) -> Image.Image:
-    return load_image(LUMA / f"{name}_main.jpg", 40_000_000, min_size=VERIFY_SIZE)
+    return _luma_photo(f"{name}_main")
+
+
+def _luma_photo(name: str) -> Image.Image:
+    """A luma photo by its file name (without ``.jpg``)."""
+    return load_image(LUMA / f"{name}.jpg", 40_000_000, min_size=VERIFY_SIZE)
 
 
 @needs_luma
@@ -187,10 +192,6 @@ def _on_a_light_backdrop(name: str, seed: int) -> Image.Image:
     same-item-fresh's ``backdrop`` edit makes it (a shop's cut-out on its own colour)."""
     edits = load_bench_module("protocols_same_item")
     return edits.backdrop(_luma_photo(name), np.random.default_rng(seed))
-
-
-def _luma_photo(name: str) -> Image.Image:
-    return load_image(LUMA / f"{name}.jpg", 40_000_000, min_size=VERIFY_SIZE)
 
 
 @needs_luma
