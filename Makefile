@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 FAULTS_ARGS ?=
 
-.PHONY: install demo test lint bench bench-http bench-scale faults clean
+.PHONY: install demo test lint bench bench-http bench-scale bench-verify faults clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench-http: install
 # ingest write path, 10k and 100k rows: docs/benchmarks.md. `make bench-scale BENCH_ARGS=--json`
 bench-scale: install
 	$(PY) bench/scale.py $(BENCH_ARGS)
+
+# compare_prices per query, stage by stage (CPU and wall), on a same-item protocol that
+# bench/protocols_same_item.py wrote: docs/matching.md, "Speed round".
+bench-verify: install
+	$(PY) bench/verify_cost.py $(BENCH_ARGS)
 
 # Kills, outages, poison, SSRF and slow images against the real CLI; one line per scenario,
 # non-zero exit when a goal fails: docs/benchmarks.md. `make faults FAULTS_ARGS="--only poison"`

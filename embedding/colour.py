@@ -24,6 +24,9 @@ costs ~1 ms per image against ~14 ms for the CNN on 2 CPU cores.
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
@@ -54,6 +57,21 @@ def _near(pixels: NDArray[np.float32], colour: NDArray[np.float32]) -> NDArray[n
     return out
 
 
+def _near_image(rgb: NDArray[np.uint8], colour: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """:func:`_near` of every pixel of an (h, w, 3) uint8 image, the same answer at a tenth of
+    the cost: an integer channel value is within the tolerance of a colour exactly when it
+    lies in the whole-number range around it, which ``cv2.inRange`` tests in place (no float
+    copy of the image)."""
+    low = [max(0, math.ceil(float(c) - BACKGROUND_TOLERANCE)) for c in colour]
+    high = [min(255, math.floor(float(c) + BACKGROUND_TOLERANCE)) for c in colour]
+    if any(lo > hi for lo, hi in zip(low, high, strict=True)):
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    inside = cv2.inRange(np.ascontiguousarray(rgb), np.array(low, np.float64),
+                         np.array(high, np.float64))
+    out: NDArray[np.bool_] = inside > 0
+    return out
+
+
 def _uniform(ring: NDArray[np.float32]) -> NDArray[np.float32] | None:
     """The ring's median colour if ``UNIFORM_BORDER_FRACTION`` of it is near that colour."""
     if not len(ring):
@@ -81,10 +99,9 @@ def background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
     ring_white = _near(ring, white)
     background = _uniform(ring)
     if background is not None:
-        return _near(rgb.astype(np.float32), background)
+        return _near_image(rgb, background)
     if ring_white.any() and (second := _uniform(ring[~ring_white])) is not None:
-        pixels = rgb.astype(np.float32)
-        out: NDArray[np.bool_] = _near(pixels, white) | _near(pixels, second)
+        out: NDArray[np.bool_] = _near_image(rgb, white) | _near_image(rgb, second)
         return out
     return None
 
@@ -107,7 +124,7 @@ def foreground_weights(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
         weights = _centre_weights(h, w)
         white = np.full(3, 255.0, dtype=np.float32)
         if _near(_ring(rgb), white).any():
-            weights[_near(rgb.astype(np.float32), white)] = 0.0
+            weights[_near_image(rgb, white)] = 0.0
         return weights if weights.sum() >= 1e-3 else _centre_weights(h, w)
     mask: NDArray[np.float32] = (~is_background).astype(np.float32)
     return mask if mask.sum() >= 1.0 else _centre_weights(h, w)

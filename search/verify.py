@@ -64,6 +64,7 @@ from embedding.decode import decode_image
 from embedding.preprocess import pad_to_square
 from ingest.fetch import ImageFetcher
 from ingest.reindex import stored_image
+from store.blas import one_blas_thread
 
 VERIFY_SIZE = 320
 """Long side (px) the photos are compared at."""
@@ -747,18 +748,6 @@ def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
     return out
 
 
-_matcher_lock = threading.Lock()
-_matcher_by_thread: dict[int, Any] = {}
-
-
-def _matcher() -> Any:
-    ident = threading.get_ident()
-    with _matcher_lock:
-        if ident not in _matcher_by_thread:
-            _matcher_by_thread[ident] = cv2.BFMatcher(cv2.NORM_L2)
-        return _matcher_by_thread[ident]
-
-
 def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
                       ) -> tuple[int, NDArray[np.float64] | None]:
     """Matches of ``a`` and ``b`` consistent with one RANSAC homography, and that homography
@@ -793,15 +782,55 @@ def _ransac(a: PhotoFeatures, b: PhotoFeatures) -> KeypointMatch:
 def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
     """Index pairs that pass Lowe's ratio test both ways and are each other's best match. One way
     only, the repeated patches of a watermark or a text all match the same few keypoints of
-    the other photo, and RANSAC then fits a degenerate mapping to them."""
-    forward, backward = _ratio_matches(a, b), _ratio_matches(b, a)
-    return [(i, j) for i, j in forward.items() if backward.get(j) == i]
+    the other photo, and RANSAC then fits a degenerate mapping to them. Both ways come from
+    one matrix of distances (:func:`_squared_distances`)."""
+    if len(a) < 2 or len(b) < 2:
+        return []
+    squared = _squared_distances(a, b)
+    forward, forward_ok = _ratio_test(squared)
+    backward, backward_ok = _ratio_test(squared.T)
+    i = np.nonzero(forward_ok)[0]
+    j = forward[i]
+    keep = backward_ok[j] & (backward[j] == i)
+    return list(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
 
 
 def _ratio_matches(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
     """Each descriptor of ``x`` whose nearest in ``y`` passes Lowe's ratio test -> that one."""
-    return {p[0].queryIdx: p[0].trainIdx for p in _matcher().knnMatch(x, y, k=2)
-            if len(p) == 2 and p[0].distance < RATIO * p[1].distance}
+    if len(x) == 0 or len(y) < 2:
+        return {}
+    nearest, ok = _ratio_test(_squared_distances(x, y))
+    rows = np.nonzero(ok)[0]
+    return dict(zip(rows.tolist(), nearest[rows].tolist(), strict=True))
+
+
+def _squared_distances(x: NDArray[np.float32], y: NDArray[np.float32]) -> NDArray[np.float32]:
+    """(len(x), len(y)) squared Euclidean distances of two descriptor sets from one matrix
+    product: both directions of a mutual match from one product, at about a third of the CPU
+    of OpenCV's brute-force matcher, which computes them pair by pair. Exact in float32:
+    OpenCV's SIFT descriptors are whole numbers up to 255, so every dot product and norm is
+    a whole number below 2**24 (128 x 255**2), and the matches are the matcher's. In one
+    BLAS thread (:mod:`store.blas`)."""
+    with one_blas_thread:
+        product = x @ y.T
+    out: NDArray[np.float32] = np.einsum("ij,ij->i", x, x)[:, None] \
+        + np.einsum("ij,ij->i", y, y)[None, :] - 2.0 * product
+    return np.maximum(out, 0.0, out=out)
+
+
+def _ratio_test(squared: NDArray[np.float32]) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """Per row of ``squared`` distances (two columns or more): the nearest column, and whether
+    it passes Lowe's ratio test against the second nearest (``RATIO``, on distances)."""
+    rows = np.arange(len(squared))
+    nearest = squared.argmin(axis=1)
+    best = squared[rows, nearest]
+    others = squared.copy()
+    others[rows, nearest] = np.inf
+    second = others.min(axis=1)
+    # As the matcher compares: float32 distances, the ratio in float64.
+    ok: NDArray[np.bool_] = (np.sqrt(best).astype(np.float64)
+                             < RATIO * np.sqrt(second).astype(np.float64))
+    return nearest, ok
 
 
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],

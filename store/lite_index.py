@@ -44,6 +44,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
+from store.blas import one_blas_thread
 from store.expressions import Clause, Scalar, Term
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ over the matrix) rather than gather the matching rows first (a copy)."""
 SMALL_PRODUCT_ROWS = 4_096
 """Up to this many matching rows, score them with numpy's einsum rather than BLAS: at ~1,000
 rows einsum took 0.1-0.3 ms and BLAS 11-17 ms (its threads waking up on a busy box); at
-10,000 rows of 100k, BLAS was twice as fast in the scale bench (37 against 72 ms p50)."""
+10,000 rows of 100k, BLAS was twice as fast in the scale bench (37 against 72 ms p50). A
+collection this small scored whole uses BLAS in one thread (:mod:`store.blas`)."""
 
 FieldKind: TypeAlias = Literal["str", "float", "int", "bool", "vector"]
 
@@ -345,7 +347,10 @@ class LiteIndex:
             slots = np.flatnonzero(self._mask(clauses))
             if slots.size == 0:
                 return [[] for _ in range(len(q))]
-            if slots.size > FULL_PRODUCT_SHARE * self._n:
+            if slots.size > FULL_PRODUCT_SHARE * self._n and self._n <= SMALL_PRODUCT_ROWS:
+                with one_blas_thread:  # a small catalog: threads cost more than they save
+                    scores = (self._vectors[: self._n] @ q.T)[slots]
+            elif slots.size > FULL_PRODUCT_SHARE * self._n:
                 scores = (self._vectors[: self._n] @ q.T)[slots]
             elif slots.size > SMALL_PRODUCT_ROWS:
                 scores = self._vectors[slots] @ q.T

@@ -25,6 +25,7 @@ from bench.scale import (
     wait_quiet,
 )
 from bench.services import tree_cpu_seconds
+from bench.verify_cost import STAGES, StageClock
 from embedding.decode import decode_image
 from lookalike.broker import free_port
 from schema.events import image_key
@@ -221,3 +222,23 @@ def test_tree_cpu_seconds_counts_a_busy_child() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_stage_clock_gives_first_page_calls_made_beyond_it_to_beyond() -> None:
+    """bench/verify_cost.py: a verifier call made by the second page (or the deeper look,
+    or corroboration) is the second page's time, not the first page's."""
+    clock = StageClock()
+
+    def busy(ms: float) -> str:
+        until = time.process_time() + ms / 1000
+        while time.process_time() < until:
+            pass
+        return "done"
+
+    verify = clock.wrap("first_page", busy, first_page=True)
+    second_page = clock.wrap("beyond", lambda: verify(30), beyond=True)
+    assert verify(20) == "done" and second_page() == "done"
+    assert 0.015 <= clock.cpu["first_page"] < 0.028  # the 20 ms call only
+    assert clock.cpu["beyond"] >= 0.025 and clock.depth == 0
+    clock.reset()
+    assert clock.cpu == dict.fromkeys(STAGES, 0.0)

@@ -114,3 +114,23 @@ def test_model_version_names_the_colour_part() -> None:
     mixed = model_version("lite0", "pad", 0.5)
     assert mixed == f"{plain}+{colour_version()}-w0.5"
     assert model_version("lite0", "pad", 0.7) != mixed
+
+
+def test_near_image_answers_as_the_float_comparison_does() -> None:
+    """The in-place integer test of an image (cv2.inRange) is the float comparison exactly,
+    for colours on whole and half values (a median of the ring) and at either end of the
+    range, where the tolerance reaches past 0 or 255."""
+    from embedding.colour import _near, _near_image
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(64, 48, 3), dtype=np.uint8)
+    image[:8] = 255  # some white, some near it
+    image[8:12] = 226
+    colours = [np.array(c, np.float32) for c in (
+        (255, 255, 255), (0, 0, 0), (225.5, 226, 254.5), (30, 30.5, 29.5), (128, 64, 200),
+        (285.5, 255, 255), (-30.5, 0, 0))]
+    colours += [rng.uniform(0, 255, 3).round(1).astype(np.float32) for _ in range(20)]
+    for colour in colours:
+        expected = _near(image.astype(np.float32), colour)
+        assert np.array_equal(_near_image(image, colour), expected), colour
+    assert _near_image(image, np.array((255, 255, 255), np.float32))[:8].all()

@@ -246,3 +246,38 @@ def test_far_matches_of_a_selective_filter_fill_k_with_and_without_the_copy(
     # The copy answered the first searcher; only its model check, a fixed text filter, went to
     # Milvus Lite.
     assert counting.collections == [f'query {spec.name} pk != ""']
+
+
+
+class _CountingGuard:
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.entered += 1
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+def test_a_small_collection_is_scored_in_one_blas_thread_a_large_one_on_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scored whole, a collection of up to SMALL_PRODUCT_ROWS rows runs its product inside
+    store.blas's guard (threads cost more than they save there), a larger one outside it;
+    the answer is the same either way."""
+    import store.lite_index as lite_index
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((12, 8)).astype(np.float32)
+    answers, entered = [], []
+    for small_rows in (100, 4):  # the same 12 rows counted small, then large
+        guard = _CountingGuard()
+        monkeypatch.setattr(lite_index, "SMALL_PRODUCT_ROWS", small_rows)
+        monkeypatch.setattr(lite_index, "one_blas_thread", guard)
+        index = LiteIndex("c", [("pk", "str"), ("vector", "vector")], "pk", 8)
+        index.load([{"pk": f"p{n}", "vector": v.tolist()} for n, v in enumerate(vectors)])
+        index.finish_build()
+        answers.append([h["pk"] for h in index.search([vectors[3].tolist()], 5, (), [])[0]])
+        entered.append(guard.entered)
+    assert entered == [1, 0]
+    assert answers[0] == answers[1] and answers[0][0] == "p3"

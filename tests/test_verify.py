@@ -1000,3 +1000,34 @@ def test_a_luma_variant_differing_in_a_trim_or_a_shade_is_refused(variant: str,
     assert evidence.same_item, evidence.reason
     assert evidence.alignment is not None
     assert evidence.alignment.recoloured <= DEFAULT_RULE.max_recoloured
+
+
+def _brute_force_ratio(x: np.ndarray, y: np.ndarray) -> dict[int, int]:
+    """Lowe's ratio test as OpenCV's brute-force matcher answers it, the reference."""
+    return {p[0].queryIdx: p[0].trainIdx
+            for p in cv2.BFMatcher(cv2.NORM_L2).knnMatch(x, y, k=2)
+            if len(p) == 2 and p[0].distance < verify.RATIO * p[1].distance}
+
+
+def test_descriptor_matching_is_the_brute_force_matchers() -> None:
+    """One matrix product gives the matches the brute-force matcher gives, both ways, for a
+    copy (many matches near the ratio's limit), a look-alike and unrelated photos."""
+    photo = textured_photo(seed=5)
+    pairs = [(photo, heavy_edit(photo)), (photo, textured_photo(seed=6)),
+             (photo, plain_photo((200, 40, 40)))]
+    compared = 0
+    for one, other in pairs:
+        a, b = photo_features(one).descriptors, photo_features(other).descriptors
+        if a is None or b is None:
+            continue
+        # The premise of exact float32 distances: SIFT's descriptors are whole numbers <= 255.
+        assert np.array_equal(a, np.round(a)) and a.min() >= 0 and a.max() <= 255
+        forward, backward = _brute_force_ratio(a, b), _brute_force_ratio(b, a)
+        mutual = [(i, j) for i, j in forward.items() if backward.get(j) == i]
+        assert verify._ratio_matches(a, b) == forward
+        assert verify._ratio_matches(a[:100], b) == _brute_force_ratio(a[:100], b)
+        assert verify._mutual_matches(a, b) == mutual
+        compared += 1
+    assert compared >= 2
+    assert len(verify._mutual_matches(a, a)) == len(a)  # every keypoint is its own match
+    assert verify._mutual_matches(a[:1], b) == [] and verify._ratio_matches(a, b[:1]) == {}

@@ -1,0 +1,94 @@
+"""BLAS in one thread for the small matrix products of a query.
+
+Why (measured, docs/matching.md "Speed round"): numpy's OpenBLAS runs a product of a few
+hundred rows on every core and then keeps its helper threads spinning for the next job. On
+a busy two-core box each such product then waits for a core and the spin takes the core the
+rest of the query needed. `compare_prices` makes a few dozen of them per query (descriptor
+distances): in one thread its CPU per query fell by a third. Large products (Milvus Lite's
+copy at 100k rows: 41 -> 21 ms with two threads) stay outside.
+
+OpenBLAS's thread count is one process-wide setting, so :data:`one_blas_thread` counts the
+threads inside: the first to enter sets one thread, the last to leave restores the count
+(each restoring its own saved count, concurrent threads would leave one thread behind). A
+large product started by another thread meanwhile runs in one thread: slower, the same
+result. Without numpy's bundled OpenBLAS (another BLAS, an older build) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+            "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def _numpy_openblas() -> tuple[Any, Any] | None:
+    """(set, get) of the thread count of the OpenBLAS bundled with numpy's wheel, or None."""
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by numpy: the same library
+        except OSError:
+            continue
+        setter = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
+        getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
+        if setter is not None and getter is not None:
+            setter.argtypes, setter.restype = [ctypes.c_int], None
+            getter.argtypes, getter.restype = [], ctypes.c_int
+            return setter, getter
+    return None
+
+
+class OneBlasThread:
+    """A context in which numpy's BLAS runs in one thread (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = 0
+        self._looked_up = False
+        self._calls: tuple[Any, Any] | None = None
+
+    def _blas(self) -> tuple[Any, Any] | None:
+        if not self._looked_up:
+            self._calls, self._looked_up = _numpy_openblas(), True
+            if self._calls is None:
+                log.debug("numpy's OpenBLAS not found: small products keep its threads")
+        return self._calls
+
+    def __enter__(self) -> None:
+        with self._lock:
+            calls = self._blas()
+            if calls is not None and self._inside == 0:
+                setter, getter = calls
+                self._saved = int(getter())
+                if self._saved != 1:
+                    setter(1)
+            self._inside += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            calls = self._blas()
+            if calls is not None and self._inside == 0 and self._saved != 1:
+                calls[0](self._saved)
+
+    def threads(self) -> int | None:
+        """OpenBLAS's thread count now (None without it)."""
+        calls = self._blas()
+        return None if calls is None else int(calls[1]())
+
+
+one_blas_thread = OneBlasThread()
+"""The process' one guard."""

@@ -1,0 +1,54 @@
+"""store.blas: numpy's BLAS in one thread inside the guard, restored by the last to leave."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from store.blas import OneBlasThread
+
+
+def _guard() -> tuple[OneBlasThread, int]:
+    guard = OneBlasThread()
+    threads = guard.threads()
+    if threads is None:
+        pytest.skip("numpy is not linked to its bundled OpenBLAS here")
+    return guard, threads
+
+
+def test_inside_blas_runs_in_one_thread_and_the_count_is_restored_after() -> None:
+    guard, before = _guard()
+    with guard:
+        assert guard.threads() == 1
+        with guard:  # nested: still one thread, and leaving it restores nothing yet
+            pass
+        assert guard.threads() == 1
+    assert guard.threads() == before
+
+
+def test_threads_inside_at_once_leave_the_original_count() -> None:
+    """Entered and left by several threads in any order, the count set by the first is
+    restored by the last (each restoring its own saved count would leave one behind)."""
+    guard, before = _guard()
+    inside, leave = threading.Barrier(4), threading.Event()
+    seen: list[int | None] = []
+
+    def work() -> None:
+        with guard:
+            inside.wait(timeout=10)
+            seen.append(guard.threads())
+            leave.wait(timeout=10)
+
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    inside.wait(timeout=10)
+    leave.set()
+    for worker in workers:
+        worker.join(timeout=10)
+    assert seen == [1, 1, 1]
+    assert guard.threads() == before
+    with guard:  # and again from this thread, after the workers
+        assert guard.threads() == 1
+    assert guard.threads() == before
