@@ -1228,7 +1228,7 @@ def _robust_linear_map(x: NDArray[np.float64], y: NDArray[np.float64]
     fit_x, fit_y = x[::step], y[::step]
     keep = np.ones(len(fit_x), dtype=bool)
     gains, offsets = np.ones(x.shape[1]), np.zeros(x.shape[1])
-    for _ in range(3):
+    for fit in range(3):
         xs, ys = fit_x[keep], fit_y[keep]
         mean_x, mean_y = xs.mean(axis=0), ys.mean(axis=0)
         spread = ((xs - mean_x) ** 2).mean(axis=0)
@@ -1236,6 +1236,8 @@ def _robust_linear_map(x: NDArray[np.float64], y: NDArray[np.float64]
                          ((xs - mean_x) * (ys - mean_y)).mean(axis=0) / np.maximum(spread, 1e-6),
                          1.0)
         offsets = mean_y - gains * mean_x
+        if fit == 2:  # the last fit is the answer: no rows to choose for another
+            break
         residual = np.linalg.norm(fit_x * gains + offsets - fit_y, axis=1)
         keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
     return gains, offsets
@@ -1272,8 +1274,9 @@ def _hue_agreement(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64]
     hue_b = np.arctan2(ab_b[chromatic, 1], ab_b[chromatic, 0])
     turn = np.degrees(np.abs(np.angle(np.exp(1j * (hue_a - hue_b)))))
     ratio = (chroma_a[chromatic] + 2.0) / (chroma_b[chromatic] + 2.0)
+    low, high = np.percentile(ratio, [5, 95])
     return HueAgreement(float(chromatic.mean()), float(np.percentile(turn, 95)),
-                        (float(np.percentile(ratio, 5)), float(np.percentile(ratio, 95))))
+                        (float(low), float(high)))
 
 
 def _colour_shifts(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> tuple[float, ...]:

@@ -1031,3 +1031,18 @@ def test_descriptor_matching_is_the_brute_force_matchers() -> None:
     assert compared >= 2
     assert len(verify._mutual_matches(a, a)) == len(a)  # every keypoint is its own match
     assert verify._mutual_matches(a[:1], b) == [] and verify._ratio_matches(a, b[:1]) == {}
+
+
+def test_the_robust_light_fit_is_not_bent_by_a_recoloured_part() -> None:
+    """Three fits, each on the share of rows the previous one explains best: a quarter of the
+    pixels of another colour does not bend the gain and offset the rest follow. And the hue
+    agreement of a photo with itself: no turn, chroma ratios of one."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(20, 230, size=(8000, 3)).astype(np.float64)
+    y = x * np.array([1.2, 0.9, 1.05]) + np.array([-10.0, 12.0, 3.0])
+    y[:2000] = rng.integers(0, 256, size=(2000, 3))  # a part of another colour
+    gains, offsets = verify._robust_linear_map(x, y)
+    assert np.allclose(gains, [1.2, 0.9, 1.05], atol=0.02)
+    assert np.allclose(offsets, [-10.0, 12.0, 3.0], atol=2.5)
+    same = verify._hue_agreement(x[:, :2] - 128, x[:, :2] - 128)  # one photo's chroma twice
+    assert same is not None and same.turn < 1e-6 and same.chroma_ratios == (1.0, 1.0)
