@@ -4,8 +4,9 @@ Why (measured, docs/matching.md "Speed round"): numpy's OpenBLAS runs a product 
 hundred rows on every core and then keeps its helper threads spinning for the next job. On
 a busy two-core box each such product then waits for a core and the spin takes the core the
 rest of the query needed. `compare_prices` makes a few dozen of them per query (descriptor
-distances): in one thread its CPU per query fell by a third. Large products (Milvus Lite's
-copy at 100k rows: 41 -> 21 ms with two threads) stay outside.
+distances): with BLAS in one thread its CPU per query on same-item-fresh was ~470 ms
+against ~790 with two. Large products (Milvus Lite's copy at 100k rows: 41 -> 21 ms with
+two threads) stay outside.
 
 OpenBLAS's thread count is one process-wide setting, so :data:`one_blas_thread` counts the
 threads inside: the first to enter sets one thread, the last to leave restores the count
