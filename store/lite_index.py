@@ -39,6 +39,7 @@ import logging
 import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -347,11 +348,10 @@ class LiteIndex:
             slots = np.flatnonzero(self._mask(clauses))
             if slots.size == 0:
                 return [[] for _ in range(len(q))]
-            if slots.size > FULL_PRODUCT_SHARE * self._n and self._n <= SMALL_PRODUCT_ROWS:
-                with one_blas_thread:  # a small catalog: threads cost more than they save
+            if slots.size > FULL_PRODUCT_SHARE * self._n:
+                # A small catalog in one BLAS thread: threads cost more than they save.
+                with one_blas_thread if self._n <= SMALL_PRODUCT_ROWS else nullcontext():
                     scores = (self._vectors[: self._n] @ q.T)[slots]
-            elif slots.size > FULL_PRODUCT_SHARE * self._n:
-                scores = (self._vectors[: self._n] @ q.T)[slots]
             elif slots.size > SMALL_PRODUCT_ROWS:
                 scores = self._vectors[slots] @ q.T
             else:  # einsum: a multi-threaded BLAS call on a thousand rows of a busy 2-core
