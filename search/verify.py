@@ -46,7 +46,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import cv2
@@ -231,6 +231,47 @@ class HueAgreement:
 
 
 @dataclass(frozen=True)
+class LightMap:
+    """The per-channel light map fitted from the warped query to the listing
+    (:func:`_light_map`), and what it leaves unexplained."""
+
+    gains: tuple[float, float, float]
+    """Per-channel (R, G, B) gains."""
+    shifts: tuple[float, ...]
+    """:attr:`Alignment.colour_shifts` after the map: what no change of light or white
+    balance explains."""
+    edge_left_out: bool = False
+    """Whether the query showed another background around the product, so the band along
+    the listing product's outline was left out of the comparison (``EDGE_PX``)."""
+
+
+class ColourDetail:
+    """The costly part of comparing two aligned photos' colours: the light map, the hue
+    agreement and the recoloured patches, as given values (a rule's test) or, from
+    :func:`align`, each computed from the aligned pixels when the rule first reads it
+    (:class:`_ColoursOfPixels`). Most pairs are decided before the rule needs some of them:
+    refused on their geometry or brightness, accepted by the plain route, refused for a
+    recoloured part (on same-item-fresh and -packs the light map was read for 14-17 % of
+    the keypoint alignments, the hues for 12-14 %)."""
+
+    def __init__(self, light: LightMap | None = None, hue: HueAgreement | None = None,
+                 recoloured: tuple[float, float] = (0.0, 0.0)) -> None:
+        self._light, self._hue, self._recoloured = light, hue, recoloured
+
+    def light(self) -> LightMap | None:
+        """The light map (None when aligned without keypoints)."""
+        return self._light
+
+    def hue(self) -> HueAgreement | None:
+        """The hues over the whole compared region (None without enough chromatic pixels)."""
+        return self._hue
+
+    def recoloured(self) -> tuple[float, float]:
+        """(:attr:`Alignment.recoloured`, :attr:`Alignment.local_recoloured`)."""
+        return self._recoloured
+
+
+@dataclass(frozen=True)
 class Alignment:
     """The query photo warped onto the listing's by the homography, compared where both
     show the product."""
@@ -255,31 +296,52 @@ class Alignment:
     """False when the photos were aligned without keypoints
     (:func:`aligned_without_keypoints`): held to the stricter ``SameItemRule.coarse_*``
     thresholds."""
-    light_gains: tuple[float, float, float] | None = None
-    """Per-channel (R, G, B) gains of the light map fitted from the warped query to the
-    listing (:func:`_light_map`; None when aligned without keypoints)."""
-    light_shifts: tuple[float, ...] | None = None
-    """:attr:`colour_shifts` after that map: what no change of light or white balance
-    explains."""
-    edge_left_out: bool = False
-    """Whether the query showed another background around the product, so the band along
-    the listing product's outline was left out of the colour comparison (``EDGE_PX``)."""
     segmented: bool = False
     """Whether the photos were compared over their segmented product masks
     (:func:`product_mask`) instead of the colour-based foreground."""
     print_agreement: float | None = None
     """With ``segmented``: the ``PRINT_PERCENTILE``-th percentile of the grey-level
     correlations of the textured cells (:func:`_print_agreement`); None without such cells."""
-    hue: HueAgreement | None = None
-    """The hues over the whole compared region (:func:`_hue_agreement`; None without enough
-    chromatic pixels to say)."""
-    recoloured: float = 0.0
-    """Share of the compared region taken by its largest patch of another colour whose
-    texture is kept (:func:`_recoloured_patches`): a trim, a waistband or a garment of another
-    colour on the same model in the same photo. 0 when not looked at (fewer than
-    ``RECOLOUR_MIN_INLIERS`` inliers)."""
-    local_recoloured: float = 0.0
-    """:attr:`recoloured` within the inliers' neighbourhoods only (the overlay route's)."""
+    detail: ColourDetail = field(default_factory=ColourDetail, repr=False, compare=False)
+    """The light map, the hues and the recoloured patches (read through the properties
+    below; computed when first read)."""
+
+    @property
+    def light_gains(self) -> tuple[float, float, float] | None:
+        """Per-channel gains of the light map (:class:`LightMap`; None without one)."""
+        light = self.detail.light()
+        return None if light is None else light.gains
+
+    @property
+    def light_shifts(self) -> tuple[float, ...] | None:
+        """:attr:`colour_shifts` after the light map (None without one)."""
+        light = self.detail.light()
+        return None if light is None else light.shifts
+
+    @property
+    def edge_left_out(self) -> bool:
+        """:attr:`LightMap.edge_left_out` (False without a light map)."""
+        light = self.detail.light()
+        return light is not None and light.edge_left_out
+
+    @property
+    def hue(self) -> HueAgreement | None:
+        """The hues over the whole compared region (:func:`_hue_agreement`; None without
+        enough chromatic pixels to say)."""
+        return self.detail.hue()
+
+    @property
+    def recoloured(self) -> float:
+        """Share of the compared region taken by its largest patch of another colour whose
+        texture is kept (:func:`_recoloured_patches`): a trim, a waistband or a garment of
+        another colour on the same model in the same photo. 0 when not looked at (fewer
+        than ``RECOLOUR_MIN_INLIERS`` inliers)."""
+        return self.detail.recoloured()[0]
+
+    @property
+    def local_recoloured(self) -> float:
+        """:attr:`recoloured` within the inliers' neighbourhoods only (the overlay route's)."""
+        return self.detail.recoloured()[1]
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -522,13 +584,14 @@ class SameItemRule:
         from the listing by one per-channel map over the whole product; another colour or
         flavour differs in one part (a band, a trim, a logo) that such a map, fitted to
         the rest, leaves unexplained, or needs channel gains far apart (a hue turned)."""
+        checked = alignment.segmented and alignment.print_agreement is not None
+        floor = self.min_segmented_light_correlation if checked else self.min_light_correlation
+        if alignment.correlation < floor:  # asked first: the light map is fitted when read
+            return False
         gains = alignment.light_gains
         if gains is None or min(gains) <= 0:
             return False
-        checked = alignment.segmented and alignment.print_agreement is not None
-        floor = self.min_segmented_light_correlation if checked else self.min_light_correlation
-        return (alignment.correlation >= floor
-                and max(gains) / min(gains) <= self.max_light_gain_spread
+        return (max(gains) / min(gains) <= self.max_light_gain_spread
                 and alignment.light_shift(self.shift_percentile) <= self.max_light_shift)
 
     def _agrees_graded(self, alignment: Alignment) -> bool:
@@ -537,12 +600,13 @@ class SameItemRule:
         hue. Over the product's chromatic pixels (at least ``min_graded_share`` of it) the
         hue must agree within ``max_hue_turn`` and the chroma change stay within
         ``graded_chroma``, with the grey levels correlating as the light route asks."""
+        if alignment.correlation < self.min_light_correlation:  # before the hues are read
+            return False
         hue = alignment.hue
         if hue is None:
             return False
         low, high = hue.chroma_ratios
-        return (alignment.correlation >= self.min_light_correlation
-                and hue.chromatic_share >= self.min_graded_share
+        return (hue.chromatic_share >= self.min_graded_share
                 and hue.turn <= self.max_hue_turn
                 and self.graded_chroma[0] <= low and high <= self.graded_chroma[1])
 
@@ -870,16 +934,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                       for x in (warped, listing))
     chroma_a, chroma_b = _lab_chroma(soft_a[region]), _lab_chroma(soft_b[region])
     shifts = _chroma_shifts(chroma_a, chroma_b)
-    gains, light_shifts, edge_left_out = None, None, False
-    if inliers is not None:  # the light route's comparison (see _colour_region)
-        relit, edge_left_out = _colour_region(region, valid, warped, fg_b)
-        gains, mapped = _light_map(soft_a[relit], soft_b[relit])
-        light_shifts = _colour_shifts(mapped, soft_b[relit])
-    patches, compared = (_recoloured_patches(soft_a, soft_b, grey_a, grey_b, region)
-                         if inliers is None or len(inliers) >= RECOLOUR_MIN_INLIERS
-                         else (None, 0))
-    recoloured = local_recoloured = _largest_share(patches, compared)
     local_corr, local_shifts, share = None, None, 1.0
+    near: NDArray[np.uint8] | None = None
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
         for x, y in inliers / 2:
@@ -889,15 +945,75 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         if int(local.sum()) >= MIN_OVERLAP_PX:
             local_corr = _correlation(region_a[local], region_b[local])
             local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
-        if patches is not None:
-            local_recoloured = _largest_share(patches & near, compared)
+    pixels = _AlignedPixels(warped, valid, region, fg_b, soft_a, soft_b, grey_a, grey_b,
+                            chroma_a, chroma_b, near)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
-                     hue=_hue_agreement(chroma_a, chroma_b),
-                     recoloured=recoloured, local_recoloured=local_recoloured,
-                     light_gains=gains, light_shifts=light_shifts, edge_left_out=edge_left_out,
                      segmented=segmented,
                      print_agreement=_print_agreement(grey_a, grey_b, region)
-                     if segmented or print_check else None)
+                     if segmented or print_check else None,
+                     detail=_ColoursOfPixels(
+                         pixels, light=inliers is not None,
+                         recolour=inliers is None or len(inliers) >= RECOLOUR_MIN_INLIERS))
+
+
+@dataclass(frozen=True)
+class _AlignedPixels:
+    """What :func:`align` compared, kept for the parts of :class:`ColourDetail` computed when
+    first read: the warped query (``warped``, ``valid`` where it lands) and the listing at
+    its detail, their compared ``region`` and the listing's foreground ``fg_b``, both
+    blurred (``soft_*``) and in grey, the region's Lab chroma, and the inliers'
+    neighbourhoods (None without inliers)."""
+
+    warped: NDArray[np.uint8]
+    valid: NDArray[np.bool_]
+    region: NDArray[np.bool_]
+    fg_b: NDArray[np.bool_]
+    soft_a: NDArray[np.uint8]
+    soft_b: NDArray[np.uint8]
+    grey_a: NDArray[Any]
+    grey_b: NDArray[Any]
+    chroma_a: NDArray[np.float64]
+    chroma_b: NDArray[np.float64]
+    near: NDArray[np.uint8] | None
+
+
+class _ColoursOfPixels(ColourDetail):
+    """:class:`ColourDetail` computed from aligned pixels, each part once, when first read
+    (two threads reading one part at once compute it twice, to the same value). ``light``:
+    whether the light map is fitted (with inliers: the light route's); ``recolour``: whether
+    recoloured patches are looked for (``RECOLOUR_MIN_INLIERS``)."""
+
+    def __init__(self, pixels: _AlignedPixels, light: bool, recolour: bool) -> None:
+        super().__init__()
+        self._pixels, self._fit_light, self._recolour = pixels, light, recolour
+        self._done: set[str] = set()
+
+    def light(self) -> LightMap | None:
+        if "light" not in self._done and self._fit_light:
+            p = self._pixels
+            relit, edge_left_out = _colour_region(p.region, p.valid, p.warped, p.fg_b)
+            gains, mapped = _light_map(p.soft_a[relit], p.soft_b[relit])
+            self._light = LightMap(gains, _colour_shifts(mapped, p.soft_b[relit]), edge_left_out)
+        self._done.add("light")
+        return self._light
+
+    def hue(self) -> HueAgreement | None:
+        if "hue" not in self._done:
+            self._hue = _hue_agreement(self._pixels.chroma_a, self._pixels.chroma_b)
+            self._done.add("hue")
+        return self._hue
+
+    def recoloured(self) -> tuple[float, float]:
+        if "recoloured" not in self._done and self._recolour:
+            p = self._pixels
+            patches, compared = _recoloured_patches(p.soft_a, p.soft_b, p.grey_a, p.grey_b,
+                                                    p.region)
+            whole = _largest_share(patches, compared)
+            near = (whole if patches is None or p.near is None
+                    else _largest_share(patches & p.near, compared))
+            self._recoloured = (whole, near)
+        self._done.add("recoloured")
+        return self._recoloured
 
 
 def product_on_white(image: Image.Image, product: NDArray[np.bool_] | None

@@ -10,6 +10,7 @@ import io
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,8 +23,10 @@ from search import verify
 from search.verify import (
     VERIFY_SIZE,
     Alignment,
+    ColourDetail,
     Evidence,
     HueAgreement,
+    LightMap,
     SameItemRule,
     SameItemVerifier,
     fetching_loader,
@@ -384,19 +387,62 @@ def test_a_recoloured_variant_under_another_light_is_refused(
     assert not same, why
 
 
+def test_the_costly_colour_detail_is_computed_when_read_and_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy the plain route accepts never needs the light map or the hues, so they are not
+    computed; read afterwards, each is computed once, as the functions give it on the
+    aligned pixels."""
+    calls = {"light": 0, "hue": 0}
+
+    def counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return function(*args)
+        return call
+
+    monkeypatch.setattr(verify, "_colour_region", counted("light", verify._colour_region))
+    monkeypatch.setattr(verify, "_hue_agreement", counted("hue", verify._hue_agreement))
+    original = _busy_photo()
+    evidence = _evidence(heavy_edit(original, watermark=False), original)
+    assert evidence.same_item and "aligned photos agree (correlation" in evidence.reason, \
+        evidence.reason
+    assert calls == {"light": 0, "hue": 0}
+    alignment = evidence.alignment
+    assert alignment is not None and isinstance(alignment.detail, verify._ColoursOfPixels)
+    pixels = alignment.detail._pixels
+    assert alignment.hue == verify._hue_agreement(pixels.chroma_a, pixels.chroma_b)
+    relit, _ = verify._colour_region(pixels.region, pixels.valid, pixels.warped, pixels.fg_b)
+    gains, _ = verify._light_map(pixels.soft_a[relit], pixels.soft_b[relit])
+    assert alignment.light_gains == gains and alignment.light_shifts is not None
+    assert alignment.light_gains == gains and alignment.hue is not None
+    assert calls == {"light": 2, "hue": 2}  # one each by the alignment, one each above
+
+
+def _detailed(alignment: Alignment, **parts: Any) -> Alignment:
+    """``alignment`` with parts of its colour detail given (``light_gains``, ``light_shifts``,
+    ``hue``, ``recoloured``, ``local_recoloured``), the others kept."""
+    now = {"light_gains": alignment.light_gains, "light_shifts": alignment.light_shifts,
+           "hue": alignment.hue, "recoloured": alignment.recoloured,
+           "local_recoloured": alignment.local_recoloured} | parts
+    gains, shifts = now["light_gains"], now["light_shifts"]
+    light = None if gains is None or shifts is None else LightMap(gains, shifts)
+    return replace(alignment, detail=ColourDetail(
+        light, now["hue"], (now["recoloured"], now["local_recoloured"])))
+
+
 def test_light_route_limits_name_the_evidence() -> None:
     rule = SameItemRule()
-    relit = Alignment(0.97, (5.0, 9.0, 14.0, 18.0), light_gains=(1.1, 1.0, 0.9),
+    relit = _detailed(Alignment(0.97, (5.0, 9.0, 14.0, 18.0)), light_gains=(1.1, 1.0, 0.9),
                       light_shifts=(1.0, 2.0, 3.0, 4.0))
     same, why = rule.decide(0.9, 50, 0.3, relit)
     assert same and "under another light" in why and "1.10/1.00/0.90" in why, why
-    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=(1.5, 1.0, 0.9)))[0]
+    assert not rule.decide(0.9, 50, 0.3, _detailed(relit, light_gains=(1.5, 1.0, 0.9)))[0]
     # After the light map, colours must agree as closely as the plain route asks.
     assert rule.max_light_shift == rule.max_colour_shift
-    assert rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 8.0, 9.0)))[0]
-    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_shifts=(3.0, 5.0, 8.5, 9.0)))[0]
+    assert rule.decide(0.9, 50, 0.3, _detailed(relit, light_shifts=(3.0, 5.0, 8.0, 9.0)))[0]
+    assert not rule.decide(0.9, 50, 0.3, _detailed(relit, light_shifts=(3.0, 5.0, 8.5, 9.0)))[0]
     assert not rule.decide(0.9, 50, 0.3, replace(relit, correlation=0.95))[0]
-    assert not rule.decide(0.9, 50, 0.3, replace(relit, light_gains=None))[0]
+    assert not rule.decide(0.9, 50, 0.3, _detailed(relit, light_gains=None))[0]
 
 
 def test_light_route_asks_less_correlation_where_the_print_check_applies() -> None:
@@ -404,7 +450,7 @@ def test_light_route_asks_less_correlation_where_the_print_check_applies() -> No
     another line of a pack layout cell by cell; uneven light lowers their overall
     correlation, so the light route asks 0.94 of them instead of 0.96."""
     rule = SameItemRule()
-    relit = Alignment(0.95, (5.0, 9.0, 14.0, 18.0), light_gains=(1.1, 1.0, 0.9),
+    relit = _detailed(Alignment(0.95, (5.0, 9.0, 14.0, 18.0)), light_gains=(1.1, 1.0, 0.9),
                       light_shifts=(1.0, 2.0, 3.0, 4.0))
     segmented = replace(relit, segmented=True, print_agreement=0.85)
     assert rule.decide(0.9, 50, 0.3, segmented)[0]
@@ -628,15 +674,16 @@ def test_another_luma_colour_made_vivid_is_refused(variant: str, listed: str) ->
 
 def test_grading_route_limits_name_the_evidence() -> None:
     rule = SameItemRule()
-    graded = Alignment(0.99, (8.0, 12.0, 16.0, 20.0), hue=HueAgreement(0.9, 6.0, (1.2, 1.9)))
+    graded = _detailed(Alignment(0.99, (8.0, 12.0, 16.0, 20.0)),
+                       hue=HueAgreement(0.9, 6.0, (1.2, 1.9)))
     same, why = rule.decide(0.9, 100, 0.9, graded)
     assert same and "agree in hue" in why and "colour grading" in why
-    for refused in (replace(graded, hue=HueAgreement(0.9, 25.0, (1.2, 1.9))),   # hue turned
-                    replace(graded, hue=HueAgreement(0.1, 6.0, (1.2, 1.9))),    # grey product
-                    replace(graded, hue=HueAgreement(0.9, 6.0, (0.35, 0.4))),   # washed out
-                    replace(graded, hue=HueAgreement(0.9, 6.0, (1.0, 4.0))),    # a part dyed
+    for refused in (_detailed(graded, hue=HueAgreement(0.9, 25.0, (1.2, 1.9))),   # hue turned
+                    _detailed(graded, hue=HueAgreement(0.1, 6.0, (1.2, 1.9))),    # grey product
+                    _detailed(graded, hue=HueAgreement(0.9, 6.0, (0.35, 0.4))),   # washed out
+                    _detailed(graded, hue=HueAgreement(0.9, 6.0, (1.0, 4.0))),    # a part dyed
                     replace(graded, correlation=0.9),                           # print differs
-                    replace(graded, hue=None)):
+                    _detailed(graded, hue=None)):
         same, why = rule.decide(0.9, 100, 0.9, refused)
         assert not same, why
         assert "colours differ" in why or "photos differ" in why, why
@@ -956,21 +1003,23 @@ def test_a_recoloured_part_refuses_on_every_route() -> None:
     rule = SameItemRule()
     agree = Alignment(0.99, (1.0, 1.5, 2.0, 2.5))
     assert rule.decide(0.9, 100, 0.9, agree)[0]
-    trim = replace(agree, recoloured=0.03)
+    trim = _detailed(agree, recoloured=0.03)
     same, why = rule.decide(0.9, 100, 0.9, trim)
     assert not same and "a part of the product has another colour (3.0% of it" in why, why
-    graded = Alignment(0.99, (8.0, 12.0, 16.0, 20.0), hue=HueAgreement(0.9, 6.0, (1.2, 1.9)))
+    graded = _detailed(Alignment(0.99, (8.0, 12.0, 16.0, 20.0)),
+                       hue=HueAgreement(0.9, 6.0, (1.2, 1.9)))
     assert rule.decide(0.9, 100, 0.9, graded)[0]
-    assert not rule.decide(0.9, 100, 0.9, replace(graded, recoloured=0.03))[0]
-    relit = Alignment(0.97, (5.0, 9.0, 14.0, 18.0), light_gains=(1.1, 1.0, 0.9),
+    assert not rule.decide(0.9, 100, 0.9, _detailed(graded, recoloured=0.03))[0]
+    relit = _detailed(Alignment(0.97, (5.0, 9.0, 14.0, 18.0)), light_gains=(1.1, 1.0, 0.9),
                       light_shifts=(2.0, 3.0, 4.0, 5.0))
     assert rule.decide(0.9, 100, 0.9, relit)[0]
-    assert not rule.decide(0.9, 100, 0.9, replace(relit, recoloured=0.03))[0]
+    assert not rule.decide(0.9, 100, 0.9, _detailed(relit, recoloured=0.03))[0]
     # the overlay route: a cover away from the inliers is forgiven, a part beside them is not
-    covered = Alignment(0.5, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
-                        local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.6, recoloured=0.05)
+    covered = _detailed(Alignment(0.5, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
+                                  local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.6),
+                        recoloured=0.05)
     assert rule.decide(0.9, 100, 0.9, covered)[0]
-    assert not rule.decide(0.9, 100, 0.9, replace(covered, local_recoloured=0.03))[0]
+    assert not rule.decide(0.9, 100, 0.9, _detailed(covered, local_recoloured=0.03))[0]
 
 
 def _relisted(photo: Image.Image) -> Image.Image:
