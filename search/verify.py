@@ -1211,10 +1211,13 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     if n < MIN_OVERLAP_PX:
         return None, 0
     pixels_a, pixels_b = soft_a[inner], soft_b[inner]
-    _, mapped = _light_map(pixels_a, pixels_b)
     lab_b = _lab(pixels_b)
+    as_they_are = _colour_changed(_lab(pixels_a), lab_b)
+    if not as_they_are.any():  # most pairs of one item: the light map is not needed
+        return None, n
+    _, mapped = _light_map(pixels_a, pixels_b)
     changed = np.zeros(inner.shape, dtype=bool)
-    changed[inner] = _colour_changed(_lab(pixels_a), lab_b) & _colour_changed(_lab(mapped), lab_b)
+    changed[inner] = _colour_changed(_lab(mapped), lab_b, among=as_they_are)
     if not changed.any():
         return None, n
     texture, spread_a, spread_b = _window_correlation(grey_a, grey_b, RECOLOUR_WINDOW_PX)
@@ -1244,12 +1247,25 @@ def _lab(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
     return out
 
 
-def _colour_changed(lab_a: NDArray[np.float64], lab_b: NDArray[np.float64]) -> NDArray[np.bool_]:
+def _colour_changed(lab_a: NDArray[np.float64], lab_b: NDArray[np.float64],
+                    among: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
     """Per aligned pixel (:func:`_lab` of each photo), whether it has another colour: its
     lightness, after one map fitted to all of them, and its hue differ by ``RECOLOUR_DELTA``
     together (the hue only from ``RECOLOUR_MIN_LIGHTNESS``), or its chroma changed
-    ``RECOLOUR_DYE_RATIO`` times by ``RECOLOUR_DYE_CHROMA``."""
+    ``RECOLOUR_DYE_RATIO`` times by ``RECOLOUR_DYE_CHROMA``. ``among``: only these pixels are
+    tested, the others come out False (the map is fitted to all of them either way)."""
     gain, offset = _robust_linear_map(lab_a[:, :1], lab_b[:, :1])
+    if among is not None:
+        out_among = np.zeros(len(among), dtype=bool)
+        out_among[among] = _colour_changed_mapped(lab_a[among], lab_b[among], gain, offset)
+        return out_among
+    return _colour_changed_mapped(lab_a, lab_b, gain, offset)
+
+
+def _colour_changed_mapped(lab_a: NDArray[np.float64], lab_b: NDArray[np.float64],
+                           gain: NDArray[np.float64], offset: NDArray[np.float64]
+                           ) -> NDArray[np.bool_]:
+    """:func:`_colour_changed` per pixel, given the lightness map (``gain``, ``offset``)."""
     light_a, light_b = lab_a[:, 0] * gain[0] + offset[0], lab_b[:, 0]
     ab_a, ab_b = lab_a[:, 1:], lab_b[:, 1:]
     chroma_a, chroma_b = np.hypot(ab_a[:, 0], ab_a[:, 1]), np.hypot(ab_b[:, 0], ab_b[:, 1])
