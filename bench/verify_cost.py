@@ -15,7 +15,8 @@ process CPU time (all threads) and wall time of the whole call and of its stages
 
 The stages are timed by wrapping the product's own functions (no copy of its logic), so the
 decisions are those of ``compare_prices``; the precision and recall printed with them are
-the eval's. Figures and the round they come from: docs/matching.md, "Speed round".
+the eval's. Figures and the round they come from: docs/matching.md, "Speed round" and "Second
+speed round".
 """
 
 from __future__ import annotations
