@@ -501,6 +501,13 @@ class SameItemRule:
             if ratio > self.max_brightness_ratio:
                 return False, (f"{inliers} inliers, but one photo is {ratio:.1f}x as bright "
                                f"(another shade)")
+            if self._print_differs(alignment):
+                # Refused whatever the colours say (decide() refuses a pair the routes accept
+                # on it too); asked first, the colour detail is not computed: ~90 % of the
+                # pairs verified on same-item-packs-vivid, a family of one pack layout.
+                return False, (f"{inliers} inliers, but the print differs in places "
+                               f"(agreement {alignment.print_agreement:.2f} < "
+                               f"{self.min_print_agreement})")
             shift = alignment.colour_shift(self.shift_percentile)
             # A part of another colour: no route over the whole product forgives it (the
             # overlay route looks near the inliers only, where it must not be either).

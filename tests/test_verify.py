@@ -418,6 +418,27 @@ def test_the_costly_colour_detail_is_computed_when_read_and_once(
     assert calls == {"light": 2, "hue": 2}  # one each by the alignment, one each above
 
 
+def test_a_differing_print_refuses_before_the_colour_detail_is_read() -> None:
+    """Within a family of one pack layout most pairs differ in print: refused whatever their
+    colours say, they are refused before the recoloured patches or the light map are
+    computed."""
+
+    class Unread(ColourDetail):
+        def light(self) -> LightMap | None:
+            raise AssertionError("light map read")
+
+        def hue(self) -> HueAgreement | None:
+            raise AssertionError("hues read")
+
+        def recoloured(self) -> tuple[float, float]:
+            raise AssertionError("recoloured patches read")
+
+    other_line = Alignment(0.97, (1.0, 1.5, 2.0, 2.5), segmented=True, print_agreement=0.55,
+                           detail=Unread())
+    same, why = SameItemRule().decide(0.9, 80, 0.9, other_line)
+    assert not same and "print differs in places (agreement 0.55 < 0.7)" in why, why
+
+
 def _detailed(alignment: Alignment, **parts: Any) -> Alignment:
     """``alignment`` with parts of its colour detail given (``light_gains``, ``light_shifts``,
     ``hue``, ``recoloured``, ``local_recoloured``), the others kept."""
