@@ -410,7 +410,8 @@ def test_the_costly_colour_detail_is_computed_when_read_and_once(
     alignment = evidence.alignment
     assert alignment is not None and isinstance(alignment.detail, verify._ColoursOfPixels)
     pixels = alignment.detail._pixels
-    assert alignment.hue == verify._hue_agreement(pixels.chroma_a, pixels.chroma_b)
+    assert alignment.hue == verify._hue_agreement(verify._lab_chroma(pixels.soft_a[pixels.region]),
+                                                  verify._lab_chroma(pixels.soft_b[pixels.region]))
     relit, _ = verify._colour_region(pixels.region, pixels.valid, pixels.warped, pixels.fg_b)
     gains, _ = verify._light_map(pixels.soft_a[relit], pixels.soft_b[relit])
     assert alignment.light_gains == gains and alignment.light_shifts is not None
