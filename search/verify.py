@@ -19,7 +19,8 @@ carry tell them apart:
   two aligned photos are compared over their agreeing masks. The backdrop's colours used to
   refuse other lines of a brand on one pack layout, by accident; without it, the *print
   check* does that on purpose: grey levels must agree cell by cell, where a name or a logo
-  differs (:func:`_print_agreement`).
+  differs (:func:`_print_agreement`); cells under a colour of the query's own (a sticker, a
+  tag) say nothing of the print beneath and are left out while they are few.
 
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
 aligned by it, show no part of the product in another colour, and agree in grey levels,
@@ -84,10 +85,12 @@ RANSAC_PX = 6.0
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 Overlay = Literal["open", "covers", "closed"]
-"""When the rule's overlay route may accept a pair: ``open`` always; ``covers`` only when the
-grey levels over the whole compared region disagree (``correlation < min_correlation``), as a
-banner or sticker makes them, not a recoloured band with the print beneath it intact (another
-flavour of one pack layout); ``closed`` never."""
+"""When the rule's overlay route may accept a pair: ``open`` always; ``covers`` only for what a
+cover explains: where the grey levels over the whole compared region disagree
+(``correlation < min_correlation``), as a banner makes them, or where they agree but no part
+is recoloured and the colours near the inliers agree as a copy's (``max_cover_local_shift``:
+a sticker too small to move the correlation); not a recoloured band with the print beneath
+it intact (another flavour of one pack layout); ``closed`` never."""
 COLOUR_BLUR_PX = 1.5
 CHROMA_GAIN = (0.7, 1.4)
 """Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
@@ -161,6 +164,11 @@ PRINT_CELL_COVER = 0.6
 """Share of a cell the compared region must cover for the cell to count."""
 PRINT_MIN_STD = 8.0
 """Grey-level spread a listing cell needs to count (text, a logo, an edge: not a flat area)."""
+FOREIGN_SHIFT = 25.0
+"""Lab chroma distance from which an aligned pixel counts as covered by something of another
+colour (:func:`_foreign`)."""
+MAX_FOREIGN_CELLS = 0.3
+"""Largest share of the print check's cells left out as covered (:func:`_print_agreement`)."""
 PRINT_PERCENTILE = 10
 """Percentile of the cells' correlations read as the print agreement."""
 LIGHT_FIT_SHARE = 70
@@ -472,6 +480,12 @@ class SameItemRule:
     """The grading route: share of the compared pixels that must be chromatic. A grey,
     black or white product has no hue to agree on (the brightness check tells those
     apart) and is left to the other routes."""
+    max_cover_local_shift: float = 4.0
+    """Within a family of look-alikes (``overlay="covers"``), where the grey levels over the
+    whole agree: the colour shift near the inliers up to which the overlay route still
+    forgives what differs away from them as a cover (a sticker or a tag of its own colour):
+    1.4-2.4 for copies under a sticker, 7.9 for a luma colour variant whose other parts
+    differ (same-item-blind)."""
     min_refined_correlation: float = 0.95
     """The second look at a pair refused as RANSAC aligned it (:meth:`agrees_refined`): an
     unedited copy, turned a quarter or resampled, correlates 0.99-1.00 once its mapping is
@@ -528,8 +542,8 @@ class SameItemRule:
                               f"(correlation {alignment.correlation:.2f}, colour shift "
                               f"{shift:.1f}, hue turned {alignment.hue.turn:.0f} deg, chroma "
                               f"x{low:.2f}-{high:.2f}: a colour grading)")
-            covered = overlay == "open" or (overlay == "covers"
-                                            and alignment.correlation < self.min_correlation)
+            covered = overlay == "open" or (overlay == "covers" and (
+                alignment.correlation < self.min_correlation or self._cover_only(alignment)))
             if covered and self._agrees_near_inliers(colour, alignment):
                 assert alignment.local_correlation is not None
                 return True, (f"{inliers} geometric inliers, aligned photos agree near them "
@@ -573,6 +587,14 @@ class SameItemRule:
             return False
         return (_brightness_ratio(alignment) > self.max_brightness_ratio
                 or self._print_differs(alignment))
+
+    def _cover_only(self, alignment: Alignment) -> bool:
+        """Within a family, where the grey levels over the whole agree: what differs is a
+        cover (a sticker, a tag) only when no part is recoloured and, near the inliers, the
+        colours agree as an unedited copy's (``max_cover_local_shift``)."""
+        return (alignment.local_shifts is not None
+                and alignment.local_shift(self.shift_percentile) <= self.max_cover_local_shift
+                and not self._part_recoloured(alignment))
 
     def _part_recoloured(self, alignment: Alignment) -> bool:
         return alignment.recoloured > self.max_recoloured
@@ -950,7 +972,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     pixels = _AlignedPixels(warped, valid, region, fg_b, soft_a, soft_b, grey_a, grey_b, near)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      segmented=segmented,
-                     print_agreement=_print_agreement(grey_a, grey_b, region)
+                     print_agreement=_print_agreement(
+                         grey_a, grey_b, region, _foreign(chroma_a, chroma_b, region))
                      if segmented or print_check else None,
                      detail=_ColoursOfPixels(
                          pixels, light=inliers is not None,
@@ -1138,13 +1161,25 @@ def _foregrounds(a: PhotoFeatures, b: PhotoFeatures, warped: NDArray[np.uint8],
     return seg_b, seg_a, True
 
 
+def _foreign(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64],
+             region: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Where, of ``region``, the query's colour is far from the listing's (``FOREIGN_SHIFT``
+    in Lab chroma): a sticker, a tag or a label of its own colour laid over the product."""
+    out = np.zeros(region.shape, bool)
+    d = ab_a - ab_b
+    out[region] = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] > FOREIGN_SHIFT * FOREIGN_SHIFT
+    return out
+
+
 def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
-                     region: NDArray[np.bool_]) -> float | None:
+                     region: NDArray[np.bool_], foreign: NDArray[np.bool_] | None = None
+                     ) -> float | None:
     """The ``PRINT_PERCENTILE``-th percentile of the grey-level correlations of the aligned
     photos over ``PRINT_CELL_PX`` cells that the compared region covers and where the listing
     shows something (text, a logo, an edge): low when some of them differ, as a product
     name or a logo does between two lines of a brand on one pack layout. None without such
-    cells."""
+    cells. ``foreign`` (:func:`_foreign`): the cells mostly under it are left out, while they
+    are at most ``MAX_FOREIGN_CELLS`` of those counted."""
     step = PRINT_CELL_PX
     rows, cols = region.shape[0] // step, region.shape[1] // step
     if rows == 0 or cols == 0:
@@ -1169,6 +1204,12 @@ def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
     denominator = np.sqrt(var_a * var_b)
     correlation = np.where(denominator > 0, (da * db).sum(axis=2) / np.maximum(denominator, 1e-12),
                            0.0)
+    if foreign is not None:
+        # Cells mostly under a colour of the query's own (a cover) say nothing about the
+        # print beneath; left out while they are a minority of the counted cells.
+        covered = counted & (cells(foreign).sum(axis=2) > 0.5 * n)
+        if 0 < covered.sum() <= MAX_FOREIGN_CELLS * counted.sum():
+            counted &= ~covered
     out = correlation[counted]
     return float(np.percentile(out, PRINT_PERCENTILE))
 

@@ -301,22 +301,67 @@ def test_overlay_route_limits_name_the_evidence() -> None:
 
 
 def test_overlay_route_within_a_family_forgives_only_a_cover() -> None:
-    """``overlay="covers"``: the overlay route accepts only where the grey levels over the
-    whole disagree (a banner's do); where they agree and only the colours away from the
-    inliers differ (another flavour's band), it refuses. ``closed``: never."""
-    band = Alignment(0.95, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
-                     local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.7)
-    cover = replace(band, correlation=0.5)
-    assert DEFAULT_RULE.decide(0.9, 50, 0.9, band)[0]  # "open", as before
-    refused = DEFAULT_RULE.decide(0.9, 50, 0.9, band, overlay="covers")
-    assert refused == (False, "50 inliers, but the colours differ (shift 30.0)")
+    """``overlay="covers"``: within a family the overlay route forgives only what a cover
+    explains: where the grey levels over the whole disagree (a banner's do), or where they
+    agree and no part is recoloured and the colours near the inliers agree as an unedited
+    copy's (a sticker over a garment). Another flavour's band (a part recoloured) or a
+    colour variant whose colours near the inliers moved as well is refused. ``closed``:
+    never."""
+    sticker = Alignment(0.95, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
+                        local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.7)
+    band = _detailed(sticker, recoloured=0.03)
+    variant = replace(sticker, local_shifts=(4.0, 5.0, 6.0, 7.0))
+    cover = replace(variant, correlation=0.5)
+    for open_to_all in (sticker, variant, cover):
+        assert DEFAULT_RULE.decide(0.9, 50, 0.9, open_to_all)[0]  # "open", as before
+    assert DEFAULT_RULE.decide(0.9, 50, 0.9, sticker, overlay="covers")[0]
     assert DEFAULT_RULE.decide(0.9, 50, 0.9, cover, overlay="covers")[0]
+    refused = DEFAULT_RULE.decide(0.9, 50, 0.9, band, overlay="covers")
+    assert refused == (False, "50 inliers, but a part of the product has another colour "
+                              "(3.0% of it > 1.0%)")
+    refused = DEFAULT_RULE.decide(0.9, 50, 0.9, variant, overlay="covers")
+    assert refused == (False, "50 inliers, but the colours differ (shift 30.0)")
     assert not DEFAULT_RULE.decide(0.9, 50, 0.9, cover, overlay="closed")[0]
+    assert not DEFAULT_RULE.decide(0.9, 50, 0.9, sticker, overlay="closed")[0]
     original = _busy_photo()  # a real banner copy: its whole correlation falls
     verifier = SameItemVerifier(lambda ref: original)
     found = verifier.compare(photo_features(_banner(original)),
                              verifier.gallery_features("listing"), 0.9, overlay="covers")
     assert found.same_item and "near them" in found.reason, found.reason
+
+
+def _sticker(photo: Image.Image, colour: tuple[int, int, int] = (230, 40, 40)) -> Image.Image:
+    """A round sale sticker of its own colour over the product, off the middle."""
+    out = photo.convert("RGB").copy()
+    w, h = out.size
+    r = round(min(w, h) * 0.13)
+    cx, cy = round(w * 0.62), round(h * 0.4)
+    draw = ImageDraw.Draw(out)
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour, outline="white", width=3)
+    draw.text((cx - r // 2, cy - r // 4), "-30%", fill="white")
+    return out
+
+
+def test_a_sticker_copy_within_a_family_passes_the_print_check() -> None:
+    """Within a family (print check asked, only a cover forgiven) a copy under a sale
+    sticker is accepted: the print cells under the sticker's own colour are left out of the
+    print agreement, and what differs away from the inliers is a cover. The sticker over
+    another flavour's recoloured band is still refused, and without leaving those cells out
+    the copy's print agreement falls below the rule's."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    listing = verifier.gallery_features("listing")
+    found = verifier.compare(photo_features(_sticker(original)), listing, 0.9,
+                             print_check=True, overlay="covers")
+    assert found.same_item, found.reason
+    alignment = found.alignment
+    assert alignment is not None and alignment.print_agreement is not None
+    pixels = alignment.detail._pixels  # type: ignore[attr-defined]
+    grey_a, grey_b, region = pixels.grey_a, pixels.grey_b, pixels.region
+    assert verify._print_agreement(grey_a, grey_b, region) < DEFAULT_RULE.min_print_agreement
+    refused = verifier.compare(photo_features(_sticker(_band_recoloured(original))), listing,
+                               0.95, print_check=True, overlay="covers")
+    assert not refused.same_item, refused.reason
 
 
 def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
