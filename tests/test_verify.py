@@ -356,7 +356,8 @@ def test_a_sticker_copy_within_a_family_passes_the_print_check() -> None:
     assert found.same_item, found.reason
     alignment = found.alignment
     assert alignment is not None and alignment.print_agreement is not None
-    pixels = alignment.detail._pixels  # type: ignore[attr-defined]
+    assert isinstance(alignment.detail, verify._ColoursOfPixels)
+    pixels = alignment.detail._pixels
     grey_a, grey_b, region = pixels.grey_a, pixels.grey_b, pixels.region
     assert verify._print_agreement(grey_a, grey_b, region) < DEFAULT_RULE.min_print_agreement
     refused = verifier.compare(photo_features(_sticker(_band_recoloured(original))), listing,
