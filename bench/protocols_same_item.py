@@ -30,6 +30,10 @@ hard negatives: listing one of them is a false match.
   and scored before any change: a phone screenshot of the listing, a tone curve, a warm
   faded filter, sharpening, the white background swapped for a light colour, a tight zoom,
   a 32-64 colour palette, a thumbnail blown up again, and chains.
+* ``same-item-covers`` (luma): the same construction with another seed and the ``COVERS``
+  recipes, written on 2026-12-03 with the cover route and before it was scored on them:
+  a hang tag turned by up to 25 deg, a star badge, a translucent label, a diagonal band
+  across a corner (one, or two in a fifth of the copies), then a mild re-encode in half.
 * ``same-item-fmnist``: 1,000 Fashion-MNIST articles (grey, 28 px, ten classes: every
   article has hundreds of look-alikes), 10% re-listed with the same file or an edited copy;
   300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
@@ -66,7 +70,7 @@ Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist",
-             "same-item-blind", "same-item-mirrored", "same-item-fresh")
+             "same-item-blind", "same-item-mirrored", "same-item-fresh", "same-item-covers")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -349,9 +353,110 @@ FRESH_SINGLE: tuple[Edit, ...] = (phone_screenshot, tone_curve, warm_filter, sha
                                   zoom, palette, upscaled)
 
 
+# -- COVERS recipes (written 2026-12-03 with the cover route, before it was scored on them) --
+# Things laid over the product that are not a round sticker: a hang tag, a star badge, a
+# translucent label, a diagonal band; with the mild re-listing edits a shop adds.
+
+def _inside(img: Image.Image, rng: np.random.Generator) -> tuple[int, int]:
+    """A point over the product's middle half, where a shop puts what it lays over it."""
+    w, h = img.size
+    return round(w * rng.uniform(0.3, 0.7)), round(h * rng.uniform(0.3, 0.7))
+
+
+def hang_tag(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A rectangular price tag with a punched hole and a price, turned by up to 25 deg."""
+    w, h = img.size
+    side = min(w, h)
+    tw, th = round(side * rng.uniform(0.14, 0.22)), round(side * rng.uniform(0.08, 0.12))
+    colour = (255, 255, 255) if rng.random() < 0.4 else tuple(int(c) for c in
+                                                            rng.integers(0, 256, size=3))
+    tag = Image.new("RGBA", (tw, th), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(tag)
+    draw.rectangle((0, 0, tw - 1, th - 1), fill=(*colour, 255), outline=(40, 40, 40, 255))
+    r = max(2, th // 8)
+    draw.ellipse((th // 4 - r, th // 2 - r, th // 4 + r, th // 2 + r), fill=(0, 0, 0, 0))
+    ink = (20, 20, 20, 255) if sum(colour) > 380 else (255, 255, 255, 255)
+    draw.text((th // 2 + 2, th // 4), f"${int(rng.integers(5, 99))}.99", fill=ink,
+              font=_font(th // 2))
+    tag = tag.rotate(float(rng.uniform(-25, 25)), Image.Resampling.BICUBIC, expand=True)
+    out = img.convert("RGBA")
+    cx, cy = _inside(img, rng)
+    out.alpha_composite(tag, (max(0, cx - tag.width // 2), max(0, cy - tag.height // 2)))
+    return out.convert("RGB")
+
+
+def star_badge(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A star-burst badge ("NEW", "TOP") of its own colour."""
+    out = img.convert("RGB").copy()
+    cx, cy = _inside(img, rng)
+    r = min(img.size) * rng.uniform(0.07, 0.12)
+    points = int(rng.integers(8, 14))
+    angles = np.linspace(0, 2 * np.pi, 2 * points, endpoint=False)
+    radii = np.where(np.arange(2 * points) % 2 == 0, r, r * 0.78)
+    star = [(cx + float(q * np.cos(a)), cy + float(q * np.sin(a)))
+            for q, a in zip(radii, angles, strict=True)]
+    draw = ImageDraw.Draw(out)
+    draw.polygon(star, fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
+    draw.text((cx - r * 0.5, cy - r * 0.3), "NEW" if rng.random() < 0.5 else "TOP",
+              fill="white", font=_font(round(r * 0.6)))
+    return out
+
+
+def label(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A translucent rounded label with the shop's name over the product."""
+    base = img.convert("RGBA")
+    w, h = base.size
+    lw, lh = round(w * rng.uniform(0.25, 0.4)), round(h * rng.uniform(0.06, 0.1))
+    cx, cy = _inside(img, rng)
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    draw.rounded_rectangle((cx - lw // 2, cy - lh // 2, cx + lw // 2, cy + lh // 2),
+                           radius=lh // 3, fill=(*colour, int(rng.integers(170, 230))))
+    draw.text((cx - lw // 2 + 6, cy - lh // 3), "myshop.example", fill=(255, 255, 255, 255),
+              font=_font(lh // 2))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def corner_band(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A diagonal "SALE" band across one corner of the photo."""
+    out = img.convert("RGB").copy()
+    w, h = out.size
+    d, t = min(w, h) * rng.uniform(0.2, 0.3), min(w, h) * 0.06
+    corner = int(rng.integers(0, 4))
+    sx, sy = (1 if corner in (0, 3) else -1), (1 if corner in (0, 1) else -1)
+    x0, y0 = (0 if sx == 1 else w), (0 if sy == 1 else h)
+    band = [(x0 + sx * d, y0), (x0 + sx * (d + t), y0), (x0, y0 + sy * (d + t)),
+            (x0, y0 + sy * d)]
+    ImageDraw.Draw(out).polygon(band, fill=tuple(int(c) for c in rng.integers(0, 200, size=3)))
+    return out
+
+
+def mild_recode(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return _jpeg(_scale(img, rng.uniform(0.6, 0.95)), int(rng.integers(55, 90)))
+
+
+COVERS_SINGLE: tuple[Edit, ...] = (hang_tag, star_badge, label, corner_band, mild_recode)
+
+
+def covers_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """One cover (two in a fifth of the copies), then a mild re-encode in half of them."""
+    covers = COVERS_SINGLE[:4]
+    n = 2 if rng.random() < 0.2 else 1
+    chosen = [covers[int(i)] for i in rng.choice(len(covers), size=n, replace=False)]
+    if rng.random() < 0.5:
+        chosen.append(mild_recode)
+    for edit in chosen:
+        img = edit(img.convert("RGB"), rng)
+    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+
+
 def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
                 ) -> tuple[Image.Image, str]:
-    """One recipe (60%) or a chain of two or three different ones; returns (image, names)."""
+    """One recipe (60%) or a chain of two or three different ones; returns (image, names).
+    The ``COVERS_SINGLE`` recipes: :func:`covers_edit`."""
+    if recipes is COVERS_SINGLE:
+        return covers_edit(img, rng)
     n = min(len(recipes), 1 if rng.random() < 0.6 else int(rng.integers(2, 4)))
     chosen = [recipes[int(i)] for i in rng.choice(len(recipes), size=n, replace=False)]
     for edit in chosen:
@@ -550,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-fresh", FRESH_SINGLE, seed=5)
         print(f"same-item-fresh: {gallery} {queries}")
+    if has_luma and "same-item-covers" in wanted:
+        gallery, queries, _ = write_luma_listings(
+            args.luma, args.out / "same-item-covers", COVERS_SINGLE, seed=6)
+        print(f"same-item-covers: {gallery} {queries}")
     if "same-item-fmnist" in wanted:
         print("same-item-fmnist: {} {}".format(
             *write_fmnist_listings(args.out / "same-item-fmnist")))

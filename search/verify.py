@@ -202,6 +202,16 @@ pair): the rule's geometric routes refuse it anyway (``SameItemRule.min_inliers`
 RECOLOUR_INSET_PX = 2
 """The compared region is shrunk by this much first: along its outline each photo mixes the
 product with its own background, and a pixel of misregistration shows as a colour change."""
+COVER_DELTA = 30.0
+"""Lab distance (lightness and chroma together) from which an aligned pixel counts as under
+something of another colour (:func:`_cover`): a sticker, a tag or a label laid over the
+product."""
+COVER_CLOSE_PX = 5
+"""Closing (px at half ``VERIFY_SIZE``) of those pixels before the cover is taken as their
+largest patch: the text printed on a sticker is of the product's colour in places."""
+COVER_MARGIN_PX = 3
+"""Margin (px at half ``VERIFY_SIZE``) around the cover left out of the comparison of the
+rest: its outline is soft in both photos."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -253,6 +263,37 @@ class LightMap:
     the listing product's outline was left out of the comparison (``EDGE_PX``)."""
 
 
+@dataclass(frozen=True)
+class Cover:
+    """The largest patch of an aligned pair whose colour differs (:func:`_cover`), and how
+    the photos compare without it: what a sticker, a price tag or a label laid over the
+    product looks like, or a part of another colour."""
+
+    share: float
+    """Its area / the compared region's."""
+    solidity: float
+    """Its area / its convex hull's: ~1 for a disc, a tag, a label; a trim, a band along a
+    seam or a garment's panels are not convex."""
+    texture_kept: float
+    """Share of its pixels where the grey-level texture is kept (a window correlation of
+    ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both): a part of another colour keeps
+    its folds and seams, a sticker does not."""
+    under_correlation: float
+    """Grey-level correlation of the two photos over it (its outline left out; 0 when too
+    small to say): a part of another colour keeps the shading of the listing's, a garment
+    recoloured whole too, where its texture is too smooth for the windows above; a
+    sticker's flat colour and print follow nothing beneath."""
+    correlation: float
+    """:attr:`Alignment.correlation` over the compared region without it."""
+    shifts: tuple[float, ...]
+    """:attr:`Alignment.colour_shifts` over the compared region without it."""
+    recoloured: float
+    """:attr:`Alignment.recoloured` over the compared region without it."""
+
+    def shift(self, percentile: int) -> float:
+        return self.shifts[SHIFT_PERCENTILES.index(percentile)]
+
+
 class ColourDetail:
     """The costly part of comparing two aligned photos' colours: the light map, the hue
     agreement and the recoloured patches, as given values (a rule's test) or, from
@@ -263,8 +304,10 @@ class ColourDetail:
     the keypoint alignments, the hues for 12-14 %)."""
 
     def __init__(self, light: LightMap | None = None, hue: HueAgreement | None = None,
-                 recoloured: tuple[float, float] = (0.0, 0.0)) -> None:
+                 recoloured: tuple[float, float] = (0.0, 0.0), cover: Cover | None = None
+                 ) -> None:
         self._light, self._hue, self._recoloured = light, hue, recoloured
+        self._cover = cover
 
     def light(self) -> LightMap | None:
         """The light map (None when aligned without keypoints)."""
@@ -277,6 +320,10 @@ class ColourDetail:
     def recoloured(self) -> tuple[float, float]:
         """(:attr:`Alignment.recoloured`, :attr:`Alignment.local_recoloured`)."""
         return self._recoloured
+
+    def cover(self) -> Cover | None:
+        """:attr:`Alignment.cover`."""
+        return self._cover
 
 
 @dataclass(frozen=True)
@@ -350,6 +397,13 @@ class Alignment:
     def local_recoloured(self) -> float:
         """:attr:`recoloured` within the inliers' neighbourhoods only (the overlay route's)."""
         return self.detail.recoloured()[1]
+
+    @property
+    def cover(self) -> Cover | None:
+        """The largest patch whose colour differs and the comparison without it
+        (:func:`_cover`; None when no pixel differs that much, or when recoloured parts are
+        not looked for)."""
+        return self.detail.cover()
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -486,6 +540,29 @@ class SameItemRule:
     forgives what differs away from them as a cover (a sticker or a tag of its own colour):
     1.4-2.4 for copies under a sticker, 7.9 for a luma colour variant whose other parts
     differ (same-item-blind)."""
+    max_cover: float = 0.2
+    """The cover route (:meth:`_agrees_around_cover`): the largest share of the compared
+    product a sticker, a price tag or a label over it may hide (:attr:`Alignment.cover`);
+    on same-item-blind a round sticker over a product's middle took 3-17 %, a luma colour
+    variant's other colour 20-80 %."""
+    min_cover_solidity: float = 0.85
+    """The cover route: how convex the patch must be (:attr:`Cover.solidity`): a sticker, a
+    tag, a label is (0.95-1.05 with its outline's pixels); another colour on a garment's
+    panels, a trim or a band is not as a rule (0.65-0.93)."""
+    max_cover_texture: float = 0.35
+    """The cover route: largest share of the patch whose texture is kept
+    (:attr:`Cover.texture_kept`): under a sticker 0.02-0.25, a recoloured part 0.45-0.97."""
+    max_cover_under_correlation: float = 0.5
+    """The cover route: largest grey-level correlation of the two photos over the patch
+    (:attr:`Cover.under_correlation`): under a sticker -0.54-0.39 on same-item-blind; luma's
+    WB04 bra recoloured from yellow to purple, smooth enough to pass the texture windows,
+    0.58."""
+    min_cover_share: float = 0.01
+    """The cover route: the smallest patch it forgives, as a share of the compared region;
+    below it the patch is a misregistered edge, which the other routes judge."""
+    min_cover_correlation: float = 0.9
+    """The cover route: grey-level correlation of the rest of the product (0.92-1.00 for
+    copies under a sticker on same-item-blind)."""
     min_refined_correlation: float = 0.95
     """The second look at a pair refused as RANSAC aligned it (:meth:`agrees_refined`): an
     unedited copy, turned a quarter or resampled, correlates 0.99-1.00 once its mapping is
@@ -542,6 +619,13 @@ class SameItemRule:
                               f"(correlation {alignment.correlation:.2f}, colour shift "
                               f"{shift:.1f}, hue turned {alignment.hue.turn:.0f} deg, chroma "
                               f"x{low:.2f}-{high:.2f}: a colour grading)")
+            if overlay != "closed" and self._agrees_around_cover(alignment):
+                assert alignment.cover is not None
+                hidden = alignment.cover
+                return True, (f"{inliers} geometric inliers, aligned photos agree around a "
+                              f"cover (correlation {hidden.correlation:.2f}, colour shift "
+                              f"{hidden.shift(self.shift_percentile):.1f} without the "
+                              f"{hidden.share:.0%} of the product under a sticker or a tag)")
             covered = overlay == "open" or (overlay == "covers" and (
                 alignment.correlation < self.min_correlation or self._cover_only(alignment)))
             if covered and self._agrees_near_inliers(colour, alignment):
@@ -595,6 +679,25 @@ class SameItemRule:
         return (alignment.local_shifts is not None
                 and alignment.local_shift(self.shift_percentile) <= self.max_cover_local_shift
                 and not self._part_recoloured(alignment))
+
+    def _agrees_around_cover(self, alignment: Alignment) -> bool:
+        """The cover route: a sticker, a price tag or a label over the product hides one
+        compact part of it (its colour, its texture and its shading differ there,
+        :attr:`Alignment.cover`),
+        and the rest agrees as a copy (grey levels ``min_cover_correlation``, colour shift
+        ``max_colour_shift``, no recoloured part). Another colour of a style differs over a
+        larger share, in parts of its own shape, with its texture kept
+        (docs/matching.md, "Cover route")."""
+        cover = alignment.cover
+        if cover is None:
+            return False
+        return (self.min_cover_share <= cover.share <= self.max_cover
+                and cover.solidity >= self.min_cover_solidity
+                and cover.texture_kept <= self.max_cover_texture
+                and cover.under_correlation <= self.max_cover_under_correlation
+                and cover.correlation >= self.min_cover_correlation
+                and cover.shift(self.shift_percentile) <= self.max_colour_shift
+                and cover.recoloured <= self.max_recoloured)
 
     def _part_recoloured(self, alignment: Alignment) -> bool:
         return alignment.recoloured > self.max_recoloured
@@ -1011,6 +1114,7 @@ class _ColoursOfPixels(ColourDetail):
         super().__init__()
         self._pixels, self._fit_light, self._recolour = pixels, light, recolour
         self._done: set[str] = set()
+        self._patches: tuple[NDArray[Any] | None, int] = (None, 0)
 
     def light(self) -> LightMap | None:
         if "light" not in self._done:
@@ -1037,12 +1141,21 @@ class _ColoursOfPixels(ColourDetail):
                 p = self._pixels
                 patches, compared = _recoloured_patches(p.soft_a, p.soft_b, p.grey_a,
                                                         p.grey_b, p.region)
+                self._patches = (patches, compared)
                 whole = _largest_share(patches, compared)
                 near = (whole if patches is None or p.near is None
                         else _largest_share(patches & p.near, compared))
                 self._recoloured = (whole, near)
             self._done.add("recoloured")
         return self._recoloured
+
+    def cover(self) -> Cover | None:
+        if "cover" not in self._done:
+            if self._recolour:
+                self.recoloured()
+                self._cover = _cover(self._pixels, *self._patches)
+            self._done.add("cover")
+        return self._cover
 
 
 def product_on_white(image: Image.Image, product: NDArray[np.bool_] | None
@@ -1273,6 +1386,51 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     patches = cv2.morphologyEx((changed & kept).astype(np.uint8), cv2.MORPH_OPEN,
                                np.ones((3, 3), np.uint8))
     return patches, n
+
+
+def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int) -> Cover | None:
+    """The largest patch of the compared region whose colour differs by ``COVER_DELTA``
+    (closed over ``COVER_CLOSE_PX``: a sticker's text), its shape and texture, and the two
+    photos compared without it and its ``COVER_MARGIN_PX`` margin (grey-level correlation,
+    colour shifts, and the largest recoloured patch of ``patches`` left, as a share of
+    ``compared``; see :func:`_recoloured_patches`). None when no pixel differs that much or
+    nothing is left to compare. The grey-level correlation over the patch
+    (:attr:`Cover.under_correlation`) is taken without its outline (5 px eroded). ~2-4 ms a
+    pair."""
+    region = p.region
+    distance = np.linalg.norm(_lab(p.soft_a[region]) - _lab(p.soft_b[region]), axis=1)
+    differs = np.zeros(region.shape, np.uint8)
+    differs[region] = distance > COVER_DELTA
+    if not differs.any():
+        return None
+    closed = np.asarray(cv2.morphologyEx(differs, cv2.MORPH_CLOSE,
+                                         np.ones((COVER_CLOSE_PX, COVER_CLOSE_PX), np.uint8)),
+                        np.uint8) & region.astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    if count < 2:
+        return None
+    largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+    patch = labels == largest
+    area = int(stats[largest, cv2.CC_STAT_AREA])
+    contours, _ = cv2.findContours(patch.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    hull = float(cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea))))
+    texture, spread_a, spread_b = _window_correlation(p.grey_a, p.grey_b, RECOLOUR_WINDOW_PX)
+    kept = (texture >= RECOLOUR_MIN_TEXTURE_CORRELATION) | (
+        (spread_a < RECOLOUR_FLAT_STD) & (spread_b < RECOLOUR_FLAT_STD))
+    inner = cv2.erode(patch.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    under = (_correlation(p.grey_a[inner].astype(np.float64), p.grey_b[inner].astype(np.float64))
+             if int(inner.sum()) >= MIN_OVERLAP_PX else 0.0)
+    margin = 2 * COVER_MARGIN_PX + 1
+    rest = region & (cv2.dilate(patch.astype(np.uint8), np.ones((margin, margin), np.uint8)) == 0)
+    if int(rest.sum()) < MIN_OVERLAP_PX:
+        return None
+    correlation = _correlation(p.grey_a[rest].astype(np.float64),
+                               p.grey_b[rest].astype(np.float64))
+    shifts = _chroma_shifts(_lab_chroma(p.soft_a[rest]), _lab_chroma(p.soft_b[rest]))
+    left = None if patches is None else patches & rest
+    return Cover(area / int(region.sum()), area / max(hull, 1.0), float(kept[patch].mean()),
+                 under, correlation, shifts, _largest_share(left, compared))
 
 
 def _largest_share(patches: NDArray[Any] | None, compared: int) -> float:

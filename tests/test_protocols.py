@@ -162,7 +162,9 @@ def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
         assert set(query["relevant"]) == listings_of[item]
 
 
-def test_edit_recipes_change_the_photo_and_dev_heldout_blind_and_fresh_differ() -> None:
+def test_edit_recipes_change_the_photo_and_no_two_sets_share_one() -> None:
+    """Dev, held-out, blind, fresh and covers recipes: each changes a photo, none is in two
+    sets; a covers edit lays at least one cover over the product."""
     same_item = load_bench_module("protocols_same_item")
     photo = Image.new("RGB", (200, 240), "white")
     photo.paste((30, 60, 200), (40, 40, 160, 200))
@@ -171,13 +173,19 @@ def test_edit_recipes_change_the_photo_and_dev_heldout_blind_and_fresh_differ() 
     photo.paste(Image.fromarray(np.stack([ramp, ramp[::-1], ramp], axis=1)[None].repeat(
         30, axis=0), "RGB"), (40, 160))
     sets = (same_item.DEV_SINGLE, same_item.HELDOUT_SINGLE, same_item.BLIND_SINGLE,
-            same_item.FRESH_SINGLE)
+            same_item.FRESH_SINGLE, same_item.COVERS_SINGLE)
     names = [{e.__name__ for e in recipes} for recipes in sets]
     assert sum(map(len, names)) == len(set().union(*names))  # no recipe in two sets
     for edit in (edit for recipes in sets for edit in recipes):
         out = edit(photo, np.random.default_rng(0)).convert("RGB")
         same_size = out.size == photo.size
         assert not same_size or not np.array_equal(np.asarray(out), np.asarray(photo)), edit
+    covers = {e.__name__ for e in same_item.COVERS_SINGLE[:4]}
+    for seed in range(10):
+        out, names = same_item.random_edit(same_item.COVERS_SINGLE, photo,
+                                           np.random.default_rng(seed))
+        assert covers & set(names.split("+")), names
+        assert not np.array_equal(np.asarray(out.resize(photo.size)), np.asarray(photo))
 
 
 def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path: Path) -> None:

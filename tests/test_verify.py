@@ -24,6 +24,7 @@ from search.verify import (
     VERIFY_SIZE,
     Alignment,
     ColourDetail,
+    Cover,
     Evidence,
     HueAgreement,
     LightMap,
@@ -265,12 +266,15 @@ def test_a_banner_over_the_product_is_accepted_by_the_overlay_route() -> None:
     near the inliers (where both show the same surface) they agree."""
     original = _busy_photo()
     evidence = _evidence(_banner(original), original)
-    assert evidence.same_item, evidence.reason
-    assert "near them" in evidence.reason
+    assert evidence.same_item, evidence.reason  # by the cover route, asked first
     alignment = evidence.alignment
     assert alignment is not None and alignment.local_correlation is not None
     assert alignment.local_share < 1.0
-    whole = replace(DEFAULT_RULE, min_local_share=1.01)  # the overlay route off
+    no_cover = replace(DEFAULT_RULE, max_cover=0.0)  # the cover route off
+    same, why = no_cover.decide(evidence.similarity, evidence.inliers,
+                                evidence.colour_agreement, alignment)
+    assert same and "near them" in why, why
+    whole = replace(no_cover, min_local_share=1.01)  # the overlay route off as well
     assert not whole.decide(evidence.similarity, evidence.inliers,
                             evidence.colour_agreement, alignment)[0]
     assert not DEFAULT_RULE.decide(evidence.similarity, evidence.inliers,
@@ -324,7 +328,7 @@ def test_overlay_route_within_a_family_forgives_only_a_cover() -> None:
     assert not DEFAULT_RULE.decide(0.9, 50, 0.9, cover, overlay="closed")[0]
     assert not DEFAULT_RULE.decide(0.9, 50, 0.9, sticker, overlay="closed")[0]
     original = _busy_photo()  # a real banner copy: its whole correlation falls
-    verifier = SameItemVerifier(lambda ref: original)
+    verifier = SameItemVerifier(lambda ref: original, replace(DEFAULT_RULE, max_cover=0.0))
     found = verifier.compare(photo_features(_banner(original)),
                              verifier.gallery_features("listing"), 0.9, overlay="covers")
     assert found.same_item and "near them" in found.reason, found.reason
@@ -363,6 +367,83 @@ def test_a_sticker_copy_within_a_family_passes_the_print_check() -> None:
     refused = verifier.compare(photo_features(_sticker(_band_recoloured(original))), listing,
                                0.95, print_check=True, overlay="covers")
     assert not refused.same_item, refused.reason
+
+
+def test_cover_route_limits_name_the_evidence() -> None:
+    """The cover route: one compact patch of another colour and texture (a sticker, a
+    tag) over at most ``max_cover`` of the product, the rest agreeing as a copy's. A patch
+    that keeps its texture (a part of another colour), one of a garment panel's shape,
+    a larger one, or a rest that differs is refused; ``closed`` never takes the route."""
+    sticker = Cover(share=0.08, solidity=1.02, texture_kept=0.1, under_correlation=0.05,
+                    correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0)
+    # Over the whole the sticker's colour moves the shift past every other route's limit.
+    whole = Alignment(0.9, (2.0, 12.0, 30.0, 40.0), local_correlation=0.9,
+                      local_shifts=(3.0, 9.0, 20.0, 30.0), local_share=0.7)
+    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=sticker))
+    assert same and "around a cover" in why and "8% of the product" in why, why
+    assert DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=sticker),
+                               overlay="covers")[0]
+    for other in (replace(sticker, texture_kept=0.8), replace(sticker, solidity=0.7),
+                  replace(sticker, under_correlation=0.6),
+                  replace(sticker, share=0.3), replace(sticker, share=0.005),
+                  replace(sticker, correlation=0.8), replace(sticker, shifts=(4, 6, 12, 20)),
+                  replace(sticker, recoloured=0.03)):
+        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
+    assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=sticker),
+                                   overlay="closed")[0]
+    assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=None))[0]
+
+
+def _recoloured_disc(photo: Image.Image) -> Image.Image:
+    """The photo with a round part of it in another colour, its texture kept (a printed
+    motif dyed another colour: what a colour variant differs by)."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.uint8).copy()
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = np.hypot(xx - w * 0.62, yy - h * 0.4) < min(w, h) * 0.13
+    rgb[disc] = rgb[disc][:, [2, 0, 1]]  # channels rotated: another hue, same grey-ish
+    return Image.fromarray(rgb, "RGB")
+
+
+def test_a_copy_under_a_sticker_is_accepted_around_it_and_a_recoloured_part_is_not() -> None:
+    """A copy with a round sale sticker over the product's middle: the cover route compares
+    it without the sticker. The same disc recoloured with the product's texture kept (a
+    variant) is refused, as is a sticker that hides a third of the product."""
+    original = _busy_photo()
+    verifier = SameItemVerifier(lambda ref: original)
+    listing = verifier.gallery_features("listing")
+    found = verifier.compare(photo_features(_sticker(original)), listing, 0.9)
+    assert found.same_item, found.reason
+    cover = found.alignment.cover if found.alignment is not None else None
+    assert cover is not None and cover.texture_kept <= DEFAULT_RULE.max_cover_texture
+    assert 0.02 < cover.share < DEFAULT_RULE.max_cover
+    variant = verifier.compare(photo_features(_recoloured_disc(original)), listing, 0.95)
+    assert not variant.same_item, variant.reason
+    assert variant.alignment is not None and variant.alignment.cover is not None
+    assert variant.alignment.cover.texture_kept > DEFAULT_RULE.max_cover_texture
+    big = original.convert("RGB").copy()
+    w, h = big.size
+    ImageDraw.Draw(big).ellipse((w * 0.15, h * 0.15, w * 0.85, h * 0.85), fill=(230, 40, 40))
+    refused = verifier.compare(photo_features(big), listing, 0.9)
+    assert not refused.same_item, refused.reason
+
+
+@needs_luma
+def test_a_luma_copy_under_a_sale_sticker_is_accepted_and_its_colour_variants_are_not() -> None:
+    """same-item-blind's sticker (bench/protocols_same_item.py) over a luma short: the
+    sticker sits among the inliers, so the overlay route cannot forgive it; the cover route
+    does. The short's other colours under the same sticker are refused."""
+    sticker = load_bench_module("protocols_same_item").sticker
+    listing = _luma("msh12-gray")
+    query = sticker(listing, np.random.default_rng(4))
+    found = _evidence(query, listing, 0.87)
+    assert found.same_item and "around a cover" in found.reason, found.reason
+    without = SameItemVerifier(lambda ref: listing, replace(DEFAULT_RULE, max_cover=0.0))
+    refused = without.verify(photo_features(query), [("listing", 0.87)])[0]
+    assert not refused.same_item, refused.reason
+    for other in ("msh12-black", "msh12-red"):
+        same, why = _decide(query, _luma(other), similarity=0.9)
+        assert not same, why
 
 
 def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
@@ -488,14 +569,14 @@ def test_a_differing_print_refuses_before_the_colour_detail_is_read() -> None:
 
 def _detailed(alignment: Alignment, **parts: Any) -> Alignment:
     """``alignment`` with parts of its colour detail given (``light_gains``, ``light_shifts``,
-    ``hue``, ``recoloured``, ``local_recoloured``), the others kept."""
+    ``hue``, ``recoloured``, ``local_recoloured``, ``cover``), the others kept."""
     now = {"light_gains": alignment.light_gains, "light_shifts": alignment.light_shifts,
            "hue": alignment.hue, "recoloured": alignment.recoloured,
-           "local_recoloured": alignment.local_recoloured} | parts
+           "local_recoloured": alignment.local_recoloured, "cover": alignment.cover} | parts
     gains, shifts = now["light_gains"], now["light_shifts"]
     light = None if gains is None or shifts is None else LightMap(gains, shifts)
     return replace(alignment, detail=ColourDetail(
-        light, now["hue"], (now["recoloured"], now["local_recoloured"])))
+        light, now["hue"], (now["recoloured"], now["local_recoloured"]), now["cover"]))
 
 
 def test_light_route_limits_name_the_evidence() -> None:
