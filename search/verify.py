@@ -26,7 +26,8 @@ carry tell them apart:
 aligned by it, show no part of the product in another colour, and agree in grey levels,
 brightness and colour, over the whole product, or after
 one per-channel light map when the photo was taken again under another light, or in hue
-alone when a shop graded its colours, or, when an overlay hides part of it, near the
+alone when a shop graded its colours, or, when a sticker, a tag or a label lies over it,
+around that cover (:attr:`Alignment.cover`), or, when an overlay hides part of it, near the
 inliers; a pair refused as RANSAC aligned it is aligned again on the grey levels, for a
 mapping a pixel off), or a plain product with too few keypoints lines up without them
 (:func:`aligned_without_keypoints`) and agrees under stricter limits, or the two photos are
@@ -444,7 +445,10 @@ class SameItemRule:
     check applies, gains within ``max_light_gain_spread``, shift ``<= max_light_shift``),
     or, the grading route, in hue (correlation ``>= min_light_correlation``, hue turned
     ``<= max_hue_turn``, chroma within ``graded_chroma``, on ``min_graded_share`` of
-    chromatic pixels), or, the overlay route, near the inliers (``min_local_share`` of it,
+    chromatic pixels), or, the cover route, around one compact patch of another colour,
+    texture and shading (``min_cover_share`` to ``max_cover`` of the product, solidity
+    ``>= min_cover_solidity``, the rest correlating ``>= min_cover_correlation`` with its
+    colours agreeing), or, the overlay route, near the inliers (``min_local_share`` of it,
     correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
     with fewer inliers, a plain product aligned without keypoints
     (:func:`aligned_without_keypoints`): ``similarity >= coarse_similarity``,
@@ -683,11 +687,10 @@ class SameItemRule:
     def _agrees_around_cover(self, alignment: Alignment) -> bool:
         """The cover route: a sticker, a price tag or a label over the product hides one
         compact part of it (its colour, its texture and its shading differ there,
-        :attr:`Alignment.cover`),
-        and the rest agrees as a copy (grey levels ``min_cover_correlation``, colour shift
-        ``max_colour_shift``, no recoloured part). Another colour of a style differs over a
-        larger share, in parts of its own shape, with its texture kept
-        (docs/matching.md, "Cover route")."""
+        :attr:`Alignment.cover`), and the rest agrees as a copy's (grey levels
+        ``min_cover_correlation``, colour shift ``max_colour_shift``, no recoloured part).
+        Another colour of a style differs over a larger share, in parts of its own shape,
+        with its texture or its shading kept (docs/matching.md, "Cover route")."""
         cover = alignment.cover
         if cover is None:
             return False
@@ -1395,7 +1398,7 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int) -> Co
     colour shifts, and the largest recoloured patch of ``patches`` left, as a share of
     ``compared``; see :func:`_recoloured_patches`). None when no pixel differs that much or
     nothing is left to compare. The grey-level correlation over the patch
-    (:attr:`Cover.under_correlation`) is taken without its outline (5 px eroded). ~2-4 ms a
+    (:attr:`Cover.under_correlation`) is taken without its outline (2 px eroded). ~2-4 ms a
     pair."""
     region = p.region
     distance = np.linalg.norm(_lab(p.soft_a[region]) - _lab(p.soft_b[region]), axis=1)
