@@ -1118,6 +1118,14 @@ class _ColoursOfPixels(ColourDetail):
         self._pixels, self._fit_light, self._recolour = pixels, light, recolour
         self._done: set[str] = set()
         self._patches: tuple[NDArray[Any] | None, int] = (None, 0)
+        self._texture: NDArray[np.bool_] | None = None
+
+    def _kept(self) -> NDArray[np.bool_]:
+        """:func:`_texture_kept` of the aligned photos, computed once for the recoloured
+        patches and the cover."""
+        if self._texture is None:
+            self._texture = _texture_kept(self._pixels.grey_a, self._pixels.grey_b)
+        return self._texture
 
     def light(self) -> LightMap | None:
         if "light" not in self._done:
@@ -1143,7 +1151,7 @@ class _ColoursOfPixels(ColourDetail):
             if self._recolour:
                 p = self._pixels
                 patches, compared = _recoloured_patches(p.soft_a, p.soft_b, p.grey_a,
-                                                        p.grey_b, p.region)
+                                                        p.grey_b, p.region, self._kept)
                 self._patches = (patches, compared)
                 whole = _largest_share(patches, compared)
                 near = (whole if patches is None or p.near is None
@@ -1156,7 +1164,7 @@ class _ColoursOfPixels(ColourDetail):
         if "cover" not in self._done:
             if self._recolour:
                 self.recoloured()
-                self._cover = _cover(self._pixels, *self._patches)
+                self._cover = _cover(self._pixels, *self._patches, self._kept())
             self._done.add("cover")
         return self._cover
 
@@ -1350,7 +1358,9 @@ def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64
 
 def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
                         grey_a: NDArray[Any], grey_b: NDArray[Any],
-                        region: NDArray[np.bool_]) -> tuple[NDArray[Any] | None, int]:
+                        region: NDArray[np.bool_],
+                        kept: Callable[[], NDArray[np.bool_]] | None = None
+                        ) -> tuple[NDArray[Any] | None, int]:
     """(the patches of the compared ``region`` whose colour changed while their texture
     stayed, the number of pixels compared; None for no patch): what another colour of one
     part of a product looks like (a waistband, a trim, black shorts made grey on the same
@@ -1365,9 +1375,11 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     tone edit) and hue apart, or chroma multiplied (white dyed, a colour washed to grey).
     Saturation and vividness edits scale chroma and keep hue, so they do not count. It
     counts only where the grey-level texture is kept (a window correlation of
-    ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both): a sticker or a banner over the
-    product changes colour *and* texture, and is left to the rule's overlay checks. ~2-7 ms
-    a pair, the least when nothing changed colour as the photos are."""
+    ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both: :func:`_texture_kept`, or
+    ``kept`` when given, its value for these photos computed once): a sticker or a banner
+    over the product changes colour *and* texture, and is left to the rule's overlay and
+    cover checks. ~2-7 ms a pair, the least when nothing changed colour as the photos
+    are."""
     inner = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8),
                       iterations=RECOLOUR_INSET_PX) > 0
     n = int(inner.sum())
@@ -1383,20 +1395,30 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     changed[inner] = _colour_changed(_lab(mapped), lab_b, among=as_they_are)
     if not changed.any():
         return None, n
-    texture, spread_a, spread_b = _window_correlation(grey_a, grey_b, RECOLOUR_WINDOW_PX)
-    kept = (texture >= RECOLOUR_MIN_TEXTURE_CORRELATION) | (
-        (spread_a < RECOLOUR_FLAT_STD) & (spread_b < RECOLOUR_FLAT_STD))
-    patches = cv2.morphologyEx((changed & kept).astype(np.uint8), cv2.MORPH_OPEN,
+    texture = kept() if kept is not None else _texture_kept(grey_a, grey_b)
+    patches = cv2.morphologyEx((changed & texture).astype(np.uint8), cv2.MORPH_OPEN,
                                np.ones((3, 3), np.uint8))
     return patches, n
 
 
-def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int) -> Cover | None:
+def _texture_kept(grey_a: NDArray[Any], grey_b: NDArray[Any]) -> NDArray[np.bool_]:
+    """Per pixel, whether the two aligned photos' grey-level texture agrees there: a window
+    correlation (``RECOLOUR_WINDOW_PX``) of ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in
+    both (``RECOLOUR_FLAT_STD``)."""
+    texture, spread_a, spread_b = _window_correlation(grey_a, grey_b, RECOLOUR_WINDOW_PX)
+    kept: NDArray[np.bool_] = (texture >= RECOLOUR_MIN_TEXTURE_CORRELATION) | (
+        (spread_a < RECOLOUR_FLAT_STD) & (spread_b < RECOLOUR_FLAT_STD))
+    return kept
+
+
+def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int,
+           kept: NDArray[np.bool_]) -> Cover | None:
     """The largest patch of the compared region whose colour differs by ``COVER_DELTA``
     (closed over ``COVER_CLOSE_PX``: a sticker's text), its shape and texture, and the two
     photos compared without it and its ``COVER_MARGIN_PX`` margin (grey-level correlation,
     colour shifts, and the largest recoloured patch of ``patches`` left, as a share of
-    ``compared``; see :func:`_recoloured_patches`). None when no pixel differs that much or
+    ``compared``; see :func:`_recoloured_patches`; ``kept``: its :func:`_texture_kept`).
+    None when no pixel differs that much or
     nothing is left to compare. The grey-level correlation over the patch
     (:attr:`Cover.under_correlation`) is taken without its outline (2 px eroded). ~2-4 ms a
     pair."""
@@ -1418,9 +1440,6 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int) -> Co
     contours, _ = cv2.findContours(patch.astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_SIMPLE)
     hull = float(cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea))))
-    texture, spread_a, spread_b = _window_correlation(p.grey_a, p.grey_b, RECOLOUR_WINDOW_PX)
-    kept = (texture >= RECOLOUR_MIN_TEXTURE_CORRELATION) | (
-        (spread_a < RECOLOUR_FLAT_STD) & (spread_b < RECOLOUR_FLAT_STD))
     inner = cv2.erode(patch.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     under = (_correlation(p.grey_a[inner].astype(np.float64), p.grey_b[inner].astype(np.float64))
              if int(inner.sum()) >= MIN_OVERLAP_PX else 0.0)
