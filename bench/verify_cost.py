@@ -11,7 +11,9 @@ process CPU time (all threads) and wall time of the whole call and of its stages
 * ``query_features``: SIFT (and the product mask) of the query photo;
 * ``first_page``: keypoint matching and verification of the first ``k`` (20) candidates,
   the budget issue 8 sets (~150 ms of CPU);
-* ``beyond``: the second page, the look below a family of look-alikes, corroboration.
+* ``beyond``: the second page, the look below a family of look-alikes, corroboration;
+* ``vouched``: the listings below the candidates compared with the listing that matched
+  (``ProductSearch._vouched_below``; its searches also count under ``search``).
 
 The stages are timed by wrapping the product's own functions (no copy of its logic), so the
 decisions are those of ``compare_prices``; the precision and recall printed with them are
@@ -46,7 +48,7 @@ from lookalike.settings import Settings  # noqa: E402
 from schema.collection import CollectionSpec  # noqa: E402
 from search.api import ProductSearch  # noqa: E402
 
-STAGES = ("embed", "search", "query_features", "first_page", "beyond")
+STAGES = ("embed", "search", "query_features", "first_page", "beyond", "vouched")
 
 
 class StageClock:
@@ -90,6 +92,8 @@ def instrument(clock: StageClock) -> None:
                                  first_page=True)
     verifier.keypoint_matches = clock.wrap(  # type: ignore[method-assign]
         "first_page", verifier.keypoint_matches, first_page=True)
+    ProductSearch._vouched_below = clock.wrap(  # type: ignore[method-assign]
+        "vouched", ProductSearch._vouched_below, beyond=True)
     for name in ("_second_page", "_look_deeper", "_corroborate"):
         setattr(search_api, name, clock.wrap("beyond", getattr(search_api, name), beyond=True))
 

@@ -129,6 +129,11 @@ same-item-blind and 0.058-0.25 on same-item-packs-turned. Fashion-MNIST's uprigh
 came within 0.09 (11 of 300 past 0.05): a photo taken as turned is therefore searched and
 verified as given too (docs/matching.md, "Turned photos")."""
 CORROBORATE_MAX = 8
+ANCHOR_NEIGHBOURS = 20
+"""Products nearest the anchor's photos by vector added to the candidates the query's
+verification did not reach (:meth:`ProductSearch._vouched_below`)."""
+ANCHOR_COMPARED = 8
+"""Of those, the ones with the most keypoint votes from the anchor's photo compared with it."""
 """Refused candidates (those sharing the most keypoints with the query first) compared with
 the listing that matched the query best (:func:`_corroborate`): each comparison is one
 verification of two listing photos, ~5-20 ms."""
@@ -469,9 +474,11 @@ class ProductSearch:
         (:func:`_look_deeper`). When they are not a family, the rest of the candidates with the
         most keypoint votes are matched and verified (:func:`_second_page`). A candidate refused
         against the query may be vouched for by the listing that matched it best
-        (:func:`_corroborate`; its match says ``via``). A photo re-shot on a backdrop (one with
-        a segmented product) also searches with its product on white and, a flat face seen at an
-        angle, with that face square-on (:func:`search.verify.cutouts_of`); a candidate's
+        (:func:`_corroborate`; its match says ``via``), and so may the listings below the
+        candidates verified against the query that it matches itself (:meth:`_vouched_below`).
+        A photo re-shot on a backdrop (one with a segmented product) also searches with its
+        product on white and, a flat face seen at an angle, with that face square-on
+        (:func:`search.verify.cutouts_of`); a candidate's
         similarity is the best of them. A photo saved sideways or upside down (one of its
         quarter turns clearly nearer the catalog: :meth:`_upright`) also searches turned
         upright, and is cut out and verified both upright and as it is. Prices are not converted
@@ -542,11 +549,104 @@ class ProductSearch:
         elif rest:
             verified += _second_page(verifier, queries, rest, self._readers)
         verified = _corroborate(verifier, verified)
+        # The anchor's own candidates: the query's down to the first search's depth (below
+        # a family, the deeper look has voted on the hundreds further down already).
+        verified += self._vouched_below(verifier, verified, rest[:k * (COMPARE_DEPTH - 1)],
+                                        searched, threshold, filter, exclude)
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
         return matches
 
     # -- internals ---------------------------------------------------------------------
+
+    def _vouched_below(self, verifier: SameItemVerifier,
+                       verified: Sequence[tuple[dict[str, Any], Evidence]],
+                       unjudged: Sequence[tuple[dict[str, Any], float]],
+                       searched: list[list[float]], threshold: float,
+                       search_filter: SearchFilter | None, exclude: Sequence[str]
+                       ) -> list[tuple[dict[str, Any], Evidence]]:
+        """Listings the query's own verification did not reach, vouched for by the anchor.
+
+        Another shop's edited copy of the item can share too few keypoints with an edited
+        query to be matched, or sit below the query's candidates by vector (the two edits
+        compound), while it shares many with the listing that matched (the anchor,
+        :func:`_anchor`). The candidates not judged (``unjudged``) and the
+        ``ANCHOR_NEIGHBOURS`` products nearest the anchor's photos by vector are ranked by
+        keypoint votes from the anchor's photo; the ``ANCHOR_COMPARED`` with the most are
+        compared with it as :func:`_corroborate` does (the same rule, print check asked,
+        overlay, near-identical and keypoint-free routes closed). Those that pass, with a
+        similarity to the query of ``threshold`` or more, are listed ``via`` the anchor."""
+        anchor = _anchor(verified)
+        if anchor is None or ANCHOR_COMPARED == 0:
+            return []
+        anchor_row = verified[anchor][0]
+        anchor_id = str(anchor_row["product_id"])
+        try:
+            anchor_photo = verifier.gallery_features(str(anchor_row["image_ref"]))
+            stored = self._product_images(anchor_id)
+        except Exception:  # delisted or unreadable since: it vouches for nothing
+            return []
+        seen = {str(row["product_id"]) for row, _ in verified}
+        pool: list[tuple[dict[str, Any], float | None]] = [
+            (row, score) for row, score in unjudged if str(row["product_id"]) not in seen]
+        seen.update(str(row["product_id"]) for row, _ in pool)
+        near = self._search([v for v, _ in stored], ANCHOR_NEIGHBOURS, search_filter,
+                            exclude=[*exclude, *seen])
+        pool += [(row, None) for row, _ in near]
+        if not pool:
+            return []
+        refs = [str(row["image_ref"]) for row, _ in pool]
+        unreadable = (_read_ahead(verifier, refs, self._readers)
+                      if self._readers is not None else set())
+        votes = verifier.keypoint_votes(anchor_photo, refs, unreadable)
+        ranked = sorted(n for n in sorted(range(len(pool)), key=lambda n: (-votes[n], n))
+                        [:ANCHOR_COMPARED] if votes[n] > 0)
+        matched = verifier.keypoint_matches(anchor_photo, [refs[n] for n in ranked])
+        passed: list[tuple[dict[str, Any], float | None, Evidence]] = []
+        for n, match in zip(ranked, matched, strict=True):
+            if match is None or match[0] < verifier.rule.min_inliers:
+                continue  # refused whatever its alignment says: not aligned
+            row, score = pool[n]
+            try:
+                photo = verifier.gallery_features(refs[n])
+            except Exception:  # read a moment ago; a photo gone since vouches for nothing
+                continue
+            found = verifier.compare(anchor_photo, photo, 0.0, allow_coarse=False,
+                                     matched=match, print_check=True, overlay="closed")
+            if found.same_item:
+                passed.append((row, score, found))
+        unscored = [str(row["product_id"]) for row, score, _ in passed if score is None]
+        similar = self._similarities(searched, unscored, search_filter) if unscored else {}
+        out = []
+        for row, score, found in passed:
+            similarity = score if score is not None else similar.get(str(row["product_id"]),
+                                                                     -1.0)
+            if similarity < threshold:
+                continue
+            out.append((row, replace(
+                found, similarity=similarity, via=anchor_id,
+                reason=(f"the same item as listing {anchor_id}, which matched the query: "
+                        f"{found.reason} (not verified against the query: below its "
+                        f"candidates)"))))
+        return out
+
+    def _similarities(self, vectors: list[list[float]], product_ids: Sequence[str],
+                      search_filter: SearchFilter | None) -> dict[str, float]:
+        """Each of ``product_ids``' best cosine to any of ``vectors`` (under
+        ``search_filter``)."""
+        where = add_filter(self._base(), search_filter).in_("product_id", product_ids)
+        results = self._checked(partial(
+            self._store.search, self._spec.name, vectors, limit=OVERFETCH * len(product_ids),
+            where=where, fields=["product_id"],
+            params=search_params(self._spec, self.engine, OVERFETCH * len(product_ids),
+                                 filtered=True),
+            consistency=self._consistency))
+        best: dict[str, float] = {}
+        for rows in results:
+            for hit in rows:
+                pid = str(hit["entity"]["product_id"])
+                best[pid] = max(best.get(pid, -1.0), float(hit["distance"]))
+        return best
 
     def _upright(self, picture: Image.Image, search_filter: SearchFilter | None
                  ) -> tuple[Image.Transpose | None, list[list[float]]]:
@@ -879,11 +979,10 @@ def _corroborate(verifier: SameItemVerifier, verified: list[tuple[dict[str, Any]
     explains (too few inliers, colours shifted, aligned photos that differ) may be. At most
     ``CORROBORATE_MAX`` refused candidates, those sharing the most keypoints with the query
     first. Not transitive: only the anchor vouches (docs/matching.md)."""
-    accepted = [n for n, (_, e) in enumerate(verified) if e.same_item]
     refused = [n for n, (_, e) in enumerate(verified) if not e.same_item]
-    if not accepted or not refused:
+    anchor = _anchor(verified)
+    if anchor is None or not refused:
         return verified
-    anchor = max(accepted, key=lambda n: (verified[n][1].inliers, -n))
     anchor_id = str(verified[anchor][0]["product_id"])
     try:
         anchor_photo = verifier.gallery_features(str(verified[anchor][0]["image_ref"]))
@@ -906,6 +1005,13 @@ def _corroborate(verifier: SameItemVerifier, verified: list[tuple[dict[str, Any]
                 reason=(f"the same item as listing {anchor_id}, which matched the query: "
                         f"{found.reason} (against the query: {refusal.reason})")))
     return out
+
+
+def _anchor(verified: Sequence[tuple[dict[str, Any], Evidence]]) -> int | None:
+    """The listing that matched the query best: of those accepted against the query itself
+    (not vouched for by another), the one with the most inliers (the earlier on a tie)."""
+    accepted = [n for n, (_, e) in enumerate(verified) if e.same_item and e.via is None]
+    return max(accepted, key=lambda n: (verified[n][1].inliers, -n)) if accepted else None
 
 
 def _strongest(evidence: Iterable[Evidence]) -> Evidence:

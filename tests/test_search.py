@@ -542,6 +542,8 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
                         overlay="open": (checked.append(print_check)
                                          or verify(q, c, m, print_check=print_check,
                                                    overlay=overlay)))
+    # The listing that matched vouching for those below (tested on its own) matches more.
+    monkeypatch.setattr(search_api, "ANCHOR_COMPARED", 0)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
     try:
@@ -567,7 +569,9 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
 def _spy_on_votes_and_matches(verifier: SameItemVerifier, monkeypatch: pytest.MonkeyPatch
                               ) -> tuple[list[dict[str, int]], list[list[str]]]:
     """Record ``verifier``'s keypoint votes (ref -> votes, per call) and the refs it matches
-    geometrically (per call), answering as it would."""
+    geometrically (per call), answering as it would. The listing that matched vouching for
+    those below the candidates (its own votes and matches) is off: tested on its own."""
+    monkeypatch.setattr(search_api, "ANCHOR_COMPARED", 0)
     voted: list[dict[str, int]] = []
     looked: list[list[str]] = []
     votes, matches = verifier.keypoint_votes, verifier.keypoint_matches
@@ -726,6 +730,59 @@ def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
         assert relisting.similarity == pytest.approx(0.85, abs=1e-4)  # to the query
         monkeypatch.setattr(search_api, "CORROBORATE_MAX", 0)
         assert [m.product_id for m in search.compare_prices(image=query, k=4,
+                                                            threshold=0.3)] == ["item"]
+    finally:
+        milvus.drop(s)
+
+
+def test_compare_prices_lists_a_relisting_below_the_query_s_candidates_through_the_listing(
+        milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another shop's heavily edited copy ranks below the query's candidates by vector
+    (similarity 0.6, seven products above it with k = 2) but next to the shop's own listing,
+    which matched the query: searched from that listing's vector and ranked by its keypoint
+    votes, the copy is compared with it and listed ``via`` it, with its similarity to the
+    query. Another colour and the unrelated products are not listed; without the round
+    (``ANCHOR_COMPARED`` = 0) the copy is missed."""
+    item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    photos = {
+        "item": item,
+        "relisting": heavy_edit(item),
+        "other-colour": heavy_edit(recolour(item)),
+        **{f"filler-{n}": ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
+           for n in range(2, 7)},
+    }
+    vectors = {"item": rotate(0.9), "other-colour": rotate(0.95),
+               "relisting": [0.6, 0.8] + [0.0] * (milvus_support.DIM - 2),
+               **{f"filler-{n}": rotate(0.7, towards=n) for n in range(2, 7)}}
+    s = milvus.new_spec(prefix="vouched")
+    ensure_collections(milvus.store, s)
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
+        record(name, name, vectors[name], price=10.0 + n, seller_id=f"shop-{n}")
+        for n, name in enumerate(photos)]))
+    embedder = FakeEmbedder()
+    embedder.unknown = AWAY  # its quarter turns
+    query = reshot_on_backdrop(item, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
+    _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
+    verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
+    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    try:
+        first = search._search([unit(0)], 2 * search_api.COMPARE_DEPTH, None, ())
+        assert "relisting" not in [row["product_id"] for row, _ in first]
+        matches = search.compare_prices(image=query, k=2, threshold=0.3)
+        assert [m.product_id for m in matches] == ["item", "relisting"]  # cheapest first
+        listing, relisting = matches
+        assert listing.via is None and relisting.via == "item"
+        assert relisting.reason.startswith("the same item as listing item, which matched "
+                                           "the query: ")
+        assert relisting.reason.endswith("(not verified against the query: below its "
+                                         "candidates)")
+        assert relisting.inliers >= SameItemRule().min_inliers  # against the listing photo
+        assert relisting.similarity == pytest.approx(0.6, abs=1e-4)  # to the query
+        assert [m.product_id for m in search.compare_prices(image=query, k=2,
+                                                            threshold=0.7)] == ["item"]
+        monkeypatch.setattr(search_api, "ANCHOR_COMPARED", 0)
+        assert [m.product_id for m in search.compare_prices(image=query, k=2,
                                                             threshold=0.3)] == ["item"]
     finally:
         milvus.drop(s)
