@@ -17,7 +17,7 @@ import search.api as search_api
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
-from search.api import Hit, ProductNotFound, ProductSearch
+from search.api import Hit, PriceMatch, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from search.verify import (
     Alignment,
@@ -690,6 +690,34 @@ def test_a_family_s_deeper_photos_are_read_ahead_once_each_on_the_readers() -> N
     assert votes[1] == 0 and votes[0] == votes[3] > votes[2]
 
 
+def _vouched_for_by_item(listing: PriceMatch, relisting: PriceMatch) -> None:
+    """``listing`` matched the query itself, ``relisting`` through it, and says so."""
+    assert listing.via is None and relisting.via == "item"
+    assert relisting.reason.startswith("the same item as listing item, which matched the "
+                                       "query: ")
+
+
+def _shops_listing(milvus: Milvus, prefix: str, photos: dict[str, Image.Image],
+                   vectors: dict[str, list[float]], prices: dict[str, float]
+                   ) -> tuple[CollectionSpec, ProductSearch, Image.Image]:
+    """``photos`` listed by a seller each with ``vectors`` and ``prices``; a shopper's photo of
+    ``photos["item"]`` re-shot on a backdrop, read (with its cut-out) as ``unit(0)`` and its
+    quarter turns far away; the search that verifies with ``photos``."""
+    s = milvus.new_spec(prefix=prefix)
+    ensure_collections(milvus.store, s)
+    MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
+        record(name, name, vectors[name], price=prices[name], seller_id=f"shop-{n}")
+        for n, name in enumerate(photos)]))
+    embedder = FakeEmbedder()
+    embedder.unknown = AWAY  # its quarter turns
+    query = reshot_on_backdrop(photos["item"], colours=((60, 140, 90), (170, 160, 120)),
+                               texture_seed=2)
+    _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
+    verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
+    return s, ProductSearch(milvus.store, s, embedder, consistency="Strong",
+                            max_pixels=milvus_support.MAX_PIXELS, verifier=verifier), query
+
+
 def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
         milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shopper's re-shot photo matches the shop's own listing photo, but not another
@@ -706,25 +734,13 @@ def test_compare_prices_lists_a_relisting_through_the_listing_that_matched(
     }
     similarity = {"item": 0.9, "relisting": 0.85, "other-colour": 0.95, "other": 0.8}
     price = {"item": 20.0, "relisting": 15.0, "other-colour": 10.0, "other": 5.0}
-    s = milvus.new_spec(prefix="corroborate")
-    ensure_collections(milvus.store, s)
-    MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
-        record(name, name, rotate(similarity[name]), price=price[name], seller_id=f"shop-{n}")
-        for n, name in enumerate(photos)]))
-    embedder = FakeEmbedder()
-    embedder.unknown = AWAY  # its quarter turns
-    query = reshot_on_backdrop(item, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
-    _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
-    verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
-    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
-                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    s, search, query = _shops_listing(milvus, "corroborate", photos,
+                                      {name: rotate(v) for name, v in similarity.items()}, price)
     try:
         matches = search.compare_prices(image=query, k=4, threshold=0.3)
         assert [m.product_id for m in matches] == ["relisting", "item"]  # cheapest first
         relisting, listing = matches
-        assert listing.via is None and relisting.via == "item"
-        assert relisting.reason.startswith("the same item as listing item, which matched "
-                                           "the query: ")
+        _vouched_for_by_item(listing, relisting)
         assert "against the query: 9 geometric inliers < 10" in relisting.reason
         assert relisting.inliers >= SameItemRule().min_inliers  # against the listing photo
         assert relisting.similarity == pytest.approx(0.85, abs=1e-4)  # to the query
@@ -754,27 +770,15 @@ def test_compare_prices_lists_a_relisting_below_the_query_s_candidates_through_t
     vectors = {"item": rotate(0.9), "other-colour": rotate(0.95),
                "relisting": [0.6, 0.8] + [0.0] * (milvus_support.DIM - 2),
                **{f"filler-{n}": rotate(0.7, towards=n) for n in range(2, 7)}}
-    s = milvus.new_spec(prefix="vouched")
-    ensure_collections(milvus.store, s)
-    MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
-        record(name, name, vectors[name], price=10.0 + n, seller_id=f"shop-{n}")
-        for n, name in enumerate(photos)]))
-    embedder = FakeEmbedder()
-    embedder.unknown = AWAY  # its quarter turns
-    query = reshot_on_backdrop(item, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
-    _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
-    verifier = SameItemVerifier(lambda ref: photos[ref.rsplit("/", 1)[-1].removesuffix(".jpg")])
-    search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
-                           max_pixels=milvus_support.MAX_PIXELS, verifier=verifier)
+    s, search, query = _shops_listing(milvus, "vouched", photos, vectors,
+                                      {name: 10.0 + n for n, name in enumerate(photos)})
     try:
         first = search._search([unit(0)], 2 * search_api.COMPARE_DEPTH, None, ())
         assert "relisting" not in [row["product_id"] for row, _ in first]
         matches = search.compare_prices(image=query, k=2, threshold=0.3)
         assert [m.product_id for m in matches] == ["item", "relisting"]  # cheapest first
         listing, relisting = matches
-        assert listing.via is None and relisting.via == "item"
-        assert relisting.reason.startswith("the same item as listing item, which matched "
-                                           "the query: ")
+        _vouched_for_by_item(listing, relisting)
         assert relisting.reason.endswith("(not verified against the query: below its "
                                          "candidates)")
         assert relisting.inliers >= SameItemRule().min_inliers  # against the listing photo
