@@ -128,15 +128,17 @@ a mirror and vivid colours came within 0.048; turned ones cleared it by 0.048-0.
 same-item-blind and 0.058-0.25 on same-item-packs-turned. Fashion-MNIST's upright re-shoots
 came within 0.09 (11 of 300 past 0.05): a photo taken as turned is therefore searched and
 verified as given too (docs/matching.md, "Turned photos")."""
+MAX_PRODUCT_IMAGES = 1024
+"""Most stored images read for one product (its vectors, its similarity to a query)."""
 CORROBORATE_MAX = 8
+"""Refused candidates (those sharing the most keypoints with the query first) compared with
+the listing that matched the query best (:func:`_corroborate`): each comparison is one
+verification of two listing photos, ~5-20 ms."""
 ANCHOR_NEIGHBOURS = 20
 """Products nearest the anchor's photos by vector added to the candidates the query's
 verification did not reach (:meth:`ProductSearch._vouched_below`)."""
 ANCHOR_COMPARED = 8
 """Of those, the ones with the most keypoint votes from the anchor's photo compared with it."""
-"""Refused candidates (those sharing the most keypoints with the query first) compared with
-the listing that matched the query best (:func:`_corroborate`): each comparison is one
-verification of two listing photos, ~5-20 ms."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
@@ -635,11 +637,11 @@ class ProductSearch:
         """Each of ``product_ids``' best cosine to any of ``vectors`` (under
         ``search_filter``)."""
         where = add_filter(self._base(), search_filter).in_("product_id", product_ids)
+        limit = min(MAX_RESULT_WINDOW, MAX_PRODUCT_IMAGES * len(product_ids))  # all their rows
         results = self._checked(partial(
-            self._store.search, self._spec.name, vectors, limit=OVERFETCH * len(product_ids),
-            where=where, fields=["product_id"],
-            params=search_params(self._spec, self.engine, OVERFETCH * len(product_ids),
-                                 filtered=True),
+            self._store.search, self._spec.name, vectors, limit=limit, where=where,
+            fields=["product_id"], params=search_params(self._spec, self.engine, limit,
+                                                        filtered=True),
             consistency=self._consistency))
         best: dict[str, float] = {}
         for rows in results:
@@ -725,7 +727,7 @@ class ProductSearch:
         check_string(product_id, "product_id")
         rows = self._checked(partial(
             self._store.query, self._spec.name, self._base().eq("product_id", product_id),
-            ["pk", "vector", "image_ref"], limit=1024, consistency=self._consistency,
+            ["pk", "vector", "image_ref"], limit=MAX_PRODUCT_IMAGES, consistency=self._consistency,
             op="product_vectors"))
         if not rows:
             self._check_model_now_and_then()
