@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import lookalike.evaluate
+import search.api
 from evaluation.protocol import load_gallery, load_queries
 from evaluation.same_item import SameItemCounts, evaluate_same_item
 from lookalike.cli import build_parser, main
@@ -90,14 +91,21 @@ def test_cli_takes_task_and_match() -> None:
         build_parser().parse_args(["search", "x.jpg", "--match", "colour"])
 
 
-def test_same_item_eval_runs_compare_prices_with_the_given_k(tmp_path: Path) -> None:
+def test_same_item_eval_runs_compare_prices_with_the_given_k(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """k = 1: each query verifies its single most similar listing. query-a's matches its
     geometry, so it also looks one deeper (the best of the next ``COMPARE_DEPTH - 1``
-    products by inliers): two of its three listings, not all three; query-b lists its one."""
-    out = _evaluate(tmp_path, k=1)
+    products by inliers): two of its three listings, not all three; query-b lists its one.
+    Its third listing is then found only through the one that matched (the listings below
+    the candidates vouched for by it, off with ``ANCHOR_COMPARED`` = 0)."""
+    monkeypatch.setattr(search.api, "ANCHOR_COMPARED", 0)
+    out = _evaluate(tmp_path / "verified", k=1)
     assert COMPARE_DEPTH == 3
     assert (out["returned"], out["precision"], out["recall"]) == (3, 1.0, 0.75)
     assert out["turned_queries"] == 0  # its photos are upright
+    monkeypatch.undo()
+    out = _evaluate(tmp_path / "vouched", k=1)
+    assert (out["returned"], out["precision"], out["recall"]) == (4, 1.0, 1.0)
 
 
 def test_cli_eval_same_item_uses_the_configured_comparison(
