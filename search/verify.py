@@ -1150,8 +1150,8 @@ class _ColoursOfPixels(ColourDetail):
         if "recoloured" not in self._done:
             if self._recolour:
                 p = self._pixels
-                patches, compared = _recoloured_patches(p.soft_a, p.soft_b, p.grey_a,
-                                                        p.grey_b, p.region, self._kept)
+                patches, compared = _recoloured_patches(p.soft_a, p.soft_b, p.region,
+                                                        self._kept)
                 self._patches = (patches, compared)
                 whole = _largest_share(patches, compared)
                 near = (whole if patches is None or p.near is None
@@ -1357,9 +1357,7 @@ def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64
 
 
 def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
-                        grey_a: NDArray[Any], grey_b: NDArray[Any],
-                        region: NDArray[np.bool_],
-                        kept: Callable[[], NDArray[np.bool_]] | None = None
+                        region: NDArray[np.bool_], kept: Callable[[], NDArray[np.bool_]]
                         ) -> tuple[NDArray[Any] | None, int]:
     """(the patches of the compared ``region`` whose colour changed while their texture
     stayed, the number of pixels compared; None for no patch): what another colour of one
@@ -1375,8 +1373,8 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     tone edit) and hue apart, or chroma multiplied (white dyed, a colour washed to grey).
     Saturation and vividness edits scale chroma and keep hue, so they do not count. It
     counts only where the grey-level texture is kept (a window correlation of
-    ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both: :func:`_texture_kept`, or
-    ``kept`` when given, its value for these photos computed once): a sticker or a banner
+    ``RECOLOUR_MIN_TEXTURE_CORRELATION``, or flat in both: ``kept``, the photos'
+    :func:`_texture_kept`, asked only when some colour changed): a sticker or a banner
     over the product changes colour *and* texture, and is left to the rule's overlay and
     cover checks. ~2-7 ms a pair, the least when nothing changed colour as the photos
     are."""
@@ -1395,8 +1393,7 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     changed[inner] = _colour_changed(_lab(mapped), lab_b, among=as_they_are)
     if not changed.any():
         return None, n
-    texture = kept() if kept is not None else _texture_kept(grey_a, grey_b)
-    patches = cv2.morphologyEx((changed & texture).astype(np.uint8), cv2.MORPH_OPEN,
+    patches = cv2.morphologyEx((changed & kept()).astype(np.uint8), cv2.MORPH_OPEN,
                                np.ones((3, 3), np.uint8))
     return patches, n
 

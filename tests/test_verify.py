@@ -1110,8 +1110,9 @@ def _fabric(hem: tuple[int, int, int] = (240, 110, 150), seed: int = 0) -> np.nd
 def _recoloured_share(query: np.ndarray, listing: np.ndarray) -> float:
     soft = [cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX) for x in (query, listing)]
     grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (query, listing)]
-    patches, compared = verify._recoloured_patches(soft[0], soft[1], grey[0], grey[1],
-                                                   np.ones(query.shape[:2], bool))
+    patches, compared = verify._recoloured_patches(
+        soft[0], soft[1], np.ones(query.shape[:2], bool),
+        lambda: verify._texture_kept(grey[0], grey[1]))
     return verify._largest_share(patches, compared)
 
 
