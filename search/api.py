@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -141,6 +141,8 @@ ANCHOR_COMPARED = 8
 """Of those, the ones with the most keypoint votes from the anchor's photo compared with it."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
+_Score = TypeVar("_Score")
+"""What a candidate carries beside its row: its similarity to the query, where known."""
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
 
 _HIT_FIELDS = [
@@ -595,26 +597,19 @@ class ProductSearch:
         near = self._search([v for v, _ in stored], ANCHOR_NEIGHBOURS, search_filter,
                             exclude=[*exclude, *seen])
         pool += [(row, None) for row, _ in near]
-        if not pool:
-            return []
-        refs = [str(row["image_ref"]) for row, _ in pool]
-        unreadable = (_read_ahead(verifier, refs, self._readers)
-                      if self._readers is not None else set())
-        votes = verifier.keypoint_votes(anchor_photo, refs, unreadable)
-        ranked = sorted(n for n in sorted(range(len(pool)), key=lambda n: (-votes[n], n))
-                        [:ANCHOR_COMPARED] if votes[n] > 0)
-        matched = verifier.keypoint_matches(anchor_photo, [refs[n] for n in ranked])
+        chosen = _most_voted(verifier, [anchor_photo], pool, ANCHOR_COMPARED, self._readers,
+                             voted_only=True)
+        matched = verifier.keypoint_matches(anchor_photo,
+                                            [str(row["image_ref"]) for row, _ in chosen])
         passed: list[tuple[dict[str, Any], float | None, Evidence]] = []
-        for n, match in zip(ranked, matched, strict=True):
+        for (row, score), match in zip(chosen, matched, strict=True):
             if match is None or match[0] < verifier.rule.min_inliers:
                 continue  # refused whatever its alignment says: not aligned
-            row, score = pool[n]
             try:
-                photo = verifier.gallery_features(refs[n])
+                photo = verifier.gallery_features(str(row["image_ref"]))
             except Exception:  # read a moment ago; a photo gone since vouches for nothing
                 continue
-            found = verifier.compare(anchor_photo, photo, 0.0, allow_coarse=False,
-                                     matched=match, print_check=True, overlay="closed")
+            found = _compare_listings(verifier, anchor_photo, photo, match)
             if found.same_item:
                 passed.append((row, score, found))
         unscored = [str(row["product_id"]) for row, score, _ in passed if score is None]
@@ -625,11 +620,8 @@ class ProductSearch:
                                                                      -1.0)
             if similarity < threshold:
                 continue
-            out.append((row, replace(
-                found, similarity=similarity, via=anchor_id,
-                reason=(f"the same item as listing {anchor_id}, which matched the query: "
-                        f"{found.reason} (not verified against the query: below its "
-                        f"candidates)"))))
+            out.append((row, _via(found, anchor_id, similarity,
+                                  "not verified against the query: below its candidates")))
         return out
 
     def _similarities(self, vectors: list[list[float]], product_ids: Sequence[str],
@@ -904,11 +896,12 @@ def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
 
 
 def _most_voted(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
-                rest: Sequence[tuple[dict[str, Any], float]], most: int,
+                rest: Sequence[tuple[dict[str, Any], _Score]], most: int,
                 readers: Executor | None, voted_only: bool = False
-                ) -> list[tuple[dict[str, Any], float]]:
+                ) -> list[tuple[dict[str, Any], _Score]]:
     """The ``most`` candidates of ``rest`` with the most keypoint votes from any query photo
-    (ties: the more similar first), in their order (``voted_only``: none without a vote).
+    (ties: the earlier first, the more similar on a ranked page), in their order
+    (``voted_only``: none without a vote).
     The listing photos not cached yet are read ``readers`` at a time first."""
     refs = [str(row["image_ref"]) for row, _ in rest]
     unreadable = _read_ahead(verifier, refs, readers) if readers is not None else set()
@@ -999,14 +992,30 @@ def _corroborate(verifier: SameItemVerifier, verified: list[tuple[dict[str, Any]
             photo = verifier.gallery_features(str(row["image_ref"]))
         except Exception:  # refused already, with its reason
             continue
-        found = verifier.compare(anchor_photo, photo, 0.0, allow_coarse=False,
-                                 print_check=True, overlay="closed")
+        found = _compare_listings(verifier, anchor_photo, photo)
         if found.same_item:
-            out[n] = (row, replace(
-                found, similarity=refusal.similarity, via=anchor_id,
-                reason=(f"the same item as listing {anchor_id}, which matched the query: "
-                        f"{found.reason} (against the query: {refusal.reason})")))
+            out[n] = (row, _via(found, anchor_id, refusal.similarity,
+                                f"against the query: {refusal.reason}"))
     return out
+
+
+def _compare_listings(verifier: SameItemVerifier, anchor: PhotoFeatures, photo: PhotoFeatures,
+                      matched: KeypointMatch | None = None) -> Evidence:
+    """Another listing's ``photo`` compared with the ``anchor``'s (the listing that matched
+    the query best) as two listing photos are: the same rule, with the print check asked and
+    the overlay, near-identical and keypoint-free routes closed (:func:`_corroborate` says
+    why); ``matched``: their geometric match, when already computed."""
+    return verifier.compare(anchor, photo, 0.0, allow_coarse=False, matched=matched,
+                            print_check=True, overlay="closed")
+
+
+def _via(found: Evidence, anchor_id: str, similarity: float, why: str) -> Evidence:
+    """``found`` (a listing the same item as the anchor, :func:`_compare_listings`) as the
+    query's match through the anchor: its ``similarity`` to the query and a reason that says
+    both comparisons (``why``: what it was against the query)."""
+    return replace(found, similarity=similarity, via=anchor_id,
+                   reason=(f"the same item as listing {anchor_id}, which matched the query: "
+                           f"{found.reason} ({why})"))
 
 
 def _anchor(verified: Sequence[tuple[dict[str, Any], Evidence]]) -> int | None:
