@@ -34,6 +34,11 @@ hard negatives: listing one of them is a false match.
   recipes, written on 2026-12-03 with the cover route and before it was scored on them:
   a hang tag turned by up to 25 deg, a star badge, a translucent label, a diagonal band
   across a corner (one, or two in a fifth of the copies), then a mild re-encode in half.
+* ``same-item-tags`` (luma): the same construction with another seed and the ``TAGS``
+  recipes, written on 2026-12-03 (a later session) before any rule change was scored on
+  them, after the issue's own words for the held-back re-listings: every copy cropped or
+  padded, resized and re-encoded, most with a sale graphic of a new design (a many-pointed
+  burst, a price flag, a translucent round shop logo, two small icons; two in a quarter).
 * ``same-item-fmnist``: 1,000 Fashion-MNIST articles (grey, 28 px, ten classes: every
   article has hundreds of look-alikes), 10% re-listed with the same file or an edited copy;
   300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
@@ -70,7 +75,8 @@ Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 FmnistEdit = Callable[[Image.Image, np.random.Generator], tuple[Image.Image, str]]
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-dev", "same-item-heldout", "same-item-reshot", "same-item-fmnist",
-             "same-item-blind", "same-item-mirrored", "same-item-fresh", "same-item-covers")
+             "same-item-blind", "same-item-mirrored", "same-item-fresh", "same-item-covers",
+             "same-item-tags")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -451,12 +457,110 @@ def covers_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image
     return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
 
 
+# -- TAGS recipes (written 2026-12-03, session 37, before any rule change was scored on them) ---
+# Other shops' re-listings as the issue describes them: re-encoded, resized, cropped or
+# padded, and a sale graphic of a design none of the earlier sets used, on the *re-listing*
+# as well as on the query.
+
+def burst(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A many-pointed sale burst ("SALE", "-25%") with a white rim, over the product."""
+    out = img.convert("RGB").copy()
+    cx, cy = _inside(img, rng)
+    r = min(img.size) * rng.uniform(0.06, 0.11)
+    points = int(rng.integers(16, 25))
+    angles = np.linspace(0, 2 * np.pi, 2 * points, endpoint=False) + rng.uniform(0, np.pi)
+    radii = np.where(np.arange(2 * points) % 2 == 0, r, r * rng.uniform(0.8, 0.9))
+    star = [(cx + float(q * np.cos(a)), cy + float(q * np.sin(a)))
+            for q, a in zip(radii, angles, strict=True)]
+    draw = ImageDraw.Draw(out)
+    draw.polygon(star, fill=tuple(int(c) for c in rng.integers(0, 256, size=3)),
+                 outline=(255, 255, 255), width=2)
+    text = "SALE" if rng.random() < 0.5 else f"-{int(rng.integers(10, 60))}%"
+    draw.text((cx - r * 0.55, cy - r * 0.3), text, fill="white", font=_font(round(r * 0.5)))
+    return out
+
+
+def price_flag(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A price flag (a rectangle with a pointed end) in a shop colour, with a price."""
+    out = img.convert("RGB").copy()
+    side = min(img.size)
+    fw, fh = side * rng.uniform(0.16, 0.26), side * rng.uniform(0.06, 0.09)
+    cx, cy = _inside(img, rng)
+    x0, y0 = cx - fw / 2, cy - fh / 2
+    flag = [(x0, y0), (x0 + fw, y0), (x0 + fw + fh * 0.6, cy), (x0 + fw, y0 + fh),
+            (x0, y0 + fh)]
+    colour = ((250, 210, 40) if rng.random() < 0.4
+              else tuple(int(c) for c in rng.integers(0, 256, size=3)))
+    draw = ImageDraw.Draw(out)
+    draw.polygon(flag, fill=colour)
+    ink = (20, 20, 20) if sum(colour) > 380 else (255, 255, 255)
+    draw.text((x0 + fh * 0.3, y0 + fh * 0.15), f"{int(rng.integers(5, 199))}.95",
+              fill=ink, font=_font(round(fh * 0.7)))
+    return out
+
+
+def shop_logo(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A semi-transparent round shop logo with its initials, over the product."""
+    base = img.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    cx, cy = _inside(img, rng)
+    r = round(min(img.size) * rng.uniform(0.06, 0.1))
+    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    draw = ImageDraw.Draw(layer)
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(*colour, int(rng.integers(120, 200))))
+    draw.text((cx - r * 0.5, cy - r * 0.35), "MS", fill=(255, 255, 255, 230),
+              font=_font(round(r * 0.8)))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def two_icons(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Two small flat icons side by side over the product (a heart and a delivery box)."""
+    out = img.convert("RGB").copy()
+    cx, cy = _inside(img, rng)
+    s = min(img.size) * rng.uniform(0.04, 0.06)
+    draw = ImageDraw.Draw(out)
+    red = (int(rng.integers(180, 240)), int(rng.integers(0, 60)), int(rng.integers(30, 90)))
+    draw.ellipse((cx - s, cy - s, cx, cy), fill=red)
+    draw.ellipse((cx, cy - s, cx + s, cy), fill=red)
+    draw.polygon([(cx - s, cy - s / 2), (cx + s, cy - s / 2), (cx, cy + s)], fill=red)
+    bx = cx + 2.5 * s
+    draw.rectangle((bx - s, cy - s, bx + s, cy + s), fill=(150, 100, 50),
+                   outline=(60, 40, 20), width=2)
+    draw.line((bx - s, cy, bx + s, cy), fill=(60, 40, 20), width=2)
+    return out
+
+
+def relist(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """What any re-listing goes through: cropped or padded, resized, re-encoded."""
+    img = crop(img, rng) if rng.random() < 0.5 else ImageOps.expand(
+        img, border=round(max(img.size) * rng.uniform(0.03, 0.12)), fill="white")
+    return _jpeg(_scale(img, rng.uniform(0.5, 0.9)), int(rng.integers(60, 92)))
+
+
+TAGS_SINGLE: tuple[Edit, ...] = (burst, price_flag, shop_logo, two_icons, relist)
+
+
+def tags_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """One sale graphic (two in a quarter of the copies; none in a tenth), then the
+    re-listing's crop or pad, resize and re-encode."""
+    graphics = TAGS_SINGLE[:4]
+    u = rng.random()
+    n = 0 if u < 0.1 else 2 if u < 0.35 else 1
+    chosen = [graphics[int(i)] for i in rng.choice(len(graphics), size=n, replace=False)]
+    chosen.append(relist)
+    for edit in chosen:
+        img = edit(img.convert("RGB"), rng)
+    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+
+
 def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
                 ) -> tuple[Image.Image, str]:
     """One recipe (60%) or a chain of two or three different ones; returns (image, names).
-    The ``COVERS_SINGLE`` recipes: :func:`covers_edit`."""
+    The ``COVERS_SINGLE`` recipes: :func:`covers_edit`; ``TAGS_SINGLE``: :func:`tags_edit`."""
     if recipes is COVERS_SINGLE:
         return covers_edit(img, rng)
+    if recipes is TAGS_SINGLE:
+        return tags_edit(img, rng)
     n = min(len(recipes), 1 if rng.random() < 0.6 else int(rng.integers(2, 4)))
     chosen = [recipes[int(i)] for i in rng.choice(len(recipes), size=n, replace=False)]
     for edit in chosen:
@@ -659,6 +763,10 @@ def main(argv: list[str] | None = None) -> int:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-covers", COVERS_SINGLE, seed=6)
         print(f"same-item-covers: {gallery} {queries}")
+    if has_luma and "same-item-tags" in wanted:
+        gallery, queries, _ = write_luma_listings(
+            args.luma, args.out / "same-item-tags", TAGS_SINGLE, seed=7)
+        print(f"same-item-tags: {gallery} {queries}")
     if "same-item-fmnist" in wanted:
         print("same-item-fmnist: {} {}".format(
             *write_fmnist_listings(args.out / "same-item-fmnist")))

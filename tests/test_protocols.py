@@ -163,8 +163,9 @@ def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
 
 
 def test_edit_recipes_change_the_photo_and_no_two_sets_share_one() -> None:
-    """Dev, held-out, blind, fresh and covers recipes: each changes a photo, none is in two
-    sets; a covers edit lays at least one cover over the product."""
+    """Dev, held-out, blind, fresh, covers and tags recipes: each changes a photo, none is in
+    two sets; a covers edit lays at least one cover over the product; a tags edit always
+    ends with the re-listing's crop or pad and re-encode, most with a sale graphic."""
     same_item = load_bench_module("protocols_same_item")
     photo = Image.new("RGB", (200, 240), "white")
     photo.paste((30, 60, 200), (40, 40, 160, 200))
@@ -173,7 +174,7 @@ def test_edit_recipes_change_the_photo_and_no_two_sets_share_one() -> None:
     photo.paste(Image.fromarray(np.stack([ramp, ramp[::-1], ramp], axis=1)[None].repeat(
         30, axis=0), "RGB"), (40, 160))
     sets = (same_item.DEV_SINGLE, same_item.HELDOUT_SINGLE, same_item.BLIND_SINGLE,
-            same_item.FRESH_SINGLE, same_item.COVERS_SINGLE)
+            same_item.FRESH_SINGLE, same_item.COVERS_SINGLE, same_item.TAGS_SINGLE)
     names = [{e.__name__ for e in recipes} for recipes in sets]
     assert sum(map(len, names)) == len(set().union(*names))  # no recipe in two sets
     for edit in (edit for recipes in sets for edit in recipes):
@@ -186,6 +187,11 @@ def test_edit_recipes_change_the_photo_and_no_two_sets_share_one() -> None:
                                            np.random.default_rng(seed))
         assert covers & set(names.split("+")), names
         assert not np.array_equal(np.asarray(out.resize(photo.size)), np.asarray(photo))
+    graphics = {e.__name__ for e in same_item.TAGS_SINGLE[:4]}
+    chains = [same_item.random_edit(same_item.TAGS_SINGLE, photo, np.random.default_rng(seed))[1]
+              for seed in range(20)]
+    assert all(chain.split("+")[-1] == "relist" for chain in chains), chains
+    assert sum(bool(graphics & set(chain.split("+"))) for chain in chains) >= 14, chains
 
 
 def test_same_item_luma_relates_each_query_to_every_listing_of_its_item(tmp_path: Path) -> None:
