@@ -213,6 +213,10 @@ largest patch: the text printed on a sticker is of the product's colour in place
 COVER_MARGIN_PX = 3
 """Margin (px at half ``VERIFY_SIZE``) around the cover left out of the comparison of the
 rest: its outline is soft in both photos."""
+COVER_SECOND_SHARE = 0.005
+"""The smallest second patch :func:`_cover` measures (:attr:`Cover.second`), as a share of
+the compared region: below it a patch is a misregistered edge or noise, too small to move
+the comparison of the rest."""
 
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
@@ -290,6 +294,11 @@ class Cover:
     """:attr:`Alignment.colour_shifts` over the compared region without it."""
     recoloured: float
     """:attr:`Alignment.recoloured` over the compared region without it."""
+    second: Cover | None = None
+    """The next largest patch (at least ``COVER_SECOND_SHARE`` of the compared region), with
+    the photos compared without *both* (its :attr:`correlation`, :attr:`shifts` and
+    :attr:`recoloured`): a re-listing with its shop's own tag, met by a query with another
+    one, differs in two places. None when there is no such patch."""
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -545,7 +554,7 @@ class SameItemRule:
     1.4-2.4 for copies under a sticker, 7.9 for a luma colour variant whose other parts
     differ (same-item-blind)."""
     max_cover: float = 0.2
-    """The cover route (:meth:`_agrees_around_cover`): the largest share of the compared
+    """The cover route (:meth:`_hidden_by_covers`): the largest share of the compared
     product a sticker, a price tag or a label over it may hide (:attr:`Alignment.cover`);
     on same-item-blind a round sticker over a product's middle took 3-17 %, a luma colour
     variant's other colour 20-80 %."""
@@ -561,6 +570,17 @@ class SameItemRule:
     (:attr:`Cover.under_correlation`): under a sticker -0.54-0.39 on same-item-blind; luma's
     WB04 bra recoloured from yellow to purple, smooth enough to pass the texture windows,
     0.58."""
+    max_small_cover: float = 0.10
+    """The cover route: up to this share of the compared product a patch is a *small cover*
+    (a shop's burst, star badge, price flag, or two tags run together), which may be less
+    convex: ``min_small_cover_solidity`` instead of ``min_cover_solidity``. A colour
+    variant's part that looks like a cover otherwise (no texture kept, grey levels not
+    following: a bra recoloured on a model, under the query's own tag) took 11-19 % of the
+    compared region on the luma sets, and other lines of a pack layout from 14 %
+    (docs/matching.md, "Small and paired covers")."""
+    min_small_cover_solidity: float = 0.5
+    """The cover route, a small cover: how convex it must be. Star badges, bursts, price
+    flags and hang tags with their hole measured 0.56-0.85 on same-item-covers."""
     min_cover_share: float = 0.01
     """The cover route: the smallest patch it forgives, as a share of the compared region;
     below it the patch is a misregistered edge, which the other routes judge."""
@@ -623,13 +643,15 @@ class SameItemRule:
                               f"(correlation {alignment.correlation:.2f}, colour shift "
                               f"{shift:.1f}, hue turned {alignment.hue.turn:.0f} deg, chroma "
                               f"x{low:.2f}-{high:.2f}: a colour grading)")
-            if overlay != "closed" and self._agrees_around_cover(alignment):
-                assert alignment.cover is not None
-                hidden = alignment.cover
-                return True, (f"{inliers} geometric inliers, aligned photos agree around a "
-                              f"cover (correlation {hidden.correlation:.2f}, colour shift "
-                              f"{hidden.shift(self.shift_percentile):.1f} without the "
-                              f"{hidden.share:.0%} of the product under a sticker or a tag)")
+            hidden = self._hidden_by_covers(alignment) if overlay != "closed" else None
+            if hidden is not None:
+                rest, share, n = hidden
+                under = "a sticker or a tag" if n == 1 else "two stickers or tags"
+                return True, (f"{inliers} geometric inliers, aligned photos agree around "
+                              f"{'a cover' if n == 1 else 'two covers'} (correlation "
+                              f"{rest.correlation:.2f}, colour shift "
+                              f"{rest.shift(self.shift_percentile):.1f} without the "
+                              f"{share:.0%} of the product under {under})")
             covered = overlay == "open" or (overlay == "covers" and (
                 alignment.correlation < self.min_correlation or self._cover_only(alignment)))
             if covered and self._agrees_near_inliers(colour, alignment):
@@ -684,23 +706,47 @@ class SameItemRule:
                 and alignment.local_shift(self.shift_percentile) <= self.max_cover_local_shift
                 and not self._part_recoloured(alignment))
 
-    def _agrees_around_cover(self, alignment: Alignment) -> bool:
+    def _hidden_by_covers(self, alignment: Alignment) -> tuple[Cover, float, int] | None:
         """The cover route: a sticker, a price tag or a label over the product hides one
         compact part of it (its colour, its texture and its shading differ there,
         :attr:`Alignment.cover`), and the rest agrees as a copy's (grey levels
         ``min_cover_correlation``, colour shift ``max_colour_shift``, no recoloured part).
         Another colour of a style differs over a larger share, in parts of its own shape,
-        with its texture or its shading kept (docs/matching.md, "Cover route")."""
+        with its texture or its shading kept (docs/matching.md, "Cover route"). Two covers
+        (a re-listing's own tag and the query's, :attr:`Cover.second`) are forgiven when
+        each has a cover's shape and together they hide at most ``max_cover``. Returns
+        (the cover whose comparison of the rest holds, the share hidden, how many covers),
+        or None."""
         cover = alignment.cover
-        if cover is None:
-            return False
+        if cover is None or not self._shaped_as_cover(cover):
+            return None
+        if self._rest_agrees(cover):
+            return cover, cover.share, 1
+        second = cover.second
+        if (second is not None and self._covers_as_shaped(second)
+                and cover.share + second.share <= self.max_cover and self._rest_agrees(second)):
+            return second, cover.share + second.share, 2
+        return None
+
+    def _shaped_as_cover(self, cover: Cover) -> bool:
         return (self.min_cover_share <= cover.share <= self.max_cover
-                and cover.solidity >= self.min_cover_solidity
-                and cover.texture_kept <= self.max_cover_texture
-                and cover.under_correlation <= self.max_cover_under_correlation
-                and cover.correlation >= self.min_cover_correlation
+                and self._covers_as_shaped(cover))
+
+    def _rest_agrees(self, cover: Cover) -> bool:
+        """Whether the photos agree as a copy's once ``cover``'s patch (or patches) is left
+        out."""
+        return (cover.correlation >= self.min_cover_correlation
                 and cover.shift(self.shift_percentile) <= self.max_colour_shift
                 and cover.recoloured <= self.max_recoloured)
+
+    def _covers_as_shaped(self, cover: Cover) -> bool:
+        """Whether the patch has a cover's shape and texture: convex (a small cover,
+        ``max_small_cover``, less so), its texture lost and its grey levels not following
+        the other photo's."""
+        convex = (self.min_small_cover_solidity if cover.share <= self.max_small_cover
+                  else self.min_cover_solidity)
+        return (cover.solidity >= convex and cover.texture_kept <= self.max_cover_texture
+                and cover.under_correlation <= self.max_cover_under_correlation)
 
     def _part_recoloured(self, alignment: Alignment) -> bool:
         return alignment.recoloured > self.max_recoloured
@@ -1414,11 +1460,11 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int,
     (closed over ``COVER_CLOSE_PX``: a sticker's text), its shape and texture, and the two
     photos compared without it and its ``COVER_MARGIN_PX`` margin (grey-level correlation,
     colour shifts, and the largest recoloured patch of ``patches`` left, as a share of
-    ``compared``; see :func:`_recoloured_patches`; ``kept``: its :func:`_texture_kept`).
-    None when no pixel differs that much or
-    nothing is left to compare. The grey-level correlation over the patch
-    (:attr:`Cover.under_correlation`) is taken without its outline (2 px eroded). ~2-4 ms a
-    pair."""
+    ``compared``; see :func:`_recoloured_patches`; ``kept``: its :func:`_texture_kept`),
+    and, as :attr:`Cover.second`, the next largest patch, compared without both. None when
+    no pixel differs that much or nothing is left to compare. The grey-level correlation
+    over a patch (:attr:`Cover.under_correlation`) is taken without its outline (2 px
+    eroded). ~2-4 ms a pair, ~1-2 ms more with a second patch."""
     region = p.region
     distance = np.linalg.norm(_lab(p.soft_a[region]) - _lab(p.soft_b[region]), axis=1)
     differs = np.zeros(region.shape, np.uint8)
@@ -1431,9 +1477,24 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int,
     count, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
     if count < 2:
         return None
-    largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-    patch = labels == largest
-    area = int(stats[largest, cv2.CC_STAT_AREA])
+    order = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")  # largest first
+    first = labels == order[0]
+    cover = _cover_around(p, first, first, patches, compared, kept)
+    if (cover is None or len(order) < 2
+            or stats[order[1], cv2.CC_STAT_AREA] < COVER_SECOND_SHARE * int(region.sum())):
+        return cover
+    second = labels == order[1]
+    return replace(cover, second=_cover_around(p, second, first | second, patches, compared,
+                                               kept))
+
+
+def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[np.bool_],
+                  patches: NDArray[Any] | None, compared: int,
+                  kept: NDArray[np.bool_]) -> Cover | None:
+    """:func:`_cover`'s figures for one ``patch``: its shape and texture, and the photos
+    compared without ``hidden`` (the patch, or the patches) and its margin."""
+    region = p.region
+    area = int(patch.sum())
     contours, _ = cv2.findContours(patch.astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_SIMPLE)
     hull = float(cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea))))
@@ -1441,7 +1502,8 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int,
     under = (_correlation(p.grey_a[inner].astype(np.float64), p.grey_b[inner].astype(np.float64))
              if int(inner.sum()) >= MIN_OVERLAP_PX else 0.0)
     margin = 2 * COVER_MARGIN_PX + 1
-    rest = region & (cv2.dilate(patch.astype(np.uint8), np.ones((margin, margin), np.uint8)) == 0)
+    rest = region & (cv2.dilate(hidden.astype(np.uint8), np.ones((margin, margin), np.uint8))
+                     == 0)
     if int(rest.sum()) < MIN_OVERLAP_PX:
         return None
     correlation = _correlation(p.grey_a[rest].astype(np.float64),

@@ -383,8 +383,11 @@ def test_cover_route_limits_name_the_evidence() -> None:
     assert same and "around a cover" in why and "8% of the product" in why, why
     assert DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=sticker),
                                overlay="covers")[0]
-    for other in (replace(sticker, texture_kept=0.8), replace(sticker, solidity=0.7),
-                  replace(sticker, under_correlation=0.6),
+    large = replace(sticker, share=0.15)  # past max_small_cover: held to the convex limits
+    assert DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=large))[0]
+    for other in (replace(large, texture_kept=0.8), replace(large, solidity=0.7),
+                  replace(sticker, texture_kept=0.8),
+                  replace(sticker, solidity=0.4), replace(sticker, under_correlation=0.6),
                   replace(sticker, share=0.3), replace(sticker, share=0.005),
                   replace(sticker, correlation=0.8), replace(sticker, shifts=(4, 6, 12, 20)),
                   replace(sticker, recoloured=0.03)):
@@ -394,13 +397,100 @@ def test_cover_route_limits_name_the_evidence() -> None:
     assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=None))[0]
 
 
-def _recoloured_disc(photo: Image.Image) -> Image.Image:
+def test_small_covers_may_be_less_convex() -> None:
+    """Up to ``max_small_cover`` of the product a cover may be a many-pointed burst or a
+    flag (solidity down to ``min_small_cover_solidity``); it must still have lost the
+    texture beneath. A larger patch of that shape (a part of another colour) is refused."""
+    whole = Alignment(0.9, (2.0, 12.0, 30.0, 40.0))
+    burst = Cover(share=0.06, solidity=0.7, texture_kept=0.15, under_correlation=-0.3,
+                  correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0)
+    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=burst))
+    assert same and "around a cover" in why, why
+    for other in (replace(burst, share=DEFAULT_RULE.max_small_cover + 0.02),
+                  replace(burst, solidity=DEFAULT_RULE.min_small_cover_solidity - 0.05),
+                  replace(burst, texture_kept=0.6), replace(burst, under_correlation=0.8)):
+        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
+
+
+def test_two_covers_are_forgiven_when_each_is_shaped_as_one() -> None:
+    """A re-listing with its shop's own tag, met by a query with another: once the largest
+    patch is left out the rest still differs; left out with the second, it agrees. Each
+    patch must have a cover's shape, and together they hide at most ``max_cover``."""
+    whole = Alignment(0.85, (2.0, 12.0, 30.0, 45.0))
+    second = Cover(share=0.05, solidity=1.0, texture_kept=0.1, under_correlation=0.0,
+                   correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0)
+    first = Cover(share=0.07, solidity=0.98, texture_kept=0.05, under_correlation=-0.2,
+                  correlation=0.93, shifts=(2.0, 8.0, 20.0, 30.0), recoloured=0.0,
+                  second=second)
+    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=first))
+    assert same and "two covers" in why and "12% of the product" in why, why
+    for other in (replace(first, second=None),
+                  replace(first, second=replace(second, texture_kept=0.9,
+                                                under_correlation=0.95)),
+                  replace(first, second=replace(second, share=0.16)),
+                  replace(first, second=replace(second, correlation=0.85)),
+                  replace(first, solidity=0.3)):
+        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
+
+
+def _burst(photo: Image.Image, centre: tuple[float, float], colour: tuple[int, int, int],
+           points: int = 20) -> Image.Image:
+    """A many-pointed sale burst (solidity ~0.8) with white text, over the product."""
+    out = photo.convert("RGB").copy()
+    w, h = out.size
+    r = min(w, h) * 0.15
+    cx, cy = w * centre[0], h * centre[1]
+    angles = np.linspace(0, 2 * np.pi, 2 * points, endpoint=False)
+    radii = np.where(np.arange(2 * points) % 2 == 0, r, r * 0.72)
+    draw = ImageDraw.Draw(out)
+    draw.polygon([(cx + float(q * np.cos(a)), cy + float(q * np.sin(a)))
+                  for q, a in zip(radii, angles, strict=True)], fill=colour)
+    draw.text((cx - r * 0.5, cy - r * 0.2), "SALE", fill="white")
+    return out
+
+
+def test_a_burst_on_the_query_and_a_tag_on_the_listing_are_forgiven_together() -> None:
+    """A copy under a sale burst (too pointed for the convex limit) against a re-listing
+    under its own shop's sticker elsewhere: the cover route leaves both out. The product
+    with a part recoloured elsewhere, its texture kept, is refused: that second patch is
+    not shaped as a cover."""
+    original = _busy_photo()
+    relisted = _sticker(original, colour=(40, 90, 220))
+    verifier = SameItemVerifier(lambda ref: relisted)
+    listing = verifier.gallery_features("listing")
+    query = _burst(original, (0.3, 0.7), (20, 20, 20))
+    found = verifier.compare(photo_features(query), listing, 0.9)
+    assert found.same_item and "two covers" in found.reason, found.reason
+    variant = verifier.compare(photo_features(_recoloured_disc(original, (0.3, 0.7))),
+                               listing, 0.95)
+    assert not variant.same_item, variant.reason
+
+
+@needs_luma
+def test_a_luma_relisting_with_its_flag_and_a_query_with_a_burst_match_around_both() -> None:
+    """same-item-tags' graphics (bench/protocols_same_item.py) on a luma short: a shop's
+    re-listing under its price flag (cropped or padded, re-encoded), queried with a sale
+    burst elsewhere: the two covers are left out together. The short's other colours under
+    the same burst are refused against that listing."""
+    tags = load_bench_module("protocols_same_item")
+    rng = np.random.default_rng(0)
+    listing = tags.relist(tags.price_flag(_luma("msh12-gray"), rng), rng)
+    found = _evidence(tags.burst(_luma("msh12-gray"), np.random.default_rng(100)), listing)
+    assert found.same_item and "two covers" in found.reason, found.reason
+    for other in ("msh12-black", "msh12-red"):
+        query = tags.burst(_luma(other), np.random.default_rng(100))
+        refused = _evidence(query, listing)
+        assert not refused.same_item, (other, refused.reason)
+
+
+def _recoloured_disc(photo: Image.Image, centre: tuple[float, float] = (0.62, 0.4)
+                     ) -> Image.Image:
     """The photo with a round part of it in another colour, its texture kept (a printed
     motif dyed another colour: what a colour variant differs by)."""
     rgb = np.asarray(photo.convert("RGB"), dtype=np.uint8).copy()
     h, w = rgb.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
-    disc = np.hypot(xx - w * 0.62, yy - h * 0.4) < min(w, h) * 0.13
+    disc = np.hypot(xx - w * centre[0], yy - h * centre[1]) < min(w, h) * 0.13
     rgb[disc] = rgb[disc][:, [2, 0, 1]]  # channels rotated: another hue, same grey-ish
     return Image.fromarray(rgb, "RGB")
 
