@@ -445,6 +445,14 @@ def mild_recode(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 COVERS_SINGLE: tuple[Edit, ...] = (hang_tag, star_badge, label, corner_band, mild_recode)
 
 
+def _chained(chosen: list[Edit], img: Image.Image, rng: np.random.Generator
+             ) -> tuple[Image.Image, str]:
+    """``img`` through the ``chosen`` edits in order; returns (image, their names)."""
+    for edit in chosen:
+        img = edit(img.convert("RGB"), rng)
+    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+
+
 def covers_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
     """One cover (two in a fifth of the copies), then a mild re-encode in half of them."""
     covers = COVERS_SINGLE[:4]
@@ -452,9 +460,7 @@ def covers_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image
     chosen = [covers[int(i)] for i in rng.choice(len(covers), size=n, replace=False)]
     if rng.random() < 0.5:
         chosen.append(mild_recode)
-    for edit in chosen:
-        img = edit(img.convert("RGB"), rng)
-    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+    return _chained(chosen, img, rng)
 
 
 # -- TAGS recipes (written 2026-12-03, session 37, before any rule change was scored on them) ---
@@ -548,9 +554,7 @@ def tags_edit(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, 
     n = 0 if u < 0.1 else 2 if u < 0.35 else 1
     chosen = [graphics[int(i)] for i in rng.choice(len(graphics), size=n, replace=False)]
     chosen.append(relist)
-    for edit in chosen:
-        img = edit(img.convert("RGB"), rng)
-    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+    return _chained(chosen, img, rng)
 
 
 def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Generator
@@ -563,9 +567,7 @@ def random_edit(recipes: tuple[Edit, ...], img: Image.Image, rng: np.random.Gene
         return tags_edit(img, rng)
     n = min(len(recipes), 1 if rng.random() < 0.6 else int(rng.integers(2, 4)))
     chosen = [recipes[int(i)] for i in rng.choice(len(recipes), size=n, replace=False)]
-    for edit in chosen:
-        img = edit(img.convert("RGB"), rng)
-    return img.convert("RGB"), "+".join(e.__name__ for e in chosen)
+    return _chained(chosen, img, rng)
 
 
 # -- luma ---------------------------------------------------------------------------------------

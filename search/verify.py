@@ -718,19 +718,16 @@ class SameItemRule:
         (the cover whose comparison of the rest holds, the share hidden, how many covers),
         or None."""
         cover = alignment.cover
-        if cover is None or not self._shaped_as_cover(cover):
+        if (cover is None or not self.min_cover_share <= cover.share <= self.max_cover
+                or not self._shaped_as_cover(cover)):
             return None
         if self._rest_agrees(cover):
             return cover, cover.share, 1
         second = cover.second
-        if (second is not None and self._covers_as_shaped(second)
+        if (second is not None and self._shaped_as_cover(second)
                 and cover.share + second.share <= self.max_cover and self._rest_agrees(second)):
             return second, cover.share + second.share, 2
         return None
-
-    def _shaped_as_cover(self, cover: Cover) -> bool:
-        return (self.min_cover_share <= cover.share <= self.max_cover
-                and self._covers_as_shaped(cover))
 
     def _rest_agrees(self, cover: Cover) -> bool:
         """Whether the photos agree as a copy's once ``cover``'s patch (or patches) is left
@@ -739,7 +736,7 @@ class SameItemRule:
                 and cover.shift(self.shift_percentile) <= self.max_colour_shift
                 and cover.recoloured <= self.max_recoloured)
 
-    def _covers_as_shaped(self, cover: Cover) -> bool:
+    def _shaped_as_cover(self, cover: Cover) -> bool:
         """Whether the patch has a cover's shape and texture: convex (a small cover,
         ``max_small_cover``, less so), its texture lost and its grey levels not following
         the other photo's."""
