@@ -153,10 +153,10 @@ class Runner:
                 self._source.pause() if self._pipeline_full() else self._source.resume()
                 room = max(1, self._config.batch_events - len(self._pending))
                 records = self._source.poll(self._config.poll_timeout_ms, room)
-                self._forget_revoked()
-                self._source.commit_owed()
                 if records:
                     self._add(records)
+                self._forget_revoked()
+                self._source.commit_owed()
                 self._maybe_submit()
                 if self._idle():
                     self._idle_work(final=False)
@@ -262,9 +262,10 @@ class Runner:
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Runs on kafka-python's IO thread: must not block or call the consumer. It only
-        notes the partitions; the loop drops their unsubmitted records, and batches in flight
-        still write (idempotently) but commit only partitions still owned. The new owner
-        re-reads from the last commit and finds those events stale: nothing lost or doubled."""
+        notes the partitions; the loop drops their unsubmitted records (and reads them again
+        if the partition comes back to it), and batches in flight still write (idempotently)
+        but commit only partitions still owned. The new owner re-reads from the last commit
+        and finds those events stale: nothing lost or doubled."""
         if revoked:
             with self._revoked_lock:
                 self._revoked |= revoked
@@ -274,12 +275,21 @@ class Runner:
             revoked, self._revoked = self._revoked, set()
         if not revoked or not self._pending:
             return
-        keep = [r for r in self._pending if TopicPartition(r.topic, r.partition) not in revoked]
+        keep: list[ConsumerRecord] = []
+        first_dropped: dict[TopicPartition, int] = {}
+        for r in self._pending:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp in revoked:
+                first_dropped[tp] = min(r.offset, first_dropped.get(tp, r.offset))
+            else:
+                keep.append(r)
         log.info("partitions revoked: %s; dropping %d unsubmitted record(s)",
                  sorted(tp.partition for tp in revoked), len(self._pending) - len(keep))
         self._pending, self._pending_items, self._pending_images = [], [], 0
         if keep:
             self._add(keep)
+        if first_dropped:  # a partition handed back keeps its position, past these records
+            self._source.rewind(first_dropped)
 
     def _finish(self) -> None:
         self.report.stopped_by = self._stop_reason or "stopped"

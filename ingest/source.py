@@ -97,6 +97,24 @@ class KafkaSource:
             if paused:
                 self._consumer.resume(*paused)
 
+    def rewind(self, offsets: Offsets) -> None:
+        """Read ``offsets`` (per partition, the first record dropped unwritten) again if the
+        partition is still, or again, this consumer's. A rebalance that hands a partition back
+        keeps its fetch position, which is past the records the runner dropped when it was
+        revoked: without this seek they were skipped until a restart (caught up, committed
+        short of the end). A partition that moved away, or whose membership was lost, needs
+        nothing: its next owner starts from the last commit, at or before these records."""
+        owned = self._consumer.assignment()
+        for tp, offset in offsets.items():
+            if tp not in owned:
+                continue
+            try:
+                self._consumer.seek(tp, offset)
+            except ValueError:  # unassigned meanwhile: the next owner reads from the commit
+                continue
+            log.info("partition %d handed back: reading again from offset %d",
+                     tp.partition, offset)
+
     def commit(self, offsets: Offsets) -> bool:
         """Synchronously commit ``offsets`` (the next offset to read, per partition) for the
         partitions still owned. A commit refused because the group is rebalancing is kept and
