@@ -98,6 +98,20 @@ CHROMA_GAIN = (0.7, 1.4)
 HUE_CHROMA = 10.0
 """Lab chroma (a*, b* distance from grey) from which a pixel's hue counts
 (:func:`_hue_agreement`): below it, re-encoding noise turns the hue of a grey pixel at random."""
+CLIP_MARGIN = 6
+"""A channel within this of 0 or 255 is clipped: there a saturation or contrast edit turned
+the hue (:func:`_hue_agreement` reads the hues of the pixels away from clipping)."""
+CLIP_PX = 3
+"""How far (px at half ``VERIFY_SIZE``) a clipped channel reaches into the softened colours:
+twice ``COLOUR_BLUR_PX``."""
+MIN_GRADING_GAIN = 0.5
+"""The smallest gain a grading's fit may give the channel itself (:func:`_fit_grading`):
+saturation times contrast. Below it the fit is taking one colour to another (a negative
+gain mirrors every hue, an orange fitted to a purple), not grading one."""
+HUE_SPAN = 24
+"""Grey levels by which a pixel's largest and smallest channels must differ for its hue on
+the RGB hexcone to be read (:func:`_hue_agreement`): closer, re-encoding noise turns it by
+tens of degrees."""
 SHIFT_PERCENTILES = (75, 90, 95, 98)
 """Percentiles of the aligned pixels' chroma distance kept as evidence (:class:`Alignment`)."""
 MIN_OVERLAP_PX = 64
@@ -243,14 +257,17 @@ class PhotoFeatures:
 @dataclass(frozen=True)
 class HueAgreement:
     """How the hues of two aligned photos compare, over the pixels chromatic in either
-    (Lab chroma >= ``HUE_CHROMA``): what a colour grading keeps and another colour does not."""
+    (Lab chroma >= ``HUE_CHROMA``): what a colour grading keeps and another colour does not
+    (:func:`_hue_agreement`)."""
 
     chromatic_share: float
     """Share of the compared pixels that are chromatic in either photo."""
     turn: float
-    """The 95th percentile of the hue angle between the two photos' pixels (degrees)."""
+    """The 95th percentile of the hue angle (degrees, on the RGB hexcone) between the
+    query's pixels and the listing's graded as the query appears to be."""
     chroma_ratios: tuple[float, float]
     """The 5th and 95th percentiles of the ratio of the pixels' chroma (query / listing)."""
+
 
 
 @dataclass(frozen=True)
@@ -534,11 +551,11 @@ class SameItemRule:
 
     max_hue_turn: float = 10.0
     """The grading route (:meth:`_agrees_graded`): largest hue angle (95th percentile,
-    degrees) between the aligned chromatic pixels. A mild saturation and contrast edit
-    keeps it at 4-9 (same-item-packs-vivid); a stronger one turns saturated colours further
-    where their channels clip (14-27 at x1.6 and x1.3 on synthetic photos), and is refused.
-    Another colour of a style turns it by tens of degrees, but a luma blue and its purple
-    variant by 11 (docs/matching.md, "Refined alignment and colour grading")."""
+    degrees, on the RGB hexcone) between the aligned chromatic pixels of the query and the
+    listing graded as the query appears to be (:func:`_hue_agreement`). Vivid copies, up
+    to x1.6 saturation and x1.3 contrast, turn it by 1-5; another colour of a style by
+    tens of degrees, a luma blue against its purple variant by 57-74 (docs/matching.md,
+    "Vivid re-listings")."""
     graded_chroma: tuple[float, float] = (0.6, 2.5)
     """The grading route: range of the aligned pixels' chroma ratio (5th and 95th
     percentiles). A saturation edit of 0.75-1.6 and a contrast of 1.1-1.3 stay within it;
@@ -1118,7 +1135,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         if int(local.sum()) >= MIN_OVERLAP_PX:
             local_corr = _correlation(region_a[local], region_b[local])
             local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
-    pixels = _AlignedPixels(warped, valid, region, fg_b, soft_a, soft_b, grey_a, grey_b, near)
+    pixels = _AlignedPixels(warped, listing, valid, region, fg_b, soft_a, soft_b, grey_a, grey_b,
+                            near)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      segmented=segmented,
                      print_agreement=_print_agreement(
@@ -1138,6 +1156,7 @@ class _AlignedPixels:
     inliers)."""
 
     warped: NDArray[np.uint8]
+    listing: NDArray[np.uint8]
     valid: NDArray[np.bool_]
     region: NDArray[np.bool_]
     fg_b: NDArray[np.bool_]
@@ -1184,8 +1203,10 @@ class _ColoursOfPixels(ColourDetail):
     def hue(self) -> HueAgreement | None:
         if "hue" not in self._done:
             p = self._pixels  # the chroma again, not kept: ~0.2 ms against ~0.35 MB a pair
-            self._hue = _hue_agreement(_lab_chroma(p.soft_a[p.region]),
-                                       _lab_chroma(p.soft_b[p.region]))
+            soft_a, soft_b = p.soft_a[p.region], p.soft_b[p.region]
+            clipped = _near_clipping(p.warped, p.listing)[p.region]
+            weights = _fit_grading(soft_a, soft_b, clipped)
+            self._hue = _hue_agreement(soft_a, soft_b, _graded(p.listing, weights)[p.region])
             self._done.add("hue")
         return self._hue
 
@@ -1672,22 +1693,103 @@ def _lab_chroma(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
     return out
 
 
-def _hue_agreement(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64]
-                   ) -> HueAgreement | None:
-    """How the hues of aligned pixels compare, given their :func:`_lab_chroma` (``ab_a``
-    the query's, ``ab_b`` the listing's; see
-    :class:`HueAgreement`); None when fewer than ``MIN_OVERLAP_PX`` pixels are chromatic. A
-    saturation, vibrance or contrast edit scales each pixel's chroma by its own factor (more
-    where a channel clips, so no single gain fits, :func:`_colour_shifts`) and keeps its hue;
-    another colour turns the hue, and a white part dyed, or a colour washed to grey,
-    multiplies or divides the chroma many times."""
+def _near_clipping(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Pixels of two aligned photos (H x W x 3) within ``CLIP_PX`` of one where a channel of
+    either is within ``CLIP_MARGIN`` of 0 or 255 (the blur that softens the colours spreads
+    a clipped channel that far)."""
+    clipped = np.zeros(a.shape[:2], np.uint8)
+    for x in (a, b):
+        clipped |= ((x <= CLIP_MARGIN) | (x >= 255 - CLIP_MARGIN)).any(axis=2).astype(np.uint8)
+    kernel = np.ones((2 * CLIP_PX + 1, 2 * CLIP_PX + 1), np.uint8)
+    return cv2.dilate(clipped, kernel) > 0
+
+
+def _rgb_hue(rgb: NDArray[Any]) -> NDArray[np.float64]:
+    """Hue angle (radians) of pixels (N x 3, 0-255) on the RGB hexcone (HSV's hue)."""
+    hsv = cv2.cvtColor(rgb.reshape(-1, 1, 3).astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+    return np.radians(hsv[:, 0, 0].astype(np.float64))
+
+
+def _grading_terms(rgb: NDArray[Any]) -> NDArray[np.float64]:
+    """Per pixel (N x 3) and channel, the terms of a grading (N x 3 x 4): the channel itself,
+    two greys it may be moved away from (luma, as a saturation edit takes it, and the
+    channels' mid-range, as HSL's does) and a constant (contrast about a mean, a fade)."""
+    x = rgb.astype(np.float64)
+    luma = x @ np.array([0.299, 0.587, 0.114])
+    mid = (x.max(axis=1) + x.min(axis=1)) / 2.0
+    terms = np.empty((*x.shape, 4))
+    terms[..., 0] = x
+    terms[..., 1] = luma[:, None]
+    terms[..., 2] = mid[:, None]
+    terms[..., 3] = 1.0
+    return terms
+
+
+def _fit_grading(rgb_a: NDArray[np.uint8], rgb_b: NDArray[np.uint8],
+                 clipped: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """The weights of the grading (:func:`_grading_terms`: one set for all three channels, so
+    it keeps every hue on the RGB hexcone) that takes the listing's pixels (``rgb_b``, N x 3)
+    to the query's (``rgb_a``), fitted on the pixels away from clipping and refitted twice
+    on the ``LIGHT_FIT_SHARE`` percent it explains best (a sticker or a part of another
+    colour does not bend it). With too few such pixels, or a gain on the channel itself
+    below ``MIN_GRADING_GAIN``, no grading."""
+    fit = ~clipped
+    weights = np.array([1.0, 0.0, 0.0, 0.0])
+    if int(fit.sum()) < MIN_OVERLAP_PX:
+        return weights
+    step = max(1, int(fit.sum()) // LIGHT_FIT_PIXELS)
+    terms = _grading_terms(rgb_b[fit][::step])
+    target = rgb_a[fit][::step].astype(np.float64)
+    keep = np.ones(len(terms), dtype=bool)
+    for round_ in range(3):
+        weights = np.linalg.lstsq(terms[keep].reshape(-1, 4), target[keep].reshape(-1),
+                                  rcond=None)[0]
+        if round_ == 2:
+            break
+        residual = np.linalg.norm(terms @ weights - target, axis=1)
+        keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
+    if weights[0] < MIN_GRADING_GAIN:  # no grading: a negative gain turns every hue round
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    return weights
+
+
+def _graded(photo: NDArray[np.uint8], weights: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A photo (H x W x 3) graded by ``weights`` (:func:`_fit_grading`), clipped to 0-255 as
+    an edit clips it, then softened as the compared colours are (``COLOUR_BLUR_PX``)."""
+    height, width = photo.shape[:2]
+    graded = np.clip(_grading_terms(photo.reshape(-1, 3)) @ weights, 0.0, 255.0)
+    return np.asarray(cv2.GaussianBlur(graded.reshape(height, width, 3).astype(np.float32),
+                                       (0, 0), COLOUR_BLUR_PX), dtype=np.float64)
+
+
+def _hue_agreement(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
+                   graded_b: NDArray[np.float64] | None = None) -> HueAgreement | None:
+    """How the hues of aligned pixels (N x 3 RGB, softened; ``soft_a`` the query's,
+    ``soft_b`` the listing's) compare (see :class:`HueAgreement`); None when fewer than
+    ``MIN_OVERLAP_PX`` pixels are chromatic (Lab chroma >= ``HUE_CHROMA`` in either). A
+    saturation, vibrance, contrast or brightness edit moves every channel away from (or
+    towards) a grey: it keeps the pixel's hue on the RGB hexcone (the Lab hue it turns by
+    5-7 degrees) and scales each pixel's chroma by its own factor (no single gain fits,
+    :func:`_colour_shifts`). Where a channel clips, the hue turns too, by up to tens of
+    degrees: so the hues are compared with those of the listing graded as the query
+    appears to be, clipping included (``graded_b``, :func:`_fit_grading`; the listing as
+    it is without it), over the pixels whose hue is well defined in both (channels
+    ``HUE_SPAN`` apart). The chroma ratios are the query's over the listing's as it is: a
+    white part dyed, or a colour washed to grey (a dark variant's, where its channels clip
+    at 0), multiplies or divides them many times."""
+    ab_a, ab_b = _lab_chroma(soft_a), _lab_chroma(soft_b)
     chroma_a, chroma_b = np.linalg.norm(ab_a, axis=1), np.linalg.norm(ab_b, axis=1)
     chromatic = np.maximum(chroma_a, chroma_b) >= HUE_CHROMA
     if int(chromatic.sum()) < MIN_OVERLAP_PX:
         return None
-    hue_a = np.arctan2(ab_a[chromatic, 1], ab_a[chromatic, 0])
-    hue_b = np.arctan2(ab_b[chromatic, 1], ab_b[chromatic, 0])
-    turn = np.degrees(np.abs(np.angle(np.exp(1j * (hue_a - hue_b)))))
+    a = soft_a[chromatic].astype(np.float64)
+    b = (graded_b if graded_b is not None else soft_b.astype(np.float64))[chromatic]
+    defined = ((a.max(axis=1) - a.min(axis=1) >= HUE_SPAN)
+               & (b.max(axis=1) - b.min(axis=1) >= HUE_SPAN))
+    if int(defined.sum()) < MIN_OVERLAP_PX:
+        defined[:] = True
+    turn = np.degrees(np.abs(np.angle(np.exp(
+        1j * (_rgb_hue(a[defined]) - _rgb_hue(b[defined]))))))
     ratio = (chroma_a[chromatic] + 2.0) / (chroma_b[chromatic] + 2.0)
     low, high = np.percentile(ratio, [5, 95])
     return HueAgreement(float(chromatic.mean()), float(np.percentile(turn, 95)),

@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from embedding.decode import load_image
@@ -627,8 +628,12 @@ def test_the_costly_colour_detail_is_computed_when_read_and_once(
     alignment = evidence.alignment
     assert alignment is not None and isinstance(alignment.detail, verify._ColoursOfPixels)
     pixels = alignment.detail._pixels
-    assert alignment.hue == verify._hue_agreement(verify._lab_chroma(pixels.soft_a[pixels.region]),
-                                                  verify._lab_chroma(pixels.soft_b[pixels.region]))
+    region = pixels.region
+    soft_a, soft_b = pixels.soft_a[region], pixels.soft_b[region]
+    weights = verify._fit_grading(
+        soft_a, soft_b, verify._near_clipping(pixels.warped, pixels.listing)[region])
+    assert alignment.hue == verify._hue_agreement(
+        soft_a, soft_b, verify._graded(pixels.listing, weights)[region])
     relit, _ = verify._colour_region(pixels.region, pixels.valid, pixels.warped, pixels.fg_b)
     gains, _ = verify._light_map(pixels.soft_a[relit], pixels.soft_b[relit])
     assert alignment.light_gains == gains and alignment.light_shifts is not None
@@ -903,11 +908,29 @@ def test_a_vivid_luma_copy_is_accepted(name: str, saturation: float, contrast: f
 
 
 @needs_luma
+@pytest.mark.parametrize("name", ["ws02-red", "wj11-blue", "msh06-blue", "wp13-green"])
+def test_a_luma_copy_made_vivid_past_the_lab_hue_limit_is_accepted(name: str) -> None:
+    """Saturation x1.45 and contrast x1.2 turn these photos' Lab hue by more than
+    ``max_hue_turn`` (refused on same-item-blind); their hue on the RGB hexcone stays."""
+    same, why = _decide(_vivid(_luma(name), 1.45, 1.2), _luma(name), 0.9)
+    assert same and "agree in hue" in why, why
+
+
+@needs_luma
 @pytest.mark.parametrize(("variant", "listed"), [("mh01-gray", "mh01-orange"),
                                                  ("ws03-green", "ws03-blue"),
-                                                 ("mp04-black", "mp04-green")])
-def test_another_luma_colour_made_vivid_is_refused(variant: str, listed: str) -> None:
-    same, why = _decide(_vivid(_luma(variant), 1.6, 1.3), _luma(listed), 0.95)
+                                                 ("mp04-black", "mp04-green"),
+                                                 ("msh07-black", "msh07-blue"),
+                                                 ("wsh07-black", "wsh07-blue"),
+                                                 ("msh09-black", "msh09-green"),
+                                                 ("wh01-orange", "wh01-purple"),
+                                                 ("wh01-purple", "wh01-orange")])
+@pytest.mark.parametrize(("saturation", "contrast"), [(1.0, 1.0), (1.3, 1.1), (1.6, 1.3)])
+def test_another_luma_colour_made_vivid_is_refused(variant: str, listed: str,
+                                                   saturation: float, contrast: float) -> None:
+    """A dark variant's colour lies where its channels clip at 0, so the hue is read away
+    from clipping but the chroma over every chromatic pixel."""
+    same, why = _decide(_vivid(_luma(variant), saturation, contrast), _luma(listed), 0.95)
     assert not same, why
 
 
@@ -926,6 +949,61 @@ def test_grading_route_limits_name_the_evidence() -> None:
         same, why = rule.decide(0.9, 100, 0.9, refused)
         assert not same, why
         assert "colours differ" in why or "photos differ" in why, why
+
+
+def _colour_swatches(seed: int) -> NDArray[np.uint8]:
+    """A photo (60 x 100) of five hues at three lightnesses, with sensor noise: a product's
+    colours, none clipped."""
+    rng = np.random.default_rng(seed)
+    colours = [[min(255, round(c * f) + 20) for c in hue]
+               for hue in ((200, 60, 50), (60, 90, 200), (40, 160, 70), (220, 180, 40),
+                           (150, 60, 160)) for f in (0.5, 0.65, 0.8)]
+    photo = np.repeat(np.repeat(np.array(colours, np.float64)[:, None], 4, axis=0), 100, axis=1)
+    return np.clip(photo + rng.normal(0, 3, photo.shape), 0, 255).astype(np.uint8)
+
+
+def _hue_of(query: NDArray[np.uint8], listing: NDArray[np.uint8]) -> verify.HueAgreement:
+    """:func:`verify._hue_agreement` as an alignment reads it (softened, graded listing)."""
+    def soft(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        blurred = cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX)
+        return np.asarray(blurred, dtype=np.uint8).reshape(-1, 3)
+
+    soft_a, soft_b = soft(query), soft(listing)
+    weights = verify._fit_grading(soft_a, soft_b,
+                                  verify._near_clipping(query, listing).reshape(-1))
+    graded = verify._graded(listing, weights).reshape(-1, 3)
+    hue = verify._hue_agreement(soft_a, soft_b, graded)
+    assert hue is not None
+    return hue
+
+
+def test_a_grading_is_compared_as_the_listing_graded_and_clipped_would_look() -> None:
+    """Saturation and contrast move every channel away from a grey: the hue on the RGB
+    hexcone stays (the Lab hue turned 5-7 degrees, which refused strong vivid edits), and
+    where a channel clips, the listing graded the same way clips there too. Another colour
+    turns the hue however it is fitted."""
+    listing = _colour_swatches(0)
+
+    def vivid(saturation: float, contrast: float) -> NDArray[np.uint8]:
+        return np.asarray(_vivid(Image.fromarray(listing), saturation, contrast), np.uint8)
+
+    mild, strong = vivid(1.25, 1.1), vivid(1.6, 1.3)
+    assert not verify._near_clipping(mild, listing).all()
+    assert verify._near_clipping(strong, listing).mean() > 0.3, "a strong edit clips"
+    for graded in (mild, strong):
+        assert _hue_of(graded, listing).turn < 3.0
+    ab_mild, ab_listing = (verify._lab_chroma(x.reshape(-1, 3)) for x in (mild, listing))
+    lab_turn = np.degrees(np.abs(np.angle(np.exp(1j * (
+        np.arctan2(ab_mild[:, 1], ab_mild[:, 0])
+        - np.arctan2(ab_listing[:, 1], ab_listing[:, 0]))))))
+    assert np.percentile(lab_turn, 95) > 4.0, "the Lab hue turns"
+    inverted = (255 - listing).reshape(-1, 3)  # every hue turned round: a negative gain
+    assert np.array_equal(verify._fit_grading(inverted, listing.reshape(-1, 3),
+                                              np.zeros(len(inverted), bool)), [1, 0, 0, 0])
+    other = np.ascontiguousarray(listing[..., [2, 0, 1]])  # the same photo in another colour
+    assert _hue_of(other, listing).turn > 60.0
+    assert _hue_of(np.asarray(_vivid(Image.fromarray(other), 1.6, 1.3), np.uint8),
+                   listing).turn > 60.0
 
 
 def _on_table(photo: Image.Image) -> Image.Image:
@@ -1333,5 +1411,6 @@ def test_the_robust_light_fit_is_not_bent_by_a_recoloured_part() -> None:
     gains, offsets = verify._robust_linear_map(x, y)
     assert np.allclose(gains, [1.2, 0.9, 1.05], atol=0.02)
     assert np.allclose(offsets, [-10.0, 12.0, 3.0], atol=2.5)
-    same = verify._hue_agreement(x[:, :2] - 128, x[:, :2] - 128)  # one photo's chroma twice
+    photo = x.astype(np.uint8)
+    same = verify._hue_agreement(photo, photo)  # one photo's colours twice
     assert same is not None and same.turn < 1e-6 and same.chroma_ratios == (1.0, 1.0)
