@@ -104,13 +104,10 @@ class KafkaSource:
         revoked: without this seek they were skipped until a restart (caught up, committed
         short of the end). A partition that moved away, or whose membership was lost, needs
         nothing: its next owner starts from the last commit, at or before these records."""
-        owned = self._consumer.assignment()
         for tp, offset in offsets.items():
-            if tp not in owned:
-                continue
             try:
                 self._consumer.seek(tp, offset)
-            except ValueError:  # unassigned meanwhile: the next owner reads from the commit
+            except ValueError:  # not assigned here: its next owner reads from the commit
                 continue
             log.info("partition %d handed back: reading again from offset %d",
                      tp.partition, offset)

@@ -49,7 +49,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -109,6 +109,9 @@ MIN_GRADING_GAIN = 0.5
 """The smallest gain a grading's fit may give the channel itself (:func:`_fit_grading`):
 saturation times contrast. Below it the fit is taking one colour to another (a negative
 gain mirrors every hue, an orange fitted to a purple), not grading one."""
+NO_GRADING = np.array([1.0, 0.0, 0.0, 0.0])
+"""The weights of :func:`_grading_terms` that leave a photo as it is (read-only)."""
+NO_GRADING.setflags(write=False)
 HUE_SPAN = 24
 """Grey levels by which a pixel's largest and smallest channels must differ for its hue on
 the RGB hexcone to be read (:func:`_hue_agreement`): closer, re-encoding noise turns it by
@@ -233,6 +236,7 @@ COVER_SECOND_SHARE = 0.005
 the compared region: below it a patch is a misregistered edge or noise, too small to move
 the comparison of the rest."""
 
+_Fit = TypeVar("_Fit")
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
 
@@ -1203,10 +1207,7 @@ class _ColoursOfPixels(ColourDetail):
     def hue(self) -> HueAgreement | None:
         if "hue" not in self._done:
             p = self._pixels  # ~3-7 ms: a grading fitted, replayed on the listing, compared
-            soft_a, soft_b = p.soft_a[p.region], p.soft_b[p.region]
-            clipped = _near_clipping(p.warped, p.listing)[p.region]
-            weights = _fit_grading(soft_a, soft_b, clipped)
-            self._hue = _hue_agreement(soft_a, soft_b, _graded(p.listing, weights)[p.region])
+            self._hue = _graded_hue(p.warped, p.listing, p.soft_a, p.soft_b, p.region)
             self._done.add("hue")
         return self._hue
 
@@ -1657,26 +1658,39 @@ def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
 def _robust_linear_map(x: NDArray[np.float64], y: NDArray[np.float64]
                        ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per column, the gain and offset mapping ``x`` onto ``y`` ((n, k) each), fitted on a
-    strided sample of about ``LIGHT_FIT_PIXELS`` rows and refitted twice on the
-    ``LIGHT_FIT_SHARE`` percent of them it explains best (the distance over the k columns):
-    a part of another colour or shade stays unexplained instead of bending the fit."""
+    strided sample of about ``LIGHT_FIT_PIXELS`` rows (:func:`_fitted_on_best`, the distance
+    over the k columns): a part of another colour or shade stays unexplained instead of
+    bending the fit."""
     step = max(1, len(x) // LIGHT_FIT_PIXELS)  # a strided sample fits as well, at less cost
     fit_x, fit_y = x[::step], y[::step]
-    keep = np.ones(len(fit_x), dtype=bool)
-    gains, offsets = np.ones(x.shape[1]), np.zeros(x.shape[1])
-    for fit in range(3):
+
+    def solve(keep: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         xs, ys = fit_x[keep], fit_y[keep]
         mean_x, mean_y = xs.mean(axis=0), ys.mean(axis=0)
         spread = ((xs - mean_x) ** 2).mean(axis=0)
         gains = np.where(spread > 1e-6,
                          ((xs - mean_x) * (ys - mean_y)).mean(axis=0) / np.maximum(spread, 1e-6),
                          1.0)
-        offsets = mean_y - gains * mean_x
-        if fit == 2:  # the last fit is the answer: no rows to choose for another
-            break
-        residual = np.linalg.norm(fit_x * gains + offsets - fit_y, axis=1)
-        keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
-    return gains, offsets
+        return gains, mean_y - gains * mean_x
+
+    def residual(fit: tuple[NDArray[np.float64], NDArray[np.float64]]) -> NDArray[np.float64]:
+        gains, offsets = fit
+        return np.linalg.norm(fit_x * gains + offsets - fit_y, axis=1)  # type: ignore[no-any-return]
+
+    return _fitted_on_best(len(fit_x), solve, residual)
+
+
+def _fitted_on_best(n: int, solve: Callable[[NDArray[np.bool_]], _Fit],
+                    residual: Callable[[_Fit], NDArray[np.float64]]) -> _Fit:
+    """``solve`` on all ``n`` rows, then refitted twice on the ``LIGHT_FIT_SHARE`` percent of
+    them the previous fit explains best (``residual``, per row): a part of another colour or
+    a sticker stays unexplained instead of bending the fit. The light map's and the
+    grading's fits (:func:`_robust_linear_map`, :func:`_fit_grading`)."""
+    fit = solve(np.ones(n, dtype=bool))
+    for _ in range(2):
+        errors = residual(fit)
+        fit = solve(errors <= np.percentile(errors, LIGHT_FIT_SHARE))
+    return fit
 
 
 def _correlation(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
@@ -1729,28 +1743,28 @@ def _fit_grading(rgb_a: NDArray[np.uint8], rgb_b: NDArray[np.uint8],
                  clipped: NDArray[np.bool_]) -> NDArray[np.float64]:
     """The weights of the grading (:func:`_grading_terms`: one set for all three channels, so
     it keeps every hue on the RGB hexcone) that takes the listing's pixels (``rgb_b``, N x 3)
-    to the query's (``rgb_a``), fitted on the pixels away from clipping and refitted twice
-    on the ``LIGHT_FIT_SHARE`` percent it explains best (a sticker or a part of another
-    colour does not bend it). With too few such pixels, or a gain on the channel itself
-    below ``MIN_GRADING_GAIN``, no grading."""
+    to the query's (``rgb_a``), fitted on a strided sample of the pixels away from clipping
+    (:func:`_fitted_on_best`: a sticker or a part of another colour does not bend it). With
+    too few such pixels, or a gain on the channel itself below ``MIN_GRADING_GAIN``, no
+    grading (``NO_GRADING``)."""
     fit = ~clipped
-    weights = np.array([1.0, 0.0, 0.0, 0.0])
     if int(fit.sum()) < MIN_OVERLAP_PX:
-        return weights
+        return NO_GRADING
     step = max(1, int(fit.sum()) // LIGHT_FIT_PIXELS)
     terms = _grading_terms(rgb_b[fit][::step])
     target = rgb_a[fit][::step].astype(np.float64)
-    keep = np.ones(len(terms), dtype=bool)
-    for round_ in range(3):
+
+    def solve(keep: NDArray[np.bool_]) -> NDArray[np.float64]:
         weights = np.linalg.lstsq(terms[keep].reshape(-1, 4), target[keep].reshape(-1),
                                   rcond=None)[0]
-        if round_ == 2:
-            break
-        residual = np.linalg.norm(terms @ weights - target, axis=1)
-        keep = residual <= np.percentile(residual, LIGHT_FIT_SHARE)
-    if weights[0] < MIN_GRADING_GAIN:  # no grading: a negative gain turns every hue round
-        return np.array([1.0, 0.0, 0.0, 0.0])
-    return weights
+        return np.asarray(weights, dtype=np.float64)
+
+    def residual(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.linalg.norm(terms @ weights - target, axis=1)  # type: ignore[no-any-return]
+
+    weights = _fitted_on_best(len(terms), solve, residual)
+    # a negative gain turns every hue round: that is no grading
+    return weights if weights[0] >= MIN_GRADING_GAIN else NO_GRADING
 
 
 def _graded(photo: NDArray[np.uint8], weights: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -1760,6 +1774,17 @@ def _graded(photo: NDArray[np.uint8], weights: NDArray[np.float64]) -> NDArray[n
     graded = np.clip(_grading_terms(photo.reshape(-1, 3)) @ weights, 0.0, 255.0)
     return np.asarray(cv2.GaussianBlur(graded.reshape(height, width, 3).astype(np.float32),
                                        (0, 0), COLOUR_BLUR_PX), dtype=np.float64)
+
+
+def _graded_hue(warped: NDArray[np.uint8], listing: NDArray[np.uint8],
+                soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
+                region: NDArray[np.bool_]) -> HueAgreement | None:
+    """:func:`_hue_agreement` over ``region`` of two aligned photos (H x W x 3: the warped
+    query and the listing, as they are and softened), against the listing graded as the
+    query appears to be (:func:`_fit_grading` away from :func:`_near_clipping`)."""
+    a, b = soft_a[region], soft_b[region]
+    weights = _fit_grading(a, b, _near_clipping(warped, listing)[region])
+    return _hue_agreement(a, b, _graded(listing, weights)[region])
 
 
 def _hue_agreement(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],

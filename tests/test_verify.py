@@ -628,12 +628,8 @@ def test_the_costly_colour_detail_is_computed_when_read_and_once(
     alignment = evidence.alignment
     assert alignment is not None and isinstance(alignment.detail, verify._ColoursOfPixels)
     pixels = alignment.detail._pixels
-    region = pixels.region
-    soft_a, soft_b = pixels.soft_a[region], pixels.soft_b[region]
-    weights = verify._fit_grading(
-        soft_a, soft_b, verify._near_clipping(pixels.warped, pixels.listing)[region])
-    assert alignment.hue == verify._hue_agreement(
-        soft_a, soft_b, verify._graded(pixels.listing, weights)[region])
+    assert alignment.hue == verify._graded_hue(pixels.warped, pixels.listing, pixels.soft_a,
+                                               pixels.soft_b, pixels.region)
     relit, _ = verify._colour_region(pixels.region, pixels.valid, pixels.warped, pixels.fg_b)
     gains, _ = verify._light_map(pixels.soft_a[relit], pixels.soft_b[relit])
     assert alignment.light_gains == gains and alignment.light_shifts is not None
@@ -965,14 +961,10 @@ def _colour_swatches(seed: int) -> NDArray[np.uint8]:
 def _hue_of(query: NDArray[np.uint8], listing: NDArray[np.uint8]) -> verify.HueAgreement:
     """:func:`verify._hue_agreement` as an alignment reads it (softened, graded listing)."""
     def soft(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
-        blurred = cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX)
-        return np.asarray(blurred, dtype=np.uint8).reshape(-1, 3)
+        return np.asarray(cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX), dtype=np.uint8)
 
-    soft_a, soft_b = soft(query), soft(listing)
-    weights = verify._fit_grading(soft_a, soft_b,
-                                  verify._near_clipping(query, listing).reshape(-1))
-    graded = verify._graded(listing, weights).reshape(-1, 3)
-    hue = verify._hue_agreement(soft_a, soft_b, graded)
+    hue = verify._graded_hue(query, listing, soft(query), soft(listing),
+                             np.ones(listing.shape[:2], bool))
     assert hue is not None
     return hue
 
@@ -999,7 +991,7 @@ def test_a_grading_is_compared_as_the_listing_graded_and_clipped_would_look() ->
     assert np.percentile(lab_turn, 95) > 4.0, "the Lab hue turns"
     inverted = (255 - listing).reshape(-1, 3)  # every hue turned round: a negative gain
     assert np.array_equal(verify._fit_grading(inverted, listing.reshape(-1, 3),
-                                              np.zeros(len(inverted), bool)), [1, 0, 0, 0])
+                                              np.zeros(len(inverted), bool)), verify.NO_GRADING)
     other = np.ascontiguousarray(listing[..., [2, 0, 1]])  # the same photo in another colour
     assert _hue_of(other, listing).turn > 60.0
     assert _hue_of(np.asarray(_vivid(Image.fromarray(other), 1.6, 1.3), np.uint8),
