@@ -70,6 +70,15 @@ from store.blas import one_blas_thread
 
 VERIFY_SIZE = 320
 """Long side (px) the photos are compared at."""
+TO_HALF = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])
+"""``VERIFY_SIZE`` px -> half px (:func:`_half`), pixel centres as OpenCV's keypoints and
+warps place them: half px ``j`` is centred where px ``2j`` and ``2j + 1`` meet, at
+``2j + 0.5``. Plain halving (``x / 2``) is a quarter pixel off at each end, which cancels in
+a mapping that keeps the photo's orientation and size and adds up to half a pixel in one
+that turns or mirrors it (or enlarges a small photo threefold): along small print, enough to
+read as another print (a quarter-turned re-shoot's print agreement fell from 0.93 to 0.42;
+docs/matching.md, "Pixel centres")."""
+TO_HALF.setflags(write=False)
 MAX_FEATURES = 800
 SIFT_CONTRAST = 0.02
 """SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds about twice
@@ -530,12 +539,14 @@ class SameItemRule:
     max_light_gain_spread: float = 1.3
     """Largest ratio of the light map's channel gains (a white balance of 0.9-1.1 per
     channel and a gamma give up to ~1.25); a wider spread turns one hue into another."""
-    min_print_agreement: float = 0.7
+    min_print_agreement: float = 0.75
     """With segmented photos (re-shots on backdrops): the print agreement a match needs
     (:attr:`Alignment.print_agreement`). Another line of a brand on the same pack layout
-    keeps the colours and the overall correlation; the cells with its name and logo do not
-    (0.48-0.66 against 0.71 and more for true re-shots; chosen on same-item-packs, see
-    docs/matching.md)."""
+    keeps the colours and the overall correlation; the cells with its name and logo do not.
+    Chosen on same-item-packs (0.7 first), raised to 0.75 once the half-size photos were
+    compared in their pixel centres (:data:`TO_HALF`): true re-shoots and look-alikes both
+    agree better there, and look-alikes passed at 0.71-0.80 (docs/matching.md, "Pixel
+    centres")."""
     max_recoloured: float = 0.01
     """Largest share of the product a patch of another colour with its texture kept may take
     (:attr:`Alignment.recoloured`; near the inliers on the overlay route): luma's colour
@@ -911,15 +922,15 @@ def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:
                    descriptors=descriptors if len(points) else None, grey=None)
 
 
-def _unmirror(match: KeypointMatch, small_width: int) -> KeypointMatch:
-    """A match of the mirrored photo as a mapping of the photo itself. The flip is exact on
-    the half-size photo that :func:`align` warps (``small_width`` px wide), whose px it maps
-    from ``VERIFY_SIZE`` px by halving: a flip off by half a pixel there reads as a colour
-    shift along every edge of a busy photo."""
+def _unmirror(match: KeypointMatch, width: int) -> KeypointMatch:
+    """A match of the mirrored photo as a mapping of the photo itself: the flip of the grey
+    photo whose keypoints were mirrored (``width`` px at ``VERIFY_SIZE``), exact in the
+    pixel centres :data:`TO_HALF` keeps: a flip off by half a pixel reads as a colour shift
+    along every edge of a busy photo."""
     inliers, homography, points = match
     if homography is None:
         return match
-    flip = np.array([[-1.0, 0.0, 2.0 * (small_width - 1)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    flip = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     return inliers, homography @ flip, points
 
 
@@ -933,9 +944,11 @@ def _at_verify_size(image: Image.Image) -> Image.Image:
 
 
 def _half(rgb: Image.Image) -> NDArray[np.uint8]:
-    small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)),
-                       Image.Resampling.BILINEAR)
-    return np.asarray(small, dtype=np.uint8)
+    """The photo at exactly half its size (:data:`TO_HALF`): an odd last row or column is
+    left out first, so that the scale is one half across the whole photo (not 130 / 261)."""
+    width, height = max(1, rgb.width // 2), max(1, rgb.height // 2)
+    even = rgb.crop((0, 0, min(rgb.width, 2 * width), min(rgb.height, 2 * height)))
+    return np.asarray(even.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def cutouts(image: Image.Image) -> list[Image.Image]:
@@ -1097,8 +1110,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
     overlap is too small to say). The print agreement is measured for segmented photos, and
     for any pair with ``print_check``."""
-    half = np.diag([0.5, 0.5, 1.0])
-    h_small = half @ homography @ np.linalg.inv(half)
+    h_small = TO_HALF @ homography @ np.linalg.inv(TO_HALF)
     height, width = b.small.shape[:2]
     warped = np.asarray(cv2.warpPerspective(
         a.small, h_small, (width, height), flags=cv2.INTER_LINEAR,
@@ -1132,7 +1144,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     near: NDArray[np.uint8] | None = None
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
-        for x, y in inliers / 2:
+        for x, y in (inliers - 0.5) / 2:  # as TO_HALF maps them
             cv2.circle(near, (round(float(x)), round(float(y))), NEAR_INLIER_PX, 1, -1)
         local = (near > 0)[region]  # of the compared pixels, those near an inlier
         share = float(local.mean())
@@ -1849,6 +1861,8 @@ def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64]
     stricter aligned checks of :meth:`SameItemRule._decide_coarse` decide."""
     def quarter(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
         h, w = rgb.shape[:2]
+        if w >= 16 and h >= 16:  # exactly half again (TO_HALF twice)
+            rgb = rgb[: h - h % 2, : w - w % 2]
         img = np.asarray(cv2.resize(rgb, (max(8, w // 2), max(8, h // 2)),
                                     interpolation=cv2.INTER_AREA), dtype=np.uint8)
         grey = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), dtype=np.float32)
@@ -1872,7 +1886,7 @@ def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64]
     except cv2.error:
         return None
     b_to_a = np.vstack([np.asarray(refined, dtype=np.float64), [0.0, 0.0, 1.0]])
-    quarter_px = np.diag([0.25, 0.25, 1.0])  # VERIFY_SIZE px -> quarter px
+    quarter_px = TO_HALF @ TO_HALF  # VERIFY_SIZE px -> quarter px
     homography = np.linalg.inv(quarter_px) @ np.linalg.inv(b_to_a) @ quarter_px
     return homography if _plausible(homography) else None
 
@@ -1911,8 +1925,7 @@ def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np
     high-contrast outline (a blue top on white) moves the colour shift's high percentiles and
     the correlation past their limits for an unedited copy turned a quarter
     (docs/matching.md, "Refined alignment and colour grading")."""
-    half = np.diag([0.5, 0.5, 1.0])
-    b_to_a = np.linalg.inv(half @ homography @ np.linalg.inv(half))
+    b_to_a = np.linalg.inv(TO_HALF @ homography @ np.linalg.inv(TO_HALF))
     grey_a, grey_b = (np.asarray(cv2.cvtColor(x.small, cv2.COLOR_RGB2GRAY), dtype=np.float32)
                       for x in (a, b))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_STEPS, 1e-5)
@@ -1922,7 +1935,7 @@ def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np
             cv2.MOTION_HOMOGRAPHY, criteria, None, 1)
     except cv2.error:
         return None
-    out = np.linalg.inv(half) @ np.linalg.inv(np.asarray(refined, dtype=np.float64)) @ half
+    out = np.linalg.inv(TO_HALF) @ np.linalg.inv(np.asarray(refined, dtype=np.float64)) @ TO_HALF
     return out if _plausible(out) else None
 
 
@@ -2008,7 +2021,8 @@ class SameItemVerifier:
         if flipped is not None:
             match = _ransac(flipped, other)
             if match[0] >= self.rule.min_inliers:
-                m_inliers, m_homography, m_points = _unmirror(match, query.small.shape[1])
+                assert query.grey is not None  # mirror() gave keypoints: it had the grey
+                m_inliers, m_homography, m_points = _unmirror(match, query.grey.shape[1])
                 assert m_homography is not None
                 m_same, m_why, m_alignment = self._judged(
                     query, other, m_homography, m_points,

@@ -204,18 +204,15 @@ def _on_a_light_backdrop(name: str, seed: int) -> Image.Image:
                                             ("luma-stability-ball-pink", 1),
                                             ("luma-stability-ball", 1),
                                             ("luma-stability-ball", 2)])
-def test_a_plain_copy_on_another_backdrop_is_accepted_on_its_refined_alignment(
-        name: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A plain ball (no keypoints) on a light colour instead of white: the coarse mapping
-    alone lines it up a pixel or two off (correlation or colour shift past the route's
-    limits), the mapping refined on the grey levels lines it up as a copy."""
+def test_a_plain_copy_on_another_backdrop_is_accepted_without_keypoints(
+        name: str, seed: int) -> None:
+    """A plain ball (no keypoints) on a light colour instead of white: aligned without
+    keypoints (the coarse mapping, refined on the grey levels where it falls a little
+    short of the route's limits), it agrees as a copy."""
     query, listing = _on_a_light_backdrop(name, seed), _luma_photo(name)
     evidence = _evidence(query, listing, 0.95)
     assert evidence.inliers < DEFAULT_RULE.min_inliers
     assert evidence.same_item and "without keypoints" in evidence.reason, evidence.reason
-    monkeypatch.setattr(verify, "refine_homography", lambda a, b, h: None)  # coarse only
-    coarse = _evidence(query, listing, 0.95)
-    assert not coarse.same_item and "the photos differ" in coarse.reason, coarse.reason
 
 
 @needs_luma
@@ -655,7 +652,7 @@ def test_a_differing_print_refuses_before_the_colour_detail_is_read() -> None:
     other_line = Alignment(0.97, (1.0, 1.5, 2.0, 2.5), segmented=True, print_agreement=0.55,
                            detail=Unread())
     same, why = SameItemRule().decide(0.9, 80, 0.9, other_line)
-    assert not same and "print differs in places (agreement 0.55 < 0.7)" in why, why
+    assert not same and "print differs in places (agreement 0.55 < 0.75)" in why, why
 
 
 def _detailed(alignment: Alignment, **parts: Any) -> Alignment:
@@ -704,18 +701,14 @@ def test_light_route_asks_less_correlation_where_the_print_check_applies() -> No
 @needs_luma
 def test_a_luma_jacket_reshot_under_uneven_light_is_accepted_its_other_colour_refused() -> None:
     """Re-shot on a textured backdrop under light falling off across it: segmented, the
-    print agrees, the overall correlation falls below the unsegmented light route's 0.96.
-    The other colour of the jacket, re-shot the same way, is refused on its colours."""
+    print agrees, the colours agree once the light is mapped. The other colour of the
+    jacket, re-shot the same way, is refused on its colours."""
     listing = _luma("mj06-purple")
     evidence = _evidence(reshot_on_backdrop(listing, texture_seed=2), listing)
     assert evidence.same_item, evidence.reason
     assert "under another light" in evidence.reason
     alignment = evidence.alignment
     assert alignment is not None and alignment.segmented
-    assert alignment.correlation < DEFAULT_RULE.min_light_correlation  # what it catches
-    before = replace(DEFAULT_RULE, min_segmented_light_correlation=0.96, max_light_shift=5.0)
-    assert not before.decide(evidence.similarity, evidence.inliers,
-                             evidence.colour_agreement, alignment)[0]
     same, why = _decide(reshot_on_backdrop(_luma("mj06-blue"), texture_seed=2), listing,
                         similarity=0.95)
     assert not same, why
@@ -792,6 +785,50 @@ def test_a_small_relisting_of_another_colour_is_refused(variant: str) -> None:
     assert not same, why
 
 
+def _jpeg(photo: Image.Image, quality: int = 90) -> Image.Image:
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                  Image.Transpose.ROTATE_270])
+def test_an_exact_turn_aligns_to_the_pixel(turn: Image.Transpose) -> None:
+    """The half-size photos are compared in the pixel centres the keypoints use
+    (``verify.TO_HALF``): a photo turned a quarter or upside down, mapped back exactly,
+    correlates as the photo itself does, small print included (halving the coordinates
+    instead put it half a pixel off: correlation 0.86-0.93, print agreement 0.40-0.60)."""
+    listing = printed_pack("CRUNCHY").resize((241, 319))  # odd sides: the harder case
+    w, h = listing.size
+    to_listing = {  # turned px -> listing px
+        Image.Transpose.ROTATE_90: [[0.0, -1.0, w - 1.0], [1.0, 0.0, 0.0]],
+        Image.Transpose.ROTATE_180: [[-1.0, 0.0, w - 1.0], [0.0, -1.0, h - 1.0]],
+        Image.Transpose.ROTATE_270: [[0.0, 1.0, 0.0], [-1.0, 0.0, h - 1.0]],
+    }[turn]
+    mapping = np.vstack([np.array(to_listing), [0.0, 0.0, 1.0]])
+    found = verify.align(photo_features(listing.transpose(turn)), photo_features(listing),
+                         mapping, print_check=True)
+    assert found is not None
+    assert found.correlation >= 0.97
+    assert found.print_agreement is not None and found.print_agreement >= 0.9
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                  Image.Transpose.ROTATE_270])
+def test_a_copy_saved_sideways_keeps_its_print_within_a_family(turn: Image.Transpose) -> None:
+    """Within a family of look-alikes the print must agree: a pack's copy saved sideways or
+    upside down (re-encoded) does, as matched and aligned by the verifier (refused as
+    "the print differs" or "the colours differ" before the half-size mapping kept pixel
+    centres)."""
+    listing = printed_pack("CRUNCHY")
+    verifier = SameItemVerifier(lambda ref: listing)
+    evidence = verifier.verify(photo_features(_jpeg(listing.transpose(turn)), keep_grey=True),
+                               [("listing", 0.9)], print_check=True, overlay="covers")[0]
+    assert evidence.same_item, evidence.reason
+    assert evidence.alignment is not None and evidence.alignment.print_agreement is not None
+    assert evidence.alignment.print_agreement >= 0.9
+
+
 def test_refine_homography_corrects_a_mapping_a_pixel_off() -> None:
     """RANSAC fits the keypoints within ``RANSAC_PX``; ECC on the grey levels brings a
     mapping that is off by a pixel or two back onto the photo."""
@@ -814,29 +851,40 @@ def _turned(photo: Image.Image) -> Image.Image:
 
 @needs_luma
 @pytest.mark.parametrize("name", ["ws03-blue", "mp04-gray"])
-def test_a_copy_turned_a_quarter_is_accepted_on_its_refined_alignment(name: str) -> None:
-    """The keypoints' mapping of these copies is a pixel off along the outline (a colour
-    shift of ~10 or a correlation of ~0.83 as aligned by RANSAC); refined, they agree."""
+def test_a_copy_turned_a_quarter_is_accepted(name: str) -> None:
+    """A re-encoded copy saved sideways: aligned by its keypoints (refined on the grey levels
+    where that mapping falls short), it agrees as a copy."""
     evidence = _evidence(_turned(_luma(name)), _luma(name), 0.8)
     assert evidence.same_item, evidence.reason
-    assert evidence.alignment is not None and evidence.alignment.correlation >= 0.99
+    assert evidence.alignment is not None and evidence.alignment.correlation >= 0.98
 
 
 @needs_luma
 def test_no_second_look_within_a_family_of_look_alikes(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     """With the print check (a family of look-alikes), a pair refused stays refused: aligned
-    to the pixel, another line of one pack layout agrees where only its name differs."""
-    def refine(*args: object) -> None:
-        raise AssertionError("refined within a family")
+    to the pixel, another line of one pack layout agrees where only its name differs. Here
+    RANSAC's mapping is put two pixels off: outside a family the refined mapping accepts
+    the copy, within one it is not refined."""
+    ransac = verify._ransac
 
+    def two_px_off(a: verify.PhotoFeatures, b: verify.PhotoFeatures) -> verify.KeypointMatch:
+        count, homography, points = ransac(a, b)
+        if homography is not None:
+            homography = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]]) @ homography
+        return count, homography, points
+
+    monkeypatch.setattr(verify, "_ransac", two_px_off)
     listing = _luma("ws03-blue")
     query = photo_features(_turned(listing))
     verifier = SameItemVerifier(lambda ref: listing)
-    assert verifier.verify(query, [("listing", 0.8)])[0].same_item  # refined, outside one
-    monkeypatch.setattr(verify, "refine_homography", refine)
+    outside = verifier.verify(query, [("listing", 0.8)])[0]
+    assert outside.same_item and "alignment refined" in outside.reason, outside.reason
+    refined: list[object] = []
+    monkeypatch.setattr(verify, "refine_homography", lambda *args: refined.append(args))
     evidence = verifier.verify(query, [("listing", 0.8)], print_check=True)
     assert not evidence[0].same_item, evidence[0].reason
+    assert not refined
 
 
 @needs_luma
