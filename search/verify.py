@@ -79,6 +79,9 @@ that turns or mirrors it (or enlarges a small photo threefold): along small prin
 read as another print (a quarter-turned re-shoot's print agreement fell from 0.93 to 0.42;
 docs/matching.md, "Pixel centres")."""
 TO_HALF.setflags(write=False)
+FROM_HALF = np.linalg.inv(TO_HALF)
+"""Half px -> ``VERIFY_SIZE`` px (the inverse of :data:`TO_HALF`)."""
+FROM_HALF.setflags(write=False)
 MAX_FEATURES = 800
 SIFT_CONTRAST = 0.02
 """SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds about twice
@@ -1104,13 +1107,20 @@ def _ratio_test(squared: NDArray[np.float32]) -> tuple[NDArray[np.intp], NDArray
     return nearest, ok
 
 
+def _in_half_px(homography: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A mapping between two photos in ``VERIFY_SIZE`` px as the same mapping between them at
+    half size (:data:`TO_HALF`)."""
+    out: NDArray[np.float64] = TO_HALF @ homography @ FROM_HALF
+    return out
+
+
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
           inliers: NDArray[np.float32] | None = None, print_check: bool = False
           ) -> Alignment | None:
     """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
     overlap is too small to say). The print agreement is measured for segmented photos, and
     for any pair with ``print_check``."""
-    h_small = TO_HALF @ homography @ np.linalg.inv(TO_HALF)
+    h_small = _in_half_px(homography)
     height, width = b.small.shape[:2]
     warped = np.asarray(cv2.warpPerspective(
         a.small, h_small, (width, height), flags=cv2.INTER_LINEAR,
@@ -1925,7 +1935,7 @@ def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np
     high-contrast outline (a blue top on white) moves the colour shift's high percentiles and
     the correlation past their limits for an unedited copy turned a quarter
     (docs/matching.md, "Refined alignment and colour grading")."""
-    b_to_a = np.linalg.inv(TO_HALF @ homography @ np.linalg.inv(TO_HALF))
+    b_to_a = np.linalg.inv(_in_half_px(homography))
     grey_a, grey_b = (np.asarray(cv2.cvtColor(x.small, cv2.COLOR_RGB2GRAY), dtype=np.float32)
                       for x in (a, b))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_STEPS, 1e-5)
@@ -1935,7 +1945,7 @@ def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np
             cv2.MOTION_HOMOGRAPHY, criteria, None, 1)
     except cv2.error:
         return None
-    out = np.linalg.inv(TO_HALF) @ np.linalg.inv(np.asarray(refined, dtype=np.float64)) @ TO_HALF
+    out = FROM_HALF @ np.linalg.inv(np.asarray(refined, dtype=np.float64)) @ TO_HALF
     return out if _plausible(out) else None
 
 
