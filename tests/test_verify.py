@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search import verify
+from search.api import TURNS
 from search.verify import (
     VERIFY_SIZE,
     Alignment,
@@ -791,8 +792,7 @@ def _jpeg(photo: Image.Image, quality: int = 90) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                  Image.Transpose.ROTATE_270])
+@pytest.mark.parametrize("turn", TURNS)
 def test_an_exact_turn_aligns_to_the_pixel(turn: Image.Transpose) -> None:
     """The half-size photos are compared in the pixel centres the keypoints use
     (``verify.TO_HALF``): a photo turned a quarter or upside down, mapped back exactly,
@@ -813,8 +813,7 @@ def test_an_exact_turn_aligns_to_the_pixel(turn: Image.Transpose) -> None:
     assert found.print_agreement is not None and found.print_agreement >= 0.9
 
 
-@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                  Image.Transpose.ROTATE_270])
+@pytest.mark.parametrize("turn", TURNS)
 def test_a_copy_saved_sideways_keeps_its_print_within_a_family(turn: Image.Transpose) -> None:
     """Within a family of look-alikes the print must agree: a pack's copy saved sideways or
     upside down (re-encoded) does, as matched and aligned by the verifier (refused as
