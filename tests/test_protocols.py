@@ -332,3 +332,33 @@ def test_packs_turned_queries_are_the_in_store_photos_saved_sideways(tmp_path: P
         back = photo.transpose(Image.Transpose.ROTATE_90 if turn == "270"
                                else Image.Transpose.ROTATE_270)
         assert np.abs(np.asarray(back, np.float32) - np.asarray(shot, np.float32)).mean() < 4
+
+
+def test_a_reshoot_under_a_lamp_lights_the_product_another_way(tmp_path: Path) -> None:
+    """same-item-relit's light: seeded, the backdrop swapped as in any re-shoot, and the
+    light uneven in another way than the ramp's (a fall-off and a glare: the product's
+    brightness varies across it); same-item-packs-relit re-shoots every other query's maker
+    photo so, against the packs gallery."""
+    reshoot = load_bench_module("protocols_reshoot")
+    photo = Image.new("RGB", (200, 240), "white")
+    photo.paste((150, 150, 150), (40, 40, 160, 200))
+    out = reshoot.reshoot(photo, np.random.default_rng(1), 300, 320, light="lamp")
+    again = reshoot.reshoot(photo, np.random.default_rng(1), 300, 320, light="lamp")
+    ramp = reshoot.reshoot(photo, np.random.default_rng(1), 300, 320)
+    assert np.array_equal(np.asarray(out), np.asarray(again))
+    assert not np.array_equal(np.asarray(out), np.asarray(ramp))
+    pixels = np.asarray(out.convert("L"), dtype=np.float32)
+    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert np.abs(corners - 255).min() > 12  # the white backdrop is gone
+    cy, cx = out.height // 2, out.width // 2
+    middle = pixels[cy - 40:cy + 40, cx - 25:cx + 25]  # the flat grey product, lit unevenly
+    assert np.ptp(middle) > 15
+    reshoot.write_packs(tmp_path / "packs", n_brands=2, n_queries=6)
+    gallery_path, queries_path = reshoot.write_pack_relit(tmp_path / "packs",
+                                                          tmp_path / "relit")
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    assert len(gallery) == len(read_jsonl(tmp_path / "packs" / "gallery.jsonl"))
+    originals = read_jsonl(tmp_path / "packs" / "queries.jsonl")[::2]
+    assert [q["relevant"] for q in queries] == [q["relevant"] for q in originals]
+    assert all(q["edit"] == "reshoot under a lamp" for q in queries)
+    assert all((tmp_path / "relit" / q["image"]).is_file() for q in queries)
