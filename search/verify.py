@@ -25,7 +25,8 @@ carry tell them apart:
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
 aligned by it, show no part of the product in another colour, and agree in grey levels,
 brightness and colour, over the whole product, or after
-one per-channel light map when the photo was taken again under another light, or in hue
+one per-channel light map when the photo was taken again under another light (or one shaded
+map, a tone curve and a smooth shading across it, when that light was uneven), or in hue
 alone when a shop graded its colours, or, when a sticker, a tag or a label lies over it,
 around that cover (:attr:`Alignment.cover`), or, when an overlay hides part of it, near the
 inliers; a pair refused as RANSAC aligned it is aligned again on the grey levels, for a
