@@ -323,6 +323,9 @@ class ShadedLight:
     low when one photo's product is not told from its background (a white garment on
     white), so the compared pixels leave the product out."""
 
+    def shift(self, percentile: int) -> float:
+        return self.shifts[SHIFT_PERCENTILES.index(percentile)]
+
 
 @dataclass(frozen=True)
 class Cover:
@@ -717,12 +720,12 @@ class SameItemRule:
                               f"{gains}{band})")
             # Not between two listings (the overlay closed): the route is for a query shot
             # under uneven light, and luma's catalog photos of a white and a pale variant
-            # differ only where neither is foreground (docs/matching.md, "Shaded light").
+            # differ only where neither is foreground (docs/matching.md, "Shaded light round").
             if (not recoloured and overlay != "closed"
                     and self._agrees_under_shaded_light(alignment)):
                 shaded = alignment.shaded_light
                 assert shaded is not None
-                after = shaded.shifts[SHIFT_PERCENTILES.index(self.shift_percentile)]
+                after = shaded.shift(self.shift_percentile)
                 return True, (f"{inliers} geometric inliers, aligned photos agree under "
                               f"uneven light (correlation {alignment.correlation:.2f}, "
                               f"{shaded.correlation:.3f} with the shading divided out; "
@@ -874,11 +877,10 @@ class SameItemRule:
         shaded = alignment.shaded_light
         if shaded is None:
             return False
-        after = shaded.shifts[SHIFT_PERCENTILES.index(self.shift_percentile)]
         return (shaded.mask_agreement >= self.min_shaded_mask_agreement
                 and shaded.correlation >= self.min_shaded_correlation
                 and shaded.neutral_spread <= self.max_light_gain_spread
-                and after <= self.max_light_shift)
+                and shaded.shift(self.shift_percentile) <= self.max_light_shift)
 
     def _agrees_graded(self, alignment: Alignment) -> bool:
         """The grading route: a shop's saturation, vibrance or contrast edit moves every
