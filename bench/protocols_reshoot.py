@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -346,17 +347,23 @@ def write_pack_copies(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     return write_protocol(out_dir, gallery, queries)
 
 
+def _makers_of_every_other(packs_dir: Path) -> Iterator[tuple[Row, str, Image.Image]]:
+    """Every other query of a written same-item-packs (the first, the third, ...), with its
+    item (the maker's listing) and the maker's photo of it."""
+    for n, line in enumerate((packs_dir / "queries.jsonl").open()):
+        if n % 2:
+            continue
+        query = json.loads(line)
+        item = str(query["relevant"][0])
+        yield query, item, Image.open(packs_dir / "images" / f"{item}.jpg").convert("RGB")
+
+
 def write_pack_vivid(packs_dir: Path, out_dir: Path, seed: int = 123) -> tuple[Path, Path]:
     """The same-item-packs-vivid protocol (see module doc) from a written same-item-packs."""
     gallery = _packs_gallery(packs_dir, out_dir)
     rng = np.random.default_rng(seed)
     queries: list[Row] = []
-    for n, line in enumerate((packs_dir / "queries.jsonl").open()):
-        if n % 2:
-            continue
-        query = json.loads(line)
-        item = str(query["relevant"][0])  # the maker's listing of the item
-        photo = Image.open(packs_dir / "images" / f"{item}.jpg").convert("RGB")
+    for query, item, photo in _makers_of_every_other(packs_dir):
         saturation, contrast = float(rng.uniform(1.2, 1.6)), float(rng.uniform(1.05, 1.3))
         photo = ImageEnhance.Contrast(ImageEnhance.Color(photo).enhance(saturation)).enhance(
             contrast)
@@ -375,12 +382,7 @@ def write_pack_relit(packs_dir: Path, out_dir: Path, seed: int = 77) -> tuple[Pa
     gallery = _packs_gallery(packs_dir, out_dir)
     rng = np.random.default_rng(seed)
     queries: list[Row] = []
-    for n, line in enumerate((packs_dir / "queries.jsonl").open()):
-        if n % 2:
-            continue
-        query = json.loads(line)
-        item = str(query["relevant"][0])  # the maker's listing of the item
-        photo = Image.open(packs_dir / "images" / f"{item}.jpg").convert("RGB")
+    for query, item, photo in _makers_of_every_other(packs_dir):
         path = out_dir / "queries" / f"{item}.jpg"
         _save(reshoot(photo, rng, light="lamp"), path)
         queries.append({"image": _relative(path, out_dir), "relevant": query["relevant"],
