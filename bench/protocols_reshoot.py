@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocols import _relative, protocol_parser, write_protocol  # noqa: E402
 from protocols_same_item import (  # noqa: E402
+    Edit,
     _font,
     _jpeg,
     _listing,
@@ -427,16 +428,21 @@ def write_packs_instore(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     return write_protocol(out_dir, gallery, queries)
 
 
+def _write_luma(luma: Path, out: Path, name: str,
+                edit: Edit, seed: int) -> None:
+    """A luma listings protocol re-shot by ``edit`` (gallery re-shoots and queries)."""
+    if not (luma / "catalog.jsonl").exists():
+        print(f"{name} skipped: {luma / 'catalog.jsonl'} not found")
+        return
+    gallery, queries, _ = write_luma_listings(luma, out / name, (edit,), seed=seed)
+    print(f"{name}: {gallery} {queries}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
     if "same-item-reshoot" in wanted:
-        if (args.luma / "catalog.jsonl").exists():
-            gallery, queries, _ = write_luma_listings(
-                args.luma, args.out / "same-item-reshoot", (reshoot_edit,), seed=3)
-            print(f"same-item-reshoot: {gallery} {queries}")
-        else:
-            print(f"same-item-reshoot skipped: {args.luma / 'catalog.jsonl'} not found")
+        _write_luma(args.luma, args.out, "same-item-reshoot", reshoot_edit, seed=3)
     if "same-item-packs" in wanted:
         print("same-item-packs: {} {}".format(*write_packs(args.out / "same-item-packs")))
     if "same-item-packs-copies" in wanted:
@@ -452,12 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print("packs-instore: {} {}".format(*write_packs_instore(
             args.out / "same-item-packs", args.out / "packs-instore")))
     if "same-item-relit" in wanted:
-        if (args.luma / "catalog.jsonl").exists():
-            gallery, queries, _ = write_luma_listings(
-                args.luma, args.out / "same-item-relit", (relit_edit,), seed=13)
-            print(f"same-item-relit: {gallery} {queries}")
-        else:
-            print(f"same-item-relit skipped: {args.luma / 'catalog.jsonl'} not found")
+        _write_luma(args.luma, args.out, "same-item-relit", relit_edit, seed=13)
     if "same-item-packs-relit" in wanted:
         print("same-item-packs-relit: {} {}".format(*write_pack_relit(
             args.out / "same-item-packs", args.out / "same-item-packs-relit")))
