@@ -322,6 +322,11 @@ class ShadedLight:
     """Intersection over union of the two photos' foregrounds where the warped query lands:
     low when one photo's product is not told from its background (a white garment on
     white), so the compared pixels leave the product out."""
+    other_background: bool = True
+    """Whether the query shows another background (not white) around the listing's product
+    (:attr:`LightMap.edge_left_out`): a photo taken again, where light may be uneven. An
+    edited copy on white is not re-shot, and there a white garment and its pale variant
+    differ only where neither photo is foreground."""
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -870,14 +875,16 @@ class SameItemRule:
         (:func:`_shaded_light_map`), the grey levels must correlate to
         ``min_shaded_correlation``, a neutral grey stay within ``max_light_gain_spread``,
         the colours agree within ``max_light_shift``, and the two photos' foregrounds
-        overlap to ``min_shaded_mask_agreement``."""
+        overlap to ``min_shaded_mask_agreement``; and the query must show another
+        background around the product (:attr:`ShadedLight.other_background`: re-shot)."""
         if (self.min_shaded_correlation > 1
                 or alignment.correlation < self.min_correlation):  # before the map is fitted
             return False
         shaded = alignment.shaded_light
         if shaded is None:
             return False
-        return (shaded.mask_agreement >= self.min_shaded_mask_agreement
+        return (shaded.other_background
+                and shaded.mask_agreement >= self.min_shaded_mask_agreement
                 and shaded.correlation >= self.min_shaded_correlation
                 and shaded.neutral_spread <= self.max_light_gain_spread
                 and shaded.shift(self.shift_percentile) <= self.max_light_shift)
@@ -1311,7 +1318,7 @@ class _ColoursOfPixels(ColourDetail):
         if "shaded" not in self._done:
             if self._fit_light:
                 p = self._pixels
-                relit, _ = _colour_region(p.region, p.valid, p.warped, p.fg_b)
+                relit, other_background = _colour_region(p.region, p.valid, p.warped, p.fg_b)
                 ys, xs = np.nonzero(relit)
                 height, width = relit.shape
                 spread, mapped = _shaded_light_map(
@@ -1322,7 +1329,8 @@ class _ColoursOfPixels(ColourDetail):
                 self._shaded = ShadedLight(
                     spread, _colour_shifts(mapped, p.soft_b[relit]),
                     _correlation(_grey_levels(mapped), _grey_levels(p.soft_b[relit])),
-                    float((fg_a & fg_b).sum()) / max(1, int((fg_a | fg_b).sum())))
+                    float((fg_a & fg_b).sum()) / max(1, int((fg_a | fg_b).sum())),
+                    other_background)
             self._done.add("shaded")
         return self._shaded
 

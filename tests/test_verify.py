@@ -626,7 +626,8 @@ def test_a_copy_under_a_lamp_is_accepted_by_the_shaded_light_route() -> None:
     light route's floor and leaves colours no per-channel map explains; with the shading
     divided out the photos agree. Refused with the route closed."""
     original = _busy_photo()
-    evidence, alignment = _accepted_by(_under_a_lamp(original), original, "under uneven light")
+    evidence, alignment = _accepted_by(_under_a_lamp(reshot_on_backdrop(original, (1, 1, 1))),
+                                       original, "under uneven light")
     shaded = alignment.shaded_light
     assert shaded is not None and shaded.correlation >= DEFAULT_RULE.min_shaded_correlation
     assert alignment.correlation < DEFAULT_RULE.min_light_correlation  # what it catches
@@ -650,7 +651,8 @@ def test_shaded_light_route_limits_name_the_evidence() -> None:
     assert same and "under uneven light" in why and "0.995 with the shading" in why, why
     assert not rule.decide(0.9, 50, 0.3, with_shaded(None))[0]
     for worse in (replace(good, correlation=0.985), replace(good, mask_agreement=0.4),
-                  replace(good, neutral_spread=1.35), replace(good, shifts=(1.0, 2.0, 8.5, 9.0))):
+                  replace(good, neutral_spread=1.35), replace(good, shifts=(1.0, 2.0, 8.5, 9.0)),
+                  replace(good, other_background=False)):
         assert not rule.decide(0.9, 50, 0.3, with_shaded(worse))[0], worse
     assert not rule.decide(0.9, 50, 0.3, replace(with_shaded(good), correlation=0.8))[0]
     closed = replace(rule, min_shaded_correlation=1.1)
