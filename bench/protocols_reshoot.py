@@ -126,9 +126,7 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     weight[margin:margin + img.height, margin:margin + img.width] = _cut_out(img)
     rgb = product * weight + _background((w, h), rng) * (1 - weight)
     if light == "lamp":
-        rgb = _lamp(rgb, rng)
-        out = Image.fromarray(rgb.astype(np.uint8), "RGB")
-        return _reframed(out, rgb, w, h, rng)
+        return _reframed(_lamp(rgb, rng), rng)
     # Uneven light, white balance, gamma.
     axis = rng.uniform(-1, 1, size=2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -139,13 +137,14 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     rgb = rgb * light[:, :, None] * balance
     gamma = float(rng.uniform(0.85, 1.2))
     rgb = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
+    return _reframed(rgb, rng)
+
+
+def _reframed(rgb: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The rest of a re-shoot once lit (``rgb``): angle, framing, optics, sensor, the
+    camera's JPEG."""
+    h, w = rgb.shape[:2]
     out = Image.fromarray(rgb.astype(np.uint8), "RGB")
-    return _reframed(out, rgb, w, h, rng)
-
-
-def _reframed(out: Image.Image, rgb: np.ndarray, w: int, h: int, rng: np.random.Generator
-              ) -> Image.Image:
-    """The rest of a re-shoot once lit: angle, framing, optics, sensor, the camera's JPEG."""
     # Another angle: a small turn and a perspective warp, filled with the background's edge.
     out = out.rotate(float(rng.uniform(-8, 8)), Image.Resampling.BICUBIC, expand=False,
                      fillcolor=tuple(int(c) for c in rgb[0, 0]))
