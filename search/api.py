@@ -139,6 +139,11 @@ ANCHOR_NEIGHBOURS = 20
 verification did not reach (:meth:`ProductSearch._vouched_below`)."""
 ANCHOR_COMPARED = 8
 """Of those, the ones with the most keypoint votes from the anchor's photo compared with it."""
+SIDEWAYS_NEIGHBOURS = 10
+"""Products nearest the query photo's quarter turns by vector (the turns that did not set it
+upright) added to those candidates too: another shop's listing saved sideways is far from
+the query and from the anchor by vector, as a query saved sideways is from its listings, and
+near the query turned the same way (:meth:`ProductSearch._vouched_below`)."""
 
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 _Score = TypeVar("_Score")
@@ -501,6 +506,7 @@ class ProductSearch:
         k = _check_k(k)
         exclude: tuple[str, ...] = ()
         searched: list[list[float]] = []
+        turned: list[list[float]] = []  # the query's quarter turns not searched with
         if product_id is not None:
             stored = self._product_images(product_id)
             searched = [v for v, _ in stored]
@@ -512,11 +518,12 @@ class ProductSearch:
             picture = self._load_to_verify(image, self._max_pixels)
             to_verify = [picture]
             if self._turned_queries:
-                turn, searched = self._upright(shown, filter)
+                turn, quarters = self._upright(shown, filter)
                 if turn is None:
-                    searched = searched[:1]
+                    searched, turned = quarters[:1], quarters[1:]
                 else:  # saved sideways (or so it seems): the photo upright, and as it is
-                    searched = [searched[1 + TURNS.index(turn)], searched[0]]
+                    searched = [quarters[1 + TURNS.index(turn)], quarters[0]]
+                    turned = [v for n, v in enumerate(quarters[1:]) if TURNS[n] != turn]
                     to_verify.insert(0, picture.transpose(turn))
             queries = [photo_features(p, keep_grey=True) for p in to_verify]
             # A photo re-shot on a backdrop: its product on white (and a flat face seen at an
@@ -556,7 +563,7 @@ class ProductSearch:
         # The anchor's own candidates: the query's down to the first search's depth (below
         # a family, the deeper look has voted on the hundreds further down already).
         verified += self._vouched_below(verifier, verified, rest[:k * (COMPARE_DEPTH - 1)],
-                                        searched, threshold, filter, exclude)
+                                        searched, threshold, filter, exclude, turned)
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
         return matches
@@ -567,7 +574,8 @@ class ProductSearch:
                        verified: Sequence[tuple[dict[str, Any], Evidence]],
                        unjudged: Sequence[tuple[dict[str, Any], float]],
                        searched: list[list[float]], threshold: float,
-                       search_filter: SearchFilter | None, exclude: Sequence[str]
+                       search_filter: SearchFilter | None, exclude: Sequence[str],
+                       turned: Sequence[list[float]] = ()
                        ) -> list[tuple[dict[str, Any], Evidence]]:
         """Listings the query's own verification did not reach, vouched for by the anchor.
 
@@ -576,10 +584,12 @@ class ProductSearch:
         compound), while it shares many with the listing that matched (the anchor,
         :func:`_anchor`). The candidates not judged (``unjudged``) and the
         ``ANCHOR_NEIGHBOURS`` products nearest the anchor's photos by vector are ranked by
-        keypoint votes from the anchor's photo; the ``ANCHOR_COMPARED`` with the most are
-        compared with it as :func:`_corroborate` does (the same rule, print check asked,
-        overlay, near-identical and keypoint-free routes closed). Those that pass, with a
-        similarity to the query of ``threshold`` or more, are listed ``via`` the anchor."""
+        keypoint votes from the anchor's photo, and so are the ``SIDEWAYS_NEIGHBOURS``
+        nearest the query photo's quarter turns (``turned``: a listing saved sideways); the
+        ``ANCHOR_COMPARED`` with the most are compared with it as :func:`_corroborate` does
+        (the same rule, print check asked, overlay, near-identical and keypoint-free routes
+        closed). Those that pass, with a similarity to the query (the best over its turns) of
+        ``threshold`` or more, are listed ``via`` the anchor."""
         anchor = _anchor(verified)
         if anchor is None or ANCHOR_COMPARED == 0:
             return []
@@ -597,6 +607,11 @@ class ProductSearch:
         near = self._search([v for v, _ in stored], ANCHOR_NEIGHBOURS, search_filter,
                             exclude=[*exclude, *seen])
         pool += [(row, None) for row, _ in near]
+        if turned and SIDEWAYS_NEIGHBOURS:
+            seen.update(str(row["product_id"]) for row, _ in near)
+            sideways = self._search(list(turned), SIDEWAYS_NEIGHBOURS, search_filter,
+                                    exclude=[*exclude, *seen])
+            pool += [(row, None) for row, _ in sideways]
         chosen = _most_voted(verifier, [anchor_photo], pool, ANCHOR_COMPARED, self._readers,
                              voted_only=True)
         matched = verifier.keypoint_matches(anchor_photo,
@@ -613,7 +628,8 @@ class ProductSearch:
             if found.same_item:
                 passed.append((row, score, found))
         unscored = [str(row["product_id"]) for row, score, _ in passed if score is None]
-        similar = self._similarities(searched, unscored, search_filter) if unscored else {}
+        similar = (self._similarities([*searched, *turned], unscored, search_filter)
+                   if unscored else {})
         out = []
         for row, score, found in passed:
             similarity = score if score is not None else similar.get(str(row["product_id"]),

@@ -698,18 +698,19 @@ def _vouched_for_by_item(listing: PriceMatch, relisting: PriceMatch) -> None:
 
 
 def _shops_listing(milvus: Milvus, prefix: str, photos: dict[str, Image.Image],
-                   vectors: dict[str, list[float]], prices: dict[str, float]
+                   vectors: dict[str, list[float]], prices: dict[str, float],
+                   turns: list[float] = AWAY
                    ) -> tuple[CollectionSpec, ProductSearch, Image.Image]:
     """``photos`` listed by a seller each with ``vectors`` and ``prices``; a shopper's photo of
     ``photos["item"]`` re-shot on a backdrop, read (with its cut-out) as ``unit(0)`` and its
-    quarter turns far away; the search that verifies with ``photos``."""
+    quarter turns as ``turns`` (far away); the search that verifies with ``photos``."""
     s = milvus.new_spec(prefix=prefix)
     ensure_collections(milvus.store, s)
     MilvusSink(milvus.store, s).apply(WritePlan(upserts=[
         record(name, name, vectors[name], price=prices[name], seller_id=f"shop-{n}")
         for n, name in enumerate(photos)]))
     embedder = FakeEmbedder()
-    embedder.unknown = AWAY  # its quarter turns
+    embedder.unknown = turns  # its quarter turns
     query = reshot_on_backdrop(photos["item"], colours=((60, 140, 90), (170, 160, 120)),
                                texture_seed=2)
     _read_as(embedder, [query, Image.new("RGB", (1, 1), "white")], unit(0))  # and its cut-out
@@ -786,6 +787,48 @@ def test_compare_prices_lists_a_relisting_below_the_query_s_candidates_through_t
         assert [m.product_id for m in search.compare_prices(image=query, k=2,
                                                             threshold=0.7)] == ["item"]
         monkeypatch.setattr(search_api, "ANCHOR_COMPARED", 0)
+        assert [m.product_id for m in search.compare_prices(image=query, k=2,
+                                                            threshold=0.3)] == ["item"]
+    finally:
+        milvus.drop(s)
+
+
+def test_compare_prices_lists_a_relisting_saved_sideways_through_the_listing(
+        milvus: Milvus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another shop listed the item's photo saved sideways: by vector it is far from the
+    upright query (similarity 0) and from the shop's own listing that matched it, and near
+    the query turned a quarter (0.85, not enough to count the query as turned: its upright
+    listing is at 0.9). Searched from the query's quarter turns and ranked by the listing's
+    keypoint votes, it is compared with that listing and listed ``via`` it, with its
+    similarity to the query turned. Another colour's listing, saved sideways too, is not;
+    without the round (``SIDEWAYS_NEIGHBOURS`` = 0) the sideways copy is missed."""
+    monkeypatch.setattr(search_api, "ANCHOR_NEIGHBOURS", 1)  # the listing's neighbours: one
+    item = ImageOps.expand(textured_photo(1), border=24, fill=(255, 255, 255))
+    photos = {
+        "item": item,
+        "sideways": item.transpose(Image.Transpose.ROTATE_90),
+        "other-colour": recolour(item).transpose(Image.Transpose.ROTATE_270),
+        **{f"filler-{n}": ImageOps.expand(textured_photo(n), border=24, fill=(255, 255, 255))
+           for n in range(2, 7)},
+    }
+    far = milvus_support.DIM - 1  # a direction none of the upright photos has
+    vectors = {"item": rotate(0.9), "other-colour": rotate(0.8, base=far, towards=far - 1),
+               "sideways": unit(far), **{f"filler-{n}": rotate(0.7, towards=n)
+                                         for n in range(2, 7)}}
+    s, search, query = _shops_listing(milvus, "sideways", photos, vectors,
+                                      {name: 10.0 + n for n, name in enumerate(photos)},
+                                      turns=rotate(0.85, base=far, towards=far - 2))
+    try:
+        first = search._search([unit(0)], 2 * search_api.COMPARE_DEPTH, None, ())
+        assert "sideways" not in [row["product_id"] for row, _ in first]
+        matches = search.compare_prices(image=query, k=2, threshold=0.3)
+        assert search.turned_photos == 0  # the query itself is upright
+        assert [m.product_id for m in matches] == ["item", "sideways"]  # cheapest first
+        listing, relisting = matches
+        _vouched_for_by_item(listing, relisting)
+        assert relisting.inliers >= SameItemRule().min_inliers  # against the listing photo
+        assert relisting.similarity == pytest.approx(0.85, abs=1e-4)  # to the query turned
+        monkeypatch.setattr(search_api, "SIDEWAYS_NEIGHBOURS", 0)
         assert [m.product_id for m in search.compare_prices(image=query, k=2,
                                                             threshold=0.3)] == ["item"]
     finally:
