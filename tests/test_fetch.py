@@ -43,13 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         with _State.lock:
             _State.requests += 1
-            _State.active += 1
-            _State.max_active = max(_State.max_active, _State.active)
-        try:
-            self._route()
-        finally:
-            with _State.lock:
-                _State.active -= 1
+        self._route()
 
     def _route(self) -> None:
         path, _, query = self.path.partition("?")
@@ -66,7 +60,15 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(2)
             self._send(200, PAYLOAD)
         elif path == "/busy.jpg":
+            # Counted while the request is held, before its answer: once answered, the
+            # client may free its slot and the next request start before this thread
+            # runs again, which a count ended after the answer would read as overlap.
+            with _State.lock:
+                _State.active += 1
+                _State.max_active = max(_State.max_active, _State.active)
             time.sleep(0.3)
+            with _State.lock:
+                _State.active -= 1
             self._send(200, PAYLOAD)
         elif path == "/dribble.jpg":  # a complete header, then one byte every 0.2 s
             self.send_response(200)
