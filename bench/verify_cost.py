@@ -131,7 +131,8 @@ def main() -> int:
                        max_pixels=settings.images.max_pixels, stats=EmbedStats())
         searcher = ProductSearch(store, spec, embedder, consistency="Strong",
                                  max_pixels=settings.images.max_pixels,
-                                 verifier=gallery_verifier(products, settings.images.max_pixels))
+                                 verifier=gallery_verifier(products, settings.images.max_pixels),
+                                 family_depth=settings.search.family_depth)
         for query in queries:  # fills the verifier's cache of listing features
             searcher.compare_prices(image=query.image)
         cpu: dict[str, list[float]] = {s: [] for s in ("total", *STAGES)}

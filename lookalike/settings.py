@@ -165,12 +165,14 @@ class SearchSettings(_Group):
         "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )
     family_depth: int = Field(
-        default=400, ge=0, le=MAX_K,
+        default=1000, ge=0, le=MAX_K,
         description="When price comparison's first candidates are a family of look-alikes "
         "(one pack layout's flavours), it follows them down to this many products, ranks "
-        "those by keypoint votes and matches the 2 x compare_k with the most: ~25 ms of CPU "
-        "per listing photo not cached yet, ~8.5 s for a cold family query on 2 cores "
-        "(docs/matching.md, \"Deeper still\"); 0: not below the first 3 x compare_k",
+        "those by keypoint votes and matches the 2 x compare_k with the most: ~0.3 s of CPU "
+        "more than 400 for a family query with the listing photos cached, ~25 ms per listing "
+        "photo not cached yet (~8.5 s for a cold family query at 400 on 2 cores); 400 "
+        "missed re-shot and re-listed packs ranked deeper by vector (docs/matching.md, "
+        "\"The whole family\"); 0: not below the first 3 x compare_k",
     )
     cutout_queries: bool = Field(
         default=True,
