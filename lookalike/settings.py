@@ -170,7 +170,7 @@ class SearchSettings(_Group):
         "(one pack layout's flavours), it follows them down to this many products, ranks "
         "those by keypoint votes and matches the 2 x compare_k with the most: ~0.3 s of CPU "
         "more than 400 for a family query with the listing photos cached, ~25 ms per listing "
-        "photo not cached yet (~8.5 s for a cold family query at 400 on 2 cores); 400 "
+        "photo not cached yet (a cold family query on 2 cores: ~19 s, ~9 s at 400); 400 "
         "missed re-shot and re-listed packs ranked deeper by vector (docs/matching.md, "
         "\"The whole family\"); 0: not below the first 3 x compare_k",
     )
