@@ -132,9 +132,9 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ramp = (xx / w - 0.5) * axis[0] + (yy / h - 0.5) * axis[1]
     low, high = float(rng.uniform(0.7, 0.9)), float(rng.uniform(1.0, 1.15))
-    light = low + (high - low) * (ramp - ramp.min()) / max(1e-6, float(np.ptp(ramp)))
+    shading = low + (high - low) * (ramp - ramp.min()) / max(1e-6, float(np.ptp(ramp)))
     balance = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
-    rgb = rgb * light[:, :, None] * balance
+    rgb = rgb * shading[:, :, None] * balance
     gamma = float(rng.uniform(0.85, 1.2))
     rgb = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
     return _reframed(rgb, rng)
