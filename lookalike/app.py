@@ -66,8 +66,10 @@ log = logging.getLogger(__name__)
 
 def build_embedder(settings: Settings) -> Embedder:
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
+    from embedding.runtime import enable_compile_cache
 
     m = settings.model
+    enable_compile_cache(m.compile_cache)
     return create_embedder(m.variant, m.square, m.batch_size, m.colour_weight, m.path)
 
 

@@ -109,6 +109,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     options = train_options(settings, args)
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
+    from embedding.runtime import enable_compile_cache
+
+    enable_compile_cache(m.compile_cache)
     try:
         backbone: Backbone = (
             ProjectionBackbone(m.variant, m.square, m.batch_size) if args.tune == "projection"

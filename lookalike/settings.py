@@ -133,6 +133,17 @@ class ModelSettings(_Group):
         description="A model directory written by `lookalike train`; its variant and square "
         "mode replace the two above (docs/training.md)",
     )
+    compile_cache: Path | None = Field(
+        default=Path("./var/compile-cache"),
+        description="Keras on JAX only: compiled batch shapes are kept here, so a restarted "
+        "ingest, search or train skips compiling them (docs/speed.md, \"On a GPU\"); empty: off",
+    )
+
+    @field_validator("path", "compile_cache", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """``LOOKALIKE_MODEL__PATH=`` means no path, not the working directory."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class IngestSettings(_Group):

@@ -65,3 +65,15 @@ def test_every_runner_limit_without_a_default_is_an_ingest_setting() -> None:
 
     required = {f.name for f in fields(RunnerConfig) if f.default is MISSING}
     assert required and required <= set(IngestSettings.model_fields)
+
+
+def test_an_empty_model_path_setting_means_none_not_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lookalike.settings import Settings
+
+    monkeypatch.setenv("LOOKALIKE_MODEL__PATH", "")
+    monkeypatch.setenv("LOOKALIKE_MODEL__COMPILE_CACHE", " ")
+    assert Settings().model.path is None and Settings().model.compile_cache is None
+    monkeypatch.setenv("LOOKALIKE_MODEL__COMPILE_CACHE", "/srv/xla")
+    assert Settings().model.compile_cache == Path("/srv/xla")

@@ -219,6 +219,60 @@ def test_same_predictions_on_the_jax_backend(photos: dict[str, Image.Image]) -> 
 
 
 @pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_a_restarted_jax_embedder_loads_its_compiled_shapes_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    """The second process builds and warms up the same embedder without one XLA compile: every
+    compile (weight initialisers, both batch shapes) is a hit in the cache the first wrote."""
+    code = textwrap.dedent(
+        """
+        import collections, json, jax
+        events = collections.Counter()
+        jax.monitoring.register_event_listener(lambda event, **_: events.update([event]))
+        from lookalike.app import build_embedder
+        from lookalike.settings import Settings
+        build_embedder(Settings()).warm_up()
+        print(json.dumps({"hits": events["/jax/compilation_cache/cache_hits"],
+                          "misses": events["/jax/compilation_cache/cache_misses"]}))
+        """
+    )
+    cache = tmp_path / "xla"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join(sys.path),
+           "LOOKALIKE_MODEL__COMPILE_CACHE": str(cache), "LOOKALIKE_MODEL__BATCH_SIZE": "2"}
+
+    def run() -> dict[str, int]:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True, cwd=tmp_path)
+        counts: dict[str, int] = json.loads(out.stdout.strip().splitlines()[-1])
+        return counts
+
+    first = run()
+    assert first["misses"] > 0 and first["hits"] == 0
+    assert any(cache.iterdir())
+    second = run()
+    assert second == {"hits": first["misses"], "misses": 0}
+
+
+def test_the_compile_cache_is_left_alone_off_jax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import keras
+
+    from embedding.runtime import enable_compile_cache
+
+    assert keras.config.backend() != "jax"  # the suite's backend: nothing to cache
+    assert enable_compile_cache(tmp_path / "xla") is None
+    assert not (tmp_path / "xla").exists()
+    monkeypatch.setattr(keras.config, "backend", lambda: "jax")
+    assert enable_compile_cache(None) is None
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    assert enable_compile_cache(blocked) is None  # only start-up speed is lost: a warning
+    assert "compile cache off: FileExistsError" in caplog.text
+
+
+@pytest.mark.model
 def test_colour_weight_appends_the_colour_descriptor(
     weights: StateDict, photos: dict[str, Image.Image]
 ) -> None:
