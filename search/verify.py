@@ -556,6 +556,15 @@ class SameItemRule:
     variants of one style are often the same photo with one part recoloured (a trim, a
     waistband: 1-4 % of it), which the colour shift's percentiles let through (chosen on
     same-item-mirrored, -dev, -heldout and -blind; docs/matching.md, "Recoloured parts")."""
+    max_overlay_recoloured: float = 0.05
+    """Largest share of the product, over the whole compared region, that may be recoloured
+    (:attr:`Alignment.recoloured`) for the overlay route to accept: a sticker or a banner
+    changes colour *and* texture and is forgiven away from the inliers, a part of another
+    colour with its print intact is not, however far from them (another flavour's band on
+    one pack layout: 8-17 % of it). On the overlay route's accepts recorded on same-item-tags,
+    -covers, -blind and -heldout, right listings had 0-2.5 %, the wrong ones of
+    same-item-packs-copies and -covers 8.2-17.4 % (docs/matching.md, "Recoloured away from
+    the inliers")."""
     min_light_correlation: float = 0.96
     """Grey-level correlation the light route requires: it forgives the colours, so the
     print must agree more closely than ``min_correlation`` asks (another line or brand on
@@ -827,13 +836,15 @@ class SameItemRule:
         variant keeps its inliers (SIFT sees grey levels) and so its colour change in view,
         and a part of another colour must not lie near them either
         (:attr:`Alignment.local_recoloured`): a cover away from the inliers is forgiven, a
-        trim beside them is not."""
+        trim beside them is not, nor a large recoloured part anywhere
+        (``max_overlay_recoloured``)."""
         if alignment.local_correlation is None or alignment.local_shifts is None:
             return False
         return (alignment.local_share >= self.min_local_share
                 and alignment.local_correlation >= self.min_local_correlation
                 and alignment.local_shift(self.shift_percentile) <= self.max_colour_shift
                 and alignment.local_recoloured <= self.max_recoloured
+                and alignment.recoloured <= self.max_overlay_recoloured
                 and colour >= self.min_colour)
 
     def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:

@@ -1371,12 +1371,30 @@ def test_a_recoloured_part_refuses_on_every_route() -> None:
                       light_shifts=(2.0, 3.0, 4.0, 5.0))
     assert rule.decide(0.9, 100, 0.9, relit)[0]
     assert not rule.decide(0.9, 100, 0.9, _detailed(relit, recoloured=0.03))[0]
-    # the overlay route: a cover away from the inliers is forgiven, a part beside them is not
+    # the overlay route: a cover away from the inliers is forgiven, a part beside them is not,
+    # nor a large one away from them
     covered = _detailed(Alignment(0.5, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
                                   local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.6),
-                        recoloured=0.05)
+                        recoloured=0.025)
     assert rule.decide(0.9, 100, 0.9, covered)[0]
     assert not rule.decide(0.9, 100, 0.9, _detailed(covered, local_recoloured=0.03))[0]
+    assert not rule.decide(0.9, 100, 0.9, _detailed(covered, recoloured=0.08))[0]
+
+
+def test_another_flavour_band_away_from_the_inliers_is_not_taken_for_a_cover() -> None:
+    """Measured on same-item-packs-copies (docs/matching.md, "Recoloured away from the
+    inliers"): a maker's photo of another flavour of the line agrees near the inliers (its
+    band is flat, so none lie on it) while 16 % of the product is recoloured; a re-listing
+    with a sale graphic keeps at most ~2.5 % recoloured (the graphic changes the texture)."""
+    flavour = _detailed(Alignment(0.83, (15.9, 60.9, 63.6, 63.8), local_correlation=0.99,
+                                  local_shifts=(1.0, 1.4, 2.0, 2.6), local_share=0.53),
+                        recoloured=0.163, local_recoloured=0.009)
+    for overlay in ("open", "covers"):
+        same, why = DEFAULT_RULE.decide(0.94, 194, 0.9, flavour, overlay=overlay)
+        assert not same and "another colour (16.3% of it" in why, why
+    tagged = _detailed(flavour, recoloured=0.025)
+    same, why = DEFAULT_RULE.decide(0.94, 194, 0.9, tagged)
+    assert same and "covered or away from them" in why, why
 
 
 def _relisted(photo: Image.Image) -> Image.Image:
