@@ -7,6 +7,7 @@ import base64
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,33 @@ def test_stage_clock_gives_first_page_calls_made_beyond_it_to_beyond() -> None:
     assert clock.cpu["beyond"] >= 0.025 and clock.depth == 0
     clock.reset()
     assert clock.cpu == dict.fromkeys(STAGES, 0.0)
+
+
+def test_edited_catalog_writes_every_product_again_with_new_photos(tmp_path: Path) -> None:
+    """bench/edited_catalog.py: copies x products, each photo a new file of an edited copy
+    (the throughput runs must not feed byte-identical duplicates to ingest)."""
+    import json
+
+    from PIL import Image
+
+    from bench.edited_catalog import EDITS, write_edited_catalog
+    from ingest.publish import load_catalog
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for n in range(2):
+        Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)).save(
+            src / "images" / f"p{n}.jpg")
+        lines.append(json.dumps({"product_id": f"p{n}", "title": "t", "category": "c",
+                                 "price": 1.0, "currency": "EUR",
+                                 "images": [{"path": f"images/p{n}.jpg"}]}))
+    (src / "catalog.jsonl").write_text("\n".join(lines) + "\n")
+    products, images = write_edited_catalog(src, tmp_path / "dst", copies=len(EDITS))
+    assert (products, images) == (2 * len(EDITS), 2 * len(EDITS))
+    events = load_catalog(tmp_path / "dst" / "catalog.jsonl")
+    assert sorted(e.product_id for e in events)[:3] == ["p0-v0", "p0-v1", "p0-v2"]
+    photos = sorted((tmp_path / "dst" / "images").iterdir())
+    assert len({p.read_bytes() for p in photos}) == len(photos) == images
+    assert all(Image.open(p).size == (40, 60) for p in photos)
