@@ -28,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from embedding.embedder import describe_device  # noqa: E402
 from lookalike.app import build_embedder  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 
@@ -72,22 +73,24 @@ def main() -> int:
         started = time.perf_counter()
         embedder._run(np.zeros((bucket, size, size, 3), np.uint8))
         shapes[bucket] = round(time.perf_counter() - started, 2)
-    print(f"[{args.name}] {embedder._device}; build {build_s:.1f}s; warm-up "
+    device = describe_device()
+    print(f"[{args.name}] {device}; build {build_s:.1f}s; warm-up "
           f"{sum(shapes.values()):.1f}s per shape {shapes}", flush=True)
     rng = np.random.default_rng(0)
     rates: dict[int, int] = {}
     for bs in (b for b in BATCH_SIZES if b in shapes):
-        n = max(bs, min(args.images, 128) if bs == 1 else args.images)
+        wanted = min(args.images, 128) if bs == 1 else args.images  # batch 1 is slow
+        n = max(1, wanted // bs) * bs  # whole batches only
         x = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8).astype(np.float32)
         best = float("inf")
         for _ in range(3):
             started = time.perf_counter()
-            for i in range(0, n - n % bs, bs):
+            for i in range(0, n, bs):
                 embedder._predict(x[i:i + bs])
             best = min(best, time.perf_counter() - started)
-        rates[bs] = round((n - n % bs) / best)
+        rates[bs] = round(n / best)
         print(f"[{args.name}] batch {bs}: {rates[bs]} images/s", flush=True)
-    figures = {"name": args.name, "device": embedder._device, "build_s": round(build_s, 2),
+    figures = {"name": args.name, "device": device, "build_s": round(build_s, 2),
                "warm_up_s": round(sum(shapes.values()), 2), "shapes": shapes, "rates": rates,
                "jax_seconds": {k: round(v, 2) for k, v in seconds.items()},
                "jax_counts": dict(counts)}

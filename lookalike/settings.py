@@ -142,7 +142,8 @@ class ModelSettings(_Group):
     @field_validator("path", "compile_cache", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        """``LOOKALIKE_MODEL__PATH=`` means no path, not the working directory."""
+        """An empty value (``LOOKALIKE_MODEL__PATH=``) means none, not the working
+        directory: no trained model, no compile cache."""
         return None if isinstance(value, str) and not value.strip() else value
 
 
