@@ -49,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal, TypeVar
 
 import cv2
@@ -243,6 +244,23 @@ largest patch: the text printed on a sticker is of the product's colour in place
 COVER_MARGIN_PX = 3
 """Margin (px at half ``VERIFY_SIZE``) around the cover left out of the comparison of the
 rest: its outline is soft in both photos."""
+TRANSLUCENT_GAINS = (0.05, 0.6)
+"""Range of the one gain a translucent cover's blend scales the photo beneath by
+(:func:`_blend_fit`: ``covered ~ gain * bare + colour``, ``gain`` = 1 - the overlay's
+opacity): from nearly opaque to half transparent. A part of another colour keeps its
+contrast (a gain near 1) or scales the channels apart (a hue turned)."""
+TRANSLUCENT_GAIN_SPREAD = 0.1
+"""Largest difference of the per-channel gains of a translucent cover's blend: an overlay's
+opacity is one for every channel."""
+TRANSLUCENT_MIN_TEXTURE = 3.0
+"""Grey levels (RGB standard deviation) the texture seen through a translucent cover must
+keep, once scaled by the blend's gain: below it, it is lost in the photos' noise and JPEG,
+and the fit shows nothing through it (a dark sleeve over the skin of another garment's
+model fits a nearly opaque black overlay)."""
+TRANSLUCENT_MIN_FIT = 0.3
+"""Share of the covered photo's variance (R^2) over the patch that the blend must explain:
+what else lies in the patch (the logo's own text, a soft outline) is left out of it by the
+robust fit (:func:`_fitted_on_best`), not out of this figure's denominator."""
 COVER_SECOND_SHARE = 0.005
 """The smallest second patch :func:`_cover` measures (:attr:`Cover.second`), as a share of
 the compared region: below it a patch is a misregistered edge or noise, too small to move
@@ -327,6 +345,9 @@ class Cover:
     """:attr:`Alignment.colour_shifts` over the compared region without it."""
     recoloured: float
     """:attr:`Alignment.recoloured` over the compared region without it."""
+    blend: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    """Computes :attr:`translucent` when the rule first reads it (~1-2 ms a patch, asked of
+    few: a small, convex cover that keeps its texture)."""
     second: Cover | None = None
     """The next largest patch (at least ``COVER_SECOND_SHARE`` of the compared region), with
     the photos compared without *both* (its :attr:`correlation`, :attr:`shifts` and
@@ -335,6 +356,18 @@ class Cover:
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
+
+    @cached_property
+    def translucent(self) -> bool:
+        """Whether one photo shows the other beneath it as through a translucent overlay (a
+        shop's semi-transparent logo or watermark): over the patch, one photo's RGB is the
+        other's scaled by one gain for all channels (``TRANSLUCENT_GAINS``, within
+        ``TRANSLUCENT_GAIN_SPREAD`` per channel) plus a constant colour, to
+        ``TRANSLUCENT_MIN_FIT``, the texture seen through above ``TRANSLUCENT_MIN_TEXTURE``
+        (:func:`_blend_fit`). Such a cover keeps the texture beneath, scaled down, which
+        :attr:`texture_kept` and :attr:`under_correlation` read as a part of another
+        colour."""
+        return self.blend is not None and self.blend()
 
 
 class ColourDetail:
@@ -488,7 +521,8 @@ class SameItemRule:
     or, the grading route, in hue (correlation ``>= min_light_correlation``, hue turned
     ``<= max_hue_turn``, chroma within ``graded_chroma``, on ``min_graded_share`` of
     chromatic pixels), or, the cover route, around one compact patch of another colour,
-    texture and shading (``min_cover_share`` to ``max_cover`` of the product, solidity
+    texture and shading, or a small one seen through as a translucent overlay's
+    (:attr:`Cover.translucent`) (``min_cover_share`` to ``max_cover`` of the product, solidity
     ``>= min_cover_solidity``, the rest correlating ``>= min_cover_correlation`` with its
     colours agreeing), or, the overlay route, near the inliers (``min_local_share`` of it,
     correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
@@ -783,11 +817,17 @@ class SameItemRule:
     def _shaped_as_cover(self, cover: Cover) -> bool:
         """Whether the patch has a cover's shape and texture: convex (a small cover,
         ``max_small_cover``, less so), its texture lost and its grey levels not following
-        the other photo's."""
-        convex = (self.min_small_cover_solidity if cover.share <= self.max_small_cover
-                  else self.min_cover_solidity)
-        return (cover.solidity >= convex and cover.texture_kept <= self.max_cover_texture
-                and cover.under_correlation <= self.max_cover_under_correlation)
+        the other photo's, or, a small cover, a translucent overlay's blend of the texture
+        beneath (:attr:`Cover.translucent`: a shop's semi-transparent logo keeps the
+        texture, scaled down by one gain for every channel)."""
+        small = cover.share <= self.max_small_cover
+        convex = self.min_small_cover_solidity if small else self.min_cover_solidity
+        if cover.solidity < convex:
+            return False
+        if (cover.texture_kept <= self.max_cover_texture
+                and cover.under_correlation <= self.max_cover_under_correlation):
+            return True
+        return small and cover.translucent  # the texture beneath shows through, scaled down
 
     def _part_recoloured(self, alignment: Alignment) -> bool:
         return alignment.recoloured > self.max_recoloured
@@ -1562,8 +1602,57 @@ def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[n
                                p.grey_b[rest].astype(np.float64))
     shifts = _chroma_shifts(_lab_chroma(p.soft_a[rest]), _lab_chroma(p.soft_b[rest]))
     left = None if patches is None else patches & rest
+    blend = None
+    if int(inner.sum()) >= MIN_OVERLAP_PX:
+        bare, covered = p.soft_a[inner], p.soft_b[inner]
+        blend = lambda: _translucent(bare, covered)  # noqa: E731 (read when asked)
     return Cover(area / int(region.sum()), area / max(hull, 1.0), float(kept[patch].mean()),
-                 under, correlation, shifts, _largest_share(left, compared))
+                 under, correlation, shifts, _largest_share(left, compared), blend)
+
+
+def _translucent(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> bool:
+    """Whether, over a patch ((n, 3) RGB pixels of the two aligned photos), either photo is
+    the other seen through a translucent overlay (:attr:`Cover.translucent`)."""
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    return _blend_fit(x, y) or _blend_fit(y, x)
+
+
+def _blend_fit(bare: NDArray[np.float64], covered: NDArray[np.float64]) -> bool:
+    """Whether ``covered ~ gain * bare + colour`` (one gain, a colour per channel) holds as a
+    translucent overlay's blend (``TRANSLUCENT_*``). Fitted on the pixels it explains best
+    (:func:`_fitted_on_best`): the overlay's own opaque print (a logo's letters) and its
+    soft outline are left out. The gain and the fit are read on those pixels, the
+    per-channel gains there must agree, and the texture seen through must stay above the
+    noise (``TRANSLUCENT_MIN_TEXTURE``)."""
+
+    def solve(keep: NDArray[np.bool_]) -> tuple[float, NDArray[np.float64]]:
+        xs, ys = bare[keep], covered[keep]
+        dx, dy = xs - xs.mean(axis=0), ys - ys.mean(axis=0)
+        spread = float((dx * dx).sum())
+        gain = float((dx * dy).sum()) / spread if spread > 0 else 0.0
+        return gain, ys.mean(axis=0) - gain * xs.mean(axis=0)
+
+    def residual(fit: tuple[float, NDArray[np.float64]]) -> NDArray[np.float64]:
+        gain, offsets = fit
+        return np.linalg.norm(bare * gain + offsets - covered, axis=1)  # type: ignore[no-any-return]
+
+    gain, offsets = _fitted_on_best(len(bare), solve, residual)
+    errors = residual((gain, offsets))
+    keep = errors <= np.percentile(errors, LIGHT_FIT_SHARE)
+    xs, ys = bare[keep], covered[keep]
+    dx, dy = xs - xs.mean(axis=0), ys - ys.mean(axis=0)
+    spread = (dx * dx).sum(axis=0)
+    if float(spread.sum()) <= 0:
+        return False
+    channel_gains = (dx * dy).sum(axis=0) / np.maximum(spread, 1e-6)
+    seen_through = abs(gain) * float(np.sqrt(spread.sum() / (3 * len(xs))))
+    unexplained = float((residual((gain, offsets))[keep] ** 2).sum())
+    fit = 1.0 - unexplained / max(float((dy * dy).sum()), 1e-6)
+    low, high = TRANSLUCENT_GAINS
+    return bool(low <= gain <= high and low <= channel_gains.min()
+                and channel_gains.max() <= high
+                and channel_gains.max() - channel_gains.min() <= TRANSLUCENT_GAIN_SPREAD
+                and seen_through >= TRANSLUCENT_MIN_TEXTURE and fit >= TRANSLUCENT_MIN_FIT)
 
 
 def _largest_share(patches: NDArray[Any] | None, compared: int) -> float:

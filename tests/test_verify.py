@@ -535,6 +535,80 @@ def test_a_luma_copy_under_a_sale_sticker_is_accepted_and_its_colour_variants_ar
         assert not same, why
 
 
+def _translucent_logo(photo: Image.Image, colour: tuple[int, int, int] = (120, 60, 40),
+                      opacity: int = 160) -> Image.Image:
+    """A shop's semi-transparent round logo with its initials (opaque white) over the
+    product: the texture beneath shows through it, scaled down."""
+    base = photo.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    w, h = base.size
+    r = round(min(w, h) * 0.08)
+    cx, cy = round(w * 0.5), round(h * 0.45)
+    draw = ImageDraw.Draw(layer)
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(*colour, opacity))
+    draw.text((cx - r * 0.5, cy - r * 0.35), "MS", fill=(255, 255, 255, 230))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def test_a_translucent_overlay_is_told_from_a_part_of_another_colour() -> None:
+    """Over a patch, a translucent overlay's blend scales the photo beneath by one gain for
+    every channel (1 - its opacity) and adds its colour; the logo's opaque letters and the
+    patch's outline are left out by the robust fit. A part dyed another hue (channels
+    apart), one barely changed (a gain near 1) or a flat one is not such a blend."""
+    rng = np.random.default_rng(3)
+    shade = rng.uniform(40, 220, size=(600, 1))
+    bare = np.clip(shade * np.array([[1.0, 0.8, 0.6]]) + rng.normal(0, 3, (600, 3)), 0, 255)
+    covered = 0.35 * bare + 0.65 * np.array([120.0, 60.0, 40.0])
+    covered[:90] = 255.0  # the logo's letters
+    assert verify._translucent(bare.astype(np.uint8), covered.astype(np.uint8))
+    assert verify._translucent(covered.astype(np.uint8), bare.astype(np.uint8))  # either way
+    dyed = bare[:, [2, 0, 1]] * np.array([[1.3, 0.7, 1.0]])  # another hue, texture kept
+    assert not verify._translucent(bare.astype(np.uint8), np.clip(dyed, 0, 255).astype(np.uint8))
+    faint = 0.95 * bare + 8.0
+    assert not verify._translucent(bare.astype(np.uint8), faint.astype(np.uint8))
+    flat = np.full((600, 3), 128, np.uint8)
+    assert not verify._translucent(flat, covered.astype(np.uint8))
+
+
+def test_a_translucent_cover_is_forgiven_while_small() -> None:
+    """A small cover that keeps the texture beneath is forgiven when it is a translucent
+    blend (:attr:`Cover.translucent`); not past ``max_small_cover``, nor when it is not."""
+    whole = Alignment(0.9, (2.0, 12.0, 30.0, 40.0))
+    logo = Cover(share=0.05, solidity=0.98, texture_kept=0.7, under_correlation=0.6,
+                 correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0,
+                 blend=lambda: True)
+    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=logo))
+    assert same and "around a cover" in why, why
+    for other in (replace(logo, blend=lambda: False), replace(logo, blend=None),
+                  replace(logo, share=DEFAULT_RULE.max_small_cover + 0.02),
+                  replace(logo, solidity=DEFAULT_RULE.min_small_cover_solidity - 0.05),
+                  replace(logo, correlation=0.8)):
+        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
+
+
+@needs_luma
+def test_a_luma_copy_under_a_translucent_logo_is_accepted_and_its_colour_variants_are_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shop's semi-transparent logo over a luma jacket keeps the fabric's texture beneath
+    it, which the cover route's texture limits read as a part of another colour; as a
+    translucent blend it is forgiven. The jacket's other colours under the same logo are
+    still refused."""
+    listing = _luma("wj01-blue")
+    query = _translucent_logo(listing)
+    found = _evidence(query, listing, 0.9)
+    assert found.same_item and "around a cover" in found.reason, found.reason
+    cover = found.alignment.cover if found.alignment is not None else None
+    assert cover is not None and cover.translucent
+    assert cover.texture_kept > DEFAULT_RULE.max_cover_texture
+    monkeypatch.setattr(verify, "_translucent", lambda a, b: False)
+    refused = _evidence(query, listing, 0.9)
+    assert not refused.same_item, refused.reason
+    monkeypatch.undo()
+    for other in ("wj01-red", "wj01-yellow"):
+        same, why = _decide(query, _luma(other), similarity=0.9)
+        assert not same, why
+
+
 def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
     """On a catalog of look-alikes every candidate may qualify for the ~8 ms keypoint-free
     alignment: only the first ``max_coarse`` (most similar first) get one."""
