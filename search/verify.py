@@ -346,7 +346,7 @@ class Cover:
     recoloured: float
     """:attr:`Alignment.recoloured` over the compared region without it."""
     blend: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
-    """Computes :attr:`translucent` when the rule first reads it (~1-2 ms a patch, asked of
+    """Computes :attr:`translucent` when the rule first reads it (~3 ms a patch, asked of
     few: a small, convex cover that keeps its texture)."""
     second: Cover | None = None
     """The next largest patch (at least ``COVER_SECOND_SHARE`` of the compared region), with
@@ -1605,7 +1605,9 @@ def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[n
     blend = None
     if int(inner.sum()) >= MIN_OVERLAP_PX:
         bare, covered = p.soft_a[inner], p.soft_b[inner]
-        blend = lambda: _translucent(bare, covered)  # noqa: E731 (read when asked)
+
+        def blend() -> bool:  # read when the rule asks (Cover.translucent)
+            return _translucent(bare, covered)
     return Cover(area / int(region.sum()), area / max(hull, 1.0), float(kept[patch].mean()),
                  under, correlation, shifts, _largest_share(left, compared), blend)
 
@@ -1646,7 +1648,7 @@ def _blend_fit(bare: NDArray[np.float64], covered: NDArray[np.float64]) -> bool:
         return False
     channel_gains = (dx * dy).sum(axis=0) / np.maximum(spread, 1e-6)
     seen_through = abs(gain) * float(np.sqrt(spread.sum() / (3 * len(xs))))
-    unexplained = float((residual((gain, offsets))[keep] ** 2).sum())
+    unexplained = float((errors[keep] ** 2).sum())
     fit = 1.0 - unexplained / max(float((dy * dy).sum()), 1e-6)
     low, high = TRANSLUCENT_GAINS
     return bool(low <= gain <= high and low <= channel_gains.min()
