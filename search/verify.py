@@ -1591,8 +1591,9 @@ def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[n
                                    cv2.CHAIN_APPROX_SIMPLE)
     hull = float(cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea))))
     inner = cv2.erode(patch.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    measurable = int(inner.sum()) >= MIN_OVERLAP_PX
     under = (_correlation(p.grey_a[inner].astype(np.float64), p.grey_b[inner].astype(np.float64))
-             if int(inner.sum()) >= MIN_OVERLAP_PX else 0.0)
+             if measurable else 0.0)
     margin = 2 * COVER_MARGIN_PX + 1
     rest = region & (cv2.dilate(hidden.astype(np.uint8), np.ones((margin, margin), np.uint8))
                      == 0)
@@ -1603,11 +1604,10 @@ def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[n
     shifts = _chroma_shifts(_lab_chroma(p.soft_a[rest]), _lab_chroma(p.soft_b[rest]))
     left = None if patches is None else patches & rest
     blend = None
-    if int(inner.sum()) >= MIN_OVERLAP_PX:
-        bare, covered = p.soft_a[inner], p.soft_b[inner]
+    if measurable:
 
         def blend() -> bool:  # read when the rule asks (Cover.translucent)
-            return _translucent(bare, covered)
+            return _translucent(p.soft_a[inner], p.soft_b[inner])
     return Cover(area / int(region.sum()), area / max(hull, 1.0), float(kept[patch].mean()),
                  under, correlation, shifts, _largest_share(left, compared), blend)
 
