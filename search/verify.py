@@ -25,7 +25,8 @@ carry tell them apart:
 :class:`SameItemRule` combines them: either the geometry confirms the match (and the photos,
 aligned by it, show no part of the product in another colour, and agree in grey levels,
 brightness and colour, over the whole product, or after
-one per-channel light map when the photo was taken again under another light, or in hue
+one per-channel light map when the photo was taken again under another light (or one shaded
+map, a tone curve and a smooth shading across it, when that light was uneven), or in hue
 alone when a shop graded its colours, or, when a sticker, a tag or a label lies over it,
 around that cover (:attr:`Alignment.cover`), or, when an overlay hides part of it, near the
 inliers; a pair refused as RANSAC aligned it is aligned again on the grey levels, for a
@@ -199,6 +200,9 @@ PRINT_MIN_STD = 8.0
 FOREIGN_SHIFT = 25.0
 """Lab chroma distance from which an aligned pixel counts as covered by something of another
 colour (:func:`_foreign`)."""
+WHITE_UNEXPLAINED_SHIFT = 10.0
+"""Lab chroma distance from which a pixel the listing shows white is unexplained by the query
+(:func:`_white_unexplained`): a white balance the map leaves is ~2-5, a pale variant ~20."""
 MAX_FOREIGN_CELLS = 0.3
 """Largest share of the print check's cells left out as covered (:func:`_print_agreement`)."""
 PRINT_PERCENTILE = 10
@@ -320,6 +324,41 @@ class LightMap:
 
 
 @dataclass(frozen=True)
+class ShadedLight:
+    """The shaded light map fitted from the warped query to the listing
+    (:func:`_shaded_light_map`): per channel a tone curve (a power and a gain, fitted on
+    log levels) and one smooth shading across the photo (a plane in log light), for a photo
+    re-shot under uneven light; and what it leaves unexplained."""
+
+    neutral_spread: float
+    """How far the map moves a neutral grey from neutral: the largest ratio of its channels'
+    outputs for greys of 64-240 at the photo's centre (1 = no hue given to grey; a white
+    balance gives ~1.1-1.25, another colour of the product more)."""
+    shifts: tuple[float, ...]
+    """:attr:`Alignment.colour_shifts` after the map."""
+    correlation: float
+    """Grey-level correlation of the mapped query with the listing (the shading divided
+    out), over the pixels the light map compares."""
+    white_unexplained: float
+    """Share of the listing product's hull (its foreground's convex hull) where the listing
+    shows white, as its background, and the mapped query a colour that is neither that
+    white nor the query's own backdrop nearby (:func:`_white_unexplained`). A white garment
+    on white is not foreground, so the compared pixels are the model's skin and trousers,
+    which a light map explains whatever the garment's colour: there the query's lavender
+    variant stays unexplained (0.10-0.19 of the hull on luma's WH05), a re-shoot of the
+    white garment or of anything else does not (0.011 at most; docs/matching.md, "Shaded
+    light route, kept")."""
+    other_background: bool = True
+    """Whether the query shows another background (not white) around the listing's product
+    (:attr:`LightMap.edge_left_out`): a photo taken again, where light may be uneven. An
+    edited copy on white is not re-shot, and there a white garment and its pale variant
+    differ only where neither photo is foreground."""
+
+    def shift(self, percentile: int) -> float:
+        return self.shifts[SHIFT_PERCENTILES.index(percentile)]
+
+
+@dataclass(frozen=True)
 class Cover:
     """The largest patch of an aligned pair whose colour differs (:func:`_cover`), and how
     the photos compare without it: what a sticker, a price tag or a label laid over the
@@ -380,14 +419,18 @@ class ColourDetail:
     the keypoint alignments, the hues for 12-14 %)."""
 
     def __init__(self, light: LightMap | None = None, hue: HueAgreement | None = None,
-                 recoloured: tuple[float, float] = (0.0, 0.0), cover: Cover | None = None
-                 ) -> None:
+                 recoloured: tuple[float, float] = (0.0, 0.0), cover: Cover | None = None,
+                 shaded: ShadedLight | None = None) -> None:
         self._light, self._hue, self._recoloured = light, hue, recoloured
-        self._cover = cover
+        self._cover, self._shaded = cover, shaded
 
     def light(self) -> LightMap | None:
         """The light map (None when aligned without keypoints)."""
         return self._light
+
+    def shaded(self) -> ShadedLight | None:
+        """The shaded light map (None when aligned without keypoints)."""
+        return self._shaded
 
     def hue(self) -> HueAgreement | None:
         """The hues over the whole compared region (None without enough chromatic pixels)."""
@@ -448,6 +491,11 @@ class Alignment:
         """:attr:`colour_shifts` after the light map (None without one)."""
         light = self.detail.light()
         return None if light is None else light.shifts
+
+    @property
+    def shaded_light(self) -> ShadedLight | None:
+        """The shaded light map (:class:`ShadedLight`; None without one)."""
+        return self.detail.shaded()
 
     @property
     def edge_left_out(self) -> bool:
@@ -609,6 +657,19 @@ class SameItemRule:
     pack layout cell by cell, so the overall correlation need not. Uneven light on a
     re-shot product lowers it to 0.89-0.96 (chosen on the re-shoot protocols: 0.92 let one
     other flavour through on same-item-packs; see docs/matching.md)."""
+    min_shaded_correlation: float = 0.99
+    """The shaded light route (:class:`ShadedLight`, for a pair the light route refuses):
+    grey-level correlation once the shading is divided out. A re-shoot under uneven light
+    then correlates 0.99-1.00; another line or brand of one pack layout keeps 0.98-0.99,
+    its name and logo unexplained (chosen on same-item-reshoot and -packs, checked on
+    same-item-relit and -packs-relit, lit another way; docs/matching.md, "Shaded light
+    round"). Above 1: the route is closed."""
+    max_shaded_white_unexplained: float = 0.05
+    """The shaded light route: largest :attr:`ShadedLight.white_unexplained` (a white
+    garment on white is not foreground, and the pixels compared are then the model's skin
+    and trousers alone, which a light map explains whatever the garment's colour). Read on
+    the pairs the route accepted: true re-shoots <= 0.011, luma's white WH05 hoodie for a
+    copy of its lavender or orange variant 0.10-0.19."""
 
     max_hue_turn: float = 10.0
     """The grading route (:meth:`_agrees_graded`): largest hue angle (95th percentile,
@@ -714,6 +775,19 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
+            # Not between two listings (the overlay closed): the route is for a query shot
+            # under uneven light, and luma's catalog photos of a white and a pale variant
+            # differ only where neither is foreground (docs/matching.md, "Shaded light round").
+            if (not recoloured and overlay != "closed"
+                    and self._agrees_under_shaded_light(alignment)):
+                shaded = alignment.shaded_light
+                assert shaded is not None
+                after = shaded.shift(self.shift_percentile)
+                return True, (f"{inliers} geometric inliers, aligned photos agree under "
+                              f"uneven light (correlation {alignment.correlation:.2f}, "
+                              f"{shaded.correlation:.3f} with the shading divided out; "
+                              f"colour shift {shift:.1f}, {after:.1f} after a shaded light "
+                              f"map)")
             if not recoloured and self._agrees_graded(alignment):
                 assert alignment.hue is not None
                 low, high = alignment.hue.chroma_ratios
@@ -850,6 +924,29 @@ class SameItemRule:
             return False
         return (max(gains) / min(gains) <= self.max_light_gain_spread
                 and alignment.light_shift(self.shift_percentile) <= self.max_light_shift)
+
+    def _agrees_under_shaded_light(self, alignment: Alignment) -> bool:
+        """The shaded light route: a photo re-shot under uneven light (a lamp's fall-off
+        across the product, a tone curve) is one smooth map from the listing's, which a
+        per-channel map alone leaves unexplained and whose shading lowers the grey-level
+        correlation. Asked of a pair the light route refused: with the shading divided out
+        (:func:`_shaded_light_map`), the grey levels must correlate to
+        ``min_shaded_correlation``, a neutral grey stay within ``max_light_gain_spread``,
+        the colours agree within ``max_light_shift``, and where the listing shows white
+        inside its product the query must show white or its own backdrop
+        (``max_shaded_white_unexplained``); and the query must show another background
+        around the product (:attr:`ShadedLight.other_background`: re-shot)."""
+        if (self.min_shaded_correlation > 1
+                or alignment.correlation < self.min_correlation):  # before the map is fitted
+            return False
+        shaded = alignment.shaded_light
+        if shaded is None:
+            return False
+        return (shaded.other_background
+                and shaded.white_unexplained <= self.max_shaded_white_unexplained
+                and shaded.correlation >= self.min_shaded_correlation
+                and shaded.neutral_spread <= self.max_light_gain_spread
+                and shaded.shift(self.shift_percentile) <= self.max_light_shift)
 
     def _agrees_graded(self, alignment: Alignment) -> bool:
         """The grading route: a shop's saturation, vibrance or contrast edit moves every
@@ -1276,6 +1373,20 @@ class _ColoursOfPixels(ColourDetail):
                                        edge_left_out)
             self._done.add("light")
         return self._light
+
+    def shaded(self) -> ShadedLight | None:
+        if "shaded" not in self._done:
+            if self._fit_light:
+                p = self._pixels
+                relit, other_background = _colour_region(p.region, p.valid, p.warped, p.fg_b)
+                spread, mapped, coef = _shaded_light_map(
+                    p.soft_a[relit], p.soft_b[relit], _positions(relit))
+                self._shaded = ShadedLight(
+                    spread, _colour_shifts(mapped, p.soft_b[relit]),
+                    _correlation(_grey_levels(mapped), _grey_levels(p.soft_b[relit])),
+                    _white_unexplained(p, coef), other_background)
+            self._done.add("shaded")
+        return self._shaded
 
     def hue(self) -> HueAgreement | None:
         if "hue" not in self._done:
@@ -1777,6 +1888,103 @@ def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
     gains, offsets = _robust_linear_map(x, b.astype(np.float64))
     mapped = np.clip(np.rint(x * gains + offsets), 0, 255).astype(np.uint8)
     return (float(gains[0]), float(gains[1]), float(gains[2])), mapped
+
+
+NEUTRAL_GREYS = (64.0, 128.0, 200.0, 240.0)
+"""Grey levels at which :func:`_shaded_light_map` checks that a neutral grey stays neutral."""
+
+
+def _shaded_light_map(a: NDArray[np.uint8], b: NDArray[np.uint8], where: NDArray[np.float64]
+                      ) -> tuple[float, NDArray[np.uint8], NDArray[np.float64]]:
+    """A light map for a photo re-shot under uneven light: per channel, on log levels,
+    ``log(1 + b) ~ power * log(1 + a) + gain + u * x + v * y`` (``where``: (n, 2) positions
+    in -1..1), so a tone curve (gamma, contrast), a white balance and a shading that changes
+    smoothly across the photo (a lamp's fall-off) are one map. Fitted as
+    :func:`_robust_linear_map` is (refitted on the best ``LIGHT_FIT_SHARE`` percent: a part
+    of another colour stays unexplained). Returns (the neutral spread, see
+    :attr:`ShadedLight.neutral_spread`; ``a`` mapped; the map, one row per channel: power,
+    gain, u, v)."""
+    log_a, log_b = np.log1p(a.astype(np.float64)), np.log1p(b.astype(np.float64))
+    step = max(1, len(log_a) // LIGHT_FIT_PIXELS)
+    design = [np.column_stack([log_a[:, c], np.ones(len(log_a)), where]) for c in range(3)]
+    fit_design = [d[::step] for d in design]
+    fit_b = log_b[::step]
+
+    def solve(keep: NDArray[np.bool_]) -> NDArray[np.float64]:
+        return np.stack([np.linalg.lstsq(fit_design[c][keep], fit_b[keep, c], rcond=None)[0]
+                         for c in range(3)])
+
+    def residual(coef: NDArray[np.float64]) -> NDArray[np.float64]:
+        fitted = np.stack([fit_design[c] @ coef[c] for c in range(3)], axis=1)
+        return np.linalg.norm(fitted - fit_b, axis=1)  # type: ignore[no-any-return]
+
+    coef = _fitted_on_best(len(fit_b), solve, residual)
+    greys = np.log1p(np.asarray(NEUTRAL_GREYS))
+    outputs = np.expm1(coef[:, :1] * greys[None, :] + coef[:, 1:2])  # (channel, grey)
+    spread = float(np.max(outputs.max(axis=0) / np.maximum(outputs.min(axis=0), 1e-3)))
+    if not np.isfinite(spread) or outputs.min() <= 0:
+        spread = float("inf")
+    return spread, _shaded(coef, a, where), coef
+
+
+def _shaded(coef: NDArray[np.float64], a: NDArray[np.uint8], where: NDArray[np.float64]
+            ) -> NDArray[np.uint8]:
+    """(n, 3) pixels ``a`` at ``where`` under the shaded light map ``coef`` (one row per
+    channel: power, gain, u, v; :func:`_shaded_light_map`)."""
+    log_a = np.log1p(a.astype(np.float64))
+    mapped = np.stack([coef[c, 0] * log_a[:, c] + coef[c, 1] + where @ coef[c, 2:]
+                       for c in range(3)], axis=1)
+    out: NDArray[np.uint8] = np.clip(np.rint(np.expm1(mapped)), 0, 255).astype(np.uint8)
+    return out
+
+
+def _positions(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """(n, 2) positions (x, y) of ``mask``'s pixels, in -1..1 across the photo."""
+    ys, xs = np.nonzero(mask)
+    height, width = mask.shape
+    out: NDArray[np.float64] = np.stack(
+        [xs / max(1, width - 1), ys / max(1, height - 1)], axis=1) * 2 - 1
+    return out
+
+
+def _white_unexplained(p: _AlignedPixels, coef: NDArray[np.float64]) -> float:
+    """:attr:`ShadedLight.white_unexplained`: of the listing product's convex hull, the share
+    of pixels where the listing shows white (every channel >= ``WHITE_LEVEL``, as its
+    background; ``EDGE_PX`` + 1 clear of its foreground) and the query, under the shaded map
+    ``coef``, a chroma more than ``WHITE_UNEXPLAINED_SHIFT`` from it and from the query's own pixel
+    nearest outside the hull (its backdrop: a re-shoot shows it between an arm and the
+    body)."""
+    contours, _ = cv2.findContours(p.fg_b.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return 0.0
+    hull = np.zeros(p.fg_b.shape, np.uint8)
+    cv2.fillPoly(hull, [cv2.convexHull(np.vstack(contours))], 1)
+    inside = hull > 0
+    clear = cv2.distanceTransform((~p.fg_b).astype(np.uint8), cv2.DIST_L2, 3) > EDGE_PX + 1
+    white = inside & ~p.fg_b & p.valid & clear & (p.soft_b.min(axis=2) >= WHITE_LEVEL)
+    outside = p.valid & ~inside
+    if not white.any() or not outside.any():
+        return 0.0
+    # Each white pixel's nearest pixel outside the hull, where the query shows its backdrop.
+    _, labels = cv2.distanceTransformWithLabels((~outside).astype(np.uint8), cv2.DIST_L2, 3,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    order = np.zeros(int(labels.max()) + 1, np.intp)
+    order[labels[outside]] = np.arange(int(outside.sum()))
+    ys, xs = np.nonzero(outside)
+    nearest = order[labels[white]]
+    query = _lab_chroma(p.soft_a[white])
+    mapped = _lab_chroma(_shaded(coef, p.soft_a[white], _positions(white)))
+    to_listing = np.linalg.norm(mapped - _lab_chroma(p.soft_b[white]), axis=1)
+    to_backdrop = np.linalg.norm(query - _lab_chroma(p.soft_a[ys[nearest], xs[nearest]]),
+                                 axis=1)
+    unexplained = np.minimum(to_listing, to_backdrop) > WHITE_UNEXPLAINED_SHIFT
+    return float(unexplained.sum()) / max(1, int(inside.sum()))
+
+
+def _grey_levels(pixels: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """ITU-R 601 luma of (n, 3) RGB pixels, as OpenCV's grey conversion weighs them."""
+    return pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # type: ignore[no-any-return]
 
 
 def _robust_linear_map(x: NDArray[np.float64], y: NDArray[np.float64]

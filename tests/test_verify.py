@@ -32,6 +32,7 @@ from search.verify import (
     LightMap,
     SameItemRule,
     SameItemVerifier,
+    ShadedLight,
     fetching_loader,
     photo_features,
 )
@@ -633,6 +634,21 @@ def _relit(photo: Image.Image, gains: tuple[float, float, float] = (1.08, 1.0, 0
     return Image.fromarray(np.rint(np.where(product, lit, rgb) * 255).astype(np.uint8))
 
 
+def _under_a_lamp(photo: Image.Image, low: float = 0.7, contrast: float = 0.2) -> Image.Image:
+    """The product re-shot under a lamp off its top left corner: light falling off with the
+    distance to 0.7 of its brightest, a warmer white balance and an S-shaped tone curve; the
+    white around it stays white."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    fall = 1.0 / (1.0 + ((xx + 0.2 * w) ** 2 + (yy + 0.2 * h) ** 2) / (0.9 * max(w, h)) ** 2)
+    light = low + (1.05 - low) * (fall - fall.min()) / np.ptp(fall)
+    lit = np.clip(rgb * light[..., None] * np.array((1.06, 1.0, 0.93), np.float32), 0, 1)
+    lit = lit + contrast * lit * (1 - lit) * (2 * lit - 1)
+    product = (rgb.min(axis=2) < 0.99)[..., None]
+    return Image.fromarray(np.rint(np.where(product, lit, rgb) * 255).astype(np.uint8))
+
+
 def _band_recoloured(photo: Image.Image) -> Image.Image:
     """Another flavour of one pack: the same layout, one band of it in another colour."""
     out = np.asarray(photo.convert("RGB")).copy()
@@ -666,15 +682,82 @@ def test_a_relit_white_balanced_copy_is_accepted_by_the_light_route() -> None:
                           alignment)[0]
 
 
+@pytest.mark.parametrize("light", [_relit, _under_a_lamp], ids=["relit", "lamp"])
 @pytest.mark.parametrize("variant", [recolour, _band_recoloured],
                          ids=["recoloured", "band-recoloured"])
 def test_a_recoloured_variant_under_another_light_is_refused(
-        variant: Callable[[Image.Image], Image.Image]) -> None:
-    """No per-channel light map turns one hue into another, nor fits the rest of a pack
-    and its other-coloured band at once."""
+        variant: Callable[[Image.Image], Image.Image],
+        light: Callable[[Image.Image], Image.Image]) -> None:
+    """No per-channel light map, shaded or not, turns one hue into another, nor fits the
+    rest of a pack and its other-coloured band at once."""
     original = _busy_photo()
-    same, why = _decide(_relit(variant(original)), original, similarity=0.95)
+    same, why = _decide(light(variant(original)), original, similarity=0.95)
     assert not same, why
+
+
+def test_a_copy_under_a_lamp_is_accepted_by_the_shaded_light_route() -> None:
+    """Light falling off across the product lowers the grey-level correlation under the
+    light route's floor and leaves colours no per-channel map explains; with the shading
+    divided out the photos agree. Refused with the route closed."""
+    original = _busy_photo()
+    evidence, alignment = _accepted_by(_under_a_lamp(reshot_on_backdrop(original, (1, 1, 1))),
+                                       original, "under uneven light")
+    shaded = alignment.shaded_light
+    assert shaded is not None and shaded.correlation >= DEFAULT_RULE.min_shaded_correlation
+    assert alignment.correlation < DEFAULT_RULE.min_light_correlation  # what it catches
+    closed = replace(DEFAULT_RULE, min_shaded_correlation=1.1)
+    assert not closed.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
+                             alignment)[0]
+
+
+@needs_luma
+def test_a_white_garment_on_white_is_told_from_its_pale_variant_under_uneven_light() -> None:
+    """Luma's white WH05 hoodie is not foreground on its white, so a light map fitted on the
+    compared pixels (skin, hair, trousers) explains any colour of the garment: an edited copy
+    of the lavender variant on a tinted pad passes every other limit of the shaded light
+    route. Where the listing shows white inside its product, the query shows lavender, and
+    that is what refuses it; the white hoodie itself re-shot under a lamp passes."""
+    white, lavender = _luma("wh05-white"), _luma("wh05-purple")
+    _, alignment = _accepted_by(_under_a_lamp(reshot_on_backdrop(white, (1, 1, 1))), white,
+                                "under uneven light")
+    shaded = alignment.shaded_light
+    assert shaded is not None
+    assert shaded.white_unexplained <= DEFAULT_RULE.max_shaded_white_unexplained
+    copy = ImageOps.expand(lavender.convert("RGB"), border=30, fill=(236, 232, 242))
+    evidence = _evidence(copy, white, similarity=0.85)
+    assert not evidence.same_item, evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.shaded_light is not None
+    assert alignment.shaded_light.white_unexplained > DEFAULT_RULE.max_shaded_white_unexplained
+    unguarded = replace(DEFAULT_RULE, max_shaded_white_unexplained=1.0)
+    same, why = unguarded.decide(evidence.similarity, evidence.inliers,
+                                 evidence.colour_agreement, alignment)
+    assert same and "under uneven light" in why, why  # what the guard alone keeps out
+
+
+def test_shaded_light_route_limits_name_the_evidence() -> None:
+    """Each limit of the shaded light route refuses alone; the light route's refusal stands
+    without a shaded map (aligned without keypoints)."""
+    rule = SameItemRule()
+    base = _detailed(Alignment(0.93, (5.0, 9.0, 14.0, 18.0)), light_gains=(1.1, 1.0, 0.9),
+                     light_shifts=(4.0, 6.0, 10.0, 12.0))
+    good = ShadedLight(1.15, (1.0, 2.0, 4.0, 6.0), 0.995, 0.004)
+
+    def with_shaded(shaded: ShadedLight | None) -> Alignment:
+        return replace(base, detail=ColourDetail(base.detail.light(), shaded=shaded))
+
+    same, why = rule.decide(0.9, 50, 0.3, with_shaded(good))
+    assert same and "under uneven light" in why and "0.995 with the shading" in why, why
+    assert not rule.decide(0.9, 50, 0.3, with_shaded(None))[0]
+    for worse in (replace(good, correlation=0.985), replace(good, white_unexplained=0.1),
+                  replace(good, neutral_spread=1.35), replace(good, shifts=(1.0, 2.0, 8.5, 9.0)),
+                  replace(good, other_background=False)):
+        assert not rule.decide(0.9, 50, 0.3, with_shaded(worse))[0], worse
+    assert not rule.decide(0.9, 50, 0.3, replace(with_shaded(good), correlation=0.8))[0]
+    closed = replace(rule, min_shaded_correlation=1.1)
+    assert not closed.decide(0.9, 50, 0.3, with_shaded(good))[0]
+    # Not between two listings (corroboration closes the overlay): only for a query's light.
+    assert not rule.decide(0.9, 50, 0.3, with_shaded(good), "closed")[0]
 
 
 def test_the_costly_colour_detail_is_computed_when_read_and_once(
