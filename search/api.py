@@ -1020,9 +1020,25 @@ def _compare_listings(verifier: SameItemVerifier, anchor: PhotoFeatures, photo: 
     """Another listing's ``photo`` compared with the ``anchor``'s (the listing that matched
     the query best) as two listing photos are: the same rule, with the print check asked and
     the overlay, near-identical and keypoint-free routes closed (:func:`_corroborate` says
-    why); ``matched``: their geometric match, when already computed."""
-    return verifier.compare(anchor, photo, 0.0, allow_coarse=False, matched=matched,
-                            print_check=True, overlay="closed")
+    why); ``matched``: their geometric match, when already computed. When one of the two was
+    re-shot on a backdrop (it has a segmented product mask) and the other was not, and only
+    their colours differ, the re-shot one is compared as the query under the shaded light
+    route alone (``overlay="relit"``): a shop's own photo, lit unevenly, of the item the
+    anchor shows on white (docs/matching.md, "Shaded light route, kept")."""
+    found = verifier.compare(anchor, photo, 0.0, allow_coarse=False, matched=matched,
+                             print_check=True, overlay="closed")
+    rule = verifier.rule
+    if found.same_item or not rule.only_colours_differ(found.inliers, found.alignment):
+        return found
+    if anchor.product is not None and photo.product is None:  # the anchor re-shot: as it is
+        same, why = rule.decide(0.0, found.inliers, found.colour_agreement, found.alignment,
+                                "relit")
+        return replace(found, same_item=True, reason=why) if same else found
+    if photo.product is not None and anchor.product is None:
+        turned = verifier.compare(photo, anchor, 0.0, allow_coarse=False, print_check=True,
+                                  overlay="relit")
+        return turned if turned.same_item else found
+    return found
 
 
 def _via(found: Evidence, anchor_id: str, similarity: float, why: str) -> Evidence:

@@ -99,13 +99,16 @@ RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
-Overlay = Literal["open", "covers", "closed"]
+Overlay = Literal["open", "covers", "closed", "relit"]
 """When the rule's overlay route may accept a pair: ``open`` always; ``covers`` only for what a
 cover explains: where the grey levels over the whole compared region disagree
 (``correlation < min_correlation``), as a banner makes them, or where they agree but no part
 is recoloured and the colours near the inliers agree as a copy's (``max_cover_local_shift``:
 a sticker too small to move the correlation); not a recoloured band with the print beneath
-it intact (another flavour of one pack layout); ``closed`` never."""
+it intact (another flavour of one pack layout); ``closed`` never (between two listings: the
+cover and shaded light routes closed too); ``relit``: between two listings, the one re-shot
+on a backdrop as the query, the shaded light route alone
+(:meth:`SameItemRule.only_colours_differ` says when it is asked)."""
 COLOUR_BLUR_PX = 1.5
 CHROMA_GAIN = (0.7, 1.4)
 """Range of the global chroma gain an edit may apply (see :func:`_colour_shifts`)."""
@@ -761,6 +764,11 @@ class SameItemRule:
             # A part of another colour: no route over the whole product forgives it (the
             # overlay route looks near the inliers only, where it must not be either).
             recoloured = self._part_recoloured(alignment)
+            if overlay == "relit":  # two listings, the re-shot one as the query
+                if not recoloured and self._agrees_under_shaded_light(alignment):
+                    return True, self._under_uneven_light(inliers, shift, alignment)
+                return False, (f"{inliers} inliers, but the colours differ under uneven light "
+                               f"too (shift {shift:.1f})")
             if (not recoloured and alignment.correlation >= self.min_correlation
                     and shift <= self.max_colour_shift):
                 return True, (f"{inliers} geometric inliers, aligned photos agree (correlation "
@@ -775,19 +783,10 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
-            # Not between two listings (the overlay closed): the route is for a query shot
-            # under uneven light, and luma's catalog photos of a white and a pale variant
-            # differ only where neither is foreground (docs/matching.md, "Shaded light round").
+            # Between two listings only for one re-shot on a backdrop, as the query ("relit").
             if (not recoloured and overlay != "closed"
                     and self._agrees_under_shaded_light(alignment)):
-                shaded = alignment.shaded_light
-                assert shaded is not None
-                after = shaded.shift(self.shift_percentile)
-                return True, (f"{inliers} geometric inliers, aligned photos agree under "
-                              f"uneven light (correlation {alignment.correlation:.2f}, "
-                              f"{shaded.correlation:.3f} with the shading divided out; "
-                              f"colour shift {shift:.1f}, {after:.1f} after a shaded light "
-                              f"map)")
+                return True, self._under_uneven_light(inliers, shift, alignment)
             if not recoloured and self._agrees_graded(alignment):
                 assert alignment.hue is not None
                 low, high = alignment.hue.chroma_ratios
@@ -924,6 +923,30 @@ class SameItemRule:
             return False
         return (max(gains) / min(gains) <= self.max_light_gain_spread
                 and alignment.light_shift(self.shift_percentile) <= self.max_light_shift)
+
+    def only_colours_differ(self, inliers: int, alignment: Alignment | None) -> bool:
+        """Whether a pair's keypoints, brightness, grey levels and print agree and no part of
+        it is recoloured, so that only its colours differ: what another light explains.
+        Price comparison then asks two listings, one re-shot on a backdrop and the other
+        not, of the shaded light route with the re-shot one as the query
+        (``overlay="relit"``; ``search.api._compare_listings``)."""
+        return (alignment is not None and alignment.by_keypoints
+                and inliers >= self.min_inliers
+                and alignment.inlier_cover >= self.min_inlier_cover
+                and _brightness_ratio(alignment) <= self.max_brightness_ratio
+                and not self._print_differs(alignment)
+                and alignment.correlation >= self.min_correlation
+                and not self._part_recoloured(alignment))
+
+    def _under_uneven_light(self, inliers: int, shift: float, alignment: Alignment) -> str:
+        """The shaded light route's reason for a pair it accepted."""
+        shaded = alignment.shaded_light
+        assert shaded is not None
+        after = shaded.shift(self.shift_percentile)
+        return (f"{inliers} geometric inliers, aligned photos agree under uneven light "
+                f"(correlation {alignment.correlation:.2f}, {shaded.correlation:.3f} with the "
+                f"shading divided out; colour shift {shift:.1f}, {after:.1f} after a shaded "
+                f"light map)")
 
     def _agrees_under_shaded_light(self, alignment: Alignment) -> bool:
         """The shaded light route: a photo re-shot under uneven light (a lamp's fall-off

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search import verify
-from search.api import TURNS
+from search.api import TURNS, _compare_listings
 from search.verify import (
     VERIFY_SIZE,
     Alignment,
@@ -735,6 +735,36 @@ def test_a_white_garment_on_white_is_told_from_its_pale_variant_under_uneven_lig
     assert same and "under uneven light" in why, why  # what the guard alone keeps out
 
 
+def test_a_shops_reshot_listing_is_compared_with_the_anchor_as_the_query_under_uneven_light(
+        ) -> None:
+    """Between two listings (price comparison's corroboration) the shaded light route is
+    closed, since it is for a query's light; a shop's own photo re-shot on a backdrop under
+    uneven light is then compared with the anchor on white as the query, under that route
+    alone, either way round. A recoloured variant so re-shot is refused."""
+    reshoot = load_bench_module("protocols_reshoot").reshoot
+    verifier = SameItemVerifier(lambda ref: None)
+    original = _busy_photo()
+    shot = photo_features(reshoot(original, np.random.default_rng(1)))
+    white = photo_features(original)
+    assert shot.product is not None and white.product is None
+    closed = verifier.compare(white, shot, 0.0, allow_coarse=False, print_check=True,
+                              overlay="closed")
+    assert not closed.same_item and "colours differ" in closed.reason, closed.reason
+    assert verifier.rule.only_colours_differ(closed.inliers, closed.alignment)
+    found = _compare_listings(verifier, white, shot)
+    assert found.same_item and "under uneven light" in found.reason, found.reason
+    assert _compare_listings(verifier, shot, white).same_item  # the re-shot photo as anchor
+    variant = photo_features(reshoot(recolour(original), np.random.default_rng(1)))
+    for anchor, photo in ((white, variant), (variant, white)):
+        assert not _compare_listings(verifier, anchor, photo).same_item
+    # The "relit" mode is the shaded light route alone: a copy the plain route accepts is not
+    # accepted there (it is asked only after the plain comparison refused).
+    copy = verifier.compare(photo_features(original), white, 0.0, overlay="closed")
+    assert copy.same_item
+    assert not verifier.rule.decide(0.0, copy.inliers, copy.colour_agreement,
+                                    copy.alignment, "relit")[0]
+
+
 def test_shaded_light_route_limits_name_the_evidence() -> None:
     """Each limit of the shaded light route refuses alone; the light route's refusal stands
     without a shaded map (aligned without keypoints)."""
@@ -756,8 +786,13 @@ def test_shaded_light_route_limits_name_the_evidence() -> None:
     assert not rule.decide(0.9, 50, 0.3, replace(with_shaded(good), correlation=0.8))[0]
     closed = replace(rule, min_shaded_correlation=1.1)
     assert not closed.decide(0.9, 50, 0.3, with_shaded(good))[0]
-    # Not between two listings (corroboration closes the overlay): only for a query's light.
+    # Not between two listings (corroboration closes the overlay): only for a query's light,
+    # or for the listing re-shot on a backdrop compared as the query ("relit").
     assert not rule.decide(0.9, 50, 0.3, with_shaded(good), "closed")[0]
+    same, why = rule.decide(0.9, 50, 0.3, with_shaded(good), "relit")
+    assert same and "under uneven light" in why, why
+    assert not rule.decide(0.9, 50, 0.3, with_shaded(replace(good, white_unexplained=0.1)),
+                           "relit")[0]
 
 
 def test_the_costly_colour_detail_is_computed_when_read_and_once(
