@@ -1378,6 +1378,15 @@ class _ColoursOfPixels(ColourDetail):
         self._done: set[str] = set()
         self._patches: tuple[NDArray[Any] | None, int] = (None, 0)
         self._texture: NDArray[np.bool_] | None = None
+        self._relit: tuple[NDArray[np.bool_], bool] | None = None
+
+    def _colour_region(self) -> tuple[NDArray[np.bool_], bool]:
+        """:func:`_colour_region` of the aligned photos, computed once for the light map and
+        the shaded one."""
+        if self._relit is None:
+            p = self._pixels
+            self._relit = _colour_region(p.region, p.valid, p.warped, p.fg_b)
+        return self._relit
 
     def _kept(self) -> NDArray[np.bool_]:
         """:func:`_texture_kept` of the aligned photos, computed once for the recoloured
@@ -1390,7 +1399,7 @@ class _ColoursOfPixels(ColourDetail):
         if "light" not in self._done:
             if self._fit_light:
                 p = self._pixels
-                relit, edge_left_out = _colour_region(p.region, p.valid, p.warped, p.fg_b)
+                relit, edge_left_out = self._colour_region()
                 gains, mapped = _light_map(p.soft_a[relit], p.soft_b[relit])
                 self._light = LightMap(gains, _colour_shifts(mapped, p.soft_b[relit]),
                                        edge_left_out)
@@ -1401,7 +1410,7 @@ class _ColoursOfPixels(ColourDetail):
         if "shaded" not in self._done:
             if self._fit_light:
                 p = self._pixels
-                relit, other_background = _colour_region(p.region, p.valid, p.warped, p.fg_b)
+                relit, other_background = self._colour_region()
                 spread, mapped, coef = _shaded_light_map(
                     p.soft_a[relit], p.soft_b[relit], _positions(relit))
                 self._shaded = ShadedLight(
@@ -1927,11 +1936,11 @@ def _shaded_light_map(a: NDArray[np.uint8], b: NDArray[np.uint8], where: NDArray
     of another colour stays unexplained). Returns (the neutral spread, see
     :attr:`ShadedLight.neutral_spread`; ``a`` mapped; the map, one row per channel: power,
     gain, u, v)."""
-    log_a, log_b = np.log1p(a.astype(np.float64)), np.log1p(b.astype(np.float64))
-    step = max(1, len(log_a) // LIGHT_FIT_PIXELS)
-    design = [np.column_stack([log_a[:, c], np.ones(len(log_a)), where]) for c in range(3)]
-    fit_design = [d[::step] for d in design]
-    fit_b = log_b[::step]
+    step = max(1, len(a) // LIGHT_FIT_PIXELS)  # fitted on every step-th pixel
+    log_a = np.log1p(a[::step].astype(np.float64))
+    fit_b = np.log1p(b[::step].astype(np.float64))
+    fit_design = [np.column_stack([log_a[:, c], np.ones(len(log_a)), where[::step]])
+                  for c in range(3)]
 
     def solve(keep: NDArray[np.bool_]) -> NDArray[np.float64]:
         return np.stack([np.linalg.lstsq(fit_design[c][keep], fit_b[keep, c], rcond=None)[0]
@@ -2084,7 +2093,7 @@ def _grading_terms(rgb: NDArray[Any]) -> NDArray[np.float64]:
     two greys it may be moved away from (luma, as a saturation edit takes it, and the
     channels' mid-range, as HSL's does) and a constant (contrast about a mean, a fade)."""
     x = rgb.astype(np.float64)
-    luma = x @ np.array([0.299, 0.587, 0.114])
+    luma = _grey_levels(rgb)
     mid = (x.max(axis=1) + x.min(axis=1)) / 2.0
     terms = np.empty((*x.shape, 4))
     terms[..., 0] = x
