@@ -208,6 +208,13 @@ WHITE_UNEXPLAINED_SHIFT = 10.0
 (:func:`_white_unexplained`): a white balance the map leaves is ~2-5, a pale variant ~20."""
 MAX_FOREIGN_CELLS = 0.3
 """Largest share of the print check's cells left out as covered (:func:`_print_agreement`)."""
+PRINT_FINE_CELL_PX = 8
+"""Side (px at half ``VERIFY_SIZE``) of the cells of the print check's second look around
+covers (:func:`_print_around_covers`): fine enough that a cell holds a few letters of a
+name, not a whole line of it."""
+PRINT_COVERED_SHARE = 0.1
+"""Share of a cell under a cover (:func:`_foreign`) from which the second look leaves it out:
+a badge's rim in a corner of a cell is enough to lower its correlation."""
 PRINT_PERCENTILE = 10
 """Percentile of the cells' correlations read as the print agreement."""
 LIGHT_FIT_SHARE = 70
@@ -268,6 +275,10 @@ TRANSLUCENT_MIN_FIT = 0.3
 """Share of the covered photo's variance (R^2) over the patch that the blend must explain:
 what else lies in the patch (the logo's own text, a soft outline) is left out of it by the
 robust fit (:func:`_fitted_on_best`), not out of this figure's denominator."""
+MAX_COVERS = 4
+"""How many patches :func:`_cover` measures, largest first (:attr:`Cover.second`): a shop's
+copy with two tags met by a query with a flag and a badge differs in four places (two
+until the round of the print's second look; docs/matching.md)."""
 COVER_SECOND_SHARE = 0.005
 """The smallest second patch :func:`_cover` measures (:attr:`Cover.second`), as a share of
 the compared region: below it a patch is a misregistered edge or noise, too small to move
@@ -391,10 +402,11 @@ class Cover:
     """Computes :attr:`translucent` when the rule first reads it (~3 ms a patch, asked of
     few: a small, convex cover that keeps its texture)."""
     second: Cover | None = None
-    """The next largest patch (at least ``COVER_SECOND_SHARE`` of the compared region), with
-    the photos compared without *both* (its :attr:`correlation`, :attr:`shifts` and
-    :attr:`recoloured`): a re-listing with its shop's own tag, met by a query with another
-    one, differs in two places. None when there is no such patch."""
+    """The next largest patch (at least ``COVER_SECOND_SHARE`` of the compared region, up to
+    ``MAX_COVERS`` in all), with the photos compared without it *and every patch before it*
+    (its :attr:`correlation`, :attr:`shifts` and :attr:`recoloured`): a re-listing with its
+    shop's own tags, met by a query with others, differs in two places or more. None when
+    there is no such patch."""
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -479,9 +491,21 @@ class Alignment:
     print_agreement: float | None = None
     """With ``segmented``: the ``PRINT_PERCENTILE``-th percentile of the grey-level
     correlations of the textured cells (:func:`_print_agreement`); None without such cells."""
+    covered_print: Callable[[], float | None] | None = field(default=None, repr=False,
+                                                            compare=False)
+    """Computes :attr:`covered_print_agreement` when the rule first reads it (~0.6 ms a pair,
+    asked of those whose print check fails)."""
     detail: ColourDetail = field(default_factory=ColourDetail, repr=False, compare=False)
     """The light map, the hues and the recoloured patches (read through the properties
     below; computed when first read)."""
+
+    @cached_property
+    def covered_print_agreement(self) -> float | None:
+        """The print agreement again at finer cells (``PRINT_FINE_CELL_PX``) with every cell
+        a cover touches left out (:func:`_print_around_covers`), when some textured cell lies
+        partly under something of the query's or the listing's own colour (a sticker, a
+        badge, a shop's logo); None otherwise, and without a print check."""
+        return None if self.covered_print is None else self.covered_print()
 
     @property
     def light_gains(self) -> tuple[float, float, float] | None:
@@ -797,15 +821,20 @@ class SameItemRule:
             hidden = self._hidden_by_covers(alignment) if overlay != "closed" else None
             if hidden is not None:
                 rest, share, n = hidden
-                under = "a sticker or a tag" if n == 1 else "two stickers or tags"
+                count = ("", "a", "two", "three", "four", "five")[n] if n <= 5 else str(n)
+                under = "a sticker or a tag" if n == 1 else f"{count} stickers or tags"
                 return True, (f"{inliers} geometric inliers, aligned photos agree around "
-                              f"{'a cover' if n == 1 else 'two covers'} (correlation "
+                              f"{'a cover' if n == 1 else f'{count} covers'} (correlation "
                               f"{rest.correlation:.2f}, colour shift "
                               f"{rest.shift(self.shift_percentile):.1f} without the "
                               f"{share:.0%} of the product under {under})")
             covered = overlay == "open" or (overlay == "covers" and (
                 alignment.correlation < self.min_correlation or self._cover_only(alignment)))
-            if covered and self._agrees_near_inliers(colour, alignment):
+            # A print that agrees only around covers: the rest of the product must agree
+            # (the cover route), not just what lies near the inliers (a luma colour variant
+            # passed so, its other colour left out as covered).
+            if (covered and not self._print_below(alignment)
+                    and self._agrees_near_inliers(colour, alignment)):
                 assert alignment.local_correlation is not None
                 return True, (f"{inliers} geometric inliers, aligned photos agree near them "
                               f"(correlation {alignment.local_correlation:.2f}, colour shift "
@@ -863,22 +892,24 @@ class SameItemRule:
         :attr:`Alignment.cover`), and the rest agrees as a copy's (grey levels
         ``min_cover_correlation``, colour shift ``max_colour_shift``, no recoloured part).
         Another colour of a style differs over a larger share, in parts of its own shape,
-        with its texture or its shading kept (docs/matching.md, "Cover route"). Two covers
-        (a re-listing's own tag and the query's, :attr:`Cover.second`) are forgiven when
-        each has a cover's shape and together they hide at most ``max_cover``. Returns
+        with its texture or its shading kept (docs/matching.md, "Cover route"). Up to
+        ``MAX_COVERS`` covers (a re-listing's own tags and the query's, :attr:`Cover.second`),
+        largest first, are left out one by one until the rest agrees, while each has a
+        cover's shape and together they hide at most ``max_cover``. Returns
         (the cover whose comparison of the rest holds, the share hidden, how many covers),
         or None."""
         cover = alignment.cover
         if (cover is None or not self.min_cover_share <= cover.share <= self.max_cover
                 or not self._shaped_as_cover(cover)):
             return None
-        if self._rest_agrees(cover):
-            return cover, cover.share, 1
-        second = cover.second
-        if (second is not None and self._shaped_as_cover(second)
-                and cover.share + second.share <= self.max_cover and self._rest_agrees(second)):
-            return second, cover.share + second.share, 2
-        return None
+        share, n = cover.share, 1
+        while not self._rest_agrees(cover):
+            following = cover.second
+            if (following is None or not self._shaped_as_cover(following)
+                    or share + following.share > self.max_cover):
+                return None
+            cover, share, n = following, share + following.share, n + 1
+        return cover, share, n
 
     def _rest_agrees(self, cover: Cover) -> bool:
         """Whether the photos agree as a copy's once ``cover``'s patch (or patches) is left
@@ -906,6 +937,15 @@ class SameItemRule:
         return alignment.recoloured > self.max_recoloured
 
     def _print_differs(self, alignment: Alignment) -> bool:
+        """Whether the print check refuses the pair: below ``min_print_agreement`` at its
+        cells, and at the second look around covers too, where it had one
+        (:attr:`Alignment.covered_print_agreement`)."""
+        if not self._print_below(alignment):
+            return False
+        covered = alignment.covered_print_agreement
+        return covered is None or covered < self.min_print_agreement
+
+    def _print_below(self, alignment: Alignment) -> bool:
         return (alignment.print_agreement is not None
                 and alignment.print_agreement < self.min_print_agreement)
 
@@ -1334,11 +1374,17 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
             local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
     pixels = _AlignedPixels(warped, listing, valid, region, fg_b, soft_a, soft_b, grey_a, grey_b,
                             near)
+    agreement, second_look = None, None
+    if segmented or print_check:
+        foreign = _foreign(chroma_a, chroma_b, region)
+        coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign)
+        agreement = _read_print(coarse, covers_known=True)
+
+        def second_look() -> float | None:  # read when the print check fails
+            return _print_around_covers(grey_a, grey_b, region, foreign, coarse)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      segmented=segmented,
-                     print_agreement=_print_agreement(
-                         grey_a, grey_b, region, _foreign(chroma_a, chroma_b, region))
-                     if segmented or print_check else None,
+                     print_agreement=agreement, covered_print=second_look,
                      detail=_ColoursOfPixels(
                          pixels, light=inliers is not None,
                          recolour=inliers is None or len(inliers) >= RECOLOUR_MIN_INLIERS))
@@ -1576,16 +1622,13 @@ def _foreign(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64],
     return out
 
 
-def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
-                     region: NDArray[np.bool_], foreign: NDArray[np.bool_] | None = None
-                     ) -> float | None:
-    """The ``PRINT_PERCENTILE``-th percentile of the grey-level correlations of the aligned
-    photos over ``PRINT_CELL_PX`` cells that the compared region covers and where the listing
-    shows something (text, a logo, an edge): low when some of them differ, as a product
-    name or a logo does between two lines of a brand on one pack layout. None without such
-    cells. ``foreign`` (:func:`_foreign`): the cells mostly under it are left out, while they
-    are at most ``MAX_FOREIGN_CELLS`` of those counted."""
-    step = PRINT_CELL_PX
+def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.bool_],
+                 step: int, foreign: NDArray[np.bool_] | None = None
+                 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]] | None:
+    """The print check's cells of side ``step``: (the grey-level correlation of the aligned
+    photos in each, which cells count: the compared region covers ``PRINT_CELL_COVER`` of it
+    and the listing shows something there (``PRINT_MIN_STD``: text, a logo, an edge), the
+    share of each under ``foreign``), or None without a cell."""
     rows, cols = region.shape[0] // step, region.shape[1] // step
     if rows == 0 or cols == 0:
         return None
@@ -1604,19 +1647,69 @@ def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
     da, db = (a - mean_a[..., None]) * weight, (b - mean_b[..., None]) * weight
     var_a, var_b = (da * da).sum(axis=2), (db * db).sum(axis=2)
     counted &= var_b / n >= PRINT_MIN_STD**2
-    if not counted.any():
-        return None
     denominator = np.sqrt(var_a * var_b)
     correlation = np.where(denominator > 0, (da * db).sum(axis=2) / np.maximum(denominator, 1e-12),
                            0.0)
-    if foreign is not None:
+    under = (cells(foreign).sum(axis=2) / n if foreign is not None
+             else np.zeros(correlation.shape))
+    return correlation, counted, under
+
+
+def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
+                     region: NDArray[np.bool_], foreign: NDArray[np.bool_] | None = None
+                     ) -> float | None:
+    """The ``PRINT_PERCENTILE``-th percentile of the grey-level correlations of the aligned
+    photos over ``PRINT_CELL_PX`` cells that the compared region covers and where the listing
+    shows something (text, a logo, an edge): low when some of them differ, as a product
+    name or a logo does between two lines of a brand on one pack layout. None without such
+    cells. ``foreign`` (:func:`_foreign`): the cells mostly under it are left out, while they
+    are at most ``MAX_FOREIGN_CELLS`` of those counted."""
+    return _read_print(_print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign),
+                       foreign is not None)
+
+
+def _read_print(found: tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]] | None,
+                covers_known: bool) -> float | None:
+    """:func:`_print_agreement` read from its cells (:func:`_print_cells`; ``covers_known``:
+    their share under a cover was measured)."""
+    if found is None or not found[1].any():
+        return None
+    correlation, counted, under = found
+    if covers_known:
         # Cells mostly under a colour of the query's own (a cover) say nothing about the
         # print beneath; left out while they are a minority of the counted cells.
-        covered = counted & (cells(foreign).sum(axis=2) > 0.5 * n)
+        covered = counted & (under > 0.5)
         if 0 < covered.sum() <= MAX_FOREIGN_CELLS * counted.sum():
-            counted &= ~covered
-    out = correlation[counted]
-    return float(np.percentile(out, PRINT_PERCENTILE))
+            counted = counted & ~covered  # a new array: the cells are read again
+    return float(np.percentile(correlation[counted], PRINT_PERCENTILE))
+
+
+def _print_around_covers(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.bool_],
+                         foreign: NDArray[np.bool_],
+                         coarse: tuple[NDArray[np.float64], NDArray[np.bool_],
+                                       NDArray[np.float64]] | None = None) -> float | None:
+    """The print check's second look, for a pair where something of another colour lies
+    over the print (:func:`_foreign`: a sticker, a badge, a shop's logo in one photo or
+    both): the ``PRINT_PERCENTILE``-th percentile of the correlations over
+    ``PRINT_FINE_CELL_PX`` cells, every cell ``PRINT_COVERED_SHARE`` under a cover left out,
+    while those are at most ``MAX_FOREIGN_CELLS`` of the counted cells. At
+    :func:`_print_agreement`'s cells a badge's rim in a corner lowers a cell it does not
+    cover, and a shop's copy under three badges failed the check (0.2-0.7); at these a cell
+    holds a few letters, and another line's name fails there too (0.5 where the coarse
+    cells read 0.78). None when no counted cell lies under a cover, or too many do.
+    ``coarse``: :func:`_print_agreement`'s cells, when already computed."""
+    if coarse is None:
+        coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign)
+    if coarse is None or not (coarse[1] & (coarse[2] >= PRINT_COVERED_SHARE)).any():
+        return None
+    fine = _print_cells(grey_a, grey_b, region, PRINT_FINE_CELL_PX, foreign)
+    if fine is None:
+        return None
+    correlation, counted, under = fine
+    covered = counted & (under >= PRINT_COVERED_SHARE)
+    if not 0 < covered.sum() <= MAX_FOREIGN_CELLS * counted.sum():
+        return None
+    return float(np.percentile(correlation[counted & ~covered], PRINT_PERCENTILE))
 
 
 def _at_resolution_of(listing: NDArray[np.uint8], homography: NDArray[np.float64]
@@ -1696,10 +1789,11 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int,
     photos compared without it and its ``COVER_MARGIN_PX`` margin (grey-level correlation,
     colour shifts, and the largest recoloured patch of ``patches`` left, as a share of
     ``compared``; see :func:`_recoloured_patches`; ``kept``: its :func:`_texture_kept`),
-    and, as :attr:`Cover.second`, the next largest patch, compared without both. None when
-    no pixel differs that much or nothing is left to compare. The grey-level correlation
-    over a patch (:attr:`Cover.under_correlation`) is taken without its outline (2 px
-    eroded). ~2-4 ms a pair, ~1-2 ms more with a second patch."""
+    and, as :attr:`Cover.second`, the next largest patch, compared without both, and so on
+    up to ``MAX_COVERS`` patches. None when no pixel differs that much or nothing is left to
+    compare. The grey-level correlation over a patch (:attr:`Cover.under_correlation`) is
+    taken without its outline (2 px eroded). ~2-4 ms a pair, ~1-2 ms more for each further
+    patch."""
     region = p.region
     distance = np.linalg.norm(_lab(p.soft_a[region]) - _lab(p.soft_b[region]), axis=1)
     differs = np.zeros(region.shape, np.uint8)
@@ -1713,14 +1807,22 @@ def _cover(p: _AlignedPixels, patches: NDArray[Any] | None, compared: int,
     if count < 2:
         return None
     order = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")  # largest first
-    first = labels == order[0]
-    cover = _cover_around(p, first, first, patches, compared, kept)
-    if (cover is None or len(order) < 2
-            or stats[order[1], cv2.CC_STAT_AREA] < COVER_SECOND_SHARE * int(region.sum())):
-        return cover
-    second = labels == order[1]
-    return replace(cover, second=_cover_around(p, second, first | second, patches, compared,
-                                               kept))
+    smallest = COVER_SECOND_SHARE * int(region.sum())
+    chain: list[Cover] = []
+    hidden = np.zeros(region.shape, bool)
+    for n, label in enumerate(order[:MAX_COVERS]):
+        if n and stats[label, cv2.CC_STAT_AREA] < smallest:
+            break
+        patch = labels == label
+        hidden |= patch
+        found = _cover_around(p, patch, hidden, patches, compared, kept)
+        if found is None:
+            break
+        chain.append(found)
+    linked = None
+    for found in reversed(chain):  # each patch's Cover.second: the next one
+        linked = replace(found, second=linked)
+    return linked
 
 
 def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[np.bool_],

@@ -369,6 +369,89 @@ def test_a_sticker_copy_within_a_family_passes_the_print_check() -> None:
     assert not refused.same_item, refused.reason
 
 
+def _badges(photo: Image.Image, spots: list[tuple[float, float]], radius: float = 0.07
+            ) -> Image.Image:
+    """A shop's badges over the product (discs of their own colours, white rim and text),
+    centred at ``spots`` (shares of the width and the height)."""
+    out = photo.convert("RGB").copy()
+    w, h = out.size
+    r = round(min(w, h) * radius)
+    draw = ImageDraw.Draw(out)
+    for (fx, fy), colour in zip(spots, ((40, 170, 90), (150, 90, 60), (230, 40, 40)),
+                                strict=False):
+        cx, cy = round(w * fx), round(h * fy)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour, outline="white", width=2)
+        draw.text((cx - r // 2, cy - r // 4), "MS", fill="white")
+    return out
+
+
+@needs_luma
+def test_a_copy_under_badges_passes_the_print_checks_second_look() -> None:
+    """A shop's copy of a luma photo with two badges over the garment: at the print check's
+    cells the badges' rims lower cells they barely touch and the check fails; its second
+    look, at finer cells with every cell a badge touches left out, agrees, and the cover
+    route accepts the pair. The same badges over another colour of the style do not make
+    it pass: there the other colour is everywhere, too many cells to leave out."""
+    photo = _luma("mt06-black")
+    listing = _badges(photo, [(0.45, 0.3), (0.55, 0.6)])
+    verifier = SameItemVerifier(lambda ref: listing)
+    found = verifier.compare(photo_features(photo), verifier.gallery_features("listing"), 0.9,
+                             print_check=True, overlay="covers")
+    assert found.same_item and "around" in found.reason, found.reason
+    alignment = found.alignment
+    assert alignment is not None and alignment.print_agreement is not None
+    assert alignment.print_agreement < DEFAULT_RULE.min_print_agreement
+    assert alignment.covered_print_agreement is not None
+    assert alignment.covered_print_agreement >= DEFAULT_RULE.min_print_agreement
+    variant = _badges(_luma("mh13-green"), [(0.45, 0.3), (0.55, 0.6)])
+    other = SameItemVerifier(lambda ref: variant)
+    refused = other.compare(photo_features(_luma("mh13-lavender")),
+                            other.gallery_features("listing"), 0.9, print_check=True,
+                            overlay="covers")
+    assert not refused.same_item and "print differs" in refused.reason, refused.reason
+
+
+def test_a_print_that_agrees_only_around_covers_needs_the_rest_to_agree() -> None:
+    """A pair whose print agrees only at the second look around covers is not refused by
+    the print check, but the route that judges only what lies near the inliers may not
+    accept it (a colour variant of a bra passed so, its other colour left out as covered);
+    the routes that judge the rest of the product may. With no second look, or one that
+    fails too, the print check refuses."""
+    sticker = Alignment(0.95, (2.0, 12.0, 30.0, 40.0), local_correlation=0.97,
+                        local_shifts=(1.0, 2.0, 3.0, 4.0), local_share=0.7,
+                        print_agreement=0.5, covered_print=lambda: 0.9)
+    rule = DEFAULT_RULE
+    assert rule.decide(0.9, 50, 0.9, replace(sticker, print_agreement=0.8), overlay="covers")[0]
+    same, why = rule.decide(0.9, 50, 0.9, sticker, overlay="covers")
+    assert not same and "print differs" not in why, why
+    for failed in (None, 0.6):
+        failing = replace(sticker, covered_print=lambda value=failed: value)
+        same, why = rule.decide(0.9, 50, 0.9, failing, overlay="covers")
+        assert not same and "print differs in places (agreement 0.50 < 0.75)" in why, why
+    copy = Alignment(0.99, (1.0, 1.5, 2.0, 2.5), print_agreement=0.5,
+                     covered_print=lambda: 0.9)
+    assert rule.decide(0.9, 50, 0.9, copy, overlay="covers")[0]
+
+
+def test_print_cells_around_covers_leave_out_what_a_cover_touches() -> None:
+    """:func:`_print_around_covers` says nothing where no counted cell lies under a cover, or
+    where too many do; otherwise it reads the finer cells a cover does not touch."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (160, 128)).astype(np.uint8)
+    region = np.ones(grey.shape, bool)
+    none = np.zeros(grey.shape, bool)
+    assert verify._print_around_covers(grey, grey, region, none) is None
+    covered = grey.copy()
+    covered[24:72, 24:72] = 200  # a flat badge over the print, across cells
+    foreign = none.copy()
+    foreign[22:74, 22:74] = True
+    assert verify._print_agreement(grey, covered, region) < 0.75
+    second = verify._print_around_covers(grey, covered, region, foreign)
+    assert second is not None and second > 0.99
+    everywhere = np.ones(grey.shape, bool)
+    assert verify._print_around_covers(grey, covered, region, everywhere) is None
+
+
 def test_cover_route_limits_name_the_evidence() -> None:
     """The cover route: one compact patch of another colour and texture (a sticker, a
     tag) over at most ``max_cover`` of the product, the rest agreeing as a copy's. A patch
@@ -431,6 +514,30 @@ def test_two_covers_are_forgiven_when_each_is_shaped_as_one() -> None:
                   replace(first, second=replace(second, correlation=0.85)),
                   replace(first, solidity=0.3)):
         assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
+
+
+def test_up_to_four_covers_are_forgiven_when_each_is_shaped_as_one() -> None:
+    """A query with a price flag and a badge, met by a re-listing with two of its own: each
+    patch left out in turn, largest first (``MAX_COVERS``), until the rest agrees; each
+    must have a cover's shape, and all together hide at most ``max_cover``."""
+    whole = Alignment(0.8, (2.0, 14.0, 32.0, 45.0))
+    fourth = Cover(share=0.02, solidity=1.0, texture_kept=0.1, under_correlation=0.0,
+                   correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0)
+    third = replace(fourth, share=0.03, correlation=0.96, shifts=(1.5, 3.0, 9.0, 20.0),
+                    second=fourth)
+    second = replace(third, share=0.04, correlation=0.93, shifts=(2.0, 6.0, 15.0, 25.0),
+                     second=third)
+    first = replace(second, share=0.05, correlation=0.9, shifts=(2.0, 8.0, 20.0, 30.0),
+                    second=second)
+    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=first))
+    assert same and "four covers" in why and "14% of the product" in why, why
+    for other in (replace(third, second=None),
+                  replace(third, second=replace(fourth, texture_kept=0.9,
+                                                under_correlation=0.95)),
+                  replace(third, second=replace(fourth, share=0.1))):
+        chain = replace(first, second=replace(second, second=other))
+        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=chain))[0], other
+    assert verify.MAX_COVERS == 4
 
 
 def _burst(photo: Image.Image, centre: tuple[float, float], colour: tuple[int, int, int],
