@@ -495,10 +495,11 @@ def test_small_covers_may_be_less_convex() -> None:
         assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
 
 
-def test_two_covers_are_forgiven_when_each_is_shaped_as_one() -> None:
+def test_covers_are_forgiven_one_by_one_when_each_is_shaped_as_one() -> None:
     """A re-listing with its shop's own tag, met by a query with another: once the largest
-    patch is left out the rest still differs; left out with the second, it agrees. Each
-    patch must have a cover's shape, and together they hide at most ``max_cover``."""
+    patch is left out the rest still differs; left out with the second, it agrees (and so
+    on, up to four patches). Each patch must have a cover's shape, and together they hide
+    at most ``max_cover``."""
     whole = Alignment(0.85, (2.0, 12.0, 30.0, 45.0))
     second = Cover(share=0.05, solidity=1.0, texture_kept=0.1, under_correlation=0.0,
                    correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0)
@@ -514,30 +515,21 @@ def test_two_covers_are_forgiven_when_each_is_shaped_as_one() -> None:
                   replace(first, second=replace(second, correlation=0.85)),
                   replace(first, solidity=0.3)):
         assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
-
-
-def test_up_to_four_covers_are_forgiven_when_each_is_shaped_as_one() -> None:
-    """A query with a price flag and a badge, met by a re-listing with two of its own: each
-    patch left out in turn, largest first (``MAX_COVERS``), until the rest agrees; each
-    must have a cover's shape, and all together hide at most ``max_cover``."""
-    whole = Alignment(0.8, (2.0, 14.0, 32.0, 45.0))
-    fourth = Cover(share=0.02, solidity=1.0, texture_kept=0.1, under_correlation=0.0,
-                   correlation=0.99, shifts=(1.0, 1.2, 1.4, 2.0), recoloured=0.0)
-    third = replace(fourth, share=0.03, correlation=0.96, shifts=(1.5, 3.0, 9.0, 20.0),
-                    second=fourth)
-    second = replace(third, share=0.04, correlation=0.93, shifts=(2.0, 6.0, 15.0, 25.0),
-                     second=third)
-    first = replace(second, share=0.05, correlation=0.9, shifts=(2.0, 8.0, 20.0, 30.0),
-                    second=second)
-    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=first))
-    assert same and "four covers" in why and "14% of the product" in why, why
-    for other in (replace(third, second=None),
-                  replace(third, second=replace(fourth, texture_kept=0.9,
-                                                under_correlation=0.95)),
-                  replace(third, second=replace(fourth, share=0.1))):
-        chain = replace(first, second=replace(second, second=other))
-        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=chain))[0], other
+    # A query with a flag and a badge met by a re-listing with two tags of its own: each
+    # patch left out in turn, largest first, up to MAX_COVERS, until the rest agrees.
     assert verify.MAX_COVERS == 4
+    third = replace(second, share=0.02, correlation=0.96, shifts=(1.5, 3.0, 9.0, 20.0),
+                    second=replace(second, share=0.01))
+    chain = replace(first, share=0.06, second=replace(second, share=0.04, correlation=0.9,
+                                                       shifts=(2.0, 6.0, 15.0, 25.0),
+                                                       second=third))
+    same, why = DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=chain))
+    assert same and "four covers" in why and "13% of the product" in why, why
+    unshaped = replace(third, second=replace(second, texture_kept=0.9, under_correlation=0.95))
+    too_much = replace(third, second=replace(second, share=0.1))
+    for last in (replace(third, second=None), unshaped, too_much):
+        other = replace(chain, second=replace(chain.second, second=last))
+        assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
 
 
 def _burst(photo: Image.Image, centre: tuple[float, float], colour: tuple[int, int, int],
