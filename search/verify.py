@@ -1378,10 +1378,12 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     if segmented or print_check:
         foreign = _foreign(chroma_a, chroma_b, region)
         coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign)
-        agreement = _read_print(coarse, covers_known=True)
+        agreement = _print_agreement(coarse)
+        if coarse is not None:
+            cells = coarse
 
-        def second_look() -> float | None:  # read when the print check fails
-            return _print_around_covers(grey_a, grey_b, region, foreign, coarse)
+            def second_look() -> float | None:  # read when the print check fails
+                return _print_around_covers(grey_a, grey_b, region, foreign, cells)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      segmented=segmented,
                      print_agreement=agreement, covered_print=second_look,
@@ -1622,9 +1624,13 @@ def _foreign(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64],
     return out
 
 
+PrintCells = tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]
+"""The print check's cells (:func:`_print_cells`): per cell, its correlation, whether it
+counts, its share under a cover."""
+
+
 def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.bool_],
-                 step: int, foreign: NDArray[np.bool_] | None = None
-                 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]] | None:
+                 step: int, foreign: NDArray[np.bool_] | None = None) -> PrintCells | None:
     """The print check's cells of side ``step``: (the grey-level correlation of the aligned
     photos in each, which cells count: the compared region covers ``PRINT_CELL_COVER`` of it
     and the listing shows something there (``PRINT_MIN_STD``: text, a logo, an edge), the
@@ -1655,39 +1661,27 @@ def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.
     return correlation, counted, under
 
 
-def _print_agreement(grey_a: NDArray[Any], grey_b: NDArray[Any],
-                     region: NDArray[np.bool_], foreign: NDArray[np.bool_] | None = None
-                     ) -> float | None:
+def _print_agreement(cells: PrintCells | None) -> float | None:
     """The ``PRINT_PERCENTILE``-th percentile of the grey-level correlations of the aligned
-    photos over ``PRINT_CELL_PX`` cells that the compared region covers and where the listing
-    shows something (text, a logo, an edge): low when some of them differ, as a product
-    name or a logo does between two lines of a brand on one pack layout. None without such
-    cells. ``foreign`` (:func:`_foreign`): the cells mostly under it are left out, while they
-    are at most ``MAX_FOREIGN_CELLS`` of those counted."""
-    return _read_print(_print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign),
-                       foreign is not None)
-
-
-def _read_print(found: tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]] | None,
-                covers_known: bool) -> float | None:
-    """:func:`_print_agreement` read from its cells (:func:`_print_cells`; ``covers_known``:
-    their share under a cover was measured)."""
-    if found is None or not found[1].any():
+    photos over the counted ``PRINT_CELL_PX`` cells (:func:`_print_cells`: those the compared
+    region covers and where the listing shows something: text, a logo, an edge): low when
+    some of them differ, as a product name or a logo does between two lines of a brand on
+    one pack layout. None without such cells. The cells mostly under a cover
+    (:func:`_foreign`, when the cells measured it) are left out, while they are at most
+    ``MAX_FOREIGN_CELLS`` of those counted."""
+    if cells is None or not cells[1].any():
         return None
-    correlation, counted, under = found
-    if covers_known:
-        # Cells mostly under a colour of the query's own (a cover) say nothing about the
-        # print beneath; left out while they are a minority of the counted cells.
-        covered = counted & (under > 0.5)
-        if 0 < covered.sum() <= MAX_FOREIGN_CELLS * counted.sum():
-            counted = counted & ~covered  # a new array: the cells are read again
+    correlation, counted, under = cells
+    # Cells mostly under a colour of the query's own (a cover) say nothing about the
+    # print beneath; left out while they are a minority of the counted cells.
+    covered = counted & (under > 0.5)
+    if 0 < covered.sum() <= MAX_FOREIGN_CELLS * counted.sum():
+        counted = counted & ~covered  # a new array: the cells are read again
     return float(np.percentile(correlation[counted], PRINT_PERCENTILE))
 
 
 def _print_around_covers(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.bool_],
-                         foreign: NDArray[np.bool_],
-                         coarse: tuple[NDArray[np.float64], NDArray[np.bool_],
-                                       NDArray[np.float64]] | None = None) -> float | None:
+                         foreign: NDArray[np.bool_], coarse: PrintCells) -> float | None:
     """The print check's second look, for a pair where something of another colour lies
     over the print (:func:`_foreign`: a sticker, a badge, a shop's logo in one photo or
     both): the ``PRINT_PERCENTILE``-th percentile of the correlations over
@@ -1696,11 +1690,9 @@ def _print_around_covers(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDA
     :func:`_print_agreement`'s cells a badge's rim in a corner lowers a cell it does not
     cover, and a shop's copy under three badges failed the check (0.2-0.7); at these a cell
     holds a few letters, and another line's name fails there too (0.5 where the coarse
-    cells read 0.78). None when no counted cell lies under a cover, or too many do.
-    ``coarse``: :func:`_print_agreement`'s cells, when already computed."""
-    if coarse is None:
-        coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign)
-    if coarse is None or not (coarse[1] & (coarse[2] >= PRINT_COVERED_SHARE)).any():
+    cells read 0.78). None when no counted cell of ``coarse`` (:func:`_print_agreement`'s
+    cells) lies under a cover, or too many fine cells do."""
+    if not (coarse[1] & (coarse[2] >= PRINT_COVERED_SHARE)).any():
         return None
     fine = _print_cells(grey_a, grey_b, region, PRINT_FINE_CELL_PX, foreign)
     if fine is None:

@@ -363,7 +363,8 @@ def test_a_sticker_copy_within_a_family_passes_the_print_check() -> None:
     assert isinstance(alignment.detail, verify._ColoursOfPixels)
     pixels = alignment.detail._pixels
     grey_a, grey_b, region = pixels.grey_a, pixels.grey_b, pixels.region
-    assert verify._print_agreement(grey_a, grey_b, region) < DEFAULT_RULE.min_print_agreement
+    coarse = verify._print_cells(grey_a, grey_b, region, verify.PRINT_CELL_PX)
+    assert verify._print_agreement(coarse) < DEFAULT_RULE.min_print_agreement
     refused = verifier.compare(photo_features(_sticker(_band_recoloured(original))), listing,
                                0.95, print_check=True, overlay="covers")
     assert not refused.same_item, refused.reason
@@ -440,16 +441,22 @@ def test_print_cells_around_covers_leave_out_what_a_cover_touches() -> None:
     grey = rng.integers(0, 255, (160, 128)).astype(np.uint8)
     region = np.ones(grey.shape, bool)
     none = np.zeros(grey.shape, bool)
-    assert verify._print_around_covers(grey, grey, region, none) is None
+    def coarse(listing: NDArray[np.uint8], foreign: NDArray[np.bool_]) -> verify.PrintCells:
+        cells = verify._print_cells(grey, listing, region, verify.PRINT_CELL_PX, foreign)
+        assert cells is not None
+        return cells
+
+    assert verify._print_around_covers(grey, grey, region, none, coarse(grey, none)) is None
     covered = grey.copy()
     covered[24:72, 24:72] = 200  # a flat badge over the print, across cells
     foreign = none.copy()
     foreign[22:74, 22:74] = True
-    assert verify._print_agreement(grey, covered, region) < 0.75
-    second = verify._print_around_covers(grey, covered, region, foreign)
+    assert verify._print_agreement(coarse(covered, none)) < 0.75
+    second = verify._print_around_covers(grey, covered, region, foreign, coarse(covered, foreign))
     assert second is not None and second > 0.99
     everywhere = np.ones(grey.shape, bool)
-    assert verify._print_around_covers(grey, covered, region, everywhere) is None
+    assert verify._print_around_covers(grey, covered, region, everywhere,
+                                       coarse(covered, everywhere)) is None
 
 
 def test_cover_route_limits_name_the_evidence() -> None:
