@@ -33,10 +33,13 @@ from search.api import ProductSearch
 from search.intent import Match
 from search.verify import (
     CUTOUT_VERSION,
+    LIGHT_VERSION,
     VERIFY_SIZE,
     WINDOW_VERSION,
     SameItemVerifier,
+    is_scene,
     photo_features,
+    white_patch,
 )
 from search.verify import cutouts as search_cutouts
 from search.verify import windows as search_windows
@@ -55,6 +58,8 @@ class EmbedStats:
     """Query photos also searched with their product cut out on white."""
     windows: int = 0
     """Query photos also searched with their windows (ten crops each)."""
+    lit: int = 0
+    """Scene photos searched under catalog light (:func:`search.verify.white_patch`)."""
     cutout_seconds: float = 0.0
     """Time spent looking for cut-outs and windows (decode, segmentation) and embedding
     them."""
@@ -91,6 +96,7 @@ class EvalReport:
             "cached_images": self.embed.cached,
             "cutout_queries": self.embed.cutouts,
             "window_queries": self.embed.windows,
+            "lit_queries": self.embed.lit,
             "cutout_seconds": round(self.embed.cutout_seconds, 2),
             "embed_images_per_s": (
                 round(self.embed.images_per_s, 1) if self.embed.images_per_s else None
@@ -154,13 +160,18 @@ def embed_scene_queries(
     stats: EmbedStats,
     cutouts: bool = True,
     windows: bool = True,
+    light: bool = True,
 ) -> dict[int, NDArray[np.float32]]:
-    """The vectors an image search adds to a photo's own, for the photos in ``paths`` that
-    have any, by position, one row each: its cut-outs' (:func:`search.verify.cutouts`) and
-    its windows' (:func:`search.verify.windows`), each unless turned off, in the order of
-    :meth:`search.api.ProductSearch.query_vectors` (the same decode, crops and embed).
-    Cached under the photo's content hash, :data:`~search.verify.CUTOUT_VERSION` or
-    :data:`~search.verify.WINDOW_VERSION`, and the cut-out's or crop's index."""
+    """The vectors an image search with a scene photo (:func:`search.verify.is_scene`)
+    searches with in place of the photo's own, for the photos in ``paths`` that have any,
+    by position, one row each, in the order of
+    :meth:`search.api.ProductSearch.query_vectors` (the same decode, light, crops and
+    embed): the photo's (under catalog light, :func:`search.verify.white_patch`), its
+    cut-outs' (:func:`search.verify.cutouts`) and its windows'
+    (:func:`search.verify.windows`), each unless turned off. Cached under the photo's
+    content hash and :data:`~search.verify.LIGHT_VERSION`, :data:`~search.verify.CUTOUT_VERSION`
+    or :data:`~search.verify.WINDOW_VERSION`, and the cut-out's or crop's index (the
+    cut-outs' and windows' keys name the light too: they are cut from the lit photo)."""
     min_size = getattr(embedder, "decode_size", None)
     version = embedder.model_version
     started = time.perf_counter()
@@ -170,13 +181,21 @@ def embed_scene_queries(
         data = _read(path)
         picture = _decode(path, data, max_pixels, min_size)
         digest = content_hash(data)
+        lit = light and is_scene(picture)
+        if lit:
+            picture = white_patch(picture)
+        own = f"{digest}:{LIGHT_VERSION}" if lit else digest  # else embed_files' key
+        light_key = f":{LIGHT_VERSION}" if lit else ""
         products = search_cutouts(picture) if cutouts else []
         crops = search_windows(picture) if windows else []
+        stats.lit += lit
         stats.cutouts += bool(products)
         stats.windows += bool(crops)
-        named = [(f"{digest}:{CUTOUT_VERSION}:{n}", cut) for n, cut in enumerate(products)] + [
-            (f"{digest}:{WINDOW_VERSION}:{n}", crop) for n, crop in enumerate(crops)]
-        if named:
+        named = [
+            (f"{digest}:{CUTOUT_VERSION}{light_key}:{n}", cut) for n, cut in enumerate(products)
+        ] + [(f"{digest}:{WINDOW_VERSION}{light_key}:{n}", crop) for n, crop in enumerate(crops)]
+        if named or lit:
+            named.insert(0, (own, picture))
             keys[i] = [key for key, _ in named]
             pictures.update(named)
     found = cache.get_many(version, list(pictures)) if cache is not None else {}
@@ -226,7 +245,7 @@ def run_queries(
     """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
 
     ``vectors`` holds every query image in order (``query.images`` of each query in turn),
-    ``scene`` the vectors of their cut-outs and windows by the same position
+    ``scene`` the vectors a scene photo searches with instead, by the same position
     (:func:`embed_scene_queries`); a query with several views searches with all of them
     and theirs (``ProductSearch.by_vectors``). With ``rerank_max_pixels`` each search
     checks the geometry of its first products against the query photos, decoded as
@@ -238,10 +257,12 @@ def run_queries(
     with tqdm(total=len(queries), unit="query", desc="search", disable=None) as bar:
         for query in queries:
             k = min(max(10, len(query.relevant)), MAX_K)
-            views = []
+            views: list[Any] = []
             for i in range(start, start + len(query.images)):
-                views.append(vectors[i])
-                views.extend(scene.get(i, ()))
+                if i in scene:
+                    views.extend(scene[i])  # the photo's own (maybe under catalog light) first
+                else:
+                    views.append(vectors[i])
             start += len(query.images)
             photos = (None if rerank_max_pixels is None else
                       [photo_features(_load_to_verify(path, rerank_max_pixels), segment=False)
@@ -267,10 +288,12 @@ def evaluate(
     match: Match = "exact",
     cutout_queries: bool = True,
     window_queries: bool = True,
+    light_queries: bool = True,
     verifier: SameItemVerifier | None = None,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
-    (with their cut-outs and windows unless turned off, as ``lookalike search`` would; with
+    (scene photos under catalog light, with their cut-outs and windows, unless turned off,
+    as ``lookalike search`` would; with
     a ``verifier`` reading the gallery's photos, searches re-ranked by geometry as
     ``ProductSearch.by_images`` re-ranks them)."""
     stats = EmbedStats()
@@ -280,8 +303,9 @@ def evaluate(
     query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
                                 stats=stats, desc="embed queries")
     scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
-                                 stats=stats, cutouts=cutout_queries, windows=window_queries)
-             if cutout_queries or window_queries else {})
+                                 stats=stats, cutouts=cutout_queries, windows=window_queries,
+                                 light=light_queries)
+             if cutout_queries or window_queries or light_queries else {})
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
                              verifier=verifier, rerank=verifier is not None,

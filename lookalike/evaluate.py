@@ -56,6 +56,7 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                                   max_pixels=settings.images.max_pixels, match=args.match,
                                   cutout_queries=settings.search.cutout_queries,
                                   window_queries=settings.search.window_queries,
+                                  light_queries=settings.search.light_queries,
                                   verifier=(gallery_verifier(products,
                                                              settings.images.max_pixels,
                                                              build_fetcher(images))
@@ -101,8 +102,8 @@ def print_report(report: EvalReport, match: str = "exact") -> None:
     print(f"model {report.model}, match {match}")
     print(f"gallery {report.n_gallery} products ({report.n_gallery_images} images), "
           f"queries {s.n_queries}; embedded {e.embedded} images{speed}, {e.cached} from cache; "
-          f"{e.cutouts} query photos also searched cut out, {e.windows} with their windows "
-          f"({e.cutout_seconds:.1f} s)")
+          f"{e.cutouts} query photos also searched cut out, {e.windows} with their windows, "
+          f"{e.lit} under catalog light ({e.cutout_seconds:.1f} s)")
     header = f"{'':<36} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP@R':>6} {'queries':>8}"
     print(header)
 

@@ -198,6 +198,12 @@ class SearchSettings(_Group):
         "its sides): ten more embeddings per such photo, ~150 ms on 2 CPU cores "
         "(docs/matching.md, \"Window queries\")",
     )
+    light_queries: bool = Field(
+        default=True,
+        description="...and such a photo (so its cut-out and windows too) is searched under "
+        "catalog light: each channel lifted so its brightest 1% is white, by at most 1.5x "
+        "(~2 ms; docs/matching.md, \"Scene queries under catalog light\")",
+    )
     turned_queries: bool = Field(
         default=True,
         description="Price comparison also embeds the photo at its three quarter turns and, "

@@ -68,7 +68,9 @@ from search.verify import (
     SameItemVerifier,
     cutouts,
     cutouts_of,
+    is_scene,
     photo_features,
+    white_patch,
     windows,
 )
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
@@ -253,6 +255,7 @@ class ProductSearch:
         verifier: SameItemVerifier | None = None,
         cutout_queries: bool = True,
         window_queries: bool = True,
+        light_queries: bool = True,
         rerank: bool = True,
         rerank_budget_s: float | None = RERANK_BUDGET_S,
         turned_queries: bool = True,
@@ -264,7 +267,9 @@ class ProductSearch:
         policy other than the configured one (its egress allow-lists, roots, byte cap).
         ``cutout_queries``: image searches also search with a photo's segmented product on
         white when its border does not tell its background (:meth:`by_image`);
-        ``window_queries``: ...and with its :func:`search.verify.windows`; ``rerank``: an
+        ``window_queries``: ...and with its :func:`search.verify.windows`;
+        ``light_queries``: such a photo (and so its cut-out and windows) is searched under
+        catalog light (:func:`search.verify.white_patch`); ``rerank``: an
         image search checks the geometry of its first products (:meth:`rerank`; needs
         ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
@@ -301,6 +306,7 @@ class ProductSearch:
         self._family_depth = family_depth
         self._cutout_queries = cutout_queries
         self._window_queries = window_queries
+        self._light_queries = light_queries
         self._rerank = rerank and verifier is not None
         self._rerank_budget_s = rerank_budget_s
         self._readers = (ThreadPoolExecutor(RERANK_READERS, thread_name_prefix="rerank-read")
@@ -693,11 +699,13 @@ class ProductSearch:
 
     def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, in one embedder call:
-        each photo's, followed by its cut-out's when it has one and its windows' when it has
-        them (:meth:`by_image`)."""
+        each photo's (under catalog light when it is a scene), followed by its cut-out's when
+        it has one and its windows' when it has them (:meth:`by_image`)."""
         pictures = []
         for image in images:
             picture = self._load(image, self._max_pixels)
+            if self._light_queries and is_scene(picture):
+                picture = white_patch(picture)
             pictures.append(picture)
             if self._cutout_queries:
                 pictures += [self._load(cut, self._max_pixels) for cut in cutouts(picture)]

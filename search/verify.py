@@ -194,6 +194,15 @@ WINDOW_SCALES = (0.6, 0.75)
 four corners and the centre)."""
 WINDOW_VERSION = "windows-2x5-v1"
 """Names how :func:`windows` crops, for caches of window vectors (evaluation/run.py)."""
+LIGHT_PERCENTILE = 99.0
+"""The share of a scene photo's pixels (per channel, as a percentile) that :func:`white_patch`
+takes to be below white: the brightest 1% of a photo are taken for white."""
+LIGHT_MAX_GAIN = 1.5
+"""The most :func:`white_patch` lifts a channel: re-shot and in-store stand-ins need 1.1-1.5
+(the 90th percentile of their gains), while a close-up of dark fabric, whose brightest
+pixels are not white, would be lifted up to 2.5x into another colour."""
+LIGHT_VERSION = "whitepatch-p99-g1.5-v1"
+"""Names how :func:`white_patch` corrects, for caches of scene vectors (evaluation/run.py)."""
 PRINT_CELL_PX = 16
 """Side (px at half ``VERIFY_SIZE``) of the cells the print check correlates."""
 PRINT_CELL_COVER = 0.6
@@ -1180,6 +1189,36 @@ def cutouts_of(image: Image.Image, product: NDArray[np.bool_] | None) -> list[Im
     return [picture for picture in found if picture is not None]
 
 
+def is_scene(image: Image.Image) -> bool:
+    """Whether a photo's border does not tell its background (a shopper's snapshot, a product
+    re-shot in a scene): the test :func:`windows`, :func:`cutouts` and :func:`white_patch`
+    are made for; False for a photo on white or padded, and for one too small to tell."""
+    small = _half(_at_verify_size(image))
+    return min(small.shape[:2]) >= 16 and background_mask(small) is None
+
+
+def white_patch(image: Image.Image) -> Image.Image:
+    """``image`` under the light of a catalog shot: each channel scaled so that its
+    :data:`LIGHT_PERCENTILE`-th percentile becomes white, by at most :data:`LIGHT_MAX_GAIN`
+    (the "white patch" estimate of the light: the brightest pixels of a scene are taken for
+    white). A re-shot or in-store photo is darker and tinted where the catalog photo it must
+    find is lit for the studio; the CNN and the colour histogram both read it closer to that
+    photo once corrected (docs/matching.md, "Scene queries under catalog light"). A photo
+    already white somewhere in every channel comes back as it is."""
+    rgb = image.convert("RGB")
+    scale = min(1.0, VERIFY_SIZE / max(rgb.size))
+    small = rgb if scale >= 1.0 else rgb.resize(
+        (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+        Image.Resampling.NEAREST)
+    top = np.percentile(np.asarray(small).reshape(-1, 3), LIGHT_PERCENTILE, axis=0)
+    gains = np.clip(255.0 / np.maximum(top, 1.0), 1.0, LIGHT_MAX_GAIN)
+    if np.all(gains == 1.0):
+        return rgb
+    ramp = np.arange(256, dtype=np.float64)
+    lut = np.concatenate([np.minimum(255, np.round(ramp * g)) for g in gains]).astype(np.uint8)
+    return rgb.point(lut.tolist())
+
+
 def windows(image: Image.Image) -> list[Image.Image]:
     """Crops of a photo whose border does not tell its background (a shopper's snapshot, a
     product re-shot in a scene): at each of ``WINDOW_SCALES`` of its sides, its four corners
@@ -1187,8 +1226,7 @@ def windows(image: Image.Image) -> list[Image.Image]:
     a search with them all meets its catalog photo where the whole scene does not
     (docs/matching.md, "Window queries"). Empty for a photo on white or padded, whose
     product is the photo (the test :func:`product_mask` makes)."""
-    small = _half(_at_verify_size(image))
-    if min(small.shape[:2]) < 16 or background_mask(small) is not None:
+    if not is_scene(image):
         return []
     out = []
     for scale in WINDOW_SCALES:

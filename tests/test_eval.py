@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedding.decode import decode_image
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
 from evaluation.run import EmbedStats, embed_scene_queries, evaluate
@@ -18,7 +19,7 @@ from evaluation.same_item import gallery_verifier
 from lookalike.cli import main
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
-from search.verify import SameItemVerifier
+from search.verify import SameItemVerifier, white_patch
 from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder, reshot_on_backdrop, textured_photo
 
@@ -54,7 +55,7 @@ def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
 
 def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
          cutout_queries: bool = True, window_queries: bool = True,
-         verifier: SameItemVerifier | None = None) -> Any:
+         verifier: SameItemVerifier | None = None, light_queries: bool = True) -> Any:
     g, q = root / "gallery.jsonl", root / "queries.jsonl"
     products = load_gallery(g)
     store = MilvusStore.open(str(root / f"{name}.db"))
@@ -62,7 +63,8 @@ def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
         return evaluate(products, load_queries(q, products), embedder, store,
                         CollectionSpec(name=name, dim=embedder.dim), cache,
                         max_pixels=10_000_000, cutout_queries=cutout_queries,
-                        window_queries=window_queries, verifier=verifier)
+                        window_queries=window_queries, light_queries=light_queries,
+                        verifier=verifier)
     finally:
         store.close()
 
@@ -258,6 +260,49 @@ def test_eval_reranks_searches_by_geometry_as_the_search_api_does(
     assert checked == [5] * 5 and similar.summary.overall["R@1"] == 1.0
 
 
+def test_eval_searches_scene_photos_under_catalog_light(tmp_path: Path) -> None:
+    """Re-shot queries taken under a dim, tinted light are searched as
+    ``search.verify.white_patch`` brings them back to catalog light (the shot and the
+    cut-out cut from it), as the search API searches them; ``light_queries=False`` as
+    taken."""
+    paths = write_reshot_protocol(tmp_path)
+    for path in paths:
+        with Image.open(path) as shot:
+            pixels = np.asarray(shot.convert("RGB"), dtype=np.float32)
+        Image.fromarray((pixels * [0.7, 0.8, 0.62]).astype(np.uint8)).save(path)
+    lit = _run(tmp_path, TinyEmbedder(), None, "lit", window_queries=False)
+    taken = _run(tmp_path, TinyEmbedder(), None, "taken", window_queries=False,
+                 light_queries=False)
+    assert lit.embed.lit == lit.to_json()["lit_queries"] == 5 and taken.embed.lit == 0
+    embedder = TinyEmbedder()
+    catalog = embedder.embed([Image.open(tmp_path / "g" / f"{i}.png") for i in range(5)])
+    rows = {light: embed_scene_queries(paths, embedder, None, max_pixels=10_000_000,
+                                       stats=EmbedStats(), windows=False, light=light)
+            for light in (True, False)}
+    for i, path in enumerate(paths):  # the shot's own row, then its cut-out's
+        shot = decode_image(path.read_bytes(), 10_000_000, min_size=embedder.decode_size)
+        as_lit = embedder.embed([white_patch(shot)])[0]
+        assert rows[True][i][0] == pytest.approx(as_lit, abs=1e-6)
+        assert not np.allclose(rows[True][i][0], rows[False][i][0], atol=1e-3)
+    # under catalog light the photos come nearer their catalog shots (on average: 4x4
+    # thumbnails are mostly backdrop)
+    nearest = {light: np.mean([np.max(rows[light][i] @ catalog[i]) for i in range(5)])
+               for light in rows}
+    assert nearest[True] > nearest[False]
+    store = MilvusStore.open(str(tmp_path / "api.db"))
+    try:
+        spec = CollectionSpec(name="api", dim=embedder.dim)
+        ensure_collections(store, spec)
+        for light in (True, False):
+            search = ProductSearch(store, spec, embedder, consistency="Strong",
+                                   max_pixels=10_000_000, window_queries=False,
+                                   light_queries=light)
+            assert np.asarray(search.query_vectors([paths[0]])) == pytest.approx(
+                rows[light][0], abs=1e-6)
+    finally:
+        store.close()
+
+
 def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_api_does(
         tmp_path: Path) -> None:
     """A re-shot query is searched with its product cut out on white and with its windows
@@ -289,10 +334,11 @@ def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_a
         extra = embed_scene_queries(paths, embedder, None, max_pixels=10_000_000,
                                     stats=EmbedStats())
         for i, path in enumerate(paths):
-            _shot, *added = search.query_vectors([path])
-            # the cut-out (and the front square-on, for a flat face at an angle), ten windows
-            assert len(added) == len(extra[i]) in (11, 12)
-            assert np.asarray(added) == pytest.approx(extra[i], abs=1e-6)
+            # the shot under catalog light, its cut-out (and the front square-on, for a flat
+            # face at an angle), ten windows: what the search API searches with
+            vectors = search.query_vectors([path])
+            assert len(vectors) == len(extra[i]) in (12, 13)
+            assert np.asarray(vectors) == pytest.approx(extra[i], abs=1e-6)
         gallery_photo = tmp_path / "g" / "0.png"  # on white: searched with itself only
         assert len(search.query_vectors([gallery_photo])) == 1
         assert embed_scene_queries([gallery_photo], embedder, None, max_pixels=10_000_000,

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
@@ -26,6 +27,7 @@ from search.verify import (
     SameItemVerifier,
     cutouts,
     photo_features,
+    white_patch,
     windows,
 )
 from store import ensure_collections
@@ -361,12 +363,14 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     shot = reshot_on_backdrop(textured_photo(3), texture_seed=5)
     width, height = shot.size
     x, y = width - round(width * 0.75), height - round(height * 0.75)
-    ImageDraw.Draw(shot).rectangle((x, y, x + 5, y + 5), fill=(250, 0, 0))
-    crops = windows(shot)
-    assert len(crops) == 10 and crops[8].getpixel((0, 0)) == (250, 0, 0)
-    _read_as(catalog.embedder, [shot, *crops, *cutouts(shot)],
+    ImageDraw.Draw(shot).rectangle((x, y, x + 5, y + 5), fill=(200, 0, 0))
+    lit = white_patch(shot)  # a scene is searched under catalog light, and cropped from it
+    crops = windows(lit)
+    red = crops[8].getpixel((0, 0))
+    assert len(crops) == 10 and isinstance(red, tuple) and red[0] > 200 and red[1:] == (0, 0)
+    _read_as(catalog.embedder, [lit, *crops, *cutouts(lit)],
              rotate(0.5, base=7, towards=1))  # 0.50 to far, 0.12 to tee-1
-    catalog.embedder.table[(250, 0, 0)] = unit(0)
+    catalog.embedder.table[red] = unit(0)
     hits = catalog.search.by_image(shot, k=2)
     assert ids(hits) == ["tee-1", "topsy"]  # as the red window's direction finds them
     assert hits[0].score == pytest.approx(BEST["tee-1"], abs=1e-4)
@@ -375,7 +379,7 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     # shot and its cut-out read, comes first
     whole = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
                           max_pixels=milvus_support.MAX_PIXELS, window_queries=False)
-    assert len(whole.query_vectors([shot])) == 1 + len(cutouts(shot))
+    assert len(whole.query_vectors([shot])) == 1 + len(cutouts(lit))
     assert whole.by_image(shot, k=1)[0].product_id == "far"
     # what eval searches with: the same vectors, through by_vectors
     vectors = catalog.search.query_vectors([shot])
@@ -383,6 +387,28 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     assert ids(catalog.search.by_vectors(vectors * 16, k=2)) == ids(hits)  # 16 such photos
     with pytest.raises(ValueError, match="at most 208"):
         catalog.search.by_vectors([vectors[0]] * 209, k=2)
+
+
+def test_a_scene_is_searched_under_catalog_light(catalog: Catalog, milvus: Milvus) -> None:
+    """A scene photo taken under a dim, tinted light is searched as
+    ``verify.white_patch`` brings it back to catalog light
+    (LOOKALIKE_SEARCH__LIGHT_QUERIES, on by default); turned off, as taken. The fake
+    embedder reads the top-left pixel: the lit photo's is tee-1's direction, the photo as
+    taken far's."""
+    shot = reshot_on_backdrop(textured_photo(3), texture_seed=5)
+    dim = Image.fromarray((np.asarray(shot, dtype=np.float32) * [0.75, 0.8, 0.7]).astype(np.uint8))
+    lit = white_patch(dim)
+    assert lit.getpixel((0, 0)) != dim.getpixel((0, 0))
+    _read_as(catalog.embedder, [dim], rotate(0.5, base=7, towards=1))  # 0.50 to far
+    _read_as(catalog.embedder, [lit], unit(0))
+    searches = {light: ProductSearch(milvus.store, catalog.spec, catalog.embedder,
+                                     consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                                     cutout_queries=False, window_queries=False,
+                                     light_queries=light) for light in (True, False)}
+    assert searches[True].by_image(dim, k=1)[0].product_id == "tee-1"
+    assert searches[False].by_image(dim, k=1)[0].product_id == "far"
+    on_white = textured_photo(3)  # its border tells its background: searched as it is
+    assert searches[True].query_vectors([on_white]) == searches[False].query_vectors([on_white])
 
 
 ITEM_REF = "https://img.example/item.jpg"

@@ -1498,6 +1498,25 @@ def test_a_scene_photo_has_ten_windows_and_a_photo_on_white_none() -> None:
     assert verify.windows(ImageOps.expand(printed_pack("CRUNCHY"), 30, (40, 90, 200))) == []
 
 
+def test_white_patch_brings_a_scene_back_under_catalog_light() -> None:
+    """``verify.white_patch``: a scene photographed under a dimmer, warmer light (each channel
+    scaled down) comes back to the light it had, read off its brightest pixels; a photo
+    white in every channel already is left as it is; a dark photo without any white (a
+    close-up of dark fabric) is lifted by at most ``LIGHT_MAX_GAIN``, not into grey."""
+    studio = verify.white_patch(_on_counter(printed_pack("CRUNCHY")))
+    assert verify.is_scene(studio) and not verify.is_scene(printed_pack("CRUNCHY"))
+    pixels = np.asarray(studio, dtype=np.float32)
+    assert np.array_equal(np.asarray(verify.white_patch(studio)), np.asarray(studio))
+    dim = Image.fromarray(np.round(pixels * [0.8, 0.88, 0.72]).astype(np.uint8))
+    back = np.asarray(verify.white_patch(dim), dtype=np.float32)
+    before = np.abs(np.asarray(dim, dtype=np.float32) - pixels).mean()
+    assert before > 25 and np.abs(back - pixels).mean() < 2.5
+    rng = np.random.default_rng(3)
+    dark = rng.integers(20, 101, (120, 160, 3), dtype=np.uint8)
+    lifted = np.asarray(verify.white_patch(Image.fromarray(dark)), dtype=np.float32)
+    assert np.allclose(lifted, np.minimum(255, np.round(dark * verify.LIGHT_MAX_GAIN)), atol=1)
+
+
 def test_features_without_the_mask_match_as_the_full_ones() -> None:
     """``segment=False`` (search re-ranking) skips GrabCut and keeps the keypoints: the same
     geometric match as the full features."""
@@ -1514,14 +1533,15 @@ def test_features_without_the_mask_match_as_the_full_ones() -> None:
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (20, 20), (3000, 20), (400, 400)])
 def test_odd_photos_get_windows_or_none_and_raise_nothing(size: tuple[int, int]) -> None:
-    """Every image search calls ``verify.windows`` too: slivers, tiny photos, noise and one
-    flat colour give no windows or ten non-empty ones, never an error."""
+    """Every image search calls ``verify.windows`` too (and ``white_patch``): slivers, tiny
+    photos, noise and one flat colour give no windows or ten non-empty ones, never an error."""
     rng = np.random.default_rng(size[0] * 7 + size[1])
     noise = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
     for photo in (noise, Image.new("RGB", size, (10, 20, 30)), Image.new("RGB", size, "white")):
         crops = verify.windows(photo)
         assert len(crops) in (0, 10)
         assert all(min(crop.size) >= 1 for crop in crops)
+        assert verify.white_patch(photo).size == photo.size
     assert verify.windows(Image.new("RGB", size, "white")) == []
 
 
