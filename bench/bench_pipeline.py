@@ -228,7 +228,8 @@ def main() -> int:
             figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)
             print(f"search {name}: p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms "
                   f"({len(lat)} queries, {spec.name} with {t.rows_upserted} rows)")
-        # Snapshots (the product on clutter) are searched with their cut-out and windows.
+        # Snapshots (the product on clutter) are searched with their cut-out and windows, and
+        # under catalog light.
         shots = write_snapshots(queries[:30], tmp / "snapshots")
         def without(option: str) -> Any:
             return build_search(settings.model_copy(update={
@@ -240,6 +241,7 @@ def main() -> int:
                 ("by_image_no_rerank", without("geometric_rerank"), queries),
                 ("by_image_snapshot", searcher, shots),
                 ("by_image_snapshot_no_windows", without("window_queries"), shots),
+                ("by_image_snapshot_no_light", without("light_queries"), shots),
                 ("by_image_snapshot_no_rerank", without("geometric_rerank"), shots)]:
             lat = search_latency(s, client, spec, photos, None, True)
             figures[f"{name}_p50_ms"], figures[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)

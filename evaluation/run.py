@@ -163,12 +163,11 @@ def embed_scene_queries(
     light: bool = True,
 ) -> dict[int, NDArray[np.float32]]:
     """The vectors an image search with a scene photo (:func:`search.verify.is_scene`)
-    searches with in place of the photo's own, for the photos in ``paths`` that have any,
-    by position, one row each, in the order of
-    :meth:`search.api.ProductSearch.query_vectors` (the same decode, light, crops and
-    embed): the photo's (under catalog light, :func:`search.verify.white_patch`), its
-    cut-outs' (:func:`search.verify.cutouts`) and its windows'
-    (:func:`search.verify.windows`), each unless turned off. Cached under the photo's
+    searches with, for the photos in ``paths`` that have more than their own, by position,
+    one row each, in the order of :meth:`search.api.ProductSearch.query_vectors` (the same
+    decode, light, crops and embed): the photo's, its own under catalog light
+    (:func:`search.verify.white_patch`), its cut-outs' (:func:`search.verify.cutouts`) and
+    its windows' (:func:`search.verify.windows`), each unless turned off. Cached under the photo's
     content hash and :data:`~search.verify.LIGHT_VERSION`, :data:`~search.verify.CUTOUT_VERSION`
     or :data:`~search.verify.WINDOW_VERSION`, and the cut-out's or crop's index (the
     cut-outs' and windows' keys name the light too: they are cut from the lit photo)."""
@@ -181,21 +180,20 @@ def embed_scene_queries(
         data = _read(path)
         picture = _decode(path, data, max_pixels, min_size)
         digest = content_hash(data)
-        lit = light and is_scene(picture)
-        if lit:
-            picture = white_patch(picture)
-        own = f"{digest}:{LIGHT_VERSION}" if lit else digest  # else embed_files' key
-        light_key = f":{LIGHT_VERSION}" if lit else ""
-        products = search_cutouts(picture) if cutouts else []
-        crops = search_windows(picture) if windows else []
-        stats.lit += lit
+        named = [(digest, picture)]  # the photo as taken: embed_files' key
+        lit = white_patch(picture) if light and is_scene(picture) else picture
+        if lit is not picture:
+            named.append((f"{digest}:{LIGHT_VERSION}", lit))
+        light_key = f":{LIGHT_VERSION}" if lit is not picture else ""
+        products = search_cutouts(lit) if cutouts else []
+        crops = search_windows(lit) if windows else []
+        stats.lit += lit is not picture
         stats.cutouts += bool(products)
         stats.windows += bool(crops)
-        named = [
+        named += [
             (f"{digest}:{CUTOUT_VERSION}{light_key}:{n}", cut) for n, cut in enumerate(products)
         ] + [(f"{digest}:{WINDOW_VERSION}{light_key}:{n}", crop) for n, crop in enumerate(crops)]
-        if named or lit:
-            named.insert(0, (own, picture))
+        if len(named) > 1:
             keys[i] = [key for key, _ in named]
             pictures.update(named)
     found = cache.get_many(version, list(pictures)) if cache is not None else {}
@@ -245,7 +243,7 @@ def run_queries(
     """Each query's top max(10, R) products (R = its relevant count, at most MAX_K).
 
     ``vectors`` holds every query image in order (``query.images`` of each query in turn),
-    ``scene`` the vectors a scene photo searches with instead, by the same position
+    ``scene`` all the vectors a scene photo searches with, by the same position
     (:func:`embed_scene_queries`); a query with several views searches with all of them
     and theirs (``ProductSearch.by_vectors``). With ``rerank_max_pixels`` each search
     checks the geometry of its first products against the query photos, decoded as
@@ -260,7 +258,7 @@ def run_queries(
             views: list[Any] = []
             for i in range(start, start + len(query.images)):
                 if i in scene:
-                    views.extend(scene[i])  # the photo's own (maybe under catalog light) first
+                    views.extend(scene[i])  # the photo's own first
                 else:
                     views.append(vectors[i])
             start += len(query.images)

@@ -200,9 +200,10 @@ class SearchSettings(_Group):
     )
     light_queries: bool = Field(
         default=True,
-        description="...and such a photo (so its cut-out and windows too) is searched under "
-        "catalog light: each channel lifted so its brightest 1% is white, by at most 1.5x "
-        "(~2 ms; docs/matching.md, \"Scene queries under catalog light\")",
+        description="...and such a photo is also searched under catalog light (each channel "
+        "lifted so its brightest 1% is white, by at most 1.5x), its cut-out and windows cut "
+        "from that: one more embedding per such photo (docs/matching.md, \"Scene queries "
+        "under catalog light\")",
     )
     turned_queries: bool = Field(
         default=True,

@@ -101,9 +101,9 @@ EXACT_MAX_ROWS = 8192
 """Most matching rows scored exactly when the index keeps answering short (vectors fetched)."""
 MAX_QUERY_VECTORS = 16
 """Views one multi-image query may have (each is searched; Milvus caps nq far higher)."""
-MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (3 + 5 * len(WINDOW_SCALES))
-"""Query vectors one search may have: for each view its own, its cut-outs' (the product on
-white, and square-on), its windows'."""
+MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (4 + 5 * len(WINDOW_SCALES))
+"""Query vectors one search may have: for each view its own, its own under catalog light,
+its cut-outs' (the product on white, and square-on), its windows'."""
 RERANK_DEPTH = 20
 """An image search checks the geometry of its first this many products
 (:meth:`ProductSearch.rerank`)."""
@@ -268,8 +268,8 @@ class ProductSearch:
         ``cutout_queries``: image searches also search with a photo's segmented product on
         white when its border does not tell its background (:meth:`by_image`);
         ``window_queries``: ...and with its :func:`search.verify.windows`;
-        ``light_queries``: such a photo (and so its cut-out and windows) is searched under
-        catalog light (:func:`search.verify.white_patch`); ``rerank``: an
+        ``light_queries``: ...and under catalog light, its cut-out and windows cut from
+        that (:func:`search.verify.white_patch`); ``rerank``: an
         image search checks the geometry of its first products (:meth:`rerank`; needs
         ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
@@ -699,14 +699,18 @@ class ProductSearch:
 
     def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, in one embedder call:
-        each photo's (under catalog light when it is a scene), followed by its cut-out's when
-        it has one and its windows' when it has them (:meth:`by_image`)."""
+        each photo's, followed by its own under catalog light when it is a scene
+        (:func:`search.verify.white_patch`), its cut-out's when it has one and its windows'
+        when it has them, cut from the lit photo (:meth:`by_image`)."""
         pictures = []
         for image in images:
             picture = self._load(image, self._max_pixels)
-            if self._light_queries and is_scene(picture):
-                picture = white_patch(picture)
             pictures.append(picture)
+            if self._light_queries and is_scene(picture):
+                lit = white_patch(picture)
+                if lit is not picture:  # not already under catalog light
+                    pictures.append(lit)
+                    picture = lit
             if self._cutout_queries:
                 pictures += [self._load(cut, self._max_pixels) for cut in cutouts(picture)]
             if self._window_queries:

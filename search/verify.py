@@ -1204,8 +1204,9 @@ def white_patch(image: Image.Image) -> Image.Image:
     white). A re-shot or in-store photo is darker and tinted where the catalog photo it must
     find is lit for the studio; the CNN and the colour histogram both read it closer to that
     photo once corrected (docs/matching.md, "Scene queries under catalog light"). A photo
-    already white somewhere in every channel comes back as it is."""
-    rgb = image.convert("RGB")
+    already white somewhere in every channel comes back as it is (``image`` itself when it
+    is RGB)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     scale = min(1.0, VERIFY_SIZE / max(rgb.size))
     small = rgb if scale >= 1.0 else rgb.resize(
         (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),

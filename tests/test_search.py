@@ -178,8 +178,8 @@ def test_several_views_search_together_each_product_scored_by_its_best(
     assert ids(catalog.search.by_images([picture], k=1)) == ["topsy"]
     with pytest.raises(ValueError, match="at least one"):
         catalog.search.by_vectors([], k=3)
-    with pytest.raises(ValueError, match="at most 208"):
-        catalog.search.by_vectors([unit(0)] * 209, k=3)
+    with pytest.raises(ValueError, match="at most 224"):
+        catalog.search.by_vectors([unit(0)] * 225, k=3)
     with pytest.raises(ValueError, match="dimensions"):
         catalog.search.by_vectors([unit(0), [1.0, 2.0]], k=3)
 
@@ -322,9 +322,11 @@ def test_a_snapshot_also_searches_with_its_product_on_white(
     the two; the fake embedder reads a picture's corner: the backdrop's for the shot (the
     direction of "far"), white for the cut-out (that of the tees)."""
     shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
-    _read_as(catalog.embedder, [shot, *windows(shot)], unit(7))  # the backdrop's
+    lit = white_patch(shot)  # searched under catalog light
+    _read_as(catalog.embedder, [shot, lit, *windows(lit)], unit(7))  # the backdrop's
     catalog.embedder.table[(255, 255, 255)] = unit(0)
-    assert len(catalog.search.query_vectors([shot])) == 12  # the shot, its cut-out, windows
+    # the shot, under catalog light, its cut-out, ten windows
+    assert len(catalog.search.query_vectors([shot])) == 13
     hits = catalog.search.by_image(shot, k=3)
     assert ids(hits) == ["far", "tee-1", "topsy"]
     assert hits[1].score == pytest.approx(0.99, abs=1e-4)  # the cut-out's cosine
@@ -334,7 +336,7 @@ def test_a_snapshot_also_searches_with_its_product_on_white(
     plain_search = ProductSearch(milvus.store, catalog.spec, catalog.embedder,
                                  consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
                                  cutout_queries=False)
-    assert len(plain_search.query_vectors([shot])) == 11
+    assert len(plain_search.query_vectors([shot])) == 12
     assert plain_search.by_image(shot, k=3)[0].product_id == "far"
     assert plain_search.by_image(shot, k=3)[1].score < 0.5
     # a photo with a telling border (here one colour) searches with itself only
@@ -368,7 +370,7 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     crops = windows(lit)
     red = crops[8].getpixel((0, 0))
     assert len(crops) == 10 and isinstance(red, tuple) and red[0] > 200 and red[1:] == (0, 0)
-    _read_as(catalog.embedder, [lit, *crops, *cutouts(lit)],
+    _read_as(catalog.embedder, [shot, lit, *crops, *cutouts(lit)],
              rotate(0.5, base=7, towards=1))  # 0.50 to far, 0.12 to tee-1
     catalog.embedder.table[red] = unit(0)
     hits = catalog.search.by_image(shot, k=2)
@@ -379,22 +381,22 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
     # shot and its cut-out read, comes first
     whole = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
                           max_pixels=milvus_support.MAX_PIXELS, window_queries=False)
-    assert len(whole.query_vectors([shot])) == 1 + len(cutouts(lit))
+    assert len(whole.query_vectors([shot])) == 2 + len(cutouts(lit))
     assert whole.by_image(shot, k=1)[0].product_id == "far"
     # what eval searches with: the same vectors, through by_vectors
     vectors = catalog.search.query_vectors([shot])
     assert ids(catalog.search.by_vectors(vectors, k=2)) == ids(hits)
     assert ids(catalog.search.by_vectors(vectors * 16, k=2)) == ids(hits)  # 16 such photos
-    with pytest.raises(ValueError, match="at most 208"):
-        catalog.search.by_vectors([vectors[0]] * 209, k=2)
+    with pytest.raises(ValueError, match="at most 224"):
+        catalog.search.by_vectors([vectors[0]] * 225, k=2)
 
 
 def test_a_scene_is_searched_under_catalog_light(catalog: Catalog, milvus: Milvus) -> None:
-    """A scene photo taken under a dim, tinted light is searched as
+    """A scene photo taken under a dim, tinted light is also searched as
     ``verify.white_patch`` brings it back to catalog light
-    (LOOKALIKE_SEARCH__LIGHT_QUERIES, on by default); turned off, as taken. The fake
+    (LOOKALIKE_SEARCH__LIGHT_QUERIES, on by default); turned off, only as taken. The fake
     embedder reads the top-left pixel: the lit photo's is tee-1's direction, the photo as
-    taken far's."""
+    taken far's (0.5 away)."""
     shot = reshot_on_backdrop(textured_photo(3), texture_seed=5)
     dim = Image.fromarray((np.asarray(shot, dtype=np.float32) * [0.75, 0.8, 0.7]).astype(np.uint8))
     lit = white_patch(dim)
@@ -405,6 +407,7 @@ def test_a_scene_is_searched_under_catalog_light(catalog: Catalog, milvus: Milvu
                                      consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
                                      cutout_queries=False, window_queries=False,
                                      light_queries=light) for light in (True, False)}
+    assert len(searches[True].query_vectors([dim])) == 2
     assert searches[True].by_image(dim, k=1)[0].product_id == "tee-1"
     assert searches[False].by_image(dim, k=1)[0].product_id == "far"
     on_white = textured_photo(3)  # its border tells its background: searched as it is
