@@ -59,7 +59,8 @@ class EmbedStats:
     windows: int = 0
     """Query photos also searched with their windows (ten crops each)."""
     lit: int = 0
-    """Scene photos searched under catalog light (:func:`search.verify.white_patch`)."""
+    """Scene photos also searched under catalog light (:func:`search.verify.white_patch`;
+    those whose light it changes)."""
     cutout_seconds: float = 0.0
     """Time spent looking for cut-outs and windows (decode, segmentation) and embedding
     them."""
@@ -290,8 +291,8 @@ def evaluate(
     verifier: SameItemVerifier | None = None,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
-    (scene photos under catalog light, with their cut-outs and windows, unless turned off,
-    as ``lookalike search`` would; with
+    (scene photos also under catalog light and with their cut-outs and windows, unless
+    turned off, as ``lookalike search`` would; with
     a ``verifier`` reading the gallery's photos, searches re-ranked by geometry as
     ``ProductSearch.by_images`` re-ranks them)."""
     stats = EmbedStats()
