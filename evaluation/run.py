@@ -183,12 +183,13 @@ def embed_scene_queries(
         digest = content_hash(data)
         named = [(digest, picture)]  # the photo as taken: embed_files' key
         lit = white_patch(picture) if light and is_scene(picture) else picture
-        if lit is not picture:
-            named.append((f"{digest}:{LIGHT_VERSION}", lit))
-        light_key = f":{LIGHT_VERSION}" if lit is not picture else ""
+        changed = lit is not picture
+        light_key = f":{LIGHT_VERSION}" if changed else ""
+        if changed:
+            named.append((f"{digest}{light_key}", lit))
         products = search_cutouts(lit) if cutouts else []
         crops = search_windows(lit) if windows else []
-        stats.lit += lit is not picture
+        stats.lit += changed
         stats.cutouts += bool(products)
         stats.windows += bool(crops)
         named += [

@@ -1193,8 +1193,12 @@ def is_scene(image: Image.Image) -> bool:
     """Whether a photo's border does not tell its background (a shopper's snapshot, a product
     re-shot in a scene): the test :func:`windows`, :func:`cutouts` and :func:`white_patch`
     are made for; False for a photo on white or padded, and for one too small to tell."""
-    small = _half(_at_verify_size(image))
-    return min(small.shape[:2]) >= 16 and background_mask(small) is None
+    return _scene_pixels(_half(_at_verify_size(image)))
+
+
+def _scene_pixels(rgb: NDArray[np.uint8]) -> bool:
+    """:func:`is_scene` of a photo at half ``VERIFY_SIZE`` (as :func:`product_mask` reads it)."""
+    return min(rgb.shape[:2]) >= 16 and background_mask(rgb) is None
 
 
 def white_patch(image: Image.Image) -> Image.Image:
@@ -1247,7 +1251,7 @@ def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
     backdrops then differ over it. OpenCV's GrabCut separates product and backdrop with
     colour models fitted inside and outside a rectangle ``SEGMENT_INSET`` within the frame,
     at ``SEGMENT_PX``; the mask is enlarged back."""
-    if min(rgb.shape[:2]) < 16 or background_mask(rgb) is not None:
+    if not _scene_pixels(rgb):
         return None
     height, width = rgb.shape[:2]
     scale = min(1.0, SEGMENT_PX / max(height, width))
