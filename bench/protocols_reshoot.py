@@ -48,6 +48,15 @@ and a JPEG of middle quality, at 480-800 px.
 * ``same-item-fmnist-reshoot``: the ``same-item-fmnist`` gallery (seed 11); 300 queries are
   re-shoots of the 28 px articles enlarged to 224 px (every article has hundreds of
   look-alikes of its class).
+* ``same-item-plain`` (synthetic plain products, another product kind): 40 shapes (balls,
+  bottles, blocks, rolls, mats, eight of each kind at random aspects, drawn with PIL:
+  smooth shading, a soft highlight, no print) x 4 colours each, the colours of one shape
+  45-90 apart in RGB and one of them taken from an earlier shape: the look-alikes are the
+  same shape in a nearby colour and the same colour on another shape (of the same kind at
+  times, and then of a similar outline). Listings as same-item-packs'; 160 queries, one
+  re-shoot of every product (half under the ramp light, half under the lamp). Written
+  after the silhouette route (docs/matching.md, "Silhouette route") was chosen on the luma
+  sets, to check its precision on plain look-alikes it was not chosen on.
 
 Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME]``
 """
@@ -84,7 +93,8 @@ from search.verify import outer_background  # noqa: E402
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
              "same-item-packs-vivid", "same-item-packs-turned", "packs-instore",
-             "same-item-fmnist-reshoot", "same-item-relit", "same-item-packs-relit")
+             "same-item-fmnist-reshoot", "same-item-relit", "same-item-packs-relit",
+             "same-item-plain")
 
 
 def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -320,6 +330,96 @@ def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int
     return write_protocol(out_dir, gallery, queries)
 
 
+def draw_plain(kind: int, aspect: float, colour: tuple[int, int, int], seed: int
+               ) -> Image.Image:
+    """A plain product on white (see the module doc): one of five outlines (``kind``) at
+    ``aspect``, one flat ``colour`` under smooth shading and a soft highlight, no print."""
+    rng = np.random.default_rng(seed)
+    width, height = 480, 560
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy = width // 2, height // 2
+    w = 340 if aspect >= 1 else round(340 * aspect)
+    h = round(w / aspect) if aspect >= 1 else 340 * 1.3
+    w, h = min(w, 420), min(round(h), 500)
+    box = (cx - w // 2, cy - h // 2, cx + w // 2, cy + h // 2)
+    if kind == 0:  # a ball (an ellipse)
+        draw.ellipse(box, fill=255)
+    elif kind == 1:  # a bottle: a body and a neck
+        neck = max(12, w // 4)
+        draw.rounded_rectangle((box[0], box[1] + h // 4, box[2], box[3]), radius=w // 5, fill=255)
+        draw.rectangle((cx - neck // 2, box[1], cx + neck // 2, box[1] + h // 4 + 4), fill=255)
+    elif kind == 2:  # a block (a rounded box)
+        draw.rounded_rectangle(box, radius=int(rng.integers(6, 30)), fill=255)
+    elif kind == 3:  # a roll (a capsule)
+        draw.rounded_rectangle(box, radius=min(w, h) // 2, fill=255)
+    else:  # a mat rolled up: a capsule with a flat end
+        draw.rounded_rectangle(box, radius=min(w, h) // 2, fill=255)
+        draw.rectangle((box[0], box[1], box[0] + w // 3, box[3]), fill=255)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 1.12 - 0.3 * (yy - box[1]) / max(1, h) - 0.1 * (xx - box[0]) / max(1, w)
+    spot = np.exp(-(((xx - cx + w / 5) ** 2 + (yy - cy + h / 4) ** 2) / (2 * (w / 6) ** 2)))
+    rgb = np.array(colour, np.float32) * light[:, :, None] + 60 * spot[:, :, None]
+    product = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+    photo = Image.new("RGB", (width, height), "white")
+    photo.paste(product, (0, 0), mask.filter(ImageFilter.GaussianBlur(1.5)))
+    return photo
+
+
+def write_plain(out_dir: Path, seed: int = 17, n_shapes: int = 40, n_queries: int = 240
+                ) -> tuple[Path, Path]:
+    """The same-item-plain protocol (see module doc)."""
+    rng = np.random.default_rng(seed)
+    palette: list[tuple[int, int, int]] = []
+    products: list[tuple[str, Image.Image, Row]] = []
+    for shape in range(n_shapes):
+        kind, aspect = shape % 5, float(rng.uniform(0.45, 2.2))
+        base = rng.integers(40, 215, size=3)
+        colours: list[tuple[int, int, int]] = []
+        while len(colours) < 4:  # nearby colours of one shape, 45-90 apart
+            step = rng.normal(size=3)
+            candidate = np.clip(base + step / np.linalg.norm(step) * rng.uniform(45, 90) *
+                                len(colours), 15, 240)
+            if all(np.linalg.norm(candidate - np.array(c)) >= 45 for c in colours):
+                colours.append(tuple(int(v) for v in candidate))
+        if palette:  # and colours shared with other shapes
+            colours[int(rng.integers(1, 4))] = palette[int(rng.integers(len(palette)))]
+        palette.extend(colours)
+        for n, colour in enumerate(colours):
+            pid = f"plain-{shape:02d}-{n}"
+            variant = {"product_id": pid, "group_id": f"plain-{shape:02d}",
+                       "title": f"plain {shape} colour {n}", "category": "Gear/Plain",
+                       "currency": "EUR"}
+            products.append((pid, draw_plain(kind, aspect, colour, 100 * shape), variant))
+    gallery: list[Row] = []
+    listings: dict[str, list[str]] = {}
+    for pid, photo, variant in products:
+        price = float(rng.uniform(5, 40))
+        main = out_dir / "images" / f"{pid}.jpg"
+        _save(photo, main)
+        rows = [_listing(variant, pid, "maker", _relative(main, out_dir), price)]
+        if rng.random() < 0.5:
+            path = out_dir / "images" / f"{pid}~shop1.jpg"
+            _save(reshoot(photo, rng), path)
+            rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        if rng.random() < 0.25:
+            rows.append(_listing(variant, f"{pid}~shop2", "shop-2", _relative(main, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        gallery.extend(rows)
+        listings[pid] = [r["product_id"] for r in rows]
+    queries: list[Row] = []
+    chosen = rng.choice(len(products), size=min(n_queries, len(products)), replace=False)
+    for n, index in enumerate(sorted(chosen.tolist())):
+        pid, photo, variant = products[index]
+        light = "ramp" if n % 2 == 0 else "lamp"
+        path = out_dir / "queries" / f"{pid}.jpg"
+        _save(reshoot(photo, rng, light=light), path)
+        queries.append({"image": _relative(path, out_dir), "relevant": listings[pid],
+                        "category": variant["category"], "edit": f"reshoot-{light}"})
+    return write_protocol(out_dir, gallery, queries)
+
+
 def _packs_gallery(packs_dir: Path, out_dir: Path) -> list[Row]:
     """A written same-item-packs' gallery, its image paths relative to ``out_dir``."""
     if not (packs_dir / "queries.jsonl").exists():
@@ -461,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     if "same-item-packs-relit" in wanted:
         print("same-item-packs-relit: {} {}".format(*write_pack_relit(
             args.out / "same-item-packs", args.out / "same-item-packs-relit")))
+    if "same-item-plain" in wanted:
+        print("same-item-plain: {} {}".format(*write_plain(args.out / "same-item-plain")))
     if "same-item-fmnist-reshoot" in wanted:
         print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
             args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))

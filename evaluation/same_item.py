@@ -30,7 +30,7 @@ from ingest.fetch import ImageFetcher
 from lookalike.settings import SearchSettings
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
-from search.verify import SameItemVerifier
+from search.verify import SameItemRule, SameItemVerifier
 from store import MilvusStore
 
 _SEARCH_DEFAULTS = SearchSettings()
@@ -106,12 +106,14 @@ def gallery_roots(products: Sequence[GalleryProduct]) -> list[Path]:
 
 
 def gallery_verifier(products: Sequence[GalleryProduct], max_pixels: int,
-                     fetcher: ImageFetcher | None = None) -> SameItemVerifier:
+                     fetcher: ImageFetcher | None = None,
+                     rule: SameItemRule | None = None) -> SameItemVerifier:
     """A verifier reading the gallery's photos through the fetch path a search process uses
     for stored listings: ``fetcher`` (``lookalike eval`` passes the configured one, with the
-    gallery's folders among its roots), or one that may read exactly those folders."""
+    gallery's folders among its roots), or one that may read exactly those folders; it
+    decides by ``rule`` (the default rule without one)."""
     return SameItemVerifier.for_fetcher(fetcher or ImageFetcher(gallery_roots(products)),
-                                        max_pixels)
+                                        max_pixels, rule)
 
 
 def evaluate_same_item(
@@ -128,18 +130,21 @@ def evaluate_same_item(
     fetcher: ImageFetcher | None = None,
     turned_queries: bool = _SEARCH_DEFAULTS.turned_queries,
     family_depth: int = _SEARCH_DEFAULTS.family_depth,
+    silhouette_route: bool = _SEARCH_DEFAULTS.silhouette_route,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.
     ``k`` and ``threshold`` are ``compare_prices``', ``turned_queries`` and ``family_depth``
-    the searcher's (``lookalike eval`` passes the configured ``search.compare_k``,
-    ``search.compare_threshold``, ``search.turned_queries`` and ``search.family_depth``)."""
+    the searcher's, ``silhouette_route`` its verifier's rule's (``lookalike eval`` passes the
+    configured ``search.compare_k``, ``search.compare_threshold``, ``search.turned_queries``,
+    ``search.family_depth`` and ``search.silhouette_route``)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
-                             verifier=gallery_verifier(products, max_pixels, fetcher),
+                             verifier=gallery_verifier(products, max_pixels, fetcher,
+                                                       SameItemRule(silhouette_route=silhouette_route)),
                              turned_queries=turned_queries, family_depth=family_depth)
     counts = SameItemCounts()
     per_query: list[float] = []

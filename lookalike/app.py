@@ -274,10 +274,11 @@ def build_verifier(settings: Settings, fetcher: ImageFetcher | None = None) -> S
     """Price comparison's same-item check, reading stored listing photos the way ingest
     fetched them: through ``fetcher``, by default :func:`build_fetcher`'s (the same roots,
     egress allow-lists, deadline, retries and byte cap as ingest and reindex)."""
-    from search.verify import SameItemVerifier
+    from search.verify import SameItemRule, SameItemVerifier
 
     return SameItemVerifier.for_fetcher(fetcher or build_fetcher(settings.images),
-                                        settings.images.max_pixels)
+                                        settings.images.max_pixels,
+                                        SameItemRule(silhouette_route=settings.search.silhouette_route))
 
 
 # -- Kafka ----------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
                                             threshold=settings.search.compare_threshold,
                                             fetcher=build_fetcher(images),
                                             turned_queries=settings.search.turned_queries,
-                                            family_depth=settings.search.family_depth)
+                                            family_depth=settings.search.family_depth,
+                                            silhouette_route=settings.search.silhouette_route)
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=args.match,

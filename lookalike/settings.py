@@ -212,6 +212,13 @@ class SearchSettings(_Group):
         "verifies it turned upright as well: three more embeddings and a small search per "
         "query, ~60 ms on 2 CPU cores (docs/matching.md, \"Turned photos\")",
     )
+    silhouette_route: bool = Field(
+        default=True,
+        description="Price comparison may accept a plain product (few keypoints: a ball, a "
+        "block, a bottle) with too few keypoint matches when its outline and its colour agree "
+        "with the listing's; turn off for a catalog of plain look-alikes that share a shape "
+        "and a colour, which it cannot tell apart (docs/matching.md, \"Silhouette route\")",
+    )
     geometric_rerank: bool = Field(
         default=True,
         description="An image search checks the geometry (SIFT keypoints, RANSAC) of "

@@ -612,11 +612,13 @@ class SameItemRule:
     correlation ``>= min_local_correlation``, colour agreement ``>= min_colour``). Or,
     with fewer inliers, a plain product aligned without keypoints
     (:func:`aligned_without_keypoints`): ``similarity >= coarse_similarity``,
-    ``colour_agreement >= min_colour`` and the stricter ``coarse_*`` aligned limits. Or a
-    near-identical photo: ``similarity >= duplicate_similarity`` and ``colour_agreement >=
-    min_colour``. A pair
-    refused with its inliers is aligned again (``SameItemVerifier._refined``) and accepted
-    when the refined alignment passes :meth:`agrees_refined`.
+    ``colour_agreement >= min_colour`` and the stricter ``coarse_*`` aligned limits. Or,
+    with fewer inliers and no alignment that agrees, the silhouette route
+    (:meth:`decide_silhouette`): a plain listing whose product has the query's outline and
+    colour. Or a near-identical photo: ``similarity >= duplicate_similarity`` and
+    ``colour_agreement >= min_colour``. A pair refused with its inliers is aligned again
+    (``SameItemVerifier._refined``) and accepted when the refined alignment passes
+    :meth:`agrees_refined`.
     """
 
     min_inliers: int = 10
@@ -768,6 +770,58 @@ class SameItemRule:
     refined; another colour of a style, lined up on the parts the colours share, reached
     0.87 on same-item-blind, and three more passed through the light and overlay routes
     (docs/matching.md, "Refined alignment and colour grading")."""
+    silhouette_route: bool = True
+    """Whether the silhouette route (:meth:`decide_silhouette`) may accept a pair at all
+    (``search.silhouette_route``): off for a catalog of plain look-alikes that share a shape
+    and a colour, which it cannot tell apart."""
+    silhouette_similarity: float = 0.82
+    """The silhouette route (:meth:`decide_silhouette`; a plain product re-shot or re-edited:
+    too few keypoints for geometry, too much changed for the keypoint-free alignment):
+    global cosine the pair needs. Re-shot stability balls, blocks and rollers read
+    0.78-0.92; the nearest look-alike that passed the other limits, a Fashion-MNIST shirt
+    for another, 0.80 (docs/matching.md, "Silhouette route")."""
+    silhouette_keypoints: int = 40
+    """The silhouette route: most SIFT keypoints the listing may show on its product (it is
+    plain: a ball, a yoga block 8-37; a printed pack, a garment on a model 60 and more)."""
+    silhouette_overlap: float = 0.88
+    """The silhouette route: least overlap (intersection over union) of the two products'
+    outlines, each scaled to its bounding box (:attr:`SilhouetteAgreement.overlap`).
+    Re-shots of one plain product 0.88-0.99; another product's 0.88 at most, on
+    Fashion-MNIST's 28 px garments."""
+    silhouette_chroma: float = 0.04
+    """The silhouette route: largest difference of the two products' median colours in any
+    channel's share of the brightness (:attr:`SilhouetteAgreement.chroma`): 0.01-0.03 for
+    a luma ball re-shot under another lamp, 0.10-0.30 for its other colours."""
+    silhouette_brightness: float = 1.15
+    """The silhouette route: largest ratio of the two products' median brightness (grey and
+    black variants have the same chroma)."""
+    silhouette_saturation: float = 0.1
+    """The silhouette route: least :attr:`SilhouetteAgreement.saturation` of the listing's
+    product. A product without a colour (grey, black, white) leaves the outline and the
+    brightness alone to tell it, and on Fashion-MNIST's grey articles a class's look-alikes
+    passed every other limit (precision 0.997 -> 0.635); luma's grey ball reads 0.19-0.21,
+    its blue and pink ones 0.5-0.8."""
+
+    def decide_silhouette(self, similarity: float, silhouette: SilhouetteAgreement
+                          ) -> tuple[bool, str]:
+        """(same item?, why) for a pair with too few inliers, by the silhouette route: a
+        plain listing (at most ``silhouette_keypoints``), globally close
+        (``silhouette_similarity``), of the same outline (``silhouette_overlap``) and the
+        same colour (``silhouette_chroma``, ``silhouette_brightness``), a colour at all
+        (``silhouette_saturation``). What it cannot tell apart: two plain products of one
+        shape and colour, which no photo tells apart either."""
+        brightness = max(silhouette.brightness, 1.0 / max(silhouette.brightness, 1e-6))
+        same = (similarity >= self.silhouette_similarity
+                and silhouette.keypoints <= self.silhouette_keypoints
+                and silhouette.overlap >= self.silhouette_overlap
+                and silhouette.chroma <= self.silhouette_chroma
+                and brightness <= self.silhouette_brightness
+                and silhouette.saturation >= self.silhouette_saturation)
+        verdict = "a plain product of the same outline and colour" if same else "plain, but"
+        return same, (f"{verdict} (similarity {similarity:.3f}, {silhouette.keypoints} "
+                      f"keypoints on the listing, outline overlap {silhouette.overlap:.2f}, "
+                      f"colour {silhouette.chroma:.3f} apart, brightness x{brightness:.2f}, "
+                      f"saturation {silhouette.saturation:.2f})")
 
     def decide(self, similarity: float, inliers: int, colour: float,
                alignment: Alignment | None, overlay: Overlay = "open") -> tuple[bool, str]:
@@ -1076,6 +1130,75 @@ class SameItemRule:
         return False, (f"{inliers} inliers; aligned without keypoints, the photos differ "
                        f"(correlation {alignment.correlation:.2f}, colour shift {shift:.1f}, "
                        f"recoloured part {alignment.recoloured:.1%})")
+
+
+@dataclass(frozen=True)
+class SilhouetteAgreement:
+    """How two photos of plain products compare without keypoints or an alignment
+    (:func:`silhouette_agreement`): the evidence of :meth:`SameItemRule.decide_silhouette`."""
+
+    overlap: float
+    """Intersection over union of the two products' masks, each scaled to its bounding box
+    at ``OUTLINE_PX`` square (the shape, whatever its size and place in the photo)."""
+    chroma: float
+    """Largest difference, over the channels, of the two products' median colours each
+    divided by its channel sum (the colour whatever its brightness)."""
+    brightness: float
+    """The query product's median brightness over the listing's."""
+    keypoints: int
+    """SIFT keypoints on the listing's product."""
+    saturation: float
+    """How far the listing product's median colour is from grey: (max - min) / max of its
+    channels (0 for grey, black or white)."""
+
+
+OUTLINE_PX = 64
+"""Side of the square each product's mask is scaled to for :attr:`SilhouetteAgreement.overlap`."""
+MIN_OUTLINE_PIXELS = 64
+"""Fewest product pixels (at half ``VERIFY_SIZE``) :func:`silhouette_agreement` compares."""
+
+
+def silhouette_agreement(query: PhotoFeatures, other: PhotoFeatures) -> SilhouetteAgreement | None:
+    """The outline and colour of the two photos' products compared (:class:`SilhouetteAgreement`);
+    None when either photo shows no product to compare (found neither by its segmentation
+    nor by its background)."""
+    mine, theirs = _product_pixels(query), _product_pixels(other)
+    if mine is None or theirs is None:
+        return None
+    outlines = (_outline(mine), _outline(theirs))
+    union = max(int(np.count_nonzero(outlines[0] | outlines[1])), 1)
+    medians = (np.median(query.small[mine].astype(np.float32), axis=0),
+               np.median(other.small[theirs].astype(np.float32), axis=0))
+    sums = (max(float(medians[0].sum()), 1.0), max(float(medians[1].sum()), 1.0))
+    chroma = float(np.abs(medians[0] / sums[0] - medians[1] / sums[1]).max())
+    height, width = theirs.shape
+    points = np.clip((other.points / 2).astype(np.int64), 0, [width - 1, height - 1])
+    keypoints = int(np.count_nonzero(theirs[points[:, 1], points[:, 0]])) if len(points) else 0
+    saturation = float(np.ptp(medians[1]) / max(float(medians[1].max()), 1.0))
+    return SilhouetteAgreement(int(np.count_nonzero(outlines[0] & outlines[1])) / union,
+                          chroma, sums[0] / sums[1], keypoints, saturation)
+
+
+def _product_pixels(features: PhotoFeatures) -> NDArray[np.bool_] | None:
+    """Where ``features``' photo (at half ``VERIFY_SIZE``) shows its product: the segmented
+    mask, or what is not background; None when too little is found."""
+    if features.product is not None:
+        mask = features.product
+    else:
+        background = background_mask(features.small)
+        if background is None:
+            return None
+        mask = ~background
+    return mask if np.count_nonzero(mask) >= MIN_OUTLINE_PIXELS else None
+
+
+def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """``mask`` cropped to its bounding box and scaled to ``OUTLINE_PX`` square."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8) * 255
+    scaled = cv2.resize(box, (OUTLINE_PX, OUTLINE_PX), interpolation=cv2.INTER_AREA)
+    out: NDArray[np.bool_] = scaled > 127
+    return out
 
 
 @dataclass(frozen=True)
@@ -2458,11 +2581,12 @@ class SameItemVerifier:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_fetcher(cls, fetcher: ImageFetcher, max_pixels: int) -> SameItemVerifier:
+    def for_fetcher(cls, fetcher: ImageFetcher, max_pixels: int,
+                    rule: SameItemRule | None = None) -> SameItemVerifier:
         """A verifier reading listing photos through ``fetcher``: build it with
         ``lookalike.app.build_fetcher`` so that the configured roots, egress allow-lists,
         byte cap and deadline apply here as in ingest and reindex."""
-        return cls(fetching_loader(fetcher, max_pixels))
+        return cls(fetching_loader(fetcher, max_pixels), rule)
 
     def gallery_features(self, image_ref: str) -> PhotoFeatures:
         """Features of a stored listing photo, from the cache or loaded and computed."""
@@ -2520,6 +2644,13 @@ class SameItemVerifier:
                 if m_same:
                     inliers, alignment = m_inliers, m_alignment
                     same, why = True, f"{m_why}; the photo mirrored"
+        if (self.rule.silhouette_route and not same and inliers < self.rule.min_inliers
+                and similarity >= self.rule.silhouette_similarity):
+            silhouette = silhouette_agreement(query, other)
+            if silhouette is not None:
+                accepted, because = self.rule.decide_silhouette(similarity, silhouette)
+                if accepted:
+                    same, why = True, f"{inliers} inliers: {because}"
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
                         mirror_tried=flipped is not None)

@@ -111,8 +111,8 @@ def test_same_item_eval_runs_compare_prices_with_the_given_k(
 def test_cli_eval_same_item_uses_the_configured_comparison(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``lookalike eval --task same-item`` measures what the configured ``compare_prices``
-    does: ``search.compare_k``, ``search.compare_threshold``, ``search.turned_queries`` and
-    ``search.family_depth`` reach it."""
+    does: ``search.compare_k``, ``search.compare_threshold``, ``search.turned_queries``,
+    ``search.family_depth`` and ``search.silhouette_route`` reach it."""
     gallery_path, queries_path = _write(tmp_path)
     seen: dict[str, object] = {}
 
@@ -128,9 +128,27 @@ def test_cli_eval_same_item_uses_the_configured_comparison(
     monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_THRESHOLD", "0.6")
     monkeypatch.setenv("LOOKALIKE_SEARCH__TURNED_QUERIES", "false")
     monkeypatch.setenv("LOOKALIKE_SEARCH__FAMILY_DEPTH", "120")
+    monkeypatch.setenv("LOOKALIKE_SEARCH__SILHOUETTE_ROUTE", "false")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Seen):
         main(["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
               str(queries_path), "--no-cache"])
-    assert (seen["k"], seen["threshold"], seen["turned_queries"], seen["family_depth"]
-            ) == (7, 0.6, False, 120)
+    assert (seen["k"], seen["threshold"], seen["turned_queries"], seen["family_depth"],
+            seen["silhouette_route"]) == (7, 0.6, False, 120, False)
+
+
+def test_same_item_eval_verifies_with_the_silhouette_route_as_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``evaluate_same_item``'s ``silhouette_route`` reaches the verifier's rule."""
+    rules: list[bool] = []
+    compare = search.api.ProductSearch.compare_prices
+
+    def spy(self: search.api.ProductSearch, *args: Any, **kwargs: Any) -> Any:
+        assert self._verifier is not None
+        rules.append(self._verifier.rule.silhouette_route)
+        return compare(self, *args, **kwargs)
+
+    monkeypatch.setattr(search.api.ProductSearch, "compare_prices", spy)
+    assert _evaluate(tmp_path / "on")["recall"] == 1.0
+    assert _evaluate(tmp_path / "off", silhouette_route=False)["recall"] == 1.0
+    assert rules == [True, True, False, False]

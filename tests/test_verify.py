@@ -33,8 +33,10 @@ from search.verify import (
     SameItemRule,
     SameItemVerifier,
     ShadedLight,
+    SilhouetteAgreement,
     fetching_loader,
     photo_features,
+    silhouette_agreement,
 )
 from tests.fakes import (
     heavy_edit,
@@ -228,6 +230,67 @@ def test_another_colour_of_a_plain_product_on_a_backdrop_is_refused(name: str, o
     for seed in range(3):
         same, why = _decide(_on_a_light_backdrop(name, seed), _luma_photo(other), 0.95)
         assert not same, why
+
+
+BALLS = ("luma-stability-ball-pink", "luma-stability-ball-gray", "luma-stability-ball")
+
+
+@needs_luma
+@pytest.mark.parametrize("name", BALLS[:2])
+def test_a_plain_product_reshot_is_accepted_by_the_silhouette_route(name: str) -> None:
+    """A plain ball re-shot on a backdrop under another lamp (same-item-reshoot's edit): no
+    keypoints to align on and too much changed for the keypoint-free alignment, yet its
+    outline and colour agree with its listing's. Its other colours, of the same outline,
+    stay refused; with the route closed the re-shot ball is refused too."""
+    reshoots = load_bench_module("protocols_reshoot")
+    closed = SameItemRule(silhouette_route=False)
+    for seed in range(3):
+        query = reshoots.reshoot_edit(_luma_photo(name), np.random.default_rng(seed))
+        evidence = _evidence(query, _luma_photo(name), 0.88)
+        assert evidence.inliers < DEFAULT_RULE.min_inliers
+        assert evidence.same_item and "a plain product of the same outline and colour" in (
+            evidence.reason), evidence.reason
+        refused = SameItemVerifier(lambda ref: _luma_photo(name), closed).verify(
+            photo_features(query), [("listing", 0.88)])[0]
+        assert not refused.same_item, refused.reason
+        for other in BALLS:
+            if other != name:
+                same, why = _decide(query, _luma_photo(other), 0.88)
+                assert not same, why
+
+
+def test_silhouette_agreement_reads_outline_colour_and_keypoints() -> None:
+    """The silhouette route's evidence: a shrunk, turned, re-encoded copy keeps the outline and
+    the colour; a bar of the same colour has another outline, a red ball another colour, and
+    a printed product carries the keypoints a plain one lacks."""
+    ball = plain_photo((40, 90, 200))
+    query = photo_features(_textureless_copy(ball))
+    copy = silhouette_agreement(query, photo_features(ball))
+    assert copy is not None
+    assert copy.overlap > 0.9 and copy.chroma < 0.01 and 0.9 < copy.brightness < 1.1
+    assert copy.keypoints <= DEFAULT_RULE.silhouette_keypoints
+    bar = silhouette_agreement(query, photo_features(plain_photo((40, 90, 200), round_shape=False)))
+    assert bar is not None and bar.overlap < DEFAULT_RULE.silhouette_overlap
+    red = silhouette_agreement(query, photo_features(plain_photo((200, 60, 40))))
+    assert red is not None and red.chroma > 5 * DEFAULT_RULE.silhouette_chroma
+    printed = silhouette_agreement(query, photo_features(textured_photo(3)))
+    assert printed is not None and printed.keypoints > DEFAULT_RULE.silhouette_keypoints
+
+
+def test_silhouette_route_limits_name_the_evidence() -> None:
+    agreeing = SilhouetteAgreement(overlap=0.95, chroma=0.01, brightness=0.97, keypoints=12,
+                              saturation=0.5)
+    same, why = DEFAULT_RULE.decide_silhouette(0.9, agreeing)
+    assert same and why.startswith("a plain product of the same outline and colour"), why
+    assert "12 keypoints" in why and "outline overlap 0.95" in why
+    for similarity, silhouette in [(0.80, agreeing),
+                              (0.9, replace(agreeing, keypoints=200)),
+                              (0.9, replace(agreeing, overlap=0.7)),
+                              (0.9, replace(agreeing, chroma=0.1)),
+                              (0.9, replace(agreeing, brightness=1 / 1.3)),
+                              (0.9, replace(agreeing, saturation=0.02))]:
+        same, why = DEFAULT_RULE.decide_silhouette(similarity, silhouette)
+        assert not same and why.startswith("plain, but"), why
 
 
 def test_a_grey_product_is_not_its_black_variant() -> None:
@@ -718,15 +781,18 @@ def test_a_luma_copy_under_a_translucent_logo_is_accepted_and_its_colour_variant
 
 def test_keypoint_free_alignments_are_budgeted_per_query() -> None:
     """On a catalog of look-alikes every candidate may qualify for the ~8 ms keypoint-free
-    alignment: only the first ``max_coarse`` (most similar first) get one."""
+    alignment: only the first ``max_coarse`` (most similar first) get one. The others are
+    left to the silhouette route, which needs no alignment (closed, they are refused)."""
     ball = plain_photo((200, 60, 40))
-    rule = replace(SameItemRule(), max_coarse=2)
-    verifier = SameItemVerifier(lambda ref: ball, rule)
-    evidence = verifier.verify(photo_features(ball), [(f"l{i}", 0.95) for i in range(5)])
-    assert [e.coarse_tried for e in evidence] == [True, True, False, False, False]
-    first = evidence[0].alignment
-    assert evidence[0].same_item and first is not None and not first.by_keypoints
-    assert not evidence[4].same_item
+    for route in (True, False):
+        rule = replace(SameItemRule(), max_coarse=2, silhouette_route=route)
+        verifier = SameItemVerifier(lambda ref: ball, rule)
+        evidence = verifier.verify(photo_features(ball), [(f"l{i}", 0.95) for i in range(5)])
+        assert [e.coarse_tried for e in evidence] == [True, True, False, False, False]
+        first = evidence[0].alignment
+        assert evidence[0].same_item and first is not None and not first.by_keypoints
+        assert evidence[4].same_item is route and evidence[4].alignment is None
+        assert ("a plain product of the same outline" in evidence[4].reason) is route
 
 
 def _relit(photo: Image.Image, gains: tuple[float, float, float] = (1.08, 1.0, 0.9)

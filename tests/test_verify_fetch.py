@@ -72,6 +72,13 @@ def test_without_an_allow_list_an_internal_listing_is_refused_with_its_reason(
     assert "unavailable" in why and "address_not_allowed" in why
 
 
+def test_the_verifier_rule_follows_the_silhouette_route_setting(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    assert build_verifier(Settings()).rule.silhouette_route
+    monkeypatch.setenv("LOOKALIKE_SEARCH__SILHOUETTE_ROUTE", "false")
+    assert not build_verifier(Settings()).rule.silhouette_route
+
+
 def test_a_given_fetcher_is_the_one_used(listing_url: str) -> None:
     """One fetcher (and so one policy, one per-host limit) can serve ingest and the verifier."""
     allowed = Settings.model_validate({"images": {"allow_networks": ["127.0.0.0/8"]}})
