@@ -131,7 +131,10 @@ def main() -> int:
                        max_pixels=settings.images.max_pixels, stats=EmbedStats())
         searcher = ProductSearch(store, spec, embedder, consistency="Strong",
                                  max_pixels=settings.images.max_pixels,
-                                 verifier=gallery_verifier(products, settings.images.max_pixels),
+                                 verifier=gallery_verifier(
+                                     products, settings.images.max_pixels,
+                                     rule=verify.SameItemRule(
+                                         silhouette_route=settings.search.silhouette_route)),
                                  family_depth=settings.search.family_depth)
         for query in queries:  # fills the verifier's cache of listing features
             searcher.compare_prices(image=query.image)
