@@ -141,10 +141,10 @@ def evaluate_same_item(
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats)
+    rule = SameItemRule(silhouette_route=silhouette_route)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
-                             verifier=gallery_verifier(products, max_pixels, fetcher,
-                                                       SameItemRule(silhouette_route=silhouette_route)),
+                             verifier=gallery_verifier(products, max_pixels, fetcher, rule),
                              turned_queries=turned_queries, family_depth=family_depth)
     counts = SameItemCounts()
     per_query: list[float] = []

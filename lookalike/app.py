@@ -276,9 +276,9 @@ def build_verifier(settings: Settings, fetcher: ImageFetcher | None = None) -> S
     egress allow-lists, deadline, retries and byte cap as ingest and reindex)."""
     from search.verify import SameItemRule, SameItemVerifier
 
+    rule = SameItemRule(silhouette_route=settings.search.silhouette_route)
     return SameItemVerifier.for_fetcher(fetcher or build_fetcher(settings.images),
-                                        settings.images.max_pixels,
-                                        SameItemRule(silhouette_route=settings.search.silhouette_route))
+                                        settings.images.max_pixels, rule)
 
 
 # -- Kafka ----------------------------------------------------------------------------------

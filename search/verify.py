@@ -1153,15 +1153,16 @@ class SilhouetteAgreement:
 
 
 OUTLINE_PX = 64
-"""Side of the square each product's mask is scaled to for :attr:`SilhouetteAgreement.overlap`."""
+"""Side of the square each product's mask is scaled to (:attr:`SilhouetteAgreement.overlap`)."""
 MIN_OUTLINE_PIXELS = 64
 """Fewest product pixels (at half ``VERIFY_SIZE``) :func:`silhouette_agreement` compares."""
 
 
-def silhouette_agreement(query: PhotoFeatures, other: PhotoFeatures) -> SilhouetteAgreement | None:
-    """The outline and colour of the two photos' products compared (:class:`SilhouetteAgreement`);
-    None when either photo shows no product to compare (found neither by its segmentation
-    nor by its background)."""
+def silhouette_agreement(query: PhotoFeatures, other: PhotoFeatures
+                         ) -> SilhouetteAgreement | None:
+    """The outline and colour of the two photos' products compared
+    (:class:`SilhouetteAgreement`); None when either photo shows no product to compare (found
+    neither by its segmentation nor by its background)."""
     mine, theirs = _product_pixels(query), _product_pixels(other)
     if mine is None or theirs is None:
         return None
@@ -1176,7 +1177,7 @@ def silhouette_agreement(query: PhotoFeatures, other: PhotoFeatures) -> Silhouet
     keypoints = int(np.count_nonzero(theirs[points[:, 1], points[:, 0]])) if len(points) else 0
     saturation = float(np.ptp(medians[1]) / max(float(medians[1].max()), 1.0))
     return SilhouetteAgreement(int(np.count_nonzero(outlines[0] & outlines[1])) / union,
-                          chroma, sums[0] / sums[1], keypoints, saturation)
+                               chroma, sums[0] / sums[1], keypoints, saturation)
 
 
 def _product_pixels(features: PhotoFeatures) -> NDArray[np.bool_] | None:
@@ -2649,8 +2650,8 @@ class SameItemVerifier:
             silhouette = silhouette_agreement(query, other)
             if silhouette is not None:
                 accepted, because = self.rule.decide_silhouette(similarity, silhouette)
-                if accepted:
-                    same, why = True, f"{inliers} inliers: {because}"
+                if accepted:  # not on an alignment: a price match reports none
+                    same, why, alignment = True, f"{inliers} inliers: {because}", None
         shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
         return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
                         mirror_tried=flipped is not None)

@@ -250,6 +250,7 @@ def test_a_plain_product_reshot_is_accepted_by_the_silhouette_route(name: str) -
         assert evidence.inliers < DEFAULT_RULE.min_inliers
         assert evidence.same_item and "a plain product of the same outline and colour" in (
             evidence.reason), evidence.reason
+        assert evidence.alignment is None and evidence.colour_shift is None  # none it rests on
         refused = SameItemVerifier(lambda ref: _luma_photo(name), closed).verify(
             photo_features(query), [("listing", 0.88)])[0]
         assert not refused.same_item, refused.reason
