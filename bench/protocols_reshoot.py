@@ -282,12 +282,36 @@ def draw_pack(brand: str, brand_colour: tuple[int, ...], line: str, logo: int, f
     return canvas
 
 
+def _listed(out_dir: Path, products: list[tuple[str, Image.Image, Row]],
+            rng: np.random.Generator, prices: tuple[float, float]
+            ) -> tuple[list[Row], dict[str, list[str]]]:
+    """The gallery's listings of ``products`` (id, maker's photo, variant): each by its maker
+    at a price drawn from ``prices``, half again by a second shop with its own re-shot photo,
+    a quarter by a third shop with the maker's file; and each item's listing ids."""
+    gallery: list[Row] = []
+    listings: dict[str, list[str]] = {}
+    for pid, photo, variant in products:
+        price = float(rng.uniform(*prices))
+        main = out_dir / "images" / f"{pid}.jpg"
+        _save(photo, main)
+        rows = [_listing(variant, pid, "maker", _relative(main, out_dir), price)]
+        if rng.random() < 0.5:
+            path = out_dir / "images" / f"{pid}~shop1.jpg"
+            _save(reshoot(photo, rng), path)
+            rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        if rng.random() < 0.25:
+            rows.append(_listing(variant, f"{pid}~shop2", "shop-2", _relative(main, out_dir),
+                                 price * rng.uniform(0.8, 1.2)))
+        gallery.extend(rows)
+        listings[pid] = [r["product_id"] for r in rows]
+    return gallery, listings
+
+
 def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int = 240
                 ) -> tuple[Path, Path]:
     """The same-item-packs protocol (see module doc)."""
     rng = np.random.default_rng(seed)
-    gallery: list[Row] = []
-    listings: dict[str, list[str]] = {}
     products: list[tuple[str, Image.Image, Row]] = []
     for b in range(n_brands):
         brand = f"{WORDS[b % len(WORDS)]} {chr(65 + b // len(WORDS))}"
@@ -304,21 +328,7 @@ def write_packs(out_dir: Path, seed: int = 5, n_brands: int = 60, n_queries: int
                            "title": f"{brand} {line} {flavour}", "category": "Grocery/Packs",
                            "currency": "EUR"}
                 products.append((pid, photo, variant))
-    for pid, photo, variant in products:
-        price = float(rng.uniform(1, 9))
-        main = out_dir / "images" / f"{pid}.jpg"
-        _save(photo, main)
-        rows = [_listing(variant, pid, "maker", _relative(main, out_dir), price)]
-        if rng.random() < 0.5:
-            path = out_dir / "images" / f"{pid}~shop1.jpg"
-            _save(reshoot(photo, rng), path)
-            rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
-                                 price * rng.uniform(0.8, 1.2)))
-        if rng.random() < 0.25:
-            rows.append(_listing(variant, f"{pid}~shop2", "shop-2", _relative(main, out_dir),
-                                 price * rng.uniform(0.8, 1.2)))
-        gallery.extend(rows)
-        listings[pid] = [r["product_id"] for r in rows]
+    gallery, listings = _listed(out_dir, products, rng, (1, 9))
     queries: list[Row] = []
     for index in sorted(rng.choice(len(products), size=min(n_queries, len(products)),
                                    replace=False).tolist()):
@@ -391,23 +401,7 @@ def write_plain(out_dir: Path, seed: int = 17, n_shapes: int = 40, n_queries: in
                        "title": f"plain {shape} colour {n}", "category": "Gear/Plain",
                        "currency": "EUR"}
             products.append((pid, draw_plain(kind, aspect, colour, 100 * shape), variant))
-    gallery: list[Row] = []
-    listings: dict[str, list[str]] = {}
-    for pid, photo, variant in products:
-        price = float(rng.uniform(5, 40))
-        main = out_dir / "images" / f"{pid}.jpg"
-        _save(photo, main)
-        rows = [_listing(variant, pid, "maker", _relative(main, out_dir), price)]
-        if rng.random() < 0.5:
-            path = out_dir / "images" / f"{pid}~shop1.jpg"
-            _save(reshoot(photo, rng), path)
-            rows.append(_listing(variant, f"{pid}~shop1", "shop-1", _relative(path, out_dir),
-                                 price * rng.uniform(0.8, 1.2)))
-        if rng.random() < 0.25:
-            rows.append(_listing(variant, f"{pid}~shop2", "shop-2", _relative(main, out_dir),
-                                 price * rng.uniform(0.8, 1.2)))
-        gallery.extend(rows)
-        listings[pid] = [r["product_id"] for r in rows]
+    gallery, listings = _listed(out_dir, products, rng, (5, 40))
     queries: list[Row] = []
     chosen = rng.choice(len(products), size=min(n_queries, len(products)), replace=False)
     for n, index in enumerate(sorted(chosen.tolist())):
