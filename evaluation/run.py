@@ -37,12 +37,9 @@ from search.verify import (
     VERIFY_SIZE,
     WINDOW_VERSION,
     SameItemVerifier,
-    is_scene,
     photo_features,
-    white_patch,
+    scene_queries,
 )
-from search.verify import cutouts as search_cutouts
-from search.verify import windows as search_windows
 from store import MilvusStore, ensure_collections
 
 CHUNK = 64
@@ -182,19 +179,18 @@ def embed_scene_queries(
         picture = _decode(path, data, max_pixels, min_size)
         digest = content_hash(data)
         named = [(digest, picture)]  # the photo as taken: embed_files' key
-        lit = white_patch(picture) if light and is_scene(picture) else picture
-        changed = lit is not picture
-        light_key = f":{LIGHT_VERSION}" if changed else ""
-        if changed:
-            named.append((f"{digest}{light_key}", lit))
-        products = search_cutouts(lit) if cutouts else []
-        crops = search_windows(lit) if windows else []
-        stats.lit += changed
-        stats.cutouts += bool(products)
-        stats.windows += bool(crops)
+        parts = scene_queries(picture, light=light, cutouts_too=cutouts, windows_too=windows)
+        light_key = f":{LIGHT_VERSION}" if parts.lit is not None else ""
+        if parts.lit is not None:
+            named.append((f"{digest}{light_key}", parts.lit))
+        stats.lit += parts.lit is not None
+        stats.cutouts += bool(parts.cutouts)
+        stats.windows += bool(parts.windows)
         named += [
-            (f"{digest}:{CUTOUT_VERSION}{light_key}:{n}", cut) for n, cut in enumerate(products)
-        ] + [(f"{digest}:{WINDOW_VERSION}{light_key}:{n}", crop) for n, crop in enumerate(crops)]
+            (f"{digest}:{CUTOUT_VERSION}{light_key}:{n}", cut)
+            for n, cut in enumerate(parts.cutouts)
+        ] + [(f"{digest}:{WINDOW_VERSION}{light_key}:{n}", crop)
+             for n, crop in enumerate(parts.windows)]
         if len(named) > 1:
             keys[i] = [key for key, _ in named]
             pictures.update(named)

@@ -66,12 +66,9 @@ from search.verify import (
     Overlay,
     PhotoFeatures,
     SameItemVerifier,
-    cutouts,
     cutouts_of,
-    is_scene,
     photo_features,
-    white_patch,
-    windows,
+    scene_queries,
 )
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
@@ -705,16 +702,9 @@ class ProductSearch:
         pictures = []
         for image in images:
             picture = self._load(image, self._max_pixels)
-            pictures.append(picture)
-            if self._light_queries and is_scene(picture):
-                lit = white_patch(picture)
-                if lit is not picture:  # not already under catalog light
-                    pictures.append(lit)
-                    picture = lit
-            if self._cutout_queries:
-                pictures += [self._load(cut, self._max_pixels) for cut in cutouts(picture)]
-            if self._window_queries:
-                pictures += windows(picture)
+            pictures += [picture, *scene_queries(picture, light=self._light_queries,
+                                                 cutouts_too=self._cutout_queries,
+                                                 windows_too=self._window_queries).pictures]
         return self._embed_pictures(pictures)
 
     def _embed_pictures(self, pictures: Sequence[Image.Image]) -> list[list[float]]:

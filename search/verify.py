@@ -315,6 +315,13 @@ class PhotoFeatures:
     """The grey photo at ``VERIFY_SIZE``, kept for a query photo only (``keep_grey``), so
     that a re-listing that mirrors it can be matched (:func:`mirrored`)."""
 
+    @cached_property
+    def silhouette(self) -> Silhouette | None:
+        """The photo's product as :func:`silhouette_agreement` compares it (None when the
+        photo shows none to compare), computed at first use and kept with the features: once
+        per query photo, and once per listing photo while the verifier caches it."""
+        return _silhouette(self)
+
 
 @dataclass(frozen=True)
 class HueAgreement:
@@ -1163,26 +1170,35 @@ def silhouette_agreement(query: PhotoFeatures, other: PhotoFeatures
     """The outline and colour of the two photos' products compared
     (:class:`SilhouetteAgreement`); None when either photo shows no product to compare (found
     neither by its segmentation nor by its background)."""
-    mine, theirs = _product_pixels(query), _product_pixels(other)
+    mine, theirs = query.silhouette, other.silhouette
     if mine is None or theirs is None:
         return None
-    outlines = (_outline(mine), _outline(theirs))
-    union = max(int(np.count_nonzero(outlines[0] | outlines[1])), 1)
-    medians = (np.median(query.small[mine].astype(np.float32), axis=0),
-               np.median(other.small[theirs].astype(np.float32), axis=0))
-    sums = (max(float(medians[0].sum()), 1.0), max(float(medians[1].sum()), 1.0))
-    chroma = float(np.abs(medians[0] / sums[0] - medians[1] / sums[1]).max())
-    height, width = theirs.shape
-    points = np.clip((other.points / 2).astype(np.int64), 0, [width - 1, height - 1])
-    keypoints = int(np.count_nonzero(theirs[points[:, 1], points[:, 0]])) if len(points) else 0
-    saturation = float(np.ptp(medians[1]) / max(float(medians[1].max()), 1.0))
-    return SilhouetteAgreement(int(np.count_nonzero(outlines[0] & outlines[1])) / union,
-                               chroma, sums[0] / sums[1], keypoints, saturation)
+    union = max(int(np.count_nonzero(mine.outline | theirs.outline)), 1)
+    sums = (max(float(mine.median.sum()), 1.0), max(float(theirs.median.sum()), 1.0))
+    chroma = float(np.abs(mine.median / sums[0] - theirs.median / sums[1]).max())
+    saturation = float(np.ptp(theirs.median) / max(float(theirs.median.max()), 1.0))
+    return SilhouetteAgreement(int(np.count_nonzero(mine.outline & theirs.outline)) / union,
+                               chroma, sums[0] / sums[1], theirs.keypoints, saturation)
 
 
-def _product_pixels(features: PhotoFeatures) -> NDArray[np.bool_] | None:
-    """Where ``features``' photo (at half ``VERIFY_SIZE``) shows its product: the segmented
-    mask, or what is not background; None when too little is found."""
+@dataclass(frozen=True)
+class Silhouette:
+    """One photo's product as :func:`silhouette_agreement` compares it
+    (:attr:`PhotoFeatures.silhouette`)."""
+
+    outline: NDArray[np.bool_]
+    """The product's mask cropped to its bounding box and scaled to ``OUTLINE_PX`` square."""
+    median: NDArray[np.float32]
+    """The median colour (RGB) of the product's pixels."""
+    keypoints: int
+    """SIFT keypoints on the product."""
+
+
+def _silhouette(features: PhotoFeatures) -> Silhouette | None:
+    """:attr:`PhotoFeatures.silhouette`: read where the photo (at half ``VERIFY_SIZE``) shows
+    its product, its segmented mask or else what is not background; None when too little is
+    found. Not :func:`embedding.colour.foreground_weights`, whose centred ellipse where no
+    background is told would pass for an outline."""
     if features.product is not None:
         mask = features.product
     else:
@@ -1190,7 +1206,13 @@ def _product_pixels(features: PhotoFeatures) -> NDArray[np.bool_] | None:
         if background is None:
             return None
         mask = ~background
-    return mask if np.count_nonzero(mask) >= MIN_OUTLINE_PIXELS else None
+    if np.count_nonzero(mask) < MIN_OUTLINE_PIXELS:
+        return None
+    height, width = mask.shape
+    points = np.clip((features.points / 2).astype(np.int64), 0, [width - 1, height - 1])
+    keypoints = int(np.count_nonzero(mask[points[:, 1], points[:, 0]])) if len(points) else 0
+    median = np.median(features.small[mask].astype(np.float32), axis=0).astype(np.float32)
+    return Silhouette(_outline(mask), median, keypoints)
 
 
 def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -1365,6 +1387,36 @@ def windows(image: Image.Image) -> list[Image.Image]:
                      ((image.width - w) // 2, (image.height - h) // 2)):
             out.append(image.crop((x, y, x + w, y + h)))
     return out
+
+
+@dataclass(frozen=True)
+class SceneQueries:
+    """What a photo searches with beside itself (:func:`scene_queries`), in search order."""
+
+    lit: Image.Image | None
+    """The photo under catalog light (:func:`white_patch`); None when it is not a scene or
+    is already under that light."""
+    cutouts: list[Image.Image]
+    """:func:`cutouts` of the (lit) photo."""
+    windows: list[Image.Image]
+    """:func:`windows` of the (lit) photo."""
+
+    @property
+    def pictures(self) -> list[Image.Image]:
+        """All of them, in the order a search embeds them after the photo itself."""
+        return [*([self.lit] if self.lit is not None else []), *self.cutouts, *self.windows]
+
+
+def scene_queries(picture: Image.Image, *, light: bool = True, cutouts_too: bool = True,
+                  windows_too: bool = True) -> SceneQueries:
+    """The pictures an image search with ``picture`` adds to it, each unless turned off: the
+    photo under catalog light when it is a scene, then the cut-outs and the windows of the
+    lit photo. The one recipe of :meth:`search.api.ProductSearch.query_vectors` and of
+    ``lookalike eval`` (:func:`evaluation.run.embed_scene_queries`), which must search as a
+    service does."""
+    lit = white_patch(picture) if light and is_scene(picture) else picture
+    return SceneQueries(lit if lit is not picture else None,
+                        cutouts(lit) if cutouts_too else [], windows(lit) if windows_too else [])
 
 
 def product_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:

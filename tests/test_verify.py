@@ -278,6 +278,25 @@ def test_silhouette_agreement_reads_outline_colour_and_keypoints() -> None:
     assert printed is not None and printed.keypoints > DEFAULT_RULE.silhouette_keypoints
 
 
+def test_a_photos_silhouette_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query photo is compared with many listings, and a cached listing with many queries:
+    each photo's outline and colour are read at first use and kept with its features."""
+    read: list[int] = []
+    real = verify._silhouette
+
+    def counting(features: verify.PhotoFeatures) -> verify.Silhouette | None:
+        read.append(id(features))
+        return real(features)
+
+    monkeypatch.setattr(verify, "_silhouette", counting)
+    query = photo_features(_textureless_copy(plain_photo((40, 90, 200))))
+    listings = [photo_features(plain_photo(colour)) for colour in ((40, 90, 200), (200, 60, 40))]
+    first = [silhouette_agreement(query, listing) for listing in listings]
+    again = [silhouette_agreement(query, listing) for listing in listings]
+    assert first == again and all(found is not None for found in first)
+    assert sorted(read) == sorted(id(f) for f in (query, *listings))
+
+
 def test_silhouette_route_limits_name_the_evidence() -> None:
     agreeing = SilhouetteAgreement(overlap=0.95, chroma=0.01, brightness=0.97, keypoints=12,
                               saturation=0.5)
