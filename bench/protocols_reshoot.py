@@ -57,6 +57,13 @@ and a JPEG of middle quality, at 480-800 px.
   re-shoot of every product (half under the ramp light, half under the lamp). Written
   after the silhouette route (docs/matching.md, "Silhouette route") was chosen on the luma
   sets, to check its precision on plain look-alikes it was not chosen on.
+* ``same-item-glare`` (luma, seed 31) and ``same-item-packs-glare`` (needs ``same-item-packs``;
+  its gallery, 120 queries from the maker's photos): re-shoots under the ramp light with one
+  or two *specular highlights* (:func:`_specular`): elongated (an ellipse 1.5-4x as long as
+  wide, at any angle), a flat core near white and a linear fall-off, not the lamp's round
+  Gaussian glare. Written after the glare check of the recoloured-part check
+  (docs/matching.md, "Glare round") was chosen on same-item-relit, to check it on
+  highlights of another shape.
 
 Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME]``
 """
@@ -94,7 +101,7 @@ Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
              "same-item-packs-vivid", "same-item-packs-turned", "packs-instore",
              "same-item-fmnist-reshoot", "same-item-relit", "same-item-packs-relit",
-             "same-item-plain")
+             "same-item-plain", "same-item-glare", "same-item-packs-glare")
 
 
 def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -121,8 +128,9 @@ def _cut_out(img: Image.Image) -> np.ndarray:
 def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
             max_side: int = 800, light: str = "ramp") -> Image.Image:
     """The product photographed again (see the module doc): every part at once, randomised.
-    ``light``: "ramp" (a linear gradient, a white balance and a gamma) or "lamp" (another
-    model of light, :func:`_lamp`, written for same-item-relit)."""
+    ``light``: "ramp" (a linear gradient, a white balance and a gamma), "specular" (the ramp
+    with specular highlights, :func:`_specular`) or "lamp" (another model of light,
+    :func:`_lamp`, written for same-item-relit)."""
     img = img.convert("RGB")
     scale = float(rng.uniform(min_side, max_side)) / max(img.size)
     img = img.resize((max(8, round(img.width * scale)), max(8, round(img.height * scale))),
@@ -137,6 +145,7 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     rgb = product * weight + _background((w, h), rng) * (1 - weight)
     if light == "lamp":
         return _reframed(_lamp(rgb, rng), rng)
+    specular = light == "specular"
     # Uneven light, white balance, gamma.
     axis = rng.uniform(-1, 1, size=2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -147,7 +156,7 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     rgb = rgb * shading[:, :, None] * balance
     gamma = float(rng.uniform(0.85, 1.2))
     rgb = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
-    return _reframed(rgb, rng)
+    return _reframed(_specular(rgb, rng) if specular else rgb, rng)
 
 
 def _reframed(rgb: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -201,6 +210,32 @@ def _lamp(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                                                    / (2 * size ** 2))
     x = x + (1 - x) * glare[:, :, None]
     return np.clip(255 * x, 0, 255)
+
+
+def _specular(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One or two specular highlights (same-item-glare; the glare check in search/verify.py
+    was chosen on the lamp's round glare, not on these): each an ellipse 1.5-4x as long as
+    wide at any angle, over 5-15 % of the frame's longer side, placed in its middle 70 %,
+    whose core (the inner 30-70 %) is blended 60-95 % of the way to white and whose rim falls
+    off linearly to nothing."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    x = np.clip(rgb, 0, 255) / 255
+    for _ in range(int(rng.integers(1, 3))):
+        cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+        length = float(rng.uniform(0.05, 0.15)) * max(w, h)
+        width = length / float(rng.uniform(1.5, 4.0))
+        turn = float(rng.uniform(0, np.pi))
+        u = ((xx - cx) * np.cos(turn) + (yy - cy) * np.sin(turn)) / length
+        v = (-(xx - cx) * np.sin(turn) + (yy - cy) * np.cos(turn)) / width
+        core = float(rng.uniform(0.3, 0.7))
+        fall = np.clip((1 - np.sqrt(u ** 2 + v ** 2)) / (1 - core), 0, 1)
+        x = x + (1 - x) * (float(rng.uniform(0.6, 0.95)) * fall)[:, :, None]
+    return np.clip(255 * x, 0, 255)
+
+
+def glare_edit(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return reshoot(img, rng, light="specular")
 
 
 def reshoot_edit(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -471,16 +506,19 @@ def write_pack_vivid(packs_dir: Path, out_dir: Path, seed: int = 123) -> tuple[P
     return write_protocol(out_dir, gallery, queries)
 
 
-def write_pack_relit(packs_dir: Path, out_dir: Path, seed: int = 77) -> tuple[Path, Path]:
-    """The same-item-packs-relit protocol (see module doc) from a written same-item-packs."""
+def write_pack_relit(packs_dir: Path, out_dir: Path, seed: int = 77,
+                     light: str = "lamp") -> tuple[Path, Path]:
+    """The same-item-packs-relit protocol (see module doc) from a written same-item-packs;
+    ``light="specular"``: same-item-packs-glare."""
     gallery = _packs_gallery(packs_dir, out_dir)
     rng = np.random.default_rng(seed)
     queries: list[Row] = []
+    edit = "reshoot under a lamp" if light == "lamp" else f"reshoot, {light} highlights"
     for query, item, photo in _makers_of_every_other(packs_dir):
         path = out_dir / "queries" / f"{item}.jpg"
-        _save(reshoot(photo, rng, light="lamp"), path)
+        _save(reshoot(photo, rng, light=light), path)
         queries.append({"image": _relative(path, out_dir), "relevant": query["relevant"],
-                        "category": query["category"], "edit": "reshoot under a lamp"})
+                        "category": query["category"], "edit": edit})
     return write_protocol(out_dir, gallery, queries)
 
 
@@ -555,6 +593,12 @@ def main(argv: list[str] | None = None) -> int:
     if "same-item-packs-relit" in wanted:
         print("same-item-packs-relit: {} {}".format(*write_pack_relit(
             args.out / "same-item-packs", args.out / "same-item-packs-relit")))
+    if "same-item-glare" in wanted:
+        _write_luma(args.luma, args.out, "same-item-glare", glare_edit, seed=31)
+    if "same-item-packs-glare" in wanted:
+        print("same-item-packs-glare: {} {}".format(*write_pack_relit(
+            args.out / "same-item-packs", args.out / "same-item-packs-glare", seed=79,
+            light="specular")))
     if "same-item-plain" in wanted:
         print("same-item-plain: {} {}".format(*write_plain(args.out / "same-item-plain")))
     if "same-item-fmnist-reshoot" in wanted:

@@ -251,6 +251,23 @@ RECOLOUR_MIN_TEXTURE_CORRELATION = 0.5
 RECOLOUR_FLAT_STD = 4.0
 """Grey-level spread below which a window is flat in a photo (a plain trim: kept if flat in
 both)."""
+WHITEN_MIN_ALPHA = 0.03
+"""Least share of its way to white, in every channel, that makes a query pixel whitened
+(:func:`_whitening`): above the blur's and the JPEG's noise."""
+WHITEN_MAX_SPREAD = 0.15
+"""Most the channels' shares may differ for a whitened pixel: a blend towards white moves
+them alike, another hue does not."""
+GLARE_BAND_PX = 3
+"""Width (px at half ``VERIFY_SIZE``) of the bands inside and outside a whitened patch's
+edge that :func:`_in_glare` compares."""
+GLARE_EDGE_RATIO = 0.6
+"""Least whitening just outside a patch, as a share of the whitening just inside, for the
+patch to be a glare (:func:`_in_glare`; a Gaussian glare on the synthetic garment of
+tests/test_verify.py read 0.63-0.82, a paler part 0.24-0.55: docs/matching.md, "Glare
+round")."""
+GLARE_MAX_EDGE = 0.75
+"""Most whitening just inside a glare's edge: a part nearly white at its very edge is a
+white part (a paler hem on a brightened photo read 0.89-0.99)."""
 RECOLOUR_MIN_INLIERS = 10
 """A keypoint alignment with fewer inliers is not looked at for recoloured parts (~5 ms a
 pair): the rule's geometric routes refuse it anyway (``SameItemRule.min_inliers``)."""
@@ -1976,11 +1993,69 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     _, mapped = _light_map(pixels_a, pixels_b)
     changed = np.zeros(inner.shape, dtype=bool)
     changed[inner] = _colour_changed(_lab(mapped), lab_b, among=as_they_are)
+    changed &= ~_in_glare(changed, inner, soft_a, soft_b)  # a glare is not another colour
     if not changed.any():
         return None, n
     patches = cv2.morphologyEx((changed & kept()).astype(np.uint8), cv2.MORPH_OPEN,
                                np.ones((3, 3), np.uint8))
     return patches, n
+
+
+def _whitening(a: NDArray[np.uint8], b: NDArray[np.uint8]
+               ) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
+    """Per pixel pair (query ``a``, listing ``b``, (n, 3)): (whether ``a`` is ``b`` blended
+    towards white, the share of its way to white it moved, averaged over the channels). Blended
+    towards white: lighter, and moved the same share in every channel (``(a - b) / (255 - b)``
+    within ``WHITEN_MAX_SPREAD`` of each other, each at least ``WHITEN_MIN_ALPHA``): what a
+    glare does, and what another hue of a part does not."""
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    r, g, bl = ((fa[:, c] - fb[:, c]) / np.maximum(255.0 - fb[:, c], 12.0) for c in range(3))
+    low, high = np.minimum(np.minimum(r, g), bl), np.maximum(np.maximum(r, g), bl)
+    whitened = ((r + g + bl > 0) & (low >= WHITEN_MIN_ALPHA)
+                & (high - low <= WHITEN_MAX_SPREAD))
+    out: NDArray[np.float32] = (r + g + bl) / 3
+    return whitened, out
+
+
+def _in_glare(changed: NDArray[np.bool_], inner: NDArray[np.bool_], soft_a: NDArray[np.uint8],
+              soft_b: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """The ``changed`` pixels (of the compared ``inner`` region of the blurred query and
+    listing, ``soft_*``) that a glare explains: each patch of them blended towards white
+    (:func:`_whitening`) whose whitening fades out past its edge. Just outside the patch
+    (``GLARE_BAND_PX``) the query is still whitened by at least ``GLARE_EDGE_RATIO`` of what
+    it is just inside, and just inside by at most ``GLARE_MAX_EDGE``: a lamp's glare or a
+    specular highlight has no edge of its own, while a paler part of the product (pink for
+    red, light grey for grey) ends where the part ends, and a part nearly white at its edge
+    is a white part. ~0.5 ms a pair with changed pixels."""
+    band = np.ones((3, 3), np.uint8)
+    near = (cv2.dilate(changed.astype(np.uint8), band, iterations=GLARE_BAND_PX) > 0) & inner
+    whitened, alpha = _whitening(soft_a[near], soft_b[near])
+    white_map = np.zeros(inner.shape, dtype=bool)
+    white_map[near] = whitened
+    alpha_map = np.zeros(inner.shape, dtype=np.float32)
+    alpha_map[near] = alpha
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (changed & white_map).astype(np.uint8), connectivity=8)
+    out = np.zeros(inner.shape, dtype=bool)
+    height, width = inner.shape
+    pad = GLARE_BAND_PX + 1
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        window = (slice(max(0, y - pad), min(height, y + h + pad)),
+                  slice(max(0, x - pad), min(width, x + w + pad)))
+        patch = labels[window] == label
+        inside = patch & ~(cv2.erode(patch.astype(np.uint8), band,
+                                     iterations=GLARE_BAND_PX) > 0)
+        outside = ((cv2.dilate(patch.astype(np.uint8), band, iterations=GLARE_BAND_PX) > 0)
+                   & ~patch & inner[window])
+        if inside.sum() < 4 or outside.sum() < 4:
+            continue
+        alphas = alpha_map[window]
+        edge = float(np.median(alphas[inside]))
+        if (0 < edge <= GLARE_MAX_EDGE
+                and float(np.median(alphas[outside])) >= GLARE_EDGE_RATIO * edge):
+            out[window] |= patch
+    return out
 
 
 def _texture_kept(grey_a: NDArray[Any], grey_b: NDArray[Any]) -> NDArray[np.bool_]:

@@ -259,6 +259,21 @@ def test_reshoot_keeps_the_product_and_changes_everything_around_it() -> None:
     assert centre[2] > centre[0] + 40  # still the blue item
 
 
+def test_specular_highlights_whiten_part_of_the_frame_towards_white() -> None:
+    """same-item-glare's highlights: seeded; some pixels blended most of the way to white,
+    most of the frame untouched, and nothing darkened."""
+    reshoot = load_bench_module("protocols_reshoot")
+    rgb = np.full((300, 400, 3), (40.0, 80.0, 160.0))
+    out = reshoot._specular(rgb, np.random.default_rng(2))
+    assert np.array_equal(out, reshoot._specular(rgb, np.random.default_rng(2)))
+    alpha = ((out - rgb) / (255 - rgb)).min(axis=2)
+    assert alpha.min() >= 0 and alpha.max() >= 0.6
+    assert 0.002 < (alpha > 0.05).mean() < 0.2
+    photo = Image.fromarray(rgb.astype(np.uint8))
+    glared = reshoot.glare_edit(photo, np.random.default_rng(0))
+    assert glared.size != photo.size  # a whole re-shoot, highlights and all
+
+
 def test_packs_relate_each_query_to_every_listing_of_its_pack(tmp_path: Path) -> None:
     reshoot = load_bench_module("protocols_reshoot")
     gallery_path, queries_path = reshoot.write_packs(tmp_path, n_brands=2, n_queries=5)

@@ -1760,6 +1760,66 @@ def test_a_part_of_another_colour_is_measured_and_whole_photo_edits_are_not() ->
     assert _recoloured_share(stickered, listing) <= DEFAULT_RULE.max_recoloured
 
 
+def _glare(rgb: np.ndarray, centre: tuple[int, int], size: float, peak: float) -> np.ndarray:
+    """``rgb`` under a glare: blended towards white by ``peak`` at ``centre``, fading as a
+    Gaussian of ``size`` px."""
+    yy, xx = np.mgrid[0:rgb.shape[0], 0:rgb.shape[1]]
+    g = peak * np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * size ** 2))
+    x = rgb / 255.0
+    return np.clip(255 * (x + (1 - x) * g[..., None]), 0, 255).astype(np.uint8)
+
+
+def _paler(rgb: np.ndarray, rows: slice, alpha: float) -> np.ndarray:
+    """``rgb`` with the band ``rows`` blended towards white by ``alpha`` (a paler part)."""
+    out = rgb.astype(np.float64)
+    out[rows] += (255 - out[rows]) * alpha
+    return out.astype(np.uint8)
+
+
+def test_a_glare_is_not_a_part_of_another_colour_and_a_paler_part_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A glare blends the photo towards white and fades out past its edge: strong ones read
+    as a recoloured patch (up to 2.4 % here) until ``_in_glare`` leaves them out. A part
+    made paler (a hem half or more of the way to white, pink for red, light grey for grey)
+    ends where the part ends, and is still a part of another colour: alone, beside a glare,
+    and with the whole photo brightened too."""
+    listing = _fabric()
+    glares = [_glare(listing, (64, 80), size, peak)
+              for size in (10.0, 18.0) for peak in (0.35, 0.6, 0.9)]
+    glares += [_glare(listing, centre, 14.0, 0.6) for centre in ((64, 124), (20, 60))]
+    for glared in glares:
+        assert _recoloured_share(glared, listing) <= DEFAULT_RULE.max_recoloured
+    paler = [_paler(listing, slice(118, 130), alpha) for alpha in (0.5, 0.7)]
+    paler.append(_glare(_paler(listing, slice(118, 130), 0.6), (64, 60), 14.0, 0.6))
+    paler.append(_edited(_paler(listing, slice(118, 130), 0.7),
+                         lambda p: ImageEnhance.Brightness(p).enhance(1.1)))
+    for part in paler:
+        assert _recoloured_share(part, listing) > 0.02
+    for lighter, darker in (((150, 150, 150), (90, 90, 90)), ((240, 170, 170), (200, 30, 30))):
+        assert _recoloured_share(_fabric(hem=lighter), _fabric(hem=darker)) > 0.02
+    monkeypatch.setattr(verify, "_in_glare", lambda changed, *_: np.zeros_like(changed))
+    assert max(_recoloured_share(glared, listing) for glared in glares) > 0.02
+
+
+@needs_luma
+@pytest.mark.parametrize(("name", "where"), [("ms09-black", (0.5, 0.45)),
+                                             ("wp13-green", (0.4, 0.6))])
+def test_a_luma_relisting_under_a_glare_is_accepted(name: str, where: tuple[float, float],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another shop's light edit of the photo with a soft glare over the garment (40 % of
+    the way to white at its centre): accepted, where without the glare check the glare is a
+    part of another colour (1.7 % and 5.7 % of the product)."""
+    photo = np.asarray(_luma(name))
+    height, width = photo.shape[:2]
+    glared = _relisted(Image.fromarray(_glare(
+        photo, (int(width * where[0]), int(height * where[1])), 0.09 * max(width, height), 0.4)))
+    evidence = _evidence(glared, _luma(name), 0.9)
+    assert evidence.same_item, evidence.reason
+    monkeypatch.setattr(verify, "_in_glare", lambda changed, *_: np.zeros_like(changed))
+    evidence = _evidence(glared, _luma(name), 0.9)
+    assert not evidence.same_item and "another colour" in evidence.reason, evidence.reason
+
+
 def test_a_recoloured_part_refuses_on_every_route() -> None:
     rule = SameItemRule()
     agree = Alignment(0.99, (1.0, 1.5, 2.0, 2.5))
