@@ -2005,14 +2005,14 @@ def _whitening(a: NDArray[np.uint8], b: NDArray[np.uint8]
                ) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
     """Per pixel pair (query ``a``, listing ``b``, (n, 3)): (whether ``a`` is ``b`` blended
     towards white, the share of its way to white it moved, averaged over the channels). Blended
-    towards white: lighter, and moved the same share in every channel (``(a - b) / (255 - b)``
+    towards white: moved the same share of the way in every channel (``(a - b) / (255 - b)``
     within ``WHITEN_MAX_SPREAD`` of each other, each at least ``WHITEN_MIN_ALPHA``): what a
-    glare does, and what another hue of a part does not."""
+    glare does, and what another hue of a part does not. Channels within 12 of white count
+    their share out of 12, so that JPEG noise there is no large share."""
     fa, fb = a.astype(np.float32), b.astype(np.float32)
     r, g, bl = ((fa[:, c] - fb[:, c]) / np.maximum(255.0 - fb[:, c], 12.0) for c in range(3))
     low, high = np.minimum(np.minimum(r, g), bl), np.maximum(np.maximum(r, g), bl)
-    whitened = ((r + g + bl > 0) & (low >= WHITEN_MIN_ALPHA)
-                & (high - low <= WHITEN_MAX_SPREAD))
+    whitened = (low >= WHITEN_MIN_ALPHA) & (high - low <= WHITEN_MAX_SPREAD)
     out: NDArray[np.float32] = (r + g + bl) / 3
     return whitened, out
 
@@ -2023,10 +2023,11 @@ def _in_glare(changed: NDArray[np.bool_], inner: NDArray[np.bool_], soft_a: NDAr
     listing, ``soft_*``) that a glare explains: each patch of them blended towards white
     (:func:`_whitening`) whose whitening fades out past its edge. Just outside the patch
     (``GLARE_BAND_PX``) the query is still whitened by at least ``GLARE_EDGE_RATIO`` of what
-    it is just inside, and just inside by at most ``GLARE_MAX_EDGE``: a lamp's glare or a
-    specular highlight has no edge of its own, while a paler part of the product (pink for
-    red, light grey for grey) ends where the part ends, and a part nearly white at its edge
-    is a white part. ~0.5 ms a pair with changed pixels."""
+    it is just inside, and just inside by at most ``GLARE_MAX_EDGE``: a lamp's soft glare
+    has no edge of its own, while a paler part of the product (pink for red, light grey for
+    grey) ends where the part ends, and a part nearly white at its edge is a white part. A
+    sharp specular highlight has an edge too, and stays a part of another colour
+    (docs/matching.md, "Glare round"). ~0.5 ms a pair with changed pixels."""
     band = np.ones((3, 3), np.uint8)
     near = (cv2.dilate(changed.astype(np.uint8), band, iterations=GLARE_BAND_PX) > 0) & inner
     whitened, alpha = _whitening(soft_a[near], soft_b[near])
