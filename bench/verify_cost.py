@@ -42,8 +42,9 @@ import search.verify as verify  # noqa: E402
 from evaluation.cache import EmbeddingCache  # noqa: E402
 from evaluation.protocol import load_gallery, load_queries  # noqa: E402
 from evaluation.run import EmbedStats, index_products  # noqa: E402
-from evaluation.same_item import SameItemCounts, gallery_verifier  # noqa: E402
-from lookalike.app import build_embedder, open_store, scratch_milvus  # noqa: E402
+from evaluation.same_item import SameItemCounts, gallery_roots  # noqa: E402
+from ingest.fetch import ImageFetcher  # noqa: E402
+from lookalike.app import build_embedder, build_verifier, open_store, scratch_milvus  # noqa: E402
 from lookalike.settings import Settings  # noqa: E402
 from schema.collection import CollectionSpec  # noqa: E402
 from search.api import ProductSearch  # noqa: E402
@@ -131,10 +132,9 @@ def main() -> int:
                        max_pixels=settings.images.max_pixels, stats=EmbedStats())
         searcher = ProductSearch(store, spec, embedder, consistency="Strong",
                                  max_pixels=settings.images.max_pixels,
-                                 verifier=gallery_verifier(
-                                     products, settings.images.max_pixels,
-                                     rule=verify.SameItemRule(
-                                         silhouette_route=settings.search.silhouette_route)),
+                                 # The configured rule, reading the gallery's folders.
+                                 verifier=build_verifier(
+                                     settings, ImageFetcher(gallery_roots(products))),
                                  family_depth=settings.search.family_depth)
         for query in queries:  # fills the verifier's cache of listing features
             searcher.compare_prices(image=query.image)
