@@ -145,7 +145,6 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     rgb = product * weight + _background((w, h), rng) * (1 - weight)
     if light == "lamp":
         return _reframed(_lamp(rgb, rng), rng)
-    specular = light == "specular"
     # Uneven light, white balance, gamma.
     axis = rng.uniform(-1, 1, size=2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -156,7 +155,7 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     rgb = rgb * shading[:, :, None] * balance
     gamma = float(rng.uniform(0.85, 1.2))
     rgb = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
-    return _reframed(_specular(rgb, rng) if specular else rgb, rng)
+    return _reframed(_specular(rgb, rng) if light == "specular" else rgb, rng)
 
 
 def _reframed(rgb: np.ndarray, rng: np.random.Generator) -> Image.Image:
