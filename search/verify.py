@@ -368,6 +368,9 @@ class LightMap:
     edge_left_out: bool = False
     """Whether the query showed another background around the product, so the band along
     the listing product's outline was left out of the comparison (``EDGE_PX``)."""
+    white_unexplained: Callable[[], float] | None = field(default=None, repr=False,
+                                                          compare=False)
+    """Computes :attr:`Alignment.light_white_unexplained` when the rule first reads it."""
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,9 @@ class Cover:
     blend: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
     """Computes :attr:`translucent` when the rule first reads it (~3 ms a patch, asked of
     few: a small, convex cover that keeps its texture)."""
+    measured: bool = True
+    """Whether :attr:`under_correlation` was measured (the patch, its outline left out,
+    has ``MIN_OVERLAP_PX`` pixels or more)."""
     second: Cover | None = None
     """The next largest patch (at least ``COVER_SECOND_SHARE`` of the compared region, up to
     ``MAX_COVERS`` in all), with the photos compared without it *and every patch before it*
@@ -468,9 +474,9 @@ class ColourDetail:
 
     def __init__(self, light: LightMap | None = None, hue: HueAgreement | None = None,
                  recoloured: tuple[float, float] = (0.0, 0.0), cover: Cover | None = None,
-                 shaded: ShadedLight | None = None) -> None:
+                 shaded: ShadedLight | None = None, white: float = 0.0) -> None:
         self._light, self._hue, self._recoloured = light, hue, recoloured
-        self._cover, self._shaded = cover, shaded
+        self._cover, self._shaded, self._white = cover, shaded, white
 
     def light(self) -> LightMap | None:
         """The light map (None when aligned without keypoints)."""
@@ -491,6 +497,10 @@ class ColourDetail:
     def cover(self) -> Cover | None:
         """:attr:`Alignment.cover`."""
         return self._cover
+
+    def white_unexplained(self) -> float:
+        """:attr:`Alignment.white_unexplained`."""
+        return self._white
 
 
 @dataclass(frozen=True)
@@ -588,6 +598,28 @@ class Alignment:
         (:func:`_cover`; None when no pixel differs that much, or when recoloured parts are
         not looked for)."""
         return self.detail.cover()
+
+    @property
+    def white_unexplained(self) -> float:
+        """Where one photo shows white inside its product, as its background, and the other
+        a colour (:func:`_white_unexplained_between`): the larger share, over the two
+        photos. A white garment on white is not foreground, so the compared region leaves
+        it out and what is compared is the model's skin and trousers: a purple tank top
+        then agrees with the white one near the inliers, or around a sticker. A copy of the
+        same item shows white where the listing does: on the 5,300 right pairs accepted on
+        16 sets, 0.03 or less for 99 % of them, up to 0.21 for a watermark or a shop's
+        sticker on the white, or a white garment re-shot under a warm lamp."""
+        return self.detail.white_unexplained()
+
+    @property
+    def light_white_unexplained(self) -> float:
+        """:attr:`white_unexplained` with the query under the light map (:class:`LightMap`):
+        a white garment re-shot under a warm lamp is explained by the map, a yellow variant
+        of it is not (0 without a light map)."""
+        light = self.detail.light()
+        if light is None or light.white_unexplained is None:
+            return 0.0
+        return light.white_unexplained()
 
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -732,6 +764,16 @@ class SameItemRule:
     and trousers alone, which a light map explains whatever the garment's colour). Read on
     the pairs the route accepted: true re-shoots <= 0.011, luma's white WH05 hoodie for a
     copy of its lavender or orange variant 0.10-0.19."""
+    max_white_unexplained: float = 0.12
+    """The routes that forgive a part of the product (the overlay route, away from the
+    inliers; the cover route, under its covers; the light route, by its map): largest
+    :attr:`Alignment.white_unexplained` (:attr:`Alignment.light_white_unexplained` on the
+    light route). Read on the pairs the rule accepted on 16 sets: right pairs <= 0.11 on the
+    cover route (a shop's sticker on the white around the product), <= 0.08 on the overlay
+    route, <= 0.15 on the light route under its map (a white jacket re-shot under a lamp,
+    the one right pair this refuses); luma's WT09 tank top purple for white and back
+    0.14-0.22, MH04 yellow for white under a light map 0.27 (docs/matching.md, "White
+    round")."""
 
     max_hue_turn: float = 10.0
     """The grading route (:meth:`_agrees_graded`): largest hue angle (95th percentile,
@@ -766,6 +808,15 @@ class SameItemRule:
     max_cover_texture: float = 0.35
     """The cover route: largest share of the patch whose texture is kept
     (:attr:`Cover.texture_kept`): under a sticker 0.02-0.25, a recoloured part 0.45-0.97."""
+    max_measured_cover_texture: float = 0.6
+    """The cover route: :attr:`Cover.texture_kept`'s limit instead of ``max_cover_texture``
+    where the grey levels under the patch were measured (:attr:`Cover.measured`) and do not
+    follow the other photo's (``max_cover_under_correlation``). The texture test reads a
+    window around each pixel, and along a small sticker's outline, over a smooth garment,
+    what it reads is noise against an edge: half of it passes by chance, and a small
+    sticker is mostly outline (a price flag or a round logo of 1-8 % of the product: 0.4-0.6).
+    With the grey levels beneath measured too, two cues agree before the looser limit
+    applies (docs/matching.md, "White round")."""
     max_cover_under_correlation: float = 0.5
     """The cover route: largest grey-level correlation of the two photos over the patch
     (:attr:`Cover.under_correlation`): under a sticker -0.54-0.39 on same-item-blind; luma's
@@ -982,7 +1033,9 @@ class SameItemRule:
         with its texture or its shading kept (docs/matching.md, "Cover route"). Up to
         ``MAX_COVERS`` covers (a re-listing's own tags and the query's, :attr:`Cover.second`),
         largest first, are left out one by one until the rest agrees, while each has a
-        cover's shape and together they hide at most ``max_cover``. Returns
+        cover's shape and together they hide at most ``max_cover``; and no part of the
+        product may be white in one photo only (``max_white_unexplained``: the region
+        compared leaves a white garment out). Returns
         (the cover whose comparison of the rest holds, the share hidden, how many covers),
         or None."""
         cover = alignment.cover
@@ -996,6 +1049,8 @@ class SameItemRule:
                     or share + following.share > self.max_cover):
                 return None
             cover, share, n = following, share + following.share, n + 1
+        if alignment.white_unexplained > self.max_white_unexplained:
+            return None
         return cover, share, n
 
     def _rest_agrees(self, cover: Cover) -> bool:
@@ -1015,7 +1070,9 @@ class SameItemRule:
         convex = self.min_small_cover_solidity if small else self.min_cover_solidity
         if cover.solidity < convex:
             return False
-        if (cover.texture_kept <= self.max_cover_texture
+        texture = (self.max_measured_cover_texture if cover.measured
+                   else self.max_cover_texture)
+        if (cover.texture_kept <= texture
                 and cover.under_correlation <= self.max_cover_under_correlation):
             return True
         return small and cover.translucent  # the texture beneath shows through, scaled down
@@ -1040,7 +1097,9 @@ class SameItemRule:
         """The light route: a re-shot photo (another camera, white balance, lamp) differs
         from the listing by one per-channel map over the whole product; another colour or
         flavour differs in one part (a band, a trim, a logo) that such a map, fitted to
-        the rest, leaves unexplained, or needs channel gains far apart (a hue turned)."""
+        the rest, leaves unexplained, or needs channel gains far apart (a hue turned), or
+        shows a colour where the other photo shows a white garment that the region compared
+        leaves out (``max_white_unexplained``, under the map)."""
         checked = alignment.segmented and alignment.print_agreement is not None
         floor = self.min_segmented_light_correlation if checked else self.min_light_correlation
         if alignment.correlation < floor:  # asked first: the light map is fitted when read
@@ -1049,7 +1108,8 @@ class SameItemRule:
         if gains is None or min(gains) <= 0:
             return False
         return (max(gains) / min(gains) <= self.max_light_gain_spread
-                and alignment.light_shift(self.shift_percentile) <= self.max_light_shift)
+                and alignment.light_shift(self.shift_percentile) <= self.max_light_shift
+                and alignment.light_white_unexplained <= self.max_white_unexplained)
 
     def only_colours_differ(self, inliers: int, alignment: Alignment | None) -> bool:
         """Whether a pair's keypoints, brightness, grey levels and print agree and no part of
@@ -1124,7 +1184,8 @@ class SameItemRule:
         and a part of another colour must not lie near them either
         (:attr:`Alignment.local_recoloured`): a cover away from the inliers is forgiven, a
         trim beside them is not, nor a large recoloured part anywhere
-        (``max_overlay_recoloured``)."""
+        (``max_overlay_recoloured``), nor a garment white in one photo only
+        (``max_white_unexplained``)."""
         if alignment.local_correlation is None or alignment.local_shifts is None:
             return False
         return (alignment.local_share >= self.min_local_share
@@ -1132,7 +1193,8 @@ class SameItemRule:
                 and alignment.local_shift(self.shift_percentile) <= self.max_colour_shift
                 and alignment.local_recoloured <= self.max_recoloured
                 and alignment.recoloured <= self.max_overlay_recoloured
-                and colour >= self.min_colour)
+                and colour >= self.min_colour
+                and alignment.white_unexplained <= self.max_white_unexplained)
 
     def wants_coarse(self, similarity: float, inliers: int, colour: float) -> bool:
         """Whether a pair is worth aligning without keypoints: too few inliers for geometry,
@@ -1608,8 +1670,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         if int(local.sum()) >= MIN_OVERLAP_PX:
             local_corr = _correlation(region_a[local], region_b[local])
             local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
-    pixels = _AlignedPixels(warped, listing, valid, region, fg_b, soft_a, soft_b, grey_a, grey_b,
-                            near)
+    pixels = _AlignedPixels(warped, listing, valid, region, fg_b, fg_a, soft_a, soft_b, grey_a,
+                            grey_b, near)
     agreement, second_look = None, None
     if segmented or print_check:
         foreign = _foreign(chroma_a, chroma_b, region)
@@ -1632,7 +1694,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
 class _AlignedPixels:
     """What :func:`align` compared, kept for the parts of :class:`ColourDetail` computed when
     first read: the warped query (``warped``, ``valid`` where it lands) and the listing at
-    its detail, their compared ``region`` and the listing's foreground ``fg_b``, both
+    its detail, their compared ``region`` and the two foregrounds ``fg_b``, ``fg_a``, both
     blurred (``soft_*``) and in grey, and the inliers' neighbourhoods (None without
     inliers)."""
 
@@ -1641,6 +1703,7 @@ class _AlignedPixels:
     valid: NDArray[np.bool_]
     region: NDArray[np.bool_]
     fg_b: NDArray[np.bool_]
+    fg_a: NDArray[np.bool_]
     soft_a: NDArray[np.uint8]
     soft_b: NDArray[np.uint8]
     grey_a: NDArray[Any]
@@ -1684,9 +1747,14 @@ class _ColoursOfPixels(ColourDetail):
             if self._fit_light:
                 p = self._pixels
                 relit, edge_left_out = self._colour_region()
-                gains, mapped = _light_map(p.soft_a[relit], p.soft_b[relit])
+                fit = _light_fit(p.soft_a[relit], p.soft_b[relit])
+                mapped = _mapped(fit, p.soft_a[relit])
+                gains = (float(fit[0][0]), float(fit[0][1]), float(fit[0][2]))
+
+                def white() -> float:  # read when the light route would accept
+                    return _white_unexplained_between(p, fit)
                 self._light = LightMap(gains, _colour_shifts(mapped, p.soft_b[relit]),
-                                       edge_left_out)
+                                       edge_left_out, white)
             self._done.add("light")
         return self._light
 
@@ -1732,6 +1800,12 @@ class _ColoursOfPixels(ColourDetail):
                 self._cover = _cover(self._pixels, *self._patches, self._kept())
             self._done.add("cover")
         return self._cover
+
+    def white_unexplained(self) -> float:
+        if "white" not in self._done:
+            self._white = _white_unexplained_between(self._pixels)
+            self._done.add("white")
+        return self._white
 
 
 def product_on_white(image: Image.Image, product: NDArray[np.bool_] | None
@@ -2141,7 +2215,8 @@ def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[n
         def blend() -> bool:  # read when the rule asks (Cover.translucent)
             return _translucent(p.soft_a[inner], p.soft_b[inner])
     return Cover(area / int(region.sum()), area / max(hull, 1.0), float(kept[patch].mean()),
-                 under, correlation, shifts, _largest_share(left, compared), blend)
+                 under, correlation, shifts, _largest_share(left, compared), blend,
+                 measured=measurable)
 
 
 def _translucent(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> bool:
@@ -2305,10 +2380,30 @@ def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
     product keeps its colour. The fit is refitted twice on the ``LIGHT_FIT_SHARE`` percent
     of pixels it explains best, so a part of the product of another colour (a flavour band,
     a trim) stays unexplained instead of bending it."""
-    x = a.astype(np.float64)
-    gains, offsets = _robust_linear_map(x, b.astype(np.float64))
-    mapped = np.clip(np.rint(x * gains + offsets), 0, 255).astype(np.uint8)
-    return (float(gains[0]), float(gains[1]), float(gains[2])), mapped
+    fit = _light_fit(a, b)
+    gains = fit[0]
+    return (float(gains[0]), float(gains[1]), float(gains[2])), _mapped(fit, a)
+
+
+def _light_fit(a: NDArray[np.uint8], b: NDArray[np.uint8]
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`_light_map`'s per-channel (gains, offsets)."""
+    return _robust_linear_map(a.astype(np.float64), b.astype(np.float64))
+
+
+def _mapped(fit: tuple[NDArray[np.float64], NDArray[np.float64]], a: NDArray[np.uint8]
+            ) -> NDArray[np.uint8]:
+    """(n, 3) RGB pixels under a :func:`_light_fit` map."""
+    gains, offsets = fit
+    return np.clip(np.rint(a.astype(np.float64) * gains + offsets), 0, 255).astype(np.uint8)
+
+
+def _unmapped(fit: tuple[NDArray[np.float64], NDArray[np.float64]], b: NDArray[np.uint8]
+              ) -> NDArray[np.uint8]:
+    """(n, 3) RGB pixels under a :func:`_light_fit` map's inverse."""
+    gains, offsets = fit
+    return np.clip(np.rint((b.astype(np.float64) - offsets) / np.maximum(gains, 1e-3)),
+                   0, 255).astype(np.uint8)
 
 
 NEUTRAL_GREYS = (64.0, 128.0, 200.0, 240.0)
@@ -2369,37 +2464,69 @@ def _positions(mask: NDArray[np.bool_]) -> NDArray[np.float64]:
 
 
 def _white_unexplained(p: _AlignedPixels, coef: NDArray[np.float64]) -> float:
-    """:attr:`ShadedLight.white_unexplained`: of the listing product's convex hull, the share
-    of pixels where the listing shows white (every channel >= ``WHITE_LEVEL``, as its
-    background; ``EDGE_PX`` + 1 clear of its foreground) and the query, under the shaded map
-    ``coef``, a chroma more than ``WHITE_UNEXPLAINED_SHIFT`` from it and from the query's own pixel
-    nearest outside the hull (its backdrop: a re-shoot shows it between an arm and the
-    body)."""
-    contours, _ = cv2.findContours(p.fg_b.astype(np.uint8), cv2.RETR_EXTERNAL,
+    """:attr:`ShadedLight.white_unexplained`: :func:`_white_against` of the listing, the
+    query under the shaded map ``coef``."""
+    return _white_against(p.fg_b, p.soft_b, p.soft_a, p.valid,
+                          lambda pixels, where: _shaded(coef, pixels, _positions(where)))
+
+
+def _white_unexplained_between(
+        p: _AlignedPixels,
+        fit: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None) -> float:
+    """:attr:`Alignment.white_unexplained` (``fit``: a :func:`_light_fit` map from the query
+    to the listing, :attr:`Alignment.light_white_unexplained`): :func:`_white_against` of
+    the listing (the query mapped onto it) and of the query (the listing mapped back), the
+    larger. ~1-2 ms a pair."""
+    onto_listing = onto_query = None
+    if fit is not None:
+        def onto_listing(pixels: NDArray[np.uint8], where: NDArray[np.bool_]
+                         ) -> NDArray[np.uint8]:
+            return _mapped(fit, pixels)
+
+        def onto_query(pixels: NDArray[np.uint8], where: NDArray[np.bool_]
+                       ) -> NDArray[np.uint8]:
+            return _unmapped(fit, pixels)
+    return max(_white_against(p.fg_b, p.soft_b, p.soft_a, p.valid, onto_listing),
+               _white_against(p.fg_a, p.soft_a, p.soft_b, p.valid, onto_query))
+
+
+def _white_against(
+        fg: NDArray[np.bool_], white_side: NDArray[np.uint8], other: NDArray[np.uint8],
+        valid: NDArray[np.bool_],
+        mapped: Callable[[NDArray[np.uint8], NDArray[np.bool_]], NDArray[np.uint8]] | None = None
+        ) -> float:
+    """Of the convex hull of one photo's foreground ``fg``, the share of pixels where that
+    photo (``white_side``) shows white (every channel >= ``WHITE_LEVEL``, as its background;
+    ``EDGE_PX`` + 1 clear of its foreground) and the ``other`` photo, under ``mapped`` when
+    given (``(pixels, where) -> pixels`` in ``white_side``'s light), a chroma more than
+    ``WHITE_UNEXPLAINED_SHIFT`` from it and from the other photo's own pixel nearest outside
+    the hull (its backdrop: a re-shoot shows it between an arm and the body)."""
+    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return 0.0
-    hull = np.zeros(p.fg_b.shape, np.uint8)
+    hull = np.zeros(fg.shape, np.uint8)
     cv2.fillPoly(hull, [cv2.convexHull(np.vstack(contours))], 1)
     inside = hull > 0
-    clear = cv2.distanceTransform((~p.fg_b).astype(np.uint8), cv2.DIST_L2, 3) > EDGE_PX + 1
-    white = inside & ~p.fg_b & p.valid & clear & (p.soft_b.min(axis=2) >= WHITE_LEVEL)
-    outside = p.valid & ~inside
+    clear = cv2.distanceTransform((~fg).astype(np.uint8), cv2.DIST_L2, 3) > EDGE_PX + 1
+    white = inside & ~fg & valid & clear & (white_side.min(axis=2) >= WHITE_LEVEL)
+    outside = valid & ~inside
     if not white.any() or not outside.any():
         return 0.0
-    # Each white pixel's nearest pixel outside the hull, where the query shows its backdrop.
+    # Each white pixel's nearest pixel outside the hull, where the other photo shows its
+    # backdrop.
     _, labels = cv2.distanceTransformWithLabels((~outside).astype(np.uint8), cv2.DIST_L2, 3,
                                                 labelType=cv2.DIST_LABEL_PIXEL)
     order = np.zeros(int(labels.max()) + 1, np.intp)
     order[labels[outside]] = np.arange(int(outside.sum()))
     ys, xs = np.nonzero(outside)
     nearest = order[labels[white]]
-    query = _lab_chroma(p.soft_a[white])
-    mapped = _lab_chroma(_shaded(coef, p.soft_a[white], _positions(white)))
-    to_listing = np.linalg.norm(mapped - _lab_chroma(p.soft_b[white]), axis=1)
-    to_backdrop = np.linalg.norm(query - _lab_chroma(p.soft_a[ys[nearest], xs[nearest]]),
+    seen = other[white]
+    as_white = _lab_chroma(seen if mapped is None else mapped(seen, white))
+    to_white = np.linalg.norm(as_white - _lab_chroma(white_side[white]), axis=1)
+    to_backdrop = np.linalg.norm(_lab_chroma(seen) - _lab_chroma(other[ys[nearest], xs[nearest]]),
                                  axis=1)
-    unexplained = np.minimum(to_listing, to_backdrop) > WHITE_UNEXPLAINED_SHIFT
+    unexplained = np.minimum(to_white, to_backdrop) > WHITE_UNEXPLAINED_SHIFT
     return float(unexplained.sum()) / max(1, int(inside.sum()))
 
 
