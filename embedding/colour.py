@@ -38,6 +38,12 @@ BACKGROUND_TOLERANCE = 30.0
 """Largest per-channel difference (0..255) from the background colour that is background."""
 UNIFORM_BORDER_FRACTION = 0.8
 """Share of the border ring that must match its median colour for a uniform background."""
+SNUG_SPREAD_FACTOR = 3.0
+SNUG_MARGIN = 4.0
+SNUG_LEAST = 8.0
+"""A snug background (:func:`snug_background_mask`): its tolerance is ``SNUG_SPREAD_FACTOR``
+times the spread of the border ring around its colour plus ``SNUG_MARGIN``, at least
+``SNUG_LEAST`` and at most ``BACKGROUND_TOLERANCE``."""
 
 
 def colour_version() -> str:
@@ -57,13 +63,14 @@ def _near(pixels: NDArray[np.float32], colour: NDArray[np.float32]) -> NDArray[n
     return out
 
 
-def _near_image(rgb: NDArray[np.uint8], colour: NDArray[np.float32]) -> NDArray[np.bool_]:
-    """:func:`_near` of every pixel of an (h, w, 3) uint8 image, the same answer at a tenth of
-    the cost: an integer channel value is within the tolerance of a colour exactly when it
-    lies in the whole-number range around it, which ``cv2.inRange`` tests in place (no float
-    copy of the image)."""
-    low = [max(0, math.ceil(float(c) - BACKGROUND_TOLERANCE)) for c in colour]
-    high = [min(255, math.floor(float(c) + BACKGROUND_TOLERANCE)) for c in colour]
+def _near_image(rgb: NDArray[np.uint8], colour: NDArray[np.float32],
+                tolerance: float = BACKGROUND_TOLERANCE) -> NDArray[np.bool_]:
+    """:func:`_near` of every pixel of an (h, w, 3) uint8 image (within ``tolerance``), the
+    same answer at a tenth of the cost: an integer channel value is within the tolerance of a
+    colour exactly when it lies in the whole-number range around it, which ``cv2.inRange``
+    tests in place (no float copy of the image)."""
+    low = [max(0, math.ceil(float(c) - tolerance)) for c in colour]
+    high = [min(255, math.floor(float(c) + tolerance)) for c in colour]
     if any(lo > hi for lo, hi in zip(low, high, strict=True)):
         return np.zeros(rgb.shape[:2], dtype=bool)
     inside = cv2.inRange(np.ascontiguousarray(rgb), np.array(low, np.float64),
@@ -104,6 +111,30 @@ def background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
         out: NDArray[np.bool_] = _near_image(rgb, white) | _near_image(rgb, second)
         return out
     return None
+
+
+def snug_background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
+    """:func:`background_mask`, with a tolerance fitted to the backdrop when the border ring
+    is one colour: a product whose colour lies within ``BACKGROUND_TOLERANCE`` of its
+    backdrop (a grey ball on a lavender sweep) loses that much of itself to the fixed
+    tolerance, while a backdrop's own spread around its colour (JPEG noise, a soft gradient)
+    is a few levels. The tolerance is ``SNUG_SPREAD_FACTOR`` times the ring's spread (the
+    95th percentile of its pixels' distance to its colour, among those within the fixed
+    tolerance) plus ``SNUG_MARGIN``, between ``SNUG_LEAST`` and ``BACKGROUND_TOLERANCE``.
+    A padded photo (white and a second colour) and a border that tells no background are
+    as :func:`background_mask` has them. For outlines (the silhouette route of
+    search/verify.py), not for the colour descriptor, whose model version it would change."""
+    if rgb.shape[0] < 3 or rgb.shape[1] < 3:
+        return None
+    ring = _ring(rgb)
+    background = _uniform(ring)
+    if background is None:
+        return background_mask(rgb)
+    distance = np.abs(ring - background).max(axis=-1)
+    spread = float(np.percentile(distance[distance <= BACKGROUND_TOLERANCE], 95))
+    tolerance = min(max(SNUG_SPREAD_FACTOR * spread + SNUG_MARGIN, SNUG_LEAST),
+                    BACKGROUND_TOLERANCE)
+    return _near_image(rgb, background, tolerance)
 
 
 def foreground_weights(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:

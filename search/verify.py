@@ -63,6 +63,7 @@ from embedding.colour import (
     background_mask,
     colour_descriptor,
     foreground_weights,
+    snug_background_mask,
 )
 from embedding.decode import decode_image
 from embedding.preprocess import pad_to_square
@@ -1275,13 +1276,15 @@ class Silhouette:
 
 def _silhouette(features: PhotoFeatures) -> Silhouette | None:
     """:attr:`PhotoFeatures.silhouette`: read where the photo (at half ``VERIFY_SIZE``) shows
-    its product, its segmented mask or else what is not background; None when too little is
-    found. Not :func:`embedding.colour.foreground_weights`, whose centred ellipse where no
-    background is told would pass for an outline."""
+    its product, its segmented mask or else what is not background, with the tolerance
+    fitted to a one-colour backdrop (:func:`embedding.colour.snug_background_mask`: a product
+    near its backdrop's colour keeps its outline); None when too little is found. Not
+    :func:`embedding.colour.foreground_weights`, whose centred ellipse where no background is
+    told would pass for an outline."""
     if features.product is not None:
         mask = features.product
     else:
-        background = background_mask(features.small)
+        background = snug_background_mask(features.small)
         if background is None:
             return None
         mask = ~background

@@ -8,11 +8,14 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 from embedding.colour import (
+    BACKGROUND_TOLERANCE,
     COLOUR_DIM,
+    background_mask,
     colour_descriptor,
     colour_descriptors,
     colour_version,
     foreground_weights,
+    snug_background_mask,
 )
 from embedding.embedder import l2_normalise, mix_colour, model_version
 from embedding.preprocess import pad_to_square
@@ -67,6 +70,45 @@ def test_uniform_non_white_background_is_detected() -> None:
     assert float(on_grey @ on_white) > 0.9  # edge pixels blend with the background
     mask = foreground_weights(np.asarray(shirt(RED, background=grey)))
     assert mask[0, 0] == 0.0 and mask[100, 80] == 1.0
+
+
+def shaded_ball(colour: tuple[int, int, int], backdrop: tuple[int, int, int],
+                noise: float = 0.0) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """A plain ball lit from above (its colour x1.15 at the top to x0.8 at the bottom) on a
+    one-colour backdrop, with sensor ``noise`` (standard deviation) over the whole photo;
+    (photo, where the ball is)."""
+    size = 160
+    yy, xx = np.mgrid[:size, :size]
+    ball = (yy - 80) ** 2 + (xx - 80) ** 2 <= 60 ** 2
+    shade = np.linspace(1.15, 0.8, size, dtype=np.float32)[:, None, None]
+    rgb = np.where(ball[..., None], np.array(colour, np.float32) * shade,
+                   np.array(backdrop, np.float32))
+    rgb = rgb + np.random.default_rng(0).normal(0.0, noise, rgb.shape) if noise else rgb
+    return np.clip(rgb, 0, 255).astype(np.uint8), ball
+
+
+def test_a_snug_background_keeps_a_product_near_its_backdrops_colour() -> None:
+    """A grey-blue ball on a lavender sweep: the fixed tolerance takes its lit top for the
+    backdrop, the tolerance fitted to the backdrop's own spread keeps it."""
+    rgb, ball = shaded_ball((150, 158, 196), (178, 178, 222))
+    fixed, snug = background_mask(rgb), snug_background_mask(rgb)
+    assert fixed is not None and snug is not None
+    assert np.count_nonzero(~fixed & ball) < 0.8 * np.count_nonzero(ball)
+    assert np.count_nonzero(~snug & ball) > 0.97 * np.count_nonzero(ball)
+    assert not np.any(~snug & ~ball)  # and none of the backdrop
+
+
+def test_a_noisy_or_untold_background_keeps_the_fixed_tolerance() -> None:
+    """A backdrop whose pixels spread widely (noise, a soft gradient) needs the whole
+    tolerance, and gets it; a padded photo and a border that tells no background are as
+    :func:`background_mask` has them."""
+    noisy, _ = shaded_ball((140, 150, 185), (178, 178, 222), noise=BACKGROUND_TOLERANCE / 4)
+    assert np.array_equal(snug_background_mask(noisy), background_mask(noisy))
+    padded = np.asarray(pad_to_square(shirt(RED, background=(128, 128, 128), size=(120, 200)),
+                                      200))
+    assert np.array_equal(snug_background_mask(padded), background_mask(padded))
+    cluttered = np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    assert snug_background_mask(cluttered) is None and background_mask(cluttered) is None
 
 
 def test_cluttered_border_falls_back_to_centre_weighting() -> None:

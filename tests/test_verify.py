@@ -18,6 +18,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from embedding.colour import background_mask
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search import verify
@@ -258,6 +259,57 @@ def test_a_plain_product_reshot_is_accepted_by_the_silhouette_route(name: str) -
             if other != name:
                 same, why = _decide(query, _luma_photo(other), 0.88)
                 assert not same, why
+
+
+def _on_a_near_backdrop(photo: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """``photo``'s white background swapped for one ``colour`` (as same-item-fresh's
+    ``backdrop`` edit does it), through a JPEG."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.int16)
+    mask = Image.fromarray(((255 - rgb.min(axis=2)) > 18).astype(np.uint8) * 255, "L")
+    out = Image.new("RGB", photo.size, colour)
+    out.paste(photo.convert("RGB"), (0, 0), mask)
+    buffer = io.BytesIO()
+    out.save(buffer, "JPEG", quality=90)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+LAVENDER = (178, 178, 222)
+
+
+def test_a_plain_product_on_a_backdrop_near_its_colour_keeps_its_outline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grey-blue ball cut out onto a lavender sweep: its outline is read with the tolerance
+    fitted to the sweep (:func:`embedding.colour.snug_background_mask`), so the silhouette
+    route accepts it. Read with the fixed tolerance, its lit top passes for the sweep and
+    the outlines differ; a green ball of the same shape on the same sweep stays refused."""
+    listing = plain_photo((150, 158, 196))
+    query = _on_a_near_backdrop(listing, LAVENDER)
+    found = _evidence(query, listing, 0.9)
+    assert found.inliers < DEFAULT_RULE.min_inliers
+    assert found.same_item and "the same outline and colour" in found.reason, found.reason
+    agreement = silhouette_agreement(photo_features(query), photo_features(listing))
+    assert agreement is not None and agreement.overlap > 0.95
+    same, why = _decide(_on_a_near_backdrop(plain_photo((150, 196, 158)), LAVENDER), listing)
+    assert not same, why
+    monkeypatch.setattr(verify, "snug_background_mask", background_mask)
+    fixed = silhouette_agreement(photo_features(query), photo_features(listing))
+    assert fixed is not None and fixed.overlap < DEFAULT_RULE.silhouette_overlap
+    same, why = _decide(query, listing, 0.9)
+    assert not same, why
+
+
+@needs_luma
+@pytest.mark.parametrize("seed", [6, 11, 24])
+def test_luma_grey_ball_on_a_backdrop_near_its_colour_is_accepted(seed: int) -> None:
+    """luma's grey ball with same-item-fresh's ``backdrop`` edit, at the seeds whose colour
+    lies near the ball's (a grey or lavender sweep): accepted by the silhouette route, while
+    its pink and blue colours stay refused."""
+    query = _on_a_light_backdrop("luma-stability-ball-gray", seed)
+    found = _evidence(query, _luma_photo("luma-stability-ball-gray"), 0.9)
+    assert found.same_item and "the same outline and colour" in found.reason, found.reason
+    for other in ("luma-stability-ball-pink", "luma-stability-ball"):
+        same, why = _decide(query, _luma_photo(other), 0.9)
+        assert not same, why
 
 
 def test_silhouette_agreement_reads_outline_colour_and_keypoints() -> None:
