@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 KS = (1, 5, 10)
 
@@ -40,11 +41,33 @@ class QueryResult:
     ranked: list[str]
     relevant: set[str]
     category: str
+    images: tuple[str, ...] = ()
+    """The query's photos (for :meth:`detail`)."""
+    similarities: tuple[float, ...] = ()
+    """The search's score of each ranked product (for :meth:`detail`)."""
+    inliers: tuple[int | None, ...] = ()
+    """Each ranked product's geometric inliers, where the search checked them."""
 
     def scores(self) -> dict[str, float]:
         out = {f"R@{k}": recall_at_k(self.ranked, self.relevant, k) for k in KS}
         out["mAP@R"] = average_precision_at_r(self.ranked, self.relevant)
         return out
+
+    def detail(self) -> dict[str, Any]:
+        """The query's outcome as one JSON object (``lookalike eval --details``): its photos,
+        relevant products, the rank (from 1) of the first relevant one found (None when
+        none was), its scores, and what it ranked, with the search's score and inliers."""
+        first = next((n for n, pid in enumerate(self.ranked, 1) if pid in self.relevant), None)
+        ranked = [{"product_id": pid, "relevant": pid in self.relevant,
+                   **({"score": round(self.similarities[n], 4)}
+                      if n < len(self.similarities) else {}),
+                   **({"inliers": self.inliers[n]}
+                      if n < len(self.inliers) and self.inliers[n] is not None else {})}
+                  for n, pid in enumerate(self.ranked)]
+        return {"images": list(self.images), "relevant": sorted(self.relevant),
+                "category": self.category, "first_relevant_rank": first,
+                **{key: round(value, 4) for key, value in self.scores().items()},
+                "ranked": ranked}
 
 
 @dataclass

@@ -77,6 +77,14 @@ class EvalReport:
     n_gallery_images: int
     embed: EmbedStats = field(default_factory=EmbedStats)
     search_seconds: float = 0.0
+    results: list[QueryResult] = field(default_factory=list)
+    """Each query's outcome, in the order of the queries file."""
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        """One JSON object per query (:meth:`QueryResult.detail`; ``lookalike eval
+        --details``)."""
+        return [result.detail() for result in self.results]
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
@@ -265,7 +273,9 @@ def run_queries(
                        for path in query.images])
             hits = searcher.by_vectors(views, k=k, match=match, photos=photos)
             results.append(QueryResult([h.product_id for h in hits], set(query.relevant),
-                                       query.category))
+                                       query.category, tuple(str(p) for p in query.images),
+                                       tuple(h.score for h in hits),
+                                       tuple(h.inliers for h in hits)))
             bar.update(1)
     if start != len(vectors):
         raise ValueError(f"{len(vectors)} query vectors for {start} query images")
@@ -312,6 +322,7 @@ def evaluate(
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
+        results=results,
     )
 
 

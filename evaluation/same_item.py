@@ -29,7 +29,7 @@ from evaluation.run import EmbedStats, index_products
 from ingest.fetch import ImageFetcher
 from lookalike.settings import SearchSettings
 from schema.collection import CollectionSpec
-from search.api import ProductSearch
+from search.api import PriceMatch, ProductSearch
 from search.verify import SameItemRule, SameItemVerifier
 from store import MilvusStore
 
@@ -80,6 +80,9 @@ class SameItemReport:
     """Wall time of each query's compare_prices call (embed + search + verification)."""
     turned_queries: int = 0
     """Query photos taken as saved sideways or upside down, and so also searched upright."""
+    details: list[dict[str, Any]] = field(default_factory=list)
+    """Each query's outcome (:func:`query_detail`; ``lookalike eval --details``), in the
+    order of the queries file."""
 
     def to_json(self) -> dict[str, Any]:
         times = sorted(self.per_query_ms)
@@ -98,6 +101,22 @@ class SameItemReport:
             "search_seconds": round(self.search_seconds, 2),
             "turned_queries": self.turned_queries,
         }
+
+
+def query_detail(query: Query, matches: Sequence[PriceMatch], ms: float) -> dict[str, Any]:
+    """One query's outcome as one JSON object: its photo, relevant listings, what price
+    comparison listed (each with its evidence and whether it is relevant), what it missed
+    and what it listed wrongly, and how long the call took."""
+    relevant = set(query.relevant)
+    found = {m.product_id for m in matches}
+    listed = [{"product_id": m.product_id, "relevant": m.product_id in relevant,
+               "price": m.price, "currency": m.currency, "seller_id": m.seller_id,
+               "similarity": round(m.similarity, 4), "inliers": m.inliers,
+               "colour_shift": None if m.colour_shift is None else round(m.colour_shift, 2),
+               "via": m.via, "reason": m.reason} for m in matches]
+    return {"image": str(query.image), "relevant": sorted(relevant), "listed": listed,
+            "missed": sorted(relevant - found), "wrong": sorted(found - relevant),
+            "ms": round(ms, 1)}
 
 
 def gallery_roots(products: Sequence[GalleryProduct]) -> list[Path]:
@@ -148,6 +167,7 @@ def evaluate_same_item(
                              turned_queries=turned_queries, family_depth=family_depth)
     counts = SameItemCounts()
     per_query: list[float] = []
+    details: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tqdm(total=len(queries), unit="query", desc="compare", disable=None) as bar:
         for query in queries:
@@ -155,6 +175,8 @@ def evaluate_same_item(
             matches = searcher.compare_prices(image=query.image, k=k, threshold=threshold)
             per_query.append(1000 * (time.perf_counter() - t0))
             counts.add({m.product_id for m in matches}, set(query.relevant))
+            details.append(query_detail(query, matches, per_query[-1]))
             bar.update(1)
     return SameItemReport(counts, embedder.model_version, len(products), n_rows, stats,
-                          time.perf_counter() - started, per_query, searcher.turned_photos)
+                          time.perf_counter() - started, per_query, searcher.turned_photos,
+                          details)

@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("retrieval", "same-item"), default="retrieval",
                    help="retrieval: rank products (R@k, mAP@R); same-item: price comparison "
                         "lists the query's listings (precision, recall, false-match rate)")
+    p.add_argument("--details", type=Path,
+                   help="also write each query's outcome here, one JSON object per line: what "
+                        "it ranked (retrieval) or listed with the evidence (same-item), what "
+                        "it missed and what it listed wrongly")
     _match_arg(p)
 
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "

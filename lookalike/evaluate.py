@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
+from typing import Any
 
 from evaluation.cache import EmbeddingCache
 from evaluation.protocol import ProtocolError, load_gallery, load_queries
@@ -33,6 +35,9 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
+    details: Path | None = getattr(args, "details", None)
+    if details is not None:
+        _write_details(details, [])  # a path that cannot be written fails now, not after
     with scratch_milvus(settings, args.milvus_uri) as scratch:
         store = open_store(scratch, create=True)  # an unreachable server fails before the model
         embedder = build_embedder(settings)
@@ -72,6 +77,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
             store.close()
             if cache is not None:
                 cache.close()
+    if details is not None:
+        _write_details(details, report.details)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     elif isinstance(report, SameItemReport):
@@ -79,6 +86,15 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print_report(report, args.match)
     return 0
+
+
+def _write_details(path: Path, lines: list[dict[str, Any]]) -> None:
+    """``--details``: one JSON object per query."""
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            out.writelines(json.dumps(line) + "\n" for line in lines)
+    except OSError as exc:
+        raise UserError(f"cannot write --details {path}: {exc.strerror or exc}") from None
 
 
 def print_same_item(report: SameItemReport) -> None:

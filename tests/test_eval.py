@@ -106,6 +106,8 @@ def test_eval_scores_and_caches(tmp_path: Path) -> None:
     second = _run(tmp_path, again, cache, "second")
     assert again.embedded == 0 and second.embed.cached == 12  # a re-run only searches
     assert second.summary.overall == report.summary.overall
+    assert [line["first_relevant_rank"] for line in report.details] == [1] * 6
+    assert all(line["ranked"][0]["relevant"] for line in report.details)
 
 
 def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
@@ -120,6 +122,10 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
     assert report.summary.overall["R@1"] == 0.0
     assert report.summary.overall["mAP@R"] == 0.0
     assert report.summary.overall["R@5"] > 0.0  # found further down
+    for line in report.details:  # --details: where the right product was, and what was first
+        assert line["first_relevant_rank"] is None or line["first_relevant_rank"] > 1
+        assert line["ranked"][0]["relevant"] is False and line["R@1"] == 0.0
+        assert line["images"][0].endswith(".png") and "score" in line["ranked"][0]
 
 
 @pytest.mark.parametrize(

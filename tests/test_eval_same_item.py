@@ -12,7 +12,7 @@ import pytest
 import lookalike.evaluate
 import search.api
 from evaluation.protocol import load_gallery, load_queries
-from evaluation.same_item import SameItemCounts, evaluate_same_item
+from evaluation.same_item import SameItemCounts, SameItemReport, evaluate_same_item
 from lookalike.cli import build_parser, main
 from schema.collection import CollectionSpec
 from search.api import COMPARE_DEPTH
@@ -46,6 +46,11 @@ def _write(root: Path) -> tuple[Path, Path]:
 
 def _evaluate(root: Path, **kwargs: Any) -> dict[str, Any]:
     """The tiny listing set through ``evaluate_same_item`` on Milvus Lite, as JSON."""
+    return _report(root, **kwargs).to_json()
+
+
+def _report(root: Path, **kwargs: Any) -> SameItemReport:
+    """The tiny listing set through ``evaluate_same_item`` on Milvus Lite."""
     gallery_path, queries_path = _write(root)
     products = load_gallery(gallery_path)
     assert {p.seller_id for p in products} == {"shop-0", "shop-1", "shop-2", "s"}
@@ -58,7 +63,7 @@ def _evaluate(root: Path, **kwargs: Any) -> dict[str, Any]:
                                     max_pixels=10_000_000, **kwargs)
     finally:
         store.close()
-    return report.to_json()
+    return report
 
 
 def test_same_item_eval_finds_every_listing_and_no_look_alike(tmp_path: Path) -> None:
@@ -68,6 +73,59 @@ def test_same_item_eval_finds_every_listing_and_no_look_alike(tmp_path: Path) ->
     assert (out["n_queries"], out["n_gallery"], out["model"]) == (2, 5,
                                                                   TinyEmbedder().model_version)
     assert out["returned"] == 4 and out["query_ms_p50"] > 0
+
+
+def test_same_item_eval_details_each_querys_listings_with_their_evidence(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--details``' lines: per query, in the queries file's order, what price comparison
+    listed (each with its evidence), what it missed and what it listed wrongly; with k = 1
+    and nothing vouched for from below, query-a misses one of its listings."""
+    report = _report(tmp_path / "all")
+    first, second = report.details
+    assert first["image"].endswith("query-a.jpg") and second["image"].endswith("query-b.jpg")
+    assert first["relevant"] == ["a@shop0", "a@shop1", "a@shop2"]
+    assert {m["product_id"] for m in first["listed"]} == set(first["relevant"])
+    assert (first["missed"], first["wrong"], second["missed"], second["wrong"]) == ([],) * 4
+    for match in first["listed"] + second["listed"]:
+        assert match["relevant"] and match["reason"] and match["similarity"] > 0
+        assert match["currency"] == "EUR" and match["seller_id"].startswith("shop-")
+    assert first["ms"] > 0
+    monkeypatch.setattr(search.api, "ANCHOR_COMPARED", 0)
+    line = _report(tmp_path / "k1", k=1).details[0]
+    assert len(line["missed"]) == 1 and line["wrong"] == []
+    assert len(line["listed"]) == 2 and line["missed"][0] not in {
+        m["product_id"] for m in line["listed"]}
+
+
+def test_cli_eval_writes_the_details_or_fails_before_the_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lookalike eval --details FILE`` writes the report's lines, one JSON object each; a
+    path that cannot be written is one clear error, exit 2, before anything is indexed."""
+    gallery_path, queries_path = _write(tmp_path)
+    lines = [{"image": "q.jpg", "listed": [], "missed": ["a"], "wrong": []},
+             {"image": "r.jpg", "listed": [], "missed": [], "wrong": ["b"]}]
+    calls: list[int] = []
+
+    def fake(*args: object, **kwargs: object) -> SameItemReport:
+        calls.append(1)
+        counts = SameItemCounts()
+        counts.add(set(), {"a"})
+        counts.add({"b"}, {"c"})
+        return SameItemReport(counts, "m", 5, 5, details=lines)
+
+    monkeypatch.setattr(lookalike.evaluate, "evaluate_same_item", fake)
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
+            str(queries_path), "--no-cache"]
+    assert main([*base, "--details", str(tmp_path / "details.jsonl")]) == 0
+    written = (tmp_path / "details.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in written] == lines
+    capsys.readouterr()
+    assert main([*base, "--details", str(tmp_path / "no" / "such" / "d.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write --details" in err[0], err
+    assert calls == [1]  # the second run stopped before the evaluation
 
 
 def test_counts_are_micro_averaged_over_listings() -> None:
