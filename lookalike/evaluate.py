@@ -2,7 +2,8 @@
 
 ``--task retrieval`` (default) scores the ranking (Recall@k, mAP@R) with ``--match``;
 ``--task same-item`` runs each query photo through price comparison and scores the listings
-it returns (precision, recall, false-match rate; evaluation/same_item.py)."""
+it returns (precision, recall, false-match rate; evaluation/same_item.py). ``--details FILE``
+also writes each query's outcome, one JSON object per line."""
 
 from __future__ import annotations
 
