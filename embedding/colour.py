@@ -41,9 +41,9 @@ UNIFORM_BORDER_FRACTION = 0.8
 SNUG_SPREAD_FACTOR = 3.0
 SNUG_MARGIN = 4.0
 SNUG_LEAST = 8.0
-"""A snug background (:func:`snug_background_mask`): its tolerance is ``SNUG_SPREAD_FACTOR``
-times the spread of the border ring around its colour plus ``SNUG_MARGIN``, at least
-``SNUG_LEAST`` and at most ``BACKGROUND_TOLERANCE``."""
+"""A snug background (:func:`background_mask` with ``snug``): its tolerance is
+``SNUG_SPREAD_FACTOR`` times the spread of the border ring around its colour plus
+``SNUG_MARGIN``, at least ``SNUG_LEAST`` and at most ``BACKGROUND_TOLERANCE``."""
 
 
 def colour_version() -> str:
@@ -94,11 +94,19 @@ def _ring(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     return out
 
 
-def background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
+def background_mask(rgb: NDArray[np.uint8], *, snug: bool = False) -> NDArray[np.bool_] | None:
     """The pixels of an (h, w, 3) uint8 image that show its background, when the border
     tells it: the outermost pixel ring is (mostly) one colour, or white padding on some
     sides and one colour on the rest (a padded photo). None otherwise: a backdrop with a
-    gradient or a texture, a scene, a crop to the product."""
+    gradient or a texture, a scene, a crop to the product.
+
+    ``snug``: a one-colour border's tolerance fitted to the backdrop (:func:`_snug_tolerance`)
+    instead of ``BACKGROUND_TOLERANCE``. A product whose colour lies within that of its
+    backdrop (a grey ball on a lavender sweep) loses that much of itself to the fixed
+    tolerance, while a backdrop's own spread around its colour (JPEG noise, a soft gradient)
+    is a few levels. A padded photo is read as without. For outlines (the silhouette route
+    of search/verify.py), not for the colour descriptor, whose model version it would
+    change."""
     if rgb.shape[0] < 3 or rgb.shape[1] < 3:
         return None
     ring = _ring(rgb)
@@ -106,35 +114,21 @@ def background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
     ring_white = _near(ring, white)
     background = _uniform(ring)
     if background is not None:
-        return _near_image(rgb, background)
+        return _near_image(rgb, background,
+                           _snug_tolerance(ring, background) if snug else BACKGROUND_TOLERANCE)
     if ring_white.any() and (second := _uniform(ring[~ring_white])) is not None:
         out: NDArray[np.bool_] = _near_image(rgb, white) | _near_image(rgb, second)
         return out
     return None
 
 
-def snug_background_mask(rgb: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
-    """:func:`background_mask`, with a tolerance fitted to the backdrop when the border ring
-    is one colour: a product whose colour lies within ``BACKGROUND_TOLERANCE`` of its
-    backdrop (a grey ball on a lavender sweep) loses that much of itself to the fixed
-    tolerance, while a backdrop's own spread around its colour (JPEG noise, a soft gradient)
-    is a few levels. The tolerance is ``SNUG_SPREAD_FACTOR`` times the ring's spread (the
-    95th percentile of its pixels' distance to its colour, among those within the fixed
-    tolerance) plus ``SNUG_MARGIN``, between ``SNUG_LEAST`` and ``BACKGROUND_TOLERANCE``.
-    A padded photo (white and a second colour) and a border that tells no background are
-    as :func:`background_mask` has them. For outlines (the silhouette route of
-    search/verify.py), not for the colour descriptor, whose model version it would change."""
-    if rgb.shape[0] < 3 or rgb.shape[1] < 3:
-        return None
-    ring = _ring(rgb)
-    background = _uniform(ring)
-    if background is None:
-        return background_mask(rgb)
+def _snug_tolerance(ring: NDArray[np.float32], background: NDArray[np.float32]) -> float:
+    """``SNUG_SPREAD_FACTOR`` times the ring's spread around its ``background`` colour (the
+    95th percentile of its pixels' distance to it, among those within the fixed tolerance)
+    plus ``SNUG_MARGIN``, between ``SNUG_LEAST`` and ``BACKGROUND_TOLERANCE``."""
     distance = np.abs(ring - background).max(axis=-1)
     spread = float(np.percentile(distance[distance <= BACKGROUND_TOLERANCE], 95))
-    tolerance = min(max(SNUG_SPREAD_FACTOR * spread + SNUG_MARGIN, SNUG_LEAST),
-                    BACKGROUND_TOLERANCE)
-    return _near_image(rgb, background, tolerance)
+    return min(max(SNUG_SPREAD_FACTOR * spread + SNUG_MARGIN, SNUG_LEAST), BACKGROUND_TOLERANCE)
 
 
 def foreground_weights(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:

@@ -63,7 +63,6 @@ from embedding.colour import (
     background_mask,
     colour_descriptor,
     foreground_weights,
-    snug_background_mask,
 )
 from embedding.decode import decode_image
 from embedding.preprocess import pad_to_square
@@ -1277,14 +1276,14 @@ class Silhouette:
 def _silhouette(features: PhotoFeatures) -> Silhouette | None:
     """:attr:`PhotoFeatures.silhouette`: read where the photo (at half ``VERIFY_SIZE``) shows
     its product, its segmented mask or else what is not background, with the tolerance
-    fitted to a one-colour backdrop (:func:`embedding.colour.snug_background_mask`: a product
-    near its backdrop's colour keeps its outline); None when too little is found. Not
+    fitted to a one-colour backdrop (:func:`embedding.colour.background_mask` with ``snug``:
+    a product near its backdrop's colour keeps its outline); None when too little is found. Not
     :func:`embedding.colour.foreground_weights`, whose centred ellipse where no background is
     told would pass for an outline."""
     if features.product is not None:
         mask = features.product
     else:
-        background = snug_background_mask(features.small)
+        background = background_mask(features.small, snug=True)
         if background is None:
             return None
         mask = ~background

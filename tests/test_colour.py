@@ -15,7 +15,6 @@ from embedding.colour import (
     colour_descriptors,
     colour_version,
     foreground_weights,
-    snug_background_mask,
 )
 from embedding.embedder import l2_normalise, mix_colour, model_version
 from embedding.preprocess import pad_to_square
@@ -91,7 +90,7 @@ def test_a_snug_background_keeps_a_product_near_its_backdrops_colour() -> None:
     """A grey-blue ball on a lavender sweep: the fixed tolerance takes its lit top for the
     backdrop, the tolerance fitted to the backdrop's own spread keeps it."""
     rgb, ball = shaded_ball((150, 158, 196), (178, 178, 222))
-    fixed, snug = background_mask(rgb), snug_background_mask(rgb)
+    fixed, snug = background_mask(rgb), background_mask(rgb, snug=True)
     assert fixed is not None and snug is not None
     assert np.count_nonzero(~fixed & ball) < 0.8 * np.count_nonzero(ball)
     assert np.count_nonzero(~snug & ball) > 0.97 * np.count_nonzero(ball)
@@ -101,14 +100,14 @@ def test_a_snug_background_keeps_a_product_near_its_backdrops_colour() -> None:
 def test_a_noisy_or_untold_background_keeps_the_fixed_tolerance() -> None:
     """A backdrop whose pixels spread widely (noise, a soft gradient) needs the whole
     tolerance, and gets it; a padded photo and a border that tells no background are as
-    :func:`background_mask` has them."""
+    :func:`background_mask` without ``snug`` has them."""
     noisy, _ = shaded_ball((140, 150, 185), (178, 178, 222), noise=BACKGROUND_TOLERANCE / 4)
-    assert np.array_equal(snug_background_mask(noisy), background_mask(noisy))
+    assert np.array_equal(background_mask(noisy, snug=True), background_mask(noisy))
     padded = np.asarray(pad_to_square(shirt(RED, background=(128, 128, 128), size=(120, 200)),
                                       200))
-    assert np.array_equal(snug_background_mask(padded), background_mask(padded))
+    assert np.array_equal(background_mask(padded, snug=True), background_mask(padded))
     cluttered = np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype(np.uint8)
-    assert snug_background_mask(cluttered) is None and background_mask(cluttered) is None
+    assert background_mask(cluttered, snug=True) is None and background_mask(cluttered) is None
 
 
 def test_cluttered_border_falls_back_to_centre_weighting() -> None:

@@ -18,7 +18,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from embedding.colour import background_mask
+import embedding.colour
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search import verify
@@ -279,7 +279,7 @@ LAVENDER = (178, 178, 222)
 def test_a_plain_product_on_a_backdrop_near_its_colour_keeps_its_outline(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A grey-blue ball cut out onto a lavender sweep: its outline is read with the tolerance
-    fitted to the sweep (:func:`embedding.colour.snug_background_mask`), so the silhouette
+    fitted to the sweep (:func:`embedding.colour.background_mask` with ``snug``), so the silhouette
     route accepts it. Read with the fixed tolerance, its lit top passes for the sweep and
     the outlines differ; a green ball of the same shape on the same sweep stays refused."""
     listing = plain_photo((150, 158, 196))
@@ -291,7 +291,8 @@ def test_a_plain_product_on_a_backdrop_near_its_colour_keeps_its_outline(
     assert agreement is not None and agreement.overlap > 0.95
     same, why = _decide(_on_a_near_backdrop(plain_photo((150, 196, 158)), LAVENDER), listing)
     assert not same, why
-    monkeypatch.setattr(verify, "snug_background_mask", background_mask)
+    # the fixed tolerance: the snug one may not fall below it
+    monkeypatch.setattr(embedding.colour, "SNUG_LEAST", embedding.colour.BACKGROUND_TOLERANCE)
     fixed = silhouette_agreement(photo_features(query), photo_features(listing))
     assert fixed is not None and fixed.overlap < DEFAULT_RULE.silhouette_overlap
     same, why = _decide(query, listing, 0.9)
