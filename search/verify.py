@@ -1751,11 +1751,10 @@ class _ColoursOfPixels(ColourDetail):
                 relit, edge_left_out = self._colour_region()
                 fit = _light_fit(p.soft_a[relit], p.soft_b[relit])
                 mapped = _mapped(fit, p.soft_a[relit])
-                gains = (float(fit[0][0]), float(fit[0][1]), float(fit[0][2]))
 
                 def white() -> float:  # read when the light route would accept
                     return _white_unexplained_between(p, fit)
-                self._light = LightMap(gains, _colour_shifts(mapped, p.soft_b[relit]),
+                self._light = LightMap(_gains(fit), _colour_shifts(mapped, p.soft_b[relit]),
                                        edge_left_out, white)
             self._done.add("light")
         return self._light
@@ -2383,14 +2382,21 @@ def _light_map(a: NDArray[np.uint8], b: NDArray[np.uint8]
     of pixels it explains best, so a part of the product of another colour (a flavour band,
     a trim) stays unexplained instead of bending it."""
     fit = _light_fit(a, b)
-    gains = fit[0]
-    return (float(gains[0]), float(gains[1]), float(gains[2])), _mapped(fit, a)
+    return _gains(fit), _mapped(fit, a)
 
 
 def _light_fit(a: NDArray[np.uint8], b: NDArray[np.uint8]
                ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """:func:`_light_map`'s per-channel (gains, offsets)."""
     return _robust_linear_map(a.astype(np.float64), b.astype(np.float64))
+
+
+def _gains(fit: tuple[NDArray[np.float64], NDArray[np.float64]]
+           ) -> tuple[float, float, float]:
+    """A :func:`_light_fit` map's channel gains (R, G, B), as :attr:`LightMap.gains` has
+    them."""
+    gains = fit[0]
+    return float(gains[0]), float(gains[1]), float(gains[2])
 
 
 def _mapped(fit: tuple[NDArray[np.float64], NDArray[np.float64]], a: NDArray[np.uint8]
