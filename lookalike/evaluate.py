@@ -36,7 +36,7 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
-    details: Path | None = getattr(args, "details", None)
+    details: Path | None = args.details
     if details is not None:
         _write_details(details, [])  # a path that cannot be written fails now, not after
     with scratch_milvus(settings, args.milvus_uri) as scratch:
