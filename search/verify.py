@@ -231,6 +231,13 @@ LIGHT_FIT_SHARE = 70
 (:func:`_light_map`): a flavour band or a recoloured trim must not bend the fit."""
 LIGHT_FIT_PIXELS = 1500
 """About how many of the compared pixels the light map is fitted on (~1 ms a pair)."""
+SHADINGS = (2, 5)
+"""The shadings the shaded light map is fitted with, each its own map: the first 2 terms of
+:func:`_shading_terms`, a plane (light falling off one way across the photo), and all 5, a
+second-order surface (also a lamp over the product, its light falling off all round it).
+The shaded light route accepts a pair that either map explains: the surface's refit on the
+pixels it explains best has more freedom and now and then settles on a part that explains
+the rest worse than the plane does (docs/matching.md, "Lamp round")."""
 RECOLOUR_DELTA = 15.0
 """A compared pixel has another colour (:func:`_recoloured_patches`) when its lightness, after
 one fitted lightness map, and its hue differ by this much together (CIE-style L* and hue
@@ -377,7 +384,8 @@ class LightMap:
 class ShadedLight:
     """The shaded light map fitted from the warped query to the listing
     (:func:`_shaded_light_map`): per channel a tone curve (a power and a gain, fitted on
-    log levels) and one smooth shading across the photo (a plane in log light), for a photo
+    log levels) and one smooth shading across the photo (a plane or a second-order surface in
+    log light, :data:`SHADINGS`), for a photo
     re-shot under uneven light; and what it leaves unexplained."""
 
     neutral_spread: float
@@ -474,7 +482,7 @@ class ColourDetail:
 
     def __init__(self, light: LightMap | None = None, hue: HueAgreement | None = None,
                  recoloured: tuple[float, float] = (0.0, 0.0), cover: Cover | None = None,
-                 shaded: ShadedLight | None = None, white: float = 0.0) -> None:
+                 shaded: tuple[ShadedLight, ...] = (), white: float = 0.0) -> None:
         self._light, self._hue, self._recoloured = light, hue, recoloured
         self._cover, self._shaded, self._white = cover, shaded, white
 
@@ -482,8 +490,9 @@ class ColourDetail:
         """The light map (None when aligned without keypoints)."""
         return self._light
 
-    def shaded(self) -> ShadedLight | None:
-        """The shaded light map (None when aligned without keypoints)."""
+    def shaded(self) -> tuple[ShadedLight, ...]:
+        """The shaded light maps, one per shading of :data:`SHADINGS` (none when aligned
+        without keypoints)."""
         return self._shaded
 
     def hue(self) -> HueAgreement | None:
@@ -563,9 +572,15 @@ class Alignment:
         return None if light is None else light.shifts
 
     @property
-    def shaded_light(self) -> ShadedLight | None:
-        """The shaded light map (:class:`ShadedLight`; None without one)."""
+    def shaded_lights(self) -> tuple[ShadedLight, ...]:
+        """The shaded light maps, one per shading of :data:`SHADINGS` (none without
+        keypoints)."""
         return self.detail.shaded()
+
+    @property
+    def shaded_light(self) -> ShadedLight | None:
+        """The shaded light map whose grey levels correlate best (None without one)."""
+        return max(self.shaded_lights, key=lambda shaded: shaded.correlation, default=None)
 
     @property
     def edge_left_out(self) -> bool:
@@ -1127,7 +1142,7 @@ class SameItemRule:
 
     def _under_uneven_light(self, inliers: int, shift: float, alignment: Alignment) -> str:
         """The shaded light route's reason for a pair it accepted."""
-        shaded = alignment.shaded_light
+        shaded = self._shaded_light_explaining(alignment)
         assert shaded is not None
         after = shaded.shift(self.shift_percentile)
         return (f"{inliers} geometric inliers, aligned photos agree under uneven light "
@@ -1140,23 +1155,27 @@ class SameItemRule:
         across the product, a tone curve) is one smooth map from the listing's, which a
         per-channel map alone leaves unexplained and whose shading lowers the grey-level
         correlation. Asked of a pair the light route refused: with the shading divided out
-        (:func:`_shaded_light_map`), the grey levels must correlate to
-        ``min_shaded_correlation``, a neutral grey stay within ``max_light_gain_spread``,
-        the colours agree within ``max_light_shift``, and where the listing shows white
+        (:func:`_shaded_light_map`, by either map of :data:`SHADINGS`), the grey levels
+        must correlate to ``min_shaded_correlation``, a neutral grey stay within
+        ``max_light_gain_spread``, the colours agree within ``max_light_shift``, and where
+        the listing shows white
         inside its product the query must show white or its own backdrop
         (``max_shaded_white_unexplained``); and the query must show another background
         around the product (:attr:`ShadedLight.other_background`: re-shot)."""
         if (self.min_shaded_correlation > 1
                 or alignment.correlation < self.min_correlation):  # before the map is fitted
             return False
-        shaded = alignment.shaded_light
-        if shaded is None:
-            return False
-        return (shaded.other_background
-                and shaded.white_unexplained <= self.max_shaded_white_unexplained
-                and shaded.correlation >= self.min_shaded_correlation
-                and shaded.neutral_spread <= self.max_light_gain_spread
-                and shaded.shift(self.shift_percentile) <= self.max_light_shift)
+        return self._shaded_light_explaining(alignment) is not None
+
+    def _shaded_light_explaining(self, alignment: Alignment) -> ShadedLight | None:
+        """The first of the pair's shaded light maps (:data:`SHADINGS`) within every limit
+        of the shaded light route, or None."""
+        return next((shaded for shaded in alignment.shaded_lights
+                     if shaded.other_background
+                     and shaded.white_unexplained <= self.max_shaded_white_unexplained
+                     and shaded.correlation >= self.min_shaded_correlation
+                     and shaded.neutral_spread <= self.max_light_gain_spread
+                     and shaded.shift(self.shift_percentile) <= self.max_light_shift), None)
 
     def _agrees_graded(self, alignment: Alignment) -> bool:
         """The grading route: a shop's saturation, vibrance or contrast edit moves every
@@ -1759,17 +1778,19 @@ class _ColoursOfPixels(ColourDetail):
             self._done.add("light")
         return self._light
 
-    def shaded(self) -> ShadedLight | None:
+    def shaded(self) -> tuple[ShadedLight, ...]:
         if "shaded" not in self._done:
             if self._fit_light:
                 p = self._pixels
                 relit, other_background = self._colour_region()
-                spread, mapped, coef = _shaded_light_map(
-                    p.soft_a[relit], p.soft_b[relit], _positions(relit))
-                self._shaded = ShadedLight(
-                    spread, _colour_shifts(mapped, p.soft_b[relit]),
-                    _correlation(_grey_levels(mapped), _grey_levels(p.soft_b[relit])),
-                    _white_unexplained(p, coef), other_background)
+                where, listing = _positions(relit), p.soft_b[relit]
+                fits = [_shaded_light_map(p.soft_a[relit], listing, where, terms)
+                        for terms in SHADINGS]
+                self._shaded = tuple(
+                    ShadedLight(spread, _colour_shifts(mapped, listing),
+                                _correlation(_grey_levels(mapped), _grey_levels(listing)),
+                                _white_unexplained(p, coef), other_background)
+                    for spread, mapped, coef in fits)
             self._done.add("shaded")
         return self._shaded
 
@@ -2418,24 +2439,26 @@ NEUTRAL_GREYS = (64.0, 128.0, 200.0, 240.0)
 """Grey levels at which :func:`_shaded_light_map` checks that a neutral grey stays neutral."""
 
 
-def _shaded_light_map(a: NDArray[np.uint8], b: NDArray[np.uint8], where: NDArray[np.float64]
-                      ) -> tuple[float, NDArray[np.uint8], NDArray[np.float64]]:
+def _shaded_light_map(a: NDArray[np.uint8], b: NDArray[np.uint8], where: NDArray[np.float64],
+                      terms: int) -> tuple[float, NDArray[np.uint8], NDArray[np.float64]]:
     """A light map for a photo re-shot under uneven light: per channel, on log levels,
-    ``log(1 + b) ~ power * log(1 + a) + gain + u * x + v * y`` (``where``: (n, 2) positions
-    in -1..1), so a tone curve (gamma, contrast), a white balance and a shading that changes
-    smoothly across the photo (a lamp's fall-off) are one map. Fitted as
+    ``log(1 + b) ~ power * log(1 + a) + gain + shading(x, y)`` (``where``: (n, 2) positions
+    in -1..1; the shading the first ``terms`` of :func:`_shading_terms`), so a tone curve
+    (gamma, contrast), a white balance and a shading that changes smoothly across the photo
+    (a lamp's fall-off, to one side or all round a spot) are one map. Fitted as
     :func:`_robust_linear_map` is (refitted on the best ``LIGHT_FIT_SHARE`` percent: a part
     of another colour stays unexplained). Returns (the neutral spread, see
     :attr:`ShadedLight.neutral_spread`; ``a`` mapped; the map, one row per channel: power,
-    gain, u, v)."""
+    gain, then the shading's coefficients)."""
     step = max(1, len(a) // LIGHT_FIT_PIXELS)  # fitted on every step-th pixel
     log_a = np.log1p(a[::step].astype(np.float64))
     fit_b = np.log1p(b[::step].astype(np.float64))
-    fit_design = [np.column_stack([log_a[:, c], np.ones(len(log_a)), where[::step]])
+    shading = _shading_terms(where[::step], terms)
+    fit_design = [np.column_stack([log_a[:, c], np.ones(len(log_a)), shading])
                   for c in range(3)]
 
     def solve(keep: NDArray[np.bool_]) -> NDArray[np.float64]:
-        return np.stack([np.linalg.lstsq(fit_design[c][keep], fit_b[keep, c], rcond=None)[0]
+        return np.stack([_least_squares(fit_design[c][keep], fit_b[keep, c])
                          for c in range(3)])
 
     def residual(coef: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -2451,14 +2474,34 @@ def _shaded_light_map(a: NDArray[np.uint8], b: NDArray[np.uint8], where: NDArray
     return spread, _shaded(coef, a, where), coef
 
 
+def _least_squares(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The least-squares ``coef`` of ``x @ coef ~ y``, by the normal equations: at the shaded
+    map's 7 columns and ~1,500 rows ~0.06 ms, where lstsq on the rows took ~1.5 ms."""
+    out: NDArray[np.float64] = np.asarray(np.linalg.lstsq(x.T @ x, x.T @ y, rcond=None)[0],
+                                          dtype=np.float64)
+    return out
+
+
 def _shaded(coef: NDArray[np.float64], a: NDArray[np.uint8], where: NDArray[np.float64]
             ) -> NDArray[np.uint8]:
     """(n, 3) pixels ``a`` at ``where`` under the shaded light map ``coef`` (one row per
-    channel: power, gain, u, v; :func:`_shaded_light_map`)."""
+    channel: power, gain, the shading's coefficients; :func:`_shaded_light_map`)."""
     log_a = np.log1p(a.astype(np.float64))
-    mapped = np.stack([coef[c, 0] * log_a[:, c] + coef[c, 1] + where @ coef[c, 2:]
+    shading = _shading_terms(where, coef.shape[1] - 2)
+    mapped = np.stack([coef[c, 0] * log_a[:, c] + coef[c, 1] + shading @ coef[c, 2:]
                        for c in range(3)], axis=1)
     out: NDArray[np.uint8] = np.clip(np.rint(np.expm1(mapped)), 0, 255).astype(np.uint8)
+    return out
+
+
+def _shading_terms(where: NDArray[np.float64], terms: int) -> NDArray[np.float64]:
+    """(n, ``terms``) terms of a smooth shading at positions ``where`` ((n, 2), x and y in
+    -1..1), of x, y, x^2, y^2, xy. The first two are a plane: light falling off one way. A
+    lamp over the product is brightest at a spot and falls off all round it, which no plane
+    follows; with the squares and the product of the two, a spot anywhere in or near the
+    photo is one surface (its log light ~ a paraboloid near its brightest)."""
+    x, y = where[:, 0], where[:, 1]
+    out: NDArray[np.float64] = np.column_stack([x, y, x * x, y * y, x * y])[:, :terms]
     return out
 
 

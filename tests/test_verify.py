@@ -979,14 +979,17 @@ def _relit(photo: Image.Image, gains: tuple[float, float, float] = (1.08, 1.0, 0
     return Image.fromarray(np.rint(np.where(product, lit, rgb) * 255).astype(np.uint8))
 
 
-def _under_a_lamp(photo: Image.Image, low: float = 0.7, contrast: float = 0.2) -> Image.Image:
-    """The product re-shot under a lamp off its top left corner: light falling off with the
-    distance to 0.7 of its brightest, a warmer white balance and an S-shaped tone curve; the
-    white around it stays white."""
+def _under_a_lamp(photo: Image.Image, low: float = 0.7, contrast: float = 0.2,
+                  at: tuple[float, float] = (-0.2, -0.2), reach: float = 0.9) -> Image.Image:
+    """The product re-shot under a lamp (by default off its top left corner; ``at``: x and y
+    as fractions of the photo's sides): light falling off with the distance (over ``reach``
+    of the photo's longer side) to ``low`` of its brightest, a warmer white balance and an
+    S-shaped tone curve; the white around it stays white."""
     rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
     h, w = rgb.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    fall = 1.0 / (1.0 + ((xx + 0.2 * w) ** 2 + (yy + 0.2 * h) ** 2) / (0.9 * max(w, h)) ** 2)
+    fall = 1.0 / (1.0 + ((xx - at[0] * w) ** 2 + (yy - at[1] * h) ** 2)
+                  / (reach * max(w, h)) ** 2)
     light = low + (1.05 - low) * (fall - fall.min()) / np.ptp(fall)
     lit = np.clip(rgb * light[..., None] * np.array((1.06, 1.0, 0.93), np.float32), 0, 1)
     lit = lit + contrast * lit * (1 - lit) * (2 * lit - 1)
@@ -1027,7 +1030,14 @@ def test_a_relit_white_balanced_copy_is_accepted_by_the_light_route() -> None:
                           alignment)[0]
 
 
-@pytest.mark.parametrize("light", [_relit, _under_a_lamp], ids=["relit", "lamp"])
+def _under_a_lamp_above(photo: Image.Image) -> Image.Image:
+    """Re-shot under a lamp over the middle of the product: brightest there, its light
+    falling off all round (to 0.7 within half the photo's side)."""
+    return _under_a_lamp(photo, at=(0.5, 0.5), reach=0.5)
+
+
+@pytest.mark.parametrize("light", [_relit, _under_a_lamp, _under_a_lamp_above],
+                         ids=["relit", "lamp", "lamp-above"])
 @pytest.mark.parametrize("variant", [recolour, _band_recoloured],
                          ids=["recoloured", "band-recoloured"])
 def test_a_recoloured_variant_under_another_light_is_refused(
@@ -1053,6 +1063,22 @@ def test_a_copy_under_a_lamp_is_accepted_by_the_shaded_light_route() -> None:
     closed = replace(DEFAULT_RULE, min_shaded_correlation=1.1)
     assert not closed.decide(evidence.similarity, evidence.inliers, evidence.colour_agreement,
                              alignment)[0]
+
+
+def test_a_copy_under_a_lamp_above_it_needs_the_second_order_shading(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lamp over the middle of the product is brightest there and falls off all round:
+    no plane of shading follows it (the grey levels correlate under the route's floor with
+    the plane divided out), the second-order surface does."""
+    original = _busy_photo()
+    query = _under_a_lamp_above(reshot_on_backdrop(original, (1, 1, 1)))
+    _, alignment = _accepted_by(query, original, "under uneven light")
+    plane, surface = alignment.shaded_lights  # verify.SHADINGS
+    assert surface.correlation >= DEFAULT_RULE.min_shaded_correlation > plane.correlation
+    monkeypatch.setattr(verify, "SHADINGS", (2,))  # the plane alone
+    planar = _evidence(query, original)
+    assert not planar.same_item, planar.reason
+    assert planar.alignment is not None and len(planar.alignment.shaded_lights) == 1
 
 
 @needs_luma
@@ -1118,16 +1144,20 @@ def test_shaded_light_route_limits_name_the_evidence() -> None:
                      light_shifts=(4.0, 6.0, 10.0, 12.0))
     good = ShadedLight(1.15, (1.0, 2.0, 4.0, 6.0), 0.995, 0.004)
 
-    def with_shaded(shaded: ShadedLight | None) -> Alignment:
+    def with_shaded(*shaded: ShadedLight) -> Alignment:
         return replace(base, detail=ColourDetail(base.detail.light(), shaded=shaded))
 
     same, why = rule.decide(0.9, 50, 0.3, with_shaded(good))
     assert same and "under uneven light" in why and "0.995 with the shading" in why, why
-    assert not rule.decide(0.9, 50, 0.3, with_shaded(None))[0]
+    assert not rule.decide(0.9, 50, 0.3, with_shaded())[0]
     for worse in (replace(good, correlation=0.985), replace(good, white_unexplained=0.1),
                   replace(good, neutral_spread=1.35), replace(good, shifts=(1.0, 2.0, 8.5, 9.0)),
                   replace(good, other_background=False)):
         assert not rule.decide(0.9, 50, 0.3, with_shaded(worse))[0], worse
+        # Either map of the shadings (the plane, the surface) may explain the pair.
+        for both in ((worse, good), (good, worse)):
+            same, why = rule.decide(0.9, 50, 0.3, with_shaded(*both))
+            assert same and "0.995 with the shading" in why, why
     assert not rule.decide(0.9, 50, 0.3, replace(with_shaded(good), correlation=0.8))[0]
     closed = replace(rule, min_shaded_correlation=1.1)
     assert not closed.decide(0.9, 50, 0.3, with_shaded(good))[0]
