@@ -410,10 +410,10 @@ def draw_plain(kind: int, aspect: float, colour: tuple[int, int, int], seed: int
     return photo
 
 
-def write_plain(out_dir: Path, seed: int = 17, n_shapes: int = 40, n_queries: int = 240
-                ) -> tuple[Path, Path]:
-    """The same-item-plain protocol (see module doc)."""
-    rng = np.random.default_rng(seed)
+def plain_products(rng: np.random.Generator, n_shapes: int
+                   ) -> list[tuple[str, Image.Image, Row]]:
+    """same-item-plain's products (see the module doc), drawn with ``rng``: (id, catalog
+    photo, variant) each; the outline's kind is ``int(id.split("-")[1]) % 5``."""
     palette: list[tuple[int, int, int]] = []
     products: list[tuple[str, Image.Image, Row]] = []
     for shape in range(n_shapes):
@@ -435,6 +435,14 @@ def write_plain(out_dir: Path, seed: int = 17, n_shapes: int = 40, n_queries: in
                        "title": f"plain {shape} colour {n}", "category": "Gear/Plain",
                        "currency": "EUR"}
             products.append((pid, draw_plain(kind, aspect, colour, 100 * shape), variant))
+    return products
+
+
+def write_plain(out_dir: Path, seed: int = 17, n_shapes: int = 40, n_queries: int = 240
+                ) -> tuple[Path, Path]:
+    """The same-item-plain protocol (see module doc)."""
+    rng = np.random.default_rng(seed)
+    products = plain_products(rng, n_shapes)
     gallery, listings = _listed(out_dir, products, rng, (5, 40))
     queries: list[Row] = []
     chosen = rng.choice(len(products), size=min(n_queries, len(products)), replace=False)

@@ -408,8 +408,9 @@ class ProductSearch:
         ``log(1 + inliers) / log(101)``; the others follow in their order. Another photo of
         the same item (a re-shot pack, a product on a backdrop) shares its print with the
         listing, a look-alike its shape or layout at most (docs/matching.md, "Geometric
-        re-ranking"). Each checked hit carries its ``inliers`` (None: its photo was not read
-        within the budget, or could not be); scores are unchanged."""
+        re-ranking"); a shelf or a pile of the product shares it copy by copy
+        (``copies``, "Shelves and piles"). Each checked hit carries its ``inliers`` (None:
+        its photo was not read within the budget, or could not be); scores are unchanged."""
         verifier, readers = self._verifier, self._readers
         if verifier is None or readers is None:
             raise ValueError("rerank needs a same-item verifier (lookalike.app.build_search)")
@@ -422,7 +423,8 @@ class ProductSearch:
         ready = [ref for ref, f in reading.items() if f in done and f.exception() is None]
         found: dict[str, int | None] = {ref: 0 if ref in ready else None for ref in reading}
         for photo in photos:
-            for ref, match in zip(ready, verifier.keypoint_matches(photo, ready), strict=True):
+            for ref, match in zip(ready, verifier.keypoint_matches(photo, ready, copies=True),
+                                  strict=True):
                 found[ref] = max(found[ref] or 0, match[0] if match is not None else 0)
         checked = [h.model_copy(update={"inliers": found[h.image_ref]}) for h in head]
         agree = sorted((h for h in checked if (h.inliers or 0) >= RERANK_MIN_INLIERS),

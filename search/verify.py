@@ -97,6 +97,12 @@ VOTE_FEATURES = 100
 photo in :meth:`SameItemVerifier.keypoint_votes`."""
 RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
+COPIES_MIN_INLIERS = 24
+"""Inliers a match for copies (:func:`_ransac` with ``copies``: a shelf or a pile showing the
+product several times) must find to count. Matched one way, several of the query's
+keypoints may take one of the listing's, so chance finds more than it finds both ways: over
+the 2,412 pairs of luma-views' re-ranking, at most 13 where both ways found fewer than 12;
+twice the re-ranking's 12 (docs/matching.md, "Shelves and piles")."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 Overlay = Literal["open", "covers", "closed", "relit"]
@@ -1564,33 +1570,66 @@ KeypointMatch = tuple[int, NDArray[np.float64] | None, NDArray[np.float32]]
 """(inliers, homography or None, the inliers' positions in the listing photo, px)."""
 
 
-def _ransac(a: PhotoFeatures, b: PhotoFeatures) -> KeypointMatch:
-    """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px)."""
+def _ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> KeypointMatch:
+    """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px). ``copies``: ``a``
+    may show ``b``'s product several times (a shelf of one pack, a bin of it). Then each of
+    ``b``'s keypoints has a near-equal match on every copy, the ratio test from ``b``'s side
+    refuses them all, and mutual matching finds next to nothing. So a pair it finds fewer
+    than ``COPIES_MIN_INLIERS`` inliers in is matched again one way (``a``'s keypoints
+    passing the ratio test in ``b``), RANSAC keeping the copy that most of them agree on, and
+    its inliers counted once per keypoint of ``b``; that match is taken when it finds
+    ``COPIES_MIN_INLIERS``."""
     none = np.zeros((0, 2), np.float32)
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
         return 0, None, none
-    pairs = _mutual_matches(a.descriptors, b.descriptors)
+    squared = _squared_distances(a.descriptors, b.descriptors)
+    match = _homography(a.points, b.points, _mutual_pairs(squared))
+    if copies and match[0] < COPIES_MIN_INLIERS:
+        nearest, ok = _ratio_test(squared)
+        rows = np.nonzero(ok)[0]
+        if len(set(nearest[rows].tolist())) >= COPIES_MIN_INLIERS:  # else it cannot count
+            again = _homography(a.points, b.points,
+                                list(zip(rows.tolist(), nearest[rows].tolist(), strict=True)))
+            if again[0] >= COPIES_MIN_INLIERS:
+                return again
+    return match
+
+
+def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
+                ) -> KeypointMatch:
+    """The RANSAC homography through matched keypoint ``pairs`` (indices into the points ``a``
+    and ``b``): its inliers, counted once per point of ``b`` (pairs matched one way may share
+    one), the homography, and the inliers' positions in ``b``; (0, None, none) when there
+    are too few pairs or the homography is implausible."""
+    none = np.zeros((0, 2), np.float32)
     if len(pairs) < 4:
         return 0, None, none
-    src = a.points[[i for i, _ in pairs]]
-    dst = b.points[[j for _, j in pairs]]
+    src = a[[i for i, _ in pairs]]
+    dst = b[[j for _, j in pairs]]
     found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
     if found is None or mask is None:
         return 0, None, none
     homography = np.asarray(found, dtype=np.float64)
     if not _plausible(homography):
         return 0, None, none
-    return int(mask.sum()), homography, dst[mask.ravel() > 0]
+    inliers = mask.ravel() > 0
+    count = len({pairs[k][1] for k in np.nonzero(inliers)[0].tolist()})
+    return count, homography, dst[inliers]
 
 
 def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
-    """Index pairs that pass Lowe's ratio test both ways and are each other's best match. One way
-    only, the repeated patches of a watermark or a text all match the same few keypoints of
-    the other photo, and RANSAC then fits a degenerate mapping to them. Both ways come from
-    one matrix of distances (:func:`_squared_distances`)."""
+    """:func:`_mutual_pairs` of two descriptor sets (none when either has fewer than two)."""
     if len(a) < 2 or len(b) < 2:
         return []
-    squared = _squared_distances(a, b)
+    return _mutual_pairs(_squared_distances(a, b))
+
+
+def _mutual_pairs(squared: NDArray[np.float32]) -> list[tuple[int, int]]:
+    """Index pairs (row, column) of a matrix of ``squared`` descriptor distances that pass
+    Lowe's ratio test both ways and are each other's best match. One way only, the repeated
+    patches of a watermark or a text all match the same few keypoints of the other photo,
+    and RANSAC then fits a degenerate mapping to them. Both ways come from the one matrix
+    (:func:`_squared_distances`)."""
     forward, forward_ok = _ratio_test(squared)
     backward, backward_ok = _ratio_test(squared.T)
     i = np.nonzero(forward_ok)[0]
@@ -3073,13 +3112,14 @@ class SameItemVerifier:
             out.append(len(_ratio_matches(voters, other.descriptors)))
         return out
 
-    def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]
-                         ) -> list[KeypointMatch | None]:
+    def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str],
+                         copies: bool = False) -> list[KeypointMatch | None]:
         """Each listing photo's geometric match with ``query`` (inliers, homography, the
         inliers' positions), the first step of :meth:`verify` alone (~2-5 ms a pair with its
         features cached, a third of a full verification); None where the photo cannot be
         loaded. Price comparison ranks candidates below its first ``k`` by it when those are
-        a family of look-alikes (``search/api.py``)."""
+        a family of look-alikes (``search/api.py``). ``copies``: the query may show the
+        product several times (:func:`_ransac`), as an image search's re-ranking asks."""
         out: list[KeypointMatch | None] = []
         for image_ref in image_refs:
             try:
@@ -3087,5 +3127,5 @@ class SameItemVerifier:
             except Exception:  # refused with its reason if it is ever verified
                 out.append(None)
                 continue
-            out.append(_ransac(query, other))
+            out.append(_ransac(query, other, copies))
         return out

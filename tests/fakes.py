@@ -79,8 +79,8 @@ class SimilarityOnlyVerifier(SameItemVerifier):
         return Evidence(similarity >= self.min_similarity, similarity, 0, 1.0, None,
                         "similarity only (test)")
 
-    def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str]
-                         ) -> list[KeypointMatch | None]:
+    def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str],
+                         copies: bool = False) -> list[KeypointMatch | None]:
         return [(0, None, np.zeros((0, 2), np.float32)) for _ in image_refs]
 
 

@@ -246,7 +246,8 @@ def test_eval_reranks_searches_by_geometry_as_the_search_api_does(
     checked: list[int] = []
     matches = verifier.keypoint_matches
     monkeypatch.setattr(verifier, "keypoint_matches",
-                        lambda q, refs: checked.append(len(refs)) or matches(q, refs))
+                        lambda q, refs, copies=False: checked.append(len(refs))
+                        or matches(q, refs, copies))
     plain = _run(tmp_path, TinyEmbedder(), None, "plain", cutout_queries=False,
                  window_queries=False)
     reranked = _run(tmp_path, TinyEmbedder(), None, "reranked", cutout_queries=False,

@@ -377,3 +377,36 @@ def test_a_reshoot_under_a_lamp_lights_the_product_another_way(tmp_path: Path) -
     assert [q["relevant"] for q in queries] == [q["relevant"] for q in originals]
     assert all(q["edit"] == "reshoot under a lamp" for q in queries)
     assert all((tmp_path / "relit" / q["image"]).is_file() for q in queries)
+
+
+def test_shelves_and_piles_show_one_product_many_times_against_its_catalog_photo(
+        tmp_path: Path) -> None:
+    """packs-shelf and packs-pile: packs-instore's gallery, each query a scene of many copies
+    of one item's pack (relevant: that item), seeded; plain-pile: same-item-plain's products
+    (the same drawings), one pile of each, each in its outline's category."""
+    reshoot = load_bench_module("protocols_reshoot")
+    shelves = load_bench_module("protocols_shelf")
+    reshoot.write_packs(tmp_path / "packs", n_brands=2, n_queries=6)
+    makers = {row["item"] for row in read_jsonl(tmp_path / "packs" / "gallery.jsonl")}
+    for name, write in (("shelf", shelves.write_packs_shelf), ("pile", shelves.write_packs_pile)):
+        gallery_path, queries_path = write(tmp_path / "packs", tmp_path / name, n_queries=4)
+        gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+        assert {row["product_id"] for row in gallery} == makers
+        assert len(queries) == 4 and all(q["edit"] == name for q in queries)
+        for query in queries:
+            assert query["relevant"] == [Path(query["image"]).stem]
+            photo = Image.open(tmp_path / name / query["image"])
+            assert 0.5 < photo.width / photo.height < 2.2  # framed as a photo, not a strip
+    rng = np.random.default_rng(3)
+    pack = Image.open(tmp_path / "shelf" / gallery[0]["images"][0]).convert("RGB")
+    one = shelves.shelf(pack, [pack], rng)
+    assert np.array_equal(np.asarray(one), np.asarray(
+        shelves.shelf(pack, [pack], np.random.default_rng(3))))
+    gallery_path, queries_path = shelves.write_plain_pile(tmp_path / "plain", n_shapes=2)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    plain = reshoot.plain_products(np.random.default_rng(17), 2)
+    assert [row["product_id"] for row in gallery] == [pid for pid, _, _ in plain]
+    assert [row["category"] for row in gallery[::4]] == ["Gear/Plain/Ball", "Gear/Plain/Bottle"]
+    assert [q["relevant"] for q in queries] == [[row["product_id"]] for row in gallery]
+    first = np.asarray(Image.open(tmp_path / "plain" / gallery[0]["images"][0]), np.float32)
+    assert np.abs(first - np.asarray(plain[0][1], np.float32)).mean() < 3  # the same drawing

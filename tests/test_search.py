@@ -481,7 +481,7 @@ class _Inliers(SameItemVerifier):
         self.inliers = inliers
         self.asked: list[str] = []
 
-    def keypoint_matches(self, query: Any, image_refs: Any) -> list[Any]:
+    def keypoint_matches(self, query: Any, image_refs: Any, copies: bool = False) -> list[Any]:
         self.asked += image_refs
         return [(self.inliers.get(ref, 0), None, None) for ref in image_refs]
 

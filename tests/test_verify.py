@@ -2109,6 +2109,37 @@ def test_descriptor_matching_is_the_brute_force_matchers() -> None:
     assert verify._mutual_matches(a[:1], b) == [] and verify._ratio_matches(a, b[:1]) == {}
 
 
+def _shelf(photo: Image.Image, copies: int = 3) -> Image.Image:
+    """A shelf of ``copies`` of the product, side by side at half size, on a grey-blue
+    backdrop."""
+    one = photo.resize((photo.width // 2, photo.height // 2))
+    out = Image.new("RGB", (copies * (one.width + 20) + 20, one.height + 40), (90, 110, 130))
+    for k in range(copies):
+        out.paste(one, (20 + k * (one.width + 20), 20))
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 4, 7])
+def test_a_shelf_of_copies_is_matched_one_way_and_counted_once(seed: int) -> None:
+    """Every keypoint of the listing has a near-equal match on each copy of a shelf, so the
+    ratio test from the listing's side refuses them all and mutual matching finds next to
+    nothing; matched one way, RANSAC keeps one copy and its inliers count once per listing
+    keypoint. Other products stay under the limit, and one copy is matched as before."""
+    item = textured_photo(seed)
+    listing, shelf = photo_features(item), photo_features(_shelf(item))
+    both_ways = verify._ransac(shelf, listing)[0]
+    found, homography, points = verify._ransac(shelf, listing, copies=True)
+    assert both_ways < verify.COPIES_MIN_INLIERS <= found, (both_ways, found)
+    assert homography is not None and len(points) >= found  # one point per inlier pair
+    for other in (textured_photo(seed + 10), textured_photo(6)):
+        assert verify._ransac(shelf, photo_features(other), copies=True)[0] == 0
+    single = photo_features(_shelf(item, copies=1))
+    assert verify._ransac(single, listing, copies=True)[0] == verify._ransac(single, listing)[0]
+    verifier = SameItemVerifier(lambda ref: item)
+    assert [m[0] for m in verifier.keypoint_matches(shelf, ["x"], copies=True) if m] == [found]
+    assert [m[0] for m in verifier.keypoint_matches(shelf, ["x"]) if m] == [both_ways]
+
+
 def test_the_robust_light_fit_is_not_bent_by_a_recoloured_part() -> None:
     """Three fits, each on the share of rows the previous one explains best: a quarter of the
     pixels of another colour does not bend the gain and offset the rest follow. And the hue

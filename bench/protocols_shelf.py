@@ -1,0 +1,233 @@
+"""In-store protocols of many copies of one product: a shelf of packs, a pile of plain goods.
+
+A store shows a product as many copies of it: a row of one pack on a shelf, a crate of one
+fruit. The catalog shows one, on white. luma-snapshots and packs-instore paste one product
+into a scene; these two protocols paste many, so that what a method does with repeated
+copies (a crop that holds one of them, a whole photo of a texture of them) is measured:
+
+* ``packs-shelf`` (needs ``same-item-packs``; retrieval): packs-instore's gallery (the
+  maker's photo of each of 540 items, in the category of its product line). 240 queries, one
+  per seeded item: 1-3 rows of 2-5 copies of its pack (each at 90-110 % of one size, turned
+  up to 4 degrees), a pack of another brand at one or both ends of a row, on a shelf
+  backdrop; a 4:3 to 3:4 part of it framed, lit by a ramp, a white balance and a gamma,
+  then re-framed as a re-shoot (angle, crop, blur, noise, JPEG). Relevant: the item.
+* ``packs-pile`` (needs ``same-item-packs``; retrieval): packs-instore's gallery again; 160
+  queries, one per seeded item: a bin of its pack, piled as ``plain-pile`` piles (below:
+  copies turned at any angle, overlapping). Relevant: the item.
+* ``plain-pile`` (retrieval): the catalog photos of same-item-plain's 160 plain products
+  (40 outlines x 4 nearby colours, drawn anew with its seed), each in the category of its
+  outline's kind (``Gear/Plain/Ball``...). 160 queries, one per product: a pile of 6-18
+  copies at 22-40 % of the frame's side, each turned at random and overlapping the others,
+  on a crate backdrop, lit and re-framed as above. Relevant: the product. Its look-alikes
+  are the same outline in a nearby colour and the same colour on another outline.
+
+Written before any method was tried on them, to measure scene queries (windows, cut-outs,
+catalog light: docs/matching.md, "Shelves and piles") on what the held-back in-store set
+shows and these stand-ins did not.
+
+Usage: ``python bench/protocols_shelf.py [--out var/protocols] [--only NAME]``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocols import _relative, protocol_parser, write_protocol  # noqa: E402
+from protocols_reshoot import (  # noqa: E402
+    _background,
+    _reframed,
+    plain_products,
+    write_packs_instore,
+)
+from protocols_same_item import _save  # noqa: E402
+
+from embedding.colour import foreground_weights  # noqa: E402
+from search.verify import outer_background  # noqa: E402
+
+Row = dict[str, Any]
+PROTOCOLS = ("packs-shelf", "packs-pile", "plain-pile")
+PLAIN_KINDS = ("Ball", "Bottle", "Block", "Roll", "Mat")
+
+
+def _lit(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A ramp of light across the scene, a white balance and a gamma (a store's light)."""
+    h, w = rgb.shape[:2]
+    axis = rng.uniform(-1, 1, size=2)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (xx / w - 0.5) * axis[0] + (yy / h - 0.5) * axis[1]
+    low, high = float(rng.uniform(0.7, 0.9)), float(rng.uniform(1.0, 1.15))
+    shading = low + (high - low) * (ramp - ramp.min()) / max(1e-6, float(np.ptp(ramp)))
+    balance = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+    out = np.clip(rgb * shading[:, :, None] * balance, 0, 255)
+    gamma = float(rng.uniform(0.85, 1.2))
+    return np.asarray(255 * (out / 255) ** gamma, dtype=np.float32)
+
+
+def _snug(photo: Image.Image) -> np.ndarray:
+    """Weight (h, w, 1) in [0, 1] of the product in a catalog photo on white: what is not
+    background connected to the frame, shrunk by a pixel and softened, so that no rim of
+    the white around it comes along (as :func:`_cut_out`'s grown mask brings)."""
+    outside = outer_background(foreground_weights(np.asarray(photo, dtype=np.uint8)) < 0.5)
+    product = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8))
+    product = product.filter(ImageFilter.MinFilter(5)).filter(ImageFilter.GaussianBlur(1))
+    return np.asarray(product, dtype=np.float32)[:, :, None] / 255
+
+
+def _paste(scene: np.ndarray, photo: Image.Image, x: int, y: int) -> None:
+    """``photo`` (a catalog photo on white) cut out and pasted into ``scene`` at (x, y),
+    clipped at the scene's edges."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    weight = _snug(photo.convert("RGB"))
+    h, w = scene.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + photo.width), min(h, y + photo.height)
+    if x0 >= x1 or y0 >= y1:
+        return
+    part = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+    scene[y0:y1, x0:x1] = (rgb[part] * weight[part]
+                           + scene[y0:y1, x0:x1] * (1 - weight[part]))
+
+
+def _copy(photo: Image.Image, side: int, rng: np.random.Generator, turn: float) -> Image.Image:
+    """One copy of a product: its catalog photo at ``side`` px (longer side, +-10 %), turned
+    up to ``turn`` degrees, on white."""
+    scale = side * float(rng.uniform(0.9, 1.1)) / max(photo.size)
+    out = photo.convert("RGB").resize((max(8, round(photo.width * scale)),
+                                       max(8, round(photo.height * scale))),
+                                      Image.Resampling.BICUBIC)
+    return out.rotate(float(rng.uniform(-turn, turn)), Image.Resampling.BICUBIC, expand=True,
+                      fillcolor=(255, 255, 255))
+
+
+def shelf(pack: Image.Image, others: list[Image.Image], rng: np.random.Generator
+          ) -> Image.Image:
+    """A shelf of ``pack``: 1-3 rows of 2-5 copies, another pack at one or both ends of a
+    row (from ``others``), lit and re-framed (see the module doc)."""
+    rows, cols = int(rng.integers(1, 4)), int(rng.integers(2, 6))
+    side = int(rng.integers(150, 230))
+    cell_w, cell_h = round(side * 0.85), round(side * 1.08)
+    ends = [bool(rng.random() < 0.7), bool(rng.random() < 0.5)]
+    width = cell_w * (cols + sum(ends)) + 40
+    height = cell_h * rows + 40
+    scene = _background((width, height), rng)
+    for r in range(rows):
+        y = 20 + r * cell_h
+        slots = ([others[int(rng.integers(len(others)))]] if ends[0] else [])
+        slots += [pack] * cols
+        slots += ([others[int(rng.integers(len(others)))]] if ends[1] else [])
+        for c, photo in enumerate(slots):
+            copy = _copy(photo, side, rng, turn=4)
+            _paste(scene, copy, 20 + c * cell_w + (cell_w - copy.width) // 2,
+                   y + (cell_h - copy.height) // 2)
+    # A shopper frames part of the shelf: 4:3 to 3:4, as much of it as fits.
+    aspect = float(rng.uniform(0.75, 1.34))
+    crop_w, crop_h = min(width, round(height * aspect)), min(height, round(width / aspect))
+    x, y = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+    return _reframed(_lit(scene[y:y + crop_h, x:x + crop_w], rng), rng)
+
+
+def pile(product: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A pile of ``product``: 6-18 copies at 22-40 % of the frame's side, turned at random,
+    overlapping, on a crate backdrop, lit and re-framed (see the module doc)."""
+    width, height = int(rng.integers(560, 801)), int(rng.integers(480, 641))
+    scene = _background((width, height), rng)
+    side = round(min(width, height) * float(rng.uniform(0.22, 0.4)) * 1.6)  # photo > product
+    for _ in range(int(rng.integers(6, 19))):
+        copy = _copy(product, side, rng, turn=180)
+        _paste(scene, copy, int(rng.integers(-copy.width // 3, width - copy.width * 2 // 3)),
+               int(rng.integers(-copy.height // 3, height - copy.height * 2 // 3)))
+    return _reframed(_lit(scene, rng), rng)
+
+
+def write_packs_shelf(packs_dir: Path, out_dir: Path, seed: int = 41, n_queries: int = 240
+                      ) -> tuple[Path, Path]:
+    """The packs-shelf protocol (see module doc) from a written same-item-packs."""
+    write_packs_instore(packs_dir, out_dir)  # its gallery (and queries, replaced below)
+    gallery = [json.loads(line) for line in (out_dir / "gallery.jsonl").open()]
+    rng = np.random.default_rng(seed)
+    photos = {row["product_id"]: Image.open(out_dir / row["images"][0]).convert("RGB")
+              for row in gallery}
+    chosen = sorted(rng.choice(len(gallery), size=min(n_queries, len(gallery)),
+                               replace=False).tolist())
+    queries: list[Row] = []
+    for index in chosen:
+        row = gallery[index]
+        brand = str(row["product_id"]).split("-")[1]
+        others = [photo for pid, photo in photos.items() if pid.split("-")[1] != brand]
+        picks = [others[int(i)] for i in rng.choice(len(others), size=6, replace=False)]
+        path = out_dir / "queries" / f"{row['product_id']}.jpg"
+        _save(shelf(photos[row["product_id"]], picks, rng), path)
+        queries.append({"image": _relative(path, out_dir), "relevant": [row["product_id"]],
+                        "category": row["category"], "edit": "shelf"})
+    return write_protocol(out_dir, gallery, queries)
+
+
+def write_packs_pile(packs_dir: Path, out_dir: Path, seed: int = 47, n_queries: int = 160
+                     ) -> tuple[Path, Path]:
+    """The packs-pile protocol (see module doc) from a written same-item-packs."""
+    write_packs_instore(packs_dir, out_dir)  # its gallery (and queries, replaced below)
+    gallery = [json.loads(line) for line in (out_dir / "gallery.jsonl").open()]
+    rng = np.random.default_rng(seed)
+    queries: list[Row] = []
+    for index in sorted(rng.choice(len(gallery), size=min(n_queries, len(gallery)),
+                                   replace=False).tolist()):
+        row = gallery[index]
+        photo = Image.open(out_dir / row["images"][0]).convert("RGB")
+        path = out_dir / "queries" / f"{row['product_id']}.jpg"
+        _save(pile(photo, rng), path)
+        queries.append({"image": _relative(path, out_dir), "relevant": [row["product_id"]],
+                        "category": row["category"], "edit": "pile"})
+    return write_protocol(out_dir, gallery, queries)
+
+
+def write_plain_pile(out_dir: Path, seed: int = 17, pile_seed: int = 43, n_shapes: int = 40
+                     ) -> tuple[Path, Path]:
+    """The plain-pile protocol (see module doc): same-item-plain's products
+    (:func:`plain_products` with its seed)."""
+    gallery: list[Row] = []
+    photos: dict[str, Image.Image] = {}
+    for pid, photo, _ in plain_products(np.random.default_rng(seed), n_shapes):
+        photos[pid] = photo
+        path = out_dir / "images" / f"{pid}.jpg"
+        _save(photo, path)
+        kind = PLAIN_KINDS[int(pid.split("-")[1]) % len(PLAIN_KINDS)]
+        gallery.append({"product_id": pid, "group_id": pid.rsplit("-", 1)[0],
+                        "title": f"plain {pid}", "category": f"Gear/Plain/{kind}",
+                        "images": [_relative(path, out_dir)]})
+    rng = np.random.default_rng(pile_seed)
+    queries: list[Row] = []
+    for row in gallery:
+        pid = str(row["product_id"])
+        path = out_dir / "queries" / f"{pid}.jpg"
+        _save(pile(photos[pid], rng), path)
+        queries.append({"image": _relative(path, out_dir), "relevant": [pid],
+                        "category": row["category"], "edit": "pile"})
+    return write_protocol(out_dir, gallery, queries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = protocol_parser(__doc__, PROTOCOLS)
+    args = parser.parse_args(argv)
+    wanted = [args.only] if args.only else list(PROTOCOLS)
+    if "packs-shelf" in wanted:
+        print("packs-shelf: {} {}".format(*write_packs_shelf(
+            args.out / "same-item-packs", args.out / "packs-shelf")))
+    if "packs-pile" in wanted:
+        print("packs-pile: {} {}".format(*write_packs_pile(
+            args.out / "same-item-packs", args.out / "packs-pile")))
+    if "plain-pile" in wanted:
+        print("plain-pile: {} {}".format(*write_plain_pile(args.out / "plain-pile")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
