@@ -145,7 +145,13 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     rgb = product * weight + _background((w, h), rng) * (1 - weight)
     if light == "lamp":
         return _reframed(_lamp(rgb, rng), rng)
-    # Uneven light, white balance, gamma.
+    rgb = ramp_lit(rgb, rng)
+    return _reframed(_specular(rgb, rng) if light == "specular" else rgb, rng)
+
+
+def ramp_lit(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` under uneven light (a linear ramp across it), a white balance and a gamma."""
+    h, w = rgb.shape[:2]
     axis = rng.uniform(-1, 1, size=2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ramp = (xx / w - 0.5) * axis[0] + (yy / h - 0.5) * axis[1]
@@ -154,8 +160,8 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     balance = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
     rgb = rgb * shading[:, :, None] * balance
     gamma = float(rng.uniform(0.85, 1.2))
-    rgb = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
-    return _reframed(_specular(rgb, rng) if light == "specular" else rgb, rng)
+    out: np.ndarray = 255 * (np.clip(rgb, 0, 255) / 255) ** gamma
+    return out
 
 
 def _reframed(rgb: np.ndarray, rng: np.random.Generator) -> Image.Image:

@@ -47,6 +47,7 @@ from protocols_reshoot import (  # noqa: E402
     _background,
     _reframed,
     plain_products,
+    ramp_lit,
     write_packs_instore,
 )
 from protocols_same_item import _save  # noqa: E402
@@ -57,20 +58,6 @@ from search.verify import outer_background  # noqa: E402
 Row = dict[str, Any]
 PROTOCOLS = ("packs-shelf", "packs-pile", "plain-pile")
 PLAIN_KINDS = ("Ball", "Bottle", "Block", "Roll", "Mat")
-
-
-def _lit(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A ramp of light across the scene, a white balance and a gamma (a store's light)."""
-    h, w = rgb.shape[:2]
-    axis = rng.uniform(-1, 1, size=2)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = (xx / w - 0.5) * axis[0] + (yy / h - 0.5) * axis[1]
-    low, high = float(rng.uniform(0.7, 0.9)), float(rng.uniform(1.0, 1.15))
-    shading = low + (high - low) * (ramp - ramp.min()) / max(1e-6, float(np.ptp(ramp)))
-    balance = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
-    out = np.clip(rgb * shading[:, :, None] * balance, 0, 255)
-    gamma = float(rng.uniform(0.85, 1.2))
-    return np.asarray(255 * (out / 255) ** gamma, dtype=np.float32)
 
 
 def _snug(photo: Image.Image) -> np.ndarray:
@@ -132,7 +119,7 @@ def shelf(pack: Image.Image, others: list[Image.Image], rng: np.random.Generator
     aspect = float(rng.uniform(0.75, 1.34))
     crop_w, crop_h = min(width, round(height * aspect)), min(height, round(width / aspect))
     x, y = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
-    return _reframed(_lit(scene[y:y + crop_h, x:x + crop_w], rng), rng)
+    return _reframed(ramp_lit(scene[y:y + crop_h, x:x + crop_w], rng), rng)
 
 
 def pile(product: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -145,7 +132,7 @@ def pile(product: Image.Image, rng: np.random.Generator) -> Image.Image:
         copy = _copy(product, side, rng, turn=180)
         _paste(scene, copy, int(rng.integers(-copy.width // 3, width - copy.width * 2 // 3)),
                int(rng.integers(-copy.height // 3, height - copy.height * 2 // 3)))
-    return _reframed(_lit(scene, rng), rng)
+    return _reframed(ramp_lit(scene, rng), rng)
 
 
 def write_packs_shelf(packs_dir: Path, out_dir: Path, seed: int = 41, n_queries: int = 240
