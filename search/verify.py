@@ -391,8 +391,8 @@ class ShadedLight:
     """The shaded light map fitted from the warped query to the listing
     (:func:`_shaded_light_map`): per channel a tone curve (a power and a gain, fitted on
     log levels) and one smooth shading across the photo (a plane or a second-order surface in
-    log light, :data:`SHADINGS`), for a photo
-    re-shot under uneven light; and what it leaves unexplained."""
+    log light, :data:`SHADINGS`), for a photo re-shot under uneven light; and what it leaves
+    unexplained."""
 
     neutral_spread: float
     """How far the map moves a neutral grey from neutral: the largest ratio of its channels'
@@ -1164,10 +1164,9 @@ class SameItemRule:
         (:func:`_shaded_light_map`, by either map of :data:`SHADINGS`), the grey levels
         must correlate to ``min_shaded_correlation``, a neutral grey stay within
         ``max_light_gain_spread``, the colours agree within ``max_light_shift``, and where
-        the listing shows white
-        inside its product the query must show white or its own backdrop
-        (``max_shaded_white_unexplained``); and the query must show another background
-        around the product (:attr:`ShadedLight.other_background`: re-shot)."""
+        the listing shows white inside its product the query must show white or its own
+        backdrop (``max_shaded_white_unexplained``); and the query must show another
+        background around the product (:attr:`ShadedLight.other_background`: re-shot)."""
         if (self.min_shaded_correlation > 1
                 or alignment.correlation < self.min_correlation):  # before the map is fitted
             return False
