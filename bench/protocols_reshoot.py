@@ -116,12 +116,16 @@ def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.broadcast_to(grad, (h, w, 3)) + texture, 0, 255)
 
 
-def _cut_out(img: Image.Image) -> np.ndarray:
+def cut_out(img: Image.Image, snug: bool = False) -> np.ndarray:
     """Weight (h, w, 1) in [0, 1] of the product: background pixels connected to the frame
-    (a white label or a pale panel inside the product stays product), slightly grown, soft."""
+    (a white label or a pale panel inside the product stays product), slightly grown, soft.
+    ``snug``: shrunk by a pixel and softened less instead, so that no rim of the white around
+    the product comes along (copies pasted side by side: bench/protocols_shelf.py)."""
     outside = outer_background(foreground_weights(np.asarray(img, dtype=np.uint8)) < 0.5)
     product = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8))
-    product = product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2))
+    product = (product.filter(ImageFilter.MinFilter(5)).filter(ImageFilter.GaussianBlur(1))
+               if snug else
+               product.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(2)))
     return np.asarray(product, dtype=np.float32)[:, :, None] / 255
 
 
@@ -141,7 +145,7 @@ def reshoot(img: Image.Image, rng: np.random.Generator, min_side: int = 480,
     product = np.zeros((h, w, 3), np.float32)
     weight = np.zeros((h, w, 1), np.float32)
     product[margin:margin + img.height, margin:margin + img.width] = np.asarray(img, np.float32)
-    weight[margin:margin + img.height, margin:margin + img.width] = _cut_out(img)
+    weight[margin:margin + img.height, margin:margin + img.width] = cut_out(img)
     rgb = product * weight + _background((w, h), rng) * (1 - weight)
     if light == "lamp":
         return _reframed(_lamp(rgb, rng), rng)

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,35 +47,23 @@ from protocols import _relative, protocol_parser, write_protocol  # noqa: E402
 from protocols_reshoot import (  # noqa: E402
     _background,
     _reframed,
+    cut_out,
     plain_products,
     ramp_lit,
     write_packs_instore,
 )
 from protocols_same_item import _save  # noqa: E402
 
-from embedding.colour import foreground_weights  # noqa: E402
-from search.verify import outer_background  # noqa: E402
-
 Row = dict[str, Any]
 PROTOCOLS = ("packs-shelf", "packs-pile", "plain-pile")
 PLAIN_KINDS = ("Ball", "Bottle", "Block", "Roll", "Mat")
 
 
-def _snug(photo: Image.Image) -> np.ndarray:
-    """Weight (h, w, 1) in [0, 1] of the product in a catalog photo on white: what is not
-    background connected to the frame, shrunk by a pixel and softened, so that no rim of
-    the white around it comes along (as :func:`_cut_out`'s grown mask brings)."""
-    outside = outer_background(foreground_weights(np.asarray(photo, dtype=np.uint8)) < 0.5)
-    product = Image.fromarray(np.where(outside, 0, 255).astype(np.uint8))
-    product = product.filter(ImageFilter.MinFilter(5)).filter(ImageFilter.GaussianBlur(1))
-    return np.asarray(product, dtype=np.float32)[:, :, None] / 255
-
-
 def _paste(scene: np.ndarray, photo: Image.Image, x: int, y: int) -> None:
     """``photo`` (a catalog photo on white) cut out and pasted into ``scene`` at (x, y),
     clipped at the scene's edges."""
-    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32)
-    weight = _snug(photo.convert("RGB"))
+    photo = photo.convert("RGB")
+    rgb, weight = np.asarray(photo, dtype=np.float32), cut_out(photo, snug=True)
     h, w = scene.shape[:2]
     x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + photo.width), min(h, y + photo.height)
     if x0 >= x1 or y0 >= y1:
@@ -135,9 +124,19 @@ def pile(product: Image.Image, rng: np.random.Generator) -> Image.Image:
     return _reframed(ramp_lit(scene, rng), rng)
 
 
-def write_packs_shelf(packs_dir: Path, out_dir: Path, seed: int = 41, n_queries: int = 240
-                      ) -> tuple[Path, Path]:
-    """The packs-shelf protocol (see module doc) from a written same-item-packs."""
+def _query(out_dir: Path, row: Row, picture: Image.Image, edit: str) -> Row:
+    """A query of ``row``'s product (``picture``, saved under ``out_dir``), relevant to it."""
+    path = out_dir / "queries" / f"{row['product_id']}.jpg"
+    _save(picture, path)
+    return {"image": _relative(path, out_dir), "relevant": [row["product_id"]],
+            "category": row["category"], "edit": edit}
+
+
+def _write_pack_scenes(packs_dir: Path, out_dir: Path, seed: int, n_queries: int, edit: str,
+                       scene: Callable[[str, dict[str, Image.Image], np.random.Generator],
+                                       Image.Image]) -> tuple[Path, Path]:
+    """packs-instore's gallery under ``out_dir``, and one query for each of ``n_queries``
+    seeded items: ``scene(item, the gallery's photos, rng)``."""
     write_packs_instore(packs_dir, out_dir)  # its gallery (and queries, replaced below)
     gallery = [json.loads(line) for line in (out_dir / "gallery.jsonl").open()]
     rng = np.random.default_rng(seed)
@@ -145,35 +144,31 @@ def write_packs_shelf(packs_dir: Path, out_dir: Path, seed: int = 41, n_queries:
               for row in gallery}
     chosen = sorted(rng.choice(len(gallery), size=min(n_queries, len(gallery)),
                                replace=False).tolist())
-    queries: list[Row] = []
-    for index in chosen:
-        row = gallery[index]
-        brand = str(row["product_id"]).split("-")[1]
-        others = [photo for pid, photo in photos.items() if pid.split("-")[1] != brand]
-        picks = [others[int(i)] for i in rng.choice(len(others), size=6, replace=False)]
-        path = out_dir / "queries" / f"{row['product_id']}.jpg"
-        _save(shelf(photos[row["product_id"]], picks, rng), path)
-        queries.append({"image": _relative(path, out_dir), "relevant": [row["product_id"]],
-                        "category": row["category"], "edit": "shelf"})
+    queries = [_query(out_dir, gallery[index], scene(gallery[index]["product_id"], photos, rng),
+                      edit) for index in chosen]
     return write_protocol(out_dir, gallery, queries)
+
+
+def _shelf_of(item: str, photos: dict[str, Image.Image], rng: np.random.Generator
+              ) -> Image.Image:
+    """:func:`shelf` of ``item``'s pack, with six packs of other brands for the row ends."""
+    brand = item.split("-")[1]
+    others = [photo for pid, photo in photos.items() if pid.split("-")[1] != brand]
+    picks = [others[int(i)] for i in rng.choice(len(others), size=6, replace=False)]
+    return shelf(photos[item], picks, rng)
+
+
+def write_packs_shelf(packs_dir: Path, out_dir: Path, seed: int = 41, n_queries: int = 240
+                      ) -> tuple[Path, Path]:
+    """The packs-shelf protocol (see module doc) from a written same-item-packs."""
+    return _write_pack_scenes(packs_dir, out_dir, seed, n_queries, "shelf", _shelf_of)
 
 
 def write_packs_pile(packs_dir: Path, out_dir: Path, seed: int = 47, n_queries: int = 160
                      ) -> tuple[Path, Path]:
     """The packs-pile protocol (see module doc) from a written same-item-packs."""
-    write_packs_instore(packs_dir, out_dir)  # its gallery (and queries, replaced below)
-    gallery = [json.loads(line) for line in (out_dir / "gallery.jsonl").open()]
-    rng = np.random.default_rng(seed)
-    queries: list[Row] = []
-    for index in sorted(rng.choice(len(gallery), size=min(n_queries, len(gallery)),
-                                   replace=False).tolist()):
-        row = gallery[index]
-        photo = Image.open(out_dir / row["images"][0]).convert("RGB")
-        path = out_dir / "queries" / f"{row['product_id']}.jpg"
-        _save(pile(photo, rng), path)
-        queries.append({"image": _relative(path, out_dir), "relevant": [row["product_id"]],
-                        "category": row["category"], "edit": "pile"})
-    return write_protocol(out_dir, gallery, queries)
+    return _write_pack_scenes(packs_dir, out_dir, seed, n_queries, "pile",
+                              lambda item, photos, rng: pile(photos[item], rng))
 
 
 def write_plain_pile(out_dir: Path, seed: int = 17, pile_seed: int = 43, n_shapes: int = 40
@@ -191,13 +186,8 @@ def write_plain_pile(out_dir: Path, seed: int = 17, pile_seed: int = 43, n_shape
                         "title": f"plain {pid}", "category": f"Gear/Plain/{kind}",
                         "images": [_relative(path, out_dir)]})
     rng = np.random.default_rng(pile_seed)
-    queries: list[Row] = []
-    for row in gallery:
-        pid = str(row["product_id"])
-        path = out_dir / "queries" / f"{pid}.jpg"
-        _save(pile(photos[pid], rng), path)
-        queries.append({"image": _relative(path, out_dir), "relevant": [pid],
-                        "category": row["category"], "edit": "pile"})
+    queries = [_query(out_dir, row, pile(photos[row["product_id"]], rng), "pile")
+               for row in gallery]
     return write_protocol(out_dir, gallery, queries)
 
 
