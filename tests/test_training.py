@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from embedding.preprocess import SquareMode
-from training.augment import AugmentConfig, views, work_image
+from training.augment import AugmentConfig, display, views, work_image
 from training.data import TrainingDataError, load_training_images, split
 from training.trainer import TrainOptions, train, tune_options
 
@@ -88,8 +89,6 @@ def _catalog(tmp_path: Path, n_styles: int = 6, colours: int = 2) -> Path:
             for view in range(2):
                 image = Image.new("RGB", (64, 48 + 8 * view), (255, 255, 255))
                 box = (8 + 2 * s, 8, 40 + 3 * s, 40)
-                from PIL import ImageDraw
-
                 draw = ImageDraw.Draw(image)
                 (draw.ellipse if s % 2 else draw.rectangle)(box, fill=colour)
                 path = tmp_path / f"s{s}c{c}v{view}.png"
@@ -139,6 +138,36 @@ def test_views_are_seeded_and_altered(tmp_path: Path) -> None:
     assert np.array_equal(a, b) and not np.array_equal(a[1:], c[1:])
     assert np.array_equal(a[0], c[0])  # the clean view is the model input itself
     assert all(not np.array_equal(a[0], a[v]) for v in range(1, 5))
+
+
+def test_the_last_views_show_the_product_on_display(tmp_path: Path) -> None:
+    """``display_views`` turns the last altered views (never the first) into displays; the
+    others stay as they were."""
+    catalog = _catalog(tmp_path)
+    photos = [work_image(Image.open(im.path)) for im in load_training_images(catalog, None)]
+    plain = views(photos[0], photos[1:4], (0, 0), AugmentConfig(views=4, display_views=0),
+                  SIZE, SquareMode.PAD)
+    shown = views(photos[0], photos[1:4], (0, 0), AugmentConfig(views=4, display_views=1),
+                  SIZE, SquareMode.PAD)
+    assert np.array_equal(plain[:4], shown[:4])
+    assert not np.array_equal(plain[4], shown[4])
+    one = [views(photos[0], photos[1:4], (0, 0), AugmentConfig(views=1, display_views=d),
+                 SIZE, SquareMode.PAD) for d in (0, 1)]
+    assert np.array_equal(*one)  # never the first altered view
+
+
+def test_a_display_shows_several_copies() -> None:
+    """Rows or a heap: the red disc of the catalog photo is there several times."""
+    photo = Image.new("RGB", (200, 200), (255, 255, 255))
+    ImageDraw.Draw(photo).ellipse((50, 50, 150, 150), fill=(220, 20, 20))
+    others = [Image.new("RGB", (120, 90), (g, g, g)) for g in (90, 140, 200)]
+    counts = []
+    for seed in range(12):
+        rgb = np.asarray(display(photo, others, np.random.default_rng(seed))).astype(np.int16)
+        red = ((rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60))
+        _, _, stats, _ = cv2.connectedComponentsWithStats(red.astype(np.uint8))
+        counts.append(int((stats[1:, cv2.CC_STAT_AREA] > 40).sum()))
+    assert min(counts) >= 2 and np.median(counts) >= 4, counts
 
 
 def test_batch_hard_triplet_matches_numpy() -> None:
@@ -205,9 +234,11 @@ def test_supervised_contrastive_matches_numpy() -> None:
 def test_projection_learns_its_training_groups(tmp_path: Path) -> None:
     """The default cut on the fakes: the projection starts as the identity (so "before" is the
     frozen features), the loss falls, and the training photos find their style (similar) and
-    their own product among altered views (exact) clearly better."""
+    their own product among altered views (exact) clearly better. Without display views: on
+    8x8-pixel cells a display of many copies is another picture altogether (its fit reads 0.8)."""
     catalog = _catalog(tmp_path, n_styles=8)
     options = TrainOptions(group_key="group_id", epochs=12, seed=2, loss="supcon", views=2,
+                           display_views=0,
                            val_fraction=0.25, labels_per_batch=6, samples_per_label=4,
                            learning_rate=1e-2, steps_per_epoch=10, keep_best=False)
     result = train(catalog, tmp_path / "model", FakeProjectionBackbone(), options)

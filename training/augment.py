@@ -9,6 +9,9 @@ alterations decide what the model learns to ignore:
   blur and JPEG at low quality;
 * **listing** (another shop's photo of the same article): padding of another colour and
   aspect, a price tag or banner, a smaller resolution and re-encoding;
+* **display** (a shopper's photo of stock on display): several copies of the cut-out product,
+  side by side in rows as on a shelf or heaped at any angle as in a bin, on the same shelf of
+  other products and under the same light as a snapshot; the last ``display_views`` views;
 * **colour jitter** (the "similar" intent: the same style in another colour): a hue rotation
   and saturation change, applied to a share of the views when requested.
 
@@ -42,6 +45,9 @@ class AugmentConfig:
     """Share of the altered views that are snapshots; the rest are listings."""
     colour_jitter: float = 0.0
     """Share of the altered views whose colours are shifted."""
+    display_views: int = 1
+    """How many of the altered views (the last ones, never the first) show several copies of
+    the product."""
 
 
 def work_image(image: Image.Image) -> Image.Image:
@@ -65,12 +71,17 @@ def views(image: Image.Image, others: Sequence[Image.Image], seed: Sequence[int]
     out[0] = preprocess_image(image, size, square)
     for v in range(config.views):
         rng = np.random.default_rng([*seed, v])
-        out[1 + v] = preprocess_image(alter(image, others, rng, config), size, square)
+        shown = v >= max(1, config.views - config.display_views)
+        out[1 + v] = preprocess_image(alter(image, others, rng, config, shown), size, square)
     return out
 
 
 def alter(image: Image.Image, others: Sequence[Image.Image], rng: np.random.Generator,
-          config: AugmentConfig) -> Image.Image:
+          config: AugmentConfig, shown: bool = False) -> Image.Image:
+    """One altered view: ``shown``, a display of copies in their own colours; else a snapshot
+    or a listing, its colours shifted at ``config.colour_jitter``."""
+    if shown:
+        return display(image, others, rng)
     if rng.random() < 0.5:
         image = ImageOps.mirror(image)
     if rng.random() < config.snapshot_share:
@@ -105,24 +116,23 @@ def _shelf(others: Sequence[Image.Image], rng: np.random.Generator, size: int) -
     return canvas.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.5))))
 
 
-def snapshot(image: Image.Image, others: Sequence[Image.Image],
-             rng: np.random.Generator) -> Image.Image:
-    """The product on a shelf, photographed by a phone (see module doc)."""
-    image = _crop(image, rng, 0.75)
-    canvas_size = WORK_SIZE
-    scale = rng.uniform(0.5, 0.95) * canvas_size / max(image.size)
+def _cut_out(image: Image.Image, scale: float) -> tuple[Image.Image, Image.Image]:
+    """``image`` resized by ``scale`` and the mask of its product (what is not near white)."""
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                          Image.Resampling.BILINEAR)
     rgb = np.asarray(image).astype(np.int16)
     mask = Image.fromarray(((255 - rgb.min(axis=2)) > BACKGROUND_LEVEL).astype(np.uint8) * 255)
-    mask = mask.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(1))
-    angle = float(rng.uniform(-15, 15))
-    image = image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=(255, 255, 255))
-    mask = mask.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=0)
-    canvas = _shelf(others, rng, canvas_size)
-    x = int(rng.integers(min(0, canvas_size - image.width), max(1, canvas_size - image.width)))
-    y = int(rng.integers(min(0, canvas_size - image.height), max(1, canvas_size - image.height)))
-    canvas.paste(image, (x, y), mask)
+    return image, mask.filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.GaussianBlur(1))
+
+
+def _turned(image: Image.Image, mask: Image.Image,
+            angle: float) -> tuple[Image.Image, Image.Image]:
+    return (image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=(255, 255, 255)),
+            mask.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=0))
+
+
+def _photographed(canvas: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A phone's photo of ``canvas``: another light and white balance, blur, low JPEG."""
     canvas = ImageEnhance.Brightness(canvas).enhance(float(rng.uniform(0.65, 1.3)))
     canvas = ImageEnhance.Contrast(canvas).enhance(float(rng.uniform(0.7, 1.2)))
     balance = np.array([rng.uniform(0.85, 1.15), 1.0, rng.uniform(0.85, 1.15)])
@@ -131,6 +141,45 @@ def snapshot(image: Image.Image, others: Sequence[Image.Image],
     if rng.random() < 0.5:
         canvas = canvas.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
     return jpeg(canvas, int(rng.integers(30, 90)))
+
+
+def snapshot(image: Image.Image, others: Sequence[Image.Image],
+             rng: np.random.Generator) -> Image.Image:
+    """The product on a shelf, photographed by a phone (see module doc)."""
+    image = _crop(image, rng, 0.75)
+    canvas_size = WORK_SIZE
+    image, mask = _cut_out(image, rng.uniform(0.5, 0.95) * canvas_size / max(image.size))
+    image, mask = _turned(image, mask, float(rng.uniform(-15, 15)))
+    canvas = _shelf(others, rng, canvas_size)
+    x = int(rng.integers(min(0, canvas_size - image.width), max(1, canvas_size - image.width)))
+    y = int(rng.integers(min(0, canvas_size - image.height), max(1, canvas_size - image.height)))
+    canvas.paste(image, (x, y), mask)
+    return _photographed(canvas, rng)
+
+
+def display(image: Image.Image, others: Sequence[Image.Image],
+            rng: np.random.Generator) -> Image.Image:
+    """Several copies of the product on display, photographed by a phone (see module doc)."""
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    canvas_size = WORK_SIZE
+    canvas = _shelf(others, rng, canvas_size)
+    product, mask = _cut_out(image, rng.uniform(0.25, 0.5) * canvas_size / max(image.size))
+    if rng.random() < 0.5:  # rows, as on a shelf
+        step_x, step_y = max(1, product.width), max(1, product.height)
+        x0, y0 = (int(rng.integers(-step_x // 2, 1)), int(rng.integers(-step_y // 2, 1)))
+        for y in range(y0, canvas_size, step_y):
+            for x in range(x0, canvas_size, step_x):
+                copy, copy_mask = _turned(product, mask, float(rng.uniform(-4, 4)))
+                canvas.paste(copy, (x + int(rng.integers(-3, 4)), y + int(rng.integers(-3, 4))),
+                             copy_mask)
+    else:  # a heap, as in a bin
+        for _ in range(int(rng.integers(4, 13))):
+            copy, copy_mask = _turned(product, mask, float(rng.uniform(-180, 180)))
+            canvas.paste(copy, (int(rng.integers(-copy.width // 3, canvas_size - copy.width // 2)),
+                                int(rng.integers(-copy.height // 3,
+                                                 canvas_size - copy.height // 2))), copy_mask)
+    return _photographed(canvas, rng)
 
 
 def listing(image: Image.Image, rng: np.random.Generator) -> Image.Image:

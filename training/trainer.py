@@ -57,6 +57,9 @@ class TrainOptions:
     """Altered views cached per training photo (besides the clean one)."""
     colour_jitter: float | None = None
     """Share of altered views with shifted colours; default 0.5 with a group key, else 0."""
+    display_views: int = 1
+    """Altered views per photo (the last ones, never the first) that show several copies of
+    the product, as a shelf or a bin does (docs/training.md, "Stock on display")."""
     val_fraction: float = 0.2
     val_by_group: bool = False
     """Hold out whole groups (a style-disjoint split: does training carry to new styles?)
@@ -97,7 +100,8 @@ class TrainOptions:
         jitter = self.colour_jitter
         if jitter is None:
             jitter = 0.5 if self.group_key else 0.0
-        return AugmentConfig(views=self.views, colour_jitter=jitter)
+        return AugmentConfig(views=self.views, colour_jitter=jitter,
+                             display_views=self.display_views)
 
 
 TUNE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -352,7 +356,8 @@ def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepare
         train_cache = cache_views(train_images, train_photos, backbone, augment, options.seed,
                                   colour=True, pool=pool, desc="views (train)")
         val_cache = cache_views(val_images, val_photos, backbone,
-                                AugmentConfig(views=VAL_VIEWS, colour_jitter=0.0),
+                                AugmentConfig(views=VAL_VIEWS, colour_jitter=0.0,
+                                              display_views=options.display_views),
                                 options.seed + 1_000_003, colour=True, pool=pool,
                                 desc="views (validation)")
     train_cache.skipped, val_cache.skipped = skipped, val_skipped
