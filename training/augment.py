@@ -11,9 +11,10 @@ alterations decide what the model learns to ignore:
   aspect, a price tag or banner, a smaller resolution and re-encoding;
 * **display** (a shopper's photo of stock on display): several copies of the cut-out product,
   side by side in rows as on a shelf or heaped at any angle as in a bin, on the same shelf of
-  other products and under the same light as a snapshot; the last ``display_views`` views;
+  other products and under the same light as a snapshot; the last ``display_views`` views
+  (never the first), in their own colours;
 * **colour jitter** (the "similar" intent: the same style in another colour): a hue rotation
-  and saturation change, applied to a share of the views when requested.
+  and saturation change, applied to a share of the other views when requested.
 
 Every view is drawn from its own generator seeded by ``(seed, image index, view index)``, so a
 run is reproducible whatever the order or the number of threads.
