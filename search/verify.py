@@ -1584,11 +1584,9 @@ def _ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> Keypoin
     squared = _squared_distances(a.descriptors, b.descriptors)
     match = _homography(a.points, b.points, _mutual_pairs(squared))
     if copies and match[0] < COPIES_MIN_INLIERS:
-        nearest, ok = _ratio_test(squared)
-        rows = np.nonzero(ok)[0]
-        if len(set(nearest[rows].tolist())) >= COPIES_MIN_INLIERS:  # else it cannot count
-            again = _homography(a.points, b.points,
-                                list(zip(rows.tolist(), nearest[rows].tolist(), strict=True)))
+        one_way = _ratio_pairs(squared)
+        if len(set(one_way.values())) >= COPIES_MIN_INLIERS:  # else it cannot count
+            again = _homography(a.points, b.points, list(one_way.items()))
             if again[0] >= COPIES_MIN_INLIERS:
                 return again
     return match
@@ -1641,7 +1639,13 @@ def _ratio_matches(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, 
     """Each descriptor of ``x`` whose nearest in ``y`` passes Lowe's ratio test -> that one."""
     if len(x) == 0 or len(y) < 2:
         return {}
-    nearest, ok = _ratio_test(_squared_distances(x, y))
+    return _ratio_pairs(_squared_distances(x, y))
+
+
+def _ratio_pairs(squared: NDArray[np.float32]) -> dict[int, int]:
+    """Each row of a matrix of ``squared`` descriptor distances whose nearest column passes
+    Lowe's ratio test -> that column, in row order."""
+    nearest, ok = _ratio_test(squared)
     rows = np.nonzero(ok)[0]
     return dict(zip(rows.tolist(), nearest[rows].tolist(), strict=True))
 
