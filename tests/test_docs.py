@@ -13,6 +13,17 @@ def test_readme_has_at_most_200_lines() -> None:
     assert lines <= 200, f"README.md has {lines} lines: move detail into docs/"
 
 
+def test_readme_prose_lines_stay_short() -> None:
+    """Prose is wrapped (tables and code blocks aside): a paragraph on one line would pass the
+    line count and still not be read in ten minutes."""
+    in_code = False
+    for number, line in enumerate((REPO / "README.md").read_text().splitlines(), 1):
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and not line.startswith("|"):
+            assert len(line) <= 110, f"README.md line {number} has {len(line)} characters"
+
+
 def test_every_linked_doc_exists() -> None:
     for doc in ("README.md", *(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))):
         text = (REPO / doc).read_text()
