@@ -2,7 +2,7 @@
 
 ``lookalike eval`` measures the product as configured; this script measures *candidate*
 settings on the same protocol files, from one pass of the network per image and scale, so
-each lever costs seconds to try. It produced the "levers" table in README.md (Quality):
+each lever costs seconds to try. It produced the "levers" table in docs/quality.md:
 
     PYTHONPATH=. python bench/levers.py --gallery var/protocols/luma-views/gallery.jsonl \\
         --queries var/protocols/luma-views/queries.jsonl [--sizes 224,320] [--variant lite0] \\

@@ -4,7 +4,7 @@ Why: ImageNet features are trained to *ignore* colour (a red and a blue car are 
 so off the shelf they rank the other colours of the same model above the product itself. On
 the luma-views protocol (a back or close-up view must find its own colour variant), the
 CNN alone finds the right variant first 31% of the time; CNN + this descriptor 62% (see
-README, "Quality"). Colour variants are also what shoppers and price comparison must tell
+docs/quality.md). Colour variants are also what shoppers and price comparison must tell
 apart, so the gain is not specific to one catalog.
 
 What: a joint HSV histogram (12 hue x 4 saturation x 4 value = 192 bins) of the *foreground*

@@ -13,7 +13,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """What the exit status of ``lookalike`` means (README, "Configuration")."""
+    """What the exit status of ``lookalike`` means (README, "Commands"; docs/operations.md)."""
 
     OK = 0
     FAILED = 1

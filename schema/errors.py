@@ -2,9 +2,9 @@
 
 Every event and every image ends applied, stale or failed *with a reason*; the reason is what
 dead-letter headers (``lookalike.reason``), image-failure counts and reindex reports carry, so
-operators can count and alert on it. Defining the codes once here keeps the README's table,
-the dead letters and the log lines from drifting apart (``tests/test_reasons.py`` checks the
-README against this enum).
+operators can count and alert on it. Defining the codes once here keeps the documented table
+(docs/hardening.md, "Reasons"), the dead letters and the log lines from drifting apart
+(``tests/test_reasons.py`` checks that table against this enum).
 
 ``ItemError`` is raised deep inside fetch/decode/parse code and caught at the stage boundary,
 where it becomes a value (``failure``) attached to the item; nothing but the item fails.
