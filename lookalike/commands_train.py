@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookalike.settings import Settings
@@ -18,8 +20,6 @@ log = logging.getLogger("lookalike")
 
 
 def add_parser(sub: Any) -> None:
-    from pathlib import Path
-
     p = sub.add_parser("train", help="fine-tune the model on a catalog (metric learning)")
     p.add_argument("--catalog", type=Path, required=True,
                    help="catalog in the format publish and eval read")
@@ -96,6 +96,19 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
     return options
 
 
+def _model_directory(out: Path) -> None:
+    """Create ``--out`` (and its parents) and check it can be written, before any work: a path
+    that cannot hold the model fails in one line now, not after minutes of training."""
+    from lookalike.errors import UserError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write --out {out}: permission denied")
+
+
 def train(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.errors import UserError
     from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
@@ -109,6 +122,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     options = train_options(settings, args)
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
+    _model_directory(args.out)
     from embedding.runtime import enable_compile_cache
 
     enable_compile_cache(m.compile_cache)
@@ -137,6 +151,11 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
               "held-out photos, not real other photos (docs/training.md, 'Keeping the "
               "spread'); check with lookalike eval on real queries before switching, or use "
               "--keep best")
+    skipped = result.report.get("skipped") or []
+    if skipped:
+        shown = "; ".join(f"{s['image']}: {s['reason']}" for s in skipped[:3])
+        print(f"skipped {len(skipped)} image(s) that could not be read (all in the report): "
+              f"{shown}{' ...' if len(skipped) > 3 else ''}")
     print(f"time {seconds['total']:.0f}s (views {seconds['cache_train']:.0f}s, "
           f"fit {seconds['fit']:.0f}s); use it with LOOKALIKE_MODEL__PATH={args.out}",
           file=sys.stdout)

@@ -303,6 +303,55 @@ def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no such catalog file" in done.stderr
 
 
+def test_cli_refuses_an_out_it_cannot_write_before_any_work(tmp_path: Path) -> None:
+    """``--out`` is created first: a path under a file (or a folder it may not write) fails in
+    one line, exit 2, before the model is built, not after the training."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    catalog = _catalog(tmp_path, n_styles=4)
+    (tmp_path / "a-file").write_text("not a folder")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lookalike", "train", "--catalog", str(catalog),
+         "--out", str(tmp_path / "a-file" / "model")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("lookalike train: error: cannot create --out")
+    assert "Traceback" not in done.stderr
+    assert "views" not in done.stderr  # refused before any view was cached
+
+
+def test_cli_names_the_images_it_could_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt photo in the catalog is left out of the training, not raised, and the command
+    says so in its output as well as in the report: it must not vanish silently."""
+    import training.backbone
+    from lookalike.cli import build_parser
+    from lookalike.commands_train import train as train_command
+    from lookalike.settings import Settings
+
+    catalog = _catalog(tmp_path, n_styles=4)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    extra = {"product_id": "BROKEN-1", "group_id": "G9", "title": "Broken",
+             "category": "Shapes/Broken", "price": 1.0, "currency": "USD",
+             "images": ["broken.jpg"]}
+    catalog.write_text(catalog.read_text() + json.dumps(extra) + "\n")
+    monkeypatch.setattr(training.backbone, "ProjectionBackbone",
+                        lambda *args: FakeProjectionBackbone())
+    args = build_parser().parse_args(
+        ["train", "--catalog", str(catalog), "--out", str(tmp_path / "model"),
+         "--group-key", "group_id", "--epochs", "1", "--views", "1"])
+    assert train_command(Settings(), args) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 image(s) that could not be read" in out and "broken.jpg" in out
+    report = json.loads((tmp_path / "model" / "report.json").read_text())
+    assert [Path(s["image"]).name for s in report["skipped"]] == ["broken.jpg"]
+
+
 def test_the_projection_trains_with_triplet_by_default_and_proxy_at_its_own_rate() -> None:
     """The projection's default is the batch-hard triplet loss at 1e-4: the proxy loss at 1e-3
     (the earlier default) lowered exact recall on other photos of trained products with a group
