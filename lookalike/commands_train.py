@@ -96,17 +96,20 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
     return options
 
 
-def _model_directory(out: Path) -> None:
+def _model_directory(out: Path) -> bool:
     """Create ``--out`` (and its parents) and check it can be written, before any work: a path
-    that cannot hold the model fails in one line now, not after minutes of training."""
+    that cannot hold the model fails in one line now, not after minutes of training. True when
+    the folder was created here."""
     from lookalike.errors import UserError
 
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"cannot write --out {out}: permission denied")
+    return created
 
 
 def train(settings: Settings, args: argparse.Namespace) -> int:
@@ -122,7 +125,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     options = train_options(settings, args)
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
-    _model_directory(args.out)
+    created = _model_directory(args.out)
     from embedding.runtime import enable_compile_cache
 
     enable_compile_cache(m.compile_cache)
@@ -132,6 +135,8 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
             else EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size))
         result = run_training(args.catalog, args.out, backbone, options)
     except (TrainingDataError, ValueError) as exc:
+        if created and not any(args.out.iterdir()):
+            args.out.rmdir()  # a catalog that cannot be trained on leaves no empty model folder
         raise UserError(str(exc)) from None
     if args.json:
         print(json.dumps(result.report, indent=2))

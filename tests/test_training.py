@@ -323,6 +323,11 @@ def test_cli_refuses_an_out_it_cannot_write_before_any_work(tmp_path: Path) -> N
     assert last.startswith("lookalike train: error: cannot create --out")
     assert "Traceback" not in done.stderr
     assert "views" not in done.stderr  # refused before any view was cached
+    done = subprocess.run(  # a catalog it cannot train on leaves no empty folder behind
+        [sys.executable, "-m", "lookalike", "train", "--catalog", str(tmp_path / "a-file"),
+         "--out", str(tmp_path / "model")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert not (tmp_path / "model").exists()
 
 
 def test_cli_names_the_images_it_could_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
