@@ -7,7 +7,8 @@ reaches the model goes through here so they all look alike to it:
 * the pixel count is read from the header and checked *before* any pixel is decoded, and
   PIL's own DecompressionBombWarning/Error count as the same failure;
 * only common photo formats are opened (no EPS, which would start Ghostscript, nor the many
-  exotic formats PIL can parse);
+  exotic formats PIL can parse), HEIC/HEIF among them (an iPhone's photos; through
+  ``pillow-heif``, which applies the photo's own turn when it decodes);
 * EXIF orientation is applied, so a portrait phone photo is not embedded lying on its side;
 * transparency is composited on white, like the studio backgrounds of catalog photos, rather
   than on black, which is what a bare ``convert("RGB")`` does to transparent pixels;
@@ -30,7 +31,7 @@ from schema.errors import ItemError, Reason
 
 log = logging.getLogger(__name__)
 
-ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF")
+ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF", "HEIF")
 _ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_DEPTH_MODES: Final = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _SRGB: Final = ImageCms.createProfile("sRGB")
@@ -89,6 +90,18 @@ def _read_file(path: Path) -> bytes:
 def _formats() -> tuple[str, ...]:
     Image.init()
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _register_heif() -> None:
+    """Let PIL open HEIC/HEIF (pillow-heif, a dependency; its own size limits stay on)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # an install without it refuses HEIC as an unsupported format
+        return
+    register_heif_opener()
+
+
+_register_heif()
 
 
 def _open(fp: io.BytesIO) -> Image.Image:

@@ -140,6 +140,25 @@ def test_random_bytes_and_empty_input_are_errors() -> None:
     assert _reason(b"") == "corrupt_image"
 
 
+def test_heic_from_a_phone_is_opened_turned_and_capped() -> None:
+    """HEIC, an iPhone's default format, decodes like a JPEG: RGB, its colours, the turn the
+    phone recorded applied once (pillow-heif applies it and resets the EXIF tag, so it is not
+    turned twice), and its pixel count checked from the header before decoding."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = _encode(_two_halves(40, 20), "HEIF", exif=exif.tobytes(), quality=95)
+    assert data[4:12] == b"ftypheic"
+    image = decode_image(data, MAX)
+    assert image.mode == "RGB" and image.size == (20, 40)
+    px = np.asarray(image).astype(int)
+    assert px[5, 10, 0] > 200 and px[5, 10, 2] < 60  # the left (red) half is now on top
+    assert px[35, 10, 2] > 200 and px[35, 10, 0] < 60
+    large = _encode(Image.new("RGB", (2000, 1500), (10, 200, 10)), "HEIF")
+    started = time.perf_counter()
+    assert _reason(large, max_pixels=1_000_000) == "image_too_large"
+    assert time.perf_counter() - started < 0.5
+
+
 def test_formats_outside_the_allow_list_are_not_opened() -> None:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     assert _reason(eps) == "unsupported_format"
