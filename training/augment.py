@@ -79,12 +79,12 @@ def views(image: Image.Image, others: Sequence[Image.Image], seed: Sequence[int]
 
 def alter(image: Image.Image, others: Sequence[Image.Image], rng: np.random.Generator,
           config: AugmentConfig, shown: bool = False) -> Image.Image:
-    """One altered view: ``shown``, a display of copies in their own colours; else a snapshot
-    or a listing, its colours shifted at ``config.colour_jitter``."""
-    if shown:
-        return display(image, others, rng)
+    """One altered view, mirrored half the time: ``shown``, a display of copies in their own
+    colours; else a snapshot or a listing, its colours shifted at ``config.colour_jitter``."""
     if rng.random() < 0.5:
         image = ImageOps.mirror(image)
+    if shown:
+        return display(image, others, rng)
     if rng.random() < config.snapshot_share:
         image = snapshot(image, others, rng)
     else:
@@ -161,8 +161,6 @@ def snapshot(image: Image.Image, others: Sequence[Image.Image],
 def display(image: Image.Image, others: Sequence[Image.Image],
             rng: np.random.Generator) -> Image.Image:
     """Several copies of the product on display, photographed by a phone (see module doc)."""
-    if rng.random() < 0.5:
-        image = ImageOps.mirror(image)
     canvas_size = WORK_SIZE
     canvas = _shelf(others, rng, canvas_size)
     product, mask = _cut_out(image, rng.uniform(0.25, 0.5) * canvas_size / max(image.size))
