@@ -289,43 +289,36 @@ def test_single_photo_products_without_groups_are_not_trained(tmp_path: Path) ->
     assert grouped.report["not_trained"] is None and len(grouped.report["history"]) == 2
 
 
-def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:
+def _train_cli(*args: str, timeout: float = 120) -> Any:
+    """``python -m lookalike train ARGS`` in a process of its own, as a user runs it."""
     import os
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    done = subprocess.run(
-        [sys.executable, "-m", "lookalike", "train", "--catalog", str(tmp_path / "nope.jsonl"),
-         "--out", str(tmp_path / "model")],
-        env=env, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "lookalike", "train", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_reports_a_missing_catalog(tmp_path: Path) -> None:
+    done = _train_cli("--catalog", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "model"))
     assert done.returncode == 2 and "no such catalog file" in done.stderr
 
 
 def test_cli_refuses_an_out_it_cannot_write_before_any_work(tmp_path: Path) -> None:
     """``--out`` is created first: a path under a file (or a folder it may not write) fails in
     one line, exit 2, before the model is built, not after the training."""
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parent.parent
     catalog = _catalog(tmp_path, n_styles=4)
     (tmp_path / "a-file").write_text("not a folder")
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    done = subprocess.run(
-        [sys.executable, "-m", "lookalike", "train", "--catalog", str(catalog),
-         "--out", str(tmp_path / "a-file" / "model")],
-        env=env, capture_output=True, text=True, timeout=120)
+    done = _train_cli("--catalog", str(catalog), "--out", str(tmp_path / "a-file" / "model"))
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("lookalike train: error: cannot create --out")
     assert "Traceback" not in done.stderr
     assert "views" not in done.stderr  # refused before any view was cached
-    done = subprocess.run(  # a catalog it cannot train on leaves no empty folder behind
-        [sys.executable, "-m", "lookalike", "train", "--catalog", str(tmp_path / "a-file"),
-         "--out", str(tmp_path / "model")], env=env, capture_output=True, text=True, timeout=300)
+    # a catalog it cannot train on leaves no empty folder behind
+    done = _train_cli("--catalog", str(tmp_path / "a-file"), "--out", str(tmp_path / "model"),
+                      timeout=300)
     assert done.returncode == 2, done.stderr
     assert not (tmp_path / "model").exists()
 
