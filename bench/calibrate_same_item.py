@@ -33,9 +33,9 @@ from evaluation.cache import EmbeddingCache  # noqa: E402
 from evaluation.protocol import load_gallery, load_queries  # noqa: E402
 from evaluation.run import EmbedStats, embed_files  # noqa: E402
 from evaluation.same_item import SameItemCounts  # noqa: E402
+from search.scene import VERIFY_SIZE  # noqa: E402
 from search.verify import (  # noqa: E402
     SHIFT_PERCENTILES,
-    VERIFY_SIZE,
     Evidence,
     SameItemRule,
     SameItemVerifier,

@@ -31,15 +31,14 @@ from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import ProductSearch
 from search.intent import Match
-from search.verify import (
+from search.scene import (
     CUTOUT_VERSION,
     LIGHT_VERSION,
     VERIFY_SIZE,
     WINDOW_VERSION,
-    SameItemVerifier,
-    photo_features,
     scene_queries,
 )
+from search.verify import SameItemVerifier, photo_features
 from store import MilvusStore, ensure_collections
 
 CHUNK = 64
@@ -56,7 +55,7 @@ class EmbedStats:
     windows: int = 0
     """Query photos also searched with their windows (ten crops each)."""
     lit: int = 0
-    """Scene photos also searched under catalog light (:func:`search.verify.white_patch`;
+    """Scene photos also searched under catalog light (:func:`search.scene.white_patch`;
     those whose light it changes)."""
     cutout_seconds: float = 0.0
     """Time spent looking for cut-outs and windows (decode, segmentation) and embedding
@@ -168,14 +167,14 @@ def embed_scene_queries(
     windows: bool = True,
     light: bool = True,
 ) -> dict[int, NDArray[np.float32]]:
-    """The vectors an image search with a scene photo (:func:`search.verify.is_scene`)
+    """The vectors an image search with a scene photo (:func:`search.scene.is_scene`)
     searches with, for the photos in ``paths`` that have more than their own, by position,
     one row each, in the order of :meth:`search.api.ProductSearch.query_vectors` (the same
     decode, light, crops and embed): the photo's, its own under catalog light
-    (:func:`search.verify.white_patch`), its cut-outs' (:func:`search.verify.cutouts`) and
-    its windows' (:func:`search.verify.windows`), each unless turned off. Cached under the photo's
-    content hash and :data:`~search.verify.LIGHT_VERSION`, :data:`~search.verify.CUTOUT_VERSION`
-    or :data:`~search.verify.WINDOW_VERSION`, and the cut-out's or crop's index (the
+    (:func:`search.scene.white_patch`), its cut-outs' (:func:`search.scene.cutouts`) and
+    its windows' (:func:`search.scene.windows`), each unless turned off. Cached under the photo's
+    content hash and :data:`~search.scene.LIGHT_VERSION`, :data:`~search.scene.CUTOUT_VERSION`
+    or :data:`~search.scene.WINDOW_VERSION`, and the cut-out's or crop's index (the
     cut-outs' and windows' keys name the light too: they are cut from the lit photo)."""
     min_size = getattr(embedder, "decode_size", None)
     version = embedder.model_version

@@ -58,17 +58,14 @@ from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
+from search.scene import VERIFY_SIZE, WINDOW_SCALES, cutouts_of, scene_queries
 from search.verify import (
-    VERIFY_SIZE,
-    WINDOW_SCALES,
     Evidence,
     KeypointMatch,
     Overlay,
     PhotoFeatures,
     SameItemVerifier,
-    cutouts_of,
     photo_features,
-    scene_queries,
 )
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
@@ -264,9 +261,9 @@ class ProductSearch:
         policy other than the configured one (its egress allow-lists, roots, byte cap).
         ``cutout_queries``: image searches also search with a photo's segmented product on
         white when its border does not tell its background (:meth:`by_image`);
-        ``window_queries``: ...and with its :func:`search.verify.windows`;
+        ``window_queries``: ...and with its :func:`search.scene.windows`;
         ``light_queries``: ...and under catalog light, its cut-out and windows cut from
-        that (:func:`search.verify.white_patch`); ``rerank``: an
+        that (:func:`search.scene.white_patch`); ``rerank``: an
         image search checks the geometry of its first products (:meth:`rerank`; needs
         ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
@@ -365,9 +362,9 @@ class ProductSearch:
 
         A photo whose border does not tell its background (a shopper's snapshot, a pack
         re-shot on a backdrop) is also searched with its product cut out on white
-        (:func:`search.verify.cutouts`; a flat face seen at an angle, such as a pack's front,
+        (:func:`search.scene.cutouts`; a flat face seen at an angle, such as a pack's front,
         also turned square-on), as catalogs show products, and with ten crops of the
-        scene (:func:`search.verify.windows`), one of which a product that fills part of the
+        scene (:func:`search.scene.windows`), one of which a product that fills part of the
         photo fills; each product scores by its best match over them all (docs/matching.md,
         "Cut-out queries", "Window queries", "Square-on fronts and fainter keypoints"). A
         photo on white or on a pad searches with itself only."""
@@ -492,7 +489,7 @@ class ProductSearch:
         candidates verified against the query that it matches itself (:meth:`_vouched_below`).
         A photo re-shot on a backdrop (one with a segmented product) also searches with its
         product on white and, a flat face seen at an angle, with that face square-on
-        (:func:`search.verify.cutouts_of`); a candidate's
+        (:func:`search.scene.cutouts_of`); a candidate's
         similarity is the best of them. A photo saved sideways or upside down (one of its
         quarter turns clearly nearer the catalog: :meth:`_upright`) also searches turned
         upright, and is cut out and verified both upright and as it is. Prices are not converted
@@ -699,7 +696,7 @@ class ProductSearch:
     def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, in one embedder call:
         each photo's, followed by its own under catalog light when it is a scene
-        (:func:`search.verify.white_patch`), its cut-out's when it has one and its windows'
+        (:func:`search.scene.white_patch`), its cut-out's when it has one and its windows'
         when it has them, cut from the lit photo (:meth:`by_image`)."""
         pictures = []
         for image in images:

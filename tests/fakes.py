@@ -190,6 +190,11 @@ def reshot_on_backdrop(photo: Image.Image,
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
+def on_counter(photo: Image.Image) -> Image.Image:
+    """A shopper's re-shot photo, on another backdrop under another lamp."""
+    return reshot_on_backdrop(photo, colours=((60, 140, 90), (170, 160, 120)), texture_seed=2)
+
+
 def printed_pack(name: str) -> Image.Image:
     """A printed pack: a busy picture with a label box holding the product's name."""
     pack = textured_photo(4)

@@ -19,7 +19,8 @@ from evaluation.same_item import gallery_verifier
 from lookalike.cli import main
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
-from search.verify import SameItemVerifier, white_patch
+from search.scene import white_patch
+from search.verify import SameItemVerifier
 from store import MilvusStore, ensure_collections
 from tests.fakes import TinyEmbedder, reshot_on_backdrop, textured_photo
 
@@ -269,7 +270,7 @@ def test_eval_reranks_searches_by_geometry_as_the_search_api_does(
 
 def test_eval_searches_scene_photos_under_catalog_light(tmp_path: Path) -> None:
     """Re-shot queries taken under a dim, tinted light are also searched as
-    ``search.verify.white_patch`` brings them back to catalog light (the shot, and the
+    ``search.scene.white_patch`` brings them back to catalog light (the shot, and the
     cut-out cut from it), as the search API searches them; ``light_queries=False`` only
     as taken."""
     paths = write_reshot_protocol(tmp_path)

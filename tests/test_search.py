@@ -20,15 +20,13 @@ from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import Hit, PriceMatch, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
+from search.scene import cutouts, white_patch, windows
 from search.verify import (
     Alignment,
     Evidence,
     SameItemRule,
     SameItemVerifier,
-    cutouts,
     photo_features,
-    white_patch,
-    windows,
 )
 from store import ensure_collections
 from tests import milvus_support
@@ -300,7 +298,7 @@ def test_fresh_writes_are_searchable_at_once(milvus: Milvus, spec: CollectionSpe
 def test_a_photo_reshot_on_a_backdrop_also_searches_with_its_product_on_white(
         catalog: Catalog) -> None:
     """The shot as taken finds what looks like it *with* the backdrop; its segmented product
-    on white (search/verify.product_on_white) finds the catalog's photo on white. The fake
+    on white (search.scene.product_on_white) finds the catalog's photo on white. The fake
     embedder reads a picture's corner: the backdrop's for the shot, white for the cut-out."""
     shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
     corner = shot.getpixel((0, 0))
@@ -318,7 +316,7 @@ def test_a_photo_reshot_on_a_backdrop_also_searches_with_its_product_on_white(
 def test_a_snapshot_also_searches_with_its_product_on_white(
         catalog: Catalog, milvus: Milvus) -> None:
     """``by_image`` of a photo whose border does not tell its background also searches with
-    its product cut out on white (search.verify.cutouts), each product scored by the better of
+    its product cut out on white (search.scene.cutouts), each product scored by the better of
     the two; the fake embedder reads a picture's corner: the backdrop's for the shot (the
     direction of "far"), white for the cut-out (that of the tees)."""
     shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
@@ -358,7 +356,7 @@ def _read_as(embedder: FakeEmbedder, pictures: list[Image.Image], vector: list[f
 
 def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Milvus) -> None:
     """A product that fills part of a scene photo fills most of one of its windows
-    (search.verify.windows), and ``by_image`` also searches with them, each product scored
+    (search.scene.windows), and ``by_image`` also searches with them, each product scored
     by its best match. The fake embedder reads a picture's top-left pixel: a red mark a
     quarter into the photo is the corner of its bottom-right window at 75% (tee-1's
     direction); the shot, its cut-out and every other window read a direction nearer far's."""
@@ -393,7 +391,7 @@ def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Mil
 
 def test_a_scene_is_searched_under_catalog_light(catalog: Catalog, milvus: Milvus) -> None:
     """A scene photo taken under a dim, tinted light is also searched as
-    ``verify.white_patch`` brings it back to catalog light
+    ``scene.white_patch`` brings it back to catalog light
     (LOOKALIKE_SEARCH__LIGHT_QUERIES, on by default); turned off, only as taken. The fake
     embedder reads the top-left pixel: the lit photo's is tee-1's direction, the photo as
     taken far's (0.5 away)."""
