@@ -2,10 +2,11 @@
 
 GALLERY.jsonl: one product per line, as ``lookalike publish`` reads it (``product_id``,
 ``category``, ``images``: each a path string or an object with ``path``, relative to the
-file's folder); ``title``, ``price``, ``currency`` and ``seller_id`` may be null or missing,
-unknown keys are ignored. For ``--task same-item`` each line is a listing: several may show
-the same item, even with the same photo. QUERIES.jsonl: ``{"image": PATH, "relevant":
-[product_id, ...]}`` per line, ``PATH`` relative to the queries file's folder.
+file's folder); ``title``, ``price``, ``currency`` and ``seller_id`` may be null or missing
+(given, within a product event's limits), unknown keys are ignored. For ``--task same-item``
+each line is a listing: several may show the same item, even with the same photo.
+QUERIES.jsonl: ``{"image": PATH, "relevant": [product_id, ...]}`` per line, ``PATH`` relative
+to the queries file's folder.
 
 Every mistake is a :class:`ProtocolError` naming the file, the line and the problem: a missing
 image or an unknown relevant product would otherwise turn into a silent zero.
@@ -13,15 +14,26 @@ image or an unknown relevant product would otherwise turn into a silent zero.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from ingest.publish import catalog_lines
-from schema.events import normalize_category
+from schema.collection import MAX_PRODUCT_ID_BYTES
+from schema.events import Currency, normalize_category
+from store.expressions import check_string
 
 MAX_LISTED = 5
 """Problems of one kind shown in an error before '... and N more'."""
+MAX_PRICE = 1e12
+MAX_TITLE = 512
+MAX_SELLER = 128
+"""Limits of a listing's price and text fields: the product events' (:mod:`schema.events`),
+which the collection's fields are sized for."""
+_CURRENCY: TypeAdapter[str] = TypeAdapter(Currency)
 
 
 class ProtocolError(ValueError):
@@ -86,6 +98,42 @@ def _missing(paths: list[tuple[str, Path]], what: str) -> None:
         raise ProtocolError(f"{len(gone)} {what} image(s) not found: {shown}{more}")
 
 
+def _price(value: Any, where: str) -> float:
+    """A listing's price as the catalog allows it (0 to ``MAX_PRICE``), 0 when null or missing:
+    NaN or infinity would sort price comparison's listings arbitrarily."""
+    if value is None:
+        return 0.0
+    try:
+        price = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        price = math.nan
+    if not (math.isfinite(price) and 0.0 <= price <= MAX_PRICE):
+        raise ProtocolError(f"{where}: price must be a number from 0 to {MAX_PRICE:,.0f} or null, "
+                            f"got {str(value)[:40]!r}")
+    return price
+
+
+def _currency(value: Any, where: str) -> str:
+    """The listing's currency, checked as product events check it; ``XXX`` when missing."""
+    if value is None or value == "":
+        return "XXX"
+    try:
+        return str(_CURRENCY.validate_python(value))
+    except ValidationError:
+        raise ProtocolError(f"{where}: currency must be a 3-letter ISO 4217 code such as USD, "
+                            f"got {str(value)[:40]!r}") from None
+
+
+def _text(obj: dict[str, Any], key: str, default: str, most: int, where: str) -> str:
+    value = obj.get(key)
+    if value is None or value == "":
+        return default
+    text = str(value)
+    if len(text) > most:
+        raise ProtocolError(f"{where}: {key} must be at most {most} characters")
+    return text
+
+
 def load_gallery(path: Path) -> list[GalleryProduct]:
     base = path.resolve().parent
     products: list[GalleryProduct] = []
@@ -96,6 +144,12 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
         pid = obj.get("product_id")
         if not isinstance(pid, str) or not pid:
             raise ProtocolError(f"{where}: product_id must be a non-empty string")
+        try:  # it goes into the store's expressions, which refuse control characters
+            check_string(pid, "product_id")
+        except ValueError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
+        if len(pid.encode()) > MAX_PRODUCT_ID_BYTES:
+            raise ProtocolError(f"{where}: product_id must be at most {MAX_PRODUCT_ID_BYTES} bytes")
         if pid in seen:
             raise ProtocolError(f"{where}: product_id {pid!r} repeats line {seen[pid]}")
         seen[pid] = number
@@ -108,15 +162,10 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
             raise ProtocolError(f"{where}: images must be a non-empty list")
         paths = tuple(_image_path(entry, base, where) for entry in images)
         to_check.extend((where, p) for p in paths)
-        price = obj.get("price")
-        try:
-            price_value = float(price) if price is not None else 0.0
-        except (TypeError, ValueError):
-            raise ProtocolError(f"{where}: price must be a number or null") from None
         products.append(GalleryProduct(
-            product_id=pid, category=category, title=str(obj.get("title") or ""),
-            price=price_value, currency=str(obj.get("currency") or "XXX"), images=paths,
-            seller_id=str(obj.get("seller_id") or "eval"),
+            product_id=pid, category=category, title=_text(obj, "title", "", MAX_TITLE, where),
+            price=_price(obj.get("price"), where), currency=_currency(obj.get("currency"), where),
+            images=paths, seller_id=_text(obj, "seller_id", "eval", MAX_SELLER, where),
         ))
     _missing(to_check, "gallery")
     return products

@@ -145,6 +145,26 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
         (lambda root: _append(root / "gallery.jsonl", {"product_id": "z", "category": "A"}),
          "images must be a non-empty list"),
         (lambda root: _append(root / "gallery.jsonl", "not json"), "invalid JSON"),
+        # hostile listing fields: refused on their line, before they reach the store
+        *[(lambda root, value=value: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": "A", "images": ["g/red.png"], "price": value}),
+           "price must be a number from 0 to 1,000,000,000,000 or null")
+          for value in ("NaN", "inf", -3, 1e13, True, "cheap", [1])],
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": "A", "images": ["g/red.png"],
+            "currency": "us dollars"}), "currency must be a 3-letter ISO 4217 code"),
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z\n", "category": "A", "images": ["g/red.png"]}),
+         "product_id must not contain control characters"),
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z" * 129, "category": "A", "images": ["g/red.png"]}),
+         "product_id must be at most 128 bytes"),
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": "A", "images": ["g/red.png"], "title": "t" * 513}),
+         "title must be at most 512 characters"),
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": "A", "images": ["g/red.png"], "seller_id": "s" * 129}),
+         "seller_id must be at most 128 characters"),
     ],
 )
 def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> None:
@@ -186,6 +206,18 @@ def test_multi_view_queries_search_with_every_view(tmp_path: Path) -> None:
     report = _run(tmp_path, TinyEmbedder(), None, "multi")
     assert report.summary.overall["R@1"] == 1.0
     assert report.summary.n_queries == 6
+
+
+def test_listing_fields_may_be_missing_or_lenient(tmp_path: Path) -> None:
+    """A gallery line needs an id, a category and images; a missing price is 0, a missing
+    currency ``XXX``, a price given as a string of digits is read, and an id with quotes is
+    kept as it is (the store quotes it)."""
+    g, _ = write_protocol(tmp_path)
+    _append(g, {"product_id": 'z" or "1', "category": "A", "images": ["g/red.png"],
+                "price": "12.5", "currency": None, "seller_id": 7})
+    last = load_gallery(g)[-1]
+    assert (last.product_id, last.price, last.currency, last.seller_id) == ('z" or "1', 12.5,
+                                                                           "XXX", "7")
 
 
 def _append(path: Path, obj: Any) -> None:
