@@ -41,6 +41,7 @@ from schema.versions import ModelRetiredError
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import MilvusStore
+from store.expressions import check_string
 from store.versions import ModelVersions
 
 if TYPE_CHECKING:
@@ -185,6 +186,11 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
 def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
     if (args.image is None) == (args.product_id is None):
         raise UserError("give either IMAGE or --product-id")
+    if args.product_id is not None:  # an id the store's expressions refuse, before the model
+        try:
+            check_string(args.product_id, "--product-id")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     search_filter = _search_filter(args)
     image = None if args.image is None else _query_images(settings, [args.image])[0]
     searcher = _searcher(settings)

@@ -101,6 +101,19 @@ def test_threshold_outside_cosine_range_is_an_error(
     assert "compare_threshold" in one_error(capsys, "compare-prices")
 
 
+@pytest.mark.parametrize("product_id", ["x\ny", "a\x00", "x" * 5000])
+def test_a_product_id_the_store_refuses_is_an_error(
+    product_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    code = main(["compare-prices", "--product-id", product_id,
+                 "--milvus-uri", str(tmp_path / "x.db")])
+    assert code == ExitCode.USAGE
+    assert "--product-id" in one_error(capsys, "compare-prices")
+    assert not (tmp_path / "x.db").exists()
+    assert time.monotonic() - started < 10  # decided before any model loads
+
+
 def test_a_non_number_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["search", "q.png", "-k", "ten"])
