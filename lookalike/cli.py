@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import Settings
@@ -216,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = exc.errors(include_url=False)[0]
         print(f"{prog}: error: invalid LOOKALIKE_ setting {'.'.join(map(str, error['loc']))}: "
               f"{error['msg']}", file=sys.stderr)
+        return ExitCode.USAGE
+    except SettingsError as exc:  # a list or object setting that is not JSON
+        print(f"{prog}: error: invalid LOOKALIKE_ setting: {exc} (lists and objects are JSON, "
+              "e.g. LOOKALIKE_IMAGES__ROOTS='[\"/data/images\"]')", file=sys.stderr)
         return ExitCode.USAGE
     logging.basicConfig(
         level=(args.log_level or settings.log_level).upper(),

@@ -327,3 +327,11 @@ def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch,
     assert main(["models"]) == ExitCode.USAGE
     line = one_error(capsys, "models")
     assert "LOOKALIKE_ setting search.k" in line and "integer" in line
+
+
+def test_a_list_setting_that_is_not_json_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOOKALIKE_IMAGES__ROOTS", "/data/images")  # not a JSON list
+    assert main(["models"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert '"images"' in line and "LOOKALIKE_IMAGES__ROOTS='[" in line
