@@ -29,11 +29,17 @@ class EmbeddingCache:
     """``(model_version, sha256 of the image bytes) -> float32 vector``."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the cache at ``path``; :class:`OSError` or :class:`sqlite3.Error`
+        when it cannot be (a folder, a file that is not SQLite, a parent that cannot be made)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path)
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        try:
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.Error:
+            self._db.close()
+            raise
 
     def get_many(self, model_version: str, hashes: Sequence[str]) -> dict[str, NDArray[np.float32]]:
         found: dict[str, NDArray[np.float32]] = {}

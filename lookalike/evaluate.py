@@ -10,11 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from evaluation.cache import EmbeddingCache
-from evaluation.protocol import ProtocolError, load_gallery, load_queries
+from evaluation.protocol import (
+    GalleryProduct,
+    ProtocolError,
+    Query,
+    load_gallery,
+    load_queries,
+)
 from evaluation.run import EvalReport, evaluate
 from evaluation.same_item import (
     SameItemReport,
@@ -39,10 +46,38 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     details: Path | None = args.details
     if details is not None:
         _write_details(details, [])  # a path that cannot be written fails now, not after
+    cache = None if args.no_cache else _open_cache(args.cache)  # so does a bad --cache
+    try:
+        report = _evaluate(settings, args, products, queries, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    if details is not None:
+        _write_details(details, report.details)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    elif isinstance(report, SameItemReport):
+        print_same_item(report)
+    else:
+        print_report(report, args.match)
+    return 0
+
+
+def _open_cache(path: Path) -> EmbeddingCache:
+    try:
+        return EmbeddingCache(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UserError(f"cannot use --cache {path}: {reason}") from None
+
+
+def _evaluate(settings: Settings, args: argparse.Namespace, products: list[GalleryProduct],
+              queries: list[Query], cache: EmbeddingCache | None
+              ) -> EvalReport | SameItemReport:
+    """The evaluation in a scratch collection, dropped afterwards."""
     with scratch_milvus(settings, args.milvus_uri) as scratch:
         store = open_store(scratch, create=True)  # an unreachable server fails before the model
         embedder = build_embedder(settings)
-        cache = None if args.no_cache else EmbeddingCache(args.cache)
         spec = CollectionSpec(name=scratch.milvus.collection, dim=embedder.dim)
         report: EvalReport | SameItemReport
         try:
@@ -76,17 +111,7 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
             except Exception as exc:  # never hide the evaluation's own error
                 log.warning("could not drop %s: %s", spec.name, exc)
             store.close()
-            if cache is not None:
-                cache.close()
-    if details is not None:
-        _write_details(details, report.details)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    elif isinstance(report, SameItemReport):
-        print_same_item(report)
-    else:
-        print_report(report, args.match)
-    return 0
+    return report
 
 
 def _write_details(path: Path, lines: list[dict[str, Any]]) -> None:

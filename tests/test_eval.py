@@ -232,6 +232,26 @@ def test_undecodable_image_is_a_clear_error(tmp_path: Path) -> None:
         _run(tmp_path, TinyEmbedder(), None, "broken")
 
 
+@pytest.mark.parametrize("cache", ["not-sqlite", "a-folder", "under-a-file"])
+def test_a_cache_that_cannot_be_used_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    cache: str
+) -> None:
+    """``--cache`` at a file that is not SQLite, at a folder, or under a file: one line, exit
+    2, before the model loads or a collection is made (the evaluation is never reached)."""
+    g, q = write_protocol(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not-sqlite").write_text("garbage")
+    (tmp_path / "a-folder").mkdir()
+    path = {"not-sqlite": tmp_path / "not-sqlite", "a-folder": tmp_path / "a-folder",
+            "under-a-file": tmp_path / "not-sqlite" / "c.sqlite"}[cache]
+    monkeypatch.setattr("lookalike.evaluate._evaluate", lambda *a: pytest.fail("evaluated"))
+    assert main(["eval", "--gallery", str(g), "--queries", str(q), "--cache", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot use --cache {path}: " in err[0], err
+    assert (tmp_path / "not-sqlite").read_text() == "garbage"  # left as it was
+
+
 @pytest.mark.model
 def test_cli_eval_json_with_the_real_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
