@@ -116,6 +116,9 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
     """
     uri, m = settings.milvus.uri, settings.milvus
     lite = is_lite_uri(uri)
+    if lite and _foreign_folder(Path(uri)):
+        raise UserError(f"{uri} is a folder that holds no Milvus Lite database (check "
+                        "--milvus-uri or LOOKALIKE_MILVUS__URI); nothing was written to it")
     if lite and not Path(uri).exists():
         if not create:
             raise UserError(
@@ -149,6 +152,19 @@ def close_stores() -> None:
             store.close()
         except Exception as exc:  # closing must not hide the command's own outcome
             log.warning("closing the Milvus store failed: %s", exc)
+
+
+LITE_ENTRIES = frozenset({"LOCK", "databases", "collections"})
+"""What Milvus Lite (3.x) keeps in a database folder, from the moment it opens one."""
+
+
+def _foreign_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder with something in it but nothing of Milvus Lite's: opening
+    it would write a database among someone's files (``--milvus-uri var``, a photo folder)."""
+    if not path.is_dir():
+        return False
+    names = {entry.name for entry in path.iterdir()}
+    return bool(names) and not names & LITE_ENTRIES
 
 
 def _lite_locked(path: Path) -> bool:

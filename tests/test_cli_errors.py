@@ -157,6 +157,24 @@ def test_a_mistyped_lite_path_is_an_error_and_creates_nothing(
     assert not typo.exists()
 
 
+@pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"], ["reindex"],
+                                     ["compare-prices", "--product-id", "p"]])
+def test_a_folder_that_is_no_lite_database_is_an_error_and_stays_as_it_was(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--milvus-uri`` at an existing folder of other files (``var``, a photo folder): Milvus
+    Lite would turn it into a database (a LOCK file, its own folders) even for a command
+    that only reads."""
+    image = write_image(tmp_path / "q.png", seed=2)
+    argv = [str(image) if a == "IMAGE" else a for a in command]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    assert main([*argv, "--milvus-uri", str(folder)]) == ExitCode.USAGE
+    assert "holds no Milvus Lite database" in one_error(capsys, command[0])
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]
+
+
 @pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"]])
 def test_milvus_on_a_closed_port(command: list[str], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
