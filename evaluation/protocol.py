@@ -23,16 +23,17 @@ from pydantic import TypeAdapter, ValidationError
 
 from ingest.publish import catalog_lines
 from schema.collection import MAX_PRODUCT_ID_BYTES
-from schema.events import Currency, normalize_category
+from schema.events import (
+    MAX_PRICE,
+    MAX_SELLER_CHARS,
+    MAX_TITLE_CHARS,
+    Currency,
+    normalize_category,
+)
 from store.expressions import check_string
 
 MAX_LISTED = 5
 """Problems of one kind shown in an error before '... and N more'."""
-MAX_PRICE = 1e12
-MAX_TITLE = 512
-MAX_SELLER = 128
-"""Limits of a listing's price and text fields: the product events' (:mod:`schema.events`),
-which the collection's fields are sized for."""
 _CURRENCY: TypeAdapter[str] = TypeAdapter(Currency)
 
 
@@ -99,16 +100,17 @@ def _missing(paths: list[tuple[str, Path]], what: str) -> None:
 
 
 def _price(value: Any, where: str) -> float:
-    """A listing's price as the catalog allows it (0 to ``MAX_PRICE``), 0 when null or missing:
-    NaN or infinity would sort price comparison's listings arbitrarily."""
+    """A listing's price as the catalog allows it (0 to :data:`schema.events.MAX_PRICE`), 0
+    when null or missing: NaN or infinity would sort price comparison's listings arbitrarily."""
     if value is None:
         return 0.0
     try:
         price = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
         price = math.nan
-    if not (math.isfinite(price) and 0.0 <= price <= MAX_PRICE):
-        raise ProtocolError(f"{where}: price must be a number from 0 to {MAX_PRICE:,.0f} or null, "
+    most = float(MAX_PRICE)
+    if not (math.isfinite(price) and 0.0 <= price <= most):
+        raise ProtocolError(f"{where}: price must be a number from 0 to {most:,.0f} or null, "
                             f"got {str(value)[:40]!r}")
     return price
 
@@ -163,9 +165,10 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
         paths = tuple(_image_path(entry, base, where) for entry in images)
         to_check.extend((where, p) for p in paths)
         products.append(GalleryProduct(
-            product_id=pid, category=category, title=_text(obj, "title", "", MAX_TITLE, where),
+            product_id=pid, category=category,
+            title=_text(obj, "title", "", MAX_TITLE_CHARS, where),
             price=_price(obj.get("price"), where), currency=_currency(obj.get("currency"), where),
-            images=paths, seller_id=_text(obj, "seller_id", "eval", MAX_SELLER, where),
+            images=paths, seller_id=_text(obj, "seller_id", "eval", MAX_SELLER_CHARS, where),
         ))
     _missing(to_check, "gallery")
     return products

@@ -32,6 +32,13 @@ from schema.errors import ItemError, Reason
 
 SCHEMA_VERSION: Final = 1
 
+MAX_TITLE_CHARS: Final = 512
+MAX_CATEGORY_CHARS: Final = 512
+MAX_SELLER_CHARS: Final = 128
+MAX_PRICE: Final = Decimal("1e12")
+"""Limits of a listing's text fields and price; the collection's fields are sized for them
+(:mod:`schema.collection`) and ``lookalike eval`` holds its galleries to them."""
+
 MAX_EVENT_BYTES: Final = 1024 * 1024
 """Largest payload parsed at all (larger: ``message_too_large``); Kafka's default limit."""
 MAX_NESTING: Final = 16
@@ -56,7 +63,7 @@ Currency = Annotated[
 ]
 Price = Annotated[
     Decimal,
-    Field(ge=0, le=Decimal("1e12"), max_digits=18, decimal_places=4, allow_inf_nan=False),
+    Field(ge=0, le=MAX_PRICE, max_digits=18, decimal_places=4, allow_inf_nan=False),
 ]
 Version = Annotated[
     int,
@@ -213,12 +220,12 @@ class ProductUpserted(_EventBase):
     """The full current state of a listing; replaces whatever was stored for the product."""
 
     type: Literal["product.upserted"] = "product.upserted"
-    title: Annotated[str, Field(min_length=1, max_length=512)]
-    category: Annotated[str, Field(min_length=1, max_length=512)]
+    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
+    category: Annotated[str, Field(min_length=1, max_length=MAX_CATEGORY_CHARS)]
     price: Price
     currency: Currency
     images: Annotated[list[ImageRef], Field(min_length=1, max_length=MAX_IMAGES_PER_PRODUCT)]
-    seller_id: Annotated[str, Field(min_length=1, max_length=128)]
+    seller_id: Annotated[str, Field(min_length=1, max_length=MAX_SELLER_CHARS)]
     attributes: Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(
         max_length=64
     )] = Field(default_factory=dict)
