@@ -33,13 +33,13 @@ from evaluation.cache import EmbeddingCache  # noqa: E402
 from evaluation.protocol import load_gallery, load_queries  # noqa: E402
 from evaluation.run import EmbedStats, embed_files  # noqa: E402
 from evaluation.same_item import SameItemCounts  # noqa: E402
+from search.features import photo_features  # noqa: E402
 from search.scene import VERIFY_SIZE  # noqa: E402
 from search.verify import (  # noqa: E402
     SHIFT_PERCENTILES,
     Evidence,
     SameItemRule,
     SameItemVerifier,
-    photo_features,
 )
 
 MAX_PIXELS = 40_000_000

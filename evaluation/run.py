@@ -30,6 +30,7 @@ from schema.collection import CollectionSpec
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import ProductSearch
+from search.features import photo_features
 from search.intent import Match
 from search.scene import (
     CUTOUT_VERSION,
@@ -38,7 +39,7 @@ from search.scene import (
     WINDOW_VERSION,
     scene_queries,
 )
-from search.verify import SameItemVerifier, photo_features
+from search.verify import SameItemVerifier
 from store import MilvusStore, ensure_collections
 
 CHUNK = 64

@@ -56,17 +56,11 @@ from pydantic import BaseModel, ConfigDict
 from embedding.embedder import Embedder
 from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
+from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match
 from search.scene import VERIFY_SIZE, WINDOW_SCALES, cutouts_of, scene_queries
-from search.verify import (
-    Evidence,
-    KeypointMatch,
-    Overlay,
-    PhotoFeatures,
-    SameItemVerifier,
-    photo_features,
-)
+from search.verify import Evidence, Overlay, SameItemVerifier
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
 from store.expressions import check_string

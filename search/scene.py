@@ -82,7 +82,7 @@ def at_verify_size(image: Image.Image) -> Image.Image:
 
 
 def half_size(rgb: Image.Image) -> NDArray[np.uint8]:
-    """The photo at exactly half its size (:data:`search.verify.TO_HALF`): an odd last row or
+    """The photo at exactly half its size (:data:`search.features.TO_HALF`): an odd last row or
     column is left out first, so that the scale is one half across the whole photo (not 130 /
     261)."""
     width, height = max(1, rgb.width // 2), max(1, rgb.height // 2)
@@ -92,7 +92,7 @@ def half_size(rgb: Image.Image) -> NDArray[np.uint8]:
 
 def cutouts(image: Image.Image) -> list[Image.Image]:
     """:func:`product_on_white` of ``image`` with its product segmented as
-    :func:`search.verify.photo_features` segments it, followed by :func:`front_on_white` when
+    :func:`search.features.photo_features` segments it, followed by :func:`front_on_white` when
     the product is a flat face seen at an angle; empty for a photo whose border tells its
     background (a catalog photo on white, a padded one) or without a product found."""
     return cutouts_of(image, product_mask(half_size(at_verify_size(image))))

@@ -9,7 +9,8 @@ carry tell them apart:
   RANSAC homography: the matches that agree with one plane-to-plane mapping are *inliers*. A
   copy of the same photo, re-encoded, resized, cropped, padded, tagged, brightened or turned
   a little, keeps dozens to hundreds of them; another product, even of the same cut, keeps a
-  handful (chance matches on edges that no single mapping explains).
+  handful (chance matches on edges that no single mapping explains). The features of one
+  photo and the matching are :mod:`search.features`; this module compares and decides.
 * **Colour.** The cosine of the two photos' foreground colour histograms
   (:func:`embedding.colour.colour_descriptor`, the colour block of the default vector): the
   other colours of one style share the geometry of its photos, not their colours.
@@ -58,50 +59,29 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from embedding.colour import (
-    COLOUR_SIZE,
-    background_mask,
-    colour_descriptor,
-    foreground_weights,
-)
+from embedding.colour import foreground_weights
 from embedding.decode import decode_image
-from embedding.preprocess import pad_to_square
 from ingest.fetch import ImageFetcher
 from ingest.reindex import stored_image
-from search.scene import VERIFY_SIZE, at_verify_size, half_size, product_mask
-from store.blas import one_blas_thread
+from search.features import (
+    KeypointMatch,
+    PhotoFeatures,
+    SilhouetteAgreement,
+    coarse_homography,
+    in_half_px,
+    mirrored,
+    photo_features,
+    ransac,
+    ratio_matches,
+    refine_homography,
+    silhouette_agreement,
+    unmirror,
+)
+from search.scene import VERIFY_SIZE
 
-TO_HALF = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])
-"""``VERIFY_SIZE`` px -> half px (:func:`search.scene.half_size`), pixel centres as OpenCV's
-keypoints and warps place them: half px ``j`` is centred where px ``2j`` and ``2j + 1`` meet, at
-``2j + 0.5``. Plain halving (``x / 2``) is a quarter pixel off at each end, which cancels in
-a mapping that keeps the photo's orientation and size and adds up to half a pixel in one
-that turns or mirrors it (or enlarges a small photo threefold): along small print, enough to
-read as another print (a quarter-turned re-shoot's print agreement fell from 0.93 to 0.42;
-docs/matching.md, "Pixel centres")."""
-TO_HALF.setflags(write=False)
-FROM_HALF = np.linalg.inv(TO_HALF)
-"""Half px -> ``VERIFY_SIZE`` px (the inverse of :data:`TO_HALF`)."""
-FROM_HALF.setflags(write=False)
-MAX_FEATURES = 800
-SIFT_CONTRAST = 0.02
-"""SIFT's contrast threshold (OpenCV's default is 0.04): half the default finds about twice
-the keypoints on a plain garment or a small, soft photo (a 28 px article enlarged),
-where the default found too few to match; a busy photo keeps its ``MAX_FEATURES`` strongest
-as before (docs/matching.md, "Square-on fronts and fainter keypoints")."""
-RATIO = 0.75
-"""Lowe's ratio test: a match counts when its best distance is < RATIO x the second best."""
 VOTE_FEATURES = 100
 """Query keypoints (evenly spread through its list) whose descriptors vote for a listing
 photo in :meth:`SameItemVerifier.keypoint_votes`."""
-RANSAC_PX = 6.0
-"""Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
-COPIES_MIN_INLIERS = 24
-"""Inliers a match for copies (:func:`_ransac` with ``copies``: a shelf or a pile showing the
-product several times) must find to count. Matched one way, several of the query's
-keypoints may take one of the listing's, so chance finds more than it finds both ways: over
-the 2,412 pairs of luma-views' re-ranking, at most 13 where both ways found fewer than 12;
-twice the re-ranking's 12 (docs/matching.md, "Shelves and piles")."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
 Overlay = Literal["open", "covers", "closed", "relit"]
@@ -144,11 +124,6 @@ MIN_OVERLAP_PX = 64
 """Aligned foreground pixels (at half ``VERIFY_SIZE``) needed to compare two photos."""
 NEAR_INLIER_PX = 8
 """Radius (px at half ``VERIFY_SIZE``) of an inlier's neighbourhood."""
-ECC_STEPS = 40
-"""Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
-REFINE_STEPS = 30
-"""Iterations of the ECC refinement of a keypoint mapping (:func:`refine_homography`):
-~5-10 ms a pair."""
 COARSE_REFINE_REACH = 0.05
 """A keypoint-free alignment is refined only when it falls short of the rule's limits and
 its correlation is within this of ``SameItemRule.coarse_correlation``: refining raised a
@@ -285,31 +260,6 @@ the comparison of the rest."""
 _Fit = TypeVar("_Fit")
 GalleryLoader = Callable[[str], Image.Image]
 """``image_ref`` -> the stored listing's photo; raises with a reason when it cannot."""
-
-
-@dataclass(frozen=True)
-class PhotoFeatures:
-    """What verification needs of one photo, computed once (and cached for gallery photos)."""
-
-    points: NDArray[np.float32]
-    """(n, 2) keypoint positions in px at ``VERIFY_SIZE``."""
-    descriptors: NDArray[np.float32] | None
-    colour: NDArray[np.float32]
-    small: NDArray[np.uint8]
-    """The photo at half ``VERIFY_SIZE`` (RGB), for the aligned comparison."""
-    product: NDArray[np.bool_] | None = None
-    """Where ``small`` shows the product, segmented (:func:`product_mask`) when its border
-    does not tell the background (a photo re-shot on a backdrop); None when it does."""
-    grey: NDArray[np.uint8] | None = None
-    """The grey photo at ``VERIFY_SIZE``, kept for a query photo only (``keep_grey``), so
-    that a re-listing that mirrors it can be matched (:func:`mirrored`)."""
-
-    @cached_property
-    def silhouette(self) -> Silhouette | None:
-        """The photo's product as :func:`silhouette_agreement` compares it (None when the
-        photo shows none to compare), computed at first use and kept with the features: once
-        per query photo, and once per listing photo while the verifier caches it."""
-        return _silhouette(self)
 
 
 @dataclass(frozen=True)
@@ -1202,93 +1152,6 @@ class SameItemRule:
 
 
 @dataclass(frozen=True)
-class SilhouetteAgreement:
-    """How two photos of plain products compare without keypoints or an alignment
-    (:func:`silhouette_agreement`): the evidence of :meth:`SameItemRule.decide_silhouette`."""
-
-    overlap: float
-    """Intersection over union of the two products' masks, each scaled to its bounding box
-    at ``OUTLINE_PX`` square (the shape, whatever its size and place in the photo)."""
-    chroma: float
-    """Largest difference, over the channels, of the two products' median colours each
-    divided by its channel sum (the colour whatever its brightness)."""
-    brightness: float
-    """The query product's median brightness over the listing's."""
-    keypoints: int
-    """SIFT keypoints on the listing's product."""
-    saturation: float
-    """How far the listing product's median colour is from grey: (max - min) / max of its
-    channels (0 for grey, black or white)."""
-
-
-OUTLINE_PX = 64
-"""Side of the square each product's mask is scaled to (:attr:`SilhouetteAgreement.overlap`)."""
-MIN_OUTLINE_PIXELS = 64
-"""Fewest product pixels (at half ``VERIFY_SIZE``) :func:`silhouette_agreement` compares."""
-
-
-def silhouette_agreement(query: PhotoFeatures, other: PhotoFeatures
-                         ) -> SilhouetteAgreement | None:
-    """The outline and colour of the two photos' products compared
-    (:class:`SilhouetteAgreement`); None when either photo shows no product to compare (found
-    neither by its segmentation nor by its background)."""
-    mine, theirs = query.silhouette, other.silhouette
-    if mine is None or theirs is None:
-        return None
-    union = max(int(np.count_nonzero(mine.outline | theirs.outline)), 1)
-    sums = (max(float(mine.median.sum()), 1.0), max(float(theirs.median.sum()), 1.0))
-    chroma = float(np.abs(mine.median / sums[0] - theirs.median / sums[1]).max())
-    saturation = float(np.ptp(theirs.median) / max(float(theirs.median.max()), 1.0))
-    return SilhouetteAgreement(int(np.count_nonzero(mine.outline & theirs.outline)) / union,
-                               chroma, sums[0] / sums[1], theirs.keypoints, saturation)
-
-
-@dataclass(frozen=True)
-class Silhouette:
-    """One photo's product as :func:`silhouette_agreement` compares it
-    (:attr:`PhotoFeatures.silhouette`)."""
-
-    outline: NDArray[np.bool_]
-    """The product's mask cropped to its bounding box and scaled to ``OUTLINE_PX`` square."""
-    median: NDArray[np.float32]
-    """The median colour (RGB) of the product's pixels."""
-    keypoints: int
-    """SIFT keypoints on the product."""
-
-
-def _silhouette(features: PhotoFeatures) -> Silhouette | None:
-    """:attr:`PhotoFeatures.silhouette`: read where the photo (at half ``VERIFY_SIZE``) shows
-    its product, its segmented mask or else what is not background, with the tolerance
-    fitted to a one-colour backdrop (:func:`embedding.colour.background_mask` with ``snug``:
-    a product near its backdrop's colour keeps its outline); None when too little is found. Not
-    :func:`embedding.colour.foreground_weights`, whose centred ellipse where no background is
-    told would pass for an outline."""
-    if features.product is not None:
-        mask = features.product
-    else:
-        background = background_mask(features.small, snug=True)
-        if background is None:
-            return None
-        mask = ~background
-    if np.count_nonzero(mask) < MIN_OUTLINE_PIXELS:
-        return None
-    height, width = mask.shape
-    points = np.clip((features.points / 2).astype(np.int64), 0, [width - 1, height - 1])
-    keypoints = int(np.count_nonzero(mask[points[:, 1], points[:, 0]])) if len(points) else 0
-    median = np.median(features.small[mask].astype(np.float32), axis=0).astype(np.float32)
-    return Silhouette(_outline(mask), median, keypoints)
-
-
-def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """``mask`` cropped to its bounding box and scaled to ``OUTLINE_PX`` square."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8) * 255
-    scaled = cv2.resize(box, (OUTLINE_PX, OUTLINE_PX), interpolation=cv2.INTER_AREA)
-    out: NDArray[np.bool_] = scaled > 127
-    return out
-
-
-@dataclass(frozen=True)
 class Evidence:
     """Why a candidate listing is, or is not, the query's item."""
 
@@ -1309,200 +1172,13 @@ class Evidence:
     query (``search.api._corroborate``)."""
 
 
-_sift_lock = threading.Lock()
-_sift_by_thread: dict[int, Any] = {}
-
-
-def _sift() -> Any:
-    """One SIFT detector per thread (OpenCV detectors are not safe to share)."""
-    ident = threading.get_ident()
-    with _sift_lock:
-        if ident not in _sift_by_thread:
-            _sift_by_thread[ident] = cv2.SIFT.create(nfeatures=MAX_FEATURES,
-                                                     contrastThreshold=SIFT_CONTRAST)
-        return _sift_by_thread[ident]
-
-
-def photo_features(image: Image.Image, keep_grey: bool = False,
-                   segment: bool = True) -> PhotoFeatures:
-    """Keypoints and descriptors at ``VERIFY_SIZE``, and the foreground colour histogram
-    (``keep_grey``: also the grey photo, for a query photo; see :func:`mirrored`).
-    ``segment=False`` leaves out the product mask (``product`` None), about half the cost
-    of a photo with no telling border (GrabCut): for keypoint matching alone
-    (:meth:`SameItemVerifier.keypoint_matches`, as search re-ranks), never for a photo
-    to verify."""
-    rgb = at_verify_size(image)
-    gray = np.asarray(rgb.convert("L"), dtype=np.uint8)
-    keypoints, descriptors = _sift().detectAndCompute(gray, None)
-    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-    colour = colour_descriptor(np.asarray(pad_to_square(rgb, COLOUR_SIZE), dtype=np.uint8))
-    small_rgb = half_size(rgb)
-    return PhotoFeatures(points, descriptors if len(points) else None, colour, small_rgb,
-                         product_mask(small_rgb) if segment else None,
-                         gray if keep_grey else None)
-
-
-def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:
-    """The keypoints of ``features``' photo mirrored left to right (None without its grey
-    photo). A shop may re-list a flipped photo, and SIFT does not match a mirror image. Its
-    geometric match is mapped back onto the photo as it is by :func:`_unmirror`."""
-    if features.grey is None:
-        return None
-    flipped = np.ascontiguousarray(features.grey[:, ::-1])
-    keypoints, descriptors = _sift().detectAndCompute(flipped, None)
-    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-    return replace(features, points=points,
-                   descriptors=descriptors if len(points) else None, grey=None)
-
-
-def _unmirror(match: KeypointMatch, width: int) -> KeypointMatch:
-    """A match of the mirrored photo as a mapping of the photo itself: the flip of the grey
-    photo whose keypoints were mirrored (``width`` px at ``VERIFY_SIZE``), exact in the
-    pixel centres :data:`TO_HALF` keeps: a flip off by half a pixel reads as a colour shift
-    along every edge of a busy photo."""
-    inliers, homography, points = match
-    if homography is None:
-        return match
-    flip = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    return inliers, homography @ flip, points
-
-
-def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
-                      ) -> tuple[int, NDArray[np.float64] | None]:
-    """Matches of ``a`` and ``b`` consistent with one RANSAC homography, and that homography
-    (``a`` -> ``b`` px at ``VERIFY_SIZE``); (0, None) when there are too few."""
-    count, homography, _ = _ransac(a, b)
-    return count, homography
-
-
-KeypointMatch = tuple[int, NDArray[np.float64] | None, NDArray[np.float32]]
-"""(inliers, homography or None, the inliers' positions in the listing photo, px)."""
-
-
-def _ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> KeypointMatch:
-    """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px). ``copies``: ``a``
-    may show ``b``'s product several times (a shelf of one pack, a bin of it). Then each of
-    ``b``'s keypoints has a near-equal match on every copy, the ratio test from ``b``'s side
-    refuses them all, and mutual matching finds next to nothing. So a pair it finds fewer
-    than ``COPIES_MIN_INLIERS`` inliers in is matched again one way (``a``'s keypoints
-    passing the ratio test in ``b``), RANSAC keeping the copy that most of them agree on, and
-    its inliers counted once per keypoint of ``b``; that match is taken when it finds
-    ``COPIES_MIN_INLIERS``."""
-    none = np.zeros((0, 2), np.float32)
-    if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
-        return 0, None, none
-    squared = _squared_distances(a.descriptors, b.descriptors)
-    match = _homography(a.points, b.points, _mutual_pairs(squared))
-    if copies and match[0] < COPIES_MIN_INLIERS:
-        one_way = _ratio_pairs(squared)
-        if len(set(one_way.values())) >= COPIES_MIN_INLIERS:  # else it cannot count
-            again = _homography(a.points, b.points, list(one_way.items()))
-            if again[0] >= COPIES_MIN_INLIERS:
-                return again
-    return match
-
-
-def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
-                ) -> KeypointMatch:
-    """The RANSAC homography through matched keypoint ``pairs`` (indices into the points ``a``
-    and ``b``): its inliers, counted once per point of ``b`` (pairs matched one way may share
-    one), the homography, and the inliers' positions in ``b``; (0, None, none) when there
-    are too few pairs or the homography is implausible."""
-    none = np.zeros((0, 2), np.float32)
-    if len(pairs) < 4:
-        return 0, None, none
-    src = a[[i for i, _ in pairs]]
-    dst = b[[j for _, j in pairs]]
-    found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
-    if found is None or mask is None:
-        return 0, None, none
-    homography = np.asarray(found, dtype=np.float64)
-    if not _plausible(homography):
-        return 0, None, none
-    inliers = mask.ravel() > 0
-    count = len({pairs[k][1] for k in np.nonzero(inliers)[0].tolist()})
-    return count, homography, dst[inliers]
-
-
-def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
-    """:func:`_mutual_pairs` of two descriptor sets (none when either has fewer than two)."""
-    if len(a) < 2 or len(b) < 2:
-        return []
-    return _mutual_pairs(_squared_distances(a, b))
-
-
-def _mutual_pairs(squared: NDArray[np.float32]) -> list[tuple[int, int]]:
-    """Index pairs (row, column) of a matrix of ``squared`` descriptor distances that pass
-    Lowe's ratio test both ways and are each other's best match. One way only, the repeated
-    patches of a watermark or a text all match the same few keypoints of the other photo,
-    and RANSAC then fits a degenerate mapping to them. Both ways come from the one matrix
-    (:func:`_squared_distances`)."""
-    forward, forward_ok = _ratio_test(squared)
-    backward, backward_ok = _ratio_test(squared.T)
-    i = np.nonzero(forward_ok)[0]
-    j = forward[i]
-    keep = backward_ok[j] & (backward[j] == i)
-    return list(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
-
-
-def _ratio_matches(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
-    """Each descriptor of ``x`` whose nearest in ``y`` passes Lowe's ratio test -> that one."""
-    if len(x) == 0 or len(y) < 2:
-        return {}
-    return _ratio_pairs(_squared_distances(x, y))
-
-
-def _ratio_pairs(squared: NDArray[np.float32]) -> dict[int, int]:
-    """Each row of a matrix of ``squared`` descriptor distances whose nearest column passes
-    Lowe's ratio test -> that column, in row order."""
-    nearest, ok = _ratio_test(squared)
-    rows = np.nonzero(ok)[0]
-    return dict(zip(rows.tolist(), nearest[rows].tolist(), strict=True))
-
-
-def _squared_distances(x: NDArray[np.float32], y: NDArray[np.float32]) -> NDArray[np.float32]:
-    """(len(x), len(y)) squared Euclidean distances of two descriptor sets from one matrix
-    product: both directions of a mutual match from one product, at about a third of the CPU
-    of OpenCV's brute-force matcher, which computes them pair by pair. Exact in float32:
-    OpenCV's SIFT descriptors are whole numbers up to 255, so every dot product and norm is
-    a whole number below 2**24 (128 x 255**2), and the matches are the matcher's. In one
-    BLAS thread (:mod:`store.blas`)."""
-    with one_blas_thread:
-        product = x @ y.T
-    out: NDArray[np.float32] = np.einsum("ij,ij->i", x, x)[:, None] \
-        + np.einsum("ij,ij->i", y, y)[None, :] - 2.0 * product
-    return np.maximum(out, 0.0, out=out)
-
-
-def _ratio_test(squared: NDArray[np.float32]) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-    """Per row of ``squared`` distances (two columns or more): the nearest column, and whether
-    it passes Lowe's ratio test against the second nearest (``RATIO``, on distances)."""
-    rows = np.arange(len(squared))
-    nearest = squared.argmin(axis=1)
-    best = squared[rows, nearest]
-    others = squared.copy()
-    others[rows, nearest] = np.inf
-    second = others.min(axis=1)
-    # As the matcher compares: float32 distances, the ratio in float64.
-    ok: NDArray[np.bool_] = (np.sqrt(best).astype(np.float64)
-                             < RATIO * np.sqrt(second).astype(np.float64))
-    return nearest, ok
-
-
-def _in_half_px(homography: NDArray[np.float64]) -> NDArray[np.float64]:
-    """A mapping between two photos in ``VERIFY_SIZE`` px as the same mapping between them at
-    half size (:data:`TO_HALF`)."""
-    out: NDArray[np.float64] = TO_HALF @ homography @ FROM_HALF
-    return out
-
-
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
           inliers: NDArray[np.float32] | None = None, print_check: bool = False
           ) -> Alignment | None:
     """Warp ``a`` onto ``b`` and compare them where both show the product (None when the
     overlap is too small to say). The print agreement is measured for segmented photos, and
     for any pair with ``print_check``."""
-    h_small = _in_half_px(homography)
+    h_small = in_half_px(homography)
     height, width = b.small.shape[:2]
     warped = np.asarray(cv2.warpPerspective(
         a.small, h_small, (width, height), flags=cv2.INTER_LINEAR,
@@ -2529,45 +2205,6 @@ def _chroma_shifts(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64]
     return tuple(float(v) for v in np.percentile(distance, SHIFT_PERCENTILES))
 
 
-def coarse_homography(a: PhotoFeatures, b: PhotoFeatures) -> NDArray[np.float64] | None:
-    """A mapping ``a`` -> ``b`` (px at ``VERIFY_SIZE``) found without keypoints, for plain
-    products that have none: the foreground masks' centroids and areas give a similarity
-    transform, which ECC (OpenCV's enhanced correlation, affine) refines on the grey levels
-    at a quarter of ``VERIFY_SIZE``. None when a mask is empty or ECC does not converge.
-    Alignment alone proves nothing here (a plain product fits another of its shape): the
-    stricter aligned checks of :meth:`SameItemRule._decide_coarse` decide."""
-    def quarter(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
-        h, w = rgb.shape[:2]
-        if w >= 16 and h >= 16:  # exactly half again (TO_HALF twice)
-            rgb = rgb[: h - h % 2, : w - w % 2]
-        img = np.asarray(cv2.resize(rgb, (max(8, w // 2), max(8, h // 2)),
-                                    interpolation=cv2.INTER_AREA), dtype=np.uint8)
-        grey = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), dtype=np.float32)
-        return grey, (foreground_weights(img) > 0.5).astype(np.uint8)
-
-    grey_a, mask_a = quarter(a.small)
-    grey_b, mask_b = quarter(b.small)
-    moments_a, moments_b = cv2.moments(mask_a, True), cv2.moments(mask_b, True)
-    if moments_a["m00"] < 16 or moments_b["m00"] < 16:
-        return None
-    scale = float(np.sqrt(moments_a["m00"] / moments_b["m00"]))  # b px -> a px
-    ca = np.array([moments_a["m10"], moments_a["m01"]]) / moments_a["m00"]
-    cb = np.array([moments_b["m10"], moments_b["m01"]]) / moments_b["m00"]
-    warp = np.array([[scale, 0.0, ca[0] - scale * cb[0]],
-                     [0.0, scale, ca[1] - scale * cb[1]]], dtype=np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_STEPS, 1e-4)
-    try:  # warp maps b (template) px to a (input) px
-        # No mask: OpenCV 5 asserts on one whenever the two images differ in size.
-        _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
-            grey_b, grey_a, warp, cv2.MOTION_AFFINE, criteria, None, 3)
-    except cv2.error:
-        return None
-    b_to_a = np.vstack([np.asarray(refined, dtype=np.float64), [0.0, 0.0, 1.0]])
-    quarter_px = TO_HALF @ TO_HALF  # VERIFY_SIZE px -> quarter px
-    homography = np.linalg.inv(quarter_px) @ np.linalg.inv(b_to_a) @ quarter_px
-    return homography if _plausible(homography) else None
-
-
 def aligned_without_keypoints(a: PhotoFeatures, b: PhotoFeatures, rule: SameItemRule
                               ) -> Alignment | None:
     """``a`` aligned onto ``b`` without keypoints (a plain product) on the
@@ -2591,35 +2228,6 @@ def aligned_without_keypoints(a: PhotoFeatures, b: PhotoFeatures, rule: SameItem
     sharper = refine_homography(a, b, coarse)
     again = align(a, b, sharper) if sharper is not None else None
     return again if again is not None and again.correlation > found.correlation else found
-
-
-def refine_homography(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64]
-                      ) -> NDArray[np.float64] | None:
-    """``homography`` (``a`` -> ``b``, px at ``VERIFY_SIZE``) refined on the two photos' grey
-    levels at half ``VERIFY_SIZE`` (OpenCV's ECC over a full homography,
-    ``REFINE_STEPS``); None when ECC fails or the result is not :func:`_plausible`. RANSAC
-    fits the keypoints only within ``RANSAC_PX``: a mapping a pixel off along a
-    high-contrast outline (a blue top on white) moves the colour shift's high percentiles and
-    the correlation past their limits for an unedited copy turned a quarter
-    (docs/matching.md, "Refined alignment and colour grading")."""
-    b_to_a = np.linalg.inv(_in_half_px(homography))
-    grey_a, grey_b = (np.asarray(cv2.cvtColor(x.small, cv2.COLOR_RGB2GRAY), dtype=np.float32)
-                      for x in (a, b))
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_STEPS, 1e-5)
-    try:  # the warp maps b (template) px to a (input) px
-        _, refined = cv2.findTransformECC(  # type: ignore[call-overload]
-            grey_b, grey_a, (b_to_a / b_to_a[2, 2]).astype(np.float32),
-            cv2.MOTION_HOMOGRAPHY, criteria, None, 1)
-    except cv2.error:
-        return None
-    out = FROM_HALF @ np.linalg.inv(np.asarray(refined, dtype=np.float64)) @ TO_HALF
-    return out if _plausible(out) else None
-
-
-def _plausible(homography: NDArray[np.float64]) -> bool:
-    """A mapping an edit could make: no mirror, no collapse, at most 8x scale change."""
-    det = float(np.linalg.det(homography[:2, :2]))
-    return 1 / 64 < det < 64
 
 
 def fetching_loader(fetcher: ImageFetcher, max_pixels: int) -> GalleryLoader:
@@ -2681,7 +2289,7 @@ class SameItemVerifier:
         ``rule.mirror_similarity`` or more, is matched and aligned again with them, for a
         mirrored re-listing; ``overlay``: when the rule's overlay route may accept the pair, see
         :data:`Overlay`)."""
-        inliers, homography, points = matched if matched is not None else _ransac(query, other)
+        inliers, homography, points = matched if matched is not None else ransac(query, other)
         alignment = (align(query, other, homography, points, print_check)
                      if homography is not None else None)
         colour = float(np.dot(query.colour, other.colour))
@@ -2697,10 +2305,10 @@ class SameItemVerifier:
         flip = not same and mirror is not None and similarity >= self.rule.mirror_similarity
         flipped = mirror() if flip and mirror is not None else None
         if flipped is not None:
-            match = _ransac(flipped, other)
+            match = ransac(flipped, other)
             if match[0] >= self.rule.min_inliers:
                 assert query.grey is not None  # mirror() gave keypoints: it had the grey
-                m_inliers, m_homography, m_points = _unmirror(match, query.grey.shape[1])
+                m_inliers, m_homography, m_points = unmirror(match, query.grey.shape[1])
                 assert m_homography is not None
                 m_same, m_why, m_alignment = self._judged(
                     query, other, m_homography, m_points,
@@ -2828,7 +2436,7 @@ class SameItemVerifier:
             if other.descriptors is None or len(other.descriptors) < 2:
                 out.append(0)
                 continue
-            out.append(len(_ratio_matches(voters, other.descriptors)))
+            out.append(len(ratio_matches(voters, other.descriptors)))
         return out
 
     def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str],
@@ -2838,7 +2446,7 @@ class SameItemVerifier:
         features cached, a third of a full verification); None where the photo cannot be
         loaded. Price comparison ranks candidates below its first ``k`` by it when those are
         a family of look-alikes (``search/api.py``). ``copies``: the query may show the
-        product several times (:func:`_ransac`), as an image search's re-ranking asks."""
+        product several times (:func:`ransac`), as an image search's re-ranking asks."""
         out: list[KeypointMatch | None] = []
         for image_ref in image_refs:
             try:
@@ -2846,5 +2454,5 @@ class SameItemVerifier:
             except Exception:  # refused with its reason if it is ever verified
                 out.append(None)
                 continue
-            out.append(_ransac(query, other, copies))
+            out.append(ransac(query, other, copies))
         return out

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from embedding.colour import COLOUR_DIM
-from search.verify import Evidence, KeypointMatch, Overlay, PhotoFeatures, SameItemVerifier
+from search.features import KeypointMatch, PhotoFeatures
+from search.verify import Evidence, Overlay, SameItemVerifier
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

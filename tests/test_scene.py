@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from search import scene
-from search.verify import photo_features
+from search.features import photo_features
 from tests.fakes import on_counter, printed_pack
 
 

@@ -21,8 +21,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 import embedding.colour
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
-from search import verify
+from search import features, verify
 from search.api import TURNS, _compare_listings
+from search.features import SilhouetteAgreement, photo_features, silhouette_agreement
 from search.scene import VERIFY_SIZE, at_verify_size
 from search.verify import (
     Alignment,
@@ -34,10 +35,7 @@ from search.verify import (
     SameItemRule,
     SameItemVerifier,
     ShadedLight,
-    SilhouetteAgreement,
     fetching_loader,
-    photo_features,
-    silhouette_agreement,
 )
 from tests.fakes import (
     heavy_edit,
@@ -107,8 +105,8 @@ def test_a_plain_garment_reshot_keeps_enough_faint_keypoints_to_match() -> None:
     assert evidence.same_item, evidence.reason
     assert evidence.inliers >= DEFAULT_RULE.min_inliers
     grey = np.asarray(at_verify_size(query).convert("L"))
-    default = cv2.SIFT.create(nfeatures=verify.MAX_FEATURES).detect(grey, None)
-    assert len(verify._sift().detect(grey, None)) > 1.5 * len(default)
+    default = cv2.SIFT.create(nfeatures=features.MAX_FEATURES).detect(grey, None)
+    assert len(features._sift().detect(grey, None)) > 1.5 * len(default)
 
 
 @needs_luma
@@ -336,13 +334,13 @@ def test_a_photos_silhouette_is_read_once(monkeypatch: pytest.MonkeyPatch) -> No
     """A query photo is compared with many listings, and a cached listing with many queries:
     each photo's outline and colour are read at first use and kept with its features."""
     read: list[int] = []
-    real = verify._silhouette
+    real = features._silhouette
 
-    def counting(features: verify.PhotoFeatures) -> verify.Silhouette | None:
-        read.append(id(features))
-        return real(features)
+    def counting(photo: features.PhotoFeatures) -> features.Silhouette | None:
+        read.append(id(photo))
+        return real(photo)
 
-    monkeypatch.setattr(verify, "_silhouette", counting)
+    monkeypatch.setattr(features, "_silhouette", counting)
     query = photo_features(_textureless_copy(plain_photo((40, 90, 200))))
     listings = [photo_features(plain_photo(colour)) for colour in ((40, 90, 200), (200, 60, 40))]
     first = [silhouette_agreement(query, listing) for listing in listings]
@@ -1368,7 +1366,7 @@ def _jpeg(photo: Image.Image, quality: int = 90) -> Image.Image:
 @pytest.mark.parametrize("turn", TURNS)
 def test_an_exact_turn_aligns_to_the_pixel(turn: Image.Transpose) -> None:
     """The half-size photos are compared in the pixel centres the keypoints use
-    (``verify.TO_HALF``): a photo turned a quarter or upside down, mapped back exactly,
+    (``features.TO_HALF``): a photo turned a quarter or upside down, mapped back exactly,
     correlates as the photo itself does, small print included (halving the coordinates
     instead put it half a pixel off: correlation 0.86-0.93, print agreement 0.40-0.60)."""
     listing = printed_pack("CRUNCHY").resize((241, 319))  # odd sides: the harder case
@@ -1404,11 +1402,11 @@ def test_a_copy_saved_sideways_keeps_its_print_within_a_family(turn: Image.Trans
 def test_refine_homography_corrects_a_mapping_a_pixel_off() -> None:
     """RANSAC fits the keypoints within ``RANSAC_PX``; ECC on the grey levels brings a
     mapping that is off by a pixel or two back onto the photo."""
-    features = photo_features(textured_photo(1))
+    photo = photo_features(textured_photo(1))
     off = np.array([[1.01, 0.0, 2.0], [0.0, 1.01, -1.5], [0.0, 0.0, 1.0]])
-    refined = verify.refine_homography(features, features, off)
+    refined = features.refine_homography(photo, photo, off)
     assert refined is not None
-    h, w = features.small.shape[0] * 2, features.small.shape[1] * 2
+    h, w = photo.small.shape[0] * 2, photo.small.shape[1] * 2
     corners = np.array([[[0, 0]], [[w, 0]], [[0, h]], [[w, h]]], np.float32)
     assert np.abs(cv2.perspectiveTransform(corners, off) - corners).max() > 2.0
     assert np.abs(cv2.perspectiveTransform(corners, refined) - corners).max() < 0.5
@@ -1438,15 +1436,15 @@ def test_no_second_look_within_a_family_of_look_alikes(monkeypatch: pytest.Monke
     to the pixel, another line of one pack layout agrees where only its name differs. Here
     RANSAC's mapping is put two pixels off: outside a family the refined mapping accepts
     the copy, within one it is not refined."""
-    ransac = verify._ransac
+    ransac = features.ransac
 
-    def two_px_off(a: verify.PhotoFeatures, b: verify.PhotoFeatures) -> verify.KeypointMatch:
+    def two_px_off(a: features.PhotoFeatures, b: features.PhotoFeatures) -> features.KeypointMatch:
         count, homography, points = ransac(a, b)
         if homography is not None:
             homography = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]]) @ homography
         return count, homography, points
 
-    monkeypatch.setattr(verify, "_ransac", two_px_off)
+    monkeypatch.setattr(verify, "ransac", two_px_off)
     listing = _luma("ws03-blue")
     query = photo_features(_turned(listing))
     verifier = SameItemVerifier(lambda ref: listing)
@@ -1666,7 +1664,7 @@ def test_features_without_the_mask_match_as_the_full_ones() -> None:
     verifier = SameItemVerifier(lambda ref: printed_pack("CRUNCHY"))
     assert [m[0] for m in verifier.keypoint_matches(light, ["x"]) if m] == [
         m[0] for m in verifier.keypoint_matches(full, ["x"]) if m]
-    assert verify._ransac(light, listing)[0] == verify._ransac(full, listing)[0] > 10
+    assert features.ransac(light, listing)[0] == features.ransac(full, listing)[0] > 10
 
 
 def test_the_print_check_can_be_asked_for_any_pair() -> None:
@@ -1932,7 +1930,7 @@ def _brute_force_ratio(x: np.ndarray, y: np.ndarray) -> dict[int, int]:
     """Lowe's ratio test as OpenCV's brute-force matcher answers it, the reference."""
     return {p[0].queryIdx: p[0].trainIdx
             for p in cv2.BFMatcher(cv2.NORM_L2).knnMatch(x, y, k=2)
-            if len(p) == 2 and p[0].distance < verify.RATIO * p[1].distance}
+            if len(p) == 2 and p[0].distance < features.RATIO * p[1].distance}
 
 
 def test_descriptor_matching_is_the_brute_force_matchers() -> None:
@@ -1950,13 +1948,13 @@ def test_descriptor_matching_is_the_brute_force_matchers() -> None:
         assert np.array_equal(a, np.round(a)) and a.min() >= 0 and a.max() <= 255
         forward, backward = _brute_force_ratio(a, b), _brute_force_ratio(b, a)
         mutual = [(i, j) for i, j in forward.items() if backward.get(j) == i]
-        assert verify._ratio_matches(a, b) == forward
-        assert verify._ratio_matches(a[:100], b) == _brute_force_ratio(a[:100], b)
-        assert verify._mutual_matches(a, b) == mutual
+        assert features.ratio_matches(a, b) == forward
+        assert features.ratio_matches(a[:100], b) == _brute_force_ratio(a[:100], b)
+        assert features._mutual_matches(a, b) == mutual
         compared += 1
     assert compared >= 2
-    assert len(verify._mutual_matches(a, a)) == len(a)  # every keypoint is its own match
-    assert verify._mutual_matches(a[:1], b) == [] and verify._ratio_matches(a, b[:1]) == {}
+    assert len(features._mutual_matches(a, a)) == len(a)  # every keypoint is its own match
+    assert features._mutual_matches(a[:1], b) == [] and features.ratio_matches(a, b[:1]) == {}
 
 
 def _shelf(photo: Image.Image, copies: int = 3) -> Image.Image:
@@ -1977,14 +1975,14 @@ def test_a_shelf_of_copies_is_matched_one_way_and_counted_once(seed: int) -> Non
     keypoint. Other products stay under the limit, and one copy is matched as before."""
     item = textured_photo(seed)
     listing, shelf = photo_features(item), photo_features(_shelf(item))
-    both_ways = verify._ransac(shelf, listing)[0]
-    found, homography, points = verify._ransac(shelf, listing, copies=True)
-    assert both_ways < verify.COPIES_MIN_INLIERS <= found, (both_ways, found)
+    both_ways = features.ransac(shelf, listing)[0]
+    found, homography, points = features.ransac(shelf, listing, copies=True)
+    assert both_ways < features.COPIES_MIN_INLIERS <= found, (both_ways, found)
     assert homography is not None and len(points) >= found  # one point per inlier pair
     for other in (textured_photo(seed + 10), textured_photo(6)):
-        assert verify._ransac(shelf, photo_features(other), copies=True)[0] == 0
+        assert features.ransac(shelf, photo_features(other), copies=True)[0] == 0
     single = photo_features(_shelf(item, copies=1))
-    assert verify._ransac(single, listing, copies=True)[0] == verify._ransac(single, listing)[0]
+    assert features.ransac(single, listing, copies=True)[0] == features.ransac(single, listing)[0]
     verifier = SameItemVerifier(lambda ref: item)
     assert [m[0] for m in verifier.keypoint_matches(shelf, ["x"], copies=True) if m] == [found]
     assert [m[0] for m in verifier.keypoint_matches(shelf, ["x"]) if m] == [both_ways]

@@ -14,7 +14,7 @@ from lookalike.app import build_fetcher, build_verifier
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
-from search.verify import photo_features
+from search.features import photo_features
 from store import MilvusStore, parse_engine
 from tests import milvus_support
 from tests.fakes import textured_photo
