@@ -33,14 +33,10 @@ from evaluation.cache import EmbeddingCache  # noqa: E402
 from evaluation.protocol import load_gallery, load_queries  # noqa: E402
 from evaluation.run import EmbedStats, embed_files  # noqa: E402
 from evaluation.same_item import SameItemCounts  # noqa: E402
+from search.alignment import SHIFT_PERCENTILES  # noqa: E402
 from search.features import photo_features  # noqa: E402
 from search.scene import VERIFY_SIZE  # noqa: E402
-from search.verify import (  # noqa: E402
-    SHIFT_PERCENTILES,
-    Evidence,
-    SameItemRule,
-    SameItemVerifier,
-)
+from search.verify import Evidence, SameItemRule, SameItemVerifier  # noqa: E402
 
 MAX_PIXELS = 40_000_000
 

@@ -95,7 +95,7 @@ from protocols_same_item import (  # noqa: E402
 )
 
 from embedding.colour import foreground_weights  # noqa: E402
-from search.verify import outer_background  # noqa: E402
+from search.alignment import outer_background  # noqa: E402
 
 Row = dict[str, Any]
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",

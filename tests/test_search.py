@@ -18,11 +18,12 @@ import search.api as search_api
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
+from search.alignment import Alignment
 from search.api import Hit, PriceMatch, ProductNotFound, ProductSearch
 from search.features import photo_features
 from search.filters import SearchFilter
 from search.scene import cutouts, white_patch, windows
-from search.verify import Alignment, Evidence, SameItemRule, SameItemVerifier
+from search.verify import Evidence, SameItemRule, SameItemVerifier
 from store import ensure_collections
 from tests import milvus_support
 from tests.fakes import (

@@ -21,22 +21,13 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 import embedding.colour
 from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
+from search import alignment as pairwise
 from search import features, verify
+from search.alignment import Alignment, ColourDetail, Cover, HueAgreement, LightMap, ShadedLight
 from search.api import TURNS, _compare_listings
 from search.features import SilhouetteAgreement, photo_features, silhouette_agreement
 from search.scene import VERIFY_SIZE, at_verify_size
-from search.verify import (
-    Alignment,
-    ColourDetail,
-    Cover,
-    Evidence,
-    HueAgreement,
-    LightMap,
-    SameItemRule,
-    SameItemVerifier,
-    ShadedLight,
-    fetching_loader,
-)
+from search.verify import Evidence, SameItemRule, SameItemVerifier, fetching_loader
 from tests.fakes import (
     heavy_edit,
     load_bench_module,
@@ -495,11 +486,11 @@ def test_a_sticker_copy_within_a_family_passes_the_print_check() -> None:
     assert found.same_item, found.reason
     alignment = found.alignment
     assert alignment is not None and alignment.print_agreement is not None
-    assert isinstance(alignment.detail, verify._ColoursOfPixels)
+    assert isinstance(alignment.detail, pairwise._ColoursOfPixels)
     pixels = alignment.detail._pixels
     grey_a, grey_b, region = pixels.grey_a, pixels.grey_b, pixels.region
-    coarse = verify._print_cells(grey_a, grey_b, region, verify.PRINT_CELL_PX)
-    assert verify._print_agreement(coarse) < DEFAULT_RULE.min_print_agreement
+    coarse = pairwise._print_cells(grey_a, grey_b, region, pairwise.PRINT_CELL_PX)
+    assert pairwise._print_agreement(coarse) < DEFAULT_RULE.min_print_agreement
     refused = verifier.compare(photo_features(_sticker(_band_recoloured(original))), listing,
                                0.95, print_check=True, overlay="covers")
     assert not refused.same_item, refused.reason
@@ -576,21 +567,21 @@ def test_print_cells_around_covers_leave_out_what_a_cover_touches() -> None:
     grey = rng.integers(0, 255, (160, 128)).astype(np.uint8)
     region = np.ones(grey.shape, bool)
     none = np.zeros(grey.shape, bool)
-    def coarse(listing: NDArray[np.uint8], foreign: NDArray[np.bool_]) -> verify.PrintCells:
-        cells = verify._print_cells(grey, listing, region, verify.PRINT_CELL_PX, foreign)
+    def coarse(listing: NDArray[np.uint8], foreign: NDArray[np.bool_]) -> pairwise.PrintCells:
+        cells = pairwise._print_cells(grey, listing, region, pairwise.PRINT_CELL_PX, foreign)
         assert cells is not None
         return cells
 
-    assert verify._print_around_covers(grey, grey, region, none, coarse(grey, none)) is None
+    assert pairwise._print_around_covers(grey, grey, region, none, coarse(grey, none)) is None
     covered = grey.copy()
     covered[24:72, 24:72] = 200  # a flat badge over the print, across cells
     foreign = none.copy()
     foreign[22:74, 22:74] = True
-    assert verify._print_agreement(coarse(covered, none)) < 0.75
-    second = verify._print_around_covers(grey, covered, region, foreign, coarse(covered, foreign))
+    assert pairwise._print_agreement(coarse(covered, none)) < 0.75
+    second = pairwise._print_around_covers(grey, covered, region, foreign, coarse(covered, foreign))
     assert second is not None and second > 0.99
     everywhere = np.ones(grey.shape, bool)
-    assert verify._print_around_covers(grey, covered, region, everywhere,
+    assert pairwise._print_around_covers(grey, covered, region, everywhere,
                                        coarse(covered, everywhere)) is None
 
 
@@ -705,7 +696,7 @@ def test_covers_are_forgiven_one_by_one_when_each_is_shaped_as_one() -> None:
         assert not DEFAULT_RULE.decide(0.9, 50, 0.9, _detailed(whole, cover=other))[0], other
     # A query with a flag and a badge met by a re-listing with two tags of its own: each
     # patch left out in turn, largest first, up to MAX_COVERS, until the rest agrees.
-    assert verify.MAX_COVERS == 4
+    assert pairwise.MAX_COVERS == 4
     third = replace(second, share=0.02, correlation=0.96, shifts=(1.5, 3.0, 9.0, 20.0),
                     second=replace(second, share=0.01))
     chain = replace(first, share=0.06, second=replace(second, share=0.04, correlation=0.9,
@@ -848,14 +839,14 @@ def test_a_translucent_overlay_is_told_from_a_part_of_another_colour() -> None:
     bare = np.clip(shade * np.array([[1.0, 0.8, 0.6]]) + rng.normal(0, 3, (600, 3)), 0, 255)
     covered = 0.35 * bare + 0.65 * np.array([120.0, 60.0, 40.0])
     covered[:90] = 255.0  # the logo's letters
-    assert verify._translucent(bare.astype(np.uint8), covered.astype(np.uint8))
-    assert verify._translucent(covered.astype(np.uint8), bare.astype(np.uint8))  # either way
+    assert pairwise._translucent(bare.astype(np.uint8), covered.astype(np.uint8))
+    assert pairwise._translucent(covered.astype(np.uint8), bare.astype(np.uint8))  # either way
     dyed = bare[:, [2, 0, 1]] * np.array([[1.3, 0.7, 1.0]])  # another hue, texture kept
-    assert not verify._translucent(bare.astype(np.uint8), np.clip(dyed, 0, 255).astype(np.uint8))
+    assert not pairwise._translucent(bare.astype(np.uint8), np.clip(dyed, 0, 255).astype(np.uint8))
     faint = 0.95 * bare + 8.0
-    assert not verify._translucent(bare.astype(np.uint8), faint.astype(np.uint8))
+    assert not pairwise._translucent(bare.astype(np.uint8), faint.astype(np.uint8))
     flat = np.full((600, 3), 128, np.uint8)
-    assert not verify._translucent(flat, covered.astype(np.uint8))
+    assert not pairwise._translucent(flat, covered.astype(np.uint8))
 
 
 def test_a_translucent_cover_is_forgiven_while_small() -> None:
@@ -888,7 +879,7 @@ def test_a_luma_copy_under_a_translucent_logo_is_accepted_and_its_colour_variant
     cover = found.alignment.cover if found.alignment is not None else None
     assert cover is not None and cover.translucent
     assert cover.texture_kept > DEFAULT_RULE.max_cover_texture
-    monkeypatch.setattr(verify, "_translucent", lambda a, b: False)
+    monkeypatch.setattr(pairwise, "_translucent", lambda a, b: False)
     refused = _evidence(query, listing, 0.9)
     assert not refused.same_item, refused.reason
     monkeypatch.undo()
@@ -1072,9 +1063,9 @@ def test_a_copy_under_a_lamp_above_it_needs_the_second_order_shading(
     original = _busy_photo()
     query = _under_a_lamp_above(reshot_on_backdrop(original, (1, 1, 1)))
     _, alignment = _accepted_by(query, original, "under uneven light")
-    plane, surface = alignment.shaded_lights  # verify.SHADINGS
+    plane, surface = alignment.shaded_lights  # pairwise.SHADINGS
     assert surface.correlation >= DEFAULT_RULE.min_shaded_correlation > plane.correlation
-    monkeypatch.setattr(verify, "SHADINGS", (2,))  # the plane alone
+    monkeypatch.setattr(pairwise, "SHADINGS", (2,))  # the plane alone
     planar = _evidence(query, original)
     assert not planar.same_item, planar.reason
     assert planar.alignment is not None and len(planar.alignment.shaded_lights) == 1
@@ -1182,20 +1173,20 @@ def test_the_costly_colour_detail_is_computed_when_read_and_once(
             return function(*args)
         return call
 
-    monkeypatch.setattr(verify, "_colour_region", counted("light", verify._colour_region))
-    monkeypatch.setattr(verify, "_hue_agreement", counted("hue", verify._hue_agreement))
+    monkeypatch.setattr(pairwise, "_colour_region", counted("light", pairwise._colour_region))
+    monkeypatch.setattr(pairwise, "_hue_agreement", counted("hue", pairwise._hue_agreement))
     original = _busy_photo()
     evidence = _evidence(heavy_edit(original, watermark=False), original)
     assert evidence.same_item and "aligned photos agree (correlation" in evidence.reason, \
         evidence.reason
     assert calls == {"light": 0, "hue": 0}
     alignment = evidence.alignment
-    assert alignment is not None and isinstance(alignment.detail, verify._ColoursOfPixels)
+    assert alignment is not None and isinstance(alignment.detail, pairwise._ColoursOfPixels)
     pixels = alignment.detail._pixels
-    assert alignment.hue == verify._graded_hue(pixels.warped, pixels.listing, pixels.soft_a,
+    assert alignment.hue == pairwise._graded_hue(pixels.warped, pixels.listing, pixels.soft_a,
                                                pixels.soft_b, pixels.region)
-    relit, _ = verify._colour_region(pixels.region, pixels.valid, pixels.warped, pixels.fg_b)
-    gains, _ = verify._light_map(pixels.soft_a[relit], pixels.soft_b[relit])
+    relit, _ = pairwise._colour_region(pixels.region, pixels.valid, pixels.warped, pixels.fg_b)
+    gains, _ = pairwise._light_map(pixels.soft_a[relit], pixels.soft_b[relit])
     assert alignment.light_gains == gains and alignment.light_shifts is not None
     assert alignment.light_gains == gains and alignment.hue is not None
     assert calls == {"light": 2, "hue": 2}  # one each by the alignment, one each above
@@ -1328,7 +1319,7 @@ def test_a_small_relisting_is_compared_at_its_own_detail(
     to the same detail before the photos are compared, so that softness is no colour shift."""
     original = textured_photo(4)
     matched = _evidence(_shrunk(original), original).alignment
-    monkeypatch.setattr(verify, "MATCH_DETAIL_SCALE", float("inf"))
+    monkeypatch.setattr(pairwise, "MATCH_DETAIL_SCALE", float("inf"))
     sharp = _evidence(_shrunk(original), original).alignment
     assert matched is not None and sharp is not None
     assert matched.correlation > sharp.correlation
@@ -1377,7 +1368,7 @@ def test_an_exact_turn_aligns_to_the_pixel(turn: Image.Transpose) -> None:
         Image.Transpose.ROTATE_270: [[0.0, 1.0, 0.0], [-1.0, 0.0, h - 1.0]],
     }[turn]
     mapping = np.vstack([np.array(to_listing), [0.0, 0.0, 1.0]])
-    found = verify.align(photo_features(listing.transpose(turn)), photo_features(listing),
+    found = pairwise.align(photo_features(listing.transpose(turn)), photo_features(listing),
                          mapping, print_check=True)
     assert found is not None
     assert found.correlation >= 0.97
@@ -1576,12 +1567,12 @@ def _colour_swatches(seed: int) -> NDArray[np.uint8]:
     return np.clip(photo + rng.normal(0, 3, photo.shape), 0, 255).astype(np.uint8)
 
 
-def _hue_of(query: NDArray[np.uint8], listing: NDArray[np.uint8]) -> verify.HueAgreement:
-    """:func:`verify._hue_agreement` as an alignment reads it (softened, graded listing)."""
+def _hue_of(query: NDArray[np.uint8], listing: NDArray[np.uint8]) -> pairwise.HueAgreement:
+    """:func:`pairwise._hue_agreement` as an alignment reads it (softened, graded listing)."""
     def soft(x: NDArray[np.uint8]) -> NDArray[np.uint8]:
-        return np.asarray(cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX), dtype=np.uint8)
+        return np.asarray(cv2.GaussianBlur(x, (0, 0), pairwise.COLOUR_BLUR_PX), dtype=np.uint8)
 
-    hue = verify._graded_hue(query, listing, soft(query), soft(listing),
+    hue = pairwise._graded_hue(query, listing, soft(query), soft(listing),
                              np.ones(listing.shape[:2], bool))
     assert hue is not None
     return hue
@@ -1598,18 +1589,18 @@ def test_a_grading_is_compared_as_the_listing_graded_and_clipped_would_look() ->
         return np.asarray(_vivid(Image.fromarray(listing), saturation, contrast), np.uint8)
 
     mild, strong = vivid(1.25, 1.1), vivid(1.6, 1.3)
-    assert not verify._near_clipping(mild, listing).all()
-    assert verify._near_clipping(strong, listing).mean() > 0.3, "a strong edit clips"
+    assert not pairwise._near_clipping(mild, listing).all()
+    assert pairwise._near_clipping(strong, listing).mean() > 0.3, "a strong edit clips"
     for graded in (mild, strong):
         assert _hue_of(graded, listing).turn < 3.0
-    ab_mild, ab_listing = (verify._lab_chroma(x.reshape(-1, 3)) for x in (mild, listing))
+    ab_mild, ab_listing = (pairwise._lab_chroma(x.reshape(-1, 3)) for x in (mild, listing))
     lab_turn = np.degrees(np.abs(np.angle(np.exp(1j * (
         np.arctan2(ab_mild[:, 1], ab_mild[:, 0])
         - np.arctan2(ab_listing[:, 1], ab_listing[:, 0]))))))
     assert np.percentile(lab_turn, 95) > 4.0, "the Lab hue turns"
     inverted = (255 - listing).reshape(-1, 3)  # every hue turned round: a negative gain
-    assert np.array_equal(verify._fit_grading(inverted, listing.reshape(-1, 3),
-                                              np.zeros(len(inverted), bool)), verify.NO_GRADING)
+    assert np.array_equal(pairwise._fit_grading(inverted, listing.reshape(-1, 3),
+                                              np.zeros(len(inverted), bool)), pairwise.NO_GRADING)
     other = np.ascontiguousarray(listing[..., [2, 0, 1]])  # the same photo in another colour
     assert _hue_of(other, listing).turn > 60.0
     assert _hue_of(np.asarray(_vivid(Image.fromarray(other), 1.6, 1.3), np.uint8),
@@ -1755,12 +1746,12 @@ def _fabric(hem: tuple[int, int, int] = (240, 110, 150), seed: int = 0) -> np.nd
 
 
 def _recoloured_share(query: np.ndarray, listing: np.ndarray) -> float:
-    soft = [cv2.GaussianBlur(x, (0, 0), verify.COLOUR_BLUR_PX) for x in (query, listing)]
+    soft = [cv2.GaussianBlur(x, (0, 0), pairwise.COLOUR_BLUR_PX) for x in (query, listing)]
     grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (query, listing)]
-    patches, compared = verify._recoloured_patches(
+    patches, compared = pairwise._recoloured_patches(
         soft[0], soft[1], np.ones(query.shape[:2], bool),
-        lambda: verify._texture_kept(grey[0], grey[1]))
-    return verify._largest_share(patches, compared)
+        lambda: pairwise._texture_kept(grey[0], grey[1]))
+    return pairwise._largest_share(patches, compared)
 
 
 def _edited(rgb: np.ndarray, edit: Callable[[Image.Image], Image.Image]) -> np.ndarray:
@@ -1833,7 +1824,7 @@ def test_a_glare_is_not_a_part_of_another_colour_and_a_paler_part_is(
         assert _recoloured_share(part, listing) > 0.02
     for lighter, darker in (((150, 150, 150), (90, 90, 90)), ((240, 170, 170), (200, 30, 30))):
         assert _recoloured_share(_fabric(hem=lighter), _fabric(hem=darker)) > 0.02
-    monkeypatch.setattr(verify, "_in_glare", lambda changed, *_: np.zeros_like(changed))
+    monkeypatch.setattr(pairwise, "_in_glare", lambda changed, *_: np.zeros_like(changed))
     assert max(_recoloured_share(glared, listing) for glared in glares) > 0.02
 
 
@@ -1851,7 +1842,7 @@ def test_a_luma_relisting_under_a_glare_is_accepted(name: str, where: tuple[floa
         photo, (int(width * where[0]), int(height * where[1])), 0.09 * max(width, height), 0.4)))
     evidence = _evidence(glared, _luma(name), 0.9)
     assert evidence.same_item, evidence.reason
-    monkeypatch.setattr(verify, "_in_glare", lambda changed, *_: np.zeros_like(changed))
+    monkeypatch.setattr(pairwise, "_in_glare", lambda changed, *_: np.zeros_like(changed))
     evidence = _evidence(glared, _luma(name), 0.9)
     assert not evidence.same_item and "another colour" in evidence.reason, evidence.reason
 
@@ -1996,9 +1987,9 @@ def test_the_robust_light_fit_is_not_bent_by_a_recoloured_part() -> None:
     x = rng.integers(20, 230, size=(8000, 3)).astype(np.float64)
     y = x * np.array([1.2, 0.9, 1.05]) + np.array([-10.0, 12.0, 3.0])
     y[:2000] = rng.integers(0, 256, size=(2000, 3))  # a part of another colour
-    gains, offsets = verify._robust_linear_map(x, y)
+    gains, offsets = pairwise._robust_linear_map(x, y)
     assert np.allclose(gains, [1.2, 0.9, 1.05], atol=0.02)
     assert np.allclose(offsets, [-10.0, 12.0, 3.0], atol=2.5)
     photo = x.astype(np.uint8)
-    same = verify._hue_agreement(photo, photo)  # one photo's colours twice
+    same = pairwise._hue_agreement(photo, photo)  # one photo's colours twice
     assert same is not None and same.turn < 1e-6 and same.chroma_ratios == (1.0, 1.0)
