@@ -1,4 +1,8 @@
-"""What the Keras backend keeps between runs: JAX's compiled model shapes, on disk.
+"""The Keras backend's process-wide state: how it is imported, and JAX's compiled shapes on disk.
+
+:func:`import_keras` imports Keras (and so its backend) with the native start-up notes
+TensorFlow writes to the process' stderr left out; the rest of this module is the compile
+cache.
 
 On Keras' JAX backend every batch shape the embedder runs (:func:`embedding.embedder.
 batch_buckets`) and every weight initialiser of the model is compiled by XLA when first used,
@@ -15,6 +19,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +55,41 @@ def enable_compile_cache(directory: Path | None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     log.info("JAX keeps compiled model shapes in %s", directory)
     return directory
+
+
+START_UP_NOTES = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|I0000 [0-9:. ]+ *\d+ (port|cpu_feature_guard)\.cc"
+    r"|To enable the following instructions: .*rebuild TensorFlow)")
+"""What TensorFlow's native code prints to stderr on import (oneDNN, the CPU instructions it
+was not built for): absl's INFO lines, which ``TF_CPP_MIN_LOG_LEVEL`` no longer silences."""
+
+
+def import_keras() -> None:
+    """Import Keras, leaving out :data:`START_UP_NOTES`: they came before every command's own
+    lines, twice, and made an error line look like one of many (:func:`import_quietly`)."""
+    import_quietly("keras")
+
+
+def import_quietly(module: str) -> None:
+    """Import ``module`` with :data:`START_UP_NOTES` left out of what it writes to stderr.
+    Native code writes to file descriptor 2, not to ``sys.stderr``, so that descriptor is
+    pointed at a temporary file for the import; whatever else was written there (a missing
+    library, a crash's last words) is passed on as it was. A no-op once it is imported."""
+    if module in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            importlib.import_module(module)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode("utf-8", "replace").splitlines(True)
+                    if not START_UP_NOTES.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

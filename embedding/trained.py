@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,9 +119,9 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
         config = TrainedConfig(
             variant=Variant.parse(meta["variant"]).value,
             square=SquareMode.parse(meta["square"]).value,
-            first_block=int(meta["first_block"]),
-            format=int(meta["format"]),
-            projection=bool(meta.get("projection", False)),
+            first_block=_whole(meta, "first_block"),
+            format=_whole(meta, "format"),
+            projection=_flag(meta, "projection"),
         )
         sha = str(meta["content_sha256"])
     except OSError as exc:
@@ -129,7 +130,30 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
         raise TrainedModelError(f"{path}: not a trained model config ({exc!r})") from None
     if config.format != FORMAT:
         raise TrainedModelError(f"{path}: format {config.format}, this version reads {FORMAT}")
+    from embedding.efficientnet_lite import block_plan
+
+    blocks = len(block_plan(Variant.parse(config.variant).spec))
+    if not 1 <= config.first_block <= blocks:
+        raise TrainedModelError(f"{path}: first_block {config.first_block} is not a block of "
+                                f"{config.variant} (1..{blocks})")
     return config, sha
+
+
+def _whole(meta: dict[str, Any], key: str) -> int:
+    """``meta[key]`` as written: a JSON integer (not ``16.7``, ``"16"`` or ``true``)."""
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key} must be an integer, not {value!r}")
+    return value
+
+
+def _flag(meta: dict[str, Any], key: str) -> bool:
+    """``meta[key]`` as written: a JSON boolean (not ``"false"``, which ``bool()`` reads as
+    true); false when absent (directories written before the field existed)."""
+    value = meta.get(key, False)
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false, not {value!r}")
+    return value
 
 
 def trained_model_parts(config: TrainedConfig) -> tuple[keras.Model, keras.Model]:
@@ -155,9 +179,12 @@ def load_trained_model(directory: Path,
     config, sha = read_config(directory)
     model, top = trained_model_parts(config)
     try:
-        top.load_weights(str(directory / WEIGHTS_FILE))
+        with warnings.catch_warnings():  # Keras warns per layer that does not fit, then raises
+            warnings.simplefilter("ignore")
+            top.load_weights(str(directory / WEIGHTS_FILE))
     except (OSError, ValueError) as exc:
-        raise TrainedModelError(f"{directory / WEIGHTS_FILE}: cannot load: {exc}") from None
+        raise TrainedModelError(f"{directory / WEIGHTS_FILE}: cannot load: {_first_line(exc)} "
+                                f"(weights of another config.json?)") from None
     actual = content_hash(config, named_weights(top))
     if actual != sha:
         raise TrainedModelError(
@@ -166,3 +193,10 @@ def load_trained_model(directory: Path,
 
     copy_weights(top, model)
     return model, config, trained_version(config, sha, colour_weight)
+
+
+def _first_line(exc: Exception, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters: Keras' load
+    errors quote whole weight arrays."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

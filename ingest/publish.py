@@ -9,6 +9,7 @@ anything is sent, so a bad file publishes nothing and every error is reported wi
 from __future__ import annotations
 
 import json
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Any
 from kafka import KafkaProducer
 from pydantic import ValidationError
 
-from schema.events import ProductUpserted, dump_event
+from schema.errors import ItemError
+from schema.events import MAX_EVENT_BYTES, SCHEME, ProductUpserted, dump_event, load_json
 
 _EVENT_KEYS = {"product_id", "title", "category", "price", "currency", "images", "seller_id"}
 _DROPPED_KEYS = {"type", "schema_version", "version", "updated_at", "attributes"}
@@ -27,10 +29,13 @@ _DROPPED_KEYS = {"type", "schema_version", "version", "updated_at", "attributes"
 class CatalogError(ValueError):
     """The catalog file has invalid lines; ``errors`` lists ``(line_number, message)``."""
 
+    SHOWN = 3
+    """Bad lines the message names, on its one line; ``errors`` holds them all."""
+
     def __init__(self, path: Path, errors: list[tuple[int, str]]) -> None:
-        shown = "\n".join(f"  line {n}: {msg}" for n, msg in errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        super().__init__(f"{path}: {len(errors)} invalid line(s):\n{shown}{more}")
+        shown = "; ".join(f"line {n}: {' '.join(msg.split())}" for n, msg in errors[:self.SHOWN])
+        more = f"; and {len(errors) - self.SHOWN} more" if len(errors) > self.SHOWN else ""
+        super().__init__(f"{path}: {len(errors)} invalid line(s): {shown}{more}")
         self.errors = errors
 
 
@@ -46,23 +51,35 @@ def _image(entry: Any, base: Path) -> Any:
         if "url" in entry:
             return {"url": entry["url"]}
         entry = entry.get("path")
-    if isinstance(entry, str) and not entry.lower().startswith(("http://", "https://")):
+    if isinstance(entry, str) and not SCHEME.match(entry):  # a URL, even ftp://: refused as one
         path = Path(entry)
         return {"path": str(path if path.is_absolute() else (base / path).resolve())}
     return entry
 
 
 def catalog_lines(path: Path) -> Iterator[CatalogLine]:
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, 1):
-            if text.strip():
-                try:
-                    raw = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raw = {"__error__": f"invalid JSON: {exc}"}
-                if not isinstance(raw, dict):
-                    raw = {"__error__": "not a JSON object"}
-                yield CatalogLine(number, raw)
+    """The file's non-blank lines, each parsed as ingest parses an event
+    (:func:`schema.events.load_json`: its size, nesting and number limits; UTF-8), so that a
+    line publish accepts is one ingest can read. A longer line is read no further than the
+    limit: a catalog of one endless line (``/dev/zero`` copied to a file) costs no memory."""
+    with open(path, "rb") as fh:
+        number = 0
+        while line := fh.readline(MAX_EVENT_BYTES + 1):
+            number += 1
+            if len(line) > MAX_EVENT_BYTES:
+                while line and not line.endswith(b"\n"):  # skip to the next line
+                    line = fh.readline(1 << 20)
+                yield CatalogLine(number, {"__error__": f"longer than {MAX_EVENT_BYTES} bytes"})
+                continue
+            if not line.strip():
+                continue
+            try:
+                raw = load_json(line)
+            except ItemError as exc:
+                raw = {"__error__": f"invalid JSON: {exc.detail}"}
+            if not isinstance(raw, dict):
+                raw = {"__error__": "not a JSON object"}
+            yield CatalogLine(number, raw)
 
 
 def to_event(
@@ -70,6 +87,9 @@ def to_event(
 ) -> ProductUpserted:
     if "__error__" in raw:
         raise ValueError(raw["__error__"])
+    if raw.get("type", "product.upserted") != "product.upserted":
+        raise ValueError(f"type: {str(raw['type'])[:40]!r}: a catalog lists products to publish "
+                         "(product.upserted); other events are sent as events")
     images = raw.get("images")
     fields = {k: v for k, v in raw.items() if k in _EVENT_KEYS}
     fields["images"] = [_image(e, base) for e in images] if isinstance(images, list) else images
@@ -89,6 +109,8 @@ def load_catalog(
 ) -> list[ProductUpserted]:
     """Validate the whole file; raise :class:`CatalogError` listing every bad line."""
     version = int(time.time() * 1000) if version is None else version
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would wait forever, a device forever read
+        raise OSError(f"{path}: not a regular file (a catalog is a JSON Lines file)")
     base = path.resolve().parent
     events: list[ProductUpserted] = []
     errors: list[tuple[int, str]] = []

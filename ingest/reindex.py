@@ -22,8 +22,9 @@ Steps (see schema/versions.py for the names and store/versions.py for the aliase
 
 A product is copied whole or not at all: if one of its images cannot be fetched or decoded, it
 is reported with each image's reason and not written (``allow_failures`` writes its good images,
-like ingest does, and lets the switch happen). Inline (base64) images are not stored, so they
-cannot be embedded again: those products are reported (reason ``inline_image``).
+like ingest does, and lets the switch happen, unless no product at all could be copied). Inline
+(base64) images are not stored, so they cannot be embedded again: those products are reported
+(reason ``inline_image``).
 """
 
 from __future__ import annotations
@@ -215,6 +216,11 @@ class Reindexer:
         elif report.failures and not allow_failures:
             report.refused = (f"{len(report.failures)} product(s) could not be re-embedded "
                               "(see the failures); fix them or pass --allow-failures")
+        elif report.failures and not any(s.listed for s in
+                                         self._states(target.state_name).values()):
+            report.refused = (f"{len(report.failures)} product(s) could not be re-embedded and "
+                              "none could (see the failures): --allow-failures does not switch "
+                              "searches to an empty catalog")
         if switch and not report.refused:
             previous = self._versions.switch_to(model, self._embedder.dim)
             report.switched = True

@@ -47,7 +47,7 @@ from schema.errors import ItemError
 from schema.versions import ModelRetiredError
 from store import MilvusStore, StoreError
 from store.engine import is_lite_uri
-from store.versions import ModelVersions, ServingGuard
+from store.versions import ModelVersions, ServingGuard, check_base
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -119,12 +119,26 @@ def open_store(settings: Settings, *, create: bool = False) -> MilvusStore:
     if lite and _foreign_folder(Path(uri)):
         raise UserError(f"{uri} is a folder that holds no Milvus Lite database (check "
                         "--milvus-uri or LOOKALIKE_MILVUS__URI); nothing was written to it")
+    if lite and Path(uri).exists() and not Path(uri).is_dir():
+        raise UserError(f"{uri} is a file, not a Milvus Lite database (this Milvus Lite keeps "
+                        "a database in a folder; check --milvus-uri or LOOKALIKE_MILVUS__URI)")
+    if lite and not create and Path(uri).is_dir() and not any(Path(uri).iterdir()):
+        raise UserError(f"no Milvus Lite database at {uri}, an empty folder (check --milvus-uri "
+                        "or LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
     if lite and not Path(uri).exists():
         if not create:
             raise UserError(
                 f"no Milvus Lite database at {uri} (check --milvus-uri or "
                 "LOOKALIKE_MILVUS__URI; `lookalike ingest` creates it)")
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # under a file, on a read-only disk, not ours
+            raise UserError(f"cannot create the Milvus Lite database {uri}: "
+                            f"{exc.strerror or exc}") from None
+    if lite and not os.access(Path(uri) if Path(uri).exists() else Path(uri).parent,
+                              os.W_OK | os.X_OK):
+        raise UserError(f"cannot open the Milvus Lite database {uri}: not writable (Milvus Lite "
+                        "writes its lock and files there, even to read)")
     try:
         store = MilvusStore.open(uri, m.token, memory_index=m.lite_memory_index,
                                  lite_process=m.lite_process, lite_speedups=m.lite_speedups)
@@ -187,13 +201,13 @@ def _lite_locked(path: Path) -> bool:
 def open_versions(settings: Settings, *, create: bool = False) -> ModelVersions:
     """The model-version registry of the configured collection (one client, one probe of
     the server's engine and version, shared by everything the command builds from it)."""
-    name, store = settings.milvus.collection, open_store(settings, create=create)
+    name = settings.milvus.collection
     try:
-        return ModelVersions(store, name)  # checks the name (and the names it derives)
+        check_base(name)  # before the store: a refused name creates no database
     except ValidationError as exc:
-        store.close()
         raise UserError(f"invalid collection name {name!r}: "
                         f"{exc.errors(include_url=False)[0]['msg']}") from None
+    return ModelVersions(open_store(settings, create=create), name)
 
 
 def open_for_writing(versions: ModelVersions, embedder: Any) -> tuple[CollectionSpec,
@@ -349,6 +363,10 @@ def build_fetcher(images: ImageSettings) -> ImageFetcher:
     if not images.roots:
         log.info("local image paths are refused: no image root configured "
                  "(--image-root or LOOKALIKE_IMAGES__ROOTS); URLs are fetched")
+    for root in images.roots:  # a typo would dead-letter every local photo, one by one
+        if not root.is_dir():
+            raise UserError(f"image root {root} is not a folder (check --image-root or "
+                            "LOOKALIKE_IMAGES__ROOTS)")
     return ImageFetcher(
         images.roots,
         max_bytes=images.max_bytes,

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
-from lookalike.settings import Settings
+from lookalike.settings import LOG_LEVELS, Settings
+from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +36,31 @@ def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def _root(text: str) -> Path:
+    """An argparse type: an image root (``""`` would be the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a folder, not an empty path")
+    return Path(text)
+
+
+def _version(text: str) -> int:
+    """An argparse type: an event version, a whole number from 0 to 2**62 (the events')."""
+    value = int(text)
+    if not 0 <= value <= MAX_VERSION:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**62, got {text}")
+    return value
+
+
+def _seller(text: str) -> str:
+    """An argparse type: a ``seller_id`` as events carry one."""
+    if not 1 <= len(text) <= MAX_SELLER_CHARS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_SELLER_CHARS} characters")
+    try:
+        return no_control_chars(text, "a seller id")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
@@ -78,7 +104,7 @@ def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    p.add_argument("--image-root", action="append", type=Path, default=None,
+    p.add_argument("--image-root", action="append", type=_root, default=None,
                    help="folder whose catalog images the page may show (repeatable)")
 
 
@@ -91,13 +117,14 @@ def _match_arg(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lookalike", description=__doc__, epilog=EXIT_CODES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default=None)
+    parser.add_argument("--log-level", default=None, type=str.upper, choices=LOG_LEVELS,
+                        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="consume product events into Milvus")
     _connection_args(p)
     p.add_argument("--group-id")
-    p.add_argument("--image-root", action="append", type=Path, default=None,
+    p.add_argument("--image-root", action="append", type=_root, default=None,
                    help="folder that local image paths may point into (repeatable)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
@@ -107,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
     _connection_args(p, milvus=False)
     p.add_argument("catalog", type=Path)
-    p.add_argument("--version", type=_at_least(0), help="event version (default: now, in ms)")
-    p.add_argument("--seller-id", default="catalog", help="seller_id where a line has none")
+    p.add_argument("--version", type=_version, help="event version (default: now, in ms)")
+    p.add_argument("--seller-id", type=_seller, default="catalog",
+                   help="seller_id where a line has none")
 
     p = sub.add_parser("search", help="find products that look like an image")
     _connection_args(p, kafka=False)
@@ -132,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catalog.jsonl (default: Fashion-MNIST with synthetic prices)")
     p.add_argument("--n-products", type=_at_least(1), default=1000,
                    help="Fashion-MNIST articles in the default catalog")
+    p.add_argument("--image-root", action="append", type=_root, default=None,
+                   help="folder the catalog's photos may be in, besides the catalog's own "
+                   "(repeatable)")
 
     p = sub.add_parser("eval", help="retrieval quality: Recall@k and mAP@R of a protocol")
     p.add_argument("--gallery", type=Path, required=True,
@@ -157,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
                        "then switch searches to it (no downtime)")
     _connection_args(p, kafka=False)
-    p.add_argument("--image-root", action="append", type=Path, default=None,
+    p.add_argument("--image-root", action="append", type=_root, default=None,
                    help="folder that stored local image paths may point into (repeatable)")
     p.add_argument("--no-switch", action="store_true",
                    help="build the new model's collections but keep serving the current one")
@@ -206,6 +237,9 @@ HANDLERS = {
 }
 """Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
 model and clients load only for the commands that need them; ``broker`` loads none)."""
+MODEL_COMMANDS = frozenset({"ingest", "search", "compare-prices", "demo", "eval", "reindex",
+                            "serve", "run", "train"})
+"""The subcommands that load the model (and so import Keras, quietly: ``import_keras``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,16 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               "e.g. LOOKALIKE_IMAGES__ROOTS='[\"/data/images\"]')", file=sys.stderr)
         return ExitCode.USAGE
     logging.basicConfig(
-        level=(args.log_level or settings.log_level).upper(),
+        level=args.log_level or settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    # pymilvus' query iterator warns on every scan that lite/2.3 servers give no MVCC stamp
-    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "pymilvus.client.iterator", "faiss",
-                  "milvus_lite"):
+    for noisy in ("kafka", "urllib3", "absl", "tensorflow", "faiss", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # kafka-python logs every refused connection as an ERROR (a dozen lines a second while a
     # broker is down), milvus-lite a traceback when another process holds the database: the
-    # commands report both themselves, in one line (lookalike.app.open_store, create_topics)
+    # commands report both themselves, in one line (lookalike.app.open_store, create_topics).
+    # pymilvus' own loggers are set where it is imported (store.client).
     for chatty in ("kafka.net", "milvus_lite.server_manager"):
         logging.getLogger(chatty).setLevel(logging.CRITICAL)
     try:
@@ -250,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "compare_k": getattr(args, "compare_k", None),
                     "compare_threshold": getattr(args, "compare_threshold", None)},
         )
+        if args.command in MODEL_COMMANDS:
+            from embedding.runtime import import_keras
+
+            import_keras()
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
         return int(handler(settings, args))

@@ -95,6 +95,15 @@ def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
     """Ingest into the physical collections of the embedder's model (store/versions.py);
     exits 3, without committing the batch that noticed it, when a switch retires that model.
     ``metrics``: counted after each committed batch (serve/metrics.py)."""
+    _ingest(settings, embedder, versions, until_caught_up=until_caught_up, total=total,
+            metrics=metrics)
+    return ExitCode.OK
+
+
+def _ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
+            until_caught_up: bool, total: int | None = None,
+            metrics: IngestMetrics | None = None) -> RunReport:
+    """:func:`_run_ingest`, returning what the run did."""
     target, guard = open_for_writing(versions, embedder)
     bar = tqdm(total=total, unit="event", desc="ingest", disable=not sys.stderr.isatty())
 
@@ -118,7 +127,7 @@ def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
             bar.close()
     log.info("ingest finished stopped_by=%s batches=%d seconds=%.1f %s",
              report.stopped_by, report.batches, report.seconds, report.totals.summary())
-    return ExitCode.OK
+    return report
 
 
 def publish(settings: Settings, args: argparse.Namespace) -> int:
@@ -256,9 +265,10 @@ def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
         print("note: Fashion-MNIST prices are SYNTHETIC (attributes.price_source=synthetic)")
     _publish(settings, events)
     started = time.monotonic()
-    code = _run_ingest(settings, embedder, versions, until_caught_up=True, total=len(events))
-    if code:
-        return code
+    totals = _ingest(settings, embedder, versions, until_caught_up=True,
+                     total=len(events)).totals
+    if not totals.applied:
+        raise UserError(_nothing_indexed(settings, totals), ExitCode.FAILED)
     print(f"ingested in {time.monotonic() - started:.1f}s")
     searcher = build_search(settings, embedder, versions, read_your_writes=True)
     by_category: dict[str, Any] = {}
@@ -276,12 +286,36 @@ def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
     resold = next((e for e in events if e.product_id.endswith("-resale")), first)
     print(f"\nprice comparison for {resold.product_id} (threshold "
           f"{settings.search.compare_threshold}):")
-    _print_hits(searcher.compare_prices(
-        product_id=resold.product_id, threshold=settings.search.compare_threshold,
-        k=settings.search.compare_k,
-    ), "similarity")
+    try:
+        _print_hits(searcher.compare_prices(
+            product_id=resold.product_id, threshold=settings.search.compare_threshold,
+            k=settings.search.compare_k,
+        ), "similarity")
+    except ProductNotFound:
+        print(f"  ({resold.product_id} was not indexed: its event was dead-lettered; "
+              f"dead letters: {_reasons(totals)})")
     print(f"\n{try_it_yourself(settings, resold.product_id)}")
     return ExitCode.OK
+
+
+def _reasons(totals: Any) -> str:
+    """The dead letters' reasons, and their images' when images failed."""
+    def counts(counter: Any) -> str:
+        return ", ".join(f"{reason} x{n}" for reason, n in sorted(counter.items()))
+
+    images = f"; images: {counts(totals.images_failed)}" if totals.images_failed else ""
+    return (counts(totals.dlq_reasons) or "none") + images
+
+
+def _nothing_indexed(settings: Settings, totals: Any) -> str:
+    """Why the demo has nothing to search: every event was dead-lettered."""
+    hint = ""
+    if "path_not_allowed" in totals.images_failed:
+        roots = ", ".join(str(Path(r).resolve()) for r in settings.images.roots)
+        hint = (f"; the demo reads photos under {roots} (its catalog's folder, as the links "
+                "in it resolve): add the photos' folder with --image-root DIR")
+    return (f"no product of the catalog was indexed: {totals.dead_lettered} event(s) "
+            f"dead-lettered ({_reasons(totals)}){hint}")
 
 
 def try_it_yourself(settings: Settings, product_id: str) -> str:

@@ -40,7 +40,7 @@ class KafkaSettings(_Group):
 
 
 class MilvusSettings(_Group):
-    uri: str = Field(default="./var/lookalike.db",
+    uri: str = Field(default="./var/lookalike.db", min_length=1,
                      description="A Milvus Lite database path, or a server's http://host:19530")
     token: str = Field(default="", description="user:password or an API key, for a server")
     collection: str = Field(
@@ -104,6 +104,14 @@ class ImageSettings(_Group):
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         return [_cidr(v) for v in value]
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _no_empty_root(cls, value: object) -> object:
+        """``""`` would be ``Path(".")``: the working directory, wherever that is."""
+        if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+            raise ValueError("an image root must be a folder, not an empty path")
+        return value
     fetch_workers: int = Field(default=8, ge=1, description="Images fetched at once")
     decode_workers: int | None = Field(
         default=None, ge=1,
@@ -237,6 +245,10 @@ class ServeSettings(_Group):
     workers: int = Field(default=4, ge=1, description="Queries embedded and searched at once")
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOOKALIKE_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -249,4 +261,9 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     search: SearchSettings = SearchSettings()
     serve: ServeSettings = ServeSettings()
-    log_level: str = Field(default="INFO", description="Also --log-level")
+    log_level: LogLevel = Field(default="INFO", description="Also --log-level (any case)")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value

@@ -47,7 +47,8 @@ MAX_NUMBER_CHARS: Final = 40
 """Longest JSON number literal accepted (a 5,000-digit integer must not reach ``int()``)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+"""A URL's start (``scheme://``): an image reference with one is a URL, never a path."""
 
 ProductId = Annotated[
     str,
@@ -65,9 +66,11 @@ Price = Annotated[
     Decimal,
     Field(ge=0, le=MAX_PRICE, max_digits=18, decimal_places=4, allow_inf_nan=False),
 ]
+MAX_VERSION: Final = 2**62
+"""The largest event version (it is stored in an int64 field)."""
 Version = Annotated[
     int,
-    Field(ge=0, le=2**62, strict=True, description="Monotonic per-product version"),
+    Field(ge=0, le=MAX_VERSION, strict=True, description="Monotonic per-product version"),
 ]
 
 MAX_IMAGES_PER_PRODUCT = 32
@@ -80,7 +83,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-def _no_control_chars(value: str, what: str) -> str:
+def no_control_chars(value: str, what: str) -> str:
     if _CONTROL.search(value):
         raise ValueError(f"{what} must not contain control characters")
     return value
@@ -91,7 +94,7 @@ def normalize_category(value: str) -> str:
 
     Segments are separated by ``/``; each is trimmed and must be non-empty.
     """
-    _no_control_chars(value, "category")
+    no_control_chars(value, "category")
     parts = [p.strip() for p in value.split("/")]
     if not value.strip() or any(not p for p in parts):
         raise ValueError("category must be a '/'-separated path of non-empty segments")
@@ -129,7 +132,7 @@ class ImageRef(StrictModel):
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
             # Anything with a scheme is a URL (and only http/https pass validation).
-            return {"url": value} if _SCHEME.match(value) else {"path": value}
+            return {"url": value} if SCHEME.match(value) else {"path": value}
         return value
 
     @model_validator(mode="after")
@@ -140,11 +143,11 @@ class ImageRef(StrictModel):
                 f"an image needs exactly one of url, path or data (got {given or 'none'})"
             )
         if self.url is not None:
-            _no_control_chars(self.url, "image url")
+            no_control_chars(self.url, "image url")
             if not self.url.lower().startswith(("http://", "https://")):
                 raise ValueError("image url must be http:// or https://")
         if self.path is not None:
-            _no_control_chars(self.path, "image path")
+            no_control_chars(self.path, "image path")
         if self.data is not None:
             try:
                 base64.b64decode(self.data, validate=True)
@@ -233,7 +236,7 @@ class ProductUpserted(_EventBase):
     @field_validator("title", "seller_id")
     @classmethod
     def _text(cls, value: str) -> str:
-        return _no_control_chars(value, "text fields")
+        return no_control_chars(value, "text fields")
 
     @field_validator("category")
     @classmethod

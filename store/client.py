@@ -139,6 +139,10 @@ class MilvusStore:
         replace the slow steps of Lite's write path (``lite_process.speed_up_lite``)."""
         from pymilvus import MilvusClient
 
+        # Its query iterator warns on every scan that Lite and 2.3 servers give no MVCC stamp
+        # (it then uses the client's clock, as intended). Set here, after pymilvus' import
+        # configured its loggers, which resets the levels of any set before.
+        logging.getLogger("pymilvus.client.iterator").setLevel(logging.ERROR)
         process: LiteProcess | None = None
         connect_uri = uri
         if is_lite_uri(uri):

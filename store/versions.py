@@ -33,6 +33,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def check_base(base: str) -> None:
+    """Raise pydantic's ``ValidationError`` for a base name that is no collection name itself
+    (an alias: ``''``, for one) or leaves no room for the names derived from it."""
+    CollectionSpec(name=base, dim=2)
+    CollectionSpec(name=physical_name(base, ""), dim=2)
+
+
 class ModelVersions:
     """Naming, registry and aliases of the per-model collections behind one base name.
 
@@ -48,7 +55,7 @@ class ModelVersions:
         *,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
-        CollectionSpec(name=physical_name(base, ""), dim=2)  # raises for a bad or long name
+        check_base(base)
         self.store = store
         self.base = base
         self._clock_ms = clock_ms

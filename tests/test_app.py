@@ -55,6 +55,35 @@ def test_opening_a_missing_lite_database_creates_it_only_when_asked(tmp_path: Pa
     assert (tmp_path / "new.db").exists()
 
 
+def test_a_database_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """Under a regular file (and on a read-only disk) the folder could not be made:
+    a ``NotADirectoryError`` (``OSError``) traceback."""
+    from lookalike.errors import ExitCode, UserError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    settings = make_settings("127.0.0.1:1", "x", tmp_path / "notes.txt" / "sub" / "m.db", [])
+    with pytest.raises(UserError, match="cannot create the Milvus Lite database") as refused:
+        open_versions(settings, create=True)
+    assert refused.value.code == ExitCode.USAGE
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_image_root_that_is_no_folder_is_refused(tmp_path: Path) -> None:
+    """A typo in a root made every local photo a dead letter, one by one (``path_not_allowed``,
+    or ``not_found``), while ingest committed their offsets."""
+    from lookalike.app import build_fetcher
+    from lookalike.errors import UserError
+    from lookalike.settings import ImageSettings
+
+    assert build_fetcher(ImageSettings(roots=[tmp_path])) is not None
+    for root in (tmp_path / "typo", tmp_path / "file.txt"):
+        (tmp_path / "file.txt").write_text("x")
+        with pytest.raises(UserError, match=f"image root {root} is not a folder"):
+            build_fetcher(ImageSettings(roots=[tmp_path, root]))
+    with pytest.raises(ValueError, match="an image root must be a folder, not an empty path"):
+        ImageSettings.model_validate({"roots": [""]})
+
+
 def test_every_runner_limit_without_a_default_is_an_ingest_setting() -> None:
     """build_runner fills RunnerConfig from IngestSettings by name: a limit added to one and
     not the other would silently be missing."""

@@ -25,7 +25,7 @@ def test_parser_knows_every_subcommand() -> None:
         assert parser.parse_args(argv).command == argv[0]
 
 
-def test_publish_reports_every_bad_line_and_sends_nothing(
+def test_publish_reports_the_bad_lines_in_one_line_and_sends_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     catalog = tmp_path / "c.jsonl"
@@ -40,7 +40,14 @@ def test_publish_reports_every_bad_line_and_sends_nothing(
     code = main(["publish", str(catalog), "--bootstrap-servers", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "line 2: price" in err and "line 3: invalid JSON" in err
+    (line,) = err.splitlines()  # one line, naming each bad line (up to three)
+    assert "2 invalid line(s): line 2: price" in line and "; line 3: invalid JSON" in line
+
+    with catalog.open("a") as more:
+        more.write("[1]\n" * 3)
+    assert main(["publish", str(catalog), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "5 invalid line(s): line 2:" in line and line.endswith("; and 2 more")
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -175,6 +175,50 @@ def test_a_folder_that_is_no_lite_database_is_an_error_and_stays_as_it_was(
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg"]
 
 
+@pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"],
+                                     ["compare-prices", "--product-id", "p"]])
+def test_an_empty_folder_a_file_or_no_path_is_no_database(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command that reads never makes a database: not in an empty folder (Lite would fill
+    it with its own), not at ``''`` (the working directory), and a file is not a database
+    (this Lite keeps one in a folder: a file was "cannot open ... File exists", exit 4)."""
+    image = write_image(tmp_path / "q.png", seed=2)
+    argv = [str(image) if a == "IMAGE" else a for a in command]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv, "--milvus-uri", str(empty)]) == ExitCode.USAGE
+    assert "an empty folder" in one_error(capsys, command[0])
+    assert not any(empty.iterdir())
+    file = tmp_path / "old.db"
+    file.write_text("hi")
+    assert main([*argv, "--milvus-uri", str(file)]) == ExitCode.USAGE
+    assert "is a file, not a Milvus Lite database" in one_error(capsys, command[0])
+    assert file.read_text() == "hi"
+    assert main([*argv, "--milvus-uri", ""]) == ExitCode.USAGE
+    assert "invalid milvus.uri" in one_error(capsys, command[0])
+
+
+@pytest.mark.parametrize("how", ["flag", "setting"])
+def test_an_unknown_log_level_is_one_line(how: str, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """It was a ``ValueError: Unknown level`` traceback from ``logging.basicConfig``; any
+    case of a known level is taken."""
+    argv = ["models", "--milvus-uri", "nowhere.db"]
+    if how == "flag":
+        with pytest.raises(SystemExit) as stopped:
+            main(["--log-level", "bogus", *argv])
+        assert stopped.value.code == ExitCode.USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "argument --log-level: invalid choice: 'BOGUS'" in err
+        assert main(["--log-level", "error", *argv]) == ExitCode.USAGE  # known: it runs on
+        assert "no Milvus Lite database" in one_error(capsys, "models")
+    else:
+        monkeypatch.setenv("LOOKALIKE_LOG_LEVEL", "bogus")
+        assert main(argv) == ExitCode.USAGE
+        assert "invalid LOOKALIKE_ setting log_level" in one_error(capsys, "models")
+
+
 @pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"]])
 def test_milvus_on_a_closed_port(command: list[str], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,6 +237,66 @@ def write_catalog(folder: Path) -> Path:
             "images": ["a.png"]}
     (folder / "c.jsonl").write_text(json.dumps(line) + "\n")
     return folder / "c.jsonl"
+
+
+GOOD_LINE = ('{"product_id": "a", "title": "A", "category": "X", "price": 1, "currency": "USD", '
+             '"images": ["a.png"]}')
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\xff\xfe\x00garbage\n", "line 1: invalid JSON"),
+    (GOOD_LINE.encode().replace(b'"A"', b'"\xe9t\xe9"') + b"\n", "line 1: invalid JSON"),
+    (b"[" * 200_000 + b"]" * 200_000 + b"\n", "line 1: invalid JSON: nesting deeper than"),
+    (b'{"product_id": ' + b"1" * 5000 + b"}\n", "line 1: invalid JSON: a number has more than 40"),
+    (b'{"title": "' + b"x" * (1 << 21) + b'"}\n' + GOOD_LINE.encode() + b"\n",
+     "1 invalid line(s): line 1: longer than 1048576 bytes"),
+    (GOOD_LINE.replace('{"product_id"', '{"type": "product.delisted", "product_id"').encode(),
+     "line 1: type: 'product.delisted': a catalog lists products to publish"),
+    (GOOD_LINE.replace('"a.png"', '"ftp://example.com/a.jpg"').encode(),
+     "image url must be http:// or https://"),
+])
+def test_a_catalog_line_publish_cannot_send_is_named_in_one_line(
+    content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Non-UTF-8 text, deep nesting and a 5,000-digit number ended in tracebacks
+    (``UnicodeDecodeError``, ``RecursionError``, ``ValueError``); a line of any length was read
+    whole; a ``type`` other than an upsert was dropped and the line published as an upsert;
+    an ``ftp://`` image became a local path. The lines are now read as ingest reads an event."""
+    write_image(tmp_path / "a.png", seed=4)
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_bytes(content)
+    assert main(["publish", str(catalog), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert message in one_error(capsys, "publish")
+
+
+def test_a_catalog_that_is_not_a_file_is_refused_before_it_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO waited forever for a writer; ``/dev/zero`` was read until memory ran out."""
+    fifo = tmp_path / "catalog.jsonl"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        assert main(["publish", str(path), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+        assert "not a regular file" in one_error(capsys, "publish")
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--version", "-1", "must be from 0 to 2**62"),
+    ("--version", str(2**62 + 1), "must be from 0 to 2**62"),
+    ("--seller-id", "", "must be 1 to 128 characters"),
+    ("--seller-id", "x" * 129, "must be 1 to 128 characters"),
+    ("--seller-id", "shop\t1", "a seller id must not contain control characters"),
+])
+def test_publish_options_are_checked_as_options(
+    option: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They were reported as faults of every catalog line ("c.jsonl: 1 invalid line(s)")."""
+    catalog = write_catalog(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["publish", str(catalog), option, value, "--bootstrap-servers", "127.0.0.1:1"])
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}: {message}" in err
 
 
 @pytest.mark.parametrize("command", ["publish", "ingest"])
@@ -318,7 +422,6 @@ def test_search_before_the_first_ingest_says_so(tmp_path: Path,
     (["demo", "--n-products", "-3"], "--n-products"),
     (["reindex", "--settle-s", "inf"], "--settle-s"),
     (["reindex", "--max-passes", "0"], "--max-passes"),
-    (["publish", "c.jsonl", "--version", "-1"], "--version"),
 ])
 def test_bad_numbers_in_other_options_are_usage_errors(
     argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
@@ -330,13 +433,19 @@ def test_bad_numbers_in_other_options_are_usage_errors(
     assert err.count("\n") == 1 and f"argument {option}: must be at least" in err
 
 
-@pytest.mark.parametrize("name", ["a b", "x" * 250])
+@pytest.mark.parametrize("name", ["a b", "x" * 250, ""])
 def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``""`` passed (the names derived from it are valid) and failed in Milvus, after the
+    model loaded, as exit 4 with pymilvus' traceback; a refused name created the database."""
     MilvusStore.open(str(tmp_path / "m.db"), lite_process=True).close()
     code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
     assert code == ExitCode.USAGE
     assert "invalid collection name" in one_error(capsys, "models")
+    code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "new.db")])
+    assert code == ExitCode.USAGE
+    assert "invalid collection name" in one_error(capsys, "models")
+    assert not (tmp_path / "new.db").exists()
 
 
 def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch,

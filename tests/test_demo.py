@@ -57,3 +57,44 @@ def test_demo_runs_end_to_end(fmnist: None, bootstrap: str, unique: str, tmp_pat
     assert main(words[2:]) == 0
     listed = capsys.readouterr().out
     assert product_id.removesuffix("-resale") in listed
+
+
+def test_demo_with_nothing_indexed_says_why_in_one_line(
+    bootstrap: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo reads photos under its catalog's folder. A catalog whose ``images`` is a link
+    to a folder elsewhere resolves outside it, every event was dead-lettered, and the demo
+    went on to search and ended in a ``ProductNotFound`` traceback. Now: one line with the
+    reasons and the way out (``--image-root``), which then works."""
+    from tests.pipeline_support import write_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "images").symlink_to(photos)
+    lines = []
+    for i in range(2):
+        write_image(photos / f"p{i}.png", seed=40 + i)
+        lines.append({"product_id": f"p{i}", "title": f"P{i}", "category": "Shop/Things",
+                      "price": 10 + i, "currency": "USD", "images": [f"images/p{i}.png"]})
+    catalog = shop / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("LOOKALIKE_LOG_LEVEL", "ERROR")
+    argv = ["demo", "--catalog", str(catalog), "--bootstrap-servers", bootstrap]
+
+    monkeypatch.setenv("LOOKALIKE_KAFKA__TOPIC", f"demo-links-{unique}")
+    assert main([*argv, "--milvus-uri", str(tmp_path / "a.db")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "lookalike demo: error:" in x]
+    assert "no product of the catalog was indexed: 2 event(s) dead-lettered" in line
+    assert "images: path_not_allowed x2" in line and "--image-root" in line
+
+    monkeypatch.setenv("LOOKALIKE_KAFKA__TOPIC", f"demo-links2-{unique}")
+    assert main([*argv, "--image-root", str(photos), "--milvus-uri", str(tmp_path / "b.db")]) == 0
+    out = capsys.readouterr().out
+    assert "price comparison for p0" in out and out.count("query:") == 1

@@ -302,3 +302,31 @@ def test_colour_weight_appends_the_colour_descriptor(
     assert float(vectors[0] @ vectors[1]) < float(cnn[0] @ cnn[1]) - 0.05
     with pytest.raises(ValueError, match="colour_weight"):
         EfficientNetLiteEmbedder("lite0", "pad", colour_weight=-1, weights=weights)
+
+
+def test_tensorflows_start_up_notes_are_left_out_of_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What TensorFlow's native code writes to file descriptor 2 on import (its notes came
+    before every command's own lines, twice): the notes are dropped, anything else is kept."""
+    from embedding.runtime import import_quietly
+
+    notes = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796528164.297833   17702 port.cc:153] oneDNN custom operations are on.",
+        "I0000 00:00:1796528164.336593   17702 cpu_feature_guard.cc:227] This TensorFlow binary",
+        "To enable the following instructions: AVX2 AVX512F, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+    ]
+    other = "E0000 00:00:1796528164.1 1 cuda_dnn.cc:8310] Unable to register cuDNN factory"
+    (tmp_path / "native_notes.py").write_text(
+        "import os\n" + "".join(f"os.write(2, {line + chr(10)!r}.encode())\n"
+                                for line in [*notes, other]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "native_notes", raising=False)
+    import_quietly("native_notes")
+    assert "native_notes" in sys.modules
+    err = capfd.readouterr().err
+    assert err == other + "\n"
+    import_quietly("native_notes")  # once imported: nothing to do, nothing written
+    assert capfd.readouterr().err == ""

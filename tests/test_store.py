@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,19 @@ def test_long_unicode_text_fits(milvus: Milvus, spec: CollectionSpec) -> None:
     assert row["category"] == category
     assert row["category_l8"] == category  # the deepest level holds the whole path
     assert {f: row[f] for f in CATEGORY_LEVEL_FIELDS} == category_levels(category)
+
+
+def test_the_scans_mvcc_warning_is_off(milvus: Milvus, spec: CollectionSpec) -> None:
+    """pymilvus' query iterator warned on every scan that the engine gave no MVCC stamp (Lite
+    and 2.3 give none; it then uses the client's clock, as intended): a WARNING line beside
+    every command's own output, even ``lookalike models`` on success. pymilvus writes it with
+    a handler of its own (not captured here), so the test reads the logger's level, set when
+    the store opens: after pymilvus' import, whose logging config resets earlier levels."""
+    sink = _sink(milvus, spec)
+    rng = np.random.default_rng(2)
+    sink.apply(WritePlan(upserts=[record(f"p{i}", "k0", random_unit(rng)) for i in range(3)]))
+    sink.flush()
+    rows = list(milvus.store.scan(spec.name, 'product_id != ""', ["pk"], consistency="Strong"))
+    assert len(rows) == 3
+    iterator = logging.getLogger("pymilvus.client.iterator.query_iterator")
+    assert not iterator.isEnabledFor(logging.WARNING) and iterator.isEnabledFor(logging.ERROR)

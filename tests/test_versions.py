@@ -269,6 +269,22 @@ def test_failed_images_are_reported_and_block_the_switch(world: World) -> None:
     assert serving is not None and serving.physical == new
 
 
+def test_allow_failures_never_switches_to_an_empty_catalog(world: World) -> None:
+    """When every product fails (its photos gone, or a root no longer allowed),
+    ``allow_failures`` would switch searches to a collection without a product."""
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 2))
+    for name in ("p0.png", "p1.png"):
+        (world.root / "images" / name).unlink()
+    old = physical_name(world.base, v1.model_version)
+
+    report = world.reindexer(v2).run(allow_failures=True)
+    assert not report.switched and "empty catalog" in report.refused
+    assert sorted(report.failures) == ["p0", "p1"]
+    serving = world.versions.serving()
+    assert serving is not None and serving.physical == old  # searches still find both
+
+
 def test_no_switch_builds_only(world: World) -> None:
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     ingest(world.ingester(v1), catalog(world, 2))
