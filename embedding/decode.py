@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Final
@@ -51,7 +52,7 @@ def decode_image(data: bytes, max_pixels: int, *, min_size: int | None = None) -
     """
     if not data:
         raise ItemError(Reason.CORRUPT_IMAGE, "empty image data")
-    image = _open(io.BytesIO(data))
+    image = _open(io.BytesIO(data), max_pixels)
     if min_size is not None and image.format == "JPEG":
         image.draft(None, (min_size, min_size))
     return normalise_image(image, max_pixels)
@@ -104,14 +105,19 @@ def _register_heif() -> None:
 _register_heif()
 
 
-def _open(fp: io.BytesIO) -> Image.Image:
-    """Parse the header only; PIL's bomb check runs here and is turned into our error."""
+def _open(fp: io.BytesIO, max_pixels: int) -> Image.Image:
+    """Parse the header only; PIL's bomb check runs here and is turned into our error, which
+    names the configured limit (PIL's own message names PIL's, ~179 million pixels)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(fp, formats=_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ItemError(Reason.IMAGE_TOO_LARGE, str(exc)) from exc
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(size.group(1)) if size else None
+        detail = (f"{pixels} pixels > {max_pixels}" if pixels and pixels > max_pixels
+                  else f"{pixels or 'too many'} pixels: a decompression bomb to the decoder")
+        raise ItemError(Reason.IMAGE_TOO_LARGE, detail) from exc
     except UnidentifiedImageError as exc:
         raise ItemError(Reason.UNSUPPORTED_FORMAT, "not an image in a supported format") from exc
     except Exception as exc:  # PIL plugins raise many types on malformed headers

@@ -66,6 +66,8 @@ Price = Annotated[
     Decimal,
     Field(ge=0, le=MAX_PRICE, max_digits=18, decimal_places=4, allow_inf_nan=False),
 ]
+MAX_ATTRIBUTE_NAME_CHARS: Final = 128
+"""The longest attribute name (a catalog line's extra field: ``color``, ``size``)."""
 MAX_VERSION: Final = 2**62
 """The largest event version (it is stored in an int64 field)."""
 Version = Annotated[
@@ -229,9 +231,10 @@ class ProductUpserted(_EventBase):
     currency: Currency
     images: Annotated[list[ImageRef], Field(min_length=1, max_length=MAX_IMAGES_PER_PRODUCT)]
     seller_id: Annotated[str, Field(min_length=1, max_length=MAX_SELLER_CHARS)]
-    attributes: Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(
-        max_length=64
-    )] = Field(default_factory=dict)
+    attributes: Annotated[dict[
+        Annotated[str, Field(min_length=1, max_length=MAX_ATTRIBUTE_NAME_CHARS)],
+        Annotated[str, Field(max_length=1024)],
+    ], Field(max_length=64)] = Field(default_factory=dict)
 
     @field_validator("title", "seller_id")
     @classmethod
@@ -242,6 +245,13 @@ class ProductUpserted(_EventBase):
     @classmethod
     def _category(cls, value: str) -> str:
         return normalize_category(value)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            no_control_chars(name, "attribute names")
+        return value
 
     @model_validator(mode="after")
     def _distinct_images(self) -> ProductUpserted:

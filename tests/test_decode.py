@@ -188,6 +188,9 @@ def test_pil_bomb_warning_and_error_map_to_too_large(side: int) -> None:
     assert _reason(data, max_pixels=10**12) == "image_too_large"
     assert _reason(data) == "image_too_large"
     assert time.perf_counter() - started < 0.5  # 30 GB were never allocated
+    with pytest.raises(ItemError) as refused:  # the configured limit, not PIL's 178,956,970
+        decode_image(data, max_pixels=40_000_000)
+    assert refused.value.detail == f"{side * side} pixels > 40000000"
 
 
 def test_real_but_cheap_large_png_is_refused() -> None:

@@ -71,6 +71,11 @@ def test_updated_at_becomes_version() -> None:
         (json.dumps(upsert(schema_version=2)).encode(), "unsupported_schema_version", "2"),
         (json.dumps(upsert(price="NaN")).encode(), "invalid_event", "price"),
         (b"\xff\xfe", "malformed_json", ""),
+        (json.dumps(upsert(attributes={"col\nour": "red"})).encode(), "invalid_event",
+         "attribute names must not contain control characters"),
+        (json.dumps(upsert(attributes={"x" * 129: "red"})).encode(), "invalid_event",
+         "attributes"),
+        (json.dumps(upsert(attributes={"": "red"})).encode(), "invalid_event", "attributes"),
     ],
 )
 def test_invalid_events_name_field_and_problem(payload: bytes, reason: str, needle: str) -> None:
