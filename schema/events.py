@@ -60,7 +60,8 @@ ProductId = Annotated[
     ),
 ]
 Currency = Annotated[
-    str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 currency code, e.g. USD")
+    str, Field(pattern=r"^[A-Z]{3}$",
+               description="ISO 4217 form, e.g. USD: three capitals, not looked up")
 ]
 Price = Annotated[
     Decimal,
