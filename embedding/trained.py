@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "top.weights.h5"
 REPORT_FILE = "report.json"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE)
+"""Every file :func:`save_trained` writes: a folder holding nothing else is a model directory
+``lookalike train`` may write over."""
 FORMAT = 1
 
 

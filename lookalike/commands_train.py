@@ -7,14 +7,20 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from lookalike.settings import Settings
 
 if TYPE_CHECKING:
-    from training.trainer import TrainOptions
+    from lookalike.errors import UserError
+    from training.trainer import TrainOptions, TrainResult
 
 log = logging.getLogger("lookalike")
 
@@ -23,7 +29,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune the model on a catalog (metric learning)")
     p.add_argument("--catalog", type=Path, required=True,
                    help="catalog in the format publish and eval read")
-    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--out", type=_out_path, required=True,
+                   help="model directory to write: a new or empty folder, or an earlier "
+                   "model directory (nothing but config.json, top.weights.h5, report.json)")
     p.add_argument("--group-key", help="catalog field whose products count as alike too "
                    "(group_id: a style across colours; category)")
     p.add_argument("--tune", choices=["projection", "blocks"], default="projection",
@@ -54,6 +62,13 @@ def add_parser(sub: Any) -> None:
                    "untrained model's (default 10 for the projection's triplet and supcon "
                    "losses, 0 for proxy and blocks; 0: off)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _out_path(text: str) -> Path:
+    """argparse type of ``--out``: an empty string would be ``Path('.')``, the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name the model directory, got an empty path")
+    return Path(text)
 
 
 def _fmt(scores: dict[str, Any]) -> str:
@@ -93,16 +108,25 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
             or not (math.isfinite(options.spread_weight) and options.spread_weight >= 0)):
         raise UserError("--epochs and --views must be >= 1, --val-fraction within (0, 1), "
                         "--spread >= 0")
+    if options.colour_jitter is not None and not 0 <= options.colour_jitter <= 1:
+        raise UserError(f"--colour-jitter is a share of the views, from 0 to 1, got "
+                        f"{args.colour_jitter}")
+    if options.group_key == "":
+        raise UserError("--group-key must name a catalog field (group_id, category, ...), "
+                        "got ''")
     return options
 
 
-def _model_directory(out: Path) -> bool:
+def _model_directory(out: Path) -> list[Path]:
     """Create ``--out`` (and its parents) and check it can be written, before any work: a path
-    that cannot hold the model fails in one line now, not after minutes of training. True when
-    the folder was created here."""
+    that cannot hold the model fails in one line now, not after minutes of training. An
+    existing folder must be empty or an earlier model directory (:func:`_check_reusable`).
+    Returns the folders created here, deepest first: what a failed run removes again."""
     from lookalike.errors import UserError
 
-    created = not out.exists()
+    if out.is_dir():
+        _check_reusable(out)
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -112,32 +136,128 @@ def _model_directory(out: Path) -> bool:
     return created
 
 
-def train(settings: Settings, args: argparse.Namespace) -> int:
+def _check_reusable(out: Path) -> None:
+    """An existing ``--out`` is written into only when it is empty or an earlier model
+    directory: nothing but the files train writes, and a config.json that reads as a trained
+    model's. A folder of the user's own files (their config.json, notes) is left as it is."""
+    from embedding.trained import MODEL_FILES, TrainedModelError, read_config
     from lookalike.errors import UserError
+
+    rule = (f"--out must be a new or empty folder, or an earlier model directory (nothing "
+            f"but {', '.join(MODEL_FILES)})")
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot read --out {out}: {exc.strerror or exc}") from None
+    if not names:
+        return
+    other = [name for name in names if name not in MODEL_FILES]
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise UserError(f"{rule}; {out} holds {shown}")
+    try:
+        read_config(out)
+    except TrainedModelError:
+        raise UserError(f"{rule}; {out} holds {', '.join(names)} but no trained model's "
+                        "config.json") from None
+
+
+def _remove_created(out: Path, created: list[Path]) -> None:
+    """Undo :func:`_model_directory` after a failed or stopped run: the model files written so
+    far, then the folders it created, deepest first. A folder that existed before is never
+    touched, and one that holds anything else is left."""
+    from embedding.trained import MODEL_FILES
+
+    if not created:
+        return
+    for name in MODEL_FILES:
+        (out / name).unlink(missing_ok=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived during the run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Stopped` in the main thread, so the run can remove
+    the folder it created and end in one line; SIGTERM's default would end the process where
+    it stands. A second signal meanwhile ends the process as the signal does by default."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a test calling train from a thread)
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        for sig in stops:
+            signal.signal(sig, signal.SIG_DFL)
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _fit(settings: Settings, args: argparse.Namespace, options: TrainOptions) -> TrainResult:
+    """Build the backbone ``--tune`` names and train it: the part that takes minutes."""
+    from embedding.runtime import enable_compile_cache
     from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
-    from training.data import TrainingDataError
     from training.trainer import train as run_training
 
     m = settings.model
-    if m.path is not None:
+    enable_compile_cache(m.compile_cache)
+    backbone: Backbone = (
+        ProjectionBackbone(m.variant, m.square, m.batch_size) if args.tune == "projection"
+        else EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size))
+    return run_training(args.catalog, args.out, backbone, options)
+
+
+def _failure(exc: BaseException, out: Path, created: list[Path]) -> UserError | None:
+    """The one line a run that did not finish ends with (None: a bug, keep its traceback)."""
+    from lookalike.errors import ExitCode, UserError
+    from training.data import TrainingDataError
+
+    if isinstance(exc, _Stopped):
+        left = (f"removed what it had created: {', '.join(map(str, created))}" if created
+                else f"{out} existed before and is left in place")
+        code = ExitCode.INTERRUPTED if exc.signum == signal.SIGINT else ExitCode.TERMINATED
+        return UserError(f"stopped by {exc}: training did not finish; {left}", code)
+    if isinstance(exc, (TrainingDataError, ValueError)):
+        return UserError(str(exc))
+    return None
+
+
+def train(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.errors import UserError
+
+    if settings.model.path is not None:
         raise UserError("lookalike train starts from the ImageNet weights; unset "
                         "LOOKALIKE_MODEL__PATH")
     options = train_options(settings, args)
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
     created = _model_directory(args.out)
-    from embedding.runtime import enable_compile_cache
-
-    enable_compile_cache(m.compile_cache)
     try:
-        backbone: Backbone = (
-            ProjectionBackbone(m.variant, m.square, m.batch_size) if args.tune == "projection"
-            else EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size))
-        result = run_training(args.catalog, args.out, backbone, options)
-    except (TrainingDataError, ValueError) as exc:
-        if created and not any(args.out.iterdir()):
-            args.out.rmdir()  # a catalog that cannot be trained on leaves no empty model folder
-        raise UserError(str(exc)) from None
+        with _stop_on_signals():
+            result = _fit(settings, args, options)
+    except BaseException as exc:
+        _remove_created(args.out, created)  # a run that did not finish leaves no folder
+        failure = _failure(exc, args.out, created)
+        if failure is None:
+            raise
+        raise failure from None
     if args.json:
         print(json.dumps(result.report, indent=2))
         return 0

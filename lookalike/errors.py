@@ -26,12 +26,17 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 4
     """A service did not answer (Kafka broker, Milvus) or the Milvus Lite database is held by
     another process: the same command may succeed later."""
+    INTERRUPTED = 130
+    """SIGINT (Ctrl-C) stopped a command before its work was done (train): 128 + 2, what a
+    shell reports for a process that Ctrl-C ended."""
+    TERMINATED = 143
+    """SIGTERM stopped a command before its work was done (train): 128 + 15."""
 
 
 EXIT_CODES = """exit codes: 0 ok; 1 the work failed; 2 bad argument or input (unreadable image,
 missing database or collection); 3 ingest stopped because another model serves now; 4 a
 service did not answer (Kafka broker, Milvus) or the Milvus Lite database is held by another
-process. Errors are one line on stderr."""
+process; 130 / 143 train stopped by SIGINT / SIGTERM. Errors are one line on stderr."""
 
 
 class UserError(Exception):

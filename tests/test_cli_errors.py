@@ -462,3 +462,59 @@ def test_a_list_setting_that_is_not_json_is_one_line(monkeypatch: pytest.MonkeyP
     assert main(["models"]) == ExitCode.USAGE
     line = one_error(capsys, "models")
     assert '"images"' in line and "LOOKALIKE_IMAGES__ROOTS='[" in line
+
+
+def test_train_refuses_an_empty_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out ''`` is ``Path('.')``: the model went into the current folder, exit 0."""
+    catalog = write_catalog(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--catalog", str(catalog), "--out", ""])
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --out: must name the model directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "c.jsonl"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--colour-jitter", "5"], "--colour-jitter is a share of the views, from 0 to 1, got 5"),
+    (["--colour-jitter", "-1"], "--colour-jitter is a share"),
+    (["--colour-jitter", "nan"], "--colour-jitter is a share"),
+    (["--group-key", ""], "--group-key must name a catalog field"),
+])
+def test_train_refuses_bad_options_before_any_work(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    code = main(["train", "--catalog", str(write_catalog(tmp_path)),
+                 "--out", str(tmp_path / "model"), *argv])
+    assert code == ExitCode.USAGE
+    assert message in one_error(capsys, "train")
+    assert not (tmp_path / "model").exists()
+    assert time.monotonic() - started < 10  # decided before any model loads
+
+
+def test_train_leaves_a_folder_of_other_files_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder holding the user's own config.json and notes: the model's files would have
+    replaced their config.json and joined the notes."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"mine": 1}')
+    (folder / "notes.txt").write_text("notes")
+    started = time.monotonic()
+    code = main(["train", "--catalog", str(write_catalog(tmp_path)), "--out", str(folder)])
+    assert code == ExitCode.USAGE
+    line = one_error(capsys, "train")
+    assert "--out must be a new or empty folder, or an earlier model directory" in line
+    assert "holds notes.txt" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt"]
+    assert (folder / "config.json").read_text() == '{"mine": 1}'
+    (folder / "notes.txt").unlink()  # only a config.json, but not a trained model's
+    assert main(["train", "--catalog", str(write_catalog(tmp_path)),
+                 "--out", str(folder)]) == ExitCode.USAGE
+    assert "no trained model's config.json" in one_error(capsys, "train")
+    assert (folder / "config.json").read_text() == '{"mine": 1}'
+    assert time.monotonic() - started < 10

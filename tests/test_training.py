@@ -8,6 +8,7 @@ tests/test_training_luma.py.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -443,3 +444,187 @@ def test_the_spread_penalty_holds_the_spread(tmp_path: Path) -> None:
                  TrainOptions(**base, spread_weight=10.0)).report["mean_pair_cosine"]
     assert free["before"] == held["before"]
     assert abs(held["after"] - held["before"]) < 0.5 * abs(free["after"] - free["before"])
+
+
+def _rewrite(catalog: Path, change: Any) -> None:
+    """Apply ``change(index, line)`` to every catalog line (a dict, changed in place)."""
+    lines = [json.loads(line) for line in catalog.read_text().splitlines()]
+    for i, line in enumerate(lines):
+        change(i, line)
+    catalog.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.mark.parametrize(("value", "shown"), [([0], "[0]"), ({"a": 1}, '{"a": 1}'),
+                                              (True, "true"), (float("nan"), "NaN")])
+def test_a_group_value_that_is_no_string_or_number_is_refused(
+    tmp_path: Path, value: Any, shown: str
+) -> None:
+    """``str()`` made a list into the group "[0]"; the product and its line are named."""
+    catalog = _catalog(tmp_path, n_styles=4)
+    _rewrite(catalog, lambda i, line: line.update(style=value if i == 2 else "s"))
+    with pytest.raises(TrainingDataError) as refused:
+        load_training_images(catalog, "style")
+    assert str(refused.value) == (f"{catalog}:3: product 's1-c0': style must be a string or "
+                                  f"a number to group by, got {shown}")
+    with pytest.raises(TrainingDataError, match=r":1: product 's0-c0': images must be"):
+        load_training_images(catalog, "images")  # a list of photo objects
+
+
+def test_numbers_group_by_their_value(tmp_path: Path) -> None:
+    """1, 1.0 and "1" are one group; 1.5 is another."""
+    catalog = _catalog(tmp_path, n_styles=4)
+    values = [1, 1.0, "1", 1.5, 2, 2.0, 1.5, 10**20]
+    _rewrite(catalog, lambda i, line: line.update(style=values[i]))
+    groups = {im.product_id: im.group for im in load_training_images(catalog, "style")}
+    assert [groups[p] for p in ("s0-c0", "s0-c1", "s1-c0", "s1-c1", "s2-c0", "s2-c1",
+                                "s3-c0", "s3-c1")] == ["1", "1", "1", "1.5", "2", "2", "1.5",
+                                                       "100000000000000000000"]
+
+
+def test_train_reads_local_photos_only(tmp_path: Path) -> None:
+    """A URL became the path ``<catalog folder>/http:/127.0.0.1:9/x.jpg`` ("not found")."""
+    catalog = _catalog(tmp_path, n_styles=4)
+    _rewrite(catalog, lambda i, line: line.update(images=["http://127.0.0.1:9/x.jpg"])
+             if i == 1 else None)
+    with pytest.raises(TrainingDataError) as refused:
+        load_training_images(catalog, None)
+    assert str(refused.value) == (f"{catalog}:2: image 'http://127.0.0.1:9/x.jpg' is a URL; "
+                                  "this command reads local files only (download the photos "
+                                  "and list their paths)")
+    _rewrite(catalog, lambda i, line: line.update(images=[{"url": "https://x.test/a.jpg"}])
+             if i == 1 else None)
+    with pytest.raises(TrainingDataError, match=r":2: image 'https://x\.test/a\.jpg' is a URL"):
+        load_training_images(catalog, None)
+
+
+def test_the_minimum_counts_products_with_a_readable_photo(tmp_path: Path) -> None:
+    """9 of 12 products with only a corrupt photo: the split was made before decoding, so
+    the run trained and validated on 3 products (or found no photo to validate on)."""
+    catalog = _catalog(tmp_path)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    _rewrite(catalog, lambda i, line: line.update(images=["broken.jpg"]) if i >= 3 else None)
+    options = TrainOptions(epochs=1, views=1, labels_per_batch=4, samples_per_label=2)
+    with pytest.raises(TrainingDataError) as refused:
+        train(catalog, tmp_path / "model", FakeProjectionBackbone(), options)
+    message = str(refused.value)
+    assert message.startswith("need at least 4 products to train and validate, found 3 with "
+                              "a readable photo: 9 other products had only photos that could "
+                              f"not be read ({tmp_path / 'broken.jpg'}: ")
+    assert message.endswith(" ...)")
+    grouped = TrainOptions(**{**options.__dict__, "group_key": "group_id", "val_by_group": True})
+    with pytest.raises(TrainingDataError, match="found 2 with a readable photo: 4 other groups"):
+        train(catalog, tmp_path / "model", FakeProjectionBackbone(), grouped)
+    assert not (tmp_path / "model").exists()
+
+
+def test_an_earlier_model_directory_may_be_written_over(tmp_path: Path) -> None:
+    """``--out``: a new or empty folder, or one holding only what train writes (with a trained
+    model's config.json); anything else is refused and left as it was."""
+    from embedding.trained import CONFIG_FILE, MODEL_FILES
+    from lookalike.commands_train import _model_directory
+    from lookalike.errors import UserError
+
+    assert _model_directory(tmp_path / "a" / "b") == [tmp_path / "a" / "b", tmp_path / "a"]
+    assert _model_directory(tmp_path / "a" / "b") == []  # empty: written into
+    model = tmp_path / "a" / "b"
+    config = {"variant": "lite0", "square": "pad", "first_block": 16, "format": 1,
+              "projection": True, "content_sha256": "0" * 64}
+    (model / CONFIG_FILE).write_text(json.dumps(config))
+    for name in MODEL_FILES[1:]:
+        (model / name).write_bytes(b"x")
+    assert _model_directory(model) == []
+    (model / ".notes").write_text("mine")
+    with pytest.raises(UserError, match=r"earlier model directory \(nothing but config.json, "
+                       r"top.weights.h5, report.json\); .* holds .notes$"):
+        _model_directory(model)
+    assert sorted(p.name for p in model.iterdir()) == [".notes", *sorted(MODEL_FILES)]
+
+
+def test_a_failed_run_removes_only_the_folders_it_created(tmp_path: Path) -> None:
+    from lookalike.commands_train import _model_directory, _remove_created
+
+    out = tmp_path / "new" / "model"
+    created = _model_directory(out)
+    (out / "report.json").write_text("{}")  # written before the stop
+    _remove_created(out, created)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    created = _model_directory(tmp_path / "mine")
+    _remove_created(tmp_path / "mine", created)
+    assert (tmp_path / "mine").is_dir()  # it existed before
+
+
+STOPPABLE = """
+import sys
+import training.backbone
+from tests.test_training import FakeProjectionBackbone
+training.backbone.ProjectionBackbone = lambda *args: FakeProjectionBackbone()
+from lookalike.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_ends_in_one_line_and_removes_its_folder(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C printed a KeyboardInterrupt traceback, SIGTERM ended the process at once; both
+    left the empty --out folder. Now: one line, 128 + the signal, the folders it created gone
+    (a folder that existed before stays). The fake backbone trains for ever from the start."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    catalog = _catalog(tmp_path, n_styles=4)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    out = tmp_path / "new" / "model" if sig == signal.SIGINT else existing
+    log = tmp_path / "stderr.txt"
+    repo = Path(__file__).resolve().parent.parent
+    with open(log, "w") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", STOPPABLE, "train", "--catalog", str(catalog),
+             "--out", str(out), "--epochs", "1000000", "--views", "1"],
+            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.DEVNULL,
+            stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while "train:" not in log.read_text() and time.monotonic() < deadline:
+            assert child.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert out.is_dir()
+        child.send_signal(sig)
+        code = child.wait(60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    text = log.read_text()
+    assert code == 128 + sig, text
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if "lookalike train: error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("lookalike train: error: "), text
+    assert f"stopped by {sig.name}: training did not finish" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "catalog.jsonl", "existing", *sorted(p.name for p in tmp_path.glob("*.png")),
+        "stderr.txt"]
+    assert list(existing.iterdir()) == []
+
+
+def test_a_signal_during_a_fit_waits_for_the_step() -> None:
+    """Inside ``model.fit`` a Ctrl-C only asks Keras to stop after the step; the previous
+    handler gets it once the fit has returned."""
+    import os
+    import types
+
+    from training.trainer import _stop_between_steps
+
+    model = types.SimpleNamespace(stop_training=False)
+    after_the_signal = []
+    with pytest.raises(KeyboardInterrupt), _stop_between_steps(model):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs between bytecodes: it must not raise here
+            pass
+        after_the_signal.append(model.stop_training)
+    assert after_the_signal == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,14 +40,12 @@ class CachedViews:
     """(n_images, 1 + views, h, w, c): the bottom's output per photo and view (0 = clean)."""
     colour: NDArray[np.float32] | None
     """(n_images, 1 + views, colour dim), when asked for."""
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(image path, reason) of photos that could not be decoded."""
     seconds: float = 0.0
 
 
 def decode_all(images: Sequence[TrainImage], max_pixels: int,
                pool: ThreadPoolExecutor) -> tuple[list[TrainImage], list[Image.Image],
-                                                  list[tuple[str, str]]]:
+                                                  list[tuple[TrainImage, str]]]:
     """Work-sized RGB photos; undecodable ones are listed with their reason, not raised."""
     def load(item: TrainImage) -> Image.Image | str:
         try:
@@ -57,10 +55,10 @@ def decode_all(images: Sequence[TrainImage], max_pixels: int,
 
     kept: list[TrainImage] = []
     photos: list[Image.Image] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[TrainImage, str]] = []
     for item, result in zip(images, pool.map(load, images), strict=True):
         if isinstance(result, str):
-            skipped.append((str(item.path), result))
+            skipped.append((item, result))
         else:
             kept.append(item)
             photos.append(result)

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -313,6 +318,32 @@ def _mean_pair_cosine(x: NDArray[np.float32]) -> float:
     return float(ops.convert_to_numpy(mean_pair_cosine(x))) if len(x) >= 2 else 0.0
 
 
+@contextmanager
+def _stop_between_steps(model: Any) -> Iterator[None]:
+    """A SIGINT or SIGTERM during ``model.fit`` lets the step finish (``stop_training``) and is
+    then delivered to the handler that was there before. Raised mid-step, the interrupt
+    unwinds through Keras while TensorFlow's input pipeline runs the batches' Python code on
+    its own thread: once in about ten Ctrl-Cs during a fit here the process then aborted
+    (``malloc(): unsorted double linked list corrupted``, exit 134, the folder left behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    received: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        model.stop_training = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if received:
+        signal.raise_signal(received[0])
+
+
 def _mixes_colour(options: TrainOptions) -> bool:
     return options.colour_in_loss and options.colour_weight > 0
 
@@ -337,6 +368,8 @@ class Prepared:
     initial: list[Any]
     """The top's weights before training, so several fits can start from the same point."""
     seconds: dict[str, float]
+    skipped: list[tuple[TrainImage, str]] = field(default_factory=list)
+    """Photos that could not be decoded, with the reason: left out, and listed in the report."""
 
 
 VAL_VIEWS = 2
@@ -344,26 +377,33 @@ VAL_VIEWS = 2
 
 
 def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepared:
+    """Decode every photo, split the readable ones (a product whose photos all failed to
+    decode does not count towards the split's minimum) and cache their views."""
     images = load_training_images(catalog, options.group_key)
     by_group = options.val_by_group and options.group_key is not None
-    parts = split(images, options.val_fraction, options.seed, by_group=by_group)
     augment = options.augment()
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+    # not ``with``: its shutdown would wait for every queued decode after a Ctrl-C
+    pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
+    try:
         t0 = time.perf_counter()
-        train_images, train_photos, skipped = decode_all(parts.train, options.max_pixels, pool)
-        val_images, val_photos, val_skipped = decode_all(parts.val, options.max_pixels, pool)
+        readable, photos, skipped = decode_all(images, options.max_pixels, pool)
         decode_s = time.perf_counter() - t0
-        train_cache = cache_views(train_images, train_photos, backbone, augment, options.seed,
-                                  colour=True, pool=pool, desc="views (train)")
-        val_cache = cache_views(val_images, val_photos, backbone,
+        parts = split(readable, options.val_fraction, options.seed, by_group=by_group,
+                      unreadable=skipped)
+        photo = dict(zip(readable, photos, strict=True))
+        train_cache = cache_views(parts.train, [photo[im] for im in parts.train], backbone,
+                                  augment, options.seed, colour=True, pool=pool,
+                                  desc="views (train)")
+        val_cache = cache_views(parts.val, [photo[im] for im in parts.val], backbone,
                                 AugmentConfig(views=VAL_VIEWS, colour_jitter=0.0,
                                               display_views=options.display_views),
                                 options.seed + 1_000_003, colour=True, pool=pool,
                                 desc="views (validation)")
-    train_cache.skipped, val_cache.skipped = skipped, val_skipped
+    finally:
+        pool.shutdown(cancel_futures=True)
     return Prepared(catalog, train_cache, val_cache, augment, backbone.top().get_weights(),
                     {"decode": round(decode_s, 1), "cache_train": round(train_cache.seconds, 1),
-                     "cache_validation": round(val_cache.seconds, 1)})
+                     "cache_validation": round(val_cache.seconds, 1)}, skipped)
 
 
 def train(catalog: Path, out: Path, backbone: Backbone, options: TrainOptions) -> TrainResult:
@@ -442,16 +482,19 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
     if options.group_key and not options.item_within_group:
         targets["item"] = np.stack([label_sets["item"], label_sets["group"]], axis=1)
     data = _batches(train_cache, units, targets, options, steps)
-    for epoch in range(1, epochs + 1):
-        data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
-        fit = model.fit(data, epochs=1, verbose=0, callbacks=[progress], shuffle=False)
-        scores = _score(top, val_cache, options, group_gallery)
-        history.append({"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 4),
-                        "val": scores})
-        log.info("epoch %d: loss %.4f, validation %s", epoch, fit.history["loss"][-1], scores)
-        if _better(scores, best[2], before) or not options.keep_best:
-            best = (epoch, top.get_weights(), scores)
-    progress.bar.close()
+    try:
+        for epoch in range(1, epochs + 1):
+            data.epoch = epoch  # the batches of an epoch depend on (seed, epoch) only
+            with _stop_between_steps(model):
+                fit = model.fit(data, epochs=1, verbose=0, callbacks=[progress], shuffle=False)
+            scores = _score(top, val_cache, options, group_gallery)
+            history.append({"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 4),
+                            "val": scores})
+            log.info("epoch %d: loss %.4f, validation %s", epoch, fit.history["loss"][-1], scores)
+            if _better(scores, best[2], before) or not options.keep_best:
+                best = (epoch, top.get_weights(), scores)
+    finally:  # also when stopped: the error line then starts on a line of its own
+        progress.bar.close()
     fit_s = time.perf_counter() - t0
     best_epoch, weights, after = best
     train_after = _score_train(top, train_cache, options)  # the last epoch: did the fit learn?
@@ -466,8 +509,7 @@ def fit(prepared: Prepared, backbone: Backbone, options: TrainOptions) -> TrainR
         "validation": {"images": len(val_images),
                        "products": len({im.product_id for im in val_images}),
                        "groups": len({im.group for im in val_images})},
-        "skipped": [{"image": p, "reason": r}
-                    for p, r in train_cache.skipped + val_cache.skipped],
+        "skipped": [{"image": str(im.path), "reason": r} for im, r in prepared.skipped],
         "before": before, "after": after, "best_epoch": best_epoch, "history": history,
         "training_photos": {"before": train_before, "last_epoch": train_after},
         "mean_pair_cosine": {"before": round(spread_before, 4),
