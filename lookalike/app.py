@@ -92,14 +92,19 @@ def warm_up_in_background(embedder: Any) -> threading.Thread | None:
     return thread
 
 
+def _finished(thread: threading.Thread | None) -> Callable[[], bool]:
+    return lambda: thread is None or not thread.is_alive()
+
+
 @contextmanager
-def warming_up(embedder: Any) -> Iterator[None]:
+def warming_up(embedder: Any) -> Iterator[Callable[[], bool]]:
     """:func:`warm_up_in_background` for the block, which then waits for the warm-up to end:
     a process that exits while TensorFlow compiles on a daemon thread aborts (SIGABRT,
-    "exception not rethrown"), e.g. an ``ingest --until-caught-up`` done within seconds."""
+    "exception not rethrown"), e.g. an ``ingest --until-caught-up`` done within seconds, or
+    an API that cannot start. The block gets whether the warm-up is done (``/readyz``)."""
     thread = warm_up_in_background(embedder)
     try:
-        yield
+        yield _finished(thread)
     finally:
         if thread is not None:
             thread.join()
@@ -277,10 +282,13 @@ def build_api(
     versions: ModelVersions,
     registry: CollectorRegistry,
     pool: ThreadPoolExecutor,
+    model_warm: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The HTTP app (serve/api.py) over ``build_search``, with embed and Milvus time recorded
-    into ``registry``; the model warms up in the background and ``/readyz`` says when it is
-    done. ``pool`` runs the queries (its size bounds them)."""
+    into ``registry``; ``/readyz`` says when ``model_warm``, the warm-up of a command's
+    :func:`warming_up` (which it waits for before exiting), is done. Without one the model
+    warms up on a daemon thread started here (tests, benches). ``pool`` runs the queries
+    (its size bounds them)."""
     from serve.api import ServeConfig, create_app
     from serve.health import Readiness
     from serve.metrics import SearchMetrics, TimedEmbedder
@@ -288,9 +296,9 @@ def build_api(
     metrics = SearchMetrics(registry)
     timed = TimedEmbedder(embedder)
     search = build_search(settings, timed, versions)
-    warm = warm_up_in_background(embedder)
-    readiness = Readiness(versions.store, versions.base,
-                          model_warm=lambda: warm is None or not warm.is_alive())
+    if model_warm is None:
+        model_warm = _finished(warm_up_in_background(embedder))
+    readiness = Readiness(versions.store, versions.base, model_warm=model_warm)
     s = settings.search
     config = ServeConfig(
         image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,

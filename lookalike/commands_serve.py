@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -22,10 +25,11 @@ from lookalike.app import (
     open_for_writing,
     open_versions,
     require_serving,
+    warming_up,
 )
 from lookalike.commands import _run_ingest
-from lookalike.errors import UserError
-from lookalike.settings import Settings
+from lookalike.errors import ExitCode, UserError
+from lookalike.settings import ServeSettings, Settings
 from serve.metrics import IngestMetrics, publish_model_version
 from store.versions import ModelVersions
 
@@ -42,23 +46,48 @@ def serve_ingest_metrics(port: int, model_version: str) -> IngestMetrics:
     return metrics
 
 
+@contextmanager
+def _listening(s: ServeSettings) -> Iterator[list[socket.socket]]:
+    """The API's sockets, bound first: a host or a port it cannot listen on is one line before
+    the model loads, and never a process exiting while TensorFlow warms the model up on a
+    daemon thread (which aborts it: exit 134, "exception not rethrown")."""
+    from serve.server import ServerStartError, listen
+
+    try:
+        sockets = listen(s.host, s.port)
+    except ServerStartError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start_failed(exc: Exception) -> UserError:
+    return UserError(str(exc), ExitCode.FAILED)
+
+
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from serve.server import BackgroundServer, ServerStartError
 
-    versions = open_versions(settings)
-    require_serving(settings, versions)  # before the model's ~10 s load
-    embedder = build_embedder(settings)
-    registry = CollectorRegistry()
-    publish_model_version(registry, embedder.model_version)
     s = settings.serve
-    with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool:
-        app = build_api(settings, embedder, versions, registry, pool)
-        log.info("serving %s on http://%s:%d (model %s)", versions.base, s.host, s.port,
-                 embedder.model_version)
-        try:
-            stopped_by = BackgroundServer(app, s.host, s.port).serve_until_signalled()
-        except ServerStartError as exc:
-            raise UserError(str(exc)) from None
+    with _listening(s) as sockets:
+        versions = open_versions(settings)
+        require_serving(settings, versions)  # before the model's ~10 s load
+        embedder = build_embedder(settings)
+        registry = CollectorRegistry()
+        publish_model_version(registry, embedder.model_version)
+        with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool, \
+                warming_up(embedder) as model_warm:
+            app = build_api(settings, embedder, versions, registry, pool, model_warm)
+            server = BackgroundServer(app, s.host, s.port, sockets)
+            log.info("serving %s on %s (model %s)", versions.base, server.url,
+                     embedder.model_version)
+            try:
+                stopped_by = server.serve_until_signalled()
+            except ServerStartError as exc:
+                raise _start_failed(exc) from None
     log.info("API stopped (%s)", stopped_by)
     return 0
 
@@ -72,23 +101,31 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def run_with(settings: Settings, embedder: Any, versions: ModelVersions) -> int:
     """Ingest on this (main) thread until SIGTERM/SIGINT, the API on a background thread;
     one Milvus store, one model, one metrics registry for both."""
+    with _listening(settings.serve) as sockets:
+        open_for_writing(versions, embedder)  # a first install creates the collections here
+        registry = CollectorRegistry()
+        publish_model_version(registry, embedder.model_version)
+        ingest_metrics = IngestMetrics(registry)
+        with ThreadPoolExecutor(settings.serve.workers, thread_name_prefix="search") as pool, \
+                warming_up(embedder) as model_warm:
+            app = build_api(settings, embedder, versions, registry, pool, model_warm)
+            return _ingest_while_serving(settings, embedder, versions, app, sockets,
+                                         ingest_metrics)
+
+
+def _ingest_while_serving(settings: Settings, embedder: Any, versions: ModelVersions,
+                          app: Any, sockets: list[socket.socket],
+                          metrics: IngestMetrics) -> int:
     from serve.server import BackgroundServer, ServerStartError
 
-    open_for_writing(versions, embedder)  # a first install creates the collections here
-    registry = CollectorRegistry()
-    publish_model_version(registry, embedder.model_version)
-    ingest_metrics = IngestMetrics(registry)
     s = settings.serve
-    with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool:
-        app = build_api(settings, embedder, versions, registry, pool)
-        try:
-            server = BackgroundServer(app, s.host, s.port).start()
-        except ServerStartError as exc:
-            raise UserError(str(exc)) from None
-        print(f"API on {server.url} ({versions.base}, model {embedder.model_version}); "
-              f"ingesting {settings.kafka.topic}", flush=True)
-        try:
-            return _run_ingest(settings, embedder, versions, until_caught_up=False,
-                               metrics=ingest_metrics)
-        finally:
-            server.stop()
+    try:
+        server = BackgroundServer(app, s.host, s.port, sockets).start()
+    except ServerStartError as exc:
+        raise _start_failed(exc) from None
+    print(f"API on {server.url} ({versions.base}, model {embedder.model_version}); "
+          f"ingesting {settings.kafka.topic}", flush=True)
+    try:
+        return _run_ingest(settings, embedder, versions, until_caught_up=False, metrics=metrics)
+    finally:
+        server.stop()

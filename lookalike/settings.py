@@ -238,11 +238,21 @@ class SearchSettings(_Group):
 
 class ServeSettings(_Group):
     host: str = Field(default="127.0.0.1", description="`lookalike serve`/`run`: address to "
-                      "listen on (also --host); the API has no authentication")
+                      "listen on (also --host; 0.0.0.0 for every interface, never "
+                      "empty); the API has no authentication")
     port: int = Field(default=8080, ge=0, le=65535, description="...and port (also --port)")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0,
                                   description="Largest request body (all uploaded views)")
     workers: int = Field(default=4, ge=1, description="Queries embedded and searched at once")
+
+    @field_validator("host")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        """An empty host is every interface to uvicorn: an API without authentication must
+        not be opened to the network by a variable that expanded to nothing."""
+        if not value.strip():
+            raise ValueError("empty; give an address (0.0.0.0 for every interface)")
+        return value
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -4,7 +4,9 @@ HTTP bench."""
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import threading
 import time
 from types import FrameType
@@ -14,37 +16,90 @@ import uvicorn
 
 
 class ServerStartError(RuntimeError):
-    """uvicorn did not start listening (the port is taken, the address is not local...)."""
+    """The API cannot listen (the port is taken, the address is not local...) or did not
+    start; the message says which, in one line."""
+
+
+def address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[::1]:8080``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``port`` on every address ``host`` resolves to, as uvicorn's own
+    ``create_server`` binds them; a :class:`ServerStartError` saying why not. Binding before
+    the app and the model are built makes a taken port or a wrong host one line at once."""
+    where = f"the API cannot listen on {address(host, port)}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        raise ServerStartError(f"{where}: {host!r} is neither an IP address nor a host name "
+                               f"that resolves ({why})") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, bound_to in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(bound_to)
+            sock.listen()
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ServerStartError(f"{where}: {_why(exc, host, port)}") from None
+    return sockets
+
+
+def _why(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is in use by another process"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    if exc.errno == errno.EACCES:
+        return f"permission denied{' (ports below 1024 need privileges)' if port < 1024 else ''}"
+    return exc.strerror or str(exc)
 
 
 class BackgroundServer:
-    """Serves ``app`` on ``host:port`` (0: any free port) until :meth:`stop`.
+    """Serves ``app`` on ``host:port`` (0: any free port) until :meth:`stop`; on ``sockets``
+    when the caller has bound them already (:func:`listen`), else it binds them at
+    :meth:`start`. Either way it closes them when it stops.
 
     Off the main thread uvicorn installs no signal handlers, so the caller's own handlers (the
     ingest runner's) keep working.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
+                 sockets: list[socket.socket] | None = None) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                 lifespan="off")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._sockets = sockets
+        self._thread = threading.Thread(target=self._run, name="api", daemon=True)
         self.host = host
-        self.port = port
+        self.port = sockets[0].getsockname()[1] if sockets else port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{address(self.host, self.port)}"
+
+    def _run(self) -> None:
+        self._server.run(sockets=self._sockets)
 
     def start(self, timeout_s: float = 30.0) -> BackgroundServer:
+        if self._sockets is None:
+            self._sockets = listen(self.host, self.port)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ServerStartError(f"the API could not listen on {self.host}:{self.port} "
-                                       "(port in use? see the log above)")
+                raise ServerStartError(f"the API did not start on {address(self.host, self.port)}"
+                                       " (see the log above)")
             time.sleep(0.02)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.port = self._sockets[0].getsockname()[1]
         return self
 
     def serve_until_signalled(self) -> str:
@@ -71,7 +126,10 @@ class BackgroundServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        for sock in self._sockets or ():
+            sock.close()
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

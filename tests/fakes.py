@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +59,37 @@ class TinyEmbedder:
 
     def embed(self, images: Any) -> np.ndarray:
         return self.embed_prepared(np.stack([self.prepare(i) for i in images]))
+
+
+class WarmingEmbedder(TinyEmbedder):
+    """:class:`TinyEmbedder` with a ``warm_up`` that takes ``warm_up_s``, as the real model's
+    compiles do, and counts how many warm-ups started and finished."""
+
+    def __init__(self, warm_up_s: float = 0.0) -> None:
+        super().__init__()
+        self.warm_up_s = warm_up_s
+        self.warm_ups_started = 0
+        self.warm_ups_done = 0
+
+    def warm_up(self) -> float:
+        self.warm_ups_started += 1
+        time.sleep(self.warm_up_s)
+        self.warm_ups_done += 1
+        return self.warm_up_s
+
+
+def serving_database(path: Path) -> Path:
+    """A Milvus Lite database at ``path`` whose collection serves :class:`TinyEmbedder`'s
+    model (what ``lookalike serve`` needs before it loads one)."""
+    from lookalike.app import close_stores, open_for_writing, open_versions
+    from lookalike.settings import MilvusSettings, Settings
+
+    settings = Settings(milvus=MilvusSettings(uri=str(path)))
+    try:
+        open_for_writing(open_versions(settings, create=True), TinyEmbedder())
+    finally:
+        close_stores()
+    return path
 
 
 class SimilarityOnlyVerifier(SameItemVerifier):

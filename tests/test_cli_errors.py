@@ -17,14 +17,18 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from lookalike import commands_serve
 from lookalike.cli import main
 from lookalike.errors import ExitCode
 from store import MilvusStore
+from tests.fakes import WarmingEmbedder, serving_database
 from tests.pipeline_support import upsert_payload, write_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +39,15 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another socket listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
 
 
 def one_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
@@ -373,6 +386,68 @@ def test_the_shell_sees_one_line_and_the_exit_code(tmp_path: Path, held_database
         assert done.returncode == expected, (argv, done.stderr)
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith(f"lookalike {argv[0]}: error: ")
+
+
+@pytest.mark.parametrize(("where", "says"), [
+    (["--port", "TAKEN"], "cannot listen on 127.0.0.1:TAKEN: the port is in use by another "
+                          "process"),
+    (["--host", "999.1.1.1"], "'999.1.1.1' is neither an IP address nor a host name that "
+                              "resolves"),
+    (["--host", "192.0.2.1"], "192.0.2.1 is not an address of this machine"),  # TEST-NET-1
+])
+def test_serve_where_it_cannot_listen_is_one_line_before_the_model_warms_up(
+    where: list[str], says: str, taken_port: int, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's address is bound before the model loads: a serve that exited while
+    TensorFlow warmed the model up on a daemon thread aborted (exit 134, "terminate called
+    ... exception not rethrown"), after a line that blamed the port for a host it could not
+    resolve."""
+    embedder = WarmingEmbedder()
+    monkeypatch.setattr(commands_serve, "build_embedder", lambda _settings: embedder)
+    db = serving_database(tmp_path / "serve.db")
+    argv = [arg.replace("TAKEN", str(taken_port)) for arg in where]
+    assert main(["serve", *argv, "--milvus-uri", str(db)]) == ExitCode.USAGE
+    assert says.replace("TAKEN", str(taken_port)) in one_error(capsys, "serve")
+    assert embedder.warm_ups_started == 0
+
+
+@pytest.mark.model
+def test_the_shell_sees_serve_fail_to_listen_in_one_line_and_exit_2(
+    embedder: Any, tmp_path: Path, taken_port: int
+) -> None:
+    """On a database the real model serves, what a shell saw was uvicorn's log line, ours,
+    then "terminate called after throwing an instance of ''" and exit 134: TensorFlow was
+    still warming the model up on a daemon thread as the process exited."""
+    from lookalike.app import close_stores, open_for_writing, open_versions
+    from lookalike.settings import MilvusSettings, Settings
+
+    db = tmp_path / "served.db"
+    try:
+        open_for_writing(open_versions(Settings(milvus=MilvusSettings(uri=str(db))),
+                                       create=True), embedder)
+    finally:
+        close_stores()
+    env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_LOG_LEVEL"}  # INFO
+    env["PYTHONPATH"] = str(REPO)
+    for where in (["--port", str(taken_port)], ["--host", "999.1.1.1"]):
+        done = subprocess.run([sys.executable, "-m", "lookalike", "serve", *where,
+                               "--milvus-uri", str(db)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == ExitCode.USAGE, (where, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("lookalike serve: error: the API cannot listen on ")
+
+
+def test_an_empty_host_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn reads an empty host as every interface (0.0.0.0 and ::)."""
+    assert main(["serve", "--host", "", "--milvus-uri", str(tmp_path / "m.db")]) == \
+        ExitCode.USAGE
+    assert "invalid serve.host (''): Value error, empty" in one_error(capsys, "serve")
+    monkeypatch.setenv("LOOKALIKE_SERVE__HOST", " ")
+    assert main(["run", "--bootstrap-servers", f"127.0.0.1:{closed_port()}"]) == ExitCode.USAGE
+    assert "invalid LOOKALIKE_ setting serve.host: Value error, empty" in one_error(capsys, "run")
 
 
 @pytest.mark.kafka

@@ -3,6 +3,10 @@
 An event published while the API answers becomes searchable through the API within the
 freshness target, and ``/metrics`` shows the ingest and the search series meanwhile. The real
 broker, Milvus Lite and a content-based fake embedder (no model weights).
+
+``run`` and ``serve`` bind the API's address before the model warms up, and wait for the
+warm-up before they return: a process that exits while TensorFlow compiles on a daemon thread
+aborts (exit 134).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from typing import Any
 import pytest
 import requests
 
-from lookalike.app import open_versions
+from lookalike import commands_serve
+from lookalike.app import close_stores, open_versions
+from lookalike.cli import main
 from lookalike.commands_serve import run_with
+from lookalike.errors import UserError
 from lookalike.settings import ServeSettings
-from tests.fakes import TinyEmbedder
+from tests.fakes import TinyEmbedder, WarmingEmbedder, serving_database
 from tests.pipeline_support import make_settings, send, upsert_payload, write_image
 
 pytestmark = pytest.mark.kafka
@@ -108,3 +115,45 @@ def _ok(url: str) -> bool:
         return requests.get(url, timeout=5).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_run_on_a_taken_port_fails_before_the_model_warms_up(tmp_path: Path) -> None:
+    settings = make_settings(f"127.0.0.1:{free_port()}", "taken", tmp_path / "run.db", [])
+    embedder = WarmingEmbedder()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings.model_copy(update={"serve": ServeSettings(port=port)})
+        try:
+            with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}: the "
+                               "port is in use by another process"):
+                run_with(settings, embedder, open_versions(settings, create=True))
+        finally:
+            close_stores()
+    assert embedder.warm_ups_started == 0
+
+
+def test_serve_waits_for_the_model_warm_up_before_it_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped (SIGINT) a moment after it answers, while the model still warms up."""
+    embedder = WarmingEmbedder(warm_up_s=1.5)
+    monkeypatch.setattr(commands_serve, "build_embedder", lambda _settings: embedder)
+    db = serving_database(tmp_path / "serve.db")
+    port = free_port()
+    head: dict[str, int] = {}
+
+    def stop_once_answering() -> None:
+        try:
+            wait_for(lambda: _ok(f"http://127.0.0.1:{port}/livez"), 30, "/livez")
+            head["status"] = requests.head(f"http://127.0.0.1:{port}/livez", timeout=5
+                                           ).status_code
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # serve's handler: stop gracefully
+
+    thread = threading.Thread(target=stop_once_answering, daemon=True)
+    thread.start()
+    assert main(["serve", "--port", str(port), "--milvus-uri", str(db)]) == 0
+    thread.join(5)
+    assert head == {"status": 200}
+    assert (embedder.warm_ups_started, embedder.warm_ups_done) == (1, 1)
