@@ -14,8 +14,10 @@ import hashlib
 import json
 import math
 import re
+from array import array
 from datetime import datetime
 from decimal import Decimal
+from itertools import accumulate
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from pydantic import (
@@ -311,22 +313,18 @@ def _no_constant(text: str) -> float:
 
 
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = re.compile(rb"[^\[\]{}]")
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+"""``[``/``{`` to 1, ``]``/``}`` to -1 (as signed bytes)."""
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
-def _check_nesting(data: bytes) -> None:
+def check_nesting(data: bytes) -> None:
     """Refuse deep nesting before ``json`` recurses into it (RecursionError, C stack): strip
-    strings, keep only brackets, and count. Linear in the payload, which is size-capped."""
-    depth = 0
-    for byte in _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", data)):
-        if byte in b"[{":
-            depth += 1
-            if depth > MAX_NESTING:
-                raise ItemError(
-                    Reason.MALFORMED_JSON, f"nesting deeper than {MAX_NESTING} levels"
-                )
-        else:
-            depth -= 1
+    strings, keep only brackets, and count. Linear in the payload and done in C (the API's
+    JSON bodies may be 20 MiB: a Python loop over their brackets took ~2 s)."""
+    steps = array("b", _STRINGS.sub(b"", data).translate(_DEPTH_STEPS, _NOT_BRACKETS))
+    if max(accumulate(steps), default=0) > MAX_NESTING:
+        raise ItemError(Reason.MALFORMED_JSON, f"nesting deeper than {MAX_NESTING} levels")
 
 
 def load_json(payload: bytes | str) -> Any:
@@ -337,7 +335,7 @@ def load_json(payload: bytes | str) -> Any:
         raise ItemError(
             Reason.MESSAGE_TOO_LARGE, f"{len(data)} bytes > limit {MAX_EVENT_BYTES}"
         )
-    _check_nesting(data)
+    check_nesting(data)
     try:
         value = json.loads(
             data, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant

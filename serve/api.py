@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedding.decode import ImageDecodeError
 from lookalike.settings import MAX_K, SearchSettings, ServeSettings
-from schema.errors import Reason
+from schema.errors import ItemError, Reason
+from schema.events import check_nesting
 from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
 from search.filters import SearchFilter
 from serve.health import Readiness
@@ -106,6 +108,14 @@ class SearchOptions(FilterOptions):
 
     match: Match | None = Field(default=None, description="similar: look-alikes; exact: this "
                                 "item in this colour; default: the search module's own")
+
+
+class SimilarQuery(SearchOptions):
+    """``/v1/products/{id}/similar``'s query string: the search options, ``category``
+    repeated for ``categories``; an unknown parameter is refused, as in a JSON body."""
+
+    categories: list[str] = Field(default_factory=list, max_length=64, alias="category",
+                                  description="category paths; sub-paths match too")
 
 
 class SearchBody(SearchOptions):
@@ -205,10 +215,7 @@ def create_app(
         if not files:
             raise ApiError(422, "missing_image", "upload at least one file in the 'image' field")
         images = [await f.read() for f in files]
-        fields: dict[str, Any] = {k: v for k, v in form.multi_items()
-                                  if isinstance(v, str) and k != "category"}
-        fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str)]
-        return images, fields
+        return images, _form_fields(form)
 
     def options_from(model: type[FilterOptions], fields: dict[str, Any]) -> Any:
         try:
@@ -241,18 +248,10 @@ def create_app(
 
     @app.get("/v1/products/{product_id}/similar", tags=["search"],
              summary="More like this: products similar to a stored product (never itself)")
-    async def similar(
-        product_id: str,
-        k: Annotated[int | None, Query(ge=1, le=MAX_K)] = None,
-        match: Match | None = None,
-        category: Annotated[list[str] | None, Query()] = None,
-        min_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
-        max_price: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
-        currency: str | None = None,
-    ) -> dict[str, Any]:
-        options = SearchOptions(k=k, match=match, categories=category or [],
-                                min_price=min_price, max_price=max_price, currency=currency)
-        hits = await run(partial(search.by_product, product_id, k=k or config.default_k,
+    async def similar(product_id: str,
+                      options: Annotated[SimilarQuery, Query()]) -> dict[str, Any]:
+        hits = await run(partial(search.by_product, product_id,
+                                 k=options.k or config.default_k,
                                  filter=options.search_filter(), **matching(options)))
         return {"hits": [h.model_dump(mode="json") for h in hits]}
 
@@ -294,10 +293,12 @@ def create_app(
                                             "X-Content-Type-Options": "nosniff"})
 
     @app.get("/livez", tags=["probes"])
+    @app.head("/livez", include_in_schema=False)
     async def livez() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["probes"])
+    @app.head("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         checks = await on_pool(readiness.check)
         ready = all(v == "ok" for v in checks.values())
@@ -322,14 +323,31 @@ def _is_multipart(request: Request) -> bool:
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
     try:
-        body = await request.json()
+        check_nesting(raw)  # json.loads recurses per level: 200,000 '[' are a RecursionError
+        body = json.loads(raw)
+    except ItemError as exc:
+        raise ApiError(400, "bad_json", f"the JSON body is refused: {exc.detail}") from None
     except ValueError:
         raise ApiError(400, "bad_json", "the body is not JSON (or upload an image as "
                        "multipart/form-data)") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the JSON body must be an object")
     return body
+
+
+def _form_fields(form: FormData) -> dict[str, Any]:
+    """A form's fields besides its images, for a :class:`FilterOptions` model to validate:
+    ``category`` repeated is ``categories``; any other name, a file under it too, goes to the
+    model as it came, which refuses an unknown one rather than ignore it."""
+    fields: dict[str, Any] = {k: v for k, v in form.multi_items()
+                              if k not in ("image", "category")}
+    if "categories" in fields:
+        raise ApiError(422, "invalid_request",
+                       "categories: a form sends each category as a 'category' field")
+    fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str)]
+    return fields
 
 
 async def _read_form(request: Request, max_bytes: int) -> FormData:

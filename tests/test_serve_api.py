@@ -134,6 +134,18 @@ def test_not_json_and_not_an_object(http: TestClient) -> None:
     assert error_code(http.post("/v1/search", json=[1, 2]), 422) == "invalid_request"
 
 
+@pytest.mark.parametrize("path", ["/v1/search", "/v1/compare-prices"])
+def test_deeply_nested_json_is_a_400(http: TestClient, path: str) -> None:
+    """200,000 levels made ``json.loads`` raise RecursionError: a 500 with a traceback."""
+    for depth in (17, 50_000):
+        deep = "[" * depth + "]" * depth
+        response = http.post(path, content=deep, headers={"content-type": "application/json"})
+        assert error_code(response, 400) == "bad_json"
+        assert "nesting deeper than 16 levels" in response.json()["error"]["message"]
+    in_text = {"product_id": "red-tee", "currency": "[[[[" * 10}  # brackets in a string
+    assert error_code(http.post(path, json=in_text), 422) == "invalid_filter"
+
+
 def test_unknown_product_is_a_404(http: TestClient) -> None:
     assert error_code(http.post("/v1/search", json={"product_id": "nope"}), 404) == \
         "unknown_product"
@@ -172,6 +184,34 @@ def test_too_many_views_and_missing_file(http: TestClient) -> None:
     assert error_code(no_file, 422) == "missing_image"
     assert error_code(upload(http, png(RED), k="-3"), 422) == "invalid_request"
     assert error_code(upload(http, png(RED), min_price="nan"), 422) == "invalid_request"
+
+
+def test_similar_refuses_bad_query_parameters_in_one_line(http: TestClient) -> None:
+    """Unknown parameters were ignored (``cateogry=Men``: unfiltered hits) and more than 64
+    categories were a multi-line pydantic dump; the JSON body refuses both in one line."""
+    typo = http.get("/v1/products/red-tee/similar", params={"cateogry": "Men"})
+    assert error_code(typo, 422) == "invalid_request"
+    assert typo.json()["error"]["message"] == "cateogry: Extra inputs are not permitted"
+    body = http.post("/v1/search", json={"product_id": "red-tee", "cateogry": "Men"})
+    assert error_code(body, 422) == "invalid_request"
+    many = http.get("/v1/products/red-tee/similar", params={"category": ["Men"] * 65})
+    assert error_code(many, 422) == "invalid_request"
+    message = many.json()["error"]["message"]
+    assert "\n" not in message and message.startswith("category: List should have at most 64")
+    hostile = http.get("/v1/products/red-tee/similar", params={"category": "Men\x00"})
+    assert error_code(hostile, 422) == "invalid_filter"
+    fine = http.get("/v1/products/red-tee/similar", params={"category": ["Men"] * 64, "k": 2})
+    assert fine.status_code == 200, fine.text
+
+
+def test_a_form_refuses_fields_it_would_ignore(http: TestClient) -> None:
+    """``categories`` (the JSON name) and a file under another name than ``image``."""
+    plural = upload(http, png(RED), categories="Women")
+    assert error_code(plural, 422) == "invalid_request"
+    assert "'category'" in plural.json()["error"]["message"]
+    files = [("image", ("q.png", png(RED), "image/png")),
+             ("photo", ("p.png", png(RED), "image/png"))]
+    assert error_code(http.post("/v1/search", files=files), 422) == "invalid_request"
 
 
 def test_compare_prices_bad_input(http: TestClient) -> None:
@@ -247,6 +287,9 @@ def test_probes(http: TestClient) -> None:
     ready = http.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"milvus": "ok", "collection": "ok", "model": "ok"}
+    assert http.head("/livez").status_code == 200  # was 405: checkers that send HEAD
+    assert http.head("/readyz").status_code == 200
+    assert "head" not in http.get("/openapi.json").json()["paths"]["/livez"]
 
 
 def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
