@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -121,7 +121,9 @@ class SimilarQuery(SearchOptions):
 class SearchBody(SearchOptions):
     """JSON query: exactly one of ``vector`` (from the serving model) or ``product_id``."""
 
-    vector: list[float] | None = Field(default=None, max_length=8192)
+    vector: list[StrictFloat] | None = Field(
+        default=None, max_length=8192,
+        description="numbers as JSON numbers: \"0.1\" or true is refused, not read as one")
     product_id: str | None = Field(default=None, max_length=512)
 
 

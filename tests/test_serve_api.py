@@ -101,6 +101,8 @@ BAD_JSON_SEARCHES = [
     ({"vector": [0.0] * 8}, "invalid_request"),                      # zero vector
     ({"vector": [1.0] * 8, "product_id": "red-tee"}, "invalid_request"),
     ({}, "invalid_request"),
+    ({"vector": ["0.1"] + [1.0] * 7}, "invalid_request"),           # a string, not a number
+    ({"vector": [True] + [1.0] * 7}, "invalid_request"),            # a boolean, not a number
     ({"vector": [1.0] * 8, "k": 0}, "invalid_request"),
     ({"vector": [1.0] * 8, "k": 1001}, "invalid_request"),
     ({"vector": [1.0] * 8, "k": "ten"}, "invalid_request"),
