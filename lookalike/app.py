@@ -40,6 +40,7 @@ from ingest.sink import MilvusSink
 from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
+from lookalike.broker import BrokerError, PortInUseError
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import ImageSettings, IngestSettings, Settings
 from schema.collection import CollectionSpec
@@ -469,4 +470,8 @@ def explain(exc: BaseException) -> UserError | None:
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     if isinstance(exc, StoreError):
         return UserError(f"Milvus failed: {exc}", ExitCode.UNAVAILABLE)
+    if isinstance(exc, PortInUseError):  # as `serve --port` on a taken port: choose another
+        return UserError(str(exc), ExitCode.USAGE)
+    if isinstance(exc, BrokerError):
+        return UserError(f"the local broker failed: {exc}", ExitCode.FAILED)
     return None

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
-from lookalike.settings import LOG_LEVELS, Settings
+from lookalike.settings import LOG_LEVELS, MAX_PORT, Settings
 from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
 
 
@@ -36,6 +36,19 @@ def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port to listen on, 1 to 65535 (0 would pick one at random that
+    nobody is told about; above 65535 failed in the library that binds it, after the model
+    loaded: ``OverflowError``, a 20-line ``BrokerError`` after 15 s)."""
+    value = int(text)
+    if not 1 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to {MAX_PORT}, got {text}")
+    return value
+
+
+_port.__name__ = "int"  # argparse names the type in "invalid int value"
 
 
 def _root(text: str) -> Path:
@@ -128,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder that local image paths may point into (repeatable)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
-    p.add_argument("--metrics-port", type=int,
+    p.add_argument("--metrics-port", type=_port,
                    help="serve Prometheus metrics on this port (/metrics)")
 
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
@@ -213,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(p)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
-    p.add_argument("--port", type=_at_least(1), default=9092)
+    p.add_argument("--port", type=_port, default=9092)
 
     from lookalike import commands_train
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from lookalike.app import (
 )
 from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
-from lookalike.settings import Settings
+from lookalike.settings import Settings, kafka_addresses
 from schema.versions import ModelRetiredError
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
@@ -76,17 +77,24 @@ def _search_filter(args: argparse.Namespace) -> SearchFilter | None:
 
 
 def ingest(settings: Settings, args: argparse.Namespace) -> int:
-    create_topics(settings)  # an absent broker is reported before the model loads
-    versions = open_versions(settings, create=True)
-    embedder = build_embedder(settings)
-    with warming_up(embedder):
-        metrics = None
-        if args.metrics_port is not None:
-            from lookalike.commands_serve import serve_ingest_metrics
+    with ExitStack() as stack:
+        served = None
+        if args.metrics_port is not None:  # first: a taken port is reported at once
+            from lookalike.commands_serve import serving_ingest_metrics
 
-            metrics = serve_ingest_metrics(args.metrics_port, embedder.model_version)
-        return _run_ingest(settings, embedder, versions, until_caught_up=args.until_caught_up,
-                           metrics=metrics)
+            served = stack.enter_context(serving_ingest_metrics(args.metrics_port))
+        create_topics(settings)  # an absent broker is reported before the model loads
+        versions = open_versions(settings, create=True)
+        embedder = build_embedder(settings)
+        metrics = None
+        if served is not None:
+            from serve.metrics import publish_model_version
+
+            registry, metrics = served
+            publish_model_version(registry, embedder.model_version)
+        with warming_up(embedder):
+            return _run_ingest(settings, embedder, versions,
+                               until_caught_up=args.until_caught_up, metrics=metrics)
 
 
 def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
@@ -236,8 +244,8 @@ def demo(settings: Settings, args: argparse.Namespace) -> int:
             update={"group_id": f"lookalike-demo-{int(time.time())}"}),
     })
     local: LocalBroker | None = None
-    host, _, port = settings.kafka.bootstrap_servers.partition(":")
-    if args.bootstrap_servers is None and not port_open(host, int(port or 9092)):
+    host, port = kafka_addresses(settings.kafka.bootstrap_servers)[0]
+    if args.bootstrap_servers is None and not port_open(host, port):
         local = LocalBroker().start()
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"bootstrap_servers": local.bootstrap_servers})})

@@ -36,14 +36,25 @@ from store.versions import ModelVersions
 log = logging.getLogger("lookalike")
 
 
-def serve_ingest_metrics(port: int, model_version: str) -> IngestMetrics:
-    """Ingest series on ``http://0.0.0.0:port/metrics`` (a daemon thread of prometheus_client)."""
+@contextmanager
+def serving_ingest_metrics(port: int) -> Iterator[tuple[CollectorRegistry, IngestMetrics]]:
+    """Ingest series on ``http://0.0.0.0:port/metrics`` (a daemon thread of prometheus_client)
+    for the block. Ingest opens it first, so a taken port is one line at once (it was an
+    ``OSError`` traceback after the model loaded); the model version joins the registry when
+    the model is built (``publish_model_version``)."""
     registry = CollectorRegistry()
-    publish_model_version(registry, model_version)
     metrics = IngestMetrics(registry)
-    start_http_server(port, registry=registry)
+    try:
+        server, _thread = start_http_server(port, registry=registry)
+    except OSError as exc:  # as `serve --port` on a taken port: a bad argument, exit 2
+        raise UserError(f"cannot serve metrics on port {port}: {exc.strerror or exc} "
+                        "(choose another --metrics-port)") from None
     log.info("ingest metrics on :%d/metrics", port)
-    return metrics
+    try:
+        yield registry, metrics
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager

@@ -7,11 +7,12 @@ code never reads the environment itself.
 
 from __future__ import annotations
 
-from ipaddress import ip_network
+import re
+from ipaddress import IPv6Address, ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,24 +20,110 @@ class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+MAX_PORT = 65535
+
+_KAFKA_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
+_KAFKA_IPV6 = re.compile(r"\[([^\[\]]+)\]")
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def kafka_addresses(servers: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` pairs of a ``host:port,...`` list, as the Kafka clients read it;
+    ``ValueError`` names the first entry they could not use (kafka-python raised its own
+    ``ValueError`` from inside the admin client for ``h:xx``, and waited out its bootstrap
+    timeout for ``""``, ``,,,`` or a port out of range). An IPv6 host is written in brackets:
+    ``[::1]:9092``."""
+    pairs = []
+    for entry in (e.strip() for e in servers.split(",")):
+        shown = repr(entry if len(entry) <= 40 else f"{entry[:37]}...")
+        host, colon, port = entry.rpartition(":")
+        bracketed = _KAFKA_IPV6.fullmatch(host)
+        if bracketed:
+            try:
+                IPv6Address(bracketed[1])
+            except ValueError:
+                bracketed = None
+        if not colon or not (bracketed or _KAFKA_HOST.fullmatch(host)):
+            raise ValueError(f"{shown} is not host:port (bootstrap servers are host:port "
+                             "entries separated by commas; an IPv6 address in brackets)")
+        number = port.isascii() and port.isdigit() and len(port) <= 5
+        if not number or not 1 <= int(port) <= MAX_PORT:
+            raise ValueError(f"{shown}: the port must be a number from 1 to {MAX_PORT}")
+        pairs.append((bracketed[1] if bracketed else host, int(port)))
+    return pairs
+
+
+def kafka_topic(name: str) -> str:
+    """``name`` if Kafka accepts it as a topic; kafka-python checks it only as the consumer
+    subscribes (after the model loaded) and not at all as it publishes or creates topics."""
+    if not _KAFKA_TOPIC.fullmatch(name) or name in (".", ".."):
+        raise ValueError("a Kafka topic name is 1 to 249 of A-Z a-z 0-9 . _ - (not . or ..)")
+    return name
+
+
 class KafkaSettings(_Group):
-    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="host:port,...")
-    topic: str = Field(default="catalog.products", description="Product events")
-    dlq_topic: str = Field(default="catalog.products.dlq", description="Dead letters")
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="host:port,... (port 1 to 65535; an IPv6 address in brackets)",
+    )
+    topic: str = Field(default="catalog.products",
+                       description="Product events (1 to 249 of A-Z a-z 0-9 . _ -)")
+    dlq_topic: str = Field(default="catalog.products.dlq",
+                           description="Dead letters (the same rule; not the events' topic)")
     group_id: str = Field(default="lookalike-ingest",
-                          description="Ingest processes of one group share the partitions")
+                          description="Ingest processes of one group share the partitions "
+                          "(not empty)")
     client_id: str = Field(default="lookalike", description="Prefix of the Kafka client ids")
-    partitions: int = Field(default=4, ge=1,
+    partitions: int = Field(default=4, ge=1, le=1000,
                             description="Used when the topic is created: bounds the consumers")
-    session_timeout_ms: int = Field(default=10_000, ge=1000,
-                                    description="A silent consumer leaves the group after it")
-    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
-    max_poll_records: int = Field(default=256, ge=1, description="Records one poll returns")
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, le=1_800_000,
+        description="A silent consumer leaves the group after it (at most a Kafka broker's "
+        "default group.max.session.timeout.ms, 30 min)",
+    )
+    heartbeat_interval_ms: int = Field(default=1_000, ge=100, le=600_000,
+                                       description="Below the session timeout")
+    max_poll_records: int = Field(default=256, ge=1, le=100_000,
+                                  description="Records one poll returns")
     connect_timeout_ms: int = Field(
-        default=5_000, ge=100,
+        default=5_000, ge=100, le=600_000,
         description="How long publish and ingest wait for the broker to answer at start-up "
         "before they exit 4 with one line (kafka-python's own default is 30 s)",
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        kafka_addresses(value)
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return kafka_topic(value)
+
+    @field_validator("dlq_topic")
+    @classmethod
+    def _dlq_topic(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("topic"):
+            raise ValueError("the dead-letter topic must not be the events' topic: ingest "
+                             "would read its own dead letters")
+        return kafka_topic(value)
+
+    @field_validator("group_id")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a consumer group id must not be empty")
+        return value
+
+    @field_validator("heartbeat_interval_ms")
+    @classmethod
+    def _heartbeat(cls, value: int, info: ValidationInfo) -> int:
+        session = info.data.get("session_timeout_ms")
+        if session is not None and value >= session:  # kafka-python refuses it as it joins
+            raise ValueError(f"must be below session_timeout_ms ({session})")
+        return value
 
 
 class MilvusSettings(_Group):
@@ -79,15 +166,17 @@ class ImageSettings(_Group):
         default_factory=list, description="Local folders that image paths may point into"
     )
     timeout_s: float = Field(
-        default=10.0, gt=0,
+        default=10.0, gt=0, le=600,
         description="Deadline per image URL: connect, headers, body and retries together",
     )
-    max_attempts: int = Field(default=3, ge=1, description="Tries per image URL (transient "
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Tries per image URL (transient "
                               "errors: connection, timeout, 429, 5xx)")
-    retry_backoff_s: float = Field(default=0.25, ge=0, description="First retry delay; doubles")
-    retry_after_max_s: float = Field(default=5.0, ge=0, description="Cap on a Retry-After")
-    per_host_connections: int = Field(default=8, ge=1, description="Fetches of one host at once")
-    max_redirects: int = Field(default=5, ge=0, description="Redirect hops per image URL")
+    retry_backoff_s: float = Field(default=0.25, ge=0, le=60,
+                                   description="First retry delay; doubles")
+    retry_after_max_s: float = Field(default=5.0, ge=0, le=600, description="Cap on a Retry-After")
+    per_host_connections: int = Field(default=8, ge=1, le=256,
+                                      description="Fetches of one host at once")
+    max_redirects: int = Field(default=5, ge=0, le=20, description="Redirect hops per image URL")
     allow_networks: list[str] = Field(
         default_factory=list,
         description="CIDRs image URLs may reach besides public addresses (an internal CDN), "
@@ -96,8 +185,9 @@ class ImageSettings(_Group):
     allow_hosts: list[str] = Field(
         default_factory=list, description="Host names image URLs may reach whatever they resolve to"
     )
-    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Of one image file")
-    max_pixels: int = Field(default=40_000_000, gt=0,
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=1024**3,
+                           description="Of one image file")
+    max_pixels: int = Field(default=40_000_000, gt=0, le=1_000_000_000,
                             description="Larger images are refused before decoding")
 
     @field_validator("allow_networks")
@@ -112,9 +202,9 @@ class ImageSettings(_Group):
         if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
             raise ValueError("an image root must be a folder, not an empty path")
         return value
-    fetch_workers: int = Field(default=8, ge=1, description="Images fetched at once")
+    fetch_workers: int = Field(default=8, ge=1, le=256, description="Images fetched at once")
     decode_workers: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=256,
         description="Images decoded at once (of the fetch workers). Default: every core when "
         "the model runs on a GPU, else a quarter of them (at least 1): on CPU the model uses "
         "all cores, and more decoders only preempt it",
@@ -127,7 +217,7 @@ class ModelSettings(_Group):
     square: Literal["pad", "crop"] = Field(
         default="pad", description="Pad photos to a square on white, or centre-crop them "
         "(docs/quality.md, Square input)")
-    batch_size: int = Field(default=32, ge=1, description="Images per model call")
+    batch_size: int = Field(default=32, ge=1, le=1024, description="Images per model call")
     colour_weight: float = Field(
         default=0.5, ge=0, le=10,
         description="Weight of the product's colour histogram next to the CNN features "
@@ -156,14 +246,17 @@ class ModelSettings(_Group):
 
 
 class IngestSettings(_Group):
-    batch_events: int = Field(default=64, ge=1, description="Flush a batch at this many events")
-    batch_images: int = Field(default=128, ge=1, description="...or at this many images")
-    batch_timeout_s: float = Field(default=0.5, gt=0, description="...or when this old")
-    max_in_flight: int = Field(default=3, ge=1, description="Batches in the pipeline at once")
+    batch_events: int = Field(default=64, ge=1, le=100_000,
+                              description="Flush a batch at this many events")
+    batch_images: int = Field(default=128, ge=1, le=100_000,
+                              description="...or at this many images")
+    batch_timeout_s: float = Field(default=0.5, gt=0, le=600, description="...or when this old")
+    max_in_flight: int = Field(default=3, ge=1, le=64,
+                               description="Batches in the pipeline at once")
     shutdown_grace_s: float = Field(
-        default=30.0, ge=0, description="SIGTERM: how long in-flight batches may finish")
+        default=30.0, ge=0, le=3600, description="SIGTERM: how long in-flight batches may finish")
     outage_budget_s: float = Field(
-        default=300.0, gt=0,
+        default=300.0, gt=0, le=7 * 86_400,
         description="How long ingest waits out Milvus or the broker being unavailable before "
         "it exits non-zero (nothing uncommitted is lost either way)",
     )
@@ -241,9 +334,10 @@ class ServeSettings(_Group):
                       "listen on (also --host; 0.0.0.0 for every interface, never "
                       "empty); the API has no authentication")
     port: int = Field(default=8080, ge=0, le=65535, description="...and port (also --port)")
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0,
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=1024**3,
                                   description="Largest request body (all uploaded views)")
-    workers: int = Field(default=4, ge=1, description="Queries embedded and searched at once")
+    workers: int = Field(default=4, ge=1, le=256,
+                         description="Queries embedded and searched at once")
 
     @field_validator("host")
     @classmethod

