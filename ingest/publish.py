@@ -8,6 +8,7 @@ anything is sent, so a bad file publishes nothing and every error is reported wi
 
 from __future__ import annotations
 
+import errno
 import json
 import stat
 import time
@@ -61,7 +62,12 @@ def catalog_lines(path: Path) -> Iterator[CatalogLine]:
     """The file's non-blank lines, each parsed as ingest parses an event
     (:func:`schema.events.load_json`: its size, nesting and number limits; UTF-8), so that a
     line publish accepts is one ingest can read. A longer line is read no further than the
-    limit: a catalog of one endless line (``/dev/zero`` copied to a file) costs no memory."""
+    limit: a catalog of one endless line (``/dev/zero`` copied to a file) costs no memory.
+    Raises ``OSError`` for a path that is not a regular file: a FIFO would wait forever for a
+    writer, a device (``/dev/zero``) be read forever."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a catalog is a JSON Lines file)",
+                      str(path))
     with open(path, "rb") as fh:
         number = 0
         while line := fh.readline(MAX_EVENT_BYTES + 1):
@@ -109,8 +115,6 @@ def load_catalog(
 ) -> list[ProductUpserted]:
     """Validate the whole file; raise :class:`CatalogError` listing every bad line."""
     version = int(time.time() * 1000) if version is None else version
-    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would wait forever, a device forever read
-        raise OSError(f"{path}: not a regular file (a catalog is a JSON Lines file)")
     base = path.resolve().parent
     events: list[ProductUpserted] = []
     errors: list[tuple[int, str]] = []

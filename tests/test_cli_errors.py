@@ -291,6 +291,8 @@ def test_a_catalog_that_is_not_a_file_is_refused_before_it_is_read(
     for path in (fifo, Path("/dev/zero")):
         assert main(["publish", str(path), "--bootstrap-servers", "127.0.0.1:1"]) == 2
         assert "not a regular file" in one_error(capsys, "publish")
+        assert main(["eval", "--gallery", str(path), "--queries", str(path)]) == 2
+        assert "not a regular file" in one_error(capsys, "eval")
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
