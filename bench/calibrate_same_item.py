@@ -128,14 +128,15 @@ def main() -> int:
         scored.append((rule, counts.summary()))
     if args.rule:
         print("chosen:", _fmt(*scored[0]))
-    scored.sort(key=lambda rs: (-(rs[1]["precision"] >= 0.98), -rs[1]["recall"],
-                                -rs[1]["precision"]))
+    # A rule that lists nothing has no precision (None): it ranks as precision 0.
+    scored.sort(key=lambda rs: (-((rs[1]["precision"] or 0.0) >= 0.98), -rs[1]["recall"],
+                                -(rs[1]["precision"] or 0.0)))
     for rule, summary in scored[:12]:
         print(_fmt(rule, summary))
     return 0
 
 
-def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
+def _fmt(rule: SameItemRule, s: dict[str, float | None]) -> str:
     return (f"inliers>={rule.min_inliers:>2} corr>={rule.min_correlation:.2f} "
             f"shift@p{rule.shift_percentile}<={rule.max_colour_shift:>4.1f} "
             f"colour>={rule.min_colour:.2f} "
@@ -143,7 +144,7 @@ def _fmt(rule: SameItemRule, s: dict[str, float]) -> str:
             f"{rule.coarse_correlation:.2f},{rule.coarse_colour_shift:.0f} "
             f"cover>={rule.min_inlier_cover:.2f} bright<={rule.max_brightness_ratio:.2f} "
             f"recoloured<={rule.max_recoloured:.3f}: "
-            f"precision {s['precision']:.3f} "
+            f"precision {'n/a' if s['precision'] is None else format(s['precision'], '.3f')} "
             f"recall {s['recall']:.3f} false_match_rate {s['false_match_rate']:.3f} "
             f"all_found_rate {s['all_found_rate']:.3f}")
 

@@ -153,6 +153,10 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
     to_check: list[tuple[str, Path]] = []
     for number, obj in _lines(path):
         where = f"{path}:{number}"
+        kind = obj.get("type", "product.upserted")
+        if kind != "product.upserted":  # as publish refuses it (ingest/publish.py to_event)
+            raise ProtocolError(f"{where}: type: {str(kind)[:40]!r}: a gallery lists products "
+                                "(product.upserted); other events are not listings")
         pid = obj.get("product_id")
         if not isinstance(pid, str) or not pid:
             raise ProtocolError(f"{where}: product_id must be a non-empty string")

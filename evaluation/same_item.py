@@ -9,7 +9,8 @@ Micro-averaged over listings (every returned and every relevant listing counts o
 * ``all_found_rate``: share of queries whose every relevant listing was returned.
 
 A query that returns nothing has precision undefined for itself, and adds nothing to the
-micro-average's denominator; it loses recall.
+micro-average's denominator; it loses recall. When no query lists anything, precision is
+undefined overall: None (``null`` in JSON, ``n/a`` printed).
 """
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ class SameItemCounts:
         self.with_false_match += bool(found - relevant)
         self.all_found += hits == len(relevant)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
+        """The scores; ``precision`` is None when nothing was listed at all (undefined)."""
         if not self.queries:
             raise ValueError("no queries to summarise")
         return {
-            "precision": self.correct / self.returned if self.returned else 1.0,
+            "precision": self.correct / self.returned if self.returned else None,
             "recall": self.correct / self.relevant,
             "false_match_rate": self.with_false_match / self.queries,
             "all_found_rate": self.all_found / self.queries,
@@ -87,7 +89,8 @@ class SameItemReport:
     def to_json(self) -> dict[str, Any]:
         times = sorted(self.per_query_ms)
         return {
-            **{key: round(value, 4) for key, value in self.counts.summary().items()},
+            **{key: None if value is None else round(value, 4)
+               for key, value in self.counts.summary().items()},
             "n_queries": self.counts.queries,
             "n_gallery": self.n_gallery,
             "n_gallery_images": self.n_gallery_images,

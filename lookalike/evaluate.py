@@ -8,9 +8,12 @@ also writes each query's outcome, one JSON object per line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,10 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
     details: Path | None = args.details
-    if details is not None:
-        _write_details(details, [])  # a path that cannot be written fails now, not after
+    if details is not None:  # a path that cannot be written fails now, not after the work
+        _check_details(details, [args.gallery, args.queries,
+                                 *(p for product in products for p in product.images),
+                                 *(p for query in queries for p in query.images)])
     cache = None if args.no_cache else _open_cache(args.cache)  # so does a bad --cache
     try:
         report = _evaluate(settings, args, products, queries, cache)
@@ -114,13 +119,44 @@ def _evaluate(settings: Settings, args: argparse.Namespace, products: list[Galle
     return report
 
 
-def _write_details(path: Path, lines: list[dict[str, Any]]) -> None:
-    """``--details``: one JSON object per query."""
+def _check_details(path: Path, inputs: list[Path]) -> None:
+    """Refuse a ``--details`` path that is one of the evaluation's inputs (the gallery, the
+    queries, a photo) or that cannot be written, without touching it: an existing file is
+    replaced only once the run has succeeded (:func:`_write_details`)."""
     try:
-        with path.open("w", encoding="utf-8") as out:
-            out.writelines(json.dumps(line) + "\n" for line in lines)
+        target = path.resolve()
+        if target in {p.resolve() for p in inputs}:
+            raise UserError(f"cannot write --details {path}: it is one of the evaluation's "
+                            "inputs (the gallery, the queries or a photo)")
+        if target.exists() and not target.is_file():
+            raise UserError(f"cannot write --details {path}: not a regular file")
+        folder = target.parent
+        if not folder.is_dir():
+            raise UserError(f"cannot write --details {path}: no such folder {folder}")
+        if not os.access(folder, os.W_OK | os.X_OK) or (
+                target.exists() and not os.access(target, os.W_OK)):
+            raise UserError(f"cannot write --details {path}: permission denied")
     except OSError as exc:
         raise UserError(f"cannot write --details {path}: {exc.strerror or exc}") from None
+
+
+def _write_details(path: Path, lines: list[dict[str, Any]]) -> None:
+    """``--details``: one JSON object per query, written to a temporary file beside ``path``
+    and then renamed over it, so that ``path`` never holds a partial file."""
+    target = path.resolve()
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(line) + "\n" for line in lines)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise UserError(f"cannot write --details {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def print_same_item(report: SameItemReport) -> None:
@@ -132,7 +168,8 @@ def print_same_item(report: SameItemReport) -> None:
     if out["turned_queries"]:
         print(f"{out['turned_queries']} query photos looked turned and were also searched "
               f"upright (search.turned_queries)")
-    print(f"precision {out['precision']:.3f}  recall {out['recall']:.3f}  "
+    precision = "n/a" if out["precision"] is None else f"{out['precision']:.3f}"
+    print(f"precision {precision}  recall {out['recall']:.3f}  "
           f"false_match_rate {out['false_match_rate']:.3f}  "
           f"all_found_rate {out['all_found_rate']:.3f}  "
           f"({out['returned']} listed, {out['relevant']} relevant)")

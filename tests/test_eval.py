@@ -165,6 +165,10 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
         (lambda root: _append(root / "gallery.jsonl", {
             "product_id": "z", "category": "A", "images": ["g/red.png"], "seller_id": "s" * 129}),
          "seller_id must be at most 128 characters"),
+        # a delisting is no listing: refused as publish refuses it, not indexed as one
+        (lambda root: _append(root / "gallery.jsonl", {
+            "type": "product.delisted", "product_id": "z", "category": "A",
+            "images": ["g/red.png"]}), r"gallery.jsonl:\d+: type: 'product.delisted'"),
     ],
 )
 def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> None:

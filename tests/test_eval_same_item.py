@@ -128,6 +128,54 @@ def test_cli_eval_writes_the_details_or_fails_before_the_work(
     assert calls == [1]  # the second run stopped before the evaluation
 
 
+def test_cli_eval_details_never_overwrites_an_input_nor_a_previous_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``--details`` path that is an input (the queries file, the gallery, a photo) is one
+    clear error, exit 2, before any work, and the input is unchanged; an existing details
+    file survives a run that fails, and is replaced whole by one that succeeds."""
+    gallery_path, queries_path = _write(tmp_path)
+    calls: list[int] = []
+
+    def failing(*args: object, **kwargs: object) -> SameItemReport:
+        calls.append(1)
+        raise lookalike.evaluate.UserError("the evaluation failed")
+
+    monkeypatch.setattr(lookalike.evaluate, "evaluate_same_item", failing)
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
+            str(queries_path), "--no-cache"]
+    for given in (queries_path, gallery_path, tmp_path / "img" / ".." / "img" / "a.png"):
+        before = given.read_bytes()
+        capsys.readouterr()
+        assert main([*base, "--details", str(given)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot write --details" in err[0], err
+        assert given.read_bytes() == before
+    assert calls == []  # refused before the evaluation
+    previous = tmp_path / "details.jsonl"
+    previous.write_text('{"image": "old.jpg"}\n')
+    assert main([*base, "--details", str(previous)]) == 2
+    assert calls == [1]
+    assert previous.read_text() == '{"image": "old.jpg"}\n'
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".details")] == []
+
+
+def test_precision_is_undefined_when_nothing_was_listed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No listing at all: precision is None (null in --json, n/a printed), not 1.0."""
+    counts = SameItemCounts()
+    counts.add(set(), {"a"})
+    counts.add(set(), {"b", "c"})
+    assert counts.summary()["precision"] is None
+    report = SameItemReport(counts, "m", 3, 3)
+    out = json.loads(json.dumps(report.to_json()))
+    assert out["precision"] is None and out["recall"] == 0.0 and out["returned"] == 0
+    lookalike.evaluate.print_same_item(report)
+    text = capsys.readouterr().out
+    assert "precision n/a  recall 0.000" in text and "(0 listed, 3 relevant)" in text
+
+
 def test_counts_are_micro_averaged_over_listings() -> None:
     counts = SameItemCounts()
     counts.add({"a1", "a2", "x"}, {"a1", "a2", "a3"})  # 2 right, 1 wrong, 1 missed
