@@ -63,14 +63,16 @@ def load_image(
     max_pixels: int,
     *,
     min_size: int | None = None,
+    max_bytes: int | None = None,
 ) -> Image.Image:
-    """Bytes, a file path or a PIL image (as the search API receives them) -> RGB image."""
+    """Bytes, a file path or a PIL image (as the search API receives them) -> RGB image.
+    ``max_bytes``: a file larger than this is refused before it is read."""
     if isinstance(source, Image.Image):
         return normalise_image(source, max_pixels)
     if isinstance(source, bytes | bytearray | memoryview):
         return decode_image(bytes(source), max_pixels, min_size=min_size)
     if isinstance(source, str | os.PathLike):
-        return decode_image(_read_file(Path(source)), max_pixels, min_size=min_size)
+        return decode_image(_read_file(Path(source), max_bytes), max_pixels, min_size=min_size)
     raise TypeError(f"cannot load an image from {type(source).__name__}")
 
 
@@ -81,11 +83,15 @@ def normalise_image(image: Image.Image, max_pixels: int) -> Image.Image:
     return _to_rgb(_apply_orientation(image))
 
 
-def _read_file(path: Path) -> bytes:
+def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
     except OSError as exc:
         raise ItemError(Reason.UNREADABLE, f"{path}: {exc.strerror or exc}") from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ItemError(Reason.IMAGE_TOO_LARGE, f"{path}: over {max_bytes} bytes")
+    return data
 
 
 def _formats() -> tuple[str, ...]:

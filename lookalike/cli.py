@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
@@ -255,6 +259,30 @@ MODEL_COMMANDS = frozenset({"ingest", "search", "compare-prices", "demo", "eval"
 """The subcommands that load the model (and so import Keras, quietly: ``import_keras``)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is: ``finally`` blocks run (a scratch database is removed)
+    and the command ends in one line, exit 143, where it was cut off without a word."""
+
+
+@contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while a command runs. Commands
+    that stop gracefully (ingest, run, serve, broker, train) set their own handler meanwhile;
+    this one covers the rest, and their start-up before they set it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (tests call main() from threads)
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = f"lookalike {args.command}"
@@ -302,7 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             import_keras()
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
-        return int(handler(settings, args))
+        with _stopped_by_sigterm():
+            return int(handler(settings, args))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the command has no handler
+        terminated = isinstance(exc, Terminated)
+        print(f"{prog}: error: stopped by {'SIGTERM' if terminated else 'SIGINT'} before it "
+              "finished", file=sys.stderr)
+        return int(ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED)
     except Exception as exc:
         from lookalike.app import explain
 

@@ -176,9 +176,15 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
     if len(images) > MAX_QUERY_VECTORS:
         raise UserError(f"at most {MAX_QUERY_VECTORS} images per search, got {len(images)}")
     out = []
+    limit = settings.images.max_bytes
     for image in images:
-        if not image.is_file():
+        if not image.exists():
             raise UserError(f"no such image: {image}")
+        if not image.is_file():  # a folder, a FIFO (which would wait), a device
+            raise UserError(f"cannot use {image} as a query: not a regular file")
+        if image.stat().st_size > limit:  # read whole, a 1 GB file took 1.9 GB of memory
+            raise UserError(f"cannot use {image} as a query: {image.stat().st_size} bytes > "
+                            f"limit {limit} (LOOKALIKE_IMAGES__MAX_BYTES)")
         data = image.read_bytes()
         try:
             decode_image(data, settings.images.max_pixels)
@@ -273,8 +279,12 @@ def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
         print("note: Fashion-MNIST prices are SYNTHETIC (attributes.price_source=synthetic)")
     _publish(settings, events)
     started = time.monotonic()
-    totals = _ingest(settings, embedder, versions, until_caught_up=True,
-                     total=len(events)).totals
+    report = _ingest(settings, embedder, versions, until_caught_up=True, total=len(events))
+    if report.stopped_by in ("SIGINT", "SIGTERM"):  # not "nothing indexed": the user stopped it
+        raise UserError(f"stopped by {report.stopped_by} before it finished",
+                        ExitCode.INTERRUPTED if report.stopped_by == "SIGINT"
+                        else ExitCode.TERMINATED)
+    totals = report.totals
     if not totals.applied:
         raise UserError(_nothing_indexed(settings, totals), ExitCode.FAILED)
     print(f"ingested in {time.monotonic() - started:.1f}s")

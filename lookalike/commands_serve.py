@@ -104,24 +104,29 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    create_topics(settings)  # an absent broker is reported before the model loads
-    versions = open_versions(settings, create=True)
-    return run_with(settings, build_embedder(settings), versions)
+    with _listening(settings.serve) as sockets:  # first: before topics, database and model
+        create_topics(settings)  # an absent broker is reported before the model loads
+        versions = open_versions(settings, create=True)
+        return run_with(settings, build_embedder(settings), versions, sockets)
 
 
-def run_with(settings: Settings, embedder: Any, versions: ModelVersions) -> int:
+def run_with(settings: Settings, embedder: Any, versions: ModelVersions,
+             sockets: list[socket.socket] | None = None) -> int:
     """Ingest on this (main) thread until SIGTERM/SIGINT, the API on a background thread;
-    one Milvus store, one model, one metrics registry for both."""
-    with _listening(settings.serve) as sockets:
-        open_for_writing(versions, embedder)  # a first install creates the collections here
-        registry = CollectorRegistry()
-        publish_model_version(registry, embedder.model_version)
-        ingest_metrics = IngestMetrics(registry)
-        with ThreadPoolExecutor(settings.serve.workers, thread_name_prefix="search") as pool, \
-                warming_up(embedder) as model_warm:
-            app = build_api(settings, embedder, versions, registry, pool, model_warm)
-            return _ingest_while_serving(settings, embedder, versions, app, sockets,
-                                         ingest_metrics)
+    one Milvus store, one model, one metrics registry for both. ``sockets``: the API's,
+    bound by the caller (else bound here)."""
+    if sockets is None:
+        with _listening(settings.serve) as bound:
+            return run_with(settings, embedder, versions, bound)
+    open_for_writing(versions, embedder)  # a first install creates the collections here
+    registry = CollectorRegistry()
+    publish_model_version(registry, embedder.model_version)
+    ingest_metrics = IngestMetrics(registry)
+    with ThreadPoolExecutor(settings.serve.workers, thread_name_prefix="search") as pool, \
+            warming_up(embedder) as model_warm:
+        app = build_api(settings, embedder, versions, registry, pool, model_warm)
+        return _ingest_while_serving(settings, embedder, versions, app, sockets,
+                                     ingest_metrics)
 
 
 def _ingest_while_serving(settings: Settings, embedder: Any, versions: ModelVersions,

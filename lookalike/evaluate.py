@@ -46,6 +46,9 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
+    _check_sizes([*(p for product in products for p in product.images),
+                  *(p for query in queries for p in query.images)], settings.images.max_bytes)
+    _warn_of_easy_figures(products, queries, args)
     details: Path | None = args.details
     if details is not None:  # a path that cannot be written fails now, not after the work
         _check_details(details, [args.gallery, args.queries,
@@ -117,6 +120,33 @@ def _evaluate(settings: Settings, args: argparse.Namespace, products: list[Galle
                 log.warning("could not drop %s: %s", spec.name, exc)
             store.close()
     return report
+
+
+def _warn_of_easy_figures(products: list[Any], queries: list[Any],
+                          args: argparse.Namespace) -> None:
+    """Say where a figure is no test (a warning: the run goes on): a query photo that is also
+    a gallery photo finds its own listing, and with 10 products or fewer R@10 is 1."""
+    gallery = {p.resolve() for product in products for p in product.images}
+    leaks = sum(1 for query in queries if any(p.resolve() in gallery for p in query.images))
+    if leaks:
+        log.warning("eval: %d of %d queries search with a photo of the gallery itself: they "
+                    "find it (an easy R@1), not another photo of the item", leaks, len(queries))
+    if getattr(args, "task", "retrieval") != "same-item" and len(products) <= 10:
+        log.warning("eval: the gallery has %d products: R@10 counts every one of them and is "
+                    "1.0 by construction", len(products))
+
+
+def _check_sizes(photos: list[Path], max_bytes: int) -> None:
+    """Refuse a photo over ``LOOKALIKE_IMAGES__MAX_BYTES`` before any is read: each was read
+    whole (a 1 GB file took 1.9 GB of memory), where ingest and the HTTP API refuse it."""
+    for photo in photos:
+        try:
+            size = photo.stat().st_size
+        except OSError:
+            continue  # reading it says why, in one line
+        if size > max_bytes:
+            raise UserError(f"image {photo}: {size} bytes > limit {max_bytes} "
+                            "(LOOKALIKE_IMAGES__MAX_BYTES)")
 
 
 def _check_details(path: Path, inputs: list[Path]) -> None:

@@ -218,11 +218,12 @@ class PriceMatch(BaseModel):
 
 
 def _default_loader(
-    source: ImageInput, max_pixels: int, min_size: int | None = None
+    source: ImageInput, max_pixels: int, min_size: int | None = None,
+    max_bytes: int | None = None,
 ) -> Image.Image:
     from embedding.decode import load_image
 
-    image: Image.Image = load_image(source, max_pixels, min_size=min_size)
+    image: Image.Image = load_image(source, max_pixels, min_size=min_size, max_bytes=max_bytes)
     return image
 
 
@@ -237,6 +238,7 @@ class ProductSearch:
         *,
         consistency: Consistency,
         max_pixels: int,
+        max_bytes: int | None = None,
         image_loader: ImageLoader | None = None,
         model_check_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -249,7 +251,9 @@ class ProductSearch:
         turned_queries: bool = True,
         family_depth: int = _SEARCH_DEFAULTS.family_depth,
     ) -> None:
-        """``verifier`` loads stored listing photos for :meth:`compare_prices`
+        """``max_bytes``: a query photo given as a file path larger than this is refused
+        before it is read (``LOOKALIKE_IMAGES__MAX_BYTES``; the HTTP API caps uploads itself).
+        ``verifier`` loads stored listing photos for :meth:`compare_prices`
         (``lookalike.app.build_verifier``: through the configured fetcher). Without one,
         :meth:`compare_prices` refuses to run: a verifier of its own would fetch with a fetch
         policy other than the configured one (its egress allow-lists, roots, byte cap).
@@ -282,12 +286,11 @@ class ProductSearch:
         self.engine = store.engine
         # Decode query JPEGs at the reduced scale ingest uses, so both see the same pixels.
         self._load: ImageLoader = image_loader or partial(
-            _default_loader, min_size=getattr(embedder, "decode_size", None)
-        )
+            _default_loader, min_size=getattr(embedder, "decode_size", None),
+            max_bytes=max_bytes)
         # ...and photos to verify as the same item at the size verification compares them.
         self._load_to_verify: ImageLoader = image_loader or partial(
-            _default_loader, min_size=VERIFY_SIZE
-        )
+            _default_loader, min_size=VERIFY_SIZE, max_bytes=max_bytes)
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
         self._turned_queries = turned_queries
@@ -709,11 +712,12 @@ class ProductSearch:
         return [self._check_vector(row) for row in out]
 
     def _check_vector(self, vector: Sequence[float] | np.ndarray) -> list[float]:
-        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+        with np.errstate(over="ignore"):  # 1e39 is infinite in float32: refused below
+            arr = np.asarray(vector, dtype=np.float32).reshape(-1)
         if arr.shape[0] != self._spec.dim:
             raise ValueError(f"vector has {arr.shape[0]} dimensions, expected {self._spec.dim}")
         if not np.all(np.isfinite(arr)):
-            raise ValueError("vector contains NaN or infinite values")
+            raise ValueError("vector contains NaN or infinite values (or beyond float32)")
         if not np.any(arr):
             raise ValueError("the zero vector has no direction to search for")
         return [float(x) for x in arr]

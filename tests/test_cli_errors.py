@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -155,6 +156,29 @@ def test_bad_query_images_are_named_with_their_reason(
 def test_missing_image_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["search", str(tmp_path / "nope.jpg")]) == 2
     assert "no such image" in one_error(capsys, "search")
+
+
+def test_a_query_file_over_the_byte_limit_or_no_file_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query file was read whole whatever ``LOOKALIKE_IMAGES__MAX_BYTES`` said (a 1 GB
+    file took 1.9 GB of memory; ingest and the HTTP API refuse it); a folder or a FIFO was
+    "no such image", and a FIFO would wait to be read."""
+    image = write_image(tmp_path / "q.png", seed=5)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"image": str(image), "relevant": ["a"]}) + "\n")
+    monkeypatch.setenv("LOOKALIKE_IMAGES__MAX_BYTES", "100")
+    assert main(["search", str(image), "--milvus-uri", str(tmp_path / "x.db")]) == 2
+    assert "bytes > limit 100 (LOOKALIKE_IMAGES__MAX_BYTES)" in one_error(capsys, "search")
+    assert main(["eval", "--gallery", str(write_catalog(tmp_path)),
+                 "--queries", str(queries)]) == 2
+    assert "bytes > limit 100 (LOOKALIKE_IMAGES__MAX_BYTES)" in one_error(capsys, "eval")
+    monkeypatch.delenv("LOOKALIKE_IMAGES__MAX_BYTES")
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    for odd in (tmp_path, fifo):
+        assert main(["search", str(odd), "--milvus-uri", str(tmp_path / "x.db")]) == 2
+        assert "not a regular file" in one_error(capsys, "search")
 
 
 @pytest.mark.parametrize("command", [["models"], ["search", "IMAGE"],
@@ -833,3 +857,38 @@ def test_broker_ends_with_one_line_when_tansu_dies() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, ExitCode.INTERRUPTED),
+                                           (signal.SIGTERM, ExitCode.TERMINATED)])
+def test_a_stopped_command_ends_in_one_line(sig: signal.Signals, code: int,
+                                            tmp_path: Path) -> None:
+    """Ctrl-C printed a KeyboardInterrupt traceback (24-134 lines) in every command without a
+    graceful stop of its own; SIGTERM ended them without a word, and ``eval`` left its scratch
+    database behind. ``publish`` to a broker that accepts and never answers waits long
+    enough to be stopped."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        argv = [sys.executable, "-m", "lookalike", "publish", str(write_catalog(tmp_path)),
+                "--bootstrap-servers", f"127.0.0.1:{silent.getsockname()[1]}"]
+        env = {**os.environ, "LOOKALIKE_KAFKA__CONNECT_TIMEOUT_MS": "30000"}
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert err.strip() == (f"lookalike publish: error: stopped by {sig.name} before it "
+                           "finished")
+
+
+def test_run_checks_its_port_first(taken_port: int, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``run`` on a taken port created the topics, a new database and loaded the model (6 s)
+    before it failed; ``serve`` failed at once. The closed broker would make it exit 4."""
+    code = main(["run", "--port", str(taken_port), "--milvus-uri", str(tmp_path / "run.db"),
+                 "--bootstrap-servers", f"127.0.0.1:{closed_port()}"])
+    assert code == ExitCode.USAGE
+    assert "in use" in one_error(capsys, "run")
+    assert not (tmp_path / "run.db").exists()  # before the database (and the model)

@@ -246,3 +246,16 @@ def test_jpeg_decodes_at_reduced_scale_but_covers_min_size() -> None:
     png = _io.BytesIO()
     _Image.new("RGB", (640, 480)).save(png, "PNG")
     assert _decode(png.getvalue(), 40_000_000, min_size=224).size == (640, 480)
+
+
+def test_a_file_over_the_byte_limit_is_refused_without_reading_it_whole(
+    tmp_path: Path
+) -> None:
+    """``ProductSearch`` reads a query given as a path through ``load_image``: with
+    ``max_bytes`` (``LOOKALIKE_IMAGES__MAX_BYTES``) it reads one byte more, at most."""
+    path = tmp_path / "q.png"
+    path.write_bytes(_encode(Image.new("RGB", (64, 64), (200, 30, 30)), "PNG"))
+    assert load_image(path, 10**6, max_bytes=path.stat().st_size).size == (64, 64)
+    with pytest.raises(ItemError) as refused:
+        load_image(path, 10**6, max_bytes=path.stat().st_size - 1)
+    assert refused.value.reason == "image_too_large" and "over" in refused.value.detail

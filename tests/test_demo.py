@@ -98,3 +98,25 @@ def test_demo_with_nothing_indexed_says_why_in_one_line(
     assert main([*argv, "--image-root", str(photos), "--milvus-uri", str(tmp_path / "b.db")]) == 0
     out = capsys.readouterr().out
     assert "price comparison for p0" in out and out.count("query:") == 1
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_demo_stopped_by_the_user_says_so(signal_name: str, code: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the demo's ingest stopped it gracefully, and the demo then blamed the
+    catalog ("no product of the catalog was indexed"), exit 1."""
+    from types import SimpleNamespace
+
+    from ingest.runner import RunReport
+    from lookalike import commands
+    from lookalike.errors import UserError
+    from lookalike.settings import Settings
+
+    monkeypatch.setattr(commands, "_publish", lambda settings, events: 0)
+    monkeypatch.setattr(commands, "_ingest",
+                        lambda *args, **kwargs: RunReport(stopped_by=signal_name))
+    with pytest.raises(UserError) as stopped:
+        commands._demo_steps(Settings(), [], False, SimpleNamespace(base="b"),
+                             SimpleNamespace(model_version="m"))
+    assert stopped.value.code == code
+    assert str(stopped.value) == f"stopped by {signal_name} before it finished"

@@ -411,3 +411,25 @@ def test_eval_searches_snapshots_with_their_cut_outs_and_windows_as_the_search_a
                                    stats=EmbedStats()) == {}
     finally:
         store.close()
+
+
+def test_figures_that_test_nothing_are_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query photo that is a gallery photo finds its own listing (R@1 1.0 by leak), and with
+    10 products or fewer R@10 is 1.0 whatever the ranking: both were printed without a word.
+    A warning each; the run goes on."""
+    g, q = write_protocol(tmp_path)
+    _append(q, {"image": "g/red.png", "relevant": ["p-red"]})  # the gallery's own photo
+    class Evaluated(BaseException):
+        """The warnings are said before the evaluation, which this test does not need."""
+
+    def evaluate(*_args: Any) -> None:
+        raise Evaluated
+
+    monkeypatch.setattr("lookalike.evaluate._evaluate", evaluate)
+    with caplog.at_level("WARNING"), pytest.raises(Evaluated):
+        main(["eval", "--gallery", str(g), "--queries", str(q), "--no-cache"])
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("1 of 7 queries search with a photo of the gallery itself" in w for w in warned)
+    assert any("the gallery has 6 products: R@10" in w for w in warned)

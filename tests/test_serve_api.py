@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,16 @@ def test_nan_in_a_vector_is_refused(http: TestClient) -> None:
     response = http.post("/v1/search", content=raw,
                          headers={"content-type": "application/json"})
     assert error_code(response, 422) == "invalid_request"
+
+
+def test_a_vector_beyond_float32_is_refused_without_a_warning(http: TestClient) -> None:
+    """1e39 becomes infinity in float32: it was refused, after numpy logged an overflow
+    ``RuntimeWarning`` in the server's log for every such request."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        response = http.post("/v1/search", json={"vector": [1e39] + [1.0] * 7})
+    assert error_code(response, 422) == "invalid_request"
+    assert "beyond float32" in response.json()["error"]["message"]
 
 
 def test_not_json_and_not_an_object(http: TestClient) -> None:
