@@ -15,7 +15,6 @@ image or an unknown relevant product would otherwise turn into a silent zero.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from schema.events import (
     MAX_PRICE,
     MAX_SELLER_CHARS,
     MAX_TITLE_CHARS,
+    SCHEME,
     Currency,
     normalize_category,
 )
@@ -84,10 +84,6 @@ def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-"""A URL's start: ``publish`` hands URLs to ingest's fetcher, eval and train open files."""
-
-
 def _image_path(entry: Any, base: Path, where: str) -> Path:
     """A local photo: eval and train read files only (a URL would become a path that cannot
     exist, ``cat/http:/host/x.jpg``)."""
@@ -95,7 +91,7 @@ def _image_path(entry: Any, base: Path, where: str) -> Path:
         entry = entry.get("path", entry.get("url"))
     if not isinstance(entry, str) or not entry:
         raise ProtocolError(f"{where}: an image must be a path string or an object with 'path'")
-    if URL.match(entry):
+    if SCHEME.match(entry):  # publish hands URLs to ingest's fetcher; eval and train open files
         raise ProtocolError(f"{where}: image {entry[:80]!r} is a URL; this command reads local "
                             "files only (download the photos and list their paths)")
     return (base / entry).resolve()

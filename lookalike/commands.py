@@ -182,9 +182,9 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
             raise UserError(f"no such image: {image}")
         if not image.is_file():  # a folder, a FIFO (which would wait), a device
             raise UserError(f"cannot use {image} as a query: not a regular file")
-        if image.stat().st_size > limit:  # read whole, a 1 GB file took 1.9 GB of memory
-            raise UserError(f"cannot use {image} as a query: {image.stat().st_size} bytes > "
-                            f"limit {limit} (LOOKALIKE_IMAGES__MAX_BYTES)")
+        if (size := image.stat().st_size) > limit:  # read whole, 1 GB took 1.9 GB of memory
+            raise UserError(f"cannot use {image} as a query: {size} bytes > limit {limit} "
+                            "(LOOKALIKE_IMAGES__MAX_BYTES)")
         data = image.read_bytes()
         try:
             decode_image(data, settings.images.max_pixels)

@@ -46,14 +46,13 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
-    _check_sizes([*(p for product in products for p in product.images),
-                  *(p for query in queries for p in query.images)], settings.images.max_bytes)
+    photos = [*(p for product in products for p in product.images),
+              *(p for query in queries for p in query.images)]
+    _check_sizes(photos, settings.images.max_bytes)
     _warn_of_easy_figures(products, queries, args)
     details: Path | None = args.details
     if details is not None:  # a path that cannot be written fails now, not after the work
-        _check_details(details, [args.gallery, args.queries,
-                                 *(p for product in products for p in product.images),
-                                 *(p for query in queries for p in query.images)])
+        _check_details(details, [args.gallery, args.queries, *photos])
     cache = None if args.no_cache else _open_cache(args.cache)  # so does a bad --cache
     try:
         report = _evaluate(settings, args, products, queries, cache)
