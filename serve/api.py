@@ -39,8 +39,9 @@ from schema.errors import ItemError, Reason
 from schema.events import check_nesting
 from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
 from search.filters import SearchFilter
+from serve.errors import error_response
 from serve.health import Readiness
-from serve.images import ImageRefused, ImageRoots
+from serve.images import CatalogImage, ImageRefused, ImageRoots
 from serve.metrics import SearchMetrics, TimedEmbedder
 from serve.middleware import ObserveRequests, UploadTooLarge
 from store import MilvusStore
@@ -287,12 +288,15 @@ def create_app(
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")
-    async def image(ref: Annotated[str, Query(max_length=4096)]) -> FileResponse:
+    async def image(ref: Annotated[str, Query(max_length=4096)]) -> CatalogImage:
         found = roots.resolve(ref)
         if isinstance(found, ImageRefused):
             raise ApiError(404 if found.reason == "not_found" else 400, found.reason, found.detail)
-        return FileResponse(found, headers={"Cache-Control": "max-age=3600",
-                                            "X-Content-Type-Options": "nosniff"})
+        try:
+            return CatalogImage(found, headers={"Cache-Control": "max-age=3600",
+                                                "X-Content-Type-Options": "nosniff"})
+        except OSError:  # removed since it was resolved
+            raise ApiError(404, "not_found", "no such image") from None
 
     @app.get("/livez", tags=["probes"])
     @app.head("/livez", include_in_schema=False)
@@ -364,44 +368,41 @@ async def _read_form(request: Request, max_bytes: int) -> FormData:
         raise ApiError(400, "bad_upload", f"unreadable multipart body: {exc}") from None
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
 def _error_handlers(app: FastAPI) -> None:
     """Map what a request can provoke to 4xx/503; nothing reaches the caller as a traceback."""
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", _first_error(exc))
+        return error_response(422, "invalid_request", _first_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
-                      str(exc.detail))
+        return error_response(exc.status_code,
+                              "not_found" if exc.status_code == 404 else "http_error",
+                              str(exc.detail))
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(_: Request, exc: UploadTooLarge) -> JSONResponse:
-        return _error(413, "upload_too_large", str(exc))
+        return error_response(413, "upload_too_large", str(exc))
 
     @app.exception_handler(ImageDecodeError)
     async def not_an_image(_: Request, exc: ImageDecodeError) -> JSONResponse:
         code = "too_many_pixels" if exc.reason == Reason.IMAGE_TOO_LARGE else "not_an_image"
-        return _error(422, code, exc.detail)
+        return error_response(422, code, exc.detail)
 
     @app.exception_handler(ProductNotFound)
     async def unknown_product(_: Request, exc: ProductNotFound) -> JSONResponse:
-        return _error(404, "unknown_product", str(exc))
+        return error_response(404, "unknown_product", str(exc))
 
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc))
+        return error_response(422, "invalid_request", str(exc))
 
     @app.exception_handler(ModelMismatchError)
     async def mismatch(_: Request, exc: ModelMismatchError) -> JSONResponse:
-        return _error(503, "model_mismatch", str(exc))
+        return error_response(503, "model_mismatch", str(exc))
 

@@ -292,6 +292,45 @@ def test_nothing_else_on_disk_is_reachable(http: TestClient, served: Served,
     assert error_code(remote, 400) == "not_local"  # never fetched on anyone's behalf
 
 
+def test_a_cached_image_is_revalidated_with_a_304(http: TestClient, served: Served) -> None:
+    """The page's thumbnails were sent whole again (200) to a browser that had them."""
+    params = {"ref": str(served.image_root / "red-tee.png")}
+    first = http.get("/v1/images", params=params)
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+    for asked in ({"If-None-Match": etag}, {"If-None-Match": f'"other", W/{etag}'},
+                  {"If-None-Match": "*"}, {"If-Modified-Since": modified},
+                  {"If-None-Match": etag, "Range": "bytes=0-3"}):
+        again = http.get("/v1/images", params=params, headers=asked)
+        assert again.status_code == 304, asked
+        assert again.content == b"" and again.headers["etag"] == etag
+        assert again.headers["cache-control"] == "max-age=3600"
+    for asked in ({"If-None-Match": '"other"'}, {"If-Modified-Since": "yesterday"},
+                  {"If-None-Match": '"other"', "If-Modified-Since": modified},
+                  {"If-Modified-Since": "Mon, 01 Jan 1990 00:00:00 GMT"}):
+        changed = http.get("/v1/images", params=params, headers=asked)
+        assert changed.status_code == 200, asked
+        assert changed.content == first.content
+
+
+def test_ranges_it_cannot_serve_are_json_errors(http: TestClient, served: Served) -> None:
+    """Starlette answered them in plain text (400 "Malformed range header.", an empty 416)."""
+    path = served.image_root / "red-tee.png"
+    params, size = {"ref": str(path)}, path.stat().st_size
+    for unreadable in ("garbage", "bytes=abc", "bytes=5-2", "bytes="):
+        response = http.get("/v1/images", params=params, headers={"Range": unreadable})
+        assert error_code(response, 400) == "bad_range", unreadable
+        assert repr(unreadable) in response.json()["error"]["message"]
+    past = http.get("/v1/images", params=params, headers={"Range": f"bytes={size}-"})
+    assert error_code(past, 416) == "range_not_satisfiable"
+    assert past.headers["content-range"] == f"bytes */{size}"
+    assert past.json()["error"]["message"] == (f"the Range 'bytes={size}-' starts past the end "
+                                               f"of this {size}-byte image")
+    other_unit = http.get("/v1/images", params=params, headers={"Range": "items=0-1"})
+    assert other_unit.status_code == 200 and other_unit.content == path.read_bytes()
+    part = http.get("/v1/images", params=params, headers={"Range": "bytes=1-3"})
+    assert part.status_code == 206 and part.content == path.read_bytes()[1:4]
+
+
 # -- probes, metrics, OpenAPI, the page --------------------------------------------------
 
 
