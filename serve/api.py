@@ -320,7 +320,8 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _error_handlers(app)
-    app.add_middleware(ObserveRequests, metrics=metrics, max_body_bytes=config.max_upload_bytes)
+    app.add_middleware(ObserveRequests, metrics=metrics, max_body_bytes=config.max_upload_bytes,
+                       routes=app.routes)
     return app
 
 

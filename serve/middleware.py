@@ -4,14 +4,21 @@ Plain ASGI rather than ``BaseHTTPMiddleware``: it adds no task or stream copy pe
 which matters when the whole search takes a few milliseconds. The body cap counts the bytes
 as they arrive (a chunked upload has no Content-Length to trust), so an oversized upload is
 refused before it is buffered.
+
+Requests are counted by route template (``/v1/products/{product_id}/similar``, never the
+product id): the one the router matched, or, for a body refused by its Content-Length before
+routing, the one it would have matched.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.errors import error_response
 from serve.metrics import SearchMetrics
 
 
@@ -20,10 +27,16 @@ class UploadTooLarge(Exception):
 
 
 class ObserveRequests:
-    def __init__(self, app: ASGIApp, metrics: SearchMetrics, *, max_body_bytes: int) -> None:
+    """``routes``: the app's (``app.routes``), to name the route of a request refused before
+    routing."""
+
+    def __init__(self, app: ASGIApp, metrics: SearchMetrics, *, max_body_bytes: int,
+                 routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self._metrics = metrics
         self._max = max_body_bytes
+        self._routes = routes
+        self._too_large = f"the request body is over {max_body_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,8 +44,9 @@ class ObserveRequests:
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max:
-            await _refuse(send, self._max)
-            self._count(scope, 413, 0.0)
+            refusal = error_response(413, "upload_too_large", self._too_large)
+            await refusal(scope, receive, send)
+            self._count(scope, 413, 0.0, route=self._route_for(scope))
             return
         status = 500
         seen = 0
@@ -42,7 +56,7 @@ class ObserveRequests:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self._max:
-                raise UploadTooLarge(f"the request body is over {self._max} bytes")
+                raise UploadTooLarge(self._too_large)
             return message
 
         async def recording_send(message: Message) -> None:
@@ -59,18 +73,21 @@ class ObserveRequests:
             self._metrics.in_flight.dec()
             self._count(scope, status, time.perf_counter() - started)
 
-    def _count(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or (
+    def _route_for(self, scope: Scope) -> BaseRoute | None:
+        """The route the router would pick: the first full match, else the first partial one
+        (a method it does not take), as ``starlette.routing.Router`` picks it."""
+        partial = None
+        for route in self._routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return partial
+
+    def _count(self, scope: Scope, status: int, seconds: float,
+               route: BaseRoute | None = None) -> None:
+        endpoint = getattr(route or scope.get("route"), "path", None) or (
             "/static" if str(scope.get("path", "")).startswith("/static/") else "unmatched")
         self._metrics.requests.labels(endpoint, str(status)).inc()
         self._metrics.duration.labels(endpoint).observe(seconds)
-
-
-async def _refuse(send: Send, limit: int) -> None:
-    body = (b'{"error":{"code":"upload_too_large","message":"the request body is over '
-            + str(limit).encode() + b' bytes"}}')
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

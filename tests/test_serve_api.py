@@ -370,6 +370,24 @@ def test_metrics_count_requests_and_stages(http: TestClient) -> None:
     assert 'lookalike_http_request_duration_seconds_bucket{endpoint="/v1/search"' in text
 
 
+def test_a_body_refused_by_its_length_is_counted_under_its_route(http: TestClient,
+                                                                 served: Served) -> None:
+    """Refused before routing, it was counted as ``endpoint="unmatched"``."""
+    def refused(endpoint: str) -> float:
+        labels = {"endpoint": endpoint, "status": "413"}
+        return served.registry.get_sample_value("lookalike_http_requests_total", labels) or 0.0
+
+    similar = "/v1/products/{product_id}/similar"
+    before = {e: refused(e) for e in ("/v1/search", similar, "unmatched")}
+    assert error_code(upload(http, os.urandom(300_000)), 413) == "upload_too_large"
+    assert error_code(http.post("/v1/products/red-tee/similar", content=b"x" * 300_000),
+                      413) == "upload_too_large"  # a GET route: a partial match, as routed
+    assert error_code(http.post("/v1/nothing", content=b"x" * 300_000), 413) == \
+        "upload_too_large"
+    assert {e: refused(e) - n for e, n in before.items()} == {
+        "/v1/search": 1, similar: 1, "unmatched": 1}
+
+
 def test_openapi_lists_the_endpoints(http: TestClient) -> None:
     spec = http.get("/openapi.json").json()
     for path in ("/v1/search", "/v1/compare-prices", "/v1/products/{product_id}/similar",
