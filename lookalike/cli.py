@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
-from lookalike.settings import LOG_LEVELS, MAX_PORT, Settings
+from lookalike.settings import LOCAL_HOST, LOG_LEVELS, MAX_PORT, Settings
 from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
 
 
@@ -119,7 +119,7 @@ def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--host", help=f"address to listen on (default {LOCAL_HOST})")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--image-root", action="append", type=_root, default=None,
                    help="folder whose catalog images the page may show (repeatable)")
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 once every assigned partition is consumed and written")
     p.add_argument("--metrics-port", type=_port,
                    help="serve Prometheus metrics on this port (/metrics)")
+    p.add_argument("--metrics-host",
+                   help=f"address the metrics listen on (default {LOCAL_HOST}; 0.0.0.0: "
+                        "every interface)")
 
     p = sub.add_parser("publish", help="publish a catalog file as product.upserted events")
     _connection_args(p, milvus=False)
@@ -318,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             milvus={"uri": getattr(args, "milvus_uri", None),
                     "collection": getattr(args, "collection", None)},
             images={"roots": getattr(args, "image_root", None)},
+            ingest={"metrics_host": getattr(args, "metrics_host", None)},
             serve={"host": getattr(args, "host", None),
                    "port": getattr(args, "port", None) if args.command != "broker" else None},
             search={"k": getattr(args, "k", None),

@@ -82,7 +82,11 @@ def ingest(settings: Settings, args: argparse.Namespace) -> int:
         if args.metrics_port is not None:  # first: a taken port is reported at once
             from lookalike.commands_serve import serving_ingest_metrics
 
-            served = stack.enter_context(serving_ingest_metrics(args.metrics_port))
+            served = stack.enter_context(serving_ingest_metrics(settings.ingest.metrics_host,
+                                                                args.metrics_port))
+        elif args.metrics_host is not None:
+            raise UserError("--metrics-host needs --metrics-port (no metrics are served "
+                            "without one)")
         create_topics(settings)  # an absent broker is reported before the model loads
         versions = open_versions(settings, create=True)
         embedder = build_embedder(settings)

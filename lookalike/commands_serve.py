@@ -9,6 +9,7 @@ background thread; both share one Milvus store and one model.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import socket
 from collections.abc import Iterator
@@ -37,19 +38,25 @@ log = logging.getLogger("lookalike")
 
 
 @contextmanager
-def serving_ingest_metrics(port: int) -> Iterator[tuple[CollectorRegistry, IngestMetrics]]:
-    """Ingest series on ``http://0.0.0.0:port/metrics`` (a daemon thread of prometheus_client)
-    for the block. Ingest opens it first, so a taken port is one line at once (it was an
-    ``OSError`` traceback after the model loaded); the model version joins the registry when
-    the model is built (``publish_model_version``)."""
+def serving_ingest_metrics(host: str, port: int
+                           ) -> Iterator[tuple[CollectorRegistry, IngestMetrics]]:
+    """Ingest series on ``http://host:port/metrics`` (a daemon thread of prometheus_client)
+    for the block; ``host`` is ``ingest.metrics_host``, loopback unless set (it listened on
+    every interface, whatever ``serve.host`` said). Ingest opens it first, so a taken port or
+    a wrong host is one line at once (it was an ``OSError`` traceback after the model loaded);
+    the model version joins the registry when the model is built (``publish_model_version``)."""
+    from serve.server import address, why_not_listening
+
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry)
     try:
-        server, _thread = start_http_server(port, registry=registry)
-    except OSError as exc:  # as `serve --port` on a taken port: a bad argument, exit 2
-        raise UserError(f"cannot serve metrics on port {port}: {exc.strerror or exc} "
-                        "(choose another --metrics-port)") from None
-    log.info("ingest metrics on :%d/metrics", port)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except (OSError, UnicodeError) as exc:  # as `serve --host/--port`: a bad argument, exit 2
+        taken = getattr(exc, "errno", None) == errno.EADDRINUSE
+        raise UserError(f"cannot serve metrics on {address(host, port)}: "
+                        f"{why_not_listening(exc, host, port)} (choose another "
+                        f"{'--metrics-port' if taken else '--metrics-host'})") from None
+    log.info("ingest metrics on %s/metrics", address(host, port))
     try:
         yield registry, metrics
     finally:

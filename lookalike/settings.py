@@ -10,9 +10,16 @@ from __future__ import annotations
 import re
 from ipaddress import IPv6Address, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +28,21 @@ class _Group(BaseModel):
 
 
 MAX_PORT = 65535
+LOCAL_HOST = "127.0.0.1"
+"""Where what this process serves listens by default: the API (``serve.host``) and ingest's
+metrics (``ingest.metrics_host``); neither has authentication."""
+
+
+def _listen_host(value: str) -> str:
+    """An empty host is every interface (to uvicorn and to prometheus_client alike): nothing
+    without authentication may be opened to the network by a variable that expanded to
+    nothing."""
+    if not value.strip():
+        raise ValueError("empty; give an address (0.0.0.0 for every interface)")
+    return value
+
+
+ListenHost = Annotated[str, AfterValidator(_listen_host)]
 
 _KAFKA_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
 _KAFKA_IPV6 = re.compile(r"\[([^\[\]]+)\]")
@@ -260,6 +282,9 @@ class IngestSettings(_Group):
         description="How long ingest waits out Milvus or the broker being unavailable before "
         "it exits non-zero (nothing uncommitted is lost either way)",
     )
+    metrics_host: ListenHost = Field(
+        default=LOCAL_HOST, description="`lookalike ingest --metrics-port`: address its "
+        "/metrics listens on (also --metrics-host; 0.0.0.0 for every interface, never empty)")
 
 
 MAX_K = 1000
@@ -330,23 +355,14 @@ class SearchSettings(_Group):
 
 
 class ServeSettings(_Group):
-    host: str = Field(default="127.0.0.1", description="`lookalike serve`/`run`: address to "
-                      "listen on (also --host; 0.0.0.0 for every interface, never "
-                      "empty); the API has no authentication")
+    host: ListenHost = Field(default=LOCAL_HOST, description="`lookalike serve`/`run`: address "
+                             "to listen on (also --host; 0.0.0.0 for every interface, never "
+                             "empty); the API has no authentication")
     port: int = Field(default=8080, ge=0, le=65535, description="...and port (also --port)")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=1024**3,
                                   description="Largest request body (all uploaded views)")
     workers: int = Field(default=4, ge=1, le=256,
                          description="Queries embedded and searched at once")
-
-    @field_validator("host")
-    @classmethod
-    def _not_empty(cls, value: str) -> str:
-        """An empty host is every interface to uvicorn: an API without authentication must
-        not be opened to the network by a variable that expanded to nothing."""
-        if not value.strip():
-            raise ValueError("empty; give an address (0.0.0.0 for every interface)")
-        return value
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -33,9 +33,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else exc
-        raise ServerStartError(f"{where}: {host!r} is neither an IP address nor a host name "
-                               f"that resolves ({why})") from None
+        raise ServerStartError(f"{where}: {why_not_listening(exc, host, port)}") from None
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, bound_to in dict.fromkeys(infos):
@@ -49,11 +47,16 @@ def listen(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise ServerStartError(f"{where}: {_why(exc, host, port)}") from None
+        raise ServerStartError(f"{where}: {why_not_listening(exc, host, port)}") from None
     return sockets
 
 
-def _why(exc: OSError, host: str, port: int) -> str:
+def why_not_listening(exc: OSError | UnicodeError, host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on, in words, from what resolving or binding it
+    raised (for the API here, and ingest's metrics endpoint)."""
+    if isinstance(exc, (socket.gaierror, UnicodeError)):
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        return f"{host!r} is neither an IP address nor a host name that resolves ({why})"
     if exc.errno == errno.EADDRINUSE:
         return "the port is in use by another process"
     if exc.errno == errno.EADDRNOTAVAIL:

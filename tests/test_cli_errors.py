@@ -802,10 +802,36 @@ def test_ingest_metrics_on_a_taken_everywhere_is_one_line_before_anything_else(
     code = main(["ingest", "--metrics-port", str(taken_everywhere), "--milvus-uri",
                  str(tmp_path / "m.db"), "--bootstrap-servers", f"127.0.0.1:{closed_port()}"])
     assert code == ExitCode.USAGE
-    assert (f"cannot serve metrics on port {taken_everywhere}: Address already in use"
-            in one_error(capsys, "ingest"))
+    assert (f"cannot serve metrics on 127.0.0.1:{taken_everywhere}: the port is in use by "
+            "another process (choose another --metrics-port)" in one_error(capsys, "ingest"))
     assert not (tmp_path / "m.db").exists()
     assert time.monotonic() - started < 10  # no model
+
+
+@pytest.mark.parametrize(("where", "says"), [
+    (["--metrics-port", "FREE", "--metrics-host", "192.0.2.1"],  # TEST-NET-1
+     "cannot serve metrics on 192.0.2.1:FREE: 192.0.2.1 is not an address of this machine "
+     "(choose another --metrics-host)"),
+    (["--metrics-port", "FREE", "--metrics-host", "999.1.1.1"],
+     "cannot serve metrics on 999.1.1.1:FREE: '999.1.1.1' is neither an IP address nor a host "
+     "name that resolves"),
+    (["--metrics-port", "FREE", "--metrics-host", ""],
+     "invalid ingest.metrics_host (''): Value error, empty"),
+    (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
+])
+def test_an_ingest_metrics_host_it_cannot_listen_on_is_one_line(
+    where: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where ``--metrics-host`` (``ingest.metrics_host``) cannot be listened on: one line and
+    exit 2 before the broker, Milvus or the model, as ``serve --host``; an empty one would be
+    every interface, and one without ``--metrics-port`` would be ignored."""
+    free = str(closed_port())
+    argv = [arg.replace("FREE", free) for arg in where]
+    code = main(["ingest", *argv, "--milvus-uri", str(tmp_path / "m.db"),
+                 "--bootstrap-servers", f"127.0.0.1:{closed_port()}"])
+    assert code == ExitCode.USAGE
+    assert says.replace("FREE", free) in one_error(capsys, "ingest")
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_broker_on_a_taken_everywhere_says_so(taken_everywhere: int,

@@ -407,6 +407,8 @@ def test_ingest_environment_is_accepted_by_the_settings(
     assert settings.kafka.dlq_topic == "catalog.products.dlq"
     assert settings.milvus.uri == "http://milvus:19530"
     assert settings.ingest.shutdown_grace_s == float(e["LOOKALIKE_INGEST__SHUTDOWN_GRACE_S"])
+    # ingest's metrics listen on loopback unless told: a worker's are scraped from the network
+    assert settings.ingest.metrics_host == "0.0.0.0"
 
     # The image roots are exactly the read-only catalog mount, at the same path as on the host.
     (root,) = settings.images.roots

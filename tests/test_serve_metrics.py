@@ -1,4 +1,5 @@
-"""Ingest series from one committed batch, and the ``--metrics-port`` endpoint of ingest."""
+"""Ingest series from one committed batch, and the ``--metrics-port`` endpoint of ingest
+(where it listens: ``ingest.metrics_host``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from kafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ingest.stages import Batch, BatchStats
+from lookalike import commands
 from lookalike.cli import build_parser
 from lookalike.commands_serve import serving_ingest_metrics
 from lookalike.errors import ExitCode, UserError
+from lookalike.settings import Settings
 from serve.metrics import IngestMetrics, publish_model_version
 
 
@@ -59,14 +62,14 @@ def test_ingest_metrics_port_serves_them() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with serving_ingest_metrics(port) as (registry, metrics):
+    with serving_ingest_metrics("127.0.0.1", port) as (registry, metrics):
         publish_model_version(registry, "model-x")
         metrics.observe_batch(a_batch(), {})
         url = f"http://127.0.0.1:{port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert 'lookalike_model_serving_info{model_version="model-x"} 1.0' in text
     assert 'lookalike_ingest_events_total{outcome="applied",reason=""} 3.0' in text
-    with serving_ingest_metrics(port):  # the block released it (an in-process ingest ended)
+    with serving_ingest_metrics("127.0.0.1", port):  # the block released it (ingest ended)
         pass
 
 
@@ -77,8 +80,48 @@ def test_a_taken_metrics_port_is_one_line() -> None:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(UserError) as refused, serving_ingest_metrics(port):
+        with pytest.raises(UserError) as refused, serving_ingest_metrics("127.0.0.1", port):
             pass
     assert refused.value.code == ExitCode.USAGE
-    assert str(refused.value) == (f"cannot serve metrics on port {port}: Address already in "
-                                  "use (choose another --metrics-port)")
+    assert str(refused.value) == (f"cannot serve metrics on 127.0.0.1:{port}: the port is in "
+                                  "use by another process (choose another --metrics-port)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("metrics_host", "reached"), [
+    (None, {"127.0.0.1": True, "127.0.0.2": False}),
+    ("127.0.0.2", {"127.0.0.1": False, "127.0.0.2": True}),
+])
+def test_ingest_metrics_listen_on_loopback_unless_told(
+    metrics_host: str | None, reached: dict[str, bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They listened on every interface (prometheus_client's 0.0.0.0), where ``serve`` keeps
+    the API on loopback; now on ``ingest.metrics_host``, 127.0.0.1 unless set (127.0.0.2 is
+    loopback too, so the test needs no other interface)."""
+    if metrics_host is not None:
+        monkeypatch.setenv("LOOKALIKE_INGEST__METRICS_HOST", metrics_host)
+    port = free_port()
+    seen: dict[str, bool] = {}
+
+    def probe(_settings: Settings) -> None:  # create_topics: the endpoint is open by then
+        seen.update((host, answers(host, port)) for host in reached)
+        raise UserError("probed")
+
+    monkeypatch.setattr(commands, "create_topics", probe)
+    args = build_parser().parse_args(["ingest", "--metrics-port", str(port)])
+    with pytest.raises(UserError, match="probed"):
+        commands.ingest(Settings(), args)
+    assert seen == reached
