@@ -58,7 +58,7 @@ from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
-from search.intent import Match, QueryWeighting, check_match
+from search.intent import Match, QueryWeighting, check_match, unit
 from search.scene import VERIFY_SIZE, WINDOW_SCALES, cutouts_of, scene_queries
 from search.verify import Evidence, Overlay, SameItemVerifier
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
@@ -683,7 +683,7 @@ class ProductSearch:
         match = check_match(match)
         k = _check_k(k)
         reranks = photos is not None and self._rerank
-        weighted = [[float(x) for x in self._weighting.vector(np.asarray(v, np.float32), match)]
+        weighted = [[float(x) for x in self._weighting.vector(np.asarray(v, np.float64), match)]
                     for v in vectors]
         best = self._search(weighted, max(k, RERANK_DEPTH) if reranks else k, search_filter,
                             exclude=exclude)
@@ -712,15 +712,13 @@ class ProductSearch:
         return [self._check_vector(row) for row in out]
 
     def _check_vector(self, vector: Sequence[float] | np.ndarray) -> list[float]:
-        with np.errstate(over="ignore"):  # 1e39 is infinite in float32: refused below
-            arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+        """``vector`` as the unit vector the engines are given (:func:`search.intent.unit`:
+        normalised in float64, so its scale does not matter); ValueError for another
+        dimension, a NaN or infinite entry, or the zero vector."""
+        arr = np.asarray(vector, dtype=np.float64).reshape(-1)
         if arr.shape[0] != self._spec.dim:
             raise ValueError(f"vector has {arr.shape[0]} dimensions, expected {self._spec.dim}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("vector contains NaN or infinite values (or beyond float32)")
-        if not np.any(arr):
-            raise ValueError("the zero vector has no direction to search for")
-        return [float(x) for x in arr]
+        return [float(x) for x in unit(arr).astype(np.float32)]
 
     def _has_rows_of_my_model(self) -> bool:
         return self._store.exists(self._spec.name, self._base(), "product_id",

@@ -17,7 +17,8 @@ A model without a colour block (``colour_weight`` 0) has one intent: both give t
 from __future__ import annotations
 
 import math
-from typing import Literal, TypeAlias
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,28 +49,51 @@ class QueryWeighting:
         self._colour_weight = colour_weight
         self._stored_norm = math.sqrt(1.0 + colour_weight**2)
 
-    def vector(self, vector: NDArray[np.float32], match: Match) -> NDArray[np.float32]:
-        """The unit query vector to search with."""
+    def vector(self, vector: NDArray[np.floating[Any]], match: Match) -> NDArray[np.float32]:
+        """The unit query vector to search with (``vector``: a unit vector, as
+        :func:`unit` makes one). For ``similar``, each part the intent weights is
+        normalised on its own, in float64 (:func:`unit`); a part that cannot be (all zeros)
+        is refused with ValueError."""
         if match == "exact" or not self.colour_dim:
-            return vector
+            return vector.astype(np.float32, copy=False)
         cnn = self._dim - self.colour_dim
-        out = vector.astype(np.float32, copy=True)
-        cnn_norm = float(np.linalg.norm(out[:cnn]))
-        if cnn_norm == 0.0:
-            raise ValueError("the vector's CNN part is zero: nothing to search for as 'similar'")
-        out[:cnn] /= cnn_norm
-        out[cnn:] = SIMILAR_COLOUR_WEIGHT * _unit(out[cnn:])
-        result: NDArray[np.float32] = out / np.float32(np.linalg.norm(out))
-        return result
+        whole = np.asarray(vector, np.float64).reshape(-1)
+        out = np.empty_like(whole)
+        out[:cnn] = unit(whole[:cnn], "the vector's CNN part",
+                         "nothing to search for as 'similar'")
+        out[cnn:] = (SIMILAR_COLOUR_WEIGHT * unit(whole[cnn:], "the vector's colour part")
+                     if SIMILAR_COLOUR_WEIGHT else 0.0)
+        return unit(out).astype(np.float32)
 
     def score(self, cosine: float, match: Match) -> float:
-        """The engine's cosine as the intent's score: ``cos_cnn`` for ``similar``."""
+        """The engine's cosine as the intent's score: ``cos_cnn`` for ``similar``; within
+        [-1, 1] (float32 rounding can put a cosine a hair past 1)."""
         if match == "exact" or not self.colour_dim or SIMILAR_COLOUR_WEIGHT:
-            return cosine
-        return cosine * self._stored_norm
+            return _within_one(cosine)
+        return _within_one(cosine * self._stored_norm)
 
 
-def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    norm = float(np.linalg.norm(x))
-    out: NDArray[np.float32] = (x / norm).astype(np.float32) if norm > 0 else x
+def unit(values: Sequence[float] | NDArray[np.floating[Any]], what: str = "the vector",
+         why: str = "it has no direction to search for") -> NDArray[np.float64]:
+    """``values`` scaled to length 1 in float64, after dividing by its largest magnitude: a
+    vector and 1e30 times it search alike. In float32 the norm of 1,472 entries of 1e20
+    overflows to infinity (every cosine 0, or NaN once divided by it) and that of 1e-30s
+    underflows to nothing (scores of 1e-29, or a hair over 1). ValueError for a NaN or
+    infinite entry, and for the zero vector (``what`` names the vector or part, ``why``
+    what its zero costs)."""
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if peak == 0.0:
+        raise ValueError(f"{what} is the zero vector: {why}")
+    scaled = arr / peak
+    norm = float(np.linalg.norm(scaled))  # between 1 and sqrt(len): finite and non-zero
+    out: NDArray[np.float64] = scaled / norm
     return out
+
+
+def _within_one(score: float) -> float:
+    """A cosine clipped to [-1, 1]; NaN (only a stored row without a direction could give
+    it: queries are :func:`unit`) as the least similar, never as JSON ``null``."""
+    return min(1.0, max(-1.0, score)) if math.isfinite(score) else -1.0

@@ -17,7 +17,7 @@ from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
-from search.intent import QueryWeighting, check_match
+from search.intent import Match, QueryWeighting, check_match
 from store import ensure_collections
 from tests import milvus_support
 from tests.milvus_support import Milvus, record
@@ -107,6 +107,35 @@ def test_unknown_intent_is_refused(search: ProductSearch) -> None:
         search.by_vector(QUERY, match="colour")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="match must be"):
         check_match("Exact")
+
+
+@pytest.mark.parametrize("scale", [1e38, 1e20, 1e-20, 1e-30])
+@pytest.mark.parametrize("match", ["exact", "similar"])
+def test_both_intents_are_scale_invariant(search: ProductSearch, scale: float,
+                                          match: Match) -> None:
+    """The CNN part's norm was taken in float32: 1e38 times a query overflowed to infinity
+    and every ``similar`` score was NaN (``null`` over HTTP); tiny ones underflowed."""
+    expected = search.by_vector(QUERY, 3, None, match)
+    got = search.by_vector(QUERY * scale, 3, None, match)
+    assert [h.product_id for h in got] == [h.product_id for h in expected]
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-6)
+    flat = search.by_vector([1e38] * (CNN + COLOUR_DIM), 3, None, match)
+    assert all(math.isfinite(h.score) and -1.0 <= h.score <= 1.0 for h in flat)
+
+
+def test_a_vector_without_a_cnn_part_has_nothing_to_search_as_similar(
+        search: ProductSearch) -> None:
+    colour_only = np.concatenate([np.zeros(CNN), np.ones(COLOUR_DIM)])
+    assert search.by_vector(colour_only, k=1)  # exact: the colour is a direction
+    with pytest.raises(ValueError, match="CNN part is the zero vector"):
+        search.by_vector(colour_only, k=1, match="similar")
+
+
+def test_scores_stay_within_one() -> None:
+    weighting = QueryWeighting(CNN + COLOUR_DIM, WEIGHT)
+    assert weighting.score(1.0000003, "exact") == 1.0
+    assert weighting.score(0.9999999, "similar") == 1.0  # times sqrt(1 + w^2)
+    assert weighting.score(float("nan"), "similar") == -1.0
 
 
 def test_weighting_is_the_identity_without_a_colour_block() -> None:

@@ -115,6 +115,18 @@ def test_scores_are_cosine_similarity(catalog: Catalog) -> None:
     assert opposite[-1].score == pytest.approx(-0.98, abs=1e-4)
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e20, 1e-20, 1e-30, 1e-300, 1e300])
+def test_a_query_vector_s_scale_does_not_matter(catalog: Catalog, scale: float) -> None:
+    """Normalised in float32, 1e20s overflowed (every score 0.0, hits in id order), 1e-20s
+    and 1e-30s underflowed (scores of 1.00017 or ~1e-29): the norm is taken in float64."""
+    for direction in (rotate(0.99), [1.0] * DIM, [-x for x in unit(0)]):
+        expected = catalog.search.by_vector(direction, k=10)
+        got = catalog.search.by_vector([x * scale for x in direction], k=10)
+        assert ids(got) == ids(expected)
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-6)
+        assert all(-1.0 <= h.score <= 1.0 for h in got)
+
+
 @pytest.mark.parametrize(
     ("categories", "expected"),
     [
@@ -243,6 +255,10 @@ def test_argument_validation(catalog: Catalog) -> None:
         s.by_vector([0.0] * DIM)
     with pytest.raises(ValueError, match="NaN"):
         s.by_vector([float("nan")] * DIM)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        s.by_vector([float("inf")] + [1.0] * (DIM - 1))
+    with pytest.raises(ValueError, match="zero vector"):
+        s.by_vector([0.0] * DIM, match="similar")
     with pytest.raises(ValueError, match="control"):
         s.by_product("a\nb")
 

@@ -131,14 +131,30 @@ def test_nan_in_a_vector_is_refused(http: TestClient) -> None:
     assert error_code(response, 422) == "invalid_request"
 
 
-def test_a_vector_beyond_float32_is_refused_without_a_warning(http: TestClient) -> None:
-    """1e39 becomes infinity in float32: it was refused, after numpy logged an overflow
-    ``RuntimeWarning`` in the server's log for every such request."""
+def test_a_vector_s_scale_does_not_matter_and_no_score_is_null(http: TestClient) -> None:
+    """1e39 became infinity in float32 and was refused (after a numpy ``RuntimeWarning`` in
+    the log); 1e38s overflowed the norm and every score was 0.0 (NaN, ``null``, for
+    ``similar`` with a colour block). The vector is normalised in float64: any finite,
+    non-zero vector is its direction, with no warning."""
+
+    def hits(vector: list[float], match: str) -> list[tuple[str, float]]:
+        response = http.post("/v1/search", json={"vector": vector, "k": 3, "match": match})
+        assert response.status_code == 200, response.text
+        return [(h["product_id"], h["score"]) for h in response.json()["hits"]]
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        response = http.post("/v1/search", json={"vector": [1e39] + [1.0] * 7})
-    assert error_code(response, 422) == "invalid_request"
-    assert "beyond float32" in response.json()["error"]["message"]
+        for match in ("exact", "similar"):
+            for scaled, plain in (([1e39] + [1.0] * 7, [1.0] + [0.0] * 7),
+                                  ([1e38] * 8, [1.0] * 8), ([1e-30] * 8, [1.0] * 8)):
+                got, expected = hits(scaled, match), hits(plain, match)
+                assert [pid for pid, _ in got] == [pid for pid, _ in expected]
+                assert [score for _, score in got] == pytest.approx(
+                    [score for _, score in expected], abs=1e-6)
+    infinite = http.post("/v1/search", content='{"vector": [1e400, 1, 1, 1, 1, 1, 1, 1]}',
+                         headers={"content-type": "application/json"})
+    assert error_code(infinite, 422) == "invalid_request"
+    assert "NaN or infinite" in infinite.json()["error"]["message"]
 
 
 def test_not_json_and_not_an_object(http: TestClient) -> None:
