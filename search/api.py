@@ -831,11 +831,19 @@ class ProductSearch:
 
     def _checked(self, call: Callable[[], Any]) -> Any:
         """Run a Milvus read; when it fails, a model switch (other dimension) is the likely
-        cause, and the clearer error."""
+        cause, and the clearer error (:class:`ModelMismatchError`, chained to the failure).
+        When the model check cannot run either (Milvus down, the store closed), the read's
+        own error is raised and the check's is logged: it used to replace it."""
         try:
             return call()
         except Exception:
-            self.check_model()
+            try:
+                self.check_model()
+            except ModelMismatchError:
+                raise
+            except Exception as second:
+                log.warning("the model check after a failed search failed too: %s: %s",
+                            type(second).__name__, second)
             raise
 
 

@@ -117,11 +117,11 @@ class MilvusStore:
         self._recorder: ThreadRecorder[CallTiming] = ThreadRecorder()
         self._loaded: set[str] = set()  # loaded through this store: reloaded after a restart
         self._unreachable_at = -RECOVERY_S  # monotonic time Milvus was last seen unreachable
+        self._closed = False
         self.engine = engine or parse_engine(
             str(self._call("server_version", 0, client.get_server_version)), uri
         )
         self._process: LiteProcess | None = None  # set by open(lite_process=True)
-        self._closed = False
         self._schemas: dict[str, dict[str, Any]] = {}  # for column-wise upserts
         self._schema_lock = threading.Lock()
         self._lite_path = (os.path.abspath(uri) if memory_index and uri and self.engine.is_lite
@@ -206,7 +206,13 @@ class MilvusStore:
         return self._recorder.recording()
 
     def _call(self, op: str, rows: int, fn: Callable[[], T]) -> T:
-        """Run one Milvus call with bounded retries on transient errors; time it."""
+        """Run one Milvus call with bounded retries on transient errors; time it. After
+        :meth:`close`, :class:`StoreError` at once: pymilvus' "should create connection
+        first" reads as an outage, which was retried (~2.5 s of warnings) and raised as
+        :class:`StoreUnavailableError`, telling callers to wait for a store that will not
+        come back."""
+        if self._closed:
+            raise StoreError(f"{op}: the store is closed")
         started = time.perf_counter()
         attempt = 0
         while True:

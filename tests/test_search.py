@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,12 @@ from search.features import photo_features
 from search.filters import SearchFilter
 from search.scene import cutouts, white_patch, windows
 from search.verify import Evidence, SameItemRule, SameItemVerifier
-from store import ensure_collections
+from store import (
+    MilvusStore,
+    StoreError,
+    StoreUnavailableError,
+    ensure_collections,
+)
 from tests import milvus_support
 from tests.fakes import (
     SimilarityOnlyVerifier,
@@ -261,6 +269,41 @@ def test_argument_validation(catalog: Catalog) -> None:
         s.by_vector([0.0] * DIM, match="similar")
     with pytest.raises(ValueError, match="control"):
         s.by_product("a\nb")
+
+
+def test_a_closed_store_fails_a_search_at_once(tmp_path: Path) -> None:
+    """After ``store.close()`` a search retried six times with a WARNING each (~2.5 s) and
+    raised ``StoreUnavailableError`` naming ``has_collection``, the model check's error."""
+    store = MilvusStore.open(str(tmp_path / "closed.db"))
+    s = CollectionSpec(name="closed", dim=DIM)
+    ensure_collections(store, s)
+    search = ProductSearch(store, s, FakeEmbedder(), consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS)
+    store.close()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"^search: the store is closed$") as raised:
+        search.by_vector(unit(0), k=3)
+    assert not isinstance(raised.value, StoreUnavailableError)
+    assert time.monotonic() - started < 1
+
+
+def test_a_failed_search_keeps_its_error_when_the_model_check_fails_too(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model check that follows a failed read raised its own error instead."""
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("search failed after 1 attempt(s): dimension mismatch")
+
+    def check_fails() -> None:
+        raise StoreUnavailableError("has_collection failed after 4 attempt(s): timed out")
+
+    monkeypatch.setattr(catalog.search._store, "search", fails)
+    monkeypatch.setattr(catalog.search, "check_model", check_fails)
+    with caplog.at_level(logging.WARNING, logger="search.api"), \
+            pytest.raises(StoreError, match="dimension mismatch"):
+        catalog.search.by_vector(unit(0), k=3)
+    assert "model check after a failed search failed too" in caplog.text
+    assert "timed out" in caplog.text
 
 
 def test_embedder_dimension_must_match(milvus: Milvus) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from schema.collection import (
     SchemaMismatchError,
 )
 from schema.records import CATEGORY_LEVEL_FIELDS, ProductState, category_levels
-from store import ensure_collections
+from store import MilvusStore, StoreError, StoreUnavailableError, ensure_collections
 from store.engine import image_indexes
 from store.expressions import in_expression
 from tests import milvus_support
@@ -216,3 +218,20 @@ def test_the_scans_mvcc_warning_is_off(milvus: Milvus, spec: CollectionSpec) -> 
     assert len(rows) == 3
     iterator = logging.getLogger("pymilvus.client.iterator.query_iterator")
     assert not iterator.isEnabledFor(logging.WARNING) and iterator.isEnabledFor(logging.ERROR)
+
+
+def test_a_closed_store_says_so_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                        ) -> None:
+    """pymilvus' "should create connection first" after ``close()`` read as an outage: six
+    attempts, a WARNING each (~2.5 s), then ``StoreUnavailableError`` (wait and retry)."""
+    sleeps: list[float] = []
+    store = MilvusStore.open(str(tmp_path / "closed.db"), sleep=sleeps.append)
+    assert store.has_collection("anything") is False
+    store.close()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING), pytest.raises(StoreError) as raised:
+        store.has_collection("anything")
+    assert str(raised.value) == "has_collection: the store is closed"
+    assert not isinstance(raised.value, StoreUnavailableError)
+    assert sleeps == [] and not caplog.records and time.monotonic() - started < 1
+    store.close()  # a second close does nothing
