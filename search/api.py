@@ -44,6 +44,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
@@ -56,6 +57,7 @@ from pydantic import BaseModel, ConfigDict
 from embedding.embedder import Embedder
 from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
+from schema.errors import ItemError, Reason
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match, unit
@@ -164,6 +166,12 @@ class ProductNotFound(LookupError):
             f"product {product_id!r} has no images embedded with model {model_version!r}"
         )
         self.product_id = product_id
+
+
+class StoredPhotoUnreadable(ItemError):
+    """Price comparison cannot read the stored listing photos it verifies with (the image
+    roots, the egress policy, a gone URL): the catalog's or the configuration's problem, not
+    the query's. ``reason`` is the photo's own (``path_not_allowed``, ``not_found``...)."""
 
 
 class Hit(BaseModel):
@@ -509,7 +517,10 @@ class ProductSearch:
         if product_id is not None:
             stored = self._product_images(product_id)
             searched = [v for v, _ in stored]
-            queries = [verifier.gallery_features(ref) for _, ref in stored]
+            try:
+                queries = [verifier.gallery_features(ref) for _, ref in stored]
+            except Exception as exc:
+                raise _stored_unreadable(exc, f"a stored photo of {product_id!r}") from exc
             exclude = (product_id,)
         else:
             assert image is not None
@@ -536,9 +547,11 @@ class ProductSearch:
         best = self._search(searched, k * COMPARE_DEPTH, filter, exclude=exclude)
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
         candidates = _most_similar_first(best, threshold)
+        unreadable = _read_candidates(verifier, candidates, self._readers)
         first, rest = candidates[:k], candidates[k:]
         refs = [(str(row["image_ref"]), score) for row, score in first]
-        matched = [verifier.keypoint_matches(q, [ref for ref, _ in refs]) for q in queries]
+        matched = [_keypoint_matches(verifier, q, [ref for ref, _ in refs], unreadable)
+                   for q in queries]
         crowded = sum(_most_inliers(matched, n) >= verifier.rule.min_inliers
                       for n in range(len(refs)))
         family = crowded >= CROWDED_SHARE * k
@@ -555,9 +568,9 @@ class ProductSearch:
             deeper = self._search(searched, self._family_depth, filter, exclude=exclude)
             rest = _most_similar_first(deeper, threshold)[k:]
         if rest and family:
-            verified += _look_deeper(verifier, queries, rest, k, self._readers)
+            verified += _look_deeper(verifier, queries, rest, k, self._readers, unreadable)
         elif rest:
-            verified += _second_page(verifier, queries, rest, self._readers)
+            verified += _second_page(verifier, queries, rest, self._readers, unreadable)
         verified = _corroborate(verifier, verified)
         # The anchor's own candidates: the query's down to the first search's depth (below
         # a family, the deeper look has voted on the hundreds further down already).
@@ -879,7 +892,8 @@ def _hit(row: dict[str, Any], score: float) -> Hit:
 
 def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
                  rest: Sequence[tuple[dict[str, Any], float]], k: int,
-                 readers: Executor | None = None) -> list[tuple[dict[str, Any], Evidence]]:
+                 readers: Executor | None = None, unreadable: AbstractSet[str] = frozenset()
+                 ) -> list[tuple[dict[str, Any], Evidence]]:
     """The candidates below the first ``k``, when those are a family of look-alikes (most of
     them match the query's geometry: one pack layout's other flavours and lines): ranked by
     their geometric inliers, which put the item itself above the family where the vector
@@ -891,16 +905,19 @@ def _look_deeper(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     41 % to 62 % (60 candidates), then to 93 % (200, by votes) and 97 % (400); elsewhere it
     runs for a few queries (docs/matching.md, "Deeper round" and "Deeper, by votes"). The
     listing photos not cached yet are read ``readers`` at a time (fetched, decoded, keypoints
-    found: what a cold cache costs); one that cannot be read gets no votes and is not read
-    again for them."""
+    found: what a cold cache costs); one that cannot be read (or is known ``unreadable``)
+    gets no votes and is not read again for them."""
     if len(rest) > DEEP_MATCHED * k:  # a cheap first cut: the most keypoint votes
-        rest = _most_voted(verifier, queries, rest, DEEP_MATCHED * k, readers)
-    return _match_and_verify(verifier, queries, rest, k, print_check=True, overlay="covers")
+        rest = _most_voted(verifier, queries, rest, DEEP_MATCHED * k, readers,
+                           unreadable=unreadable)
+    return _match_and_verify(verifier, queries, rest, k, print_check=True, overlay="covers",
+                             unreadable=unreadable)
 
 
 def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
                  rest: Sequence[tuple[dict[str, Any], float]],
-                 readers: Executor | None = None) -> list[tuple[dict[str, Any], Evidence]]:
+                 readers: Executor | None = None, unreadable: AbstractSet[str] = frozenset()
+                 ) -> list[tuple[dict[str, Any], Evidence]]:
     """The candidates below the first ``k`` when those are not a family: the
     ``SECOND_PAGE_MATCHED`` with the most keypoint votes are matched geometrically, and
     those with the rule's ``min_inliers`` verified as the first ``k`` are. An edit that moves
@@ -911,21 +928,26 @@ def _second_page(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     of a look-alike colour variant (same-item-heldout's precision 0.983 -> 0.979); with the
     rule refusing a recoloured part, running it always costs 0.986 -> 0.983 there and raises
     recall on seven protocols ("The second page always"). Listing photos not cached yet are
-    read ``readers`` at a time."""
-    kept = _most_voted(verifier, queries, rest, SECOND_PAGE_MATCHED, readers, voted_only=True)
-    return _match_and_verify(verifier, queries, kept, len(kept))
+    read ``readers`` at a time (not those known ``unreadable``)."""
+    kept = _most_voted(verifier, queries, rest, SECOND_PAGE_MATCHED, readers, voted_only=True,
+                       unreadable=unreadable)
+    return _match_and_verify(verifier, queries, kept, len(kept), unreadable=unreadable)
 
 
 def _most_voted(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
                 rest: Sequence[tuple[dict[str, Any], _Score]], most: int,
-                readers: Executor | None, voted_only: bool = False
+                readers: Executor | None, voted_only: bool = False,
+                unreadable: AbstractSet[str] = frozenset()
                 ) -> list[tuple[dict[str, Any], _Score]]:
     """The ``most`` candidates of ``rest`` with the most keypoint votes from any query photo
     (ties: the earlier first, the more similar on a ranked page), in their order
     (``voted_only``: none without a vote).
-    The listing photos not cached yet are read ``readers`` at a time first."""
+    The listing photos not cached yet are read ``readers`` at a time first, but those known
+    ``unreadable`` (no votes: read once is enough)."""
     refs = [str(row["image_ref"]) for row, _ in rest]
-    unreadable = _read_ahead(verifier, refs, readers) if readers is not None else set()
+    if readers is not None:
+        unread = [ref for ref in refs if ref not in unreadable]
+        unreadable = {*unreadable, *_read_ahead(verifier, unread, readers)}
     votes = [verifier.keypoint_votes(q, refs, unreadable) for q in queries]
     ranked = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
     kept = sorted(n for n in ranked[:most] if not voted_only or max(v[n] for v in votes) > 0)
@@ -934,14 +956,15 @@ def _most_voted(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
 
 def _match_and_verify(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
                       rest: Sequence[tuple[dict[str, Any], float]], most: int,
-                      print_check: bool = False, overlay: Overlay = "open"
+                      print_check: bool = False, overlay: Overlay = "open",
+                      unreadable: AbstractSet[str] = frozenset()
                       ) -> list[tuple[dict[str, Any], Evidence]]:
-    """``rest`` matched geometrically with each query photo; of the ``most`` with the most
-    inliers, those with the rule's ``min_inliers`` verified in full (``print_check``,
-    ``overlay``: see :meth:`SameItemVerifier.verify`), in their order, with their
-    evidence."""
+    """``rest`` matched geometrically with each query photo (but the known ``unreadable``);
+    of the ``most`` with the most inliers, those with the rule's ``min_inliers`` verified in
+    full (``print_check``, ``overlay``: see :meth:`SameItemVerifier.verify`), in their order,
+    with their evidence."""
     refs = [str(row["image_ref"]) for row, _ in rest]
-    matched = [verifier.keypoint_matches(q, refs) for q in queries]
+    matched = [_keypoint_matches(verifier, q, refs, unreadable) for q in queries]
     best = sorted(range(len(rest)), key=lambda n: (-_most_inliers(matched, n), n))[:most]
     chosen = sorted(n for n in best if _most_inliers(matched, n) >= verifier.rule.min_inliers)
     if not chosen:
@@ -965,8 +988,68 @@ def _read_ahead(verifier: SameItemVerifier, refs: Sequence[str], readers: Execut
                 ) -> set[str]:
     """Read the listing photos ``refs`` into ``verifier``'s cache on ``readers``; the refs that
     could not be read."""
+    return set(_read_errors(verifier, refs, readers))
+
+
+def _read_errors(verifier: SameItemVerifier, refs: Sequence[str], readers: Executor | None
+                 ) -> dict[str, BaseException]:
+    """Read the listing photos ``refs`` into ``verifier``'s cache (on ``readers``; None: one
+    after the other, here); why each that could not be read could not, by ref."""
+    if readers is None:
+        failed: dict[str, BaseException] = {}
+        for ref in dict.fromkeys(refs):
+            try:
+                verifier.gallery_features(ref)
+            except Exception as exc:
+                failed[ref] = exc
+        return failed
     reading = _start_reading(verifier, refs, readers)
-    return {ref for ref, future in reading.items() if future.exception() is not None}
+    return {ref: error for ref, future in reading.items()
+            if (error := future.exception()) is not None}
+
+
+def _read_candidates(verifier: SameItemVerifier,
+                     candidates: Sequence[tuple[dict[str, Any], float]],
+                     readers: Executor | None) -> set[str]:
+    """Read the listing photos of price comparison's ``candidates`` ahead (``readers`` at a
+    time); the refs that could not be read, each refused with its reason and not read again
+    for votes or matches. When none can be read nothing can be verified: raises
+    :class:`StoredPhotoUnreadable` with the first one's reason, as the query product's own
+    unreadable photo does (an empty answer read as "no other listing", e.g. with
+    ``LOOKALIKE_IMAGES__ROOTS='[]'``). When some cannot, a warning counts them."""
+    refs = list(dict.fromkeys(str(row["image_ref"]) for row, _ in candidates))
+    failed = _read_errors(verifier, refs, readers)
+    if not failed:
+        return set()
+    ref, error = next(iter(failed.items()))
+    if len(failed) == len(refs):
+        raise _stored_unreadable(
+            error, f"none of the {len(refs)} candidate listing photo(s) could be read for "
+            f"verification; the first, {ref!r}") from error
+    log.warning("price comparison: %d of %d candidate listing photos could not be read and "
+                "are refused; the first, %r: %s", len(failed), len(refs), ref,
+                _why(error))
+    return set(failed)
+
+
+def _keypoint_matches(verifier: SameItemVerifier, query: PhotoFeatures, refs: Sequence[str],
+                      unreadable: AbstractSet[str]) -> list[KeypointMatch | None]:
+    """:meth:`SameItemVerifier.keypoint_matches` of ``refs``, None for the known
+    ``unreadable`` ones (not tried again)."""
+    readable = [ref for ref in refs if ref not in unreadable]
+    found = dict(zip(readable, verifier.keypoint_matches(query, readable), strict=True))
+    return [found.get(ref) for ref in refs]
+
+
+def _why(error: BaseException) -> str:
+    return error.detail if isinstance(error, ItemError) else f"{type(error).__name__}: {error}"
+
+
+def _stored_unreadable(error: BaseException, what: str) -> StoredPhotoUnreadable:
+    """``error`` (reading a stored listing photo) as :class:`StoredPhotoUnreadable`, with
+    its reason (``unreadable`` for an error without one)."""
+    reason = error.reason if isinstance(error, ItemError) else Reason.UNREADABLE
+    return StoredPhotoUnreadable(reason, f"{what}: {_why(error)}")
 
 
 def _most_similar_first(found: Sequence[tuple[dict[str, Any], float]], threshold: float

@@ -37,7 +37,12 @@ from embedding.decode import ImageDecodeError
 from lookalike.settings import MAX_K, SearchSettings, ServeSettings
 from schema.errors import ItemError, Reason
 from schema.events import check_nesting
-from search.api import MAX_QUERY_VECTORS, ModelMismatchError, ProductNotFound
+from search.api import (
+    MAX_QUERY_VECTORS,
+    ModelMismatchError,
+    ProductNotFound,
+    StoredPhotoUnreadable,
+)
 from search.filters import SearchFilter
 from serve.errors import error_response
 from serve.health import Readiness
@@ -280,11 +285,11 @@ def create_app(
                                         k=body.k or config.compare_k,
                                         filter=body.search_filter()), verifies=True)
         except ImageDecodeError as exc:
-            if "image" in query:
+            if "image" in query and not isinstance(exc, StoredPhotoUnreadable):
                 raise  # the upload: the caller's problem (422)
             raise ApiError(503, "stored_image_unreadable",
-                           f"a stored photo of {body.product_id!r} could not be loaded for "
-                           f"verification ({exc.reason}); check the image roots") from None
+                           f"stored listing photos could not be loaded for verification "
+                           f"({exc.reason}); check the image roots") from None
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")

@@ -21,8 +21,15 @@ import search.api as search_api
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
+from schema.errors import ItemError, Reason
 from search.alignment import Alignment
-from search.api import Hit, PriceMatch, ProductNotFound, ProductSearch
+from search.api import (
+    Hit,
+    PriceMatch,
+    ProductNotFound,
+    ProductSearch,
+    StoredPhotoUnreadable,
+)
 from search.features import photo_features
 from search.filters import SearchFilter
 from search.scene import cutouts, white_patch, windows
@@ -245,6 +252,51 @@ def test_compare_prices_by_product(catalog: Catalog) -> None:
     assert "tee-2" not in got and "tee-1" in got and "far" not in got
     assert [m.price for m in matches] == sorted(m.price for m in matches)
     assert all(m.similarity >= 0.8 for m in matches)
+
+
+def test_compare_prices_says_so_when_no_listing_photo_can_be_read(
+        catalog: Catalog, milvus: Milvus) -> None:
+    """With the listings' photos outside the image roots (``LOOKALIKE_IMAGES__ROOTS='[]'``),
+    a comparison by image answered [] ("no other listing") while one by product id raised
+    ``path_not_allowed``: both raise StoredPhotoUnreadable with the photos' reason."""
+    def refused(ref: str) -> Image.Image:
+        raise ItemError(Reason.PATH_NOT_ALLOWED, f"{ref} is outside the image roots")
+
+    search = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=SameItemVerifier(refused))
+    picture = catalog.embedder.picture((3, 4, 5), unit(0))
+    with pytest.raises(StoredPhotoUnreadable, match="none of the 2 candidate") as by_image:
+        search.compare_prices(image=picture, threshold=0.5)
+    with pytest.raises(StoredPhotoUnreadable, match="a stored photo of 'tee-2'") as by_id:
+        search.compare_prices(product_id="tee-2", threshold=0.5)
+    for raised in (by_image.value, by_id.value):
+        assert isinstance(raised, ItemError) and raised.reason == Reason.PATH_NOT_ALLOWED
+        assert "outside the image roots" in raised.detail
+    assert search.compare_prices(image=picture, threshold=0.999) == []  # no candidate at all
+
+
+def test_compare_prices_counts_the_listing_photos_it_could_not_read(
+        catalog: Catalog, milvus: Milvus, caplog: pytest.LogCaptureFixture) -> None:
+    """...and when some can be read, a warning counts those that could not; each is read
+    once ahead and not again for votes or matches (its refusal in verify reads it again)."""
+    calls: dict[str, int] = {}
+    readable = {"https://img.example/k0.jpg": textured_photo(1)}
+
+    def load(ref: str) -> Image.Image:
+        calls[ref] = calls.get(ref, 0) + 1
+        if ref in readable:
+            return readable[ref]
+        raise ItemError(Reason.NOT_FOUND, f"{ref} not found under the image roots")
+
+    search = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=SameItemVerifier(load))
+    picture = catalog.embedder.picture((3, 4, 5), unit(0))
+    with caplog.at_level(logging.WARNING, logger="search.api"):
+        search.compare_prices(image=picture, threshold=0.5, k=1)
+    assert "1 of 2 candidate listing photos could not be read" in caplog.text
+    assert calls["https://img.example/k1.jpg"] <= 2
 
 
 def test_argument_validation(catalog: Catalog) -> None:

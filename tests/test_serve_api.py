@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from search.api import Hit
+from schema.errors import Reason
+from search.api import Hit, StoredPhotoUnreadable
 from tests.serve_support import RED, Served, build_served, png
 
 
@@ -252,6 +253,28 @@ def test_compare_prices_bad_input(http: TestClient) -> None:
     assert error_code(both, 422) == "invalid_request"
     intent = http.post("/v1/compare-prices", json={"product_id": "red-tee", "match": "similar"})
     assert error_code(intent, 422) == "invalid_request"  # comparison is always the same item
+
+
+class UnreadableListings:
+    """Price comparison whose listing photos cannot be read (the image roots)."""
+
+    def by_vectors(self, *args: Any, **kwargs: Any) -> list[Hit]:
+        return []
+
+    def compare_prices(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise StoredPhotoUnreadable(Reason.PATH_NOT_ALLOWED,
+                                    "none of the 3 candidate listing photos could be read")
+
+
+def test_unreadable_listing_photos_are_a_503_for_an_upload_too(tmp_path: Path) -> None:
+    """The upload's comparison mapped any image error to the upload (422 not_an_image)."""
+    for served in build_served(tmp_path, search=UnreadableListings()):
+        with TestClient(served.app) as http:
+            by_image = upload(http, png(RED), path="/v1/compare-prices")
+            assert error_code(by_image, 503) == "stored_image_unreadable"
+            assert "path_not_allowed" in by_image.json()["error"]["message"]
+            by_id = http.post("/v1/compare-prices", json={"product_id": "red-tee"})
+            assert error_code(by_id, 503) == "stored_image_unreadable"
 
 
 def test_unknown_route_and_method_are_json(http: TestClient) -> None:
