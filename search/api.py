@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -231,8 +232,38 @@ def _default_loader(
 ) -> Image.Image:
     from embedding.decode import load_image
 
+    if isinstance(source, str | os.PathLike) and "\x00" in str(os.fspath(source)):
+        # open() raises a bare ValueError("embedded null byte"), not an unreadable image
+        raise ItemError(Reason.UNREADABLE, f"{str(os.fspath(source))!r}: a path cannot hold "
+                        "a NUL byte")
     image: Image.Image = load_image(source, max_pixels, min_size=min_size, max_bytes=max_bytes)
     return image
+
+
+def _check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
+    """``images`` as the sequence of images it must be: one image (a path, bytes, a PIL
+    image) is refused, not taken for its characters or bytes ("x.jpg" searched as five
+    one-letter paths)."""
+    if isinstance(images, str | bytes | bytearray | memoryview | os.PathLike | Image.Image):
+        raise TypeError(f"images must be a sequence of images (a list), not one "
+                        f"{type(images).__name__}: use by_image for a single image")
+    return images
+
+
+def _check_filter(search_filter: SearchFilter | None) -> SearchFilter | None:
+    if search_filter is not None and not isinstance(search_filter, SearchFilter):
+        raise TypeError(f"filter must be a search.filters.SearchFilter (or None), not "
+                        f"{type(search_filter).__name__}: SearchFilter(**your_dict) makes one")
+    return search_filter
+
+
+def _check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a number (a cosine similarity in [-1, 1]), not "
+                        f"{type(threshold).__name__} ({threshold!r:.40})")
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    return float(threshold)
 
 
 class ProductSearch:
@@ -393,6 +424,7 @@ class ProductSearch:
         """Products that look like any of ``images`` (several views of one item: front, back,
         a close-up), each scored by its best match over all of them (and their cut-outs and
         windows, as :meth:`by_image`)."""
+        images = _check_images(images)
         if not len(images):
             raise ValueError("at least one image is needed")
         if len(images) > MAX_QUERY_VECTORS:
@@ -508,8 +540,8 @@ class ProductSearch:
             raise ValueError("compare_prices needs a same-item verifier: build the search with "
                              "lookalike.app.build_search, or pass "
                              "verifier=lookalike.app.build_verifier(settings)")
-        if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
-            raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+        threshold = _check_threshold(threshold)
+        filter = _check_filter(filter)
         k = _check_k(k)
         exclude: tuple[str, ...] = ()
         searched: list[list[float]] = []
@@ -695,6 +727,7 @@ class ProductSearch:
         by geometry (:meth:`rerank`)."""
         match = check_match(match)
         k = _check_k(k)
+        search_filter = _check_filter(search_filter)
         reranks = photos is not None and self._rerank
         weighted = [[float(x) for x in self._weighting.vector(np.asarray(v, np.float64), match)]
                     for v in vectors]
@@ -709,7 +742,7 @@ class ProductSearch:
         (:func:`search.scene.white_patch`), its cut-out's when it has one and its windows'
         when it has them, cut from the lit photo (:meth:`by_image`)."""
         pictures = []
-        for image in images:
+        for image in _check_images(images):
             picture = self._load(image, self._max_pixels)
             pictures += [picture, *scene_queries(picture, light=self._light_queries,
                                                  cutouts_too=self._cutout_queries,

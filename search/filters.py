@@ -6,14 +6,38 @@ text or template parameters).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from schema.events import normalize_category
 from store.expressions import MAX_LIST_LENGTH, ExpressionBuilder, check_string
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def refuse_non_numbers(value: object) -> object:
+    """A number field's check before pydantic reads it: a boolean or a text is refused
+    rather than read as one (``True`` was a price bound of 1, ``"50"`` one of 50)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not a boolean ({value})")
+    if isinstance(value, str | bytes | bytearray):
+        raise ValueError(f"must be a number, not text ({value!r:.40})")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(refuse_non_numbers)]
+"""A float that only a number (an int included) gives: the price bounds here, the HTTP API's
+prices and threshold."""
+Price = Annotated[Number, Field(ge=0, allow_inf_nan=False)]
 
 
 class SearchFilter(BaseModel):
@@ -24,26 +48,36 @@ class SearchFilter(BaseModel):
     * ``min_price`` / ``max_price``: inclusive bounds, in the listing's own currency.
     * ``currency``: ISO-4217 code; combine with a price range to compare like with like.
     * ``exclude_product_ids``: listings to leave out.
+
+    Frozen, lists included: they are kept as tuples (a list could be appended to after the
+    checks ran). Numbers must be numbers: ``max_price=True`` or ``"50"`` is refused.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    categories: list[str] = Field(default_factory=list, max_length=64)
-    min_price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    max_price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    categories: Sequence[str] = Field(default=(), max_length=64)
+    min_price: Price | None = None
+    max_price: Price | None = None
     currency: str | None = None
-    exclude_product_ids: list[str] = Field(default_factory=list, max_length=MAX_LIST_LENGTH)
+    exclude_product_ids: Sequence[str] = Field(default=(), max_length=MAX_LIST_LENGTH)
+
+    @field_validator("categories", "exclude_product_ids", mode="before")
+    @classmethod
+    def _a_list(cls, values: object) -> object:
+        if isinstance(values, str | bytes):
+            raise ValueError(f"must be a list of strings, not one ({values!r:.40})")
+        return values
 
     @field_validator("categories")
     @classmethod
-    def _categories(cls, values: list[str]) -> list[str]:
+    def _categories(cls, values: Sequence[str]) -> tuple[str, ...]:
         out: list[str] = []
         for value in values:
             check_string(value, "category")
             normalized = normalize_category(value)
             if normalized not in out:
                 out.append(normalized)
-        return out
+        return tuple(out)
 
     @field_validator("currency")
     @classmethod
@@ -54,12 +88,12 @@ class SearchFilter(BaseModel):
 
     @field_validator("exclude_product_ids")
     @classmethod
-    def _product_ids(cls, values: list[str]) -> list[str]:
+    def _product_ids(cls, values: Sequence[str]) -> tuple[str, ...]:
         for value in values:
             check_string(value, "product id")
             if not value:
                 raise ValueError("product ids must not be empty")
-        return list(dict.fromkeys(values))
+        return tuple(dict.fromkeys(values))
 
     @property
     def narrows(self) -> bool:

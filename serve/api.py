@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -29,7 +30,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,7 +52,7 @@ from search.api import (
     ProductNotFound,
     StoredPhotoUnreadable,
 )
-from search.filters import SearchFilter
+from search.filters import Number, Price, SearchFilter
 from serve.errors import error_response
 from serve.health import Readiness
 from serve.images import CatalogImage, ImageRefused, ImageRoots
@@ -87,26 +96,60 @@ _CALLER_ERRORS = (ApiError, ImageDecodeError, ProductNotFound, ValueError, Model
 
 
 class FilterOptions(BaseModel):
-    """What every search and comparison takes besides its query (JSON or form fields)."""
+    """What every search and comparison takes besides its query (JSON or form fields).
+    Numbers must be JSON numbers: ``true`` or ``"5"`` is refused, as in ``vector``, not read
+    as 1 or 5 (form fields and query strings are text: :class:`_FromText`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int | None = Field(default=None, ge=1, le=MAX_K, description="hits to return")
+    k: StrictInt | None = Field(default=None, ge=1, le=MAX_K, description="hits to return")
     categories: list[str] = Field(default_factory=list, max_length=64,
                                   description="category paths; sub-paths match too")
-    min_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    max_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    min_price: Price | None = None
+    max_price: Price | None = None
     currency: str | None = Field(default=None, description="ISO-4217 code")
 
     def search_filter(self) -> SearchFilter | None:
-        if not (self.categories or self.min_price is not None or self.max_price is not None
-                or self.currency):
-            return None
+        """The filter asked for, None when it narrows nothing. Every field given is checked,
+        an empty one too: ``"currency": ""`` was taken for no currency (unfiltered hits)."""
         try:
-            return SearchFilter(categories=self.categories, min_price=self.min_price,
-                                max_price=self.max_price, currency=self.currency)
+            found = SearchFilter(categories=self.categories, min_price=self.min_price,
+                                 max_price=self.max_price, currency=self.currency)
         except ValidationError as exc:
             raise ApiError(422, "invalid_filter", _first_error(exc)) from None
+        return found if found.narrows else None
+
+
+_WHOLE = re.compile(r"[+-]?[0-9]{1,100}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,400}(?:\.[0-9]{0,400})?|\.[0-9]{1,400})"
+                      r"(?:[eE][+-]?[0-9]{1,4})?")
+_TEXT_NUMBERS: dict[str, tuple[re.Pattern[str], Callable[[str], float]]] = {
+    "k": (_WHOLE, int), "min_price": (_DECIMAL, float), "max_price": (_DECIMAL, float),
+    "threshold": (_DECIMAL, float)}
+
+
+class _FromText(BaseModel):
+    """Options that arrive as text (form fields, a query string): a number field's text is a
+    number only when written as one (``5``, ``12.5``, ``1e3``), so ``true`` or ``5 apples``
+    is refused as JSON's ``true`` and ``"5"`` are; ``nan`` and ``inf`` too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_from_text(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, (pattern, parse) in _TEXT_NUMBERS.items():
+            text = out.get(name)
+            if isinstance(text, str) and pattern.fullmatch(text):
+                out[name] = parse(text)
+        return out
+
+
+Threshold = Annotated[Number, Field(ge=-1, le=1, allow_inf_nan=False,
+                                   description="cosine below which a candidate is not verified")]
 
 
 class SearchOptions(FilterOptions):
@@ -116,7 +159,11 @@ class SearchOptions(FilterOptions):
                                 "item in this colour; default: the search module's own")
 
 
-class SimilarQuery(SearchOptions):
+class SearchForm(SearchOptions, _FromText):
+    """An upload's search options: its form fields besides the files."""
+
+
+class SimilarQuery(SearchOptions, _FromText):
     """``/v1/products/{id}/similar``'s query string: the search options, ``category``
     repeated for ``categories``; an unknown parameter is refused, as in a JSON body."""
 
@@ -137,13 +184,13 @@ class CompareBody(FilterOptions):
     """Price comparison (always of the same item) of a stored product."""
 
     product_id: str | None = Field(default=None, max_length=512)
-    threshold: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
+    threshold: Threshold | None = None
 
 
-class CompareForm(FilterOptions):
+class CompareForm(FilterOptions, _FromText):
     """Price comparison of an uploaded image: its form fields besides the file."""
 
-    threshold: float | None = Field(default=None, ge=-1, le=1, allow_inf_nan=False)
+    threshold: Threshold | None = None
 
 
 def _first_error(exc: ValidationError | RequestValidationError) -> str:
@@ -231,12 +278,12 @@ def create_app(
         except ValidationError as exc:
             raise ApiError(422, "invalid_request", _first_error(exc)) from None
 
-    @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchOptions),
+    @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchForm),
               summary="Products that look like uploaded photos, a vector, or a stored product")
     async def search_endpoint(request: Request) -> dict[str, Any]:
         if _is_multipart(request):
             images, fields = await uploads(request)
-            options = options_from(SearchOptions, fields)
+            options = options_from(SearchForm, fields)
             k = options.k or config.default_k
             hits = await run(partial(search.by_images, images, k=k,
                                      filter=options.search_filter(), **matching(options)))

@@ -109,9 +109,33 @@ def test_search_filter_validation() -> None:
     with pytest.raises(ValidationError):
         SearchFilter(unknown=1)  # type: ignore[call-arg]
     f = SearchFilter(categories=[" Men / Tops ", "Men/Tops"])
-    assert f.categories == ["Men/Tops"]
+    assert f.categories == ("Men/Tops",)
     with pytest.raises(ValidationError):
         f.min_price = 3
+
+
+def test_search_filter_numbers_must_be_numbers() -> None:
+    """``max_price=True`` was a bound of 1 and ``"50"`` one of 50 (pydantic's lax mode)."""
+    for field in ("min_price", "max_price"):
+        with pytest.raises(ValueError, match="must be a number, not a boolean"):
+            SearchFilter(**{field: True})
+        for text in ("50", b"50", "abc"):
+            with pytest.raises(ValueError, match="must be a number, not text"):
+                SearchFilter(**{field: text})
+    assert SearchFilter(min_price=1, max_price=2.5).max_price == 2.5  # ints are numbers
+    with pytest.raises(ValueError, match="a list of strings, not one"):
+        SearchFilter(categories="Men/Tops")
+
+
+def test_search_filter_lists_cannot_change_after_their_checks() -> None:
+    """The model was frozen but its lists were not: ``f.categories.append(...)`` added a
+    category no check had seen (5,000 hostile ones, say)."""
+    f = SearchFilter(categories=["Men"], exclude_product_ids=["p1", "p1"])
+    assert f.categories == ("Men",) and f.exclude_product_ids == ("p1",)
+    with pytest.raises(AttributeError):
+        f.categories.append('x" or 1==1 or "')  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        f.exclude_product_ids.append("p2")  # type: ignore[attr-defined]
 
 
 def test_to_expression_literals() -> None:

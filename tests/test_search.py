@@ -323,6 +323,30 @@ def test_argument_validation(catalog: Catalog) -> None:
         s.by_product("a\nb")
 
 
+def test_arguments_of_the_wrong_type_are_refused_in_one_line(catalog: Catalog) -> None:
+    """``threshold=True`` compared at 1.0 and ``"0.5"`` failed inside ``math.isfinite``; a
+    dict as ``filter`` was an AttributeError deep in the search; one path given to
+    ``by_images`` was searched as its characters; a NUL byte in a path was a bare "embedded
+    null byte"."""
+    s = catalog.search
+    for threshold in (True, "0.5", None):
+        with pytest.raises(TypeError, match="threshold must be a number"):
+            s.compare_prices(product_id="tee-1", threshold=threshold)  # type: ignore[arg-type]
+    for bad_filter in ({"categories": ["Men"]}, "category == 'Men'"):
+        with pytest.raises(TypeError, match=r"filter must be a search\.filters\.SearchFilter"):
+            s.by_vector(unit(0), filter=bad_filter)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="SearchFilter"):
+            s.compare_prices(product_id="tee-1", filter=bad_filter)  # type: ignore[arg-type]
+    picture = catalog.embedder.picture((200, 10, 10), rotate(0.98, towards=4))
+    for one in ("x.jpg", b"\x89PNG", Path("x.jpg"), picture):
+        with pytest.raises(TypeError, match="a sequence of images"):
+            s.by_images(one, k=3)  # type: ignore[arg-type]
+    for path in ("/tmp/a\x00b.jpg", Path("/tmp/a\x00b.jpg")):
+        with pytest.raises(ItemError, match="cannot hold a NUL byte") as raised:
+            s.by_image(path, k=3)
+        assert raised.value.reason == Reason.UNREADABLE and "\n" not in str(raised.value)
+
+
 def test_a_closed_store_fails_a_search_at_once(tmp_path: Path) -> None:
     """After ``store.close()`` a search retried six times with a WARNING each (~2.5 s) and
     raised ``StoreUnavailableError`` naming ``has_collection``, the model check's error."""

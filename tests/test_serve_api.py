@@ -117,6 +117,15 @@ BAD_JSON_SEARCHES = [
     ({"product_id": "a\x00b"}, "invalid_request"),
     ({"image_url": "http://169.254.169.254/latest/meta-data"}, "invalid_request"),
     ({"vector": [1.0] * 8, "filter": "price > 0 or true"}, "invalid_request"),
+    # numbers must be JSON numbers, as in "vector": these were read as 1, 1, 5, 50 and 2
+    ({"vector": [1.0] * 8, "max_price": True}, "invalid_request"),
+    ({"vector": [1.0] * 8, "k": True}, "invalid_request"),
+    ({"vector": [1.0] * 8, "k": "5"}, "invalid_request"),
+    ({"vector": [1.0] * 8, "min_price": "50"}, "invalid_request"),
+    ({"vector": [1.0] * 8, "k": 2.0}, "invalid_request"),
+    # an empty filter value is refused, not taken for an absent one (unfiltered hits)
+    ({"product_id": "red-tee", "currency": ""}, "invalid_filter"),
+    ({"product_id": "red-tee", "categories": [""]}, "invalid_filter"),
 ]
 
 
@@ -234,6 +243,27 @@ def test_similar_refuses_bad_query_parameters_in_one_line(http: TestClient) -> N
     assert fine.status_code == 200, fine.text
 
 
+def test_text_options_are_numbers_only_when_written_as_numbers(http: TestClient) -> None:
+    """Form fields and query strings are text: "2" and "25" are numbers there, "true" is
+    not (a JSON ``true`` was read as 1), nor ``nan``; an empty currency is refused there
+    too (it was read as none: unfiltered)."""
+    assert upload(http, png(RED), k="2", max_price="25").status_code == 200
+    similar = http.get("/v1/products/red-tee/similar", params={"k": "2", "max_price": "25"})
+    assert similar.status_code == 200, similar.text
+    compared = upload(http, png(RED), path="/v1/compare-prices", threshold="0.85", k="3")
+    assert compared.status_code == 200, compared.text
+    for field, text in (("k", "true"), ("k", "2.0"), ("max_price", "true"),
+                        ("min_price", "nan"), ("max_price", "5 dollars")):
+        assert error_code(upload(http, png(RED), **{field: text}), 422) == "invalid_request"
+        query = http.get("/v1/products/red-tee/similar", params={field: text})
+        assert error_code(query, 422) == "invalid_request"
+    assert error_code(upload(http, png(RED), path="/v1/compare-prices", threshold="true"),
+                      422) == "invalid_request"
+    assert error_code(upload(http, png(RED), currency=""), 422) == "invalid_filter"
+    assert error_code(http.get("/v1/products/red-tee/similar", params={"currency": ""}),
+                      422) == "invalid_filter"
+
+
 def test_a_form_refuses_fields_it_would_ignore(http: TestClient) -> None:
     """``categories`` (the JSON name) and a file under another name than ``image``."""
     plural = upload(http, png(RED), categories="Women")
@@ -253,6 +283,12 @@ def test_compare_prices_bad_input(http: TestClient) -> None:
     assert error_code(both, 422) == "invalid_request"
     intent = http.post("/v1/compare-prices", json={"product_id": "red-tee", "match": "similar"})
     assert error_code(intent, 422) == "invalid_request"  # comparison is always the same item
+    for threshold in ("0.5", True):  # were read as 0.5 and 1.0
+        strict = http.post("/v1/compare-prices", json={"product_id": "red-tee",
+                                                       "threshold": threshold})
+        assert error_code(strict, 422) == "invalid_request"
+    empty = http.post("/v1/compare-prices", json={"product_id": "red-tee", "currency": ""})
+    assert error_code(empty, 422) == "invalid_filter"
 
 
 class UnreadableListings:
