@@ -66,8 +66,10 @@ log = logging.getLogger(__name__)
 
 
 def build_embedder(settings: Settings) -> Embedder:
+    from embedding.runtime import enable_compile_cache, import_keras
+
+    import_keras()  # quietly (a no-op once imported), for commands that import it only here
     from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
-    from embedding.runtime import enable_compile_cache
 
     m = settings.model
     enable_compile_cache(m.compile_cache)
@@ -231,6 +233,22 @@ def require_serving(settings: Settings, versions: ModelVersions) -> None:
     if versions.serving_unloaded() is None:
         raise UserError(f"no collection {versions.base} in {settings.milvus.uri} yet "
                         "(`lookalike ingest` creates it)")
+
+
+def require_product(settings: Settings, versions: ModelVersions, product_id: str) -> None:
+    """A user error unless the serving collection holds a row of ``product_id`` (of any
+    model: a pre-alias collection may hold several), asked of the store before the model
+    loads, with the error the searcher would raise (:class:`search.api.ProductNotFound`,
+    naming the serving model). The searcher asks again, for its own model's rows."""
+    from search.api import ProductNotFound
+
+    serving = versions.load_serving()
+    if serving is None or serving.model_version is None:
+        return  # nothing serves, or an empty pre-alias collection: the searcher says which
+    where = versions.store.expr().eq("product_id", product_id)
+    if not versions.store.exists(versions.base, where, "product_id",
+                                 consistency=settings.milvus.consistency):
+        raise UserError(str(ProductNotFound(product_id, serving.model_version)))
 
 
 def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,

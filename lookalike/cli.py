@@ -257,9 +257,11 @@ HANDLERS = {
 }
 """Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
 model and clients load only for the commands that need them; ``broker`` loads none)."""
-MODEL_COMMANDS = frozenset({"ingest", "search", "compare-prices", "demo", "eval", "reindex",
-                            "serve", "run", "train"})
-"""The subcommands that load the model (and so import Keras, quietly: ``import_keras``)."""
+MODEL_COMMANDS = frozenset({"ingest", "search", "demo", "eval", "reindex", "serve", "run",
+                            "train"})
+"""The subcommands that load the model, whose Keras is imported (quietly: ``import_keras``)
+before they run. ``compare-prices`` loads it too, but first looks its ``--product-id`` up in
+the store: ``lookalike.app.build_embedder`` imports Keras as quietly once it is needed."""
 
 
 class Terminated(KeyboardInterrupt):

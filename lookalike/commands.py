@@ -31,6 +31,7 @@ from lookalike.app import (
     create_topics,
     open_for_writing,
     open_versions,
+    require_product,
     require_serving,
     stop_on_signals,
     warming_up,
@@ -164,11 +165,13 @@ def _publish(settings: Settings, events: list[Any]) -> int:
     return ExitCode.OK
 
 
-def _searcher(settings: Settings) -> ProductSearch:
-    """Open the store first (a missing database or collection fails before the model's
-    ~10 s load), then the model, then the searcher."""
+def _searcher(settings: Settings, product_id: str | None = None) -> ProductSearch:
+    """Open the store first (a missing database or collection, or a ``product_id`` it does
+    not hold, fails before the model's ~10 s load), then the model, then the searcher."""
     versions = open_versions(settings)
     require_serving(settings, versions)
+    if product_id is not None:
+        require_product(settings, versions, product_id)
     return build_search(settings, build_embedder(settings), versions)
 
 
@@ -220,7 +223,7 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
     search_filter = _search_filter(args)
     image = None if args.image is None else _query_images(settings, [args.image])[0]
-    searcher = _searcher(settings)
+    searcher = _searcher(settings, args.product_id)
     try:
         matches = searcher.compare_prices(
             image=image, product_id=args.product_id,

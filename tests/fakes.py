@@ -78,15 +78,25 @@ class WarmingEmbedder(TinyEmbedder):
         return self.warm_up_s
 
 
-def serving_database(path: Path) -> Path:
+def serving_database(path: Path, products: Sequence[str] = ()) -> Path:
     """A Milvus Lite database at ``path`` whose collection serves :class:`TinyEmbedder`'s
-    model (what ``lookalike serve`` needs before it loads one)."""
+    model (what ``lookalike serve`` needs before it loads one), with one image row of each
+    of ``products``."""
+    from ingest.plan import WritePlan
+    from ingest.sink import MilvusSink
     from lookalike.app import close_stores, open_for_writing, open_versions
     from lookalike.settings import MilvusSettings, Settings
+    from tests.milvus_support import record
 
     settings = Settings(milvus=MilvusSettings(uri=str(path)))
+    embedder = TinyEmbedder()
     try:
-        open_for_writing(open_versions(settings, create=True), TinyEmbedder())
+        versions = open_versions(settings, create=True)
+        spec, _ = open_for_writing(versions, embedder)
+        if products:
+            rows = [record(p, "front", [1.0] * embedder.dim,
+                           model_version=embedder.model_version) for p in products]
+            MilvusSink(versions.store, spec).apply(WritePlan(upserts=rows))
     finally:
         close_stores()
     return path

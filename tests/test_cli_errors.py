@@ -128,6 +128,34 @@ def test_a_product_id_the_store_refuses_is_an_error(
     assert time.monotonic() - started < 10  # decided before any model loads
 
 
+def test_an_unknown_product_id_is_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``compare-prices --product-id`` of a product the store does not hold imported Keras
+    and loaded the model (seconds) before saying so; the store is asked first now, and a
+    product it holds goes on to the model."""
+    import embedding.runtime
+    from lookalike import commands
+    from lookalike.errors import UserError
+
+    loaded: list[str] = []
+
+    def model_loads(_settings: Any) -> Any:
+        loaded.append("model")
+        raise UserError("the model loads")
+
+    monkeypatch.setattr(commands, "build_embedder", model_loads)
+    monkeypatch.setattr(embedding.runtime, "import_keras", lambda: loaded.append("keras"))
+    db = str(serving_database(tmp_path / "s.db", products=["known"]))
+    assert main(["compare-prices", "--product-id", "nope", "--milvus-uri", db]) == 2
+    assert one_error(capsys, "compare-prices").endswith(
+        "error: product 'nope' has no images embedded with model 'tiny-thumb-v1'")
+    assert loaded == []
+    assert main(["compare-prices", "--product-id", "known", "--milvus-uri", db]) == 2
+    assert one_error(capsys, "compare-prices").endswith("error: the model loads")
+    assert loaded == ["model"]
+
+
 def test_a_non_number_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["search", "q.png", "-k", "ten"])
