@@ -40,6 +40,7 @@ from ingest.sink import MilvusSink
 from ingest.source import KafkaSource, build_consumer
 from ingest.stages import Batch, Stages
 from ingest.topics import ensure_topics
+from lookalike import signals
 from lookalike.broker import BrokerError, PortInUseError
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import ImageSettings, IngestSettings, Settings
@@ -464,12 +465,26 @@ def stop_on_signals(runner: Runner) -> Iterator[None]:
         log.info("received %s: finishing in-flight batches", signal.Signals(signum).name)
         runner.stop(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with signals.handling(handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+
+
+# -- photos named on the command line ------------------------------------------------------
+
+
+def check_photo_bytes(photo: Path, max_bytes: int, what: str) -> None:
+    """A user error (``what: N bytes > limit M``) for a local photo over ``max_bytes``
+    (``LOOKALIKE_IMAGES__MAX_BYTES``), from its size, before it is read: read whole, a 1 GB
+    file took 1.9 GB of memory, where ingest and the HTTP API refuse it. The query photos of
+    ``search`` and ``compare-prices`` and the photos of ``eval``; one that cannot be looked
+    at passes (reading it says why)."""
+    try:
+        size = photo.stat().st_size
+    except OSError:
+        return
+    if size > max_bytes:
+        raise UserError(f"{what}: {size} bytes > limit {max_bytes} "
+                        "(LOOKALIKE_IMAGES__MAX_BYTES)")
 
 
 # -- failures -------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ import importlib
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -17,6 +15,7 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
+from lookalike import signals
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import LOCAL_HOST, LOG_LEVELS, MAX_PORT, Settings
 from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
@@ -55,11 +54,16 @@ def _port(text: str) -> int:
 _port.__name__ = "int"  # argparse names the type in "invalid int value"
 
 
-def _root(text: str) -> Path:
-    """An argparse type: an image root (``""`` would be the working directory)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must be a folder, not an empty path")
-    return Path(text)
+def folder(what: str = "a folder") -> Callable[[str], Path]:
+    """An argparse type: a folder path, which must name ``what``: ``""`` would be ``Path('.')``,
+    the working directory (an image root, train's ``--out``), and blanks name nothing."""
+
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must name {what}, not an empty path")
+        return Path(text)
+
+    return parse
 
 
 def _version(text: str) -> int:
@@ -121,7 +125,7 @@ def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help=f"address to listen on (default {LOCAL_HOST})")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    p.add_argument("--image-root", action="append", type=_root, default=None,
+    p.add_argument("--image-root", action="append", type=folder(), default=None,
                    help="folder whose catalog images the page may show (repeatable)")
 
 
@@ -141,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="consume product events into Milvus")
     _connection_args(p)
     p.add_argument("--group-id")
-    p.add_argument("--image-root", action="append", type=_root, default=None,
+    p.add_argument("--image-root", action="append", type=folder(), default=None,
                    help="folder that local image paths may point into (repeatable)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catalog.jsonl (default: Fashion-MNIST with synthetic prices)")
     p.add_argument("--n-products", type=_at_least(1), default=1000,
                    help="Fashion-MNIST articles in the default catalog")
-    p.add_argument("--image-root", action="append", type=_root, default=None,
+    p.add_argument("--image-root", action="append", type=folder(), default=None,
                    help="folder the catalog's photos may be in, besides the catalog's own "
                    "(repeatable)")
 
@@ -208,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
                        "then switch searches to it (no downtime)")
     _connection_args(p, kafka=False)
-    p.add_argument("--image-root", action="append", type=_root, default=None,
+    p.add_argument("--image-root", action="append", type=folder(), default=None,
                    help="folder that stored local image paths may point into (repeatable)")
     p.add_argument("--no-switch", action="store_true",
                    help="build the new model's collections but keep serving the current one")
@@ -269,23 +273,11 @@ class Terminated(KeyboardInterrupt):
     and the command ends in one line, exit 143, where it was cut off without a word."""
 
 
-@contextmanager
-def _stopped_by_sigterm() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` in the main thread while a command runs. Commands
-    that stop gracefully (ingest, run, serve, broker, train) set their own handler meanwhile;
-    this one covers the rest, and their start-up before they set it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (tests call main() from threads)
-        return
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM's handler while a command runs: :class:`Terminated` in the main thread.
+    Commands that stop gracefully (ingest, run, serve, broker, train) set their own handler
+    meanwhile; this one covers the rest, and their start-up before they set it."""
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -336,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import_keras()
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
-        with _stopped_by_sigterm():
+        with signals.handling(_terminate, [signal.SIGTERM]):
             return int(handler(settings, args))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the command has no handler
         terminated = isinstance(exc, Terminated)

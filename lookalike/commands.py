@@ -28,6 +28,7 @@ from lookalike.app import (
     build_reindexer,
     build_runner,
     build_search,
+    check_photo_bytes,
     create_topics,
     open_for_writing,
     open_versions,
@@ -183,15 +184,12 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
     if len(images) > MAX_QUERY_VECTORS:
         raise UserError(f"at most {MAX_QUERY_VECTORS} images per search, got {len(images)}")
     out = []
-    limit = settings.images.max_bytes
     for image in images:
         if not image.exists():
             raise UserError(f"no such image: {image}")
         if not image.is_file():  # a folder, a FIFO (which would wait), a device
             raise UserError(f"cannot use {image} as a query: not a regular file")
-        if (size := image.stat().st_size) > limit:  # read whole, 1 GB took 1.9 GB of memory
-            raise UserError(f"cannot use {image} as a query: {size} bytes > limit {limit} "
-                            "(LOOKALIKE_IMAGES__MAX_BYTES)")
+        check_photo_bytes(image, settings.images.max_bytes, f"cannot use {image} as a query")
         data = image.read_bytes()
         try:
             decode_image(data, settings.images.max_pixels)

@@ -9,13 +9,11 @@ import math
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from lookalike import signals
 from lookalike.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,10 +24,12 @@ log = logging.getLogger("lookalike")
 
 
 def add_parser(sub: Any) -> None:
+    from lookalike.cli import folder  # the parser's module, which calls this
+
     p = sub.add_parser("train", help="fine-tune the model on a catalog (metric learning)")
     p.add_argument("--catalog", type=Path, required=True,
                    help="catalog in the format publish and eval read")
-    p.add_argument("--out", type=_out_path, required=True,
+    p.add_argument("--out", type=folder("the model directory"), required=True,
                    help="model directory to write: a new or empty folder, or an earlier "
                    "model directory (nothing but config.json, top.weights.h5, report.json)")
     p.add_argument("--group-key", help="catalog field whose products count as alike too "
@@ -62,13 +62,6 @@ def add_parser(sub: Any) -> None:
                    "untrained model's (default 10 for the projection's triplet and supcon "
                    "losses, 0 for proxy and blocks; 0: off)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _out_path(text: str) -> Path:
-    """argparse type of ``--out``: an empty string would be ``Path('.')``, the current folder."""
-    if not text:
-        raise argparse.ArgumentTypeError("must name the model directory, got an empty path")
-    return Path(text)
 
 
 def _fmt(scores: dict[str, Any]) -> str:
@@ -187,27 +180,14 @@ class _Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`_Stopped` in the main thread, so the run can remove
-    the folder it created and end in one line; SIGTERM's default would end the process where
-    it stands. A second signal meanwhile ends the process as the signal does by default."""
-    stops = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (a test calling train from a thread)
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        for sig in stops:
-            signal.signal(sig, signal.SIG_DFL)
-        raise _Stopped(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in stops}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    """SIGINT's and SIGTERM's handler during the run (:func:`lookalike.signals.handling`):
+    :class:`_Stopped`, so the run can remove the folder it created and end in one line;
+    SIGTERM's default would end the process where it stands. A second signal meanwhile ends
+    the process as the signal does by default."""
+    for sig in signals.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    raise _Stopped(signum)
 
 
 def _fit(settings: Settings, args: argparse.Namespace, options: TrainOptions) -> TrainResult:
@@ -250,7 +230,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"{args.catalog}: no such catalog file")
     created = _model_directory(args.out)
     try:
-        with _stop_on_signals():
+        with signals.handling(_stop):
             result = _fit(settings, args, options)
     except BaseException as exc:
         _remove_created(args.out, created)  # a run that did not finish leaves no folder

@@ -32,7 +32,13 @@ from evaluation.same_item import (
     gallery_roots,
     gallery_verifier,
 )
-from lookalike.app import build_embedder, build_fetcher, open_store, scratch_milvus
+from lookalike.app import (
+    build_embedder,
+    build_fetcher,
+    check_photo_bytes,
+    open_store,
+    scratch_milvus,
+)
 from lookalike.errors import UserError
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
@@ -48,7 +54,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     photos = [*(p for product in products for p in product.images),
               *(p for query in queries for p in query.images)]
-    _check_sizes(photos, settings.images.max_bytes)
+    for photo in photos:
+        check_photo_bytes(photo, settings.images.max_bytes, f"image {photo}")
     _warn_of_easy_figures(products, queries, args)
     details: Path | None = args.details
     if details is not None:  # a path that cannot be written fails now, not after the work
@@ -133,19 +140,6 @@ def _warn_of_easy_figures(products: list[Any], queries: list[Any],
     if getattr(args, "task", "retrieval") != "same-item" and len(products) <= 10:
         log.warning("eval: the gallery has %d products: R@10 counts every one of them and is "
                     "1.0 by construction", len(products))
-
-
-def _check_sizes(photos: list[Path], max_bytes: int) -> None:
-    """Refuse a photo over ``LOOKALIKE_IMAGES__MAX_BYTES`` before any is read: each was read
-    whole (a 1 GB file took 1.9 GB of memory), where ingest and the HTTP API refuse it."""
-    for photo in photos:
-        try:
-            size = photo.stat().st_size
-        except OSError:
-            continue  # reading it says why, in one line
-        if size > max_bytes:
-            raise UserError(f"image {photo}: {size} bytes > limit {max_bytes} "
-                            "(LOOKALIKE_IMAGES__MAX_BYTES)")
 
 
 def _check_details(path: Path, inputs: list[Path]) -> None:

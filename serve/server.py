@@ -14,6 +14,8 @@ from typing import Any
 
 import uvicorn
 
+from lookalike import signals
+
 
 class ServerStartError(RuntimeError):
     """The API cannot listen (the port is taken, the address is not local...) or did not
@@ -116,15 +118,13 @@ class BackgroundServer:
             received.append(signal.Signals(signum).name)
             stop.set()
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            while not stop.wait(0.5) and self._thread.is_alive():
-                pass
-        finally:
-            self.stop()
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        with signals.handling(handler):
+            try:
+                self.start()
+                while not stop.wait(0.5) and self._thread.is_alive():
+                    pass
+            finally:
+                self.stop()
         return received[0] if received else "server exited"
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -18,14 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +32,7 @@ from tqdm import tqdm
 
 from embedding.colour import COLOUR_DIM
 from embedding.embedder import mix_colour
+from lookalike import signals
 from lookalike.settings import ImageSettings, ModelSettings
 from training.augment import AugmentConfig
 from training.backbone import Backbone
@@ -325,21 +324,8 @@ def _stop_between_steps(model: Any) -> Iterator[None]:
     unwinds through Keras while TensorFlow's input pipeline runs the batches' Python code on
     its own thread: once in about ten Ctrl-Cs during a fit here the process then aborted
     (``malloc(): unsorted double linked list corrupted``, exit 134, the folder left behind)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
-    received: list[int] = []
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        model.stop_training = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals.held(lambda _sig: setattr(model, "stop_training", True)) as received:
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
     if received:
         signal.raise_signal(received[0])
 
