@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
+import uuid
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -113,12 +116,16 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
 def _model_directory(out: Path) -> list[Path]:
     """Create ``--out`` (and its parents) and check it can be written, before any work: a path
     that cannot hold the model fails in one line now, not after minutes of training. An
-    existing folder must be empty or an earlier model directory (:func:`_check_reusable`).
+    existing folder must be empty or an earlier model directory (:func:`_check_reusable`), and
+    not a mount point (the new model is swapped in by renaming folders: :func:`_swap_in`).
     Returns the folders created here, deepest first: what a failed run removes again."""
     from lookalike.errors import UserError
 
     if out.is_dir():
         _check_reusable(out)
+        if os.path.ismount(out):
+            raise UserError(f"--out {out} is a mount point: train writes the model next to "
+                            "--out and renames it into place; give a folder inside it")
     created = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -155,16 +162,62 @@ def _check_reusable(out: Path) -> None:
                         "config.json") from None
 
 
-def _remove_created(out: Path, created: list[Path]) -> None:
-    """Undo :func:`_model_directory` after a failed or stopped run: the model files written so
-    far, then the folders it created, deepest first. A folder that existed before is never
-    touched, and one that holds anything else is left."""
-    from embedding.trained import MODEL_FILES
+def _staging(out: Path) -> Path:
+    """Where the new model is written: a hidden folder next to ``--out`` (next to the folder
+    a link points to), named for this run, so renaming it into place is one rename within
+    one file system. Not created here (:func:`_make_staging`)."""
+    real = out.resolve()
+    return real.parent / f".{real.name}.train-{uuid.uuid4().hex[:12]}"
 
-    if not created:
-        return
-    for name in MODEL_FILES:
-        (out / name).unlink(missing_ok=True)
+
+def _make_staging(staging: Path, out: Path) -> None:
+    """Create ``staging`` with the permissions of ``--out`` (an operator's shared folder keeps
+    its mode once the new model is renamed into its place): a parent that cannot be written
+    fails now, in one line, not after the training."""
+    from lookalike.errors import UserError
+
+    try:
+        staging.mkdir()
+        shutil.copymode(out, staging)
+    except OSError as exc:
+        raise UserError(f"cannot write next to --out {out} (the model is written in "
+                        f"{staging.parent} and renamed into place): "
+                        f"{exc.strerror or exc}") from None
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the complete new model at ``--out`` in one step, the old one kept until then: an
+    empty ``--out`` is replaced by renaming ``staging`` onto it (atomic); an earlier model is
+    renamed aside first, then removed. SIGINT and SIGTERM wait for the two renames, which a
+    stop between them would leave with no model at ``--out``; after them the run is done, so
+    a signal that came is logged, not acted on. Only a crash in that instant leaves the old
+    model in ``.NAME.old-*`` and the new one in ``.NAME.train-*``, both whole."""
+    real = out.resolve()
+    with signals.held() as received:
+        try:
+            os.replace(staging, real)  # onto a new or empty folder
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            aside = real.parent / f".{real.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(real, aside)
+            try:
+                os.rename(staging, real)
+            except BaseException:
+                os.rename(aside, real)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+    if received:
+        log.warning("%s came as the new model was renamed into place; the run had finished",
+                    received[0].name)
+
+
+def _remove_created(staging: Path, created: list[Path]) -> None:
+    """Undo a failed or stopped run: the staging folder with what was written in it, then the
+    folders :func:`_model_directory` created, deepest first. ``--out`` itself was not written
+    to; a folder that existed before is never touched, and one that holds anything else is
+    left."""
+    shutil.rmtree(staging, ignore_errors=True)
     for folder in created:
         try:
             folder.rmdir()
@@ -190,8 +243,10 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
-def _fit(settings: Settings, args: argparse.Namespace, options: TrainOptions) -> TrainResult:
-    """Build the backbone ``--tune`` names and train it: the part that takes minutes."""
+def _fit(settings: Settings, args: argparse.Namespace, options: TrainOptions,
+         directory: Path) -> TrainResult:
+    """Build the backbone ``--tune`` names, train it and write the model to ``directory``:
+    the part that takes minutes."""
     from embedding.runtime import enable_compile_cache
     from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
     from training.trainer import train as run_training
@@ -201,7 +256,7 @@ def _fit(settings: Settings, args: argparse.Namespace, options: TrainOptions) ->
     backbone: Backbone = (
         ProjectionBackbone(m.variant, m.square, m.batch_size) if args.tune == "projection"
         else EfficientNetBackbone(m.variant, m.square, args.train_blocks, m.batch_size))
-    return run_training(args.catalog, args.out, backbone, options)
+    return run_training(args.catalog, directory, backbone, options)
 
 
 def _failure(exc: BaseException, out: Path, created: list[Path]) -> UserError | None:
@@ -229,11 +284,14 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     if not args.catalog.is_file():  # before the model is built: that takes seconds
         raise UserError(f"{args.catalog}: no such catalog file")
     created = _model_directory(args.out)
+    staging = _staging(args.out)
     try:
         with signals.handling(_stop):
-            result = _fit(settings, args, options)
+            _make_staging(staging, args.out)
+            result = _fit(settings, args, options, staging)
+            _swap_in(staging, args.out)
     except BaseException as exc:
-        _remove_created(args.out, created)  # a run that did not finish leaves no folder
+        _remove_created(staging, created)  # a run that did not finish leaves no folder
         failure = _failure(exc, args.out, created)
         if failure is None:
             raise

@@ -544,18 +544,109 @@ def test_an_earlier_model_directory_may_be_written_over(tmp_path: Path) -> None:
     assert sorted(p.name for p in model.iterdir()) == [".notes", *sorted(MODEL_FILES)]
 
 
+def test_a_mount_point_is_refused_as_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """The new model is renamed into place, which a mount point refuses (EBUSY): said before
+    any work, not after the training."""
+    import os
+
+    from lookalike.commands_train import _model_directory
+    from lookalike.errors import UserError
+
+    mounted = tmp_path / "volume"
+    mounted.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mounted)
+    with pytest.raises(UserError, match=r"is a mount point: .* give a folder inside it"):
+        _model_directory(mounted)
+    assert _model_directory(mounted / "model") == [mounted / "model"]
+
+
 def test_a_failed_run_removes_only_the_folders_it_created(tmp_path: Path) -> None:
-    from lookalike.commands_train import _model_directory, _remove_created
+    from lookalike.commands_train import (
+        _make_staging,
+        _model_directory,
+        _remove_created,
+        _staging,
+    )
 
     out = tmp_path / "new" / "model"
     created = _model_directory(out)
-    (out / "report.json").write_text("{}")  # written before the stop
-    _remove_created(out, created)
+    staging = _staging(out)
+    assert staging.parent == out.parent and staging.name.startswith(".model.train-")
+    _make_staging(staging, out)
+    (staging / "report.json").write_text("{}")  # written before the stop
+    _remove_created(staging, created)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "mine").mkdir()
     created = _model_directory(tmp_path / "mine")
-    _remove_created(tmp_path / "mine", created)
-    assert (tmp_path / "mine").is_dir()  # it existed before
+    staging = _staging(tmp_path / "mine")
+    _make_staging(staging, tmp_path / "mine")
+    _remove_created(staging, created)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # it existed before
+
+
+class _SavesThenFails(FakeProjectionBackbone):
+    """Writes its weights, then fails before its report: a run stopped (or a disk that
+    filled up) between two of the model's files."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__()
+        self.failure = failure
+
+    def save(self, directory: Path, top: Any, colour_weight: float,
+             report: dict[str, Any]) -> str:
+        top.save_weights(str(directory / "top.weights.h5"))
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", ["SIGINT", "disk full"])
+def test_an_earlier_model_is_replaced_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """``--out`` over an earlier model directory: the new files replaced the old ones one by
+    one, so a run stopped or failing while it wrote them left the new weights beside the old
+    config.json. The new model is now written into a folder next to ``--out`` and swapped in
+    once complete: a run that fails leaves the old model as it was, and no folder of its own;
+    one that finishes leaves the new model alone (none of the old files)."""
+    import errno
+
+    import training.backbone
+    from embedding.trained import CONFIG_FILE, MODEL_FILES
+    from lookalike.cli import build_parser
+    from lookalike.commands_train import _Stopped
+    from lookalike.commands_train import train as train_command
+    from lookalike.errors import UserError
+    from lookalike.settings import Settings
+
+    catalog = _catalog(tmp_path, n_styles=4)
+    out = tmp_path / "model"
+    out.mkdir()
+    config = {"variant": "lite0", "square": "pad", "first_block": 16, "format": 1,
+              "projection": True, "content_sha256": "0" * 64}
+    old = {CONFIG_FILE: json.dumps(config).encode(), "top.weights.h5": b"old weights",
+           "report.json": b"{}"}
+    assert sorted(old) == sorted(MODEL_FILES)
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = build_parser().parse_args(
+        ["train", "--catalog", str(catalog), "--out", str(out), "--group-key", "group_id",
+         "--epochs", "1", "--views", "1"])
+    stop = (_Stopped(signal.SIGINT) if failure == "SIGINT"
+            else OSError(errno.ENOSPC, "No space left on device"))
+    monkeypatch.setattr(training.backbone, "ProjectionBackbone",
+                        lambda *args: _SavesThenFails(stop))
+    with pytest.raises(UserError if failure == "SIGINT" else OSError):
+        train_command(Settings(), args)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+    monkeypatch.setattr(training.backbone, "ProjectionBackbone",
+                        lambda *args: FakeProjectionBackbone())
+    assert train_command(Settings(), args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "top.weights.h5"]
+    assert (out / "top.weights.h5").read_bytes() != old["top.weights.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 STOPPABLE = """
