@@ -19,6 +19,7 @@ Steps (see schema/versions.py for the names and store/versions.py for the aliase
 5. After ``settle_s`` (for an ingest batch that was being written while the aliases moved),
    one more pass copies what the old ingest wrote last. That ingest stops by itself at its
    next batch (``ServingGuard``) without committing it; restart it with the new model.
+   Steps 4 (from the aliases on) and 5 are one: SIGINT and SIGTERM wait for them.
 
 A product is copied whole or not at all: if one of its images cannot be fetched or decoded, it
 is reported with each image's reason and not written (``allow_failures`` writes its good images,
@@ -30,6 +31,7 @@ like ingest does, and lets the switch happen, unless no product at all could be 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,7 @@ from ingest.fetch import ImageFetcher
 from ingest.load import load_image_ref
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink, state_of
+from lookalike import signals
 from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
 from schema.errors import ItemError, Reason
 from schema.events import ImageRef
@@ -143,6 +146,10 @@ def _same(image: Image.Image) -> Image.Image:
     return image
 
 
+def _finishing_the_switch(sig: signal.Signals) -> None:
+    log.warning("reindex: %s: finishing the switch and its catch-up pass first", sig.name)
+
+
 class Reindexer:
     """Builds ``embedder``'s collections from the serving ones and switches the aliases."""
 
@@ -222,18 +229,31 @@ class Reindexer:
                               "none could (see the failures): --allow-failures does not switch "
                               "searches to an empty catalog")
         if switch and not report.refused:
-            previous = self._versions.switch_to(model, self._embedder.dim)
-            report.switched = True
-            self._sleep(self._settle_s)
-            if previous is not None:
-                self._versions.load(previous)  # Milvus Lite releases a renamed collection
-                self._pass(len(report.passes) + 1, previous, target, sink, report,
-                           after_switch=True)
-                sink.flush()
+            with signals.held(_finishing_the_switch) as received:
+                self._switch(model, target, sink, report)
+            if received:
+                log.warning("reindex: %s came during the switch, which is done: %s serves "
+                            "model %s", received[0].name, self._versions.base, model)
         elif report.refused:
             log.error("reindex: not switching: %s", report.refused)
         report.seconds = time.monotonic() - started
         return report
+
+    def _switch(self, model: str, target: CollectionSpec, sink: MilvusSink,
+                report: ReindexReport) -> None:
+        """Move the aliases, wait ``settle_s``, copy what the old ingest wrote meanwhile: one
+        step, which SIGINT and SIGTERM wait for (:meth:`run`). Cut between the two aliases,
+        the images and the states would be of two models; cut after the switch, the writes
+        the old ingest committed since the last pass would be missing from the new model's
+        collections, and a second run says "already serves" (nothing would copy them)."""
+        previous = self._versions.switch_to(model, self._embedder.dim)
+        report.switched = True
+        self._sleep(self._settle_s)
+        if previous is not None:
+            self._versions.load(previous)  # Milvus Lite releases a renamed collection
+            self._pass(len(report.passes) + 1, previous, target, sink, report,
+                       after_switch=True)
+            sink.flush()
 
     # -- one pass ------------------------------------------------------------------------
 

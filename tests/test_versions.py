@@ -8,6 +8,8 @@ other dimension), so re-embedding really fetches and decodes the stored image pa
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -380,3 +382,55 @@ def test_cli_reindex_and_models_show_the_serving_version(
     monkeypatch.setattr(commands, "build_embedder", lambda settings: v1)
     assert main(["search", str(tmp_path / "images" / "p0.png"), *common]) == 2
     assert f"serves model {v2.model_version}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_the_switch_waits_for_its_catch_up_pass(
+    sig: signal.Signals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C or SIGTERM just after "model switch" was logged ended reindex with "stopped by
+    SIGINT before it finished", exit 130: the aliases had moved (the new model served) but the
+    catch-up pass had not run, so what the old ingest committed after the last pass was
+    missing from the new collections, and a second run said "already serves". The signal
+    now waits for the switch and its pass, and the command reports the switch."""
+    from lookalike import commands
+    from lookalike.cli import main
+
+    db = str(tmp_path / "cli.db")
+    store = MilvusStore.open(db, lite_process=True)
+    (tmp_path / "images").mkdir()
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    with ThreadPoolExecutor(2) as pool:
+        ingest(World(Milvus("lite", store), "shop", tmp_path, pool).ingester(v1),
+               catalog(World(Milvus("lite", store), "shop", tmp_path, pool), 2))
+    store.close()
+    switch_to = ModelVersions.switch_to
+
+    def late_write_then_signal(self: ModelVersions, model_version: str, dim: int) -> str | None:
+        with ThreadPoolExecutor(2) as pool:  # committed by the old ingest after the last pass
+            old = World(Milvus("lite", self.store), self.base, tmp_path, pool)
+            ingest(old.ingester(v1), [upsert_payload("late", 1, [old.image("late.png", 77)])])
+        previous = switch_to(self, model_version, dim)
+        os.kill(os.getpid(), sig)  # just after "model switch: ..." is logged
+        return previous
+
+    monkeypatch.setattr(ModelVersions, "switch_to", late_write_then_signal)
+    monkeypatch.setattr(commands, "build_embedder", lambda settings: v2)
+    common = ["--milvus-uri", db, "--collection", "shop"]
+    assert main(["reindex", *common, "--image-root", str(tmp_path), "--settle-s", "0"]) == 0
+    captured = capsys.readouterr()
+    assert f"shop now serves model {v2.model_version}" in captured.out
+    assert "switched=True" in captured.out and "passes=3" in captured.out
+    assert "stopped by" not in captured.err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert f"{sig.name} came during the switch, which is done" in caplog.text
+    store = MilvusStore.open(db, lite_process=True)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            w = World(Milvus("lite", store), "shop", tmp_path, pool)
+            new = physical_name("shop", v2.model_version)
+            w.versions.load(new)
+            assert {r["product_id"] for r in w.rows(new)} == {"p0", "p1", "late"}
+    finally:
+        store.close()
