@@ -36,7 +36,8 @@ class ExitCode(IntEnum):
 EXIT_CODES = """exit codes: 0 ok; 1 the work failed; 2 bad argument or input (unreadable image,
 missing database or collection); 3 ingest stopped because another model serves now; 4 a
 service did not answer (Kafka broker, Milvus) or the Milvus Lite database is held by another
-process; 130 / 143 train stopped by SIGINT / SIGTERM. Errors are one line on stderr."""
+process; 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM before it finished (ingest, serve and
+run stop gracefully with 0). Errors are one line on stderr."""
 
 
 class UserError(Exception):
