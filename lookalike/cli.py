@@ -129,10 +129,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="folder whose catalog images the page may show (repeatable)")
 
 
-def _match_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--match", choices=("exact", "similar"), default="exact",
+def _match_arg(p: argparse.ArgumentParser, *, default: str | None = "exact",
+               note: str = "") -> None:
+    """``--match``; ``eval`` leaves it unset (None) so that it can refuse it with
+    ``--task same-item``, which decides by each listing's evidence, not by an intent."""
+    p.add_argument("--match", choices=("exact", "similar"), default=default,
                    help="exact: this item in this colour (default); similar: the same kind or "
-                        "style in any colour")
+                        f"style in any colour{note}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each query's outcome here, one JSON object per line: what "
                         "it ranked (retrieval) or listed with the evidence (same-item), what "
                         "it missed and what it listed wrongly")
-    _match_arg(p)
+    _match_arg(p, default=None, note=" (--task retrieval only)")
 
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
                        "then switch searches to it (no downtime)")

@@ -42,6 +42,7 @@ from lookalike.app import (
 from lookalike.errors import UserError
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
+from search.intent import Match, check_match
 
 log = logging.getLogger("lookalike")
 
@@ -52,6 +53,10 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         queries = load_queries(args.queries, products)
     except ProtocolError as exc:
         raise UserError(str(exc)) from None
+    if args.task == "same-item" and args.match is not None:
+        raise UserError(f"--match {args.match} applies to --task retrieval: --task same-item "
+                        "lists the query's listings by their evidence, whatever the intent")
+    match = check_match(args.match or "exact")
     photos = [*(p for product in products for p in product.images),
               *(p for query in queries for p in query.images)]
     for photo in photos:
@@ -62,7 +67,7 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         _check_details(details, [args.gallery, args.queries, *photos])
     cache = None if args.no_cache else _open_cache(args.cache)  # so does a bad --cache
     try:
-        report = _evaluate(settings, args, products, queries, cache)
+        report = _evaluate(settings, args, match, products, queries, cache)
     finally:
         if cache is not None:
             cache.close()
@@ -73,7 +78,7 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     elif isinstance(report, SameItemReport):
         print_same_item(report)
     else:
-        print_report(report, args.match)
+        print_report(report, match)
     return 0
 
 
@@ -85,7 +90,8 @@ def _open_cache(path: Path) -> EmbeddingCache:
         raise UserError(f"cannot use --cache {path}: {reason}") from None
 
 
-def _evaluate(settings: Settings, args: argparse.Namespace, products: list[GalleryProduct],
+def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
+              products: list[GalleryProduct],
               queries: list[Query], cache: EmbeddingCache | None
               ) -> EvalReport | SameItemReport:
     """The evaluation in a scratch collection, dropped afterwards."""
@@ -109,7 +115,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace, products: list[Galle
                                             silhouette_route=settings.search.silhouette_route)
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
-                                  max_pixels=settings.images.max_pixels, match=args.match,
+                                  max_pixels=settings.images.max_pixels, match=match,
                                   cutout_queries=settings.search.cutout_queries,
                                   window_queries=settings.search.window_queries,
                                   light_queries=settings.search.light_queries,
@@ -137,6 +143,10 @@ def _warn_of_easy_figures(products: list[Any], queries: list[Any],
     if leaks:
         log.warning("eval: %d of %d queries search with a photo of the gallery itself: they "
                     "find it (an easy R@1), not another photo of the item", leaks, len(queries))
+    several = sum(1 for query in queries if len(query.images) > 1)
+    if getattr(args, "task", "retrieval") == "same-item" and several:
+        log.warning("eval: %d of %d queries have several photos: price comparison takes one "
+                    "photo, so each is run with its first", several, len(queries))
     if getattr(args, "task", "retrieval") != "same-item" and len(products) <= 10:
         log.warning("eval: the gallery has %d products: R@10 counts every one of them and is "
                     "1.0 by construction", len(products))

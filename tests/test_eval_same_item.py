@@ -190,8 +190,10 @@ def test_counts_are_micro_averaged_over_listings() -> None:
 
 def test_cli_takes_task_and_match() -> None:
     args = build_parser().parse_args(["eval", "--gallery", "g", "--queries", "q",
-                                      "--task", "same-item", "--match", "similar"])
-    assert (args.task, args.match) == ("same-item", "similar")
+                                      "--task", "retrieval", "--match", "similar"])
+    assert (args.task, args.match) == ("retrieval", "similar")
+    # eval leaves --match unset so that --task same-item can refuse it (retrieval: exact)
+    assert build_parser().parse_args(["eval", "--gallery", "g", "--queries", "q"]).match is None
     assert build_parser().parse_args(["search", "x.jpg"]).match == "exact"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "x.jpg", "--match", "colour"])
@@ -258,3 +260,39 @@ def test_same_item_eval_verifies_with_the_silhouette_route_as_asked(
     assert _evaluate(tmp_path / "on")["recall"] == 1.0
     assert _evaluate(tmp_path / "off", silhouette_route=False)["recall"] == 1.0
     assert rules == [True, True, False, False]
+
+
+def test_cli_same_item_eval_refuses_match_and_says_which_photo_a_query_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``--match`` is the retrieval task's intent: with ``--task same-item`` it was accepted
+    and silently ignored, and so was every photo of a query but its first. The first is one
+    line, exit 2, before any work; the second a warning counting such queries."""
+    gallery_path, queries_path = _write(tmp_path)
+    calls: list[list[Any]] = []
+
+    def fake(products: object, queries: list[Any], *args: object,
+             **kwargs: object) -> SameItemReport:
+        calls.append(queries)
+        counts = SameItemCounts()
+        counts.add({"a@shop0"}, {"a@shop0"})
+        return SameItemReport(counts, "m", 5, 5)
+
+    monkeypatch.setattr(lookalike.evaluate, "evaluate_same_item", fake)
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
+            str(queries_path), "--no-cache"]
+    for match in ("exact", "similar"):
+        capsys.readouterr()
+        assert main([*base, "--match", match]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--match {match} applies to --task retrieval" in err[0], err
+    assert calls == []
+    lines = [json.loads(line) for line in queries_path.read_text().splitlines()]
+    lines[0] = {"images": ["img/query-a.jpg", "img/a-shop1.jpg"],
+                "relevant": ["a@shop0", "a@shop1", "a@shop2"]}
+    queries_path.write_text("\n".join(json.dumps(q) for q in lines) + "\n")
+    with caplog.at_level("WARNING", logger="lookalike"):
+        assert main(base) == 0
+    assert len(calls) == 1
+    assert any("1 of 2 queries have several photos" in r.getMessage() for r in caplog.records)
