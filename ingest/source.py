@@ -26,6 +26,13 @@ COMMIT_TIMEOUT_MS = 5_000
 """How long one commit may block the poll loop; a commit that times out (broker away) is
 kept and retried with the next one, so the loop goes back to polling."""
 
+CLOSE_TIMEOUT_MS = 3_000
+"""How long closing waits for the broker to answer the consumer's LeaveGroup. Tansu answers it
+only after a JoinGroup in flight on the same connection, and holds a join for half the session
+timeout (5 s by default; the setting allows 15 min), while kafka-python waits up to its request
+timeout (30 s): a stop during a join took that long. Cut short, the member is dropped by the
+group when its session times out (a consumer joining meanwhile may wait for that)."""
+
 OWED_RETRY_S = 1.0
 """How soon offsets a refused commit left owed are tried again when no batch brings a new
 commit (the last batch before a quiet spell, whose commit met a rebalance or an outage)."""
@@ -179,7 +186,35 @@ class KafkaSource:
         return bool(lags) and all(v == 0 for v in lags.values())
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        """Leave the group and close, waiting at most :data:`CLOSE_TIMEOUT_MS` for the broker
+        to answer the leave. The offsets are committed already (each commit waits for its
+        answer), so a leave left unanswered loses nothing."""
+        unanswered = _UnansweredLeave()
+        coordinator_log = logging.getLogger("kafka.coordinator")
+        coordinator_log.addFilter(unanswered)
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
+        finally:
+            coordinator_log.removeFilter(unanswered)
+        if unanswered.seen:
+            log.info("left the consumer group without waiting more than %gs for its answer (a "
+                     "group join was in progress); the group drops this member after "
+                     "session_timeout_ms", CLOSE_TIMEOUT_MS / 1000)
+
+
+class _UnansweredLeave(logging.Filter):
+    """Drops kafka-python's ERROR line for a LeaveGroup that :data:`CLOSE_TIMEOUT_MS` cut
+    short: the stop is a graceful one, and :meth:`KafkaSource.close` says what happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("LeaveGroup request failed"):
+            self.seen = True
+            return False
+        return True
 
 
 def _fetch_positions(consumer: KafkaConsumer) -> dict[TopicPartition, int | None]:

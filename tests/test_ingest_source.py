@@ -65,7 +65,7 @@ class FakeConsumer:
     def paused(self) -> set[TopicPartition]:
         return set()
 
-    def close(self, autocommit: bool) -> None:
+    def close(self, autocommit: bool, timeout_ms: int | None = None) -> None:
         pass
 
 
