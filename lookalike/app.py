@@ -67,10 +67,13 @@ log = logging.getLogger(__name__)
 
 
 def build_embedder(settings: Settings) -> Embedder:
+    """The model of the settings. Keras is imported here, quietly (``import_keras``), so a
+    command's checks before it (a port in use, an absent broker or database) answer in about
+    a second, not after the ~3 s import."""
     from embedding.runtime import enable_compile_cache, import_keras
 
-    import_keras()  # quietly (a no-op once imported), for commands that import it only here
-    from embedding.embedder import create_embedder  # loads Keras: only when a model is needed
+    import_keras()
+    from embedding.embedder import create_embedder
 
     m = settings.model
     enable_compile_cache(m.compile_cache)

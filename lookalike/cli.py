@@ -264,11 +264,6 @@ HANDLERS = {
 }
 """Subcommand -> ``module:function(settings, args) -> exit code``, imported when run (the
 model and clients load only for the commands that need them; ``broker`` loads none)."""
-MODEL_COMMANDS = frozenset({"ingest", "search", "demo", "eval", "reindex", "serve", "run",
-                            "train"})
-"""The subcommands that load the model, whose Keras is imported (quietly: ``import_keras``)
-before they run. ``compare-prices`` loads it too, but first looks its ``--product-id`` up in
-the store: ``lookalike.app.build_embedder`` imports Keras as quietly once it is needed."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -325,10 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "compare_k": getattr(args, "compare_k", None),
                     "compare_threshold": getattr(args, "compare_threshold", None)},
         )
-        if args.command in MODEL_COMMANDS:
-            from embedding.runtime import import_keras
-
-            import_keras()
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
         with signals.handling(_terminate, [signal.SIGTERM]):

@@ -247,10 +247,11 @@ def _fit(settings: Settings, args: argparse.Namespace, options: TrainOptions,
          directory: Path) -> TrainResult:
     """Build the backbone ``--tune`` names, train it and write the model to ``directory``:
     the part that takes minutes."""
-    from embedding.runtime import enable_compile_cache
+    from embedding.runtime import enable_compile_cache, import_keras
     from training.backbone import Backbone, EfficientNetBackbone, ProjectionBackbone
     from training.trainer import train as run_training
 
+    import_keras()
     m = settings.model
     enable_compile_cache(m.compile_cache)
     backbone: Backbone = (

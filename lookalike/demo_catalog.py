@@ -49,7 +49,11 @@ def load_fashion_mnist_test() -> tuple[np.ndarray, np.ndarray]:
                        stdout=subprocess.DEVNULL)
     if images.exists():
         return _read_idx(images), _read_idx(DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz")
-    import keras  # fallback where apt is absent: Keras downloads the same files
+    # fallback where apt is absent: Keras downloads the same files
+    from embedding.runtime import import_keras
+
+    import_keras()
+    import keras
 
     (_, _), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     return np.asarray(x_test), np.asarray(y_test)

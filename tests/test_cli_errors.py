@@ -946,3 +946,25 @@ def test_run_checks_its_port_first(taken_port: int, tmp_path: Path,
     assert code == ExitCode.USAGE
     assert "in use" in one_error(capsys, "run")
     assert not (tmp_path / "run.db").exists()  # before the database (and the model)
+
+
+@pytest.mark.parametrize("command", ["ingest", "serve", "run"])
+def test_a_taken_port_is_reported_before_keras_is_imported(
+    command: str, taken_everywhere: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of them checked its port before the model, but ``main`` imported Keras for every
+    command that loads a model before the command ran: a shell waited ~3.9 s for the line
+    (0.6 s now). Keras is imported by ``build_embedder``, after the command's own checks."""
+    import embedding.runtime
+
+    def keras_imported() -> None:
+        raise AssertionError("Keras was imported before the port was checked")
+
+    monkeypatch.setattr(embedding.runtime, "import_keras", keras_imported)
+    option = "--metrics-port" if command == "ingest" else "--port"
+    broker = [] if command == "serve" else ["--bootstrap-servers", f"127.0.0.1:{closed_port()}"]
+    code = main([command, option, str(taken_everywhere), "--milvus-uri",
+                 str(tmp_path / "m.db"), *broker])
+    assert code == ExitCode.USAGE
+    assert "in use" in one_error(capsys, command)
