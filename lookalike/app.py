@@ -44,6 +44,7 @@ from lookalike import signals
 from lookalike.broker import BrokerError, PortInUseError
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import ImageSettings, IngestSettings, Settings
+from lookalike.stopping import hand_over
 from schema.collection import CollectionSpec
 from schema.errors import ItemError
 from schema.versions import ModelRetiredError
@@ -462,13 +463,18 @@ def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
 
 @contextmanager
 def stop_on_signals(runner: Runner) -> Iterator[None]:
-    """SIGTERM / Ctrl-C ask the runner to finish its in-flight work and commit."""
+    """SIGTERM / Ctrl-C ask the runner to finish its in-flight work and commit; one that came
+    while the command started (held: lookalike/stopping.py) asks it at once."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing in-flight batches", signal.Signals(signum).name)
         runner.stop(signal.Signals(signum).name)
 
-    with signals.handling(handler):
+    with signals.handling(handler) as previous:
+        held = [name for old in previous.values() if (name := hand_over(old)) is not None]
+        if held:
+            log.info("%s came while starting: stopping before the first poll", held[0])
+            runner.stop(held[0])
         yield
 
 

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -18,6 +19,7 @@ from pydantic_settings import SettingsError
 from lookalike import signals
 from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import LOCAL_HOST, LOG_LEVELS, MAX_PORT, Settings
+from lookalike.stopping import Terminated, holding_stop_signals
 from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
 
 
@@ -266,20 +268,35 @@ HANDLERS = {
 model and clients load only for the commands that need them; ``broker`` loads none)."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as Ctrl-C is: ``finally`` blocks run (a scratch database is removed)
-    and the command ends in one line, exit 143, where it was cut off without a word."""
+STOP_GRACEFULLY = frozenset({"ingest", "run", "serve"})
+"""The subcommands that SIGTERM and SIGINT stop gracefully (exit 0) at any point, start-up
+included: a signal that comes while they start is held until they can stop
+(lookalike/stopping.py)."""
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
     """SIGTERM's handler while a command runs: :class:`Terminated` in the main thread.
-    Commands that stop gracefully (ingest, run, serve, broker, train) set their own handler
-    meanwhile; this one covers the rest, and their start-up before they set it."""
+    ``broker`` and ``train`` set their own handler meanwhile, the :data:`STOP_GRACEFULLY`
+    commands hold the signals from the start instead; this one covers the rest, and the start
+    of ``broker`` and ``train`` before they set theirs."""
     raise Terminated
+
+
+def _raising_on_sigterm() -> AbstractContextManager[object]:
+    return signals.handling(_terminate, [signal.SIGTERM])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in STOP_GRACEFULLY:
+        with holding_stop_signals():  # before the settings, the imports, Keras and the model
+            return _main(args, nullcontext)
+    return _main(args, _raising_on_sigterm)
+
+
+def _main(args: argparse.Namespace,
+          stop_signals: Callable[[], AbstractContextManager[object]]) -> int:
+    """The command ``args`` names, with ``stop_signals`` handling SIGTERM while it runs."""
     prog = f"lookalike {args.command}"
     try:
         settings = Settings()
@@ -322,9 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
-        with signals.handling(_terminate, [signal.SIGTERM]):
+        with stop_signals():
             return int(handler(settings, args))
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the command has no handler
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM where no handler stops gracefully
         terminated = isinstance(exc, Terminated)
         print(f"{prog}: error: stopped by {'SIGTERM' if terminated else 'SIGINT'} before it "
               "finished", file=sys.stderr)

@@ -18,17 +18,18 @@ Handler = Callable[[int, FrameType | None], None]
 
 @contextmanager
 def handling(handler: Handler, signals: Iterable[signal.Signals] = STOP_SIGNALS
-             ) -> Iterator[None]:
-    """``handler`` receives ``signals`` during the block; the handlers that were there before
-    come back after it, however it ends. Off the main thread nothing is set: Python runs
-    handlers in the main thread only and lets only it set them (tests call commands from
-    threads)."""
+             ) -> Iterator[dict[signal.Signals, object]]:
+    """``handler`` receives ``signals`` during the block, which gets the handlers it replaced
+    (a signal held while the command started is in one: lookalike/stopping.py); they come
+    back after it, however it ends. Off the main thread nothing is set (and nothing was
+    replaced): Python runs handlers in the main thread only and lets only it set them (tests
+    call commands from threads)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield {}
         return
     previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
-        yield
+        yield dict(previous)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from lookalike import signals
+from lookalike.stopping import hand_over
 
 
 class ServerStartError(RuntimeError):
@@ -110,7 +111,8 @@ class BackgroundServer:
     def serve_until_signalled(self) -> str:
         """Serve until SIGTERM or SIGINT (from the main thread), then stop gracefully; returns
         the signal's name. Unlike ``uvicorn.run``, which re-raises the signal after its
-        shutdown, the process can then exit 0 like the other commands."""
+        shutdown, the process can then exit 0 like the other commands. A signal that came
+        while the command started (held: lookalike/stopping.py) stops it before it serves."""
         received: list[str] = []
         stop = threading.Event()
 
@@ -118,8 +120,12 @@ class BackgroundServer:
             received.append(signal.Signals(signum).name)
             stop.set()
 
-        with signals.handling(handler):
+        with signals.handling(handler) as previous:
+            received.extend(name for old in previous.values()
+                            if (name := hand_over(old)) is not None)
             try:
+                if received:
+                    return received[0]
                 self.start()
                 while not stop.wait(0.5) and self._thread.is_alive():
                     pass

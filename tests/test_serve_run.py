@@ -11,9 +11,12 @@ aborts (exit 134).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +36,7 @@ from tests.pipeline_support import make_settings, send, upsert_payload, write_im
 
 pytestmark = pytest.mark.kafka
 
+REPO = Path(__file__).resolve().parent.parent
 FRESHNESS_TARGET_S = 10.0
 """Event published -> found by POST /v1/search (docs/serve.md), on 2 shared CPU cores."""
 
@@ -157,3 +161,83 @@ def test_serve_waits_for_the_model_warm_up_before_it_returns(
     thread.join(5)
     assert head == {"status": 200}
     assert (embedder.warm_ups_started, embedder.warm_ups_done) == (1, 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_serve_starts_stops_it_gracefully(
+        sig: signal.Signals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the model loaded, SIGTERM ended ``serve`` with exit 143 and SIGINT with 130, where
+    once it answered either stopped it gracefully with 0. The signal is held until the API
+    can stop, which then stops before it serves."""
+    embedder = WarmingEmbedder()
+
+    def model_loading(_settings: Any) -> WarmingEmbedder:
+        os.kill(os.getpid(), sig)
+        return embedder
+
+    monkeypatch.setattr(commands_serve, "build_embedder", model_loading)
+    db = serving_database(tmp_path / "serve.db")
+    assert main(["serve", "--port", str(free_port()), "--milvus-uri", str(db)]) == 0
+    assert (embedder.warm_ups_started, embedder.warm_ups_done) == (1, 1)
+
+
+def test_a_second_signal_while_serve_starts_stops_it_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def model_loading(_settings: Any) -> WarmingEmbedder:
+        os.kill(os.getpid(), signal.SIGTERM)  # held
+        os.kill(os.getpid(), signal.SIGTERM)  # stops here
+        raise AssertionError("not stopped by the second signal")
+
+    monkeypatch.setattr(commands_serve, "build_embedder", model_loading)
+    db = serving_database(tmp_path / "serve.db")
+    assert main(["serve", "--port", str(free_port()), "--milvus-uri", str(db)]) == 143
+    assert capsys.readouterr().err.strip().endswith(
+        "lookalike serve: error: stopped by SIGTERM before it finished")
+
+
+@pytest.mark.parametrize("command", ["run", "ingest"])
+def test_sigterm_while_ingest_starts_stops_it_before_the_first_poll(
+        command: str, bootstrap: str, unique: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """As for ``serve``: exit 143 while the model loaded, 0 once ingest polled."""
+    from lookalike import commands
+
+    def model_loading(_settings: Any) -> TinyEmbedder:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return TinyEmbedder()
+
+    monkeypatch.setattr(commands_serve if command == "run" else commands, "build_embedder",
+                        model_loading)
+    argv = [command, "--bootstrap-servers", bootstrap, "--topic", f"products-{unique}",
+            "--group-id", f"g-{unique}", "--milvus-uri", str(tmp_path / "m.db")]
+    with caplog.at_level(logging.INFO):
+        code = main([*argv, *(["--port", str(free_port())] if command == "run" else [])])
+    assert code == 0
+    assert "SIGTERM came while starting: stopping before the first poll" in caplog.text
+    assert "ingest finished stopped_by=SIGTERM batches=0" in caplog.text
+
+
+@pytest.mark.model
+def test_sigterm_at_any_point_of_the_start_of_run_exits_zero(
+        bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """What a shell saw: ``lookalike run`` sent SIGTERM a second after it started (in the
+    imports, Keras' among them) was killed by it (143, no word); stopped later in its start,
+    143 with one line, or a pydantic ``SchemaError`` traceback (exit 1) where the signal
+    landed in FastAPI's import."""
+    argv = [sys.executable, "-m", "lookalike", "run", "--bootstrap-servers", bootstrap,
+            "--topic", f"products-{unique}", "--group-id", f"g-{unique}",
+            "--milvus-uri", str(tmp_path / "run.db"), "--port", str(free_port())]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(1.0)  # starting: nothing of it can answer yet
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "error:" not in err and "Traceback" not in err, err[-3000:]
+    assert "ingest finished stopped_by=SIGTERM" in err
