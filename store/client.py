@@ -220,6 +220,7 @@ class MilvusStore:
             try:
                 result = fn()
             except Exception as exc:
+                self._check_process(op)
                 if is_not_loaded(exc) and op != "load":
                     self._reload()
                 transient = is_transient(exc) or self._recovering(exc)
@@ -235,6 +236,20 @@ class MilvusStore:
                 raise _classify(op, attempt, exc, transient) from exc
             self._record(op, rows, started, attempt)
             return result
+
+    def _check_process(self, op: str) -> None:
+        """:class:`StoreError` at once when the Milvus Lite child serving the database has
+        exited (killed, out of memory): its port refuses every call, which read as an outage
+        that ingest waited out for its whole budget (300 s by default) before it failed. It
+        is not started again here: rows it had accepted but not flushed are gone with it, and
+        only a restart of the command, which reads its events again from the last committed
+        offset, writes them again."""
+        process = self._process
+        if process is None or process.alive():
+            return
+        raise StoreError(f"{op}: the Milvus Lite process for {process.path} exited "
+                         f"(status {process.returncode}); restart the command to open the "
+                         "database again")
 
     def _recovering(self, exc: BaseException) -> bool:
         """A "collection not found" within :data:`RECOVERY_S` of an unreachable server: a

@@ -70,6 +70,11 @@ class LiteProcess:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it has exited (negative: the signal that ended it)."""
+        return self._proc.poll()
+
     @classmethod
     def start(cls, path: str, *, timeout_s: float = START_TIMEOUT_S,
               lock_wait_s: float | None = None, speedups: bool = True) -> LiteProcess:

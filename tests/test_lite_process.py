@@ -19,7 +19,7 @@ from lookalike.app import open_store
 from lookalike.errors import UserError
 from lookalike.settings import Settings
 from schema.collection import CollectionSpec
-from store import MilvusStore, StoreError, ensure_collections, lite_process
+from store import MilvusStore, StoreError, StoreUnavailableError, ensure_collections, lite_process
 from store.lite_process import LiteProcess, LiteProcessError
 from tests.milvus_support import DIM, record, unit
 
@@ -174,3 +174,30 @@ def test_a_command_closes_its_store_so_the_next_one_can_open_the_database(
         assert main(["models", "--milvus-uri", uri]) == 0
     assert "does not exist yet" in capsys.readouterr().out
     MilvusStore.open(uri, lite_process=True).close()  # the lock is free: no child left
+
+
+def test_a_child_that_died_fails_the_next_call_at_once_not_as_an_outage(
+        tmp_path: Path) -> None:
+    """A killed Milvus Lite child (the OOM killer, a stray kill) refused every call, which the
+    store retried as an outage and ingest waited out for its whole budget (300 s) before it
+    failed. Its unflushed rows are gone with it, so it is not started again behind the
+    caller's back: the next call fails at once, without retries, naming the exit."""
+    spec = CollectionSpec(name="lp", dim=DIM)
+    slept: list[float] = []
+    store = MilvusStore.open(str(tmp_path / "shop.db"), lite_process=True, sleep=slept.append)
+    child = store.lite_process
+    assert child is not None
+    try:
+        _write(store, spec, 3)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while child.alive() and time.monotonic() < deadline:  # reaped by poll()
+            time.sleep(0.05)
+        with pytest.raises(StoreError) as err:
+            store.upsert(spec.name, [record("late", "a", unit(1)).to_row()])
+        assert not isinstance(err.value, StoreUnavailableError)  # nothing to wait for
+        assert "Milvus Lite process" in str(err.value) and "exited (status -9)" in str(err.value)
+        assert "\n" not in str(err.value)
+        assert slept == []  # no retry
+    finally:
+        store.close()
