@@ -18,6 +18,13 @@ from kafka import errors as Errors
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
+from ingest.unreadable import (
+    UnreadableRecord,
+    failed_fetch,
+    keep_raw_fetches,
+    read_failed_batch,
+)
+
 log = logging.getLogger(__name__)
 
 Offsets = dict[TopicPartition, int]
@@ -36,6 +43,11 @@ group when its session times out (a consumer joining meanwhile may wait for that
 OWED_RETRY_S = 1.0
 """How soon offsets a refused commit left owed are tried again when no batch brings a new
 commit (the last batch before a quiet spell, whose commit met a rebalance or an outage)."""
+
+
+class UnreadableRecordError(RuntimeError):
+    """``poll()`` raised ``CorruptRecordError`` and the consumer's state does not say for
+    which partition and offset (a kafka-python other than 3.0.12?): a bug, not an outage."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -83,10 +95,39 @@ class KafkaSource:
         self.on_assigned(tps)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except Errors.CorruptRecordError as exc:
+            return self._read_past(exc, max_records)
         records: list[ConsumerRecord] = []
         for tp_records in batches.values():
             records.extend(tp_records)
+        return records
+
+    def _read_past(self, exc: Errors.CorruptRecordError, max_records: int) -> list[ConsumerRecord]:
+        """``poll()`` raised for a record kafka-python cannot decode (a header key that is not
+        UTF-8, a bad CRC): it would raise at that offset for ever, and a restart (exit 4, "try
+        again later") met it again. The batch it is in is read here instead
+        (ingest/unreadable.py): its records come back, those kafka-python cannot read as
+        :class:`UnreadableRecord` for the dead-letter topic, and the partition goes on after
+        them. Records before it were returned by earlier polls."""
+        failed = failed_fetch(self._consumer)
+        if failed is None:  # kafka-python's state changed: a bug, not an outage (exit 1)
+            raise UnreadableRecordError(
+                f"poll() raised {exc!r} and the consumer does not say where") from exc
+        records, resume = read_failed_batch(
+            failed, str(exc), check_crcs=bool(self._consumer.config.get("check_crcs", True)),
+            max_records=max_records)
+        failed.parsed.drain()  # its reading ended with the error: fetch again from ``resume``
+        try:
+            self._consumer.seek(failed.tp, resume)
+        except ValueError:  # not assigned here any more: its next owner meets the record
+            return []
+        bad = [r.offset for r in records if isinstance(r, UnreadableRecord)]
+        log.warning("partition %d: kafka-python cannot decode a record batch (%s); read it "
+                    "here from offset %d: %d record(s), unreadable (dead-lettered): %s; going "
+                    "on from offset %d", failed.tp.partition, exc, failed.position,
+                    len(records), bad or "none", resume)
         return records
 
     def pause(self) -> None:
@@ -247,8 +288,9 @@ def build_consumer(
     **extra: Any,
 ) -> KafkaConsumer:
     """The consumer as the loop needs it: manual commits, start at the earliest offset for a
-    new group (a backfill must see the whole topic)."""
-    return KafkaConsumer(
+    new group (a backfill must see the whole topic), each fetch's raw bytes kept so that a
+    record kafka-python cannot decode is still dead-lettered (:meth:`KafkaSource.poll`)."""
+    consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers.split(","),
         group_id=group_id,
         client_id=client_id,
@@ -261,3 +303,5 @@ def build_consumer(
         max_poll_interval_ms=max(300_000, session_timeout_ms * 3),
         **extra,
     )
+    keep_raw_fetches(consumer)
+    return consumer

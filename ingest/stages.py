@@ -32,6 +32,7 @@ from ingest.plan import (
     plan_writes,
     select_upserts,
 )
+from ingest.unreadable import UnreadableRecord
 from schema.errors import ItemError, ItemFailure, Reason
 from schema.events import ProductEvent, ProductUpserted, parse_event
 from schema.records import ProductState
@@ -133,6 +134,8 @@ class Batch:
 def parse_record(record: ConsumerRecord) -> ProductEvent:
     """One record -> its event, or an :class:`ItemError` (only): nothing a message contains
     may escape as another exception, or it would stop ingest at this offset for good."""
+    if isinstance(record, UnreadableRecord):  # kafka-python could not decode it
+        raise ItemError(Reason.CORRUPT_RECORD, record.error)
     if record.value is None:
         raise ItemError(Reason.MALFORMED_JSON, "empty record value (tombstone)")
     if record.key is None:

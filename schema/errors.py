@@ -26,6 +26,7 @@ class Reason(str, Enum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     MISSING_KEY = "missing_key"
     KEY_MISMATCH = "key_mismatch"
+    CORRUPT_RECORD = "corrupt_record"
     ALL_IMAGES_FAILED = "all_images_failed"
     PRODUCT_NOT_LISTED = "product_not_listed"
     SUPERSEDED_UPSERT_FAILED = "superseded_upsert_failed"

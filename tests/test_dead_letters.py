@@ -1,8 +1,9 @@
 """Nothing a record contains can escape as an exception, and every dead letter fits.
 
 Other clients send what kafka-python's producer refuses to: Java and librdkafka send header
-values that are null. The tests at the end publish such records on the real broker
-(kafka-python's record builder patched to write them) and run ingest over them.
+values that are null, librdkafka header keys that are not UTF-8. The tests at the end publish
+such records on the real broker (kafka-python's record builder patched to write them) and run
+ingest over them.
 """
 
 from __future__ import annotations
@@ -206,16 +207,26 @@ def test_a_tombstone_without_key_is_sent_with_an_empty_value() -> None:
 
 NULL = b"<null>"
 """A header value the patched record builder writes as null."""
+NOT_UTF8 = "<not utf-8>"
+"""A header key the patched record builder writes as the bytes ``\\xff\\xfe``."""
+
+
+class _RawKey(str):
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"\xff\xfe"
+
+
 @pytest.fixture
 def foreign_producer(bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[KafkaProducer]:
     """A producer that writes the headers Java and librdkafka clients may send (kafka-python's
-    own ``send`` refuses them): ``NULL`` values as null. Records sent before a flush go in one
-    record batch (``linger_ms``)."""
+    own ``send`` refuses them): ``NULL`` values as null, the key ``NOT_UTF8`` as raw bytes.
+    Records sent before a flush go in one record batch (``linger_ms``)."""
     append = default_records.DefaultRecordBatchBuilder.append
 
     def foreign(self: Any, offset: int, timestamp: int, key: Any, value: Any,
                 headers: list[tuple[str, bytes]], *args: Any, **kwargs: Any) -> Any:
-        headers = [(k, None if v == NULL else v) for k, v in headers]
+        headers = [(_RawKey(k) if k == NOT_UTF8 else k, None if v == NULL else v)
+                   for k, v in headers]
         return append(self, offset, timestamp, key, value, headers, *args, **kwargs)
 
     monkeypatch.setattr(default_records.DefaultRecordBatchBuilder, "append", foreign)
@@ -265,5 +276,49 @@ def test_null_header_values_do_not_block_the_dead_letter_topic(
     assert (dead.key, dead.value) == (b"h-null", b"not json")
     assert headers["lookalike.reason"] == b"malformed_json"
     assert (headers["trace"], headers["lookalike.null_headers"]) == (b"", b"1")
+    assert all(committed == end for committed, end in committed_and_end(
+        bootstrap, settings).values())
+
+
+@pytest.mark.kafka
+def test_a_record_kafka_python_cannot_decode_is_dead_lettered_and_the_partition_goes_on(
+        bootstrap: str, unique: str, tmp_path: Path, foreign_producer: KafkaProducer) -> None:
+    """A header key that is not UTF-8 made kafka-python raise CorruptRecordError out of
+    poll(): ingest exited 4 ("try again later"), the restart met it again, and the valid
+    record before it in the same fetch was never applied. Now the record is dead-lettered
+    (``corrupt_record``, its original key and value), and the records around it, in its
+    record batch and after, are indexed."""
+    write_image(tmp_path / "ok.png", seed=1)
+    settings = make_settings(bootstrap, unique, tmp_path / "m.db", [tmp_path],
+                             batch_events=2, outage_budget_s=3.0)
+    topic = settings.kafka.topic
+    create_topics(settings)
+    _publish(foreign_producer, topic, [  # one batch: the bad records between good ones
+        ("ok-a", _upsert("ok-a"), []),
+        ("bad-1", _upsert("bad-1"), [(NOT_UTF8, b"v"), ("keep", b"k")]),
+        ("ok-b", _upsert("ok-b"), []),
+        ("bad-2", b"not json either", [(NOT_UTF8, NULL)]),
+        ("ok-c", _upsert("ok-c"), [("trace", NULL)]),
+    ])
+    _publish(foreign_producer, topic, [("bad-3", _upsert("bad-3"), [(NOT_UTF8, b"")])])
+    _publish(foreign_producer, topic, [("ok-d", _upsert("ok-d"), [])])
+    client = MilvusClient(str(tmp_path / "m.db"))
+    report = run_until_caught_up(settings, TinyEmbedder(), client)
+
+    assert {r["product_id"] for r in rows(client, settings, fields=["product_id"])} == {
+        "ok-a", "ok-b", "ok-c", "ok-d"}
+    assert (report.totals.events, report.totals.applied, report.totals.dead_lettered) == (
+        7, 4, 3)
+    dead = sorted(read_topic(bootstrap, settings.kafka.dlq_topic, expected=3),
+                  key=lambda d: d.key)
+    assert [d.key for d in dead] == [b"bad-1", b"bad-2", b"bad-3"]
+    assert [d.value for d in dead] == [_upsert("bad-1"), b"not json either", _upsert("bad-3")]
+    for d, offset in zip(dead, (1, 3, 5), strict=True):
+        headers = dict(d.headers)
+        assert headers["lookalike.reason"] == b"corrupt_record"
+        assert headers["lookalike.source"] == f"{topic}/0/{offset}".encode()
+        assert b"header key '\\xff\\xfe' is not UTF-8" in headers["lookalike.detail"]
+        assert "\\xff\\xfe" in headers, "the key, its odd bytes escaped"
+    assert dict(dead[0].headers)["keep"] == b"k"
     assert all(committed == end for committed, end in committed_and_end(
         bootstrap, settings).values())
