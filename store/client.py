@@ -143,6 +143,9 @@ class MilvusStore:
         # (it then uses the client's clock, as intended). Set here, after pymilvus' import
         # configured its loggers, which resets the levels of any set before.
         logging.getLogger("pymilvus.client.iterator").setLevel(logging.ERROR)
+        # And it logs a formatted traceback for every failed call (a read-only database: two
+        # dozen lines), which the store raises as one StoreError line (or retries) anyway.
+        logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
         process: LiteProcess | None = None
         connect_uri = uri
         if is_lite_uri(uri):

@@ -25,6 +25,7 @@ dependency of milvus_lite), so it runs whether or not the product is installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import signal
@@ -266,9 +267,22 @@ class _PlainVectors:
 # -- the child ---------------------------------------------------------------------------------
 
 
+class _OneLine(logging.Formatter):
+    """The child's log lines on the shared stderr, one line each: Milvus Lite logs a call it
+    fails with its traceback (a read-only database: 20 lines), which the parent raises as one
+    ``StoreError`` line anyway."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return " ".join(super().format(record).split())[:500]
+
+
 def _child(path: str, lock_wait_s: float, speedups: bool) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine("milvus-lite %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     deadline = time.monotonic() + lock_wait_s
     applied: list[str] = []
     try:

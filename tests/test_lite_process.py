@@ -201,3 +201,26 @@ def test_a_child_that_died_fails_the_next_call_at_once_not_as_an_outage(
         assert slept == []  # no retry
     finally:
         store.close()
+
+
+def test_a_failed_call_is_logged_in_one_line_not_as_tracebacks(tmp_path: Path) -> None:
+    """A call Milvus Lite fails (a read-only database) printed two tracebacks on stderr, the
+    child's (milvus_lite's ``logger.exception``) and pymilvus' (``_log_rpc_error``), around the
+    one ``StoreError`` line the command ends with: the child logs one line per record, and the
+    parent's pymilvus per-call log is off once a store is open."""
+    import logging
+
+    try:
+        raise PermissionError("[Errno 1] Operation not permitted: 'wal_data_000002.arrow'")
+    except PermissionError:
+        record = logging.LogRecord("milvus_lite.adapter.grpc.servicer", logging.ERROR, "x", 1,
+                                   "Upsert failed: %s", ("Operation\nnot permitted",),
+                                   sys.exc_info())
+    line = lite_process._OneLine("milvus-lite %(levelname)s %(name)s: %(message)s").format(record)
+    assert line == ("milvus-lite ERROR milvus_lite.adapter.grpc.servicer: Upsert failed: "
+                    "Operation not permitted")
+    store = MilvusStore.open(str(tmp_path / "shop.db"))
+    try:
+        assert not logging.getLogger("pymilvus.decorators").isEnabledFor(logging.ERROR)
+    finally:
+        store.close()
