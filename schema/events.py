@@ -49,8 +49,9 @@ MAX_NUMBER_CHARS: Final = 40
 """Longest JSON number literal accepted (a 5,000-digit integer must not reach ``int()``)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-"""A URL's start (``scheme://``): an image reference with one is a URL, never a path."""
+SCHEME = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+"""A URL's start (``scheme://``): an image reference with one is a URL, never a path. Leading
+whitespace is allowed before it, as the fields are stripped: ``" http://..."`` is a URL."""
 
 ProductId = Annotated[
     str,

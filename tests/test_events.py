@@ -94,6 +94,19 @@ def test_image_key_is_deterministic_and_inline_bytes_decode() -> None:
         ImageRef(url="https://x/y.jpg", path="y.jpg")
 
 
+def test_a_url_after_whitespace_is_a_url() -> None:
+    # " http://..." missed the URL check and, stripped, became the local path "http://..."
+    # (refused as path_not_allowed: safe, but the wrong reason and the wrong kind of image).
+    event = parse_event(json.dumps(upsert(images=[" https://img.example/a.jpg",
+                                                  "\u00a0http://img.example/b.jpg\n"])))
+    assert isinstance(event, ProductUpserted)
+    assert [i.url for i in event.images] == ["https://img.example/a.jpg",
+                                             "http://img.example/b.jpg"]
+    assert all(i.path is None for i in event.images)
+    with pytest.raises(ItemError, match="http:// or https://"):  # a URL, refused as one
+        parse_event(json.dumps(upsert(images=[" ftp://img.example/a.jpg"])))
+
+
 def test_repeated_image_reference_is_rejected() -> None:
     with pytest.raises(ItemError, match="repeat"):
         parse_event(json.dumps(upsert(images=["a.jpg", "a.jpg"])))
