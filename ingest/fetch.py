@@ -342,8 +342,12 @@ class ImageFetcher:
         if status != 200:
             raise ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP {status}")
         declared = response.getheader("Content-Length")
-        if declared is not None and declared.isdigit():
-            self._check_size(int(declared))
+        if declared is not None:
+            size = _ascii_int(declared)
+            if size is None:  # "²" passes str.isdigit() and fails int(): refused, not a bug
+                raise ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP 200 with an invalid "
+                                "Content-Length")
+            self._check_size(size)
         return self._read_body(sock, response, host, deadline)
 
     def _read_body(
@@ -403,9 +407,18 @@ def _timeout(host: str, deadline_s: float) -> ItemError:
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
-        return None  # HTTP-date forms are rare for images; the backoff applies instead
-    return float(value.strip())
+    seconds = None if value is None else _ascii_int(value)
+    # HTTP-date forms are rare for images; the backoff applies instead
+    return None if seconds is None else float(seconds)
+
+
+def _ascii_int(value: str) -> int | None:
+    """A header's decimal number (ASCII digits only: ``"²"`` and ``"١"`` pass ``isdigit()``,
+    and int() refuses the first and reads the second), else None."""
+    value = value.strip(" \t")
+    if not value or len(value) > 20 or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
 
 
 def _tls_context() -> ssl.SSLContext:

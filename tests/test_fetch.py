@@ -95,6 +95,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
             else:
                 self._send(200, PAYLOAD)
+        elif path == "/superscript-length.jpg":  # Latin-1 0xB2: "²".isdigit() is True
+            self.send_response(200)
+            self.send_header("Content-Length", "\u00b2")
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        elif path == "/superscript-retry.jpg":
+            self.send_response(503)
+            self.send_header("Retry-After", "\u00b2")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/redirect":
             self.send_response(302)
             self.send_header("Location", query)
@@ -185,6 +195,17 @@ def test_url_ok(server: str) -> None:
 )
 def test_url_failures(server: str, path: str, expected: str) -> None:
     assert reason(fetcher(), ImageRef(url=f"{server}{path}")) == expected
+
+
+@pytest.mark.parametrize("path", ["/superscript-length.jpg", "/superscript-retry.jpg"])
+def test_numbers_in_headers_are_ascii_digits(server: str, path: str) -> None:
+    # "²" passes str.isdigit() and int() refuses it: the image failed as a bug (image_error,
+    # "ValueError"); a Content-Length that is no number is a bad answer, a Retry-After is
+    # ignored (the backoff applies).
+    error = failure(fetcher(deadline_s=2.0), ImageRef(url=f"{server}{path}"))
+    assert error.reason.value == "http_status"
+    if "length" in path:
+        assert "Content-Length" in error.detail
 
 
 def test_unreachable_url_names_no_socket_error() -> None:
