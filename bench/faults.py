@@ -17,6 +17,8 @@ Scenarios (see docs/benchmarks.md for what each one measures and its goal):
 * ``ssrf``    -- image URLs aimed at loopback HTTP servers run here; counts what reached them.
 * ``slow``    -- one image dribbled a byte every 2 s; time until the batch's other events are
   searchable.
+* ``hung``    -- two events of 32 images on a host that accepts connections and never answers,
+  then a canary whose image is on another host; time until the canary is written.
 
 Everything runs on 127.0.0.1/::1: a Tansu broker and a Milvus server of its own (started and
 stopped here), Milvus Lite files under ``var/faults/``, HTTP servers in this process. The
@@ -31,6 +33,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -45,12 +48,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.loopback import ImageServer, OutageProxy, wait_until  # noqa: E402
+from bench.loopback import ImageServer, OutageProxy, SilentServer, wait_until  # noqa: E402
 from bench.services import MilvusServer, milvus_available  # noqa: E402
 from lookalike.broker import LocalBroker, tansu_binary, wait_for_port  # noqa: E402
 from schema.events import image_key  # noqa: E402
 
-SCENARIOS = ("kills", "milvus", "broker", "poison", "ssrf", "slow")
+SCENARIOS = ("kills", "milvus", "broker", "poison", "ssrf", "slow", "hung")
 DEFAULT_LUMA = REPO.parent / "shared" / "data" / "luma"
 OUTAGE_S = 30.0
 INGEST_TIMEOUT_S = 300.0
@@ -221,6 +224,15 @@ class Ingest:
 
     def batches_written(self) -> int:
         return int(self.log_path.read_text(errors="replace").count(" batch="))
+
+    def batch_lines(self) -> list[str]:
+        return [line for line in self.log_path.read_text(errors="replace").splitlines()
+                if " batch=" in line]
+
+    def applied(self) -> int:
+        """Events applied, summed over the batch lines logged so far."""
+        return sum(int(m.group(1)) for line in self.batch_lines()
+                   if (m := re.search(r" applied=(\d+)", line)))
 
     def wait_for_first_batch(self, timeout_s: float) -> float | None:
         return wait_until(lambda: self.batches_written() > 0 or not self.alive(), timeout_s, 0.2)
@@ -760,6 +772,63 @@ def scenario_slow(h: Harness) -> Result:
     })
 
 
+def scenario_hung(h: Harness) -> Result:
+    """A host that accepts connections and never answers took every fetch worker for a
+    deadline per image, and other hosts' images queued behind it (a tester's canary became
+    searchable after 81 s). Two events of 32 such images, then a canary on another host
+    (127.0.0.1; the silent host is 127.0.0.2), all in one batch; Milvus Lite."""
+    since = len(h.logs)
+    name = "hung"
+    uri, collection, topic = h.engine_uri("lite", name), "faults_hung", h.topic(name)
+    deadline_name, deadline_s = h.image_deadline_s()
+    goal_s = deadline_s + 5.0
+    wait_s = max(150.0, 10 * deadline_s)
+    silent = SilentServer("127.0.0.2")
+    took = warmed = None
+    failures = "-"
+    canary_requests = 0
+    try:
+        with image_servers(h) as servers:
+            ingest = Ingest(h, name, uri=uri, collection=collection, topic=topic,
+                            env=h.loopback_env(), until_caught_up=False)
+            try:
+                h.kafka.publish_events(topic, [upsert(h.catalog[-1], 1)])
+                warmed = wait_until(lambda: ingest.applied() >= 1 or not ingest.alive(),
+                                    180, 0.5)
+                stalls = [upsert(h.catalog[0], 1, product_id=f"hung-{e}",
+                                 images=[{"url": f"{silent.base}/{e}-{i}.jpg"}
+                                         for i in range(32)]) for e in range(2)]
+                canary = upsert(h.catalog[1], 1, product_id="hung-canary", images=[
+                    {"url": f"http://127.0.0.1:{h.args.http_port}/canary.jpg"}])
+                published = time.monotonic()
+                h.kafka.publish_events(topic, [*stalls, canary])
+                took = wait_until(lambda: ingest.applied() >= 2 or not ingest.alive(),
+                                  wait_s, 0.25)
+                if took is not None:
+                    took = time.monotonic() - published
+                lines = ingest.batch_lines()[1:]
+                failures = ",".join(m.group(1) for line in lines
+                                    if (m := re.search(r"image_failures=(\S+)", line))) or "-"
+                canary_requests = sum(s.count() for s in servers)
+            finally:
+                ingest.stop()
+    finally:
+        silent.stop()
+    stored = {str(r["product_id"]) for r in stored_rows(uri, collection)}
+    letters = h.kafka.dead_letters(f"{topic}.dlq")
+    reasons = Counter(reason for _, reason, _ in letters)
+    ok = (warmed is not None and took is not None and took <= goal_s
+          and "hung-canary" in stored and reasons == {"all_images_failed": 2})
+    return Result("hung-host", ok, {
+        "canary_written_s": f"{took:.1f}" if took is not None else f">{wait_s:.0f}",
+        "goal_s": f"{goal_s:.0f}", "deadline_setting": f"{deadline_name}={deadline_s:g}",
+        "silent_connections": silent.accepted, "canary_requests": canary_requests,
+        "image_failures": failures, "canary_stored": "hung-canary" in stored,
+        "dead_letters": ",".join(f"{r}:{n}" for r, n in sorted(reasons.items())) or "-",
+        "tracebacks": h.tracebacks(since),
+    })
+
+
 def _products(uri: str, collection: str, within: set[str] | None = None) -> int:
     ids = {str(r["product_id"]) for r in stored_rows(uri, collection)}
     return len(ids & within) if within is not None else len(ids)
@@ -834,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
             per = max(1, args.kills // len(engines))
             runs += [(f"kills/{e}", _bind(scenario_kills, h, e, per)) for e in engines]
         table = {"milvus": scenario_milvus, "broker": scenario_broker, "poison": scenario_poison,
-                 "ssrf": scenario_ssrf, "slow": scenario_slow}
+                 "ssrf": scenario_ssrf, "slow": scenario_slow, "hung": scenario_hung}
         runs += [(s, _bind(table[s], h)) for s in SCENARIOS if s in args.only
                  and s != "kills"]
         for label, run in runs:

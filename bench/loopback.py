@@ -3,12 +3,15 @@
 * :class:`ImageServer`: an HTTP server on a loopback address that counts every request it
   receives (the SSRF probe: anything counted was fetched), answers ``/redirect/...`` with a
   302 to another loopback URL, and ``/slow/...`` by dribbling an image one byte at a time.
+* :class:`SilentServer`: accepts connections, reads the requests and never answers: the image
+  host a fetch can only wait out (the ``hung`` scenario; tests/test_ingest_slow_image.py).
 * :class:`OutageProxy`: a TCP forwarder in front of the broker, so the harness can take the
   broker away (refuse and reset every connection) and bring it back with its log intact;
   the local Tansu keeps its log in memory, so stopping the process itself would also erase
   every topic and committed offset.
 
-Every socket here binds 127.0.0.1 or ::1, never a wildcard address.
+Every socket here binds a loopback address (127.0.0.1, another of 127.0.0.0/8 where a test
+needs a second host name, or ::1), never a wildcard address.
 """
 
 from __future__ import annotations
@@ -115,6 +118,64 @@ class ImageServer:
         if self._thread.is_alive():
             self._thread.join(2)
         self._server.server_close()
+
+
+class SilentServer:
+    """Accepts connections on ``host``, reads what the client sends and never answers. Counts
+    the connections it accepted and those the client gave up on (closed)."""
+
+    def __init__(self, host: str = "127.0.0.2", port: int = 0) -> None:
+        if not host.startswith("127."):
+            raise ValueError(f"{host}: loopback only")
+        self._listener = socket.create_server((host, port), backlog=256)
+        self._listener.settimeout(0.1)
+        self.base = f"http://{host}:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._accepted = 0
+        self._closed = 0
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def accepted(self) -> int:
+        with self._lock:
+            return self._accepted
+
+    @property
+    def closed(self) -> int:
+        with self._lock:
+            return self._closed
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with self._lock:
+                self._accepted += 1
+                self._conns.append(conn)
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with suppress(OSError):
+            while conn.recv(65536):
+                pass
+        with self._lock:
+            self._closed += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
 
 class OutageProxy:

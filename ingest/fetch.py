@@ -15,7 +15,13 @@ guarantees below need the socket:
   fetch worker (or the batch waiting for it) longer than the deadline.
 * **Bounded retries** with exponential backoff and jitter for connection errors, timeouts,
   429 and 5xx (``Retry-After`` honoured up to a cap), all inside the deadline.
-* **A per-host concurrency limit**, so one shop's slow CDN cannot take every fetch worker.
+* **A per-host concurrency limit**, below the number of fetch workers, so one shop's slow CDN
+  cannot take every fetch worker. Ingest's images wait for a host's free slot in a queue of
+  their own, not on a worker (ingest/fetch_queue.py); direct callers wait on the slot, within
+  their deadline.
+* **Hosts that keep timing out rest**: after ``HOST_TRIP_AFTER`` images of a host in a row timed
+  out, its next images fail at once (``timeout``) for ``host_rest_s``, doubling while it stays
+  silent: a hung host costs one deadline, not one deadline per image.
 
 ``requests-hardened`` was considered: it pins the connected address and re-checks redirects,
 but checks only the first resolved address, has no allow-list of networks or hosts, and has
@@ -45,7 +51,7 @@ from urllib.parse import urljoin, urlsplit
 from requests.utils import requote_uri
 
 from ingest.egress import Address, EgressPolicy
-from lookalike.settings import ImageSettings
+from lookalike.settings import HOST_TRIP_AFTER, MAX_HOST_REST_S, ImageSettings
 from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 
@@ -72,6 +78,14 @@ class FetchPolicy:
     per_host: int = _DEFAULTS.per_host_connections
     """Connections to one host at once (a waiting fetch counts against its deadline)."""
     max_redirects: int = _DEFAULTS.max_redirects
+    batch_budget_s: float = _DEFAULTS.batch_fetch_budget_s
+    """Most time one batch's images may take to fetch (ingest/fetch_queue.py)."""
+    host_rest_s: float = _DEFAULTS.host_rest_s
+    """First rest of a host whose images keep timing out; 0: hosts never rest."""
+
+
+_MAX_HOSTS = 10_000
+"""Hosts remembered at most; those not resting are forgotten first."""
 
 
 class _Retryable(Exception):
@@ -119,6 +133,70 @@ class _Watchdog:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
+class _HostRest:
+    """Which hosts just timed out, and until when their images fail at once.
+
+    A host that accepts connections and never answers costs each of its images the whole
+    deadline; without this, a batch with 64 of them took 64 / workers deadlines. After
+    ``HOST_TRIP_AFTER`` timeouts in a row a host rests for ``rest_s``; when the rest is over its
+    next image is tried, and one more timeout makes it rest twice as long (up to
+    ``MAX_HOST_REST_S``). Any answer from the host (an image, an HTTP status) forgets all that."""
+
+    def __init__(self, rest_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rest_s = rest_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._timeouts: dict[str, int] = {}
+        self._until: dict[str, tuple[float, float]] = {}
+        """host -> (rest ends, length of that rest)."""
+
+    def resting(self, host: str) -> ItemError | None:
+        """The failure for an image of ``host`` while it rests, else None."""
+        with self._lock:
+            until, rest_s = self._until.get(host, (0.0, 0.0))
+            left = until - self._clock()
+            if left <= 0:
+                return None
+            timeouts = self._timeouts.get(host, 0)
+        return ItemError(
+            Reason.TIMEOUT,
+            f"{host}: not tried, {timeouts} of its images in a row timed out; it rests "
+            f"{left:.1f}s more of {rest_s:g}s (LOOKALIKE_IMAGES__HOST_REST_S)",
+        )
+
+    def suspect(self, host: str) -> bool:
+        """Whether the host's last image timed out and nothing has answered since."""
+        with self._lock:
+            return host in self._timeouts
+
+    def timed_out(self, host: str) -> None:
+        if self._rest_s <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            if len(self._timeouts) >= _MAX_HOSTS:
+                self._forget(now)
+            count = self._timeouts.get(host, 0) + 1
+            self._timeouts[host] = count
+            until, last = self._until.get(host, (0.0, 0.0))
+            if count < HOST_TRIP_AFTER or until > now:  # fetches started before it rested
+                return
+            rest_s = min(MAX_HOST_REST_S, last * 2 if last else self._rest_s)
+            self._until[host] = (now + rest_s, rest_s)
+        log.warning("image host %s timed out %d times in a row: its images fail at once for "
+                    "%.0fs", host, count, rest_s)
+
+    def answered(self, host: str) -> None:
+        with self._lock:
+            self._timeouts.pop(host, None)
+            self._until.pop(host, None)
+
+    def _forget(self, now: float) -> None:
+        for host in [h for h in self._timeouts if self._until.get(h, (0.0, 0.0))[0] <= now]:
+            self._timeouts.pop(host, None)
+            self._until.pop(host, None)
+
+
 class ImageFetcher:
     """Gets the raw bytes of an image reference. Thread-safe: one instance serves a pool."""
 
@@ -140,6 +218,7 @@ class ImageFetcher:
         self._sleep = sleep
         self._tls = tls or _tls_context()
         self._watchdog = _Watchdog()
+        self._rest = _HostRest(self._policy.host_rest_s)
         self._resolver = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="resolve"
         )
@@ -152,15 +231,37 @@ class ImageFetcher:
     def deadline_s(self) -> float:
         return self._policy.deadline_s
 
-    def fetch(self, image: ImageRef) -> bytes:
+    @property
+    def policy(self) -> FetchPolicy:
+        return self._policy
+
+    def fetch(self, image: ImageRef, *, cutoff: float | None = None) -> bytes:
+        """The image's bytes, or an :class:`ItemError`. ``cutoff``: a ``time.monotonic()``
+        by which the caller needs the answer (a batch's fetch budget), when it comes before
+        the image's own deadline; an image it cuts short fails as ``timeout`` too."""
         if image.data is not None:
             data = image.inline_bytes()
             self._check_size(len(data))
             return data
         if image.url is not None:
-            return self._fetch_url(image.url)
+            return self._fetch_url(image.url, cutoff)
         assert image.path is not None
         return self._read_path(image.path)
+
+    @staticmethod
+    def host_of(image: ImageRef) -> str | None:
+        """The host an image URL is fetched from (the key of the per-host limit and of the
+        rests); None for paths, inline bytes and URLs without a usable host."""
+        return _host_key(image.url) if image.url is not None else None
+
+    def resting(self, host: str) -> ItemError | None:
+        """The failure an image of ``host`` gets at once while the host rests, else None."""
+        return self._rest.resting(host)
+
+    def suspect(self, host: str) -> bool:
+        """Whether the last image of ``host`` timed out and nothing has answered since: its
+        next image had better be tried alone (a second timeout makes it rest)."""
+        return self._rest.suspect(host)
 
     def _check_size(self, size: int) -> None:
         if size > self._max_bytes:
@@ -203,9 +304,34 @@ class ImageFetcher:
 
     # -- URLs ---------------------------------------------------------------------------
 
-    def _fetch_url(self, url: str) -> bytes:
+    def _fetch_url(self, url: str, cutoff: float | None) -> bytes:
+        """The attempts, with the host's rest checked before and noted after."""
+        host = _host_key(url)
+        if host is not None and (resting := self._rest.resting(host)) is not None:
+            raise resting
+        own = time.monotonic() + self._policy.deadline_s
+        deadline = own if cutoff is None else min(own, cutoff)
+        try:
+            if time.monotonic() >= deadline:  # the budget ran out before this image's turn
+                raise _timeout(host or "the host", self._policy.deadline_s)
+            data = self._attempts(url, deadline)
+        except ItemError as exc:
+            if exc.reason is Reason.TIMEOUT and deadline < own:  # not the host's doing
+                raise ItemError(Reason.TIMEOUT, f"{host or url[:200]}: cut off when the "
+                                "batch's fetch budget ran out "
+                                "(LOOKALIKE_IMAGES__BATCH_FETCH_BUDGET_S)") from None
+            if host is not None and exc.reason is Reason.TIMEOUT:
+                if not isinstance(exc, _NoSlot):
+                    self._rest.timed_out(host)
+            elif host is not None and exc.reason is Reason.HTTP_STATUS:
+                self._rest.answered(host)
+            raise
+        if host is not None:
+            self._rest.answered(host)
+        return data
+
+    def _attempts(self, url: str, deadline: float) -> bytes:
         """Attempts within one deadline; only transient failures are tried again."""
-        deadline = time.monotonic() + self._policy.deadline_s
         attempt = 0
         while True:
             attempt += 1
@@ -386,6 +512,11 @@ class ImageFetcher:
         return _Retryable(ItemError(Reason.UNREACHABLE, f"{host}: connection failed"))
 
 
+class _NoSlot(ItemError):
+    """A timeout waiting for a host's slot: says nothing of the host (not counted in its
+    rest), only that its other fetches were slow."""
+
+
 class _Slot:
     """A per-host connection slot, waited for within the image's deadline."""
 
@@ -396,7 +527,7 @@ class _Slot:
 
     def __enter__(self) -> None:
         if not self._semaphore.acquire(timeout=max(0.0, self._deadline - time.monotonic())):
-            raise ItemError(Reason.TIMEOUT, f"{self._host}: no free connection slot in time")
+            raise _NoSlot(Reason.TIMEOUT, f"{self._host}: no free connection slot in time")
 
     def __exit__(self, *_exc: object) -> None:
         self._semaphore.release()
@@ -419,6 +550,14 @@ def _ascii_int(value: str) -> int | None:
     if not value or len(value) > 20 or not (value.isascii() and value.isdigit()):
         return None
     return int(value)
+
+
+def _host_key(url: str) -> str | None:
+    """A URL's host name as the per-host limit and the rests know it (lower case)."""
+    try:
+        return urlsplit(url).hostname or None
+    except ValueError:
+        return None
 
 
 def _tls_context() -> ssl.SSLContext:

@@ -32,13 +32,20 @@ def load_image_ref(
     max_pixels: int,
     min_size: int | None = None,
     cpu_slot: AbstractContextManager[object] | None = None,
+    cutoff: float | None = None,
+    fetched: Callable[[], None] | None = None,
 ) -> T:
     """Fetch ``image``, decode it, and hand it to ``then`` (e.g. the model's preprocessing),
     decoding and ``then`` inside ``cpu_slot`` (CPU work is rationed; fetching is not).
+    ``cutoff`` and ``fetched``: see ingest/fetch_queue.py (``Load``).
 
     Raises only :class:`ItemError`."""
     try:
-        data = fetcher.fetch(image)
+        try:
+            data = fetcher.fetch(image, cutoff=cutoff)
+        finally:
+            if fetched is not None:
+                fetched()
         with cpu_slot or nullcontext():
             return then(decode_image(data, max_pixels, min_size=min_size))
     except ItemError:

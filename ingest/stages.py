@@ -22,6 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from ingest.dlq import DeadLetterQueue
 from ingest.fetch import ImageFetcher
+from ingest.fetch_queue import FetchQueue
 from ingest.load import load_image_ref
 from ingest.outage import OutageWait
 from ingest.plan import (
@@ -34,7 +35,7 @@ from ingest.plan import (
 )
 from ingest.unreadable import UnreadableRecord
 from schema.errors import ItemError, ItemFailure, Reason
-from schema.events import ProductEvent, ProductUpserted, parse_event
+from schema.events import ImageRef, ProductEvent, ProductUpserted, parse_event
 from schema.records import ProductState
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,9 @@ class Stages:
         self._embedder = embedder
         self._sink = sink
         self._dlq = dlq
-        self._pool = pool
+        # Images wait for their host in queues of their own, not on a pool thread, and a
+        # batch's fetching has a budget (ingest/fetch_queue.py).
+        self._fetches = FetchQueue(fetcher, pool)
         self._max_pixels = max_pixels
         # Fetching is I/O and runs on every pool thread; decoding is CPU and runs on at most
         # decode_workers of them at once, so it does not preempt CPU inference (see settings).
@@ -203,30 +206,28 @@ class Stages:
         # pipeline fills up, the poll loop pauses the partitions and keeps polling.
         self._outage = outage
 
-    def _load(self, event: ProductUpserted, index: int) -> np.ndarray:
+    def _load(self, image: ImageRef, cutoff: float, fetched: Callable[[], None]) -> np.ndarray:
         return load_image_ref(
-            self._fetcher, event.images[index], self._embedder.prepare,
+            self._fetcher, image, self._embedder.prepare,
             max_pixels=self._max_pixels, min_size=self._embedder.decode_size,
-            cpu_slot=self._decode_slots,
+            cpu_slot=self._decode_slots, cutoff=cutoff, fetched=fetched,
         )
 
     def prepare(self, batch: Batch) -> None:
         """Fetch, decode and preprocess the images of the upserts worth embedding."""
         started = time.perf_counter()
         chosen = self._not_yet_stored(select_upserts(batch.items))
-        futures = []
+        jobs: list[tuple[str, int]] = []
         for product_id, event in chosen.items():
             batch.embedded[product_id] = EmbeddedProduct(event)
-            for index in range(len(event.images)):
-                futures.append((product_id, index, self._pool.submit(self._load, event, index)))
-        for product_id, index, future in futures:
-            try:
-                array = future.result()
-            except ItemError as exc:
-                self._fail_image(batch, product_id, index, exc.failure)
+            jobs.extend((product_id, index) for index in range(len(event.images)))
+        images = [chosen[product_id].images[index] for product_id, index in jobs]
+        for job, outcome in zip(jobs, self._fetches.map(images, self._load), strict=True):
+            if isinstance(outcome, ItemFailure):
+                self._fail_image(batch, *job, outcome)
                 continue
-            batch.jobs.append((product_id, index))
-            batch.prepared.append(array)
+            batch.jobs.append(job)
+            batch.prepared.append(outcome)
         batch.stats.decode_s = time.perf_counter() - started
 
     def _not_yet_stored(self, chosen: dict[str, ProductUpserted]) -> dict[str, ProductUpserted]:

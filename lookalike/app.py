@@ -408,6 +408,7 @@ def build_fetcher(images: ImageSettings) -> ImageFetcher:
             deadline_s=images.timeout_s, max_attempts=images.max_attempts,
             backoff_s=images.retry_backoff_s, retry_after_max_s=images.retry_after_max_s,
             per_host=images.per_host_connections, max_redirects=images.max_redirects,
+            batch_budget_s=images.batch_fetch_budget_s, host_rest_s=images.host_rest_s,
         ),
     )
 

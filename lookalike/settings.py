@@ -183,6 +183,13 @@ def _cidr(value: str) -> str:
     return value
 
 
+HOST_TRIP_AFTER = 2
+"""Images of one host timing out in a row that make it rest (``host_rest_s``). One is not
+enough: a single huge photo on a slow link times out on a healthy host."""
+MAX_HOST_REST_S = 300
+"""The longest rest: a host that stays silent is tried again at least this often."""
+
+
 class ImageSettings(_Group):
     roots: list[Path] = Field(
         default_factory=list, description="Local folders that image paths may point into"
@@ -196,8 +203,12 @@ class ImageSettings(_Group):
     retry_backoff_s: float = Field(default=0.25, ge=0, le=60,
                                    description="First retry delay; doubles")
     retry_after_max_s: float = Field(default=5.0, ge=0, le=600, description="Cap on a Retry-After")
-    per_host_connections: int = Field(default=8, ge=1, le=256,
-                                      description="Fetches of one host at once")
+    per_host_connections: int = Field(
+        default=4, ge=1, le=256,
+        description="Fetches of one host at once; keep it below FETCH_WORKERS, so that a host "
+        "that never answers leaves workers to the others (ingest's other images of that host "
+        "wait in a queue, not on a worker)",
+    )
     max_redirects: int = Field(default=5, ge=0, le=20, description="Redirect hops per image URL")
     allow_networks: list[str] = Field(
         default_factory=list,
@@ -225,6 +236,18 @@ class ImageSettings(_Group):
             raise ValueError("an image root must be a folder, not an empty path")
         return value
     fetch_workers: int = Field(default=8, ge=1, le=256, description="Images fetched at once")
+    batch_fetch_budget_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Most time one ingest batch's images may take to fetch, however many of "
+        "them wait for a slow host; images not fetched by then fail as `timeout` (the event "
+        "keeps its other images). Below TIMEOUT_S it shortens the images' deadline too",
+    )
+    host_rest_s: float = Field(
+        default=5.0, ge=0, le=MAX_HOST_REST_S,
+        description=f"When {HOST_TRIP_AFTER} images of a host time out in a row, its next "
+        "images fail at once (`timeout`) for this long; a timeout after a rest doubles it (up "
+        f"to {MAX_HOST_REST_S:g} s), an answer from the host ends it. 0: hosts never rest",
+    )
     decode_workers: int | None = Field(
         default=None, ge=1, le=256,
         description="Images decoded at once (of the fetch workers). Default: every core when "

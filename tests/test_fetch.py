@@ -21,9 +21,11 @@ from typing import ClassVar
 
 import pytest
 
+from bench.loopback import SilentServer
 from ingest.egress import EgressPolicy, is_public
-from ingest.fetch import FetchPolicy, ImageFetcher
+from ingest.fetch import FetchPolicy, ImageFetcher, _HostRest
 from lookalike.broker import free_port
+from lookalike.settings import MAX_HOST_REST_S
 from schema.errors import ItemError
 from schema.events import ImageRef
 
@@ -312,6 +314,64 @@ def test_per_host_concurrency_is_limited(server: str) -> None:
     for t in threads:
         t.join()
     assert _State.max_active == 1
+
+
+@pytest.fixture
+def hung() -> Iterator[SilentServer]:
+    server = SilentServer("127.0.0.2")
+    yield server
+    server.stop()
+
+
+def test_a_host_that_keeps_timing_out_rests(hung: SilentServer, server: str) -> None:
+    fetch = fetcher(deadline_s=0.5, host_rest_s=60.0)
+    for i in range(2):
+        assert reason(fetch, ImageRef(url=f"{hung.base}/{i}.jpg")) == "timeout"
+    assert hung.accepted == 2
+    error = failure(fetch, ImageRef(url=f"{hung.base}/2.jpg"))
+    assert error.reason.value == "timeout" and "not tried" in error.detail
+    assert "LOOKALIKE_IMAGES__HOST_REST_S" in error.detail
+    assert hung.accepted == 2  # failed at once, without a connection
+    assert fetch.fetch(ImageRef(url=f"{server}/ok.jpg")) == PAYLOAD  # another host: as ever
+
+
+def test_one_timeout_or_an_answer_does_not_make_a_host_rest(server: str) -> None:
+    fetch = fetcher(deadline_s=0.5, host_rest_s=60.0)
+    assert reason(fetch, ImageRef(url=f"{server}/slow.jpg")) == "timeout"
+    assert fetch.fetch(ImageRef(url=f"{server}/ok.jpg")) == PAYLOAD
+    assert reason(fetch, ImageRef(url=f"{server}/slow.jpg")) == "timeout"
+    assert fetch.fetch(ImageRef(url=f"{server}/ok.jpg")) == PAYLOAD
+    assert not fetch.suspect("127.0.0.1")
+
+
+def test_rests_double_while_a_host_stays_silent() -> None:
+    now = [0.0]
+    rest = _HostRest(5.0, clock=lambda: now[0])
+    rest.timed_out("h")
+    assert rest.resting("h") is None and rest.suspect("h")
+    rest.timed_out("h")
+    assert rest.resting("h") is not None
+    rest.timed_out("h")  # a fetch that started before the rest: it does not lengthen it
+    now[0] = 5.1
+    assert rest.resting("h") is None  # rested: its next image is tried
+    rest.timed_out("h")  # ...and timed out: twice as long
+    now[0] = 5.1 + 9.9
+    assert rest.resting("h") is not None
+    now[0] = 5.1 + 10.1
+    assert rest.resting("h") is None
+    for length in (20.0, 40.0, 80.0, 160.0, MAX_HOST_REST_S, MAX_HOST_REST_S):
+        rest.timed_out("h")
+        now[0] += length - 0.1
+        assert rest.resting("h") is not None
+        now[0] += 0.2
+        assert rest.resting("h") is None
+    rest.answered("h")
+    rest.timed_out("h")
+    assert rest.resting("h") is None  # an answer starts the count again
+    off = _HostRest(0.0, clock=lambda: now[0])
+    for _ in range(5):
+        off.timed_out("h")
+    assert off.resting("h") is None
 
 
 # -- local paths and inline bytes -------------------------------------------------------
