@@ -204,10 +204,10 @@ class ImageSettings(_Group):
                                    description="First retry delay; doubles")
     retry_after_max_s: float = Field(default=5.0, ge=0, le=600, description="Cap on a Retry-After")
     per_host_connections: int = Field(
-        default=4, ge=1, le=256,
-        description="Fetches of one host at once; keep it below FETCH_WORKERS, so that a host "
-        "that never answers leaves workers to the others (ingest's other images of that host "
-        "wait in a queue, not on a worker)",
+        default=8, ge=1, le=256,
+        description="Fetches of one host at once (ingest's other images of that host wait in a "
+        "queue, not on a worker); below FETCH_WORKERS, a host that never answers leaves workers "
+        "to the others until it rests, at the cost of what one host can fetch at once",
     )
     max_redirects: int = Field(default=5, ge=0, le=20, description="Redirect hops per image URL")
     allow_networks: list[str] = Field(

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 from ingest.fetch import FetchPolicy, ImageFetcher
 from ingest.fetch_queue import FetchQueue
-from lookalike.settings import ImageSettings
 from schema.errors import ItemError, ItemFailure, Reason
 from schema.events import ImageRef
 
@@ -23,11 +22,6 @@ def _fetcher(**policy: float) -> ImageFetcher:
 
 def _urls(host: str, n: int) -> list[ImageRef]:
     return [ImageRef(url=f"http://{host}/{i}.jpg") for i in range(n)]
-
-
-def test_the_default_per_host_limit_leaves_workers_to_other_hosts() -> None:
-    images = ImageSettings()
-    assert images.per_host_connections <= images.fetch_workers // 2
 
 
 def test_a_busy_hosts_images_wait_without_a_worker_while_others_go_ahead() -> None:
