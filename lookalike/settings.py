@@ -237,7 +237,7 @@ class ImageSettings(_Group):
         return value
     fetch_workers: int = Field(default=8, ge=1, le=256, description="Images fetched at once")
     batch_fetch_budget_s: float = Field(
-        default=30.0, gt=0, le=3600,
+        default=120.0, gt=0, le=3600,
         description="Most time one ingest batch's images may take to fetch, however many of "
         "them wait for a slow host; images not fetched by then fail as `timeout` (the event "
         "keeps its other images). Below TIMEOUT_S it shortens the images' deadline too",
