@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -282,21 +282,18 @@ def _terminate(_signum: int, _frame: FrameType | None) -> None:
     raise Terminated
 
 
-def _raising_on_sigterm() -> AbstractContextManager[object]:
-    return signals.handling(_terminate, [signal.SIGTERM])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in STOP_GRACEFULLY:
-        with holding_stop_signals():  # before the settings, the imports, Keras and the model
-            return _main(args, nullcontext)
-    return _main(args, _raising_on_sigterm)
+    graceful = args.command in STOP_GRACEFULLY
+    # Held from here: before the settings, the imports, Keras and the model.
+    with holding_stop_signals() if graceful else nullcontext():
+        return _main(args, graceful)
 
 
-def _main(args: argparse.Namespace,
-          stop_signals: Callable[[], AbstractContextManager[object]]) -> int:
-    """The command ``args`` names, with ``stop_signals`` handling SIGTERM while it runs."""
+def _main(args: argparse.Namespace, graceful: bool) -> int:
+    """The command ``args`` names; SIGTERM raises :class:`Terminated` while it runs, unless it
+    is one of the ``graceful`` commands (:data:`STOP_GRACEFULLY`), whose held signal its own
+    handler takes over."""
     prog = f"lookalike {args.command}"
     try:
         settings = Settings()
@@ -339,7 +336,7 @@ def _main(args: argparse.Namespace,
         )
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
-        with stop_signals():
+        with nullcontext() if graceful else signals.handling(_terminate, [signal.SIGTERM]):
             return int(handler(settings, args))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM where no handler stops gracefully
         terminated = isinstance(exc, Terminated)
