@@ -99,7 +99,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool, \
                 warming_up(embedder) as model_warm:
             app = build_api(settings, embedder, versions, registry, pool, model_warm)
-            server = BackgroundServer(app, s.host, s.port, sockets)
+            server = BackgroundServer(app, s.host, s.port, sockets,
+                                      max_connections=s.max_connections)
             log.info("serving %s on %s (model %s)", versions.base, server.url,
                      embedder.model_version)
             try:
@@ -143,7 +144,8 @@ def _ingest_while_serving(settings: Settings, embedder: Any, versions: ModelVers
 
     s = settings.serve
     try:
-        server = BackgroundServer(app, s.host, s.port, sockets).start()
+        server = BackgroundServer(app, s.host, s.port, sockets,
+                                  max_connections=s.max_connections).start()
     except ServerStartError as exc:
         raise _start_failed(exc) from None
     print(f"API on {server.url} ({versions.base}, model {embedder.model_version}); "

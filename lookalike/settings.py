@@ -386,6 +386,16 @@ class ServeSettings(_Group):
                                   description="Largest request body (all uploaded views)")
     workers: int = Field(default=4, ge=1, le=256,
                          description="Queries embedded and searched at once")
+    max_connections: int = Field(default=128, ge=1, le=65536,
+                                 description="Connections and requests served at once; a "
+                                 "request beyond them is answered 503 at once (uvicorn's "
+                                 "limit_concurrency)")
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600,
+                                  description="Longest time to receive a request body; a "
+                                  "slower one is answered 408 and its connection closed")
+    body_idle_s: float = Field(default=10.0, gt=0, le=3600,
+                               description="Longest pause within a request body (408 and "
+                               "closed as well)")
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -41,6 +41,7 @@ from pydantic import (
 )
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from embedding.decode import ImageDecodeError
 from lookalike.settings import MAX_K, SearchSettings, ServeSettings
@@ -57,7 +58,7 @@ from serve.errors import error_response
 from serve.health import Readiness
 from serve.images import CatalogImage, ImageRefused, ImageRoots
 from serve.metrics import SearchMetrics, TimedEmbedder
-from serve.middleware import ObserveRequests, UploadTooLarge
+from serve.middleware import BodyRefused, ObserveRequests, refusal
 from store import MilvusStore
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,18 @@ Match = Literal["similar", "exact"]
 _SEARCH = SearchSettings()
 _SERVE = ServeSettings()
 
+MAX_JSON_BYTES = 1024 * 1024
+"""The cap on a body that is not a multipart upload. A JSON query carries no image (uploads
+are multipart): its largest valid form is a vector of :data:`MAX_VECTOR_LENGTH` numbers
+(~25 bytes each as ``json.dumps`` writes a float64: ~200 KB) with 64 categories; the upload
+cap (``serve.max_upload_bytes``, 20 MiB) let a JSON body hold that much memory."""
+
+MAX_VECTOR_LENGTH = 8192
+PARSE_INLINE_BYTES = 64 * 1024
+"""JSON bodies up to this size are parsed on the event loop (tens of microseconds); larger
+ones on a thread, so a few large bodies do not hold up every other request (four 19 MiB
+bodies held ``/livez`` up to 2 s). Not on the search pool: it bounds the queries."""
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -81,6 +94,9 @@ class ServeConfig:
     compare_k: int = _SEARCH.compare_k
     compare_threshold: float = _SEARCH.compare_threshold
     max_upload_bytes: int = _SERVE.max_upload_bytes
+    max_json_bytes: int = MAX_JSON_BYTES
+    body_timeout_s: float = _SERVE.body_timeout_s
+    body_idle_s: float = _SERVE.body_idle_s
 
 
 class ApiError(Exception):
@@ -175,7 +191,7 @@ class SearchBody(SearchOptions):
     """JSON query: exactly one of ``vector`` (from the serving model) or ``product_id``."""
 
     vector: list[StrictFloat] | None = Field(
-        default=None, max_length=8192,
+        default=None, max_length=MAX_VECTOR_LENGTH,
         description="numbers as JSON numbers: \"0.1\" or true is refused, not read as one")
     product_id: str | None = Field(default=None, max_length=512)
 
@@ -272,23 +288,17 @@ def create_app(
         images = [await f.read() for f in files]
         return images, _form_fields(form)
 
-    def options_from(model: type[FilterOptions], fields: dict[str, Any]) -> Any:
-        try:
-            return model.model_validate(fields)
-        except ValidationError as exc:
-            raise ApiError(422, "invalid_request", _first_error(exc)) from None
-
     @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchForm),
               summary="Products that look like uploaded photos, a vector, or a stored product")
     async def search_endpoint(request: Request) -> dict[str, Any]:
         if _is_multipart(request):
             images, fields = await uploads(request)
-            options = options_from(SearchForm, fields)
+            options = _validated(SearchForm, fields)
             k = options.k or config.default_k
             hits = await run(partial(search.by_images, images, k=k,
                                      filter=options.search_filter(), **matching(options)))
         else:
-            body = options_from(SearchBody, await _read_json(request))
+            body = await _read_json(request, SearchBody)
             k = body.k or config.default_k
             if (body.vector is None) == (body.product_id is None):
                 raise ApiError(422, "invalid_request",
@@ -318,14 +328,14 @@ def create_app(
             images, fields = await uploads(request)
             if len(images) != 1:
                 raise ApiError(422, "invalid_request", "compare one image at a time")
-            body = options_from(CompareForm, fields)
+            body: CompareForm | CompareBody = _validated(CompareForm, fields)
             query: dict[str, Any] = {"image": images[0]}
         else:
-            body = options_from(CompareBody, await _read_json(request))
-            if body.product_id is None:
+            body = by_id = await _read_json(request, CompareBody)
+            if by_id.product_id is None:
                 raise ApiError(422, "invalid_request",
                                "give 'product_id' (or upload an image as multipart/form-data)")
-            query = {"product_id": body.product_id}
+            query = {"product_id": by_id.product_id}
         threshold = body.threshold if body.threshold is not None else config.compare_threshold
         try:
             matches = await run(partial(search.compare_prices, **query, threshold=threshold,
@@ -373,7 +383,8 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _error_handlers(app)
     app.add_middleware(ObserveRequests, metrics=metrics, max_body_bytes=config.max_upload_bytes,
-                       routes=app.routes)
+                       max_json_bytes=config.max_json_bytes, body_timeout_s=config.body_timeout_s,
+                       body_idle_s=config.body_idle_s, routes=app.routes)
     return app
 
 
@@ -381,8 +392,25 @@ def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith("multipart/form-data")
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], fields: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _first_error(exc)) from None
+
+
+async def _read_json(request: Request, model: type[M]) -> M:
+    """The body as ``model``: parsed and validated on a thread when it is large."""
     raw = await request.body()
+    if len(raw) > PARSE_INLINE_BYTES:
+        return await asyncio.to_thread(_parse_json, raw, model)
+    return _parse_json(raw, model)
+
+
+def _parse_json(raw: bytes, model: type[M]) -> M:
     try:
         check_nesting(raw)  # json.loads recurses per level: 200,000 '[' are a RecursionError
         body = json.loads(raw)
@@ -393,7 +421,7 @@ async def _read_json(request: Request) -> dict[str, Any]:
                        "multipart/form-data)") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the JSON body must be an object")
-    return body
+    return _validated(model, body)
 
 
 def _form_fields(form: FormData) -> dict[str, Any]:
@@ -413,7 +441,7 @@ async def _read_form(request: Request, max_bytes: int) -> FormData:
     try:
         return await request.form(max_files=MAX_QUERY_VECTORS, max_fields=64,
                                   max_part_size=64 * 1024)
-    except UploadTooLarge:
+    except (BodyRefused, ClientDisconnect):
         raise
     except StarletteHTTPException as exc:  # starlette's own limits (too many files, ...)
         raise ApiError(exc.status_code, "bad_upload", str(exc.detail)) from None
@@ -438,9 +466,9 @@ def _error_handlers(app: FastAPI) -> None:
                               "not_found" if exc.status_code == 404 else "http_error",
                               str(exc.detail))
 
-    @app.exception_handler(UploadTooLarge)
-    async def too_large(_: Request, exc: UploadTooLarge) -> JSONResponse:
-        return error_response(413, "upload_too_large", str(exc))
+    @app.exception_handler(BodyRefused)
+    async def body_refused(_: Request, exc: BodyRefused) -> Response:
+        return refusal(exc)
 
     @app.exception_handler(ImageDecodeError)
     async def not_an_image(_: Request, exc: ImageDecodeError) -> JSONResponse:

@@ -1,9 +1,15 @@
-"""One ASGI wrapper around the app: request metrics and the upload size cap.
+"""One ASGI wrapper around the app: request metrics and the limits on request bodies.
 
 Plain ASGI rather than ``BaseHTTPMiddleware``: it adds no task or stream copy per request,
-which matters when the whole search takes a few milliseconds. The body cap counts the bytes
+which matters when the whole search takes a few milliseconds. The body caps count the bytes
 as they arrive (a chunked upload has no Content-Length to trust), so an oversized upload is
-refused before it is buffered.
+refused before it is buffered: a multipart upload may carry ``max_body_bytes``, any other body
+(the JSON queries, a few KiB) ``max_json_bytes``. A body must also arrive in time: within
+``body_timeout_s`` of the request's headers, with no pause longer than ``body_idle_s``, or it
+is a 408 and the connection is closed; a client that stalls or drips its body held a
+connection and the bytes it had sent for as long as it liked (20 stalled 19 MiB bodies: ~400
+MB for 75 s and more). A client that goes away before its body is read is counted with
+status 499 (no answer can reach it), not as a 500 with a traceback.
 
 Requests are counted by route template (``/v1/products/{product_id}/similar``, never the
 product id): the one the router matched, or, for a body refused by its Content-Length before
@@ -12,18 +18,50 @@ routing, the one it would have matched.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.errors import error_response
 from serve.metrics import SearchMetrics
 
+log = logging.getLogger(__name__)
 
-class UploadTooLarge(Exception):
-    """The request body passed the configured cap (answered 413)."""
+CLIENT_GONE = 499
+"""The status counted for a request whose client went away before its body was read (nginx's
+code for it): no answer is sent, and it is not the server's failure."""
+
+
+class BodyRefused(Exception):
+    """A request body refused while it arrives: answered ``status`` with ``code`` in the
+    API's error shape, and the connection closed (the rest of the body is not read)."""
+
+    status = 400
+    code = "bad_body"
+
+
+class UploadTooLarge(BodyRefused):
+    """The request body passed its cap."""
+
+    status = 413
+    code = "upload_too_large"
+
+
+class BodyTooSlow(BodyRefused):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "body_timeout"
+
+
+def refusal(exc: BodyRefused) -> Response:
+    return error_response(exc.status, exc.code, str(exc), headers={"Connection": "close"})
 
 
 class ObserveRequests:
@@ -31,32 +69,59 @@ class ObserveRequests:
     routing."""
 
     def __init__(self, app: ASGIApp, metrics: SearchMetrics, *, max_body_bytes: int,
+                 max_json_bytes: int, body_timeout_s: float, body_idle_s: float,
                  routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self._metrics = metrics
-        self._max = max_body_bytes
+        self._max_upload = max_body_bytes
+        self._max_json = max_json_bytes
+        self._timeout_s = body_timeout_s
+        self._idle_s = body_idle_s
         self._routes = routes
-        self._too_large = f"the request body is over {max_body_bytes} bytes"
+
+    def _cap(self, headers: dict[bytes, bytes]) -> tuple[int, str]:
+        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+            return self._max_upload, f"the request body is over {self._max_upload} bytes"
+        return self._max_json, (f"a body that is not multipart/form-data (a JSON query) is "
+                                f"over {self._max_json} bytes; upload images as "
+                                "multipart/form-data")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max:
-            refusal = error_response(413, "upload_too_large", self._too_large)
-            await refusal(scope, receive, send)
+        headers = dict(scope.get("headers", ()))
+        cap, too_large = self._cap(headers)
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            await refusal(UploadTooLarge(too_large))(scope, receive, send)
             self._count(scope, 413, 0.0, route=self._route_for(scope))
             return
         status = 500
         seen = 0
+        body_done = False
+        started = time.perf_counter()
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            """The next part of the body, within the deadlines; once the body is whole,
+            ``receive`` as it is (a streaming answer may wait on it for a disconnect)."""
+            nonlocal seen, body_done
+            if body_done:
+                return await receive()
+            left = self._timeout_s - (time.perf_counter() - started)
+            wait = min(self._idle_s, left)
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(
+                    f"the request body did not arrive within {self._timeout_s:g} s"
+                    if wait == left else
+                    f"no part of the request body came for {self._idle_s:g} s") from None
+            body_done = message["type"] != "http.request" or not message.get("more_body")
             seen += len(message.get("body", b""))
-            if seen > self._max:
-                raise UploadTooLarge(self._too_large)
+            if seen > cap:
+                raise UploadTooLarge(too_large)
             return message
 
         async def recording_send(message: Message) -> None:
@@ -65,10 +130,13 @@ class ObserveRequests:
                 status = int(message["status"])
             await send(message)
 
-        started = time.perf_counter()
         self._metrics.in_flight.inc()
         try:
             await self.app(scope, counting_receive, recording_send)
+        except ClientDisconnect:  # raised by the request's body stream: the client is gone
+            log.debug("client gone before its request body was read: %s %s",
+                      scope["method"], scope["path"])
+            status = CLIENT_GONE
         finally:
             self._metrics.in_flight.dec()
             self._count(scope, status, time.perf_counter() - started)

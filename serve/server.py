@@ -15,7 +15,12 @@ from typing import Any
 import uvicorn
 
 from lookalike import signals
+from lookalike.settings import ServeSettings
 from lookalike.stopping import hand_over
+
+_SERVE = ServeSettings()
+KEEP_ALIVE_S = 5
+"""How long an idle keep-alive connection stays open after an answer (uvicorn's default)."""
 
 
 class ServerStartError(RuntimeError):
@@ -76,12 +81,21 @@ class BackgroundServer:
 
     Off the main thread uvicorn installs no signal handlers, so the caller's own handlers (the
     ingest runner's) keep working.
+
+    ``max_connections`` (``serve.max_connections``) bounds the open connections and requests:
+    uvicorn answers a request beyond them 503 at once. Uvicorn bounds a request's headers in
+    size (h11's 16 KiB), not in time, and an idle connection only after its first answer
+    (``timeout_keep_alive``): a client dribbling its headers holds its connection, within
+    that bound, until the proxy in front ends it (docs/hardening.md). Bodies are bounded in
+    time and size by the app (serve/middleware.py).
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
-                 sockets: list[socket.socket] | None = None) -> None:
+                 sockets: list[socket.socket] | None = None, *,
+                 max_connections: int = _SERVE.max_connections) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                lifespan="off")
+                                lifespan="off", limit_concurrency=max_connections,
+                                timeout_keep_alive=KEEP_ALIVE_S)
         self._server = uvicorn.Server(config)
         self._sockets = sockets
         self._thread = threading.Thread(target=self._run, name="api", daemon=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,10 @@ class Served:
 
 
 def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: int = 200_000,
-                 search: Any = None) -> Iterator[Served]:
-    """The app over a small catalog whose vectors sit at known angles to the RED query."""
+                 search: Any = None, config: ServeConfig | None = None) -> Iterator[Served]:
+    """The app over a small catalog whose vectors sit at known angles to the RED query;
+    ``config``: limits other than the defaults (its roots, threshold and upload cap are
+    replaced by the catalog's)."""
     store = MilvusStore.open(str(tmp / "serve.db"))
     spec = CollectionSpec(name="serve_api", dim=8)
     ensure_collections(store, spec)
@@ -78,7 +80,8 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
         app = create_app(search or real, embedder=timed, store=store,
                          readiness=Readiness(store, spec.name, lambda: True),
                          registry=registry, metrics=metrics, pool=pool,
-                         config=ServeConfig(image_roots=[root], compare_threshold=0.90,
-                                            max_upload_bytes=max_upload_bytes))
+                         config=replace(config or ServeConfig(), image_roots=[root],
+                                        compare_threshold=0.90,
+                                        max_upload_bytes=max_upload_bytes))
         yield Served(app, real, registry, embedder, spec, root)
     store.close()

@@ -1,0 +1,173 @@
+"""The API over real sockets (uvicorn on a thread, Milvus Lite, a fake embedder): what slow,
+stalled, vanishing and numerous clients get, and that they do not hold the server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from serve.api import PARSE_INLINE_BYTES, ServeConfig
+from serve.server import BackgroundServer
+from tests.serve_support import Served, build_served
+
+IDLE_S = 0.5
+BODY_S = 1.5
+MAX_JSON = 128 * 1024
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    config = ServeConfig(max_json_bytes=MAX_JSON, body_timeout_s=BODY_S, body_idle_s=IDLE_S)
+    yield from build_served(tmp_path_factory.mktemp("limits"), config=config)
+
+
+@pytest.fixture(scope="module")
+def server(served: Served) -> Iterator[BackgroundServer]:
+    with BackgroundServer(served.app, max_connections=8) as running:
+        yield running
+
+
+def connect(server: BackgroundServer) -> socket.socket:
+    return socket.create_connection((server.host, server.port), timeout=10)
+
+
+def post_head(length: int, content_type: str = "application/json") -> bytes:
+    return (f"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def answer(sock: socket.socket) -> tuple[int, bytes, bool]:
+    """Status, body and whether the server closed the connection after the answer."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body, True
+
+
+def counted(served: Served, endpoint: str, status: str) -> float:
+    return served.registry.get_sample_value(
+        "lookalike_http_requests_total", {"endpoint": endpoint, "status": status}) or 0.0
+
+
+def test_a_stalled_body_is_a_408_and_the_connection_closes(server: BackgroundServer) -> None:
+    """It held its connection and the bytes sent for as long as the client liked."""
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(post_head(1000) + b'{"product_id": "red-tee", ')
+        status, body, _ = answer(sock)  # returns once the server closes
+        waited = time.monotonic() - started
+    assert status == 408
+    assert json.loads(body)["error"]["code"] == "body_timeout"
+    assert IDLE_S * 0.8 < waited < BODY_S, waited
+
+
+def test_a_dripped_body_is_a_408_at_its_deadline(server: BackgroundServer) -> None:
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(post_head(1000))
+        sock.settimeout(IDLE_S / 4)
+        data = b""
+        while True:
+            try:
+                sock.sendall(b" ")
+                data += sock.recv(65536)
+                if not data or b"\r\n\r\n" in data:
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        waited = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 408"), data[:100]
+    assert b"did not arrive within" in data
+    assert BODY_S * 0.8 < waited < BODY_S + 2, waited
+
+
+def test_a_json_body_has_its_own_small_cap(server: BackgroundServer) -> None:
+    url = f"{server.url}/v1/search"
+    big = json.dumps({"product_id": "red-tee", "categories": ["x" * 200] * 800})
+    assert len(big) > MAX_JSON
+    declared = requests.post(url, data=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413, declared.text
+    assert "multipart/form-data" in declared.json()["error"]["message"]
+    chunked = requests.post(url, data=iter([big.encode()[i:i + 4096]
+                                            for i in range(0, len(big), 4096)]),
+                            headers={"content-type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+    upload = requests.post(url, files={"image": ("a.png", b"\x89PNG" + b"0" * 100_000)})
+    assert upload.status_code == 422, upload.text  # past the JSON cap, under the upload cap
+
+
+def test_connections_beyond_the_limit_are_a_503(served: Served) -> None:
+    """There was no limit: 200 clients sending their headers a byte a second all held one."""
+    with BackgroundServer(served.app, max_connections=4) as server:
+        held: list[socket.socket] = []
+        try:
+            for _ in range(3):  # uvicorn counts the connection asking: 3 and it make 4
+                held.append(connect(server))
+                held[-1].sendall(post_head(1000) + b"{")
+                time.sleep(0.1)
+            busy = requests.get(f"{server.url}/livez", timeout=5)
+            assert busy.status_code == 503
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.3)
+        assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
+
+
+def test_a_client_gone_mid_body_is_no_500_and_no_traceback(
+        server: BackgroundServer, served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    before = {s: counted(served, "/v1/search", s) for s in ("499", "500")}
+    with caplog.at_level(logging.DEBUG):
+        for content_type, part in (
+                ("application/json", b'{"product_id"'),
+                ("multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: '
+                 b'form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG')):
+            with connect(server) as sock:
+                sock.sendall(post_head(1000, content_type) + part)
+                time.sleep(0.1)
+            time.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    after = {s: counted(served, "/v1/search", s) - n for s, n in before.items()}
+    assert after == {"499": 2, "500": 0}
+
+
+def test_a_large_json_body_is_parsed_off_the_event_loop(
+        served: Served, server: BackgroundServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four 19 MiB bodies held ``/livez`` up to 2 s while they were parsed on the loop."""
+    import serve.api
+    original = serve.api.check_nesting
+
+    def slow_check(raw: bytes) -> None:
+        if len(raw) > 32 * 1024:
+            time.sleep(1.0)
+        original(raw)
+
+    monkeypatch.setattr(serve.api, "check_nesting", slow_check)
+    body = json.dumps({"vector": [0.123456789012345678] * 4000, "k": 2})
+    assert PARSE_INLINE_BYTES < len(body) < MAX_JSON
+    results: list[Any] = []
+
+    def post() -> None:
+        results.append(requests.post(f"{server.url}/v1/search", data=body,
+                                     headers={"content-type": "application/json"}))
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
+    assert time.monotonic() - started < 0.5
+    poster.join(10)
+    assert results[0].status_code == 422  # 4,000 numbers: not the model's dimension
+
