@@ -136,7 +136,7 @@ def _ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
             if isinstance(exc.__cause__, ModelRetiredError):
                 raise UserError(f"ingest stopped: the model switched. {exc.__cause__}",
                                 ExitCode.MODEL_SWITCHED) from None
-            raise UserError(f"ingest stopped: {exc}", ExitCode.FAILED) from None
+            raise UserError(str(exc), ExitCode.FAILED) from None  # "ingest stopped: ..."
         finally:
             bar.close()
     log.info("ingest finished stopped_by=%s batches=%d seconds=%.1f %s",

@@ -362,13 +362,16 @@ def create_app(
 
     @app.get("/livez", tags=["probes"])
     @app.head("/livez", include_in_schema=False)
-    async def livez() -> dict[str, str]:
-        return {"status": "ok"}
+    async def livez() -> JSONResponse:
+        lost = readiness.lost()
+        if lost is not None:
+            return JSONResponse({"status": "lost", "reason": lost}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["probes"])
     @app.head("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        checks = await on_pool(readiness.check)
+        checks = await readiness.probe()
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

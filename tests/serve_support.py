@@ -51,10 +51,12 @@ class Served:
 
 
 def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: int = 200_000,
-                 search: Any = None, config: ServeConfig | None = None) -> Iterator[Served]:
+                 search: Any = None, config: ServeConfig | None = None,
+                 probed_store: Any = None) -> Iterator[Served]:
     """The app over a small catalog whose vectors sit at known angles to the RED query;
     ``config``: limits other than the defaults (its roots, threshold and upload cap are
-    replaced by the catalog's)."""
+    replaced by the catalog's); ``probed_store``: the store the probes ask, when not the
+    catalog's (one that hangs or whose process died)."""
     store = MilvusStore.open(str(tmp / "serve.db"))
     spec = CollectionSpec(name="serve_api", dim=8)
     ensure_collections(store, spec)
@@ -78,7 +80,7 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
                          verifier=SimilarityOnlyVerifier())
     with ThreadPoolExecutor(4) as pool:
         app = create_app(search or real, embedder=timed, store=store,
-                         readiness=Readiness(store, spec.name, lambda: True),
+                         readiness=Readiness(probed_store or store, spec.name, lambda: True),
                          registry=registry, metrics=metrics, pool=pool,
                          config=replace(config or ServeConfig(), image_roots=[root],
                                         compare_threshold=0.90,

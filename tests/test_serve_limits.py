@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -171,3 +173,107 @@ def test_a_large_json_body_is_parsed_off_the_event_loop(
     poster.join(10)
     assert results[0].status_code == 422  # 4,000 numbers: not the model's dimension
 
+
+
+# -- probes on a hung or dead store ------------------------------------------------------
+
+
+class HungStore:
+    """A store whose calls never answer until released (a SIGSTOPped Milvus Lite)."""
+
+    lite_process = None
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def has_collection(self, name: str) -> bool:
+        self.calls += 1
+        self.release.wait(30)
+        return False
+
+
+class DeadLite:
+    returncode = -9
+
+    def alive(self) -> bool:
+        return False
+
+
+class DeadStore:
+    """A store whose Milvus Lite child was killed."""
+
+    lite_process = DeadLite()
+
+
+def test_readyz_answers_503_within_a_second_on_a_hung_store_without_search_workers(
+        tmp_path: Path) -> None:
+    """Five probes hung 63 s on a frozen store and took the search pool: a search by id
+    waited 60 s. Now each answers 503 in ~1 s, one check runs, and searches go on."""
+    hung = HungStore()
+    for served in build_served(tmp_path, probed_store=hung):
+        with BackgroundServer(served.app) as server:
+            try:
+                _probe_while_hung(server, hung)
+            finally:
+                hung.release.set()
+
+
+def _probe_while_hung(server: BackgroundServer, hung: HungStore) -> None:
+    answers: list[tuple[int, float]] = []
+
+    def probe() -> None:
+        started = time.monotonic()
+        status = requests.get(f"{server.url}/readyz", timeout=30).status_code
+        answers.append((status, time.monotonic() - started))
+
+    probes = [threading.Thread(target=probe) for _ in range(5)]
+    for thread in probes:
+        thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    search = requests.post(f"{server.url}/v1/search", timeout=30,
+                           json={"vector": [1.0] + [0.0] * 7, "k": 1})
+    assert search.status_code == 200 and time.monotonic() - started < 1.0
+    for thread in probes:
+        thread.join(10)
+    assert [s for s, _ in answers] == [503] * 5
+    assert max(t for _, t in answers) < 2.0, answers
+    body = requests.get(f"{server.url}/readyz", timeout=5).json()
+    assert body["checks"]["milvus"] == "no answer within 1 s"
+    assert hung.calls == 1  # shared by every probe while it hangs
+
+
+def test_livez_is_503_once_the_lite_process_is_gone(tmp_path: Path) -> None:
+    """It said 200 for ever while every search answered 503: nothing restarted it."""
+    for served in build_served(tmp_path, probed_store=DeadStore()):
+        with BackgroundServer(served.app) as server:
+            livez = requests.get(f"{server.url}/livez", timeout=5)
+            assert livez.status_code == 503
+            assert "restarted" in livez.json()["reason"]
+            assert requests.head(f"{server.url}/livez", timeout=5).status_code == 503
+            assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 503
+
+
+def test_a_failed_ingest_under_run_says_ingest_stopped_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lookalike run: error: ingest stopped: ingest stopped: StoreError(...)``."""
+    from ingest.runner import IngestError
+    from lookalike import commands
+    from lookalike.errors import UserError
+    from lookalike.settings import Settings
+
+    class FailingRunner:
+        def run(self, until_caught_up: bool) -> None:
+            raise IngestError("ingest stopped: StoreError('the Milvus Lite process exited')")
+
+        def stop(self, reason: str) -> None:
+            pass
+
+    guard = SimpleNamespace(check=lambda: None)
+    monkeypatch.setattr(commands, "open_for_writing", lambda *_: (None, guard))
+    monkeypatch.setattr(commands, "build_runner", lambda *_, **__: FailingRunner())
+    versions: Any = SimpleNamespace(store=None)
+    with pytest.raises(UserError) as raised:
+        commands._ingest(Settings(), None, versions, until_caught_up=False)
+    assert str(raised.value).count("ingest stopped") == 1, raised.value
