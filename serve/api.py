@@ -313,8 +313,9 @@ def create_app(
 
     @app.get("/v1/products/{product_id}/similar", tags=["search"],
              summary="More like this: products similar to a stored product (never itself)")
-    async def similar(product_id: str,
+    async def similar(request: Request, product_id: str,
                       options: Annotated[SimilarQuery, Query()]) -> dict[str, Any]:
+        _query_once(request, frozenset({"category"}))
         hits = await run(partial(search.by_product, product_id,
                                  k=options.k or config.default_k,
                                  filter=options.search_filter(), **matching(options)))
@@ -350,7 +351,9 @@ def create_app(
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")
-    async def image(ref: Annotated[str, Query(max_length=4096)]) -> CatalogImage:
+    async def image(request: Request,
+                    ref: Annotated[str, Query(max_length=4096)]) -> CatalogImage:
+        _query_once(request)
         found = roots.resolve(ref)
         if isinstance(found, ImageRefused):
             raise ApiError(404 if found.reason == "not_found" else 400, found.reason, found.detail)
@@ -416,7 +419,7 @@ async def _read_json(request: Request, model: type[M]) -> M:
 def _parse_json(raw: bytes, model: type[M]) -> M:
     try:
         check_nesting(raw)  # json.loads recurses per level: 200,000 '[' are a RecursionError
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_object)
     except ItemError as exc:
         raise ApiError(400, "bad_json", f"the JSON body is refused: {exc.detail}") from None
     except ValueError:
@@ -430,14 +433,41 @@ def _parse_json(raw: bytes, model: type[M]) -> M:
 def _form_fields(form: FormData) -> dict[str, Any]:
     """A form's fields besides its images, for a :class:`FilterOptions` model to validate:
     ``category`` repeated is ``categories``; any other name, a file under it too, goes to the
-    model as it came, which refuses an unknown one rather than ignore it."""
-    fields: dict[str, Any] = {k: v for k, v in form.multi_items()
-                              if k not in ("image", "category")}
+    model as it came, which refuses an unknown one rather than ignore it. A file sent as a
+    ``category`` is refused (it was dropped: the hits came unfiltered), and so is any other
+    field given twice (the last one won)."""
+    pairs = [(k, v) for k, v in form.multi_items() if k not in ("image", "category")]
+    _refuse_repeated(pairs, "field")
+    fields: dict[str, Any] = dict(pairs)
     if "categories" in fields:
         raise ApiError(422, "invalid_request",
                        "categories: a form sends each category as a 'category' field")
-    fields["categories"] = [c for c in form.getlist("category") if isinstance(c, str)]
+    categories = form.getlist("category")
+    if not all(isinstance(c, str) for c in categories):
+        raise ApiError(422, "invalid_request", "category: a text field, not a file")
+    fields["categories"] = categories
     return fields
+
+
+def _refuse_repeated(pairs: Sequence[tuple[str, Any]], what: str) -> None:
+    """422 for a name given twice (only ``category`` may repeat, and is not passed here):
+    the last one silently won, so ``k=1&k=3`` was a search for 3."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise ApiError(422, "invalid_request", f"{name}: the {what} is given twice")
+        seen.add(name)
+
+
+def _query_once(request: Request, repeatable: frozenset[str] = frozenset()) -> None:
+    _refuse_repeated([(k, v) for k, v in request.query_params.multi_items()
+                      if k not in repeatable], "query parameter")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` keeps the last)."""
+    _refuse_repeated(pairs, "key")
+    return dict(pairs)
 
 
 async def _read_form(request: Request, max_bytes: int) -> FormData:

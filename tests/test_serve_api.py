@@ -274,6 +274,39 @@ def test_a_form_refuses_fields_it_would_ignore(http: TestClient) -> None:
     assert error_code(http.post("/v1/search", files=files), 422) == "invalid_request"
 
 
+def test_a_category_sent_as_a_file_is_refused(http: TestClient) -> None:
+    """It was dropped: the filter ignored, unfiltered hits returned."""
+    files = [("image", ("q.png", png(RED), "image/png")),
+             ("category", ("c.txt", b"Women", "text/plain"))]
+    refused = http.post("/v1/search", files=files, data={"k": "3"})
+    assert error_code(refused, 422) == "invalid_request"
+    assert "category" in refused.json()["error"]["message"]
+
+
+def test_a_parameter_given_twice_is_refused(http: TestClient) -> None:
+    """The last one won: ``k=1&k=3`` searched for 3, two ``product_id`` keys the second."""
+    files = [("image", ("q.png", png(RED), "image/png"))]
+    form = http.post("/v1/search", files=files, data={"k": ["1", "3"]})
+    assert error_code(form, 422) == "invalid_request"
+    assert "k: the field is given twice" in form.json()["error"]["message"]
+    query = http.get("/v1/products/red-tee/similar?k=1&k=3")
+    assert error_code(query, 422) == "invalid_request"
+    assert http.get("/v1/products/red-tee/similar?k=1&category=Men&category=Women"
+                    ).status_code == 200  # category repeats by design
+    image = http.get("/v1/images?ref=a&ref=b")
+    assert error_code(image, 422) == "invalid_request"
+    for body in ('{"product_id": "red-tee", "k": 1, "k": 3}',
+                 '{"product_id": "red-tee", "product_id": "far"}',
+                 '{"product_id": "red-tee", "categories": ["Women"], "categories": []}'):
+        duplicate = http.post("/v1/search", content=body,
+                              headers={"content-type": "application/json"})
+        assert error_code(duplicate, 422) == "invalid_request", body
+        assert "given twice" in duplicate.json()["error"]["message"]
+    compare = http.post("/v1/compare-prices", content='{"product_id": "a", "product_id": "b"}',
+                        headers={"content-type": "application/json"})
+    assert error_code(compare, 422) == "invalid_request"
+
+
 def test_compare_prices_bad_input(http: TestClient) -> None:
     assert error_code(http.post("/v1/compare-prices", json={}), 422) == "invalid_request"
     assert error_code(http.post("/v1/compare-prices",
