@@ -313,6 +313,7 @@ def create_app(
 
     @app.get("/v1/products/{product_id}/similar", tags=["search"],
              summary="More like this: products similar to a stored product (never itself)")
+    @app.head("/v1/products/{product_id}/similar", include_in_schema=False)
     async def similar(request: Request, product_id: str,
                       options: Annotated[SimilarQuery, Query()]) -> dict[str, Any]:
         _query_once(request, frozenset({"category"}))
@@ -351,6 +352,7 @@ def create_app(
         return {"threshold": threshold, "matches": [m.model_dump(mode="json") for m in matches]}
 
     @app.get("/v1/images", tags=["page"], summary="A catalog image from the image roots")
+    @app.head("/v1/images", include_in_schema=False)
     async def image(request: Request,
                     ref: Annotated[str, Query(max_length=4096)]) -> CatalogImage:
         _query_once(request)
@@ -379,10 +381,12 @@ def create_app(
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["probes"], include_in_schema=False)
+    @app.head("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
+    @app.head("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 

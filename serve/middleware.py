@@ -130,6 +130,7 @@ class ObserveRequests:
                 status = int(message["status"])
             await send(message)
 
+        asked = dict(scope)  # routing rewrites the scope's root_path (a mount's)
         self._metrics.in_flight.inc()
         try:
             await self.app(scope, counting_receive, recording_send)
@@ -139,7 +140,7 @@ class ObserveRequests:
             status = CLIENT_GONE
         finally:
             self._metrics.in_flight.dec()
-            self._count(scope, status, time.perf_counter() - started)
+            self._count(scope, status, time.perf_counter() - started, asked=asked)
 
     def _route_for(self, scope: Scope) -> BaseRoute | None:
         """The route the router would pick: the first full match, else the first partial one
@@ -154,8 +155,11 @@ class ObserveRequests:
         return partial
 
     def _count(self, scope: Scope, status: int, seconds: float,
-               route: BaseRoute | None = None) -> None:
-        endpoint = getattr(route or scope.get("route"), "path", None) or (
-            "/static" if str(scope.get("path", "")).startswith("/static/") else "unmatched")
+               route: BaseRoute | None = None, asked: Scope | None = None) -> None:
+        """``asked``: the scope as it came, before routing. FastAPI's routes name themselves
+        in the scope; Starlette's (/docs, /openapi.json, the /static mount) do not, and were
+        all counted as "unmatched"."""
+        found = route or scope.get("route") or self._route_for(asked or scope)
+        endpoint = getattr(found, "path", None) or "unmatched"
         self._metrics.requests.labels(endpoint, str(status)).inc()
         self._metrics.duration.labels(endpoint).observe(seconds)

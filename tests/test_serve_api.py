@@ -505,6 +505,32 @@ def test_openapi_lists_the_endpoints(http: TestClient) -> None:
     assert {"application/json", "multipart/form-data"} <= set(content)
 
 
+def test_get_routes_answer_head(http: TestClient, served: Served) -> None:
+    """``/``, ``/metrics`` and ``/v1/images`` answered HEAD with a 405."""
+    image = str(served.image_root / "red-tee.png")
+    for path in ("/", "/metrics", f"/v1/images?ref={image}", "/static/app.js",
+                 "/v1/products/red-tee/similar", "/docs"):
+        head, get = http.head(path), http.get(path)
+        assert head.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers[
+            "content-type"], path
+    assert "head" not in http.get("/openapi.json").json()["paths"]["/v1/images"]
+
+
+def test_docs_and_openapi_are_counted_under_their_routes(http: TestClient,
+                                                         served: Served) -> None:
+    """They were counted as ``endpoint="unmatched"``."""
+    def count(endpoint: str) -> float:
+        labels = {"endpoint": endpoint, "status": "200"}
+        return served.registry.get_sample_value("lookalike_http_requests_total", labels) or 0.0
+
+    before = {e: count(e) for e in ("/docs", "/openapi.json", "/static", "unmatched")}
+    for path in ("/docs", "/openapi.json", "/static/app.js"):
+        assert http.get(path).status_code == 200
+    assert {e: count(e) - n for e, n in before.items()} == {
+        "/docs": 1, "/openapi.json": 1, "/static": 1, "unmatched": 0}
+
+
 def test_the_page_and_its_assets(http: TestClient) -> None:
     page = http.get("/")
     assert page.status_code == 200 and 'id="results"' in page.text
