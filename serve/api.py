@@ -58,7 +58,7 @@ from serve.errors import error_response
 from serve.health import Readiness
 from serve.images import CatalogImage, ImageRefused, ImageRoots
 from serve.metrics import SearchMetrics, TimedEmbedder
-from serve.middleware import BodyRefused, ObserveRequests, refusal
+from serve.middleware import BodyRefused, ObserveRequests, SecurityHeaders, refusal
 from store import MilvusStore
 
 log = logging.getLogger(__name__)
@@ -395,6 +395,7 @@ def create_app(
     app.add_middleware(ObserveRequests, metrics=metrics, max_body_bytes=config.max_upload_bytes,
                        max_json_bytes=config.max_json_bytes, body_timeout_s=config.body_timeout_s,
                        body_idle_s=config.body_idle_s, routes=app.routes)
+    app.add_middleware(SecurityHeaders)  # outermost: also on the refusals of the one above
     return app
 
 

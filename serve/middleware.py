@@ -163,3 +163,44 @@ class ObserveRequests:
         endpoint = getattr(found, "path", None) or "unmatched"
         self._metrics.requests.labels(endpoint, str(status)).inc()
         self._metrics.duration.labels(endpoint).observe(seconds)
+
+
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+               "img-src 'self' https: blob:; connect-src 'self'; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
+"""The search page's Content-Security-Policy: its own script and style, catalog images from
+this server or https URLs (previews of the photos picked are ``blob:``), fetches only to this
+API, and no framing. Inline scripts, other origins' scripts and plain-http images are
+blocked."""
+
+_EVERY_ANSWER = [(b"x-content-type-options", b"nosniff"),
+                 (b"referrer-policy", b"no-referrer"),
+                 (b"x-frame-options", b"DENY")]
+_POLICY = [(b"content-security-policy", PAGE_POLICY.encode())]
+
+
+class SecurityHeaders:
+    """Headers that keep browsers strict: no MIME sniffing, no framing (clickjacking), no
+    Referer (a shopper's browser loading sellers' images told their hosts which page and
+    query it came from), and :data:`PAGE_POLICY` on everything but ``/docs``, which loads
+    Swagger UI from a CDN. An answer's own header of the same name is kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        added = _EVERY_ANSWER if str(scope["path"]).startswith("/docs") else \
+            _EVERY_ANSWER + _POLICY
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in added if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -531,6 +531,25 @@ def test_docs_and_openapi_are_counted_under_their_routes(http: TestClient,
         "/docs": 1, "/openapi.json": 1, "/static": 1, "unmatched": 0}
 
 
+def test_the_page_and_the_api_send_security_headers(http: TestClient, served: Served) -> None:
+    """``/`` and ``/static/*`` sent no CSP, no framing rule, no Referrer-Policy, no nosniff."""
+    image = str(served.image_root / "red-tee.png")
+    for path in ("/", "/static/app.js", "/static/style.css", "/livez", "/nothing",
+                 f"/v1/images?ref={image}"):
+        headers = http.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "no-referrer", path
+        assert headers["x-frame-options"] == "DENY", path
+        policy = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy, path
+        assert "img-src 'self' https: blob:" in policy, path
+    docs = http.get("/docs")  # Swagger UI comes from a CDN: no page policy there
+    assert docs.status_code == 200 and "content-security-policy" not in docs.headers
+    assert docs.headers["x-frame-options"] == "DENY"
+    assert len(http.get("/v1/images", params={"ref": image}).headers.get_list(
+        "x-content-type-options")) == 1
+
+
 def test_the_page_and_its_assets(http: TestClient) -> None:
     page = http.get("/")
     assert page.status_code == 200 and 'id="results"' in page.text

@@ -84,6 +84,7 @@ def browser(site: dict[str, Any]) -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1280,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -167,3 +168,31 @@ def test_upload_finds_the_product_and_a_filter_changes_the_hits(
     assert f"{query['product_id']}-resale-b" in text and f"{query['product_id']}-resale-a" in text
     assert all("similarity" in li.find_element(By.CLASS_NAME, "why").text for li in rows)
     browser.save_screenshot(str(shots / "search-page-compare.png"))
+
+
+def test_the_page_works_under_its_policy_and_holds_hostile_titles(
+        site: dict[str, Any], browser: Any) -> None:
+    """The Content-Security-Policy blocks nothing the page needs (its script, style, images
+    and API calls: the search above ran under it too); a 512-character title wraps inside
+    its card (it overflowed) and a U+202E in a title or category stays inside it (it
+    reversed the text after it)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(site["url"] + "/")
+    browser.find_element(By.ID, "file").send_keys(str(site["photo"]))
+    wait_for_results(browser)
+    hostile = {"product_id": "p\u202e1", "title": "x" * 512, "category": "\u202eWomen/Tops",
+               "price": 1.0, "currency": "USD", "score": 0.5, "image_ref": "/nowhere.png"}
+    layout = browser.execute_script(
+        "renderHits([arguments[0], Object.assign({}, arguments[0], {title: 'ab\u202ecd'})]);"
+        "const cards = Array.from(document.querySelectorAll('#results .card'));"
+        "return cards.map(c => { const t = c.querySelector('.title');"
+        "  const cat = c.querySelector('.category');"
+        "  return [c.scrollWidth <= c.clientWidth, t.getBoundingClientRect().width"
+        "          <= c.getBoundingClientRect().width,"
+        "          getComputedStyle(t).unicodeBidi, getComputedStyle(cat).unicodeBidi]; });",
+        hostile)
+    assert layout == [[True, True, "plaintext", "plaintext"]] * 2, layout
+    violations = [e for e in browser.get_log("browser")
+                  if "Content Security Policy" in e.get("message", "")]
+    assert not violations, violations

@@ -54,8 +54,8 @@ function renderHits(hits) {
     compare.addEventListener("click", () => comparePrices(hit));
     grid.append(el("div", { className: "card" },
       el("img", { src: imageUrl(hit.image_ref), alt: hit.title, loading: "lazy" }),
-      el("span", { className: "title", textContent: hit.title }),
-      el("span", { className: "category", textContent: hit.category }),
+      el("span", { className: "title catalog", textContent: hit.title }),
+      el("span", { className: "category catalog", textContent: hit.category }),
       el("span", { className: "meta" },
         el("span", { className: "price", textContent: price(hit) }),
         el("span", { className: "score", textContent: "score " + hit.score.toFixed(3) })),
@@ -99,7 +99,8 @@ function why(match, threshold) {
 async function comparePrices(hit) {
   const panel = $("compare");
   panel.hidden = false;
-  $("compare-title").textContent = "Same item as " + hit.title;
+  $("compare-title").replaceChildren("Same item as ",
+    el("span", { className: "catalog", textContent: hit.title }));
   $("compare-note").textContent = "Loading…";
   $("compare-list").replaceChildren();
   try {
@@ -109,15 +110,19 @@ async function comparePrices(hit) {
     });
     const body = await response.json();
     if (!response.ok) throw new Error((body.error || {}).message || response.statusText);
-    $("compare-note").textContent = body.matches.length
-      ? "Other listings, cheapest first (" + hit.product_id + " itself: " + price(hit) + ")"
-      : "No other listing is similar enough (threshold " + body.threshold + ").";
+    $("compare-note").replaceChildren(...(body.matches.length
+      ? ["Other listings, cheapest first (",
+         el("span", { className: "catalog", textContent: hit.product_id }),
+         " itself: " + price(hit) + ")"]
+      : ["No other listing is similar enough (threshold " + body.threshold + ")."]));
     for (const m of body.matches) {
       $("compare-list").append(el("li", {},
         el("img", { src: imageUrl(m.image_ref), alt: m.title }),
         el("div", {},
-          el("div", { className: "price", textContent: price(m) + " — " + m.seller_id }),
-          el("div", { textContent: m.title + " (" + m.product_id + ")" }),
+          el("div", { className: "price" }, price(m) + " — ",
+            el("span", { className: "seller catalog", textContent: m.seller_id })),
+          el("div", {}, el("span", { className: "title catalog", textContent: m.title }), " (",
+            el("span", { className: "catalog", textContent: m.product_id }), ")"),
           el("div", { className: "why", textContent: why(m, body.threshold) }))));
     }
   } catch (err) {
