@@ -166,12 +166,12 @@ class ObserveRequests:
 
 
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
-               "img-src 'self' https: blob:; connect-src 'self'; base-uri 'none'; "
+               "img-src 'self' https: http: blob:; connect-src 'self'; base-uri 'none'; "
                "form-action 'none'; frame-ancestors 'none'")
 """The search page's Content-Security-Policy: its own script and style, catalog images from
-this server or https URLs (previews of the photos picked are ``blob:``), fetches only to this
-API, and no framing. Inline scripts, other origins' scripts and plain-http images are
-blocked."""
+this server or http(s) URLs, as catalogs may name either (previews of the photos picked are
+``blob:``), fetches only to this API, and no framing. Inline scripts and other origins'
+scripts are blocked."""
 
 _EVERY_ANSWER = [(b"x-content-type-options", b"nosniff"),
                  (b"referrer-policy", b"no-referrer"),

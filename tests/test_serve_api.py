@@ -542,7 +542,7 @@ def test_the_page_and_the_api_send_security_headers(http: TestClient, served: Se
         assert headers["x-frame-options"] == "DENY", path
         policy = headers["content-security-policy"]
         assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy, path
-        assert "img-src 'self' https: blob:" in policy, path
+        assert "img-src 'self' https: http: blob:" in policy, path
     docs = http.get("/docs")  # Swagger UI comes from a CDN: no page policy there
     assert docs.status_code == 200 and "content-security-policy" not in docs.headers
     assert docs.headers["x-frame-options"] == "DENY"
