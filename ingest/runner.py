@@ -22,7 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from ingest.outage import quiet_client_logs
 from ingest.plan import EventItem
-from ingest.source import KafkaSource
+from ingest.source import KafkaSource, Revocations
 from ingest.stages import Batch, BatchStats, Stages, parse_records
 from store.errors import StoreError
 
@@ -126,8 +126,13 @@ class Runner:
         self._pending_images = 0
         self._pending_since = 0.0
         self._failure: BaseException | None = None
-        self._revoked: set[TopicPartition] = set()
-        self._revoked_lock = threading.Lock()
+        self._revocations = Revocations()
+        self._taken = 0
+        """The revocation serial the loop has dealt with (``_forget_revoked``)."""
+        self._pending_read_at = 0
+        self._unrewound: dict[TopicPartition, int] = {}
+        """First offsets of items finished batches dropped for a revocation the loop had not
+        dealt with yet (it rewinds to them with the revocation's other records)."""
         self._in_flight: list[Batch] = []
         self._seq = 0
         self.report = RunReport()
@@ -192,6 +197,7 @@ class Runner:
     def _add(self, records: list[ConsumerRecord]) -> None:
         if not self._pending:
             self._pending_since = time.monotonic()
+            self._pending_read_at = self._taken
         items, n_images = parse_records(records, start=len(self._pending))
         self._pending.extend(records)
         self._pending_items.extend(items)
@@ -210,7 +216,8 @@ class Runner:
             self._seq += 1
             batch = Batch(
                 self._seq, self._pending, self._pending_items, self._pending_images,
-                self._pending_since,
+                self._pending_since, revocations=self._revocations,
+                read_at=self._pending_read_at,
             )
             self._pending, self._pending_items, self._pending_images = [], [], 0
             self._in_flight.append(batch)
@@ -240,6 +247,9 @@ class Runner:
                           batch.seq, batch.error)
             self._stop.set()
             return
+        for tp, (offset, serial) in batch.revoked.items():
+            if serial > self._taken:  # dropped before the loop saw that revocation
+                self._unrewound[tp] = min(offset, self._unrewound.get(tp, offset))
         self._source.commit(batch.offsets())
         self.report.batches += 1
         self.report.totals.add(batch.stats)
@@ -262,34 +272,49 @@ class Runner:
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Runs on kafka-python's IO thread: must not block or call the consumer. It only
-        notes the partitions; the loop drops their unsubmitted records (and reads them again
-        if the partition comes back to it), and batches in flight still write (idempotently)
-        but commit only partitions still owned. The new owner re-reads from the last commit
-        and finds those events stale: nothing lost or doubled."""
+        notes the partitions (:class:`ingest.source.Revocations`). From then on this consumer
+        starts no write of their events: the write stage drops them before each attempt
+        (``Batch.drop_revoked``), so they are neither written, dead-lettered nor committed
+        here; the loop drops them from the records not yet batched. The new owner re-reads
+        from the last commit and decides on each event against what the store holds. A write
+        already running when the revocation lands cannot be called back: that window is
+        bounded by one ``MilvusSink.apply`` (docs/hardening.md, "A partition that moves")."""
         if revoked:
-            with self._revoked_lock:
-                self._revoked |= revoked
+            self._revocations.note(revoked)
 
     def _forget_revoked(self) -> None:
-        with self._revoked_lock:
-            revoked, self._revoked = self._revoked, set()
-        if not revoked or not self._pending:
+        """Deal with the revocations noted since the last turn: drop their records not yet
+        batched, and seek each partition back to the first of its records this consumer
+        read but may not write (pending, in flight, or dropped by a finished batch), in case
+        the rejoin hands it straight back: kafka-python then keeps its fetch position, past
+        them (a partition that moved away ignores the seek; its new owner reads from the last
+        commit). Records of a batch whose write was already running are read again too and
+        found stale."""
+        revoked, self._taken = self._revocations.take()
+        if not revoked:
             return
-        keep: list[ConsumerRecord] = []
-        first_dropped: dict[TopicPartition, int] = {}
-        for r in self._pending:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp in revoked:
-                first_dropped[tp] = min(r.offset, first_dropped.get(tp, r.offset))
-            else:
-                keep.append(r)
-        log.info("partitions revoked: %s; dropping %d unsubmitted record(s)",
-                 sorted(tp.partition for tp in revoked), len(self._pending) - len(keep))
+        first = {tp: off for tp, off in self._unrewound.items() if tp in revoked}
+        self._unrewound = {tp: off for tp, off in self._unrewound.items() if tp not in revoked}
+
+        def note(record: ConsumerRecord) -> bool:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp not in revoked:
+                return False
+            first[tp] = min(record.offset, first.get(tp, record.offset))
+            return True
+
+        for batch in self._in_flight:
+            for record in batch.records:
+                note(record)
+        keep = [r for r in self._pending if not note(r)]
+        log.info("partitions revoked: %s; dropping %d unsubmitted record(s); %d batch(es) in "
+                 "flight drop theirs before they write", sorted(tp.partition for tp in revoked),
+                 len(self._pending) - len(keep), len(self._in_flight))
         self._pending, self._pending_items, self._pending_images = [], [], 0
         if keep:
             self._add(keep)
-        if first_dropped:  # a partition handed back keeps its position, past these records
-            self._source.rewind(first_dropped)
+        if first:  # a partition handed back keeps its position, past these records
+            self._source.rewind(first)
 
     def _finish(self) -> None:
         self.report.stopped_by = self._stop_reason or "stopped"

@@ -9,6 +9,7 @@ the model: back-pressure pauses partitions while ``poll()`` keeps the membership
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,6 +49,41 @@ commit (the last batch before a quiet spell, whose commit met a rebalance or an 
 class UnreadableRecordError(RuntimeError):
     """``poll()`` raised ``CorruptRecordError`` and the consumer's state does not say for
     which partition and offset (a kafka-python other than 3.0.12?): a bug, not an outage."""
+
+
+class Revocations:
+    """The partitions revoked from this consumer, each revocation numbered in order.
+
+    Noted on kafka-python's IO thread (the rebalance callback, which must not block: one lock
+    held for a few dict updates) and read by the poll loop and the write stage. What was read
+    while the count stood at ``serial`` belongs to a partition revoked since when
+    :meth:`since` names it: its owner may have changed, so it must not be written or
+    committed here (ingest/stages.py ``Batch.drop_revoked``). A partition handed straight back
+    counts as revoked too: between the two callbacks another member may have owned it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._serial = 0
+        self._last: dict[TopicPartition, int] = {}
+        self._untaken: set[TopicPartition] = set()
+
+    def note(self, revoked: Iterable[TopicPartition]) -> None:
+        with self._lock:
+            self._serial += 1
+            for tp in revoked:
+                self._last[tp] = self._serial
+                self._untaken.add(tp)
+
+    def take(self) -> tuple[set[TopicPartition], int]:
+        """The partitions revoked since the last take, and the serial this take reaches."""
+        with self._lock:
+            taken, self._untaken = self._untaken, set()
+            return taken, self._serial
+
+    def since(self, serial: int, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Those of ``tps`` revoked after ``serial``, each with its latest revocation's."""
+        with self._lock:
+            return {tp: last for tp in tps if (last := self._last.get(tp, 0)) > serial}
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -33,6 +33,7 @@ from ingest.plan import (
     plan_writes,
     select_upserts,
 )
+from ingest.source import Revocations
 from ingest.unreadable import UnreadableRecord
 from schema.errors import ItemError, ItemFailure, Reason
 from schema.events import ImageRef, ProductEvent, ProductUpserted, parse_event
@@ -73,6 +74,9 @@ class BatchStats:
     applied: int = 0
     stale: int = 0
     dead_lettered: int = 0
+    revoked: int = 0
+    """Events left to their partition's new owner: revoked before this consumer wrote them
+    (or, see ``Stages.write``, while it did): not committed, not dead-lettered here."""
     images_ok: int = 0
     images_failed: Counter[str] = field(default_factory=Counter)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
@@ -86,7 +90,8 @@ class BatchStats:
 
     def add(self, other: BatchStats) -> None:
         for name in (
-            "events", "applied", "stale", "dead_lettered", "images_ok", "rows_upserted",
+            "events", "applied", "stale", "dead_lettered", "revoked", "images_ok",
+            "rows_upserted",
             "decode_s", "embed_s", "write_s",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -102,7 +107,8 @@ class BatchStats:
         milvus = ",".join(f"{k}:{v:.3f}" for k, v in sorted(self.milvus_s.items())) or "-"
         return (
             f"events={self.events} applied={self.applied} stale={self.stale} "
-            f"dead_lettered={self.dead_lettered} dlq_reasons={dlq} images={self.images_ok} "
+            f"dead_lettered={self.dead_lettered} dlq_reasons={dlq} revoked={self.revoked} "
+            f"images={self.images_ok} "
             f"image_failures={failed} rows={self.rows_upserted} decode_s={self.decode_s:.3f} "
             f"embed_s={self.embed_s:.3f} write_s={self.write_s:.3f} milvus_s={milvus} "
             f"freshness_p50_ms={np.percentile(fresh, 50):.0f} "
@@ -122,14 +128,50 @@ class Batch:
     embedded: dict[str, EmbeddedProduct] = field(default_factory=dict)
     stats: BatchStats = field(default_factory=BatchStats)
     error: BaseException | None = None
+    revocations: Revocations | None = None
+    """This consumer's revocations (the runner's); None: nothing is ever revoked."""
+    read_at: int = 0
+    """The revocation serial its records were read under (``Revocations.take``)."""
+    revoked: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    """Partitions whose items were dropped: their first offset here and the serial of the
+    revocation that dropped them (the runner reads them again if the partition comes back)."""
 
     def offsets(self) -> dict[TopicPartition, int]:
-        """Next offset to read per partition: what committing this batch means."""
+        """Next offset to read per partition still owned: what committing this batch means."""
         result: dict[TopicPartition, int] = {}
         for r in self.records:
             tp = TopicPartition(r.topic, r.partition)
-            result[tp] = max(result.get(tp, 0), r.offset + 1)
+            if tp not in self.revoked:
+                result[tp] = max(result.get(tp, 0), r.offset + 1)
         return result
+
+    def drop_revoked(self) -> int:
+        """Drop the items of partitions revoked since this batch was read; how many.
+
+        A revoked partition's new owner reads it again from the last commit and decides on
+        each event against what the store holds then; a write from here after that would put
+        back the version read here over a newer one it wrote (and prune its images). So those
+        items are neither written, nor dead-lettered, nor committed here."""
+        if self.revocations is None:
+            return 0
+        tps = {TopicPartition(r.topic, r.partition) for r in self.records}
+        gone = self.revocations.since(self.read_at, tps - self.revoked.keys())
+        if not gone:
+            return 0
+        for r in self.records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp in gone:
+                first = min(r.offset, self.revoked.get(tp, (r.offset, 0))[0])
+                self.revoked[tp] = (first, gone[tp])
+        keep = [i for i in self.items if self._partition(i) not in gone]
+        dropped = len(self.items) - len(keep)
+        self.items = keep
+        self.stats.revoked += dropped
+        return dropped
+
+    def _partition(self, item: EventItem) -> TopicPartition:
+        record = self.records[item.index]
+        return TopicPartition(record.topic, record.partition)
 
 
 def parse_record(record: ConsumerRecord) -> ProductEvent:
@@ -266,24 +308,17 @@ class Stages:
         batch.prepared = []
 
     def write(self, batch: Batch) -> None:
-        """Plan against stored state, write to Milvus, dead-letter, and only then return."""
+        """Plan against stored state, write to Milvus, dead-letter, and only then return.
+
+        Each attempt (the first, and each retry after an outage) drops the items of partitions
+        revoked meanwhile and plans again against the states stored then: an attempt never
+        replays a plan made before the outage, which may predate a new owner's writes."""
         started = time.perf_counter()
-        product_ids = sorted({i.event.product_id for i in batch.items if i.event is not None})
-        states = (
-            self._outage.call("milvus", lambda: self._sink.get_states(product_ids))
-            if product_ids else {}
-        )
-        now_ms = int(self._clock() * 1000)
-        plan = plan_writes(
-            batch.items, states, batch.embedded, self._embedder.model_version, now_ms
-        )
-        if not plan.is_empty():
-            result = self._outage.call("milvus", lambda: self._sink.apply(plan))
-            seconds_by_op = getattr(result, "seconds_by_op", None)
-            if seconds_by_op is not None:
-                batch.stats.milvus_s.update(seconds_by_op())
+        plan = self._outage.call("milvus", lambda: self._plan_and_apply(batch))
+        self._revoked_while_writing(batch, plan)
         if self._after_write is not None:  # the serving guard reads the registry: Milvus too
             self._outage.call("milvus", self._after_write)
+        batch.drop_revoked()  # written before the revocation: the new owner finds them stale
         for item in batch.items:
             assert item.outcome is not None
             if item.outcome.status is Status.DEAD_LETTERED:
@@ -293,9 +328,52 @@ class Stages:
         batch.stats.write_s = time.perf_counter() - started
         self._count(batch, plan)
 
+    def _plan_and_apply(self, batch: Batch) -> WritePlan:
+        """One write attempt. The last check of the revocations is just before ``apply``
+        starts; what happens during it is :meth:`_revoked_while_writing`'s."""
+        batch.drop_revoked()
+        product_ids = sorted({i.event.product_id for i in batch.items if i.event is not None})
+        states = self._sink.get_states(product_ids) if product_ids else {}
+        plan = self._plan(batch, states)
+        if batch.drop_revoked():  # revoked while the states were read: plan the rest again
+            plan = self._plan(batch, states)
+        if not plan.is_empty():
+            result = self._sink.apply(plan)
+            seconds_by_op = getattr(result, "seconds_by_op", None)
+            if seconds_by_op is not None:
+                batch.stats.milvus_s.update(seconds_by_op())
+        return plan
+
+    def _plan(self, batch: Batch, states: dict[str, ProductState]) -> WritePlan:
+        now_ms = int(self._clock() * 1000)
+        return plan_writes(
+            batch.items, states, batch.embedded, self._embedder.model_version, now_ms
+        )
+
+    @staticmethod
+    def _revoked_while_writing(batch: Batch, plan: WritePlan) -> None:
+        """A partition revoked while Milvus wrote its events: that write was not called back
+        (nothing can be), so it may land after the new owner's writes of the same products
+        (docs/hardening.md, "A partition that moves"). Its events are left to the new owner
+        like any revoked ones, and the line below names the products to check."""
+        earlier = set(batch.revoked)
+        before = {i.event.product_id for i in batch.items if i.event is not None}
+        dropped = batch.drop_revoked()
+        if not dropped:
+            return
+        left = {i.event.product_id for i in batch.items if i.event is not None}
+        written = {s.product_id for s in plan.states} & (before - left)
+        log.warning(
+            "batch=%d: partition(s) %s revoked while its write ran; %d event(s) left to the "
+            "new owner; the write landed anyway, so these products may be older than the new "
+            "owner wrote if it wrote them meanwhile: %s",
+            batch.seq, sorted(tp.partition for tp in set(batch.revoked) - earlier), dropped,
+            sorted(written)[:50],
+        )
+
     def _count(self, batch: Batch, plan: WritePlan) -> None:
         stats = batch.stats
-        stats.events = len(batch.items)
+        stats.events = len(batch.items) + stats.revoked
         stats.rows_upserted = len(plan.upserts)
         done_ms = self._clock() * 1000
         for item in batch.items:

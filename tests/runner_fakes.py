@@ -15,7 +15,7 @@ from ingest.outage import OutageWait
 from ingest.plan import WritePlan
 from ingest.runner import Pipeline, Runner, RunnerConfig
 from ingest.source import KafkaSource, Offsets
-from ingest.stages import Stages
+from ingest.stages import Stages, StateStore
 from schema.records import ProductState
 from store import StoreUnavailableError
 from tests.fakes import TinyEmbedder
@@ -123,7 +123,7 @@ class FakeProducer:
         pass
 
 
-def fake_runner(fetcher: ImageFetcher, store: FlakyStore, source: KafkaSource,
+def fake_runner(fetcher: ImageFetcher, store: StateStore, source: KafkaSource,
                 pool: ThreadPoolExecutor, budget_s: float = 30.0,
                 after_write: Callable[[], None] | None = None) -> tuple[Runner, FakeProducer]:
     """A runner over the fakes: 4-event batches, two in flight, fast outage retries."""

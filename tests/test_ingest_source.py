@@ -172,6 +172,8 @@ def test_records_dropped_at_a_revoke_are_read_again_when_the_partition_comes_bac
             time.sleep(0.02)
         runner.stop("test")
         thread.join(10)
-    assert consumer.seeks == [4], "read again from the first record dropped"
+    # from the first record dropped (4), or from the first of the batch in flight at the
+    # revoke (0): the write stage drops a revoked partition's items too (test_ingest_handoff)
+    assert consumer.seeks in ([0], [4]), "read again from the first record not written"
     assert consumer.committed == {TP: n}
     assert set(store.states) == {f"p{i}" for i in range(n)}
