@@ -15,7 +15,7 @@ import json
 import math
 import re
 from array import array
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from itertools import accumulate
 from typing import Annotated, Any, Final, Literal, TypeAlias
@@ -182,6 +182,19 @@ class ImageRef(StrictModel):
         return base64.b64decode(self.data, validate=True)
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Whole milliseconds from the Unix epoch to ``moment`` (timezone-aware), floored.
+
+    Exact integer arithmetic on the timedelta: ``int(moment.timestamp() * 1000)`` goes
+    through a float and was one millisecond short for ~0.6 % of values outside ~2001-2037
+    (``1978-09-08T07:20:59.715Z`` gave 274087259714)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
 class _EventBase(StrictModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     product_id: ProductId
@@ -213,7 +226,7 @@ class _EventBase(StrictModel):
                 raise ValueError("either version or updated_at is required")
             if self.updated_at.tzinfo is None:
                 raise ValueError("updated_at must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
-            version = int(self.updated_at.timestamp() * 1000)
+            version = epoch_ms(self.updated_at)
             if version < 0:
                 raise ValueError("updated_at must not be before 1970-01-01T00:00:00Z")
             object.__setattr__(self, "version", version)

@@ -54,6 +54,29 @@ def test_updated_at_becomes_version() -> None:
 
 
 @pytest.mark.parametrize(
+    ("updated_at", "version"),
+    [
+        # int(timestamp() * 1000) gave 274087259714: a float product one ulp short
+        ("1978-09-08T07:20:59.715Z", 274087259715),
+        ("2100-03-01T12:34:56.789Z", 4107587696789),
+        ("9999-12-31T23:59:59.999Z", 253402300799999),
+        ("1970-01-01T00:00:00.0009Z", 0),  # floored to the millisecond
+        ("2026-01-01T02:00:00.001+02:00", 1767225600001),
+    ],
+)
+def test_updated_at_is_converted_exactly(updated_at: str, version: int) -> None:
+    event = parse_event(json.dumps({"type": "product.delisted", "product_id": "p1",
+                                    "updated_at": updated_at}))
+    assert event.resolved_version == version
+
+
+def test_updated_at_a_fraction_of_a_millisecond_before_1970_is_refused() -> None:
+    with pytest.raises(ItemError, match="1970"):
+        parse_event(json.dumps({"type": "product.delisted", "product_id": "p1",
+                                "updated_at": "1969-12-31T23:59:59.9995Z"}))
+
+
+@pytest.mark.parametrize(
     ("payload", "reason", "needle"),
     [
         (b"{not json", "malformed_json", "Expecting"),
