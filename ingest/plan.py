@@ -4,6 +4,13 @@ Every event ends as exactly one :class:`Outcome`: applied, stale (its version is
 than what is stored or what an earlier event in the batch set) or dead-lettered with a reason.
 Events of one product are folded in offset order, so a batch holding ``upserted, price_changed,
 delisted`` for a product writes only the net effect.
+
+A product's state row is the commit point of its version (the sink writes image rows, then
+states, then deletes). So image rows above the stored state's version are leftovers of a
+write that did not finish, and rows an upsert dropped may outlive a crash after its state was
+written. A batch that writes no image rows for a product repairs it (:class:`Repair`) when
+that can matter: an upsert of it was not applied (its leftovers go), or an upsert or delist
+whose version equals the stored one was redelivered (its delete is done again).
 """
 
 from __future__ import annotations
@@ -19,7 +26,22 @@ from schema.events import (
     ProductPriceChanged,
     ProductUpserted,
 )
-from schema.records import ImageRecord, ProductState
+from schema.records import ImageRecord, ProductState, image_pk
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What the sink deletes of a product the plan writes no image rows for (its stored state
+    stays at ``version``, or moves by a price change, which keeps rows' versions): rows above
+    ``version`` (leftovers of an unfinished write: the state was not reached), and, when
+    ``keep`` is set, rows below ``version`` whose pks are not in ``keep`` (the delete of the
+    redelivered upsert or delist that wrote the state at ``version``; rows at ``version`` are
+    that write's own)."""
+
+    version: int
+    """The stored state's version (-1: none stored, so every row is a leftover)."""
+    keep: frozenset[str] | None = None
+    """Pks the redelivered upsert lists (empty for a delist); None: leftovers only."""
 
 
 @dataclass
@@ -35,11 +57,14 @@ class WritePlan:
     price_updates: dict[str, tuple[float, str, int]] = field(default_factory=dict)
     """product_id -> (price, currency, version): rewrites stored rows, keeps their vectors."""
     states: list[ProductState] = field(default_factory=list)
-    """Written last, after all image writes succeeded."""
+    """Written after the image and price writes, before any delete (the commit point)."""
+    repairs: dict[str, Repair] = field(default_factory=dict)
+    """product_id -> rows to delete of a product the plan writes no image rows for."""
 
     def is_empty(self) -> bool:
         return not (
-            self.upserts or self.prune or self.delete_products or self.price_updates or self.states
+            self.upserts or self.prune or self.delete_products or self.price_updates
+            or self.states or self.repairs
         )
 
 
@@ -162,14 +187,46 @@ def plan_writes(
                 item.outcome = _apply(fold, item.event, embedded.get(product_id))
             if fold.action == "superseded":
                 _dead_letter_superseded(product_items)
-            elif fold.touched:
+            repair = _repair(product_items, stored, fold)
+            if fold.touched and fold.action != "superseded":
                 _emit(plan, product_id, fold, embedded.get(product_id), model_version, now_ms)
+            if repair is not None:
+                plan.repairs[product_id] = repair
         except Exception as exc:  # a bug or an unforeseen value: this product's events only
             for item in product_items:
                 item.outcome = Outcome.dead(
                     Reason.INVALID_EVENT, f"cannot be planned: {type(exc).__name__}: {exc}"[:300]
                 )
+            if any(isinstance(i.event, ProductUpserted) for i in product_items):
+                plan.repairs[product_id] = Repair(stored.version if stored else -1)
     return plan
+
+
+def _repair(items: list[EventItem], stored: ProductState | None, fold: _Fold) -> Repair | None:
+    """What to delete of a product whose plan writes no image rows (see :class:`Repair`):
+    None when it does (its prune or delete covers everything) or nothing calls for it."""
+    if fold.action in ("upsert", "delete"):
+        return None
+    version = stored.version if stored else -1
+    not_applied = any(
+        isinstance(i.event, ProductUpserted) and i.outcome is not None
+        and i.outcome.status is Status.DEAD_LETTERED
+        for i in items
+    )
+    keep: frozenset[str] | None = None
+    if stored is not None:
+        for item in items:
+            ev = item.event
+            if ev is None or ev.resolved_version != stored.version:
+                continue
+            if isinstance(ev, ProductUpserted) and stored.listed:
+                keep = frozenset(image_pk(ev.product_id, image.key) for image in ev.images)
+            elif isinstance(ev, ProductDelisted) and not stored.listed:
+                keep = frozenset()
+            break
+    if keep is None and not not_applied:
+        return None
+    return Repair(version, keep)
 
 
 def _dead_letter_superseded(items: list[EventItem]) -> None:

@@ -1,4 +1,4 @@
-"""Writes planned changes through the store: image rows first, product states last.
+"""Writes planned changes through the store: image rows, then product states, then deletes.
 
 :meth:`MilvusSink.apply` returns only when every write of the plan was acknowledged, and
 raises :class:`store.StoreError` otherwise (:class:`store.StoreUnavailableError` when Milvus
@@ -46,8 +46,23 @@ consistency, on a helper thread while the new image rows are written (the read o
 pks the plan does not keep, which that write does not touch): on a busy 2.3.5 server each of
 the two took ~40 ms a batch, one after the other before.
 
-Product states are written after all image writes of the plan: a crash in between leaves the
-old state, so the events are applied again on redelivery instead of being skipped as stale.
+A product's state row is the commit point of its version. The order of an apply:
+
+1. upsert the image rows, then rewrite repriced rows (a price change keeps a row's
+   ``version``: it stays the version of the write that embedded the image, so rows above the
+   stored state's version are only ever leftovers of an unfinished upsert);
+2. upsert the states;
+3. delete: the rows each upsert no longer lists (prune), those of delisted products, and
+   those of repaired products (:class:`ingest.plan.Repair`).
+
+A crash before 2 leaves the old state with extra rows above its version: the events are
+applied again on redelivery (not skipped as stale), and an upsert that then fails, e.g. its
+new photo is gone, is dead-lettered with a repair that deletes them; before, its rows stayed
+searchable beside the old version's. A crash after 2 leaves rows the new version dropped: the
+redelivered event is stale (not embedded again) but its delete is repeated by a repair; before,
+with the deletes ahead of the states, a crash after the prune left the old version's state
+over the new version's photos. A repair reads the product's rows like a prune (none when this
+sink wrote the product itself: its own apply finished, so there is nothing to repair).
 """
 
 from __future__ import annotations
@@ -62,7 +77,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.plan import WritePlan
+from ingest.plan import Repair, WritePlan
 from schema.collection import (
     IMAGE_FIELDS,
     STATE_FIELDS,
@@ -110,7 +125,7 @@ class WriteResult:
     repriced: int = 0
     """Image rows rewritten by price updates."""
     deleted: int = 0
-    """Image rows deleted (pruned or of deleted products)."""
+    """Image rows deleted (pruned, of deleted products, or repaired)."""
     states: int = 0
     write_seconds: float = 0.0
     """Wall time of the whole apply()."""
@@ -251,27 +266,39 @@ class MilvusSink:
             raise ValueError(
                 f"a plan must not both upsert and delete a product: {sorted(clash)[:5]}"
             )
+        clash = set(plan.repairs) & {*plan.prune, *plan.delete_products}
+        if clash:
+            raise ValueError(
+                f"a plan must not repair a product it prunes or deletes: {sorted(clash)[:5]}"
+            )
         started = time.perf_counter()
         with self._lock:
             self._applying.update(s.product_id for s in plan.states)
         with self._store.recording() as calls:
             try:
-                known, reading = self._stored_pks([*plan.prune, *plan.delete_products])
+                known, to_repair, reading = self._stored_pks(
+                    [*plan.prune, *plan.delete_products], list(plan.repairs))
                 upserted = self._store.upsert(self._spec.name, [r.to_row() for r in plan.upserts],
                                               op="upsert_images")
                 repriced = self._apply_prices(plan.price_updates)
+                read: dict[str, dict[str, int]] = {}
                 if reading is not None:
                     read, read_calls = reading.result()
-                    known.update(read)
                     calls.extend(read_calls)
-                deleted = self._prune(plan.prune, known)
-                deleted += self._delete_products(plan.delete_products, known)
+                known.update({pid: frozenset(rows) for pid, rows in read.items()
+                              if pid not in to_repair})
                 states = self._store.upsert(
                     self._spec.state_name,
                     [{**s.model_dump(), STATE_VECTOR_FIELD: list(STATE_VECTOR)}
                      for s in plan.states],
                     op="upsert_states",
                 )
+                deleted, left = self._prune(plan, known)
+                deleted += self._delete_products(plan.delete_products, known)
+                repaired, kept = self._repair({pid: plan.repairs[pid] for pid in to_repair},
+                                              read)
+                deleted += repaired
+                left.update(kept)
                 if self._clock() - self._flushed_at >= self._flush_interval_s:
                     self.flush()
             except Exception as exc:
@@ -284,7 +311,7 @@ class MilvusSink:
                     raise
                 # a bug or bad data: still never report partial success
                 raise StoreError(f"apply failed: {exc}") from exc
-        self._remember_states(plan)
+        self._remember_states(plan, left)
         if upserted or repriced or deleted or states:
             self._wrote_at = self._clock()
         return WriteResult(
@@ -296,18 +323,22 @@ class MilvusSink:
             calls=tuple(calls),
         )
 
-    def _remember_states(self, plan: WritePlan) -> None:
-        """Remember the states written, with each product's image pks after the plan: those
-        of its upsert, none after a delete, unchanged by a price update."""
+    def _remember_states(self, plan: WritePlan, left: dict[str, frozenset[str]]) -> None:
+        """Remember the states written, with each product's image pks after the plan
+        (``left``: of pruned and repaired products), none after a delete, unchanged by a price
+        update; and the pks of repaired products whose state is remembered."""
         deleted = set(plan.delete_products)
         with self._lock:
             for state in plan.states:
                 pid = state.product_id
-                pks = (frozenset(plan.prune[pid]) if pid in plan.prune
+                pks = (left[pid] if pid in left
                        else frozenset() if pid in deleted
                        else self._written[pid][1] if pid in self._written else None)
                 self._written[pid] = (state, pks)
                 self._written.move_to_end(pid)
+            for pid in plan.repairs:
+                if pid in left and pid in self._written:
+                    self._written[pid] = (self._written[pid][0], left[pid])
             self._applying.difference_update(s.product_id for s in plan.states)
             self._forget_oldest()
 
@@ -343,7 +374,8 @@ class MilvusSink:
     def _apply_prices(self, updates: dict[str, tuple[float, str, int]]) -> int:
         """Read the products' rows (vectors included) and upsert them with the new price.
 
-        Rows already at a newer version than the update are left alone.
+        A row keeps its ``version`` (that of the write that embedded it: see the module
+        docs); rows already at a newer version than the update are left alone.
         """
         changed: list[dict[str, Any]] = []
         for row in self._rows_of("read_for_price", list(updates), IMAGE_FIELDS, PRICE_CHUNK):
@@ -352,35 +384,69 @@ class MilvusSink:
                 continue
             record = ImageRecord.model_validate(
                 {name: row[name] for name in IMAGE_FIELDS}
-                | {"price": float(price), "currency": currency, "version": int(version)}
+                | {"price": float(price), "currency": currency}
             )
             changed.append(record.to_row())
         return self._store.upsert(self._spec.name, changed, op="upsert_prices")
 
-    def _stored_pks(self, product_ids: Sequence[str]) -> tuple[
-            dict[str, frozenset[str]],
-            Future[tuple[dict[str, frozenset[str]], list[CallTiming]]] | None]:
+    def _stored_pks(self, product_ids: Sequence[str], repairs: Sequence[str]) -> tuple[
+            dict[str, frozenset[str]], list[str],
+            Future[tuple[dict[str, dict[str, int]], list[CallTiming]]] | None]:
         """The image pks these products have: those this sink remembers, and a read of the
-        others started on the helper thread (None: nothing to read)."""
+        others (pk -> version, read only when there are repairs) started on the helper thread
+        (None: nothing to read); and the
+        products of ``repairs`` to repair, those this sink does not remember (it remembers
+        pks only after its own apply of the product finished: nothing to repair)."""
         known, rest = self._remembered_pks(product_ids)
+        to_repair = self._remembered_pks(repairs)[1]
+        rest += to_repair
         if not rest:
-            return known, None
+            return known, to_repair, None
         consistency = self.state_read_consistency()
 
-        def read() -> tuple[dict[str, frozenset[str]], list[CallTiming]]:
-            found: dict[str, set[str]] = {pid: set() for pid in rest}
+        fields = ["pk", "product_id", *(["version"] if to_repair else [])]
+
+        def read() -> tuple[dict[str, dict[str, int]], list[CallTiming]]:
+            found: dict[str, dict[str, int]] = {pid: {} for pid in rest}
             with self._store.recording() as calls:
-                for row in self._rows_of("read_image_pks", rest, ["pk", "product_id"],
-                                         PRODUCT_CHUNK, consistency):
-                    found[str(row["product_id"])].add(str(row["pk"]))
-            return {pid: frozenset(pks) for pid, pks in found.items()}, calls
+                for row in self._rows_of("read_image_pks", rest, fields, PRODUCT_CHUNK,
+                                         consistency):
+                    found[str(row["product_id"])][str(row["pk"])] = int(row.get("version", -1))
+            return found, calls
 
-        return known, self._reader.submit(read)
+        return known, to_repair, self._reader.submit(read)
 
-    def _prune(self, prune: dict[str, set[str]], stored: dict[str, frozenset[str]]) -> int:
-        victims = [pk for pid, keep in prune.items() for pk in sorted(stored[pid] - keep)]
-        return self._store.delete_in(self._spec.name, "pk", victims, op="delete_pruned") \
+    def _prune(self, plan: WritePlan, stored: dict[str, frozenset[str]]) -> tuple[
+            int, dict[str, frozenset[str]]]:
+        """Delete the rows each upsert no longer lists; also the pks each pruned product has
+        left (its stored rows it lists, and those just written)."""
+        written: dict[str, set[str]] = {}
+        for record in plan.upserts:
+            written.setdefault(record.product_id, set()).add(record.pk)
+        victims = [pk for pid, keep in plan.prune.items() for pk in sorted(stored[pid] - keep)]
+        left = {pid: frozenset((stored[pid] & keep) | written.get(pid, set()))
+                for pid, keep in plan.prune.items()}
+        deleted = self._store.delete_in(self._spec.name, "pk", victims, op="delete_pruned") \
             if victims else 0
+        return deleted, left
+
+    def _repair(self, repairs: dict[str, Repair], stored: dict[str, dict[str, int]]) -> tuple[
+            int, dict[str, frozenset[str]]]:
+        """Delete what each repair names (:class:`ingest.plan.Repair`) of the product's stored
+        rows (pk -> version); also the pks each has left."""
+        victims: list[str] = []
+        left: dict[str, frozenset[str]] = {}
+        for pid, repair in repairs.items():
+            rows = stored[pid]
+            gone = {pk for pk, version in rows.items()
+                    if version > repair.version
+                    or (repair.keep is not None and version < repair.version
+                        and pk not in repair.keep)}
+            victims.extend(sorted(gone))
+            left[pid] = frozenset(rows.keys() - gone)
+        deleted = self._store.delete_in(self._spec.name, "pk", victims, op="delete_repaired") \
+            if victims else 0
+        return deleted, left
 
     def _delete_products(self, product_ids: list[str],
                          stored: dict[str, frozenset[str]]) -> int:

@@ -7,13 +7,14 @@ from typing import Any
 from ingest.plan import (
     EmbeddedProduct,
     EventItem,
+    Repair,
     Status,
     plan_writes,
     select_upserts,
 )
 from schema.errors import ItemFailure, Reason
 from schema.events import ProductDelisted, ProductEvent, ProductPriceChanged, ProductUpserted
-from schema.records import ProductState
+from schema.records import ProductState, image_pk
 
 
 def up(pid: str, version: int, price: str = "10", images: int = 2) -> ProductUpserted:
@@ -169,3 +170,41 @@ def test_a_product_that_cannot_be_planned_fails_alone(monkeypatch: Any) -> None:
     assert batch[1].outcome.failure.reason == "invalid_event"
     assert {r.product_id for r in plan.upserts} == {"ok"}
     assert [s.product_id for s in plan.states] == ["ok"] and "bad" not in plan.prune
+
+
+def pks_of(event: ProductUpserted) -> frozenset[str]:
+    return frozenset(image_pk(event.product_id, image.key) for image in event.images)
+
+
+def test_an_upsert_not_applied_repairs_rows_above_the_stored_version() -> None:
+    batch = items(up("p", 2, images=1), up("q", 1, images=1), up("r", 2), up("r", 3, images=1))
+    fail = frozenset({("p", 0), ("q", 0), ("r", 0)})
+    plan = plan_writes(batch, state("p", 1) | state("r", 1), embed_all(batch, fail), "m", 5)
+    assert statuses(batch) == ["dead_lettered"] * 4
+    assert plan.repairs == {"p": Repair(1), "q": Repair(-1), "r": Repair(1)}
+    assert not plan.states and not plan.prune
+
+
+def test_a_price_change_applied_beside_a_failed_upsert_repairs_from_the_stored_version() -> None:
+    batch = items(price("p", 2, "3"), up("p", 3, images=1))
+    plan = plan_writes(batch, state("p", 1), embed_all(batch, {("p", 0)}), "m", 5)
+    assert statuses(batch) == ["applied", "dead_lettered"]
+    assert plan.price_updates == {"p": (3.0, "EUR", 2)} and plan.repairs == {"p": Repair(1)}
+
+
+def test_an_equal_version_upsert_or_delist_repeats_its_delete() -> None:
+    batch = items(up("p", 3), up("p", 2), gone("q", 4), up("r", 5), gone("s", 6), up("t", 1))
+    states = (state("p", 3) | state("q", 4, listed=False) | state("r", 5, listed=False)
+              | state("s", 6) | state("t", 2))
+    plan = plan_writes(batch, states, {}, "m", 5)
+    assert statuses(batch) == ["stale"] * 6
+    assert plan.repairs == {"p": Repair(3, pks_of(up("p", 3))), "q": Repair(4, frozenset())}
+    assert not plan.states  # r, s: the stored state is not what the event would write
+
+
+def test_an_applied_upsert_or_delist_needs_no_repair() -> None:
+    batch = items(up("p", 2, images=1), up("p", 3), gone("q", 2), up("q", 3, images=1))
+    fail = frozenset({("p", 0), ("q", 0)})
+    plan = plan_writes(batch, state("p", 1) | state("q", 1), embed_all(batch, fail), "m", 5)
+    assert statuses(batch) == ["applied", "applied", "applied", "dead_lettered"]
+    assert "p" in plan.prune and plan.delete_products == ["q"] and not plan.repairs

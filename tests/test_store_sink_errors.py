@@ -72,12 +72,17 @@ def test_transient_errors_are_retried() -> None:
     assert result.upserted == 1 and result.deleted == 1 and result.states == 1
 
 
-def test_retries_are_bounded_and_states_not_written() -> None:
+def test_retries_are_bounded_and_a_failed_delete_fails_the_apply() -> None:
+    """The deletes come after the states (the commit point: ingest/sink.py), so the states
+    are written, but the apply still fails: the batch is not committed, and its redelivery
+    repeats the deletes (stale events repair)."""
     client = FakeClient({"delete": [TimeoutError("slow")] * 10})
     client.rows = [{"pk": "b#k1", "product_id": "b"}]
     with pytest.raises(StoreUnavailableError, match="delete_products failed after 3 attempt"):
         _sink(client, max_attempts=3).apply(_plan())
-    assert not [c for c in client.calls if c[1] == SPEC.state_name]
+    writes = [(c[0], c[1]) for c in client.calls if c[0] != "query"]
+    assert writes == [("upsert", SPEC.name), ("upsert", SPEC.state_name)] + [
+        ("delete", SPEC.name)] * 3
     assert SinkError is StoreError  # the name ingest callers know
 
 
