@@ -51,7 +51,8 @@ class WritePlan:
 
     upserts: list[ImageRecord] = field(default_factory=list)
     prune: dict[str, set[str]] = field(default_factory=dict)
-    """product_id -> image pks to KEEP; the product's other image rows are deleted."""
+    """product_id -> image pks to KEEP (every image its upsert lists, embedded now or not:
+    a failed image's stored row stays); the product's other image rows are deleted."""
     delete_products: list[str] = field(default_factory=list)
     """Products whose image rows are all deleted."""
     price_updates: dict[str, tuple[float, str, int]] = field(default_factory=dict)
@@ -265,8 +266,9 @@ def _emit(
             ImageRecord.from_event(event, index, vector, model_version, now_ms)
             for index, vector in sorted(embedded.vectors.items())
         ]
+        keep = {image_pk(product_id, image.key) for image in event.images}
         plan.upserts.extend(records)
-        plan.prune[product_id] = {r.pk for r in records}
+        plan.prune[product_id] = keep
     elif fold.action == "price":
         assert fold.price is not None
         plan.price_updates[product_id] = (fold.price[0], fold.price[1], fold.version)

@@ -176,6 +176,14 @@ def pks_of(event: ProductUpserted) -> frozenset[str]:
     return frozenset(image_pk(event.product_id, image.key) for image in event.images)
 
 
+def test_prune_keeps_every_listed_image_also_a_failed_one() -> None:
+    batch = items(up("p", 2, images=3))
+    plan = plan_writes(batch, state("p", 1), embed_all(batch, {("p", 1)}), "m", 5)
+    assert statuses(batch) == ["applied"] and len(plan.upserts) == 2
+    assert plan.prune["p"] == pks_of(up("p", 2, images=3))  # image 1's stored row stays
+    assert not plan.repairs
+
+
 def test_an_upsert_not_applied_repairs_rows_above_the_stored_version() -> None:
     batch = items(up("p", 2, images=1), up("q", 1, images=1), up("r", 2), up("r", 3, images=1))
     fail = frozenset({("p", 0), ("q", 0), ("r", 0)})

@@ -139,6 +139,22 @@ def test_a_redelivered_upsert_whose_photo_comes_is_applied_whole(
     assert stored(milvus, spec, "a") == (2, pks("a", V2))
 
 
+def test_an_image_that_fails_keeps_its_stored_row(milvus: Milvus, spec: CollectionSpec) -> None:
+    """Issue 4: a re-upsert listing the same photos, one failing for now. Before, only the
+    rows embedded now were kept: the prune deleted the failed photo's indexed row, and the
+    event was applied, so nothing ever put it back."""
+    sink = fresh(milvus, spec)
+    deliver(sink, [up("a", 1, V1)])
+    assert deliver(sink, [up("a", 2, V1, price="12")], missing=frozenset({"r2"})) == ["applied"]
+    version, rows = stored(milvus, spec, "a")
+    assert (version, rows) == (2, pks("a", V1))
+    by_pk = {r["pk"]: r for r in milvus.rows(spec, 'product_id == "a"', ["pk", "version"])}
+    assert by_pk[image_pk("a", up("a", 1, ["r2"]).images[0].key)]["version"] == 1
+    # a dropped photo is still pruned when another one fails
+    assert deliver(sink, [up("a", 3, ["r1", "r2"])], missing=frozenset({"r2"})) == ["applied"]
+    assert stored(milvus, spec, "a") == (3, pks("a", ["r1", "r2"]))
+
+
 def test_repriced_rows_are_not_taken_for_leftovers(milvus: Milvus, spec: CollectionSpec) -> None:
     """A price change cut short before its state, redelivered with a newer upsert that fails:
     the repair deletes rows above the stored version, which a price change must not put
