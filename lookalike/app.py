@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from embedding.files import photo_over_limit
 from embedding.trained import TrainedModelError
 from embedding.weights import WeightsNotInstalledError
 from ingest.dlq import DeadLetterQueue
@@ -486,17 +487,12 @@ def stop_on_signals(runner: Runner) -> Iterator[None]:
 
 def check_photo_bytes(photo: Path, max_bytes: int, what: str) -> None:
     """A user error (``what: N bytes > limit M``) for a local photo over ``max_bytes``
-    (``LOOKALIKE_IMAGES__MAX_BYTES``), from its size, before it is read: read whole, a 1 GB
-    file took 1.9 GB of memory, where ingest and the HTTP API refuse it. The query photos of
-    ``search`` and ``compare-prices`` and the photos of ``eval``; one that cannot be looked
-    at passes (reading it says why)."""
-    try:
-        size = photo.stat().st_size
-    except OSError:
-        return
-    if size > max_bytes:
-        raise UserError(f"{what}: {size} bytes > limit {max_bytes} "
-                        "(LOOKALIKE_IMAGES__MAX_BYTES)")
+    (:func:`embedding.files.photo_over_limit`, which train's skipped photos name too): the
+    query photos of ``search`` and ``compare-prices`` and the photos of ``eval``; one that
+    cannot be looked at passes (reading it says why)."""
+    reason = photo_over_limit(photo, max_bytes)
+    if reason is not None:
+        raise UserError(f"{what}: {reason}")
 
 
 # -- failures -------------------------------------------------------------------------------

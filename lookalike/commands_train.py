@@ -99,6 +99,7 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
         "val_by_group": args.val_split == "group",
         "colour_weight": settings.model.colour_weight,
         "max_pixels": settings.images.max_pixels,
+        "max_bytes": settings.images.max_bytes,
     })
     if (options.epochs < 1 or options.views < 1 or not 0 < options.val_fraction < 1
             or not (math.isfinite(options.spread_weight) and options.spread_weight >= 0)):

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from embedding.colour import COLOUR_DIM, colour_descriptors
 from embedding.decode import ImageDecodeError, load_image
+from embedding.files import photo_over_limit
 from training.augment import WORK_SIZE, AugmentConfig, views, work_image
 from training.backbone import Backbone
 from training.data import TrainImage
@@ -43,13 +44,19 @@ class CachedViews:
     seconds: float = 0.0
 
 
-def decode_all(images: Sequence[TrainImage], max_pixels: int,
-               pool: ThreadPoolExecutor) -> tuple[list[TrainImage], list[Image.Image],
-                                                  list[tuple[TrainImage, str]]]:
-    """Work-sized RGB photos; undecodable ones are listed with their reason, not raised."""
+def decode_all(images: Sequence[TrainImage], max_pixels: int, pool: ThreadPoolExecutor,
+               max_bytes: int) -> tuple[list[TrainImage], list[Image.Image],
+                                        list[tuple[TrainImage, str]]]:
+    """Work-sized RGB photos; undecodable ones are listed with their reason, not raised. A
+    file over ``max_bytes`` is one of them, refused before it is read (a 3 GB sparse file
+    was read whole: 2.5 GB of memory), with the reason eval and search give."""
     def load(item: TrainImage) -> Image.Image | str:
+        too_large = photo_over_limit(item.path, max_bytes)
+        if too_large is not None:
+            return too_large
         try:
-            return work_image(load_image(item.path, max_pixels, min_size=WORK_SIZE))
+            return work_image(load_image(item.path, max_pixels, min_size=WORK_SIZE,
+                                         max_bytes=max_bytes))
         except ImageDecodeError as exc:
             return str(exc)
 

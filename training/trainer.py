@@ -74,6 +74,8 @@ class TrainOptions:
     learning_rate: float = 1e-4
     colour_weight: float = _MODEL.colour_weight
     max_pixels: int = _IMAGES.max_pixels
+    max_bytes: int = _IMAGES.max_bytes
+    """A photo larger than this is skipped unread (``LOOKALIKE_IMAGES__MAX_BYTES``)."""
     group_weight: float = 1.0
     """Weight of the group loss next to the product loss (with a group key)."""
     item_within_group: bool = False
@@ -372,7 +374,8 @@ def prepare(catalog: Path, backbone: Backbone, options: TrainOptions) -> Prepare
     pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
     try:
         t0 = time.perf_counter()
-        readable, photos, skipped = decode_all(images, options.max_pixels, pool)
+        readable, photos, skipped = decode_all(images, options.max_pixels, pool,
+                                               options.max_bytes)
         decode_s = time.perf_counter() - t0
         parts = split(readable, options.val_fraction, options.seed, by_group=by_group,
                       unreadable=skipped)
