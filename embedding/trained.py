@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from embedding.colour import colour_version
+from embedding.files import check_regular, read_regular
 from embedding.preprocess import SquareMode
 from embedding.variants import Variant
 
@@ -47,6 +48,8 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE)
 """Every file :func:`save_trained` writes: a folder holding nothing else is a model directory
 ``lookalike train`` may write over."""
 FORMAT = 1
+MAX_CONFIG_BYTES = 1 << 20
+"""A config.json is a few hundred bytes; a larger one (a link to ``/dev/zero``) is not read."""
 
 
 class TrainedModelError(Exception):
@@ -118,7 +121,7 @@ def read_config(directory: Path) -> tuple[TrainedConfig, str]:
     """The config and its recorded content hash; a :class:`TrainedModelError` says what's wrong."""
     path = directory / CONFIG_FILE
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
         config = TrainedConfig(
             variant=Variant.parse(meta["variant"]).value,
             square=SquareMode.parse(meta["square"]).value,
@@ -180,6 +183,11 @@ def load_trained_model(directory: Path,
     """The full feature model with the retrained top, its config and its model_version (which
     names ``colour_weight`` as :func:`embedding.embedder.model_version` does)."""
     config, sha = read_config(directory)
+    try:  # a FIFO would block h5py's open for ever, a device be read for ever
+        check_regular(directory / WEIGHTS_FILE)
+    except OSError as exc:
+        raise TrainedModelError(f"{directory / WEIGHTS_FILE}: cannot read: "
+                                f"{exc.strerror or exc}") from None
     model, top = trained_model_parts(config)
     try:
         with warnings.catch_warnings():  # Keras warns per layer that does not fit, then raises

@@ -8,9 +8,7 @@ anything is sent, so a bad file publishes nothing and every error is reported wi
 
 from __future__ import annotations
 
-import errno
 import json
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any
 from kafka import KafkaProducer
 from pydantic import ValidationError
 
+from embedding.files import check_regular
 from schema.errors import ItemError
 from schema.events import MAX_EVENT_BYTES, SCHEME, ProductUpserted, dump_event, load_json
 
@@ -65,9 +64,7 @@ def catalog_lines(path: Path) -> Iterator[CatalogLine]:
     limit: a catalog of one endless line (``/dev/zero`` copied to a file) costs no memory.
     Raises ``OSError`` for a path that is not a regular file: a FIFO would wait forever for a
     writer, a device (``/dev/zero``) be read forever."""
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise OSError(errno.EINVAL, "not a regular file (a catalog is a JSON Lines file)",
-                      str(path))
+    check_regular(path, "a catalog is a JSON Lines file")
     with open(path, "rb") as fh:
         number = 0
         while line := fh.readline(MAX_EVENT_BYTES + 1):

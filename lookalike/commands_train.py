@@ -158,9 +158,9 @@ def _check_reusable(out: Path) -> None:
         raise UserError(f"{rule}; {out} holds {shown}")
     try:
         read_config(out)
-    except TrainedModelError:
+    except TrainedModelError as exc:  # reads no link to /dev/zero, no FIFO (read_config)
         raise UserError(f"{rule}; {out} holds {', '.join(names)} but no trained model's "
-                        "config.json") from None
+                        f"config.json ({exc})") from None
 
 
 def _staging(out: Path) -> Path:

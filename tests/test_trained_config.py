@@ -79,3 +79,58 @@ def test_weights_of_another_layout_are_one_line(tmp_path: Path) -> None:
     text = str(refused.value)
     assert "cannot load" in text and "weights of another config.json?" in text
     assert "\n" not in text and len(text) < 400
+
+
+def _fifo(path: Path) -> Path:
+    import os
+
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "folder", "too-large"])
+def test_a_config_that_is_no_small_regular_file_is_one_line(tmp_path: Path, kind: str) -> None:
+    """A tampered directory: config.json a link to /dev/zero was read for ever (3.5 GB in
+    6 s), a FIFO waited for ever for a writer; also ``train --out`` of that folder."""
+    import threading
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = folder / CONFIG_FILE
+    if kind == "dev-zero":
+        config.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        _fifo(config)
+    elif kind == "folder":
+        config.mkdir()
+    else:
+        config.write_text(json.dumps({**GOOD, "pad": "x" * (2 << 20)}))
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _refused(folder, outcome), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "read_config hangs"
+    assert len(outcome) == 1 and isinstance(outcome[0], TrainedModelError)
+    text = str(outcome[0])
+    expected = "larger than 1048576 bytes" if kind == "too-large" else "not a regular file"
+    assert f"{config}: cannot read: {expected}" in text and "\n" not in text
+
+
+def _refused(folder: Path, outcome: list[BaseException]) -> None:
+    try:
+        read_config(folder)
+    except BaseException as exc:  # the test inspects it
+        outcome.append(exc)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_weights_that_are_no_regular_file_are_one_line(tmp_path: Path, kind: str) -> None:
+    """top.weights.h5 a FIFO hung in h5py's open; refused before the model is built."""
+    folder = _written(tmp_path / "model")
+    weights = folder / "top.weights.h5"
+    if kind == "fifo":
+        _fifo(weights)
+    else:
+        weights.symlink_to("/dev/zero")
+    with pytest.raises(TrainedModelError, match=f"{weights}: cannot read: not a regular file"):
+        load_trained_model(folder, 0.5)
