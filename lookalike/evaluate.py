@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     _warn_of_easy_figures(products, queries, args)
     details: Path | None = args.details
     if details is not None:  # a path that cannot be written fails now, not after the work
-        _check_details(details, [args.gallery, args.queries, *photos])
+        _check_details(details, [args.gallery, args.queries, *photos,
+                                 *([] if args.no_cache else [args.cache])])
     cache = None if args.no_cache else _open_cache(args.cache)  # so does a bad --cache
     try:
         report = _evaluate(settings, args, match, products, queries, cache)
@@ -154,13 +156,13 @@ def _warn_of_easy_figures(products: list[Any], queries: list[Any],
 
 def _check_details(path: Path, inputs: list[Path]) -> None:
     """Refuse a ``--details`` path that is one of the evaluation's inputs (the gallery, the
-    queries, a photo) or that cannot be written, without touching it: an existing file is
-    replaced only once the run has succeeded (:func:`_write_details`)."""
+    queries, a photo, the embedding cache) or that cannot be written, without touching it: an
+    existing file is replaced only once the run has succeeded (:func:`_write_details`)."""
     try:
         target = path.resolve()
         if target in {p.resolve() for p in inputs}:
             raise UserError(f"cannot write --details {path}: it is one of the evaluation's "
-                            "inputs (the gallery, the queries or a photo)")
+                            "inputs (the gallery, the queries, a photo or the --cache)")
         if target.exists() and not target.is_file():
             raise UserError(f"cannot write --details {path}: not a regular file")
         folder = target.parent
@@ -175,11 +177,13 @@ def _check_details(path: Path, inputs: list[Path]) -> None:
 
 def _write_details(path: Path, lines: list[dict[str, Any]]) -> None:
     """``--details``: one JSON object per query, written to a temporary file beside ``path``
-    and then renamed over it, so that ``path`` never holds a partial file."""
+    and then renamed over it, so that ``path`` never holds a partial file. It gets the mode
+    of the file it replaces, else what the umask allows (the temporary file's is 0600)."""
     target = path.resolve()
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, _new_file_mode(target))
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.writelines(json.dumps(line) + "\n" for line in lines)
         os.replace(tmp, target)
@@ -190,6 +194,16 @@ def _write_details(path: Path, lines: list[dict[str, Any]]) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _new_file_mode(target: Path) -> int:
+    """The permissions of ``target`` if it exists, else of a new file under the umask."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def print_same_item(report: SameItemReport) -> None:

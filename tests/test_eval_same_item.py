@@ -296,3 +296,42 @@ def test_cli_same_item_eval_refuses_match_and_says_which_photo_a_query_runs(
         assert main(base) == 0
     assert len(calls) == 1
     assert any("1 of 2 queries have several photos" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_eval_details_is_not_the_cache_and_respects_the_umask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--cache dc.sqlite --details dc.sqlite`` replaced the embedding cache with JSON lines;
+    a details file was always mode 0600 (its temporary file's), whatever the umask, even
+    where it replaced a file of another mode."""
+    import os
+    import sqlite3
+
+    gallery_path, queries_path = _write(tmp_path)
+
+    def fake(*args: object, **kwargs: object) -> SameItemReport:
+        counts = SameItemCounts()
+        counts.add(set(), {"a"})
+        return SameItemReport(counts, "m", 5, 5, details=[{"image": "q.jpg"}])
+
+    monkeypatch.setattr(lookalike.evaluate, "evaluate_same_item", fake)
+    base = ["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
+            str(queries_path)]
+    cache = tmp_path / "dc.sqlite"
+    sqlite3.connect(cache).close()
+    before = cache.read_bytes()
+    capsys.readouterr()
+    assert main([*base, "--cache", str(cache), "--details", str(cache)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is one of the evaluation's inputs" in err[0], err
+    assert cache.read_bytes() == before
+    old = os.umask(0o022)
+    try:
+        details = tmp_path / "d.jsonl"
+        assert main([*base, "--no-cache", "--details", str(details)]) == 0
+        assert details.stat().st_mode & 0o777 == 0o644
+        details.chmod(0o640)
+        assert main([*base, "--no-cache", "--details", str(details)]) == 0
+        assert details.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
