@@ -39,6 +39,15 @@ class CatalogError(ValueError):
         self.errors = errors
 
 
+class EmptyCatalogError(CatalogError):
+    """The catalog file has no product line at all (empty, or blank lines only): eval and
+    train refuse it too, and publishing it would report success with nothing sent."""
+
+    def __init__(self, path: Path) -> None:
+        ValueError.__init__(self, f"{path}: no lines (a catalog lists one product per line)")
+        self.errors = []
+
+
 @dataclass(frozen=True)
 class CatalogLine:
     line: int
@@ -110,7 +119,8 @@ def to_event(
 def load_catalog(
     path: Path, *, version: int | None = None, default_seller: str = "catalog"
 ) -> list[ProductUpserted]:
-    """Validate the whole file; raise :class:`CatalogError` listing every bad line."""
+    """Validate the whole file; raise :class:`CatalogError` listing every bad line (or
+    :class:`EmptyCatalogError` for a file without any)."""
     version = int(time.time() * 1000) if version is None else version
     base = path.resolve().parent
     events: list[ProductUpserted] = []
@@ -135,6 +145,8 @@ def load_catalog(
         events.append(event)
     if errors:
         raise CatalogError(path, errors)
+    if not events:
+        raise EmptyCatalogError(path)
     return events
 
 

@@ -319,6 +319,8 @@ GOOD_LINE = ('{"product_id": "a", "title": "A", "category": "X", "price": 1, "cu
      "line 1: type: 'product.delisted': a catalog lists products to publish"),
     (GOOD_LINE.replace('"a.png"', '"ftp://example.com/a.jpg"').encode(),
      "image url must be http:// or https://"),
+    (b"", "c.jsonl: no lines"),  # exited 0 with events=0, where eval and train refuse it
+    (b"\n  \n\t\r\n", "c.jsonl: no lines"),
 ])
 def test_a_catalog_line_publish_cannot_send_is_named_in_one_line(
     content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
