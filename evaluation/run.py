@@ -79,6 +79,8 @@ class EvalReport:
     search_seconds: float = 0.0
     results: list[QueryResult] = field(default_factory=list)
     """Each query's outcome, in the order of the queries file."""
+    match: Match = "exact"
+    """The intent the queries were scored with (``--match``)."""
 
     @property
     def details(self) -> list[dict[str, Any]]:
@@ -89,6 +91,8 @@ class EvalReport:
     def to_json(self) -> dict[str, Any]:
         s = self.summary
         return {
+            "task": "retrieval",
+            "match": self.match,
             **{key: round(value, 4) for key, value in s.overall.items()},
             "n_queries": s.n_queries,
             "n_gallery": self.n_gallery,
@@ -322,7 +326,7 @@ def evaluate(
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
-        results=results,
+        results=results, match=match,
     )
 
 

@@ -89,6 +89,7 @@ class SameItemReport:
     def to_json(self) -> dict[str, Any]:
         times = sorted(self.per_query_ms)
         return {
+            "task": "same-item",
             **{key: None if value is None else round(value, 4)
                for key, value in self.counts.summary().items()},
             "n_queries": self.counts.queries,

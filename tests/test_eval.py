@@ -102,6 +102,7 @@ def test_eval_scores_and_caches(tmp_path: Path) -> None:
     out = report.to_json()
     assert {"R@1", "R@5", "R@10", "mAP@R", "n_queries", "n_gallery", "model"} <= set(out)
     assert out["model"] == TinyEmbedder.model_version
+    assert (out["task"], out["match"]) == ("retrieval", "exact")  # --json said neither
 
     again = TinyEmbedder()
     second = _run(tmp_path, again, cache, "second")

@@ -171,6 +171,7 @@ def test_precision_is_undefined_when_nothing_was_listed(
     report = SameItemReport(counts, "m", 3, 3)
     out = json.loads(json.dumps(report.to_json()))
     assert out["precision"] is None and out["recall"] == 0.0 and out["returned"] == 0
+    assert out["task"] == "same-item"
     lookalike.evaluate.print_same_item(report)
     text = capsys.readouterr().out
     assert "precision n/a  recall 0.000" in text and "(0 listed, 3 relevant)" in text
