@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import fcntl
+import glob
 import json
 import logging
 import math
@@ -12,6 +15,7 @@ import shutil
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -168,7 +172,79 @@ def _staging(out: Path) -> Path:
     a link points to), named for this run, so renaming it into place is one rename within
     one file system. Not created here (:func:`_make_staging`)."""
     real = out.resolve()
-    return real.parent / f".{real.name}.train-{uuid.uuid4().hex[:12]}"
+    return real.parent / f".{real.name}.train-{uuid.uuid4().hex[:STAGING_ID]}"
+
+
+STAGING_ID = 12
+"""Hex digits of a run's id in its staging folder's name (``.NAME.train-<id>``)."""
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[Path]:
+    """Hold ``.NAME.train.lock`` beside ``--out`` (``flock``) for the run: a second train into
+    the same folder is refused at once (exit 4, as a Milvus Lite database held by another
+    process), where both ran and the second silently replaced the first's model. The file is
+    removed as the lock is let go; one left by a killed run is taken over (the kernel
+    released its lock). A lock file removed between its open and its lock is locked anew."""
+    from lookalike.errors import ExitCode, UserError
+
+    real = out.resolve()
+    lock = real.parent / f".{real.name}.train.lock"
+    for _ in range(10):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot write next to --out {out} (train locks it with {lock}): "
+                            f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            opened, now = os.fstat(fd), os.stat(lock, follow_symlinks=False)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise UserError(f"--out {out} is being written by another lookalike train (it "
+                                f"holds {lock}); wait for it, or choose another --out",
+                                ExitCode.UNAVAILABLE) from None
+            if exc.errno == errno.ENOENT:
+                continue  # its holder removed it as it finished
+            raise UserError(f"cannot lock --out {out} with {lock}: "
+                            f"{exc.strerror or exc}") from None
+        if (opened.st_dev, opened.st_ino) == (now.st_dev, now.st_ino):
+            break
+        os.close(fd)
+    else:
+        raise UserError(f"cannot lock --out {out} with {lock}: it keeps being replaced",
+                        ExitCode.UNAVAILABLE)
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the ``.NAME.train-<id>`` folders beside ``--out`` that a killed run left (kill
+    -9, a power cut: no ``finally`` ran). Called under :func:`_exclusive`, so no live run of
+    this ``--out`` is writing one. Left alone where a ``.NAME.old-*`` folder says a run was
+    killed in the instant it swapped its model in (both are whole: the operator decides)."""
+    real = out.resolve()
+    prefix = f".{real.name}.train-"
+    stale = [p for p in real.parent.glob(glob.escape(prefix) + "*")
+             if len(p.name) == len(prefix) + STAGING_ID and p.is_dir() and not p.is_symlink()
+             and all(c in "0123456789abcdef" for c in p.name[len(prefix):])]
+    if not stale:
+        return
+    swapping = sorted(real.parent.glob(glob.escape(f".{real.name}.old-") + "*"))
+    if swapping:
+        log.warning("left %s: a run was stopped while it swapped a model in (%s holds the "
+                    "previous one); keep the one you want as --out, remove the others",
+                    ", ".join(map(str, stale)), swapping[0])
+        return
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    log.info("removed %d staging folder(s) a killed run left: %s", len(stale),
+             ", ".join(p.name for p in stale))
 
 
 def _make_staging(staging: Path, out: Path) -> None:
@@ -288,7 +364,8 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     created = _model_directory(args.out)
     staging = _staging(args.out)
     try:
-        with signals.handling(_stop):
+        with _exclusive(args.out), signals.handling(_stop):
+            _remove_stale_staging(args.out)
             _make_staging(staging, args.out)
             result = _fit(settings, args, options, staging)
             _swap_in(staging, args.out)

@@ -734,6 +734,62 @@ def test_a_stopped_run_ends_in_one_line_and_removes_its_folder(
     assert list(existing.iterdir()) == []
 
 
+def test_a_second_train_into_the_same_out_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two trains into one --out both ran and claimed success, the first model silently
+    replaced by the second: the lock beside --out refuses the second, exit 4, at once."""
+    import fcntl
+    import os
+    import time
+
+    from lookalike.cli import main
+
+    catalog = _catalog(tmp_path, n_styles=4)
+    out = tmp_path / "model"
+    lock = tmp_path / ".model.train.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)  # what the first run holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        assert main(["train", "--catalog", str(catalog), "--out", str(out)]) == 4
+        assert time.monotonic() - started < 10  # before any model is built
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if "lookalike train: error:" in line]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert f"--out {out} is being written by another lookalike train" in lines[0]
+        assert lock.exists()  # the holder's file is left to it
+    finally:
+        os.close(fd)
+
+
+def test_a_run_removes_what_a_killed_run_of_its_out_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 left ``.NAME.train-<id>`` staging folders beside --out, never cleaned: the
+    next run of that --out (holding its lock: nobody else writes one) removes them, and
+    only them; its own lock file goes as it ends."""
+    import training.backbone
+    from lookalike.cli import build_parser
+    from lookalike.commands_train import train as train_command
+    from lookalike.settings import Settings
+
+    catalog = _catalog(tmp_path, n_styles=4)
+    left = [tmp_path / ".model.train-0123456789ab", tmp_path / ".model.train-abcdefabcdef"]
+    kept = [tmp_path / ".model.train-mine", tmp_path / ".model2.train-0123456789ab"]
+    for folder in (*left, *kept):
+        folder.mkdir()
+        (folder / "top.weights.h5").write_bytes(b"half")
+    monkeypatch.setattr(training.backbone, "ProjectionBackbone",
+                        lambda *args: FakeProjectionBackbone())
+    args = build_parser().parse_args(
+        ["train", "--catalog", str(catalog), "--out", str(tmp_path / "model"),
+         "--epochs", "1", "--views", "1"])
+    assert train_command(Settings(), args) == 0
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == sorted(p.name for p in kept)
+
+
 def test_a_signal_during_a_fit_waits_for_the_step() -> None:
     """Inside ``model.fit`` a Ctrl-C only asks Keras to stop after the step; the previous
     handler gets it once the fit has returned."""
