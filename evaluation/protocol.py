@@ -99,6 +99,13 @@ def _image_path(entry: Any, base: Path, where: str) -> Path:
 
 
 def _missing(paths: list[tuple[str, Path]], what: str) -> None:
+    """Every photo must be a regular file: a folder, a FIFO (which would wait for ever) or a
+    device (``/dev/zero``, read for ever) is named as such, a missing one as not found."""
+    odd = [(where, p) for where, p in paths if p.exists() and not p.is_file()]
+    if odd:
+        shown = "; ".join(f"{where}: {p}" for where, p in odd[:MAX_LISTED])
+        more = f" ... and {len(odd) - MAX_LISTED} more" if len(odd) > MAX_LISTED else ""
+        raise ProtocolError(f"{len(odd)} {what} image(s) not a regular file: {shown}{more}")
     gone = [(where, p) for where, p in paths if not p.is_file()]
     if gone:
         shown = "; ".join(f"{where}: {p}" for where, p in gone[:MAX_LISTED])

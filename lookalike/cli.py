@@ -349,7 +349,8 @@ def _main(args: argparse.Namespace, graceful: bool) -> int:
         failure = explain(exc)
         if failure is None:
             raise  # a bug: keep its traceback
-        print(f"{prog}: error: {failure}", file=sys.stderr)
+        # one line whatever the message holds (a decoder's error may end in a newline)
+        print(f"{prog}: error: {' '.join(str(failure).split())}", file=sys.stderr)
         return int(failure.code)
     finally:
         app = sys.modules.get("lookalike.app")  # imported by every command that opens a store

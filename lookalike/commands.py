@@ -54,8 +54,17 @@ log = logging.getLogger("lookalike")
 
 
 def _print_json(items: Sequence[BaseModel]) -> None:
-    json.dump([i.model_dump(mode="json") for i in items], sys.stdout, indent=2)
+    json.dump([_clipped(i.model_dump(mode="json")) for i in items], sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def _clipped(item: dict[str, Any]) -> dict[str, Any]:
+    """A cosine similarity as printed: float32 rounding made a photo's own listing
+    1.0000001192092896, a cosine above 1."""
+    similarity = item.get("similarity")
+    if isinstance(similarity, float) and similarity > 1.0:
+        item["similarity"] = 1.0
+    return item
 
 
 def _print_hits(items: Sequence[Any], score_name: str = "score") -> None:

@@ -112,6 +112,11 @@ def train_options(settings: Settings, args: argparse.Namespace) -> TrainOptions:
     if options.colour_jitter is not None and not 0 <= options.colour_jitter <= 1:
         raise UserError(f"--colour-jitter is a share of the views, from 0 to 1, got "
                         f"{args.colour_jitter}")
+    if not 0 <= options.seed < 2**32:
+        raise UserError(f"--seed must be from 0 to 2**32 - 1, got {options.seed}")
+    if args.train_blocks < 0:
+        raise UserError(f"--train-blocks must be >= 0 (0: the head conv only), got "
+                        f"{args.train_blocks}")
     if options.group_key == "":
         raise UserError("--group-key must name a catalog field (group_id, category, ...), "
                         "got ''")
@@ -126,6 +131,8 @@ def _model_directory(out: Path) -> list[Path]:
     Returns the folders created here, deepest first: what a failed run removes again."""
     from lookalike.errors import UserError
 
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the model directory")
     if out.is_dir():
         _check_reusable(out)
         if os.path.ismount(out):
@@ -361,6 +368,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
                         "LOOKALIKE_MODEL__PATH")
     options = train_options(settings, args)
     if not args.catalog.is_file():  # before the model is built: that takes seconds
+        if args.catalog.exists():  # a folder, a FIFO, a device
+            raise UserError(f"{args.catalog}: not a regular file (a catalog is a JSON Lines "
+                            "file)")
         raise UserError(f"{args.catalog}: no such catalog file")
     created = _model_directory(args.out)
     staging = _staging(args.out)

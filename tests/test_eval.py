@@ -135,6 +135,8 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
     [
         (lambda root: (root / "g" / "red.png").unlink(), r"1 gallery image\(s\) not found"),
         (lambda root: (root / "q" / "blue.png").unlink(), r"1 query image\(s\) not found"),
+        (lambda root: ((root / "g" / "red.png").unlink(), (root / "g" / "red.png").mkdir()),
+         r"1 gallery image\(s\) not a regular file: .*red\.png"),  # said "not found"
         (lambda root: _append(root / "queries.jsonl",
                               {"image": "q/red.png", "relevant": ["p-nope"]}),
          "not in the gallery: .*'p-nope'"),
