@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedding.decode import decode_image, load_image
+import embedding.decode
+from embedding.decode import decode_image, decode_images, load_image, load_images
 from schema.errors import ItemError
 
 MAX = 40_000_000
@@ -259,3 +260,66 @@ def test_a_file_over_the_byte_limit_is_refused_without_reading_it_whole(
     with pytest.raises(ItemError) as refused:
         load_image(path, 10**6, max_bytes=path.stat().st_size - 1)
     assert refused.value.reason == "image_too_large" and "over" in refused.value.detail
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of each photo embedding.decode decodes from here on (its pixels loaded)."""
+    sizes: list[tuple[int, int]] = []
+    load = embedding.decode._load_pixels
+
+    def counting(image: Image.Image) -> None:
+        sizes.append(image.size)
+        load(image)
+
+    monkeypatch.setattr(embedding.decode, "_load_pixels", counting)
+    return sizes
+
+
+def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_a_photo_larger_than_max_side_is_shrunk_as_soon_as_decoded() -> None:
+    """What a caller keeps of a large upload is ``max_side`` px long, not the full decode
+    (a 6300 px PNG of 131 KB was 160 MB a copy); a photo within it is left as it is."""
+    big = _encode(Image.new("RGB", (3000, 1500), (200, 10, 10)), "PNG")
+    assert decode_image(big, MAX, max_side=1280).size == (1280, 640)
+    assert load_image(big, MAX, max_side=1280).size == (1280, 640)
+    assert decode_image(big, MAX).size == (3000, 1500)
+    small = _encode(_noise(1000, 700), "PNG")
+    assert np.array_equal(np.asarray(decode_image(small, MAX, max_side=1280)),
+                          np.asarray(decode_image(small, MAX)))
+    turned = Image.Exif()
+    turned[0x0112] = 6  # turned before it is shrunk: the long side is the displayed one's
+    data = _encode(Image.new("RGB", (1500, 3000), (0, 0, 255)), "JPEG", exif=turned.tobytes())
+    assert decode_image(data, MAX, max_side=1280).size == (1280, 640)
+
+
+def test_a_png_is_decoded_once_for_two_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search API wants a query photo at the model's scale and at verification's: a PNG
+    (no reduced-scale decoding) is decoded once for both, the same image."""
+    data = _encode(_noise(1600, 1200), "PNG")
+    decodes = _count_decodes(monkeypatch)
+    shown, to_verify = decode_images(data, MAX, [224, 320], max_side=1280)
+    assert decodes == [(1600, 1200)]
+    assert shown is to_verify and shown.size == (1280, 960)
+    assert load_images(data, MAX, [224, 320], max_side=1280)[0].size == (1280, 960)
+
+
+@pytest.mark.parametrize(("size", "decoded"), [
+    ((2000, 1500), [(500, 375)]),  # 1/4 covers both 224 and 320: decoded once
+    ((640, 480), [(320, 240), (640, 480)]),  # 1/2 covers 224 only: once at each scale
+])
+def test_a_jpeg_is_decoded_once_per_reduced_scale(
+        monkeypatch: pytest.MonkeyPatch, size: tuple[int, int],
+        decoded: list[tuple[int, int]]) -> None:
+    """A JPEG is decoded at the reduced scale each size asks for, exactly as
+    ``decode_image`` decodes it for that size, and once when the scales agree."""
+    data = _encode(_noise(*size), "JPEG", quality=90)
+    singles = [decode_image(data, MAX, min_size=m) for m in (224, 320)]
+    decodes = _count_decodes(monkeypatch)
+    both = decode_images(data, MAX, [224, 320])
+    assert decodes == decoded
+    for one, single in zip(both, singles, strict=True):
+        assert np.array_equal(np.asarray(one), np.asarray(single))
