@@ -37,6 +37,7 @@ from search.scene import (
     LIGHT_VERSION,
     VERIFY_SIZE,
     WINDOW_VERSION,
+    WORKING_SIDE,
     scene_queries,
 )
 from search.verify import SameItemVerifier
@@ -123,9 +124,11 @@ def embed_files(
     max_pixels: int,
     stats: EmbedStats,
     desc: str = "embed",
+    max_side: int | None = None,
 ) -> NDArray[np.float32]:
-    """Vectors of ``paths`` in order: cached ones looked up, the others decoded as the search
-    API decodes a query (at the model's scale) and embedded in chunks."""
+    """Vectors of ``paths`` in order: cached ones looked up, the others decoded as ingest
+    decodes a listing photo (at the model's scale) and, with ``max_side`` (``WORKING_SIDE``
+    for query photos), as the search API decodes a query, and embedded in chunks."""
     datas = [_read(p) for p in paths]
     digests = [content_hash(d) for d in datas]
     version = embedder.model_version
@@ -146,7 +149,8 @@ def embed_files(
     with tqdm(total=len(todo), unit="img", desc=desc, disable=None) as bar:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
-            images = [_decode(paths[i], datas[i], max_pixels, min_size) for i in chunk]
+            images = [_decode(paths[i], datas[i], max_pixels, min_size, max_side)
+                      for i in chunk]
             vectors = np.asarray(embedder.embed(images), dtype=np.float32)
             for i, vector in zip(chunk, vectors, strict=True):
                 out[i] = vector
@@ -188,7 +192,7 @@ def embed_scene_queries(
     pictures: dict[str, Any] = {}
     for i, path in enumerate(tqdm(paths, unit="img", desc="cut-outs and windows", disable=None)):
         data = _read(path)
-        picture = _decode(path, data, max_pixels, min_size)
+        picture = _decode(path, data, max_pixels, min_size, WORKING_SIDE)
         digest = content_hash(data)
         named = [(digest, picture)]  # the photo as taken: embed_files' key
         parts = scene_queries(picture, light=light, cutouts_too=cutouts, windows_too=windows)
@@ -311,7 +315,7 @@ def evaluate(
                             stats=stats)
     query_paths = [p for q in queries for p in q.images]
     query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
-                                stats=stats, desc="embed queries")
+                                stats=stats, desc="embed queries", max_side=WORKING_SIDE)
     scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
                                  stats=stats, cutouts=cutout_queries, windows=window_queries,
                                  light=light_queries)
@@ -347,7 +351,7 @@ def index_products(
 
 def _load_to_verify(path: Path, max_pixels: int) -> Any:
     """A query photo decoded as ``ProductSearch.by_images`` decodes it to check geometry."""
-    return _decode(path, _read(path), max_pixels, VERIFY_SIZE)
+    return _decode(path, _read(path), max_pixels, VERIFY_SIZE, WORKING_SIDE)
 
 
 def _read(path: Path) -> bytes:
@@ -358,9 +362,11 @@ def _read(path: Path) -> bytes:
         raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
-def _decode(path: Path, data: bytes, max_pixels: int, min_size: int | None) -> Any:
-    """``data`` (read from ``path``) decoded as a query is, or one clear ProtocolError."""
+def _decode(path: Path, data: bytes, max_pixels: int, min_size: int | None,
+            max_side: int | None = None) -> Any:
+    """``data`` (read from ``path``) decoded as a query (``max_side``: ``WORKING_SIDE``) or
+    a listing photo is, or one clear ProtocolError."""
     try:
-        return decode_image(data, max_pixels, min_size=min_size)
+        return decode_image(data, max_pixels, min_size=min_size, max_side=max_side)
     except ImageDecodeError as exc:
         raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None

@@ -62,7 +62,7 @@ from schema.errors import ItemError, Reason
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match, unit
-from search.scene import VERIFY_SIZE, WINDOW_SCALES, cutouts_of, scene_queries
+from search.scene import VERIFY_SIZE, WINDOW_SCALES, WORKING_SIDE, cutouts_of, scene_queries
 from search.verify import Evidence, Overlay, SameItemVerifier
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
@@ -230,14 +230,31 @@ def _default_loader(
     source: ImageInput, max_pixels: int, min_size: int | None = None,
     max_bytes: int | None = None,
 ) -> Image.Image:
-    from embedding.decode import load_image
+    return _load_scales(source, max_pixels, [min_size], max_bytes)[0]
+
+
+def _shrunk(loader: ImageLoader, source: ImageInput, max_pixels: int) -> Image.Image:
+    """A caller's ``loader``'s photo, shrunk to ``WORKING_SIDE`` as the default loader's is."""
+    from embedding.decode import shrink_to
+
+    image: Image.Image = shrink_to(loader(source, max_pixels), WORKING_SIDE)
+    return image
+
+
+def _load_scales(source: ImageInput, max_pixels: int, min_sizes: Sequence[int | None],
+                 max_bytes: int | None = None) -> list[Image.Image]:
+    """A query photo loaded for each of ``min_sizes`` (the scale a JPEG decodes at), shrunk
+    to ``WORKING_SIDE`` as soon as it is decoded, decoded once where the scales agree (all
+    formats but JPEG: :func:`embedding.decode.load_images`)."""
+    from embedding.decode import load_images
 
     if isinstance(source, str | os.PathLike) and "\x00" in str(os.fspath(source)):
         # open() raises a bare ValueError("embedded null byte"), not an unreadable image
         raise ItemError(Reason.UNREADABLE, f"{str(os.fspath(source))!r}: a path cannot hold "
                         "a NUL byte")
-    image: Image.Image = load_image(source, max_pixels, min_size=min_size, max_bytes=max_bytes)
-    return image
+    images: list[Image.Image] = load_images(source, max_pixels, min_sizes, max_bytes=max_bytes,
+                                            max_side=WORKING_SIDE)
+    return images
 
 
 def _check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
@@ -324,12 +341,11 @@ class ProductSearch:
         self._max_pixels = max_pixels
         self.engine = store.engine
         # Decode query JPEGs at the reduced scale ingest uses, so both see the same pixels.
-        self._load: ImageLoader = image_loader or partial(
-            _default_loader, min_size=getattr(embedder, "decode_size", None),
-            max_bytes=max_bytes)
-        # ...and photos to verify as the same item at the size verification compares them.
-        self._load_to_verify: ImageLoader = image_loader or partial(
-            _default_loader, min_size=VERIFY_SIZE, max_bytes=max_bytes)
+        self._decode_size: int | None = getattr(embedder, "decode_size", None)
+        self._max_bytes = max_bytes
+        self._image_loader = image_loader
+        self._load: ImageLoader = (partial(_shrunk, image_loader) if image_loader else partial(
+            _default_loader, min_size=self._decode_size, max_bytes=max_bytes))
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
         self._turned_queries = turned_queries
@@ -429,9 +445,15 @@ class ProductSearch:
             raise ValueError("at least one image is needed")
         if len(images) > MAX_QUERY_VECTORS:
             raise ValueError(f"at most {MAX_QUERY_VECTORS} query images, got {len(images)}")
-        vectors = self.query_vectors(images)
-        photos = ([photo_features(self._load_to_verify(image, self._max_pixels), segment=False)
-                   for image in images] if self._rerank else None)
+        vectors: list[list[float]] = []
+        photos: list[PhotoFeatures] | None = [] if self._rerank else None
+        for image in images:  # one photo at a time: what is kept of each is small
+            if photos is None:
+                vectors += self._photo_vectors(self._load(image, self._max_pixels))
+                continue
+            shown, to_verify = self._load_views(image)
+            vectors += self._photo_vectors(shown)
+            photos.append(photo_features(to_verify, segment=False))
         return self._hits(vectors, k, filter, match, (), photos)
 
     def rerank(self, hits: Sequence[Hit], photos: Sequence[PhotoFeatures], k: int) -> list[Hit]:
@@ -556,8 +578,7 @@ class ProductSearch:
             exclude = (product_id,)
         else:
             assert image is not None
-            shown = self._load(image, self._max_pixels)
-            picture = self._load_to_verify(image, self._max_pixels)
+            shown, picture = self._load_views(image)
             to_verify = [picture]
             if self._turned_queries:
                 turn, quarters = self._upright(shown, filter)
@@ -737,17 +758,34 @@ class ProductSearch:
         return self.rerank(hits, photos, k) if reranks and photos is not None else hits
 
     def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
-        """The vectors an image search with ``images`` searches with, in one embedder call:
-        each photo's, followed by its own under catalog light when it is a scene
+        """The vectors an image search with ``images`` searches with, one embedder call per
+        photo: each photo's, followed by its own under catalog light when it is a scene
         (:func:`search.scene.white_patch`), its cut-out's when it has one and its windows'
-        when it has them, cut from the lit photo (:meth:`by_image`)."""
-        pictures = []
-        for image in _check_images(images):
-            picture = self._load(image, self._max_pixels)
-            pictures += [picture, *scene_queries(picture, light=self._light_queries,
-                                                 cutouts_too=self._cutout_queries,
-                                                 windows_too=self._window_queries).pictures]
-        return self._embed_pictures(pictures)
+        when it has them, cut from the lit photo (:meth:`by_image`). One photo is loaded
+        at a time, shrunk to ``WORKING_SIDE`` as soon as it is decoded, and its pictures are
+        let go once embedded: what a request holds is one full-size decode at a time and the
+        pictures of one photo at that size, not every photo's at full size."""
+        return [vector for image in _check_images(images)
+                for vector in self._photo_vectors(self._load(image, self._max_pixels))]
+
+    def _photo_vectors(self, picture: Image.Image) -> list[list[float]]:
+        """:meth:`query_vectors` of one loaded photo."""
+        return self._embed_pictures([picture, *scene_queries(
+            picture, light=self._light_queries, cutouts_too=self._cutout_queries,
+            windows_too=self._window_queries).pictures])
+
+    def _load_views(self, image: ImageInput) -> tuple[Image.Image, Image.Image]:
+        """(the query photo to embed, the photo to verify), decoded once where the two
+        scales agree: a JPEG is decoded at the reduced scale of each (the model's and
+        ``VERIFY_SIZE``, each covered), any other photo once for both, at most
+        ``WORKING_SIDE`` either way (it used to be decoded a second time, at full size, to
+        verify). A caller's ``image_loader`` is called once and its photo serves both."""
+        if self._image_loader is not None:
+            shown = self._load(image, self._max_pixels)
+            return shown, shown
+        shown, to_verify = _load_scales(image, self._max_pixels,
+                                        [self._decode_size, VERIFY_SIZE], self._max_bytes)
+        return shown, to_verify
 
     def _embed_pictures(self, pictures: Sequence[Image.Image]) -> list[list[float]]:
         """One embedder call for loaded ``pictures``, one checked vector each."""

@@ -30,6 +30,17 @@ from embedding.colour import background_mask
 VERIFY_SIZE = 320
 """Long side (px) a photo is read at, to be segmented here and compared in
 :mod:`search.verify`: one scale, so that a query's cut-out is the product verification sees."""
+WORKING_SIDE = 1280
+"""Long side (px) a query photo is shrunk to as soon as it is decoded, when longer
+(:func:`embedding.decode.shrink_to`; :meth:`search.api.ProductSearch.query_vectors`, price
+comparison, ``lookalike eval``): what search keeps of it, cut-outs, windows and the photo to
+verify included, is cut from that. It covers what every later step reads: verification at
+``VERIFY_SIZE``, segmentation at half that, a window at ``min(WINDOW_SCALES)`` of the photo
+on a model input of up to 768 px, and a cut-out of a product a quarter of the photo's long
+side on the largest model input (EfficientNet-Lite4's 300 px; 224 px by default). A
+40-megapixel upload (just under ``images.max_pixels``) was kept at full size, once more as
+each of its scene pictures, and decoded again to verify: ~290 MB and 2.6 s a photo, 16 of
+them in one request +2.3 GB (docs/hardening.md, "Query photos")."""
 SEGMENT_PX = 80
 """Long side (px) at which a photo whose border does not tell its background is segmented
 (:func:`product_mask`; ~10 ms, p95 16 ms)."""

@@ -485,6 +485,40 @@ def _read_as(embedder: FakeEmbedder, pictures: list[Image.Image], vector: list[f
         embedder.table[(int(pixel[0]), int(pixel[1]), int(pixel[2]))] = vector
 
 
+def test_a_large_query_photo_is_decoded_once_and_kept_small(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query photo is decoded once (for the model and for the geometry check alike), shrunk
+    to ``WORKING_SIDE`` as soon as it is, and each photo of a multi-photo search is embedded
+    before the next one is loaded: 16 PNGs of 6300 px (131 KB each) held 16 full decodes
+    (+2.6 GB) and decoded each twice (28 s of CPU)."""
+    import embedding.decode
+
+    decoded: list[tuple[int, int]] = []
+    load_pixels = embedding.decode._load_pixels
+
+    def counting(image: Image.Image) -> None:
+        decoded.append(image.size)
+        load_pixels(image)
+
+    embedded: list[list[tuple[int, int]]] = []
+    embed = catalog.embedder.embed
+
+    def recording(images: list[Image.Image]) -> np.ndarray:
+        embedded.append([image.size for image in images])
+        return embed(images)
+
+    monkeypatch.setattr(embedding.decode, "_load_pixels", counting)
+    monkeypatch.setattr(catalog.embedder, "embed", recording)
+    photo = catalog.embedder.picture((12, 34, 56), unit(0)).resize((3000, 2000))
+    data = io.BytesIO()
+    photo.save(data, "PNG")
+    hits = catalog.search.by_images([data.getvalue()] * 3, k=3)
+    assert ids(hits) == ["tee-1", "topsy", "tee-2"]
+    assert decoded == [(3000, 2000)] * 3  # once each, not again to verify
+    assert embedded == [[(search_api.WORKING_SIDE, 853)]] * 3  # one photo at a time
+    assert all(h.inliers is not None for h in hits)  # re-ranked by the same decode
+
+
 def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Milvus) -> None:
     """A product that fills part of a scene photo fills most of one of its windows
     (search.scene.windows), and ``by_image`` also searches with them, each product scored
