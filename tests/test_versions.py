@@ -296,6 +296,31 @@ def test_no_switch_builds_only(world: World) -> None:
     assert serving is not None and serving.model_version == v1.model_version
 
 
+class PreparingOnlyV2(TinyEmbedderV2):
+    """:class:`TinyEmbedderV2` that refuses photos in ``embed``: reindex must hand it the
+    model's inputs (``prepare``), made as each photo is decoded."""
+
+    def embed(self, images: Any) -> np.ndarray:
+        raise AssertionError("reindex kept the decoded photos until embed")
+
+
+def test_reindex_keeps_the_models_inputs_not_the_decoded_photos(world: World) -> None:
+    """A chunk of 16 products used to hold every photo's full decode until one embed call
+    (a 40-megapixel photo is 160 MB); it now holds ``prepare``'s arrays, with the vectors
+    ``embed`` of the photos gives."""
+    v1 = TinyEmbedder()
+    ingest(world.ingester(v1), catalog(world))
+    report = world.reindexer(PreparingOnlyV2(), chunk_products=2).run()
+    assert report.switched and not report.failures
+    rows = {r["product_id"]: r for r in world.rows(physical_name(world.base,
+                                                                 TinyEmbedderV2.model_version))}
+    v2 = TinyEmbedderV2()
+    for r in world.rows(physical_name(world.base, v1.model_version)):
+        photo = Image.open(world.root / "images" / f"{r['product_id']}.png")
+        expected = v2.embed([photo])[0]
+        assert np.allclose(rows[r["product_id"]]["vector"], expected, atol=1e-6)
+
+
 def test_reindex_migrates_a_pre_alias_collection(world: World) -> None:
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     legacy = CollectionSpec(name=world.base, dim=v1.dim)
