@@ -13,10 +13,10 @@ reaches the model goes through here so they all look alike to it:
 * transparency is composited on white, like the studio backgrounds of catalog photos, rather
   than on black, which is what a bare ``convert("RGB")`` does to transparent pixels;
 * CMYK goes through its ICC profile when it has one; 16-bit greys are scaled, not clipped;
-* a caller that uses no more than ``max_side`` px of the long side gets the photo shrunk to
-  that right after its decode (:func:`shrink_to`), so that only one full-size decode is alive
-  at a time however many photos it holds, and :func:`decode_images` decodes once for several
-  scales where the format cannot decode at a reduced scale (all but JPEG).
+* a caller that wants a photo at several scales gets it decoded once where the format cannot
+  decode at a reduced scale (all but JPEG: :func:`decode_images`), and one that keeps
+  working copies can make them from the photo shrunk (:func:`shrink_to`), so that what it
+  holds is one full-size decode at a time.
 """
 
 from __future__ import annotations
@@ -51,21 +51,19 @@ ImageDecodeError = ItemError
 """The old name of the error raised here; catch :class:`schema.errors.ItemError` instead."""
 
 
-def decode_image(data: bytes, max_pixels: int, *, min_size: int | None = None,
-                 max_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, *, min_size: int | None = None) -> Image.Image:
     """Decode ``data`` into an RGB image of at most ``max_pixels`` pixels.
 
     ``min_size``: the smallest square the caller will use. A JPEG is then decoded at the
     largest 1/2, 1/4 or 1/8 scale that still covers it (DCT scaling): about 4x less decoding
     and resizing for a 640 px photo bound for a 224 px model, the cheapest CPU saving in the
-    ingest pipeline. ``max_side``: the longest side the caller uses; a larger photo is
-    shrunk to it (:func:`shrink_to`) as soon as it is decoded.
+    ingest pipeline.
     """
-    return decode_images(data, max_pixels, [min_size], max_side=max_side)[0]
+    return decode_images(data, max_pixels, [min_size])[0]
 
 
-def decode_images(data: bytes, max_pixels: int, min_sizes: Sequence[int | None], *,
-                  max_side: int | None = None) -> list[Image.Image]:
+def decode_images(data: bytes, max_pixels: int, min_sizes: Sequence[int | None]
+                  ) -> list[Image.Image]:
     """``data`` decoded as :func:`decode_image` decodes it for each of ``min_sizes``, one
     decode per distinct scale: a JPEG whose reduced scales differ is decoded once per scale
     (each of them cheap), any other photo once for all (the same image object each time), so a
@@ -80,7 +78,7 @@ def decode_images(data: bytes, max_pixels: int, min_sizes: Sequence[int | None],
             image.draft(None, (min_size, min_size))
         scale = image.size  # after draft(): the size it decodes at
         if scale not in decoded:
-            decoded[scale] = shrink_to(_normalise(image, max_pixels, owned=True), max_side)
+            decoded[scale] = _normalise(image, max_pixels, owned=True)
         out.append(decoded[scale])
     return out
 
@@ -91,12 +89,10 @@ def load_image(
     *,
     min_size: int | None = None,
     max_bytes: int | None = None,
-    max_side: int | None = None,
 ) -> Image.Image:
     """Bytes, a file path or a PIL image (as the search API receives them) -> RGB image.
     ``max_bytes``: a file larger than this is refused before it is read."""
-    return load_images(source, max_pixels, [min_size], max_bytes=max_bytes,
-                       max_side=max_side)[0]
+    return load_images(source, max_pixels, [min_size], max_bytes=max_bytes)[0]
 
 
 def load_images(
@@ -105,17 +101,15 @@ def load_images(
     min_sizes: Sequence[int | None],
     *,
     max_bytes: int | None = None,
-    max_side: int | None = None,
 ) -> list[Image.Image]:
     """:func:`load_image` for each of ``min_sizes``, the file read once and the photo
     decoded once per distinct scale (:func:`decode_images`)."""
     if isinstance(source, Image.Image):
-        return [shrink_to(normalise_image(source, max_pixels), max_side)] * len(min_sizes)
+        return [normalise_image(source, max_pixels)] * len(min_sizes)
     if isinstance(source, bytes | bytearray | memoryview):
-        return decode_images(bytes(source), max_pixels, min_sizes, max_side=max_side)
+        return decode_images(bytes(source), max_pixels, min_sizes)
     if isinstance(source, str | os.PathLike):
-        return decode_images(_read_file(Path(source), max_bytes), max_pixels, min_sizes,
-                             max_side=max_side)
+        return decode_images(_read_file(Path(source), max_bytes), max_pixels, min_sizes)
     raise TypeError(f"cannot load an image from {type(source).__name__}")
 
 

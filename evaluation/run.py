@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from embedding.decode import ImageDecodeError, decode_image
+from embedding.decode import ImageDecodeError, decode_image, shrink_to
 from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
@@ -124,11 +124,9 @@ def embed_files(
     max_pixels: int,
     stats: EmbedStats,
     desc: str = "embed",
-    max_side: int | None = None,
 ) -> NDArray[np.float32]:
-    """Vectors of ``paths`` in order: cached ones looked up, the others decoded as ingest
-    decodes a listing photo (at the model's scale) and, with ``max_side`` (``WORKING_SIDE``
-    for query photos), as the search API decodes a query, and embedded in chunks."""
+    """Vectors of ``paths`` in order: cached ones looked up, the others decoded as the search
+    API decodes a query (at the model's scale) and embedded in chunks."""
     datas = [_read(p) for p in paths]
     digests = [content_hash(d) for d in datas]
     version = embedder.model_version
@@ -149,8 +147,7 @@ def embed_files(
     with tqdm(total=len(todo), unit="img", desc=desc, disable=None) as bar:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
-            images = [_decode(paths[i], datas[i], max_pixels, min_size, max_side)
-                      for i in chunk]
+            images = [_decode(paths[i], datas[i], max_pixels, min_size) for i in chunk]
             vectors = np.asarray(embedder.embed(images), dtype=np.float32)
             for i, vector in zip(chunk, vectors, strict=True):
                 out[i] = vector
@@ -179,7 +176,8 @@ def embed_scene_queries(
     """The vectors an image search with a scene photo (:func:`search.scene.is_scene`)
     searches with, for the photos in ``paths`` that have more than their own, by position,
     one row each, in the order of :meth:`search.api.ProductSearch.query_vectors` (the same
-    decode, light, crops and embed): the photo's, its own under catalog light
+    decode, light, crops and embed; the light, cut-outs and windows made from the photo
+    shrunk to :data:`~search.scene.WORKING_SIDE`): the photo's, its own under catalog light
     (:func:`search.scene.white_patch`), its cut-outs' (:func:`search.scene.cutouts`) and
     its windows' (:func:`search.scene.windows`), each unless turned off. Cached under the photo's
     content hash and :data:`~search.scene.LIGHT_VERSION`, :data:`~search.scene.CUTOUT_VERSION`
@@ -192,10 +190,11 @@ def embed_scene_queries(
     pictures: dict[str, Any] = {}
     for i, path in enumerate(tqdm(paths, unit="img", desc="cut-outs and windows", disable=None)):
         data = _read(path)
-        picture = _decode(path, data, max_pixels, min_size, WORKING_SIDE)
+        picture = _decode(path, data, max_pixels, min_size)
         digest = content_hash(data)
         named = [(digest, picture)]  # the photo as taken: embed_files' key
-        parts = scene_queries(picture, light=light, cutouts_too=cutouts, windows_too=windows)
+        parts = scene_queries(shrink_to(picture, WORKING_SIDE), light=light, cutouts_too=cutouts,
+                              windows_too=windows)
         light_key = f":{LIGHT_VERSION}" if parts.lit is not None else ""
         if parts.lit is not None:
             named.append((f"{digest}{light_key}", parts.lit))
@@ -315,7 +314,7 @@ def evaluate(
                             stats=stats)
     query_paths = [p for q in queries for p in q.images]
     query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
-                                stats=stats, desc="embed queries", max_side=WORKING_SIDE)
+                                stats=stats, desc="embed queries")
     scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
                                  stats=stats, cutouts=cutout_queries, windows=window_queries,
                                  light=light_queries)
@@ -351,7 +350,7 @@ def index_products(
 
 def _load_to_verify(path: Path, max_pixels: int) -> Any:
     """A query photo decoded as ``ProductSearch.by_images`` decodes it to check geometry."""
-    return _decode(path, _read(path), max_pixels, VERIFY_SIZE, WORKING_SIDE)
+    return _decode(path, _read(path), max_pixels, VERIFY_SIZE)
 
 
 def _read(path: Path) -> bytes:
@@ -362,11 +361,9 @@ def _read(path: Path) -> bytes:
         raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
-def _decode(path: Path, data: bytes, max_pixels: int, min_size: int | None,
-            max_side: int | None = None) -> Any:
-    """``data`` (read from ``path``) decoded as a query (``max_side``: ``WORKING_SIDE``) or
-    a listing photo is, or one clear ProtocolError."""
+def _decode(path: Path, data: bytes, max_pixels: int, min_size: int | None) -> Any:
+    """``data`` (read from ``path``) decoded as a query is, or one clear ProtocolError."""
     try:
-        return decode_image(data, max_pixels, min_size=min_size, max_side=max_side)
+        return decode_image(data, max_pixels, min_size=min_size)
     except ImageDecodeError as exc:
         raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None

@@ -233,27 +233,25 @@ def _default_loader(
     return _load_scales(source, max_pixels, [min_size], max_bytes)[0]
 
 
-def _shrunk(loader: ImageLoader, source: ImageInput, max_pixels: int) -> Image.Image:
-    """A caller's ``loader``'s photo, shrunk to ``WORKING_SIDE`` as the default loader's is."""
+def _working(image: Image.Image) -> Image.Image:
+    """``image`` shrunk to ``WORKING_SIDE`` when longer (:func:`embedding.decode.shrink_to`)."""
     from embedding.decode import shrink_to
 
-    image: Image.Image = shrink_to(loader(source, max_pixels), WORKING_SIDE)
-    return image
+    shrunk: Image.Image = shrink_to(image, WORKING_SIDE)
+    return shrunk
 
 
 def _load_scales(source: ImageInput, max_pixels: int, min_sizes: Sequence[int | None],
                  max_bytes: int | None = None) -> list[Image.Image]:
-    """A query photo loaded for each of ``min_sizes`` (the scale a JPEG decodes at), shrunk
-    to ``WORKING_SIDE`` as soon as it is decoded, decoded once where the scales agree (all
-    formats but JPEG: :func:`embedding.decode.load_images`)."""
+    """A query photo loaded for each of ``min_sizes`` (the scale a JPEG decodes at), decoded
+    once where the scales agree (all formats but JPEG: :func:`embedding.decode.load_images`)."""
     from embedding.decode import load_images
 
     if isinstance(source, str | os.PathLike) and "\x00" in str(os.fspath(source)):
         # open() raises a bare ValueError("embedded null byte"), not an unreadable image
         raise ItemError(Reason.UNREADABLE, f"{str(os.fspath(source))!r}: a path cannot hold "
                         "a NUL byte")
-    images: list[Image.Image] = load_images(source, max_pixels, min_sizes, max_bytes=max_bytes,
-                                            max_side=WORKING_SIDE)
+    images: list[Image.Image] = load_images(source, max_pixels, min_sizes, max_bytes=max_bytes)
     return images
 
 
@@ -344,8 +342,8 @@ class ProductSearch:
         self._decode_size: int | None = getattr(embedder, "decode_size", None)
         self._max_bytes = max_bytes
         self._image_loader = image_loader
-        self._load: ImageLoader = (partial(_shrunk, image_loader) if image_loader else partial(
-            _default_loader, min_size=self._decode_size, max_bytes=max_bytes))
+        self._load: ImageLoader = image_loader or partial(
+            _default_loader, min_size=self._decode_size, max_bytes=max_bytes)
         self._weighting = QueryWeighting(spec.dim, float(getattr(embedder, "colour_weight", 0)))
         self._verifier = verifier
         self._turned_queries = turned_queries
@@ -452,8 +450,10 @@ class ProductSearch:
                 vectors += self._photo_vectors(self._load(image, self._max_pixels))
                 continue
             shown, to_verify = self._load_views(image)
+            photos.append(photo_features(to_verify, segment=False))  # from the decode itself
+            del to_verify  # (``shown`` itself for all formats but JPEG)
             vectors += self._photo_vectors(shown)
-            photos.append(photo_features(to_verify, segment=False))
+            del shown  # before the next photo is decoded
         return self._hits(vectors, k, filter, match, (), photos)
 
     def rerank(self, hits: Sequence[Hit], photos: Sequence[PhotoFeatures], k: int) -> list[Hit]:
@@ -589,10 +589,12 @@ class ProductSearch:
                     turned = [v for n, v in enumerate(quarters[1:]) if TURNS[n] != turn]
                     to_verify.insert(0, picture.transpose(turn))
             queries = [photo_features(p, keep_grey=True) for p in to_verify]
+            to_cut = [_working(p) for p in to_verify]
+            del to_verify, picture  # but ``shown`` (the same decode but for a JPEG)
             # A photo re-shot on a backdrop: its product on white (and a flat face seen at an
             # angle, turned square-on) finds the catalog photo.
             pictures = [self._load(cut, self._max_pixels)
-                        for p, q in zip(to_verify, queries, strict=True)
+                        for p, q in zip(to_cut, queries, strict=True)
                         for cut in cutouts_of(p, q.product)]
             if not searched:
                 pictures.insert(0, shown)
@@ -726,12 +728,14 @@ class ProductSearch:
     def _upright(self, picture: Image.Image, search_filter: SearchFilter | None
                  ) -> tuple[Image.Transpose | None, list[list[float]]]:
         """(the quarter turn that sets ``picture`` upright or None, the vectors of the photo
-        and of its ``TURNS``). A photo saved sideways (a phone's orientation tag lost, a shop
-        turning a tall product to fill a wide frame) is far from its listings by vector, which
-        were embedded upright; turned back, it is near them. The turn whose nearest listing
-        (under ``search_filter``) is nearest counts when it beats the photo as it is by
-        ``TURN_MARGIN``: three more embeddings and one search of one row per vector."""
-        vectors = self._embed_pictures([picture, *(picture.transpose(t) for t in TURNS)])
+        and of its ``TURNS``, turned at ``WORKING_SIDE``). A photo saved sideways (a phone's
+        orientation tag lost, a shop turning a tall product to fill a wide frame) is far from
+        its listings by vector, which were embedded upright; turned back, it is near them.
+        The turn whose nearest listing (under ``search_filter``) is nearest counts when it
+        beats the photo as it is by ``TURN_MARGIN``: three more embeddings and one search of
+        one row per vector."""
+        working = _working(picture)
+        vectors = self._embed_pictures([picture, *(working.transpose(t) for t in TURNS)])
         results = self._rows(vectors, 1, search_filter, (), ("product_id",))
         nearest = [float(rows[0]["distance"]) if rows else -1.0 for rows in results]
         best = max(range(len(TURNS)), key=lambda n: nearest[1 + n])
@@ -762,26 +766,30 @@ class ProductSearch:
         photo: each photo's, followed by its own under catalog light when it is a scene
         (:func:`search.scene.white_patch`), its cut-out's when it has one and its windows'
         when it has them, cut from the lit photo (:meth:`by_image`). One photo is loaded
-        at a time, shrunk to ``WORKING_SIDE`` as soon as it is decoded, and its pictures are
-        let go once embedded: what a request holds is one full-size decode at a time and the
-        pictures of one photo at that size, not every photo's at full size."""
+        at a time, and its pictures are made from it shrunk to ``WORKING_SIDE`` and let go
+        once embedded: what a request holds is one decode at a time and the pictures of one
+        photo at that size, not every photo's at full size."""
         return [vector for image in _check_images(images)
                 for vector in self._photo_vectors(self._load(image, self._max_pixels))]
 
     def _photo_vectors(self, picture: Image.Image) -> list[list[float]]:
-        """:meth:`query_vectors` of one loaded photo."""
+        """:meth:`query_vectors` of one loaded photo: the photo embedded as decoded (its
+        vector as before, whatever its size), its scene pictures made from it at
+        ``WORKING_SIDE``."""
         return self._embed_pictures([picture, *scene_queries(
-            picture, light=self._light_queries, cutouts_too=self._cutout_queries,
+            _working(picture), light=self._light_queries, cutouts_too=self._cutout_queries,
             windows_too=self._window_queries).pictures])
 
     def _load_views(self, image: ImageInput) -> tuple[Image.Image, Image.Image]:
-        """(the query photo to embed, the photo to verify), decoded once where the two
-        scales agree: a JPEG is decoded at the reduced scale of each (the model's and
-        ``VERIFY_SIZE``, each covered), any other photo once for both, at most
-        ``WORKING_SIDE`` either way (it used to be decoded a second time, at full size, to
+        """(the query photo to embed, the photo to verify) as decoded: the caller finds the
+        keypoints of the second (at ``VERIFY_SIZE``, from the decode itself, as before),
+        makes its scene pictures from the first shrunk to ``WORKING_SIDE``, and lets the
+        decode go before the next photo is loaded. Decoded once where the two scales agree:
+        a JPEG at the reduced scale of each (the model's and ``VERIFY_SIZE``, each covered),
+        any other photo once for both (it used to be decoded a second time, at full size, to
         verify). A caller's ``image_loader`` is called once and its photo serves both."""
         if self._image_loader is not None:
-            shown = self._load(image, self._max_pixels)
+            shown = self._image_loader(image, self._max_pixels)
             return shown, shown
         shown, to_verify = _load_scales(image, self._max_pixels,
                                         [self._decode_size, VERIFY_SIZE], self._max_bytes)

@@ -31,13 +31,14 @@ VERIFY_SIZE = 320
 """Long side (px) a photo is read at, to be segmented here and compared in
 :mod:`search.verify`: one scale, so that a query's cut-out is the product verification sees."""
 WORKING_SIDE = 1280
-"""Long side (px) a query photo is shrunk to as soon as it is decoded, when longer
-(:func:`embedding.decode.shrink_to`; :meth:`search.api.ProductSearch.query_vectors`, price
-comparison, ``lookalike eval``): what search keeps of it, cut-outs, windows and the photo to
-verify included, is cut from that. It covers what every later step reads: verification at
-``VERIFY_SIZE``, segmentation at half that, a window at ``min(WINDOW_SCALES)`` of the photo
-on a model input of up to 768 px, and a cut-out of a product a quarter of the photo's long
-side on the largest model input (EfficientNet-Lite4's 300 px; 224 px by default). A
+"""Long side (px) at which a query photo's scene pictures are made, from the photo shrunk
+to it when longer (:func:`embedding.decode.shrink_to`;
+:meth:`search.api.ProductSearch.query_vectors`, price comparison, ``lookalike eval``): its
+light, cut-outs and windows, and price comparison's quarter turns. The photo itself is
+embedded, and its keypoints found, on the decode, which is then let go. It covers what
+those pictures are read at: a window at ``min(WINDOW_SCALES)`` of the photo on a model
+input of up to 768 px, and a cut-out of a product a quarter of the photo's long side on the
+largest model input (EfficientNet-Lite4's 300 px; 224 px by default). A
 40-megapixel upload (just under ``images.max_pixels``) was kept at full size, once more as
 each of its scene pictures, and decoded again to verify: ~290 MB and 2.6 s a photo, 16 of
 them in one request +2.3 GB (docs/hardening.md, "Query photos")."""
@@ -84,7 +85,10 @@ LIGHT_VERSION = "whitepatch-p99-g1.5-v1"
 
 
 def at_verify_size(image: Image.Image) -> Image.Image:
-    rgb = image.convert("RGB")
+    """``image`` at ``VERIFY_SIZE`` on its long side (RGB). An RGB photo is not copied first:
+    the keypoints of a query photo are found on its decode itself, up to 40 megapixels
+    (160 MB a copy)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     scale = VERIFY_SIZE / max(rgb.size)
     if scale < 1.0 or max(rgb.size) < VERIFY_SIZE // 2:  # shrink big, enlarge tiny (28 px) photos
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))

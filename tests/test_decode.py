@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import embedding.decode
-from embedding.decode import decode_image, decode_images, load_image, load_images
+from embedding.decode import decode_image, decode_images, load_image, load_images, shrink_to
 from schema.errors import ItemError
 
 MAX = 40_000_000
@@ -280,20 +280,15 @@ def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-def test_a_photo_larger_than_max_side_is_shrunk_as_soon_as_decoded() -> None:
-    """What a caller keeps of a large upload is ``max_side`` px long, not the full decode
-    (a 6300 px PNG of 131 KB was 160 MB a copy); a photo within it is left as it is."""
-    big = _encode(Image.new("RGB", (3000, 1500), (200, 10, 10)), "PNG")
-    assert decode_image(big, MAX, max_side=1280).size == (1280, 640)
-    assert load_image(big, MAX, max_side=1280).size == (1280, 640)
-    assert decode_image(big, MAX).size == (3000, 1500)
-    small = _encode(_noise(1000, 700), "PNG")
-    assert np.array_equal(np.asarray(decode_image(small, MAX, max_side=1280)),
-                          np.asarray(decode_image(small, MAX)))
-    turned = Image.Exif()
-    turned[0x0112] = 6  # turned before it is shrunk: the long side is the displayed one's
-    data = _encode(Image.new("RGB", (1500, 3000), (0, 0, 255)), "JPEG", exif=turned.tobytes())
-    assert decode_image(data, MAX, max_side=1280).size == (1280, 640)
+def test_shrink_to_bounds_the_long_side_and_leaves_smaller_photos_alone() -> None:
+    """What a caller keeps of a large upload can be ``max_side`` px long, not the full decode
+    (a 6300 px PNG of 131 KB is 160 MB a copy); a photo within it is the photo itself."""
+    big = decode_image(_encode(Image.new("RGB", (3000, 1500), (200, 10, 10)), "PNG"), MAX)
+    assert big.size == (3000, 1500)
+    assert shrink_to(big, 1280).size == (1280, 640)
+    assert shrink_to(big.transpose(Image.Transpose.ROTATE_90), 1280).size == (640, 1280)
+    small = decode_image(_encode(_noise(1000, 700), "PNG"), MAX)
+    assert shrink_to(small, 1280) is small and shrink_to(small, None) is small
 
 
 def test_a_png_is_decoded_once_for_two_scales(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,10 +296,11 @@ def test_a_png_is_decoded_once_for_two_scales(monkeypatch: pytest.MonkeyPatch) -
     (no reduced-scale decoding) is decoded once for both, the same image."""
     data = _encode(_noise(1600, 1200), "PNG")
     decodes = _count_decodes(monkeypatch)
-    shown, to_verify = decode_images(data, MAX, [224, 320], max_side=1280)
+    shown, to_verify = decode_images(data, MAX, [224, 320])
     assert decodes == [(1600, 1200)]
-    assert shown is to_verify and shown.size == (1280, 960)
-    assert load_images(data, MAX, [224, 320], max_side=1280)[0].size == (1280, 960)
+    assert shown is to_verify and shown.size == (1600, 1200)
+    first, second = load_images(data, MAX, [224, 320])
+    assert first is second and decodes == [(1600, 1200)] * 2
 
 
 @pytest.mark.parametrize(("size", "decoded"), [

@@ -487,10 +487,12 @@ def _read_as(embedder: FakeEmbedder, pictures: list[Image.Image], vector: list[f
 
 def test_a_large_query_photo_is_decoded_once_and_kept_small(
         catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A query photo is decoded once (for the model and for the geometry check alike), shrunk
-    to ``WORKING_SIDE`` as soon as it is, and each photo of a multi-photo search is embedded
-    before the next one is loaded: 16 PNGs of 6300 px (131 KB each) held 16 full decodes
-    (+2.6 GB) and decoded each twice (28 s of CPU)."""
+    """A query photo is decoded once (for the model and for the geometry check alike), its
+    scene pictures (light, cut-outs, windows) are made from it shrunk to ``WORKING_SIDE``, and
+    each photo of a multi-photo search is embedded before the next one is loaded: 16 PNGs of
+    6300 px (131 KB each) held 16 full decodes with their full-size crops (+2.6 GB) and were
+    decoded twice (28 s of CPU). The photo itself is embedded as decoded (its vector as
+    before)."""
     import embedding.decode
 
     decoded: list[tuple[int, int]] = []
@@ -509,14 +511,24 @@ def test_a_large_query_photo_is_decoded_once_and_kept_small(
 
     monkeypatch.setattr(embedding.decode, "_load_pixels", counting)
     monkeypatch.setattr(catalog.embedder, "embed", recording)
-    photo = catalog.embedder.picture((12, 34, 56), unit(0)).resize((3000, 2000))
+    shot = reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2).resize((3000, 2000))
     data = io.BytesIO()
-    photo.save(data, "PNG")
+    shot.save(data, "PNG")
     hits = catalog.search.by_images([data.getvalue()] * 3, k=3)
-    assert ids(hits) == ["tee-1", "topsy", "tee-2"]
     assert decoded == [(3000, 2000)] * 3  # once each, not again to verify
-    assert embedded == [[(search_api.WORKING_SIDE, 853)]] * 3  # one photo at a time
+    assert len(embedded) == 3  # one photo at a time
+    for sizes in embedded:  # the photo, under catalog light, its cut-out, ten windows
+        assert len(sizes) == 13 and sizes[0] == (3000, 2000)
+        assert all(max(size) <= search_api.WORKING_SIDE for size in sizes[1:])
     assert all(h.inliers is not None for h in hits)  # re-ranked by the same decode
+    decoded.clear()
+    embedded.clear()
+    catalog.search.compare_prices(image=data.getvalue())  # verified by the same decode too
+    assert decoded[0] == (3000, 2000)  # then its cut-outs (loaded as PIL images)
+    assert all(max(size) <= search_api.WORKING_SIDE for size in decoded[1:])
+    sizes = [size for call in embedded for size in call]
+    assert sizes.count((3000, 2000)) == 1 and len(sizes) > 4  # the photo; turns, cut-outs
+    assert all(max(size) <= search_api.WORKING_SIDE for size in sizes if size != (3000, 2000))
 
 
 def test_a_scene_is_also_searched_with_its_windows(catalog: Catalog, milvus: Milvus) -> None:
