@@ -65,13 +65,13 @@ QUAD_MIN_SKEW = 0.03
 """How far (a share of the quadrilateral's long side) one of its corners must lie from the
 corner of its upright bounding box for :func:`front_on_white` to turn it: an upright,
 square-on face is already its :func:`product_on_white`."""
-CUTOUT_VERSION = "cutout-v2"
+CUTOUT_VERSION = "cutout-v2-w1280"
 """Names how :func:`cutouts` cuts, for caches of cut-out vectors (evaluation/run.py): change it
 when the segmentation or the cut-out changes."""
 WINDOW_SCALES = (0.6, 0.75)
 """Sides of the :func:`windows` of a scene photo, as shares of the photo's (each scale: the
 four corners and the centre)."""
-WINDOW_VERSION = "windows-2x5-v1"
+WINDOW_VERSION = "windows-2x5-v1-w1280"
 """Names how :func:`windows` crops, for caches of window vectors (evaluation/run.py)."""
 LIGHT_PERCENTILE = 99.0
 """The share of a scene photo's pixels (per channel, as a percentile) that :func:`white_patch`
@@ -80,7 +80,7 @@ LIGHT_MAX_GAIN = 1.5
 """The most :func:`white_patch` lifts a channel: re-shot and in-store stand-ins need 1.1-1.5
 (the 90th percentile of their gains), while a close-up of dark fabric, whose brightest
 pixels are not white, would be lifted up to 2.5x into another colour."""
-LIGHT_VERSION = "whitepatch-p99-g1.5-v1"
+LIGHT_VERSION = "whitepatch-p99-g1.5-v1-w1280"
 """Names how :func:`white_patch` corrects, for caches of scene vectors (evaluation/run.py)."""
 
 
