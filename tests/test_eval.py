@@ -156,17 +156,12 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
         (lambda root: _append(root / "gallery.jsonl", {
             "product_id": "z", "category": "A", "images": ["g/red.png"],
             "currency": "us dollars"}), "currency must be a 3-letter ISO 4217 code"),
-        # ids and titles publish refuses (eval and train accepted them)
-        *[(lambda root, value=value: _append(root / "gallery.jsonl", {
-            "product_id": value, "category": "A", "images": ["g/red.png"]}),
-           "product_id .*: must be letters, digits and . _ : / @ [+] -")
-          for value in ("z\n", 'z" or "1', "a\\b", "a b", "a\u200bb", "caf\u00e9", "-z")],
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z\n", "category": "A", "images": ["g/red.png"]}),
+         "product_id must not contain control characters"),
         (lambda root: _append(root / "gallery.jsonl", {
             "product_id": "z" * 129, "category": "A", "images": ["g/red.png"]}),
-         "product_id 'z+': String should have at most 128 characters"),
-        *[(lambda root, value=value: _append(root / "gallery.jsonl", {
-            "product_id": "z", "category": "A", "images": ["g/red.png"], "title": value}),
-           "title must not contain control characters") for value in ("a\nb", "a\x00", "\x7f")],
+         "product_id must be at most 128 bytes"),
         (lambda root: _append(root / "gallery.jsonl", {
             "product_id": "z", "category": "A", "images": ["g/red.png"], "title": "t" * 513}),
          "title must be at most 512 characters"),
@@ -222,14 +217,14 @@ def test_multi_view_queries_search_with_every_view(tmp_path: Path) -> None:
 
 def test_listing_fields_may_be_missing_or_lenient(tmp_path: Path) -> None:
     """A gallery line needs an id, a category and images; a missing price is 0, a missing
-    currency ``XXX``, a price given as a string of digits is read, and an id with every
-    punctuation publish allows is kept as it is."""
+    currency ``XXX``, a price given as a string of digits is read, and an id with quotes is
+    kept as it is (the store quotes it)."""
     g, _ = write_protocol(tmp_path)
-    _append(g, {"product_id": "z.1_a:b/c@d+e-f", "category": "A", "images": ["g/red.png"],
+    _append(g, {"product_id": 'z" or "1', "category": "A", "images": ["g/red.png"],
                 "price": "12.5", "currency": None, "seller_id": 7})
     last = load_gallery(g)[-1]
-    assert (last.product_id, last.price, last.currency, last.seller_id) == (
-        "z.1_a:b/c@d+e-f", 12.5, "XXX", "7")
+    assert (last.product_id, last.price, last.currency, last.seller_id) == ('z" or "1', 12.5,
+                                                                           "XXX", "7")
 
 
 def _append(path: Path, obj: Any) -> None:
