@@ -323,8 +323,7 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
     SIGTERM's default would end the process where it stands. A second signal meanwhile ends
     the process as the signal does by default."""
     for sig in signals.STOP_SIGNALS:
-        if not signals.ignored(sig):
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(sig, signal.SIG_DFL)
     raise _Stopped(signum)
 
 

@@ -23,24 +23,16 @@ def handling(handler: Handler, signals: Iterable[signal.Signals] = STOP_SIGNALS
     (a signal held while the command started is in one: lookalike/stopping.py); they come
     back after it, however it ends. Off the main thread nothing is set (and nothing was
     replaced): Python runs handlers in the main thread only and lets only it set them (tests
-    call commands from threads). An ignored SIGINT stays ignored (:func:`ignored`)."""
+    call commands from threads)."""
     if threading.current_thread() is not threading.main_thread():
         yield {}
         return
-    previous = {sig: signal.signal(sig, handler) for sig in signals if not ignored(sig)}
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield dict(previous)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def ignored(sig: signal.Signals) -> bool:
-    """Whether ``sig`` is SIGINT and ignored, as a shell leaves it for a script's background
-    job (``cmd &`` without job control): Python keeps it ignored then, and so do the
-    commands, whose Ctrl-C handling would otherwise let the script's ``kill -INT`` stop
-    them. SIGTERM is always handled: a supervisor's stop."""
-    return sig is signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN
 
 
 @contextmanager

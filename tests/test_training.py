@@ -790,30 +790,6 @@ def test_a_run_removes_what_a_killed_run_of_its_out_left(
     assert hidden == sorted(p.name for p in kept)
 
 
-def test_an_ignored_sigint_stays_ignored() -> None:
-    """A script's background job (``lookalike train ... &``) inherits SIGINT ignored, and
-    Python keeps it so; train's handler replaced it, so the script's Ctrl-C stopped the run.
-    SIGTERM is still handled."""
-    from lookalike import signals
-
-    def handler(_signum: int, _frame: Any) -> None:
-        pass
-
-    before_int, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with signals.handling(handler) as previous:
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) is handler
-            assert set(previous) == {signal.SIGTERM}
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is before_term
-    finally:
-        signal.signal(signal.SIGINT, before_int)
-    with signals.handling(handler):  # handled as before where it was not ignored
-        assert signal.getsignal(signal.SIGINT) is handler
-
-
 def test_a_signal_during_a_fit_waits_for_the_step() -> None:
     """Inside ``model.fit`` a Ctrl-C only asks Keras to stop after the step; the previous
     handler gets it once the fit has returned."""
