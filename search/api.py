@@ -20,11 +20,17 @@
   vectors of different models never mix. When the collection name is an alias that serves
   another model (store/versions.py), searches raise :class:`ModelMismatchError` instead of
   finding nothing: checked at construction, and again when a search fails or comes back empty
-  (so a long-running searcher notices a switch without a check per query).
+  (so a long-running searcher notices a switch without a check per query). Once seen, the
+  mismatch is kept: every later search raises it without reading Milvus, until a check (at
+  most once per ``model_check_interval_s``) finds this model serving again (the aliases
+  moved back); a model switch otherwise needs a restart with the new model's settings.
 * Reads use the ``consistency`` the caller chooses (docs/scaling.md): serving searches use
   ``Bounded`` (no wait for the latest time tick: ~8 ms instead of ~200 ms on a 2.3 server);
   paths that must read their own writes just made (tests, the demo, eval) ask for ``Strong``.
-* The model check after an empty answer runs at most once per ``model_check_interval_s``.
+* An empty answer or an unknown product is given only after a model check at most
+  ``model_check_interval_s`` old (:data:`MODEL_CHECK_INTERVAL_S`): after a switch to a model
+  of the same dimension the old model's searches find nothing rather than fail, and that must
+  not be read as "no match" for long. An answer with hits costs no check.
 * ``match``: ``"exact"`` finds this item in this colour (what a shopper's snapshot wants; the
   default of the image and vector searches), ``"similar"`` the same kind or style in any
   colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
@@ -71,6 +77,11 @@ from store.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
+MODEL_CHECK_INTERVAL_S = 1.0
+"""Most seconds since the last model check for an empty answer (or an unknown product) to be
+given without a new one; also how often a kept mismatch is checked again. A check costs
+registry reads (~170 ms Strong on a server), on the request that makes it; it was 30 s, which
+served empty answers and 404s for 30 s after each check once another model served."""
 _SEARCH_DEFAULTS = SearchSettings()
 """The searches' k and compare_prices' threshold default to the settings' (defined there only)."""
 OVERFETCH = 4
@@ -294,7 +305,7 @@ class ProductSearch:
         max_pixels: int,
         max_bytes: int | None = None,
         image_loader: ImageLoader | None = None,
-        model_check_interval_s: float = 30.0,
+        model_check_interval_s: float = MODEL_CHECK_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         verifier: SameItemVerifier | None = None,
         cutout_queries: bool = True,
@@ -359,6 +370,8 @@ class ProductSearch:
         self._check_interval_s = model_check_interval_s
         self._clock = clock
         self._checked_at = clock()
+        self._mismatch: str | None = None
+        """Why another model serves, once a check found it (:meth:`check_model`)."""
         self.short_page_recoveries = 0
         """Searches whose short page was completed by exact scoring (for tests and benches)."""
         self.turned_photos = 0
@@ -370,18 +383,44 @@ class ProductSearch:
         """The consistency level of every read of this searcher."""
         return self._consistency
 
-    def _check_model_now_and_then(self) -> None:
-        """:meth:`check_model` unless it ran within the interval: an empty answer is usually
-        just an empty answer, and each check costs registry reads (~170 ms Strong)."""
-        now = self._clock()
-        if now - self._checked_at >= self._check_interval_s:
-            self._checked_at = now
+    def _confirm_model(self) -> None:
+        """Before an empty answer or an unknown product: :meth:`check_model` unless it ran
+        within the interval (an empty answer is usually just an empty answer, and each check
+        costs registry reads). Concurrent callers within the interval do not wait for the
+        check one of them runs."""
+        if self._clock() - self._checked_at >= self._check_interval_s:
             self.check_model()
+
+    def _refuse_if_mismatched(self) -> None:
+        """Raise the mismatch a check found, without reading Milvus; after the interval, check
+        again instead (the aliases may have moved back to this model)."""
+        if self._mismatch is None:
+            return
+        if self._clock() - self._checked_at >= self._check_interval_s:
+            self.check_model()
+            return
+        raise ModelMismatchError(self._mismatch)
 
     def check_model(self) -> None:
         """Raise :class:`ModelMismatchError` when ``spec.name`` is an alias serving another
         model, or a plain (pre-alias) collection without a single row of this model: such a
-        collection may hold several versions, so only an absent one is an error."""
+        collection may hold several versions, so only an absent one is an error. The answer
+        is kept: a mismatch refuses every later search until a check finds this model again.
+        A check that cannot run (Milvus down) changes nothing."""
+        self._checked_at = self._clock()
+        try:
+            self._check_serving_model()
+        except ModelMismatchError as exc:
+            if self._mismatch is None:
+                log.error("search refused from now on: %s", exc)
+            self._mismatch = str(exc)
+            raise
+        if self._mismatch is not None:
+            log.warning("this searcher's model %s serves again: searches resume",
+                        self._embedder.model_version)
+        self._mismatch = None
+
+    def _check_serving_model(self) -> None:
         serving = self._versions.serving()
         if serving is None or serving.model_version is None:
             return
@@ -827,7 +866,7 @@ class ProductSearch:
             ["pk", "vector", "image_ref"], limit=MAX_PRODUCT_IMAGES, consistency=self._consistency,
             op="product_vectors"))
         if not rows:
-            self._check_model_now_and_then()
+            self._confirm_model()
             raise ProductNotFound(product_id, self._embedder.model_version)
         rows = sorted(rows, key=lambda r: str(r["pk"]))
         return [([float(x) for x in r["vector"]], str(r["image_ref"])) for r in rows]
@@ -851,7 +890,7 @@ class ProductSearch:
         if len(best) < k and not full:
             self._recover_short_page(vectors, k, search_filter, exclude, best)
         if not best:
-            self._check_model_now_and_then()
+            self._confirm_model()
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))
         return ranked[:k]
 
@@ -925,7 +964,9 @@ class ProductSearch:
         """Run a Milvus read; when it fails, a model switch (other dimension) is the likely
         cause, and the clearer error (:class:`ModelMismatchError`, chained to the failure).
         When the model check cannot run either (Milvus down, the store closed), the read's
-        own error is raised and the check's is logged: it used to replace it."""
+        own error is raised and the check's is logged: it used to replace it. A mismatch
+        found before is raised without the read (:meth:`_refuse_if_mismatched`)."""
+        self._refuse_if_mismatched()
         try:
             return call()
         except Exception:

@@ -38,6 +38,7 @@ from schema.versions import (
     state_name,
 )
 from search.api import ModelMismatchError, ProductNotFound, ProductSearch
+from serve.health import Readiness
 from store import MilvusStore, ensure_collections
 from store.versions import ModelVersions
 from tests import milvus_support
@@ -58,6 +59,21 @@ class TinyEmbedderV2(TinyEmbedder):
         assert isinstance(image, Image.Image)
         thumb = image.convert("RGB").resize((2, 2), Image.Resampling.BILINEAR)
         return np.asarray(thumb, dtype=np.float32).reshape(-1) + 1.0
+
+
+class TinyEmbedderV1b(TinyEmbedder):
+    """Another version of the same model with the same dimension (as w0.9 and w1.1 of the
+    default one): a search with the old one is not refused by Milvus, it finds no rows."""
+
+    model_version = "tiny-thumb-v1b"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class NoDeadLetters:
@@ -224,6 +240,84 @@ def test_reindex_builds_then_switches_without_downtime(world: World) -> None:
     # a second run has nothing to do
     with pytest.raises(ReindexError, match="already serves"):
         world.reindexer(v2).run()
+
+
+def test_a_switch_to_a_model_of_the_same_dimension_refuses_every_later_search(
+        world: World) -> None:
+    """A searcher (with the serving default interval) whose model stops serving: every later
+    search raises, by vector and by product id, over and over, not an empty answer or an
+    unknown product once the first call has raised (probe D: 503 once, then 200 []); and
+    ``/readyz`` says not ready. When the aliases move back, it serves again."""
+    v1, v1b = TinyEmbedder(), TinyEmbedderV1b()
+    ingest(world.ingester(v1), catalog(world))
+    clock = Clock()
+    old = ProductSearch(world.m.store, CollectionSpec(name=world.base, dim=v1.dim), v1,
+                        consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                        clock=clock)
+    readiness = Readiness(world.m.store, world.base, lambda: True,
+                          model_version=v1.model_version)
+    vector = [float(x) for x in v1.embed([Image.open(world.root / "images" / "p2.png")])[0]]
+    assert [h.product_id for h in old.by_vector(vector, k=1)] == ["p2"]
+    assert readiness.check()["model"] == "ok"
+
+    assert world.reindexer(v1b).run().switched
+    clock.now += 5  # within the old 30 s interval, past the short one
+    for _ in range(3):
+        with pytest.raises(ModelMismatchError, match=f"serves model {v1b.model_version}"):
+            old.by_vector(vector, k=1)
+        with pytest.raises(ModelMismatchError, match=f"serves model {v1b.model_version}"):
+            old.by_product("p1")
+        clock.now += 0.1
+    checks = readiness.check()
+    assert checks["model"].startswith("mismatch") and v1b.model_version in checks["model"]
+
+    # the aliases move back: the next check (after the interval) clears the mismatch
+    assert world.reindexer(v1).run().switched
+    assert readiness.check()["model"] == "ok"
+    clock.now += 60
+    assert [h.product_id for h in old.by_vector(vector, k=1)] == ["p2"]
+
+
+def test_the_api_of_a_process_whose_model_stopped_serving_answers_503_and_is_not_ready(
+        world: World) -> None:
+    """Probe D over HTTP (``lookalike serve`` and ``run`` build this app): after the switch,
+    searches by vector and by product id answer 503 ``model_mismatch`` every time (not 200
+    ``{"hits": []}`` and 404 ``unknown_product``), ``/readyz`` 503 with the model's reason,
+    and ``/livez`` stays 200 (a restart with the same settings cannot help)."""
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from serve.api import ServeConfig, create_app
+    from serve.metrics import SearchMetrics, TimedEmbedder
+
+    v1, v1b = TinyEmbedder(), TinyEmbedderV1b()
+    ingest(world.ingester(v1), catalog(world))
+    clock, timed, registry = Clock(), TimedEmbedder(v1), CollectorRegistry()
+    search = ProductSearch(world.m.store, CollectionSpec(name=world.base, dim=v1.dim), timed,
+                           consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                           clock=clock)
+    app = create_app(search, embedder=timed, store=world.m.store,
+                     readiness=Readiness(world.m.store, world.base, lambda: True,
+                                         model_version=v1.model_version),
+                     registry=registry, metrics=SearchMetrics(registry), pool=world.pool,
+                     config=ServeConfig(image_roots=[world.root]))
+    vector = [float(x) for x in v1.embed([Image.open(world.root / "images" / "p2.png")])[0]]
+    with TestClient(app) as http:
+        assert http.post("/v1/search", json={"vector": vector, "k": 1}).json()["hits"][0][
+            "product_id"] == "p2"
+        assert http.get("/readyz").status_code == 200
+        assert world.reindexer(v1b).run().switched
+        clock.now += 2
+        for _ in range(2):
+            for answer in (http.post("/v1/search", json={"vector": vector}),
+                           http.post("/v1/search", json={"product_id": "p1"}),
+                           http.get("/v1/products/p1/similar")):
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "model_mismatch"
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["model"].startswith("mismatch")
+        assert http.get("/livez").status_code == 200
 
 
 def test_write_during_the_switch_is_caught_by_the_last_pass(world: World) -> None:
