@@ -325,7 +325,8 @@ def build_api(
     search = build_search(settings, timed, versions)
     if model_warm is None:
         model_warm = _finished(warm_up_in_background(embedder))
-    readiness = Readiness(versions.store, versions.base, model_warm=model_warm)
+    readiness = Readiness(versions.store, versions.base, model_warm=model_warm,
+                          model_version=embedder.model_version)
     s = settings.search
     config = ServeConfig(
         image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,

@@ -16,7 +16,14 @@ PROBE_TIMEOUT_S = 1.0
 
 
 class Readiness:
-    """Ready = Milvus answers, the serving collection is loaded, and the model is warm.
+    """Ready = Milvus answers, the serving collection is loaded, it serves this process's
+    model (``model_version``: the registry's record of what the alias reaches, when it has
+    one), and the model is warm.
+
+    A process whose model no longer serves (``lookalike reindex`` switched the aliases) is
+    not ready: its searches answer 503 ``model_mismatch``, and it comes back only when the
+    aliases move back. ``/livez`` stays up: a restart with the same settings would not help
+    (``serve`` and ``run`` refuse a model that does not serve), new settings are a deploy.
 
     An orchestrator polls this every few seconds, and a slow or hung Milvus must show up as
     "not ready" within :data:`PROBE_TIMEOUT_S` rather than as a hanging probe. The store is
@@ -27,9 +34,10 @@ class Readiness:
     """
 
     def __init__(self, store: MilvusStore, collection: str,
-                 model_warm: Callable[[], bool], *,
+                 model_warm: Callable[[], bool], *, model_version: str,
                  timeout_s: float = PROBE_TIMEOUT_S) -> None:
         self._store = store
+        self._model_version = model_version
         self._versions = ModelVersions(store, collection)
         self._model_warm = model_warm
         self._timeout_s = timeout_s
@@ -74,6 +82,9 @@ class Readiness:
             checks["milvus"] = f"unreachable: {type(exc).__name__}"
             checks["collection"] = "unknown"
             return checks
+        if serving is not None and serving.model_version not in (None, self._model_version):
+            checks["model"] = (f"mismatch: {serving.base} serves model {serving.model_version}, "
+                               f"this process embeds with {self._model_version}")
         try:
             if serving is None:
                 checks["collection"] = f"{self._versions.base} does not exist yet"

@@ -80,7 +80,8 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
                          verifier=SimilarityOnlyVerifier())
     with ThreadPoolExecutor(4) as pool:
         app = create_app(search or real, embedder=timed, store=store,
-                         readiness=Readiness(probed_store or store, spec.name, lambda: True),
+                         readiness=Readiness(probed_store or store, spec.name, lambda: True,
+                                             model_version=embedder.model_version),
                          registry=registry, metrics=metrics, pool=pool,
                          config=replace(config or ServeConfig(), image_roots=[root],
                                         compare_threshold=0.90,

@@ -457,7 +457,7 @@ def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
     from store import MilvusStore
 
     store = MilvusStore.open(str(tmp_path / "empty.db"))
-    checks = Readiness(store, "nothing_here", lambda: False).check()
+    checks = Readiness(store, "nothing_here", lambda: False, model_version="m").check()
     assert checks["milvus"] == "ok"
     assert "does not exist" in checks["collection"]
     assert checks["model"] == "warming up"
