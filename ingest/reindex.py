@@ -12,18 +12,23 @@ Steps (see schema/versions.py for the names and store/versions.py for the aliase
    and model version, every other field unchanged, then the state (written last, as ingest
    does). Delisted products are copied as tombstones. Resumable: a second run skips what is
    already there.
-3. Passes repeat until one changes nothing, which catches products that the running ingest of
-   the old model changed during the previous pass.
-4. Only then, when every source product is in the target or reported as failed (and failures
-   are allowed), the target is flushed and the aliases switch (``alter_alias``).
+3. Passes repeat, each catching products that the running ingest of the old model changed
+   during the previous one, until one is small (``switch_changes``: :meth:`_small_enough`).
+   Each pass first checks that its source still serves (another run may have switched).
+4. Then, when every source product is in the target or reported as failed (and failures are
+   allowed), the target is flushed, the source is registered ``retiring`` (a catch-up from it
+   is owed) and the aliases switch (``alter_alias``).
 5. After ``settle_s`` (for an ingest batch that was being written while the aliases moved),
-   one more pass copies what the old ingest wrote last. That ingest stops by itself at its
-   next batch (``ServingGuard``) without committing it; restart it with the new model.
-   Steps 4 (from the aliases on) and 5 are one: SIGINT and SIGTERM wait for them.
+   the catch-up pass copies what the old ingest wrote after the last pass read it, then marks
+   the source ``retired``. That ingest stops by itself at its next batch (``ServingGuard``)
+   without committing it; restart it with the new model. Steps 4 (from the aliases on) and 5
+   are one: SIGINT and SIGTERM wait for them. Cut anyway (kill -9, a crash), the ``retiring``
+   record stays, and the next run with the new model runs the catch-up instead of refusing.
 
 A product is copied whole or not at all: if one of its images cannot be fetched or decoded, it
 is reported with each image's reason and not written (``allow_failures`` writes its good images,
-like ingest does, and lets the switch happen, unless no product at all could be copied). Inline
+like ingest does, keeps the state of a product none of whose images could be (reported in
+``imageless``), and lets the switch happen, unless no image at all could be copied). Inline
 (base64) images are not stored, so they cannot be embedded again: those products are reported
 (reason ``inline_image``).
 """
@@ -47,7 +52,7 @@ from embedding.embedder import Embedder, PreparedEmbedder
 from ingest.fetch import ImageFetcher
 from ingest.load import load_image_ref
 from ingest.plan import WritePlan
-from ingest.sink import MilvusSink, state_of
+from ingest.sink import MilvusSink, read_states, state_of
 from lookalike import signals
 from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
 from schema.errors import ItemError, Reason
@@ -63,6 +68,10 @@ _ROW_FIELDS = [f for f in IMAGE_FIELDS if f != "vector"]
 
 class ReindexError(RuntimeError):
     """Re-indexing cannot start (nothing serves, or the model already serves)."""
+
+
+class SourceRetiredError(RuntimeError):
+    """The pair this run copies from no longer serves: another switch happened meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,11 @@ class ReindexReport:
     failures: dict[str, list[ImageProblem]] = field(default_factory=dict)
     """product_id -> the problems of its images (last seen)."""
     switched: bool = False
+    caught_up: list[str] = field(default_factory=list)
+    """Retired pairs whose owed catch-up pass this run finished."""
+    imageless: set[str] = field(default_factory=set)
+    """Listed products copied without any image (``allow_failures`` and every image failed):
+    searches cannot find them by photo until they are published again."""
     refused: str = ""
     """Why the switch did not happen ("" when it did, or was not asked for)."""
     seconds: float = 0.0
@@ -127,7 +141,8 @@ class ReindexReport:
             f"passes={len(self.passes)} products_copied={self.products_copied} "
             f"products_deleted={sum(p.deleted for p in self.passes)} "
             f"images_embedded={self.images_embedded} images_per_s={rate:.1f} "
-            f"failed_products={len(self.failures)} switched={self.switched} "
+            f"failed_products={len(self.failures)} imageless_products={len(self.imageless)} "
+            f"switched={self.switched} caught_up={len(self.caught_up)} "
             f"seconds={self.seconds:.1f}"
         )
 
@@ -165,6 +180,7 @@ class Reindexer:
         chunk_products: int = 16,
         max_passes: int,
         settle_s: float,
+        switch_changes: int = 50,
         on_chunk: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -177,6 +193,7 @@ class Reindexer:
         self._chunk = max(1, chunk_products)
         self._max_passes = max(1, max_passes)
         self._settle_s = settle_s
+        self._switch_changes = max(0, switch_changes)
         self._on_chunk = on_chunk
         self._sleep = sleep
         self._decode_size: int | None = getattr(embedder, "decode_size", None)
@@ -191,7 +208,10 @@ class Reindexer:
         before_pass: Callable[[int], None] | None = None,
     ) -> ReindexReport:
         """Copy until complete, then switch (unless ``switch=False``). ``before_pass`` is
-        called with each pass number (tests use it to change the source meanwhile)."""
+        called with each pass number (tests use it to change the source meanwhile).
+
+        When the model already serves and a catch-up is owed (a switch cut short right after
+        the aliases moved), runs that catch-up instead of refusing."""
         started = time.monotonic()
         self._allow_failures = allow_failures
         model = self._embedder.model_version
@@ -201,38 +221,60 @@ class Reindexer:
                 f"nothing to re-index: {self._versions.base} does not exist yet "
                 "(the first ingest creates it for its model)"
             )
+        owed = self._versions.catch_ups_owed()
         if serving.model_version == model:
-            raise ReindexError(f"model {model} already serves {self._versions.base} "
-                               f"({serving.physical}): nothing to do")
+            if not owed or serving.legacy:
+                raise ReindexError(f"model {model} already serves {self._versions.base} "
+                                   f"({serving.physical}): nothing to do")
+            report = self._catch_up_only(model, serving.physical, [e.physical for e in owed])
+            report.seconds = time.monotonic() - started
+            return report
+        if owed:
+            raise ReindexError(
+                f"a switch to model {serving.model_version} was cut short before its catch-up "
+                f"pass from {', '.join(e.physical for e in owed)}: run `lookalike reindex` with "
+                f"model {serving.model_version} first (it copies those last writes)")
         target = self._versions.ensure_building(model, self._embedder.dim)
         sink = MilvusSink(self._store, target)
         report = ReindexReport(self._versions.base, model, serving.physical, target.name)
         self.report = report
         log.info("reindex: model %s, from %s (model %s) into %s",
                  model, serving.physical, serving.model_version, target.name)
-        converged = False
-        for number in range(1, self._max_passes + 1):
-            if before_pass is not None:
-                before_pass(number)
-            p = self._pass(number, serving.physical, target, sink, report)
-            if not p.changed:
-                converged = True
-                break
+        ready = False
+        try:
+            for number in range(1, self._max_passes + 1):
+                if before_pass is not None:
+                    before_pass(number)
+                p = self._pass(number, serving.physical, target, sink, report)
+                if self._small_enough(report.passes):
+                    ready = True
+                    break
+        except SourceRetiredError as exc:
+            report.refused = str(exc)
         sink.flush()
-        if not converged:
-            report.refused = (f"the source still changed after {self._max_passes} passes; "
-                              "run reindex again")
+        if report.refused:
+            pass
+        elif not ready:
+            report.refused = (f"the source still changed after {self._max_passes} passes "
+                              f"(last: {p.copied + p.deleted} products); run reindex again")
         elif report.failures and not allow_failures:
             report.refused = (f"{len(report.failures)} product(s) could not be re-embedded "
                               "(see the failures); fix them or pass --allow-failures")
-        elif report.failures and not any(s.listed for s in
-                                         self._states(target.state_name).values()):
+        elif report.failures and not self._has_images(target):
             report.refused = (f"{len(report.failures)} product(s) could not be re-embedded and "
                               "none could (see the failures): --allow-failures does not switch "
                               "searches to an empty catalog")
+        if report.imageless:
+            log.warning("reindex: %d listed product(s) have no image in model %s (each image "
+                        "failed): publish them again: %s", len(report.imageless), model,
+                        " ".join(sorted(report.imageless)[:50]))
         if switch and not report.refused:
             with signals.held(_finishing_the_switch) as received:
-                self._switch(model, target, sink, report)
+                try:
+                    self._switch(model, serving.physical, target, sink, report)
+                except SourceRetiredError as exc:
+                    report.refused = str(exc)
+                    log.error("reindex: not switching: %s", report.refused)
             if received:
                 log.warning("reindex: %s came during the switch, which is done: %s serves "
                             "model %s", received[0].name, self._versions.base, model)
@@ -241,21 +283,74 @@ class Reindexer:
         report.seconds = time.monotonic() - started
         return report
 
-    def _switch(self, model: str, target: CollectionSpec, sink: MilvusSink,
+    def _small_enough(self, passes: list[PassReport]) -> bool:
+        """Whether the last pass leaves little enough for the catch-up pass after the switch:
+        it changed at most ``switch_changes`` products, or no fewer than the pass before it
+        (steady ingest traffic holds every pass near the same size: more passes would not
+        shrink the catch-up, only delay the switch). The catch-up copies every later write
+        however many there are; this only bounds how long the new pair lags after the switch
+        (about one pass). ``switch_changes=0`` keeps the strict rule: a pass that changed
+        nothing."""
+        changes = [p.copied + p.deleted for p in passes]
+        if changes[-1] <= self._switch_changes:
+            return True
+        return self._switch_changes > 0 and len(changes) > 1 and changes[-1] >= changes[-2]
+
+    def _has_images(self, target: CollectionSpec) -> bool:
+        return bool(self._store.query(target.name, 'pk != ""', ["pk"], limit=1,
+                                      consistency="Strong"))
+
+    def _catch_up_only(self, model: str, serving: str, owed: list[str]) -> ReindexReport:
+        """The catch-up pass(es) a switch cut short owes: copy what the retired pairs got last
+        into the serving pair (the aliases already moved: nothing else to do)."""
+        target = self._versions.spec_for(model, self._embedder.dim)
+        report = ReindexReport(self._versions.base, model, ", ".join(owed), target.name)
+        self.report = report
+        if target.name != serving:
+            raise ReindexError(f"model {model} serves {self._versions.base} from {serving}, "
+                               f"not from its own pair {target.name}")
+        log.warning("reindex: model %s already serves %s, but the switch to it was cut short "
+                    "before its catch-up pass: copying what %s got last", model,
+                    self._versions.base, ", ".join(owed))
+        sink = MilvusSink(self._store, target)
+        with signals.held(_finishing_the_switch):
+            self._versions.switch_to(model, self._embedder.dim)  # completes the registry
+            for previous in owed:
+                self._catch_up(previous, target, sink, report)
+        return report
+
+    def _switch(self, model: str, source: str, target: CollectionSpec, sink: MilvusSink,
                 report: ReindexReport) -> None:
         """Move the aliases, wait ``settle_s``, copy what the old ingest wrote meanwhile: one
         step, which SIGINT and SIGTERM wait for (:meth:`run`). Cut between the two aliases,
-        the images and the states would be of two models; cut after the switch, the writes
-        the old ingest committed since the last pass would be missing from the new model's
-        collections, and a second run says "already serves" (nothing would copy them)."""
+        the images and the states would be of two models; cut after the switch (a kill, a
+        crash, an error), the registry says that the catch-up from the previous pair is owed
+        (``retiring``, written before the aliases move) and the next ``lookalike reindex``
+        runs it. Refused when ``source`` no longer serves (another switch since this run
+        started: its passes copied from a pair that no longer takes the writes)."""
+        self._check_serves(source)
         previous = self._versions.switch_to(model, self._embedder.dim)
         report.switched = True
         self._sleep(self._settle_s)
         if previous is not None:
-            self._versions.load(previous)  # Milvus Lite releases a renamed collection
-            self._pass(len(report.passes) + 1, previous, target, sink, report,
-                       after_switch=True)
-            sink.flush()
+            self._catch_up(previous, target, sink, report)
+
+    def _catch_up(self, previous: str, target: CollectionSpec, sink: MilvusSink,
+                  report: ReindexReport) -> None:
+        self._versions.load(previous)  # Milvus Lite releases a renamed collection
+        self._pass(len(report.passes) + 1, previous, target, sink, report, after_switch=True)
+        sink.flush()
+        self._versions.caught_up(previous)
+        report.caught_up.append(previous)
+
+    def _check_serves(self, source: str) -> None:
+        now = self._versions.serving_unloaded()
+        if now is None or now.physical != source:
+            where = f"{now.physical} (model {now.model_version})" if now else "nothing"
+            raise SourceRetiredError(
+                f"{self._versions.base} now serves {where}, not {source}: another switch "
+                "happened during this run; its copies stop here (nothing more deleted). "
+                "Run reindex again if this model should serve")
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -263,7 +358,15 @@ class Reindexer:
         self, number: int, source: str, target: CollectionSpec, sink: MilvusSink,
         report: ReindexReport, *, after_switch: bool = False,
     ) -> PassReport:
+        """Copy what changed in ``source``. Before the switch, also delete what ``source`` no
+        longer holds, and stop (:class:`SourceRetiredError`) once ``source`` no longer serves:
+        a concurrent reindex switched, and the products only in the target may then be the
+        new-model ingest's. After the switch (the catch-up), the target is the serving pair,
+        which the new-model ingest writes too: only what is newer in ``source`` is copied,
+        and nothing is deleted."""
         started = time.monotonic()
+        if not after_switch:
+            self._check_serves(source)
         p = PassReport(number, after_switch)
         report.passes.append(p)
         src = self._states(state_name(source))
@@ -271,20 +374,26 @@ class Reindexer:
         foreign = self._foreign_products(target)
         todo = sorted(
             pid for pid, s in src.items()
-            if (pid not in dst or dst[pid].version < s.version or dst[pid].listed != s.listed
-                or pid in foreign)
+            if (pid not in dst or dst[pid].version < s.version or pid in foreign
+                or (not after_switch and dst[pid].listed != s.listed))
             and self._failed_at.get(pid) != s.version
         )
-        gone = sorted(set(dst) - set(src))
+        gone = [] if after_switch else sorted(set(dst) - set(src))
         p.to_copy = len(todo)
         log.info("reindex pass=%d source_products=%d target_products=%d to_copy=%d to_delete=%d",
                  number, len(src), len(dst), len(todo), len(gone))
         for start in range(0, len(todo), self._chunk):
             chunk = todo[start : start + self._chunk]
+            if after_switch:  # what the new-model ingest wrote since the states were read
+                newer = read_states(self._store, target.state_name, chunk,
+                                    consistency="Strong")
+                chunk = [pid for pid in chunk if pid not in newer
+                         or newer[pid].version < src[pid].version or pid in foreign]
             self._copy(chunk, src, source, sink, p, report)
             if self._on_chunk is not None:
                 self._on_chunk(len(chunk))
         if gone:
+            self._check_serves(source)
             self._delete(gone, target, sink)
             p.deleted = len(gone)
         p.seconds = time.monotonic() - started
@@ -352,10 +461,13 @@ class Reindexer:
                     log.warning("reindex image failed product_id=%s image=%s reason=%s "
                                 "detail=%s", pid, problem.image_ref[:200], problem.reason,
                                 problem.detail[:300])
-                if not self._allow_failures or pid not in records:
+                if not self._allow_failures:
                     continue
+                if pid not in records:  # listed still, with no image in the new model
+                    report.imageless.add(pid)
             else:
                 report.failures.pop(pid, None)
+                report.imageless.discard(pid)
             kept = records.get(pid, [])
             plan.upserts.extend(kept)
             plan.prune[pid] = {r.pk for r in kept}

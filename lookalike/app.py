@@ -458,12 +458,13 @@ def build_runner(
 
 def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
                     pool: ThreadPoolExecutor, *, max_passes: int, settle_s: float,
+                    switch_changes: int = 50,
                     on_chunk: Callable[[int], None] | None = None) -> Reindexer:
     from ingest.reindex import Reindexer
 
     return Reindexer(versions, embedder, build_fetcher(settings.images), pool,
                      max_pixels=settings.images.max_pixels, max_passes=max_passes,
-                     settle_s=settle_s, on_chunk=on_chunk)
+                     settle_s=settle_s, switch_changes=switch_changes, on_chunk=on_chunk)
 
 
 @contextmanager

@@ -224,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-failures", action="store_true",
                    help="switch even when some products could not be re-embedded")
     p.add_argument("--max-passes", type=_at_least(1), default=10,
-                   help="catch-up passes before giving up on a source that keeps changing")
+                   help="passes before giving up on a source that keeps changing")
+    p.add_argument("--switch-changes", type=_at_least(0), default=50,
+                   help="switch after a pass that changed at most this many products (or no "
+                        "fewer than the pass before it); the catch-up pass after the switch "
+                        "copies the rest (0: only after a pass that changed nothing)")
     p.add_argument("--settle-s", type=_at_least(0, float), default=2.0,
                    help="wait after the switch before the last catch-up pass")
 

@@ -374,7 +374,7 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         reindexer = build_reindexer(settings, embedder, versions, pool,
                                     max_passes=args.max_passes, settle_s=args.settle_s,
-                                    on_chunk=bar.update)
+                                    switch_changes=args.switch_changes, on_chunk=bar.update)
         try:
             report = reindexer.run(switch=not args.no_switch, allow_failures=args.allow_failures)
         except ReindexError as exc:
@@ -385,12 +385,18 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  failed {product_id}: {problem.reason} {problem.image_ref[:120]} "
                   f"({problem.detail[:120]})")
+    if report.imageless:
+        print(f"  listed with no image in model {report.model_version} (every image failed; "
+              f"publish them again): {' '.join(sorted(report.imageless))}")
     print(f"reindex {report.summary()}")
     if report.refused:
         raise UserError(f"not switched: {report.refused}", ExitCode.FAILED)
     if report.switched:
         print(f"{versions.base} now serves model {report.model_version} ({report.target}). "
               "Restart `lookalike ingest` with this model: the old one stops at its next batch.")
+    elif report.caught_up:
+        print(f"model {report.model_version} already served {versions.base}; ran the catch-up "
+              f"pass its switch owed, from {', '.join(report.caught_up)}")
     else:
         print(f"built {report.target}; not switched (--no-switch)")
     return ExitCode.OK
@@ -415,6 +421,9 @@ def models(settings: Settings, args: argparse.Namespace) -> int:
     if serving.legacy:
         images, products = _counts(store, serving.physical)
         print(f" * legacy   {serving.model_version}  images={images} products={products}")
+    for entry in versions.catch_ups_owed():
+        print(f"catch-up owed from {entry.physical} (a switch was cut short after the aliases "
+              f"moved): run `lookalike reindex` with model {serving.model_version}")
     return ExitCode.OK
 
 

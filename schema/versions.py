@@ -12,9 +12,10 @@ For the configured base name ``<base>`` (``LOOKALIKE_MILVUS__COLLECTION``):
   address *physical* names only: a writer never follows an alias into another model's
   collection.
 * ``<base>_models`` is the registry: one row per physical pair (model version, dimension,
-  status ``building`` / ``serving`` / ``retired``, creation and update times), so the CLI can
-  list versions. Milvus Lite keeps no collection descriptions, hence a collection; like the
-  state collection it carries a constant 2-d vector (Milvus needs one to load a collection).
+  status ``building`` / ``serving`` / ``retiring`` / ``retired``, creation and update times),
+  so the CLI can list versions. Milvus Lite keeps no collection descriptions, hence a
+  collection; like the state collection it carries a constant 2-d vector (Milvus needs one
+  to load a collection).
 
 The two aliases are altered one after the other (image alias first: it is the one searches
 read); Milvus has no multi-alias transaction. Nothing reads the state alias to decide anything,
@@ -29,7 +30,8 @@ ingest of another version builds its own pair). Aliases cannot share a name with
 so the switch away from a legacy collection first *renames* ``<base>`` and ``<base>_state`` to
 the physical names of their version, then creates the aliases: for the few milliseconds
 between the rename and the alias, ``<base>`` does not exist and a search on it fails (the only
-gap in this design, once per install). The renamed pair is registered as ``retired``.
+gap in this design, once per install). The renamed pair is registered as ``retiring`` (a
+catch-up from it is owed), then ``retired``.
 """
 
 from __future__ import annotations
@@ -58,8 +60,18 @@ class ModelStatus(str, Enum):
     """Being filled (by ``lookalike reindex`` or an ingest of a model that does not serve)."""
     SERVING = "serving"
     """The aliases point at it."""
+    RETIRING = "retiring"
+    """Served before the last switch, and owed a catch-up: its last writes (an old ingest's
+    batches committed after reindex's last pass) are not all copied into the serving pair yet.
+    Marked before the aliases move; ``lookalike reindex`` with the serving model copies them
+    and then marks it ``retired``."""
     RETIRED = "retired"
     """Served before; kept until an operator drops it (a rollback is a reindex back)."""
+
+    @property
+    def served_before(self) -> bool:
+        """Retired, or retiring: its writers must stop (a switch moved the aliases away)."""
+        return self in (ModelStatus.RETIRING, ModelStatus.RETIRED)
 
 
 class ModelVersionError(RuntimeError):

@@ -119,6 +119,21 @@ class ModelVersions:
     def entry_of_version(self, model_version: str) -> ModelEntry | None:
         return self.entry(physical_name(self.base, model_version))
 
+    def catch_ups_owed(self) -> list[ModelEntry]:
+        """Pairs the aliases moved away from whose catch-up pass has not finished (a switch
+        cut short by a crash, a kill or an error): their last writes may be missing from the
+        serving pair. ``lookalike reindex`` with the serving model runs it."""
+        serving = self.serving_unloaded()
+        return [e for e in self.entries() if e.status is ModelStatus.RETIRING
+                and (serving is None or e.physical != serving.physical)]
+
+    def caught_up(self, physical: str) -> None:
+        """The catch-up pass from ``physical`` finished: mark it ``retired``."""
+        entry = self.entry(physical)
+        if entry is not None and entry.status is ModelStatus.RETIRING:
+            self._register(physical, entry.model_version, entry.dim, ModelStatus.RETIRED,
+                           created_at_ms=entry.created_at_ms)
+
     def load(self, physical: str, timeout_s: float = 300.0) -> None:
         """Load an image collection and its state companion (a fresh client of Milvus Lite,
         or a server after a restart, sees collections released)."""
@@ -165,7 +180,7 @@ class ModelVersions:
         spec = self.spec_for(model_version, dim)
         ensure_collections(self.store, spec)
         entry = self.entry(spec.name)
-        if entry is None or entry.status is ModelStatus.RETIRED:
+        if entry is None or entry.status.served_before:
             self._register(spec.name, model_version, dim, ModelStatus.BUILDING,
                            created_at_ms=entry.created_at_ms if entry else None)
         return spec
@@ -183,7 +198,7 @@ class ModelVersions:
             serving is not None
             and serving.model_version != model_version
             and entry is not None
-            and entry.status is ModelStatus.RETIRED
+            and entry.status.served_before
         ):
             raise ModelRetiredError(
                 f"model {model_version} was retired: {self.base} serves model "
@@ -205,7 +220,11 @@ class ModelVersions:
         """Point ``<base>`` and ``<base>_state`` at ``model_version``'s pair; mark the registry.
 
         Returns the physical image collection that served before (renamed, for a legacy one),
-        or None on a first install.
+        or None on a first install. That pair is registered ``retiring`` *before* the aliases
+        move: a catch-up pass from it is owed (:meth:`catch_ups_owed`) until the caller's pass
+        finished and called :meth:`caught_up`, so a crash right after the move leaves a record
+        that the next ``lookalike reindex`` acts on. Called again once the aliases moved, it
+        only completes the registry.
         """
         target = self.spec_for(model_version, dim)
         if not self.store.has_collection(target.name):
@@ -222,6 +241,7 @@ class ModelVersions:
         else:
             previous = before.physical
             if previous != target.name:
+                self._mark_retiring(previous)
                 self.store.alter_alias(target.name, self.base)  # searches move here
                 self.store.alter_alias(target.state_name, state_name(self.base))
         for e in self.entries():
@@ -235,6 +255,12 @@ class ModelVersions:
                  self.base, target.name, model_version, previous or "nothing")
         return previous
 
+    def _mark_retiring(self, physical: str) -> None:
+        entry = self.entry(physical)
+        if entry is not None:
+            self._register(physical, entry.model_version, entry.dim, ModelStatus.RETIRING,
+                           created_at_ms=entry.created_at_ms)
+
     def _retire_legacy(self, legacy: Serving) -> str:
         """Rename a legacy pair out of the way of the aliases (see the module docs)."""
         version = legacy.model_version or ""
@@ -247,7 +273,7 @@ class ModelVersions:
         self.store.rename_collection(self.base, name)
         self.store.rename_collection(state_name(self.base), state_name(name))
         self.store.load([name, state_name(name)])  # Milvus Lite releases a renamed collection
-        self._register(name, version, dim, ModelStatus.RETIRED)
+        self._register(name, version, dim, ModelStatus.RETIRING)
         return name
 
     def _register(
