@@ -20,9 +20,12 @@ def check_regular(path: Path, note: str = "") -> os.stat_result:
     folder, a FIFO, a socket or a device. ``note`` says what the file should be."""
     status = path.stat()
     if not stat.S_ISREG(status.st_mode):
-        raise OSError(errno.EINVAL, f"not a regular file{f' ({note})' if note else ''}",
-                      str(path))
+        raise _not_regular(path, note)
     return status
+
+
+def _not_regular(path: Path, note: str) -> OSError:
+    return OSError(errno.EINVAL, f"not a regular file{f' ({note})' if note else ''}", str(path))
 
 
 def read_regular(path: Path, max_bytes: int, note: str = "") -> bytes:
@@ -32,8 +35,7 @@ def read_regular(path: Path, max_bytes: int, note: str = "") -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"not a regular file{f' ({note})' if note else ''}",
-                          str(path))
+            raise _not_regular(path, note)
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             data = fh.read(max_bytes + 1)

@@ -394,9 +394,9 @@ class MilvusSink:
             Future[tuple[dict[str, dict[str, int]], list[CallTiming]]] | None]:
         """The image pks these products have: those this sink remembers, and a read of the
         others (pk -> version, read only when there are repairs) started on the helper thread
-        (None: nothing to read); and the
-        products of ``repairs`` to repair, those this sink does not remember (it remembers
-        pks only after its own apply of the product finished: nothing to repair)."""
+        (None: nothing to read); and the products of ``repairs`` to repair, those this sink
+        does not remember (it remembers pks only after its own apply of the product finished:
+        nothing to repair)."""
         known, rest = self._remembered_pks(product_ids)
         to_repair = self._remembered_pks(repairs)[1]
         rest += to_repair
