@@ -1,23 +1,33 @@
 """Evaluation protocols: a gallery in the catalog format and a queries file.
 
-GALLERY.jsonl: one product per line, as ``lookalike publish`` reads it (``product_id``,
-``category``, ``images``: each a path string or an object with ``path``, relative to the
-file's folder); ``title``, ``price``, ``currency`` and ``seller_id`` may be null or missing
-(given, within a product event's limits), unknown keys are ignored. For ``--task same-item``
-each line is a listing: several may show the same item, even with the same photo.
+GALLERY.jsonl: one product per line, in the catalog format ``lookalike publish`` reads
+(``product_id``, ``category``, ``images``: each a path string, a ``file://`` URL or an object
+with ``path``, relative to the file's folder). A ``product_id`` is a string or a JSON integer
+(read as its decimal string, ``1`` is ``"1"``); ``category`` may be null or missing
+(:data:`UNCATEGORIZED`); ``title``, ``price``, ``currency`` and ``seller_id`` may be null or
+missing (given, within a product event's limits). Unknown keys are ignored, ``type`` among
+them unless it names another product event (``product.delisted``, ``product.price_changed``:
+not a listing). For ``--task same-item`` each line is a listing: several may show the same
+item, even with the same photo.
 QUERIES.jsonl: ``{"image": PATH, "relevant": [product_id, ...]}`` per line, ``PATH`` relative
-to the queries file's folder.
+to the queries file's folder. ``relevant`` may be one id instead of a list, and empty, null or
+missing: a query whose right answer is nothing (same-item scores it; retrieval skips it).
+Relevant ids that are not in the gallery are dropped with a warning naming the line.
 
-Every mistake is a :class:`ProtocolError` naming the file, the line and the problem: a missing
-image or an unknown relevant product would otherwise turn into a silent zero.
+Every mistake in a line is a :class:`ProtocolError` naming the file, the line and the problem,
+and so is a photo that does not exist: the list is wrong, not the photo. A photo that exists
+but cannot be decoded is found when it is embedded, and is a per-item skip
+(:mod:`evaluation.run`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -29,13 +39,22 @@ from schema.events import (
     MAX_TITLE_CHARS,
     SCHEME,
     Currency,
+    ProductDelisted,
+    ProductPriceChanged,
+    ProductUpserted,
     normalize_category,
 )
 from store.expressions import check_string
 
+log = logging.getLogger("lookalike")
+
 MAX_LISTED = 5
 """Problems of one kind shown in an error before '... and N more'."""
+UNCATEGORIZED = "uncategorized"
+"""The category of a gallery product whose line gives none (missing, null or empty)."""
 _CURRENCY: TypeAdapter[str] = TypeAdapter(Currency)
+_EVENT_TYPES = frozenset(str(event.model_fields["type"].default)
+                         for event in (ProductUpserted, ProductPriceChanged, ProductDelisted))
 
 
 class ProtocolError(ValueError):
@@ -51,6 +70,8 @@ class GalleryProduct:
     currency: str
     images: tuple[Path, ...]
     seller_id: str = "eval"
+    where: str = ""
+    """``FILE:LINE`` of its line, for the warnings about its photos."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +81,10 @@ class Query:
     together: a product scores its best match over all of them."""
     relevant: frozenset[str]
     category: str
-    """The category of its (first) relevant product: what per-category figures group by."""
+    """The category of its (first) relevant product: what per-category figures group by
+    (:data:`UNCATEGORIZED` for a query with none)."""
+    where: str = ""
+    """``FILE:LINE`` of its line, for the warnings and the skipped queries."""
 
     @property
     def image(self) -> Path:
@@ -91,10 +115,46 @@ def _image_path(entry: Any, base: Path, where: str) -> Path:
         entry = entry.get("path", entry.get("url"))
     if not isinstance(entry, str) or not entry:
         raise ProtocolError(f"{where}: an image must be a path string or an object with 'path'")
+    if entry.strip().lower().startswith("file:"):
+        return _file_url(entry, where)
     if SCHEME.match(entry):  # publish hands URLs to ingest's fetcher; eval and train open files
         raise ProtocolError(f"{where}: image {entry[:80]!r} is a URL; this command reads local "
                             "files only (download the photos and list their paths)")
     return (base / entry).resolve()
+
+
+def _file_url(entry: str, where: str) -> Path:
+    """``file:///abs/x.jpg`` (or ``file://localhost/...``) as the local path it names."""
+    url = urlsplit(entry.strip())
+    if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
+        raise ProtocolError(f"{where}: image {entry[:80]!r}: a file URL must name an absolute "
+                            "local path (file:///path/to/photo.jpg)")
+    return Path(unquote(url.path)).resolve()
+
+
+def read_id(value: Any) -> str | None:
+    """A product id as a line gives it: a non-empty string, or a JSON integer read as its
+    decimal string (``1`` is ``"1"``); None for anything else (a float, true/false, a list)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _category(value: Any, where: str) -> str:
+    """The line's category path; :data:`UNCATEGORIZED` when missing, null or empty."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return UNCATEGORIZED
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: category must be a string such as 'Men/Tops' or null, "
+                            f"got {str(value)[:40]!r}")
+    try:
+        return normalize_category(value)
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: category: {exc}") from None
 
 
 def _missing(paths: list[tuple[str, Path]], what: str) -> None:
@@ -156,13 +216,13 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
     to_check: list[tuple[str, Path]] = []
     for number, obj in _lines(path):
         where = f"{path}:{number}"
-        kind = obj.get("type", "product.upserted")
-        if kind != "product.upserted":  # as publish refuses it (ingest/publish.py to_event)
+        kind = obj.get("type")
+        if kind in _EVENT_TYPES and kind != "product.upserted":  # another event: no listing
             raise ProtocolError(f"{where}: type: {str(kind)[:40]!r}: a gallery lists products "
                                 "(product.upserted); other events are not listings")
-        pid = obj.get("product_id")
-        if not isinstance(pid, str) or not pid:
-            raise ProtocolError(f"{where}: product_id must be a non-empty string")
+        pid = read_id(obj.get("product_id"))
+        if pid is None:
+            raise ProtocolError(f"{where}: product_id must be a non-empty string or an integer")
         try:  # it goes into the store's expressions, which refuse control characters
             check_string(pid, "product_id")
         except ValueError as exc:
@@ -172,10 +232,7 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
         if pid in seen:
             raise ProtocolError(f"{where}: product_id {pid!r} repeats line {seen[pid]}")
         seen[pid] = number
-        try:
-            category = normalize_category(str(obj.get("category") or ""))
-        except ValueError as exc:
-            raise ProtocolError(f"{where}: category: {exc}") from None
+        category = _category(obj.get("category"), where)
         images = obj.get("images")
         if not isinstance(images, list) or not images:
             raise ProtocolError(f"{where}: images must be a non-empty list")
@@ -186,6 +243,7 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
             title=_text(obj, "title", "", MAX_TITLE_CHARS, where),
             price=_price(obj.get("price"), where), currency=_currency(obj.get("currency"), where),
             images=paths, seller_id=_text(obj, "seller_id", "eval", MAX_SELLER_CHARS, where),
+            where=where,
         ))
     _missing(to_check, "gallery")
     return products
@@ -207,31 +265,39 @@ def _query_images(obj: dict[str, Any], base: Path, where: str) -> tuple[Path, ..
     return tuple(_image_path(entry, base, where) for entry in entries)
 
 
+def _relevant(value: Any, where: str) -> list[str]:
+    """The line's relevant ids: a list of ids, or one id alone; none when empty, null or
+    missing (a query whose right answer is nothing)."""
+    if value is None:
+        return []
+    entries = value if isinstance(value, list) else [value]
+    ids = [read_id(entry) for entry in entries]
+    if any(pid is None for pid in ids):
+        raise ProtocolError(f"{where}: relevant must be a list of product ids (strings or "
+                            "integers), one id, or empty")
+    return list(dict.fromkeys(pid for pid in ids if pid is not None))
+
+
 def load_queries(path: Path, gallery: list[GalleryProduct]) -> list[Query]:
+    """The queries, each with its relevant products that are in the gallery (an unknown id is
+    dropped with a warning naming the line; a query may be left with none)."""
     base = path.resolve().parent
     category_of = {p.product_id: p.category for p in gallery}
     queries: list[Query] = []
-    unknown: list[str] = []
     to_check: list[tuple[str, Path]] = []
     for number, obj in _lines(path):
         where = f"{path}:{number}"
         images = _query_images(obj, base, where)
-        relevant = obj.get("relevant")
-        if (not isinstance(relevant, list) or not relevant
-                or not all(isinstance(r, str) and r for r in relevant)):
-            raise ProtocolError(f"{where}: relevant must be a non-empty list of product ids")
-        missing = [r for r in relevant if r not in category_of]
-        if missing:
-            unknown.append(f"{where}: {', '.join(repr(m) for m in missing[:MAX_LISTED])}")
-            continue
+        relevant = _relevant(obj.get("relevant"), where)
+        unknown = [r for r in relevant if r not in category_of]
+        if unknown:
+            known = [r for r in relevant if r in category_of]
+            log.warning("eval: %s: relevant product(s) not in the gallery, dropped: %s%s", where,
+                        ", ".join(repr(m) for m in unknown[:MAX_LISTED]),
+                        "" if known else " (none left: the query's right answer is nothing)")
+            relevant = known
         to_check.extend((where, image) for image in images)
-        queries.append(Query(images, frozenset(relevant), category_of[relevant[0]]))
-    if unknown:
-        shown = "; ".join(unknown[:MAX_LISTED])
-        more = f" ... and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
-        raise ProtocolError(
-            f"{len(unknown)} quer(ies) name relevant products that are not in the gallery: "
-            f"{shown}{more}"
-        )
+        category = category_of[relevant[0]] if relevant else UNCATEGORIZED
+        queries.append(Query(images, frozenset(relevant), category, where))
     _missing(to_check, "query")
     return queries

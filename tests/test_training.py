@@ -807,3 +807,26 @@ def test_a_signal_during_a_fit_waits_for_the_step() -> None:
         after_the_signal.append(model.stop_training)
     assert after_the_signal == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_integer_ids_and_missing_categories_train(tmp_path: Path) -> None:
+    """A catalog with integer product ids and no categories was refused (exit 2) by the
+    gallery reader train shares with eval: the ids are read as their decimal strings (their
+    ``group_id`` found by them), a missing category is the placeholder, and a tiny run
+    trains."""
+    catalog = _catalog(tmp_path)
+
+    def change(i: int, line: dict[str, Any]) -> None:
+        line["product_id"] = 100 + i
+        line.pop("category") if i % 2 else line.update(category=None)
+        line["type"] = "tee"  # an attribute, not an event type
+
+    _rewrite(catalog, change)
+    by_style = load_training_images(catalog, "group_id")
+    assert {im.product_id for im in by_style} == {str(100 + i) for i in range(12)}
+    assert {im.group for im in by_style} == {f"s{s}" for s in range(6)}
+    assert {im.group for im in load_training_images(catalog, "category")} == {"uncategorized"}
+    options = TrainOptions(group_key="group_id", epochs=1, seed=5, views=2, val_fraction=0.34,
+                           labels_per_batch=4, samples_per_label=2, val_by_group=True)
+    result = train(catalog, tmp_path / "model", FakeBackbone(), options)
+    assert result.report["validation"]["groups"] == 2 and result.report["train"]["groups"] == 4

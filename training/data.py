@@ -3,9 +3,10 @@
 Labels come from the catalog alone: the product (its photos are positives of each other) and,
 with a group key, the group (``group_id``: a style across colours; ``category``). The catalog is
 read with the gallery reader of ``lookalike eval`` (:func:`evaluation.protocol.load_gallery`),
-which accepts what ``publish`` accepts and checks that every image exists; a group key other
-than ``category`` is read from the raw line (:func:`ingest.publish.catalog_lines`): a string, or
-a number counted by its value (1 and 1.0 are one group).
+which checks that every image exists and reads integer product ids and a missing category as
+eval does; a group key other than ``category`` is read from the raw line
+(:func:`ingest.publish.catalog_lines`): a string, or a number counted by its value (1 and 1.0
+are one group).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.protocol import load_gallery
+from evaluation.protocol import load_gallery, read_id
 from ingest.publish import catalog_lines
 
 
@@ -68,8 +69,8 @@ def _groups(catalog: Path, key: str | None) -> dict[str, str]:
     object, true/false or NaN is no label (``str()`` of a list would make up a group)."""
     out: dict[str, str] = {}
     for line in catalog_lines(catalog):
-        value, product_id = line.raw.get(key or ""), line.raw.get("product_id")
-        if value is None or not isinstance(product_id, str):
+        value, product_id = line.raw.get(key or ""), read_id(line.raw.get("product_id"))
+        if value is None or product_id is None:
             continue  # load_gallery has checked every product id
         group = _group_label(value)
         if group is None:
