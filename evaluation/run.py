@@ -6,12 +6,19 @@ The gallery goes through the same path as ingest (decode at the model's scale, e
 vectors from the same decode, cut-out and embed as :meth:`~search.api.ProductSearch.by_image`
 (:meth:`~search.api.ProductSearch.query_vectors`). Vectors come from the
 :class:`~evaluation.cache.EmbeddingCache` where it has them.
+
+A photo that cannot be read or decoded is a per-item failure with its
+:class:`~schema.errors.Reason`, one warning naming its line: a gallery image is left out of the
+index (a product left with none cannot be found), a query is not scored and is counted among
+the skipped (:class:`SkippedQuery`), as is a retrieval query with no relevant product. With
+``strict`` the first such photo stops the run instead (a :class:`ProtocolError`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +27,14 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from embedding.decode import ImageDecodeError, decode_image, shrink_to
+from embedding.decode import decode_image, shrink_to
 from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.metrics import QueryResult, Summary, summarise
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
 from lookalike.settings import MAX_K
 from schema.collection import CollectionSpec
+from schema.errors import ItemError, ItemFailure, Reason
 from schema.events import image_key
 from schema.records import ImageRecord, category_levels, image_pk
 from search.api import ProductSearch
@@ -43,15 +51,47 @@ from search.scene import (
 from search.verify import SameItemVerifier
 from store import MilvusStore, ensure_collections
 
+log = logging.getLogger("lookalike")
+
 CHUNK = 64
 """Images decoded and embedded per step (and rows per upsert)."""
+NO_RELEVANT = "no_relevant_product"
+"""A skipped retrieval query's reason: nothing in the gallery is relevant to it, so neither
+recall nor mAP@R is defined (image failures use :class:`~schema.errors.Reason`)."""
+
+
+@dataclass(frozen=True)
+class SkippedQuery:
+    """A query that was not scored: its line, a reason code and the detail."""
+
+    where: str
+    reason: str
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"query": self.where, "reason": self.reason, "detail": self.detail}
+
+
+def skipped_counts(skipped: Sequence[SkippedQuery]) -> dict[str, int]:
+    """Skipped queries by reason, most frequent first."""
+    counts: dict[str, int] = {}
+    for query in skipped:
+        counts[query.reason] = counts.get(query.reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 @dataclass
 class EmbedStats:
     images: int = 0
     cached: int = 0
+    """Images whose vector the embedding cache had."""
+    repeated: int = 0
+    """Images listed again in this run (the same content), embedded once."""
     embedded: int = 0
+    unreadable: int = 0
+    """Images that could not be read or decoded (skipped, each with a warning)."""
+    left_out: int = 0
+    """Gallery products left out of the index: none of their images could be read."""
     cutouts: int = 0
     """Query photos also searched with their product cut out on white."""
     windows: int = 0
@@ -82,6 +122,8 @@ class EvalReport:
     """Each query's outcome, in the order of the queries file."""
     match: Match = "exact"
     """The intent the queries were scored with (``--match``)."""
+    skipped: list[SkippedQuery] = field(default_factory=list)
+    """The queries not scored, in the order of the queries file."""
 
     @property
     def details(self) -> list[dict[str, Any]]:
@@ -96,6 +138,8 @@ class EvalReport:
             "match": self.match,
             **{key: round(value, 4) for key, value in s.overall.items()},
             "n_queries": s.n_queries,
+            "n_queries_skipped": len(self.skipped),
+            "skipped": [query.to_json() for query in self.skipped],
             "n_gallery": self.n_gallery,
             "n_gallery_images": self.n_gallery_images,
             "model": self.model,
@@ -105,6 +149,9 @@ class EvalReport:
             },
             "embedded_images": self.embed.embedded,
             "cached_images": self.embed.cached,
+            "repeated_images": self.embed.repeated,
+            "unreadable_images": self.embed.unreadable,
+            "products_left_out": self.embed.left_out,
             "cutout_queries": self.embed.cutouts,
             "window_queries": self.embed.windows,
             "lit_queries": self.embed.lit,
@@ -124,42 +171,82 @@ def embed_files(
     max_pixels: int,
     stats: EmbedStats,
     desc: str = "embed",
+    failures: dict[int, ItemFailure] | None = None,
 ) -> NDArray[np.float32]:
     """Vectors of ``paths`` in order: cached ones looked up, the others decoded as the search
-    API decodes a query (at the model's scale) and embedded in chunks."""
-    datas = [_read(p) for p in paths]
-    digests = [content_hash(d) for d in datas]
+    API decodes a query (at the model's scale) and embedded in chunks, each content once.
+
+    A photo that cannot be read or decoded goes into ``failures`` by position (its row stays
+    zero); without ``failures`` it is a :class:`ProtocolError` naming the photo."""
+    found_failures: dict[int, ItemFailure] = {}
+    datas: list[bytes] = []
+    digests: list[str | None] = []
+    for i, path in enumerate(paths):
+        try:
+            datas.append(_read(path))
+            digests.append(content_hash(datas[-1]))
+        except ItemError as exc:
+            _failed(path, exc, failures)
+            found_failures[i] = exc.failure
+            datas.append(b"")
+            digests.append(None)
     version = embedder.model_version
-    found = cache.get_many(version, digests) if cache is not None else {}
+    known = [d for d in digests if d is not None]
+    found = cache.get_many(version, known) if cache is not None else {}
     out = np.zeros((len(paths), embedder.dim), dtype=np.float32)
     todo: list[int] = []
     first_of: dict[str, int] = {}
     for i, digest in enumerate(digests):
+        if digest is None:
+            continue
         if digest in found:
             out[i] = found[digest]
+            stats.cached += 1
         elif digest not in first_of:
             first_of[digest] = i
             todo.append(i)
+        else:
+            stats.repeated += 1
     stats.images += len(paths)
-    stats.cached += len(paths) - len(todo)
     min_size = getattr(embedder, "decode_size", None)
     started = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc=desc, disable=None) as bar:
         for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            images = [_decode(paths[i], datas[i], max_pixels, min_size) for i in chunk]
-            vectors = np.asarray(embedder.embed(images), dtype=np.float32)
-            for i, vector in zip(chunk, vectors, strict=True):
-                out[i] = vector
-            if cache is not None:
-                cache.put_many(version, [(digests[i], out[i]) for i in chunk])
-            bar.update(len(chunk))
-    stats.embedded += len(todo)
+            chunk = []
+            images = []
+            for i in todo[start : start + CHUNK]:
+                try:
+                    images.append(_decode(datas[i], max_pixels, min_size))
+                    chunk.append(i)
+                except ItemError as exc:
+                    _failed(paths[i], exc, failures)
+                    found_failures[i] = exc.failure
+            if chunk:
+                vectors = np.asarray(embedder.embed(images), dtype=np.float32)
+                for i, vector in zip(chunk, vectors, strict=True):
+                    out[i] = vector
+                if cache is not None:
+                    cache.put_many(version, [(str(digests[i]), out[i]) for i in chunk])
+                stats.embedded += len(chunk)
+            bar.update(len(todo[start : start + CHUNK]))
     stats.seconds += time.perf_counter() - started
-    for i, digest in enumerate(digests):  # duplicates of an image embedded in this run
-        if digest not in found and first_of[digest] != i:
+    for i, digest in enumerate(digests):  # repeats of an image read in this run
+        if digest is None or digest in found or first_of[digest] == i:
+            continue
+        if first_of[digest] in found_failures:
+            found_failures[i] = found_failures[first_of[digest]]
+        else:
             out[i] = out[first_of[digest]]
+    stats.unreadable += len(found_failures)
+    if failures is not None:
+        failures.update(found_failures)
     return out
+
+
+def _failed(path: Path, exc: ItemError, failures: dict[int, ItemFailure] | None) -> None:
+    """Without a ``failures`` to collect into, a photo that cannot be used stops the run."""
+    if failures is None:
+        raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None
 
 
 def embed_scene_queries(
@@ -190,7 +277,7 @@ def embed_scene_queries(
     pictures: dict[str, Any] = {}
     for i, path in enumerate(tqdm(paths, unit="img", desc="cut-outs and windows", disable=None)):
         data = _read(path)
-        picture = _decode(path, data, max_pixels, min_size)
+        picture = _decode(data, max_pixels, min_size)
         digest = content_hash(data)
         named = [(digest, picture)]  # the photo as taken: embed_files' key
         parts = scene_queries(shrink_to(picture, WORKING_SIDE), light=light, cutouts_too=cutouts,
@@ -227,23 +314,29 @@ def index_gallery(
     products: Sequence[GalleryProduct],
     vectors: NDArray[np.float32],
     model_version: str,
+    skip: Set[int] = frozenset(),
 ) -> int:
-    """Upsert one row per gallery image (vectors in ``products``' image order); flush."""
-    rows: list[dict[str, Any]] = []
-    row = 0
+    """Upsert one row per distinct gallery image (vectors in ``products``' image order, but
+    those at the positions in ``skip``: unreadable); flush. The rows written: an image listed
+    twice for one product is one row."""
+    rows: dict[str, dict[str, Any]] = {}
+    row = -1
     for product in products:
         for path in product.images:
+            row += 1
+            if row in skip:
+                continue
             key = image_key(str(path))
-            rows.append(ImageRecord(
-                pk=image_pk(product.product_id, key), product_id=product.product_id,
+            pk = image_pk(product.product_id, key)
+            rows[pk] = ImageRecord(
+                pk=pk, product_id=product.product_id,
                 image_key=key, category=product.category, **category_levels(product.category),
                 price=product.price, currency=product.currency, title=product.title,
                 seller_id=product.seller_id, image_ref=str(path)[-2048:],
                 model_version=model_version,
                 version=1, updated_at_ms=0, vector=vectors[row].tolist(),
-            ).to_row())
-            row += 1
-    store.upsert(spec.name, rows, op="index_gallery")
+            ).to_row()
+    store.upsert(spec.name, list(rows.values()), op="index_gallery")
     store.flush(spec.name)
     return len(rows)
 
@@ -265,6 +358,11 @@ def run_queries(
     scene = scene or {}
     results = []
     start = 0
+    capped = sum(1 for query in queries if len(query.relevant) > MAX_K)
+    if capped:
+        log.warning("eval: %d of %d queries have more than %d relevant products: their mAP@R "
+                    "is computed over the first %d products the search returns (at most %d)",
+                    capped, len(queries), MAX_K, MAX_K, MAX_K)
     with tqdm(total=len(queries), unit="query", desc="search", disable=None) as bar:
         for query in queries:
             k = min(max(10, len(query.relevant)), MAX_K)
@@ -303,18 +401,50 @@ def evaluate(
     window_queries: bool = True,
     light_queries: bool = True,
     verifier: SameItemVerifier | None = None,
+    strict: bool = False,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
     (scene photos also under catalog light and with their cut-outs and windows, unless
     turned off, as ``lookalike search`` would; with
     a ``verifier`` reading the gallery's photos, searches re-ranked by geometry as
-    ``ProductSearch.by_images`` re-ranks them)."""
+    ``ProductSearch.by_images`` re-ranks them). A query with no relevant product, or with a
+    photo that cannot be read, is skipped (warned of, and listed in the report); with
+    ``strict`` an unreadable photo is a :class:`ProtocolError`."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
-                            stats=stats)
-    query_paths = [p for q in queries for p in q.images]
+                            stats=stats, strict=strict)
+    skipped: dict[int, SkippedQuery] = {}
+    for n, query in enumerate(queries):
+        if not query.relevant:
+            log.warning("eval: %s: no relevant product in the gallery: not scored (a retrieval "
+                        "query needs one)", query.where)
+            skipped[n] = SkippedQuery(query.where, NO_RELEVANT, "no relevant product")
+    asked = [(n, query) for n, query in enumerate(queries) if n not in skipped]
+    query_paths = [p for _, q in asked for p in q.images]
+    failures: dict[int, ItemFailure] = {}
     query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
-                                stats=stats, desc="embed queries")
+                                stats=stats, desc="embed queries", failures=failures)
+    keep: list[int] = []
+    position = 0
+    for n, query in asked:
+        rows = range(position, position + len(query.images))
+        position += len(query.images)
+        bad = [(query.images[r - rows.start], failures[r]) for r in rows if r in failures]
+        if not bad:
+            keep.extend(rows)
+            continue
+        path, failure = bad[0]
+        detail = f"image {path}: {failure.reason}: {failure.detail}"
+        if strict:
+            raise ProtocolError(f"{query.where}: {detail}")
+        log.warning("eval: %s: %s: the query is not scored", query.where, detail)
+        skipped[n] = SkippedQuery(query.where, failure.reason.value, detail)
+    scored = [query for n, query in asked if n not in skipped]
+    if skipped and not scored:
+        raise ProtocolError(f"no query can be scored: all {len(queries)} were skipped "
+                            f"({_counted(skipped.values())})")
+    query_paths = [query_paths[r] for r in keep]
+    query_vectors = query_vectors[keep]
     scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
                                  stats=stats, cutouts=cutout_queries, windows=window_queries,
                                  light=light_queries)
@@ -324,46 +454,72 @@ def evaluate(
                              verifier=verifier, rerank=verifier is not None,
                              rerank_budget_s=None)
     started = time.perf_counter()
-    results = run_queries(searcher, queries, query_vectors, match, scene,
+    results = run_queries(searcher, scored, query_vectors, match, scene,
                           rerank_max_pixels=max_pixels if verifier is not None else None)
     return EvalReport(
         summary=summarise(results), model=embedder.model_version, n_gallery=len(products),
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
-        results=results, match=match,
+        results=results, match=match, skipped=[skipped[n] for n in sorted(skipped)],
     )
+
+
+def _counted(skipped: Iterable[SkippedQuery]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped_counts(list(skipped)).items())
 
 
 def index_products(
     products: Sequence[GalleryProduct], embedder: Embedder, store: MilvusStore,
     spec: CollectionSpec,
-    cache: EmbeddingCache | None, *, max_pixels: int, stats: EmbedStats,
+    cache: EmbeddingCache | None, *, max_pixels: int, stats: EmbedStats, strict: bool = False,
 ) -> int:
-    """Embed the gallery (through the cache) into the fresh collections of ``spec``; rows."""
+    """Embed the gallery (through the cache) into the fresh collections of ``spec``; rows.
+
+    An image that cannot be read or decoded is left out, with a warning naming the product's
+    line (and saying so where the product is then left out of the index: none of its images
+    could be read); with ``strict`` it is a :class:`ProtocolError`."""
     if spec.dim != embedder.dim:
         raise ValueError(f"collection is {spec.dim}-d, the embedder {embedder.dim}-d")
     gallery_paths = [p for product in products for p in product.images]
+    failures: dict[int, ItemFailure] = {}
     gallery_vectors = embed_files(gallery_paths, embedder, cache, max_pixels=max_pixels,
-                                  stats=stats, desc="embed gallery")
+                                  stats=stats, desc="embed gallery", failures=failures)
+    row = 0
+    for product in products:
+        rows = range(row, row + len(product.images))
+        row += len(product.images)
+        bad = [r for r in rows if r in failures]
+        for r in bad:
+            failure = failures[r]
+            detail = f"image {gallery_paths[r]}: {failure.reason}: {failure.detail}"
+            if strict:
+                raise ProtocolError(f"{product.where}: {detail}")
+            lost = len(bad) == len(rows)
+            log.warning("eval: %s: %s: left out%s", product.where, detail,
+                        f"; product {product.product_id!r} has no readable image and is not "
+                        "indexed: queries naming it cannot find it" if lost and r == bad[-1]
+                        else "")
+        stats.left_out += bool(bad) and len(bad) == len(rows)
+    if gallery_paths and len(failures) == len(gallery_paths):
+        raise ProtocolError(f"no gallery image could be read ({len(failures)} tried; the "
+                            "warnings above say why)")
     ensure_collections(store, spec)
-    return index_gallery(store, spec, products, gallery_vectors, embedder.model_version)
+    return index_gallery(store, spec, products, gallery_vectors, embedder.model_version,
+                         set(failures))
 
 
 def _load_to_verify(path: Path, max_pixels: int) -> Any:
     """A query photo decoded as ``ProductSearch.by_images`` decodes it to check geometry."""
-    return _decode(path, _read(path), max_pixels, VERIFY_SIZE)
+    return _decode(_read(path), max_pixels, VERIFY_SIZE)
 
 
 def _read(path: Path) -> bytes:
-    """The bytes of an image the protocol names, or one clear ProtocolError."""
+    """The bytes of an image the protocol names (an ItemError when it cannot be read)."""
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ProtocolError(f"cannot read image {path}: {exc.strerror or exc}") from None
+        raise ItemError(Reason.UNREADABLE, f"cannot read: {exc.strerror or exc}") from None
 
 
-def _decode(path: Path, data: bytes, max_pixels: int, min_size: int | None) -> Any:
-    """``data`` (read from ``path``) decoded as a query is, or one clear ProtocolError."""
-    try:
-        return decode_image(data, max_pixels, min_size=min_size)
-    except ImageDecodeError as exc:
-        raise ProtocolError(f"image {path}: {exc.reason}: {exc.detail}") from None
+def _decode(data: bytes, max_pixels: int, min_size: int | None) -> Any:
+    """``data`` decoded as a query is (an ItemError with its reason when it cannot be)."""
+    return decode_image(data, max_pixels, min_size=min_size)

@@ -11,10 +11,17 @@ Micro-averaged over listings (every returned and every relevant listing counts o
 A query that returns nothing has precision undefined for itself, and adds nothing to the
 micro-average's denominator; it loses recall. When no query lists anything, precision is
 undefined overall: None (``null`` in JSON, ``n/a`` printed).
+
+A query with no relevant listing (``"relevant": []``) is a negative query: the right answer
+lists nothing. It counts in ``n_queries`` and ``false_match_rate`` (any listing is a false
+match), adds its listings to precision's denominator and nothing to recall's, and counts as
+all found when nothing is listed. With only negative queries recall is undefined (None).
+A query whose photo cannot be read is skipped, warned of and listed in the report.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
@@ -25,14 +32,17 @@ from tqdm import tqdm
 
 from embedding.embedder import Embedder
 from evaluation.cache import EmbeddingCache
-from evaluation.protocol import GalleryProduct, Query
-from evaluation.run import EmbedStats, index_products
+from evaluation.protocol import GalleryProduct, ProtocolError, Query
+from evaluation.run import EmbedStats, SkippedQuery, index_products
 from ingest.fetch import ImageFetcher
 from lookalike.settings import SearchSettings
 from schema.collection import CollectionSpec
+from schema.errors import ItemError, Reason
 from search.api import PriceMatch, ProductSearch
 from search.verify import SameItemRule, SameItemVerifier
 from store import MilvusStore
+
+log = logging.getLogger("lookalike")
 
 _SEARCH_DEFAULTS = SearchSettings()
 """Price comparison's defaults, as ``lookalike eval`` configures them (defined there only)."""
@@ -48,23 +58,23 @@ class SameItemCounts:
     all_found: int = 0
 
     def add(self, found: Set[str], relevant: Set[str]) -> None:
-        if not relevant:
-            raise ValueError("a query needs at least one relevant listing")
+        """One query's listings; ``relevant`` empty for a negative query (nothing is right)."""
         hits = len(found & relevant)
         self.returned += len(found)
         self.correct += hits
         self.relevant += len(relevant)
         self.queries += 1
         self.with_false_match += bool(found - relevant)
-        self.all_found += hits == len(relevant)
+        self.all_found += hits == len(relevant) if relevant else not found
 
     def summary(self) -> dict[str, float | None]:
-        """The scores; ``precision`` is None when nothing was listed at all (undefined)."""
+        """The scores; ``precision`` is None when nothing was listed at all, ``recall`` when
+        no query had a relevant listing (undefined)."""
         if not self.queries:
             raise ValueError("no queries to summarise")
         return {
             "precision": self.correct / self.returned if self.returned else None,
-            "recall": self.correct / self.relevant,
+            "recall": self.correct / self.relevant if self.relevant else None,
             "false_match_rate": self.with_false_match / self.queries,
             "all_found_rate": self.all_found / self.queries,
         }
@@ -85,6 +95,8 @@ class SameItemReport:
     details: list[dict[str, Any]] = field(default_factory=list)
     """Each query's outcome (:func:`query_detail`; ``lookalike eval --details``), in the
     order of the queries file."""
+    skipped: list[SkippedQuery] = field(default_factory=list)
+    """The queries not scored (their photo could not be read), in the file's order."""
 
     def to_json(self) -> dict[str, Any]:
         times = sorted(self.per_query_ms)
@@ -93,6 +105,8 @@ class SameItemReport:
             **{key: None if value is None else round(value, 4)
                for key, value in self.counts.summary().items()},
             "n_queries": self.counts.queries,
+            "n_queries_skipped": len(self.skipped),
+            "skipped": [query.to_json() for query in self.skipped],
             "n_gallery": self.n_gallery,
             "n_gallery_images": self.n_gallery_images,
             "returned": self.counts.returned,
@@ -102,6 +116,9 @@ class SameItemReport:
             "query_ms_p95": round(times[int(len(times) * 0.95)], 1) if times else None,
             "embedded_images": self.embed.embedded,
             "cached_images": self.embed.cached,
+            "repeated_images": self.embed.repeated,
+            "unreadable_images": self.embed.unreadable,
+            "products_left_out": self.embed.left_out,
             "search_seconds": round(self.search_seconds, 2),
             "turned_queries": self.turned_queries,
         }
@@ -154,16 +171,18 @@ def evaluate_same_item(
     turned_queries: bool = _SEARCH_DEFAULTS.turned_queries,
     family_depth: int = _SEARCH_DEFAULTS.family_depth,
     silhouette_route: bool = _SEARCH_DEFAULTS.silhouette_route,
+    strict: bool = False,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.
     ``k`` and ``threshold`` are ``compare_prices``', ``turned_queries`` and ``family_depth``
     the searcher's, ``silhouette_route`` its verifier's rule's (``lookalike eval`` passes the
     configured ``search.compare_k``, ``search.compare_threshold``, ``search.turned_queries``,
-    ``search.family_depth`` and ``search.silhouette_route``)."""
+    ``search.family_depth`` and ``search.silhouette_route``). A query whose photo cannot be
+    read is skipped with a warning (with ``strict``, a :class:`ProtocolError`)."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
-                            stats=stats)
+                            stats=stats, strict=strict)
     rule = SameItemRule(silhouette_route=silhouette_route)
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
@@ -172,15 +191,30 @@ def evaluate_same_item(
     counts = SameItemCounts()
     per_query: list[float] = []
     details: list[dict[str, Any]] = []
+    skipped: list[SkippedQuery] = []
     started = time.perf_counter()
     with tqdm(total=len(queries), unit="query", desc="compare", disable=None) as bar:
         for query in queries:
             t0 = time.perf_counter()
-            matches = searcher.compare_prices(image=query.image, k=k, threshold=threshold)
+            try:
+                matches = searcher.compare_prices(image=query.image, k=k, threshold=threshold)
+            except (ItemError, OSError) as exc:
+                failure = (exc.failure if isinstance(exc, ItemError) else
+                           ItemError(Reason.UNREADABLE, exc.strerror or str(exc)).failure)
+                detail = f"image {query.image}: {failure.reason}: {failure.detail}"
+                if strict:
+                    raise ProtocolError(f"{query.where}: {detail}") from None
+                log.warning("eval: %s: %s: the query is not scored", query.where, detail)
+                skipped.append(SkippedQuery(query.where, failure.reason.value, detail))
+                stats.unreadable += 1
+                bar.update(1)
+                continue
             per_query.append(1000 * (time.perf_counter() - t0))
             counts.add({m.product_id for m in matches}, set(query.relevant))
             details.append(query_detail(query, matches, per_query[-1]))
             bar.update(1)
+    if not counts.queries:
+        raise ProtocolError(f"no query can be scored: all {len(queries)} photos are unreadable")
     return SameItemReport(counts, embedder.model_version, len(products), n_rows, stats,
                           time.perf_counter() - started, per_query, searcher.turned_photos,
-                          details)
+                          details, skipped)

@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each query's outcome here, one JSON object per line: what "
                         "it ranked (retrieval) or listed with the evidence (same-item), what "
                         "it missed and what it listed wrongly")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2) at the first photo that cannot be read or decoded, "
+                        "instead of skipping it with a warning")
     _match_arg(p, default=None, note=" (--task retrieval only)")
 
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "

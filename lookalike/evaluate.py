@@ -3,7 +3,8 @@
 ``--task retrieval`` (default) scores the ranking (Recall@k, mAP@R) with ``--match``;
 ``--task same-item`` runs each query photo through price comparison and scores the listings
 it returns (precision, recall, false-match rate; evaluation/same_item.py). ``--details FILE``
-also writes each query's outcome, one JSON object per line."""
+also writes each query's outcome, one JSON object per line. A photo that cannot be read or
+decoded is skipped with a warning naming its line (``--strict``: exit 2 instead)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from evaluation.cache import EmbeddingCache
+from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.protocol import (
     GalleryProduct,
     ProtocolError,
@@ -26,7 +27,7 @@ from evaluation.protocol import (
     load_gallery,
     load_queries,
 )
-from evaluation.run import EvalReport, evaluate
+from evaluation.run import EmbedStats, EvalReport, SkippedQuery, evaluate, skipped_counts
 from evaluation.same_item import (
     SameItemReport,
     evaluate_same_item,
@@ -114,7 +115,8 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
                                             fetcher=build_fetcher(images),
                                             turned_queries=settings.search.turned_queries,
                                             family_depth=settings.search.family_depth,
-                                            silhouette_route=settings.search.silhouette_route)
+                                            silhouette_route=settings.search.silhouette_route,
+                                            strict=args.strict)
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=match,
@@ -124,7 +126,8 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
                                   verifier=(gallery_verifier(products,
                                                              settings.images.max_pixels,
                                                              build_fetcher(images))
-                                            if settings.search.geometric_rerank else None))
+                                            if settings.search.geometric_rerank else None),
+                                  strict=args.strict)
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
         finally:
@@ -139,9 +142,9 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
 def _warn_of_easy_figures(products: list[Any], queries: list[Any],
                           args: argparse.Namespace) -> None:
     """Say where a figure is no test (a warning: the run goes on): a query photo that is also
-    a gallery photo finds its own listing, and with 10 products or fewer R@10 is 1."""
-    gallery = {p.resolve() for product in products for p in product.images}
-    leaks = sum(1 for query in queries if any(p.resolve() in gallery for p in query.images))
+    a gallery photo (the same bytes, under any name) finds its own listing, and with 10
+    products or fewer R@10 is 1 (with 5 or fewer, R@5 too)."""
+    leaks = _photos_of_the_gallery(products, queries)
     if leaks:
         log.warning("eval: %d of %d queries search with a photo of the gallery itself: they "
                     "find it (an easy R@1), not another photo of the item", leaks, len(queries))
@@ -150,8 +153,38 @@ def _warn_of_easy_figures(products: list[Any], queries: list[Any],
         log.warning("eval: %d of %d queries have several photos: price comparison takes one "
                     "photo, so each is run with its first", several, len(queries))
     if getattr(args, "task", "retrieval") != "same-item" and len(products) <= 10:
-        log.warning("eval: the gallery has %d products: R@10 counts every one of them and is "
-                    "1.0 by construction", len(products))
+        figures = "R@5 and R@10 count" if len(products) <= 5 else "R@10 counts"
+        log.warning("eval: the gallery has %d products: %s every one of them and %s 1.0 by "
+                    "construction", len(products), figures,
+                    "are" if len(products) <= 5 else "is")
+
+
+def _photos_of_the_gallery(products: list[Any], queries: list[Any]) -> int:
+    """Queries with a photo whose bytes are a gallery photo's, under any name or path. Only
+    the gallery photos of a query photo's size are read (the same bytes are the same size)."""
+    sizes = {path: _size(path) for query in queries for path in query.images}
+    candidates = {path for product in products for path in product.images
+                  if _size(path) in set(sizes.values()) - {None}}
+    gallery = {_content(path) for path in candidates} - {None}
+    return sum(1 for query in queries
+               if any(_content(path) in gallery for path in query.images
+                      if sizes[path] is not None))
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _content(path: Path) -> str | None:
+    """A photo's content hash, as the embedding cache keys it (None when it cannot be read:
+    the evaluation skips it and says why)."""
+    try:
+        return content_hash(path.read_bytes())
+    except OSError:
+        return None
 
 
 def _check_details(path: Path, inputs: list[Path]) -> None:
@@ -206,17 +239,36 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~umask
 
 
+def _print_skipped(skipped: list[SkippedQuery]) -> None:
+    """One line: how many queries were not scored, and why (each was warned of by line)."""
+    if skipped:
+        why = ", ".join(f"{n} {reason}" for reason, n in skipped_counts(skipped).items())
+        print(f"{len(skipped)} queries skipped, not scored ({why}; the warnings name their lines)")
+
+
+def _images_line(e: EmbedStats) -> str:
+    """Embedded, from the cache, repeated in this run, unreadable."""
+    speed = f", {e.images_per_s:.1f} images/s" if e.images_per_s else ""
+    repeated = f", {e.repeated} repeated" if e.repeated else ""
+    unreadable = f", {e.unreadable} unreadable" if e.unreadable else ""
+    left_out = f" ({e.left_out} products left out of the index)" if e.left_out else ""
+    return (f"embedded {e.embedded} images{speed}, {e.cached} from cache{repeated}"
+            f"{unreadable}{left_out}")
+
+
 def print_same_item(report: SameItemReport) -> None:
     out = report.to_json()
     print(f"model {report.model}")
     print(f"gallery {report.n_gallery} listings ({report.n_gallery_images} images), "
           f"queries {out['n_queries']}; compare_prices per query p50 {out['query_ms_p50']} ms, "
-          f"p95 {out['query_ms_p95']} ms")
+          f"p95 {out['query_ms_p95']} ms; {_images_line(report.embed)}")
+    _print_skipped(report.skipped)
     if out["turned_queries"]:
         print(f"{out['turned_queries']} query photos looked turned and were also searched "
               f"upright (search.turned_queries)")
     precision = "n/a" if out["precision"] is None else f"{out['precision']:.3f}"
-    print(f"precision {precision}  recall {out['recall']:.3f}  "
+    recall = "n/a" if out["recall"] is None else f"{out['recall']:.3f}"
+    print(f"precision {precision}  recall {recall}  "
           f"false_match_rate {out['false_match_rate']:.3f}  "
           f"all_found_rate {out['all_found_rate']:.3f}  "
           f"({out['returned']} listed, {out['relevant']} relevant)")
@@ -225,17 +277,18 @@ def print_same_item(report: SameItemReport) -> None:
 def print_report(report: EvalReport, match: str = "exact") -> None:
     s = report.summary
     e = report.embed
-    speed = f", {e.images_per_s:.1f} images/s" if e.images_per_s else ""
     print(f"model {report.model}, match {match}")
     print(f"gallery {report.n_gallery} products ({report.n_gallery_images} images), "
-          f"queries {s.n_queries}; embedded {e.embedded} images{speed}, {e.cached} from cache; "
+          f"queries {s.n_queries}; {_images_line(e)}; "
           f"{e.cutouts} query photos also searched cut out, {e.windows} with their windows, "
           f"{e.lit} under catalog light ({e.cutout_seconds:.1f} s)")
-    header = f"{'':<36} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP@R':>6} {'queries':>8}"
+    _print_skipped(report.skipped)
+    width = max([36, *(len(category) for category in s.per_category)])
+    header = f"{'':<{width}} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP@R':>6} {'queries':>8}"
     print(header)
 
     def line(name: str, m: dict[str, float], n: int) -> None:
-        print(f"{name[:36]:<36} {m['R@1']:>6.3f} {m['R@5']:>6.3f} {m['R@10']:>6.3f} "
+        print(f"{name:<{width}} {m['R@1']:>6.3f} {m['R@5']:>6.3f} {m['R@10']:>6.3f} "
               f"{m['mAP@R']:>6.3f} {n:>8}")
 
     line("overall", s.overall, s.n_queries)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from embedding.decode import decode_image
 from evaluation.cache import EmbeddingCache
-from evaluation.protocol import ProtocolError, load_gallery, load_queries
+from evaluation.protocol import UNCATEGORIZED, ProtocolError, load_gallery, load_queries
 from evaluation.run import EmbedStats, embed_scene_queries, evaluate
 from evaluation.same_item import gallery_verifier
 from lookalike.cli import main
@@ -56,7 +56,8 @@ def write_protocol(root: Path, *, categories: bool = True) -> tuple[Path, Path]:
 
 def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
          cutout_queries: bool = True, window_queries: bool = True,
-         verifier: SameItemVerifier | None = None, light_queries: bool = True) -> Any:
+         verifier: SameItemVerifier | None = None, light_queries: bool = True,
+         strict: bool = False) -> Any:
     g, q = root / "gallery.jsonl", root / "queries.jsonl"
     products = load_gallery(g)
     store = MilvusStore.open(str(root / f"{name}.db"))
@@ -65,7 +66,7 @@ def _run(root: Path, embedder: Any, cache: EmbeddingCache | None, name: str,
                         CollectionSpec(name=name, dim=embedder.dim), cache,
                         max_pixels=10_000_000, cutout_queries=cutout_queries,
                         window_queries=window_queries, light_queries=light_queries,
-                        verifier=verifier)
+                        verifier=verifier, strict=strict)
     finally:
         store.close()
 
@@ -137,11 +138,26 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
         (lambda root: (root / "q" / "blue.png").unlink(), r"1 query image\(s\) not found"),
         (lambda root: ((root / "g" / "red.png").unlink(), (root / "g" / "red.png").mkdir()),
          r"1 gallery image\(s\) not a regular file: .*red\.png"),  # said "not found"
-        (lambda root: _append(root / "queries.jsonl",
-                              {"image": "q/red.png", "relevant": ["p-nope"]}),
-         "not in the gallery: .*'p-nope'"),
-        (lambda root: _append(root / "queries.jsonl", {"image": "q/red.png", "relevant": []}),
-         "relevant must be a non-empty list"),
+        *[(lambda root, value=value: _append(root / "queries.jsonl",
+                                             {"image": "q/red.png", "relevant": value}),
+           r"queries.jsonl:7: relevant must be a list of product ids")
+          for value in ([1.5], [True], {"p-red": 1}, [["p-red"]], [""], 2.0)],
+        # a category that is no string (a missing or null one is the placeholder)
+        *[(lambda root, value=value: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": value, "images": ["g/red.png"]}),
+           r"gallery.jsonl:7: category must be a string")
+          for value in (["A"], {"a": 1}, True, 1.5)],
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": "A//B", "images": ["g/red.png"]}),
+         r"gallery.jsonl:7: category: category must be a '/'-separated path"),
+        # an id that is no string nor integer
+        *[(lambda root, value=value: _append(root / "gallery.jsonl", {
+            "product_id": value, "category": "A", "images": ["g/red.png"]}),
+           r"gallery.jsonl:7: product_id must be a non-empty string or an integer")
+          for value in (1.0, True, None, "", ["z"])],
+        (lambda root: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": "A", "images": ["file://host/x.png"]}),
+         "a file URL must name an absolute local path"),
         (lambda root: _append(root / "gallery.jsonl",
                               {"product_id": "p-red", "category": "A", "images": ["g/red.png"]}),
          "repeats line 1"),
@@ -169,9 +185,10 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
             "product_id": "z", "category": "A", "images": ["g/red.png"], "seller_id": "s" * 129}),
          "seller_id must be at most 128 characters"),
         # a delisting is no listing: refused as publish refuses it, not indexed as one
-        (lambda root: _append(root / "gallery.jsonl", {
-            "type": "product.delisted", "product_id": "z", "category": "A",
-            "images": ["g/red.png"]}), r"gallery.jsonl:\d+: type: 'product.delisted'"),
+        *[(lambda root, kind=kind: _append(root / "gallery.jsonl", {
+            "type": kind, "product_id": "z", "category": "A",
+            "images": ["g/red.png"]}), rf"gallery.jsonl:\d+: type: '{kind}'")
+          for kind in ("product.delisted", "product.price_changed")],
     ],
 )
 def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> None:
@@ -232,11 +249,19 @@ def _append(path: Path, obj: Any) -> None:
         fh.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
 
 
-def test_undecodable_image_is_a_clear_error(tmp_path: Path) -> None:
+def test_undecodable_image_stops_a_strict_run_naming_its_line(tmp_path: Path) -> None:
+    """``--strict``: the first photo that cannot be decoded stops the run, named by the
+    catalog line that lists it (gallery red.png is on line 1)."""
     write_protocol(tmp_path)
     (tmp_path / "g" / "red.png").write_bytes(b"not an image at all")
-    with pytest.raises(ProtocolError, match=r"red\.png: "):
-        _run(tmp_path, TinyEmbedder(), None, "broken")
+    with pytest.raises(ProtocolError, match=r"gallery\.jsonl:1: image .*red\.png: "
+                                            "unsupported_format"):
+        _run(tmp_path, TinyEmbedder(), None, "broken", strict=True)
+    _photo(tmp_path / "g" / "red.png", COLOURS["red"])  # now a query's photo
+    (tmp_path / "q" / "blue.png").write_bytes(b"")
+    with pytest.raises(ProtocolError, match=r"queries\.jsonl:3: image .*blue\.png: "
+                                            "corrupt_image: empty image data"):
+        _run(tmp_path, TinyEmbedder(), None, "broken_query", strict=True)
 
 
 @pytest.mark.parametrize("cache", ["not-sqlite", "a-folder", "under-a-file"])
@@ -423,7 +448,9 @@ def test_figures_that_test_nothing_are_warned_of(
     10 products or fewer R@10 is 1.0 whatever the ranking: both were printed without a word.
     A warning each; the run goes on."""
     g, q = write_protocol(tmp_path)
-    _append(q, {"image": "g/red.png", "relevant": ["p-red"]})  # the gallery's own photo
+    # the gallery's own photo, under another name: the same bytes find the same listing
+    (tmp_path / "q" / "copy-of-red.png").write_bytes((tmp_path / "g" / "red.png").read_bytes())
+    _append(q, {"image": "q/copy-of-red.png", "relevant": ["p-red"]})
     class Evaluated(BaseException):
         """The warnings are said before the evaluation, which this test does not need."""
 
@@ -435,4 +462,181 @@ def test_figures_that_test_nothing_are_warned_of(
         main(["eval", "--gallery", str(g), "--queries", str(q), "--no-cache"])
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("1 of 7 queries search with a photo of the gallery itself" in w for w in warned)
-    assert any("the gallery has 6 products: R@10" in w for w in warned)
+    assert any("the gallery has 6 products: R@10 counts every one of them and is 1.0" in w
+               for w in warned)
+    # five products: R@5 is as empty as R@10
+    g.write_text("".join(g.read_text().splitlines(keepends=True)[:5]))
+    q.write_text("".join(q.read_text().splitlines(keepends=True)[:5]))
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(Evaluated):
+        main(["eval", "--gallery", str(g), "--queries", str(q), "--no-cache"])
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("the gallery has 5 products: R@5 and R@10 count every one of them and are 1.0"
+               in w for w in warned), warned
+    assert not any("photo of the gallery itself" in w for w in warned)
+
+
+def test_ids_may_be_integers_and_category_type_and_file_urls_lenient(tmp_path: Path) -> None:
+    """What catalogs write that eval refused (exit 2): integer ids (in the gallery and in
+    ``relevant``, also one id alone), no category (or null, or empty: the placeholder), a
+    ``type`` that is a product attribute, and ``file://`` photo references. A float or a
+    boolean id is still refused, and so is a URL of another scheme."""
+    g, q = write_protocol(tmp_path)
+    red = (tmp_path / "g" / "red.png").resolve()
+    _append(g, {"product_id": 17, "images": [f"file://{red}"], "type": "hoodie"})
+    _append(g, {"product_id": 18, "category": None, "images": ["g/red.png"]})
+    _append(g, {"product_id": "19", "category": " ", "images": ["g/red.png"],
+                "type": "product.upserted"})
+    _append(q, {"image": f"file://localhost{red}", "relevant": [17, "p-red"]})
+    _append(q, {"image": "q/red.png", "relevant": 18})
+    _append(q, {"image": "q/red.png", "relevant": "p-red"})
+    products = load_gallery(g)
+    last = {p.product_id: p for p in products[-3:]}
+    assert set(last) == {"17", "18", "19"}
+    assert {p.category for p in last.values()} == {UNCATEGORIZED} == {"uncategorized"}
+    assert last["17"].images == (red,) and last["17"].where == f"{g}:7"
+    queries = load_queries(q, products)
+    assert [(query.relevant, query.category) for query in queries[-3:]] == [
+        (frozenset({"17", "p-red"}), UNCATEGORIZED), (frozenset({"18"}), UNCATEGORIZED),
+        (frozenset({"p-red"}), "Warm")]
+    assert queries[-3].images == (red,) and queries[-1].where == f"{q}:9"
+    _append(g, {"product_id": 20, "category": "A", "images": ["https://x.test/a.jpg"]})
+    with pytest.raises(ProtocolError, match=r"gallery.jsonl:10: image 'https://x\.test/a\.jpg' "
+                                            "is a URL; this command reads local files only"):
+        load_gallery(g)
+
+
+def test_relevant_ids_not_in_the_gallery_are_dropped_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown relevant id was exit 2; it is a warning naming the line and the id, and
+    the query keeps the others (or none: a negative query)."""
+    g, q = write_protocol(tmp_path)
+    _append(q, {"image": "q/red.png", "relevant": ["p-red", "p-nope", 404]})
+    _append(q, {"image": "q/blue.png", "relevant": ["p-gone"]})
+    _append(q, {"image": "q/blue.png"})
+    with caplog.at_level("WARNING"):
+        queries = load_queries(q, load_gallery(g))
+    assert [query.relevant for query in queries[-3:]] == [
+        frozenset({"p-red"}), frozenset(), frozenset()]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2
+    assert f"{q}:7: relevant product(s) not in the gallery, dropped: 'p-nope', '404'" in warned[0]
+    assert f"{q}:8:" in warned[1] and "none left" in warned[1]
+
+
+def test_unreadable_photos_are_skipped_one_warning_each(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A photo that cannot be decoded stopped the whole run, naming no line. Now: a gallery
+    photo is left out of the index (its product with it, when it has no other, and its
+    query then cannot find it), a query is not scored; a warning each naming the catalog
+    line and the reason, and the report counts the skipped queries and says why, as does a
+    retrieval query with no relevant product."""
+    g, q = write_protocol(tmp_path)
+    (tmp_path / "g" / "red.png").write_bytes(b"not an image at all")  # gallery line 1
+    (tmp_path / "q" / "blue.png").write_bytes(b"")  # queries line 3
+    (tmp_path / "q" / "green.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # line 2
+    _append(q, {"image": "q/yellow.png", "relevant": []})  # line 7: a negative query
+    with caplog.at_level("WARNING"):
+        report = _run(tmp_path, TinyEmbedder(), None, "skips")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum(f"{g}:1: image {tmp_path / 'g' / 'red.png'}: unsupported_format" in w and
+               "product 'p-red' has no readable image and is not indexed: queries naming it "
+               "cannot find it" in w for w in warned) == 1
+    assert sum(f"{q}:3: image {tmp_path / 'q' / 'blue.png'}: corrupt_image: empty image data: "
+               "the query is not scored" in w for w in warned) == 1
+    assert sum(f"{q}:2: image" in w and "the query is not scored" in w for w in warned) == 1
+    assert sum(f"{q}:7: no relevant product in the gallery: not scored" in w
+               for w in warned) == 1
+    assert [(s.where, s.reason) for s in report.skipped] == [
+        (f"{q}:2", "unsupported_format"), (f"{q}:3", "corrupt_image"),
+        (f"{q}:7", "no_relevant_product")]
+    assert report.summary.n_queries == 4  # red, yellow, black, purple
+    # red's query is scored, and cannot find its product (left out): 3 of 4 at rank 1
+    assert report.summary.overall["R@1"] == pytest.approx(0.75)
+    assert report.n_gallery == 6 and report.n_gallery_images == 5
+    assert (report.embed.unreadable, report.embed.left_out) == (3, 1)
+    out = report.to_json()
+    assert out["n_queries_skipped"] == 3 and out["n_queries"] == 4
+    assert out["skipped"][1] == {"query": f"{q}:3", "reason": "corrupt_image",
+                                 "detail": f"image {tmp_path / 'q' / 'blue.png'}: "
+                                           "corrupt_image: empty image data"}
+    assert (out["unreadable_images"], out["products_left_out"]) == (3, 1)
+
+
+def test_cli_eval_skips_unreadable_photos_unless_strict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the command: the text and ``--json`` reports count the skipped queries and
+    why, exit 0; ``--strict`` stops at the first bad photo, exit 2, naming its line."""
+    g, q = write_protocol(tmp_path)
+    blue = tmp_path / "q" / "blue.png"
+    blue.write_bytes(blue.read_bytes()[:80])  # a truncated photo
+    monkeypatch.setattr("lookalike.evaluate.build_embedder", lambda settings: TinyEmbedder())
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--gallery", str(g), "--queries", str(q), "--no-cache"]
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert "1 queries skipped, not scored (1 corrupt_image; the warnings name their lines)" in (
+        text), text
+    assert "queries 5;" in text and "1 unreadable" in text
+    assert main([*base, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["n_queries"], out["n_queries_skipped"]) == (5, 1)
+    assert out["skipped"][0]["query"] == f"{q}:3"
+    assert main([*base, "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{q}:3: image " in err[0] and "corrupt_image" in err[0], err
+
+
+def test_repeated_photos_are_not_cache_hits_and_count_once(tmp_path: Path) -> None:
+    """A photo listed twice was counted "from cache" even with no cache, and twice among the
+    gallery's images: it is "repeated", and one row."""
+    g, _ = write_protocol(tmp_path)
+    lines = g.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["images"] = ["g/red.png", "g/red.png"]
+    g.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    report = _run(tmp_path, TinyEmbedder(), None, "repeats")
+    assert (report.embed.cached, report.embed.repeated, report.embed.embedded) == (0, 1, 12)
+    assert report.n_gallery_images == 6
+    assert report.to_json()["repeated_images"] == 1
+    assert report.summary.overall["R@1"] == 1.0
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    _run(tmp_path, TinyEmbedder(), cache, "fill")
+    again = _run(tmp_path, TinyEmbedder(), cache, "hits")
+    assert (again.embed.cached, again.embed.repeated, again.embed.embedded) == (13, 0, 0)
+
+
+def test_a_query_with_more_relevant_products_than_searched_is_warned_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mAP@R was silently computed over the first MAX_K products when R is larger."""
+    monkeypatch.setattr("evaluation.run.MAX_K", 3)
+    _, q = write_protocol(tmp_path)
+    _append(q, {"image": "q/red.png", "relevant": [f"p-{n}" for n in COLOURS]})
+    with caplog.at_level("WARNING"):
+        _run(tmp_path, TinyEmbedder(), None, "capped", cutout_queries=False,
+             window_queries=False, light_queries=False)
+    warned = [r.getMessage() for r in caplog.records if "more than 3 relevant" in r.getMessage()]
+    assert warned == ["eval: 1 of 7 queries have more than 3 relevant products: their mAP@R is "
+                      "computed over the first 3 products the search returns (at most 3)"]
+
+
+def test_long_category_names_stay_distinguishable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Names were cut at 36 characters, so two long categories printed alike."""
+    from lookalike.evaluate import print_report
+
+    g, _ = write_protocol(tmp_path)
+    long = "Women/Accessories/Very long category name number "
+    lines = [json.loads(line) for line in g.read_text().splitlines()]
+    for i, line in enumerate(lines):
+        line["category"] = f"{long}{i % 2 + 1}"
+    g.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    print_report(_run(tmp_path, TinyEmbedder(), None, "long"))
+    rows = capsys.readouterr().out.splitlines()
+    assert any(row.startswith(f"{long}1 ") for row in rows)
+    assert any(row.startswith(f"{long}2 ") for row in rows)
+    header = next(row for row in rows if "R@1" in row)
+    assert len({row.index("1.000") for row in rows if "1.000" in row}) == 1
+    assert header.index("R@1") + 3 == rows[-1].index("1.000") + 5

@@ -185,8 +185,6 @@ def test_counts_are_micro_averaged_over_listings() -> None:
     assert counts.summary() == {
         "precision": pytest.approx(3 / 4), "recall": pytest.approx(3 / 5),
         "false_match_rate": pytest.approx(1 / 3), "all_found_rate": pytest.approx(1 / 3)}
-    with pytest.raises(ValueError, match="at least one relevant"):
-        counts.add({"a"}, set())
 
 
 def test_cli_takes_task_and_match() -> None:
@@ -336,3 +334,56 @@ def test_cli_eval_details_is_not_the_cache_and_respects_the_umask(
         assert details.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_negative_queries_count_as_the_right_answer_being_nothing(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``"relevant": []`` was refused; for same-item it is a query whose right answer lists
+    nothing: any listing is a false match (and lowers precision), nothing listed is all
+    found, and recall's denominator is untouched (undefined, n/a, with only such queries)."""
+    counts = SameItemCounts()
+    counts.add({"a1"}, {"a1"})
+    counts.add(set(), set())  # right: nothing listed
+    counts.add({"x", "y"}, set())  # two wrong listings
+    assert counts.summary() == {
+        "precision": pytest.approx(1 / 3), "recall": pytest.approx(1.0),
+        "false_match_rate": pytest.approx(1 / 3), "all_found_rate": pytest.approx(2 / 3)}
+    assert (counts.queries, counts.relevant, counts.returned) == (3, 1, 3)
+    only = SameItemCounts()
+    only.add(set(), set())
+    assert only.summary() == {"precision": None, "recall": None, "false_match_rate": 0.0,
+                              "all_found_rate": 1.0}
+    lookalike.evaluate.print_same_item(SameItemReport(only, "m", 3, 3))
+    assert "precision n/a  recall n/a  false_match_rate 0.000  all_found_rate 1.000" in (
+        capsys.readouterr().out)
+
+
+def test_same_item_eval_scores_negative_queries_and_skips_unreadable_photos(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """End to end: a negative query (no relevant listing in the file: here ``relevant``
+    missing) is scored; a query whose photo is unreadable is skipped with a warning naming
+    its line and counted in the report."""
+    gallery_path, queries_path = _write(tmp_path)
+    (tmp_path / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with open(queries_path, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"image": "img/query-b.jpg"}) + "\n")  # line 3: b@shop0 is wrong
+        out.write(json.dumps({"image": "img/broken.jpg", "relevant": ["b@shop0"]}) + "\n")
+    products = load_gallery(gallery_path)
+    queries = load_queries(queries_path, products)
+    assert queries[2].relevant == frozenset()
+    store = MilvusStore.open(str(tmp_path / "eval.db"))
+    embedder = TinyEmbedder()
+    try:
+        with caplog.at_level("WARNING"):
+            report = evaluate_same_item(products, queries, embedder, store,
+                                        CollectionSpec(name="negative", dim=embedder.dim), None,
+                                        max_pixels=10_000_000)
+    finally:
+        store.close()
+    out = report.to_json()
+    assert (out["n_queries"], out["n_queries_skipped"]) == (3, 1)
+    assert out["skipped"][0]["query"] == f"{queries_path}:4"
+    assert out["false_match_rate"] == pytest.approx(1 / 3, abs=1e-4)  # the negative one listed b
+    assert out["recall"] == 1.0 and out["relevant"] == 4
+    assert any(f"{queries_path}:4: image " in r.getMessage() and "not scored" in r.getMessage()
+               for r in caplog.records)
