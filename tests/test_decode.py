@@ -319,3 +319,58 @@ def test_a_jpeg_is_decoded_once_per_reduced_scale(
     assert decodes == decoded
     for one, single in zip(both, singles, strict=True):
         assert np.array_equal(np.asarray(one), np.asarray(single))
+
+
+def _whole_image_rgb(image: Image.Image) -> np.ndarray:
+    """The conversions as they were before they went a strip of rows at a time (a full-size
+    copy per step): what the strips must reproduce pixel for pixel."""
+    if image.mode in ("RGBA", "LA", "P", "L"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    arr = np.asarray(image, dtype=np.float32)
+    peak = float(arr.max())
+    scale = (255.0 if image.mode == "F" and peak <= 1.0
+             else 255.0 / 65535.0 if peak > 255.0 else 1.0)
+    grey = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(grey).convert("RGB"))
+
+
+def _transparent_photos() -> dict[str, bytes]:
+    rng = np.random.default_rng(7)
+    h, w = 37, 53
+    palette = Image.fromarray(rng.integers(0, 256, (h, w), np.uint8), "L").convert("P")
+    palette.putpalette([int(v) for v in rng.integers(0, 256, 768)])
+    photos = {
+        "RGBA": Image.fromarray(rng.integers(0, 256, (h, w, 4), np.uint8), "RGBA"),
+        "LA": Image.fromarray(rng.integers(0, 256, (h, w, 2), np.uint8), "LA"),
+        "I;16": Image.fromarray(rng.integers(0, 65536, (h, w), np.uint16)),
+        "I;16 dark": Image.fromarray(rng.integers(0, 200, (h, w), np.uint16)),
+        "F": Image.fromarray(rng.random((h, w), np.float32)),
+    }
+    out = {}
+    for name, photo in photos.items():
+        buf = io.BytesIO()
+        photo.save(buf, "TIFF" if name == "F" else "PNG")
+        out[name] = buf.getvalue()
+    buf = io.BytesIO()
+    palette.save(buf, "PNG", transparency=bytes(int(v) for v in rng.integers(0, 256, 256)))
+    out["P+tRNS"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 3, (h, w), np.uint8) * 100, "L").save(
+        buf, "PNG", transparency=100)
+    out["L+tRNS"] = buf.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_transparent_photos()))
+def test_converting_a_strip_at_a_time_gives_the_same_pixels(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Strips of 2-3 rows (and a short last one): every seam is crossed.
+    monkeypatch.setattr(embedding.decode, "_STRIP_PIXELS", 2 * 53 + 7)
+    data = _transparent_photos()[name]
+    expected = _whole_image_rgb(Image.open(io.BytesIO(data)))
+    got = decode_image(data, 10_000)
+    assert got.mode == "RGB" and got.size == (53, 37)
+    assert np.array_equal(np.asarray(got), expected)
