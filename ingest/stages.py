@@ -8,7 +8,6 @@ stages never touch the Kafka consumer.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -237,9 +236,10 @@ class Stages:
         # batch's fetching has a budget (ingest/fetch_queue.py).
         self._fetches = FetchQueue(fetcher, pool)
         self._max_pixels = max_pixels
-        # Fetching is I/O and runs on every pool thread; decoding is CPU and runs on at most
-        # decode_workers of them at once, so it does not preempt CPU inference (see settings).
-        self._decode_slots = threading.BoundedSemaphore(decode_workers)
+        # Fetching is I/O and runs on every pool thread; decoding is CPU and runs on a pool
+        # of decode_workers threads, so it does not preempt CPU inference (see settings), and
+        # only those threads' malloc arenas ever hold a large photo (ingest/load.py).
+        self._decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._clock = clock
         # Runs after each batch's Milvus writes, before it may be committed: raising keeps
         # the batch uncommitted and stops the runner (schema.versions.ServingGuard.check).
@@ -252,7 +252,7 @@ class Stages:
         return load_image_ref(
             self._fetcher, image, self._embedder.prepare,
             max_pixels=self._max_pixels, min_size=self._embedder.decode_size,
-            cpu_slot=self._decode_slots, cutoff=cutoff, fetched=fetched,
+            decoder=self._decoder, cutoff=cutoff, fetched=fetched,
         )
 
     def prepare(self, batch: Batch) -> None:

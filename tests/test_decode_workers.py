@@ -1,5 +1,7 @@
 """Decoding is CPU work: at most ``decode_workers`` images decode at once, whatever the size of
-the fetch pool, so decoders do not preempt CPU inference (bench/bench_pipeline.py)."""
+the fetch pool, so decoders do not preempt CPU inference (bench/bench_pipeline.py), and on
+no more than ``decode_workers`` threads, so only their malloc arenas ever hold a large photo
+(ingest/load.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ingest import load
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageWait
 from ingest.plan import EventItem
@@ -27,18 +30,21 @@ from tests.fakes import TinyEmbedder
 
 
 class SlowEmbedder(TinyEmbedder):
-    """Records the most ``prepare`` calls (the decode slot's work) running at once."""
+    """Records the most ``prepare`` calls (the decode slot's work) running at once, and the
+    threads they ran on."""
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self.running = 0
         self.most = 0
+        self.threads: set[int] = set()
 
     def prepare(self, image: Any) -> np.ndarray:
         with self._lock:
             self.running += 1
             self.most = max(self.most, self.running)
+            self.threads.add(threading.get_ident())
         time.sleep(0.02)
         with self._lock:
             self.running -= 1
@@ -82,6 +88,22 @@ def test_at_most_decode_workers_images_decode_at_once(slots: int) -> None:
         stages.prepare(batch)
     assert len(batch.prepared) == 12 and not batch.stats.images_failed
     assert embedder.most == slots
+    assert len(embedder.threads) <= slots  # of the 8 fetch threads, none decoded
+
+
+def test_a_large_decode_hands_its_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(load, "release_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(load, "LARGE_DECODE_PIXELS", 32 * 32)
+    with ThreadPoolExecutor(2) as pool:
+        stages = Stages(ImageFetcher([]), TinyEmbedder(), NoStates(), None, pool,  # type: ignore[arg-type]
+                        max_pixels=10_000_000, decode_workers=1, outage=OutageWait(0.0))
+        stages.prepare(_batch(1, 2))
+    assert len(trims) == 2
+
+
+def test_handing_memory_back_runs_anywhere() -> None:
+    load.release_freed_memory()  # malloc_trim on glibc, nothing elsewhere
 
 
 def test_decode_workers_default_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
