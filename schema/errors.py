@@ -12,8 +12,11 @@ where it becomes a value (``failure``) attached to the item; nothing but the ite
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class Reason(str, Enum):
@@ -53,18 +56,31 @@ class Reason(str, Enum):
         return self.value
 
 
+def printable(detail: str) -> str:
+    """``detail`` with control characters escaped (``\\x00``): a detail can quote what a
+    sender or a server sent (a NUL in a redirect's Location), and it goes into log lines and
+    the ``lookalike.detail`` header, where a raw NUL or newline forges or cuts them."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if m.group() < "\u0100"
+                        else f"\\u{ord(m.group()):04x}", detail)
+
+
 @dataclass(frozen=True)
 class ItemFailure:
-    """What became of one failed item: the value stored on events, images and reports."""
+    """What became of one failed item: the value stored on events, images and reports. Its
+    detail is :func:`printable`, however it was made."""
 
     reason: Reason
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", printable(self.detail))
 
 
 class ItemError(Exception):
     """Raised for one item (an event, an image) that cannot be used; carries its reason."""
 
     def __init__(self, reason: Reason, detail: str) -> None:
+        detail = printable(detail)
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from schema.errors import ItemError, Reason
+from schema.errors import ItemError, ItemFailure, Reason
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "hardening.md"
 
@@ -35,3 +35,12 @@ def test_item_error_carries_its_reason() -> None:
     error = ItemError(Reason.TIMEOUT, "slow")
     assert (error.failure.reason, error.failure.detail) == (Reason.TIMEOUT, "slow")
     assert str(error) == "timeout: slow" and Reason.TIMEOUT == "timeout"
+
+
+def test_details_have_their_control_characters_escaped() -> None:
+    # A detail may quote a sender or a server; it goes into log lines and a Kafka header.
+    raw = "host\x00.evil\r\nforged: 1\x1b[2J\x85\u2028é"
+    for failure in (ItemError(Reason.BAD_REFERENCE, raw).failure,
+                    ItemFailure(Reason.TIMEOUT, raw)):
+        assert failure.detail.isprintable()
+        assert failure.detail == "host\\x00.evil\\x0d\\x0aforged: 1\\x1b[2J\\x85\\u2028é"
