@@ -53,7 +53,7 @@ from requests.utils import requote_uri
 from ingest.egress import Address, EgressPolicy
 from lookalike.settings import HOST_TRIP_AFTER, MAX_HOST_REST_S, ImageSettings
 from schema.errors import ItemError, Reason
-from schema.events import ImageRef
+from schema.events import ImageRef, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +354,11 @@ class ImageFetcher:
             location = self._get(url, deadline)
             if isinstance(location, bytes):
                 return location
+            # A redirect's target meets the rule of an event's URLs, checked before any
+            # lookup: a NUL in its host was resolved cut at the NUL, and connected to.
+            if (problem := url_problem(location)) is not None:
+                raise ItemError(Reason.BAD_REFERENCE, f"{_host_key(url)} redirected to a URL "
+                                f"that is refused: {problem}")
             url = location
         raise ItemError(
             Reason.TOO_MANY_REDIRECTS, f"more than {self._policy.max_redirects} redirects"
@@ -361,7 +366,10 @@ class ImageFetcher:
 
     def _get(self, url: str, deadline: float) -> bytes | str:
         """One request: the body, or the URL a redirect points to."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # events' URLs are checked (url_problem); direct callers' may not be
+            raise ItemError(Reason.BAD_REFERENCE, "URL cannot be parsed") from None
         scheme = parts.scheme.lower()
         try:
             host, port = parts.hostname, parts.port
@@ -378,7 +386,7 @@ class ImageFetcher:
             try:
                 return self._exchange(sock, url, host, port, deadline)
             except (OSError, http.client.HTTPException) as exc:
-                raise self._transport_error(host, deadline, exc) from None
+                raise self._answer_error(host, deadline, exc) from None
             finally:
                 sock.close()
 
@@ -459,7 +467,11 @@ class ImageFetcher:
             if not location:
                 raise ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP {status} without "
                                 "a Location")
-            return urljoin(url, location)
+            try:
+                return urljoin(url, location)
+            except ValueError:  # "http://[::1/x": urlsplit raises a bare ValueError
+                raise ItemError(Reason.BAD_REFERENCE, f"{host} redirected to a URL that "
+                                "cannot be parsed") from None
         if status == 429 or status >= 500:
             raise _Retryable(
                 ItemError(Reason.HTTP_STATUS, f"{host} answered HTTP {status}"),
@@ -504,6 +516,22 @@ class ImageFetcher:
         self._check_size(len(data))
         return data
 
+    def _answer_error(self, host: str, deadline: float, exc: BaseException) -> Exception:
+        """What a failed exchange means. The host answered, but not in HTTP (a status line
+        that is none, ``2000``, an HTTP/0.9 body, 100+ headers, a 70 KB header line):
+        ``http_status``, not retried, as another bad answer is. A body cut short, chunked
+        (``IncompleteRead``; a bad chunk size reads the same): retried, like one cut short
+        of its Content-Length. Anything else (the connection failed): retried."""
+        if isinstance(exc, OSError) or time.monotonic() >= deadline:
+            return self._transport_error(host, deadline, exc)
+        if isinstance(exc, http.client.IncompleteRead):
+            return _Retryable(ItemError(Reason.UNREACHABLE, f"{host}: answer cut short"))
+        if isinstance(exc, http.client.HTTPException) and not isinstance(
+            exc, http.client.ImproperConnectionState | http.client.NotConnected
+        ):
+            return ItemError(Reason.HTTP_STATUS, f"{host}: bad HTTP answer: {_garbled(exc)}")
+        return self._transport_error(host, deadline, exc)
+
     def _transport_error(self, host: str, deadline: float, exc: BaseException | None) -> Exception:
         """Connection trouble -> a retryable timeout or unreachable. The detail names the
         host, never the socket error: those texts tell a sender which ports are open."""
@@ -541,6 +569,20 @@ def _retry_after(value: str | None) -> float | None:
     seconds = None if value is None else _ascii_int(value)
     # HTTP-date forms are rare for images; the backoff applies instead
     return None if seconds is None else float(seconds)
+
+
+def _garbled(exc: http.client.HTTPException) -> str:
+    """What was wrong with an answer, in our words: http.client's messages quote the
+    server's bytes (a status line can be anything it sent)."""
+    if isinstance(exc, http.client.LineTooLong):
+        return str(exc)  # "got more than 65536 bytes when reading header line"
+    if isinstance(exc, http.client.UnknownProtocol):
+        return "not HTTP/1.x"
+    if isinstance(exc, http.client.BadStatusLine):
+        return "no valid status line"
+    if "headers" in str(exc):  # "got more than 100 headers"
+        return "too many headers"
+    return type(exc).__name__
 
 
 def _ascii_int(value: str) -> int | None:

@@ -17,8 +17,10 @@ import re
 from array import array
 from datetime import datetime, timezone
 from decimal import Decimal
+from ipaddress import ip_address
 from itertools import accumulate
 from typing import Annotated, Any, Final, Literal, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -95,6 +97,41 @@ def no_control_chars(value: str, what: str) -> str:
     return value
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a host name may hold once IDNA-encoded (underscores: some CDNs use them)."""
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is no image URL to fetch, or None. One rule for an event's URLs (refused
+    as ``invalid_event``) and the targets of redirects (``bad_reference``, ingest/fetch.py):
+    http(s), no control characters, parseable (``http://[::1/x`` made urlsplit raise a bare
+    ValueError, an ``image_error``), and a host that is an address or a name DNS can carry
+    (a NUL in a redirect's host was looked up cut at the NUL). A bad port or credentials are
+    the fetcher's to refuse (``bad_reference``)."""
+    if _CONTROL.search(url):
+        return "image url must not contain control characters"
+    if not url.lower().startswith(("http://", "https://")):
+        return "image url must be http:// or https://"
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return "image url cannot be parsed (brackets around its host?)"
+    if not host:
+        return "image url has no host"
+    try:
+        ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "image url's host is no valid host name (empty or over-long label)"
+    if not _HOST_NAME.fullmatch(ascii_host):
+        return "image url's host has characters a host name cannot have"
+    return None
+
+
 def normalize_category(value: str) -> str:
     """Validate a category path such as ``Men/Tops/Hoodies & Sweatshirts``.
 
@@ -148,10 +185,8 @@ class ImageRef(StrictModel):
             raise ValueError(
                 f"an image needs exactly one of url, path or data (got {given or 'none'})"
             )
-        if self.url is not None:
-            no_control_chars(self.url, "image url")
-            if not self.url.lower().startswith(("http://", "https://")):
-                raise ValueError("image url must be http:// or https://")
+        if self.url is not None and (problem := url_problem(self.url)) is not None:
+            raise ValueError(problem)
         if self.path is not None:
             no_control_chars(self.path, "image path")
         if self.data is not None:

@@ -99,6 +99,14 @@ def test_updated_at_a_fraction_of_a_millisecond_before_1970_is_refused() -> None
         (json.dumps(upsert(attributes={"x" * 129: "red"})).encode(), "invalid_event",
          "attributes"),
         (json.dumps(upsert(attributes={"": "red"})).encode(), "invalid_event", "attributes"),
+        # URLs urlsplit cannot parse were a bare ValueError at fetch time (image_error)
+        (json.dumps(upsert(images=["http://[::1/x"])).encode(), "invalid_event", "parsed"),
+        (json.dumps(upsert(images=["http://[127.0.0.1]/x"])).encode(), "invalid_event",
+         "parsed"),
+        (json.dumps(upsert(images=["http://]x/"])).encode(), "invalid_event", "parsed"),
+        (json.dumps(upsert(images=["http://a b/x.jpg"])).encode(), "invalid_event", "host"),
+        (json.dumps(upsert(images=["http://.../x.jpg"])).encode(), "invalid_event", "host"),
+        (json.dumps(upsert(images=["http:///x.jpg"])).encode(), "invalid_event", "host"),
     ],
 )
 def test_invalid_events_name_field_and_problem(payload: bytes, reason: str, needle: str) -> None:
@@ -115,6 +123,13 @@ def test_image_key_is_deterministic_and_inline_bytes_decode() -> None:
     assert a.inline_bytes() == b"\x89PNG fake"
     with pytest.raises(ValueError, match="exactly one"):
         ImageRef(url="https://x/y.jpg", path="y.jpg")
+
+
+@pytest.mark.parametrize("url", ["https://xn--xample-9ua.com/a.jpg", "https://\u00e9xample.com/a.jpg",
+                                 "http://[::1]:8080/a.jpg", "http://10.0.0.1/a.jpg",
+                                 "https://cdn_1.shop.example./a.jpg"])
+def test_ordinary_urls_pass(url: str) -> None:
+    assert ImageRef(url=url).url == url
 
 
 def test_a_url_after_whitespace_is_a_url() -> None:

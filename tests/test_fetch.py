@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -31,6 +32,17 @@ from schema.events import ImageRef
 
 PAYLOAD = b"\xff\xd8\xff" + b"x" * 1000
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
+
+_GARBLED = {
+    "/many-headers": b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * 150 + b"\r\n" + PAYLOAD,
+    "/long-header": b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n" + PAYLOAD,
+    "/status-2000": b"HTTP/1.1 2000 OK\r\nContent-Length: 5\r\n\r\nhello",
+    "/http09": PAYLOAD,  # no status line: the body at once
+    "/http2": b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+}
+"""Answers that are not HTTP, as hostile or broken servers send them."""
 
 
 class _State:
@@ -112,6 +124,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", query)
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif path == "/redirect-raw":  # any Location, control characters included
+            self.wfile.write(b"HTTP/1.1 302 Found\r\nLocation: "
+                             + unquote(query).replace("PORT", str(self.server.server_address[1]))
+                             .encode("latin-1") + b"\r\nContent-Length: 0\r\n\r\n")
+        elif path in _GARBLED:
+            self.wfile.write(_GARBLED[path])
         elif path == "/loop":
             self.send_response(301)
             self.send_header("Location", "/loop")
@@ -455,3 +473,53 @@ def test_tls_is_verified_for_the_host_name(tls_server: tuple[int, ssl.SSLContext
 def test_raw_characters_in_paths_are_percent_encoded(server: str) -> None:
     # The handler answers 404 for an unknown path: reaching it proves the request was sent.
     assert reason(fetcher(), ImageRef(url=f"{server}/a photo é.jpg")) == "http_status"
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [("/many-headers", "too many headers"), ("/long-header", "header line"),
+     ("/status-2000", "no valid status line"), ("/http09", "no valid status line"),
+     ("/http2", "not HTTP/1.x")],
+)
+def test_an_answer_that_is_not_http_is_a_bad_status_not_retried(
+    server: str, path: str, needle: str
+) -> None:
+    # The host answered, so this is no connection failure ("unreachable", tried 3 times).
+    before = _State.requests
+    error = failure(fetcher(deadline_s=2.0), ImageRef(url=f"{server}{path}"))
+    assert error.reason.value == "http_status"
+    assert "bad HTTP answer" in error.detail and needle in error.detail
+    assert _State.requests - before == 1
+
+
+def test_a_bad_chunk_size_reads_as_an_answer_cut_short(server: str) -> None:
+    # http.client raises the same IncompleteRead for a connection closed between chunks.
+    error = failure(fetcher(deadline_s=2.0, max_attempts=1),
+                    ImageRef(url=f"{server}/bad-chunk"))
+    assert (error.reason.value, error.detail.split(": ", 1)[1]) == (
+        "unreachable", "answer cut short")
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["http://127.0.0.1\x00.evil:PORT/ok.jpg", "http://127.0.0.1\x1b[2J:PORT/ok.jpg",
+     "http://[::1/x", "http://[127.0.0.1]/x", "http://]x/", "http://a b:PORT/ok.jpg",
+     "http://.../ok.jpg", "ftp://127.0.0.1/ok.jpg"],
+)
+def test_a_redirect_to_a_malformed_url_is_refused_before_connecting(
+    server: str, location: str
+) -> None:
+    # The NUL one was looked up cut at the NUL (127.0.0.1, allowed), connected to 3 times,
+    # and the NUL went raw into the log line and the dead letter's detail header.
+    before = _State.requests
+    error = failure(fetcher(), ImageRef(url=f"{server}/redirect-raw?{quote(location)}"))
+    assert error.reason.value == "bad_reference"
+    assert _State.requests - before == 1  # the redirect only
+    assert error.detail.isprintable() and str(error).isprintable()
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x", "http://]x/"])
+def test_an_unparseable_url_from_a_direct_caller_is_a_bad_reference(url: str) -> None:
+    # Events' URLs are checked when parsed (invalid_event); a caller that built an ImageRef
+    # unchecked still gets a reason, not a bare ValueError (image_error).
+    assert reason(fetcher(), ImageRef.model_construct(url=url)) == "bad_reference"
