@@ -6,7 +6,7 @@ they fail the same way, with the same reasons, and an unexpected decoder bug fai
 
 Decoding a large photo takes hundreds of megabytes for a moment, and glibc keeps what a
 thread freed in that thread's own malloc arena: 8 fetch threads that each decoded one
-40-megapixel PNG held 3.4 GB between them for good. So ingest decodes on a pool of its own,
+40-megapixel PNG held 4.7 GB between them for good. So ingest decodes on a pool of its own,
 ``decode_workers`` threads (:func:`load_image_ref`'s ``decoder``), and after a large photo the
 freed memory is handed back to the system (:func:`release_freed_memory`).
 """

@@ -250,7 +250,8 @@ class ImageSettings(_Group):
     )
     decode_workers: int | None = Field(
         default=None, ge=1, le=256,
-        description="Images decoded at once (of the fetch workers). Default: every core when "
+        description="Images decoded at once, on threads of their own (the fetch workers only "
+        "fetch; a large photo's memory stays with these threads). Default: every core when "
         "the model runs on a GPU, else a quarter of them (at least 1): on CPU the model uses "
         "all cores, and more decoders only preempt it",
     )
