@@ -830,3 +830,20 @@ def test_integer_ids_and_missing_categories_train(tmp_path: Path) -> None:
                            labels_per_batch=4, samples_per_label=2, val_by_group=True)
     result = train(catalog, tmp_path / "model", FakeBackbone(), options)
     assert result.report["validation"]["groups"] == 2 and result.report["train"]["groups"] == 4
+
+
+def test_a_product_without_the_group_key_is_a_group_of_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catalog where some lines lack ``group_id`` trains (each such product alone, with a
+    warning); a key that no line has is a mistyped name and refused."""
+    catalog = _catalog(tmp_path, n_styles=4)
+    _rewrite(catalog, lambda i, line: line.update(style=f"st{i // 2}") if i != 3 else None)
+    with caplog.at_level("WARNING", logger="training.data"):
+        groups = {im.product_id: im.group for im in load_training_images(catalog, "style")}
+    assert groups["s0-c0"] == groups["s0-c1"] == "st0"
+    assert groups["s1-c1"] == "\x1fproduct:s1-c1"
+    assert groups["s1-c0"] == "st1"
+    assert "1 of 8 products have no 'style'" in caplog.text
+    with pytest.raises(TrainingDataError, match=r"no product has 'stlye' to group by"):
+        load_training_images(catalog, "stlye")

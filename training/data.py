@@ -6,12 +6,14 @@ read with the gallery reader of ``lookalike eval`` (:func:`evaluation.protocol.l
 which checks that every image exists and reads integer product ids and a missing category as
 eval does; a group key other than ``category`` is read from the raw line
 (:func:`ingest.publish.catalog_lines`): a string, or a number counted by its value (1 and 1.0
-are one group).
+are one group). A product without it is a group of its own (with a warning); a key that no
+product has is refused as a mistyped name.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +24,12 @@ import numpy as np
 
 from evaluation.protocol import load_gallery, read_id
 from ingest.publish import catalog_lines
+
+log = logging.getLogger(__name__)
+
+UNGROUPED_PREFIX = "\x1fproduct:"
+"""The group of a product without the group key: its own id, under a prefix no catalog value
+carries (a control character), so it never joins a real group of the same name."""
 
 
 class TrainingDataError(ValueError):
@@ -49,7 +57,10 @@ def load_training_images(catalog: Path, group_key: str | None) -> list[TrainImag
     except ValueError as exc:
         raise TrainingDataError(str(exc)) from None
     groups = _groups(catalog, group_key) if group_key not in (None, "category") else {}
+    if group_key not in (None, "category") and not groups:
+        raise TrainingDataError(f"{catalog}: no product has {group_key!r} to group by")
     images: list[TrainImage] = []
+    ungrouped = 0
     for product in products:
         if group_key is None:
             group = product.product_id
@@ -58,9 +69,12 @@ def load_training_images(catalog: Path, group_key: str | None) -> list[TrainImag
         else:
             group = groups.get(product.product_id, "")
             if not group:
-                raise TrainingDataError(f"{catalog}: product {product.product_id!r} has no "
-                                        f"{group_key!r}")
+                ungrouped += 1
+                group = UNGROUPED_PREFIX + product.product_id
         images.extend(TrainImage(product.product_id, group, path) for path in product.images)
+    if ungrouped:
+        log.warning("%s: %d of %d products have no %r: each of them is a group of its own",
+                    catalog, ungrouped, len(products), group_key)
     return images
 
 
