@@ -38,12 +38,6 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, StoreUnavailableError | DeadLetterError)
 
 
-def quiet_client_logs() -> None:
-    """pymilvus logs a formatted traceback for every failed RPC (dozens per second during an
-    outage); the outage line below says the same once per attempt."""
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]

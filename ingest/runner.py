@@ -20,10 +20,10 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from ingest.outage import quiet_client_logs
 from ingest.plan import EventItem
 from ingest.source import KafkaSource, Revocations
 from ingest.stages import Batch, BatchStats, Stages, parse_records
+from store import quiet_client_logs
 from store.errors import StoreError
 
 log = logging.getLogger(__name__)

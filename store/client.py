@@ -90,6 +90,21 @@ def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
         yield items[i : i + size]
 
 
+def quiet_client_logs() -> None:
+    """Quiet pymilvus' own loggers, for every process that opens a store (ingest, serve, a
+    library's long-lived ``ProductSearch``). It logs a formatted traceback for every failed
+    call (a read-only database: two dozen lines) and for every failed reconnection
+    (``pymilvus.client.connection_manager``: dozens a second during an outage); the store
+    raises each failure as one ``StoreError`` line (or retries it), and ingest's outage wait
+    logs one line per attempt. Its query iterator's warning on every scan that Lite and 2.3
+    servers give no MVCC stamp (it then uses the client's clock, as intended) is off too, its
+    errors kept. Call after pymilvus is imported: its logging config resets earlier levels."""
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for own_config in ("pymilvus.milvus_client", "pymilvus.bulk_writer"):  # levels of their own
+        logging.getLogger(own_config).setLevel(logging.CRITICAL)
+    logging.getLogger("pymilvus.client.iterator").setLevel(logging.ERROR)
+
+
 class MilvusStore:
     """A Milvus client with the project's policies. Build one per process with :meth:`open`
     (tests may wrap a client they made) and hand it to the sink, search, versions, eval."""
@@ -139,13 +154,7 @@ class MilvusStore:
         replace the slow steps of Lite's write path (``lite_process.speed_up_lite``)."""
         from pymilvus import MilvusClient
 
-        # Its query iterator warns on every scan that Lite and 2.3 servers give no MVCC stamp
-        # (it then uses the client's clock, as intended). Set here, after pymilvus' import
-        # configured its loggers, which resets the levels of any set before.
-        logging.getLogger("pymilvus.client.iterator").setLevel(logging.ERROR)
-        # And it logs a formatted traceback for every failed call (a read-only database: two
-        # dozen lines), which the store raises as one StoreError line (or retries) anyway.
-        logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+        quiet_client_logs()  # after the import, whose logging config resets earlier levels
         process: LiteProcess | None = None
         connect_uri = uri
         if is_lite_uri(uri):

@@ -221,6 +221,36 @@ def test_the_scans_mvcc_warning_is_off(milvus: Milvus, spec: CollectionSpec) -> 
     assert not iterator.isEnabledFor(logging.WARNING) and iterator.isEnabledFor(logging.ERROR)
 
 
+def test_pymilvus_own_tracebacks_are_off_once_a_store_opens(tmp_path: Path) -> None:
+    """During a Milvus outage pymilvus logged a traceback per failed reconnection
+    (``pymilvus.client.connection_manager``) in every process but ingest, which alone
+    quieted it: a long-lived ``ProductSearch`` and ``lookalike serve`` flooded stderr. The
+    levels pymilvus' import sets (WARNING, INFO for its client) are put back first, as a
+    process that has not opened a store has them."""
+    names = ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators",
+             "pymilvus.client.iterator")
+    before = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        logging.getLogger("pymilvus").setLevel(logging.WARNING)
+        logging.getLogger("pymilvus.milvus_client").setLevel(logging.INFO)
+        assert logging.getLogger("pymilvus.client.connection_manager").isEnabledFor(
+            logging.WARNING)
+        store = MilvusStore.open(str(tmp_path / "quiet.db"))
+        try:
+            for name in ("pymilvus.client.connection_manager", "pymilvus.client.grpc_handler",
+                         "pymilvus.decorators", "pymilvus.milvus_client"):
+                assert not logging.getLogger(name).isEnabledFor(logging.ERROR), name
+            iterator = logging.getLogger("pymilvus.client.iterator.query_iterator")
+            assert iterator.isEnabledFor(logging.ERROR)
+        finally:
+            store.close()
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def test_a_closed_store_says_so_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                         ) -> None:
     """pymilvus' "should create connection first" after ``close()`` read as an outage: six
