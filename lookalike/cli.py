@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -41,6 +42,18 @@ def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (``nan`` was refused as "greater than or equal to
+    0" by the filter, ``inf`` as not finite)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+_finite.__name__ = "float"  # argparse names the type in "invalid float value"
 
 
 def _port(text: str) -> int:
@@ -118,8 +131,8 @@ def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
                    help=f"number of products to return (default: settings search.{k_setting})")
     p.add_argument("--category", action="append", default=[],
                    help="category path; matches its sub-paths too (repeatable)")
-    p.add_argument("--min-price", type=float)
-    p.add_argument("--max-price", type=float)
+    p.add_argument("--min-price", type=_finite)
+    p.add_argument("--max-price", type=_finite)
     p.add_argument("--currency")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
 

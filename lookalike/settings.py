@@ -322,7 +322,7 @@ class SearchSettings(_Group):
         description="Most similar products that price comparison looks at",
     )
     compare_threshold: float = Field(
-        default=0.50, ge=-1, le=1,
+        default=0.50, ge=-1, le=1, allow_inf_nan=False,  # nan: "finite", not "<= 1"
         description="Cosine similarity below which price comparison does not even verify a "
         "candidate as the same item (search/verify.py decides; see docs/matching.md)",
     )

@@ -5,8 +5,11 @@ text or template parameters).
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Annotated
 
 from pydantic import (
@@ -26,11 +29,16 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 def refuse_non_numbers(value: object) -> object:
     """A number field's check before pydantic reads it: a boolean or a text is refused
-    rather than read as one (``True`` was a price bound of 1, ``"50"`` one of 50)."""
+    rather than read as one (``True`` was a price bound of 1, ``"50"`` one of 50), and NaN
+    or an infinity as not finite (behind this validator pydantic checks the bounds first:
+    ``max_price=nan`` was "greater than or equal to 0")."""
     if isinstance(value, bool):
         raise ValueError(f"must be a number, not a boolean ({value})")
     if isinstance(value, str | bytes | bytearray):
         raise ValueError(f"must be a number, not text ({value!r:.40})")
+    if (isinstance(value, numbers.Real) and not math.isfinite(value)) or (
+            isinstance(value, Decimal) and not value.is_finite()):
+        raise ValueError(f"must be a finite number, not {value}")
     return value
 
 

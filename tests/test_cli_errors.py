@@ -115,6 +115,31 @@ def test_threshold_outside_cosine_range_is_an_error(
     assert "compare_threshold" in one_error(capsys, "compare-prices")
 
 
+def test_a_threshold_of_nan_is_not_a_finite_number(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "Input should be less than or equal to 1"."""
+    code = main(["compare-prices", "--product-id", "p", "--threshold", "nan",
+                 "--milvus-uri", str(tmp_path / "x.db")])
+    assert code == ExitCode.USAGE
+    assert "compare_threshold (nan): Input should be a finite number" in one_error(
+        capsys, "compare-prices")
+
+
+@pytest.mark.parametrize("option", ["--min-price", "--max-price"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_price_bound_must_be_a_finite_number(
+        option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--min-price nan`` said "Input should be greater than or equal to 0"."""
+    image = write_image(tmp_path / "q.png", seed=1)
+    for command in (["search", str(image)], ["compare-prices", "--product-id", "p"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*command, f"{option}={value}", "--milvus-uri", str(tmp_path / "x.db")])
+        assert exited.value.code == ExitCode.USAGE
+        err = capsys.readouterr().err
+        assert f"argument {option}: must be a finite number, got {value}" in err
+    assert not (tmp_path / "x.db").exists()
+
+
 @pytest.mark.parametrize("product_id", ["x\ny", "a\x00", "x" * 5000])
 def test_a_product_id_the_store_refuses_is_an_error(
     product_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -98,6 +100,16 @@ def test_search_filter_validation() -> None:
     for bad in ("usd", "US", "USDX", "U$D", 'U"D'):
         with pytest.raises(ValidationError, match="ISO-4217"):
             SearchFilter(currency=bad)
+
+
+def test_a_price_bound_must_be_a_finite_number() -> None:
+    """``max_price=nan`` said "Input should be greater than or equal to 0"."""
+    for bad in (math.nan, math.inf, -math.inf, np.float32("nan"), Decimal("NaN")):
+        for field in ("min_price", "max_price"):
+            with pytest.raises(ValidationError, match="must be a finite number") as raised:
+                SearchFilter(**{field: bad})
+            assert "greater than" not in str(raised.value)
+    assert SearchFilter(max_price=Decimal("60"), min_price=np.float64(5)).max_price == 60.0
     with pytest.raises(ValidationError, match="control"):
         SearchFilter(categories=["Men\n/Tops"])
     with pytest.raises(ValidationError):
