@@ -21,6 +21,7 @@ reaches the model goes through here so they all look alike to it:
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from embedding.files import read_regular
 from schema.errors import ItemError, Reason
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,14 @@ def _normalise(image: Image.Image, max_pixels: int, *, owned: bool) -> Image.Ima
 
 
 def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """A photo file's bytes: a regular file only (a folder, a device such as ``/dev/zero``, a
+    FIFO or a ``/proc`` file is refused, not read), read no further than ``max_bytes``."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        return read_regular(path, max_bytes, "a photo is an image file")
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ItemError(Reason.IMAGE_TOO_LARGE, f"{path}: over {max_bytes} bytes") from exc
         raise ItemError(Reason.UNREADABLE, f"{path}: {exc.strerror or exc}") from exc
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ItemError(Reason.IMAGE_TOO_LARGE, f"{path}: over {max_bytes} bytes")
-    return data
 
 
 def _formats() -> tuple[str, ...]:

@@ -28,20 +28,25 @@ def _not_regular(path: Path, note: str) -> OSError:
     return OSError(errno.EINVAL, f"not a regular file{f' ({note})' if note else ''}", str(path))
 
 
-def read_regular(path: Path, max_bytes: int, note: str = "") -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``. Opened without blocking (a FIFO
-    answers at once) and checked on the open descriptor, so a path swapped meanwhile is
-    checked too; a larger file is ``OSError(EFBIG)``, read no further than the limit."""
+def read_regular(path: Path, max_bytes: int | None, note: str = "") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (None: no limit). Opened without
+    blocking (a FIFO answers at once) and checked on the open descriptor, so a path swapped
+    meanwhile is checked too; a larger file is ``OSError(EFBIG)``, read no further than the
+    limit. A pseudo-file (``/proc``, ``/sys``: "regular" to ``stat``, of size 0, yet it reads
+    as text made on the fly) is refused as not regular once a byte is read from it."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise _not_regular(path, note)
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
     finally:
         os.close(fd)
-    if len(data) > max_bytes:
+    if data and status.st_size == 0:
+        raise _not_regular(path, note or "a pseudo-file, such as /proc's")
+    if max_bytes is not None and len(data) > max_bytes:
         raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
     return data
 

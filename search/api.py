@@ -49,12 +49,14 @@ import logging
 import math
 import numbers
 import os
+import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
+from itertools import islice
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
@@ -149,7 +151,10 @@ upright) added to those candidates too: another shop's listing saved sideways is
 the query and from the anchor by vector, as a query saved sideways is from its listings, and
 near the query turned the same way (:meth:`ProductSearch._vouched_below`)."""
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+"""A string that starts as a URL does (``scheme://``): a query photo's path never does."""
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
+_Item = TypeVar("_Item")
 _Score = TypeVar("_Score")
 """What a candidate carries beside its row: its similarity to the query, where known."""
 ImageLoader: TypeAlias = Callable[[ImageInput, int], Image.Image]
@@ -258,22 +263,54 @@ def _load_scales(source: ImageInput, max_pixels: int, min_sizes: Sequence[int | 
     once where the scales agree (all formats but JPEG: :func:`embedding.decode.load_images`)."""
     from embedding.decode import load_images
 
-    if isinstance(source, str | os.PathLike) and "\x00" in str(os.fspath(source)):
-        # open() raises a bare ValueError("embedded null byte"), not an unreadable image
-        raise ItemError(Reason.UNREADABLE, f"{str(os.fspath(source))!r}: a path cannot hold "
-                        "a NUL byte")
+    if isinstance(source, str | os.PathLike):
+        _check_query_path(str(os.fspath(source)))
     images: list[Image.Image] = load_images(source, max_pixels, min_sizes, max_bytes=max_bytes)
     return images
 
 
-def _check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
-    """``images`` as the sequence of images it must be: one image (a path, bytes, a PIL
-    image) is refused, not taken for its characters or bytes ("x.jpg" searched as five
-    one-letter paths)."""
+def _check_query_path(path: str) -> None:
+    """A query photo's path as the caller's own file (read as ``open()`` would, a regular
+    file only: :func:`embedding.decode.load_images`), or a one-line :class:`ItemError`: search
+    fetches no URL (the catalog's photos are the fetcher's, under its egress policy), and an
+    empty path or one with a NUL byte names no file."""
+    if not path:
+        raise ItemError(Reason.BAD_REFERENCE, "empty path: give the photo's bytes or the path "
+                        "of an image file")
+    if _URL.match(path):
+        raise ItemError(Reason.BAD_REFERENCE, f"{path[:200]!r}: search does not fetch URLs; "
+                        "pass the photo's bytes or a local file path")
+    if "\x00" in path:
+        # open() raises a bare ValueError("embedded null byte"), not an unreadable image
+        raise ItemError(Reason.UNREADABLE, f"{path!r}: a path cannot hold a NUL byte")
+
+
+def _check_images(images: Iterable[ImageInput], most: int | None = None) -> list[ImageInput]:
+    """``images`` as the list of images it must be (a generator or any iterable too, read no
+    further than one past ``most``: :func:`_listed`): one image (a path, bytes, a PIL image)
+    is refused, not taken for its characters or bytes ("x.jpg" searched as five one-letter
+    paths)."""
     if isinstance(images, str | bytes | bytearray | memoryview | os.PathLike | Image.Image):
         raise TypeError(f"images must be a sequence of images (a list), not one "
                         f"{type(images).__name__}: use by_image for a single image")
-    return images
+    return _listed(images, most, "images", "query images")
+
+
+def _listed(items: Iterable[_Item], most: int | None, name: str, what: str) -> list[_Item]:
+    """``items`` (a list, a tuple, a generator, any iterable: ``name`` says what the argument
+    holds) as a list; more than ``most`` (None: no limit) ``what`` is a ValueError, and an
+    iterable without a length is read no further than one past ``most`` to tell."""
+    if not isinstance(items, Iterable):
+        raise TypeError(f"{name} must be a sequence of {name} (a list), not "
+                        f"{type(items).__name__}")
+    if isinstance(items, Sized):
+        if most is not None and len(items) > most:
+            raise ValueError(f"at most {most} {what}, got {len(items)}")
+        return list(items)
+    taken = list(items if most is None else islice(items, most + 1))
+    if most is not None and len(taken) > most:
+        raise ValueError(f"at most {most} {what}, got more")
+    return taken
 
 
 def _check_filter(search_filter: SearchFilter | None) -> SearchFilter | None:
@@ -470,18 +507,17 @@ class ProductSearch:
         return self.by_vectors([vector], k, filter, match)
 
     def by_images(
-        self, images: Sequence[ImageInput], k: int = _SEARCH_DEFAULTS.k,
+        self, images: Iterable[ImageInput], k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
         a close-up), each scored by its best match over all of them (and their cut-outs and
-        windows, as :meth:`by_image`)."""
-        images = _check_images(images)
-        if not len(images):
+        windows, as :meth:`by_image`). Up to ``MAX_QUERY_VECTORS``, in a list or any
+        iterable (a generator is read no further than one past the limit)."""
+        images = _check_images(images, MAX_QUERY_VECTORS)
+        if not images:
             raise ValueError("at least one image is needed")
-        if len(images) > MAX_QUERY_VECTORS:
-            raise ValueError(f"at most {MAX_QUERY_VECTORS} query images, got {len(images)}")
         vectors: list[list[float]] = []
         photos: list[PhotoFeatures] | None = [] if self._rerank else None
         for image in images:  # one photo at a time: what is kept of each is small
@@ -530,7 +566,7 @@ class ProductSearch:
 
     def by_vectors(
         self,
-        vectors: Sequence[Sequence[float] | np.ndarray],
+        vectors: Iterable[Sequence[float] | np.ndarray],
         k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
@@ -541,12 +577,12 @@ class ProductSearch:
         ``MAX_SEARCH_VECTORS``: what :meth:`by_images` searches with for its most photos
         (:meth:`query_vectors`), for a caller that embeds them itself (``lookalike eval``,
         through its cache). ``photos``: the query photos' keypoints, to re-rank by as
-        :meth:`by_images` does (:meth:`rerank`; when this search re-ranks)."""
-        if not len(vectors):
+        :meth:`by_images` does (:meth:`rerank`; when this search re-ranks). A list or any
+        iterable of vectors (a generator is read no further than one past the limit)."""
+        listed = _listed(vectors, MAX_SEARCH_VECTORS, "vectors", "query vectors")
+        if not listed:
             raise ValueError("at least one vector (or image) is needed")
-        if len(vectors) > MAX_SEARCH_VECTORS:
-            raise ValueError(f"at most {MAX_SEARCH_VECTORS} query vectors, got {len(vectors)}")
-        return self._hits([self._check_vector(v) for v in vectors], k, filter, match, (),
+        return self._hits([self._check_vector(v) for v in listed], k, filter, match, (),
                           photos)
 
     def by_product(
@@ -800,7 +836,7 @@ class ProductSearch:
         hits = [_hit(row, self._weighting.score(score, match)) for row, score in best]
         return self.rerank(hits, photos, k) if reranks and photos is not None else hits
 
-    def query_vectors(self, images: Sequence[ImageInput]) -> list[list[float]]:
+    def query_vectors(self, images: Iterable[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, one embedder call per
         photo: each photo's, followed by its own under catalog light when it is a scene
         (:func:`search.scene.white_patch`), its cut-out's when it has one and its windows'
@@ -844,9 +880,10 @@ class ProductSearch:
 
     def _check_vector(self, vector: Sequence[float] | np.ndarray) -> list[float]:
         """``vector`` as the unit vector the engines are given (:func:`search.intent.unit`:
-        normalised in float64, so its scale does not matter); ValueError for another
-        dimension, a NaN or infinite entry, or the zero vector."""
-        arr = np.asarray(vector, dtype=np.float64).reshape(-1)
+        normalised in float64, so its scale does not matter); ValueError for what is not real
+        numbers (:func:`_real_numbers`), another dimension, a NaN or infinite entry, or the
+        zero vector."""
+        arr = _real_numbers(vector).astype(np.float64).reshape(-1)
         if arr.shape[0] != self._spec.dim:
             raise ValueError(f"vector has {arr.shape[0]} dimensions, expected {self._spec.dim}")
         return [float(x) for x in unit(arr).astype(np.float32)]
@@ -988,9 +1025,37 @@ def _keep_best(best: dict[str, tuple[dict[str, Any], float]], row: dict[str, Any
 
 
 def _check_k(k: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+    """``k`` as an int: any integer (``numpy.int64(5)`` too) but a bool, from 1 to MAX_K."""
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
-    return k
+    return int(k)
+
+
+def _real_numbers(vector: object) -> np.ndarray:
+    """``vector`` as an array of real numbers: a numpy array of an integer or float dtype, or
+    a sequence of ints and floats (not bools, which numpy would read as 0 and 1); anything
+    else (strings, bytes, bools, complex numbers, None, a dict, one number) is a ValueError
+    naming what was given. numpy took strings of digits for numbers, dropped the imaginary
+    part of complex ones, and said "1 dimensions" for None."""
+    try:
+        arr = np.asarray(vector)
+    except (ValueError, TypeError):  # ragged, or refused by its own __array__
+        arr = np.asarray(None)
+    is_array = isinstance(vector, np.ndarray)
+    if arr.ndim >= 1 and arr.dtype.kind in "iuf" and (is_array or not any(
+            isinstance(x, bool | np.bool_) for x in np.asarray(vector, dtype=object).flat)):
+        return arr
+    if is_array:
+        given = f"a numpy array of {arr.dtype}"
+    elif isinstance(vector, list | tuple) and vector:
+        kinds = sorted({type(x).__name__ for x in vector if isinstance(x, bool | np.bool_)
+                        or not isinstance(x, int | float | np.integer | np.floating)})
+        given = (f"a {type(vector).__name__} holding "
+                 f"{', '.join(kinds) or 'integers too large for a float'}")
+    else:
+        given = type(vector).__name__
+    raise ValueError(f"a vector must be real numbers (a list of floats or a numpy array of "
+                     f"an integer or float dtype), not {given}")
 
 
 def _listing(row: dict[str, Any]) -> dict[str, Any]:

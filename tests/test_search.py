@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -24,6 +26,8 @@ from schema.collection import CollectionSpec
 from schema.errors import ItemError, Reason
 from search.alignment import Alignment
 from search.api import (
+    MAX_QUERY_VECTORS,
+    MAX_SEARCH_VECTORS,
     Hit,
     PriceMatch,
     ProductNotFound,
@@ -345,6 +349,106 @@ def test_arguments_of_the_wrong_type_are_refused_in_one_line(catalog: Catalog) -
         with pytest.raises(ItemError, match="cannot hold a NUL byte") as raised:
             s.by_image(path, k=3)
         assert raised.value.reason == Reason.UNREADABLE and "\n" not in str(raised.value)
+
+
+def test_a_query_path_is_the_caller_s_own_regular_file(
+        catalog: Catalog, tmp_path: Path) -> None:
+    """A path is read as ``open()`` would read the caller's file (a link followed), a regular
+    file only: a folder said "Is a directory", ``/dev/zero`` and ``/proc`` files were read,
+    a FIFO would wait for a writer. A URL is not fetched and ``""`` names no file (it said
+    ".: Is a directory")."""
+    s = catalog.search
+    photo = tmp_path / "q.png"
+    catalog.embedder.picture((200, 10, 10), rotate(0.98, towards=4)).save(photo)
+    (tmp_path / "link.png").symlink_to(photo)
+    for path in (photo, str(photo), str(tmp_path / "link.png")):
+        assert ids(s.by_image(path, k=1)) == ["topsy"]
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    not_regular = [tmp_path, str(tmp_path), fifo]
+    not_regular += [p for p in ("/dev/zero", "/proc/self/environ") if os.path.exists(p)]
+    for path in not_regular:
+        with pytest.raises(ItemError, match="not a regular file") as raised:
+            s.by_image(path, k=3)
+        assert raised.value.reason == Reason.UNREADABLE
+    for url in ("http://127.0.0.1:1/q.jpg", "https://img.example/q.jpg", "file:///etc/passwd",
+                "s3://bucket/q.jpg"):
+        with pytest.raises(ItemError, match="search does not fetch URLs; pass the photo's bytes "
+                                            "or a local file path") as raised:
+            s.by_image(url, k=3)
+        assert raised.value.reason == Reason.BAD_REFERENCE
+        with pytest.raises(ItemError, match="does not fetch URLs"):
+            s.compare_prices(image=url)
+    with pytest.raises(ItemError, match="empty path") as raised:
+        s.by_images(["", photo], k=3)
+    assert raised.value.reason == Reason.BAD_REFERENCE
+
+
+def test_a_vector_must_be_real_numbers(catalog: Catalog) -> None:
+    """Strings of digits and booleans were searched as numbers, a complex vector lost its
+    imaginary part, a dict was a raw numpy TypeError and None had "1 dimensions"."""
+    s = catalog.search
+    q = unit(0)
+    for given, named in (([str(x) for x in q], "list holding str"),
+                         ([True] * DIM, "list holding bool"),
+                         ([*q[:-1], True], "list holding bool"),
+                         (np.ones(DIM, dtype=bool), "numpy array of bool"),
+                         (np.asarray(q, dtype=complex), "numpy array of complex128"),
+                         (bytes(DIM), "not bytes"), ("0" * DIM, "not str"),
+                         ({"a": 1.0}, "not dict"), (None, "not NoneType"), (3.0, "not float")):
+        with pytest.raises(ValueError, match=f"a vector must be real numbers.*{named}"):
+            s.by_vector(given, k=3)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="a vector must be real numbers"):
+            s.by_vectors([q, given], k=3)  # type: ignore[list-item]
+    expected = s.by_vector([1.0] * DIM, k=3)
+    for numeric in (np.ones(DIM, dtype=np.int64), np.ones(DIM, dtype=np.uint8),
+                    np.ones(DIM, dtype=np.float16), [1] * DIM, (1.0,) * DIM):
+        assert s.by_vector(numeric, k=3) == expected
+
+
+def test_k_may_be_any_integer_but_a_bool(catalog: Catalog) -> None:
+    """``numpy.int64(5)`` was refused as "k must be an integer ..., got 5"."""
+    s = catalog.search
+    for k in (np.int64(3), np.int32(3), np.uint8(3)):
+        assert s.by_vector(unit(0), k=k) == s.by_vector(unit(0), k=3)  # type: ignore[arg-type]
+    two: Any = np.int64(2)
+    assert len(s.compare_prices(product_id="tee-1", threshold=0.5, k=two)) <= 2
+    for bad in (True, np.bool_(True), 2.5, "3", None, np.int64(0)):
+        with pytest.raises(ValueError, match="k must be an integer between 1 and"):
+            s.by_vector(unit(0), k=bad)  # type: ignore[arg-type]
+
+
+def test_images_and_vectors_may_come_from_any_iterable_read_no_further_than_the_limit(
+        catalog: Catalog) -> None:
+    """A generator was ``TypeError: object of type 'generator' has no len()``."""
+    s = catalog.search
+    picture = catalog.embedder.picture((200, 10, 10), rotate(0.98, towards=4))
+    views = [rotate(0.85, towards=6), rotate(0.98, towards=4)]
+    assert s.by_images((p for p in [picture]), k=3) == s.by_images([picture], k=3)
+    assert s.by_vectors((v for v in views), k=3) == s.by_vectors(views, k=3)
+    assert s.by_vectors(np.asarray(views), k=3) == s.by_vectors(views, k=3)
+    read: list[int] = []
+
+    def endless(item: Any) -> Iterator[Any]:
+        for n in itertools.count():
+            read.append(n)
+            yield item
+
+    with pytest.raises(ValueError, match=f"at most {MAX_QUERY_VECTORS} query images, got more"):
+        s.by_images(endless(picture), k=3)
+    assert len(read) == MAX_QUERY_VECTORS + 1
+    read.clear()
+    with pytest.raises(ValueError, match=f"at most {MAX_SEARCH_VECTORS} query vectors, "
+                                         "got more"):
+        s.by_vectors(endless(unit(0)), k=3)
+    assert len(read) == MAX_SEARCH_VECTORS + 1
+    with pytest.raises(ValueError, match="at least one"):
+        s.by_images(iter([]), k=3)
+    for not_iterable in (5, None):
+        with pytest.raises(TypeError, match="images must be a sequence of images"):
+            s.by_images(not_iterable, k=3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="vectors must be a sequence of vectors"):
+            s.by_vectors(not_iterable, k=3)  # type: ignore[arg-type]
 
 
 def test_a_closed_store_fails_a_search_at_once(tmp_path: Path) -> None:

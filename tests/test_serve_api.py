@@ -274,6 +274,18 @@ def test_a_form_refuses_fields_it_would_ignore(http: TestClient) -> None:
     assert error_code(http.post("/v1/search", files=files), 422) == "invalid_request"
 
 
+def test_no_route_takes_a_path_or_url_for_the_query_photo(http: TestClient) -> None:
+    """``ProductSearch`` reads a string image as the caller's own file: the HTTP API passes it
+    uploaded bytes only. A JSON ``image`` field is an unknown field, and an ``image`` form
+    field sent as text rather than as a file is no upload."""
+    for path in ("/v1/search", "/v1/compare-prices"):
+        for ref in ("/etc/passwd", "file:///etc/passwd", "http://169.254.169.254/"):
+            as_json = http.post(path, json={"image": ref, "product_id": "red-tee"})
+            assert error_code(as_json, 422) == "invalid_request"
+            as_text = http.post(path, files={"image": (None, ref)})
+            assert error_code(as_text, 422) == "missing_image"
+
+
 def test_a_category_sent_as_a_file_is_refused(http: TestClient) -> None:
     """It was dropped: the filter ignored, unfiltered hits returned."""
     files = [("image", ("q.png", png(RED), "image/png")),
