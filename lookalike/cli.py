@@ -127,8 +127,10 @@ def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: boo
 
 
 def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
+    what = ("most similar products to verify first; every listing verified is returned"
+            if k_setting == "compare_k" else "number of products to return")
     p.add_argument("-k", type=int, dest=k_setting,
-                   help=f"number of products to return (default: settings search.{k_setting})")
+                   help=f"{what} (default: settings search.{k_setting})")
     p.add_argument("--category", action="append", default=[],
                    help="category path; matches its sub-paths too (repeatable)")
     p.add_argument("--min-price", type=_finite)
@@ -187,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _match_arg(p)
     _filter_args(p, "k")
 
-    p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first")
+    p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first "
+                                              "(prices are not converted: --currency)")
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="?")
     p.add_argument("--product-id")

@@ -67,13 +67,21 @@ def _clipped(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
+def _price(price: float) -> str:
+    """A stored price as text: two decimals, or up to the four a price may have (0.0049 was
+    printed 0.00, the cheapest listing at no price)."""
+    text = f"{price:.4f}".rstrip("0")
+    decimals = len(text.partition(".")[2])
+    return f"{price:.{max(2, decimals)}f}"
+
+
 def _print_hits(items: Sequence[Any], score_name: str = "score") -> None:
     if not items:
         print("  (no matches)")
     for rank, hit in enumerate(items, 1):
         score = getattr(hit, score_name)
-        print(f"  {rank:>2}. {score:.3f}  {hit.product_id:<24} {hit.price:>9.2f} {hit.currency}"
-              f"  {hit.category[:34]:<34}  {hit.title[:48]}")
+        print(f"  {rank:>2}. {score:.3f}  {hit.product_id:<24} {_price(hit.price):>9} "
+              f"{hit.currency}  {hit.category[:34]:<34}  {hit.title[:48]}")
 
 
 def _search_filter(args: argparse.Namespace) -> SearchFilter | None:

@@ -168,6 +168,7 @@ _HIT_FIELDS = [
     "seller_id",
     "image_ref",
     "image_key",
+    "version",
 ]
 
 
@@ -900,12 +901,13 @@ class ProductSearch:
         check_string(product_id, "product_id")
         rows = self._checked(partial(
             self._store.query, self._spec.name, self._base().eq("product_id", product_id),
-            ["pk", "vector", "image_ref"], limit=MAX_PRODUCT_IMAGES, consistency=self._consistency,
-            op="product_vectors"))
+            ["pk", "vector", "image_ref", "version"], limit=MAX_PRODUCT_IMAGES,
+            consistency=self._consistency, op="product_vectors"))
         if not rows:
             self._confirm_model()
             raise ProductNotFound(product_id, self._embedder.model_version)
         rows = sorted(rows, key=lambda r: str(r["pk"]))
+        self._observe_versions(rows)
         return [([float(x) for x in r["vector"]], str(r["image_ref"])) for r in rows]
 
     def _search(
@@ -928,8 +930,16 @@ class ProductSearch:
             self._recover_short_page(vectors, k, search_filter, exclude, best)
         if not best:
             self._confirm_model()
+        self._observe_versions(row for row, _ in best.values())
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], str(rs[0]["product_id"])))
         return ranked[:k]
+
+    def _observe_versions(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Tell the verifier the stored version of each row's photo, so that a photo it cached
+        at another version is read again (:meth:`SameItemVerifier.observe`)."""
+        if self._verifier is not None:
+            self._verifier.observe((str(row["image_ref"]), int(row["version"]))
+                                   for row in rows if row.get("version") is not None)
 
     def _where(self, search_filter: SearchFilter | None, exclude: Sequence[str]) -> Any:
         return add_filter(self._base(), search_filter).not_in("product_id", exclude)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -82,6 +82,9 @@ VOTE_FEATURES = 100
 photo in :meth:`SameItemVerifier.keypoint_votes`."""
 CACHE_SIZE = 2048
 """Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
+VERSIONS_KEPT = 4
+"""Stored versions remembered per cached photo (``VERSIONS_KEPT * CACHE_SIZE`` references,
+~100 bytes each): a search reads more rows than it verifies."""
 Overlay = Literal["open", "covers", "closed", "relit"]
 """When the rule's overlay route may accept a pair: ``open`` always; ``covers`` only for what a
 cover explains: where the grey levels over the whole compared region disagree
@@ -750,7 +753,10 @@ class SameItemVerifier:
                  cache_size: int = CACHE_SIZE) -> None:
         self._load = load_gallery
         self.rule = rule or SameItemRule()
-        self._cache: OrderedDict[str, PhotoFeatures] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[int | None, PhotoFeatures]] = OrderedDict()
+        """``image_ref`` -> (the stored version it was read at, where known; its features)."""
+        self._versions: OrderedDict[str, int] = OrderedDict()
+        """``image_ref`` -> the stored version the last search read (see :meth:`observe`)."""
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -762,16 +768,33 @@ class SameItemVerifier:
         byte cap and deadline apply here as in ingest and reindex."""
         return cls(fetching_loader(fetcher, max_pixels), rule)
 
+    def observe(self, versions: Iterable[tuple[str, int]]) -> None:
+        """The stored ``version`` of listing photos, as a search has just read their rows. A
+        photo cached at another version (or at none known) is forgotten: a listing re-upserted
+        with new content at the same reference (a file replaced, a CDN URL that now serves
+        another photo) is then verified by its new photo, as ingest embedded it, not by the
+        features read before (a long-lived search process kept accepting the old photo)."""
+        with self._lock:
+            for image_ref, version in versions:
+                self._versions[image_ref] = version
+                self._versions.move_to_end(image_ref)
+                cached = self._cache.get(image_ref)
+                if cached is not None and cached[0] != version:
+                    del self._cache[image_ref]
+            while len(self._versions) > VERSIONS_KEPT * self._cache_size:
+                self._versions.popitem(last=False)
+
     def gallery_features(self, image_ref: str) -> PhotoFeatures:
         """Features of a stored listing photo, from the cache or loaded and computed."""
         with self._lock:
             found = self._cache.get(image_ref)
             if found is not None:
                 self._cache.move_to_end(image_ref)
-                return found
+                return found[1]
+            version = self._versions.get(image_ref)
         features = photo_features(self._load(image_ref))
         with self._lock:
-            self._cache[image_ref] = features
+            self._cache[image_ref] = (version, features)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return features

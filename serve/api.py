@@ -118,7 +118,10 @@ class FilterOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: StrictInt | None = Field(default=None, ge=1, le=MAX_K, description="hits to return")
+    k: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_K,
+        description="hits to return; for compare-prices, the most similar products verified "
+                    "first (every listing verified is returned)")
     categories: list[str] = Field(default_factory=list, max_length=64,
                                   description="category paths; sub-paths match too")
     min_price: Price | None = None

@@ -1068,3 +1068,11 @@ def test_a_taken_port_is_reported_before_keras_is_imported(
                  str(tmp_path / "m.db"), *broker])
     assert code == ExitCode.USAGE
     assert "in use" in one_error(capsys, command)
+
+
+def test_prices_print_with_the_decimals_they_have() -> None:
+    """The table printed every price with two decimals: 0.0049 GBP showed as 0.00, the
+    cheapest listing at no price."""
+    from lookalike.commands import _price
+    assert [_price(p) for p in (45.0, 19.99, 0.0049, 12.5, 0.1234, 1e12)] == [
+        "45.00", "19.99", "0.0049", "12.50", "0.1234", "1000000000000.00"]

@@ -1245,3 +1245,34 @@ def test_corroboration_does_not_overrule_evidence_of_another_variant() -> None:
     assert out[2][1] is shade and out[3][1] is other_print
     alone = [(row("b"), shifted), (row("c"), shade)]
     assert search_api._corroborate(verifier, alone) == alone
+
+
+def test_a_listing_re_upserted_at_the_same_reference_is_verified_by_its_new_photo(
+        milvus: Milvus) -> None:
+    """The verifier cached listing photos by reference alone: a listing re-upserted with new
+    content at the same path or URL (ingest embedded the new photo) kept being verified by the
+    photo read before, in a long-lived search process. A row read at another stored version
+    makes the verifier read the photo again; the same version reads nothing again."""
+    s = milvus.new_spec(prefix="reread")
+    ensure_collections(milvus.store, s)
+    sink = MilvusSink(milvus.store, s)
+    sink.apply(WritePlan(upserts=[record("a", "ra", rotate(0.99)),
+                                  record("b", "rb", rotate(0.98))]))
+    calls: dict[str, int] = {}
+
+    def load(ref: str) -> Image.Image:
+        calls[ref] = calls.get(ref, 0) + 1
+        return textured_photo(1)
+
+    search = ProductSearch(milvus.store, s, FakeEmbedder(), consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS, verifier=SameItemVerifier(load))
+    try:
+        first = search.compare_prices(product_id="a", threshold=0.5)
+        assert [m.product_id for m in first] == ["b"]
+        search.compare_prices(product_id="a", threshold=0.5)
+        assert calls == {"https://img.example/ra.jpg": 1, "https://img.example/rb.jpg": 1}
+        sink.apply(WritePlan(upserts=[record("b", "rb", rotate(0.98), version=2)]))
+        assert [m.product_id for m in search.compare_prices(product_id="a", threshold=0.5)] == ["b"]
+        assert calls == {"https://img.example/ra.jpg": 1, "https://img.example/rb.jpg": 2}
+    finally:
+        milvus.drop(s)
