@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 
+LAG_EVERY_S = 0.5
+"""How often the loop hands ``Runner.on_lag`` the events behind (``KafkaSource.behind``):
+often enough for a scrape to see a stall, without a pass over the assignment per poll."""
+
 
 class IngestError(RuntimeError):
     """A batch could not be written; its offsets (and later ones) stay uncommitted."""
@@ -136,17 +140,16 @@ class Runner:
         self._in_flight: list[Batch] = []
         self._seq = 0
         self.report = RunReport()
+        self.on_lag: Callable[[dict[TopicPartition, int | None]], None] | None = None
+        """Called on this thread with ``KafkaSource.behind()`` every :data:`LAG_EVERY_S`
+        (the ingest metrics' lag gauge), whether or not batches commit."""
+        self._lag_at = 0.0
         source.on_revoked = self._on_revoked
 
     def stop(self, reason: str = "signal") -> None:
         """Ask the loop to finish: safe to call from a signal handler or another thread."""
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
-
-    def lag(self) -> dict[TopicPartition, int | None]:
-        """Events behind per assigned partition (``KafkaSource.lag``). Only from the thread
-        running :meth:`run`, the consumer's owner: ``on_batch`` callbacks may call it."""
-        return self._source.lag()
 
     def run(self, *, until_caught_up: bool = False) -> RunReport:
         started = time.monotonic()
@@ -162,6 +165,7 @@ class Runner:
                     self._add(records)
                 self._forget_revoked()
                 self._source.commit_owed()
+                self._report_lag()
                 self._maybe_submit()
                 if self._idle():
                     self._idle_work(final=False)
@@ -177,6 +181,12 @@ class Runner:
         if self._failure is not None:
             raise IngestError(f"ingest stopped: {self._failure!r}") from self._failure
         return self.report
+
+    def _report_lag(self) -> None:
+        if self.on_lag is None or time.monotonic() < self._lag_at:
+            return
+        self._lag_at = time.monotonic() + LAG_EVERY_S
+        self.on_lag(self._source.behind())
 
     # -- batching -------------------------------------------------------------------------
 
@@ -293,6 +303,8 @@ class Runner:
         revoked, self._taken = self._revocations.take()
         if not revoked:
             return
+        self._source.forget(revoked)
+        self._lag_at = 0.0  # their lag series go at once
         first = {tp: off for tp, off in self._unrewound.items() if tp in revoked}
         self._unrewound = {tp: off for tp, off in self._unrewound.items() if tp not in revoked}
 

@@ -112,6 +112,10 @@ class KafkaSource:
         self._topic = topic
         self._paused = False
         self._owed: Offsets = {}
+        self._committed: Offsets = {}
+        """Per partition, the offset its group has committed as far as this consumer knows:
+        its last commit, else the first offset it read since it was (re)assigned
+        (:meth:`behind`). Poll thread only."""
         self._clock = clock
         self._retry_owed_at = 0.0
         self.on_revoked: Callable[[set[TopicPartition]], None] = lambda _tps: None
@@ -138,7 +142,16 @@ class KafkaSource:
         records: list[ConsumerRecord] = []
         for tp_records in batches.values():
             records.extend(tp_records)
+        self._note_read(records)
         return records
+
+    def _note_read(self, records: list[ConsumerRecord]) -> None:
+        """A partition read from with no commit of this consumer's since its assignment was
+        read from its committed offset on: its first record's is it."""
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in self._committed:
+                self._committed[tp] = r.offset
 
     def _read_past(self, exc: Errors.CorruptRecordError, max_records: int) -> list[ConsumerRecord]:
         """``poll()`` raised for a record kafka-python cannot decode (a header key that is not
@@ -159,6 +172,7 @@ class KafkaSource:
             self._consumer.seek(failed.tp, resume)
         except ValueError:  # not assigned here any more: its next owner meets the record
             return []
+        self._note_read(records)
         bad = [r.offset for r in records if isinstance(r, UnreadableRecord)]
         log.warning("partition %d: kafka-python cannot decode a record batch (%s); read it "
                     "here from offset %d: %d record(s), unreadable (dead-lettered): %s; going "
@@ -193,6 +207,7 @@ class KafkaSource:
                 self._consumer.seek(tp, offset)
             except ValueError:  # not assigned here: its next owner reads from the commit
                 continue
+            self._committed[tp] = min(offset, self._committed.get(tp, offset))
             log.info("partition %d handed back: reading again from offset %d",
                      tp.partition, offset)
 
@@ -224,8 +239,15 @@ class KafkaSource:
             if not getattr(exc, "retriable", False):
                 raise
             return self._deferred(exc)
+        self._committed.update(self._owed)
         self._owed = {}
         return True
+
+    def forget(self, revoked: Iterable[TopicPartition]) -> None:
+        """Partitions revoked (on the poll thread, when the loop deals with the revocation):
+        what this consumer knew of their commits may be another member's past now."""
+        for tp in revoked:
+            self._committed.pop(tp, None)
 
     def _deferred(self, exc: Exception) -> bool:
         log.warning("commit deferred (%s); retried in %.0fs or with the next batch",
@@ -253,6 +275,23 @@ class KafkaSource:
         for tp, position in _fetch_positions(self._consumer).items():
             high = self._consumer.highwater(tp)
             result[tp] = None if high is None or position is None else max(0, high - position)
+        return result
+
+    def behind(self) -> dict[TopicPartition, int | None]:
+        """Events not yet committed per assigned partition: the fetch high-water mark minus
+        the committed offset (:attr:`_committed`, or the position where nothing was read
+        since the assignment: it starts at the commit). Unlike :meth:`lag`, events read but
+        waiting in the pipeline count, so a stalled pipeline shows its backlog growing (as
+        far as fetches reach: a paused partition's mark stays at its last fetch response).
+        Only what the consumer already holds is read: no broker round trip, cheap enough for
+        every turn of the loop. ``None``: not known yet."""
+        owned = self._consumer.assignment()
+        self._committed = {tp: off for tp, off in self._committed.items() if tp in owned}
+        result: dict[TopicPartition, int | None] = {}
+        for tp, position in _fetch_positions(self._consumer).items():
+            high = self._consumer.highwater(tp)
+            base = self._committed.get(tp, position)
+            result[tp] = None if high is None or base is None else max(0, high - base)
         return result
 
     def caught_up(self) -> bool:

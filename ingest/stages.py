@@ -62,8 +62,9 @@ class StateStore(Protocol):
     def get_states(self, product_ids: Sequence[str]) -> dict[str, ProductState]: ...
 
     def apply(self, plan: WritePlan) -> Any:
-        """Write ``plan``; a result with ``seconds_by_op()`` (the sink's ``WriteResult``)
-        puts Milvus time per operation into the batch log."""
+        """Write ``plan``; a result with ``seconds_by_op()``, ``repriced`` and ``deleted``
+        (the sink's ``WriteResult``) puts Milvus time per operation and the rows rewritten
+        and deleted into the batch log."""
         ...
 
 
@@ -80,6 +81,10 @@ class BatchStats:
     images_failed: Counter[str] = field(default_factory=Counter)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
     rows_upserted: int = 0
+    rows_rewritten: int = 0
+    """Image rows rewritten in place by price changes (the sink's ``WriteResult.repriced``)."""
+    rows_deleted: int = 0
+    """Image rows deleted: of delisted products, pruned images, repairs (``WriteResult``)."""
     decode_s: float = 0.0
     embed_s: float = 0.0
     write_s: float = 0.0
@@ -90,7 +95,7 @@ class BatchStats:
     def add(self, other: BatchStats) -> None:
         for name in (
             "events", "applied", "stale", "dead_lettered", "revoked", "images_ok",
-            "rows_upserted",
+            "rows_upserted", "rows_rewritten", "rows_deleted",
             "decode_s", "embed_s", "write_s",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -108,7 +113,9 @@ class BatchStats:
             f"events={self.events} applied={self.applied} stale={self.stale} "
             f"dead_lettered={self.dead_lettered} dlq_reasons={dlq} revoked={self.revoked} "
             f"images={self.images_ok} "
-            f"image_failures={failed} rows={self.rows_upserted} decode_s={self.decode_s:.3f} "
+            f"image_failures={failed} rows={self.rows_upserted} "
+            f"rewritten={self.rows_rewritten} deleted={self.rows_deleted} "
+            f"decode_s={self.decode_s:.3f} "
             f"embed_s={self.embed_s:.3f} write_s={self.write_s:.3f} milvus_s={milvus} "
             f"freshness_p50_ms={np.percentile(fresh, 50):.0f} "
             f"freshness_max_ms={fresh.max():.0f}"
@@ -342,6 +349,8 @@ class Stages:
             seconds_by_op = getattr(result, "seconds_by_op", None)
             if seconds_by_op is not None:
                 batch.stats.milvus_s.update(seconds_by_op())
+            batch.stats.rows_rewritten = int(getattr(result, "repriced", 0))
+            batch.stats.rows_deleted = int(getattr(result, "deleted", 0))
         return plan
 
     def _plan(self, batch: Batch, states: dict[str, ProductState]) -> WritePlan:
@@ -390,7 +399,8 @@ class Stages:
                 assert failure is not None
                 stats.dead_lettered += 1
                 stats.dlq_reasons[failure.reason.value] += 1
+                record = batch.records[item.index]
                 log.warning(
-                    "dead-lettered offset=%s reason=%s detail=%s",
-                    batch.records[item.index].offset, failure.reason.value, failure.detail[:300],
+                    "dead-lettered record=%s-%s@%s reason=%s detail=%s", record.topic,
+                    record.partition, record.offset, failure.reason.value, failure.detail[:300],
                 )

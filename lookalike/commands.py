@@ -141,11 +141,13 @@ def _ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
     def on_batch(batch: Batch, _report: RunReport) -> None:
         bar.update(len(batch.records))
         if metrics is not None:
-            metrics.observe_batch(batch, runner.lag())  # on the poll thread: may ask the lag
+            metrics.observe_batch(batch)
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         runner = build_runner(settings, embedder, versions.store, target, pool, on_batch,
                               after_write=guard.check)
+        if metrics is not None:
+            runner.on_lag = metrics.observe_lag  # on the poll thread, every few turns
         try:
             with stop_on_signals(runner):
                 report = runner.run(until_caught_up=until_caught_up)

@@ -56,6 +56,23 @@ class Reason(str, Enum):
         return self.value
 
 
+DEAD_LETTER_REASONS: tuple[Reason, ...] = (
+    Reason.MESSAGE_TOO_LARGE, Reason.MALFORMED_JSON, Reason.INVALID_EVENT,
+    Reason.UNSUPPORTED_SCHEMA_VERSION, Reason.MISSING_KEY, Reason.KEY_MISMATCH,
+    Reason.CORRUPT_RECORD, Reason.ALL_IMAGES_FAILED, Reason.PRODUCT_NOT_LISTED,
+    Reason.SUPERSEDED_UPSERT_FAILED,
+)
+"""The reasons an event is dead-lettered for (the metrics declare one series each)."""
+
+IMAGE_REASONS: tuple[Reason, ...] = (
+    Reason.ADDRESS_NOT_ALLOWED, Reason.PATH_NOT_ALLOWED, Reason.NOT_FOUND, Reason.UNREADABLE,
+    Reason.HTTP_STATUS, Reason.TOO_MANY_REDIRECTS, Reason.TIMEOUT, Reason.UNREACHABLE,
+    Reason.BAD_REFERENCE, Reason.INLINE_IMAGE, Reason.EMPTY_IMAGE, Reason.IMAGE_TOO_LARGE,
+    Reason.CORRUPT_IMAGE, Reason.UNSUPPORTED_FORMAT, Reason.IMAGE_ERROR,
+)
+"""The reasons an image cannot be used for (counted per image)."""
+
+
 def printable(detail: str) -> str:
     """``detail`` with control characters escaped (``\\x00``): a detail can quote what a
     sender or a server sent (a NUL in a redirect's Location), and it goes into log lines and

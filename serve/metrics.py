@@ -5,8 +5,8 @@ tests can build as many apps as they like. ``ProductSearch`` stays unaware of me
 request's model time comes from a thin wrapper around the embedder (:class:`TimedEmbedder`), its
 Milvus time from the store's own per-thread call recording (``MilvusStore.recording``), both
 measured on the worker thread that serves it. Ingest series are filled from the runner's
-``on_batch`` callback, which runs on the poll thread, the only thread allowed to ask the consumer
-for its lag.
+``on_batch`` callback after each commit, and the lag from its ``on_lag`` on every few turns of
+the poll loop (the only thread allowed to ask the consumer), so a stalled pipeline shows it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ingest.stages import Batch
+from schema.errors import DEAD_LETTER_REASONS, IMAGE_REASONS
 from store import CallTiming
 from store.recorder import ThreadRecorder
 
@@ -89,12 +90,16 @@ class TimedEmbedder:
 
 
 class IngestMetrics:
-    """Events by outcome, image failures, stage durations, freshness, lag, rows written."""
+    """Events by outcome, image failures, stage durations, freshness, lag, rows written.
+
+    Every outcome and reason series exists from the start at 0, so an alert on its
+    increase (or on its absence) works before the first one happens."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "lookalike_ingest_events", "Events that ended, by outcome (applied, stale, "
-            "dead_lettered) and dead-letter reason", ["outcome", "reason"], registry=registry,
+            "dead_lettered, revoked: left to the partition's new owner) and dead-letter reason",
+            ["outcome", "reason"], registry=registry,
         )
         self.images = Counter(
             "lookalike_ingest_images", "Images embedded", registry=registry,
@@ -118,19 +123,36 @@ class IngestMetrics:
         )
         self.lag = Gauge(
             "lookalike_ingest_consumer_lag_events",
-            "Events not yet consumed per partition (high-water mark minus position), as of "
-            "the last committed batch", ["topic", "partition"], registry=registry,
+            "Events not yet committed per assigned partition (fetch high-water mark minus "
+            "committed offset), refreshed every half second by the poll loop",
+            ["topic", "partition"], registry=registry,
         )
         self.rows = Counter(
             "lookalike_ingest_rows_written", "Image rows upserted into Milvus",
             registry=registry,
         )
+        self.rows_rewritten = Counter(
+            "lookalike_ingest_rows_rewritten", "Image rows rewritten in place by price changes",
+            registry=registry,
+        )
+        self.rows_deleted = Counter(
+            "lookalike_ingest_rows_deleted", "Image rows deleted (delisted products, pruned "
+            "images, repairs)", registry=registry,
+        )
+        self._lag_series: set[tuple[str, str]] = set()
+        for outcome in ("applied", "stale", "revoked"):
+            self.events.labels(outcome, "")
+        for reason in DEAD_LETTER_REASONS:
+            self.events.labels("dead_lettered", reason.value)
+        for reason in IMAGE_REASONS:
+            self.image_failures.labels(reason.value)
 
-    def observe_batch(self, batch: Batch, lag: Mapping[Any, int | None]) -> None:
-        """Count one committed batch; ``lag`` maps TopicPartition -> events behind."""
+    def observe_batch(self, batch: Batch) -> None:
+        """Count one committed batch."""
         s = batch.stats
         self.events.labels("applied", "").inc(s.applied)
         self.events.labels("stale", "").inc(s.stale)
+        self.events.labels("revoked", "").inc(s.revoked)
         for reason, n in s.dlq_reasons.items():
             self.events.labels("dead_lettered", reason).inc(n)
         self.images.inc(s.images_ok)
@@ -143,9 +165,22 @@ class IngestMetrics:
         for ms in s.freshness_ms:
             self.freshness.observe(max(0.0, ms / 1000.0))
         self.rows.inc(s.rows_upserted)
+        self.rows_rewritten.inc(s.rows_rewritten)
+        self.rows_deleted.inc(s.rows_deleted)
+
+    def observe_lag(self, lag: Mapping[Any, int | None]) -> None:
+        """``lag`` maps each assigned TopicPartition to the events behind (None: not known
+        yet, not reported). The series of partitions no longer assigned here (revoked) go:
+        their new owner reports them."""
+        seen: set[tuple[str, str]] = set()
         for tp, behind in lag.items():
             if behind is not None:
-                self.lag.labels(tp.topic, str(tp.partition)).set(behind)
+                labels = (tp.topic, str(tp.partition))
+                self.lag.labels(*labels).set(behind)
+                seen.add(labels)
+        for labels in self._lag_series - seen:
+            self.lag.remove(*labels)
+        self._lag_series = seen
 
 
 def publish_model_version(registry: CollectorRegistry, model_version: str) -> None:

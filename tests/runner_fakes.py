@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kafka import TopicPartition
@@ -69,6 +69,9 @@ class FakeSource(KafkaSource):
 
     def commit_owed(self) -> bool:
         return True  # every commit lands at once here
+
+    def forget(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
 
     def caught_up(self) -> bool:
         return self.committed == len(self._records)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,9 @@ class TwoPartitionSource(KafkaSource):
 
     def rewind(self, offsets: Offsets) -> None:
         self.rewinds.append(dict(offsets))
+
+    def forget(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
 
     def caught_up(self) -> bool:
         return self._served

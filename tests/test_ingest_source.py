@@ -9,22 +9,27 @@ flaky ``test_second_consumer_joins_mid_stream`` waited for them in vain).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from kafka import TopicPartition
 from kafka import errors as Errors
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
 from ingest.fetch import ImageFetcher
+from ingest.plan import WritePlan
+from ingest.sink import WriteResult
 from ingest.source import OWED_RETRY_S, KafkaSource
 from tests.pipeline_support import upsert_payload, write_image
-from tests.runner_fakes import TOPIC, FlakyStore, fake_runner, record
+from tests.runner_fakes import TOPIC, FakeSource, FlakyStore, fake_runner, record
 
 TP = TopicPartition(TOPIC, 0)
 
@@ -177,3 +182,110 @@ def test_records_dropped_at_a_revoke_are_read_again_when_the_partition_comes_bac
     assert consumer.seeks in ([0], [4]), "read again from the first record not written"
     assert consumer.committed == {TP: n}
     assert set(store.states) == {f"p{i}" for i in range(n)}
+
+
+class PositionedConsumer(FakeConsumer):
+    """A fetch position and a high-water mark, where ``KafkaSource`` reads them in
+    kafka-python (its subscription state, ``highwater()``); 2 records per poll."""
+
+    def __init__(self, records: list[ConsumerRecord], high: int) -> None:
+        super().__init__(records)
+        self._all = records
+        self.high = high
+        self.position = 0
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        out = self._all[self.position : self.position + min(max_records, 2)]
+        self.position += len(out)
+        if not out:
+            time.sleep(timeout_ms / 1000)
+        return {TP: out} if out else {}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.high
+
+    @property
+    def _subscription(self) -> Any:  # TopicPartition -> TopicPartitionState.position.offset
+        return SimpleNamespace(assignment={
+            TP: SimpleNamespace(position=SimpleNamespace(offset=self.position))})
+
+
+def test_lag_counts_from_the_commit_and_grows_while_the_pipeline_stalls(tmp_path: Path) -> None:
+    """``lookalike_ingest_consumer_lag_events`` read 0 while events waited unwritten: it was
+    set only when a batch committed, from the read position. Now it is high-water minus the
+    committed offset, handed to ``on_lag`` every few turns of the loop, commit or not."""
+    n = 8
+    records = []
+    for i in range(n):
+        write_image(tmp_path / f"p{i}.png", seed=i)
+        payload = json.dumps(upsert_payload(f"p{i}", 1, [f"p{i}.png"])).encode()
+        records.append(record(i, payload, f"p{i}".encode()))
+    consumer = PositionedConsumer(records, high=n)
+    source = KafkaSource(consumer, TOPIC)
+    store = FlakyStore()
+    store.down.set()  # Milvus away: every batch waits in the write stage, nothing commits
+    seen: list[int | None] = []
+    with ThreadPoolExecutor(4) as pool:
+        runner, _ = fake_runner(ImageFetcher([tmp_path]), store, source, pool)
+        runner.on_lag = lambda lag: seen.append(lag.get(TP))
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while consumer.position < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.6)  # one more lag turn with everything read
+        assert consumer.position == n and consumer.committed == {}
+        assert source.lag() == {TP: 0}, "everything was read..."
+        assert seen[-1] == n, "...and nothing committed: all of it is behind"
+        store.down.clear()
+        while consumer.committed.get(TP) != n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.6)
+        runner.stop("test")
+        thread.join(10)
+    assert consumer.committed == {TP: n} and seen[-1] == 0
+    consumer.high = n + 5  # five more published, not fetched yet
+    assert source.behind() == {TP: 5}
+    source.forget([TP])  # revoked: what it knew of the commit goes; the position stands in
+    assert source.behind() == {TP: 5}
+
+
+class CountingStore(FlakyStore):
+    """Answers each write as the sink does: a ``WriteResult`` with the rows rewritten by the
+    plan's price changes (one per product here) and deleted with its delisted products."""
+
+    def apply(self, plan: WritePlan) -> WriteResult:
+        super().apply(plan)
+        return WriteResult(upserted=len(plan.upserts), repriced=len(plan.price_updates),
+                           deleted=len(plan.delete_products))
+
+
+def test_the_batch_line_counts_rows_rewritten_and_deleted_and_names_dead_letters(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only upserted rows were counted (``rows=``): price rewrites and deletes were not; and a
+    dead letter's line named its offset but not its partition."""
+    payloads: list[tuple[bytes, bytes]] = []
+    for i in range(2):
+        write_image(tmp_path / f"p{i}.png", seed=i)
+        payloads.append((f"p{i}".encode(),
+                         json.dumps(upsert_payload(f"p{i}", 1, [f"p{i}.png"])).encode()))
+    payloads += [
+        (b"p0", json.dumps({"type": "product.price_changed", "product_id": "p0", "version": 2,
+                            "price": 1.5, "currency": "USD"}).encode()),
+        (b"p1", json.dumps({"type": "product.delisted", "product_id": "p1",
+                            "version": 2}).encode()),
+        (b"p9", b'{"type": "product.upserted", '),
+    ]
+    source = FakeSource([record(i, value, key) for i, (key, value) in enumerate(payloads)])
+    with ThreadPoolExecutor(2) as pool, caplog.at_level(logging.INFO):
+        runner, _ = fake_runner(ImageFetcher([tmp_path]), CountingStore(), source, pool)
+        runner._config = replace(runner._config, batch_events=2)  # upserts, then the rest
+        report = runner.run(until_caught_up=True)
+    lines = [r.getMessage() for r in caplog.records]
+    batches = [ln for ln in lines if ln.startswith("batch=")]
+    assert " rows=2 rewritten=0 deleted=0 " in batches[0]
+    assert " rows=0 rewritten=1 deleted=1 " in batches[1]
+    assert (report.totals.rows_upserted, report.totals.rows_rewritten,
+            report.totals.rows_deleted) == (2, 1, 1)
+    assert any(ln.startswith(f"dead-lettered record={TOPIC}-0@4 reason=malformed_json")
+               for ln in lines)

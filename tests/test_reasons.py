@@ -44,3 +44,12 @@ def test_details_have_their_control_characters_escaped() -> None:
                     ItemFailure(Reason.TIMEOUT, raw)):
         assert failure.detail.isprintable()
         assert failure.detail == "host\\x00.evil\\x0d\\x0aforged: 1\\x1b[2J\\x85\\u2028é"
+
+
+def test_every_reason_is_a_dead_letter_an_image_failure_or_stale() -> None:
+    """The metrics declare a series per dead-letter and image reason (serve/metrics.py): a
+    reason added to the enum but to neither list would have no series until it happened."""
+    from schema.errors import DEAD_LETTER_REASONS, IMAGE_REASONS
+
+    groups = [*DEAD_LETTER_REASONS, *IMAGE_REASONS, Reason.STALE_VERSION]
+    assert sorted(groups) == sorted(Reason)

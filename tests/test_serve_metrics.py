@@ -17,14 +17,16 @@ from lookalike.cli import build_parser
 from lookalike.commands_serve import serving_ingest_metrics
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings
+from schema.errors import DEAD_LETTER_REASONS, IMAGE_REASONS
 from serve.metrics import IngestMetrics, publish_model_version
 
 
 def a_batch() -> Batch:
-    stats = BatchStats(events=6, applied=3, stale=1, dead_lettered=2, images_ok=5,
+    stats = BatchStats(events=7, applied=3, stale=1, dead_lettered=2, revoked=1, images_ok=5,
                        images_failed=Counter({"http_error": 2, "corrupt_image": 1}),
                        dlq_reasons=Counter({"malformed_json": 1, "no_usable_image": 1}),
-                       rows_upserted=5, decode_s=0.2, embed_s=1.5, write_s=0.1,
+                       rows_upserted=5, rows_rewritten=4, rows_deleted=3,
+                       decode_s=0.2, embed_s=1.5, write_s=0.1,
                        freshness_ms=[800.0, 1200.0, 2500.0])
     return Batch(1, [], [], 5, 0.0, stats=stats)
 
@@ -37,8 +39,10 @@ def value(text: str, series: str) -> float:
 def test_a_batch_fills_the_ingest_series() -> None:
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry)
-    metrics.observe_batch(a_batch(), {TopicPartition("t", 0): 7, TopicPartition("t", 1): None})
-    metrics.observe_batch(a_batch(), {TopicPartition("t", 0): 0})
+    metrics.observe_batch(a_batch())
+    metrics.observe_batch(a_batch())
+    metrics.observe_lag({TopicPartition("t", 0): 7, TopicPartition("t", 1): None})
+    metrics.observe_lag({TopicPartition("t", 0): 0})
     text = generate_latest(registry).decode()
     assert value(text, 'lookalike_ingest_events_total{outcome="applied",reason=""}') == 6
     assert value(text, 'lookalike_ingest_events_total{outcome="stale",reason=""}') == 2
@@ -47,6 +51,9 @@ def test_a_batch_fills_the_ingest_series() -> None:
     assert value(text, 'lookalike_ingest_image_failures_total{reason="http_error"}') == 4
     assert value(text, "lookalike_ingest_images_total") == 10
     assert value(text, "lookalike_ingest_rows_written_total") == 10
+    assert value(text, "lookalike_ingest_rows_rewritten_total") == 8
+    assert value(text, "lookalike_ingest_rows_deleted_total") == 6
+    assert value(text, 'lookalike_ingest_events_total{outcome="revoked",reason=""}') == 2
     assert value(text, "lookalike_ingest_batches_total") == 2
     assert value(text, "lookalike_ingest_freshness_seconds_count") == 6
     assert value(text, 'lookalike_ingest_freshness_seconds_bucket{le="1.0"}') == 2
@@ -54,6 +61,47 @@ def test_a_batch_fills_the_ingest_series() -> None:
     assert value(text, 'lookalike_ingest_batch_stage_duration_seconds_sum{stage="embed"}') == 3.0
     assert value(text, 'lookalike_ingest_consumer_lag_events{partition="0",topic="t"}') == 0
     assert 'partition="1"' not in text  # unknown lag is not reported as 0
+
+
+def test_outcomes_add_up_to_the_events_of_the_log_line() -> None:
+    """``events=`` counts revoked events (left to the partition's new owner); the counter
+    had no such outcome, so its outcomes summed short of the log's events."""
+    registry = CollectorRegistry()
+    IngestMetrics(registry).observe_batch(a_batch())
+    text = generate_latest(registry).decode()
+    outcomes = sum(float(ln.split()[-1]) for ln in text.splitlines()
+                   if ln.startswith("lookalike_ingest_events_total{"))
+    assert outcomes == a_batch().stats.events == 7
+
+
+def test_every_reason_series_exists_at_zero_before_the_first() -> None:
+    """An alert on a dead-letter or image-failure reason (its increase, or its absence as a
+    sign the exporter broke) needs the series before the first such event."""
+    registry = CollectorRegistry()
+    IngestMetrics(registry)
+    text = generate_latest(registry).decode()
+    for reason in DEAD_LETTER_REASONS:
+        assert value(text, 'lookalike_ingest_events_total{outcome="dead_lettered",'
+                           f'reason="{reason.value}"}}') == 0
+    for reason in IMAGE_REASONS:
+        assert value(text, f'lookalike_ingest_image_failures_total{{reason="{reason}"}}') == 0
+    for outcome in ("applied", "stale", "revoked"):
+        assert value(text, f'lookalike_ingest_events_total{{outcome="{outcome}",reason=""}}') == 0
+    assert "lookalike_ingest_consumer_lag_events{" not in text
+
+
+def test_the_lag_series_of_a_revoked_partition_goes() -> None:
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    metrics.observe_lag({TopicPartition("t", 0): 3, TopicPartition("t", 1): 9})
+    metrics.observe_lag({TopicPartition("t", 0): 4})  # partition 1 moved to another consumer
+    text = generate_latest(registry).decode()
+    assert value(text, 'lookalike_ingest_consumer_lag_events{partition="0",topic="t"}') == 4
+    assert 'partition="1"' not in text, "its new owner reports it; a stale 9 stayed here"
+    metrics.observe_lag({TopicPartition("t", 1): 0})  # handed back
+    text = generate_latest(registry).decode()
+    assert value(text, 'lookalike_ingest_consumer_lag_events{partition="1",topic="t"}') == 0
+    assert 'partition="0"' not in text
 
 
 def test_ingest_metrics_port_serves_them() -> None:
@@ -64,7 +112,7 @@ def test_ingest_metrics_port_serves_them() -> None:
         port = s.getsockname()[1]
     with serving_ingest_metrics("127.0.0.1", port) as (registry, metrics):
         publish_model_version(registry, "model-x")
-        metrics.observe_batch(a_batch(), {})
+        metrics.observe_batch(a_batch())
         url = f"http://127.0.0.1:{port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert 'lookalike_model_serving_info{model_version="model-x"} 1.0' in text
