@@ -248,23 +248,29 @@ def create_app(
     roots = ImageRoots(config.image_roots)
     takes_match = "match" in inspect.signature(search.by_vectors).parameters
 
-    def recorded(fn: Callable[[], T], verifies: bool) -> T:
-        """``fn`` with this worker thread's model and Milvus calls timed, as one request."""
+    def recorded(fn: Callable[[], T], rest: str | None) -> T:
+        """``fn`` with this worker thread's model and Milvus calls timed, as one request;
+        ``rest``: the stage its other time goes to, when it answers (a request refused
+        before that work, an unknown product's comparison, is not that stage's)."""
         with embedder.recording() as model_calls, store.recording() as store_calls:
             started = time.perf_counter()
+            answered = False
             try:
-                return fn()
+                result = fn()
+                answered = True
+                return result
             finally:
                 metrics.observe_request(time.perf_counter() - started, model_calls,
-                                        store_calls, verifies=verifies)
+                                        store_calls, rest=rest if answered else None)
 
     async def on_pool(call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
-    async def run(call: Callable[[], T], *, verifies: bool = False) -> T:
-        """A search on the worker pool, timed; a failure the caller did not cause is a 503."""
+    async def run(call: Callable[[], T], *, rest: str | None = None) -> T:
+        """A search on the worker pool, timed (``rest``: :meth:`SearchMetrics.observe_request`);
+        a failure the caller did not cause is a 503."""
         try:
-            return await on_pool(partial(recorded, call, verifies))
+            return await on_pool(partial(recorded, call, rest))
         except _CALLER_ERRORS:
             raise
         except Exception as exc:
@@ -299,7 +305,8 @@ def create_app(
             options = _validated(SearchForm, fields)
             k = options.k or config.default_k
             hits = await run(partial(search.by_images, images, k=k,
-                                     filter=options.search_filter(), **matching(options)))
+                                     filter=options.search_filter(), **matching(options)),
+                             rest="photos")
         else:
             body = await _read_json(request, SearchBody)
             k = body.k or config.default_k
@@ -314,9 +321,10 @@ def create_app(
                                          filter=body.search_filter(), **matching(body)))
         return {"hits": [h.model_dump(mode="json") for h in hits]}
 
-    @app.get("/v1/products/{product_id}/similar", tags=["search"],
+    # ``path``: a product id may hold "/" (the event schema allows it), sent as is or as %2F
+    @app.get("/v1/products/{product_id:path}/similar", tags=["search"],
              summary="More like this: products similar to a stored product (never itself)")
-    @app.head("/v1/products/{product_id}/similar", include_in_schema=False)
+    @app.head("/v1/products/{product_id:path}/similar", include_in_schema=False)
     async def similar(request: Request, product_id: str,
                       options: Annotated[SimilarQuery, Query()]) -> dict[str, Any]:
         _query_once(request, frozenset({"category"}))
@@ -345,7 +353,7 @@ def create_app(
         try:
             matches = await run(partial(search.compare_prices, **query, threshold=threshold,
                                         k=body.k or config.compare_k,
-                                        filter=body.search_filter()), verifies=True)
+                                        filter=body.search_filter()), rest="verify")
         except ImageDecodeError as exc:
             if "image" in query and not isinstance(exc, StoredPhotoUnreadable):
                 raise  # the upload: the caller's problem (422)

@@ -46,23 +46,29 @@ class SearchMetrics:
         self.stage = Histogram(
             "lookalike_search_stage_duration_seconds",
             "Time a search request spent per stage: embed (its model calls), milvus (its "
-            "Milvus calls), verify (price comparison: the rest, same-item verification)",
+            "Milvus calls), photos (image search: the rest, decoding the uploads, their "
+            "features, re-ranking), verify (price comparison: the rest, same-item "
+            "verification)",
             ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
         )
 
     def observe_request(self, seconds: float, embed_s: Sequence[float],
-                        store_calls: Sequence[CallTiming], *, verifies: bool) -> None:
+                        store_calls: Sequence[CallTiming], *, rest: str | None = None) -> None:
         """One observation per stage for one search request: its model calls together, its
-        Milvus calls together, and, for requests that verify matches (price comparison),
-        the rest of its time, which the pixel-level verification dominates."""
+        Milvus calls together, and, under ``rest``, the rest of its time: ``verify`` for a
+        price comparison that answered (the pixel-level verification dominates it),
+        ``photos`` for an image search that answered (decoding the uploads, their keypoint
+        and colour features, reading listing photos to re-rank). None: not observed (a
+        vector or product search's rest is a few parsing steps; a failed request's rest did
+        not do that stage's work)."""
         model = sum(embed_s)
         milvus = sum(c.seconds for c in store_calls)
         if embed_s:
             self.stage.labels("embed").observe(model)
         if store_calls:
             self.stage.labels("milvus").observe(milvus)
-        if verifies:
-            self.stage.labels("verify").observe(max(0.0, seconds - model - milvus))
+        if rest is not None:
+            self.stage.labels(rest).observe(max(0.0, seconds - model - milvus))
 
 
 class TimedEmbedder:

@@ -12,14 +12,17 @@ MB for 75 s and more). A client that goes away before its body is read is counte
 status 499 (no answer can reach it), not as a 500 with a traceback.
 
 Requests are counted by route template (``/v1/products/{product_id}/similar``, never the
-product id): the one the router matched, or, for a body refused by its Content-Length before
-routing, the one it would have matched.
+product id, and without a path parameter's converter: ``{product_id:path}`` is counted as
+``{product_id}``): the one the router matched, or, for a body refused by its Content-Length
+before routing, the one it would have matched. The in-flight gauge leaves out the scrapes of
+``/metrics``: a scrape read itself, so an idle server showed one request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 CLIENT_GONE = 499
 """The status counted for a request whose client went away before its body was read (nginx's
 code for it): no answer is sent, and it is not the server's failure."""
+
+
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
+"""A path parameter's converter in a route template (``{product_id:path}``)."""
 
 
 class BodyRefused(Exception):
@@ -131,7 +138,9 @@ class ObserveRequests:
             await send(message)
 
         asked = dict(scope)  # routing rewrites the scope's root_path (a mount's)
-        self._metrics.in_flight.inc()
+        in_flight = scope["path"] != "/metrics"
+        if in_flight:
+            self._metrics.in_flight.inc()
         try:
             await self.app(scope, counting_receive, recording_send)
         except ClientDisconnect:  # raised by the request's body stream: the client is gone
@@ -139,7 +148,8 @@ class ObserveRequests:
                       scope["method"], scope["path"])
             status = CLIENT_GONE
         finally:
-            self._metrics.in_flight.dec()
+            if in_flight:
+                self._metrics.in_flight.dec()
             self._count(scope, status, time.perf_counter() - started, asked=asked)
 
     def _route_for(self, scope: Scope) -> BaseRoute | None:
@@ -160,7 +170,7 @@ class ObserveRequests:
         in the scope; Starlette's (/docs, /openapi.json, the /static mount) do not, and were
         all counted as "unmatched"."""
         found = route or scope.get("route") or self._route_for(asked or scope)
-        endpoint = getattr(found, "path", None) or "unmatched"
+        endpoint = _CONVERTER.sub(r"{\1}", getattr(found, "path", None) or "unmatched")
         self._metrics.requests.labels(endpoint, str(status)).inc()
         self._metrics.duration.labels(endpoint).observe(seconds)
 

@@ -52,19 +52,22 @@ class Served:
 
 def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: int = 200_000,
                  search: Any = None, config: ServeConfig | None = None,
-                 probed_store: Any = None) -> Iterator[Served]:
+                 probed_store: Any = None,
+                 catalog: dict[str, tuple[str, float, str, str, float]] | None = None
+                 ) -> Iterator[Served]:
     """The app over a small catalog whose vectors sit at known angles to the RED query;
     ``config``: limits other than the defaults (its roots, threshold and upload cap are
     replaced by the catalog's); ``probed_store``: the store the probes ask, when not the
-    catalog's (one that hangs or whose process died)."""
+    catalog's (one that hangs or whose process died); ``catalog``: another than
+    :data:`CATALOG` (its ids are the images' file names, "/" written as "_")."""
     store = MilvusStore.open(str(tmp / "serve.db"))
     spec = CollectionSpec(name="serve_api", dim=8)
     ensure_collections(store, spec)
     root = tmp / "images"
     root.mkdir()
     records = []
-    for i, (pid, (cat, price, cur, seller, sim)) in enumerate(CATALOG.items()):
-        path = root / f"{pid}.png"
+    for i, (pid, (cat, price, cur, seller, sim)) in enumerate((catalog or CATALOG).items()):
+        path = root / f"{pid.replace('/', '_')}.png"
         path.write_bytes(png((i * 40, 100, 100), 8))
         rec = record(pid, "k0", rotate(sim, towards=1 + i), category=cat, price=price,
                      currency=cur, seller_id=seller)

@@ -476,6 +476,11 @@ def test_readyz_says_what_is_missing(tmp_path: Path) -> None:
     store.close()
 
 
+def stage_count(served: Served, stage: str) -> float:
+    return served.registry.get_sample_value(
+        "lookalike_search_stage_duration_seconds_count", {"stage": stage}) or 0.0
+
+
 def test_metrics_count_requests_and_stages(http: TestClient) -> None:
     upload(http, png(RED), k="2")
     http.post("/v1/search", json={"vector": [1.0] * 3})
@@ -488,6 +493,78 @@ def test_metrics_count_requests_and_stages(http: TestClient) -> None:
     assert 'lookalike_search_stage_duration_seconds_count{stage="milvus"}' in text
     assert "lookalike_http_requests_in_flight" in text
     assert 'lookalike_http_request_duration_seconds_bucket{endpoint="/v1/search"' in text
+
+
+def test_only_a_comparison_that_verified_is_a_verify_stage(http: TestClient,
+                                                          served: Served) -> None:
+    """A comparison of an unknown product (404, before any verification) was observed as a
+    ``verify`` stage of its whole time."""
+    before = stage_count(served, "verify")
+    assert error_code(http.post("/v1/compare-prices", json={"product_id": "nope"}),
+                      404) == "unknown_product"
+    assert stage_count(served, "verify") == before
+    assert http.post("/v1/compare-prices", json={"product_id": "red-tee"}).status_code == 200
+    assert stage_count(served, "verify") == before + 1
+
+
+def test_an_image_search_s_stages_account_for_its_time(http: TestClient,
+                                                      served: Served) -> None:
+    """Decoding the upload, its features and the re-ranking were in no stage: most of an
+    image search's time was missing from the stage histogram. ``photos`` holds the rest of
+    an answered image search (a vector search has no such stage; a refused upload neither)."""
+    def stage_sums() -> dict[str, float]:
+        return {stage: served.registry.get_sample_value(
+            "lookalike_search_stage_duration_seconds_sum", {"stage": stage}) or 0.0
+            for stage in ("embed", "milvus", "photos")}
+
+    def request_sum() -> float:
+        return served.registry.get_sample_value(
+            "lookalike_http_request_duration_seconds_sum", {"endpoint": "/v1/search"}) or 0.0
+
+    photos = stage_count(served, "photos")
+    http.post("/v1/search", json={"vector": [1.0] * 8})
+    assert error_code(upload(http, b"not an image"), 422)
+    assert stage_count(served, "photos") == photos
+    stages, total = stage_sums(), request_sum()
+    assert upload(http, png(RED, 300), k="2").status_code == 200
+    assert stage_count(served, "photos") == photos + 1
+    spent = {s: v - stages[s] for s, v in stage_sums().items()}
+    took = request_sum() - total
+    assert spent["photos"] > 0
+    assert sum(spent.values()) <= took and sum(spent.values()) >= 0.5 * took, (spent, took)
+
+
+def test_the_in_flight_gauge_leaves_out_the_scrape(http: TestClient) -> None:
+    text = http.get("/metrics").text
+    assert "lookalike_http_requests_in_flight 0.0" in text
+
+
+def test_a_product_id_with_slashes_reaches_similar(tmp_path: Path) -> None:
+    """An id with "/" (the event schema allows it) answered 404 ``unmatched`` both as
+    ``a/b`` and as ``a%2Fb``. The route's metric label stays the template."""
+    catalog = {"shop/red/tee": ("Men/Tops/Tees", 20.0, "USD", "s1", 0.99),
+               "red-tee": ("Men/Tops/Tees", 12.0, "USD", "s2", 0.98),
+               "far": ("Men/Tops", 1.0, "USD", "s1", 0.10)}
+    for served in build_served(tmp_path, catalog=catalog):
+        with TestClient(served.app) as client:
+            for path in ("/v1/products/shop/red/tee/similar",
+                         "/v1/products/shop%2Fred%2Ftee/similar"):
+                answer = client.get(path, params={"k": 2})
+                assert answer.status_code == 200, answer.text
+                assert [h["product_id"] for h in answer.json()["hits"]] == ["red-tee", "far"]
+            assert client.head("/v1/products/shop/red/tee/similar").status_code == 200
+            back = client.get("/v1/products/red-tee/similar", params={"k": 1}).json()
+            assert [h["product_id"] for h in back["hits"]] == ["shop/red/tee"]
+            assert error_code(client.get("/v1/products/shop/red/tee/similarx"), 404) == \
+                "not_found"
+            assert error_code(client.get("/v1/products/shop/nope/similar"), 404) == \
+                "unknown_product"
+        counted = served.registry.get_sample_value(
+            "lookalike_http_requests_total",
+            {"endpoint": "/v1/products/{product_id}/similar", "status": "200"})
+        assert counted == 4
+        assert served.registry.get_sample_value(
+            "lookalike_http_requests_total", {"endpoint": "unmatched", "status": "404"}) == 1
 
 
 def test_a_body_refused_by_its_length_is_counted_under_its_route(http: TestClient,
