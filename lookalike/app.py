@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -467,8 +467,14 @@ def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
                      settle_s=settle_s, switch_changes=switch_changes, on_chunk=on_chunk)
 
 
+class Stoppable(Protocol):
+    """What a signal stops: the ingest runner, or a wait after it (``ingest`` lingering)."""
+
+    def stop(self, reason: str = "signal") -> None: ...
+
+
 @contextmanager
-def stop_on_signals(runner: Runner) -> Iterator[None]:
+def stop_on_signals(runner: Stoppable) -> Iterator[None]:
     """SIGTERM / Ctrl-C ask the runner to finish its in-flight work and commit; one that came
     while the command started (held: lookalike/stopping.py) asks it at once."""
 

@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -116,8 +117,29 @@ def ingest(settings: Settings, args: argparse.Namespace) -> int:
             registry, metrics = served
             publish_model_version(registry, embedder.model_version)
         with warming_up(embedder):
-            return _run_ingest(settings, embedder, versions,
-                               until_caught_up=args.until_caught_up, metrics=metrics)
+            report = _ingest(settings, embedder, versions,
+                             until_caught_up=args.until_caught_up, metrics=metrics)
+        linger_s = settings.ingest.metrics_linger_s
+        if served is not None and report.stopped_by == "caught_up" and linger_s > 0:
+            log.info("caught up; metrics stay up %gs (ingest.metrics_linger_s)", linger_s)
+            _Linger().wait(linger_s)
+        return ExitCode.OK
+
+
+class _Linger:
+    """A wait that SIGTERM or Ctrl-C ends, as they end ingest (``stop_on_signals``): the
+    metrics endpoint of ``ingest --until-caught-up`` stays up that long after the run, so
+    a scrape reads its final counts (it exited before any scrape could)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+
+    def stop(self, reason: str = "signal") -> None:
+        self._done.set()
+
+    def wait(self, seconds: float) -> None:
+        with stop_on_signals(self):
+            self._done.wait(seconds)
 
 
 def _run_ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,

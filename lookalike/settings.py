@@ -310,6 +310,10 @@ class IngestSettings(_Group):
     metrics_host: ListenHost = Field(
         default=LOCAL_HOST, description="`lookalike ingest --metrics-port`: address its "
         "/metrics listens on (also --metrics-host; 0.0.0.0 for every interface, never empty)")
+    metrics_linger_s: float = Field(
+        default=0.0, ge=0, le=3600, description="`lookalike ingest --until-caught-up "
+        "--metrics-port`: how long its /metrics stays up once the run caught up, so a scrape "
+        "reads the final counts (SIGTERM or Ctrl-C end the wait; 0: exit at once)")
 
 
 MAX_K = 1000

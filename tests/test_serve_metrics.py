@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import urllib.request
 from collections import Counter
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
+from ingest.runner import RunReport
 from ingest.stages import Batch, BatchStats
 from lookalike import commands
 from lookalike.cli import build_parser
@@ -173,3 +178,40 @@ def test_ingest_metrics_listen_on_loopback_unless_told(
     with pytest.raises(UserError, match="probed"):
         commands.ingest(Settings(), args)
     assert seen == reached
+
+
+def test_until_caught_up_keeps_its_metrics_up_for_the_linger(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ingest --until-caught-up --metrics-port`` shut its endpoint as it caught up, before
+    any scrape could read the final counts; ``ingest.metrics_linger_s`` keeps it up."""
+    monkeypatch.setenv("LOOKALIKE_INGEST__METRICS_LINGER_S", "1.5")
+    port = free_port()
+    monkeypatch.setattr(commands, "create_topics", lambda _settings: None)
+    monkeypatch.setattr(commands, "open_versions", lambda *_a, **_k: None)
+    monkeypatch.setattr(commands, "build_embedder", lambda _settings: SimpleNamespace(
+        model_version="model-x"))
+    monkeypatch.setattr(commands, "warming_up", lambda _embedder: nullcontext())
+
+    def ingest(*_args: object, metrics: IngestMetrics, **_kwargs: object) -> RunReport:
+        metrics.observe_batch(a_batch())
+        return RunReport(batches=1, stopped_by="caught_up")
+
+    monkeypatch.setattr(commands, "_ingest", ingest)
+    scraped: list[str] = []
+
+    def scrape() -> None:  # once the run has ended, while ingest lingers
+        time.sleep(0.7)
+        scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                              timeout=5).read().decode())
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    started = time.monotonic()
+    args = build_parser().parse_args(["ingest", "--until-caught-up", "--metrics-port",
+                                      str(port)])
+    assert commands.ingest(Settings(), args) == ExitCode.OK
+    scraper.join(10)
+    assert 1.5 <= time.monotonic() - started < 5
+    assert value(scraped[0], 'lookalike_ingest_events_total{outcome="applied",reason=""}') == 3
+    assert not answers("127.0.0.1", port), "closed once the linger ended"
