@@ -445,29 +445,38 @@ def models(settings: Settings, args: argparse.Namespace) -> int:
     kind = "pre-alias collection" if serving.legacy else "alias"
     print(f"{base} ({kind}) -> {serving.physical}: serving model {serving.model_version}")
     for entry in versions.entries():
-        images, products = _counts(store, entry.physical)
+        images, products, delisted = _counts(store, entry.physical)
         mark = "*" if entry.physical == serving.physical else " "
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.created_at_ms / 1000))
         print(f" {mark} {entry.status.value:<8} {entry.model_version:<60} dim={entry.dim:<5} "
-              f"images={images:<8} products={products:<8} {entry.physical}  created {created}Z")
+              f"images={images:<8} products={products:<8} delisted={delisted:<6} "
+              f"{entry.physical}  created {created}Z")
     if serving.legacy:
-        images, products = _counts(store, serving.physical)
-        print(f" * legacy   {serving.model_version}  images={images} products={products}")
+        images, products, delisted = _counts(store, serving.physical)
+        print(f" * legacy   {serving.model_version}  images={images} products={products} "
+              f"delisted={delisted}")
     for entry in versions.catch_ups_owed():
         print(f"catch-up owed from {entry.physical} (a switch was cut short after the aliases "
               f"moved): run `lookalike reindex` with model {serving.model_version}")
     return ExitCode.OK
 
 
-def _counts(store: MilvusStore, physical: str) -> tuple[str, str]:
-    """Image rows and product states (listed or not) of a physical pair: exact when loaded,
-    else ``~`` and the stored row count (which counts deleted rows until compaction)."""
-    out = []
-    for name in (physical, f"{physical}_state"):
-        if not store.has_collection(name):
-            out.append("0")
-        elif store.is_loaded(name):
-            out.append(str(store.count(name, consistency="Strong")))
-        else:
-            out.append(f"~{store.stored_rows(name)}")
-    return out[0], out[1]
+def _counts(store: MilvusStore, physical: str) -> tuple[str, str, str]:
+    """Image rows, listed products and delisted ones (whose state rows stay as tombstones,
+    so a late older upsert cannot bring them back) of a physical pair: exact when loaded,
+    else ``~`` and the stored row count (which counts deleted rows until compaction), the
+    states' for products (listed or not) and ``?`` for delisted."""
+    states = f"{physical}_state"
+    if not store.has_collection(physical):
+        images = "0"
+    elif store.is_loaded(physical):
+        images = str(store.count(physical, consistency="Strong"))
+    else:
+        images = f"~{store.stored_rows(physical)}"
+    if not store.has_collection(states):
+        return images, "0", "0"
+    if not store.is_loaded(states):
+        return images, f"~{store.stored_rows(states)}", "?"
+    listed, delisted = (store.count(states, consistency="Strong", where=f"listed == {flag}")
+                        for flag in ("true", "false"))
+    return images, str(listed), str(delisted)

@@ -625,20 +625,26 @@ def test_cli_reindex_and_models_show_the_serving_version(
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     with ThreadPoolExecutor(2) as pool:
         w = World(Milvus("lite", store), "shop", tmp_path, pool)
-        ingest(w.ingester(v1), catalog(w, 3))
+        ingest(w.ingester(v1), catalog(w, 4))
+        ingest(w.ingester(v1), [{"type": "product.delisted", "product_id": "p3",
+                                 "version": 2}])  # its state row stays: a tombstone
     common = ["--milvus-uri", db, "--collection", "shop"]
     store.close()  # the commands below open it as a new process would
 
     assert main(["models", *common]) == 0
     out = capsys.readouterr().out
     assert f"shop (alias) -> {physical_name('shop', v1.model_version)}" in out
-    assert f"serving model {v1.model_version}" in out and "products=3" in out
+    assert f"serving model {v1.model_version}" in out
+    serving_line = next(ln for ln in out.splitlines() if ln.startswith(" * "))
+    # the delisted product's tombstone was counted as a product (products=4)
+    assert " images=3 " in serving_line and " products=3 " in serving_line
+    assert " delisted=1 " in serving_line
 
     monkeypatch.setattr(commands, "build_embedder", lambda settings: v2)
     assert main(["reindex", *common, "--image-root", str(tmp_path), "--settle-s", "0"]) == 0
     out = capsys.readouterr().out
     assert f"shop now serves model {v2.model_version}" in out
-    assert "products_copied=3 products_deleted=0 images_embedded=3" in out
+    assert "products_copied=4 products_deleted=0 images_embedded=3" in out  # p3: its tombstone
 
     assert main(["models", *common]) == 0
     out = capsys.readouterr().out
