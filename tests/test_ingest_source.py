@@ -89,13 +89,19 @@ def test_owed_offsets_are_retried_after_the_delay_without_a_new_commit() -> None
     assert source.commit_owed() is True and consumer.commit_calls == 2, "nothing owed any more"
 
 
-def test_the_last_batch_refused_by_a_rebalance_is_committed_once_it_ends(tmp_path: Path) -> None:
-    n = 8
+def _upserts(folder: Path, n: int) -> list[Any]:
+    """``n`` upsert records of products p0.. with one photo each, written to ``folder``."""
     records = []
     for i in range(n):
-        write_image(tmp_path / f"p{i}.png", seed=i)
+        write_image(folder / f"p{i}.png", seed=i)
         payload = json.dumps(upsert_payload(f"p{i}", 1, [f"p{i}.png"])).encode()
         records.append(record(i, payload, f"p{i}".encode()))
+    return records
+
+
+def test_the_last_batch_refused_by_a_rebalance_is_committed_once_it_ends(tmp_path: Path) -> None:
+    n = 8
+    records = _upserts(tmp_path, n)
     consumer = FakeConsumer(records)
     consumer.rebalancing.set()  # every batch is written while the group rebalances
     source = KafkaSource(consumer, TOPIC)
@@ -159,11 +165,7 @@ def test_records_dropped_at_a_revoke_are_read_again_when_the_partition_comes_bac
     rejoin handed it straight back with its position past them; the run then ended caught up
     without them."""
     n = 12  # three full batches once the two dropped records are read again
-    records = []
-    for i in range(n):
-        write_image(tmp_path / f"p{i}.png", seed=i)
-        payload = json.dumps(upsert_payload(f"p{i}", 1, [f"p{i}.png"])).encode()
-        records.append(record(i, payload, f"p{i}".encode()))
+    records = _upserts(tmp_path, n)
     consumer = HandBackConsumer(records, hand_back_at=6)  # 4 batched, 2 pending at the revoke
     source = KafkaSource(consumer, TOPIC)
     store = FlakyStore()
@@ -215,11 +217,7 @@ def test_lag_counts_from_the_commit_and_grows_while_the_pipeline_stalls(tmp_path
     set only when a batch committed, from the read position. Now it is high-water minus the
     committed offset, handed to ``on_lag`` every few turns of the loop, commit or not."""
     n = 8
-    records = []
-    for i in range(n):
-        write_image(tmp_path / f"p{i}.png", seed=i)
-        payload = json.dumps(upsert_payload(f"p{i}", 1, [f"p{i}.png"])).encode()
-        records.append(record(i, payload, f"p{i}".encode()))
+    records = _upserts(tmp_path, n)
     consumer = PositionedConsumer(records, high=n)
     source = KafkaSource(consumer, TOPIC)
     store = FlakyStore()
