@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from ingest.publish import catalog_lines
-from schema.collection import MAX_PRODUCT_ID_BYTES
+from schema.collection import MAX_PRODUCT_ID_BYTES, too_long
 from schema.events import (
     MAX_PRICE,
     MAX_SELLER_CHARS,
@@ -42,8 +42,10 @@ from schema.events import (
     ProductDelisted,
     ProductPriceChanged,
     ProductUpserted,
+    image_key,
     normalize_category,
 )
+from schema.records import MAX_REF_LENGTH, ImageRecord, category_levels, image_pk
 from store.expressions import check_string
 
 log = logging.getLogger("lookalike")
@@ -72,6 +74,17 @@ class GalleryProduct:
     seller_id: str = "eval"
     where: str = ""
     """``FILE:LINE`` of its line, for the warnings about its photos."""
+
+    def record(self, path: Path, vector: list[float], model_version: str) -> ImageRecord:
+        """The row its photo ``path`` is indexed as (one per product and distinct photo)."""
+        key = image_key(str(path))
+        return ImageRecord(
+            pk=image_pk(self.product_id, key), product_id=self.product_id, image_key=key,
+            category=self.category, **category_levels(self.category), price=self.price,
+            currency=self.currency, title=self.title, seller_id=self.seller_id,
+            image_ref=str(path)[-MAX_REF_LENGTH:], model_version=model_version, version=1,
+            updated_at_ms=0, vector=vector,
+        )
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,18 @@ def _text(obj: dict[str, Any], key: str, default: str, most: int, where: str) ->
     return text
 
 
+def _fits(product: GalleryProduct) -> None:
+    """Every text its rows store must fit the collection's field (in bytes, as a Milvus
+    server counts them): found after the model has loaded and the photos are embedded, it
+    would read as the store failing."""
+    for path in dict.fromkeys(product.images):
+        wrong = too_long(product.record(path, [], "").to_row())
+        if wrong is not None:
+            name, size, most = wrong
+            raise ProtocolError(f"{product.where}: {name} is {size:,} bytes (UTF-8); the "
+                                f"collection stores at most {most:,}")
+
+
 def load_gallery(path: Path) -> list[GalleryProduct]:
     base = path.resolve().parent
     products: list[GalleryProduct] = []
@@ -245,6 +270,7 @@ def load_gallery(path: Path) -> list[GalleryProduct]:
             images=paths, seller_id=_text(obj, "seller_id", "eval", MAX_SELLER_CHARS, where),
             where=where,
         ))
+        _fits(products[-1])
     _missing(to_check, "gallery")
     return products
 

@@ -35,8 +35,6 @@ from evaluation.protocol import GalleryProduct, ProtocolError, Query
 from lookalike.settings import MAX_K
 from schema.collection import CollectionSpec
 from schema.errors import ItemError, ItemFailure, Reason
-from schema.events import image_key
-from schema.records import ImageRecord, category_levels, image_pk
 from search.api import ProductSearch
 from search.features import photo_features
 from search.intent import Match
@@ -326,16 +324,8 @@ def index_gallery(
             row += 1
             if row in skip:
                 continue
-            key = image_key(str(path))
-            pk = image_pk(product.product_id, key)
-            rows[pk] = ImageRecord(
-                pk=pk, product_id=product.product_id,
-                image_key=key, category=product.category, **category_levels(product.category),
-                price=product.price, currency=product.currency, title=product.title,
-                seller_id=product.seller_id, image_ref=str(path)[-2048:],
-                model_version=model_version,
-                version=1, updated_at_ms=0, vector=vectors[row].tolist(),
-            ).to_row()
+            record = product.record(path, vectors[row].tolist(), model_version)
+            rows[record.pk] = record.to_row()
     store.upsert(spec.name, list(rows.values()), op="index_gallery")
     store.flush(spec.name)
     return len(rows)

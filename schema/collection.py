@@ -27,12 +27,13 @@ were dropped because milvus-lite evaluates them row by row in Python (~0.5 s per
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schema.events import MAX_CATEGORY_CHARS, MAX_SELLER_CHARS, MAX_TITLE_CHARS
-from schema.records import ImageRecord, ProductState
+from schema.records import CATEGORY_LEVEL_FIELDS, MAX_PK_LENGTH, ImageRecord, ProductState
 
 STATE_VECTOR_FIELD = "_unused"
 STATE_VECTOR = [0.0, 0.0]
@@ -46,8 +47,35 @@ MAX_SELLER_BYTES = MAX_SELLER_CHARS * _BYTES_PER_CHAR
 MAX_IMAGE_REF_BYTES = 2048 * _BYTES_PER_CHAR
 MAX_MODEL_VERSION_BYTES = 256
 
+IMAGE_TEXT_BYTES: dict[str, int] = {
+    "pk": MAX_PK_LENGTH,
+    "product_id": MAX_PRODUCT_ID_BYTES,
+    "image_key": MAX_IMAGE_KEY_BYTES,
+    "category": MAX_CATEGORY_BYTES,
+    # an ancestor is never longer than the category
+    **{level: MAX_CATEGORY_BYTES for level in CATEGORY_LEVEL_FIELDS},
+    "currency": 3,
+    "title": MAX_TITLE_BYTES,
+    "seller_id": MAX_SELLER_BYTES,
+    "image_ref": MAX_IMAGE_REF_BYTES,
+    "model_version": MAX_MODEL_VERSION_BYTES,
+}
+"""The image collection's VARCHAR fields and their ``max_length`` (what the store creates
+them with, and what a row is held to before it is written: :func:`too_long`)."""
+
 IMAGE_FIELDS: tuple[str, ...] = tuple(ImageRecord.model_fields)
 STATE_FIELDS: tuple[str, ...] = tuple(ProductState.model_fields)
+
+
+def too_long(row: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """The first text field of an image ``row`` that the collection would refuse, as
+    ``(field, its UTF-8 bytes, the limit)``: the limit is in bytes, as Milvus servers count it
+    (milvus-lite counts characters, never more than the bytes). None when all fit."""
+    for name, most in IMAGE_TEXT_BYTES.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value.encode("utf-8")) > most:
+            return name, len(value.encode("utf-8")), most
+    return None
 
 
 class SchemaMismatchError(RuntimeError):

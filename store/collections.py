@@ -10,20 +10,16 @@ from typing import Any
 
 from schema.collection import (
     IMAGE_FIELDS,
-    MAX_CATEGORY_BYTES,
-    MAX_IMAGE_KEY_BYTES,
-    MAX_IMAGE_REF_BYTES,
+    IMAGE_TEXT_BYTES,
     MAX_MODEL_VERSION_BYTES,
     MAX_PRODUCT_ID_BYTES,
-    MAX_SELLER_BYTES,
-    MAX_TITLE_BYTES,
     STATE_FIELDS,
     STATE_VECTOR,
     STATE_VECTOR_FIELD,
     CollectionSpec,
     SchemaMismatchError,
 )
-from schema.records import CATEGORY_LEVEL_FIELDS, MAX_PK_LENGTH
+from schema.records import CATEGORY_LEVEL_FIELDS
 from store.client import MilvusStore
 from store.engine import EngineInfo, IndexChoice, image_indexes, state_indexes
 
@@ -40,18 +36,13 @@ def image_schema(spec: CollectionSpec) -> Any:
     from pymilvus import DataType
 
     s = _new_schema()
-    s.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=MAX_PK_LENGTH)
-    s.add_field("product_id", DataType.VARCHAR, max_length=MAX_PRODUCT_ID_BYTES)
-    s.add_field("image_key", DataType.VARCHAR, max_length=MAX_IMAGE_KEY_BYTES)
-    s.add_field("category", DataType.VARCHAR, max_length=MAX_CATEGORY_BYTES)
-    for level in CATEGORY_LEVEL_FIELDS:  # an ancestor is never longer than the category
-        s.add_field(level, DataType.VARCHAR, max_length=MAX_CATEGORY_BYTES)
+    text = IMAGE_TEXT_BYTES
+    s.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=text["pk"])
+    for name in ("product_id", "image_key", "category", *CATEGORY_LEVEL_FIELDS):
+        s.add_field(name, DataType.VARCHAR, max_length=text[name])
     s.add_field("price", DataType.DOUBLE)
-    s.add_field("currency", DataType.VARCHAR, max_length=3)
-    s.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE_BYTES)
-    s.add_field("seller_id", DataType.VARCHAR, max_length=MAX_SELLER_BYTES)
-    s.add_field("image_ref", DataType.VARCHAR, max_length=MAX_IMAGE_REF_BYTES)
-    s.add_field("model_version", DataType.VARCHAR, max_length=MAX_MODEL_VERSION_BYTES)
+    for name in ("currency", "title", "seller_id", "image_ref", "model_version"):
+        s.add_field(name, DataType.VARCHAR, max_length=text[name])
     s.add_field("version", DataType.INT64)
     s.add_field("updated_at_ms", DataType.INT64)
     s.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dim)

@@ -184,6 +184,14 @@ def test_eval_scores_a_wrong_ranking_as_zero(tmp_path: Path) -> None:
         (lambda root: _append(root / "gallery.jsonl", {
             "product_id": "z", "category": "A", "images": ["g/red.png"], "seller_id": "s" * 129}),
          "seller_id must be at most 128 characters"),
+        # over what the collection's field holds, counted in bytes as a Milvus server counts
+        # them: "Milvus failed: index_gallery" after every photo was embedded (exit 4)
+        *[(lambda root, value=value: _append(root / "gallery.jsonl", {
+            "product_id": "z", "category": value, "images": ["g/red.png"]}),
+           rf"gallery.jsonl:7: category is {size} bytes \(UTF-8\); the collection stores at "
+           "most 2,048")
+          for value, size in (("C" * 5000, "5,000"), ("\u00e9" * 1100, "2,200"),
+                              ("A/" + "\u00e9" * 1100, "2,202"))],
         # a delisting is no listing: refused as publish refuses it, not indexed as one
         *[(lambda root, kind=kind: _append(root / "gallery.jsonl", {
             "type": kind, "product_id": "z", "category": "A",
@@ -197,6 +205,32 @@ def test_protocol_errors_are_clear(tmp_path: Path, edit: Any, message: str) -> N
     with pytest.raises(ProtocolError, match=message):
         products = load_gallery(g)
         load_queries(q, products)
+
+
+def test_a_field_the_collection_would_refuse_stops_eval_before_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line naming the file and line, exit 2, and no model loaded nor photo embedded."""
+    g, q = write_protocol(tmp_path)
+    _append(g, {"product_id": "z", "category": "C" * 5000, "images": ["g/red.png"]})
+
+    def no_model(*_args: Any) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("lookalike.evaluate.build_embedder", no_model)
+    assert main(["eval", "--gallery", str(g), "--queries", str(q), "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{g}:7: category is 5,000 bytes" in err[0], err
+
+
+def test_the_gallery_is_held_to_the_limits_the_collection_is_made_with() -> None:
+    """Every VARCHAR field of the image collection, with the max_length it is created with."""
+    from schema.collection import IMAGE_TEXT_BYTES
+    from store.collections import image_schema
+
+    made = {f.name: f.params["max_length"] for f in image_schema(
+        CollectionSpec(name="limits", dim=4)).fields if "max_length" in f.params}
+    assert made == IMAGE_TEXT_BYTES
 
 
 @pytest.mark.parametrize(
