@@ -1,15 +1,22 @@
 """Embeddings cached by image content and model version, so re-running an evaluation only
-searches. One SQLite file: safe to share between runs, stdlib only."""
+searches. One SQLite file: safe to share between runs, stdlib only.
+
+The cache only saves work: a write that fails (a read-only file, a full disk) is one warning,
+and the run goes on with the vectors it has, without saving."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+log = logging.getLogger("lookalike")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -33,6 +40,9 @@ class EmbeddingCache:
         when it cannot be (a folder, a file that is not SQLite, a parent that cannot be made)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.unwritable: str | None = None
+        """Why the cache could not be written, once a write has failed (later ones are
+        skipped); None while it can be."""
         self._db = sqlite3.connect(path)
         try:
             self._db.execute(_SCHEMA)
@@ -59,12 +69,23 @@ class EmbeddingCache:
     def put_many(
         self, model_version: str, items: Iterable[tuple[str, NDArray[np.float32]]]
     ) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
-            [(model_version, digest, np.asarray(v, dtype=np.float32).tobytes())
-             for digest, v in items],
-        )
-        self._db.commit()
+        """Save ``items``; when they cannot be (the file is read-only, the disk is full), say
+        so once and skip this and every later write: the caller has the vectors."""
+        if self.unwritable is not None:
+            return
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
+                [(model_version, digest, np.asarray(v, dtype=np.float32).tobytes())
+                 for digest, v in items],
+            )
+            self._db.commit()
+        except sqlite3.Error as exc:
+            self.unwritable = str(exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.rollback()
+            log.warning("cache not written: %s: %s; the run goes on without saving",
+                        self.path, exc)
 
     def close(self) -> None:
         self._db.close()
