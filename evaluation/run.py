@@ -53,6 +53,9 @@ log = logging.getLogger("lookalike")
 
 CHUNK = 64
 """Images decoded and embedded per step (and rows per upsert)."""
+READ_CHUNK = 16
+"""Photos read, hashed and looked up in the cache per step: their bytes are all that
+:func:`embed_files` holds of them."""
 NO_RELEVANT = "no_relevant_product"
 """A skipped retrieval query's reason: nothing in the gallery is relevant to it, so neither
 recall nor mAP@R is defined (image failures use :class:`~schema.errors.Reason`)."""
@@ -82,10 +85,13 @@ def skipped_counts(skipped: Sequence[SkippedQuery]) -> dict[str, int]:
 class EmbedStats:
     images: int = 0
     cached: int = 0
-    """Images whose vector the embedding cache had."""
+    """Distinct photos (by content) whose vector the embedding cache had."""
     repeated: int = 0
-    """Images listed again in this run (the same content), embedded once."""
+    """Photos whose content was already seen earlier in this run (gallery or queries): each
+    content is looked up or embedded once, so this count is the same whatever the cache
+    holds."""
     embedded: int = 0
+    """Distinct photos (by content) decoded and embedded."""
     unreadable: int = 0
     """Images that could not be read or decoded (skipped, each with a warning)."""
     left_out: int = 0
@@ -102,6 +108,10 @@ class EmbedStats:
     them."""
     seconds: float = 0.0
     """Decode + embed time of the images not in the cache."""
+    seen: dict[str, NDArray[np.float32] | ItemFailure] = field(default_factory=dict,
+                                                                repr=False, compare=False)
+    """The photos read in this run by content hash: the vector, or why there is none
+    (what makes a later photo of the same content ``repeated``)."""
 
     @property
     def images_per_s(self) -> float | None:
@@ -114,6 +124,7 @@ class EvalReport:
     model: str
     n_gallery: int
     n_gallery_images: int
+    """The image rows indexed: one per product and distinct photo."""
     embed: EmbedStats = field(default_factory=EmbedStats)
     search_seconds: float = 0.0
     results: list[QueryResult] = field(default_factory=list)
@@ -172,69 +183,87 @@ def embed_files(
     failures: dict[int, ItemFailure] | None = None,
 ) -> NDArray[np.float32]:
     """Vectors of ``paths`` in order: cached ones looked up, the others decoded as the search
-    API decodes a query (at the model's scale) and embedded in chunks, each content once.
+    API decodes a query (at the model's scale) and embedded in chunks, each content once in
+    the run (a photo whose content ``stats`` has seen, in this call or an earlier one, is
+    ``repeated`` and gets the vector, or the failure, of its first sighting).
+
+    The photos are read :data:`READ_CHUNK` at a time, each once: hashed, looked up in the
+    cache and decoded, and their bytes dropped; what is kept is the vectors (a gallery of
+    large photos needs no more memory than a gallery of small ones).
 
     A photo that cannot be read or decoded goes into ``failures`` by position (its row stays
     zero); without ``failures`` it is a :class:`ProtocolError` naming the photo."""
-    found_failures: dict[int, ItemFailure] = {}
-    datas: list[bytes] = []
-    digests: list[str | None] = []
-    for i, path in enumerate(paths):
-        try:
-            datas.append(_read(path))
-            digests.append(content_hash(datas[-1]))
-        except ItemError as exc:
-            _failed(path, exc, failures)
-            found_failures[i] = exc.failure
-            datas.append(b"")
-            digests.append(None)
     version = embedder.model_version
-    known = [d for d in digests if d is not None]
-    found = cache.get_many(version, known) if cache is not None else {}
-    out = np.zeros((len(paths), embedder.dim), dtype=np.float32)
-    todo: list[int] = []
-    first_of: dict[str, int] = {}
-    for i, digest in enumerate(digests):
-        if digest is None:
-            continue
-        if digest in found:
-            out[i] = found[digest]
-            stats.cached += 1
-        elif digest not in first_of:
-            first_of[digest] = i
-            todo.append(i)
-        else:
-            stats.repeated += 1
-    stats.images += len(paths)
     min_size = getattr(embedder, "decode_size", None)
-    started = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", desc=desc, disable=None) as bar:
-        for start in range(0, len(todo), CHUNK):
-            chunk = []
-            images = []
-            for i in todo[start : start + CHUNK]:
+    out = np.zeros((len(paths), embedder.dim), dtype=np.float32)
+    found_failures: dict[int, ItemFailure] = {}
+    first_of: dict[str, int] = {}  # content first seen in this call -> its position
+    repeats: list[tuple[int, str]] = []
+    batch: list[tuple[int, str, Any]] = []  # decoded, to embed
+    batched = 0  # photos to embed in this batch, those that failed to decode included
+
+    def embed_batch() -> None:
+        started = time.perf_counter()
+        if batch:
+            vectors = np.asarray(embedder.embed([image for _, _, image in batch]),
+                                 dtype=np.float32)
+            for (i, _, _), vector in zip(batch, vectors, strict=True):
+                out[i] = vector
+            if cache is not None:
+                cache.put_many(version, [(digest, out[i]) for i, digest, _ in batch])
+            stats.embedded += len(batch)
+        stats.seconds += time.perf_counter() - started
+        batch.clear()
+
+    with tqdm(total=len(paths), unit="img", desc=desc, disable=None) as bar:
+        for start in range(0, len(paths), READ_CHUNK):
+            read: list[tuple[int, str, bytes]] = []
+            for i in range(start, min(start + READ_CHUNK, len(paths))):
                 try:
-                    images.append(_decode(datas[i], max_pixels, min_size))
-                    chunk.append(i)
+                    data = _read(paths[i])
                 except ItemError as exc:
                     _failed(paths[i], exc, failures)
                     found_failures[i] = exc.failure
-            if chunk:
-                vectors = np.asarray(embedder.embed(images), dtype=np.float32)
-                for i, vector in zip(chunk, vectors, strict=True):
-                    out[i] = vector
-                if cache is not None:
-                    cache.put_many(version, [(str(digests[i]), out[i]) for i in chunk])
-                stats.embedded += len(chunk)
-            bar.update(len(todo[start : start + CHUNK]))
-    stats.seconds += time.perf_counter() - started
-    for i, digest in enumerate(digests):  # repeats of an image read in this run
-        if digest is None or digest in found or first_of[digest] == i:
-            continue
-        if first_of[digest] in found_failures:
-            found_failures[i] = found_failures[first_of[digest]]
-        else:
-            out[i] = out[first_of[digest]]
+                    continue
+                read.append((i, content_hash(data), data))
+            new = [digest for _, digest, _ in read
+                   if digest not in stats.seen and digest not in first_of]
+            found = cache.get_many(version, new) if cache is not None and new else {}
+            for i, digest, data in read:
+                if digest in stats.seen or digest in first_of:
+                    stats.repeated += 1
+                    repeats.append((i, digest))
+                    continue
+                first_of[digest] = i
+                if digest in found:
+                    out[i] = found[digest]
+                    stats.cached += 1
+                    continue
+                batched += 1
+                started = time.perf_counter()
+                try:
+                    batch.append((i, digest, _decode(data, max_pixels, min_size)))
+                except ItemError as exc:
+                    _failed(paths[i], exc, failures)
+                    found_failures[i] = exc.failure
+                stats.seconds += time.perf_counter() - started
+                if batched == CHUNK:
+                    embed_batch()
+                    batched = 0
+            del read  # the bytes of this step's photos
+            bar.update(min(READ_CHUNK, len(paths) - start))
+        embed_batch()
+    for i, digest in repeats:  # content read earlier in this run: its vector, or its failure
+        earlier = stats.seen.get(digest)
+        if digest in first_of:
+            earlier = found_failures.get(first_of[digest], out[first_of[digest]])
+        if isinstance(earlier, ItemFailure):
+            found_failures[i] = earlier
+        elif earlier is not None:
+            out[i] = earlier
+    for digest, i in first_of.items():
+        stats.seen[digest] = found_failures.get(i, out[i])
+    stats.images += len(paths)
     stats.unreadable += len(found_failures)
     if failures is not None:
         failures.update(found_failures)

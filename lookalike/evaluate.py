@@ -247,7 +247,8 @@ def _print_skipped(skipped: list[SkippedQuery]) -> None:
 
 
 def _images_line(e: EmbedStats) -> str:
-    """Embedded, from the cache, repeated in this run, unreadable."""
+    """Distinct photos embedded and from the cache, photos repeated in this run, unreadable
+    (:class:`~evaluation.run.EmbedStats`)."""
     speed = f", {e.images_per_s:.1f} images/s" if e.images_per_s else ""
     repeated = f", {e.repeated} repeated" if e.repeated else ""
     unreadable = f", {e.unreadable} unreadable" if e.unreadable else ""
@@ -259,7 +260,7 @@ def _images_line(e: EmbedStats) -> str:
 def print_same_item(report: SameItemReport) -> None:
     out = report.to_json()
     print(f"model {report.model}")
-    print(f"gallery {report.n_gallery} listings ({report.n_gallery_images} images), "
+    print(f"gallery {report.n_gallery} listings ({report.n_gallery_images} image rows), "
           f"queries {out['n_queries']}; compare_prices per query p50 {out['query_ms_p50']} ms, "
           f"p95 {out['query_ms_p95']} ms; {_images_line(report.embed)}")
     _print_skipped(report.skipped)
@@ -278,7 +279,7 @@ def print_report(report: EvalReport, match: str = "exact") -> None:
     s = report.summary
     e = report.embed
     print(f"model {report.model}, match {match}")
-    print(f"gallery {report.n_gallery} products ({report.n_gallery_images} images), "
+    print(f"gallery {report.n_gallery} products ({report.n_gallery_images} image rows), "
           f"queries {s.n_queries}; {_images_line(e)}; "
           f"{e.cutouts} query photos also searched cut out, {e.windows} with their windows, "
           f"{e.lit} under catalog light ({e.cutout_seconds:.1f} s)")

@@ -637,8 +637,8 @@ def test_repeated_photos_are_not_cache_hits_and_count_once(tmp_path: Path) -> No
     assert report.summary.overall["R@1"] == 1.0
     cache = EmbeddingCache(tmp_path / "c.sqlite")
     _run(tmp_path, TinyEmbedder(), cache, "fill")
-    again = _run(tmp_path, TinyEmbedder(), cache, "hits")
-    assert (again.embed.cached, again.embed.repeated, again.embed.embedded) == (13, 0, 0)
+    again = _run(tmp_path, TinyEmbedder(), cache, "hits")  # repeated whatever the cache holds
+    assert (again.embed.cached, again.embed.repeated, again.embed.embedded) == (12, 1, 0)
 
 
 def test_a_query_with_more_relevant_products_than_searched_is_warned_of(
