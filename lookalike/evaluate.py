@@ -42,7 +42,7 @@ from lookalike.app import (
     scratch_milvus,
 )
 from lookalike.errors import UserError
-from lookalike.settings import Settings
+from lookalike.settings import MAX_K, Settings
 from schema.collection import CollectionSpec
 from search.intent import Match, check_match
 
@@ -142,21 +142,35 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
 def _warn_of_easy_figures(products: list[Any], queries: list[Any],
                           args: argparse.Namespace) -> None:
     """Say where a figure is no test (a warning: the run goes on): a query photo that is also
-    a gallery photo (the same bytes, under any name) finds its own listing, and with 10
-    products or fewer R@10 is 1 (with 5 or fewer, R@5 too)."""
+    a gallery photo (the same bytes, under any name) finds its own listing; with 10 products
+    or fewer R@10 is 1 (with 5 or fewer, R@5 too; with one, every figure); and a query for
+    which every gallery product is relevant scores 1 on every figure."""
+    same_item = getattr(args, "task", "retrieval") == "same-item"
     leaks = _photos_of_the_gallery(products, queries)
     if leaks:
         log.warning("eval: %d of %d queries search with a photo of the gallery itself: they "
-                    "find it (an easy R@1), not another photo of the item", leaks, len(queries))
+                    "find it (%s), not another photo of the item", leaks, len(queries),
+                    "an easy match" if same_item else "an easy R@1")
     several = sum(1 for query in queries if len(query.images) > 1)
-    if getattr(args, "task", "retrieval") == "same-item" and several:
+    if same_item and several:
         log.warning("eval: %d of %d queries have several photos: price comparison takes one "
                     "photo, so each is run with its first", several, len(queries))
-    if getattr(args, "task", "retrieval") != "same-item" and len(products) <= 10:
-        figures = "R@5 and R@10 count" if len(products) <= 5 else "R@10 counts"
+    if same_item:
+        return
+    n = len(products)
+    if n == 1:
+        log.warning("eval: the gallery has 1 product: every search returns it first, so R@1, "
+                    "R@5, R@10 and mAP@R are 1.0 by construction")
+        return
+    if n <= 10:
+        figures = "R@5 and R@10 count" if n <= 5 else "R@10 counts"
         log.warning("eval: the gallery has %d products: %s every one of them and %s 1.0 by "
-                    "construction", len(products), figures,
-                    "are" if len(products) <= 5 else "is")
+                    "construction", n, figures, "are" if n <= 5 else "is")
+    everything = {product.product_id for product in products}
+    every = sum(1 for query in queries if query.relevant and set(query.relevant) >= everything)
+    if every and n <= MAX_K:  # over MAX_K, mAP@R is capped (run_queries says so)
+        log.warning("eval: %d of %d queries count every gallery product relevant: every "
+                    "figure is 1.0 by construction for them", every, len(queries))
 
 
 def _photos_of_the_gallery(products: list[Any], queries: list[Any]) -> int:

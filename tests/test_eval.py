@@ -510,6 +510,51 @@ def test_figures_that_test_nothing_are_warned_of(
     assert not any("photo of the gallery itself" in w for w in warned)
 
 
+def _warnings_before_the_evaluation(monkeypatch: pytest.MonkeyPatch,
+                                    caplog: pytest.LogCaptureFixture, *args: str) -> list[str]:
+    """The warnings ``lookalike eval ARGS`` says before it evaluates (which is not run)."""
+    class Evaluated(BaseException):
+        pass
+
+    def evaluate(*_args: Any) -> None:
+        raise Evaluated
+
+    monkeypatch.setattr("lookalike.evaluate._evaluate", evaluate)
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(Evaluated):
+        main(["eval", *args, "--no-cache"])
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_figures_that_are_one_by_construction_are_all_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query for which every gallery product is relevant scored 1.0 on every figure without
+    a word; a one-product gallery was warned of for R@5 and R@10 only, though R@1 and mAP@R
+    are 1.0 too; and same-item's self-photo warning spoke of R@1, which it has not."""
+    g, q = write_protocol(tmp_path)
+    everything = [f"p-{name}" for name in COLOURS]
+    _append(q, {"image": "q/red.png", "relevant": everything})
+    _append(q, {"image": "q/blue.png", "relevant": [*everything, "p-unknown"]})
+    args = ("--gallery", str(g), "--queries", str(q))
+    warned = _warnings_before_the_evaluation(monkeypatch, caplog, *args)
+    assert ("eval: 2 of 8 queries count every gallery product relevant: every figure is 1.0 "
+            "by construction for them") in warned, warned
+    # one product: every figure, and no second warning saying the same of each query
+    g.write_text(g.read_text().splitlines(keepends=True)[0])
+    q.write_text(q.read_text().splitlines(keepends=True)[0])
+    warned = _warnings_before_the_evaluation(monkeypatch, caplog, *args)
+    assert warned == ["eval: the gallery has 1 product: every search returns it first, so "
+                      "R@1, R@5, R@10 and mAP@R are 1.0 by construction"], warned
+    # same-item has no R@1: its self-photo is an easy match (and no recall@k warnings)
+    (tmp_path / "q" / "red.png").write_bytes((tmp_path / "g" / "red.png").read_bytes())
+    warned = _warnings_before_the_evaluation(monkeypatch, caplog, *args, "--task", "same-item")
+    assert warned == ["eval: 1 of 1 queries search with a photo of the gallery itself: they "
+                      "find it (an easy match), not another photo of the item"], warned
+    warned = _warnings_before_the_evaluation(monkeypatch, caplog, *args)
+    assert any("(an easy R@1)" in w for w in warned), warned
+
+
 def test_ids_may_be_integers_and_category_type_and_file_urls_lenient(tmp_path: Path) -> None:
     """What catalogs write that eval refused (exit 2): integer ids (in the gallery and in
     ``relevant``, also one id alone), no category (or null, or empty: the placeholder), a
