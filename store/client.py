@@ -75,6 +75,13 @@ SCAN_BATCH = 1_000
 """Rows per page when a Lite copy is built."""
 REBUILD_AFTER_S = 30.0
 """A Lite copy whose build failed is not tried again before this."""
+LITE_GRPC_OPTIONS: dict[str, Any] = {"grpc.keepalive_time_ms": 2**31 - 1,
+                                     "grpc.keepalive_permit_without_calls": False}
+"""No keepalive pings to a Milvus Lite child (gRPC reads ``INT_MAX`` as "never"). pymilvus pings
+every 10 s; Lite's gRPC server keeps gRPC's default policy (no more often than every 5 minutes
+without data) and answered long runs of ``eval``, ``serve`` and ``make faults`` with ``GOAWAY
+ENHANCE_YOUR_CALM too_many_pings``: an error line from gRPC's core on stderr, no failed call.
+The child is local, and its death is seen by :class:`LiteProcess`, not by pings."""
 
 
 @dataclass(frozen=True)
@@ -167,8 +174,9 @@ class MilvusStore:
                 connect_uri = process.uri
                 log.debug("Milvus Lite for %s runs in process %d (speedups: %s)", uri,
                           process.pid, ",".join(process.speedups) or "none")
+        options = {"grpc_options": LITE_GRPC_OPTIONS} if is_lite_uri(uri) else {}
         try:
-            client = MilvusClient(uri=connect_uri, token=token)
+            client = MilvusClient(uri=connect_uri, token=token, **options)
             store = cls(client, uri=uri, **kwargs)
         except Exception as exc:
             if process is not None:

@@ -266,3 +266,17 @@ def test_a_closed_store_says_so_at_once(tmp_path: Path, caplog: pytest.LogCaptur
     assert not isinstance(raised.value, StoreUnavailableError)
     assert sleeps == [] and not caplog.records and time.monotonic() - started < 1
     store.close()  # a second close does nothing
+
+
+def test_a_lite_channel_sends_no_keepalive_pings(tmp_path: Path) -> None:
+    """pymilvus pings every 10 s; Milvus Lite's gRPC server allows pings without data every
+    5 minutes and sent long runs ``GOAWAY ... too_many_pings`` (an error line from gRPC's
+    core on stderr). A Lite channel is opened without keepalive pings; its other options stay
+    pymilvus' own."""
+    store = MilvusStore.open(str(tmp_path / "pings.db"))
+    try:
+        options = store.client._get_connection()._grpc_options
+        assert options == {"grpc.keepalive_time_ms": 2**31 - 1,
+                           "grpc.keepalive_permit_without_calls": False}
+    finally:
+        store.close()

@@ -111,7 +111,7 @@ def test_labels_come_from_the_catalog(tmp_path: Path) -> None:
     assert {im.group for im in by_style} == {f"s{s}" for s in range(6)}
     assert {im.group for im in load_training_images(catalog, "category")} == {
         "Cat/0", "Cat/1", "Cat/2"}
-    with pytest.raises(TrainingDataError, match="no 'colour'"):
+    with pytest.raises(TrainingDataError, match="no product has 'colour'"):
         load_training_images(catalog, "colour")
 
 
