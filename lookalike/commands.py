@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import threading
@@ -227,6 +228,9 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
     out = []
     for image in images:
         if not image.exists():
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(image)):  # argparse's Path ate a '/'
+                raise UserError(f"{str(image).replace(':/', '://', 1)} is a URL: this command "
+                                "reads local files (download the photo first)")
             raise UserError(f"no such image: {image}")
         if not image.is_file():  # a folder, a FIFO (which would wait), a device
             raise UserError(f"cannot use {image} as a query: not a regular file")

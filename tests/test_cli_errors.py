@@ -211,6 +211,15 @@ def test_missing_image_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "no such image" in one_error(capsys, "search")
 
 
+def test_a_url_for_a_query_photo_is_named_a_url(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse's Path turned ``http://x/y.jpg`` into ``http:/x/y.jpg``: "no such image:
+    http:/example.com/x.jpg" read as a typo, not as "this command does not fetch URLs"."""
+    assert main(["search", "http://example.com/x.jpg"]) == 2
+    assert one_error(capsys, "search") == (
+        "lookalike search: error: http://example.com/x.jpg is a URL: this command reads local "
+        "files (download the photo first)")
+
+
 def test_a_query_file_over_the_byte_limit_or_no_file_is_refused_unread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
