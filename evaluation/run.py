@@ -73,12 +73,13 @@ class SkippedQuery:
         return {"query": self.where, "reason": self.reason, "detail": self.detail}
 
 
-def skipped_counts(skipped: Sequence[SkippedQuery]) -> dict[str, int]:
-    """Skipped queries by reason, most frequent first."""
+def skipped_summary(skipped: Iterable[SkippedQuery]) -> str:
+    """Skipped queries by reason, most frequent first: ``"2 corrupt_image, 1 not_found"``."""
     counts: dict[str, int] = {}
     for query in skipped:
         counts[query.reason] = counts.get(query.reason, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {reason}" for reason, n in ranked)
 
 
 @dataclass
@@ -461,7 +462,7 @@ def evaluate(
     scored = [query for n, query in asked if n not in skipped]
     if skipped and not scored:
         raise ProtocolError(f"no query can be scored: all {len(queries)} were skipped "
-                            f"({_counted(skipped.values())})")
+                            f"({skipped_summary(skipped.values())})")
     query_paths = [query_paths[r] for r in keep]
     query_vectors = query_vectors[keep]
     scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
@@ -480,10 +481,6 @@ def evaluate(
         n_gallery_images=n_rows, embed=stats, search_seconds=time.perf_counter() - started,
         results=results, match=match, skipped=[skipped[n] for n in sorted(skipped)],
     )
-
-
-def _counted(skipped: Iterable[SkippedQuery]) -> str:
-    return ", ".join(f"{n} {reason}" for reason, n in skipped_counts(list(skipped)).items())
 
 
 def index_products(

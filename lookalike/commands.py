@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shlex
 import sys
 import threading
@@ -42,6 +41,7 @@ from lookalike.app import (
 from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings, kafka_addresses
+from schema.events import SCHEME
 from schema.versions import ModelRetiredError
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
@@ -228,9 +228,10 @@ def _query_images(settings: Settings, images: Sequence[Path]) -> list[bytes]:
     out = []
     for image in images:
         if not image.exists():
-            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(image)):  # argparse's Path ate a '/'
-                raise UserError(f"{str(image).replace(':/', '://', 1)} is a URL: this command "
-                                "reads local files (download the photo first)")
+            given = str(image).replace(":/", "://", 1)  # argparse's Path ate a URL's '/'
+            if SCHEME.match(given):
+                raise UserError(f"{given} is a URL: this command reads local files (download "
+                                "the photo first)")
             raise UserError(f"no such image: {image}")
         if not image.is_file():  # a folder, a FIFO (which would wait), a device
             raise UserError(f"cannot use {image} as a query: not a regular file")

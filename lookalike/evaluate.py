@@ -27,7 +27,7 @@ from evaluation.protocol import (
     load_gallery,
     load_queries,
 )
-from evaluation.run import EmbedStats, EvalReport, SkippedQuery, evaluate, skipped_counts
+from evaluation.run import EmbedStats, EvalReport, SkippedQuery, evaluate, skipped_summary
 from evaluation.same_item import (
     SameItemReport,
     evaluate_same_item,
@@ -256,8 +256,8 @@ def _new_file_mode(target: Path) -> int:
 def _print_skipped(skipped: list[SkippedQuery]) -> None:
     """One line: how many queries were not scored, and why (each was warned of by line)."""
     if skipped:
-        why = ", ".join(f"{n} {reason}" for reason, n in skipped_counts(skipped).items())
-        print(f"{len(skipped)} queries skipped, not scored ({why}; the warnings name their lines)")
+        print(f"{len(skipped)} queries skipped, not scored ({skipped_summary(skipped)}; the "
+              "warnings name their lines)")
 
 
 def _images_line(e: EmbedStats) -> str:

@@ -49,7 +49,6 @@ import logging
 import math
 import numbers
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from collections.abc import Set as AbstractSet
@@ -67,6 +66,7 @@ from embedding.embedder import Embedder
 from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from schema.errors import ItemError, Reason
+from schema.events import SCHEME
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match, unit
@@ -151,8 +151,6 @@ upright) added to those candidates too: another shop's listing saved sideways is
 the query and from the anchor by vector, as a query saved sideways is from its listings, and
 near the query turned the same way (:meth:`ProductSearch._vouched_below`)."""
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-"""A string that starts as a URL does (``scheme://``): a query photo's path never does."""
 ImageInput: TypeAlias = bytes | str | os.PathLike[str] | Image.Image
 _Item = TypeVar("_Item")
 _Score = TypeVar("_Score")
@@ -278,7 +276,7 @@ def _check_query_path(path: str) -> None:
     if not path:
         raise ItemError(Reason.BAD_REFERENCE, "empty path: give the photo's bytes or the path "
                         "of an image file")
-    if _URL.match(path):
+    if SCHEME.match(path):  # a query photo's path never starts as a URL does
         raise ItemError(Reason.BAD_REFERENCE, f"{path[:200]!r}: search does not fetch URLs; "
                         "pass the photo's bytes or a local file path")
     if "\x00" in path:
