@@ -67,6 +67,7 @@ from lookalike.settings import MAX_K, SearchSettings
 from schema.collection import CollectionSpec
 from schema.errors import ItemError, Reason
 from schema.events import SCHEME
+from search.cancel import Cancelled, stop_if
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match, unit
@@ -509,17 +510,20 @@ class ProductSearch:
         self, images: Iterable[ImageInput], k: int = _SEARCH_DEFAULTS.k,
         filter: SearchFilter | None = None,
         match: Match = "exact",
+        cancelled: Cancelled | None = None,
     ) -> list[Hit]:
         """Products that look like any of ``images`` (several views of one item: front, back,
         a close-up), each scored by its best match over all of them (and their cut-outs and
         windows, as :meth:`by_image`). Up to ``MAX_QUERY_VECTORS``, in a list or any
-        iterable (a generator is read no further than one past the limit)."""
+        iterable (a generator is read no further than one past the limit). ``cancelled``:
+        asked before each photo, the search and the re-ranking (search/cancel.py)."""
         images = _check_images(images, MAX_QUERY_VECTORS)
         if not images:
             raise ValueError("at least one image is needed")
         vectors: list[list[float]] = []
         photos: list[PhotoFeatures] | None = [] if self._rerank else None
-        for image in images:  # one photo at a time: what is kept of each is small
+        for n, image in enumerate(images):  # one photo at a time: what is kept of each is small
+            stop_if(cancelled, f"reading query photo {n + 1} of {len(images)}")
             if photos is None:
                 vectors += self._photo_vectors(self._load(image, self._max_pixels))
                 continue
@@ -528,7 +532,8 @@ class ProductSearch:
             del to_verify  # (``shown`` itself for all formats but JPEG)
             vectors += self._photo_vectors(shown)
             del shown  # before the next photo is decoded
-        return self._hits(vectors, k, filter, match, (), photos)
+        stop_if(cancelled, "the vector search")
+        return self._hits(vectors, k, filter, match, (), photos, cancelled)
 
     def rerank(self, hits: Sequence[Hit], photos: Sequence[PhotoFeatures], k: int) -> list[Hit]:
         """The first ``k`` of ``hits`` once the geometry of the first ``RERANK_DEPTH`` is
@@ -604,6 +609,7 @@ class ProductSearch:
         threshold: float = _SEARCH_DEFAULTS.compare_threshold,
         k: int = _SEARCH_DEFAULTS.compare_k,
         filter: SearchFilter | None = None,
+        cancelled: Cancelled | None = None,
     ) -> list[PriceMatch]:
         """Listings of the same item, cheapest first, each with the evidence that it is.
 
@@ -627,7 +633,9 @@ class ProductSearch:
         quarter turns clearly nearer the catalog: :meth:`_upright`) also searches turned
         upright, and is cut out and verified both upright and as it is. Prices are not converted
         between currencies: pass ``filter=SearchFilter(currency=...)`` to compare like with
-        like.
+        like. ``cancelled``: asked between the stages and before each of the first ``k``
+        candidates is verified; :class:`~search.cancel.SearchCancelled` once the caller is
+        gone (search/cancel.py).
         """
         if (image is None) == (product_id is None):
             raise ValueError("give exactly one of image or product_id")
@@ -673,12 +681,15 @@ class ProductSearch:
             if not searched:
                 pictures.insert(0, shown)
             searched += self._embed_pictures(pictures) if pictures else []
+        stop_if(cancelled, "the vector search")
         best = self._search(searched, k * COMPARE_DEPTH, filter, exclude=exclude)
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
         candidates = _most_similar_first(best, threshold)
+        stop_if(cancelled, "reading the candidates' photos")
         unreadable = _read_candidates(verifier, candidates, self._readers)
         first, rest = candidates[:k], candidates[k:]
         refs = [(str(row["image_ref"]), score) for row, score in first]
+        stop_if(cancelled, "matching the candidates' keypoints")
         matched = [_keypoint_matches(verifier, q, [ref for ref, _ in refs], unreadable)
                    for q in queries]
         crowded = sum(_most_inliers(matched, n) >= verifier.rule.min_inliers
@@ -688,10 +699,11 @@ class ProductSearch:
         # the print must agree and only a cover is forgiven.
         strict = family and crowded >= 2
         per_query = [verifier.verify(q, refs, m, print_check=strict,
-                                     overlay="covers" if strict else "open")
+                                     overlay="covers" if strict else "open", cancelled=cancelled)
                      for q, m in zip(queries, matched, strict=True)]
         verified = [(row, _strongest(found[n] for found in per_query))
                     for n, (row, _) in enumerate(first)]
+        stop_if(cancelled, "the candidates below the first k")
         # A full first page of a family may go on below it: look further.
         if family and len(best) >= k * COMPARE_DEPTH and self._family_depth > len(best):
             deeper = self._search(searched, self._family_depth, filter, exclude=exclude)
@@ -700,7 +712,9 @@ class ProductSearch:
             verified += _look_deeper(verifier, queries, rest, k, self._readers, unreadable)
         elif rest:
             verified += _second_page(verifier, queries, rest, self._readers, unreadable)
+        stop_if(cancelled, "corroborating the refused candidates")
         verified = _corroborate(verifier, verified)
+        stop_if(cancelled, "the listings the anchor vouches for")
         # The anchor's own candidates: the query's down to the first search's depth (below
         # a family, the deeper look has voted on the hundreds further down already).
         verified += self._vouched_below(verifier, verified, rest[:k * (COMPARE_DEPTH - 1)],
@@ -820,10 +834,11 @@ class ProductSearch:
 
     def _hits(self, vectors: list[list[float]], k: int, search_filter: SearchFilter | None,
               match: Match, exclude: Sequence[str],
-              photos: Sequence[PhotoFeatures] | None = None) -> list[Hit]:
+              photos: Sequence[PhotoFeatures] | None = None,
+              cancelled: Cancelled | None = None) -> list[Hit]:
         """Search with each query vector weighted for ``match``; scores on its scale. With
         the query's ``photos`` and re-ranking on, the first ``RERANK_DEPTH`` are re-ranked
-        by geometry (:meth:`rerank`)."""
+        by geometry (:meth:`rerank`; not when ``cancelled`` says the caller is gone)."""
         match = check_match(match)
         k = _check_k(k)
         search_filter = _check_filter(search_filter)
@@ -833,7 +848,10 @@ class ProductSearch:
         best = self._search(weighted, max(k, RERANK_DEPTH) if reranks else k, search_filter,
                             exclude=exclude)
         hits = [_hit(row, self._weighting.score(score, match)) for row, score in best]
-        return self.rerank(hits, photos, k) if reranks and photos is not None else hits
+        if not reranks or photos is None:
+            return hits
+        stop_if(cancelled, "re-ranking")
+        return self.rerank(hits, photos, k)
 
     def query_vectors(self, images: Iterable[ImageInput]) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, one embedder call per

@@ -62,6 +62,7 @@ from embedding.decode import decode_image
 from ingest.fetch import ImageFetcher
 from ingest.reindex import stored_image
 from search.alignment import Alignment, Cover, ShadedLight, align
+from search.cancel import Cancelled, stop_if
 from search.features import (
     KeypointMatch,
     PhotoFeatures,
@@ -898,7 +899,8 @@ class SameItemVerifier:
 
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
-               print_check: bool = False, overlay: Overlay = "open") -> list[Evidence]:
+               print_check: bool = False, overlay: Overlay = "open",
+               cancelled: Cancelled | None = None) -> list[Evidence]:
         """One :class:`Evidence` per ``(image_ref, similarity)`` candidate, in order.
 
         A candidate whose photo cannot be loaded is refused, with the error as its reason.
@@ -906,7 +908,8 @@ class SameItemVerifier:
         similar first) are aligned without keypoints, and at most ``rule.max_mirror`` matched
         mirrored. ``matched``, parallel to ``candidates``: their :meth:`keypoint_matches`,
         when already computed.
-        ``print_check``, ``overlay``: see :meth:`compare`.
+        ``print_check``, ``overlay``: see :meth:`compare`. ``cancelled``: asked before each
+        candidate; :class:`~search.cancel.SearchCancelled` when the caller is gone.
         """
         out: list[Evidence] = []
         coarse = mirrors = 0
@@ -918,6 +921,7 @@ class SameItemVerifier:
             return flipped[0]
 
         for n, (image_ref, similarity) in enumerate(candidates):
+            stop_if(cancelled, f"verifying candidate {n + 1} of {len(candidates)}")
             try:
                 other = self.gallery_features(image_ref)
             except Exception as exc:  # a gone URL must not sink the whole comparison

@@ -53,7 +53,9 @@ from search.api import (
     ProductNotFound,
     StoredPhotoUnreadable,
 )
+from search.cancel import Cancelled, SearchCancelled, stop_if
 from search.filters import Number, Price, SearchFilter
+from serve.disconnect import ClientWatch
 from serve.errors import error_response
 from serve.health import Readiness
 from serve.images import CatalogImage, ImageRefused, ImageRoots
@@ -248,10 +250,12 @@ def create_app(
     roots = ImageRoots(config.image_roots)
     takes_match = "match" in inspect.signature(search.by_vectors).parameters
 
-    def recorded(fn: Callable[[], T], rest: str | None) -> T:
+    def recorded(fn: Callable[[], T], rest: str | None, gone: Cancelled) -> T:
         """``fn`` with this worker thread's model and Milvus calls timed, as one request;
         ``rest``: the stage its other time goes to, when it answers (a request refused
-        before that work, an unknown product's comparison, is not that stage's)."""
+        before that work, an unknown product's comparison, is not that stage's). Not
+        started when its client left while it waited for a worker (``gone``)."""
+        stop_if(gone, "the search: the request waited for a worker")
         with embedder.recording() as model_calls, store.recording() as store_calls:
             started = time.perf_counter()
             answered = False
@@ -266,11 +270,24 @@ def create_app(
     async def on_pool(call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
-    async def run(call: Callable[[], T], *, rest: str | None = None) -> T:
+    async def run(request: Request, call: Callable[..., T], *, rest: str | None = None,
+                  cancellable: bool = False) -> T:
         """A search on the worker pool, timed (``rest``: :meth:`SearchMetrics.observe_request`);
-        a failure the caller did not cause is a 503."""
+        a failure the caller did not cause is a 503. While it waits and runs, the client is
+        watched (serve/disconnect.py): one that went away is not searched for, and a
+        ``cancellable`` call (one taking ``cancelled``) stops at its next stage; either way,
+        and for an answer ready once it has gone, ``ClientDisconnect``: counted 499, no
+        answer sent (serve/middleware.py)."""
         try:
-            return await on_pool(partial(recorded, call, rest))
+            async with ClientWatch(request.receive) as watch:
+                work = partial(call, cancelled=watch.gone) if cancellable else call
+                result = await on_pool(partial(recorded, work, rest, watch.gone))
+                if watch.gone():
+                    raise SearchCancelled("the caller went away: the answer is ready, unread")
+                return result
+        except SearchCancelled as exc:
+            log.debug("%s %s: %s", request.method, request.url.path, exc)
+            raise ClientDisconnect() from None
         except _CALLER_ERRORS:
             raise
         except Exception as exc:
@@ -304,9 +321,10 @@ def create_app(
             images, fields = await uploads(request)
             options = _validated(SearchForm, fields)
             k = options.k or config.default_k
-            hits = await run(partial(search.by_images, images, k=k,
-                                     filter=options.search_filter(), **matching(options)),
-                             rest="photos")
+            hits = await run(request, partial(search.by_images, images, k=k,
+                                              filter=options.search_filter(),
+                                              **matching(options)),
+                             rest="photos", cancellable=True)
         else:
             body = await _read_json(request, SearchBody)
             k = body.k or config.default_k
@@ -314,11 +332,13 @@ def create_app(
                 raise ApiError(422, "invalid_request",
                                "give exactly one of 'vector' or 'product_id' (or upload an image)")
             if body.vector is not None:
-                hits = await run(partial(search.by_vector, body.vector, k=k,
-                                         filter=body.search_filter(), **matching(body)))
+                hits = await run(request, partial(search.by_vector, body.vector, k=k,
+                                                  filter=body.search_filter(),
+                                                  **matching(body)))
             else:
-                hits = await run(partial(search.by_product, body.product_id, k=k,
-                                         filter=body.search_filter(), **matching(body)))
+                hits = await run(request, partial(search.by_product, body.product_id, k=k,
+                                                  filter=body.search_filter(),
+                                                  **matching(body)))
         return {"hits": [h.model_dump(mode="json") for h in hits]}
 
     # ``path``: a product id may hold "/" (the event schema allows it), sent as is or as %2F
@@ -328,9 +348,9 @@ def create_app(
     async def similar(request: Request, product_id: str,
                       options: Annotated[SimilarQuery, Query()]) -> dict[str, Any]:
         _query_once(request, frozenset({"category"}))
-        hits = await run(partial(search.by_product, product_id,
-                                 k=options.k or config.default_k,
-                                 filter=options.search_filter(), **matching(options)))
+        hits = await run(request, partial(search.by_product, product_id,
+                                          k=options.k or config.default_k,
+                                          filter=options.search_filter(), **matching(options)))
         return {"hits": [h.model_dump(mode="json") for h in hits]}
 
     @app.post("/v1/compare-prices", tags=["search"],
@@ -351,9 +371,11 @@ def create_app(
             query = {"product_id": by_id.product_id}
         threshold = body.threshold if body.threshold is not None else config.compare_threshold
         try:
-            matches = await run(partial(search.compare_prices, **query, threshold=threshold,
-                                        k=body.k or config.compare_k,
-                                        filter=body.search_filter()), rest="verify")
+            matches = await run(request, partial(search.compare_prices, **query,
+                                                 threshold=threshold,
+                                                 k=body.k or config.compare_k,
+                                                 filter=body.search_filter()),
+                                rest="verify", cancellable=True)
         except ImageDecodeError as exc:
             if "image" in query and not isinstance(exc, StoredPhotoUnreadable):
                 raise  # the upload: the caller's problem (422)

@@ -8,8 +8,9 @@ refused before it is buffered: a multipart upload may carry ``max_body_bytes``, 
 ``body_timeout_s`` of the request's headers, with no pause longer than ``body_idle_s``, or it
 is a 408 and the connection is closed; a client that stalls or drips its body held a
 connection and the bytes it had sent for as long as it liked (20 stalled 19 MiB bodies: ~400
-MB for 75 s and more). A client that goes away before its body is read is counted with
-status 499 (no answer can reach it), not as a 500 with a traceback.
+MB for 75 s and more). A client that goes away before its answer is counted with status 499
+(no answer can reach it), not as a 500 with a traceback: one gone before its body was read,
+and one whose search was dropped or stopped because it left (serve/api.py, ``run``).
 
 Requests are counted by route template (``/v1/products/{product_id}/similar``, never the
 product id, and without a path parameter's converter: ``{product_id:path}`` is counted as
@@ -37,8 +38,9 @@ from serve.metrics import SearchMetrics
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = 499
-"""The status counted for a request whose client went away before its body was read (nginx's
-code for it): no answer is sent, and it is not the server's failure."""
+"""The status counted for a request whose client went away before its answer (nginx's code for
+it): before its body was read, or while its search waited or ran. No answer is sent, and it is
+not the server's failure."""
 
 
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
@@ -143,9 +145,8 @@ class ObserveRequests:
             self._metrics.in_flight.inc()
         try:
             await self.app(scope, counting_receive, recording_send)
-        except ClientDisconnect:  # raised by the request's body stream: the client is gone
-            log.debug("client gone before its request body was read: %s %s",
-                      scope["method"], scope["path"])
+        except ClientDisconnect:  # the body stream's, or a search stopped: the client is gone
+            log.debug("client gone before its answer: %s %s", scope["method"], scope["path"])
             status = CLIENT_GONE
         finally:
             if in_flight:

@@ -16,6 +16,7 @@ from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from schema.collection import CollectionSpec
 from search.api import ProductSearch
+from search.verify import SameItemVerifier
 from serve.api import ServeConfig, create_app
 from serve.health import Readiness
 from serve.metrics import SearchMetrics, TimedEmbedder
@@ -53,13 +54,16 @@ class Served:
 def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: int = 200_000,
                  search: Any = None, config: ServeConfig | None = None,
                  probed_store: Any = None,
-                 catalog: dict[str, tuple[str, float, str, str, float]] | None = None
+                 catalog: dict[str, tuple[str, float, str, str, float]] | None = None,
+                 verifier: SameItemVerifier | None = None, workers: int = 4
                  ) -> Iterator[Served]:
     """The app over a small catalog whose vectors sit at known angles to the RED query;
     ``config``: limits other than the defaults (its roots, threshold and upload cap are
     replaced by the catalog's); ``probed_store``: the store the probes ask, when not the
     catalog's (one that hangs or whose process died); ``catalog``: another than
-    :data:`CATALOG` (its ids are the images' file names, "/" written as "_")."""
+    :data:`CATALOG` (its ids are the images' file names, "/" written as "_"); ``verifier``:
+    price comparison's, when not a :class:`SimilarityOnlyVerifier`; ``workers``: the size of
+    the search pool."""
     store = MilvusStore.open(str(tmp / "serve.db"))
     spec = CollectionSpec(name="serve_api", dim=8)
     ensure_collections(store, spec)
@@ -80,8 +84,8 @@ def build_served(tmp: Path, *, max_pixels: int = 40_000_000, max_upload_bytes: i
     metrics = SearchMetrics(registry)
     timed = TimedEmbedder(embedder)
     real = ProductSearch(store, spec, timed, consistency="Strong", max_pixels=max_pixels,
-                         verifier=SimilarityOnlyVerifier())
-    with ThreadPoolExecutor(4) as pool:
+                         verifier=verifier or SimilarityOnlyVerifier())
+    with ThreadPoolExecutor(workers) as pool:
         app = create_app(search or real, embedder=timed, store=store,
                          readiness=Readiness(probed_store or store, spec.name, lambda: True,
                                              model_version=embedder.model_version),

@@ -849,9 +849,10 @@ def test_compare_prices_looks_deeper_below_a_family_of_look_alikes(
     checked: list[bool] = []  # per verify call: whether the print must agree too
     verify = verifier.verify
     monkeypatch.setattr(verifier, "verify", lambda q, c, m=None, print_check=False,
-                        overlay="open": (checked.append(print_check)
-                                         or verify(q, c, m, print_check=print_check,
-                                                   overlay=overlay)))
+                        overlay="open", cancelled=None: (
+                            checked.append(print_check)
+                            or verify(q, c, m, print_check=print_check, overlay=overlay,
+                                      cancelled=cancelled)))
     # The listing that matched vouching for those below (tested on its own) matches more.
     monkeypatch.setattr(search_api, "ANCHOR_COMPARED", 0)
     search = ProductSearch(milvus.store, s, embedder, consistency="Strong",
