@@ -99,22 +99,70 @@ def _seller(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _with(settings: Settings, **groups: dict[str, Any]) -> Settings:
-    """A copy of ``settings`` with CLI overrides (None means: keep the setting), validated
-    by the settings' own bounds, so an option accepts exactly what its setting accepts."""
+SETTING_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    # (the option, its dest on the parsed arguments, the setting it overrides: group.field)
+    ("--bootstrap-servers", "bootstrap_servers", "kafka.bootstrap_servers"),
+    ("--topic", "topic", "kafka.topic"),
+    ("--group-id", "group_id", "kafka.group_id"),
+    ("--milvus-uri", "milvus_uri", "milvus.uri"),
+    ("--collection", "collection", "milvus.collection"),
+    ("--image-root", "image_root", "images.roots"),
+    ("--metrics-host", "metrics_host", "ingest.metrics_host"),
+    ("--host", "host", "serve.host"),
+    ("--port", "port", "serve.port"),  # but broker's, which is its own
+    ("-k", "k", "search.k"),
+    ("-k", "compare_k", "search.compare_k"),
+    ("--threshold", "compare_threshold", "search.compare_threshold"),
+)
+"""The options that override a setting, each checked by the setting's own bounds and, when
+refused, named in the error as typed (``--threshold``, not ``search.compare_threshold``)."""
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """``group.field`` -> (the option, its value) for each :data:`SETTING_OPTIONS` given."""
+    out: dict[str, tuple[str, Any]] = {}
+    for option, dest, setting in SETTING_OPTIONS:
+        value = getattr(args, dest, None)
+        if value is not None and not (dest == "port" and args.command == "broker"):
+            out[setting] = (option, value)
+    return out
+
+
+def _with(settings: Settings, overrides: dict[str, tuple[str, Any]]) -> Settings:
+    """A copy of ``settings`` with the options' ``overrides`` (``_overrides``), validated by
+    the settings' own bounds, so an option accepts exactly what its setting accepts; a value
+    refused is a :class:`UserError` naming the option, or, where an option clashes with
+    another setting (``--topic`` equal to ``kafka.dlq_topic``), that setting beside it."""
+    groups: dict[str, dict[str, Any]] = {}
+    for setting, (_, value) in overrides.items():
+        group, _, field = setting.partition(".")
+        groups.setdefault(group, {})[field] = value
     update: dict[str, BaseModel] = {}
     for group, values in groups.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            current = getattr(settings, group)
-            try:
-                update[group] = type(current).model_validate({**current.model_dump(), **values})
-            except ValidationError as exc:
-                error = exc.errors(include_url=False)[0]
-                name = ".".join(str(x) for x in (group, *error["loc"]))
-                raise UserError(f"invalid {name} ({error['input']!r}): {error['msg']}"
-                                ) from None
+        current = getattr(settings, group)
+        try:
+            update[group] = type(current).model_validate({**current.model_dump(), **values})
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            setting = ".".join(str(x) for x in (group, *error["loc"][:1]))
+            refused = _as_typed(error["input"])
+            if setting in overrides:
+                what = f"{overrides[setting][0]} ({refused})"
+            else:
+                given = ", ".join(f"{option} ({_as_typed(value)})"
+                                  for name, (option, value) in overrides.items()
+                                  if name.startswith(f"{group}."))
+                what = f"{'.'.join(str(x) for x in (group, *error['loc']))} ({refused}) " \
+                       f"beside {given}"
+            raise UserError(f"invalid {what}: {error['msg']}") from None
     return settings.model_copy(update=update)
+
+
+def _as_typed(value: Any) -> str:
+    """A refused value as its option took it: a path as its text (not ``PosixPath(...)``)."""
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(_as_typed(v) for v in value)}]"
+    return repr(str(value) if isinstance(value, Path) else value)
 
 
 def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: bool = True) -> None:
@@ -342,21 +390,7 @@ def _main(args: argparse.Namespace, graceful: bool) -> int:
     for chatty in ("kafka.net", "milvus_lite.server_manager"):
         logging.getLogger(chatty).setLevel(logging.CRITICAL)
     try:
-        settings = _with(
-            settings,
-            kafka={"bootstrap_servers": getattr(args, "bootstrap_servers", None),
-                   "topic": getattr(args, "topic", None),
-                   "group_id": getattr(args, "group_id", None)},
-            milvus={"uri": getattr(args, "milvus_uri", None),
-                    "collection": getattr(args, "collection", None)},
-            images={"roots": getattr(args, "image_root", None)},
-            ingest={"metrics_host": getattr(args, "metrics_host", None)},
-            serve={"host": getattr(args, "host", None),
-                   "port": getattr(args, "port", None) if args.command != "broker" else None},
-            search={"k": getattr(args, "k", None),
-                    "compare_k": getattr(args, "compare_k", None),
-                    "compare_threshold": getattr(args, "compare_threshold", None)},
-        )
+        settings = _with(settings, _overrides(args))
         module, _, name = HANDLERS[args.command].partition(":")
         handler = getattr(importlib.import_module(module), name)  # heavy imports: only now
         with nullcontext() if graceful else signals.handling(_terminate, [signal.SIGTERM]):

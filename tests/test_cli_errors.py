@@ -97,11 +97,11 @@ def test_k_out_of_range_is_an_error(k: str, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     image = write_image(tmp_path / "q.png", seed=1)
     assert main(["search", str(image), "-k", k, "--milvus-uri", str(tmp_path / "x.db")]) == 2
-    assert "search.k" in one_error(capsys, "search")
+    assert f"invalid -k ({int(k)})" in one_error(capsys, "search")
     code = main(["compare-prices", "--product-id", "p", "-k", k,
                  "--milvus-uri", str(tmp_path / "x.db")])
     assert code == ExitCode.USAGE
-    assert "search.compare_k" in one_error(capsys, "compare-prices")
+    assert f"invalid -k ({int(k)})" in one_error(capsys, "compare-prices")
     assert not (tmp_path / "x.db").exists()
 
 
@@ -112,7 +112,7 @@ def test_threshold_outside_cosine_range_is_an_error(
     code = main(["compare-prices", "--product-id", "p", "--threshold", threshold,
                  "--milvus-uri", str(tmp_path / "x.db")])
     assert code == ExitCode.USAGE
-    assert "compare_threshold" in one_error(capsys, "compare-prices")
+    assert f"invalid --threshold ({float(threshold)})" in one_error(capsys, "compare-prices")
 
 
 def test_a_threshold_of_nan_is_not_a_finite_number(
@@ -121,7 +121,7 @@ def test_a_threshold_of_nan_is_not_a_finite_number(
     code = main(["compare-prices", "--product-id", "p", "--threshold", "nan",
                  "--milvus-uri", str(tmp_path / "x.db")])
     assert code == ExitCode.USAGE
-    assert "compare_threshold (nan): Input should be a finite number" in one_error(
+    assert "invalid --threshold (nan): Input should be a finite number" in one_error(
         capsys, "compare-prices")
 
 
@@ -295,7 +295,7 @@ def test_an_empty_folder_a_file_or_no_path_is_no_database(
     assert "is a file, not a Milvus Lite database" in one_error(capsys, command[0])
     assert file.read_text() == "hi"
     assert main([*argv, "--milvus-uri", ""]) == ExitCode.USAGE
-    assert "invalid milvus.uri" in one_error(capsys, command[0])
+    assert "invalid --milvus-uri ('')" in one_error(capsys, command[0])
 
 
 @pytest.mark.parametrize("how", ["flag", "setting"])
@@ -529,12 +529,80 @@ def test_the_shell_sees_serve_fail_to_listen_in_one_line_and_exit_2(
         assert done.stderr.startswith("lookalike serve: error: the API cannot listen on ")
 
 
+BAD_SETTING_OPTIONS = [
+    (["publish", "c.jsonl", "--bootstrap-servers", "h:xx"], "--bootstrap-servers ('h:xx')"),
+    (["publish", "c.jsonl", "--topic", "a/b"], "--topic ('a/b')"),
+    (["ingest", "--group-id", ""], "--group-id ('')"),
+    (["models", "--milvus-uri", ""], "--milvus-uri ('')"),
+    (["ingest", "--metrics-port", "9999", "--metrics-host", ""], "--metrics-host ('')"),
+    (["serve", "--host", ""], "--host ('')"),
+    (["run", "--port", "70000"], "--port (70000)"),
+    (["search", "q.jpg", "-k", "0"], "-k (0)"),
+    (["compare-prices", "q.jpg", "-k", "1001"], "-k (1001)"),
+    (["compare-prices", "q.jpg", "--threshold", "7"], "--threshold (7.0)"),
+]
+"""A value its setting refuses, for each option that overrides a setting
+(``lookalike.cli.SETTING_OPTIONS``) but ``--image-root`` (its type refuses what its setting
+would: an empty path) and ``--collection`` (its name is checked where the store opens:
+"invalid collection name")."""
+
+
+@pytest.mark.parametrize(("argv", "named"), BAD_SETTING_OPTIONS,
+                         ids=[f"{a[0]} {a[-2]}" for a, _ in BAD_SETTING_OPTIONS])
+def test_a_value_its_setting_refuses_names_the_option(
+        argv: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--threshold 7`` said "invalid search.compare_threshold (7.0)", a setting the user
+    did not type; the option it came from is named now, in one line, exit 2, before any
+    broker, store or model. The same setting from the environment still names the
+    environment's setting."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == ExitCode.USAGE
+    line = one_error(capsys, argv[0])
+    assert f"invalid {named}: " in line, line
+    assert not list(tmp_path.iterdir())  # no database created
+
+
+def test_every_option_that_overrides_a_setting_is_tested() -> None:
+    from lookalike.cli import SETTING_OPTIONS, build_parser
+    from lookalike.settings import Settings
+
+    checked = {argv[-2] for argv, _ in BAD_SETTING_OPTIONS} | {"--image-root", "--collection"}
+    assert {option for option, _, _ in SETTING_OPTIONS} == checked
+    parser = build_parser()
+    for argv, _ in BAD_SETTING_OPTIONS:  # each option lands where SETTING_OPTIONS reads it
+        args = parser.parse_args(argv)
+        dests = [dest for option, dest, _ in SETTING_OPTIONS
+                 if option == argv[-2] and getattr(args, dest, None) is not None]
+        assert len(dests) == 1, argv
+    for _, _, setting in SETTING_OPTIONS:
+        group, _, field = setting.partition(".")
+        assert field in type(getattr(Settings(), group)).model_fields, setting
+
+
+def test_an_option_that_clashes_with_another_setting_names_both(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The dead-letter topic (a setting, here its default) must not be the events' topic."""
+    assert main(["publish", "c.jsonl", "--topic", "catalog.products.dlq"]) == ExitCode.USAGE
+    assert ("invalid kafka.dlq_topic ('catalog.products.dlq') beside --topic "
+            "('catalog.products.dlq'): Value error, the dead-letter topic must not be"
+            in one_error(capsys, "publish"))
+
+
+def test_an_environment_setting_a_flag_would_refuse_still_names_the_setting(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOOKALIKE_SEARCH__COMPARE_THRESHOLD", "7")
+    assert main(["compare-prices", "q.jpg"]) == ExitCode.USAGE
+    line = one_error(capsys, "compare-prices")
+    assert "invalid LOOKALIKE_ setting search.compare_threshold: Input should be less" in line
+
+
 def test_an_empty_host_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """uvicorn reads an empty host as every interface (0.0.0.0 and ::)."""
     assert main(["serve", "--host", "", "--milvus-uri", str(tmp_path / "m.db")]) == \
         ExitCode.USAGE
-    assert "invalid serve.host (''): Value error, empty" in one_error(capsys, "serve")
+    assert "invalid --host (''): Value error, empty" in one_error(capsys, "serve")
     monkeypatch.setenv("LOOKALIKE_SERVE__HOST", " ")
     assert main(["run", "--bootstrap-servers", f"127.0.0.1:{closed_port()}"]) == ExitCode.USAGE
     assert "invalid LOOKALIKE_ setting serve.host: Value error, empty" in one_error(capsys, "run")
@@ -774,7 +842,7 @@ def test_malformed_bootstrap_servers_are_refused_at_once(
             "run": ["run", "--milvus-uri", str(tmp_path / "m.db")]}[command]
     started = time.monotonic()
     assert main([*argv, "--bootstrap-servers", servers]) == ExitCode.USAGE
-    assert "invalid kafka.bootstrap_servers" in one_error(capsys, command)
+    assert f"invalid --bootstrap-servers ({servers!r})" in one_error(capsys, command)
     assert time.monotonic() - started < 3  # not the 1 s connect timeout, nor the model
     assert not (tmp_path / "m.db").exists()
 
@@ -814,7 +882,7 @@ def test_a_topic_kafka_refuses_is_refused_at_once(
             "run": ["run", "--milvus-uri", str(tmp_path / "m.db")]}[command]
     servers = f"127.0.0.1:{closed_port()}"
     assert main([*argv, "--topic", topic, "--bootstrap-servers", servers]) == ExitCode.USAGE
-    assert "invalid kafka.topic" in one_error(capsys, command)
+    assert f"invalid --topic ({topic!r})" in one_error(capsys, command)
     assert not (tmp_path / "m.db").exists()
 
 
@@ -851,7 +919,7 @@ def test_an_empty_group_id_is_refused(command: str, tmp_path: Path,
     code = main([command, "--group-id", "", "--bootstrap-servers", servers,
                  "--milvus-uri", str(tmp_path / "m.db")])
     assert code == ExitCode.USAGE
-    assert "invalid kafka.group_id ('')" in one_error(capsys, command)
+    assert "invalid --group-id ('')" in one_error(capsys, command)
     assert not (tmp_path / "m.db").exists()
 
 
@@ -953,7 +1021,7 @@ def test_ingest_metrics_on_a_taken_everywhere_is_one_line_before_anything_else(
      "cannot serve metrics on 999.1.1.1:FREE: '999.1.1.1' is neither an IP address nor a host "
      "name that resolves"),
     (["--metrics-port", "FREE", "--metrics-host", ""],
-     "invalid ingest.metrics_host (''): Value error, empty"),
+     "invalid --metrics-host (''): Value error, empty"),
     (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
 ])
 def test_an_ingest_metrics_host_it_cannot_listen_on_is_one_line(
