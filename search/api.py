@@ -661,6 +661,7 @@ class ProductSearch:
         else:
             assert image is not None
             shown, picture = self._load_views(image)
+            stop_if(cancelled, "the query photo's turns, keypoints and cut-outs")
             to_verify = [picture]
             if self._turned_queries:
                 turn, quarters = self._upright(shown, filter)

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import requests
 
+from search.cancel import SearchCancelled
 from search.verify import Evidence
 from serve.server import BackgroundServer
 from tests.fakes import SimilarityOnlyVerifier
-from tests.serve_support import Served, build_served
+from tests.serve_support import RED, Served, build_served, png
 
 EVERY_LISTING = {"product_id": "red-tee", "threshold": -1}
 """A comparison whose candidates are the 4 other products of the catalog."""
@@ -126,3 +127,33 @@ def test_a_request_whose_client_left_while_it_waited_for_a_worker_is_not_searche
                                    json={"vector": [1.0] + [0.0] * 7}, timeout=10)
             assert vector.status_code == 200 and vector.json()["hits"]
             assert reaches(served, "/v1/search", "200", 1)
+
+
+def gone_after(n: int) -> Callable[[], bool]:
+    """A ``cancelled`` that says the caller is gone from its ``n + 1``-th question on."""
+    asked = [0]
+
+    def cancelled() -> bool:
+        asked[0] += 1
+        return asked[0] > n
+
+    return cancelled
+
+
+def test_an_image_search_and_a_comparison_stop_at_the_stage_their_caller_left(
+        tmp_path: Path) -> None:
+    """``cancelled`` is asked between stages: gone once the photos are embedded (an image
+    search) or its photo decoded (a comparison, which would search with its quarter turns
+    next), neither searches Milvus; never gone, both answer as without it."""
+    for served in build_served(tmp_path):
+        with served.search._store.recording() as calls:
+            with pytest.raises(SearchCancelled, match="before the vector search"):
+                served.search.by_images([png(RED), png(RED)], cancelled=gone_after(2))
+            with pytest.raises(SearchCancelled, match="before the query photo's turns"):
+                served.search.compare_prices(image=png(RED), cancelled=gone_after(0))
+        assert calls == []
+        assert served.search.by_images([png(RED)], cancelled=lambda: False) == \
+            served.search.by_images([png(RED)])
+        kept = served.search.compare_prices(product_id="red-tee", threshold=-1,
+                                            cancelled=lambda: False)
+        assert len(kept) == 4
