@@ -6,9 +6,10 @@ they fail the same way, with the same reasons, and an unexpected decoder bug fai
 
 Decoding a large photo takes hundreds of megabytes for a moment, and glibc keeps what a
 thread freed in that thread's own malloc arena: 8 fetch threads that each decoded one
-40-megapixel PNG held 4.7 GB between them for good. So ingest decodes on a pool of its own,
-``decode_workers`` threads (:func:`load_image_ref`'s ``decoder``), and after a large photo the
-freed memory is handed back to the system (:func:`release_freed_memory`).
+40-megapixel PNG held 4.7 GB between them for good. So ingest and reindex decode on a pool of
+their own, ``decode_workers`` threads (:func:`decode_pool`, :func:`load_image_ref`'s
+``decoder``), and after a large photo the freed memory is handed back to the system
+(:func:`release_freed_memory`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import functools
 import logging
 import platform
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Final, TypeVar
 
 from PIL import Image
@@ -35,6 +36,14 @@ T = TypeVar("T")
 LARGE_DECODE_PIXELS: Final = 8_000_000
 """Photos decoded at this size or larger (32 MB of RGB and more) are followed by a
 ``malloc_trim``; smaller ones reuse what the arena holds."""
+
+
+def decode_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads that decode photos (``decoder`` of :func:`load_image_ref`): ingest's
+    stages and ``lookalike reindex`` each hold one of ``decode_workers`` threads (settings
+    ``images.decode_workers``; ``lookalike.app.decode_workers``), so that decoding does not
+    preempt CPU inference and only those threads' malloc arenas ever hold a large photo."""
+    return ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode")
 
 
 def load_image_ref(

@@ -7,11 +7,11 @@ Steps (see schema/versions.py for the names and store/versions.py for the aliase
 2. A *pass* reads every source and target state. A product is copied when the target lacks it
    or holds an older version (or a different listed flag), or when the target holds rows of
    another model for it; products only in the target are deleted. Copying reads the product's
-   image rows, fetches and decodes each stored image reference again (ingest/fetch.py,
-   embedding/decode.py), embeds it with the new model and writes the rows with the new vector
-   and model version, every other field unchanged, then the state (written last, as ingest
-   does). Delisted products are copied as tombstones. Resumable: a second run skips what is
-   already there.
+   image rows, fetches and decodes each stored image reference again (ingest/fetch.py; decoded
+   on a pool of ``decode_workers`` threads as ingest does, ingest/load.py), embeds it with the
+   new model and writes the rows with the new vector and model version, every other field
+   unchanged, then the state (written last, as ingest does). Delisted products are copied as
+   tombstones. Resumable: a second run skips what is already there.
 3. Passes repeat, each catching products that the running ingest of the old model changed
    during the previous one, until one is small (``switch_changes``: :meth:`_small_enough`).
    Each pass first checks that its source still serves (another run may have switched).
@@ -50,7 +50,7 @@ from pydantic import ValidationError
 
 from embedding.embedder import Embedder, PreparedEmbedder
 from ingest.fetch import ImageFetcher
-from ingest.load import load_image_ref
+from ingest.load import decode_pool, load_image_ref
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink, read_states, state_of
 from lookalike import signals
@@ -177,6 +177,7 @@ class Reindexer:
         pool: ThreadPoolExecutor,
         *,
         max_pixels: int,
+        decode_workers: int = 1,
         chunk_products: int = 16,
         max_passes: int,
         settle_s: float,
@@ -190,6 +191,10 @@ class Reindexer:
         self._fetcher = fetcher
         self._pool = pool
         self._max_pixels = max_pixels
+        # Photos are fetched on ``pool`` and decoded on a pool of decode_workers threads, as
+        # ingest does (ingest/load.py): a 40-megapixel photo decoded on each of 8 fetch threads
+        # left every one of their malloc arenas holding hundreds of megabytes.
+        self._decoder = decode_pool(decode_workers)
         self._chunk = max(1, chunk_products)
         self._max_passes = max(1, max_passes)
         self._settle_s = settle_s
@@ -481,11 +486,13 @@ class Reindexer:
         """The stored photo as the model's input (``prepare``, on the pool thread that
         decoded it) when the embedder prepares apart: a chunk then holds one small array a
         photo until its embedder call, not every photo's full decode (16 products of 40
-        megapixels were 160 MB a photo); the photo itself otherwise."""
+        megapixels were 160 MB a photo); the photo itself otherwise. Decoded (and prepared)
+        on the decode pool, as ingest does (:mod:`ingest.load`); fetched on this thread."""
         then: Callable[[Image.Image], Any] = (
             self._prepared.prepare if self._prepared is not None else _same)
         return load_image_ref(self._fetcher, stored_image(reference), then,
-                              max_pixels=self._max_pixels, min_size=self._decode_size)
+                              max_pixels=self._max_pixels, min_size=self._decode_size,
+                              decoder=self._decoder)
 
     def _embed(self, loaded: list[Any]) -> NDArray[np.float32]:
         """Vectors of :meth:`_load`'s results: ``embed_prepared`` of the stacked inputs (what

@@ -22,7 +22,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ingest.dlq import DeadLetterQueue
 from ingest.fetch import ImageFetcher
 from ingest.fetch_queue import FetchQueue
-from ingest.load import load_image_ref
+from ingest.load import decode_pool, load_image_ref
 from ingest.outage import OutageWait
 from ingest.plan import (
     EmbeddedProduct,
@@ -246,7 +246,7 @@ class Stages:
         # Fetching is I/O and runs on every pool thread; decoding is CPU and runs on a pool
         # of decode_workers threads, so it does not preempt CPU inference (see settings), and
         # only those threads' malloc arenas ever hold a large photo (ingest/load.py).
-        self._decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self._decoder = decode_pool(decode_workers)
         self._clock = clock
         # Runs after each batch's Milvus writes, before it may be committed: raising keeps
         # the batch uncommitted and stops the runner (schema.versions.ServingGuard.check).

@@ -463,7 +463,8 @@ def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
     from ingest.reindex import Reindexer
 
     return Reindexer(versions, embedder, build_fetcher(settings.images), pool,
-                     max_pixels=settings.images.max_pixels, max_passes=max_passes,
+                     max_pixels=settings.images.max_pixels,
+                     decode_workers=decode_workers(settings, embedder), max_passes=max_passes,
                      settle_s=settle_s, switch_changes=switch_changes, on_chunk=on_chunk)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedding.decode import decode_image
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageWait
 from ingest.plan import EventItem, WritePlan
@@ -560,6 +562,48 @@ def test_reindex_keeps_the_models_inputs_not_the_decoded_photos(world: World) ->
         photo = Image.open(world.root / "images" / f"{r['product_id']}.png")
         expected = v2.embed([photo])[0]
         assert np.allclose(rows[r["product_id"]]["vector"], expected, atol=1e-6)
+
+
+class ThreadRecordingV2(TinyEmbedderV2):
+    """:class:`TinyEmbedderV2` that records the thread each ``prepare`` ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def prepare(self, image: Any) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        return super().prepare(image)
+
+
+def test_reindex_decodes_on_the_decode_pool_as_ingest_does(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reindex decoded each photo on the fetch thread that fetched it, outside ingest's
+    ``decode_workers`` pool: 8 fetch threads that each decoded a 40-megapixel photo kept
+    hundreds of megabytes apiece in their malloc arenas. It now decodes (and prepares) on the
+    decode pool, with ingest's strip-wise RGBA conversion and ``malloc_trim`` after a large
+    photo: an 8-megapixel transparent PNG is copied with the vector of its flattened decode."""
+    from ingest import load as image_loading
+
+    v1 = TinyEmbedder()
+    big = world.root / "images" / "big.png"
+    rgba = np.zeros((2000, 4000, 4), np.uint8)
+    rgba[:, :2000] = (200, 30, 30, 255)
+    rgba[:1000, 2000:] = (0, 0, 255, 128)  # half transparent: flattened on white
+    Image.fromarray(rgba, "RGBA").save(big)
+    ingest(world.ingester(v1), [*catalog(world, 2),
+                                upsert_payload("big", 1, ["images/big.png"])])
+    trims: list[int] = []
+    monkeypatch.setattr(image_loading, "release_freed_memory", lambda: trims.append(1))
+    v2 = ThreadRecordingV2()
+    report = world.reindexer(v2, decode_workers=1).run()
+    assert report.switched and not report.failures and report.images_embedded == 3
+    assert len(v2.threads) == 3 and all(t.startswith("decode") for t in v2.threads)
+    assert trims == [1]  # after the one photo of 8 megapixels
+    rows = {r["product_id"]: r for r in world.rows(physical_name(world.base, v2.model_version))}
+    photo = decode_image(big.read_bytes(), 10_000_000)
+    assert photo.mode == "RGB" and photo.getpixel((3000, 0)) == (127, 127, 255)
+    assert np.allclose(rows["big"]["vector"], TinyEmbedderV2().embed([photo])[0], atol=1e-6)
 
 
 def test_reindex_migrates_a_pre_alias_collection(world: World) -> None:
