@@ -59,11 +59,16 @@ from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 from schema.records import ImageRecord, ProductState
 from schema.versions import state_name
+from store.lease import DEFAULT_LEASE_S, LeaseLostError
 from store.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
 _ROW_FIELDS = [f for f in IMAGE_FIELDS if f != "vector"]
+
+LEASE_S = DEFAULT_LEASE_S
+"""How long a run's lease lasts without a renewal (renewed between chunks, at most every
+40 s): a killed run blocks the next one for at most this long."""
 
 
 class ReindexError(RuntimeError):
@@ -184,6 +189,8 @@ class Reindexer:
         switch_changes: int = 50,
         on_chunk: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        lease_s: float = LEASE_S,
+        lease_confirm_s: float = 1.0,
     ) -> None:
         self._versions = versions
         self._store = versions.store
@@ -201,6 +208,8 @@ class Reindexer:
         self._switch_changes = max(0, switch_changes)
         self._on_chunk = on_chunk
         self._sleep = sleep
+        # One run at a time per base name, on every machine sharing the server (store/lease.py)
+        self._lease = versions.reindex_lease("reindex", ttl_s=lease_s, confirm_s=lease_confirm_s)
         self._decode_size: int | None = getattr(embedder, "decode_size", None)
         self._prepared = embedder if isinstance(embedder, PreparedEmbedder) else None
         self._failed_at: dict[str, int] = {}
@@ -216,7 +225,19 @@ class Reindexer:
         called with each pass number (tests use it to change the source meanwhile).
 
         When the model already serves and a catch-up is owed (a switch cut short right after
-        the aliases moved), runs that catch-up instead of refusing."""
+        the aliases moved), runs that catch-up instead of refusing.
+
+        Holds the base name's reindex lease throughout (released at the end, also on errors;
+        a killed run's expires after ``lease_s``): raises
+        :class:`store.lease.LeaseHeldError` at once while another run holds it."""
+        with self._lease:
+            return self._run(switch=switch, allow_failures=allow_failures,
+                             before_pass=before_pass)
+
+    def _run(
+        self, *, switch: bool, allow_failures: bool,
+        before_pass: Callable[[int], None] | None,
+    ) -> ReindexReport:
         started = time.monotonic()
         self._allow_failures = allow_failures
         model = self._embedder.model_version
@@ -254,7 +275,7 @@ class Reindexer:
                 if self._small_enough(report.passes):
                     ready = True
                     break
-        except SourceRetiredError as exc:
+        except (SourceRetiredError, LeaseLostError) as exc:
             report.refused = str(exc)
         sink.flush()
         if report.refused:
@@ -277,7 +298,7 @@ class Reindexer:
             with signals.held(_finishing_the_switch) as received:
                 try:
                     self._switch(model, serving.physical, target, sink, report)
-                except SourceRetiredError as exc:
+                except (SourceRetiredError, LeaseLostError) as exc:
                     report.refused = str(exc)
                     log.error("reindex: not switching: %s", report.refused)
             if received:
@@ -333,6 +354,7 @@ class Reindexer:
         (``retiring``, written before the aliases move) and the next ``lookalike reindex``
         runs it. Refused when ``source`` no longer serves (another switch since this run
         started: its passes copied from a pair that no longer takes the writes)."""
+        self._lease.renew(check=True)  # still this run's: no other run may switch meanwhile
         self._check_serves(source)
         previous = self._versions.switch_to(model, self._embedder.dim)
         report.switched = True
@@ -372,6 +394,7 @@ class Reindexer:
         started = time.monotonic()
         if not after_switch:
             self._check_serves(source)
+        self._keep_lease(after_switch)
         p = PassReport(number, after_switch)
         report.passes.append(p)
         src = self._states(state_name(source))
@@ -395,6 +418,7 @@ class Reindexer:
                 chunk = [pid for pid in chunk if pid not in newer
                          or newer[pid].version < src[pid].version or pid in foreign]
             self._copy(chunk, src, source, sink, p, report)
+            self._keep_lease(after_switch)
             if self._on_chunk is not None:
                 self._on_chunk(len(chunk))
         if gone:
@@ -404,6 +428,18 @@ class Reindexer:
         p.seconds = time.monotonic() - started
         log.info("reindex %s", p.summary())
         return p
+
+    def _keep_lease(self, after_switch: bool) -> None:
+        """Renew the lease; losing it stops the passes before the switch
+        (:class:`LeaseLostError`, caught by :meth:`_run`). After the switch the catch-up goes
+        on: the aliases moved, and the run that took the lease over runs it too (the copy is
+        idempotent)."""
+        try:
+            self._lease.renew()
+        except LeaseLostError as exc:
+            if not after_switch:
+                raise
+            log.warning("reindex: %s; finishing the catch-up pass anyway", exc)
 
     def _states(self, collection: str) -> dict[str, ProductState]:
         rows = self._store.scan(collection, 'product_id != ""', STATE_FIELDS,

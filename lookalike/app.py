@@ -458,14 +458,15 @@ def build_runner(
 
 def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
                     pool: ThreadPoolExecutor, *, max_passes: int, settle_s: float,
-                    switch_changes: int = 50,
+                    switch_changes: int = 50, lease_s: float | None = None,
                     on_chunk: Callable[[int], None] | None = None) -> Reindexer:
-    from ingest.reindex import Reindexer
+    from ingest.reindex import LEASE_S, Reindexer
 
     return Reindexer(versions, embedder, build_fetcher(settings.images), pool,
                      max_pixels=settings.images.max_pixels,
                      decode_workers=decode_workers(settings, embedder), max_passes=max_passes,
-                     settle_s=settle_s, switch_changes=switch_changes, on_chunk=on_chunk)
+                     settle_s=settle_s, switch_changes=switch_changes, on_chunk=on_chunk,
+                     lease_s=LEASE_S if lease_s is None else lease_s)
 
 
 class Stoppable(Protocol):

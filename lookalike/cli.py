@@ -165,13 +165,19 @@ def _as_typed(value: Any) -> str:
     return repr(str(value) if isinstance(value, Path) else value)
 
 
-def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: bool = True) -> None:
+def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: bool = True,
+                     default: Any = None) -> None:
+    """``default``: ``argparse.SUPPRESS`` in a nested subcommand (``models drop``), so that
+    its absent options do not replace the ones given before it (``models --milvus-uri X
+    drop V``)."""
     if kafka:
-        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
-        p.add_argument("--topic", help="product events topic")
+        p.add_argument("--bootstrap-servers", default=default,
+                       help="Kafka bootstrap servers (host:port,...)")
+        p.add_argument("--topic", default=default, help="product events topic")
     if milvus:
-        p.add_argument("--milvus-uri", help="Milvus URI, or a .db path for Milvus Lite")
-        p.add_argument("--collection", help="Milvus collection name")
+        p.add_argument("--milvus-uri", default=default,
+                       help="Milvus URI, or a .db path for Milvus Lite")
+        p.add_argument("--collection", default=default, help="Milvus collection name")
 
 
 def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
@@ -298,9 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "copies the rest (0: only after a pass that changed nothing)")
     p.add_argument("--settle-s", type=_at_least(0, float), default=2.0,
                    help="wait after the switch before the last catch-up pass")
+    p.add_argument("--lease-s", type=_at_least(10, float), default=120.0,
+                   help="how long this run's lease lasts unless renewed (it renews it as it "
+                        "works): a second reindex is refused meanwhile, and the lease of a "
+                        "killed run blocks the next one at most this long")
 
-    p = sub.add_parser("models", help="which model version serves, and the others")
+    p = sub.add_parser("models", help="which model version serves, and the others; "
+                       "`models drop VERSION` removes an old one")
     _connection_args(p, kafka=False)
+    models_sub = p.add_subparsers(dest="models_command", metavar="{drop}")
+    drop = models_sub.add_parser("drop", help="drop an old model version's collections and "
+                                 "registry entry (not the serving one, nor one owed a catch-up)")
+    _connection_args(drop, kafka=False, default=argparse.SUPPRESS)
+    drop.add_argument("version", help="the model version (or physical collection) as "
+                      "`lookalike models` lists it")
+    drop.add_argument("--force", action="store_true",
+                      help="also drop a version being built (status building): stop its "
+                           "writers first; a running reindex holds a lease and is never "
+                           "dropped")
 
     p = sub.add_parser("serve", help="the HTTP search API, search page and /metrics")
     _connection_args(p, kafka=False)

@@ -42,11 +42,12 @@ from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings, kafka_addresses
 from schema.events import SCHEME
-from schema.versions import ModelRetiredError
+from schema.versions import ModelRetiredError, ModelVersionError
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import MilvusStore
 from store.expressions import check_string
+from store.lease import DEFAULT_LEASE_S, LeaseHeldError
 from store.versions import ModelVersions
 
 if TYPE_CHECKING:
@@ -411,11 +412,14 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         reindexer = build_reindexer(settings, embedder, versions, pool,
                                     max_passes=args.max_passes, settle_s=args.settle_s,
-                                    switch_changes=args.switch_changes, on_chunk=bar.update)
+                                    switch_changes=args.switch_changes, lease_s=args.lease_s,
+                                    on_chunk=bar.update)
         try:
             report = reindexer.run(switch=not args.no_switch, allow_failures=args.allow_failures)
         except ReindexError as exc:
             raise UserError(str(exc)) from None
+        except LeaseHeldError as exc:
+            raise _lease_held(exc) from None
         finally:
             bar.close()
     for product_id, problems in sorted(report.failures.items()):
@@ -439,8 +443,19 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _lease_held(exc: LeaseHeldError) -> UserError:
+    """Exit 4, as a Milvus Lite database or a train folder held by another process: the same
+    command succeeds once the holder finished (or its lease expired)."""
+    return UserError(f"another `lookalike reindex` or `lookalike models drop` is running: "
+                     f"{exc}; wait for it (the lease of a killed run expires by itself)",
+                     ExitCode.UNAVAILABLE)
+
+
 def models(settings: Settings, args: argparse.Namespace) -> int:
-    """Which model serves, and the other versions in the registry."""
+    """Which model serves, and the other versions in the registry (``models drop``:
+    :func:`drop_model`)."""
+    if getattr(args, "models_command", None) == "drop":
+        return drop_model(settings, args)
     versions = open_versions(settings)
     store, base = versions.store, versions.base
     serving = versions.load_serving()
@@ -463,6 +478,25 @@ def models(settings: Settings, args: argparse.Namespace) -> int:
     for entry in versions.catch_ups_owed():
         print(f"catch-up owed from {entry.physical} (a switch was cut short after the aliases "
               f"moved): run `lookalike reindex` with model {serving.model_version}")
+    return ExitCode.OK
+
+
+def drop_model(settings: Settings, args: argparse.Namespace) -> int:
+    """Drop an old model version's collections and registry entry, holding the reindex lease
+    so that no reindex fills or switches to that pair meanwhile."""
+    versions = open_versions(settings)
+    if versions.serving_unloaded() is None and not versions.entries():
+        raise UserError(f"{versions.base}: does not exist yet (the first ingest creates it); "
+                        "no model version to drop")
+    try:
+        with versions.reindex_lease("models-drop", ttl_s=DEFAULT_LEASE_S):
+            entry = versions.drop_version(args.version, force=args.force)
+    except LeaseHeldError as exc:
+        raise _lease_held(exc) from None
+    except ModelVersionError as exc:
+        raise UserError(str(exc)) from None
+    print(f"dropped model {entry.model_version} ({entry.status.value}): {entry.physical}, "
+          f"{entry.physical}_state and its registry entry")
     return ExitCode.OK
 
 

@@ -24,8 +24,9 @@ class ExitCode(IntEnum):
     MODEL_SWITCHED = 3
     """Ingest stopped because another model serves now (restart it with that model)."""
     UNAVAILABLE = 4
-    """A service did not answer (Kafka broker, Milvus) or the Milvus Lite database is held by
-    another process: the same command may succeed later."""
+    """A service did not answer (Kafka broker, Milvus), the Milvus Lite database is held by
+    another process, or another ``reindex`` / ``models drop`` holds the reindex lease: the same
+    command may succeed later."""
     INTERRUPTED = 130
     """SIGINT (Ctrl-C) stopped a command before its work was done (train): 128 + 2, what a
     shell reports for a process that Ctrl-C ended."""
@@ -35,9 +36,10 @@ class ExitCode(IntEnum):
 
 EXIT_CODES = """exit codes: 0 ok; 1 the work failed; 2 bad argument or input (unreadable image,
 missing database or collection); 3 ingest stopped because another model serves now; 4 a
-service did not answer (Kafka broker, Milvus) or the Milvus Lite database is held by another
-process; 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM before it finished (ingest, serve and
-run stop gracefully with 0). Errors are one line on stderr."""
+service did not answer (Kafka broker, Milvus), the Milvus Lite database is held by another
+process, or another reindex holds the lease; 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM
+before it finished (ingest, serve and run stop gracefully with 0). Errors are one line on
+stderr."""
 
 
 class UserError(Exception):

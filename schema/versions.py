@@ -16,6 +16,10 @@ For the configured base name ``<base>`` (``LOOKALIKE_MILVUS__COLLECTION``):
   so the CLI can list versions. Milvus Lite keeps no collection descriptions, hence a
   collection; like the state collection it carries a constant 2-d vector (Milvus needs one
   to load a collection).
+* ``<base>_lease`` holds the leases (store/lease.py): the row ``reindex`` names the one run of
+  ``lookalike reindex`` or ``lookalike models drop`` that may change the registry and the
+  aliases now, and until when. A collection of its own, not a registry row: lookalike
+  releases from before it read every registry row as a model version.
 
 The two aliases are altered one after the other (image alias first: it is the one searches
 read); Milvus has no multi-alias transaction. Nothing reads the state alias to decide anything,
@@ -51,6 +55,11 @@ REGISTRY_FIELDS: tuple[str, ...] = (
     "created_at_ms",
     "updated_at_ms",
 )
+LEASE_SUFFIX = "_lease"
+LEASE_FIELDS: tuple[str, ...] = ("name", "owner", "acquired_at_ms", "expires_at_ms")
+REINDEX_LEASE = "reindex"
+"""The lease that ``lookalike reindex`` and ``lookalike models drop`` hold while they run."""
+MAX_LEASE_OWNER_BYTES = 256
 MAX_NAME_BYTES = 255
 """Longest collection name (the registry's primary key)."""
 
@@ -94,6 +103,10 @@ def physical_name(base: str, model_version: str) -> str:
 
 def registry_name(base: str) -> str:
     return f"{base}{REGISTRY_SUFFIX}"
+
+
+def lease_name(base: str) -> str:
+    return f"{base}{LEASE_SUFFIX}"
 
 
 def state_name(image_collection: str) -> str:

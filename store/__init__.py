@@ -5,7 +5,8 @@
   pymilvus' own log lines, quieted when a store opens (``quiet_client_logs``).
 * ``engine.py``: Lite vs 2.3/2.4 vs 2.5+ (templates, index types, search parameters).
 * ``collections.py``: the collections of a :class:`schema.collection.CollectionSpec`.
-* ``versions.py``: the model-version registry and the serving aliases.
+* ``versions.py``: the model-version registry and the serving aliases; dropping an old version.
+* ``lease.py``: a lease row with an owner and an expiry (one ``lookalike reindex`` at a time).
 * ``expressions.py``: the one compiler from values to filter expressions (+ parameters), and
   the same filter as data (:class:`store.expressions.Term`).
 * ``lite_index.py``: the exact in-memory copy of each Milvus Lite image collection that

@@ -76,6 +76,19 @@ def registry_schema(name_bytes: int) -> Any:
     return s
 
 
+def lease_schema(name_bytes: int, owner_bytes: int) -> Any:
+    """The leases of one base name (store/lease.py): one row per lease."""
+    from pymilvus import DataType
+
+    s = _new_schema()
+    s.add_field("name", DataType.VARCHAR, is_primary=True, max_length=name_bytes)
+    s.add_field("owner", DataType.VARCHAR, max_length=owner_bytes)
+    s.add_field("acquired_at_ms", DataType.INT64)
+    s.add_field("expires_at_ms", DataType.INT64)
+    s.add_field(STATE_VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=len(STATE_VECTOR))
+    return s
+
+
 def _check_existing(
     store: MilvusStore, name: str, fields: Sequence[str], vector: str, dim: int
 ) -> None:

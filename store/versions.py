@@ -13,11 +13,13 @@ from schema.versions import (
     MAX_NAME_BYTES,
     PHYSICAL_SEPARATOR,
     REGISTRY_FIELDS,
+    REINDEX_LEASE,
     ModelEntry,
     ModelRetiredError,
     ModelStatus,
     ModelVersionError,
     Serving,
+    lease_name,
     physical_name,
     registry_name,
     state_name,
@@ -25,6 +27,7 @@ from schema.versions import (
 from store.client import MilvusStore
 from store.collections import ensure_collection, ensure_collections, registry_schema
 from store.engine import state_indexes
+from store.lease import Lease, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +313,63 @@ class ModelVersions:
         self.store.wait_loaded([name], 300.0)
         self._registry_ready = True
 
+    def reindex_lease(self, command: str, *, ttl_s: float, confirm_s: float = 1.0) -> Lease:
+        """The lease that ``lookalike reindex`` and ``lookalike models drop`` hold while they
+        change the registry and the aliases (store/lease.py), owned by this process as
+        ``command``."""
+        return Lease(self.store, lease_name(self.base), REINDEX_LEASE, owner=new_owner(command),
+                     ttl_s=ttl_s, confirm_s=confirm_s, clock_ms=self._clock_ms)
+
+    def drop_version(self, model_version: str, *, force: bool = False) -> ModelEntry:
+        """Drop a model version's physical pair (image and state collections) and then its
+        registry row; ``model_version`` may also be the physical name ``lookalike models``
+        lists. Refused (:class:`ModelVersionError`, one line) for an unknown version (naming
+        the known ones), the pair ``<base>`` reaches, one owed a catch-up (``retiring``), and
+        one being built (``building``) unless ``force``. The caller holds
+        :meth:`reindex_lease`, so no reindex starts filling the pair meanwhile. A crash
+        between the steps leaves the row, and dropping again completes it."""
+        entries = self.entries()
+        found = [e for e in entries if model_version in (e.model_version, e.physical)]
+        if not found:
+            known = ", ".join(f"{e.model_version or e.physical} ({e.status.value})"
+                              for e in entries) or "none"
+            raise ModelVersionError(f"no model version {model_version!r} in the registry of "
+                                    f"{self.base}; known: {known}")
+        if len(found) > 1:
+            raise ModelVersionError(
+                f"model version {model_version!r} has {len(found)} pairs in {self.base}: "
+                f"name one by its physical name ({', '.join(e.physical for e in found)})")
+        entry = found[0]
+        serving = self.serving_unloaded()
+        if entry.status is ModelStatus.SERVING or (
+                serving is not None and serving.physical == entry.physical):
+            raise ModelVersionError(
+                f"model {entry.model_version} serves {self.base} now ({entry.physical}): "
+                "switch to another model first (`lookalike reindex`), then drop this one")
+        if entry.status is ModelStatus.RETIRING:
+            now = serving.model_version if serving is not None else None
+            raise ModelVersionError(
+                f"model {entry.model_version} ({entry.physical}) is owed a catch-up pass (a "
+                f"switch was cut short): run `lookalike reindex` with model {now} first, "
+                "then drop it")
+        if entry.status is ModelStatus.BUILDING and not force:
+            raise ModelVersionError(
+                f"model {entry.model_version} ({entry.physical}) is being built (a `lookalike "
+                "reindex --no-switch` or an ingest of a model that does not serve writes it): "
+                "stop its writers, then pass --force to drop it")
+        for name in (entry.physical, state_name(entry.physical)):
+            if self.store.has_collection(name):
+                self.store.drop_collection(name)
+        self.store.delete(registry_name(self.base),
+                          self.store.expr().eq("physical", entry.physical), op="unregister")
+        log.warning("dropped model %s: %s and %s, and its registry entry (was %s)",
+                    entry.model_version, entry.physical, state_name(entry.physical),
+                    entry.status.value)
+        return entry
+
     def drop_all(self) -> None:
-        """Drop the aliases, every registered pair and the registry (tests, teardown)."""
+        """Drop the aliases, every registered pair, the registry and the leases (tests,
+        teardown)."""
         for alias in (self.base, state_name(self.base)):
             if self.store.has_collection(alias) and self.store.physical_name(alias) != alias:
                 self.store.drop_alias(alias)
@@ -320,8 +378,9 @@ class ModelVersions:
             for c in (n, state_name(n)):
                 if self.store.has_collection(c):
                     self.store.drop_collection(c)
-        if self.store.has_collection(registry_name(self.base)):
-            self.store.drop_collection(registry_name(self.base))
+        for extra in (registry_name(self.base), lease_name(self.base)):
+            if self.store.has_collection(extra):
+                self.store.drop_collection(extra)
 
 
 class ServingGuard:

@@ -120,7 +120,8 @@ class World:
 
     def reindexer(self, embedder: Any, **kw: Any) -> Reindexer:
         return Reindexer(self.versions, embedder, self.fetcher(), self.pool,
-                         **{"max_pixels": 10_000_000, "settle_s": 0.0, "max_passes": 10, **kw})
+                         **{"max_pixels": 10_000_000, "settle_s": 0.0, "max_passes": 10,
+                            "lease_confirm_s": 0.0, **kw})
 
     def rows(self, collection: str, expr: str = 'pk != ""') -> list[dict[str, Any]]:
         return list(self.m.client.query(
@@ -503,7 +504,9 @@ def test_steady_ingest_traffic_does_not_keep_the_switch_away(world: World) -> No
 def test_a_pass_stops_once_its_source_no_longer_serves(world: World) -> None:
     """Two reindexes to the same model: the second switched, and the first one's next pass,
     from the now retired pair, deleted the products only in the target, which the new-model
-    ingest had just created. A pass now checks that its source still serves, and stops."""
+    ingest had just created. A pass now checks that its source still serves, and stops. (The
+    reindex lease keeps a second run out now; this one stalled past its lease's expiry, and
+    the other took the lease over: ``lease_s`` of 1 ms.)"""
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     old_ingest = world.ingester(v1)
     ingest(old_ingest, catalog(world, 2))
@@ -514,14 +517,17 @@ def test_a_pass_stops_once_its_source_no_longer_serves(world: World) -> None:
             assert world.reindexer(v2).run().switched
             ingest(world.ingester(v2), [upsert_payload("fresh", 1, [world.image("f.png", 9)])])
 
-    report = world.reindexer(v2, switch_changes=0).run(before_pass=other_run_switches)
+    report = world.reindexer(v2, switch_changes=0, lease_s=0.001).run(
+        before_pass=other_run_switches)
     assert not report.switched and "another switch" in report.refused
     assert {r["product_id"] for r in world.rows(new)} == {"p0", "p1", "fresh"}
 
 
 def test_a_switch_to_another_model_meanwhile_stops_this_run(world: World) -> None:
     """Two reindexes to different models both switched, and the registry said `serving`
-    twice. The second to finish now sees that its source no longer serves and refuses."""
+    twice. The second to finish now sees that its source no longer serves and refuses. (The
+    reindex lease keeps the other run out now, unless this one stalled past its lease's expiry:
+    ``lease_s`` of 1 ms.)"""
     v1, v2, v3 = TinyEmbedder(), TinyEmbedderV2(), TinyEmbedderV3()
     ingest(world.ingester(v1), catalog(world, 2))
 
@@ -529,7 +535,8 @@ def test_a_switch_to_another_model_meanwhile_stops_this_run(world: World) -> Non
         if number == 2:
             assert world.reindexer(v3).run().switched
 
-    report = world.reindexer(v2, switch_changes=0).run(before_pass=other_run_switches)
+    report = world.reindexer(v2, switch_changes=0, lease_s=0.001).run(
+        before_pass=other_run_switches)
     assert not report.switched and "another switch" in report.refused
     serving = world.versions.serving()
     assert serving is not None and serving.model_version == v3.model_version

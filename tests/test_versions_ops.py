@@ -1,0 +1,250 @@
+"""Operating model versions: ``lookalike models drop`` and the reindex lease that keeps two
+``lookalike reindex`` runs (or a reindex and a drop) apart, on Milvus Lite (and a server when
+LOOKALIKE_TEST_MILVUS_SERVER_URI is set). The worlds and fake models are test_versions.py's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from schema.versions import ModelStatus, ModelVersionError, lease_name, physical_name, state_name
+from store import MilvusStore
+from store.lease import Lease, LeaseHeldError
+from tests import test_versions
+from tests.fakes import TinyEmbedder
+from tests.milvus_support import Milvus
+from tests.pipeline_support import upsert_payload
+from tests.test_versions import TinyEmbedderV2, TinyEmbedderV3, World, catalog, ingest
+
+milvus = test_versions.milvus
+world = test_versions.world
+
+
+def _switched_twice(world: World) -> tuple[str, str, str]:
+    """v1 ingested, then reindexed to v2: v1 retired, v2 serving; returns the versions."""
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 3))
+    assert world.reindexer(v2).run().switched
+    return v1.model_version, v2.model_version, physical_name(world.base, v1.model_version)
+
+
+# -- models drop ---------------------------------------------------------------------------
+
+
+def test_drop_removes_a_retired_pair_and_its_entry_and_searches_go_on(world: World) -> None:
+    old, new, old_physical = _switched_twice(world)
+    versions = world.versions
+    entry = versions.drop_version(old)
+    assert entry.status is ModelStatus.RETIRED and entry.physical == old_physical
+    assert not world.m.store.has_collection(old_physical)
+    assert not world.m.store.has_collection(state_name(old_physical))
+    assert [e.model_version for e in versions.entries()] == [new]
+    hits = world.searcher(TinyEmbedderV2()).by_image(world.root / "images" / "p1.png", k=1)
+    assert [h.product_id for h in hits] == ["p1"]
+    with pytest.raises(ModelVersionError, match=f"no model version '{old}'.*known: {new} "
+                       r"\(serving\)"):
+        versions.drop_version(old)  # dropped already: unknown now
+
+
+def test_drop_refuses_the_serving_version_and_an_unknown_one(world: World) -> None:
+    old, new, _ = _switched_twice(world)
+    with pytest.raises(ModelVersionError, match=f"model {new} serves {world.base} now"):
+        world.versions.drop_version(new)
+    with pytest.raises(ModelVersionError, match=f"no model version 'nope'.*known: {old} "
+                       rf"\(retired\), {new} \(serving\)"):
+        world.versions.drop_version("nope")
+    assert len(world.versions.entries()) == 2
+
+
+def test_drop_refuses_a_pair_owed_a_catch_up(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 2))
+    versions = world.versions
+    versions.ensure_building(v2.model_version, v2.dim)
+    versions.switch_to(v2.model_version, v2.dim)  # a switch cut short before its catch-up
+    with pytest.raises(ModelVersionError, match=f"model {v1.model_version} .* is owed a "
+                       f"catch-up pass.*with model {v2.model_version} first"):
+        versions.drop_version(v1.model_version)
+    assert world.m.store.has_collection(physical_name(world.base, v1.model_version))
+
+
+def test_drop_of_a_version_being_built_needs_force(world: World) -> None:
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 2))
+    ingest(world.ingester(v2), [upsert_payload("n", 1, [world.image("n.png", 7)])])  # building
+    versions = world.versions
+    with pytest.raises(ModelVersionError, match=r"is being built.*--force"):
+        versions.drop_version(v2.model_version)
+    building = physical_name(world.base, v2.model_version)
+    assert versions.drop_version(building, force=True).status is ModelStatus.BUILDING
+    assert not world.m.store.has_collection(building)
+    assert [e.model_version for e in versions.entries()] == [v1.model_version]
+
+
+# -- the reindex lease ---------------------------------------------------------------------
+
+
+def _lease(world: World, owner: str, *, ttl_s: float = 60.0, now_ms: int | None = None,
+           confirm_s: float = 0.0) -> Lease:
+    clock = (lambda: now_ms) if now_ms is not None else (lambda: int(time.time() * 1000))
+    return Lease(world.m.store, lease_name(world.base), "reindex", owner=owner, ttl_s=ttl_s,
+                 confirm_s=confirm_s, clock_ms=clock)
+
+
+def test_a_second_reindex_is_refused_while_the_first_holds_the_lease(world: World) -> None:
+    v1 = TinyEmbedder()
+    ingest(world.ingester(v1), catalog(world, 2))
+    refusals: list[str] = []
+
+    def second_run(number: int) -> None:
+        if number == 1:
+            with pytest.raises(LeaseHeldError) as caught:
+                world.reindexer(TinyEmbedderV3()).run()
+            refusals.append(str(caught.value))
+            drop_lease = world.versions.reindex_lease("models-drop", ttl_s=60, confirm_s=0)
+            with pytest.raises(LeaseHeldError):  # nor can a drop, which takes the same lease
+                drop_lease.acquire()
+
+    report = world.reindexer(TinyEmbedderV2()).run(before_pass=second_run)
+    assert report.switched
+    [refusal] = refusals
+    assert f"the reindex lease of {lease_name(world.base)} is held by reindex@" in refusal
+    assert "expires" in refusal and "unless renewed" in refusal
+    assert _lease(world, "probe").holder() is None  # released at the end
+    assert not world.m.store.has_collection(physical_name(world.base, "tiny-thumb-v3"))
+
+
+def test_the_lease_is_released_when_a_run_fails(world: World) -> None:
+    ingest(world.ingester(TinyEmbedder()), catalog(world, 2))
+
+    def fail(number: int) -> None:
+        raise RuntimeError("the embedder broke")
+
+    with pytest.raises(RuntimeError, match="broke"):
+        world.reindexer(TinyEmbedderV2()).run(before_pass=fail)
+    assert _lease(world, "probe").holder() is None
+    assert world.reindexer(TinyEmbedderV2()).run().switched  # the next run is not blocked
+
+
+def test_an_expired_lease_of_a_killed_run_is_taken_over(world: World,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    ingest(world.ingester(TinyEmbedder()), catalog(world, 2))
+    ten_minutes_ago = int(time.time() * 1000) - 600_000
+    _lease(world, "reindex@gone:1:dead", ttl_s=120, now_ms=ten_minutes_ago).acquire()  # killed
+    holder = _lease(world, "probe").holder()
+    assert holder is not None and holder.owner == "reindex@gone:1:dead"
+    report = world.reindexer(TinyEmbedderV2()).run()
+    assert report.switched
+    assert "taking over the lease of reindex@gone:1:dead, which expired" in caplog.text
+    assert _lease(world, "probe").holder() is None
+
+
+def test_a_run_whose_lease_was_taken_over_does_not_switch(world: World) -> None:
+    """A run stalled past its lease's expiry, and another took the lease over: the stalled
+    one must not move the aliases (two runs would switch)."""
+    v1 = TinyEmbedder()
+    ingest(world.ingester(v1), catalog(world, 2))
+
+    def taken_over(number: int) -> None:
+        if number == 1:
+            _lease(world, "reindex@other:2:beef").acquire()
+
+    report = world.reindexer(TinyEmbedderV2(), lease_s=0.001).run(before_pass=taken_over)
+    assert not report.switched
+    assert "lease" in report.refused and "reindex@other:2:beef" in report.refused
+    serving = world.versions.serving()
+    assert serving is not None and serving.model_version == v1.model_version
+    holder = _lease(world, "probe").holder()
+    assert holder is not None and holder.owner == "reindex@other:2:beef"  # not released
+
+
+@pytest.mark.parametrize("first_lease", [False, True])
+def test_of_two_processes_taking_the_lease_at_once_one_gets_it(world: World,
+                                                               first_lease: bool) -> None:
+    """Both read "free" and both write: the confirmation read after ``confirm_s`` lets only
+    the last writer through. The very first lease of a base name also creates its collection,
+    which both create at once (the second create failed: "File exists")."""
+    if not first_lease:
+        assert _lease(world, "probe").holder() is None  # creates the lease collection
+    start = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def take(owner: str) -> None:
+        start.wait()
+        try:
+            _lease(world, owner, confirm_s=0.5).acquire()
+            outcomes[owner] = "held"
+        except LeaseHeldError:
+            outcomes[owner] = "refused"
+
+    threads = [threading.Thread(target=take, args=(f"reindex@h:{i}:x",)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes.values()) == ["held", "refused"]
+    holder = _lease(world, "probe").holder()
+    assert holder is not None and outcomes[holder.owner] == "held"
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from lookalike import commands
+    from lookalike.cli import main
+
+    monkeypatch.setattr(commands, "build_embedder", lambda settings: TinyEmbedderV3())
+    db = str(tmp_path / "cli.db")
+    store = MilvusStore.open(db, lite_process=True)
+    (tmp_path / "images").mkdir()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            w = World(Milvus("lite", store), "shop", tmp_path, pool)
+            old, new, old_physical = _switched_twice(w)
+    finally:
+        store.close()
+    common = ["--milvus-uri", db, "--collection", "shop"]
+
+    assert main(["models", *common]) == 0  # lists, as before
+    out = capsys.readouterr().out
+    assert f"serving model {new}" in out and "retired" in out and old in out
+
+    for refused, message in ((new, f"model {new} serves shop now"),
+                             ("nope", f"known: {old} (retired), {new} (serving)")):
+        assert main(["models", "drop", refused, *common]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+    store = MilvusStore.open(db, lite_process=True)
+    try:  # a reindex on another machine holds the lease
+        Lease(store, lease_name("shop"), "reindex", owner="reindex@elsewhere:7:cafe", ttl_s=600,
+              confirm_s=0).acquire()
+    finally:
+        store.close()
+    assert main(["models", *common, "drop", old]) == 4
+    err = capsys.readouterr().err
+    assert "held by reindex@elsewhere:7:cafe" in err and "expires" in err
+    assert err.count("\n") == 1
+    assert main(["reindex", *common, "--image-root", str(tmp_path)]) == 4
+    assert "held by reindex@elsewhere:7:cafe" in capsys.readouterr().err
+
+    store = MilvusStore.open(db, lite_process=True)
+    try:
+        finished = Lease(store, lease_name("shop"), "reindex", owner="reindex@elsewhere:7:cafe",
+                         ttl_s=600, confirm_s=0)
+        finished.acquire()  # its own lease, which it lets go of as it finishes
+        finished.release()
+    finally:
+        store.close()
+    assert main(["models", "drop", old, *common]) == 0
+    assert f"dropped model {old} (retired): {old_physical}" in capsys.readouterr().out
+    assert main(["models", *common]) == 0
+    out = capsys.readouterr().out
+    assert f"serving model {new}" in out and old not in out
