@@ -21,8 +21,9 @@ Steps (see schema/versions.py for the names and store/versions.py for the aliase
 5. After ``settle_s`` (for an ingest batch that was being written while the aliases moved),
    the catch-up pass copies what the old ingest wrote after the last pass read it, then marks
    the source ``retired``. That ingest stops by itself at its next batch (``ServingGuard``)
-   without committing it; restart it with the new model. Steps 4 (from the aliases on) and 5
-   are one: SIGINT and SIGTERM wait for them. Cut anyway (kill -9, a crash), the ``retiring``
+   without committing it, or while idle within ``ingest.runner.IDLE_CHECK_EVERY_S``; restart
+   it with the new model. Steps 4 (from the aliases on) and 5 are one: SIGINT and SIGTERM
+   wait for them. Cut anyway (kill -9, a crash), the ``retiring``
    record stays, and the next run with the new model runs the catch-up instead of refusing.
 
 A product is copied whole or not at all: if one of its images cannot be fetched or decoded, it

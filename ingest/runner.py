@@ -34,6 +34,12 @@ LAG_EVERY_S = 0.5
 """How often the loop hands ``Runner.on_lag`` the events behind (``KafkaSource.behind``):
 often enough for a scrape to see a stall, without a pass over the assignment per poll."""
 
+IDLE_CHECK_EVERY_S = 2.0
+"""How often the loop starts ``Runner``'s idle check while nothing is pending or in flight. It
+is the serving guard (``ServingGuard.check``: one alias read while the model serves), which the
+write stage otherwise runs only after a batch: an old-model ingest of a quiet catalog stops
+within about this long of a model switch instead of at its next event."""
+
 
 class IngestError(RuntimeError):
     """A batch could not be written; its offsets (and later ones) stay uncommitted."""
@@ -104,6 +110,28 @@ class Pipeline:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+class IdleCheck:
+    """One run of the runner's idle check, on a thread of its own: Milvus calls have no
+    deadline (``has_collection``, ``describe``), and the poll loop must keep calling ``poll()``
+    while one hangs (ingest/source.py). Never more than one at a time: the loop starts the next
+    only once this one is done."""
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(check,), name="idle-check",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, check: Callable[[], None]) -> None:
+        try:
+            check()
+        except BaseException as exc:  # read by the poll loop (Runner._run_idle_check)
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+
 class Runner:
     """Consumes product events until stopped (or caught up) and commits after each write."""
 
@@ -115,14 +143,22 @@ class Runner:
         *,
         on_batch: Callable[[Batch, RunReport], None] | None = None,
         on_idle: Callable[[bool], object] | None = None,
+        idle_check: Callable[[], None] | None = None,
     ) -> None:
         """``on_idle(final)``: called on this thread while nothing is pending or in flight
-        (``final``: once more after the last batch drained); the sink's ``seal_if_idle``."""
+        (``final``: once more after the last batch drained); the sink's ``seal_if_idle``.
+        ``idle_check``: started every :data:`IDLE_CHECK_EVERY_S` while nothing is pending or
+        in flight (:class:`IdleCheck`); an exception other than ``StoreError`` stops the loop
+        as a failed batch does, and ``run`` raises it as the cause of its ``IngestError``."""
         self._source = source
         self._pipeline = pipeline
         self._config = config
         self._on_batch = on_batch
         self._on_idle = on_idle
+        self._idle_check = idle_check
+        self._check: IdleCheck | None = None
+        self._check_at = 0.0
+        self._check_failing = False
         self._stop = threading.Event()
         self._stop_reason = ""
         self._pending: list[ConsumerRecord] = []
@@ -155,6 +191,7 @@ class Runner:
         started = time.monotonic()
         quiet_client_logs()
         self._source.subscribe()
+        self._check_at = time.monotonic() + IDLE_CHECK_EVERY_S  # the caller just checked
         try:
             while not self._stop.is_set():
                 self._collect(block=False)
@@ -169,6 +206,7 @@ class Runner:
                 self._maybe_submit()
                 if self._idle():
                     self._idle_work(final=False)
+                self._run_idle_check()
                 if until_caught_up and self._idle() and self._source.caught_up():
                     self.stop("caught_up")
             self._finish()
@@ -203,6 +241,37 @@ class Runner:
             self._on_idle(final)
         except StoreError as exc:  # a flush is no durability point: the next one retries
             log.warning("flush after the writes failed: %s", exc)
+
+    def _run_idle_check(self) -> None:
+        """Take the outcome of the idle check that finished; start the next one when it is
+        due and the loop is idle. A ``StoreError`` (Milvus away) is logged once per spell of
+        failures and the check tried again later: it must not stop an ingest that has nothing
+        to write. Any other exception (``ModelRetiredError``) stops the loop: nothing is
+        pending, and a batch opened meanwhile is not committed (:meth:`_complete`)."""
+        if self._idle_check is None:
+            return
+        check = self._check
+        if check is not None:
+            if not check.done():
+                return
+            self._check = None
+            if isinstance(check.error, StoreError):
+                if not self._check_failing:
+                    log.warning("idle check failed: %s; trying again every %.0f s",
+                                check.error, IDLE_CHECK_EVERY_S)
+                self._check_failing = True
+            elif check.error is not None:
+                if self._failure is None:
+                    self._failure = check.error
+                    log.error("idle check: %s; stopping", check.error)
+                self._stop.set()
+                return
+            elif self._check_failing:
+                log.info("idle check works again")
+                self._check_failing = False
+        if self._idle() and time.monotonic() >= self._check_at:
+            self._check_at = time.monotonic() + IDLE_CHECK_EVERY_S
+            self._check = IdleCheck(self._idle_check)
 
     def _add(self, records: list[ConsumerRecord]) -> None:
         if not self._pending:

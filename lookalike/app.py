@@ -424,11 +424,13 @@ def build_runner(
     spec: CollectionSpec,
     pool: ThreadPoolExecutor,
     on_batch: Callable[[Batch, RunReport], None] | None = None,
-    after_write: Callable[[], None] | None = None,
+    serving_check: Callable[[], None] | None = None,
 ) -> Runner:
     """The ingest loop writing into ``spec`` (physical collections: see
-    :func:`open_for_writing`); ``after_write`` runs after each batch's writes, before its
-    commit (the serving guard). The topics must exist (:func:`create_topics`)."""
+    :func:`open_for_writing`); ``serving_check`` (the serving guard's) runs after each batch's
+    writes, before its commit, and every few seconds while the loop is idle, so that an
+    ingest of a quiet catalog notices a model switch too. The topics must exist
+    (:func:`create_topics`)."""
     k, i = settings.kafka, settings.images
     try:
         consumer = build_consumer(
@@ -444,7 +446,7 @@ def build_runner(
     sink = MilvusSink(store, spec)
     stages = Stages(build_fetcher(i), embedder, sink, dlq, pool,
                     max_pixels=i.max_pixels, decode_workers=decode_workers(settings, embedder),
-                    after_write=after_write, outage=OutageWait(settings.ingest.outage_budget_s))
+                    after_write=serving_check, outage=OutageWait(settings.ingest.outage_budget_s))
     config = RunnerConfig(**{  # the runner's limits are IngestSettings fields of the same name
         f.name: getattr(settings.ingest, f.name) for f in fields(RunnerConfig)
         if f.name in IngestSettings.model_fields
@@ -453,7 +455,7 @@ def build_runner(
     # another consumer may have just written the products of an assigned partition
     source.on_assigned = lambda _tps: sink.expect_foreign_writes()
     return Runner(source, Pipeline(stages), config, on_batch=on_batch,
-                  on_idle=lambda final: sink.seal_if_idle(final=final))
+                  on_idle=lambda final: sink.seal_if_idle(final=final), idle_check=serving_check)
 
 
 def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,

@@ -169,7 +169,7 @@ def _ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
 
     with ThreadPoolExecutor(settings.images.fetch_workers, thread_name_prefix="fetch") as pool:
         runner = build_runner(settings, embedder, versions.store, target, pool, on_batch,
-                              after_write=guard.check)
+                              serving_check=guard.check)
         if metrics is not None:
             runner.on_lag = metrics.observe_lag  # on the poll thread, every few turns
         try:
@@ -434,7 +434,8 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"not switched: {report.refused}", ExitCode.FAILED)
     if report.switched:
         print(f"{versions.base} now serves model {report.model_version} ({report.target}). "
-              "Restart `lookalike ingest` with this model: the old one stops at its next batch.")
+              "Restart `lookalike ingest` with this model: the old one stops at its next batch, "
+              "or within seconds while no events come.")
     elif report.caught_up:
         print(f"model {report.model_version} already served {versions.base}; ran the catch-up "
               f"pass its switch owed, from {', '.join(report.caught_up)}")

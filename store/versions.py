@@ -72,12 +72,19 @@ class ModelVersions:
 
     # -- reading -------------------------------------------------------------------------
 
+    def reaches(self) -> str | None:
+        """The collection ``<base>`` reaches now (itself for a pre-alias collection; None on
+        a fresh install): two calls that read no rows, nor the registry."""
+        if not self.store.has_collection(self.base):
+            return None
+        return self.store.physical_name(self.base)
+
     def serving_unloaded(self) -> Serving | None:
         """Like :meth:`serving` without reading rows (works on released collections); the
         version is None unless the registry knows it."""
-        if not self.store.has_collection(self.base):
+        physical = self.reaches()
+        if physical is None:
             return None
-        physical = self.store.physical_name(self.base)
         if physical == self.base:
             return Serving(self.base, physical, None, legacy=True)
         entry = self.entry(physical)
@@ -389,7 +396,9 @@ class ServingGuard:
     Remembers what ``<base>`` reached when the writer started; :meth:`check` raises
     :class:`ModelRetiredError` once it reaches another model's collection. Ingest checks after
     each write and before committing it, so the batch that noticed the switch stays
-    uncommitted and is consumed again by the restarted (new-model) ingest.
+    uncommitted and is consumed again by the restarted (new-model) ingest; and, while it has
+    nothing to write, every few seconds (``ingest.runner.IDLE_CHECK_EVERY_S``). While
+    ``<base>`` reaches the same collection a check reads the alias only, not the registry.
     """
 
     def __init__(self, versions: ModelVersions, model_version: str) -> None:
@@ -399,6 +408,8 @@ class ServingGuard:
         self._start = start.physical if start else None
 
     def check(self) -> None:
+        if self._start is not None and self._versions.reaches() == self._start:
+            return
         now = self._versions.serving()
         if now is None or now.physical == self._start or now.model_version == self.model_version:
             return

@@ -128,7 +128,8 @@ class FakeProducer:
 
 def fake_runner(fetcher: ImageFetcher, store: StateStore, source: KafkaSource,
                 pool: ThreadPoolExecutor, budget_s: float = 30.0,
-                after_write: Callable[[], None] | None = None) -> tuple[Runner, FakeProducer]:
+                after_write: Callable[[], None] | None = None,
+                idle_check: Callable[[], None] | None = None) -> tuple[Runner, FakeProducer]:
     """A runner over the fakes: 4-event batches, two in flight, fast outage retries."""
     producer = FakeProducer()
     stages = Stages(
@@ -138,4 +139,4 @@ def fake_runner(fetcher: ImageFetcher, store: StateStore, source: KafkaSource,
     )
     config = RunnerConfig(batch_events=4, batch_images=128, batch_timeout_s=0.05,
                           max_in_flight=2, shutdown_grace_s=5.0, poll_timeout_ms=20)
-    return Runner(source, Pipeline(stages), config), producer
+    return Runner(source, Pipeline(stages), config, idle_check=idle_check), producer

@@ -38,7 +38,7 @@ def test_ingest_and_search_wiring_ask_the_server_its_version_once(
     target, guard = open_for_writing(versions, embedder)
     with ThreadPoolExecutor(1) as pool:
         build_runner(settings, embedder, versions.store, target, pool,
-                     after_write=guard.check)
+                     serving_check=guard.check)
     build_search(settings, embedder, versions)
     assert probes == ["probe"]
     assert target.name != versions.base  # a physical collection; searches use the alias

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
+from ingest import runner as runner_module
 from ingest.fetch import ImageFetcher
 from ingest.outage import OutageBudgetExceededError, OutageWait
 from ingest.runner import IngestError
+from schema.versions import ModelRetiredError
 from store import StoreError, StoreUnavailableError
 from tests.pipeline_support import upsert_payload, write_image
 from tests.runner_fakes import FakeSource, FlakyStore, fake_runner, record
@@ -108,3 +110,39 @@ def test_only_outages_are_waited_out() -> None:
     with pytest.raises(StoreError):
         OutageWait(60, sleep=lambda s: None).call("milvus", broken)
     assert calls == [1]
+
+
+def test_a_hung_idle_check_never_holds_up_polling(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving guard also runs while ingest is idle (a quiet catalog must notice a model
+    switch); its Milvus calls have no deadline, so it runs off the poll loop, one at a time,
+    and the loop keeps polling (a real consumer keeps its group) until it answers."""
+    monkeypatch.setattr(runner_module, "IDLE_CHECK_EVERY_S", 0.05)
+    answer = threading.Event()
+    checks: list[int] = []
+    polls_while_hung: list[int] = []
+
+    def serving_check() -> None:
+        checks.append(1)
+        answer.wait(10)  # hangs like a Milvus call to a server that does not answer
+        raise ModelRetiredError("c now serves model b (c__b); this process writes model a")
+
+    source = FakeSource(_records(tmp_path, 3))
+    real_poll = source.poll
+
+    def poll(timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
+        if checks and not answer.is_set():
+            polls_while_hung.append(1)
+            if len(polls_while_hung) == 20:
+                answer.set()
+        return real_poll(timeout_ms, max_records)
+
+    source.poll = poll  # type: ignore[method-assign]
+    with ThreadPoolExecutor(2) as pool:
+        runner, _ = fake_runner(ImageFetcher([tmp_path]), FlakyStore(), source, pool,
+                                idle_check=serving_check)
+        with pytest.raises(IngestError) as info:
+            runner.run()
+    assert isinstance(info.value.__cause__, ModelRetiredError)
+    assert len(polls_while_hung) >= 20 and checks == [1]
+    assert source.committed == 4  # the events before the switch; none lost, nothing after

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,10 @@ from ingest.fetch import ImageFetcher
 from ingest.outage import OutageWait
 from ingest.plan import EventItem, WritePlan
 from ingest.reindex import Reindexer, ReindexError
+from ingest.runner import IDLE_CHECK_EVERY_S
 from ingest.sink import MilvusSink
 from ingest.stages import Batch, Stages
+from lookalike.app import create_topics
 from schema.collection import CollectionSpec
 from schema.events import parse_event
 from schema.records import ImageRecord
@@ -757,3 +760,71 @@ def test_a_signal_at_the_switch_waits_for_its_catch_up_pass(
             assert {r["product_id"] for r in w.rows(new)} == {"p0", "p1", "late"}
     finally:
         store.close()
+
+
+@pytest.mark.kafka
+def test_an_idle_old_model_ingest_stops_at_a_switch_without_a_new_event(
+    world: World, bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The old-model ingest noticed a switch only at its next batch: with a quiet catalog it
+    kept its partitions and `lookalike run` a process answering 503 only, for as long as no
+    event came. It now checks while idle, every IDLE_CHECK_EVERY_S, and stops as at a batch
+    (exit 3, nothing committed); a Milvus error meanwhile is logged once and tried again."""
+    from lookalike.commands import _ingest
+    from lookalike.errors import ExitCode, UserError
+    from store import StoreUnavailableError
+    from tests.pipeline_support import committed_and_end, make_settings, send
+
+    v1, v2 = TinyEmbedder(), TinyEmbedderV2()
+    ingest(world.ingester(v1), catalog(world, 2))
+    settings = make_settings(bootstrap, unique, world.root / "unused.db", [world.root])
+    create_topics(settings)
+    send(bootstrap, settings.kafka.topic, [upsert_payload("p9", 1, [world.image("p9.png", 9)])])
+
+    failing = threading.Event()
+    failed: list[float] = []
+    reaches = ModelVersions.reaches
+
+    def flaky(self: ModelVersions) -> str | None:
+        if failing.is_set():
+            failed.append(time.monotonic())
+            raise StoreUnavailableError("describe failed after 4 attempt(s): unavailable")
+        return reaches(self)
+
+    monkeypatch.setattr(ModelVersions, "reaches", flaky)
+    outcome: list[BaseException] = []
+
+    def run_ingest() -> None:
+        try:
+            _ingest(settings, v1, world.versions, until_caught_up=False)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run_ingest, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    ends = committed_and_end(bootstrap, settings)
+    while sum(c for c, _ in ends.values()) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        ends = committed_and_end(bootstrap, settings)
+    assert sum(c for c, _ in ends.values()) == 1, ends  # p9 written and committed: now idle
+
+    failing.set()  # Milvus away for two idle checks: ingest goes on
+    while len(failed) < 2 and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+    failing.clear()
+    assert len(failed) >= 2 and thread.is_alive() and not outcome
+    assert caplog.text.count("idle check failed") == 1
+
+    report = world.reindexer(v2).run()
+    assert report.switched
+    switched = time.monotonic()
+    thread.join(timeout=IDLE_CHECK_EVERY_S + 10)
+    assert not thread.is_alive(), "the idle old-model ingest did not notice the switch"
+    assert time.monotonic() - switched < IDLE_CHECK_EVERY_S + 5
+    assert len(outcome) == 1 and isinstance(outcome[0], UserError)
+    assert outcome[0].code == ExitCode.MODEL_SWITCHED
+    assert str(outcome[0]).startswith("ingest stopped: the model switched. ")
+    assert f"now serves model {v2.model_version}" in str(outcome[0])
+    assert committed_and_end(bootstrap, settings) == ends  # nothing more committed
