@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from pydantic import ValidationError
 
 from embedding.files import photo_over_limit
 from embedding.trained import TrainedModelError
@@ -52,7 +51,7 @@ from schema.errors import ItemError
 from schema.versions import ModelRetiredError
 from store import MilvusStore, StoreError
 from store.engine import is_lite_uri
-from store.versions import ModelVersions, ServingGuard, check_base
+from store.versions import ModelVersions, ServingGuard
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -216,13 +215,8 @@ def _lite_locked(path: Path) -> bool:
 def open_versions(settings: Settings, *, create: bool = False) -> ModelVersions:
     """The model-version registry of the configured collection (one client, one probe of
     the server's engine and version, shared by everything the command builds from it)."""
-    name = settings.milvus.collection
-    try:
-        check_base(name)  # before the store: a refused name creates no database
-    except ValidationError as exc:
-        raise UserError(f"invalid collection name {name!r}: "
-                        f"{exc.errors(include_url=False)[0]['msg']}") from None
-    return ModelVersions(open_store(settings, create=create), name)
+    # the settings checked the name (schema.versions.check_base): a bad one opens no store
+    return ModelVersions(open_store(settings, create=create), settings.milvus.collection)
 
 
 def open_for_writing(versions: ModelVersions, embedder: Any) -> tuple[CollectionSpec,

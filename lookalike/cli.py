@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -156,6 +157,14 @@ def _with(settings: Settings, overrides: dict[str, tuple[str, Any]]) -> Settings
                        f"beside {given}"
             raise UserError(f"invalid {what}: {error['msg']}") from None
     return settings.model_copy(update=update)
+
+
+def _variable_of(loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable a refused setting was read from (``LOOKALIKE_MILVUS__COLLECTION``
+    for ``milvus.collection``), when that variable is set: a group given as one JSON object
+    (``LOOKALIKE_MILVUS``) is named by its setting only."""
+    name = "LOOKALIKE_" + "__".join(str(part) for part in loc[:2] if isinstance(part, str))
+    return next((key for key in os.environ if key.upper() == name.upper()), None)
 
 
 def _as_typed(value: Any) -> str:
@@ -391,8 +400,9 @@ def _main(args: argparse.Namespace, graceful: bool) -> int:
         settings = Settings()
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
+        variable = _variable_of(error["loc"])
         print(f"{prog}: error: invalid LOOKALIKE_ setting {'.'.join(map(str, error['loc']))}: "
-              f"{error['msg']}", file=sys.stderr)
+              f"{error['msg']}{f' (from {variable})' if variable else ''}", file=sys.stderr)
         return ExitCode.USAGE
     except SettingsError as exc:  # a list or object setting that is not JSON
         print(f"{prog}: error: invalid LOOKALIKE_ setting: {exc} (lists and objects are JSON, "

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schema.versions import check_base
+
 
 class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -152,7 +154,7 @@ class MilvusSettings(_Group):
     uri: str = Field(default="./var/lookalike.db", min_length=1,
                      description="A Milvus Lite database path, or a server's http://host:19530")
     token: str = Field(default="", description="user:password or an API key, for a server")
-    collection: str = Field(
+    collection: Annotated[str, AfterValidator(check_base)] = Field(
         default="lookalike_images",
         description="Base name: the alias searches use (docs/operations.md)",
     )

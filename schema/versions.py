@@ -44,6 +44,10 @@ import hashlib
 from dataclasses import dataclass
 from enum import Enum
 
+from pydantic import ValidationError
+
+from schema.collection import CollectionSpec
+
 SLUG_LENGTH = 10
 PHYSICAL_SEPARATOR = "__"
 REGISTRY_SUFFIX = "_models"
@@ -99,6 +103,22 @@ def version_slug(model_version: str) -> str:
 def physical_name(base: str, model_version: str) -> str:
     """``<base>__<slug>``: the image collection of ``model_version``."""
     return f"{base}{PHYSICAL_SEPARATOR}{version_slug(model_version)}"
+
+
+def check_base(base: str) -> str:
+    """``base`` when it can be the base name (``LOOKALIKE_MILVUS__COLLECTION``): a collection
+    name itself (``''`` is none, as an alias) that leaves room for the names derived from it;
+    else a one-line ``ValueError``. The settings check it (lookalike/settings.py), so a bad
+    name is refused before any store opens, and :class:`store.versions.ModelVersions` does."""
+    derived = physical_name(base, "")
+    for name, what in ((base, "not a collection name"), (derived, (
+            f"too long for the names derived from it ({len(derived) - len(base)} characters "
+            "longer)"))):
+        try:
+            CollectionSpec(name=name, dim=2)
+        except ValidationError as exc:
+            raise ValueError(f"{what}: {exc.errors(include_url=False)[0]['msg']}") from None
+    return base
 
 
 def registry_name(base: str) -> str:

@@ -19,6 +19,7 @@ from schema.versions import (
     ModelStatus,
     ModelVersionError,
     Serving,
+    check_base,
     lease_name,
     physical_name,
     registry_name,
@@ -34,13 +35,6 @@ log = logging.getLogger(__name__)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def check_base(base: str) -> None:
-    """Raise pydantic's ``ValidationError`` for a base name that is no collection name itself
-    (an alias: ``''``, for one) or leaves no room for the names derived from it."""
-    CollectionSpec(name=base, dim=2)
-    CollectionSpec(name=physical_name(base, ""), dim=2)
 
 
 class ModelVersions:

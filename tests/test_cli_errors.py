@@ -534,6 +534,7 @@ BAD_SETTING_OPTIONS = [
     (["publish", "c.jsonl", "--topic", "a/b"], "--topic ('a/b')"),
     (["ingest", "--group-id", ""], "--group-id ('')"),
     (["models", "--milvus-uri", ""], "--milvus-uri ('')"),
+    (["search", "q.jpg", "--collection", "a b"], "--collection ('a b')"),
     (["ingest", "--metrics-port", "9999", "--metrics-host", ""], "--metrics-host ('')"),
     (["serve", "--host", ""], "--host ('')"),
     (["run", "--port", "70000"], "--port (70000)"),
@@ -543,8 +544,7 @@ BAD_SETTING_OPTIONS = [
 ]
 """A value its setting refuses, for each option that overrides a setting
 (``lookalike.cli.SETTING_OPTIONS``) but ``--image-root`` (its type refuses what its setting
-would: an empty path) and ``--collection`` (its name is checked where the store opens:
-"invalid collection name")."""
+would: an empty path)."""
 
 
 @pytest.mark.parametrize(("argv", "named"), BAD_SETTING_OPTIONS,
@@ -567,7 +567,7 @@ def test_every_option_that_overrides_a_setting_is_tested() -> None:
     from lookalike.cli import SETTING_OPTIONS, build_parser
     from lookalike.settings import Settings
 
-    checked = {argv[-2] for argv, _ in BAD_SETTING_OPTIONS} | {"--image-root", "--collection"}
+    checked = {argv[-2] for argv, _ in BAD_SETTING_OPTIONS} | {"--image-root"}
     assert {option for option, _, _ in SETTING_OPTIONS} == checked
     parser = build_parser()
     for argv, _ in BAD_SETTING_OPTIONS:  # each option lands where SETTING_OPTIONS reads it
@@ -666,19 +666,31 @@ def test_bad_numbers_in_other_options_are_usage_errors(
     assert err.count("\n") == 1 and f"argument {option}: must be at least" in err
 
 
-@pytest.mark.parametrize("name", ["a b", "x" * 250, ""])
-def test_a_bad_collection_name_is_a_usage_error(name: str, tmp_path: Path,
+@pytest.mark.parametrize(("name", "why"), [
+    ("a b", "not a collection name"), ("x" * 250, "not a collection name"),
+    ("", "not a collection name"), ("x" * 195, "too long for the names derived from it"),
+])
+def test_a_bad_collection_name_is_a_usage_error(name: str, why: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``""`` passed (the names derived from it are valid) and failed in Milvus, after the
-    model loaded, as exit 4 with pymilvus' traceback; a refused name created the database."""
+    model loaded, as exit 4 with pymilvus' traceback; a refused name created the database.
+    Then the name was checked where the store opened: "invalid collection name 'a b'" named
+    neither the option nor the variable it came from. The setting checks it now, so the line
+    names ``--collection`` as typed, or LOOKALIKE_MILVUS__COLLECTION, as other options do."""
     MilvusStore.open(str(tmp_path / "m.db"), lite_process=True).close()
-    code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "m.db")])
-    assert code == ExitCode.USAGE
-    assert "invalid collection name" in one_error(capsys, "models")
-    code = main(["models", "--collection", name, "--milvus-uri", str(tmp_path / "new.db")])
-    assert code == ExitCode.USAGE
-    assert "invalid collection name" in one_error(capsys, "models")
+    for command in (["models"], ["search", "q.jpg"]):
+        for db in ("m.db", "new.db"):
+            code = main([*command, "--collection", name, "--milvus-uri", str(tmp_path / db)])
+            assert code == ExitCode.USAGE
+            line = one_error(capsys, command[0])
+            assert f"invalid --collection ({name!r}): Value error, {why}" in line, line
     assert not (tmp_path / "new.db").exists()
+    monkeypatch.setenv("LOOKALIKE_MILVUS__COLLECTION", name)
+    assert main(["search", "q.jpg", "--milvus-uri", str(tmp_path / "m.db")]) == ExitCode.USAGE
+    line = one_error(capsys, "search")
+    assert f"invalid LOOKALIKE_ setting milvus.collection: Value error, {why}" in line, line
+    assert line.endswith(" (from LOOKALIKE_MILVUS__COLLECTION)"), line
 
 
 def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch,
