@@ -40,6 +40,10 @@ is the serving guard (``ServingGuard.check``: one alias read while the model ser
 write stage otherwise runs only after a batch: an old-model ingest of a quiet catalog stops
 within about this long of a model switch instead of at its next event."""
 
+IDLE_CHECK_MAX_S = 30.0
+"""While Milvus is away the idle check backs off, doubling its interval up to this: the store
+logs each failed call, and an ingest with nothing to write has no reason to knock every 2 s."""
+
 
 class IngestError(RuntimeError):
     """A batch could not be written; its offsets (and later ones) stay uncommitted."""
@@ -158,6 +162,7 @@ class Runner:
         self._idle_check = idle_check
         self._check: IdleCheck | None = None
         self._check_at = 0.0
+        self._check_every = IDLE_CHECK_EVERY_S
         self._check_failing = False
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -245,9 +250,10 @@ class Runner:
     def _run_idle_check(self) -> None:
         """Take the outcome of the idle check that finished; start the next one when it is
         due and the loop is idle. A ``StoreError`` (Milvus away) is logged once per spell of
-        failures and the check tried again later: it must not stop an ingest that has nothing
-        to write. Any other exception (``ModelRetiredError``) stops the loop: nothing is
-        pending, and a batch opened meanwhile is not committed (:meth:`_complete`)."""
+        failures and the check tried again later, backing off to :data:`IDLE_CHECK_MAX_S`: it
+        must not stop an ingest that has nothing to write. Any other exception
+        (``ModelRetiredError``) stops the loop: nothing is pending, and a batch opened
+        meanwhile is not committed (:meth:`_complete`)."""
         if self._idle_check is None:
             return
         check = self._check
@@ -257,9 +263,11 @@ class Runner:
             self._check = None
             if isinstance(check.error, StoreError):
                 if not self._check_failing:
-                    log.warning("idle check failed: %s; trying again every %.0f s",
-                                check.error, IDLE_CHECK_EVERY_S)
+                    log.warning("idle check failed: %s; trying again in %.0f-%.0f s",
+                                check.error, IDLE_CHECK_EVERY_S * 2, IDLE_CHECK_MAX_S)
                 self._check_failing = True
+                self._check_every = min(self._check_every * 2, IDLE_CHECK_MAX_S)
+                self._check_at = time.monotonic() + self._check_every
             elif check.error is not None:
                 if self._failure is None:
                     self._failure = check.error
@@ -269,8 +277,10 @@ class Runner:
             elif self._check_failing:
                 log.info("idle check works again")
                 self._check_failing = False
+                self._check_every = IDLE_CHECK_EVERY_S
+                self._check_at = min(self._check_at, time.monotonic() + self._check_every)
         if self._idle() and time.monotonic() >= self._check_at:
-            self._check_at = time.monotonic() + IDLE_CHECK_EVERY_S
+            self._check_at = time.monotonic() + self._check_every
             self._check = IdleCheck(self._idle_check)
 
     def _add(self, records: list[ConsumerRecord]) -> None:

@@ -8,6 +8,7 @@ other dimension), so re-embedding really fetches and decodes the stored image pa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -770,12 +771,14 @@ def test_an_idle_old_model_ingest_stops_at_a_switch_without_a_new_event(
     """The old-model ingest noticed a switch only at its next batch: with a quiet catalog it
     kept its partitions and `lookalike run` a process answering 503 only, for as long as no
     event came. It now checks while idle, every IDLE_CHECK_EVERY_S, and stops as at a batch
-    (exit 3, nothing committed); a Milvus error meanwhile is logged once and tried again."""
+    (exit 3, nothing committed); a Milvus error meanwhile is logged once and tried again,
+    backing off."""
     from lookalike.commands import _ingest
     from lookalike.errors import ExitCode, UserError
     from store import StoreUnavailableError
     from tests.pipeline_support import committed_and_end, make_settings, send
 
+    caplog.set_level(logging.INFO, logger="ingest.runner")
     v1, v2 = TinyEmbedder(), TinyEmbedderV2()
     ingest(world.ingester(v1), catalog(world, 2))
     settings = make_settings(bootstrap, unique, world.root / "unused.db", [world.root])
@@ -816,6 +819,11 @@ def test_an_idle_old_model_ingest_stops_at_a_switch_without_a_new_event(
     failing.clear()
     assert len(failed) >= 2 and thread.is_alive() and not outcome
     assert caplog.text.count("idle check failed") == 1
+    # It backs off while failing (2 s, then 4 s, ... up to IDLE_CHECK_MAX_S), not every 2 s.
+    assert failed[1] - failed[0] > IDLE_CHECK_EVERY_S * 1.5
+    while "idle check works again" not in caplog.text and time.monotonic() < deadline + 30:
+        time.sleep(0.1)
+    assert "idle check works again" in caplog.text  # and back to every IDLE_CHECK_EVERY_S
 
     report = world.reindexer(v2).run()
     assert report.switched
