@@ -230,10 +230,29 @@ class Reindexer:
 
         Holds the base name's reindex lease throughout (released at the end, also on errors;
         a killed run's expires after ``lease_s``): raises
-        :class:`store.lease.LeaseHeldError` at once while another run holds it."""
+        :class:`store.lease.LeaseHeldError` at once while another run holds it. What is
+        refused whoever holds the lease (nothing serves; the model serves already, with no
+        catch-up owed) is refused before the lease is taken: a typo in ``--collection``
+        creates no lease collection, and nothing waits for the lease's confirmation."""
+        self._refuse_early()
         with self._lease:
             return self._run(switch=switch, allow_failures=allow_failures,
                              before_pass=before_pass)
+
+    def _refuse_early(self) -> None:
+        """:meth:`_run`'s first refusals, read before the lease is taken (it checks them again
+        under the lease: another run may have switched meanwhile). Creates nothing."""
+        if self._versions.serving_unloaded() is None:
+            raise ReindexError(
+                f"nothing to re-index: {self._versions.base} does not exist yet "
+                "(the first ingest creates it for its model)"
+            )
+        serving = self._versions.load_serving()
+        model = self._embedder.model_version
+        if serving is not None and serving.model_version == model and (
+                serving.legacy or not self._versions.catch_ups_owed()):
+            raise ReindexError(f"model {model} already serves {self._versions.base} "
+                               f"({serving.physical}): nothing to do")
 
     def _run(
         self, *, switch: bool, allow_failures: bool,

@@ -23,6 +23,7 @@ from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import LOCAL_HOST, LOG_LEVELS, MAX_PORT, Settings
 from lookalike.stopping import Terminated, holding_stop_signals
 from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
+from schema.versions import MAX_LEASE_S, shown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,17 +33,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
-    """An argparse type: a number of ``kind`` that is at least ``low`` (and finite)."""
+def _at_least(low: float, kind: type[int] | type[float] = int,
+              high: float | None = None) -> Any:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (and finite), and at
+    most ``high`` when given."""
 
     def parse(text: str) -> float:
         value = kind(text)
         if not (low <= value < float("inf")):
             raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def _message(error: Any) -> str:
+    """A pydantic error's message without the "Value error, " that pydantic puts before the
+    message of a ``ValueError`` raised by a validator."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _finite(text: str) -> float:
@@ -155,7 +166,7 @@ def _with(settings: Settings, overrides: dict[str, tuple[str, Any]]) -> Settings
                                   if name.startswith(f"{group}."))
                 what = f"{'.'.join(str(x) for x in (group, *error['loc']))} ({refused}) " \
                        f"beside {given}"
-            raise UserError(f"invalid {what}: {error['msg']}") from None
+            raise UserError(f"invalid {what}: {_message(error)}") from None
     return settings.model_copy(update=update)
 
 
@@ -171,7 +182,9 @@ def _as_typed(value: Any) -> str:
     """A refused value as its option took it: a path as its text (not ``PosixPath(...)``)."""
     if isinstance(value, (list, tuple)):
         return f"[{', '.join(_as_typed(v) for v in value)}]"
-    return repr(str(value) if isinstance(value, Path) else value)
+    if isinstance(value, (str, Path)):
+        return shown(str(value))  # a 100,000-character value is not echoed whole
+    return repr(value)
 
 
 def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: bool = True,
@@ -186,7 +199,9 @@ def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: boo
     if milvus:
         p.add_argument("--milvus-uri", default=default,
                        help="Milvus URI, or a .db path for Milvus Lite")
-        p.add_argument("--collection", default=default, help="Milvus collection name")
+        p.add_argument("--collection", default=default,
+                       help="base name: the alias searches use (no '__', not ending in "
+                            "_state, _models or _lease: those name its collections)")
 
 
 def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
@@ -204,7 +219,8 @@ def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help=f"address to listen on (default {LOCAL_HOST})")
-    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--port", type=int,
+                   help="port to listen on (default 8080; 0: the OS picks a free one)")
     p.add_argument("--image-root", action="append", type=folder(), default=None,
                    help="folder whose catalog images the page may show (repeatable)")
 
@@ -313,15 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "copies the rest (0: only after a pass that changed nothing)")
     p.add_argument("--settle-s", type=_at_least(0, float), default=2.0,
                    help="wait after the switch before the last catch-up pass")
-    p.add_argument("--lease-s", type=_at_least(10, float), default=120.0,
+    p.add_argument("--lease-s", type=_at_least(10, float, MAX_LEASE_S), default=120.0,
                    help="how long this run's lease lasts unless renewed (it renews it as it "
-                        "works): a second reindex is refused meanwhile, and the lease of a "
-                        "killed run blocks the next one at most this long")
+                        "works), 10 to 21600 (6 hours): a second reindex is refused "
+                        "meanwhile, and the lease of a killed run blocks the next one at most "
+                        "this long (`lookalike models unlock` removes it sooner)")
 
     p = sub.add_parser("models", help="which model version serves, and the others; "
                        "`models drop VERSION` removes an old one")
     _connection_args(p, kafka=False)
-    models_sub = p.add_subparsers(dest="models_command", metavar="{drop}")
+    models_sub = p.add_subparsers(dest="models_command", metavar="{drop,unlock}")
     drop = models_sub.add_parser("drop", help="drop an old model version's collections and "
                                  "registry entry (not the serving one, nor one owed a catch-up)")
     _connection_args(drop, kafka=False, default=argparse.SUPPRESS)
@@ -331,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also drop a version being built (status building): stop its "
                            "writers first; a running reindex holds a lease and is never "
                            "dropped")
+    unlock = models_sub.add_parser(
+        "unlock", help="remove the reindex lease, naming its holder: only for a `lookalike "
+        "reindex` or `models drop` known to be dead (killed, its machine gone) whose lease "
+        "has not expired yet; a live run that loses it stops without switching")
+    _connection_args(unlock, kafka=False, default=argparse.SUPPRESS)
 
     p = sub.add_parser("serve", help="the HTTP search API, search page and /metrics")
     _connection_args(p, kafka=False)
@@ -402,7 +424,7 @@ def _main(args: argparse.Namespace, graceful: bool) -> int:
         error = exc.errors(include_url=False)[0]
         variable = _variable_of(error["loc"])
         print(f"{prog}: error: invalid LOOKALIKE_ setting {'.'.join(map(str, error['loc']))}: "
-              f"{error['msg']}{f' (from {variable})' if variable else ''}", file=sys.stderr)
+              f"{_message(error)}{f' (from {variable})' if variable else ''}", file=sys.stderr)
         return ExitCode.USAGE
     except SettingsError as exc:  # a list or object setting that is not JSON
         print(f"{prog}: error: invalid LOOKALIKE_ setting: {exc} (lists and objects are JSON, "

@@ -457,6 +457,8 @@ def models(settings: Settings, args: argparse.Namespace) -> int:
     :func:`drop_model`)."""
     if getattr(args, "models_command", None) == "drop":
         return drop_model(settings, args)
+    if getattr(args, "models_command", None) == "unlock":
+        return unlock(settings, args)
     versions = open_versions(settings)
     store, base = versions.store, versions.base
     serving = versions.load_serving()
@@ -498,6 +500,22 @@ def drop_model(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     print(f"dropped model {entry.model_version} ({entry.status.value}): {entry.physical}, "
           f"{entry.physical}_state and its registry entry")
+    return ExitCode.OK
+
+
+def unlock(settings: Settings, _args: argparse.Namespace) -> int:
+    """Remove the reindex lease whoever holds it, naming the holder: for a run known to be
+    dead whose lease has not expired yet (``--lease-s`` up to 6 hours). A live holder loses
+    it at its next renewal and stops without switching (``not switched: ... lease ...``)."""
+    versions = open_versions(settings)
+    lease = versions.reindex_lease("models-unlock", ttl_s=DEFAULT_LEASE_S, confirm_s=0)
+    holder = lease.remove()
+    if holder is None:
+        print(f"{versions.base}: no reindex lease is held; nothing to unlock")
+        return ExitCode.OK
+    state = ("expired" if holder.expires_at_ms <= time.time() * 1000 else
+             "not expired: if that run is alive, it stops at its next renewal without switching")
+    print(f"{versions.base}: removed the reindex lease of {holder.describe()} ({state})")
     return ExitCode.OK
 
 

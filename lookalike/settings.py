@@ -156,7 +156,8 @@ class MilvusSettings(_Group):
     token: str = Field(default="", description="user:password or an API key, for a server")
     collection: Annotated[str, AfterValidator(check_base)] = Field(
         default="lookalike_images",
-        description="Base name: the alias searches use (docs/operations.md)",
+        description="Base name: the alias searches use; no __, not ending in _state, _models "
+        "or _lease (docs/operations.md)",
     )
     consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
         default="Bounded",
@@ -389,7 +390,9 @@ class ServeSettings(_Group):
     host: ListenHost = Field(default=LOCAL_HOST, description="`lookalike serve`/`run`: address "
                              "to listen on (also --host; 0.0.0.0 for every interface, never "
                              "empty); the API has no authentication")
-    port: int = Field(default=8080, ge=0, le=65535, description="...and port (also --port)")
+    port: int = Field(default=8080, ge=0, le=65535,
+                      description="...and port (also --port; 0: the OS picks a free one, "
+                      "which the log names)")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=1024**3,
                                   description="Largest request body (all uploaded views)")
     workers: int = Field(default=4, ge=1, le=256,

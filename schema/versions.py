@@ -1,7 +1,8 @@
 """Model versions without downtime: one physical collection pair per model version, served
 through Milvus aliases. The ONE place that knows these names.
 
-For the configured base name ``<base>`` (``LOOKALIKE_MILVUS__COLLECTION``):
+For the configured base name ``<base>`` (``LOOKALIKE_MILVUS__COLLECTION``; never one of the
+names derived from it, :func:`check_base`):
 
 * ``<base>__<slug>`` and ``<base>__<slug>_state`` are the image and state collections of one
   model version (``slug``: the first 10 hex digits of sha1(model_version); collection names
@@ -64,6 +65,9 @@ LEASE_FIELDS: tuple[str, ...] = ("name", "owner", "acquired_at_ms", "expires_at_
 REINDEX_LEASE = "reindex"
 """The lease that ``lookalike reindex`` and ``lookalike models drop`` hold while they run."""
 MAX_LEASE_OWNER_BYTES = 256
+MAX_LEASE_S = 6 * 3600.0
+"""The longest lease (``lookalike reindex --lease-s``): a killed run's blocks the next one at
+most this long; ``lookalike models unlock`` removes it sooner."""
 MAX_NAME_BYTES = 255
 """Longest collection name (the registry's primary key)."""
 
@@ -105,19 +109,57 @@ def physical_name(base: str, model_version: str) -> str:
     return f"{base}{PHYSICAL_SEPARATOR}{version_slug(model_version)}"
 
 
+DERIVED_SUFFIXES: tuple[str, ...] = ("_state", REGISTRY_SUFFIX, LEASE_SUFFIX)
+"""The endings of the names derived from a base name, which a base name may not have."""
+NAME_RULE = "letters, digits and _, starting with a letter or _"
+MAX_SHOWN_CHARS = 200
+"""Longest user string an error echoes whole (:func:`shown`)."""
+
+
+MAX_BASE_CHARS = 189
+"""Longest base name: ``<base>__<slug>`` is 12 characters longer, and a collection name is
+at most 201 (:class:`schema.collection.CollectionSpec`)."""
+
+
+def _is_collection_name(name: str) -> bool:
+    try:
+        CollectionSpec(name=name, dim=2)
+    except ValidationError:
+        return False
+    return True
+
+
+def shown(text: str) -> str:
+    """``text`` as an error echoes it (``repr``): whole up to :data:`MAX_SHOWN_CHARS`, else
+    its start and its length (a 100,000-character argument was echoed whole)."""
+    if len(text) <= MAX_SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:MAX_SHOWN_CHARS]!r}… ({len(text)} characters)"
+
+
 def check_base(base: str) -> str:
     """``base`` when it can be the base name (``LOOKALIKE_MILVUS__COLLECTION``): a collection
-    name itself (``''`` is none, as an alias) that leaves room for the names derived from it;
-    else a one-line ``ValueError``. The settings check it (lookalike/settings.py), so a bad
-    name is refused before any store opens, and :class:`store.versions.ModelVersions` does."""
-    derived = physical_name(base, "")
-    for name, what in ((base, "not a collection name"), (derived, (
-            f"too long for the names derived from it ({len(derived) - len(base)} characters "
-            "longer)"))):
-        try:
-            CollectionSpec(name=name, dim=2)
-        except ValidationError as exc:
-            raise ValueError(f"{what}: {exc.errors(include_url=False)[0]['msg']}") from None
+    name itself (``''`` is none, as an alias) that leaves room for the names derived from it,
+    and none of those names: no ``__`` (``<base>__<slug>`` is a version's pair: taken as a
+    base, a reindex renamed another base's serving collection as a pre-alias one, and a drop
+    deleted it) and no ending ``_state``, ``_models`` or ``_lease``; else a one-line
+    ``ValueError``. The settings check it (lookalike/settings.py), so a bad name is refused
+    before any store opens, and :class:`store.versions.ModelVersions` does."""
+    if not _is_collection_name(base):
+        raise ValueError(f"not a collection name: {NAME_RULE}, at most {MAX_BASE_CHARS} "
+                         "characters")
+    if PHYSICAL_SEPARATOR in base:
+        raise ValueError(f"a base name may not contain {PHYSICAL_SEPARATOR!r}: names with it "
+                         f"are model versions' collections (<base>{PHYSICAL_SEPARATOR}<hash>); "
+                         "name the base, not one of its collections")
+    for suffix in DERIVED_SUFFIXES:
+        if base.endswith(suffix):
+            raise ValueError(f"a base name may not end in {suffix!r}: that names a collection "
+                             f"derived from a base (<base>{suffix})")
+    if not _is_collection_name(physical_name(base, "")):
+        raise ValueError(f"too long for the names derived from it: at most {MAX_BASE_CHARS} "
+                         f"characters (<base>{PHYSICAL_SEPARATOR}<hash> is "
+                         f"{len(physical_name('', ''))} characters longer)")
     return base
 
 

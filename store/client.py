@@ -666,6 +666,13 @@ class MilvusStore:
         finally:
             self._forget()
 
+    def list_aliases(self, collection: str) -> list[str]:
+        """The aliases that reach ``collection`` now (of any base name)."""
+        found = self._call("list_aliases", 0,
+                           partial(self._client.list_aliases, collection_name=collection))
+        aliases = found.get("aliases", []) if isinstance(found, dict) else found
+        return [str(a) for a in aliases or []]
+
     def is_loaded(self, name: str) -> bool:
         state = self._call("load_state", 0, partial(self._client.get_load_state, name))
         return getattr(state["state"], "name", "") == "Loaded"

@@ -14,7 +14,9 @@ longer than ``confirm_s`` between its read and its write.
 
 The holder renews the lease as it works (:meth:`Lease.renew`: at most every third of
 ``ttl_s``); a process that is killed stops renewing, and its lease is taken over once it
-expired, so it never blocks for longer than ``ttl_s``. Expiry times are the writer's wall
+expired, so it never blocks for longer than ``ttl_s`` (at most ``MAX_LEASE_S``, 6 hours;
+``lookalike models unlock`` removes it sooner). A renewal that finds another owner's row, or
+none, has lost the lease and never writes it again. Expiry times are the writer's wall
 clock: the machines that share a Milvus server need clocks that agree to well within
 ``ttl_s`` (NTP does). On Milvus Lite a second process cannot open the database at all (its
 file lock), so there the lease only orders runs within one process.
@@ -32,11 +34,12 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from schema.collection import STATE_VECTOR, STATE_VECTOR_FIELD
-from schema.versions import LEASE_FIELDS, MAX_LEASE_OWNER_BYTES
+from schema.versions import LEASE_FIELDS, MAX_LEASE_OWNER_BYTES, MAX_LEASE_S
 from store.client import MilvusStore
 from store.collections import ensure_collection, lease_schema
 from store.engine import state_indexes
 from store.errors import StoreError
+from store.expressions import ExpressionBuilder
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,9 @@ class Lease:
         clock_ms: Callable[[], int] = _now_ms,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if not 0 < ttl_s <= MAX_LEASE_S:
+            raise ValueError(f"a lease lasts more than 0 and at most {MAX_LEASE_S:g}s, "
+                             f"not {ttl_s}")
         self.store = store
         self.collection = collection
         self.name = name
@@ -115,7 +121,10 @@ class Lease:
         return self._written_at_ms is not None
 
     def holder(self) -> LeaseHolder | None:
-        """The row as it stands (expired or not), read Strong; None when nobody holds it."""
+        """The row as it stands (expired or not), read Strong; None when nobody holds it (nor
+        ever did: the lease collection is created by the first write, not by a read)."""
+        if not self._ready and not self.store.has_collection(self.collection):
+            return None
         self._ensure()
         rows = self.store.query(self.collection, self.store.expr().eq("name", self.name),
                                 list(LEASE_FIELDS), limit=1, consistency="Strong", op="lease")
@@ -154,36 +163,50 @@ class Lease:
     def renew(self, *, check: bool = False) -> None:
         """Push the expiry ``ttl_s`` ahead once a third of it has passed (every call when
         ``check``), after reading that the row is still this owner's: raises
-        :class:`LeaseLostError` when another process took it over meanwhile (this one's had
-        expired)."""
+        :class:`LeaseLostError` when it is not: another process took it over meanwhile (this
+        one's had expired), or the row is gone (taken over and let go of since, or removed by
+        ``lookalike models unlock``). A lost lease is never written again: another run may
+        have changed the registry and the aliases meanwhile."""
         if self._written_at_ms is None:
             raise LeaseLostError(f"the {self.name} lease of {self.collection} is not held")
         now, written = self._clock_ms(), self._written_at_ms
         if not check and now - written < self._ttl_ms // 3:
             return
         found = self.holder()
-        if found is not None and found.owner != self.owner:
+        if found is None or found.owner != self.owner:
             self._written_at_ms = None
+            since = f"not renewed for {(now - written) / 1000:.0f}s"
             raise LeaseLostError(
-                f"this run's {self.name} lease of {self.collection} expired (not renewed for "
-                f"{(now - written) / 1000:.0f}s) and {found.describe()}")
-        self._write(found.acquired_at_ms if found is not None else now, now)
+                f"this run's {self.name} lease of {self.collection} expired ({since}) and "
+                + (found.describe() if found is not None else
+                   "was taken over and let go of by another process, or removed (`lookalike "
+                   "models unlock`)"))
+        self._write(found.acquired_at_ms, now)
 
     def release(self) -> None:
         """Let go of the lease if this owner still holds it (a failure is logged: the lease
-        then expires by itself)."""
+        then expires by itself). The delete names the owner as well as the lease, so it never
+        removes a row another process wrote after the read."""
         if self._written_at_ms is None:
             return
         self._written_at_ms = None
         try:
             found = self.holder()
             if found is not None and found.owner == self.owner:
-                self.store.delete(self.collection, self.store.expr().eq("name", self.name),
-                                  op="lease_release")
+                self.store.delete(self.collection, self._own_row(), op="lease_release")
         except Exception as exc:
             log.warning("lease %s of %s not released (%s: %s): it expires within %.0fs",
                         self.name, self.collection, type(exc).__name__, exc,
                         self._ttl_ms / 1000)
+
+    def remove(self) -> LeaseHolder | None:
+        """Remove the lease whoever holds it (``lookalike models unlock``: for a run known to
+        be dead); returns the holder it removed, None when nobody held it. Creates nothing."""
+        found = self.holder()
+        if found is not None:
+            where = self.store.expr().eq("name", self.name).eq("owner", found.owner)
+            self.store.delete(self.collection, where, op="lease_remove")
+        return found
 
     def __enter__(self) -> Lease:
         self.acquire()
@@ -197,6 +220,9 @@ class Lease:
 
     def _held_by(self, holder: LeaseHolder) -> str:
         return f"the {self.name} lease of {self.collection} is held by {holder.describe()}"
+
+    def _own_row(self) -> ExpressionBuilder:
+        return self.store.expr().eq("name", self.name).eq("owner", self.owner)
 
     def _write(self, acquired_at_ms: int, now: int) -> None:
         self._ensure()
@@ -212,12 +238,18 @@ class Lease:
             self._create()
         except StoreError:
             # another process created it at the same moment: once it shows, check what it made
+            # (its index too, which may still be being created: Milvus Lite then fails ours)
             deadline = time.monotonic() + 10.0
-            while not self.store.has_collection(self.collection):
+            while True:
+                time.sleep(0.1)
+                try:
+                    if self.store.has_collection(self.collection):
+                        self._create()
+                        break
+                except StoreError:
+                    pass
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.1)
-            self._create()
         self.store.wait_loaded([self.collection], 300.0)
         self._ready = True
 

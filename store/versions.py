@@ -23,6 +23,7 @@ from schema.versions import (
     lease_name,
     physical_name,
     registry_name,
+    shown,
     state_name,
 )
 from store.client import MilvusStore
@@ -325,7 +326,8 @@ class ModelVersions:
         """Drop a model version's physical pair (image and state collections) and then its
         registry row; ``model_version`` may also be the physical name ``lookalike models``
         lists. Refused (:class:`ModelVersionError`, one line) for an unknown version (naming
-        the known ones), the pair ``<base>`` reaches, one owed a catch-up (``retiring``), and
+        the known ones), the pair ``<base>`` reaches, a pair that any alias reaches (of any
+        base name: one named as a base by mistake), one owed a catch-up (``retiring``), and
         one being built (``building``) unless ``force``. The caller holds
         :meth:`reindex_lease`, so no reindex starts filling the pair meanwhile. A crash
         between the steps leaves the row, and dropping again completes it."""
@@ -334,11 +336,11 @@ class ModelVersions:
         if not found:
             known = ", ".join(f"{e.model_version or e.physical} ({e.status.value})"
                               for e in entries) or "none"
-            raise ModelVersionError(f"no model version {model_version!r} in the registry of "
-                                    f"{self.base}; known: {known}")
+            raise ModelVersionError(f"no model version {shown(model_version)} in the registry "
+                                    f"of {self.base}; known: {known}")
         if len(found) > 1:
             raise ModelVersionError(
-                f"model version {model_version!r} has {len(found)} pairs in {self.base}: "
+                f"model version {shown(model_version)} has {len(found)} pairs in {self.base}: "
                 f"name one by its physical name ({', '.join(e.physical for e in found)})")
         entry = found[0]
         serving = self.serving_unloaded()
@@ -347,6 +349,11 @@ class ModelVersions:
             raise ModelVersionError(
                 f"model {entry.model_version} serves {self.base} now ({entry.physical}): "
                 "switch to another model first (`lookalike reindex`), then drop this one")
+        reached_by = self.store.list_aliases(entry.physical)
+        if reached_by:
+            raise ModelVersionError(
+                f"{entry.physical} is reached by the alias {', '.join(reached_by)} now: "
+                "something serves from it, so it is not dropped")
         if entry.status is ModelStatus.RETIRING:
             now = serving.model_version if serving is not None else None
             raise ModelVersionError(

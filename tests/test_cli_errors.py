@@ -28,6 +28,7 @@ from PIL import Image
 from lookalike import commands_serve
 from lookalike.cli import main
 from lookalike.errors import ExitCode
+from schema.versions import check_base, shown
 from store import MilvusStore
 from tests.fakes import WarmingEmbedder, serving_database
 from tests.pipeline_support import upsert_payload, write_image
@@ -585,7 +586,7 @@ def test_an_option_that_clashes_with_another_setting_names_both(
     """The dead-letter topic (a setting, here its default) must not be the events' topic."""
     assert main(["publish", "c.jsonl", "--topic", "catalog.products.dlq"]) == ExitCode.USAGE
     assert ("invalid kafka.dlq_topic ('catalog.products.dlq') beside --topic "
-            "('catalog.products.dlq'): Value error, the dead-letter topic must not be"
+            "('catalog.products.dlq'): the dead-letter topic must not be"
             in one_error(capsys, "publish"))
 
 
@@ -602,10 +603,10 @@ def test_an_empty_host_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """uvicorn reads an empty host as every interface (0.0.0.0 and ::)."""
     assert main(["serve", "--host", "", "--milvus-uri", str(tmp_path / "m.db")]) == \
         ExitCode.USAGE
-    assert "invalid --host (''): Value error, empty" in one_error(capsys, "serve")
+    assert "invalid --host (''): empty" in one_error(capsys, "serve")
     monkeypatch.setenv("LOOKALIKE_SERVE__HOST", " ")
     assert main(["run", "--bootstrap-servers", f"127.0.0.1:{closed_port()}"]) == ExitCode.USAGE
-    assert "invalid LOOKALIKE_ setting serve.host: Value error, empty" in one_error(capsys, "run")
+    assert "invalid LOOKALIKE_ setting serve.host: empty" in one_error(capsys, "run")
 
 
 @pytest.mark.kafka
@@ -655,6 +656,7 @@ def test_search_before_the_first_ingest_says_so(tmp_path: Path,
     (["demo", "--n-products", "-3"], "--n-products"),
     (["reindex", "--settle-s", "inf"], "--settle-s"),
     (["reindex", "--max-passes", "0"], "--max-passes"),
+    (["reindex", "--lease-s", "5"], "--lease-s"),
 ])
 def test_bad_numbers_in_other_options_are_usage_errors(
     argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
@@ -666,9 +668,47 @@ def test_bad_numbers_in_other_options_are_usage_errors(
     assert err.count("\n") == 1 and f"argument {option}: must be at least" in err
 
 
+@pytest.mark.parametrize("value", ["1e9", "1e300", "21601"])
+def test_a_lease_longer_than_six_hours_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--lease-s 1e9`` left a killed run's lease blocking for decades, and ``1e300`` failed
+    with exit 4 ("Milvus failed ... INT64") once the lease was written."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["reindex", "--lease-s", value])
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"argument --lease-s: must be at most 21600, got {value}" in err
+
+
+def test_the_default_name_and_plain_names_are_bases() -> None:
+    for name in ("lookalike_images", "shop", "_", "shop_", "a_state_x", "x" * 189):
+        assert check_base(name) == name
+
+
+def test_an_option_error_is_shown_without_pydantic_s_prefix_and_capped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """pydantic put "Value error, " before a validator's message; a long value was echoed
+    whole."""
+    assert main(["models", "--collection", "y" * 100_000]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert "Value error" not in line and "… (100000 characters)" in line and len(line) < 600
+
+
 @pytest.mark.parametrize(("name", "why"), [
-    ("a b", "not a collection name"), ("x" * 250, "not a collection name"),
+    ("a b", "not a collection name: letters, digits and _, starting with a letter or _, at "
+            "most 189 characters"),
+    ("x" * 250, "not a collection name"),
     ("", "not a collection name"), ("x" * 195, "too long for the names derived from it"),
+    # a version's collection, or a derived name, as a base: a reindex renamed shop's serving
+    # collection as a "pre-alias collection" and a `models drop` there deleted shop's catalog
+    ("shop__c6d514a571", "a base name may not contain '__'"),
+    ("a__b", "a base name may not contain '__'"),
+    ("shop_state", "a base name may not end in '_state'"),
+    ("shop_models", "a base name may not end in '_models'"),
+    ("shop_lease", "a base name may not end in '_lease'"),
 ])
 def test_a_bad_collection_name_is_a_usage_error(name: str, why: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
@@ -684,12 +724,13 @@ def test_a_bad_collection_name_is_a_usage_error(name: str, why: str, tmp_path: P
             code = main([*command, "--collection", name, "--milvus-uri", str(tmp_path / db)])
             assert code == ExitCode.USAGE
             line = one_error(capsys, command[0])
-            assert f"invalid --collection ({name!r}): Value error, {why}" in line, line
+            assert f"invalid --collection ({shown(name)}): {why}" in line, line
+            assert "Value error" not in line and "pattern" not in line, line
     assert not (tmp_path / "new.db").exists()
     monkeypatch.setenv("LOOKALIKE_MILVUS__COLLECTION", name)
     assert main(["search", "q.jpg", "--milvus-uri", str(tmp_path / "m.db")]) == ExitCode.USAGE
     line = one_error(capsys, "search")
-    assert f"invalid LOOKALIKE_ setting milvus.collection: Value error, {why}" in line, line
+    assert f"invalid LOOKALIKE_ setting milvus.collection: {why}" in line, line
     assert line.endswith(" (from LOOKALIKE_MILVUS__COLLECTION)"), line
 
 
@@ -894,7 +935,7 @@ def test_a_topic_kafka_refuses_is_refused_at_once(
             "run": ["run", "--milvus-uri", str(tmp_path / "m.db")]}[command]
     servers = f"127.0.0.1:{closed_port()}"
     assert main([*argv, "--topic", topic, "--bootstrap-servers", servers]) == ExitCode.USAGE
-    assert f"invalid --topic ({topic!r})" in one_error(capsys, command)
+    assert f"invalid --topic ({shown(topic)})" in one_error(capsys, command)
     assert not (tmp_path / "m.db").exists()
 
 
@@ -905,12 +946,12 @@ def test_the_longest_topic_kafka_allows_is_taken() -> None:
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"LOOKALIKE_KAFKA__DLQ_TOPIC": "dead letters"}, "kafka.dlq_topic: Value error, a Kafka"),
-    ({"LOOKALIKE_KAFKA__DLQ_TOPIC": ".."}, "kafka.dlq_topic: Value error, a Kafka topic"),
+    ({"LOOKALIKE_KAFKA__DLQ_TOPIC": "dead letters"}, "kafka.dlq_topic: a Kafka"),
+    ({"LOOKALIKE_KAFKA__DLQ_TOPIC": ".."}, "kafka.dlq_topic: a Kafka topic"),
     ({"LOOKALIKE_KAFKA__TOPIC": "t", "LOOKALIKE_KAFKA__DLQ_TOPIC": "t"},
-     "kafka.dlq_topic: Value error, the dead-letter topic must not be the events' topic"),
-    ({"LOOKALIKE_KAFKA__GROUP_ID": ""}, "kafka.group_id: Value error, a consumer group id"),
-    ({"LOOKALIKE_KAFKA__GROUP_ID": "  "}, "kafka.group_id: Value error, a consumer group id"),
+     "kafka.dlq_topic: the dead-letter topic must not be the events' topic"),
+    ({"LOOKALIKE_KAFKA__GROUP_ID": ""}, "kafka.group_id: a consumer group id"),
+    ({"LOOKALIKE_KAFKA__GROUP_ID": "  "}, "kafka.group_id: a consumer group id"),
 ])
 def test_a_bad_topic_or_group_setting_is_one_line(
     env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch,
@@ -982,7 +1023,7 @@ def test_a_heartbeat_not_below_the_session_timeout_is_one_line(
     monkeypatch.setenv("LOOKALIKE_KAFKA__SESSION_TIMEOUT_MS", "6000")
     monkeypatch.setenv("LOOKALIKE_KAFKA__HEARTBEAT_INTERVAL_MS", "6000")
     assert main(["models", "--milvus-uri", "nowhere.db"]) == ExitCode.USAGE
-    assert ("kafka.heartbeat_interval_ms: Value error, must be below session_timeout_ms (6000)"
+    assert ("kafka.heartbeat_interval_ms: must be below session_timeout_ms (6000)"
             in one_error(capsys, "models"))
 
 
@@ -1033,7 +1074,7 @@ def test_ingest_metrics_on_a_taken_everywhere_is_one_line_before_anything_else(
      "cannot serve metrics on 999.1.1.1:FREE: '999.1.1.1' is neither an IP address nor a host "
      "name that resolves"),
     (["--metrics-port", "FREE", "--metrics-host", ""],
-     "invalid --metrics-host (''): Value error, empty"),
+     "invalid --metrics-host (''): empty"),
     (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
 ])
 def test_an_ingest_metrics_host_it_cannot_listen_on_is_one_line(

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ingest.reindex import Reindexer, ReindexError
 from schema.versions import ModelStatus, ModelVersionError, lease_name, physical_name, state_name
 from store import MilvusStore
 from store.lease import Lease, LeaseHeldError
+from store.versions import ModelVersions
 from tests import test_versions
 from tests.fakes import TinyEmbedder
 from tests.milvus_support import Milvus
@@ -84,6 +86,50 @@ def test_drop_of_a_version_being_built_needs_force(world: World) -> None:
     assert versions.drop_version(building, force=True).status is ModelStatus.BUILDING
     assert not world.m.store.has_collection(building)
     assert [e.model_version for e in versions.entries()] == [v1.model_version]
+
+
+def test_drop_refuses_a_pair_that_an_alias_reaches(world: World) -> None:
+    """Defence in depth behind the base-name rule: a pair any alias reaches serves something
+    (a version's collection once taken as a base was renamed and dropped: the catalog went)."""
+    old, _, old_physical = _switched_twice(world)
+    other = f"{world.base}x"
+    world.m.store.create_alias(old_physical, other)
+    try:
+        with pytest.raises(ModelVersionError, match=f"{old_physical} is reached by the alias "
+                           f"{other} now"):
+            world.versions.drop_version(old)
+        assert world.m.store.has_collection(old_physical)
+    finally:
+        world.m.store.drop_alias(other)
+    assert world.versions.drop_version(old).physical == old_physical
+
+
+def test_a_version_s_collection_is_no_base_name(world: World) -> None:
+    _, new, _ = _switched_twice(world)
+    for name in (physical_name(world.base, new), state_name(world.base), lease_name(world.base),
+                 f"{world.base}_models"):
+        with pytest.raises(ValueError, match="a base name may not"):
+            ModelVersions(world.m.store, name)
+
+
+def test_refusals_before_the_lease_create_nothing(world: World) -> None:
+    """A typo in --collection (nothing serves) and a model that serves already were refused
+    only after the lease was taken: the first created ``<typo>_lease``, both waited for it."""
+    v1 = TinyEmbedder()
+    ingest(world.ingester(v1), catalog(world, 2))
+    assert not world.m.store.has_collection(lease_name(world.base))
+    with pytest.raises(ReindexError, match=r"already serves .*nothing to do"):
+        world.reindexer(v1, lease_confirm_s=30.0).run()  # refused without waiting 30 s
+    assert not world.m.store.has_collection(lease_name(world.base))
+    typo = f"{world.base}y"
+    versions = ModelVersions(world.m.store, typo)
+    reindexer = Reindexer(versions, TinyEmbedderV2(), world.fetcher(), world.pool,
+                          max_pixels=10_000_000, max_passes=10, settle_s=0.0)
+    with pytest.raises(ReindexError, match=f"nothing to re-index: {typo} does not exist yet"):
+        reindexer.run()
+    assert not world.m.store.has_collection(lease_name(typo))
+    assert Lease(world.m.store, lease_name(typo), "reindex", owner="x", ttl_s=60).holder() is None
+    assert not world.m.store.has_collection(lease_name(typo))  # a read creates nothing
 
 
 # -- the reindex lease ---------------------------------------------------------------------
@@ -163,14 +209,64 @@ def test_a_run_whose_lease_was_taken_over_does_not_switch(world: World) -> None:
     assert holder is not None and holder.owner == "reindex@other:2:beef"  # not released
 
 
+def test_a_run_whose_lease_row_is_gone_does_not_switch(world: World) -> None:
+    """Its expired lease was taken over and let go of (a `models drop --force` that ran while
+    it stalled), or removed by `models unlock`: a renewal that finds no row wrote the lease
+    again and the run went on."""
+    v1 = TinyEmbedder()
+    ingest(world.ingester(v1), catalog(world, 2))
+
+    def taken_over_and_released(number: int) -> None:
+        if number == 1:
+            other = _lease(world, "models-drop@other:3:f00d")
+            other.acquire()
+            other.release()
+
+    report = world.reindexer(TinyEmbedderV2(), lease_s=0.001).run(
+        before_pass=taken_over_and_released)
+    assert not report.switched
+    assert "lease" in report.refused and "expired" in report.refused
+    assert "let go of" in report.refused
+    serving = world.versions.serving()
+    assert serving is not None and serving.model_version == v1.model_version
+    assert _lease(world, "probe").holder() is None  # not written again
+
+
+def test_a_release_deletes_only_its_own_row(world: World) -> None:
+    """The row read as its own before the delete may be another process's by the delete."""
+    mine = _lease(world, "reindex@a:1:aa", ttl_s=0.001)
+    mine.acquire()
+    stale = mine.holder()
+    time.sleep(0.01)
+    theirs = _lease(world, "reindex@b:2:bb")
+    theirs.acquire()  # took the expired lease over
+    mine.holder = lambda: stale  # type: ignore[method-assign]  # read before theirs was written
+    mine.release()
+    holder = _lease(world, "probe").holder()
+    assert holder is not None and holder.owner == "reindex@b:2:bb"
+
+
+def test_removing_a_lease_names_its_holder(world: World) -> None:
+    assert _lease(world, "probe").remove() is None
+    assert not world.m.store.has_collection(lease_name(world.base))  # creates nothing
+    _lease(world, "reindex@dead:9:dd", ttl_s=3600).acquire()
+    removed = _lease(world, "probe").remove()
+    assert removed is not None and removed.owner == "reindex@dead:9:dd"
+    assert _lease(world, "probe").holder() is None
+    with pytest.raises(ValueError, match="at most 21600s"):
+        _lease(world, "probe", ttl_s=1e9)
+
+
 @pytest.mark.parametrize("first_lease", [False, True])
 def test_of_two_processes_taking_the_lease_at_once_one_gets_it(world: World,
                                                                first_lease: bool) -> None:
     """Both read "free" and both write: the confirmation read after ``confirm_s`` lets only
     the last writer through. The very first lease of a base name also creates its collection,
     which both create at once (the second create failed: "File exists")."""
-    if not first_lease:
-        assert _lease(world, "probe").holder() is None  # creates the lease collection
+    if not first_lease:  # the lease collection exists
+        probe = _lease(world, "probe")
+        probe.acquire()
+        probe.release()
     start = threading.Barrier(2)
     outcomes: dict[str, str] = {}
 
@@ -234,6 +330,11 @@ def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.Mo
     assert err.count("\n") == 1
     assert main(["reindex", *common, "--image-root", str(tmp_path)]) == 4
     assert "held by reindex@elsewhere:7:cafe" in capsys.readouterr().err
+    assert main(["models", *common, "unlock"]) == 0  # that run is known to be dead
+    out = capsys.readouterr().out
+    assert "removed the reindex lease of reindex@elsewhere:7:cafe" in out and "not expired" in out
+    assert main(["models", *common, "unlock"]) == 0
+    assert "no reindex lease is held" in capsys.readouterr().out
 
     store = MilvusStore.open(db, lite_process=True)
     try:
@@ -248,3 +349,39 @@ def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["models", *common]) == 0
     out = capsys.readouterr().out
     assert f"serving model {new}" in out and old not in out
+
+
+def test_cli_refusals_create_no_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped --collection: `reindex` created ``<typo>_lease`` before refusing; and no
+    refused command may leave a collection behind."""
+    from lookalike import commands
+    from lookalike.cli import main
+
+    monkeypatch.setattr(commands, "build_embedder", lambda settings: TinyEmbedder())
+    db = str(tmp_path / "cli.db")
+    store = MilvusStore.open(db, lite_process=True)
+    (tmp_path / "images").mkdir()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            w = World(Milvus("lite", store), "shop", tmp_path, pool)
+            ingest(w.ingester(TinyEmbedder()), catalog(w, 2))
+        before = sorted(store.client.list_collections())
+    finally:
+        store.close()
+    uri = ["--milvus-uri", db]
+    for argv, message in (
+        (["reindex", *uri, "--collection", "nosuch"], "nosuch does not exist yet"),
+        (["models", *uri, "--collection", "nosuch", "drop", "v"], "nosuch: does not exist"),
+        (["reindex", *uri, "--collection", "shop"], "already serves shop"),
+        (["reindex", *uri, "--collection", "shop__c6d514a571"], "may not contain '__'"),
+    ):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+    assert main(["models", *uri, "--collection", "nosuch", "unlock"]) == 0
+    store = MilvusStore.open(db, lite_process=True)
+    try:
+        assert sorted(store.client.list_collections()) == before
+        assert "shop_lease" not in before
+    finally:
+        store.close()
