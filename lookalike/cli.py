@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "this long (`lookalike models unlock` removes it sooner)")
 
     p = sub.add_parser("models", help="which model version serves, and the others; "
-                       "`models drop VERSION` removes an old one")
+                       "`models drop VERSION` removes an old one, `models unlock` a dead "
+                       "run's lease")
     _connection_args(p, kafka=False)
     models_sub = p.add_subparsers(dest="models_command", metavar="{drop,unlock}")
     drop = models_sub.add_parser("drop", help="drop an old model version's collections and "
@@ -348,10 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also drop a version being built (status building): stop its "
                            "writers first; a running reindex holds a lease and is never "
                            "dropped")
-    unlock = models_sub.add_parser(
-        "unlock", help="remove the reindex lease, naming its holder: only for a `lookalike "
-        "reindex` or `models drop` known to be dead (killed, its machine gone) whose lease "
-        "has not expired yet; a live run that loses it stops without switching")
+    unlock_help = ("remove the reindex lease, naming its holder: only for a `lookalike "
+                   "reindex` or `models drop` known to be dead (killed, its machine gone) whose "
+                   "lease has not expired yet; a live run that loses it stops without switching")
+    unlock = models_sub.add_parser("unlock", help=unlock_help, description=unlock_help)
     _connection_args(unlock, kafka=False, default=argparse.SUPPRESS)
 
     p = sub.add_parser("serve", help="the HTTP search API, search page and /metrics")
