@@ -380,7 +380,7 @@ class SearchSettings(_Group):
     geometric_rerank: bool = Field(
         default=True,
         description="An image search checks the geometry (SIFT keypoints, RANSAC) of "
-        "its first 20 products against their listing photos, read through the image fetcher "
+        "its first 40 products against their listing photos, read through the image fetcher "
         "as price comparison reads them, and ranks those that agree first (docs/matching.md, "
         "\"Geometric re-ranking\")",
     )

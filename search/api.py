@@ -109,9 +109,12 @@ MAX_QUERY_VECTORS = 16
 MAX_SEARCH_VECTORS = MAX_QUERY_VECTORS * (4 + 5 * len(WINDOW_SCALES))
 """Query vectors one search may have: for each view its own, its own under catalog light,
 its cut-outs' (the product on white, and square-on), its windows'."""
-RERANK_DEPTH = 20
+RERANK_DEPTH = 40
 """An image search checks the geometry of its first this many products
-(:meth:`ProductSearch.rerank`)."""
+(:meth:`ProductSearch.rerank`). 40 since shelves and bins (20 before): where a photo shows many
+copies of a pack, its vector ranks the pack's look-alikes as near as the pack itself, and the
+pack was 21st to 40th for 7% of packs-shelf's queries (docs/matching.md, "Every copy
+counted")."""
 RERANK_MIN_INLIERS = 12
 """Inliers that make a product's geometry agree with the query's: it then ranks above those
 whose geometry does not (the verifier's own floor is 10; see docs/matching.md)."""

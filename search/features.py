@@ -68,6 +68,18 @@ product several times) must find to count. Matched one way, several of the query
 keypoints may take one of the listing's, so chance finds more than it finds both ways: over
 the 2,412 pairs of luma-views' re-ranking, at most 13 where both ways found fewer than 12;
 twice the re-ranking's 12 (docs/matching.md, "Shelves and piles")."""
+COPY_MIN_INLIERS = 10
+"""Inliers a further copy of the product needs to add to a match for copies (:func:`ransac`
+with ``copies``), and at least ``COPY_SHARE`` of what the first copy has: each copy on a
+shelf or in a bin then adds its own, so a pack shown six times counts more than one shown
+once at the end of the row (docs/matching.md, "Every copy counted"). 10: the verifier's floor."""
+COPY_SHARE = 0.5
+"""What a further copy must have of the first copy's inliers to count. Copies of one pack are
+alike and read alike; what one photo of one product leaves after its first copy (the repeated
+lines of its print, a look-alike's layout matched in part) reads well under half (10-16 inliers
+after 38-49 on same-item-packs' look-alikes, where any further copy of 10 lost 4 queries)."""
+MAX_COPIES = 8
+"""Copies a match for copies looks for at most (one RANSAC each, and one that finds none)."""
 
 ECC_STEPS = 40
 """Iterations of the keypoint-free alignment's ECC refinement (:func:`coarse_homography`)."""
@@ -259,23 +271,50 @@ def ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> Keypoint
     """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px). ``copies``: ``a``
     may show ``b``'s product several times (a shelf of one pack, a bin of it). Then each of
     ``b``'s keypoints has a near-equal match on every copy, the ratio test from ``b``'s side
-    refuses them all, and mutual matching finds next to nothing. So a pair it finds fewer
-    than ``COPIES_MIN_INLIERS`` inliers in is matched again one way (``a``'s keypoints
-    passing the ratio test in ``b``), RANSAC keeping the copy that most of them agree on, and
-    its inliers counted once per keypoint of ``b``; that match is taken when it finds
-    ``COPIES_MIN_INLIERS``."""
+    refuses them all, and mutual matching finds next to nothing. So the pair is matched again
+    one way (``a``'s keypoints passing the ratio test in ``b``), copy by copy
+    (:func:`_copies`), each copy's inliers counted once per keypoint of ``b``. One copy is
+    taken where mutual matching finds fewer than ``COPIES_MIN_INLIERS`` and it finds that
+    many; two copies or more where their inliers, added up, are that many and more than the
+    match otherwise taken (the homography is then the first copy's, the positions all
+    theirs)."""
     none = np.zeros((0, 2), np.float32)
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
         return 0, None, none
     squared = _squared_distances(a.descriptors, b.descriptors)
     match = _homography(a.points, b.points, _mutual_pairs(squared))
-    if copies and match[0] < COPIES_MIN_INLIERS:
-        one_way = _ratio_pairs(squared)
-        if len(set(one_way.values())) >= COPIES_MIN_INLIERS:  # else it cannot count
-            again = _homography(a.points, b.points, list(one_way.items()))
-            if again[0] >= COPIES_MIN_INLIERS:
-                return again
+    if not copies:
+        return match
+    one_way = list(_ratio_pairs(squared).items())
+    if len(one_way) < max(COPIES_MIN_INLIERS, match[0] + 1):  # nothing it finds can count
+        return match
+    found = _copies(a.points, b.points, one_way)
+    if found and match[0] < COPIES_MIN_INLIERS <= found[0][0]:
+        match = found[0]
+    total = sum(count for count, _, _ in found)
+    if len(found) > 1 and total >= COPIES_MIN_INLIERS and total > match[0]:
+        return total, found[0][1], np.concatenate([points for _, _, points in found])
     return match
+
+
+def _copies(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
+            ) -> list[KeypointMatch]:
+    """The copies of ``b``'s product in ``a`` that one-way ``pairs`` show, each a match of its
+    own: RANSAC's homography through the pairs, then through those it left out, and so on
+    (``MAX_COPIES`` at most), while a copy has ``COPY_MIN_INLIERS`` inliers and a further
+    one ``COPY_SHARE`` of the first copy's too (none when the first has fewer)."""
+    out: list[KeypointMatch] = []
+    left = pairs
+    for _ in range(MAX_COPIES):
+        floor = max(COPY_MIN_INLIERS, COPY_SHARE * out[0][0]) if out else COPY_MIN_INLIERS
+        if len({j for _, j in left}) < floor:  # a copy counts no more (RANSAC's costliest)
+            break
+        count, homography, inliers = _fit(a, b, left)
+        if homography is None or count < floor:
+            break
+        out.append((count, homography, b[[j for _, j in left]][inliers]))
+        left = [pair for pair, inlier in zip(left, inliers.tolist(), strict=True) if not inlier]
+    return out
 
 
 def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
@@ -284,7 +323,17 @@ def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tupl
     and ``b``): its inliers, counted once per point of ``b`` (pairs matched one way may share
     one), the homography, and the inliers' positions in ``b``; (0, None, none) when there
     are too few pairs or the homography is implausible."""
-    none = np.zeros((0, 2), np.float32)
+    count, homography, inliers = _fit(a, b, pairs)
+    if homography is None:
+        return 0, None, np.zeros((0, 2), np.float32)
+    return count, homography, b[[j for _, j in pairs]][inliers]
+
+
+def _fit(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
+         ) -> tuple[int, NDArray[np.float64] | None, NDArray[np.bool_]]:
+    """:func:`_homography`'s count and homography, with which of ``pairs`` are its inliers
+    (0, None and none when there are too few pairs or the homography is implausible)."""
+    none = np.zeros(len(pairs), np.bool_)
     if len(pairs) < 4:
         return 0, None, none
     src = a[[i for i, _ in pairs]]
@@ -295,9 +344,9 @@ def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tupl
     homography = np.asarray(found, dtype=np.float64)
     if not _plausible(homography):
         return 0, None, none
-    inliers = mask.ravel() > 0
+    inliers: NDArray[np.bool_] = mask.ravel() > 0
     count = len({pairs[k][1] for k in np.nonzero(inliers)[0].tolist()})
-    return count, homography, dst[inliers]
+    return count, homography, inliers
 
 
 def _mutual_matches(a: NDArray[np.float32], b: NDArray[np.float32]) -> list[tuple[int, int]]:
