@@ -300,20 +300,28 @@ def ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> Keypoint
 def _copies(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
             ) -> list[KeypointMatch]:
     """The copies of ``b``'s product in ``a`` that one-way ``pairs`` show, each a match of its
-    own: RANSAC's homography through the pairs, then through those it left out, and so on
-    (``MAX_COPIES`` at most), while a copy has ``COPY_MIN_INLIERS`` inliers and a further
-    one ``COPY_SHARE`` of the first copy's too (none when the first has fewer)."""
+    own: RANSAC's homography through the pairs, then through those left where no copy found
+    lies (their point of ``a`` mapped outside the extent of ``b``'s points by every copy's
+    homography), and so on (``MAX_COPIES`` at most), while a copy has ``COPY_MIN_INLIERS``
+    inliers and a further one ``COPY_SHARE`` of the first copy's too (none when the first
+    has fewer). A photo of one product leaves few pairs off its one copy, and RANSAC over
+    chance pairs is what costs."""
     out: list[KeypointMatch] = []
     left = pairs
+    low, high = b.min(axis=0), b.max(axis=0)
     for _ in range(MAX_COPIES):
         floor = max(COPY_MIN_INLIERS, COPY_SHARE * out[0][0]) if out else COPY_MIN_INLIERS
-        if len({j for _, j in left}) < floor:  # a copy counts no more (RANSAC's costliest)
+        if len({j for _, j in left}) < floor:  # a copy counts no more
             break
         count, homography, inliers = _fit(a, b, left)
         if homography is None or count < floor:
             break
         out.append((count, homography, b[[j for _, j in left]][inliers]))
-        left = [pair for pair, inlier in zip(left, inliers.tolist(), strict=True) if not inlier]
+        mapped = cv2.perspectiveTransform(
+            a[[i for i, _ in left]].reshape(-1, 1, 2).astype(np.float64), homography
+        ).reshape(-1, 2)
+        on_it = inliers | np.all((mapped >= low) & (mapped <= high), axis=1)
+        left = [pair for pair, taken in zip(left, on_it.tolist(), strict=True) if not taken]
     return out
 
 
