@@ -35,7 +35,7 @@ from evaluation.protocol import GalleryProduct, ProtocolError, Query
 from lookalike.settings import MAX_K
 from schema.collection import CollectionSpec
 from schema.errors import ItemError, ItemFailure, Reason
-from search.api import ProductSearch
+from search.api import RERANK_DEPTH, ProductSearch
 from search.features import photo_features
 from search.intent import Match
 from search.scene import (
@@ -421,6 +421,7 @@ def evaluate(
     window_queries: bool = True,
     light_queries: bool = True,
     verifier: SameItemVerifier | None = None,
+    rerank_depth: int = RERANK_DEPTH,
     strict: bool = False,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
@@ -472,6 +473,7 @@ def evaluate(
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
                              verifier=verifier, rerank=verifier is not None,
+                             rerank_depth=rerank_depth,
                              rerank_budget_s=None)
     started = time.perf_counter()
     results = run_queries(searcher, scored, query_vectors, match, scene,

@@ -273,6 +273,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             window_queries=settings.search.window_queries,
             light_queries=settings.search.light_queries,
             rerank=settings.search.geometric_rerank,
+            rerank_depth=settings.search.rerank_depth,
             turned_queries=settings.search.turned_queries,
             family_depth=settings.search.family_depth,
         )

@@ -127,6 +127,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
                                                              settings.images.max_pixels,
                                                              build_fetcher(images))
                                             if settings.search.geometric_rerank else None),
+                                  rerank_depth=settings.search.rerank_depth,
                                   strict=args.strict)
         except ProtocolError as exc:
             raise UserError(str(exc)) from None

@@ -380,9 +380,17 @@ class SearchSettings(_Group):
     geometric_rerank: bool = Field(
         default=True,
         description="An image search checks the geometry (SIFT keypoints, RANSAC) of "
-        "its first 40 products against their listing photos, read through the image fetcher "
-        "as price comparison reads them, and ranks those that agree first (docs/matching.md, "
-        "\"Geometric re-ranking\")",
+        "its first rerank_depth products against their listing photos, read through the image "
+        "fetcher as price comparison reads them, and ranks those that agree first "
+        "(docs/matching.md, \"Geometric re-ranking\")",
+    )
+    rerank_depth: int = Field(
+        default=40, ge=1, le=MAX_K,
+        description="Products whose geometry an image search checks: each a listing photo "
+        "read (then cached) and matched, ~0.5 ms of CPU for a photo of one garment to ~10 ms "
+        "for a shelf or a bin (matched copy by copy) with the photo cached; 20, the earlier "
+        "depth, costs half and finds a pack in a row of its copies less often, its look-alikes "
+        "ranking as near by vector (docs/matching.md, \"Every copy counted\")",
     )
 
 

@@ -352,6 +352,7 @@ class ProductSearch:
         window_queries: bool = True,
         light_queries: bool = True,
         rerank: bool = True,
+        rerank_depth: int = RERANK_DEPTH,
         rerank_budget_s: float | None = RERANK_BUDGET_S,
         turned_queries: bool = True,
         family_depth: int = _SEARCH_DEFAULTS.family_depth,
@@ -366,8 +367,8 @@ class ProductSearch:
         white when its border does not tell its background (:meth:`by_image`);
         ``window_queries``: ...and with its :func:`search.scene.windows`;
         ``light_queries``: ...and under catalog light, its cut-out and windows cut from
-        that (:func:`search.scene.white_patch`); ``rerank``: an
-        image search checks the geometry of its first products (:meth:`rerank`; needs
+        that (:func:`search.scene.white_patch`); ``rerank``: an image search checks the
+        geometry of its first ``rerank_depth`` products (:meth:`rerank`; needs
         ``verifier``), waiting ``rerank_budget_s`` at most for listing photos to be read
         (None: for all of them, as ``lookalike eval`` does, whose figures must not depend on
         the machine's speed); ``turned_queries``: price comparison also tries the photo at
@@ -377,6 +378,8 @@ class ProductSearch:
         searches (:func:`_look_deeper`; no deeper than ``COMPARE_DEPTH * k`` when smaller)."""
         if family_depth < 0:
             raise ValueError(f"family_depth must be >= 0, got {family_depth}")
+        if not 1 <= rerank_depth <= MAX_K:
+            raise ValueError(f"rerank_depth must be 1 to {MAX_K}, got {rerank_depth}")
         if embedder.dim != spec.dim:
             raise ValueError(
                 f"embedder produces {embedder.dim}-d vectors but collection {spec.name!r} "
@@ -403,6 +406,7 @@ class ProductSearch:
         self._window_queries = window_queries
         self._light_queries = light_queries
         self._rerank = rerank and verifier is not None
+        self._rerank_depth = rerank_depth
         self._rerank_budget_s = rerank_budget_s
         self._readers = (ThreadPoolExecutor(RERANK_READERS, thread_name_prefix="rerank-read")
                          if verifier is not None else None)
@@ -539,7 +543,7 @@ class ProductSearch:
         return self._hits(vectors, k, filter, match, (), photos, cancelled)
 
     def rerank(self, hits: Sequence[Hit], photos: Sequence[PhotoFeatures], k: int) -> list[Hit]:
-        """The first ``k`` of ``hits`` once the geometry of the first ``RERANK_DEPTH`` is
+        """The first ``k`` of ``hits`` once the geometry of the first ``rerank_depth`` is
         checked against the query's ``photos`` (:meth:`SameItemVerifier.keypoint_matches`,
         the listing photos read and cached as price comparison reads them). Those with
         ``RERANK_MIN_INLIERS`` or more rank first, by similarity plus ``RERANK_WEIGHT`` times
@@ -552,7 +556,7 @@ class ProductSearch:
         verifier, readers = self._verifier, self._readers
         if verifier is None or readers is None:
             raise ValueError("rerank needs a same-item verifier (lookalike.app.build_search)")
-        head = list(hits[:RERANK_DEPTH])
+        head = list(hits[:self._rerank_depth])
         reading = _start_reading(verifier, (h.image_ref for h in head), readers)
         done, late = wait(reading.values(), timeout=self._rerank_budget_s)
         if late:
@@ -569,7 +573,7 @@ class ProductSearch:
                        key=lambda h: -(h.score + RERANK_WEIGHT * math.log1p(h.inliers or 0)
                                        / math.log(101)))
         rest = [h for h in checked if (h.inliers or 0) < RERANK_MIN_INLIERS]
-        return [*agree, *rest, *hits[RERANK_DEPTH:]][: _check_k(k)]
+        return [*agree, *rest, *hits[self._rerank_depth:]][: _check_k(k)]
 
     def by_vectors(
         self,
@@ -841,7 +845,7 @@ class ProductSearch:
               photos: Sequence[PhotoFeatures] | None = None,
               cancelled: Cancelled | None = None) -> list[Hit]:
         """Search with each query vector weighted for ``match``; scores on its scale. With
-        the query's ``photos`` and re-ranking on, the first ``RERANK_DEPTH`` are re-ranked
+        the query's ``photos`` and re-ranking on, the first ``rerank_depth`` are re-ranked
         by geometry (:meth:`rerank`; not when ``cancelled`` says the caller is gone)."""
         match = check_match(match)
         k = _check_k(k)
@@ -849,7 +853,7 @@ class ProductSearch:
         reranks = photos is not None and self._rerank
         weighted = [[float(x) for x in self._weighting.vector(np.asarray(v, np.float64), match)]
                     for v in vectors]
-        best = self._search(weighted, max(k, RERANK_DEPTH) if reranks else k, search_filter,
+        best = self._search(weighted, max(k, self._rerank_depth) if reranks else k, search_filter,
                             exclude=exclude)
         hits = [_hit(row, self._weighting.score(score, match)) for row, score in best]
         if not reranks or photos is None:

@@ -787,6 +787,18 @@ def test_rerank_orders_agreeing_products_by_similarity_and_inliers(catalog: Cata
     assert len(verifier.asked) == search_api.RERANK_DEPTH and last not in verifier.asked
     assert ids(search.rerank(hits, [photo_features(textured_photo(1))],
                              k=len(hits)))[-1] == last
+    # LOOKALIKE_SEARCH__RERANK_DEPTH: the first 3 only; d (4th, 12 inliers) keeps its place.
+    shallow = _Inliers({"a": 15, "c": 100, "d": 12, "b": 11})
+    search = ProductSearch(catalog.search._store, catalog.spec, catalog.embedder,
+                           consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=shallow, rerank_budget_s=None, rerank_depth=3)
+    ranked = search.rerank(hits, [photo_features(textured_photo(1))], k=5)
+    assert ids(ranked) == ["a", "d", "b", "c", "x0"] and shallow.asked == ["b", "a", "d"]
+    for depth in (0, search_api.MAX_K + 1):
+        with pytest.raises(ValueError, match="rerank_depth must be 1 to"):
+            ProductSearch(catalog.search._store, catalog.spec, catalog.embedder,
+                          consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                          verifier=shallow, rerank_depth=depth)
 
 
 def test_rerank_waits_for_listing_photos_within_its_budget_only(
