@@ -492,6 +492,7 @@ def drop_model(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"{versions.base}: does not exist yet (the first ingest creates it); "
                         "no model version to drop")
     try:
+        versions.droppable(args.version, force=args.force)  # a refusal creates nothing
         with versions.reindex_lease("models-drop", ttl_s=DEFAULT_LEASE_S):
             entry = versions.drop_version(args.version, force=args.force)
     except LeaseHeldError as exc:

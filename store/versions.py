@@ -331,6 +331,20 @@ class ModelVersions:
         one being built (``building``) unless ``force``. The caller holds
         :meth:`reindex_lease`, so no reindex starts filling the pair meanwhile. A crash
         between the steps leaves the row, and dropping again completes it."""
+        entry = self.droppable(model_version, force=force)
+        for name in (entry.physical, state_name(entry.physical)):
+            if self.store.has_collection(name):
+                self.store.drop_collection(name)
+        self.store.delete(registry_name(self.base),
+                          self.store.expr().eq("physical", entry.physical), op="unregister")
+        log.warning("dropped model %s: %s and %s, and its registry entry (was %s)",
+                    entry.model_version, entry.physical, state_name(entry.physical),
+                    entry.status.value)
+        return entry
+
+    def droppable(self, model_version: str, *, force: bool = False) -> ModelEntry:
+        """The entry :meth:`drop_version` would drop, or its refusal; reads only (a refusal
+        before the lease is taken leaves nothing behind, not even the lease collection)."""
         entries = self.entries()
         found = [e for e in entries if model_version in (e.model_version, e.physical)]
         if not found:
@@ -365,14 +379,6 @@ class ModelVersions:
                 f"model {entry.model_version} ({entry.physical}) is being built (a `lookalike "
                 "reindex --no-switch` or an ingest of a model that does not serve writes it): "
                 "stop its writers, then pass --force to drop it")
-        for name in (entry.physical, state_name(entry.physical)):
-            if self.store.has_collection(name):
-                self.store.drop_collection(name)
-        self.store.delete(registry_name(self.base),
-                          self.store.expr().eq("physical", entry.physical), op="unregister")
-        log.warning("dropped model %s: %s and %s, and its registry entry (was %s)",
-                    entry.model_version, entry.physical, state_name(entry.physical),
-                    entry.status.value)
         return entry
 
     def drop_all(self) -> None:

@@ -374,6 +374,7 @@ def test_cli_refusals_create_no_collection(tmp_path: Path, monkeypatch: pytest.M
         (["reindex", *uri, "--collection", "nosuch"], "nosuch does not exist yet"),
         (["models", *uri, "--collection", "nosuch", "drop", "v"], "nosuch: does not exist"),
         (["reindex", *uri, "--collection", "shop"], "already serves shop"),
+        (["models", *uri, "--collection", "shop", "drop", "nosuch"], "no model version"),
         (["reindex", *uri, "--collection", "shop__c6d514a571"], "may not contain '__'"),
     ):
         assert main(argv) == 2, argv
