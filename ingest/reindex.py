@@ -59,7 +59,7 @@ from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
 from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 from schema.records import ImageRecord, ProductState
-from schema.versions import state_name
+from schema.versions import ModelEntry, Serving, state_name
 from store.lease import DEFAULT_LEASE_S, LeaseLostError
 from store.versions import ModelVersions
 
@@ -234,25 +234,28 @@ class Reindexer:
         refused whoever holds the lease (nothing serves; the model serves already, with no
         catch-up owed) is refused before the lease is taken: a typo in ``--collection``
         creates no lease collection, and nothing waits for the lease's confirmation."""
-        self._refuse_early()
+        self._serving()
         with self._lease:
             return self._run(switch=switch, allow_failures=allow_failures,
                              before_pass=before_pass)
 
-    def _refuse_early(self) -> None:
-        """:meth:`_run`'s first refusals, read before the lease is taken (it checks them again
-        under the lease: another run may have switched meanwhile). Creates nothing."""
-        if self._versions.serving_unloaded() is None:
+    def _serving(self) -> tuple[Serving, list[ModelEntry]]:
+        """What ``<base>`` serves and the catch-ups owed, refusing what any run refuses
+        (nothing serves; this model serves already, with no catch-up owed). Read before the
+        lease is taken, so such a refusal creates nothing, and again under it (another run
+        may have switched meanwhile)."""
+        serving = self._versions.load_serving()
+        if serving is None:
             raise ReindexError(
                 f"nothing to re-index: {self._versions.base} does not exist yet "
                 "(the first ingest creates it for its model)"
             )
-        serving = self._versions.load_serving()
+        owed = self._versions.catch_ups_owed()
         model = self._embedder.model_version
-        if serving is not None and serving.model_version == model and (
-                serving.legacy or not self._versions.catch_ups_owed()):
+        if serving.model_version == model and (not owed or serving.legacy):
             raise ReindexError(f"model {model} already serves {self._versions.base} "
                                f"({serving.physical}): nothing to do")
+        return serving, owed
 
     def _run(
         self, *, switch: bool, allow_failures: bool,
@@ -261,17 +264,8 @@ class Reindexer:
         started = time.monotonic()
         self._allow_failures = allow_failures
         model = self._embedder.model_version
-        serving = self._versions.load_serving()
-        if serving is None:
-            raise ReindexError(
-                f"nothing to re-index: {self._versions.base} does not exist yet "
-                "(the first ingest creates it for its model)"
-            )
-        owed = self._versions.catch_ups_owed()
+        serving, owed = self._serving()
         if serving.model_version == model:
-            if not owed or serving.legacy:
-                raise ReindexError(f"model {model} already serves {self._versions.base} "
-                                   f"({serving.physical}): nothing to do")
             report = self._catch_up_only(model, serving.physical, [e.physical for e in owed])
             report.seconds = time.monotonic() - started
             return report

@@ -42,7 +42,7 @@ from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings, kafka_addresses
 from schema.events import SCHEME
-from schema.versions import ModelRetiredError, ModelVersionError
+from schema.versions import ModelRetiredError, ModelVersionError, state_name
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import MilvusStore
@@ -500,7 +500,7 @@ def drop_model(settings: Settings, args: argparse.Namespace) -> int:
     except ModelVersionError as exc:
         raise UserError(str(exc)) from None
     print(f"dropped model {entry.model_version} ({entry.status.value}): {entry.physical}, "
-          f"{entry.physical}_state and its registry entry")
+          f"{state_name(entry.physical)} and its registry entry")
     return ExitCode.OK
 
 
