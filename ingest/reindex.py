@@ -59,17 +59,13 @@ from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
 from schema.errors import ItemError, Reason
 from schema.events import ImageRef
 from schema.records import ImageRecord, ProductState
-from schema.versions import ModelEntry, Serving, state_name
-from store.lease import DEFAULT_LEASE_S, LeaseLostError
+from schema.versions import DEFAULT_LEASE_S, ModelEntry, Serving, state_name
+from store.lease import LeaseLostError
 from store.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
 _ROW_FIELDS = [f for f in IMAGE_FIELDS if f != "vector"]
-
-LEASE_S = DEFAULT_LEASE_S
-"""How long a run's lease lasts without a renewal (renewed between chunks, at most every
-40 s): a killed run blocks the next one for at most this long."""
 
 
 class ReindexError(RuntimeError):
@@ -190,7 +186,7 @@ class Reindexer:
         switch_changes: int = 50,
         on_chunk: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        lease_s: float = LEASE_S,
+        lease_s: float = DEFAULT_LEASE_S,
         lease_confirm_s: float = 1.0,
     ) -> None:
         self._versions = versions

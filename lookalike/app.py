@@ -48,7 +48,7 @@ from lookalike.settings import ImageSettings, IngestSettings, Settings
 from lookalike.stopping import hand_over
 from schema.collection import CollectionSpec
 from schema.errors import ItemError
-from schema.versions import ModelRetiredError
+from schema.versions import DEFAULT_LEASE_S, ModelRetiredError
 from store import MilvusStore, StoreError
 from store.engine import is_lite_uri
 from store.versions import ModelVersions, ServingGuard
@@ -455,15 +455,15 @@ def build_runner(
 
 def build_reindexer(settings: Settings, embedder: Any, versions: ModelVersions,
                     pool: ThreadPoolExecutor, *, max_passes: int, settle_s: float,
-                    switch_changes: int = 50, lease_s: float | None = None,
+                    switch_changes: int = 50, lease_s: float = DEFAULT_LEASE_S,
                     on_chunk: Callable[[int], None] | None = None) -> Reindexer:
-    from ingest.reindex import LEASE_S, Reindexer
+    from ingest.reindex import Reindexer
 
     return Reindexer(versions, embedder, build_fetcher(settings.images), pool,
                      max_pixels=settings.images.max_pixels,
                      decode_workers=decode_workers(settings, embedder), max_passes=max_passes,
                      settle_s=settle_s, switch_changes=switch_changes, on_chunk=on_chunk,
-                     lease_s=LEASE_S if lease_s is None else lease_s)
+                     lease_s=lease_s)
 
 
 class Stoppable(Protocol):

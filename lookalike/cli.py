@@ -23,7 +23,7 @@ from lookalike.errors import EXIT_CODES, ExitCode, UserError
 from lookalike.settings import LOCAL_HOST, LOG_LEVELS, MAX_PORT, Settings
 from lookalike.stopping import Terminated, holding_stop_signals
 from schema.events import MAX_SELLER_CHARS, MAX_VERSION, no_control_chars
-from schema.versions import MAX_LEASE_S, shown
+from schema.versions import DEFAULT_LEASE_S, MAX_LEASE_S, shown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "copies the rest (0: only after a pass that changed nothing)")
     p.add_argument("--settle-s", type=_at_least(0, float), default=2.0,
                    help="wait after the switch before the last catch-up pass")
-    p.add_argument("--lease-s", type=_at_least(10, float, MAX_LEASE_S), default=120.0,
+    p.add_argument("--lease-s", type=_at_least(10, float, MAX_LEASE_S), default=DEFAULT_LEASE_S,
                    help="how long this run's lease lasts unless renewed (it renews it as it "
                         "works), 10 to 21600 (6 hours): a second reindex is refused "
                         "meanwhile, and the lease of a killed run blocks the next one at most "

@@ -42,12 +42,12 @@ from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings, kafka_addresses
 from schema.events import SCHEME
-from schema.versions import ModelRetiredError, ModelVersionError, state_name
+from schema.versions import DEFAULT_LEASE_S, ModelRetiredError, ModelVersionError, state_name
 from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
 from search.filters import SearchFilter
 from store import MilvusStore
 from store.expressions import check_string
-from store.lease import DEFAULT_LEASE_S, LeaseHeldError
+from store.lease import LeaseHeldError
 from store.versions import ModelVersions
 
 if TYPE_CHECKING:

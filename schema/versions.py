@@ -68,6 +68,9 @@ MAX_LEASE_OWNER_BYTES = 256
 MAX_LEASE_S = 6 * 3600.0
 """The longest lease (``lookalike reindex --lease-s``): a killed run's blocks the next one at
 most this long; ``lookalike models unlock`` removes it sooner."""
+DEFAULT_LEASE_S = 120.0
+"""How long a lease lasts without a renewal (``lookalike reindex --lease-s``; renewed at most
+every third of it): a killed holder blocks the next run for at most this long."""
 MAX_NAME_BYTES = 255
 """Longest collection name (the registry's primary key)."""
 

@@ -44,9 +44,6 @@ from store.expressions import ExpressionBuilder
 log = logging.getLogger(__name__)
 
 MAX_LEASE_NAME_BYTES = 64
-DEFAULT_LEASE_S = 120.0
-"""How long a lease lasts without a renewal (``lookalike reindex --lease-s``; renewed at most
-every third of it): a killed holder blocks the next run for at most this long."""
 
 
 def _now_ms() -> int:
