@@ -510,10 +510,14 @@ def unlock(settings: Settings, _args: argparse.Namespace) -> int:
     it at its next renewal and stops without switching (``not switched: ... lease ...``)."""
     versions = open_versions(settings)
     lease = versions.reindex_lease("models-unlock", ttl_s=DEFAULT_LEASE_S, confirm_s=0)
-    holder = lease.remove()
+    holder, after = lease.remove()
     if holder is None:
         print(f"{versions.base}: no reindex lease is held; nothing to unlock")
         return ExitCode.OK
+    if after is not None:
+        print(f"{versions.base}: the reindex lease of {holder.owner} was taken over meanwhile;"
+              f" left in place, now held by {after.describe()}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     state = ("expired" if holder.expires_at_ms <= time.time() * 1000 else
              "not expired: if that run is alive, it stops at its next renewal without switching")
     print(f"{versions.base}: removed the reindex lease of {holder.describe()} ({state})")

@@ -196,14 +196,18 @@ class Lease:
                         self.name, self.collection, type(exc).__name__, exc,
                         self._ttl_ms / 1000)
 
-    def remove(self) -> LeaseHolder | None:
+    def remove(self) -> tuple[LeaseHolder | None, LeaseHolder | None]:
         """Remove the lease whoever holds it (``lookalike models unlock``: for a run known to
-        be dead); returns the holder it removed, None when nobody held it. Creates nothing."""
+        be dead). Returns the holder it read, None when nobody held it, and the holder found
+        after the delete: None, unless another process took the lease over between the read
+        and the delete (the delete names the owner read, so it leaves that takeover in place).
+        Creates nothing."""
         found = self.holder()
-        if found is not None:
-            where = self.store.expr().eq("name", self.name).eq("owner", found.owner)
-            self.store.delete(self.collection, where, op="lease_remove")
-        return found
+        if found is None:
+            return None, None
+        where = self.store.expr().eq("name", self.name).eq("owner", found.owner)
+        self.store.delete(self.collection, where, op="lease_remove")
+        return found, self.holder()
 
     def __enter__(self) -> Lease:
         self.acquire()

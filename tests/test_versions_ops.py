@@ -15,7 +15,7 @@ import pytest
 from ingest.reindex import Reindexer, ReindexError
 from schema.versions import ModelStatus, ModelVersionError, lease_name, physical_name, state_name
 from store import MilvusStore
-from store.lease import Lease, LeaseHeldError
+from store.lease import Lease, LeaseHeldError, LeaseHolder
 from store.versions import ModelVersions
 from tests import test_versions
 from tests.fakes import TinyEmbedder
@@ -247,12 +247,29 @@ def test_a_release_deletes_only_its_own_row(world: World) -> None:
 
 
 def test_removing_a_lease_names_its_holder(world: World) -> None:
-    assert _lease(world, "probe").remove() is None
+    assert _lease(world, "probe").remove() == (None, None)
     assert not world.m.store.has_collection(lease_name(world.base))  # creates nothing
     _lease(world, "reindex@dead:9:dd", ttl_s=3600).acquire()
-    removed = _lease(world, "probe").remove()
-    assert removed is not None and removed.owner == "reindex@dead:9:dd"
+    removed, after = _lease(world, "probe").remove()
+    assert removed is not None and removed.owner == "reindex@dead:9:dd" and after is None
     assert _lease(world, "probe").holder() is None
+
+
+def test_removing_a_lease_taken_over_meanwhile_leaves_the_takeover(world: World) -> None:
+    """`models unlock` read a dead run's lease, then another run took it over before the
+    delete: the delete names the owner read, so the takeover stays, and remove says so."""
+    _lease(world, "reindex@dead:9:dd", ttl_s=1, now_ms=1_000).acquire()  # long expired
+    probe = _lease(world, "probe")
+    stale = probe.holder()
+    _lease(world, "reindex@b:2:bb").acquire()  # the takeover, after the probe's read
+    reads = iter([stale])
+    read_now = probe.holder
+    probe.holder = lambda: next(reads, None) or read_now()  # type: ignore[method-assign]
+    removed, after = probe.remove()
+    assert removed is not None and removed.owner == "reindex@dead:9:dd"
+    assert after is not None and after.owner == "reindex@b:2:bb"
+    holder = _lease(world, "probe").holder()
+    assert holder is not None and holder.owner == "reindex@b:2:bb"
     with pytest.raises(ValueError, match="at most 21600s"):
         _lease(world, "probe", ttl_s=1e9)
 
@@ -335,6 +352,16 @@ def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.Mo
     assert "removed the reindex lease of reindex@elsewhere:7:cafe" in out and "not expired" in out
     assert main(["models", *common, "unlock"]) == 0
     assert "no reindex lease is held" in capsys.readouterr().out
+
+    taken_over = (LeaseHolder("reindex@dead:1:aa", 0, 1_000),
+                  LeaseHolder("reindex@elsewhere:8:beef", 2_000, 9_999_999_999_999))
+    remove = Lease.remove
+    monkeypatch.setattr(Lease, "remove", lambda self: taken_over)
+    assert main(["models", *common, "unlock"]) == 4  # another run took it over meanwhile
+    err = capsys.readouterr().err
+    assert "reindex@dead:1:aa was taken over meanwhile; left in place" in err
+    assert "now held by reindex@elsewhere:8:beef" in err and err.count("\n") == 1
+    monkeypatch.setattr(Lease, "remove", remove)
 
     store = MilvusStore.open(db, lite_process=True)
     try:
