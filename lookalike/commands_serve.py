@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -31,8 +31,11 @@ from lookalike.app import (
 from lookalike.commands import _run_ingest
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import ServeSettings, Settings
-from serve.metrics import IngestMetrics, publish_model_version
+from serve.metrics import ConnectionMetrics, IngestMetrics, publish_model_version
 from store.versions import ModelVersions
+
+if TYPE_CHECKING:
+    from serve.server import BackgroundServer
 
 log = logging.getLogger("lookalike")
 
@@ -86,8 +89,19 @@ def _start_failed(exc: Exception) -> UserError:
     return UserError(str(exc), ExitCode.FAILED)
 
 
+def _api_server(app: Any, s: ServeSettings, sockets: list[socket.socket],
+                registry: CollectorRegistry) -> BackgroundServer:
+    """The API's server on ``sockets``, with the ``serve`` settings' connection limits; the
+    connections it closes are counted into ``registry``."""
+    from serve.server import BackgroundServer
+
+    return BackgroundServer(app, s.host, s.port, sockets, max_connections=s.max_connections,
+                            header_timeout_s=s.header_timeout_s,
+                            metrics=ConnectionMetrics(registry))
+
+
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    from serve.server import BackgroundServer, ServerStartError
+    from serve.server import ServerStartError
 
     s = settings.serve
     with _listening(s) as sockets:
@@ -99,8 +113,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         with ThreadPoolExecutor(s.workers, thread_name_prefix="search") as pool, \
                 warming_up(embedder) as model_warm:
             app = build_api(settings, embedder, versions, registry, pool, model_warm)
-            server = BackgroundServer(app, s.host, s.port, sockets,
-                                      max_connections=s.max_connections)
+            server = _api_server(app, s, sockets, registry)
             log.info("serving %s on %s (model %s)", versions.base, server.url,
                      embedder.model_version)
             try:
@@ -134,18 +147,16 @@ def run_with(settings: Settings, embedder: Any, versions: ModelVersions,
             warming_up(embedder) as model_warm:
         app = build_api(settings, embedder, versions, registry, pool, model_warm)
         return _ingest_while_serving(settings, embedder, versions, app, sockets,
-                                     ingest_metrics)
+                                     registry, ingest_metrics)
 
 
 def _ingest_while_serving(settings: Settings, embedder: Any, versions: ModelVersions,
                           app: Any, sockets: list[socket.socket],
-                          metrics: IngestMetrics) -> int:
-    from serve.server import BackgroundServer, ServerStartError
+                          registry: CollectorRegistry, metrics: IngestMetrics) -> int:
+    from serve.server import ServerStartError
 
-    s = settings.serve
     try:
-        server = BackgroundServer(app, s.host, s.port, sockets,
-                                  max_connections=s.max_connections).start()
+        server = _api_server(app, settings.serve, sockets, registry).start()
     except ServerStartError as exc:
         raise _start_failed(exc) from None
     print(f"API on {server.url} ({versions.base}, model {embedder.model_version}); "

@@ -409,6 +409,11 @@ class ServeSettings(_Group):
                                  description="Connections and requests served at once; a "
                                  "request beyond them is answered 503 at once (uvicorn's "
                                  "limit_concurrency)")
+    header_timeout_s: float = Field(default=15.0, gt=0, le=3600,
+                                    description="Longest time to receive a request's line and "
+                                    "headers, from the connection's opening or, on a kept-alive "
+                                    "connection, their first byte; a slower client's connection "
+                                    "is closed")
     body_timeout_s: float = Field(default=60.0, gt=0, le=3600,
                                   description="Longest time to receive a request body; a "
                                   "slower one is answered 408 and its connection closed")

@@ -71,6 +71,17 @@ class SearchMetrics:
             self.stage.labels(rest).observe(max(0.0, seconds - model - milvus))
 
 
+class ConnectionMetrics:
+    """What the server itself does to connections, below the app: the app's series
+    (:class:`SearchMetrics`) see requests, and these connections that never made one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.header_timeouts = Counter(
+            "lookalike_http_header_timeouts", "Connections closed because a request's line "
+            "and headers did not arrive within serve.header_timeout_s", registry=registry,
+        )
+
+
 class TimedEmbedder:
     """An embedder that notes how long each ``embed`` call took, for the thread's open
     :meth:`recording` (the request it serves); every other attribute (``dim``,

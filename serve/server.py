@@ -4,19 +4,29 @@ HTTP bench."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
+import logging
 import signal
 import socket
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lookalike import signals
 from lookalike.settings import ServeSettings
 from lookalike.stopping import hand_over
+
+if TYPE_CHECKING:
+    from serve.metrics import ConnectionMetrics
+
+log = logging.getLogger(__name__)
 
 _SERVE = ServeSettings()
 KEEP_ALIVE_S = 5
@@ -74,6 +84,94 @@ def why_not_listening(exc: OSError | UnicodeError, host: str, port: int) -> str:
     return exc.strerror or str(exc)
 
 
+class HeaderDeadline(H11Protocol):
+    """Uvicorn's h11 protocol with the header phase bounded in time: a request's line and
+    headers must arrive within :attr:`header_timeout_s` of the connection's opening (its first
+    request) or of their first byte (a later one, on a kept-alive connection), else the
+    connection is closed: with a ``408`` in the API's error shape when part of the request
+    came, without a word when none did (there is no request: a browser's unused preconnect),
+    one warning line and :attr:`metrics`' ``header_timeouts`` counted either way. Uvicorn bounds
+    headers in size (h11's 16 KiB), not in time: a client sending nothing, or a byte every
+    few seconds, held its connection, one of ``limit_concurrency``, for ever.
+
+    The wait between requests stays uvicorn's (``timeout_keep_alive``), and a request's body
+    the app's (serve/middleware.py): the deadline ends when the headers are complete. Built
+    per server by :func:`header_deadline`, as uvicorn builds the protocol itself."""
+
+    header_timeout_s: ClassVar[float] = _SERVE.header_timeout_s
+    metrics: ClassVar[ConnectionMetrics | None] = None
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in (or refused: 400)
+            self._disarm()
+        elif self._header_timer is None:  # the first bytes of a request after keep-alive
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        partial = bool(self.conn.trailing_data[0])
+        log.warning("closed the connection of %s: %s within %g s (serve.header_timeout_s)",
+                    address(*self.client) if self.client else "a client",
+                    "its request line and headers did not arrive" if partial else
+                    "it sent no request", self.header_timeout_s)
+        if self.metrics is not None:
+            self.metrics.header_timeouts.inc()
+        if partial and self.conn.our_state is h11.IDLE:
+            self._send_408()
+        self.transport.close()
+
+    def _send_408(self) -> None:
+        """A ``408 Request Timeout`` and ``Connection: close``, as uvicorn's own 400 for a
+        request it cannot parse is sent (no request to answer: the app never saw it)."""
+        body = json.dumps({"error": {"code": "header_timeout", "message": (
+            f"the request line and headers did not arrive within "
+            f"{self.header_timeout_s:g} s")}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   (b"content-length", str(len(body)).encode())]
+        try:
+            for event in (h11.Response(status_code=408, headers=headers,
+                                       reason=b"Request Timeout"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+        except h11.LocalProtocolError:  # h11 will not send it now: the close says enough
+            pass
+
+
+def header_deadline(timeout_s: float,
+                    metrics: ConnectionMetrics | None = None) -> type[HeaderDeadline]:
+    """A :class:`HeaderDeadline` for one server (uvicorn builds one per connection from
+    the class it is given): ``timeout_s`` (``serve.header_timeout_s``), counted into
+    ``metrics`` when given."""
+
+    class Bounded(HeaderDeadline):
+        pass
+
+    Bounded.header_timeout_s = timeout_s
+    Bounded.metrics = metrics
+    return Bounded
+
+
 class BackgroundServer:
     """Serves ``app`` on ``host:port`` (0: any free port) until :meth:`stop`; on ``sockets``
     when the caller has bound them already (:func:`listen`), else it binds them at
@@ -83,19 +181,25 @@ class BackgroundServer:
     ingest runner's) keep working.
 
     ``max_connections`` (``serve.max_connections``) bounds the open connections and requests:
-    uvicorn answers a request beyond them 503 at once. Uvicorn bounds a request's headers in
-    size (h11's 16 KiB), not in time, and an idle connection only after its first answer
-    (``timeout_keep_alive``): a client dribbling its headers holds its connection, within
-    that bound, until the proxy in front ends it (docs/hardening.md). Bodies are bounded in
-    time and size by the app (serve/middleware.py).
+    uvicorn answers a request beyond them 503 at once. A request's line and headers must
+    arrive within ``header_timeout_s`` (``serve.header_timeout_s``) of the connection's
+    opening or of their first byte, else the connection is closed (:class:`HeaderDeadline`;
+    counted in ``metrics``, the process's :class:`~serve.metrics.ConnectionMetrics`, when
+    given); uvicorn bounds them in size (h11's 16 KiB). An idle connection between requests
+    is closed after ``timeout_keep_alive`` (:data:`KEEP_ALIVE_S`). Bodies are bounded in time
+    and size by the app (serve/middleware.py). Connections per client and TLS are left to a
+    proxy in front (docs/hardening.md).
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
                  sockets: list[socket.socket] | None = None, *,
-                 max_connections: int = _SERVE.max_connections) -> None:
+                 max_connections: int = _SERVE.max_connections,
+                 header_timeout_s: float = _SERVE.header_timeout_s,
+                 metrics: ConnectionMetrics | None = None) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                 lifespan="off", limit_concurrency=max_connections,
-                                timeout_keep_alive=KEEP_ALIVE_S)
+                                timeout_keep_alive=KEEP_ALIVE_S,
+                                http=header_deadline(header_timeout_s, metrics))
         self._server = uvicorn.Server(config)
         self._sockets = sockets
         self._thread = threading.Thread(target=self._run, name="api", daemon=True)

@@ -985,6 +985,7 @@ def test_an_empty_group_id_is_refused(command: str, tmp_path: Path,
     ("INGEST__OUTAGE_BUDGET_S", "inf"),
     ("MODEL__BATCH_SIZE", "1000000"),
     ("SERVE__WORKERS", "100000"),
+    ("SERVE__HEADER_TIMEOUT_S", "3601"),
 ])
 def test_numeric_settings_have_upper_bounds(name: str, value: str,
                                             monkeypatch: pytest.MonkeyPatch,
@@ -994,6 +995,19 @@ def test_numeric_settings_have_upper_bounds(name: str, value: str,
     line = one_error(capsys, "models")
     assert f"invalid LOOKALIKE_ setting {name.lower().replace('__', '.')}" in line
     assert "less than or equal to" in line
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("0", "greater than 0"), ("soon", "a valid number"), ("-1", "greater than 0")])
+def test_a_header_timeout_that_is_no_positive_number_is_one_line(
+        value: str, why: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """0 would close every connection at once; a word is no duration."""
+    monkeypatch.setenv("LOOKALIKE_SERVE__HEADER_TIMEOUT_S", value)
+    assert main(["models", "--milvus-uri", "nowhere.db"]) == ExitCode.USAGE
+    line = one_error(capsys, "models")
+    assert "invalid LOOKALIKE_ setting serve.header_timeout_s" in line and why in line, line
+    assert "LOOKALIKE_SERVE__HEADER_TIMEOUT_S" in line, line
 
 
 def test_every_numeric_setting_has_an_upper_bound() -> None:

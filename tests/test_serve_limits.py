@@ -17,11 +17,13 @@ import pytest
 import requests
 
 from serve.api import PARSE_INLINE_BYTES, ServeConfig
-from serve.server import BackgroundServer
+from serve.metrics import ConnectionMetrics
+from serve.server import KEEP_ALIVE_S, BackgroundServer, HeaderDeadline
 from tests.serve_support import Served, build_served
 
 IDLE_S = 0.5
 BODY_S = 1.5
+HEADER_S = 0.5
 MAX_JSON = 128 * 1024
 
 
@@ -173,6 +175,199 @@ def test_a_large_json_body_is_parsed_off_the_event_loop(
     poster.join(10)
     assert results[0].status_code == 422  # 4,000 numbers: not the model's dimension
 
+
+# -- the header phase: slowloris -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_headers(served: Served) -> Iterator[BackgroundServer]:
+    """A server whose requests must have their line and headers in within HEADER_S, counted
+    into the app's registry (one such server per registry)."""
+    with BackgroundServer(served.app, header_timeout_s=HEADER_S,
+                          metrics=ConnectionMetrics(served.registry)) as running:
+        yield running
+
+
+def header_timeouts(served: Served) -> float:
+    return served.registry.get_sample_value("lookalike_http_header_timeouts_total") or 0.0
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def one_answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of the next answer on a kept-alive connection (by its Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-answer"
+        body += chunk
+    assert len(body) == length, "more than one answer read at once"
+    return int(head.split()[1]), body
+
+
+LIVEZ = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(
+        quick_headers: BackgroundServer, served: Served,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It was held for ever: a few hundred such clients took every one of max_connections.
+    Closed without an answer (there is no request; a browser's unused preconnect is one)."""
+    before = header_timeouts(served)
+    with caplog.at_level(logging.WARNING, logger="serve.server"), \
+            connect(quick_headers) as sock:
+        host, port = sock.getsockname()[:2]
+        client = f"{host}:{port}"
+        started = time.monotonic()
+        data = until_closed(sock)
+        waited = time.monotonic() - started
+    assert data == b""
+    assert HEADER_S * 0.5 < waited < HEADER_S + 3, waited
+    assert header_timeouts(served) == before + 1
+    lines = [r.getMessage() for r in caplog.records if "serve.header_timeout_s" in r.getMessage()]
+    assert len(lines) == 1 and client in lines[0] and "sent no request" in lines[0], lines
+
+
+def dribble(sock: socket.socket, first: bytes = b"") -> tuple[bytes, float, int]:
+    """Sends ``first``, then a request line and headers three bytes every 0.2 s without ever
+    ending them, until the server answers and closes; what it answered, after how long, and
+    how many bytes went out."""
+    head = first + b"GET /livez HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: yes\r\n" * 200
+    started = time.monotonic()
+    sent = 0
+    sock.settimeout(0.2)
+    while time.monotonic() - started < HEADER_S + 5:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            sock.sendall(head[sent:sent + 3])
+            sent += 3
+            continue
+        sock.settimeout(10)
+        data += until_closed(sock) if data else b""
+        return data, time.monotonic() - started, sent
+    raise AssertionError(f"still open after {HEADER_S + 5} s of dribbling")
+
+
+def test_a_client_dribbling_its_headers_is_closed_although_it_keeps_sending(
+        quick_headers: BackgroundServer, served: Served) -> None:
+    before = header_timeouts(served)
+    with connect(quick_headers) as sock:
+        data, waited, sent = dribble(sock)
+    assert data.startswith(b"HTTP/1.1 408 "), data[:100]
+    assert b"connection: close" in data.lower()
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["error"]["code"] == "header_timeout"
+    assert HEADER_S * 0.5 < waited < HEADER_S + 3, waited
+    assert sent >= 6  # it kept sending past the deadline's half
+    assert header_timeouts(served) == before + 1
+
+
+def test_the_deadline_holds_for_a_later_request_on_a_kept_alive_connection(
+        quick_headers: BackgroundServer, served: Served) -> None:
+    """Counted from the later request's first byte: the idle wait before it is keep-alive's."""
+    before = header_timeouts(served)
+    with connect(quick_headers) as sock:
+        sock.sendall(LIVEZ)
+        assert one_answer(sock)[0] == 200
+        time.sleep(HEADER_S * 2)  # idle: not the header deadline's business
+        data, waited, _ = dribble(sock)
+    assert data.startswith(b"HTTP/1.1 408 "), data[:100]
+    assert HEADER_S * 0.5 < waited < HEADER_S + 3, waited
+    assert header_timeouts(served) == before + 1
+
+
+def test_requests_in_time_kept_alive_and_pipelined_are_answered(
+        quick_headers: BackgroundServer, served: Served) -> None:
+    before = header_timeouts(served)
+    assert requests.get(f"{quick_headers.url}/livez", timeout=5).status_code == 200
+    with connect(quick_headers) as sock:
+        sock.sendall(LIVEZ)
+        assert one_answer(sock)[0] == 200
+        time.sleep(HEADER_S * 2)  # past the header deadline, within keep-alive
+        assert HEADER_S * 2 < KEEP_ALIVE_S - 2
+        sock.sendall(LIVEZ)
+        assert one_answer(sock)[0] == 200
+        sock.sendall(LIVEZ * 3)  # pipelined
+        assert [one_answer(sock)[0] for _ in range(3)] == [200] * 3
+        sock.sendall(LIVEZ[:10])  # a request split across packets, in time
+        time.sleep(HEADER_S / 3)
+        sock.sendall(LIVEZ[10:])
+        assert one_answer(sock)[0] == 200
+    assert header_timeouts(served) == before
+
+
+def test_a_slow_body_after_prompt_headers_is_the_body_deadlines_408(
+        quick_headers: BackgroundServer, served: Served) -> None:
+    """The header deadline ends with the headers: a body dripped within body_idle_s runs to
+    body_timeout_s (three header deadlines) and gets the app's 408 ``body_timeout``."""
+    assert BODY_S >= HEADER_S * 3
+    before = header_timeouts(served)
+    with connect(quick_headers) as sock:
+        started = time.monotonic()
+        sock.sendall(post_head(1000))
+        sock.settimeout(IDLE_S / 3)
+        data = b""
+        while not data and time.monotonic() - started < BODY_S + 5:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")
+        sock.settimeout(10)
+        data += until_closed(sock)
+        waited = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 408 "), data[:100]
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["error"]["code"] == "body_timeout"
+    assert BODY_S * 0.8 < waited < BODY_S + 3, waited
+    assert header_timeouts(served) == before
+
+
+def test_silent_connections_at_the_limit_free_it_at_their_deadline(served: Served) -> None:
+    """Three connections that never send a byte took every place of four: /livez was 503
+    for as long as they liked. They now go at the header deadline."""
+    deadline = 1.5  # a wide margin for the 503 before it
+    with BackgroundServer(served.app, max_connections=4, header_timeout_s=deadline) as server:
+        held = [connect(server) for _ in range(3)]
+        try:
+            time.sleep(0.1)
+            assert requests.get(f"{server.url}/livez", timeout=5).status_code == 503
+            time.sleep(deadline + 0.5)
+            assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
+            assert [until_closed(sock) for sock in held] == [b""] * 3
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_serve_and_run_build_their_server_from_the_settings() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from lookalike.commands_serve import _api_server
+    from lookalike.settings import ServeSettings
+    from serve.server import listen
+
+    registry = CollectorRegistry()
+    sockets = listen("127.0.0.1", 0)
+    try:
+        server = _api_server(object(), ServeSettings(header_timeout_s=2.5), sockets, registry)
+        protocol = server._server.config.http
+        assert isinstance(protocol, type) and issubclass(protocol, HeaderDeadline)
+        assert protocol.header_timeout_s == 2.5
+        assert registry.get_sample_value("lookalike_http_header_timeouts_total") == 0.0
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 # -- probes on a hung or dead store ------------------------------------------------------
