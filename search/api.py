@@ -327,8 +327,10 @@ def _check_threshold(threshold: float) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"threshold must be a number (a cosine similarity in [-1, 1]), not "
                         f"{type(threshold).__name__} ({threshold!r:.40})")
-    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    if not (-1.0 <= threshold <= 1.0 and math.isfinite(threshold)):  # a huge int: False first
+        shown = (threshold if not isinstance(threshold, int) or threshold.bit_length() < 64
+                 else "a larger integer")  # printing one of 4,301+ digits raises
+        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {shown}")
     return float(threshold)
 
 

@@ -36,10 +36,29 @@ def refuse_non_numbers(value: object) -> object:
         raise ValueError(f"must be a number, not a boolean ({value})")
     if isinstance(value, str | bytes | bytearray):
         raise ValueError(f"must be a number, not text ({value!r:.40})")
+    if isinstance(value, int) and not _fits_a_float(value):
+        raise ValueError(f"must be a finite number, not an integer of {_digits(value)} digits "
+                         "(beyond a 64-bit float)")
     if (isinstance(value, numbers.Real) and not math.isfinite(value)) or (
             isinstance(value, Decimal) and not value.is_finite()):
         raise ValueError(f"must be a finite number, not {value}")
     return value
+
+
+def _fits_a_float(value: int) -> bool:
+    """Whether ``float(value)`` is a number (an integer of 309 digits or more overflows:
+    ``math.isfinite`` raised OverflowError on it, a 500 in the HTTP API)."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _digits(value: int) -> str:
+    """How many digits ``value`` has, without printing it (Python refuses to print an
+    integer of more than 4,300 digits)."""
+    return f"{math.floor(abs(value).bit_length() * math.log10(2)) + 1:,}" if value else "1"
 
 
 Number = Annotated[float, BeforeValidator(refuse_non_numbers)]

@@ -110,6 +110,10 @@ def test_a_price_bound_must_be_a_finite_number() -> None:
                 SearchFilter(**{field: bad})
             assert "greater than" not in str(raised.value)
     assert SearchFilter(max_price=Decimal("60"), min_price=np.float64(5)).max_price == 60.0
+    for huge in (10**400, -(10**400), 10**5000):  # math.isfinite raised OverflowError on them
+        with pytest.raises(ValidationError, match=r"not an integer of [\d,]+ digits"):
+            SearchFilter(max_price=huge)
+    assert SearchFilter(max_price=10**300).max_price == 1e300
     with pytest.raises(ValidationError, match="control"):
         SearchFilter(categories=["Men\n/Tops"])
     with pytest.raises(ValidationError):

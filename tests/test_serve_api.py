@@ -328,6 +328,15 @@ def test_compare_prices_bad_input(http: TestClient) -> None:
     assert error_code(both, 422) == "invalid_request"
     intent = http.post("/v1/compare-prices", json={"product_id": "red-tee", "match": "similar"})
     assert error_code(intent, 422) == "invalid_request"  # comparison is always the same item
+    huge = "1" + "0" * 400  # a JSON integer beyond a float: was a 500 (OverflowError)
+    for field in ("threshold", "max_price", "min_price"):
+        raw = http.post("/v1/compare-prices", content=f'{{"product_id": "red-tee", "{field}": '
+                        f'{huge}}}', headers={"content-type": "application/json"})
+        assert error_code(raw, 422) == "invalid_request", field
+        assert "401 digits" in raw.json()["error"]["message"], raw.text
+        raw = http.post("/v1/search", content=f'{{"product_id": "red-tee", "{field}": {huge}}}',
+                        headers={"content-type": "application/json"})
+        assert raw.status_code == 422, (field, raw.text)
     for threshold in ("0.5", True):  # were read as 0.5 and 1.0
         strict = http.post("/v1/compare-prices", json={"product_id": "red-tee",
                                                        "threshold": threshold})
