@@ -288,6 +288,14 @@ def _check_query_path(path: str) -> None:
         raise ItemError(Reason.UNREADABLE, f"{path!r}: a path cannot hold a NUL byte")
 
 
+def _of_view(error: ItemError, n: int, count: int) -> ItemError:
+    """``error`` of query photo ``n`` (from 0) of ``count``, saying which when there are
+    several ("empty image data" named none of three)."""
+    if count == 1:
+        return error
+    return ItemError(error.reason, f"view {n + 1} of {count}: {error.detail}")
+
+
 def _check_images(images: Iterable[ImageInput], most: int | None = None) -> list[ImageInput]:
     """``images`` as the list of images it must be (a generator or any iterable too, read no
     further than one past ``most``: :func:`_listed`): one image (a path, bytes, a PIL image)
@@ -533,10 +541,13 @@ class ProductSearch:
         photos: list[PhotoFeatures] | None = [] if self._rerank else None
         for n, image in enumerate(images):  # one photo at a time: what is kept of each is small
             stop_if(cancelled, f"reading query photo {n + 1} of {len(images)}")
-            if photos is None:
-                vectors += self._photo_vectors(self._load(image, self._max_pixels))
-                continue
-            shown, to_verify = self._load_views(image)
+            try:
+                if photos is None:
+                    vectors += self._photo_vectors(self._load(image, self._max_pixels))
+                    continue
+                shown, to_verify = self._load_views(image)
+            except ItemError as exc:
+                raise _of_view(exc, n, len(images)) from None
             photos.append(photo_features(to_verify, segment=False))  # from the decode itself
             del to_verify  # (``shown`` itself for all formats but JPEG)
             vectors += self._photo_vectors(shown)

@@ -20,10 +20,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +43,7 @@ from pydantic import (
 )
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from embedding.decode import ImageDecodeError
@@ -60,7 +63,13 @@ from serve.errors import error_response
 from serve.health import Readiness
 from serve.images import CatalogImage, ImageRefused, ImageRoots
 from serve.metrics import SearchMetrics, TimedEmbedder
-from serve.middleware import BodyRefused, ObserveRequests, SecurityHeaders, refusal
+from serve.middleware import (
+    BodyRefused,
+    ObserveRequests,
+    SecurityHeaders,
+    is_multipart,
+    refusal,
+)
 from store import MilvusStore
 
 log = logging.getLogger(__name__)
@@ -433,7 +442,8 @@ def create_app(
 
 
 def _is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").startswith("multipart/form-data")
+    """As the body's cap decided (serve/middleware.py, which refuses a second Content-Type)."""
+    return is_multipart(request.headers.get("content-type"))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -454,12 +464,46 @@ async def _read_json(request: Request, model: type[M]) -> M:
     return _parse_json(raw, model)
 
 
+_JSON_START = re.compile(r'[ \t\n\r]*[{\["0-9tfnNI-]')
+"""What a JSON text starts with: whitespace, then a value (Python's reader also takes NaN and
+Infinity, which the models refuse)."""
+
+
+class _TooManyDigits(Exception):
+    def __init__(self, digits: int) -> None:
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _json_int(text: str) -> int:
+    """A JSON integer; one longer than Python reads (``sys.get_int_max_str_digits()``, 4,300
+    digits) was "the body is not JSON"."""
+    try:
+        return int(text)
+    except ValueError:
+        raise _TooManyDigits(len(text.lstrip("-"))) from None
+
+
 def _parse_json(raw: bytes, model: type[M]) -> M:
+    """``raw`` read as ``json.loads`` reads bytes (UTF-8, a BOM or UTF-16/32 detected), first
+    checked to start as JSON does: a JPEG or ``x[[[[...`` was refused as "nesting deeper than
+    16 levels", counted before anything said it was no JSON."""
+    try:
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_json", "the body is not JSON: it is not UTF-8 text (or "
+                       "upload an image as multipart/form-data)") from None
+    if not _JSON_START.match(text):
+        raise ApiError(400, "bad_json", "the body is not JSON: it does not start as a JSON "
+                       "value does (or upload an image as multipart/form-data)")
     try:
         check_nesting(raw)  # json.loads recurses per level: 200,000 '[' are a RecursionError
-        body = json.loads(raw, object_pairs_hook=_object)
+        body = json.loads(text, object_pairs_hook=_object, parse_int=_json_int)
     except ItemError as exc:
         raise ApiError(400, "bad_json", f"the JSON body is refused: {exc.detail}") from None
+    except _TooManyDigits as exc:
+        raise ApiError(422, "invalid_request", f"the JSON body holds a number of {exc.digits} "
+                       "digits: too many digits for any field") from None
     except ValueError:
         raise ApiError(400, "bad_json", "the body is not JSON (or upload an image as "
                        "multipart/form-data)") from None
@@ -498,6 +542,16 @@ def _refuse_repeated(pairs: Sequence[tuple[str, Any]], what: str) -> None:
 
 
 def _query_once(request: Request, repeatable: frozenset[str] = frozenset()) -> None:
+    """The query string's parameters each once (but ``repeatable``), and each UTF-8 text:
+    Starlette reads ``%FF%FE`` as U+FFFD, so the raw bytes are checked (``%EF%BF%BD``, a
+    U+FFFD sent as such, is text)."""
+    for pair in request.scope.get("query_string", b"").split(b"&"):
+        name, _, value = pair.partition(b"=")
+        for part in (name, value):
+            try:
+                unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError:
+                raise _not_text(unquote_plus(name.decode("latin-1"))) from None
     _refuse_repeated([(k, v) for k, v in request.query_params.multi_items()
                       if k not in repeatable], "query parameter")
 
@@ -508,16 +562,59 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _not_text(name: str, charset: str = "utf-8") -> ApiError:
+    """A text field or query parameter whose bytes are not ``charset``: Starlette read a
+    form's as Latin-1 (``\\xff\\xfe``: "ÿþ", unfiltered hits) and a query string's as U+FFFD."""
+    code = "invalid_filter" if name in _FILTER_TEXT else "invalid_request"
+    return ApiError(422, code, f"{name}: not valid {charset.upper()} text")
+
+
+_FILTER_TEXT = frozenset({"category", "currency"})
+
+
+class _FormParser(MultiPartParser):
+    """Starlette's multipart parser with two checks it leaves out: ``closed``, whether the
+    body reached its closing boundary (``--BOUNDARY--``: a body cut before it gave the parts
+    read so far, the others silently dropped), and text fields that are not in the body's
+    charset (UTF-8 unless it says another), refused rather than read as Latin-1."""
+
+    closed = False
+
+    def on_end(self) -> None:  # python-multipart calls it at the closing boundary only
+        self.closed = True
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset)
+            except UnicodeDecodeError:
+                raise _not_text(part.field_name, self._charset) from None
+        super().on_part_end()
+
+
 async def _read_form(request: Request, max_bytes: int) -> FormData:
+    """The upload's form, read as ``request.form()`` reads it (the byte cap, ``max_bytes``,
+    is the middleware's), within the API's limits, and whole: a body cut before its
+    closing boundary is refused (a form cut after its ``max_price`` part header searched
+    unfiltered; cut inside the only image, it said "upload at least one file")."""
     try:
-        return await request.form(max_files=MAX_QUERY_VECTORS, max_fields=64,
-                                  max_part_size=64 * 1024)
-    except (BodyRefused, ClientDisconnect):
+        async with aclosing(request.stream()) as stream:
+            parser = _FormParser(request.headers, stream, max_files=MAX_QUERY_VECTORS,
+                                 max_fields=64, max_part_size=64 * 1024)
+            form = await parser.parse()
+    except (BodyRefused, ClientDisconnect, ApiError):
         raise
-    except StarletteHTTPException as exc:  # starlette's own limits (too many files, ...)
-        raise ApiError(exc.status_code, "bad_upload", str(exc.detail)) from None
+    except MultiPartException as exc:  # starlette's own limits (too many files, ...)
+        raise ApiError(400, "bad_upload", exc.message) from None
     except Exception as exc:
         raise ApiError(400, "bad_upload", f"unreadable multipart body: {exc}") from None
+    if not parser.closed:
+        await form.close()
+        raise ApiError(400, "bad_upload", "the body ended before the form's closing boundary "
+                       "(--BOUNDARY--): it was cut short, and the fields after the cut would "
+                       "be missing")
+    return form
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -4,19 +4,24 @@ Plain ASGI rather than ``BaseHTTPMiddleware``: it adds no task or stream copy pe
 which matters when the whole search takes a few milliseconds. The body caps count the bytes
 as they arrive (a chunked upload has no Content-Length to trust), so an oversized upload is
 refused before it is buffered: a multipart upload may carry ``max_body_bytes``, any other body
-(the JSON queries, a few KiB) ``max_json_bytes``. A body must also arrive in time: within
-``body_timeout_s`` of the request's headers, with no pause longer than ``body_idle_s``, or it
-is a 408 and the connection is closed; a client that stalls or drips its body held a
-connection and the bytes it had sent for as long as it liked (20 stalled 19 MiB bodies: ~400
-MB for 75 s and more). A client that goes away before its answer is counted with status 499
-(no answer can reach it), not as a 500 with a traceback: one gone before its body was read,
-and one whose search was dropped or stopped because it left (serve/api.py, ``run``).
+(the JSON queries, a few KiB) ``max_json_bytes``. Which cap a body has and how serve/api.py
+reads it are one decision (:func:`is_multipart`): a request with more than one Content-Type
+header is refused before its body is read (the cap read the last one and the API the first,
+so a JSON body declared as JSON, then as multipart, passed the JSON cap). A body must also
+arrive in time: within ``body_timeout_s`` of the request's headers, with no pause longer than
+``body_idle_s``, or it is a 408 and the connection is closed; a client that stalls or drips
+its body held a connection and the bytes it had sent for as long as it liked (20 stalled
+19 MiB bodies: ~400 MB for 75 s and more). A client that goes away before its answer is
+counted with status 499 (no answer can reach it), not as a 500 with a traceback: one gone
+before its body was read, and one whose search was dropped or stopped because it left
+(serve/api.py, ``run``).
 
 Requests are counted by route template (``/v1/products/{product_id}/similar``, never the
 product id, and without a path parameter's converter: ``{product_id:path}`` is counted as
 ``{product_id}``): the one the router matched, or, for a body refused by its Content-Length
-before routing, the one it would have matched. The in-flight gauge leaves out the scrapes of
-``/metrics``: a scrape read itself, so an idle server showed one request in flight.
+or its Content-Types before routing, the one it would have matched. The in-flight gauge
+leaves out the scrapes of ``/metrics``: a scrape read itself, so an idle server showed one
+request in flight.
 """
 
 from __future__ import annotations
@@ -69,6 +74,31 @@ class BodyTooSlow(BodyRefused):
     code = "body_timeout"
 
 
+class TwoContentTypes(BodyRefused):
+    """The request says its body's type more than once."""
+
+    code = "bad_request"
+
+
+MULTIPART = "multipart/form-data"
+
+
+def media_type(content_type: bytes | str | None) -> str:
+    """A Content-Type's media type, lowercased, without its parameters or the whitespace
+    around it (RFC 9110 §8.3.1: ``Multipart/Form-Data ; boundary=x`` is
+    ``multipart/form-data``); "" for none."""
+    if content_type is None:
+        return ""
+    text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    return text.partition(";")[0].strip(" \t").lower()
+
+
+def is_multipart(content_type: bytes | str | None) -> bool:
+    """Whether a body of this Content-Type is an upload: the one test for the body's cap
+    (here) and for how serve/api.py reads it."""
+    return media_type(content_type) == MULTIPART
+
+
 def refusal(exc: BodyRefused) -> Response:
     return error_response(exc.status, exc.code, str(exc), headers={"Connection": "close"})
 
@@ -88,8 +118,8 @@ class ObserveRequests:
         self._idle_s = body_idle_s
         self._routes = routes
 
-    def _cap(self, headers: dict[bytes, bytes]) -> tuple[int, str]:
-        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+    def _cap(self, content_type: bytes | None) -> tuple[int, str]:
+        if is_multipart(content_type):
             return self._max_upload, f"the request body is over {self._max_upload} bytes"
         return self._max_json, (f"a body that is not multipart/form-data (a JSON query) is "
                                 f"over {self._max_json} bytes; upload images as "
@@ -100,11 +130,18 @@ class ObserveRequests:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        cap, too_large = self._cap(headers)
+        types = [value for name, value in scope.get("headers", ())
+                 if name.lower() == b"content-type"]
+        if len(types) > 1:
+            await self._refuse(TwoContentTypes(
+                f"the request has more than one Content-Type header ({len(types)}); send "
+                "one: application/json, or multipart/form-data for an upload"), scope, receive,
+                send)
+            return
+        cap, too_large = self._cap(types[0] if types else None)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            await refusal(UploadTooLarge(too_large))(scope, receive, send)
-            self._count(scope, 413, 0.0, route=self._route_for(scope))
+            await self._refuse(UploadTooLarge(too_large), scope, receive, send)
             return
         status = 500
         seen = 0
@@ -152,6 +189,12 @@ class ObserveRequests:
             if in_flight:
                 self._metrics.in_flight.dec()
             self._count(scope, status, time.perf_counter() - started, asked=asked)
+
+    async def _refuse(self, exc: BodyRefused, scope: Scope, receive: Receive,
+                      send: Send) -> None:
+        """Refused before routing, by the headers: counted under the route it would take."""
+        await refusal(exc)(scope, receive, send)
+        self._count(scope, exc.status, 0.0, route=self._route_for(scope))
 
     def _route_for(self, scope: Scope) -> BaseRoute | None:
         """The route the router would pick: the first full match, else the first partial one

@@ -382,6 +382,161 @@ def test_exact_match_is_passed_on_or_refused(http: TestClient, served: Served) -
         assert error_code(response, 422) == "unsupported_match"
 
 
+# -- bodies: one reading of their type, whole forms, text that is text -------------------
+
+BOUNDARY = "lookalike-test-7d2c"
+
+
+def form_body(*images: bytes, end: bytes = b"--\r\n", **fields: bytes) -> bytes:
+    """A multipart body written by hand (``end``: what follows the last ``--BOUNDARY``), as
+    httpx, requests, curl and browsers write one: files, then fields."""
+    out = b""
+    for i, data in enumerate(images):
+        out += (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; '
+                f'filename="q{i}.png"\r\nContent-Type: image/png\r\n\r\n').encode() + data + b"\r\n"
+    for name, value in fields.items():
+        out += (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                ).encode() + value + b"\r\n"
+    return out + f"--{BOUNDARY}".encode() + end
+
+
+def post_form(http: TestClient, body: bytes, path: str = "/v1/search",
+              content_type: str = f"multipart/form-data; boundary={BOUNDARY}") -> Any:
+    return http.post(path, content=body, headers={"content-type": content_type})
+
+
+def test_a_media_type_is_read_whatever_its_case(http: TestClient) -> None:
+    """``Multipart/Form-Data`` (RFC 9110: case-insensitive) was read as JSON, 400 "nesting
+    deeper than 16 levels", and a large one had the JSON cap; parameters and spaces aside."""
+    body = form_body(png(RED), k=b"3")
+    for content_type in (f"Multipart/Form-Data; boundary={BOUNDARY}",
+                         f" MULTIPART/FORM-DATA ;boundary={BOUNDARY}",
+                         f"multipart/form-data;\tboundary={BOUNDARY}; charset=UTF-8"):
+        response = post_form(http, body, content_type=content_type)
+        assert response.status_code == 200, (content_type, response.text)
+        assert [h["product_id"] for h in response.json()["hits"]] == [
+            "red-tee", "red-tee-resale", "red-dress"]
+    big = form_body(os.urandom(300_000))  # over the upload cap (200 kB), under the JSON cap
+    refused = post_form(http, big, content_type=f"Multipart/Form-Data; boundary={BOUNDARY}")
+    assert error_code(refused, 413) == "upload_too_large"
+    as_json = http.post("/v1/search", content='{"product_id": "red-tee", "k": 2}',
+                        headers={"content-type": "Application/JSON; charset=utf-8"})
+    assert as_json.status_code == 200, as_json.text
+
+
+def test_two_content_types_are_refused_before_the_body(http: TestClient,
+                                                       served: Served) -> None:
+    """The cap read the last Content-Type and the API the first: a JSON body declared as
+    JSON, then as multipart, passed the JSON cap (tests/test_serve_limits.py, over a socket)."""
+    before = served.registry.get_sample_value(
+        "lookalike_http_requests_total", {"endpoint": "/v1/search", "status": "400"}) or 0.0
+    for types in (("application/json", f"multipart/form-data; boundary={BOUNDARY}"),
+                  (f"multipart/form-data; boundary={BOUNDARY}", "application/json"),
+                  ("application/json", "application/json")):
+        response = http.post("/v1/search", content='{"product_id": "red-tee", "k": 2}',
+                             headers=[("content-type", t) for t in types])
+        assert error_code(response, 400) == "bad_request", types
+        assert "more than one Content-Type header" in response.json()["error"]["message"]
+        assert response.headers["connection"] == "close"
+    assert served.registry.get_sample_value(
+        "lookalike_http_requests_total", {"endpoint": "/v1/search", "status": "400"}) == \
+        before + 3
+
+
+def test_a_form_cut_before_its_closing_boundary_is_refused(http: TestClient) -> None:
+    """Its fields after the cut were dropped: cut after the ``max_price`` part's header, the
+    search was unfiltered (200, 10 hits); cut inside a second view, view 1 alone was searched;
+    cut inside the only image, it said "upload at least one file"."""
+    whole = form_body(png(RED), png((0, 0, 200)), max_price=b"25", k=b"5")
+    header_end = whole.index(b'name="max_price"\r\n\r\n') + len(b'name="max_price"\r\n\r\n')
+    second_view = whole.index(png((0, 0, 200))) + 20
+    only = form_body(png(RED))
+    cuts = {"after a field's header": whole[:header_end],
+            "inside the second view": whole[:second_view],
+            "inside the only image": only[:only.index(png(RED)) + 20],
+            "after the last part": only[:only.rindex(b"--" + BOUNDARY.encode())],
+            "inside the closing boundary": only[:-3],
+            "empty": b""}
+    for where, body in cuts.items():
+        for path in ("/v1/search", "/v1/compare-prices"):
+            response = post_form(http, body, path)
+            assert error_code(response, 400) == "bad_upload", (where, path)
+            assert "closing boundary" in response.json()["error"]["message"], where
+    filtered = post_form(http, whole)
+    assert [h["product_id"] for h in filtered.json()["hits"]] == [
+        "red-tee", "red-tee-resale", "far"]
+
+
+def test_whole_forms_pass_however_their_clients_end_them(http: TestClient) -> None:
+    """httpx and requests end with ``--BOUNDARY--\\r\\n``, a browser's FormData too; RFC 2046
+    allows nothing after it, or an epilogue."""
+    for end in (b"--\r\n", b"--", b"--\r\nan epilogue, ignored\r\n"):
+        for path in ("/v1/search", "/v1/compare-prices"):
+            response = post_form(http, form_body(png(RED), k=b"3", end=end), path)
+            assert response.status_code == 200, (end, path, response.text)
+    assert upload(http, png(RED), k="3").status_code == 200  # httpx's own
+
+
+def test_text_fields_that_are_not_utf8_are_refused(http: TestClient) -> None:
+    """``\\xff\\xfe`` in a ``category`` field was read as Latin-1 "ÿþ" (200, no hits), and
+    ``%FF%FE`` in a query string as U+FFFD."""
+    form = post_form(http, form_body(png(RED), category=b"\xff\xfe"))
+    assert error_code(form, 422) == "invalid_filter"
+    assert form.json()["error"]["message"] == "category: not valid UTF-8 text"
+    other = post_form(http, form_body(png(RED), k=b"3\xff"), "/v1/compare-prices")
+    assert error_code(other, 422) == "invalid_request"
+    assert "k: not valid UTF-8" in other.json()["error"]["message"]
+    accented = post_form(http, form_body(png(RED), category="Hommes/Étés".encode()))
+    assert accented.status_code == 200, accented.text  # UTF-8: text
+    query = http.get("/v1/products/red-tee/similar?category=%FF%FE")
+    assert error_code(query, 422) == "invalid_filter"
+    assert query.json()["error"]["message"] == "category: not valid UTF-8 text"
+    assert error_code(http.get("/v1/products/red-tee/similar?currency=US%C3"),
+                      422) == "invalid_filter"
+    assert error_code(http.get("/v1/images?ref=%FFa.png"), 422) == "invalid_request"
+    sent_as_such = http.get("/v1/products/red-tee/similar?category=%EF%BF%BD")  # U+FFFD
+    assert sent_as_such.status_code == 200, sent_as_such.text
+
+
+def test_a_body_that_is_no_json_is_said_to_be_none(http: TestClient) -> None:
+    """A JPEG, or ``x[[[[...``, was "nesting deeper than 16 levels": counted before anything
+    said it was no JSON; a 5,000-digit ``k`` was "not JSON" (Python reads 4,300 digits)."""
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"[" * 40
+    for body, content_type in ((jpeg, "application/json"), (jpeg, None),
+                               (b"x" + b"[" * 40, "application/json"),
+                               (b"  \r\n<[[[[[[[[[[[[[[[[[[[[", "application/json"),
+                               (b"", "application/json")):
+        headers = {"content-type": content_type} if content_type else {}
+        response = http.post("/v1/search", content=body, headers=headers)
+        assert error_code(response, 400) == "bad_json", body[:20]
+        message = response.json()["error"]["message"]
+        assert message.startswith("the body is not JSON") and "nesting" not in message
+    deep = http.post("/v1/search", content=b"\xef\xbb\xbf \n" + b"[" * 40 + b"]" * 40,
+                     headers={"content-type": "application/json"})  # a BOM, then JSON
+    assert "nesting deeper than 16 levels" in deep.json()["error"]["message"]
+    digits = "7" * 5000
+    long_k = http.post("/v1/search", content=f'{{"product_id": "red-tee", "k": {digits}}}',
+                       headers={"content-type": "application/json"})
+    assert error_code(long_k, 422) == "invalid_request"
+    assert "5000 digits" in long_k.json()["error"]["message"]
+    negative = http.post("/v1/compare-prices",
+                         content=f'{{"product_id": "red-tee", "max_price": -{digits}}}',
+                         headers={"content-type": "application/json"})
+    assert "5000 digits" in negative.json()["error"]["message"]
+
+
+def test_a_bad_view_among_several_is_named(http: TestClient) -> None:
+    """"empty image data" or "image file is truncated" named none of the views."""
+    empty = upload(http, png(RED), b"", png(RED))
+    assert error_code(empty, 422) == "not_an_image"
+    assert empty.json()["error"]["message"] == "view 2 of 3: empty image data"
+    cut = upload(http, png(RED), png(RED, 64)[:60])
+    assert error_code(cut, 422) == "not_an_image"
+    assert cut.json()["error"]["message"].startswith("view 2 of 2: ")
+    alone = upload(http, b"")
+    assert alone.json()["error"]["message"] == "empty image data"
+
+
 # -- images: only files inside the roots -------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import requests
 from serve.api import PARSE_INLINE_BYTES, ServeConfig
 from serve.metrics import ConnectionMetrics
 from serve.server import KEEP_ALIVE_S, BackgroundServer, HeaderDeadline
-from tests.serve_support import Served, build_served
+from tests.serve_support import RED, Served, build_served, png
 
 IDLE_S = 0.5
 BODY_S = 1.5
@@ -109,6 +109,49 @@ def test_a_json_body_has_its_own_small_cap(server: BackgroundServer) -> None:
     assert chunked.status_code == 413, chunked.text
     upload = requests.post(url, files={"image": ("a.png", b"\x89PNG" + b"0" * 100_000)})
     assert upload.status_code == 422, upload.text  # past the JSON cap, under the upload cap
+
+
+def test_a_second_content_type_is_refused_before_the_body(server: BackgroundServer) -> None:
+    """The body cap read the last Content-Type and the API the first: a JSON body over the
+    JSON cap, declared as JSON and then as multipart, had the upload cap and was searched
+    (200). Now one decision: refused on the headers, the body unread, the connection closed."""
+    body = b'{"product_id": "red-tee", "k": 2, "vector": null}' + b" " * (MAX_JSON + 10_000)
+    assert MAX_JSON < len(body) < 200_000  # under the upload cap of build_served
+    for first, second in (("application/json", "multipart/form-data; boundary=X"),
+                          ("multipart/form-data; boundary=X", "application/json")):
+        with connect(server) as sock:
+            sock.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: {first}\r\n"
+                         f"Content-Type: {second}\r\nContent-Length: {len(body)}\r\n\r\n"
+                         .encode())
+            status, answered, _ = answer(sock)  # returns once the server closes
+        assert status == 400, answered
+        error = json.loads(answered)["error"]
+        assert error["code"] == "bad_request"
+        assert "more than one Content-Type header" in error["message"]
+
+
+def test_a_chunked_form_cut_short_is_refused_and_a_whole_one_searched(
+        server: BackgroundServer) -> None:
+    """A chunked upload ended (its last chunk sent) before the form's closing boundary: its
+    ``max_price`` was dropped and the search ran unfiltered. ``requests``' own form passes."""
+    url = f"{server.url}/v1/search"
+    whole = requests.post(url, files={"image": ("q.png", png(RED), "image/png")},
+                          data={"k": "5", "max_price": "25"})
+    assert whole.status_code == 200, whole.text
+    assert [h["product_id"] for h in whole.json()["hits"]] == ["red-tee", "red-tee-resale",
+                                                               "far"]
+    body = (b'--X\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png(RED) + b'\r\n--X\r\n'
+            b'Content-Disposition: form-data; name="max_price"\r\n\r\n')
+    with connect(server) as sock:
+        sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: multipart/form-data; boundary=X\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        status, answered, _ = answer(sock)
+    assert status == 400, answered
+    error = json.loads(answered)["error"]
+    assert error["code"] == "bad_upload" and "closing boundary" in error["message"]
 
 
 def test_connections_beyond_the_limit_are_a_503(served: Served) -> None:
