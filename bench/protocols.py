@@ -4,9 +4,10 @@ Each protocol is a folder with ``gallery.jsonl`` (products in the catalog format
 ``queries.jsonl`` (``{"image", "relevant", "category"}`` per line). Image paths are relative to
 the file's own folder, so the files work wherever they are written and need no copy of the photos.
 
-* ``luma-views``: the Luma photos (``../shared/data/luma``). Gallery: every variant's main
-  image(s); queries: every other view (back, close-up), relevant to its own variant only. This is
-  instance-level retrieval on real product photos.
+* ``luma-views``: the Luma photos (``--luma``; by default ``shared/data/luma`` beside the
+  checkout, ``../shared/data/luma`` from the repository root, wherever the command is run).
+  Gallery: every variant's main image(s); queries: every other view (back, close-up), relevant
+  to its own variant only. This is instance-level retrieval on real product photos.
 * ``luma-multiview``: the variants with two or more non-main views, each as ONE query with
   all of them (``"images": [...]``, searched together); ``queries-single.jsonl`` beside it has
   the same views one per query, so the two files compare one view against several.
@@ -25,7 +26,9 @@ the file's own folder, so the files work wherever they are written and need no c
   the gallery (the other 9,000); every gallery article of the query's class is relevant. This is
   category-level retrieval, which mAP@R rewards for ranking the whole class first.
 
-Usage: ``python bench/protocols.py [--out var/protocols] [--only NAME] [--seed 0]``
+Usage: ``python bench/protocols.py [--out var/protocols] [--only NAME] [--seed 0] [--luma DIR]``.
+A protocol asked for (every one without ``--only``) whose data is missing is not skipped: one
+line names the missing file and the option to pass, exit 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa: E402
 
+# beside the checkout (where CI has it), whatever the current directory
 LUMA = REPO.parent / "shared" / "data" / "luma"
 PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "luma-colours",
              "luma-styles", "fmnist")
@@ -298,8 +302,20 @@ def protocol_parser(doc: str | None, protocols: Sequence[str]) -> argparse.Argum
                         help="folder to write the protocol folders into (default var/protocols)")
     parser.add_argument("--only", choices=list(protocols), help="write just this protocol")
     parser.add_argument("--luma", type=Path, default=LUMA,
-                        help="the Luma data folder (default ../shared/data/luma)")
+                        help="the Luma data folder, holding catalog.jsonl and images/ (default: "
+                             f"shared/data/luma beside the checkout, {LUMA})")
     return parser
+
+
+def missing_luma(luma: Path, needing: Sequence[str], hint: str = "") -> str | None:
+    """The one line to print (exit 2) when the protocols asked for, ``needing``, need the Luma
+    data and ``luma`` does not hold it; None when it does or nothing needs it."""
+    catalog = luma / "catalog.jsonl"
+    if not needing or catalog.is_file():
+        return None
+    verb = "needs" if len(needing) == 1 else "need"
+    return (f"error: {', '.join(needing)} {verb} the Luma data: {catalog} not found; "
+            f"pass --luma DIR (the folder holding catalog.jsonl and images/){hint}")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -319,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         "luma-colours": lambda out: write_luma_colours(args.luma, out, seed=args.seed),
         "luma-styles": lambda out: write_luma_styles(args.luma, out),
     }
-    for name in (n for n in LUMA_PROTOCOLS if n in wanted):
-        if (args.luma / "catalog.jsonl").exists():
-            _report(name, *writers[name](args.out / name))
-        else:
-            print(f"{name}: skipped: {args.luma / 'catalog.jsonl'} not found")
+    needing = [n for n in LUMA_PROTOCOLS if n in wanted]
+    missing = missing_luma(args.luma, needing, hint="" if args.only else ", or --only fmnist")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    for name in needing:
+        _report(name, *writers[name](args.out / name))
     if "fmnist" in wanted:
         _report("fmnist", *write_fmnist(args.out / "fmnist", seed=args.seed))
     return 0

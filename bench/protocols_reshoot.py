@@ -65,7 +65,10 @@ and a JPEG of middle quality, at 480-800 px.
   (docs/matching.md, "Glare round") was chosen on same-item-relit, to check it on
   highlights of another shape.
 
-Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME]``
+Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME] [--luma DIR]``
+(``--luma`` by default ``shared/data/luma`` beside the checkout). A luma protocol asked for
+(every one without ``--only``) with no Luma data there is not skipped: one line names the
+missing file and the option, exit 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocols import _relative, protocol_parser, write_protocol  # noqa: E402
+from protocols import _relative, missing_luma, protocol_parser, write_protocol  # noqa: E402
 from protocols_same_item import (  # noqa: E402
     Edit,
     _font,
@@ -98,6 +101,7 @@ from embedding.colour import foreground_weights  # noqa: E402
 from search.alignment import outer_background  # noqa: E402
 
 Row = dict[str, Any]
+LUMA_PROTOCOLS = ("same-item-reshoot", "same-item-relit", "same-item-glare")
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
              "same-item-packs-vivid", "same-item-packs-turned", "packs-instore",
              "same-item-fmnist-reshoot", "same-item-relit", "same-item-packs-relit",
@@ -579,9 +583,6 @@ def write_packs_instore(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 def _write_luma(luma: Path, out: Path, name: str,
                 edit: Edit, seed: int) -> None:
     """A luma listings protocol re-shot by ``edit`` (gallery re-shoots and queries)."""
-    if not (luma / "catalog.jsonl").exists():
-        print(f"{name} skipped: {luma / 'catalog.jsonl'} not found")
-        return
     gallery, queries, _ = write_luma_listings(luma, out / name, (edit,), seed=seed)
     print(f"{name}: {gallery} {queries}")
 
@@ -589,6 +590,11 @@ def _write_luma(luma: Path, out: Path, name: str,
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
+    missing = missing_luma(args.luma, [p for p in LUMA_PROTOCOLS if p in wanted],
+                           hint="" if args.only else ", or --only NAME for one that does not")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if "same-item-reshoot" in wanted:
         _write_luma(args.luma, args.out, "same-item-reshoot", reshoot_edit, seed=3)
     if "same-item-packs" in wanted:

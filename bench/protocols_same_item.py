@@ -44,7 +44,10 @@ hard negatives: listing one of them is a false match.
   300 queries, each the article's photo or an edited copy of it (re-encoded, enlarged, pad,
   brightness). This is what ``make demo``'s price comparison meets.
 
-Usage: ``python bench/protocols_same_item.py [--out var/protocols] [--only NAME]``
+Usage: ``python bench/protocols_same_item.py [--out var/protocols] [--only NAME] [--luma DIR]``
+(``--luma`` by default ``shared/data/luma`` beside the checkout). A luma protocol asked for
+(every one without ``--only``) with no Luma data there is not skipped: one line names the
+missing file and the option, exit 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from protocols import (  # noqa: E402
     MAIN_VIEW,
     _relative,
     _write_jsonl,
+    missing_luma,
     protocol_parser,
     write_protocol,
 )
@@ -736,36 +740,37 @@ def write_fmnist_listings(out_dir: Path, seed: int = 11, n_items: int = 1000,
 def main(argv: list[str] | None = None) -> int:
     args = protocol_parser(__doc__, PROTOCOLS).parse_args(argv)
     wanted = [args.only] if args.only else list(PROTOCOLS)
-    has_luma = (args.luma / "catalog.jsonl").exists()
-    if not has_luma and any(p.startswith("same-item-") and p != "same-item-fmnist"
-                            for p in wanted):
-        print(f"luma protocols skipped: {args.luma / 'catalog.jsonl'} not found")
-    if has_luma and ("same-item-dev" in wanted or "same-item-reshot" in wanted):
+    missing = missing_luma(args.luma, [p for p in wanted if p != "same-item-fmnist"],
+                           hint="" if args.only else ", or --only same-item-fmnist")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    if "same-item-dev" in wanted or "same-item-reshot" in wanted:
         dev = args.out / "same-item-dev"
         gallery, queries, listings = write_luma_listings(args.luma, dev, DEV_SINGLE, seed=1)
         print(f"same-item-dev: {gallery} {queries}")
         print(f"same-item-reshot: {gallery} {write_luma_reshot(args.luma, dev, listings)}")
-    if has_luma and "same-item-heldout" in wanted:
+    if "same-item-heldout" in wanted:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-heldout", HELDOUT_SINGLE, seed=2)
         print(f"same-item-heldout: {gallery} {queries}")
-    if has_luma and "same-item-blind" in wanted:
+    if "same-item-blind" in wanted:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-blind", BLIND_SINGLE, seed=3)
         print(f"same-item-blind: {gallery} {queries}")
-    if has_luma and "same-item-mirrored" in wanted:
+    if "same-item-mirrored" in wanted:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-mirrored", DEV_SINGLE, seed=4, mirrored=True)
         print(f"same-item-mirrored: {gallery} {queries}")
-    if has_luma and "same-item-fresh" in wanted:
+    if "same-item-fresh" in wanted:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-fresh", FRESH_SINGLE, seed=5)
         print(f"same-item-fresh: {gallery} {queries}")
-    if has_luma and "same-item-covers" in wanted:
+    if "same-item-covers" in wanted:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-covers", COVERS_SINGLE, seed=6)
         print(f"same-item-covers: {gallery} {queries}")
-    if has_luma and "same-item-tags" in wanted:
+    if "same-item-tags" in wanted:
         gallery, queries, _ = write_luma_listings(
             args.luma, args.out / "same-item-tags", TAGS_SINGLE, seed=7)
         print(f"same-item-tags: {gallery} {queries}")

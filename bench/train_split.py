@@ -40,7 +40,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.protocols import LUMA, _luma_rows, _relative, _write_jsonl, snapshot  # noqa: E402
+from bench.protocols import (  # noqa: E402
+    LUMA,
+    _luma_rows,
+    _relative,
+    _write_jsonl,
+    missing_luma,
+    snapshot,
+)
 
 Row = dict[str, Any]
 
@@ -179,13 +186,19 @@ def write_fmnist(out: Path, seed: int) -> None:
           f"{FMNIST_QUERIES} queries; disjoint: trained on classes {sorted(seen)}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--luma", type=Path, default=LUMA)
+    p.add_argument("--luma", type=Path, default=LUMA,
+                   help="the Luma data folder, holding catalog.jsonl and images/ (default: "
+                        f"shared/data/luma beside the checkout, {LUMA})")
     p.add_argument("--out", type=Path, default=Path("var/train-split"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist", action="store_true", help="also write the Fashion-MNIST split")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    missing = missing_luma(args.luma, ["the split"])
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     write(args.luma, args.out, args.seed)
     if args.fmnist:
         write_fmnist(args.out / "fmnist", args.seed)

@@ -59,6 +59,49 @@ def test_fmnist_split_is_fixed_by_the_seed(tmp_path: Path) -> None:
     assert query_images("a", 0) == query_images("b", 0) != query_images("c", 1)
 
 
+def test_luma_default_is_beside_the_checkout_not_the_current_directory() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / ".." / "shared" / "data" / "luma").resolve() == protocols.LUMA
+
+
+@pytest.mark.parametrize(("script", "argv", "names"), [
+    ("protocols", [], "luma-views, luma-multiview"),
+    ("protocols", ["--only", "luma-snapshots"], "luma-snapshots needs"),
+    ("protocols_same_item", [], "same-item-dev"),
+    ("protocols_same_item", ["--only", "same-item-tags"], "same-item-tags needs"),
+    ("protocols_reshoot", ["--only", "same-item-relit"], "same-item-relit needs"),
+])
+def test_a_protocol_asked_for_without_its_luma_data_is_exit_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], script: str, argv: list[str],
+    names: str,
+) -> None:
+    """From a clone with no ``shared/`` beside it, the default ``--luma`` holds nothing: the
+    protocols asked for are not silently skipped (the eval after them would read no file)."""
+    out, luma = tmp_path / "out", tmp_path / "no-luma"
+    assert load_bench_module(script).main(["--out", str(out), "--luma", str(luma), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and names in err[0]
+    assert str(luma / "catalog.jsonl") in err[0] and "--luma DIR" in err[0]
+    assert not out.exists()
+
+
+def test_a_protocol_that_needs_no_luma_data_is_written_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reshoot = load_bench_module("protocols_reshoot")
+    written: list[Path] = []
+
+    def write_plain(out: Path) -> tuple[Path, Path]:  # the real one takes a minute
+        written.append(out)
+        return out / "gallery.jsonl", out / "queries.jsonl"
+
+    monkeypatch.setattr(reshoot, "write_plain", write_plain)
+    assert reshoot.main(["--out", str(tmp_path), "--luma", str(tmp_path / "no-luma"),
+                         "--only", "same-item-plain"]) == 0
+    assert written == [tmp_path / "same-item-plain"]
+    assert "Luma" not in capsys.readouterr().err
+
+
 @pytest.mark.luma
 def test_luma_views_matches_the_catalog_and_resolves_every_path(
     luma_dir: Path, tmp_path: Path
