@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import warnings
@@ -806,6 +807,13 @@ def test_the_page_and_the_api_send_security_headers(http: TestClient, served: Se
 def test_the_page_and_its_assets(http: TestClient) -> None:
     page = http.get("/")
     assert page.status_code == 200 and 'id="results"' in page.text
+    # a photo searches for the item by default, as the API does (README: "the default of the
+    # image and vector searches"); it defaulted to "similar look"
+    select = re.search(r'<select id="match"[^>]*>(.*?)</select>', page.text, re.S)
+    assert select is not None
+    options = re.findall(r'<option value="(\w+)"( selected)?', select.group(1))
+    assert sorted(v for v, _ in options) == ["exact", "similar"]
+    assert next((v for v, chosen in options if chosen), options[0][0]) == "exact"
     assert http.get("/static/app.js").status_code == 200
     assert http.get("/static/../api.py").status_code == 404
 
