@@ -109,6 +109,9 @@ class EmbedStats:
     them."""
     seconds: float = 0.0
     """Decode + embed time of the images not in the cache."""
+    untimed: int = 0
+    """Of ``embedded``, the photos whose time is not in ``seconds`` (same-item's query
+    photos, embedded inside ``compare_prices``): left out of ``images_per_s``."""
     seen: dict[str, NDArray[np.float32] | ItemFailure] = field(default_factory=dict,
                                                                 repr=False, compare=False)
     """The photos read in this run by content hash: the vector, or why there is none
@@ -116,7 +119,8 @@ class EmbedStats:
 
     @property
     def images_per_s(self) -> float | None:
-        return self.embedded / self.seconds if self.embedded and self.seconds > 0 else None
+        timed = self.embedded - self.untimed
+        return timed / self.seconds if timed > 0 and self.seconds > 0 else None
 
 
 @dataclass

@@ -17,6 +17,10 @@ lists nothing. It counts in ``n_queries`` and ``false_match_rate`` (any listing 
 match), adds its listings to precision's denominator and nothing to recall's, and counts as
 all found when nothing is listed. With only negative queries recall is undefined (None).
 A query whose photo cannot be read is skipped, warned of and listed in the report.
+
+The query photos are counted in the report's image counts as retrieval counts its queries,
+by content: ``repeated`` when a gallery photo or an earlier query had the same bytes, else
+``embedded`` (price comparison embeds its query photo itself; the cache is not asked).
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from typing import Any
 from tqdm import tqdm
 
 from embedding.embedder import Embedder
-from evaluation.cache import EmbeddingCache
+from evaluation.cache import EmbeddingCache, content_hash
 from evaluation.protocol import GalleryProduct, ProtocolError, Query
 from evaluation.run import EmbedStats, SkippedQuery, index_products
 from ingest.fetch import ImageFetcher
 from lookalike.settings import SearchSettings
 from schema.collection import CollectionSpec
 from schema.errors import ItemError, Reason
-from search.api import PriceMatch, ProductSearch
+from search.api import CompareTrace, PriceMatch, ProductSearch
 from search.verify import SameItemRule, SameItemVerifier
 from store import MilvusStore
 
@@ -124,10 +128,14 @@ class SameItemReport:
         }
 
 
-def query_detail(query: Query, matches: Sequence[PriceMatch], ms: float) -> dict[str, Any]:
+def query_detail(query: Query, matches: Sequence[PriceMatch], ms: float,
+                 trace: CompareTrace | None = None, threshold: float | None = None
+                 ) -> dict[str, Any]:
     """One query's outcome as one JSON object: its photo, relevant listings, what price
     comparison listed (each with its evidence and whether it is relevant), what it missed
-    and what it listed wrongly, and how long the call took."""
+    and what it listed wrongly, and how long the call took. With the call's ``trace`` (and
+    its ``threshold``), ``missed_evidence`` says why each missed listing is missing
+    (:func:`missed_evidence`)."""
     relevant = set(query.relevant)
     found = {m.product_id for m in matches}
     listed = [{"product_id": m.product_id, "relevant": m.product_id in relevant,
@@ -135,9 +143,60 @@ def query_detail(query: Query, matches: Sequence[PriceMatch], ms: float) -> dict
                "similarity": round(m.similarity, 4), "inliers": m.inliers,
                "colour_shift": None if m.colour_shift is None else round(m.colour_shift, 2),
                "via": m.via, "reason": m.reason} for m in matches]
-    return {"image": str(query.image), "relevant": sorted(relevant), "listed": listed,
-            "missed": sorted(relevant - found), "wrong": sorted(found - relevant),
-            "ms": round(ms, 1)}
+    missed = sorted(relevant - found)
+    out: dict[str, Any] = {"image": str(query.image), "relevant": sorted(relevant),
+                           "listed": listed, "missed": missed,
+                           "wrong": sorted(found - relevant), "ms": round(ms, 1)}
+    if trace is not None:
+        out["missed_evidence"] = [missed_evidence(pid, trace, threshold) for pid in missed]
+    return out
+
+
+def missed_evidence(product_id: str, trace: CompareTrace,
+                    threshold: float | None) -> dict[str, Any]:
+    """Why price comparison did not list ``product_id``, from what the call weighed: its
+    ``rank`` among the vector search's candidates (1 = most similar; None when it was not
+    among them) and ``similarity`` (its cosine), whether it was ``verified``, and then the
+    verifier's evidence (``inliers``, ``colour_shift``, ``via``) and ``reason`` in words."""
+    rank = next((n for n, (pid, _) in enumerate(trace.candidates, 1) if pid == product_id),
+                None)
+    similarity = trace.candidates[rank - 1][1] if rank is not None else None
+    judged = [e for pid, e in trace.verified if pid == product_id]
+    out: dict[str, Any] = {"product_id": product_id, "rank": rank,
+                           "similarity": None if similarity is None else round(similarity, 4),
+                           "verified": bool(judged)}
+    if judged:
+        evidence = max(judged, key=lambda e: (e.inliers, e.similarity))
+        shift = evidence.colour_shift
+        out |= {"inliers": evidence.inliers,
+                "colour_shift": None if shift is None else round(shift, 2),
+                "via": evidence.via, "reason": f"refused: {evidence.reason}"}
+    elif rank is None:
+        out["reason"] = (f"not among the {len(trace.candidates)} products most similar to the "
+                         "query")
+    elif threshold is not None and similarity is not None and similarity < threshold:
+        out["reason"] = f"similarity {similarity:.4f} below the threshold {threshold}"
+    else:
+        out["reason"] = "a candidate, not verified: below those the call verified"
+    return out
+
+
+def _count_query_photo(path: Path, stats: EmbedStats, seen: set[str]) -> None:
+    """Count a scored query's photo by its content, as retrieval counts its queries:
+    ``repeated`` when a gallery photo (``stats.seen``) or an earlier query (``seen``) had the
+    same bytes, else ``embedded`` (``compare_prices`` embedded it, in a time of its own:
+    ``untimed``)."""
+    stats.images += 1
+    try:
+        digest = content_hash(path.read_bytes())
+    except OSError:  # read a moment ago; gone since: counted as the call found it
+        digest = f"unread:{path}"
+    if digest in stats.seen or digest in seen:
+        stats.repeated += 1
+        return
+    seen.add(digest)
+    stats.embedded += 1
+    stats.untimed += 1
 
 
 def gallery_roots(products: Sequence[GalleryProduct]) -> list[Path]:
@@ -172,6 +231,7 @@ def evaluate_same_item(
     family_depth: int = _SEARCH_DEFAULTS.family_depth,
     silhouette_route: bool = _SEARCH_DEFAULTS.silhouette_route,
     strict: bool = False,
+    explain_misses: bool = False,
 ) -> SameItemReport:
     """Index the listings, then run each query photo through ``compare_prices`` (its first
     image; several views are not a price-comparison query) and count what it lists.
@@ -179,7 +239,10 @@ def evaluate_same_item(
     the searcher's, ``silhouette_route`` its verifier's rule's (``lookalike eval`` passes the
     configured ``search.compare_k``, ``search.compare_threshold``, ``search.turned_queries``,
     ``search.family_depth`` and ``search.silhouette_route``). A query whose photo cannot be
-    read is skipped with a warning (with ``strict``, a :class:`ProtocolError`)."""
+    read is skipped with a warning (with ``strict``, a :class:`ProtocolError`). With
+    ``explain_misses`` (``lookalike eval --details``) each query's detail also says why each
+    missed listing is missing (:func:`missed_evidence`): the calls record what they weighed,
+    which changes nothing they return."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats, strict=strict)
@@ -192,12 +255,15 @@ def evaluate_same_item(
     per_query: list[float] = []
     details: list[dict[str, Any]] = []
     skipped: list[SkippedQuery] = []
+    query_photos: set[str] = set()  # the query photos' contents, as counted
     started = time.perf_counter()
     with tqdm(total=len(queries), unit="query", desc="compare", disable=None) as bar:
         for query in queries:
             t0 = time.perf_counter()
+            trace = CompareTrace() if explain_misses else None
             try:
-                matches = searcher.compare_prices(image=query.image, k=k, threshold=threshold)
+                matches = searcher.compare_prices(image=query.image, k=k, threshold=threshold,
+                                                  trace=trace)
             except (ItemError, OSError) as exc:
                 failure = (exc.failure if isinstance(exc, ItemError) else
                            ItemError(Reason.UNREADABLE, exc.strerror or str(exc)).failure)
@@ -207,11 +273,13 @@ def evaluate_same_item(
                 log.warning("eval: %s: %s: the query is not scored", query.where, detail)
                 skipped.append(SkippedQuery(query.where, failure.reason.value, detail))
                 stats.unreadable += 1
+                stats.images += 1
                 bar.update(1)
                 continue
             per_query.append(1000 * (time.perf_counter() - t0))
+            _count_query_photo(query.image, stats, query_photos)
             counts.add({m.product_id for m in matches}, set(query.relevant))
-            details.append(query_detail(query, matches, per_query[-1]))
+            details.append(query_detail(query, matches, per_query[-1], trace, threshold))
             bar.update(1)
     if not counts.queries:
         raise ProtocolError(f"no query can be scored: all {len(queries)} photos are unreadable")

@@ -116,7 +116,8 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
                                             turned_queries=settings.search.turned_queries,
                                             family_depth=settings.search.family_depth,
                                             silhouette_route=settings.search.silhouette_route,
-                                            strict=args.strict)
+                                            strict=args.strict,
+                                            explain_misses=args.details is not None)
             else:
                 report = evaluate(products, queries, embedder, store, spec, cache,
                                   max_pixels=settings.images.max_pixels, match=match,

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from typing import Any, TypeAlias, TypeVar
@@ -243,6 +243,19 @@ class PriceMatch(BaseModel):
     seller_id: str
     image_ref: str
     image_key: str
+
+
+@dataclass
+class CompareTrace:
+    """What one :meth:`ProductSearch.compare_prices` call weighed, for an evaluation's details
+    (its ``trace``; filled only when one is passed, so a plain call pays nothing):
+    ``candidates``, the products of its vector search (the deeper one below a family), most
+    similar first, each (product_id, cosine), threshold not applied; ``verified``, every
+    listing it judged, accepted or refused, with its evidence (a refusal's ``reason`` and
+    ``inliers`` included). Nothing in it changes what the call returns."""
+
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+    verified: list[tuple[str, Evidence]] = field(default_factory=list)
 
 
 def _default_loader(
@@ -630,6 +643,7 @@ class ProductSearch:
         k: int = _SEARCH_DEFAULTS.compare_k,
         filter: SearchFilter | None = None,
         cancelled: Cancelled | None = None,
+        trace: CompareTrace | None = None,
     ) -> list[PriceMatch]:
         """Listings of the same item, cheapest first, each with the evidence that it is.
 
@@ -655,7 +669,8 @@ class ProductSearch:
         between currencies: pass ``filter=SearchFilter(currency=...)`` to compare like with
         like. ``cancelled``: asked between the stages and before each of the first ``k``
         candidates is verified; :class:`~search.cancel.SearchCancelled` once the caller is
-        gone (search/cancel.py).
+        gone (search/cancel.py). ``trace``, when given, is filled with the candidates and every
+        listing judged, refused ones included (:class:`CompareTrace`: why a listing is missing).
         """
         if (image is None) == (product_id is None):
             raise ValueError("give exactly one of image or product_id")
@@ -704,6 +719,8 @@ class ProductSearch:
             searched += self._embed_pictures(pictures) if pictures else []
         stop_if(cancelled, "the vector search")
         best = self._search(searched, k * COMPARE_DEPTH, filter, exclude=exclude)
+        if trace is not None:
+            trace.candidates = [(str(row["product_id"]), score) for row, score in best]
         # Most similar first: the per-query budget of keypoint-free alignments goes to them.
         candidates = _most_similar_first(best, threshold)
         stop_if(cancelled, "reading the candidates' photos")
@@ -729,6 +746,8 @@ class ProductSearch:
         if family and len(best) >= k * COMPARE_DEPTH and self._family_depth > len(best):
             deeper = self._search(searched, self._family_depth, filter, exclude=exclude)
             rest = _most_similar_first(deeper, threshold)[k:]
+            if trace is not None:
+                trace.candidates = [(str(row["product_id"]), score) for row, score in deeper]
         if rest and family:
             verified += _look_deeper(verifier, queries, rest, k, self._readers, unreadable)
         elif rest:
@@ -740,6 +759,8 @@ class ProductSearch:
         # a family, the deeper look has voted on the hundreds further down already).
         verified += self._vouched_below(verifier, verified, rest[:k * (COMPARE_DEPTH - 1)],
                                         searched, threshold, filter, exclude, turned)
+        if trace is not None:
+            trace.verified = [(str(row["product_id"]), e) for row, e in verified]
         matches = [_price_match(row, e) for row, e in verified if e.same_item]
         matches.sort(key=lambda m: (m.price, -m.similarity, m.product_id))
         return matches

@@ -11,6 +11,7 @@ import pytest
 
 import lookalike.evaluate
 import search.api
+from evaluation.cache import EmbeddingCache
 from evaluation.protocol import load_gallery, load_queries
 from evaluation.same_item import SameItemCounts, SameItemReport, evaluate_same_item
 from lookalike.cli import build_parser, main
@@ -95,6 +96,85 @@ def test_same_item_eval_details_each_querys_listings_with_their_evidence(
     assert len(line["missed"]) == 1 and line["wrong"] == []
     assert len(line["listed"]) == 2 and line["missed"][0] not in {
         m["product_id"] for m in line["listed"]}
+
+
+def _run(root: Path, queries: list[dict[str, Any]], name: str,
+         cache: EmbeddingCache | None = None, **kwargs: Any) -> SameItemReport:
+    """The tiny gallery (written once under ``root``) with these ``queries``, through
+    ``evaluate_same_item`` into a collection of its own (``name``)."""
+    gallery_path = root / "gallery.jsonl"
+    if not gallery_path.exists():
+        _write(root)
+    queries_path = root / f"{name}.jsonl"
+    queries_path.write_text("".join(json.dumps(q) + "\n" for q in queries))
+    products = load_gallery(gallery_path)
+    store = MilvusStore.open(str(root / f"{name}.db"))
+    embedder = TinyEmbedder()
+    try:
+        return evaluate_same_item(products, load_queries(queries_path, products), embedder,
+                                  store, CollectionSpec(name=name, dim=embedder.dim), cache,
+                                  max_pixels=10_000_000, **kwargs)
+    finally:
+        store.close()
+
+
+def test_same_item_details_say_why_each_missed_listing_is_missing(tmp_path: Path) -> None:
+    """``--details`` recorded only the missed ids ("missed": ["MH01-gray"]): with
+    ``explain_misses`` each one's ``missed_evidence`` says whether it was among the
+    candidates (its rank and cosine), whether it was verified, and the verifier's refusal
+    (inliers, reason); what the calls list is the same with and without it."""
+    query = [{"image": "img/query-a.jpg", "relevant": ["a-other-colour", "b@shop0"]}]
+    plain = _run(tmp_path, query, "plain").details[0]
+    assert "missed_evidence" not in plain
+    line = _run(tmp_path, query, "refused", explain_misses=True).details[0]
+    assert {k: v for k, v in line.items() if k not in ("ms", "missed_evidence")} == {
+        k: v for k, v in plain.items() if k != "ms"}
+    assert line["missed"] == ["a-other-colour", "b@shop0"]
+    why = {m["product_id"]: m for m in line["missed_evidence"]}
+    assert list(why) == line["missed"]
+    colour = why["a-other-colour"]  # the same print in another colour: refused on colour
+    assert colour["verified"] and colour["reason"].startswith("refused: ")
+    assert "colour" in colour["reason"] and colour["inliers"] >= 10
+    assert isinstance(colour["rank"], int) and 0 < colour["similarity"] <= 1
+    assert why["b@shop0"]["verified"] and why["b@shop0"]["reason"].startswith("refused: ")
+    assert why["b@shop0"]["rank"] > colour["rank"]  # another product: less similar
+
+    line = _run(tmp_path, query, "threshold", threshold=0.999, explain_misses=True).details[0]
+    for missed in line["missed_evidence"]:
+        assert not missed["verified"] and missed["similarity"] < 0.999
+        assert missed["reason"] == (
+            f"similarity {missed['similarity']:.4f} below the threshold 0.999")
+
+    # k = 1 and no deeper look: the vector search's 3 candidates leave b@shop0 out
+    line = _run(tmp_path, query, "shallow", k=1, family_depth=0,
+                explain_misses=True).details[0]
+    far = {m["product_id"]: m for m in line["missed_evidence"]}["b@shop0"]
+    assert (far["rank"], far["similarity"], far["verified"]) == (None, None, False)
+    assert far["reason"] == f"not among the {COMPARE_DEPTH} products most similar to the query"
+
+
+def test_same_item_counts_its_query_photos_as_retrieval_does(tmp_path: Path) -> None:
+    """30 new query photos read "embedded 0 images, 30 from cache": the query photos (which
+    compare_prices embeds) were not counted. They count by content as retrieval's do: each
+    new one embedded, a repeated one (an earlier query's bytes, a gallery photo's) repeated;
+    their time is not the embedding rate's."""
+    queries = [{"image": "img/query-a.jpg", "relevant": ["a@shop0", "a@shop1", "a@shop2"]},
+               {"image": "img/query-b.jpg", "relevant": ["b@shop0"]},
+               {"image": "img/query-b.jpg"},  # the same photo again
+               {"image": "img/b.png", "relevant": ["b@shop0"]}]  # a gallery photo
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    try:
+        first = _run(tmp_path, queries, "first", cache).to_json()
+        # gallery: 4 distinct photos (a.png listed twice); queries: 2 new, 2 repeated
+        assert (first["embedded_images"], first["cached_images"],
+                first["repeated_images"]) == (6, 0, 3)
+        again = _run(tmp_path, queries, "again", cache)
+    finally:
+        cache.close()
+    out = again.to_json()
+    assert (out["embedded_images"], out["cached_images"], out["repeated_images"]) == (2, 4, 3)
+    assert out["n_queries"] == 4 and again.embed.untimed == 2
+    assert again.embed.images_per_s is None  # nothing timed was embedded: the cache had it
 
 
 def test_cli_eval_writes_the_details_or_fails_before_the_work(
@@ -242,6 +322,11 @@ def test_cli_eval_same_item_uses_the_configured_comparison(
               str(queries_path), "--no-cache"])
     assert (seen["k"], seen["threshold"], seen["turned_queries"], seen["family_depth"],
             seen["silhouette_route"]) == (7, 0.6, False, 120, False)
+    assert seen["explain_misses"] is False  # why a listing is missed: with --details only
+    with pytest.raises(Seen):
+        main(["eval", "--task", "same-item", "--gallery", str(gallery_path), "--queries",
+              str(queries_path), "--no-cache", "--details", str(tmp_path / "d.jsonl")])
+    assert seen["explain_misses"] is True
 
 
 def test_same_item_eval_verifies_with_the_silhouette_route_as_asked(
