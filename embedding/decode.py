@@ -85,6 +85,20 @@ def decode_images(data: bytes, max_pixels: int, min_sizes: Sequence[int | None]
     return out
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """The pixels ``data``'s header declares (width x height, the same count once turned by
+    its EXIF orientation), opened as :func:`decode_image` opens it, no pixel decoded: for a
+    caller that bounds several images together before decoding any. None when it does not
+    open as an image of an allowed format, or PIL takes it for a decompression bomb: the
+    decoder then refuses it and says why."""
+    try:
+        with _open(io.BytesIO(data), max_pixels=0) as image:
+            width, height = image.size
+    except ItemError:
+        return None
+    return max(width, 0) * max(height, 0)
+
+
 def load_image(
     source: bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image,
     max_pixels: int,

@@ -327,6 +327,7 @@ def build_api(
         image_roots=list(settings.images.roots), default_k=s.k, compare_k=s.compare_k,
         compare_threshold=s.compare_threshold, max_upload_bytes=settings.serve.max_upload_bytes,
         body_timeout_s=settings.serve.body_timeout_s, body_idle_s=settings.serve.body_idle_s,
+        max_request_pixels=settings.serve.max_request_pixels,
     )
     return create_app(search, embedder=timed, store=versions.store, readiness=readiness,
                       registry=registry, metrics=metrics, pool=pool, config=config)

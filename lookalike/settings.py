@@ -403,6 +403,11 @@ class ServeSettings(_Group):
                       "which the log names)")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=1024**3,
                                   description="Largest request body (all uploaded views)")
+    max_request_pixels: int = Field(default=100_000_000, gt=0, le=16_000_000_000,
+                                    description="Most pixels of the views one API request "
+                                    "uploads, together, read from their headers before any is "
+                                    "decoded (each view is also within images.max_pixels); "
+                                    "more is refused 422")
     workers: int = Field(default=4, ge=1, le=256,
                          description="Queries embedded and searched at once")
     max_connections: int = Field(default=128, ge=1, le=65536,

@@ -41,12 +41,14 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from starlette import routing
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+from starlette.types import Scope
 
-from embedding.decode import ImageDecodeError
+from embedding.decode import ImageDecodeError, declared_pixels
 from lookalike.settings import MAX_K, SearchSettings, ServeSettings
 from schema.errors import ItemError, Reason
 from schema.events import check_nesting
@@ -105,6 +107,7 @@ class ServeConfig:
     compare_k: int = _SEARCH.compare_k
     compare_threshold: float = _SEARCH.compare_threshold
     max_upload_bytes: int = _SERVE.max_upload_bytes
+    max_request_pixels: int = _SERVE.max_request_pixels
     max_json_bytes: int = MAX_JSON_BYTES
     body_timeout_s: float = _SERVE.body_timeout_s
     body_idle_s: float = _SERVE.body_idle_s
@@ -254,8 +257,10 @@ def create_app(
 ) -> FastAPI:
     """The API over ``search`` (a ``ProductSearch`` reading ``store`` and embedding with
     ``embedder``, whose calls are timed per request); nothing is built or loaded here."""
+    # redirect_slashes: "/livez/" was a 307 to a Location built from the Host header
+    # (http://evil.example/livez behind a cache); now a 404 like any unknown path
     app = FastAPI(title="Lookalike", version="1", summary="Visual product search",
-                  docs_url="/docs", redoc_url=None)
+                  docs_url="/docs", redoc_url=None, redirect_slashes=False)
     roots = ImageRoots(config.image_roots)
     takes_match = "match" in inspect.signature(search.by_vectors).parameters
 
@@ -321,6 +326,10 @@ def create_app(
         if not files:
             raise ApiError(422, "missing_image", "upload at least one file in the 'image' field")
         images = [await f.read() for f in files]
+        if sum(len(data) for data in images) > PARSE_INLINE_BYTES:
+            await asyncio.to_thread(_within_pixels, images, config.max_request_pixels)
+        else:
+            _within_pixels(images, config.max_request_pixels)
         return images, _form_fields(form)
 
     @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchForm),
@@ -617,6 +626,42 @@ async def _read_form(request: Request, max_bytes: int) -> FormData:
     return form
 
 
+def _within_pixels(images: Sequence[bytes], budget: int) -> None:
+    """422 ``too_many_pixels`` when the uploaded views' headers declare more than ``budget``
+    pixels together (``serve.max_request_pixels``), before any is decoded: each view was
+    bound (``images.max_pixels``), the request not, and 16 single-colour PNGs of 36 MP
+    (117 KiB each) held a search worker 37-68 s. Read here, not in ``ProductSearch``: the
+    CLI and ``eval`` keep their behaviour. A view that does not open counts for nothing:
+    the decoder refuses it as before."""
+    total = sum(declared_pixels(data) or 0 for data in images)
+    if total > budget:
+        views = "the view has" if len(images) == 1 else f"the {len(images)} views have"
+        together = "" if len(images) == 1 else " together"
+        raise ApiError(422, "too_many_pixels", f"{views} {total:,} pixels{together}, over "
+                       f"serve.max_request_pixels ({budget:,})")
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+"""The codes of the refusals Starlette makes itself (an unknown path, a method a route does
+not take); any other it might make is ``http_error``."""
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
+    """Every method the request's path takes, for a 405's ``Allow`` (RFC 9110 15.5.6):
+    Starlette names those of the first route on the path only, and ``/livez`` (a HEAD and a
+    GET route) said ``Allow: HEAD``. A mount (the static files) takes GET and HEAD."""
+    probe: Scope = {"type": "http", "path": scope["path"], "root_path": "",
+                    "method": scope["method"]}
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(probe)
+        if isinstance(route, routing.Mount) and match is routing.Match.FULL:
+            methods |= {"GET", "HEAD"}
+        elif match is routing.Match.PARTIAL:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
+
+
 def _error_handlers(app: FastAPI) -> None:
     """Map what a request can provoke to 4xx/503; nothing reaches the caller as a traceback."""
 
@@ -629,10 +674,12 @@ def _error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", _first_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code,
-                              "not_found" if exc.status_code == 404 else "http_error",
-                              str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})  # a 405's Allow: it was dropped
+        if exc.status_code == 405 and (allowed := _allowed_methods(app, request.scope)):
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
+                              str(exc.detail), headers=headers or None)
 
     @app.exception_handler(BodyRefused)
     async def body_refused(_: Request, exc: BodyRefused) -> Response:

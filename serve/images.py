@@ -31,7 +31,9 @@ MAX_REF_LENGTH = 4096
 
 @dataclass(frozen=True)
 class ImageRefused:
-    """Why a reference is not served (the API answers 404 or 400 with this reason)."""
+    """Why a reference is not served: ``not_found`` (404) for any path that is not an image
+    file inside the roots, whatever made it one (an empty one, ``..``, a NUL byte: the
+    same answer, no probing), ``not_local`` (400) for a URL."""
 
     reason: str
     detail: str
@@ -44,8 +46,8 @@ class ImageRoots:
         self._roots = [Path(r).resolve() for r in roots]
 
     def resolve(self, ref: str) -> Path | ImageRefused:
-        if not ref or len(ref) > MAX_REF_LENGTH or "\x00" in ref:
-            return ImageRefused("bad_reference", "an image reference is a non-empty path")
+        if not ref or len(ref) > MAX_REF_LENGTH or "\x00" in ref:  # no file has such a path
+            return ImageRefused("not_found", "no such image")  # the same answer as the others
         if ref.startswith("file://"):
             ref = ref[len("file://"):]
         if "://" in ref or ref.startswith("data:"):

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _SERVE = ServeSettings()
 KEEP_ALIVE_S = 5
 """How long an idle keep-alive connection stays open after an answer (uvicorn's default)."""
+MAX_HEADER_BYTES = 16 * 1024
+"""The most bytes of a request's line and headers (h11's default bound): more is a ``431``
+(:class:`HeadBound`)."""
 
 
 class ServerStartError(RuntimeError):
@@ -84,23 +87,79 @@ def why_not_listening(exc: OSError | UnicodeError, host: str, port: int) -> str:
     return exc.strerror or str(exc)
 
 
+class HeadBound(h11.Connection):
+    """h11's server side with a request's line and headers bounded in size however they
+    arrive. h11 bounds only a head still incomplete (``max_incomplete_event_size``): one that
+    came whole in one read passed at any size (a 100,000-byte header was answered 200). Here
+    a complete head is measured too, by what it took of the receive buffer, so a body or a
+    pipelined request after it is never counted. Either refusal is h11's
+    ``RemoteProtocolError`` (uvicorn answers it: :meth:`HeaderDeadline.send_400_response`)
+    with :attr:`head_too_large` set."""
+
+    def __init__(self, max_head_bytes: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+        self.head_too_large = False
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self.their_state is not h11.IDLE:  # a body, or a request waiting its turn
+            return super().next_event()
+        buffered = len(self.trailing_data[0])  # all of it the head's, and what follows it
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.head_too_large = exc.error_status_hint == 431  # h11's: an incomplete head
+            raise
+        if isinstance(event, h11.Request):
+            head = buffered - len(self.trailing_data[0])
+            if head > self.max_head_bytes:
+                self.head_too_large = True
+                raise h11.RemoteProtocolError(f"a request head of {head} bytes",
+                                              error_status_hint=431)
+        return event
+
+
 class HeaderDeadline(H11Protocol):
     """Uvicorn's h11 protocol with the header phase bounded in time: a request's line and
     headers must arrive within :attr:`header_timeout_s` of the connection's opening (its first
     request) or of their first byte (a later one, on a kept-alive connection), else the
     connection is closed: with a ``408`` in the API's error shape when part of the request
     came, without a word when none did (there is no request: a browser's unused preconnect),
-    one warning line and :attr:`metrics`' ``header_timeouts`` counted either way. Uvicorn bounds
-    headers in size (h11's 16 KiB), not in time: a client sending nothing, or a byte every
-    few seconds, held its connection, one of ``limit_concurrency``, for ever.
+    one warning line and :attr:`metrics`' ``header_timeouts`` counted either way. Uvicorn bounded
+    headers in size (h11's 16 KiB, and that only while incomplete), not in time: a client
+    sending nothing, or a byte every few seconds, held its connection, one of
+    ``limit_concurrency``, for ever. In size, a request's line and headers are bounded here
+    to :attr:`max_header_bytes` however they arrive (:class:`HeadBound`): more is a ``431``
+    in the API's error shape, and the connection is closed (uvicorn's answer was a plain
+    ``400``, and only to a head still incomplete).
 
     The wait between requests stays uvicorn's (``timeout_keep_alive``), and a request's body
     the app's (serve/middleware.py): the deadline ends when the headers are complete. Built
     per server by :func:`header_deadline`, as uvicorn builds the protocol itself."""
 
     header_timeout_s: ClassVar[float] = _SERVE.header_timeout_s
+    max_header_bytes: ClassVar[int] = MAX_HEADER_BYTES
     metrics: ClassVar[ConnectionMetrics | None] = None
     _header_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head = HeadBound(self.max_header_bytes)
+        self.conn = self._head
+
+    def send_400_response(self, msg: str) -> None:
+        """Uvicorn's answer to a request h11 refuses: a ``431`` in the API's error shape for
+        one whose head is too large, its plain ``400`` for any other."""
+        if not self._head.head_too_large:
+            super().send_400_response(msg)
+            return
+        log.warning("refused a request of %s: its line and headers are over %d bytes",
+                    address(*self.client) if self.client else "a client",
+                    self.max_header_bytes)
+        self._send_error(431, b"Request Header Fields Too Large", "headers_too_large",
+                         f"the request line and headers are over {self.max_header_bytes:,} "
+                         "bytes")
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -108,7 +167,7 @@ class HeaderDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the headers are in (or refused: 400)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in (or refused: 400, 431)
             self._disarm()
         elif self._header_timer is None:  # the first bytes of a request after keep-alive
             self._arm()
@@ -138,20 +197,20 @@ class HeaderDeadline(H11Protocol):
         if self.metrics is not None:
             self.metrics.header_timeouts.inc()
         if partial and self.conn.our_state is h11.IDLE:
-            self._send_408()
+            self._send_error(408, b"Request Timeout", "header_timeout",
+                             f"the request line and headers did not arrive within "
+                             f"{self.header_timeout_s:g} s")
         self.transport.close()
 
-    def _send_408(self) -> None:
-        """A ``408 Request Timeout`` and ``Connection: close``, as uvicorn's own 400 for a
-        request it cannot parse is sent (no request to answer: the app never saw it)."""
-        body = json.dumps({"error": {"code": "header_timeout", "message": (
-            f"the request line and headers did not arrive within "
-            f"{self.header_timeout_s:g} s")}}).encode()
+    def _send_error(self, status: int, reason: bytes, code: str, message: str) -> None:
+        """An answer in the API's error shape with ``Connection: close``, as uvicorn's own 400
+        for a request it cannot parse is sent (no request to answer: the app never saw it);
+        the caller closes the connection."""
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
                    (b"content-length", str(len(body)).encode())]
         try:
-            for event in (h11.Response(status_code=408, headers=headers,
-                                       reason=b"Request Timeout"),
+            for event in (h11.Response(status_code=status, headers=headers, reason=reason),
                           h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event) or b"")
         except h11.LocalProtocolError:  # h11 will not send it now: the close says enough
@@ -185,10 +244,10 @@ class BackgroundServer:
     arrive within ``header_timeout_s`` (``serve.header_timeout_s``) of the connection's
     opening or of their first byte, else the connection is closed (:class:`HeaderDeadline`;
     counted in ``metrics``, the process's :class:`~serve.metrics.ConnectionMetrics`, when
-    given); uvicorn bounds them in size (h11's 16 KiB). An idle connection between requests
-    is closed after ``timeout_keep_alive`` (:data:`KEEP_ALIVE_S`). Bodies are bounded in time
-    and size by the app (serve/middleware.py). Connections per client and TLS are left to a
-    proxy in front (docs/hardening.md).
+    given); in size, to :data:`MAX_HEADER_BYTES` (then 431). An idle connection between
+    requests is closed after ``timeout_keep_alive`` (:data:`KEEP_ALIVE_S`). Bodies are bounded
+    in time and size by the app (serve/middleware.py). Connections per client and TLS are left
+    to a proxy in front (docs/hardening.md).
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,

@@ -986,6 +986,7 @@ def test_an_empty_group_id_is_refused(command: str, tmp_path: Path,
     ("MODEL__BATCH_SIZE", "1000000"),
     ("SERVE__WORKERS", "100000"),
     ("SERVE__HEADER_TIMEOUT_S", "3601"),
+    ("SERVE__MAX_REQUEST_PIXELS", "16000000001"),
 ])
 def test_numeric_settings_have_upper_bounds(name: str, value: str,
                                             monkeypatch: pytest.MonkeyPatch,

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 
 import embedding.decode
-from embedding.decode import decode_image, decode_images, load_image, load_images, shrink_to
+from embedding.decode import (
+    declared_pixels,
+    decode_image,
+    decode_images,
+    load_image,
+    load_images,
+    shrink_to,
+)
 from schema.errors import ItemError
 
 MAX = 40_000_000
@@ -198,6 +205,19 @@ def test_real_but_cheap_large_png_is_refused() -> None:
     data = _encode(Image.new("1", (4000, 4000), 0), "PNG")  # 16 MP in a few kB
     assert len(data) < 50_000
     assert _reason(data, max_pixels=10_000_000) == "image_too_large"
+
+
+def test_declared_pixels_are_read_from_the_header_without_decoding() -> None:
+    """What the API adds up over a request's views (serve.max_request_pixels)."""
+    started = time.perf_counter()
+    assert declared_pixels(_png_header_only(6000, 6000)) == 36_000_000  # pixels never there
+    assert time.perf_counter() - started < 0.5
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: the same count
+    assert declared_pixels(_encode(_two_halves(40, 20), "JPEG", exif=exif.tobytes())) == 800
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    for unopened in (b"", b"garbage", eps, _png_header_only(100_000, 100_000)):
+        assert declared_pixels(unopened) is None  # the decoder's to refuse, and say why
 
 
 # ------------------------------------------------------------------ load_image

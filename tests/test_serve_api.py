@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from schema.errors import Reason
 from search.api import Hit, StoredPhotoUnreadable
+from serve.api import ServeConfig
 from tests.serve_support import RED, Served, build_served, png
 
 
@@ -204,6 +205,46 @@ def test_upload_with_too_many_pixels(http: TestClient) -> None:
     assert error_code(upload(http, png(RED, 400)), 422) == "too_many_pixels"
 
 
+class CountedViews:
+    """A search's ``by_images``, noting how many views each call got."""
+
+    def __init__(self, by_images: Any) -> None:
+        self.by_images, self.views = by_images, list[int]()
+
+    def __call__(self, images: list[bytes], **options: Any) -> list[Hit]:
+        self.views.append(len(images))
+        return list(self.by_images(images, **options))
+
+
+def test_views_over_the_request_pixel_budget_are_refused_before_any_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each view was bounded (``images.max_pixels``), a request's views together were not:
+    16 single-colour PNGs of 36 MP (117 KiB each) held a search worker 37-68 s. Their
+    headers are read before any is decoded (``serve.max_request_pixels``)."""
+    view = png(RED, 1000)  # 1,000,000 pixels in a few KiB
+    for served in build_served(tmp_path, config=ServeConfig(max_request_pixels=2_000_000)):
+        searched = CountedViews(served.search.by_images)
+        monkeypatch.setattr(served.search, "by_images", searched)
+        with TestClient(served.app) as http:
+            over = upload(http, view, view, view, k="2")
+            assert error_code(over, 422) == "too_many_pixels"
+            assert over.json()["error"]["message"] == (
+                "the 3 views have 3,000,000 pixels together, over serve.max_request_pixels "
+                "(2,000,000)")
+            assert searched.views == []
+            within = upload(http, view, view, k="2")  # the budget itself is not over it
+            assert within.status_code == 200, within.text
+            assert [h["product_id"] for h in within.json()["hits"]] == ["red-tee",
+                                                                        "red-tee-resale"]
+            assert searched.views == [2]
+            unreadable = upload(http, view, view, b"not an image")  # counted as nothing
+            assert error_code(unreadable, 422) == "not_an_image"
+            one = upload(http, png(RED, 1500), path="/v1/compare-prices")
+            assert error_code(one, 422) == "too_many_pixels"
+            assert one.json()["error"]["message"] == (
+                "the view has 2,250,000 pixels, over serve.max_request_pixels (2,000,000)")
+
+
 def test_upload_over_the_size_cap(http: TestClient) -> None:
     big = os.urandom(300_000)  # cap is 200 kB
     assert error_code(upload(http, big), 413) == "upload_too_large"
@@ -371,6 +412,34 @@ def test_unreadable_listing_photos_are_a_503_for_an_upload_too(tmp_path: Path) -
 def test_unknown_route_and_method_are_json(http: TestClient) -> None:
     assert error_code(http.get("/v1/nothing"), 404) == "not_found"
     assert http.get("/v1/search").status_code == 405
+
+
+def test_a_method_a_route_does_not_take_is_a_405_naming_those_it_does(
+        http: TestClient, served: Served) -> None:
+    """The 405s had no ``Allow`` (RFC 9110 15.5.6 requires it; the handler dropped the one
+    Starlette gives, which names the first route on the path only: HEAD for ``/livez``) and
+    the undocumented code ``http_error``."""
+    image = str(served.image_root / "red-tee.png")
+    for method, path, allowed in (
+            ("DELETE", "/livez", "GET, HEAD"), ("GET", "/v1/search", "POST"),
+            ("PUT", f"/v1/images?ref={image}", "GET, HEAD"), ("POST", "/", "GET, HEAD"),
+            ("GET", "/v1/compare-prices", "POST"), ("POST", "/static/app.js", "GET, HEAD"),
+            ("DELETE", "/v1/products/red-tee/similar", "GET, HEAD")):
+        response = http.request(method, path)
+        assert error_code(response, 405) == "method_not_allowed", (method, path)
+        assert response.headers["allow"] == allowed, (method, path)
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(http: TestClient) -> None:
+    """``/livez/`` was a 307 to ``http://evil.example/livez``, its Location taken from the
+    Host header (behind a cache, a poisoned redirect for everyone)."""
+    for path in ("/livez/", "/readyz/", "/docs/", "/v1/products/red-tee/similar/"):
+        response = http.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+        assert error_code(response, 404) == "not_found", path
+        assert "location" not in response.headers, path
+    posted = http.post("/v1/search/", json={"product_id": "red-tee"}, follow_redirects=False)
+    assert error_code(posted, 404) == "not_found"
+    assert http.get("/", headers={"Host": "evil.example"}).status_code == 200
 
 
 def test_exact_match_is_passed_on_or_refused(http: TestClient, served: Served) -> None:
@@ -575,6 +644,18 @@ def test_nothing_else_on_disk_is_reachable(http: TestClient, served: Served,
         assert response.content != secret.read_bytes()
     remote = http.get("/v1/images", params={"ref": "http://169.254.169.254/x.png"})
     assert error_code(remote, 400) == "not_local"  # never fetched on anyone's behalf
+
+
+def test_a_nul_byte_or_an_empty_reference_is_the_same_404_as_any_refused_one(
+        http: TestClient, served: Served) -> None:
+    """The docs promise NUL bytes the same 404 as ``..``: it was a 400 ``bad_reference`` (a
+    code the docs did not list) saying "an image reference is a non-empty path"."""
+    refused = http.get("/v1/images", params={"ref": "/etc/passwd"})
+    assert error_code(refused, 404) == "not_found"
+    for ref in (str(served.image_root / "red-tee.png") + "\x00.png", "\x00", ""):
+        response = http.get("/v1/images", params={"ref": ref})
+        assert error_code(response, 404) == "not_found", ref
+        assert response.json() == refused.json(), ref
 
 
 def test_a_cached_image_is_revalidated_with_a_304(http: TestClient, served: Served) -> None:
