@@ -65,9 +65,17 @@ START_UP_NOTES = re.compile(
 was not built for): absl's INFO lines, which ``TF_CPP_MIN_LOG_LEVEL`` no longer silences."""
 
 
+NATIVE_LOG_LEVEL = "1"
+"""``TF_CPP_MIN_LOG_LEVEL`` unless the environment sets it: TensorFlow's native INFO lines left
+out once it runs (``generator_dataset_op.cc:213] Memory patch applied``, one per ``train``),
+its warnings and errors kept. It must be set before TensorFlow is imported."""
+
+
 def import_keras() -> None:
     """Import Keras, leaving out :data:`START_UP_NOTES`: they came before every command's own
-    lines, twice, and made an error line look like one of many (:func:`import_quietly`)."""
+    lines, twice, and made an error line look like one of many (:func:`import_quietly`);
+    and with TensorFlow's later native INFO lines off (:data:`NATIVE_LOG_LEVEL`)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", NATIVE_LOG_LEVEL)
     import_quietly("keras")
 
 

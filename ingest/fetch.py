@@ -276,8 +276,8 @@ class ImageFetcher:
         if not self._roots:
             raise ItemError(
                 Reason.PATH_NOT_ALLOWED,
-                "local image paths are refused: LOOKALIKE_IMAGES__ROOTS is empty (set it to "
-                "the folders images may be read from, e.g. '[\"/data/images\"]')",
+                "local image paths are refused: no image root is set (--image-root DIR or "
+                "LOOKALIKE_IMAGES__ROOTS)",
             )
         candidate = Path(path)
         bases: list[Path | None] = [None] if candidate.is_absolute() else list(self._roots)

@@ -129,6 +129,18 @@ class _Fold:
     touched: bool = False
 
 
+def _image_failures(failures: dict[int, ItemFailure]) -> str:
+    """An event's image failures in one detail: ``image 0: reason: detail; ...``, images that
+    failed alike named together (``images 0, 1, 2: path_not_allowed: ...``), so a detail's
+    hint is written once, not once per image until a cap cuts it."""
+    alike: dict[ItemFailure, list[int]] = {}
+    for index, failure in sorted(failures.items()):
+        alike.setdefault(failure, []).append(index)
+    return "; ".join(
+        f"image{'s' if len(indexes) > 1 else ''} {', '.join(map(str, indexes))}: "
+        f"{failure.reason.value}: {failure.detail}" for failure, indexes in alike.items())
+
+
 def _apply(fold: _Fold, ev: ProductEvent, embedded: EmbeddedProduct | None) -> Outcome:
     version = ev.resolved_version
     if version <= fold.version:
@@ -139,11 +151,7 @@ def _apply(fold: _Fold, ev: ProductEvent, embedded: EmbeddedProduct | None) -> O
         if embedded is None or embedded.event is not ev:
             fold.action, fold.upsert, fold.price = "superseded", None, None
         elif not embedded.vectors:
-            reasons = "; ".join(
-                f"image {i}: {f.reason.value}: {f.detail}"
-                for i, f in sorted(embedded.failures.items())
-            )
-            return Outcome.dead(Reason.ALL_IMAGES_FAILED, reasons)
+            return Outcome.dead(Reason.ALL_IMAGES_FAILED, _image_failures(embedded.failures))
         else:
             fold.action, fold.upsert, fold.price = "upsert", ev, None
         fold.listed = True

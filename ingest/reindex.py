@@ -56,7 +56,7 @@ from ingest.plan import WritePlan
 from ingest.sink import MilvusSink, read_states, state_of
 from lookalike import signals
 from schema.collection import IMAGE_FIELDS, STATE_FIELDS, CollectionSpec
-from schema.errors import ItemError, Reason
+from schema.errors import ItemError, Reason, clipped
 from schema.events import ImageRef
 from schema.records import ImageRecord, ProductState
 from schema.versions import DEFAULT_LEASE_S, ModelEntry, Serving, state_name
@@ -81,6 +81,24 @@ class ImageProblem:
     image_ref: str
     reason: Reason
     detail: str
+
+
+def _failures_refused(failures: dict[str, list[ImageProblem]]) -> str:
+    """Why a reindex with failures does not switch, and what to do: products whose photos
+    are local paths outside the image roots (``path_not_allowed``) need the roots (the
+    reindex was run without ``--image-root``, as ingest was with it), not ``--allow-failures``,
+    which would switch to a catalog without them."""
+    roots = sum(any(p.reason is Reason.PATH_NOT_ALLOWED for p in problems)
+                for problems in failures.values())
+    said = f"{len(failures)} product(s) could not be re-embedded (see the failures)"
+    if not roots:
+        return f"{said}; fix them or pass --allow-failures"
+    hint = "pass --image-root DIR or set LOOKALIKE_IMAGES__ROOTS, as for ingest"
+    if roots == len(failures):
+        return f"{said}: their photos are local paths outside the image roots " \
+               f"(path_not_allowed): {hint}"
+    return (f"{said}: {roots} of them have photos outside the image roots (path_not_allowed: "
+            f"{hint}); fix the others or pass --allow-failures")
 
 
 @dataclass
@@ -294,8 +312,7 @@ class Reindexer:
             report.refused = (f"the source still changed after {self._max_passes} passes "
                               f"(last: {p.copied + p.deleted} products); run reindex again")
         elif report.failures and not allow_failures:
-            report.refused = (f"{len(report.failures)} product(s) could not be re-embedded "
-                              "(see the failures); fix them or pass --allow-failures")
+            report.refused = _failures_refused(report.failures)
         elif report.failures and not self._has_images(target):
             report.refused = (f"{len(report.failures)} product(s) could not be re-embedded and "
                               "none could (see the failures): --allow-failures does not switch "
@@ -510,8 +527,8 @@ class Reindexer:
                 p.failed += 1
                 for problem in problems[pid]:
                     log.warning("reindex image failed product_id=%s image=%s reason=%s "
-                                "detail=%s", pid, problem.image_ref[:200], problem.reason,
-                                problem.detail[:300])
+                                "detail=%s", pid, clipped(problem.image_ref, 200), problem.reason,
+                                clipped(problem.detail, 300))
                 if not self._allow_failures:
                     continue
                 if pid not in records:  # listed still, with no image in the new model

@@ -34,7 +34,7 @@ from ingest.plan import (
 )
 from ingest.source import Revocations
 from ingest.unreadable import UnreadableRecord
-from schema.errors import ItemError, ItemFailure, Reason
+from schema.errors import ItemError, ItemFailure, Reason, clipped
 from schema.events import ImageRef, ProductEvent, ProductUpserted, parse_event
 from schema.records import ProductState
 
@@ -80,6 +80,9 @@ class BatchStats:
     images_ok: int = 0
     images_failed: Counter[str] = field(default_factory=Counter)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
+    dead_images: Counter[str] = field(default_factory=Counter)
+    """Dead-lettered upserts by their images' reasons: each ``all_images_failed`` event counted
+    once per reason among its images (``path_not_allowed``: local paths outside the roots)."""
     rows_upserted: int = 0
     rows_rewritten: int = 0
     """Image rows rewritten in place by price changes (the sink's ``WriteResult.repriced``)."""
@@ -101,6 +104,7 @@ class BatchStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.images_failed.update(other.images_failed)
         self.dlq_reasons.update(other.dlq_reasons)
+        self.dead_images.update(other.dead_images)
         self.milvus_s.update(other.milvus_s)
         self.freshness_ms.extend(other.freshness_ms)
 
@@ -300,7 +304,7 @@ class Stages:
         ref = embedded.event.images[index].reference
         log.warning(
             "image failed product_id=%s image=%s reason=%s detail=%s",
-            product_id, ref[:200], failure.reason.value, failure.detail[:300],
+            product_id, clipped(ref, 200), failure.reason.value, clipped(failure.detail, 300),
         )
 
     def embed(self, batch: Batch) -> None:
@@ -399,8 +403,14 @@ class Stages:
                 assert failure is not None
                 stats.dead_lettered += 1
                 stats.dlq_reasons[failure.reason.value] += 1
+                embedded = (batch.embedded.get(item.event.product_id)
+                            if item.event is not None
+                            and failure.reason is Reason.ALL_IMAGES_FAILED else None)
+                if embedded is not None and embedded.event is item.event:
+                    stats.dead_images.update({f.reason.value for f in embedded.failures.values()})
                 record = batch.records[item.index]
                 log.warning(
                     "dead-lettered record=%s-%s@%s reason=%s detail=%s", record.topic,
-                    record.partition, record.offset, failure.reason.value, failure.detail[:300],
+                    record.partition, record.offset, failure.reason.value,
+                    clipped(failure.detail, 300),
                 )

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -512,6 +513,9 @@ def explain(exc: BaseException) -> UserError | None:
     keeps its traceback)."""
     if isinstance(exc, UserError):
         return exc
+    search_api = sys.modules.get("search.api")  # imported by whatever raised this one
+    if search_api is not None and isinstance(exc, search_api.StoredPhotoUnreadable):
+        return UserError(f"cannot read the stored listing photos: {exc}")  # not the query's
     if isinstance(exc, ItemError):
         return UserError(f"cannot use the image: {exc}")  # "reason: detail"
     if isinstance(exc, TrainedModelError):

@@ -204,16 +204,24 @@ def _connection_args(p: argparse.ArgumentParser, kafka: bool = True, milvus: boo
                             "_state, _models or _lease: those name its collections)")
 
 
+def _image_root_arg(p: argparse.ArgumentParser, text: str) -> None:
+    """``--image-root DIR`` (repeatable; overrides ``LOOKALIKE_IMAGES__ROOTS``): where the
+    catalog's local photo paths may point into, for every command that reads them."""
+    p.add_argument("--image-root", action="append", type=folder(), default=None,
+                   metavar="DIR", help=f"{text} (repeatable; default: LOOKALIKE_IMAGES__ROOTS)")
+
+
 def _filter_args(p: argparse.ArgumentParser, k_setting: str) -> None:
     what = ("most similar products to verify first; every listing verified is returned"
             if k_setting == "compare_k" else "number of products to return")
-    p.add_argument("-k", type=int, dest=k_setting,
+    p.add_argument("-k", type=int, dest=k_setting, metavar="N",
                    help=f"{what} (default: settings search.{k_setting})")
-    p.add_argument("--category", action="append", default=[],
+    p.add_argument("--category", action="append", default=[], metavar="C",
                    help="category path; matches its sub-paths too (repeatable)")
-    p.add_argument("--min-price", type=_finite)
-    p.add_argument("--max-price", type=_finite)
-    p.add_argument("--currency")
+    p.add_argument("--min-price", type=_finite, metavar="P", help="lowest price to return")
+    p.add_argument("--max-price", type=_finite, metavar="P", help="highest price to return")
+    p.add_argument("--currency", metavar="C",
+                   help="only listings in this currency (ISO 4217, e.g. USD)")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
 
 
@@ -221,8 +229,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help=f"address to listen on (default {LOCAL_HOST})")
     p.add_argument("--port", type=int,
                    help="port to listen on (default 8080; 0: the OS picks a free one)")
-    p.add_argument("--image-root", action="append", type=folder(), default=None,
-                   help="folder whose catalog images the page may show (repeatable)")
+    _image_root_arg(p, "folder whose catalog images the page may show and searches read "
+                       "back to re-rank and verify")
 
 
 def _match_arg(p: argparse.ArgumentParser, *, default: str | None = "exact",
@@ -243,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="consume product events into Milvus")
     _connection_args(p)
-    p.add_argument("--group-id")
-    p.add_argument("--image-root", action="append", type=folder(), default=None,
-                   help="folder that local image paths may point into (repeatable)")
+    p.add_argument("--group-id", help="Kafka consumer group (default: settings "
+                   "kafka.group_id)")
+    _image_root_arg(p, "folder that the events' local image paths may point into; others "
+                       "are dead-lettered (path_not_allowed)")
     p.add_argument("--until-caught-up", action="store_true",
                    help="exit 0 once every assigned partition is consumed and written")
     p.add_argument("--metrics-port", type=_port,
@@ -265,15 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(p, kafka=False)
     p.add_argument("image", type=Path, nargs="+",
                    help="a photo, or several views of the same item (searched together)")
+    _image_root_arg(p, "folder the listings' local photos may be in, read to re-rank by "
+                       "geometry (outside: not re-ranked)")
     _match_arg(p)
     _filter_args(p, "k")
 
     p = sub.add_parser("compare-prices", help="same or near-identical listings, cheapest first "
                                               "(prices are not converted: --currency)")
     _connection_args(p, kafka=False)
-    p.add_argument("image", type=Path, nargs="?")
-    p.add_argument("--product-id")
-    p.add_argument("--threshold", type=float, dest="compare_threshold",
+    p.add_argument("image", type=Path, nargs="?",
+                   help="a photo of the item (or give --product-id instead)")
+    p.add_argument("--product-id", metavar="ID",
+                   help="a listed product: compare with its own photos instead of an image")
+    _image_root_arg(p, "folder the listings' local photos may be in, read to verify each "
+                       "listing")
+    p.add_argument("--threshold", type=float, dest="compare_threshold", metavar="T",
                    help="minimum cosine similarity of a candidate to verify as the same item "
                         "(default: search.compare_threshold)")
     _filter_args(p, "compare_k")
@@ -284,9 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catalog.jsonl (default: Fashion-MNIST with synthetic prices)")
     p.add_argument("--n-products", type=_at_least(1), default=1000,
                    help="Fashion-MNIST articles in the default catalog")
-    p.add_argument("--image-root", action="append", type=folder(), default=None,
-                   help="folder the catalog's photos may be in, besides the catalog's own "
-                   "(repeatable)")
+    _image_root_arg(p, "folder the catalog's photos may be in, besides the catalog's own")
 
     p = sub.add_parser("eval", help="retrieval quality: Recall@k and mAP@R of a protocol")
     p.add_argument("--gallery", type=Path, required=True,
@@ -315,8 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", help="re-embed the catalog with the configured model, "
                        "then switch searches to it (no downtime)")
     _connection_args(p, kafka=False)
-    p.add_argument("--image-root", action="append", type=folder(), default=None,
-                   help="folder that stored local image paths may point into (repeatable)")
+    _image_root_arg(p, "folder that stored local image paths may point into")
     p.add_argument("--no-switch", action="store_true",
                    help="build the new model's collections but keep serving the current one")
     p.add_argument("--allow-failures", action="store_true",
@@ -362,11 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="ingest and the HTTP API in one process (Milvus Lite "
                        "allows one process per database file)")
     _connection_args(p)
-    p.add_argument("--group-id")
+    p.add_argument("--group-id", help="Kafka consumer group (default: settings "
+                   "kafka.group_id)")
     _serve_args(p)
 
     p = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
-    p.add_argument("--port", type=_port, default=9092)
+    p.add_argument("--port", type=_port, default=9092,
+                   help="port the broker listens on (default %(default)s)")
 
     from lookalike import commands_train
 

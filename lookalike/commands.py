@@ -41,9 +41,22 @@ from lookalike.app import (
 from lookalike.broker import LocalBroker, port_open
 from lookalike.errors import ExitCode, UserError
 from lookalike.settings import Settings, kafka_addresses
+from schema.errors import Reason, clipped
 from schema.events import SCHEME
-from schema.versions import DEFAULT_LEASE_S, ModelRetiredError, ModelVersionError, state_name
-from search.api import MAX_QUERY_VECTORS, ProductNotFound, ProductSearch
+from schema.versions import (
+    DEFAULT_LEASE_S,
+    ModelRetiredError,
+    ModelVersionError,
+    shown,
+    state_name,
+)
+from search.api import (
+    MAX_QUERY_VECTORS,
+    RERANK_MIN_INLIERS,
+    ProductNotFound,
+    ProductSearch,
+    StoredPhotoUnreadable,
+)
 from search.filters import SearchFilter
 from store import MilvusStore
 from store.expressions import check_string
@@ -78,13 +91,20 @@ def _price(price: float) -> str:
     return f"{price:.{max(2, decimals)}f}"
 
 
-def _print_hits(items: Sequence[Any], score_name: str = "score") -> None:
+def _print_hits(items: Sequence[Any], score_name: str = "score",
+                empty: str = "no matches") -> None:
+    """One line per hit: rank, cosine, product, price, category, title, and for a search's
+    hit that the geometric re-ranking moved up its evidence (``(geometry: 34 inliers)``):
+    the order is the re-ranking's, so the cosines alone looked unsorted."""
     if not items:
-        print("  (no matches)")
+        print(f"  ({empty})")
     for rank, hit in enumerate(items, 1):
         score = getattr(hit, score_name)
+        inliers = getattr(hit, "inliers", None) if score_name == "score" else None
+        geometry = (f"  (geometry: {inliers} inliers)"
+                    if inliers is not None and inliers >= RERANK_MIN_INLIERS else "")
         print(f"  {rank:>2}. {score:.3f}  {hit.product_id:<24} {_price(hit.price):>9} "
-              f"{hit.currency}  {hit.category[:34]:<34}  {hit.title[:48]}")
+              f"{hit.currency}  {hit.category[:34]:<34}  {hit.title[:48]}{geometry}")
 
 
 def _search_filter(args: argparse.Namespace) -> SearchFilter | None:
@@ -184,7 +204,28 @@ def _ingest(settings: Settings, embedder: Any, versions: ModelVersions, *,
             bar.close()
     log.info("ingest finished stopped_by=%s batches=%d seconds=%.1f %s",
              report.stopped_by, report.batches, report.seconds, report.totals.summary())
+    refused = paths_refused(settings, report.totals)
+    if refused is not None:
+        log.warning("%s", refused)
     return report
+
+
+def _roots(settings: Settings) -> str:
+    """The image roots as a message names them: "none set", or the folders."""
+    return ", ".join(str(root) for root in settings.images.roots) or "none set"
+
+
+def paths_refused(settings: Settings, totals: Any) -> str | None:
+    """The one line a run ends with when events were dead-lettered because their photos are
+    local paths outside the image roots (``path_not_allowed``), saying how to let them in;
+    None when none were. Ingest does not stop for them (a hostile event may name any path),
+    and each one's own warning, dozens of lines up, is easy to miss."""
+    count = totals.dead_images.get(Reason.PATH_NOT_ALLOWED.value, 0)
+    if not count:
+        return None
+    return (f"{count} event(s) dead-lettered: their photos are local paths outside "
+            f"LOOKALIKE_IMAGES__ROOTS ({_roots(settings)}): pass --image-root DIR or set it, "
+            f"then publish them again or replay the dead letters ({settings.kafka.dlq_topic})")
 
 
 def publish(settings: Settings, args: argparse.Namespace) -> int:
@@ -192,7 +233,27 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
         events = load_catalog(args.catalog, version=args.version, default_seller=args.seller_id)
     except (CatalogError, OSError) as exc:
         raise UserError(str(exc)) from None
-    return _publish(settings, events)
+    code = _publish(settings, events)
+    unrooted = paths_unrooted(settings, events, args.catalog)  # once published: a failure
+    if unrooted is not None:                                   # stays one line
+        log.warning("%s", unrooted)
+    return code
+
+
+def paths_unrooted(settings: Settings, events: Sequence[Any], catalog: Path) -> str | None:
+    """A warning when the catalog names local photo paths and no image root is set: ingest
+    refuses such paths (it reads no file outside the roots, whatever an event names) and
+    dead-letters their events. Publish reads no photo itself, so it only says so, once."""
+    folders = {str(Path(image.path).parent) for event in events for image in event.images
+               if image.path is not None}
+    if not folders or settings.images.roots:
+        return None
+    local = sum(any(image.path is not None for image in event.images) for event in events)
+    common = os.path.commonpath(sorted(folders))
+    root = shlex.quote(common) if common != os.path.sep else "DIR"
+    return (f"{local} of {len(events)} product(s) in {catalog} name local photo paths and no "
+            f"image root is set: ingest will refuse them (path_not_allowed) unless it runs "
+            f"with --image-root {root} (or LOOKALIKE_IMAGES__ROOTS)")
 
 
 def _publish(settings: Settings, events: list[Any]) -> int:
@@ -277,11 +338,24 @@ def compare_prices(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ProductNotFound as exc:
         raise UserError(str(exc)) from None
+    except StoredPhotoUnreadable as exc:
+        raise UserError(listings_unreadable(settings, exc)) from None
     if args.json:
         _print_json(matches)
     else:
         _print_hits(matches, "similarity")
     return ExitCode.OK
+
+
+def listings_unreadable(settings: Settings, exc: StoredPhotoUnreadable) -> str:
+    """Why price comparison could not verify: the stored listing photos, not the query (exit
+    2: the same command fails again until the roots or the catalog change). Local paths
+    outside the image roots say how to set them."""
+    if exc.reason is not Reason.PATH_NOT_ALLOWED:
+        return f"cannot compare prices: {exc}"
+    first = f"; the first: {shown(exc.ref)}" if exc.ref else ""
+    return (f"cannot compare prices: {exc.unread} (path_not_allowed: outside the image roots: "
+            f"{_roots(settings)}; pass --image-root DIR or set LOOKALIKE_IMAGES__ROOTS){first}")
 
 
 def demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -324,11 +398,21 @@ def _demo(settings: Settings, events: list[Any], synthetic: bool) -> int:
 
 def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
                 versions: ModelVersions, embedder: Any) -> int:
+    resales = sum(e.product_id.endswith("-resale") for e in events)
     print(f"catalog: {len(events)} products, {sum(len(e.images) for e in events)} images; "
           f"Milvus: {settings.milvus.uri} collection {versions.base}; "
           f"model {embedder.model_version}")
+    if resales:
+        print(f"note: {resales} of the products are '-resale' listings of others at another "
+              "price, for the price comparison")
     if synthetic:
         print("note: Fashion-MNIST prices are SYNTHETIC (attributes.price_source=synthetic)")
+    held = versions.serving_unloaded()
+    if held is not None:
+        products = _counts(versions.store, held.physical)[1]
+        print(f"note: {settings.milvus.uri} already holds {products} products in "
+              f"{versions.base}: this catalog is added to them (--milvus-uri NEW.db starts "
+              "afresh)")
     _publish(settings, events)
     started = time.monotonic()
     report = _ingest(settings, embedder, versions, until_caught_up=True, total=len(events))
@@ -360,7 +444,7 @@ def _demo_steps(settings: Settings, events: list[Any], synthetic: bool,
         _print_hits(searcher.compare_prices(
             product_id=resold.product_id, threshold=settings.search.compare_threshold,
             k=settings.search.compare_k,
-        ), "similarity")
+        ), "similarity", "no other listing of this item in the catalog")
     except ProductNotFound:
         print(f"  ({resold.product_id} was not indexed: its event was dead-lettered; "
               f"dead letters: {_reasons(totals)})")
@@ -424,8 +508,8 @@ def reindex(settings: Settings, args: argparse.Namespace) -> int:
             bar.close()
     for product_id, problems in sorted(report.failures.items()):
         for problem in problems:
-            print(f"  failed {product_id}: {problem.reason} {problem.image_ref[:120]} "
-                  f"({problem.detail[:120]})")
+            print(f"  failed {product_id}: {problem.reason} {clipped(problem.image_ref, 120)} "
+                  f"({clipped(problem.detail, 160)})")
     if report.imageless:
         print(f"  listed with no image in model {report.model_version} (every image failed; "
               f"publish them again): {' '.join(sorted(report.imageless))}")
@@ -448,7 +532,8 @@ def _lease_held(exc: LeaseHeldError) -> UserError:
     """Exit 4, as a Milvus Lite database or a train folder held by another process: the same
     command succeeds once the holder finished (or its lease expired)."""
     return UserError(f"another `lookalike reindex` or `lookalike models drop` is running: "
-                     f"{exc}; wait for it (the lease of a killed run expires by itself)",
+                     f"{exc}; wait for it (the lease of a killed run expires by itself), or "
+                     "run `lookalike models unlock` if that run is known to be dead",
                      ExitCode.UNAVAILABLE)
 
 

@@ -45,7 +45,8 @@ def add_parser(sub: Any) -> None:
                    help="what trains: a linear projection of the frozen network's pooled "
                    "features (default) or its last blocks and head conv")
     p.add_argument("--epochs", type=int, help="default: 20 (projection), 8 (blocks)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the views and the training (default 0)")
     p.add_argument("--loss", choices=["supcon", "triplet", "proxy"],
                    help="supervised contrastive, batch-hard triplet or normalised softmax over "
                    "proxies; default: triplet (proxy gains on group-level queries and loses "
@@ -56,7 +57,9 @@ def add_parser(sub: Any) -> None:
                    "(0: head conv only)")
     p.add_argument("--colour-jitter", type=float,
                    help="share of views with shifted colours (default 0.5 with --group-key)")
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the catalog held out to measure R@1 before and after "
+                   "(default 0.2)")
     p.add_argument("--val-split", choices=["product", "group"], default="product",
                    help="hold out products (default) or whole groups (does it carry to new "
                    "styles?)")

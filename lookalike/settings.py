@@ -196,7 +196,8 @@ MAX_HOST_REST_S = 300
 class ImageSettings(_Group):
     roots: list[Path] = Field(
         default_factory=list, description="Local folders that the catalog's image paths may "
-        "point into (ingest, listing photos read back); a search's query path is the caller's"
+        "point into: the only ones ingest, reindex, a search's re-ranking and compare-prices "
+        "read listing photos from (also --image-root); a search's query path is the caller's"
     )
     timeout_s: float = Field(
         default=10.0, gt=0, le=600,

@@ -81,6 +81,24 @@ def printable(detail: str) -> str:
                         else f"\\u{ord(m.group()):04x}", detail)
 
 
+def clipped(detail: str, limit: int) -> str:
+    """``detail`` cut to at most ``limit`` characters for a log line or a report, at the end
+    of a whole part (``"; "``-separated, as an event's image failures are joined) or else of
+    a word, with ``… (+N characters)`` saying how much was left out: a cut mid-word made a
+    detail's own hint unreadable (``... e.g. '["/data/images"]'); image 1: ... read fr``)."""
+    if len(detail) <= limit:
+        return detail
+    room = max(limit - 24, limit // 2)  # the marker's length for up to a 10^9-character detail
+    head = detail[:room]
+    cut = head.rfind("; ")
+    if cut < room // 2:
+        cut = head.rfind(" ")
+    if cut < room // 2:
+        cut = room
+    head = head[:cut].rstrip(" ;,:")
+    return f"{head} … (+{len(detail) - len(head)} characters)"
+
+
 @dataclass(frozen=True)
 class ItemFailure:
     """What became of one failed item: the value stored on events, images and reports. Its

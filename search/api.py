@@ -191,7 +191,15 @@ class ProductNotFound(LookupError):
 class StoredPhotoUnreadable(ItemError):
     """Price comparison cannot read the stored listing photos it verifies with (the image
     roots, the egress policy, a gone URL): the catalog's or the configuration's problem, not
-    the query's. ``reason`` is the photo's own (``path_not_allowed``, ``not_found``...)."""
+    the query's. ``reason`` is the photo's own (``path_not_allowed``, ``not_found``...);
+    ``unread`` says which photos could not be read without the photo's own detail ("none of
+    the 60 candidate listings' photos could be read"), ``ref`` the first of them."""
+
+    def __init__(self, reason: Reason, detail: str, *, unread: str = "",
+                 ref: str = "") -> None:
+        super().__init__(reason, detail)
+        self.unread = unread or detail
+        self.ref = ref
 
 
 class Hit(BaseModel):
@@ -437,13 +445,15 @@ class ProductSearch:
         self._check_interval_s = model_check_interval_s
         self._clock = clock
         self._checked_at = clock()
+        self._warned_roots = False
+        """Whether :meth:`rerank` said that listing photos are outside the image roots."""
         self._mismatch: str | None = None
         """Why another model serves, once a check found it (:meth:`check_model`)."""
         self.short_page_recoveries = 0
         """Searches whose short page was completed by exact scoring (for tests and benches)."""
         self.turned_photos = 0
         """Price comparisons whose photo was taken as turned (:meth:`_upright`)."""
-        self.check_model()
+        self.check_model(announce=False)  # its error is the caller's to report, once
 
     @property
     def consistency(self) -> Consistency:
@@ -468,17 +478,20 @@ class ProductSearch:
             return
         raise ModelMismatchError(self._mismatch)
 
-    def check_model(self) -> None:
+    def check_model(self, *, announce: bool = True) -> None:
         """Raise :class:`ModelMismatchError` when ``spec.name`` is an alias serving another
         model, or a plain (pre-alias) collection without a single row of this model: such a
         collection may hold several versions, so only an absent one is an error. The answer
         is kept: a mismatch refuses every later search until a check finds this model again.
-        A check that cannot run (Milvus down) changes nothing."""
+        A check that cannot run (Milvus down) changes nothing. ``announce``: log the change
+        when searches start being refused (an ERROR, once: a server's searches then fail
+        one by one); not for the constructor's check, whose error the caller reports (the
+        CLI printed the same text twice)."""
         self._checked_at = self._clock()
         try:
             self._check_serving_model()
         except ModelMismatchError as exc:
-            if self._mismatch is None:
+            if self._mismatch is None and announce:
                 log.error("search refused from now on: %s", exc)
             self._mismatch = str(exc)
             raise
@@ -589,6 +602,7 @@ class ProductSearch:
             log.warning("re-ranking without %d of %d listing photos, not read within %.1f s",
                         len(late), len(reading), self._rerank_budget_s or 0.0)
         ready = [ref for ref, f in reading.items() if f in done and f.exception() is None]
+        self._warn_outside_roots(reading, done)
         found: dict[str, int | None] = {ref: 0 if ref in ready else None for ref in reading}
         for photo in photos:
             for ref, match in zip(ready, verifier.keypoint_matches(photo, ready, copies=True),
@@ -600,6 +614,24 @@ class ProductSearch:
                                        / math.log(101)))
         rest = [h for h in checked if (h.inliers or 0) < RERANK_MIN_INLIERS]
         return [*agree, *rest, *hits[self._rerank_depth:]][: _check_k(k)]
+
+    def _warn_outside_roots(self, reading: dict[str, Future[PhotoFeatures]],
+                            done: AbstractSet[Future[PhotoFeatures]]) -> None:
+        """One warning, the first time listing photos could not be re-ranked because they
+        are local paths outside the image roots (``path_not_allowed``): such a search still
+        answers, in cosine order, and nothing else said why (the roots guard a server
+        against hostile events, so they are not set by default)."""
+        if self._warned_roots:
+            return
+        outside = [ref for ref, f in reading.items() if f in done
+                   and isinstance(error := f.exception(), ItemError)
+                   and error.reason is Reason.PATH_NOT_ALLOWED]
+        if outside:
+            self._warned_roots = True
+            log.warning("re-ranking skipped for %d of %d listing photos: they are local paths "
+                        "outside the image roots (path_not_allowed); pass --image-root DIR or "
+                        "set LOOKALIKE_IMAGES__ROOTS to the catalog's photo folders",
+                        len(outside), len(reading))
 
     def by_vectors(
         self,
@@ -691,7 +723,9 @@ class ProductSearch:
             try:
                 queries = [verifier.gallery_features(ref) for _, ref in stored]
             except Exception as exc:
-                raise _stored_unreadable(exc, f"a stored photo of {product_id!r}") from exc
+                raise _stored_unreadable(
+                    exc, f"a stored photo of {product_id!r}",
+                    f"the photos of {product_id!r} could not be read") from exc
             exclude = (product_id,)
         else:
             assert image is not None
@@ -1278,7 +1312,8 @@ def _read_candidates(verifier: SameItemVerifier,
     if len(failed) == len(refs):
         raise _stored_unreadable(
             error, f"none of the {len(refs)} candidate listing photo(s) could be read for "
-            f"verification; the first, {ref!r}") from error
+            f"verification; the first, {ref!r}",
+            f"none of the {len(refs)} candidate listings' photos could be read", ref) from error
     log.warning("price comparison: %d of %d candidate listing photos could not be read and "
                 "are refused; the first, %r: %s", len(failed), len(refs), ref,
                 _why(error))
@@ -1298,11 +1333,12 @@ def _why(error: BaseException) -> str:
     return error.detail if isinstance(error, ItemError) else f"{type(error).__name__}: {error}"
 
 
-def _stored_unreadable(error: BaseException, what: str) -> StoredPhotoUnreadable:
+def _stored_unreadable(error: BaseException, what: str, unread: str,
+                       ref: str = "") -> StoredPhotoUnreadable:
     """``error`` (reading a stored listing photo) as :class:`StoredPhotoUnreadable`, with
     its reason (``unreadable`` for an error without one)."""
     reason = error.reason if isinstance(error, ItemError) else Reason.UNREADABLE
-    return StoredPhotoUnreadable(reason, f"{what}: {_why(error)}")
+    return StoredPhotoUnreadable(reason, f"{what}: {_why(error)}", unread=unread, ref=ref)
 
 
 def _most_similar_first(found: Sequence[tuple[dict[str, Any], float]], threshold: float

@@ -337,7 +337,8 @@ class ModelVersions:
                 self.store.drop_collection(name)
         self.store.delete(registry_name(self.base),
                           self.store.expr().eq("physical", entry.physical), op="unregister")
-        log.warning("dropped model %s: %s and %s, and its registry entry (was %s)",
+        # DEBUG: the caller reports the drop (`lookalike models drop` prints it once)
+        log.debug("dropped model %s: %s and %s, and its registry entry (was %s)",
                     entry.model_version, entry.physical, state_name(entry.physical),
                     entry.status.value)
         return entry

@@ -640,6 +640,12 @@ def test_ingest_says_at_start_that_local_paths_need_an_image_root(
     assert "Traceback" not in done.stderr
     assert "LOOKALIKE_IMAGES__ROOTS" in done.stderr
     assert "dead_lettered=1" in done.stderr, done.stderr
+    # and the run ends with one line saying so and what to do (it was in cut-off warnings)
+    last = done.stderr.splitlines()[-1]
+    assert last.endswith("WARNING lookalike 1 event(s) dead-lettered: their photos are local "
+                         "paths outside LOOKALIKE_IMAGES__ROOTS (none set): pass --image-root "
+                         f"DIR or set it, then publish them again or replay the dead letters "
+                         f"(dlq-{unique})"), done.stderr
 
 
 def test_search_before_the_first_ingest_says_so(tmp_path: Path,

@@ -116,7 +116,8 @@ def test_a_demo_stopped_by_the_user_says_so(signal_name: str, code: int,
     monkeypatch.setattr(commands, "_ingest",
                         lambda *args, **kwargs: RunReport(stopped_by=signal_name))
     with pytest.raises(UserError) as stopped:
-        commands._demo_steps(Settings(), [], False, SimpleNamespace(base="b"),
+        commands._demo_steps(Settings(), [], False,
+                             SimpleNamespace(base="b", serving_unloaded=lambda: None),
                              SimpleNamespace(model_version="m"))
     assert stopped.value.code == code
     assert str(stopped.value) == f"stopped by {signal_name} before it finished"

@@ -330,3 +330,21 @@ def test_tensorflows_start_up_notes_are_left_out_of_stderr(
     assert err == other + "\n"
     import_quietly("native_notes")  # once imported: nothing to do, nothing written
     assert capfd.readouterr().err == ""
+
+
+def test_tensorflows_native_info_lines_are_off_before_it_is_imported(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lookalike train`` printed ``I0000 ... generator_dataset_op.cc:213] Memory patch
+    applied`` (TensorFlow's native INFO, after the import): TF_CPP_MIN_LOG_LEVEL=1 is set
+    before Keras (and TensorFlow) is imported, unless the environment sets it."""
+    from embedding import runtime
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(runtime, "import_quietly",
+                        lambda module: seen.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")))
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    runtime.import_keras()
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's own choice stays
+    runtime.import_keras()
+    assert seen == ["1", "0"]

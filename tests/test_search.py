@@ -1291,3 +1291,65 @@ def test_a_listing_re_upserted_at_the_same_reference_is_verified_by_its_new_phot
         assert calls == {"https://img.example/ra.jpg": 1, "https://img.example/rb.jpg": 2}
     finally:
         milvus.drop(s)
+
+
+def test_rerank_says_once_that_listing_photos_outside_the_roots_were_not_checked(
+        catalog: Catalog, caplog: pytest.LogCaptureFixture) -> None:
+    """Without LOOKALIKE_IMAGES__ROOTS a search's re-ranking read none of the listing photos
+    (``path_not_allowed``) and said so only at INFO, as a side note of the fetcher: the
+    hits came in cosine order with no word why. One WARNING says it and how to set the
+    roots, once per searcher (a server's every search would repeat it)."""
+    def hit(name: str, score: float) -> Hit:
+        return Hit(product_id=name, score=score, title=name, category="c", price=1.0,
+                   currency="USD", image_ref=f"/shop/{name}.png", image_key="k")
+
+    def refused(ref: str) -> Image.Image:
+        raise ItemError(Reason.PATH_NOT_ALLOWED, "local image paths are refused: no image "
+                        "root is set (--image-root DIR or LOOKALIKE_IMAGES__ROOTS)")
+
+    search = ProductSearch(catalog.search._store, catalog.spec, catalog.embedder,
+                           consistency="Strong", max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=SameItemVerifier(refused), rerank_budget_s=None)
+    hits = [hit("a", 0.9), hit("b", 0.8)]
+    with caplog.at_level(logging.INFO, logger="search.api"):
+        assert ids(search.rerank(hits, [photo_features(textured_photo(1))], k=2)) == ["a", "b"]
+        search.rerank(hits, [photo_features(textured_photo(1))], k=2)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == ["re-ranking skipped for 2 of 2 listing photos: they are local paths "
+                      "outside the image roots (path_not_allowed); pass --image-root DIR or "
+                      "set LOOKALIKE_IMAGES__ROOTS to the catalog's photo folders"]
+
+
+def test_compare_prices_on_the_command_line_blames_the_listings_not_the_query(
+        catalog: Catalog, milvus: Milvus) -> None:
+    """``compare-prices`` without the roots said "cannot use the image: path_not_allowed:
+    none of the 60 candidate listing photo(s) could be read...", as if the query photo were
+    bad (also with --product-id, which has none). It names the listings and the fix."""
+    from lookalike.app import explain
+    from lookalike.commands import listings_unreadable
+    from lookalike.settings import Settings
+
+    def refused(ref: str) -> Image.Image:
+        raise ItemError(Reason.PATH_NOT_ALLOWED, "local image paths are refused: no image "
+                        "root is set (--image-root DIR or LOOKALIKE_IMAGES__ROOTS)")
+
+    search = ProductSearch(milvus.store, catalog.spec, catalog.embedder, consistency="Strong",
+                           max_pixels=milvus_support.MAX_PIXELS,
+                           verifier=SameItemVerifier(refused))
+    picture = catalog.embedder.picture((3, 4, 5), unit(0))
+    with pytest.raises(StoredPhotoUnreadable) as by_image:
+        search.compare_prices(image=picture, threshold=0.5)
+    with pytest.raises(StoredPhotoUnreadable) as by_id:
+        search.compare_prices(product_id="tee-2", threshold=0.5)
+    line = listings_unreadable(Settings(images={"roots": []}), by_image.value)
+    assert line.startswith(
+        "cannot compare prices: none of the 2 candidate listings' photos could be read "
+        "(path_not_allowed: outside the image roots: none set; pass --image-root DIR or set "
+        "LOOKALIKE_IMAGES__ROOTS); the first: '"), line
+    line = listings_unreadable(Settings(images={"roots": []}), by_id.value)
+    assert line == ("cannot compare prices: the photos of 'tee-2' could not be read "
+                    "(path_not_allowed: outside the image roots: none set; pass --image-root "
+                    "DIR or set LOOKALIKE_IMAGES__ROOTS)")
+    failure = explain(by_image.value)  # elsewhere (the demo): not "cannot use the image"
+    assert failure is not None and failure.code == 2
+    assert str(failure).startswith("cannot read the stored listing photos: path_not_allowed")

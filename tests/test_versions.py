@@ -669,7 +669,8 @@ def test_plain_collections_may_mix_models_but_must_hold_the_searchers(milvus: Mi
 
 
 def test_cli_reindex_and_models_show_the_serving_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     from lookalike import commands
     from lookalike.cli import main
@@ -707,8 +708,14 @@ def test_cli_reindex_and_models_show_the_serving_version(
     assert "retired" in out and v1.model_version in out
 
     monkeypatch.setattr(commands, "build_embedder", lambda settings: v1)
-    assert main(["search", str(tmp_path / "images" / "p0.png"), *common]) == 2
-    assert f"serves model {v2.model_version}" in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["search", str(tmp_path / "images" / "p0.png"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"serves model {v2.model_version}" in err and err.count("\n") == 1, err
+    # the searcher's own log said it too ("search refused from now on: ..."): one line now
+    assert not [r for r in caplog.records if f"serves model {v2.model_version}" in
+                r.getMessage()]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -5,6 +5,7 @@ LOOKALIKE_TEST_MILVUS_SERVER_URI is set). The worlds and fake models are test_ve
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -309,7 +310,8 @@ def test_of_two_processes_taking_the_lease_at_once_one_gets_it(world: World,
 
 
 def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         capsys: pytest.CaptureFixture[str],
+                                         caplog: pytest.LogCaptureFixture) -> None:
     from lookalike import commands
     from lookalike.cli import main
 
@@ -345,6 +347,7 @@ def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.Mo
     err = capsys.readouterr().err
     assert "held by reindex@elsewhere:7:cafe" in err and "expires" in err
     assert err.count("\n") == 1
+    assert "or run `lookalike models unlock` if that run is known to be dead" in err
     assert main(["reindex", *common, "--image-root", str(tmp_path)]) == 4
     assert "held by reindex@elsewhere:7:cafe" in capsys.readouterr().err
     assert main(["models", *common, "unlock"]) == 0  # that run is known to be dead
@@ -371,8 +374,12 @@ def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.Mo
         finished.release()
     finally:
         store.close()
-    assert main(["models", "drop", old, *common]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["models", "drop", old, *common]) == 0
     assert f"dropped model {old} (retired): {old_physical}" in capsys.readouterr().out
+    # the store's own WARNING said it too, on stderr: the command's line is the one
+    assert not [r for r in caplog.records if "dropped model" in r.getMessage()]
     assert main(["models", *common]) == 0
     out = capsys.readouterr().out
     assert f"serving model {new}" in out and old not in out
