@@ -599,6 +599,11 @@ def unlock(settings: Settings, _args: argparse.Namespace) -> int:
     if holder is None:
         print(f"{versions.base}: no reindex lease is held; nothing to unlock")
         return ExitCode.OK
+    if after is not None and after.owner == holder.owner:
+        print(f"{versions.base}: the reindex lease of {holder.owner} was renewed meanwhile, "
+              "so that run is alive; left in place (run unlock again only if it is known to "
+              "be dead)", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     if after is not None:
         print(f"{versions.base}: the reindex lease of {holder.owner} was taken over meanwhile;"
               f" left in place, now held by {after.describe()}", file=sys.stderr)

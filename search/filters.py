@@ -58,7 +58,11 @@ def _fits_a_float(value: int) -> bool:
 def _digits(value: int) -> str:
     """How many digits ``value`` has, without printing it (Python refuses to print an
     integer of more than 4,300 digits)."""
-    return f"{math.floor(abs(value).bit_length() * math.log10(2)) + 1:,}" if value else "1"
+    magnitude = abs(value)
+    digits = math.floor(magnitude.bit_length() * math.log10(2)) + 1 if magnitude else 1
+    if digits > 1 and magnitude < 10 ** (digits - 1):  # the estimate is one high below 10**n
+        digits -= 1
+    return f"{digits:,}"
 
 
 Number = Annotated[float, BeforeValidator(refuse_non_numbers)]

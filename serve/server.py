@@ -190,10 +190,13 @@ class HeaderDeadline(H11Protocol):
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         partial = bool(self.conn.trailing_data[0])
-        log.warning("closed the connection of %s: %s within %g s (serve.header_timeout_s)",
-                    address(*self.client) if self.client else "a client",
-                    "its request line and headers did not arrive" if partial else
-                    "it sent no request", self.header_timeout_s)
+        # a connection that never sent a byte is most often a browser's or a proxy's spare
+        # one: INFO; a request started and not finished is the slow client: WARNING
+        log.log(logging.WARNING if partial else logging.INFO,
+                "closed the connection of %s: %s within %g s (serve.header_timeout_s)",
+                address(*self.client) if self.client else "a client",
+                "its request line and headers did not arrive" if partial else
+                "it sent no request", self.header_timeout_s)
         if self.metrics is not None:
             self.metrics.header_timeouts.inc()
         if partial and self.conn.our_state is h11.IDLE:

@@ -343,7 +343,8 @@ def test_tensorflows_native_info_lines_are_off_before_it_is_imported(
     seen: list[str | None] = []
     monkeypatch.setattr(runtime, "import_quietly",
                         lambda module: seen.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")))
-    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "unset")  # so that the delete is undone after
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
     runtime.import_keras()
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's own choice stays
     runtime.import_keras()

@@ -114,6 +114,10 @@ def test_a_price_bound_must_be_a_finite_number() -> None:
         with pytest.raises(ValidationError, match=r"not an integer of [\d,]+ digits"):
             SearchFilter(max_price=huge)
     assert SearchFilter(max_price=10**300).max_price == 1e300
+    for huge, digits in ((10**400 - 1, "400"), (10**400, "401"), (10**309 - 1, "309"),
+                         (-(10**5000), "5,001")):  # exact, also just below a power of ten
+        with pytest.raises(ValidationError, match=f"not an integer of {digits} digits"):
+            SearchFilter(min_price=huge)
     with pytest.raises(ValidationError, match="control"):
         SearchFilter(categories=["Men\n/Tops"])
     with pytest.raises(ValidationError):

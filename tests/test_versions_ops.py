@@ -364,6 +364,12 @@ def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.Mo
     err = capsys.readouterr().err
     assert "reindex@dead:1:aa was taken over meanwhile; left in place" in err
     assert "now held by reindex@elsewhere:8:beef" in err and err.count("\n") == 1
+    renewed = (taken_over[0], LeaseHolder("reindex@dead:1:aa", 0, 9_999_999_999_999))
+    monkeypatch.setattr(Lease, "remove", lambda self: renewed)
+    assert main(["models", *common, "unlock"]) == 4  # its holder renewed it: it is alive
+    err = capsys.readouterr().err
+    assert "reindex@dead:1:aa was renewed meanwhile, so that run is alive" in err
+    assert err.count("\n") == 1
     monkeypatch.setattr(Lease, "remove", remove)
 
     store = MilvusStore.open(db, lite_process=True)
