@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +25,8 @@ from tests.fakes import TinyEmbedder
 from tests.milvus_support import Milvus
 from tests.pipeline_support import upsert_payload
 from tests.test_versions import TinyEmbedderV2, TinyEmbedderV3, World, catalog, ingest
+
+T = TypeVar("T")
 
 milvus = test_versions.milvus
 world = test_versions.world
@@ -309,22 +313,31 @@ def test_of_two_processes_taking_the_lease_at_once_one_gets_it(world: World,
 # -- the commands ----------------------------------------------------------------------------
 
 
-def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str],
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def _cli_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: TinyEmbedder,
+                  prepare: Callable[[World], T]) -> tuple[str, T]:
+    """A Lite database at ``tmp_path/cli.db`` with collection ``shop`` as ``prepare`` leaves
+    it, closed again for the CLI to open, whose commands then build ``model``; the path and
+    what ``prepare`` returned."""
     from lookalike import commands
-    from lookalike.cli import main
 
-    monkeypatch.setattr(commands, "build_embedder", lambda settings: TinyEmbedderV3())
+    monkeypatch.setattr(commands, "build_embedder", lambda settings: model)
     db = str(tmp_path / "cli.db")
     store = MilvusStore.open(db, lite_process=True)
     (tmp_path / "images").mkdir()
     try:
         with ThreadPoolExecutor(2) as pool:
-            w = World(Milvus("lite", store), "shop", tmp_path, pool)
-            old, new, old_physical = _switched_twice(w)
+            return db, prepare(World(Milvus("lite", store), "shop", tmp_path, pool))
     finally:
         store.close()
+
+
+def test_cli_models_drop_and_a_held_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    from lookalike.cli import main
+
+    db, (old, new, old_physical) = _cli_database(tmp_path, monkeypatch, TinyEmbedderV3(),
+                                                 _switched_twice)
     common = ["--milvus-uri", db, "--collection", "shop"]
 
     assert main(["models", *common]) == 0  # lists, as before
@@ -395,20 +408,13 @@ def test_cli_refusals_create_no_collection(tmp_path: Path, monkeypatch: pytest.M
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A mistyped --collection: `reindex` created ``<typo>_lease`` before refusing; and no
     refused command may leave a collection behind."""
-    from lookalike import commands
     from lookalike.cli import main
 
-    monkeypatch.setattr(commands, "build_embedder", lambda settings: TinyEmbedder())
-    db = str(tmp_path / "cli.db")
-    store = MilvusStore.open(db, lite_process=True)
-    (tmp_path / "images").mkdir()
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            w = World(Milvus("lite", store), "shop", tmp_path, pool)
-            ingest(w.ingester(TinyEmbedder()), catalog(w, 2))
-        before = sorted(store.client.list_collections())
-    finally:
-        store.close()
+    def ingested(w: World) -> list[str]:
+        ingest(w.ingester(TinyEmbedder()), catalog(w, 2))
+        return sorted(w.m.store.client.list_collections())
+
+    db, before = _cli_database(tmp_path, monkeypatch, TinyEmbedder(), ingested)
     uri = ["--milvus-uri", db]
     for argv, message in (
         (["reindex", *uri, "--collection", "nosuch"], "nosuch does not exist yet"),
