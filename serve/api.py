@@ -326,10 +326,8 @@ def create_app(
         if not files:
             raise ApiError(422, "missing_image", "upload at least one file in the 'image' field")
         images = [await f.read() for f in files]
-        if sum(len(data) for data in images) > PARSE_INLINE_BYTES:
-            await asyncio.to_thread(_within_pixels, images, config.max_request_pixels)
-        else:
-            _within_pixels(images, config.max_request_pixels)
+        await _off_the_loop_if_large(sum(len(data) for data in images), _within_pixels,
+                                     images, config.max_request_pixels)
         return images, _form_fields(form)
 
     @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchForm),
@@ -468,9 +466,16 @@ def _validated(model: type[M], fields: dict[str, Any]) -> M:
 async def _read_json(request: Request, model: type[M]) -> M:
     """The body as ``model``: parsed and validated on a thread when it is large."""
     raw = await request.body()
-    if len(raw) > PARSE_INLINE_BYTES:
-        return await asyncio.to_thread(_parse_json, raw, model)
-    return _parse_json(raw, model)
+    return await _off_the_loop_if_large(len(raw), _parse_json, raw, model)
+
+
+async def _off_the_loop_if_large(size: int, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on the event loop for a body of ``size`` bytes up to
+    ``PARSE_INLINE_BYTES`` (microseconds), else on a thread, so that a few large bodies do
+    not hold up every other request."""
+    if size > PARSE_INLINE_BYTES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
 
 
 _JSON_START = re.compile(r'[ \t\n\r]*[{\["0-9tfnNI-]')
