@@ -53,6 +53,7 @@ from schema.versions import (
 from search.api import (
     MAX_QUERY_VECTORS,
     RERANK_MIN_INLIERS,
+    Hit,
     ProductNotFound,
     ProductSearch,
     StoredPhotoUnreadable,
@@ -100,7 +101,7 @@ def _print_hits(items: Sequence[Any], score_name: str = "score",
         print(f"  ({empty})")
     for rank, hit in enumerate(items, 1):
         score = getattr(hit, score_name)
-        inliers = getattr(hit, "inliers", None) if score_name == "score" else None
+        inliers = hit.inliers if isinstance(hit, Hit) else None  # a PriceMatch's are evidence
         geometry = (f"  (geometry: {inliers} inliers)"
                     if inliers is not None and inliers >= RERANK_MIN_INLIERS else "")
         print(f"  {rank:>2}. {score:.3f}  {hit.product_id:<24} {_price(hit.price):>9} "
