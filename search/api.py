@@ -456,6 +456,14 @@ class ProductSearch:
         self.check_model(announce=False)  # its error is the caller's to report, once
 
     @property
+    def query_decode_size(self) -> int | None:
+        """The largest square a query photo is decoded to cover (the model's and
+        ``VERIFY_SIZE``): a JPEG is decoded at the reduced scale that covers it
+        (:func:`embedding.decode.decode_images`). None when the model names no size (every
+        photo decoded at full size)."""
+        return None if self._decode_size is None else max(self._decode_size, VERIFY_SIZE)
+
+    @property
     def consistency(self) -> Consistency:
         """The consistency level of every read of this searcher."""
         return self._consistency

@@ -320,6 +320,8 @@ def create_app(
                            "use 'similar'")
         return {}
 
+    decode_size: int | None = search.query_decode_size  # how a JPEG view counts in pixels
+
     async def uploads(request: Request) -> tuple[list[bytes], dict[str, Any]]:
         form = await _read_form(request, config.max_upload_bytes)
         files = [v for v in form.getlist("image") if isinstance(v, UploadFile)]
@@ -327,7 +329,7 @@ def create_app(
             raise ApiError(422, "missing_image", "upload at least one file in the 'image' field")
         images = [await f.read() for f in files]
         await _off_the_loop_if_large(sum(len(data) for data in images), _within_pixels,
-                                     images, config.max_request_pixels)
+                                     images, config.max_request_pixels, decode_size)
         return images, _form_fields(form)
 
     @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchForm),
@@ -631,14 +633,16 @@ async def _read_form(request: Request, max_bytes: int) -> FormData:
     return form
 
 
-def _within_pixels(images: Sequence[bytes], budget: int) -> None:
-    """422 ``too_many_pixels`` when the uploaded views' headers declare more than ``budget``
-    pixels together (``serve.max_request_pixels``), before any is decoded: each view was
-    bound (``images.max_pixels``), the request not, and 16 single-colour PNGs of 36 MP
-    (117 KiB each) held a search worker 37-68 s. Read here, not in ``ProductSearch``: the
-    CLI and ``eval`` keep their behaviour. A view that does not open counts for nothing:
-    the decoder refuses it as before."""
-    total = sum(declared_pixels(data) or 0 for data in images)
+def _within_pixels(images: Sequence[bytes], budget: int, decode_size: int | None) -> None:
+    """422 ``too_many_pixels`` when the uploaded views decode to more than ``budget`` pixels
+    together (``serve.max_request_pixels``), read from their headers before any is decoded:
+    each view was bound (``images.max_pixels``), the request not, and 16 single-colour PNGs
+    of 36 MP (117 KiB each) held a search worker 37-68 s. A JPEG counts at the reduced scale
+    it is decoded at for ``decode_size`` (the search's, :attr:`ProductSearch.query_decode_size`):
+    nine 12 MP phone photos were refused, though each decodes to 0.19 MP. Read here, not in
+    ``ProductSearch``: the CLI and ``eval`` keep their behaviour. A view that does not open
+    counts for nothing: the decoder refuses it as before."""
+    total = sum(declared_pixels(data, decode_size) or 0 for data in images)
     if total > budget:
         views = "the view has" if len(images) == 1 else f"the {len(images)} views have"
         together = "" if len(images) == 1 else " together"

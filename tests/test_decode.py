@@ -168,6 +168,11 @@ def test_heic_from_a_phone_is_opened_turned_and_capped() -> None:
 
 
 def test_formats_outside_the_allow_list_are_not_opened() -> None:
+    phone = _encode(Image.new("RGB", (4000, 3000), (200, 30, 30)), "JPEG")
+    assert declared_pixels(phone) == 12_000_000
+    assert declared_pixels(phone, 320) == 500 * 375  # decoded at 1/8 for a 320 px square
+    assert decode_images(phone, MAX, [320])[0].size == (500, 375)  # as the decoder does
+    assert declared_pixels(_encode(Image.new("RGB", (4000, 3000)), "PNG"), 320) == 12_000_000
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     assert _reason(eps) == "unsupported_format"
 

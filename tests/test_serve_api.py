@@ -3,6 +3,7 @@ probes and metrics. No model and no broker are needed."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -15,10 +16,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from schema.errors import Reason
 from search.api import Hit, StoredPhotoUnreadable
 from serve.api import ServeConfig
+from tests.milvus_support import FakeEmbedder
 from tests.serve_support import RED, Served, build_served, png
 
 
@@ -245,6 +248,33 @@ def test_views_over_the_request_pixel_budget_are_refused_before_any_search(
                 "the view has 2,250,000 pixels, over serve.max_request_pixels (2,000,000)")
 
 
+def test_a_jpeg_view_counts_at_the_scale_it_is_decoded_at(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phone photos are JPEGs, decoded at the reduced scale that covers the search's largest
+    square (320 px): nine 12 MP photos were refused under the 100 MP budget though each
+    decodes to 0.19 MP. A 1000 px JPEG decodes at half size (250,000 pixels), a 1000 px PNG
+    at full size."""
+    monkeypatch.setattr(FakeEmbedder, "decode_size", 224, raising=False)
+    out = io.BytesIO()
+    Image.new("RGB", (1000, 1000), RED).save(out, format="JPEG")
+    photo = out.getvalue()
+    for served in build_served(tmp_path, config=ServeConfig(max_request_pixels=1_000_000)):
+        assert served.search.query_decode_size == 320  # the model's 224, VERIFY_SIZE 320
+        corner = Image.open(io.BytesIO(photo)).convert("RGB").getpixel((0, 0))
+        assert isinstance(corner, tuple)
+        served.embedder.picture((corner[0], corner[1], corner[2]), [1.0] + [0.0] * 7)  # as RED
+        with TestClient(served.app) as http:
+            within = upload(http, photo, photo, photo, photo, k="2")
+            assert within.status_code == 200, within.text
+            assert [h["product_id"] for h in within.json()["hits"]][:1] == ["red-tee"]
+            over = upload(http, photo, photo, photo, photo, photo, k="2")
+            assert error_code(over, 422) == "too_many_pixels"
+            assert over.json()["error"]["message"] == (
+                "the 5 views have 1,250,000 pixels together, over serve.max_request_pixels "
+                "(1,000,000)")
+            assert error_code(upload(http, png(RED, 1001), k="2"), 422) == "too_many_pixels"
+
+
 def test_upload_over_the_size_cap(http: TestClient) -> None:
     big = os.urandom(300_000)  # cap is 200 kB
     assert error_code(upload(http, big), 413) == "upload_too_large"
@@ -389,6 +419,8 @@ def test_compare_prices_bad_input(http: TestClient) -> None:
 
 class UnreadableListings:
     """Price comparison whose listing photos cannot be read (the image roots)."""
+
+    query_decode_size = None
 
     def by_vectors(self, *args: Any, **kwargs: Any) -> list[Hit]:
         return []
@@ -904,6 +936,8 @@ def test_the_page_and_its_assets(http: TestClient) -> None:
 
 class SlowSearch:
     """Blocks ``by_vector`` until released; ``by_product`` fails like a lost Milvus."""
+
+    query_decode_size = None
 
     def __init__(self) -> None:
         self.release = threading.Event()
