@@ -25,6 +25,13 @@ the file's own folder, so the files work wherever they are written and need no c
 * ``fmnist``: the Fashion-MNIST test set. A seeded 1,000 images are queries and are left out of
   the gallery (the other 9,000); every gallery article of the query's class is relevant. This is
   category-level retrieval, which mAP@R rewards for ranking the whole class first.
+* ``fmnist-colours`` (``similar``, garments in colours): 500 seeded Fashion-MNIST test
+  articles, each dyed in 4 colours of a shared palette of 10 (the article's ink, its
+  darkness, turned from black to the colour: ``255 - ink * (255 - colour)``). One seeded
+  colour of every article is held out of the gallery and queries the article's 3 other
+  colours; every other article of its class comes in the same palette. The colourways are
+  one photo recoloured, not photos of three garments: a query variant that undoes colour
+  exactly (greyscale) is flattered here, and the other cross-colour protocols say more.
 
 Usage: ``python bench/protocols.py [--out var/protocols] [--only NAME] [--seed 0] [--luma DIR]``.
 A protocol asked for (every one without ``--only``) whose data is missing is not skipped: one
@@ -52,8 +59,11 @@ from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa:
 # beside the checkout (where CI has it), whatever the current directory
 LUMA = REPO.parent / "shared" / "data" / "luma"
 PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "luma-colours",
-             "luma-styles", "fmnist")
-LUMA_PROTOCOLS = PROTOCOLS[:-1]
+             "luma-styles", "fmnist", "fmnist-colours")
+LUMA_PROTOCOLS = PROTOCOLS[:-2]
+DYES = ((200, 40, 40), (235, 200, 40), (40, 170, 110), (130, 50, 150), (40, 110, 200),
+        (240, 130, 30), (30, 30, 40), (120, 80, 50), (230, 120, 170), (110, 120, 130))
+"""fmnist-colours' palette (bench/protocols_reshoot.py's colourways use the same)."""
 SNAPSHOT_SIZE = 480
 MAIN_VIEW = "main"
 Row = dict[str, Any]
@@ -283,6 +293,38 @@ def write_fmnist(out_dir: Path, seed: int = 0, n_queries: int = 1000,
     return write_protocol(out_dir, gallery, queries)
 
 
+def write_fmnist_colours(out_dir: Path, seed: int = 0, n_articles: int = 500, n_ways: int = 4,
+                         images: np.ndarray | None = None,
+                         labels: np.ndarray | None = None) -> tuple[Path, Path]:
+    """Write the fmnist-colours protocol (see module doc); returns (gallery, queries) paths."""
+    if images is None or labels is None:
+        images, labels = load_fashion_mnist_test()
+    rng = np.random.default_rng(seed + 7)
+    picked = sorted(rng.choice(len(images), size=min(n_articles, len(images)),
+                               replace=False).tolist())
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    gallery: list[Row] = []
+    queries: list[Row] = []
+    for index in picked:
+        ink = np.asarray(images[index], np.float32)[:, :, None] / 255.0
+        dyes = rng.choice(len(DYES), size=n_ways, replace=False)
+        held = int(rng.integers(n_ways))
+        ids = [f"{_fmnist_id(index)}-dye{int(d)}" for d in dyes]
+        category = CLASS_NAMES[int(labels[index])]
+        for n, (pid, dye) in enumerate(zip(ids, dyes, strict=True)):
+            rgb = 255.0 - ink * (255.0 - np.asarray(DYES[int(dye)], np.float32))
+            path = out_dir / "images" / f"{pid}.png"
+            Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB").save(path)
+            if n == held:
+                queries.append({"image": f"images/{pid}.png", "category": category,
+                                "relevant": [i for i in ids if i != pid]})
+            else:
+                gallery.append({"product_id": pid, "title": None, "category": category,
+                                "price": None, "currency": None, "images": [f"images/{pid}.png"],
+                                "group_id": _fmnist_id(index)})
+    return write_protocol(out_dir, gallery, queries)
+
+
 def _count_lines(path: Path) -> int:
     with open(path, encoding="utf-8") as fh:
         return sum(1 for line in fh if line.strip())
@@ -321,7 +363,8 @@ def missing_luma(luma: Path, needing: Sequence[str], hint: str = "") -> str | No
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = protocol_parser(__doc__, PROTOCOLS)
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the fmnist query draw and the luma-colours hold-out")
+                        help="seed of the fmnist query draw, the luma-colours hold-out and "
+                             "the fmnist-colours draw")
     return parser.parse_args(argv)
 
 
@@ -344,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         _report(name, *writers[name](args.out / name))
     if "fmnist" in wanted:
         _report("fmnist", *write_fmnist(args.out / "fmnist", seed=args.seed))
+    if "fmnist-colours" in wanted:
+        _report("fmnist-colours", *write_fmnist_colours(args.out / "fmnist-colours",
+                                                        seed=args.seed))
     return 0
 
 

@@ -65,6 +65,18 @@ and a JPEG of middle quality, at 480-800 px.
   (docs/matching.md, "Glare round") was chosen on same-item-relit, to check it on
   highlights of another shape.
 
+* ``packs-colours`` (synthetic packaging, the ``similar`` intent; a retrieval protocol): 30
+  brands x 3 product lines, each line's design (brand, name, logo, small print, barcode)
+  printed in 4 *colourways*: its brand band and logo, and its flavour band, in two colours
+  of a shared palette of 10 (so other designs come in the query's colours). One seeded
+  colourway of every design is held out of the gallery; its maker's photo, resized to 85 %
+  and re-encoded (JPEG 80), is a query relevant to the design's 3 other colourways. The
+  other lines of the brand (same shape and brand name) are the hard negatives.
+* ``plain-colours`` (synthetic plain products, ``similar``): 60 shapes of
+  ``same-item-plain``'s five kinds (12 of each kind at random aspects), each in 4 colours
+  of a shared palette of 10; one seeded colour of every shape is held out and queries (as
+  above) the shape's 3 other colours. Look-alikes: shapes of the same kind and any shape
+  in the query's colour.
 Usage: ``python bench/protocols_reshoot.py [--out var/protocols] [--only NAME] [--luma DIR]``
 (``--luma`` by default ``shared/data/luma`` beside the checkout). A luma protocol asked for
 (every one without ``--only``) with no Luma data there is not skipped: one line names the
@@ -105,7 +117,8 @@ LUMA_PROTOCOLS = ("same-item-reshoot", "same-item-relit", "same-item-glare")
 PROTOCOLS = ("same-item-reshoot", "same-item-packs", "same-item-packs-copies",
              "same-item-packs-vivid", "same-item-packs-turned", "packs-instore",
              "same-item-fmnist-reshoot", "same-item-relit", "same-item-packs-relit",
-             "same-item-plain", "same-item-glare", "same-item-packs-glare")
+             "same-item-plain", "same-item-glare", "same-item-packs-glare", "packs-colours",
+             "plain-colours")
 
 
 def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -580,6 +593,92 @@ def write_packs_instore(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     return write_protocol(out_dir, gallery, queries)
 
 
+# -- colourways (the ``similar`` intent) -------------------------------------------------------
+
+PALETTE = ((200, 40, 40), (235, 200, 40), (40, 170, 110), (130, 50, 150), (40, 110, 200),
+           (240, 130, 30), (30, 30, 40), (120, 80, 50), (230, 120, 170), (110, 120, 130))
+"""The colourways' shared palette: red, yellow, green, purple, blue, orange, black, brown,
+pink, grey."""
+
+
+def write_colourways(out_dir: Path, designs: list[list[tuple[str, Image.Image, Row]]],
+                     rng: np.random.Generator) -> tuple[Path, Path]:
+    """A cross-colour protocol from ``designs`` (each: its colourways as (id, maker's photo,
+    variant)): one seeded colourway of each held out of the gallery, its photo resized to
+    85 % and re-encoded (JPEG 80) a query relevant to the design's other colourways."""
+    gallery: list[Row] = []
+    queries: list[Row] = []
+    for ways in designs:
+        held = int(rng.integers(len(ways)))
+        for n, (pid, photo, variant) in enumerate(ways):
+            if n != held:
+                path = out_dir / "images" / f"{pid}.jpg"
+                _save(photo, path)
+                gallery.append(dict(variant, images=[_relative(path, out_dir)]))
+                continue
+            path = out_dir / "queries" / f"{pid}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            photo.resize((round(photo.width * 0.85), round(photo.height * 0.85)),
+                         Image.Resampling.LANCZOS).save(path, "JPEG", quality=80)
+            queries.append({"image": _relative(path, out_dir),
+                            "relevant": [w[0] for m, w in enumerate(ways) if m != held],
+                            "category": variant["category"]})
+    return write_protocol(out_dir, gallery, queries)
+
+
+def _two_colours(rng: np.random.Generator, taken: set[tuple[int, int]]) -> tuple[int, int]:
+    """Two different palette indices, as a pair not in ``taken`` (which it joins)."""
+    while True:
+        pair = tuple(int(i) for i in rng.choice(len(PALETTE), size=2, replace=False))
+        if pair not in taken:
+            taken.add((pair[0], pair[1]))
+            return pair[0], pair[1]
+
+
+def write_packs_colours(out_dir: Path, seed: int = 41, n_brands: int = 30, n_ways: int = 4
+                        ) -> tuple[Path, Path]:
+    """The packs-colours protocol (see module doc)."""
+    rng = np.random.default_rng(seed)
+    designs: list[list[tuple[str, Image.Image, Row]]] = []
+    for b in range(n_brands):
+        brand = f"{WORDS[b % len(WORDS)]} {chr(65 + b // len(WORDS))}"
+        shape = int(rng.integers(0, 3))
+        for li, line_index in enumerate(rng.choice(len(LINES), size=3, replace=False)):
+            line, logo = LINES[int(line_index)], int(rng.integers(0, 4))
+            flavour = FLAVOURS[int(rng.integers(len(FLAVOURS)))][0]
+            taken: set[tuple[int, int]] = set()
+            ways = []
+            for w in range(n_ways):
+                band, panel = _two_colours(rng, taken)
+                pid = f"packway-{b:02d}-{li}-{w}"
+                photo = draw_pack(brand, PALETTE[band], line, logo, flavour, PALETTE[panel],
+                                  shape, seed=1000 * b + li)
+                ways.append((pid, photo, {
+                    "product_id": pid, "group_id": f"packway-{b:02d}-{li}",
+                    "title": f"{brand} {line} {flavour} colourway {w}",
+                    "category": "Grocery/Packs", "price": 3.0, "currency": "EUR"}))
+            designs.append(ways)
+    return write_colourways(out_dir, designs, rng)
+
+
+def write_plain_colours(out_dir: Path, seed: int = 43, n_shapes: int = 60, n_ways: int = 4
+                        ) -> tuple[Path, Path]:
+    """The plain-colours protocol (see module doc)."""
+    rng = np.random.default_rng(seed)
+    designs: list[list[tuple[str, Image.Image, Row]]] = []
+    for shape in range(n_shapes):
+        kind, aspect = shape % 5, float(rng.uniform(0.45, 2.2))
+        ways = []
+        for w, c in enumerate(rng.choice(len(PALETTE), size=n_ways, replace=False)):
+            pid = f"plainway-{shape:02d}-{w}"
+            ways.append((pid, draw_plain(kind, aspect, PALETTE[int(c)], 100 * shape), {
+                "product_id": pid, "group_id": f"plainway-{shape:02d}",
+                "title": f"plain {shape} colourway {w}", "category": "Gear/Plain",
+                "price": 10.0, "currency": "EUR"}))
+        designs.append(ways)
+    return write_colourways(out_dir, designs, rng)
+
+
 def _write_luma(luma: Path, out: Path, name: str,
                 edit: Edit, seed: int) -> None:
     """A luma listings protocol re-shot by ``edit`` (gallery re-shoots and queries)."""
@@ -624,6 +723,10 @@ def main(argv: list[str] | None = None) -> int:
             light="specular")))
     if "same-item-plain" in wanted:
         print("same-item-plain: {} {}".format(*write_plain(args.out / "same-item-plain")))
+    if "packs-colours" in wanted:
+        print("packs-colours: {} {}".format(*write_packs_colours(args.out / "packs-colours")))
+    if "plain-colours" in wanted:
+        print("plain-colours: {} {}".format(*write_plain_colours(args.out / "plain-colours")))
     if "same-item-fmnist-reshoot" in wanted:
         print("same-item-fmnist-reshoot: {} {}".format(*write_fmnist_listings(
             args.out / "same-item-fmnist-reshoot", query_edit=_fmnist_reshoot)))

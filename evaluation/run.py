@@ -37,7 +37,7 @@ from schema.collection import CollectionSpec
 from schema.errors import ItemError, ItemFailure, Reason
 from search.api import RERANK_DEPTH, ProductSearch
 from search.features import photo_features
-from search.intent import Match
+from search.intent import SIMILAR_VIEWS, Match, similar_embedder
 from search.scene import (
     CUTOUT_VERSION,
     LIGHT_VERSION,
@@ -427,6 +427,7 @@ def evaluate(
     verifier: SameItemVerifier | None = None,
     rerank_depth: int = RERANK_DEPTH,
     strict: bool = False,
+    similar_views: int = SIMILAR_VIEWS,
 ) -> EvalReport:
     """Index ``products`` into the (fresh) collections of ``spec``, then score ``queries``
     (scene photos also under catalog light and with their cut-outs and windows, unless
@@ -434,7 +435,10 @@ def evaluate(
     a ``verifier`` reading the gallery's photos, searches re-ranked by geometry as
     ``ProductSearch.by_images`` re-ranks them). A query with no relevant product, or with a
     photo that cannot be read, is skipped (warned of, and listed in the report); with
-    ``strict`` an unreadable photo is a :class:`ProtocolError`."""
+    ``strict`` an unreadable photo is a :class:`ProtocolError`. For ``similar`` the query
+    photos (and their scene pictures) are embedded as ``by_images`` embeds them for it, in
+    ``similar_views`` channel orders (:func:`search.intent.similar_embedder`); the gallery
+    is indexed as always."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats, strict=strict)
@@ -447,7 +451,8 @@ def evaluate(
     asked = [(n, query) for n, query in enumerate(queries) if n not in skipped]
     query_paths = [p for _, q in asked for p in q.images]
     failures: dict[int, ItemFailure] = {}
-    query_vectors = embed_files(query_paths, embedder, cache, max_pixels=max_pixels,
+    query_embedder = similar_embedder(embedder, similar_views) if match == "similar" else embedder
+    query_vectors = embed_files(query_paths, query_embedder, cache, max_pixels=max_pixels,
                                 stats=stats, desc="embed queries", failures=failures)
     keep: list[int] = []
     position = 0
@@ -470,13 +475,14 @@ def evaluate(
                             f"({skipped_summary(skipped.values())})")
     query_paths = [query_paths[r] for r in keep]
     query_vectors = query_vectors[keep]
-    scene = (embed_scene_queries(query_paths, embedder, cache, max_pixels=max_pixels,
+    scene = (embed_scene_queries(query_paths, query_embedder, cache, max_pixels=max_pixels,
                                  stats=stats, cutouts=cutout_queries, windows=window_queries,
                                  light=light_queries)
              if cutout_queries or window_queries or light_queries else {})
     # Strong: the queries must see the gallery written just before.
     searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
                              verifier=verifier, rerank=verifier is not None,
+                             similar_views=similar_views,
                              rerank_depth=rerank_depth,
                              rerank_budget_s=None)
     started = time.perf_counter()

@@ -277,6 +277,7 @@ def build_search(settings: Settings, embedder: Any, versions: ModelVersions, *,
             rerank_depth=settings.search.rerank_depth,
             turned_queries=settings.search.turned_queries,
             family_depth=settings.search.family_depth,
+            similar_views=settings.search.similar_views,
         )
     except (ModelMismatchError, ValueError) as exc:
         raise UserError(str(exc)) from None

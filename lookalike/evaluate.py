@@ -129,7 +129,8 @@ def _evaluate(settings: Settings, args: argparse.Namespace, match: Match,
                                                              build_fetcher(images))
                                             if settings.search.geometric_rerank else None),
                                   rerank_depth=settings.search.rerank_depth,
-                                  strict=args.strict)
+                                  strict=args.strict,
+                                  similar_views=settings.search.similar_views)
         except ProtocolError as exc:
             raise UserError(str(exc)) from None
         finally:

@@ -34,7 +34,8 @@
 * ``match``: ``"exact"`` finds this item in this colour (what a shopper's snapshot wants; the
   default of the image and vector searches), ``"similar"`` the same kind or style in any
   colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
-  See search/intent.py.
+  A ``similar`` photo is embedded in several channel orders (``similar_views``). See
+  search/intent.py.
 * An image query whose border does not tell its background (a snapshot) also searches with
   its product cut out on white and with crops of the scene, its windows
   (:meth:`ProductSearch.query_vectors`; ``cutout_queries``, ``window_queries``).
@@ -70,7 +71,7 @@ from schema.events import SCHEME
 from search.cancel import Cancelled, stop_if
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
-from search.intent import Match, QueryWeighting, check_match, unit
+from search.intent import Match, QueryWeighting, check_match, similar_embedder, unit
 from search.scene import VERIFY_SIZE, WINDOW_SCALES, WORKING_SIDE, cutouts_of, scene_queries
 from search.verify import Evidence, Overlay, SameItemVerifier
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
@@ -387,6 +388,7 @@ class ProductSearch:
         rerank_budget_s: float | None = RERANK_BUDGET_S,
         turned_queries: bool = True,
         family_depth: int = _SEARCH_DEFAULTS.family_depth,
+        similar_views: int = _SEARCH_DEFAULTS.similar_views,
     ) -> None:
         """``max_bytes``: a query photo given as a file path larger than this is refused
         before it is read (``LOOKALIKE_IMAGES__MAX_BYTES``; the HTTP API caps uploads itself).
@@ -406,7 +408,10 @@ class ProductSearch:
         its quarter turns and, when one is clearly nearer the catalog, searches and verifies
         it turned upright as well (:meth:`_upright`); ``family_depth``: when the first
         candidates of a price comparison are a family of look-alikes, the products it
-        searches (:func:`_look_deeper`; no deeper than ``COMPARE_DEPTH * k`` when smaller)."""
+        searches (:func:`_look_deeper`; no deeper than ``COMPARE_DEPTH * k`` when smaller);
+        ``similar_views``: a ``similar`` image search embeds each picture in this many
+        channel orders and searches with their mean (:class:`search.intent.SimilarViews`;
+        1: the picture alone)."""
         if family_depth < 0:
             raise ValueError(f"family_depth must be >= 0, got {family_depth}")
         if not 1 <= rerank_depth <= MAX_K:
@@ -420,6 +425,7 @@ class ProductSearch:
         self._store = store
         self._spec = spec
         self._embedder = embedder
+        self._similar_embedder = similar_embedder(embedder, similar_views)
         self._consistency = consistency
         self._max_pixels = max_pixels
         self.engine = store.engine
@@ -571,20 +577,21 @@ class ProductSearch:
         images = _check_images(images, MAX_QUERY_VECTORS)
         if not images:
             raise ValueError("at least one image is needed")
+        match = check_match(match)
         vectors: list[list[float]] = []
         photos: list[PhotoFeatures] | None = [] if self._rerank else None
         for n, image in enumerate(images):  # one photo at a time: what is kept of each is small
             stop_if(cancelled, f"reading query photo {n + 1} of {len(images)}")
             try:
                 if photos is None:
-                    vectors += self._photo_vectors(self._load(image, self._max_pixels))
+                    vectors += self._photo_vectors(self._load(image, self._max_pixels), match)
                     continue
                 shown, to_verify = self._load_views(image)
             except ItemError as exc:
                 raise _of_view(exc, n, len(images)) from None
             photos.append(photo_features(to_verify, segment=False))  # from the decode itself
             del to_verify  # (``shown`` itself for all formats but JPEG)
-            vectors += self._photo_vectors(shown)
+            vectors += self._photo_vectors(shown, match)
             del shown  # before the next photo is decoded
         stop_if(cancelled, "the vector search")
         return self._hits(vectors, k, filter, match, (), photos, cancelled)
@@ -937,24 +944,28 @@ class ProductSearch:
         stop_if(cancelled, "re-ranking")
         return self.rerank(hits, photos, k)
 
-    def query_vectors(self, images: Iterable[ImageInput]) -> list[list[float]]:
+    def query_vectors(self, images: Iterable[ImageInput], match: Match = "exact"
+                      ) -> list[list[float]]:
         """The vectors an image search with ``images`` searches with, one embedder call per
         photo: each photo's, followed by its own under catalog light when it is a scene
         (:func:`search.scene.white_patch`), its cut-out's when it has one and its windows'
         when it has them, cut from the lit photo (:meth:`by_image`). One photo is loaded
         at a time, and its pictures are made from it shrunk to ``WORKING_SIDE`` and let go
         once embedded: what a request holds is one decode at a time and the pictures of one
-        photo at that size, not every photo's at full size."""
+        photo at that size, not every photo's at full size. ``match="similar"``: each picture
+        in its channel orders, one mean vector each (:class:`search.intent.SimilarViews`)."""
+        match = check_match(match)
         return [vector for image in _check_images(images)
-                for vector in self._photo_vectors(self._load(image, self._max_pixels))]
+                for vector in self._photo_vectors(self._load(image, self._max_pixels), match)]
 
-    def _photo_vectors(self, picture: Image.Image) -> list[list[float]]:
+    def _photo_vectors(self, picture: Image.Image, match: Match = "exact") -> list[list[float]]:
         """:meth:`query_vectors` of one loaded photo: the photo embedded as decoded (its
         vector as before, whatever its size), its scene pictures made from it at
-        ``WORKING_SIDE``."""
+        ``WORKING_SIDE``; for ``similar``, by the intent's embedder."""
         return self._embed_pictures([picture, *scene_queries(
             _working(picture), light=self._light_queries, cutouts_too=self._cutout_queries,
-            windows_too=self._window_queries).pictures])
+            windows_too=self._window_queries).pictures],
+            self._similar_embedder if match == "similar" else self._embedder)
 
     def _load_views(self, image: ImageInput) -> tuple[Image.Image, Image.Image]:
         """(the query photo to embed, the photo to verify) as decoded: the caller finds the
@@ -971,9 +982,12 @@ class ProductSearch:
                                         [self._decode_size, VERIFY_SIZE], self._max_bytes)
         return shown, to_verify
 
-    def _embed_pictures(self, pictures: Sequence[Image.Image]) -> list[list[float]]:
-        """One embedder call for loaded ``pictures``, one checked vector each."""
-        out = np.asarray(self._embedder.embed(list(pictures)), dtype=np.float32)
+    def _embed_pictures(self, pictures: Sequence[Image.Image],
+                        embedder: Embedder | None = None) -> list[list[float]]:
+        """One call of ``embedder`` (by default the search's) for loaded ``pictures``, one
+        checked vector each."""
+        use = embedder if embedder is not None else self._embedder
+        out = np.asarray(use.embed(list(pictures)), dtype=np.float32)
         if out.shape != (len(pictures), self._spec.dim):
             raise ValueError(f"embedder returned shape {out.shape}, expected "
                              f"({len(pictures)}, {self._spec.dim})")

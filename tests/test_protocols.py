@@ -453,3 +453,62 @@ def test_shelves_and_piles_show_one_product_many_times_against_its_catalog_photo
     assert [q["relevant"] for q in queries] == [[row["product_id"]] for row in gallery]
     first = np.asarray(Image.open(tmp_path / "plain" / gallery[0]["images"][0]), np.float32)
     assert np.abs(first - np.asarray(plain[0][1], np.float32)).mean() < 3  # the same drawing
+
+
+def _check_colourways(out: Path, gallery: list[dict[str, Any]], queries: list[dict[str, Any]],
+                      n_designs: int, n_ways: int) -> None:
+    """One colourway of each design held out and querying the design's others, in the
+    gallery; every photo written; the query's colourway absent from the gallery."""
+    members: dict[str, set[str]] = {}
+    for product in gallery:
+        members.setdefault(product["group_id"], set()).add(product["product_id"])
+        assert (out / product["images"][0]).is_file()
+    assert len(members) == n_designs and len(queries) == n_designs
+    assert all(len(ids) == n_ways - 1 for ids in members.values())
+    for query in queries:
+        assert (out / query["image"]).is_file()
+        own = Path(query["image"]).stem
+        assert own not in {p["product_id"] for p in gallery}
+        assert set(query["relevant"]) == members[own.rsplit("-", 1)[0]]
+
+
+def test_pack_and_plain_colourways_hold_the_query_colour_out(tmp_path: Path) -> None:
+    reshoot = load_bench_module("protocols_reshoot")
+    out = tmp_path / "packs-colours"
+    gallery_path, queries_path = reshoot.write_packs_colours(out, n_brands=2)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    _check_colourways(out, gallery, queries, n_designs=6, n_ways=4)
+    # a colourway is the design in other colours: the same print, other pixels
+    first = [p for p in gallery if p["group_id"] == gallery[0]["group_id"]]
+    a, b = (np.asarray(Image.open(out / p["images"][0]).convert("L"), np.float32)
+            for p in first[:2])
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    out = tmp_path / "plain-colours"
+    gallery_path, queries_path = reshoot.write_plain_colours(out, n_shapes=3)
+    _check_colourways(out, read_jsonl(gallery_path), read_jsonl(queries_path),
+                      n_designs=3, n_ways=4)
+
+
+def test_fmnist_colours_dye_one_article_and_hold_one_dye_out(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+    labels = np.arange(20, dtype=np.uint8) % 4
+    out = tmp_path / "fmnist-colours"
+    gallery_path, queries_path = protocols.write_fmnist_colours(
+        out, n_articles=5, images=images, labels=labels)
+    gallery, queries = read_jsonl(gallery_path), read_jsonl(queries_path)
+    assert len(gallery) == 15 and len(queries) == 5
+    for query in queries:
+        own = Path(query["image"]).stem
+        article = own.split("-dye")[0]
+        assert own not in {p["product_id"] for p in gallery}
+        assert set(query["relevant"]) == {p["product_id"] for p in gallery
+                                          if p["group_id"] == article}
+        index = int(article.split("-")[1])
+        assert query["category"] == protocols.CLASS_NAMES[int(labels[index])]
+        with Image.open(out / query["image"]) as png:
+            rgb = np.asarray(png.convert("RGB"), np.float32)
+        dye = np.asarray(protocols.DYES[int(own.split("-dye")[1])], np.float32)
+        ink = images[index].astype(np.float32)[:, :, None] / 255
+        np.testing.assert_allclose(rgb, np.clip(np.rint(255 - ink * (255 - dye)), 0, 255),
+                                   atol=0.5)

@@ -1,0 +1,161 @@
+"""A ``similar`` photo query is embedded in several channel orders and searches with their
+mean (search/intent.py, ``SimilarViews``): the CNN's colour cue counts less, so the query's
+style in another colour outranks another style in the query's colour. ``exact`` is untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedding.colour import COLOUR_DIM
+from embedding.embedder import mix_colour
+from ingest.plan import WritePlan
+from ingest.sink import MilvusSink
+from lookalike.settings import SearchSettings
+from schema.collection import CollectionSpec
+from search.api import ProductSearch
+from search.intent import (
+    CHANNEL_ORDERS,
+    SIMILAR_VIEWS,
+    SimilarViews,
+    channel_orders,
+    similar_embedder,
+)
+from store import ensure_collections
+from tests import milvus_support
+from tests.milvus_support import Milvus, record
+
+milvus = milvus_support.milvus
+CNN = 4
+WEIGHT = 0.5
+RED, BLUE = (220, 20, 20), (20, 20, 220)
+
+
+@dataclass
+class LeakyEmbedder:
+    """A stand-in for an ImageNet CNN whose features carry the colour: the CNN part is the
+    picture's mean red, green and blue and its style (wide: +0.2, tall: -0.2); the colour
+    block is the mean colour too. Records the pictures it was given."""
+
+    model_version: str = "fake-leaky-v1"
+    dim: int = CNN + COLOUR_DIM
+    colour_weight: float = WEIGHT
+    seen: list[Image.Image] = field(default_factory=list)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.seen.extend(images)
+        cnn, colour = [], []
+        for image in images:
+            mean = np.asarray(image.convert("RGB"), np.float32).reshape(-1, 3).mean(axis=0) / 255
+            cnn.append([*mean, 0.2 if image.width > image.height else -0.2])
+            block = np.zeros(COLOUR_DIM, np.float32)
+            block[int(np.argmax(mean))] = 1.0
+            colour.append(block)
+        return mix_colour(np.asarray(cnn, np.float32), np.asarray(colour, np.float32), WEIGHT)
+
+
+def _garment(style: str, colour: tuple[int, int, int]) -> Image.Image:
+    """A catalog photo: the garment (a plain rectangle) on white."""
+    size = (32, 16) if style == "wide" else (16, 32)
+    picture = Image.new("RGB", size, "white")
+    picture.paste(colour, (2, 2, size[0] - 2, size[1] - 2))
+    return picture
+
+
+@pytest.fixture(scope="module")
+def gallery(milvus: Milvus) -> Iterator[tuple[Milvus, CollectionSpec]]:
+    """The wide style in blue (the query's style, another colour) and the tall style in red
+    (another style, the query's colour)."""
+    spec: CollectionSpec = milvus.new_spec(dim=CNN + COLOUR_DIM, prefix="simviews")
+    ensure_collections(milvus.store, spec)
+    embedder = LeakyEmbedder()
+    rows = [record(pid, "k0", embedder.embed([picture])[0].tolist(),
+                   model_version=embedder.model_version)
+            for pid, picture in (("wide-blue", _garment("wide", BLUE)),
+                                 ("tall-red", _garment("tall", RED)))]
+    MilvusSink(milvus.store, spec).apply(WritePlan(upserts=rows))
+    yield milvus, spec
+    milvus.drop(spec)
+
+
+def _search(gallery: tuple[Milvus, CollectionSpec], views: int,
+            embedder: LeakyEmbedder | None = None) -> ProductSearch:
+    milvus, spec = gallery
+    return ProductSearch(milvus.store, spec, embedder or LeakyEmbedder(), consistency="Strong",
+                         max_pixels=milvus_support.MAX_PIXELS, similar_views=views)
+
+
+def test_similar_photo_query_finds_its_style_in_another_colour(
+        gallery: tuple[Milvus, CollectionSpec]) -> None:
+    query = _garment("wide", RED)
+    # the photo alone: its colour, leaked into the CNN part, wins over the style
+    alone = _search(gallery, 1).by_image(query, k=2, match="similar")
+    assert [h.product_id for h in alone] == ["tall-red", "wide-blue"]
+    # in three channel orders the colour averages out and the style decides
+    embedder = LeakyEmbedder()
+    views = _search(gallery, 3, embedder).by_image(query, k=2, match="similar")
+    assert [h.product_id for h in views] == ["wide-blue", "tall-red"]
+    assert len(embedder.seen) == 3  # the photo on white: no scene pictures, three orders
+    assert [p.getpixel((8, 8)) for p in embedder.seen] == [RED, (20, 20, 220), (20, 220, 20)]
+
+
+def test_exact_and_stored_vector_searches_are_untouched(
+        gallery: tuple[Milvus, CollectionSpec]) -> None:
+    query = _garment("wide", RED)
+    embedder = LeakyEmbedder()
+    search = _search(gallery, 3, embedder)
+    exact = search.by_image(query, k=2)
+    assert [h.product_id for h in exact] == ["tall-red", "wide-blue"]
+    assert len(embedder.seen) == 1  # one pass, as before
+    reference = _search(gallery, 1).by_image(query, k=2)
+    assert [h.score for h in exact] == [h.score for h in reference]
+    vector = LeakyEmbedder().embed([query])[0]
+    assert [h.product_id for h in search.by_vector(vector, k=2, match="similar")] == [
+        "tall-red", "wide-blue"]  # a given vector is searched as given
+    assert [h.product_id for h in search.by_product("wide-blue", k=1)] == ["tall-red"]
+
+
+def test_query_vectors_of_a_similar_search_are_the_mean_of_the_orders(
+        gallery: tuple[Milvus, CollectionSpec]) -> None:
+    search = _search(gallery, 3)
+    query = _garment("wide", RED)
+    [vector] = search.query_vectors([query], match="similar")
+    orders = LeakyEmbedder().embed(channel_orders(query, 3))
+    expected = orders.sum(axis=0) / np.linalg.norm(orders.sum(axis=0))
+    np.testing.assert_allclose(vector, expected, atol=1e-6)
+    [plain] = search.query_vectors([query])
+    np.testing.assert_allclose(plain, LeakyEmbedder().embed([query])[0], atol=1e-6)
+
+
+def test_channel_orders() -> None:
+    picture = Image.new("RGB", (2, 2), (1, 2, 3))
+    assert [p.getpixel((0, 0)) for p in channel_orders(picture, 6)] == [
+        (1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 3, 2), (3, 2, 1), (2, 1, 3)]
+    assert channel_orders(picture, 1)[0].getpixel((0, 0)) == (1, 2, 3)
+    assert channel_orders(Image.new("L", (2, 2), 7), 3)[2].getpixel((1, 1)) == (7, 7, 7)
+    assert len(CHANNEL_ORDERS) == 6
+    for views in (0, 7):
+        with pytest.raises(ValueError, match="views must be 1 to 6"):
+            channel_orders(picture, views)
+        with pytest.raises(ValueError, match="views must be 1 to 6"):
+            similar_embedder(LeakyEmbedder(), views)
+
+
+def test_similar_embedder() -> None:
+    leaky = LeakyEmbedder()
+    assert similar_embedder(leaky, 1) is leaky
+    colourless = LeakyEmbedder(colour_weight=0.0)
+    assert similar_embedder(colourless, 3) is colourless  # one intent without a colour block
+    views = similar_embedder(leaky, 3)
+    assert isinstance(views, SimilarViews)
+    assert views.model_version == "fake-leaky-v1+similar-rgb3"  # never the photo's cache key
+    assert views.dim == leaky.dim and views.colour_weight == WEIGHT
+    assert views.embed([]).shape == (0, leaky.dim)
+    out = views.embed([_garment("wide", RED), _garment("tall", BLUE)])
+    assert out.shape == (2, leaky.dim) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+    assert SearchSettings().similar_views == SIMILAR_VIEWS
