@@ -222,8 +222,9 @@ class ShadedLight:
     """The shaded light map fitted from the warped query to the listing
     (:func:`_shaded_light_map`): per channel a tone curve (a power and a gain, fitted on
     log levels) and one smooth shading across the photo (a plane or a second-order surface in
-    log light, :data:`SHADINGS`), for a photo re-shot under uneven light; and what it leaves
-    unexplained."""
+    log light, :data:`SHADINGS`), for a photo re-shot under uneven light, and with
+    :attr:`residual` what that map left of the shading smoothed and divided out too; and what
+    it leaves unexplained."""
 
     neutral_spread: float
     """How far the map moves a neutral grey from neutral: the largest ratio of its channels'
@@ -248,6 +249,10 @@ class ShadedLight:
     (:attr:`LightMap.edge_left_out`): a photo taken again, where light may be uneven. An
     edited copy on white is not re-shot, and there a white garment and its pale variant
     differ only where neither photo is foreground."""
+    residual: bool = False
+    """Whether what the map left of the shading was divided out as well
+    (:func:`_residual_shading`: the grey-level ratio of the listing to the mapped query,
+    smoothed over ``RESIDUAL_SHADING_SIGMA`` of the photo, one factor for all channels)."""
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -410,7 +415,8 @@ class Alignment:
 
     @property
     def shaded_lights(self) -> tuple[ShadedLight, ...]:
-        """The shaded light maps, one per shading of :data:`SHADINGS` (none without
+        """The shaded light maps, one per shading of :data:`SHADINGS`, then each again with
+        what it left of the shading divided out (:attr:`ShadedLight.residual`; none without
         keypoints)."""
         return self.detail.shaded()
 
@@ -631,11 +637,20 @@ class _ColoursOfPixels(ColourDetail):
                 where, listing = _positions(relit), p.soft_b[relit]
                 fits = [_shaded_light_map(p.soft_a[relit], listing, where, terms)
                         for terms in SHADINGS]
-                self._shaded = tuple(
+                shaded = [
                     ShadedLight(spread, _colour_shifts(mapped, listing),
                                 _correlation(_grey_levels(mapped), _grey_levels(listing)),
                                 _white_unexplained(p, coef), other_background)
-                    for spread, mapped, coef in fits)
+                    for spread, mapped, coef in fits]
+                if RESIDUAL_SHADING_SIGMA > 0:
+                    for (spread, mapped, _), fitted in zip(fits, list(shaded), strict=True):
+                        smooth = _residual_shading(mapped, listing, relit)
+                        shaded.append(ShadedLight(
+                            spread, _colour_shifts(smooth, listing),
+                            _correlation(_grey_levels(smooth), _grey_levels(listing)),
+                            fitted.white_unexplained, residual=True,
+                            other_background=other_background))
+                self._shaded = tuple(shaded)
             self._done.add("shaded")
         return self._shaded
 
@@ -1223,6 +1238,35 @@ def _shaded_light_map(a: NDArray[np.uint8], b: NDArray[np.uint8], where: NDArray
     if not np.isfinite(spread) or outputs.min() <= 0:
         spread = float("inf")
     return spread, _shaded(coef, a, where), coef
+
+
+RESIDUAL_SHADING_SIGMA = 0.1
+"""The shaded light route's last map (:func:`_residual_shading`): what a shaded light map
+leaves of the shading is smoothed by a Gaussian of this share of the photo's longer side
+(16 px at the 160 px the photos are compared at). Light changes smoothly across a product;
+a print, a label or a band ends where it ends, and a smoothing this wide leaves most of
+such an edge in the comparison (docs/matching.md, "Residual shading round")."""
+
+
+def _residual_shading(mapped: NDArray[np.uint8], listing: NDArray[np.uint8],
+                      where: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """``mapped`` (the query under a shaded light map, at ``where``'s pixels) with what the
+    map left of the light's shading divided out too: the log ratio of the listing's grey
+    levels to the mapped query's, smoothed over ``RESIDUAL_SHADING_SIGMA`` of the photo
+    (a Gaussian over ``where`` alone), one factor for the three channels (light, not a
+    colour). A lamp's light is not one surface: a shade, a reflector or the room add
+    their own soft unevenness, which neither the plane nor the second-order surface of
+    :data:`SHADINGS` follows; over a plain garment that unevenness is most of what is left
+    and lowers the grey-level correlation under the route's floor."""
+    ratio = np.zeros(where.shape, np.float64)
+    ratio[where] = np.log1p(_grey_levels(listing)) - np.log1p(_grey_levels(mapped))
+    sigma = RESIDUAL_SHADING_SIGMA * max(where.shape)
+    weight = cv2.GaussianBlur(where.astype(np.float64), (0, 0), sigma)
+    field = (cv2.GaussianBlur(ratio, (0, 0), sigma) / np.maximum(weight, 1e-6))[where]
+    out: NDArray[np.uint8] = np.clip(
+        np.rint((mapped.astype(np.float64) + 1) * np.exp(field)[:, None] - 1), 0, 255
+    ).astype(np.uint8)
+    return out
 
 
 def _least_squares(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:

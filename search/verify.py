@@ -598,10 +598,11 @@ class SameItemRule:
         shaded = self._shaded_light_explaining(alignment)
         assert shaded is not None
         after = shaded.shift(self.shift_percentile)
+        residual = ", and what the map left of it" if shaded.residual else ""
         return (f"{inliers} geometric inliers, aligned photos agree under uneven light "
                 f"(correlation {alignment.correlation:.2f}, {shaded.correlation:.3f} with the "
-                f"shading divided out; colour shift {shift:.1f}, {after:.1f} after a shaded "
-                f"light map)")
+                f"shading divided out{residual}; colour shift {shift:.1f}, {after:.1f} after a "
+                f"shaded light map)")
 
     def _agrees_under_shaded_light(self, alignment: Alignment) -> bool:
         """The shaded light route: a photo re-shot under uneven light (a lamp's fall-off

@@ -1063,12 +1063,55 @@ def test_a_copy_under_a_lamp_above_it_needs_the_second_order_shading(
     original = _busy_photo()
     query = _under_a_lamp_above(reshot_on_backdrop(original, (1, 1, 1)))
     _, alignment = _accepted_by(query, original, "under uneven light")
-    plane, surface = alignment.shaded_lights  # pairwise.SHADINGS
+    plane, surface = alignment.shaded_lights[:2]  # pairwise.SHADINGS
     assert surface.correlation >= DEFAULT_RULE.min_shaded_correlation > plane.correlation
     monkeypatch.setattr(pairwise, "SHADINGS", (2,))  # the plane alone
+    monkeypatch.setattr(pairwise, "RESIDUAL_SHADING_SIGMA", 0.0)  # and nothing after it
     planar = _evidence(query, original)
     assert not planar.same_item, planar.reason
     assert planar.alignment is not None and len(planar.alignment.shaded_lights) == 1
+
+
+def _unevenly_shaded(photo: Image.Image, amplitude: float = 0.08, waves: float = 3.0
+                     ) -> Image.Image:
+    """The product under light of a soft unevenness of its own (a shade, a reflector, the
+    room: +-``amplitude``, ``waves`` half-swells across the photo each way), which no plane
+    or second-order surface follows; the white around it stays white."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    field = 1 + amplitude * (np.sin(np.pi * waves * xx / w + 0.7)
+                             * np.cos(np.pi * waves * yy / h + 0.3))
+    lit = np.clip(rgb * field[..., None], 0, 1)
+    product = (rgb.min(axis=2) < 0.99)[..., None]
+    return Image.fromarray(np.rint(np.where(product, lit, rgb) * 255).astype(np.uint8))
+
+
+def test_a_copy_under_a_lamp_and_uneven_light_needs_the_residual_shading(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a lamp whose light also swells and dips softly across the product, neither
+    shaded map (plane, second-order surface) brings the grey levels to the route's floor;
+    with what they left of the shading smoothed and divided out, they do. Refused without
+    that last map; its recoloured and band-recoloured variants under the same light are
+    refused with it."""
+    original = _busy_photo()
+
+    def shot(photo: Image.Image) -> Image.Image:
+        return _under_a_lamp(_unevenly_shaded(reshot_on_backdrop(photo, (1, 1, 1))))
+
+    _, alignment = _accepted_by(shot(original), original, "what the map left of it")
+    maps = alignment.shaded_lights
+    assert [m.residual for m in maps] == [False] * len(pairwise.SHADINGS) + [True] * len(
+        pairwise.SHADINGS)
+    floor = DEFAULT_RULE.min_shaded_correlation
+    assert max(m.correlation for m in maps if not m.residual) < floor  # what it catches
+    assert max(m.correlation for m in maps if m.residual) >= floor
+    for variant in (recolour, _band_recoloured):
+        same, why = _decide(shot(variant(original)), original, similarity=0.95)
+        assert not same, why
+    monkeypatch.setattr(pairwise, "RESIDUAL_SHADING_SIGMA", 0.0)
+    without = _evidence(shot(original), original)
+    assert not without.same_item, without.reason
 
 
 @needs_luma
