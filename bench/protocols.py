@@ -63,7 +63,7 @@ PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "luma-colours",
 LUMA_PROTOCOLS = PROTOCOLS[:-2]
 DYES = ((200, 40, 40), (235, 200, 40), (40, 170, 110), (130, 50, 150), (40, 110, 200),
         (240, 130, 30), (30, 30, 40), (120, 80, 50), (230, 120, 170), (110, 120, 130))
-"""fmnist-colours' palette (bench/protocols_reshoot.py's colourways use the same)."""
+"""fmnist-colours' palette (bench/protocols_reshoot.py's colourways use it too)."""
 SNAPSHOT_SIZE = 480
 MAIN_VIEW = "main"
 Row = dict[str, Any]

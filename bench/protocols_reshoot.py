@@ -98,7 +98,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocols import _relative, missing_luma, protocol_parser, write_protocol  # noqa: E402
+from protocols import (  # noqa: E402
+    DYES,
+    _relative,
+    missing_luma,
+    protocol_parser,
+    write_protocol,
+)
 from protocols_same_item import (  # noqa: E402
     Edit,
     _font,
@@ -595,10 +601,9 @@ def write_packs_instore(packs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 
 # -- colourways (the ``similar`` intent) -------------------------------------------------------
 
-PALETTE = ((200, 40, 40), (235, 200, 40), (40, 170, 110), (130, 50, 150), (40, 110, 200),
-           (240, 130, 30), (30, 30, 40), (120, 80, 50), (230, 120, 170), (110, 120, 130))
-"""The colourways' shared palette: red, yellow, green, purple, blue, orange, black, brown,
-pink, grey."""
+PALETTE = DYES
+"""The colourways' palette, fmnist-colours' (bench/protocols.py): red, yellow, green, purple,
+blue, orange, black, brown, pink, grey."""
 
 
 def write_colourways(out_dir: Path, designs: list[list[tuple[str, Image.Image, Row]]],

@@ -112,10 +112,12 @@ class EmbedStats:
     untimed: int = 0
     """Of ``embedded``, the photos whose time is not in ``seconds`` (same-item's query
     photos, embedded inside ``compare_prices``): left out of ``images_per_s``."""
-    seen: dict[str, NDArray[np.float32] | ItemFailure] = field(default_factory=dict,
-                                                                repr=False, compare=False)
-    """The photos read in this run by content hash: the vector, or why there is none
-    (what makes a later photo of the same content ``repeated``)."""
+    seen: dict[tuple[str, str], NDArray[np.float32] | ItemFailure] = field(
+        default_factory=dict, repr=False, compare=False)
+    """The photos read in this run by (model version, content hash): the vector, or why there
+    is none (what makes a later photo of the same content ``repeated``). By version too: a
+    ``similar`` query embeds a photo otherwise than the gallery did
+    (:class:`search.intent.SimilarViews`), and must not take a gallery photo's vector."""
 
     @property
     def images_per_s(self) -> float | None:
@@ -232,10 +234,10 @@ def embed_files(
                     continue
                 read.append((i, content_hash(data), data))
             new = [digest for _, digest, _ in read
-                   if digest not in stats.seen and digest not in first_of]
+                   if (version, digest) not in stats.seen and digest not in first_of]
             found = cache.get_many(version, new) if cache is not None and new else {}
             for i, digest, data in read:
-                if digest in stats.seen or digest in first_of:
+                if (version, digest) in stats.seen or digest in first_of:
                     stats.repeated += 1
                     repeats.append((i, digest))
                     continue
@@ -259,7 +261,7 @@ def embed_files(
             bar.update(min(READ_CHUNK, len(paths) - start))
         embed_batch()
     for i, digest in repeats:  # content read earlier in this run: its vector, or its failure
-        earlier = stats.seen.get(digest)
+        earlier = stats.seen.get((version, digest))
         if digest in first_of:
             earlier = found_failures.get(first_of[digest], out[first_of[digest]])
         if isinstance(earlier, ItemFailure):
@@ -267,7 +269,7 @@ def embed_files(
         elif earlier is not None:
             out[i] = earlier
     for digest, i in first_of.items():
-        stats.seen[digest] = found_failures.get(i, out[i])
+        stats.seen[version, digest] = found_failures.get(i, out[i])
     stats.images += len(paths)
     stats.unreadable += len(found_failures)
     if failures is not None:

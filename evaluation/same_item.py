@@ -181,17 +181,17 @@ def missed_evidence(product_id: str, trace: CompareTrace,
     return out
 
 
-def _count_query_photo(path: Path, stats: EmbedStats, seen: set[str]) -> None:
+def _count_query_photo(path: Path, stats: EmbedStats, seen: set[str], version: str) -> None:
     """Count a scored query's photo by its content, as retrieval counts its queries:
-    ``repeated`` when a gallery photo (``stats.seen``) or an earlier query (``seen``) had the
-    same bytes, else ``embedded`` (``compare_prices`` embedded it, in a time of its own:
-    ``untimed``)."""
+    ``repeated`` when a gallery photo (``stats.seen``, embedded by model ``version``, as
+    ``compare_prices`` embeds a query) or an earlier query (``seen``) had the same bytes, else
+    ``embedded`` (``compare_prices`` embedded it, in a time of its own: ``untimed``)."""
     stats.images += 1
     try:
         digest = content_hash(path.read_bytes())
     except OSError:  # read a moment ago; gone since: counted as the call found it
         digest = f"unread:{path}"
-    if digest in stats.seen or digest in seen:
+    if (version, digest) in stats.seen or digest in seen:
         stats.repeated += 1
         return
     seen.add(digest)
@@ -277,7 +277,7 @@ def evaluate_same_item(
                 bar.update(1)
                 continue
             per_query.append(1000 * (time.perf_counter() - t0))
-            _count_query_photo(query.image, stats, query_photos)
+            _count_query_photo(query.image, stats, query_photos, embedder.model_version)
             counts.add({m.product_id for m in matches}, set(query.relevant))
             details.append(query_detail(query, matches, per_query[-1], trace, threshold))
             bar.update(1)

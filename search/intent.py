@@ -34,7 +34,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from embedding.colour import COLOUR_DIM
+from embedding.decode import shrink_to
 from embedding.embedder import Embedder, l2_normalise
+from lookalike.settings import SearchSettings
 
 Match: TypeAlias = Literal["exact", "similar"]
 MATCHES: tuple[Match, ...] = ("exact", "similar")
@@ -44,9 +46,15 @@ CHANNEL_ORDERS: tuple[tuple[int, int, int], ...] = (
     (0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
 """The photo's channel orders a ``similar`` query embeds it in: itself (RGB), the two cyclic
 shifts (GBR, BRG: much as hue turns of 120 and 240 degrees), then the three swaps."""
-SIMILAR_VIEWS = 3
-"""Channel orders a ``similar`` photo query is embedded in (``search.similar_views``): 3
-gained most R@1 on three cross-colour protocols of the four; 6 (and hue turns) no more."""
+SIMILAR_MAX_SIDE = 1280
+"""A ``similar`` picture longer than this is shrunk to it before its channel orders are made
+(as the scene pictures are made at ``search.scene.WORKING_SIDE``)."""
+SIMILAR_CHUNK = 4
+"""Pictures whose channel orders are made and embedded at once (12 pictures at 3 orders)."""
+SIMILAR_VIEWS = SearchSettings().similar_views
+"""Channel orders a ``similar`` photo query is embedded in, by default (``search.similar_views``,
+defined there only): 3 gained R@1 on all four cross-colour protocols; 6 (and hue turns) no
+more. Settings bound it to the 6 of :data:`CHANNEL_ORDERS` (``tests/test_similar_views.py``)."""
 
 
 def check_match(match: str) -> Match:
@@ -133,12 +141,19 @@ class SimilarViews:
         return size
 
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
-        pictures = [view for image in images for view in channel_orders(image, self._views)]
-        if not pictures:
-            return np.empty((0, self.dim), np.float32)
-        vectors = np.asarray(self._embedder.embed(pictures), np.float32)
-        summed = vectors.reshape(len(images), self._views, -1).sum(axis=1)
-        return l2_normalise(summed.astype(np.float32))
+        """One call of the wrapped embedder per :data:`SIMILAR_CHUNK` images; each image
+        shrunk to :data:`SIMILAR_MAX_SIDE` first (a 24 MP PNG in three orders held 350 MB
+        more, as decoded; the model sees 224 px)."""
+        out = np.empty((len(images), self.dim), np.float32)
+        for start in range(0, len(images), SIMILAR_CHUNK):
+            chunk = images[start:start + SIMILAR_CHUNK]
+            pictures = [view for image in chunk
+                        for view in channel_orders(shrink_to(image, SIMILAR_MAX_SIDE),
+                                                   self._views)]
+            vectors = np.asarray(self._embedder.embed(pictures), np.float32)
+            summed = vectors.reshape(len(chunk), self._views, -1).sum(axis=1)
+            out[start:start + len(chunk)] = l2_normalise(summed.astype(np.float32))
+        return out
 
 
 def similar_embedder(embedder: Embedder, views: int) -> Embedder:

@@ -621,8 +621,9 @@ class SameItemRule:
         return self._shaded_light_explaining(alignment) is not None
 
     def _shaded_light_explaining(self, alignment: Alignment) -> ShadedLight | None:
-        """The first of the pair's shaded light maps (:data:`SHADINGS`) within every limit
-        of the shaded light route, or None."""
+        """The first of the pair's shaded light maps within every limit of the shaded light
+        route, or None: each map of :data:`SHADINGS`, then each with what it left of the
+        shading divided out (``RESIDUAL_SHADING_SIGMA``, search/alignment.py)."""
         return next((shaded for shaded in alignment.shaded_lights
                      if shaded.other_background
                      and shaded.white_unexplained <= self.max_shaded_white_unexplained

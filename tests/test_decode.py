@@ -167,12 +167,26 @@ def test_heic_from_a_phone_is_opened_turned_and_capped() -> None:
     assert time.perf_counter() - started < 0.5
 
 
-def test_formats_outside_the_allow_list_are_not_opened() -> None:
-    phone = _encode(Image.new("RGB", (4000, 3000), (200, 30, 30)), "JPEG")
+def test_declared_pixels_count_a_jpeg_at_the_scale_it_is_decoded_at() -> None:
+    """What serve.max_request_pixels adds up for a view bound for a 320 px square: a JPEG (or
+    an MPO, a phone's JPEG with a second picture) at its reduced scale, as the decoder decodes
+    it; a progressive JPEG, a PNG and the rest in full (libjpeg holds a progressive one's
+    coefficients at full size whatever the scale)."""
+    picture = Image.new("RGB", (4000, 3000), (200, 30, 30))
+    phone = _encode(picture, "JPEG")
     assert declared_pixels(phone) == 12_000_000
     assert declared_pixels(phone, 320) == 500 * 375  # decoded at 1/8 for a 320 px square
     assert decode_images(phone, MAX, [320])[0].size == (500, 375)  # as the decoder does
-    assert declared_pixels(_encode(Image.new("RGB", (4000, 3000)), "PNG"), 320) == 12_000_000
+    mpo = _encode(picture, "MPO", save_all=True, append_images=[picture.resize((400, 300))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    assert declared_pixels(mpo, 320) == 500 * 375
+    assert decode_images(mpo, MAX, [320])[0].size == (500, 375)
+    progressive = _encode(picture, "JPEG", progressive=True)
+    assert declared_pixels(progressive, 320) == 12_000_000
+    assert declared_pixels(_encode(picture, "PNG"), 320) == 12_000_000
+
+
+def test_formats_outside_the_allow_list_are_not_opened() -> None:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     assert _reason(eps) == "unsupported_format"
 

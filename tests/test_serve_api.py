@@ -252,8 +252,8 @@ def test_a_jpeg_view_counts_at_the_scale_it_is_decoded_at(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Phone photos are JPEGs, decoded at the reduced scale that covers the search's largest
     square (320 px): nine 12 MP photos were refused under the 100 MP budget though each
-    decodes to 0.19 MP. A 1000 px JPEG decodes at half size (250,000 pixels), a 1000 px PNG
-    at full size."""
+    decodes to 0.19 MP. A 1000 px JPEG counts at half size (250,000 pixels: the scale that
+    covers 320 px), a 1000 px PNG at full size."""
     monkeypatch.setattr(FakeEmbedder, "decode_size", 224, raising=False)
     out = io.BytesIO()
     Image.new("RGB", (1000, 1000), RED).save(out, format="JPEG")

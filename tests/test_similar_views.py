@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from embedding.colour import COLOUR_DIM
 from embedding.embedder import mix_colour
+from evaluation.run import EmbedStats, embed_files
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from lookalike.settings import SearchSettings
@@ -20,6 +23,7 @@ from schema.collection import CollectionSpec
 from search.api import ProductSearch
 from search.intent import (
     CHANNEL_ORDERS,
+    SIMILAR_MAX_SIDE,
     SIMILAR_VIEWS,
     SimilarViews,
     channel_orders,
@@ -158,4 +162,37 @@ def test_similar_embedder() -> None:
     out = views.embed([_garment("wide", RED), _garment("tall", BLUE)])
     assert out.shape == (2, leaky.dim) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
-    assert SearchSettings().similar_views == SIMILAR_VIEWS
+    SearchSettings(similar_views=len(CHANNEL_ORDERS))  # the settings bound it to the orders
+    with pytest.raises(ValidationError, match="less than or equal to 6"):
+        SearchSettings(similar_views=len(CHANNEL_ORDERS) + 1)
+
+
+def test_eval_embeds_a_similar_query_as_the_search_does_even_when_the_gallery_holds_its_photo(
+        tmp_path: Path) -> None:
+    """``lookalike eval`` counts each photo's content once per run: a ``similar`` query whose
+    bytes a gallery photo also has took the gallery's vector (one channel order), not the
+    mean of three that ``by_images`` searches with. Seen photos are keyed by model version."""
+    photo = tmp_path / "red-wide.png"
+    Image.new("RGB", (32, 16), RED).save(photo)
+    plain = LeakyEmbedder()
+    stats = EmbedStats()
+    gallery = embed_files([photo], plain, None, max_pixels=10**6, stats=stats)
+    views = similar_embedder(plain, SIMILAR_VIEWS)
+    query = embed_files([photo], views, None, max_pixels=10**6, stats=stats)
+    expected = views.embed([Image.open(photo)])
+    assert np.allclose(query, expected, atol=1e-6)
+    assert not np.allclose(query, gallery, atol=1e-3)
+    assert stats.repeated == 0 and stats.embedded == 2
+    again = embed_files([photo], views, None, max_pixels=10**6, stats=stats)
+    assert np.array_equal(again, query) and stats.repeated == 1  # same version: seen once
+
+
+def test_a_large_similar_picture_is_shrunk_before_its_channel_orders_are_made() -> None:
+    """Three full-size copies of a 24 MP upload held 350 MB more; the model sees 224 px."""
+    leaky = LeakyEmbedder()
+    views = SimilarViews(leaky, 3)
+    vectors = views.embed([Image.new("RGB", (4000, 300), RED)] * 5)
+    assert vectors.shape == (5, CNN + COLOUR_DIM)
+    assert len(leaky.seen) == 15
+    assert all(max(picture.size) == SIMILAR_MAX_SIDE for picture in leaky.seen)
+    assert np.allclose(vectors, vectors[0], atol=1e-6)  # in chunks, each the same
