@@ -79,13 +79,20 @@ def decode_images(data: bytes, max_pixels: int, min_sizes: Sequence[int | None]
     out = []
     for min_size in min_sizes:
         image = _open(io.BytesIO(data), max_pixels)
-        if min_size is not None and image.format in DCT_SCALED:
-            image.draft(None, (min_size, min_size))
+        _draft(image, min_size)
         scale = image.size  # after draft(): the size it decodes at
         if scale not in decoded:
             decoded[scale] = _normalise(image, max_pixels, owned=True)
         out.append(decoded[scale])
     return out
+
+
+def _draft(image: Image.Image, min_size: int | None) -> None:
+    """Set ``image`` (opened, not decoded) to decode at the reduced scale that still covers a
+    ``min_size`` square (1/2, 1/4 or 1/8: DCT scaling), for the :data:`DCT_SCALED` formats;
+    any other is left at its full size."""
+    if min_size is not None and image.format in DCT_SCALED:
+        image.draft(None, (min_size, min_size))
 
 
 def declared_pixels(data: bytes, min_size: int | None = None) -> int | None:
@@ -100,9 +107,8 @@ def declared_pixels(data: bytes, min_size: int | None = None) -> int | None:
     a decompression bomb: the decoder then refuses it and says why."""
     try:
         with _open(io.BytesIO(data), max_pixels=0) as image:
-            if (min_size is not None and image.format in DCT_SCALED
-                    and not image.info.get("progressive")):
-                image.draft(None, (min_size, min_size))
+            if not image.info.get("progressive"):
+                _draft(image, min_size)
             width, height = image.size
     except ItemError:
         return None

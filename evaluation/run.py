@@ -37,7 +37,7 @@ from schema.collection import CollectionSpec
 from schema.errors import ItemError, ItemFailure, Reason
 from search.api import RERANK_DEPTH, ProductSearch
 from search.features import photo_features
-from search.intent import SIMILAR_VIEWS, Match, similar_embedder
+from search.intent import SIMILAR_VIEWS, Match
 from search.scene import (
     CUTOUT_VERSION,
     LIGHT_VERSION,
@@ -439,8 +439,8 @@ def evaluate(
     photo that cannot be read, is skipped (warned of, and listed in the report); with
     ``strict`` an unreadable photo is a :class:`ProtocolError`. For ``similar`` the query
     photos (and their scene pictures) are embedded as ``by_images`` embeds them for it, in
-    ``similar_views`` channel orders (:func:`search.intent.similar_embedder`); the gallery
-    is indexed as always."""
+    ``similar_views`` channel orders (:meth:`ProductSearch.query_embedder`); the gallery is
+    indexed as always."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats, strict=strict)
@@ -453,7 +453,13 @@ def evaluate(
     asked = [(n, query) for n, query in enumerate(queries) if n not in skipped]
     query_paths = [p for _, q in asked for p in q.images]
     failures: dict[int, ItemFailure] = {}
-    query_embedder = similar_embedder(embedder, similar_views) if match == "similar" else embedder
+    # Strong: the queries must see the gallery written just before.
+    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
+                             verifier=verifier, rerank=verifier is not None,
+                             similar_views=similar_views,
+                             rerank_depth=rerank_depth,
+                             rerank_budget_s=None)
+    query_embedder = searcher.query_embedder(match)  # as by_images embeds them
     query_vectors = embed_files(query_paths, query_embedder, cache, max_pixels=max_pixels,
                                 stats=stats, desc="embed queries", failures=failures)
     keep: list[int] = []
@@ -481,12 +487,6 @@ def evaluate(
                                  stats=stats, cutouts=cutout_queries, windows=window_queries,
                                  light=light_queries)
              if cutout_queries or window_queries or light_queries else {})
-    # Strong: the queries must see the gallery written just before.
-    searcher = ProductSearch(store, spec, embedder, consistency="Strong", max_pixels=max_pixels,
-                             verifier=verifier, rerank=verifier is not None,
-                             similar_views=similar_views,
-                             rerank_depth=rerank_depth,
-                             rerank_budget_s=None)
     started = time.perf_counter()
     results = run_queries(searcher, scored, query_vectors, match, scene,
                           rerank_max_pixels=max_pixels if verifier is not None else None)

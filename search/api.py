@@ -964,8 +964,14 @@ class ProductSearch:
         ``WORKING_SIDE``; for ``similar``, by the intent's embedder."""
         return self._embed_pictures([picture, *scene_queries(
             _working(picture), light=self._light_queries, cutouts_too=self._cutout_queries,
-            windows_too=self._window_queries).pictures],
-            self._similar_embedder if match == "similar" else self._embedder)
+            windows_too=self._window_queries).pictures], self.query_embedder(match))
+
+    def query_embedder(self, match: Match) -> Embedder:
+        """What embeds a query photo (and its scene pictures) for ``match``: the model, or
+        for ``similar`` the model in ``similar_views`` channel orders
+        (:func:`search.intent.similar_embedder`). ``lookalike eval`` embeds its queries
+        with it too."""
+        return self._similar_embedder if match == "similar" else self._embedder
 
     def _load_views(self, image: ImageInput) -> tuple[Image.Image, Image.Image]:
         """(the query photo to embed, the photo to verify) as decoded: the caller finds the
