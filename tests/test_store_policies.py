@@ -241,6 +241,9 @@ def test_callers_choose_their_consistency(monkeypatch: pytest.MonkeyPatch) -> No
         def __init__(self, *args: Any, consistency: str, **kw: Any) -> None:
             made.append(consistency)
 
+        def query_embedder(self, match: str) -> Any:  # eval embeds its queries with it
+            return FakeEmbedder()
+
     class Versions:  # a collection that serves
         store, base = None, "fake"
 
