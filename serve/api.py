@@ -13,7 +13,6 @@ bytes, vectors or stored product ids.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import re
@@ -56,6 +55,7 @@ from search.api import (
     MAX_QUERY_VECTORS,
     ModelMismatchError,
     ProductNotFound,
+    ProductSearch,
     StoredPhotoUnreadable,
 )
 from search.cancel import Cancelled, SearchCancelled, stop_if
@@ -245,7 +245,7 @@ def _request_body(model: type[BaseModel], form_model: type[BaseModel]) -> dict[s
 
 
 def create_app(
-    search: Any,
+    search: ProductSearch,
     *,
     embedder: TimedEmbedder,
     store: MilvusStore,
@@ -262,7 +262,6 @@ def create_app(
     app = FastAPI(title="Lookalike", version="1", summary="Visual product search",
                   docs_url="/docs", redoc_url=None, redirect_slashes=False)
     roots = ImageRoots(config.image_roots)
-    takes_match = "match" in inspect.signature(search.by_vectors).parameters
 
     def recorded(fn: Callable[[], T], rest: str | None, gone: Cancelled) -> T:
         """``fn`` with this worker thread's model and Milvus calls timed, as one request;
@@ -310,15 +309,7 @@ def create_app(
                            f"({type(exc).__name__}); retry later") from None
 
     def matching(options: SearchOptions) -> dict[str, Any]:
-        if options.match is None:
-            return {}
-        if takes_match:
-            return {"match": options.match}
-        if options.match != "similar":
-            raise ApiError(422, "unsupported_match",
-                           f"match={options.match!r} is not available in this version; "
-                           "use 'similar'")
-        return {}
+        return {} if options.match is None else {"match": options.match}
 
     decode_size: int | None = search.query_decode_size  # how a JPEG view counts in pixels
 
@@ -354,6 +345,7 @@ def create_app(
                                                   filter=body.search_filter(),
                                                   **matching(body)))
             else:
+                assert body.product_id is not None  # exactly one of the two, checked above
                 hits = await run(request, partial(search.by_product, body.product_id, k=k,
                                                   filter=body.search_filter(),
                                                   **matching(body)))

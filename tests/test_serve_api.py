@@ -474,14 +474,22 @@ def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(http: TestC
     assert http.get("/", headers={"Host": "evil.example"}).status_code == 200
 
 
-def test_exact_match_is_passed_on_or_refused(http: TestClient, served: Served) -> None:
-    import inspect
+def test_each_intent_is_passed_on(http: TestClient, served: Served,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``match`` reaches the search as sent, and an absent one leaves the method's default."""
+    seen: list[dict[str, Any]] = []
+    real = served.search.by_vector
 
-    response = http.post("/v1/search", json={"vector": [1.0] + [0.0] * 7, "match": "exact"})
-    if "match" in inspect.signature(served.search.by_vectors).parameters:
+    def by_vector(*args: Any, **kwargs: Any) -> list[Hit]:
+        seen.append({k: v for k, v in kwargs.items() if k == "match"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(served.search, "by_vector", by_vector)
+    for body in ({"match": "exact"}, {"match": "similar"}, {}):
+        response = http.post("/v1/search", json={"vector": [1.0] + [0.0] * 7, **body})
         assert response.status_code == 200, response.text
-    else:
-        assert error_code(response, 422) == "unsupported_match"
+        assert response.json()["hits"][0]["product_id"] == "red-tee"
+    assert seen == [{"match": "exact"}, {"match": "similar"}, {}]
 
 
 # -- bodies: one reading of their type, whole forms, text that is text -------------------
