@@ -20,6 +20,10 @@ the file's own folder, so the files work wherever they are written and need no c
   two or more is held out of the gallery; each of its photos (main, back, close-up) is a
   query, relevant to the style's OTHER colours (in the gallery). The query's own variant is
   absent, so colour can only mislead: it measures "this style, any colour".
+* ``luma-colours-snapshots`` (``similar`` on scene photos): the luma-colours gallery and
+  queries, each query photo made a snapshot as luma-snapshots makes them (same seed): the
+  style's other colours are relevant, so a scene query's own colour, and its clutter's, can
+  only mislead. It measures what a ``similar`` search does with a shopper's photo.
 * ``luma-styles`` (``similar`` on the views): the luma-views gallery and queries, relevant to
   every colour variant of the query's style (its own included).
 * ``fmnist``: the Fashion-MNIST test set. A seeded 1,000 images are queries and are left out of
@@ -59,7 +63,7 @@ from lookalike.demo_catalog import CLASS_NAMES, load_fashion_mnist_test  # noqa:
 # beside the checkout (where CI has it), whatever the current directory
 LUMA = REPO.parent / "shared" / "data" / "luma"
 PROTOCOLS = ("luma-views", "luma-multiview", "luma-snapshots", "luma-colours",
-             "luma-styles", "fmnist", "fmnist-colours")
+             "luma-colours-snapshots", "luma-styles", "fmnist", "fmnist-colours")
 LUMA_PROTOCOLS = PROTOCOLS[:-2]
 DYES = ((200, 40, 40), (235, 200, 40), (40, 170, 110), (130, 50, 150), (40, 110, 200),
         (240, 130, 30), (30, 30, 40), (120, 80, 50), (230, 120, 170), (110, 120, 130))
@@ -184,6 +188,14 @@ def snapshot(
 def write_luma_snapshots(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     """Write the luma-snapshots protocol (see module doc); returns (gallery, queries) paths."""
     gallery, queries, _ = _luma_rows(luma_dir, out_dir)
+    _snapshot_queries(queries, out_dir, seed)
+    return write_protocol(out_dir, gallery, queries)
+
+
+def _snapshot_queries(queries: list[Row], out_dir: Path, seed: int) -> None:
+    """Each query's photo (``image``, relative to ``out_dir``) replaced by its seeded
+    :func:`snapshot`, written as JPEG under ``out_dir/images``; one draw of the generator
+    per query, in order."""
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -193,7 +205,6 @@ def write_luma_snapshots(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[
         with Image.open(source) as photo:
             snapshot(photo, rng).save(target, "JPEG", quality=80)
         query["image"] = _relative(target, out_dir)
-    return write_protocol(out_dir, gallery, queries)
 
 
 def _luma_variants(luma_dir: Path) -> list[Row]:
@@ -203,6 +214,20 @@ def _luma_variants(luma_dir: Path) -> list[Row]:
 
 def write_luma_colours(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     """Write the luma-colours protocol (see module doc); returns (gallery, queries) paths."""
+    return write_protocol(out_dir, *_luma_colours_rows(luma_dir, out_dir, seed))
+
+
+def write_luma_colours_snapshots(luma_dir: Path, out_dir: Path, seed: int = 0
+                                 ) -> tuple[Path, Path]:
+    """Write the luma-colours-snapshots protocol (see module doc); returns (gallery, queries)
+    paths."""
+    gallery, queries = _luma_colours_rows(luma_dir, out_dir, seed)
+    _snapshot_queries(queries, out_dir, seed)
+    return write_protocol(out_dir, gallery, queries)
+
+
+def _luma_colours_rows(luma_dir: Path, out_dir: Path, seed: int) -> tuple[list[Row], list[Row]]:
+    """luma-colours' (gallery, queries) rows, paths relative to ``out_dir``."""
     variants = _luma_variants(luma_dir)
     styles: dict[str, list[Row]] = {}
     for variant in variants:
@@ -226,7 +251,7 @@ def write_luma_colours(luma_dir: Path, out_dir: Path, seed: int = 0) -> tuple[Pa
             continue
         queries.extend({"image": _relative(luma_dir / v["path"], out_dir), "relevant": others,
                         "category": variant["category"]} for v in variant["images"])
-    return write_protocol(out_dir, gallery, queries)
+    return gallery, queries
 
 
 def write_luma_styles(luma_dir: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -363,8 +388,8 @@ def missing_luma(luma: Path, needing: Sequence[str], hint: str = "") -> str | No
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = protocol_parser(__doc__, PROTOCOLS)
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the fmnist query draw, the luma-colours hold-out and "
-                             "the fmnist-colours draw")
+                        help="seed of the fmnist query draw, the luma-colours hold-out, "
+                             "the snapshots and the fmnist-colours draw")
     return parser.parse_args(argv)
 
 
@@ -376,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "luma-multiview": lambda out: write_luma_multiview(args.luma, out),
         "luma-snapshots": lambda out: write_luma_snapshots(args.luma, out, seed=args.seed),
         "luma-colours": lambda out: write_luma_colours(args.luma, out, seed=args.seed),
+        "luma-colours-snapshots": lambda out: write_luma_colours_snapshots(args.luma, out,
+                                                                           seed=args.seed),
         "luma-styles": lambda out: write_luma_styles(args.luma, out),
     }
     needing = [n for n in LUMA_PROTOCOLS if n in wanted]

@@ -185,6 +185,27 @@ def test_luma_colours_holds_each_query_variant_out_and_relates_its_other_colours
             if style == style_of[own] and pid != own and pid in in_gallery}
 
 
+def test_luma_colours_snapshots_are_the_luma_colours_queries_as_snapshots(
+    luma_dir: Path, tmp_path: Path
+) -> None:
+    """The cross-colour scene protocol: luma-colours' gallery and relevant colours, each query
+    photo a seeded snapshot (as luma-snapshots makes them)."""
+    colours_gallery, colours_queries = protocols.write_luma_colours(
+        luma_dir, tmp_path / "luma-colours", seed=0)
+    out = tmp_path / "luma-colours-snapshots"
+    gallery_path, queries_path = protocols.write_luma_colours_snapshots(luma_dir, out, seed=0)
+    assert read_jsonl(gallery_path) == read_jsonl(colours_gallery)  # same folder depth
+    originals, queries = read_jsonl(colours_queries), read_jsonl(queries_path)
+    assert [(q["relevant"], q["category"]) for q in queries] == [
+        (q["relevant"], q["category"]) for q in originals]
+    for query, original in zip(queries, originals, strict=True):
+        path = out / query["image"]
+        assert path.parent == out / "images"
+        assert path.name == f"{Path(original['image']).stem}_snapshot.jpg"
+        with Image.open(path) as image:
+            assert image.size == (protocols.SNAPSHOT_SIZE, protocols.SNAPSHOT_SIZE)
+
+
 def test_same_item_fmnist_relates_each_query_to_every_listing_of_its_article(
     tmp_path: Path
 ) -> None:
