@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from search.scene import (
     VERIFY_SIZE,
     WINDOW_VERSION,
     WORKING_SIDE,
+    SceneQueries,
     scene_queries,
 )
 from search.verify import SameItemVerifier
@@ -293,6 +294,7 @@ def embed_scene_queries(
     cutouts: bool = True,
     windows: bool = True,
     light: bool = True,
+    embedders: Callable[[int, SceneQueries], Sequence[Embedder]] | None = None,
 ) -> dict[int, NDArray[np.float32]]:
     """The vectors an image search with a scene photo (:func:`search.scene.is_scene`)
     searches with, for the photos in ``paths`` that have more than their own, by position,
@@ -303,12 +305,15 @@ def embed_scene_queries(
     its windows' (:func:`search.scene.windows`), each unless turned off. Cached under the photo's
     content hash and :data:`~search.scene.LIGHT_VERSION`, :data:`~search.scene.CUTOUT_VERSION`
     or :data:`~search.scene.WINDOW_VERSION`, and the cut-out's or crop's index (the
-    cut-outs' and windows' keys name the light too: they are cut from the lit photo)."""
+    cut-outs' and windows' keys name the light too: they are cut from the lit photo).
+    ``embedders(i, parts)``: what embeds each picture of ``paths[i]`` (the photo, then
+    ``parts.pictures``; :meth:`search.api.ProductSearch.picture_embedders`), each cached
+    under its own model version; by default ``embedder`` embeds them all."""
     min_size = getattr(embedder, "decode_size", None)
-    version = embedder.model_version
     started = time.perf_counter()
-    keys: dict[int, list[str]] = {}
-    pictures: dict[str, Any] = {}
+    keys: dict[int, list[tuple[str, str]]] = {}
+    pictures: dict[tuple[str, str], Any] = {}  # by (model version, key)
+    models: dict[str, Embedder] = {}
     for i, path in enumerate(tqdm(paths, unit="img", desc="cut-outs and windows", disable=None)):
         data = _read(path)
         picture = _decode(data, max_pixels, min_size)
@@ -328,16 +333,25 @@ def embed_scene_queries(
         ] + [(f"{digest}:{WINDOW_VERSION}{light_key}:{n}", crop)
              for n, crop in enumerate(parts.windows)]
         if len(named) > 1:
-            keys[i] = [key for key, _ in named]
-            pictures.update(named)
-    found = cache.get_many(version, list(pictures)) if cache is not None else {}
-    todo = [key for key in pictures if key not in found]
-    for start in range(0, len(todo), CHUNK):
-        chunk = todo[start : start + CHUNK]
-        vectors = np.asarray(embedder.embed([pictures[key] for key in chunk]), dtype=np.float32)
-        found.update(zip(chunk, vectors, strict=True))
-        if cache is not None:
-            cache.put_many(version, [(key, found[key]) for key in chunk])
+            by = embedders(i, parts) if embedders is not None else [embedder] * len(named)
+            models.update((model.model_version, model) for model in by)
+            keys[i] = [(model.model_version, key) for model, (key, _) in
+                       zip(by, named, strict=True)]
+            pictures.update(zip(keys[i], (picture for _, picture in named), strict=True))
+    found: dict[tuple[str, str], NDArray[np.float32]] = {}
+    for version, model in models.items():
+        mine = [key for v, key in pictures if v == version]
+        cached = cache.get_many(version, mine) if cache is not None else {}
+        found.update(((version, key), vector) for key, vector in cached.items())
+        todo = [key for key in mine if key not in cached]
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            vectors = np.asarray(model.embed([pictures[version, key] for key in chunk]),
+                                 dtype=np.float32)
+            found.update(((version, key), vector)
+                         for key, vector in zip(chunk, vectors, strict=True))
+            if cache is not None:
+                cache.put_many(version, list(zip(chunk, vectors, strict=True)))
     stats.cutout_seconds += time.perf_counter() - started
     return {i: np.stack([found[key] for key in names]) for i, names in keys.items()}
 
@@ -483,9 +497,13 @@ def evaluate(
                             f"({skipped_summary(skipped.values())})")
     query_paths = [query_paths[r] for r in keep]
     query_vectors = query_vectors[keep]
+
+    def embedders(i: int, parts: SceneQueries) -> list[Embedder]:
+        return searcher.picture_embedders(parts, match)  # as by_images embeds them
+
     scene = (embed_scene_queries(query_paths, query_embedder, cache, max_pixels=max_pixels,
                                  stats=stats, cutouts=cutout_queries, windows=window_queries,
-                                 light=light_queries)
+                                 light=light_queries, embedders=embedders)
              if cutout_queries or window_queries or light_queries else {})
     started = time.perf_counter()
     results = run_queries(searcher, scored, query_vectors, match, scene,

@@ -34,7 +34,8 @@
 * ``match``: ``"exact"`` finds this item in this colour (what a shopper's snapshot wants; the
   default of the image and vector searches), ``"similar"`` the same kind or style in any
   colour (what "more like this" wants; the default of :meth:`ProductSearch.by_product`).
-  A ``similar`` photo is embedded in several channel orders (``similar_views``). See
+  A ``similar`` photo is embedded in several channel orders (``similar_views``; the scene
+  pictures made from it in one: :meth:`ProductSearch.picture_embedders`). See
   search/intent.py.
 * An image query whose border does not tell its background (a snapshot) also searches with
   its product cut out on white and with crops of the scene, its windows
@@ -72,7 +73,14 @@ from search.cancel import Cancelled, stop_if
 from search.features import KeypointMatch, PhotoFeatures, photo_features
 from search.filters import SearchFilter, add_filter
 from search.intent import Match, QueryWeighting, check_match, similar_embedder, unit
-from search.scene import VERIFY_SIZE, WINDOW_SCALES, WORKING_SIDE, cutouts_of, scene_queries
+from search.scene import (
+    VERIFY_SIZE,
+    WINDOW_SCALES,
+    WORKING_SIDE,
+    SceneQueries,
+    cutouts_of,
+    scene_queries,
+)
 from search.verify import Evidence, Overlay, SameItemVerifier
 from store import MAX_RESULT_WINDOW, Consistency, ExpressionBuilder, MilvusStore
 from store.engine import search_params
@@ -409,9 +417,10 @@ class ProductSearch:
         it turned upright as well (:meth:`_upright`); ``family_depth``: when the first
         candidates of a price comparison are a family of look-alikes, the products it
         searches (:func:`_look_deeper`; no deeper than ``COMPARE_DEPTH * k`` when smaller);
-        ``similar_views``: a ``similar`` image search embeds each picture in this many
-        channel orders and searches with their mean (:class:`search.intent.SimilarViews`;
-        1: the picture alone)."""
+        ``similar_views``: a ``similar`` image search embeds each photo (not the scene
+        pictures made from it: :meth:`picture_embedders`) in this many channel orders and
+        searches with their mean (:class:`search.intent.SimilarViews`; 1: the photo
+        alone)."""
         if family_depth < 0:
             raise ValueError(f"family_depth must be >= 0, got {family_depth}")
         if not 1 <= rerank_depth <= MAX_K:
@@ -952,8 +961,9 @@ class ProductSearch:
         when it has them, cut from the lit photo (:meth:`by_image`). One photo is loaded
         at a time, and its pictures are made from it shrunk to ``WORKING_SIDE`` and let go
         once embedded: what a request holds is one decode at a time and the pictures of one
-        photo at that size, not every photo's at full size. ``match="similar"``: each picture
-        in its channel orders, one mean vector each (:class:`search.intent.SimilarViews`)."""
+        photo at that size, not every photo's at full size. ``match="similar"``: each photo
+        in its channel orders, one mean vector each (:class:`search.intent.SimilarViews`),
+        its scene pictures in one (:meth:`picture_embedders`)."""
         match = check_match(match)
         return [vector for image in _check_images(images)
                 for vector in self._photo_vectors(self._load(image, self._max_pixels), match)]
@@ -961,17 +971,41 @@ class ProductSearch:
     def _photo_vectors(self, picture: Image.Image, match: Match = "exact") -> list[list[float]]:
         """:meth:`query_vectors` of one loaded photo: the photo embedded as decoded (its
         vector as before, whatever its size), its scene pictures made from it at
-        ``WORKING_SIDE``; for ``similar``, by the intent's embedder."""
-        return self._embed_pictures([picture, *scene_queries(
-            _working(picture), light=self._light_queries, cutouts_too=self._cutout_queries,
-            windows_too=self._window_queries).pictures], self.query_embedder(match))
+        ``WORKING_SIDE``; each by its :meth:`picture_embedders`, one call per embedder (one
+        call in all for ``exact``, as before)."""
+        parts = scene_queries(_working(picture), light=self._light_queries,
+                              cutouts_too=self._cutout_queries, windows_too=self._window_queries)
+        pictures = [picture, *parts.pictures]
+        embedders = self.picture_embedders(parts, match)
+        out: list[list[float]] = []
+        start = 0
+        while start < len(pictures):  # runs of one embedder (the photo's, its pictures')
+            end = start + 1
+            while end < len(pictures) and embedders[end] is embedders[start]:
+                end += 1
+            out += self._embed_pictures(pictures[start:end], embedders[start])
+            start = end
+        return out
 
     def query_embedder(self, match: Match) -> Embedder:
-        """What embeds a query photo (and its scene pictures) for ``match``: the model, or
-        for ``similar`` the model in ``similar_views`` channel orders
-        (:func:`search.intent.similar_embedder`). ``lookalike eval`` embeds its queries
-        with it too."""
+        """What embeds a query photo itself for ``match``: the model, or for ``similar`` the
+        model in ``similar_views`` channel orders (:func:`search.intent.similar_embedder`).
+        Its scene pictures: :meth:`picture_embedders`. ``lookalike eval`` embeds its
+        queries with them too."""
         return self._similar_embedder if match == "similar" else self._embedder
+
+    def picture_embedders(self, parts: SceneQueries, match: Match) -> list[Embedder]:
+        """What embeds each picture a query photo searches with (``[the photo,
+        *parts.pictures]``) for ``match``: the photo itself by :meth:`query_embedder`, the
+        pictures made from it (under catalog light, cut-outs, windows) by the model. For
+        ``similar`` a scene photo's own pictures stay in one channel order: on scene photos
+        whose other colours are the answer (luma-colours-snapshots) their orders gained
+        nothing, where the photo's own colour is (luma-snapshots) they cost R@1 0.136 ->
+        0.116, and they tripled the cost of a scene (docs/matching.md, "Channel orders on
+        scene pictures"). So at most one picture per photo, ``MAX_QUERY_VECTORS`` a
+        request, is embedded in orders: ``similar_views - 1`` passes more per photo than
+        ``exact``."""
+        return [self.query_embedder(match), *[self._embedder] * len(parts.pictures)]
 
     def _load_views(self, image: ImageInput) -> tuple[Image.Image, Image.Image]:
         """(the query photo to embed, the photo to verify) as decoded: the caller finds the

@@ -19,8 +19,12 @@ query is embedded in ``views`` channel orders (RGB, GBR, BRG: the same shapes an
 other hues; :data:`CHANNEL_ORDERS`) and searches with the mean of their vectors
 (:class:`SimilarViews`): on the cross-colour protocols R@1 luma-colours 0.677 -> 0.738,
 packs-colours 0.411 -> 0.489, plain-colours 0.283 -> 0.483, fmnist-colours 0.808 -> 0.962
-(docs/matching.md, "Channel orders"). Two more network passes per picture; the stored vectors
-are unchanged, and ``exact`` and ``by_product`` (stored vectors) are untouched.
+(docs/matching.md, "Channel orders"). Two more network passes per photo; the pictures a
+scene photo also searches with (:mod:`search.scene`: under catalog light, cut-outs, windows)
+stay in one order, where their orders gained nothing on cross-colour snapshots and cost the
+snapshots whose own colour is the answer (``ProductSearch.picture_embedders``;
+docs/matching.md, "Channel orders on scene pictures"). The stored vectors are unchanged, and
+``exact`` and ``by_product`` (stored vectors) are untouched.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from embedding.colour import COLOUR_DIM
 from embedding.embedder import mix_colour
-from evaluation.run import EmbedStats, embed_files
+from evaluation.run import EmbedStats, embed_files, embed_scene_queries
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from lookalike.settings import SearchSettings
@@ -29,8 +29,10 @@ from search.intent import (
     channel_orders,
     similar_embedder,
 )
+from search.scene import scene_queries
 from store import ensure_collections
 from tests import milvus_support
+from tests.fakes import printed_pack, reshot_on_backdrop
 from tests.milvus_support import Milvus, record
 
 milvus = milvus_support.milvus
@@ -196,3 +198,59 @@ def test_a_large_similar_picture_is_shrunk_before_its_channel_orders_are_made() 
     assert len(leaky.seen) == 15
     assert all(max(picture.size) == SIMILAR_MAX_SIDE for picture in leaky.seen)
     assert np.allclose(vectors, vectors[0], atol=1e-6)  # in chunks, each the same
+
+
+def _scene() -> Image.Image:
+    return reshot_on_backdrop(printed_pack("CRUNCHY"), texture_seed=2)
+
+
+def test_a_similar_scene_upload_embeds_only_its_photos_in_channel_orders(
+        gallery: tuple[Milvus, CollectionSpec]) -> None:
+    """16 scene photos searched ``similar``: each photo in three orders, the pictures made
+    from it (light, cut-outs, windows) in one: 2 * 16 passes more than ``exact``, not
+    2 * 224 (their orders did not pay: docs/matching.md, "Channel orders on scene
+    pictures")."""
+    shot = _scene()
+    parts = scene_queries(shot)
+    pictures = 1 + len(parts.pictures)
+    assert parts.lit is not None and parts.cutouts and parts.windows  # a scene
+    exact = LeakyEmbedder()
+    _search(gallery, 3, exact).query_vectors([shot] * 16)
+    assert len(exact.seen) == 16 * pictures  # one pass each, as before
+    leaky = LeakyEmbedder()
+    vectors = _search(gallery, 3, leaky).query_vectors([shot] * 16, match="similar")
+    assert len(vectors) == 16 * pictures
+    assert len(leaky.seen) - 16 * pictures == 2 * 16  # each photo itself, two more orders
+    one = LeakyEmbedder()
+    [photo, *rest] = _search(gallery, 3, one).query_vectors([shot], match="similar")
+    assert len(one.seen) == pictures + 2
+    orders = LeakyEmbedder().embed(channel_orders(shot, 3)).sum(axis=0)
+    np.testing.assert_allclose(photo, orders / np.linalg.norm(orders), atol=1e-6)
+    np.testing.assert_allclose(rest, LeakyEmbedder().embed(parts.pictures), atol=1e-6)
+
+
+def test_a_similar_upload_of_photos_on_white_keeps_three_orders_each(
+        gallery: tuple[Milvus, CollectionSpec]) -> None:
+    leaky = LeakyEmbedder()
+    vectors = _search(gallery, 3, leaky).query_vectors([_garment("wide", RED)] * 16,
+                                                       match="similar")
+    assert len(vectors) == 16 and len(leaky.seen) == 48
+
+
+def test_eval_embeds_a_similar_scene_as_the_search_does(
+        gallery: tuple[Milvus, CollectionSpec], tmp_path: Path) -> None:
+    """``lookalike eval`` asks the search which embedder embeds each scene picture
+    (``picture_embedders``): its vectors are the ones ``query_vectors`` searches with."""
+    path = tmp_path / "shot.png"
+    _scene().save(path)
+    leaky = LeakyEmbedder()
+    search = _search(gallery, 3, leaky)
+    extra = embed_scene_queries(
+        [path], search.query_embedder("similar"), None, max_pixels=10**7, stats=EmbedStats(),
+        embedders=lambda i, parts: search.picture_embedders(parts, "similar"))
+    expected = search.query_vectors([path], match="similar")
+    assert np.asarray(expected) == pytest.approx(extra[0], abs=1e-6)
+    plain = embed_scene_queries([path], leaky, None, max_pixels=10**7, stats=EmbedStats())
+    assert np.asarray(search.query_vectors([path])) == pytest.approx(plain[0], abs=1e-6)
+    assert not np.allclose(extra[0][0], plain[0][0], atol=1e-3)  # the photo: three orders
+    assert np.allclose(extra[0][-1], plain[0][-1], atol=1e-6)  # a window: one
