@@ -129,7 +129,12 @@ class SimilarViews:
 
     @property
     def model_version(self) -> str:
-        return f"{self._embedder.model_version}+similar-rgb{self._views}"
+        """The model's version and what is done to a picture before it: its channel orders
+        by name and the shrink (``...+similar-rgb.gbr.brg@1280``), so that redefining
+        either never takes vectors cached under the old meaning (``lookalike eval``)."""
+        orders = ".".join("".join("rgb"[c] for c in order)
+                          for order in CHANNEL_ORDERS[:self._views])
+        return f"{self._embedder.model_version}+similar-{orders}@{SIMILAR_MAX_SIDE}"
 
     @property
     def dim(self) -> int:

@@ -158,7 +158,7 @@ def test_similar_embedder() -> None:
     assert similar_embedder(colourless, 3) is colourless  # one intent without a colour block
     views = similar_embedder(leaky, 3)
     assert isinstance(views, SimilarViews)
-    assert views.model_version == "fake-leaky-v1+similar-rgb3"  # never the photo's cache key
+    assert views.model_version == "fake-leaky-v1+similar-rgb.gbr.brg@1280"  # not the photo's
     assert views.dim == leaky.dim and views.colour_weight == WEIGHT
     assert views.embed([]).shape == (0, leaky.dim)
     out = views.embed([_garment("wide", RED), _garment("tall", BLUE)])
@@ -167,6 +167,20 @@ def test_similar_embedder() -> None:
     SearchSettings(similar_views=len(CHANNEL_ORDERS))  # the settings bound it to the orders
     with pytest.raises(ValidationError, match="less than or equal to 6"):
         SearchSettings(similar_views=len(CHANNEL_ORDERS) + 1)
+
+
+def test_the_version_names_what_is_done_to_a_picture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors cached under the version (``lookalike eval``) are never taken once the orders
+    or the shrink mean something else."""
+    import search.intent as intent
+
+    views = similar_embedder(LeakyEmbedder(), 3)
+    before = views.model_version
+    monkeypatch.setattr(intent, "CHANNEL_ORDERS", ((0, 1, 2), (0, 2, 1), (2, 1, 0)))
+    assert views.model_version == "fake-leaky-v1+similar-rgb.rbg.bgr@1280" != before
+    monkeypatch.undo()
+    monkeypatch.setattr(intent, "SIMILAR_MAX_SIDE", 640)
+    assert views.model_version == "fake-leaky-v1+similar-rgb.gbr.brg@640"
 
 
 def test_eval_embeds_a_similar_query_as_the_search_does_even_when_the_gallery_holds_its_photo(
