@@ -308,7 +308,8 @@ def embed_scene_queries(
     cut-outs' and windows' keys name the light too: they are cut from the lit photo).
     ``embedders(i, parts)``: what embeds each picture of ``paths[i]`` (the photo, then
     ``parts.pictures``; :meth:`search.api.ProductSearch.picture_embedders`), each cached
-    under its own model version; by default ``embedder`` embeds them all."""
+    under its own model version; by default ``embedder`` embeds them all, which is what the
+    search does for ``exact`` only (:func:`evaluate` passes the search's own choice)."""
     min_size = getattr(embedder, "decode_size", None)
     started = time.perf_counter()
     keys: dict[int, list[tuple[str, str]]] = {}
@@ -452,9 +453,9 @@ def evaluate(
     ``ProductSearch.by_images`` re-ranks them). A query with no relevant product, or with a
     photo that cannot be read, is skipped (warned of, and listed in the report); with
     ``strict`` an unreadable photo is a :class:`ProtocolError`. For ``similar`` the query
-    photos (and their scene pictures) are embedded as ``by_images`` embeds them for it, in
-    ``similar_views`` channel orders (:meth:`ProductSearch.query_embedder`); the gallery is
-    indexed as always."""
+    photos are embedded as ``by_images`` embeds them for it: each photo itself in
+    ``similar_views`` channel orders, its scene pictures in one
+    (:meth:`ProductSearch.picture_embedders`); the gallery is indexed as always."""
     stats = EmbedStats()
     n_rows = index_products(products, embedder, store, spec, cache, max_pixels=max_pixels,
                             stats=stats, strict=strict)

@@ -977,6 +977,8 @@ class ProductSearch:
                               cutouts_too=self._cutout_queries, windows_too=self._window_queries)
         pictures = [picture, *parts.pictures]
         embedders = self.picture_embedders(parts, match)
+        if len(embedders) != len(pictures):
+            raise ValueError(f"{len(embedders)} embedders for {len(pictures)} pictures")
         out: list[list[float]] = []
         start = 0
         while start < len(pictures):  # runs of one embedder (the photo's, its pictures')

@@ -422,9 +422,6 @@ class UnreadableListings:
 
     query_decode_size = None
 
-    def by_vectors(self, *args: Any, **kwargs: Any) -> list[Hit]:
-        return []
-
     def compare_prices(self, *args: Any, **kwargs: Any) -> list[Any]:
         raise StoredPhotoUnreadable(Reason.PATH_NOT_ALLOWED,
                                     "none of the 3 candidate listing photos could be read")
@@ -950,9 +947,6 @@ class SlowSearch:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.entered = threading.Event()
-
-    def by_vectors(self, *args: Any, **kwargs: Any) -> list[Hit]:
-        return []
 
     def by_vector(self, *args: Any, **kwargs: Any) -> list[Hit]:
         self.entered.set()

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from embedding.colour import COLOUR_DIM
 from embedding.embedder import mix_colour
-from evaluation.run import EmbedStats, embed_files, embed_scene_queries
+from evaluation.protocol import load_gallery, load_queries
+from evaluation.run import EmbedStats, embed_files, embed_scene_queries, evaluate
 from ingest.plan import WritePlan
 from ingest.sink import MilvusSink
 from lookalike.settings import SearchSettings
@@ -30,7 +31,7 @@ from search.intent import (
     similar_embedder,
 )
 from search.scene import scene_queries
-from store import ensure_collections
+from store import MilvusStore, ensure_collections
 from tests import milvus_support
 from tests.fakes import printed_pack, reshot_on_backdrop
 from tests.milvus_support import Milvus, record
@@ -268,3 +269,39 @@ def test_eval_embeds_a_similar_scene_as_the_search_does(
     assert np.asarray(search.query_vectors([path])) == pytest.approx(plain[0], abs=1e-6)
     assert not np.allclose(extra[0][0], plain[0][0], atol=1e-3)  # the photo: three orders
     assert np.allclose(extra[0][-1], plain[0][-1], atol=1e-6)  # a window: one
+
+
+def test_eval_searches_a_similar_scene_query_with_the_vectors_the_search_uses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through ``evaluate``: the vectors a ``similar`` scene query is searched
+    with are those of ``query_vectors`` (the photo in three orders, its pictures in one)."""
+    import json
+
+    (tmp_path / "g").mkdir()
+    _garment("wide", RED).save(tmp_path / "g" / "red.png")
+    _scene().save(tmp_path / "shot.png")
+    (tmp_path / "gallery.jsonl").write_text(json.dumps(
+        {"product_id": "red", "category": "A", "images": ["g/red.png"]}) + "\n")
+    (tmp_path / "queries.jsonl").write_text(json.dumps(
+        {"image": "shot.png", "relevant": ["red"]}) + "\n")
+    searched: list[tuple[ProductSearch, list[list[float]]]] = []
+    by_vectors = ProductSearch.by_vectors
+
+    def spy(self: ProductSearch, vectors: Sequence[Sequence[float]], *args: object,
+            **kwargs: object) -> object:
+        searched.append((self, [list(map(float, v)) for v in vectors]))
+        return by_vectors(self, vectors, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ProductSearch, "by_vectors", spy)
+    products = load_gallery(tmp_path / "gallery.jsonl")
+    store = MilvusStore.open(str(tmp_path / "eval.db"))
+    try:
+        evaluate(products, load_queries(tmp_path / "queries.jsonl", products), LeakyEmbedder(),
+                 store, CollectionSpec(name="similar", dim=CNN + COLOUR_DIM), None,
+                 max_pixels=10**7, match="similar")
+        [(search, vectors)] = searched
+        expected = search.query_vectors([tmp_path / "shot.png"], match="similar")
+    finally:
+        store.close()
+    assert len(vectors) == len(expected) > 1  # a scene: the photo and its pictures
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
