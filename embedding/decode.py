@@ -95,24 +95,28 @@ def _draft(image: Image.Image, min_size: int | None) -> None:
         image.draft(None, (min_size, min_size))
 
 
-def declared_pixels(data: bytes, min_size: int | None = None) -> int | None:
+def declared_pixels(data: bytes, min_sizes: Sequence[int | None] = (None,)) -> int | None:
     """The pixels ``data`` decodes to (width x height, the same count once turned by its EXIF
     orientation), read from its header as :func:`decode_image` opens it, no pixel decoded: for
-    a caller that bounds several images together before decoding any. With ``min_size``, a
-    JPEG counts at the reduced scale :func:`decode_image` decodes it at for that size (a
-    12 MP phone photo bound for a 320 px square: 1/8, 0.19 MP); any other format at its full
-    size. A progressive JPEG counts at its full size too: libjpeg holds all of its
+    a caller that bounds several images together before decoding any. ``min_sizes``: the
+    squares it is decoded to cover, as :func:`decode_images` takes them; a JPEG counts at
+    each distinct reduced scale it is decoded at for them, added up (a 12 MP phone photo
+    bound for 224 and 320 px squares: 1/8 for both, 0.19 MP; a 1000 px one: 1/4 and 1/2,
+    0.31 MP, both decodes held while one photo is searched); any other format once at its
+    full size. A progressive JPEG counts once at its full size: libjpeg holds all of its
     coefficients whatever the scale (an 8000x5000 one drafted to 0.6 MP took 0.3 s and
     236 MB). None when it does not open as an image of an allowed format, or PIL takes it for
     a decompression bomb: the decoder then refuses it and says why."""
+    scales: set[tuple[int, int]] = set()
     try:
-        with _open(io.BytesIO(data), max_pixels=0) as image:
-            if not image.info.get("progressive"):
-                _draft(image, min_size)
-            width, height = image.size
+        for min_size in min_sizes or (None,):
+            with _open(io.BytesIO(data), max_pixels=0) as image:
+                if not image.info.get("progressive"):
+                    _draft(image, min_size)
+                scales.add(image.size)
     except ItemError:
         return None
-    return max(width, 0) * max(height, 0)
+    return sum(max(width, 0) * max(height, 0) for width, height in scales)
 
 
 def load_image(

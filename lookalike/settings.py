@@ -425,7 +425,7 @@ class ServeSettings(_Group):
     max_request_pixels: int = Field(default=100_000_000, gt=0, le=16_000_000_000,
                                     description="Most pixels of the views one API request "
                                     "uploads, together, read from their headers before any is "
-                                    "decoded (a JPEG at the reduced scale it decodes at; each "
+                                    "decoded (a JPEG at the reduced scales it decodes at; each "
                                     "view is also within images.max_pixels); more is refused "
                                     "422")
     workers: int = Field(default=4, ge=1, le=256,

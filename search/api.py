@@ -471,12 +471,12 @@ class ProductSearch:
         self.check_model(announce=False)  # its error is the caller's to report, once
 
     @property
-    def query_decode_size(self) -> int | None:
-        """The largest square a query photo is decoded to cover (the model's and
-        ``VERIFY_SIZE``): a JPEG is decoded at the reduced scale that covers it
-        (:func:`embedding.decode.decode_images`). None when the model names no size (every
-        photo decoded at full size)."""
-        return None if self._decode_size is None else max(self._decode_size, VERIFY_SIZE)
+    def query_decode_sizes(self) -> tuple[int | None, ...]:
+        """The squares a query photo is decoded to cover (the model's and ``VERIFY_SIZE``,
+        as :meth:`_load_views` decodes it): a JPEG is decoded once per reduced scale that
+        covers one (:func:`embedding.decode.decode_images`). ``(None,)`` when the model
+        names no size (every photo decoded once, at full size)."""
+        return (None,) if self._decode_size is None else (self._decode_size, VERIFY_SIZE)
 
     @property
     def consistency(self) -> Consistency:

@@ -311,7 +311,7 @@ def create_app(
     def matching(options: SearchOptions) -> dict[str, Any]:
         return {} if options.match is None else {"match": options.match}
 
-    decode_size: int | None = search.query_decode_size  # how a JPEG view counts in pixels
+    decode_sizes = search.query_decode_sizes  # how a JPEG view counts in pixels
 
     async def uploads(request: Request) -> tuple[list[bytes], dict[str, Any]]:
         form = await _read_form(request, config.max_upload_bytes)
@@ -320,7 +320,7 @@ def create_app(
             raise ApiError(422, "missing_image", "upload at least one file in the 'image' field")
         images = [await f.read() for f in files]
         await _off_the_loop_if_large(sum(len(data) for data in images), _within_pixels,
-                                     images, config.max_request_pixels, decode_size)
+                                     images, config.max_request_pixels, decode_sizes)
         return images, _form_fields(form)
 
     @app.post("/v1/search", tags=["search"], openapi_extra=_request_body(SearchBody, SearchForm),
@@ -625,16 +625,18 @@ async def _read_form(request: Request, max_bytes: int) -> FormData:
     return form
 
 
-def _within_pixels(images: Sequence[bytes], budget: int, decode_size: int | None) -> None:
+def _within_pixels(images: Sequence[bytes], budget: int,
+                   decode_sizes: Sequence[int | None]) -> None:
     """422 ``too_many_pixels`` when the uploaded views decode to more than ``budget`` pixels
     together (``serve.max_request_pixels``), read from their headers before any is decoded:
     each view was bound (``images.max_pixels``), the request not, and 16 single-colour PNGs
-    of 36 MP (117 KiB each) held a search worker 37-68 s. A JPEG counts at the reduced scale
-    it is decoded at for ``decode_size`` (the search's, :attr:`ProductSearch.query_decode_size`):
-    nine 12 MP phone photos were refused, though each decodes to 0.19 MP. Read here, not in
+    of 36 MP (117 KiB each) held a search worker 37-68 s. A JPEG counts at the reduced
+    scales it is decoded at for ``decode_sizes`` (the search's,
+    :attr:`ProductSearch.query_decode_sizes`; :func:`embedding.decode.declared_pixels`): nine
+    12 MP phone photos were refused, though each decodes to 0.19 MP. Read here, not in
     ``ProductSearch``: the CLI and ``eval`` keep their behaviour. A view that does not open
     counts for nothing: the decoder refuses it as before."""
-    total = sum(declared_pixels(data, decode_size) or 0 for data in images)
+    total = sum(declared_pixels(data, decode_sizes) or 0 for data in images)
     if total > budget:
         views = "the view has" if len(images) == 1 else f"the {len(images)} views have"
         together = "" if len(images) == 1 else " together"

@@ -175,15 +175,20 @@ def test_declared_pixels_count_a_jpeg_at_the_scale_it_is_decoded_at() -> None:
     picture = Image.new("RGB", (4000, 3000), (200, 30, 30))
     phone = _encode(picture, "JPEG")
     assert declared_pixels(phone) == 12_000_000
-    assert declared_pixels(phone, 320) == 500 * 375  # decoded at 1/8 for a 320 px square
+    assert declared_pixels(phone, [320]) == 500 * 375  # decoded at 1/8 for a 320 px square
+    assert declared_pixels(phone, [224, 320]) == 500 * 375  # 1/8 for both: one decode
     assert decode_images(phone, MAX, [320])[0].size == (500, 375)  # as the decoder does
     mpo = _encode(picture, "MPO", save_all=True, append_images=[picture.resize((400, 300))])
     assert Image.open(io.BytesIO(mpo)).format == "MPO"
-    assert declared_pixels(mpo, 320) == 500 * 375
+    assert declared_pixels(mpo, [320]) == 500 * 375
     assert decode_images(mpo, MAX, [320])[0].size == (500, 375)
     progressive = _encode(picture, "JPEG", progressive=True)
-    assert declared_pixels(progressive, 320) == 12_000_000
-    assert declared_pixels(_encode(picture, "PNG"), 320) == 12_000_000
+    assert declared_pixels(progressive, [224, 320]) == 12_000_000  # once
+    assert declared_pixels(_encode(picture, "PNG"), [224, 320]) == 12_000_000  # once
+    smaller = _encode(Image.new("RGB", (1000, 1000), (200, 30, 30)), "JPEG")
+    assert [im.size for im in decode_images(smaller, MAX, [224, 320])] == [(250, 250),
+                                                                          (500, 500)]
+    assert declared_pixels(smaller, [224, 320]) == 250 * 250 + 500 * 500  # both decodes
 
 
 def test_formats_outside_the_allow_list_are_not_opened() -> None:

@@ -250,27 +250,28 @@ def test_views_over_the_request_pixel_budget_are_refused_before_any_search(
 
 def test_a_jpeg_view_counts_at_the_scale_it_is_decoded_at(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Phone photos are JPEGs, decoded at the reduced scale that covers the search's largest
-    square (320 px): nine 12 MP photos were refused under the 100 MP budget though each
-    decodes to 0.19 MP. A 1000 px JPEG counts at half size (250,000 pixels: the scale that
-    covers 320 px), a 1000 px PNG at full size."""
+    """Phone photos are JPEGs, decoded at the reduced scales that cover the search's squares
+    (224 and 320 px): nine 12 MP photos were refused under the 100 MP budget though each
+    decodes to 0.19 MP. A 1000 px JPEG counts at a quarter and at half size (62,500 +
+    250,000 pixels: the scales that cover 224 and 320 px, both held while it is searched),
+    a 1000 px PNG once at full size."""
     monkeypatch.setattr(FakeEmbedder, "decode_size", 224, raising=False)
     out = io.BytesIO()
     Image.new("RGB", (1000, 1000), RED).save(out, format="JPEG")
     photo = out.getvalue()
     for served in build_served(tmp_path, config=ServeConfig(max_request_pixels=1_000_000)):
-        assert served.search.query_decode_size == 320  # the model's 224, VERIFY_SIZE 320
+        assert served.search.query_decode_sizes == (224, 320)  # the model's, VERIFY_SIZE
         corner = Image.open(io.BytesIO(photo)).convert("RGB").getpixel((0, 0))
         assert isinstance(corner, tuple)
         served.embedder.picture((corner[0], corner[1], corner[2]), [1.0] + [0.0] * 7)  # as RED
         with TestClient(served.app) as http:
-            within = upload(http, photo, photo, photo, photo, k="2")
+            within = upload(http, photo, photo, photo, k="2")
             assert within.status_code == 200, within.text
             assert [h["product_id"] for h in within.json()["hits"]][:1] == ["red-tee"]
-            over = upload(http, photo, photo, photo, photo, photo, k="2")
+            over = upload(http, photo, photo, photo, photo, k="2")
             assert error_code(over, 422) == "too_many_pixels"
             assert over.json()["error"]["message"] == (
-                "the 5 views have 1,250,000 pixels together, over serve.max_request_pixels "
+                "the 4 views have 1,250,000 pixels together, over serve.max_request_pixels "
                 "(1,000,000)")
             assert error_code(upload(http, png(RED, 1001), k="2"), 422) == "too_many_pixels"
 
@@ -420,7 +421,7 @@ def test_compare_prices_bad_input(http: TestClient) -> None:
 class UnreadableListings:
     """Price comparison whose listing photos cannot be read (the image roots)."""
 
-    query_decode_size = None
+    query_decode_sizes = (None,)
 
     def compare_prices(self, *args: Any, **kwargs: Any) -> list[Any]:
         raise StoredPhotoUnreadable(Reason.PATH_NOT_ALLOWED,
@@ -942,7 +943,7 @@ def test_the_page_and_its_assets(http: TestClient) -> None:
 class SlowSearch:
     """Blocks ``by_vector`` until released; ``by_product`` fails like a lost Milvus."""
 
-    query_decode_size = None
+    query_decode_sizes = (None,)
 
     def __init__(self) -> None:
         self.release = threading.Event()
