@@ -139,6 +139,16 @@ round")."""
 GLARE_MAX_EDGE = 0.75
 """Most whitening just inside a glare's edge: a part nearly white at its very edge is a
 white part (a paler hem on a brightened photo read 0.89-0.99)."""
+HIGHLIGHT_WHITENING = 0.1
+"""Least share of its way to white, in every channel (within ``WHITEN_MAX_SPREAD`` of each
+other), by which the query under the light map must be whitened for a pixel to count as
+under a highlight for the light route (:func:`_around_highlights`): a specular highlight's
+core is 60-95 % of the way to white and its rim fades to nothing, a lamp's ramp or a white
+balance the light map explains leaves a few percent (docs/matching.md, "Highlight round")."""
+HIGHLIGHT_MARGIN_PX = 2
+"""Pixels (at half ``VERIFY_SIZE``) around those whitened by ``HIGHLIGHT_WHITENING`` left
+out with them: the highlight's rim, blurred into the pixels beside it, whitens them by less
+and still turns their chroma."""
 RECOLOUR_MIN_INLIERS = 10
 """A keypoint alignment with fewer inliers is not looked at for recoloured parts (~5 ms a
 pair): the rule's geometric routes refuse it anyway (``SameItemRule.min_inliers``)."""
@@ -215,6 +225,31 @@ class LightMap:
     white_unexplained: Callable[[], float] | None = field(default=None, repr=False,
                                                           compare=False)
     """Computes :attr:`Alignment.light_white_unexplained` when the rule first reads it."""
+    around_highlights: Callable[[], AroundHighlights | None] | None = field(
+        default=None, repr=False, compare=False)
+    """Computes :attr:`Alignment.light_around_highlights` when the rule first reads it."""
+
+
+@dataclass(frozen=True)
+class AroundHighlights:
+    """The light route's comparison again without the pixels a highlight hides
+    (:func:`_around_highlights`): where the query under the light map is the listing blended
+    towards white, the same share of the way in every channel (``HIGHLIGHT_WHITENING`` or
+    more), and ``HIGHLIGHT_MARGIN_PX`` around them. A highlight (a lamp's glare, a gloss's
+    specular reflection) hides the colour beneath it and turns its chroma towards grey, which
+    the colour shift's high percentiles read as another colour and the grey levels as another
+    print; another colour of a part turns a hue, or makes it paler where the recoloured-part
+    check refuses it first."""
+
+    share: float
+    """Share of the compared pixels left out."""
+    correlation: float
+    """Grey-level correlation of the (blurred) photos over the rest."""
+    shifts: tuple[float, ...]
+    """:attr:`LightMap.shifts` over the rest."""
+
+    def shift(self, percentile: int) -> float:
+        return self.shifts[SHIFT_PERCENTILES.index(percentile)]
 
 
 @dataclass(frozen=True)
@@ -479,6 +514,16 @@ class Alignment:
             return 0.0
         return light.white_unexplained()
 
+    @property
+    def light_around_highlights(self) -> AroundHighlights | None:
+        """The light map's comparison without what a highlight whitens
+        (:class:`AroundHighlights`; None without a light map, or when no pixel is so
+        whitened, or too few are left)."""
+        light = self.detail.light()
+        if light is None or light.around_highlights is None:
+            return None
+        return light.around_highlights()
+
     def colour_shift(self, percentile: int) -> float:
         return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
 
@@ -624,8 +669,11 @@ class _ColoursOfPixels(ColourDetail):
 
                 def white() -> float:  # read when the light route would accept
                     return _white_unexplained_between(p, fit)
+
+                def highlights() -> AroundHighlights | None:  # read when it refuses
+                    return _around_highlights(p.soft_a[relit], p.soft_b[relit], mapped, relit)
                 self._light = LightMap(_gains(fit), _colour_shifts(mapped, p.soft_b[relit]),
-                                       edge_left_out, white)
+                                       edge_left_out, white, _once(highlights))
             self._done.add("light")
         return self._light
 
@@ -863,18 +911,18 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     return patches, n
 
 
-def _whitening(a: NDArray[np.uint8], b: NDArray[np.uint8]
+def _whitening(a: NDArray[np.uint8], b: NDArray[np.uint8], least: float = WHITEN_MIN_ALPHA
                ) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
     """Per pixel pair (query ``a``, listing ``b``, (n, 3)): (whether ``a`` is ``b`` blended
     towards white, the share of its way to white it moved, averaged over the channels). Blended
     towards white: moved the same share of the way in every channel (``(a - b) / (255 - b)``
-    within ``WHITEN_MAX_SPREAD`` of each other, each at least ``WHITEN_MIN_ALPHA``): what a
-    glare does, and what another hue of a part does not. Channels within 12 of white count
-    their share out of 12, so that JPEG noise there is no large share."""
+    within ``WHITEN_MAX_SPREAD`` of each other, each at least ``least``): what a glare does,
+    and what another hue of a part does not. Channels within 12 of white count their share
+    out of 12, so that JPEG noise there is no large share."""
     fa, fb = a.astype(np.float32), b.astype(np.float32)
     r, g, bl = ((fa[:, c] - fb[:, c]) / np.maximum(255.0 - fb[:, c], 12.0) for c in range(3))
     low, high = np.minimum(np.minimum(r, g), bl), np.maximum(np.maximum(r, g), bl)
-    whitened = (low >= WHITEN_MIN_ALPHA) & (high - low <= WHITEN_MAX_SPREAD)
+    whitened = (low >= least) & (high - low <= WHITEN_MAX_SPREAD)
     out: NDArray[np.float32] = (r + g + bl) / 3
     return whitened, out
 
@@ -919,6 +967,40 @@ def _in_glare(changed: NDArray[np.bool_], inner: NDArray[np.bool_], soft_a: NDAr
                 and float(np.median(alphas[outside])) >= GLARE_EDGE_RATIO * edge):
             out[window] |= patch
     return out
+
+
+def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArray[np.uint8],
+                       where: NDArray[np.bool_]) -> AroundHighlights | None:
+    """:class:`AroundHighlights` of the light route's pixels (``where``'s: the blurred query
+    ``a``, the listing ``b``, ``a`` under the light map ``mapped``), or None when no pixel
+    is whitened by ``HIGHLIGHT_WHITENING`` or fewer than ``MIN_OVERLAP_PX`` are left. The
+    whitening is read after the light map, so that a white balance or a brighter exposure,
+    which the map explains, is none. ~2-4 ms a pair, read only when the light route refuses
+    one."""
+    whitened, _ = _whitening(mapped, b, HIGHLIGHT_WHITENING)
+    if not whitened.any():
+        return None
+    hidden = np.zeros(where.shape, np.uint8)
+    hidden[where] = whitened
+    rest = ~(cv2.dilate(hidden, np.ones((3, 3), np.uint8), iterations=HIGHLIGHT_MARGIN_PX)
+             > 0)[where]
+    if int(rest.sum()) < MIN_OVERLAP_PX:
+        return None
+    return AroundHighlights(float(1.0 - rest.mean()),
+                            _correlation(_grey_levels(a[rest]), _grey_levels(b[rest])),
+                            _colour_shifts(mapped[rest], b[rest]))
+
+
+def _once(compute: Callable[[], AroundHighlights | None]
+          ) -> Callable[[], AroundHighlights | None]:
+    """``compute``, computed at its first call and kept: the rule may ask twice."""
+    kept: list[AroundHighlights | None] = []
+
+    def cached() -> AroundHighlights | None:
+        if not kept:
+            kept.append(compute())
+        return kept[0]
+    return cached
 
 
 def _texture_kept(grey_a: NDArray[Any], grey_b: NDArray[Any]) -> NDArray[np.bool_]:

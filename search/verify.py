@@ -126,6 +126,8 @@ class SameItemRule:
     or, the light route, after the fitted per-channel light map (correlation
     ``>= min_light_correlation``, or ``>= min_segmented_light_correlation`` where the print
     check applies, gains within ``max_light_gain_spread``, shift ``<= max_light_shift``),
+    or so without the pixels a highlight whitens, at most ``max_highlight_share`` of them
+    (:meth:`_agrees_around_highlights`),
     or, the grading route, in hue (correlation ``>= min_light_correlation``, hue turned
     ``<= max_hue_turn``, chroma within ``graded_chroma``, on ``min_graded_share`` of
     chromatic pixels), or, the cover route, around one compact patch of another colour,
@@ -219,6 +221,13 @@ class SameItemRule:
     pack layout cell by cell, so the overall correlation need not. Uneven light on a
     re-shot product lowers it to 0.89-0.96 (chosen on the re-shoot protocols: 0.92 let one
     other flavour through on same-item-packs; see docs/matching.md)."""
+    max_highlight_share: float = 0.1
+    """The light route around highlights (:meth:`_agrees_around_highlights`): most of the
+    compared pixels a highlight may whiten (:attr:`Alignment.light_around_highlights`,
+    with its margin). A highlight covers a small part of a product (2-12 % on
+    same-item-glare's right pairs); a part whitened over more is a paler part: luma's
+    black garments made grey on one model read 0.19 (docs/matching.md, "Highlight
+    round")."""
     min_shaded_correlation: float = 0.99
     """The shaded light route (:class:`ShadedLight`, for a pair the light route refuses):
     grey-level correlation once the shading is divided out. A re-shoot under uneven light
@@ -413,6 +422,16 @@ class SameItemRule:
                               f"another light (correlation {alignment.correlation:.2f}, colour "
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
+            if not recoloured and self._agrees_around_highlights(alignment):
+                around = alignment.light_around_highlights
+                assert around is not None and alignment.light_gains is not None
+                gains = "/".join(f"{g:.2f}" for g in alignment.light_gains)
+                return True, (f"{inliers} geometric inliers, aligned photos agree under "
+                              f"another light around its highlights (correlation "
+                              f"{alignment.correlation:.2f}, {around.correlation:.3f} and "
+                              f"colour shift {around.shift(self.shift_percentile):.1f} after "
+                              f"channel gains {gains} without the {around.share:.0%} of the "
+                              f"product a highlight whitens)")
             # Between two listings only for one re-shot on a backdrop, as the query ("relit").
             if (not recoloured and overlay != "closed"
                     and self._agrees_under_shaded_light(alignment)):
@@ -577,6 +596,35 @@ class SameItemRule:
             return False
         return (max(gains) / min(gains) <= self.max_light_gain_spread
                 and alignment.light_shift(self.shift_percentile) <= self.max_light_shift
+                and alignment.light_white_unexplained <= self.max_white_unexplained)
+
+    def _agrees_around_highlights(self, alignment: Alignment) -> bool:
+        """The light route around highlights, asked of a pair the light route refused: a
+        highlight (a lamp's glare, a glossy pack's specular reflection) hides what lies
+        beneath it, so the light route's limits hold over the rest
+        (:attr:`Alignment.light_around_highlights`: the pixels the query under the light
+        map whitens, the same share of the way in every channel, left out), while they are
+        at most ``max_highlight_share`` of the product. Under a highlight the colour turns
+        grey and the print fades, which lowers the grey-level correlation under the light
+        route's floor (0.88-0.96 over the whole, 0.97-1.00 without the highlight, on
+        same-item-glare's right pairs) and lifts the colour shift. Another colour of a part
+        turns its hue, which is no blend towards white; a paler part is one, and the
+        recoloured-part check, asked first, refuses it. The raw correlation must reach
+        ``min_correlation`` first, and the rest ``min_light_correlation`` even where the
+        print check applies (not ``min_segmented_light_correlation``): another line's name
+        missing where the listing prints dark letters is a blend towards white too."""
+        if alignment.correlation < self.min_correlation:  # before the highlights are read
+            return False
+        gains, around = alignment.light_gains, alignment.light_around_highlights
+        if gains is None or min(gains) <= 0 or around is None:
+            return False
+        # The light route's floor without the print check's allowance: a print that differs
+        # where the listing has dark letters and the query none reads as whitened, and once
+        # left out the print check cannot see it (another line of a pack layout passed so).
+        return (around.share <= self.max_highlight_share
+                and around.correlation >= self.min_light_correlation
+                and max(gains) / min(gains) <= self.max_light_gain_spread
+                and around.shift(self.shift_percentile) <= self.max_light_shift
                 and alignment.light_white_unexplained <= self.max_white_unexplained)
 
     def only_colours_differ(self, inliers: int, alignment: Alignment | None) -> bool:

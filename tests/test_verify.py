@@ -1890,6 +1890,81 @@ def test_a_luma_relisting_under_a_glare_is_accepted(name: str, where: tuple[floa
     assert not evidence.same_item and "another colour" in evidence.reason, evidence.reason
 
 
+def _highlight(photo: Image.Image, at: tuple[float, float] = (0.45, 0.4),
+               turn: float = 0.6, peak: float = 0.85) -> Image.Image:
+    """``photo`` with a specular highlight, as same-item-glare's (bench/protocols_reshoot.py,
+    ``_specular``): an ellipse (14 % of the longer side long, 5 % wide, turned by ``turn``
+    radians, centred ``at`` as fractions of the sides) whose core, its inner half, is
+    blended ``peak`` of the way to white and whose rim falls off linearly to nothing."""
+    rgb = np.asarray(photo.convert("RGB"), np.float64) / 255.0
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    dx, dy = xx - at[0] * w, yy - at[1] * h
+    u = (dx * np.cos(turn) + dy * np.sin(turn)) / (0.14 * max(w, h))
+    v = (-dx * np.sin(turn) + dy * np.cos(turn)) / (0.05 * max(w, h))
+    fall = np.clip((1 - np.sqrt(u * u + v * v)) / 0.5, 0, 1)
+    out = rgb + (1 - rgb) * (peak * fall)[..., None]
+    return Image.fromarray(np.rint(out * 255).astype(np.uint8))
+
+
+def test_a_copy_under_highlights_is_accepted_around_them() -> None:
+    """A re-shot copy (another white balance and light) with a specular highlight, in two
+    places: its grey, flattened print lowers the grey-level correlation under the light
+    route's floor; without the pixels it whitens the photos agree under the light map.
+    Refused with the route closed (``max_highlight_share`` 0)."""
+    original = _busy_photo()
+    for query in (_highlight(_relit(original)),
+                  _highlight(_relit(original), at=(0.65, 0.5), turn=2.0)):
+        evidence, alignment = _accepted_by(query, original, "around its highlights")
+        around = alignment.light_around_highlights
+        assert around is not None and 0 < around.share <= DEFAULT_RULE.max_highlight_share
+        assert alignment.correlation < DEFAULT_RULE.min_light_correlation  # what it catches
+        assert around.correlation >= DEFAULT_RULE.min_light_correlation
+        closed = replace(DEFAULT_RULE, max_highlight_share=0.0)
+        assert not closed.decide(evidence.similarity, evidence.inliers,
+                                 evidence.colour_agreement, alignment)[0]
+
+
+@pytest.mark.parametrize("variant", [recolour, _band_recoloured],
+                         ids=["recoloured", "band-recoloured"])
+def test_a_recoloured_variant_under_highlights_is_refused(
+        variant: Callable[[Image.Image], Image.Image]) -> None:
+    """Another colour, or a band of it, under the same light and highlight: refused (as a
+    part of another colour), and the route around highlights would refuse it by itself (a
+    hue turned is no blend towards white: its colour shift stays far over the limit)."""
+    original = _busy_photo()
+    evidence = _evidence(_highlight(_relit(variant(original))), original, 0.95)
+    assert not evidence.same_item, evidence.reason
+    assert evidence.alignment is not None
+    assert not DEFAULT_RULE._agrees_around_highlights(evidence.alignment)
+
+
+@needs_luma
+def test_a_luma_relisting_under_a_highlight_is_accepted_around_it() -> None:
+    """A luma photo re-listed under another light with a specular highlight over the
+    jacket: the highlight lowers the correlation to 0.96 over the whole; around it the
+    photos agree."""
+    listing = _luma("wj06-green")
+    evidence = _evidence(_highlight(_relit(_relisted(listing))), listing, 0.9)
+    assert evidence.same_item and "around its highlights" in evidence.reason, evidence.reason
+
+
+@needs_luma
+@pytest.mark.parametrize(("variant", "listed"), [("msh05-gray", "msh05-black"),
+                                                 ("wp01-black", "wp01-gray")])
+def test_a_luma_garment_made_grey_is_no_highlight(variant: str, listed: str) -> None:
+    """Luma's black and grey variants of one style on one model, under another light and a
+    highlight: refused; a garment made grey is black blended towards white, which the route
+    around highlights would leave out, but over some 19 % of the product, more than a
+    highlight covers (``max_highlight_share``)."""
+    evidence = _evidence(_highlight(_relit(_relisted(_luma(variant)))), _luma(listed), 0.95)
+    assert not evidence.same_item, evidence.reason
+    assert evidence.alignment is not None
+    assert not DEFAULT_RULE._agrees_around_highlights(evidence.alignment)
+    around = evidence.alignment.light_around_highlights
+    assert around is not None and around.share > DEFAULT_RULE.max_highlight_share
+
+
 def test_a_recoloured_part_refuses_on_every_route() -> None:
     rule = SameItemRule()
     agree = Alignment(0.99, (1.0, 1.5, 2.0, 2.5))
