@@ -107,12 +107,17 @@ def declared_pixels(data: bytes, min_sizes: Sequence[int | None] = (None,)) -> i
     coefficients whatever the scale (an 8000x5000 one drafted to 0.6 MP took 0.3 s and
     236 MB). None when it does not open as an image of an allowed format, or PIL takes it for
     a decompression bomb: the decoder then refuses it and says why."""
-    scales: set[tuple[int, int]] = set()
+    sizes = list(min_sizes) or [None]
     try:
-        for min_size in min_sizes or (None,):
+        with _open(io.BytesIO(data), max_pixels=0) as image:
+            drafted = image.format in DCT_SCALED and not image.info.get("progressive")
+            if drafted:
+                _draft(image, sizes[0])
+            scales = {image.size}
+        # the header read again per further size for a JPEG alone (any other: one decode)
+        for min_size in sizes[1:] if drafted else []:
             with _open(io.BytesIO(data), max_pixels=0) as image:
-                if not image.info.get("progressive"):
-                    _draft(image, min_size)
+                _draft(image, min_size)
                 scales.add(image.size)
     except ItemError:
         return None

@@ -474,9 +474,9 @@ class ProductSearch:
     def query_decode_sizes(self) -> tuple[int | None, ...]:
         """The squares a query photo is decoded to cover (the model's and ``VERIFY_SIZE``,
         as :meth:`_load_views` decodes it): a JPEG is decoded once per reduced scale that
-        covers one (:func:`embedding.decode.decode_images`). ``(None,)`` when the model
-        names no size (every photo decoded once, at full size)."""
-        return (None,) if self._decode_size is None else (self._decode_size, VERIFY_SIZE)
+        covers one (:func:`embedding.decode.decode_images`); the model's is None when it
+        names no size (a JPEG decoded at full size and again at the verifier's scale)."""
+        return (self._decode_size, VERIFY_SIZE)
 
     @property
     def consistency(self) -> Consistency:

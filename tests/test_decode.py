@@ -189,6 +189,7 @@ def test_declared_pixels_count_a_jpeg_at_the_scale_it_is_decoded_at() -> None:
     assert [im.size for im in decode_images(smaller, MAX, [224, 320])] == [(250, 250),
                                                                           (500, 500)]
     assert declared_pixels(smaller, [224, 320]) == 250 * 250 + 500 * 500  # both decodes
+    assert declared_pixels(smaller, [None, 320]) == 1000 * 1000 + 500 * 500  # no model size
 
 
 def test_formats_outside_the_allow_list_are_not_opened() -> None:
