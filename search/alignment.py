@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, TypeVar
 
 import cv2
@@ -664,16 +664,18 @@ class _ColoursOfPixels(ColourDetail):
             if self._fit_light:
                 p = self._pixels
                 relit, edge_left_out = self._colour_region()
-                fit = _light_fit(p.soft_a[relit], p.soft_b[relit])
-                mapped = _mapped(fit, p.soft_a[relit])
+                a, b = p.soft_a[relit], p.soft_b[relit]
+                fit = _light_fit(a, b)
+                mapped = _mapped(fit, a)
 
                 def white() -> float:  # read when the light route would accept
                     return _white_unexplained_between(p, fit)
 
+                @cache  # the rule may ask twice
                 def highlights() -> AroundHighlights | None:  # read when it refuses
-                    return _around_highlights(p.soft_a[relit], p.soft_b[relit], mapped, relit)
-                self._light = LightMap(_gains(fit), _colour_shifts(mapped, p.soft_b[relit]),
-                                       edge_left_out, white, _once(highlights))
+                    return _around_highlights(a, b, mapped, relit)
+                self._light = LightMap(_gains(fit), _colour_shifts(mapped, b),
+                                       edge_left_out, white, highlights)
             self._done.add("light")
         return self._light
 
@@ -989,18 +991,6 @@ def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArr
     return AroundHighlights(float(1.0 - rest.mean()),
                             _correlation(_grey_levels(a[rest]), _grey_levels(b[rest])),
                             _colour_shifts(mapped[rest], b[rest]))
-
-
-def _once(compute: Callable[[], AroundHighlights | None]
-          ) -> Callable[[], AroundHighlights | None]:
-    """``compute``, computed at its first call and kept: the rule may ask twice."""
-    kept: list[AroundHighlights | None] = []
-
-    def cached() -> AroundHighlights | None:
-        if not kept:
-            kept.append(compute())
-        return kept[0]
-    return cached
 
 
 def _texture_kept(grey_a: NDArray[Any], grey_b: NDArray[Any]) -> NDArray[np.bool_]:

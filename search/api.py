@@ -57,7 +57,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import islice
+from itertools import groupby, islice
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
@@ -980,13 +980,10 @@ class ProductSearch:
         if len(embedders) != len(pictures):
             raise ValueError(f"{len(embedders)} embedders for {len(pictures)} pictures")
         out: list[list[float]] = []
-        start = 0
-        while start < len(pictures):  # runs of one embedder (the photo's, its pictures')
-            end = start + 1
-            while end < len(pictures) and embedders[end] is embedders[start]:
-                end += 1
-            out += self._embed_pictures(pictures[start:end], embedders[start])
-            start = end
+        # runs of one embedder (the photo's, its pictures'), each embedded in one call
+        for _, run in groupby(zip(embedders, pictures, strict=True), key=lambda e: id(e[0])):
+            batch = list(run)
+            out += self._embed_pictures([picture for _, picture in batch], batch[0][0])
         return out
 
     def query_embedder(self, match: Match) -> Embedder:
