@@ -149,6 +149,14 @@ HIGHLIGHT_MARGIN_PX = 2
 """Pixels (at half ``VERIFY_SIZE``) around those whitened by ``HIGHLIGHT_WHITENING`` left
 out with them: the highlight's rim, blurred into the pixels beside it, whitens them by less
 and still turns their chroma."""
+HIGHLIGHT_DETAIL_SIGMA = 2.0
+"""Gaussian sigma (px at half ``VERIFY_SIZE``) of the smooth part taken off both photos' grey
+levels before the print beneath a highlight is compared (:attr:`AroundHighlights.beneath`): a
+highlight's blend varies smoothly, the print's strokes do not."""
+HIGHLIGHT_MIN_BLOB_PX = 4
+"""Least size (px at half ``VERIFY_SIZE``) of a patch of pixels whitened by
+``HIGHLIGHT_WHITENING`` that :attr:`AroundHighlights.blobs` counts: a pixel or two whitened
+along a misaligned edge is none."""
 RECOLOUR_MIN_INLIERS = 10
 """A keypoint alignment with fewer inliers is not looked at for recoloured parts (~5 ms a
 pair): the rule's geometric routes refuse it anyway (``SameItemRule.min_inliers``)."""
@@ -247,6 +255,32 @@ class AroundHighlights:
     """Grey-level correlation of the (blurred) photos over the rest."""
     shifts: tuple[float, ...]
     """:attr:`LightMap.shifts` over the rest."""
+    blobs: int
+    """How many separate patches the whitened pixels form (of ``HIGHLIGHT_MIN_BLOB_PX`` or
+    more): one or two for a lamp's reflection on a glossy surface; many where the whitened
+    pixels follow a print (another line's letters missing) or a misaligned outline."""
+    core: float
+    """The 90th percentile of the whitened pixels' share of their way to white: a specular
+    highlight's core is 60-95 % of the way (0.58-1.0 on the right pairs of same-item-glare
+    and -packs-glare), a lamp's soft glare or a paler shade of a garment far less (0.15-0.37)."""
+    raw_correlation: float
+    """:attr:`Alignment.correlation` (the grey levels as aligned, not blurred, over the whole
+    compared region) without the pixels left out."""
+    print_agreement: float | None
+    """:func:`_print_agreement` over the compared region without the pixels left out (a cell
+    counts where ``PRINT_CELL_COVER`` of it is left; covers are not set apart here as in
+    :attr:`Alignment.print_agreement`; None without a counted cell)."""
+    beneath: float | None
+    """The print check over the pixels left out, on the grey levels' detail (the smooth part
+    taken off, ``HIGHLIGHT_DETAIL_SIGMA``): under a highlight the print is faded (scaled by
+    what the blend leaves of it), not gone; where the query shows nothing of a print the
+    listing has (a word, a badge, a whole name missing), it is gone. None without a cell
+    of the print the pixels left out cover."""
+    darkened: float
+    """Pixels left out where the listing is the query blended towards white (the query
+    darker: ink where the listing shows none), per whitened pixel. A highlight only
+    brightens; another line's name, whose missing letters read as whitened, prints its own
+    letters beside them."""
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -424,6 +458,9 @@ class Alignment:
                                                             compare=False)
     """Computes :attr:`covered_print_agreement` when the rule first reads it (~0.6 ms a pair,
     asked of those whose print check fails)."""
+    print_cells: PrintCells | None = field(default=None, repr=False, compare=False)
+    """The print check's cells (:func:`_print_cells`), for the rule's questions about where
+    the print differs (None without a print check)."""
     detail: ColourDetail = field(default_factory=ColourDetail, repr=False, compare=False)
     """The light map, the hues and the recoloured patches (read through the properties
     below; computed when first read)."""
@@ -589,10 +626,10 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
             local_shifts = _chroma_shifts(chroma_a[local], chroma_b[local])
     pixels = _AlignedPixels(warped, listing, valid, region, fg_b, fg_a, soft_a, soft_b, grey_a,
                             grey_b, near)
-    agreement, second_look = None, None
+    agreement, second_look, coarse = None, None, None
     if segmented or print_check:
         foreign = _foreign(chroma_a, chroma_b, region)
-        coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign)
+        coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign, brightness)
         agreement = _print_agreement(coarse)
         if coarse is not None:
             cells = coarse
@@ -601,7 +638,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                 return _print_around_covers(grey_a, grey_b, region, foreign, cells)
     return Alignment(correlation, shifts, cover, brightness, local_corr, local_shifts, share,
                      segmented=segmented,
-                     print_agreement=agreement, covered_print=second_look,
+                     print_agreement=agreement, covered_print=second_look, print_cells=coarse,
                      detail=_ColoursOfPixels(
                          pixels, light=inliers is not None,
                          recolour=inliers is None or len(inliers) >= RECOLOUR_MIN_INLIERS))
@@ -673,7 +710,7 @@ class _ColoursOfPixels(ColourDetail):
 
                 @cache  # the rule may ask twice
                 def highlights() -> AroundHighlights | None:  # read when it refuses
-                    return _around_highlights(a, b, mapped, relit)
+                    return _around_highlights(a, b, mapped, relit, p)
                 self._light = LightMap(_gains(fit), _colour_shifts(mapped, b),
                                        edge_left_out, white, highlights)
             self._done.add("light")
@@ -772,17 +809,20 @@ def _foreign(ab_a: NDArray[np.float64], ab_b: NDArray[np.float64],
     return out
 
 
-PrintCells = tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]
+PrintCells = tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64],
+                   NDArray[np.float64]]
 """The print check's cells (:func:`_print_cells`): per cell, its correlation, whether it
-counts, its share under a cover."""
+counts, its share under a cover, how much brighter the query is there (grey levels)."""
 
 
 def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.bool_],
-                 step: int, foreign: NDArray[np.bool_] | None = None) -> PrintCells | None:
+                 step: int, foreign: NDArray[np.bool_] | None = None, brightness: float = 1.0
+                 ) -> PrintCells | None:
     """The print check's cells of side ``step``: (the grey-level correlation of the aligned
     photos in each, which cells count: the compared region covers ``PRINT_CELL_COVER`` of it
     and the listing shows something there (``PRINT_MIN_STD``: text, a logo, an edge), the
-    share of each under ``foreign``), or None without a cell."""
+    share of each under ``foreign``, the query's mean grey level divided by ``brightness``
+    (the photos' ratio over the whole) less the listing's), or None without a cell."""
     rows, cols = region.shape[0] // step, region.shape[1] // step
     if rows == 0 or cols == 0:
         return None
@@ -806,7 +846,7 @@ def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.
                            0.0)
     under = (cells(foreign).sum(axis=2) / n if foreign is not None
              else np.zeros(correlation.shape))
-    return correlation, counted, under
+    return correlation, counted, under, mean_a / brightness - mean_b
 
 
 def _print_agreement(cells: PrintCells | None) -> float | None:
@@ -819,7 +859,7 @@ def _print_agreement(cells: PrintCells | None) -> float | None:
     ``MAX_FOREIGN_CELLS`` of those counted."""
     if cells is None or not cells[1].any():
         return None
-    correlation, counted, under = cells
+    correlation, counted, under, _ = cells
     # Cells mostly under a colour of the query's own (a cover) say nothing about the
     # print beneath; left out while they are a minority of the counted cells.
     covered = counted & (under > 0.5)
@@ -845,7 +885,7 @@ def _print_around_covers(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDA
     fine = _print_cells(grey_a, grey_b, region, PRINT_FINE_CELL_PX, foreign)
     if fine is None:
         return None
-    correlation, counted, under = fine
+    correlation, counted, under, _ = fine
     covered = counted & (under >= PRINT_COVERED_SHARE)
     if not 0 < covered.sum() <= MAX_FOREIGN_CELLS * counted.sum():
         return None
@@ -972,25 +1012,39 @@ def _in_glare(changed: NDArray[np.bool_], inner: NDArray[np.bool_], soft_a: NDAr
 
 
 def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArray[np.uint8],
-                       where: NDArray[np.bool_]) -> AroundHighlights | None:
+                       where: NDArray[np.bool_], p: _AlignedPixels) -> AroundHighlights | None:
     """:class:`AroundHighlights` of the light route's pixels (``where``'s: the blurred query
-    ``a``, the listing ``b``, ``a`` under the light map ``mapped``), or None when no pixel
-    is whitened by ``HIGHLIGHT_WHITENING`` or fewer than ``MIN_OVERLAP_PX`` are left. The
-    whitening is read after the light map, so that a white balance or a brighter exposure,
-    which the map explains, is none. ~2-4 ms a pair, read only when the light route refuses
-    one."""
-    whitened, _ = _whitening(mapped, b, HIGHLIGHT_WHITENING)
+    ``a``, the listing ``b``, ``a`` under the light map ``mapped``; the aligned photos
+    ``p``), or None when no pixel is whitened by ``HIGHLIGHT_WHITENING`` or fewer than
+    ``MIN_OVERLAP_PX`` are left. The whitening is read after the light map, so that a white
+    balance or a brighter exposure, which the map explains, is none. The grey-level
+    correlation as aligned and the print check are read again over the whole compared
+    region without the pixels left out (a highlight fades the print and lowers the
+    correlation beneath it), and the print beneath them on the grey levels' detail. ~3-6 ms
+    a pair, read only for pairs the light route refuses."""
+    whitened, alpha = _whitening(mapped, b, HIGHLIGHT_WHITENING)
     if not whitened.any():
         return None
     hidden = np.zeros(where.shape, np.uint8)
     hidden[where] = whitened
-    rest = ~(cv2.dilate(hidden, np.ones((3, 3), np.uint8), iterations=HIGHLIGHT_MARGIN_PX)
-             > 0)[where]
-    if int(rest.sum()) < MIN_OVERLAP_PX:
+    around = cv2.dilate(hidden, np.ones((3, 3), np.uint8), iterations=HIGHLIGHT_MARGIN_PX) > 0
+    rest = ~around[where]
+    outside = p.region & ~around
+    if int(rest.sum()) < MIN_OVERLAP_PX or int(outside.sum()) < MIN_OVERLAP_PX:
         return None
-    return AroundHighlights(float(1.0 - rest.mean()),
-                            _correlation(_grey_levels(a[rest]), _grey_levels(b[rest])),
-                            _colour_shifts(mapped[rest], b[rest]))
+    _, _, stats, _ = cv2.connectedComponentsWithStats(hidden, connectivity=8)
+    blobs = int((stats[1:, cv2.CC_STAT_AREA] >= HIGHLIGHT_MIN_BLOB_PX).sum())
+    darker, _ = _whitening(b, mapped, HIGHLIGHT_WHITENING)
+    darkened = float((darker & ~rest).sum()) / float(whitened.sum())
+    detail_a, detail_b = (x.astype(np.float32) - cv2.GaussianBlur(
+        x.astype(np.float32), (0, 0), HIGHLIGHT_DETAIL_SIGMA) for x in (p.grey_a, p.grey_b))
+    return AroundHighlights(
+        float(1.0 - rest.mean()), _correlation(_grey_levels(a[rest]), _grey_levels(b[rest])),
+        _colour_shifts(mapped[rest], b[rest]), blobs, float(np.percentile(alpha[whitened], 90)),
+        _correlation(p.grey_a[outside].astype(np.float64), p.grey_b[outside].astype(np.float64)),
+        _print_agreement(_print_cells(p.grey_a, p.grey_b, outside, PRINT_CELL_PX)),
+        _print_agreement(_print_cells(detail_a, detail_b, p.region & around, PRINT_CELL_PX)),
+        darkened)
 
 
 def _texture_kept(grey_a: NDArray[Any], grey_b: NDArray[Any]) -> NDArray[np.bool_]:

@@ -228,6 +228,49 @@ class SameItemRule:
     same-item-glare's right pairs); a part whitened over more is a paler part: luma's
     black garments made grey on one model read 0.19 (docs/matching.md, "Highlight
     round")."""
+    max_highlight_blob_share: float = 0.2
+    """The same share where the whitened pixels form at most ``max_highlights`` patches
+    (:attr:`AroundHighlights.blobs`): a lamp's reflection on a glossy surface is one or two
+    compact patches and may whiten more (up to 19 % on same-item-glare's right pairs),
+    while another line's missing letters or a misaligned print whiten many small ones
+    (7-18 on same-item-packs-glare's other lines, which read 0.13-0.18; docs/matching.md,
+    "Highlight round, the print and the correlation beneath")."""
+    max_highlights: int = 3
+    """See ``max_highlight_blob_share``."""
+    min_highlight_core: float = 0.5
+    """For the ``max_highlight_blob_share`` tier: the whitened pixels' core
+    (:attr:`AroundHighlights.core`, the 90th percentile of their share of the way to white)
+    must be a specular highlight's: 0.58-1.0 on the right pairs of same-item-glare and
+    -packs-glare so accepted, while a lavender hoodie against its white variant read 0.37
+    (same-item-mirrored, over 11 % of the model's photo) and a lamp's soft glare 0.15-0.23
+    (same-item-relit)."""
+    min_highlight_correlation: float = 0.55
+    """The correlation as aligned, over the whole, a pair whose print differs needs before
+    the route around highlights is asked (a cheap floor; right pairs of same-item-glare read
+    0.58 and more)."""
+    min_highlight_lift: float = 15.0
+    """For a pair whose print differs, the route around highlights is asked only where a
+    cell of the print check that fails is this much brighter in the query (mean grey level,
+    over the photos' brightness ratio; ``Alignment.print_cells``): a highlight fading the
+    print lifts a cell by 20-60, another line's name or a misaligned print by 5 at most (on
+    the drawn packs of tests/test_verify.py). The colour detail is then read only for
+    those: within a family of one layout most pairs differ in print."""
+    min_print_beneath: float = 0.2
+    """Where the route reaches past its first version, the print the pixels left out cover
+    must show through them (:attr:`AroundHighlights.beneath`, the print check on the grey
+    levels' detail): a highlight fades it, so it still correlates (0.14-0.90 under the drawn
+    highlights of tests/test_verify.py, the least under a core 95 % of the way to white), a
+    word, a badge or a name missing from the query does not (0.03)."""
+    max_highlight_darkened: float = 0.015
+    """Most pixels the route may leave out where the query is darker than the listing
+    (:attr:`AroundHighlights.darkened`, per whitened pixel), where it reaches past its
+    first version (over ``max_highlight_share``, or the correlation as aligned or the print
+    read without the highlights): a highlight only brightens (0-0.010 on the right pairs
+    so accepted on same-item-glare and -packs-glare), another line's name prints its own
+    letters where the listing's are missing (0.016-0.123 on same-item-packs-glare's other
+    lines, 0.06-0.10 on the drawn packs of tests/test_verify.py). Within the first version's
+    reach a right pair of packs-glare read 0.077 (misaligned letters darken and whiten
+    alike), and the print over the whole guards there."""
     min_shaded_correlation: float = 0.99
     """The shaded light route (:class:`ShadedLight`, for a pair the light route refuses):
     grey-level correlation once the shading is divided out. A re-shoot under uneven light
@@ -379,13 +422,58 @@ class SameItemRule:
                alignment: Alignment | None, overlay: Overlay = "open") -> tuple[bool, str]:
         """(same item?, why) for one pair (``overlay``: when the overlay route may accept
         it, see :data:`Overlay`). A print that differs refuses the pair whatever its
-        colours say, on every route; asked first, the colour detail is not computed for it
-        (~90 % of the pairs verified on same-item-packs-vivid, a family of one pack
-        layout)."""
+        colours say, on every route but one: the route around highlights, where a failing
+        cell of the print is brighter in the query (a highlight fading the print) and the
+        print agrees without the highlights (:meth:`_only_highlights_differ`). Asked first,
+        the colour detail is not computed for the others (~90 % of the pairs verified on
+        same-item-packs-vivid, a family of one pack layout)."""
         if alignment is not None and self._print_differs(alignment):
+            if self._only_highlights_differ(inliers, alignment, overlay):
+                return True, self._around_highlights_reason(inliers, alignment)
             return False, (f"{inliers} inliers, but the print differs in places (agreement "
                            f"{alignment.print_agreement:.2f} < {self.min_print_agreement})")
         return self._decide(similarity, inliers, colour, alignment, overlay)
+
+    def _lifted_where_print_differs(self, alignment: Alignment) -> bool:
+        """Whether a cell of the print check that fails is brighter in the query by
+        ``min_highlight_lift`` (what a highlight over the print does; cheap, from the
+        cells)."""
+        if alignment.print_cells is None:
+            return False
+        correlation, counted, _, lift = alignment.print_cells
+        failing = counted & (correlation < self.min_print_agreement)
+        return bool((lift[failing] >= self.min_highlight_lift).any())
+
+    def _only_highlights_differ(self, inliers: int, alignment: Alignment,
+                                overlay: Overlay) -> bool:
+        """For a pair whose print differs as a whole: whether a failing cell of the print is
+        brighter in the query (:meth:`_lifted_where_print_differs`, from the cells), the
+        geometric route's first limits hold (inliers and their span, brightness, no
+        recoloured part) and the route around highlights accepts it, the print agreeing
+        without the highlights' cells. A highlight fades the print beneath it (77 right
+        pairs of same-item-glare were refused on the print alone). The cheap limits first:
+        within a family of one pack layout most pairs differ in print, and for those whose
+        failing cells are not lifted nothing of the colour detail is computed."""
+        return (self._lifted_where_print_differs(alignment)
+                and alignment.by_keypoints and overlay != "relit"
+                and inliers >= self.min_inliers
+                and alignment.inlier_cover >= self.min_inlier_cover
+                and _brightness_ratio(alignment) <= self.max_brightness_ratio
+                and alignment.correlation >= self.min_highlight_correlation
+                and not self._part_recoloured(alignment)
+                and self._agrees_around_highlights(alignment))
+
+    def _around_highlights_reason(self, inliers: int, alignment: Alignment) -> str:
+        """The route around highlights' reason for a pair it accepted."""
+        around = alignment.light_around_highlights
+        assert around is not None and alignment.light_gains is not None
+        gains = "/".join(f"{g:.2f}" for g in alignment.light_gains)
+        blobs = "" if around.blobs <= 1 else f" in {around.blobs} patches"
+        return (f"{inliers} geometric inliers, aligned photos agree under another light "
+                f"around its highlights (correlation {alignment.correlation:.2f}, "
+                f"{around.correlation:.3f} and colour shift "
+                f"{around.shift(self.shift_percentile):.1f} after channel gains {gains} "
+                f"without the {around.share:.0%} of the product a highlight whitens{blobs})")
 
     def _decide(self, similarity: float, inliers: int, colour: float,
                 alignment: Alignment | None, overlay: Overlay) -> tuple[bool, str]:
@@ -423,15 +511,7 @@ class SameItemRule:
                               f"shift {shift:.1f}, {mapped:.1f} after channel gains "
                               f"{gains}{band})")
             if not recoloured and self._agrees_around_highlights(alignment):
-                around = alignment.light_around_highlights
-                assert around is not None and alignment.light_gains is not None
-                gains = "/".join(f"{g:.2f}" for g in alignment.light_gains)
-                return True, (f"{inliers} geometric inliers, aligned photos agree under "
-                              f"another light around its highlights (correlation "
-                              f"{alignment.correlation:.2f}, {around.correlation:.3f} and "
-                              f"colour shift {around.shift(self.shift_percentile):.1f} after "
-                              f"channel gains {gains} without the {around.share:.0%} of the "
-                              f"product a highlight whitens)")
+                return True, self._around_highlights_reason(inliers, alignment)
             # Between two listings only for one re-shot on a backdrop, as the query ("relit").
             if (not recoloured and overlay != "closed"
                     and self._agrees_under_shaded_light(alignment)):
@@ -494,14 +574,23 @@ class SameItemRule:
     def names_another_variant(self, alignment: Alignment | None) -> bool:
         """Whether an alignment shows what no capture or edit of one item explains: one photo
         far brighter than the other (another shade) or a print that differs in places
-        (another line's name or logo). Price comparison's corroboration does not overrule
-        these (``search.api._corroborate``). A part of another colour is not among them: a
-        photo re-shot under another light shows one too, against the query; between the
-        two listing photos the rule itself refuses it."""
+        (another line's name or logo), but for one that agrees around highlights. Price
+        comparison's corroboration does not overrule these (``search.api._corroborate``). A
+        part of another colour is not among them: a photo re-shot under another light shows
+        one too, against the query; between the two listing photos the rule itself refuses
+        it."""
         if alignment is None:
             return False
         return (_brightness_ratio(alignment) > self.max_brightness_ratio
-                or self._print_differs(alignment))
+                or (self._print_differs(alignment)
+                    and not self._print_under_highlights(alignment)))
+
+    def _print_under_highlights(self, alignment: Alignment) -> bool:
+        """Whether the route around highlights explains a print that differs (the print
+        agreeing without them, and the rest of the pair as the route asks): a capture
+        explains the difference, not another variant. Asked only of keypoint alignments
+        with enough inliers, as the route is."""
+        return self._only_highlights_differ(self.min_inliers, alignment, "open")
 
     def _cover_only(self, alignment: Alignment) -> bool:
         """Within a family, where the grey levels over the whole agree: what differs is a
@@ -568,9 +657,10 @@ class SameItemRule:
         return alignment.recoloured > self.max_recoloured
 
     def _print_differs(self, alignment: Alignment) -> bool:
-        """Whether the print check refuses the pair: below ``min_print_agreement`` at its
-        cells, and at the second look around covers too, where it had one
-        (:attr:`Alignment.covered_print_agreement`)."""
+        """Whether the print check fails: below ``min_print_agreement`` at its cells, and at
+        the second look around covers too, where it had one
+        (:attr:`Alignment.covered_print_agreement`). It refuses the pair unless the route
+        around highlights explains it (:meth:`_only_highlights_differ`)."""
         if not self._print_below(alignment):
             return False
         covered = alignment.covered_print_agreement
@@ -604,32 +694,54 @@ class SameItemRule:
         beneath it, so the light route's limits hold over the rest
         (:attr:`Alignment.light_around_highlights`: the pixels the query under the light
         map whitens, the same share of the way in every channel, left out), while they are
-        at most ``max_highlight_share`` of the product. Under a highlight the colour turns
-        grey and the print fades, which lowers the grey-level correlation under the light
-        route's floor (0.88-0.96 over the whole, 0.97-1.00 without the highlight, on
-        same-item-glare's right pairs) and lifts the colour shift. Another colour of a part
-        turns its hue, which is no blend towards white; a paler part is one, which the
-        recoloured-part check, asked first, refuses when it reads 1 % or more (a faint,
-        even one under that, within ``max_highlight_share``, is not told from a highlight:
-        docs/matching.md, "Highlight round", what is left). Open between two listings,
-        unlike the cover and shaded light routes (not measured closed). The raw
-        correlation must reach ``min_correlation`` first, and the rest
-        ``min_light_correlation`` even where the print check applies (not
+        at most ``max_highlight_share`` of the product, or ``max_highlight_blob_share`` in
+        at most ``max_highlights`` patches. Under a highlight the colour turns grey and the
+        print fades, which lowers the grey-level correlation (0.58-0.96 over the whole,
+        0.97-1.00 under the light map without the highlight, on same-item-glare's right
+        pairs) and the print agreement, and lifts the colour shift: where the correlation
+        as aligned is under ``min_correlation``, or the print check fails, they are read
+        again without the highlights and must pass there. Another colour of a part turns
+        its hue, which is no blend towards white; a paler part is one, which the
+        recoloured-part check, asked first over the whole product, refuses when it reads
+        1 % or more (a faint, even one under that, within the shares, is not told from a
+        highlight: docs/matching.md, "Highlight round", what is left). Open between two
+        listings, unlike the cover and shaded light routes (not measured closed). The rest
+        must reach ``min_light_correlation`` even where the print check applies (not
         ``min_segmented_light_correlation``): another line's name missing where the listing
         prints dark letters is a blend towards white too."""
         gains = alignment.light_gains
-        # the limits read from what is computed already, before the highlights (~3 ms)
-        if (alignment.correlation < self.min_correlation or gains is None or min(gains) <= 0
-                or max(gains) / min(gains) > self.max_light_gain_spread):
+        # the limits read from what is computed already, before the highlights (~3-5 ms)
+        if gains is None or min(gains) <= 0 or max(gains) / min(gains) > self.max_light_gain_spread:
             return False
         around = alignment.light_around_highlights
+        if (around is None or around.share > self.max_highlight_blob_share
+                or (around.share > self.max_highlight_share
+                    and (around.blobs > self.max_highlights
+                         or around.core < self.min_highlight_core))):
+            return False
+        faded = self._print_differs(alignment)
+        # Past the first version's reach (a tenth of the product, the grey levels as aligned
+        # and the print over the whole agreeing), nothing left out may be darker in the query.
+        if ((faded or around.share > self.max_highlight_share
+             or alignment.correlation < self.min_correlation)
+                and (around.darkened > self.max_highlight_darkened
+                     or (around.beneath is not None
+                         and around.beneath < self.min_print_beneath))):
+            return False
+        if (alignment.correlation < self.min_correlation
+                and around.raw_correlation < self.min_correlation):
+            return False
+        if faded and not self._print_agrees(around.print_agreement):
+            return False
         # The light route's floor without the print check's allowance: a print that differs
         # where the listing has dark letters and the query none reads as whitened, and once
         # left out the print check cannot see it (another line of a pack layout passed so).
-        return (around is not None and around.share <= self.max_highlight_share
-                and around.correlation >= self.min_light_correlation
+        return (around.correlation >= self.min_light_correlation
                 and around.shift(self.shift_percentile) <= self.max_light_shift
                 and alignment.light_white_unexplained <= self.max_white_unexplained)
+
+    def _print_agrees(self, agreement: float | None) -> bool:
+        return agreement is not None and agreement >= self.min_print_agreement
 
     def only_colours_differ(self, inliers: int, alignment: Alignment | None) -> bool:
         """Whether a pair's keypoints, brightness, grey levels and print agree and no part of

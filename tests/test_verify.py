@@ -23,7 +23,15 @@ from embedding.decode import load_image
 from ingest.fetch import ImageFetcher
 from search import alignment as pairwise
 from search import features, verify
-from search.alignment import Alignment, ColourDetail, Cover, HueAgreement, LightMap, ShadedLight
+from search.alignment import (
+    Alignment,
+    AroundHighlights,
+    ColourDetail,
+    Cover,
+    HueAgreement,
+    LightMap,
+    ShadedLight,
+)
 from search.api import TURNS, _compare_listings
 from search.features import SilhouetteAgreement, photo_features, silhouette_agreement
 from search.scene import VERIFY_SIZE, at_verify_size
@@ -1250,24 +1258,35 @@ def test_a_differing_print_refuses_before_the_colour_detail_is_read() -> None:
         def recoloured(self) -> tuple[float, float]:
             raise AssertionError("recoloured patches read")
 
+    # the failing cell no brighter in the query than the others (no highlight faded it)
+    cells = (np.array([[0.55, 0.95]]), np.array([[True, True]]), np.zeros((1, 2)),
+             np.array([[4.0, 1.0]]))
     other_line = Alignment(0.97, (1.0, 1.5, 2.0, 2.5), segmented=True, print_agreement=0.55,
-                           detail=Unread())
+                           print_cells=cells, detail=Unread())
     same, why = SameItemRule().decide(0.9, 80, 0.9, other_line)
     assert not same and "print differs in places (agreement 0.55 < 0.75)" in why, why
+    assert SameItemRule().names_another_variant(other_line)
+    # one 30 grey levels brighter: the route around highlights is asked, and reads the detail
+    lifted = replace(other_line, print_cells=(*cells[:3], np.array([[30.0, 1.0]])))
+    with pytest.raises(AssertionError, match="read"):
+        SameItemRule().decide(0.9, 80, 0.9, lifted)
 
 
 def _detailed(alignment: Alignment, **parts: Any) -> Alignment:
     """``alignment`` with parts of its colour detail given (``light_gains``, ``light_shifts``,
-    ``hue``, ``recoloured``, ``local_recoloured``, ``cover``, ``white``, ``light_white``),
-    the others kept."""
+    ``hue``, ``recoloured``, ``local_recoloured``, ``cover``, ``white``, ``light_white``,
+    ``around``: the light map's :class:`AroundHighlights`), the others kept."""
     now = {"light_gains": alignment.light_gains, "light_shifts": alignment.light_shifts,
            "hue": alignment.hue, "recoloured": alignment.recoloured,
            "local_recoloured": alignment.local_recoloured, "cover": alignment.cover,
            "white": alignment.white_unexplained,
-           "light_white": alignment.light_white_unexplained} | parts
+           "light_white": alignment.light_white_unexplained,
+           "around": alignment.light_around_highlights} | parts
     gains, shifts, light_white = now["light_gains"], now["light_shifts"], now["light_white"]
+    around = now["around"]
     light = None if gains is None or shifts is None else LightMap(
-        gains, shifts, white_unexplained=lambda: float(light_white))
+        gains, shifts, white_unexplained=lambda: float(light_white),
+        around_highlights=lambda: around)
     return replace(alignment, detail=ColourDetail(
         light, now["hue"], (now["recoloured"], now["local_recoloured"]), now["cover"],
         white=now["white"]))
@@ -1891,17 +1910,19 @@ def test_a_luma_relisting_under_a_glare_is_accepted(name: str, where: tuple[floa
 
 
 def _highlight(photo: Image.Image, at: tuple[float, float] = (0.45, 0.4),
-               turn: float = 0.6, peak: float = 0.85) -> Image.Image:
+               turn: float = 0.6, peak: float = 0.85, length: float = 0.14,
+               width: float = 0.05) -> Image.Image:
     """``photo`` with a specular highlight, as same-item-glare's (bench/protocols_reshoot.py,
-    ``_specular``): an ellipse (14 % of the longer side long, 5 % wide, turned by ``turn``
-    radians, centred ``at`` as fractions of the sides) whose core, its inner half, is
-    blended ``peak`` of the way to white and whose rim falls off linearly to nothing."""
+    ``_specular``): an ellipse (``length`` of the longer side long, ``width`` wide, turned
+    by ``turn`` radians, centred ``at`` as fractions of the sides) whose core, its inner
+    half, is blended ``peak`` of the way to white and whose rim falls off linearly to
+    nothing."""
     rgb = np.asarray(photo.convert("RGB"), np.float64) / 255.0
     h, w = rgb.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     dx, dy = xx - at[0] * w, yy - at[1] * h
-    u = (dx * np.cos(turn) + dy * np.sin(turn)) / (0.14 * max(w, h))
-    v = (-dx * np.sin(turn) + dy * np.cos(turn)) / (0.05 * max(w, h))
+    u = (dx * np.cos(turn) + dy * np.sin(turn)) / (length * max(w, h))
+    v = (-dx * np.sin(turn) + dy * np.cos(turn)) / (width * max(w, h))
     fall = np.clip((1 - np.sqrt(u * u + v * v)) / 0.5, 0, 1)
     out = rgb + (1 - rgb) * (peak * fall)[..., None]
     return Image.fromarray(np.rint(out * 255).astype(np.uint8))
@@ -1911,7 +1932,8 @@ def test_a_copy_under_highlights_is_accepted_around_them() -> None:
     """A re-shot copy (another white balance and light) with a specular highlight, in two
     places: its grey, flattened print lowers the grey-level correlation under the light
     route's floor; without the pixels it whitens the photos agree under the light map.
-    Refused with the route closed (``max_highlight_share`` 0)."""
+    Refused with the route closed (``max_highlight_share`` and ``max_highlight_blob_share``
+    0)."""
     original = _busy_photo()
     for query in (_highlight(_relit(original)),
                   _highlight(_relit(original), at=(0.65, 0.5), turn=2.0)):
@@ -1920,9 +1942,149 @@ def test_a_copy_under_highlights_is_accepted_around_them() -> None:
         assert around is not None and 0 < around.share <= DEFAULT_RULE.max_highlight_share
         assert alignment.correlation < DEFAULT_RULE.min_light_correlation  # what it catches
         assert around.correlation >= DEFAULT_RULE.min_light_correlation
-        closed = replace(DEFAULT_RULE, max_highlight_share=0.0)
+        closed = replace(DEFAULT_RULE, max_highlight_share=0.0, max_highlight_blob_share=0.0)
         assert not closed.decide(evidence.similarity, evidence.inliers,
                                  evidence.colour_agreement, alignment)[0]
+
+
+@needs_luma
+def test_a_larger_highlight_in_few_patches_is_left_out_but_not_many() -> None:
+    """Over a tenth of the product: two specular highlights on a re-listed luma photo under
+    another light (17 % with their rims, in at most three patches, a core over half the way
+    to white) are left out (``max_highlight_blob_share``); six smaller ones over as much of
+    a drawn product are not (``max_highlights``): a lamp's reflection is one or two compact
+    patches."""
+    listing = _luma("mh01-black")
+    two = _highlight(_highlight(_relit(_relisted(listing)), at=(0.45, 0.35)), at=(0.55, 0.6),
+                     turn=2.0)
+    evidence = _evidence(two, listing, 0.9)
+    assert evidence.same_item and "around its highlights" in evidence.reason, evidence.reason
+    assert evidence.alignment is not None
+    around = evidence.alignment.light_around_highlights
+    rule = DEFAULT_RULE
+    assert around is not None and around.blobs <= rule.max_highlights
+    assert rule.max_highlight_share < around.share <= rule.max_highlight_blob_share
+    assert around.core >= rule.min_highlight_core
+    assert not replace(rule, max_highlight_blob_share=0.1)._agrees_around_highlights(
+        evidence.alignment)
+    original = _busy_photo()
+    six = _relit(original)
+    for n, spot in enumerate([(0.3, 0.3), (0.5, 0.3), (0.7, 0.3), (0.3, 0.6), (0.5, 0.6),
+                              (0.7, 0.6)]):
+        six = _highlight(six, at=spot, turn=float(n), length=0.065, width=0.032)
+    refused = _evidence(six, original)
+    assert not refused.same_item, refused.reason
+    assert refused.alignment is not None
+    around = refused.alignment.light_around_highlights
+    assert around is not None and around.blobs > rule.max_highlights
+    assert rule.max_highlight_share < around.share <= rule.max_highlight_blob_share
+
+
+def test_a_print_faded_under_a_highlight_is_read_around_it() -> None:
+    """A pack re-shot on a counter under another light with a specular highlight over its
+    name: the print check over the whole fails (the highlight fades the name), without the
+    cells the highlight reaches it agrees, and the pair is accepted around it; with the
+    route closed the print refuses it. Nor is it another variant for price comparison's
+    corroboration (``names_another_variant``)."""
+    listing = _on_table(printed_pack("CRUNCHY"))
+    query = on_counter(_highlight(_relit(printed_pack("CRUNCHY")), at=(0.4, 0.25), peak=0.85))
+    evidence = _evidence(query, listing, 0.95)
+    assert evidence.same_item and "around its highlights" in evidence.reason, evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None and alignment.print_agreement is not None
+    assert alignment.print_agreement < DEFAULT_RULE.min_print_agreement
+    assert DEFAULT_RULE._print_differs(alignment)  # its second look too
+    around = alignment.light_around_highlights
+    assert around is not None and around.print_agreement is not None
+    assert around.print_agreement >= DEFAULT_RULE.min_print_agreement
+    assert around.darkened <= DEFAULT_RULE.max_highlight_darkened
+    assert not DEFAULT_RULE.names_another_variant(alignment)
+    closed = replace(DEFAULT_RULE, max_highlight_share=0.0, max_highlight_blob_share=0.0)
+    same, why = closed.decide(evidence.similarity, evidence.inliers,
+                              evidence.colour_agreement, alignment)
+    assert not same and "print differs" in why, why
+    assert closed.names_another_variant(alignment)
+
+
+@pytest.mark.parametrize("at", [(0.5, 0.3), (0.45, 0.4), (0.5, 0.5), (0.4, 0.25)])
+def test_another_name_under_a_highlight_is_refused(at: tuple[float, float]) -> None:
+    """Another line's name on the same layout, under the same highlight: its missing letters
+    read as whitened too, but beside them the query prints its own, darker than the listing
+    there (``AroundHighlights.darkened``), which no highlight does: refused, by the route
+    alone too, and another variant for the corroboration."""
+    listing = _on_table(printed_pack("CRUNCHY"))
+    query = on_counter(_highlight(_relit(printed_pack("SMOOTH")), at=at, peak=0.9))
+    evidence = _evidence(query, listing, 0.95)
+    assert not evidence.same_item, evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None
+    assert not DEFAULT_RULE._agrees_around_highlights(alignment)
+    around = alignment.light_around_highlights
+    assert around is not None and around.darkened > DEFAULT_RULE.max_highlight_darkened
+    assert DEFAULT_RULE.names_another_variant(alignment)
+
+
+@pytest.mark.parametrize("at", [None, (0.3, 0.6), (0.5, 0.7)])
+def test_a_name_missing_is_no_highlight(at: tuple[float, float] | None) -> None:
+    """The query's label shows no name where the listing prints one (with or without a
+    highlight elsewhere): the missing letters read as whitened, and nothing of them is
+    darker, but nothing of the print shows through where they are left out
+    (``AroundHighlights.beneath``): refused."""
+    listing = _on_table(printed_pack("CRUNCHY"))
+    query = printed_pack("") if at is None else _highlight(printed_pack(""), at=at, peak=0.85)
+    evidence = _evidence(on_counter(query), listing, 0.95)
+    assert not evidence.same_item, evidence.reason
+    assert evidence.alignment is not None
+    around = evidence.alignment.light_around_highlights
+    assert around is not None and around.beneath is not None
+    assert around.beneath < DEFAULT_RULE.min_print_beneath
+    assert not DEFAULT_RULE._agrees_around_highlights(evidence.alignment)
+
+
+def test_the_route_around_highlights_reads_the_rest_again() -> None:
+    """The route's limits on given evidence: the correlation as aligned, the print and the
+    shares are read without the highlights; the whole product's recoloured part, a print
+    left out with missing letters beside the query's own or with nothing of it beneath, a
+    soft brightening over a tenth, and many patches are not forgiven."""
+    rule = SameItemRule()
+    around = AroundHighlights(0.08, 0.985, (1.0, 2.0, 3.0, 4.0), blobs=1, core=0.8,
+                              raw_correlation=0.9, print_agreement=None, beneath=None,
+                              darkened=0.0)
+    pair = _detailed(Alignment(0.8, (5.0, 10.0, 20.0, 30.0)), light_gains=(1.1, 1.0, 0.9),
+                     light_shifts=(3.0, 6.0, 12.0, 16.0), around=around)
+    same, why = rule.decide(0.9, 60, 0.5, pair)
+    assert same and "around its highlights" in why and "without the 8% of the product" in why
+
+    def with_(**changes: Any) -> Alignment:
+        return _detailed(pair, around=replace(around, **changes))
+
+    assert not rule.decide(0.9, 60, 0.5, with_(raw_correlation=0.84))[0]
+    assert rule.decide(0.9, 60, 0.5, with_(share=0.15, blobs=3))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(share=0.15, blobs=4))[0]
+    assert rule.decide(0.9, 60, 0.5, with_(share=0.09, blobs=9))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(share=0.21, blobs=1))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(share=0.15, blobs=2, core=0.4))[0]  # soft
+    assert not rule.decide(0.9, 60, 0.5, with_(darkened=0.02))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(beneath=0.1))[0]  # the print beneath gone
+    assert rule.decide(0.9, 60, 0.5, with_(beneath=0.5))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(correlation=0.95))[0]
+    assert not rule.decide(0.9, 60, 0.5, _detailed(pair, recoloured=0.02))[0]
+    # the print check's cells: the failing one 30 grey levels brighter in the query
+    cells = (np.array([[0.6, 0.95]]), np.array([[True, True]]), np.zeros((1, 2)),
+             np.array([[30.0, 1.0]]))
+    printed = replace(pair, segmented=True, print_agreement=0.6, print_cells=cells)
+    assert not rule.decide(0.9, 60, 0.5, printed)[0]  # no print read around the highlights
+    faded = _detailed(printed, around=replace(around, print_agreement=0.8))
+    same, why = rule.decide(0.9, 60, 0.5, faded)
+    assert same and "around its highlights" in why, why
+    same, why = rule.decide(0.9, 60, 0.5, _detailed(printed, around=replace(
+        around, print_agreement=0.7)))
+    assert not same and "print differs" in why, why
+    assert rule.names_another_variant(printed) and not rule.names_another_variant(faded)
+    # where the failing cell is not brighter, no highlight faded it: refused as it is
+    unlifted = replace(faded, print_cells=(*cells[:3], np.array([[5.0, 1.0]])))
+    assert not rule.decide(0.9, 60, 0.5, unlifted)[0]
+    assert rule.names_another_variant(unlifted)
 
 
 @pytest.mark.parametrize("variant", [recolour, _band_recoloured],
