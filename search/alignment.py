@@ -153,6 +153,9 @@ HIGHLIGHT_DETAIL_SIGMA = 2.0
 """Gaussian sigma (px at half ``VERIFY_SIZE``) of the smooth part taken off both photos' grey
 levels before the print beneath a highlight is compared (:attr:`AroundHighlights.beneath`): a
 highlight's blend varies smoothly, the print's strokes do not."""
+HIGHLIGHT_BENEATH_COVER = 0.2
+"""Share of a print cell the pixels left out must cover for :attr:`AroundHighlights.beneath`
+to read it: a missing word's letters and their margin cover 20-60 % of a cell."""
 HIGHLIGHT_MIN_BLOB_PX = 4
 """Least size (px at half ``VERIFY_SIZE``) of a patch of pixels whitened by
 ``HIGHLIGHT_WHITENING`` that :attr:`AroundHighlights.blobs` counts: a pixel or two whitened
@@ -274,8 +277,8 @@ class AroundHighlights:
     """The print check over the pixels left out, on the grey levels' detail (the smooth part
     taken off, ``HIGHLIGHT_DETAIL_SIGMA``): under a highlight the print is faded (scaled by
     what the blend leaves of it), not gone; where the query shows nothing of a print the
-    listing has (a word, a badge, a whole name missing), it is gone. None without a cell
-    of the print the pixels left out cover."""
+    listing has (a word, a badge, a whole name missing), it is gone. Over the cells the pixels
+    left out cover by ``HIGHLIGHT_BENEATH_COVER`` or more; None without such a cell."""
     darkened: float
     """Pixels left out where the listing is the query blended towards white (the query
     darker: ink where the listing shows none), per whitened pixel. A highlight only
@@ -816,10 +819,10 @@ counts, its share under a cover, how much brighter the query is there (grey leve
 
 
 def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.bool_],
-                 step: int, foreign: NDArray[np.bool_] | None = None, brightness: float = 1.0
-                 ) -> PrintCells | None:
+                 step: int, foreign: NDArray[np.bool_] | None = None, brightness: float = 1.0,
+                 cover: float = PRINT_CELL_COVER) -> PrintCells | None:
     """The print check's cells of side ``step``: (the grey-level correlation of the aligned
-    photos in each, which cells count: the compared region covers ``PRINT_CELL_COVER`` of it
+    photos in each, which cells count: the compared region covers ``cover`` of it
     and the listing shows something there (``PRINT_MIN_STD``: text, a logo, an edge), the
     share of each under ``foreign``, the query's mean grey level divided by ``brightness``
     (the photos' ratio over the whole) less the listing's), or None without a cell."""
@@ -835,7 +838,7 @@ def _print_cells(grey_a: NDArray[Any], grey_b: NDArray[Any], region: NDArray[np.
 
     weight, a, b = cells(region), cells(grey_a), cells(grey_b)
     n = weight.sum(axis=2)
-    counted = n >= PRINT_CELL_COVER * step * step
+    counted = n >= cover * step * step
     n = np.maximum(n, 1.0)
     mean_a, mean_b = (a * weight).sum(axis=2) / n, (b * weight).sum(axis=2) / n
     da, db = (a - mean_a[..., None]) * weight, (b - mean_b[..., None]) * weight
@@ -1020,8 +1023,9 @@ def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArr
     balance or a brighter exposure, which the map explains, is none. The grey-level
     correlation as aligned and the print check are read again over the whole compared
     region without the pixels left out (a highlight fades the print and lowers the
-    correlation beneath it), and the print beneath them on the grey levels' detail. ~3-6 ms
-    a pair, read only for pairs the light route refuses."""
+    correlation beneath it), and the print beneath them on the grey levels' detail. ~3 ms
+    a pair (docs/matching.md, "Highlight round, the print and the correlation beneath"),
+    read only for pairs the light route refuses."""
     whitened, alpha = _whitening(mapped, b, HIGHLIGHT_WHITENING)
     if not whitened.any():
         return None
@@ -1043,7 +1047,8 @@ def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArr
         _colour_shifts(mapped[rest], b[rest]), blobs, float(np.percentile(alpha[whitened], 90)),
         _correlation(p.grey_a[outside].astype(np.float64), p.grey_b[outside].astype(np.float64)),
         _print_agreement(_print_cells(p.grey_a, p.grey_b, outside, PRINT_CELL_PX)),
-        _print_agreement(_print_cells(detail_a, detail_b, p.region & around, PRINT_CELL_PX)),
+        _print_agreement(_print_cells(detail_a, detail_b, p.region & around, PRINT_CELL_PX,
+                                      cover=HIGHLIGHT_BENEATH_COVER)),
         darkened)
 
 

@@ -245,22 +245,23 @@ class SameItemRule:
     (same-item-mirrored, over 11 % of the model's photo) and a lamp's soft glare 0.15-0.23
     (same-item-relit)."""
     min_highlight_correlation: float = 0.55
-    """The correlation as aligned, over the whole, a pair whose print differs needs before
-    the route around highlights is asked (a cheap floor; right pairs of same-item-glare read
-    0.58 and more)."""
+    """The correlation as aligned, over the whole, a pair needs before the route around
+    highlights computes them (a cheap floor; right pairs of same-item-glare read 0.58 and
+    more)."""
     min_highlight_lift: float = 15.0
     """For a pair whose print differs, the route around highlights is asked only where a
     cell of the print check that fails is this much brighter in the query (mean grey level,
     over the photos' brightness ratio; ``Alignment.print_cells``): a highlight fading the
     print lifts a cell by 20-60, another line's name or a misaligned print by 5 at most (on
-    the drawn packs of tests/test_verify.py). The colour detail is then read only for
-    those: within a family of one layout most pairs differ in print."""
+    the drawn packs of tests/test_verify.py). A cheap gate, not a guard: under a highlight
+    every other line of the layout passes it, and so does a word missing from a pale label
+    or a white sticker; the route's own limits refuse those."""
     min_print_beneath: float = 0.2
     """Where the route reaches past its first version, the print the pixels left out cover
     must show through them (:attr:`AroundHighlights.beneath`, the print check on the grey
-    levels' detail): a highlight fades it, so it still correlates (0.14-0.90 under the drawn
-    highlights of tests/test_verify.py, the least under a core 95 % of the way to white), a
-    word, a badge or a name missing from the query does not (0.03)."""
+    levels' detail): a highlight fades it, so it still correlates, a word, a badge or a name
+    missing from the query does not (a name: 0.03). For a pair whose print differs over the
+    whole it must be read (a cell under the pixels left out) and pass."""
     max_highlight_darkened: float = 0.015
     """Most pixels the route may leave out where the query is darker than the listing
     (:attr:`AroundHighlights.darkened`, per whitened pixel), where it reaches past its
@@ -450,18 +451,18 @@ class SameItemRule:
         brighter in the query (:meth:`_lifted_where_print_differs`, from the cells), the
         geometric route's first limits hold (inliers and their span, brightness, no
         recoloured part) and the route around highlights accepts it, the print agreeing
-        without the highlights' cells. A highlight fades the print beneath it (77 right
-        pairs of same-item-glare were refused on the print alone). The cheap limits first:
-        within a family of one pack layout most pairs differ in print, and for those whose
-        failing cells are not lifted nothing of the colour detail is computed."""
+        without the highlights' cells and showing through them. A highlight fades the print
+        beneath it (77 right pairs of same-item-glare were refused on the print alone). The
+        cheap limits first, the recoloured parts (2-7 ms) last: within a family of one pack
+        layout most pairs differ in print, and for those whose failing cells are not lifted
+        nothing of the colour detail is computed."""
         return (self._lifted_where_print_differs(alignment)
                 and alignment.by_keypoints and overlay != "relit"
                 and inliers >= self.min_inliers
                 and alignment.inlier_cover >= self.min_inlier_cover
                 and _brightness_ratio(alignment) <= self.max_brightness_ratio
-                and alignment.correlation >= self.min_highlight_correlation
-                and not self._part_recoloured(alignment)
-                and self._agrees_around_highlights(alignment))
+                and self._agrees_around_highlights(alignment)
+                and not self._part_recoloured(alignment))
 
     def _around_highlights_reason(self, inliers: int, alignment: Alignment) -> str:
         """The route around highlights' reason for a pair it accepted."""
@@ -574,23 +575,16 @@ class SameItemRule:
     def names_another_variant(self, alignment: Alignment | None) -> bool:
         """Whether an alignment shows what no capture or edit of one item explains: one photo
         far brighter than the other (another shade) or a print that differs in places
-        (another line's name or logo), but for one that agrees around highlights. Price
-        comparison's corroboration does not overrule these (``search.api._corroborate``). A
-        part of another colour is not among them: a photo re-shot under another light shows
-        one too, against the query; between the two listing photos the rule itself refuses
-        it."""
+        (another line's name or logo). Price comparison's corroboration does not overrule
+        these (``search.api._corroborate``). A part of another colour is not among them: a
+        photo re-shot under another light shows one too, against the query; between the
+        two listing photos the rule itself refuses it. (A print the route around highlights
+        explains is accepted by :meth:`decide` in the first place, so no refused pair's
+        differing print is one it explains.)"""
         if alignment is None:
             return False
         return (_brightness_ratio(alignment) > self.max_brightness_ratio
-                or (self._print_differs(alignment)
-                    and not self._print_under_highlights(alignment)))
-
-    def _print_under_highlights(self, alignment: Alignment) -> bool:
-        """Whether the route around highlights explains a print that differs (the print
-        agreeing without them, and the rest of the pair as the route asks): a capture
-        explains the difference, not another variant. Asked only of keypoint alignments
-        with enough inliers, as the route is."""
-        return self._only_highlights_differ(self.min_inliers, alignment, "open")
+                or self._print_differs(alignment))
 
     def _cover_only(self, alignment: Alignment) -> bool:
         """Within a family, where the grey levels over the whole agree: what differs is a
@@ -709,8 +703,10 @@ class SameItemRule:
         must reach ``min_light_correlation`` even where the print check applies (not
         ``min_segmented_light_correlation``): another line's name missing where the listing
         prints dark letters is a blend towards white too."""
+        # the cheap limits first, then the light map (~1 ms), then the highlights (~3 ms)
+        if alignment.correlation < self.min_highlight_correlation:
+            return False
         gains = alignment.light_gains
-        # the limits read from what is computed already, before the highlights (~3-5 ms)
         if gains is None or min(gains) <= 0 or max(gains) / min(gains) > self.max_light_gain_spread:
             return False
         around = alignment.light_around_highlights
@@ -731,7 +727,11 @@ class SameItemRule:
         if (alignment.correlation < self.min_correlation
                 and around.raw_correlation < self.min_correlation):
             return False
-        if faded and not self._print_agrees(around.print_agreement):
+        # A print that differs over the whole must agree without the highlights and show
+        # through them: a word or a badge missing from the query is whitened too.
+        if faded and not (self._print_agrees(around.print_agreement)
+                          and around.beneath is not None
+                          and around.beneath >= self.min_print_beneath):
             return False
         # The light route's floor without the print check's allowance: a print that differs
         # where the listing has dark letters and the query none reads as whitened, and once

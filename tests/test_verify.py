@@ -1248,15 +1248,18 @@ def test_a_differing_print_refuses_before_the_colour_detail_is_read() -> None:
     colours say, they are refused before the recoloured patches or the light map are
     computed."""
 
+    class Read(Exception):
+        pass
+
     class Unread(ColourDetail):
         def light(self) -> LightMap | None:
-            raise AssertionError("light map read")
+            raise Read("light map read")
 
         def hue(self) -> HueAgreement | None:
-            raise AssertionError("hues read")
+            raise Read("hues read")
 
         def recoloured(self) -> tuple[float, float]:
-            raise AssertionError("recoloured patches read")
+            raise Read("recoloured patches read")
 
     # the failing cell no brighter in the query than the others (no highlight faded it)
     cells = (np.array([[0.55, 0.95]]), np.array([[True, True]]), np.zeros((1, 2)),
@@ -1268,7 +1271,7 @@ def test_a_differing_print_refuses_before_the_colour_detail_is_read() -> None:
     assert SameItemRule().names_another_variant(other_line)
     # one 30 grey levels brighter: the route around highlights is asked, and reads the detail
     lifted = replace(other_line, print_cells=(*cells[:3], np.array([[30.0, 1.0]])))
-    with pytest.raises(AssertionError, match="read"):
+    with pytest.raises(Read, match="light map read"):
         SameItemRule().decide(0.9, 80, 0.9, lifted)
 
 
@@ -1978,6 +1981,11 @@ def test_a_larger_highlight_in_few_patches_is_left_out_but_not_many() -> None:
     around = refused.alignment.light_around_highlights
     assert around is not None and around.blobs > rule.max_highlights
     assert rule.max_highlight_share < around.share <= rule.max_highlight_blob_share
+    # each limit refuses it alone: many patches, and (this drawn photo) a core under 0.5
+    loose = replace(rule, max_highlights=99, min_highlight_core=0.0)
+    assert loose._agrees_around_highlights(refused.alignment)
+    assert not replace(loose, max_highlights=rule.max_highlights)._agrees_around_highlights(
+        refused.alignment)
 
 
 def test_a_print_faded_under_a_highlight_is_read_around_it() -> None:
@@ -1998,12 +2006,11 @@ def test_a_print_faded_under_a_highlight_is_read_around_it() -> None:
     assert around is not None and around.print_agreement is not None
     assert around.print_agreement >= DEFAULT_RULE.min_print_agreement
     assert around.darkened <= DEFAULT_RULE.max_highlight_darkened
-    assert not DEFAULT_RULE.names_another_variant(alignment)
+    assert around.beneath is not None and around.beneath >= DEFAULT_RULE.min_print_beneath
     closed = replace(DEFAULT_RULE, max_highlight_share=0.0, max_highlight_blob_share=0.0)
     same, why = closed.decide(evidence.similarity, evidence.inliers,
                               evidence.colour_agreement, alignment)
     assert not same and "print differs" in why, why
-    assert closed.names_another_variant(alignment)
 
 
 @pytest.mark.parametrize("at", [(0.5, 0.3), (0.45, 0.4), (0.5, 0.5), (0.4, 0.25)])
@@ -2074,13 +2081,14 @@ def test_the_route_around_highlights_reads_the_rest_again() -> None:
              np.array([[30.0, 1.0]]))
     printed = replace(pair, segmented=True, print_agreement=0.6, print_cells=cells)
     assert not rule.decide(0.9, 60, 0.5, printed)[0]  # no print read around the highlights
-    faded = _detailed(printed, around=replace(around, print_agreement=0.8))
+    faded = _detailed(printed, around=replace(around, print_agreement=0.8, beneath=0.6))
     same, why = rule.decide(0.9, 60, 0.5, faded)
     assert same and "around its highlights" in why, why
-    same, why = rule.decide(0.9, 60, 0.5, _detailed(printed, around=replace(
-        around, print_agreement=0.7)))
-    assert not same and "print differs" in why, why
-    assert rule.names_another_variant(printed) and not rule.names_another_variant(faded)
+    for rest, beneath in ((0.7, 0.6), (0.8, None), (0.8, 0.1)):  # differs, unread, gone
+        same, why = rule.decide(0.9, 60, 0.5, _detailed(printed, around=replace(
+            around, print_agreement=rest, beneath=beneath)))
+        assert not same and "print differs" in why, why
+    assert rule.names_another_variant(printed)
     # where the failing cell is not brighter, no highlight faded it: refused as it is
     unlifted = replace(faded, print_cells=(*cells[:3], np.array([[5.0, 1.0]])))
     assert not rule.decide(0.9, 60, 0.5, unlifted)[0]
