@@ -224,10 +224,11 @@ class SameItemRule:
     max_highlight_share: float = 0.1
     """The light route around highlights (:meth:`_agrees_around_highlights`): most of the
     compared pixels a highlight may whiten (:attr:`Alignment.light_around_highlights`,
-    with its margin). A highlight covers a small part of a product (2-12 % on
-    same-item-glare's right pairs); a part whitened over more is a paler part: luma's
-    black garments made grey on one model read 0.19 (docs/matching.md, "Highlight
-    round")."""
+    with its margin), in any number of patches. A highlight covers a small part of a
+    product (2-12 % on same-item-glare's right pairs); over more, only the
+    ``max_highlight_blob_share`` tier's compact, specular patches: luma's black garments
+    made grey on one model read 0.19 in 6-12 patches (docs/matching.md, "Highlight round"
+    and "Highlight round, the print and the correlation beneath")."""
     max_highlight_blob_share: float = 0.2
     """The same share where the whitened pixels form at most ``max_highlights`` patches
     (:attr:`AroundHighlights.blobs`): a lamp's reflection on a glossy surface is one or two
