@@ -227,9 +227,8 @@ class LightMap:
 
     gains: tuple[float, float, float]
     """Per-channel (R, G, B) gains."""
-    shifts: tuple[float, ...]
-    """:attr:`Alignment.colour_shifts` after the map: what no change of light or white
-    balance explains."""
+    mapped_shifts: Callable[[], tuple[float, ...]] = field(repr=False, compare=False)
+    """Computes :attr:`shifts` when the rule first reads it."""
     edge_left_out: bool = False
     """Whether the query showed another background around the product, so the band along
     the listing product's outline was left out of the comparison (``EDGE_PX``)."""
@@ -239,6 +238,13 @@ class LightMap:
     around_highlights: Callable[[], AroundHighlights | None] | None = field(
         default=None, repr=False, compare=False)
     """Computes :attr:`Alignment.light_around_highlights` when the rule first reads it."""
+
+    @property
+    def shifts(self) -> tuple[float, ...]:
+        """:attr:`Alignment.colour_shifts` after the map: what no change of light or white
+        balance explains (the Lab conversion, ~1.4 ms: not read where the gains alone refuse,
+        as on the route around highlights)."""
+        return self.mapped_shifts()
 
 
 @dataclass(frozen=True)
@@ -254,10 +260,6 @@ class AroundHighlights:
 
     share: float
     """Share of the compared pixels left out."""
-    correlation: float
-    """Grey-level correlation of the (blurred) photos over the rest."""
-    shifts: tuple[float, ...]
-    """:attr:`LightMap.shifts` over the rest."""
     blobs: int
     """How many separate patches the whitened pixels form (of ``HIGHLIGHT_MIN_BLOB_PX`` or
     more): one or two for a lamp's reflection on a glossy surface; many where the whitened
@@ -269,21 +271,48 @@ class AroundHighlights:
     raw_correlation: float
     """:attr:`Alignment.correlation` (the grey levels as aligned, not blurred, over the whole
     compared region) without the pixels left out."""
-    print_agreement: float | None
-    """:func:`_print_agreement` over the compared region without the pixels left out (a cell
-    counts where ``PRINT_CELL_COVER`` of it is left; covers are not set apart here as in
-    :attr:`Alignment.print_agreement`; None without a counted cell)."""
-    beneath: float | None
-    """The print check over the pixels left out, on the grey levels' detail (the smooth part
-    taken off, ``HIGHLIGHT_DETAIL_SIGMA``): under a highlight the print is faded (scaled by
-    what the blend leaves of it), not gone; where the query shows nothing of a print the
-    listing has (a word, a badge, a whole name missing), it is gone. Over the cells the pixels
-    left out cover by ``HIGHLIGHT_BENEATH_COVER`` or more; None without such a cell."""
     darkened: float
     """Pixels left out where the listing is the query blended towards white (the query
     darker: ink where the listing shows none), per whitened pixel. A highlight only
     brightens; another line's name, whose missing letters read as whitened, prints its own
     letters beside them."""
+    rest_correlation: Callable[[], float] = field(repr=False, compare=False)
+    """Computes :attr:`correlation` when the rule first reads it."""
+    rest_shifts: Callable[[], tuple[float, ...]] = field(repr=False, compare=False)
+    """Computes :attr:`shifts` when the rule first reads it."""
+    rest_print: Callable[[], float | None] = field(repr=False, compare=False)
+    """Computes :attr:`print_agreement` when the rule first reads it."""
+    print_beneath: Callable[[], float | None] = field(repr=False, compare=False)
+    """Computes :attr:`beneath` when the rule first reads it."""
+
+    @property
+    def correlation(self) -> float:
+        """Grey-level correlation of the (blurred) photos over the rest (~0.5 ms)."""
+        return self.rest_correlation()
+
+    @property
+    def shifts(self) -> tuple[float, ...]:
+        """:attr:`LightMap.shifts` over the rest (the Lab conversion, ~1.5 ms)."""
+        return self.rest_shifts()
+
+    @property
+    def print_agreement(self) -> float | None:
+        """:func:`_print_agreement` over the compared region without the pixels left out (a
+        cell counts where ``PRINT_CELL_COVER`` of it is left; covers are not set apart here as
+        in :attr:`Alignment.print_agreement`; None without a counted cell). Read only for a
+        pair whose print differs (a print-cell pass, ~0.5 ms)."""
+        return self.rest_print()
+
+    @property
+    def beneath(self) -> float | None:
+        """The print check over the pixels left out, on the grey levels' detail (the smooth
+        part taken off, ``HIGHLIGHT_DETAIL_SIGMA``): under a highlight the print is faded
+        (scaled by what the blend leaves of it), not gone; where the query shows nothing of a
+        print the listing has (a word, a badge, a whole name missing), it is gone. Over the
+        cells the pixels left out cover by ``HIGHLIGHT_BENEATH_COVER`` or more; None without
+        such a cell. Read only past the first version's reach (two blurs and a print-cell
+        pass, ~0.8 ms)."""
+        return self.print_beneath()
 
     def shift(self, percentile: int) -> float:
         return self.shifts[SHIFT_PERCENTILES.index(percentile)]
@@ -706,15 +735,16 @@ class _ColoursOfPixels(ColourDetail):
                 relit, edge_left_out = self._colour_region()
                 a, b = p.soft_a[relit], p.soft_b[relit]
                 fit = _light_fit(a, b)
-                mapped = _mapped(fit, a)
+                # The gains are read first; what the map leaves is read where they hold.
+                mapped = cache(lambda: _mapped(fit, a))
 
                 def white() -> float:  # read when the light route would accept
                     return _white_unexplained_between(p, fit)
 
                 @cache  # the rule may ask twice
                 def highlights() -> AroundHighlights | None:  # read when it refuses
-                    return _around_highlights(a, b, mapped, relit, p)
-                self._light = LightMap(_gains(fit), _colour_shifts(mapped, b),
+                    return _around_highlights(a, b, mapped(), relit, p)
+                self._light = LightMap(_gains(fit), cache(lambda: _colour_shifts(mapped(), b)),
                                        edge_left_out, white, highlights)
             self._done.add("light")
         return self._light
@@ -1023,9 +1053,11 @@ def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArr
     balance or a brighter exposure, which the map explains, is none. The grey-level
     correlation as aligned and the print check are read again over the whole compared
     region without the pixels left out (a highlight fades the print and lowers the
-    correlation beneath it), and the print beneath them on the grey levels' detail. ~3 ms
-    a pair (docs/matching.md, "Highlight round, the print and the correlation beneath"),
-    read only for pairs the light route refuses."""
+    correlation beneath it), and the print beneath them on the grey levels' detail. ~1 ms
+    a pair for the shares, patches, core, darkening and raw correlation, which refuse most
+    pairs; the rest (~3.5 ms in all) is computed when the rule reads it (docs/matching.md,
+    "Highlight round, the print and the correlation beneath", "Read when asked"), and only
+    for pairs the light route refuses."""
     whitened, alpha = _whitening(mapped, b, HIGHLIGHT_WHITENING)
     if not whitened.any():
         return None
@@ -1040,16 +1072,23 @@ def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArr
     blobs = int((stats[1:, cv2.CC_STAT_AREA] >= HIGHLIGHT_MIN_BLOB_PX).sum())
     darker, _ = _whitening(b, mapped, HIGHLIGHT_WHITENING)
     darkened = float((darker & ~rest).sum()) / float(whitened.sum())
-    detail_a, detail_b = (x.astype(np.float32) - cv2.GaussianBlur(
-        x.astype(np.float32), (0, 0), HIGHLIGHT_DETAIL_SIGMA) for x in (p.grey_a, p.grey_b))
+
+    @cache
+    def rest_print() -> float | None:
+        return _print_agreement(_print_cells(p.grey_a, p.grey_b, outside, PRINT_CELL_PX))
+
+    @cache
+    def print_beneath() -> float | None:
+        detail_a, detail_b = (x.astype(np.float32) - cv2.GaussianBlur(
+            x.astype(np.float32), (0, 0), HIGHLIGHT_DETAIL_SIGMA) for x in (p.grey_a, p.grey_b))
+        return _print_agreement(_print_cells(detail_a, detail_b, p.region & around,
+                                             PRINT_CELL_PX, cover=HIGHLIGHT_BENEATH_COVER))
     return AroundHighlights(
-        float(1.0 - rest.mean()), _correlation(_grey_levels(a[rest]), _grey_levels(b[rest])),
-        _colour_shifts(mapped[rest], b[rest]), blobs, float(np.percentile(alpha[whitened], 90)),
+        float(1.0 - rest.mean()), blobs, float(np.percentile(alpha[whitened], 90)),
         _correlation(p.grey_a[outside].astype(np.float64), p.grey_b[outside].astype(np.float64)),
-        _print_agreement(_print_cells(p.grey_a, p.grey_b, outside, PRINT_CELL_PX)),
-        _print_agreement(_print_cells(detail_a, detail_b, p.region & around, PRINT_CELL_PX,
-                                      cover=HIGHLIGHT_BENEATH_COVER)),
-        darkened)
+        darkened,
+        cache(lambda: _correlation(_grey_levels(a[rest]), _grey_levels(b[rest]))),
+        cache(lambda: _colour_shifts(mapped[rest], b[rest])), rest_print, print_beneath)
 
 
 def _texture_kept(grey_a: NDArray[Any], grey_b: NDArray[Any]) -> NDArray[np.bool_]:

@@ -457,13 +457,18 @@ class SameItemRule:
         cheap limits first, the recoloured parts (2-7 ms) last: within a family of one pack
         layout most pairs differ in print, and for those whose failing cells are not lifted
         nothing of the colour detail is computed."""
-        return (self._lifted_where_print_differs(alignment)
-                and alignment.by_keypoints and overlay != "relit"
-                and inliers >= self.min_inliers
-                and alignment.inlier_cover >= self.min_inlier_cover
-                and _brightness_ratio(alignment) <= self.max_brightness_ratio
+        return (self._lifted_where_print_differs(alignment) and overlay != "relit"
+                and self._geometry_holds(inliers, alignment)
                 and self._agrees_around_highlights(alignment)
                 and not self._part_recoloured(alignment))
+
+    def _geometry_holds(self, inliers: int, alignment: Alignment) -> bool:
+        """The geometric route's first limits, which :meth:`_decide` reads one by one for
+        its reasons: keypoints matched (``min_inliers``) and spanning the product
+        (``min_inlier_cover``), and neither photo far brighter (``max_brightness_ratio``)."""
+        return (alignment.by_keypoints and inliers >= self.min_inliers
+                and alignment.inlier_cover >= self.min_inlier_cover
+                and _brightness_ratio(alignment) <= self.max_brightness_ratio)
 
     def _around_highlights_reason(self, inliers: int, alignment: Alignment) -> str:
         """The route around highlights' reason for a pair it accepted."""
@@ -716,23 +721,21 @@ class SameItemRule:
                     and (around.blobs > self.max_highlights
                          or around.core < self.min_highlight_core))):
             return False
-        faded = self._print_differs(alignment)
-        # Past the first version's reach (a tenth of the product, the grey levels as aligned
-        # and the print over the whole agreeing), nothing left out may be darker in the query.
-        if ((faded or around.share > self.max_highlight_share
-             or alignment.correlation < self.min_correlation)
-                and (around.darkened > self.max_highlight_darkened
-                     or (around.beneath is not None
-                         and around.beneath < self.min_print_beneath))):
-            return False
         if (alignment.correlation < self.min_correlation
                 and around.raw_correlation < self.min_correlation):
             return False
-        # A print that differs over the whole must agree without the highlights and show
-        # through them: a word or a badge missing from the query is whitened too.
-        if faded and not (self._print_agrees(around.print_agreement)
-                          and around.beneath is not None
-                          and around.beneath >= self.min_print_beneath):
+        faded = self._print_differs(alignment)
+        # Past the first version's reach (a tenth of the product, the grey levels as aligned
+        # and the print over the whole agreeing), nothing left out may be darker in the query
+        # and the print beneath must show through; a print that differs over the whole must
+        # show there (a word or a badge missing from the query is whitened too) and agree
+        # without the highlights. The print is read last: two blurs and print-cell passes.
+        if ((faded or around.share > self.max_highlight_share
+             or alignment.correlation < self.min_correlation)
+                and (around.darkened > self.max_highlight_darkened
+                     or not self._shows_beneath(around.beneath, required=faded))):
+            return False
+        if faded and not self._print_agrees(around.print_agreement):
             return False
         # The light route's floor without the print check's allowance: a print that differs
         # where the listing has dark letters and the query none reads as whitened, and once
@@ -744,16 +747,19 @@ class SameItemRule:
     def _print_agrees(self, agreement: float | None) -> bool:
         return agreement is not None and agreement >= self.min_print_agreement
 
+    def _shows_beneath(self, beneath: float | None, required: bool) -> bool:
+        """Whether the print beneath the highlights shows through (:attr:`AroundHighlights.
+        beneath`, ``min_print_beneath``); without a cell to read, only where not
+        ``required``."""
+        return beneath >= self.min_print_beneath if beneath is not None else not required
+
     def only_colours_differ(self, inliers: int, alignment: Alignment | None) -> bool:
         """Whether a pair's keypoints, brightness, grey levels and print agree and no part of
         it is recoloured, so that only its colours differ: what another light explains.
         Price comparison then asks two listings, one re-shot on a backdrop and the other
         not, of the shaded light route with the re-shot one as the query
         (``overlay="relit"``; ``search.api._compare_listings``)."""
-        return (alignment is not None and alignment.by_keypoints
-                and inliers >= self.min_inliers
-                and alignment.inlier_cover >= self.min_inlier_cover
-                and _brightness_ratio(alignment) <= self.max_brightness_ratio
+        return (alignment is not None and self._geometry_holds(inliers, alignment)
                 and not self._print_differs(alignment)
                 and alignment.correlation >= self.min_correlation
                 and not self._part_recoloured(alignment))

@@ -1288,7 +1288,7 @@ def _detailed(alignment: Alignment, **parts: Any) -> Alignment:
     gains, shifts, light_white = now["light_gains"], now["light_shifts"], now["light_white"]
     around = now["around"]
     light = None if gains is None or shifts is None else LightMap(
-        gains, shifts, white_unexplained=lambda: float(light_white),
+        gains, lambda: shifts, white_unexplained=lambda: float(light_white),
         around_highlights=lambda: around)
     return replace(alignment, detail=ColourDetail(
         light, now["hue"], (now["recoloured"], now["local_recoloured"]), now["cover"],
@@ -2048,23 +2048,43 @@ def test_a_name_missing_is_no_highlight(at: tuple[float, float] | None) -> None:
     assert not DEFAULT_RULE._agrees_around_highlights(evidence.alignment)
 
 
+def _reads(value: float | None) -> Callable[[], float | None]:
+    """A lazily read figure of :class:`AroundHighlights`, given."""
+    return lambda: value
+
+
 def test_the_route_around_highlights_reads_the_rest_again() -> None:
     """The route's limits on given evidence: the correlation as aligned, the print and the
     shares are read without the highlights; the whole product's recoloured part, a print
     left out with missing letters beside the query's own or with nothing of it beneath, a
     soft brightening over a tenth, and many patches are not forgiven."""
     rule = SameItemRule()
-    around = AroundHighlights(0.08, 0.985, (1.0, 2.0, 3.0, 4.0), blobs=1, core=0.8,
-                              raw_correlation=0.9, print_agreement=None, beneath=None,
-                              darkened=0.0)
+    around = AroundHighlights(0.08, blobs=1, core=0.8, raw_correlation=0.9, darkened=0.0,
+                              rest_correlation=lambda: 0.985,
+                              rest_shifts=lambda: (1.0, 2.0, 3.0, 4.0),
+                              rest_print=_reads(None), print_beneath=_reads(None))
     pair = _detailed(Alignment(0.8, (5.0, 10.0, 20.0, 30.0)), light_gains=(1.1, 1.0, 0.9),
                      light_shifts=(3.0, 6.0, 12.0, 16.0), around=around)
     same, why = rule.decide(0.9, 60, 0.5, pair)
     assert same and "around its highlights" in why and "without the 8% of the product" in why
 
+    def unread() -> float | None:
+        raise AssertionError("read where the rule had its answer")
+
+    # within the first version's reach (a tenth, the grey levels as aligned and the print
+    # agreeing) the print is not read
+    same, why = rule.decide(0.9, 60, 0.5, _detailed(replace(pair, correlation=0.9),
+                                                    around=replace(around, rest_print=unread,
+                                                                   print_beneath=unread)))
+    assert same and "around its highlights" in why, why
+
     def with_(**changes: Any) -> Alignment:
         return _detailed(pair, around=replace(around, **changes))
 
+    # refused by the shares and patches before anything over the rest is read
+    assert not rule.decide(0.9, 60, 0.5, with_(
+        share=0.15, blobs=4, rest_correlation=unread, rest_shifts=unread, rest_print=unread,
+        print_beneath=unread))[0]
     assert not rule.decide(0.9, 60, 0.5, with_(raw_correlation=0.84))[0]
     assert rule.decide(0.9, 60, 0.5, with_(share=0.15, blobs=3))[0]
     assert not rule.decide(0.9, 60, 0.5, with_(share=0.15, blobs=4))[0]
@@ -2072,21 +2092,22 @@ def test_the_route_around_highlights_reads_the_rest_again() -> None:
     assert not rule.decide(0.9, 60, 0.5, with_(share=0.21, blobs=1))[0]
     assert not rule.decide(0.9, 60, 0.5, with_(share=0.15, blobs=2, core=0.4))[0]  # soft
     assert not rule.decide(0.9, 60, 0.5, with_(darkened=0.02))[0]
-    assert not rule.decide(0.9, 60, 0.5, with_(beneath=0.1))[0]  # the print beneath gone
-    assert rule.decide(0.9, 60, 0.5, with_(beneath=0.5))[0]
-    assert not rule.decide(0.9, 60, 0.5, with_(correlation=0.95))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(print_beneath=_reads(0.1)))[0]  # beneath gone
+    assert rule.decide(0.9, 60, 0.5, with_(print_beneath=_reads(0.5)))[0]
+    assert not rule.decide(0.9, 60, 0.5, with_(rest_correlation=lambda: 0.95))[0]
     assert not rule.decide(0.9, 60, 0.5, _detailed(pair, recoloured=0.02))[0]
     # the print check's cells: the failing one 30 grey levels brighter in the query
     cells = (np.array([[0.6, 0.95]]), np.array([[True, True]]), np.zeros((1, 2)),
              np.array([[30.0, 1.0]]))
     printed = replace(pair, segmented=True, print_agreement=0.6, print_cells=cells)
     assert not rule.decide(0.9, 60, 0.5, printed)[0]  # no print read around the highlights
-    faded = _detailed(printed, around=replace(around, print_agreement=0.8, beneath=0.6))
+    faded = _detailed(printed, around=replace(around, rest_print=_reads(0.8),
+                                              print_beneath=_reads(0.6)))
     same, why = rule.decide(0.9, 60, 0.5, faded)
     assert same and "around its highlights" in why, why
     for rest, beneath in ((0.7, 0.6), (0.8, None), (0.8, 0.1)):  # differs, unread, gone
         same, why = rule.decide(0.9, 60, 0.5, _detailed(printed, around=replace(
-            around, print_agreement=rest, beneath=beneath)))
+            around, rest_print=_reads(rest), print_beneath=_reads(beneath))))
         assert not same and "print differs" in why, why
     assert rule.names_another_variant(printed)
     # where the failing cell is not brighter, no highlight faded it: refused as it is
