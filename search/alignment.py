@@ -1057,7 +1057,8 @@ def _around_highlights(a: NDArray[np.uint8], b: NDArray[np.uint8], mapped: NDArr
     a pair for the shares, patches, core, darkening and raw correlation, which refuse most
     pairs; the rest (~3.5 ms in all) is computed when the rule reads it (docs/matching.md,
     "Highlight round, the print and the correlation beneath", "Read when asked"), and only
-    for pairs the light route refuses."""
+    for pairs the light route refuses or whose print differs where a highlight may have faded
+    it."""
     whitened, alpha = _whitening(mapped, b, HIGHLIGHT_WHITENING)
     if not whitened.any():
         return None

@@ -709,7 +709,8 @@ class SameItemRule:
         must reach ``min_light_correlation`` even where the print check applies (not
         ``min_segmented_light_correlation``): another line's name missing where the listing
         prints dark letters is a blend towards white too."""
-        # the cheap limits first, then the light map (~1 ms), then the highlights (~3 ms)
+        # the cheap limits first, then the light map (~1 ms), then the highlights' shares,
+        # patches and darkening (~1 ms); what lies over the rest is computed as it is read
         if alignment.correlation < self.min_highlight_correlation:
             return False
         gains = alignment.light_gains
@@ -729,7 +730,8 @@ class SameItemRule:
         # and the print over the whole agreeing), nothing left out may be darker in the query
         # and the print beneath must show through; a print that differs over the whole must
         # show there (a word or a badge missing from the query is whitened too) and agree
-        # without the highlights. The print is read last: two blurs and print-cell passes.
+        # without the highlights. The print is read only here (two blurs and print-cell
+        # passes), the correlation and the colour shift over the rest last.
         if ((faded or around.share > self.max_highlight_share
              or alignment.correlation < self.min_correlation)
                 and (around.darkened > self.max_highlight_darkened
