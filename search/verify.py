@@ -750,9 +750,9 @@ class SameItemRule:
         return agreement is not None and agreement >= self.min_print_agreement
 
     def _shows_beneath(self, beneath: float | None, required: bool) -> bool:
-        """Whether the print beneath the highlights shows through (:attr:`AroundHighlights.
-        beneath`, ``min_print_beneath``); without a cell to read, only where not
-        ``required``."""
+        """Whether the print beneath the highlights shows through
+        (:attr:`AroundHighlights.beneath` at least ``min_print_beneath``); without a cell to
+        read, only where not ``required``."""
         return beneath >= self.min_print_beneath if beneath is not None else not required
 
     def only_colours_differ(self, inliers: int, alignment: Alignment | None) -> bool:
