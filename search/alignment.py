@@ -817,7 +817,7 @@ def _foregrounds(a: PhotoFeatures, b: PhotoFeatures, warped: NDArray[np.uint8],
     foregrounds, unless a photo has a segmented product mask (:func:`product_mask`) and the
     two, aligned, outline the same product (intersection over union >=
     ``SEGMENT_MIN_IOU``: GrabCut can keep one panel of a pack only)."""
-    fg_b, fg_a = foreground_weights(b.small) > 0.5, foreground_weights(warped) > 0.5
+    fg_b, fg_a = b.foreground, foreground_weights(warped) > 0.5
     if a.product is None and b.product is None:
         return fg_b, fg_a, False
     seg_b = b.product if b.product is not None else fg_b

@@ -109,6 +109,16 @@ class PhotoFeatures:
     that a re-listing that mirrors it can be matched (:func:`mirrored`)."""
 
     @cached_property
+    def foreground(self) -> NDArray[np.bool_]:
+        """Where ``small`` shows something other than its background
+        (:func:`embedding.colour.foreground_weights` over a half), as :func:`align` compares
+        a listing photo: computed at first use and kept with the features, so once per listing
+        photo while the verifier caches it, not once per pair. Read-only."""
+        out: NDArray[np.bool_] = foreground_weights(self.small) > 0.5
+        out.setflags(write=False)
+        return out
+
+    @cached_property
     def silhouette(self) -> Silhouette | None:
         """The photo's product as :func:`silhouette_agreement` compares it (None when the
         photo shows none to compare), computed at first use and kept with the features: once

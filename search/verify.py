@@ -82,7 +82,8 @@ VOTE_FEATURES = 100
 """Query keypoints (evenly spread through its list) whose descriptors vote for a listing
 photo in :meth:`SameItemVerifier.keypoint_votes`."""
 CACHE_SIZE = 2048
-"""Gallery photos whose features are kept (~40 KB each, ~65 KB with a product mask)."""
+"""Gallery photos whose features are kept: ~160 KB each on luma's photos, mostly their SIFT
+descriptors, and ~20 KB more once compared (:attr:`PhotoFeatures.foreground`)."""
 VERSIONS_KEPT = 4
 """Stored versions remembered per cached photo (``VERSIONS_KEPT * CACHE_SIZE`` references,
 ~100 bytes each): a search reads more rows than it verifies."""
