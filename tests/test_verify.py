@@ -52,11 +52,15 @@ needs_luma = pytest.mark.skipif(not LUMA.is_dir(), reason=f"{LUMA} not found")
 
 
 DEFAULT_RULE = SameItemRule()
+_FINE_CLOSED = replace(DEFAULT_RULE, min_shaded_detail_correlation=1.1)
+"""The rule without the shaded light route's fine-detail floor (the grey levels decide)."""
 
 
-def _evidence(query: Image.Image, listing: Image.Image, similarity: float = 0.9) -> Evidence:
-    """The default verifier's evidence for one query photo against one listing photo."""
-    verifier = SameItemVerifier(lambda ref: listing)
+def _evidence(query: Image.Image, listing: Image.Image, similarity: float = 0.9,
+              rule: SameItemRule | None = None) -> Evidence:
+    """The verifier's evidence for one query photo against one listing photo (the default
+    rule unless given)."""
+    verifier = SameItemVerifier(lambda ref: listing, rule=rule or SameItemRule())
     return verifier.verify(photo_features(query), [("listing", similarity)])[0]
 
 
@@ -1075,7 +1079,8 @@ def test_a_copy_under_a_lamp_above_it_needs_the_second_order_shading(
     assert surface.correlation >= DEFAULT_RULE.min_shaded_correlation > plane.correlation
     monkeypatch.setattr(pairwise, "SHADINGS", (2,))  # the plane alone
     monkeypatch.setattr(pairwise, "RESIDUAL_SHADING_SIGMA", 0.0)  # and nothing after it
-    planar = _evidence(query, original)
+    # the fine detail closed: on this busy photo it would stand in for the surface
+    planar = _evidence(query, original, rule=_FINE_CLOSED)
     assert not planar.same_item, planar.reason
     assert planar.alignment is not None and len(planar.alignment.shaded_lights) == 1
 
@@ -1118,7 +1123,7 @@ def test_a_copy_under_a_lamp_and_uneven_light_needs_the_residual_shading(
         same, why = _decide(shot(variant(original)), original, similarity=0.95)
         assert not same, why
     monkeypatch.setattr(pairwise, "RESIDUAL_SHADING_SIGMA", 0.0)
-    without = _evidence(shot(original), original)
+    without = _evidence(shot(original), original, rule=_FINE_CLOSED)
     assert not without.same_item, without.reason
 
 
@@ -1209,6 +1214,81 @@ def test_shaded_light_route_limits_name_the_evidence() -> None:
     assert same and "under uneven light" in why, why
     assert not rule.decide(0.9, 50, 0.3, with_shaded(replace(good, white_unexplained=0.1)),
                            "relit")[0]
+
+
+def test_the_shaded_light_route_reads_the_fine_detail_where_the_grey_levels_fall_short(
+        ) -> None:
+    """A lamp over a product of little contrast lowers the grey-level correlation, as aligned
+    and with the shading divided out; the fine detail (``min_shaded_detail_correlation``)
+    stands in for both while the map's other limits hold, and the reason names it."""
+    rule = SameItemRule()
+    base = _detailed(Alignment(0.7, (5.0, 9.0, 14.0, 18.0)), light_gains=(1.1, 1.0, 0.9),
+                     light_shifts=(4.0, 6.0, 10.0, 12.0))
+    short = ShadedLight(1.15, (1.0, 2.0, 4.0, 6.0), 0.95, 0.004)
+
+    def with_fine(fine: float, *shaded: ShadedLight, overlap: float = 0.9) -> Alignment:
+        return replace(base, detail=ColourDetail(base.detail.light(), shaded=shaded,
+                                                 fine=(fine, overlap)))
+
+    same, why = rule.decide(0.9, 50, 0.3, with_fine(0.97, short))
+    assert same and "fine detail 0.97" in why and "0.950 with the shading" in why, why
+    assert not rule.decide(0.9, 50, 0.3, with_fine(0.93, short))[0]
+    # the detail agrees over a third of one photo's product only (a white garment on white)
+    assert not rule.decide(0.9, 50, 0.3, with_fine(0.99, short, overlap=0.3))[0]
+    assert not rule.decide(0.9, 50, 0.3, with_fine(0.99))[0]  # no shaded map
+    for worse in (replace(short, white_unexplained=0.1), replace(short, neutral_spread=1.35),
+                  replace(short, shifts=(1.0, 2.0, 8.5, 9.0)),
+                  replace(short, other_background=False)):
+        assert not rule.decide(0.9, 50, 0.3, with_fine(0.99, worse))[0], worse
+    # a map that correlates to the floor is named before one the fine detail lets through
+    good = replace(short, correlation=0.995, shifts=(1.0, 2.0, 3.0, 5.0))
+    same, why = rule.decide(0.9, 50, 0.3, with_fine(0.97, short, good))
+    assert same and "0.995 with the shading" in why, why
+    assert not _FINE_CLOSED.decide(0.9, 50, 0.3, with_fine(0.99, short))[0]
+
+
+@needs_luma
+def test_a_brown_bag_under_a_strong_lamp_is_accepted_on_its_fine_detail() -> None:
+    """Luma's brown duffle re-shot on a backdrop under a lamp: the fall-off is most of what
+    varies over a product of so little contrast, so its grey levels correlate under
+    ``min_correlation`` as aligned and under ``min_shaded_correlation`` with the shading
+    divided out, while its seams and stitching, its outline left out, still agree
+    (:attr:`Alignment.detail_correlation`). Refused with the fine detail's floor closed; its
+    recoloured variant under the same lamp is refused."""
+    listing = _luma_photo("wb07-brown-0")
+
+    def shot(photo: Image.Image) -> Image.Image:
+        return _under_a_lamp(reshot_on_backdrop(photo, (1, 1, 1)), low=0.5, contrast=0.4)
+
+    evidence = _evidence(shot(listing), listing)
+    assert evidence.same_item and "fine detail" in evidence.reason, evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None
+    assert alignment.correlation < DEFAULT_RULE.min_correlation  # what it catches
+    assert max(m.correlation for m in alignment.shaded_lights) < (
+        DEFAULT_RULE.min_shaded_correlation)
+    assert alignment.detail_correlation >= DEFAULT_RULE.min_shaded_detail_correlation
+    assert alignment.detail_overlap >= DEFAULT_RULE.min_shaded_detail_overlap
+    assert not _evidence(shot(listing), listing, rule=_FINE_CLOSED).same_item
+    same, why = _decide(shot(recolour(listing)), listing)
+    assert not same, why
+
+
+@needs_luma
+def test_a_white_garment_is_told_from_its_grey_variant_where_the_fine_detail_agrees() -> None:
+    """Luma's white MS07 tee is background on white, so against its grey variant the region
+    compared is the model's face, arms and trousers, whose fine detail agrees (0.97). That
+    region is a third of what the grey photo shows as product, so the fine detail does not
+    speak for the pair (``min_shaded_detail_overlap``), and without that limit it would."""
+    grey, white = _luma("ms07-green"), _luma("ms07-white")  # luma's "green" is grey
+    evidence = _evidence(grey, white)
+    assert not evidence.same_item, evidence.reason
+    alignment = evidence.alignment
+    assert alignment is not None
+    assert alignment.detail_correlation >= DEFAULT_RULE.min_shaded_detail_correlation
+    assert alignment.detail_overlap < DEFAULT_RULE.min_shaded_detail_overlap
+    loose = replace(DEFAULT_RULE, min_shaded_detail_overlap=0.0)
+    assert _evidence(grey, white, rule=loose).same_item
 
 
 def test_the_costly_colour_detail_is_computed_when_read_and_once(
