@@ -824,16 +824,18 @@ class SameItemRule:
         """The first of the pair's shaded light maps within every limit of the shaded light
         route, or None: each map of :data:`SHADINGS`, then each with what it left of the
         shading divided out (``RESIDUAL_SHADING_SIGMA``, search/alignment.py); where none
-        correlates to ``min_shaded_correlation``, the first within the other limits when the
-        fine detail correlates (:meth:`_fine`)."""
+        correlates to ``min_shaded_correlation``, the best correlated within the other limits
+        when the fine detail correlates (:meth:`_fine`, read only then)."""
         within = [shaded for shaded in alignment.shaded_lights
                   if shaded.other_background
                   and shaded.white_unexplained <= self.max_shaded_white_unexplained
                   and shaded.neutral_spread <= self.max_light_gain_spread
                   and shaded.shift(self.shift_percentile) <= self.max_light_shift]
-        return next((shaded for shaded in within
-                     if shaded.correlation >= self.min_shaded_correlation),
-                    within[0] if within and self._fine(alignment) else None)
+        found = next((shaded for shaded in within
+                      if shaded.correlation >= self.min_shaded_correlation), None)
+        if found is None and within and self._fine(alignment):
+            return max(within, key=lambda shaded: shaded.correlation)
+        return found
 
     def _agrees_graded(self, alignment: Alignment) -> bool:
         """The grading route: a shop's saturation, vibrance or contrast edit moves every
