@@ -60,7 +60,7 @@ def _evidence(query: Image.Image, listing: Image.Image, similarity: float = 0.9,
               rule: SameItemRule | None = None) -> Evidence:
     """The verifier's evidence for one query photo against one listing photo (the default
     rule unless given)."""
-    verifier = SameItemVerifier(lambda ref: listing, rule=rule or SameItemRule())
+    verifier = SameItemVerifier(lambda ref: listing, rule=rule)
     return verifier.verify(photo_features(query), [("listing", similarity)])[0]
 
 
