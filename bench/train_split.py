@@ -22,7 +22,16 @@ class: product-disjoint, classes shared, like an in-store set against its catalo
 ``disjoint/`` (``train-catalog.jsonl`` and ``test/`` restricted to five seeded classes each,
 no class on both sides: what training carries to kinds of product it never saw).
 
-Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0] [--fmnist]``, then
+With ``--protocol DIR`` (repeatable), any retrieval protocol (``gallery.jsonl`` +
+``queries.jsonl``, each query relevant to products of one group) split the same way, under
+``OUT/NAME``: ``train-catalog.jsonl`` (the gallery's products of half its ``group_id``s,
+seeded; the product itself where a row has none) and ``test/`` (the other half's products as
+gallery, and the queries whose relevant products are all among them). So the in-store
+stand-ins (packs-instore, packs-shelf, packs-pile, plain-pile) are measured as the issue's
+"done when" asks: trained on some products, tested on in-store photos of others.
+
+Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0] [--fmnist]
+[--protocol var/protocols/packs-instore ...]``, then
 ``lookalike train --catalog OUT/train-gallery.jsonl --out M [--group-key group_id]`` and
 ``LOOKALIKE_MODEL__PATH=M lookalike eval --gallery OUT/views/gallery.jsonl --queries ...``.
 """
@@ -134,6 +143,30 @@ def _cross_colour(test: list[Row], out: Path, seed: int, views: list[Row]) -> No
                  + _rebase_queries(extra, out, every))
 
 
+def write_protocol_split(protocol: Path, out: Path, seed: int) -> None:
+    """``protocol`` split by group (module doc), under ``out / protocol.name``."""
+    import json
+
+    def rows(name: str) -> list[Row]:
+        text = (protocol / name).read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    gallery, queries = rows("gallery.jsonl"), rows("queries.jsonl")
+    group = {row["product_id"]: str(row.get("group_id") or row["product_id"]) for row in gallery}
+    train_groups = _split_groups([{"group_id": g} for g in group.values()], seed)
+    folder = out / protocol.name
+    test = folder / "test"
+    train = [row for row in gallery if group[row["product_id"]] in train_groups]
+    tested = [row for row in gallery if group[row["product_id"]] not in train_groups]
+    asked = [q for q in queries
+             if all(pid in group and group[pid] not in train_groups for pid in q["relevant"])]
+    _write_jsonl(folder / "train-catalog.jsonl", _rebase(train, protocol, folder))
+    _write_jsonl(test / "gallery.jsonl", _rebase(tested, protocol, test))
+    _write_jsonl(test / "queries.jsonl", _rebase_queries(asked, protocol, test))
+    print(f"{protocol.name}: train {len(train_groups)} groups, {len(train)} products; test "
+          f"{len(tested)} products, {len(asked)} of {len(queries)} queries")
+
+
 FMNIST_TRAIN, FMNIST_GALLERY, FMNIST_QUERIES = 3000, 2000, 500
 
 
@@ -194,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("var/train-split"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist", action="store_true", help="also write the Fashion-MNIST split")
+    p.add_argument("--protocol", type=Path, action="append", default=[],
+                   help="also split this retrieval protocol's folder by group (repeatable)")
     args = p.parse_args(argv)
+    for protocol in args.protocol:
+        write_protocol_split(protocol, args.out, args.seed)
     missing = missing_luma(args.luma, ["the split"])
     if missing:
         print(missing, file=sys.stderr)

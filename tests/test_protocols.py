@@ -533,3 +533,40 @@ def test_fmnist_colours_dye_one_article_and_hold_one_dye_out(tmp_path: Path) -> 
         ink = images[index].astype(np.float32)[:, :, None] / 255
         np.testing.assert_allclose(rgb, np.clip(np.rint(255 - ink * (255 - dye)), 0, 255),
                                    atol=0.5)
+
+
+def test_a_protocol_split_by_group_trains_on_one_half_and_tests_on_the_other(
+        tmp_path: Path) -> None:
+    """bench/train_split.py --protocol: no group on both sides, every query kept relevant to
+    tested products only, and every path still pointing at its photo from where it is written."""
+    split = load_bench_module("train_split")
+    source = tmp_path / "proto"
+    (source / "images").mkdir(parents=True)
+    gallery, queries = [], []
+    for g in range(6):
+        for v in range(2):
+            pid = f"p-{g}-{v}"
+            Image.new("RGB", (8, 8), (40 * g, 100 * v, 0)).save(source / "images" / f"{pid}.png")
+            gallery.append({"product_id": pid, "group_id": f"g{g}", "category": "c",
+                            "images": [f"images/{pid}.png"]})
+            queries.append({"image": f"images/{pid}.png", "relevant": [pid]})
+    queries.append({"image": "images/p-0-0.png", "relevant": ["p-0-0", "p-1-0"]})  # two groups
+    for name, rows in (("gallery.jsonl", gallery), ("queries.jsonl", queries)):
+        (source / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    split.write_protocol_split(source, out, seed=0)
+    trained = read_jsonl(out / "proto" / "train-catalog.jsonl")
+    tested = read_jsonl(out / "proto" / "test" / "gallery.jsonl")
+    asked = read_jsonl(out / "proto" / "test" / "queries.jsonl")
+    trained_groups = {r["group_id"] for r in trained}
+    tested_ids = {r["product_id"] for r in tested}
+    assert len(trained_groups) == 3 and not trained_groups & {r["group_id"] for r in tested}
+    assert len(trained) + len(tested) == len(gallery)
+    assert asked and all(set(q["relevant"]) <= tested_ids for q in asked)
+    assert len(asked) == sum(1 for q in queries if set(q["relevant"]) <= tested_ids)
+    for base, rows in ((out / "proto", trained), (out / "proto" / "test", tested)):
+        assert all((base / r["images"][0]).is_file() for r in rows)
+    assert all((out / "proto" / "test" / q["image"]).is_file() for q in asked)
+    again = tmp_path / "again"
+    split.write_protocol_split(source, again, seed=0)
+    assert read_jsonl(again / "proto" / "train-catalog.jsonl") == trained
