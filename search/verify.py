@@ -227,18 +227,18 @@ class SameItemRule:
     compared pixels a highlight may whiten (:attr:`Alignment.light_around_highlights`,
     with its margin), in any number of patches. A highlight covers a small part of a
     product (2-12 % on same-item-glare's right pairs); over more, only the
-    ``max_highlight_blob_share`` tier's compact, specular patches: luma's black garments
-    made grey on one model read 0.19 in 6-12 patches (docs/matching.md, "Highlight round"
-    and "Highlight round, the print and the correlation beneath")."""
+    ``max_highlight_blob_share`` tier's specular ones: luma's black garments made grey on
+    one model read 0.19 (docs/matching.md, "Highlight round" and "Highlight round, the
+    print and the correlation beneath")."""
     max_highlight_blob_share: float = 0.2
-    """The same share where the whitened pixels form at most ``max_highlights`` patches
-    (:attr:`AroundHighlights.blobs`): a lamp's reflection on a glossy surface is one or two
-    compact patches and may whiten more (up to 19 % on same-item-glare's right pairs),
-    while another line's missing letters or a misaligned print whiten many small ones
-    (7-18 on same-item-packs-glare's other lines, which read 0.13-0.18; docs/matching.md,
-    "Highlight round, the print and the correlation beneath")."""
-    max_highlights: int = 3
-    """See ``max_highlight_blob_share``."""
+    """The same share where the whitened pixels' core is a specular highlight's
+    (``min_highlight_core``): a lamp's reflection on a glossy surface may whiten more (up to
+    19 % on same-item-glare's right pairs). In any number of patches: a highlight's rim and
+    the specks beside it break into 7-14 patches on same-item-packs-glare's right pairs.
+    Another line's missing letters, which whiten many small ones, are left to the route's
+    other limits (nothing left out darker in the query, the print beneath and around):
+    same-item-packs and -packs-glare list none (docs/matching.md, "Highlights in many
+    patches")."""
     min_highlight_core: float = 0.5
     """For the ``max_highlight_blob_share`` tier: the whitened pixels' core
     (:attr:`AroundHighlights.core`, the 90th percentile of their share of the way to white)
@@ -711,8 +711,8 @@ class SameItemRule:
         beneath it, so the light route's limits hold over the rest
         (:attr:`Alignment.light_around_highlights`: the pixels the query under the light
         map whitens, the same share of the way in every channel, left out), while they are
-        at most ``max_highlight_share`` of the product, or ``max_highlight_blob_share`` in
-        at most ``max_highlights`` patches. Under a highlight the colour turns grey and the
+        at most ``max_highlight_share`` of the product, or ``max_highlight_blob_share`` where
+        their core is a specular highlight's. Under a highlight the colour turns grey and the
         print fades, which lowers the grey-level correlation (0.58-0.96 over the whole,
         0.97-1.00 under the light map without the highlight, on same-item-glare's right
         pairs) and the print agreement, and lifts the colour shift: where the correlation
@@ -736,8 +736,7 @@ class SameItemRule:
         around = alignment.light_around_highlights
         if (around is None or around.share > self.max_highlight_blob_share
                 or (around.share > self.max_highlight_share
-                    and (around.blobs > self.max_highlights
-                         or around.core < self.min_highlight_core))):
+                    and around.core < self.min_highlight_core)):
             return False
         if (alignment.correlation < self.min_correlation
                 and around.raw_correlation < self.min_correlation):
