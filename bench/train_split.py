@@ -22,13 +22,13 @@ class: product-disjoint, classes shared, like an in-store set against its catalo
 ``disjoint/`` (``train-catalog.jsonl`` and ``test/`` restricted to five seeded classes each,
 no class on both sides: what training carries to kinds of product it never saw).
 
-With ``--protocol DIR`` (repeatable), any retrieval protocol (``gallery.jsonl`` +
-``queries.jsonl``, each query relevant to products of one group) split the same way, under
-``OUT/NAME``: ``train-catalog.jsonl`` (the gallery's products of half its ``group_id``s,
-seeded; the product itself where a row has none) and ``test/`` (the other half's products as
-gallery, and the queries whose relevant products are all among them). So the in-store
-stand-ins (packs-instore, packs-shelf, packs-pile, plain-pile) are measured as the issue's
-"done when" asks: trained on some products, tested on in-store photos of others.
+With ``--protocol DIR`` (repeatable; then only those are written), any retrieval protocol
+(``gallery.jsonl`` + ``queries.jsonl``, each query relevant to products of one group) split
+the same way, under ``OUT/NAME``: ``train-catalog.jsonl`` (the gallery's products of half its
+``group_id``s, seeded; the product itself where a row has none) and ``test/`` (the other
+half's products as gallery, and the queries whose relevant products are all among them). So
+the in-store stand-ins (packs-instore, packs-shelf, packs-pile, plain-pile) are measured as
+the issue's "done when" asks: trained on some products, tested on in-store photos of others.
 
 Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0] [--fmnist]
 [--protocol var/protocols/packs-instore ...]``, then
@@ -158,8 +158,8 @@ def write_protocol_split(protocol: Path, out: Path, seed: int) -> None:
     test = folder / "test"
     train = [row for row in gallery if group[row["product_id"]] in train_groups]
     tested = [row for row in gallery if group[row["product_id"]] not in train_groups]
-    asked = [q for q in queries
-             if all(pid in group and group[pid] not in train_groups for pid in q["relevant"])]
+    asked = [q for q in queries if q["relevant"]
+             and all(pid in group and group[pid] not in train_groups for pid in q["relevant"])]
     _write_jsonl(folder / "train-catalog.jsonl", _rebase(train, protocol, folder))
     _write_jsonl(test / "gallery.jsonl", _rebase(tested, protocol, test))
     _write_jsonl(test / "queries.jsonl", _rebase_queries(asked, protocol, test))
@@ -228,10 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist", action="store_true", help="also write the Fashion-MNIST split")
     p.add_argument("--protocol", type=Path, action="append", default=[],
-                   help="also split this retrieval protocol's folder by group (repeatable)")
+                   help="split this retrieval protocol's folder by group instead (repeatable; "
+                        "the Luma and Fashion-MNIST splits are then not written)")
     args = p.parse_args(argv)
-    for protocol in args.protocol:
-        write_protocol_split(protocol, args.out, args.seed)
+    if args.protocol:  # those alone: the Luma split is another run's
+        names = [protocol.name for protocol in args.protocol]
+        if len(set(names)) < len(names):
+            p.error(f"two --protocol folders of one name would share OUT/NAME: {names}")
+        for protocol in args.protocol:
+            write_protocol_split(protocol, args.out, args.seed)
+        return 0
     missing = missing_luma(args.luma, ["the split"])
     if missing:
         print(missing, file=sys.stderr)
