@@ -262,8 +262,11 @@ class AroundHighlights:
     """Share of the compared pixels left out."""
     blobs: int
     """How many separate patches the whitened pixels form (of ``HIGHLIGHT_MIN_BLOB_PX`` or
-    more): one or two for a lamp's reflection on a glossy surface; many where the whitened
-    pixels follow a print (another line's letters missing) or a misaligned outline."""
+    more), named in the rule's reason: a lamp's reflection on a glossy surface is one or two
+    large ones, with specks beside them and its rim in pieces (7-14 in all on
+    same-item-packs-glare); the whitened pixels following a print (another line's letters
+    missing) or a misaligned outline form many too. The rule no longer limits them
+    (docs/matching.md, "Highlights in many patches")."""
     core: float
     """The 90th percentile of the whitened pixels' share of their way to white: a specular
     highlight's core is 60-95 % of the way (0.58-1.0 on the right pairs of same-item-glare

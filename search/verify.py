@@ -227,9 +227,11 @@ class SameItemRule:
     compared pixels a highlight may whiten (:attr:`Alignment.light_around_highlights`,
     with its margin), in any number of patches. A highlight covers a small part of a
     product (2-12 % on same-item-glare's right pairs); over more, only the
-    ``max_highlight_blob_share`` tier's specular ones: luma's black garments made grey on
-    one model read 0.19 (docs/matching.md, "Highlight round" and "Highlight round, the
-    print and the correlation beneath")."""
+    ``max_highlight_blob_share`` tier's specular ones. Luma's black garments made grey on
+    one model read 0.19 with a core of 0.56-0.63, within that tier: the recoloured-part
+    check, asked before this route, is what refuses them (docs/matching.md, "Highlight
+    round", "Highlight round, the print and the correlation beneath" and "Highlights in
+    many patches", what it gives up)."""
     max_highlight_blob_share: float = 0.2
     """The same share where the whitened pixels' core is a specular highlight's
     (``min_highlight_core``): a lamp's reflection on a glossy surface may whiten more (up to
@@ -727,7 +729,7 @@ class SameItemRule:
         ``min_segmented_light_correlation``): another line's name missing where the listing
         prints dark letters is a blend towards white too."""
         # the cheap limits first, then the light map (~1 ms), then the highlights' shares,
-        # patches and darkening (~1 ms); what lies over the rest is computed as it is read
+        # core and darkening (~1 ms); what lies over the rest is computed as it is read
         if alignment.correlation < self.min_highlight_correlation:
             return False
         gains = alignment.light_gains
@@ -1117,10 +1119,18 @@ class SameItemVerifier:
         when already computed.
         ``print_check``, ``overlay``: see :meth:`compare`. ``cancelled``: asked before each
         candidate; :class:`~search.cancel.SearchCancelled` when the caller is gone.
+
+        Listings that show one photo (another seller re-listing the maker's, under the same
+        reference: one cached :class:`PhotoFeatures`) at one similarity are compared once and
+        share the evidence, as long as what :meth:`compare` is asked is the same (the budgets
+        for coarse and mirrored looks, their keypoint match): the same answer, computed once
+        (docs/matching.md, "One photo, several listings").
         """
         out: list[Evidence] = []
         coarse = mirrors = 0
         flipped: list[PhotoFeatures | None] = []
+        seen: dict[tuple[int, float, bool, bool, int],
+                   tuple[PhotoFeatures, KeypointMatch | None, Evidence]] = {}
 
         def mirror() -> PhotoFeatures | None:  # once per query, and only when wanted
             if not flipped:
@@ -1135,12 +1145,18 @@ class SameItemVerifier:
                 out.append(Evidence(False, similarity, 0, 0.0, None,
                                     f"listing photo unavailable: {type(exc).__name__}: {exc}"))
                 continue
-            out.append(self.compare(query, other, similarity,
-                                    allow_coarse=coarse < self.rule.max_coarse,
-                                    matched=None if matched is None else matched[n],
-                                    print_check=print_check,
-                                    mirror=mirror if mirrors < self.rule.max_mirror else None,
-                                    overlay=overlay))
+            allow_coarse, allow_mirror = (coarse < self.rule.max_coarse,
+                                          mirrors < self.rule.max_mirror)
+            match = None if matched is None else matched[n]
+            key = (id(other), similarity, allow_coarse, allow_mirror, id(match))
+            if key in seen:  # ``seen`` holds ``other`` and ``match``: their ids stay theirs
+                out.append(seen[key][2])
+            else:
+                out.append(self.compare(query, other, similarity, allow_coarse=allow_coarse,
+                                        matched=match, print_check=print_check,
+                                        mirror=mirror if allow_mirror else None,
+                                        overlay=overlay))
+                seen[key] = (other, match, out[-1])
             coarse += out[-1].coarse_tried
             mirrors += out[-1].mirror_tried
         return out
@@ -1181,13 +1197,18 @@ class SameItemVerifier:
         features cached, a third of a full verification); None where the photo cannot be
         loaded. Price comparison ranks candidates below its first ``k`` by it when those are
         a family of look-alikes (``search/api.py``). ``copies``: the query may show the
-        product several times (:func:`ransac`), as an image search's re-ranking asks."""
+        product several times (:func:`ransac`), as an image search's re-ranking asks. A photo
+        several listings show (one reference, one cached :class:`PhotoFeatures`) is matched
+        once, and they share the match."""
         out: list[KeypointMatch | None] = []
+        seen: dict[int, tuple[PhotoFeatures, KeypointMatch]] = {}
         for image_ref in image_refs:
             try:
                 other = self.gallery_features(image_ref)
             except Exception:  # refused with its reason if it is ever verified
                 out.append(None)
                 continue
-            out.append(ransac(query, other, copies))
+            if id(other) not in seen:  # ``seen`` holds ``other``: its id is not reused
+                seen[id(other)] = (other, ransac(query, other, copies))
+            out.append(seen[id(other)][1])
         return out

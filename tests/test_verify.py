@@ -2442,3 +2442,43 @@ def test_the_robust_light_fit_is_not_bent_by_a_recoloured_part() -> None:
     same = pairwise._hue_agreement(photo, photo)  # one photo's colours twice
     assert same is not None and same.turn < 1e-6 and same.chroma_ratios == (1.0, 1.0)
 
+
+def test_listings_that_show_one_photo_are_compared_once_and_share_the_evidence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sellers list the maker's photo under one reference: ``verify`` and
+    ``keypoint_matches`` compare it once, and each listing gets the evidence a comparison of
+    its own gives; at another similarity it is compared again."""
+    original, other = _busy_photo(), printed_pack("OTHER")
+    photos = {"maker.jpg": original, "other.jpg": other}
+    query = photo_features(heavy_edit(original), keep_grey=True)
+    verifier = SameItemVerifier(lambda ref: photos[ref])
+    calls: list[float] = []
+    real_compare, real_ransac = verifier.compare, verify.ransac
+
+    def counted(*args: Any, **kwargs: Any) -> Evidence:
+        calls.append(args[2])
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(verifier, "compare", counted)
+    candidates = [("maker.jpg", 0.9), ("other.jpg", 0.8), ("maker.jpg", 0.9), ("maker.jpg", 0.7)]
+    found = verifier.verify(query, candidates)
+    assert calls == [0.9, 0.8, 0.7]  # the second listing of the photo at 0.9 was not compared
+    assert found[2] is found[0] and found[0].same_item, found[0].reason
+    assert found[3] is not found[0] and found[3].same_item == found[0].same_item
+    for (ref, similarity), evidence in zip(candidates, found, strict=True):
+        alone = real_compare(query, verifier.gallery_features(ref), similarity,
+                             mirror=lambda: features.mirrored(query))
+        assert (alone.same_item, alone.inliers, alone.reason) == (
+            evidence.same_item, evidence.inliers, evidence.reason)
+    matched: list[int] = []
+
+    def counted_ransac(*args: Any, **kwargs: Any) -> Any:
+        matched.append(1)
+        return real_ransac(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "ransac", counted_ransac)
+    refs = [ref for ref, _ in candidates]
+    matches = verifier.keypoint_matches(query, refs)
+    assert len(matched) == 2 and matches[0] is matches[2] is matches[3]
+    assert matches[0] is not None and matches[0][0] == real_ransac(
+        query, verifier.gallery_features("maker.jpg"))[0]
