@@ -39,6 +39,7 @@ Usage: ``python bench/train_split.py [--out var/train-split] [--seed 0] [--fmnis
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def write(luma: Path, out: Path, seed: int) -> None:
     test = [row for row in gallery if row["group_id"] not in train_groups]
     _write_jsonl(out / "train-gallery.jsonl", train)
     full = {row["product_id"]: row for row in
-            (__import__("json").loads(line) for line in
+            (json.loads(line) for line in
              (luma / "catalog.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())}
     _write_jsonl(out / "train-catalog.jsonl", [
         dict(full[row["product_id"]], images=[_relative(luma / im["path"], out)
@@ -145,7 +146,6 @@ def _cross_colour(test: list[Row], out: Path, seed: int, views: list[Row]) -> No
 
 def write_protocol_split(protocol: Path, out: Path, seed: int) -> None:
     """``protocol`` split by group (module doc), under ``out / protocol.name``."""
-    import json
 
     def rows(name: str) -> list[Row]:
         text = (protocol / name).read_text(encoding="utf-8")
