@@ -1296,7 +1296,7 @@ def _most_voted(verifier: SameItemVerifier, queries: Sequence[PhotoFeatures],
     if readers is not None:
         unread = [ref for ref in refs if ref not in unreadable]
         unreadable = {*unreadable, *_read_ahead(verifier, unread, readers)}
-    votes = [verifier.keypoint_votes(q, refs, unreadable) for q in queries]
+    votes = verifier.keypoint_votes(queries, refs, unreadable)
     ranked = sorted(range(len(rest)), key=lambda n: (-max(v[n] for v in votes), n))
     kept = sorted(n for n in ranked[:most] if not voted_only or max(v[n] for v in votes) > 0)
     return [rest[n] for n in kept]

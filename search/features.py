@@ -388,11 +388,13 @@ def _mutual_pairs(squared: NDArray[np.float32]) -> list[tuple[int, int]]:
     return list(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
 
 
-def ratio_matches(x: NDArray[np.float32], y: NDArray[np.float32]) -> dict[int, int]:
-    """Each descriptor of ``x`` whose nearest in ``y`` passes Lowe's ratio test -> that one."""
+def ratio_passed(x: NDArray[np.float32], y: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Per descriptor of ``x``: whether its nearest in ``y`` passes Lowe's ratio test against
+    the second nearest (none pass when ``y`` has fewer than two). Each row is answered on its
+    own, so the descriptors of several query photos stacked get their own answers."""
     if len(x) == 0 or len(y) < 2:
-        return {}
-    return _ratio_pairs(_squared_distances(x, y))
+        return np.zeros(len(x), np.bool_)
+    return _ratio_test(_squared_distances(x, y))[1]
 
 
 def _ratio_pairs(squared: NDArray[np.float32]) -> dict[int, int]:

@@ -34,7 +34,7 @@ from search.api import (
     ProductSearch,
     StoredPhotoUnreadable,
 )
-from search.features import photo_features
+from search.features import PhotoFeatures, photo_features
 from search.filters import SearchFilter
 from search.scene import cutouts, white_patch, windows
 from search.verify import Evidence, SameItemRule, SameItemVerifier
@@ -901,9 +901,14 @@ def _spy_on_votes_and_matches(verifier: SameItemVerifier, monkeypatch: pytest.Mo
     voted: list[dict[str, int]] = []
     looked: list[list[str]] = []
     votes, matches = verifier.keypoint_votes, verifier.keypoint_matches
-    monkeypatch.setattr(verifier, "keypoint_votes", lambda q, refs, unreadable: (
-        voted.append(dict(zip(refs, found := votes(q, refs, unreadable), strict=True)))
-        or found))
+
+    def spy(queries: list[PhotoFeatures], refs: list[str], unreadable: set[str]
+            ) -> list[list[int]]:
+        found = votes(queries, refs, unreadable)
+        voted.extend(dict(zip(refs, per_query, strict=True)) for per_query in found)
+        return found
+
+    monkeypatch.setattr(verifier, "keypoint_votes", spy)
     monkeypatch.setattr(verifier, "keypoint_matches",
                         lambda q, refs: looked.append(list(refs)) or matches(q, refs))
     return voted, looked
@@ -1011,7 +1016,7 @@ def test_a_family_s_deeper_photos_are_read_ahead_once_each_on_the_readers() -> N
     assert unreadable == {"gone"}
     assert calls == {"same": 1, "gone": 1, "other": 1}
     assert threads and all(name.startswith("reader") for name in threads)
-    votes = verifier.keypoint_votes(photo_features(textured_photo(1)), refs, unreadable)
+    [votes] = verifier.keypoint_votes([photo_features(textured_photo(1))], refs, unreadable)
     assert calls == {"same": 1, "gone": 1, "other": 1}  # cached, and the lost one not retried
     assert votes[1] == 0 and votes[0] == votes[3] > votes[2]
 

@@ -2356,13 +2356,18 @@ def test_descriptor_matching_is_the_brute_force_matchers() -> None:
         assert np.array_equal(a, np.round(a)) and a.min() >= 0 and a.max() <= 255
         forward, backward = _brute_force_ratio(a, b), _brute_force_ratio(b, a)
         mutual = [(i, j) for i, j in forward.items() if backward.get(j) == i]
-        assert features.ratio_matches(a, b) == forward
-        assert features.ratio_matches(a[:100], b) == _brute_force_ratio(a[:100], b)
+        assert features._ratio_pairs(features._squared_distances(a, b)) == forward
+        some = _brute_force_ratio(a[:100], b)
+        assert np.nonzero(features.ratio_passed(a[:100], b))[0].tolist() == sorted(some)
+        # stacked (the voters of several query photos), each row answers as on its own
+        stacked = features.ratio_passed(np.concatenate([a[50:100], a[:100]]), b)
+        assert stacked.tolist() == [n in some for n in range(50, 100)] \
+            + [n in some for n in range(100)]
         assert features._mutual_matches(a, b) == mutual
         compared += 1
     assert compared >= 2
     assert len(features._mutual_matches(a, a)) == len(a)  # every keypoint is its own match
-    assert features._mutual_matches(a[:1], b) == [] and features.ratio_matches(a, b[:1]) == {}
+    assert features._mutual_matches(a[:1], b) == [] and not features.ratio_passed(a, b[:1]).any()
 
 
 def _shelf(photo: Image.Image, copies: int = 3) -> Image.Image:
@@ -2482,3 +2487,49 @@ def test_listings_that_show_one_photo_are_compared_once_and_share_the_evidence(
     assert len(matched) == 2 and matches[0] is matches[2] is matches[3]
     assert matches[0] is not None and matches[0][0] == real_ransac(
         query, verifier.gallery_features("maker.jpg"))[0]
+
+
+def test_keypoint_votes_of_several_query_photos_are_each_one_s_own() -> None:
+    """The voters of several query photos meet each listing photo in one matrix: each query
+    photo's votes are those it gets voting alone, a photo two listings show is loaded and
+    voted on once, and a query photo without keypoints, a lost photo and a known unreadable
+    one get none."""
+    photo = textured_photo(seed=5)
+    photos = {"same": heavy_edit(photo), "other": textured_photo(seed=6), "twin": photo,
+              "plain": plain_photo((200, 40, 40))}  # few keypoints
+    loads: list[str] = []
+
+    def load(ref: str) -> Image.Image:
+        loads.append(ref)
+        if ref == "gone":
+            raise OSError("404 from the image server")
+        return photos[ref]
+
+    verifier = SameItemVerifier(load)
+    queries = [photo_features(photo), photo_features(ImageOps.mirror(photo)),
+               replace(photo_features(photo), descriptors=None)]
+    refs = ["same", "other", "gone", "twin", "plain", "skipped"]
+    together = verifier.keypoint_votes(queries, refs, unreadable={"skipped"})
+    alone = [SameItemVerifier(load).keypoint_votes([q], refs, {"skipped"})[0] for q in queries]
+    assert together == alone
+    assert together[0][0] > together[0][1] and together[0][3] >= together[0][0] > 0
+    assert together[2] == [0] * len(refs)  # no keypoints to vote with
+    assert all(votes[2] == 0 and votes[5] == 0 for votes in together)
+    assert "skipped" not in loads
+    loads.clear()
+    verifier = SameItemVerifier(load)
+    shared = verifier.gallery_features("same")
+    calls: list[int] = []
+    original = features._squared_distances
+
+    def counted(x: NDArray[np.float32], y: NDArray[np.float32]) -> NDArray[np.float32]:
+        calls.append(id(y))
+        return original(x, y)
+
+    features._squared_distances = counted  # type: ignore[assignment]
+    try:
+        votes = verifier.keypoint_votes(queries[:1], ["same", "same", "other"])
+    finally:
+        features._squared_distances = original  # type: ignore[assignment]
+    assert votes[0][0] == votes[0][1] == together[0][0]  # two listings, one photo: once
+    assert calls == [id(shared.descriptors), id(verifier.gallery_features("other").descriptors)]
