@@ -331,9 +331,11 @@ class SearchSettings(_Group):
         description="Most similar products that price comparison looks at",
     )
     compare_threshold: float = Field(
-        default=0.50, ge=-1, le=1, allow_inf_nan=False,  # nan: "finite", not "<= 1"
+        default=0.30, ge=-1, le=1, allow_inf_nan=False,  # nan: "finite", not "<= 1"
         description="Cosine similarity below which price comparison does not even verify a "
-        "candidate as the same item (search/verify.py decides; see docs/matching.md)",
+        "candidate as the same item (search/verify.py decides; see docs/matching.md). It only "
+        "spares hopeless candidates the cost: 0.5 left re-shot listings unverified whose "
+        "vector fell to 0.24-0.50 (docs/matching.md, \"A lower floor for verifying\")",
     )
     family_depth: int = Field(
         default=1000, ge=0, le=MAX_K,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -248,6 +249,20 @@ def test_compare_prices_cheapest_first_above_threshold(catalog: Catalog) -> None
     )
     assert "top-1" not in [m.product_id for m in usd]
     assert catalog.search.compare_prices(image=picture, threshold=0.999) == []
+
+
+def test_compare_prices_verifies_down_to_the_default_threshold(catalog: Catalog) -> None:
+    """``search.compare_threshold`` (0.3) only spares hopeless candidates the verification: a
+    re-shot listing whose vector fell to 0.34-0.40 is verified (and listed here, where the
+    fake verifier accepts what it is given), one far from the query is not; at 0.5, the
+    default before, none of them was."""
+    # 0.4 x each vector's first axis; away from far's (its own axis: -0.87)
+    away_from_far = [0.4] + [0.0] * (DIM - 2) + [-math.sqrt(1 - 0.4**2)]
+    picture = catalog.embedder.picture((4, 5, 6), away_from_far)
+    matches = catalog.search.compare_prices(image=picture)
+    assert sorted(m.product_id for m in matches) == ["dress", "tee-1", "tee-2", "top-1", "topsy"]
+    assert all(0.33 < m.similarity < 0.4 for m in matches)
+    assert catalog.search.compare_prices(image=picture, threshold=0.5) == []
 
 
 def test_compare_prices_by_product(catalog: Catalog) -> None:
