@@ -1170,10 +1170,10 @@ class SameItemVerifier:
         vector (16) was within the ten of those 140 candidates with the most votes
         (docs/matching.md, "Deeper, by votes"). 0 where the photo cannot be loaded, and for
         the ``unreadable`` refs, which it does not try to load again. The voters of all the
-        query photos (the photo, its turns and cut-outs) meet each listing photo in one
-        matrix of distances, and a photo several listings show is voted on once (3-6 % less
-        CPU beyond a family's first page than one query photo at a time: docs/matching.md,
-        "Votes in one product")."""
+        query photos (the photo, upright where it was saved sideways; a product's stored
+        photos) meet each listing photo in one matrix of distances, and a photo several
+        listings show is voted on once (3-6 % less CPU beyond a family's first page than one
+        query photo at a time: docs/matching.md, "Votes in one product")."""
         voters = [_voters(query) for query in queries]
         rows = np.cumsum([0] + [len(v) for v in voters])
         stacked = (np.concatenate([v for v in voters if len(v)]) if rows[-1]

@@ -253,15 +253,15 @@ def test_compare_prices_cheapest_first_above_threshold(catalog: Catalog) -> None
 
 def test_compare_prices_verifies_down_to_the_default_threshold(catalog: Catalog) -> None:
     """``search.compare_threshold`` (0.3) only spares hopeless candidates the verification: a
-    re-shot listing whose vector fell to 0.34-0.40 is verified (and listed here, where the
-    fake verifier accepts what it is given), one far from the query is not; at 0.5, the
-    default before, none of them was."""
-    # 0.4 x each vector's first axis; away from far's (its own axis: -0.87)
-    away_from_far = [0.4] + [0.0] * (DIM - 2) + [-math.sqrt(1 - 0.4**2)]
+    re-shot listing whose vector fell to 0.31-0.34 is verified (and listed here, where the
+    fake verifier accepts what it is given), one at 0.29 is not, nor one far from the query;
+    at 0.5, the default before, none of them was."""
+    # 0.345 x each vector's first axis; away from far's (its own axis: -0.94)
+    away_from_far = [0.345] + [0.0] * (DIM - 2) + [-math.sqrt(1 - 0.345**2)]
     picture = catalog.embedder.picture((4, 5, 6), away_from_far)
     matches = catalog.search.compare_prices(image=picture)
-    assert sorted(m.product_id for m in matches) == ["dress", "tee-1", "tee-2", "top-1", "topsy"]
-    assert all(0.33 < m.similarity < 0.4 for m in matches)
+    assert sorted(m.product_id for m in matches) == ["tee-1", "tee-2", "top-1", "topsy"]
+    assert all(0.3 < m.similarity < 0.345 for m in matches)  # dress: 0.85 x 0.345 = 0.293
     assert catalog.search.compare_prices(image=picture, threshold=0.5) == []
 
 
@@ -1231,7 +1231,8 @@ def test_compare_prices_turns_a_photo_saved_sideways_upright(
         assert matches[0].similarity == pytest.approx(1.0, abs=1e-4)
         assert matches[0].inliers >= SameItemRule().min_inliers
         assert search.turned_photos == 1
-        assert [m.product_id for m in search.compare_prices(image=item)] == ["item"]
+        assert [m.product_id for m in search.compare_prices(image=item, threshold=0.5)] \
+            == ["item"]
         assert search.turned_photos == 1  # upright stays upright
         upright_only = ProductSearch(milvus.store, s, embedder, consistency="Strong",
                                      max_pixels=milvus_support.MAX_PIXELS, verifier=verifier,
