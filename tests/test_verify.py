@@ -2530,4 +2530,5 @@ def test_keypoint_votes_of_several_query_photos_are_each_one_s_own(
     monkeypatch.setattr(features, "_squared_distances", counted)
     votes = verifier.keypoint_votes(queries[:1], ["same", "same", "other"])
     assert votes[0][0] == votes[0][1] == together[0][0]  # two listings, one photo: once
+    assert loads == ["same", "other"]
     assert calls == [id(shared.descriptors), id(verifier.gallery_features("other").descriptors)]
