@@ -1175,27 +1175,27 @@ class SameItemVerifier:
         listings show is voted on once (3-6 % less CPU beyond a family's first page than one
         query photo at a time: docs/matching.md, "Votes in one product")."""
         voters = [_voters(query) for query in queries]
-        rows = np.cumsum([0] + [len(v) for v in voters])
-        stacked = (np.concatenate([v for v in voters if len(v)]) if rows[-1]
-                   else np.zeros((0, 128), np.float32))
-        out: list[list[int]] = [[] for _ in queries]
+        rows = np.cumsum([0] + [0 if v is None else len(v) for v in voters])
+        out = [[0] * len(image_refs) for _ in queries]
+        if not rows[-1]:  # no query photo has keypoints: nothing to load
+            return out
+        stacked = np.concatenate([v for v in voters if v is not None])
         seen: dict[int, tuple[PhotoFeatures, list[int]]] = {}
-        for image_ref in image_refs:
-            counts = [0] * len(queries)
-            if image_ref not in unreadable and len(stacked):
-                try:
-                    other: PhotoFeatures | None = self.gallery_features(image_ref)
-                except Exception:  # refused with its reason if it is ever verified
-                    other = None
-                if other is not None and other.descriptors is not None \
-                        and len(other.descriptors) >= 2:
-                    if id(other) not in seen:  # ``seen`` holds ``other``: its id stays its
-                        passed = ratio_passed(stacked, other.descriptors)
-                        seen[id(other)] = (other, [int(passed[rows[n]:rows[n + 1]].sum())
-                                                   for n in range(len(queries))])
-                    counts = seen[id(other)][1]
-            for n, count in enumerate(counts):
-                out[n].append(count)
+        for i, image_ref in enumerate(image_refs):
+            if image_ref in unreadable:
+                continue
+            try:
+                other = self.gallery_features(image_ref)
+            except Exception:  # refused with its reason if it is ever verified
+                continue
+            if other.descriptors is None or len(other.descriptors) < 2:
+                continue
+            if id(other) not in seen:  # ``seen`` holds ``other``: its id stays its
+                passed = ratio_passed(stacked, other.descriptors)
+                seen[id(other)] = (other, [int(passed[rows[n]:rows[n + 1]].sum())
+                                           for n in range(len(queries))])
+            for n, count in enumerate(seen[id(other)][1]):
+                out[n][i] = count
         return out
 
     def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str],
@@ -1222,10 +1222,10 @@ class SameItemVerifier:
         return out
 
 
-def _voters(query: PhotoFeatures) -> NDArray[np.float32]:
+def _voters(query: PhotoFeatures) -> NDArray[np.float32] | None:
     """The ``VOTE_FEATURES`` descriptors of ``query`` that vote (evenly spread through its
-    list of keypoints); none without descriptors."""
+    list of keypoints); None without descriptors."""
     if query.descriptors is None or not len(query.descriptors):
-        return np.zeros((0, 128), np.float32)
+        return None
     step = max(1, len(query.descriptors) // VOTE_FEATURES)
     return query.descriptors[::step][:VOTE_FEATURES]
