@@ -246,15 +246,39 @@ def photo_features(image: Image.Image, keep_grey: bool = False,
 
 def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:
     """The keypoints of ``features``' photo mirrored left to right (None without its grey
-    photo). A shop may re-list a flipped photo, and SIFT does not match a mirror image. Its
-    geometric match is mapped back onto the photo as it is by :func:`unmirror`."""
+    photo, which only a query photo keeps). A shop may re-list a flipped photo, and SIFT does
+    not match a mirror image. Its geometric match is mapped back onto the photo as it is by
+    :func:`unmirror`.
+
+    SIFT is symmetric under a flip but for ties, so the keypoints are the photo's own, moved
+    and with their descriptors mirrored (:data:`_MIRRORED_BINS`), not found again on the
+    flipped photo (18 ms a query photo, measured on same-item-heldout). Matched against
+    SIFT run on the flipped photo, 86-95 % of them find their own mirror image (mutual
+    nearest descriptors, at the same place; 8 query photos of same-item-heldout). OpenCV
+    places a keypoint a quarter pixel right of (and below) the pixel it describes (its first
+    octave is the photo doubled), so the flip of a ``width`` px photo moves it to
+    ``width - 0.5 - x``, not ``width - 1 - x``."""
     if features.grey is None:
         return None
-    flipped = np.ascontiguousarray(features.grey[:, ::-1])
-    keypoints, descriptors = _sift().detectAndCompute(flipped, None)
-    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-    return replace(features, points=points,
-                   descriptors=descriptors if len(points) else None, grey=None)
+    points = features.points.copy()
+    points[:, 0] = features.grey.shape[1] - 0.5 - points[:, 0]
+    descriptors = (None if features.descriptors is None
+                   else np.ascontiguousarray(features.descriptors[:, _MIRRORED_BINS]))
+    return replace(features, points=points, descriptors=descriptors, grey=None)
+
+
+def _mirrored_bins() -> NDArray[np.intp]:
+    """For each entry of a SIFT descriptor of the mirrored keypoint, the entry of the
+    keypoint's own descriptor it equals. OpenCV lays a descriptor out as 4 x 4 cells across
+    and along the keypoint's orientation, 8 gradient directions each (index ``(4 row + col)
+    8 + bin``); a flip reverses the rows and turns each direction ``bin`` into ``-bin``."""
+    row, col, direction = np.meshgrid(np.arange(4), np.arange(4), np.arange(8), indexing="ij")
+    out = np.empty(128, np.intp)
+    out[((3 - row) * 4 + col) * 8 + (8 - direction) % 8] = (row * 4 + col) * 8 + direction
+    return out
+
+
+_MIRRORED_BINS = _mirrored_bins()
 
 
 def unmirror(match: KeypointMatch, width: int) -> KeypointMatch:
