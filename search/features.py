@@ -35,7 +35,7 @@ from embedding.colour import (
 )
 from embedding.preprocess import pad_to_square
 from search.scene import at_verify_size, half_size, product_mask
-from store.blas import one_blas_thread
+from store.blas import OneThread, one_blas_thread
 
 TO_HALF = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])
 """``VERIFY_SIZE`` px -> half px (:func:`search.scene.half_size`), pixel centres as OpenCV's
@@ -210,6 +210,18 @@ def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     scaled = cv2.resize(box, (OUTLINE_PX, OUTLINE_PX), interpolation=cv2.INTER_AREA)
     out: NDArray[np.bool_] = scaled > 127
     return out
+
+def _opencv_threads() -> tuple[Any, Any]:
+    """OpenCV's (set, get) of its process-wide thread count."""
+    return cv2.setNumThreads, cv2.getNumThreads
+
+
+one_cv_thread = OneThread(_opencv_threads, "OpenCV")
+"""OpenCV in one thread while a query's candidates are verified (:mod:`store.blas`; entered by
+:class:`search.verify.SameItemVerifier`): their warps, blurs and fits are of 160-320 px
+photos, where handing work to the pool's threads costs more CPU than it saves. The query's
+own keypoints, outside, keep the pool (docs/matching.md, "Mirrored keypoints and one OpenCV
+thread")."""
 
 _sift_lock = threading.Lock()
 _sift_by_thread: dict[int, Any] = {}

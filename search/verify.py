@@ -47,12 +47,13 @@ cost only the matching.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,6 +70,7 @@ from search.features import (
     SilhouetteAgreement,
     coarse_homography,
     mirrored,
+    one_cv_thread,
     photo_features,
     ransac,
     ratio_passed,
@@ -956,6 +958,21 @@ def fetching_loader(fetcher: ImageFetcher, max_pixels: int) -> GalleryLoader:
     return load
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _in_one_cv_thread(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``method`` run with OpenCV in one thread (:data:`search.features.one_cv_thread`)."""
+
+    @functools.wraps(method)
+    def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with one_cv_thread:
+            return method(*args, **kwargs)
+
+    return inner
+
+
 class SameItemVerifier:
     """Decides for retrieved candidates whether each is the query's item, with evidence."""
 
@@ -1009,6 +1026,7 @@ class SameItemVerifier:
                 self._cache.popitem(last=False)
         return features
 
+    @_in_one_cv_thread
     def compare(self, query: PhotoFeatures, other: PhotoFeatures, similarity: float,
                 allow_coarse: bool = True, matched: KeypointMatch | None = None,
                 print_check: bool = False,
@@ -1106,6 +1124,7 @@ class SameItemVerifier:
             return None
         return again, f"{why}; alignment refined"
 
+    @_in_one_cv_thread
     def verify(self, query: PhotoFeatures, candidates: Sequence[tuple[str, float]],
                matched: Sequence[KeypointMatch | None] | None = None,
                print_check: bool = False, overlay: Overlay = "open",
@@ -1161,6 +1180,7 @@ class SameItemVerifier:
             mirrors += out[-1].mirror_tried
         return out
 
+    @_in_one_cv_thread
     def keypoint_votes(self, queries: Sequence[PhotoFeatures], image_refs: Sequence[str],
                        unreadable: AbstractSet[str] = frozenset()) -> list[list[int]]:
         """For each query photo, for each listing photo: how many of ``VOTE_FEATURES`` of the
@@ -1198,6 +1218,7 @@ class SameItemVerifier:
                 out[n][i] = count
         return out
 
+    @_in_one_cv_thread
     def keypoint_matches(self, query: PhotoFeatures, image_refs: Sequence[str],
                          copies: bool = False) -> list[KeypointMatch | None]:
         """Each listing photo's geometric match with ``query`` (inliers, homography, the

@@ -13,6 +13,10 @@ threads inside: the first to enter sets one thread, the last to leave restores t
 (each restoring its own saved count, concurrent threads would leave one thread behind). A
 large product started by another thread meanwhile runs in one thread: slower, the same
 result. Without numpy's bundled OpenBLAS (another BLAS, an older build) it does nothing.
+
+:class:`OneThread` is the same guard for any library with a process-wide thread count:
+OpenCV's, for the small images a price comparison verifies (``search.features.one_cv_thread``:
+a thread pool's hand-off costs more CPU on a 160 px warp or blur than it saves).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import glob
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,26 +56,29 @@ def _numpy_openblas() -> tuple[Any, Any] | None:
     return None
 
 
-class OneBlasThread:
-    """A context in which numpy's BLAS runs in one thread (see the module doc)."""
+class OneThread:
+    """A context in which a library's thread pool runs one thread (see the module doc).
+    ``lookup`` gives the library's (set, get) of its thread count, or None where it has none
+    to set (then the context does nothing); ``name`` names it in the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, lookup: Callable[[], tuple[Any, Any] | None], name: str) -> None:
+        self._lookup, self._name = lookup, name
         self._lock = threading.Lock()
         self._inside = 0
         self._saved = 0
         self._looked_up = False
         self._calls: tuple[Any, Any] | None = None
 
-    def _blas(self) -> tuple[Any, Any] | None:
+    def _library(self) -> tuple[Any, Any] | None:
         if not self._looked_up:
-            self._calls, self._looked_up = _numpy_openblas(), True
+            self._calls, self._looked_up = self._lookup(), True
             if self._calls is None:
-                log.debug("numpy's OpenBLAS not found: small products keep its threads")
+                log.debug("%s not found: its threads are left as they are", self._name)
         return self._calls
 
     def __enter__(self) -> None:
         with self._lock:
-            calls = self._blas()
+            calls = self._library()
             if calls is not None and self._inside == 0:
                 setter, getter = calls
                 self._saved = int(getter())
@@ -81,14 +89,21 @@ class OneBlasThread:
     def __exit__(self, *_: object) -> None:
         with self._lock:
             self._inside -= 1
-            calls = self._blas()
+            calls = self._library()
             if calls is not None and self._inside == 0 and self._saved != 1:
                 calls[0](self._saved)
 
     def threads(self) -> int | None:
-        """OpenBLAS's thread count now (None without it)."""
-        calls = self._blas()
+        """The library's thread count now (None without it)."""
+        calls = self._library()
         return None if calls is None else int(calls[1]())
+
+
+class OneBlasThread(OneThread):
+    """numpy's bundled OpenBLAS in one thread."""
+
+    def __init__(self) -> None:
+        super().__init__(_numpy_openblas, "numpy's OpenBLAS")
 
 
 one_blas_thread = OneBlasThread()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import cv2
 import pytest
+from PIL import Image
 
+from search.features import photo_features
+from search.verify import SameItemVerifier
 from store.blas import OneBlasThread
 
 
@@ -52,3 +56,23 @@ def test_threads_inside_at_once_leave_the_original_count() -> None:
     with guard:  # and again from this thread, after the workers
         assert guard.threads() == 1
     assert guard.threads() == before
+
+
+def test_opencv_runs_in_one_thread_while_candidates_are_verified() -> None:
+    """The verifier's comparisons of small photos run OpenCV in one thread
+    (``search.features.one_cv_thread``); the pool's count is back once they return."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        photo = Image.new("RGB", (320, 320), (200, 40, 40))
+        seen: list[int] = []
+
+        def load(ref: str) -> Image.Image:
+            seen.append(cv2.getNumThreads())
+            return photo
+
+        evidence = SameItemVerifier(load).verify(photo_features(photo), [("a", 0.9)])
+        assert len(evidence) == 1 and seen == [1]
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
