@@ -1866,6 +1866,31 @@ def test_a_mirrored_copy_is_matched_through_its_mirror_image() -> None:
     assert not refused.same_item, refused.reason
 
 
+def test_mirrored_keypoints_are_those_sift_finds_on_the_flipped_photo() -> None:
+    """:func:`features.mirrored` moves the query photo's own keypoints and mirrors their
+    descriptors' bins in place of running SIFT on the flipped photo: matched against what SIFT
+    finds there, most of them meet their own mirror image (mutual nearest, at the same
+    place), and the unflipped descriptors do not."""
+    query = photo_features(_busy_photo(), keep_grey=True)
+    assert query.grey is not None and query.descriptors is not None
+    flipped = features.mirrored(query)
+    assert flipped is not None and flipped.descriptors is not None and flipped.grey is None
+    keypoints, descriptors = cv2.SIFT.create(
+        nfeatures=features.MAX_FEATURES, contrastThreshold=features.SIFT_CONTRAST
+    ).detectAndCompute(np.ascontiguousarray(query.grey[:, ::-1]), None)
+    points = np.array([k.pt for k in keypoints], np.float32)
+
+    def met(ours: NDArray[np.float32]) -> float:
+        pairs = features._mutual_matches(ours, descriptors)
+        close = [i for i, j in pairs
+                 if float(np.abs(flipped.points[i] - points[j]).max()) < 0.5]
+        return len(close) / len(flipped.points)
+
+    assert len(flipped.points) == len(query.points) >= 100
+    assert met(flipped.descriptors) >= 0.8
+    assert met(query.descriptors) < 0.3  # the bins matter, not the positions alone
+
+
 def test_mirrored_matches_are_budgeted_per_query_photo() -> None:
     """``rule.max_mirror`` refused candidates per query photo are matched mirrored, the
     first (most similar) ones; an accepted candidate is not."""
