@@ -2,7 +2,7 @@
 
 * :func:`photo_features`: SIFT keypoints and descriptors at ``VERIFY_SIZE``, the foreground
   colour histogram, the photo at half size and, for a photo with no telling border, its
-  segmented product (:class:`PhotoFeatures`); :func:`mirrored` the same of a flipped photo.
+  segmented product (:class:`PhotoFeatures`); :func:`mirrored` the same keypoints, mirrored.
 * :func:`ransac`: mutual ratio-test matches and the RANSAC homography through them (its
   inliers are the geometric evidence), or one-way matches for a photo that shows its product
   several times (a shelf, a bin).
@@ -35,7 +35,7 @@ from embedding.colour import (
 )
 from embedding.preprocess import pad_to_square
 from search.scene import at_verify_size, half_size, product_mask
-from store.blas import OneThread, one_blas_thread
+from store.blas import OneThread, ThreadCount, one_blas_thread
 
 TO_HALF = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])
 """``VERIFY_SIZE`` px -> half px (:func:`search.scene.half_size`), pixel centres as OpenCV's
@@ -105,8 +105,9 @@ class PhotoFeatures:
     """Where ``small`` shows the product, segmented (:func:`product_mask`) when its border
     does not tell the background (a photo re-shot on a backdrop); None when it does."""
     grey: NDArray[np.uint8] | None = None
-    """The grey photo at ``VERIFY_SIZE``, kept for a query photo only (``keep_grey``), so
-    that a re-listing that mirrors it can be matched (:func:`mirrored`)."""
+    """The grey photo at ``VERIFY_SIZE``, kept for a query photo only (``keep_grey``): it marks
+    the photo whose keypoints may be mirrored, so that a re-listing that mirrors it can be
+    matched (:func:`mirrored`, :func:`unmirror`, which read its width only)."""
 
     @cached_property
     def foreground(self) -> NDArray[np.bool_]:
@@ -211,17 +212,20 @@ def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     out: NDArray[np.bool_] = scaled > 127
     return out
 
-def _opencv_threads() -> tuple[Any, Any]:
+
+def _opencv_threads() -> ThreadCount:
     """OpenCV's (set, get) of its process-wide thread count."""
     return cv2.setNumThreads, cv2.getNumThreads
 
 
 one_cv_thread = OneThread(_opencv_threads, "OpenCV")
-"""OpenCV in one thread while a query's candidates are verified (:mod:`store.blas`; entered by
-:class:`search.verify.SameItemVerifier`): their warps, blurs and fits are of 160-320 px
-photos, where handing work to the pool's threads costs more CPU than it saves. The query's
-own keypoints, outside, keep the pool (docs/matching.md, "Mirrored keypoints and one OpenCV
-thread")."""
+"""OpenCV in one thread while :class:`search.verify.SameItemVerifier` compares a query with
+candidates (price comparison's verification, and the keypoint matches and votes that re-rank a
+scene photo's search; :mod:`store.blas`): their warps, blurs and fits are of 160-320 px photos,
+where handing work to the pool's threads costs more CPU than it saves. A query's own keypoints
+are computed outside it, with the pool, unless another thread is verifying meanwhile (the count
+is process-wide): then they too run in one thread, slower, the same arrays (docs/matching.md,
+"Mirrored keypoints and one OpenCV thread")."""
 
 _sift_lock = threading.Lock()
 _sift_by_thread: dict[int, Any] = {}
@@ -262,11 +266,12 @@ def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:
     not match a mirror image. Its geometric match is mapped back onto the photo as it is by
     :func:`unmirror`.
 
-    SIFT is symmetric under a flip but for ties, so the keypoints are the photo's own, moved
-    and with their descriptors mirrored (:data:`_MIRRORED_BINS`), not found again on the
-    flipped photo (18 ms a query photo, measured on same-item-heldout). Matched against
-    SIFT run on the flipped photo, 86-95 % of them find their own mirror image (mutual
-    nearest descriptors, at the same place; 8 query photos of same-item-heldout). OpenCV
+    SIFT is symmetric under a flip but for ties and rounding, so the keypoints are the photo's
+    own, moved and with their descriptors mirrored (:data:`_MIRRORED_BINS`), not found again
+    on the flipped photo (18 ms a query photo, measured on same-item-heldout). Matched
+    against SIFT run on the flipped photo, 86-95 % of them find their own mirror image
+    (mutual nearest descriptors, at the same place; 8 query photos of same-item-heldout); the
+    rest differ by an orientation rounded the other way or the 800-keypoint cut. OpenCV
     places a keypoint a quarter pixel right of (and below) the pixel it describes (its first
     octave is the photo doubled), so the flip of a ``width`` px photo moves it to
     ``width - 0.5 - x``, not ``width - 1 - x``."""
@@ -282,8 +287,9 @@ def mirrored(features: PhotoFeatures) -> PhotoFeatures | None:
 def _mirrored_bins() -> NDArray[np.intp]:
     """For each entry of a SIFT descriptor of the mirrored keypoint, the entry of the
     keypoint's own descriptor it equals. OpenCV lays a descriptor out as 4 x 4 cells across
-    and along the keypoint's orientation, 8 gradient directions each (index ``(4 row + col)
-    8 + bin``); a flip reverses the rows and turns each direction ``bin`` into ``-bin``."""
+    and along the keypoint's orientation, 8 gradient directions each (index
+    ``(4 * row + col) * 8 + bin``); a flip reverses the rows and turns each direction ``bin``
+    into ``-bin``. A permutation that is its own inverse."""
     row, col, direction = np.meshgrid(np.arange(4), np.arange(4), np.arange(8), indexing="ij")
     out = np.empty(128, np.intp)
     out[((3 - row) * 4 + col) * 8 + (8 - direction) % 8] = (row * 4 + col) * 8 + direction
@@ -291,6 +297,7 @@ def _mirrored_bins() -> NDArray[np.intp]:
 
 
 _MIRRORED_BINS = _mirrored_bins()
+""":func:`_mirrored_bins`, computed once: ``descriptors[:, _MIRRORED_BINS]`` mirrors them."""
 
 
 def unmirror(match: KeypointMatch, width: int) -> KeypointMatch:

@@ -1,4 +1,4 @@
-"""BLAS in one thread for the small matrix products of a query.
+"""BLAS (and OpenCV) in one thread for the small matrix products (and images) of a query.
 
 Why (measured, docs/matching.md "Speed round"): numpy's OpenBLAS runs a product of a few
 hundred rows on every core and then keeps its helper threads spinning for the next job. On
@@ -56,20 +56,24 @@ def _numpy_openblas() -> tuple[Any, Any] | None:
     return None
 
 
+ThreadCount = tuple[Callable[[int], None], Callable[[], int]]
+"""A library's (set, get) of its process-wide thread count."""
+
+
 class OneThread:
     """A context in which a library's thread pool runs one thread (see the module doc).
     ``lookup`` gives the library's (set, get) of its thread count, or None where it has none
     to set (then the context does nothing); ``name`` names it in the log."""
 
-    def __init__(self, lookup: Callable[[], tuple[Any, Any] | None], name: str) -> None:
+    def __init__(self, lookup: Callable[[], ThreadCount | None], name: str) -> None:
         self._lookup, self._name = lookup, name
         self._lock = threading.Lock()
         self._inside = 0
         self._saved = 0
         self._looked_up = False
-        self._calls: tuple[Any, Any] | None = None
+        self._calls: ThreadCount | None = None
 
-    def _library(self) -> tuple[Any, Any] | None:
+    def _library(self) -> ThreadCount | None:
         if not self._looked_up:
             self._calls, self._looked_up = self._lookup(), True
             if self._calls is None:

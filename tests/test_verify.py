@@ -1875,15 +1875,14 @@ def test_mirrored_keypoints_are_those_sift_finds_on_the_flipped_photo() -> None:
     assert query.grey is not None and query.descriptors is not None
     flipped = features.mirrored(query)
     assert flipped is not None and flipped.descriptors is not None and flipped.grey is None
-    keypoints, descriptors = cv2.SIFT.create(
-        nfeatures=features.MAX_FEATURES, contrastThreshold=features.SIFT_CONTRAST
-    ).detectAndCompute(np.ascontiguousarray(query.grey[:, ::-1]), None)
+    keypoints, descriptors = features._sift().detectAndCompute(
+        np.ascontiguousarray(query.grey[:, ::-1]), None)
     points = np.array([k.pt for k in keypoints], np.float32)
 
     def met(ours: NDArray[np.float32]) -> float:
         pairs = features._mutual_matches(ours, descriptors)
         close = [i for i, j in pairs
-                 if float(np.abs(flipped.points[i] - points[j]).max()) < 0.5]
+                 if float(np.abs(flipped.points[i] - points[j]).max()) < 0.25]
         return len(close) / len(flipped.points)
 
     assert len(flipped.points) == len(query.points) >= 100
