@@ -471,8 +471,9 @@ class Alignment:
     correlation: float
     """Normalised cross-correlation of the grey levels (brightness and contrast edits keep it
     near 1; another product under the same watermark or sale tag does not)."""
-    colour_shifts: tuple[float, ...]
-    """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``."""
+    colour_shifts: tuple[float, ...] | Callable[[], tuple[float, ...]]
+    """How far the aligned pixels' Lab chroma (a*, b*) moved: its ``SHIFT_PERCENTILES``; or
+    what computes them when first read (:func:`align`; read through :meth:`colour_shift`)."""
     inlier_cover: float = 1.0
     """Area of the inliers' convex hull / the listing's product area (1.0 when aligned
     without keypoints)."""
@@ -480,8 +481,9 @@ class Alignment:
     """Mean grey level of the warped query / the listing's, over the compared pixels."""
     local_correlation: float | None = None
     """:attr:`correlation` over the inliers' neighbourhoods only (None without inliers)."""
-    local_shifts: tuple[float, ...] | None = None
-    """:attr:`colour_shifts` over the inliers' neighbourhoods only."""
+    local_shifts: tuple[float, ...] | Callable[[], tuple[float, ...]] | None = None
+    """:attr:`colour_shifts` over the inliers' neighbourhoods only (None without enough of
+    them; read through :meth:`local_shift`)."""
     local_share: float = 1.0
     """Share of the compared pixels that lie near an inlier."""
     by_keypoints: bool = True
@@ -621,8 +623,17 @@ class Alignment:
             return None
         return light.around_highlights()
 
+    @cached_property
+    def _shifts(self) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+        """(:attr:`colour_shifts`, :attr:`local_shifts`), computed where :func:`align` left them
+        to the first read: a pair refused on its print alone is not asked (~0.6 ms a pair,
+        most of a family of look-alikes' pairs)."""
+        shifts, local = self.colour_shifts, self.local_shifts
+        return (shifts() if callable(shifts) else shifts,
+                local() if callable(local) else local)
+
     def colour_shift(self, percentile: int) -> float:
-        return self.colour_shifts[SHIFT_PERCENTILES.index(percentile)]
+        return self._shifts[0][SHIFT_PERCENTILES.index(percentile)]
 
     def light_shift(self, percentile: int) -> float:
         """:meth:`colour_shift` after the light map (infinite without one)."""
@@ -632,9 +643,10 @@ class Alignment:
 
     def local_shift(self, percentile: int) -> float:
         """:meth:`colour_shift` near the inliers (infinite without them)."""
-        if self.local_shifts is None:
+        local = self._shifts[1]
+        if local is None:
             return float("inf")
-        return self.local_shifts[SHIFT_PERCENTILES.index(percentile)]
+        return local[SHIFT_PERCENTILES.index(percentile)]
 
 
 def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
@@ -672,8 +684,10 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     soft_a, soft_b = (np.asarray(cv2.GaussianBlur(x, (0, 0), COLOUR_BLUR_PX), dtype=np.uint8)
                       for x in (warped, listing))
     chroma_a, chroma_b = _lab_chroma(_masked(soft_a, region)), _lab_chroma(_masked(soft_b, region))
-    shifts = _chroma_shifts(chroma_a, chroma_b)
-    local_corr, local_shifts, share = None, None, 1.0
+    shifts = cache(lambda: _chroma_shifts(chroma_a, chroma_b))  # read when asked
+    local_corr: float | None = None
+    local_shifts: Callable[[], tuple[float, ...]] | None = None
+    share = 1.0
     near: NDArray[np.uint8] | None = None
     if inliers is not None and len(inliers):
         near = np.zeros(region.shape, np.uint8)
@@ -683,7 +697,8 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
         share = float(local.mean())
         if int(local.sum()) >= MIN_OVERLAP_PX:
             local_corr = _correlation(region_a[local], region_b[local])
-            local_shifts = _chroma_shifts(_masked(chroma_a, local), _masked(chroma_b, local))
+            local_shifts = cache(lambda: _chroma_shifts(_masked(chroma_a, local),
+                                                        _masked(chroma_b, local)))
     pixels = _AlignedPixels(warped, listing, valid, region, fg_b, fg_a, soft_a, soft_b, grey_a,
                             grey_b, near)
     agreement, second_look, coarse = None, None, None
@@ -1012,7 +1027,7 @@ def _recoloured_patches(soft_a: NDArray[np.uint8], soft_b: NDArray[np.uint8],
     n = int(inner.sum())
     if n < MIN_OVERLAP_PX:
         return None, 0
-    pixels_a, pixels_b = soft_a[inner], soft_b[inner]
+    pixels_a, pixels_b = _masked(soft_a, inner), _masked(soft_b, inner)
     lab_b = _lab(pixels_b)
     as_they_are = _colour_changed(_lab(pixels_a), lab_b)
     if not as_they_are.any():  # most pairs of one item: the light map is not needed
@@ -1057,7 +1072,7 @@ def _in_glare(changed: NDArray[np.bool_], inner: NDArray[np.bool_], soft_a: NDAr
     (docs/matching.md, "Glare round"). ~0.5 ms a pair with changed pixels."""
     band = np.ones((3, 3), np.uint8)
     near = (cv2.dilate(changed.astype(np.uint8), band, iterations=GLARE_BAND_PX) > 0) & inner
-    whitened, alpha = _whitening(soft_a[near], soft_b[near])
+    whitened, alpha = _whitening(_masked(soft_a, near), _masked(soft_b, near))
     white_map = np.zeros(inner.shape, dtype=bool)
     white_map[near] = whitened
     alpha_map = np.zeros(inner.shape, dtype=np.float32)
@@ -1216,7 +1231,7 @@ def _cover_around(p: _AlignedPixels, patch: NDArray[np.bool_], hidden: NDArray[n
     if measurable:
 
         def blend() -> bool:  # read when the rule asks (Cover.translucent)
-            return _translucent(p.soft_a[inner], p.soft_b[inner])
+            return _translucent(_masked(p.soft_a, inner), _masked(p.soft_b, inner))
     return Cover(area / int(region.sum()), area / max(hull, 1.0), float(kept[patch].mean()),
                  under, correlation, shifts, _largest_share(left, compared), blend,
                  measured=measurable)
@@ -1368,9 +1383,11 @@ def _colour_region(region: NDArray[np.bool_], valid: NDArray[np.bool_],
 def outer_background(background: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """The ``background`` pixels connected to the frame: a white panel or stripe inside the
     product is not background for this purpose (also the bench's re-shoot cut-out)."""
-    _, labels = cv2.connectedComponents(background.astype(np.uint8), connectivity=4)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    out: NDArray[np.bool_] = np.isin(labels, border[border > 0]) & background
+    count, labels = cv2.connectedComponents(background.astype(np.uint8), connectivity=4)
+    on_frame = np.zeros(count, bool)  # per label: whether it touches the frame
+    on_frame[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    on_frame[0] = False  # the label of what is not background
+    out: NDArray[np.bool_] = on_frame[labels] & background
     return out
 
 

@@ -17,6 +17,7 @@ decides, are in :mod:`search.verify`.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -62,6 +63,12 @@ RATIO = 0.75
 
 RANSAC_PX = 6.0
 """Largest reprojection error (px at ``VERIFY_SIZE``) of a homography inlier."""
+RANSAC_ITERATIONS = 2000
+"""RANSAC's most samples (OpenCV's default), when a caller can use any count of inliers."""
+LEAST_CONFIDENCE = 0.999
+"""For a caller that can use no fewer than some count of inliers (:func:`ransac`'s
+``least``): the confidence of drawing one sample of four of them, had the pair that many,
+at which RANSAC stops (:func:`_samples_for`)."""
 COPIES_MIN_INLIERS = 24
 """Inliers a match for copies (:func:`ransac` with ``copies``: a shelf or a pile showing the
 product several times) must find to count. Matched one way, several of the query's
@@ -320,7 +327,8 @@ def geometric_inliers(a: PhotoFeatures, b: PhotoFeatures
     return count, homography
 
 
-def ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> KeypointMatch:
+def ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False, least: int = 0
+           ) -> KeypointMatch:
     """:func:`geometric_inliers`, with the inliers' positions in ``b`` (px). ``copies``: ``a``
     may show ``b``'s product several times (a shelf of one pack, a bin of it). Then each of
     ``b``'s keypoints has a near-equal match on every copy, the ratio test from ``b``'s side
@@ -330,12 +338,20 @@ def ransac(a: PhotoFeatures, b: PhotoFeatures, copies: bool = False) -> Keypoint
     taken where mutual matching finds fewer than ``COPIES_MIN_INLIERS`` and it finds that
     many; two copies or more where their inliers, added up, are that many and more than the
     match otherwise taken (the homography is then the first copy's, the positions all
-    theirs)."""
+    theirs). ``least``: the fewest inliers the caller can use (the mirrored route's
+    ``min_inliers``; 0: any count, as a decision reads them): a pair with fewer mutual
+    matches has no match, and RANSAC draws only the samples that find that many inliers at
+    ``LEAST_CONFIDENCE`` (:func:`_samples_for`). Below that share of inliers it found nothing
+    useful in its 2,000 samples anyway, and those were most of its cost: a look-alike's
+    mirrored keypoints, 10-40 chance matches, took 3-5 ms a pair (without ``copies``)."""
     none = np.zeros((0, 2), np.float32)
     if a.descriptors is None or b.descriptors is None or len(a.points) < 4 or len(b.points) < 2:
         return 0, None, none
     squared = _squared_distances(a.descriptors, b.descriptors)
-    match = _homography(a.points, b.points, _mutual_pairs(squared))
+    mutual = _mutual_pairs(squared)
+    if len(mutual) < least:
+        return 0, None, none
+    match = _homography(a.points, b.points, mutual, _samples_for(len(mutual), least))
     if not copies:
         return match
     one_way = list(_ratio_pairs(squared).items())
@@ -378,19 +394,31 @@ def _copies(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[in
     return out
 
 
-def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
-                ) -> KeypointMatch:
+def _samples_for(pairs: int, least: int) -> int:
+    """RANSAC's most samples for ``pairs`` one-to-one matches of which the caller can use
+    ``least`` inliers or more (0: any count; ``RANSAC_ITERATIONS``): enough to draw four of
+    ``least`` inliers at ``LEAST_CONFIDENCE``, had the pair that many."""
+    if least <= 0:
+        return RANSAC_ITERATIONS
+    share = min(least / max(pairs, 1), 0.999)
+    needed = math.log(1.0 - LEAST_CONFIDENCE) / math.log(1.0 - share**4)
+    return max(1, min(RANSAC_ITERATIONS, math.ceil(needed)))
+
+
+def _homography(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]],
+                samples: int = RANSAC_ITERATIONS) -> KeypointMatch:
     """The RANSAC homography through matched keypoint ``pairs`` (indices into the points ``a``
     and ``b``): its inliers, counted once per point of ``b`` (pairs matched one way may share
     one), the homography, and the inliers' positions in ``b``; (0, None, none) when there
-    are too few pairs or the homography is implausible."""
-    count, homography, inliers = _fit(a, b, pairs)
+    are too few pairs or the homography is implausible; ``samples``: RANSAC's most)."""
+    count, homography, inliers = _fit(a, b, pairs, samples)
     if homography is None:
         return 0, None, np.zeros((0, 2), np.float32)
     return count, homography, b[[j for _, j in pairs]][inliers]
 
 
-def _fit(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]]
+def _fit(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, int]],
+         samples: int = RANSAC_ITERATIONS
          ) -> tuple[int, NDArray[np.float64] | None, NDArray[np.bool_]]:
     """:func:`_homography`'s count and homography, with which of ``pairs`` are its inliers
     (0, None and none when there are too few pairs or the homography is implausible)."""
@@ -399,7 +427,7 @@ def _fit(a: NDArray[np.float32], b: NDArray[np.float32], pairs: list[tuple[int, 
         return 0, None, none
     src = a[[i for i, _ in pairs]]
     dst = b[[j for _, j in pairs]]
-    found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX)
+    found, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX, maxIters=samples)
     if found is None or mask is None:
         return 0, None, none
     homography = np.asarray(found, dtype=np.float64)
@@ -454,11 +482,13 @@ def _squared_distances(x: NDArray[np.float32], y: NDArray[np.float32]) -> NDArra
     of OpenCV's brute-force matcher, which computes them pair by pair. Exact in float32:
     OpenCV's SIFT descriptors are whole numbers up to 255, so every dot product and norm is
     a whole number below 2**24 (128 x 255**2), and the matches are the matcher's. In one
-    BLAS thread (:mod:`store.blas`)."""
+    BLAS thread (:mod:`store.blas`). The norms are added in place (whole numbers below 2**24
+    in any order: the same matrix), which saves two matrices' passes, ~0.5 ms a pair."""
     with one_blas_thread:
-        product = x @ y.T
-    out: NDArray[np.float32] = np.einsum("ij,ij->i", x, x)[:, None] \
-        + np.einsum("ij,ij->i", y, y)[None, :] - 2.0 * product
+        out: NDArray[np.float32] = x @ y.T
+    out *= -2.0
+    out += np.einsum("ij,ij->i", x, x)[:, None]
+    out += np.einsum("ij,ij->i", y, y)[None, :]
     return np.maximum(out, 0.0, out=out)
 
 

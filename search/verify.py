@@ -910,8 +910,9 @@ class Evidence:
     colour_agreement: float
     alignment: Alignment | None
     reason: str
-    colour_shift: float | None = None
-    """The alignment's colour shift at the rule's percentile (None without alignment)."""
+    shift_percentile: int = 95
+    """The rule's percentile of the colour shift (``SameItemRule.shift_percentile``), at
+    which :attr:`colour_shift` reads the alignment's."""
     coarse_tried: bool = False
     """Whether a keypoint-free alignment was tried (budgeted per query photo)."""
     mirror_tried: bool = False
@@ -919,6 +920,14 @@ class Evidence:
     via: str | None = None
     """The product id of the accepted listing this one was compared with, instead of the
     query (``search.api._corroborate``)."""
+
+    @property
+    def colour_shift(self) -> float | None:
+        """The alignment's colour shift at :attr:`shift_percentile` (None without alignment),
+        computed when first read (a price match and eval's details read it; a pair refused
+        on its print alone is not otherwise asked)."""
+        return (None if self.alignment is None
+                else self.alignment.colour_shift(self.shift_percentile))
 
 
 def aligned_without_keypoints(a: PhotoFeatures, b: PhotoFeatures, rule: SameItemRule
@@ -1057,7 +1066,7 @@ class SameItemVerifier:
         flip = not same and mirror is not None and similarity >= self.rule.mirror_similarity
         flipped = mirror() if flip and mirror is not None else None
         if flipped is not None:
-            match = ransac(flipped, other)
+            match = ransac(flipped, other, least=self.rule.min_inliers)
             if match[0] >= self.rule.min_inliers:
                 assert query.grey is not None  # mirror() gave keypoints: it had the grey
                 m_inliers, m_homography, m_points = unmirror(match, query.grey.shape[1])
@@ -1076,8 +1085,8 @@ class SameItemVerifier:
                 accepted, because = self.rule.decide_silhouette(similarity, silhouette)
                 if accepted:  # not on an alignment: a price match reports none
                     same, why, alignment = True, f"{inliers} inliers: {because}", None
-        shift = alignment.colour_shift(self.rule.shift_percentile) if alignment else None
-        return Evidence(same, similarity, inliers, colour, alignment, why, shift, tried,
+        return Evidence(same, similarity, inliers, colour, alignment, why,
+                        self.rule.shift_percentile, tried,
                         mirror_tried=flipped is not None)
 
     def _judged(self, query: PhotoFeatures, other: PhotoFeatures,

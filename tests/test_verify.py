@@ -2556,3 +2556,79 @@ def test_keypoint_votes_of_several_query_photos_are_each_one_s_own(
     assert votes[0][0] == votes[0][1] == together[0][0]  # two listings, one photo: once
     assert loads == ["same", "other"]
     assert calls == [id(shared.descriptors), id(verifier.gallery_features("other").descriptors)]
+
+
+def test_masked_pixels_and_row_norms_are_numpys_to_the_bit() -> None:
+    """The alignment's kernels (docs/matching.md, "Third speed round"): the colours of masked
+    pixels taken at flat indices are the boolean index's, row norms added column by column
+    are ``np.linalg.norm``'s, and the frame-touching background is what ``np.isin`` of the
+    border's labels gave."""
+    rng = np.random.default_rng(7)
+    photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    blobs = cv2.GaussianBlur(rng.random((37, 53)).astype(np.float32), (0, 0), 3)
+    mask = blobs > float(np.median(blobs))
+    assert np.array_equal(pairwise._masked(photo, mask), photo[mask])
+    pixels = rng.normal(size=(500, 2)) * 40
+    rows = rng.random(500) < 0.3
+    assert np.array_equal(pairwise._masked(pixels, rows), pixels[rows])
+    for columns in (2, 3):
+        for dtype in (np.float64, np.float32):
+            x = (rng.normal(size=(1000, columns)) * 50).astype(dtype)
+            assert np.array_equal(pairwise._row_norm(x), np.linalg.norm(x, axis=1))
+    for background in (~mask, rng.random((37, 53)) < 0.6):
+        _, labels = cv2.connectedComponents(background.astype(np.uint8), connectivity=4)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0],
+                                           labels[:, -1]]))
+        expected = np.isin(labels, border[border > 0]) & background
+        assert np.array_equal(pairwise.outer_background(background), expected)
+    inside = np.ones((9, 9), bool)
+    inside[2:7, 2:7] = False
+    inside[4, 4] = True  # a white panel within the product
+    assert not pairwise.outer_background(inside)[4, 4]
+    assert int(pairwise.outer_background(inside).sum()) == 81 - 25
+
+
+def test_colour_shifts_are_computed_when_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``align`` leaves the colour shifts (~0.6 ms a pair) to their first read, once for both
+    (over the product and near the inliers): a pair the rule refuses on its print alone is
+    not asked. The evidence reads them at the rule's percentile."""
+    calls: list[int] = []
+    original = pairwise._chroma_shifts
+
+    def counted(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[float, ...]:
+        calls.append(len(a))
+        return original(a, b)
+
+    monkeypatch.setattr(pairwise, "_chroma_shifts", counted)
+    photo = textured_photo(1)
+    query, listing = photo_features(heavy_edit(photo, watermark=False)), photo_features(photo)
+    inliers, homography, points = features.ransac(query, listing)
+    assert homography is not None and inliers >= DEFAULT_RULE.min_inliers
+    alignment = pairwise.align(query, listing, homography, points)
+    assert alignment is not None and alignment.local_shifts is not None
+    assert calls == []
+    shift = alignment.colour_shift(95)
+    assert len(calls) == 2 and calls[0] > calls[1] > 0  # all compared pixels, then near inliers
+    assert alignment.local_shift(95) <= alignment.local_shift(98)
+    assert alignment.colour_shift(90) <= shift and len(calls) == 2  # read again: kept
+    evidence = Evidence(True, 0.9, inliers, 0.9, alignment, "read later",
+                        DEFAULT_RULE.shift_percentile)
+    assert evidence.colour_shift == alignment.colour_shift(DEFAULT_RULE.shift_percentile)
+    assert Evidence(False, 0.9, 0, 0.0, None, "no alignment").colour_shift is None
+
+
+def test_a_match_that_needs_a_count_of_inliers_samples_only_for_it() -> None:
+    """The mirrored route can use a match of ``min_inliers`` or more only: RANSAC draws the
+    samples that find that many at 0.999 confidence (108 for 20 matches, none past 2,000),
+    a pair with fewer mutual matches has none, and a copy's match is found all the same."""
+    assert features._samples_for(100, 0) == features.RANSAC_ITERATIONS
+    assert features._samples_for(20, 10) == 108
+    assert features._samples_for(60, 10) == features.RANSAC_ITERATIONS
+    assert features._samples_for(10, 10) < features._samples_for(11, 10) < 10
+    photo = textured_photo(1)
+    query, listing = photo_features(heavy_edit(photo, watermark=False)), photo_features(photo)
+    full = features.ransac(query, listing)
+    assert full[0] >= DEFAULT_RULE.min_inliers
+    assert features.ransac(query, listing, least=DEFAULT_RULE.min_inliers)[0] == full[0]
+    count, homography, points = features.ransac(query, listing, least=10_000)
+    assert count == 0 and homography is None and len(points) == 0
