@@ -52,20 +52,31 @@ def colour_version() -> str:
     return f"hsv{HUE_BINS}x{SAT_BINS}x{VAL_BINS}fg"
 
 
+CACHED_CENTRE_PIXELS = 320 * 320
+"""Largest image (pixels) whose :func:`_centre_weights` are kept per size: the verifier's
+160 px photos ask for them once per aligned pair; a whole photo's are computed each time."""
+
+
 def _centre_weights(h: int, w: int) -> NDArray[np.float32]:
-    """A centred Gaussian over an h x w image (a third of each side its deviation): a copy of
-    :func:`_centre_weights_of`, which the caller may write to."""
-    return _centre_weights_of(h, w).copy()
+    """A centred Gaussian over an h x w image (a third of each side its deviation), which the
+    caller may write to (a copy of the kept one for a small image)."""
+    if h * w > CACHED_CENTRE_PIXELS:
+        return _centre_gaussian(h, w)
+    return _kept_centre_weights(h, w).copy()
 
 
-@lru_cache(maxsize=64)
-def _centre_weights_of(h: int, w: int) -> NDArray[np.float32]:
-    """:func:`_centre_weights`, computed once per size (~0.2 ms at 160 px, asked once per
-    aligned pair of photos by :func:`foreground_weights`). Read-only."""
+@lru_cache(maxsize=16)
+def _kept_centre_weights(h: int, w: int) -> NDArray[np.float32]:
+    """:func:`_centre_gaussian`, computed once per size (~0.2 ms at 160 px). Read-only."""
+    out = _centre_gaussian(h, w)
+    out.setflags(write=False)
+    return out
+
+
+def _centre_gaussian(h: int, w: int) -> NDArray[np.float32]:
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     d2 = ((yy - (h - 1) / 2) / (h / 3)) ** 2 + ((xx - (w - 1) / 2) / (w / 3)) ** 2
     out: NDArray[np.float32] = np.exp(-d2 / 2).astype(np.float32)
-    out.setflags(write=False)
     return out
 
 

@@ -52,7 +52,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
@@ -910,7 +910,7 @@ class Evidence:
     colour_agreement: float
     alignment: Alignment | None
     reason: str
-    shift_percentile: int = 95
+    shift_percentile: int = field(default=95, kw_only=True)
     """The rule's percentile of the colour shift (``SameItemRule.shift_percentile``), at
     which :attr:`colour_shift` reads the alignment's."""
     coarse_tried: bool = False
@@ -1085,8 +1085,8 @@ class SameItemVerifier:
                 accepted, because = self.rule.decide_silhouette(similarity, silhouette)
                 if accepted:  # not on an alignment: a price match reports none
                     same, why, alignment = True, f"{inliers} inliers: {because}", None
-        return Evidence(same, similarity, inliers, colour, alignment, why,
-                        self.rule.shift_percentile, tried,
+        return Evidence(same, similarity, inliers, colour, alignment, why, tried,
+                        shift_percentile=self.rule.shift_percentile,
                         mirror_tried=flipped is not None)
 
     def _judged(self, query: PhotoFeatures, other: PhotoFeatures,

@@ -2581,6 +2581,15 @@ def test_masked_pixels_and_row_norms_are_numpys_to_the_bit() -> None:
                                            labels[:, -1]]))
         expected = np.isin(labels, border[border > 0]) & background
         assert np.array_equal(pairwise.outer_background(background), expected)
+    with pytest.raises(IndexError):  # a mask of another shape, even of as many pixels
+        pairwise._masked(photo, mask.T)
+    # the light map's fit: converted after striding, as it was before it
+    light_a, light_b = pairwise._masked(photo, mask), pairwise._masked(photo[::-1], mask)
+    for got, expected in zip(pairwise._light_fit(light_a, light_b),
+                             pairwise._robust_linear_map(light_a.astype(np.float64),
+                                                         light_b.astype(np.float64)),
+                             strict=True):
+        assert np.array_equal(got, expected)
     inside = np.ones((9, 9), bool)
     inside[2:7, 2:7] = False
     inside[4, 4] = True  # a white panel within the product
@@ -2612,7 +2621,7 @@ def test_colour_shifts_are_computed_when_first_read(monkeypatch: pytest.MonkeyPa
     assert alignment.local_shift(95) <= alignment.local_shift(98)
     assert alignment.colour_shift(90) <= shift and len(calls) == 2  # read again: kept
     evidence = Evidence(True, 0.9, inliers, 0.9, alignment, "read later",
-                        DEFAULT_RULE.shift_percentile)
+                        shift_percentile=DEFAULT_RULE.shift_percentile)
     assert evidence.colour_shift == alignment.colour_shift(DEFAULT_RULE.shift_percentile)
     assert Evidence(False, 0.9, 0, 0.0, None, "no alignment").colour_shift is None
 
