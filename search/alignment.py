@@ -686,7 +686,6 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
     # The shifts are read when asked; until then their closures keep the Lab chroma as
     # bytes (~30 KB a photo at 160 px), not as the float64 pairs (~0.25 MB).
     ab_a, ab_b = _lab_ab(_masked(soft_a, region)), _lab_ab(_masked(soft_b, region))
-    chroma_a, chroma_b = _chroma_of(ab_a), _chroma_of(ab_b)
     shifts = cache(lambda: _chroma_shifts(_chroma_of(ab_a), _chroma_of(ab_b)))
     local_corr: float | None = None
     local_shifts: Callable[[], tuple[float, ...]] | None = None
@@ -706,7 +705,7 @@ def align(a: PhotoFeatures, b: PhotoFeatures, homography: NDArray[np.float64],
                             grey_b, near)
     agreement, second_look, coarse = None, None, None
     if segmented or print_check:
-        foreign = _foreign(chroma_a, chroma_b, region)
+        foreign = _foreign(_chroma_of(ab_a), _chroma_of(ab_b), region)
         coarse = _print_cells(grey_a, grey_b, region, PRINT_CELL_PX, foreign, brightness)
         agreement = _print_agreement(coarse)
         if coarse is not None:
